@@ -1,0 +1,2 @@
+//! Elementwise, normalisation, rotary and attention ops on f32 activations
+//! (owned by the models work).

@@ -1,0 +1,1 @@
+//! CUDA backend (compiled only with the `cuda` feature).

@@ -1,0 +1,1 @@
+//! Generation engine: sampling, stop conditions, streaming.

@@ -1,0 +1,1 @@
+//! Tokenizers (GPT-2 BPE, SentencePiece, tokenizer.json) and chat templates.
