@@ -1,6 +1,9 @@
 //! Everything that reads bytes from disk: model files (GGUF, safetensors,
 //! Hugging Face directories), tokenizers and chat templates.
 
+pub mod error;
 pub mod gguf;
 pub mod safetensors;
 pub mod tokenizer;
+
+pub use error::IoError;
