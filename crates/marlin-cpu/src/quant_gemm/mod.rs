@@ -1,28 +1,260 @@
-//! Kernels for dense-packed `QuantTensor` schemes (owned by the quant-gemm work).
+//! Kernels for dense-packed `QuantTensor` schemes (`Layout::KMajorDense`).
+//!
+//! [`PreparedQuant::new`] checks the tensor once and repacks it into one of
+//! three paths (details in `docs/CPU_KERNELS.md`):
+//!
+//! - **integer dot** (INT2..INT8 with or without zero points, FP4 E2M1 with
+//!   E8M0 / E4M3 / any scales, so MXFP4 and NVFP4): codes in interleaved
+//!   superblocks of 256, activations quantized to int8 per 32 once per call,
+//!   `maddubs` dot products, one scale vector per superblock. A decode
+//!   kernel (M < [`BATCHED_MIN_M`]: every weight row streamed once) and a
+//!   batched kernel (tiles of 16 rows unpacked once into L2, 2x2 register
+//!   blocks over (rows, activations)).
+//! - **FP8** (E4M3 / E5M2, per-channel, per-group or 2D blocks): codes
+//!   decoded 16 at a time through F16C, f32 FMA with x; M >= 16 goes through
+//!   the sgemm path below.
+//! - **generic** (everything else, e.g. NF4 or act-order whose groups are
+//!   not all of one size): rows dequantized to f32, then dot products (small
+//!   M) or tiles of rows through sgemm.
+//!
+//! Each path has a scalar version; AVX2+FMA+F16C versions are chosen once,
+//! at `new`, with `is_x86_feature_detected!`. Work is split over output rows
+//! on the rayon pool.
+
+mod actq;
+mod codes;
+mod intdot;
+#[cfg(target_arch = "x86_64")]
+mod intdot_avx2;
+mod lanegrid;
+mod rowdec;
 
 use crate::CpuError;
+use actq::QuantActs;
+use intdot::IntDotWeights;
 use marlin_quant::QuantTensor;
+use rayon::prelude::*;
+use rowdec::{Fp8Weights, GenericWeights};
 
-/// A `QuantTensor` repacked once for the CPU kernels.
+/// Activation rows from which the integer-dot path uses its batched kernel.
+pub const BATCHED_MIN_M: usize = 8;
+/// Activation rows from which the f32 paths use sgemm on decoded tiles.
+const SGEMM_MIN_M: usize = 16;
+
+/// Instruction set of the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelIsa {
+    /// Portable scalar code (the fallback, and the reference for the SIMD
+    /// kernels: same algorithm, same int8 activations).
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+}
+
+impl KernelIsa {
+    /// The best instruction set this CPU supports.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            return KernelIsa::Avx2;
+        }
+        KernelIsa::Scalar
+    }
+}
+
+type RowsKernel = fn(&IntDotWeights, &QuantActs, std::ops::Range<usize>, &mut [f32]);
+
+fn intdot_rows_scalar(
+    w: &IntDotWeights,
+    a: &QuantActs,
+    rows: std::ops::Range<usize>,
+    yt: &mut [f32],
+) {
+    w.rows_scalar(a, rows, yt)
+}
+
+enum Path {
+    IntDot {
+        w: IntDotWeights,
+        decode: RowsKernel,
+        batched: RowsKernel,
+    },
+    Fp8(Fp8Weights),
+    Generic(GenericWeights),
+}
+
+/// A `QuantTensor` repacked once for the CPU kernels: `matmul` computes
+/// `y (m, N) = x (m, K) · Wᵀ` for f32 activations.
 pub struct PreparedQuant {
     rows: usize,
     cols: usize,
+    isa: KernelIsa,
+    path: Path,
 }
 
 impl PreparedQuant {
+    /// Checks `t` (lengths, finite scales / zeros, FP8 NaN codes, g_idx
+    /// range, group size dividing K) and repacks it for the best kernels of
+    /// this CPU.
     pub fn new(t: &QuantTensor) -> Result<Self, CpuError> {
-        Err(CpuError::Unsupported(format!(
-            "CPU quantized matmul for {:?} is not built yet",
-            t.scheme
-        )))
+        Self::with_isa(t, KernelIsa::detect())
     }
+
+    /// As [`PreparedQuant::new`] with a chosen instruction set; asking for
+    /// AVX2 on a CPU without it is an error.
+    pub fn with_isa(t: &QuantTensor, isa: KernelIsa) -> Result<Self, CpuError> {
+        if isa == KernelIsa::Avx2 && KernelIsa::detect() != KernelIsa::Avx2 {
+            return Err(CpuError::Unsupported(
+                "AVX2+FMA+F16C kernels on this CPU".into(),
+            ));
+        }
+        let ct = codes::CheckedTensor::new(t)?;
+        let path = if let Some(w) = IntDotWeights::new(&ct) {
+            let (decode, batched) = intdot_kernels(&w, isa);
+            Path::IntDot { w, decode, batched }
+        } else if let Some(w) = Fp8Weights::new(&ct) {
+            Path::Fp8(w)
+        } else {
+            Path::Generic(GenericWeights::new(&ct))
+        };
+        Ok(PreparedQuant {
+            rows: t.rows,
+            cols: t.cols,
+            isa,
+            path,
+        })
+    }
+
+    /// N: output features.
     pub fn rows(&self) -> usize {
         self.rows
     }
+
+    /// K: input features.
     pub fn cols(&self) -> usize {
         self.cols
     }
-    pub fn matmul(&self, _x: &[f32], _m: usize, _y: &mut [f32]) -> Result<(), CpuError> {
-        Err(CpuError::Unsupported("quantized matmul".into()))
+
+    /// The kernel family and instruction set in use, e.g. `"int-dot Nibble avx2"`.
+    pub fn kernel_name(&self) -> String {
+        let isa = match self.isa {
+            KernelIsa::Scalar => "scalar",
+            KernelIsa::Avx2 => "avx2",
+        };
+        match &self.path {
+            Path::IntDot { w, .. } => format!("int-dot {:?} {isa}", w.fmt),
+            Path::Fp8(_) => format!("fp8 {isa}"),
+            Path::Generic(_) => "generic f32".to_string(),
+        }
+    }
+
+    /// Whether a SIMD/integer fast path (not the generic one) is in use.
+    pub fn is_fast_path(&self) -> bool {
+        !matches!(self.path, Path::Generic(_))
+    }
+
+    /// Bytes of weight data (codes, scales, zeros) one matmul streams.
+    pub fn stream_bytes(&self) -> usize {
+        match &self.path {
+            Path::IntDot { w, .. } => w.stream_bytes(),
+            Path::Fp8(w) => w.stream_bytes(),
+            Path::Generic(w) => w.stream_bytes(),
+        }
+    }
+
+    /// `y (m, N) = x (m, K) · Wᵀ`, multi-threaded on the rayon pool.
+    pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), CpuError> {
+        let (n, k) = (self.rows, self.cols);
+        crate::check_matmul_shapes(x.len(), y.len(), m, n, k)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            y.fill(0.0);
+            return Ok(());
+        }
+        match &self.path {
+            Path::IntDot { w, decode, batched } => {
+                let acts = QuantActs::new(x, m, k, w.perm.as_deref());
+                let (kernel, chunk) = if m >= BATCHED_MIN_M {
+                    (*batched, 16)
+                } else {
+                    (*decode, decode_chunk(n))
+                };
+                for_row_chunks(n, m, chunk, y, |rows, yt| kernel(w, &acts, rows, yt));
+            }
+            Path::Fp8(w) if m < SGEMM_MIN_M => {
+                #[cfg(target_arch = "x86_64")]
+                if self.isa == KernelIsa::Avx2 {
+                    let mut xp = vec![0f32; m * w.kp];
+                    for (dst, src) in xp.chunks_mut(w.kp).zip(x.chunks(k)) {
+                        dst[..k].copy_from_slice(src);
+                    }
+                    for_row_chunks(n, m, decode_chunk(n), y, |rows, yt| {
+                        rowdec::fp8_avx2::rows(w, &xp, m, rows, yt)
+                    });
+                    return Ok(());
+                }
+                for_row_chunks(n, m, decode_chunk(n), y, |rows, yt| {
+                    rowdec::rows_by_dot(w, x, m, rows, yt)
+                });
+            }
+            Path::Fp8(w) => rowdec::matmul_by_sgemm(w, n, x, m, y)?,
+            Path::Generic(w) if m < SGEMM_MIN_M => {
+                for_row_chunks(n, m, decode_chunk(n), y, |rows, yt| {
+                    rowdec::rows_by_dot(w, x, m, rows, yt)
+                });
+            }
+            Path::Generic(w) => rowdec::matmul_by_sgemm(w, n, x, m, y)?,
+        }
+        Ok(())
+    }
+}
+
+fn intdot_kernels(w: &IntDotWeights, isa: KernelIsa) -> (RowsKernel, RowsKernel) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == KernelIsa::Avx2 {
+        if let Some(k) = intdot_avx2::kernels(w.fmt.id(), w.scales.halves) {
+            return k;
+        }
+    }
+    let _ = (w, isa);
+    (intdot_rows_scalar, intdot_rows_scalar)
+}
+
+/// Rows per task of the decode paths: about 8 tasks per thread, at least 8
+/// rows.
+fn decode_chunk(n: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    n.div_ceil(threads * 8).max(8)
+}
+
+/// Runs `f(rows, yt)` over chunks of output rows in parallel, `yt` being the
+/// chunk's (rows, m) block of the transposed output, then writes y (m, N).
+fn for_row_chunks<F>(n: usize, m: usize, chunk: usize, y: &mut [f32], f: F)
+where
+    F: Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+{
+    let run = |yt: &mut [f32]| {
+        yt.par_chunks_mut(chunk * m)
+            .enumerate()
+            .for_each(|(c, ytc)| {
+                let start = c * chunk;
+                f(start..(start + chunk).min(n), ytc)
+            })
+    };
+    if m == 1 {
+        run(y);
+    } else {
+        let mut yt = vec![0f32; n * m];
+        run(&mut yt);
+        for (r, yrow) in yt.chunks(m).enumerate() {
+            for (mi, &v) in yrow.iter().enumerate() {
+                y[mi * n + r] = v;
+            }
+        }
     }
 }

@@ -1,0 +1,452 @@
+//! AVX2 kernels for [`IntDotWeights`]: unpack a superblock into 8 vectors of
+//! 32 codes, `maddubs` with the int8 activations (i16 pairs), accumulate
+//! `depth` vectors in i16, widen with `madd(.., 1)`, then scale per lane.
+//!
+//! Every function here requires AVX2, FMA and F16C; callers check
+//! `is_x86_feature_detected!` once (see `Isa`).
+
+use super::actq::{QuantActs, LANES, SB};
+use super::intdot::{
+    depth, sb_bytes, IntDotWeights, FP4_LUT, F_BYTE, F_CRUMB, F_FP4, F_INT3, F_NIBBLE,
+};
+use super::lanegrid::{GridValues, LaneGrid};
+use std::arch::x86_64::*;
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn ld(p: *const u8, off: usize) -> __m256i {
+    _mm256_loadu_si256(p.add(off) as *const __m256i)
+}
+
+/// Unpacks superblock `p` (`sb_bytes(F)` bytes) into interleaved vectors.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn unpack<const F: u8>(p: *const u8) -> [__m256i; 8] {
+    let mut v = [_mm256_setzero_si256(); 8];
+    match F {
+        F_NIBBLE | F_FP4 => {
+            let mask = _mm256_set1_epi8(0x0F);
+            let lut =
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(FP4_LUT.as_ptr() as *const __m128i));
+            for c in 0..4 {
+                let b = ld(p, 32 * c);
+                let lo = _mm256_and_si256(b, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(b), mask);
+                if F == F_FP4 {
+                    v[2 * c] = _mm256_shuffle_epi8(lut, lo);
+                    v[2 * c + 1] = _mm256_shuffle_epi8(lut, hi);
+                } else {
+                    v[2 * c] = lo;
+                    v[2 * c + 1] = hi;
+                }
+            }
+        }
+        F_CRUMB | F_INT3 => {
+            let mask = _mm256_set1_epi8(3);
+            for c in 0..2 {
+                let b = ld(p, 32 * c);
+                v[4 * c] = _mm256_and_si256(b, mask);
+                v[4 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<2>(b), mask);
+                v[4 * c + 2] = _mm256_and_si256(_mm256_srli_epi16::<4>(b), mask);
+                v[4 * c + 3] = _mm256_and_si256(_mm256_srli_epi16::<6>(b), mask);
+            }
+            if F == F_INT3 {
+                // High bit of vector v is bit v of each plane byte; it
+                // becomes bit 2 of the code.
+                let h = ld(p, 64);
+                let four = _mm256_set1_epi8(4);
+                v[0] = _mm256_or_si256(v[0], _mm256_and_si256(_mm256_slli_epi16::<2>(h), four));
+                v[1] = _mm256_or_si256(v[1], _mm256_and_si256(_mm256_slli_epi16::<1>(h), four));
+                v[2] = _mm256_or_si256(v[2], _mm256_and_si256(h, four));
+                v[3] = _mm256_or_si256(v[3], _mm256_and_si256(_mm256_srli_epi16::<1>(h), four));
+                v[4] = _mm256_or_si256(v[4], _mm256_and_si256(_mm256_srli_epi16::<2>(h), four));
+                v[5] = _mm256_or_si256(v[5], _mm256_and_si256(_mm256_srli_epi16::<3>(h), four));
+                v[6] = _mm256_or_si256(v[6], _mm256_and_si256(_mm256_srli_epi16::<4>(h), four));
+                v[7] = _mm256_or_si256(v[7], _mm256_and_si256(_mm256_srli_epi16::<5>(h), four));
+            }
+        }
+        _ => {
+            for (i, x) in v.iter_mut().enumerate() {
+                *x = ld(p, 32 * i);
+            }
+        }
+    }
+    v
+}
+
+/// Products of one weight vector with one activation vector, as i16 pairs.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn mul_pairs<const F: u8>(w: __m256i, x: __m256i) -> __m256i {
+    if F == F_BYTE {
+        // Signed weights: |w| * (x with w's sign); |-128| = 128 fits u8.
+        _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w))
+    } else {
+        _mm256_maddubs_epi16(w, x)
+    }
+}
+
+/// Vectors summed in i16 before widening, split at the half block when H = 2.
+const fn depth_eff(f: u8, h: usize) -> usize {
+    let d = depth(f);
+    if h == 2 && d > 4 {
+        4
+    } else {
+        d
+    }
+}
+
+/// i32 dot products of superblock codes `w` with activations `q`, per lane
+/// (per half lane when H = 2).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn sb_dot<const F: u8, const H: usize>(w: &[__m256i; 8], q: *const i8) -> [__m256i; 2] {
+    let ones = _mm256_set1_epi16(1);
+    let d = depth_eff(F, H);
+    let mut acc = [_mm256_setzero_si256(); 2];
+    for j in 0..8 / d {
+        let mut s16 = _mm256_setzero_si256();
+        for t in 0..d {
+            let v = j * d + t;
+            let x = _mm256_loadu_si256(q.add(32 * v) as *const __m256i);
+            s16 = _mm256_add_epi16(s16, mul_pairs::<F>(w[v], x));
+        }
+        let h = if H == 2 { (j * d) / 4 } else { 0 };
+        acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(s16, ones));
+    }
+    acc
+}
+
+/// 8 raw grid values starting at `off` (bounds: grids carry 8 padding values).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load8(values: &GridValues, off: usize) -> __m256 {
+    match values {
+        GridValues::F32(v) => {
+            debug_assert!(off + 8 <= v.len());
+            _mm256_loadu_ps(v.as_ptr().add(off))
+        }
+        GridValues::F16(v) => {
+            debug_assert!(off + 8 <= v.len());
+            _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(off) as *const __m128i))
+        }
+        GridValues::E8M0(v) => {
+            debug_assert!(off + 8 <= v.len());
+            let e = _mm256_cvtepu8_epi32(_mm_loadl_epi64(v.as_ptr().add(off) as *const __m128i));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<23>(e))
+        }
+    }
+}
+
+/// Lane values of superblock `sb` (half `h`) of the grid row at `row_off`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn lane_values(g: &LaneGrid, idx: __m256i, row_off: usize, sb: usize, h: usize) -> __m256 {
+    let off = row_off + *g.base.get_unchecked(sb) as usize;
+    if g.halves {
+        load8(&g.values, off + 8 * h)
+    } else {
+        _mm256_permutevar8x32_ps(load8(&g.values, off), idx)
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+    _mm_cvtss_f32(s)
+}
+
+/// Decode path: each weight row streamed once, unpacked per superblock and
+/// dotted with MR activation rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode_block<const F: u8, const H: usize, const MR: usize>(
+    w: &IntDotWeights,
+    acts: &QuantActs,
+    r: usize,
+    m0: usize,
+    out: &mut [f32],
+) {
+    let sbb = sb_bytes(F);
+    let codes = w.row_codes(r).as_ptr();
+    let s_idx = _mm256_loadu_si256(w.scales.idx.as_ptr() as *const __m256i);
+    let s_off = w.scales.row_offset(r);
+    let z_off = w.zeros.as_ref().map_or(0, |z| z.row_offset(r));
+    let z_idx = w.zeros.as_ref().map_or(s_idx, |z| {
+        _mm256_loadu_si256(z.idx.as_ptr() as *const __m256i)
+    });
+    let zf_const = _mm256_set1_ps(w.zf_const);
+    let mut q = [std::ptr::null::<i8>(); MR];
+    let mut dx = [std::ptr::null::<f32>(); MR];
+    let mut xs = [std::ptr::null::<f32>(); MR];
+    for i in 0..MR {
+        q[i] = acts.row_q(m0 + i).as_ptr();
+        dx[i] = acts.row_dx(m0 + i).as_ptr();
+        xs[i] = if H == 2 {
+            acts.row_xsum_half(m0 + i).as_ptr()
+        } else {
+            acts.row_xsum(m0 + i).as_ptr()
+        };
+    }
+    let mut acc = [_mm256_setzero_ps(); MR];
+    for sb in 0..w.n_sb {
+        let wv = unpack::<F>(codes.add(sb * sbb));
+        let mut s = [_mm256_setzero_ps(); H];
+        let mut zf = [zf_const; H];
+        for h in 0..H {
+            s[h] = lane_values(&w.scales, s_idx, s_off, sb, h);
+            if let Some(z) = &w.zeros {
+                zf[h] = lane_values(z, z_idx, z_off, sb, h);
+            }
+        }
+        for i in 0..MR {
+            let dots = sb_dot::<F, H>(&wv, q[i].add(sb * SB));
+            let dxv = _mm256_loadu_ps(dx[i].add(sb * LANES));
+            for h in 0..H {
+                let xsv = _mm256_loadu_ps(xs[i].add((sb * H + h) * LANES));
+                let val = _mm256_fnmadd_ps(zf[h], xsv, _mm256_cvtepi32_ps(dots[h]));
+                acc[i] = _mm256_fmadd_ps(val, _mm256_mul_ps(s[h], dxv), acc[i]);
+            }
+        }
+    }
+    for i in 0..MR {
+        out[i] = hsum(acc[i]) * w.post_scale;
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode_rows_impl<const F: u8, const H: usize>(
+    w: &IntDotWeights,
+    acts: &QuantActs,
+    rows: std::ops::Range<usize>,
+    yt: &mut [f32],
+) {
+    let m = acts.m;
+    for (ri, r) in rows.enumerate() {
+        let out = &mut yt[ri * m..(ri + 1) * m];
+        let mut m0 = 0;
+        while m0 + 4 <= m {
+            decode_block::<F, H, 4>(w, acts, r, m0, &mut out[m0..m0 + 4]);
+            m0 += 4;
+        }
+        while m0 < m {
+            decode_block::<F, H, 1>(w, acts, r, m0, &mut out[m0..m0 + 1]);
+            m0 += 1;
+        }
+    }
+}
+
+/// Rows of one batched tile: unpacked codes and expanded scales.
+struct Tile {
+    /// (nt, n_sb * 256) interleaved codes.
+    codes: Vec<u8>,
+    /// (nt, n_sb * 16) scales at `sb*16 + 8*h + l`.
+    s: Vec<f32>,
+    /// (nt, n_sb * 16) zero offsets, same layout.
+    zf: Vec<f32>,
+}
+
+/// 2x2 register block: weight rows `wr`, activation rows `xr`, all of K.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn micro_2x2<const F: u8, const H: usize>(
+    tile: &Tile,
+    acts: &QuantActs,
+    n_sb: usize,
+    wr: [usize; 2],
+    xr: [usize; 2],
+) -> [[f32; 2]; 2] {
+    let kp = n_sb * SB;
+    let sw = n_sb * 2 * LANES;
+    let wc = [
+        tile.codes.as_ptr().add(wr[0] * kp),
+        tile.codes.as_ptr().add(wr[1] * kp),
+    ];
+    let ws = [
+        tile.s.as_ptr().add(wr[0] * sw),
+        tile.s.as_ptr().add(wr[1] * sw),
+    ];
+    let wz = [
+        tile.zf.as_ptr().add(wr[0] * sw),
+        tile.zf.as_ptr().add(wr[1] * sw),
+    ];
+    let xq = [acts.row_q(xr[0]).as_ptr(), acts.row_q(xr[1]).as_ptr()];
+    let xd = [acts.row_dx(xr[0]).as_ptr(), acts.row_dx(xr[1]).as_ptr()];
+    let xs = if H == 2 {
+        [
+            acts.row_xsum_half(xr[0]).as_ptr(),
+            acts.row_xsum_half(xr[1]).as_ptr(),
+        ]
+    } else {
+        [acts.row_xsum(xr[0]).as_ptr(), acts.row_xsum(xr[1]).as_ptr()]
+    };
+    let ones = _mm256_set1_epi16(1);
+    let d = depth_eff(F, H);
+    let mut acc = [[_mm256_setzero_ps(); 2]; 2];
+    for sb in 0..n_sb {
+        let mut dots = [[[_mm256_setzero_si256(); 2]; 2]; H];
+        for j in 0..8 / d {
+            let mut s16 = [[_mm256_setzero_si256(); 2]; 2];
+            for t in 0..d {
+                let off = sb * SB + 32 * (j * d + t);
+                let wv = [
+                    _mm256_loadu_si256(wc[0].add(off) as *const __m256i),
+                    _mm256_loadu_si256(wc[1].add(off) as *const __m256i),
+                ];
+                let xv = [
+                    _mm256_loadu_si256(xq[0].add(off) as *const __m256i),
+                    _mm256_loadu_si256(xq[1].add(off) as *const __m256i),
+                ];
+                for a in 0..2 {
+                    for b in 0..2 {
+                        s16[a][b] = _mm256_add_epi16(s16[a][b], mul_pairs::<F>(wv[a], xv[b]));
+                    }
+                }
+            }
+            let h = if H == 2 { (j * d) / 4 } else { 0 };
+            for a in 0..2 {
+                for b in 0..2 {
+                    dots[h][a][b] =
+                        _mm256_add_epi32(dots[h][a][b], _mm256_madd_epi16(s16[a][b], ones));
+                }
+            }
+        }
+        let dxv = [
+            _mm256_loadu_ps(xd[0].add(sb * LANES)),
+            _mm256_loadu_ps(xd[1].add(sb * LANES)),
+        ];
+        for (h, dots_h) in dots.iter().enumerate() {
+            let so = sb * 2 * LANES + h * LANES;
+            let xo = (sb * H + h) * LANES;
+            let xsv = [
+                _mm256_loadu_ps(xs[0].add(xo)),
+                _mm256_loadu_ps(xs[1].add(xo)),
+            ];
+            for a in 0..2 {
+                let sv = _mm256_loadu_ps(ws[a].add(so));
+                let zv = _mm256_loadu_ps(wz[a].add(so));
+                for b in 0..2 {
+                    let val = _mm256_fnmadd_ps(zv, xsv[b], _mm256_cvtepi32_ps(dots_h[a][b]));
+                    acc[a][b] = _mm256_fmadd_ps(val, _mm256_mul_ps(sv, dxv[b]), acc[a][b]);
+                }
+            }
+        }
+    }
+    let mut out = [[0f32; 2]; 2];
+    for a in 0..2 {
+        for b in 0..2 {
+            out[a][b] = hsum(acc[a][b]);
+        }
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn batched_rows_impl<const F: u8, const H: usize>(
+    w: &IntDotWeights,
+    acts: &QuantActs,
+    rows: std::ops::Range<usize>,
+    yt: &mut [f32],
+) {
+    let (m, n_sb, nt) = (acts.m, w.n_sb, rows.len());
+    if nt == 0 || m == 0 {
+        return;
+    }
+    let sbb = sb_bytes(F);
+    let sw = n_sb * 2 * LANES;
+    let mut tile = Tile {
+        codes: vec![0u8; nt * n_sb * SB],
+        s: vec![0f32; nt * sw],
+        zf: vec![0f32; nt * sw],
+    };
+    for (ri, r) in rows.clone().enumerate() {
+        let codes = w.row_codes(r).as_ptr();
+        let dst = tile.codes.as_mut_ptr().add(ri * n_sb * SB);
+        for sb in 0..n_sb {
+            let v = unpack::<F>(codes.add(sb * sbb));
+            for (i, x) in v.iter().enumerate() {
+                _mm256_storeu_si256(dst.add(sb * SB + 32 * i) as *mut __m256i, *x);
+            }
+        }
+        w.expand_row(
+            r,
+            &mut tile.s[ri * sw..(ri + 1) * sw],
+            &mut tile.zf[ri * sw..(ri + 1) * sw],
+        );
+    }
+    // Odd tails reuse the last row and drop its duplicate result.
+    for m0 in (0..m).step_by(2) {
+        let xr = [m0, (m0 + 1).min(m - 1)];
+        for n0 in (0..nt).step_by(2) {
+            let wr = [n0, (n0 + 1).min(nt - 1)];
+            let out = micro_2x2::<F, H>(&tile, acts, n_sb, wr, xr);
+            for (a, row) in out.iter().enumerate() {
+                for (b, &v) in row.iter().enumerate() {
+                    if (a == 0 || n0 + 1 < nt) && (b == 0 || m0 + 1 < m) {
+                        yt[(n0 + a) * m + m0 + b] = v * w.post_scale;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Kernel entry: rows of W against all activation rows, into `yt` (rows, m).
+pub(crate) type RowsKernel = fn(&IntDotWeights, &QuantActs, std::ops::Range<usize>, &mut [f32]);
+
+macro_rules! safe_entry {
+    ($name:ident, $imp:ident, $f:expr, $h:expr) => {
+        fn $name(w: &IntDotWeights, a: &QuantActs, r: std::ops::Range<usize>, yt: &mut [f32]) {
+            // SAFETY: these entries are only handed out by `kernels` below,
+            // which requires AVX2, FMA and F16C to be detected. Buffer
+            // bounds: `QuantActs` and `IntDotWeights` size every row to
+            // whole superblocks, grids carry 8 values of padding.
+            unsafe { $imp::<{ $f }, { $h }>(w, a, r, yt) }
+        }
+    };
+}
+
+safe_entry!(dec_nib1, decode_rows_impl, F_NIBBLE, 1);
+safe_entry!(dec_nib2, decode_rows_impl, F_NIBBLE, 2);
+safe_entry!(dec_fp41, decode_rows_impl, F_FP4, 1);
+safe_entry!(dec_fp42, decode_rows_impl, F_FP4, 2);
+safe_entry!(dec_cr1, decode_rows_impl, F_CRUMB, 1);
+safe_entry!(dec_cr2, decode_rows_impl, F_CRUMB, 2);
+safe_entry!(dec_i31, decode_rows_impl, F_INT3, 1);
+safe_entry!(dec_i32, decode_rows_impl, F_INT3, 2);
+safe_entry!(dec_by1, decode_rows_impl, F_BYTE, 1);
+safe_entry!(dec_by2, decode_rows_impl, F_BYTE, 2);
+safe_entry!(bat_nib1, batched_rows_impl, F_NIBBLE, 1);
+safe_entry!(bat_nib2, batched_rows_impl, F_NIBBLE, 2);
+safe_entry!(bat_fp41, batched_rows_impl, F_FP4, 1);
+safe_entry!(bat_fp42, batched_rows_impl, F_FP4, 2);
+safe_entry!(bat_cr1, batched_rows_impl, F_CRUMB, 1);
+safe_entry!(bat_cr2, batched_rows_impl, F_CRUMB, 2);
+safe_entry!(bat_i31, batched_rows_impl, F_INT3, 1);
+safe_entry!(bat_i32, batched_rows_impl, F_INT3, 2);
+safe_entry!(bat_by1, batched_rows_impl, F_BYTE, 1);
+safe_entry!(bat_by2, batched_rows_impl, F_BYTE, 2);
+
+/// (decode, batched) kernels for a format; `None` without AVX2+FMA+F16C.
+pub(crate) fn kernels(fmt: u8, halves: bool) -> Option<(RowsKernel, RowsKernel)> {
+    if !(is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c"))
+    {
+        return None;
+    }
+    let k: (RowsKernel, RowsKernel) = match (fmt, halves) {
+        (F_NIBBLE, false) => (dec_nib1, bat_nib1),
+        (F_NIBBLE, true) => (dec_nib2, bat_nib2),
+        (F_FP4, false) => (dec_fp41, bat_fp41),
+        (F_FP4, true) => (dec_fp42, bat_fp42),
+        (F_CRUMB, false) => (dec_cr1, bat_cr1),
+        (F_CRUMB, true) => (dec_cr2, bat_cr2),
+        (F_INT3, false) => (dec_i31, bat_i31),
+        (F_INT3, true) => (dec_i32, bat_i32),
+        (_, false) => (dec_by1, bat_by1),
+        (_, true) => (dec_by2, bat_by2),
+    };
+    Some(k)
+}
