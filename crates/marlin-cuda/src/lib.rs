@@ -1,1 +1,56 @@
-//! CUDA backend (compiled only with the `cuda` feature).
+//! CUDA backend of marlin.
+//!
+//! Without the `cuda` feature this crate only holds the host-side repack of
+//! weights into the kernels' layouts (pure Rust, tested on any machine) and
+//! [`is_available`] returns `false`. With it, kernels are `.cu` sources
+//! embedded in the binary, compiled by NVRTC at first use for the device's
+//! architecture (sm_90a on Hopper) and cached on disk; libcuda, libnvrtc and
+//! libcublas are loaded at run time, so one binary runs with or without a GPU
+//! and every entry point returns [`CudaError::NotAvailable`] when they are
+//! missing.
+//!
+//! - [`int4`]: W4A16 GEMM (INT4 symmetric / asymmetric, per-group or
+//!   per-channel scales, f16 activations, fp32 accumulation).
+//! - `bench` (feature `cuda`): the GEMM benchmark against cuBLAS fp16 and the
+//!   device's copy bandwidth, used by `marlin bench gemm --device cuda`.
+
+pub mod error;
+pub mod int4;
+
+#[cfg(feature = "cuda")]
+pub mod bench;
+#[cfg(feature = "cuda")]
+mod device;
+#[cfg(feature = "cuda")]
+mod nvrtc_cache;
+
+#[cfg(feature = "cuda")]
+pub use device::{probe, CudaDevice};
+pub use error::{CudaError, Result};
+
+/// True when this build has the `cuda` feature, libcuda loads and at least
+/// one device is present. Never panics.
+pub fn is_available() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        device::probe().is_ok()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
+}
+
+/// Why CUDA is not usable, or the number of devices.
+pub fn device_count() -> Result<usize> {
+    #[cfg(feature = "cuda")]
+    {
+        device::probe()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err(CudaError::NotAvailable(
+            "this binary was built without the `cuda` feature".into(),
+        ))
+    }
+}

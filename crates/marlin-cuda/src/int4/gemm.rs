@@ -1,0 +1,215 @@
+//! Device side of the W4A16 GEMM: weights uploaded once, the split-K
+//! workspace, and the checked launch.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use half::f16;
+use marlin_quant::QuantTensor;
+
+use super::pack::{pack_int4, Int4Packed, N_TILE};
+use crate::device::{driver_err, CudaDevice};
+use crate::error::{CudaError, Result};
+
+const MODULE: &str = "w4a16_gemm";
+const SOURCE: &str = include_str!("../kernels/w4a16_gemm.cu");
+const THREADS: u32 = 128;
+/// Chunks of 64 along K each split must get at least, so that the weight
+/// pipeline (8 loads deep) fills before the epilogue.
+const MIN_CHUNKS_PER_SPLIT: usize = 4;
+
+/// An INT4 weight matrix resident on the device in the kernel's layout.
+pub struct Int4Weight {
+    pub n: usize,
+    pub k: usize,
+    n_pad: usize,
+    k_chunks: usize,
+    group_chunks: usize,
+    weight_bytes: usize,
+    words: CudaSlice<u32>,        // (n_pad/16, k_pad/64, 32, 4)
+    scales: CudaSlice<u32>,       // (groups, n_pad/16, 8) f16x2
+    neg_zero_scales: Option<CudaSlice<u32>>,
+}
+
+impl Int4Weight {
+    /// Repack on the host and upload.
+    pub fn from_quant(dev: &CudaDevice, w: &QuantTensor) -> Result<Self> {
+        Self::from_packed(dev, &pack_int4(w)?)
+    }
+
+    pub fn from_packed(dev: &CudaDevice, p: &Int4Packed) -> Result<Self> {
+        let to_i32 = |v: usize, what: &str| {
+            i32::try_from(v).map_err(|_| CudaError::Shape(format!("{what} = {v} exceeds i32")))
+        };
+        to_i32(p.n_pad, "N")?;
+        to_i32(p.k_pad, "K")?;
+        Ok(Self {
+            n: p.n,
+            k: p.k,
+            n_pad: p.n_pad,
+            k_chunks: p.k_chunks(),
+            group_chunks: p.group_chunks,
+            weight_bytes: p.weight_bytes(),
+            words: dev.upload("INT4 weight codes", &p.words)?,
+            scales: dev.upload("INT4 weight scales", &p.scales)?,
+            neg_zero_scales: match &p.neg_zero_scales {
+                Some(z) => Some(dev.upload("INT4 weight zero points", z)?),
+                None => None,
+            },
+        })
+    }
+
+    /// Bytes one GEMM call streams from the weight (codes, scales, zeros).
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+}
+
+/// Scratch of the split-K reduction. Reuse one per stream: the tickets
+/// return to zero at the end of every launch, so launches on one stream can
+/// share it; concurrent streams need their own.
+pub struct GemmWorkspace {
+    partials: CudaSlice<f32>,
+    tickets: CudaSlice<u32>,
+}
+
+impl GemmWorkspace {
+    pub fn new(dev: &CudaDevice) -> Result<Self> {
+        Ok(Self {
+            partials: dev.alloc_zeros("split-K partials", 1)?,
+            tickets: dev.alloc_zeros("split-K tickets", 1)?,
+        })
+    }
+
+    fn reserve(&mut self, dev: &CudaDevice, partials: usize, tickets: usize) -> Result<()> {
+        if self.partials.len() < partials {
+            self.partials = dev.alloc_zeros("split-K partials", partials)?;
+        }
+        if self.tickets.len() < tickets {
+            self.tickets = dev.alloc_zeros("split-K tickets", tickets)?;
+        }
+        Ok(())
+    }
+}
+
+/// Launch shape chosen for one call (exposed for benchmarks and notes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmPlan {
+    /// m16 tiles per warp: 1, 2 or 4.
+    pub m_tiles: usize,
+    pub m_blocks: usize,
+    pub n_tiles: usize,
+    pub splits: usize,
+}
+
+/// Choose the kernel variant and split-K factor: enough blocks for every SM
+/// to hold `blocks_per_sm` of them, each split with at least
+/// `MIN_CHUNKS_PER_SPLIT` chunks of K.
+pub fn plan(m: usize, w: &Int4Weight, sm_count: usize, splits: Option<usize>) -> GemmPlan {
+    let m_tiles = match m {
+        0..=16 => 1,
+        17..=32 => 2,
+        _ => 4,
+    };
+    let m_blocks = m.div_ceil(16 * m_tiles).max(1);
+    let n_tiles = w.n_pad / N_TILE;
+    let max_splits = (w.k_chunks / MIN_CHUNKS_PER_SPLIT).max(1);
+    // MT=1 fits 4 blocks of 128 threads per SM (126 registers); the larger
+    // variants 2 or 1. Two waves' worth keeps every SM streaming.
+    let blocks_per_sm = match m_tiles {
+        1 => 8,
+        2 => 4,
+        _ => 2,
+    };
+    let want = (sm_count * blocks_per_sm).div_ceil(n_tiles * m_blocks);
+    let splits = splits.unwrap_or(want).clamp(1, max_splits);
+    GemmPlan {
+        m_tiles,
+        m_blocks,
+        n_tiles,
+        splits,
+    }
+}
+
+/// C (M, N) f16 = A (M, K) f16 . W^T. `splits` overrides the split-K factor
+/// (benchmark sweeps); None chooses it from the shape.
+pub fn int4_gemm(
+    dev: &Arc<CudaDevice>,
+    a: &CudaSlice<f16>,
+    m: usize,
+    w: &Int4Weight,
+    c: &mut CudaSlice<f16>,
+    ws: &mut GemmWorkspace,
+    splits: Option<usize>,
+) -> Result<GemmPlan> {
+    if m == 0 {
+        return Err(CudaError::Shape("GEMM with M = 0 rows".into()));
+    }
+    let need_a = m
+        .checked_mul(w.k)
+        .ok_or_else(|| CudaError::Shape("M*K overflows".into()))?;
+    let need_c = m
+        .checked_mul(w.n)
+        .ok_or_else(|| CudaError::Shape("M*N overflows".into()))?;
+    if a.len() < need_a || c.len() < need_c {
+        return Err(CudaError::Shape(format!(
+            "INT4 GEMM M={m} N={} K={}: A has {} elements (needs {need_a}), C has {} (needs {need_c})",
+            w.n,
+            w.k,
+            a.len(),
+            c.len()
+        )));
+    }
+    let p = plan(m, w, dev.sm_count(), splits);
+    let m_i32 = i32::try_from(m).map_err(|_| CudaError::Shape(format!("M = {m} exceeds i32")))?;
+    let grid = (
+        u32::try_from(p.m_blocks).map_err(|_| CudaError::Shape("too many M blocks".into()))?,
+        u32::try_from(p.n_tiles).map_err(|_| CudaError::Shape("too many N tiles".into()))?,
+        p.splits as u32,
+    );
+    if grid.1 > 65_535 || grid.2 > 65_535 {
+        return Err(CudaError::Shape(format!("grid {grid:?} exceeds CUDA limits")));
+    }
+    if p.splits > 1 {
+        ws.reserve(dev, p.splits * m * w.n_pad, p.n_tiles * p.m_blocks)?;
+    }
+    let func_name = match p.m_tiles {
+        1 => "w4a16_gemm_mt1",
+        2 => "w4a16_gemm_mt2",
+        _ => "w4a16_gemm_mt4",
+    };
+    let func = dev.function(MODULE, SOURCE, func_name)?;
+    let cfg = LaunchConfig {
+        grid_dim: grid,
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let stream = dev.stream();
+    let null_zeros: u64 = 0;
+    let (n_i32, k_i32, n_pad_i32) = (w.n as i32, w.k as i32, w.n_pad as i32);
+    let (k_chunks_i32, group_chunks_i32, splits_i32) =
+        (w.k_chunks as i32, w.group_chunks as i32, p.splits as i32);
+    let mut launch = stream.launch_builder(&func);
+    launch.arg(a).arg(&w.words).arg(&w.scales);
+    match &w.neg_zero_scales {
+        Some(z) => launch.arg(z),
+        None => launch.arg(&null_zeros),
+    };
+    launch
+        .arg(c)
+        .arg(&mut ws.partials)
+        .arg(&mut ws.tickets)
+        .arg(&m_i32)
+        .arg(&n_i32)
+        .arg(&k_i32)
+        .arg(&n_pad_i32)
+        .arg(&k_chunks_i32)
+        .arg(&group_chunks_i32)
+        .arg(&splits_i32);
+    // SAFETY: argument types and order match w4a16_gemm_mt* in
+    // kernels/w4a16_gemm.cu; buffer sizes were checked above (A >= M*K,
+    // C >= M*N, partials >= splits*M*n_pad, tickets >= n_tiles*m_blocks,
+    // weights sized by the repack for n_pad x k_chunks).
+    unsafe { launch.launch(cfg) }.map_err(|e| driver_err(&format!("launch {func_name}"), e))?;
+    Ok(p)
+}

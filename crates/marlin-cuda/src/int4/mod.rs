@@ -1,0 +1,15 @@
+//! INT4 weight-only GEMM (W4A16).
+//!
+//! [`pack::pack_int4`] repacks a KMajorDense [`marlin_quant::QuantTensor`]
+//! once into tensor-core fragment order; with the `cuda` feature,
+//! [`gemm::Int4Weight`] holds it on the device and [`gemm::int4_gemm`]
+//! launches `kernels/w4a16_gemm.cu`.
+
+#[cfg(feature = "cuda")]
+pub mod gemm;
+pub mod pack;
+pub mod random;
+pub mod reference;
+
+#[cfg(test)]
+mod tests;

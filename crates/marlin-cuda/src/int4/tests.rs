@@ -1,0 +1,65 @@
+//! Host-side checks of the repack: decoding the packed layout with the
+//! kernel's index arithmetic must give back the reference dequantization.
+
+use super::pack::pack_int4;
+use super::random::random_int4;
+use super::reference::{dequantize_int4_ref, unpack_int4_ref};
+use crate::error::CudaError;
+use marlin_quant::Granularity;
+
+fn check_roundtrip(n: usize, k: usize, group: usize, asym: bool, seed: u64) {
+    let w = random_int4(n, k, group, asym, seed);
+    let packed = pack_int4(&w).expect("supported scheme");
+    let want = dequantize_int4_ref(&w).expect("reference");
+    let got = unpack_int4_ref(&packed);
+    let max_abs = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+        // f16 rounding of -zero*scale: at most half an ulp of 15*scale.
+        let tol = 1e-3 * max_abs.max(1e-6);
+        assert!(
+            (f64::from(*g) - r).abs() <= tol,
+            "n={n} k={k} g={group} asym={asym}: element ({}, {}) got {g} want {r}",
+            i / k,
+            i % k
+        );
+    }
+    assert_eq!(packed.n_pad % 64, 0);
+    assert_eq!(packed.k_pad % 64, 0);
+}
+
+#[test]
+fn repack_roundtrips_symmetric_and_asymmetric() {
+    for &(n, k) in &[(64, 128), (37, 200), (130, 384), (16, 1000)] {
+        for &group in &[128, 64, 0] {
+            for asym in [false, true] {
+                check_roundtrip(n, k, group, asym, (n * 131 + k) as u64 + group as u64);
+            }
+        }
+    }
+}
+
+#[test]
+fn repack_handles_odd_k() {
+    check_roundtrip(24, 129, 64, false, 7);
+    check_roundtrip(24, 129, 128, true, 8);
+}
+
+#[test]
+fn unsupported_schemes_are_errors() {
+    let mut w = random_int4(16, 128, 32, false, 1);
+    assert!(matches!(pack_int4(&w), Err(CudaError::Unsupported(_))));
+    w.scheme.granularity = Granularity::PerGroup { group_size: 64 };
+    w.scales = vec![0.01; 16 * 2];
+    w.g_idx = Some(vec![0; 128]);
+    assert!(matches!(pack_int4(&w), Err(CudaError::Unsupported(_))));
+    w.g_idx = None;
+    w.data.pop();
+    assert!(matches!(pack_int4(&w), Err(CudaError::Shape(_))));
+}
+
+#[test]
+fn huge_scale_is_rejected() {
+    let mut w = random_int4(16, 128, 128, false, 2);
+    w.scales[3] = 1e6;
+    assert!(matches!(pack_int4(&w), Err(CudaError::Unsupported(_))));
+}

@@ -1,0 +1,329 @@
+// W4A16 GEMM: C (M, N) f16 = A (M, K) f16 . W^T, W (N, K) 4-bit codes with
+// one f16 scale (and optional zero) per group of K, fp32 accumulation.
+//
+// Marlin's ideas, in a shared-memory-free form:
+// - Weights are repacked once on the host (src/int4/pack.rs) so that every
+//   lane's mma.sync B fragments for one 64-wide chunk of K sit in one 16-byte
+//   word: one coalesced 512-byte load per warp per chunk, streamed with an
+//   evict-first hint and kept P chunks deep in registers.
+// - Dequantisation in registers with lop3 + the 0x6400 (1024.0 f16) magic
+//   number: 4 bit codes become f16 with 2 ops per pair, no int->float converts.
+// - K is permuted inside each 64-chunk identically for A and W (any
+//   permutation of the reduction index leaves the sum unchanged) so that each
+//   lane reads its A fragments as two contiguous 16-byte loads per row.
+// - Split-K over blocks so that all SMs stream weights even at M = 1; the
+//   last block of each tile (atomic ticket) sums the fp32 partials in a fixed
+//   order (deterministic) and writes f16.
+//
+// Self-contained (no #include) so that NVRTC needs no header search path.
+// Every f16 value is carried as raw bits (unsigned short / unsigned int).
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+
+#ifndef W4_PREFETCH
+#define W4_PREFETCH 8
+#endif
+
+__device__ __forceinline__ uint4 ld_weights(const uint4* p) {
+    uint4 r;
+    // .cs: streaming, evict-first: weights are read exactly once.
+    asm("ld.global.cs.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+__device__ __forceinline__ uint4 ld_act(const void* p) {
+    uint4 r;
+    asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+__device__ __forceinline__ u32 ld_u32(const u32* p) {
+    u32 r;
+    asm("ld.global.nc.u32 %0, [%1];" : "=r"(r) : "l"(p));
+    return r;
+}
+
+__device__ __forceinline__ float ld_cg_f32(const float* p) {
+    float r;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
+    return r;
+}
+
+// (a & b) | c
+__device__ __forceinline__ u32 lop3_and_or(u32 a, u32 b, u32 c) {
+    u32 r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+__device__ __forceinline__ u32 hsub2(u32 a, u32 b) {
+    u32 r;
+    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+__device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
+    u32 r;
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+__device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
+    u32 r;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+__device__ __forceinline__ u16 f32_to_f16(float x) {
+    u16 r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    return r;
+}
+
+__device__ __forceinline__ u32 dup_lo(u32 x) { return (x & 0xFFFFu) | (x << 16); }
+__device__ __forceinline__ u32 dup_hi(u32 x) { return (x >> 16) | (x & 0xFFFF0000u); }
+
+__device__ __forceinline__ void mma_16816(float* c, const u32* a, const u32* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// One packed word holds the 8 codes a lane needs for one k16 x n16 tile:
+// nibble position p = (slot & 1) * 4 + (slot >> 1) + 2 * half, where half
+// selects the n8 sub-tile and slot the fragment element (k 2t, 2t+1, 2t+8,
+// 2t+9). Codes are unsigned u (signed codes were offset by 8 at repack).
+// Output: b[h][0..2], the two f16x2 B registers of n8 sub-tile h, equal to
+// u * scale + neg_zero_scale.
+__device__ __forceinline__ void dequant_word(u32 q, u32 s0, u32 s1, u32 z0, u32 z1, u32 b[2][2]) {
+    const u32 MAGIC = 0x64006400u;      // (1024, 1024)
+    const u32 SIXTEENTH = 0x2C002C00u;  // (1/16, 1/16)
+    const u32 NEG64 = 0xD400D400u;      // (-64, -64)
+    const u32 LO = 0x000F000Fu;
+    const u32 HI = 0x00F000F0u;
+    u32 x0 = lop3_and_or(q, LO, MAGIC);       // 1024 + u(pos 0, pos 4)
+    u32 x1 = lop3_and_or(q, HI, MAGIC);       // 1024 + 16 u(pos 1, pos 5)
+    u32 q8 = q >> 8;
+    u32 x2 = lop3_and_or(q8, LO, MAGIC);      // pos 2, pos 6
+    u32 x3 = lop3_and_or(q8, HI, MAGIC);      // pos 3, pos 7
+    b[0][0] = hfma2(hsub2(x0, MAGIC), s0, z0);
+    b[0][1] = hfma2(hfma2(x1, SIXTEENTH, NEG64), s0, z0);
+    b[1][0] = hfma2(hsub2(x2, MAGIC), s1, z1);
+    b[1][1] = hfma2(hfma2(x3, SIXTEENTH, NEG64), s1, z1);
+}
+
+// A fragment words for one m16 tile and one 64-chunk: row g and row g+8,
+// 16 consecutive halves (physical k = chunk*64 + 16*t ... +15) each.
+template <int MT>
+__device__ __forceinline__ void load_a(u32 (&a)[MT][2][8], const u16* __restrict__ A, int M, int K,
+                                       bool k_aligned, int m_base, int g, int t, int chunk) {
+    const int k0 = chunk * 64 + 16 * t;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int row = m_base + mt * 16 + r * 8 + g;
+            if (row < M && k_aligned && k0 + 16 <= K) {
+                const u16* p = A + (size_t)row * K + k0;
+                uint4 v0 = ld_act(p);
+                uint4 v1 = ld_act(p + 8);
+                a[mt][r][0] = v0.x; a[mt][r][1] = v0.y; a[mt][r][2] = v0.z; a[mt][r][3] = v0.w;
+                a[mt][r][4] = v1.x; a[mt][r][5] = v1.y; a[mt][r][6] = v1.z; a[mt][r][7] = v1.w;
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    u32 lo = 0, hi = 0;
+                    const int k = k0 + 2 * i;
+                    if (row < M && k < K) lo = A[(size_t)row * K + k];
+                    if (row < M && k + 1 < K) hi = A[(size_t)row * K + k + 1];
+                    a[mt][r][i] = lo | (hi << 16);
+                }
+            }
+        }
+    }
+}
+
+// Grid: x = m block (16*MT rows), y = n tile (64 columns, one n16 per warp),
+// z = K split. Block: 128 threads.
+template <int MT>
+__device__ __forceinline__ void w4a16_body(
+    const u16* __restrict__ A,          // (M, K) f16, row-major
+    const uint4* __restrict__ W,        // (n_pad/16, k_chunks, 32 lanes) x 16 B
+    const u32* __restrict__ S,          // (groups, n_pad/16, 8) f16x2 scales
+    const u32* __restrict__ Z,          // same grid, f16x2 (-zero*scale); null: -8*scale
+    u16* __restrict__ C,                // (M, N) f16, row-major
+    float* __restrict__ partials,       // (splits, M, n_pad) fp32
+    u32* __restrict__ tickets,          // (n_pad/64 * m_blocks), zero between launches
+    int M, int N, int K, int n_pad, int k_chunks, int group_chunks, int splits) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int nb = blockIdx.y * 4 + warp;   // n16 block of this warp
+    const int nb_count = n_pad >> 4;
+    const int m_base = blockIdx.x * 16 * MT;
+    const int split = blockIdx.z;
+    const int c_begin = (int)(((long long)split * k_chunks) / splits);
+    const int c_end = (int)(((long long)(split + 1) * k_chunks) / splits);
+    const int n_my = c_end - c_begin;
+    const bool k_aligned = (K & 7) == 0;
+
+    const uint4* wp = W + (size_t)nb * k_chunks * 32 + lane;
+    const u32* sp = S + (size_t)nb * 8 + g;
+    const u32* zp = Z ? Z + (size_t)nb * 8 + g : nullptr;
+    const size_t group_stride = (size_t)nb_count * 8;
+
+    float acc[MT][2][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[mt][h][i] = 0.0f;
+
+    uint4 wbuf[W4_PREFETCH];
+    u32 sbuf[W4_PREFETCH];
+    u32 zbuf[W4_PREFETCH];
+#pragma unroll
+    for (int i = 0; i < W4_PREFETCH; i++) {
+        if (i < n_my) {
+            const int c = c_begin + i;
+            wbuf[i] = ld_weights(wp + (size_t)c * 32);
+            const size_t gi = (size_t)(c / group_chunks) * group_stride;
+            sbuf[i] = ld_u32(sp + gi);
+            zbuf[i] = zp ? ld_u32(zp + gi) : 0u;
+        }
+    }
+
+    u32 a_cur[MT][2][8];
+    if (n_my > 0) load_a<MT>(a_cur, A, M, K, k_aligned, m_base, g, t, c_begin);
+
+    for (int base = 0; base < n_my; base += W4_PREFETCH) {
+#pragma unroll
+        for (int i = 0; i < W4_PREFETCH; i++) {
+            const int it = base + i;
+            if (it < n_my) {
+                const uint4 w = wbuf[i];
+                const u32 s = sbuf[i];
+                const u32 zs = zbuf[i];
+                const int cn = it + W4_PREFETCH;
+                if (cn < n_my) {
+                    const int c = c_begin + cn;
+                    wbuf[i] = ld_weights(wp + (size_t)c * 32);
+                    const size_t gi = (size_t)(c / group_chunks) * group_stride;
+                    sbuf[i] = ld_u32(sp + gi);
+                    if (zp) zbuf[i] = ld_u32(zp + gi);
+                }
+                u32 a_nxt[MT][2][8];
+                if (it + 1 < n_my) load_a<MT>(a_nxt, A, M, K, k_aligned, m_base, g, t, c_begin + it + 1);
+
+                const u32 s0 = dup_lo(s);
+                const u32 s1 = dup_hi(s);
+                u32 z0, z1;
+                if (zp) {
+                    z0 = dup_lo(zs);
+                    z1 = dup_hi(zs);
+                } else {
+                    z0 = hmul2(s0, 0xC800C800u);   // -8 * scale, exact
+                    z1 = hmul2(s1, 0xC800C800u);
+                }
+                const u32 words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    u32 b[2][2];
+                    dequant_word(words[j], s0, s1, z0, z1, b);
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+                        const u32 a[4] = {a_cur[mt][0][2 * j], a_cur[mt][1][2 * j],
+                                          a_cur[mt][0][2 * j + 1], a_cur[mt][1][2 * j + 1]};
+                        mma_16816(acc[mt][0], a, b[0]);
+                        mma_16816(acc[mt][1], a, b[1]);
+                    }
+                }
+                if (it + 1 < n_my) {
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                        for (int r = 0; r < 2; r++)
+#pragma unroll
+                            for (int e = 0; e < 8; e++) a_cur[mt][r][e] = a_nxt[mt][r][e];
+                }
+            }
+        }
+    }
+
+    // Accumulator element (mt, h, i): row m_base + mt*16 + g + 8*(i>>1),
+    // column nb*16 + h*8 + 2t + (i&1).
+    if (splits == 1) {
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int row = m_base + mt * 16 + g + 8 * (i >> 1);
+                    const int col = nb * 16 + h * 8 + 2 * t + (i & 1);
+                    if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[mt][h][i]);
+                }
+        return;
+    }
+
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int row = m_base + mt * 16 + g + 8 * (i >> 1);
+                const int col = nb * 16 + h * 8 + 2 * t + (i & 1);
+                if (row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[mt][h][i];
+            }
+    __threadfence();
+    __syncthreads();
+    __shared__ u32 is_last;
+    const int ticket_idx = blockIdx.y * gridDim.x + blockIdx.x;
+    if (threadIdx.x == 0) {
+        const u32 prev = atomicAdd(&tickets[ticket_idx], 1u);
+        is_last = (prev == (u32)(splits - 1)) ? 1u : 0u;
+    }
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int row = m_base + mt * 16 + g + 8 * (i >> 1);
+                const int col = nb * 16 + h * 8 + 2 * t + (i & 1);
+                if (row < M) {
+                    float sum = 0.0f;
+                    for (int s = 0; s < splits; s++)
+                        sum += ld_cg_f32(&partials[((size_t)s * M + row) * n_pad + col]);
+                    if (col < N) C[(size_t)row * N + col] = f32_to_f16(sum);
+                }
+            }
+    if (threadIdx.x == 0) tickets[ticket_idx] = 0u;  // ready for the next launch
+}
+
+#define W4A16_ENTRY(MT)                                                                          \
+    extern "C" __global__ void __launch_bounds__(128) w4a16_gemm_mt##MT(                          \
+        const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
+        const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
+        u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
+        int group_chunks, int splits) {                                                           \
+        w4a16_body<MT>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad, k_chunks, group_chunks, \
+                       splits);                                                                   \
+    }
+
+W4A16_ENTRY(1)
+W4A16_ENTRY(2)
+W4A16_ENTRY(4)

@@ -1,0 +1,142 @@
+//! INT4 GEMM on the GPU against the f64 CPU reference. These need a CUDA GPU
+//! and are `#[ignore]`d; `scripts/gpu_entry.sh` runs them with `--ignored`.
+//! Fresh random inputs every run (seeded from the clock, printed on failure),
+//! the output poisoned with NaN before every launch.
+#![cfg(feature = "cuda")]
+
+use std::sync::Arc;
+
+use half::f16;
+use marlin_cuda::int4::gemm::{int4_gemm, GemmWorkspace, Int4Weight};
+use marlin_cuda::int4::random::{random_activations, random_int4};
+use marlin_cuda::int4::reference::{dequantize_int4_ref, matmul_ref};
+use marlin_cuda::{CudaDevice, CudaError};
+
+/// f16 weights and output, fp32 accumulation: the error is dominated by
+/// f16 rounding of the output and of dequantized weights (2^-11 relative).
+const REL_L2_TOL: f64 = 2e-3;
+
+fn fresh_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(12345)
+}
+
+fn device() -> Arc<CudaDevice> {
+    CudaDevice::new(0).expect("a CUDA device (these tests run on the GPU machine)")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(dev: &Arc<CudaDevice>, ws: &mut GemmWorkspace, m: usize, n: usize, k: usize, group: usize, asym: bool, splits: Option<usize>) {
+    let seed = fresh_seed();
+    let w = random_int4(n, k, group, asym, seed);
+    let a_host = random_activations(m, k, seed ^ 0xA5A5);
+    let w_ref = dequantize_int4_ref(&w).expect("reference dequant");
+    let a_ref: Vec<f64> = a_host.iter().map(|v| f64::from(v.to_f32())).collect();
+    let want = matmul_ref(&a_ref, &w_ref, m, n, k);
+
+    let wd = Int4Weight::from_quant(dev, &w).expect("upload");
+    let a = dev.upload("A", &a_host).expect("upload A");
+    let mut c = dev.alloc_zeros::<f16>("C", m * n).expect("alloc C");
+    for launch in 0..2 {
+        dev.write(&mut c, &vec![f16::NAN; m * n]).expect("poison");
+        let plan = int4_gemm(dev, &a, m, &wd, &mut c, ws, splits).expect("launch");
+        let got = dev.download(&c).expect("download");
+        let mut err2 = 0f64;
+        let mut ref2 = 0f64;
+        for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+            let g = f64::from(g.to_f32());
+            assert!(
+                g.is_finite(),
+                "M={m} N={n} K={k} g={group} asym={asym} {plan:?} seed={seed}: C[{}, {}] = {g} (not written or overflow)",
+                i / n,
+                i % n
+            );
+            err2 += (g - r) * (g - r);
+            ref2 += r * r;
+        }
+        let rel = (err2 / ref2.max(1e-30)).sqrt();
+        assert!(
+            rel < REL_L2_TOL,
+            "M={m} N={n} K={k} g={group} asym={asym} {plan:?} seed={seed} launch {launch}: rel L2 error {rel:.3e}"
+        );
+        println!("PASS int4 M={m} N={n} K={k} g={group} asym={asym} splits={} rel_l2={rel:.2e}", plan.splits);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int4_gemm_matches_reference() {
+    let dev = device();
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    for &m in &[1, 3, 17, 64, 256] {
+        // g128 symmetric, K a multiple of the tile.
+        check(&dev, &mut ws, m, 256, 2048, 128, false, None);
+        // g128 asymmetric, N not a multiple of 64, K not a multiple of 64.
+        check(&dev, &mut ws, m, 200, 1000, 128, true, None);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int4_gemm_awkward_shapes_and_splits() {
+    let dev = device();
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    // Odd K (unaligned activation rows), per-channel, both zero modes.
+    check(&dev, &mut ws, 3, 96, 1001, 0, false, None);
+    check(&dev, &mut ws, 17, 96, 1001, 0, true, None);
+    // Group 64, forced split-K factors including 1 (direct f16 epilogue).
+    for &s in &[1, 2, 7] {
+        check(&dev, &mut ws, 5, 128, 1536, 64, true, Some(s));
+        check(&dev, &mut ws, 33, 320, 1536, 128, false, Some(s));
+    }
+    // M larger than one block row (several m blocks) with split-K.
+    check(&dev, &mut ws, 130, 64, 4096, 128, false, Some(4));
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int4_gemm_is_deterministic() {
+    let dev = device();
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    let (m, n, k) = (4, 512, 4096);
+    let w = Int4Weight::from_quant(&dev, &random_int4(n, k, 128, false, fresh_seed())).expect("upload");
+    let a = dev.upload("A", &random_activations(m, k, fresh_seed())).expect("A");
+    let mut c = dev.alloc_zeros::<f16>("C", m * n).expect("C");
+    int4_gemm(&dev, &a, m, &w, &mut c, &mut ws, Some(8)).expect("launch");
+    let first = dev.download(&c).expect("download");
+    for _ in 0..5 {
+        dev.write(&mut c, &vec![f16::NAN; m * n]).expect("poison");
+        int4_gemm(&dev, &a, m, &w, &mut c, &mut ws, Some(8)).expect("launch");
+        let again = dev.download(&c).expect("download");
+        assert!(first.iter().zip(&again).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+    println!("PASS int4 split-K reduction is bit-deterministic");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn shape_errors_are_reported() {
+    let dev = device();
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    let w = Int4Weight::from_quant(&dev, &random_int4(64, 256, 128, false, 1)).expect("upload");
+    let a = dev.upload("A", &random_activations(2, 256, 2)).expect("A");
+    let mut c = dev.alloc_zeros::<f16>("C", 64).expect("C");
+    // M = 2 needs 128 output elements.
+    assert!(matches!(int4_gemm(&dev, &a, 2, &w, &mut c, &mut ws, None), Err(CudaError::Shape(_))));
+    // An allocation larger than the device is an error naming the sizes.
+    let err = dev.alloc_zeros::<u8>("too big", 1usize << 50).expect_err("must not fit");
+    assert!(matches!(err, CudaError::OutOfMemory { .. }), "{err}");
+    println!("PASS errors: {err}");
+}
+
+#[test]
+fn without_a_gpu_the_device_is_an_error_not_a_panic() {
+    if marlin_cuda::is_available() {
+        assert!(CudaDevice::new(0).is_ok());
+    } else {
+        let err = CudaDevice::new(0).expect_err("no GPU here");
+        assert!(matches!(err, CudaError::NotAvailable(_)), "{err}");
+    }
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Compile every CUDA kernel of marlin-cuda with NVRTC, as the crate does at
+run time, for sm_90a (Hopper) and sm_80 (the portable path). Fails on any
+compile error. No GPU needed.
+
+NVRTC comes from pip: `pip install 'nvidia-cuda-nvrtc==13.0.*'` (or point
+MARLIN_NVRTC_LIB at a libnvrtc.so). Usage:
+
+    python3 scripts/check_kernels_nvrtc.py [--show-log]
+"""
+
+import argparse
+import ctypes
+import glob
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KERNEL_DIR = os.path.join(ROOT, "crates", "marlin-cuda", "src", "kernels")
+ARCHS = ["sm_90a", "sm_80"]
+# Keep in sync with crates/marlin-cuda/src/nvrtc_cache.rs (nvrtc_options).
+COMMON_OPTIONS = ["-std=c++17", "--use_fast_math", "-default-device"]
+
+
+def find_nvrtc():
+    env = os.environ.get("MARLIN_NVRTC_LIB")
+    if env:
+        return env
+    candidates = []
+    for base in sys.path:
+        candidates += glob.glob(os.path.join(base, "nvidia", "cu13", "lib", "libnvrtc.so*"))
+        candidates += glob.glob(os.path.join(base, "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so*"))
+    candidates += glob.glob("/usr/local/cuda/lib64/libnvrtc.so*")
+    candidates = [c for c in candidates if "builtins" not in c and ".alt." not in c]
+    if not candidates:
+        sys.exit("libnvrtc not found: pip install 'nvidia-cuda-nvrtc==13.0.*' or set MARLIN_NVRTC_LIB")
+    return sorted(candidates)[0]
+
+
+def compile_one(lib, path, arch):
+    with open(path, "rb") as f:
+        src = f.read()
+    prog = ctypes.c_void_p()
+    name = os.path.basename(path).encode()
+    rc = lib.nvrtcCreateProgram(ctypes.byref(prog), src, name, 0, None, None)
+    if rc != 0:
+        return False, f"nvrtcCreateProgram returned {rc}"
+    opts = [f"--gpu-architecture={arch}".encode()] + [o.encode() for o in COMMON_OPTIONS]
+    arr = (ctypes.c_char_p * len(opts))(*opts)
+    rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    cubin_size = ctypes.c_size_t()
+    if rc == 0:
+        lib.nvrtcGetCUBINSize(prog, ctypes.byref(cubin_size))
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    text = log.value.decode(errors="replace").strip()
+    if rc != 0:
+        return False, f"nvrtcCompileProgram returned {rc}\n{text}"
+    return True, f"cubin {cubin_size.value} bytes" + (f"\n{text}" if text else "")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--show-log", action="store_true", help="print NVRTC logs of successful compiles too")
+    args = ap.parse_args()
+    lib_path = find_nvrtc()
+    lib = ctypes.CDLL(lib_path)
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+    print(f"NVRTC {major.value}.{minor.value} from {lib_path}")
+    sources = sorted(glob.glob(os.path.join(KERNEL_DIR, "*.cu")))
+    if not sources:
+        sys.exit(f"no .cu files under {KERNEL_DIR}")
+    failures = 0
+    for path in sources:
+        for arch in ARCHS:
+            ok, msg = compile_one(lib, path, arch)
+            rel = os.path.relpath(path, ROOT)
+            print(f"{'PASS' if ok else 'FAIL'} {rel} {arch}: {msg.splitlines()[0] if ok and not args.show_log else msg}")
+            failures += 0 if ok else 1
+    if failures:
+        sys.exit(f"{failures} kernel compile(s) failed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Build marlin-cuda's release binaries and GPU test binaries HERE (the GPU
+# machine has no Rust toolchain) and stage them in the git-ignored
+# .gpu-stage/, which `run` carries to the GPU machine:
+#
+#   bash scripts/gpu.sh          # then, on the GPU machine:
+#   bash scripts/gpu_entry.sh    # all GPU tests + benchmarks, summary last
+#
+# MARLIN_BUILD_ROOT=<dir> builds from another checkout (e.g. a copy of the
+# workspace) but still stages into this repository's .gpu-stage/.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+build_root="${MARLIN_BUILD_ROOT:-$repo}"
+stage="$repo/.gpu-stage"
+cd "$build_root"
+
+cargo build --release -p marlin-cuda --features cuda --bins
+# Test executables: parse cargo's JSON messages for compiled test targets.
+cargo test --release -p marlin-cuda --features cuda --no-run --message-format=json \
+    > "$repo/.gpu-stage.json"
+rm -rf "$stage"
+mkdir -p "$stage/bin" "$stage/tests"
+python3 - "$repo/.gpu-stage.json" "$stage/tests" <<'PY'
+import json, shutil, sys, os
+msgs, dest = sys.argv[1], sys.argv[2]
+for line in open(msgs):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if (m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"].get("test")
+            and m["target"]["kind"][0] != "bin"):
+        name = m["target"]["name"]
+        kind = m["target"]["kind"][0]
+        out = os.path.join(dest, f"{name}-{kind}")
+        shutil.copy2(m["executable"], out)
+        print("staged", out)
+PY
+rm -f "$repo/.gpu-stage.json"
+target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+cp "$target_dir/release/marlin-cuda-bench" "$stage/bin/"
+echo "staged $stage/bin/marlin-cuda-bench"
+# Debug info is most of the size; the carried tree is limited to 64 MiB.
+for f in "$stage"/bin/* "$stage"/tests/*; do objcopy --strip-debug "$f"; done
+du -sh "$stage"
