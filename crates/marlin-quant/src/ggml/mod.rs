@@ -2,6 +2,12 @@
 
 use crate::QuantError;
 
+pub mod blocks;
+pub mod dequant;
+
+pub use blocks::*;
+pub use dequant::dequantize_row;
+
 /// ggml tensor element types, with their GGUF type ids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
@@ -112,7 +118,7 @@ impl GgmlType {
     /// number of blocks or the size overflows.
     pub fn row_bytes(self, cols: usize) -> Result<usize, QuantError> {
         let bs = self.block_size();
-        if cols % bs != 0 {
+        if !cols.is_multiple_of(bs) {
             return Err(QuantError::Shape(format!(
                 "{} rows need a multiple of {bs} elements, got {cols}",
                 self.name()
@@ -153,7 +159,51 @@ impl GgmlTensor {
                 data.len()
             )));
         }
-        Ok(Self { ty, rows, cols, data })
+        Ok(Self {
+            ty,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> Result<usize, QuantError> {
+        self.ty.row_bytes(self.cols)
+    }
+
+    /// The packed bytes of row `r`.
+    pub fn row(&self, r: usize) -> Result<&[u8], QuantError> {
+        let rb = self.row_bytes()?;
+        let start = r
+            .checked_mul(rb)
+            .filter(|_| r < self.rows)
+            .ok_or_else(|| QuantError::Shape(format!("row {r} of {} rows", self.rows)))?;
+        self.data
+            .get(start..start + rb)
+            .ok_or_else(|| QuantError::Shape(format!("row {r} past the end of the data")))
+    }
+
+    /// The whole tensor as f32, row-major (rows, cols), bit-identical to
+    /// ggml's reference dequantization.
+    pub fn dequantize(&self) -> Result<Vec<f32>, QuantError> {
+        let n = self
+            .rows
+            .checked_mul(self.cols)
+            .ok_or_else(|| QuantError::Shape(format!("{}x{} overflows", self.rows, self.cols)))?;
+        let want = self.ty.row_bytes(self.cols)?.checked_mul(self.rows);
+        if want != Some(self.data.len()) {
+            return Err(QuantError::Shape(format!(
+                "{} tensor {}x{} has {} bytes of data",
+                self.ty.name(),
+                self.rows,
+                self.cols,
+                self.data.len()
+            )));
+        }
+        let mut out = vec![0f32; n];
+        dequantize_row(self.ty, &self.data, &mut out)?;
+        Ok(out)
     }
 }
 
@@ -174,3 +224,6 @@ mod tests {
         assert!(GgmlTensor::new(GgmlType::Q8_0, 2, 32, vec![0; 67]).is_err());
     }
 }
+
+#[cfg(test)]
+mod fixture_tests;
