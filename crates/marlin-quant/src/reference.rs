@@ -83,12 +83,13 @@ impl QuantTensor {
         Ok(())
     }
 
-    /// Full validation: [`Self::check_lengths`], plus every g_idx entry below
-    /// K / group_size, the global scale finite and > 0, every scale finite,
-    /// >= 0 and exactly representable in the scale dtype, integer zero points
-    /// integral and within the unsigned code range, float zero points finite
-    /// and representable in the scale dtype. Codes are not checked here (FP8
-    /// NaN codes decode to NaN, see [`Self::check_codes`]).
+    /// Full validation: [`Self::check_lengths`], plus: every g_idx entry is
+    /// below K / group_size; the global scale is finite and positive; every
+    /// scale is finite, non-negative and exactly representable in the scale
+    /// dtype; integer zero points are integers within the unsigned code
+    /// range; float zero points are finite and representable in the scale
+    /// dtype. Codes are not checked here (FP8 NaN codes decode to NaN, see
+    /// [`Self::check_codes`]).
     pub fn validate(&self) -> Result<(), QuantError> {
         self.check_lengths()?;
         let s = &self.scheme;

@@ -335,7 +335,7 @@ impl QuantScheme {
             return Err(QuantError::Shape(format!("{rows} x {cols} overflows")));
         }
         if let Granularity::PerGroup { group_size } = self.granularity {
-            if cols % group_size != 0 {
+            if !cols.is_multiple_of(group_size) {
                 return Err(QuantError::GroupSize {
                     group: group_size,
                     k: cols,
