@@ -1,0 +1,158 @@
+//! Llama family (Llama 2/3, SmolLM2, Mistral): pre-norm blocks of GQA
+//! attention with RoPE and a SwiGLU MLP. Qwen3 reuses this with QK-norm
+//! (see `qwen3.rs`).
+
+use crate::config::{base_config, rope_scaling, ModelConfig};
+use crate::error::Result;
+use crate::layers::Linear;
+use crate::layers::{
+    add_inplace, Activation, ActivationHook, Attention, AttentionConfig, Embedding, KvCache,
+    LogitsWanted, Mlp, OutputHead, RmsNorm,
+};
+use crate::model::{begin_forward, new_cache_for, LoadOptions, Model};
+use crate::source::{SourceKind, WeightSource};
+use marlin_cpu::ops::{Rope, RopeStyle};
+
+pub fn load(src: &dyn WeightSource, opts: &LoadOptions) -> Result<Box<dyn Model>> {
+    // llama.cpp permutes Llama Q/K rows in GGUF so that RoPE pairs are
+    // adjacent; Hugging Face checkpoints pair i with i + n_rot/2.
+    let style = match src.kind() {
+        SourceKind::Gguf => RopeStyle::Normal,
+        SourceKind::HfDir => RopeStyle::Neox,
+    };
+    Ok(Box::new(Llama::load(src, opts, "llama", style, false)?))
+}
+
+struct Block {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    ffn_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// A Llama-style decoder; `qk_norm` adds per-head RMSNorm on q and k.
+pub(crate) struct Llama {
+    cfg: ModelConfig,
+    opts: LoadOptions,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    head: OutputHead,
+}
+
+impl Llama {
+    pub(crate) fn load(
+        src: &dyn WeightSource,
+        opts: &LoadOptions,
+        arch: &str,
+        rope_style: RopeStyle,
+        qk_norm: bool,
+    ) -> Result<Self> {
+        let embed = Embedding::from_data("token_embd.weight", src.tensor("token_embd.weight")?)?;
+        let mut cfg = base_config(src, arch, embed.vocab_size())?;
+        let d = cfg.hidden_size;
+        if embed.dim() != d {
+            return Err(crate::ModelError::tensor(
+                "token_embd.weight",
+                format!("{} columns, expected hidden size {d}", embed.dim()),
+            ));
+        }
+        let n_rot = crate::config::Params { src }
+            .usize_opt(crate::config::HParam::RopeDimCount, cfg.head_dim)?
+            .unwrap_or(cfg.head_dim);
+        let rope = Rope::new(
+            cfg.head_dim,
+            n_rot,
+            cfg.rope_base,
+            rope_style,
+            &rope_scaling(src)?,
+        )?;
+        let attn_cfg = AttentionConfig {
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim,
+            scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+            window: None,
+            rope,
+            qk_norm: qk_norm.then_some((cfg.rms_eps, 0.0)),
+        };
+        let eps = cfg.rms_eps;
+        let blocks = (0..cfg.n_layers)
+            .map(|il| {
+                Ok(Block {
+                    attn_norm: RmsNorm::load(
+                        src,
+                        &format!("blk.{il}.attn_norm.weight"),
+                        d,
+                        eps,
+                        0.0,
+                    )?,
+                    attn: Attention::load(src, il, d, attn_cfg.clone())?,
+                    ffn_norm: RmsNorm::load(
+                        src,
+                        &format!("blk.{il}.ffn_norm.weight"),
+                        d,
+                        eps,
+                        0.0,
+                    )?,
+                    mlp: Mlp::load(src, il, d, cfg.ffn_size, Activation::Silu)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        cfg.tied_embeddings = !src.contains("output.weight");
+        let lm_name = if cfg.tied_embeddings {
+            "token_embd.weight"
+        } else {
+            "output.weight"
+        };
+        let head = OutputHead {
+            norm: RmsNorm::load(src, "output_norm.weight", d, eps, 0.0)?,
+            lm_head: Linear::load_shaped(src, lm_name, cfg.vocab_size, d)?,
+            softcap: cfg.final_logit_softcap,
+        };
+        Ok(Self {
+            cfg,
+            opts: opts.clone(),
+            embed,
+            blocks,
+            head,
+        })
+    }
+}
+
+impl Model for Llama {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn new_cache(&self, max_seq: usize) -> Result<KvCache> {
+        new_cache_for(&self.cfg, &self.opts, max_seq)
+    }
+
+    fn forward_with(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits: LogitsWanted,
+        hook: Option<&mut dyn ActivationHook>,
+    ) -> Result<Vec<f32>> {
+        let mut ctx = begin_forward(&self.cfg, tokens, cache, logits, hook)?;
+        let m = tokens.len();
+        let mut x = self.embed.forward(tokens, 1.0)?; // (m, d)
+        ctx.dump("inp_embd", None, m, &x);
+        for (il, b) in self.blocks.iter().enumerate() {
+            let h = b.attn_norm.forward(&x)?; // (m, d)
+            ctx.dump("attn_norm", Some(il), m, &h);
+            let attn = b.attn.forward(&mut ctx, il, &h, cache)?; // (m, d)
+            add_inplace(&mut x, &attn);
+            ctx.dump("ffn_inp", Some(il), m, &x);
+            let h = b.ffn_norm.forward(&x)?; // (m, d)
+            ctx.dump("ffn_norm", Some(il), m, &h);
+            let ffn = b.mlp.forward(&mut ctx, il, &h)?; // (m, d)
+            add_inplace(&mut x, &ffn);
+            ctx.dump("l_out", Some(il), m, &x);
+        }
+        let out = self.head.forward(&mut ctx, &x)?;
+        cache.advance(m);
+        Ok(out)
+    }
+}

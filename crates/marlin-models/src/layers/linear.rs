@@ -1,0 +1,97 @@
+//! `Linear`: a weight matrix on the CPU kernels, built by one factory from
+//! whatever the checkpoint holds. Model code never names a format.
+
+use crate::error::{ModelError, Result};
+use crate::source::{TensorData, WeightSource};
+use marlin_cpu::{CpuError, CpuWeight};
+use marlin_quant::{GgmlTensor, GgmlType};
+
+/// `y (m, out) = x (m, in) · Wᵀ` with W (out, in).
+pub struct Linear {
+    name: String,
+    weight: CpuWeight,
+}
+
+impl Linear {
+    /// Loads tensor `name` from `src`.
+    pub fn load(src: &dyn WeightSource, name: &str) -> Result<Self> {
+        Self::from_data(name, src.tensor(name)?)
+    }
+
+    /// Loads tensor `name` and checks it is (out, in).
+    pub fn load_shaped(src: &dyn WeightSource, name: &str, out: usize, inp: usize) -> Result<Self> {
+        let l = Self::load(src, name)?;
+        if (l.out_features(), l.in_features()) != (out, inp) {
+            return Err(ModelError::tensor(
+                name,
+                format!(
+                    "shape {}x{}, expected {out}x{inp} (out x in)",
+                    l.out_features(),
+                    l.in_features()
+                ),
+            ));
+        }
+        Ok(l)
+    }
+
+    /// The factory: plain float data becomes a dense weight, ggml block
+    /// tensors and `QuantTensor`s go to their quantized kernels as they are.
+    pub fn from_data(name: &str, data: TensorData) -> Result<Self> {
+        let ctx = |e: CpuError| ModelError::tensor(name, e.to_string());
+        let weight = match data {
+            TensorData::F32 { rows, cols, data } => {
+                CpuWeight::from_f32(rows, cols, data).map_err(ctx)?
+            }
+            TensorData::Quant(t) => CpuWeight::from_quant(&t).map_err(ctx)?,
+            TensorData::Ggml(t) => match t.ty {
+                GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+                    let (rows, cols) = (t.rows, t.cols);
+                    CpuWeight::from_f32(rows, cols, t.dequantize()?).map_err(ctx)?
+                }
+                _ => ggml_weight(t).map_err(ctx)?,
+            },
+        };
+        Ok(Self {
+            name: name.to_string(),
+            weight,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.rows()
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.cols()
+    }
+
+    /// `x` (m, in) -> new (m, out).
+    pub fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let n = self.out_features();
+        let len = m
+            .checked_mul(n)
+            .ok_or_else(|| ModelError::tensor(&self.name, "m*out overflows"))?;
+        let mut y = vec![0.0f32; len]; // (m, out)
+        self.weight
+            .matmul(x, m, &mut y)
+            .map_err(|e| ModelError::tensor(&self.name, e.to_string()))?;
+        Ok(y)
+    }
+}
+
+/// A ggml block tensor on its quantized kernel. Until marlin-cpu has a
+/// kernel for a block type, the weight is dequantized once to dense f32
+/// (correct, but 4-8x the memory); the error path is kept for other errors.
+fn ggml_weight(t: GgmlTensor) -> Result<CpuWeight, CpuError> {
+    let (rows, cols) = (t.rows, t.cols);
+    let dense =
+        || -> Result<CpuWeight, CpuError> { CpuWeight::from_f32(rows, cols, t.dequantize()?) };
+    match CpuWeight::from_ggml(t.clone()) {
+        Err(CpuError::Unsupported(_)) => dense(),
+        other => other,
+    }
+}
