@@ -8,6 +8,7 @@ mod keys;
 mod parse;
 mod types;
 mod value;
+mod write;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -20,6 +21,7 @@ use memmap2::Mmap;
 pub use keys::{GgufKey, KeyName, MetaKey, ARCHITECTURE_KEY};
 pub use types::{ggml_type_info, GgmlTypeInfo};
 pub use value::{GgufArray, GgufValue, GgufValueType};
+pub use write::GgufBuilder;
 
 use crate::error::{IoError, Result};
 
@@ -386,7 +388,7 @@ fn unsupported(info: &TensorInfo) -> IoError {
 /// `i32 (-1)` for error messages; arrays give their element type and length.
 fn describe(v: &GgufValue) -> String {
     match v {
-        GgufValue::Array(a) => format!("array of {} ({} elements)", a.elem_type().name(), a.len()),
+        GgufValue::Array(a) => a.type_description(),
         GgufValue::String(s) if s.len() > 40 => "string".to_string(),
         v => format!("{} ({v})", v.value_type().name()),
     }

@@ -203,7 +203,7 @@ impl GgufValue {
     /// Type description for error messages, e.g. `i32` or `array of string`.
     pub fn type_description(&self) -> String {
         match self {
-            GgufValue::Array(a) => format!("array of {}", a.elem_type().name()),
+            GgufValue::Array(a) => a.type_description(),
             v => v.value_type().name().to_string(),
         }
     }
@@ -256,6 +256,15 @@ impl GgufArray {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Type description for error messages: `array of i32 (3 elements)`.
+    pub fn type_description(&self) -> String {
+        format!(
+            "array of {} ({} elements)",
+            self.elem_type().name(),
+            self.len()
+        )
     }
 
     pub fn as_strings(&self) -> Option<&[String]> {
