@@ -11,6 +11,7 @@
 //! SIMD variants are chosen at run time (`is_x86_feature_detected!`), never by
 //! compiling with `target-cpu=native`.
 
+pub mod bench;
 pub mod dense;
 pub mod error;
 pub mod ggml;
@@ -79,8 +80,12 @@ pub fn check_matmul_shapes(
     n: usize,
     k: usize,
 ) -> Result<(), CpuError> {
-    let want_x = m.checked_mul(k).ok_or(CpuError::Shape("m*k overflows".into()))?;
-    let want_y = m.checked_mul(n).ok_or(CpuError::Shape("m*n overflows".into()))?;
+    let want_x = m
+        .checked_mul(k)
+        .ok_or(CpuError::Shape("m*k overflows".into()))?;
+    let want_y = m
+        .checked_mul(n)
+        .ok_or(CpuError::Shape("m*n overflows".into()))?;
     if x_len != want_x || y_len != want_y {
         return Err(CpuError::Shape(format!(
             "matmul: x has {x_len} elements (want m*k = {m}*{k}), y has {y_len} (want m*n = {m}*{n})"

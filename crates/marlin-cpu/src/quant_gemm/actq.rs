@@ -62,32 +62,21 @@ impl QuantActs {
         if m == 0 || k == 0 {
             return acts;
         }
-        let work = |(((q, dx), xsum), (xsum_half, xrow)): (
-            ((&mut [i8], &mut [f32]), &mut [f32]),
-            (&mut [f32], &[f32]),
-        )| {
-            quantize_row(xrow, perm, q, dx, xsum, xsum_half);
-        };
-        let rows = acts
-            .q
+        if m == 1 {
+            // One row: not worth waking the pool.
+            let (q, dx) = (&mut acts.q[..], &mut acts.dx[..]);
+            quantize_row(x, perm, q, dx, &mut acts.xsum, &mut acts.xsum_half);
+            return acts;
+        }
+        acts.q
             .par_chunks_mut(kp)
             .zip(acts.dx.par_chunks_mut(n_sb * LANES))
             .zip(acts.xsum.par_chunks_mut(n_sb * LANES))
-            .zip(
-                acts.xsum_half
-                    .par_chunks_mut(n_sb * 2 * LANES)
-                    .zip(x.par_chunks(k)),
-            );
-        if m > 1 {
-            rows.for_each(work);
-        } else {
-            // One row: not worth waking the pool.
-            let row = (
-                ((&mut acts.q[..], &mut acts.dx[..]), &mut acts.xsum[..]),
-                (&mut acts.xsum_half[..], x),
-            );
-            work(row);
-        }
+            .zip(acts.xsum_half.par_chunks_mut(n_sb * 2 * LANES))
+            .zip(x.par_chunks(k))
+            .for_each(|((((q, dx), xsum), xsum_half), xrow)| {
+                quantize_row(xrow, perm, q, dx, xsum, xsum_half)
+            });
         acts
     }
 

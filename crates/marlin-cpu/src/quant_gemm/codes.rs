@@ -165,7 +165,7 @@ impl ScaleGrid {
             Granularity::PerTensor => (n.max(1), k.max(1)),
             Granularity::PerChannel => (1, k.max(1)),
             Granularity::PerGroup { group_size } => {
-                if group_size == 0 || k % group_size != 0 {
+                if group_size == 0 || !k.is_multiple_of(group_size) {
                     return Err(marlin_quant::QuantError::GroupSize {
                         group: group_size,
                         k,

@@ -248,6 +248,32 @@ struct Tile {
     zf: Vec<f32>,
 }
 
+/// One 32-byte step `v` of a superblock for the 2x2 block: i16 partial
+/// products added to `s16`, widened into `dots` at the end of each depth
+/// group. Unrolled by hand (through `micro_step!`) so that every index is a
+/// constant and the accumulators stay in registers.
+macro_rules! micro_step {
+    ($F:ident, $H:ident, $v:literal, $off:expr, $wc:ident, $xq:ident, $s16:ident, $dots:ident, $ones:ident) => {{
+        let off = $off + 32 * $v;
+        let w0 = ld($wc[0], off);
+        let w1 = ld($wc[1], off);
+        let x0 = ld($xq[0] as *const u8, off);
+        let x1 = ld($xq[1] as *const u8, off);
+        $s16[0] = _mm256_add_epi16($s16[0], mul_pairs::<$F>(w0, x0));
+        $s16[1] = _mm256_add_epi16($s16[1], mul_pairs::<$F>(w0, x1));
+        $s16[2] = _mm256_add_epi16($s16[2], mul_pairs::<$F>(w1, x0));
+        $s16[3] = _mm256_add_epi16($s16[3], mul_pairs::<$F>(w1, x1));
+        let d = depth_eff($F, $H);
+        if ($v + 1) % d == 0 {
+            let h = if $H == 2 { $v / 4 } else { 0 };
+            for i in 0..4 {
+                $dots[h][i] = _mm256_add_epi32($dots[h][i], _mm256_madd_epi16($s16[i], $ones));
+                $s16[i] = _mm256_setzero_si256();
+            }
+        }
+    }};
+}
+
 /// 2x2 register block: weight rows `wr`, activation rows `xr`, all of K.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn micro_2x2<const F: u8, const H: usize>(
@@ -282,41 +308,25 @@ unsafe fn micro_2x2<const F: u8, const H: usize>(
         [acts.row_xsum(xr[0]).as_ptr(), acts.row_xsum(xr[1]).as_ptr()]
     };
     let ones = _mm256_set1_epi16(1);
-    let d = depth_eff(F, H);
-    let mut acc = [[_mm256_setzero_ps(); 2]; 2];
+    // Pair i = 2a + b: weight row a, activation row b.
+    let mut acc = [_mm256_setzero_ps(); 4];
     for sb in 0..n_sb {
-        let mut dots = [[[_mm256_setzero_si256(); 2]; 2]; H];
-        for j in 0..8 / d {
-            let mut s16 = [[_mm256_setzero_si256(); 2]; 2];
-            for t in 0..d {
-                let off = sb * SB + 32 * (j * d + t);
-                let wv = [
-                    _mm256_loadu_si256(wc[0].add(off) as *const __m256i),
-                    _mm256_loadu_si256(wc[1].add(off) as *const __m256i),
-                ];
-                let xv = [
-                    _mm256_loadu_si256(xq[0].add(off) as *const __m256i),
-                    _mm256_loadu_si256(xq[1].add(off) as *const __m256i),
-                ];
-                for a in 0..2 {
-                    for b in 0..2 {
-                        s16[a][b] = _mm256_add_epi16(s16[a][b], mul_pairs::<F>(wv[a], xv[b]));
-                    }
-                }
-            }
-            let h = if H == 2 { (j * d) / 4 } else { 0 };
-            for a in 0..2 {
-                for b in 0..2 {
-                    dots[h][a][b] =
-                        _mm256_add_epi32(dots[h][a][b], _mm256_madd_epi16(s16[a][b], ones));
-                }
-            }
-        }
+        let base = sb * SB;
+        let mut dots = [[_mm256_setzero_si256(); 4]; 2];
+        let mut s16 = [_mm256_setzero_si256(); 4];
+        micro_step!(F, H, 0, base, wc, xq, s16, dots, ones);
+        micro_step!(F, H, 1, base, wc, xq, s16, dots, ones);
+        micro_step!(F, H, 2, base, wc, xq, s16, dots, ones);
+        micro_step!(F, H, 3, base, wc, xq, s16, dots, ones);
+        micro_step!(F, H, 4, base, wc, xq, s16, dots, ones);
+        micro_step!(F, H, 5, base, wc, xq, s16, dots, ones);
+        micro_step!(F, H, 6, base, wc, xq, s16, dots, ones);
+        micro_step!(F, H, 7, base, wc, xq, s16, dots, ones);
         let dxv = [
             _mm256_loadu_ps(xd[0].add(sb * LANES)),
             _mm256_loadu_ps(xd[1].add(sb * LANES)),
         ];
-        for (h, dots_h) in dots.iter().enumerate() {
+        for (h, dots_h) in dots.iter().enumerate().take(H) {
             let so = sb * 2 * LANES + h * LANES;
             let xo = (sb * H + h) * LANES;
             let xsv = [
@@ -327,19 +337,14 @@ unsafe fn micro_2x2<const F: u8, const H: usize>(
                 let sv = _mm256_loadu_ps(ws[a].add(so));
                 let zv = _mm256_loadu_ps(wz[a].add(so));
                 for b in 0..2 {
-                    let val = _mm256_fnmadd_ps(zv, xsv[b], _mm256_cvtepi32_ps(dots_h[a][b]));
-                    acc[a][b] = _mm256_fmadd_ps(val, _mm256_mul_ps(sv, dxv[b]), acc[a][b]);
+                    let val = _mm256_fnmadd_ps(zv, xsv[b], _mm256_cvtepi32_ps(dots_h[2 * a + b]));
+                    acc[2 * a + b] =
+                        _mm256_fmadd_ps(val, _mm256_mul_ps(sv, dxv[b]), acc[2 * a + b]);
                 }
             }
         }
     }
-    let mut out = [[0f32; 2]; 2];
-    for a in 0..2 {
-        for b in 0..2 {
-            out[a][b] = hsum(acc[a][b]);
-        }
-    }
-    out
+    [[hsum(acc[0]), hsum(acc[1])], [hsum(acc[2]), hsum(acc[3])]]
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -103,11 +103,11 @@ impl LaneGrid {
         if matches!(c, 32 | 64 | 128 | 256) {
             return Some(natural(lane_idx(&|l| l * 32 / c), c));
         }
-        if c % SB == 0 {
+        if c.is_multiple_of(SB) {
             return Some(natural([0; LANES], c));
         }
-        let halves = c % 32 != 0;
-        if c % 16 != 0 {
+        let halves = !c.is_multiple_of(32);
+        if !c.is_multiple_of(16) {
             return None;
         }
         // Expanded: one entry per lane (or half lane) of every superblock.

@@ -92,12 +92,13 @@ pub struct PreparedQuant {
     rows: usize,
     cols: usize,
     isa: KernelIsa,
-    path: Path,
+    /// Boxed: keeps `CpuWeight` small.
+    path: Box<Path>,
 }
 
 impl PreparedQuant {
-    /// Checks `t` (lengths, finite scales / zeros, FP8 NaN codes, g_idx
-    /// range, group size dividing K) and repacks it for the best kernels of
+    /// Checks `t` (`QuantTensor::validate`, plus finite zeros, FP8 NaN /
+    /// infinity codes, group size dividing K) and repacks it for the best kernels of
     /// this CPU.
     pub fn new(t: &QuantTensor) -> Result<Self, CpuError> {
         Self::with_isa(t, KernelIsa::detect())
@@ -111,6 +112,9 @@ impl PreparedQuant {
                 "AVX2+FMA+F16C kernels on this CPU".into(),
             ));
         }
+        // The reference's own rules (scales non-negative and representable
+        // in their dtype, zero points in range...), then the kernel's.
+        t.validate()?;
         let ct = codes::CheckedTensor::new(t)?;
         let path = if let Some(w) = IntDotWeights::new(&ct) {
             let (decode, batched) = intdot_kernels(&w, isa);
@@ -124,7 +128,7 @@ impl PreparedQuant {
             rows: t.rows,
             cols: t.cols,
             isa,
-            path,
+            path: Box::new(path),
         })
     }
 
@@ -144,7 +148,7 @@ impl PreparedQuant {
             KernelIsa::Scalar => "scalar",
             KernelIsa::Avx2 => "avx2",
         };
-        match &self.path {
+        match self.path.as_ref() {
             Path::IntDot { w, .. } => format!("int-dot {:?} {isa}", w.fmt),
             Path::Fp8(_) => format!("fp8 {isa}"),
             Path::Generic(_) => "generic f32".to_string(),
@@ -153,12 +157,12 @@ impl PreparedQuant {
 
     /// Whether a SIMD/integer fast path (not the generic one) is in use.
     pub fn is_fast_path(&self) -> bool {
-        !matches!(self.path, Path::Generic(_))
+        !matches!(self.path.as_ref(), Path::Generic(_))
     }
 
     /// Bytes of weight data (codes, scales, zeros) one matmul streams.
     pub fn stream_bytes(&self) -> usize {
-        match &self.path {
+        match self.path.as_ref() {
             Path::IntDot { w, .. } => w.stream_bytes(),
             Path::Fp8(w) => w.stream_bytes(),
             Path::Generic(w) => w.stream_bytes(),
@@ -176,7 +180,7 @@ impl PreparedQuant {
             y.fill(0.0);
             return Ok(());
         }
-        match &self.path {
+        match self.path.as_ref() {
             Path::IntDot { w, decode, batched } => {
                 let acts = QuantActs::new(x, m, k, w.perm.as_deref());
                 let (kernel, chunk) = if m >= BATCHED_MIN_M {

@@ -22,6 +22,8 @@ pub(crate) struct Fp8Weights {
     pub rows_per: usize,
     /// (grid rows, blocks_per_row) scales times the global scale.
     pub scales: Vec<f32>,
+    /// Value of every code (for the scalar and sgemm paths).
+    pub lut: Vec<f32>,
 }
 
 impl Fp8Weights {
@@ -40,7 +42,7 @@ impl Fp8Weights {
         let grid: &ScaleGrid = &ct.grid;
         let block = if grid.grid_cols == 1 {
             kp.max(16)
-        } else if grid.cols_per % 16 == 0 {
+        } else if grid.cols_per.is_multiple_of(16) {
             grid.cols_per
         } else {
             return None;
@@ -59,6 +61,9 @@ impl Fp8Weights {
             blocks_per_row: grid.grid_cols,
             rows_per: grid.rows_per,
             scales: t.scales.iter().map(|s| s * t.global_scale).collect(),
+            lut: (0..=255u8)
+                .map(|c| if e5m2 { decode_e5m2(c) } else { decode_e4m3(c) })
+                .collect(),
         })
     }
 
@@ -73,11 +78,16 @@ impl Fp8Weights {
 
     /// Row `r` dequantized to f32 (K values).
     pub fn decode_row(&self, r: usize, out: &mut [f32]) {
-        let dec = if self.e5m2 { decode_e5m2 } else { decode_e4m3 };
         let s = self.row_scales(r);
         let codes = &self.codes[r * self.kp..r * self.kp + self.k];
-        for (c, (o, &code)) in out.iter_mut().zip(codes).enumerate() {
-            *o = s[c / self.block] * dec(code);
+        for ((o, cs), &s) in out
+            .chunks_mut(self.block)
+            .zip(codes.chunks(self.block))
+            .zip(s)
+        {
+            for (o, &code) in o.iter_mut().zip(cs) {
+                *o = s * self.lut[usize::from(code)];
+            }
         }
     }
 }
@@ -272,7 +282,7 @@ pub(crate) mod fp8_avx2 {
         rows: std::ops::Range<usize>,
         yt: &mut [f32],
     ) {
-        assert!(xp.len() >= m * w.kp && rows.end <= w.n && w.kp % 16 == 0);
+        assert!(xp.len() >= m * w.kp && rows.end <= w.n && w.kp.is_multiple_of(16));
         for (ri, r) in rows.enumerate() {
             for mi in 0..m {
                 let xr = &xp[mi * w.kp..(mi + 1) * w.kp];

@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
-use marlin_quant::{ElementType, Granularity, Layout, QuantScheme, QuantTensor, ScaleDType, ZeroPoint};
+use marlin_quant::{
+    ElementType, Granularity, Layout, QuantScheme, QuantTensor, ScaleDType, ZeroPoint,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -17,7 +19,12 @@ pub fn rng() -> (StdRng, u64) {
     (StdRng::seed_from_u64(seed), seed)
 }
 
-pub fn scheme(element: ElementType, granularity: Granularity, scale_dtype: ScaleDType, zero_point: ZeroPoint) -> QuantScheme {
+pub fn scheme(
+    element: ElementType,
+    granularity: Granularity,
+    scale_dtype: ScaleDType,
+    zero_point: ZeroPoint,
+) -> QuantScheme {
     QuantScheme {
         element,
         granularity,
@@ -77,7 +84,11 @@ const NF4: [f64; 16] = [
 /// Value of a code, by the format definitions.
 pub fn value(e: ElementType, c: u8) -> f64 {
     let minifloat = |c: u8, ebits: u32, mbits: u32, bias: i32| -> f64 {
-        let sign = if c >> (ebits + mbits) & 1 == 1 { -1.0 } else { 1.0 };
+        let sign = if c >> (ebits + mbits) & 1 == 1 {
+            -1.0
+        } else {
+            1.0
+        };
         let ex = i32::from((c >> mbits) & ((1 << ebits) - 1) as u8);
         let man = f64::from(c & ((1 << mbits) - 1) as u8) / f64::from(1u32 << mbits);
         if ex == 0 {
@@ -146,7 +157,13 @@ pub struct Case {
 /// A random tensor of `s` with shape (n, k); `g_idx`: an act-order
 /// permutation (regular groups) when `Some(true)`, random group per column
 /// (irregular) when `Some(false)`.
-pub fn random_tensor(rng: &mut StdRng, s: QuantScheme, n: usize, k: usize, g_idx: Option<bool>) -> Case {
+pub fn random_tensor(
+    rng: &mut StdRng,
+    s: QuantScheme,
+    n: usize,
+    k: usize,
+    g_idx: Option<bool>,
+) -> Case {
     let bits = bits_of(s.element);
     let codes: Vec<u8> = (0..n * k).map(|_| random_code(rng, s.element)).collect();
     let (gr, gc) = match s.granularity {
@@ -155,14 +172,20 @@ pub fn random_tensor(rng: &mut StdRng, s: QuantScheme, n: usize, k: usize, g_idx
         Granularity::PerGroup { group_size } => (n, k / group_size),
         Granularity::Block2d { rows, cols } => (n.div_ceil(rows), k.div_ceil(cols)),
     };
-    let scales: Vec<f32> = (0..gr * gc).map(|_| random_scale(rng, s.scale_dtype)).collect();
+    let scales: Vec<f32> = (0..gr * gc)
+        .map(|_| random_scale(rng, s.scale_dtype))
+        .collect();
     let zeros = match s.zero_point {
         ZeroPoint::None => None,
         ZeroPoint::Int => {
             let max = 1u32 << bits;
             Some((0..gr * gc).map(|_| rng.gen_range(0..max) as f32).collect())
         }
-        ZeroPoint::Float => Some((0..gr * gc).map(|_| rng.gen_range(-2.0f32..9.0)).collect()),
+        ZeroPoint::Float => Some(
+            (0..gr * gc)
+                .map(|_| half::f16::from_f32(rng.gen_range(-2.0f32..9.0)).to_f32())
+                .collect(),
+        ),
     };
     let g_idx = g_idx.map(|regular| {
         if regular {
@@ -178,7 +201,11 @@ pub fn random_tensor(rng: &mut StdRng, s: QuantScheme, n: usize, k: usize, g_idx
             (0..k).map(|_| rng.gen_range(0..gc as u32)).collect()
         }
     });
-    let global_scale = if s.global_scale { rng.gen_range(0.5f32..2.0) } else { 1.0 };
+    let global_scale = if s.global_scale {
+        rng.gen_range(0.5f32..2.0)
+    } else {
+        1.0
+    };
     let t = QuantTensor {
         scheme: s,
         rows: n,
@@ -224,17 +251,12 @@ pub fn matmul_f64(w: &[f64], x: &[f32], m: usize, n: usize, k: usize) -> Vec<f64
     let mut y = vec![0f64; m * n];
     for mi in 0..m {
         for r in 0..n {
-            y[mi * n + r] = (0..k).map(|j| f64::from(x[mi * k + j]) * w[r * k + j]).sum();
+            y[mi * n + r] = (0..k)
+                .map(|j| f64::from(x[mi * k + j]) * w[r * k + j])
+                .sum();
         }
     }
     y
-}
-
-/// ||a - b|| / ||b||.
-pub fn rel_err(a: &[f32], b: &[f64]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(&a, &b)| (f64::from(a) - b).powi(2)).sum();
-    let den: f64 = b.iter().map(|b| b * b).sum();
-    (num / den.max(1e-300)).sqrt()
 }
 
 pub fn random_x(rng: &mut StdRng, len: usize) -> Vec<f32> {

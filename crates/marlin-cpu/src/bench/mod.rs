@@ -1,0 +1,393 @@
+//! `marlin bench gemm --device cpu`: quantized matmul throughput against the
+//! machine's own limits, measured in the same run.
+//!
+//! For each (K, N) shape, format and M the report gives the median time of
+//! [`GemmBenchConfig::runs`] calls after warm-up, the GB/s of weight bytes
+//! streamed (codes + scales + zeros as the kernel stores them), GFLOP/s
+//! (2·M·N·K), the fraction of the STREAM-like copy bandwidth (meaningful at
+//! M = 1, where the product is memory-bound), and the speedup over the same
+//! product with dense f32 weights through `matrixmultiply`'s sgemm.
+
+use crate::dense::DenseWeight;
+use crate::quant_gemm::PreparedQuant;
+use crate::CpuError;
+use marlin_quant::{
+    ElementType, Granularity, Layout, QuantScheme, QuantTensor, ScaleDType, ZeroPoint,
+};
+use rayon::prelude::*;
+use std::fmt;
+use std::hint::black_box;
+use std::time::Instant;
+
+/// A weight format of the benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchFormat {
+    /// INT4 symmetric, f16 scale per 128 columns (GPTQ-like).
+    Int4G128,
+    /// FP4 E2M1 with an E8M0 scale per 32 (OCP MXFP4).
+    Mxfp4,
+    /// FP4 E2M1 with an E4M3 scale per 16 and an f32 tensor scale (NVFP4).
+    Nvfp4,
+    /// INT8 symmetric, one f32 scale per row.
+    Int8PerChannel,
+    /// FP8 E4M3, one f32 scale per row.
+    Fp8PerChannel,
+}
+
+impl BenchFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchFormat::Int4G128 => "INT4 g128",
+            BenchFormat::Mxfp4 => "MXFP4",
+            BenchFormat::Nvfp4 => "NVFP4",
+            BenchFormat::Int8PerChannel => "INT8 per-ch",
+            BenchFormat::Fp8PerChannel => "FP8 E4M3 per-ch",
+        }
+    }
+
+    pub fn scheme(self) -> QuantScheme {
+        let (element, granularity, scale_dtype, global_scale) = match self {
+            BenchFormat::Int4G128 => (
+                ElementType::Int {
+                    bits: 4,
+                    signed: true,
+                },
+                Granularity::PerGroup { group_size: 128 },
+                ScaleDType::F16,
+                false,
+            ),
+            BenchFormat::Mxfp4 => (
+                ElementType::Fp4E2M1,
+                Granularity::PerGroup { group_size: 32 },
+                ScaleDType::E8M0,
+                false,
+            ),
+            BenchFormat::Nvfp4 => (
+                ElementType::Fp4E2M1,
+                Granularity::PerGroup { group_size: 16 },
+                ScaleDType::E4M3,
+                true,
+            ),
+            BenchFormat::Int8PerChannel => (
+                ElementType::Int {
+                    bits: 8,
+                    signed: true,
+                },
+                Granularity::PerChannel,
+                ScaleDType::F32,
+                false,
+            ),
+            BenchFormat::Fp8PerChannel => (
+                ElementType::Fp8E4M3,
+                Granularity::PerChannel,
+                ScaleDType::F32,
+                false,
+            ),
+        };
+        QuantScheme {
+            element,
+            granularity,
+            scale_dtype,
+            zero_point: ZeroPoint::None,
+            global_scale,
+            layout: Layout::KMajorDense,
+        }
+    }
+}
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct GemmBenchConfig {
+    /// (K, N): input features, output features.
+    pub shapes: Vec<(usize, usize)>,
+    /// Activation rows.
+    pub ms: Vec<usize>,
+    pub formats: Vec<BenchFormat>,
+    /// Untimed calls before timing.
+    pub warmup: usize,
+    /// Timed calls; the median is reported.
+    pub runs: usize,
+    /// Size of each of the two buffers of the copy-bandwidth test.
+    pub copy_bytes: usize,
+    /// Also time the dense f32 product (sgemm) of every shape.
+    pub dense_baseline: bool,
+}
+
+impl Default for GemmBenchConfig {
+    /// The issue's table: 4096x4096 and 4096x14336, M = 1 and 128, INT4
+    /// g128, MXFP4, INT8 and FP8.
+    fn default() -> Self {
+        GemmBenchConfig {
+            shapes: vec![(4096, 4096), (4096, 14336)],
+            ms: vec![1, 128],
+            formats: vec![
+                BenchFormat::Int4G128,
+                BenchFormat::Mxfp4,
+                BenchFormat::Int8PerChannel,
+                BenchFormat::Fp8PerChannel,
+            ],
+            warmup: 2,
+            runs: 7,
+            copy_bytes: 256 << 20,
+            dense_baseline: true,
+        }
+    }
+}
+
+/// One measured product.
+#[derive(Clone, Debug)]
+pub struct GemmBenchRow {
+    pub format: String,
+    pub kernel: String,
+    pub k: usize,
+    pub n: usize,
+    pub m: usize,
+    /// Median seconds per call.
+    pub seconds: f64,
+    /// Weight bytes streamed per call.
+    pub weight_bytes: usize,
+    pub weight_gbs: f64,
+    pub gflops: f64,
+    /// `weight_gbs / copy bandwidth`.
+    pub frac_copy_bw: f64,
+    /// Median seconds of the dense f32 product of the same shape.
+    pub dense_seconds: Option<f64>,
+}
+
+impl GemmBenchRow {
+    pub fn speedup_vs_dense(&self) -> Option<f64> {
+        self.dense_seconds.map(|d| d / self.seconds)
+    }
+}
+
+/// The benchmark's result; `Display` prints the table.
+#[derive(Clone, Debug)]
+pub struct GemmBenchReport {
+    /// STREAM-like copy bandwidth, read + write bytes, GB/s (1e9).
+    pub copy_gbs: f64,
+    pub copy_bytes: usize,
+    pub threads: usize,
+    pub rows: Vec<GemmBenchRow>,
+}
+
+/// Target of the issue: M = 1 at >= 80% of copy bandwidth, M >= 16 at least
+/// 2x faster than dense f32.
+fn target(row: &GemmBenchRow) -> String {
+    if row.m == 1 {
+        let ok = row.frac_copy_bw >= 0.8;
+        format!("bw>=80%: {}", if ok { "yes" } else { "NO" })
+    } else {
+        match row.speedup_vs_dense() {
+            Some(s) => format!("2x dense: {}", if s >= 2.0 { "yes" } else { "NO" }),
+            None => "-".to_string(),
+        }
+    }
+}
+
+impl fmt::Display for GemmBenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "memory bandwidth (copy of 2 x {} MiB, read + write): {:.1} GB/s; threads: {}",
+            self.copy_bytes >> 20,
+            self.copy_gbs,
+            self.threads
+        )?;
+        writeln!(
+            f,
+            "{:<15} {:>5} {:>6} {:>4} {:<20} {:>9} {:>8} {:>8} {:>7} {:>10} {:>7}  target",
+            "format",
+            "K",
+            "N",
+            "M",
+            "kernel",
+            "time ms",
+            "GB/s",
+            "GFLOP/s",
+            "%copy",
+            "f32 ms",
+            "speedup",
+        )?;
+        for r in &self.rows {
+            let dense = r
+                .dense_seconds
+                .map_or("-".to_string(), |d| format!("{:.3}", d * 1e3));
+            let speed = r
+                .speedup_vs_dense()
+                .map_or("-".to_string(), |s| format!("{s:.2}x"));
+            writeln!(
+                f,
+                "{:<15} {:>5} {:>6} {:>4} {:<20} {:>9.3} {:>8.2} {:>8.1} {:>6.0}% {:>10} {:>7}  {}",
+                r.format,
+                r.k,
+                r.n,
+                r.m,
+                r.kernel,
+                r.seconds * 1e3,
+                r.weight_gbs,
+                r.gflops,
+                r.frac_copy_bw * 100.0,
+                dense,
+                speed,
+                target(r)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Small deterministic generator for benchmark data (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+/// A random (N, K) tensor of `scheme`: random codes (FP8 NaN codes
+/// avoided), random non-zero scales representable in the scale dtype.
+pub fn random_quant_tensor(
+    scheme: QuantScheme,
+    n: usize,
+    k: usize,
+    seed: u64,
+) -> Result<QuantTensor, CpuError> {
+    let mut rng = Rng(seed | 1);
+    let bytes = n
+        .checked_mul(scheme.row_bytes(k)?)
+        .ok_or_else(|| CpuError::Shape(format!("{n}x{k} overflows")))?;
+    let mut data: Vec<u8> = (0..bytes).map(|_| rng.next_u64() as u8).collect();
+    if scheme.element == ElementType::Fp8E4M3 {
+        for b in &mut data {
+            if *b & 0x7F == 0x7F {
+                *b ^= 1;
+            }
+        }
+    }
+    let n_scales = scheme.num_scales(n, k)?;
+    let scales = (0..n_scales)
+        .map(|_| {
+            let u = rng.unit().abs() * 0.5 + 0.5; // [0.5, 1)
+            match scheme.scale_dtype {
+                ScaleDType::E8M0 => 2f32.powi(-6 - (rng.next_u64() % 4) as i32),
+                ScaleDType::E4M3 => (8 + rng.next_u64() % 8) as f32 * 0.125,
+                ScaleDType::F16 => half::f16::from_f32(u * 0.01).to_f32(),
+                ScaleDType::BF16 => half::bf16::from_f32(u * 0.01).to_f32(),
+                ScaleDType::F32 => u * 0.01,
+            }
+        })
+        .collect();
+    Ok(QuantTensor {
+        scheme,
+        rows: n,
+        cols: k,
+        data,
+        scales,
+        zeros: None,
+        global_scale: if scheme.global_scale { 0.01 } else { 1.0 },
+        g_idx: None,
+    })
+}
+
+/// Median seconds of `runs` calls of `f` after `warmup` calls.
+fn time_median(
+    warmup: usize,
+    runs: usize,
+    mut f: impl FnMut() -> Result<(), CpuError>,
+) -> Result<f64, CpuError> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut t = Vec::with_capacity(runs.max(1));
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        f()?;
+        t.push(start.elapsed().as_secs_f64());
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+/// STREAM-like copy bandwidth in GB/s: `dst = src` over two buffers of
+/// `bytes` each (much larger than the caches), split over the rayon pool;
+/// counts read + write bytes. Median of `runs` after one warm-up.
+pub fn measure_copy_bandwidth(bytes: usize, runs: usize) -> f64 {
+    let len = (bytes / 4).max(1 << 20);
+    let src: Vec<f32> = (0..len).map(|i| i as f32).collect();
+    let mut dst = vec![0f32; len];
+    let chunk = 1 << 18; // 1 MiB per task
+    let secs = time_median(1, runs, || {
+        dst.par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
+            .for_each(|(d, s)| d.copy_from_slice(black_box(s)));
+        black_box(&mut dst);
+        Ok(())
+    })
+    .unwrap_or(f64::INFINITY);
+    2.0 * (len * 4) as f64 / secs / 1e9
+}
+
+/// Runs the benchmark of `cfg`.
+pub fn run_gemm_bench(cfg: &GemmBenchConfig) -> Result<GemmBenchReport, CpuError> {
+    let copy_gbs = measure_copy_bandwidth(cfg.copy_bytes, 5);
+    let mut rows = Vec::new();
+    let max_m = cfg.ms.iter().copied().max().unwrap_or(1);
+    for &(k, n) in &cfg.shapes {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (k * 31 + n) as u64);
+        let x: Vec<f32> = (0..max_m * k).map(|_| rng.unit()).collect();
+        let mut y = vec![0f32; max_m * n];
+        // Dense f32 baseline, timed once per (shape, m).
+        let mut dense_secs = Vec::new();
+        if cfg.dense_baseline {
+            let w: Vec<f32> = (0..n * k).map(|_| rng.unit() * 0.05).collect();
+            let dense = DenseWeight::new(n, k, w)?;
+            for &m in &cfg.ms {
+                let (xs, ys) = (&x[..m * k], &mut y[..m * n]);
+                let s = time_median(cfg.warmup, cfg.runs, || {
+                    dense.matmul(black_box(xs), m, black_box(&mut *ys))
+                })?;
+                dense_secs.push((m, s));
+            }
+        }
+        for (fi, &fmt) in cfg.formats.iter().enumerate() {
+            let t = random_quant_tensor(fmt.scheme(), n, k, 0x5EED + fi as u64)?;
+            let p = PreparedQuant::new(&t)?;
+            drop(t);
+            for &m in &cfg.ms {
+                let (xs, ys) = (&x[..m * k], &mut y[..m * n]);
+                let s = time_median(cfg.warmup, cfg.runs, || {
+                    p.matmul(black_box(xs), m, black_box(&mut *ys))
+                })?;
+                let weight_bytes = p.stream_bytes();
+                let weight_gbs = weight_bytes as f64 / s / 1e9;
+                rows.push(GemmBenchRow {
+                    format: fmt.name().to_string(),
+                    kernel: p.kernel_name(),
+                    k,
+                    n,
+                    m,
+                    seconds: s,
+                    weight_bytes,
+                    weight_gbs,
+                    gflops: 2.0 * (m * n * k) as f64 / s / 1e9,
+                    frac_copy_bw: weight_gbs / copy_gbs,
+                    dense_seconds: dense_secs.iter().find(|d| d.0 == m).map(|d| d.1),
+                });
+            }
+        }
+    }
+    Ok(GemmBenchReport {
+        copy_gbs,
+        copy_bytes: cfg.copy_bytes,
+        threads: rayon::current_num_threads(),
+        rows,
+    })
+}
