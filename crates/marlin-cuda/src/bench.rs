@@ -15,7 +15,7 @@ use half::f16;
 
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
-use crate::int4::gemm::{int4_gemm, GemmWorkspace, Int4Weight};
+use crate::int4::gemm::{int4_gemm, GemmOptions, GemmPath, GemmWorkspace, Int4Weight};
 use crate::int4::pack::pack_int4;
 use crate::int4::random::{random_activations, random_int4, XorShift};
 
@@ -55,7 +55,13 @@ pub struct GemmBenchRow {
     /// Split-K factor used ("auto" or forced by a sweep).
     pub splits: usize,
     pub forced_splits: bool,
+    /// Path `GemmPath::Auto` took (or the forced one in a sweep row).
+    pub path: GemmPath,
+    /// Time of the path taken (what the other columns derive from).
     pub int4_us: f64,
+    /// The fused kernel alone, and dequantize + cuBLAS alone.
+    pub fused_us: f64,
+    pub dequant_cublas_us: f64,
     pub cublas_us: f64,
     /// Weight bytes (codes + scales) per microsecond, in TB/s.
     pub weight_tbps: f64,
@@ -87,18 +93,35 @@ impl fmt::Display for GemmBenchReport {
         )?;
         writeln!(
             f,
-            "{:>12} {:>5} {:>6} {:>10} {:>10} {:>8} {:>8} {:>7} {:>8}",
-            "N x K", "M", "splits", "int4 us", "cuBLAS us", "speedup", "TB/s", "%copy", "TFLOP/s"
+            "{:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7}",
+            "N x K",
+            "M",
+            "path",
+            "splits",
+            "int4 us",
+            "fused us",
+            "deq+cB us",
+            "cuBLAS us",
+            "speedup",
+            "TB/s",
+            "%copy",
+            "TFLOP/s"
         )?;
         for r in &self.rows {
             writeln!(
                 f,
-                "{:>12} {:>5} {:>5}{} {:>10.2} {:>10.2} {:>7.2}x {:>8.3} {:>6.1}% {:>8.1}",
+                "{:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>7.1}",
                 format!("{}x{}", r.n, r.k),
                 r.m,
+                match r.path {
+                    GemmPath::DequantCublas => "deq+cB",
+                    _ => "fused",
+                },
                 r.splits,
                 if r.forced_splits { "*" } else { " " },
                 r.int4_us,
+                r.fused_us,
+                r.dequant_cublas_us,
                 r.cublas_us,
                 r.speedup(),
                 r.weight_tbps,
@@ -112,7 +135,12 @@ impl fmt::Display for GemmBenchReport {
 
 /// Median time per call in microseconds of `f`, over `batches` batches of
 /// `reps` back-to-back calls between two CUDA events.
-fn time_us(dev: &CudaDevice, reps: usize, batches: usize, mut f: impl FnMut(usize) -> Result<()>) -> Result<f64> {
+fn time_us(
+    dev: &CudaDevice,
+    reps: usize,
+    batches: usize,
+    mut f: impl FnMut(usize) -> Result<()>,
+) -> Result<f64> {
     let ctx = dev.context();
     let stream = dev.stream();
     for i in 0..3 {
@@ -128,13 +156,18 @@ fn time_us(dev: &CudaDevice, reps: usize, batches: usize, mut f: impl FnMut(usiz
     let mut samples = Vec::with_capacity(batches);
     let mut call = 0usize;
     for _ in 0..batches.max(1) {
-        start.record(stream).map_err(|e| driver_err("cuEventRecord", e))?;
+        start
+            .record(stream)
+            .map_err(|e| driver_err("cuEventRecord", e))?;
         for _ in 0..reps.max(1) {
             f(call)?;
             call += 1;
         }
-        end.record(stream).map_err(|e| driver_err("cuEventRecord", e))?;
-        let ms = start.elapsed_ms(&end).map_err(|e| driver_err("cuEventElapsedTime", e))?;
+        end.record(stream)
+            .map_err(|e| driver_err("cuEventRecord", e))?;
+        let ms = start
+            .elapsed_ms(&end)
+            .map_err(|e| driver_err("cuEventElapsedTime", e))?;
         samples.push(f64::from(ms) * 1000.0 / reps.max(1) as f64);
     }
     samples.sort_by(|a, b| a.total_cmp(b));
@@ -177,7 +210,13 @@ pub fn bench_gemm(ordinal: usize, cfg: &GemmBenchConfig) -> Result<GemmBenchRepo
         rows.extend(bench_shape(&dev, &blas, n, k, max_m, cfg)?);
     }
     Ok(GemmBenchReport {
-        device: format!("{} (sm_{}{}, {} SMs)", dev.name(), dev.compute_capability().0, dev.compute_capability().1, dev.sm_count()),
+        device: format!(
+            "{} (sm_{}{}, {} SMs)",
+            dev.name(),
+            dev.compute_capability().0,
+            dev.compute_capability().1,
+            dev.sm_count()
+        ),
         copy_tbps,
         rows,
     })
@@ -201,7 +240,9 @@ fn bench_shape(
     // fp16 peer: random values of the same magnitude (cuBLAS time does not
     // depend on the values, but zeros are avoided on principle).
     let mut rng = XorShift::new(99);
-    let w16: Vec<f16> = (0..n * k).map(|_| f16::from_f32(0.02 * rng.next_f32() - 0.01)).collect();
+    let w16: Vec<f16> = (0..n * k)
+        .map(|_| f16::from_f32(0.02 * rng.next_f32() - 0.01))
+        .collect();
     let n_f16 = copies_for(n * k * 2);
     let weights16: Vec<_> = (0..n_f16)
         .map(|_| dev.upload("cuBLAS fp16 weights", &w16))
@@ -215,12 +256,33 @@ fn bench_shape(
 
     let mut rows = Vec::new();
     for &m in &cfg.ms {
-        let mut splits_used = 0;
-        let int4_us = time_us(dev, cfg.reps, cfg.batches, |i| {
-            let p = int4_gemm(dev, &a, m, &weights[i % n_int4], &mut c, &mut ws, None)?;
-            splits_used = p.splits;
-            Ok(())
-        })?;
+        let mut time_path = |path: GemmPath, splits: Option<usize>| {
+            let mut plan = None;
+            let us = time_us(dev, cfg.reps, cfg.batches, |i| {
+                let opts = GemmOptions { path, splits };
+                plan = Some(int4_gemm(
+                    dev,
+                    &a,
+                    m,
+                    &weights[i % n_int4],
+                    &mut c,
+                    &mut ws,
+                    opts,
+                )?);
+                Ok(())
+            })?;
+            Ok::<_, CudaError>((us, plan))
+        };
+        let (fused_us, fused_plan) = time_path(GemmPath::Fused, None)?;
+        let (dequant_cublas_us, _) = time_path(GemmPath::DequantCublas, None)?;
+        let (int4_us, auto_plan) = time_path(GemmPath::Auto, None)?;
+        let mut sweep = Vec::new();
+        for &s in &cfg.split_sweep {
+            let (us, plan) = time_path(GemmPath::Fused, Some(s))?;
+            if plan.is_some_and(|p| p.splits == s) {
+                sweep.push((s, us));
+            }
+        }
         let cublas_us = time_us(dev, cfg.reps, cfg.batches, |i| {
             let gemm_cfg = GemmConfig {
                 transa: cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T,
@@ -244,28 +306,28 @@ fn bench_shape(
                 }
             })
         })?;
-        let row = |splits: usize, forced: bool, us: f64| GemmBenchRow {
+        let row = |splits: usize, forced: bool, path: GemmPath, us: f64| GemmBenchRow {
             n,
             k,
             m,
             splits,
             forced_splits: forced,
+            path,
             int4_us: us,
+            fused_us,
+            dequant_cublas_us,
             cublas_us,
             weight_tbps: weight_bytes / (us * 1e-6) / 1e12,
             tflops: 2.0 * (m * n * k) as f64 / (us * 1e-6) / 1e12,
         };
-        rows.push(row(splits_used, false, int4_us));
-        for &s in &cfg.split_sweep {
-            let mut used = 0;
-            let us = time_us(dev, cfg.reps, cfg.batches, |i| {
-                let p = int4_gemm(dev, &a, m, &weights[i % n_int4], &mut c, &mut ws, Some(s))?;
-                used = p.splits;
-                Ok(())
-            })?;
-            if used == s {
-                rows.push(row(used, true, us));
-            }
+        let auto_path = auto_plan.map_or(GemmPath::Auto, |p| p.path);
+        let splits_used = match auto_path {
+            GemmPath::DequantCublas => 1,
+            _ => fused_plan.map_or(0, |p| p.splits),
+        };
+        rows.push(row(splits_used, false, auto_path, int4_us));
+        for (s, us) in sweep {
+            rows.push(row(s, true, GemmPath::Fused, us));
         }
     }
     dev.synchronize()?;

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::{CUdevice_attribute, CUresult};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError,
@@ -49,6 +50,8 @@ pub struct CudaDevice {
     sm_count: usize,
     driver_version: i32,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    blas: Mutex<Option<CudaBlas>>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -81,6 +84,10 @@ impl CudaDevice {
             ));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| driver_err("cuCtx create", e))?;
+        // One stream only: cudarc's per-buffer event tracking (for ordering
+        // across streams) would add several driver calls to every launch.
+        // SAFETY: every buffer of this crate is used on `stream` alone.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         let name = ctx.name().map_err(|e| driver_err("cuDeviceGetName", e))?;
         let compute_capability = ctx
@@ -109,6 +116,8 @@ impl CudaDevice {
             sm_count: sm_count.max(1) as usize,
             driver_version,
             modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+            blas: Mutex::new(None),
         }))
     }
 
@@ -142,9 +151,55 @@ impl CudaDevice {
         }
     }
 
-    /// Load (compile or take from the disk cache) module `name` and return
-    /// one of its functions.
-    pub(crate) fn function(&self, module: &'static str, source: &str, func: &str) -> Result<CudaFunction> {
+    /// Function `func` of module `module`, compiled (or read from the disk
+    /// cache) and loaded at first use, then kept.
+    pub(crate) fn function(
+        &self,
+        module: &'static str,
+        source: &str,
+        func: &'static str,
+    ) -> Result<CudaFunction> {
+        let mut functions = self
+            .functions
+            .lock()
+            .map_err(|_| CudaError::NotAvailable("function cache lock poisoned".into()))?;
+        if let Some(f) = functions.get(func) {
+            return Ok(f.clone());
+        }
+        let f = self.load_function(module, source, func)?;
+        functions.insert(func, f.clone());
+        Ok(f)
+    }
+
+    /// Run `f` with this device's cuBLAS handle (created at first use).
+    pub(crate) fn with_blas<T>(&self, f: impl FnOnce(&CudaBlas) -> Result<T>) -> Result<T> {
+        let mut blas = self
+            .blas
+            .lock()
+            .map_err(|_| CudaError::NotAvailable("cuBLAS handle lock poisoned".into()))?;
+        if blas.is_none() {
+            // SAFETY: dlopen check only.
+            if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+                return Err(CudaError::NotAvailable("libcublas.so was not found".into()));
+            }
+            let handle = CudaBlas::new(self.stream.clone()).map_err(|e| CudaError::Cublas {
+                context: "cublasCreate".into(),
+                message: format!("{e:?}"),
+            })?;
+            *blas = Some(handle);
+        }
+        match blas.as_ref() {
+            Some(b) => f(b),
+            None => Err(CudaError::NotAvailable("cuBLAS handle missing".into())),
+        }
+    }
+
+    fn load_function(
+        &self,
+        module: &'static str,
+        source: &str,
+        func: &str,
+    ) -> Result<CudaFunction> {
         let module_arc = {
             let mut modules = self
                 .modules
@@ -153,7 +208,12 @@ impl CudaDevice {
             match modules.get(module) {
                 Some(m) => m.clone(),
                 None => {
-                    let cubin = nvrtc_cache::compile_cached(module, source, &self.nvrtc_arch(), self.driver_version)?;
+                    let cubin = nvrtc_cache::compile_cached(
+                        module,
+                        source,
+                        &self.nvrtc_arch(),
+                        self.driver_version,
+                    )?;
                     let m = self
                         .ctx
                         .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
@@ -170,7 +230,9 @@ impl CudaDevice {
 
     /// (free, total) device memory in bytes.
     pub fn mem_info(&self) -> Result<(usize, usize)> {
-        self.ctx.mem_get_info().map_err(|e| driver_err("cuMemGetInfo", e))
+        self.ctx
+            .mem_get_info()
+            .map_err(|e| driver_err("cuMemGetInfo", e))
     }
 
     fn oom(&self, what: &str, bytes: usize) -> CudaError {
@@ -203,7 +265,11 @@ impl CudaDevice {
     }
 
     /// Zero-filled device buffer of `len` elements.
-    pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, what: &str, len: usize) -> Result<CudaSlice<T>> {
+    pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        what: &str,
+        len: usize,
+    ) -> Result<CudaSlice<T>> {
         let bytes = self.check_fits::<T>(what, len)?;
         self.stream
             .alloc_zeros::<T>(len.max(1))
@@ -241,6 +307,8 @@ impl CudaDevice {
 
     /// Wait for all work on the stream; reports asynchronous kernel faults.
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(|e| driver_err("stream synchronize", e))
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_err("stream synchronize", e))
     }
 }

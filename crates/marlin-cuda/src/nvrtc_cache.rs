@@ -37,7 +37,12 @@ fn cache_dir() -> Option<PathBuf> {
     if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME") {
         return Some(PathBuf::from(xdg).join("marlin").join("kernels"));
     }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("marlin").join("kernels"))
+    std::env::var_os("HOME").map(|h| {
+        PathBuf::from(h)
+            .join(".cache")
+            .join("marlin")
+            .join("kernels")
+    })
 }
 
 /// (major, minor) of the loaded NVRTC.
@@ -56,11 +61,21 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
 
 /// Compile `source` (module `name`) for `arch` (e.g. `sm_90a`) to CUBIN, or
 /// read it from the disk cache.
-pub fn compile_cached(name: &str, source: &str, arch: &str, driver_version: i32) -> Result<Vec<u8>> {
+pub fn compile_cached(
+    name: &str,
+    source: &str,
+    arch: &str,
+    driver_version: i32,
+) -> Result<Vec<u8>> {
     let (nv_major, nv_minor) = nvrtc_version()?;
     let versions = format!("driver {driver_version} nvrtc {nv_major}.{nv_minor}");
     let options = NVRTC_OPTIONS.join(" ");
-    let key = fnv1a(&[source.as_bytes(), options.as_bytes(), arch.as_bytes(), versions.as_bytes()]);
+    let key = fnv1a(&[
+        source.as_bytes(),
+        options.as_bytes(),
+        arch.as_bytes(),
+        versions.as_bytes(),
+    ]);
     let path = cache_dir().map(|d| d.join(format!("{name}-{arch}-{key:016x}.cubin")));
     if let Some(p) = &path {
         if let Ok(bytes) = std::fs::read(p) {
@@ -105,14 +120,20 @@ pub fn compile(name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
             // SAFETY: prog is live.
             let log = unsafe { nvrtc::get_program_log(prog) }
                 .map(|chars| {
-                    let bytes: Vec<u8> = chars.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
+                    let bytes: Vec<u8> = chars
+                        .iter()
+                        .map(|&c| c as u8)
+                        .take_while(|&b| b != 0)
+                        .collect();
                     String::from_utf8_lossy(&bytes).into_owned()
                 })
                 .unwrap_or_default();
             Err(compile_err(format!("{e:?}\n{log}")))
         }
         // SAFETY: prog is live and compiled.
-        Ok(()) => unsafe { get_cubin(prog) }.map_err(|e| compile_err(format!("nvrtcGetCUBIN: {e:?}"))),
+        Ok(()) => {
+            unsafe { get_cubin(prog) }.map_err(|e| compile_err(format!("nvrtcGetCUBIN: {e:?}")))
+        }
     };
     // SAFETY: prog was created above and is destroyed once.
     let _ = unsafe { nvrtc::destroy_program(prog) };
@@ -121,7 +142,9 @@ pub fn compile(name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
 
 /// # Safety
 /// `prog` must be a live, successfully compiled program for a real `sm_` arch.
-unsafe fn get_cubin(prog: nvrtc_sys::nvrtcProgram) -> std::result::Result<Vec<u8>, nvrtc::NvrtcError> {
+unsafe fn get_cubin(
+    prog: nvrtc_sys::nvrtcProgram,
+) -> std::result::Result<Vec<u8>, nvrtc::NvrtcError> {
     let mut size: usize = 0;
     nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size).result()?;
     let mut cubin = vec![0u8; size];

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use half::f16;
-use marlin_cuda::int4::gemm::{int4_gemm, GemmWorkspace, Int4Weight};
+use marlin_cuda::int4::gemm::{int4_gemm, GemmOptions, GemmPath, GemmWorkspace, Int4Weight};
 use marlin_cuda::int4::random::{random_activations, random_int4};
 use marlin_cuda::int4::reference::{dequantize_int4_ref, matmul_ref};
 use marlin_cuda::{CudaDevice, CudaError};
@@ -28,7 +28,16 @@ fn device() -> Arc<CudaDevice> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn check(dev: &Arc<CudaDevice>, ws: &mut GemmWorkspace, m: usize, n: usize, k: usize, group: usize, asym: bool, splits: Option<usize>) {
+fn check(
+    dev: &Arc<CudaDevice>,
+    ws: &mut GemmWorkspace,
+    m: usize,
+    n: usize,
+    k: usize,
+    group: usize,
+    asym: bool,
+    opts: GemmOptions,
+) {
     let seed = fresh_seed();
     let w = random_int4(n, k, group, asym, seed);
     let a_host = random_activations(m, k, seed ^ 0xA5A5);
@@ -41,7 +50,7 @@ fn check(dev: &Arc<CudaDevice>, ws: &mut GemmWorkspace, m: usize, n: usize, k: u
     let mut c = dev.alloc_zeros::<f16>("C", m * n).expect("alloc C");
     for launch in 0..2 {
         dev.write(&mut c, &vec![f16::NAN; m * n]).expect("poison");
-        let plan = int4_gemm(dev, &a, m, &wd, &mut c, ws, splits).expect("launch");
+        let plan = int4_gemm(dev, &a, m, &wd, &mut c, ws, opts).expect("launch");
         let got = dev.download(&c).expect("download");
         let mut err2 = 0f64;
         let mut ref2 = 0f64;
@@ -61,7 +70,10 @@ fn check(dev: &Arc<CudaDevice>, ws: &mut GemmWorkspace, m: usize, n: usize, k: u
             rel < REL_L2_TOL,
             "M={m} N={n} K={k} g={group} asym={asym} {plan:?} seed={seed} launch {launch}: rel L2 error {rel:.3e}"
         );
-        println!("PASS int4 M={m} N={n} K={k} g={group} asym={asym} splits={} rel_l2={rel:.2e}", plan.splits);
+        println!(
+            "PASS int4 {:?} M={m} N={n} K={k} g={group} asym={asym} splits={} rel_l2={rel:.2e}",
+            plan.path, plan.splits
+        );
     }
 }
 
@@ -70,11 +82,15 @@ fn check(dev: &Arc<CudaDevice>, ws: &mut GemmWorkspace, m: usize, n: usize, k: u
 fn int4_gemm_matches_reference() {
     let dev = device();
     let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    let paths = [GemmPath::Auto, GemmPath::Fused, GemmPath::DequantCublas];
     for &m in &[1, 3, 17, 64, 256] {
-        // g128 symmetric, K a multiple of the tile.
-        check(&dev, &mut ws, m, 256, 2048, 128, false, None);
-        // g128 asymmetric, N not a multiple of 64, K not a multiple of 64.
-        check(&dev, &mut ws, m, 200, 1000, 128, true, None);
+        for path in paths {
+            let opts = GemmOptions { path, splits: None };
+            // g128 symmetric, K a multiple of the tile.
+            check(&dev, &mut ws, m, 256, 2048, 128, false, opts);
+            // g128 asymmetric, N not a multiple of 64, K not a multiple of 64.
+            check(&dev, &mut ws, m, 200, 1000, 128, true, opts);
+        }
     }
 }
 
@@ -84,15 +100,26 @@ fn int4_gemm_awkward_shapes_and_splits() {
     let dev = device();
     let mut ws = GemmWorkspace::new(&dev).expect("workspace");
     // Odd K (unaligned activation rows), per-channel, both zero modes.
-    check(&dev, &mut ws, 3, 96, 1001, 0, false, None);
-    check(&dev, &mut ws, 17, 96, 1001, 0, true, None);
+    for path in [GemmPath::Fused, GemmPath::DequantCublas] {
+        let opts = GemmOptions { path, splits: None };
+        check(&dev, &mut ws, 3, 96, 1001, 0, false, opts);
+        check(&dev, &mut ws, 17, 96, 1001, 0, true, opts);
+    }
     // Group 64, forced split-K factors including 1 (direct f16 epilogue).
     for &s in &[1, 2, 7] {
-        check(&dev, &mut ws, 5, 128, 1536, 64, true, Some(s));
-        check(&dev, &mut ws, 33, 320, 1536, 128, false, Some(s));
+        let opts = GemmOptions {
+            path: GemmPath::Fused,
+            splits: Some(s),
+        };
+        check(&dev, &mut ws, 5, 128, 1536, 64, true, opts);
+        check(&dev, &mut ws, 33, 320, 1536, 128, false, opts);
     }
     // M larger than one block row (several m blocks) with split-K.
-    check(&dev, &mut ws, 130, 64, 4096, 128, false, Some(4));
+    let opts = GemmOptions {
+        path: GemmPath::Fused,
+        splits: Some(4),
+    };
+    check(&dev, &mut ws, 130, 64, 4096, 128, false, opts);
 }
 
 #[test]
@@ -101,16 +128,26 @@ fn int4_gemm_is_deterministic() {
     let dev = device();
     let mut ws = GemmWorkspace::new(&dev).expect("workspace");
     let (m, n, k) = (4, 512, 4096);
-    let w = Int4Weight::from_quant(&dev, &random_int4(n, k, 128, false, fresh_seed())).expect("upload");
-    let a = dev.upload("A", &random_activations(m, k, fresh_seed())).expect("A");
+    let w =
+        Int4Weight::from_quant(&dev, &random_int4(n, k, 128, false, fresh_seed())).expect("upload");
+    let a = dev
+        .upload("A", &random_activations(m, k, fresh_seed()))
+        .expect("A");
     let mut c = dev.alloc_zeros::<f16>("C", m * n).expect("C");
-    int4_gemm(&dev, &a, m, &w, &mut c, &mut ws, Some(8)).expect("launch");
+    let opts = GemmOptions {
+        path: GemmPath::Fused,
+        splits: Some(8),
+    };
+    int4_gemm(&dev, &a, m, &w, &mut c, &mut ws, opts).expect("launch");
     let first = dev.download(&c).expect("download");
     for _ in 0..5 {
         dev.write(&mut c, &vec![f16::NAN; m * n]).expect("poison");
-        int4_gemm(&dev, &a, m, &w, &mut c, &mut ws, Some(8)).expect("launch");
+        int4_gemm(&dev, &a, m, &w, &mut c, &mut ws, opts).expect("launch");
         let again = dev.download(&c).expect("download");
-        assert!(first.iter().zip(&again).all(|(x, y)| x.to_bits() == y.to_bits()));
+        assert!(first
+            .iter()
+            .zip(&again)
+            .all(|(x, y)| x.to_bits() == y.to_bits()));
     }
     println!("PASS int4 split-K reduction is bit-deterministic");
 }
@@ -124,9 +161,14 @@ fn shape_errors_are_reported() {
     let a = dev.upload("A", &random_activations(2, 256, 2)).expect("A");
     let mut c = dev.alloc_zeros::<f16>("C", 64).expect("C");
     // M = 2 needs 128 output elements.
-    assert!(matches!(int4_gemm(&dev, &a, 2, &w, &mut c, &mut ws, None), Err(CudaError::Shape(_))));
+    assert!(matches!(
+        int4_gemm(&dev, &a, 2, &w, &mut c, &mut ws, GemmOptions::default()),
+        Err(CudaError::Shape(_))
+    ));
     // An allocation larger than the device is an error naming the sizes.
-    let err = dev.alloc_zeros::<u8>("too big", 1usize << 50).expect_err("must not fit");
+    let err = dev
+        .alloc_zeros::<u8>("too big", 1usize << 50)
+        .expect_err("must not fit");
     assert!(matches!(err, CudaError::OutOfMemory { .. }), "{err}");
     println!("PASS errors: {err}");
 }

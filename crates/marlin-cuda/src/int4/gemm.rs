@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::f16;
 use marlin_quant::QuantTensor;
@@ -26,8 +28,8 @@ pub struct Int4Weight {
     k_chunks: usize,
     group_chunks: usize,
     weight_bytes: usize,
-    words: CudaSlice<u32>,        // (n_pad/16, k_pad/64, 32, 4)
-    scales: CudaSlice<u32>,       // (groups, n_pad/16, 8) f16x2
+    words: CudaSlice<u32>,  // (n_pad/16, k_pad/64, 32, 4)
+    scales: CudaSlice<u32>, // (groups, n_pad/16, 8) f16x2
     neg_zero_scales: Option<CudaSlice<u32>>,
 }
 
@@ -71,6 +73,8 @@ impl Int4Weight {
 pub struct GemmWorkspace {
     partials: CudaSlice<f32>,
     tickets: CudaSlice<u32>,
+    /// (N, K) f16 scratch of the large-M path, allocated at first use.
+    dense: Option<CudaSlice<f16>>,
 }
 
 impl GemmWorkspace {
@@ -78,6 +82,7 @@ impl GemmWorkspace {
         Ok(Self {
             partials: dev.alloc_zeros("split-K partials", 1)?,
             tickets: dev.alloc_zeros("split-K tickets", 1)?,
+            dense: None,
         })
     }
 
@@ -92,9 +97,35 @@ impl GemmWorkspace {
     }
 }
 
+/// Which implementation computes the product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum GemmPath {
+    /// The fused kernel below [`DEQUANT_MIN_M`] rows, else dequantize + cuBLAS.
+    #[default]
+    Auto,
+    /// The fused dequant-GEMM kernel (`w4a16_gemm_mt*`).
+    Fused,
+    /// Dequantize to an f16 scratch (N x K), then cuBLAS fp16 GEMM.
+    DequantCublas,
+}
+
+/// From this many rows on, `GemmPath::Auto` dequantizes and calls cuBLAS:
+/// the fused kernel's mma.sync main loop (A re-read per warp from L1/L2) is
+/// slower than that there (docs/CUDA.md has the measurements).
+pub const DEQUANT_MIN_M: usize = 64;
+
+/// Per-call options.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GemmOptions {
+    pub path: GemmPath,
+    /// Split-K factor of the fused kernel; None chooses from the shape.
+    pub splits: Option<usize>,
+}
+
 /// Launch shape chosen for one call (exposed for benchmarks and notes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmPlan {
+    pub path: GemmPath,
     /// m16 tiles per warp: 1, 2 or 4.
     pub m_tiles: usize,
     pub m_blocks: usize,
@@ -117,13 +148,14 @@ pub fn plan(m: usize, w: &Int4Weight, sm_count: usize, splits: Option<usize>) ->
     // MT=1 fits 4 blocks of 128 threads per SM (126 registers); the larger
     // variants 2 or 1. Two waves' worth keeps every SM streaming.
     let blocks_per_sm = match m_tiles {
-        1 => 8,
-        2 => 4,
+        1 => 4,
+        2 => 3,
         _ => 2,
     };
     let want = (sm_count * blocks_per_sm).div_ceil(n_tiles * m_blocks);
     let splits = splits.unwrap_or(want).clamp(1, max_splits);
     GemmPlan {
+        path: GemmPath::Fused,
         m_tiles,
         m_blocks,
         n_tiles,
@@ -131,8 +163,7 @@ pub fn plan(m: usize, w: &Int4Weight, sm_count: usize, splits: Option<usize>) ->
     }
 }
 
-/// C (M, N) f16 = A (M, K) f16 . W^T. `splits` overrides the split-K factor
-/// (benchmark sweeps); None chooses it from the shape.
+/// C (M, N) f16 = A (M, K) f16 . W^T, both row-major.
 pub fn int4_gemm(
     dev: &Arc<CudaDevice>,
     a: &CudaSlice<f16>,
@@ -140,7 +171,7 @@ pub fn int4_gemm(
     w: &Int4Weight,
     c: &mut CudaSlice<f16>,
     ws: &mut GemmWorkspace,
-    splits: Option<usize>,
+    opts: GemmOptions,
 ) -> Result<GemmPlan> {
     if m == 0 {
         return Err(CudaError::Shape("GEMM with M = 0 rows".into()));
@@ -160,7 +191,15 @@ pub fn int4_gemm(
             c.len()
         )));
     }
-    let p = plan(m, w, dev.sm_count(), splits);
+    let use_dequant = match opts.path {
+        GemmPath::Auto => m >= DEQUANT_MIN_M,
+        GemmPath::Fused => false,
+        GemmPath::DequantCublas => true,
+    };
+    if use_dequant {
+        return dequant_cublas(dev, a, m, w, c, ws);
+    }
+    let p = plan(m, w, dev.sm_count(), opts.splits);
     let m_i32 = i32::try_from(m).map_err(|_| CudaError::Shape(format!("M = {m} exceeds i32")))?;
     let grid = (
         u32::try_from(p.m_blocks).map_err(|_| CudaError::Shape("too many M blocks".into()))?,
@@ -168,7 +207,9 @@ pub fn int4_gemm(
         p.splits as u32,
     );
     if grid.1 > 65_535 || grid.2 > 65_535 {
-        return Err(CudaError::Shape(format!("grid {grid:?} exceeds CUDA limits")));
+        return Err(CudaError::Shape(format!(
+            "grid {grid:?} exceeds CUDA limits"
+        )));
     }
     if p.splits > 1 {
         ws.reserve(dev, p.splits * m * w.n_pad, p.n_tiles * p.m_blocks)?;
@@ -212,4 +253,106 @@ pub fn int4_gemm(
     // weights sized by the repack for n_pad x k_chunks).
     unsafe { launch.launch(cfg) }.map_err(|e| driver_err(&format!("launch {func_name}"), e))?;
     Ok(p)
+}
+
+/// Dequantize W into the workspace's f16 (N, K) scratch.
+pub fn dequantize_to_f16(
+    dev: &Arc<CudaDevice>,
+    w: &Int4Weight,
+    dense: &mut CudaSlice<f16>,
+) -> Result<()> {
+    if dense.len() < w.n * w.k {
+        return Err(CudaError::Shape(format!(
+            "dense scratch of {} elements for a {}x{} weight",
+            dense.len(),
+            w.n,
+            w.k
+        )));
+    }
+    let func = dev.function(MODULE, SOURCE, "w4_dequant_f16")?;
+    let threads_total = (w.n_pad / 16) * w.k_chunks * 32;
+    let blocks = u32::try_from(threads_total.div_ceil(256))
+        .map_err(|_| CudaError::Shape("dequant grid too large".into()))?;
+    let null_zeros: u64 = 0;
+    let (n_i32, k_i32, n_pad_i32, k_chunks_i32, group_chunks_i32) = (
+        w.n as i32,
+        w.k as i32,
+        w.n_pad as i32,
+        w.k_chunks as i32,
+        w.group_chunks as i32,
+    );
+    let stream = dev.stream();
+    let mut launch = stream.launch_builder(&func);
+    launch.arg(&w.words).arg(&w.scales);
+    match &w.neg_zero_scales {
+        Some(z) => launch.arg(z),
+        None => launch.arg(&null_zeros),
+    };
+    launch
+        .arg(dense)
+        .arg(&n_i32)
+        .arg(&k_i32)
+        .arg(&n_pad_i32)
+        .arg(&k_chunks_i32)
+        .arg(&group_chunks_i32);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match w4_dequant_f16; dense holds >= N*K elements;
+    // the packed buffers cover n_pad/16 * k_chunks * 32 lanes.
+    unsafe { launch.launch(cfg) }.map_err(|e| driver_err("launch w4_dequant_f16", e))?;
+    Ok(())
+}
+
+fn dequant_cublas(
+    dev: &Arc<CudaDevice>,
+    a: &CudaSlice<f16>,
+    m: usize,
+    w: &Int4Weight,
+    c: &mut CudaSlice<f16>,
+    ws: &mut GemmWorkspace,
+) -> Result<GemmPlan> {
+    let elems = w.n * w.k;
+    if ws.dense.as_ref().is_none_or(|d| d.len() < elems) {
+        ws.dense = None;
+        ws.dense = Some(dev.alloc_zeros("f16 dequantized weight scratch", elems)?);
+    }
+    let dense = ws
+        .dense
+        .as_mut()
+        .ok_or_else(|| CudaError::Shape("dense scratch missing".into()))?;
+    dequantize_to_f16(dev, w, dense)?;
+    let to_i32 =
+        |v: usize| i32::try_from(v).map_err(|_| CudaError::Shape(format!("{v} exceeds i32")));
+    let cfg = GemmConfig {
+        transa: cublasOperation_t::CUBLAS_OP_T,
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: to_i32(w.n)?,
+        n: to_i32(m)?,
+        k: to_i32(w.k)?,
+        alpha: f16::ONE,
+        lda: to_i32(w.k)?,
+        ldb: to_i32(w.k)?,
+        beta: f16::ZERO,
+        ldc: to_i32(w.n)?,
+    };
+    let dense = &*dense;
+    dev.with_blas(|blas| {
+        // SAFETY: dense is (N, K) row-major = K x N column-major (op T); A is
+        // (M, K) row-major = K x M column-major; C is (M, N) row-major = N x M
+        // column-major; sizes were checked by the caller.
+        unsafe { blas.gemm(cfg, dense, a, c) }.map_err(|e| CudaError::Cublas {
+            context: format!("GemmEx M={m} N={} K={}", w.n, w.k),
+            message: format!("{e:?}"),
+        })
+    })?;
+    Ok(GemmPlan {
+        path: GemmPath::DequantCublas,
+        m_tiles: 0,
+        m_blocks: 0,
+        n_tiles: 0,
+        splits: 1,
+    })
 }

@@ -107,7 +107,9 @@ pub fn pack_int4(w: &QuantTensor) -> Result<Int4Packed> {
     let n_pad = n.div_ceil(N_TILE) * N_TILE;
     let group_size = match w.scheme.granularity {
         Granularity::PerChannel => k_pad,
-        Granularity::PerGroup { group_size } if group_size > 0 && group_size % K_CHUNK == 0 => {
+        Granularity::PerGroup { group_size }
+            if group_size > 0 && group_size.is_multiple_of(K_CHUNK) =>
+        {
             group_size
         }
         other => {
@@ -158,7 +160,11 @@ pub fn pack_int4(w: &QuantTensor) -> Result<Int4Packed> {
     let code_offset: u8 = if signed { 8 } else { 0 };
     let code = |row: usize, col: usize| -> u32 {
         let byte = w.data[row * row_bytes + col / 2];
-        let nib = if col % 2 == 0 { byte & 0xF } else { byte >> 4 };
+        let nib = if col.is_multiple_of(2) {
+            byte & 0xF
+        } else {
+            byte >> 4
+        };
         u32::from((nib ^ code_offset) & 0xF)
     };
 

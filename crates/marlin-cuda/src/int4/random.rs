@@ -3,7 +3,9 @@
 //! machine for a given seed).
 
 use half::f16;
-use marlin_quant::{ElementType, Granularity, Layout, QuantScheme, QuantTensor, ScaleDType, ZeroPoint};
+use marlin_quant::{
+    ElementType, Granularity, Layout, QuantScheme, QuantTensor, ScaleDType, ZeroPoint,
+};
 
 /// xorshift64* generator.
 #[derive(Clone, Debug)]
@@ -32,20 +34,30 @@ impl XorShift {
 /// A random INT4 (N, K) tensor with f16-exact scales: symmetric signed codes
 /// (`asymmetric == false`) or unsigned codes with integer zero points.
 /// `group_size == 0` means per-channel.
-pub fn random_int4(n: usize, k: usize, group_size: usize, asymmetric: bool, seed: u64) -> QuantTensor {
+pub fn random_int4(
+    n: usize,
+    k: usize,
+    group_size: usize,
+    asymmetric: bool,
+    seed: u64,
+) -> QuantTensor {
     let mut rng = XorShift::new(seed);
     let granularity = if group_size == 0 {
         Granularity::PerChannel
     } else {
         Granularity::PerGroup { group_size }
     };
-    let groups = if group_size == 0 { 1 } else { k.div_ceil(group_size) };
+    let groups = if group_size == 0 {
+        1
+    } else {
+        k.div_ceil(group_size)
+    };
     let row_bytes = k.div_ceil(2);
     let mut data = vec![0u8; n * row_bytes];
     for byte in data.iter_mut() {
         *byte = rng.next_u64() as u8;
     }
-    if k % 2 == 1 {
+    if !k.is_multiple_of(2) {
         // The unused high nibble of each row's last byte stays zero.
         for r in 0..n {
             data[r * row_bytes + row_bytes - 1] &= 0x0F;
@@ -54,13 +66,24 @@ pub fn random_int4(n: usize, k: usize, group_size: usize, asymmetric: bool, seed
     let scales: Vec<f32> = (0..n * groups)
         .map(|_| f16::from_f32(0.002 + 0.02 * rng.next_f32()).to_f32())
         .collect();
-    let zeros = asymmetric.then(|| (0..n * groups).map(|_| (rng.next_u64() % 16) as f32).collect());
+    let zeros = asymmetric.then(|| {
+        (0..n * groups)
+            .map(|_| (rng.next_u64() % 16) as f32)
+            .collect()
+    });
     QuantTensor {
         scheme: QuantScheme {
-            element: ElementType::Int { bits: 4, signed: !asymmetric },
+            element: ElementType::Int {
+                bits: 4,
+                signed: !asymmetric,
+            },
             granularity,
             scale_dtype: ScaleDType::F16,
-            zero_point: if asymmetric { ZeroPoint::Int } else { ZeroPoint::None },
+            zero_point: if asymmetric {
+                ZeroPoint::Int
+            } else {
+                ZeroPoint::None
+            },
             global_scale: false,
             layout: Layout::KMajorDense,
         },
@@ -77,5 +100,7 @@ pub fn random_int4(n: usize, k: usize, group_size: usize, asymmetric: bool, seed
 /// Random f16 activations in [-1, 1), row-major (M, K).
 pub fn random_activations(m: usize, k: usize, seed: u64) -> Vec<f16> {
     let mut rng = XorShift::new(seed);
-    (0..m * k).map(|_| f16::from_f32(2.0 * rng.next_f32() - 1.0)).collect()
+    (0..m * k)
+        .map(|_| f16::from_f32(2.0 * rng.next_f32() - 1.0))
+        .collect()
 }

@@ -26,7 +26,11 @@ pub fn dequantize_int4_ref(w: &QuantTensor) -> Option<Vec<f64>> {
     for r in 0..n {
         for c in 0..k {
             let byte = *w.data.get(r * row_bytes + c / 2)?;
-            let nib = if c % 2 == 0 { byte & 0xF } else { byte >> 4 };
+            let nib = if c.is_multiple_of(2) {
+                byte & 0xF
+            } else {
+                byte >> 4
+            };
             let code = if signed {
                 f64::from(((nib << 4) as i8) >> 4)
             } else {

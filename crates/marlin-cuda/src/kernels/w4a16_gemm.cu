@@ -27,8 +27,10 @@ typedef unsigned short u16;
 
 __device__ __forceinline__ uint4 ld_weights(const uint4* p) {
     uint4 r;
-    // .cs: streaming, evict-first: weights are read exactly once.
-    asm("ld.global.cs.v4.u32 {%0, %1, %2, %3}, [%4];"
+    // .cs: streaming, evict-first: weights are read exactly once. volatile:
+    // keeps the load where it is issued (P chunks ahead of its use); a plain
+    // asm may be sunk next to its use, which serialises on DRAM latency.
+    asm volatile("ld.global.cs.v4.u32 {%0, %1, %2, %3}, [%4];"
         : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
         : "l"(p));
     return r;
@@ -36,7 +38,7 @@ __device__ __forceinline__ uint4 ld_weights(const uint4* p) {
 
 __device__ __forceinline__ uint4 ld_act(const void* p) {
     uint4 r;
-    asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
         : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
         : "l"(p));
     return r;
@@ -44,7 +46,7 @@ __device__ __forceinline__ uint4 ld_act(const void* p) {
 
 __device__ __forceinline__ u32 ld_u32(const u32* p) {
     u32 r;
-    asm("ld.global.nc.u32 %0, [%1];" : "=r"(r) : "l"(p));
+    asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(r) : "l"(p));
     return r;
 }
 
@@ -327,3 +329,61 @@ __device__ __forceinline__ void w4a16_body(
 W4A16_ENTRY(1)
 W4A16_ENTRY(2)
 W4A16_ENTRY(4)
+
+// Dequantize the packed weight to a dense f16 (N, K) row-major matrix (the
+// large-M path: dequantize once, then a cuBLAS fp16 GEMM). One thread per
+// (n16 block, 64-chunk, lane): reads 16 bytes of codes, writes 2 x 16 halves.
+extern "C" __global__ void __launch_bounds__(256) w4_dequant_f16(
+    const uint4* __restrict__ W, const u32* __restrict__ S, const u32* __restrict__ Z,
+    u16* __restrict__ out, int N, int K, int n_pad, int k_chunks, int group_chunks) {
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const int nb_count = n_pad >> 4;
+    if (idx >= (long long)nb_count * k_chunks * 32) return;
+    const int lane = (int)(idx & 31);
+    const long long wc = idx >> 5;
+    const int c = (int)(wc % k_chunks);
+    const int nb = (int)(wc / k_chunks);
+    const int g = lane >> 2, t = lane & 3;
+    const uint4 w = W[idx];
+    const size_t at = ((size_t)(c / group_chunks) * nb_count + nb) * 8 + g;
+    const u32 s = S[at];
+    const u32 s0 = dup_lo(s), s1 = dup_hi(s);
+    u32 z0, z1;
+    if (Z) {
+        const u32 zs = Z[at];
+        z0 = dup_lo(zs);
+        z1 = dup_hi(zs);
+    } else {
+        z0 = hmul2(s0, 0xC800C800u);
+        z1 = hmul2(s1, 0xC800C800u);
+    }
+    const u32 words[4] = {w.x, w.y, w.z, w.w};
+    u32 vals[2][8];  // [h][j*2 + r]: f16x2 of k = 16t + 4j + 2r + {0,1}
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        u32 b[2][2];
+        dequant_word(words[j], s0, s1, z0, z1, b);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            vals[h][2 * j] = b[h][0];
+            vals[h][2 * j + 1] = b[h][1];
+        }
+    }
+    const int k0 = c * 64 + 16 * t;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int n = nb * 16 + 8 * h + g;
+        if (n >= N) continue;
+        u16* row = out + (size_t)n * K;
+        if ((K & 7) == 0 && k0 + 16 <= K) {
+            uint4* dst = (uint4*)(row + k0);
+            dst[0] = make_uint4(vals[h][0], vals[h][1], vals[h][2], vals[h][3]);
+            dst[1] = make_uint4(vals[h][4], vals[h][5], vals[h][6], vals[h][7]);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 16; e++) {
+                if (k0 + e < K) row[k0 + e] = (u16)(vals[h][e >> 1] >> (16 * (e & 1)));
+            }
+        }
+    }
+}
