@@ -3,6 +3,8 @@
 
 pub mod error;
 pub mod gguf;
+pub mod hf;
+mod mapped;
 pub mod safetensors;
 pub mod tokenizer;
 

@@ -11,12 +11,10 @@ mod value;
 mod write;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use marlin_quant::{GgmlTensor, GgmlType};
-use memmap2::Mmap;
 
 pub use keys::{GgufKey, KeyName, MetaKey, ARCHITECTURE_KEY};
 pub use types::{ggml_type_info, GgmlTypeInfo};
@@ -24,6 +22,7 @@ pub use value::{GgufArray, GgufValue, GgufValueType};
 pub use write::GgufBuilder;
 
 use crate::error::{IoError, Result};
+use crate::mapped::FileBytes;
 
 /// The parser's limits and defaults.
 pub mod limits {
@@ -78,24 +77,9 @@ impl TensorInfo {
     }
 }
 
-/// The bytes a [`GgufFile`] reads from.
-enum Backing {
-    Mmap(Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Backing {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Backing::Mmap(m) => m,
-            Backing::Owned(v) => v,
-        }
-    }
-}
-
 /// A parsed GGUF file with memory-mapped tensor data.
 pub struct GgufFile {
-    backing: Backing,
+    backing: FileBytes,
     path: Option<PathBuf>,
     version: u32,
     /// Metadata in file order.
@@ -123,23 +107,7 @@ impl GgufFile {
     /// Opens and parses `path`, memory-mapping it. Errors name the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let io_err = |source| IoError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = File::open(path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
-        // An empty file cannot be mapped on every platform; it is simply too
-        // short to be a GGUF.
-        let backing = if len == 0 {
-            Backing::Owned(Vec::new())
-        } else {
-            // SAFETY: the map is read-only; like every mmap-based loader we
-            // assume nobody truncates or rewrites the model file while it is
-            // open (that would be a SIGBUS, not memory unsafety in our code's
-            // logic, but Rust cannot express it).
-            Backing::Mmap(unsafe { Mmap::map(&file) }.map_err(io_err)?)
-        };
+        let backing = FileBytes::map(path)?;
         let mut g = Self::from_backing(backing).map_err(|e| e.in_file(path))?;
         g.path = Some(path.to_path_buf());
         Ok(g)
@@ -147,10 +115,10 @@ impl GgufFile {
 
     /// Parses a GGUF held in memory (tests, fuzzing, embedded models).
     pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Result<Self> {
-        Self::from_backing(Backing::Owned(bytes.into()))
+        Self::from_backing(FileBytes::Owned(bytes.into()))
     }
 
-    fn from_backing(backing: Backing) -> Result<Self> {
+    fn from_backing(backing: FileBytes) -> Result<Self> {
         let p = parse::parse(backing.bytes())?;
         Ok(Self {
             backing,

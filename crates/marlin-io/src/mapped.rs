@@ -1,0 +1,42 @@
+//! Read-only file bytes: memory-mapped from disk, or owned (tests, fuzzing).
+
+use std::fs::File;
+use std::path::Path;
+
+use memmap2::Mmap;
+
+use crate::error::{IoError, Result};
+
+pub(crate) enum FileBytes {
+    Mmap(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl FileBytes {
+    /// Maps `path` read-only.
+    pub(crate) fn map(path: &Path) -> Result<Self> {
+        let io_err = |source| IoError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io_err)?;
+        let len = file.metadata().map_err(io_err)?.len();
+        // An empty file cannot be mapped on every platform; the parsers
+        // reject it as too short anyway.
+        if len == 0 {
+            return Ok(FileBytes::Owned(Vec::new()));
+        }
+        // SAFETY: the map is read-only. Like every mmap-based model loader
+        // we rely on the file not being truncated or rewritten while it is
+        // open; that is outside what Rust can check.
+        let map = unsafe { Mmap::map(&file) }.map_err(io_err)?;
+        Ok(FileBytes::Mmap(map))
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            FileBytes::Mmap(m) => m,
+            FileBytes::Owned(v) => v,
+        }
+    }
+}
