@@ -30,7 +30,10 @@ pub struct AwqOptions {
 
 impl Default for AwqOptions {
     fn default() -> Self {
-        Self { grid: 20, rtn: RtnOptions::min_max() }
+        Self {
+            grid: 20,
+            rtn: RtnOptions::min_max(),
+        }
     }
 }
 
@@ -79,7 +82,9 @@ pub fn awq_quantize(
     check_len("weight matrix", w.len(), n, k)?;
     check_finite("weights", w)?;
     if rows == 0 {
-        return Err(QuantizeError::EmptyCalibration("AWQ needs at least one activation row".into()));
+        return Err(QuantizeError::EmptyCalibration(
+            "AWQ needs at least one activation row".into(),
+        ));
     }
     check_len("activations", x.len(), rows, k)?;
     check_finite("activations", x)?;
@@ -87,7 +92,9 @@ pub fn awq_quantize(
         return Err(QuantizeError::InvalidOption("AWQ grid of 0 points".into()));
     }
     if opts.rtn.g_idx.is_some() {
-        return Err(QuantizeError::InvalidOption("AWQ does not take a g_idx".into()));
+        return Err(QuantizeError::InvalidOption(
+            "AWQ does not take a g_idx".into(),
+        ));
     }
 
     // Mean |x| per input channel (K).
@@ -97,8 +104,10 @@ pub fn awq_quantize(
             *m += f64::from(v.abs());
         }
     }
-    let mean_abs: Vec<f32> =
-        mean_abs.iter().map(|&m| ((m / rows as f64) as f32).max(MIN_CHANNEL_MEAN)).collect();
+    let mean_abs: Vec<f32> = mean_abs
+        .iter()
+        .map(|&m| ((m / rows as f64) as f32).max(MIN_CHANNEL_MEAN))
+        .collect();
 
     let mut reference = vec![0.0f32; rows * n]; // (rows, N) = x·Wᵀ
     gemm(
@@ -106,7 +115,13 @@ pub fn awq_quantize(
         View::row_major(x, rows, k),
         View::row_major(w, n, k).t(),
         0.0,
-        ViewMut { data: &mut reference, rows, cols: n, row_stride: n, col_stride: 1 },
+        ViewMut {
+            data: &mut reference,
+            rows,
+            cols: n,
+            row_stride: n,
+            col_stride: 1,
+        },
     )?;
     let mut output = vec![0.0f32; rows * n]; // (rows, N)
 
@@ -129,17 +144,34 @@ pub fn awq_quantize(
             View::row_major(x, rows, k),
             View::row_major(&w_hat, n, k).t(),
             0.0,
-            ViewMut { data: &mut output, rows, cols: n, row_stride: n, col_stride: 1 },
+            ViewMut {
+                data: &mut output,
+                rows,
+                cols: n,
+                row_stride: n,
+                col_stride: 1,
+            },
         )?;
-        let loss: f64 = output.iter().zip(&reference).map(|(&a, &b)| f64::from(a - b).powi(2)).sum();
+        let loss: f64 = output
+            .iter()
+            .zip(&reference)
+            .map(|(&a, &b)| f64::from(a - b).powi(2))
+            .sum();
         if i == 0 {
             rtn_loss = loss;
         }
         if best.as_ref().is_none_or(|b| loss < b.loss) {
-            best = Some(AwqResult { tensor, scales, alpha, loss, rtn_loss: 0.0 });
+            best = Some(AwqResult {
+                tensor,
+                scales,
+                alpha,
+                loss,
+                rtn_loss: 0.0,
+            });
         }
     }
-    let mut best = best.ok_or_else(|| QuantizeError::InvalidOption("AWQ grid of 0 points".into()))?;
+    let mut best =
+        best.ok_or_else(|| QuantizeError::InvalidOption("AWQ grid of 0 points".into()))?;
     best.rtn_loss = rtn_loss;
     Ok(best)
 }

@@ -13,7 +13,11 @@ pub enum QuantizeError {
     #[error("invalid shape: {0}")]
     Shape(String),
     #[error("non-finite value {value} in {what} at index {index}")]
-    NonFinite { what: &'static str, index: usize, value: f32 },
+    NonFinite {
+        what: &'static str,
+        index: usize,
+        value: f32,
+    },
     #[error("empty calibration: {0}")]
     EmptyCalibration(String),
     #[error("Hessian is {got} x {got}, expected K x K = {k} x {k}")]
@@ -29,7 +33,11 @@ pub enum QuantizeError {
 /// Index and value of the first non-finite entry of `values`, as an error.
 pub(crate) fn check_finite(what: &'static str, values: &[f32]) -> Result<(), QuantizeError> {
     match values.iter().position(|v| !v.is_finite()) {
-        Some(index) => Err(QuantizeError::NonFinite { what, index, value: values[index] }),
+        Some(index) => Err(QuantizeError::NonFinite {
+            what,
+            index,
+            value: values[index],
+        }),
         None => Ok(()),
     }
 }
@@ -41,7 +49,12 @@ pub(crate) fn checked_area(rows: usize, cols: usize) -> Result<usize, QuantizeEr
 }
 
 /// Checks that a row-major buffer holds exactly `rows x cols` values.
-pub(crate) fn check_len(what: &str, len: usize, rows: usize, cols: usize) -> Result<(), QuantizeError> {
+pub(crate) fn check_len(
+    what: &str,
+    len: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<(), QuantizeError> {
     let expected = checked_area(rows, cols)?;
     if len != expected {
         return Err(QuantizeError::Shape(format!(

@@ -22,6 +22,11 @@ use crate::hessian::Hessian;
 use crate::linalg::{gemm, inverse_upper_cholesky, View, ViewMut};
 use crate::QuantizeError;
 
+/// Room left above the largest original group scale when a global scale
+/// is chosen (NVFP4): GPTQ's updates may grow a group by this much before
+/// its E4M3 scale saturates.
+const GLOBAL_SCALE_HEADROOM: f32 = 4.0;
+
 /// Options of [`gptq_quantize`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GptqOptions {
@@ -63,17 +68,25 @@ impl Default for GptqOptions {
 impl GptqOptions {
     /// GPTQ with act-order (`desc_act`) and groups computed on the fly.
     pub fn act_order() -> Self {
-        Self { act_order: true, ..Self::default() }
+        Self {
+            act_order: true,
+            ..Self::default()
+        }
     }
 
     fn validate(&self) -> Result<(), QuantizeError> {
         if !(self.percdamp >= 0.0 && self.percdamp.is_finite()) {
-            return Err(QuantizeError::InvalidOption(format!("percdamp {} must be finite and >= 0", self.percdamp)));
+            return Err(QuantizeError::InvalidOption(format!(
+                "percdamp {} must be finite and >= 0",
+                self.percdamp
+            )));
         }
         if self.block_size == 0 {
             return Err(QuantizeError::InvalidOption("block size 0".into()));
         }
-        self.scale_search.validate().map_err(QuantizeError::InvalidOption)
+        self.scale_search
+            .validate()
+            .map_err(QuantizeError::InvalidOption)
     }
 }
 
@@ -123,7 +136,10 @@ pub fn gptq_quantize_with_stats(
     check_len("weight matrix", w.len(), n, k)?;
     check_finite("weights", w)?;
     if hessian.k() != k {
-        return Err(QuantizeError::HessianSize { got: hessian.k(), k });
+        return Err(QuantizeError::HessianSize {
+            got: hessian.k(),
+            k,
+        });
     }
     opts.validate()?;
     let group_size = match scheme.granularity {
@@ -159,8 +175,12 @@ pub fn gptq_quantize_with_stats(
             let row = &weights[r * k..(r + 1) * k];
             row.chunks_exact(group_size).map(min_max)
         }),
+        GLOBAL_SCALE_HEADROOM,
     );
-    let grid = Grid { scheme: *scheme, global };
+    let grid = Grid {
+        scheme: *scheme,
+        global,
+    };
     let weight_of = |diag_slice: &[f64]| -> Option<Vec<f64>> {
         match opts.search_weight {
             SearchWeight::Uniform => None,
@@ -175,7 +195,11 @@ pub fn gptq_quantize_with_stats(
             for g in 0..n_groups {
                 let cols = g * group_size..(g + 1) * group_size;
                 let wts = weight_of(&diag[cols.clone()]);
-                params.push(grid.search(&weights[r * k..][cols], wts.as_deref(), &opts.scale_search));
+                params.push(grid.search(
+                    &weights[r * k..][cols],
+                    wts.as_deref(),
+                    &opts.scale_search,
+                ));
             }
         }
         params
@@ -211,7 +235,13 @@ pub fn gptq_quantize_with_stats(
     let mut codes_p = vec![0u8; wp.len()]; // (N, K), permuted columns
     let mut scales = vec![0.0f32; n * n_groups]; // (N, n_groups)
     let mut zeros = vec![0.0f32; n * n_groups]; // (N, n_groups)
-    let mut current = vec![GroupParams { scale: 0.0, zero: 0.0 }; n]; // per row
+    let mut current = vec![
+        GroupParams {
+            scale: 0.0,
+            zero: 0.0
+        };
+        n
+    ]; // per row
     let mut group_buf = vec![0.0f32; group_size];
     let mut proxy_loss = 0.0f64;
 
@@ -255,9 +285,21 @@ pub fn gptq_quantize_with_stats(
             gemm(
                 -1.0f32,
                 View::row_major(&err, n, width),
-                View { data: &hinv[i1 * k + i2..], rows: width, cols: k - i2, row_stride: k, col_stride: 1 },
+                View {
+                    data: &hinv[i1 * k + i2..],
+                    rows: width,
+                    cols: k - i2,
+                    row_stride: k,
+                    col_stride: 1,
+                },
                 1.0,
-                ViewMut { data: &mut wp[i2..], rows: n, cols: k - i2, row_stride: k, col_stride: 1 },
+                ViewMut {
+                    data: &mut wp[i2..],
+                    rows: n,
+                    cols: k - i2,
+                    row_stride: k,
+                    col_stride: 1,
+                },
             )?;
         }
         i1 = i2;
@@ -298,12 +340,23 @@ pub fn gptq_quantize_with_stats(
         g_idx,
     };
     tensor.validate()?;
-    Ok((tensor, GptqStats { percdamp_used, proxy_loss, dead_columns }))
+    Ok((
+        tensor,
+        GptqStats {
+            percdamp_used,
+            proxy_loss,
+            dead_columns,
+        },
+    ))
 }
 
 /// Dampens `h` (in place, growing the dampening on failure) and returns the
 /// upper Cholesky factor of its inverse with the dampening fraction used.
-fn dampened_inverse_factor(h: &mut [f64], k: usize, opts: &GptqOptions) -> Result<(Vec<f64>, f64), QuantizeError> {
+fn dampened_inverse_factor(
+    h: &mut [f64],
+    k: usize,
+    opts: &GptqOptions,
+) -> Result<(Vec<f64>, f64), QuantizeError> {
     let mean_diag = (0..k).map(|i| h[i * k + i]).sum::<f64>() / k as f64;
     let mut percdamp = opts.percdamp;
     let mut applied = 0.0;
@@ -317,7 +370,11 @@ fn dampened_inverse_factor(h: &mut [f64], k: usize, opts: &GptqOptions) -> Resul
             return Ok((factor, percdamp));
         }
         if attempt < opts.damp_retries {
-            percdamp = if percdamp > 0.0 { percdamp * 10.0 } else { 0.01 };
+            percdamp = if percdamp > 0.0 {
+                percdamp * 10.0
+            } else {
+                0.01
+            };
         }
     }
     Err(QuantizeError::NotPositiveDefinite { percdamp })
@@ -331,7 +388,7 @@ fn effective_block(block: usize, group_size: usize) -> usize {
     if group_size <= block {
         block / group_size * group_size
     } else {
-        (1..=block).rev().find(|d| group_size % d == 0).unwrap_or(1)
+        (1..=block).rev().find(|&d| group_size / d * d == group_size).unwrap_or(1)
     }
 }
 
@@ -353,16 +410,28 @@ mod tests {
         // With H = I every column is independent and no error is spread
         // (Hinv is diagonal): GPTQ reduces to round-to-nearest.
         let (n, k) = (3, 64);
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 101) as f32 - 50.0) / 13.0).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 101) as f32 - 50.0) / 13.0)
+            .collect();
         let mut eye = vec![0.0; k * k];
         for i in 0..k {
             eye[i * k + i] = 1.0;
         }
         let h = Hessian::from_matrix(eye, k, 1).unwrap();
-        for scheme in [QuantScheme::int4_asym(32), QuantScheme::int3_sym(16), QuantScheme::mxfp4()] {
+        for scheme in [
+            QuantScheme::int4_asym(32),
+            QuantScheme::int3_sym(16),
+            QuantScheme::mxfp4(),
+        ] {
             let gptq = gptq_quantize(&w, n, k, &h, &scheme, &GptqOptions::default()).unwrap();
-            let rtn = marlin_quant::quantize_rtn(&w, n, k, scheme, &marlin_quant::RtnOptions::min_max()).unwrap();
-            assert_eq!(gptq.dequantize().unwrap(), rtn.dequantize().unwrap(), "{scheme:?}");
+            let rtn =
+                marlin_quant::quantize_rtn(&w, n, k, scheme, &marlin_quant::RtnOptions::min_max())
+                    .unwrap();
+            assert_eq!(
+                gptq.dequantize().unwrap(),
+                rtn.dequantize().unwrap(),
+                "{scheme:?}"
+            );
         }
     }
 }

@@ -25,26 +25,42 @@ pub enum ScaleSearch {
     /// `high > 1` also tries coarser scales, which matters on the
     /// non-uniform FP4 grid and with the power-of-two E8M0 scales, where
     /// rounding the scale moves the group's maximum onto another grid point.
-    Grid { candidates: usize, low: f32, high: f32 },
+    Grid {
+        candidates: usize,
+        low: f32,
+        high: f32,
+    },
 }
 
 impl ScaleSearch {
     /// GPTQ's MSE clipping search: 100 ratios in [0.2, 1].
     pub fn mse() -> Self {
-        Self::Grid { candidates: 100, low: 0.2, high: 1.0 }
+        Self::Grid {
+            candidates: 100,
+            low: 0.2,
+            high: 1.0,
+        }
     }
 
     /// The FP4-adapted search used by MR-GPTQ: 64 ratios in [0.5, 2]
     /// (covers the E8M0 exponents e-1, e, e+1 around the OCP rule, and the
     /// E4M3 scales around amax / 6).
     pub fn fp4() -> Self {
-        Self::Grid { candidates: 64, low: 0.5, high: 2.0 }
+        Self::Grid {
+            candidates: 64,
+            low: 0.5,
+            high: 2.0,
+        }
     }
 
     pub(crate) fn validate(&self) -> Result<(), String> {
         match *self {
             ScaleSearch::MinMax => Ok(()),
-            ScaleSearch::Grid { candidates, low, high } => {
+            ScaleSearch::Grid {
+                candidates,
+                low,
+                high,
+            } => {
                 if candidates == 0 || !(low > 0.0 && low <= high && high.is_finite()) {
                     Err(format!(
                         "scale search needs candidates > 0 and 0 < low <= high (got {candidates}, {low}, {high})"
@@ -60,10 +76,18 @@ impl ScaleSearch {
     fn ratios(&self) -> Vec<f32> {
         match *self {
             ScaleSearch::MinMax => vec![1.0],
-            ScaleSearch::Grid { candidates, low, high } => {
+            ScaleSearch::Grid {
+                candidates,
+                low,
+                high,
+            } => {
                 let mut ratios = vec![1.0];
                 for i in 0..candidates {
-                    let t = if candidates == 1 { 0.0 } else { i as f32 / (candidates - 1) as f32 };
+                    let t = if candidates == 1 {
+                        0.0
+                    } else {
+                        i as f32 / (candidates - 1) as f32
+                    };
                     let r = low + (high - low) * t;
                     if r != 1.0 {
                         ratios.push(r);
@@ -117,13 +141,17 @@ impl Grid {
     pub fn params(&self, min: f32, max: f32, ratio: f32) -> GroupParams {
         let scheme = &self.scheme;
         let dtype = scheme.scale_dtype;
-        let empty = GroupParams { scale: empty_scale(dtype), zero: 0.0 };
+        let empty = GroupParams {
+            scale: empty_scale(dtype),
+            zero: 0.0,
+        };
         if min > max {
             return empty;
         }
         match scheme.zero_point {
             ZeroPoint::None => {
-                let amax = (f64::from(min.abs().max(max.abs())) * f64::from(ratio) / f64::from(self.global)) as f32;
+                let amax = (f64::from(min.abs().max(max.abs())) * f64::from(ratio)
+                    / f64::from(self.global)) as f32;
                 if amax == 0.0 || !amax.is_finite() {
                     return empty;
                 }
@@ -132,7 +160,8 @@ impl Grid {
                         let floor_exp = i32::from(f32_to_e8m0_floor(amax)) - 127;
                         e8m0_to_f32(e8m0_from_exponent(floor_exp - emax))
                     }
-                    _ => dtype.round((f64::from(amax) / f64::from(scheme.element.max_value())) as f32),
+                    _ => dtype
+                        .round((f64::from(amax) / f64::from(scheme.element.max_value())) as f32),
                 };
                 GroupParams { scale, zero: 0.0 }
             }
@@ -176,7 +205,12 @@ impl Grid {
     }
 
     /// The parameters `search` picks for one group's values.
-    pub fn search(&self, values: &[f32], weights: Option<&[f64]>, search: &ScaleSearch) -> GroupParams {
+    pub fn search(
+        &self,
+        values: &[f32],
+        weights: Option<&[f64]>,
+        search: &ScaleSearch,
+    ) -> GroupParams {
         let (min, max) = min_max(values);
         let mut best = self.params(min, max, 1.0);
         if matches!(search, ScaleSearch::MinMax) || min > max {
@@ -200,7 +234,11 @@ impl Grid {
 
 /// (min, max) of a slice; (+inf, -inf) when empty.
 pub(crate) fn min_max(values: &[f32]) -> (f32, f32) {
-    values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+    values
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
 }
 
 /// The scale of an all-zero group: 0, or E8M0's smallest value (E8M0 has
@@ -212,10 +250,18 @@ fn empty_scale(dtype: ScaleDType) -> f32 {
     }
 }
 
-/// The per-tensor scale that puts the largest min-max group scale on the
-/// scale dtype's maximum (E4M3 and F16 scale dtypes; 1.0 otherwise), as
-/// `quantize_rtn` chooses it. `groups` yields each group's (min, max).
-pub(crate) fn global_scale(scheme: &QuantScheme, groups: impl Iterator<Item = (f32, f32)>) -> f32 {
+/// The per-tensor scale that puts the largest min-max group scale at
+/// `1 / headroom` of the scale dtype's maximum (E4M3 and F16 scale dtypes;
+/// 1.0 otherwise). `quantize_rtn` uses headroom 1. GPTQ needs more: its
+/// updates can grow a group beyond the original range, and a saturated
+/// E4M3 scale would then clip the whole group; E4M3's relative precision
+/// is the same at any exponent, so the headroom costs nothing there.
+/// `groups` yields each group's (min, max).
+pub(crate) fn global_scale(
+    scheme: &QuantScheme,
+    groups: impl Iterator<Item = (f32, f32)>,
+    headroom: f32,
+) -> f32 {
     if !scheme.global_scale {
         return 1.0;
     }
@@ -223,9 +269,14 @@ pub(crate) fn global_scale(scheme: &QuantScheme, groups: impl Iterator<Item = (f
         ScaleDType::E4M3 | ScaleDType::F16 => scheme.scale_dtype.max_finite(),
         ScaleDType::F32 | ScaleDType::BF16 | ScaleDType::E8M0 => return 1.0,
     };
-    let raw = Grid { scheme: scheme.with_scale_dtype(ScaleDType::F32), global: 1.0 };
-    let max_raw = groups.map(|(lo, hi)| raw.params(lo, hi, 1.0).scale).fold(0.0f32, f32::max);
-    let global = max_raw / limit;
+    let raw = Grid {
+        scheme: scheme.with_scale_dtype(ScaleDType::F32),
+        global: 1.0,
+    };
+    let max_raw = groups
+        .map(|(lo, hi)| raw.params(lo, hi, 1.0).scale)
+        .fold(0.0f32, f32::max);
+    let global = max_raw * headroom / limit;
     if global.is_normal() && global > 0.0 {
         global
     } else {
@@ -240,9 +291,18 @@ mod tests {
 
     #[test]
     fn search_never_worse_than_min_max() {
-        let values: Vec<f32> = (0..32).map(|i| ((i * 7919 % 97) as f32 - 48.0) / 17.0).collect();
-        for scheme in [QuantScheme::mxfp4(), QuantScheme::int4_asym(32), QuantScheme::int3_sym(32)] {
-            let grid = Grid { scheme, global: 1.0 };
+        let values: Vec<f32> = (0..32)
+            .map(|i| ((i * 7919 % 97) as f32 - 48.0) / 17.0)
+            .collect();
+        for scheme in [
+            QuantScheme::mxfp4(),
+            QuantScheme::int4_asym(32),
+            QuantScheme::int3_sym(32),
+        ] {
+            let grid = Grid {
+                scheme,
+                global: 1.0,
+            };
             let base = grid.params(min_max(&values).0, min_max(&values).1, 1.0);
             let found = grid.search(&values, None, &ScaleSearch::fp4());
             assert!(grid.error(&values, None, found) <= grid.error(&values, None, base));
@@ -252,11 +312,17 @@ mod tests {
     #[test]
     fn mx_rule_matches_ocp() {
         // amax 5.9 -> 2^(2 - 2) = 1; amax 7 -> 2^(2 - 2) = 1 (clips to 6).
-        let grid = Grid { scheme: QuantScheme::mxfp4(), global: 1.0 };
+        let grid = Grid {
+            scheme: QuantScheme::mxfp4(),
+            global: 1.0,
+        };
         assert_eq!(grid.params(-5.9, 1.0, 1.0).scale, 1.0);
         assert_eq!(grid.params(-7.0, 1.0, 1.0).scale, 1.0);
         assert_eq!(grid.params(-8.0, 1.0, 1.0).scale, 2.0);
-        let int = Grid { scheme: QuantScheme::int_sym(4, Granularity::PerChannel, ScaleDType::F32), global: 1.0 };
+        let int = Grid {
+            scheme: QuantScheme::int_sym(4, Granularity::PerChannel, ScaleDType::F32),
+            global: 1.0,
+        };
         assert_eq!(int.params(-7.0, 3.5, 1.0).scale, 1.0);
     }
 }

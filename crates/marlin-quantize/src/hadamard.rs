@@ -51,8 +51,14 @@ impl Rotation {
         let padded_k = k
             .div_ceil(block_size)
             .checked_mul(block_size)
-            .ok_or_else(|| QuantizeError::Shape(format!("K = {k} padded to {block_size} overflows")))?;
-        Ok(Self { block_size, k, padded_k })
+            .ok_or_else(|| {
+                QuantizeError::Shape(format!("K = {k} padded to {block_size} overflows"))
+            })?;
+        Ok(Self {
+            block_size,
+            k,
+            padded_k,
+        })
     }
 
     /// The largest power-of-two block <= `max_block` that divides K (no
@@ -64,7 +70,11 @@ impl Rotation {
             return Err(QuantizeError::InvalidOption("Hadamard block size 0".into()));
         }
         let cap = 1usize << (usize::BITS - 1 - max_block.leading_zeros()); // largest pow2 <= max_block
-        let dividing = if k == 0 { cap } else { cap.min(1 << k.trailing_zeros().min(usize::BITS - 1)) };
+        let dividing = if k == 0 {
+            cap
+        } else {
+            cap.min(1 << k.trailing_zeros().min(usize::BITS - 1))
+        };
         if dividing >= MIN_UNPADDED_BLOCK.min(cap) {
             Self::new(k, dividing)
         } else {
@@ -81,7 +91,10 @@ impl Rotation {
         check_finite("rows to rotate", x)?;
         let mut out = vec![0.0f32; checked_area(rows, self.padded_k)?]; // (rows, padded_k)
         let norm = 1.0 / (self.block_size as f32).sqrt();
-        for (src, dst) in x.chunks_exact(self.k).zip(out.chunks_exact_mut(self.padded_k)) {
+        for (src, dst) in x
+            .chunks_exact(self.k)
+            .zip(out.chunks_exact_mut(self.padded_k))
+        {
             dst[..self.k].copy_from_slice(src);
             for block in dst.chunks_exact_mut(self.block_size) {
                 fwht(block);
@@ -101,7 +114,10 @@ impl Rotation {
         let mut out = vec![0.0f32; checked_area(rows, self.k)?]; // (rows, K)
         let mut buf = vec![0.0f32; self.padded_k];
         let norm = 1.0 / (self.block_size as f32).sqrt();
-        for (src, dst) in x.chunks_exact(self.padded_k).zip(out.chunks_exact_mut(self.k)) {
+        for (src, dst) in x
+            .chunks_exact(self.padded_k)
+            .zip(out.chunks_exact_mut(self.k))
+        {
             buf.copy_from_slice(src);
             for block in buf.chunks_exact_mut(self.block_size) {
                 fwht(block);
@@ -118,7 +134,10 @@ impl Rotation {
     /// padded_k, zero rows and columns for the padding before rotating).
     pub fn rotate_hessian(&self, h: &Hessian) -> Result<Hessian, QuantizeError> {
         if h.k() != self.k {
-            return Err(QuantizeError::HessianSize { got: h.k(), k: self.k });
+            return Err(QuantizeError::HessianSize {
+                got: h.k(),
+                k: self.k,
+            });
         }
         let kp = self.padded_k;
         let k = self.k;
@@ -188,10 +207,31 @@ mod tests {
 
     #[test]
     fn for_dim_choices() {
-        assert_eq!(Rotation::for_dim(576, 128).unwrap(), Rotation { block_size: 64, k: 576, padded_k: 576 });
+        assert_eq!(
+            Rotation::for_dim(576, 128).unwrap(),
+            Rotation {
+                block_size: 64,
+                k: 576,
+                padded_k: 576
+            }
+        );
         assert_eq!(Rotation::for_dim(512, 128).unwrap().block_size, 128);
-        assert_eq!(Rotation::for_dim(100, 128).unwrap(), Rotation { block_size: 128, k: 100, padded_k: 128 });
-        assert_eq!(Rotation::for_dim(24, 32).unwrap(), Rotation { block_size: 32, k: 24, padded_k: 32 });
+        assert_eq!(
+            Rotation::for_dim(100, 128).unwrap(),
+            Rotation {
+                block_size: 128,
+                k: 100,
+                padded_k: 128
+            }
+        );
+        assert_eq!(
+            Rotation::for_dim(24, 32).unwrap(),
+            Rotation {
+                block_size: 32,
+                k: 24,
+                padded_k: 32
+            }
+        );
         assert!(Rotation::new(64, 48).is_err());
         assert!(Rotation::new(0, 16).is_err());
     }
@@ -204,7 +244,11 @@ mod tests {
             e[j] = 1.0;
             fwht(&mut e);
             for (i, v) in e.iter().enumerate() {
-                let expected = if (i & j).count_ones() % 2 == 0 { 1.0 } else { -1.0 };
+                let expected = if (i & j).count_ones() % 2 == 0 {
+                    1.0
+                } else {
+                    -1.0
+                };
                 assert_eq!(*v, expected);
             }
         }

@@ -28,7 +28,9 @@ impl Hessian {
             return Err(QuantizeError::Shape("Hessian of K = 0".into()));
         }
         if n_samples == 0 {
-            return Err(QuantizeError::EmptyCalibration("Hessian built from 0 samples".into()));
+            return Err(QuantizeError::EmptyCalibration(
+                "Hessian built from 0 samples".into(),
+            ));
         }
         let expected = checked_area(k, k)?;
         if data.len() != expected {
@@ -38,7 +40,11 @@ impl Hessian {
             )));
         }
         if let Some(index) = data.iter().position(|v| !v.is_finite()) {
-            return Err(QuantizeError::NonFinite { what: "Hessian", index, value: data[index] as f32 });
+            return Err(QuantizeError::NonFinite {
+                what: "Hessian",
+                index,
+                value: data[index] as f32,
+            });
         }
         for i in 0..k {
             for j in 0..i {
@@ -97,7 +103,11 @@ impl HessianAccumulator {
             return Err(QuantizeError::Shape("Hessian of K = 0".into()));
         }
         let len = checked_area(k, k)?;
-        Ok(Self { k, sum: vec![0.0; len], n_samples: 0 })
+        Ok(Self {
+            k,
+            sum: vec![0.0; len],
+            n_samples: 0,
+        })
     }
 
     /// Adds `rows` activation rows `x` (rows, K), row-major. Errors on a
@@ -120,7 +130,13 @@ impl HessianAccumulator {
                 xv.t(),
                 xv,
                 1.0,
-                ViewMut { data: &mut self.sum, rows: k, cols: k, row_stride: k, col_stride: 1 },
+                ViewMut {
+                    data: &mut self.sum,
+                    rows: k,
+                    cols: k,
+                    row_stride: k,
+                    col_stride: 1,
+                },
             )?;
         }
         self.n_samples += rows;
@@ -135,7 +151,9 @@ impl HessianAccumulator {
     /// `H = 2/n · Σ x xᵀ`. Errors when no rows were added.
     pub fn finish(self) -> Result<Hessian, QuantizeError> {
         if self.n_samples == 0 {
-            return Err(QuantizeError::EmptyCalibration("no activation rows were added to the Hessian".into()));
+            return Err(QuantizeError::EmptyCalibration(
+                "no activation rows were added to the Hessian".into(),
+            ));
         }
         let factor = 2.0 / self.n_samples as f64;
         let mut data = self.sum;
@@ -162,7 +180,9 @@ mod tests {
     #[test]
     fn matches_direct_sum_across_batches() {
         let k = 5;
-        let x: Vec<f32> = (0..7 * k).map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0).collect();
+        let x: Vec<f32> = (0..7 * k)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0)
+            .collect();
         let mut acc = HessianAccumulator::new(k).unwrap();
         acc.add_batch(&x[..3 * k], 3).unwrap();
         acc.add_batch(&x[3 * k..], 4).unwrap();
@@ -170,8 +190,11 @@ mod tests {
         assert_eq!(h.n_samples(), 7);
         for i in 0..k {
             for j in 0..k {
-                let direct: f64 =
-                    (0..7).map(|r| f64::from(x[r * k + i]) * f64::from(x[r * k + j])).sum::<f64>() * 2.0 / 7.0;
+                let direct: f64 = (0..7)
+                    .map(|r| f64::from(x[r * k + i]) * f64::from(x[r * k + j]))
+                    .sum::<f64>()
+                    * 2.0
+                    / 7.0;
                 assert!((h.as_slice()[i * k + j] - direct).abs() < 1e-12);
             }
         }
@@ -180,13 +203,19 @@ mod tests {
     #[test]
     fn rejects_bad_batches() {
         let mut acc = HessianAccumulator::new(4).unwrap();
-        assert!(matches!(acc.add_batch(&[0.0; 7], 2), Err(QuantizeError::Shape(_))));
+        assert!(matches!(
+            acc.add_batch(&[0.0; 7], 2),
+            Err(QuantizeError::Shape(_))
+        ));
         assert!(matches!(
             acc.add_batch(&[0.0, f32::NAN, 0.0, 0.0], 1),
             Err(QuantizeError::NonFinite { index: 1, .. })
         ));
         assert_eq!(acc.n_samples(), 0);
-        assert!(matches!(acc.finish(), Err(QuantizeError::EmptyCalibration(_))));
+        assert!(matches!(
+            acc.finish(),
+            Err(QuantizeError::EmptyCalibration(_))
+        ));
         assert!(HessianAccumulator::new(0).is_err());
     }
 

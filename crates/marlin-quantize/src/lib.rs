@@ -33,4 +33,6 @@ pub use hadamard::{fwht, Rotation};
 pub use hessian::{Hessian, HessianAccumulator};
 pub use marlin_quant::QuantTensor;
 pub use metrics::output_error;
-pub use mr_gptq::{mr_gptq_quantize, mr_gptq_quantize_with_stats, MrGptqOptions, RotatedQuantTensor};
+pub use mr_gptq::{
+    mr_gptq_quantize, mr_gptq_quantize_with_stats, MrGptqOptions, RotatedQuantTensor,
+};

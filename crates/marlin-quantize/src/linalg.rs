@@ -18,7 +18,13 @@ pub(crate) struct View<'a, T> {
 impl<'a, T> View<'a, T> {
     /// A contiguous row-major (rows, cols) matrix.
     pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
-        Self { data, rows, cols, row_stride: cols, col_stride: 1 }
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
     }
 
     /// The transpose (no copy).
@@ -47,9 +53,11 @@ fn fits(len: usize, rows: usize, cols: usize, row_stride: usize, col_stride: usi
     if rows == 0 || cols == 0 {
         return true;
     }
-    let last = (rows - 1)
-        .checked_mul(row_stride)
-        .and_then(|a| (cols - 1).checked_mul(col_stride).and_then(|b| a.checked_add(b)));
+    let last = (rows - 1).checked_mul(row_stride).and_then(|a| {
+        (cols - 1)
+            .checked_mul(col_stride)
+            .and_then(|b| a.checked_add(b))
+    });
     matches!(last, Some(l) if l < len)
         && isize::try_from(row_stride).is_ok()
         && isize::try_from(col_stride).is_ok()
@@ -97,7 +105,9 @@ impl GemmScalar for f32 {
         csc: isize,
     ) {
         // SAFETY: forwarded contract of `raw_gemm`.
-        unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+        unsafe {
+            matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        }
     }
 }
 
@@ -119,7 +129,9 @@ impl GemmScalar for f64 {
         csc: isize,
     ) {
         // SAFETY: forwarded contract of `raw_gemm`.
-        unsafe { matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+        unsafe {
+            matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        }
     }
 }
 
@@ -170,11 +182,15 @@ pub(crate) fn gemm<T: GemmScalar>(
     Ok(())
 }
 
+/// Smallest pivot, relative to the diagonal entry it came from, that counts
+/// as positive: below it the matrix is singular to working precision.
+const PIVOT_RELATIVE_FLOOR: f64 = 1e-12;
+
 /// Cholesky factorisation in place of a symmetric (n, n) row-major matrix:
 /// on success the lower triangle holds L with `A = L Lᵀ` and the strict
 /// upper triangle is zero. Returns `false` (leaving `a` partly overwritten)
-/// when a pivot is not strictly positive and finite, i.e. `A` is not
-/// numerically positive definite.
+/// when a pivot is not finite and clearly positive (above 1e-12 of its
+/// diagonal entry), i.e. `A` is not numerically positive definite.
 pub(crate) fn cholesky_lower(a: &mut [f64], n: usize) -> bool {
     debug_assert_eq!(a.len(), n * n);
     for j in 0..n {
@@ -182,7 +198,8 @@ pub(crate) fn cholesky_lower(a: &mut [f64], n: usize) -> bool {
         let (done, below) = a.split_at_mut((j + 1) * n);
         let row_j = &mut done[j * n..];
         let pivot = row_j[j] - dot(&row_j[..j], &row_j[..j]);
-        if !(pivot > 0.0 && pivot.is_finite()) {
+        // A pivot that cancelled to rounding noise means a singular matrix.
+        if !(pivot > PIVOT_RELATIVE_FLOOR * row_j[j] && pivot > 0.0 && pivot.is_finite()) {
             return false;
         }
         let ljj = pivot.sqrt();
@@ -225,7 +242,10 @@ pub(crate) fn invert_lower(l: &[f64], n: usize) -> Vec<f64> {
 /// The upper Cholesky factor U of `A⁻¹` (`A⁻¹ = Uᵀ U`) of a symmetric
 /// (n, n) matrix, row-major, all in f64: GPTQ's `Hinv`. `None` when `A` or
 /// its inverse is not numerically positive definite.
-pub(crate) fn inverse_upper_cholesky(a: &[f64], n: usize) -> Result<Option<Vec<f64>>, QuantizeError> {
+pub(crate) fn inverse_upper_cholesky(
+    a: &[f64],
+    n: usize,
+) -> Result<Option<Vec<f64>>, QuantizeError> {
     let mut l = a.to_vec();
     if !cholesky_lower(&mut l, n) {
         return Ok(None);
@@ -239,7 +259,13 @@ pub(crate) fn inverse_upper_cholesky(a: &[f64], n: usize) -> Result<Option<Vec<f
         l_inv_view.t(),
         l_inv_view,
         0.0,
-        ViewMut { data: &mut inv, rows: n, cols: n, row_stride: n, col_stride: 1 },
+        ViewMut {
+            data: &mut inv,
+            rows: n,
+            cols: n,
+            row_stride: n,
+            col_stride: 1,
+        },
     )?;
     // Symmetrise away the rounding asymmetry before factorising again.
     for i in 0..n {
@@ -275,7 +301,9 @@ mod tests {
         // B Bᵀ + n I with a deterministic pseudo-random B.
         let mut state = seed;
         let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 33) as f64 / (1u64 << 31) as f64) - 0.5
         };
         let b: Vec<f64> = (0..n * n).map(|_| next()).collect();
@@ -298,7 +326,10 @@ mod tests {
             for i in 0..n {
                 for j in 0..n {
                     let v: f64 = (0..n).map(|p| l[i * n + p] * l[j * n + p]).sum();
-                    assert!((v - a[i * n + j]).abs() < 1e-9 * (1.0 + a[i * n + j].abs()), "n={n} ({i},{j})");
+                    assert!(
+                        (v - a[i * n + j]).abs() < 1e-9 * (1.0 + a[i * n + j].abs()),
+                        "n={n} ({i},{j})"
+                    );
                 }
             }
         }
@@ -348,7 +379,13 @@ mod tests {
             View::row_major(&a, 2, 2),
             View::row_major(&a, 2, 2).t(),
             0.0,
-            ViewMut { data: &mut c, rows: 2, cols: 2, row_stride: 2, col_stride: 1 },
+            ViewMut {
+                data: &mut c,
+                rows: 2,
+                cols: 2,
+                row_stride: 2,
+                col_stride: 1,
+            },
         );
         assert!(ok.is_ok());
         assert_eq!(c, [5.0, 11.0, 11.0, 25.0]);
@@ -357,7 +394,13 @@ mod tests {
             View::row_major(&a, 2, 3),
             View::row_major(&a, 3, 1),
             0.0,
-            ViewMut { data: &mut c, rows: 2, cols: 1, row_stride: 1, col_stride: 1 },
+            ViewMut {
+                data: &mut c,
+                rows: 2,
+                cols: 1,
+                row_stride: 1,
+                col_stride: 1,
+            },
         );
         assert!(bad.is_err());
     }

@@ -7,7 +7,14 @@ use crate::QuantizeError;
 /// `||x·Wᵀ − x·Ŵᵀ||²_F` (summed in f64) for `rows` activation rows `x`
 /// (rows, K) and two (N, K) weight matrices: the layer output error a
 /// quantizer causes on those inputs.
-pub fn output_error(x: &[f32], rows: usize, w: &[f32], w_hat: &[f32], n: usize, k: usize) -> Result<f64, QuantizeError> {
+pub fn output_error(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    w_hat: &[f32],
+    n: usize,
+    k: usize,
+) -> Result<f64, QuantizeError> {
     check_len("activations", x.len(), rows, k)?;
     check_len("weight matrix", w.len(), n, k)?;
     check_len("quantized weight matrix", w_hat.len(), n, k)?;
@@ -20,7 +27,13 @@ pub fn output_error(x: &[f32], rows: usize, w: &[f32], w_hat: &[f32], n: usize, 
         View::row_major(x, rows, k),
         View::row_major(&diff, n, k).t(),
         0.0,
-        ViewMut { data: &mut out, rows, cols: n, row_stride: n, col_stride: 1 },
+        ViewMut {
+            data: &mut out,
+            rows,
+            cols: n,
+            row_stride: n,
+            col_stride: 1,
+        },
     )?;
     Ok(out.iter().map(|&v| f64::from(v).powi(2)).sum())
 }

@@ -87,11 +87,15 @@ pub fn mr_gptq_quantize_with_stats(
     check_len("weight matrix", w.len(), n, k)?;
     check_finite("weights", w)?;
     if hessian.k() != k {
-        return Err(QuantizeError::HessianSize { got: hessian.k(), k });
+        return Err(QuantizeError::HessianSize {
+            got: hessian.k(),
+            k,
+        });
     }
     let rotation = Rotation::for_dim(k, opts.max_rotation_block)?;
     let w_rot = rotation.rotate_rows(w, n)?; // (N, padded_k)
     let h_rot = rotation.rotate_hessian(hessian)?; // (padded_k, padded_k)
-    let (tensor, stats) = gptq_quantize_with_stats(&w_rot, n, rotation.padded_k, &h_rot, scheme, &opts.gptq)?;
+    let (tensor, stats) =
+        gptq_quantize_with_stats(&w_rot, n, rotation.padded_k, &h_rot, scheme, &opts.gptq)?;
     Ok((RotatedQuantTensor { tensor, rotation }, stats))
 }
