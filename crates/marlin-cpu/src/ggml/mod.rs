@@ -1,28 +1,341 @@
-//! Kernels for GGUF block formats (owned by the ggml work).
+//! Kernels for GGUF block formats.
+//!
+//! Weights stay in ggml's block layout. Activations are quantized once per
+//! matmul to 8 bits (32-blocks for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/MXFP4, 256-blocks
+//! for Q4_K/Q6_K; error bound in [`act`]) and every output is an integer dot
+//! product per block. Output rows are split into chunks over the rayon pool;
+//! for m > 1, each chunk of weight rows is multiplied with all m activation
+//! rows (in tiles of [`M_TILE`]) while it is in cache.
+//!
+//! Types without an integer kernel (Q8_1, Q2_K, Q3_K, Q5_K, Q8_K) take the
+//! generic path: each weight row is dequantized to f32 with the reference
+//! dequantizer, then dotted in f32 with the exact activations. F32, F16 and
+//! BF16 weights are converted to f32 once at preparation (F16/BF16 take
+//! twice their file size in memory).
+
+pub mod act;
+#[cfg(target_arch = "x86_64")]
+mod dot_avx2;
+pub mod dot_scalar;
+#[cfg(test)]
+mod tests;
 
 use crate::CpuError;
-use marlin_quant::GgmlTensor;
+use act::{ActQ8K, ActQ8x32};
+use marlin_quant::ggml::*;
+use marlin_quant::{GgmlTensor, GgmlType};
+use rayon::prelude::*;
+use std::sync::OnceLock;
 
-/// A `GgmlTensor` repacked once for the CPU kernels.
+/// Activation rows multiplied with one weight row while it sits in L1.
+const M_TILE: usize = 16;
+
+/// Dot products of one weight row with one activation row, per format.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    pub name: &'static str,
+    pub q4_0: fn(&[BlockQ4_0], &[ActQ8x32]) -> f32,
+    pub q4_1: fn(&[BlockQ4_1], &[ActQ8x32]) -> f32,
+    pub q5_0: fn(&[BlockQ5_0], &[ActQ8x32]) -> f32,
+    pub q5_1: fn(&[BlockQ5_1], &[ActQ8x32]) -> f32,
+    pub q8_0: fn(&[BlockQ8_0], &[ActQ8x32]) -> f32,
+    pub mxfp4: fn(&[BlockMxfp4], &[ActQ8x32]) -> f32,
+    pub q4k: fn(&[BlockQ4K], &[ActQ8K]) -> f32,
+    pub q6k: fn(&[BlockQ6K], &[ActQ8K]) -> f32,
+    pub f32dot: fn(&[f32], &[f32]) -> f32,
+}
+
+/// The portable kernels.
+pub fn scalar_kernels() -> Kernels {
+    use dot_scalar::*;
+    Kernels {
+        name: "scalar",
+        q4_0: dot_q4_0,
+        q4_1: dot_q4_1,
+        q5_0: dot_q5_0,
+        q5_1: dot_q5_1,
+        q8_0: dot_q8_0,
+        mxfp4: dot_mxfp4,
+        q4k: dot_q4k,
+        q6k: dot_q6k,
+        f32dot: dot_f32,
+    }
+}
+
+/// The AVX2+FMA+F16C kernels when this CPU has them.
+pub fn avx2_kernels() -> Option<Kernels> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        dot_avx2::kernels()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
+/// The best kernels for this CPU, chosen once.
+pub fn best_kernels() -> &'static Kernels {
+    static BEST: OnceLock<Kernels> = OnceLock::new();
+    BEST.get_or_init(|| avx2_kernels().unwrap_or_else(scalar_kernels))
+}
+
+/// Weights in the form the kernels read.
+enum Weights {
+    /// F32, F16, BF16 weights as f32, (N, K) row-major.
+    F32(Vec<f32>),
+    Q4_0(Vec<BlockQ4_0>),
+    Q4_1(Vec<BlockQ4_1>),
+    Q5_0(Vec<BlockQ5_0>),
+    Q5_1(Vec<BlockQ5_1>),
+    Q8_0(Vec<BlockQ8_0>),
+    Mxfp4(Vec<BlockMxfp4>),
+    Q4K(Vec<BlockQ4K>),
+    Q6K(Vec<BlockQ6K>),
+    /// Packed rows of a type without an integer kernel.
+    Generic(Vec<u8>),
+}
+
+/// A `GgmlTensor` prepared once for the CPU kernels: (N, K) = (rows, cols).
 pub struct PreparedGgml {
+    ty: GgmlType,
     rows: usize,
     cols: usize,
+    weights: Weights,
+    kernels: Kernels,
+}
+
+/// The bytes as blocks (alignment 1, so any whole number of blocks casts).
+/// Copies once, so a tensor briefly takes twice its size while loading.
+fn to_blocks<B: bytemuck::Pod>(data: Vec<u8>) -> Result<Vec<B>, CpuError> {
+    Ok(bytemuck::try_cast_slice::<u8, B>(&data)
+        .map_err(|e| CpuError::Shape(format!("ggml data is not whole blocks: {e:?}")))?
+        .to_vec())
 }
 
 impl PreparedGgml {
     pub fn new(t: GgmlTensor) -> Result<Self, CpuError> {
-        Err(CpuError::Unsupported(format!(
-            "CPU quantized matmul for {:?} is not built yet",
-            t.ty
-        )))
+        Self::with_kernels(t, *best_kernels())
     }
+
+    /// As [`PreparedGgml::new`] with a given kernel table (tests use it to
+    /// run the scalar kernels on an AVX2 machine).
+    pub fn with_kernels(t: GgmlTensor, kernels: Kernels) -> Result<Self, CpuError> {
+        // Re-check the invariant GgmlTensor::new established (fields are pub).
+        let t = GgmlTensor::new(t.ty, t.rows, t.cols, t.data)?;
+        let (ty, rows, cols) = (t.ty, t.rows, t.cols);
+        use GgmlType::*;
+        let weights = match ty {
+            F32 | F16 | BF16 => Weights::F32(t.dequantize()?),
+            Q4_0 => Weights::Q4_0(to_blocks(t.data)?),
+            Q4_1 => Weights::Q4_1(to_blocks(t.data)?),
+            Q5_0 => Weights::Q5_0(to_blocks(t.data)?),
+            Q5_1 => Weights::Q5_1(to_blocks(t.data)?),
+            Q8_0 => Weights::Q8_0(to_blocks(t.data)?),
+            Mxfp4 => Weights::Mxfp4(to_blocks(t.data)?),
+            Q4K => Weights::Q4K(to_blocks(t.data)?),
+            Q6K => Weights::Q6K(to_blocks(t.data)?),
+            Q8_1 | Q2K | Q3K | Q5K | Q8K => Weights::Generic(t.data),
+        };
+        Ok(Self {
+            ty,
+            rows,
+            cols,
+            weights,
+            kernels,
+        })
+    }
+
+    /// N: output features.
     pub fn rows(&self) -> usize {
         self.rows
     }
+
+    /// K: input features.
     pub fn cols(&self) -> usize {
         self.cols
     }
-    pub fn matmul(&self, _x: &[f32], _m: usize, _y: &mut [f32]) -> Result<(), CpuError> {
-        Err(CpuError::Unsupported("quantized matmul".into()))
+
+    pub fn ggml_type(&self) -> GgmlType {
+        self.ty
     }
+
+    /// Whether this type runs on integer kernels (else the generic
+    /// dequantize-then-f32 path).
+    pub fn has_integer_kernel(&self) -> bool {
+        !matches!(self.weights, Weights::F32(_) | Weights::Generic(_))
+    }
+
+    /// Bytes of weight data the kernels read per matmul.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weights {
+            Weights::F32(w) => w.len() * 4,
+            Weights::Q4_0(w) => size_of_val(w.as_slice()),
+            Weights::Q4_1(w) => size_of_val(w.as_slice()),
+            Weights::Q5_0(w) => size_of_val(w.as_slice()),
+            Weights::Q5_1(w) => size_of_val(w.as_slice()),
+            Weights::Q8_0(w) => size_of_val(w.as_slice()),
+            Weights::Mxfp4(w) => size_of_val(w.as_slice()),
+            Weights::Q4K(w) => size_of_val(w.as_slice()),
+            Weights::Q6K(w) => size_of_val(w.as_slice()),
+            Weights::Generic(w) => w.len(),
+        }
+    }
+
+    /// `y (m, N) = x (m, K) · Wᵀ`.
+    pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), CpuError> {
+        let (n, k) = (self.rows, self.cols);
+        crate::check_matmul_shapes(x.len(), y.len(), m, n, k)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let kr = &self.kernels;
+        match &self.weights {
+            Weights::F32(w) => run(w, k, x, k, m, n, k, y, kr.f32dot),
+            Weights::Q4_0(w) => run_x32(w, x, m, n, k, y, kr.q4_0),
+            Weights::Q4_1(w) => run_x32(w, x, m, n, k, y, kr.q4_1),
+            Weights::Q5_0(w) => run_x32(w, x, m, n, k, y, kr.q5_0),
+            Weights::Q5_1(w) => run_x32(w, x, m, n, k, y, kr.q5_1),
+            Weights::Q8_0(w) => run_x32(w, x, m, n, k, y, kr.q8_0),
+            Weights::Mxfp4(w) => run_x32(w, x, m, n, k, y, kr.mxfp4),
+            Weights::Q4K(w) => run_k(w, x, m, n, k, y, kr.q4k),
+            Weights::Q6K(w) => run_k(w, x, m, n, k, y, kr.q6k),
+            Weights::Generic(w) => self.run_generic(w, x, m, y),
+        }
+    }
+
+    /// Dequantize each weight row to f32, then f32 dots with exact x.
+    fn run_generic(&self, w: &[u8], x: &[f32], m: usize, y: &mut [f32]) -> Result<(), CpuError> {
+        let (n, k, ty) = (self.rows, self.cols, self.ty);
+        let row_bytes = ty.row_bytes(k)?;
+        let dot = self.kernels.f32dot;
+        par_row_chunks(n, m, k, y, |r0, out| {
+            let mut row = vec![0f32; k]; // (K) one dequantized weight row
+            for (i, r) in (r0..r0 + out.len() / m).enumerate() {
+                let bytes = w
+                    .get(r * row_bytes..(r + 1) * row_bytes)
+                    .ok_or_else(|| CpuError::Shape(format!("row {r} past the weight data")))?;
+                dequantize_row(ty, bytes, &mut row)?;
+                for (j, xr) in x.chunks_exact(k).enumerate() {
+                    out[i * m + j] = dot(&row, xr);
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Quantizes x to 32-blocks, then runs the block kernel.
+#[allow(clippy::too_many_arguments)]
+fn run_x32<B: Sync>(
+    w: &[B],
+    x: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+    dot: fn(&[B], &[ActQ8x32]) -> f32,
+) -> Result<(), CpuError> {
+    let bpr = k / 32;
+    let mut acts = vec![ActQ8x32::default(); m * bpr]; // (m, K/32)
+    quantize_rows(x, k, &mut acts, bpr, act::quantize_x32);
+    run(w, bpr, &acts, bpr, m, n, k, y, dot)
+}
+
+/// Quantizes x to 256-blocks, then runs the block kernel.
+#[allow(clippy::too_many_arguments)]
+fn run_k<B: Sync>(
+    w: &[B],
+    x: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+    dot: fn(&[B], &[ActQ8K]) -> f32,
+) -> Result<(), CpuError> {
+    let bpr = k / 256;
+    let mut acts = vec![ActQ8K::default(); m * bpr]; // (m, K/256)
+    quantize_rows(x, k, &mut acts, bpr, act::quantize_k);
+    run(w, bpr, &acts, bpr, m, n, k, y, dot)
+}
+
+/// Quantizes the m rows of x (in parallel when there are several).
+fn quantize_rows<A: Send>(
+    x: &[f32],
+    k: usize,
+    acts: &mut [A],
+    bpr: usize,
+    f: fn(&[f32], &mut [A]),
+) {
+    if acts.len() / bpr.max(1) >= 4 {
+        acts.par_chunks_mut(bpr)
+            .zip(x.par_chunks(k))
+            .for_each(|(a, xr)| f(xr, a));
+    } else {
+        acts.chunks_mut(bpr)
+            .zip(x.chunks(k))
+            .for_each(|(a, xr)| f(xr, a));
+    }
+}
+
+/// y (m, N) from weight rows of `wpr` items and activation rows of `apr`
+/// items, one `dot` per (weight row, activation row); k elements per row.
+#[allow(clippy::too_many_arguments)]
+fn run<B: Sync, A: Sync>(
+    w: &[B],
+    wpr: usize,
+    acts: &[A],
+    apr: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+    dot: fn(&[B], &[A]) -> f32,
+) -> Result<(), CpuError> {
+    par_row_chunks(n, m, k, y, |r0, out| {
+        let rows = out.len() / m;
+        // out: (rows, m), output row r0 + i at out[i*m ..]
+        for j0 in (0..m).step_by(M_TILE) {
+            let j1 = (j0 + M_TILE).min(m);
+            for i in 0..rows {
+                let r = r0 + i;
+                let wr = &w[r * wpr..(r + 1) * wpr];
+                for j in j0..j1 {
+                    out[i * m + j] = dot(wr, &acts[j * apr..(j + 1) * apr]);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Splits the N output rows into chunks over the rayon pool. `f(r0, out)`
+/// fills `out`, the (rows, m) block of yᵀ for rows r0.., which is then
+/// written into y (m, N). `k` sizes the work per row for the split.
+fn par_row_chunks<F>(n: usize, m: usize, k: usize, y: &mut [f32], f: F) -> Result<(), CpuError>
+where
+    F: Fn(usize, &mut [f32]) -> Result<(), CpuError> + Sync,
+{
+    let threads = rayon::current_num_threads().max(1);
+    // Enough chunks to balance the threads, each big enough (>= ~64K
+    // multiply-adds) that the task overhead stays small.
+    let min_rows = (65_536 / (k * m).max(1)).max(1);
+    let rows_per_task = n.div_ceil(threads * 4).max(min_rows).min(n);
+    if m == 1 {
+        // yᵀ of one row is y itself.
+        return y
+            .par_chunks_mut(rows_per_task)
+            .enumerate()
+            .try_for_each(|(c, out)| f(c * rows_per_task, out));
+    }
+    let mut yt = vec![0f32; n * m]; // (N, m)
+    yt.par_chunks_mut(rows_per_task * m)
+        .enumerate()
+        .try_for_each(|(c, out)| f(c * rows_per_task, out))?;
+    for (r, col) in yt.chunks_exact(m).enumerate() {
+        for (j, &v) in col.iter().enumerate() {
+            y[j * n + r] = v;
+        }
+    }
+    Ok(())
 }
