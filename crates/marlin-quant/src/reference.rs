@@ -11,6 +11,7 @@ use crate::pack::read_code;
 use crate::scheme::{Granularity, ZeroPoint};
 use crate::tensor::QuantTensor;
 use crate::QuantError;
+use rayon::prelude::*;
 
 impl QuantTensor {
     /// Checks the lengths of `data`, `scales`, `zeros` and `g_idx` against
@@ -232,10 +233,10 @@ impl QuantTensor {
     /// Dequantizes the whole matrix, row-major (N, K).
     pub fn dequantize(&self) -> Result<Vec<f32>, QuantError> {
         self.validate()?;
-        let mut out = vec![0.0f32; self.rows * self.cols];
-        for (r, row) in out.chunks_exact_mut(self.cols).enumerate() {
-            self.dequantize_row(r, row)?;
-        }
+        let mut out = vec![0.0f32; self.rows * self.cols]; // (N, K)
+        out.par_chunks_mut(self.cols)
+            .enumerate()
+            .try_for_each(|(r, row)| self.dequantize_row(r, row))?;
         Ok(out)
     }
 }

@@ -20,6 +20,7 @@ use crate::formats::{e8m0_from_exponent, e8m0_to_f32, floor_log2};
 use crate::scheme::{Granularity, QuantScheme, ScaleDType, ZeroPoint};
 use crate::tensor::QuantTensor;
 use crate::QuantError;
+use rayon::prelude::*;
 
 /// How each group's range is chosen.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -131,12 +132,15 @@ pub fn quantize_rtn(
     }
 
     let mut codes = vec![0u8; weights.len()]; // (N, K) raw codes
-    for r in 0..rows {
-        for c in 0..cols {
-            let i = r * cols + c;
-            codes[i] = encode(&scheme, weights[i], global, &params[groups.index(r, c)]);
-        }
-    }
+    codes
+        .par_chunks_mut(cols)
+        .zip(weights.par_chunks(cols))
+        .enumerate()
+        .for_each(|(r, (code_row, w_row))| {
+            for (c, (code, &w)) in code_row.iter_mut().zip(w_row).enumerate() {
+                *code = encode(&scheme, w, global, &params[groups.index(r, c)]);
+            }
+        });
     let data = crate::pack::pack_codes(&codes, rows, cols, scheme.element.bits())?;
     let zeros = match scheme.zero_point {
         ZeroPoint::None => None,
@@ -203,6 +207,17 @@ impl<'a> GroupMap<'a> {
         })
     }
 
+    /// Number of groups of each row when no group spans two rows
+    /// (PerChannel, PerGroup): group indices of row r are then
+    /// `r * per_row .. (r + 1) * per_row`.
+    fn groups_per_row(&self) -> Option<usize> {
+        match self.granularity {
+            Granularity::PerChannel => Some(1),
+            Granularity::PerGroup { group_size } => Some(self.cols / group_size),
+            Granularity::PerTensor | Granularity::Block2d { .. } => None,
+        }
+    }
+
     #[inline]
     fn index(&self, r: usize, c: usize) -> usize {
         match (self.granularity, self.g_idx) {
@@ -230,17 +245,30 @@ struct MinMax {
 }
 
 fn group_min_max(weights: &[f32], groups: &GroupMap) -> Vec<MinMax> {
-    let mut stats = vec![
-        MinMax {
-            min: f32::INFINITY,
-            max: f32::NEG_INFINITY
-        };
-        groups.n_groups
-    ];
-    for (i, &w) in weights.iter().enumerate() {
-        let st = &mut stats[groups.index(i / groups.cols, i % groups.cols)];
-        st.min = st.min.min(w);
-        st.max = st.max.max(w);
+    let empty = MinMax {
+        min: f32::INFINITY,
+        max: f32::NEG_INFINITY,
+    };
+    let mut stats = vec![empty; groups.n_groups];
+    let update = |stats: &mut [MinMax], first_group: usize, r: usize, w_row: &[f32]| {
+        for (c, &w) in w_row.iter().enumerate() {
+            let st = &mut stats[groups.index(r, c) - first_group];
+            st.min = st.min.min(w);
+            st.max = st.max.max(w);
+        }
+    };
+    match groups.groups_per_row() {
+        // Groups never span rows: rows are independent.
+        Some(per_row) => stats
+            .par_chunks_mut(per_row)
+            .zip(weights.par_chunks(groups.cols))
+            .enumerate()
+            .for_each(|(r, (row_stats, w_row))| update(row_stats, r * per_row, r, w_row)),
+        None => {
+            for (r, w_row) in weights.chunks_exact(groups.cols).enumerate() {
+                update(&mut stats, 0, r, w_row);
+            }
+        }
     }
     stats
 }
@@ -353,12 +381,26 @@ fn group_errors(
     params: &[GroupParams],
 ) -> Vec<f64> {
     let mut err = vec![0.0f64; params.len()];
-    for (i, &w) in weights.iter().enumerate() {
-        let g = groups.index(i / groups.cols, i % groups.cols);
-        let p = &params[g];
-        let d =
-            f64::from(w) - f64::from(dequantize(scheme, encode(scheme, w, global, p), global, p));
-        err[g] += d * d;
+    let accumulate = |err: &mut [f64], first_group: usize, r: usize, w_row: &[f32]| {
+        for (c, &w) in w_row.iter().enumerate() {
+            let g = groups.index(r, c);
+            let p = &params[g];
+            let q = dequantize(scheme, encode(scheme, w, global, p), global, p);
+            let d = f64::from(w) - f64::from(q);
+            err[g - first_group] += d * d;
+        }
+    };
+    match groups.groups_per_row() {
+        Some(per_row) => err
+            .par_chunks_mut(per_row)
+            .zip(weights.par_chunks(groups.cols))
+            .enumerate()
+            .for_each(|(r, (row_err, w_row))| accumulate(row_err, r * per_row, r, w_row)),
+        None => {
+            for (r, w_row) in weights.chunks_exact(groups.cols).enumerate() {
+                accumulate(&mut err, 0, r, w_row);
+            }
+        }
     }
     err
 }
