@@ -49,3 +49,71 @@ fn gemm_bench() {
     assert!(!report.rows.is_empty());
     println!("{report}");
 }
+
+/// CPU seconds (user + system) of this process, from /proc (10 ms ticks).
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |s| s.1);
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the
+    // command name.
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// Single-threaded CPU time per call of the M = 128 products (INT4 g128,
+/// MXFP4, dense f32): a contention-proof view of kernel efficiency for
+/// tuning, since wall time on a shared machine is noisy.
+/// `MATMUL_NUM_THREADS=1 cargo test --release -p marlin-cpu --test quant_gemm_bench -- --ignored --nocapture cpu_time`
+#[test]
+#[ignore = "tuning aid: run with --release -- --ignored --nocapture"]
+fn cpu_time_m128() {
+    use marlin_cpu::bench::random_quant_tensor;
+    use marlin_cpu::dense::DenseWeight;
+    use marlin_cpu::quant_gemm::PreparedQuant;
+    let (k, n, m, iters) = (4096, 2048, 128, 8);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let mut y = vec![0f32; m * n];
+    let flops = 2.0 * (m * n * k) as f64;
+    for fmt in [BenchFormat::Int4G128, BenchFormat::Mxfp4] {
+        let t = random_quant_tensor(fmt.scheme(), n, k, 7).expect("tensor");
+        let p = PreparedQuant::new(&t).expect("prepare");
+        pool.install(|| {
+            p.matmul(&x, m, &mut y).expect("warm-up");
+            let c0 = process_cpu_seconds();
+            for _ in 0..iters {
+                p.matmul(std::hint::black_box(&x), m, &mut y)
+                    .expect("matmul");
+            }
+            let s = (process_cpu_seconds() - c0) / iters as f64;
+            println!(
+                "{:<10} cpu {:.1} ms/call, {:.1} GFLOP/s per core",
+                fmt.name(),
+                s * 1e3,
+                flops / s / 1e9
+            );
+        });
+    }
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 31) % 97) as f32 / 97.0 - 0.5)
+        .collect();
+    let d = DenseWeight::new(n, k, w).expect("dense");
+    d.matmul(&x, m, &mut y).expect("warm-up");
+    let c0 = process_cpu_seconds();
+    for _ in 0..iters {
+        d.matmul(std::hint::black_box(&x), m, &mut y)
+            .expect("matmul");
+    }
+    let s = (process_cpu_seconds() - c0) / iters as f64;
+    println!(
+        "dense f32  cpu {:.1} ms/call, {:.1} GFLOP/s (MATMUL_NUM_THREADS threads)",
+        s * 1e3,
+        flops / s / 1e9
+    );
+}
