@@ -15,17 +15,22 @@
 
 use marlin_quant::pack::pack_codes;
 use marlin_quant::{Granularity, QuantScheme, QuantTensor, ZeroPoint};
+use rayon::prelude::*;
 
 use crate::error::{check_finite, check_len};
+use crate::gptq_sweep::Sweep;
 use crate::grid::{global_scale, min_max, Grid, GroupParams, ScaleSearch, SearchWeight};
 use crate::hessian::Hessian;
-use crate::linalg::{gemm, inverse_upper_cholesky, View, ViewMut};
+use crate::linalg::inverse_upper_cholesky;
 use crate::QuantizeError;
 
 /// Room left above the largest original group scale when a global scale
 /// is chosen (NVFP4): GPTQ's updates may grow a group by this much before
 /// its E4M3 scale saturates.
 const GLOBAL_SCALE_HEADROOM: f32 = 4.0;
+
+/// Rows per parallel task of the column sweep.
+const ROWS_PER_TASK: usize = 16;
 
 /// Options of [`gptq_quantize`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -181,25 +186,17 @@ pub fn gptq_quantize_with_stats(
         scheme: *scheme,
         global,
     };
-    let weight_of = |diag_slice: &[f64]| -> Option<Vec<f64>> {
-        match opts.search_weight {
-            SearchWeight::Uniform => None,
-            SearchWeight::HessianDiag => Some(diag_slice.to_vec()),
-        }
-    };
-
     // Static groups: (N, n_groups) parameters from the un-updated weights.
     let static_params: Option<Vec<GroupParams>> = opts.static_groups.then(|| {
         let mut params = Vec::with_capacity(n * n_groups);
         for r in 0..n {
             for g in 0..n_groups {
                 let cols = g * group_size..(g + 1) * group_size;
-                let wts = weight_of(&diag[cols.clone()]);
-                params.push(grid.search(
-                    &weights[r * k..][cols],
-                    wts.as_deref(),
-                    &opts.scale_search,
-                ));
+                let wts = match opts.search_weight {
+                    SearchWeight::Uniform => None,
+                    SearchWeight::HessianDiag => Some(&diag[cols.clone()]),
+                };
+                params.push(grid.search(&weights[r * k..][cols], wts, &opts.scale_search));
             }
         }
         params
@@ -231,79 +228,39 @@ pub fn gptq_quantize_with_stats(
     drop(hp);
     let hinv: Vec<f32> = hinv.iter().map(|&v| v as f32).collect(); // (K, K) upper
 
-    let block = effective_block(opts.block_size, group_size);
+    let sweep = Sweep {
+        k,
+        group_size,
+        block: effective_block(opts.block_size, group_size),
+        hinv: &hinv,
+        perm: &perm,
+        diag_p: &diag_p,
+        static_params: static_params.as_deref(),
+        grid,
+        scale_search: opts.scale_search,
+        search_weight: opts.search_weight,
+    };
     let mut codes_p = vec![0u8; wp.len()]; // (N, K), permuted columns
     let mut scales = vec![0.0f32; n * n_groups]; // (N, n_groups)
     let mut zeros = vec![0.0f32; n * n_groups]; // (N, n_groups)
-    let mut current = vec![
-        GroupParams {
-            scale: 0.0,
-            zero: 0.0
-        };
-        n
-    ]; // per row
-    let mut group_buf = vec![0.0f32; group_size];
-    let mut proxy_loss = 0.0f64;
-
-    let mut i1 = 0;
-    while i1 < k {
-        let i2 = (i1 + block).min(k);
-        let width = i2 - i1;
-        let mut err = vec![0.0f32; n * width]; // (N, width)
-        for j in i1..i2 {
-            if static_params.is_none() && j % group_size == 0 {
-                // Columns j..j+g lie in this block and carry every update.
-                let wts = weight_of(&diag_p[j..j + group_size]);
-                for (r, slot) in current.iter_mut().enumerate() {
-                    group_buf.copy_from_slice(&wp[r * k + j..r * k + j + group_size]);
-                    *slot = grid.search(&group_buf, wts.as_deref(), &opts.scale_search);
-                    scales[r * n_groups + j / group_size] = slot.scale;
-                    zeros[r * n_groups + j / group_size] = slot.zero;
-                }
-            }
-            let d = hinv[j * k + j];
-            let hrow = &hinv[j * k + j + 1..j * k + i2];
-            for r in 0..n {
-                let p = match &static_params {
-                    Some(sp) => sp[r * n_groups + perm[j] / group_size],
-                    None => current[r],
-                };
-                let row = &mut wp[r * k..(r + 1) * k];
-                let x = row[j];
-                let (raw, q) = grid.quantize(x, p);
-                codes_p[r * k + j] = raw;
-                let e = (x - q) / d;
-                proxy_loss += f64::from(x - q).powi(2) / (2.0 * f64::from(d).powi(2));
-                err[r * width + (j - i1)] = e;
-                for (wv, &hv) in row[j + 1..i2].iter_mut().zip(hrow) {
-                    *wv -= e * hv;
-                }
-            }
-        }
-        if i2 < k {
-            // W[:, i2..] -= Err (N, width) · Hinv[i1..i2, i2..]
-            gemm(
-                -1.0f32,
-                View::row_major(&err, n, width),
-                View {
-                    data: &hinv[i1 * k + i2..],
-                    rows: width,
-                    cols: k - i2,
-                    row_stride: k,
-                    col_stride: 1,
-                },
-                1.0,
-                ViewMut {
-                    data: &mut wp[i2..],
-                    rows: n,
-                    cols: k - i2,
-                    row_stride: k,
-                    col_stride: 1,
-                },
-            )?;
-        }
-        i1 = i2;
-    }
+                                                // Rows are independent given Hinv: sweep chunks of rows in parallel.
+    let losses: Vec<f64> = wp
+        .par_chunks_mut(ROWS_PER_TASK * k)
+        .zip(codes_p.par_chunks_mut(ROWS_PER_TASK * k))
+        .zip(scales.par_chunks_mut(ROWS_PER_TASK * n_groups))
+        .zip(zeros.par_chunks_mut(ROWS_PER_TASK * n_groups))
+        .enumerate()
+        .map(|(task, (((w_rows, code_rows), scale_rows), zero_rows))| {
+            sweep.run(
+                task * ROWS_PER_TASK,
+                w_rows,
+                code_rows,
+                scale_rows,
+                zero_rows,
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let proxy_loss = losses.iter().sum();
 
     if let Some(sp) = &static_params {
         for (i, p) in sp.iter().enumerate() {
@@ -388,7 +345,10 @@ fn effective_block(block: usize, group_size: usize) -> usize {
     if group_size <= block {
         block / group_size * group_size
     } else {
-        (1..=block).rev().find(|&d| group_size / d * d == group_size).unwrap_or(1)
+        (1..=block)
+            .rev()
+            .find(|&d| group_size / d * d == group_size)
+            .unwrap_or(1)
     }
 }
 

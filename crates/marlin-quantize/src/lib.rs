@@ -18,6 +18,7 @@
 pub mod awq;
 pub mod error;
 pub mod gptq;
+mod gptq_sweep;
 pub mod grid;
 pub mod hadamard;
 pub mod hessian;
