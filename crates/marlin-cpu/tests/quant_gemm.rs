@@ -354,3 +354,29 @@ fn bad_input_is_an_error() {
     assert!(p.matmul(&[0.0; 95], 1, &mut y).is_err(), "short x");
     assert!(p.matmul(&[0.0; 96], 1, &mut y[..3]).is_err(), "short y");
 }
+
+#[test]
+fn non_finite_activations_reach_the_output() {
+    let (mut rng, _) = rng();
+    for s in [
+        scheme(
+            int(4, true),
+            G::PerGroup { group_size: 32 },
+            S::F16,
+            Z::None,
+        ),
+        scheme(E::Fp8E4M3, G::PerChannel, S::F32, Z::None),
+        scheme(E::Nf4, G::PerGroup { group_size: 32 }, S::F32, Z::None),
+    ] {
+        let t = random_tensor(&mut rng, s, 3, 96, None).t;
+        let p = PreparedQuant::new(&t).expect("prepare");
+        for m in [1, 17] {
+            let mut x = random_x(&mut rng, m * 96);
+            x[5] = f32::NAN;
+            let mut y = vec![0f32; m * 3];
+            p.matmul(&x, m, &mut y).expect("matmul");
+            assert!(y[..3].iter().all(|v| v.is_nan()), "{s:?} m {m}: {y:?}");
+            assert!(y[3..].iter().all(|v| v.is_finite()), "{s:?} m {m}");
+        }
+    }
+}

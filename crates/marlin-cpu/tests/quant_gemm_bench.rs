@@ -117,3 +117,45 @@ fn cpu_time_m128() {
         flops / s / 1e9
     );
 }
+
+/// Single-threaded CPU time of the decode kernel (m = 1) on weights that
+/// stay in L2 (128 x 4096): its compute speed, which must stay well above
+/// the memory bandwidth for the m = 1 product to be memory-bound.
+#[test]
+#[ignore = "tuning aid: run with --release -- --ignored --nocapture"]
+fn cpu_time_decode_in_cache() {
+    use marlin_cpu::bench::random_quant_tensor;
+    use marlin_cpu::quant_gemm::PreparedQuant;
+    let (k, n, iters) = (4096, 128, 4000);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    let x: Vec<f32> = (0..k)
+        .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let mut y = vec![0f32; n];
+    for fmt in [
+        BenchFormat::Int4G128,
+        BenchFormat::Mxfp4,
+        BenchFormat::Int8PerChannel,
+        BenchFormat::Fp8PerChannel,
+    ] {
+        let t = random_quant_tensor(fmt.scheme(), n, k, 7).expect("tensor");
+        let p = PreparedQuant::new(&t).expect("prepare");
+        pool.install(|| {
+            let c0 = process_cpu_seconds();
+            for _ in 0..iters {
+                p.matmul(std::hint::black_box(&x), 1, &mut y)
+                    .expect("matmul");
+            }
+            let s = (process_cpu_seconds() - c0) / iters as f64;
+            println!(
+                "{:<16} m=1 in cache: cpu {:.1} us/call, {:.1} GB/s of weights per core",
+                fmt.name(),
+                s * 1e6,
+                p.stream_bytes() as f64 / s / 1e9
+            );
+        });
+    }
+}

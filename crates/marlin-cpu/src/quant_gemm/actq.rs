@@ -108,32 +108,47 @@ fn quantize_row(
 ) {
     let k = xrow.len();
     let mut block = [0f32; BLOCK];
+    let mut codes = [0i8; BLOCK];
     for (b, d_out) in dx.iter_mut().enumerate() {
         let (sb, l) = (b / LANES, b % LANES);
         let start = b * BLOCK;
-        for (i, v) in block.iter_mut().enumerate() {
-            let c = start + i;
-            *v = if c < k {
-                match perm {
-                    Some(p) => xrow[p[c] as usize],
-                    None => xrow[c],
-                }
-            } else {
-                0.0
-            };
+        if start + BLOCK <= k && perm.is_none() {
+            block.copy_from_slice(&xrow[start..start + BLOCK]);
+        } else {
+            for (i, v) in block.iter_mut().enumerate() {
+                let c = start + i;
+                *v = if c < k {
+                    perm.map_or(xrow[c], |p| xrow[p[c] as usize])
+                } else {
+                    0.0
+                };
+            }
         }
         let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-        let mut sums = [0i32; 2];
-        for (i, v) in block.iter().enumerate() {
-            let code = (v * inv).round().clamp(-127.0, 127.0) as i8;
-            q[sb * SB + interleaved_pos(l * BLOCK + i)] = code;
-            sums[i / 16] += i32::from(code);
+        // A NaN / infinite activation makes its block scale NaN, so that it
+        // reaches y instead of being rounded away.
+        let finite = block.iter().all(|v| v.is_finite());
+        let d = if finite { amax / 127.0 } else { f32::NAN };
+        let inv = if finite && amax > 0.0 {
+            127.0 / amax
+        } else {
+            0.0
+        };
+        for (c, v) in codes.iter_mut().zip(&block) {
+            // Round half away from zero without a libm call; |v * inv| <= 127.
+            let t = v * inv;
+            *c = (t + 0.5f32.copysign(t)) as i8;
         }
+        // Interleave: elements 4v..4v+4 of lane l go to bytes 32v + 4l.
+        let dst = &mut q[sb * SB..(sb + 1) * SB];
+        for (v, chunk) in codes.chunks_exact(4).enumerate() {
+            dst[32 * v + 4 * l..32 * v + 4 * l + 4].copy_from_slice(chunk);
+        }
+        let s0: i32 = codes[..16].iter().map(|&c| i32::from(c)).sum();
+        let s1: i32 = codes[16..].iter().map(|&c| i32::from(c)).sum();
         *d_out = d;
-        xsum[b] = (sums[0] + sums[1]) as f32;
-        xsum_half[sb * 2 * LANES + l] = sums[0] as f32;
-        xsum_half[sb * 2 * LANES + LANES + l] = sums[1] as f32;
+        xsum[b] = (s0 + s1) as f32;
+        xsum_half[sb * 2 * LANES + l] = s0 as f32;
+        xsum_half[sb * 2 * LANES + LANES + l] = s1 as f32;
     }
 }
