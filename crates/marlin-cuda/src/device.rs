@@ -153,11 +153,13 @@ impl CudaDevice {
 
     /// Function `func` of module `module`, compiled (or read from the disk
     /// cache) and loaded at first use, then kept.
+    /// `max_dynamic_smem` (bytes, 0 = default 48 KiB limit) is set once at load.
     pub(crate) fn function(
         &self,
         module: &'static str,
         source: &str,
         func: &'static str,
+        max_dynamic_smem: u32,
     ) -> Result<CudaFunction> {
         let mut functions = self
             .functions
@@ -167,6 +169,16 @@ impl CudaDevice {
             return Ok(f.clone());
         }
         let f = self.load_function(module, source, func)?;
+        if max_dynamic_smem > 0 {
+            let bytes = i32::try_from(max_dynamic_smem).map_err(|_| {
+                CudaError::Shape(format!("{max_dynamic_smem} bytes of shared memory"))
+            })?;
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes,
+            )
+            .map_err(|e| driver_err(&format!("{func}: {max_dynamic_smem} bytes of dynamic shared memory"), e))?;
+        }
         functions.insert(func, f.clone());
         Ok(f)
     }

@@ -122,6 +122,24 @@ pub struct GemmOptions {
     pub splits: Option<usize>,
 }
 
+/// cp.async ring depth of each `w4a16_gemm_mt*` variant (W4A16_ENTRY in the
+/// kernel source).
+fn ring_stages(m_tiles: usize) -> u32 {
+    match m_tiles {
+        1 => 6,
+        2 => 4,
+        _ => 3,
+    }
+}
+
+/// Dynamic shared memory of one block: 4 warps x `WarpRing<MT, STAGES>`
+/// (per stage and lane: 16 B codes, MT*4*16 B activations, 4 B scale, 4 B
+/// zero).
+fn ring_smem_bytes(m_tiles: usize) -> u32 {
+    let per_stage = 32 * (16 + 16 * 4 * m_tiles as u32 + 4 + 4);
+    4 * ring_stages(m_tiles) * per_stage
+}
+
 /// Launch shape chosen for one call (exposed for benchmarks and notes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmPlan {
@@ -145,12 +163,12 @@ pub fn plan(m: usize, w: &Int4Weight, sm_count: usize, splits: Option<usize>) ->
     let m_blocks = m.div_ceil(16 * m_tiles).max(1);
     let n_tiles = w.n_pad / N_TILE;
     let max_splits = (w.k_chunks / MIN_CHUNKS_PER_SPLIT).max(1);
-    // MT=1 fits 4 blocks of 128 threads per SM (126 registers); the larger
-    // variants 2 or 1. Two waves' worth keeps every SM streaming.
+    // Resident blocks per SM, bounded by the shared-memory rings
+    // (`ring_smem_bytes`); one wave of blocks keeps every SM streaming.
     let blocks_per_sm = match m_tiles {
-        1 => 4,
-        2 => 3,
-        _ => 2,
+        1 => 3,
+        2 => 2,
+        _ => 1,
     };
     let want = (sm_count * blocks_per_sm).div_ceil(n_tiles * m_blocks);
     let splits = splits.unwrap_or(want).clamp(1, max_splits);
@@ -219,11 +237,12 @@ pub fn int4_gemm(
         2 => "w4a16_gemm_mt2",
         _ => "w4a16_gemm_mt4",
     };
-    let func = dev.function(MODULE, SOURCE, func_name)?;
+    let smem = ring_smem_bytes(p.m_tiles);
+    let func = dev.function(MODULE, SOURCE, func_name, smem)?;
     let cfg = LaunchConfig {
         grid_dim: grid,
         block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: smem,
     };
     let stream = dev.stream();
     let null_zeros: u64 = 0;
@@ -269,7 +288,7 @@ pub fn dequantize_to_f16(
             w.k
         )));
     }
-    let func = dev.function(MODULE, SOURCE, "w4_dequant_f16")?;
+    let func = dev.function(MODULE, SOURCE, "w4_dequant_f16", 0)?;
     let threads_total = (w.n_pad / 16) * w.k_chunks * 32;
     let blocks = u32::try_from(threads_total.div_ceil(256))
         .map_err(|_| CudaError::Shape("dequant grid too large".into()))?;

@@ -4,13 +4,13 @@
 // Marlin's ideas, in a shared-memory-free form:
 // - Weights are repacked once on the host (src/int4/pack.rs) so that every
 //   lane's mma.sync B fragments for one 64-wide chunk of K sit in one 16-byte
-//   word: one coalesced 512-byte load per warp per chunk, streamed with an
-//   evict-first hint and kept P chunks deep in registers.
+//   word: one coalesced 512-byte cp.async per warp per chunk, STAGES chunks
+//   in flight in a per-lane shared-memory ring (no block barrier).
 // - Dequantisation in registers with lop3 + the 0x6400 (1024.0 f16) magic
 //   number: 4 bit codes become f16 with 2 ops per pair, no int->float converts.
 // - K is permuted inside each 64-chunk identically for A and W (any
 //   permutation of the reduction index leaves the sum unchanged) so that each
-//   lane reads its A fragments as two contiguous 16-byte loads per row.
+//   lane copies its A fragments as two contiguous 16-byte cp.async per row.
 // - Split-K over blocks so that all SMs stream weights even at M = 1; the
 //   last block of each tile (atomic ticket) sums the fp32 partials in a fixed
 //   order (deterministic) and writes f16.
@@ -21,34 +21,6 @@
 typedef unsigned int u32;
 typedef unsigned short u16;
 
-#ifndef W4_PREFETCH
-#define W4_PREFETCH 8
-#endif
-
-__device__ __forceinline__ uint4 ld_weights(const uint4* p) {
-    uint4 r;
-    // .cs: streaming, evict-first: weights are read exactly once. volatile:
-    // keeps the load where it is issued (P chunks ahead of its use); a plain
-    // asm may be sunk next to its use, which serialises on DRAM latency.
-    asm volatile("ld.global.cs.v4.u32 {%0, %1, %2, %3}, [%4];"
-        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-        : "l"(p));
-    return r;
-}
-
-__device__ __forceinline__ uint4 ld_act(const void* p) {
-    uint4 r;
-    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
-        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-        : "l"(p));
-    return r;
-}
-
-__device__ __forceinline__ u32 ld_u32(const u32* p) {
-    u32 r;
-    asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(r) : "l"(p));
-    return r;
-}
 
 __device__ __forceinline__ float ld_cg_f32(const float* p) {
     float r;
@@ -121,40 +93,86 @@ __device__ __forceinline__ void dequant_word(u32 q, u32 s0, u32 s1, u32 z0, u32 
     b[1][1] = hfma2(hfma2(x3, SIXTEENTH, NEG64), s1, z1);
 }
 
-// A fragment words for one m16 tile and one 64-chunk: row g and row g+8,
-// 16 consecutive halves (physical k = chunk*64 + 16*t ... +15) each.
-template <int MT>
-__device__ __forceinline__ void load_a(u32 (&a)[MT][2][8], const u16* __restrict__ A, int M, int K,
-                                       bool k_aligned, int m_base, int g, int t, int chunk) {
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    return (u32)__cvta_generic_to_shared(p);
+}
+
+// 16-byte async copy global -> shared; bytes beyond `src_bytes` are zeroed
+// (src_bytes = 0: pure zero fill, nothing is read).
+__device__ __forceinline__ void cp_async16_cg(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async16_ca(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(smem_addr(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+// Per-warp, per-lane-private ring of STAGES chunk slots in shared memory:
+// no thread reads what another thread copied, so cp.async.wait_group alone
+// orders each lane's copies before its reads (no block barrier in the loop).
+// cp.async groups, unlike register prefetch, let the wait target exactly the
+// oldest chunk (a register-prefetched load shares one of six scoreboards with
+// the newest loads, which made every iteration wait a full DRAM round trip).
+template <int MT, int STAGES>
+struct WarpRing {
+    uint4 w[STAGES][32];              // packed codes
+    uint4 a[STAGES][MT * 4][32];      // A: [mt*4 + row_half*2 + vec]
+    u32 s[STAGES][32];                // f16x2 scales
+    u32 z[STAGES][32];                // f16x2 -zero*scale
+};
+
+template <int MT, int STAGES>
+__device__ __forceinline__ void issue_chunk(WarpRing<MT, STAGES>& ring, int slot, int chunk, int lane, int g, int t,
+                                            const uint4* __restrict__ wp, const u32* __restrict__ sp,
+                                            const u32* __restrict__ zp, size_t group_stride, int group_chunks,
+                                            const u16* __restrict__ A, int M, int K, bool k_aligned, int m_base) {
+    cp_async16_cg(&ring.w[slot][lane], wp + (size_t)chunk * 32, 16);
+    const size_t gi = (size_t)(chunk / group_chunks) * group_stride;
+    cp_async4(&ring.s[slot][lane], sp + gi);
+    if (zp) cp_async4(&ring.z[slot][lane], zp + gi);
     const int k0 = chunk * 64 + 16 * t;
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             const int row = m_base + mt * 16 + r * 8 + g;
-            if (row < M && k_aligned && k0 + 16 <= K) {
-                const u16* p = A + (size_t)row * K + k0;
-                uint4 v0 = ld_act(p);
-                uint4 v1 = ld_act(p + 8);
-                a[mt][r][0] = v0.x; a[mt][r][1] = v0.y; a[mt][r][2] = v0.z; a[mt][r][3] = v0.w;
-                a[mt][r][4] = v1.x; a[mt][r][5] = v1.y; a[mt][r][6] = v1.z; a[mt][r][7] = v1.w;
+            uint4* dst = &ring.a[slot][mt * 4 + r * 2][0];
+            if (row >= M) {
+                cp_async16_ca(dst + lane, A, 0);
+                cp_async16_ca(dst + 32 + lane, A, 0);
+            } else if (k_aligned) {
+                const u16* src = A + (size_t)row * K + k0;
+#pragma unroll
+                for (int v = 0; v < 2; v++) {
+                    const int valid = K - (k0 + 8 * v);   // K % 8 == 0: 0 or >= 8
+                    cp_async16_ca(dst + 32 * v + lane, valid > 0 ? (const void*)(src + 8 * v) : (const void*)A,
+                                  valid > 0 ? 16 : 0);
+                }
             } else {
+                // Rows not 16-byte aligned (K % 8 != 0): synchronous loads.
+                u32 words[8];
 #pragma unroll
                 for (int i = 0; i < 8; i++) {
-                    u32 lo = 0, hi = 0;
                     const int k = k0 + 2 * i;
-                    if (row < M && k < K) lo = A[(size_t)row * K + k];
-                    if (row < M && k + 1 < K) hi = A[(size_t)row * K + k + 1];
-                    a[mt][r][i] = lo | (hi << 16);
+                    u32 lo = k < K ? A[(size_t)row * K + k] : 0u;
+                    u32 hi = k + 1 < K ? A[(size_t)row * K + k + 1] : 0u;
+                    words[i] = lo | (hi << 16);
                 }
+                dst[lane] = make_uint4(words[0], words[1], words[2], words[3]);
+                dst[32 + lane] = make_uint4(words[4], words[5], words[6], words[7]);
             }
         }
     }
 }
 
 // Grid: x = m block (16*MT rows), y = n tile (64 columns, one n16 per warp),
-// z = K split. Block: 128 threads.
-template <int MT>
+// z = K split. Block: 128 threads; dynamic shared memory 4 WarpRings.
+template <int MT, int STAGES>
 __device__ __forceinline__ void w4a16_body(
     const u16* __restrict__ A,          // (M, K) f16, row-major
     const uint4* __restrict__ W,        // (n_pad/16, k_chunks, 32 lanes) x 16 B
@@ -164,6 +182,7 @@ __device__ __forceinline__ void w4a16_body(
     float* __restrict__ partials,       // (splits, M, n_pad) fp32
     u32* __restrict__ tickets,          // (n_pad/64 * m_blocks), zero between launches
     int M, int N, int K, int n_pad, int k_chunks, int group_chunks, int splits) {
+    extern __shared__ uint4 dyn_smem[];
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int g = lane >> 2;
@@ -176,6 +195,7 @@ __device__ __forceinline__ void w4a16_body(
     const int c_end = (int)(((long long)(split + 1) * k_chunks) / splits);
     const int n_my = c_end - c_begin;
     const bool k_aligned = (K & 7) == 0;
+    WarpRing<MT, STAGES>& ring = reinterpret_cast<WarpRing<MT, STAGES>*>(dyn_smem)[warp];
 
     const uint4* wp = W + (size_t)nb * k_chunks * 32 + lane;
     const u32* sp = S + (size_t)nb * 8 + g;
@@ -190,76 +210,61 @@ __device__ __forceinline__ void w4a16_body(
 #pragma unroll
             for (int i = 0; i < 4; i++) acc[mt][h][i] = 0.0f;
 
-    uint4 wbuf[W4_PREFETCH];
-    u32 sbuf[W4_PREFETCH];
-    u32 zbuf[W4_PREFETCH];
 #pragma unroll
-    for (int i = 0; i < W4_PREFETCH; i++) {
-        if (i < n_my) {
-            const int c = c_begin + i;
-            wbuf[i] = ld_weights(wp + (size_t)c * 32);
-            const size_t gi = (size_t)(c / group_chunks) * group_stride;
-            sbuf[i] = ld_u32(sp + gi);
-            zbuf[i] = zp ? ld_u32(zp + gi) : 0u;
-        }
+    for (int st = 0; st < STAGES; st++) {
+        if (st < n_my)
+            issue_chunk<MT, STAGES>(ring, st, c_begin + st, lane, g, t, wp, sp, zp, group_stride, group_chunks, A, M,
+                                    K, k_aligned, m_base);
+        cp_async_commit();
     }
 
-    u32 a_cur[MT][2][8];
-    if (n_my > 0) load_a<MT>(a_cur, A, M, K, k_aligned, m_base, g, t, c_begin);
-
-    for (int base = 0; base < n_my; base += W4_PREFETCH) {
+    for (int it = 0; it < n_my; it++) {
+        const int slot = it % STAGES;
+        cp_async_wait<STAGES - 1>();
+        const uint4 w = ring.w[slot][lane];
+        const u32 s = ring.s[slot][lane];
+        const u32 s0 = dup_lo(s);
+        const u32 s1 = dup_hi(s);
+        u32 z0, z1;
+        if (zp) {
+            const u32 zs = ring.z[slot][lane];
+            z0 = dup_lo(zs);
+            z1 = dup_hi(zs);
+        } else {
+            z0 = hmul2(s0, 0xC800C800u);   // -8 * scale, exact
+            z1 = hmul2(s1, 0xC800C800u);
+        }
+        u32 a_words[MT][2][8];
 #pragma unroll
-        for (int i = 0; i < W4_PREFETCH; i++) {
-            const int it = base + i;
-            if (it < n_my) {
-                const uint4 w = wbuf[i];
-                const u32 s = sbuf[i];
-                const u32 zs = zbuf[i];
-                const int cn = it + W4_PREFETCH;
-                if (cn < n_my) {
-                    const int c = c_begin + cn;
-                    wbuf[i] = ld_weights(wp + (size_t)c * 32);
-                    const size_t gi = (size_t)(c / group_chunks) * group_stride;
-                    sbuf[i] = ld_u32(sp + gi);
-                    if (zp) zbuf[i] = ld_u32(zp + gi);
-                }
-                u32 a_nxt[MT][2][8];
-                if (it + 1 < n_my) load_a<MT>(a_nxt, A, M, K, k_aligned, m_base, g, t, c_begin + it + 1);
-
-                const u32 s0 = dup_lo(s);
-                const u32 s1 = dup_hi(s);
-                u32 z0, z1;
-                if (zp) {
-                    z0 = dup_lo(zs);
-                    z1 = dup_hi(zs);
-                } else {
-                    z0 = hmul2(s0, 0xC800C800u);   // -8 * scale, exact
-                    z1 = hmul2(s1, 0xC800C800u);
-                }
-                const u32 words[4] = {w.x, w.y, w.z, w.w};
+        for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    u32 b[2][2];
-                    dequant_word(words[j], s0, s1, z0, z1, b);
+            for (int r = 0; r < 2; r++) {
+                const uint4 v0 = ring.a[slot][mt * 4 + r * 2][lane];
+                const uint4 v1 = ring.a[slot][mt * 4 + r * 2 + 1][lane];
+                a_words[mt][r][0] = v0.x; a_words[mt][r][1] = v0.y; a_words[mt][r][2] = v0.z; a_words[mt][r][3] = v0.w;
+                a_words[mt][r][4] = v1.x; a_words[mt][r][5] = v1.y; a_words[mt][r][6] = v1.z; a_words[mt][r][7] = v1.w;
+            }
+        const u32 words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-                    for (int mt = 0; mt < MT; mt++) {
-                        const u32 a[4] = {a_cur[mt][0][2 * j], a_cur[mt][1][2 * j],
-                                          a_cur[mt][0][2 * j + 1], a_cur[mt][1][2 * j + 1]};
-                        mma_16816(acc[mt][0], a, b[0]);
-                        mma_16816(acc[mt][1], a, b[1]);
-                    }
-                }
-                if (it + 1 < n_my) {
+        for (int j = 0; j < 4; j++) {
+            u32 b[2][2];
+            dequant_word(words[j], s0, s1, z0, z1, b);
 #pragma unroll
-                    for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                        for (int r = 0; r < 2; r++)
-#pragma unroll
-                            for (int e = 0; e < 8; e++) a_cur[mt][r][e] = a_nxt[mt][r][e];
-                }
+            for (int mt = 0; mt < MT; mt++) {
+                const u32 a[4] = {a_words[mt][0][2 * j], a_words[mt][1][2 * j], a_words[mt][0][2 * j + 1],
+                                  a_words[mt][1][2 * j + 1]};
+                mma_16816(acc[mt][0], a, b[0]);
+                mma_16816(acc[mt][1], a, b[1]);
             }
         }
+        // The slot's values are in registers and consumed by the mma above:
+        // refill it with chunk it + STAGES.
+        if (it + STAGES < n_my)
+            issue_chunk<MT, STAGES>(ring, slot, c_begin + it + STAGES, lane, g, t, wp, sp, zp, group_stride,
+                                    group_chunks, A, M, K, k_aligned, m_base);
+        cp_async_commit();
     }
+    cp_async_wait<0>();
 
     // Accumulator element (mt, h, i): row m_base + mt*16 + g + 8*(i>>1),
     // column nb*16 + h*8 + 2t + (i&1).
@@ -316,19 +321,23 @@ __device__ __forceinline__ void w4a16_body(
     if (threadIdx.x == 0) tickets[ticket_idx] = 0u;  // ready for the next launch
 }
 
-#define W4A16_ENTRY(MT)                                                                          \
+#define W4A16_ENTRY(MT, STAGES)                                                                  \
     extern "C" __global__ void __launch_bounds__(128) w4a16_gemm_mt##MT(                          \
         const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
         u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
         int group_chunks, int splits) {                                                           \
-        w4a16_body<MT>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad, k_chunks, group_chunks, \
-                       splits);                                                                   \
+        w4a16_body<MT, STAGES>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad, k_chunks,       \
+                               group_chunks,                                                      \
+                               splits);                                                           \
     }
 
-W4A16_ENTRY(1)
-W4A16_ENTRY(2)
-W4A16_ENTRY(4)
+// Stages per variant: keep 4 warps' rings within one SM's shared memory with
+// room for 3 (MT=1), 2 (MT=2) or 1 (MT=4) resident blocks. Keep in sync with
+// W4A16_STAGES in src/int4/gemm.rs (it sizes the dynamic shared memory).
+W4A16_ENTRY(1, 6)
+W4A16_ENTRY(2, 4)
+W4A16_ENTRY(4, 3)
 
 // Dequantize the packed weight to a dense f16 (N, K) row-major matrix (the
 // large-M path: dequantize once, then a cuBLAS fp16 GEMM). One thread per
