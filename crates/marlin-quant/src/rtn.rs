@@ -70,10 +70,15 @@ impl RtnOptions {
     }
 }
 
+/// Largest accepted |weight| (2^125): keeps every scale x grid value (at
+/// most 2 x the group's range after rounding) finite in f32.
+pub const MAX_WEIGHT: f32 = (1u128 << 125) as f32;
+
 /// Quantizes a row-major (rows, cols) = (N, K) f32 matrix with
 /// round-to-nearest. Errors: shape / scheme problems
 /// ([`QuantScheme::validate`]), `weights.len() != rows * cols`, a bad
-/// `g_idx`, and [`QuantError::NonFinite`] for the first NaN / infinity.
+/// `g_idx`, [`QuantError::NonFinite`] for the first NaN / infinity, and
+/// [`QuantError::InvalidData`] for a weight beyond ±[`MAX_WEIGHT`].
 pub fn quantize_rtn(
     weights: &[f32],
     rows: usize,
@@ -93,6 +98,12 @@ pub fn quantize_rtn(
             index,
             value: weights[index],
         });
+    }
+    if let Some(index) = weights.iter().position(|w| w.abs() > MAX_WEIGHT) {
+        return Err(QuantError::InvalidData(format!(
+            "|weight| {} at index {index} exceeds 2^125: its dequantized value could overflow f32",
+            weights[index]
+        )));
     }
     if let ClipMethod::Mse { grid, max_shrink } = opts.clip {
         if grid == 0 || !(0.0..1.0).contains(&max_shrink) {

@@ -545,3 +545,144 @@ fn malformed_tensors_are_rejected_by_the_reference() {
     fp8.data[3] = 0x7f;
     assert!(fp8.check_codes().is_err());
 }
+
+#[test]
+fn awkward_shapes_with_partial_tiles_and_row_padding() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let cases: Vec<(QuantScheme, usize, usize)> = vec![
+        (QuantScheme::fp8_e4m3_block128(), 17, 200),
+        (
+            QuantScheme::fp8_e4m3_block128()
+                .with_granularity(Granularity::Block2d { rows: 4, cols: 7 }),
+            9,
+            23,
+        ),
+        (
+            QuantScheme::int_sym(3, Granularity::PerChannel, ScaleDType::F32),
+            3,
+            11,
+        ),
+        (
+            QuantScheme::int_asym(5, Granularity::PerTensor, ScaleDType::BF16),
+            1,
+            13,
+        ),
+        (QuantScheme::int3_sym(3), 17, 33),
+        (QuantScheme::int2_asym(1), 2, 5),
+        (
+            QuantScheme::int_sym(6, Granularity::PerGroup { group_size: 7 }, ScaleDType::E8M0),
+            5,
+            21,
+        ),
+        (QuantScheme::nf4(5), 3, 15),
+        (
+            QuantScheme::fp4_e2m1(Granularity::Block2d { rows: 2, cols: 3 }, ScaleDType::E8M0),
+            3,
+            7,
+        ),
+    ];
+    for (scheme, rows, cols) in cases {
+        let w = random_weights(&mut rng, rows * cols);
+        for opts in [RtnOptions::min_max(), RtnOptions::mse()] {
+            let t = quantize_rtn(&w, rows, cols, scheme, &opts)
+                .unwrap_or_else(|e| panic!("{scheme:?}: {e}"));
+            assert_eq!(
+                t.data.len(),
+                rows * (cols * usize::from(scheme.element.bits())).div_ceil(8)
+            );
+            assert_eq!(t.scales.len(), scheme.num_scales(rows, cols).unwrap());
+            let deq = t.dequantize().unwrap();
+            assert_nearest(&format!("{scheme:?}"), &w, &t, &deq);
+            // Every code read back through `code` decodes to what the
+            // reference produced.
+            for r in 0..rows {
+                for c in 0..cols {
+                    let g = t.scale_index(r, c).unwrap();
+                    let zero = t.zeros.as_ref().map_or(0.0, |z| z[g]);
+                    let v = (t.global_scale * t.scales[g])
+                        * (scheme.element.decode(t.code(r, c).unwrap()) - zero);
+                    assert_eq!(v, deq[r * cols + c]);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn storage_accounting() {
+    assert_eq!(
+        QuantScheme::int4_sym(128).bits_per_weight(),
+        4.0 + 16.0 / 128.0
+    );
+    assert_eq!(
+        QuantScheme::int4_asym(128).bits_per_weight(),
+        4.0 + 20.0 / 128.0
+    );
+    assert_eq!(QuantScheme::mxfp4().bits_per_weight(), 4.25);
+    assert_eq!(QuantScheme::nvfp4().bits_per_weight(), 4.5);
+    assert_eq!(
+        QuantScheme::fp8_e4m3_block128().bits_per_weight(),
+        8.0 + 32.0 / 16384.0
+    );
+    assert_eq!(QuantScheme::int8_per_channel().bits_per_weight(), 8.0);
+    // 3 x 11 INT3 per channel: 3 rows of ceil(33 / 8) = 5 bytes, 3 f32 scales.
+    let s = QuantScheme::int_sym(3, Granularity::PerChannel, ScaleDType::F32);
+    assert_eq!(s.storage_bits(3, 11).unwrap(), 3 * 5 * 8 + 3 * 32);
+    assert_eq!(
+        QuantScheme::nvfp4().storage_bits(2, 32).unwrap(),
+        2 * 16 * 8 + 4 * 8 + 32
+    );
+    assert_eq!(
+        QuantScheme::fp8_e4m3_block128()
+            .scale_grid(300, 129)
+            .unwrap(),
+        (3, 2)
+    );
+    assert!(QuantScheme::int4_sym(128).scale_grid(4, 100).is_err());
+}
+
+#[test]
+fn extreme_finite_values_quantize_without_panicking() {
+    let big = marlin_quant::rtn::MAX_WEIGHT;
+    let specials = [
+        big,
+        -big,
+        f32::MIN_POSITIVE,
+        1e-45,
+        -1e-45,
+        0.0,
+        -0.0,
+        1e30,
+        -3e-39,
+    ];
+    let w: Vec<f32> = (0..2 * 128).map(|i| specials[i % specials.len()]).collect();
+    for (name, scheme) in schemes() {
+        for opts in [
+            RtnOptions::min_max(),
+            RtnOptions {
+                clip: ClipMethod::Mse {
+                    grid: 5,
+                    max_shrink: 0.5,
+                },
+                g_idx: None,
+            },
+        ] {
+            let t =
+                quantize_rtn(&w, 2, 128, scheme, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let deq = t.dequantize().unwrap();
+            assert!(deq.iter().all(|v| v.is_finite()), "{name}");
+        }
+    }
+    let mut too_big = w.clone();
+    too_big[3] = f32::MAX;
+    assert!(matches!(
+        quantize_rtn(
+            &too_big,
+            2,
+            128,
+            QuantScheme::int4_sym(32),
+            &RtnOptions::min_max()
+        ),
+        Err(QuantError::InvalidData(_))
+    ));
+}
