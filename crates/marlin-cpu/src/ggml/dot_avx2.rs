@@ -7,7 +7,7 @@
 //! [`kernels`] returns, and it returns one only after run-time detection.
 
 use super::act::{ActQ8K, ActQ8x32};
-use super::Kernels;
+use super::{Dots, Kernels};
 use marlin_quant::ggml::*;
 use std::arch::x86_64::*;
 
@@ -19,14 +19,14 @@ pub(super) fn kernels() -> Option<Kernels> {
     {
         Some(Kernels {
             name: "avx2",
-            q4_0,
-            q4_1,
-            q5_0,
-            q5_1,
-            q8_0,
-            mxfp4,
-            q4k,
-            q6k,
+            q4_0: q4_0(),
+            q4_1: q4_1(),
+            q5_0: q5_0(),
+            q5_1: q5_1(),
+            q8_0: q8_0(),
+            mxfp4: mxfp4(),
+            q4k: q4k(),
+            q6k: q6k(),
             f32dot,
         })
     } else {
@@ -38,8 +38,15 @@ pub(super) fn kernels() -> Option<Kernels> {
 // the table only after detecting avx2, fma and f16c.
 macro_rules! entry {
     ($name:ident, $imp:ident, $w:ty, $a:ty) => {
-        fn $name(w: &[$w], a: &[$a]) -> f32 {
-            unsafe { $imp(w, a) }
+        fn $name() -> Dots<$w, $a> {
+            fn one(w: &[$w], a: &[$a]) -> f32 {
+                let [y] = unsafe { $imp::<1>(w, [a]) };
+                y
+            }
+            fn four(w: &[$w], a: [&[$a]; 4]) -> [f32; 4] {
+                unsafe { $imp::<4>(w, a) }
+            }
+            Dots { one, four }
         }
     };
 }
@@ -51,14 +58,20 @@ entry!(q8_0, dot_q8_0, BlockQ8_0, ActQ8x32);
 entry!(mxfp4, dot_mxfp4, BlockMxfp4, ActQ8x32);
 entry!(q4k, dot_q4k, BlockQ4K, ActQ8K);
 entry!(q6k, dot_q6k, BlockQ6K, ActQ8K);
-entry!(f32dot, dot_f32, f32, f32);
 
+fn f32dot(w: &[f32], x: &[f32]) -> f32 {
+    unsafe { dot_f32(w, x) }
+}
+
+/// The two f16 in `b` as f32 (lanes 0 and 1). Loading 4 bytes with a
+/// zero-extending move, rather than 2 bytes into a register's low lane,
+/// avoids a false dependency on that register's previous value (LLVM
+/// otherwise merges into the loop's accumulator, serialising iterations).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn f16_to_f32(b: [u8; 2]) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(
-        _mm_cvtsi32_si128(u16::from_le_bytes(b) as i32),
-    ))
+fn f16_pair(b: [u8; 4]) -> (f32, f32) {
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes(b)));
+    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
 }
 
 #[inline]
@@ -105,66 +118,69 @@ fn bytes_from_bits(bits: u32) -> __m256i {
     _mm256_cmpeq_epi8(b, mask)
 }
 
-/// Σ of unsigned `w` times signed `a` bytes, as 8 f32 partial sums.
+/// Σ of unsigned `w` times signed `a` bytes, as 8 i32 partial sums.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn mul_sum_us8(w: __m256i, a: __m256i) -> __m256 {
-    let p16 = _mm256_maddubs_epi16(w, a);
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+fn mul_sum_us8(w: __m256i, a: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
 }
 
-/// Σ of signed `w` times signed `a` bytes (|a| <= 127), as 8 f32 sums.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn mul_sum_i8(w: __m256i, a: __m256i) -> __m256 {
-    mul_sum_us8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w))
-}
-
-/// One 32-element format: `$decode` gives (codes, d, c) of block `$b`;
-/// the block contributes d * d_a * Σ q a + c * s_a.
+/// One 32-element format, for R activation rows at once (the weight block
+/// is decoded once per R rows): `$decode` gives (codes, d, c) of block
+/// `$b`, and the block adds d * d_a * Σ q a + c * s_a to each row's sum.
+/// Signed codes go through `maddubs` as |q| times sign(q) * a (|a| <= 127).
 macro_rules! dot32 {
-    ($name:ident, $blk:ty, $mul:ident, |$b:ident| $decode:expr) => {
+    ($name:ident, $blk:ty, $signed:expr, |$b:ident| $decode:expr) => {
         #[target_feature(enable = "avx2,fma,f16c")]
-        fn $name(w: &[$blk], a: &[ActQ8x32]) -> f32 {
-            let mut acc = _mm256_setzero_ps();
-            let mut acc_s = 0f32;
-            for ($b, ba) in w.iter().zip(a) {
+        fn $name<const R: usize>(w: &[$blk], a: [&[ActQ8x32]; R]) -> [f32; R] {
+            let n = a.iter().fold(w.len(), |n, r| n.min(r.len()));
+            let a = a.map(|r| &r[..n]);
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut acc_s = [0f32; R];
+            for (i, $b) in w[..n].iter().enumerate() {
                 let (q, d, c): (__m256i, f32, f32) = $decode;
-                let p = $mul(q, load32_at(&ba.qs, 0));
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * ba.d), p, acc);
-                acc_s += c * ba.s;
+                let qu = if $signed { _mm256_sign_epi8(q, q) } else { q };
+                for r in 0..R {
+                    let ba = &a[r][i];
+                    let av = load32_at(&ba.qs, 0);
+                    let av = if $signed { _mm256_sign_epi8(av, q) } else { av };
+                    let p = _mm256_cvtepi32_ps(mul_sum_us8(qu, av));
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * ba.d), p, acc[r]);
+                    acc_s[r] += c * ba.s;
+                }
             }
-            hsum(acc) + acc_s
+            let mut out = [0f32; R];
+            for r in 0..R {
+                out[r] = hsum(acc[r]) + acc_s[r];
+            }
+            out
         }
     };
 }
 
-dot32!(dot_q4_0, BlockQ4_0, mul_sum_us8, |b| {
-    let d = f16_to_f32(b.d);
+dot32!(dot_q4_0, BlockQ4_0, false, |b| {
+    let d = f16_pair([b.d[0], b.d[1], b.qs[0], b.qs[1]]).0;
     (nibbles(&b.qs), d, -8.0 * d)
 });
-dot32!(dot_q4_1, BlockQ4_1, mul_sum_us8, |b| {
-    (nibbles(&b.qs), f16_to_f32(b.d), f16_to_f32(b.m))
+dot32!(dot_q4_1, BlockQ4_1, false, |b| {
+    let (d, m) = f16_pair([b.d[0], b.d[1], b.m[0], b.m[1]]);
+    (nibbles(&b.qs), d, m)
 });
-dot32!(dot_q5_0, BlockQ5_0, mul_sum_us8, |b| {
+dot32!(dot_q5_0, BlockQ5_0, false, |b| {
     let hi = _mm256_and_si256(bytes_from_bits(b.qh_bits()), _mm256_set1_epi8(0x10));
-    let d = f16_to_f32(b.d);
+    let d = f16_pair([b.d[0], b.d[1], b.qh[0], b.qh[1]]).0;
     (_mm256_or_si256(nibbles(&b.qs), hi), d, -16.0 * d)
 });
-dot32!(dot_q5_1, BlockQ5_1, mul_sum_us8, |b| {
+dot32!(dot_q5_1, BlockQ5_1, false, |b| {
     let hi = _mm256_and_si256(bytes_from_bits(b.qh_bits()), _mm256_set1_epi8(0x10));
-    (
-        _mm256_or_si256(nibbles(&b.qs), hi),
-        f16_to_f32(b.d),
-        f16_to_f32(b.m),
-    )
+    let (d, m) = f16_pair([b.d[0], b.d[1], b.m[0], b.m[1]]);
+    (_mm256_or_si256(nibbles(&b.qs), hi), d, m)
 });
-dot32!(dot_q8_0, BlockQ8_0, mul_sum_i8, |b| (
-    load32_at(&b.qs, 0),
-    f16_to_f32(b.d),
-    0.0
-));
-dot32!(dot_mxfp4, BlockMxfp4, mul_sum_i8, |b| {
+dot32!(dot_q8_0, BlockQ8_0, true, |b| {
+    let d = f16_pair([b.d[0], b.d[1], b.qs[0] as u8, b.qs[1] as u8]).0;
+    (load32_at(&b.qs, 0), d, 0.0)
+});
+dot32!(dot_mxfp4, BlockMxfp4, true, |b| {
     let table = _mm256_broadcastsi128_si256(_mm_setr_epi8(
         0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
     ));
@@ -175,53 +191,85 @@ dot32!(dot_mxfp4, BlockMxfp4, mul_sum_i8, |b| {
     )
 });
 
+/// 16 bsums of a Q8_K activation block as i16 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_bsums(a: &ActQ8K) -> __m256i {
+    load32_at(&a.bsums, 0)
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q4k(w: &[BlockQ4K], a: &[ActQ8K]) -> f32 {
+fn dot_q4k<const R: usize>(w: &[BlockQ4K], a: [&[ActQ8K]; R]) -> [f32; R] {
+    let n = a.iter().fold(w.len(), |n, r| n.min(r.len()));
+    let a = a.map(|r| &r[..n]);
     let m4 = _mm256_set1_epi8(0x0F);
-    let mut acc = _mm256_setzero_ps();
-    let mut acc_m = 0f32;
-    for (bw, ba) in w.iter().zip(a) {
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut acc_m = [_mm256_setzero_ps(); R];
+    for (i, bw) in w[..n].iter().enumerate() {
         let mut sc = [0i16; 8];
-        let mut summ = 0i32;
-        for (sub, s) in sc.iter_mut().enumerate() {
+        let mut mins = [0i16; 16]; // each sub-block's min twice: one per bsum
+        for sub in 0..8 {
             let (scale, min) = scale_min_k4(sub, &bw.scales);
-            *s = scale as i16;
-            summ += min as i32 * (ba.bsums[2 * sub] as i32 + ba.bsums[2 * sub + 1] as i32);
+            sc[sub] = scale as i16;
+            mins[2 * sub] = min as i16;
+            mins[2 * sub + 1] = min as i16;
         }
-        let mut sumi = _mm256_setzero_si256();
+        let mins = load32_at(&mins, 0);
+        let (d, dmin) = f16_pair([bw.d[0], bw.d[1], bw.dmin[0], bw.dmin[1]]);
+        let mut sumi = [_mm256_setzero_si256(); R];
         for c in 0..4 {
             let q = load32_at(&bw.qs, 32 * c);
             let lo = _mm256_and_si256(q, m4);
             let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            let p_lo = _mm256_maddubs_epi16(lo, load32_at(&ba.qs, 64 * c));
-            let p_hi = _mm256_maddubs_epi16(hi, load32_at(&ba.qs, 64 * c + 32));
-            let p_lo = _mm256_madd_epi16(p_lo, _mm256_set1_epi16(sc[2 * c]));
-            let p_hi = _mm256_madd_epi16(p_hi, _mm256_set1_epi16(sc[2 * c + 1]));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
+            let (s_lo, s_hi) = (
+                _mm256_set1_epi16(sc[2 * c]),
+                _mm256_set1_epi16(sc[2 * c + 1]),
+            );
+            for r in 0..R {
+                let ba = &a[r][i];
+                let p_lo = _mm256_maddubs_epi16(lo, load32_at(&ba.qs, 64 * c));
+                let p_hi = _mm256_maddubs_epi16(hi, load32_at(&ba.qs, 64 * c + 32));
+                let p =
+                    _mm256_add_epi32(_mm256_madd_epi16(p_lo, s_lo), _mm256_madd_epi16(p_hi, s_hi));
+                sumi[r] = _mm256_add_epi32(sumi[r], p);
+            }
         }
-        let d = f16_to_f32(bw.d) * ba.d;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        acc_m += f16_to_f32(bw.dmin) * ba.d * summ as f32;
+        for r in 0..R {
+            let ba = &a[r][i];
+            let summ = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, load_bsums(ba)));
+            acc[r] = _mm256_fmadd_ps(
+                _mm256_set1_ps(d * ba.d),
+                _mm256_cvtepi32_ps(sumi[r]),
+                acc[r],
+            );
+            acc_m[r] = _mm256_fmadd_ps(_mm256_set1_ps(dmin * ba.d), summ, acc_m[r]);
+        }
     }
-    hsum(acc) - acc_m
+    let mut out = [0f32; R];
+    for r in 0..R {
+        out[r] = hsum(acc[r]) - hsum(acc_m[r]);
+    }
+    out
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q6k(w: &[BlockQ6K], a: &[ActQ8K]) -> f32 {
+fn dot_q6k<const R: usize>(w: &[BlockQ6K], a: [&[ActQ8K]; R]) -> [f32; R] {
+    let n = a.iter().fold(w.len(), |n, r| n.min(r.len()));
+    let a = a.map(|r| &r[..n]);
     let m4 = _mm256_set1_epi8(0x0F);
     let m3 = _mm256_set1_epi8(0x03);
     let m30 = _mm256_set1_epi8(0x30);
-    let mut acc = _mm256_setzero_ps();
-    let mut acc_off = 0f32;
-    for (bw, ba) in w.iter().zip(a) {
-        // The codes are stored as q + 32; Σ sc * 32 * Σa is taken off once.
-        let off: i32 = bw
-            .scales
-            .iter()
-            .zip(&ba.bsums)
-            .map(|(&s, &b)| s as i32 * b as i32)
-            .sum();
-        let mut sumi = _mm256_setzero_si256();
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (i, bw) in w[..n].iter().enumerate() {
+        // SAFETY: 16 bytes are read from the 16-byte scales array.
+        let sc8 = unsafe { _mm_loadu_si128(bw.scales.as_ptr().cast()) };
+        let sc16 = _mm256_cvtepi8_epi16(sc8);
+        // The codes are stored as q + 32: take Σ sc * 32 * Σa off the sum.
+        let mut sumi = [_mm256_setzero_si256(); R];
+        for r in 0..R {
+            let off = _mm256_madd_epi16(sc16, load_bsums(&a[r][i]));
+            sumi[r] = _mm256_sub_epi32(sumi[r], _mm256_slli_epi32(off, 5));
+        }
         for half in 0..2 {
             let ql0 = load32_at(&bw.ql, 64 * half);
             let ql1 = load32_at(&bw.ql, 64 * half + 32);
@@ -251,15 +299,24 @@ fn dot_q6k(w: &[BlockQ6K], a: &[ActQ8K]) -> f32 {
                     _mm_set1_epi16(bw.scales[s + 1] as i16),
                     _mm_set1_epi16(bw.scales[s] as i16),
                 );
-                let p = _mm256_maddubs_epi16(qk, load32_at(&ba.qs, 128 * half + 32 * k));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scales));
+                for r in 0..R {
+                    let av = load32_at(&a[r][i].qs, 128 * half + 32 * k);
+                    let p = _mm256_maddubs_epi16(qk, av);
+                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(p, scales));
+                }
             }
         }
-        let d = f16_to_f32(bw.d) * ba.d;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        acc_off += d * (32 * off) as f32;
+        let d = f16_pair([bw.d[0], bw.d[1], 0, 0]).0;
+        for r in 0..R {
+            let ds = _mm256_set1_ps(d * a[r][i].d);
+            acc[r] = _mm256_fmadd_ps(ds, _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+        }
     }
-    hsum(acc) - acc_off
+    let mut out = [0f32; R];
+    for r in 0..R {
+        out[r] = hsum(acc[r]);
+    }
+    out
 }
 
 #[target_feature(enable = "avx2,fma")]

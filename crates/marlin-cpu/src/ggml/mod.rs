@@ -14,6 +14,8 @@
 //! twice their file size in memory).
 
 pub mod act;
+#[cfg(test)]
+mod bench;
 #[cfg(target_arch = "x86_64")]
 mod dot_avx2;
 pub mod dot_scalar;
@@ -30,19 +32,44 @@ use std::sync::OnceLock;
 /// Activation rows multiplied with one weight row while it sits in L1.
 const M_TILE: usize = 16;
 
-/// Dot products of one weight row with one activation row, per format.
+/// Dot products of one weight row (blocks B) with activation rows (A).
+pub struct Dots<B: 'static, A: 'static> {
+    /// With one activation row.
+    pub one: fn(&[B], &[A]) -> f32,
+    /// With four activation rows at once (the weights are decoded once).
+    pub four: fn(&[B], [&[A]; 4]) -> [f32; 4],
+}
+
+impl<B, A> Clone for Dots<B, A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B, A> Copy for Dots<B, A> {}
+
+/// The kernels of one ISA, per format.
 #[derive(Clone, Copy)]
 pub struct Kernels {
     pub name: &'static str,
-    pub q4_0: fn(&[BlockQ4_0], &[ActQ8x32]) -> f32,
-    pub q4_1: fn(&[BlockQ4_1], &[ActQ8x32]) -> f32,
-    pub q5_0: fn(&[BlockQ5_0], &[ActQ8x32]) -> f32,
-    pub q5_1: fn(&[BlockQ5_1], &[ActQ8x32]) -> f32,
-    pub q8_0: fn(&[BlockQ8_0], &[ActQ8x32]) -> f32,
-    pub mxfp4: fn(&[BlockMxfp4], &[ActQ8x32]) -> f32,
-    pub q4k: fn(&[BlockQ4K], &[ActQ8K]) -> f32,
-    pub q6k: fn(&[BlockQ6K], &[ActQ8K]) -> f32,
+    pub q4_0: Dots<BlockQ4_0, ActQ8x32>,
+    pub q4_1: Dots<BlockQ4_1, ActQ8x32>,
+    pub q5_0: Dots<BlockQ5_0, ActQ8x32>,
+    pub q5_1: Dots<BlockQ5_1, ActQ8x32>,
+    pub q8_0: Dots<BlockQ8_0, ActQ8x32>,
+    pub mxfp4: Dots<BlockMxfp4, ActQ8x32>,
+    pub q4k: Dots<BlockQ4K, ActQ8K>,
+    pub q6k: Dots<BlockQ6K, ActQ8K>,
     pub f32dot: fn(&[f32], &[f32]) -> f32,
+}
+
+/// Scalar `Dots`: four rows are four single dots.
+macro_rules! scalar_dots {
+    ($f:path, $b:ty, $a:ty) => {
+        Dots {
+            one: $f,
+            four: |w: &[$b], a: [&[$a]; 4]| a.map(|r| $f(w, r)),
+        }
+    };
 }
 
 /// The portable kernels.
@@ -50,14 +77,14 @@ pub fn scalar_kernels() -> Kernels {
     use dot_scalar::*;
     Kernels {
         name: "scalar",
-        q4_0: dot_q4_0,
-        q4_1: dot_q4_1,
-        q5_0: dot_q5_0,
-        q5_1: dot_q5_1,
-        q8_0: dot_q8_0,
-        mxfp4: dot_mxfp4,
-        q4k: dot_q4k,
-        q6k: dot_q6k,
+        q4_0: scalar_dots!(dot_q4_0, BlockQ4_0, ActQ8x32),
+        q4_1: scalar_dots!(dot_q4_1, BlockQ4_1, ActQ8x32),
+        q5_0: scalar_dots!(dot_q5_0, BlockQ5_0, ActQ8x32),
+        q5_1: scalar_dots!(dot_q5_1, BlockQ5_1, ActQ8x32),
+        q8_0: scalar_dots!(dot_q8_0, BlockQ8_0, ActQ8x32),
+        mxfp4: scalar_dots!(dot_mxfp4, BlockMxfp4, ActQ8x32),
+        q4k: scalar_dots!(dot_q4k, BlockQ4K, ActQ8K),
+        q6k: scalar_dots!(dot_q6k, BlockQ6K, ActQ8K),
         f32dot: dot_f32,
     }
 }
@@ -191,7 +218,7 @@ impl PreparedGgml {
         }
         let kr = &self.kernels;
         match &self.weights {
-            Weights::F32(w) => run(w, k, x, k, m, n, k, y, kr.f32dot),
+            Weights::F32(w) => run(w, k, x, k, m, n, k, y, kr.f32dot, None),
             Weights::Q4_0(w) => run_x32(w, x, m, n, k, y, kr.q4_0),
             Weights::Q4_1(w) => run_x32(w, x, m, n, k, y, kr.q4_1),
             Weights::Q5_0(w) => run_x32(w, x, m, n, k, y, kr.q5_0),
@@ -234,12 +261,12 @@ fn run_x32<B: Sync>(
     n: usize,
     k: usize,
     y: &mut [f32],
-    dot: fn(&[B], &[ActQ8x32]) -> f32,
+    dot: Dots<B, ActQ8x32>,
 ) -> Result<(), CpuError> {
     let bpr = k / 32;
     let mut acts = vec![ActQ8x32::default(); m * bpr]; // (m, K/32)
     quantize_rows(x, k, &mut acts, bpr, act::quantize_x32);
-    run(w, bpr, &acts, bpr, m, n, k, y, dot)
+    run(w, bpr, &acts, bpr, m, n, k, y, dot.one, Some(dot.four))
 }
 
 /// Quantizes x to 256-blocks, then runs the block kernel.
@@ -251,12 +278,12 @@ fn run_k<B: Sync>(
     n: usize,
     k: usize,
     y: &mut [f32],
-    dot: fn(&[B], &[ActQ8K]) -> f32,
+    dot: Dots<B, ActQ8K>,
 ) -> Result<(), CpuError> {
     let bpr = k / 256;
     let mut acts = vec![ActQ8K::default(); m * bpr]; // (m, K/256)
     quantize_rows(x, k, &mut acts, bpr, act::quantize_k);
-    run(w, bpr, &acts, bpr, m, n, k, y, dot)
+    run(w, bpr, &acts, bpr, m, n, k, y, dot.one, Some(dot.four))
 }
 
 /// Quantizes the m rows of x (in parallel when there are several).
@@ -290,8 +317,10 @@ fn run<B: Sync, A: Sync>(
     n: usize,
     k: usize,
     y: &mut [f32],
-    dot: fn(&[B], &[A]) -> f32,
+    one: fn(&[B], &[A]) -> f32,
+    four: Option<fn(&[B], [&[A]; 4]) -> [f32; 4]>,
 ) -> Result<(), CpuError> {
+    let act = |j: usize| &acts[j * apr..(j + 1) * apr];
     par_row_chunks(n, m, k, y, |r0, out| {
         let rows = out.len() / m;
         // out: (rows, m), output row r0 + i at out[i*m ..]
@@ -300,8 +329,17 @@ fn run<B: Sync, A: Sync>(
             for i in 0..rows {
                 let r = r0 + i;
                 let wr = &w[r * wpr..(r + 1) * wpr];
-                for j in j0..j1 {
-                    out[i * m + j] = dot(wr, &acts[j * apr..(j + 1) * apr]);
+                let out_r = &mut out[i * m..(i + 1) * m];
+                let mut j = j0;
+                if let Some(four) = four {
+                    while j + 4 <= j1 {
+                        let ys = four(wr, [act(j), act(j + 1), act(j + 2), act(j + 3)]);
+                        out_r[j..j + 4].copy_from_slice(&ys);
+                        j += 4;
+                    }
+                }
+                for (jj, o) in out_r[j..j1].iter_mut().enumerate() {
+                    *o = one(wr, act(j + jj));
                 }
             }
         }

@@ -24,7 +24,12 @@ fn f16_fields(ty: GgmlType) -> &'static [usize] {
 }
 
 /// Random (rows, cols) tensor of `ty`: random codes, moderate finite scales.
-fn random_tensor(rng: &mut StdRng, ty: GgmlType, rows: usize, cols: usize) -> GgmlTensor {
+pub(super) fn random_tensor(
+    rng: &mut StdRng,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+) -> GgmlTensor {
     use GgmlType::*;
     let n = rows * cols;
     let data: Vec<u8> = match ty {
