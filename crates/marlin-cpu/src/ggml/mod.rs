@@ -32,12 +32,16 @@ use std::sync::OnceLock;
 /// Activation rows multiplied with one weight row while it sits in L1.
 const M_TILE: usize = 16;
 
+/// One weight row (blocks B) dotted with one activation row (A).
+pub type DotOne<B, A> = fn(&[B], &[A]) -> f32;
+/// One weight row dotted with four activation rows at once (the weights
+/// are decoded once for the four).
+pub type DotFour<B, A> = fn(&[B], [&[A]; 4]) -> [f32; 4];
+
 /// Dot products of one weight row (blocks B) with activation rows (A).
 pub struct Dots<B: 'static, A: 'static> {
-    /// With one activation row.
-    pub one: fn(&[B], &[A]) -> f32,
-    /// With four activation rows at once (the weights are decoded once).
-    pub four: fn(&[B], [&[A]; 4]) -> [f32; 4],
+    pub one: DotOne<B, A>,
+    pub four: DotFour<B, A>,
 }
 
 impl<B, A> Clone for Dots<B, A> {
@@ -317,8 +321,8 @@ fn run<B: Sync, A: Sync>(
     n: usize,
     k: usize,
     y: &mut [f32],
-    one: fn(&[B], &[A]) -> f32,
-    four: Option<fn(&[B], [&[A]; 4]) -> [f32; 4]>,
+    one: DotOne<B, A>,
+    four: Option<DotFour<B, A>>,
 ) -> Result<(), CpuError> {
     let act = |j: usize| &acts[j * apr..(j + 1) * apr];
     par_row_chunks(n, m, k, y, |r0, out| {
