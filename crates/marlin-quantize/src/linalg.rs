@@ -182,108 +182,207 @@ pub(crate) fn gemm<T: GemmScalar>(
     Ok(())
 }
 
-/// Smallest pivot, relative to the diagonal entry it came from, that counts
-/// as positive: below it the matrix is singular to working precision.
+/// Smallest pivot, relative to the original diagonal entry, that counts as
+/// positive: below it the matrix is singular to working precision.
 const PIVOT_RELATIVE_FLOOR: f64 = 1e-12;
+
+/// Block size of the blocked factorisations: the O(n³) work runs in GEMMs
+/// on panels of this many columns.
+const NB: usize = 64;
 
 /// Cholesky factorisation in place of a symmetric (n, n) row-major matrix:
 /// on success the lower triangle holds L with `A = L Lᵀ` and the strict
 /// upper triangle is zero. Returns `false` (leaving `a` partly overwritten)
 /// when a pivot is not finite and clearly positive (above 1e-12 of its
-/// diagonal entry), i.e. `A` is not numerically positive definite.
-pub(crate) fn cholesky_lower(a: &mut [f64], n: usize) -> bool {
-    debug_assert_eq!(a.len(), n * n);
-    for j in 0..n {
-        // Rows 0..=j are final after this step; rows below read row j's prefix.
-        let (done, below) = a.split_at_mut((j + 1) * n);
-        let row_j = &mut done[j * n..];
-        let pivot = row_j[j] - dot(&row_j[..j], &row_j[..j]);
-        // A pivot that cancelled to rounding noise means a singular matrix.
-        if !(pivot > PIVOT_RELATIVE_FLOOR * row_j[j] && pivot > 0.0 && pivot.is_finite()) {
-            return false;
-        }
-        let ljj = pivot.sqrt();
-        row_j[j] = ljj;
-        row_j[j + 1..].fill(0.0);
-        let prefix = &row_j[..j];
-        for row_i in below.chunks_exact_mut(n) {
-            row_i[j] = (row_i[j] - dot(&row_i[..j], prefix)) / ljj;
-        }
+/// original diagonal entry), i.e. `A` is not numerically positive definite.
+/// Blocked right-looking: factor a diagonal block, solve the panel below
+/// it, update the trailing matrix with one GEMM.
+pub(crate) fn cholesky_lower(a: &mut [f64], n: usize) -> Result<bool, QuantizeError> {
+    if a.len() != n * n {
+        return Err(QuantizeError::Shape(format!(
+            "Cholesky of {} values as {n} x {n}",
+            a.len()
+        )));
     }
-    true
+    let original_diag: Vec<f64> = (0..n).map(|i| a[i * n + i]).collect();
+    let mut panel = Vec::new(); // (n - end, nb) copy of L[end.., kb..end]
+    let mut kb = 0;
+    while kb < n {
+        let end = (kb + NB).min(n);
+        // Diagonal block and panel rows: for each row i >= kb, columns
+        // kb..end by forward substitution against the block's rows.
+        for j in kb..end {
+            let (done, below) = a.split_at_mut((j + 1) * n);
+            let row_j = &mut done[j * n..];
+            let pivot = row_j[j] - dot(&row_j[kb..j], &row_j[kb..j]);
+            if !(pivot > PIVOT_RELATIVE_FLOOR * original_diag[j]
+                && pivot > 0.0
+                && pivot.is_finite())
+            {
+                return Ok(false);
+            }
+            let ljj = pivot.sqrt();
+            row_j[j] = ljj;
+            let prefix = &row_j[kb..j];
+            for row_i in below.chunks_exact_mut(n) {
+                row_i[j] = (row_i[j] - dot(&row_i[kb..j], prefix)) / ljj;
+            }
+        }
+        if end < n {
+            let (rows, nb) = (n - end, end - kb);
+            panel.clear();
+            for i in end..n {
+                panel.extend_from_slice(&a[i * n + kb..i * n + end]);
+            }
+            let pv = View::row_major(&panel, rows, nb);
+            // A[end.., end..] -= P Pᵀ
+            gemm(
+                -1.0,
+                pv,
+                pv.t(),
+                1.0,
+                ViewMut {
+                    data: &mut a[end * n + end..],
+                    rows,
+                    cols: rows,
+                    row_stride: n,
+                    col_stride: 1,
+                },
+            )?;
+        }
+        kb = end;
+    }
+    for i in 0..n {
+        a[i * n + i + 1..(i + 1) * n].fill(0.0);
+    }
+    Ok(true)
 }
 
 /// Inverse of a lower-triangular (n, n) row-major matrix with a positive
-/// diagonal; the result is lower-triangular.
-pub(crate) fn invert_lower(l: &[f64], n: usize) -> Vec<f64> {
+/// diagonal; the result is lower-triangular. Blocked by rows:
+/// `X[I, :I] = -X[I, I] · (L[I, :I] · X[:I, :I])`.
+pub(crate) fn invert_lower(l: &[f64], n: usize) -> Result<Vec<f64>, QuantizeError> {
+    if l.len() != n * n {
+        return Err(QuantizeError::Shape(format!(
+            "triangular inverse of {} values as {n} x {n}",
+            l.len()
+        )));
+    }
     let mut x = vec![0.0f64; n * n]; // (n, n) lower
-    for i in 0..n {
-        // Row i of X = (e_i - sum_{p<i} L[i,p] X[p,:]) / L[i,i].
-        let (done, rest) = x.split_at_mut(i * n);
-        let row_i = &mut rest[..n];
-        row_i[i] = 1.0;
-        for p in 0..i {
-            let lip = l[i * n + p];
-            if lip != 0.0 {
-                let row_p = &done[p * n..p * n + p + 1];
-                for (xi, xp) in row_i[..=p].iter_mut().zip(row_p) {
-                    *xi -= lip * xp;
+    let mut tmp = Vec::new(); // (nb, ib)
+    let mut ib = 0;
+    while ib < n {
+        let ie = (ib + NB).min(n);
+        let nb = ie - ib;
+        // Diagonal block inverse, row by row:
+        // X[i, ib..=i] = (e_i - sum_{ib<=p<i} L[i,p] X[p, ib..=p]) / L[i,i].
+        let mut dinv = vec![0.0f64; nb * nb]; // (nb, nb) lower
+        for i in 0..nb {
+            let (done, rest) = dinv.split_at_mut(i * nb);
+            let row_i = &mut rest[..nb];
+            row_i[i] = 1.0;
+            for p in 0..i {
+                let lip = l[(ib + i) * n + ib + p];
+                if lip != 0.0 {
+                    for (xi, xp) in row_i[..=p].iter_mut().zip(&done[p * nb..p * nb + p + 1]) {
+                        *xi -= lip * xp;
+                    }
                 }
             }
+            let inv_diag = 1.0 / l[(ib + i) * n + ib + i];
+            for v in &mut row_i[..=i] {
+                *v *= inv_diag;
+            }
         }
-        let inv_diag = 1.0 / l[i * n + i];
-        for v in &mut row_i[..=i] {
-            *v *= inv_diag;
+        if ib > 0 {
+            let (top, bottom) = x.split_at_mut(ib * n);
+            // tmp = L[I, :ib] · X[:ib, :ib]
+            tmp.clear();
+            tmp.resize(nb * ib, 0.0);
+            gemm(
+                1.0,
+                View {
+                    data: &l[ib * n..],
+                    rows: nb,
+                    cols: ib,
+                    row_stride: n,
+                    col_stride: 1,
+                },
+                View {
+                    data: top,
+                    rows: ib,
+                    cols: ib,
+                    row_stride: n,
+                    col_stride: 1,
+                },
+                0.0,
+                ViewMut {
+                    data: &mut tmp,
+                    rows: nb,
+                    cols: ib,
+                    row_stride: ib,
+                    col_stride: 1,
+                },
+            )?;
+            // X[I, :ib] = -Dinv · tmp
+            gemm(
+                -1.0,
+                View::row_major(&dinv, nb, nb),
+                View::row_major(&tmp, nb, ib),
+                0.0,
+                ViewMut {
+                    data: bottom,
+                    rows: nb,
+                    cols: ib,
+                    row_stride: n,
+                    col_stride: 1,
+                },
+            )?;
         }
+        for i in 0..nb {
+            x[(ib + i) * n + ib..(ib + i) * n + ie].copy_from_slice(&dinv[i * nb..(i + 1) * nb]);
+        }
+        ib = ie;
     }
-    x
+    Ok(x)
 }
 
 /// The upper Cholesky factor U of `A⁻¹` (`A⁻¹ = Uᵀ U`) of a symmetric
-/// (n, n) matrix, row-major, all in f64: GPTQ's `Hinv`. `None` when `A` or
-/// its inverse is not numerically positive definite.
+/// (n, n) matrix, row-major, all in f64: GPTQ's `Hinv`. `None` when `A` is
+/// not numerically positive definite.
+///
+/// Without forming A⁻¹: with J the reversal permutation and
+/// `J A J = L' L'ᵀ`, `A = U' U'ᵀ` for the upper `U' = J L' J`, so
+/// `A⁻¹ = U'⁻ᵀ U'⁻¹` and `U = U'⁻¹ = J L'⁻¹ J`: one Cholesky and one
+/// triangular inverse.
 pub(crate) fn inverse_upper_cholesky(
     a: &[f64],
     n: usize,
 ) -> Result<Option<Vec<f64>>, QuantizeError> {
-    let mut l = a.to_vec();
-    if !cholesky_lower(&mut l, n) {
-        return Ok(None);
+    if a.len() != n * n {
+        return Err(QuantizeError::Shape(format!(
+            "matrix of {} values as {n} x {n}",
+            a.len()
+        )));
     }
-    let l_inv = invert_lower(&l, n);
-    // A⁻¹ = L⁻ᵀ L⁻¹.
-    let mut inv = vec![0.0f64; n * n];
-    let l_inv_view = View::row_major(&l_inv, n, n);
-    gemm(
-        1.0,
-        l_inv_view.t(),
-        l_inv_view,
-        0.0,
-        ViewMut {
-            data: &mut inv,
-            rows: n,
-            cols: n,
-            row_stride: n,
-            col_stride: 1,
-        },
-    )?;
-    // Symmetrise away the rounding asymmetry before factorising again.
+    let mut reversed = vec![0.0f64; n * n]; // J A J
     for i in 0..n {
-        for j in 0..i {
-            let m = 0.5 * (inv[i * n + j] + inv[j * n + i]);
-            inv[i * n + j] = m;
-            inv[j * n + i] = m;
+        for j in 0..n {
+            reversed[i * n + j] = a[(n - 1 - i) * n + (n - 1 - j)];
         }
     }
-    if !cholesky_lower(&mut inv, n) {
+    if !cholesky_lower(&mut reversed, n)? {
         return Ok(None);
     }
-    // U = Mᵀ where A⁻¹ = M Mᵀ.
+    let l_inv = invert_lower(&reversed, n)?;
     let mut upper = vec![0.0f64; n * n];
     for i in 0..n {
-        for j in 0..=i {
-            upper[j * n + i] = inv[i * n + j];
+        for j in i..n {
+            upper[i * n + j] = l_inv[(n - 1 - i) * n + (n - 1 - j)];
         }
+    }
+    if upper.iter().any(|v| !v.is_finite()) {
+        return Ok(None);
     }
     Ok(Some(upper))
 }
@@ -319,10 +418,10 @@ mod tests {
 
     #[test]
     fn cholesky_reconstructs() {
-        for n in [1, 2, 7, 33] {
+        for n in [1, 2, 7, 33, 130] {
             let a = spd(n, n as u64);
             let mut l = a.clone();
-            assert!(cholesky_lower(&mut l, n));
+            assert!(cholesky_lower(&mut l, n).unwrap());
             for i in 0..n {
                 for j in 0..n {
                     let v: f64 = (0..n).map(|p| l[i * n + p] * l[j * n + p]).sum();
@@ -338,14 +437,14 @@ mod tests {
     #[test]
     fn cholesky_rejects_indefinite() {
         let mut a = vec![1.0, 2.0, 2.0, 1.0];
-        assert!(!cholesky_lower(&mut a, 2));
+        assert!(!cholesky_lower(&mut a, 2).unwrap());
         let mut nan = vec![f64::NAN];
-        assert!(!cholesky_lower(&mut nan, 1));
+        assert!(!cholesky_lower(&mut nan, 1).unwrap());
     }
 
     #[test]
     fn inverse_upper_cholesky_gives_inverse() {
-        for n in [1, 5, 40] {
+        for n in [1, 5, 40, 150] {
             let a = spd(n, 7 + n as u64);
             let u = inverse_upper_cholesky(&a, n).unwrap().unwrap();
             // Uᵀ U A = I.
