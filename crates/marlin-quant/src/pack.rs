@@ -135,7 +135,10 @@ pub fn unpack_codes(
             data.len()
         )));
     }
-    let mut codes = vec![0u8; rows * cols];
+    let n = rows
+        .checked_mul(cols)
+        .ok_or_else(|| QuantError::Shape(format!("{rows} x {cols} overflows")))?;
+    let mut codes = vec![0u8; n];
     if cols == 0 {
         return Ok(codes);
     }
