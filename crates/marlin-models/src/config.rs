@@ -241,14 +241,14 @@ pub fn base_config(src: &dyn WeightSource, arch: &str, vocab_rows: usize) -> Res
     let n_layers = p.usize(BlockCount, MAX_LAYERS)?;
     let n_heads = p.usize(HeadCount, MAX_HEADS)?;
     let n_kv_heads = p.usize_opt(HeadCountKv, MAX_HEADS)?.unwrap_or(n_heads);
-    if n_heads % n_kv_heads != 0 {
+    if !n_heads.is_multiple_of(n_kv_heads) {
         return Err(ModelError::Config(format!(
             "{n_heads} attention heads cannot share {n_kv_heads} kv heads"
         )));
     }
     let head_dim = match p.usize_opt(HeadDim, MAX_HEAD_DIM)? {
         Some(h) => h,
-        None if hidden_size % n_heads == 0 => hidden_size / n_heads,
+        None if hidden_size.is_multiple_of(n_heads) => hidden_size / n_heads,
         None => {
             return Err(ModelError::Config(format!(
                 "hidden size {hidden_size} is not a multiple of {n_heads} heads"

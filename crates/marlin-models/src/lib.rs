@@ -32,6 +32,11 @@ use std::path::Path;
 /// Loads a model from a GGUF file or a Hugging Face directory
 /// (`config.json` + `*.safetensors`).
 pub fn load_model(path: &Path, opts: &LoadOptions) -> Result<Box<dyn Model>, ModelError> {
-    let src = source::GgufSource::open(path)?;
-    arch::load_from_source(&src, opts)
+    if path.is_dir() {
+        let src = source::HfDirSource::open(path)?;
+        arch::load_from_source(&src, opts)
+    } else {
+        let src = source::GgufSource::open(path)?;
+        arch::load_from_source(&src, opts)
+    }
 }

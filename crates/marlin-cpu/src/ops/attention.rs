@@ -42,7 +42,7 @@ impl AttentionParams {
         if self.n_heads == 0
             || self.n_kv_heads == 0
             || self.head_dim == 0
-            || self.n_heads % self.n_kv_heads != 0
+            || !self.n_heads.is_multiple_of(self.n_kv_heads)
         {
             return bad(format!(
                 "{} query heads cannot share {} kv heads (head_dim {})",
@@ -50,7 +50,7 @@ impl AttentionParams {
             ));
         }
         let per_token = self.n_heads * self.head_dim;
-        if q_len % per_token != 0 || out_len != q_len {
+        if !q_len.is_multiple_of(per_token) || out_len != q_len {
             return bad(format!(
                 "q has {q_len} values, out {out_len}, tokens are {per_token}"
             ));

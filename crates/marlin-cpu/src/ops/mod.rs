@@ -25,7 +25,7 @@ use crate::CpuError;
 
 /// `len` must be a positive multiple of `row`: returns the number of rows.
 pub(crate) fn rows_of(what: &str, len: usize, row: usize) -> Result<usize, CpuError> {
-    if row == 0 || len % row != 0 {
+    if row == 0 || !len.is_multiple_of(row) {
         return Err(CpuError::Shape(format!(
             "{what}: {len} values are not whole rows of {row}"
         )));

@@ -54,7 +54,7 @@ impl Rope {
         style: RopeStyle,
         scaling: &RopeScaling,
     ) -> Result<Self, CpuError> {
-        if n_rot == 0 || n_rot % 2 != 0 || n_rot > head_dim {
+        if n_rot == 0 || !n_rot.is_multiple_of(2) || n_rot > head_dim {
             return Err(CpuError::Shape(format!(
                 "rope: n_rot {n_rot} must be even, positive and <= head_dim {head_dim}"
             )));

@@ -97,7 +97,7 @@ impl Gemma3 {
         let norm = |name: String| RmsNorm::load(src, &name, d, eps, norm_offset);
         let blocks = (0..cfg.n_layers)
             .map(|il| {
-                let local = window.is_some() && (il + 1) % pattern != 0;
+                let local = window.is_some() && !(il + 1).is_multiple_of(pattern);
                 let attn_cfg = AttentionConfig {
                     n_heads: cfg.n_heads,
                     n_kv_heads: cfg.n_kv_heads,

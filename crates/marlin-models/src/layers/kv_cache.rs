@@ -36,7 +36,7 @@ impl KvCache {
             .ok_or_else(|| {
                 ModelError::Invalid(format!("KV cache of {capacity} positions overflows"))
             })?;
-        let total_bytes = per_layer
+        per_layer
             .checked_mul(2 * 4)
             .and_then(|x| x.checked_mul(n_layers))
             .filter(|&b| b <= max_bytes)
@@ -45,7 +45,6 @@ impl KvCache {
                     "KV cache of {capacity} positions needs more than the {max_bytes} bytes allowed"
                 ))
             })?;
-        let _ = total_bytes;
         let layers = (0..n_layers)
             .map(|_| LayerKv {
                 k: vec![0.0; per_layer],

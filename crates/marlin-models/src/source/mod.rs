@@ -3,10 +3,10 @@
 //! (`blk.3.attn_q.weight`); other sources translate.
 
 mod gguf;
-// mod hf;
+mod hf;
 
 pub use gguf::GgufSource;
-// pub use hf::HfDirSource;
+pub use hf::HfDirSource;
 
 use crate::config::{HParam, HValue};
 use crate::error::Result;
