@@ -1,12 +1,14 @@
 //! `marlin bench gemm --device cpu`: quantized matmul throughput against the
 //! machine's own limits, measured in the same run.
 //!
-//! For each (K, N) shape, format and M the report gives the median time of
-//! [`GemmBenchConfig::runs`] calls after warm-up, the GB/s of weight bytes
-//! streamed (codes + scales + zeros as the kernel stores them), GFLOP/s
-//! (2·M·N·K), the fraction of the STREAM-like copy bandwidth (meaningful at
-//! M = 1, where the product is memory-bound), and the speedup over the same
-//! product with dense f32 weights through `matrixmultiply`'s sgemm.
+//! For each (K, N) shape, format and M the report gives the median and best
+//! time of [`GemmBenchConfig::runs`] calls after warm-up (4x as many for
+//! M <= 4), the GB/s of weight bytes streamed (codes + scales + zeros as the
+//! kernel stores them) and GFLOP/s (2·M·N·K) at the median time, the
+//! fraction of the STREAM-like copy bandwidth (best time against best copy,
+//! STREAM's convention; meaningful at M = 1, where the product is
+//! memory-bound), and the speedup (medians) over the same product with dense
+//! f32 weights through `matrixmultiply`'s sgemm.
 
 use crate::dense::DenseWeight;
 use crate::quant_gemm::PreparedQuant;
@@ -144,11 +146,14 @@ pub struct GemmBenchRow {
     pub m: usize,
     /// Median seconds per call.
     pub seconds: f64,
+    /// Best seconds per call.
+    pub best_seconds: f64,
     /// Weight bytes streamed per call.
     pub weight_bytes: usize,
     pub weight_gbs: f64,
     pub gflops: f64,
-    /// `weight_gbs / copy bandwidth`.
+    /// Weight bytes / best time, over the copy bandwidth (both best-of-runs,
+    /// the STREAM convention).
     pub frac_copy_bw: f64,
     /// Median seconds of the dense f32 product of the same shape.
     pub dense_seconds: Option<f64>,
@@ -195,13 +200,14 @@ impl fmt::Display for GemmBenchReport {
         )?;
         writeln!(
             f,
-            "{:<15} {:>5} {:>6} {:>4} {:<20} {:>9} {:>8} {:>8} {:>7} {:>10} {:>7}  target",
+            "{:<15} {:>5} {:>6} {:>4} {:<20} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>7}  target",
             "format",
             "K",
             "N",
             "M",
             "kernel",
             "time ms",
+            "best ms",
             "GB/s",
             "GFLOP/s",
             "%copy",
@@ -217,13 +223,14 @@ impl fmt::Display for GemmBenchReport {
                 .map_or("-".to_string(), |s| format!("{s:.2}x"));
             writeln!(
                 f,
-                "{:<15} {:>5} {:>6} {:>4} {:<20} {:>9.3} {:>8.2} {:>8.1} {:>6.0}% {:>10} {:>7}  {}",
+                "{:<15} {:>5} {:>6} {:>4} {:<20} {:>9.3} {:>8.3} {:>8.2} {:>8.1} {:>6.0}% {:>9} {:>7}  {}",
                 r.format,
                 r.k,
                 r.n,
                 r.m,
                 r.kernel,
                 r.seconds * 1e3,
+                r.best_seconds * 1e3,
                 r.weight_gbs,
                 r.gflops,
                 r.frac_copy_bw * 100.0,
@@ -297,12 +304,12 @@ pub fn random_quant_tensor(
     })
 }
 
-/// Median seconds of `runs` calls of `f` after `warmup` calls.
-fn time_median(
+/// (median, best) seconds of `runs` calls of `f` after `warmup` calls.
+fn time_calls(
     warmup: usize,
     runs: usize,
     mut f: impl FnMut() -> Result<(), CpuError>,
-) -> Result<f64, CpuError> {
+) -> Result<(f64, f64), CpuError> {
     for _ in 0..warmup {
         f()?;
     }
@@ -313,31 +320,41 @@ fn time_median(
         t.push(start.elapsed().as_secs_f64());
     }
     t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
+    Ok((t[t.len() / 2], t[0]))
 }
 
 /// STREAM-like copy bandwidth in GB/s: `dst = src` over two buffers of
 /// `bytes` each (much larger than the caches), split over the rayon pool;
-/// counts read + write bytes. Median of `runs` after one warm-up.
+/// counts read + write bytes. Best of `runs` after one warm-up, as STREAM
+/// reports.
 pub fn measure_copy_bandwidth(bytes: usize, runs: usize) -> f64 {
     let len = (bytes / 4).max(1 << 20);
     let src: Vec<f32> = (0..len).map(|i| i as f32).collect();
     let mut dst = vec![0f32; len];
     let chunk = 1 << 18; // 1 MiB per task
-    let secs = time_median(1, runs, || {
+    let secs = time_calls(1, runs, || {
         dst.par_chunks_mut(chunk)
             .zip(src.par_chunks(chunk))
             .for_each(|(d, s)| d.copy_from_slice(black_box(s)));
         black_box(&mut dst);
         Ok(())
     })
-    .unwrap_or(f64::INFINITY);
+    .map_or(f64::INFINITY, |t| t.1);
     2.0 * (len * 4) as f64 / secs / 1e9
+}
+
+/// Timed calls for `m`: small products are cheap, so they get 4x the runs.
+fn runs_for(cfg: &GemmBenchConfig, m: usize) -> usize {
+    if m <= 4 {
+        cfg.runs * 4
+    } else {
+        cfg.runs
+    }
 }
 
 /// Runs the benchmark of `cfg`.
 pub fn run_gemm_bench(cfg: &GemmBenchConfig) -> Result<GemmBenchReport, CpuError> {
-    let copy_gbs = measure_copy_bandwidth(cfg.copy_bytes, 5);
+    let copy_before = measure_copy_bandwidth(cfg.copy_bytes, 10);
     let mut rows = Vec::new();
     let max_m = cfg.ms.iter().copied().max().unwrap_or(1);
     for &(k, n) in &cfg.shapes {
@@ -351,7 +368,7 @@ pub fn run_gemm_bench(cfg: &GemmBenchConfig) -> Result<GemmBenchReport, CpuError
             let dense = DenseWeight::new(n, k, w)?;
             for &m in &cfg.ms {
                 let (xs, ys) = (&x[..m * k], &mut y[..m * n]);
-                let s = time_median(cfg.warmup, cfg.runs, || {
+                let (s, _) = time_calls(cfg.warmup, runs_for(cfg, m), || {
                     dense.matmul(black_box(xs), m, black_box(&mut *ys))
                 })?;
                 dense_secs.push((m, s));
@@ -363,7 +380,7 @@ pub fn run_gemm_bench(cfg: &GemmBenchConfig) -> Result<GemmBenchReport, CpuError
             drop(t);
             for &m in &cfg.ms {
                 let (xs, ys) = (&x[..m * k], &mut y[..m * n]);
-                let s = time_median(cfg.warmup, cfg.runs, || {
+                let (s, best) = time_calls(cfg.warmup, runs_for(cfg, m), || {
                     p.matmul(black_box(xs), m, black_box(&mut *ys))
                 })?;
                 let weight_bytes = p.stream_bytes();
@@ -375,14 +392,21 @@ pub fn run_gemm_bench(cfg: &GemmBenchConfig) -> Result<GemmBenchReport, CpuError
                     n,
                     m,
                     seconds: s,
+                    best_seconds: best,
                     weight_bytes,
                     weight_gbs,
                     gflops: 2.0 * (m * n * k) as f64 / s / 1e9,
-                    frac_copy_bw: weight_gbs / copy_gbs,
+                    frac_copy_bw: weight_bytes as f64 / best / 1e9,
                     dense_seconds: dense_secs.iter().find(|d| d.0 == m).map(|d| d.1),
                 });
             }
         }
+    }
+    // The copy is measured before and after (best of both): the machine's
+    // bandwidth, not one unlucky moment of it.
+    let copy_gbs = copy_before.max(measure_copy_bandwidth(cfg.copy_bytes, 10));
+    for r in &mut rows {
+        r.frac_copy_bw /= copy_gbs;
     }
     Ok(GemmBenchReport {
         copy_gbs,
