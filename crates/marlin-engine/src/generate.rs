@@ -19,8 +19,8 @@ pub trait SequenceModel {
 
 /// Turns token ids into text incrementally (complete UTF-8 only).
 pub trait Detokenizer {
-    fn push(&mut self, id: u32) -> String;
-    fn finish(&mut self) -> String;
+    fn push(&mut self, id: u32) -> Result<String, EngineError>;
+    fn finish(&mut self) -> Result<String, EngineError>;
 }
 
 #[derive(Clone, Debug)]
@@ -137,7 +137,7 @@ pub fn generate(
         }
         sampler.accept(next);
         tokens.push(next);
-        let step = stops.push(&detok.push(next));
+        let step = stops.push(&detok.push(next)?);
         if !step.emit.is_empty() {
             text.push_str(&step.emit);
             if !on_text(&step.emit) {
@@ -154,7 +154,7 @@ pub fn generate(
         }
     }
     if finish != FinishReason::Cancelled && finish != FinishReason::Stop {
-        let mut tail = stops.push(&detok.finish()).emit;
+        let mut tail = stops.push(&detok.finish()?).emit;
         tail.push_str(&stops.finish());
         if !tail.is_empty() {
             text.push_str(&tail);
@@ -205,11 +205,11 @@ mod tests {
     /// Token i is the letter ('a' + i).
     struct Letters;
     impl Detokenizer for Letters {
-        fn push(&mut self, id: u32) -> String {
-            char::from(b'a' + id as u8).to_string()
+        fn push(&mut self, id: u32) -> Result<String, EngineError> {
+            Ok(char::from(b'a' + id as u8).to_string())
         }
-        fn finish(&mut self) -> String {
-            String::new()
+        fn finish(&mut self) -> Result<String, EngineError> {
+            Ok(String::new())
         }
     }
 

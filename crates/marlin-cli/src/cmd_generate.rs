@@ -1,0 +1,173 @@
+//! `marlin run` and `marlin chat`.
+
+use crate::session::{self, Sequence, TextStream};
+use crate::{ComputeArgs, SamplingArgs};
+use marlin_core::Device;
+use marlin_engine::{generate, GenerationOutput, GenerationRequest, SamplingParams};
+use marlin_io::tokenizer::{ChatMessage, Tokenizer};
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+/// Prompt tokens fed to the model per forward call: bounds the activation
+/// scratch memory of a long prompt.
+const PREFILL_CHUNK: usize = 512;
+
+fn require_cpu(compute: &ComputeArgs) -> anyhow::Result<()> {
+    crate::init_threads(compute.threads)?;
+    match compute.device {
+        Device::Cpu => Ok(()),
+        Device::Cuda(_) => anyhow::bail!(
+            "--device cuda: end-to-end generation on the GPU is not built yet (the CUDA backend has GEMM kernels and `marlin bench gemm --device cuda`); use --device cpu"
+        ),
+    }
+}
+
+fn sampling_params(s: &SamplingArgs) -> SamplingParams {
+    SamplingParams {
+        temperature: s.temperature,
+        top_k: s.top_k,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repetition_penalty: s.repeat_penalty,
+        presence_penalty: s.presence_penalty,
+        frequency_penalty: s.frequency_penalty,
+        seed: s.seed,
+        ..SamplingParams::default()
+    }
+}
+
+fn request(tok: &Tokenizer, prompt: Vec<u32>, s: &SamplingArgs) -> GenerationRequest {
+    GenerationRequest {
+        prompt,
+        max_tokens: s.max_tokens,
+        sampling: sampling_params(s),
+        stop_strings: s.stop.clone(),
+        stop_tokens: tok.eos_ids().to_vec(),
+        prefill_chunk: PREFILL_CHUNK,
+    }
+}
+
+/// Streams one generation to stdout; returns its output.
+fn stream_to_stdout(
+    seq: &mut Sequence,
+    tok: &Tokenizer,
+    req: &GenerationRequest,
+) -> anyhow::Result<GenerationOutput> {
+    let mut stdout = std::io::stdout().lock();
+    let mut write_failed = false;
+    let out = generate(seq, &mut TextStream(tok.stream_decoder()), req, |text| {
+        // A closed pipe (e.g. `| head`) ends generation quietly.
+        write_failed = stdout.write_all(text.as_bytes()).is_err() || stdout.flush().is_err();
+        !write_failed
+    })?;
+    Ok(out)
+}
+
+fn print_timing(out: &GenerationOutput) {
+    let s = &out.stats;
+    eprintln!(
+        "\nprompt: {} tokens, {:.1} tok/s | decode: {} tokens, {:.1} tok/s | finish: {:?}",
+        s.prompt_tokens,
+        s.prompt_tok_per_s(),
+        s.generated_tokens,
+        s.decode_tok_per_s(),
+        out.finish_reason
+    );
+}
+
+pub fn run(
+    model_path: &Path,
+    prompt: &str,
+    chat: bool,
+    system: Option<&str>,
+    sampling: &SamplingArgs,
+    compute: &ComputeArgs,
+) -> anyhow::Result<()> {
+    require_cpu(compute)?;
+    sampling_params(sampling).validate()?;
+    let loaded = session::load(model_path)?;
+    let tok = &loaded.tokenizer;
+    let ids = if chat {
+        let mut messages = Vec::new();
+        if let Some(s) = system {
+            messages.push(ChatMessage::system(s));
+        }
+        messages.push(ChatMessage::user(prompt));
+        let rendered = tok.chat_template()?.render(&messages, true)?;
+        tok.encode_chat_prompt(&rendered)?
+    } else {
+        tok.encode(prompt, true)?
+    };
+    let ctx = session::context_len(loaded.model.as_ref(), sampling.ctx)?;
+    let mut seq = Sequence::new(loaded.model.as_ref(), ctx)?;
+    if !chat {
+        // Raw completion: echo the prompt so the output reads as one text.
+        print!("{prompt}");
+    }
+    let out = stream_to_stdout(&mut seq, tok, &request(tok, ids, sampling))?;
+    println!();
+    print_timing(&out);
+    Ok(())
+}
+
+pub fn chat(
+    model_path: &Path,
+    system: Option<&str>,
+    sampling: &SamplingArgs,
+    compute: &ComputeArgs,
+) -> anyhow::Result<()> {
+    require_cpu(compute)?;
+    sampling_params(sampling).validate()?;
+    let loaded = session::load(model_path)?;
+    let tok = &loaded.tokenizer;
+    let template = tok.chat_template()?;
+    let ctx = session::context_len(loaded.model.as_ref(), sampling.ctx)?;
+    let mut seq = Sequence::new(loaded.model.as_ref(), ctx)?;
+    // Tokens whose keys and values are in the cache, in order.
+    let mut cached: Vec<u32> = Vec::new();
+    let mut messages = Vec::new();
+    if let Some(s) = system {
+        messages.push(ChatMessage::system(s));
+    }
+    eprintln!(
+        "marlin chat: {} (ctx {ctx}). Empty line or Ctrl-D to quit.",
+        model_path.display()
+    );
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        eprint!("> ");
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        if line.trim().is_empty() {
+            break;
+        }
+        messages.push(ChatMessage::user(line));
+        let rendered = template.render(&messages, true)?;
+        let ids = tok.encode_chat_prompt(&rendered)?;
+        // Reuse the cache for the longest common prefix with the last turn.
+        let common = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count();
+        let common = common.min(ids.len().saturating_sub(1));
+        seq.cache.truncate(common);
+        cached.truncate(common);
+        let new = ids[common..].to_vec();
+        if ids.len() >= seq.cache.capacity() {
+            anyhow::bail!(
+                "the conversation ({} tokens) no longer fits the context of {} tokens; restart with a larger --ctx",
+                ids.len(),
+                seq.cache.capacity()
+            );
+        }
+        let req = request(tok, new, sampling);
+        let out = stream_to_stdout(&mut seq, tok, &req)?;
+        println!();
+        print_timing(&out);
+        // The cache holds the prompt and every generated token that was fed
+        // back (the last sampled one may not have been): its length says.
+        cached.extend_from_slice(&ids[common..]);
+        cached.extend_from_slice(&out.tokens);
+        cached.truncate(seq.cache.len());
+        messages.push(ChatMessage::assistant(out.text.trim().to_string()));
+    }
+    Ok(())
+}
