@@ -74,6 +74,14 @@ fn f16_bits(value: f32, what: &str) -> Result<u16> {
     Ok(h.to_bits())
 }
 
+/// Index (in 16-byte units) of lane `lane`'s codes of n16 block `nb`, chunk
+/// `c`: (n_pad/64 tiles, k_chunks, 4 warps, 32 lanes), so that one thread
+/// block (4 warps = one 64-column tile) streams one contiguous region, 2 KiB
+/// per chunk, instead of four regions far apart (DRAM row locality).
+pub(crate) fn word_index(nb: usize, c: usize, lane: usize, k_chunks: usize) -> usize {
+    (((nb / 4) * k_chunks + c) * 4 + nb % 4) * 32 + lane
+}
+
 /// Nibble position of fragment `slot` (0..4) of n8 sub-tile `half` (0, 1).
 pub(crate) fn nibble_position(slot: usize, half: usize) -> usize {
     (slot & 1) * 4 + (slot >> 1) + 2 * half
@@ -186,7 +194,7 @@ pub fn pack_int4(w: &QuantTensor) -> Result<Int4Packed> {
                             }
                         }
                     }
-                    words[((nb * k_chunks + c) * 32 + lane) * 4 + j] = word;
+                    words[word_index(nb, c, lane, k_chunks) * 4 + j] = word;
                 }
             }
         }

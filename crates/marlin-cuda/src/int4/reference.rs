@@ -5,7 +5,7 @@
 use half::f16;
 use marlin_quant::{ElementType, Granularity, QuantTensor};
 
-use super::pack::{nibble_position, Int4Packed, K_CHUNK};
+use super::pack::{nibble_position, word_index, Int4Packed, K_CHUNK};
 
 /// Dequantize an INT4 KMajorDense tensor to f64, row-major (N, K):
 /// value = global_scale * scale * (code - zero). Returns None for schemes
@@ -75,7 +75,7 @@ pub fn unpack_int4_ref(p: &Int4Packed) -> Vec<f32> {
                 let at = (gi * nb_count + nb) * 8 + g;
                 let s = p.scales[at];
                 for j in 0..4 {
-                    let word = p.words[((nb * k_chunks + c) * 32 + lane) * 4 + j];
+                    let word = p.words[word_index(nb, c, lane, k_chunks) * 4 + j];
                     for half in 0..2 {
                         let col_n = nb * 16 + 8 * half + g;
                         let scale = f16::from_bits((s >> (16 * half)) as u16).to_f32();

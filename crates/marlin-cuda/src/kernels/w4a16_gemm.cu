@@ -127,12 +127,13 @@ struct WarpRing {
 };
 
 template <int MT, int STAGES>
-__device__ __forceinline__ void issue_chunk(WarpRing<MT, STAGES>& ring, int slot, int chunk, int lane, int g, int t,
-                                            const uint4* __restrict__ wp, const u32* __restrict__ sp,
-                                            const u32* __restrict__ zp, size_t group_stride, int group_chunks,
+__device__ __forceinline__ void issue_chunk(WarpRing<MT, STAGES>& ring, int slot, int chunk, int group, int lane,
+                                            int g, int t, const uint4* __restrict__ wp, const u32* __restrict__ sp,
+                                            const u32* __restrict__ zp, size_t group_stride,
                                             const u16* __restrict__ A, int M, int K, bool k_aligned, int m_base) {
-    cp_async16_cg(&ring.w[slot][lane], wp + (size_t)chunk * 32, 16);
-    const size_t gi = (size_t)(chunk / group_chunks) * group_stride;
+    // Codes of one tile are (k_chunks, 4 warps, 32 lanes): 128 x 16 B per chunk.
+    cp_async16_cg(&ring.w[slot][lane], wp + (size_t)chunk * 128, 16);
+    const size_t gi = (size_t)group * group_stride;
     cp_async4(&ring.s[slot][lane], sp + gi);
     if (zp) cp_async4(&ring.z[slot][lane], zp + gi);
     const int k0 = chunk * 64 + 16 * t;
@@ -197,7 +198,7 @@ __device__ __forceinline__ void w4a16_body(
     const bool k_aligned = (K & 7) == 0;
     WarpRing<MT, STAGES>& ring = reinterpret_cast<WarpRing<MT, STAGES>*>(dyn_smem)[warp];
 
-    const uint4* wp = W + (size_t)nb * k_chunks * 32 + lane;
+    const uint4* wp = W + ((size_t)blockIdx.y * k_chunks * 4 + warp) * 32 + lane;
     const u32* sp = S + (size_t)nb * 8 + g;
     const u32* zp = Z ? Z + (size_t)nb * 8 + g : nullptr;
     const size_t group_stride = (size_t)nb_count * 8;
@@ -210,11 +211,20 @@ __device__ __forceinline__ void w4a16_body(
 #pragma unroll
             for (int i = 0; i < 4; i++) acc[mt][h][i] = 0.0f;
 
+    // Scale group of the next chunk to issue, tracked incrementally (no
+    // integer division in the loop).
+    int issue_group = c_begin / group_chunks;
+    int issue_rem = c_begin - issue_group * group_chunks;
 #pragma unroll
     for (int st = 0; st < STAGES; st++) {
-        if (st < n_my)
-            issue_chunk<MT, STAGES>(ring, st, c_begin + st, lane, g, t, wp, sp, zp, group_stride, group_chunks, A, M,
+        if (st < n_my) {
+            issue_chunk<MT, STAGES>(ring, st, c_begin + st, issue_group, lane, g, t, wp, sp, zp, group_stride, A, M,
                                     K, k_aligned, m_base);
+            if (++issue_rem == group_chunks) {
+                issue_rem = 0;
+                issue_group++;
+            }
+        }
         cp_async_commit();
     }
 
@@ -259,9 +269,14 @@ __device__ __forceinline__ void w4a16_body(
         }
         // The slot's values are in registers and consumed by the mma above:
         // refill it with chunk it + STAGES.
-        if (it + STAGES < n_my)
-            issue_chunk<MT, STAGES>(ring, slot, c_begin + it + STAGES, lane, g, t, wp, sp, zp, group_stride,
-                                    group_chunks, A, M, K, k_aligned, m_base);
+        if (it + STAGES < n_my) {
+            issue_chunk<MT, STAGES>(ring, slot, c_begin + it + STAGES, issue_group, lane, g, t, wp, sp, zp,
+                                    group_stride, A, M, K, k_aligned, m_base);
+            if (++issue_rem == group_chunks) {
+                issue_rem = 0;
+                issue_group++;
+            }
+        }
         cp_async_commit();
     }
     cp_async_wait<0>();
@@ -342,6 +357,7 @@ W4A16_ENTRY(4, 3)
 // Dequantize the packed weight to a dense f16 (N, K) row-major matrix (the
 // large-M path: dequantize once, then a cuBLAS fp16 GEMM). One thread per
 // (n16 block, 64-chunk, lane): reads 16 bytes of codes, writes 2 x 16 halves.
+// Launched with n_pad/16 * k_chunks * 32 threads.
 extern "C" __global__ void __launch_bounds__(256) w4_dequant_f16(
     const uint4* __restrict__ W, const u32* __restrict__ S, const u32* __restrict__ Z,
     u16* __restrict__ out, int N, int K, int n_pad, int k_chunks, int group_chunks) {
@@ -349,9 +365,10 @@ extern "C" __global__ void __launch_bounds__(256) w4_dequant_f16(
     const int nb_count = n_pad >> 4;
     if (idx >= (long long)nb_count * k_chunks * 32) return;
     const int lane = (int)(idx & 31);
-    const long long wc = idx >> 5;
-    const int c = (int)(wc % k_chunks);
-    const int nb = (int)(wc / k_chunks);
+    // idx = ((tile * k_chunks + c) * 4 + warp) * 32 + lane (see pack.rs).
+    const long long tc = idx >> 7;
+    const int c = (int)(tc % k_chunks);
+    const int nb = (int)(tc / k_chunks) * 4 + (int)((idx >> 5) & 3);
     const int g = lane >> 2, t = lane & 3;
     const uint4 w = W[idx];
     const size_t at = ((size_t)(c / group_chunks) * nb_count + nb) * 8 + g;
