@@ -54,18 +54,36 @@ fn check_cases(tokenizer: &Tokenizer, fixture: &Value) {
         assert_eq!(got, want, "ids of {text:?}");
         let want_special = ids(&case["ids_with_special"]);
         let got_special = tokenizer.encode(text, true).expect("encode");
-        assert_eq!(got_special, want_special, "ids with special tokens of {text:?}");
+        assert_eq!(
+            got_special, want_special,
+            "ids with special tokens of {text:?}"
+        );
 
         let decoded = tokenizer.decode(&got).expect("decode");
-        assert_eq!(decoded, case["decoded"].as_str().expect("decoded"), "decode of {text:?}");
+        assert_eq!(
+            decoded,
+            case["decoded"].as_str().expect("decoded"),
+            "decode of {text:?}"
+        );
         let decoded_special = tokenizer.decode(&got_special).expect("decode");
         assert_eq!(
             decoded_special,
             case["decoded_with_special"].as_str().expect("decoded"),
             "decode with special tokens of {text:?}"
         );
-        // Round trip: these texts contain nothing a tokenizer normalizes away.
-        assert_eq!(decoded, text, "round trip of {text:?}");
+        // Round trip. SentencePiece's space marker `▁` written in the text is the one thing
+        // that cannot come back: it is a space once encoded.
+        if decoded != text {
+            assert!(
+                tokenizer.token_to_id("\u{2581}").is_some(),
+                "round trip of {text:?}"
+            );
+            assert_eq!(
+                decoded,
+                text.replace('\u{2581}', " "),
+                "round trip of {text:?}"
+            );
+        }
 
         // Streaming one id at a time gives the same text.
         let mut stream = tokenizer.stream_decoder();
@@ -110,7 +128,14 @@ fn check_chats(tokenizer: &Tokenizer, fixture: &Value) {
             .filter(|&&id| Some(id) == tokenizer.bos_id())
             .count();
         assert!(prompt.ends_with(&plain));
-        assert!(bos_count <= plain.iter().filter(|&&id| Some(id) == tokenizer.bos_id()).count() + 1);
+        assert!(
+            bos_count
+                <= plain
+                    .iter()
+                    .filter(|&&id| Some(id) == tokenizer.bos_id())
+                    .count()
+                    + 1
+        );
     }
 }
 
@@ -124,7 +149,9 @@ fn smollm2_matches_transformers() {
     assert_eq!(tokenizer.bos_id(), Some(1));
     assert!(!tokenizer.add_bos());
     let im_end = tokenizer.token_to_id("<|im_end|>").expect("<|im_end|>");
-    let endoftext = tokenizer.token_to_id("<|endoftext|>").expect("<|endoftext|>");
+    let endoftext = tokenizer
+        .token_to_id("<|endoftext|>")
+        .expect("<|endoftext|>");
     assert!(tokenizer.eos_ids().contains(&im_end));
     assert!(tokenizer.eos_ids().contains(&endoftext));
     assert_eq!(tokenizer.token_str(im_end), Some("<|im_end|>"));

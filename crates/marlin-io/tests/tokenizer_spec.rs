@@ -26,7 +26,7 @@ fn sentencepiece_spec() -> TokenizerSpec {
     }
     let pieces = [
         "▁", "h", "e", "l", "o", "w", "r", "d", "he", "ll", "▁h", "▁w", "▁he", "▁hell", "▁hello",
-        "or", "▁wor", "▁world",
+        "or", "ld", "▁wor", "▁world",
     ];
     for piece in pieces {
         tokens.push(piece.to_string());
@@ -58,16 +58,34 @@ fn sentencepiece_spec() -> TokenizerSpec {
 /// A byte-level BPE vocabulary for "hello world" with explicit merges.
 fn byte_level_spec() -> TokenizerSpec {
     let tokens: Vec<String> = [
-        "<|endoftext|>", "h", "e", "l", "o", "Ġ", "w", "r", "d", "he", "ll", "hell", "hello", "Ġw",
-        "or", "Ġwor", "Ġworld", "ld",
+        "<|endoftext|>",
+        "h",
+        "e",
+        "l",
+        "o",
+        "Ġ",
+        "w",
+        "r",
+        "d",
+        "he",
+        "ll",
+        "hell",
+        "hello",
+        "Ġw",
+        "or",
+        "Ġwor",
+        "Ġworld",
+        "ld",
     ]
     .map(String::from)
     .to_vec();
     let mut types = vec![token_type::NORMAL; tokens.len()];
     types[0] = token_type::CONTROL;
-    let merges = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "l d", "Ġwor ld"]
-        .map(String::from)
-        .to_vec();
+    let merges = [
+        "h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "l d", "Ġwor ld",
+    ]
+    .map(String::from)
+    .to_vec();
     TokenizerSpec {
         model: "gpt2".to_string(),
         pre: Some("gpt-2".to_string()),
@@ -92,9 +110,14 @@ fn byte_level_bpe_merges_and_round_trips() {
     assert_eq!(tokenizer.decode(&ids).expect("decode"), "hello world");
     // gpt2 vocabularies add no BOS unless the file says so.
     assert!(!tokenizer.add_bos());
-    assert_eq!(tokenizer.encode("hello", true).expect("encode"), vec![id(&tokenizer, "hello")]);
+    assert_eq!(
+        tokenizer.encode("hello", true).expect("encode"),
+        vec![id(&tokenizer, "hello")]
+    );
     // The control token is recognised whole in text.
-    let ids = tokenizer.encode("hello<|endoftext|>", false).expect("encode");
+    let ids = tokenizer
+        .encode("hello<|endoftext|>", false)
+        .expect("encode");
     assert_eq!(ids, vec![id(&tokenizer, "hello"), 0]);
     assert_eq!(tokenizer.eos_ids(), &[0]);
 }
@@ -119,7 +142,9 @@ fn sentencepiece_prefix_space_byte_fallback_and_bos() {
     assert_eq!(tokenizer.token_str(c3), Some("<0xC3>"));
 
     // Special tokens in text are single ids; <|im_end|> ends generation.
-    let ids = tokenizer.encode("<|im_start|>hello<|im_end|>", false).expect("encode");
+    let ids = tokenizer
+        .encode("<|im_start|>hello<|im_end|>", false)
+        .expect("encode");
     assert_eq!(ids.first(), Some(&3));
     assert_eq!(ids.last(), Some(&4));
     assert!(tokenizer.is_eos(4) && tokenizer.is_eos(2));
@@ -139,7 +164,9 @@ fn stream_decoder_waits_for_complete_characters() {
     assert_eq!(pieces.concat(), whole);
     assert_eq!(whole, "hello wörld 日");
     // No piece ever holds a replacement character: bytes were held until complete.
-    assert!(pieces.iter().all(|p| !p.contains(char::REPLACEMENT_CHARACTER)));
+    assert!(pieces
+        .iter()
+        .all(|p| !p.contains(char::REPLACEMENT_CHARACTER)));
     // The three bytes of 日 produce one piece, with nothing emitted for the first two.
     let n = pieces.len();
     assert_eq!(&pieces[n - 4..n - 1], &["", "", "日"]);
@@ -154,7 +181,10 @@ fn stream_decoder_waits_for_complete_characters() {
 fn chat_template_renders_with_python_methods_and_single_bos() {
     let tokenizer = Tokenizer::from_spec(sentencepiece_spec()).expect("builds");
     let template = tokenizer.chat_template().expect("parses");
-    let messages = [ChatMessage::user("  hello  "), ChatMessage::assistant("world")];
+    let messages = [
+        ChatMessage::user("  hello  "),
+        ChatMessage::assistant("world"),
+    ];
     let rendered = template.render(&messages, false).expect("renders");
     assert_eq!(
         rendered,
@@ -185,7 +215,12 @@ fn chat_template_errors_name_the_problem() {
     let err = ChatTemplate::new("{% for m in messages %}{{ m.content }}", "", "")
         .expect_err("unclosed for");
     assert!(matches!(err, TokenizerError::TemplateSyntax(_)), "{err}");
-    assert!(err.to_string().contains("line"), "{err}");
+    // The message says what is wrong and where.
+    let message = err.to_string();
+    assert!(
+        message.contains("unexpected end of input") && message.contains("chat_template:1"),
+        "{message}"
+    );
 
     let template = ChatTemplate::new(
         "{% if messages[0].role != 'system' %}{{ raise_exception('Conversation must start with a system message') }}{% endif %}ok",
@@ -197,7 +232,10 @@ fn chat_template_errors_name_the_problem() {
         .render(&[ChatMessage::user("hi")], false)
         .expect_err("raises");
     assert!(matches!(err, TokenizerError::TemplateRender(_)), "{err}");
-    assert!(err.to_string().contains("must start with a system message"), "{err}");
+    assert!(
+        err.to_string().contains("must start with a system message"),
+        "{err}"
+    );
 
     // A template that loops far too long is stopped, not run for ever.
     let template = ChatTemplate::new(
@@ -291,7 +329,9 @@ fn merges_naming_unknown_tokens_are_errors() {
     ];
     for (merge, reason) in cases {
         let mut spec = byte_level_spec();
-        spec.merges.get_or_insert_with(Vec::new).push(merge.to_string());
+        spec.merges
+            .get_or_insert_with(Vec::new)
+            .push(merge.to_string());
         match Tokenizer::from_spec(spec) {
             Err(TokenizerError::BadMerge { reason: got, .. }) => assert_eq!(got, reason, "{merge}"),
             other => panic!("merge {merge:?}: expected BadMerge, got {other:?}"),
@@ -341,7 +381,11 @@ fn random_text_round_trips_and_random_ids_never_panic() {
         let ids = tokenizer.encode(&text, false).expect("encode");
         // The decoder turns `▁` back into a space; everything else comes back as it was.
         let expected = text.replace(SPACE, " ");
-        assert_eq!(tokenizer.decode(&ids).expect("decode"), expected, "{text:?}");
+        assert_eq!(
+            tokenizer.decode(&ids).expect("decode"),
+            expected,
+            "{text:?}"
+        );
 
         let random_ids: Vec<u32> = (0..len)
             .map(|_| (rng.next() % (tokenizer.vocab_size() as u64 + 3)) as u32)
@@ -360,7 +404,10 @@ fn hf_dir_errors_name_the_file() {
     let dir = std::env::temp_dir().join(format!("marlin-tok-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let missing = Tokenizer::from_hf_dir(&dir);
-    assert!(matches!(missing, Err(TokenizerError::MissingTokenizerJson(_))));
+    assert!(matches!(
+        missing,
+        Err(TokenizerError::MissingTokenizerJson(_))
+    ));
     std::fs::write(dir.join("tokenizer.json"), "{ not json").expect("write");
     let bad = Tokenizer::from_hf_dir(&dir);
     std::fs::remove_dir_all(&dir).ok();

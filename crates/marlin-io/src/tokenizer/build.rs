@@ -18,9 +18,10 @@ use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::prepend::Prepend;
 use tokenizers::normalizers::replace::Replace;
+use tokenizers::normalizers::utils::Sequence as NormalizerSequence;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::{SpecialToken, TemplateProcessing};
@@ -110,7 +111,8 @@ fn bos_eos_processor(spec: &TokenizerSpec) -> Result<Option<TemplateProcessing>>
     for (key, id) in [("BOS", bos), ("EOS", eos)] {
         if let Some(id) = id {
             let text = spec.tokens.get(id as usize).cloned().unwrap_or_default();
-            special_tokens.push(SpecialToken::new(key.to_string(), vec![id], vec![text]).map_err(backend)?);
+            special_tokens
+                .push(SpecialToken::new(key.to_string(), vec![id], vec![text]).map_err(backend)?);
         }
     }
     let bos_key = bos.map(|_| "BOS".to_string());
@@ -161,19 +163,19 @@ fn byte_level_bpe(spec: &TokenizerSpec) -> Result<HfTokenizer> {
         .map_err(backend)?;
     let mut tokenizer = HfTokenizer::new(model);
     let byte_level = |use_regex| ByteLevel::new(false, true, use_regex);
-    let pre_tokenizer: PreTokenizerWrapper =
-        match spec.pre.as_deref().and_then(pre_tokenizer_split) {
-            Some(regex) => {
-                let split = Split::new(
-                    SplitPattern::Regex(regex.to_string()),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .map_err(backend)?;
-                PreTokenizerSequence::new(vec![split.into(), byte_level(false).into()]).into()
-            }
-            None => byte_level(true).into(),
-        };
+    let pre_tokenizer: PreTokenizerWrapper = match spec.pre.as_deref().and_then(pre_tokenizer_split)
+    {
+        Some(regex) => {
+            let split = Split::new(
+                SplitPattern::Regex(regex.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(backend)?;
+            PreTokenizerSequence::new(vec![split.into(), byte_level(false).into()]).into()
+        }
+        None => byte_level(true).into(),
+    };
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
     tokenizer.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
     Ok(tokenizer)
@@ -226,12 +228,23 @@ fn sentencepiece(spec: &TokenizerSpec) -> Result<HfTokenizer> {
     // llama.cpp's default: a SentencePiece vocabulary prefixes the text with a space.
     let add_space_prefix = spec.add_space_prefix.unwrap_or(true);
     let mut tokenizer = HfTokenizer::new(model);
-    let prepend = if add_space_prefix {
-        PrependScheme::First
-    } else {
-        PrependScheme::Never
-    };
-    tokenizer.with_pre_tokenizer(Some(Metaspace::new(SPACE_MARKER, prepend, false)));
+    // As SentencePiece, llama.cpp and the Llama 2 / Mistral tokenizer.json do: spaces become `▁`
+    // and every text segment (the text, and each piece after a special token) gets a `▁`
+    // prefix even when it already starts with a space, so " hi" encodes as "▁▁hi" and decodes
+    // back to " hi". (transformers' GGUF loader uses a Metaspace pre-tokenizer here, which skips
+    // the prefix on text starting with a space; that drops the space on a round trip.)
+    let mut steps: Vec<NormalizerWrapper> = Vec::new();
+    if add_space_prefix {
+        steps.push(Prepend::new(SPACE_MARKER.to_string()).into());
+    }
+    steps.push(
+        Replace::new(" ", SPACE_MARKER.to_string())
+            .map_err(backend)?
+            .into(),
+    );
+    tokenizer
+        .with_normalizer(Some(NormalizerSequence::new(steps)))
+        .map_err(backend)?;
     tokenizer.with_decoder(Some(sentencepiece_decoder(add_space_prefix)?));
     Ok(tokenizer)
 }
@@ -285,9 +298,7 @@ fn add_special_tokens(tokenizer: &mut HfTokenizer, spec: &TokenizerSpec) -> Resu
         match spec.token_type(id) {
             // In a byte-level vocabulary a control token outside the byte alphabet is a
             // mislabel; adding it would give it a new id past the vocabulary.
-            token_type::CONTROL
-                if !byte_level || token.chars().all(|c| spelling.contains(&c)) =>
-            {
+            token_type::CONTROL if !byte_level || token.chars().all(|c| spelling.contains(&c)) => {
                 special.push(AddedToken::from(token.clone(), true));
             }
             token_type::USER_DEFINED => user_defined.push(token.clone()),
@@ -296,9 +307,16 @@ fn add_special_tokens(tokenizer: &mut HfTokenizer, spec: &TokenizerSpec) -> Resu
     }
     // The named special tokens are special even where the file does not mark them as control,
     // as long as their text maps back to their id.
-    for id in [spec.bos_id, spec.eos_id, spec.unk_id, spec.pad_id, spec.eot_id, spec.eom_id]
-        .into_iter()
-        .flatten()
+    for id in [
+        spec.bos_id,
+        spec.eos_id,
+        spec.unk_id,
+        spec.pad_id,
+        spec.eot_id,
+        spec.eom_id,
+    ]
+    .into_iter()
+    .flatten()
     {
         if let Some(token) = spec.tokens.get(id as usize) {
             let maps_back = tokenizer.token_to_id(token) == Some(id);

@@ -13,7 +13,7 @@ const TEMPLATE_NAME: &str = "chat_template";
 
 /// Bound on template instructions per render, so a hostile template cannot loop for ever
 /// (a real chat template uses a few hundred per message).
-const FUEL_PER_RENDER: u64 = 50_000_000;
+const FUEL_PER_RENDER: u64 = 10_000_000;
 
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

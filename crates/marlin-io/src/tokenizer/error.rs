@@ -62,7 +62,11 @@ pub enum TokenizerError {
 
     /// A file that is larger than any tokenizer file should be.
     #[error("{}: {size} bytes is larger than the {limit}-byte limit for tokenizer files", path.display())]
-    FileTooLarge { path: PathBuf, size: u64, limit: u64 },
+    FileTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
 
     /// A JSON file (tokenizer.json, tokenizer_config.json) that does not parse or has a field of
     /// the wrong type.

@@ -51,14 +51,16 @@ impl TokenizerSpec {
                 "tokenizer.ggml.model".to_string(),
             ))
         })?;
-        let scores = match file.get_array_opt(GgufKey::TokenizerScores).map_err(gguf_err)? {
-            None => None,
-            Some(array) => Some(
-                array
-                    .to_f32_vec()
-                    .ok_or_else(|| wrong_elements(file, GgufKey::TokenizerScores, "numbers", array))?,
-            ),
-        };
+        let scores =
+            match file
+                .get_array_opt(GgufKey::TokenizerScores)
+                .map_err(gguf_err)?
+            {
+                None => None,
+                Some(array) => Some(array.to_f32_vec().ok_or_else(|| {
+                    wrong_elements(file, GgufKey::TokenizerScores, "numbers", array)
+                })?),
+            };
         let token_types = match file
             .get_array_opt(GgufKey::TokenizerTokenType)
             .map_err(gguf_err)?
@@ -73,7 +75,12 @@ impl TokenizerSpec {
                 let narrow: Option<Vec<i32>> =
                     wide.into_iter().map(|t| i32::try_from(t).ok()).collect();
                 Some(narrow.ok_or_else(|| {
-                    wrong_elements(file, GgufKey::TokenizerTokenType, "integers in i32 range", array)
+                    wrong_elements(
+                        file,
+                        GgufKey::TokenizerTokenType,
+                        "integers in i32 range",
+                        array,
+                    )
                 })?)
             }
         };

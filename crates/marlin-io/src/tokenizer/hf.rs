@@ -64,7 +64,11 @@ fn token_text<'v>(config: &'v Value, key: &str, path: &Path) -> Result<Option<&'
         Some(Value::String(text)) => Ok(Some(text)),
         Some(Value::Object(map)) => match map.get("content") {
             Some(Value::String(text)) => Ok(Some(text)),
-            _ => Err(wrong_type(path, key, "an object without a string \"content\"")),
+            _ => Err(wrong_type(
+                path,
+                key,
+                "an object without a string \"content\"",
+            )),
         },
         Some(_) => Err(wrong_type(path, key, "neither a string nor an object")),
     }
@@ -84,15 +88,24 @@ fn config_chat_template(config: &Value, path: &Path) -> Result<Option<String>> {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(source)) => Ok(Some(source.clone())),
         Some(Value::Array(entries)) => {
-            let named = |entry: &&Value| entry.get("name").and_then(Value::as_str) == Some("default");
+            let named =
+                |entry: &&Value| entry.get("name").and_then(Value::as_str) == Some("default");
             let entry = entries.iter().find(named).or_else(|| entries.first());
             match entry.map(|e| e.get("template")) {
                 None => Ok(None),
                 Some(Some(Value::String(source))) => Ok(Some(source.clone())),
-                Some(_) => Err(wrong_type(path, "chat_template", "a list whose entry has no string \"template\"")),
+                Some(_) => Err(wrong_type(
+                    path,
+                    "chat_template",
+                    "a list whose entry has no string \"template\"",
+                )),
             }
         }
-        Some(_) => Err(wrong_type(path, "chat_template", "neither a string nor a list")),
+        Some(_) => Err(wrong_type(
+            path,
+            "chat_template",
+            "neither a string nor a list",
+        )),
     }
 }
 

@@ -124,7 +124,9 @@ pub(crate) fn merges_from_vocab(
             continue;
         }
         let score = match rank {
-            MergeRank::Scores(scores) => scores.get(last_id as usize).map_or(0.0, |&s| f64::from(s)),
+            MergeRank::Scores(scores) => {
+                scores.get(last_id as usize).map_or(0.0, |&s| f64::from(s))
+            }
             MergeRank::Position => -f64::from(last_id),
         };
         local.clear();
