@@ -93,7 +93,7 @@ pub fn run(
             messages.push(ChatMessage::system(s));
         }
         messages.push(ChatMessage::user(prompt));
-        let rendered = tok.chat_template()?.render(&messages, true)?;
+        let rendered = session::chat_template(&loaded)?.render(&messages, true)?;
         tok.encode_chat_prompt(&rendered)?
     } else {
         tok.encode(prompt, true)?
@@ -120,7 +120,7 @@ pub fn chat(
     sampling_params(sampling).validate()?;
     let loaded = session::load(model_path)?;
     let tok = &loaded.tokenizer;
-    let template = tok.chat_template()?;
+    let template = session::chat_template(&loaded)?;
     let ctx = session::context_len(loaded.model.as_ref(), sampling.ctx)?;
     let mut seq = Sequence::new(loaded.model.as_ref(), ctx)?;
     // Tokens whose keys and values are in the cache, in order.

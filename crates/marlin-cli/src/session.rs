@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use marlin_engine::{Detokenizer, EngineError, SequenceModel};
-use marlin_io::tokenizer::{StreamDecoder, Tokenizer};
+use marlin_io::tokenizer::{ChatTemplate, StreamDecoder, Tokenizer};
 use marlin_models::{KvCache, LoadOptions, Model};
 use std::path::Path;
 use std::time::Instant;
@@ -92,4 +92,52 @@ impl Detokenizer for TextStream<'_> {
             .flush()
             .map_err(|e| EngineError::Model(format!("detokenizing: {e}")))
     }
+}
+
+/// Gemma's turn format, for Gemma GGUFs that ship without a template (the
+/// official template folds a system message into the first user turn).
+const GEMMA_TEMPLATE: &str = "{{ bos_token }}\
+{%- if messages[0]['role'] == 'system' -%}\
+{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}\
+{%- set loop_messages = messages[1:] -%}\
+{%- else -%}\
+{%- set first_user_prefix = '' -%}\
+{%- set loop_messages = messages -%}\
+{%- endif -%}\
+{%- for message in loop_messages -%}\
+{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}\
+{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + (message['content'] | trim) + '<end_of_turn>\n' }}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
+
+/// ChatML, for models whose vocabulary has `<|im_start|>` but no template.
+const CHATML_TEMPLATE: &str = "{%- for message in messages -%}\
+{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}";
+
+/// The model's own chat template, or (as llama.cpp does for files without
+/// one) the built-in template of its family.
+pub fn chat_template(loaded: &Loaded) -> anyhow::Result<ChatTemplate> {
+    let tok = &loaded.tokenizer;
+    if tok.chat_template_source().is_some() {
+        return Ok(tok.chat_template()?);
+    }
+    let arch = loaded.model.config().arch.as_str();
+    let source = if arch.starts_with("gemma") {
+        GEMMA_TEMPLATE
+    } else if tok.token_to_id("<|im_start|>").is_some() {
+        CHATML_TEMPLATE
+    } else {
+        anyhow::bail!(
+            "this model has no chat template and marlin has no built-in one for architecture '{arch}'; run without --chat"
+        );
+    };
+    let text = |id: Option<u32>| {
+        id.and_then(|i| tok.token_str(i))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let eos = text(tok.eos_ids().first().copied());
+    Ok(ChatTemplate::new(source, &text(tok.bos_id()), &eos)?)
 }
