@@ -106,8 +106,14 @@ fn kernel_tables() -> Vec<Kernels> {
 fn check(ty: GgmlType, kernels: Kernels, n: usize, k: usize, m: usize, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let t = random_tensor(&mut rng, ty, n, k);
+    check_tensor(t, kernels, m, &mut rng);
+}
+
+/// Checks y = x · tᵀ for random x of m rows against the f64 reference.
+fn check_tensor(t: GgmlTensor, kernels: Kernels, m: usize, rng: &mut StdRng) {
+    let (ty, n, k) = (t.ty, t.rows, t.cols);
     let w = t.dequantize().unwrap(); // (N, K)
-    let x = random_x(&mut rng, m * k); // (m, K)
+    let x = random_x(rng, m * k); // (m, K)
     let p = PreparedGgml::with_kernels(t, kernels).unwrap();
     let mut y = vec![f32::NAN; m * n]; // (m, N)
     p.matmul(&x, m, &mut y).unwrap();
@@ -260,4 +266,35 @@ fn bad_shapes_are_errors_and_nan_propagates() {
     assert!(PreparedGgml::new(t).is_err());
     // m = 0 is an empty product.
     p.matmul(&[], 0, &mut []).unwrap();
+}
+
+#[test]
+fn real_model_rows() {
+    // Rows of the demo models' tensors, from marlin-quant's fixtures (made
+    // by scripts/fixtures/make_ggml_fixtures.py; format described there).
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../marlin-quant/tests/fixtures/ggml"
+    );
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("real_") {
+            continue;
+        }
+        let b = std::fs::read(&path).unwrap();
+        let word = |i: usize| u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap()) as usize;
+        let ty = GgmlType::from_id(word(1) as u32).unwrap();
+        let (rows, cols, n_bytes) = (word(2), word(3), word(4));
+        let t = GgmlTensor::new(ty, rows, cols, b[20..20 + n_bytes].to_vec()).unwrap();
+        for kernels in kernel_tables() {
+            for m in [1, 3, 17] {
+                check_tensor(t.clone(), kernels, m, &mut rng);
+            }
+        }
+        seen += 1;
+    }
+    assert!(seen >= 5, "found {seen} real-model fixtures in {dir}");
 }
