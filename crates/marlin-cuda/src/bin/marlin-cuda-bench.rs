@@ -1,4 +1,4 @@
-//! `marlin-cuda-bench [--quick] [--sweep] [--device N]`: the INT4 GEMM
+//! `marlin-cuda-bench [--quick] [--sweep] [--shape NxK] [--ms 1,16] [--device N]`: the INT4 GEMM
 //! benchmark table (see `marlin_cuda::bench`). Exit status 1 when CUDA is not
 //! available or a call fails.
 
@@ -18,6 +18,24 @@ fn main() {
                 cfg.split_sweep = vec![1, 2, 4, 8, 16, 32];
                 cfg.ms = vec![1, 4, 16, 64, 256];
             }
+            "--shape" => match args.next().and_then(|s| parse_shape(&s)) {
+                Some(shape) => cfg.shapes = vec![shape],
+                None => {
+                    eprintln!("--shape needs NxK, e.g. 4096x4096");
+                    std::process::exit(2);
+                }
+            },
+            "--ms" => match args.next().map(|s| {
+                s.split(',')
+                    .map(|v| v.trim().parse::<usize>())
+                    .collect::<Result<Vec<_>, _>>()
+            }) {
+                Some(Ok(ms)) if !ms.is_empty() && !ms.contains(&0) => cfg.ms = ms,
+                _ => {
+                    eprintln!("--ms needs a comma-separated list of positive batch sizes");
+                    std::process::exit(2);
+                }
+            },
             "--device" => match args.next().and_then(|s| s.parse().ok()) {
                 Some(n) => ordinal = n,
                 None => {
@@ -26,7 +44,7 @@ fn main() {
                 }
             },
             other => {
-                eprintln!("unknown argument {other}; usage: marlin-cuda-bench [--quick] [--sweep] [--device N]");
+                eprintln!("unknown argument {other}; usage: marlin-cuda-bench [--quick] [--sweep] [--shape NxK] [--ms 1,16] [--device N]");
                 std::process::exit(2);
             }
         }
@@ -38,4 +56,10 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+fn parse_shape(s: &str) -> Option<(usize, usize)> {
+    let (n, k) = s.split_once('x')?;
+    let (n, k) = (n.parse().ok()?, k.parse().ok()?);
+    (n > 0 && k > 0).then_some((n, k))
 }

@@ -19,6 +19,8 @@ const THREADS: u32 = 128;
 /// Chunks of 64 along K each split must get at least, so that the weight
 /// pipeline (8 loads deep) fills before the epilogue.
 const MIN_CHUNKS_PER_SPLIT: usize = 4;
+/// Preferred chunks of 64 along K per split (see `plan`).
+const TARGET_CHUNKS_PER_SPLIT: usize = 16;
 
 /// An INT4 weight matrix resident on the device in the kernel's layout.
 pub struct Int4Weight {
@@ -151,9 +153,8 @@ pub struct GemmPlan {
     pub splits: usize,
 }
 
-/// Choose the kernel variant and split-K factor: enough blocks for every SM
-/// to hold `blocks_per_sm` of them, each split with at least
-/// `MIN_CHUNKS_PER_SPLIT` chunks of K.
+/// Choose the kernel variant and split-K factor (each split with at least
+/// `MIN_CHUNKS_PER_SPLIT` chunks of K).
 pub fn plan(m: usize, w: &Int4Weight, sm_count: usize, splits: Option<usize>) -> GemmPlan {
     let m_tiles = match m {
         0..=16 => 1,
@@ -170,7 +171,18 @@ pub fn plan(m: usize, w: &Int4Weight, sm_count: usize, splits: Option<usize>) ->
         2 => 2,
         _ => 1,
     };
-    let want = (sm_count * blocks_per_sm).div_ceil(n_tiles * m_blocks);
+    // Measured on an H100 (docs/CUDA.md): about 16 chunks (1024 of K) per
+    // split is best; beyond ~4 waves of blocks the partial sums cost more
+    // than the shorter streams gain; below half a wave SMs idle.
+    let slots = sm_count * blocks_per_sm;
+    let base = n_tiles * m_blocks;
+    let mut want = w.k_chunks.div_ceil(TARGET_CHUNKS_PER_SPLIT);
+    if base * want > 4 * slots {
+        want = (4 * slots / base).max(1);
+    }
+    if base * want < slots / 2 {
+        want = (slots / 2).div_ceil(base);
+    }
     let splits = splits.unwrap_or(want).clamp(1, max_splits);
     GemmPlan {
         path: GemmPath::Fused,

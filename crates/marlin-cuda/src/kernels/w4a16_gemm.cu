@@ -126,42 +126,49 @@ struct WarpRing {
     u32 z[STAGES][32];                // f16x2 -zero*scale
 };
 
+// a_row[mt][r]: this lane's A row pointer advanced to k = 16t, or null when
+// the row is >= M (its ring slots were zeroed once and are never copied).
 template <int MT, int STAGES>
 __device__ __forceinline__ void issue_chunk(WarpRing<MT, STAGES>& ring, int slot, int chunk, int group, int lane,
-                                            int g, int t, const uint4* __restrict__ wp, const u32* __restrict__ sp,
+                                            int t, const uint4* __restrict__ wp, const u32* __restrict__ sp,
                                             const u32* __restrict__ zp, size_t group_stride,
-                                            const u16* __restrict__ A, int M, int K, bool k_aligned, int m_base) {
+                                            const u16* const (&a_row)[MT][2], int K, bool k_aligned) {
     // Codes of one tile are (k_chunks, 4 warps, 32 lanes): 128 x 16 B per chunk.
     cp_async16_cg(&ring.w[slot][lane], wp + (size_t)chunk * 128, 16);
     const size_t gi = (size_t)group * group_stride;
     cp_async4(&ring.s[slot][lane], sp + gi);
     if (zp) cp_async4(&ring.z[slot][lane], zp + gi);
-    const int k0 = chunk * 64 + 16 * t;
+    const int kc = chunk * 64;
+    const bool full = k_aligned && kc + 64 <= K;   // warp-uniform
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-            const int row = m_base + mt * 16 + r * 8 + g;
+            const u16* row = a_row[mt][r];
+            if (!row) continue;
             uint4* dst = &ring.a[slot][mt * 4 + r * 2][0];
-            if (row >= M) {
-                cp_async16_ca(dst + lane, A, 0);
-                cp_async16_ca(dst + 32 + lane, A, 0);
+            if (full) {
+                cp_async16_ca(dst + lane, row + kc, 16);
+                cp_async16_ca(dst + 32 + lane, row + kc + 8, 16);
             } else if (k_aligned) {
-                const u16* src = A + (size_t)row * K + k0;
+                // Last chunk: vectors past K are zero-filled (K % 8 == 0, so
+                // a vector is all in or all out).
+                const int k0 = kc + 16 * t;
 #pragma unroll
                 for (int v = 0; v < 2; v++) {
-                    const int valid = K - (k0 + 8 * v);   // K % 8 == 0: 0 or >= 8
-                    cp_async16_ca(dst + 32 * v + lane, valid > 0 ? (const void*)(src + 8 * v) : (const void*)A,
-                                  valid > 0 ? 16 : 0);
+                    const bool in = k0 + 8 * v < K;
+                    cp_async16_ca(dst + 32 * v + lane, in ? (const void*)(row + kc + 8 * v) : (const void*)row,
+                                  in ? 16 : 0);
                 }
             } else {
                 // Rows not 16-byte aligned (K % 8 != 0): synchronous loads.
+                const int k0 = kc + 16 * t;
                 u32 words[8];
 #pragma unroll
                 for (int i = 0; i < 8; i++) {
                     const int k = k0 + 2 * i;
-                    u32 lo = k < K ? A[(size_t)row * K + k] : 0u;
-                    u32 hi = k + 1 < K ? A[(size_t)row * K + k + 1] : 0u;
+                    u32 lo = k < K ? row[kc + 2 * i] : 0u;
+                    u32 hi = k + 1 < K ? row[kc + 2 * i + 1] : 0u;
                     words[i] = lo | (hi << 16);
                 }
                 dst[lane] = make_uint4(words[0], words[1], words[2], words[3]);
@@ -211,6 +218,22 @@ __device__ __forceinline__ void w4a16_body(
 #pragma unroll
             for (int i = 0; i < 4; i++) acc[mt][h][i] = 0.0f;
 
+    const u16* a_row[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int row = m_base + mt * 16 + r * 8 + g;
+            a_row[mt][r] = row < M ? A + (size_t)row * K + 16 * t : nullptr;
+            if (row >= M) {
+#pragma unroll
+                for (int st = 0; st < STAGES; st++) {
+                    ring.a[st][mt * 4 + r * 2][lane] = make_uint4(0, 0, 0, 0);
+                    ring.a[st][mt * 4 + r * 2 + 1][lane] = make_uint4(0, 0, 0, 0);
+                }
+            }
+        }
+
     // Scale group of the next chunk to issue, tracked incrementally (no
     // integer division in the loop).
     int issue_group = c_begin / group_chunks;
@@ -218,8 +241,8 @@ __device__ __forceinline__ void w4a16_body(
 #pragma unroll
     for (int st = 0; st < STAGES; st++) {
         if (st < n_my) {
-            issue_chunk<MT, STAGES>(ring, st, c_begin + st, issue_group, lane, g, t, wp, sp, zp, group_stride, A, M,
-                                    K, k_aligned, m_base);
+            issue_chunk<MT, STAGES>(ring, st, c_begin + st, issue_group, lane, t, wp, sp, zp, group_stride, a_row,
+                                    K, k_aligned);
             if (++issue_rem == group_chunks) {
                 issue_rem = 0;
                 issue_group++;
@@ -270,8 +293,8 @@ __device__ __forceinline__ void w4a16_body(
         // The slot's values are in registers and consumed by the mma above:
         // refill it with chunk it + STAGES.
         if (it + STAGES < n_my) {
-            issue_chunk<MT, STAGES>(ring, slot, c_begin + it + STAGES, issue_group, lane, g, t, wp, sp, zp,
-                                    group_stride, A, M, K, k_aligned, m_base);
+            issue_chunk<MT, STAGES>(ring, slot, c_begin + it + STAGES, issue_group, lane, t, wp, sp, zp,
+                                    group_stride, a_row, K, k_aligned);
             if (++issue_rem == group_chunks) {
                 issue_rem = 0;
                 issue_group++;
