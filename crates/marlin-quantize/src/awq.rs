@@ -63,6 +63,65 @@ impl AwqResult {
     }
 }
 
+impl AwqResult {
+    /// Folds 1/s into the weight (and bias, if any) of the norm that
+    /// produces this layer's input: `γ_c ← γ_c / s_c`. Both have length K.
+    /// Every linear fed by the same norm (q/k/v; gate/up) must share s.
+    pub fn fold_into_norm(
+        &self,
+        weight: &mut [f32],
+        bias: Option<&mut [f32]>,
+    ) -> Result<(), QuantizeError> {
+        let k = self.scales.len();
+        if weight.len() != k || bias.as_ref().is_some_and(|b| b.len() != k) {
+            return Err(QuantizeError::Shape(format!(
+                "norm parameters must have K = {k} entries"
+            )));
+        }
+        for (g, &s) in weight.iter_mut().zip(&self.scales) {
+            *g /= s;
+        }
+        if let Some(bias) = bias {
+            for (b, &s) in bias.iter_mut().zip(&self.scales) {
+                *b /= s;
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds 1/s into the output rows of the linear layer that produces
+    /// this layer's input (e.g. v_proj before o_proj, up_proj before
+    /// down_proj): `prev` is row-major (K, K_prev), row c is divided by
+    /// s_c; `prev_bias` (K) likewise.
+    pub fn fold_into_previous_linear(
+        &self,
+        prev: &mut [f32],
+        prev_cols: usize,
+        prev_bias: Option<&mut [f32]>,
+    ) -> Result<(), QuantizeError> {
+        let k = self.scales.len();
+        check_len("previous linear", prev.len(), k, prev_cols)?;
+        if prev_bias.as_ref().is_some_and(|b| b.len() != k) {
+            return Err(QuantizeError::Shape(format!(
+                "previous bias must have K = {k} entries"
+            )));
+        }
+        if prev_cols > 0 {
+            for (row, &s) in prev.chunks_exact_mut(prev_cols).zip(&self.scales) {
+                for v in row {
+                    *v /= s;
+                }
+            }
+        }
+        if let Some(bias) = prev_bias {
+            for (b, &s) in bias.iter_mut().zip(&self.scales) {
+                *b /= s;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs AWQ's scale search for a row-major (N, K) weight matrix given
 /// `rows` calibration input rows `x` (rows, K).
 ///

@@ -14,6 +14,34 @@
 //! - [`mr_gptq`]: [`mr_gptq_quantize`] = rotate W and H, then GPTQ.
 //! - [`awq`]: [`awq_quantize`], the activation-aware scale search.
 //! - [`metrics`]: [`output_error`] `||x·Wᵀ − x·Ŵᵀ||²`.
+//!
+//! ```
+//! use marlin_quant::QuantScheme;
+//! use marlin_quantize::*;
+//!
+//! let (n, k, rows) = (8, 64, 32);
+//! let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 17) as f32 - 8.0) / 50.0).collect(); // (N, K)
+//! let x: Vec<f32> = (0..rows * k).map(|i| ((i * 13 % 11) as f32 - 5.0) / 5.0).collect(); // (rows, K)
+//!
+//! // Calibration: one accumulator per distinct layer input.
+//! let mut acc = HessianAccumulator::new(k)?;
+//! acc.add_batch(&x, rows)?;
+//! let h = acc.finish()?;
+//!
+//! // GPTQ, INT4 asymmetric, groups of 32, act-order (emits g_idx).
+//! let q = gptq_quantize(&w, n, k, &h, &QuantScheme::int4_asym(32), &GptqOptions::act_order())?;
+//! assert!(q.g_idx.is_some());
+//!
+//! // MR-GPTQ, MXFP4: inference rotates the activations with the stored rotation.
+//! let mr = mr_gptq_quantize(&w, n, k, &h, &QuantScheme::mxfp4(), &MrGptqOptions::default())?;
+//! let x_rot = mr.rotation.rotate_rows(&x, rows)?; // (rows, padded_k)
+//! let w_rot = mr.tensor.dequantize()?; // (N, padded_k)
+//! let w_hat = mr.dequantize_unrotated()?; // (N, K), same outputs
+//! let y0: f32 = (0..mr.rotation.padded_k).map(|c| x_rot[c] * w_rot[c]).sum();
+//! let y1: f32 = (0..k).map(|c| x[c] * w_hat[c]).sum();
+//! assert!((y0 - y1).abs() < 1e-3);
+//! # Ok::<(), QuantizeError>(())
+//! ```
 
 pub mod awq;
 pub mod error;

@@ -250,3 +250,49 @@ fn awq_beats_rtn() {
         );
     }
 }
+
+#[test]
+fn awq_scales_fold_into_norm_and_previous_linear() {
+    // The folded network computes the same as the original one with the
+    // effective AWQ weights Q(W·diag(s))·diag(1/s).
+    let layer = Layer::new(16, 64, 128, 8, Structure::OUTLIERS, 5);
+    let scheme = QuantScheme::int4_asym(32);
+    let awq = awq_quantize(
+        &layer.w,
+        16,
+        64,
+        &layer.x_calib,
+        128,
+        &scheme,
+        &AwqOptions::default(),
+    )
+    .unwrap();
+    let q = awq.tensor.dequantize().unwrap(); // Q(W·diag(s))
+    let effective = awq.dequantize_unscaled().unwrap();
+    let x = &layer.x_test[..64];
+    // Norm: x = n ⊙ γ with γ = 1.
+    let mut gamma = vec![1.0f32; 64];
+    awq.fold_into_norm(&mut gamma, None).unwrap();
+    // Previous linear: x = P·u with P = I (64, 64), u = x.
+    let mut prev = vec![0.0f32; 64 * 64];
+    for c in 0..64 {
+        prev[c * 64 + c] = 1.0;
+    }
+    awq.fold_into_previous_linear(&mut prev, 64, None).unwrap();
+    for o in 0..16 {
+        let want: f32 = (0..64).map(|c| x[c] * effective[o * 64 + c]).sum();
+        let via_norm: f32 = (0..64).map(|c| x[c] * gamma[c] * q[o * 64 + c]).sum();
+        let via_prev: f32 = (0..64)
+            .map(|c| x[c] * prev[c * 64 + c] * q[o * 64 + c])
+            .sum();
+        assert!(
+            (want - via_norm).abs() < 1e-3 * (1.0 + want.abs()),
+            "{want} vs {via_norm}"
+        );
+        assert!(
+            (want - via_prev).abs() < 1e-3 * (1.0 + want.abs()),
+            "{want} vs {via_prev}"
+        );
+    }
+    assert!(awq.fold_into_norm(&mut [1.0; 3], None).is_err());
+}
