@@ -20,7 +20,14 @@ impl FileBytes {
             source,
         };
         let file = File::open(path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
+        let meta = file.metadata().map_err(io_err)?;
+        if !meta.is_file() {
+            return Err(io_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
+        let len = meta.len();
         // An empty file cannot be mapped on every platform; the parsers
         // reject it as too short anyway.
         if len == 0 {

@@ -223,6 +223,8 @@ fn open_names_the_file_and_missing_file_is_an_io_error() {
         GgufFile::open(dir.join("missing.gguf")),
         Err(IoError::Io { .. })
     ));
+    let msg = GgufFile::open(&dir).unwrap_err().to_string();
+    assert!(msg.contains("not a regular file"), "{msg}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
