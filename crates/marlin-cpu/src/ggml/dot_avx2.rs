@@ -63,15 +63,36 @@ fn f32dot(w: &[f32], x: &[f32]) -> f32 {
     unsafe { dot_f32(w, x) }
 }
 
-/// The two f16 in `b` as f32 (lanes 0 and 1). Loading 4 bytes with a
-/// zero-extending move, rather than 2 bytes into a register's low lane,
-/// avoids a false dependency on that register's previous value (LLVM
-/// otherwise merges into the loop's accumulator, serialising iterations).
+/// The two f16 in `b` as f32 (lanes 0 and 1), loaded with a zero-extending
+/// 4-byte move (see `f16_to_f32` for why not a 2-byte one).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn f16_pair(b: [u8; 4]) -> (f32, f32) {
     let v = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes(b)));
     (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+}
+
+/// One f16 as f32 with integer operations (exact, as F16C converts;
+/// NaN payloads aside). Used where only one f16 is needed: LLVM narrows a
+/// one-lane F16C conversion to a `pinsrw` that merges into whatever
+/// register it likes, which was the loop's accumulator, serialising the
+/// loop on it.
+#[inline]
+fn f16_to_f32(b: [u8; 2]) -> f32 {
+    let h = u16::from_le_bytes(b) as u32;
+    let sign = (h & 0x8000) << 16;
+    let em = h & 0x7fff;
+    let magnitude = if em < 0x0400 {
+        // Zero or subnormal: em * 2^-24, exact in f32.
+        em as f32 * f32::from_bits(0x3380_0000)
+    } else if em < 0x7c00 {
+        // Normal: rebias the exponent from 15 to 127.
+        f32::from_bits((em << 13) + ((127 - 15) << 23))
+    } else {
+        // Infinity or NaN.
+        f32::from_bits(0x7f80_0000 | ((em & 0x03ff) << 13))
+    };
+    f32::from_bits(sign | magnitude.to_bits())
 }
 
 #[inline]
@@ -128,7 +149,8 @@ fn mul_sum_us8(w: __m256i, a: __m256i) -> __m256i {
 /// One 32-element format, for R activation rows at once (the weight block
 /// is decoded once per R rows): `$decode` gives (codes, d, c) of block
 /// `$b`, and the block adds d * d_a * Σ q a + c * s_a to each row's sum.
-/// Signed codes go through `maddubs` as |q| times sign(q) * a (|a| <= 127).
+/// Signed codes (symmetric formats, c = 0) go through `maddubs` as |q| times
+/// sign(q) * a (|a| <= 127).
 macro_rules! dot32 {
     ($name:ident, $blk:ty, $signed:expr, |$b:ident| $decode:expr) => {
         #[target_feature(enable = "avx2,fma,f16c")]
@@ -146,7 +168,12 @@ macro_rules! dot32 {
                     let av = if $signed { _mm256_sign_epi8(av, q) } else { av };
                     let p = _mm256_cvtepi32_ps(mul_sum_us8(qu, av));
                     acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * ba.d), p, acc[r]);
-                    acc_s[r] += c * ba.s;
+                    if $signed {
+                        // Symmetric signed codes: no activation-sum term.
+                        let _ = c;
+                    } else {
+                        acc_s[r] += c * ba.s;
+                    }
                 }
             }
             let mut out = [0f32; R];
@@ -159,7 +186,7 @@ macro_rules! dot32 {
 }
 
 dot32!(dot_q4_0, BlockQ4_0, false, |b| {
-    let d = f16_pair([b.d[0], b.d[1], b.qs[0], b.qs[1]]).0;
+    let d = f16_to_f32(b.d);
     (nibbles(&b.qs), d, -8.0 * d)
 });
 dot32!(dot_q4_1, BlockQ4_1, false, |b| {
@@ -168,7 +195,7 @@ dot32!(dot_q4_1, BlockQ4_1, false, |b| {
 });
 dot32!(dot_q5_0, BlockQ5_0, false, |b| {
     let hi = _mm256_and_si256(bytes_from_bits(b.qh_bits()), _mm256_set1_epi8(0x10));
-    let d = f16_pair([b.d[0], b.d[1], b.qh[0], b.qh[1]]).0;
+    let d = f16_to_f32(b.d);
     (_mm256_or_si256(nibbles(&b.qs), hi), d, -16.0 * d)
 });
 dot32!(dot_q5_1, BlockQ5_1, false, |b| {
@@ -177,7 +204,7 @@ dot32!(dot_q5_1, BlockQ5_1, false, |b| {
     (_mm256_or_si256(nibbles(&b.qs), hi), d, m)
 });
 dot32!(dot_q8_0, BlockQ8_0, true, |b| {
-    let d = f16_pair([b.d[0], b.d[1], b.qs[0] as u8, b.qs[1] as u8]).0;
+    let d = f16_to_f32(b.d);
     (load32_at(&b.qs, 0), d, 0.0)
 });
 dot32!(dot_mxfp4, BlockMxfp4, true, |b| {
@@ -306,7 +333,7 @@ fn dot_q6k<const R: usize>(w: &[BlockQ6K], a: [&[ActQ8K]; R]) -> [f32; R] {
                 }
             }
         }
-        let d = f16_pair([bw.d[0], bw.d[1], 0, 0]).0;
+        let d = f16_to_f32(bw.d);
         for r in 0..R {
             let ds = _mm256_set1_ps(d * a[r][i].d);
             acc[r] = _mm256_fmadd_ps(ds, _mm256_cvtepi32_ps(sumi[r]), acc[r]);
@@ -344,4 +371,22 @@ fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
         .sum();
     let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     hsum(s) + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::f16_to_f32;
+    use half::f16;
+
+    #[test]
+    fn integer_f16_conversion_is_exact() {
+        for h in 0..=u16::MAX {
+            let want = f16::from_bits(h).to_f32();
+            let got = f16_to_f32(h.to_le_bytes());
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{h:#06x}: {got:e} vs {want:e}"
+            );
+        }
+    }
 }
