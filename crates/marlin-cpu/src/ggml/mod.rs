@@ -213,6 +213,43 @@ impl PreparedGgml {
         }
     }
 
+    /// Row `r` of W (K values) dequantized into `out`, bit-identical to
+    /// ggml's reference: lets a tied embedding share this one copy for
+    /// token lookups.
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) -> Result<(), CpuError> {
+        let k = self.cols;
+        if r >= self.rows || out.len() != k {
+            return Err(CpuError::Shape(format!(
+                "row_f32: row {r} of {} into {} values (want {k})",
+                self.rows,
+                out.len()
+            )));
+        }
+        fn row_bytes<B: bytemuck::Pod>(w: &[B], r: usize, per_row: usize) -> &[u8] {
+            bytemuck::cast_slice(&w[r * per_row..(r + 1) * per_row])
+        }
+        let (b32, bk) = (k / 32, k / 256);
+        let bytes = match &self.weights {
+            Weights::F32(w) => {
+                out.copy_from_slice(&w[r * k..(r + 1) * k]);
+                return Ok(());
+            }
+            Weights::Q4_0(w) => row_bytes(w, r, b32),
+            Weights::Q4_1(w) => row_bytes(w, r, b32),
+            Weights::Q5_0(w) => row_bytes(w, r, b32),
+            Weights::Q5_1(w) => row_bytes(w, r, b32),
+            Weights::Q8_0(w) => row_bytes(w, r, b32),
+            Weights::Mxfp4(w) => row_bytes(w, r, b32),
+            Weights::Q4K(w) => row_bytes(w, r, bk),
+            Weights::Q6K(w) => row_bytes(w, r, bk),
+            Weights::Generic(w) => {
+                let rb = self.ty.row_bytes(k)?;
+                &w[r * rb..(r + 1) * rb]
+            }
+        };
+        Ok(dequantize_row(self.ty, bytes, out)?)
+    }
+
     /// `y (m, N) = x (m, K) · Wᵀ`.
     pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), CpuError> {
         let (n, k) = (self.rows, self.cols);

@@ -298,3 +298,25 @@ fn real_model_rows() {
     }
     assert!(seen >= 5, "found {seen} real-model fixtures in {dir}");
 }
+
+#[test]
+fn row_f32_matches_reference_dequantization() {
+    let mut rng = StdRng::seed_from_u64(12);
+    for ty in FAST_32.into_iter().chain(FAST_K).chain(GENERIC) {
+        let k = ty.block_size().max(32) * 2;
+        let t = random_tensor(&mut rng, ty, 3, k);
+        let want = t.dequantize().unwrap();
+        let p = PreparedGgml::new(t).unwrap();
+        let mut row = vec![0f32; k];
+        for r in 0..3 {
+            p.row_f32(r, &mut row).unwrap();
+            let same = row
+                .iter()
+                .zip(&want[r * k..])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{} row {r}", ty.name());
+        }
+        assert!(p.row_f32(3, &mut row).is_err());
+        assert!(p.row_f32(0, &mut row[1..]).is_err());
+    }
+}
