@@ -10,7 +10,7 @@
 //! `zero = round(-lo / scale)`.
 
 use marlin_quant::formats::{e8m0_from_exponent, e8m0_to_f32, f32_to_e8m0_floor};
-use marlin_quant::{QuantScheme, ScaleDType, ZeroPoint};
+use marlin_quant::{ElementType, QuantScheme, ScaleDType, ZeroPoint};
 
 /// How a group's scale is chosen.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -131,6 +131,15 @@ impl Grid {
     pub fn quantize(&self, x: f32, p: GroupParams) -> (u8, f32) {
         let eff = self.global * p.scale;
         let q = if eff > 0.0 { x / eff + p.zero } else { p.zero };
+        if self.scheme.element == ElementType::Fp4E2M1 {
+            // Hot in the FP4 scale search: a branch-light encoder that is
+            // tested equal to marlin-quant's.
+            let raw = encode_e2m1(q);
+            return (
+                raw,
+                eff * (E2M1_VALUES[usize::from(raw & 0x7)] * sign_of(raw) - p.zero),
+            );
+        }
         let raw = self.scheme.element.encode(q);
         let value = eff * (self.scheme.element.decode(raw) - p.zero);
         (raw, value)
@@ -217,11 +226,15 @@ impl Grid {
             return best;
         }
         let mut best_err = self.error(values, weights, best);
+        // Ratios ascend, so ratios that round to the same scale (E8M0 has
+        // one per octave) are adjacent: evaluate each distinct one once.
+        let mut previous = best;
         for ratio in search.ratios().into_iter().skip(1) {
             let candidate = self.params(min, max, ratio);
-            if candidate == best {
+            if candidate == best || candidate == previous {
                 continue;
             }
+            previous = candidate;
             let err = self.error(values, weights, candidate);
             if err < best_err {
                 best_err = err;
@@ -229,6 +242,47 @@ impl Grid {
             }
         }
         best
+    }
+}
+
+/// Magnitudes of the E2M1 codes 0..=7.
+const E2M1_VALUES: [f32; 8] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
+
+/// Midpoints between consecutive E2M1 magnitudes, and whether a value
+/// exactly on the midpoint rounds up (ties go to the even code).
+const E2M1_MIDPOINTS: [(f32, bool); 7] = [
+    (0.25, false),
+    (0.75, true),
+    (1.25, false),
+    (1.75, true),
+    (2.5, false),
+    (3.5, true),
+    (5.0, false),
+];
+
+/// E2M1 encoding with round-to-nearest-even and saturation at ±6; NaN
+/// encodes to +0 (as `marlin_quant::formats::f32_to_e2m1`).
+#[inline]
+fn encode_e2m1(x: f32) -> u8 {
+    if x.is_nan() {
+        return 0;
+    }
+    let a = x.abs();
+    let mut code = 0u8;
+    for &(mid, tie_up) in &E2M1_MIDPOINTS {
+        if a > mid || (tie_up && a == mid) {
+            code += 1;
+        }
+    }
+    code | if x.is_sign_negative() { 0x8 } else { 0 }
+}
+
+#[inline]
+fn sign_of(raw: u8) -> f32 {
+    if raw & 0x8 != 0 {
+        -1.0
+    } else {
+        1.0
     }
 }
 
@@ -306,6 +360,37 @@ mod tests {
             let base = grid.params(min_max(&values).0, min_max(&values).1, 1.0);
             let found = grid.search(&values, None, &ScaleSearch::fp4());
             assert!(grid.error(&values, None, found) <= grid.error(&values, None, base));
+        }
+    }
+
+    #[test]
+    fn fast_e2m1_matches_marlin_quant() {
+        let mut values = vec![
+            0.0f32,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            6.0,
+            7.0,
+            1e30,
+        ];
+        for &(mid, _) in &E2M1_MIDPOINTS {
+            // Neighbouring f32 values on both sides of each midpoint.
+            let (up, down) = (
+                f32::from_bits(mid.to_bits() + 1),
+                f32::from_bits(mid.to_bits() - 1),
+            );
+            values.extend([mid, -mid, up, down, -up, -down]);
+        }
+        values.extend((0..20_000).map(|i| (i as f32 - 10_000.0) / 1400.0));
+        for x in values {
+            let fast = encode_e2m1(x);
+            assert_eq!(fast, ElementType::Fp4E2M1.encode(x), "x = {x}");
+            if x.is_finite() {
+                let v = E2M1_VALUES[usize::from(fast & 7)] * sign_of(fast);
+                assert_eq!(v, ElementType::Fp4E2M1.decode(fast), "x = {x}");
+            }
         }
     }
 
