@@ -64,7 +64,8 @@ fn process_cpu_seconds() -> f64 {
 /// Single-threaded CPU time per call of the M = 128 products (INT4 g128,
 /// MXFP4, dense f32): a contention-proof view of kernel efficiency for
 /// tuning, since wall time on a shared machine is noisy.
-/// `MATMUL_NUM_THREADS=1 cargo test --release -p marlin-cpu --test quant_gemm_bench -- --ignored --nocapture cpu_time`
+/// `MATMUL_NUM_THREADS=1 cargo test --release -p marlin-cpu --test quant_gemm_bench -- --ignored --nocapture --test-threads=1 cpu_time`
+/// (one test at a time: the CPU time is the whole process's).
 #[test]
 #[ignore = "tuning aid: run with --release -- --ignored --nocapture"]
 fn cpu_time_m128() {
