@@ -1,14 +1,27 @@
 //! Real GGUF models against Hugging Face transformers loading the same files
-//! (fixtures made by scripts/fixtures/make_model_fixtures.py): top-1
-//! agreement at every prompt position, max |Δlogit| over the reference
-//! top-10, and the greedy continuation (checked step by step, first tokens
-//! decoded one at a time, the rest as one batch).
+//! (fixtures made by scripts/fixtures/make_model_fixtures.py).
+//!
+//! For each prompt: the top-1 token at every prompt position, max |Δlogit|
+//! over the reference top-10, and the greedy continuation, checked step by
+//! step with the reference continuation as context (the first steps decoded
+//! one token at a time through the KV cache, the rest as one batch).
+//!
+//! The reference runs in f32 on dequantized weights; marlin's block kernels
+//! quantize activations to 8 bits, as llama.cpp does, which moves logits by
+//! a few tenths. A position where the reference's own top-1/top-2 gap is
+//! below [`NEAR_TIE`] may flip; such flips are reported and tolerated, every
+//! other disagreement fails. Strict agreement is printed as well.
 
 mod common;
 
 use common::{argmax, fixtures_dir, model_or_skip};
 use marlin_models::{load_model, LoadOptions};
 use serde::Deserialize;
+
+/// Logit gap under which the reference's choice counts as a tie.
+const NEAR_TIE: f32 = 0.25;
+/// Greedy tokens fed one at a time before the rest go in one batch.
+const DECODE_STEPS: usize = 4;
 
 #[derive(Deserialize)]
 struct Fixture {
@@ -21,13 +34,55 @@ struct Fixture {
 struct Case {
     text: String,
     ids: Vec<u32>,
+    /// (m, 10) reference top-10 ids and logits at each prompt position.
     top_ids: Vec<Vec<usize>>,
     top_logits: Vec<Vec<f32>>,
     greedy: Vec<u32>,
+    /// (16, 10) the same at each greedy step.
+    greedy_top_ids: Vec<Vec<usize>>,
+    greedy_top_logits: Vec<Vec<f32>>,
 }
 
-/// Greedy tokens fed one at a time before the rest go in one batch.
-const DECODE_STEPS: usize = 4;
+#[derive(Default)]
+struct Tally {
+    total: usize,
+    strict: usize,
+    tolerant: usize,
+    max_delta: f32,
+}
+
+impl Tally {
+    /// Scores one position: `row` (vocab) against the reference top-10.
+    fn score(&mut self, row: &[f32], ids: &[usize], logits: &[f32], what: &str) {
+        self.total += 1;
+        for (id, want) in ids.iter().zip(logits) {
+            self.max_delta = self.max_delta.max((row[*id] - want).abs());
+        }
+        let got = argmax(row);
+        if got == ids[0] {
+            self.strict += 1;
+            self.tolerant += 1;
+            return;
+        }
+        let gap = ids
+            .iter()
+            .position(|&i| i == got)
+            .map(|k| logits[0] - logits[k]);
+        match gap {
+            Some(g) if g <= NEAR_TIE => {
+                self.tolerant += 1;
+                eprintln!(
+                    "  {what}: near-tie flip to {got} (reference prefers {} by {g:.3})",
+                    ids[0]
+                );
+            }
+            _ => eprintln!(
+                "  {what}: MISMATCH {got} vs reference {} (gap {gap:?})",
+                ids[0]
+            ),
+        }
+    }
+}
 
 fn check(fixture_name: &str) {
     let path = fixtures_dir().join(fixture_name);
@@ -38,48 +93,62 @@ fn check(fixture_name: &str) {
     };
     let model = load_model(&model_path, &LoadOptions::default()).expect("model loads");
     let vocab = model.config().vocab_size;
-    let (mut agree, mut total, mut max_delta) = (0usize, 0usize, 0f32);
-    let mut greedy_ok = true;
-    for case in &fx.cases {
-        let mut cache = model.new_cache(case.ids.len() + case.greedy.len()).unwrap();
+    let (mut prompt, mut greedy) = (Tally::default(), Tally::default());
+    for (ci, case) in fx.cases.iter().enumerate() {
+        eprintln!("case {ci}: {:?}", case.text);
+        let n = case.greedy.len();
+        let mut cache = model.new_cache(case.ids.len() + n).unwrap();
         let logits = model.forward_all(&case.ids, &mut cache).unwrap(); // (m, vocab)
         for (pos, row) in logits.chunks_exact(vocab).enumerate() {
-            total += 1;
-            if argmax(row) == case.top_ids[pos][0] {
-                agree += 1;
-            }
-            for (id, want) in case.top_ids[pos].iter().zip(&case.top_logits[pos]) {
-                max_delta = max_delta.max((row[*id] - want).abs());
-            }
+            prompt.score(
+                row,
+                &case.top_ids[pos],
+                &case.top_logits[pos],
+                &format!("position {pos}"),
+            );
         }
-        // Greedy: the model's argmax after the prompt and after each
-        // reference token must be the next reference token.
-        let mut predicted = vec![argmax(&logits[logits.len() - vocab..]) as u32];
-        let n = case.greedy.len();
+        // Greedy step i: the distribution after prompt + greedy[..i].
+        let mut steps = vec![logits[logits.len() - vocab..].to_vec()];
         for &tok in &case.greedy[..DECODE_STEPS.min(n - 1)] {
-            predicted.push(argmax(&model.forward(&[tok], &mut cache).unwrap()) as u32);
+            steps.push(model.forward(&[tok], &mut cache).unwrap());
         }
-        if predicted.len() < n {
-            let rest = &case.greedy[predicted.len() - 1..n - 1];
+        if steps.len() < n {
+            let rest = &case.greedy[steps.len() - 1..n - 1];
             let all = model.forward_all(rest, &mut cache).unwrap();
-            predicted.extend(all.chunks_exact(vocab).map(|r| argmax(r) as u32));
+            steps.extend(all.chunks_exact(vocab).map(<[f32]>::to_vec));
         }
-        if predicted != case.greedy {
-            greedy_ok = false;
-            eprintln!(
-                "greedy mismatch on {:?}:\n  got  {predicted:?}\n  want {:?}",
-                case.text, case.greedy
+        for (i, row) in steps.iter().enumerate() {
+            greedy.score(
+                row,
+                &case.greedy_top_ids[i],
+                &case.greedy_top_logits[i],
+                &format!("greedy step {i}"),
             );
         }
     }
-    let rate = agree as f64 / total as f64;
     eprintln!(
-        "{fixture_name}: top-1 agreement {agree}/{total} ({:.1}%), max |Δlogit| over reference top-10 {max_delta:.4} (reference: {})",
-        100.0 * rate,
+        "{fixture_name}: prompt positions top-1 {}/{} strict, {}/{} within near-ties; greedy steps {}/{} strict, \
+         {}/{} within near-ties; max |Δlogit| over reference top-10 {:.4} (prompts) {:.4} (greedy); reference: {}",
+        prompt.strict,
+        prompt.total,
+        prompt.tolerant,
+        prompt.total,
+        greedy.strict,
+        greedy.total,
+        greedy.tolerant,
+        greedy.total,
+        prompt.max_delta,
+        greedy.max_delta,
         fx.reference
     );
-    assert!(rate >= 0.99, "top-1 agreement {rate}");
-    assert!(greedy_ok, "greedy continuations differ");
+    assert!(
+        prompt.tolerant as f64 >= 0.99 * prompt.total as f64,
+        "top-1 agreement below 99%"
+    );
+    assert_eq!(
+        greedy.tolerant, greedy.total,
+        "greedy steps disagree beyond near-ties"
+    );
 }
 
 #[test]

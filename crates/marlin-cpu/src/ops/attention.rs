@@ -2,6 +2,7 @@
 //! cache, with grouped-query heads, causal masking and an optional sliding
 //! window.
 
+use super::gemm::{gemm, Gemm};
 use super::simd::kernels;
 use super::softmax::softmax_inplace;
 use crate::CpuError;
@@ -100,10 +101,14 @@ pub fn attention(
     pos0: usize,
     out: &mut [f32],
 ) -> Result<(), CpuError> {
-    p.check(q.len(), kv, pos0, out.len())?;
+    let m = p.check(q.len(), kv, pos0, out.len())?;
+    if m > 1 {
+        return attention_blocked(p, q, kv, pos0, m, out);
+    }
     let hd = p.head_dim;
     let group = p.n_heads / p.n_kv_heads;
     let k = kernels();
+    // One query token: each head is a row of dot products over the keys.
     out.par_chunks_mut(hd)
         .zip(q.par_chunks(hd))
         .enumerate()
@@ -121,6 +126,100 @@ pub fn attention(
                 (k.axpy)(*s, vr, o);
             }
         });
+    Ok(())
+}
+
+/// Query tokens per task of the blocked path.
+const QUERY_BLOCK: usize = 32;
+
+/// Many query tokens (prefill): per (kv head, block of query tokens), the
+/// scores of every query head of the group are one small GEMM against the
+/// transposed keys, and the output another against the values. Rows see
+/// their own causal/window range; keys past it get probability 0.
+fn attention_blocked(
+    p: &AttentionParams,
+    q: &[f32],
+    kv: &KvView,
+    pos0: usize,
+    m: usize,
+    out: &mut [f32],
+) -> Result<(), CpuError> {
+    let (hd, nh, cap) = (p.head_dim, p.n_heads, kv.capacity);
+    let group = nh / p.n_kv_heads;
+    let n_blocks = m.div_ceil(QUERY_BLOCK);
+    let tasks: Vec<(usize, usize)> = (0..p.n_kv_heads)
+        .flat_map(|g| (0..n_blocks).map(move |b| (g, b)))
+        .collect();
+    let k = kernels();
+    let gemm_err = || CpuError::Shape("attention: tile does not fit".into());
+    let blocks = tasks
+        .par_iter()
+        .map(|&(g, b)| -> Result<Vec<f32>, CpuError> {
+            let (t0, t1) = (b * QUERY_BLOCK, (b * QUERY_BLOCK + QUERY_BLOCK).min(m));
+            let rows = t1 - t0;
+            let key0 = p.key_range(pos0 + t0).start;
+            let nk = pos0 + t1 - key0;
+            let base = g * cap * hd;
+            let mut kt = vec![0.0f32; hd * nk]; // (head_dim, nk): keys transposed
+            for (j, kr) in kv.k[base + key0 * hd..base + (key0 + nk) * hd]
+                .chunks_exact(hd)
+                .enumerate()
+            {
+                for (d, v) in kr.iter().enumerate() {
+                    kt[d * nk + j] = *v;
+                }
+            }
+            let v_rows = &kv.v[base + key0 * hd..base + (key0 + nk) * hd]; // (nk, head_dim)
+            let mut scores = vec![0.0f32; rows * nk]; // (rows, nk)
+            let mut o = vec![0.0f32; group * rows * hd]; // (group, rows, head_dim)
+            for hh in 0..group {
+                let h = g * group + hh;
+                let qg = Gemm {
+                    a: &q[(t0 * nh + h) * hd..],
+                    lda: nh * hd,
+                    b: &kt,
+                    ldb: nk,
+                    r: rows,
+                    k: hd,
+                    n: nk,
+                };
+                if !gemm(&qg, &mut scores, nk) {
+                    return Err(gemm_err());
+                }
+                for (i, row) in scores.chunks_exact_mut(nk).enumerate() {
+                    let vis = p.key_range(pos0 + t0 + i);
+                    let (lo, hi) = (vis.start - key0, vis.end - key0);
+                    row[..lo].fill(0.0);
+                    row[hi..].fill(0.0);
+                    (k.scale)(&mut row[lo..hi], p.scale);
+                    softmax_inplace(&mut row[lo..hi]);
+                }
+                let pv = Gemm {
+                    a: &scores,
+                    lda: nk,
+                    b: v_rows,
+                    ldb: hd,
+                    r: rows,
+                    k: nk,
+                    n: hd,
+                };
+                if !gemm(&pv, &mut o[hh * rows * hd..], hd) {
+                    return Err(gemm_err());
+                }
+            }
+            Ok(o)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for (&(g, b), o) in tasks.iter().zip(&blocks) {
+        let t0 = b * QUERY_BLOCK;
+        let rows = o.len() / (group * hd);
+        for hh in 0..group {
+            for i in 0..rows {
+                let dst = ((t0 + i) * nh + g * group + hh) * hd;
+                out[dst..dst + hd].copy_from_slice(&o[(hh * rows + i) * hd..][..hd]);
+            }
+        }
+    }
     Ok(())
 }
 
@@ -184,6 +283,9 @@ mod tests {
             (4, 1, 24, 17, 20, Some(6)),
             (2, 2, 8, 1, 40, Some(512)),
             (6, 3, 5, 1, 33, Some(1)),
+            (9, 3, 64, 70, 0, None),
+            (4, 1, 32, 45, 3, Some(16)),
+            (2, 1, 8, 33, 0, Some(1)),
         ];
         for (nh, nkv, hd, m, pos0, window) in cases {
             let cap = pos0 + m + 3;

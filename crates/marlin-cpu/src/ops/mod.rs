@@ -10,6 +10,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod gemm;
 pub mod norm;
 pub mod rope;
 pub mod simd;
