@@ -4,9 +4,10 @@
 //! Needs the model files in `$MARLIN_MODELS` or `<repo>/models`; skips with a message otherwise.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use marlin_io::gguf::GgufFile;
-use marlin_io::tokenizer::{ChatMessage, Tokenizer};
+use marlin_io::tokenizer::{ChatMessage, ChatTemplate, Tokenizer, TokenizerError};
 use serde_json::Value;
 
 fn models_dir() -> PathBuf {
@@ -32,7 +33,13 @@ fn load(fixture: &Value) -> Option<Tokenizer> {
         return None;
     }
     let gguf = GgufFile::open(&path).expect("GGUF opens");
-    Some(Tokenizer::from_gguf(&gguf).expect("tokenizer builds"))
+    let start = Instant::now();
+    let tokenizer = Tokenizer::from_gguf(&gguf).expect("tokenizer builds");
+    eprintln!(
+        "{file}: tokenizer built in {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+    Some(tokenizer)
 }
 
 fn ids(value: &Value) -> Vec<u32> {
@@ -96,6 +103,75 @@ fn check_cases(tokenizer: &Tokenizer, fixture: &Value) {
     }
 }
 
+/// Encoding speed on the fixture texts, printed (not asserted: machines differ).
+fn report_speed(tokenizer: &Tokenizer, fixture: &Value) {
+    let text: String = fixture["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|case| case["text"].as_str().expect("text"))
+        .collect::<Vec<_>>()
+        .concat()
+        .repeat(40);
+    let start = Instant::now();
+    let n = tokenizer.encode(&text, false).expect("encode").len();
+    let seconds = start.elapsed().as_secs_f64();
+    eprintln!(
+        "encode: {} bytes -> {n} tokens in {:.1} ms ({:.0} tokens/s)",
+        text.len(),
+        seconds * 1e3,
+        n as f64 / seconds
+    );
+}
+
+fn messages_of(chat: &Value) -> Vec<ChatMessage> {
+    chat["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| {
+            ChatMessage::new(
+                m["role"].as_str().expect("role"),
+                m["content"].as_str().expect("content"),
+            )
+        })
+        .collect()
+}
+
+/// Templates the GGUF does not ship, rendered by transformers: same text, BOS written by the
+/// template and not added a second time, `raise_exception` messages passed through.
+fn check_extra_templates(tokenizer: &Tokenizer, fixture: &Value) {
+    let Some(templates) = fixture["extra_templates"].as_array() else {
+        return;
+    };
+    let token_text = |id: Option<u32>| id.and_then(|id| tokenizer.token_str(id)).unwrap_or("");
+    for entry in templates {
+        let source = entry["source"].as_str().expect("source");
+        let eos = token_text(tokenizer.eos_ids().first().copied());
+        let template = ChatTemplate::new(source, token_text(tokenizer.bos_id()), eos)
+            .expect("template parses");
+        for chat in entry["chats"].as_array().expect("chats") {
+            let add_generation_prompt = chat["add_generation_prompt"].as_bool().expect("flag");
+            let rendered = template
+                .render(&messages_of(chat), add_generation_prompt)
+                .expect("renders");
+            assert_eq!(rendered, chat["rendered"].as_str().expect("rendered"));
+            let prompt = tokenizer.encode_chat_prompt(&rendered).expect("encode");
+            let bos = tokenizer.bos_id().expect("bos");
+            assert_eq!(prompt.first(), Some(&bos));
+            assert_eq!(prompt.iter().filter(|&&id| id == bos).count(), 1, "one BOS");
+        }
+        for bad in entry["errors"].as_array().expect("errors") {
+            let err = template
+                .render(&messages_of(bad), false)
+                .expect_err("template rejects the conversation");
+            assert!(matches!(err, TokenizerError::TemplateRender(_)), "{err}");
+            let message = bad["error"].as_str().expect("error");
+            assert!(err.to_string().contains(message), "{err} lacks {message:?}");
+        }
+    }
+}
+
 fn check_chats(tokenizer: &Tokenizer, fixture: &Value) {
     let chats = fixture["chats"].as_array().expect("chats");
     if chats.is_empty() {
@@ -104,17 +180,7 @@ fn check_chats(tokenizer: &Tokenizer, fixture: &Value) {
     }
     let template = tokenizer.chat_template().expect("template parses");
     for chat in chats {
-        let messages: Vec<ChatMessage> = chat["messages"]
-            .as_array()
-            .expect("messages")
-            .iter()
-            .map(|m| {
-                ChatMessage::new(
-                    m["role"].as_str().expect("role"),
-                    m["content"].as_str().expect("content"),
-                )
-            })
-            .collect();
+        let messages = messages_of(chat);
         let add_generation_prompt = chat["add_generation_prompt"].as_bool().expect("flag");
         let rendered = template
             .render(&messages, add_generation_prompt)
@@ -157,6 +223,7 @@ fn smollm2_matches_transformers() {
     assert_eq!(tokenizer.token_str(im_end), Some("<|im_end|>"));
     check_cases(&tokenizer, &fixture);
     check_chats(&tokenizer, &fixture);
+    report_speed(&tokenizer, &fixture);
 }
 
 #[test]
@@ -175,6 +242,8 @@ fn gemma3_matches_transformers() {
     assert!(tokenizer.eos_ids().contains(&end_of_turn));
     check_cases(&tokenizer, &fixture);
     check_chats(&tokenizer, &fixture);
+    check_extra_templates(&tokenizer, &fixture);
+    report_speed(&tokenizer, &fixture);
 }
 
 /// The pipeline written as tokenizer.json and read back through `from_hf_dir` gives the same

@@ -11,8 +11,6 @@
 //! Control tokens (type 3) become special added tokens and user-defined ones (type 4) plain added
 //! tokens, so both are matched whole in text.
 
-use std::collections::HashMap;
-
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
@@ -62,8 +60,8 @@ fn pre_tokenizer_split(pre: &str) -> Option<&'static str> {
 
 /// Token string -> id, later occurrences of a duplicated string winning (as a Python dict built
 /// from the token list does).
-fn vocab_map(tokens: &[String]) -> Result<HashMap<String, u32>> {
-    let mut vocab = HashMap::with_capacity(tokens.len());
+fn vocab_map(tokens: &[String]) -> Result<Vocab> {
+    let mut vocab = Vocab::with_capacity(tokens.len());
     for (id, token) in tokens.iter().enumerate() {
         let id = u32::try_from(id).map_err(|_| TokenizerError::VocabTooLarge(tokens.len()))?;
         vocab.insert(token.clone(), id);
@@ -155,7 +153,7 @@ fn byte_level_bpe(spec: &TokenizerSpec) -> Result<HfTokenizer> {
     let vocab = vocab_map(&respelled)?;
     let merges = parse_merges(spec.merges.as_deref().unwrap_or_default(), &vocab)?;
     let model = BPE::builder()
-        .vocab_and_merges(vocab.into_iter().collect::<Vocab>(), merges)
+        .vocab_and_merges(vocab, merges)
         .continuing_subword_prefix(String::new())
         .end_of_word_suffix(String::new())
         .fuse_unk(false)
@@ -193,7 +191,7 @@ fn sentencepiece_model(
         None => merges_from_vocab(tokens, &vocab, rank),
     };
     let mut builder = BPE::builder()
-        .vocab_and_merges(vocab.into_iter().collect::<Vocab>(), merges)
+        .vocab_and_merges(vocab, merges)
         .fuse_unk(true)
         .byte_fallback(true);
     if let Some(unk) = spec.unk_id.and_then(|id| tokens.get(id as usize)) {

@@ -3,7 +3,9 @@
 //! resulting tokenizer gives the reference's ids).
 
 use std::cmp::Ordering;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+use tokenizers::models::bpe::Vocab;
 
 use super::error::{Result, TokenizerError};
 
@@ -28,10 +30,7 @@ pub(crate) fn bytes_to_unicode() -> [char; 256] {
 
 /// Splits GGUF merge strings ("Ġ t") into pairs and checks that both sides and their
 /// concatenation are tokens, so the BPE builder never sees a merge it cannot hold.
-pub(crate) fn parse_merges(
-    merges: &[String],
-    vocab: &HashMap<String, u32>,
-) -> Result<Vec<(String, String)>> {
+pub(crate) fn parse_merges(merges: &[String], vocab: &Vocab) -> Result<Vec<(String, String)>> {
     let mut pairs = Vec::with_capacity(merges.len());
     let mut joined = String::new();
     for (index, merge) in merges.iter().enumerate() {
@@ -56,7 +55,7 @@ pub(crate) fn parse_merges(
 pub(crate) fn check_pair(
     left: &str,
     right: &str,
-    vocab: &HashMap<String, u32>,
+    vocab: &Vocab,
     joined: &mut String,
 ) -> std::result::Result<(), &'static str> {
     if !vocab.contains_key(left) {
@@ -93,7 +92,7 @@ pub(crate) enum MergeRank<'a> {
 ///   lengths counted in chars.
 pub(crate) fn merges_from_vocab(
     tokens: &[String],
-    vocab: &HashMap<String, u32>,
+    vocab: &Vocab,
     rank: MergeRank<'_>,
 ) -> Vec<(String, String)> {
     struct Candidate<'t> {
