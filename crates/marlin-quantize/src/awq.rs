@@ -10,7 +10,7 @@
 
 use marlin_quant::{quantize_rtn, QuantScheme, QuantTensor, RtnOptions};
 
-use crate::error::{check_finite, check_len};
+use crate::error::{check_finite, check_len, check_weights};
 use crate::linalg::{gemm, View, ViewMut};
 use crate::QuantizeError;
 
@@ -139,7 +139,7 @@ pub fn awq_quantize(
 ) -> Result<AwqResult, QuantizeError> {
     scheme.validate(n, k)?;
     check_len("weight matrix", w.len(), n, k)?;
-    check_finite("weights", w)?;
+    check_weights(w)?;
     if rows == 0 {
         return Err(QuantizeError::EmptyCalibration(
             "AWQ needs at least one activation row".into(),

@@ -18,12 +18,18 @@ pub enum QuantizeError {
         index: usize,
         value: f32,
     },
+    #[error(
+        "|weight| {value} at index {index} exceeds 2^125: its dequantized value could overflow f32"
+    )]
+    WeightTooLarge { index: usize, value: f32 },
     #[error("empty calibration: {0}")]
     EmptyCalibration(String),
     #[error("Hessian is {got} x {got}, expected K x K = {k} x {k}")]
     HessianSize { got: usize, k: usize },
     #[error("Hessian is not positive definite even with dampening {percdamp} x mean(diag)")]
     NotPositiveDefinite { percdamp: f64 },
+    #[error("numerical failure: {0}")]
+    Numerical(String),
     #[error("invalid option: {0}")]
     InvalidOption(String),
     #[error("unsupported: {0}")]
@@ -37,6 +43,22 @@ pub(crate) fn check_finite(what: &'static str, values: &[f32]) -> Result<(), Qua
             what,
             index,
             value: values[index],
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks the weights are finite and within ±`marlin_quant::rtn::MAX_WEIGHT`
+/// (beyond it dequantized values could overflow f32).
+pub(crate) fn check_weights(w: &[f32]) -> Result<(), QuantizeError> {
+    check_finite("weights", w)?;
+    match w
+        .iter()
+        .position(|v| v.abs() > marlin_quant::rtn::MAX_WEIGHT)
+    {
+        Some(index) => Err(QuantizeError::WeightTooLarge {
+            index,
+            value: w[index],
         }),
         None => Ok(()),
     }

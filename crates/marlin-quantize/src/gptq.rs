@@ -17,7 +17,7 @@ use marlin_quant::pack::pack_codes;
 use marlin_quant::{Granularity, QuantScheme, QuantTensor, ZeroPoint};
 use rayon::prelude::*;
 
-use crate::error::{check_finite, check_len};
+use crate::error::{check_len, check_weights};
 use crate::gptq_sweep::Sweep;
 use crate::grid::{global_scale, min_max, Grid, GroupParams, ScaleSearch, SearchWeight};
 use crate::hessian::Hessian;
@@ -139,7 +139,7 @@ pub fn gptq_quantize_with_stats(
 ) -> Result<(QuantTensor, GptqStats), QuantizeError> {
     scheme.validate(n, k)?;
     check_len("weight matrix", w.len(), n, k)?;
-    check_finite("weights", w)?;
+    check_weights(w)?;
     if hessian.k() != k {
         return Err(QuantizeError::HessianSize {
             got: hessian.k(),
@@ -260,7 +260,14 @@ pub fn gptq_quantize_with_stats(
             )
         })
         .collect::<Result<_, _>>()?;
-    let proxy_loss = losses.iter().sum();
+    let proxy_loss: f64 = losses.iter().sum();
+    if !proxy_loss.is_finite() {
+        // Only reachable with a Hessian so ill-conditioned that the error
+        // feedback overflowed; the codes would be meaningless.
+        return Err(QuantizeError::Numerical(format!(
+            "GPTQ error feedback diverged (proxy loss {proxy_loss}); raise percdamp"
+        )));
+    }
 
     if let Some(sp) = &static_params {
         for (i, p) in sp.iter().enumerate() {

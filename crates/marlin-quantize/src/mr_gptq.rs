@@ -7,7 +7,7 @@
 
 use marlin_quant::{QuantScheme, QuantTensor};
 
-use crate::error::{check_finite, check_len};
+use crate::error::{check_len, check_weights};
 use crate::gptq::{gptq_quantize_with_stats, GptqOptions, GptqStats};
 use crate::grid::{ScaleSearch, SearchWeight};
 use crate::hadamard::Rotation;
@@ -85,7 +85,7 @@ pub fn mr_gptq_quantize_with_stats(
     // Cheap checks first, so bad input fails before the rotation work.
     scheme.validate(n, k)?;
     check_len("weight matrix", w.len(), n, k)?;
-    check_finite("weights", w)?;
+    check_weights(w)?;
     if hessian.k() != k {
         return Err(QuantizeError::HessianSize {
             got: hessian.k(),

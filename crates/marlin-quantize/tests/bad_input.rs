@@ -45,6 +45,22 @@ fn nan_weights() {
 }
 
 #[test]
+fn huge_weights() {
+    let mut w = vec![0.5f32; 4 * 64];
+    w[9] = 1e38;
+    let h = identity(64);
+    let s = QuantScheme::int4_asym(32);
+    assert!(matches!(
+        gptq_quantize(&w, 4, 64, &h, &s, &GptqOptions::default()),
+        Err(QuantizeError::WeightTooLarge { index: 9, .. })
+    ));
+    assert!(matches!(
+        awq_quantize(&w, 4, 64, &[1.0; 64], 1, &s, &AwqOptions::default()),
+        Err(QuantizeError::WeightTooLarge { index: 9, .. })
+    ));
+}
+
+#[test]
 fn group_not_dividing_k() {
     let w = vec![0.5f32; 4 * 96];
     let h = identity(96);
