@@ -159,3 +159,83 @@ pub(crate) fn merges_from_vocab(
         .map(|c| (c.left.to_string(), c.right.to_string()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A vocabulary with a duplicated token ("ab" at 3 and 6), score ties, a multi-byte char
+    /// and `▁`; expected merges printed by transformers' `generate_merges` on the same input.
+    fn vocab() -> (Vec<String>, Vec<f32>, Vocab) {
+        let tokens: Vec<String> = [
+            "a", "b", "c", "ab", "bc", "abc", "ab", "▁", "▁a", "▁ab", "cab", "ca", "é", "éa",
+        ]
+        .map(String::from)
+        .to_vec();
+        let scores = vec![
+            -1.0, -1.0, -1.0, -2.0, -2.0, -3.0, -0.5, -1.0, -4.0, -1.5, -1.5, -2.0, -9.0, -3.0,
+        ];
+        let mut map = Vocab::new();
+        for (id, token) in tokens.iter().enumerate() {
+            map.insert(token.clone(), id as u32);
+        }
+        (tokens, scores, map)
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn merges_by_score_match_transformers() {
+        let (tokens, scores, map) = vocab();
+        let merges = merges_from_vocab(&tokens, &map, MergeRank::Scores(&scores));
+        let expected = pairs(&[
+            ("a", "b"),
+            ("▁a", "b"),
+            ("ca", "b"),
+            ("▁", "ab"),
+            ("c", "ab"),
+            ("b", "c"),
+            ("c", "a"),
+            ("ab", "c"),
+            ("a", "bc"),
+            ("é", "a"),
+            ("▁", "a"),
+        ]);
+        assert_eq!(merges, expected);
+    }
+
+    #[test]
+    fn merges_by_position_match_transformers() {
+        let (tokens, _, map) = vocab();
+        let merges = merges_from_vocab(&tokens, &map, MergeRank::Position);
+        let expected = pairs(&[
+            ("b", "c"),
+            ("ab", "c"),
+            ("a", "bc"),
+            ("a", "b"),
+            ("▁", "a"),
+            ("▁a", "b"),
+            ("▁", "ab"),
+            ("ca", "b"),
+            ("c", "ab"),
+            ("c", "a"),
+            ("é", "a"),
+        ]);
+        assert_eq!(merges, expected);
+    }
+
+    #[test]
+    fn byte_table_is_a_bijection_onto_printable_chars() {
+        let table = bytes_to_unicode();
+        let unique: HashSet<char> = table.iter().copied().collect();
+        assert_eq!(unique.len(), 256);
+        assert_eq!(table[usize::from(b' ')], 'Ġ');
+        assert_eq!(table[usize::from(b'\n')], 'Ċ');
+        assert_eq!(table[usize::from(b'A')], 'A');
+        assert!(table.iter().all(|c| !c.is_control() && !c.is_whitespace()));
+    }
+}
