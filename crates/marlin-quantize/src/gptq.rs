@@ -243,7 +243,8 @@ pub fn gptq_quantize_with_stats(
     let mut codes_p = vec![0u8; wp.len()]; // (N, K), permuted columns
     let mut scales = vec![0.0f32; n * n_groups]; // (N, n_groups)
     let mut zeros = vec![0.0f32; n * n_groups]; // (N, n_groups)
-                                                // Rows are independent given Hinv: sweep chunks of rows in parallel.
+
+    // Rows are independent given Hinv: sweep chunks of rows in parallel.
     let losses: Vec<f64> = wp
         .par_chunks_mut(ROWS_PER_TASK * k)
         .zip(codes_p.par_chunks_mut(ROWS_PER_TASK * k))
