@@ -275,4 +275,20 @@ fn smollm2_through_hf_dir_matches_transformers() {
     assert!(!from_dir.add_bos());
     check_cases(&from_dir, &fixture);
     check_chats(&from_dir, &fixture);
+
+    // The lone tokenizer.json gives the same ids (it carries no BOS/EOS/template metadata).
+    let dir = std::env::temp_dir().join(format!("marlin-tok-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let json = dir.join("tokenizer.json");
+    std::fs::write(&json, tokenizer.to_tokenizer_json().expect("serialises")).expect("write");
+    let lone = Tokenizer::from_tokenizer_json(&json);
+    std::fs::remove_dir_all(&dir).ok();
+    let lone = lone.expect("loads");
+    for case in fixture["cases"].as_array().expect("cases") {
+        let text = case["text"].as_str().expect("text");
+        assert_eq!(lone.encode(text, false).expect("encode"), ids(&case["ids"]));
+    }
+    assert!(lone
+        .eos_ids()
+        .contains(&lone.token_to_id("<|im_end|>").expect("im_end")));
 }

@@ -414,3 +414,44 @@ fn hf_dir_errors_name_the_file() {
     let err = bad.expect_err("bad JSON");
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
 }
+
+/// Vocabularies missing byte tokens and UNK (so text can hold characters nothing spells):
+/// encoding and decoding return, never panic.
+#[test]
+fn incomplete_vocabularies_never_panic() {
+    let mut spm = sentencepiece_spec();
+    let keep: Vec<bool> = spm.tokens.iter().map(|t| !t.starts_with("<0x")).collect();
+    let filter = |v: &[String]| -> Vec<String> {
+        v.iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|(t, _)| t.clone())
+            .collect()
+    };
+    let tokens = filter(&spm.tokens);
+    let n = tokens.len();
+    spm.tokens = tokens;
+    spm.scores = Some(vec![-1.0; n]);
+    spm.token_types = None;
+    spm.unk_id = None;
+    let tokenizers = [
+        Tokenizer::from_spec(spm).expect("builds"),
+        Tokenizer::from_spec(byte_level_spec()).expect("builds"),
+    ];
+    let mut rng = Rng(7);
+    let alphabet: Vec<char> = "hello wörld\u{0}\u{FFFD}日🦀<|endoftext|>\n"
+        .chars()
+        .collect();
+    for tokenizer in &tokenizers {
+        for _ in 0..200 {
+            let len = (rng.next() % 16) as usize;
+            let text: String = (0..len)
+                .map(|_| alphabet[(rng.next() % alphabet.len() as u64) as usize])
+                .collect();
+            if let Ok(ids) = tokenizer.encode(&text, true) {
+                assert!(ids.iter().all(|&id| (id as usize) < tokenizer.vocab_size()));
+                tokenizer.decode(&ids).expect("ids from encode decode");
+            }
+        }
+    }
+}
