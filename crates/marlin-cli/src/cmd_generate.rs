@@ -94,6 +94,7 @@ pub fn run(
         }
         messages.push(ChatMessage::user(prompt));
         let rendered = session::chat_template(&loaded)?.render(&messages, true)?;
+        tracing::debug!(prompt = %rendered, "chat prompt");
         tok.encode_chat_prompt(&rendered)?
     } else {
         tok.encode(prompt, true)?
