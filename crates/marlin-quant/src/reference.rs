@@ -155,9 +155,18 @@ impl QuantTensor {
     }
 
     /// Index into `scales` / `zeros` of element (r, c), honouring g_idx.
-    /// Errors on out-of-range coordinates or g_idx entries.
-    #[inline]
+    /// Errors on an invalid scheme or shape (fields are public, so a zero
+    /// group size cannot be ruled out here), out-of-range coordinates or
+    /// g_idx entries.
     pub fn scale_index(&self, r: usize, c: usize) -> Result<usize, QuantError> {
+        self.scheme.validate(self.rows, self.cols)?;
+        self.grid_index(r, c)
+    }
+
+    /// [`Self::scale_index`] for a tensor whose scheme and shape were
+    /// already validated (no division by a zero group size, no overflow).
+    #[inline]
+    fn grid_index(&self, r: usize, c: usize) -> Result<usize, QuantError> {
         if r >= self.rows || c >= self.cols {
             return Err(QuantError::Shape(format!(
                 "element ({r}, {c}) outside {} x {}",
@@ -191,11 +200,10 @@ impl QuantTensor {
             )));
         }
         let row_bytes = self.scheme.row_bytes(self.cols)?;
-        let start = r * row_bytes;
-        let row = self
-            .data
-            .get(start..start + row_bytes)
-            .ok_or_else(|| QuantError::Shape(format!("packed data too short for row {r}")))?;
+        let too_short = || QuantError::Shape(format!("packed data too short for row {r}"));
+        let start = r.checked_mul(row_bytes).ok_or_else(too_short)?;
+        let end = start.checked_add(row_bytes).ok_or_else(too_short)?;
+        let row = self.data.get(start..end).ok_or_else(too_short)?;
         read_code(row, c, self.scheme.element.bits())
             .ok_or_else(|| QuantError::Shape(format!("code ({r}, {c}) outside the packed row")))
     }
@@ -223,7 +231,7 @@ impl QuantTensor {
             let raw = read_code(row, c, bits).ok_or_else(|| {
                 QuantError::Shape(format!("code ({r}, {c}) outside the packed row"))
             })?;
-            let g = self.scale_index(r, c)?;
+            let g = self.grid_index(r, c)?;
             let zero = self.zeros.as_ref().map_or(0.0, |z| z[g]);
             *slot = (self.global_scale * self.scales[g]) * (self.scheme.element.decode(raw) - zero);
         }

@@ -417,10 +417,18 @@ impl QuantScheme {
     /// padding), scales, zero points and the f32 global scale. g_idx (act
     /// order) is not included.
     pub fn storage_bits(&self, rows: usize, cols: usize) -> Result<u64, QuantError> {
-        let data = self.data_bytes(rows, cols)? as u64 * 8;
-        let n_scales = self.num_scales(rows, cols)? as u64;
+        let overflow = || QuantError::Shape(format!("storage of {rows} x {cols} overflows u64"));
+        let data_bits = u64::try_from(self.data_bytes(rows, cols)?)
+            .ok()
+            .and_then(|b| b.checked_mul(8))
+            .ok_or_else(overflow)?;
+        let n_scales = u64::try_from(self.num_scales(rows, cols)?).map_err(|_| overflow())?;
         let per_scale = u64::from(self.scale_dtype.bits() + self.zero_bits());
         let global = if self.global_scale { 32 } else { 0 };
-        Ok(data + n_scales * per_scale + global)
+        n_scales
+            .checked_mul(per_scale)
+            .and_then(|s| s.checked_add(data_bits))
+            .and_then(|s| s.checked_add(global))
+            .ok_or_else(overflow)
     }
 }
