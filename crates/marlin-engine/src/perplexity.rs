@@ -101,14 +101,15 @@ pub fn score_window(
     vocab: usize,
 ) -> Result<(), EngineError> {
     let n = window.len();
-    if vocab == 0 || all_logits.len() != n * vocab {
+    if vocab == 0 || n.checked_mul(vocab) != Some(all_logits.len()) {
         return Err(EngineError::Model(format!(
             "expected {n} x {vocab} logits, got {}",
             all_logits.len()
         )));
     }
     let first = n / 2;
-    for i in first..n - 1 {
+    // An empty window scores nothing (and `n - 1` would underflow).
+    for i in first..n.saturating_sub(1) {
         acc.add(&all_logits[i * vocab..(i + 1) * vocab], window[i + 1])?;
     }
     Ok(())
@@ -161,5 +162,13 @@ mod tests {
         let lse = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
         assert!((acc.estimate().0 - (lse - 3.0).exp()).abs() < 1e-6);
         assert!(acc.add(&[1.0], 5).is_err());
+    }
+
+    #[test]
+    fn empty_window_scores_nothing() {
+        let mut acc = PerplexityAccumulator::default();
+        score_window(&mut acc, &[], &[], 10).unwrap();
+        assert_eq!(acc.count(), 0);
+        assert!(score_window(&mut acc, &[], &[0.0], 10).is_err());
     }
 }

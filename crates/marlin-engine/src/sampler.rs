@@ -173,6 +173,11 @@ impl Sampler {
             return Err(EngineError::NonFiniteLogits);
         }
         let inv_t = 1.0 / p.temperature;
+        if !inv_t.is_finite() {
+            // A temperature so small that 1/T overflows would make the top
+            // logit (0 * inf = NaN) unusable; the limit is greedy decoding.
+            return argmax(logits);
+        }
         let mut sum = 0.0f64;
         for c in self.candidates.iter_mut() {
             c.1 = ((c.1 - max) * inv_t).exp();
@@ -288,6 +293,19 @@ mod tests {
         assert_eq!(s.sample(&mut [0.1, 3.0, 3.0, -1.0]).unwrap(), 1);
         assert_eq!(s.sample(&mut [f32::NAN, 0.5, 0.2]).unwrap(), 1);
         assert!(s.sample(&mut [f32::NAN, f32::NAN]).is_err());
+    }
+
+    #[test]
+    fn subnormal_temperature_is_greedy() {
+        // 1 / 1e-45 overflows to infinity; the top logit must still win.
+        let mut s = sampler(SamplingParams {
+            temperature: 1e-45,
+            seed: Some(1),
+            ..SamplingParams::default()
+        });
+        for _ in 0..10 {
+            assert_eq!(s.sample(&mut [0.0, 5.0, 1.0, 4.0]).unwrap(), 1);
+        }
     }
 
     #[test]
