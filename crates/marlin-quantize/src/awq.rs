@@ -57,6 +57,15 @@ impl AwqResult {
     /// The effective dequantized weights in the original basis,
     /// `Q(W·diag(s))·diag(1/s)`, (N, K) row-major.
     pub fn dequantize_unscaled(&self) -> Result<Vec<f32>, QuantizeError> {
+        // The fields are public: a result edited by hand must not reach
+        // `chunks_exact_mut(0)` or scale the wrong columns.
+        if self.scales.len() != self.tensor.cols {
+            return Err(QuantizeError::Shape(format!(
+                "{} AWQ scales for a tensor of K = {}",
+                self.scales.len(),
+                self.tensor.cols
+            )));
+        }
         let mut w = self.tensor.dequantize()?;
         unscale_columns(&mut w, &self.scales);
         Ok(w)

@@ -82,11 +82,26 @@ impl Rotation {
         }
     }
 
+    /// Checks the invariants [`Self::new`] establishes; the fields are
+    /// public (a rotation is stored with its tensor), so one built by hand
+    /// or loaded from a file is checked before it drives any indexing.
+    fn check(&self) -> Result<(), QuantizeError> {
+        let expected = Self::new(self.k, self.block_size)?;
+        if expected.padded_k != self.padded_k {
+            return Err(QuantizeError::Shape(format!(
+                "rotation of K = {} with blocks of {} has padded K {}, expected {}",
+                self.k, self.block_size, self.padded_k, expected.padded_k
+            )));
+        }
+        Ok(())
+    }
+
     /// Rotates `rows` rows of K values (row-major (rows, K)) into
     /// (rows, padded_k): zero-pad, then the normalised Walsh-Hadamard
     /// transform of each block. Computes `W·Rᵀ` for weights and `x·Rᵀ` for
     /// activations (R is symmetric).
     pub fn rotate_rows(&self, x: &[f32], rows: usize) -> Result<Vec<f32>, QuantizeError> {
+        self.check()?;
         check_len("rows to rotate", x.len(), rows, self.k)?;
         check_finite("rows to rotate", x)?;
         let mut out = vec![0.0f32; checked_area(rows, self.padded_k)?]; // (rows, padded_k)
@@ -97,7 +112,7 @@ impl Rotation {
         {
             dst[..self.k].copy_from_slice(src);
             for block in dst.chunks_exact_mut(self.block_size) {
-                fwht(block);
+                fwht_pow2(block);
                 for v in block.iter_mut() {
                     *v *= norm;
                 }
@@ -109,6 +124,7 @@ impl Rotation {
     /// The inverse of [`Self::rotate_rows`]: (rows, padded_k) rotated rows
     /// back to (rows, K) (the padding columns are dropped).
     pub fn unrotate_rows(&self, x: &[f32], rows: usize) -> Result<Vec<f32>, QuantizeError> {
+        self.check()?;
         check_len("rows to unrotate", x.len(), rows, self.padded_k)?;
         check_finite("rows to unrotate", x)?;
         let mut out = vec![0.0f32; checked_area(rows, self.k)?]; // (rows, K)
@@ -120,7 +136,7 @@ impl Rotation {
         {
             buf.copy_from_slice(src);
             for block in buf.chunks_exact_mut(self.block_size) {
-                fwht(block);
+                fwht_pow2(block);
                 for v in block.iter_mut() {
                     *v *= norm;
                 }
@@ -133,6 +149,7 @@ impl Rotation {
     /// The Hessian of the rotated inputs `x·Rᵀ`: `R·H·Rᵀ` (padded_k x
     /// padded_k, zero rows and columns for the padding before rotating).
     pub fn rotate_hessian(&self, h: &Hessian) -> Result<Hessian, QuantizeError> {
+        self.check()?;
         if h.k() != self.k {
             return Err(QuantizeError::HessianSize {
                 got: h.k(),
@@ -163,7 +180,7 @@ impl Rotation {
         let norm = 1.0 / (self.block_size as f64).sqrt();
         for row in m.chunks_exact_mut(self.padded_k) {
             for block in row.chunks_exact_mut(self.block_size) {
-                fwht(block);
+                fwht_pow2(block);
                 for v in block.iter_mut() {
                     *v *= norm;
                 }
@@ -174,11 +191,27 @@ impl Rotation {
 
 /// Unnormalised in-place fast Walsh-Hadamard transform (Sylvester order)
 /// of a power-of-two-length slice: `x ← H_n x` with `H_n H_n = n I`.
-pub fn fwht<T>(x: &mut [T])
+/// Errors on any other length (an empty slice is left as is).
+pub fn fwht<T>(x: &mut [T]) -> Result<(), QuantizeError>
 where
     T: Copy + std::ops::Add<Output = T> + std::ops::Sub<Output = T>,
 {
-    debug_assert!(x.len().is_power_of_two() || x.is_empty());
+    if !(x.is_empty() || x.len().is_power_of_two()) {
+        return Err(QuantizeError::Shape(format!(
+            "Walsh-Hadamard transform of {} values (needs a power of two)",
+            x.len()
+        )));
+    }
+    fwht_pow2(x);
+    Ok(())
+}
+
+/// [`fwht`] of a slice whose length is known to be a power of two (a
+/// checked rotation's block).
+fn fwht_pow2<T>(x: &mut [T])
+where
+    T: Copy + std::ops::Add<Output = T> + std::ops::Sub<Output = T>,
+{
     let n = x.len();
     let mut h = 1;
     while h < n {
@@ -242,7 +275,7 @@ mod tests {
         for j in 0..8 {
             let mut e = [0.0f64; 8];
             e[j] = 1.0;
-            fwht(&mut e);
+            fwht(&mut e).unwrap();
             for (i, v) in e.iter().enumerate() {
                 let expected = if (i & j).count_ones() % 2 == 0 {
                     1.0
@@ -252,5 +285,30 @@ mod tests {
                 assert_eq!(*v, expected);
             }
         }
+    }
+
+    #[test]
+    fn fwht_of_a_non_power_of_two_length_is_an_error() {
+        assert!(fwht(&mut [1.0f32; 3]).is_err());
+        fwht::<f32>(&mut []).unwrap();
+    }
+
+    #[test]
+    fn hand_built_rotation_is_checked_before_use() {
+        let zero_block = Rotation {
+            block_size: 0,
+            k: 4,
+            padded_k: 4,
+        };
+        assert!(zero_block.rotate_rows(&[1.0; 4], 1).is_err());
+        let short_padding = Rotation {
+            block_size: 4,
+            k: 6,
+            padded_k: 4,
+        };
+        assert!(short_padding.rotate_rows(&[1.0; 6], 1).is_err());
+        assert!(short_padding.unrotate_rows(&[1.0; 4], 1).is_err());
+        let h = Hessian::from_matrix(vec![1.0; 36], 6, 1).unwrap();
+        assert!(short_padding.rotate_hessian(&h).is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! Error measures used to compare quantizers.
 
-use crate::error::{check_finite, check_len};
+use crate::error::{check_finite, check_len, checked_area};
 use crate::linalg::{gemm, View, ViewMut};
 use crate::QuantizeError;
 
@@ -21,7 +21,8 @@ pub fn output_error(
     check_finite("activations", x)?;
     let diff: Vec<f32> = w.iter().zip(w_hat).map(|(a, b)| a - b).collect(); // (N, K)
     check_finite("weight difference", &diff)?;
-    let mut out = vec![0.0f32; rows * n]; // (rows, N)
+    // With K = 0 the lengths above say nothing about rows x N.
+    let mut out = vec![0.0f32; checked_area(rows, n)?]; // (rows, N)
     gemm(
         1.0f32,
         View::row_major(x, rows, k),

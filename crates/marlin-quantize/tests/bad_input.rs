@@ -2,7 +2,7 @@
 
 use marlin_quant::{QuantError, QuantScheme};
 use marlin_quantize::{
-    awq_quantize, gptq_quantize, mr_gptq_quantize, AwqOptions, GptqOptions, Hessian,
+    awq_quantize, gptq_quantize, mr_gptq_quantize, output_error, AwqOptions, GptqOptions, Hessian,
     HessianAccumulator, MrGptqOptions, QuantizeError, Rotation, ScaleSearch,
 };
 
@@ -249,5 +249,29 @@ fn bad_options_and_schemes() {
             }
         ),
         Err(QuantizeError::InvalidOption(_))
+    ));
+}
+
+#[test]
+fn output_error_with_k_zero_and_huge_rows_times_n() {
+    // K = 0 makes every buffer empty, so only rows x N can overflow.
+    assert!(matches!(
+        output_error(&[], usize::MAX, &[], &[], 2, 0),
+        Err(QuantizeError::Shape(_))
+    ));
+    assert_eq!(output_error(&[], 3, &[], &[], 2, 0).unwrap(), 0.0);
+}
+
+#[test]
+fn awq_result_with_edited_scales_is_an_error() {
+    let scheme = QuantScheme::int4_sym(32);
+    let x: Vec<f32> = (0..2 * 64).map(|i| (i % 7) as f32 - 3.0).collect();
+    let w: Vec<f32> = (0..4 * 64).map(|i| (i % 5) as f32 * 0.1 - 0.2).collect();
+    let mut r = awq_quantize(&w, 4, 64, &x, 2, &scheme, &AwqOptions::default()).unwrap();
+    assert!(r.dequantize_unscaled().is_ok());
+    r.scales.clear();
+    assert!(matches!(
+        r.dequantize_unscaled(),
+        Err(QuantizeError::Shape(_))
     ));
 }
