@@ -29,11 +29,15 @@ impl DenseWeight {
         &self.data
     }
 
-    /// `y (m, N) = x (m, K) · Wᵀ`. Shapes are checked by the caller.
+    /// `y (m, N) = x (m, K) · Wᵀ`.
     pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), CpuError> {
         let (n, k) = (self.rows, self.cols);
-        // SAFETY: the caller checked x.len() == m*k, y.len() == m*n and
-        // data.len() == n*k; the strides below address exactly those buffers.
+        // This method is public: the raw-pointer sgemm below must not trust
+        // its caller to have checked the shapes.
+        crate::check_matmul_shapes(x.len(), y.len(), m, n, k)?;
+        // SAFETY: x.len() == m*k and y.len() == m*n were just checked and
+        // `new` checked data.len() == n*k; the strides below address exactly
+        // those buffers.
         unsafe {
             matrixmultiply::sgemm(
                 m,
@@ -53,5 +57,22 @@ impl DenseWeight {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_with_wrong_buffer_lengths_is_an_error() {
+        let w = DenseWeight::new(2, 3, vec![1.0; 6]).unwrap();
+        let mut y = vec![0.0; 2];
+        // x shorter than m * K: sgemm would read past it.
+        assert!(w.matmul(&[1.0; 2], 1, &mut y).is_err());
+        // y shorter than m * N: sgemm would write past it.
+        assert!(w.matmul(&[1.0; 6], 2, &mut y).is_err());
+        w.matmul(&[1.0; 3], 1, &mut y).unwrap();
+        assert_eq!(y, [3.0, 3.0]);
     }
 }
