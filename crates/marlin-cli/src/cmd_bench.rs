@@ -58,6 +58,9 @@ pub fn model(
     let loaded = crate::session::load(path)?;
     let model = loaded.model.as_ref();
     let vocab = model.config().vocab_size as u64;
+    if vocab == 0 {
+        anyhow::bail!("{}: the model has an empty vocabulary", path.display());
+    }
     // Deterministic pseudo-random tokens (never a constant prompt).
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut next_token = move || {

@@ -71,7 +71,7 @@ pub fn inspect(path: &Path, list_tensors: bool) -> anyhow::Result<()> {
                 "  ctx {ctx:>7}: weights {} + KV {} = {}",
                 human_bytes(total_bytes as u64),
                 human_bytes(kv),
-                human_bytes(total_bytes as u64 + kv)
+                human_bytes((total_bytes as u64).saturating_add(kv))
             );
         }
     }
@@ -96,8 +96,15 @@ fn kv_cache_estimate(f: &GgufFile, arch: &str) -> Option<KvEstimate> {
     let kv_heads = u("attention.head_count_kv").unwrap_or(heads);
     let head_dim_k = u("attention.key_length").unwrap_or(d / heads);
     let head_dim_v = u("attention.value_length").unwrap_or(head_dim_k);
-    let ctx = u("context_length").unwrap_or(2048) as usize;
-    let per_token = layers * kv_heads * (head_dim_k + head_dim_v) * 4;
+    let ctx_u64 = u("context_length").unwrap_or(2048);
+    let ctx = usize::try_from(ctx_u64).ok()?;
+    // Every factor comes from the file: no estimate rather than an
+    // overflow, for the per-token size and for the whole context.
+    let per_token = layers
+        .checked_mul(kv_heads)?
+        .checked_mul(head_dim_k.checked_add(head_dim_v)?)?
+        .checked_mul(4)?;
+    per_token.checked_mul(ctx_u64)?;
     Some(KvEstimate {
         ctx,
         bytes_per_token: per_token,
@@ -211,4 +218,35 @@ fn inspect_hf_dir(dir: &Path) -> anyhow::Result<()> {
     println!("directory:     {}", dir.display());
     println!("config.json:\n{}", serde_json::to_string_pretty(&cfg)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use marlin_io::gguf::GgufBuilder;
+
+    fn file_with(kvs: &[(&str, u64)]) -> GgufFile {
+        let b = kvs
+            .iter()
+            .fold(GgufBuilder::new(), |b, &(k, v)| b.kv(k, GgufValue::U64(v)));
+        GgufFile::from_bytes(b.to_bytes()).unwrap()
+    }
+
+    #[test]
+    fn kv_estimate_of_overflowing_hyper_parameters_is_absent() {
+        let base = [
+            ("llama.block_count", 2),
+            ("llama.embedding_length", 64),
+            ("llama.attention.head_count", 4),
+        ];
+        let est = kv_cache_estimate(&file_with(&base), "llama").unwrap();
+        // 2 layers x 4 heads x (16 + 16) x 4 bytes.
+        assert_eq!(est.bytes_per_token, 2 * 4 * 32 * 4);
+        let mut huge = base.to_vec();
+        huge[0].1 = u64::MAX / 2;
+        assert!(kv_cache_estimate(&file_with(&huge), "llama").is_none());
+        let mut long_ctx = base.to_vec();
+        long_ctx.push(("llama.context_length", u64::MAX));
+        assert!(kv_cache_estimate(&file_with(&long_ctx), "llama").is_none());
+    }
 }
