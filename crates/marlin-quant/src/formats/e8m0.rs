@@ -24,18 +24,26 @@ pub fn e8m0_from_exponent(exponent: i32) -> u8 {
     (exponent.clamp(E8M0_MIN_EXP, E8M0_MAX_EXP) + 127) as u8
 }
 
+/// The code of the inputs both roundings treat alike: NaN, zero or
+/// negative, and infinity; `None` for finite positive x.
+fn special_e8m0(x: f32) -> Option<u8> {
+    if x.is_nan() {
+        Some(E8M0_NAN)
+    } else if x <= 0.0 {
+        Some(0)
+    } else if x.is_infinite() {
+        Some(e8m0_from_exponent(E8M0_MAX_EXP))
+    } else {
+        None
+    }
+}
+
 /// Largest power of two <= x, clamped to [2^-127, 2^127]. Zero, negative
 /// values and -infinity give 2^-127 (code 0); +infinity gives 2^127; NaN
 /// gives NaN (0xff).
 pub fn f32_to_e8m0_floor(x: f32) -> u8 {
-    if x.is_nan() {
-        return E8M0_NAN;
-    }
-    if x <= 0.0 {
-        return 0;
-    }
-    if x.is_infinite() {
-        return e8m0_from_exponent(E8M0_MAX_EXP);
+    if let Some(code) = special_e8m0(x) {
+        return code;
     }
     e8m0_from_exponent(floor_log2(x))
 }
@@ -44,14 +52,8 @@ pub fn f32_to_e8m0_floor(x: f32) -> u8 {
 /// 2^127 saturate). Zero, negative values and -infinity give 2^-127 (code 0);
 /// +infinity gives 2^127; NaN gives NaN (0xff).
 pub fn f32_to_e8m0_ceil(x: f32) -> u8 {
-    if x.is_nan() {
-        return E8M0_NAN;
-    }
-    if x <= 0.0 {
-        return 0;
-    }
-    if x.is_infinite() {
-        return e8m0_from_exponent(E8M0_MAX_EXP);
+    if let Some(code) = special_e8m0(x) {
+        return code;
     }
     let floor = floor_log2(x);
     let exact = pow2(floor) == x;
