@@ -128,15 +128,16 @@ pub fn gptq_quantize(
     gptq_quantize_with_stats(w, n, k, hessian, scheme, opts).map(|(t, _)| t)
 }
 
-/// [`gptq_quantize`], also returning what the run measured.
-pub fn gptq_quantize_with_stats(
+/// The checks shared by GPTQ and MR-GPTQ, cheap enough to run before any
+/// long work: the scheme against (N, K), `w.len() == N x K`, finite and
+/// bounded weights, a K x K Hessian.
+pub(crate) fn check_inputs(
     w: &[f32],
     n: usize,
     k: usize,
     hessian: &Hessian,
     scheme: &QuantScheme,
-    opts: &GptqOptions,
-) -> Result<(QuantTensor, GptqStats), QuantizeError> {
+) -> Result<(), QuantizeError> {
     scheme.validate(n, k)?;
     check_len("weight matrix", w.len(), n, k)?;
     check_weights(w)?;
@@ -146,6 +147,19 @@ pub fn gptq_quantize_with_stats(
             k,
         });
     }
+    Ok(())
+}
+
+/// [`gptq_quantize`], also returning what the run measured.
+pub fn gptq_quantize_with_stats(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    hessian: &Hessian,
+    scheme: &QuantScheme,
+    opts: &GptqOptions,
+) -> Result<(QuantTensor, GptqStats), QuantizeError> {
+    check_inputs(w, n, k, hessian, scheme)?;
     opts.validate()?;
     let group_size = match scheme.granularity {
         Granularity::PerGroup { group_size } => group_size,

@@ -7,8 +7,7 @@
 
 use marlin_quant::{QuantScheme, QuantTensor};
 
-use crate::error::{check_len, check_weights};
-use crate::gptq::{gptq_quantize_with_stats, GptqOptions, GptqStats};
+use crate::gptq::{check_inputs, gptq_quantize_with_stats, GptqOptions, GptqStats};
 use crate::grid::{ScaleSearch, SearchWeight};
 use crate::hadamard::Rotation;
 use crate::hessian::Hessian;
@@ -83,15 +82,7 @@ pub fn mr_gptq_quantize_with_stats(
     opts: &MrGptqOptions,
 ) -> Result<(RotatedQuantTensor, GptqStats), QuantizeError> {
     // Cheap checks first, so bad input fails before the rotation work.
-    scheme.validate(n, k)?;
-    check_len("weight matrix", w.len(), n, k)?;
-    check_weights(w)?;
-    if hessian.k() != k {
-        return Err(QuantizeError::HessianSize {
-            got: hessian.k(),
-            k,
-        });
-    }
+    check_inputs(w, n, k, hessian, scheme)?;
     let rotation = Rotation::for_dim(k, opts.max_rotation_block)?;
     let w_rot = rotation.rotate_rows(w, n)?; // (N, padded_k)
     let h_rot = rotation.rotate_hessian(hessian)?; // (padded_k, padded_k)
