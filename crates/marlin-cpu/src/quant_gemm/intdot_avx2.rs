@@ -150,9 +150,10 @@ unsafe fn lane_values(g: &LaneGrid, idx: __m256i, row_off: usize, sb: usize, h: 
     }
 }
 
+/// Sum of the 8 lanes (also used by the FP8 row kernels).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));

@@ -218,6 +218,7 @@ pub(crate) fn matmul_by_sgemm(
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod fp8_avx2 {
+    use super::super::intdot_avx2::hsum;
     use super::Fp8Weights;
     use std::arch::x86_64::*;
 
@@ -240,15 +241,6 @@ pub(crate) mod fp8_avx2 {
             _mm256_cvtph_ps(_mm256_castsi256_si128(h)),
             _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(h)),
         )
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-        _mm_cvtss_f32(s)
     }
 
     /// Dot of row `r` with `x` (kp values, zero padded).
