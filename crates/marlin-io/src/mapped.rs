@@ -47,3 +47,30 @@ impl FileBytes {
         }
     }
 }
+
+/// Float element encodings that both GGUF and safetensors store.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum FloatEncoding {
+    F32,
+    F16,
+    BF16,
+}
+
+/// Little-endian floats converted to f32 (the parsers already checked that
+/// the byte length is a whole number of elements).
+pub(crate) fn floats_to_f32(bytes: &[u8], encoding: FloatEncoding) -> Vec<f32> {
+    match encoding {
+        FloatEncoding::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        FloatEncoding::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        FloatEncoding::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+    }
+}

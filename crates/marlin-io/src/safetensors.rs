@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{IoError, Result};
-use crate::mapped::FileBytes;
+use crate::mapped::{floats_to_f32, FileBytes, FloatEncoding};
 
 /// Largest JSON header accepted (the reference implementation's limit).
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
@@ -130,27 +130,18 @@ impl TensorView<'_> {
 
     /// The elements converted to f32 (F32, F16 and BF16 only).
     pub fn to_f32(&self) -> Result<Vec<f32>> {
-        let d = self.data;
-        Ok(match self.dtype {
-            Dtype::F32 => d
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => d
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => d
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
+        let encoding = match self.dtype {
+            Dtype::F32 => FloatEncoding::F32,
+            Dtype::F16 => FloatEncoding::F16,
+            Dtype::BF16 => FloatEncoding::BF16,
             other => {
                 return Err(IoError::TensorShape {
                     name: self.name.to_string(),
                     reason: format!("dtype {} does not convert to f32", other.name()),
                 })
             }
-        })
+        };
+        Ok(floats_to_f32(self.data, encoding))
     }
 }
 

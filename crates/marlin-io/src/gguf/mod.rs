@@ -22,7 +22,7 @@ pub use value::{GgufArray, GgufValue, GgufValueType};
 pub use write::GgufBuilder;
 
 use crate::error::{IoError, Result};
-use crate::mapped::FileBytes;
+use crate::mapped::{floats_to_f32, FileBytes, FloatEncoding};
 
 /// The parser's limits and defaults.
 pub mod limits {
@@ -321,27 +321,21 @@ impl GgufFile {
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
         let info = self.info_or_err(name)?;
         let bytes = self.tensor_bytes(name)?;
-        match info.ggml_type() {
-            Some(GgmlType::F32) => Ok(bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()),
-            Some(GgmlType::F16) => Ok(bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect()),
-            Some(GgmlType::BF16) => Ok(bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect()),
-            _ => Err(IoError::TensorShape {
-                name: name.to_string(),
-                reason: format!(
-                    "type {} is not a float type (f32/f16/bf16); dequantize it instead",
-                    info.type_name()
-                ),
-            }),
-        }
+        let encoding = match info.ggml_type() {
+            Some(GgmlType::F32) => FloatEncoding::F32,
+            Some(GgmlType::F16) => FloatEncoding::F16,
+            Some(GgmlType::BF16) => FloatEncoding::BF16,
+            _ => {
+                return Err(IoError::TensorShape {
+                    name: name.to_string(),
+                    reason: format!(
+                        "type {} is not a float type (f32/f16/bf16); dequantize it instead",
+                        info.type_name()
+                    ),
+                })
+            }
+        };
+        Ok(floats_to_f32(bytes, encoding))
     }
 }
 
