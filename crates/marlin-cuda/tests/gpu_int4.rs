@@ -103,6 +103,7 @@ fn int4_gemm_awkward_shapes_and_splits() {
     for path in [GemmPath::Fused, GemmPath::DequantCublas] {
         let opts = GemmOptions { path, splits: None };
         check(&dev, &mut ws, 3, 96, 1001, 0, false, opts);
+        check(&dev, &mut ws, 12, 96, 1001, 0, false, opts);
         check(&dev, &mut ws, 17, 96, 1001, 0, true, opts);
     }
     // Group 64, forced split-K factors including 1 (direct f16 epilogue).
@@ -112,6 +113,7 @@ fn int4_gemm_awkward_shapes_and_splits() {
             splits: Some(s),
         };
         check(&dev, &mut ws, 5, 128, 1536, 64, true, opts);
+        check(&dev, &mut ws, 16, 192, 1536, 128, true, opts);
         check(&dev, &mut ws, 33, 320, 1536, 128, false, opts);
     }
     // M larger than one block row (several m blocks) with split-K.

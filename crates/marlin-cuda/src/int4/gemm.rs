@@ -124,22 +124,45 @@ pub struct GemmOptions {
     pub splits: Option<usize>,
 }
 
-/// cp.async ring depth of each `w4a16_gemm_mt*` variant (W4A16_ENTRY in the
-/// kernel source).
-fn ring_stages(m_tiles: usize) -> u32 {
-    match m_tiles {
-        1 => 6,
-        2 => 4,
-        _ => 3,
+/// One compiled variant of the fused kernel (W4A16_ENTRY in the source).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelVariant {
+    pub name: &'static str,
+    /// m16 tiles per warp.
+    pub m_tiles: usize,
+    /// Row halves (of 8) per m16 tile that are copied: 1 when M <= 8.
+    pub row_halves: usize,
+    /// cp.async ring depth.
+    pub stages: usize,
+    /// Resident blocks per SM (bounded by the rings' shared memory).
+    pub blocks_per_sm: usize,
+}
+
+impl KernelVariant {
+    /// Dynamic shared memory of one block: 4 warps x `WarpRing` (per stage
+    /// and lane: 16 B codes, m_tiles*row_halves*32 B activations, 4 B scale,
+    /// 4 B zero).
+    pub fn smem_bytes(&self) -> u32 {
+        let per_stage = 32 * (16 + 32 * self.m_tiles * self.row_halves + 4 + 4);
+        (4 * self.stages * per_stage) as u32
     }
 }
 
-/// Dynamic shared memory of one block: 4 warps x `WarpRing<MT, STAGES>`
-/// (per stage and lane: 16 B codes, MT*4*16 B activations, 4 B scale, 4 B
-/// zero).
-fn ring_smem_bytes(m_tiles: usize) -> u32 {
-    let per_stage = 32 * (16 + 16 * 4 * m_tiles as u32 + 4 + 4);
-    4 * ring_stages(m_tiles) * per_stage
+/// The kernel variant for M rows.
+pub fn variant(m: usize) -> KernelVariant {
+    let (name, m_tiles, row_halves, stages, blocks_per_sm) = match m {
+        0..=8 => ("w4a16_gemm_m8", 1, 1, 6, 5),
+        9..=16 => ("w4a16_gemm_mt1", 1, 2, 6, 3),
+        17..=32 => ("w4a16_gemm_mt2", 2, 2, 4, 2),
+        _ => ("w4a16_gemm_mt4", 4, 2, 3, 1),
+    };
+    KernelVariant {
+        name,
+        m_tiles,
+        row_halves,
+        stages,
+        blocks_per_sm,
+    }
 }
 
 /// Launch shape chosen for one call (exposed for benchmarks and notes).
@@ -156,21 +179,12 @@ pub struct GemmPlan {
 /// Choose the kernel variant and split-K factor (each split with at least
 /// `MIN_CHUNKS_PER_SPLIT` chunks of K).
 pub fn plan(m: usize, w: &Int4Weight, sm_count: usize, splits: Option<usize>) -> GemmPlan {
-    let m_tiles = match m {
-        0..=16 => 1,
-        17..=32 => 2,
-        _ => 4,
-    };
+    let v = variant(m);
+    let m_tiles = v.m_tiles;
     let m_blocks = m.div_ceil(16 * m_tiles).max(1);
     let n_tiles = w.n_pad / N_TILE;
     let max_splits = (w.k_chunks / MIN_CHUNKS_PER_SPLIT).max(1);
-    // Resident blocks per SM, bounded by the shared-memory rings
-    // (`ring_smem_bytes`); one wave of blocks keeps every SM streaming.
-    let blocks_per_sm = match m_tiles {
-        1 => 3,
-        2 => 2,
-        _ => 1,
-    };
+    let blocks_per_sm = v.blocks_per_sm;
     // Measured on an H100 (docs/CUDA.md): about 16 chunks (1024 of K) per
     // split is best; beyond ~4 waves of blocks the partial sums cost more
     // than the shorter streams gain; below half a wave SMs idle.
@@ -244,12 +258,9 @@ pub fn int4_gemm(
     if p.splits > 1 {
         ws.reserve(dev, p.splits * m * w.n_pad, p.n_tiles * p.m_blocks)?;
     }
-    let func_name = match p.m_tiles {
-        1 => "w4a16_gemm_mt1",
-        2 => "w4a16_gemm_mt2",
-        _ => "w4a16_gemm_mt4",
-    };
-    let smem = ring_smem_bytes(p.m_tiles);
+    let v = variant(m);
+    let func_name = v.name;
+    let smem = v.smem_bytes();
     let func = dev.function(MODULE, SOURCE, func_name, smem)?;
     let cfg = LaunchConfig {
         grid_dim: grid,
@@ -386,4 +397,21 @@ fn dequant_cublas(
         n_tiles: 0,
         splits: 1,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::variant;
+
+    /// Resident blocks per SM promised by each variant fit in an sm_90 SM's
+    /// 228 KiB of shared memory (1 KiB per block is reserved by the driver).
+    #[test]
+    fn variants_fit_shared_memory() {
+        for m in [1, 8, 9, 16, 17, 32, 33, 1024] {
+            let v = variant(m);
+            let per_block = v.smem_bytes() as usize + 1024;
+            assert!(v.blocks_per_sm * per_block <= 228 * 1024, "{v:?}");
+            assert!(m <= 16 * v.m_tiles || v.m_tiles == 4, "{v:?}");
+        }
+    }
 }

@@ -118,21 +118,23 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 // cp.async groups, unlike register prefetch, let the wait target exactly the
 // oldest chunk (a register-prefetched load shares one of six scoreboards with
 // the newest loads, which made every iteration wait a full DRAM round trip).
-template <int MT, int STAGES>
+// RH: row halves of each m16 tile that can hold rows < M: 2, or 1 when
+// M <= 8 (rows g+8 are then all zero: no copies, half the ring, more warps).
+template <int MT, int RH, int STAGES>
 struct WarpRing {
     uint4 w[STAGES][32];              // packed codes
-    uint4 a[STAGES][MT * 4][32];      // A: [mt*4 + row_half*2 + vec]
+    uint4 a[STAGES][MT * RH * 2][32]; // A: [(mt*RH + row_half)*2 + vec]
     u32 s[STAGES][32];                // f16x2 scales
     u32 z[STAGES][32];                // f16x2 -zero*scale
 };
 
 // a_row[mt][r]: this lane's A row pointer advanced to k = 16t, or null when
 // the row is >= M (its ring slots were zeroed once and are never copied).
-template <int MT, int STAGES>
-__device__ __forceinline__ void issue_chunk(WarpRing<MT, STAGES>& ring, int slot, int chunk, int group, int lane,
+template <int MT, int RH, int STAGES>
+__device__ __forceinline__ void issue_chunk(WarpRing<MT, RH, STAGES>& ring, int slot, int chunk, int group, int lane,
                                             int t, const uint4* __restrict__ wp, const u32* __restrict__ sp,
                                             const u32* __restrict__ zp, size_t group_stride,
-                                            const u16* const (&a_row)[MT][2], int K, bool k_aligned) {
+                                            const u16* const (&a_row)[MT][RH], int K, bool k_aligned) {
     // Codes of one tile are (k_chunks, 4 warps, 32 lanes): 128 x 16 B per chunk.
     cp_async16_cg(&ring.w[slot][lane], wp + (size_t)chunk * 128, 16);
     const size_t gi = (size_t)group * group_stride;
@@ -143,10 +145,10 @@ __device__ __forceinline__ void issue_chunk(WarpRing<MT, STAGES>& ring, int slot
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
+        for (int r = 0; r < RH; r++) {
             const u16* row = a_row[mt][r];
             if (!row) continue;
-            uint4* dst = &ring.a[slot][mt * 4 + r * 2][0];
+            uint4* dst = &ring.a[slot][(mt * RH + r) * 2][0];
             if (full) {
                 cp_async16_ca(dst + lane, row + kc, 16);
                 cp_async16_ca(dst + 32 + lane, row + kc + 8, 16);
@@ -180,7 +182,7 @@ __device__ __forceinline__ void issue_chunk(WarpRing<MT, STAGES>& ring, int slot
 
 // Grid: x = m block (16*MT rows), y = n tile (64 columns, one n16 per warp),
 // z = K split. Block: 128 threads; dynamic shared memory 4 WarpRings.
-template <int MT, int STAGES>
+template <int MT, int RH, int STAGES>
 __device__ __forceinline__ void w4a16_body(
     const u16* __restrict__ A,          // (M, K) f16, row-major
     const uint4* __restrict__ W,        // (n_pad/16, k_chunks, 32 lanes) x 16 B
@@ -203,7 +205,7 @@ __device__ __forceinline__ void w4a16_body(
     const int c_end = (int)(((long long)(split + 1) * k_chunks) / splits);
     const int n_my = c_end - c_begin;
     const bool k_aligned = (K & 7) == 0;
-    WarpRing<MT, STAGES>& ring = reinterpret_cast<WarpRing<MT, STAGES>*>(dyn_smem)[warp];
+    WarpRing<MT, RH, STAGES>& ring = reinterpret_cast<WarpRing<MT, RH, STAGES>*>(dyn_smem)[warp];
 
     const uint4* wp = W + ((size_t)blockIdx.y * k_chunks * 4 + warp) * 32 + lane;
     const u32* sp = S + (size_t)nb * 8 + g;
@@ -218,18 +220,18 @@ __device__ __forceinline__ void w4a16_body(
 #pragma unroll
             for (int i = 0; i < 4; i++) acc[mt][h][i] = 0.0f;
 
-    const u16* a_row[MT][2];
+    const u16* a_row[MT][RH];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
+        for (int r = 0; r < RH; r++) {
             const int row = m_base + mt * 16 + r * 8 + g;
             a_row[mt][r] = row < M ? A + (size_t)row * K + 16 * t : nullptr;
             if (row >= M) {
 #pragma unroll
                 for (int st = 0; st < STAGES; st++) {
-                    ring.a[st][mt * 4 + r * 2][lane] = make_uint4(0, 0, 0, 0);
-                    ring.a[st][mt * 4 + r * 2 + 1][lane] = make_uint4(0, 0, 0, 0);
+                    ring.a[st][(mt * RH + r) * 2][lane] = make_uint4(0, 0, 0, 0);
+                    ring.a[st][(mt * RH + r) * 2 + 1][lane] = make_uint4(0, 0, 0, 0);
                 }
             }
         }
@@ -241,7 +243,7 @@ __device__ __forceinline__ void w4a16_body(
 #pragma unroll
     for (int st = 0; st < STAGES; st++) {
         if (st < n_my) {
-            issue_chunk<MT, STAGES>(ring, st, c_begin + st, issue_group, lane, t, wp, sp, zp, group_stride, a_row,
+            issue_chunk<MT, RH, STAGES>(ring, st, c_begin + st, issue_group, lane, t, wp, sp, zp, group_stride, a_row,
                                     K, k_aligned);
             if (++issue_rem == group_chunks) {
                 issue_rem = 0;
@@ -272,8 +274,13 @@ __device__ __forceinline__ void w4a16_body(
         for (int mt = 0; mt < MT; mt++)
 #pragma unroll
             for (int r = 0; r < 2; r++) {
-                const uint4 v0 = ring.a[slot][mt * 4 + r * 2][lane];
-                const uint4 v1 = ring.a[slot][mt * 4 + r * 2 + 1][lane];
+                if (r >= RH) {
+#pragma unroll
+                    for (int e = 0; e < 8; e++) a_words[mt][r][e] = 0u;
+                    continue;
+                }
+                const uint4 v0 = ring.a[slot][(mt * RH + r) * 2][lane];
+                const uint4 v1 = ring.a[slot][(mt * RH + r) * 2 + 1][lane];
                 a_words[mt][r][0] = v0.x; a_words[mt][r][1] = v0.y; a_words[mt][r][2] = v0.z; a_words[mt][r][3] = v0.w;
                 a_words[mt][r][4] = v1.x; a_words[mt][r][5] = v1.y; a_words[mt][r][6] = v1.z; a_words[mt][r][7] = v1.w;
             }
@@ -293,7 +300,7 @@ __device__ __forceinline__ void w4a16_body(
         // The slot's values are in registers and consumed by the mma above:
         // refill it with chunk it + STAGES.
         if (it + STAGES < n_my) {
-            issue_chunk<MT, STAGES>(ring, slot, c_begin + it + STAGES, issue_group, lane, t, wp, sp, zp,
+            issue_chunk<MT, RH, STAGES>(ring, slot, c_begin + it + STAGES, issue_group, lane, t, wp, sp, zp,
                                     group_stride, a_row, K, k_aligned);
             if (++issue_rem == group_chunks) {
                 issue_rem = 0;
@@ -359,23 +366,24 @@ __device__ __forceinline__ void w4a16_body(
     if (threadIdx.x == 0) tickets[ticket_idx] = 0u;  // ready for the next launch
 }
 
-#define W4A16_ENTRY(MT, STAGES)                                                                  \
-    extern "C" __global__ void __launch_bounds__(128) w4a16_gemm_mt##MT(                          \
+#define W4A16_ENTRY(NAME, MT, RH, STAGES)                                                        \
+    extern "C" __global__ void __launch_bounds__(128) NAME(                                       \
         const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
         u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
         int group_chunks, int splits) {                                                           \
-        w4a16_body<MT, STAGES>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad, k_chunks,       \
+        w4a16_body<MT, RH, STAGES>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad, k_chunks,       \
                                group_chunks,                                                      \
                                splits);                                                           \
     }
 
 // Stages per variant: keep 4 warps' rings within one SM's shared memory with
-// room for 3 (MT=1), 2 (MT=2) or 1 (MT=4) resident blocks. Keep in sync with
-// W4A16_STAGES in src/int4/gemm.rs (it sizes the dynamic shared memory).
-W4A16_ENTRY(1, 6)
-W4A16_ENTRY(2, 4)
-W4A16_ENTRY(4, 3)
+// room for 5 (m8), 3 (mt1), 2 (mt2) or 1 (mt4) resident blocks. Keep in sync
+// with `variant` in src/int4/gemm.rs (it sizes the dynamic shared memory).
+W4A16_ENTRY(w4a16_gemm_m8, 1, 1, 6)
+W4A16_ENTRY(w4a16_gemm_mt1, 1, 2, 6)
+W4A16_ENTRY(w4a16_gemm_mt2, 2, 2, 4)
+W4A16_ENTRY(w4a16_gemm_mt4, 4, 2, 3)
 
 // Dequantize the packed weight to a dense f16 (N, K) row-major matrix (the
 // large-M path: dequantize once, then a cuBLAS fp16 GEMM). One thread per
