@@ -42,6 +42,9 @@ impl ElementType {
     /// [-2^(b-1), 2^(b-1)-1], unsigned [0, 2^b-1]. `None` for float elements.
     pub fn int_range(&self) -> Option<(i32, i32)> {
         match *self {
+            // Widths outside 2..=8 fail `validate`; no range rather than a
+            // shift overflow for a scheme that was never validated.
+            ElementType::Int { bits, .. } if !(2..=8).contains(&bits) => None,
             ElementType::Int { bits, signed: true } => {
                 let half = 1i32 << (bits - 1);
                 Some((-half, half - 1))
@@ -131,11 +134,15 @@ impl ElementType {
     /// Whether a raw code is a valid code of this element: fits in `bits()`
     /// and (FP8) is not NaN or infinity.
     pub fn is_finite_code(&self, raw: u8) -> bool {
-        u16::from(raw) < (1u16 << self.bits()) && self.decode(raw).is_finite()
+        let fits = 1u16
+            .checked_shl(u32::from(self.bits()))
+            .is_none_or(|limit| u16::from(raw) < limit);
+        fits && self.decode(raw).is_finite()
     }
 }
 
 #[inline]
 fn mask(bits: u8) -> u8 {
-    ((1u16 << bits) - 1) as u8
+    1u16.checked_shl(u32::from(bits))
+        .map_or(u8::MAX, |bit| (bit - 1) as u8)
 }

@@ -39,9 +39,12 @@ pub fn packed_len(rows: usize, cols: usize, bits: u8) -> Result<usize, QuantErro
 }
 
 /// Reads code `j` of a packed row. Returns `None` when the code lies (even
-/// partly) outside `row`.
+/// partly) outside `row`, or for a width outside 1..=8.
 #[inline]
 pub fn read_code(row: &[u8], j: usize, bits: u8) -> Option<u8> {
+    if !(1..=8).contains(&bits) {
+        return None;
+    }
     let bit = j.checked_mul(usize::from(bits))?;
     let byte = bit / 8;
     let shift = bit % 8;
@@ -151,15 +154,25 @@ pub fn unpack_codes(
     Ok(codes)
 }
 
-/// The raw b-bit two's-complement pattern of a signed integer code.
+/// The raw b-bit two's-complement pattern of a signed integer code (widths
+/// of 8 bits or more keep the whole byte).
 #[inline]
 pub fn signed_to_raw(value: i32, bits: u8) -> u8 {
-    (value as u32 & ((1u32 << bits) - 1)) as u8
+    // checked_shl: a width >= 32 must not overflow the shift.
+    let mask = 1u32
+        .checked_shl(u32::from(bits))
+        .map_or(u32::MAX, |bit| bit - 1);
+    (value as u32 & mask) as u8
 }
 
-/// Sign-extends a raw b-bit two's-complement pattern.
+/// Sign-extends a raw b-bit two's-complement pattern (0 for a width of 0;
+/// widths above 8 read the byte as a signed 8-bit value or wider).
 #[inline]
 pub fn raw_to_signed(raw: u8, bits: u8) -> i32 {
-    let shift = 32 - u32::from(bits);
+    let shift = 32u32.saturating_sub(u32::from(bits));
+    if shift >= 32 {
+        // Width 0: the shifts below would overflow; a 0-bit code is 0.
+        return 0;
+    }
     ((u32::from(raw) << shift) as i32) >> shift
 }
