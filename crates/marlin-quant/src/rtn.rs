@@ -115,14 +115,10 @@ pub fn quantize_rtn(
     let groups = GroupMap::new(&scheme, rows, cols, opts.g_idx.as_deref())?;
     let stats = group_min_max(weights, &groups);
 
-    let global = if scheme.global_scale {
-        global_scale(&scheme, &stats)
-    } else {
-        1.0
-    };
+    let global = global_scale(&scheme, stats.iter().map(|st| (st.min, st.max)), 1.0);
     let mut params: Vec<GroupParams> = stats
         .iter()
-        .map(|st| group_params(&scheme, st, 1.0, global))
+        .map(|st| min_max_params(&scheme, st.min, st.max, 1.0, global))
         .collect();
     if let ClipMethod::Mse { grid, max_shrink } = opts.clip {
         let mut best_err = group_errors(weights, &groups, &scheme, global, &params);
@@ -130,7 +126,7 @@ pub fn quantize_rtn(
             let ratio = 1.0 - i as f32 * max_shrink / grid as f32;
             let candidate: Vec<GroupParams> = stats
                 .iter()
-                .map(|st| group_params(&scheme, st, ratio, global))
+                .map(|st| min_max_params(&scheme, st.min, st.max, ratio, global))
                 .collect();
             let err = group_errors(weights, &groups, &scheme, global, &candidate);
             for g in 0..params.len() {
@@ -284,10 +280,12 @@ fn group_min_max(weights: &[f32], groups: &GroupMap) -> Vec<MinMax> {
     stats
 }
 
+/// Scale (exactly representable in the scale dtype) and zero point (0
+/// without zero points) of one scale group.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct GroupParams {
-    scale: f32,
-    zero: f32,
+pub struct GroupParams {
+    pub scale: f32,
+    pub zero: f32,
 }
 
 /// The scale of a group whose elements are all zero: 0, or E8M0's smallest
@@ -300,19 +298,30 @@ fn empty_scale(dtype: ScaleDType) -> f32 {
 }
 
 /// Min-max scale and zero of a group whose range is shrunk by `ratio`.
-fn group_params(scheme: &QuantScheme, st: &MinMax, ratio: f32, global: f32) -> GroupParams {
+/// The min-max parameters (the rules of the module documentation) of a
+/// group whose values span [min, max], with the range scaled by `ratio`
+/// (clipping searches shrink it) and the tensor's `global` scale. An empty
+/// group (min > max) or an all-zero one gets a zero scale (E8M0: its
+/// smallest value). GPTQ's scale search in `marlin-quantize` shares these
+/// rules through this function.
+pub fn min_max_params(
+    scheme: &QuantScheme,
+    min: f32,
+    max: f32,
+    ratio: f32,
+    global: f32,
+) -> GroupParams {
     let dtype = scheme.scale_dtype;
     let zero_scale = GroupParams {
         scale: empty_scale(dtype),
         zero: 0.0,
     };
-    if st.min > st.max {
+    if min > max {
         return zero_scale;
     }
     match scheme.zero_point {
         ZeroPoint::None => {
-            let amax =
-                f64::from(st.min.abs().max(st.max.abs())) * f64::from(ratio) / f64::from(global);
+            let amax = f64::from(min.abs().max(max.abs())) * f64::from(ratio) / f64::from(global);
             let amax = amax as f32;
             if amax == 0.0 || !amax.is_finite() {
                 return zero_scale;
@@ -327,8 +336,8 @@ fn group_params(scheme: &QuantScheme, st: &MinMax, ratio: f32, global: f32) -> G
         }
         ZeroPoint::Int | ZeroPoint::Float => {
             let qmax = f64::from(scheme.element.max_value());
-            let mut lo = f64::from(st.min) * f64::from(ratio);
-            let mut hi = f64::from(st.max) * f64::from(ratio);
+            let mut lo = f64::from(min) * f64::from(ratio);
+            let mut hi = f64::from(max) * f64::from(ratio);
             if scheme.zero_point == ZeroPoint::Int || hi == lo {
                 lo = lo.min(0.0);
                 hi = hi.max(0.0);
@@ -351,20 +360,30 @@ fn group_params(scheme: &QuantScheme, st: &MinMax, ratio: f32, global: f32) -> G
     }
 }
 
-/// The per-tensor scale that puts the largest raw group scale on the scale
-/// dtype's maximum (E4M3, F16), or 1.0 for dtypes with ample range.
-fn global_scale(scheme: &QuantScheme, stats: &[MinMax]) -> f32 {
+/// The per-tensor scale that puts the largest min-max group scale at
+/// `1 / headroom` of the scale dtype's maximum (E4M3 and F16 scale dtypes),
+/// and 1.0 for the other dtypes and for schemes without a global scale.
+/// `quantize_rtn` uses headroom 1; GPTQ uses more, since its updates can
+/// grow a group beyond its original range. `groups` yields each group's
+/// (min, max).
+pub fn global_scale(
+    scheme: &QuantScheme,
+    groups: impl Iterator<Item = (f32, f32)>,
+    headroom: f32,
+) -> f32 {
+    if !scheme.global_scale {
+        return 1.0;
+    }
     let limit = match scheme.scale_dtype {
         ScaleDType::E4M3 | ScaleDType::F16 => scheme.scale_dtype.max_finite(),
         ScaleDType::F32 | ScaleDType::BF16 | ScaleDType::E8M0 => return 1.0,
     };
     let raw_scheme = scheme.with_scale_dtype(ScaleDType::F32);
-    let max_raw = stats
-        .iter()
-        .map(|st| group_params(&raw_scheme, st, 1.0, 1.0).scale)
+    let max_raw = groups
+        .map(|(min, max)| min_max_params(&raw_scheme, min, max, 1.0, 1.0).scale)
         .fold(0.0f32, f32::max);
-    let global = max_raw / limit;
-    if global > 0.0 && global.is_finite() && global.is_normal() {
+    let global = max_raw * headroom / limit;
+    if global.is_normal() && global > 0.0 {
         global
     } else {
         1.0

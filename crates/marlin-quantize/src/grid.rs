@@ -1,16 +1,13 @@
 //! Per-group quantization parameters (scale, zero point) on any element
 //! grid, and the scale search GPTQ / MR-GPTQ run per group.
 //!
-//! The min-max rules are the ones `marlin_quant::quantize_rtn` documents
-//! (its helpers are private, so they are restated here; keep in sync):
-//! symmetric `scale = amax / max_value` rounded to the scale dtype, except
-//! float elements with E8M0 scales which use the OCP MX rule
-//! `2^(floor(log2 amax) - emax)`; asymmetric `scale = (hi - lo) / (2^b - 1)`
-//! with `[lo, hi]` widened to contain 0 for integer zero points and
-//! `zero = round(-lo / scale)`.
+//! The min-max rules are `marlin_quant::rtn`'s ([`min_max_params`],
+//! [`marlin_quant::rtn::global_scale`]), shared so that GPTQ's groups start
+//! from exactly the parameters round-to-nearest would pick.
 
-use marlin_quant::formats::{e8m0_from_exponent, e8m0_to_f32, f32_to_e8m0_floor};
-use marlin_quant::{ElementType, QuantScheme, ScaleDType, ZeroPoint};
+use marlin_quant::rtn::min_max_params;
+pub(crate) use marlin_quant::rtn::{global_scale, GroupParams};
+use marlin_quant::{ElementType, QuantScheme};
 
 /// How a group's scale is chosen.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -109,14 +106,6 @@ pub enum SearchWeight {
     HessianDiag,
 }
 
-/// Scale (as stored, exactly representable in the scale dtype) and zero
-/// point (0 without zero points) of one group.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct GroupParams {
-    pub scale: f32,
-    pub zero: f32,
-}
-
 /// A scheme plus the tensor's global scale: everything needed to quantize
 /// one value given its group's parameters.
 #[derive(Clone, Copy, Debug)]
@@ -148,56 +137,7 @@ impl Grid {
     /// Min-max parameters of a group with range [min, max] shrunk (or grown)
     /// by `ratio`.
     pub fn params(&self, min: f32, max: f32, ratio: f32) -> GroupParams {
-        let scheme = &self.scheme;
-        let dtype = scheme.scale_dtype;
-        let empty = GroupParams {
-            scale: empty_scale(dtype),
-            zero: 0.0,
-        };
-        if min > max {
-            return empty;
-        }
-        match scheme.zero_point {
-            ZeroPoint::None => {
-                let amax = (f64::from(min.abs().max(max.abs())) * f64::from(ratio)
-                    / f64::from(self.global)) as f32;
-                if amax == 0.0 || !amax.is_finite() {
-                    return empty;
-                }
-                let scale = match (dtype, scheme.element.max_exponent()) {
-                    (ScaleDType::E8M0, Some(emax)) => {
-                        let floor_exp = i32::from(f32_to_e8m0_floor(amax)) - 127;
-                        e8m0_to_f32(e8m0_from_exponent(floor_exp - emax))
-                    }
-                    _ => dtype
-                        .round((f64::from(amax) / f64::from(scheme.element.max_value())) as f32),
-                };
-                GroupParams { scale, zero: 0.0 }
-            }
-            ZeroPoint::Int | ZeroPoint::Float => {
-                let qmax = f64::from(scheme.element.max_value());
-                let mut lo = f64::from(min) * f64::from(ratio);
-                let mut hi = f64::from(max) * f64::from(ratio);
-                if scheme.zero_point == ZeroPoint::Int || hi == lo {
-                    lo = lo.min(0.0);
-                    hi = hi.max(0.0);
-                }
-                let raw = ((hi - lo) / qmax / f64::from(self.global)) as f32;
-                if raw == 0.0 || !raw.is_finite() {
-                    return empty;
-                }
-                let scale = dtype.round(raw);
-                let eff = f64::from(self.global) * f64::from(scale);
-                if eff == 0.0 {
-                    return GroupParams { scale, zero: 0.0 };
-                }
-                let zero = match scheme.zero_point {
-                    ZeroPoint::Int => (-lo / eff).round_ties_even().clamp(0.0, qmax) as f32,
-                    _ => dtype.round((-lo / eff) as f32),
-                };
-                GroupParams { scale, zero }
-            }
-        }
+        min_max_params(&self.scheme, min, max, ratio, self.global)
     }
 
     /// Squared error of a group's values quantized with `p`, each weighted
@@ -295,53 +235,10 @@ pub(crate) fn min_max(values: &[f32]) -> (f32, f32) {
         })
 }
 
-/// The scale of an all-zero group: 0, or E8M0's smallest value (E8M0 has
-/// no zero).
-fn empty_scale(dtype: ScaleDType) -> f32 {
-    match dtype {
-        ScaleDType::E8M0 => e8m0_to_f32(0),
-        _ => 0.0,
-    }
-}
-
-/// The per-tensor scale that puts the largest min-max group scale at
-/// `1 / headroom` of the scale dtype's maximum (E4M3 and F16 scale dtypes;
-/// 1.0 otherwise). `quantize_rtn` uses headroom 1. GPTQ needs more: its
-/// updates can grow a group beyond the original range, and a saturated
-/// E4M3 scale would then clip the whole group; E4M3's relative precision
-/// is the same at any exponent, so the headroom costs nothing there.
-/// `groups` yields each group's (min, max).
-pub(crate) fn global_scale(
-    scheme: &QuantScheme,
-    groups: impl Iterator<Item = (f32, f32)>,
-    headroom: f32,
-) -> f32 {
-    if !scheme.global_scale {
-        return 1.0;
-    }
-    let limit = match scheme.scale_dtype {
-        ScaleDType::E4M3 | ScaleDType::F16 => scheme.scale_dtype.max_finite(),
-        ScaleDType::F32 | ScaleDType::BF16 | ScaleDType::E8M0 => return 1.0,
-    };
-    let raw = Grid {
-        scheme: scheme.with_scale_dtype(ScaleDType::F32),
-        global: 1.0,
-    };
-    let max_raw = groups
-        .map(|(lo, hi)| raw.params(lo, hi, 1.0).scale)
-        .fold(0.0f32, f32::max);
-    let global = max_raw * headroom / limit;
-    if global.is_normal() && global > 0.0 {
-        global
-    } else {
-        1.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use marlin_quant::Granularity;
+    use marlin_quant::{Granularity, ScaleDType};
 
     #[test]
     fn search_never_worse_than_min_max() {
