@@ -212,13 +212,20 @@ __device__ __forceinline__ void w4a16_body(
     const u32* zp = Z ? Z + (size_t)nb * 8 + g : nullptr;
     const size_t group_stride = (size_t)nb_count * 8;
 
+    // Two accumulator sets (even / odd k16 step) halve the chain of dependent
+    // mma.sync per iteration (ncu: the top stall was a fixed-latency
+    // dependency); summed once after the loop.
     float acc[MT][2][4];
+    float acc_odd[MT][2][4];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
         for (int h = 0; h < 2; h++)
 #pragma unroll
-            for (int i = 0; i < 4; i++) acc[mt][h][i] = 0.0f;
+            for (int i = 0; i < 4; i++) {
+                acc[mt][h][i] = 0.0f;
+                acc_odd[mt][h][i] = 0.0f;
+            }
 
     const u16* a_row[MT][RH];
 #pragma unroll
@@ -253,6 +260,7 @@ __device__ __forceinline__ void w4a16_body(
         cp_async_commit();
     }
 
+#pragma unroll 2
     for (int it = 0; it < n_my; it++) {
         const int slot = it % STAGES;
         cp_async_wait<STAGES - 1>();
@@ -293,8 +301,13 @@ __device__ __forceinline__ void w4a16_body(
             for (int mt = 0; mt < MT; mt++) {
                 const u32 a[4] = {a_words[mt][0][2 * j], a_words[mt][1][2 * j], a_words[mt][0][2 * j + 1],
                                   a_words[mt][1][2 * j + 1]};
-                mma_16816(acc[mt][0], a, b[0]);
-                mma_16816(acc[mt][1], a, b[1]);
+                if (j & 1) {
+                    mma_16816(acc_odd[mt][0], a, b[0]);
+                    mma_16816(acc_odd[mt][1], a, b[1]);
+                } else {
+                    mma_16816(acc[mt][0], a, b[0]);
+                    mma_16816(acc[mt][1], a, b[1]);
+                }
             }
         }
         // The slot's values are in registers and consumed by the mma above:
@@ -310,6 +323,12 @@ __device__ __forceinline__ void w4a16_body(
         cp_async_commit();
     }
     cp_async_wait<0>();
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[mt][h][i] += acc_odd[mt][h][i];
 
     // Accumulator element (mt, h, i): row m_base + mt*16 + g + 8*(i>>1),
     // column nb*16 + h*8 + 2t + (i&1).
