@@ -43,7 +43,8 @@ struct Gemma3 {
 
 impl Gemma3 {
     fn load(src: &dyn WeightSource, opts: &LoadOptions) -> Result<Self> {
-        let embed = Embedding::from_data("token_embd.weight", src.tensor("token_embd.weight")?)?;
+        let tok_embd = Linear::load(src, "token_embd.weight")?; // (vocab, d)
+        let embed = Embedding::from_linear(&tok_embd);
         let mut cfg = base_config(src, "gemma3", embed.vocab_size())?;
         let d = cfg.hidden_size;
         if embed.dim() != d {
@@ -122,14 +123,15 @@ impl Gemma3 {
             })
             .collect::<Result<Vec<_>>>()?;
         cfg.tied_embeddings = !src.contains("output.weight");
-        let lm_name = if cfg.tied_embeddings {
-            "token_embd.weight"
+        // Tied: the LM head is the embedding table itself (one copy).
+        let lm_head = if cfg.tied_embeddings {
+            tok_embd
         } else {
-            "output.weight"
+            Linear::load_shaped(src, "output.weight", cfg.vocab_size, d)?
         };
         let head = OutputHead {
             norm: norm("output_norm.weight".to_string())?,
-            lm_head: Linear::load_shaped(src, lm_name, cfg.vocab_size, d)?,
+            lm_head,
             softcap: cfg.final_logit_softcap,
         };
         Ok(Self {

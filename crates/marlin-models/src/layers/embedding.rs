@@ -1,63 +1,56 @@
-//! Token embeddings. Quantized tables stay quantized: only the rows looked
-//! up are dequantized.
+//! Token embeddings. The table stays in the checkpoint's format (quantized
+//! tables stay quantized: only the rows looked up are dequantized), and a
+//! tied LM head shares the same copy.
 
+use super::Linear;
 use crate::error::{ModelError, Result};
-use crate::source::TensorData;
-use marlin_quant::ggml::dequantize_row;
-use marlin_quant::GgmlTensor;
-
-enum Table {
-    /// (vocab, d) in its ggml block layout.
-    Ggml(GgmlTensor),
-    /// (vocab, d) row-major.
-    F32(Vec<f32>),
-}
+use marlin_cpu::CpuWeight;
+use std::sync::Arc;
 
 pub struct Embedding {
-    table: Table,
-    vocab: usize,
-    dim: usize,
+    /// (vocab, d)
+    table: Arc<CpuWeight>,
+    name: String,
 }
 
 impl Embedding {
-    pub fn from_data(name: &str, data: TensorData) -> Result<Self> {
-        let (vocab, dim) = data.shape();
-        let table = match data {
-            TensorData::Ggml(t) => Table::Ggml(t),
-            TensorData::F32 { data, .. } => Table::F32(data),
-            TensorData::Quant(_) => {
-                return Err(ModelError::tensor(
-                    name,
-                    "embedding tables in dense-packed quantized form are not supported",
-                ))
-            }
-        };
-        Ok(Self { table, vocab, dim })
+    /// Looks tokens up in the weight of `linear` (vocab, d).
+    pub fn from_linear(linear: &Linear) -> Self {
+        Self {
+            table: linear.shared_weight(),
+            name: linear.name().to_string(),
+        }
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.vocab
+        self.table.rows()
     }
 
     pub fn dim(&self) -> usize {
-        self.dim
+        self.table.cols()
     }
 
     /// `tokens` (m) -> new (m, d), every value multiplied by `scale`.
     pub fn forward(&self, tokens: &[u32], scale: f32) -> Result<Vec<f32>> {
-        let d = self.dim;
+        let d = self.dim();
         let mut out = vec![0.0f32; tokens.len() * d]; // (m, d)
         for (&tok, row) in tokens.iter().zip(out.chunks_exact_mut(d)) {
             let id = tok as usize;
-            if id >= self.vocab {
+            if id >= self.vocab_size() {
                 return Err(ModelError::TokenOutOfRange {
                     id: tok,
-                    vocab: self.vocab,
+                    vocab: self.vocab_size(),
                 });
             }
-            match &self.table {
-                Table::Ggml(t) => dequantize_row(t.ty, t.row(id)?, row)?,
-                Table::F32(data) => row.copy_from_slice(&data[id * d..(id + 1) * d]),
+            match self.table.as_ref() {
+                CpuWeight::Ggml(w) => w.row_f32(id, row)?,
+                CpuWeight::Dense(w) => row.copy_from_slice(&w.data()[id * d..(id + 1) * d]),
+                CpuWeight::Quant(_) => {
+                    return Err(ModelError::tensor(
+                        &self.name,
+                        "embedding lookups from dense-packed quantized tables are not supported",
+                    ))
+                }
             }
             if scale != 1.0 {
                 row.iter_mut().for_each(|v| *v *= scale);

@@ -5,11 +5,12 @@ use crate::error::{ModelError, Result};
 use crate::source::{TensorData, WeightSource};
 use marlin_cpu::{CpuError, CpuWeight};
 use marlin_quant::{GgmlTensor, GgmlType};
+use std::sync::Arc;
 
 /// `y (m, out) = x (m, in) · Wᵀ` with W (out, in).
 pub struct Linear {
     name: String,
-    weight: CpuWeight,
+    weight: Arc<CpuWeight>,
 }
 
 impl Linear {
@@ -53,12 +54,17 @@ impl Linear {
         };
         Ok(Self {
             name: name.to_string(),
-            weight,
+            weight: Arc::new(weight),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The prepared weight, shared (a tied embedding reads rows from it).
+    pub fn shared_weight(&self) -> Arc<CpuWeight> {
+        Arc::clone(&self.weight)
     }
 
     pub fn out_features(&self) -> usize {
