@@ -401,21 +401,47 @@ impl CopyBench {
 /// Timed calls for `m`: small products are cheap, so they get 4x the runs.
 fn runs_for(cfg: &GemmBenchConfig, m: usize) -> usize {
     if m <= 4 {
-        cfg.runs * 4
+        cfg.runs.saturating_mul(4)
     } else {
         cfg.runs
     }
 }
 
+impl GemmBenchConfig {
+    /// Every size non-zero and every buffer the run allocates addressable,
+    /// so that a hand-written config fails before any work.
+    fn check(&self) -> Result<(), CpuError> {
+        let max_m = self.ms.iter().copied().max().unwrap_or(1);
+        if self.ms.contains(&0) {
+            return Err(CpuError::Shape("benchmark M of 0".into()));
+        }
+        for &(k, n) in &self.shapes {
+            let fits = k > 0
+                && n > 0
+                && [max_m.checked_mul(k), max_m.checked_mul(n), n.checked_mul(k)]
+                    .iter()
+                    .all(|len| len.is_some_and(|l| l <= isize::MAX as usize / 4));
+            if !fits {
+                return Err(CpuError::Shape(format!(
+                    "benchmark shape K = {k}, N = {n} with M up to {max_m}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs the benchmark of `cfg`.
 pub fn run_gemm_bench(cfg: &GemmBenchConfig) -> Result<GemmBenchReport, CpuError> {
+    cfg.check()?;
     let mut copy = CopyBench::new(cfg.copy_bytes);
     let mut copy_gbs = (0..5).map(|_| copy.run_once()).fold(0.0, f64::max);
     let mut read_gbs = (0..5).map(|_| copy.read_once()).fold(0.0, f64::max);
     let mut rows = Vec::new();
     let max_m = cfg.ms.iter().copied().max().unwrap_or(1);
     for &(k, n) in &cfg.shapes {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (k * 31 + n) as u64);
+        let mut rng =
+            Rng(0x9E37_79B9_7F4A_7C15 ^ (k as u64).wrapping_mul(31).wrapping_add(n as u64));
         let x: Vec<f32> = (0..max_m * k).map(|_| rng.unit()).collect();
         let mut y = vec![0f32; max_m * n];
         // Dense f32 baseline, timed once per (shape, m).
@@ -489,4 +515,22 @@ pub fn run_gemm_bench(cfg: &GemmBenchConfig) -> Result<GemmBenchReport, CpuError
         threads: rayon::current_num_threads(),
         rows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impossible_configs_are_errors_before_any_work() {
+        let with = |shapes: Vec<(usize, usize)>, ms: Vec<usize>| GemmBenchConfig {
+            shapes,
+            ms,
+            ..GemmBenchConfig::default()
+        };
+        assert!(with(vec![(0, 64)], vec![1]).check().is_err());
+        assert!(with(vec![(64, 64)], vec![0]).check().is_err());
+        assert!(with(vec![(usize::MAX / 2, 64)], vec![4]).check().is_err());
+        assert!(with(vec![(64, 64)], vec![1, 3]).check().is_ok());
+    }
 }
