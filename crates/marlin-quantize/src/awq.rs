@@ -10,7 +10,7 @@
 
 use marlin_quant::{quantize_rtn, QuantScheme, QuantTensor, RtnOptions};
 
-use crate::error::{check_finite, check_len, check_weights};
+use crate::error::{check_finite, check_len, check_weights, checked_area};
 use crate::linalg::{gemm, View, ViewMut};
 use crate::QuantizeError;
 
@@ -177,7 +177,9 @@ pub fn awq_quantize(
         .map(|&m| ((m / rows as f64) as f32).max(MIN_CHANNEL_MEAN))
         .collect();
 
-    let mut reference = vec![0.0f32; rows * n]; // (rows, N) = x·Wᵀ
+    // rows and N are each bounded by a buffer, their product is not.
+    let output_len = checked_area(rows, n)?;
+    let mut reference = vec![0.0f32; output_len]; // (rows, N) = x·Wᵀ
     gemm(
         1.0f32,
         View::row_major(x, rows, k),
@@ -191,7 +193,7 @@ pub fn awq_quantize(
             col_stride: 1,
         },
     )?;
-    let mut output = vec![0.0f32; rows * n]; // (rows, N)
+    let mut output = vec![0.0f32; output_len]; // (rows, N)
 
     let mut best: Option<AwqResult> = None;
     let mut rtn_loss = 0.0;
