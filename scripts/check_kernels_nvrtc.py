@@ -34,7 +34,7 @@ def find_nvrtc():
     candidates = [c for c in candidates if "builtins" not in c and ".alt." not in c]
     if not candidates:
         sys.exit("libnvrtc not found: pip install 'nvidia-cuda-nvrtc==13.0.*' or set MARLIN_NVRTC_LIB")
-    return sorted(candidates)[0]
+    return candidates[0]  # first in sys.path order (PYTHONPATH wins)
 
 
 def compile_one(lib, path, arch):
