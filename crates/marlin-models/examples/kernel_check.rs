@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
         let w = CpuWeight::from_ggml(t)?;
         for m in [1usize, 5] {
             let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0))
+                .map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0)
                 .collect();
             let mut y = vec![0.0f32; m * n];
             w.matmul(&x, m, &mut y)?;

@@ -4,7 +4,7 @@
 use crate::error::{ModelError, Result};
 use crate::source::{TensorData, WeightSource};
 use marlin_cpu::{CpuError, CpuWeight};
-use marlin_quant::{GgmlTensor, GgmlType};
+use marlin_quant::GgmlType;
 use std::sync::Arc;
 
 /// `y (m, out) = x (m, in) · Wᵀ` with W (out, in).
@@ -49,7 +49,7 @@ impl Linear {
                     let (rows, cols) = (t.rows, t.cols);
                     CpuWeight::from_f32(rows, cols, t.dequantize()?).map_err(ctx)?
                 }
-                _ => ggml_weight(t).map_err(ctx)?,
+                _ => CpuWeight::from_ggml(t).map_err(ctx)?,
             },
         };
         Ok(Self {
@@ -86,18 +86,5 @@ impl Linear {
             .matmul(x, m, &mut y)
             .map_err(|e| ModelError::tensor(&self.name, e.to_string()))?;
         Ok(y)
-    }
-}
-
-/// A ggml block tensor on its quantized kernel. Until marlin-cpu has a
-/// kernel for a block type, the weight is dequantized once to dense f32
-/// (correct, but 4-8x the memory); the error path is kept for other errors.
-fn ggml_weight(t: GgmlTensor) -> Result<CpuWeight, CpuError> {
-    let (rows, cols) = (t.rows, t.cols);
-    let dense =
-        || -> Result<CpuWeight, CpuError> { CpuWeight::from_f32(rows, cols, t.dequantize()?) };
-    match CpuWeight::from_ggml(t.clone()) {
-        Err(CpuError::Unsupported(_)) => dense(),
-        other => other,
     }
 }
