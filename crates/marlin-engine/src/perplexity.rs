@@ -72,6 +72,12 @@ pub fn windows(tokens: &[u32], cfg: &PerplexityConfig) -> Result<Vec<Vec<u32>>, 
     if cfg.ctx < 4 {
         return Err(EngineError::InvalidParam("ctx: must be at least 4".into()));
     }
+    if cfg.max_chunks == Some(0) {
+        // No window would be scored and the perplexity would be NaN.
+        return Err(EngineError::InvalidParam(
+            "max_chunks: must be at least 1".into(),
+        ));
+    }
     let n = tokens.len() / cfg.ctx;
     if n == 0 {
         return Err(EngineError::InvalidParam(format!(
@@ -153,6 +159,11 @@ mod tests {
         .unwrap();
         assert_eq!(w.len(), 1);
         assert!(windows(&toks[..5], &cfg).is_err());
+        let no_chunks = PerplexityConfig {
+            max_chunks: Some(0),
+            ..cfg.clone()
+        };
+        assert!(windows(&toks, &no_chunks).is_err());
     }
 
     #[test]
