@@ -67,6 +67,11 @@ def main():
     ap.add_argument("--show-log", action="store_true", help="print NVRTC logs of successful compiles too")
     args = ap.parse_args()
     lib_path = find_nvrtc()
+    # NVRTC dlopens libnvrtc-builtins at compile time; the pip wheel's lib
+    # directory is not on the loader path, so load it first, globally.
+    for builtins in sorted(glob.glob(os.path.join(os.path.dirname(lib_path), "libnvrtc-builtins.so*"))):
+        if ".alt." not in builtins:
+            ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
     lib = ctypes.CDLL(lib_path)
     major, minor = ctypes.c_int(), ctypes.c_int()
     lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
