@@ -75,6 +75,12 @@ impl LaneGrid {
     /// Arranges `vals` (on `grid`) for K = `k` columns; `None` when a
     /// group's column extent is not a multiple of 16.
     pub fn new(vals: &[f32], grid: &ScaleGrid, k: usize) -> Option<Self> {
+        // `base` holds u32 offsets of at most about K / 16: a K of 2^36
+        // columns or more (a 32 GiB row) takes the generic path instead of
+        // wrapping them.
+        if k as u64 >= 1 << 36 {
+            return None;
+        }
         let n_sb = k.div_ceil(SB);
         let c = grid.cols_per;
         let natural = |idx: [u32; LANES], per_sb_div: usize| {
