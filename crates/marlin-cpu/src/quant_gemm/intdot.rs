@@ -235,7 +235,8 @@ fn regular_group_perm(g_idx: &[u32], g: &Granularity) -> Option<Vec<u32>> {
     let Granularity::PerGroup { group_size } = *g else {
         return None;
     };
-    let mut perm: Vec<u32> = (0..g_idx.len() as u32).collect();
+    // Columns are u32 here; a longer row takes the generic path.
+    let mut perm: Vec<u32> = (0..u32::try_from(g_idx.len()).ok()?).collect();
     perm.sort_by_key(|&c| g_idx[c as usize]);
     let regular = perm
         .iter()
