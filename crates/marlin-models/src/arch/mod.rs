@@ -1,5 +1,19 @@
 //! One file per architecture; this table maps architecture names (GGUF
 //! `general.architecture`, Hugging Face `model_type`) to their loaders.
+//!
+//! Adding an architecture:
+//! 1. New file `arch/<name>.rs`: a `load(src, opts)` that reads
+//!    hyper-parameters through [`crate::config::base_config`] /
+//!    [`crate::config::Params`] (add any new key to
+//!    [`crate::config::HParam`] with its GGUF key and `config.json` paths),
+//!    loads weights by GGUF tensor names through the shared layers, and
+//!    implements [`Model`] (call `begin_forward` first, `cache.advance` last,
+//!    `ctx.dump` each named activation).
+//! 2. If Hugging Face names differ from the Llama ones, extend the mapping
+//!    in `source/hf.rs`.
+//! 3. One line in [`REGISTRY`].
+//! 4. A reference fixture in `scripts/fixtures/make_model_fixtures.py` and a
+//!    test next to `tests/reference_gguf.rs` or `tests/tiny_qwen3.rs`.
 
 pub mod gemma3;
 pub mod llama;
