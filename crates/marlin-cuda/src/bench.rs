@@ -61,6 +61,9 @@ pub struct GemmBenchRow {
     pub int4_us: f64,
     /// The fused kernel alone, and dequantize + cuBLAS alone.
     pub fused_us: f64,
+    /// The general fused kernel (`GemmPath::FusedGeneral`), timed at M <= 16
+    /// only (where the decode kernel replaces it); NaN elsewhere.
+    pub general_us: f64,
     pub dequant_cublas_us: f64,
     pub cublas_us: f64,
     /// Weight bytes (codes + scales) per microsecond, in TB/s.
@@ -93,13 +96,14 @@ impl fmt::Display for GemmBenchReport {
         )?;
         writeln!(
             f,
-            "{:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7}",
+            "{:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7}",
             "N x K",
             "M",
             "path",
             "splits",
             "int4 us",
             "fused us",
+            "gener us",
             "deq+cB us",
             "cuBLAS us",
             "speedup",
@@ -110,7 +114,7 @@ impl fmt::Display for GemmBenchReport {
         for r in &self.rows {
             writeln!(
                 f,
-                "{:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>7.1}",
+                "{:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>7.1}",
                 format!("{}x{}", r.n, r.k),
                 r.m,
                 match r.path {
@@ -121,6 +125,7 @@ impl fmt::Display for GemmBenchReport {
                 if r.forced_splits { "*" } else { " " },
                 r.int4_us,
                 r.fused_us,
+                r.general_us,
                 r.dequant_cublas_us,
                 r.cublas_us,
                 r.speedup(),
@@ -274,6 +279,11 @@ fn bench_shape(
             Ok::<_, CudaError>((us, plan))
         };
         let (fused_us, fused_plan) = time_path(GemmPath::Fused, None)?;
+        let general_us = if m <= 16 {
+            time_path(GemmPath::FusedGeneral, None)?.0
+        } else {
+            f64::NAN
+        };
         let (dequant_cublas_us, _) = time_path(GemmPath::DequantCublas, None)?;
         let (int4_us, auto_plan) = time_path(GemmPath::Auto, None)?;
         let mut sweep = Vec::new();
@@ -315,6 +325,7 @@ fn bench_shape(
             path,
             int4_us: us,
             fused_us,
+            general_us,
             dequant_cublas_us,
             cublas_us,
             weight_tbps: weight_bytes / (us * 1e-6) / 1e12,

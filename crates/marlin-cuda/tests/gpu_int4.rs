@@ -82,7 +82,12 @@ fn check(
 fn int4_gemm_matches_reference() {
     let dev = device();
     let mut ws = GemmWorkspace::new(&dev).expect("workspace");
-    let paths = [GemmPath::Auto, GemmPath::Fused, GemmPath::DequantCublas];
+    let paths = [
+        GemmPath::Auto,
+        GemmPath::Fused,
+        GemmPath::FusedGeneral,
+        GemmPath::DequantCublas,
+    ];
     for &m in &[1, 3, 17, 64, 256] {
         for path in paths {
             let opts = GemmOptions { path, splits: None };
@@ -100,7 +105,11 @@ fn int4_gemm_awkward_shapes_and_splits() {
     let dev = device();
     let mut ws = GemmWorkspace::new(&dev).expect("workspace");
     // Odd K (unaligned activation rows), per-channel, both zero modes.
-    for path in [GemmPath::Fused, GemmPath::DequantCublas] {
+    for path in [
+        GemmPath::Fused,
+        GemmPath::FusedGeneral,
+        GemmPath::DequantCublas,
+    ] {
         let opts = GemmOptions { path, splits: None };
         check(&dev, &mut ws, 3, 96, 1001, 0, false, opts);
         check(&dev, &mut ws, 12, 96, 1001, 0, false, opts);

@@ -21,6 +21,15 @@ const THREADS: u32 = 128;
 const MIN_CHUNKS_PER_SPLIT: usize = 4;
 /// Preferred chunks of 64 along K per split (see `plan`).
 const TARGET_CHUNKS_PER_SPLIT: usize = 16;
+/// Decode kernel (`w4a16_dec_*`, M <= 16): cp.async ring depth (keep in sync
+/// with W4A16_DEC_ENTRY in the source).
+const DEC_STAGES: usize = 8;
+/// Decode kernel: most chunks of 64 along K per split, bounding the block's
+/// activation tile in shared memory (16 rows x 2048 halves = 64 KiB). Forced
+/// split factors with longer splits take the `w4a16_gemm_*` kernels.
+const DEC_MAX_CHUNKS_PER_SPLIT: usize = 32;
+/// Decode kernel: largest M (two token tiles of 8).
+const DEC_MAX_M: usize = 16;
 
 /// An INT4 weight matrix resident on the device in the kernel's layout.
 pub struct Int4Weight {
@@ -105,8 +114,13 @@ pub enum GemmPath {
     /// The fused kernel below [`DEQUANT_MIN_M`] rows, else dequantize + cuBLAS.
     #[default]
     Auto,
-    /// The fused dequant-GEMM kernel (`w4a16_gemm_mt*`).
+    /// The fused dequant-GEMM kernel: `w4a16_dec_*` for M <= 16, else
+    /// `w4a16_gemm_*`.
     Fused,
+    /// The general fused kernel `w4a16_gemm_*` at every M (the decode
+    /// kernel's predecessor, kept for comparison and as the fallback of
+    /// forced split factors with long splits).
+    FusedGeneral,
     /// Dequantize to an f16 scratch (N x K), then cuBLAS fp16 GEMM.
     DequantCublas,
 }
@@ -165,10 +179,30 @@ pub fn variant(m: usize) -> KernelVariant {
     }
 }
 
+/// Token tiles of 8 of the decode kernel for M rows (M <= [`DEC_MAX_M`]).
+fn decode_token_tiles(m: usize) -> usize {
+    if m <= 8 {
+        1
+    } else {
+        2
+    }
+}
+
+/// Dynamic shared memory of the decode kernel: 4 warps' rings (per stage and
+/// lane 16 B codes, 4 B scale, 4 B zero) and the activation tile (8 rows per
+/// token tile, ceil(k_chunks/splits)*64 + 8 halves each).
+pub fn decode_smem_bytes(token_tiles: usize, k_chunks: usize, splits: usize) -> usize {
+    let rings = 4 * DEC_STAGES * 32 * (16 + 4 + 4);
+    let a_stride = k_chunks.div_ceil(splits.max(1)) * 64 + 8;
+    rings + 8 * token_tiles * a_stride * 2
+}
+
 /// Launch shape chosen for one call (exposed for benchmarks and notes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmPlan {
     pub path: GemmPath,
+    /// Kernel launched (`w4a16_dec_*`, `w4a16_gemm_*`, or "dequant+cublas").
+    pub kernel: &'static str,
     /// m16 tiles per warp: 1, 2 or 4.
     pub m_tiles: usize,
     pub m_blocks: usize,
@@ -179,6 +213,21 @@ pub struct GemmPlan {
 /// Choose the kernel variant and split-K factor (each split with at least
 /// `MIN_CHUNKS_PER_SPLIT` chunks of K).
 pub fn plan(m: usize, w: &Int4Weight, sm_count: usize, splits: Option<usize>) -> GemmPlan {
+    plan_for(m, w, sm_count, splits, true)
+}
+
+fn plan_for(
+    m: usize,
+    w: &Int4Weight,
+    sm_count: usize,
+    splits: Option<usize>,
+    allow_decode: bool,
+) -> GemmPlan {
+    if allow_decode && m <= DEC_MAX_M {
+        if let Some(p) = decode_plan(m, w, sm_count, splits) {
+            return p;
+        }
+    }
     let v = variant(m);
     let m_tiles = v.m_tiles;
     let m_blocks = m.div_ceil(16 * m_tiles).max(1);
@@ -200,11 +249,54 @@ pub fn plan(m: usize, w: &Int4Weight, sm_count: usize, splits: Option<usize>) ->
     let splits = splits.unwrap_or(want).clamp(1, max_splits);
     GemmPlan {
         path: GemmPath::Fused,
+        kernel: v.name,
         m_tiles,
         m_blocks,
         n_tiles,
         splits,
     }
+}
+
+/// The decode kernel's plan, or None when a forced split factor leaves more
+/// than [`DEC_MAX_CHUNKS_PER_SPLIT`] chunks per split.
+fn decode_plan(
+    m: usize,
+    w: &Int4Weight,
+    sm_count: usize,
+    splits: Option<usize>,
+) -> Option<GemmPlan> {
+    let tiles = decode_token_tiles(m);
+    let n_tiles = w.n_pad / N_TILE;
+    let max_splits = (w.k_chunks / MIN_CHUNKS_PER_SPLIT).max(1);
+    // Same rule as the other kernels (about 16 chunks per split, between half
+    // a wave and 4 waves), with the blocks per SM the shared memory allows
+    // (rings 24 KiB + activations 16-32 KiB per token tile).
+    let blocks_per_sm = if tiles == 1 { 5 } else { 4 };
+    let slots = sm_count * blocks_per_sm;
+    let mut want = w.k_chunks.div_ceil(TARGET_CHUNKS_PER_SPLIT);
+    if n_tiles * want > 4 * slots {
+        want = (4 * slots / n_tiles).max(1);
+    }
+    if n_tiles * want < slots / 2 {
+        want = (slots / 2).div_ceil(n_tiles);
+    }
+    want = want.max(w.k_chunks.div_ceil(DEC_MAX_CHUNKS_PER_SPLIT));
+    let splits = splits.unwrap_or(want).clamp(1, max_splits);
+    if w.k_chunks.div_ceil(splits) > DEC_MAX_CHUNKS_PER_SPLIT {
+        return None;
+    }
+    Some(GemmPlan {
+        path: GemmPath::Fused,
+        kernel: if tiles == 1 {
+            "w4a16_dec_m8"
+        } else {
+            "w4a16_dec_m16"
+        },
+        m_tiles: 1,
+        m_blocks: 1,
+        n_tiles,
+        splits,
+    })
 }
 
 /// C (M, N) f16 = A (M, K) f16 . W^T, both row-major.
@@ -237,13 +329,19 @@ pub fn int4_gemm(
     }
     let use_dequant = match opts.path {
         GemmPath::Auto => m >= DEQUANT_MIN_M,
-        GemmPath::Fused => false,
+        GemmPath::Fused | GemmPath::FusedGeneral => false,
         GemmPath::DequantCublas => true,
     };
     if use_dequant {
         return dequant_cublas(dev, a, m, w, c, ws);
     }
-    let p = plan(m, w, dev.sm_count(), opts.splits);
+    let p = plan_for(
+        m,
+        w,
+        dev.sm_count(),
+        opts.splits,
+        opts.path != GemmPath::FusedGeneral,
+    );
     let m_i32 = i32::try_from(m).map_err(|_| CudaError::Shape(format!("M = {m} exceeds i32")))?;
     let grid = (
         u32::try_from(p.m_blocks).map_err(|_| CudaError::Shape("too many M blocks".into()))?,
@@ -258,10 +356,20 @@ pub fn int4_gemm(
     if p.splits > 1 {
         ws.reserve(dev, p.splits * m * w.n_pad, p.n_tiles * p.m_blocks)?;
     }
-    let v = variant(m);
-    let func_name = v.name;
-    let smem = v.smem_bytes();
-    let func = dev.function(MODULE, SOURCE, func_name, smem)?;
+    let func_name = p.kernel;
+    let (smem, max_smem) = if m <= DEC_MAX_M && func_name.starts_with("w4a16_dec") {
+        let tiles = decode_token_tiles(m);
+        // The attribute is set once per function: allow the largest tile.
+        let max = decode_smem_bytes(2, DEC_MAX_CHUNKS_PER_SPLIT, 1);
+        (decode_smem_bytes(tiles, w.k_chunks, p.splits), max)
+    } else {
+        let s = variant(m).smem_bytes() as usize;
+        (s, s)
+    };
+    let smem = u32::try_from(smem).map_err(|_| CudaError::Shape("shared memory size".into()))?;
+    let max_smem =
+        u32::try_from(max_smem).map_err(|_| CudaError::Shape("shared memory size".into()))?;
+    let func = dev.function(MODULE, SOURCE, func_name, max_smem)?;
     let cfg = LaunchConfig {
         grid_dim: grid,
         block_dim: (THREADS, 1, 1),
@@ -289,7 +397,7 @@ pub fn int4_gemm(
         .arg(&k_chunks_i32)
         .arg(&group_chunks_i32)
         .arg(&splits_i32);
-    // SAFETY: argument types and order match w4a16_gemm_mt* in
+    // SAFETY: argument types and order match w4a16_gemm_* / w4a16_dec_* in
     // kernels/w4a16_gemm.cu; buffer sizes were checked above (A >= M*K,
     // C >= M*N, partials >= splits*M*n_pad, tickets >= n_tiles*m_blocks,
     // weights sized by the repack for n_pad x k_chunks).
@@ -392,6 +500,7 @@ fn dequant_cublas(
     })?;
     Ok(GemmPlan {
         path: GemmPath::DequantCublas,
+        kernel: "dequant+cublas",
         m_tiles: 0,
         m_blocks: 0,
         n_tiles: 0,

@@ -404,6 +404,246 @@ W4A16_ENTRY(w4a16_gemm_mt1, 1, 2, 6)
 W4A16_ENTRY(w4a16_gemm_mt2, 2, 2, 4)
 W4A16_ENTRY(w4a16_gemm_mt4, 4, 2, 3)
 
+// ---------------------------------------------------------------------------
+// Decode kernel (M <= 16): the same packed weights, with the roles of the
+// operands swapped. mma computes D (16 columns of W x 8 tokens) = W . A^T:
+// the dequantised weight registers of one n16 block are exactly the m16k16
+// A fragment ({b[0][0], b[1][0], b[0][1], b[1][1]} of dequant_word), and one
+// lane's 2 activation words of token g are exactly the k16n8 B fragment, so
+// M <= 8 needs 4 mma per 64-chunk instead of 8 (no zero rows multiplied).
+// The block's activations for its whole K range are copied to shared memory
+// once (8 or 16 token rows, row-major, stride padded by 16 B against bank
+// conflicts); the per-chunk work is then only the weight ring (cp.async,
+// 16 B codes + 4 B scale per lane), 2 lds.128 of activations per token tile,
+// the dequant and the mma. The ring slot is a compile-time constant (the
+// STAGES loop is unrolled), so no slot arithmetic per chunk.
+
+template <int STAGES>
+struct DecRing {
+    uint4 w[STAGES][32];  // packed codes
+    u32 s[STAGES][32];    // f16x2 scales
+    u32 z[STAGES][32];    // f16x2 -zero*scale
+};
+
+// Smem of the decode kernel (keep in sync with `decode_smem_bytes` in
+// src/int4/gemm.rs): 4 rings, then the activation tile
+// (8*RH rows, a_stride halves each), a_stride = ceil(k_chunks/splits)*64 + 8.
+
+template <int STAGES>
+__device__ __forceinline__ void dec_issue(DecRing<STAGES>& ring, int slot, int lane, const uint4* wp,
+                                          const u32* sp, const u32* zp) {
+    cp_async16_cg(&ring.w[slot][lane], wp, 16);
+    cp_async4(&ring.s[slot][lane], sp);
+    if (zp) cp_async4(&ring.z[slot][lane], zp);
+}
+
+template <int RH, int STAGES>
+__device__ __forceinline__ void w4a16_dec_body(
+    const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,
+    const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,
+    u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks, int group_chunks, int splits) {
+    extern __shared__ uint4 dyn_smem[];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int nb = blockIdx.y * 4 + warp;
+    const int nb_count = n_pad >> 4;
+    const int m_base = blockIdx.x * 8 * RH;
+    const int split = blockIdx.z;
+    const int c_begin = (int)(((long long)split * k_chunks) / splits);
+    const int c_end = (int)(((long long)(split + 1) * k_chunks) / splits);
+    const int n_my = c_end - c_begin;
+    const int cps = (k_chunks + splits - 1) / splits;
+    const int a_stride = cps * 64 + 8;  // halves
+    DecRing<STAGES>& ring = reinterpret_cast<DecRing<STAGES>*>(dyn_smem)[warp];
+    u16* a_tile = reinterpret_cast<u16*>(reinterpret_cast<DecRing<STAGES>*>(dyn_smem) + 4);
+
+    // Weight ring prologue first, so that the activation copy below overlaps it.
+    const uint4* wp = W + ((size_t)blockIdx.y * k_chunks * 4 + warp) * 32 + lane + (size_t)c_begin * 128;
+    const size_t group_stride = (size_t)nb_count * 8;
+    int issue_group = c_begin / group_chunks;
+    int issue_rem = c_begin - issue_group * group_chunks;
+    const u32* sp = S + (size_t)nb * 8 + g + (size_t)issue_group * group_stride;
+    const u32* zp = Z ? Z + (size_t)nb * 8 + g + (size_t)issue_group * group_stride : nullptr;
+#pragma unroll
+    for (int st = 0; st < STAGES; st++) {
+        if (st < n_my) {
+            dec_issue<STAGES>(ring, st, lane, wp, sp, zp);
+            wp += 128;
+            if (++issue_rem == group_chunks) {
+                issue_rem = 0;
+                sp += group_stride;
+                if (zp) zp += group_stride;
+            }
+        }
+        cp_async_commit();
+    }
+
+    // Activations of this split: rows m_base .. m_base + 8*RH, k from
+    // c_begin*64 for n_my*64 (zero past M and K).
+    {
+        const int k0 = c_begin * 64;
+        const int cols = n_my * 64;
+        if ((K & 7) == 0) {
+            const int vecs = cols >> 3;
+            for (int idx = threadIdx.x; idx < 8 * RH * vecs; idx += 128) {
+                const int r = idx / vecs;
+                const int v = idx - r * vecs;
+                const int row = m_base + r;
+                const int k = k0 + 8 * v;
+                uint4 val = make_uint4(0, 0, 0, 0);
+                if (row < M && k < K) val = *reinterpret_cast<const uint4*>(A + (size_t)row * K + k);
+                *reinterpret_cast<uint4*>(a_tile + r * a_stride + 8 * v) = val;
+            }
+        } else {
+            for (int idx = threadIdx.x; idx < 8 * RH * cols; idx += 128) {
+                const int r = idx / cols;
+                const int c = idx - r * cols;
+                const int row = m_base + r;
+                const int k = k0 + c;
+                a_tile[r * a_stride + c] = (row < M && k < K) ? A[(size_t)row * K + k] : (u16)0;
+            }
+        }
+    }
+    __syncthreads();
+
+    float acc[RH][4];
+    float acc_odd[RH][4];
+#pragma unroll
+    for (int r = 0; r < RH; r++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            acc[r][i] = 0.0f;
+            acc_odd[r][i] = 0.0f;
+        }
+    const u16* a_lane = a_tile + g * a_stride + 16 * t;
+
+    for (int base = 0; base < n_my; base += STAGES) {
+#pragma unroll
+        for (int s = 0; s < STAGES; s++) {
+            const int it = base + s;
+            if (it < n_my) {
+                cp_async_wait<STAGES - 1>();
+                const uint4 w = ring.w[s][lane];
+                const u32 sc = ring.s[s][lane];
+                const u32 s0 = dup_lo(sc);
+                const u32 s1 = dup_hi(sc);
+                u32 z0, z1;
+                if (Z) {
+                    const u32 zs = ring.z[s][lane];
+                    z0 = dup_lo(zs);
+                    z1 = dup_hi(zs);
+                } else {
+                    z0 = hmul2(s0, 0xC800C800u);  // -8 * scale, exact
+                    z1 = hmul2(s1, 0xC800C800u);
+                }
+                u32 act[RH][8];
+#pragma unroll
+                for (int r = 0; r < RH; r++) {
+                    const u16* ap = a_lane + r * 8 * a_stride + it * 64;
+                    const uint4 v0 = *reinterpret_cast<const uint4*>(ap);
+                    const uint4 v1 = *reinterpret_cast<const uint4*>(ap + 8);
+                    act[r][0] = v0.x; act[r][1] = v0.y; act[r][2] = v0.z; act[r][3] = v0.w;
+                    act[r][4] = v1.x; act[r][5] = v1.y; act[r][6] = v1.z; act[r][7] = v1.w;
+                }
+                const u32 words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    u32 b[2][2];
+                    dequant_word(words[j], s0, s1, z0, z1, b);
+                    const u32 wa[4] = {b[0][0], b[1][0], b[0][1], b[1][1]};
+#pragma unroll
+                    for (int r = 0; r < RH; r++) {
+                        const u32 bb[2] = {act[r][2 * j], act[r][2 * j + 1]};
+                        if (j & 1)
+                            mma_16816(acc_odd[r], wa, bb);
+                        else
+                            mma_16816(acc[r], wa, bb);
+                    }
+                }
+                // Slot s is consumed (values in registers): refill it.
+                if (it + STAGES < n_my) {
+                    dec_issue<STAGES>(ring, s, lane, wp, sp, zp);
+                    wp += 128;
+                    if (++issue_rem == group_chunks) {
+                        issue_rem = 0;
+                        sp += group_stride;
+                        if (zp) zp += group_stride;
+                    }
+                }
+                cp_async_commit();
+            }
+        }
+    }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int r = 0; r < RH; r++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[r][i] += acc_odd[r][i];
+
+    // Accumulator (r, i): column n = nb*16 + g + 8*(i>>1), token row
+    // m_base + r*8 + 2t + (i&1).
+    if (splits == 1) {
+#pragma unroll
+        for (int r = 0; r < RH; r++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int row = m_base + r * 8 + 2 * t + (i & 1);
+                const int col = nb * 16 + g + 8 * (i >> 1);
+                if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[r][i]);
+            }
+        return;
+    }
+#pragma unroll
+    for (int r = 0; r < RH; r++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int row = m_base + r * 8 + 2 * t + (i & 1);
+            const int col = nb * 16 + g + 8 * (i >> 1);
+            if (row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[r][i];
+        }
+    __threadfence();
+    __syncthreads();
+    __shared__ u32 is_last;
+    const int ticket_idx = blockIdx.y * gridDim.x + blockIdx.x;
+    if (threadIdx.x == 0) {
+        const u32 prev = atomicAdd(&tickets[ticket_idx], 1u);
+        is_last = (prev == (u32)(splits - 1)) ? 1u : 0u;
+    }
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+#pragma unroll
+    for (int r = 0; r < RH; r++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int row = m_base + r * 8 + 2 * t + (i & 1);
+            const int col = nb * 16 + g + 8 * (i >> 1);
+            if (row < M) {
+                float sum = 0.0f;
+                for (int sp_i = 0; sp_i < splits; sp_i++)
+                    sum += ld_cg_f32(&partials[((size_t)sp_i * M + row) * n_pad + col]);
+                if (col < N) C[(size_t)row * N + col] = f32_to_f16(sum);
+            }
+        }
+    if (threadIdx.x == 0) tickets[ticket_idx] = 0u;
+}
+
+#define W4A16_DEC_ENTRY(NAME, RH, STAGES)                                                        \
+    extern "C" __global__ void __launch_bounds__(128) NAME(                                       \
+        const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
+        const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
+        u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
+        int group_chunks, int splits) {                                                           \
+        w4a16_dec_body<RH, STAGES>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad, k_chunks,    \
+                                   group_chunks, splits);                                         \
+    }
+
+// Keep STAGES in sync with `DEC_STAGES` in src/int4/gemm.rs.
+W4A16_DEC_ENTRY(w4a16_dec_m8, 1, 8)
+W4A16_DEC_ENTRY(w4a16_dec_m16, 2, 8)
+
 // Dequantize the packed weight to a dense f16 (N, K) row-major matrix (the
 // large-M path: dequantize once, then a cuBLAS fp16 GEMM). One thread per
 // (n16 block, 64-chunk, lane): reads 16 bytes of codes, writes 2 x 16 halves.
