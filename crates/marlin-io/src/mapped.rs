@@ -46,6 +46,30 @@ impl FileBytes {
             FileBytes::Owned(v) => v,
         }
     }
+
+    /// Tells the kernel it may drop the resident pages of `range` once a
+    /// copy of them has been taken, so loading a model peaks at one copy of
+    /// its weights instead of two (the map's pages plus the copy).
+    /// Best effort: failure only means the pages stay resident.
+    pub(crate) fn release(&self, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        if let FileBytes::Mmap(m) = self {
+            // SAFETY: the map is a read-only, private, file-backed mapping:
+            // after MADV_DONTNEED a later access re-reads the same bytes from
+            // the file, so every outstanding `&[u8]` into it stays valid and
+            // unchanged (the same assumption as mapping at all: the file is
+            // not rewritten while open).
+            let _ = unsafe {
+                m.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    range.start,
+                    range.len(),
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = range;
+    }
 }
 
 /// Float element encodings that both GGUF and safetensors store.

@@ -313,8 +313,10 @@ impl GgufFile {
         let info = self.info_or_err(name)?;
         let ty = info.ggml_type().ok_or_else(|| unsupported(info))?;
         let (rows, cols) = info.rows_cols();
-        let bytes = self.tensor_bytes(name)?;
-        Ok(GgmlTensor::new(ty, rows, cols, bytes.to_vec())?)
+        let range = self.tensor_range(name)?;
+        let bytes = self.tensor_bytes(name)?.to_vec();
+        self.backing.release(range);
+        Ok(GgmlTensor::new(ty, rows, cols, bytes)?)
     }
 
     /// A float tensor (F32, F16 or BF16; norms, biases) converted to f32.
