@@ -59,13 +59,24 @@ fn quantize_codes(x: &[f32], qs: &mut [i8]) -> f32 {
     let id = if d > 0.0 { 1.0 / d } else { 0.0 };
     for (q, &v) in qs.iter_mut().zip(x) {
         // `as i8` saturates, and maps NaN to 0.
-        *q = (v * id).round_ties_even() as i8;
+        *q = round_ties_even_small(v * id) as i8;
     }
     if finite {
         d
     } else {
         f32::NAN
     }
+}
+
+/// Rounds to the nearest integer, ties to even, for |y| < 2^22 (codes here
+/// are at most 127 in magnitude). Adding and subtracting 1.5 * 2^23 makes the
+/// FPU's own round-to-nearest-even do the work; `f32::round_ties_even` would
+/// be a libm call on baseline x86-64 (no SSE4.1), 5-7% of a decode step.
+/// NaN stays NaN.
+#[inline(always)]
+fn round_ties_even_small(y: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (y + MAGIC) - MAGIC
 }
 
 /// x (K) -> K/32 blocks. `x.len()` must be `32 * out.len()`.
@@ -85,6 +96,24 @@ pub fn quantize_k(x: &[f32], out: &mut [ActQ8K]) {
             // 16 codes of |q| <= 127 sum to at most 2032: fits i16.
             *s = q.iter().map(|&v| v as i16).sum();
         }
+    }
+}
+
+#[cfg(test)]
+mod rounding_tests {
+    use super::round_ties_even_small;
+
+    #[test]
+    fn magic_rounding_matches_round_ties_even() {
+        let mut y = -130.0f32;
+        while y <= 130.0 {
+            assert_eq!(round_ties_even_small(y), y.round_ties_even(), "{y}");
+            y += 0.125;
+        }
+        for y in [0.5f32, 1.5, 2.5, -0.5, -2.5, 126.5, 0.49999997, -0.0] {
+            assert_eq!(round_ties_even_small(y), y.round_ties_even(), "{y}");
+        }
+        assert!(round_ties_even_small(f32::NAN).is_nan());
     }
 }
 
