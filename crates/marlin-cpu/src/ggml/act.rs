@@ -99,6 +99,21 @@ pub fn quantize_k(x: &[f32], out: &mut [ActQ8K]) {
     }
 }
 
+/// The dequantized activations d * q (what the integer kernels multiply).
+#[cfg(test)]
+pub fn dequant_x32(a: &[ActQ8x32]) -> Vec<f32> {
+    a.iter()
+        .flat_map(|b| b.qs.iter().map(move |&q| b.d * q as f32))
+        .collect()
+}
+
+#[cfg(test)]
+pub fn dequant_k(a: &[ActQ8K]) -> Vec<f32> {
+    a.iter()
+        .flat_map(|b| b.qs.iter().map(move |&q| b.d * q as f32))
+        .collect()
+}
+
 #[cfg(test)]
 mod rounding_tests {
     use super::round_ties_even_small;
@@ -115,19 +130,4 @@ mod rounding_tests {
         }
         assert!(round_ties_even_small(f32::NAN).is_nan());
     }
-}
-
-/// The dequantized activations d * q (what the integer kernels multiply).
-#[cfg(test)]
-pub fn dequant_x32(a: &[ActQ8x32]) -> Vec<f32> {
-    a.iter()
-        .flat_map(|b| b.qs.iter().map(move |&q| b.d * q as f32))
-        .collect()
-}
-
-#[cfg(test)]
-pub fn dequant_k(a: &[ActQ8K]) -> Vec<f32> {
-    a.iter()
-        .flat_map(|b| b.qs.iter().map(move |&q| b.d * q as f32))
-        .collect()
 }
