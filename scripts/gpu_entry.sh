@@ -5,6 +5,8 @@
 #
 #   MARLIN_BENCH_ARGS="..."   extra arguments for the main marlin-cuda-bench run
 #   MARLIN_BENCH_SWEEP=1      also time every split-K factor (tuning table)
+#   MARLIN_BENCH_SWEEP_ARGS   extra arguments of the sweep run (e.g. "--ms 1,16")
+#   MARLIN_NCU="--shape NxK --ms 1"  Nsight Compute profile of one decode launch
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stage=.gpu-stage
@@ -42,7 +44,21 @@ for t in "$stage"/tests/*; do
 done
 step "bench gemm" "$out/bench_gemm.log" "$stage/bin/marlin-cuda-bench" ${MARLIN_BENCH_ARGS:-}
 if [ "${MARLIN_BENCH_SWEEP:-0}" = 1 ]; then
-    step "bench gemm split sweep" "$out/bench_sweep.log" "$stage/bin/marlin-cuda-bench" --sweep
+    step "bench gemm split sweep" "$out/bench_sweep.log" "$stage/bin/marlin-cuda-bench" --sweep ${MARLIN_BENCH_SWEEP_ARGS:-}
+fi
+# MARLIN_NCU="--shape 28672x8192 --ms 1": Nsight Compute sections of one
+# decode-kernel launch of that benchmark (clocks left alone).
+if [ -n "${MARLIN_NCU:-}" ]; then
+    ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    if [ -n "$ncu_bin" ]; then
+        step "ncu ${MARLIN_NCU_KERNEL:-w4a16_dec}" "$out/ncu.log" "$ncu_bin" --clock-control none \
+            -k "regex:${MARLIN_NCU_KERNEL:-w4a16_dec}" --launch-skip 10 -c 1 \
+            --section SpeedOfLight --section Occupancy --section LaunchStats \
+            --section SchedulerStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+            "$stage/bin/marlin-cuda-bench" $MARLIN_NCU
+    else
+        echo "ncu not found"
+    fi
 fi
 
 echo
