@@ -13,6 +13,8 @@
 #                  THREADS; results do not depend on it, only the run time:
 #                  on a heavily shared machine ggml's spinning thread pool is
 #                  far slower with 2 threads than with 1)
+#   MARLIN_BIN     marlin binary to use (default: target/release/marlin,
+#                  built first with cargo; set it to skip that build)
 #   LCP_BIN        folder with the llama.cpp binaries (default: the one
 #                  build_llamacpp.sh builds; set it to skip that build, e.g.
 #                  LCP_BIN=.peer/llama.cpp/build-portable/bin)
@@ -43,17 +45,21 @@ prompts=(
 )
 
 lcp_bin="${LCP_BIN:-$repo_root/.peer/llama.cpp/build/bin}"
-marlin="$repo_root/target/release/marlin"
+marlin="${MARLIN_BIN:-$repo_root/target/release/marlin}"
 
 section() { [[ ",$only," == *",$1,"* ]]; }
 
 if [[ -z "${LCP_BIN:-}" ]]; then
     scripts/peer/build_llamacpp.sh || { echo "error: llama.cpp build failed" >&2; exit 1; }
 fi
-for tool in llama-bench llama-perplexity llama-completion llama-tokenize; do
+needed=()
+section speed && needed+=(llama-bench)
+section ppl && needed+=(llama-tokenize llama-perplexity)
+section gen && needed+=(llama-completion)
+for tool in "${needed[@]}"; do
     [[ -x "$lcp_bin/$tool" ]] || { echo "error: $lcp_bin/$tool missing" >&2; exit 1; }
 done
-if ! cargo build --release -p marlin-cli; then
+if [[ -z "${MARLIN_BIN:-}" ]] && ! cargo build --release -p marlin-cli; then
     echo "warning: marlin build failed; only llama.cpp is measured" >&2
 fi
 
@@ -68,6 +74,7 @@ mkdir -p "$run_dir"
     echo "llama_cpp_bin: ${lcp_bin#"$repo_root"/}"
     echo "chunks: $chunks"
     echo "reps: $reps"
+    echo "marlin_bin: ${marlin#"$repo_root"/} ($(date -u -r "$marlin" +%H:%MZ 2>/dev/null))"
     echo "marlin_commit: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- crates 2>/dev/null || echo '+dirty')"
     echo "llama_cpp: vendored in the llama-cpp-python ${LCP_VERSION:-0.3.36} sdist"
     echo "load_at_start: $(cut -d' ' -f1-3 /proc/loadavg)"

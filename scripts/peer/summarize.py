@@ -179,7 +179,7 @@ def main() -> int:
         toks = f"{fmt(ltokens, 'd')}/{fmt(mtokens, 'd')}"
         print(
             f"{tag:<28} {toks:>17} {chunks:>6} {lcell:>16} {mcell:>16} "
-            f"{fmt(None if rel is None else rel * 100, '+.3f') + '%':>9}"
+            f"{'n/a' if rel is None else format(rel * 100, '+.3f') + '%':>9}"
         )
 
     print("\n## greedy continuations (32 tokens, temperature 0)")
@@ -222,7 +222,7 @@ def main() -> int:
         matches, total = gens.get(tag, (0, 0))
         print(
             f"{tag:<28} {fmt(ratio(mpp, lpp), '.2f'):>8} {fmt(ratio(mtg, ltg), '.2f'):>8} "
-            f"{fmt(None if rel is None else rel * 100, '+.2f') + '%':>9} "
+            f"{'n/a' if rel is None else format(rel * 100, '+.2f') + '%':>9} "
             f"{(str(matches) + '/' + str(total)) if total else 'n/a':>7}"
         )
     print("(pp512 x, tg128 x: marlin tok/s / llama.cpp tok/s; ppl diff: (marlin - lcp) / lcp)")
