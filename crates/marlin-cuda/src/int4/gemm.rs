@@ -30,6 +30,8 @@ const DEC_STAGES: usize = 8;
 const DEC_MAX_CHUNKS_PER_SPLIT: usize = 32;
 /// Decode kernel: largest M (two token tiles of 8).
 const DEC_MAX_M: usize = 16;
+/// Decode kernel: default split-K factor (see `decode_plan`).
+const DEC_SPLITS: usize = 8;
 
 /// An INT4 weight matrix resident on the device in the kernel's layout.
 pub struct Int4Weight {
@@ -188,13 +190,16 @@ fn decode_token_tiles(m: usize) -> usize {
     }
 }
 
-/// Dynamic shared memory of the decode kernel: 4 warps' rings (per stage and
-/// lane 16 B codes, 4 B scale, 4 B zero) and the activation tile (8 rows per
-/// token tile, ceil(k_chunks/splits)*64 + 8 halves each).
-pub fn decode_smem_bytes(token_tiles: usize, k_chunks: usize, splits: usize) -> usize {
+/// Dynamic shared memory of the decode kernel for M rows: 4 warps' rings
+/// (per stage and lane 16 B codes, 4 B scale, 4 B zero) and the activation
+/// tile (min(M, 16) rows, plus a zero row when M is not 8 or 16;
+/// ceil(k_chunks/splits)*64 + 8 halves each).
+pub fn decode_smem_bytes(m: usize, k_chunks: usize, splits: usize) -> usize {
     let rings = 4 * DEC_STAGES * 32 * (16 + 4 + 4);
     let a_stride = k_chunks.div_ceil(splits.max(1)) * 64 + 8;
-    rings + 8 * token_tiles * a_stride * 2
+    let rows = m.min(DEC_MAX_M);
+    let zero_row = usize::from(rows != 8 * decode_token_tiles(rows));
+    rings + (rows + zero_row) * a_stride * 2
 }
 
 /// Launch shape chosen for one call (exposed for benchmarks and notes).
@@ -224,7 +229,7 @@ fn plan_for(
     allow_decode: bool,
 ) -> GemmPlan {
     if allow_decode && m <= DEC_MAX_M {
-        if let Some(p) = decode_plan(m, w, sm_count, splits) {
+        if let Some(p) = decode_plan(m, w, splits) {
             return p;
         }
     }
@@ -259,28 +264,23 @@ fn plan_for(
 
 /// The decode kernel's plan, or None when a forced split factor leaves more
 /// than [`DEC_MAX_CHUNKS_PER_SPLIT`] chunks per split.
-fn decode_plan(
-    m: usize,
-    w: &Int4Weight,
-    sm_count: usize,
-    splits: Option<usize>,
-) -> Option<GemmPlan> {
+fn decode_plan(m: usize, w: &Int4Weight, splits: Option<usize>) -> Option<GemmPlan> {
     let tiles = decode_token_tiles(m);
     let n_tiles = w.n_pad / N_TILE;
     let max_splits = (w.k_chunks / MIN_CHUNKS_PER_SPLIT).max(1);
-    // Same rule as the other kernels (about 16 chunks per split, between half
-    // a wave and 4 waves), with the blocks per SM the shared memory allows
-    // (rings 24 KiB + activations 16-32 KiB per token tile).
-    let blocks_per_sm = if tiles == 1 { 5 } else { 4 };
-    let slots = sm_count * blocks_per_sm;
-    let mut want = w.k_chunks.div_ceil(TARGET_CHUNKS_PER_SPLIT);
-    if n_tiles * want > 4 * slots {
-        want = (4 * slots / n_tiles).max(1);
-    }
-    if n_tiles * want < slots / 2 {
-        want = (slots / 2).div_ceil(n_tiles);
-    }
-    want = want.max(w.k_chunks.div_ceil(DEC_MAX_CHUNKS_PER_SPLIT));
+    // Split sweeps on an H100 (docs/CUDA.md, changes 10-12): 8 splits was
+    // best or within 3% of best at M = 1, 8 and 16 on all four benchmark
+    // shapes; fewer, longer splits mean a larger activation tile, fewer
+    // resident blocks (4096x14336 M=8: 7 splits 30.5 us, 8 splits 21.5 us).
+    // The fp32 partials grow with M x splits against weights that grow with
+    // K (M=8, 8 splits, K=4096: 12% extra traffic), so M > 4 at K <= 4096
+    // takes 4.
+    let base = if m > 4 && w.k_chunks <= 64 {
+        DEC_SPLITS / 2
+    } else {
+        DEC_SPLITS
+    };
+    let want = base.max(w.k_chunks.div_ceil(DEC_MAX_CHUNKS_PER_SPLIT));
     let splits = splits.unwrap_or(want).clamp(1, max_splits);
     if w.k_chunks.div_ceil(splits) > DEC_MAX_CHUNKS_PER_SPLIT {
         return None;
@@ -358,10 +358,9 @@ pub fn int4_gemm(
     }
     let func_name = p.kernel;
     let (smem, max_smem) = if m <= DEC_MAX_M && func_name.starts_with("w4a16_dec") {
-        let tiles = decode_token_tiles(m);
         // The attribute is set once per function: allow the largest tile.
-        let max = decode_smem_bytes(2, DEC_MAX_CHUNKS_PER_SPLIT, 1);
-        (decode_smem_bytes(tiles, w.k_chunks, p.splits), max)
+        let max = decode_smem_bytes(DEC_MAX_M, DEC_MAX_CHUNKS_PER_SPLIT, 1);
+        (decode_smem_bytes(m, w.k_chunks, p.splits), max)
     } else {
         let s = variant(m).smem_bytes() as usize;
         (s, s)
@@ -510,7 +509,16 @@ fn dequant_cublas(
 
 #[cfg(test)]
 mod tests {
-    use super::variant;
+    use super::{decode_smem_bytes, variant, DEC_MAX_CHUNKS_PER_SPLIT, DEC_MAX_M};
+
+    /// The decode kernel's largest tile (16 rows, the longest split) fits
+    /// the opt-in shared memory of an sm_90 block (227 KiB), and M = 1 at
+    /// 16 chunks per split leaves room for 6 blocks per SM.
+    #[test]
+    fn decode_tile_fits_shared_memory() {
+        assert!(decode_smem_bytes(DEC_MAX_M, DEC_MAX_CHUNKS_PER_SPLIT, 1) <= 227 * 1024);
+        assert!(6 * (decode_smem_bytes(1, 128, 8) + 1024) <= 228 * 1024);
+    }
 
     /// Resident blocks per SM promised by each variant fit in an sm_90 SM's
     /// 228 KiB of shared memory (1 KiB per block is reserved by the driver).

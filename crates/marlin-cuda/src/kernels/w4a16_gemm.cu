@@ -426,8 +426,8 @@ struct DecRing {
 };
 
 // Smem of the decode kernel (keep in sync with `decode_smem_bytes` in
-// src/int4/gemm.rs): 4 rings, then the activation tile
-// (8*RH rows, a_stride halves each), a_stride = ceil(k_chunks/splits)*64 + 8.
+// src/int4/gemm.rs): 4 rings, then the activation tile (min(M, 8*RH) rows,
+// plus a zero row when M < 8*RH; a_stride halves each), a_stride = ceil(k_chunks/splits)*64 + 8.
 
 template <int STAGES>
 __device__ __forceinline__ void dec_issue(DecRing<STAGES>& ring, int slot, int lane, const uint4* wp,
@@ -459,32 +459,35 @@ __device__ __forceinline__ void w4a16_dec_body(
     DecRing<STAGES>& ring = reinterpret_cast<DecRing<STAGES>*>(dyn_smem)[warp];
     u16* a_tile = reinterpret_cast<u16*>(reinterpret_cast<DecRing<STAGES>*>(dyn_smem) + 4);
 
-    // Activations of this split: rows m_base .. m_base + 8*RH, k from
-    // c_begin*64 for n_my*64 (zero past M and K). cp.async (zero-filled past
-    // M and K) in the oldest group, so that the copies of all threads are in
-    // flight together with the weight prologue (synchronous loads cost one
-    // L2 round trip each, 13 in a row per thread at M = 8).
+    // Activations of this split: the block's rows_here = min(M - m_base,
+    // 8*RH) token rows, then (if rows_here < 8*RH) one zero row that lanes
+    // of tokens >= M read
+    // (shared memory scales with M, not 8*RH: more resident blocks at M = 1).
+    // k from c_begin*64 for n_my*64, zero past K. cp.async in the oldest
+    // group, so that all threads' copies fly with the weight prologue.
+    const int rows_here = min(M - m_base, 8 * RH);
     {
         const int k0 = c_begin * 64;
         const int cols = n_my * 64;
+        const int vecs = cols >> 3;
+        if (rows_here < 8 * RH) {
+            for (int v = threadIdx.x; v < vecs; v += 128)
+                *reinterpret_cast<uint4*>(a_tile + rows_here * a_stride + 8 * v) = make_uint4(0, 0, 0, 0);
+        }
         if ((K & 7) == 0) {
-            const int vecs = cols >> 3;
-            for (int idx = threadIdx.x; idx < 8 * RH * vecs; idx += 128) {
-                const int r = idx / vecs;
-                const int v = idx - r * vecs;
-                const int row = m_base + r;
-                const int k = k0 + 8 * v;
-                const bool in = row < M && k < K;  // K % 8 == 0: all 8 in or out
-                cp_async16_ca(a_tile + r * a_stride + 8 * v, in ? (const void*)(A + (size_t)row * K + k) : (const void*)A,
-                              in ? 16 : 0);
+            for (int r = 0; r < rows_here; r++) {
+                const u16* src_row = A + (size_t)(m_base + r) * K + k0;
+                for (int v = threadIdx.x; v < vecs; v += 128) {
+                    const bool in = k0 + 8 * v < K;  // K % 8 == 0: all 8 in or out
+                    cp_async16_ca(a_tile + r * a_stride + 8 * v, in ? (const void*)(src_row + 8 * v) : (const void*)A,
+                                  in ? 16 : 0);
+                }
             }
         } else {
-            for (int idx = threadIdx.x; idx < 8 * RH * cols; idx += 128) {
-                const int r = idx / cols;
-                const int c = idx - r * cols;
-                const int row = m_base + r;
-                const int k = k0 + c;
-                a_tile[r * a_stride + c] = (row < M && k < K) ? A[(size_t)row * K + k] : (u16)0;
+            for (int r = 0; r < rows_here; r++) {
+                const u16* src_row = A + (size_t)(m_base + r) * K;
+                for (int c = threadIdx.x; c < cols; c += 128)
+                    a_tile[r * a_stride + c] = k0 + c < K ? src_row[k0 + c] : (u16)0;
             }
         }
         cp_async_commit();
@@ -523,7 +526,10 @@ __device__ __forceinline__ void w4a16_dec_body(
             acc[r][i] = 0.0f;
             acc_odd[r][i] = 0.0f;
         }
-    const u16* a_lane = a_tile + g * a_stride + 16 * t;
+    // Token row r*8 + g of this lane, or the zero row past M.
+    const u16* a_lane[RH];
+#pragma unroll
+    for (int r = 0; r < RH; r++) a_lane[r] = a_tile + min(r * 8 + g, rows_here) * a_stride + 16 * t;
 
     for (int base = 0; base < n_my; base += STAGES) {
 #pragma unroll
@@ -547,7 +553,7 @@ __device__ __forceinline__ void w4a16_dec_body(
                 u32 act[RH][8];
 #pragma unroll
                 for (int r = 0; r < RH; r++) {
-                    const u16* ap = a_lane + r * 8 * a_stride + it * 64;
+                    const u16* ap = a_lane[r] + it * 64;
                     const uint4 v0 = *reinterpret_cast<const uint4*>(ap);
                     const uint4 v1 = *reinterpret_cast<const uint4*>(ap + 8);
                     act[r][0] = v0.x; act[r][1] = v0.y; act[r][2] = v0.z; act[r][3] = v0.w;
