@@ -287,10 +287,11 @@ fn decode_plan(m: usize, w: &Int4Weight, splits: Option<usize>) -> Option<GemmPl
     }
     Some(GemmPlan {
         path: GemmPath::Fused,
-        kernel: if tiles == 1 {
-            "w4a16_dec_m8"
-        } else {
-            "w4a16_dec_m16"
+        kernel: match (tiles, w.neg_zero_scales.is_some()) {
+            (1, false) => "w4a16_dec_m8",
+            (1, true) => "w4a16_dec_m8z",
+            (_, false) => "w4a16_dec_m16",
+            (_, true) => "w4a16_dec_m16z",
         },
         m_tiles: 1,
         m_blocks: 1,

@@ -429,15 +429,17 @@ struct DecRing {
 // src/int4/gemm.rs): 4 rings, then the activation tile (min(M, 8*RH) rows,
 // plus a zero row when M < 8*RH; a_stride halves each), a_stride = ceil(k_chunks/splits)*64 + 8.
 
-template <int STAGES>
+template <int STAGES, bool HAS_Z>
 __device__ __forceinline__ void dec_issue(DecRing<STAGES>& ring, int slot, int lane, const uint4* wp,
                                           const u32* sp, const u32* zp) {
     cp_async16_cg(&ring.w[slot][lane], wp, 16);
     cp_async4(&ring.s[slot][lane], sp);
-    if (zp) cp_async4(&ring.z[slot][lane], zp);
+    if (HAS_Z) cp_async4(&ring.z[slot][lane], zp);
 }
 
-template <int RH, int STAGES>
+// HAS_Z: zero points streamed (Z non-null); a template parameter so that the
+// symmetric kernel carries no null-pointer selects in its issue path.
+template <int RH, int STAGES, bool HAS_Z>
 __device__ __forceinline__ void w4a16_dec_body(
     const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,
     const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,
@@ -499,16 +501,16 @@ __device__ __forceinline__ void w4a16_dec_body(
     int issue_group = c_begin / group_chunks;
     int issue_rem = c_begin - issue_group * group_chunks;
     const u32* sp = S + (size_t)nb * 8 + g + (size_t)issue_group * group_stride;
-    const u32* zp = Z ? Z + (size_t)nb * 8 + g + (size_t)issue_group * group_stride : nullptr;
+    const u32* zp = HAS_Z ? Z + (size_t)nb * 8 + g + (size_t)issue_group * group_stride : nullptr;
 #pragma unroll
     for (int st = 0; st < STAGES; st++) {
         if (st < n_my) {
-            dec_issue<STAGES>(ring, st, lane, wp, sp, zp);
+            dec_issue<STAGES, HAS_Z>(ring, st, lane, wp, sp, zp);
             wp += 128;
             if (++issue_rem == group_chunks) {
                 issue_rem = 0;
                 sp += group_stride;
-                if (zp) zp += group_stride;
+                if (HAS_Z) zp += group_stride;
             }
         }
         cp_async_commit();
@@ -542,7 +544,7 @@ __device__ __forceinline__ void w4a16_dec_body(
                 const u32 s0 = dup_lo(sc);
                 const u32 s1 = dup_hi(sc);
                 u32 z0, z1;
-                if (Z) {
+                if (HAS_Z) {
                     const u32 zs = ring.z[s][lane];
                     z0 = dup_lo(zs);
                     z1 = dup_hi(zs);
@@ -576,12 +578,12 @@ __device__ __forceinline__ void w4a16_dec_body(
                 }
                 // Slot s is consumed (values in registers): refill it.
                 if (it + STAGES < n_my) {
-                    dec_issue<STAGES>(ring, s, lane, wp, sp, zp);
+                    dec_issue<STAGES, HAS_Z>(ring, s, lane, wp, sp, zp);
                     wp += 128;
                     if (++issue_rem == group_chunks) {
                         issue_rem = 0;
                         sp += group_stride;
-                        if (zp) zp += group_stride;
+                        if (HAS_Z) zp += group_stride;
                     }
                 }
                 cp_async_commit();
@@ -642,19 +644,21 @@ __device__ __forceinline__ void w4a16_dec_body(
     if (threadIdx.x == 0) tickets[ticket_idx] = 0u;
 }
 
-#define W4A16_DEC_ENTRY(NAME, RH, STAGES)                                                        \
+#define W4A16_DEC_ENTRY(NAME, RH, STAGES, HAS_Z)                                                 \
     extern "C" __global__ void __launch_bounds__(128) NAME(                                       \
         const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
         u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
         int group_chunks, int splits) {                                                           \
-        w4a16_dec_body<RH, STAGES>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad, k_chunks,    \
-                                   group_chunks, splits);                                         \
+        w4a16_dec_body<RH, STAGES, HAS_Z>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad,       \
+                                          k_chunks, group_chunks, splits);                        \
     }
 
 // Keep STAGES in sync with `DEC_STAGES` in src/int4/gemm.rs.
-W4A16_DEC_ENTRY(w4a16_dec_m8, 1, 8)
-W4A16_DEC_ENTRY(w4a16_dec_m16, 2, 8)
+W4A16_DEC_ENTRY(w4a16_dec_m8, 1, 8, false)
+W4A16_DEC_ENTRY(w4a16_dec_m16, 2, 8, false)
+W4A16_DEC_ENTRY(w4a16_dec_m8z, 1, 8, true)
+W4A16_DEC_ENTRY(w4a16_dec_m16z, 2, 8, true)
 
 // Dequantize the packed weight to a dense f16 (N, K) row-major matrix (the
 // large-M path: dequantize once, then a cuBLAS fp16 GEMM). One thread per
