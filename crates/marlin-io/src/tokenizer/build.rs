@@ -20,6 +20,7 @@ use tokenizers::normalizers::prepend::Prepend;
 use tokenizers::normalizers::replace::Replace;
 use tokenizers::normalizers::utils::Sequence as NormalizerSequence;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::{SpecialToken, TemplateProcessing};
@@ -38,6 +39,12 @@ const SPACE_MARKER: char = '\u{2581}';
 /// Architectures whose SentencePiece vocabularies need Gemma's treatment.
 const GEMMA_ARCHITECTURES: [&str; 3] = ["gemma", "gemma2", "gemma3"];
 
+/// Pre-tokenizer names whose vocabularies put every digit in its own piece before GPT-2's
+/// regex: SmolLM's `tokenizer.json` has `Digits(individual_digits)` then `ByteLevel`, and
+/// llama.cpp's `LLAMA_VOCAB_PRE_TYPE_SMOLLM` splits `\p{N}` first. (transformers' GGUF loader
+/// drops this step, so its ids differ from the model's own tokenizer on numbers.)
+const ISOLATED_DIGITS_PRE: [&str; 1] = ["smollm"];
+
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const TEKKEN_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const GPT4O_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -45,7 +52,8 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 const QWEN35_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The split regex for a `tokenizer.ggml.pre` name; `None` means GPT-2's own regex (inside the
-/// byte-level pre-tokenizer), which is also what "smollm", "gpt-2" and "default" use.
+/// byte-level pre-tokenizer), which is also what "smollm" (after isolating every digit, see
+/// [`ISOLATED_DIGITS_PRE`]), "gpt-2" and "default" use.
 fn pre_tokenizer_split(pre: &str) -> Option<&'static str> {
     Some(match pre {
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
@@ -171,6 +179,14 @@ fn byte_level_bpe(spec: &TokenizerSpec) -> Result<HfTokenizer> {
             )
             .map_err(backend)?;
             PreTokenizerSequence::new(vec![split.into(), byte_level(false).into()]).into()
+        }
+        None if spec
+            .pre
+            .as_deref()
+            .is_some_and(|p| ISOLATED_DIGITS_PRE.contains(&p)) =>
+        {
+            PreTokenizerSequence::new(vec![Digits::new(true).into(), byte_level(true).into()])
+                .into()
         }
         None => byte_level(true).into(),
     };
