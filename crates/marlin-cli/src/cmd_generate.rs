@@ -75,6 +75,17 @@ fn print_timing(out: &GenerationOutput) {
     );
 }
 
+/// Checks the flags before the (slow) load, then loads model and tokenizer.
+fn prepare(
+    model_path: &Path,
+    sampling: &SamplingArgs,
+    compute: &ComputeArgs,
+) -> anyhow::Result<session::Loaded> {
+    require_cpu(compute)?;
+    sampling_params(sampling).validate()?;
+    session::load(model_path)
+}
+
 pub fn run(
     model_path: &Path,
     prompt: &str,
@@ -83,9 +94,7 @@ pub fn run(
     sampling: &SamplingArgs,
     compute: &ComputeArgs,
 ) -> anyhow::Result<()> {
-    require_cpu(compute)?;
-    sampling_params(sampling).validate()?;
-    let loaded = session::load(model_path)?;
+    let loaded = prepare(model_path, sampling, compute)?;
     let tok = &loaded.tokenizer;
     let ids = if chat {
         let mut messages = Vec::new();
@@ -117,9 +126,7 @@ pub fn chat(
     sampling: &SamplingArgs,
     compute: &ComputeArgs,
 ) -> anyhow::Result<()> {
-    require_cpu(compute)?;
-    sampling_params(sampling).validate()?;
-    let loaded = session::load(model_path)?;
+    let loaded = prepare(model_path, sampling, compute)?;
     let tok = &loaded.tokenizer;
     let template = session::chat_template(&loaded)?;
     let ctx = session::context_len(loaded.model.as_ref(), sampling.ctx)?;

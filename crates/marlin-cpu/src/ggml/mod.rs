@@ -260,14 +260,14 @@ impl PreparedGgml {
         let kr = &self.kernels;
         match &self.weights {
             Weights::F32(w) => run(w, k, x, k, m, n, k, y, kr.f32dot, None),
-            Weights::Q4_0(w) => run_x32(w, x, m, n, k, y, kr.q4_0),
-            Weights::Q4_1(w) => run_x32(w, x, m, n, k, y, kr.q4_1),
-            Weights::Q5_0(w) => run_x32(w, x, m, n, k, y, kr.q5_0),
-            Weights::Q5_1(w) => run_x32(w, x, m, n, k, y, kr.q5_1),
-            Weights::Q8_0(w) => run_x32(w, x, m, n, k, y, kr.q8_0),
-            Weights::Mxfp4(w) => run_x32(w, x, m, n, k, y, kr.mxfp4),
-            Weights::Q4K(w) => run_k(w, x, m, n, k, y, kr.q4k),
-            Weights::Q6K(w) => run_k(w, x, m, n, k, y, kr.q6k),
+            Weights::Q4_0(w) => run_quantized(w, x, m, n, k, y, kr.q4_0),
+            Weights::Q4_1(w) => run_quantized(w, x, m, n, k, y, kr.q4_1),
+            Weights::Q5_0(w) => run_quantized(w, x, m, n, k, y, kr.q5_0),
+            Weights::Q5_1(w) => run_quantized(w, x, m, n, k, y, kr.q5_1),
+            Weights::Q8_0(w) => run_quantized(w, x, m, n, k, y, kr.q8_0),
+            Weights::Mxfp4(w) => run_quantized(w, x, m, n, k, y, kr.mxfp4),
+            Weights::Q4K(w) => run_quantized(w, x, m, n, k, y, kr.q4k),
+            Weights::Q6K(w) => run_quantized(w, x, m, n, k, y, kr.q6k),
             Weights::Generic(w) => self.run_generic(w, x, m, y),
         }
     }
@@ -293,37 +293,41 @@ impl PreparedGgml {
     }
 }
 
-/// Quantizes x to 32-blocks, then runs the block kernel.
-#[allow(clippy::too_many_arguments)]
-fn run_x32<B: Sync>(
-    w: &[B],
-    x: &[f32],
-    m: usize,
-    n: usize,
-    k: usize,
-    y: &mut [f32],
-    dot: Dots<B, ActQ8x32>,
-) -> Result<(), CpuError> {
-    let bpr = k / 32;
-    let mut acts = vec![ActQ8x32::default(); m * bpr]; // (m, K/32)
-    quantize_rows(x, k, &mut acts, bpr, act::quantize_x32);
-    run(w, bpr, &acts, bpr, m, n, k, y, dot.one, Some(dot.four))
+/// An 8-bit activation block type: how many activations it holds and how
+/// a row of x becomes blocks.
+trait ActBlock: Default + Clone + Send + Sync {
+    const LEN: usize;
+    fn quantize(x: &[f32], out: &mut [Self]);
 }
 
-/// Quantizes x to 256-blocks, then runs the block kernel.
+impl ActBlock for ActQ8x32 {
+    const LEN: usize = 32;
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        act::quantize_x32(x, out)
+    }
+}
+
+impl ActBlock for ActQ8K {
+    const LEN: usize = 256;
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        act::quantize_k(x, out)
+    }
+}
+
+/// Quantizes x to activation blocks once, then runs the block kernel.
 #[allow(clippy::too_many_arguments)]
-fn run_k<B: Sync>(
+fn run_quantized<B: Sync, A: ActBlock>(
     w: &[B],
     x: &[f32],
     m: usize,
     n: usize,
     k: usize,
     y: &mut [f32],
-    dot: Dots<B, ActQ8K>,
+    dot: Dots<B, A>,
 ) -> Result<(), CpuError> {
-    let bpr = k / 256;
-    let mut acts = vec![ActQ8K::default(); m * bpr]; // (m, K/256)
-    quantize_rows(x, k, &mut acts, bpr, act::quantize_k);
+    let bpr = k / A::LEN;
+    let mut acts = vec![A::default(); m * bpr]; // (m, K / A::LEN)
+    quantize_rows(x, k, &mut acts, bpr, A::quantize);
     run(w, bpr, &acts, bpr, m, n, k, y, dot.one, Some(dot.four))
 }
 
