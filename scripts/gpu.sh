@@ -7,14 +7,20 @@
 #   bash scripts/gpu_entry.sh    # all GPU tests + benchmarks, summary last
 #
 # MARLIN_BUILD_ROOT=<dir> builds from another checkout (e.g. a copy of the
-# workspace) but still stages into this repository's .gpu-stage/.
+# workspace) but still stages into this repository.
+# MARLIN_STAGE=<name> stages into <repo>/<name> instead of .gpu-stage (several
+# people staging different builds at once); carry that folder.
+# The cuda build uses its own target directory (target/cuda) so that it does
+# not replace the CPU-only release binaries in target/release.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 build_root="${MARLIN_BUILD_ROOT:-$repo}"
-stage="$repo/.gpu-stage"
+stage="$repo/${MARLIN_STAGE:-.gpu-stage}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$build_root/target/cuda}"
 cd "$build_root"
 
 cargo build --release -p marlin-cuda --features cuda --bins
+cargo build --release -p marlin-cli --features cuda
 # Test executables: parse cargo's JSON messages for compiled test targets.
 cargo test --release -p marlin-cuda --features cuda --no-run --message-format=json \
     > "$repo/.gpu-stage.json"
@@ -37,9 +43,11 @@ for line in open(msgs):
         print("staged", out)
 PY
 rm -f "$repo/.gpu-stage.json"
-target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-cp "$target_dir/release/marlin-cuda-bench" "$stage/bin/"
-echo "staged $stage/bin/marlin-cuda-bench"
+for b in marlin-cuda-bench marlin; do
+    cp "$CARGO_TARGET_DIR/release/$b" "$stage/bin/"
+    echo "staged $stage/bin/$b"
+done
+cp "$repo/scripts/gpu_entry.sh" "$stage/"
 # Debug info is most of the size; the carried tree is limited to 64 MiB.
 for f in "$stage"/bin/* "$stage"/tests/*; do objcopy --strip-debug "$f"; done
 du -sh "$stage"

@@ -9,7 +9,7 @@
 #   MARLIN_NCU="--shape NxK --ms 1"  Nsight Compute profile of one decode launch
 set -uo pipefail
 cd "$(dirname "$0")/.."
-stage=.gpu-stage
+stage="${MARLIN_STAGE:-.gpu-stage}"
 out="${OUT:-/tmp/marlin-gpu}"
 mkdir -p "$out"
 export MARLIN_KERNEL_CACHE="${MARLIN_KERNEL_CACHE:-/tmp/marlin-kernel-cache}"
