@@ -88,7 +88,12 @@ impl CudaDevice {
         // across streams) would add several driver calls to every launch.
         // SAFETY: every buffer of this crate is used on `stream` alone.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A created (non-blocking) stream, not the legacy NULL stream: CUDA
+        // graphs cannot be captured on the NULL stream (the GPU decoder
+        // captures its decode step).
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| driver_err("cuStreamCreate", e))?;
         let name = ctx.name().map_err(|e| driver_err("cuDeviceGetName", e))?;
         let compute_capability = ctx
             .compute_capability()
