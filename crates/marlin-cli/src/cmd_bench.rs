@@ -49,14 +49,11 @@ pub fn model(
     compute: &ComputeArgs,
 ) -> anyhow::Result<()> {
     crate::init_threads(compute.threads)?;
-    if let Device::Cuda(_) = compute.device {
-        anyhow::bail!("--device cuda: model benchmarks on the GPU are not built yet");
-    }
     if pp == 0 || tg == 0 || reps == 0 {
         anyhow::bail!("--pp, --tg and --reps must be at least 1");
     }
-    let loaded = crate::session::load(path)?;
-    let model = loaded.model.as_ref();
+    let loaded = crate::session::load_on(path, compute.device)?;
+    let model = &loaded.model;
     let vocab = model.config().vocab_size as u64;
     if vocab == 0 {
         anyhow::bail!("{}: the model has an empty vocabulary", path.display());
@@ -71,19 +68,23 @@ pub fn model(
     };
     let prompt: Vec<u32> = (0..pp).map(|_| next_token()).collect();
     let gen: Vec<u32> = (0..tg).map(|_| next_token()).collect();
-    let mut cache = model.new_cache(pp.max(tg) + 1)?;
-    // Warm-up: page in the weights, size the scratch buffers.
-    model.forward(&prompt[..pp.min(16)], &mut cache)?;
+    let mut seq = model.new_sequence(pp.max(tg) + 1)?;
+    // Warm-up: page in the weights, size the scratch buffers (on the GPU:
+    // compile the kernels, capture the decode step's CUDA graph).
+    seq.forward(&prompt[..pp.min(16)])?;
+    for &tok in gen.iter().take(2) {
+        seq.forward(&[tok])?;
+    }
     let (mut pp_times, mut tg_times) = (Vec::new(), Vec::new());
     for _ in 0..reps {
-        cache.clear();
+        seq.clear();
         let t = std::time::Instant::now();
-        model.forward(&prompt, &mut cache)?;
+        seq.forward(&prompt)?;
         pp_times.push(t.elapsed().as_secs_f64());
-        cache.clear();
+        seq.clear();
         let t = std::time::Instant::now();
         for &tok in &gen {
-            model.forward(&[tok], &mut cache)?;
+            seq.forward(&[tok])?;
         }
         tg_times.push(t.elapsed().as_secs_f64());
     }
@@ -93,19 +94,24 @@ pub fn model(
     };
     let (pp_s, tg_s) = (median(&mut pp_times), median(&mut tg_times));
     let threads = rayon::current_num_threads();
+    // The CPU column says threads; a GPU run names its device.
+    let (unit_name, unit) = match compute.device {
+        Device::Cpu => ("threads", threads.to_string()),
+        Device::Cuda(n) => ("device", format!("cuda:{n}")),
+    };
     println!("model: {} ({})", path.display(), model.config().arch);
     println!(
-        "{:<8} {:>8} {:>12} {:>10}",
-        "test", "threads", "tok/s", "ms/tok"
+        "{:<8} {unit_name:>8} {:>12} {:>10}",
+        "test", "tok/s", "ms/tok"
     );
     println!(
-        "{:<8} {threads:>8} {:>12.1} {:>10.3}",
+        "{:<8} {unit:>8} {:>12.1} {:>10.3}",
         format!("pp{pp}"),
         pp as f64 / pp_s,
         pp_s * 1e3 / pp as f64
     );
     println!(
-        "{:<8} {threads:>8} {:>12.1} {:>10.3}",
+        "{:<8} {unit:>8} {:>12.1} {:>10.3}",
         format!("tg{tg}"),
         tg as f64 / tg_s,
         tg_s * 1e3 / tg as f64

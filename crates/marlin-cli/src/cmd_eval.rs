@@ -3,7 +3,6 @@
 use crate::session;
 use crate::ComputeArgs;
 use anyhow::Context;
-use marlin_core::Device;
 use marlin_engine::perplexity::{score_window, windows, PerplexityAccumulator, PerplexityConfig};
 use std::io::Write;
 use std::path::Path;
@@ -17,14 +16,11 @@ pub fn perplexity(
     compute: &ComputeArgs,
 ) -> anyhow::Result<()> {
     crate::init_threads(compute.threads)?;
-    if let Device::Cuda(_) = compute.device {
-        anyhow::bail!("--device cuda: perplexity on the GPU is not built yet; use --device cpu");
-    }
     let text = std::fs::read_to_string(text_path)
         .with_context(|| format!("reading {}", text_path.display()))?;
-    let loaded = session::load(model_path)?;
+    let loaded = session::load_on(model_path, compute.device)?;
     let tok = &loaded.tokenizer;
-    let model = loaded.model.as_ref();
+    let model = &loaded.model;
     let tokens = tok.encode(&text, true)?;
     let bos = tok.bos_id().filter(|_| tok.add_bos());
     let wins = windows(
@@ -41,12 +37,12 @@ pub fn perplexity(
         wins.len()
     );
     let vocab = model.config().vocab_size;
-    let mut cache = model.new_cache(ctx)?;
+    let mut seq = model.new_sequence(ctx)?;
     let mut acc = PerplexityAccumulator::default();
     let t0 = Instant::now();
     for (i, w) in wins.iter().enumerate() {
-        cache.clear();
-        let logits = model.forward_all(w, &mut cache)?;
+        seq.clear();
+        let logits = seq.forward_all(w)?;
         score_window(&mut acc, w, &logits, vocab)?;
         let (ppl, err) = acc.estimate();
         let done = i + 1;

@@ -1,8 +1,7 @@
 //! `marlin run` and `marlin chat`.
 
-use crate::session::{self, Sequence, TextStream};
+use crate::session::{self, DeviceSequence, TextStream};
 use crate::{ComputeArgs, SamplingArgs};
-use marlin_core::Device;
 use marlin_engine::{generate, GenerationOutput, GenerationRequest, SamplingParams};
 use marlin_io::tokenizer::{ChatMessage, Tokenizer};
 use std::io::{BufRead, Write};
@@ -11,16 +10,6 @@ use std::path::Path;
 /// Prompt tokens fed to the model per forward call: bounds the activation
 /// scratch memory of a long prompt.
 const PREFILL_CHUNK: usize = 512;
-
-fn require_cpu(compute: &ComputeArgs) -> anyhow::Result<()> {
-    crate::init_threads(compute.threads)?;
-    match compute.device {
-        Device::Cpu => Ok(()),
-        Device::Cuda(_) => anyhow::bail!(
-            "--device cuda: end-to-end generation on the GPU is not built yet (the CUDA backend has GEMM kernels and `marlin bench gemm --device cuda`); use --device cpu"
-        ),
-    }
-}
 
 fn sampling_params(s: &SamplingArgs) -> SamplingParams {
     SamplingParams {
@@ -49,7 +38,7 @@ fn request(tok: &Tokenizer, prompt: Vec<u32>, s: &SamplingArgs) -> GenerationReq
 
 /// Streams one generation to stdout; returns its output.
 fn stream_to_stdout(
-    seq: &mut Sequence,
+    seq: &mut DeviceSequence,
     tok: &Tokenizer,
     req: &GenerationRequest,
 ) -> anyhow::Result<GenerationOutput> {
@@ -75,15 +64,16 @@ fn print_timing(out: &GenerationOutput) {
     );
 }
 
-/// Checks the flags before the (slow) load, then loads model and tokenizer.
+/// Checks the flags before the (slow) load, then loads model and tokenizer
+/// onto `--device`.
 fn prepare(
     model_path: &Path,
     sampling: &SamplingArgs,
     compute: &ComputeArgs,
-) -> anyhow::Result<session::Loaded> {
-    require_cpu(compute)?;
+) -> anyhow::Result<session::LoadedOn> {
+    crate::init_threads(compute.threads)?;
     sampling_params(sampling).validate()?;
-    session::load(model_path)
+    session::load_on(model_path, compute.device)
 }
 
 pub fn run(
@@ -102,14 +92,15 @@ pub fn run(
             messages.push(ChatMessage::system(s));
         }
         messages.push(ChatMessage::user(prompt));
-        let rendered = session::chat_template(&loaded)?.render(&messages, true)?;
+        let rendered = session::chat_template_for(tok, &loaded.model.config().arch)?
+            .render(&messages, true)?;
         tracing::debug!(prompt = %rendered, "chat prompt");
         tok.encode_chat_prompt(&rendered)?
     } else {
         tok.encode(prompt, true)?
     };
-    let ctx = session::context_len(loaded.model.as_ref(), sampling.ctx)?;
-    let mut seq = Sequence::new(loaded.model.as_ref(), ctx)?;
+    let ctx = session::context_len_for(loaded.model.config(), sampling.ctx)?;
+    let mut seq = loaded.model.new_sequence(ctx)?;
     if !chat {
         // Raw completion: echo the prompt so the output reads as one text.
         print!("{prompt}");
@@ -128,9 +119,9 @@ pub fn chat(
 ) -> anyhow::Result<()> {
     let loaded = prepare(model_path, sampling, compute)?;
     let tok = &loaded.tokenizer;
-    let template = session::chat_template(&loaded)?;
-    let ctx = session::context_len(loaded.model.as_ref(), sampling.ctx)?;
-    let mut seq = Sequence::new(loaded.model.as_ref(), ctx)?;
+    let template = session::chat_template_for(tok, &loaded.model.config().arch)?;
+    let ctx = session::context_len_for(loaded.model.config(), sampling.ctx)?;
+    let mut seq = loaded.model.new_sequence(ctx)?;
     // Tokens whose keys and values are in the cache, in order.
     let mut cached: Vec<u32> = Vec::new();
     let mut messages = Vec::new();
@@ -156,14 +147,14 @@ pub fn chat(
         // Reuse the cache for the longest common prefix with the last turn.
         let common = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count();
         let common = common.min(ids.len().saturating_sub(1));
-        seq.cache.truncate(common);
+        seq.truncate(common);
         cached.truncate(common);
         let new = ids[common..].to_vec();
-        if ids.len() >= seq.cache.capacity() {
+        if ids.len() >= seq.capacity() {
             anyhow::bail!(
                 "the conversation ({} tokens) no longer fits the context of {} tokens; restart with a larger --ctx",
                 ids.len(),
-                seq.cache.capacity()
+                seq.capacity()
             );
         }
         let req = request(tok, new, sampling);
@@ -174,7 +165,7 @@ pub fn chat(
         // back (the last sampled one may not have been): its length says.
         cached.extend_from_slice(&ids[common..]);
         cached.extend_from_slice(&out.tokens);
-        cached.truncate(seq.cache.len());
+        cached.truncate(seq.len());
         messages.push(ChatMessage::assistant(out.text.trim().to_string()));
     }
     Ok(())

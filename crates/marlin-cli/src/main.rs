@@ -3,6 +3,7 @@
 //! Thin by design: parse flags, call the crates, print.
 
 mod cmd_bench;
+mod cmd_bench_decode;
 mod cmd_eval;
 mod cmd_generate;
 mod cmd_inspect;
@@ -156,6 +157,33 @@ enum BenchCommand {
         #[command(flatten)]
         compute: ComputeArgs,
     },
+    /// Decode steps of a Llama-3.1-8B-shaped INT4 model on the GPU against
+    /// the roofline (weights + KV bytes per step / copy bandwidth).
+    Decode {
+        #[command(flatten)]
+        compute: ComputeArgs,
+        /// Batch sizes (sequences decoded together), comma-separated.
+        #[arg(long, default_value = "1,8,32")]
+        batch: String,
+        /// KV-cache positions each sequence holds.
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// Timed decode steps per configuration.
+        #[arg(long, default_value_t = 64)]
+        steps: usize,
+    },
+    /// One model on the CPU and the GPU: greedy tokens, logit differences, speed.
+    Devices {
+        model: PathBuf,
+        /// Prompt (repeatable; default: four built-in prompts).
+        #[arg(long = "prompt")]
+        prompts: Vec<String>,
+        /// Greedy tokens per prompt.
+        #[arg(long, default_value_t = 32)]
+        tokens: usize,
+        #[command(flatten)]
+        compute: ComputeArgs,
+    },
 }
 
 /// Sizes the CPU thread pool once, before any kernel runs.
@@ -223,6 +251,18 @@ fn main() {
                 reps,
                 compute,
             } => cmd_bench::model(&model, pp, tg, reps, &compute),
+            BenchCommand::Decode {
+                compute,
+                batch,
+                ctx,
+                steps,
+            } => cmd_bench_decode::decode(&compute, &batch, ctx, steps),
+            BenchCommand::Devices {
+                model,
+                prompts,
+                tokens,
+                compute,
+            } => cmd_bench_decode::devices(&model, &prompts, tokens, &compute),
         },
     };
     if let Err(e) = result {

@@ -2,9 +2,10 @@
 //! drive them.
 
 use anyhow::Context;
+use marlin_core::Device;
 use marlin_engine::{Detokenizer, EngineError, SequenceModel};
 use marlin_io::tokenizer::{ChatTemplate, StreamDecoder, Tokenizer};
-use marlin_models::{KvCache, LoadOptions, Model};
+use marlin_models::{KvCache, LoadOptions, Model, ModelConfig};
 use std::path::Path;
 use std::time::Instant;
 
@@ -39,9 +40,158 @@ fn load_tokenizer(path: &Path) -> anyhow::Result<Tokenizer> {
     Ok(Tokenizer::from_gguf(&gguf)?)
 }
 
+/// A model on the device the user chose.
+pub enum DeviceModel {
+    Cpu(Box<dyn Model>),
+    #[cfg(feature = "gpu-decoder")]
+    Cuda(marlin_models::gpu::GpuModel),
+}
+
+impl DeviceModel {
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            DeviceModel::Cpu(m) => m.config(),
+            #[cfg(feature = "gpu-decoder")]
+            DeviceModel::Cuda(m) => m.config(),
+        }
+    }
+
+    /// An empty sequence of up to `ctx` positions.
+    pub fn new_sequence(&self, ctx: usize) -> anyhow::Result<DeviceSequence<'_>> {
+        Ok(match self {
+            DeviceModel::Cpu(m) => DeviceSequence::Cpu(Sequence::new(m.as_ref(), ctx)?),
+            #[cfg(feature = "gpu-decoder")]
+            DeviceModel::Cuda(m) => DeviceSequence::Cuda(m.new_sequence(ctx)?),
+        })
+    }
+}
+
+/// A model and its tokenizer, on a chosen device.
+pub struct LoadedOn {
+    pub model: DeviceModel,
+    pub tokenizer: Tokenizer,
+}
+
+/// Loads the model at `path` onto `device` (`--device`), with its tokenizer.
+/// Without the `cuda` feature or without a usable GPU, `cuda` is a one-line error.
+pub fn load_on(path: &Path, device: Device) -> anyhow::Result<LoadedOn> {
+    match device {
+        Device::Cpu => {
+            let Loaded { model, tokenizer } = load(path)?;
+            Ok(LoadedOn {
+                model: DeviceModel::Cpu(model),
+                tokenizer,
+            })
+        }
+        Device::Cuda(ordinal) => load_cuda(path, ordinal),
+    }
+}
+
+#[cfg(feature = "gpu-decoder")]
+fn load_cuda(path: &Path, ordinal: usize) -> anyhow::Result<LoadedOn> {
+    use marlin_models::gpu::{GpuLoadOptions, GpuModel};
+    if !path.exists() {
+        anyhow::bail!("{}: no such file or directory", path.display());
+    }
+    let t0 = Instant::now();
+    let opts = GpuLoadOptions {
+        ordinal,
+        ..GpuLoadOptions::default()
+    };
+    let model = GpuModel::load(path, &opts)
+        .with_context(|| format!("loading model {} onto cuda:{ordinal}", path.display()))?;
+    let tokenizer =
+        load_tokenizer(path).with_context(|| format!("loading tokenizer of {}", path.display()))?;
+    tracing::info!(secs = t0.elapsed().as_secs_f64(), "model loaded on the GPU");
+    Ok(LoadedOn {
+        model: DeviceModel::Cuda(model),
+        tokenizer,
+    })
+}
+
+#[cfg(not(feature = "gpu-decoder"))]
+fn load_cuda(_path: &Path, _ordinal: usize) -> anyhow::Result<LoadedOn> {
+    anyhow::bail!(
+        "--device cuda: this marlin was built without the `cuda` feature (cargo build --release --features cuda)"
+    )
+}
+
+/// One sequence on the CPU or the GPU.
+pub enum DeviceSequence<'m> {
+    Cpu(Sequence<'m>),
+    #[cfg(feature = "gpu-decoder")]
+    Cuda(marlin_models::gpu::GpuSequence<'m>),
+}
+
+impl DeviceSequence<'_> {
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        match self {
+            DeviceSequence::Cpu(s) => s.cache.len(),
+            #[cfg(feature = "gpu-decoder")]
+            DeviceSequence::Cuda(s) => s.len(),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        match self {
+            DeviceSequence::Cpu(s) => s.cache.capacity(),
+            #[cfg(feature = "gpu-decoder")]
+            DeviceSequence::Cuda(s) => s.capacity(),
+        }
+    }
+
+    /// Forgets every position from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        match self {
+            DeviceSequence::Cpu(s) => s.cache.truncate(len),
+            #[cfg(feature = "gpu-decoder")]
+            DeviceSequence::Cuda(s) => s.truncate(len),
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.truncate(0);
+    }
+
+    /// Appends `tokens`; logits (vocab) of the last one.
+    pub fn forward(&mut self, tokens: &[u32]) -> anyhow::Result<Vec<f32>> {
+        Ok(match self {
+            DeviceSequence::Cpu(s) => s.model.forward(tokens, &mut s.cache)?,
+            #[cfg(feature = "gpu-decoder")]
+            DeviceSequence::Cuda(s) => s.forward(tokens)?,
+        })
+    }
+
+    /// Appends `tokens`; logits (tokens.len(), vocab) of every one.
+    pub fn forward_all(&mut self, tokens: &[u32]) -> anyhow::Result<Vec<f32>> {
+        Ok(match self {
+            DeviceSequence::Cpu(s) => s.model.forward_all(tokens, &mut s.cache)?,
+            #[cfg(feature = "gpu-decoder")]
+            DeviceSequence::Cuda(s) => s.forward_all(tokens)?,
+        })
+    }
+}
+
+impl SequenceModel for DeviceSequence<'_> {
+    fn vocab_size(&self) -> usize {
+        match self {
+            DeviceSequence::Cpu(s) => s.vocab_size(),
+            #[cfg(feature = "gpu-decoder")]
+            DeviceSequence::Cuda(s) => s.vocab_size(),
+        }
+    }
+    fn max_seq_len(&self) -> usize {
+        self.capacity()
+    }
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        DeviceSequence::forward(self, tokens).map_err(|e| EngineError::Model(format!("{e:#}")))
+    }
+}
+
 /// The context length to allocate: the user's, else the model's capped.
-pub fn context_len(model: &dyn Model, requested: Option<usize>) -> anyhow::Result<usize> {
-    let native = model.config().context_length;
+pub fn context_len_for(cfg: &ModelConfig, requested: Option<usize>) -> anyhow::Result<usize> {
+    let native = cfg.context_length;
     match requested {
         Some(0) => anyhow::bail!("--ctx must be at least 1"),
         Some(n) => Ok(n),
@@ -118,12 +268,10 @@ const CHATML_TEMPLATE: &str = "{%- for message in messages -%}\
 
 /// The model's own chat template, or (as llama.cpp does for files without
 /// one) the built-in template of its family.
-pub fn chat_template(loaded: &Loaded) -> anyhow::Result<ChatTemplate> {
-    let tok = &loaded.tokenizer;
+pub fn chat_template_for(tok: &Tokenizer, arch: &str) -> anyhow::Result<ChatTemplate> {
     if tok.chat_template_source().is_some() {
         return Ok(tok.chat_template()?);
     }
-    let arch = loaded.model.config().arch.as_str();
     let source = if arch.starts_with("gemma") {
         GEMMA_TEMPLATE
     } else if tok.token_to_id("<|im_start|>").is_some() {

@@ -18,6 +18,8 @@
 pub mod arch;
 pub mod config;
 pub mod error;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod layers;
 pub mod model;
 pub mod source;

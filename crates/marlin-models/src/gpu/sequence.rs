@@ -1,0 +1,233 @@
+//! One sequence on the GPU: its KV cache, its activation scratch and its
+//! captured decode step.
+
+use cudarc::driver::CudaGraph;
+use marlin_cuda::ops::GpuKvCache;
+use marlin_engine::{EngineError, SequenceModel};
+
+use super::decoder::{LogitRows, Scratch};
+use super::graph::{capture, replay};
+use super::{driver_err, GpuError, GpuModel, Result};
+use crate::error::ModelError;
+
+/// A sequence of up to `capacity` positions of `model`.
+///
+/// Prompts run in chunks of up to `max_batch_rows` rows; a single new token
+/// (decode) runs as a CUDA graph captured at the second such step (the
+/// first sizes every lazily allocated workspace), replayed after a copy of
+/// the token id and position into the device buffers the graph reads.
+pub struct GpuSequence<'m> {
+    model: &'m GpuModel,
+    cache: GpuKvCache,
+    scratch: Scratch,
+    len: usize,
+    capacity: usize,
+    /// The m = 1 step (last-row logits + argmax), once captured.
+    graph: Option<CudaGraph>,
+    /// m = 1 steps run so far without a graph.
+    eager_steps: usize,
+}
+
+impl<'m> GpuSequence<'m> {
+    pub fn new(model: &'m GpuModel, capacity: usize) -> Result<Self> {
+        if capacity == 0 {
+            return Err(GpuError::Invalid("KV cache of 0 positions".into()));
+        }
+        if i32::try_from(capacity).is_err() {
+            return Err(GpuError::Invalid(format!("{capacity} positions exceed i32")));
+        }
+        let dev = model.device();
+        let max_m = model.options().max_batch_rows.min(capacity);
+        Ok(Self {
+            cache: model.decoder().new_cache(dev, 1, capacity)?,
+            scratch: Scratch::new(dev, model.decoder(), max_m, 1)?,
+            model,
+            len: 0,
+            capacity,
+            graph: None,
+            eager_steps: 0,
+        })
+    }
+
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets every position from `len` on (they will be overwritten).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Whether the decode step runs as a CUDA graph now.
+    pub fn graph_captured(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    /// Appends `tokens`; returns the logits (vocab) of the last one.
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.run(tokens, false)?;
+        let vocab = self.model.config().vocab_size;
+        let stream = self.model.device().stream();
+        let logits = stream
+            .clone_dtoh(&self.scratch.logits.slice(0..vocab))
+            .map_err(|e| driver_err("logits to the host", e))?;
+        self.model.device().synchronize()?;
+        Ok(logits)
+    }
+
+    /// Appends `tokens`; returns the argmax of the last one's logits,
+    /// computed on the device (4 bytes come back per step).
+    pub fn greedy(&mut self, tokens: &[u32]) -> Result<u32> {
+        self.run(tokens, true)?;
+        let stream = self.model.device().stream();
+        let id = stream
+            .clone_dtoh(&self.scratch.next_ids.slice(0..1))
+            .map_err(|e| driver_err("argmax to the host", e))?;
+        self.model.device().synchronize()?;
+        id.first()
+            .copied()
+            .ok_or_else(|| GpuError::Invalid("empty argmax".into()))
+    }
+
+    /// Appends `tokens`; returns the logits (tokens.len(), vocab) of every
+    /// one of them (perplexity, reference checks).
+    pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.check(tokens)?;
+        let dev = self.model.device().clone();
+        let vocab = self.model.config().vocab_size;
+        if self.scratch.logit_rows < self.scratch.max_m {
+            // Room for a whole chunk of logits; the captured graph read the
+            // old buffers, so it goes too.
+            self.graph = None;
+            self.eager_steps = 0;
+            self.scratch = Scratch::new(&dev, self.model.decoder(), self.scratch.max_m, self.scratch.max_m)?;
+        }
+        let mut out = Vec::with_capacity(tokens.len() * vocab);
+        for chunk in tokens.chunks(self.scratch.max_m) {
+            self.upload_rows(chunk)?;
+            let rows = self.model.decoder().forward_rows(
+                &dev,
+                &mut self.cache,
+                &mut self.scratch,
+                chunk.len(),
+                LogitRows::All,
+                false,
+            )?;
+            self.len += chunk.len();
+            let part = dev
+                .stream()
+                .clone_dtoh(&self.scratch.logits.slice(0..rows * vocab))
+                .map_err(|e| driver_err("logits to the host", e))?;
+            dev.synchronize()?;
+            out.extend_from_slice(&part);
+        }
+        Ok(out)
+    }
+
+    fn check(&self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(GpuError::Invalid("forward: no tokens".into()));
+        }
+        let vocab = self.model.config().vocab_size;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ModelError::TokenOutOfRange { id: bad, vocab }.into());
+        }
+        if self
+            .len
+            .checked_add(tokens.len())
+            .is_none_or(|end| end > self.capacity)
+        {
+            return Err(ModelError::ContextOverflow {
+                used: self.len,
+                new: tokens.len(),
+                capacity: self.capacity,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Writes the ids, sequence (0) and positions of `chunk` into the
+    /// device buffers the forward pass reads.
+    fn upload_rows(&mut self, chunk: &[u32]) -> Result<()> {
+        let m = chunk.len();
+        let pos: Vec<i32> = (self.len..self.len + m).map(|p| p as i32).collect();
+        let stream = self.model.device().stream();
+        stream
+            .memcpy_htod(chunk, &mut self.scratch.ids.slice_mut(0..m))
+            .map_err(|e| driver_err("token ids to the device", e))?;
+        stream
+            .memcpy_htod(&pos, &mut self.scratch.row_pos.slice_mut(0..m))
+            .map_err(|e| driver_err("positions to the device", e))?;
+        // row_seq stays 0: this cache holds one sequence.
+        Ok(())
+    }
+
+    /// Runs `tokens` in chunks; the last chunk leaves the last row's logits
+    /// (and argmax) in the scratch.
+    fn run(&mut self, tokens: &[u32], argmax: bool) -> Result<()> {
+        self.check(tokens)?;
+        let dev = self.model.device().clone();
+        let use_graph = self.model.options().cuda_graph;
+        for chunk in tokens.chunks(self.scratch.max_m) {
+            self.upload_rows(chunk)?;
+            if chunk.len() == 1 && use_graph && self.eager_steps > 0 {
+                if self.graph.is_none() {
+                    let (decoder, cache, scratch) =
+                        (self.model.decoder(), &mut self.cache, &mut self.scratch);
+                    let g = capture(&dev, || {
+                        decoder
+                            .forward_rows(&dev, cache, scratch, 1, LogitRows::Last, true)
+                            .map(|_| ())
+                    })?;
+                    self.graph = Some(g);
+                }
+                if let Some(g) = &self.graph {
+                    replay(g)?;
+                }
+            } else {
+                // The eager m = 1 step computes the argmax too, so that the
+                // captured graph and it leave the same buffers filled.
+                let want_argmax = argmax || chunk.len() == 1;
+                self.model.decoder().forward_rows(
+                    &dev,
+                    &mut self.cache,
+                    &mut self.scratch,
+                    chunk.len(),
+                    LogitRows::Last,
+                    want_argmax,
+                )?;
+                if chunk.len() == 1 {
+                    self.eager_steps += 1;
+                }
+            }
+            self.len += chunk.len();
+        }
+        Ok(())
+    }
+}
+
+impl SequenceModel for GpuSequence<'_> {
+    fn vocab_size(&self) -> usize {
+        self.model.config().vocab_size
+    }
+    fn max_seq_len(&self) -> usize {
+        self.capacity
+    }
+    fn forward(&mut self, tokens: &[u32]) -> std::result::Result<Vec<f32>, EngineError> {
+        GpuSequence::forward(self, tokens).map_err(|e| EngineError::Model(e.to_string()))
+    }
+}
