@@ -11,11 +11,16 @@
 //!   batched kernel (tiles of 16 rows unpacked once into L2, 2x2 register
 //!   blocks over (rows, activations)).
 //! - **FP8** (E4M3 / E5M2, per-channel, per-group or 2D blocks): codes
-//!   decoded 16 at a time through F16C, f32 FMA with x; M >= 16 goes through
-//!   the sgemm path below.
+//!   decoded 16 at a time through F16C, f32 FMA with up to 4 activation rows
+//!   per decode.
 //! - **generic** (everything else, e.g. NF4 or act-order whose groups are
-//!   not all of one size): rows dequantized to f32, then dot products (small
-//!   M) or tiles of rows through sgemm.
+//!   not all of one size): rows dequantized to f32, then dot products.
+//!
+//! Batch invariance: every path computes each output element with one
+//! reduction order whatever M is and whichever rows share the batch (the
+//! decode and batched int-dot kernels apply the same f32 operations per
+//! superblock; the f32 paths use one dot per element), so row i of a
+//! product equals the M = 1 product of activation row i bitwise.
 //!
 //! Each path has a scalar version; AVX2+FMA+F16C versions are chosen once,
 //! at `new`, with `is_x86_feature_detected!`. Work is split over output rows
@@ -38,8 +43,6 @@ use rowdec::{Fp8Weights, GenericWeights};
 
 /// Activation rows from which the integer-dot path uses its batched kernel.
 pub const BATCHED_MIN_M: usize = 8;
-/// Activation rows from which the f32 paths use sgemm on decoded tiles.
-const SGEMM_MIN_M: usize = 16;
 
 /// Instruction set of the kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,9 +193,10 @@ impl PreparedQuant {
                 };
                 for_row_chunks(n, m, chunk, y, |rows, yt| kernel(w, &acts, rows, yt));
             }
-            Path::Fp8(w) if m < SGEMM_MIN_M => {
+            Path::Fp8(w) => {
                 #[cfg(target_arch = "x86_64")]
                 if self.isa == KernelIsa::Avx2 {
+                    // xp (m, kp): x with rows zero padded to whole 16-code steps.
                     let mut xp = vec![0f32; m * w.kp];
                     for (dst, src) in xp.chunks_mut(w.kp).zip(x.chunks(k)) {
                         dst[..k].copy_from_slice(src);
@@ -206,13 +210,11 @@ impl PreparedQuant {
                     rowdec::rows_by_dot(w, x, m, rows, yt)
                 });
             }
-            Path::Fp8(w) => rowdec::matmul_by_sgemm(w, n, x, m, y)?,
-            Path::Generic(w) if m < SGEMM_MIN_M => {
+            Path::Generic(w) => {
                 for_row_chunks(n, m, decode_chunk(n), y, |rows, yt| {
                     rowdec::rows_by_dot(w, x, m, rows, yt)
                 });
             }
-            Path::Generic(w) => rowdec::matmul_by_sgemm(w, n, x, m, y)?,
         }
         Ok(())
     }

@@ -1,10 +1,10 @@
 //! f32 paths: FP8 weights (decoded 16 at a time through F16C), and the
 //! generic path for every other scheme (NF4, irregular act-order, FP8 with
-//! zero points...): dequantize rows to f32, then dot (M small) or a tile of
-//! rows through `matrixmultiply`'s sgemm (M large).
+//! zero points...): dequantize rows to f32, then dot. Both compute every
+//! output element with one reduction order whatever M is (batch invariance,
+//! see `docs/CPU_KERNELS.md`), so neither hands large M to sgemm.
 
 use super::codes::{decode_e4m3, decode_e5m2, CheckedTensor, ScaleGrid};
-use crate::CpuError;
 use marlin_quant::{ElementType, QuantTensor, ZeroPoint};
 
 /// FP8 codes, rows padded to whole 16-column steps with +0 codes.
@@ -22,7 +22,7 @@ pub(crate) struct Fp8Weights {
     pub rows_per: usize,
     /// (grid rows, blocks_per_row) scales times the global scale.
     pub scales: Vec<f32>,
-    /// Value of every code (for the scalar and sgemm paths).
+    /// Value of every code (for the scalar path).
     pub lut: Vec<f32>,
 }
 
@@ -151,6 +151,8 @@ impl RowDecoder for GenericWeights {
 }
 
 /// `yt (rows, m)` for rows of W decoded one at a time and dotted with x.
+/// Every output element is one [`dot_lanes`] of its weight row and its
+/// activation row, whatever `m` is: batch invariant.
 pub(crate) fn rows_by_dot(
     dec: &dyn RowDecoder,
     x: &[f32],
@@ -163,57 +165,26 @@ pub(crate) fn rows_by_dot(
     for (ri, r) in rows.enumerate() {
         dec.decode_row(r, &mut wrow);
         for mi in 0..m {
-            let xr = &x[mi * k..(mi + 1) * k];
-            yt[ri * m + mi] = wrow.iter().zip(xr).map(|(a, b)| a * b).sum();
+            yt[ri * m + mi] = dot_lanes(&wrow, &x[mi * k..(mi + 1) * k]);
         }
     }
 }
 
-/// Rows per decoded tile of the sgemm path: (512, 4096) f32 = 8 MiB. Large
-/// tiles because sgemm repacks x on every call.
-const SGEMM_TILE_ROWS: usize = 512;
-
-/// `y (m, N) = x · Wᵀ` by decoding tiles of rows to f32 (in parallel) and
-/// multiplying each with sgemm (itself multi-threaded).
-pub(crate) fn matmul_by_sgemm(
-    dec: &dyn RowDecoder,
-    n: usize,
-    x: &[f32],
-    m: usize,
-    y: &mut [f32],
-) -> Result<(), CpuError> {
-    use rayon::prelude::*;
-    let k = dec.k();
-    let mut tile = vec![0f32; SGEMM_TILE_ROWS.min(n) * k];
-    for n0 in (0..n).step_by(SGEMM_TILE_ROWS) {
-        let nt = SGEMM_TILE_ROWS.min(n - n0);
-        tile[..nt * k]
-            .par_chunks_mut(k)
-            .enumerate()
-            .for_each(|(i, row)| dec.decode_row(n0 + i, row));
-        // SAFETY: x is (m, k) row-major, tile holds nt rows of k (read as
-        // the (k, nt) matrix Wᵀ with strides (1, k)), and y is (m, n) with
-        // row stride n; columns n0..n0+nt exist since n0 + nt <= n.
-        unsafe {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                nt,
-                1.0,
-                x.as_ptr(),
-                k as isize,
-                1,
-                tile.as_ptr(),
-                1,
-                k as isize,
-                0.0,
-                y.as_mut_ptr().add(n0),
-                n as isize,
-                1,
-            );
+/// `Σ w[i] * x[i]` in 8 interleaved partial sums added in a fixed order (a
+/// loop the compiler vectorizes, unlike one running sum).
+fn dot_lanes(w: &[f32], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (wc, xc) = (w.chunks_exact(8), x.chunks_exact(8));
+    let (wt, xt) = (wc.remainder(), xc.remainder());
+    for (a, b) in wc.zip(xc) {
+        for i in 0..8 {
+            acc[i] += a[i] * b[i];
         }
     }
-    Ok(())
+    for (i, (a, b)) in wt.iter().zip(xt).enumerate() {
+        acc[i] += a * b;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -243,28 +214,74 @@ pub(crate) mod fp8_avx2 {
         )
     }
 
-    /// Dot of row `r` with `x` (kp values, zero padded).
+    /// Dots of row `r` with the MR activation rows `m0..m0 + MR` of `xp`
+    /// (m, kp), into `out[..MR]`. Each activation row has its own
+    /// accumulators and sees the same operations in the same order for any
+    /// MR: the result of a row does not depend on the batch.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_row<const E5M2: bool>(w: &Fp8Weights, r: usize, x: &[f32]) -> f32 {
-        let codes = w.codes.as_ptr().add(r * w.kp);
+    unsafe fn dot_rows<const E5M2: bool, const MR: usize>(
+        w: &Fp8Weights,
+        r: usize,
+        xp: &[f32],
+        m0: usize,
+        out: &mut [f32],
+    ) {
+        let kp = w.kp;
+        let codes = w.codes.as_ptr().add(r * kp);
         let scales = w.row_scales(r);
-        let mut total = _mm256_setzero_ps();
+        let mut x = [std::ptr::null::<f32>(); MR];
+        for (i, xi) in x.iter_mut().enumerate() {
+            *xi = xp.as_ptr().add((m0 + i) * kp);
+        }
+        let mut total = [_mm256_setzero_ps(); MR];
         let mut c0 = 0;
         for &s in scales {
-            let c1 = (c0 + w.block).min(w.kp);
-            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let c1 = (c0 + w.block).min(kp);
+            let mut a0 = [_mm256_setzero_ps(); MR];
+            let mut a1 = [_mm256_setzero_ps(); MR];
             let mut c = c0;
             while c < c1 {
                 let (w0, w1) = decode16::<E5M2>(codes.add(c));
-                a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x.as_ptr().add(c)), a0);
-                a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.as_ptr().add(c + 8)), a1);
+                for i in 0..MR {
+                    a0[i] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[i].add(c)), a0[i]);
+                    a1[i] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x[i].add(c + 8)), a1[i]);
+                }
                 c += 16;
             }
-            total = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(s), total);
+            for i in 0..MR {
+                total[i] =
+                    _mm256_fmadd_ps(_mm256_add_ps(a0[i], a1[i]), _mm256_set1_ps(s), total[i]);
+            }
             c0 = c1;
         }
         let unbias = if E5M2 { 1.0 } else { 256.0 };
-        hsum(total) * unbias
+        for i in 0..MR {
+            out[i] = hsum(total[i]) * unbias;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn rows_impl<const E5M2: bool>(
+        w: &Fp8Weights,
+        xp: &[f32],
+        m: usize,
+        rows: std::ops::Range<usize>,
+        yt: &mut [f32],
+    ) {
+        for (ri, r) in rows.enumerate() {
+            let out = &mut yt[ri * m..(ri + 1) * m];
+            let mut m0 = 0;
+            // 4 activation rows per pass over the weight row: each 16-code
+            // decode feeds 8 FMAs.
+            while m0 + 4 <= m {
+                dot_rows::<E5M2, 4>(w, r, xp, m0, &mut out[m0..m0 + 4]);
+                m0 += 4;
+            }
+            while m0 < m {
+                dot_rows::<E5M2, 1>(w, r, xp, m0, &mut out[m0..m0 + 1]);
+                m0 += 1;
+            }
+        }
     }
 
     /// `yt (rows, m)`; `xp` is x (m, kp) zero padded.
@@ -275,20 +292,20 @@ pub(crate) mod fp8_avx2 {
         rows: std::ops::Range<usize>,
         yt: &mut [f32],
     ) {
-        assert!(xp.len() >= m * w.kp && rows.end <= w.n && w.kp.is_multiple_of(16));
-        for (ri, r) in rows.enumerate() {
-            for mi in 0..m {
-                let xr = &xp[mi * w.kp..(mi + 1) * w.kp];
-                // SAFETY: `Isa::Avx2` is only chosen after detecting AVX2,
-                // FMA and F16C; row r has kp codes, xr has kp values and
-                // the scale blocks cover kp in 16-column steps (asserted).
-                yt[ri * m + mi] = unsafe {
-                    if w.e5m2 {
-                        dot_row::<true>(w, r, xr)
-                    } else {
-                        dot_row::<false>(w, r, xr)
-                    }
-                };
+        assert!(
+            xp.len() >= m * w.kp
+                && yt.len() >= rows.len() * m
+                && rows.end <= w.n
+                && w.kp.is_multiple_of(16)
+        );
+        // SAFETY: `Isa::Avx2` is only chosen after detecting AVX2, FMA and
+        // F16C; row r has kp codes, every row of xp has kp values and the
+        // scale blocks cover kp in 16-column steps (asserted).
+        unsafe {
+            if w.e5m2 {
+                rows_impl::<true>(w, xp, m, rows, yt)
+            } else {
+                rows_impl::<false>(w, xp, m, rows, yt)
             }
         }
     }
