@@ -1,10 +1,13 @@
 //! Weights and hyper-parameters from a Hugging Face directory
 //! (`config.json` + safetensors). Tensors are requested by GGUF names and
-//! translated here, so architectures have one naming scheme.
+//! translated here, so architectures have one naming scheme. Quantized
+//! linears of marlin checkpoints (`marlin_io::checkpoint`) load as
+//! [`TensorData::Quant`].
 
 use super::{SourceKind, TensorData, WeightSource};
 use crate::config::{HParam, HValue};
 use crate::error::{ModelError, Result};
+use marlin_io::checkpoint;
 use marlin_io::hf::HfModelDir;
 use std::path::Path;
 
@@ -36,39 +39,19 @@ impl HfDirSource {
 
     /// The Hugging Face name of GGUF-style tensor `name`.
     fn hf_name(&self, name: &str) -> Option<String> {
-        let fixed = match name {
-            "token_embd.weight" => Some("model.embed_tokens.weight"),
-            "output_norm.weight" => Some("model.norm.weight"),
-            "output.weight" => Some("lm_head.weight"),
-            _ => None,
+        hf_tensor_name(&self.arch, name)
+    }
+
+    /// The quantized linear stored for GGUF-style `name` in marlin's
+    /// checkpoint layout (`<base>.qcodes` + scales ...), if there is one.
+    fn quant_tensor(&self, name: &str) -> Result<Option<marlin_quant::QuantTensor>> {
+        let Some(hf) = self.hf_name(name) else {
+            return Ok(None);
         };
-        if let Some(f) = fixed {
-            return Some(f.to_string());
-        }
-        let rest = name.strip_prefix("blk.")?;
-        let (layer, tail) = rest.split_once('.')?;
-        let layer: usize = layer.parse().ok()?;
-        let gemma = self.arch.starts_with("gemma");
-        let hf_tail = match tail {
-            "attn_norm.weight" => "input_layernorm.weight",
-            "attn_q.weight" => "self_attn.q_proj.weight",
-            "attn_k.weight" => "self_attn.k_proj.weight",
-            "attn_v.weight" => "self_attn.v_proj.weight",
-            "attn_output.weight" => "self_attn.o_proj.weight",
-            "attn_q_norm.weight" => "self_attn.q_norm.weight",
-            "attn_k_norm.weight" => "self_attn.k_norm.weight",
-            "ffn_gate.weight" => "mlp.gate_proj.weight",
-            "ffn_up.weight" => "mlp.up_proj.weight",
-            "ffn_down.weight" => "mlp.down_proj.weight",
-            // Gemma has a norm after attention *and* one before the MLP;
-            // Llama's "post_attention_layernorm" is the one before the MLP.
-            "ffn_norm.weight" if gemma => "pre_feedforward_layernorm.weight",
-            "ffn_norm.weight" => "post_attention_layernorm.weight",
-            "post_attention_norm.weight" if gemma => "post_attention_layernorm.weight",
-            "post_ffw_norm.weight" if gemma => "post_feedforward_layernorm.weight",
-            _ => return None,
+        let Some(base) = checkpoint::linear_base(&hf) else {
+            return Ok(None);
         };
-        Some(format!("model.layers.{layer}.{hf_tail}"))
+        Ok(checkpoint::read_quant_tensor(&self.dir, base)?)
     }
 
     fn view(&self, name: &str) -> Result<marlin_io::safetensors::TensorView<'_>> {
@@ -77,6 +60,45 @@ impl HfDirSource {
             .ok_or_else(|| ModelError::tensor(name, "no Hugging Face equivalent"))?;
         Ok(self.dir.tensor(&hf)?)
     }
+}
+
+/// The Hugging Face name of GGUF-style tensor `name` for architecture
+/// `arch` (`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`),
+/// or `None` when it has no equivalent. Checkpoint writers use the same map.
+pub fn hf_tensor_name(arch: &str, name: &str) -> Option<String> {
+    let fixed = match name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = name.strip_prefix("blk.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let gemma = arch.starts_with("gemma");
+    let hf_tail = match tail {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "attn_q_norm.weight" => "self_attn.q_norm.weight",
+        "attn_k_norm.weight" => "self_attn.k_norm.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        // Gemma has a norm after attention *and* one before the MLP;
+        // Llama's "post_attention_layernorm" is the one before the MLP.
+        "ffn_norm.weight" if gemma => "pre_feedforward_layernorm.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "post_attention_norm.weight" if gemma => "post_attention_layernorm.weight",
+        "post_ffw_norm.weight" if gemma => "post_feedforward_layernorm.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf_tail}"))
 }
 
 impl WeightSource for HfDirSource {
@@ -122,10 +144,21 @@ impl WeightSource for HfDirSource {
     }
 
     fn contains(&self, name: &str) -> bool {
-        self.hf_name(name).is_some_and(|hf| self.dir.contains(&hf))
+        self.hf_name(name).is_some_and(|hf| {
+            self.dir.contains(&hf)
+                || checkpoint::linear_base(&hf).is_some_and(|base| {
+                    self.dir
+                        .contains(&checkpoint::QuantTensorNames::new(base).codes)
+                })
+        })
     }
 
+    /// A dense matrix, or (marlin checkpoints) the stored `QuantTensor` as
+    /// it is: the CPU kernels run it without dequantizing.
     fn tensor(&self, name: &str) -> Result<TensorData> {
+        if let Some(t) = self.quant_tensor(name)? {
+            return Ok(TensorData::Quant(t));
+        }
         let view = self.view(name)?;
         let (rows, cols) = match view.shape {
             [r, c] => (*r, *c),

@@ -6,7 +6,7 @@ mod gguf;
 mod hf;
 
 pub use gguf::GgufSource;
-pub use hf::HfDirSource;
+pub use hf::{hf_tensor_name, HfDirSource};
 
 use crate::config::{HParam, HValue};
 use crate::error::Result;
