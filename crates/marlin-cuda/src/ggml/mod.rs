@@ -1,0 +1,327 @@
+//! GGUF (ggml) block types on the GPU.
+//!
+//! [`GgmlGpuWeight::upload`] splits every block losslessly into a 16-byte
+//! aligned "codes" plane and a "meta" plane ([`layout`]); F32 and BF16
+//! weights become dense f32 (BF16 widened exactly), F16 stays f16.
+//!
+//! - Decode (m <= 8): x is quantized on the device to int8 blocks of 32
+//!   with an f32 scale d = max|x|/127 and s = d·Σq (the CPU's arithmetic,
+//!   marlin-cpu `ggml::act`); one warp per output row reads the blocks with
+//!   16-byte loads and dots them with `dp4a`, fp32 accumulation. Error of the
+//!   activation rounding: |Δy| <= Σ_i |w_i| d_blk(i) / 2 (as on the CPU, with
+//!   32-blocks for the K-quants too). Dense weights use an f32 GEMV on the
+//!   exact activations.
+//! - Prefill (m > 8): the weight is dequantized into a shared f16 scratch,
+//!   x is copied to f16 with a per-row power-of-two scale (max|x| of each row
+//!   lands in [2^14, 2^15): large activations cannot overflow f16, small ones
+//!   keep full f16 precision; the scale is undone exactly on the f32 output),
+//!   then cuBLAS GemmEx with fp32 accumulation. Relative error per product is
+//!   about 2^-11 (f16 rounding of weight and activation). F32/BF16 weights
+//!   use fp32 SGEMM on the exact activations.
+//! - [`GgmlGpuWeight::get_rows`] dequantizes embedding rows bit-identically
+//!   to the reference (`GgmlTensor::dequantize`), then multiplies by a scale.
+
+mod launch;
+pub mod layout;
+pub mod random;
+mod scratch;
+
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::CudaSlice;
+use half::f16;
+use marlin_quant::{GgmlTensor, GgmlType};
+
+use crate::device::CudaDevice;
+use crate::error::{CudaError, Result};
+use launch::{GemmInputs, DECODE_MAX_M};
+pub use layout::is_supported;
+use scratch::{ensure, Scratch};
+
+/// Largest m that takes the decode kernels (larger m dequantizes + cuBLAS).
+pub const DECODE_MAX_ROWS: usize = DECODE_MAX_M;
+
+/// Where the weight lives on the device.
+enum Storage {
+    /// Split blocks: codes (rows * blocks_per_row * code_bytes) and meta
+    /// (rows * blocks_per_row * meta_bytes).
+    Blocks {
+        codes: CudaSlice<u8>,
+        meta: CudaSlice<u8>,
+    },
+    /// (rows, cols) f32 (from F32 or, widened, BF16).
+    DenseF32(CudaSlice<f32>),
+    /// (rows, cols) f16.
+    DenseF16(CudaSlice<f16>),
+}
+
+/// A ggml-typed (rows, cols) weight resident on one device.
+pub struct GgmlGpuWeight {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    storage: Storage,
+    device_bytes: usize,
+    /// The device the weight lives on (compared by address with `dev` at
+    /// every call).
+    device: std::sync::Weak<CudaDevice>,
+    scratch: Arc<Mutex<Scratch>>,
+}
+
+impl std::fmt::Debug for GgmlGpuWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgmlGpuWeight")
+            .field("ty", &self.ty)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("device_bytes", &self.device_bytes)
+            .finish()
+    }
+}
+
+fn le_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+impl GgmlGpuWeight {
+    /// Raw blocks uploaded as they are (or repacked losslessly); F32/F16/BF16 become dense.
+    pub fn upload(dev: &Arc<CudaDevice>, t: &GgmlTensor) -> Result<Self> {
+        layout::check_tensor(t)?;
+        let what = format!("{} weight {}x{}", t.ty.name(), t.rows, t.cols);
+        let storage = match t.ty {
+            GgmlType::F32 => Storage::DenseF32(dev.upload(&what, &le_f32(&t.data))?),
+            GgmlType::BF16 => {
+                let wide: Vec<f32> = t
+                    .data
+                    .chunks_exact(2)
+                    .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
+                    .collect();
+                Storage::DenseF32(dev.upload(&what, &wide)?)
+            }
+            GgmlType::F16 => {
+                let h: Vec<f16> = t
+                    .data
+                    .chunks_exact(2)
+                    .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+                    .collect();
+                Storage::DenseF16(dev.upload(&what, &h)?)
+            }
+            ty => {
+                let split = layout::block_split(ty).ok_or_else(|| layout::unsupported(ty))?;
+                let planes = layout::split(t, &split)?;
+                Storage::Blocks {
+                    codes: dev.upload(&format!("{what} codes"), &planes.codes)?,
+                    meta: dev.upload(&format!("{what} scales"), &planes.meta)?,
+                }
+            }
+        };
+        let device_bytes = match &storage {
+            Storage::Blocks { codes, meta } => codes.len() + meta.len(),
+            Storage::DenseF32(w) => 4 * w.len(),
+            Storage::DenseF16(w) => 2 * w.len(),
+        };
+        Ok(Self {
+            ty: t.ty,
+            rows: t.rows,
+            cols: t.cols,
+            storage,
+            device_bytes,
+            device: Arc::downgrade(dev),
+            scratch: scratch::for_device(dev)?,
+        })
+    }
+
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+    /// N: output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// K: input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Bytes the weight occupies on the device (and one decode matmul reads).
+    pub fn device_bytes(&self) -> usize {
+        self.device_bytes
+    }
+
+    fn check_device(&self, dev: &CudaDevice) -> Result<()> {
+        if std::ptr::eq(self.device.as_ptr(), dev) {
+            Ok(())
+        } else {
+            Err(CudaError::Shape(format!(
+                "{} weight used with a device it was not uploaded to",
+                self.ty.name()
+            )))
+        }
+    }
+
+    fn lock_scratch(&self) -> Result<std::sync::MutexGuard<'_, Scratch>> {
+        self.scratch
+            .lock()
+            .map_err(|_| CudaError::NotAvailable("ggml scratch lock poisoned".into()))
+    }
+
+    /// y (m, rows) = x (m, cols) · Wᵀ, f32 in/out. Buffers may be longer than needed.
+    pub fn matmul(
+        &self,
+        dev: &CudaDevice,
+        x: &CudaSlice<f32>,
+        m: usize,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.check_device(dev)?;
+        layout::check_matmul(self.rows, self.cols, m, x.len(), y.len())?;
+        if m == 0 {
+            return Ok(());
+        }
+        let (rows, cols) = (self.rows, self.cols);
+        let mut s = self.lock_scratch()?;
+        let s = &mut *s;
+        if m <= DECODE_MAX_M {
+            return match &self.storage {
+                Storage::DenseF32(w) => launch::gemv_dense(dev, false, w, x, y, m, rows, cols),
+                Storage::DenseF16(w) => launch::gemv_dense(dev, true, w, x, y, m, rows, cols),
+                Storage::Blocks { codes, meta } => {
+                    let qs = ensure(dev, &mut s.act_qs, m * cols, "ggml activation codes")?;
+                    let ds = ensure(
+                        dev,
+                        &mut s.act_ds,
+                        2 * m * cols / 32,
+                        "ggml activation scales",
+                    )?;
+                    launch::quantize_q8x32(dev, x, m, cols, qs, ds)?;
+                    launch::mmvq(dev, self.ty, codes, meta, qs, ds, y, m, rows, cols)
+                }
+            };
+        }
+        match &self.storage {
+            Storage::DenseF32(w) => launch::gemm_ex(dev, GemmInputs::F32, w, x, y, m, rows, cols),
+            Storage::DenseF16(w) => {
+                let (xh, inv) = prefill_x(dev, s, x, m, cols)?;
+                launch::gemm_ex(dev, GemmInputs::F16, w, xh, y, m, rows, cols)?;
+                launch::scale_rows(dev, y, inv, m, rows)
+            }
+            Storage::Blocks { codes, meta } => {
+                let w16 = ensure(dev, &mut s.w_f16, rows * cols, "ggml dequantized weight")?;
+                launch::dequant_f16(dev, self.ty, codes, meta, w16, rows, cols)?;
+                let w16 = s
+                    .w_f16
+                    .take()
+                    .ok_or_else(|| CudaError::Shape("dequant scratch missing".into()))?;
+                let result = prefill_x(dev, s, x, m, cols).and_then(|(xh, inv)| {
+                    launch::gemm_ex(dev, GemmInputs::F16, &w16, xh, y, m, rows, cols)?;
+                    launch::scale_rows(dev, y, inv, m, rows)
+                });
+                s.w_f16 = Some(w16);
+                result
+            }
+        }
+    }
+
+    /// Embedding lookup: out (n, cols) = dequantized rows ids[..n] times `scale`; ids out of range -> error-free zero rows.
+    pub fn get_rows(
+        &self,
+        dev: &CudaDevice,
+        ids: &CudaSlice<u32>,
+        n: usize,
+        scale: f32,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.check_device(dev)?;
+        layout::check_get_rows(self.cols, n, ids.len(), out.len())?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (rows, cols) = (self.rows, self.cols);
+        match &self.storage {
+            Storage::Blocks { codes, meta } => {
+                launch::get_rows_blocks(dev, self.ty, codes, meta, ids, n, scale, out, rows, cols)
+            }
+            Storage::DenseF32(w) => {
+                launch::get_rows_dense(dev, false, w, ids, n, scale, out, rows, cols)
+            }
+            Storage::DenseF16(w) => {
+                launch::get_rows_dense(dev, true, w, ids, n, scale, out, rows, cols)
+            }
+        }
+    }
+
+    /// Allocates every scratch buffer `matmul` needs for m <= max_m, so that later calls allocate nothing
+    /// and do not synchronise (G4 captures the decode step in a CUDA graph).
+    ///
+    /// Also compiles and loads every kernel those calls launch (and creates
+    /// the cuBLAS handle when max_m > 8). Growing the shared scratch
+    /// reallocates it: prepare every weight before capturing a graph.
+    pub fn prepare(&self, dev: &CudaDevice, max_m: usize) -> Result<()> {
+        self.check_device(dev)?;
+        let (rows, cols) = (self.rows, self.cols);
+        let decode_m = max_m.min(DECODE_MAX_M);
+        let mut s = self.lock_scratch()?;
+        let s = &mut *s;
+        let blocks = matches!(self.storage, Storage::Blocks { .. });
+        if blocks && decode_m > 0 {
+            ensure(dev, &mut s.act_qs, decode_m * cols, "ggml activation codes")?;
+            ensure(
+                dev,
+                &mut s.act_ds,
+                2 * decode_m * cols / 32,
+                "ggml activation scales",
+            )?;
+            launch::load(dev, launch::QUANTIZE)?;
+        }
+        for m in 1..=decode_m {
+            let name = match &self.storage {
+                Storage::Blocks { .. } => launch::mmvq_name(self.ty, m),
+                Storage::DenseF32(_) => launch::gemv_name(false, m),
+                Storage::DenseF16(_) => launch::gemv_name(true, m),
+            };
+            let name = name.ok_or_else(|| layout::unsupported(self.ty))?;
+            launch::load(dev, name)?;
+        }
+        if blocks {
+            if let Some((dequant, get_rows)) = launch::block_kernel_names(self.ty) {
+                launch::load(dev, get_rows)?;
+                if max_m > DECODE_MAX_M {
+                    launch::load(dev, dequant)?;
+                }
+            }
+        } else {
+            launch::load(dev, launch::GET_ROWS_DENSE)?;
+        }
+        if max_m > DECODE_MAX_M {
+            if !matches!(self.storage, Storage::DenseF32(_)) {
+                ensure(dev, &mut s.x_f16, max_m * cols, "ggml f16 activations")?;
+                ensure(dev, &mut s.inv_scale, max_m, "ggml activation row scales")?;
+                launch::load(dev, launch::X_TO_F16)?;
+                launch::load(dev, launch::SCALE_ROWS)?;
+            }
+            if blocks {
+                ensure(dev, &mut s.w_f16, rows * cols, "ggml dequantized weight")?;
+            }
+            dev.with_blas(|_| Ok(()))?;
+        }
+        Ok(())
+    }
+}
+
+/// x (m, cols) as row-scaled f16 in the scratch, and the inverse scales.
+fn prefill_x<'a>(
+    dev: &CudaDevice,
+    s: &'a mut Scratch,
+    x: &CudaSlice<f32>,
+    m: usize,
+    cols: usize,
+) -> Result<(&'a CudaSlice<f16>, &'a CudaSlice<f32>)> {
+    ensure(dev, &mut s.x_f16, m * cols, "ggml f16 activations")?;
+    ensure(dev, &mut s.inv_scale, m, "ggml activation row scales")?;
+    let (Some(xh), Some(inv)) = (s.x_f16.as_mut(), s.inv_scale.as_mut()) else {
+        return Err(CudaError::Shape("prefill scratch missing".into()));
+    };
+    launch::x_to_f16_scaled(dev, x, m, cols, xh, inv)?;
+    Ok((xh, inv))
+}
