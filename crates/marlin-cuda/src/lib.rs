@@ -22,6 +22,8 @@ pub mod bench;
 #[cfg(feature = "cuda")]
 mod device;
 #[cfg(feature = "cuda")]
+pub mod ggml;
+#[cfg(feature = "cuda")]
 mod nvrtc_cache;
 
 #[cfg(feature = "cuda")]
