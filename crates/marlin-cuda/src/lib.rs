@@ -25,6 +25,8 @@ mod device;
 pub mod ggml;
 #[cfg(feature = "cuda")]
 mod nvrtc_cache;
+#[cfg(feature = "cuda")]
+pub mod ops;
 
 #[cfg(feature = "cuda")]
 pub use device::{probe, CudaDevice};

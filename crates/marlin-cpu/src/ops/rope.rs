@@ -126,6 +126,20 @@ impl Rope {
         self.head_dim
     }
 
+    /// Rotated dimensions of each head (the first `n_rot` of `head_dim`).
+    pub fn n_rot(&self) -> usize {
+        self.n_rot
+    }
+
+    pub fn style(&self) -> RopeStyle {
+        self.style
+    }
+
+    /// (n_rot / 2): angle per position of each rotation pair, scaling folded in.
+    pub fn inv_freq(&self) -> &[f64] {
+        &self.inv_freq
+    }
+
     /// Rotates `x` (m, n_heads, head_dim) in place; token `t` sits at
     /// `positions[t]`.
     pub fn apply(

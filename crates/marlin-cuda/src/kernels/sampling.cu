@@ -1,0 +1,267 @@
+// On-device token selection from f32 logits (rows, vocab), one block of
+// 1024 threads per row (src/ops/sampling.rs).
+//
+// - samp_argmax: largest logit, lowest index on ties, NaN never chosen; a
+//   row of NaN only gives 0xffffffff.
+// - samp_topk_topp: the CPU sampler's order (marlin-engine sampler.rs):
+//   top-k by (logit desc, index asc) ignoring NaN, softmax at temperature
+//   over those, the smallest prefix whose mass reaches top_p, then one draw
+//   with the row's uniform u in [0, 1): the first candidate whose running
+//   mass reaches u * total. The k-th largest logit is found by a 3-pass
+//   radix select (11 + 11 + 10 bits) over order-preserving integer keys, the
+//   candidates are gathered in index order (ties at the threshold keep the
+//   lowest indices) and bitonic-sorted in shared memory.
+//
+// Self-contained (no #include) so that NVRTC needs no header search path.
+
+typedef unsigned int u32;
+
+#define SAMP_THREADS 1024
+#define SAMP_MAX_K 256
+#define SAMP_NO_TOKEN 0xffffffffu
+
+// "a before b": larger value, then lower index.
+__device__ __forceinline__ bool samp_better(float va, u32 ia, float vb, u32 ib) {
+    return va > vb || (va == vb && ia < ib);
+}
+
+extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
+    samp_argmax(const float* __restrict__ logits, u32* __restrict__ out, int vocab) {
+    __shared__ float s_val[32];
+    __shared__ u32 s_idx[32];
+    const float* row = logits + (long long)blockIdx.x * vocab;
+    float best = __int_as_float(0xff800000);  // -inf
+    u32 best_i = SAMP_NO_TOKEN;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const float v = row[i];
+        if (v == v && samp_better(v, (u32)i, best, best_i)) {
+            best = v;
+            best_i = (u32)i;
+        }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, best, off);
+        const u32 oi = __shfl_xor_sync(0xffffffffu, best_i, off);
+        if (oi != SAMP_NO_TOKEN && (best_i == SAMP_NO_TOKEN || samp_better(ov, oi, best, best_i))) {
+            best = ov;
+            best_i = oi;
+        }
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) {
+        s_val[warp] = best;
+        s_idx[warp] = best_i;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        const int n_warps = blockDim.x >> 5;
+        best = lane < n_warps ? s_val[lane] : __int_as_float(0xff800000);
+        best_i = lane < n_warps ? s_idx[lane] : SAMP_NO_TOKEN;
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, best, off);
+            const u32 oi = __shfl_xor_sync(0xffffffffu, best_i, off);
+            if (oi != SAMP_NO_TOKEN &&
+                (best_i == SAMP_NO_TOKEN || samp_better(ov, oi, best, best_i))) {
+                best = ov;
+                best_i = oi;
+            }
+        }
+        if (lane == 0) out[blockIdx.x] = best_i;
+    }
+}
+
+// Order-preserving key of a float (larger float, larger key); NaN -> 0 and
+// is excluded by the callers.
+__device__ __forceinline__ u32 samp_key(float v) {
+    if (v != v) return 0u;
+    const u32 b = __float_as_uint(v);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// Inclusive prefix sum over the block (1024 threads); `tmp` holds 32 u32.
+__device__ __forceinline__ u32 samp_block_scan(u32 v, u32* tmp) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+        const u32 o = __shfl_up_sync(0xffffffffu, v, off);
+        if (lane >= off) v += o;
+    }
+    __syncthreads();
+    if (lane == 31) tmp[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        u32 w = tmp[lane];
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+            const u32 o = __shfl_up_sync(0xffffffffu, w, off);
+            if (lane >= off) w += o;
+        }
+        tmp[lane] = w;
+    }
+    __syncthreads();
+    return v + (warp > 0 ? tmp[warp - 1] : 0u);
+}
+
+extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
+    samp_topk_topp(const float* __restrict__ logits, const float* __restrict__ uniforms,
+                   u32* __restrict__ out, int vocab, int top_k, float inv_temp, float top_p) {
+    __shared__ u32 hist[2048];
+    __shared__ u32 scan_tmp[32];
+    __shared__ u32 s_need, s_found_bin, s_total;
+    __shared__ u32 s_gt, s_eq;
+    __shared__ float c_val[SAMP_MAX_K];
+    __shared__ u32 c_idx[SAMP_MAX_K];
+    const float* row = logits + (long long)blockIdx.x * vocab;
+    const int tid = threadIdx.x;
+
+    // Radix select of the k-th largest key: 11, 11 and 10 bits.
+    const int shifts[3] = {21, 10, 0};
+    const int widths[3] = {11, 11, 10};
+    u32 prefix = 0, prefix_mask = 0, need = 0;
+    for (int pass = 0; pass < 3; ++pass) {
+        const int shift = shifts[pass], bins = 1 << widths[pass];
+        for (int b = tid; b < 2048; b += blockDim.x) hist[b] = 0;
+        __syncthreads();
+        for (int i = tid; i < vocab; i += blockDim.x) {
+            const float v = row[i];
+            if (v != v) continue;
+            const u32 key = samp_key(v);
+            if ((key & prefix_mask) == prefix) atomicAdd(&hist[(key >> shift) & (bins - 1)], 1u);
+        }
+        __syncthreads();
+        if (pass == 0) {
+            // Candidates exist only among non-NaN logits.
+            const u32 total = samp_block_scan(hist[2 * tid] + hist[2 * tid + 1], scan_tmp);
+            if (tid == blockDim.x - 1) s_total = total;
+            __syncthreads();
+            need = min((u32)top_k, s_total);
+            if (need == 0) {
+                if (tid == 0) out[blockIdx.x] = SAMP_NO_TOKEN;
+                return;
+            }
+        }
+        // Bins in descending order: thread t holds bins hi = bins-1-2t and
+        // hi-1; a running count from the top finds the bin of the need-th.
+        const int hi = bins - 1 - 2 * tid;
+        const u32 c_hi = hi >= 0 ? hist[hi] : 0u;
+        const u32 c_lo = hi >= 1 ? hist[hi - 1] : 0u;
+        const u32 incl = samp_block_scan(c_hi + c_lo, scan_tmp);
+        const u32 excl = incl - c_hi - c_lo;
+        if (hi >= 0 && excl < need && excl + c_hi >= need) {
+            s_found_bin = (u32)hi;
+            s_need = need - excl;
+        } else if (hi >= 1 && excl + c_hi < need && incl >= need) {
+            s_found_bin = (u32)(hi - 1);
+            s_need = need - excl - c_hi;
+        }
+        __syncthreads();
+        prefix |= s_found_bin << shift;
+        prefix_mask |= (u32)(bins - 1) << shift;
+        need = s_need;
+        __syncthreads();
+    }
+    // `prefix` is the k-th largest key; `need` equal keys are taken (lowest
+    // indices first), with every larger key.
+    const u32 thresh = prefix;
+    const u32 k_eff = min((u32)top_k, s_total);
+    if (tid == 0) {
+        s_gt = 0;
+        s_eq = 0;
+    }
+    __syncthreads();
+    for (int base = 0; base < vocab; base += blockDim.x) {
+        const int i = base + tid;
+        u32 key = 0;
+        bool valid = false;
+        if (i < vocab) {
+            const float v = row[i];
+            valid = v == v;
+            key = samp_key(v);
+        }
+        const u32 is_gt = valid && key > thresh;
+        const u32 is_eq = valid && key == thresh;
+        // Pack both counts: greater in the low 16 bits, equal in the high.
+        const u32 incl = samp_block_scan(is_gt | (is_eq << 16), scan_tmp);
+        const u32 gt_before = (incl & 0xffffu) - is_gt;
+        const u32 eq_before = (incl >> 16) - is_eq;
+        const u32 gt0 = s_gt, eq0 = s_eq;
+        if (is_gt) {
+            const u32 slot = gt0 + gt_before;
+            c_val[slot] = row[i];
+            c_idx[slot] = (u32)i;
+        } else if (is_eq && eq0 + eq_before < need) {
+            const u32 slot = (k_eff - need) + eq0 + eq_before;
+            c_val[slot] = row[i];
+            c_idx[slot] = (u32)i;
+        }
+        __syncthreads();
+        if (tid == blockDim.x - 1) {
+            s_gt = gt0 + (incl & 0xffffu);
+            s_eq = eq0 + (incl >> 16);
+        }
+        __syncthreads();
+    }
+    // Bitonic sort of the k_eff candidates (padded to SAMP_MAX_K).
+    for (int i = tid; i < SAMP_MAX_K; i += blockDim.x) {
+        if (i >= (int)k_eff) {
+            c_val[i] = __int_as_float(0xff800000);
+            c_idx[i] = SAMP_NO_TOKEN;
+        }
+    }
+    __syncthreads();
+    for (int size = 2; size <= SAMP_MAX_K; size <<= 1) {
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            if (tid < SAMP_MAX_K) {
+                const int j = tid ^ stride;
+                if (j > tid) {
+                    const bool desc = (tid & size) == 0;
+                    const bool j_first = samp_better(c_val[j], c_idx[j], c_val[tid], c_idx[tid]);
+                    if (j_first == desc) {
+                        const float tv = c_val[tid];
+                        const u32 ti = c_idx[tid];
+                        c_val[tid] = c_val[j];
+                        c_idx[tid] = c_idx[j];
+                        c_val[j] = tv;
+                        c_idx[j] = ti;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    }
+    if (tid != 0) return;
+    // Softmax at temperature, top-p cut, one draw (sequential, <= 256).
+    const float mx = c_val[0];
+    if (!(mx > __int_as_float(0xff800000) && mx < __int_as_float(0x7f800000))) {
+        out[blockIdx.x] = c_idx[0];  // -inf / +inf top logit: CPU errors; take the top
+        return;
+    }
+    double sum = 0.0;
+    for (u32 i = 0; i < k_eff; ++i) sum += (double)__expf((c_val[i] - mx) * inv_temp);
+    const float inv_sum = (float)(1.0 / sum);
+    u32 cut = k_eff;
+    if (top_p < 1.0f) {
+        float mass = 0.0f;
+        for (u32 i = 0; i < k_eff; ++i) {
+            mass += __expf((c_val[i] - mx) * inv_temp) * inv_sum;
+            if (mass >= top_p) {
+                cut = i + 1;
+                break;
+            }
+        }
+    }
+    float total = 0.0f;
+    for (u32 i = 0; i < cut; ++i) total += __expf((c_val[i] - mx) * inv_temp) * inv_sum;
+    float r = uniforms[blockIdx.x] * total;
+    u32 pick = c_idx[cut - 1];
+    for (u32 i = 0; i < cut; ++i) {
+        r -= __expf((c_val[i] - mx) * inv_temp) * inv_sum;
+        if (r <= 0.0f) {
+            pick = c_idx[i];
+            break;
+        }
+    }
+    out[blockIdx.x] = pick;
+}

@@ -1,0 +1,483 @@
+//! Attention of f32 queries against the f16 [`GpuKvCache`] (kernels in
+//! `kernels/attention.cu`): flash-decoding for few rows, a tiled
+//! online-softmax kernel for many.
+
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+use super::kv::{GpuKvCache, ATTN_WORKSPACE_FLOATS};
+use super::{check_len, mul, to_i32, to_u32};
+use crate::device::{driver_err, CudaDevice};
+use crate::error::{CudaError, Result};
+
+const MODULE: &str = "attention";
+const SOURCE: &str = include_str!("../kernels/attention.cu");
+const THREADS: u32 = 128;
+/// Head dimensions with compiled kernels.
+pub const SUPPORTED_HEAD_DIMS: [usize; 3] = [64, 128, 256];
+/// `attention` takes the decode kernel up to this many rows (or the cache's
+/// sequence count, if larger): at most one row per sequence in batched
+/// decode; short prefill chunks re-read their keys per row there, which
+/// costs less than an under-filled prefill launch.
+pub const DECODE_MAX_ROWS: usize = 16;
+/// Most key splits per (row, kv head) of the decode kernel.
+const MAX_SPLITS: usize = 64;
+/// Keys per split below which splitting further does not pay.
+const MIN_KEYS_PER_SPLIT: usize = 64;
+/// Query vectors per prefill block and keys per shared-memory tile (keep in
+/// sync with ATT_QV / ATT_KT in the source).
+const PREFILL_QV: usize = 32;
+const PREFILL_KT: usize = 32;
+
+/// Head layout, scaling and masking of one attention layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnParams {
+    pub n_heads: usize,
+    /// Query head `h` reads kv head `h / (n_heads / n_kv_heads)`.
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Multiplies `q·k` before the softmax (usually `1/sqrt(head_dim)`).
+    pub scale: f32,
+    /// A query at position p sees keys `p - window < j <= p`; None: `j <= p`.
+    pub window: Option<usize>,
+    /// Scores become `cap * tanh(score / cap)` (after `scale`).
+    pub softcap: Option<f32>,
+}
+
+/// Validated launch parameters shared by both kernels.
+struct Checked {
+    group: usize,
+    q_scale: f32,
+    softcap: f32,
+    window: i32,
+    ints: [i32; 6], // n_heads, n_kv_heads, group, n_layers, layer, ...
+}
+
+fn check(
+    p: &AttnParams,
+    cache_dims: (usize, usize, usize, usize), // (n_layers, n_kv_heads, head_dim, capacity)
+    layer: usize,
+    rows: usize,
+    lens: (usize, usize, usize, usize), // (q, out, row_seq, row_pos)
+) -> Result<Checked> {
+    let bad = |m: String| Err(CudaError::Shape(format!("attention: {m}")));
+    let (n_layers, n_kv_heads, head_dim, capacity) = cache_dims;
+    if p.n_heads == 0 || p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
+        return bad(format!(
+            "{} query heads cannot share {} kv heads",
+            p.n_heads, p.n_kv_heads
+        ));
+    }
+    if p.n_kv_heads != n_kv_heads || p.head_dim != head_dim {
+        return bad(format!(
+            "{} kv heads x {} dims, the cache has {n_kv_heads} x {head_dim}",
+            p.n_kv_heads, p.head_dim
+        ));
+    }
+    if !SUPPORTED_HEAD_DIMS.contains(&p.head_dim) {
+        return Err(CudaError::Unsupported(format!(
+            "attention: head_dim {} (kernels exist for {SUPPORTED_HEAD_DIMS:?})",
+            p.head_dim
+        )));
+    }
+    if layer >= n_layers {
+        return bad(format!("layer {layer} of a cache with {n_layers} layers"));
+    }
+    if !p.scale.is_finite() {
+        return bad(format!("scale {}", p.scale));
+    }
+    let softcap = match p.softcap {
+        Some(c) if !(c.is_finite() && c > 0.0) => return bad(format!("softcap {c}")),
+        Some(c) => c,
+        None => 0.0,
+    };
+    let window = match p.window {
+        Some(0) => return bad("window 0 sees no key".into()),
+        // A window covering the whole cache is no window.
+        Some(w) => to_i32("attention window", w.min(capacity))?,
+        None => 0,
+    };
+    let n = mul(
+        "attention q",
+        rows,
+        mul("attention q", p.n_heads, p.head_dim)?,
+    )?;
+    let (q_len, out_len, seq_len, pos_len) = lens;
+    check_len("attention q", q_len, n)?;
+    check_len("attention out", out_len, n)?;
+    check_len("attention row_seq", seq_len, rows)?;
+    check_len("attention row_pos", pos_len, rows)?;
+    to_u32("attention rows", rows)?;
+    let group = p.n_heads / p.n_kv_heads;
+    // Without a cap the kernels work in the log2 domain from the query on;
+    // with one, after the tanh (which needs the natural-domain score).
+    let q_scale = if softcap > 0.0 {
+        p.scale
+    } else {
+        p.scale * std::f32::consts::LOG2_E
+    };
+    Ok(Checked {
+        group,
+        q_scale,
+        softcap,
+        window,
+        ints: [
+            to_i32("attention n_heads", p.n_heads)?,
+            to_i32("attention n_kv_heads", p.n_kv_heads)?,
+            group as i32,
+            n_layers as i32,
+            layer as i32,
+            0,
+        ],
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn checked(
+    p: &AttnParams,
+    q: &CudaSlice<f32>,
+    cache: &GpuKvCache,
+    layer: usize,
+    rows: usize,
+    row_seq: &CudaSlice<i32>,
+    row_pos: &CudaSlice<i32>,
+    out: &CudaSlice<f32>,
+) -> Result<Checked> {
+    check(
+        p,
+        (
+            cache.n_layers(),
+            cache.n_kv_heads(),
+            cache.head_dim(),
+            cache.capacity(),
+        ),
+        layer,
+        rows,
+        (q.len(), out.len(), row_seq.len(), row_pos.len()),
+    )
+}
+
+/// `out (rows, n_heads, head_dim) = softmax(scale·q·Kᵀ [soft-capped] + mask)·V`
+/// for queries `q (rows, n_heads, head_dim)`: row `r` attends the keys `j`
+/// of sequence `row_seq[r]` with `j <= row_pos[r]` (and
+/// `j > row_pos[r] - window`) of layer `layer`. Rows whose sequence or
+/// position is outside the cache get zeros. One contract for prefill (rows
+/// = one sequence's new tokens) and batched decode (one row per sequence):
+/// the decode kernel runs up to `max(DECODE_MAX_ROWS, n_seqs)` rows, the
+/// prefill kernel above; both are correct for any row mapping.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    dev: &CudaDevice,
+    p: &AttnParams,
+    q: &CudaSlice<f32>,
+    cache: &GpuKvCache,
+    layer: usize,
+    rows: usize,
+    row_seq: &CudaSlice<i32>,
+    row_pos: &CudaSlice<i32>,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    if rows <= DECODE_MAX_ROWS.max(cache.n_seqs()) {
+        attention_decode(dev, p, q, cache, layer, rows, row_seq, row_pos, out)
+    } else {
+        attention_prefill(dev, p, q, cache, layer, rows, row_seq, row_pos, out)
+    }
+}
+
+/// Query heads per decode block for a GQA group: the next power of two, at
+/// most 8 (larger groups take several head chunks).
+fn decode_heads_per_block(group: usize) -> usize {
+    group.next_power_of_two().min(8)
+}
+
+/// Key splits per (row, kv head, head chunk): enough blocks for about four
+/// per SM, at most [`MAX_SPLITS`], none shorter than [`MIN_KEYS_PER_SPLIT`]
+/// keys at full capacity, and the partials must fit the workspace.
+pub(crate) fn decode_splits(
+    sm_count: usize,
+    rows: usize,
+    n_heads: usize,
+    blocks_per_split: usize,
+    head_dim: usize,
+    capacity: usize,
+) -> usize {
+    let want = (4 * sm_count).div_ceil(blocks_per_split.max(1));
+    let by_keys = capacity.div_ceil(MIN_KEYS_PER_SPLIT).max(1);
+    let per_split = rows
+        .saturating_mul(n_heads)
+        .saturating_mul(head_dim + 2)
+        .max(1);
+    let by_workspace = ATTN_WORKSPACE_FLOATS / per_split;
+    want.min(MAX_SPLITS).min(by_keys).min(by_workspace).max(1)
+}
+
+/// The flash-decoding kernel (see [`attention`]), whatever the row count.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode(
+    dev: &CudaDevice,
+    p: &AttnParams,
+    q: &CudaSlice<f32>,
+    cache: &GpuKvCache,
+    layer: usize,
+    rows: usize,
+    row_seq: &CudaSlice<i32>,
+    row_pos: &CudaSlice<i32>,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let c = checked(p, q, cache, layer, rows, row_seq, row_pos, out)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let gt = decode_heads_per_block(c.group);
+    let head_chunks = c.group.div_ceil(gt);
+    let grid_y = p.n_kv_heads * head_chunks;
+    let splits = decode_splits(
+        dev.sm_count(),
+        rows,
+        p.n_heads,
+        rows * grid_y,
+        p.head_dim,
+        cache.capacity(),
+    );
+    if grid_y > 65_535 || rows > 65_535 {
+        return Err(CudaError::Shape(format!(
+            "attention: grid of {grid_y} x {rows} blocks exceeds CUDA limits"
+        )));
+    }
+    let name = decode_kernel_name(p.head_dim, gt)?;
+    let func = dev.function(MODULE, SOURCE, name, 0)?;
+    let [n_heads, n_kv_heads, group, n_layers, layer_i, _] = c.ints;
+    let (n_seqs, capacity) = (cache.n_seqs() as i32, cache.capacity() as i32);
+    let splits_i = splits as i32;
+    let cfg = LaunchConfig {
+        grid_dim: (splits as u32, grid_y as u32, rows as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut b = dev.stream().launch_builder(&func);
+    b.arg(q)
+        .arg(&cache.k)
+        .arg(&cache.v)
+        .arg(row_seq)
+        .arg(row_pos)
+        .arg(&mut *out)
+        // Written by the kernel although borrowed shared: device memory that
+        // the host never reads, ordered by the one stream.
+        .arg(&cache.workspace)
+        .arg(&n_heads)
+        .arg(&n_kv_heads)
+        .arg(&group)
+        .arg(&n_layers)
+        .arg(&layer_i)
+        .arg(&n_seqs)
+        .arg(&capacity)
+        .arg(&c.q_scale)
+        .arg(&c.softcap)
+        .arg(&c.window)
+        .arg(&splits_i);
+    // SAFETY: argument order and types match attn_decode_hd*_g* in
+    // kernels/attention.cu; q and out hold rows*n_heads*head_dim values,
+    // row_seq/row_pos rows; the cache matches (n_kv_heads, head_dim, layer
+    // checked); the kernel clamps every key index to the cache; the
+    // workspace holds rows*n_heads*splits*(head_dim+2) floats (decode_splits).
+    unsafe { b.launch(cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
+    if splits > 1 {
+        let func = dev.function(MODULE, SOURCE, "attn_combine", 0)?;
+        let (hd, splits_i) = (p.head_dim as i32, splits as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (to_u32("attention rows*heads", rows * p.n_heads)?, 1, 1),
+            block_dim: (p.head_dim as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = dev.stream().launch_builder(&func);
+        b.arg(&cache.workspace).arg(out).arg(&hd).arg(&splits_i);
+        // SAFETY: argument order and types match attn_combine; the decode
+        // launch above wrote rows*n_heads*splits partials of head_dim+2.
+        unsafe { b.launch(cfg) }.map_err(|e| driver_err("launch attn_combine", e))?;
+    }
+    Ok(())
+}
+
+fn decode_kernel_name(head_dim: usize, gt: usize) -> Result<&'static str> {
+    Ok(match (head_dim, gt) {
+        (64, 1) => "attn_decode_hd64_g1",
+        (64, 2) => "attn_decode_hd64_g2",
+        (64, 4) => "attn_decode_hd64_g4",
+        (64, 8) => "attn_decode_hd64_g8",
+        (128, 1) => "attn_decode_hd128_g1",
+        (128, 2) => "attn_decode_hd128_g2",
+        (128, 4) => "attn_decode_hd128_g4",
+        (128, 8) => "attn_decode_hd128_g8",
+        (256, 1) => "attn_decode_hd256_g1",
+        (256, 2) => "attn_decode_hd256_g2",
+        (256, 4) => "attn_decode_hd256_g4",
+        (256, 8) => "attn_decode_hd256_g8",
+        _ => {
+            return Err(CudaError::Unsupported(format!(
+                "attention decode kernel for head_dim {head_dim}, {gt} heads per block"
+            )))
+        }
+    })
+}
+
+/// Dynamic shared memory of the prefill kernel (see the source).
+fn prefill_smem_bytes(head_dim: usize) -> usize {
+    PREFILL_QV * head_dim * 4
+        + PREFILL_KT * (head_dim + 2) * 2
+        + PREFILL_KT * head_dim * 2
+        + 4 * PREFILL_KT * 4
+}
+
+/// The tiled prefill kernel (see [`attention`]), whatever the row count.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_prefill(
+    dev: &CudaDevice,
+    p: &AttnParams,
+    q: &CudaSlice<f32>,
+    cache: &GpuKvCache,
+    layer: usize,
+    rows: usize,
+    row_seq: &CudaSlice<i32>,
+    row_pos: &CudaSlice<i32>,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let c = checked(p, q, cache, layer, rows, row_seq, row_pos, out)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let heads_per_block = c.group.min(PREFILL_QV);
+    let rows_per_block = (PREFILL_QV / heads_per_block).max(1);
+    let head_chunks = c.group.div_ceil(heads_per_block);
+    let grid_y = p.n_kv_heads * head_chunks;
+    if grid_y > 65_535 {
+        return Err(CudaError::Shape(format!(
+            "attention: {grid_y} kv head blocks exceed CUDA limits"
+        )));
+    }
+    let name = match p.head_dim {
+        64 => "attn_prefill_hd64",
+        128 => "attn_prefill_hd128",
+        _ => "attn_prefill_hd256",
+    };
+    let smem = prefill_smem_bytes(p.head_dim) as u32;
+    let max_smem = prefill_smem_bytes(256) as u32;
+    let func = dev.function(MODULE, SOURCE, name, max_smem)?;
+    let [n_heads, n_kv_heads, group, n_layers, layer_i, _] = c.ints;
+    let (n_seqs, capacity) = (cache.n_seqs() as i32, cache.capacity() as i32);
+    let (rows_i, hpb, rpb) = (rows as i32, heads_per_block as i32, rows_per_block as i32);
+    let cfg = LaunchConfig {
+        grid_dim: (rows.div_ceil(rows_per_block) as u32, grid_y as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    let mut b = dev.stream().launch_builder(&func);
+    b.arg(q)
+        .arg(&cache.k)
+        .arg(&cache.v)
+        .arg(row_seq)
+        .arg(row_pos)
+        .arg(out)
+        .arg(&rows_i)
+        .arg(&n_heads)
+        .arg(&n_kv_heads)
+        .arg(&group)
+        .arg(&hpb)
+        .arg(&rpb)
+        .arg(&n_layers)
+        .arg(&layer_i)
+        .arg(&n_seqs)
+        .arg(&capacity)
+        .arg(&c.q_scale)
+        .arg(&c.softcap)
+        .arg(&c.window);
+    // SAFETY: argument order and types match attn_prefill_hd* in
+    // kernels/attention.cu; q and out hold rows*n_heads*head_dim values,
+    // row_seq/row_pos rows; the cache matches (checked); every key index is
+    // clamped to the row's range inside the cache; smem as the source lays
+    // it out, within the attribute set at load.
+    unsafe { b.launch(cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> AttnParams {
+        AttnParams {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            scale: 0.1,
+            window: None,
+            softcap: None,
+        }
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        let dims = (2, 2, 64, 100);
+        let n = 3 * 4 * 64;
+        let ok = check(&params(4, 2, 64), dims, 1, 3, (n, n, 3, 3));
+        assert!(ok.is_ok());
+        assert_eq!(ok.unwrap().group, 2);
+        assert!(
+            check(&params(4, 2, 64), dims, 2, 3, (n, n, 3, 3)).is_err(),
+            "layer"
+        );
+        assert!(
+            check(&params(3, 2, 64), dims, 0, 3, (n, n, 3, 3)).is_err(),
+            "gqa"
+        );
+        assert!(
+            check(&params(4, 4, 64), dims, 0, 3, (n, n, 3, 3)).is_err(),
+            "kv heads"
+        );
+        assert!(matches!(
+            check(&params(4, 2, 96), (2, 2, 96, 100), 0, 3, (n, n, 3, 3)),
+            Err(CudaError::Unsupported(_))
+        ));
+        assert!(
+            check(&params(4, 2, 64), dims, 0, 3, (n - 1, n, 3, 3)).is_err(),
+            "q"
+        );
+        assert!(
+            check(&params(4, 2, 64), dims, 0, 3, (n, n - 1, 3, 3)).is_err(),
+            "out"
+        );
+        assert!(
+            check(&params(4, 2, 64), dims, 0, 3, (n, n, 2, 3)).is_err(),
+            "seq"
+        );
+        assert!(
+            check(&params(4, 2, 64), dims, 0, 3, (n, n, 3, 2)).is_err(),
+            "pos"
+        );
+        let zero_window = AttnParams {
+            window: Some(0),
+            ..params(4, 2, 64)
+        };
+        assert!(check(&zero_window, dims, 0, 3, (n, n, 3, 3)).is_err());
+        let bad_cap = AttnParams {
+            softcap: Some(-1.0),
+            ..params(4, 2, 64)
+        };
+        assert!(check(&bad_cap, dims, 0, 3, (n, n, 3, 3)).is_err());
+    }
+
+    #[test]
+    fn splits_fill_the_device_and_fit_the_workspace() {
+        // Llama-8B shapes on an H100 (132 SMs): batch 1 splits widely,
+        // batch 32 a little, short caches not at all.
+        assert_eq!(decode_splits(132, 1, 32, 8, 128, 4096), 64);
+        assert_eq!(decode_splits(132, 32, 32, 256, 128, 4096), 3);
+        assert_eq!(decode_splits(132, 1, 32, 8, 128, 64), 1);
+        for rows in [1, 3, 17, 64, 256] {
+            let s = decode_splits(132, rows, 64, rows * 8, 256, 1 << 20);
+            assert!(s >= 1 && rows * 64 * s * 258 <= ATTN_WORKSPACE_FLOATS || s == 1);
+        }
+        assert_eq!(decode_heads_per_block(1), 1);
+        assert_eq!(decode_heads_per_block(3), 4);
+        assert_eq!(decode_heads_per_block(5), 8);
+        assert_eq!(decode_heads_per_block(16), 8);
+    }
+}

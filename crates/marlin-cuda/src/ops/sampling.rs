@@ -1,0 +1,183 @@
+//! On-device token selection (kernels in `kernels/sampling.cu`): greedy and
+//! temperature / top-k / top-p, one token per row, no host round trip.
+
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+use super::{check_len, mul, to_i32, to_u32};
+use crate::device::{driver_err, CudaDevice};
+use crate::error::{CudaError, Result};
+
+const MODULE: &str = "sampling";
+const SOURCE: &str = include_str!("../kernels/sampling.cu");
+/// Threads per row (SAMP_THREADS in the source; the scans assume it).
+const THREADS: u32 = 1024;
+/// Largest top-k of [`sample_rows`] (SAMP_MAX_K in the source).
+pub const MAX_TOP_K: usize = 256;
+/// Token written for a row whose logits are all NaN.
+pub const NO_TOKEN: u32 = u32::MAX;
+
+/// Temperature / top-k / top-p of [`sample_rows`], in the CPU sampler's
+/// order: top-k, softmax at `temperature`, top-p over those.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeviceSampling {
+    /// `<= 0`: greedy (argmax).
+    pub temperature: f32,
+    /// 1..=[`MAX_TOP_K`]; 0 (the CPU's "off") takes the [`MAX_TOP_K`] most
+    /// likely tokens, whose mass is all but the whole distribution in
+    /// practice (an approximation the CPU sampler does not make).
+    pub top_k: usize,
+    /// In (0, 1]; 1 keeps all top-k tokens.
+    pub top_p: f32,
+}
+
+fn check_logits(
+    what: &str,
+    logits_len: usize,
+    rows: usize,
+    vocab: usize,
+    out_len: usize,
+) -> Result<()> {
+    if vocab == 0 {
+        return Err(CudaError::Shape(format!("{what}: empty vocabulary")));
+    }
+    check_len(
+        &format!("{what} logits"),
+        logits_len,
+        mul(what, rows, vocab)?,
+    )?;
+    check_len(&format!("{what} out"), out_len, rows)?;
+    to_i32(&format!("{what} vocab"), vocab)?;
+    to_u32(&format!("{what} rows"), rows)?;
+    Ok(())
+}
+
+fn row_config(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `out[r]` = index of the largest of `logits (rows, vocab)` row `r`; ties go
+/// to the lowest index, NaN is never chosen (like the CPU sampler), a row
+/// of NaN only gives [`NO_TOKEN`].
+pub fn argmax_rows(
+    dev: &CudaDevice,
+    logits: &CudaSlice<f32>,
+    rows: usize,
+    vocab: usize,
+    out: &mut CudaSlice<u32>,
+) -> Result<()> {
+    check_logits("argmax_rows", logits.len(), rows, vocab, out.len())?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let func = dev.function(MODULE, SOURCE, "samp_argmax", 0)?;
+    let vocab_i = vocab as i32;
+    let mut b = dev.stream().launch_builder(&func);
+    b.arg(logits).arg(out).arg(&vocab_i);
+    // SAFETY: argument order and types match samp_argmax; logits hold
+    // rows*vocab values, out rows.
+    unsafe { b.launch(row_config(rows)) }.map_err(|e| driver_err("launch samp_argmax", e))?;
+    Ok(())
+}
+
+/// Validated `(top_k, 1/temperature)`, or None for greedy.
+pub(crate) fn check_sampling(p: &DeviceSampling) -> Result<Option<(usize, f32)>> {
+    if p.top_k > MAX_TOP_K {
+        return Err(CudaError::Unsupported(format!(
+            "sample_rows: top_k {} (at most {MAX_TOP_K} on the GPU)",
+            p.top_k
+        )));
+    }
+    if !(p.top_p > 0.0 && p.top_p <= 1.0) {
+        return Err(CudaError::Shape(format!(
+            "sample_rows: top_p {} must be in (0, 1]",
+            p.top_p
+        )));
+    }
+    if p.temperature.is_nan() {
+        return Err(CudaError::Shape("sample_rows: temperature is NaN".into()));
+    }
+    let inv_t = 1.0 / p.temperature;
+    if p.temperature <= 0.0 || p.top_k == 1 || !inv_t.is_finite() {
+        return Ok(None);
+    }
+    let k = if p.top_k == 0 { MAX_TOP_K } else { p.top_k };
+    Ok(Some((k, inv_t)))
+}
+
+/// One token per row of `logits (rows, vocab)` drawn with `uniforms[r]` in
+/// [0, 1) (a device buffer the caller refills per step, e.g. from its seeded
+/// RNG): top-k, softmax at temperature, top-p, then the first candidate
+/// whose running probability reaches `u * mass`. Greedy when the
+/// temperature is <= 0 or top_k is 1.
+pub fn sample_rows(
+    dev: &CudaDevice,
+    logits: &CudaSlice<f32>,
+    rows: usize,
+    vocab: usize,
+    params: &DeviceSampling,
+    uniforms: &CudaSlice<f32>,
+    out: &mut CudaSlice<u32>,
+) -> Result<()> {
+    check_logits("sample_rows", logits.len(), rows, vocab, out.len())?;
+    let Some((k, inv_t)) = check_sampling(params)? else {
+        return argmax_rows(dev, logits, rows, vocab, out);
+    };
+    check_len("sample_rows uniforms", uniforms.len(), rows)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let func = dev.function(MODULE, SOURCE, "samp_topk_topp", 0)?;
+    let (vocab_i, k_i) = (vocab as i32, k as i32);
+    let top_p = params.top_p;
+    let mut b = dev.stream().launch_builder(&func);
+    b.arg(logits)
+        .arg(uniforms)
+        .arg(out)
+        .arg(&vocab_i)
+        .arg(&k_i)
+        .arg(&inv_t)
+        .arg(&top_p);
+    // SAFETY: argument order and types match samp_topk_topp; logits hold
+    // rows*vocab values, uniforms and out rows; k <= SAMP_MAX_K.
+    unsafe { b.launch(row_config(rows)) }.map_err(|e| driver_err("launch samp_topk_topp", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(temperature: f32, top_k: usize, top_p: f32) -> DeviceSampling {
+        DeviceSampling {
+            temperature,
+            top_k,
+            top_p,
+        }
+    }
+
+    #[test]
+    fn sampling_params() {
+        assert_eq!(check_sampling(&params(0.0, 40, 0.9)).unwrap(), None);
+        assert_eq!(check_sampling(&params(0.8, 1, 0.9)).unwrap(), None);
+        assert_eq!(
+            check_sampling(&params(0.5, 0, 1.0)).unwrap(),
+            Some((MAX_TOP_K, 2.0))
+        );
+        assert!(check_sampling(&params(0.5, 257, 1.0)).is_err());
+        assert!(check_sampling(&params(0.5, 40, 0.0)).is_err());
+        assert!(check_sampling(&params(0.5, 40, 1.5)).is_err());
+        assert!(check_sampling(&params(f32::NAN, 40, 0.9)).is_err());
+    }
+
+    #[test]
+    fn logits_shapes() {
+        assert!(check_logits("s", 12, 3, 4, 3).is_ok());
+        assert!(check_logits("s", 11, 3, 4, 3).is_err());
+        assert!(check_logits("s", 12, 3, 4, 2).is_err());
+        assert!(check_logits("s", 0, 0, 0, 0).is_err());
+    }
+}
