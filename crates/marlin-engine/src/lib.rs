@@ -5,6 +5,7 @@
 //! cache of one sequence) and never looks inside it.
 
 pub mod generate;
+pub mod json_object;
 pub mod perplexity;
 pub mod sampler;
 pub mod stop;
