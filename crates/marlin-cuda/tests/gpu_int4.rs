@@ -7,8 +7,11 @@
 use std::sync::Arc;
 
 use half::f16;
-use marlin_cuda::int4::gemm::{int4_gemm, GemmOptions, GemmPath, GemmWorkspace, Int4Weight};
-use marlin_cuda::int4::random::{random_activations, random_int4};
+use marlin_cuda::int4::gemm::{
+    int4_gemm, int4_gemm_prepared, GemmOptions, GemmPath, GemmWorkspace, Int4Weight,
+};
+use marlin_cuda::int4::pack::pack_int4;
+use marlin_cuda::int4::random::{hashed_int4, random_activations, random_int4};
 use marlin_cuda::int4::reference::{dequantize_int4_ref, matmul_ref};
 use marlin_cuda::{CudaDevice, CudaError};
 
@@ -182,6 +185,136 @@ fn shape_errors_are_reported() {
         .expect_err("must not fit");
     assert!(matches!(err, CudaError::OutOfMemory { .. }), "{err}");
     println!("PASS errors: {err}");
+}
+
+/// The device fill writes exactly the packed form of the host tensor
+/// `hashed_int4` (codes, scales, padding), for groups and per channel.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn random_on_device_matches_host_pack() {
+    let dev = device();
+    let seed = fresh_seed();
+    for &(n, k, group) in &[
+        (200, 1000, 128),
+        (64, 4096, 0),
+        (130, 384, 64),
+        (4096, 4096, 128),
+    ] {
+        let w = Int4Weight::random_on_device(&dev, n, k, group, seed).expect("fill");
+        let (words, scales) = w.download_packed(&dev).expect("download");
+        let want = pack_int4(&hashed_int4(n, k, group, seed)).expect("pack");
+        assert_eq!(w.weight_bytes(), want.weight_bytes());
+        assert!(want.neg_zero_scales.is_none());
+        let bad_words = words
+            .iter()
+            .zip(&want.words)
+            .filter(|(a, b)| a != b)
+            .count();
+        let bad_scales = scales
+            .iter()
+            .zip(&want.scales)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(words.len(), want.words.len());
+        assert_eq!(scales.len(), want.scales.len());
+        assert!(
+            bad_words == 0 && bad_scales == 0,
+            "N={n} K={k} g={group} seed={seed}: {bad_words} words, {bad_scales} scales differ"
+        );
+        println!("PASS random_on_device N={n} K={k} g={group} matches the host pack");
+    }
+    assert!(matches!(
+        Int4Weight::random_on_device(&dev, 64, 256, 96, 1),
+        Err(CudaError::Unsupported(_))
+    ));
+}
+
+/// The capture-safe entry point on views inside larger buffers: recorded in
+/// a CUDA graph (global capture mode: any allocation or synchronisation in
+/// the recorded calls fails the capture), replayed on poisoned outputs and
+/// compared with the f64 reference; an unprepared workspace is an error.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn prepared_gemm_records_in_a_cuda_graph() {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    let dev = device();
+    let seed = fresh_seed();
+    let (n, k) = (320, 2048);
+    let q = hashed_int4(n, k, 128, seed);
+    let w = Int4Weight::random_on_device(&dev, n, k, 128, seed).expect("fill");
+    let w_ref = marlin_cuda::int4::reference::dequantize_int4_ref(&q).expect("ref");
+    let ms = [1usize, 8, 17, 64];
+    let max_m = 64;
+    let a_host = random_activations(max_m, k, seed ^ 7);
+    // A and C live at an offset inside larger buffers (views).
+    let a_off = 3 * k;
+    let mut a_big = vec![f16::ZERO; a_off + max_m * k];
+    a_big[a_off..].copy_from_slice(&a_host);
+    let a = dev.upload("A", &a_big).expect("A");
+    let c_len = ms.iter().map(|m| m * n).sum::<usize>();
+    let mut c = dev.alloc_zeros::<f16>("C", c_len + 5).expect("C");
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    let opts = GemmOptions::default();
+    {
+        let a_view = a.slice(a_off..);
+        let mut c_view = c.slice_mut(5..);
+        assert!(
+            int4_gemm_prepared(&dev, &a_view, 1, &w, &mut c_view, &mut ws, opts).is_err(),
+            "an unprepared workspace must be an error"
+        );
+    }
+    for &m in &ms {
+        ws.prepare(&dev, &w, m, opts).expect("prepare");
+    }
+    dev.synchronize().expect("sync");
+    let stream = dev.stream().clone();
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL)
+        .expect("begin capture");
+    let mut at = 5;
+    let mut recorded = Ok(());
+    for &m in &ms {
+        let a_view = a.slice(a_off..a_off + m * k);
+        let mut c_view = c.slice_mut(at..at + m * n);
+        if let Err(e) = int4_gemm_prepared(&dev, &a_view, m, &w, &mut c_view, &mut ws, opts) {
+            recorded = Err(e);
+            break;
+        }
+        at += m * n;
+    }
+    let graph = stream
+        .end_capture(CUgraphInstantiate_flags(0))
+        .expect("end capture");
+    recorded.expect("record the GEMMs");
+    let graph = graph.expect("a graph");
+    for replay in 0..2 {
+        dev.write(&mut c, &vec![f16::NAN; c_len + 5])
+            .expect("poison");
+        graph.launch().expect("graph launch");
+        let got = dev.download(&c).expect("download");
+        let mut at = 5;
+        for &m in &ms {
+            let a_ref: Vec<f64> = a_host[..m * k]
+                .iter()
+                .map(|v| f64::from(v.to_f32()))
+                .collect();
+            let want = matmul_ref(&a_ref, &w_ref, m, n, k);
+            let (mut e2, mut r2) = (0f64, 0f64);
+            for (g, r) in got[at..at + m * n].iter().zip(&want) {
+                let g = f64::from(g.to_f32());
+                assert!(g.is_finite(), "graph M={m}: non-finite output");
+                e2 += (g - r) * (g - r);
+                r2 += r * r;
+            }
+            let rel = (e2 / r2.max(1e-30)).sqrt();
+            assert!(
+                rel < REL_L2_TOL,
+                "graph replay {replay} M={m} seed={seed}: rel L2 {rel:.3e}"
+            );
+            println!("PASS int4 graph replay {replay} M={m} rel_l2={rel:.2e}");
+            at += m * n;
+        }
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{Gemm, GemmConfig};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use half::f16;
 use marlin_quant::QuantTensor;
 
@@ -13,8 +13,8 @@ use super::pack::{pack_int4, Int4Packed, N_TILE};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
 
-const MODULE: &str = "w4a16_gemm";
-const SOURCE: &str = include_str!("../kernels/w4a16_gemm.cu");
+pub(super) const MODULE: &str = "w4a16_gemm";
+pub(super) const SOURCE: &str = include_str!("../kernels/w4a16_gemm.cu");
 const THREADS: u32 = 128;
 /// Chunks of 64 along K each split must get at least, so that the weight
 /// pipeline (8 loads deep) fills before the epilogue.
@@ -37,13 +37,13 @@ const DEC_SPLITS: usize = 8;
 pub struct Int4Weight {
     pub n: usize,
     pub k: usize,
-    n_pad: usize,
-    k_chunks: usize,
-    group_chunks: usize,
-    weight_bytes: usize,
-    words: CudaSlice<u32>,  // (n_pad/16, k_pad/64, 32, 4)
-    scales: CudaSlice<u32>, // (groups, n_pad/16, 8) f16x2
-    neg_zero_scales: Option<CudaSlice<u32>>,
+    pub(super) n_pad: usize,
+    pub(super) k_chunks: usize,
+    pub(super) group_chunks: usize,
+    pub(super) weight_bytes: usize,
+    pub(super) words: CudaSlice<u32>,  // (n_pad/16, k_pad/64, 32, 4)
+    pub(super) scales: CudaSlice<u32>, // (groups, n_pad/16, 8) f16x2
+    pub(super) neg_zero_scales: Option<CudaSlice<u32>>,
 }
 
 impl Int4Weight {
@@ -83,11 +83,18 @@ impl Int4Weight {
 /// Scratch of the split-K reduction. Reuse one per stream: the tickets
 /// return to zero at the end of every launch, so launches on one stream can
 /// share it; concurrent streams need their own.
+///
+/// For CUDA graph capture, call [`GemmWorkspace::prepare`] once per (weight
+/// shape, M, options) before capturing, then use [`int4_gemm_prepared`]
+/// inside the capture: it never allocates, compiles, loads a module or
+/// synchronises, and fails instead of doing so.
 pub struct GemmWorkspace {
     partials: CudaSlice<f32>,
     tickets: CudaSlice<u32>,
     /// (N, K) f16 scratch of the large-M path, allocated at first use.
     dense: Option<CudaSlice<f16>>,
+    /// Kernels loaded by `prepare` (checked by `int4_gemm_prepared`).
+    prepared: Vec<&'static str>,
 }
 
 impl GemmWorkspace {
@@ -96,6 +103,7 @@ impl GemmWorkspace {
             partials: dev.alloc_zeros("split-K partials", 1)?,
             tickets: dev.alloc_zeros("split-K tickets", 1)?,
             dense: None,
+            prepared: Vec::new(),
         })
     }
 
@@ -107,6 +115,57 @@ impl GemmWorkspace {
             self.tickets = dev.alloc_zeros("split-K tickets", tickets)?;
         }
         Ok(())
+    }
+
+    /// Make a later [`int4_gemm_prepared`] call of `m` rows with weight `w`
+    /// and `opts` allocation- and synchronisation-free: compiles and loads
+    /// its kernel, sizes the split-K scratch (and the dense f16 scratch and
+    /// cuBLAS handle of the dequantize + cuBLAS path). Returns the plan that
+    /// call will use. Call it for every (weight shape, M) to be captured.
+    pub fn prepare(
+        &mut self,
+        dev: &Arc<CudaDevice>,
+        w: &Int4Weight,
+        m: usize,
+        opts: GemmOptions,
+    ) -> Result<GemmPlan> {
+        match resolve_call(dev, m, w, opts)? {
+            Call::Dequant => {
+                let elems = w.n * w.k;
+                if self.dense.as_ref().is_none_or(|d| d.len() < elems) {
+                    self.dense = None;
+                    self.dense = Some(dev.alloc_zeros("f16 dequantized weight scratch", elems)?);
+                }
+                dev.function(MODULE, SOURCE, "w4_dequant_f16", 0)?;
+                dev.with_blas(|_| Ok(()))?;
+                self.mark_prepared("w4_dequant_f16");
+                Ok(dequant_plan())
+            }
+            Call::Fused(fc) => {
+                if fc.plan.splits > 1 {
+                    self.reserve(dev, fc.partials, fc.tickets)?;
+                }
+                dev.function(MODULE, SOURCE, fc.plan.kernel, fc.max_smem)?;
+                self.mark_prepared(fc.plan.kernel);
+                Ok(fc.plan)
+            }
+        }
+    }
+
+    fn mark_prepared(&mut self, kernel: &'static str) {
+        if !self.prepared.contains(&kernel) {
+            self.prepared.push(kernel);
+        }
+    }
+
+    fn check_prepared(&self, kernel: &'static str) -> Result<()> {
+        if self.prepared.contains(&kernel) {
+            Ok(())
+        } else {
+            Err(CudaError::Unsupported(format!(
+                "int4_gemm_prepared: kernel {kernel} was not loaded by GemmWorkspace::prepare"
+            )))
+        }
     }
 }
 
@@ -300,7 +359,96 @@ fn decode_plan(m: usize, w: &Int4Weight, splits: Option<usize>) -> Option<GemmPl
     })
 }
 
-/// C (M, N) f16 = A (M, K) f16 . W^T, both row-major.
+/// A fused-kernel call, resolved: plan, shared memory and scratch sizes.
+struct FusedCall {
+    plan: GemmPlan,
+    smem: u32,
+    /// Dynamic shared memory attribute set once per function.
+    max_smem: u32,
+    /// fp32 elements of split-K partials and tickets the launch needs.
+    partials: usize,
+    tickets: usize,
+}
+
+enum Call {
+    Dequant,
+    Fused(FusedCall),
+}
+
+/// Path, kernel and launch shape of one call (no device work).
+fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -> Result<Call> {
+    if m == 0 {
+        return Err(CudaError::Shape("GEMM with M = 0 rows".into()));
+    }
+    let use_dequant = match opts.path {
+        GemmPath::Auto => m >= DEQUANT_MIN_M,
+        GemmPath::Fused | GemmPath::FusedGeneral => false,
+        GemmPath::DequantCublas => true,
+    };
+    if use_dequant {
+        return Ok(Call::Dequant);
+    }
+    let p = plan_for(
+        m,
+        w,
+        dev.sm_count(),
+        opts.splits,
+        opts.path != GemmPath::FusedGeneral,
+    );
+    let (smem, max_smem) = if m <= DEC_MAX_M && p.kernel.starts_with("w4a16_dec") {
+        // The attribute is set once per function: allow the largest tile.
+        let max = decode_smem_bytes(DEC_MAX_M, DEC_MAX_CHUNKS_PER_SPLIT, 1);
+        (decode_smem_bytes(m, w.k_chunks, p.splits), max)
+    } else {
+        let s = variant(m).smem_bytes() as usize;
+        (s, s)
+    };
+    let to_u32 =
+        |v: usize| u32::try_from(v).map_err(|_| CudaError::Shape("shared memory size".into()));
+    let partials = p
+        .splits
+        .checked_mul(m)
+        .and_then(|v| v.checked_mul(w.n_pad))
+        .ok_or_else(|| CudaError::Shape("split-K partials overflow".into()))?;
+    Ok(Call::Fused(FusedCall {
+        plan: p,
+        smem: to_u32(smem)?,
+        max_smem: to_u32(max_smem)?,
+        partials,
+        tickets: p.n_tiles * p.m_blocks,
+    }))
+}
+
+fn dequant_plan() -> GemmPlan {
+    GemmPlan {
+        path: GemmPath::DequantCublas,
+        kernel: "dequant+cublas",
+        m_tiles: 0,
+        m_blocks: 0,
+        n_tiles: 0,
+        splits: 1,
+    }
+}
+
+fn check_operands(m: usize, w: &Int4Weight, a_len: usize, c_len: usize) -> Result<()> {
+    let need_a = m
+        .checked_mul(w.k)
+        .ok_or_else(|| CudaError::Shape("M*K overflows".into()))?;
+    let need_c = m
+        .checked_mul(w.n)
+        .ok_or_else(|| CudaError::Shape("M*N overflows".into()))?;
+    if a_len < need_a || c_len < need_c {
+        return Err(CudaError::Shape(format!(
+            "INT4 GEMM M={m} N={} K={}: A has {a_len} elements (needs {need_a}), C has {c_len} (needs {need_c})",
+            w.n, w.k,
+        )));
+    }
+    Ok(())
+}
+
+/// C (M, N) f16 = A (M, K) f16 . W^T, both row-major. Allocates the split-K
+/// scratch and loads the kernel at first use (not capture-safe the first
+/// time; see [`int4_gemm_prepared`]).
 pub fn int4_gemm(
     dev: &Arc<CudaDevice>,
     a: &CudaSlice<f16>,
@@ -310,39 +458,33 @@ pub fn int4_gemm(
     ws: &mut GemmWorkspace,
     opts: GemmOptions,
 ) -> Result<GemmPlan> {
-    if m == 0 {
-        return Err(CudaError::Shape("GEMM with M = 0 rows".into()));
-    }
-    let need_a = m
-        .checked_mul(w.k)
-        .ok_or_else(|| CudaError::Shape("M*K overflows".into()))?;
-    let need_c = m
-        .checked_mul(w.n)
-        .ok_or_else(|| CudaError::Shape("M*N overflows".into()))?;
-    if a.len() < need_a || c.len() < need_c {
-        return Err(CudaError::Shape(format!(
-            "INT4 GEMM M={m} N={} K={}: A has {} elements (needs {need_a}), C has {} (needs {need_c})",
-            w.n,
-            w.k,
-            a.len(),
-            c.len()
-        )));
-    }
-    let use_dequant = match opts.path {
-        GemmPath::Auto => m >= DEQUANT_MIN_M,
-        GemmPath::Fused | GemmPath::FusedGeneral => false,
-        GemmPath::DequantCublas => true,
+    check_operands(m, w, a.len(), c.len())?;
+    ws.prepare(dev, w, m, opts)?;
+    int4_gemm_prepared(dev, &a.as_view(), m, w, &mut c.as_view_mut(), ws, opts)
+}
+
+/// The capture-safe entry point: the same product on views of f16 device
+/// buffers (A >= M*K, C >= M*N elements, row-major), with a workspace that
+/// [`GemmWorkspace::prepare`] made ready for this (weight shape, M, opts).
+/// It enqueues kernel launches (and, on the dequantize + cuBLAS path, one
+/// cublasGemmEx) on the device's stream and nothing else: no allocation, no
+/// module load, no host synchronisation, so it can be recorded in a CUDA
+/// graph. An unprepared workspace is an error, not an allocation.
+pub fn int4_gemm_prepared(
+    dev: &Arc<CudaDevice>,
+    a: &CudaView<'_, f16>,
+    m: usize,
+    w: &Int4Weight,
+    c: &mut CudaViewMut<'_, f16>,
+    ws: &mut GemmWorkspace,
+    opts: GemmOptions,
+) -> Result<GemmPlan> {
+    check_operands(m, w, a.len(), c.len())?;
+    let fc = match resolve_call(dev, m, w, opts)? {
+        Call::Dequant => return dequant_cublas(dev, a, m, w, c, ws),
+        Call::Fused(fc) => fc,
     };
-    if use_dequant {
-        return dequant_cublas(dev, a, m, w, c, ws);
-    }
-    let p = plan_for(
-        m,
-        w,
-        dev.sm_count(),
-        opts.splits,
-        opts.path != GemmPath::FusedGeneral,
-    );
+    let p = fc.plan;
     let m_i32 = i32::try_from(m).map_err(|_| CudaError::Shape(format!("M = {m} exceeds i32")))?;
     let grid = (
         u32::try_from(p.m_blocks).map_err(|_| CudaError::Shape("too many M blocks".into()))?,
@@ -354,26 +496,19 @@ pub fn int4_gemm(
             "grid {grid:?} exceeds CUDA limits"
         )));
     }
-    if p.splits > 1 {
-        ws.reserve(dev, p.splits * m * w.n_pad, p.n_tiles * p.m_blocks)?;
+    if p.splits > 1 && (ws.partials.len() < fc.partials || ws.tickets.len() < fc.tickets) {
+        return Err(CudaError::Shape(format!(
+            "split-K workspace too small for M={m} N={} ({} splits): call GemmWorkspace::prepare",
+            w.n, p.splits
+        )));
     }
+    ws.check_prepared(p.kernel)?;
     let func_name = p.kernel;
-    let (smem, max_smem) = if m <= DEC_MAX_M && func_name.starts_with("w4a16_dec") {
-        // The attribute is set once per function: allow the largest tile.
-        let max = decode_smem_bytes(DEC_MAX_M, DEC_MAX_CHUNKS_PER_SPLIT, 1);
-        (decode_smem_bytes(m, w.k_chunks, p.splits), max)
-    } else {
-        let s = variant(m).smem_bytes() as usize;
-        (s, s)
-    };
-    let smem = u32::try_from(smem).map_err(|_| CudaError::Shape("shared memory size".into()))?;
-    let max_smem =
-        u32::try_from(max_smem).map_err(|_| CudaError::Shape("shared memory size".into()))?;
-    let func = dev.function(MODULE, SOURCE, func_name, max_smem)?;
+    let func = dev.function(MODULE, SOURCE, func_name, fc.max_smem)?;
     let cfg = LaunchConfig {
         grid_dim: grid,
         block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: smem,
+        shared_mem_bytes: fc.smem,
     };
     let stream = dev.stream();
     let null_zeros: u64 = 0;
@@ -458,21 +593,23 @@ pub fn dequantize_to_f16(
 
 fn dequant_cublas(
     dev: &Arc<CudaDevice>,
-    a: &CudaSlice<f16>,
+    a: &CudaView<'_, f16>,
     m: usize,
     w: &Int4Weight,
-    c: &mut CudaSlice<f16>,
+    c: &mut CudaViewMut<'_, f16>,
     ws: &mut GemmWorkspace,
 ) -> Result<GemmPlan> {
+    ws.check_prepared("w4_dequant_f16")?;
     let elems = w.n * w.k;
-    if ws.dense.as_ref().is_none_or(|d| d.len() < elems) {
-        ws.dense = None;
-        ws.dense = Some(dev.alloc_zeros("f16 dequantized weight scratch", elems)?);
-    }
-    let dense = ws
-        .dense
-        .as_mut()
-        .ok_or_else(|| CudaError::Shape("dense scratch missing".into()))?;
+    let dense = match ws.dense.as_mut() {
+        Some(d) if d.len() >= elems => d,
+        _ => {
+            return Err(CudaError::Shape(format!(
+                "dense scratch for a {}x{} weight missing: call GemmWorkspace::prepare",
+                w.n, w.k
+            )))
+        }
+    };
     dequantize_to_f16(dev, w, dense)?;
     let to_i32 =
         |v: usize| i32::try_from(v).map_err(|_| CudaError::Shape(format!("{v} exceeds i32")));
@@ -498,14 +635,7 @@ fn dequant_cublas(
             message: format!("{e:?}"),
         })
     })?;
-    Ok(GemmPlan {
-        path: GemmPath::DequantCublas,
-        kernel: "dequant+cublas",
-        m_tiles: 0,
-        m_blocks: 0,
-        n_tiles: 0,
-        splits: 1,
-    })
+    Ok(dequant_plan())
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! launches `kernels/w4a16_gemm.cu`.
 
 #[cfg(feature = "cuda")]
+mod device_fill;
+#[cfg(feature = "cuda")]
 pub mod gemm;
 pub mod pack;
 pub mod random;

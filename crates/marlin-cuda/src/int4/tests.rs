@@ -2,15 +2,19 @@
 //! kernel's index arithmetic must give back the reference dequantization.
 
 use super::pack::pack_int4;
-use super::random::random_int4;
+use super::random::{hashed_int4, random_int4};
 use super::reference::{dequantize_int4_ref, unpack_int4_ref};
 use crate::error::CudaError;
 use marlin_quant::Granularity;
 
 fn check_roundtrip(n: usize, k: usize, group: usize, asym: bool, seed: u64) {
-    let w = random_int4(n, k, group, asym, seed);
-    let packed = pack_int4(&w).expect("supported scheme");
-    let want = dequantize_int4_ref(&w).expect("reference");
+    check_roundtrip_tensor(&random_int4(n, k, group, asym, seed));
+}
+
+fn check_roundtrip_tensor(w: &marlin_quant::QuantTensor) {
+    let (n, k) = (w.rows, w.cols);
+    let packed = pack_int4(w).expect("supported scheme");
+    let want = dequantize_int4_ref(w).expect("reference");
     let got = unpack_int4_ref(&packed);
     let max_abs = want.iter().fold(0f64, |m, v| m.max(v.abs()));
     for (i, (g, r)) in got.iter().zip(&want).enumerate() {
@@ -18,7 +22,8 @@ fn check_roundtrip(n: usize, k: usize, group: usize, asym: bool, seed: u64) {
         let tol = 1e-3 * max_abs.max(1e-6);
         assert!(
             (f64::from(*g) - r).abs() <= tol,
-            "n={n} k={k} g={group} asym={asym}: element ({}, {}) got {g} want {r}",
+            "n={n} k={k} {:?}: element ({}, {}) got {g} want {r}",
+            w.scheme.granularity,
             i / k,
             i % k
         );
@@ -62,4 +67,31 @@ fn huge_scale_is_rejected() {
     let mut w = random_int4(16, 128, 128, false, 2);
     w.scales[3] = 1e6;
     assert!(matches!(pack_int4(&w), Err(CudaError::Unsupported(_))));
+}
+
+/// The host mirror of the device fill: every code value occurs, scales lie
+/// in [2^-9, 2^-6), odd K leaves the unused high nibble zero, and the tensor
+/// packs and round-trips like any other symmetric INT4 tensor.
+#[test]
+fn hashed_int4_is_a_valid_symmetric_tensor() {
+    let w = hashed_int4(24, 129, 64, 3);
+    let mut seen = [false; 16];
+    for (i, byte) in w.data.iter().enumerate() {
+        seen[usize::from(byte & 15)] = true;
+        if i % 65 == 64 {
+            assert_eq!(byte >> 4, 0, "padding nibble of row {}", i / 65);
+        } else {
+            seen[usize::from(byte >> 4)] = true;
+        }
+    }
+    assert!(seen.iter().all(|s| *s));
+    assert!(w
+        .scales
+        .iter()
+        .all(|s| (2f32.powi(-9)..2f32.powi(-6)).contains(s)));
+    assert_ne!(hashed_int4(24, 129, 64, 4).data, w.data);
+    let packed = pack_int4(&w).expect("pack");
+    assert!(packed.neg_zero_scales.is_none());
+    check_roundtrip_tensor(&w);
+    check_roundtrip_tensor(&hashed_int4(70, 256, 0, 9));
 }

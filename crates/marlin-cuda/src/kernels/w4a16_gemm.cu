@@ -719,3 +719,73 @@ extern "C" __global__ void __launch_bounds__(256) w4_dequant_f16(
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Random symmetric INT4 weights generated on the device straight into the
+// packed layout (benchmark models of several GB that must not be built and
+// repacked on the host). Keep the hash and the scale-bit recipe in sync with
+// `hashed_int4` in src/int4/random.rs, which builds the same tensor on the
+// host (the GPU test compares the packed buffers bit for bit).
+
+__device__ __forceinline__ unsigned long long mix64(unsigned long long x) {
+    x ^= x >> 30;
+    x *= 0xBF58476D1CE4E5B9ull;
+    x ^= x >> 27;
+    x *= 0x94D049BB133111EBull;
+    x ^= x >> 31;
+    return x;
+}
+
+// words: (n_pad/64 tiles, k_chunks, 4 warps, 32 lanes, 4) u32, see pack.rs.
+// Raw signed code of (row, col) = mix64(seed + row*K + col) & 15, stored + 8.
+extern "C" __global__ void __launch_bounds__(256) w4_random_words(
+    u32* __restrict__ words, int N, int K, int k_chunks, long long total, unsigned long long seed) {
+    for (long long w = (long long)blockIdx.x * blockDim.x + threadIdx.x; w < total;
+         w += (long long)gridDim.x * blockDim.x) {
+        const int j = (int)(w & 3);
+        const long long i16 = w >> 2;
+        const int lane = (int)(i16 & 31);
+        const long long tc = i16 >> 7;
+        const int c = (int)(tc % k_chunks);
+        const int nb = (int)(tc / k_chunks) * 4 + (int)((i16 >> 5) & 3);
+        const int g = lane >> 2, t = lane & 3;
+        u32 word = 0;
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int col_n = nb * 16 + 8 * half + g;
+#pragma unroll
+            for (int slot = 0; slot < 4; slot++) {
+                const int kk = c * 64 + 16 * t + 4 * j + slot;
+                if (col_n < N && kk < K) {
+                    const u32 raw = (u32)mix64(seed + (unsigned long long)col_n * K + kk) & 15u;
+                    word |= (raw ^ 8u) << (4 * ((slot & 1) * 4 + (slot >> 1) + 2 * half));
+                }
+            }
+        }
+        words[w] = word;
+    }
+}
+
+// scales: (groups, n_pad/16, 8) f16x2; scale of (row, group) has f16
+// exponent field 6 + h % 3 (2^-9 .. 2^-7 binades) and 10 random mantissa
+// bits, h = mix64(seed ^ 0x5CA1E5 + row*groups + group); padded rows 0.
+extern "C" __global__ void __launch_bounds__(256) w4_random_scales(
+    u32* __restrict__ scales, int N, int nb_count, int groups, long long total, unsigned long long seed) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int g = (int)(i & 7);
+        const int nb = (int)((i >> 3) % nb_count);
+        const int gi = (int)((i >> 3) / nb_count);
+        u32 pair = 0;
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int col = nb * 16 + 8 * half + g;
+            if (col < N) {
+                const unsigned long long h = mix64((seed ^ 0x5CA1E5ull) + (unsigned long long)col * groups + gi);
+                const u32 bits = ((6u + (u32)(h % 3ull)) << 10) | (u32)((h >> 8) & 0x3FFull);
+                pair |= bits << (16 * half);
+            }
+        }
+        scales[i] = pair;
+    }
+}
