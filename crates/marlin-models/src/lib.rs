@@ -26,8 +26,8 @@ pub mod source;
 
 pub use config::ModelConfig;
 pub use error::ModelError;
-pub use layers::{ActivationHook, KvCache, LogitsWanted};
-pub use model::{LoadOptions, Model};
+pub use layers::{ActivationHook, KvCache, KvPool, LogitsWanted, SeqChunk};
+pub use model::{BatchedModel, LoadOptions, Model};
 
 use std::path::Path;
 

@@ -3,7 +3,9 @@
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::layers::{ActivationHook, ForwardCtx, KvCache, LogitsWanted};
+use crate::layers::{
+    ActivationHook, ForwardCtx, KvCache, KvPool, LogitsWanted, OutputHead, SeqChunk,
+};
 
 /// Options for [`crate::load_model`].
 #[derive(Clone, Debug)]
@@ -51,28 +53,142 @@ pub trait Model: Send + Sync {
     fn forward_all(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
         self.forward_with(tokens, cache, LogitsWanted::All, None)
     }
+
+    /// The batched forward over a paged KV pool (the serving engine), for
+    /// models that have one: every CPU architecture does.
+    fn batched(&self) -> Option<&dyn BatchedModel> {
+        None
+    }
 }
 
-/// Validates a forward call against `cfg` and the cache, and builds its
-/// context. Architectures call this first and `cache.advance` last.
-pub(crate) fn begin_forward<'h>(
+/// Several sequences in one forward pass over a shared [`KvPool`]: all
+/// their new tokens go through each linear layer as one (sum m, d) matrix;
+/// attention runs per sequence over its block table.
+pub trait BatchedModel: Send + Sync {
+    /// A pool of `n_blocks` blocks of `block_size` positions, bounded by
+    /// the load options' `max_cache_bytes`.
+    fn new_pool(&self, block_size: usize, n_blocks: usize) -> Result<KvPool>;
+
+    /// Processes `seqs` (each writes its new keys and values through its
+    /// block table) and returns, per sequence, the logits it asked for:
+    /// (vocab) for `Last`, (m, vocab) for `All`, empty for `None`. Two
+    /// chunks of one call must not write the same block position.
+    fn forward_batch_with(
+        &self,
+        pool: &mut KvPool,
+        seqs: &[SeqChunk],
+        hook: Option<&mut dyn ActivationHook>,
+    ) -> Result<Vec<Vec<f32>>>;
+
+    fn forward_batch(&self, pool: &mut KvPool, seqs: &[SeqChunk]) -> Result<Vec<Vec<f32>>> {
+        self.forward_batch_with(pool, seqs, None)
+    }
+}
+
+/// Validates a batched forward call against `cfg` and the pool, and builds
+/// its context and its stacked tokens (sum m). Architectures call this
+/// first and [`finish_batch`] last.
+pub(crate) fn begin_batch<'h>(
     cfg: &ModelConfig,
-    tokens: &[u32],
-    cache: &KvCache,
-    logits: LogitsWanted,
+    pool: &KvPool,
+    seqs: &[SeqChunk],
     hook: Option<&'h mut dyn ActivationHook>,
-) -> Result<ForwardCtx<'h>> {
-    if tokens.is_empty() {
-        return Err(ModelError::Invalid("forward: no tokens".into()));
+) -> Result<(ForwardCtx<'h>, Vec<u32>)> {
+    if seqs.is_empty() {
+        return Err(ModelError::Invalid("forward: no sequences".into()));
     }
-    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-        return Err(ModelError::TokenOutOfRange {
-            id: bad,
-            vocab: cfg.vocab_size,
-        });
+    let shape = (cfg.n_layers, cfg.n_kv_heads, cfg.head_dim);
+    let mut tokens = Vec::new();
+    for s in seqs {
+        if s.tokens.is_empty() {
+            return Err(ModelError::Invalid("forward: no tokens".into()));
+        }
+        if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(ModelError::TokenOutOfRange {
+                id: bad,
+                vocab: cfg.vocab_size,
+            });
+        }
+        pool.check(shape, s.block_table, s.pos0, s.tokens.len())?;
+        tokens.extend_from_slice(s.tokens);
     }
-    cache.check(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, tokens.len())?;
-    Ok(ForwardCtx::new(cache.len(), tokens.len(), logits, hook))
+    Ok((ForwardCtx::batch(seqs, hook), tokens))
+}
+
+/// The output head over the rows whose logits were asked for; `x` (m, d)
+/// -> per sequence (vocab), (m_i, vocab) or nothing.
+pub(crate) fn finish_batch(
+    head: &OutputHead,
+    ctx: &mut ForwardCtx,
+    x: &[f32],
+) -> Result<Vec<Vec<f32>>> {
+    let d = x.len() / ctx.n_tokens.max(1);
+    // Only the rows asked for go through the (expensive) LM head.
+    let mut rows = Vec::new(); // (n, d)
+    let mut counts = Vec::with_capacity(ctx.seqs.len());
+    for s in &ctx.seqs {
+        let picked = match s.logits {
+            None => s.row0..s.row0,
+            Some(LogitsWanted::Last) => s.row0 + s.len - 1..s.row0 + s.len,
+            Some(LogitsWanted::All) => s.row0..s.row0 + s.len,
+        };
+        rows.extend_from_slice(&x[picked.start * d..picked.end * d]);
+        counts.push(picked.len());
+    }
+    if rows.is_empty() {
+        return Ok(vec![Vec::new(); counts.len()]);
+    }
+    ctx.logits = LogitsWanted::All;
+    let logits = head.forward(ctx, &rows)?; // (n, vocab)
+    let vocab = logits.len() / (rows.len() / d);
+    let mut out = Vec::with_capacity(counts.len());
+    let mut at = 0;
+    for n in counts {
+        out.push(logits[at * vocab..(at + n) * vocab].to_vec());
+        at += n;
+    }
+    Ok(out)
+}
+
+/// [`Model::forward_with`] through the batched forward: `cache` is a pool
+/// of one block.
+pub(crate) fn forward_on_cache(
+    model: &dyn BatchedModel,
+    tokens: &[u32],
+    cache: &mut KvCache,
+    logits: LogitsWanted,
+    hook: Option<&mut dyn ActivationHook>,
+) -> Result<Vec<f32>> {
+    let pos0 = cache.len();
+    let (pool, block_table) = cache.as_pool();
+    let chunk = SeqChunk {
+        tokens,
+        block_table,
+        pos0,
+        logits: Some(logits),
+    };
+    let out = model.forward_batch_with(pool, &[chunk], hook)?;
+    cache.advance(tokens.len());
+    out.into_iter()
+        .next()
+        .ok_or_else(|| ModelError::Invalid("forward: no logits".into()))
+}
+
+/// A pool for `cfg`, bounded by `opts.max_cache_bytes`.
+pub(crate) fn new_pool_for(
+    cfg: &ModelConfig,
+    opts: &LoadOptions,
+    block_size: usize,
+    n_blocks: usize,
+) -> Result<KvPool> {
+    KvPool::new(
+        cfg.n_layers,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        block_size,
+        n_blocks,
+        opts.max_cache_bytes,
+    )
 }
 
 /// A cache for `cfg`, bounded by `opts.max_cache_bytes`.

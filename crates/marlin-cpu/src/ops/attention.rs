@@ -1,6 +1,7 @@
 //! Scaled dot-product attention of new queries against a per-sequence KV
 //! cache, with grouped-query heads, causal masking and an optional sliding
-//! window.
+//! window. The cache is paged: a block table maps positions to blocks of
+//! `block_size` positions (a contiguous cache is one block).
 
 use super::gemm::{gemm, Gemm};
 use super::simd::kernels;
@@ -22,13 +23,66 @@ pub struct AttentionParams {
     pub window: Option<usize>,
 }
 
-/// Keys and values of one layer of one sequence, each
-/// (n_kv_heads, capacity, head_dim): a head's positions are contiguous.
+/// Keys and values of one layer, paged: `k` and `v` are each
+/// (n_blocks, n_kv_heads, block_size, head_dim), so a head's positions are
+/// contiguous within a block. Position `j` of the sequence lives at row
+/// `j % block_size` of block `blocks[j / block_size]`.
 #[derive(Clone, Copy)]
 pub struct KvView<'a> {
     pub k: &'a [f32],
     pub v: &'a [f32],
-    pub capacity: usize,
+    pub block_size: usize,
+    /// The sequence's block table.
+    pub blocks: &'a [u32],
+}
+
+/// The block table of a contiguous cache: one block.
+const ONE_BLOCK: &[u32] = &[0];
+
+impl<'a> KvView<'a> {
+    /// A contiguous cache, each of `k`, `v` (n_kv_heads, capacity, head_dim).
+    pub fn contiguous(k: &'a [f32], v: &'a [f32], capacity: usize) -> Self {
+        Self {
+            k,
+            v,
+            block_size: capacity,
+            blocks: ONE_BLOCK,
+        }
+    }
+
+    /// Positions the block table covers.
+    pub fn capacity(&self) -> usize {
+        self.blocks.len().saturating_mul(self.block_size)
+    }
+
+    /// Offset of key/value row `j` of kv head `g` (bounds checked by
+    /// `AttentionParams::check`).
+    fn row(&self, p: &AttentionParams, g: usize, j: usize) -> usize {
+        let block = self.blocks[j / self.block_size] as usize;
+        ((block * p.n_kv_heads + g) * self.block_size + j % self.block_size) * p.head_dim
+    }
+
+    /// The rows of kv head `g` at positions `keys`, as (offset, rows) runs
+    /// that are contiguous in `k` and `v`, in position order.
+    fn runs(
+        &self,
+        p: &AttentionParams,
+        g: usize,
+        keys: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let bs = self.block_size;
+        let p = *p;
+        let mut j = keys.start;
+        std::iter::from_fn(move || {
+            if j >= keys.end {
+                return None;
+            }
+            let n = (bs - j % bs).min(keys.end - j);
+            let run = (self.row(&p, g, j), n);
+            j += n;
+            Some(run)
+        })
+    }
 }
 
 impl AttentionParams {
@@ -57,25 +111,30 @@ impl AttentionParams {
             ));
         }
         let m = q_len / per_token;
-        let kv_len = self
+        let per_block = self
             .n_kv_heads
-            .checked_mul(kv.capacity)
-            .and_then(|v| v.checked_mul(self.head_dim));
-        if kv_len != Some(kv.k.len()) || kv_len != Some(kv.v.len()) {
+            .checked_mul(kv.block_size)
+            .and_then(|v| v.checked_mul(self.head_dim))
+            .filter(|&n| n > 0 && kv.k.len().is_multiple_of(n) && kv.k.len() == kv.v.len());
+        let Some(per_block) = per_block else {
             return bad(format!(
-                "kv cache has {}/{} values, want {} kv heads x {} positions x {}",
+                "kv cache has {}/{} values, not whole blocks of {} kv heads x {} positions x {}",
                 kv.k.len(),
                 kv.v.len(),
                 self.n_kv_heads,
-                kv.capacity,
+                kv.block_size,
                 self.head_dim
             ));
+        };
+        let n_blocks = kv.k.len() / per_block;
+        if let Some(b) = kv.blocks.iter().find(|&&b| b as usize >= n_blocks) {
+            return bad(format!("block table names block {b} of {n_blocks}"));
         }
         match pos0.checked_add(m) {
-            Some(end) if end <= kv.capacity => Ok(m),
+            Some(end) if end <= kv.capacity() => Ok(m),
             _ => bad(format!(
                 "positions {pos0}+{m} exceed the cache capacity {}",
-                kv.capacity
+                kv.capacity()
             )),
         }
     }
@@ -115,15 +174,23 @@ pub fn attention(
         .for_each_init(Vec::new, |scores: &mut Vec<f32>, (idx, (o, qh))| {
             let (tok, head) = (idx / p.n_heads, idx % p.n_heads);
             let keys = p.key_range(pos0 + tok);
-            let base = (head / group) * kv.capacity * hd;
-            let k_rows = &kv.k[base + keys.start * hd..base + keys.end * hd];
-            let v_rows = &kv.v[base + keys.start * hd..base + keys.end * hd];
+            let g = head / group;
             scores.clear();
-            scores.extend(k_rows.chunks_exact(hd).map(|kr| (k.dot)(qh, kr) * p.scale));
+            for (off, n) in kv.runs(p, g, keys.clone()) {
+                let k_rows = &kv.k[off..off + n * hd];
+                scores.extend(k_rows.chunks_exact(hd).map(|kr| (k.dot)(qh, kr) * p.scale));
+            }
             softmax_inplace(scores);
             o.fill(0.0);
-            for (s, vr) in scores.iter().zip(v_rows.chunks_exact(hd)) {
-                (k.axpy)(*s, vr, o);
+            let mut weights = scores.iter();
+            for (off, n) in kv.runs(p, g, keys) {
+                // Rows first: zip stops on them without taking a weight.
+                for (vr, s) in kv.v[off..off + n * hd]
+                    .chunks_exact(hd)
+                    .zip(weights.by_ref())
+                {
+                    (k.axpy)(*s, vr, o);
+                }
             }
         });
     Ok(())
@@ -144,7 +211,7 @@ fn attention_blocked(
     m: usize,
     out: &mut [f32],
 ) -> Result<(), CpuError> {
-    let (hd, nh, cap) = (p.head_dim, p.n_heads, kv.capacity);
+    let (hd, nh) = (p.head_dim, p.n_heads);
     let group = nh / p.n_kv_heads;
     let n_blocks = m.div_ceil(QUERY_BLOCK);
     let tasks: Vec<(usize, usize)> = (0..p.n_kv_heads)
@@ -159,17 +226,29 @@ fn attention_blocked(
             let rows = t1 - t0;
             let key0 = p.key_range(pos0 + t0).start;
             let nk = pos0 + t1 - key0;
-            let base = g * cap * hd;
+            let keys = key0..key0 + nk;
             let mut kt = vec![0.0f32; hd * nk]; // (head_dim, nk): keys transposed
-            for (j, kr) in kv.k[base + key0 * hd..base + (key0 + nk) * hd]
-                .chunks_exact(hd)
-                .enumerate()
-            {
+            let k_rows = kv
+                .runs(p, g, keys.clone())
+                .flat_map(|(off, n)| kv.k[off..off + n * hd].chunks_exact(hd));
+            for (j, kr) in k_rows.enumerate() {
                 for (d, v) in kr.iter().enumerate() {
                     kt[d * nk + j] = *v;
                 }
             }
-            let v_rows = &kv.v[base + key0 * hd..base + (key0 + nk) * hd]; // (nk, head_dim)
+            // (nk, head_dim): borrowed when the keys sit in one block.
+            let v_gathered: Vec<f32>;
+            let mut runs = kv.runs(p, g, keys.clone());
+            let v_rows: &[f32] = match (runs.next(), runs.next()) {
+                (Some((off, n)), None) => &kv.v[off..off + n * hd],
+                _ => {
+                    v_gathered = kv
+                        .runs(p, g, keys)
+                        .flat_map(|(off, n)| kv.v[off..off + n * hd].iter().copied())
+                        .collect();
+                    &v_gathered
+                }
+            };
             let mut scores = vec![0.0f32; rows * nk]; // (rows, nk)
             let mut o = vec![0.0f32; group * rows * hd]; // (group, rows, head_dim)
             for hh in 0..group {
@@ -238,12 +317,12 @@ pub fn attention_ref(
     for t in 0..m {
         for h in 0..p.n_heads {
             let qh = &q[(t * p.n_heads + h) * hd..][..hd];
-            let base = (h / group) * kv.capacity * hd;
+            let g = h / group;
             let keys = p.key_range(pos0 + t);
             let s: Vec<f64> = keys
                 .clone()
                 .map(|j| {
-                    let kr = &kv.k[base + j * hd..][..hd];
+                    let kr = &kv.k[kv.row(p, g, j)..][..hd];
                     qh.iter()
                         .zip(kr)
                         .map(|(a, b)| *a as f64 * *b as f64)
@@ -259,7 +338,7 @@ pub fn attention_ref(
                 *od = keys
                     .clone()
                     .zip(&e)
-                    .map(|(j, w)| w / sum * kv.v[base + j * hd + d] as f64)
+                    .map(|(j, w)| w / sum * kv.v[kv.row(p, g, j) + d] as f64)
                     .sum::<f64>() as f32;
             }
         }
@@ -300,11 +379,7 @@ mod tests {
                 |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect() };
             let q = r(m * nh * hd);
             let (k, v) = (r(nkv * cap * hd), r(nkv * cap * hd));
-            let kv = KvView {
-                k: &k,
-                v: &v,
-                capacity: cap,
-            };
+            let kv = KvView::contiguous(&k, &v, cap);
             let (mut got, mut want) = (vec![0.0; q.len()], vec![0.0; q.len()]);
             attention(&p, &q, &kv, pos0, &mut got).unwrap();
             attention_ref(&p, &q, &kv, pos0, &mut want).unwrap();
@@ -317,6 +392,102 @@ mod tests {
         }
     }
 
+    /// Copies a contiguous (n_kv, cap, hd) cache into `n_blocks` blocks of
+    /// `bs` positions in a scrambled order; returns (k, v, block table).
+    fn page(
+        k: &[f32],
+        v: &[f32],
+        (nkv, cap, hd): (usize, usize, usize),
+        bs: usize,
+    ) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
+        let n_used = cap.div_ceil(bs);
+        let n_blocks = n_used + 2;
+        // Blocks in reverse order, physical block 0 and the last unused.
+        let table: Vec<u32> = (0..n_used).map(|i| (n_used - i) as u32).collect();
+        let (mut pk, mut pv) = (
+            vec![f32::NAN; n_blocks * nkv * bs * hd],
+            vec![f32::NAN; n_blocks * nkv * bs * hd],
+        );
+        for g in 0..nkv {
+            for j in 0..cap {
+                let dst = ((table[j / bs] as usize * nkv + g) * bs + j % bs) * hd;
+                let src = (g * cap + j) * hd;
+                pk[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
+                pv[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+            }
+        }
+        (pk, pv, table)
+    }
+
+    #[test]
+    fn paged_equals_contiguous_bitwise() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        // (n_heads, n_kv_heads, head_dim, m, pos0, window, block_size)
+        let cases = [
+            (4, 2, 16, 1, 0, None, 1),
+            (9, 3, 64, 1, 37, None, 16),
+            (9, 3, 64, 17, 5, None, 16),
+            (4, 1, 24, 17, 20, Some(6), 3),
+            (6, 3, 5, 70, 0, None, 7),
+            (4, 1, 32, 45, 3, Some(16), 16),
+        ];
+        for (nh, nkv, hd, m, pos0, window, bs) in cases {
+            let cap = pos0 + m;
+            let p = AttentionParams {
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                window,
+            };
+            let mut r =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect() };
+            let q = r(m * nh * hd);
+            let (k, v) = (r(nkv * cap * hd), r(nkv * cap * hd));
+            let (pk, pv, table) = page(&k, &v, (nkv, cap, hd), bs);
+            let paged = KvView {
+                k: &pk,
+                v: &pv,
+                block_size: bs,
+                blocks: &table,
+            };
+            let contiguous = KvView::contiguous(&k, &v, cap);
+            let (mut got, mut want, mut reference) =
+                (vec![0.0; q.len()], vec![0.0; q.len()], vec![0.0; q.len()]);
+            attention(&p, &q, &paged, pos0, &mut got).unwrap();
+            attention(&p, &q, &contiguous, pos0, &mut want).unwrap();
+            attention_ref(&p, &q, &paged, pos0, &mut reference).unwrap();
+            assert_eq!(got, want, "nh{nh} nkv{nkv} hd{hd} m{m} bs{bs}");
+            for (g, w) in got.iter().zip(&reference) {
+                assert!((g - w).abs() < 1e-5, "m{m} bs{bs}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_block_tables() {
+        let p = AttentionParams {
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 4,
+            scale: 1.0,
+            window: None,
+        };
+        let (k, v) = ([0.0; 24], [0.0; 24]); // 3 blocks of 2 positions
+        let view = |blocks: &'static [u32], bs| KvView {
+            k: &k,
+            v: &v,
+            block_size: bs,
+            blocks,
+        };
+        let q = [0.0; 8];
+        assert!(attention(&p, &q, &view(&[2, 0], 2), 3, &mut [0.0; 8]).is_ok());
+        assert!(attention(&p, &q, &view(&[3], 2), 0, &mut [0.0; 8]).is_err());
+        assert!(attention(&p, &q, &view(&[0], 2), 2, &mut [0.0; 8]).is_err());
+        assert!(attention(&p, &q, &view(&[0], 5), 0, &mut [0.0; 8]).is_err());
+        assert!(attention(&p, &q, &view(&[0], 0), 0, &mut [0.0; 8]).is_err());
+    }
+
     #[test]
     fn rejects_bad_shapes() {
         let p = AttentionParams {
@@ -326,11 +497,7 @@ mod tests {
             scale: 1.0,
             window: None,
         };
-        let kv = KvView {
-            k: &[0.0; 16],
-            v: &[0.0; 16],
-            capacity: 2,
-        };
+        let kv = KvView::contiguous(&[0.0; 16], &[0.0; 16], 2);
         assert!(attention(&p, &[0.0; 12], &kv, 0, &mut [0.0; 12]).is_err());
         let p = AttentionParams {
             n_heads: 2,

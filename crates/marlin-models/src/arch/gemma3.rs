@@ -7,9 +7,12 @@ use crate::config::{base_config, rope_scaling, HParam, ModelConfig, Params};
 use crate::error::{ModelError, Result};
 use crate::layers::{
     add_inplace, Activation, ActivationHook, Attention, AttentionConfig, Embedding, KvCache,
-    Linear, LogitsWanted, Mlp, OutputHead, RmsNorm,
+    KvPool, Linear, LogitsWanted, Mlp, OutputHead, RmsNorm, SeqChunk,
 };
-use crate::model::{begin_forward, new_cache_for, LoadOptions, Model};
+use crate::model::{
+    begin_batch, finish_batch, forward_on_cache, new_cache_for, new_pool_for, BatchedModel,
+    LoadOptions, Model,
+};
 use crate::source::{SourceKind, WeightSource};
 use marlin_cpu::ops::{Rope, RopeScaling, RopeStyle};
 
@@ -161,14 +164,33 @@ impl Model for Gemma3 {
         logits: LogitsWanted,
         hook: Option<&mut dyn ActivationHook>,
     ) -> Result<Vec<f32>> {
-        let mut ctx = begin_forward(&self.cfg, tokens, cache, logits, hook)?;
+        forward_on_cache(self, tokens, cache, logits, hook)
+    }
+
+    fn batched(&self) -> Option<&dyn BatchedModel> {
+        Some(self)
+    }
+}
+
+impl BatchedModel for Gemma3 {
+    fn new_pool(&self, block_size: usize, n_blocks: usize) -> Result<KvPool> {
+        new_pool_for(&self.cfg, &self.opts, block_size, n_blocks)
+    }
+
+    fn forward_batch_with(
+        &self,
+        pool: &mut KvPool,
+        seqs: &[SeqChunk],
+        hook: Option<&mut dyn ActivationHook>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let (mut ctx, tokens) = begin_batch(&self.cfg, pool, seqs, hook)?;
         let m = tokens.len();
-        let mut x = self.embed.forward(tokens, self.embed_scale)?; // (m, d)
+        let mut x = self.embed.forward(&tokens, self.embed_scale)?; // (m, d)
         ctx.dump("inp_scaled", None, m, &x);
         for (il, b) in self.blocks.iter().enumerate() {
             let h = b.attn_norm.forward(&x)?; // (m, d)
             ctx.dump("attn_norm", Some(il), m, &h);
-            let mut attn = b.attn.forward(&mut ctx, il, &h, cache)?; // (m, d)
+            let mut attn = b.attn.forward(&mut ctx, il, &h, pool)?; // (m, d)
             b.post_attn_norm.forward_inplace(&mut attn)?;
             ctx.dump("attn_post_norm", Some(il), m, &attn);
             add_inplace(&mut x, &attn);
@@ -181,8 +203,6 @@ impl Model for Gemma3 {
             add_inplace(&mut x, &ffn);
             ctx.dump("l_out", Some(il), m, &x);
         }
-        let out = self.head.forward(&mut ctx, &x)?;
-        cache.advance(m);
-        Ok(out)
+        finish_batch(&self.head, &mut ctx, &x)
     }
 }

@@ -1,7 +1,9 @@
-//! Self-attention with grouped-query heads over the KV cache: projections,
-//! optional QK-norm, RoPE, cache write, masked attention, output projection.
+//! Self-attention with grouped-query heads over the paged KV pool:
+//! projections, optional QK-norm, RoPE, cache write, masked attention,
+//! output projection. Projections run on all sequences of a batch as one
+//! matrix; attention runs per sequence over its block table.
 
-use super::{ForwardCtx, KvCache, Linear, RmsNorm};
+use super::{ForwardCtx, KvPool, Linear, RmsNorm};
 use crate::error::Result;
 use crate::source::WeightSource;
 use marlin_cpu::ops::{self, AttentionParams, Rope};
@@ -86,14 +88,15 @@ impl Attention {
         &self.cfg
     }
 
-    /// `x` (m, d) -> new (m, d). Writes this layer's keys and values of the
-    /// new positions into `cache`.
+    /// `x` (m, d) -> new (m, d), m = rows of every sequence in `ctx`.
+    /// Writes this layer's keys and values of the new positions into `pool`
+    /// through each sequence's block table (checked by the caller).
     pub fn forward(
         &self,
         ctx: &mut ForwardCtx,
         layer: usize,
         x: &[f32],
-        cache: &mut KvCache,
+        pool: &mut KvPool,
     ) -> Result<Vec<f32>> {
         let m = ctx.n_tokens;
         let c = &self.cfg;
@@ -115,7 +118,6 @@ impl Attention {
         ctx.dump("Qcur_rope", il, m, &q);
         ctx.dump("Kcur_rope", il, m, &k);
 
-        cache.write(layer, ctx.pos0, &k, &v);
         let params = AttentionParams {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
@@ -123,8 +125,26 @@ impl Attention {
             scale: c.scale,
             window: c.window,
         };
+        let (q_row, kv_row) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let mut attn = vec![0.0f32; q.len()]; // (m, n_heads, head_dim)
-        ops::attention(&params, &q, &cache.view(layer), ctx.pos0, &mut attn)?;
+        for s in &ctx.seqs {
+            let (r0, r1) = (s.row0, s.row0 + s.len);
+            let table = &s.block_table;
+            pool.write(
+                layer,
+                table,
+                s.pos0,
+                &k[r0 * kv_row..r1 * kv_row],
+                &v[r0 * kv_row..r1 * kv_row],
+            );
+            ops::attention(
+                &params,
+                &q[r0 * q_row..r1 * q_row],
+                &pool.view(layer, table),
+                s.pos0,
+                &mut attn[r0 * q_row..r1 * q_row],
+            )?;
+        }
         ctx.dump("kqv_out", il, m, &attn);
         let out = self.wo.forward(&attn, m)?; // (m, d)
         ctx.dump("attn_out", il, m, &out);

@@ -1,4 +1,6 @@
-//! Per-call state of a forward pass.
+//! Per-call state of a forward pass: the batch layout (which rows belong to
+//! which sequence, at which positions, over which block table) and the
+//! activation hook.
 
 /// Receives named intermediate activations (llama.cpp's `cb(cur, name, il)`)
 /// so that they can be dumped and diffed against a reference layer by layer.
@@ -18,18 +20,50 @@ pub enum LogitsWanted {
     All,
 }
 
-/// What one forward call processes: `n_tokens` new tokens at positions
-/// `pos0..pos0 + n_tokens` of one sequence.
-pub struct ForwardCtx<'h> {
+/// One sequence's share of a batched forward call: `tokens` at positions
+/// `pos0..pos0 + tokens.len()`, whose keys and values go to (and whose
+/// attention reads positions `0..pos0 + tokens.len()` from) the pool blocks
+/// named by `block_table`.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqChunk<'a> {
+    pub tokens: &'a [u32],
+    /// Block `i` holds positions `i*block_size..(i+1)*block_size`; must
+    /// cover `pos0 + tokens.len()` positions.
+    pub block_table: &'a [u32],
     pub pos0: usize,
+    /// `None`: no logits (a prompt chunk that is not the last one).
+    pub logits: Option<LogitsWanted>,
+}
+
+/// Rows `row0..row0 + len` of the batch: one sequence's new tokens.
+#[derive(Clone, Debug)]
+pub struct SeqSpan {
+    pub row0: usize,
+    pub len: usize,
+    /// Position of the first new token.
+    pub pos0: usize,
+    /// The sequence's block table (`[0]` for a contiguous [`super::KvCache`]).
+    pub block_table: Vec<u32>,
+    pub logits: Option<LogitsWanted>,
+}
+
+/// What one forward call processes: `n_tokens` new tokens of one or more
+/// sequences, stacked as rows.
+pub struct ForwardCtx<'h> {
+    /// Position of the first new token of the first sequence.
+    pub pos0: usize,
+    /// Rows of the batch (all sequences).
     pub n_tokens: usize,
-    /// (n_tokens): absolute position of each new token.
+    /// (n_tokens): absolute position of each row in its sequence.
     pub positions: Vec<usize>,
     pub logits: LogitsWanted,
+    /// The sequences, in row order.
+    pub seqs: Vec<SeqSpan>,
     hook: Option<&'h mut dyn ActivationHook>,
 }
 
 impl<'h> ForwardCtx<'h> {
+    /// One sequence over a contiguous cache.
     pub fn new(
         pos0: usize,
         n_tokens: usize,
@@ -41,6 +75,37 @@ impl<'h> ForwardCtx<'h> {
             n_tokens,
             positions: (pos0..pos0 + n_tokens).collect(),
             logits,
+            seqs: vec![SeqSpan {
+                row0: 0,
+                len: n_tokens,
+                pos0,
+                block_table: vec![0],
+                logits: Some(logits),
+            }],
+            hook,
+        }
+    }
+
+    /// Several sequences, stacked in the order of `chunks`.
+    pub fn batch(chunks: &[SeqChunk], hook: Option<&'h mut dyn ActivationHook>) -> Self {
+        let mut seqs = Vec::with_capacity(chunks.len());
+        let mut positions = Vec::new();
+        for c in chunks {
+            seqs.push(SeqSpan {
+                row0: positions.len(),
+                len: c.tokens.len(),
+                pos0: c.pos0,
+                block_table: c.block_table.to_vec(),
+                logits: c.logits,
+            });
+            positions.extend(c.pos0..c.pos0 + c.tokens.len());
+        }
+        Self {
+            pos0: chunks.first().map_or(0, |c| c.pos0),
+            n_tokens: positions.len(),
+            positions,
+            logits: LogitsWanted::All,
+            seqs,
             hook,
         }
     }

@@ -1,22 +1,174 @@
-//! Per-sequence KV cache: f32, contiguous, one K and one V buffer per layer.
+//! KV storage. [`KvPool`] is a fixed set of blocks of `block_size`
+//! positions for every layer; a sequence's cache is a block table (which
+//! block holds positions `i*block_size..(i+1)*block_size`). Which blocks are
+//! free, shared or cached is the caller's business (the serving engine's
+//! block manager): the pool only stores and checks indices.
+//!
+//! [`KvCache`] is the single-sequence cache of `run`, `chat` and perplexity:
+//! a private pool of one block as long as the context.
 
 use crate::error::{ModelError, Result};
 use marlin_cpu::ops::KvView;
 
 struct LayerKv {
-    /// (n_kv_heads, capacity, head_dim): a head's positions are contiguous
-    /// so attention streams them.
+    /// (n_blocks, n_kv_heads, block_size, head_dim): a head's positions are
+    /// contiguous within a block so attention streams them.
     k: Vec<f32>,
-    /// (n_kv_heads, capacity, head_dim)
+    /// (n_blocks, n_kv_heads, block_size, head_dim)
     v: Vec<f32>,
 }
 
-/// Keys and values of every layer for positions `0..len()` of one sequence.
-pub struct KvCache {
+/// Keys and values of every layer in `n_blocks` blocks of `block_size`
+/// positions, f32.
+pub struct KvPool {
     layers: Vec<LayerKv>,
     n_kv_heads: usize,
     head_dim: usize,
-    capacity: usize,
+    block_size: usize,
+    n_blocks: usize,
+}
+
+impl KvPool {
+    /// Allocates `n_blocks` blocks; errors instead of overflowing or asking
+    /// for more than `max_bytes`.
+    pub fn new(
+        n_layers: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        block_size: usize,
+        n_blocks: usize,
+        max_bytes: usize,
+    ) -> Result<Self> {
+        if block_size == 0 || n_blocks == 0 {
+            return Err(ModelError::Invalid(format!(
+                "KV pool of {n_blocks} blocks of {block_size} positions"
+            )));
+        }
+        let per_layer = n_kv_heads
+            .checked_mul(head_dim)
+            .and_then(|x| x.checked_mul(block_size))
+            .and_then(|x| x.checked_mul(n_blocks))
+            .ok_or_else(|| {
+                ModelError::Invalid(format!(
+                    "KV pool of {n_blocks} blocks of {block_size} positions overflows"
+                ))
+            })?;
+        per_layer
+            .checked_mul(2 * size_of::<f32>())
+            .and_then(|x| x.checked_mul(n_layers))
+            .filter(|&b| b <= max_bytes)
+            .ok_or_else(|| {
+                ModelError::Invalid(format!(
+                    "KV pool of {n_blocks} blocks of {block_size} positions needs more than the {max_bytes} bytes allowed"
+                ))
+            })?;
+        let layers = (0..n_layers)
+            .map(|_| LayerKv {
+                k: vec![0.0; per_layer],
+                v: vec![0.0; per_layer],
+            })
+            .collect();
+        Ok(Self {
+            layers,
+            n_kv_heads,
+            head_dim,
+            block_size,
+            n_blocks,
+        })
+    }
+
+    /// Bytes of K and V per block over all layers.
+    pub fn block_bytes(n_layers: usize, n_kv_heads: usize, head_dim: usize, bs: usize) -> usize {
+        n_layers
+            .saturating_mul(n_kv_heads)
+            .saturating_mul(head_dim)
+            .saturating_mul(bs)
+            .saturating_mul(2 * size_of::<f32>())
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn n_blocks(&self) -> usize {
+        self.n_blocks
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Checks that the pool matches the model, and that `table` names
+    /// existing blocks and covers positions `0..end`.
+    pub(crate) fn check(
+        &self,
+        (n_layers, n_kv_heads, head_dim): (usize, usize, usize),
+        table: &[u32],
+        pos0: usize,
+        n: usize,
+    ) -> Result<()> {
+        if (self.layers.len(), self.n_kv_heads, self.head_dim) != (n_layers, n_kv_heads, head_dim) {
+            return Err(ModelError::Invalid(
+                "KV cache was created for a model of another shape".into(),
+            ));
+        }
+        if let Some(b) = table.iter().find(|&&b| b as usize >= self.n_blocks) {
+            return Err(ModelError::Invalid(format!(
+                "block table names block {b} of a pool of {}",
+                self.n_blocks
+            )));
+        }
+        let capacity = table.len().saturating_mul(self.block_size);
+        if pos0.checked_add(n).is_none_or(|end| end > capacity) {
+            return Err(ModelError::ContextOverflow {
+                used: pos0,
+                new: n,
+                capacity,
+            });
+        }
+        Ok(())
+    }
+
+    /// Stores `k`, `v` (m, n_kv_heads, head_dim) of layer `layer` at
+    /// positions `pos0..pos0+m` of the sequence with block table `table`.
+    /// The caller checked the table with [`Self::check`].
+    pub(crate) fn write(&mut self, layer: usize, table: &[u32], pos0: usize, k: &[f32], v: &[f32]) {
+        let (hd, bs, nkv) = (self.head_dim, self.block_size, self.n_kv_heads);
+        let per_tok = nkv * hd;
+        let l = &mut self.layers[layer];
+        for (t, (kt, vt)) in k
+            .chunks_exact(per_tok)
+            .zip(v.chunks_exact(per_tok))
+            .enumerate()
+        {
+            let pos = pos0 + t;
+            let block = table[pos / bs] as usize;
+            for h in 0..nkv {
+                let dst = ((block * nkv + h) * bs + pos % bs) * hd;
+                l.k[dst..dst + hd].copy_from_slice(&kt[h * hd..(h + 1) * hd]);
+                l.v[dst..dst + hd].copy_from_slice(&vt[h * hd..(h + 1) * hd]);
+            }
+        }
+    }
+
+    pub(crate) fn view<'a>(&'a self, layer: usize, table: &'a [u32]) -> KvView<'a> {
+        let l = &self.layers[layer];
+        KvView {
+            k: &l.k,
+            v: &l.v,
+            block_size: self.block_size,
+            blocks: table,
+        }
+    }
+}
+
+/// The block table of a [`KvCache`]: its one block.
+const CACHE_TABLE: &[u32] = &[0];
+
+/// Keys and values of every layer for positions `0..len()` of one sequence,
+/// contiguous (a pool of one block of `capacity` positions).
+pub struct KvCache {
+    pool: KvPool,
     len: usize,
 }
 
@@ -30,34 +182,13 @@ impl KvCache {
         capacity: usize,
         max_bytes: usize,
     ) -> Result<Self> {
-        let per_layer = n_kv_heads
-            .checked_mul(head_dim)
-            .and_then(|x| x.checked_mul(capacity))
-            .ok_or_else(|| {
-                ModelError::Invalid(format!("KV cache of {capacity} positions overflows"))
-            })?;
-        per_layer
-            .checked_mul(2 * 4)
-            .and_then(|x| x.checked_mul(n_layers))
-            .filter(|&b| b <= max_bytes)
-            .ok_or_else(|| {
+        let pool =
+            KvPool::new(n_layers, n_kv_heads, head_dim, capacity, 1, max_bytes).map_err(|_| {
                 ModelError::Invalid(format!(
                     "KV cache of {capacity} positions needs more than the {max_bytes} bytes allowed"
                 ))
             })?;
-        let layers = (0..n_layers)
-            .map(|_| LayerKv {
-                k: vec![0.0; per_layer],
-                v: vec![0.0; per_layer],
-            })
-            .collect();
-        Ok(Self {
-            layers,
-            n_kv_heads,
-            head_dim,
-            capacity,
-            len: 0,
-        })
+        Ok(Self { pool, len: 0 })
     }
 
     /// Positions cached so far.
@@ -70,11 +201,11 @@ impl KvCache {
     }
 
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.pool.block_size()
     }
 
     pub fn n_layers(&self) -> usize {
-        self.layers.len()
+        self.pool.n_layers()
     }
 
     /// Forgets everything after the first `len` positions (prompt reuse,
@@ -92,58 +223,8 @@ impl KvCache {
         self.len += n;
     }
 
-    /// Checks that `n` new tokens fit and that the cache matches the model.
-    pub(crate) fn check(
-        &self,
-        n_layers: usize,
-        n_kv_heads: usize,
-        head_dim: usize,
-        n: usize,
-    ) -> Result<()> {
-        if (self.layers.len(), self.n_kv_heads, self.head_dim) != (n_layers, n_kv_heads, head_dim) {
-            return Err(ModelError::Invalid(
-                "KV cache was created for a model of another shape".into(),
-            ));
-        }
-        if self
-            .len
-            .checked_add(n)
-            .is_none_or(|end| end > self.capacity)
-        {
-            return Err(ModelError::ContextOverflow {
-                used: self.len,
-                new: n,
-                capacity: self.capacity,
-            });
-        }
-        Ok(())
-    }
-
-    /// Stores `k`, `v` (m, n_kv_heads, head_dim) of layer `layer` at
-    /// positions `pos0..pos0+m`. The caller checked capacity.
-    pub(crate) fn write(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32]) {
-        let (hd, cap) = (self.head_dim, self.capacity);
-        let per_tok = self.n_kv_heads * hd;
-        let l = &mut self.layers[layer];
-        for (t, (kt, vt)) in k
-            .chunks_exact(per_tok)
-            .zip(v.chunks_exact(per_tok))
-            .enumerate()
-        {
-            for h in 0..self.n_kv_heads {
-                let dst = (h * cap + pos0 + t) * hd;
-                l.k[dst..dst + hd].copy_from_slice(&kt[h * hd..(h + 1) * hd]);
-                l.v[dst..dst + hd].copy_from_slice(&vt[h * hd..(h + 1) * hd]);
-            }
-        }
-    }
-
-    pub(crate) fn view(&self, layer: usize) -> KvView<'_> {
-        let l = &self.layers[layer];
-        KvView {
-            k: &l.k,
-            v: &l.v,
-            capacity: self.capacity,
-        }
+    /// The pool and the block table of this cache, for the batched forward.
+    pub(crate) fn as_pool(&mut self) -> (&mut KvPool, &'static [u32]) {
+        (&mut self.pool, CACHE_TABLE)
     }
 }

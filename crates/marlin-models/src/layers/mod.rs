@@ -12,10 +12,10 @@ mod mlp;
 mod norm;
 
 pub use attention::{Attention, AttentionConfig};
-pub use ctx::{ActivationHook, ForwardCtx, LogitsWanted};
+pub use ctx::{ActivationHook, ForwardCtx, LogitsWanted, SeqChunk, SeqSpan};
 pub use embedding::Embedding;
 pub use head::OutputHead;
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvPool};
 pub use linear::Linear;
 pub use mlp::{Activation, Mlp};
 pub use norm::RmsNorm;
