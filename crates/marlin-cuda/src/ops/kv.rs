@@ -85,6 +85,13 @@ impl GpuKvCache {
     pub fn bytes(&self) -> usize {
         2 * self.k.len() * std::mem::size_of::<f16>()
     }
+    /// Host copies of all keys and values, each
+    /// (n_seqs, n_layers, n_kv_heads, capacity, head_dim). For tests and
+    /// debugging: synchronises the stream.
+    pub fn download(&self, dev: &CudaDevice) -> Result<(Vec<f16>, Vec<f16>)> {
+        Ok((dev.download(&self.k)?, dev.download(&self.v)?))
+    }
+
     /// Device bytes of the attention workspace (besides [`Self::bytes`]).
     pub fn workspace_bytes(&self) -> usize {
         self.workspace.len() * std::mem::size_of::<f32>()

@@ -1,0 +1,813 @@
+//! Decode-path GPU ops (`marlin_cuda::ops`) against the CPU references
+//! (`marlin_cpu::ops` where they exist, else a scalar f64 reference here).
+//! Fresh random inputs every run (the seed is printed), every output
+//! NaN-poisoned before each launch and buffers longer than needed (the tail
+//! must stay untouched). Without a GPU each test prints why and passes.
+//!
+//! Tolerances: f32 elementwise ops 1e-5 relative (`--use_fast_math`
+//! exp/rsqrt); conversions exact; attention against the f64 reference over
+//! the same f16-rounded K/V 2e-4 absolute (outputs are convex combinations
+//! of values in [-1, 1]; f32 accumulation and exp2.approx); f16 K/V versus
+//! f32 K/V adds about 1e-3 relative, which the tests do not need to cover.
+//!
+//! `bench_decode_attention` (ignored; `--include-ignored`) prints decode
+//! attention time, KV bytes read per second and the device copy bandwidth.
+#![cfg(feature = "cuda")]
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaSlice;
+use half::f16;
+use marlin_cpu::ops::norm::rms_norm_ref;
+use marlin_cpu::ops::simd::{gelu_tanh_ref, silu_ref};
+use marlin_cpu::ops::{soft_cap, Rope, RopeScaling, RopeStyle};
+use marlin_cuda::ops::{self, AttnParams, DeviceSampling, GpuKvCache, GpuRope};
+use marlin_cuda::CudaDevice;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Extra elements past the needed length of every output buffer.
+const SLACK: usize = 7;
+
+fn device() -> Option<Arc<CudaDevice>> {
+    match CudaDevice::new(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            println!("SKIP: no usable CUDA device ({e})");
+            None
+        }
+    }
+}
+
+fn rng(test: &str) -> StdRng {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7);
+    println!("{test}: seed {seed}");
+    StdRng::seed_from_u64(seed)
+}
+
+fn rand_vec(r: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| r.gen_range(lo..hi)).collect()
+}
+
+/// A device buffer of `n + SLACK` NaNs.
+fn poisoned(dev: &CudaDevice, n: usize) -> CudaSlice<f32> {
+    dev.upload("poisoned", &vec![f32::NAN; n + SLACK])
+        .expect("upload")
+}
+
+fn up<T: cudarc::driver::DeviceRepr>(dev: &CudaDevice, host: &[T]) -> CudaSlice<T> {
+    dev.upload("test input", host).expect("upload")
+}
+
+/// `got[..want.len()]` within `rel * max(|want|, 1)`, the slack still NaN.
+fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= rel * w.abs().max(1.0),
+            "{what}[{i}]: got {g}, want {w}"
+        );
+    }
+    assert!(
+        got[want.len()..].iter().all(|v| v.is_nan()),
+        "{what}: wrote past the needed length"
+    );
+}
+
+#[test]
+fn norms_match_cpu() {
+    let Some(dev) = device() else { return };
+    let mut r = rng("norms");
+    for (rows, dim) in [(1, 1), (1, 64), (3, 576), (17, 640), (5, 2304), (2, 4097)] {
+        for w_offset in [0.0f32, 1.0] {
+            let x = rand_vec(&mut r, rows * dim, -3.0, 3.0);
+            let delta = rand_vec(&mut r, rows * dim, -1.0, 1.0);
+            let w = rand_vec(&mut r, dim, -0.5, 1.5);
+            let w_eff: Vec<f32> = w.iter().map(|v| v + w_offset).collect();
+            let (xd, dd, wd) = (up(&dev, &x), up(&dev, &delta), up(&dev, &w));
+            let mut out = poisoned(&dev, rows * dim);
+            ops::rms_norm(&dev, &xd, &wd, rows, dim, 1e-6, w_offset, &mut out).unwrap();
+            let got = dev.download(&out).unwrap();
+            assert_close("rms_norm", &got, &rms_norm_ref(&x, &w_eff, 1e-6), 1e-5);
+
+            let mut resid = up(&dev, &x);
+            let mut out = poisoned(&dev, rows * dim);
+            ops::add_rms_norm(
+                &dev, &mut resid, &dd, &wd, rows, dim, 1e-6, w_offset, &mut out,
+            )
+            .unwrap();
+            let sum: Vec<f32> = x.iter().zip(&delta).map(|(a, b)| a + b).collect();
+            assert_eq!(dev.download(&resid).unwrap(), sum, "residual sum");
+            let got = dev.download(&out).unwrap();
+            assert_close(
+                "add_rms_norm",
+                &got,
+                &rms_norm_ref(&sum, &w_eff, 1e-6),
+                1e-5,
+            );
+        }
+    }
+    for (n_vectors, hd) in [(1, 64), (3, 128), (17 * 4, 256), (9, 96)] {
+        let x = rand_vec(&mut r, n_vectors * hd, -3.0, 3.0);
+        let w = rand_vec(&mut r, hd, 0.0, 2.0);
+        let mut xd = up(&dev, &x);
+        ops::rms_norm_heads_inplace(&dev, &mut xd, &up(&dev, &w), n_vectors, hd, 1e-6, 1.0)
+            .unwrap();
+        let w_eff: Vec<f32> = w.iter().map(|v| v + 1.0).collect();
+        let got = dev.download(&xd).unwrap();
+        let want = rms_norm_ref(&x, &w_eff, 1e-6);
+        assert_close(
+            "rms_norm_heads",
+            &[got, vec![f32::NAN; SLACK]].concat(),
+            &want,
+            1e-5,
+        );
+    }
+    println!("PASS norms");
+}
+
+#[test]
+fn rope_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let mut r = rng("rope");
+    let llama3 = RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position: 8192.0,
+    };
+    let cases = [
+        (64, 64, RopeStyle::Normal, RopeScaling::None, 9, 1),
+        (128, 128, RopeStyle::Neox, llama3, 32, 3),
+        (
+            256,
+            256,
+            RopeStyle::Neox,
+            RopeScaling::Linear { factor: 8.0 },
+            4,
+            17,
+        ),
+        (128, 64, RopeStyle::Neox, RopeScaling::None, 2, 5),
+        (96, 32, RopeStyle::Normal, RopeScaling::None, 3, 4),
+    ];
+    for (hd, n_rot, style, scaling, heads, rows) in cases {
+        let rope = Rope::new(hd, n_rot, 500_000.0, style, &scaling).unwrap();
+        let gpu_rope = GpuRope::new(&dev, &rope).unwrap();
+        let x = rand_vec(&mut r, rows * heads * hd, -2.0, 2.0);
+        let positions: Vec<usize> = (0..rows).map(|_| r.gen_range(0..200_000)).collect();
+        let pos_i32: Vec<i32> = positions.iter().map(|&p| p as i32).collect();
+        let mut want = x.clone();
+        rope.apply(&mut want, heads, &positions).unwrap();
+        let mut xd = up(&dev, &[x, vec![f32::NAN; SLACK]].concat());
+        ops::rope_inplace(&dev, &mut xd, rows, heads, &gpu_rope, &up(&dev, &pos_i32)).unwrap();
+        assert_close("rope", &dev.download(&xd).unwrap(), &want, 2e-5);
+    }
+    println!("PASS rope");
+}
+
+#[test]
+fn elementwise_match_cpu() {
+    let Some(dev) = device() else { return };
+    let mut r = rng("elementwise");
+    for n in [1, 3, 17, 1000, 65_537] {
+        let g = rand_vec(&mut r, n, -12.0, 12.0);
+        let u = rand_vec(&mut r, n, -2.0, 2.0);
+        let (gd, ud) = (up(&dev, &g), up(&dev, &u));
+        let mut out = poisoned(&dev, n);
+        ops::silu_mul(&dev, &gd, &ud, n, &mut out).unwrap();
+        let want: Vec<f32> = g.iter().zip(&u).map(|(a, b)| silu_ref(*a) * b).collect();
+        assert_close("silu_mul", &dev.download(&out).unwrap(), &want, 1e-5);
+        let mut out = poisoned(&dev, n);
+        ops::gelu_tanh_mul(&dev, &gd, &ud, n, &mut out).unwrap();
+        let want: Vec<f32> = g
+            .iter()
+            .zip(&u)
+            .map(|(a, b)| gelu_tanh_ref(*a) * b)
+            .collect();
+        assert_close("gelu_tanh_mul", &dev.download(&out).unwrap(), &want, 1e-5);
+
+        let mut xd = up(&dev, &[g.clone(), vec![f32::NAN; SLACK]].concat());
+        ops::add_inplace(&dev, &mut xd, &ud, n).unwrap();
+        let want: Vec<f32> = g.iter().zip(&u).map(|(a, b)| a + b).collect();
+        assert_close("add_inplace", &dev.download(&xd).unwrap(), &want, 0.0);
+        ops::scale_inplace(&dev, &mut xd, n, 0.37).unwrap();
+        let want: Vec<f32> = want.iter().map(|v| v * 0.37).collect();
+        assert_close("scale_inplace", &dev.download(&xd).unwrap(), &want, 0.0);
+
+        let big = rand_vec(&mut r, n, -200.0, 200.0);
+        let mut xd = up(&dev, &[big.clone(), vec![f32::NAN; SLACK]].concat());
+        ops::softcap_inplace(&dev, &mut xd, n, 30.0).unwrap();
+        let mut want = big;
+        soft_cap(&mut want, 30.0);
+        assert_close("softcap", &dev.download(&xd).unwrap(), &want, 1e-5);
+    }
+    println!("PASS elementwise");
+}
+
+#[test]
+fn conversions_and_embedding() {
+    let Some(dev) = device() else { return };
+    let mut r = rng("conversions");
+    let mut x = rand_vec(&mut r, 1000, -70_000.0, 70_000.0);
+    x.extend(rand_vec(&mut r, 1000, -1e-6, 1e-6)); // f16 subnormals
+    x.extend([
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        65_519.0,
+        65_520.0,
+    ]);
+    let n = x.len();
+    let mut h = up(&dev, &vec![f16::NAN; n + SLACK]);
+    ops::f32_to_f16(&dev, &up(&dev, &x), n, &mut h).unwrap();
+    let got = dev.download(&h).unwrap();
+    for (i, v) in x.iter().enumerate() {
+        assert_eq!(
+            got[i].to_bits(),
+            f16::from_f32(*v).to_bits(),
+            "f32_to_f16({v})"
+        );
+    }
+    assert!(got[n..].iter().all(|v| v.is_nan()));
+    let mut back = poisoned(&dev, n);
+    ops::f16_to_f32(&dev, &h, n, &mut back).unwrap();
+    let want: Vec<f32> = got[..n].iter().map(|v| v.to_f32()).collect();
+    assert_close("f16_to_f32", &dev.download(&back).unwrap(), &want, 0.0);
+
+    let (vocab, dim) = (1000, 640);
+    let table = rand_vec(&mut r, vocab * dim, -1.0, 1.0);
+    let ids: Vec<u32> = vec![0, 999, 1000, u32::MAX, 17, 17, 3];
+    let mut out = poisoned(&dev, ids.len() * dim);
+    let scale = (dim as f32).sqrt();
+    let td = up(&dev, &table);
+    ops::embedding_rows(
+        &dev,
+        &td,
+        vocab,
+        dim,
+        &up(&dev, &ids),
+        ids.len(),
+        scale,
+        &mut out,
+    )
+    .unwrap();
+    let want: Vec<f32> = ids
+        .iter()
+        .flat_map(
+            |&id| match table.get(id as usize * dim..(id as usize + 1) * dim) {
+                Some(row) if (id as usize) < vocab => row.iter().map(|v| v * scale).collect(),
+                _ => vec![0.0; dim],
+            },
+        )
+        .collect();
+    assert_close("embedding_rows", &dev.download(&out).unwrap(), &want, 0.0);
+    println!("PASS conversions and embedding");
+}
+
+/// f64 attention of one query head vector against f16-rounded keys/values
+/// `k`, `v` (positions, head_dim) over keys `lo..hi`.
+fn attend_ref(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    hd: usize,
+    lo: usize,
+    hi: usize,
+    p: &AttnParams,
+) -> Vec<f32> {
+    if lo >= hi {
+        return vec![0.0; hd];
+    }
+    let s: Vec<f64> = (lo..hi)
+        .map(|j| {
+            let dot: f64 = (0..hd).map(|d| q[d] as f64 * k[j * hd + d] as f64).sum();
+            let s = dot * p.scale as f64;
+            match p.softcap {
+                Some(c) => c as f64 * (s / c as f64).tanh(),
+                None => s,
+            }
+        })
+        .collect();
+    let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    (0..hd)
+        .map(|d| {
+            (lo..hi)
+                .zip(&e)
+                .map(|(j, w)| w / sum * v[j * hd + d] as f64)
+                .sum::<f64>() as f32
+        })
+        .collect()
+}
+
+struct AttnCase {
+    n_heads: usize,
+    n_kv: usize,
+    hd: usize,
+    window: Option<usize>,
+    softcap: Option<f32>,
+    /// (sequence, position) of each query row.
+    rows: Vec<(i32, i32)>,
+}
+
+fn check_attention(dev: &CudaDevice, r: &mut StdRng, c: &AttnCase, n_seqs: usize, cap: usize) {
+    let (n_layers, layer) = (2, 1);
+    let mut cache = GpuKvCache::new(dev, n_layers, c.n_kv, c.hd, n_seqs, cap).unwrap();
+    // Fill every position of every sequence of `layer` through kv_write.
+    let kv_row = c.n_kv * c.hd;
+    let all = n_seqs * cap;
+    let k = rand_vec(r, all * kv_row, -1.0, 1.0);
+    let v = rand_vec(r, all * kv_row, -1.0, 1.0);
+    let seq: Vec<i32> = (0..all).map(|i| (i / cap) as i32).collect();
+    let pos: Vec<i32> = (0..all).map(|i| (i % cap) as i32).collect();
+    let (kd, vd) = (up(dev, &k), up(dev, &v));
+    ops::kv_write(
+        dev,
+        &mut cache,
+        layer,
+        &kd,
+        &vd,
+        all,
+        &up(dev, &seq),
+        &up(dev, &pos),
+    )
+    .unwrap();
+    // The cache holds the f16-rounded rows of `layer` and zeros elsewhere.
+    let round = |x: f32| f16::from_f32(x).to_f32();
+    let (kc, vc) = cache.download(dev).unwrap();
+    for (src, got) in [(&k, &kc), (&v, &vc)] {
+        for (i, g) in got.iter().enumerate() {
+            let d = i % c.hd;
+            let p = (i / c.hd) % cap;
+            let g_head = (i / (c.hd * cap)) % c.n_kv;
+            let l = (i / (c.hd * cap * c.n_kv)) % n_layers;
+            let s = i / (c.hd * cap * c.n_kv * n_layers);
+            let want = if l == layer {
+                round(src[(s * cap + p) * kv_row + g_head * c.hd + d])
+            } else {
+                0.0
+            };
+            assert_eq!(g.to_f32(), want, "kv_write: cache element {i}");
+        }
+    }
+    // Rows outside the cache are skipped: the cache must not change.
+    let bad_seq = [n_seqs as i32, -1, 0, 0];
+    let bad_pos = [0, 0, cap as i32, -1];
+    ops::kv_write(
+        dev,
+        &mut cache,
+        layer,
+        &kd,
+        &vd,
+        4,
+        &up(dev, &bad_seq),
+        &up(dev, &bad_pos),
+    )
+    .unwrap();
+    assert_eq!(
+        (kc, vc),
+        cache.download(dev).unwrap(),
+        "kv_write out of range"
+    );
+    // (seq, kv head) -> (cap, hd) f16-rounded keys and values, as stored.
+    let head_rows = |src: &[f32], s: usize, g: usize| -> Vec<f32> {
+        (0..cap)
+            .flat_map(|p| {
+                src[(s * cap + p) * kv_row + g * c.hd..][..c.hd]
+                    .iter()
+                    .map(|x| round(*x))
+            })
+            .collect()
+    };
+    let p = AttnParams {
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv,
+        head_dim: c.hd,
+        scale: 1.0 / (c.hd as f32).sqrt(),
+        window: c.window,
+        softcap: c.softcap,
+    };
+    let rows = c.rows.len();
+    let q = rand_vec(r, rows * c.n_heads * c.hd, -3.0, 3.0);
+    let mut want = Vec::with_capacity(q.len());
+    let group = c.n_heads / c.n_kv;
+    for (ri, &(s, ps)) in c.rows.iter().enumerate() {
+        for h in 0..c.n_heads {
+            let valid = s >= 0 && (s as usize) < n_seqs && ps >= 0 && (ps as usize) < cap;
+            if !valid {
+                want.extend(vec![0.0; c.hd]);
+                continue;
+            }
+            let (s, ps) = (s as usize, ps as usize);
+            let lo = c.window.map_or(0, |w| (ps + 1).saturating_sub(w));
+            let kh = head_rows(&k, s, h / group);
+            let vh = head_rows(&v, s, h / group);
+            let qh = &q[(ri * c.n_heads + h) * c.hd..][..c.hd];
+            want.extend(attend_ref(qh, &kh, &vh, c.hd, lo, ps + 1, &p));
+        }
+    }
+    let qd = up(dev, &q);
+    let seq: Vec<i32> = c.rows.iter().map(|x| x.0).collect();
+    let pos: Vec<i32> = c.rows.iter().map(|x| x.1).collect();
+    let (sd, pd) = (up(dev, &seq), up(dev, &pos));
+    for (name, f) in [
+        ("decode", ops::attention_decode as AttnFn),
+        ("prefill", ops::attention_prefill as AttnFn),
+        ("auto", ops::attention as AttnFn),
+    ] {
+        let mut out = poisoned(dev, q.len());
+        f(dev, &p, &qd, &cache, layer, rows, &sd, &pd, &mut out).unwrap();
+        let got = dev.download(&out).unwrap();
+        let max_err = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0f32, f32::max);
+        let what = format!(
+            "attention {name} h{} kv{} hd{} rows{rows} window {:?} softcap {:?}",
+            c.n_heads, c.n_kv, c.hd, c.window, c.softcap
+        );
+        assert!(
+            got[..want.len()].iter().all(|x| x.is_finite()),
+            "{what}: non-finite output"
+        );
+        assert!(max_err <= 2e-4, "{what}: max error {max_err:.2e}");
+        assert!(
+            got[want.len()..].iter().all(|x| x.is_nan()),
+            "{what}: wrote past out"
+        );
+        println!("PASS {what} max_err {max_err:.1e}");
+    }
+}
+
+type AttnFn = fn(
+    &CudaDevice,
+    &AttnParams,
+    &CudaSlice<f32>,
+    &GpuKvCache,
+    usize,
+    usize,
+    &CudaSlice<i32>,
+    &CudaSlice<i32>,
+    &mut CudaSlice<f32>,
+) -> marlin_cuda::Result<()>;
+
+#[test]
+fn attention_matches_reference() {
+    let Some(dev) = device() else { return };
+    let mut r = rng("attention");
+    let cap = 300;
+    let mut cases = Vec::new();
+    for &(n_heads, n_kv, hd) in &[
+        (8, 8, 64),
+        (16, 4, 128),
+        (8, 1, 256),
+        (9, 3, 64),
+        (32, 2, 128),
+    ] {
+        for window in [None, Some(37)] {
+            let softcap = if hd == 256 { Some(50.0) } else { None };
+            // Batched decode: one row per sequence, positions near the end
+            // of the cache, one past it and one bad sequence (zeros).
+            let mut rows: Vec<(i32, i32)> =
+                (0..3).map(|s| (s, r.gen_range(0..cap as i32))).collect();
+            rows.push((1, cap as i32 - 1));
+            rows.push((2, cap as i32));
+            rows.push((5, 0));
+            rows.push((0, 0));
+            cases.push(AttnCase {
+                n_heads,
+                n_kv,
+                hd,
+                window,
+                softcap,
+                rows,
+            });
+            // Prefill: 17 consecutive tokens of sequence 1, then 40 mixed
+            // rows of sequences 0 and 2 (two passes per prefill tile).
+            let p0 = r.gen_range(0..cap as i32 - 17);
+            let rows = (0..17).map(|i| (1, p0 + i)).collect();
+            cases.push(AttnCase {
+                n_heads,
+                n_kv,
+                hd,
+                window,
+                softcap,
+                rows,
+            });
+            let rows = (0..40)
+                .map(|i| (2 * (i % 2), r.gen_range(0..cap as i32)))
+                .collect();
+            cases.push(AttnCase {
+                n_heads,
+                n_kv,
+                hd,
+                window,
+                softcap,
+                rows,
+            });
+        }
+    }
+    for c in &cases {
+        check_attention(&dev, &mut r, c, 3, cap);
+    }
+    // One row, a single key, a window of 1.
+    let c = AttnCase {
+        n_heads: 4,
+        n_kv: 1,
+        hd: 128,
+        window: Some(1),
+        softcap: None,
+        rows: vec![(0, 5)],
+    };
+    check_attention(&dev, &mut r, &c, 1, 8);
+}
+
+fn argmax_ref(row: &[f32]) -> u32 {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &l) in row.iter().enumerate() {
+        if l.is_nan() {
+            continue;
+        }
+        match best {
+            Some((_, b)) if l <= b => {}
+            _ => best = Some((i, l)),
+        }
+    }
+    best.map_or(u32::MAX, |(i, _)| i as u32)
+}
+
+#[test]
+fn argmax_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let mut r = rng("argmax");
+    for (rows, vocab) in [(1, 262_144), (3, 262_144), (17, 32_000), (2, 5), (1, 1)] {
+        let mut logits = rand_vec(&mut r, rows * vocab, -30.0, 30.0);
+        for row in logits.chunks_mut(vocab) {
+            // A tie at the maximum (lowest index must win) and some NaN.
+            let a = r.gen_range(0..vocab);
+            let b = r.gen_range(0..vocab);
+            row[a] = 31.0;
+            row[b] = 31.0;
+            let c = r.gen_range(0..vocab);
+            if c != a && c != b {
+                row[c] = f32::NAN;
+            }
+        }
+        if vocab == 5 {
+            logits[5..10].fill(f32::NAN); // second row: all NaN
+        }
+        let mut out = up(&dev, &vec![0xdead_beef_u32; rows + SLACK]);
+        ops::argmax_rows(&dev, &up(&dev, &logits), rows, vocab, &mut out).unwrap();
+        let got = dev.download(&out).unwrap();
+        for (i, row) in logits.chunks(vocab).enumerate() {
+            assert_eq!(got[i], argmax_ref(row), "row {i} of {rows} x {vocab}");
+        }
+        assert!(got[rows..].iter().all(|&v| v == 0xdead_beef));
+    }
+    println!("PASS argmax");
+}
+
+/// The CPU sampler's semantics in f64: top-k by (logit desc, index asc),
+/// softmax at temperature, top-p prefix, draw with `u`. Returns the token
+/// and whether `u` falls within `margin` of a boundary (then f32 rounding
+/// may legitimately pick a neighbour).
+fn sample_ref(row: &[f32], p: &DeviceSampling, u: f32, margin: f64) -> (u32, bool) {
+    let mut c: Vec<(u32, f32)> = row
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !l.is_nan())
+        .map(|(i, &l)| (i as u32, l))
+        .collect();
+    c.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let k = if p.top_k == 0 {
+        ops::MAX_TOP_K
+    } else {
+        p.top_k
+    };
+    c.truncate(k);
+    let mx = c[0].1 as f64;
+    let inv_t = 1.0 / p.temperature as f64;
+    let e: Vec<f64> = c
+        .iter()
+        .map(|x| ((x.1 as f64 - mx) * inv_t).exp())
+        .collect();
+    let sum: f64 = e.iter().sum();
+    let probs: Vec<f64> = e.iter().map(|x| x / sum).collect();
+    let mut cut = probs.len();
+    let mut mass = 0.0;
+    let mut near = false;
+    if p.top_p < 1.0 {
+        for (i, pr) in probs.iter().enumerate() {
+            mass += pr;
+            near |= (mass - p.top_p as f64).abs() < margin;
+            if mass >= p.top_p as f64 {
+                cut = i + 1;
+                break;
+            }
+        }
+    }
+    let total: f64 = probs[..cut].iter().sum();
+    let target = u as f64 * total;
+    let mut acc = 0.0;
+    for (i, pr) in probs[..cut].iter().enumerate() {
+        acc += pr;
+        near |= (acc - target).abs() < margin;
+        if acc >= target {
+            return (c[i].0, near);
+        }
+    }
+    (c[cut - 1].0, near)
+}
+
+#[test]
+fn sampling_matches_reference() {
+    let Some(dev) = device() else { return };
+    let mut r = rng("sampling");
+    let mut skipped = 0;
+    let mut checked = 0;
+    for (rows, vocab) in [(1, 262_144), (3, 1000), (17, 32_000)] {
+        for params in [
+            DeviceSampling {
+                temperature: 0.7,
+                top_k: 40,
+                top_p: 0.9,
+            },
+            DeviceSampling {
+                temperature: 1.0,
+                top_k: 256,
+                top_p: 1.0,
+            },
+            DeviceSampling {
+                temperature: 1.3,
+                top_k: 0,
+                top_p: 0.5,
+            },
+            DeviceSampling {
+                temperature: 0.8,
+                top_k: 3,
+                top_p: 1.0,
+            },
+        ] {
+            // Logits on a coarse grid: many ties, also at the top-k threshold.
+            let logits: Vec<f32> = (0..rows * vocab)
+                .map(|_| (r.gen_range(-8.0f32..8.0) * 4.0).round() / 4.0)
+                .collect();
+            let uniforms = rand_vec(&mut r, rows, 0.0, 1.0);
+            let mut out = up(&dev, &vec![0xdead_beef_u32; rows + SLACK]);
+            let (ld, ud) = (up(&dev, &logits), up(&dev, &uniforms));
+            ops::sample_rows(&dev, &ld, rows, vocab, &params, &ud, &mut out).unwrap();
+            let got = dev.download(&out).unwrap();
+            for (i, row) in logits.chunks(vocab).enumerate() {
+                let (want, near) = sample_ref(row, &params, uniforms[i], 1e-4);
+                if near {
+                    skipped += 1;
+                    continue;
+                }
+                checked += 1;
+                assert_eq!(
+                    got[i], want,
+                    "row {i} of {rows} x {vocab} {params:?} u {}",
+                    uniforms[i]
+                );
+            }
+            assert!(got[rows..].iter().all(|&v| v == 0xdead_beef));
+        }
+    }
+    // Greedy goes through argmax.
+    let logits = vec![0.5f32, 2.0, 2.0, -1.0];
+    let mut out = up(&dev, &[0u32]);
+    let greedy = DeviceSampling {
+        temperature: 0.0,
+        top_k: 40,
+        top_p: 0.9,
+    };
+    ops::sample_rows(
+        &dev,
+        &up(&dev, &logits),
+        1,
+        4,
+        &greedy,
+        &up(&dev, &[0.5f32]),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(dev.download(&out).unwrap(), vec![1]);
+    assert!(
+        checked > 10 * skipped.max(1),
+        "{checked} rows checked, {skipped} near a boundary"
+    );
+    println!("PASS sampling ({checked} rows checked, {skipped} within 1e-4 of a boundary)");
+}
+
+/// Median microseconds per call of `f` over 7 batches of `reps` calls
+/// between CUDA events (after 3 warm-up calls).
+fn time_us(dev: &CudaDevice, reps: usize, mut f: impl FnMut()) -> f64 {
+    use cudarc::driver::sys::CUevent_flags;
+    for _ in 0..3 {
+        f();
+    }
+    let ctx = dev.context();
+    let ev = || {
+        ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .expect("event")
+    };
+    let (start, end) = (ev(), ev());
+    let mut samples: Vec<f64> = (0..7)
+        .map(|_| {
+            start.record(dev.stream()).expect("record");
+            for _ in 0..reps {
+                f();
+            }
+            end.record(dev.stream()).expect("record");
+            f64::from(start.elapsed_ms(&end).expect("elapsed")) * 1000.0 / reps as f64
+        })
+        .collect();
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples[samples.len() / 2]
+}
+
+/// Decode attention at context 4096 (32 heads / 8 kv heads, head_dim 128)
+/// for batch 1, 8 and 32: time per call and KV bytes read per second,
+/// against the device-to-device copy bandwidth of the same run; then a
+/// 512-token prefill and sampling at Gemma's vocabulary.
+#[test]
+#[ignore = "benchmark: run with --include-ignored on the GPU machine"]
+fn bench_decode_attention() {
+    let Some(dev) = device() else { return };
+    let mut r = rng("bench");
+    let (n_heads, n_kv, hd, ctx, n_seqs) = (32, 8, 128, 4096, 32);
+    let copy_tbps = marlin_cuda::bench::copy_bandwidth_tbps(&dev).unwrap();
+    let mut cache = GpuKvCache::new(&dev, 1, n_kv, hd, n_seqs, ctx).unwrap();
+    let kv_row = n_kv * hd;
+    let k = up(&dev, &rand_vec(&mut r, ctx * kv_row, -1.0, 1.0));
+    let v = up(&dev, &rand_vec(&mut r, ctx * kv_row, -1.0, 1.0));
+    let all_pos = up(&dev, &(0..ctx as i32).collect::<Vec<_>>());
+    for s in 0..n_seqs {
+        let sd = up(&dev, &vec![s as i32; ctx]);
+        ops::kv_write(&dev, &mut cache, 0, &k, &v, ctx, &sd, &all_pos).unwrap();
+    }
+    let p = AttnParams {
+        n_heads,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+        window: None,
+        softcap: None,
+    };
+    println!("BENCH copy bandwidth {:.2} TB/s (read + write)", copy_tbps);
+    for batch in [1, 8, 32] {
+        let q = up(&dev, &rand_vec(&mut r, batch * n_heads * hd, -1.0, 1.0));
+        let sd = up(&dev, &(0..batch as i32).collect::<Vec<_>>());
+        let pd = up(&dev, &vec![ctx as i32 - 1; batch]);
+        let mut out = dev.alloc_zeros::<f32>("out", batch * n_heads * hd).unwrap();
+        let us = time_us(&dev, 50, || {
+            ops::attention(&dev, &p, &q, &cache, 0, batch, &sd, &pd, &mut out).unwrap()
+        });
+        let bytes = (batch * ctx * kv_row * 2 * 2) as f64;
+        let tbps = bytes / (us * 1e-6) / 1e12;
+        println!(
+            "BENCH attention decode ctx {ctx} h{n_heads}/kv{n_kv} hd{hd} batch {batch:>2}: \
+             {us:8.1} us  KV read {tbps:.2} TB/s = {:.0}% of copy",
+            100.0 * tbps / copy_tbps
+        );
+    }
+    let rows = 512;
+    let q = up(&dev, &rand_vec(&mut r, rows * n_heads * hd, -1.0, 1.0));
+    let sd = up(&dev, &vec![0i32; rows]);
+    let pd = up(&dev, &(0..rows as i32).collect::<Vec<_>>());
+    let mut out = dev.alloc_zeros::<f32>("out", rows * n_heads * hd).unwrap();
+    let us = time_us(&dev, 10, || {
+        ops::attention(&dev, &p, &q, &cache, 0, rows, &sd, &pd, &mut out).unwrap()
+    });
+    let flops = 4.0 * (rows * (rows + 1) / 2 * n_heads * hd) as f64;
+    println!(
+        "BENCH attention prefill {rows} tokens h{n_heads}/kv{n_kv} hd{hd}: {us:8.1} us  {:.1} TFLOP/s",
+        flops / (us * 1e-6) / 1e12
+    );
+    let vocab = 262_144;
+    for batch in [1, 32] {
+        let logits = up(&dev, &rand_vec(&mut r, batch * vocab, -20.0, 20.0));
+        let uniforms = up(&dev, &rand_vec(&mut r, batch, 0.0, 1.0));
+        let mut out = dev.alloc_zeros::<u32>("tokens", batch).unwrap();
+        let greedy = time_us(&dev, 20, || {
+            ops::argmax_rows(&dev, &logits, batch, vocab, &mut out).unwrap()
+        });
+        let sp = DeviceSampling {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+        };
+        let sample = time_us(&dev, 20, || {
+            ops::sample_rows(&dev, &logits, batch, vocab, &sp, &uniforms, &mut out).unwrap()
+        });
+        println!(
+            "BENCH sampling vocab {vocab} batch {batch:>2}: argmax {greedy:7.1} us, \
+             top-k 40 / top-p 0.95 {sample:7.1} us"
+        );
+    }
+}
