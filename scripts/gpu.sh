@@ -24,6 +24,9 @@ cargo build --release -p marlin-cli --features cuda
 # Test executables: parse cargo's JSON messages for compiled test targets.
 cargo test --release -p marlin-cuda --features cuda --no-run --message-format=json \
     > "$repo/.gpu-stage.json"
+# The GPU decoder's test against the CPU model (marlin-models, feature cuda).
+cargo test --release -p marlin-models --features cuda --test gpu_decoder --no-run \
+    --message-format=json >> "$repo/.gpu-stage.json"
 rm -rf "$stage"
 mkdir -p "$stage/bin" "$stage/tests"
 python3 - "$repo/.gpu-stage.json" "$stage/tests" <<'PY'

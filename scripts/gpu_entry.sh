@@ -7,6 +7,13 @@
 #   MARLIN_BENCH_SWEEP=1      also time every split-K factor (tuning table)
 #   MARLIN_BENCH_SWEEP_ARGS   extra arguments of the sweep run (e.g. "--ms 1,16")
 #   MARLIN_NCU="--shape NxK --ms 1"  Nsight Compute profile of one decode launch
+#   MARLIN_TESTS=0            skip the staged test binaries
+#   MARLIN_BENCH_GEMM=0       skip the GEMM benchmark
+#   MARLIN_BENCH_DECODE=0     skip `marlin bench decode` (Llama-3.1-8B-shaped INT4)
+#   MARLIN_BENCH_DECODE_ARGS  its arguments (default: --batch 1,8,32 --ctx 512)
+#   MARLIN_MODELS_DIR         real models for the end-to-end step (default
+#                             /tmp/marlin-models, filled by scripts/gpu_ship_models.sh);
+#                             the step runs when the models are there
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stage="${MARLIN_STAGE:-.gpu-stage}"
@@ -37,12 +44,42 @@ step() {  # step NAME LOGFILE CMD...
     grep -E "^(PASS|FAIL)|panicked|error|test result" "$log" | head -40
 }
 
-for t in "$stage"/tests/*; do
-    [ -x "$t" ] || continue
-    name=$(basename "$t")
-    step "test $name" "$out/test_$name.log" "$t" --include-ignored --test-threads=1 --nocapture
-done
-step "bench gemm" "$out/bench_gemm.log" "$stage/bin/marlin-cuda-bench" ${MARLIN_BENCH_ARGS:-}
+if [ "${MARLIN_TESTS:-1}" != 0 ]; then
+    for t in "$stage"/tests/*; do
+        [ -x "$t" ] || continue
+        name=$(basename "$t")
+        step "test $name" "$out/test_$name.log" "$t" --include-ignored --test-threads=1 --nocapture
+    done
+fi
+if [ "${MARLIN_BENCH_GEMM:-1}" != 0 ]; then
+    step "bench gemm" "$out/bench_gemm.log" "$stage/bin/marlin-cuda-bench" ${MARLIN_BENCH_ARGS:-}
+fi
+marlin="$stage/bin/marlin"
+if [ "${MARLIN_BENCH_DECODE:-1}" != 0 ] && [ -x "$marlin" ]; then
+    step "bench decode (graph on/off)" "$out/bench_decode.log" \
+        "$marlin" bench decode --device cuda ${MARLIN_BENCH_DECODE_ARGS:---batch 1,8,32 --ctx 512}
+fi
+# End to end on the real models: CPU vs GPU greedy tokens and logits, then
+# generation and llama-bench-style speed on both devices.
+models_dir="${MARLIN_MODELS_DIR:-/tmp/marlin-models}"
+e2e_logs=()
+if [ -x "$marlin" ]; then
+    for m in SmolLM2-135M-Instruct.Q4_1.gguf gemma-3-270m-q4_k_m.gguf; do
+        f="$models_dir/$m"
+        [ -f "$f" ] || { echo "e2e: $f not found (scripts/gpu_ship_models.sh), skipped"; continue; }
+        short=${m%%.*}; short=${short%%-Instruct}
+        step "e2e cpu-vs-gpu $short" "$out/e2e_$short.log" "$marlin" bench devices "$f" --device cuda --tokens 32
+        e2e_logs+=("$out/e2e_$short.log")
+        step "e2e run gpu $short" "$out/run_gpu_$short.log" "$marlin" run "$f" "The capital of France is" \
+            --device cuda --temperature 0 --max-tokens 32
+        e2e_logs+=("$out/run_gpu_$short.log")
+        step "bench model gpu $short" "$out/bench_model_gpu_$short.log" "$marlin" bench model "$f" --device cuda --pp 512 --tg 128
+        step "bench model cpu $short" "$out/bench_model_cpu_$short.log" "$marlin" bench model "$f" --device cpu --pp 512 --tg 128
+        step "bench model gpu nograph $short" "$out/bench_model_gpu_nograph_$short.log" \
+            env MARLIN_CUDA_GRAPH=0 "$marlin" bench model "$f" --device cuda --pp 512 --tg 128
+        e2e_logs+=("$out/bench_model_gpu_$short.log" "$out/bench_model_gpu_nograph_$short.log" "$out/bench_model_cpu_$short.log")
+    done
+fi
 if [ "${MARLIN_BENCH_SWEEP:-0}" = 1 ]; then
     step "bench gemm split sweep" "$out/bench_sweep.log" "$stage/bin/marlin-cuda-bench" --sweep ${MARLIN_BENCH_SWEEP_ARGS:-}
 fi
@@ -61,9 +98,21 @@ if [ -n "${MARLIN_NCU:-}" ]; then
     fi
 fi
 
-echo
-echo "================ GEMM benchmark ================"
-cat "$out/bench_gemm.log"
+if [ -f "$out/bench_gemm.log" ]; then
+    echo
+    echo "================ GEMM benchmark ================"
+    cat "$out/bench_gemm.log"
+fi
+if [ -f "$out/bench_decode.log" ]; then
+    echo
+    echo "================ decode benchmark ================"
+    cat "$out/bench_decode.log"
+fi
+for l in "${e2e_logs[@]}"; do
+    echo
+    echo "================ $(basename "$l" .log) ================"
+    tail -n 20 "$l"
+done
 echo
 echo "================ summary ================"
 printf '%s\n' "${summary[@]}"

@@ -47,7 +47,7 @@ pub fn decode(compute: &ComputeArgs, batch: &str, ctx: usize, steps: usize) -> a
     run_decode(ordinal, batches, ctx, steps)
 }
 
-#[cfg(feature = "gpu-decoder")]
+#[cfg(feature = "cuda")]
 fn run_decode(ordinal: usize, batches: Vec<usize>, ctx: usize, steps: usize) -> anyhow::Result<()> {
     use marlin_models::gpu::bench::{bench_decode, DecodeBenchConfig};
     let cfg = DecodeBenchConfig {
@@ -62,7 +62,7 @@ fn run_decode(ordinal: usize, batches: Vec<usize>, ctx: usize, steps: usize) -> 
     Ok(())
 }
 
-#[cfg(not(feature = "gpu-decoder"))]
+#[cfg(not(feature = "cuda"))]
 fn run_decode(_: usize, _: Vec<usize>, _: usize, _: usize) -> anyhow::Result<()> {
     anyhow::bail!(
         "--device cuda: this marlin was built without the `cuda` feature (cargo build --release --features cuda)"
@@ -156,7 +156,11 @@ pub fn devices(
         for (c, g) in cpu_logits.iter().zip(&gpu_logits).take(same + 1) {
             for (a, b) in c.iter().zip(g) {
                 let d = (a - b).abs();
-                max_diff = if d.is_nan() { f32::INFINITY } else { max_diff.max(d) };
+                max_diff = if d.is_nan() {
+                    f32::INFINITY
+                } else {
+                    max_diff.max(d)
+                };
                 max_abs = max_abs.max(a.abs());
             }
         }
@@ -181,7 +185,10 @@ pub fn devices(
         }
         if i == 0 {
             let text = tok.decode(&gpu_toks)?;
-            println!("    gpu text: {:?}", text.chars().take(120).collect::<String>());
+            println!(
+                "    gpu text: {:?}",
+                text.chars().take(120).collect::<String>()
+            );
         }
     }
     if failures.is_empty() {

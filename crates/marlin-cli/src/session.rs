@@ -43,15 +43,15 @@ fn load_tokenizer(path: &Path) -> anyhow::Result<Tokenizer> {
 /// A model on the device the user chose.
 pub enum DeviceModel {
     Cpu(Box<dyn Model>),
-    #[cfg(feature = "gpu-decoder")]
-    Cuda(marlin_models::gpu::GpuModel),
+    #[cfg(feature = "cuda")]
+    Cuda(Box<marlin_models::gpu::GpuModel>),
 }
 
 impl DeviceModel {
     pub fn config(&self) -> &ModelConfig {
         match self {
             DeviceModel::Cpu(m) => m.config(),
-            #[cfg(feature = "gpu-decoder")]
+            #[cfg(feature = "cuda")]
             DeviceModel::Cuda(m) => m.config(),
         }
     }
@@ -60,8 +60,8 @@ impl DeviceModel {
     pub fn new_sequence(&self, ctx: usize) -> anyhow::Result<DeviceSequence<'_>> {
         Ok(match self {
             DeviceModel::Cpu(m) => DeviceSequence::Cpu(Sequence::new(m.as_ref(), ctx)?),
-            #[cfg(feature = "gpu-decoder")]
-            DeviceModel::Cuda(m) => DeviceSequence::Cuda(m.new_sequence(ctx)?),
+            #[cfg(feature = "cuda")]
+            DeviceModel::Cuda(m) => DeviceSequence::Cuda(Box::new(m.new_sequence(ctx)?)),
         })
     }
 }
@@ -87,7 +87,7 @@ pub fn load_on(path: &Path, device: Device) -> anyhow::Result<LoadedOn> {
     }
 }
 
-#[cfg(feature = "gpu-decoder")]
+#[cfg(feature = "cuda")]
 fn load_cuda(path: &Path, ordinal: usize) -> anyhow::Result<LoadedOn> {
     use marlin_models::gpu::{GpuLoadOptions, GpuModel};
     if !path.exists() {
@@ -104,12 +104,12 @@ fn load_cuda(path: &Path, ordinal: usize) -> anyhow::Result<LoadedOn> {
         load_tokenizer(path).with_context(|| format!("loading tokenizer of {}", path.display()))?;
     tracing::info!(secs = t0.elapsed().as_secs_f64(), "model loaded on the GPU");
     Ok(LoadedOn {
-        model: DeviceModel::Cuda(model),
+        model: DeviceModel::Cuda(Box::new(model)),
         tokenizer,
     })
 }
 
-#[cfg(not(feature = "gpu-decoder"))]
+#[cfg(not(feature = "cuda"))]
 fn load_cuda(_path: &Path, _ordinal: usize) -> anyhow::Result<LoadedOn> {
     anyhow::bail!(
         "--device cuda: this marlin was built without the `cuda` feature (cargo build --release --features cuda)"
@@ -119,8 +119,8 @@ fn load_cuda(_path: &Path, _ordinal: usize) -> anyhow::Result<LoadedOn> {
 /// One sequence on the CPU or the GPU.
 pub enum DeviceSequence<'m> {
     Cpu(Sequence<'m>),
-    #[cfg(feature = "gpu-decoder")]
-    Cuda(marlin_models::gpu::GpuSequence<'m>),
+    #[cfg(feature = "cuda")]
+    Cuda(Box<marlin_models::gpu::GpuSequence<'m>>),
 }
 
 impl DeviceSequence<'_> {
@@ -128,7 +128,7 @@ impl DeviceSequence<'_> {
     pub fn len(&self) -> usize {
         match self {
             DeviceSequence::Cpu(s) => s.cache.len(),
-            #[cfg(feature = "gpu-decoder")]
+            #[cfg(feature = "cuda")]
             DeviceSequence::Cuda(s) => s.len(),
         }
     }
@@ -136,7 +136,7 @@ impl DeviceSequence<'_> {
     pub fn capacity(&self) -> usize {
         match self {
             DeviceSequence::Cpu(s) => s.cache.capacity(),
-            #[cfg(feature = "gpu-decoder")]
+            #[cfg(feature = "cuda")]
             DeviceSequence::Cuda(s) => s.capacity(),
         }
     }
@@ -145,7 +145,7 @@ impl DeviceSequence<'_> {
     pub fn truncate(&mut self, len: usize) {
         match self {
             DeviceSequence::Cpu(s) => s.cache.truncate(len),
-            #[cfg(feature = "gpu-decoder")]
+            #[cfg(feature = "cuda")]
             DeviceSequence::Cuda(s) => s.truncate(len),
         }
     }
@@ -158,7 +158,7 @@ impl DeviceSequence<'_> {
     pub fn forward(&mut self, tokens: &[u32]) -> anyhow::Result<Vec<f32>> {
         Ok(match self {
             DeviceSequence::Cpu(s) => s.model.forward(tokens, &mut s.cache)?,
-            #[cfg(feature = "gpu-decoder")]
+            #[cfg(feature = "cuda")]
             DeviceSequence::Cuda(s) => s.forward(tokens)?,
         })
     }
@@ -167,7 +167,7 @@ impl DeviceSequence<'_> {
     pub fn forward_all(&mut self, tokens: &[u32]) -> anyhow::Result<Vec<f32>> {
         Ok(match self {
             DeviceSequence::Cpu(s) => s.model.forward_all(tokens, &mut s.cache)?,
-            #[cfg(feature = "gpu-decoder")]
+            #[cfg(feature = "cuda")]
             DeviceSequence::Cuda(s) => s.forward_all(tokens)?,
         })
     }
@@ -177,7 +177,7 @@ impl SequenceModel for DeviceSequence<'_> {
     fn vocab_size(&self) -> usize {
         match self {
             DeviceSequence::Cpu(s) => s.vocab_size(),
-            #[cfg(feature = "gpu-decoder")]
+            #[cfg(feature = "cuda")]
             DeviceSequence::Cuda(s) => s.vocab_size(),
         }
     }

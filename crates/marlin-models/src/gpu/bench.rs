@@ -118,11 +118,23 @@ impl fmt::Display for DecodeBenchReport {
             "model: {} layers, d {}, {} heads / {} kv heads of {}, ffn {}, vocab {}; INT4 g{} weights (LM head too), f16 GEMM activations, f16 KV",
             s.n_layers, s.hidden, s.n_heads, s.n_kv_heads, s.head_dim, s.ffn, s.vocab, s.group
         )?;
-        writeln!(f, "copy bandwidth (D2D, read+write): {:.3} TB/s", self.copy_tbps)?;
+        writeln!(
+            f,
+            "copy bandwidth (D2D, read+write): {:.3} TB/s",
+            self.copy_tbps
+        )?;
         writeln!(
             f,
             "{:>5} {:>5} {:>6} {:>10} {:>10} {:>9} {:>8} {:>11} {:>9}",
-            "batch", "ctx", "graph", "step us", "tok/s", "weight GB", "KV GB", "roofline us", "%roofline"
+            "batch",
+            "ctx",
+            "graph",
+            "step us",
+            "tok/s",
+            "weight GB",
+            "KV GB",
+            "roofline us",
+            "%roofline"
         )?;
         for r in &self.rows {
             writeln!(
@@ -161,15 +173,19 @@ fn random_vec(len: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
 }
 
 /// A decoder of `shape` with random weights generated on the device.
-pub fn synthetic_decoder(dev: &Arc<CudaDevice>, shape: &SyntheticShape, seed: u64) -> Result<GpuDecoder> {
+pub fn synthetic_decoder(
+    dev: &Arc<CudaDevice>,
+    shape: &SyntheticShape,
+    seed: u64,
+) -> Result<GpuDecoder> {
     let s = shape;
     let (d, qd, kvd) = (s.hidden, s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
     let mut next_seed = seed;
     let mut int4 = |n: usize, k: usize| -> Result<GpuLinear> {
         next_seed = next_seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        Ok(GpuLinear::Int4(Int4Weight::random_on_device(
+        Ok(GpuLinear::Int4(Box::new(Int4Weight::random_on_device(
             dev, n, k, s.group, next_seed,
-        )?))
+        )?)))
     };
     let norm = |len: usize, seed: u64| -> Result<cudarc::driver::CudaSlice<f32>> {
         Ok(dev.upload("norm weight", &random_vec(len, seed, 0.9, 1.1))?)
@@ -197,7 +213,10 @@ pub fn synthetic_decoder(dev: &Arc<CudaDevice>, shape: &SyntheticShape, seed: u6
         .vocab
         .checked_mul(d)
         .ok_or_else(|| GpuError::Invalid("embedding table overflows".into()))?;
-    let table = dev.upload("embedding table", &random_vec(vocab_len, seed ^ 0xE, -0.05, 0.05))?;
+    let table = dev.upload(
+        "embedding table",
+        &random_vec(vocab_len, seed ^ 0xE, -0.05, 0.05),
+    )?;
     let rope = Rope::new(
         s.head_dim,
         s.head_dim,
@@ -357,7 +376,13 @@ pub fn bench_decode(cfg: &DecodeBenchConfig) -> Result<DecodeBenchReport> {
         }
     }
     Ok(DecodeBenchReport {
-        device: format!("{} (sm_{}{}, {} SMs)", dev.name(), dev.compute_capability().0, dev.compute_capability().1, dev.sm_count()),
+        device: format!(
+            "{} (sm_{}{}, {} SMs)",
+            dev.name(),
+            dev.compute_capability().0,
+            dev.compute_capability().1,
+            dev.sm_count()
+        ),
         copy_tbps,
         ctx: cfg.ctx,
         shape: cfg.shape.clone(),

@@ -28,10 +28,7 @@ pub enum GpuEmbedding {
     /// tied LM head).
     Table(Arc<GgmlGpuWeight>),
     /// f32 (vocab, d) table (the synthetic benchmark model).
-    Dense {
-        table: CudaSlice<f32>,
-        vocab: usize,
-    },
+    Dense { table: CudaSlice<f32>, vocab: usize },
 }
 
 /// One block's weights. Norm weights (d or head_dim) already include the
@@ -118,7 +115,12 @@ pub struct Scratch {
 
 impl Scratch {
     /// Buffers for `max_m` rows and `logit_rows` rows of logits.
-    pub fn new(dev: &Arc<CudaDevice>, dec: &GpuDecoder, max_m: usize, logit_rows: usize) -> Result<Self> {
+    pub fn new(
+        dev: &Arc<CudaDevice>,
+        dec: &GpuDecoder,
+        max_m: usize,
+        logit_rows: usize,
+    ) -> Result<Self> {
         let c = &dec.spec.cfg;
         if max_m == 0 || logit_rows == 0 {
             return Err(GpuError::Invalid("scratch for 0 rows".into()));
@@ -185,7 +187,12 @@ impl Scratch {
 
 impl GpuDecoder {
     /// An empty KV cache for `n_seqs` sequences of `capacity` positions.
-    pub fn new_cache(&self, dev: &Arc<CudaDevice>, n_seqs: usize, capacity: usize) -> Result<GpuKvCache> {
+    pub fn new_cache(
+        &self,
+        dev: &Arc<CudaDevice>,
+        n_seqs: usize,
+        capacity: usize,
+    ) -> Result<GpuKvCache> {
         let c = &self.spec.cfg;
         Ok(GpuKvCache::new(
             dev,
@@ -234,7 +241,9 @@ impl GpuDecoder {
         }
         let (d, eps, off) = (c.hidden_size, c.rms_eps, 0.0f32);
         match &self.embed {
-            GpuEmbedding::Table(t) => t.get_rows(dev, &s.ids, m, self.spec.embed_scale, &mut s.x)?,
+            GpuEmbedding::Table(t) => {
+                t.get_rows(dev, &s.ids, m, self.spec.embed_scale, &mut s.x)?
+            }
             GpuEmbedding::Dense { table, vocab } => ops::embedding_rows(
                 dev,
                 table,
@@ -246,7 +255,16 @@ impl GpuDecoder {
                 &mut s.x,
             )?,
         }
-        ops::rms_norm(dev, &s.x, &self.blocks[0].attn_norm, m, d, eps, off, &mut s.h)?;
+        ops::rms_norm(
+            dev,
+            &s.x,
+            &self.blocks[0].attn_norm,
+            m,
+            d,
+            eps,
+            off,
+            &mut s.h,
+        )?;
         for (il, b) in self.blocks.iter().enumerate() {
             self.attention(dev, il, b, cache, s, m)?;
             // x += post_norm(attn); h = ffn_norm(x)
@@ -280,9 +298,12 @@ impl GpuDecoder {
                 dev.stream()
                     .memcpy_dtod(&src, &mut s.last)
                     .map_err(|e| driver_err("copy of the last row", e))?;
-                self.lm_head.forward(dev, &s.last, 1, &mut s.logits, &mut s.lin)?;
+                self.lm_head
+                    .forward(dev, &s.last, 1, &mut s.logits, &mut s.lin)?;
             }
-            LogitRows::All => self.lm_head.forward(dev, &s.h, m, &mut s.logits, &mut s.lin)?,
+            LogitRows::All => self
+                .lm_head
+                .forward(dev, &s.h, m, &mut s.logits, &mut s.lin)?,
         }
         let vocab = c.vocab_size;
         if let Some(cap) = c.final_logit_softcap {
@@ -326,7 +347,17 @@ impl GpuDecoder {
             window: ls.window,
             softcap: None,
         };
-        ops::attention(dev, &params, &s.q, cache, il, m, &s.row_seq, &s.row_pos, &mut s.attn)?;
+        ops::attention(
+            dev,
+            &params,
+            &s.q,
+            cache,
+            il,
+            m,
+            &s.row_seq,
+            &s.row_pos,
+            &mut s.attn,
+        )?;
         b.wo.forward(dev, &s.attn, m, &mut s.delta, &mut s.lin)
     }
 

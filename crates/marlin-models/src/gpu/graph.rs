@@ -26,9 +26,7 @@ pub(crate) fn capture(
     result?;
     let graph = graph.map_err(|e| driver_err("cuStreamEndCapture / cuGraphInstantiate", e))?;
     let graph = graph.ok_or_else(|| GpuError::Invalid("graph capture recorded no work".into()))?;
-    graph
-        .upload()
-        .map_err(|e| driver_err("cuGraphUpload", e))?;
+    graph.upload().map_err(|e| driver_err("cuGraphUpload", e))?;
     Ok(graph)
 }
 

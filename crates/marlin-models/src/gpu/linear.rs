@@ -20,7 +20,7 @@ pub enum GpuLinear {
     /// shared with the embedding when the checkpoint ties them.
     Ggml(Arc<GgmlGpuWeight>),
     /// INT4 in the Marlin layout: f16 activations in and out.
-    Int4(Int4Weight),
+    Int4(Box<Int4Weight>),
 }
 
 /// Device scratch of the INT4 path: f16 copies of the activations and the
@@ -64,16 +64,19 @@ impl GpuLinear {
             ))),
             TensorData::F32 { rows, cols, data } => {
                 let bytes = bytemuck_f32(&data);
-                let t = GgmlTensor::new(GgmlType::F32, rows, cols, bytes)
-                    .map_err(|e| GpuError::Tensor {
+                let t = GgmlTensor::new(GgmlType::F32, rows, cols, bytes).map_err(|e| {
+                    GpuError::Tensor {
                         name: name.to_string(),
                         reason: e.to_string(),
-                    })?;
+                    }
+                })?;
                 Ok(Self::Ggml(Arc::new(
                     GgmlGpuWeight::upload(dev, &t).map_err(ctx)?,
                 )))
             }
-            TensorData::Quant(q) => Ok(Self::Int4(Int4Weight::from_quant(dev, &q).map_err(ctx)?)),
+            TensorData::Quant(q) => Ok(Self::Int4(Box::new(
+                Int4Weight::from_quant(dev, &q).map_err(ctx)?,
+            ))),
         }
     }
 

@@ -108,7 +108,9 @@ impl GpuModel {
     /// `opts.ordinal` (the same sources and config as the CPU path).
     pub fn load(path: &Path, opts: &GpuLoadOptions) -> Result<Self> {
         if opts.max_batch_rows == 0 {
-            return Err(GpuError::Invalid("max_batch_rows must be at least 1".into()));
+            return Err(GpuError::Invalid(
+                "max_batch_rows must be at least 1".into(),
+            ));
         }
         let dev = CudaDevice::new(opts.ordinal)?;
         let decoder = if path.is_dir() {

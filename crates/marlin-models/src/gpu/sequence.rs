@@ -34,7 +34,9 @@ impl<'m> GpuSequence<'m> {
             return Err(GpuError::Invalid("KV cache of 0 positions".into()));
         }
         if i32::try_from(capacity).is_err() {
-            return Err(GpuError::Invalid(format!("{capacity} positions exceed i32")));
+            return Err(GpuError::Invalid(format!(
+                "{capacity} positions exceed i32"
+            )));
         }
         let dev = model.device();
         let max_m = model.options().max_batch_rows.min(capacity);
@@ -113,7 +115,12 @@ impl<'m> GpuSequence<'m> {
             // old buffers, so it goes too.
             self.graph = None;
             self.eager_steps = 0;
-            self.scratch = Scratch::new(&dev, self.model.decoder(), self.scratch.max_m, self.scratch.max_m)?;
+            self.scratch = Scratch::new(
+                &dev,
+                self.model.decoder(),
+                self.scratch.max_m,
+                self.scratch.max_m,
+            )?;
         }
         let mut out = Vec::with_capacity(tokens.len() * vocab);
         for chunk in tokens.chunks(self.scratch.max_m) {
