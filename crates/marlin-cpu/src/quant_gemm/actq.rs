@@ -48,7 +48,9 @@ pub(crate) struct QuantActs {
 impl QuantActs {
     /// Quantizes `x` (m, k). With `perm`, row element `c` is taken from
     /// `x[perm[c]]` (act-order weights whose columns were sorted by group).
-    pub fn new(x: &[f32], m: usize, k: usize, perm: Option<&[u32]>) -> Self {
+    /// `simd`: use the AVX2 block quantizer (same results bit for bit; the
+    /// caller has checked that the CPU has AVX2).
+    pub fn new(x: &[f32], m: usize, k: usize, perm: Option<&[u32]>, simd: bool) -> Self {
         let n_sb = k.div_ceil(SB);
         let kp = n_sb * SB;
         let mut acts = QuantActs {
@@ -65,7 +67,7 @@ impl QuantActs {
         if m == 1 {
             // One row: not worth waking the pool.
             let (q, dx) = (&mut acts.q[..], &mut acts.dx[..]);
-            quantize_row(x, perm, q, dx, &mut acts.xsum, &mut acts.xsum_half);
+            quantize_row(x, perm, q, dx, &mut acts.xsum, &mut acts.xsum_half, simd);
             return acts;
         }
         acts.q
@@ -75,7 +77,7 @@ impl QuantActs {
             .zip(acts.xsum_half.par_chunks_mut(n_sb * 2 * LANES))
             .zip(x.par_chunks(k))
             .for_each(|((((q, dx), xsum), xsum_half), xrow)| {
-                quantize_row(xrow, perm, q, dx, xsum, xsum_half)
+                quantize_row(xrow, perm, q, dx, xsum, xsum_half, simd)
             });
         acts
     }
@@ -105,6 +107,7 @@ fn quantize_row(
     dx: &mut [f32],
     xsum: &mut [f32],
     xsum_half: &mut [f32],
+    simd: bool,
 ) {
     let k = xrow.len();
     let mut block = [0f32; BLOCK];
@@ -124,21 +127,10 @@ fn quantize_row(
                 };
             }
         }
-        let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
-        // A NaN / infinite activation makes its block scale NaN, so that it
-        // reaches y instead of being rounded away.
-        let finite = block.iter().all(|v| v.is_finite());
-        let d = if finite { amax / 127.0 } else { f32::NAN };
-        let inv = if finite && amax > 0.0 {
-            127.0 / amax
-        } else {
-            0.0
+        let d = match quantize_block_simd(&block, &mut codes, simd) {
+            Some(d) => d,
+            None => quantize_block(&block, &mut codes),
         };
-        for (c, v) in codes.iter_mut().zip(&block) {
-            // Round half away from zero without a libm call; |v * inv| <= 127.
-            let t = v * inv;
-            *c = (t + 0.5f32.copysign(t)) as i8;
-        }
         // Interleave: elements 4v..4v+4 of lane l go to bytes 32v + 4l.
         let dst = &mut q[sb * SB..(sb + 1) * SB];
         for (v, chunk) in codes.chunks_exact(4).enumerate() {
@@ -150,5 +142,162 @@ fn quantize_row(
         xsum[b] = (s0 + s1) as f32;
         xsum_half[sb * 2 * LANES + l] = s0 as f32;
         xsum_half[sb * 2 * LANES + LANES + l] = s1 as f32;
+    }
+}
+
+/// Quantizes one block to `codes`; returns its scale `dx`.
+fn quantize_block(block: &[f32; BLOCK], codes: &mut [i8; BLOCK]) -> f32 {
+    let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+    // A NaN / infinite activation makes its block scale NaN, so that it
+    // reaches y instead of being rounded away.
+    let finite = block.iter().all(|v| v.is_finite());
+    let d = if finite { amax / 127.0 } else { f32::NAN };
+    let inv = if finite && amax > 0.0 {
+        127.0 / amax
+    } else {
+        0.0
+    };
+    for (c, v) in codes.iter_mut().zip(block) {
+        // Round half away from zero without a libm call; |v * inv| <= 127.
+        let t = v * inv;
+        *c = (t + 0.5f32.copysign(t)) as i8;
+    }
+    d
+}
+
+/// [`quantize_block`] with SIMD when `simd` is set and the block is finite;
+/// `None` (codes untouched) otherwise.
+#[allow(unused_variables)]
+fn quantize_block_simd(block: &[f32; BLOCK], codes: &mut [i8; BLOCK], simd: bool) -> Option<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is only set by callers that detected AVX2.
+        return unsafe { quantize_block_avx2(block, codes) };
+    }
+    None
+}
+
+/// [`quantize_block`] in AVX2 for a block of finite values: the same
+/// operations per element (max of |v|, `amax / 127`, `127 / amax`, round
+/// half away from zero), so the same scale and codes bit for bit. `None`,
+/// with `codes` untouched, when the block holds a NaN or an infinity or its
+/// largest magnitude is so small that `127 / amax` overflows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_block_avx2(block: &[f32; BLOCK], codes: &mut [i8; BLOCK]) -> Option<f32> {
+    use std::arch::x86_64::*;
+    let p = block.as_ptr();
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    let v = [
+        _mm256_loadu_ps(p),
+        _mm256_loadu_ps(p.add(8)),
+        _mm256_loadu_ps(p.add(16)),
+        _mm256_loadu_ps(p.add(24)),
+    ];
+    let a = v.map(|x| _mm256_and_ps(x, abs_mask));
+    // |v| <= f32::MAX is false for NaN and infinity.
+    let fmax = _mm256_set1_ps(f32::MAX);
+    let ok = _mm256_and_ps(
+        _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_LE_OQ>(a[0], fmax),
+            _mm256_cmp_ps::<_CMP_LE_OQ>(a[1], fmax),
+        ),
+        _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_LE_OQ>(a[2], fmax),
+            _mm256_cmp_ps::<_CMP_LE_OQ>(a[3], fmax),
+        ),
+    );
+    if _mm256_movemask_ps(ok) != 0xFF {
+        return None;
+    }
+    let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)));
+    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    if !inv.is_finite() {
+        // amax below 127 / f32::MAX (subnormal): the scalar code's
+        // saturating casts of infinite products decide the codes.
+        return None;
+    }
+    let inv = _mm256_set1_ps(inv);
+    let sign = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+    let half = _mm256_set1_ps(0.5);
+    let q = v.map(|x| {
+        let t = _mm256_mul_ps(x, inv);
+        // t + copysign(0.5, t), truncated toward zero: |t| <= 127.
+        let r = _mm256_add_ps(t, _mm256_or_ps(_mm256_and_ps(t, sign), half));
+        _mm256_cvttps_epi32(r)
+    });
+    // i32 -> i8; the packs interleave 128-bit lanes, the permute restores
+    // element order.
+    let w01 = _mm256_packs_epi32(q[0], q[1]);
+    let w23 = _mm256_packs_epi32(q[2], q[3]);
+    let b = _mm256_packs_epi16(w01, w23);
+    let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(codes.as_mut_ptr() as *mut __m256i, b);
+    Some(amax / 127.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX2 block quantizer must give the scalar one's scale and codes
+    /// bit for bit (the scalar int-dot kernels are the reference for the
+    /// AVX2 ones on the same activations).
+    #[test]
+    fn simd_quantizer_matches_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut blocks: Vec<[f32; BLOCK]> = vec![[0.0; BLOCK], [-0.0; BLOCK]];
+        // Exact halves after scaling (ties), tiny and huge magnitudes.
+        let mut ties = [0f32; BLOCK];
+        for (i, v) in ties.iter_mut().enumerate() {
+            *v = (i as f32 - 16.0) + 0.5;
+        }
+        ties[0] = 127.0;
+        blocks.push(ties);
+        blocks.push([1e-40; BLOCK]);
+        blocks.push([3e38; BLOCK]);
+        for _ in 0..2000 {
+            let mut b = [0f32; BLOCK];
+            let scale = f32::from_bits(((next() % 60) as u32 + 100) << 23);
+            for v in b.iter_mut() {
+                *v = ((next() % 2001) as f32 / 1000.0 - 1.0) * scale;
+            }
+            blocks.push(b);
+        }
+        let mut simd_blocks = 0;
+        for b in &blocks {
+            let (mut want, mut got) = ([0i8; BLOCK], [0i8; BLOCK]);
+            let d_want = quantize_block(b, &mut want);
+            match quantize_block_simd(b, &mut got, true) {
+                Some(d_got) => {
+                    assert_eq!(d_got.to_bits(), d_want.to_bits(), "{b:?}");
+                    assert_eq!(got, want, "{b:?}");
+                    simd_blocks += 1;
+                }
+                // Only the subnormal block may fall back.
+                None => assert!(b[0].abs() < 1e-37, "{b:?}"),
+            }
+        }
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(simd_blocks, blocks.len() - 1);
+        }
+        let mut b = [1f32; BLOCK];
+        b[7] = f32::INFINITY;
+        assert!(quantize_block_simd(&b, &mut [0; BLOCK], true).is_none());
+        b[7] = f32::NAN;
+        assert!(quantize_block_simd(&b, &mut [0; BLOCK], true).is_none());
     }
 }

@@ -143,7 +143,8 @@ unsafe fn load8(values: &GridValues, off: usize) -> __m256 {
 #[inline]
 unsafe fn lane_values(g: &LaneGrid, idx: __m256i, row_off: usize, sb: usize, h: usize) -> __m256 {
     let off = row_off + *g.base.get_unchecked(sb) as usize;
-    if g.halves {
+    if g.consecutive {
+        // h is 0 unless the grid has halves (the second 8 values at +8).
         load8(&g.values, off + 8 * h)
     } else {
         _mm256_permutevar8x32_ps(load8(&g.values, off), idx)
@@ -159,6 +160,9 @@ pub(super) unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
     _mm_cvtss_f32(s)
 }
+
+/// Software prefetch distance of the decode kernel, in bytes of codes.
+const PREFETCH_BYTES: usize = 1024;
 
 /// Decode path: each weight row streamed once, unpacked per superblock and
 /// dotted with MR activation rows.
@@ -193,6 +197,14 @@ unsafe fn decode_block<const F: u8, const H: usize, const MR: usize>(
     }
     let mut acc = [_mm256_setzero_ps(); MR];
     for sb in 0..w.n_sb {
+        // The weights stream from DRAM once (m = 1): ask for the lines
+        // PREFETCH_BYTES ahead, past the row end into the next row of the
+        // task (a prefetch never faults, hence wrapping_add).
+        for line in (0..sbb).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(
+                codes.wrapping_add(sb * sbb + line + PREFETCH_BYTES) as *const i8
+            );
+        }
         let wv = unpack::<F>(codes.add(sb * sbb));
         let mut s = [_mm256_setzero_ps(); H];
         let mut zf = [zf_const; H];

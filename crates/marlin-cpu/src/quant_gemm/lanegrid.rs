@@ -8,6 +8,9 @@
 use super::actq::{LANES, SB};
 use super::codes::ScaleGrid;
 
+/// Lane offsets of 8 consecutive values.
+const CONSECUTIVE: [u32; LANES] = [0, 1, 2, 3, 4, 5, 6, 7];
+
 /// Grid values in the smallest dtype that holds all of them exactly.
 pub(crate) enum GridValues {
     F32(Vec<f32>),
@@ -69,6 +72,9 @@ pub(crate) struct LaneGrid {
     pub idx: [u32; LANES],
     /// Two values per lane (half blocks of 16 columns), the second at +8.
     pub halves: bool,
+    /// `idx` is 0..8 (groups of 32 and expanded grids): the 8 lane values
+    /// are consecutive, a kernel loads them without a permute.
+    pub consecutive: bool,
 }
 
 impl LaneGrid {
@@ -94,6 +100,7 @@ impl LaneGrid {
                 base: (0..n_sb).map(|sb| (sb * SB / per_sb_div) as u32).collect(),
                 idx,
                 halves: false,
+                consecutive: idx == CONSECUTIVE,
             }
         };
         let lane_idx = |f: &dyn Fn(usize) -> usize| {
@@ -139,8 +146,9 @@ impl LaneGrid {
             row_stride,
             rows_per: grid.rows_per,
             base: (0..n_sb).map(|sb| (sb * per_sb) as u32).collect(),
-            idx: lane_idx(&|l| l),
+            idx: CONSECUTIVE,
             halves,
+            consecutive: true,
         })
     }
 

@@ -185,7 +185,7 @@ impl PreparedQuant {
         }
         match self.path.as_ref() {
             Path::IntDot { w, decode, batched } => {
-                let acts = QuantActs::new(x, m, k, w.perm.as_deref());
+                let acts = QuantActs::new(x, m, k, w.perm.as_deref(), self.isa == KernelIsa::Avx2);
                 let (kernel, chunk) = if m >= BATCHED_MIN_M {
                     (*batched, 16)
                 } else {
