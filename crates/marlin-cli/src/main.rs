@@ -7,6 +7,7 @@ mod cmd_bench_decode;
 mod cmd_eval;
 mod cmd_generate;
 mod cmd_inspect;
+mod cmd_quantize;
 mod session;
 
 use clap::{Parser, Subcommand};
@@ -102,6 +103,8 @@ enum Command {
         #[arg(long)]
         tensors: bool,
     },
+    /// Quantize a GGUF or Hugging Face model into a marlin checkpoint.
+    Quantize(cmd_quantize::QuantizeArgs),
     /// Quality evaluation.
     Eval {
         #[command(subcommand)]
@@ -116,6 +119,28 @@ enum Command {
 
 #[derive(Subcommand)]
 enum EvalCommand {
+    /// KL divergence of MODEL's token distributions against BASE's.
+    Kld {
+        model: PathBuf,
+        /// The reference model (e.g. the GGUF the checkpoint was made from).
+        #[arg(long)]
+        base: PathBuf,
+        #[arg(long)]
+        text: PathBuf,
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// At most this many windows.
+        #[arg(long)]
+        chunks: Option<usize>,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Per-layer weight MSE and cosine similarity of MODEL against BASE.
+    Layers {
+        model: PathBuf,
+        #[arg(long)]
+        base: PathBuf,
+    },
     /// Perplexity as llama.cpp's llama-perplexity computes it.
     Ppl {
         model: PathBuf,
@@ -232,6 +257,7 @@ fn main() {
             compute,
         } => cmd_generate::chat(&model, system.as_deref(), &sampling, &compute),
         Command::Inspect { model, tensors } => cmd_inspect::inspect(&model, tensors),
+        Command::Quantize(args) => cmd_quantize::quantize(&args),
         Command::Eval {
             what:
                 EvalCommand::Ppl {
@@ -242,6 +268,20 @@ fn main() {
                     compute,
                 },
         } => cmd_eval::perplexity(&model, &text, ctx, chunks, &compute),
+        Command::Eval {
+            what:
+                EvalCommand::Kld {
+                    model,
+                    base,
+                    text,
+                    ctx,
+                    chunks,
+                    threads,
+                },
+        } => cmd_eval::kld(&model, &base, &text, ctx, chunks, threads),
+        Command::Eval {
+            what: EvalCommand::Layers { model, base },
+        } => cmd_eval::layers(&model, &base),
         Command::Bench { what } => match what {
             BenchCommand::Gemm { compute, quick } => cmd_bench::gemm(&compute, quick),
             BenchCommand::Model {

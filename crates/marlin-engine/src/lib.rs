@@ -6,6 +6,7 @@
 
 pub mod generate;
 pub mod json_object;
+pub mod kld;
 pub mod perplexity;
 pub mod sampler;
 pub mod stop;

@@ -34,6 +34,21 @@ pub enum QuantizeError {
     InvalidOption(String),
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A model, file or option the pipeline cannot use (reported before
+    /// any long work).
+    #[error("bad input: {0}")]
+    BadInput(String),
+    #[error(transparent)]
+    Model(#[from] marlin_models::ModelError),
+    #[error(transparent)]
+    Io(#[from] marlin_io::IoError),
+    #[error(transparent)]
+    Tokenizer(#[from] marlin_io::tokenizer::TokenizerError),
+    #[error("{}: {source}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Index and value of the first non-finite entry of `values`, as an error.

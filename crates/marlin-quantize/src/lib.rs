@@ -14,6 +14,8 @@
 //! - [`mr_gptq`]: [`mr_gptq_quantize`] = rotate W and H, then GPTQ.
 //! - [`awq`]: [`awq_quantize`], the activation-aware scale search.
 //! - [`metrics`]: [`output_error`] `||x·Wᵀ − x·Ŵᵀ||²`.
+//! - [`pipeline`]: [`pipeline::quantize_model`], a whole GGUF / Hugging Face
+//!   model into a marlin checkpoint, layer by layer, resumable.
 //!
 //! ```
 //! use marlin_quant::QuantScheme;
@@ -53,6 +55,7 @@ pub mod hessian;
 mod linalg;
 pub mod metrics;
 pub mod mr_gptq;
+pub mod pipeline;
 
 pub use awq::{awq_quantize, AwqOptions, AwqResult};
 pub use error::QuantizeError;

@@ -22,7 +22,7 @@ mod reader;
 mod scheme_json;
 mod writer;
 
-pub use reader::{read_quant_tensor, QuantizationConfig};
+pub use reader::{read_quant_tensor, FormatOverride, QuantizationConfig};
 pub use scheme_json::{scheme_from_json, scheme_to_json};
 pub use writer::{write_atomic, write_index, write_json_atomic, SafetensorsWriter};
 

@@ -37,6 +37,11 @@ impl HfDirSource {
         Ok(Self { dir, arch })
     }
 
+    /// The opened directory (tensor names, tokenizer files).
+    pub fn dir(&self) -> &HfModelDir {
+        &self.dir
+    }
+
     /// The Hugging Face name of GGUF-style tensor `name`.
     fn hf_name(&self, name: &str) -> Option<String> {
         hf_tensor_name(&self.arch, name)

@@ -1,0 +1,89 @@
+//! `marlin quantize`: a GGUF or Hugging Face model into a marlin checkpoint.
+
+use marlin_quantize::pipeline::presets::{Format, Preset};
+use marlin_quantize::pipeline::{quantize_model, Method, QuantizeJob};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// The flags of `marlin quantize`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct QuantizeArgs {
+    /// GGUF file (dequantized as the base) or Hugging Face directory.
+    pub input: PathBuf,
+    /// Output checkpoint directory (created; an unfinished run of the same
+    /// job there is resumed).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// int4, int3, int2, int8, fp4, mxfp4, nvfp4, fp8
+    #[arg(long)]
+    pub format: String,
+    /// Group size along K (int4/int3/int2/fp4; must divide every K).
+    #[arg(long, default_value_t = 128)]
+    pub group_size: usize,
+    /// rtn, gptq, awq (mr-gptq: not loadable yet, refused)
+    #[arg(long, default_value = "rtn")]
+    pub method: String,
+    /// GPTQ act-order (desc_act, emits g_idx).
+    #[arg(long)]
+    pub act_order: bool,
+    /// Calibration text files (GPTQ, AWQ).
+    #[arg(long = "calib", num_args = 1..)]
+    pub calib: Vec<PathBuf>,
+    #[arg(long, default_value_t = 32)]
+    pub calib_samples: usize,
+    #[arg(long, default_value_t = 256)]
+    pub calib_seq_len: usize,
+    /// Seed of the calibration window positions.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// quality, balanced, speed
+    #[arg(long, default_value = "balanced")]
+    pub preset: String,
+    /// RE=FORMAT over Hugging Face tensor names (repeatable, first match wins),
+    /// e.g. 'model\.layers\.0\..*=int8'.
+    #[arg(long = "override")]
+    pub overrides: Vec<String>,
+    /// CPU worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+pub fn quantize(args: &QuantizeArgs) -> anyhow::Result<()> {
+    crate::init_threads(args.threads)?;
+    let mut job = QuantizeJob::new(
+        args.input.clone(),
+        args.output.clone(),
+        Format::parse(&args.format)?,
+        Method::parse(&args.method)?,
+    );
+    job.group_size = args.group_size;
+    job.act_order = args.act_order;
+    job.calib_files = args.calib.clone();
+    job.calib_samples = args.calib_samples;
+    job.calib_seq_len = args.calib_seq_len;
+    job.seed = args.seed;
+    job.preset = Preset::parse(&args.preset)?;
+    job.overrides = args.overrides.clone();
+    let mut stderr = std::io::stderr();
+    let report = quantize_model(&job, &mut |line| {
+        // Calibration lines overwrite each other; layer lines stay.
+        if line.starts_with("calibration") {
+            let _ = write!(stderr, "\r{line}   ");
+        } else {
+            let _ = writeln!(stderr, "\r{line}");
+        }
+        let _ = stderr.flush();
+    })?;
+    println!(
+        "wrote {}: {} layers ({} this run), {} quantized linears at {:.3} bits/weight \
+         ({:.3} over all matrices, dense at 16), {:.1}s",
+        args.output.display(),
+        report.layers,
+        report.layers_done_now,
+        report.quantized_linears,
+        report.quantized_bpw,
+        report.total_bpw_dense16,
+        report.seconds
+    );
+    Ok(())
+}

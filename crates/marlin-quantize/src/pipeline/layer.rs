@@ -1,0 +1,212 @@
+//! Quantizing the linears of one decoder layer with RTN, GPTQ or AWQ, and
+//! folding AWQ's input scales into the producers of each input.
+
+use super::calib::{InputSite, SiteStats};
+use super::convert::{Dense, ModelShape};
+use super::Method;
+use crate::{awq_quantize, gptq_quantize, AwqOptions, GptqOptions, QuantizeError};
+use marlin_quant::{quantize_rtn, QuantScheme, QuantTensor, RtnOptions};
+use std::collections::BTreeMap;
+
+/// A linear's weight after the pipeline: quantized, or kept dense.
+pub enum LinearOut {
+    Quant(QuantTensor),
+    Dense(Dense),
+}
+
+/// One linear to quantize: its GGUF-style name, HF-layout weights and
+/// scheme (None: kept dense).
+pub struct LinearIn {
+    pub name: String,
+    pub w: Dense,
+    pub scheme: Option<QuantScheme>,
+}
+
+/// What the method needs beyond the weights.
+pub struct LayerCtx<'a> {
+    pub method: Method,
+    pub act_order: bool,
+    pub layer: usize,
+    pub shape: &'a ModelShape,
+    /// Calibration statistics of this layer (GPTQ, AWQ).
+    pub stats: Option<&'a BTreeMap<(usize, InputSite), SiteStats>>,
+}
+
+impl LayerCtx<'_> {
+    fn site(&self, site: InputSite) -> Result<&SiteStats, QuantizeError> {
+        self.stats
+            .and_then(|s| s.get(&(self.layer, site)))
+            .ok_or_else(|| {
+                QuantizeError::EmptyCalibration(format!(
+                    "no calibration activations for layer {} {site:?} (the model did not report them)",
+                    self.layer
+                ))
+            })
+    }
+}
+
+/// RTN or GPTQ of one matrix (AWQ goes through [`awq_group`]).
+pub fn quantize_one(ctx: &LayerCtx<'_>, lin: LinearIn) -> Result<LinearOut, QuantizeError> {
+    let Some(scheme) = lin.scheme else {
+        return Ok(LinearOut::Dense(lin.w));
+    };
+    let Dense { rows, cols, data } = &lin.w;
+    let t = match ctx.method {
+        Method::Gptq => {
+            let site = InputSite::of_linear(&lin.name).ok_or_else(|| {
+                QuantizeError::InvalidOption(format!("{}: no calibration input", lin.name))
+            })?;
+            let opts = if ctx.act_order {
+                GptqOptions::act_order()
+            } else {
+                GptqOptions::default()
+            };
+            gptq_quantize(data, *rows, *cols, &ctx.site(site)?.hessian, &scheme, &opts)?
+        }
+        Method::Rtn | Method::Awq => {
+            quantize_rtn(data, *rows, *cols, scheme, &RtnOptions::min_max())?
+        }
+    };
+    Ok(LinearOut::Quant(t))
+}
+
+/// Multiplies column c of `w` (rows, K) by `s[c]`.
+fn scale_columns(w: &mut Dense, s: &[f32]) {
+    for row in w.data.chunks_exact_mut(w.cols) {
+        for (v, &sc) in row.iter_mut().zip(s) {
+            *v *= sc;
+        }
+    }
+}
+
+/// Splits an (N1 + N2 + ..., K) tensor whose scale grid has one row per
+/// weight row (per-channel or per-group) into row blocks of `sizes`.
+fn split_rows(t: QuantTensor, sizes: &[usize]) -> Result<Vec<QuantTensor>, QuantizeError> {
+    let (grid_rows, grid_cols) = t.scheme.scale_grid(t.rows, t.cols)?;
+    if grid_rows != t.rows || sizes.iter().sum::<usize>() != t.rows || t.g_idx.is_some() {
+        return Err(QuantizeError::Unsupported(
+            "splitting a tensor whose scales are not per row".into(),
+        ));
+    }
+    let row_bytes = t.data.len() / t.rows;
+    let mut out = Vec::with_capacity(sizes.len());
+    let mut r0 = 0;
+    for &n in sizes {
+        let r1 = r0 + n;
+        out.push(QuantTensor {
+            scheme: t.scheme,
+            rows: n,
+            cols: t.cols,
+            data: t.data[r0 * row_bytes..r1 * row_bytes].to_vec(),
+            scales: t.scales[r0 * grid_cols..r1 * grid_cols].to_vec(),
+            zeros: t
+                .zeros
+                .as_ref()
+                .map(|z| z[r0 * grid_cols..r1 * grid_cols].to_vec()),
+            global_scale: t.global_scale,
+            g_idx: None,
+        });
+        r0 = r1;
+    }
+    Ok(out)
+}
+
+/// AWQ for linears that share one input (q/k/v, or gate/up, or a single
+/// one): the scale search runs on the row-concatenation of the members in
+/// the first quantized member's scheme; every other member is scaled by the
+/// same s and rounded in its own scheme (or kept dense), so one 1/s folds
+/// into the producer of the input. Returns the outputs and s (None when no
+/// member is quantized: nothing to fold).
+pub fn awq_group(
+    ctx: &LayerCtx<'_>,
+    site: InputSite,
+    members: Vec<LinearIn>,
+) -> Result<(Vec<LinearOut>, Option<Vec<f32>>), QuantizeError> {
+    let Some(scheme) = members.iter().find_map(|m| m.scheme) else {
+        return Ok((members.into_iter().map(|m| LinearOut::Dense(m.w)).collect(), None));
+    };
+    let stats = ctx.site(site)?;
+    let k = members[0].w.cols;
+    let searched: Vec<usize> = (0..members.len())
+        .filter(|&i| members[i].scheme == Some(scheme))
+        .collect();
+    let sizes: Vec<usize> = searched.iter().map(|&i| members[i].w.rows).collect();
+    let n: usize = sizes.iter().sum();
+    let mut w = Vec::with_capacity(n * k); // (n, K)
+    for &i in &searched {
+        w.extend_from_slice(&members[i].w.data);
+    }
+    let result = awq_quantize(&w, n, k, &stats.rows, stats.n_rows, &scheme, &AwqOptions::default())?;
+    let s = result.scales.clone();
+    let mut parts = split_rows(result.tensor, &sizes)?.into_iter();
+    let mut outs = Vec::with_capacity(members.len());
+    for (i, mut m) in members.into_iter().enumerate() {
+        if searched.contains(&i) {
+            let t = parts
+                .next()
+                .ok_or_else(|| QuantizeError::Numerical("AWQ split lost a part".into()))?;
+            outs.push(LinearOut::Quant(t));
+            continue;
+        }
+        scale_columns(&mut m.w, &s);
+        outs.push(match m.scheme {
+            None => LinearOut::Dense(m.w),
+            Some(sch) => LinearOut::Quant(quantize_rtn(
+                &m.w.data,
+                m.w.rows,
+                m.w.cols,
+                sch,
+                &RtnOptions::min_max(),
+            )?),
+        });
+    }
+    Ok((outs, Some(s)))
+}
+
+/// Divides the output rows of `producer` (K, K_prev) by s (AWQ fold into
+/// the previous linear).
+pub fn fold_into_rows(producer: &mut Dense, s: &[f32]) -> Result<(), QuantizeError> {
+    if producer.rows != s.len() {
+        return Err(QuantizeError::Shape(format!(
+            "folding {} scales into {} rows",
+            s.len(),
+            producer.rows
+        )));
+    }
+    for (row, &sc) in producer.data.chunks_exact_mut(producer.cols).zip(s) {
+        row.iter_mut().for_each(|v| *v /= sc);
+    }
+    Ok(())
+}
+
+/// Divides norm weights `γ` by s (AWQ fold into the norm).
+pub fn fold_into_norm(gamma: &mut [f32], s: &[f32]) -> Result<(), QuantizeError> {
+    if gamma.len() != s.len() {
+        return Err(QuantizeError::Shape(format!(
+            "folding {} scales into a norm of {}",
+            s.len(),
+            gamma.len()
+        )));
+    }
+    gamma.iter_mut().zip(s).for_each(|(g, &sc)| *g /= sc);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_rows_matches_separate_quantization() {
+        let (k, n1, n2) = (64, 3, 5);
+        let w: Vec<f32> = (0..(n1 + n2) * k)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 40.0)
+            .collect();
+        let scheme = QuantScheme::int4_asym(32);
+        let t = quantize_rtn(&w, n1 + n2, k, scheme, &RtnOptions::min_max()).unwrap();
+        let parts = split_rows(t, &[n1, n2]).unwrap();
+        let a = quantize_rtn(&w[..n1 * k], n1, k, scheme, &RtnOptions::min_max()).unwrap();
+        let b = quantize_rtn(&w[n1 * k..], n2, k, scheme, &RtnOptions::min_max()).unwrap();
+        assert_eq!(parts, vec![a, b]);
+    }
+}
