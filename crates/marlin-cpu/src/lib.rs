@@ -16,6 +16,7 @@ pub mod dense;
 pub mod error;
 pub mod ggml;
 pub mod ops;
+pub mod pool;
 pub mod quant_gemm;
 
 pub use error::CpuError;

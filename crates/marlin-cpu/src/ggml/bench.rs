@@ -15,6 +15,7 @@ use super::tests::random_tensor;
 use super::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rayon::prelude::*;
 use std::time::Instant;
 
 /// (name, type, K, N, copies: layers that have this matrix)

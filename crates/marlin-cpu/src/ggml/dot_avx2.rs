@@ -39,14 +39,22 @@ pub(super) fn kernels() -> Option<Kernels> {
 macro_rules! entry {
     ($name:ident, $imp:ident, $w:ty, $a:ty) => {
         fn $name() -> Dots<$w, $a> {
-            fn one(w: &[$w], a: &[$a]) -> f32 {
-                let [y] = unsafe { $imp::<1>(w, [a]) };
-                y
+            fn tile<const RM: usize, const RN: usize>(
+                w: &[$w],
+                a: &[$a],
+                bpr: usize,
+                out: &mut [f32],
+                ostride: usize,
+            ) {
+                unsafe { $imp::<RM, RN>(w, a, bpr, out, ostride) }
             }
-            fn four(w: &[$w], a: [&[$a]; 4]) -> [f32; 4] {
-                unsafe { $imp::<4>(w, a) }
+            Dots {
+                one: tile::<1, 1>,
+                rows4: tile::<4, 1>,
+                rows2_acts4: tile::<2, 4>,
+                rows2: tile::<2, 1>,
+                acts4: tile::<1, 4>,
             }
-            Dots { one, four }
         }
     };
 }
@@ -56,8 +64,8 @@ entry!(q5_0, dot_q5_0, BlockQ5_0, ActQ8x32);
 entry!(q5_1, dot_q5_1, BlockQ5_1, ActQ8x32);
 entry!(q8_0, dot_q8_0, BlockQ8_0, ActQ8x32);
 entry!(mxfp4, dot_mxfp4, BlockMxfp4, ActQ8x32);
-entry!(q4k, dot_q4k, BlockQ4K, ActQ8K);
-entry!(q6k, dot_q6k, BlockQ6K, ActQ8K);
+entry!(q4k, tile_q4k, BlockQ4K, ActQ8K);
+entry!(q6k, tile_q6k, BlockQ6K, ActQ8K);
 
 fn f32dot(w: &[f32], x: &[f32]) -> f32 {
     unsafe { dot_f32(w, x) }
@@ -146,41 +154,71 @@ fn mul_sum_us8(w: __m256i, a: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
 }
 
-/// One 32-element format, for R activation rows at once (the weight block
-/// is decoded once per R rows): `$decode` gives (codes, d, c) of block
-/// `$b`, and the block adds d * d_a * Σ q a + c * s_a to each row's sum.
-/// Signed codes (symmetric formats, c = 0) go through `maddubs` as |q| times
-/// sign(q) * a (|a| <= 127).
+/// One 32-element format over a tile of RM weight rows x RN activation
+/// rows (see `super::Tile`): `$decode` gives (codes, d, c) of block `$b`,
+/// and each block adds d * d_a * Σ q a + c * s_a to each pair's sum. Each
+/// weight block is decoded once for the RN rows, each activation block
+/// loaded once for the RM rows. Signed codes (symmetric formats, c = 0) go
+/// through `maddubs` as |q| times sign(q) * a (|a| <= 127).
+///
+/// Every pair runs the same operations whatever (RM, RN): one FMA of
+/// (d * d_a) * (i32 sum as f32) per block into its own accumulator, the
+/// offset term summed in f32 beside it, the two added at the end.
 macro_rules! dot32 {
     ($name:ident, $blk:ty, $signed:expr, |$b:ident| $decode:expr) => {
         #[target_feature(enable = "avx2,fma,f16c")]
-        fn $name<const R: usize>(w: &[$blk], a: [&[ActQ8x32]; R]) -> [f32; R] {
-            let n = a.iter().fold(w.len(), |n, r| n.min(r.len()));
-            let a = a.map(|r| &r[..n]);
-            let mut acc = [_mm256_setzero_ps(); R];
-            let mut acc_s = [0f32; R];
-            for (i, $b) in w[..n].iter().enumerate() {
-                let (q, d, c): (__m256i, f32, f32) = $decode;
-                let qu = if $signed { _mm256_sign_epi8(q, q) } else { q };
-                for r in 0..R {
-                    let ba = &a[r][i];
-                    let av = load32_at(&ba.qs, 0);
-                    let av = if $signed { _mm256_sign_epi8(av, q) } else { av };
-                    let p = _mm256_cvtepi32_ps(mul_sum_us8(qu, av));
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * ba.d), p, acc[r]);
-                    if $signed {
-                        // Symmetric signed codes: no activation-sum term.
-                        let _ = c;
+        fn $name<const RM: usize, const RN: usize>(
+            w: &[$blk],
+            a: &[ActQ8x32],
+            bpr: usize,
+            out: &mut [f32],
+            ostride: usize,
+        ) {
+            let w: [&[$blk]; RM] = std::array::from_fn(|i| &w[i * bpr..][..bpr]);
+            let a: [&[ActQ8x32]; RN] = std::array::from_fn(|j| &a[j * bpr..][..bpr]);
+            let mut acc = [[_mm256_setzero_ps(); RN]; RM];
+            let mut acc_s = [[0f32; RN]; RM];
+            for blk in 0..bpr {
+                let mut q = [_mm256_setzero_si256(); RM];
+                let mut qu = [_mm256_setzero_si256(); RM];
+                let mut dw = [_mm256_setzero_ps(); RM];
+                let mut cw = [0f32; RM];
+                for i in 0..RM {
+                    let $b = &w[i][blk];
+                    let (qi, d, c): (__m256i, f32, f32) = $decode;
+                    q[i] = qi;
+                    qu[i] = if $signed {
+                        _mm256_sign_epi8(qi, qi)
                     } else {
-                        acc_s[r] += c * ba.s;
+                        qi
+                    };
+                    dw[i] = _mm256_set1_ps(d);
+                    cw[i] = c;
+                }
+                for j in 0..RN {
+                    let ba = &a[j][blk];
+                    let av = load32_at(&ba.qs, 0);
+                    let da = _mm256_set1_ps(ba.d);
+                    for i in 0..RM {
+                        let av = if $signed {
+                            _mm256_sign_epi8(av, q[i])
+                        } else {
+                            av
+                        };
+                        let p = _mm256_cvtepi32_ps(mul_sum_us8(qu[i], av));
+                        acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw[i], da), p, acc[i][j]);
+                        if !$signed {
+                            // Symmetric signed codes have no activation-sum term.
+                            acc_s[i][j] += cw[i] * ba.s;
+                        }
                     }
                 }
             }
-            let mut out = [0f32; R];
-            for r in 0..R {
-                out[r] = hsum(acc[r]) + acc_s[r];
+            for i in 0..RM {
+                for j in 0..RN {
+                    out[i * ostride + j] = hsum(acc[i][j]) + acc_s[i][j];
+                }
             }
-            out
         }
     };
 }
@@ -344,6 +382,48 @@ fn dot_q6k<const R: usize>(w: &[BlockQ6K], a: [&[ActQ8K]; R]) -> [f32; R] {
         out[r] = hsum(acc[r]);
     }
     out
+}
+
+/// A K-quant tile: each weight row against the RN activation rows with the
+/// one-row kernel `dot` (its weight decode is shared by the RN rows).
+#[inline(always)]
+fn k_tile<B, const RM: usize, const RN: usize>(
+    w: &[B],
+    a: &[ActQ8K],
+    bpr: usize,
+    out: &mut [f32],
+    ostride: usize,
+    dot: impl Fn(&[B], [&[ActQ8K]; RN]) -> [f32; RN],
+) {
+    let a: [&[ActQ8K]; RN] = std::array::from_fn(|j| &a[j * bpr..][..bpr]);
+    for i in 0..RM {
+        let ys = dot(&w[i * bpr..][..bpr], a);
+        out[i * ostride..][..RN].copy_from_slice(&ys);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile_q4k<const RM: usize, const RN: usize>(
+    w: &[BlockQ4K],
+    a: &[ActQ8K],
+    bpr: usize,
+    out: &mut [f32],
+    ostride: usize,
+) {
+    // The closure inherits this function's target features.
+    k_tile::<_, RM, RN>(w, a, bpr, out, ostride, |w, a| dot_q4k::<RN>(w, a))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile_q6k<const RM: usize, const RN: usize>(
+    w: &[BlockQ6K],
+    a: &[ActQ8K],
+    bpr: usize,
+    out: &mut [f32],
+    ostride: usize,
+) {
+    // The closure inherits this function's target features.
+    k_tile::<_, RM, RN>(w, a, bpr, out, ostride, |w, a| dot_q6k::<RN>(w, a))
 }
 
 #[target_feature(enable = "avx2,fma")]

@@ -3,9 +3,10 @@
 //! Weights stay in ggml's block layout. Activations are quantized once per
 //! matmul to 8 bits (32-blocks for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/MXFP4, 256-blocks
 //! for Q4_K/Q6_K; error bound in [`act`]) and every output is an integer dot
-//! product per block. Output rows are split into chunks over the rayon pool;
+//! product per block. Output rows are split into chunks over [`crate::pool`];
 //! for m > 1, each chunk of weight rows is multiplied with all m activation
-//! rows (in tiles of [`M_TILE`]) while it is in cache.
+//! rows (in tiles of 2 weight rows x 4 activation rows, see [`Tile`])
+//! while it is in cache.
 //!
 //! Types without an integer kernel (Q8_1, Q2_K, Q3_K, Q5_K, Q8_K) take the
 //! generic path: each weight row is dequantized to f32 with the reference
@@ -26,22 +27,33 @@ use crate::CpuError;
 use act::{ActQ8K, ActQ8x32};
 use marlin_quant::ggml::*;
 use marlin_quant::{GgmlTensor, GgmlType};
-use rayon::prelude::*;
 use std::sync::OnceLock;
 
-/// Activation rows multiplied with one weight row while it sits in L1.
-const M_TILE: usize = 16;
+/// Bytes of activation blocks a batched tile pass keeps in L1 while it
+/// walks the weight rows of its chunk.
+const ACT_TILE_BYTES: usize = 16 * 1024;
 
-/// One weight row (blocks B) dotted with one activation row (A).
-pub type DotOne<B, A> = fn(&[B], &[A]) -> f32;
-/// One weight row dotted with four activation rows at once (the weights
-/// are decoded once for the four).
-pub type DotFour<B, A> = fn(&[B], [&[A]; 4]) -> [f32; 4];
+/// A micro-kernel over a tile of RM weight rows x RN activation rows, (RM,
+/// RN) fixed by the kernel: `out[i * ostride + j]` = weight row i (blocks
+/// `w[i * bpr..][..bpr]`) dotted with activation row j (`a[j * bpr..][..bpr]`).
+///
+/// Batch invariance: every kernel of one table computes each (weight row,
+/// activation row) pair with the same operations in the same order, so an
+/// output does not depend on the tile it was computed in, nor on M.
+pub type Tile<B, A> = fn(w: &[B], a: &[A], bpr: usize, out: &mut [f32], ostride: usize);
 
-/// Dot products of one weight row (blocks B) with activation rows (A).
+/// The tile kernels of one format.
 pub struct Dots<B: 'static, A: 'static> {
-    pub one: DotOne<B, A>,
-    pub four: DotFour<B, A>,
+    /// (1, 1): the leftovers.
+    pub one: Tile<B, A>,
+    /// (4, 1): decode; four weight rows share each activation load.
+    pub rows4: Tile<B, A>,
+    /// (2, 4): the batched micro-tile; each decoded weight block serves
+    /// four activation rows, each activation load two weight rows.
+    pub rows2_acts4: Tile<B, A>,
+    /// (2, 1) and (1, 4): the batched tile's edges.
+    pub rows2: Tile<B, A>,
+    pub acts4: Tile<B, A>,
 }
 
 impl<B, A> Clone for Dots<B, A> {
@@ -66,14 +78,30 @@ pub struct Kernels {
     pub f32dot: fn(&[f32], &[f32]) -> f32,
 }
 
-/// Scalar `Dots`: four rows are four single dots.
+/// Scalar `Dots`: every tile is a loop of single dots.
 macro_rules! scalar_dots {
-    ($f:path, $b:ty, $a:ty) => {
-        Dots {
-            one: $f,
-            four: |w: &[$b], a: [&[$a]; 4]| a.map(|r| $f(w, r)),
+    ($f:path, $b:ty, $a:ty) => {{
+        fn tile<const RM: usize, const RN: usize>(
+            w: &[$b],
+            a: &[$a],
+            bpr: usize,
+            out: &mut [f32],
+            ostride: usize,
+        ) {
+            for i in 0..RM {
+                for j in 0..RN {
+                    out[i * ostride + j] = $f(&w[i * bpr..][..bpr], &a[j * bpr..][..bpr]);
+                }
+            }
         }
-    };
+        Dots {
+            one: tile::<1, 1>,
+            rows4: tile::<4, 1>,
+            rows2_acts4: tile::<2, 4>,
+            rows2: tile::<2, 1>,
+            acts4: tile::<1, 4>,
+        }
+    }};
 }
 
 /// The portable kernels.
@@ -259,7 +287,7 @@ impl PreparedGgml {
         }
         let kr = &self.kernels;
         match &self.weights {
-            Weights::F32(w) => run(w, k, x, k, m, n, k, y, kr.f32dot, None),
+            Weights::F32(w) => run_f32(w, x, m, n, k, y, kr.f32dot),
             Weights::Q4_0(w) => run_quantized(w, x, m, n, k, y, kr.q4_0),
             Weights::Q4_1(w) => run_quantized(w, x, m, n, k, y, kr.q4_1),
             Weights::Q5_0(w) => run_quantized(w, x, m, n, k, y, kr.q5_0),
@@ -314,7 +342,7 @@ impl ActBlock for ActQ8K {
     }
 }
 
-/// Quantizes x to activation blocks once, then runs the block kernel.
+/// Quantizes x to activation blocks once, then runs the tile kernels.
 #[allow(clippy::too_many_arguments)]
 fn run_quantized<B: Sync, A: ActBlock>(
     w: &[B],
@@ -323,12 +351,52 @@ fn run_quantized<B: Sync, A: ActBlock>(
     n: usize,
     k: usize,
     y: &mut [f32],
-    dot: Dots<B, A>,
+    dots: Dots<B, A>,
 ) -> Result<(), CpuError> {
     let bpr = k / A::LEN;
     let mut acts = vec![A::default(); m * bpr]; // (m, K / A::LEN)
     quantize_rows(x, k, &mut acts, bpr, A::quantize);
-    run(w, bpr, &acts, bpr, m, n, k, y, dot.one, Some(dot.four))
+    let wrows = |r: usize, count: usize| &w[r * bpr..(r + count) * bpr];
+    // Activation rows per pass over a chunk's weight rows: a multiple of 4
+    // that keeps them in L1.
+    let act_tile = (ACT_TILE_BYTES / (bpr * size_of::<A>()).max(1)).clamp(4, 64) / 4 * 4;
+    par_row_chunks(n, m, k, y, |r0, out| {
+        // out: (rows, m), output row r0 + i at out[i*m ..]
+        let rows = out.len() / m;
+        if m == 1 {
+            let mut i = 0;
+            while i + 4 <= rows {
+                (dots.rows4)(wrows(r0 + i, 4), &acts, bpr, &mut out[i..], 1);
+                i += 4;
+            }
+            for i in i..rows {
+                (dots.one)(wrows(r0 + i, 1), &acts, bpr, &mut out[i..], 1);
+            }
+            return Ok(());
+        }
+        for j0 in (0..m).step_by(act_tile) {
+            let j1 = (j0 + act_tile).min(m);
+            let mut i = 0;
+            while i < rows {
+                let ri = if i + 2 <= rows { 2 } else { 1 };
+                let mut j = j0;
+                while j < j1 {
+                    let cj = if j + 4 <= j1 { 4 } else { 1 };
+                    let tile = match (ri, cj) {
+                        (2, 4) => dots.rows2_acts4,
+                        (2, _) => dots.rows2,
+                        (_, 4) => dots.acts4,
+                        _ => dots.one,
+                    };
+                    let a = &acts[j * bpr..(j + cj) * bpr];
+                    tile(wrows(r0 + i, ri), a, bpr, &mut out[i * m + j..], m);
+                    j += cj;
+                }
+                i += ri;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Quantizes the m rows of x (in parallel when there are several).
@@ -339,10 +407,15 @@ fn quantize_rows<A: Send>(
     bpr: usize,
     f: fn(&[f32], &mut [A]),
 ) {
-    if acts.len() / bpr.max(1) >= 4 {
-        acts.par_chunks_mut(bpr)
-            .zip(x.par_chunks(k))
-            .for_each(|(a, xr)| f(xr, a));
+    if bpr == 0 {
+        return;
+    }
+    if acts.len() / bpr >= 4 {
+        // Never fails: the closure returns Ok.
+        let _ = crate::pool::current().try_for_each_chunk_mut(acts, bpr, |j, a| {
+            f(&x[j * k..(j + 1) * k], a);
+            Ok(())
+        });
     } else {
         acts.chunks_mut(bpr)
             .zip(x.chunks(k))
@@ -350,71 +423,52 @@ fn quantize_rows<A: Send>(
     }
 }
 
-/// y (m, N) from weight rows of `wpr` items and activation rows of `apr`
-/// items, one `dot` per (weight row, activation row); k elements per row.
-#[allow(clippy::too_many_arguments)]
-fn run<B: Sync, A: Sync>(
-    w: &[B],
-    wpr: usize,
-    acts: &[A],
-    apr: usize,
+/// y (m, N) = x (m, K) · Wᵀ for f32 weights W (N, K), one `dot` per
+/// (weight row, x row).
+fn run_f32(
+    w: &[f32],
+    x: &[f32],
     m: usize,
     n: usize,
     k: usize,
     y: &mut [f32],
-    one: DotOne<B, A>,
-    four: Option<DotFour<B, A>>,
+    dot: fn(&[f32], &[f32]) -> f32,
 ) -> Result<(), CpuError> {
-    let act = |j: usize| &acts[j * apr..(j + 1) * apr];
     par_row_chunks(n, m, k, y, |r0, out| {
-        let rows = out.len() / m;
         // out: (rows, m), output row r0 + i at out[i*m ..]
-        for j0 in (0..m).step_by(M_TILE) {
-            let j1 = (j0 + M_TILE).min(m);
-            for i in 0..rows {
-                let r = r0 + i;
-                let wr = &w[r * wpr..(r + 1) * wpr];
-                let out_r = &mut out[i * m..(i + 1) * m];
-                let mut j = j0;
-                if let Some(four) = four {
-                    while j + 4 <= j1 {
-                        let ys = four(wr, [act(j), act(j + 1), act(j + 2), act(j + 3)]);
-                        out_r[j..j + 4].copy_from_slice(&ys);
-                        j += 4;
-                    }
-                }
-                for (jj, o) in out_r[j..j1].iter_mut().enumerate() {
-                    *o = one(wr, act(j + jj));
-                }
+        for (i, out_r) in out.chunks_exact_mut(m).enumerate() {
+            let wr = &w[(r0 + i) * k..(r0 + i + 1) * k];
+            for (o, xr) in out_r.iter_mut().zip(x.chunks_exact(k)) {
+                *o = dot(wr, xr);
             }
         }
         Ok(())
     })
 }
 
-/// Splits the N output rows into chunks over the rayon pool. `f(r0, out)`
-/// fills `out`, the (rows, m) block of yᵀ for rows r0.., which is then
-/// written into y (m, N). `k` sizes the work per row for the split.
+/// Splits the N output rows into chunks over the thread pool
+/// ([`crate::pool`]). `f(r0, out)` fills `out`, the (rows, m) block of yᵀ
+/// for rows r0.., which is then written into y (m, N). `k` sizes the work
+/// per row for the split.
 fn par_row_chunks<F>(n: usize, m: usize, k: usize, y: &mut [f32], f: F) -> Result<(), CpuError>
 where
     F: Fn(usize, &mut [f32]) -> Result<(), CpuError> + Sync,
 {
-    let threads = rayon::current_num_threads().max(1);
-    // Enough chunks to balance the threads, each big enough (>= ~64K
-    // multiply-adds) that the task overhead stays small.
-    let min_rows = (65_536 / (k * m).max(1)).max(1);
+    let pool = crate::pool::current();
+    let threads = pool.threads();
+    // Enough chunks to balance the threads (a descheduled thread delays only
+    // its chunk), each big enough (>= ~16K multiply-adds) that claiming it
+    // (one atomic add) stays negligible.
+    let min_rows = (16_384 / (k * m).max(1)).max(1);
     let rows_per_task = n.div_ceil(threads * 4).max(min_rows).min(n);
     if m == 1 {
         // yᵀ of one row is y itself.
-        return y
-            .par_chunks_mut(rows_per_task)
-            .enumerate()
-            .try_for_each(|(c, out)| f(c * rows_per_task, out));
+        return pool.try_for_each_chunk_mut(y, rows_per_task, |c, out| f(c * rows_per_task, out));
     }
     let mut yt = vec![0f32; n * m]; // (N, m)
-    yt.par_chunks_mut(rows_per_task * m)
-        .enumerate()
-        .try_for_each(|(c, out)| f(c * rows_per_task, out))?;
+    pool.try_for_each_chunk_mut(&mut yt, rows_per_task * m, |c, out| {
+        f(c * rows_per_task, out)
+    })?;
     for (r, col) in yt.chunks_exact(m).enumerate() {
         for (j, &v) in col.iter().enumerate() {
             y[j * n + r] = v;

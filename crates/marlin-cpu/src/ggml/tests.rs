@@ -208,6 +208,51 @@ fn many_chunks_over_threads() {
     }
 }
 
+/// Batch invariance: row j of an M-row product is bitwise the M = 1 result
+/// of that x row, whatever M and whichever rows share the batch (the tile
+/// kernels and the decode kernel must agree to the bit).
+#[test]
+fn outputs_do_not_depend_on_the_batch() {
+    let mut rng = StdRng::seed_from_u64(11);
+    const CANDIDATES: usize = 40;
+    for kernels in kernel_tables() {
+        for ty in FAST_32.into_iter().chain(FAST_K).chain([F32]) {
+            let (n, k) = (37, if ty.block_size() == 256 { 512 } else { 96 });
+            let p = PreparedGgml::with_kernels(random_tensor(&mut rng, ty, n, k), kernels).unwrap();
+            let xs = random_x(&mut rng, CANDIDATES * k); // (CANDIDATES, K)
+            let single: Vec<Vec<f32>> = xs
+                .chunks_exact(k)
+                .map(|xr| {
+                    let mut y = vec![f32::NAN; n];
+                    p.matmul(xr, 1, &mut y).unwrap();
+                    y
+                })
+                .collect();
+            for m in [3, 17, 128] {
+                let pick: Vec<usize> = (0..m).map(|_| rng.gen_range(0..CANDIDATES)).collect();
+                let x: Vec<f32> = pick
+                    .iter()
+                    .flat_map(|&c| xs[c * k..(c + 1) * k].iter().copied())
+                    .collect();
+                let mut y = vec![f32::NAN; m * n]; // (m, N)
+                p.matmul(&x, m, &mut y).unwrap();
+                for (j, &c) in pick.iter().enumerate() {
+                    let same = y[j * n..(j + 1) * n]
+                        .iter()
+                        .zip(&single[c])
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{} {}: row {j} of m = {m} differs from m = 1",
+                        ty.name(),
+                        kernels.name
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn generic_path_matches_reference() {
     for ty in GENERIC {
