@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod int4;
+pub mod wgemm;
 
 #[cfg(feature = "cuda")]
 pub mod bench;

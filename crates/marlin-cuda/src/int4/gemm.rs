@@ -89,10 +89,10 @@ impl Int4Weight {
 /// inside the capture: it never allocates, compiles, loads a module or
 /// synchronises, and fails instead of doing so.
 pub struct GemmWorkspace {
-    partials: CudaSlice<f32>,
-    tickets: CudaSlice<u32>,
+    pub(crate) partials: CudaSlice<f32>,
+    pub(crate) tickets: CudaSlice<u32>,
     /// (N, K) f16 scratch of the large-M path, allocated at first use.
-    dense: Option<CudaSlice<f16>>,
+    pub(crate) dense: Option<CudaSlice<f16>>,
     /// Kernels loaded by `prepare` (checked by `int4_gemm_prepared`).
     prepared: Vec<&'static str>,
 }
@@ -107,7 +107,12 @@ impl GemmWorkspace {
         })
     }
 
-    fn reserve(&mut self, dev: &CudaDevice, partials: usize, tickets: usize) -> Result<()> {
+    pub(crate) fn reserve(
+        &mut self,
+        dev: &CudaDevice,
+        partials: usize,
+        tickets: usize,
+    ) -> Result<()> {
         if self.partials.len() < partials {
             self.partials = dev.alloc_zeros("split-K partials", partials)?;
         }

@@ -1,0 +1,456 @@
+// Mixed-input GEMMs for the non-INT4 formats: C (M, N) f16 = A (M, K) f16 .
+// W^T, W (N, K) in FP4 E2M1 (MXFP4 / NVFP4 scales), INT8 or FP8 E4M3 codes,
+// fp32 accumulation. The structure is that of the INT4 decode kernel
+// (kernels/w4a16_gemm.cu, `w4a16_dec_*`): operands swapped (D = W . A^T, the
+// dequantised weights of one warp's n16 block are the m16k16 A fragment,
+// a lane's activation words the k16n8 B fragment), the block's activations
+// for its K range copied once into shared memory, the weights streamed
+// through a per-lane cp.async ring, split-K with a deterministic last-block
+// reduction. grid = (ceil(M / (8*RH)), n_pad/64, splits), 128 threads.
+//
+// Packed layout (src/wgemm/pack.rs): for 64-column tile, 64-chunk c, warp
+// (n16 block), CW 16-byte vectors and lane: the lane's 32 codes of chunk c
+// (columns nb*16 + g and nb*16 + 8 + g, reduction indices
+// k = c*64 + 16t + 4j + slot, j = 0..4, slot = 0..4), ordered so that
+// "fragment" f = 0..16 (register i = f % 4 of k16 step j = f / 4) holds
+// (half = i & 1, slots 2*(i >> 1) and 2*(i >> 1) + 1) in its low and high
+// element:
+// - FP4 (CW = 1): word j, nibble i = low element, nibble i + 4 = high one.
+// - 8-bit (CW = 2): 32-bit word 2j + (i >> 1), bytes 2*(i & 1) (low) and
+//   2*(i & 1) + 1 (high).
+// Scales: FP4 has an f16x2 (column g, column 8 + g) per lane per chunk
+// (groups of 16 or 32 along K: one per lane's 16-run) multiplied in f16;
+// every format has fp32 column scales per K group (`S32`, (groups, n_pad))
+// applied to fp32 group accumulators when a group ends. The FP4 f16 values
+// are E2M1 bits in an f16's sign/exponent/mantissa (= value * 2^-14; the
+// host folds 2^14 into the f16 scale and a per-tensor factor into S32).
+//
+// Self-contained (no #include): NVRTC needs no header search path.
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+
+// FP8 -> f16: `cvt.rn.f16x2.e4m3x2` on sm_89+ (exact values); on sm_80 a
+// bit placement giving value * 2^-8 (exact), compensated in the scales.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+#define WX_FP8_CVT 1
+#define WX_FP8_UNIT 1.0f
+#else
+#define WX_FP8_CVT 0
+#define WX_FP8_UNIT 256.0f
+#endif
+
+#define FMT_FP4 0
+#define FMT_INT8 1
+#define FMT_FP8 2
+
+__device__ __forceinline__ float wx_ld_cg_f32(const float* p) {
+    float r;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
+    return r;
+}
+__device__ __forceinline__ u32 wx_hmul2(u32 a, u32 b) {
+    u32 r;
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+__device__ __forceinline__ u32 wx_hsub2(u32 a, u32 b) {
+    u32 r;
+    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+__device__ __forceinline__ u32 wx_prmt(u32 a, u32 b, u32 sel) {
+    u32 r;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+    return r;
+}
+__device__ __forceinline__ u16 wx_f32_to_f16(float x) {
+    u16 r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    return r;
+}
+__device__ __forceinline__ float wx_f16_to_f32(u16 x) {
+    float r;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(r) : "h"(x));
+    return r;
+}
+__device__ __forceinline__ u32 wx_dup_lo(u32 x) { return (x & 0xFFFFu) | (x << 16); }
+__device__ __forceinline__ u32 wx_dup_hi(u32 x) { return (x >> 16) | (x & 0xFFFF0000u); }
+
+__device__ __forceinline__ void wx_mma(float* c, const u32* a, const u32* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ u32 wx_smem(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void wx_cp16_cg(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(wx_smem(dst)), "l"(src));
+}
+__device__ __forceinline__ void wx_cp16_ca(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;" ::"r"(wx_smem(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void wx_cp4(void* dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(wx_smem(dst)), "l"(src));
+}
+__device__ __forceinline__ void wx_commit() { asm volatile("cp.async.commit_group;" ::); }
+template <int N>
+__device__ __forceinline__ void wx_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+// Two E2M1 codes at nibble positions 3 and 7 of `s` -> f16x2 of value*2^-14:
+// sign to bit 15, exponent+mantissa (3 bits) to bits 11..9.
+__device__ __forceinline__ u32 wx_e2m1_pair(u32 s) {
+    return (s & 0x80008000u) | ((s >> 3) & 0x0E000E00u);
+}
+
+// Two E4M3 bytes (low, high) of a 16-bit lane -> f16x2.
+__device__ __forceinline__ void wx_e4m3_x4(u32 w, u32& lo_pair, u32& hi_pair) {
+#if WX_FP8_CVT
+    asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\t"
+        "cvt.rn.f16x2.e4m3x2 %0, l;\n\tcvt.rn.f16x2.e4m3x2 %1, h;\n\t}"
+        : "=r"(lo_pair), "=r"(hi_pair)
+        : "r"(w));
+#else
+    // Bytes to bits 8..15 of each half, then sign stays at 15 and the 7
+    // exponent/mantissa bits move to 13..7: the f16 of value * 2^-8.
+    const u32 x0 = wx_prmt(w, 0u, 0x1404u);
+    const u32 x1 = wx_prmt(w, 0u, 0x3424u);
+    lo_pair = (x0 & 0x80008000u) | ((x0 >> 1) & 0x3F803F80u);
+    hi_pair = (x1 & 0x80008000u) | ((x1 >> 1) & 0x3F803F80u);
+#endif
+}
+
+// The 4 A-fragment registers of k16 step j from the lane's chunk codes.
+// `sc`: FP4 f16x2 scale pair (column g, column 8 + g), unused otherwise.
+template <int FMT>
+__device__ __forceinline__ void wx_dequant_step(const u32* words, int j, u32 sc, u32 wa[4]) {
+    if (FMT == FMT_FP4) {
+        const u32 q = words[j];
+        const u32 s0 = wx_dup_lo(sc), s1 = wx_dup_hi(sc);
+        wa[0] = wx_hmul2(wx_e2m1_pair(q << 12), s0);
+        wa[1] = wx_hmul2(wx_e2m1_pair(q << 8), s1);
+        wa[2] = wx_hmul2(wx_e2m1_pair(q << 4), s0);
+        wa[3] = wx_hmul2(wx_e2m1_pair(q), s1);
+    } else if (FMT == FMT_INT8) {
+        // Codes stored + 128: 0x64 exponent byte makes 1024 + u, minus 1152.
+        const u32 MAGIC = 0x64646464u, BIAS = 0x64806480u;
+        const u32 w0 = words[2 * j], w1 = words[2 * j + 1];
+        wa[0] = wx_hsub2(wx_prmt(w0, MAGIC, 0x4140u), BIAS);
+        wa[1] = wx_hsub2(wx_prmt(w0, MAGIC, 0x4342u), BIAS);
+        wa[2] = wx_hsub2(wx_prmt(w1, MAGIC, 0x4140u), BIAS);
+        wa[3] = wx_hsub2(wx_prmt(w1, MAGIC, 0x4342u), BIAS);
+    } else {
+        wx_e4m3_x4(words[2 * j], wa[0], wa[1]);
+        wx_e4m3_x4(words[2 * j + 1], wa[2], wa[3]);
+    }
+}
+
+// Code vectors (16 B) per lane per chunk.
+template <int FMT>
+struct WxCw {
+    static constexpr int value = FMT == FMT_FP4 ? 1 : 2;
+};
+
+template <int FMT, int STAGES>
+struct WxRing {
+    uint4 w[STAGES][WxCw<FMT>::value][32];
+    u32 s[STAGES][32];  // FP4 f16x2 scales (unused otherwise)
+};
+
+// Dynamic shared memory (keep in sync with `smem_bytes` in
+// src/wgemm/gemm.rs): 4 rings, then the activation tile: min(M - m_base,
+// 8*RH) rows plus a zero row when fewer than 8*RH, a_stride halves each,
+// a_stride = ceil(k_chunks / splits) * 64 + 8.
+template <int FMT, int RH, int STAGES>
+__device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* __restrict__ W,
+                                        const u32* __restrict__ S16, const float* __restrict__ S32,
+                                        u16* __restrict__ C, float* __restrict__ partials,
+                                        u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,
+                                        int group_chunks, int splits) {
+    constexpr int CW = WxCw<FMT>::value;
+    extern __shared__ uint4 wx_dyn_smem[];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int nb = blockIdx.y * 4 + warp;
+    const int m_base = blockIdx.x * 8 * RH;
+    const int split = blockIdx.z;
+    const int c_begin = (int)(((long long)split * k_chunks) / splits);
+    const int c_end = (int)(((long long)(split + 1) * k_chunks) / splits);
+    const int n_my = c_end - c_begin;
+    const int cps = (k_chunks + splits - 1) / splits;
+    const int a_stride = cps * 64 + 8;
+    WxRing<FMT, STAGES>& ring = reinterpret_cast<WxRing<FMT, STAGES>*>(wx_dyn_smem)[warp];
+    u16* a_tile = reinterpret_cast<u16*>(reinterpret_cast<WxRing<FMT, STAGES>*>(wx_dyn_smem) + 4);
+
+    const int rows_here = min(M - m_base, 8 * RH);
+    {
+        const int k0 = c_begin * 64;
+        const int cols = n_my * 64;
+        const int vecs = cols >> 3;
+        if (rows_here < 8 * RH) {
+            for (int v = threadIdx.x; v < vecs; v += 128)
+                *reinterpret_cast<uint4*>(a_tile + rows_here * a_stride + 8 * v) = make_uint4(0, 0, 0, 0);
+        }
+        if ((K & 7) == 0) {
+            for (int r = 0; r < rows_here; r++) {
+                const u16* src_row = A + (size_t)(m_base + r) * K + k0;
+                for (int v = threadIdx.x; v < vecs; v += 128) {
+                    const bool in = k0 + 8 * v < K;
+                    wx_cp16_ca(a_tile + r * a_stride + 8 * v, in ? (const void*)(src_row + 8 * v) : (const void*)A,
+                               in ? 16 : 0);
+                }
+            }
+        } else {
+            for (int r = 0; r < rows_here; r++) {
+                const u16* src_row = A + (size_t)(m_base + r) * K;
+                for (int c = threadIdx.x; c < cols; c += 128)
+                    a_tile[r * a_stride + c] = k0 + c < K ? src_row[k0 + c] : (u16)0;
+            }
+        }
+        wx_commit();
+    }
+
+    // Lane's codes of chunk c: W[((tile*k_chunks + c)*4 + warp)*CW*32 + v*32 + lane].
+    const size_t lane_base = ((size_t)blockIdx.y * k_chunks * 4 + warp) * CW * 32 + lane;
+    const uint4* wp = W + lane_base + (size_t)c_begin * 4 * CW * 32;
+    // FP4 scale of chunk c: S16[((tile*k_chunks + c)*4 + warp)*32 + lane].
+    const u32* sp = FMT == FMT_FP4 ? S16 + ((size_t)blockIdx.y * k_chunks * 4 + warp) * 32 + lane +
+                                         (size_t)c_begin * 128
+                                   : nullptr;
+#pragma unroll
+    for (int st = 0; st < STAGES; st++) {
+        if (st < n_my) {
+#pragma unroll
+            for (int v = 0; v < CW; v++) wx_cp16_cg(&ring.w[st][v][lane], wp + v * 32);
+            if (FMT == FMT_FP4) wx_cp4(&ring.s[st][lane], sp);
+            wp += 4 * CW * 32;
+            if (FMT == FMT_FP4) sp += 128;
+        }
+        wx_commit();
+    }
+    wx_wait<STAGES>();
+    __syncthreads();
+
+    // fp32 column scales of the current K group (columns nb*16 + g, + 8),
+    // loaded one group ahead of their use.
+    int group = c_begin / group_chunks;
+    int left_in_group = group_chunks - (c_begin - group * group_chunks);
+    const float* s32_col = S32 + (size_t)nb * 16 + g;
+    float gs0 = s32_col[(size_t)group * n_pad];
+    float gs1 = s32_col[(size_t)group * n_pad + 8];
+
+    float acc[RH][4], acc_g[RH][4], acc_odd[RH][4];
+#pragma unroll
+    for (int r = 0; r < RH; r++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[r][i] = acc_g[r][i] = acc_odd[r][i] = 0.0f;
+    const u16* a_lane[RH];
+#pragma unroll
+    for (int r = 0; r < RH; r++) a_lane[r] = a_tile + min(r * 8 + g, rows_here) * a_stride + 16 * t;
+
+    for (int base = 0; base < n_my; base += STAGES) {
+#pragma unroll
+        for (int s = 0; s < STAGES; s++) {
+            const int it = base + s;
+            if (it < n_my) {
+                wx_wait<STAGES - 1>();
+                u32 words[4 * CW];
+#pragma unroll
+                for (int v = 0; v < CW; v++) {
+                    const uint4 q = ring.w[s][v][lane];
+                    words[4 * v] = q.x;
+                    words[4 * v + 1] = q.y;
+                    words[4 * v + 2] = q.z;
+                    words[4 * v + 3] = q.w;
+                }
+                const u32 sc = FMT == FMT_FP4 ? ring.s[s][lane] : 0u;
+                u32 act[RH][8];
+#pragma unroll
+                for (int r = 0; r < RH; r++) {
+                    const u16* ap = a_lane[r] + it * 64;
+                    const uint4 v0 = *reinterpret_cast<const uint4*>(ap);
+                    const uint4 v1 = *reinterpret_cast<const uint4*>(ap + 8);
+                    act[r][0] = v0.x; act[r][1] = v0.y; act[r][2] = v0.z; act[r][3] = v0.w;
+                    act[r][4] = v1.x; act[r][5] = v1.y; act[r][6] = v1.z; act[r][7] = v1.w;
+                }
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    u32 wa[4];
+                    wx_dequant_step<FMT>(words, j, sc, wa);
+#pragma unroll
+                    for (int r = 0; r < RH; r++) {
+                        const u32 bb[2] = {act[r][2 * j], act[r][2 * j + 1]};
+                        if (j & 1)
+                            wx_mma(acc_odd[r], wa, bb);
+                        else
+                            wx_mma(acc_g[r], wa, bb);
+                    }
+                }
+                if (it + STAGES < n_my) {
+#pragma unroll
+                    for (int v = 0; v < CW; v++) wx_cp16_cg(&ring.w[s][v][lane], wp + v * 32);
+                    if (FMT == FMT_FP4) wx_cp4(&ring.s[s][lane], sp);
+                    wp += 4 * CW * 32;
+                    if (FMT == FMT_FP4) sp += 128;
+                }
+                wx_commit();
+                // End of a K group (or of this split): scale and fold.
+                if (--left_in_group == 0 || it == n_my - 1) {
+#pragma unroll
+                    for (int r = 0; r < RH; r++)
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                            acc[r][i] += (acc_g[r][i] + acc_odd[r][i]) * ((i >> 1) ? gs1 : gs0);
+                            acc_g[r][i] = 0.0f;
+                            acc_odd[r][i] = 0.0f;
+                        }
+                    group++;
+                    left_in_group = group_chunks;
+                    if (it != n_my - 1) {
+                        gs0 = s32_col[(size_t)group * n_pad];
+                        gs1 = s32_col[(size_t)group * n_pad + 8];
+                    }
+                }
+            }
+        }
+    }
+    wx_wait<0>();
+    if (FMT == FMT_FP8) {
+#pragma unroll
+        for (int r = 0; r < RH; r++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[r][i] *= WX_FP8_UNIT;
+    }
+
+    // Accumulator (r, i): column nb*16 + g + 8*(i>>1), row m_base + r*8 + 2t + (i&1).
+    if (splits == 1) {
+#pragma unroll
+        for (int r = 0; r < RH; r++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int row = m_base + r * 8 + 2 * t + (i & 1);
+                const int col = nb * 16 + g + 8 * (i >> 1);
+                if (row < M && col < N) C[(size_t)row * N + col] = wx_f32_to_f16(acc[r][i]);
+            }
+        return;
+    }
+#pragma unroll
+    for (int r = 0; r < RH; r++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int row = m_base + r * 8 + 2 * t + (i & 1);
+            const int col = nb * 16 + g + 8 * (i >> 1);
+            if (row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[r][i];
+        }
+    __threadfence();
+    __syncthreads();
+    __shared__ u32 is_last;
+    const int ticket_idx = blockIdx.y * gridDim.x + blockIdx.x;
+    if (threadIdx.x == 0) {
+        const u32 prev = atomicAdd(&tickets[ticket_idx], 1u);
+        is_last = (prev == (u32)(splits - 1)) ? 1u : 0u;
+    }
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+#pragma unroll
+    for (int r = 0; r < RH; r++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int row = m_base + r * 8 + 2 * t + (i & 1);
+            const int col = nb * 16 + g + 8 * (i >> 1);
+            if (row < M) {
+                float sum = 0.0f;
+                for (int sp_i = 0; sp_i < splits; sp_i++)
+                    sum += wx_ld_cg_f32(&partials[((size_t)sp_i * M + row) * n_pad + col]);
+                if (col < N) C[(size_t)row * N + col] = wx_f32_to_f16(sum);
+            }
+        }
+    if (threadIdx.x == 0) tickets[ticket_idx] = 0u;
+}
+
+#define WX_ENTRY(NAME, FMT, RH, STAGES)                                                            \
+    extern "C" __global__ void __launch_bounds__(128) NAME(                                         \
+        const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S16,        \
+        const float* __restrict__ S32, u16* __restrict__ C, float* __restrict__ partials,           \
+        u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks, int group_chunks,  \
+        int splits) {                                                                               \
+        wx_body<FMT, RH, STAGES>(A, W, S16, S32, C, partials, tickets, M, N, K, n_pad, k_chunks,    \
+                                 group_chunks, splits);                                             \
+    }
+
+// Keep STAGES in sync with `STAGES` in src/wgemm/gemm.rs.
+WX_ENTRY(wx_fp4_m8, FMT_FP4, 1, 8)
+WX_ENTRY(wx_fp4_m16, FMT_FP4, 2, 8)
+WX_ENTRY(wx_int8_m8, FMT_INT8, 1, 8)
+WX_ENTRY(wx_int8_m16, FMT_INT8, 2, 8)
+WX_ENTRY(wx_fp8_m8, FMT_FP8, 1, 8)
+WX_ENTRY(wx_fp8_m16, FMT_FP8, 2, 8)
+
+// Dequantize to a dense f16 (N, K) matrix (the large-M path: then a cuBLAS
+// fp16 GEMM). One thread per (tile, chunk, warp, lane): its 32 values.
+template <int FMT>
+__device__ __forceinline__ void wx_dequant_body(const uint4* __restrict__ W, const u32* __restrict__ S16,
+                                                const float* __restrict__ S32, u16* __restrict__ out, int N, int K,
+                                                int n_pad, int k_chunks, int group_chunks) {
+    constexpr int CW = WxCw<FMT>::value;
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const int nb_count = n_pad >> 4;
+    if (idx >= (long long)nb_count * k_chunks * 32) return;
+    const int lane = (int)(idx & 31);
+    const long long tc = idx >> 7;  // tile * k_chunks + c
+    const int c = (int)(tc % k_chunks);
+    const int warp = (int)((idx >> 5) & 3);
+    const int nb = (int)(tc / k_chunks) * 4 + warp;
+    const int g = lane >> 2, t = lane & 3;
+    u32 words[4 * CW];
+    const uint4* wp = W + (size_t)(idx >> 5) * CW * 32 + lane;
+#pragma unroll
+    for (int v = 0; v < CW; v++) {
+        const uint4 q = wp[v * 32];
+        words[4 * v] = q.x;
+        words[4 * v + 1] = q.y;
+        words[4 * v + 2] = q.z;
+        words[4 * v + 3] = q.w;
+    }
+    const u32 sc = FMT == FMT_FP4 ? S16[idx] : 0u;
+    const int group = c / group_chunks;
+    const float unit = FMT == FMT_FP8 ? WX_FP8_UNIT : 1.0f;
+    const float cs[2] = {S32[(size_t)group * n_pad + nb * 16 + g] * unit,
+                         S32[(size_t)group * n_pad + nb * 16 + 8 + g] * unit};
+    const int k0 = c * 64 + 16 * t;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        u32 wa[4];
+        wx_dequant_step<FMT>(words, j, sc, wa);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int h = i & 1;
+            const int n = nb * 16 + 8 * h + g;
+            if (n >= N) continue;
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int k = k0 + 4 * j + 2 * (i >> 1) + e;
+                if (k < K) {
+                    const float v = wx_f16_to_f32((u16)(wa[i] >> (16 * e))) * cs[h];
+                    out[(size_t)n * K + k] = wx_f32_to_f16(v);
+                }
+            }
+        }
+    }
+}
+
+#define WX_DEQUANT_ENTRY(NAME, FMT)                                                                  \
+    extern "C" __global__ void __launch_bounds__(256)                                               \
+        NAME(const uint4* __restrict__ W, const u32* __restrict__ S16, const float* __restrict__ S32, \
+             u16* __restrict__ out, int N, int K, int n_pad, int k_chunks, int group_chunks) {       \
+        wx_dequant_body<FMT>(W, S16, S32, out, N, K, n_pad, k_chunks, group_chunks);                \
+    }
+
+WX_DEQUANT_ENTRY(wx_fp4_dequant_f16, FMT_FP4)
+WX_DEQUANT_ENTRY(wx_int8_dequant_f16, FMT_INT8)
+WX_DEQUANT_ENTRY(wx_fp8_dequant_f16, FMT_FP8)

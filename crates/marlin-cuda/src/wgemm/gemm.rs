@@ -1,0 +1,367 @@
+//! Device side of the FP4 / INT8 / FP8 GEMMs: weights uploaded once, the
+//! checked launch of `kernels/wxa16_gemm.cu`, and the dequantize + cuBLAS
+//! path for M >= [`DEQUANT_MIN_M`]. Shares [`GemmWorkspace`] with INT4.
+
+use std::sync::Arc;
+
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::cublas::{Gemm, GemmConfig};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use half::f16;
+use marlin_quant::QuantTensor;
+
+use super::pack::{pack_wx, WxFormat, WxPacked};
+use crate::device::{driver_err, CudaDevice};
+use crate::error::{CudaError, Result};
+use crate::int4::gemm::{GemmOptions, GemmPath, GemmPlan, GemmWorkspace, DEQUANT_MIN_M};
+use crate::int4::pack::N_TILE;
+
+const MODULE: &str = "wxa16_gemm";
+const SOURCE: &str = include_str!("../kernels/wxa16_gemm.cu");
+const THREADS: u32 = 128;
+/// cp.async ring depth (keep in sync with WX_ENTRY in the source).
+const STAGES: usize = 8;
+/// Most 64-chunks per split: bounds the activation tile in shared memory.
+const MAX_CHUNKS_PER_SPLIT: usize = 32;
+/// Fewest 64-chunks per split (the ring must fill).
+const MIN_CHUNKS_PER_SPLIT: usize = 4;
+/// Default split-K factor (as the INT4 decode kernel, docs/CUDA.md).
+const SPLITS: usize = 8;
+
+/// An FP4 / INT8 / FP8 weight resident on the device in the kernel layout.
+pub struct WxWeight {
+    pub format: WxFormat,
+    pub n: usize,
+    pub k: usize,
+    n_pad: usize,
+    k_chunks: usize,
+    group_chunks: usize,
+    weight_bytes: usize,
+    words: CudaSlice<u32>,    // (n_pad/64, k_chunks, 4, CW, 32) x 4
+    scales16: CudaSlice<u32>, // FP4: (n_pad/64, k_chunks, 4, 32) f16x2; else 1 unused
+    scales32: CudaSlice<f32>, // (groups, n_pad)
+}
+
+impl WxWeight {
+    /// Repack on the host ([`pack_wx`]) and upload.
+    pub fn from_quant(dev: &CudaDevice, w: &QuantTensor) -> Result<Self> {
+        Self::from_packed(dev, &pack_wx(w)?)
+    }
+
+    pub fn from_packed(dev: &CudaDevice, p: &WxPacked) -> Result<Self> {
+        for (v, what) in [(p.n_pad, "N"), (p.k_pad, "K")] {
+            i32::try_from(v).map_err(|_| CudaError::Shape(format!("{what} = {v} exceeds i32")))?;
+        }
+        let scales16 = if p.scales16.is_empty() {
+            dev.alloc_zeros("unused FP4 scales", 1)?
+        } else {
+            dev.upload("FP4 weight scales", &p.scales16)?
+        };
+        Ok(Self {
+            format: p.format,
+            n: p.n,
+            k: p.k,
+            n_pad: p.n_pad,
+            k_chunks: p.k_chunks(),
+            group_chunks: p.group_chunks,
+            weight_bytes: p.weight_bytes(),
+            words: dev.upload("weight codes", &p.words)?,
+            scales16,
+            scales32: dev.upload("weight column scales", &p.scales32)?,
+        })
+    }
+
+    /// Bytes one GEMM call streams from the weight (codes and scales).
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+}
+
+/// Token tiles of 8 per block: 1 for M <= 8, else 2 (grid.x = ceil(M/16)).
+fn token_tiles(m: usize) -> usize {
+    if m <= 8 {
+        1
+    } else {
+        2
+    }
+}
+
+/// Dynamic shared memory: 4 warps' rings (per stage and lane CW x 16 B codes
+/// and a 4 B FP4 scale) and the activation tile (min(M, 8*RH) rows plus a
+/// zero row when a block has fewer; ceil(k_chunks/splits)*64 + 8 halves).
+pub fn smem_bytes(format: WxFormat, m: usize, k_chunks: usize, splits: usize) -> usize {
+    let rings = 4 * STAGES * 32 * (16 * format.code_vectors() + 4);
+    let a_stride = k_chunks.div_ceil(splits.max(1)) * 64 + 8;
+    let rows_per_block = 8 * token_tiles(m);
+    let rows = m.min(rows_per_block);
+    let zero_row = usize::from(!m.is_multiple_of(rows_per_block));
+    rings + (rows + zero_row) * a_stride * 2
+}
+
+/// The fused kernel's launch shape for M rows (None: a forced split factor
+/// leaves more than [`MAX_CHUNKS_PER_SPLIT`] chunks per split).
+pub fn plan(m: usize, w: &WxWeight, splits: Option<usize>) -> Result<GemmPlan> {
+    let tiles = token_tiles(m);
+    let max_splits = (w.k_chunks / MIN_CHUNKS_PER_SPLIT).max(1);
+    let base = if m > 4 && w.k_chunks <= 64 {
+        SPLITS / 2
+    } else {
+        SPLITS
+    };
+    let want = base.max(w.k_chunks.div_ceil(MAX_CHUNKS_PER_SPLIT));
+    let splits = splits.unwrap_or(want).clamp(1, max_splits);
+    if w.k_chunks.div_ceil(splits) > MAX_CHUNKS_PER_SPLIT {
+        return Err(CudaError::Unsupported(format!(
+            "{} GEMM: {splits} splits leave more than {MAX_CHUNKS_PER_SPLIT} chunks of 64 per split \
+             (K = {})",
+            w.format.name(),
+            w.k
+        )));
+    }
+    let kernel = match (w.format, tiles) {
+        (WxFormat::Fp4, 1) => "wx_fp4_m8",
+        (WxFormat::Fp4, _) => "wx_fp4_m16",
+        (WxFormat::Int8, 1) => "wx_int8_m8",
+        (WxFormat::Int8, _) => "wx_int8_m16",
+        (WxFormat::Fp8, 1) => "wx_fp8_m8",
+        (WxFormat::Fp8, _) => "wx_fp8_m16",
+    };
+    Ok(GemmPlan {
+        path: GemmPath::Fused,
+        kernel,
+        m_tiles: 1,
+        m_blocks: m.div_ceil(8 * tiles),
+        n_tiles: w.n_pad / N_TILE,
+        splits,
+    })
+}
+
+/// C (M, N) f16 = A (M, K) f16 . W^T, both row-major. `GemmPath::Auto`: the
+/// fused kernel below [`DEQUANT_MIN_M`] rows, else dequantize + cuBLAS
+/// (`FusedGeneral` means `Fused` here). Allocates the split-K / dense
+/// scratch at first use.
+pub fn wx_gemm(
+    dev: &Arc<CudaDevice>,
+    a: &CudaSlice<f16>,
+    m: usize,
+    w: &WxWeight,
+    c: &mut CudaSlice<f16>,
+    ws: &mut GemmWorkspace,
+    opts: GemmOptions,
+) -> Result<GemmPlan> {
+    if m == 0 {
+        return Err(CudaError::Shape("GEMM with M = 0 rows".into()));
+    }
+    let need_a = m
+        .checked_mul(w.k)
+        .ok_or_else(|| CudaError::Shape("M*K overflows".into()))?;
+    let need_c = m
+        .checked_mul(w.n)
+        .ok_or_else(|| CudaError::Shape("M*N overflows".into()))?;
+    if a.len() < need_a || c.len() < need_c {
+        return Err(CudaError::Shape(format!(
+            "{} GEMM M={m} N={} K={}: A has {} elements (needs {need_a}), C has {} (needs {need_c})",
+            w.format.name(),
+            w.n,
+            w.k,
+            a.len(),
+            c.len()
+        )));
+    }
+    let use_dequant = match opts.path {
+        GemmPath::Auto => m >= DEQUANT_MIN_M,
+        GemmPath::Fused | GemmPath::FusedGeneral => false,
+        GemmPath::DequantCublas => true,
+    };
+    if use_dequant {
+        return dequant_cublas(dev, a, m, w, c, ws);
+    }
+    let p = plan(m, w, opts.splits)?;
+    let to_i32 = |v: usize, what: &str| {
+        i32::try_from(v).map_err(|_| CudaError::Shape(format!("{what} = {v} exceeds i32")))
+    };
+    let grid = (
+        u32::try_from(p.m_blocks).map_err(|_| CudaError::Shape("too many M blocks".into()))?,
+        u32::try_from(p.n_tiles).map_err(|_| CudaError::Shape("too many N tiles".into()))?,
+        p.splits as u32,
+    );
+    if grid.1 > 65_535 || grid.2 > 65_535 {
+        return Err(CudaError::Shape(format!(
+            "grid {grid:?} exceeds CUDA limits"
+        )));
+    }
+    if p.splits > 1 {
+        ws.reserve(dev, p.splits * m * w.n_pad, p.n_tiles * p.m_blocks)?;
+    }
+    // Largest tile: 16 rows + the zero row (M = 17, 33, ...), longest split.
+    let max_smem = smem_bytes(w.format, 17, MAX_CHUNKS_PER_SPLIT, 1);
+    let smem = smem_bytes(w.format, m, w.k_chunks, p.splits);
+    let func = dev.function(
+        MODULE,
+        SOURCE,
+        p.kernel,
+        u32::try_from(max_smem).map_err(|_| CudaError::Shape("shared memory".into()))?,
+    )?;
+    let cfg = LaunchConfig {
+        grid_dim: grid,
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: u32::try_from(smem)
+            .map_err(|_| CudaError::Shape("shared memory".into()))?,
+    };
+    let (m_i32, n_i32, k_i32) = (to_i32(m, "M")?, to_i32(w.n, "N")?, to_i32(w.k, "K")?);
+    let (n_pad_i32, k_chunks_i32) = (to_i32(w.n_pad, "N")?, to_i32(w.k_chunks, "K chunks")?);
+    let (group_chunks_i32, splits_i32) = (
+        to_i32(w.group_chunks, "group")?,
+        to_i32(p.splits, "splits")?,
+    );
+    let stream = dev.stream();
+    let mut launch = stream.launch_builder(&func);
+    launch
+        .arg(a)
+        .arg(&w.words)
+        .arg(&w.scales16)
+        .arg(&w.scales32)
+        .arg(c)
+        .arg(&mut ws.partials)
+        .arg(&mut ws.tickets)
+        .arg(&m_i32)
+        .arg(&n_i32)
+        .arg(&k_i32)
+        .arg(&n_pad_i32)
+        .arg(&k_chunks_i32)
+        .arg(&group_chunks_i32)
+        .arg(&splits_i32);
+    // SAFETY: argument types and order match WX_ENTRY in
+    // kernels/wxa16_gemm.cu; A >= M*K and C >= M*N were checked, partials >=
+    // splits*M*n_pad and tickets >= n_tiles*m_blocks were reserved, the
+    // weight buffers were sized by the repack for n_pad x k_chunks.
+    unsafe { launch.launch(cfg) }.map_err(|e| driver_err(&format!("launch {}", p.kernel), e))?;
+    Ok(p)
+}
+
+/// Dequantize W into a dense f16 (N, K) row-major matrix.
+pub fn wx_dequantize_to_f16(
+    dev: &Arc<CudaDevice>,
+    w: &WxWeight,
+    dense: &mut CudaSlice<f16>,
+) -> Result<()> {
+    if dense.len() < w.n * w.k {
+        return Err(CudaError::Shape(format!(
+            "dense scratch of {} elements for a {}x{} weight",
+            dense.len(),
+            w.n,
+            w.k
+        )));
+    }
+    let name = match w.format {
+        WxFormat::Fp4 => "wx_fp4_dequant_f16",
+        WxFormat::Int8 => "wx_int8_dequant_f16",
+        WxFormat::Fp8 => "wx_fp8_dequant_f16",
+    };
+    let func = dev.function(MODULE, SOURCE, name, 0)?;
+    let threads_total = (w.n_pad / 16) * w.k_chunks * 32;
+    let blocks = u32::try_from(threads_total.div_ceil(256))
+        .map_err(|_| CudaError::Shape("dequant grid too large".into()))?;
+    let (n_i32, k_i32, n_pad_i32, k_chunks_i32, group_chunks_i32) = (
+        w.n as i32,
+        w.k as i32,
+        w.n_pad as i32,
+        w.k_chunks as i32,
+        w.group_chunks as i32,
+    );
+    let stream = dev.stream();
+    let mut launch = stream.launch_builder(&func);
+    launch
+        .arg(&w.words)
+        .arg(&w.scales16)
+        .arg(&w.scales32)
+        .arg(dense)
+        .arg(&n_i32)
+        .arg(&k_i32)
+        .arg(&n_pad_i32)
+        .arg(&k_chunks_i32)
+        .arg(&group_chunks_i32);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match WX_DEQUANT_ENTRY; dense holds >= N*K elements;
+    // the packed buffers cover n_pad/16 * k_chunks * 32 lanes.
+    unsafe { launch.launch(cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
+    Ok(())
+}
+
+fn dequant_cublas(
+    dev: &Arc<CudaDevice>,
+    a: &CudaSlice<f16>,
+    m: usize,
+    w: &WxWeight,
+    c: &mut CudaSlice<f16>,
+    ws: &mut GemmWorkspace,
+) -> Result<GemmPlan> {
+    let elems = w.n * w.k;
+    if ws.dense.as_ref().is_none_or(|d| d.len() < elems) {
+        ws.dense = None;
+        ws.dense = Some(dev.alloc_zeros("f16 dequantized weight scratch", elems)?);
+    }
+    let dense = ws
+        .dense
+        .as_mut()
+        .ok_or_else(|| CudaError::Shape("dense scratch missing".into()))?;
+    wx_dequantize_to_f16(dev, w, dense)?;
+    let to_i32 =
+        |v: usize| i32::try_from(v).map_err(|_| CudaError::Shape(format!("{v} exceeds i32")));
+    let cfg = GemmConfig {
+        transa: cublasOperation_t::CUBLAS_OP_T,
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: to_i32(w.n)?,
+        n: to_i32(m)?,
+        k: to_i32(w.k)?,
+        alpha: f16::ONE,
+        lda: to_i32(w.k)?,
+        ldb: to_i32(w.k)?,
+        beta: f16::ZERO,
+        ldc: to_i32(w.n)?,
+    };
+    let dense = &*dense;
+    dev.with_blas(|blas| {
+        // SAFETY: dense is (N, K) row-major = K x N column-major (op T); A is
+        // (M, K) row-major = K x M column-major; C is (M, N) row-major = N x M
+        // column-major; sizes were checked by the caller.
+        unsafe { blas.gemm(cfg, dense, a, c) }.map_err(|e| CudaError::Cublas {
+            context: format!("GemmEx M={m} N={} K={}", w.n, w.k),
+            message: format!("{e:?}"),
+        })
+    })?;
+    Ok(GemmPlan {
+        path: GemmPath::DequantCublas,
+        kernel: "dequant+cublas",
+        m_tiles: 0,
+        m_blocks: 0,
+        n_tiles: 0,
+        splits: 1,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{smem_bytes, MAX_CHUNKS_PER_SPLIT};
+    use crate::wgemm::pack::WxFormat;
+
+    /// The largest tile (16 rows + the zero row, the longest split) fits an
+    /// sm_80 / sm_90 block's opt-in shared memory (163 / 227 KiB).
+    #[test]
+    fn largest_tile_fits_shared_memory() {
+        for f in [WxFormat::Fp4, WxFormat::Int8, WxFormat::Fp8] {
+            let largest = smem_bytes(f, 17, MAX_CHUNKS_PER_SPLIT, 1);
+            assert!(largest <= 163 * 1024);
+            for m in [1, 7, 8, 15, 16, 31, 33, 63] {
+                assert!(
+                    smem_bytes(f, m, MAX_CHUNKS_PER_SPLIT, 1) <= largest,
+                    "M = {m}"
+                );
+            }
+        }
+    }
+}
