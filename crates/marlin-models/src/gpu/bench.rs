@@ -13,7 +13,9 @@ use marlin_cuda::ops::GpuRope;
 use marlin_cuda::CudaDevice;
 use rayon::prelude::*;
 
-use super::decoder::{GpuBlock, GpuDecoder, GpuEmbedding, LogitRows, Scratch};
+use super::decoder::{
+    GateUpWeights, GpuBlock, GpuDecoder, GpuEmbedding, LogitRows, QkvWeights, Scratch,
+};
 use super::graph::{capture, replay};
 use super::linear::GpuLinear;
 use super::spec::{DecoderSpec, LayerSpec};
@@ -195,16 +197,13 @@ pub fn synthetic_decoder(
         let ls = seed.wrapping_add(il as u64 * 16);
         blocks.push(GpuBlock {
             attn_norm: norm(d, ls + 1)?,
-            wq: int4(qd, d)?,
-            wk: int4(kvd, d)?,
-            wv: int4(kvd, d)?,
+            qkv: QkvWeights::Fused(int4(qd + 2 * kvd, d)?),
             wo: int4(d, qd)?,
             q_norm: None,
             k_norm: None,
             post_attn_norm: None,
             ffn_norm: norm(d, ls + 2)?,
-            gate: int4(s.ffn, d)?,
-            up: int4(s.ffn, d)?,
+            gate_up: GateUpWeights::Fused(int4(2 * s.ffn, d)?),
             down: int4(d, s.ffn)?,
             post_ffn_norm: None,
         });

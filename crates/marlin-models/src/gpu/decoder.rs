@@ -19,6 +19,7 @@ use marlin_cuda::CudaDevice;
 
 use super::linear::{GpuLinear, LinearScratch};
 use super::spec::DecoderSpec;
+use super::split::copy_columns;
 use super::{driver_err, GpuError, Result};
 use crate::layers::Activation;
 
@@ -31,14 +32,34 @@ pub enum GpuEmbedding {
     Dense { table: CudaSlice<f32>, vocab: usize },
 }
 
+/// The q, k and v projections: three weights as checkpoints store them, or
+/// one fused (q | k | v rows) weight, one GEMM whose output columns are
+/// split afterwards (fewer, larger launches at decode).
+pub enum QkvWeights {
+    /// (n_heads*head_dim, d), (n_kv_heads*head_dim, d), (n_kv_heads*head_dim, d)
+    Separate {
+        q: GpuLinear,
+        k: GpuLinear,
+        v: GpuLinear,
+    },
+    /// ((n_heads + 2*n_kv_heads)*head_dim, d)
+    Fused(GpuLinear),
+}
+
+/// The gate and up projections: two weights, or one fused (gate | up rows).
+pub enum GateUpWeights {
+    /// (ffn, d) each
+    Separate { gate: GpuLinear, up: GpuLinear },
+    /// (2*ffn, d)
+    Fused(GpuLinear),
+}
+
 /// One block's weights. Norm weights (d or head_dim) already include the
 /// checkpoint's `1 + w` convention.
 pub struct GpuBlock {
     pub attn_norm: CudaSlice<f32>,
-    /// (n_heads*head_dim, d), (n_kv_heads*head_dim, d) twice, (d, n_heads*head_dim)
-    pub wq: GpuLinear,
-    pub wk: GpuLinear,
-    pub wv: GpuLinear,
+    pub qkv: QkvWeights,
+    /// (d, n_heads*head_dim)
     pub wo: GpuLinear,
     /// (head_dim) each, when the spec has QK-norm.
     pub q_norm: Option<CudaSlice<f32>>,
@@ -46,11 +67,41 @@ pub struct GpuBlock {
     /// (d), when the spec has post-norms.
     pub post_attn_norm: Option<CudaSlice<f32>>,
     pub ffn_norm: CudaSlice<f32>,
-    /// (ffn, d) twice, (d, ffn)
-    pub gate: GpuLinear,
-    pub up: GpuLinear,
+    pub gate_up: GateUpWeights,
+    /// (d, ffn)
     pub down: GpuLinear,
     pub post_ffn_norm: Option<CudaSlice<f32>>,
+}
+
+impl GpuBlock {
+    /// Every linear of the block.
+    pub fn linears(&self) -> Vec<&GpuLinear> {
+        let mut v = Vec::with_capacity(7);
+        match &self.qkv {
+            QkvWeights::Separate { q, k, v: wv } => v.extend([q, k, wv]),
+            QkvWeights::Fused(w) => v.push(w),
+        }
+        v.push(&self.wo);
+        match &self.gate_up {
+            GateUpWeights::Separate { gate, up } => v.extend([gate, up]),
+            GateUpWeights::Fused(w) => v.push(w),
+        }
+        v.push(&self.down);
+        v
+    }
+
+    /// Output width of the fused projections (0 without any).
+    fn fused_width(&self) -> usize {
+        let qkv = match &self.qkv {
+            QkvWeights::Fused(w) => w.rows(),
+            QkvWeights::Separate { .. } => 0,
+        };
+        let gate_up = match &self.gate_up {
+            GateUpWeights::Fused(w) => w.rows(),
+            GateUpWeights::Separate { .. } => 0,
+        };
+        qkv.max(gate_up)
+    }
 }
 
 /// Which rows get logits.
@@ -100,6 +151,8 @@ pub struct Scratch {
     v: CudaSlice<f32>,
     /// (max_m, n_heads*head_dim)
     attn: CudaSlice<f32>,
+    /// (max_m, fused width): output of a fused projection before its split.
+    fused: CudaSlice<f32>,
     /// (max_m, ffn) each
     gate: CudaSlice<f32>,
     up: CudaSlice<f32>,
@@ -138,23 +191,22 @@ impl Scratch {
         );
         let widest_in = d.max(qd).max(ffn);
         let widest_out = dec
-            .blocks
-            .iter()
-            .flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.gate, &b.up, &b.down])
-            .chain(std::iter::once(&dec.lm_head))
+            .linears()
+            .into_iter()
             .filter(|l| matches!(l, GpuLinear::Int4(_)))
             .map(GpuLinear::rows)
             .max();
+        let fused_width = dec
+            .blocks
+            .iter()
+            .map(GpuBlock::fused_width)
+            .max()
+            .unwrap_or(0);
         let lin = match widest_out {
             Some(out) => LinearScratch::new(dev, max_m.max(logit_rows), widest_in, out)?,
             None => LinearScratch::new(dev, 1, 1, 1)?,
         };
-        for l in dec
-            .blocks
-            .iter()
-            .flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.gate, &b.up, &b.down])
-            .chain(std::iter::once(&dec.lm_head))
-        {
+        for l in dec.linears() {
             l.prepare(dev, max_m.max(logit_rows))?;
         }
         let logits_len = logit_rows
@@ -174,6 +226,7 @@ impl Scratch {
             k: dev.alloc_zeros("keys", rows(kvd)?)?,
             v: dev.alloc_zeros("values", rows(kvd)?)?,
             attn: dev.alloc_zeros("attention outputs", rows(qd)?)?,
+            fused: dev.alloc_zeros("fused projection outputs", rows(fused_width.max(1))?)?,
             gate: dev.alloc_zeros("MLP gate", rows(ffn)?)?,
             up: dev.alloc_zeros("MLP up", rows(ffn)?)?,
             act: dev.alloc_zeros("MLP activations", rows(ffn)?)?,
@@ -204,14 +257,19 @@ impl GpuDecoder {
         )?)
     }
 
+    /// Every linear, the LM head last.
+    pub fn linears(&self) -> Vec<&GpuLinear> {
+        let mut v: Vec<&GpuLinear> = self.blocks.iter().flat_map(GpuBlock::linears).collect();
+        v.push(&self.lm_head);
+        v
+    }
+
     /// Bytes of weights one decode step reads (every linear, the LM head).
     pub fn weight_bytes(&self) -> usize {
-        self.blocks
-            .iter()
-            .flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.gate, &b.up, &b.down])
+        self.linears()
+            .into_iter()
             .map(GpuLinear::weight_bytes)
-            .sum::<usize>()
-            + self.lm_head.weight_bytes()
+            .sum()
     }
 
     /// Runs `m` rows whose ids, sequences and positions are in `s`; writes
@@ -327,9 +385,21 @@ impl GpuDecoder {
     ) -> Result<()> {
         let c = &self.spec.cfg;
         let ls = &self.spec.layers[il];
-        b.wq.forward(dev, &s.h, m, &mut s.q, &mut s.lin)?;
-        b.wk.forward(dev, &s.h, m, &mut s.k, &mut s.lin)?;
-        b.wv.forward(dev, &s.h, m, &mut s.v, &mut s.lin)?;
+        match &b.qkv {
+            QkvWeights::Separate { q, k, v } => {
+                q.forward(dev, &s.h, m, &mut s.q, &mut s.lin)?;
+                k.forward(dev, &s.h, m, &mut s.k, &mut s.lin)?;
+                v.forward(dev, &s.h, m, &mut s.v, &mut s.lin)?;
+            }
+            QkvWeights::Fused(w) => {
+                let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+                let width = qd + 2 * kvd;
+                w.forward(dev, &s.h, m, &mut s.fused, &mut s.lin)?;
+                copy_columns(dev, &s.fused, m, width, 0, qd, &mut s.q)?;
+                copy_columns(dev, &s.fused, m, width, qd, kvd, &mut s.k)?;
+                copy_columns(dev, &s.fused, m, width, qd + kvd, kvd, &mut s.v)?;
+            }
+        }
         if let (Some(qn), Some(kn)) = (&b.q_norm, &b.k_norm) {
             let eps = c.rms_eps;
             ops::rms_norm_heads_inplace(dev, &mut s.q, qn, m * c.n_heads, c.head_dim, eps, 0.0)?;
@@ -363,9 +433,19 @@ impl GpuDecoder {
 
     /// `s.h` (m, d) -> `s.delta` (m, d).
     fn mlp(&self, dev: &Arc<CudaDevice>, b: &GpuBlock, s: &mut Scratch, m: usize) -> Result<()> {
-        let n = m * self.spec.cfg.ffn_size;
-        b.gate.forward(dev, &s.h, m, &mut s.gate, &mut s.lin)?;
-        b.up.forward(dev, &s.h, m, &mut s.up, &mut s.lin)?;
+        let ffn = self.spec.cfg.ffn_size;
+        let n = m * ffn;
+        match &b.gate_up {
+            GateUpWeights::Separate { gate, up } => {
+                gate.forward(dev, &s.h, m, &mut s.gate, &mut s.lin)?;
+                up.forward(dev, &s.h, m, &mut s.up, &mut s.lin)?;
+            }
+            GateUpWeights::Fused(w) => {
+                w.forward(dev, &s.h, m, &mut s.fused, &mut s.lin)?;
+                copy_columns(dev, &s.fused, m, 2 * ffn, 0, ffn, &mut s.gate)?;
+                copy_columns(dev, &s.fused, m, 2 * ffn, ffn, ffn, &mut s.up)?;
+            }
+        }
         match self.spec.activation {
             Activation::Silu => ops::silu_mul(dev, &s.gate, &s.up, n, &mut s.act)?,
             Activation::GeluTanh => ops::gelu_tanh_mul(dev, &s.gate, &s.up, n, &mut s.act)?,

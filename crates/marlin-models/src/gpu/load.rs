@@ -7,7 +7,7 @@ use cudarc::driver::CudaSlice;
 use marlin_cuda::ops::GpuRope;
 use marlin_cuda::CudaDevice;
 
-use super::decoder::{GpuBlock, GpuDecoder, GpuEmbedding};
+use super::decoder::{GateUpWeights, GpuBlock, GpuDecoder, GpuEmbedding, QkvWeights};
 use super::linear::GpuLinear;
 use super::spec::spec_from_source;
 use super::{GpuError, Result};
@@ -96,16 +96,20 @@ pub fn load_decoder(dev: &Arc<CudaDevice>, src: &dyn WeightSource) -> Result<Gpu
         };
         blocks.push(GpuBlock {
             attn_norm: norm(dev, src, &format!("{p}.attn_norm.weight"), d, off)?,
-            wq: linear(dev, src, &format!("{p}.attn_q.weight"), qd, d)?,
-            wk: linear(dev, src, &format!("{p}.attn_k.weight"), kvd, d)?,
-            wv: linear(dev, src, &format!("{p}.attn_v.weight"), kvd, d)?,
+            qkv: QkvWeights::Separate {
+                q: linear(dev, src, &format!("{p}.attn_q.weight"), qd, d)?,
+                k: linear(dev, src, &format!("{p}.attn_k.weight"), kvd, d)?,
+                v: linear(dev, src, &format!("{p}.attn_v.weight"), kvd, d)?,
+            },
             wo: linear(dev, src, &format!("{p}.attn_output.weight"), d, qd)?,
             q_norm: opt_norm(spec.qk_norm, "attn_q_norm.weight", hd)?,
             k_norm: opt_norm(spec.qk_norm, "attn_k_norm.weight", hd)?,
             post_attn_norm: opt_norm(spec.post_norms, "post_attention_norm.weight", d)?,
             ffn_norm: norm(dev, src, &format!("{p}.ffn_norm.weight"), d, off)?,
-            gate: linear(dev, src, &format!("{p}.ffn_gate.weight"), ffn, d)?,
-            up: linear(dev, src, &format!("{p}.ffn_up.weight"), ffn, d)?,
+            gate_up: GateUpWeights::Separate {
+                gate: linear(dev, src, &format!("{p}.ffn_gate.weight"), ffn, d)?,
+                up: linear(dev, src, &format!("{p}.ffn_up.weight"), ffn, d)?,
+            },
             down: linear(dev, src, &format!("{p}.ffn_down.weight"), d, ffn)?,
             post_ffn_norm: opt_norm(spec.post_norms, "post_ffw_norm.weight", d)?,
         });

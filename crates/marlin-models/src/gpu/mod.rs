@@ -25,8 +25,9 @@ pub mod linear;
 mod load;
 pub mod sequence;
 pub mod spec;
+mod split;
 
-pub use decoder::{GpuDecoder, LogitRows, Scratch};
+pub use decoder::{GateUpWeights, GpuDecoder, LogitRows, QkvWeights, Scratch};
 pub use sequence::GpuSequence;
 
 use std::path::Path;
