@@ -1,5 +1,6 @@
-//! GEMM benchmark: the INT4 g128 kernel against cuBLAS fp16 on the same
-//! shape, and the device's copy bandwidth, all measured in one run.
+//! GEMM benchmark: the quantized GEMMs (INT4 g128, MXFP4, NVFP4, INT8, FP8)
+//! against cuBLAS fp16 on the same shape, and the device's copy bandwidth,
+//! all measured in one run.
 //!
 //! Timing: CUDA events around batches of back-to-back launches (after
 //! warm-up, so NVRTC compilation and cuBLAS handle setup stay out), the
@@ -11,13 +12,51 @@ use std::sync::Arc;
 
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::CudaSlice;
 use half::f16;
 
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
-use crate::int4::gemm::{int4_gemm, GemmOptions, GemmPath, GemmWorkspace, Int4Weight};
+use crate::int4::gemm::{
+    int4_gemm, GemmOptions, GemmPath, GemmPlan, GemmWorkspace, Int4Weight, DEQUANT_MIN_M,
+};
 use crate::int4::pack::pack_int4;
 use crate::int4::random::{random_activations, random_int4, XorShift};
+use crate::wgemm::gemm::{wx_gemm, WxWeight};
+use crate::wgemm::pack::pack_wx;
+use crate::wgemm::random::{random_wx, BenchFormat};
+
+/// A weight format of the benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmFormat {
+    /// INT4 symmetric, f16 scale per 128 along K.
+    Int4G128,
+    /// One of the `wgemm` formats.
+    Wx(BenchFormat),
+}
+
+impl GemmFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmFormat::Int4G128 => "int4g128",
+            GemmFormat::Wx(f) => f.name(),
+        }
+    }
+
+    /// `int4` / `int4g128`, `mxfp4`, `nvfp4`, `int8`, `fp8`, `fp8b128`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "int4" | "int4g128" => Some(GemmFormat::Int4G128),
+            other => BenchFormat::parse(other).map(GemmFormat::Wx),
+        }
+    }
+
+    /// A comma-separated list, e.g. `int4,mxfp4,int8,fp8`.
+    pub fn parse_list(s: &str) -> Option<Vec<Self>> {
+        let list: Option<Vec<_>> = s.split(',').map(|f| Self::parse(f.trim())).collect();
+        list.filter(|l| !l.is_empty())
+    }
+}
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -26,11 +65,13 @@ pub struct GemmBenchConfig {
     pub shapes: Vec<(usize, usize)>,
     /// Batch sizes M.
     pub ms: Vec<usize>,
+    /// Weight formats.
+    pub formats: Vec<GemmFormat>,
     /// Launches per timed batch.
     pub reps: usize,
     /// Timed batches (the median is reported).
     pub batches: usize,
-    /// Also time every split-K factor in this list at each shape (tuning).
+    /// Also time every INT4 split-K factor in this list at each shape (tuning).
     pub split_sweep: Vec<usize>,
 }
 
@@ -39,6 +80,12 @@ impl Default for GemmBenchConfig {
         Self {
             shapes: vec![(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)],
             ms: vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 1024],
+            formats: vec![
+                GemmFormat::Int4G128,
+                GemmFormat::Wx(BenchFormat::Mxfp4),
+                GemmFormat::Wx(BenchFormat::Int8),
+                GemmFormat::Wx(BenchFormat::Fp8),
+            ],
             reps: 20,
             batches: 11,
             split_sweep: Vec::new(),
@@ -46,9 +93,10 @@ impl Default for GemmBenchConfig {
     }
 }
 
-/// One (shape, M) measurement.
+/// One (format, shape, M) measurement.
 #[derive(Clone, Debug)]
 pub struct GemmBenchRow {
+    pub format: GemmFormat,
     pub n: usize,
     pub k: usize,
     pub m: usize,
@@ -58,22 +106,31 @@ pub struct GemmBenchRow {
     /// Path `GemmPath::Auto` took (or the forced one in a sweep row).
     pub path: GemmPath,
     /// Time of the path taken (what the other columns derive from).
-    pub int4_us: f64,
-    /// The fused kernel alone, and dequantize + cuBLAS alone.
+    pub us: f64,
+    /// The fused kernel alone (NaN where not timed: M > 256 for the
+    /// `wgemm` formats), and dequantize + cuBLAS alone.
     pub fused_us: f64,
-    /// The general fused kernel (`GemmPath::FusedGeneral`), timed at M <= 16
-    /// only (where the decode kernel replaces it); NaN elsewhere.
+    /// INT4 only: the general fused kernel (`GemmPath::FusedGeneral`),
+    /// timed at M <= 16 only (where the decode kernel replaces it); NaN
+    /// elsewhere.
     pub general_us: f64,
     pub dequant_cublas_us: f64,
     pub cublas_us: f64,
-    /// Weight bytes (codes + scales) per microsecond, in TB/s.
+    /// Bytes of codes and scales one call streams.
+    pub weight_bytes: usize,
+    /// Weight bytes per microsecond, in TB/s.
     pub weight_tbps: f64,
     pub tflops: f64,
 }
 
 impl GemmBenchRow {
     pub fn speedup(&self) -> f64 {
-        self.cublas_us / self.int4_us
+        self.cublas_us / self.us
+    }
+
+    /// Streamed bits per weight (codes and scales).
+    pub fn bits_per_weight(&self) -> f64 {
+        8.0 * self.weight_bytes as f64 / (self.n * self.k) as f64
     }
 }
 
@@ -96,12 +153,14 @@ impl fmt::Display for GemmBenchReport {
         )?;
         writeln!(
             f,
-            "{:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7}",
+            "{:>8} {:>5} {:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7}",
+            "format",
+            "bit/w",
             "N x K",
             "M",
             "path",
             "splits",
-            "int4 us",
+            "us",
             "fused us",
             "gener us",
             "deq+cB us",
@@ -114,7 +173,9 @@ impl fmt::Display for GemmBenchReport {
         for r in &self.rows {
             writeln!(
                 f,
-                "{:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>7.1}",
+                "{:>8} {:>5.2} {:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>7.1}",
+                r.format.name(),
+                r.bits_per_weight(),
                 format!("{}x{}", r.n, r.k),
                 r.m,
                 match r.path {
@@ -123,7 +184,7 @@ impl fmt::Display for GemmBenchReport {
                 },
                 r.splits,
                 if r.forced_splits { "*" } else { " " },
-                r.int4_us,
+                r.us,
                 r.fused_us,
                 r.general_us,
                 r.dequant_cublas_us,
@@ -210,9 +271,8 @@ pub fn bench_gemm(ordinal: usize, cfg: &GemmBenchConfig) -> Result<GemmBenchRepo
     })?;
     let copy_tbps = copy_bandwidth_tbps(&dev)?;
     let mut rows = Vec::new();
-    let max_m = cfg.ms.iter().copied().max().unwrap_or(1);
     for &(n, k) in &cfg.shapes {
-        rows.extend(bench_shape(&dev, &blas, n, k, max_m, cfg)?);
+        rows.extend(bench_shape(&dev, &blas, n, k, cfg)?);
     }
     Ok(GemmBenchReport {
         device: format!(
@@ -227,21 +287,66 @@ pub fn bench_gemm(ordinal: usize, cfg: &GemmBenchConfig) -> Result<GemmBenchRepo
     })
 }
 
+/// Copies of one format's weight (rotated over so that they come from HBM).
+enum Weights {
+    Int4(Vec<Int4Weight>),
+    Wx(Vec<WxWeight>),
+}
+
+impl Weights {
+    fn build(dev: &CudaDevice, format: GemmFormat, n: usize, k: usize) -> Result<(Self, usize)> {
+        let seed = (n * 31 + k) as u64;
+        match format {
+            GemmFormat::Int4G128 => {
+                let packed = pack_int4(&random_int4(n, k, 128, false, seed))?;
+                let bytes = packed.weight_bytes();
+                let copies = (0..copies_for(bytes))
+                    .map(|_| Int4Weight::from_packed(dev, &packed))
+                    .collect::<Result<_>>()?;
+                Ok((Weights::Int4(copies), bytes))
+            }
+            GemmFormat::Wx(f) => {
+                let packed = pack_wx(&random_wx(f, n, k, seed))?;
+                let bytes = packed.weight_bytes();
+                let copies = (0..copies_for(bytes))
+                    .map(|_| WxWeight::from_packed(dev, &packed))
+                    .collect::<Result<_>>()?;
+                Ok((Weights::Wx(copies), bytes))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn call(
+        &self,
+        dev: &Arc<CudaDevice>,
+        i: usize,
+        a: &CudaSlice<f16>,
+        m: usize,
+        c: &mut CudaSlice<f16>,
+        ws: &mut GemmWorkspace,
+        opts: GemmOptions,
+    ) -> Result<GemmPlan> {
+        match self {
+            Weights::Int4(w) => int4_gemm(dev, a, m, &w[i % w.len()], c, ws, opts),
+            Weights::Wx(w) => wx_gemm(dev, a, m, &w[i % w.len()], c, ws, opts),
+        }
+    }
+}
+
 fn bench_shape(
     dev: &Arc<CudaDevice>,
     blas: &CudaBlas,
     n: usize,
     k: usize,
-    max_m: usize,
     cfg: &GemmBenchConfig,
 ) -> Result<Vec<GemmBenchRow>> {
-    let q = random_int4(n, k, 128, false, (n * 31 + k) as u64);
-    let packed = pack_int4(&q)?;
-    let n_int4 = copies_for(packed.weight_bytes());
-    let weights: Vec<Int4Weight> = (0..n_int4)
-        .map(|_| Int4Weight::from_packed(dev, &packed))
-        .collect::<Result<_>>()?;
-    drop(q);
+    let max_m = cfg.ms.iter().copied().max().unwrap_or(1);
+    let mut formats = Vec::new();
+    for &format in &cfg.formats {
+        let (weights, bytes) = Weights::build(dev, format, n, k)?;
+        formats.push((format, weights, bytes));
+    }
     // fp16 peer: random values of the same magnitude (cuBLAS time does not
     // depend on the values, but zeros are avoided on principle).
     let mut rng = XorShift::new(99);
@@ -257,42 +362,9 @@ fn bench_shape(
     let a = dev.upload("activations", &a_host)?;
     let mut c = dev.alloc_zeros::<f16>("output", max_m * n)?;
     let mut ws = GemmWorkspace::new(dev)?;
-    let weight_bytes = packed.weight_bytes() as f64;
 
     let mut rows = Vec::new();
     for &m in &cfg.ms {
-        let mut time_path = |path: GemmPath, splits: Option<usize>| {
-            let mut plan = None;
-            let us = time_us(dev, cfg.reps, cfg.batches, |i| {
-                let opts = GemmOptions { path, splits };
-                plan = Some(int4_gemm(
-                    dev,
-                    &a,
-                    m,
-                    &weights[i % n_int4],
-                    &mut c,
-                    &mut ws,
-                    opts,
-                )?);
-                Ok(())
-            })?;
-            Ok::<_, CudaError>((us, plan))
-        };
-        let (fused_us, fused_plan) = time_path(GemmPath::Fused, None)?;
-        let general_us = if m <= 16 {
-            time_path(GemmPath::FusedGeneral, None)?.0
-        } else {
-            f64::NAN
-        };
-        let (dequant_cublas_us, _) = time_path(GemmPath::DequantCublas, None)?;
-        let (int4_us, auto_plan) = time_path(GemmPath::Auto, None)?;
-        let mut sweep = Vec::new();
-        for &s in &cfg.split_sweep {
-            let (us, plan) = time_path(GemmPath::Fused, Some(s))?;
-            if plan.is_some_and(|p| p.splits == s) {
-                sweep.push((s, us));
-            }
-        }
         let cublas_us = time_us(dev, cfg.reps, cfg.batches, |i| {
             let gemm_cfg = GemmConfig {
                 transa: cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T,
@@ -316,29 +388,70 @@ fn bench_shape(
                 }
             })
         })?;
-        let row = |splits: usize, forced: bool, path: GemmPath, us: f64| GemmBenchRow {
-            n,
-            k,
-            m,
-            splits,
-            forced_splits: forced,
-            path,
-            int4_us: us,
-            fused_us,
-            general_us,
-            dequant_cublas_us,
-            cublas_us,
-            weight_tbps: weight_bytes / (us * 1e-6) / 1e12,
-            tflops: 2.0 * (m * n * k) as f64 / (us * 1e-6) / 1e12,
-        };
-        let auto_path = auto_plan.map_or(GemmPath::Auto, |p| p.path);
-        let splits_used = match auto_path {
-            GemmPath::DequantCublas => 1,
-            _ => fused_plan.map_or(0, |p| p.splits),
-        };
-        rows.push(row(splits_used, false, auto_path, int4_us));
-        for (s, us) in sweep {
-            rows.push(row(s, true, GemmPath::Fused, us));
+        for (format, weights, weight_bytes) in &formats {
+            let mut time_path = |path: GemmPath, splits: Option<usize>| {
+                let mut plan = None;
+                let us = time_us(dev, cfg.reps, cfg.batches, |i| {
+                    let opts = GemmOptions { path, splits };
+                    plan = Some(weights.call(dev, i, &a, m, &mut c, &mut ws, opts)?);
+                    Ok(())
+                })?;
+                Ok::<_, CudaError>((us, plan))
+            };
+            let is_int4 = *format == GemmFormat::Int4G128;
+            let (fused_us, fused_plan) = if is_int4 || m <= 256 {
+                time_path(GemmPath::Fused, None)?
+            } else {
+                (f64::NAN, None)
+            };
+            let general_us = if is_int4 && m <= 16 {
+                time_path(GemmPath::FusedGeneral, None)?.0
+            } else {
+                f64::NAN
+            };
+            let (dequant_cublas_us, _) = time_path(GemmPath::DequantCublas, None)?;
+            let (us, path) = if is_int4 {
+                let (us, plan) = time_path(GemmPath::Auto, None)?;
+                (us, plan.map_or(GemmPath::Auto, |p| p.path))
+            } else if m >= DEQUANT_MIN_M {
+                (dequant_cublas_us, GemmPath::DequantCublas)
+            } else {
+                (fused_us, GemmPath::Fused)
+            };
+            let mut sweep = Vec::new();
+            if is_int4 {
+                for &s in &cfg.split_sweep {
+                    let (us, plan) = time_path(GemmPath::Fused, Some(s))?;
+                    if plan.is_some_and(|p| p.splits == s) {
+                        sweep.push((s, us));
+                    }
+                }
+            }
+            let row = |splits: usize, forced: bool, path: GemmPath, us: f64| GemmBenchRow {
+                format: *format,
+                n,
+                k,
+                m,
+                splits,
+                forced_splits: forced,
+                path,
+                us,
+                fused_us,
+                general_us,
+                dequant_cublas_us,
+                cublas_us,
+                weight_bytes: *weight_bytes,
+                weight_tbps: *weight_bytes as f64 / (us * 1e-6) / 1e12,
+                tflops: 2.0 * (m * n * k) as f64 / (us * 1e-6) / 1e12,
+            };
+            let splits_used = match path {
+                GemmPath::DequantCublas => 1,
+                _ => fused_plan.map_or(0, |p| p.splits),
+            };
+            rows.push(row(splits_used, false, path, us));
+            for (s, us) in sweep {
+                rows.push(row(s, true, GemmPath::Fused, us));
+            }
         }
     }
     dev.synchronize()?;

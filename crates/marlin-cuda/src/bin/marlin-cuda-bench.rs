@@ -1,8 +1,11 @@
-//! `marlin-cuda-bench [--quick] [--sweep] [--shape NxK] [--ms 1,16] [--device N]`: the INT4 GEMM
-//! benchmark table (see `marlin_cuda::bench`). Exit status 1 when CUDA is not
-//! available or a call fails.
+//! `marlin-cuda-bench [--quick] [--sweep] [--shape NxK] [--ms 1,16] [--formats int4,mxfp4,...]
+//! [--device N]`: the quantized GEMM benchmark table (see `marlin_cuda::bench`).
+//! Exit status 1 when CUDA is not available or a call fails.
 
-use marlin_cuda::bench::{bench_gemm, GemmBenchConfig};
+use marlin_cuda::bench::{bench_gemm, GemmBenchConfig, GemmFormat};
+
+const USAGE: &str = "usage: marlin-cuda-bench [--quick] [--sweep] [--shape NxK] [--ms 1,16] \
+                     [--formats int4,mxfp4,nvfp4,int8,fp8,fp8b128] [--device N]";
 
 fn main() {
     let mut cfg = GemmBenchConfig::default();
@@ -17,6 +20,7 @@ fn main() {
             "--sweep" => {
                 cfg.split_sweep = vec![1, 2, 4, 8, 16, 32];
                 cfg.ms = vec![1, 4, 16, 64, 256];
+                cfg.formats = vec![GemmFormat::Int4G128];
             }
             "--shape" => match args.next().and_then(|s| parse_shape(&s)) {
                 Some(shape) => cfg.shapes = vec![shape],
@@ -36,6 +40,13 @@ fn main() {
                     std::process::exit(2);
                 }
             },
+            "--formats" => match args.next().and_then(|s| GemmFormat::parse_list(&s)) {
+                Some(formats) => cfg.formats = formats,
+                None => {
+                    eprintln!("--formats needs a comma-separated list of int4, mxfp4, nvfp4, int8, fp8, fp8b128");
+                    std::process::exit(2);
+                }
+            },
             "--device" => match args.next().and_then(|s| s.parse().ok()) {
                 Some(n) => ordinal = n,
                 None => {
@@ -44,7 +55,7 @@ fn main() {
                 }
             },
             other => {
-                eprintln!("unknown argument {other}; usage: marlin-cuda-bench [--quick] [--sweep] [--shape NxK] [--ms 1,16] [--device N]");
+                eprintln!("unknown argument {other}; {USAGE}");
                 std::process::exit(2);
             }
         }
