@@ -160,3 +160,79 @@ fn cpu_time_decode_in_cache() {
         });
     }
 }
+
+/// Issue rates of the instructions the int-dot kernels are built from, in
+/// CPU time per ymm instruction (8 independent chains, so throughput, not
+/// latency): the ceiling of the M = 128 kernel against f32 FMA (sgemm).
+/// `cargo test --release -p marlin-cpu --test quant_gemm_bench -- --ignored --nocapture instruction_rates`
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore = "tuning aid: run with --release -- --ignored --nocapture"]
+fn instruction_rates() {
+    use std::arch::x86_64::*;
+    const N: usize = 400_000_000;
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn fma() -> __m256i {
+        let mut f = [_mm256_set1_ps(1.0); 10];
+        let c = _mm256_set1_ps(0.999);
+        for _ in 0..N / 10 {
+            for v in f.iter_mut() {
+                *v = _mm256_fmadd_ps(*v, c, c);
+            }
+        }
+        _mm256_castps_si256(
+            f.iter()
+                .fold(_mm256_setzero_ps(), |a, &v| _mm256_add_ps(a, v)),
+        )
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn maddubs() -> __m256i {
+        let mut a = [_mm256_set1_epi8(1); 8];
+        let w = _mm256_set1_epi8(3);
+        for _ in 0..N / 8 {
+            for v in a.iter_mut() {
+                *v = _mm256_maddubs_epi16(w, *v);
+            }
+        }
+        a.iter()
+            .fold(_mm256_setzero_si256(), |s, &v| _mm256_xor_si256(s, v))
+    }
+    /// The int-dot inner loop: maddubs, i16 add per product vector, one
+    /// madd(.., 1) widening per 8 (depth 8) and an i32 add.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn maddubs_add_madd() -> __m256i {
+        let mut acc = [_mm256_setzero_si256(); 4];
+        let w = _mm256_set1_epi8(3);
+        let ones = _mm256_set1_epi16(1);
+        // Activations as memory operands, from L1, as in the kernels.
+        let x: Vec<__m256i> = (0..64).map(|i| _mm256_set1_epi8(i as i8)).collect();
+        let xp = std::hint::black_box(x.as_ptr());
+        for it in 0..N / 8 {
+            let mut s16 = _mm256_setzero_si256();
+            for j in 0..8 {
+                let xv = _mm256_loadu_si256(xp.add((it * 8 + j) & 63));
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w, xv));
+            }
+            acc[it & 3] = _mm256_add_epi32(acc[it & 3], _mm256_madd_epi16(s16, ones));
+        }
+        acc.iter()
+            .fold(_mm256_setzero_si256(), |s, &v| _mm256_xor_si256(s, v))
+    }
+    if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+        return;
+    }
+    let time = |name: &str, macs: f64, f: unsafe fn() -> __m256i| {
+        let c0 = process_cpu_seconds();
+        // SAFETY: AVX2 and FMA were detected above.
+        std::hint::black_box(unsafe { f() });
+        let ns = (process_cpu_seconds() - c0) / N as f64 * 1e9;
+        println!(
+            "{name:<34} {ns:.3} ns per instruction, {:.1} G multiply-adds/s",
+            macs / ns
+        );
+    };
+    time("vfmadd231ps ymm", 8.0, fma);
+    time("vpmaddubsw ymm", 32.0, maddubs);
+    time("vpmaddubsw + vpaddw (+ madd per 8)", 32.0, maddubs_add_madd);
+}

@@ -219,9 +219,14 @@ pub(crate) mod fp8_avx2 {
     /// accumulators and sees the same operations in the same order for any
     /// MR: the result of a row does not depend on the batch.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_rows<const E5M2: bool, const MR: usize>(
+    ///
+    /// With DECODED the weights come from `wdec` (kp f32, the outputs of
+    /// `decode16` for row r, stored by [`decode_tile`]) instead of the codes:
+    /// the same values, so the same results.
+    unsafe fn dot_rows<const E5M2: bool, const MR: usize, const DECODED: bool>(
         w: &Fp8Weights,
         r: usize,
+        wdec: *const f32,
         xp: &[f32],
         m0: usize,
         out: &mut [f32],
@@ -241,7 +246,14 @@ pub(crate) mod fp8_avx2 {
             let mut a1 = [_mm256_setzero_ps(); MR];
             let mut c = c0;
             while c < c1 {
-                let (w0, w1) = decode16::<E5M2>(codes.add(c));
+                let (w0, w1) = if DECODED {
+                    (
+                        _mm256_loadu_ps(wdec.add(c)),
+                        _mm256_loadu_ps(wdec.add(c + 8)),
+                    )
+                } else {
+                    decode16::<E5M2>(codes.add(c))
+                };
                 for i in 0..MR {
                     a0[i] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[i].add(c)), a0[i]);
                     a1[i] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x[i].add(c + 8)), a1[i]);
@@ -260,6 +272,26 @@ pub(crate) mod fp8_avx2 {
         }
     }
 
+    /// Weight rows decoded to f32 per tile of the batched path: (16, kp)
+    /// = 256 KiB at K = 4096, in L2 beside 4 activation rows.
+    const TILE_ROWS: usize = 16;
+
+    /// Rows `t0..t0 + nt` decoded into `buf` (nt, kp).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode_tile<const E5M2: bool>(w: &Fp8Weights, t0: usize, nt: usize, buf: &mut [f32]) {
+        let kp = w.kp;
+        debug_assert!(buf.len() >= nt * kp);
+        for ri in 0..nt {
+            let codes = w.codes.as_ptr().add((t0 + ri) * kp);
+            let dst = buf.as_mut_ptr().add(ri * kp);
+            for c in (0..kp).step_by(16) {
+                let (w0, w1) = decode16::<E5M2>(codes.add(c));
+                _mm256_storeu_ps(dst.add(c), w0);
+                _mm256_storeu_ps(dst.add(c + 8), w1);
+            }
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn rows_impl<const E5M2: bool>(
         w: &Fp8Weights,
@@ -268,18 +300,59 @@ pub(crate) mod fp8_avx2 {
         rows: std::ops::Range<usize>,
         yt: &mut [f32],
     ) {
-        for (ri, r) in rows.enumerate() {
-            let out = &mut yt[ri * m..(ri + 1) * m];
-            let mut m0 = 0;
-            // 4 activation rows per pass over the weight row: each 16-code
-            // decode feeds 8 FMAs.
-            while m0 + 4 <= m {
-                dot_rows::<E5M2, 4>(w, r, xp, m0, &mut out[m0..m0 + 4]);
-                m0 += 4;
+        let kp = w.kp;
+        if m < 8 {
+            // Few activation rows: stream each weight row once, decoding
+            // in registers; 4 activation rows per decode.
+            for (ri, r) in rows.enumerate() {
+                let out = &mut yt[ri * m..(ri + 1) * m];
+                let mut m0 = 0;
+                while m0 + 4 <= m {
+                    dot_rows::<E5M2, 4, false>(
+                        w,
+                        r,
+                        std::ptr::null(),
+                        xp,
+                        m0,
+                        &mut out[m0..m0 + 4],
+                    );
+                    m0 += 4;
+                }
+                while m0 < m {
+                    dot_rows::<E5M2, 1, false>(
+                        w,
+                        r,
+                        std::ptr::null(),
+                        xp,
+                        m0,
+                        &mut out[m0..m0 + 1],
+                    );
+                    m0 += 1;
+                }
             }
+            return;
+        }
+        // Many: decode a tile of weight rows once, then run every group of
+        // 4 activation rows over it (each group's x stays in L2 across the
+        // tile's rows).
+        let mut buf = vec![0f32; TILE_ROWS.min(rows.len()) * kp];
+        for t0 in rows.clone().step_by(TILE_ROWS) {
+            let nt = TILE_ROWS.min(rows.end - t0);
+            decode_tile::<E5M2>(w, t0, nt, &mut buf);
+            let mut m0 = 0;
             while m0 < m {
-                dot_rows::<E5M2, 1>(w, r, xp, m0, &mut out[m0..m0 + 1]);
-                m0 += 1;
+                let mr = if m - m0 >= 4 { 4 } else { 1 };
+                for ti in 0..nt {
+                    let r = t0 + ti;
+                    let o = (r - rows.start) * m + m0;
+                    let wdec = buf.as_ptr().add(ti * kp);
+                    if mr == 4 {
+                        dot_rows::<E5M2, 4, true>(w, r, wdec, xp, m0, &mut yt[o..o + 4]);
+                    } else {
+                        dot_rows::<E5M2, 1, true>(w, r, wdec, xp, m0, &mut yt[o..o + 1]);
+                    }
+                }
+                m0 += mr;
             }
         }
     }
