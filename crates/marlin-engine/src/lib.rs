@@ -9,6 +9,7 @@ pub mod json_object;
 pub mod kld;
 pub mod perplexity;
 pub mod sampler;
+pub mod serve;
 pub mod stop;
 
 pub use generate::{

@@ -1,0 +1,411 @@
+//! The engine thread: intake, scheduling, the batched step, preemption.
+
+use super::blocks::BlockManager;
+use super::handle::{Command, Shared};
+use super::sequence::{NewRequest, Outcome, Sequence};
+use super::{BatchChunk, BatchModel, DetokenizerSource, EngineConfig};
+use crate::FinishReason;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Tokens one sequence computes this step.
+struct Planned {
+    seq: usize,
+    n: usize,
+}
+
+pub(crate) struct Engine<'d> {
+    model: Box<dyn BatchModel>,
+    detok: &'d dyn DetokenizerSource,
+    cfg: EngineConfig,
+    blocks: BlockManager,
+    /// Holding blocks, oldest admission first.
+    running: Vec<Sequence<'d>>,
+    /// Not holding blocks: preempted ones at the front, new ones at the back.
+    waiting: VecDeque<Sequence<'d>>,
+    shared: Arc<Shared>,
+    /// End of the grace period once shutdown was asked for.
+    shutdown_at: Option<Instant>,
+}
+
+impl<'d> Engine<'d> {
+    pub fn new(
+        model: Box<dyn BatchModel>,
+        detok: &'d dyn DetokenizerSource,
+        cfg: EngineConfig,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let blocks = BlockManager::new(model.n_blocks(), model.block_size());
+        Self {
+            model,
+            detok,
+            cfg,
+            blocks,
+            running: Vec::new(),
+            waiting: VecDeque::new(),
+            shared,
+            shutdown_at: None,
+        }
+    }
+
+    /// Runs until shutdown (or every handle is dropped) and the work is
+    /// done or the grace period is over.
+    pub fn run(&mut self, commands: Receiver<Command>) {
+        loop {
+            let idle = self.running.is_empty() && self.waiting.is_empty();
+            if idle && self.shutdown_at.is_some() {
+                break;
+            }
+            // Idle: sleep until something arrives. Busy: take what is there.
+            let first = if idle {
+                match commands.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => break,
+                }
+            } else {
+                match commands.recv_timeout(Duration::ZERO) {
+                    Ok(c) => Some(c),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.begin_shutdown(Duration::MAX);
+                        None
+                    }
+                }
+            };
+            for cmd in first.into_iter().chain(commands.try_iter()) {
+                match cmd {
+                    Command::Submit(new) => self.admit_request(*new),
+                    Command::Shutdown { grace } => self.begin_shutdown(grace),
+                }
+            }
+            if self.shutdown_at.is_some_and(|t| Instant::now() >= t) {
+                self.cancel_all();
+            }
+            self.step();
+        }
+        self.cancel_all();
+        self.publish_stats();
+    }
+
+    fn begin_shutdown(&mut self, grace: Duration) {
+        let at = Instant::now()
+            .checked_add(grace)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600));
+        self.shutdown_at = Some(self.shutdown_at.map_or(at, |t| t.min(at)));
+    }
+
+    fn admit_request(&mut self, new: NewRequest) {
+        let max_len = self.shared.max_model_len;
+        let detok = self.detok.detokenizer();
+        let events = new.events.clone();
+        match Sequence::new(new, detok, max_len) {
+            Ok(seq) => self.waiting.push_back(seq),
+            Err(e) => {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                let _ = events.send(super::Event::Error(e.to_string()));
+            }
+        }
+    }
+
+    fn cancel_all(&mut self) {
+        for mut s in self.running.drain(..).collect::<Vec<_>>() {
+            release_all(&mut self.blocks, &mut s);
+            s.finish(FinishReason::Cancelled);
+            self.shared.stats.lock_or_recover().requests_cancelled += 1;
+        }
+        for mut s in self.waiting.drain(..) {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            s.finish(FinishReason::Cancelled);
+            self.shared.stats.lock_or_recover().requests_cancelled += 1;
+        }
+    }
+
+    /// Drops sequences whose client went away, freeing their blocks.
+    fn reap_cancelled(&mut self) {
+        let mut cancelled = 0;
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].is_cancelled() {
+                let mut s = self.running.remove(i);
+                release_all(&mut self.blocks, &mut s);
+                s.finish(FinishReason::Cancelled);
+                cancelled += 1;
+            } else {
+                i += 1;
+            }
+        }
+        let before = self.waiting.len();
+        self.waiting.retain_mut(|s| {
+            let gone = s.is_cancelled();
+            if gone {
+                s.finish(FinishReason::Cancelled);
+            }
+            !gone
+        });
+        let from_queue = before - self.waiting.len();
+        self.shared.queued.fetch_sub(from_queue, Ordering::Relaxed);
+        if cancelled + from_queue > 0 {
+            self.shared.stats.lock_or_recover().requests_cancelled +=
+                (cancelled + from_queue) as u64;
+        }
+    }
+
+    /// One scheduling decision and one forward pass.
+    fn step(&mut self) {
+        self.reap_cancelled();
+        let plan = self.schedule();
+        if !plan.is_empty() {
+            self.execute(&plan);
+        }
+        self.publish_stats();
+    }
+
+    /// Decides who computes how many tokens, allocating their blocks;
+    /// preempts when blocks run out; admits waiting requests.
+    fn schedule(&mut self) -> Vec<Planned> {
+        let mut budget = self.cfg.max_batch_tokens;
+        let mut plan: Vec<Planned> = Vec::new();
+        // Running sequences, oldest first, decoders (1 token) before
+        // prompts and recomputations (what the budget leaves), so a long
+        // prompt never stalls decoding.
+        for decoders in [true, false] {
+            let mut i = 0;
+            while i < self.running.len() && budget > 0 {
+                let seq = &self.running[i];
+                if (seq.remaining() == 1) != decoders || plan.iter().any(|p| p.seq == i) {
+                    i += 1;
+                    continue;
+                }
+                let n = seq.remaining().min(budget);
+                if grow(&mut self.blocks, &mut self.running[i], n) {
+                    plan.push(Planned { seq: i, n });
+                    budget -= n;
+                    i += 1;
+                    continue;
+                }
+                // Out of blocks: preempt the newest sequence not planned
+                // yet (this one if it is that), then try again; when this
+                // one goes, `i` names the next sequence.
+                let victim = (0..self.running.len())
+                    .rev()
+                    .find(|v| !plan.iter().any(|p| p.seq == *v))
+                    .unwrap_or(i);
+                self.preempt(victim);
+                for p in plan.iter_mut().filter(|p| p.seq > victim) {
+                    p.seq -= 1;
+                }
+            }
+        }
+        // Waiting requests (preempted ones first) while there is room; they
+        // never preempt others.
+        while budget > 0 && self.running.len() < self.cfg.max_num_seqs {
+            let Some(mut seq) = self.waiting.pop_front() else {
+                break;
+            };
+            if seq.computed == 0 {
+                self.prefix_lookup(&mut seq);
+            }
+            let n = seq.remaining().min(budget);
+            if !grow(&mut self.blocks, &mut seq, n) {
+                release_all(&mut self.blocks, &mut seq);
+                self.waiting.push_front(seq);
+                break;
+            }
+            if !seq.admitted_once {
+                seq.admitted_once = true;
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                self.shared.stats.lock_or_recover().prompt_tokens_total += seq.prompt_len as u64;
+            }
+            self.running.push(seq);
+            plan.push(Planned {
+                seq: self.running.len() - 1,
+                n,
+            });
+            budget -= n;
+        }
+        plan
+    }
+
+    /// Frees `running[i]`'s blocks and requeues it at the front; it will
+    /// recompute its prompt and generated tokens.
+    fn preempt(&mut self, i: usize) {
+        let mut seq = self.running.remove(i);
+        release_all(&mut self.blocks, &mut seq);
+        self.waiting.push_front(seq);
+        self.shared.stats.lock_or_recover().preemptions_total += 1;
+    }
+
+    /// Takes the cached blocks of the longest known prefix of `seq`'s
+    /// tokens (full blocks only, and never the last token: its logits are
+    /// needed).
+    fn prefix_lookup(&mut self, seq: &mut Sequence) {
+        let bs = self.blocks.block_size();
+        let full = (seq.tokens.len() - 1) / bs;
+        let mut parent = None;
+        for blk in seq.tokens.chunks_exact(bs).take(full) {
+            match self.blocks.lookup(parent, blk) {
+                Some(b) => {
+                    seq.table.push(b);
+                    parent = Some(b);
+                }
+                None => break,
+            }
+        }
+        seq.computed = seq.table.len() * bs;
+        seq.registered = seq.table.len();
+        let mut st = self.shared.stats.lock_or_recover();
+        st.prefix_cache_queries += (full * bs) as u64;
+        st.prefix_cache_hits += seq.computed as u64;
+    }
+
+    /// The forward pass over `plan`, then sampling.
+    fn execute(&mut self, plan: &[Planned]) {
+        let now = Instant::now();
+        let chunks: Vec<BatchChunk> = plan
+            .iter()
+            .map(|p| {
+                let s = &self.running[p.seq];
+                BatchChunk {
+                    tokens: &s.tokens[s.computed..s.computed + p.n],
+                    block_table: &s.table,
+                    pos0: s.computed,
+                    want_logits: s.computed + p.n == s.tokens.len(),
+                }
+            })
+            .collect();
+        let result = self.model.forward_batch(&chunks);
+        let computed: usize = plan.iter().map(|p| p.n).sum();
+        let logits = match result {
+            Ok(l) if l.len() == plan.len() => l,
+            Ok(l) => {
+                let msg = format!(
+                    "model returned {} results for {} chunks",
+                    l.len(),
+                    plan.len()
+                );
+                return self.fail_planned(plan, &msg);
+            }
+            Err(e) => return self.fail_planned(plan, &e.to_string()),
+        };
+        {
+            let mut st = self.shared.stats.lock_or_recover();
+            st.computed_tokens_total += computed as u64;
+            st.steps += 1;
+        }
+        let mut done: Vec<(usize, Result<FinishReason, String>)> = Vec::new();
+        for (p, l) in plan.iter().zip(logits) {
+            let seq = &mut self.running[p.seq];
+            seq.timings.first_scheduled.get_or_insert(now);
+            seq.computed += p.n;
+            register_full_blocks(&mut self.blocks, seq);
+            if seq.computed < seq.tokens.len() {
+                continue;
+            }
+            match seq.on_logits(l) {
+                Ok(outcome) => {
+                    if seq.tokens.len() > seq.computed {
+                        // A token was appended (a stop token is not).
+                        self.shared.stats.lock_or_recover().generation_tokens_total += 1;
+                    }
+                    if let Outcome::Finished(reason) = outcome {
+                        done.push((p.seq, Ok(reason)));
+                    }
+                }
+                Err(e) => done.push((p.seq, Err(e.to_string()))),
+            }
+        }
+        // Remove finished sequences, highest index first.
+        done.sort_by_key(|d| std::cmp::Reverse(d.0));
+        for (i, result) in done {
+            let mut seq = self.running.remove(i);
+            release_all(&mut self.blocks, &mut seq);
+            let mut st = self.shared.stats.lock_or_recover();
+            match result {
+                Ok(FinishReason::Cancelled) => st.requests_cancelled += 1,
+                Ok(_) => st.requests_finished += 1,
+                Err(_) => st.requests_failed += 1,
+            }
+            drop(st);
+            match result {
+                Ok(reason) => {
+                    seq.finish(reason);
+                    if let (Some(end), arrival) = (seq.timings.finished, seq.timings.arrival) {
+                        self.shared
+                            .record_latency(end.saturating_duration_since(arrival));
+                    }
+                }
+                Err(msg) => seq.fail(msg),
+            }
+        }
+    }
+
+    /// A failed forward pass fails every sequence in it.
+    fn fail_planned(&mut self, plan: &[Planned], msg: &str) {
+        let mut idx: Vec<usize> = plan.iter().map(|p| p.seq).collect();
+        idx.sort_unstable_by(|a, b| b.cmp(a));
+        for i in idx {
+            let mut seq = self.running.remove(i);
+            release_all(&mut self.blocks, &mut seq);
+            seq.fail(format!("forward pass failed: {msg}"));
+            self.shared.stats.lock_or_recover().requests_failed += 1;
+        }
+    }
+
+    fn publish_stats(&self) {
+        let mut st = self.shared.stats.lock_or_recover();
+        st.running = self.running.len();
+        st.waiting = self.waiting.len();
+        st.kv_blocks_total = self.blocks.n_blocks();
+        st.kv_blocks_used = self.blocks.n_used();
+        st.kv_usage = self.blocks.n_used() as f64 / self.blocks.n_blocks().max(1) as f64;
+    }
+}
+
+/// Makes `seq`'s table cover `computed + n` positions. On failure the
+/// blocks allocated here stay in the table (they will be needed).
+fn grow(blocks: &mut BlockManager, seq: &mut Sequence, n: usize) -> bool {
+    let need = (seq.computed + n).div_ceil(blocks.block_size());
+    while seq.table.len() < need {
+        match blocks.allocate() {
+            Some(b) => seq.table.push(b),
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Offers `seq`'s newly filled blocks to the prefix cache.
+fn register_full_blocks(blocks: &mut BlockManager, seq: &mut Sequence) {
+    let bs = blocks.block_size();
+    let full = seq.computed / bs;
+    while seq.registered < full {
+        let i = seq.registered;
+        let parent = i.checked_sub(1).map(|p| seq.table[p]);
+        blocks.register(seq.table[i], parent, &seq.tokens[i * bs..(i + 1) * bs]);
+        seq.registered += 1;
+    }
+}
+
+/// Gives back every block of `seq` and forgets what was computed.
+fn release_all(blocks: &mut BlockManager, seq: &mut Sequence) {
+    for b in seq.table.drain(..) {
+        blocks.release(b);
+    }
+    seq.computed = 0;
+    seq.registered = 0;
+}
+
+/// Locks a mutex, taking the data even if a holder panicked (the stats stay
+/// usable; the engine thread itself never panics while holding it).
+pub(crate) trait LockOrRecover<T> {
+    fn lock_or_recover(&self) -> std::sync::MutexGuard<'_, T>;
+}
+
+impl<T> LockOrRecover<T> for std::sync::Mutex<T> {
+    fn lock_or_recover(&self) -> std::sync::MutexGuard<'_, T> {
+        self.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

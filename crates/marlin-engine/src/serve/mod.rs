@@ -1,0 +1,210 @@
+//! The serving engine: one thread owns the model and its paged KV pool and
+//! runs steps; any number of clients submit requests through a cloneable
+//! [`EngineHandle`] and read [`Event`]s from their [`RequestStream`].
+//!
+//! Each step: drop cancelled requests (their blocks are freed), schedule
+//! (decoding sequences one token each, then prompt chunks up to the token
+//! budget, then new requests while there is room; when blocks run out the
+//! newest running sequence is preempted and later recomputed), one batched
+//! forward over every scheduled sequence, then sampling, detokenization and
+//! stop strings per sequence. See `docs/SERVING.md`.
+//!
+//! The engine does not know the model or tokenizer types: it drives a
+//! [`BatchModel`] and makes detokenizers through a [`DetokenizerSource`].
+
+mod blocking;
+mod blocks;
+mod engine;
+mod handle;
+mod sequence;
+
+pub use blocking::generate_blocking;
+pub use handle::{spawn, EngineHandle, RequestStream};
+
+use crate::sampler::SamplingParams;
+use crate::{Detokenizer, EngineError, FinishReason};
+use std::time::{Duration, Instant};
+
+/// One sequence's share of a batched forward call.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchChunk<'a> {
+    /// New tokens at positions `pos0..pos0 + tokens.len()`.
+    pub tokens: &'a [u32],
+    /// Block `i` holds positions `i*block_size..(i+1)*block_size`.
+    pub block_table: &'a [u32],
+    pub pos0: usize,
+    /// Whether the logits of the last new token are wanted.
+    pub want_logits: bool,
+}
+
+/// A model with its paged KV pool, as the engine drives it.
+pub trait BatchModel: Send {
+    fn vocab_size(&self) -> usize;
+    /// Positions per KV block.
+    fn block_size(&self) -> usize;
+    /// Blocks in the pool.
+    fn n_blocks(&self) -> usize;
+    /// Runs every chunk in one pass; returns per chunk the logits (vocab)
+    /// of its last token if `want_logits`, else an empty vector.
+    fn forward_batch(&mut self, chunks: &[BatchChunk]) -> Result<Vec<Vec<f32>>, EngineError>;
+}
+
+/// Makes one incremental detokenizer per request. Detokenizers may borrow
+/// the source (a tokenizer's stream decoder borrows the tokenizer).
+pub trait DetokenizerSource: Send {
+    fn detokenizer(&self) -> Box<dyn Detokenizer + '_>;
+}
+
+impl<F> DetokenizerSource for F
+where
+    F: Fn() -> Box<dyn Detokenizer> + Send,
+{
+    fn detokenizer(&self) -> Box<dyn Detokenizer + '_> {
+        self()
+    }
+}
+
+/// Limits of the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Most sequences running (holding KV blocks) at once.
+    pub max_num_seqs: usize,
+    /// Most tokens in one forward step: one per decoding sequence, the rest
+    /// for prompt chunks (a long prompt is prefilled over several steps so
+    /// decoding never stalls). At least `max_num_seqs`.
+    pub max_batch_tokens: usize,
+    /// Most requests waiting for a slot before `submit` answers `QueueFull`.
+    pub max_queue: usize,
+    /// Longest sequence (prompt + generated); clamped to the pool size.
+    pub max_model_len: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_num_seqs: 32,
+            max_batch_tokens: 512,
+            max_queue: 256,
+            max_model_len: 4096,
+        }
+    }
+}
+
+/// What a client asks for.
+#[derive(Clone, Debug)]
+pub struct EngineRequest {
+    pub prompt: Vec<u32>,
+    /// Sampling, with the per-request seed in `sampling.seed`.
+    pub sampling: SamplingParams,
+    /// Most tokens to generate (>= 1).
+    pub max_tokens: usize,
+    pub stop_strings: Vec<String>,
+    /// Tokens that end generation (EOS, end-of-turn); not shown.
+    pub stop_token_ids: Vec<u32>,
+    /// Also report the log-probability of each sampled token and of the
+    /// `n` most likely ones (n <= [`MAX_TOP_LOGPROBS`]).
+    pub logprobs: Option<usize>,
+}
+
+/// Most alternatives `logprobs` may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// Why `submit` refused a request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the queue is full ({waiting} waiting); retry after {retry_after:?}")]
+    QueueFull {
+        waiting: usize,
+        retry_after: Duration,
+    },
+    #[error(
+        "prompt of {prompt} tokens leaves no room to generate within the context of {max} tokens"
+    )]
+    PromptTooLong { prompt: usize, max: usize },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+/// What a request stream yields, in order: tokens, then exactly one
+/// `Finished` or `Error`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Token {
+        id: u32,
+        /// Text that became final with this token (may be empty: a partial
+        /// UTF-8 character, or text held back while it may start a stop
+        /// string). The last token's text includes whatever was held back.
+        text: String,
+        /// ln p(id) under the model's distribution (before sampling
+        /// transforms), when `logprobs` was asked for.
+        logprob: Option<f32>,
+        /// The `logprobs` most likely (id, ln p), most likely first.
+        top_logprobs: Vec<(u32, f32)>,
+    },
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+        timings: RequestTimings,
+    },
+    Error(String),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// When things happened to one request (TTFT = first_token - arrival,
+/// inter-token latencies = differences of `token_times`, end-to-end =
+/// finished - arrival).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestTimings {
+    pub arrival: Instant,
+    /// First step that computed any of its tokens.
+    pub first_scheduled: Option<Instant>,
+    pub first_token: Option<Instant>,
+    /// When each generated token was sampled.
+    pub token_times: Vec<Instant>,
+    pub finished: Option<Instant>,
+}
+
+impl RequestTimings {
+    fn new(arrival: Instant) -> Self {
+        Self {
+            arrival,
+            first_scheduled: None,
+            first_token: None,
+            token_times: Vec::new(),
+            finished: None,
+        }
+    }
+}
+
+/// A snapshot of the engine's gauges and counters (for `/metrics`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EngineStats {
+    /// Sequences holding KV blocks.
+    pub running: usize,
+    /// Requests waiting for a slot (preempted ones included).
+    pub waiting: usize,
+    pub kv_blocks_total: usize,
+    pub kv_blocks_used: usize,
+    /// kv_blocks_used / kv_blocks_total.
+    pub kv_usage: f64,
+    /// Prompt tokens of requests admitted (counted once per request).
+    pub prompt_tokens_total: u64,
+    pub generation_tokens_total: u64,
+    /// Tokens computed by forward passes (prefill, recompute and decode).
+    pub computed_tokens_total: u64,
+    pub preemptions_total: u64,
+    /// Prompt tokens looked up in the prefix cache, and those found.
+    pub prefix_cache_queries: u64,
+    pub prefix_cache_hits: u64,
+    pub requests_finished: u64,
+    pub requests_cancelled: u64,
+    pub requests_failed: u64,
+    pub steps: u64,
+}

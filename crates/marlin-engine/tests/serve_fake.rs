@@ -1,0 +1,380 @@
+//! The serving engine on a fake model that keeps its "KV cache" as tokens in
+//! a paged pool and derives each next token from every cached position read
+//! back through the block table: a wrong table, a stale block after
+//! preemption or a bad prefix-cache hit changes the output.
+
+use marlin_engine::serve::{
+    generate_blocking, spawn, BatchChunk, BatchModel, EngineConfig, EngineHandle, EngineRequest,
+    EngineStats, Event, SubmitError,
+};
+use marlin_engine::{Detokenizer, EngineError, FinishReason, SamplingParams};
+use std::time::{Duration, Instant};
+
+const VOCAB: usize = 26;
+
+struct FakeModel {
+    block_size: usize,
+    n_blocks: usize,
+    /// (n_blocks * block_size): the token cached at each slot.
+    slots: Vec<Option<u32>>,
+    delay: Duration,
+}
+
+/// The fake model's next token after `tokens`.
+fn next_token(tokens: &[u32]) -> u32 {
+    let h = tokens.iter().enumerate().fold(17u64, |h, (j, &t)| {
+        h.wrapping_mul(31)
+            .wrapping_add(u64::from(t) * (j as u64 + 1))
+    });
+    (h % VOCAB as u64) as u32
+}
+
+impl BatchModel for FakeModel {
+    fn vocab_size(&self) -> usize {
+        VOCAB
+    }
+    fn block_size(&self) -> usize {
+        self.block_size
+    }
+    fn n_blocks(&self) -> usize {
+        self.n_blocks
+    }
+    fn forward_batch(&mut self, chunks: &[BatchChunk]) -> Result<Vec<Vec<f32>>, EngineError> {
+        std::thread::sleep(self.delay);
+        let bs = self.block_size;
+        let slot = |table: &[u32], p: usize| -> Result<usize, EngineError> {
+            let b = table
+                .get(p / bs)
+                .ok_or_else(|| EngineError::Model(format!("position {p} past the table")))?;
+            Ok(*b as usize * bs + p % bs)
+        };
+        for c in chunks {
+            for (i, &t) in c.tokens.iter().enumerate() {
+                let s = slot(c.block_table, c.pos0 + i)?;
+                self.slots[s] = Some(t);
+            }
+        }
+        chunks
+            .iter()
+            .map(|c| {
+                if !c.want_logits {
+                    return Ok(Vec::new());
+                }
+                let seen = (0..c.pos0 + c.tokens.len())
+                    .map(|p| {
+                        self.slots[slot(c.block_table, p)?]
+                            .ok_or_else(|| EngineError::Model(format!("slot of {p} never written")))
+                    })
+                    .collect::<Result<Vec<u32>, _>>()?;
+                let mut logits = vec![0.0f32; VOCAB];
+                logits[next_token(&seen) as usize] = 5.0;
+                logits[(next_token(&seen) as usize + 1) % VOCAB] = 3.0;
+                Ok(logits)
+            })
+            .collect()
+    }
+}
+
+/// Token i is the letter 'a' + i.
+struct Letters;
+impl Detokenizer for Letters {
+    fn push(&mut self, id: u32) -> Result<String, EngineError> {
+        Ok(char::from(b'a' + id as u8).to_string())
+    }
+    fn finish(&mut self) -> Result<String, EngineError> {
+        Ok(String::new())
+    }
+}
+
+fn engine(block_size: usize, n_blocks: usize, cfg: EngineConfig, delay_ms: u64) -> EngineHandle {
+    let model = FakeModel {
+        block_size,
+        n_blocks,
+        slots: vec![None; block_size * n_blocks],
+        delay: Duration::from_millis(delay_ms),
+    };
+    let detok = || -> Box<dyn Detokenizer> { Box::new(Letters) };
+    spawn(Box::new(model), Box::new(detok), cfg).unwrap()
+}
+
+fn request(prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {
+    EngineRequest {
+        prompt,
+        sampling: SamplingParams::greedy(),
+        max_tokens,
+        stop_strings: vec![],
+        stop_token_ids: vec![],
+        logprobs: None,
+    }
+}
+
+/// The greedy continuation the fake model defines.
+fn expected(prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut seq = prompt.to_vec();
+    for _ in 0..n {
+        seq.push(next_token(&seq));
+    }
+    seq[prompt.len()..].to_vec()
+}
+
+fn prompt(seed: u32, len: usize) -> Vec<u32> {
+    (0..len as u32)
+        .map(|i| (seed * 7 + i * 3) % VOCAB as u32)
+        .collect()
+}
+
+/// Waits until the engine's stats (published after each step) satisfy `ok`.
+fn wait_for(h: &EngineHandle, what: &str, ok: impl Fn(&EngineStats) -> bool) {
+    let t0 = Instant::now();
+    loop {
+        let s = h.stats();
+        if ok(&s) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "never {what}: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Waits until the engine holds no sequence and no block.
+fn wait_idle(h: &EngineHandle) {
+    wait_for(h, "idle", |s| {
+        s.running == 0 && s.waiting == 0 && s.kv_blocks_used == 0
+    });
+}
+
+#[test]
+fn one_request_streams_the_model_output() {
+    let h = engine(4, 16, EngineConfig::default(), 0);
+    let p = prompt(1, 9);
+    let mut streamed = String::new();
+    let out = generate_blocking(&h, request(p.clone(), 12), |t| {
+        streamed.push_str(t);
+        true
+    })
+    .unwrap();
+    assert_eq!(out.tokens, expected(&p, 12));
+    assert_eq!(out.finish_reason, FinishReason::Length);
+    let letters: String = out
+        .tokens
+        .iter()
+        .map(|&t| (b'a' + t as u8) as char)
+        .collect();
+    assert_eq!(
+        (out.text.as_str(), streamed.as_str()),
+        (&*letters, &*letters)
+    );
+    assert_eq!(out.stats.prompt_tokens, 9);
+    wait_idle(&h);
+    h.shutdown(Duration::ZERO);
+}
+
+#[test]
+fn many_concurrent_requests_with_preemption_and_chunked_prefill() {
+    // 40 blocks of 4 positions for 32 requests of up to 30 tokens: the pool
+    // cannot hold them all, prompts come in chunks of a small budget.
+    let cfg = EngineConfig {
+        max_num_seqs: 16,
+        max_batch_tokens: 24,
+        max_queue: 64,
+        max_model_len: 64,
+    };
+    let h = engine(4, 40, cfg, 0);
+    let streams: Vec<_> = (0..32)
+        .map(|i| {
+            let p = prompt(i, 5 + (i as usize * 7) % 19);
+            let n = 4 + (i as usize % 9);
+            (p.clone(), n, h.submit(request(p, n)).unwrap())
+        })
+        .collect();
+    for (p, n, stream) in streams {
+        let mut got = Vec::new();
+        let mut finished = None;
+        for e in stream {
+            match e {
+                Event::Token { id, .. } => got.push(id),
+                Event::Finished { reason, usage, .. } => {
+                    assert_eq!(usage.completion_tokens, got.len());
+                    assert_eq!(usage.prompt_tokens, p.len());
+                    finished = Some(reason);
+                }
+                Event::Error(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(finished, Some(FinishReason::Length));
+        assert_eq!(got, expected(&p, n), "prompt {p:?}");
+    }
+    wait_idle(&h);
+    let s = h.stats();
+    assert!(
+        s.preemptions_total > 0,
+        "the pool was meant to run out: {s:?}"
+    );
+    assert_eq!(s.requests_finished, 32);
+    assert_eq!(s.kv_blocks_used, 0);
+    h.shutdown(Duration::ZERO);
+}
+
+#[test]
+fn repeated_prompt_hits_the_prefix_cache() {
+    let h = engine(4, 32, EngineConfig::default(), 0);
+    let p = prompt(3, 18);
+    let first = generate_blocking(&h, request(p.clone(), 5), |_| true).unwrap();
+    let before = h.stats();
+    assert_eq!(before.prefix_cache_hits, 0);
+    let second = generate_blocking(&h, request(p.clone(), 5), |_| true).unwrap();
+    let after = h.stats();
+    assert_eq!(first.tokens, second.tokens);
+    assert_eq!(second.tokens, expected(&p, 5));
+    // 17 tokens may come from the cache: 4 full blocks of 4.
+    assert_eq!(after.prefix_cache_hits, 16);
+    assert_eq!(after.prefix_cache_queries - before.prefix_cache_queries, 16);
+    // Cached blocks are free for others.
+    wait_idle(&h);
+    h.shutdown(Duration::ZERO);
+}
+
+#[test]
+fn dropping_the_stream_cancels_and_frees_blocks() {
+    let h = engine(4, 32, EngineConfig::default(), 2);
+    let mut stream = h.submit(request(prompt(4, 10), 60)).unwrap();
+    assert!(matches!(stream.recv(), Some(Event::Token { .. })));
+    wait_for(&h, "holding blocks", |s| s.kv_blocks_used > 0);
+    drop(stream);
+    wait_idle(&h);
+    assert_eq!(h.stats().requests_cancelled, 1);
+
+    // cancel() keeps the stream, which ends with Finished { Cancelled }.
+    let mut stream = h.submit(request(prompt(5, 10), 60)).unwrap();
+    assert!(matches!(stream.recv(), Some(Event::Token { .. })));
+    stream.cancel();
+    let last = stream.last();
+    assert!(
+        matches!(
+            last,
+            Some(Event::Finished {
+                reason: FinishReason::Cancelled,
+                ..
+            })
+        ),
+        "{last:?}"
+    );
+    wait_idle(&h);
+    h.shutdown(Duration::ZERO);
+}
+
+#[test]
+fn stop_strings_stop_tokens_and_logprobs() {
+    let h = engine(4, 32, EngineConfig::default(), 0);
+    let p = prompt(6, 7);
+    let want = expected(&p, 10);
+    let text: String = want.iter().map(|&t| (b'a' + t as u8) as char).collect();
+
+    // Stop string: the text before it, reason Stop.
+    let mut r = request(p.clone(), 10);
+    r.stop_strings = vec![text[3..5].to_string()];
+    let cut = text.find(&text[3..5]).unwrap();
+    let out = generate_blocking(&h, r, |_| true).unwrap();
+    assert_eq!(
+        (out.text.as_str(), out.finish_reason),
+        (&text[..cut], FinishReason::Stop)
+    );
+
+    // Stop token: not shown.
+    let mut r = request(p.clone(), 10);
+    r.stop_token_ids = vec![want[4]];
+    let first = want.iter().position(|&t| t == want[4]).unwrap();
+    let out = generate_blocking(&h, r, |_| true).unwrap();
+    assert_eq!(out.tokens, want[..first]);
+    assert_eq!(out.finish_reason, FinishReason::Stop);
+
+    // Logprobs of the sampled token and the top 2.
+    let mut r = request(p.clone(), 3);
+    r.logprobs = Some(2);
+    for e in h.submit(r).unwrap() {
+        if let Event::Token {
+            id,
+            logprob,
+            top_logprobs,
+            ..
+        } = e
+        {
+            let lp = logprob.unwrap();
+            assert_eq!(top_logprobs.len(), 2);
+            assert_eq!(top_logprobs[0], (id, lp));
+            assert!(lp < 0.0 && top_logprobs[1].1 < lp);
+        }
+    }
+    wait_idle(&h);
+    h.shutdown(Duration::ZERO);
+}
+
+#[test]
+fn submit_errors() {
+    let cfg = EngineConfig {
+        max_num_seqs: 1,
+        max_batch_tokens: 8,
+        max_queue: 1,
+        max_model_len: 32,
+    };
+    let h = engine(4, 16, cfg, 2);
+    let bad = |r: EngineRequest| h.submit(r).err();
+    assert!(matches!(
+        bad(request(vec![], 4)),
+        Some(SubmitError::Invalid(_))
+    ));
+    assert!(matches!(
+        bad(request(vec![99], 4)),
+        Some(SubmitError::Invalid(_))
+    ));
+    assert!(matches!(
+        bad(request(vec![1], 0)),
+        Some(SubmitError::Invalid(_))
+    ));
+    let mut r = request(vec![1], 4);
+    r.sampling.temperature = -1.0;
+    assert!(matches!(bad(r), Some(SubmitError::Invalid(_))));
+    let mut r = request(vec![1], 4);
+    r.logprobs = Some(21);
+    assert!(matches!(bad(r), Some(SubmitError::Invalid(_))));
+    assert_eq!(
+        bad(request(vec![1; 32], 4)),
+        Some(SubmitError::PromptTooLong {
+            prompt: 32,
+            max: 32
+        })
+    );
+
+    // One running, one waiting, the third is refused.
+    let mut running = h.submit(request(prompt(1, 4), 25)).unwrap();
+    assert!(matches!(running.recv(), Some(Event::Token { .. })));
+    let waiting = h.submit(request(prompt(2, 4), 4)).unwrap();
+    match h.submit(request(prompt(3, 4), 4)) {
+        Err(SubmitError::QueueFull { retry_after, .. }) => {
+            assert!(retry_after >= Duration::from_secs(1))
+        }
+        other => panic!("expected QueueFull, got {:?}", other.err()),
+    }
+    // Shutdown with no grace cancels both.
+    h.shutdown(Duration::ZERO);
+    let ends: Vec<Option<Event>> = [running, waiting].into_iter().map(|s| s.last()).collect();
+    for e in ends {
+        assert!(
+            matches!(
+                e,
+                Some(Event::Finished {
+                    reason: FinishReason::Cancelled,
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+    }
+    assert_eq!(
+        h.submit(request(vec![1], 1)).err(),
+        Some(SubmitError::ShuttingDown)
+    );
+}
