@@ -8,6 +8,8 @@ mod cmd_eval;
 mod cmd_generate;
 mod cmd_inspect;
 mod cmd_quantize;
+mod cmd_serve;
+mod serve_backend;
 mod session;
 
 use clap::{Parser, Subcommand};
@@ -103,6 +105,8 @@ enum Command {
         #[arg(long)]
         tensors: bool,
     },
+    /// OpenAI-compatible HTTP server with continuous batching.
+    Serve(cmd_serve::ServeArgs),
     /// Quantize a GGUF or Hugging Face model into a marlin checkpoint.
     Quantize(cmd_quantize::QuantizeArgs),
     /// Quality evaluation.
@@ -257,6 +261,7 @@ fn main() {
             compute,
         } => cmd_generate::chat(&model, system.as_deref(), &sampling, &compute),
         Command::Inspect { model, tensors } => cmd_inspect::inspect(&model, tensors),
+        Command::Serve(args) => cmd_serve::serve(&args),
         Command::Quantize(args) => cmd_quantize::quantize(&args),
         Command::Eval {
             what:

@@ -1,7 +1,8 @@
 //! What the HTTP layer needs from an inference engine. The server is written
 //! against this trait so that its request handling (validation, streaming,
 //! errors, metrics) is independent of how generation is scheduled;
-//! `engine_backend` implements it over `marlin_engine::serve`.
+//! `marlin serve` (crates/marlin-cli/src/serve_backend.rs) implements it over
+//! `marlin_engine::serve`.
 
 use crate::request::ChatMessage;
 use marlin_engine::SamplingParams;

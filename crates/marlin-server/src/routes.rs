@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -26,12 +26,11 @@ use crate::response::{self, ChoiceAccum, ResponseMeta};
 pub const MAX_BODY_BYTES: usize = 4 << 20;
 
 pub struct AppState {
-    pub backend: Arc<dyn Backend>,
+    /// Set once the model has loaded; until then generation answers 503.
+    backend: OnceLock<Arc<dyn Backend>>,
     pub served_model_name: String,
     pub api_key: Option<String>,
     pub metrics: Arc<Metrics>,
-    /// False while the model loads: generation endpoints answer 503.
-    pub ready: AtomicBool,
     /// Set at shutdown: new requests get 503.
     pub draining: AtomicBool,
     pub started: u64,
@@ -39,22 +38,30 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(
-        backend: Arc<dyn Backend>,
-        served_model_name: String,
-        api_key: Option<String>,
-    ) -> Self {
+    /// A server whose backend is still loading: `/health` and generation
+    /// answer 503 until [`AppState::set_backend`].
+    pub fn new(served_model_name: String, api_key: Option<String>) -> Self {
         let metrics = Arc::new(Metrics::new(&served_model_name));
         Self {
-            backend,
+            backend: OnceLock::new(),
             served_model_name,
             api_key,
             metrics,
-            ready: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             started: unix_now(),
             next_id: AtomicU64::new(1),
         }
+    }
+}
+
+impl AppState {
+    /// Marks the model loaded. A second call is ignored.
+    pub fn set_backend(&self, backend: Arc<dyn Backend>) {
+        let _ = self.backend.set(backend);
+    }
+
+    pub fn backend(&self) -> Result<&Arc<dyn Backend>, ApiError> {
+        self.backend.get().ok_or_else(ApiError::loading)
     }
 }
 
@@ -77,6 +84,14 @@ pub fn app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Only `/metrics` (for `--metrics-port`).
+pub fn metrics_app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
 async fn not_found(method: Method, uri: Uri) -> Response {
     ApiError::route_not_found(method.as_str(), uri.path()).into_response()
 }
@@ -86,14 +101,15 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 }
 
 async fn health(State(st): State<Arc<AppState>>) -> Response {
-    if !st.ready.load(Ordering::Acquire) {
-        return ApiError::loading().into_response();
+    if let Err(e) = st.backend() {
+        return e.into_response();
     }
     (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let body = st.metrics.render(&st.backend.stats());
+    let stats = st.backend().map(|b| b.stats()).unwrap_or_default();
+    let body = st.metrics.render(&stats);
     (
         StatusCode::OK,
         [(
@@ -133,6 +149,7 @@ async fn list_models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Res
     if let Err(e) = check_auth(&st, &headers) {
         return e.into_response();
     }
+    let max_model_len = st.backend().map(|b| b.max_model_len()).ok();
     axum::Json(json!({
         "object": "list",
         "data": [{
@@ -140,7 +157,7 @@ async fn list_models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Res
             "object": "model",
             "created": st.started,
             "owned_by": "marlin",
-            "max_model_len": st.backend.max_model_len(),
+            "max_model_len": max_model_len,
         }]
     }))
     .into_response()
@@ -214,9 +231,7 @@ async fn prepare(
     if st.draining.load(Ordering::Acquire) {
         return Err(ApiError::shutting_down());
     }
-    if !st.ready.load(Ordering::Acquire) {
-        return Err(ApiError::loading());
-    }
+    let backend = Arc::clone(st.backend()?);
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("<non-ASCII>");
         let essence = ct
@@ -244,20 +259,20 @@ async fn prepare(
     }
 
     // Tokenizing a long prompt is CPU work: keep it off the async workers.
-    let backend = Arc::clone(&st.backend);
+    let tokenizer = Arc::clone(&backend);
     let prompt_input = params.prompt.clone();
     let prompt = tokio::task::spawn_blocking(move || match prompt_input {
-        PromptInput::Chat(msgs) => backend.encode_chat(&msgs).map_err(|e| {
+        PromptInput::Chat(msgs) => tokenizer.encode_chat(&msgs).map_err(|e| {
             ApiError::invalid_param(
                 "messages",
                 format!("The chat template could not be applied: {e}"),
             )
         }),
-        PromptInput::Text(text) => backend.encode_text(&text).map_err(|e| {
+        PromptInput::Text(text) => tokenizer.encode_text(&text).map_err(|e| {
             ApiError::invalid_param("prompt", format!("The prompt could not be tokenized: {e}"))
         }),
         PromptInput::Tokens(ids) => {
-            let vocab = backend.vocab_size();
+            let vocab = tokenizer.vocab_size();
             match ids.iter().find(|&&t| t as usize >= vocab) {
                 Some(bad) => Err(ApiError::invalid_param(
                     "prompt",
@@ -276,7 +291,7 @@ async fn prepare(
         ));
     }
 
-    let limit = st.backend.max_model_len();
+    let limit = backend.max_model_len();
     let max_tokens = match params.max_tokens {
         Some(m) => m,
         None => limit.saturating_sub(prompt.len()),
@@ -335,7 +350,7 @@ fn launch(
     let mut streams = Vec::with_capacity(reqs.len());
     for r in reqs {
         // An error drops the streams submitted so far, cancelling them.
-        streams.push(st.backend.submit(r).map_err(submit_error)?);
+        streams.push(st.backend()?.submit(r).map_err(submit_error)?);
     }
     let (tx, rx) = mpsc::channel(64);
     for (i, mut stream) in streams.into_iter().enumerate() {

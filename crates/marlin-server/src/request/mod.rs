@@ -286,12 +286,14 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<GenerationParams, ApiErr
         Some(Value::Object(o)) => match o.get("type").and_then(Value::as_str) {
             Some("text") => false,
             Some("json_object") => true,
-            Some(other) => return Err(ApiError::invalid_param(
-                "response_format",
-                format!(
+            Some(other) => {
+                return Err(ApiError::invalid_param(
+                    "response_format",
+                    format!(
                     "response_format type `{other}` is not supported; use `text` or `json_object`."
                 ),
-            )),
+                ))
+            }
             None => {
                 return Err(ApiError::invalid_param(
                     "response_format",

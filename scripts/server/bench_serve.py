@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Serving throughput of `marlin serve` on loopback: aggregate generated
+tokens/s at concurrency 1, 8 and 32 (greedy, fixed-length completions),
+printed beside the single-stream decode speed `marlin bench model` measures
+in the same run, with TTFT / ITL percentiles.
+
+    python3 scripts/server/bench_serve.py [--marlin target/release/marlin] [--model PATH]
+        [--concurrency 1,8,32] [--requests-per-client 4] [--max-tokens 64]
+"""
+import argparse
+import concurrent.futures as cf
+import os
+import re
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_server import Server, pct, stream_completion  # noqa: E402
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
+           "List three colors: 1.", "The best way to learn a language is"]
+
+
+def single_stream_tg(marlin, model, threads):
+    out = subprocess.run([marlin, "bench", "model", model, "--threads", str(threads), "--pp", "64", "--tg", "64",
+                          "--reps", "1"], capture_output=True, text=True, timeout=600)
+    m = re.search(r"tg64\D+([0-9.]+)", out.stdout + out.stderr)
+    return float(m.group(1)) if m else None, (out.stdout + out.stderr).strip().splitlines()[-3:]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--marlin", default="target/release/marlin")
+    models = os.environ.get("MARLIN_MODELS", "models")
+    ap.add_argument("--model", default=os.path.join(models, "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--requests-per-client", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    tg, tail = single_stream_tg(args.marlin, args.model, args.threads)
+    s = Server(args.marlin, args.model, ["--max-num-seqs", str(max(levels)), "--max-queue", "1024",
+                                         "--threads", str(args.threads)])
+    rows = []
+    try:
+        for c in levels:
+            n = c * args.requests_per_client
+            t0 = time.time()
+            with cf.ThreadPoolExecutor(c) as ex:
+                res = list(ex.map(lambda i: stream_completion(s, PROMPTS[i % len(PROMPTS)], args.max_tokens),
+                                  range(n)))
+            wall = time.time() - t0
+            m = s.metrics()
+            toks = sum(len(r[0]) > 0 for r in res)  # completed requests
+            gen = m.get("marlin:generation_tokens_total", float("nan"))
+            ttft = [r[1] for r in res if r[1] is not None]
+            itl = [x for r in res for x in r[2]]
+            rows.append((c, n, wall, gen, ttft, itl, toks))
+    finally:
+        s.stop()
+    print(f"model: {args.model}; threads {args.threads}; {args.max_tokens} tokens per request (greedy)")
+    print(f"single-stream decode (marlin bench model, tg64): {tg} tok/s")
+    print(f"{'conc':>5} {'reqs':>5} {'wall s':>7} {'gen tok/s':>10} {'x single':>9} {'TTFT p50 ms':>12} "
+          f"{'TTFT p99 ms':>12} {'ITL p50 ms':>11} {'ITL p99 ms':>11}")
+    prev_gen = 0.0
+    for c, n, wall, gen, ttft, itl, _ in rows:
+        tps = (gen - prev_gen) / wall
+        prev_gen = gen
+        ratio = tps / tg if tg else float("nan")
+        print(f"{c:>5} {n:>5} {wall:>7.1f} {tps:>10.1f} {ratio:>9.2f} {pct(ttft, 50)*1e3:>12.0f} "
+              f"{pct(ttft, 99)*1e3:>12.0f} {pct(itl, 50)*1e3:>11.1f} {pct(itl, 99)*1e3:>11.1f}")
+
+
+if __name__ == "__main__":
+    main()
