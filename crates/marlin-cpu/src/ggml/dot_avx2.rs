@@ -7,6 +7,7 @@
 //! [`kernels`] returns, and it returns one only after run-time detection.
 
 use super::act::{ActQ8K, ActQ8x32};
+use super::pair_avx2::*;
 use super::{Dots, Kernels};
 use marlin_quant::ggml::*;
 use std::arch::x86_64::*;
@@ -58,11 +59,11 @@ macro_rules! entry {
         }
     };
 }
-entry!(q4_0, dot_q4_0, BlockQ4_0, ActQ8x32);
-entry!(q4_1, dot_q4_1, BlockQ4_1, ActQ8x32);
-entry!(q5_0, dot_q5_0, BlockQ5_0, ActQ8x32);
-entry!(q5_1, dot_q5_1, BlockQ5_1, ActQ8x32);
-entry!(q8_0, dot_q8_0, BlockQ8_0, ActQ8x32);
+entry!(q4_0, pair_q4_0, BlockQ4_0, ActQ8x32);
+entry!(q4_1, pair_q4_1, BlockQ4_1, ActQ8x32);
+entry!(q5_0, pair_q5_0, BlockQ5_0, ActQ8x32);
+entry!(q5_1, pair_q5_1, BlockQ5_1, ActQ8x32);
+entry!(q8_0, pair_q8_0, BlockQ8_0, ActQ8x32);
 entry!(mxfp4, dot_mxfp4, BlockMxfp4, ActQ8x32);
 entry!(q4k, tile_q4k, BlockQ4K, ActQ8K);
 entry!(q6k, tile_q6k, BlockQ6K, ActQ8K);
@@ -105,7 +106,7 @@ fn f16_to_f32(b: [u8; 2]) -> f32 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn hsum(v: __m256) -> f32 {
+pub(super) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
@@ -136,7 +137,7 @@ fn nibbles(qs: &[u8; 16]) -> __m256i {
 /// Byte j = 0xFF where bit j of `bits` is set, else 0.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn bytes_from_bits(bits: u32) -> __m256i {
+pub(super) fn bytes_from_bits(bits: u32) -> __m256i {
     let v = _mm256_set1_epi32(bits as i32);
     let shuf = _mm256_setr_epi8(
         0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
@@ -150,11 +151,12 @@ fn bytes_from_bits(bits: u32) -> __m256i {
 /// Σ of unsigned `w` times signed `a` bytes, as 8 i32 partial sums.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn mul_sum_us8(w: __m256i, a: __m256i) -> __m256i {
+pub(super) fn mul_sum_us8(w: __m256i, a: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
 }
 
-/// One 32-element format over a tile of RM weight rows x RN activation
+/// One 32-element format, one block at a time (MXFP4; the others take
+/// their blocks in pairs, see `pair_avx2`), over a tile of RM weight rows x RN activation
 /// rows (see `super::Tile`): `$decode` gives (codes, d, c) of block `$b`,
 /// and each block adds d * d_a * Σ q a + c * s_a to each pair's sum. Each
 /// weight block is decoded once for the RN rows, each activation block
@@ -223,28 +225,6 @@ macro_rules! dot32 {
     };
 }
 
-dot32!(dot_q4_0, BlockQ4_0, false, |b| {
-    let d = f16_to_f32(b.d);
-    (nibbles(&b.qs), d, -8.0 * d)
-});
-dot32!(dot_q4_1, BlockQ4_1, false, |b| {
-    let (d, m) = f16_pair([b.d[0], b.d[1], b.m[0], b.m[1]]);
-    (nibbles(&b.qs), d, m)
-});
-dot32!(dot_q5_0, BlockQ5_0, false, |b| {
-    let hi = _mm256_and_si256(bytes_from_bits(b.qh_bits()), _mm256_set1_epi8(0x10));
-    let d = f16_to_f32(b.d);
-    (_mm256_or_si256(nibbles(&b.qs), hi), d, -16.0 * d)
-});
-dot32!(dot_q5_1, BlockQ5_1, false, |b| {
-    let hi = _mm256_and_si256(bytes_from_bits(b.qh_bits()), _mm256_set1_epi8(0x10));
-    let (d, m) = f16_pair([b.d[0], b.d[1], b.m[0], b.m[1]]);
-    (_mm256_or_si256(nibbles(&b.qs), hi), d, m)
-});
-dot32!(dot_q8_0, BlockQ8_0, true, |b| {
-    let d = f16_to_f32(b.d);
-    (load32_at(&b.qs, 0), d, 0.0)
-});
 dot32!(dot_mxfp4, BlockMxfp4, true, |b| {
     let table = _mm256_broadcastsi128_si256(_mm_setr_epi8(
         0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,

@@ -20,6 +20,8 @@ mod bench;
 #[cfg(target_arch = "x86_64")]
 mod dot_avx2;
 pub mod dot_scalar;
+#[cfg(target_arch = "x86_64")]
+mod pair_avx2;
 #[cfg(test)]
 mod tests;
 
