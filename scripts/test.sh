@@ -10,6 +10,17 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --release "$@" 2>&1 | tee "$log" || status=$?
+# The OpenAI-client integration tests of `marlin serve` (scripts/server/):
+# a real server on loopback, the official `openai` package as the client.
+if [ "$#" -eq 0 ]; then
+  if python3 -c "import openai" 2>/dev/null; then
+    cargo build --release -p marlin-cli 2>&1 | tail -1
+    python3 scripts/server/test_server.py --marlin target/release/marlin 2>&1 | tee -a "$log" || status=1
+  else
+    echo "server tests: 0 passed, 0 failed, 1 skipped (python package openai missing; .ci/run installs it)" | tee -a "$log"
+  fi
+fi
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1); if ($i ~ /^ignored;?$/) s += $(i-1) } }
+     /^server tests:/ { p += $3; f += $5; if ($7 ~ /^[0-9]+$/) s += $7 }
      END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
 exit "$status"
