@@ -378,3 +378,44 @@ fn submit_errors() {
         Some(SubmitError::ShuttingDown)
     );
 }
+
+#[test]
+fn a_long_prompt_does_not_stall_decoding() {
+    // 8 tokens a step: a 60-token prompt takes 9 steps to prefill (7 tokens
+    // each beside the decoding request), during which the request already
+    // decoding gets a token every step.
+    let cfg = EngineConfig {
+        max_num_seqs: 4,
+        max_batch_tokens: 8,
+        max_queue: 8,
+        max_model_len: 128,
+    };
+    let h = engine(4, 64, cfg, 1);
+    let mut decoding = h.submit(request(prompt(7, 4), 40)).unwrap();
+    assert!(matches!(decoding.recv(), Some(Event::Token { .. })));
+    let long = prompt(8, 60);
+    let mut long_tokens = Vec::new();
+    let mut long_timings = None;
+    for e in h.submit(request(long.clone(), 2)).unwrap() {
+        match e {
+            Event::Token { id, .. } => long_tokens.push(id),
+            Event::Finished { timings, .. } => long_timings = Some(timings),
+            Event::Error(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(long_tokens, expected(&long, 2));
+    let long_t = long_timings.unwrap();
+    let (from, to) = (long_t.first_scheduled.unwrap(), long_t.first_token.unwrap());
+    let decoded = match decoding.last() {
+        Some(Event::Finished { timings, .. }) => timings.token_times,
+        other => panic!("{other:?}"),
+    };
+    let during = decoded.iter().filter(|&&t| t >= from && t <= to).count();
+    let prefill_steps = 60usize.div_ceil(7);
+    assert!(
+        during + 1 >= prefill_steps,
+        "{during} tokens decoded during a {prefill_steps}-step prefill"
+    );
+    wait_idle(&h);
+    h.shutdown(Duration::ZERO);
+}

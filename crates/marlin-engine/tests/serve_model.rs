@@ -3,114 +3,20 @@
 //! request among 32 concurrent ones; preemption under a tiny pool keeps every
 //! output; a repeated prompt hits the prefix cache; all blocks end free.
 
+mod common;
+
+use common::{model_or_skip, Contiguous, Detok, PagedModel, TextStream};
 use marlin_engine::serve::{
-    generate_blocking, spawn, BatchChunk, BatchModel, DetokenizerSource, EngineConfig,
-    EngineHandle, EngineRequest, Event,
+    generate_blocking, spawn, EngineConfig, EngineHandle, EngineRequest, Event,
 };
-use marlin_engine::{
-    generate, Detokenizer, EngineError, FinishReason, GenerationRequest, SamplingParams,
-    SequenceModel,
-};
-use marlin_io::tokenizer::{StreamDecoder, Tokenizer};
-use marlin_models::{KvCache, KvPool, LoadOptions, LogitsWanted, Model, SeqChunk};
-use std::path::PathBuf;
+use marlin_engine::{generate, FinishReason, GenerationRequest, SamplingParams};
+use marlin_io::tokenizer::Tokenizer;
+use marlin_models::{LoadOptions, Model};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const MAX_TOKENS: usize = 12;
-
-fn model_path() -> Option<PathBuf> {
-    let dir = std::env::var_os("MARLIN_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"));
-    let p = dir.join(MODEL_FILE);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED: {} not found", p.display());
-        None
-    }
-}
-
-/// A marlin model and its paged pool, as the engine drives them.
-struct PagedModel {
-    model: Arc<dyn Model>,
-    pool: KvPool,
-}
-
-impl BatchModel for PagedModel {
-    fn vocab_size(&self) -> usize {
-        self.model.config().vocab_size
-    }
-    fn block_size(&self) -> usize {
-        self.pool.block_size()
-    }
-    fn n_blocks(&self) -> usize {
-        self.pool.n_blocks()
-    }
-    fn forward_batch(&mut self, chunks: &[BatchChunk]) -> Result<Vec<Vec<f32>>, EngineError> {
-        let batched = self
-            .model
-            .batched()
-            .ok_or_else(|| EngineError::Model("no batched forward".into()))?;
-        let seqs: Vec<SeqChunk> = chunks
-            .iter()
-            .map(|c| SeqChunk {
-                tokens: c.tokens,
-                block_table: c.block_table,
-                pos0: c.pos0,
-                logits: c.want_logits.then_some(LogitsWanted::Last),
-            })
-            .collect();
-        batched
-            .forward_batch(&mut self.pool, &seqs)
-            .map_err(|e| EngineError::Model(e.to_string()))
-    }
-}
-
-struct TextStream<'t>(StreamDecoder<'t>);
-
-impl Detokenizer for TextStream<'_> {
-    fn push(&mut self, id: u32) -> Result<String, EngineError> {
-        self.0
-            .push(id)
-            .map_err(|e| EngineError::Model(e.to_string()))
-    }
-    fn finish(&mut self) -> Result<String, EngineError> {
-        self.0
-            .flush()
-            .map_err(|e| EngineError::Model(e.to_string()))
-    }
-}
-
-struct Detok(Arc<Tokenizer>);
-
-impl DetokenizerSource for Detok {
-    fn detokenizer(&self) -> Box<dyn Detokenizer + '_> {
-        Box::new(TextStream(self.0.stream_decoder()))
-    }
-}
-
-/// `generate()`'s view of a model with a contiguous cache.
-struct Contiguous<'m> {
-    model: &'m dyn Model,
-    cache: KvCache,
-}
-
-impl SequenceModel for Contiguous<'_> {
-    fn vocab_size(&self) -> usize {
-        self.model.config().vocab_size
-    }
-    fn max_seq_len(&self) -> usize {
-        self.cache.capacity()
-    }
-    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
-        self.model
-            .forward(tokens, &mut self.cache)
-            .map_err(|e| EngineError::Model(e.to_string()))
-    }
-}
 
 struct Setup {
     model: Arc<dyn Model>,
@@ -119,7 +25,7 @@ struct Setup {
 }
 
 fn setup() -> Option<Setup> {
-    let path = model_path()?;
+    let path = model_or_skip(MODEL_FILE)?;
     let model: Arc<dyn Model> =
         Arc::from(marlin_models::load_model(&path, &LoadOptions::default()).unwrap());
     let gguf = marlin_io::gguf::GgufFile::open(&path).unwrap();
