@@ -133,7 +133,11 @@ impl KldAccumulator {
         let nf = n as f64;
         let mean = self.klds.iter().sum::<f64>() / nf;
         let var = self.klds.iter().map(|k| (k - mean).powi(2)).sum::<f64>() / nf;
-        let err = if n > 1 { (var / (nf - 1.0)).sqrt() } else { 0.0 };
+        let err = if n > 1 {
+            (var / (nf - 1.0)).sqrt()
+        } else {
+            0.0
+        };
         let mut sorted = self.klds.clone();
         sorted.sort_by(f64::total_cmp);
         // Nearest-rank percentile.

@@ -82,7 +82,10 @@ fn rtn_and_gptq_checkpoints_load_and_track_the_base() {
     // The checkpoint's tokenizer is the GGUF's.
     let tok = Tokenizer::from_hf_dir(&rtn_dir).unwrap();
     let sample = "Permission is hereby granted, free of charge. <|im_start|>user\nHi";
-    assert_eq!(tok.encode(sample, true).unwrap(), base_tok.encode(sample, true).unwrap());
+    assert_eq!(
+        tok.encode(sample, true).unwrap(),
+        base_tok.encode(sample, true).unwrap()
+    );
     assert_eq!(tok.eos_ids(), base_tok.eos_ids());
     let (rtn_kld, rtn_top1) = kld(base.as_ref(), rtn.as_ref(), &eval_tokens);
     eprintln!("RTN int4 g64: KLD {rtn_kld:.4}, same top-1 {rtn_top1:.1}%");

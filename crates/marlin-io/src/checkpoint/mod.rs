@@ -1,7 +1,8 @@
 //! The marlin checkpoint: a Hugging Face style directory (`config.json`
 //! with a `quantization_config` block, tokenizer files, `model*.safetensors`
-//! + index) whose quantized linears are stored as they are held in memory
-//! ([`QuantTensor`], `Layout::KMajorDense`), so loading never requantizes.
+//! and their index) whose quantized linears are stored as they are held in
+//! memory ([`marlin_quant::QuantTensor`], `Layout::KMajorDense`), so loading never
+//! requantizes.
 //!
 //! For a linear whose dense weight would be `<base>.weight` (e.g.
 //! `model.layers.0.self_attn.q_proj.weight`) the checkpoint holds:

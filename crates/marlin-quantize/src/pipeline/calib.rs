@@ -235,7 +235,10 @@ mod tests {
         let a = CalibrationSet::sample(&tokens, 4, 10, 7, Some(999)).unwrap();
         let b = CalibrationSet::sample(&tokens, 4, 10, 7, Some(999)).unwrap();
         assert_eq!(a, b);
-        assert_ne!(a, CalibrationSet::sample(&tokens, 4, 10, 8, Some(999)).unwrap());
+        assert_ne!(
+            a,
+            CalibrationSet::sample(&tokens, 4, 10, 8, Some(999)).unwrap()
+        );
         for w in &a.windows {
             assert_eq!(w.len(), 10);
             assert_eq!(w[0], 999);
@@ -245,6 +248,11 @@ mod tests {
         assert!(CalibrationSet::sample(&tokens[..5], 1, 10, 0, None).is_err());
         assert!(CalibrationSet::sample(&[], 1, 10, 0, None).is_err());
         assert!(CalibrationSet::sample(&tokens, 0, 10, 0, None).is_err());
-        assert_eq!(CalibrationSet::sample(&tokens[..10], 1, 10, 0, None).unwrap().windows[0], tokens[..10]);
+        assert_eq!(
+            CalibrationSet::sample(&tokens[..10], 1, 10, 0, None)
+                .unwrap()
+                .windows[0],
+            tokens[..10]
+        );
     }
 }

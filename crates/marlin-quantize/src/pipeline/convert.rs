@@ -88,7 +88,7 @@ impl ModelShape {
         if n_layers == 0 || n_heads == 0 || n_kv_heads == 0 || head_dim == 0 || hidden == 0 {
             return Err(bad("zero layers, heads, head size or hidden size"));
         }
-        if !n_heads.is_multiple_of(n_kv_heads) || head_dim % 2 != 0 {
+        if !n_heads.is_multiple_of(n_kv_heads) || !head_dim.is_multiple_of(2) {
             return Err(bad(format!(
                 "{n_heads} heads over {n_kv_heads} KV heads of size {head_dim}"
             )));
@@ -130,7 +130,11 @@ impl ModelShape {
     }
 
     /// Norm weights as the model multiplies by them (`γ`), from the source.
-    pub fn effective_norm(&self, src: &dyn WeightSource, name: &str) -> Result<Vec<f32>, QuantizeError> {
+    pub fn effective_norm(
+        &self,
+        src: &dyn WeightSource,
+        name: &str,
+    ) -> Result<Vec<f32>, QuantizeError> {
         let mut v = src.vector(name)?;
         let off = self.source_norm_offset();
         v.iter_mut().for_each(|x| *x += off);
@@ -175,7 +179,11 @@ impl ModelShape {
 
     /// The Hugging Face name of GGUF-style `name`, or an error naming it.
     pub fn hf_name(&self, name: &str) -> Result<String, QuantizeError> {
-        let arch = if self.arch == "gemma3" { "gemma3_text" } else { &self.arch };
+        let arch = if self.arch == "gemma3" {
+            "gemma3_text"
+        } else {
+            &self.arch
+        };
         hf_tensor_name(arch, name)
             .ok_or_else(|| bad(format!("tensor `{name}` has no Hugging Face name")))
     }
@@ -183,7 +191,11 @@ impl ModelShape {
     /// config.json of the checkpoint (without `quantization_config`).
     pub fn hf_config(&self, src: &dyn WeightSource) -> Result<Value, QuantizeError> {
         let mut root = Map::new();
-        let model_type = if self.arch == "gemma3" { "gemma3_text" } else { &self.arch };
+        let model_type = if self.arch == "gemma3" {
+            "gemma3_text"
+        } else {
+            &self.arch
+        };
         root.insert("model_type".into(), json!(model_type));
         let class = match model_type {
             "gemma3_text" => "Gemma3ForCausalLM",
@@ -267,7 +279,11 @@ pub fn unpermute_rope_rows(
     cols: usize,
     heads: usize,
 ) -> Result<Vec<f32>, QuantizeError> {
-    if heads == 0 || !rows.is_multiple_of(heads) || (rows / heads) % 2 != 0 || w.len() != rows * cols {
+    if heads == 0
+        || !rows.is_multiple_of(heads)
+        || !(rows / heads).is_multiple_of(2)
+        || w.len() != rows * cols
+    {
         return Err(bad(format!(
             "{rows} x {cols} Q/K matrix does not split into {heads} heads of even size"
         )));

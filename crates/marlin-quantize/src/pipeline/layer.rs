@@ -123,7 +123,10 @@ pub fn awq_group(
     members: Vec<LinearIn>,
 ) -> Result<(Vec<LinearOut>, Option<Vec<f32>>), QuantizeError> {
     let Some(scheme) = members.iter().find_map(|m| m.scheme) else {
-        return Ok((members.into_iter().map(|m| LinearOut::Dense(m.w)).collect(), None));
+        return Ok((
+            members.into_iter().map(|m| LinearOut::Dense(m.w)).collect(),
+            None,
+        ));
     };
     let stats = ctx.site(site)?;
     let k = members[0].w.cols;
@@ -136,7 +139,15 @@ pub fn awq_group(
     for &i in &searched {
         w.extend_from_slice(&members[i].w.data);
     }
-    let result = awq_quantize(&w, n, k, &stats.rows, stats.n_rows, &scheme, &AwqOptions::default())?;
+    let result = awq_quantize(
+        &w,
+        n,
+        k,
+        &stats.rows,
+        stats.n_rows,
+        &scheme,
+        &AwqOptions::default(),
+    )?;
     let s = result.scales.clone();
     let mut parts = split_rows(result.tensor, &sizes)?.into_iter();
     let mut outs = Vec::with_capacity(members.len());

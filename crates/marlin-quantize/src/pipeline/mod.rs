@@ -28,7 +28,9 @@ pub mod presets;
 use crate::QuantizeError;
 use calib::{collect_stats, CalibrationSet, InputSite};
 use convert::ModelShape;
-use layer::{awq_group, fold_into_norm, fold_into_rows, quantize_one, LayerCtx, LinearIn, LinearOut};
+use layer::{
+    awq_group, fold_into_norm, fold_into_rows, quantize_one, LayerCtx, LinearIn, LinearOut,
+};
 use marlin_io::checkpoint::SafetensorsWriter;
 use marlin_io::tokenizer::Tokenizer;
 use marlin_models::source::{GgufSource, HfDirSource, WeightSource};
@@ -140,7 +142,13 @@ pub struct QuantizeReport {
 
 /// Per-layer tensors the pipeline knows (GGUF-style tails).
 const LAYER_LINEARS: [&str; 7] = [
-    "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
 ];
 const LAYER_NORMS_REQUIRED: [&str; 2] = ["attn_norm", "ffn_norm"];
 const LAYER_NORMS_OPTIONAL: [&str; 4] = [
@@ -168,7 +176,10 @@ enum Input {
 impl Input {
     fn open(path: &std::path::Path) -> Result<Self, QuantizeError> {
         if !path.exists() {
-            return Err(bad(format!("{}: no such file or directory", path.display())));
+            return Err(bad(format!(
+                "{}: no such file or directory",
+                path.display()
+            )));
         }
         Ok(if path.is_dir() {
             Input::Hf(HfDirSource::open(path)?)
@@ -219,7 +230,10 @@ impl Input {
 
 /// GGUF-style names of every tensor the pipeline converts.
 fn known_names(shape: &ModelShape, with_output: bool) -> Vec<String> {
-    let mut names = vec!["token_embd.weight".to_string(), "output_norm.weight".to_string()];
+    let mut names = vec![
+        "token_embd.weight".to_string(),
+        "output_norm.weight".to_string(),
+    ];
     if with_output {
         names.push("output.weight".into());
     }
@@ -270,7 +284,9 @@ fn check_and_plan(
     let known = known_names(shape, true);
     for (name, gguf) in input.tensor_names(shape) {
         if !gguf.as_ref().is_some_and(|g| known.contains(g)) {
-            return Err(bad(format!("tensor `{name}` is not one the quantizer converts")));
+            return Err(bad(format!(
+                "tensor `{name}` is not one the quantizer converts"
+            )));
         }
     }
     for name in ["token_embd.weight", "output_norm.weight"] {
@@ -307,12 +323,8 @@ fn check_and_plan(
         let format = choose_format(&hf, class, job.format, job.preset, overrides);
         let scheme = format.scheme(job.group_size);
         if let Some(s) = &scheme {
-            s.validate(rows, cols).map_err(|e| {
-                bad(format!(
-                    "{hf} ({rows} x {cols}) as {}: {e}",
-                    format.name()
-                ))
-            })?;
+            s.validate(rows, cols)
+                .map_err(|e| bad(format!("{hf} ({rows} x {cols}) as {}: {e}", format.name())))?;
         }
         formats.insert(
             name.clone(),
@@ -427,7 +439,11 @@ pub fn quantize_model(
             (Some(c), Some(model)) => {
                 let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
                 let t0 = Instant::now();
-                let awq_rows = if job.method == Method::Awq { job.awq_rows } else { 0 };
+                let awq_rows = if job.method == Method::Awq {
+                    job.awq_rows
+                } else {
+                    0
+                };
                 let s = collect_stats(model.as_ref(), c, first..last + 1, awq_rows, |d, n| {
                     progress(&format!(
                         "calibration layers {first}..={last}: window {d}/{n} ({:.0}s)",
@@ -468,7 +484,12 @@ pub fn quantize_model(
     out.write_base(&base)?;
     let (quantized_linears, quantized_bpw, total_bpw_dense16) = bits_summary(&plan)?;
     let mut config = shape.hf_config(src)?;
-    let qc = output::quantization_config(job, &plan_summary(&plan, &shape)?, calib.as_ref(), quantized_bpw);
+    let qc = output::quantization_config(
+        job,
+        &plan_summary(&plan, &shape)?,
+        calib.as_ref(),
+        quantized_bpw,
+    );
     if let Some(m) = config.as_object_mut() {
         m.insert("quantization_config".into(), qc);
     }
@@ -561,12 +582,20 @@ fn quantize_layer(
             fold_into_norm(&mut ffn_norm, &s)?;
         }
         outputs.extend(["ffn_gate", "ffn_up"].iter().map(|t| name(t)).zip(ffn_outs));
-        let (attn_outs, s) =
-            awq_group(ctx, InputSite::AttnIn, vec![load("attn_q")?, load("attn_k")?, v])?;
+        let (attn_outs, s) = awq_group(
+            ctx,
+            InputSite::AttnIn,
+            vec![load("attn_q")?, load("attn_k")?, v],
+        )?;
         if let Some(s) = s {
             fold_into_norm(&mut attn_norm, &s)?;
         }
-        outputs.extend(["attn_q", "attn_k", "attn_v"].iter().map(|t| name(t)).zip(attn_outs));
+        outputs.extend(
+            ["attn_q", "attn_k", "attn_v"]
+                .iter()
+                .map(|t| name(t))
+                .zip(attn_outs),
+        );
     } else {
         for tail in LAYER_LINEARS {
             outputs.push((name(tail), quantize_one(ctx, load(tail)?)?));
@@ -591,7 +620,11 @@ fn quantize_layer(
         let n = name(tail);
         if src.contains(&n) {
             let gamma = shape.effective_norm(src, &n)?;
-            w.add_f32(&shape.hf_name(&n)?, &[gamma.len()], &shape.stored_hf_norm(gamma))?;
+            w.add_f32(
+                &shape.hf_name(&n)?,
+                &[gamma.len()],
+                &shape.stored_hf_norm(gamma),
+            )?;
         }
     }
     Ok(w)
@@ -617,7 +650,13 @@ fn base_tensors(
         let d = shape.dense_hf(src, name)?;
         match plan.get(name).1 {
             Some(s) => {
-                let t = marlin_quant::quantize_rtn(&d.data, d.rows, d.cols, s, &marlin_quant::RtnOptions::min_max())?;
+                let t = marlin_quant::quantize_rtn(
+                    &d.data,
+                    d.rows,
+                    d.cols,
+                    s,
+                    &marlin_quant::RtnOptions::min_max(),
+                )?;
                 w.add_quant(hf.strip_suffix(".weight").unwrap_or(&hf), &t)?;
             }
             None => w.add_f32(&hf, &[d.rows, d.cols], &d.data)?,

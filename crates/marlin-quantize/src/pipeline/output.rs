@@ -85,7 +85,10 @@ impl OutputDir {
     pub fn prepare(dir: &Path, fingerprint: &str) -> Result<Self, QuantizeError> {
         let bad = |r: String| QuantizeError::BadInput(format!("{}: {r}", dir.display()));
         if dir.join(marlin_io::hf::CONFIG_FILE).exists() {
-            return Err(bad("already holds a finished checkpoint (config.json); remove it or pick another -o".into()));
+            return Err(bad(
+                "already holds a finished checkpoint (config.json); remove it or pick another -o"
+                    .into(),
+            ));
         }
         let manifest_path = dir.join(MANIFEST_FILE);
         if manifest_path.is_file() {

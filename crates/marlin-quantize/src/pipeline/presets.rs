@@ -83,7 +83,10 @@ impl Format {
 
     /// Whether `group_size` means anything for this format.
     pub fn uses_group_size(self) -> bool {
-        matches!(self, Format::Int4 | Format::Int3 | Format::Int2 | Format::Fp4)
+        matches!(
+            self,
+            Format::Int4 | Format::Int3 | Format::Int2 | Format::Fp4
+        )
     }
 }
 

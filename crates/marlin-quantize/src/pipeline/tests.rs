@@ -19,7 +19,15 @@ fn output_dir_resumes_only_the_same_job() {
     // A layer whose shard was lost is redone.
     std::fs::remove_file(dir.join("model-layer-00001.safetensors")).unwrap();
     let again = OutputDir::prepare(&dir, "job-a").unwrap();
-    assert_eq!(again.manifest.layers_done.iter().copied().collect::<Vec<_>>(), vec![0]);
+    assert_eq!(
+        again
+            .manifest
+            .layers_done
+            .iter()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![0]
+    );
     assert!(matches!(
         OutputDir::prepare(&dir, "job-b"),
         Err(QuantizeError::BadInput(_))

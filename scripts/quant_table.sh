@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The quantization acceptance table (issue 5, section 5): for each model,
+# method and format, `marlin quantize` from the GGUF (dequantized as the
+# base), then `marlin eval kld` against that GGUF on evaluation text that
+# the calibration never saw. Prints one markdown row per run.
+#
+# Text: data/eval/licenses.txt (Debian license texts, see data/eval/README.md),
+# split at its middle byte: calibration = first half, evaluation = second half.
+#
+# Usage: scripts/quant_table.sh [MODEL...]
+# Env: MARLIN (binary, default target/release/marlin), CTX (default 256),
+#      CHUNKS (eval windows, default 8), SAMPLES (calibration windows,
+#      default 32), SEQ (calibration window, default 256), RUNS (space-separated
+#      METHOD:FORMAT:GROUP triples; default: the full table), OUT (work dir).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MARLIN=${MARLIN:-target/release/marlin}
+CTX=${CTX:-256}
+CHUNKS=${CHUNKS:-8}
+SAMPLES=${SAMPLES:-32}
+SEQ=${SEQ:-256}
+OUT=${OUT:-$(mktemp -d /tmp/marlin-quant-table.XXXXXX)}
+MODELS=("$@")
+if [ ${#MODELS[@]} -eq 0 ]; then
+  MODELS=(models/SmolLM2-135M-Instruct.Q4_1.gguf models/gemma-3-270m-q4_k_m.gguf)
+fi
+DEFAULT_RUNS=""
+for m in rtn gptq gptq-act awq; do
+  DEFAULT_RUNS+=" $m:int4:128 $m:mxfp4:32 $m:int3:128 $m:int2:64 $m:int8:0"
+done
+RUNS=${RUNS:-$DEFAULT_RUNS}
+
+python3 - "$OUT" <<'PY'
+import sys
+t = open("data/eval/licenses.txt", encoding="utf-8").read()
+m = len(t) // 2
+open(sys.argv[1] + "/calib.txt", "w", encoding="utf-8").write(t[:m])
+open(sys.argv[1] + "/eval.txt", "w", encoding="utf-8").write(t[m:])
+PY
+
+echo "| model | method | format | bits/weight | perplexity (base) | mean KLD | 99% KLD | same top-1 | quantize s |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for model in "${MODELS[@]}"; do
+  name=$(basename "$model" .gguf)
+  for run in $RUNS; do
+    IFS=: read -r method format group <<<"$run"
+    # SmolLM2's K = 576 is not a multiple of 128: its groups of 128 become 64.
+    if [ "$group" = 128 ] && [[ "$name" == SmolLM2* ]]; then group=64; fi
+    args=(--format "$format" --seed 0)
+    [ "$group" != 0 ] && args+=(--group-size "$group")
+    case $method in
+      rtn) args+=(--method rtn) ;;
+      gptq) args+=(--method gptq) ;;
+      gptq-act) args+=(--method gptq --act-order) ;;
+      awq) args+=(--method awq) ;;
+      *) echo "unknown method $method" >&2; exit 1 ;;
+    esac
+    [ "$method" != rtn ] && args+=(--calib "$OUT/calib.txt" --calib-samples "$SAMPLES" --calib-seq-len "$SEQ")
+    dir="$OUT/$name-$method-$format-g$group"
+    rm -rf "$dir"
+    t0=$(date +%s.%N)
+    if ! q=$("$MARLIN" quantize "$model" -o "$dir" "${args[@]}" 2>"$dir.log"); then
+      echo "| $name | $method | $format g$group | failed: $(tail -1 "$dir.log") |"
+      continue
+    fi
+    t1=$(date +%s.%N)
+    bpw=$(sed -n 's/.* at \([0-9.]*\) bits\/weight.*/\1/p' <<<"$q")
+    k=$("$MARLIN" eval kld "$dir" --base "$model" --text "$OUT/eval.txt" --ctx "$CTX" --chunks "$CHUNKS" 2>/dev/null)
+    get() { sed -n "s/^$1: \([0-9.]*\).*/\1/p" <<<"$k"; }
+    printf '| %s | %s | %s g%s | %s | %s (%s) | %s | %s | %s %% | %.0f |\n' \
+      "$name" "$method" "$format" "$group" "$bpw" "$(get 'model perplexity')" \
+      "$(get 'base perplexity')" "$(get 'mean KLD')" "$(get '99th percentile KLD')" \
+      "$(get 'same top-1')" "$(echo "$t1 - $t0" | bc)"
+  done
+done
