@@ -165,7 +165,11 @@ pub fn layers(model_path: &Path, base_path: &Path) -> anyhow::Result<()> {
     }
     println!("\nper layer (element-weighted):");
     println!("{:<6} {:>12} {:>10}", "layer", "mse", "cosine");
-    let n_layers = diffs.iter().filter_map(|d| d.layer).max().map_or(0, |l| l + 1);
+    let n_layers = diffs
+        .iter()
+        .filter_map(|d| d.layer)
+        .max()
+        .map_or(0, |l| l + 1);
     for layer in 0..n_layers {
         let ds: Vec<_> = diffs.iter().filter(|d| d.layer == Some(layer)).collect();
         let n: usize = ds.iter().map(|d| d.elements).sum();
