@@ -419,3 +419,49 @@ fn a_long_prompt_does_not_stall_decoding() {
     wait_idle(&h);
     h.shutdown(Duration::ZERO);
 }
+
+#[test]
+fn cancelling_under_preemption_keeps_pool_and_queue_consistent() {
+    let cfg = EngineConfig {
+        max_num_seqs: 8,
+        max_batch_tokens: 16,
+        max_queue: 16,
+        max_model_len: 64,
+    };
+    let h = engine(4, 12, cfg, 1);
+    let mut streams: Vec<_> = (0..16)
+        .map(|i| Some(h.submit(request(prompt(i, 10), 20)).unwrap()))
+        .collect();
+    // Drop every other stream after its first event, running or preempted.
+    for (i, s) in streams.iter_mut().enumerate() {
+        if i % 2 == 1 {
+            if let Some(mut stream) = s.take() {
+                stream.recv();
+            }
+        }
+    }
+    for (i, s) in streams.into_iter().enumerate() {
+        if let Some(stream) = s {
+            let got: Vec<u32> = stream
+                .filter_map(|e| match e {
+                    Event::Token { id, .. } => Some(id),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(got, expected(&prompt(i as u32, 10), 20));
+        }
+    }
+    wait_idle(&h);
+    let s = h.stats();
+    assert!(s.preemptions_total > 0, "{s:?}");
+    assert_eq!((s.requests_finished, s.requests_cancelled), (8, 8));
+    // The queue count is back to 0: a full queue's worth is accepted.
+    let again: Vec<_> = (0..16)
+        .map(|i| h.submit(request(prompt(i, 3), 1)).unwrap())
+        .collect();
+    for s in again {
+        assert_eq!(s.count(), 2, "one token, then Finished");
+    }
+    wait_idle(&h);
+    h.shutdown(Duration::ZERO);
+}

@@ -117,7 +117,10 @@ impl<'d> Engine<'d> {
             self.shared.stats.lock_or_recover().requests_cancelled += 1;
         }
         for mut s in self.waiting.drain(..) {
-            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            // Preempted sequences left the queue count when first admitted.
+            if !s.admitted_once {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            }
             s.finish(FinishReason::Cancelled);
             self.shared.stats.lock_or_recover().requests_cancelled += 1;
         }
@@ -137,19 +140,23 @@ impl<'d> Engine<'d> {
                 i += 1;
             }
         }
-        let before = self.waiting.len();
+        // Preempted sequences in `waiting` left the queue count already.
+        let (mut from_waiting, mut never_admitted) = (0, 0);
         self.waiting.retain_mut(|s| {
             let gone = s.is_cancelled();
             if gone {
                 s.finish(FinishReason::Cancelled);
+                from_waiting += 1;
+                never_admitted += usize::from(!s.admitted_once);
             }
             !gone
         });
-        let from_queue = before - self.waiting.len();
-        self.shared.queued.fetch_sub(from_queue, Ordering::Relaxed);
-        if cancelled + from_queue > 0 {
+        self.shared
+            .queued
+            .fetch_sub(never_admitted, Ordering::Relaxed);
+        if cancelled + from_waiting > 0 {
             self.shared.stats.lock_or_recover().requests_cancelled +=
-                (cancelled + from_queue) as u64;
+                (cancelled + from_waiting) as u64;
         }
     }
 
