@@ -24,7 +24,7 @@
 //!
 //! Each path has a scalar version; AVX2+FMA+F16C versions are chosen once,
 //! at `new`, with `is_x86_feature_detected!`. Work is split over output rows
-//! on the rayon pool.
+//! on [`crate::pool`] (activation quantization for m > 1 on rayon).
 
 mod actq;
 mod codes;
@@ -38,7 +38,6 @@ use crate::CpuError;
 use actq::QuantActs;
 use intdot::IntDotWeights;
 use marlin_quant::QuantTensor;
-use rayon::prelude::*;
 use rowdec::{Fp8Weights, GenericWeights};
 
 /// Activation rows from which the integer-dot path uses its batched kernel.
@@ -172,7 +171,7 @@ impl PreparedQuant {
         }
     }
 
-    /// `y (m, N) = x (m, K) · Wᵀ`, multi-threaded on the rayon pool.
+    /// `y (m, N) = x (m, K) · Wᵀ`, multi-threaded on [`crate::pool`].
     pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), CpuError> {
         let (n, k) = (self.rows, self.cols);
         crate::check_matmul_shapes(x.len(), y.len(), m, n, k)?;
@@ -191,7 +190,7 @@ impl PreparedQuant {
                 } else {
                     (*decode, decode_chunk(n))
                 };
-                for_row_chunks(n, m, chunk, y, |rows, yt| kernel(w, &acts, rows, yt));
+                for_row_chunks(n, m, chunk, y, |rows, yt| kernel(w, &acts, rows, yt))?;
             }
             Path::Fp8(w) => {
                 #[cfg(target_arch = "x86_64")]
@@ -203,17 +202,17 @@ impl PreparedQuant {
                     }
                     for_row_chunks(n, m, decode_chunk(n), y, |rows, yt| {
                         rowdec::fp8_avx2::rows(w, &xp, m, rows, yt)
-                    });
+                    })?;
                     return Ok(());
                 }
                 for_row_chunks(n, m, decode_chunk(n), y, |rows, yt| {
                     rowdec::rows_by_dot(w, x, m, rows, yt)
-                });
+                })?;
             }
             Path::Generic(w) => {
                 for_row_chunks(n, m, decode_chunk(n), y, |rows, yt| {
                     rowdec::rows_by_dot(w, x, m, rows, yt)
-                });
+                })?;
             }
         }
         Ok(())
@@ -231,36 +230,40 @@ fn intdot_kernels(w: &IntDotWeights, isa: KernelIsa) -> (RowsKernel, RowsKernel)
     (intdot_rows_scalar, intdot_rows_scalar)
 }
 
-/// Rows per task of the decode paths: about 8 tasks per thread, at least 8
+/// Rows per task of the decode paths: about 16 tasks per thread (claimed
+/// from a shared counter, so the last one bounds the idle tail), at least 8
 /// rows.
 fn decode_chunk(n: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    n.div_ceil(threads * 8).max(8)
+    let threads = crate::pool::current().threads().max(1);
+    n.div_ceil(threads * 16).max(8)
 }
 
-/// Runs `f(rows, yt)` over chunks of output rows in parallel, `yt` being the
+/// Runs `f(rows, yt)` over chunks of output rows on [`crate::pool`] (the
+/// caller works too; idle workers spin briefly, so a decode step's many
+/// short products do not pay a thread wake-up each), `yt` being the
 /// chunk's (rows, m) block of the transposed output, then writes y (m, N).
-fn for_row_chunks<F>(n: usize, m: usize, chunk: usize, y: &mut [f32], f: F)
+fn for_row_chunks<F>(n: usize, m: usize, chunk: usize, y: &mut [f32], f: F) -> Result<(), CpuError>
 where
     F: Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
 {
+    let pool = crate::pool::current();
     let run = |yt: &mut [f32]| {
-        yt.par_chunks_mut(chunk * m)
-            .enumerate()
-            .for_each(|(c, ytc)| {
-                let start = c * chunk;
-                f(start..(start + chunk).min(n), ytc)
-            })
+        pool.try_for_each_chunk_mut(yt, chunk * m, |c, ytc| {
+            let start = c * chunk;
+            f(start..(start + chunk).min(n), ytc);
+            Ok(())
+        })
     };
     if m == 1 {
-        run(y);
-    } else {
-        let mut yt = vec![0f32; n * m];
-        run(&mut yt);
-        for (r, yrow) in yt.chunks(m).enumerate() {
-            for (mi, &v) in yrow.iter().enumerate() {
-                y[mi * n + r] = v;
-            }
+        // yᵀ of one row is y itself.
+        return run(y);
+    }
+    let mut yt = vec![0f32; n * m]; // (N, m)
+    run(&mut yt)?;
+    for (r, yrow) in yt.chunks(m).enumerate() {
+        for (mi, &v) in yrow.iter().enumerate() {
+            y[mi * n + r] = v;
         }
     }
+    Ok(())
 }
