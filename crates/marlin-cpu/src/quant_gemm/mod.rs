@@ -8,7 +8,7 @@
 //!   superblocks of 256, activations quantized to int8 per 32 once per call,
 //!   `maddubs` dot products, one scale vector per superblock. A decode
 //!   kernel (M < [`BATCHED_MIN_M`]: every weight row streamed once) and a
-//!   batched kernel (tiles of 16 rows unpacked once into L2, 2x2 register
+//!   batched kernel (tiles of 16 rows unpacked once into L2, 1x4 register
 //!   blocks over (rows, activations)).
 //! - **FP8** (E4M3 / E5M2, per-channel, per-group or 2D blocks): codes
 //!   decoded 16 at a time through F16C, f32 FMA with up to 4 activation rows
