@@ -28,8 +28,15 @@ const DEC_STAGES: usize = 8;
 /// activation tile in shared memory (16 rows x 2048 halves = 64 KiB). Forced
 /// split factors with longer splits take the `w4a16_gemm_*` kernels.
 const DEC_MAX_CHUNKS_PER_SPLIT: usize = 32;
-/// Decode kernel: largest M (two token tiles of 8).
-const DEC_MAX_M: usize = 16;
+/// Decode kernel: activation tile budget of the 32- and 64-row variants
+/// (two blocks per SM), which bounds their chunks per split.
+const DEC_TILE_BUDGET: usize = 88 * 1024;
+/// Decode kernel: largest M `GemmPath::Fused` gives it (64-row blocks side
+/// by side beyond 64 rows); larger M takes `w4a16_gemm_mt4`.
+const DEC_MAX_M: usize = 256;
+/// `GemmPath::Auto` takes the fused decode kernel up to this M, then
+/// dequantize + cuBLAS (docs/CUDA.md, change 14).
+pub const INT4_FUSED_MAX_M: usize = 64;
 /// Decode kernel: default split-K factor (see `decode_plan`).
 const DEC_SPLITS: usize = 8;
 
@@ -245,13 +252,37 @@ pub fn variant(m: usize) -> KernelVariant {
     }
 }
 
-/// Token tiles of 8 of the decode kernel for M rows (M <= [`DEC_MAX_M`]).
+/// Token tiles of 8 per block of the decode kernel for M rows.
 fn decode_token_tiles(m: usize) -> usize {
-    if m <= 8 {
-        1
-    } else {
-        2
+    match m {
+        0..=8 => 1,
+        9..=16 => 2,
+        17..=32 => 4,
+        _ => 8,
     }
+}
+
+/// Activation rows a decode block allocates: min(M, 8 * tiles), plus a zero
+/// row that lanes of tokens >= M read when a block has fewer rows.
+fn decode_tile_rows(m: usize) -> usize {
+    let per_block = 8 * decode_token_tiles(m);
+    m.min(per_block) + usize::from(!m.is_multiple_of(per_block))
+}
+
+/// Most chunks of 64 per split the decode kernel takes at M rows.
+fn decode_max_chunks(m: usize) -> usize {
+    let rows = decode_tile_rows(m);
+    if rows <= 17 {
+        DEC_MAX_CHUNKS_PER_SPLIT
+    } else {
+        ((DEC_TILE_BUDGET / (2 * rows)).saturating_sub(8) / 64).clamp(1, DEC_MAX_CHUNKS_PER_SPLIT)
+    }
+}
+
+/// Dynamic shared memory attribute of every decode kernel: rings plus the
+/// largest tile (`decode_smem_bytes` stays below it, tested).
+fn decode_smem_attr() -> usize {
+    4 * DEC_STAGES * 32 * (16 + 4 + 4) + DEC_TILE_BUDGET
 }
 
 /// Dynamic shared memory of the decode kernel for M rows: 4 warps' rings
@@ -261,9 +292,7 @@ fn decode_token_tiles(m: usize) -> usize {
 pub fn decode_smem_bytes(m: usize, k_chunks: usize, splits: usize) -> usize {
     let rings = 4 * DEC_STAGES * 32 * (16 + 4 + 4);
     let a_stride = k_chunks.div_ceil(splits.max(1)) * 64 + 8;
-    let rows = m.min(DEC_MAX_M);
-    let zero_row = usize::from(rows != 8 * decode_token_tiles(rows));
-    rings + (rows + zero_row) * a_stride * 2
+    rings + decode_tile_rows(m) * a_stride * 2
 }
 
 /// Launch shape chosen for one call (exposed for benchmarks and notes).
@@ -293,7 +322,7 @@ fn plan_for(
     allow_decode: bool,
 ) -> GemmPlan {
     if allow_decode && m <= DEC_MAX_M {
-        if let Some(p) = decode_plan(m, w, splits) {
+        if let Some(p) = decode_plan(m, w, sm_count, splits) {
             return p;
         }
     }
@@ -328,9 +357,16 @@ fn plan_for(
 
 /// The decode kernel's plan, or None when a forced split factor leaves more
 /// than [`DEC_MAX_CHUNKS_PER_SPLIT`] chunks per split.
-fn decode_plan(m: usize, w: &Int4Weight, splits: Option<usize>) -> Option<GemmPlan> {
+fn decode_plan(
+    m: usize,
+    w: &Int4Weight,
+    sm_count: usize,
+    splits: Option<usize>,
+) -> Option<GemmPlan> {
     let tiles = decode_token_tiles(m);
     let n_tiles = w.n_pad / N_TILE;
+    let m_blocks = m.div_ceil(8 * tiles);
+    let max_chunks = decode_max_chunks(m);
     let max_splits = (w.k_chunks / MIN_CHUNKS_PER_SPLIT).max(1);
     // Split sweeps on an H100 (docs/CUDA.md, changes 10-12): 8 splits was
     // best or within 3% of best at M = 1, 8 and 16 on all four benchmark
@@ -344,9 +380,17 @@ fn decode_plan(m: usize, w: &Int4Weight, splits: Option<usize>) -> Option<GemmPl
     } else {
         DEC_SPLITS
     };
-    let want = base.max(w.k_chunks.div_ceil(DEC_MAX_CHUNKS_PER_SPLIT));
+    // Above 16 rows the fp32 partials (splits x M x N) cost as much as the
+    // weights: as few splits as the tile allows, at least one wave of blocks.
+    let want = if m <= 16 {
+        base.max(w.k_chunks.div_ceil(max_chunks))
+    } else {
+        w.k_chunks
+            .div_ceil(max_chunks)
+            .max(sm_count.div_ceil(n_tiles * m_blocks))
+    };
     let splits = splits.unwrap_or(want).clamp(1, max_splits);
-    if w.k_chunks.div_ceil(splits) > DEC_MAX_CHUNKS_PER_SPLIT {
+    if w.k_chunks.div_ceil(splits) > max_chunks {
         return None;
     }
     Some(GemmPlan {
@@ -354,11 +398,15 @@ fn decode_plan(m: usize, w: &Int4Weight, splits: Option<usize>) -> Option<GemmPl
         kernel: match (tiles, w.neg_zero_scales.is_some()) {
             (1, false) => "w4a16_dec_m8",
             (1, true) => "w4a16_dec_m8z",
-            (_, false) => "w4a16_dec_m16",
-            (_, true) => "w4a16_dec_m16z",
+            (2, false) => "w4a16_dec_m16",
+            (2, true) => "w4a16_dec_m16z",
+            (4, false) => "w4a16_dec_m32",
+            (4, true) => "w4a16_dec_m32z",
+            (_, false) => "w4a16_dec_m64",
+            (_, true) => "w4a16_dec_m64z",
         },
         m_tiles: 1,
-        m_blocks: 1,
+        m_blocks,
         n_tiles,
         splits,
     })
@@ -386,7 +434,7 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
         return Err(CudaError::Shape("GEMM with M = 0 rows".into()));
     }
     let use_dequant = match opts.path {
-        GemmPath::Auto => m >= DEQUANT_MIN_M,
+        GemmPath::Auto => m > INT4_FUSED_MAX_M,
         GemmPath::Fused | GemmPath::FusedGeneral => false,
         GemmPath::DequantCublas => true,
     };
@@ -400,10 +448,12 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
         opts.splits,
         opts.path != GemmPath::FusedGeneral,
     );
-    let (smem, max_smem) = if m <= DEC_MAX_M && p.kernel.starts_with("w4a16_dec") {
+    let (smem, max_smem) = if p.kernel.starts_with("w4a16_dec") {
         // The attribute is set once per function: allow the largest tile.
-        let max = decode_smem_bytes(DEC_MAX_M, DEC_MAX_CHUNKS_PER_SPLIT, 1);
-        (decode_smem_bytes(m, w.k_chunks, p.splits), max)
+        (
+            decode_smem_bytes(m, w.k_chunks, p.splits),
+            decode_smem_attr(),
+        )
     } else {
         let s = variant(m).smem_bytes() as usize;
         (s, s)
@@ -645,15 +695,31 @@ fn dequant_cublas(
 
 #[cfg(test)]
 mod tests {
-    use super::{decode_smem_bytes, variant, DEC_MAX_CHUNKS_PER_SPLIT, DEC_MAX_M};
+    use super::{
+        decode_max_chunks, decode_smem_attr, decode_smem_bytes, variant, DEC_MAX_CHUNKS_PER_SPLIT,
+        DEC_MAX_M,
+    };
 
     /// The decode kernel's largest tile (16 rows, the longest split) fits
     /// the opt-in shared memory of an sm_90 block (227 KiB), and M = 1 at
     /// 16 chunks per split leaves room for 6 blocks per SM.
     #[test]
     fn decode_tile_fits_shared_memory() {
-        assert!(decode_smem_bytes(DEC_MAX_M, DEC_MAX_CHUNKS_PER_SPLIT, 1) <= 227 * 1024);
+        assert!(decode_smem_bytes(16, DEC_MAX_CHUNKS_PER_SPLIT, 1) <= 227 * 1024);
         assert!(6 * (decode_smem_bytes(1, 128, 8) + 1024) <= 228 * 1024);
+        // Every M at its longest split stays within the function attribute,
+        // which fits an sm_90 block (227 KiB); 32/64-row tiles leave room
+        // for two blocks per SM.
+        assert!(decode_smem_attr() <= 227 * 1024);
+        for m in 1..=DEC_MAX_M {
+            let chunks = decode_max_chunks(m);
+            assert!(chunks >= 4, "M = {m}: {chunks} chunks per split");
+            let smem = decode_smem_bytes(m, chunks, 1);
+            assert!(smem <= decode_smem_attr(), "M = {m}: {smem} bytes");
+            if m > 16 {
+                assert!(2 * (smem + 1024) <= 228 * 1024, "M = {m}: {smem} bytes");
+            }
+        }
     }
 
     /// Resident blocks per SM promised by each variant fit in an sm_90 SM's

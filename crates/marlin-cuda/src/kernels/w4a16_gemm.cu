@@ -519,14 +519,18 @@ __device__ __forceinline__ void w4a16_dec_body(
     cp_async_wait<STAGES>();
     __syncthreads();
 
+    // Two accumulator sets (even / odd k16 step) break the mma dependency
+    // chain when there are only 1-2 token tiles; with 4-8 the tiles are
+    // independent chains already (and registers are needed for `act`).
+    constexpr bool TWO_ACC = RH <= 2;
     float acc[RH][4];
-    float acc_odd[RH][4];
+    float acc_odd[TWO_ACC ? RH : 1][4];
 #pragma unroll
     for (int r = 0; r < RH; r++)
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             acc[r][i] = 0.0f;
-            acc_odd[r][i] = 0.0f;
+            acc_odd[TWO_ACC ? r : 0][i] = 0.0f;
         }
     // Token row r*8 + g of this lane, or the zero row past M.
     const u16* a_lane[RH];
@@ -570,8 +574,8 @@ __device__ __forceinline__ void w4a16_dec_body(
 #pragma unroll
                     for (int r = 0; r < RH; r++) {
                         const u32 bb[2] = {act[r][2 * j], act[r][2 * j + 1]};
-                        if (j & 1)
-                            mma_16816(acc_odd[r], wa, bb);
+                        if (TWO_ACC && (j & 1))
+                            mma_16816(acc_odd[TWO_ACC ? r : 0], wa, bb);
                         else
                             mma_16816(acc[r], wa, bb);
                     }
@@ -591,10 +595,12 @@ __device__ __forceinline__ void w4a16_dec_body(
         }
     }
     cp_async_wait<0>();
+    if (TWO_ACC) {
 #pragma unroll
-    for (int r = 0; r < RH; r++)
+        for (int r = 0; r < RH; r++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) acc[r][i] += acc_odd[r][i];
+            for (int i = 0; i < 4; i++) acc[r][i] += acc_odd[TWO_ACC ? r : 0][i];
+    }
 
     // Accumulator (r, i): column n = nb*16 + g + 8*(i>>1), token row
     // m_base + r*8 + 2t + (i&1).
@@ -654,11 +660,17 @@ __device__ __forceinline__ void w4a16_dec_body(
                                           k_chunks, group_chunks, splits);                        \
     }
 
-// Keep STAGES in sync with `DEC_STAGES` in src/int4/gemm.rs.
+// Keep STAGES in sync with `DEC_STAGES` in src/int4/gemm.rs. m32 / m64:
+// 4 / 8 token tiles per block (M = 17..32, 33..64; M > 64 takes several
+// m64 blocks), so each dequantised weight fragment feeds 4 / 8 mma.
 W4A16_DEC_ENTRY(w4a16_dec_m8, 1, 8, false)
 W4A16_DEC_ENTRY(w4a16_dec_m16, 2, 8, false)
+W4A16_DEC_ENTRY(w4a16_dec_m32, 4, 8, false)
+W4A16_DEC_ENTRY(w4a16_dec_m64, 8, 8, false)
 W4A16_DEC_ENTRY(w4a16_dec_m8z, 1, 8, true)
 W4A16_DEC_ENTRY(w4a16_dec_m16z, 2, 8, true)
+W4A16_DEC_ENTRY(w4a16_dec_m32z, 4, 8, true)
+W4A16_DEC_ENTRY(w4a16_dec_m64z, 8, 8, true)
 
 // Dequantize the packed weight to a dense f16 (N, K) row-major matrix (the
 // large-M path: dequantize once, then a cuBLAS fp16 GEMM). One thread per
