@@ -122,6 +122,7 @@ fn main() -> anyhow::Result<()> {
                         stop_strings: vec![],
                         stop_token_ids: vec![],
                         logprobs: None,
+                        constraint: None,
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;

@@ -5,7 +5,7 @@
 
 use marlin_engine::serve::{
     generate_blocking, spawn, BatchChunk, BatchModel, EngineConfig, EngineHandle, EngineRequest,
-    EngineStats, Event, SubmitError,
+    EngineStats, Event, RankedTokens, SubmitError, TokenConstraint,
 };
 use marlin_engine::{Detokenizer, EngineError, FinishReason, SamplingParams};
 use std::time::{Duration, Instant};
@@ -105,6 +105,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {
         stop_strings: vec![],
         stop_token_ids: vec![],
         logprobs: None,
+        constraint: None,
     }
 }
 
@@ -462,6 +463,54 @@ fn cancelling_under_preemption_keeps_pool_and_queue_consistent() {
     for s in again {
         assert_eq!(s.count(), 2, "one token, then Finished");
     }
+    wait_idle(&h);
+    h.shutdown(Duration::ZERO);
+}
+
+/// Allows only even tokens; complete after `n` of them.
+struct EvenTokens {
+    n: usize,
+    seen: Vec<u32>,
+}
+
+impl TokenConstraint for EvenTokens {
+    fn choose(&mut self, mut ranked: RankedTokens<'_>) -> Option<u32> {
+        ranked.find(|t| t.is_multiple_of(2))
+    }
+    fn accept(&mut self, id: u32) {
+        self.seen.push(id);
+    }
+    fn is_complete(&self) -> bool {
+        self.seen.len() >= self.n
+    }
+}
+
+#[test]
+fn a_constraint_picks_the_first_allowed_token_and_ends_the_request() {
+    let h = engine(4, 32, EngineConfig::default(), 0);
+    let p = prompt(9, 6);
+    let mut r = request(p.clone(), 10);
+    r.constraint = Some(Box::new(EvenTokens { n: 4, seen: vec![] }));
+    let out = generate_blocking(&h, r, |_| true).unwrap();
+    assert_eq!(out.finish_reason, FinishReason::Stop);
+    // The fake model ranks next_token first and next_token + 1 second,
+    // then every other token at logit 0 by id.
+    let mut seq = p.clone();
+    for &t in &out.tokens {
+        let best = next_token(&seq);
+        let want = if best.is_multiple_of(2) {
+            best
+        } else if (best + 1).is_multiple_of(2) && (best as usize + 1) < VOCAB {
+            best + 1
+        } else {
+            (0..VOCAB as u32)
+                .find(|&x| x.is_multiple_of(2) && x != best)
+                .unwrap()
+        };
+        assert_eq!(t, want, "after {seq:?}");
+        seq.push(t);
+    }
+    assert_eq!(out.tokens.len(), 4);
     wait_idle(&h);
     h.shutdown(Duration::ZERO);
 }

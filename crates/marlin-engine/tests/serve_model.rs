@@ -56,6 +56,7 @@ fn request(s: &Setup, prompt: &[u32]) -> EngineRequest {
         stop_strings: vec![],
         stop_token_ids: s.tok.eos_ids().to_vec(),
         logprobs: None,
+        constraint: None,
     }
 }
 

@@ -302,6 +302,7 @@ impl<'d> Engine<'d> {
             st.computed_tokens_total += computed as u64;
             st.steps += 1;
         }
+        let vocab = self.model.vocab_size();
         let mut done: Vec<(usize, Result<FinishReason, String>)> = Vec::new();
         for (p, l) in plan.iter().zip(logits) {
             let seq = &mut self.running[p.seq];
@@ -309,6 +310,14 @@ impl<'d> Engine<'d> {
             seq.computed += p.n;
             register_full_blocks(&mut self.blocks, seq);
             if seq.computed < seq.tokens.len() {
+                continue;
+            }
+            if l.len() != vocab {
+                let msg = format!(
+                    "model returned {} logits for a vocabulary of {vocab}",
+                    l.len()
+                );
+                done.push((p.seq, Err(msg)));
                 continue;
             }
             match seq.on_logits(l) {

@@ -20,6 +20,7 @@ mod sequence;
 
 pub use blocking::generate_blocking;
 pub use handle::{spawn, EngineHandle, RequestStream};
+pub use sequence::RankedTokens;
 
 use crate::sampler::SamplingParams;
 use crate::{Detokenizer, EngineError, FinishReason};
@@ -90,8 +91,18 @@ impl Default for EngineConfig {
     }
 }
 
+/// Restricts which token may come next (`response_format: json_object`).
+pub trait TokenConstraint: Send {
+    /// The first acceptable token of `ranked` (the sampler's choice first,
+    /// then every other token by decreasing logit), or `None` if none is.
+    fn choose(&mut self, ranked: RankedTokens<'_>) -> Option<u32>;
+    /// Records the token that was emitted.
+    fn accept(&mut self, id: u32);
+    /// The constrained output is complete: the request finishes (`Stop`).
+    fn is_complete(&self) -> bool;
+}
+
 /// What a client asks for.
-#[derive(Clone, Debug)]
 pub struct EngineRequest {
     pub prompt: Vec<u32>,
     /// Sampling, with the per-request seed in `sampling.seed`.
@@ -104,6 +115,22 @@ pub struct EngineRequest {
     /// Also report the log-probability of each sampled token and of the
     /// `n` most likely ones (n <= [`MAX_TOP_LOGPROBS`]).
     pub logprobs: Option<usize>,
+    /// Restricts the output (`None`: free generation).
+    pub constraint: Option<Box<dyn TokenConstraint>>,
+}
+
+impl std::fmt::Debug for EngineRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineRequest")
+            .field("prompt", &self.prompt)
+            .field("sampling", &self.sampling)
+            .field("max_tokens", &self.max_tokens)
+            .field("stop_strings", &self.stop_strings)
+            .field("stop_token_ids", &self.stop_token_ids)
+            .field("logprobs", &self.logprobs)
+            .field("constraint", &self.constraint.is_some())
+            .finish()
+    }
 }
 
 /// Most alternatives `logprobs` may ask for (OpenAI's limit).

@@ -1,7 +1,7 @@
 //! One request inside the engine: its tokens, block table, sampler,
 //! detokenizer, stop matcher and event channel.
 
-use super::{EngineRequest, Event, RequestTimings, Usage};
+use super::{EngineRequest, Event, RequestTimings, TokenConstraint, Usage};
 use crate::sampler::Sampler;
 use crate::stop::StopMatcher;
 use crate::{Detokenizer, EngineError, FinishReason};
@@ -36,6 +36,7 @@ pub(crate) struct Sequence<'d> {
     max_len: usize,
     stop_token_ids: Vec<u32>,
     logprobs: Option<usize>,
+    constraint: Option<Box<dyn TokenConstraint>>,
     sampler: Sampler,
     stops: StopMatcher,
     detok: Box<dyn Detokenizer + 'd>,
@@ -77,6 +78,7 @@ impl<'d> Sequence<'d> {
             max_len,
             stop_token_ids: req.stop_token_ids,
             logprobs: req.logprobs,
+            constraint: req.constraint,
             sampler,
             stops: StopMatcher::new(&req.stop_strings),
             detok,
@@ -132,7 +134,13 @@ impl<'d> Sequence<'d> {
             }
             None => (None, Vec::new()),
         };
-        let next = self.sampler.sample(&mut logits)?;
+        let mut next = self.sampler.sample(&mut logits)?;
+        if let Some(c) = self.constraint.as_mut() {
+            next = c.choose(RankedTokens::new(next, &logits)).ok_or_else(|| {
+                EngineError::Model("no token satisfies the output constraint".into())
+            })?;
+            c.accept(next);
+        }
         let now = Instant::now();
         if self.stop_token_ids.contains(&next) {
             return Ok(Outcome::Finished(FinishReason::Stop));
@@ -143,7 +151,12 @@ impl<'d> Sequence<'d> {
         self.timings.token_times.push(now);
         let step = self.stops.push(&self.detok.push(next)?);
         let mut text = step.emit;
+        let complete = self.constraint.as_ref().is_some_and(|c| c.is_complete());
         let outcome = if step.stopped {
+            Outcome::Finished(FinishReason::Stop)
+        } else if complete {
+            text.push_str(&self.stops.push(&self.detok.finish()?).emit);
+            text.push_str(&self.stops.finish());
             Outcome::Finished(FinishReason::Stop)
         } else if self.generated() >= self.max_tokens || self.tokens.len() >= self.max_len {
             // As `generate`: at the length limit the held-back text is final.
@@ -163,6 +176,46 @@ impl<'d> Sequence<'d> {
             return Ok(Outcome::Finished(FinishReason::Cancelled));
         }
         Ok(outcome)
+    }
+}
+
+/// The sampler's choice, then every other token by decreasing logit (ties
+/// by id); the full ranking is only computed if the first is refused.
+pub struct RankedTokens<'a> {
+    first: Option<u32>,
+    chosen: u32,
+    logits: &'a [f32],
+    rest: Option<std::vec::IntoIter<u32>>,
+}
+
+impl<'a> RankedTokens<'a> {
+    fn new(first: u32, logits: &'a [f32]) -> Self {
+        Self {
+            first: Some(first),
+            chosen: first,
+            logits,
+            rest: None,
+        }
+    }
+}
+
+impl Iterator for RankedTokens<'_> {
+    type Item = u32;
+    fn next(&mut self) -> Option<u32> {
+        if let Some(f) = self.first.take() {
+            return Some(f);
+        }
+        let (logits, chosen) = (self.logits, self.chosen);
+        let rest = self.rest.get_or_insert_with(|| {
+            let mut ids: Vec<u32> = (0..logits.len() as u32).filter(|&i| i != chosen).collect();
+            ids.sort_unstable_by(|a, b| {
+                logits[*b as usize]
+                    .total_cmp(&logits[*a as usize])
+                    .then(a.cmp(b))
+            });
+            ids.into_iter()
+        });
+        rest.next()
     }
 }
 
