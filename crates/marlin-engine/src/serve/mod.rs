@@ -227,7 +227,8 @@ pub struct EngineStats {
     /// Tokens computed by forward passes (prefill, recompute and decode).
     pub computed_tokens_total: u64,
     pub preemptions_total: u64,
-    /// Prompt tokens looked up in the prefix cache, and those found.
+    /// Tokens looked up in the prefix cache (full blocks, at admission and
+    /// at readmission after preemption), and those found.
     pub prefix_cache_queries: u64,
     pub prefix_cache_hits: u64,
     pub requests_finished: u64,
