@@ -325,3 +325,54 @@ fn prefill_x<'a>(
     launch::x_to_f16_scaled(dev, x, m, cols, xh, inv)?;
     Ok((xh, inv))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Model code shares weights across threads (e.g. behind an `Arc`).
+    #[test]
+    fn weight_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<GgmlGpuWeight>();
+    }
+
+    #[test]
+    fn kernel_names_cover_every_supported_block_type_and_m() {
+        for id in 0..64 {
+            let Some(ty) = GgmlType::from_id(id) else {
+                continue;
+            };
+            let blocks = layout::block_split(ty).is_some();
+            assert_eq!(launch::block_kernel_names(ty).is_some(), blocks, "{ty:?}");
+            for m in 1..=DECODE_MAX_M {
+                assert_eq!(launch::mmvq_name(ty, m).is_some(), blocks, "{ty:?} m={m}");
+            }
+            assert!(launch::mmvq_name(ty, 0).is_none());
+            assert!(launch::mmvq_name(ty, DECODE_MAX_M + 1).is_none());
+        }
+        // Every kernel family the host launches is instantiated in the source
+        // (names are pasted together by the source's macros).
+        let has_line = |prefix: &str, suffix: &str| {
+            launch::SOURCE
+                .lines()
+                .any(|l| l.starts_with(prefix) && l.trim_end().ends_with(suffix))
+        };
+        for id in 0..64 {
+            if let Some(s) = GgmlType::from_id(id).and_then(layout::block_split) {
+                let suffix = format!(", {})", s.kernel_name);
+                assert!(has_line("MMVQ_ALL_M(", &suffix), "{suffix}");
+                assert!(has_line("BLOCK_ENTRIES(", &suffix), "{suffix}");
+            }
+        }
+        assert!(has_line("GEMV_ALL_M(false", "f32)") && has_line("GEMV_ALL_M(true", "f16)"));
+        for name in [
+            launch::QUANTIZE,
+            launch::GET_ROWS_DENSE,
+            launch::X_TO_F16,
+            launch::SCALE_ROWS,
+        ] {
+            assert!(launch::SOURCE.contains(name), "{name}");
+        }
+    }
+}
