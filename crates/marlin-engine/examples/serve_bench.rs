@@ -122,7 +122,6 @@ fn main() -> anyhow::Result<()> {
                         stop_strings: vec![],
                         stop_token_ids: vec![],
                         logprobs: None,
-                        constraint: None,
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;

@@ -105,7 +105,6 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {
         stop_strings: vec![],
         stop_token_ids: vec![],
         logprobs: None,
-        constraint: None,
     }
 }
 
@@ -489,14 +488,22 @@ impl TokenConstraint for EvenTokens {
 fn a_constraint_picks_the_first_allowed_token_and_ends_the_request() {
     let h = engine(4, 32, EngineConfig::default(), 0);
     let p = prompt(9, 6);
-    let mut r = request(p.clone(), 10);
-    r.constraint = Some(Box::new(EvenTokens { n: 4, seen: vec![] }));
-    let out = generate_blocking(&h, r, |_| true).unwrap();
-    assert_eq!(out.finish_reason, FinishReason::Stop);
+    let even = EvenTokens { n: 4, seen: vec![] };
+    let stream = h
+        .submit_constrained(request(p.clone(), 10), Box::new(even))
+        .unwrap();
+    let mut tokens = Vec::new();
+    for e in stream {
+        match e {
+            Event::Token { id, .. } => tokens.push(id),
+            Event::Finished { reason, .. } => assert_eq!(reason, FinishReason::Stop),
+            Event::Error(e) => panic!("{e}"),
+        }
+    }
     // The fake model ranks next_token first and next_token + 1 second,
     // then every other token at logit 0 by id.
     let mut seq = p.clone();
-    for &t in &out.tokens {
+    for &t in &tokens {
         let best = next_token(&seq);
         let want = if best.is_multiple_of(2) {
             best
@@ -510,7 +517,7 @@ fn a_constraint_picks_the_first_allowed_token_and_ends_the_request() {
         assert_eq!(t, want, "after {seq:?}");
         seq.push(t);
     }
-    assert_eq!(out.tokens.len(), 4);
+    assert_eq!(tokens.len(), 4);
     wait_idle(&h);
     h.shutdown(Duration::ZERO);
 }

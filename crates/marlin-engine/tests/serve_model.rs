@@ -56,7 +56,6 @@ fn request(s: &Setup, prompt: &[u32]) -> EngineRequest {
         stop_strings: vec![],
         stop_token_ids: s.tok.eos_ids().to_vec(),
         logprobs: None,
-        constraint: None,
     }
 }
 

@@ -4,7 +4,7 @@ use super::engine::{Engine, LockOrRecover};
 use super::sequence::NewRequest;
 use super::{
     BatchModel, DetokenizerSource, EngineConfig, EngineRequest, EngineStats, Event, SubmitError,
-    MAX_TOP_LOGPROBS,
+    TokenConstraint, MAX_TOP_LOGPROBS,
 };
 use crate::EngineError;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -111,6 +111,24 @@ pub fn spawn(
 impl EngineHandle {
     /// Queues a request; its tokens arrive on the returned stream.
     pub fn submit(&self, req: EngineRequest) -> Result<RequestStream, SubmitError> {
+        self.submit_inner(req, None)
+    }
+
+    /// As [`Self::submit`], every token chosen under `constraint`
+    /// (`response_format: json_object`).
+    pub fn submit_constrained(
+        &self,
+        req: EngineRequest,
+        constraint: Box<dyn TokenConstraint>,
+    ) -> Result<RequestStream, SubmitError> {
+        self.submit_inner(req, Some(constraint))
+    }
+
+    fn submit_inner(
+        &self,
+        req: EngineRequest,
+        constraint: Option<Box<dyn TokenConstraint>>,
+    ) -> Result<RequestStream, SubmitError> {
         self.validate(&req)?;
         if !self.shared.accepting.load(Ordering::Relaxed) {
             return Err(SubmitError::ShuttingDown);
@@ -128,6 +146,7 @@ impl EngineHandle {
         let cancelled = Arc::new(AtomicBool::new(false));
         let new = NewRequest {
             req,
+            constraint,
             events: tx,
             cancelled: Arc::clone(&cancelled),
             arrival: Instant::now(),

@@ -103,6 +103,7 @@ pub trait TokenConstraint: Send {
 }
 
 /// What a client asks for.
+#[derive(Clone, Debug)]
 pub struct EngineRequest {
     pub prompt: Vec<u32>,
     /// Sampling, with the per-request seed in `sampling.seed`.
@@ -115,22 +116,6 @@ pub struct EngineRequest {
     /// Also report the log-probability of each sampled token and of the
     /// `n` most likely ones (n <= [`MAX_TOP_LOGPROBS`]).
     pub logprobs: Option<usize>,
-    /// Restricts the output (`None`: free generation).
-    pub constraint: Option<Box<dyn TokenConstraint>>,
-}
-
-impl std::fmt::Debug for EngineRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EngineRequest")
-            .field("prompt", &self.prompt)
-            .field("sampling", &self.sampling)
-            .field("max_tokens", &self.max_tokens)
-            .field("stop_strings", &self.stop_strings)
-            .field("stop_token_ids", &self.stop_token_ids)
-            .field("logprobs", &self.logprobs)
-            .field("constraint", &self.constraint.is_some())
-            .finish()
-    }
 }
 
 /// Most alternatives `logprobs` may ask for (OpenAI's limit).

@@ -13,6 +13,7 @@ use std::time::Instant;
 /// A request as it crosses from a client to the engine thread.
 pub(crate) struct NewRequest {
     pub req: EngineRequest,
+    pub constraint: Option<Box<dyn TokenConstraint>>,
     pub events: Sender<Event>,
     pub cancelled: Arc<AtomicBool>,
     pub arrival: Instant,
@@ -60,6 +61,7 @@ impl<'d> Sequence<'d> {
     ) -> Result<Self, EngineError> {
         let NewRequest {
             req,
+            constraint,
             events,
             cancelled,
             arrival,
@@ -78,7 +80,7 @@ impl<'d> Sequence<'d> {
             max_len,
             stop_token_ids: req.stop_token_ids,
             logprobs: req.logprobs,
-            constraint: req.constraint,
+            constraint,
             sampler,
             stops: StopMatcher::new(&req.stop_strings),
             detok,
