@@ -15,7 +15,7 @@
 //! block `l`'s partial dot product in i32 lane `l`, and the per-block scales
 //! apply as one 8-lane vector.
 
-use rayon::prelude::*;
+use crate::CpuError;
 
 /// Elements per superblock.
 pub(crate) const SB: usize = 256;
@@ -50,7 +50,13 @@ impl QuantActs {
     /// `x[perm[c]]` (act-order weights whose columns were sorted by group).
     /// `simd`: use the AVX2 block quantizer (same results bit for bit; the
     /// caller has checked that the CPU has AVX2).
-    pub fn new(x: &[f32], m: usize, k: usize, perm: Option<&[u32]>, simd: bool) -> Self {
+    pub fn new(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        perm: Option<&[u32]>,
+        simd: bool,
+    ) -> Result<Self, CpuError> {
         let n_sb = k.div_ceil(SB);
         let kp = n_sb * SB;
         let mut acts = QuantActs {
@@ -62,24 +68,31 @@ impl QuantActs {
             xsum_half: vec![0.0; m * n_sb * 2 * LANES],
         };
         if m == 0 || k == 0 {
-            return acts;
+            return Ok(acts);
         }
         if m == 1 {
-            // One row: not worth waking the pool.
+            // One row: not worth a pool job.
             let (q, dx) = (&mut acts.q[..], &mut acts.dx[..]);
             quantize_row(x, perm, q, dx, &mut acts.xsum, &mut acts.xsum_half, simd);
-            return acts;
+            return Ok(acts);
         }
-        acts.q
-            .par_chunks_mut(kp)
-            .zip(acts.dx.par_chunks_mut(n_sb * LANES))
-            .zip(acts.xsum.par_chunks_mut(n_sb * LANES))
-            .zip(acts.xsum_half.par_chunks_mut(n_sb * 2 * LANES))
-            .zip(x.par_chunks(k))
-            .for_each(|((((q, dx), xsum), xsum_half), xrow)| {
-                quantize_row(xrow, perm, q, dx, xsum, xsum_half, simd)
-            });
-        acts
+        // One task per row on the same pool as the kernels: each task gets
+        // its row's four disjoint output slices.
+        let mut rows: Vec<_> = acts
+            .q
+            .chunks_mut(kp)
+            .zip(acts.dx.chunks_mut(n_sb * LANES))
+            .zip(acts.xsum.chunks_mut(n_sb * LANES))
+            .zip(acts.xsum_half.chunks_mut(n_sb * 2 * LANES))
+            .collect();
+        crate::pool::current().try_for_each_chunk_mut(&mut rows, 1, |i, row| {
+            for (((q, dx), xsum), xsum_half) in row.iter_mut() {
+                quantize_row(&x[i * k..(i + 1) * k], perm, q, dx, xsum, xsum_half, simd);
+            }
+            Ok(())
+        })?;
+        drop(rows);
+        Ok(acts)
     }
 
     pub fn row_q(&self, m: usize) -> &[i8] {

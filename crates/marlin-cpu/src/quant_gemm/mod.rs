@@ -24,7 +24,7 @@
 //!
 //! Each path has a scalar version; AVX2+FMA+F16C versions are chosen once,
 //! at `new`, with `is_x86_feature_detected!`. Work is split over output rows
-//! on [`crate::pool`] (activation quantization for m > 1 on rayon).
+//! on [`crate::pool`].
 
 mod actq;
 mod codes;
@@ -184,7 +184,7 @@ impl PreparedQuant {
         }
         match self.path.as_ref() {
             Path::IntDot { w, decode, batched } => {
-                let acts = QuantActs::new(x, m, k, w.perm.as_deref(), self.isa == KernelIsa::Avx2);
+                let acts = QuantActs::new(x, m, k, w.perm.as_deref(), self.isa == KernelIsa::Avx2)?;
                 let (kernel, chunk) = if m >= BATCHED_MIN_M {
                     (*batched, 16)
                 } else {
