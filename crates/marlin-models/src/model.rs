@@ -140,6 +140,10 @@ pub(crate) fn finish_batch(
     }
     ctx.logits = LogitsWanted::All;
     let logits = head.forward(ctx, &rows)?; // (n, vocab)
+    if counts.len() == 1 {
+        // One sequence (the KvCache path, perplexity): no copy.
+        return Ok(vec![logits]);
+    }
     let vocab = logits.len() / (rows.len() / d);
     let mut out = Vec::with_capacity(counts.len());
     let mut at = 0;
