@@ -16,7 +16,8 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 models_dir="${MARLIN_MODELS_SRC:-$repo/models}"
 out="$repo/.gpu-models"
 part_mib="${MARLIN_PART_MIB:-60}"
-models=(SmolLM2-135M-Instruct.Q4_1.gguf gemma-3-270m-q4_k_m.gguf)
+# MARLIN_SHIP_MODELS="a.gguf b.gguf" ships a subset (fewer calls).
+read -r -a models <<< "${MARLIN_SHIP_MODELS:-SmolLM2-135M-Instruct.Q4_1.gguf gemma-3-270m-q4_k_m.gguf}"
 
 for m in "${models[@]}"; do
     [ -f "$models_dir/$m" ] || { echo "missing $models_dir/$m" >&2; exit 1; }

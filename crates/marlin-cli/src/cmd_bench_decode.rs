@@ -9,11 +9,19 @@ use std::path::Path;
 use std::time::Instant;
 
 /// Largest |Δlogit| between the CPU and GPU backends that `bench devices`
-/// accepts. Both quantize activations to 8 bits for the GGUF block dots,
-/// but the GPU keeps the KV cache in f16 (CPU: f32) and sums in another
-/// order, so logits differ by a few hundredths; a wrong kernel moves them
-/// by whole units.
-pub const LOGIT_TOLERANCE: f32 = 0.25;
+/// accepts. Neither backend is exact: on the real GGUF models the CPU's
+/// logits differ from transformers' f32 reference by up to 1.31 (max over
+/// the reference top-10, `tests/reference_gguf.rs`), mostly from quantizing
+/// activations to 8 bits; the GPU quantizes them in other blocks (and not
+/// at all in prefill, which dequantizes weights to f16 for cuBLAS) and keeps
+/// K/V in f16. Two backends each within 1.31 of the reference may differ by
+/// twice that: the tolerance is 2 x 1.31, rounded up. A wrong kernel moves
+/// logits by far more (garbage text).
+pub const LOGIT_TOLERANCE: f32 = 3.0;
+
+/// A greedy divergence is accepted only where the CPU's own choice wins by
+/// less than this (a near-tie that either backend's rounding may flip).
+pub const NEAR_TIE: f32 = 1.0;
 
 /// Prompts of `bench devices` when the user gives none.
 const DEFAULT_PROMPTS: &[&str] = &[
@@ -21,6 +29,8 @@ const DEFAULT_PROMPTS: &[&str] = &[
     "def fibonacci(n):",
     "Once upon a time, in a small village by the sea,",
     "The three laws of thermodynamics state that",
+    "The quick brown fox jumps over",
+    "In 1492, Christopher Columbus",
 ];
 
 fn cuda_ordinal(compute: &ComputeArgs, what: &str) -> anyhow::Result<usize> {
@@ -107,8 +117,8 @@ fn greedy(
 
 /// `marlin bench devices MODEL --device cuda [--tokens 32] [--prompt P]...`:
 /// greedy decoding on the CPU and the GPU from the same prompts. Errors
-/// (non-zero exit) unless every token matches and every logit is within
-/// [`LOGIT_TOLERANCE`].
+/// (non-zero exit) unless the tokens match up to a near-tie ([`NEAR_TIE`])
+/// and every logit is within [`LOGIT_TOLERANCE`] while both saw the same tokens.
 pub fn devices(
     path: &Path,
     prompts: &[String],
@@ -135,8 +145,8 @@ pub fn devices(
         cpu.model.config().arch
     );
     println!(
-        "{:>3} {:>7} {:>9} {:>10} {:>10} {:>9} {:>9}  prompt",
-        "#", "prompt", "tokens=", "max|dlog|", "max|log|", "cpu tok/s", "gpu tok/s"
+        "{:>3} {:>7} {:>9} {:>13} {:>10} {:>10} {:>9} {:>9}  prompt",
+        "#", "prompt", "tokens=", "gap cpu/gpu", "max|dlog|", "max|log|", "cpu tok/s", "gpu tok/s"
     );
     let mut failures = Vec::new();
     for (i, p) in prompts.iter().enumerate() {
@@ -164,19 +174,30 @@ pub fn devices(
                 max_abs = max_abs.max(a.abs());
             }
         }
+        // At the first divergence: by how much each backend prefers its token.
+        let gaps = (same < n_tokens).then(|| {
+            let (c, g) = (cpu_toks[same] as usize, gpu_toks[same] as usize);
+            let cpu_gap = cpu_logits[same][c] - cpu_logits[same][g];
+            let gpu_gap = gpu_logits[same][g] - gpu_logits[same][c];
+            (cpu_gap, gpu_gap)
+        });
         let short: String = p.chars().take(40).collect();
+        let gap_text = match gaps {
+            Some((c, g)) => format!("{c:.3}/{g:.3}"),
+            None => "-".into(),
+        };
         println!(
-            "{i:>3} {:>7} {:>4}/{:<4} {max_diff:>10.4} {max_abs:>10.2} {cpu_tps:>9.1} {gpu_tps:>9.1}  {short:?}",
+            "{i:>3} {:>7} {:>4}/{:<4} {gap_text:>13} {max_diff:>10.4} {max_abs:>10.2} {cpu_tps:>9.1} {gpu_tps:>9.1}  {short:?}",
             ids.len(),
             same,
             n_tokens
         );
-        if same < n_tokens {
-            failures.push(format!(
-                "prompt {i}: greedy tokens differ from position {same} (cpu {:?}, gpu {:?})",
-                cpu_toks.get(same),
-                gpu_toks.get(same)
-            ));
+        if let Some((cpu_gap, _)) = gaps {
+            if cpu_gap > NEAR_TIE {
+                failures.push(format!(
+                    "prompt {i}: greedy tokens differ at position {same} where the CPU prefers its token by {cpu_gap:.3} (> {NEAR_TIE})"
+                ));
+            }
         }
         if max_diff > LOGIT_TOLERANCE {
             failures.push(format!(
@@ -192,7 +213,9 @@ pub fn devices(
         }
     }
     if failures.is_empty() {
-        println!("PASS: every greedy token equal, max |Δlogit| <= {LOGIT_TOLERANCE}");
+        println!(
+            "PASS: greedy tokens equal up to near-ties (<= {NEAR_TIE}), max |Δlogit| <= {LOGIT_TOLERANCE}"
+        );
         Ok(())
     } else {
         anyhow::bail!("FAIL: {}", failures.join("; "))
