@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod gguf;
 pub mod hf;
+pub mod interop;
 mod mapped;
 pub mod safetensors;
 pub mod tokenizer;
