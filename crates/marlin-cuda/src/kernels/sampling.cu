@@ -18,11 +18,46 @@ typedef unsigned int u32;
 
 #define SAMP_THREADS 1024
 #define SAMP_MAX_K 256
+#define SAMP_CAND 512  // candidate slots (power of two, >= SAMP_MAX_K)
 #define SAMP_NO_TOKEN 0xffffffffu
 
 // "a before b": larger value, then lower index.
 __device__ __forceinline__ bool samp_better(float va, u32 ia, float vb, u32 ib) {
     return va > vb || (va == vb && ia < ib);
+}
+
+// Calls f(value, index) for every element of `row` this thread owns: 16-byte
+// loads, SAMP_UNROLL of them in flight per thread (one block streams a whole
+// row, so memory-level parallelism decides its speed); scalar for a
+// misaligned row and the tail.
+#define SAMP_UNROLL 4
+template <class F>
+__device__ __forceinline__ void samp_visit(const float* __restrict__ row, int vocab, F f) {
+    int tail = 0;
+    if ((reinterpret_cast<unsigned long long>(row) & 15ull) == 0) {
+        const int n4 = vocab >> 2;
+        const float4* r4 = reinterpret_cast<const float4*>(row);
+        for (int base = threadIdx.x; base < n4; base += blockDim.x * SAMP_UNROLL) {
+            float4 v[SAMP_UNROLL];
+#pragma unroll
+            for (int u = 0; u < SAMP_UNROLL; ++u) {
+                const int j = base + u * blockDim.x;
+                if (j < n4) v[u] = r4[j];
+            }
+#pragma unroll
+            for (int u = 0; u < SAMP_UNROLL; ++u) {
+                const int j = base + u * blockDim.x;
+                if (j < n4) {
+                    f(v[u].x, 4 * j);
+                    f(v[u].y, 4 * j + 1);
+                    f(v[u].z, 4 * j + 2);
+                    f(v[u].w, 4 * j + 3);
+                }
+            }
+        }
+        tail = n4 << 2;
+    }
+    for (int i = tail + threadIdx.x; i < vocab; i += blockDim.x) f(row[i], i);
 }
 
 extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
@@ -32,13 +67,12 @@ extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
     const float* row = logits + (long long)blockIdx.x * vocab;
     float best = __int_as_float(0xff800000);  // -inf
     u32 best_i = SAMP_NO_TOKEN;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        const float v = row[i];
+    samp_visit(row, vocab, [&](float v, int i) {
         if (v == v && samp_better(v, (u32)i, best, best_i)) {
             best = v;
             best_i = (u32)i;
         }
-    }
+    });
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
         const float ov = __shfl_xor_sync(0xffffffffu, best, off);
@@ -109,10 +143,12 @@ extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
                    u32* __restrict__ out, int vocab, int top_k, float inv_temp, float top_p) {
     __shared__ u32 hist[2048];
     __shared__ u32 scan_tmp[32];
-    __shared__ u32 s_need, s_found_bin, s_total;
+    __shared__ u32 s_need, s_found_bin, s_total, s_bin_count;
     __shared__ u32 s_gt, s_eq;
-    __shared__ float c_val[SAMP_MAX_K];
-    __shared__ u32 c_idx[SAMP_MAX_K];
+    // Candidates: the k_eff winners, or (fast path) every key above the
+    // threshold and every key equal to it, when that fits.
+    __shared__ float c_val[SAMP_CAND];
+    __shared__ u32 c_idx[SAMP_CAND];
     const float* row = logits + (long long)blockIdx.x * vocab;
     const int tid = threadIdx.x;
 
@@ -124,12 +160,11 @@ extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
         const int shift = shifts[pass], bins = 1 << widths[pass];
         for (int b = tid; b < 2048; b += blockDim.x) hist[b] = 0;
         __syncthreads();
-        for (int i = tid; i < vocab; i += blockDim.x) {
-            const float v = row[i];
-            if (v != v) continue;
+        samp_visit(row, vocab, [&](float v, int) {
+            if (v != v) return;
             const u32 key = samp_key(v);
             if ((key & prefix_mask) == prefix) atomicAdd(&hist[(key >> shift) & (bins - 1)], 1u);
-        }
+        });
         __syncthreads();
         if (pass == 0) {
             // Candidates exist only among non-NaN logits.
@@ -152,9 +187,11 @@ extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
         if (hi >= 0 && excl < need && excl + c_hi >= need) {
             s_found_bin = (u32)hi;
             s_need = need - excl;
+            s_bin_count = c_hi;
         } else if (hi >= 1 && excl + c_hi < need && incl >= need) {
             s_found_bin = (u32)(hi - 1);
             s_need = need - excl - c_hi;
+            s_bin_count = c_lo;
         }
         __syncthreads();
         prefix |= s_found_bin << shift;
@@ -166,54 +203,74 @@ extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
     // indices first), with every larger key.
     const u32 thresh = prefix;
     const u32 k_eff = min((u32)top_k, s_total);
+    // After pass 2, s_bin_count is the number of keys equal to the
+    // threshold; k_eff - need keys are larger.
+    const u32 n_cand = (k_eff - need) + s_bin_count;
     if (tid == 0) {
         s_gt = 0;
         s_eq = 0;
     }
     __syncthreads();
-    for (int base = 0; base < vocab; base += blockDim.x) {
-        const int i = base + tid;
-        u32 key = 0;
-        bool valid = false;
-        if (i < vocab) {
-            const float v = row[i];
-            valid = v == v;
-            key = samp_key(v);
-        }
-        const u32 is_gt = valid && key > thresh;
-        const u32 is_eq = valid && key == thresh;
-        // Pack both counts: greater in the low 16 bits, equal in the high.
-        const u32 incl = samp_block_scan(is_gt | (is_eq << 16), scan_tmp);
-        const u32 gt_before = (incl & 0xffffu) - is_gt;
-        const u32 eq_before = (incl >> 16) - is_eq;
-        const u32 gt0 = s_gt, eq0 = s_eq;
-        if (is_gt) {
-            const u32 slot = gt0 + gt_before;
-            c_val[slot] = row[i];
-            c_idx[slot] = (u32)i;
-        } else if (is_eq && eq0 + eq_before < need) {
-            const u32 slot = (k_eff - need) + eq0 + eq_before;
-            c_val[slot] = row[i];
-            c_idx[slot] = (u32)i;
-        }
+    if (n_cand <= SAMP_CAND) {
+        // Fast path: gather all of them in any order; the sort below orders
+        // them by (logit desc, index asc), so the first k_eff are the winners.
+        samp_visit(row, vocab, [&](float v, int i) {
+            if (v != v) return;
+            if (samp_key(v) >= thresh) {
+                const u32 slot = atomicAdd(&s_gt, 1u);
+                c_val[slot] = v;
+                c_idx[slot] = (u32)i;
+            }
+        });
         __syncthreads();
-        if (tid == blockDim.x - 1) {
-            s_gt = gt0 + (incl & 0xffffu);
-            s_eq = eq0 + (incl >> 16);
+    } else {
+        // Many keys tie at the threshold: an ordered pass keeps the lowest
+        // indices of those.
+        for (int base = 0; base < vocab; base += blockDim.x) {
+            const int i = base + tid;
+            u32 key = 0;
+            bool valid = false;
+            if (i < vocab) {
+                const float v = row[i];
+                valid = v == v;
+                key = samp_key(v);
+            }
+            const u32 is_gt = valid && key > thresh;
+            const u32 is_eq = valid && key == thresh;
+            // Pack both counts: greater in the low 16 bits, equal in the high.
+            const u32 incl = samp_block_scan(is_gt | (is_eq << 16), scan_tmp);
+            const u32 gt_before = (incl & 0xffffu) - is_gt;
+            const u32 eq_before = (incl >> 16) - is_eq;
+            const u32 gt0 = s_gt, eq0 = s_eq;
+            if (is_gt) {
+                const u32 slot = gt0 + gt_before;
+                c_val[slot] = row[i];
+                c_idx[slot] = (u32)i;
+            } else if (is_eq && eq0 + eq_before < need) {
+                const u32 slot = (k_eff - need) + eq0 + eq_before;
+                c_val[slot] = row[i];
+                c_idx[slot] = (u32)i;
+            }
+            __syncthreads();
+            if (tid == blockDim.x - 1) {
+                s_gt = gt0 + (incl & 0xffffu);
+                s_eq = eq0 + (incl >> 16);
+            }
+            __syncthreads();
         }
-        __syncthreads();
     }
-    // Bitonic sort of the k_eff candidates (padded to SAMP_MAX_K).
-    for (int i = tid; i < SAMP_MAX_K; i += blockDim.x) {
-        if (i >= (int)k_eff) {
+    const u32 n_sorted = n_cand <= SAMP_CAND ? n_cand : k_eff;
+    // Bitonic sort of the candidates (padded to SAMP_CAND).
+    for (int i = tid; i < SAMP_CAND; i += blockDim.x) {
+        if (i >= (int)n_sorted) {
             c_val[i] = __int_as_float(0xff800000);
             c_idx[i] = SAMP_NO_TOKEN;
         }
     }
     __syncthreads();
-    for (int size = 2; size <= SAMP_MAX_K; size <<= 1) {
+    for (int size = 2; size <= SAMP_CAND; size <<= 1) {
         for (int stride = size >> 1; stride > 0; stride >>= 1) {
-            if (tid < SAMP_MAX_K) {
+            if (tid < SAMP_CAND) {
                 const int j = tid ^ stride;
                 if (j > tid) {
                     const bool desc = (tid & size) == 0;
