@@ -28,15 +28,13 @@ const DEC_STAGES: usize = 8;
 /// activation tile in shared memory (16 rows x 2048 halves = 64 KiB). Forced
 /// split factors with longer splits take the `w4a16_gemm_*` kernels.
 const DEC_MAX_CHUNKS_PER_SPLIT: usize = 32;
-/// Decode kernel: activation tile budget of the 32- and 64-row variants
-/// (two blocks per SM), which bounds their chunks per split.
+/// Decode kernel: activation tile budget of the 32-row variant (two blocks
+/// per SM), which bounds its chunks per split.
 const DEC_TILE_BUDGET: usize = 88 * 1024;
-/// Decode kernel: largest M `GemmPath::Fused` gives it (64-row blocks side
-/// by side beyond 64 rows); larger M takes `w4a16_gemm_mt4`.
-const DEC_MAX_M: usize = 256;
-/// `GemmPath::Auto` takes the fused decode kernel up to this M, then
-/// dequantize + cuBLAS (docs/CUDA.md, change 14).
-pub const INT4_FUSED_MAX_M: usize = 64;
+/// Decode kernel: largest M (4 token tiles of 8). A 64-row variant (8
+/// tiles, several blocks beyond 64 rows) measured 1.3-1.5x slower than the
+/// general kernel at M = 64 (docs/CUDA.md, change 14) and was removed.
+const DEC_MAX_M: usize = 32;
 /// Decode kernel: default split-K factor (see `decode_plan`).
 const DEC_SPLITS: usize = 8;
 
@@ -257,8 +255,7 @@ fn decode_token_tiles(m: usize) -> usize {
     match m {
         0..=8 => 1,
         9..=16 => 2,
-        17..=32 => 4,
-        _ => 8,
+        _ => 4,
     }
 }
 
@@ -400,10 +397,8 @@ fn decode_plan(
             (1, true) => "w4a16_dec_m8z",
             (2, false) => "w4a16_dec_m16",
             (2, true) => "w4a16_dec_m16z",
-            (4, false) => "w4a16_dec_m32",
-            (4, true) => "w4a16_dec_m32z",
-            (_, false) => "w4a16_dec_m64",
-            (_, true) => "w4a16_dec_m64z",
+            (_, false) => "w4a16_dec_m32",
+            (_, true) => "w4a16_dec_m32z",
         },
         m_tiles: 1,
         m_blocks,
@@ -434,7 +429,7 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
         return Err(CudaError::Shape("GEMM with M = 0 rows".into()));
     }
     let use_dequant = match opts.path {
-        GemmPath::Auto => m > INT4_FUSED_MAX_M,
+        GemmPath::Auto => m >= DEQUANT_MIN_M,
         GemmPath::Fused | GemmPath::FusedGeneral => false,
         GemmPath::DequantCublas => true,
     };

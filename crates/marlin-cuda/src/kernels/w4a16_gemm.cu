@@ -660,17 +660,14 @@ __device__ __forceinline__ void w4a16_dec_body(
                                           k_chunks, group_chunks, splits);                        \
     }
 
-// Keep STAGES in sync with `DEC_STAGES` in src/int4/gemm.rs. m32 / m64:
-// 4 / 8 token tiles per block (M = 17..32, 33..64; M > 64 takes several
-// m64 blocks), so each dequantised weight fragment feeds 4 / 8 mma.
+// Keep STAGES in sync with `DEC_STAGES` in src/int4/gemm.rs. m32: 4 token
+// tiles per block (M = 17..32), each dequantised fragment feeds 4 mma.
 W4A16_DEC_ENTRY(w4a16_dec_m8, 1, 8, false)
 W4A16_DEC_ENTRY(w4a16_dec_m16, 2, 8, false)
 W4A16_DEC_ENTRY(w4a16_dec_m32, 4, 8, false)
-W4A16_DEC_ENTRY(w4a16_dec_m64, 8, 8, false)
 W4A16_DEC_ENTRY(w4a16_dec_m8z, 1, 8, true)
 W4A16_DEC_ENTRY(w4a16_dec_m16z, 2, 8, true)
 W4A16_DEC_ENTRY(w4a16_dec_m32z, 4, 8, true)
-W4A16_DEC_ENTRY(w4a16_dec_m64z, 8, 8, true)
 
 // Dequantize the packed weight to a dense f16 (N, K) row-major matrix (the
 // large-M path: dequantize once, then a cuBLAS fp16 GEMM). One thread per

@@ -423,6 +423,9 @@ __device__ __forceinline__ void wx_dequant_body(const uint4* __restrict__ W, con
     const float cs[2] = {S32[(size_t)group * n_pad + nb * 16 + g] * unit,
                          S32[(size_t)group * n_pad + nb * 16 + 8 + g] * unit};
     const int k0 = c * 64 + 16 * t;
+    // vals[h][2j + q]: f16x2 of column half h at k = k0 + 4j + 2q + {0, 1}
+    // (fragment register i = h + 2q), scaled in fp32.
+    u32 vals[2][8];
 #pragma unroll
     for (int j = 0; j < 4; j++) {
         u32 wa[4];
@@ -430,15 +433,25 @@ __device__ __forceinline__ void wx_dequant_body(const uint4* __restrict__ W, con
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int h = i & 1;
-            const int n = nb * 16 + 8 * h + g;
-            if (n >= N) continue;
+            const float lo = wx_f16_to_f32((u16)(wa[i] & 0xFFFFu)) * cs[h];
+            const float hi = wx_f16_to_f32((u16)(wa[i] >> 16)) * cs[h];
+            vals[h][2 * j + (i >> 1)] = (u32)wx_f32_to_f16(lo) | ((u32)wx_f32_to_f16(hi) << 16);
+        }
+    }
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int k = k0 + 4 * j + 2 * (i >> 1) + e;
-                if (k < K) {
-                    const float v = wx_f16_to_f32((u16)(wa[i] >> (16 * e))) * cs[h];
-                    out[(size_t)n * K + k] = wx_f32_to_f16(v);
-                }
+    for (int h = 0; h < 2; h++) {
+        const int n = nb * 16 + 8 * h + g;
+        if (n >= N) continue;
+        u16* row = out + (size_t)n * K;
+        if ((K & 7) == 0 && k0 + 16 <= K) {
+            // Two 16-byte stores per row half (rows are 16-byte aligned).
+            uint4* dst = reinterpret_cast<uint4*>(row + k0);
+            dst[0] = make_uint4(vals[h][0], vals[h][1], vals[h][2], vals[h][3]);
+            dst[1] = make_uint4(vals[h][4], vals[h][5], vals[h][6], vals[h][7]);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 16; e++) {
+                if (k0 + e < K) row[k0 + e] = (u16)(vals[h][e >> 1] >> (16 * (e & 1)));
             }
         }
     }
