@@ -9,7 +9,7 @@ use super::{check_len, mul, to_i32, to_u32};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
 
-const MODULE: &str = "attention";
+const MODULE: &str = "decode_attention";
 const SOURCE: &str = include_str!("../kernels/attention.cu");
 const THREADS: u32 = 128;
 /// Head dimensions with compiled kernels.

@@ -42,7 +42,7 @@ use cudarc::driver::LaunchConfig;
 use crate::device::CudaDevice;
 use crate::error::{CudaError, Result};
 
-pub(crate) const OPS_MODULE: &str = "ops";
+pub(crate) const OPS_MODULE: &str = "decode_ops";
 pub(crate) const OPS_SOURCE: &str = include_str!("../kernels/ops.cu");
 
 /// `a * b`, or a shape error naming `what`.

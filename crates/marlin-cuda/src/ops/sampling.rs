@@ -7,7 +7,7 @@ use super::{check_len, mul, to_i32, to_u32};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
 
-const MODULE: &str = "sampling";
+const MODULE: &str = "decode_sampling";
 const SOURCE: &str = include_str!("../kernels/sampling.cu");
 /// Threads per row (SAMP_THREADS in the source; the scans assume it).
 const THREADS: u32 = 1024;
