@@ -16,7 +16,6 @@ use crate::CpuError;
 use marlin_quant::{
     ElementType, Granularity, Layout, QuantScheme, QuantTensor, ScaleDType, ZeroPoint,
 };
-use rayon::prelude::*;
 use std::fmt;
 use std::hint::black_box;
 use std::time::Instant;
@@ -337,7 +336,7 @@ fn time_calls(
 }
 
 /// STREAM-like copy bandwidth in GB/s: `dst = src` over two buffers of
-/// `bytes` each (much larger than the caches), split over the rayon pool;
+/// `bytes` each (much larger than the caches), split over [`crate::pool`];
 /// counts read + write bytes. Best of `runs` after one warm-up, as STREAM
 /// reports.
 pub fn measure_copy_bandwidth(bytes: usize, runs: usize) -> f64 {
@@ -363,36 +362,41 @@ impl CopyBench {
     }
 
     /// One pass summing `src` over all threads (a read-only stream, like
-    /// the m = 1 kernels); GB/s of bytes read.
+    /// the m = 1 kernels); GB/s of bytes read. On [`crate::pool`], the
+    /// threads the kernels run on.
     fn read_once(&mut self) -> f64 {
         let chunk = 1 << 18;
+        let src = &self.src;
+        let mut partial = vec![0f32; src.len().div_ceil(chunk)];
         let start = Instant::now();
-        let total: f32 = self
-            .src
-            .par_chunks(chunk)
-            .map(|c| {
-                // 8 independent sums so that the loop vectorizes.
-                let mut acc = [0f32; 8];
-                for v in c.chunks_exact(8) {
-                    for (a, x) in acc.iter_mut().zip(v) {
-                        *a += x;
-                    }
+        // Infallible: the closure returns Ok.
+        let _ = crate::pool::current().try_for_each_chunk_mut(&mut partial, 1, |c, out| {
+            let part = &src[c * chunk..((c + 1) * chunk).min(src.len())];
+            // 8 independent sums so that the loop vectorizes.
+            let mut acc = [0f32; 8];
+            for v in part.chunks_exact(8) {
+                for (a, x) in acc.iter_mut().zip(v) {
+                    *a += x;
                 }
-                acc.iter().sum::<f32>()
-            })
-            .sum();
-        black_box(total);
+            }
+            out[0] = acc.iter().sum::<f32>();
+            Ok(())
+        });
+        black_box(partial.iter().sum::<f32>());
         (self.src.len() * 4) as f64 / start.elapsed().as_secs_f64() / 1e9
     }
 
-    /// One copy over all threads; GB/s of read + write bytes.
+    /// One copy over all threads (on [`crate::pool`]); GB/s of read +
+    /// write bytes.
     fn run_once(&mut self) -> f64 {
         let chunk = 1 << 18; // 1 MiB per task
+        let src = &self.src;
         let start = Instant::now();
-        self.dst
-            .par_chunks_mut(chunk)
-            .zip(self.src.par_chunks(chunk))
-            .for_each(|(d, s)| d.copy_from_slice(black_box(s)));
+        // Infallible: the closure returns Ok.
+        let _ = crate::pool::current().try_for_each_chunk_mut(&mut self.dst, chunk, |c, d| {
+            d.copy_from_slice(black_box(&src[c * chunk..c * chunk + d.len()]));
+            Ok(())
+        });
         black_box(&mut self.dst);
         2.0 * (self.src.len() * 4) as f64 / start.elapsed().as_secs_f64() / 1e9
     }
@@ -512,7 +516,7 @@ pub fn run_gemm_bench(cfg: &GemmBenchConfig) -> Result<GemmBenchReport, CpuError
         copy_gbs,
         read_gbs,
         copy_bytes: cfg.copy_bytes,
-        threads: rayon::current_num_threads(),
+        threads: crate::pool::current().threads(),
         rows,
     })
 }
