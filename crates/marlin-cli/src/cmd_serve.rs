@@ -166,5 +166,6 @@ fn load_backend(args: &ServeArgs) -> anyhow::Result<EngineBackend> {
         template,
         template_error,
         vocab_size: cfg.vocab_size,
+        token_texts: std::sync::OnceLock::new(),
     })
 }

@@ -3,11 +3,12 @@
 //! and chat templates, the model + KV pool as the engine's `BatchModel`,
 //! and engine events as server events.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use marlin_engine::json_object::JsonConstraint;
 use marlin_engine::serve::{
-    BatchChunk, BatchModel, DetokenizerSource, EngineHandle, EngineRequest, Event, RequestStream,
-    SubmitError as EngineSubmitError,
+    BatchChunk, BatchModel, DetokenizerSource, EngineHandle, EngineRequest, Event, RankedTokens,
+    RequestStream, SubmitError as EngineSubmitError, TokenConstraint,
 };
 use marlin_engine::{Detokenizer, EngineError, FinishReason};
 use marlin_io::tokenizer::{ChatMessage as TemplateMessage, ChatTemplate, Tokenizer};
@@ -86,6 +87,50 @@ pub struct EngineBackend {
     pub template: Option<ChatTemplate>,
     pub template_error: String,
     pub vocab_size: usize,
+    /// Each token's text (empty for special tokens), built at the first
+    /// `json_object` request.
+    pub token_texts: OnceLock<Arc<Vec<String>>>,
+}
+
+impl EngineBackend {
+    fn token_texts(&self) -> Arc<Vec<String>> {
+        let texts = self.token_texts.get_or_init(|| {
+            let texts = (0..self.vocab_size as u32)
+                .map(|id| {
+                    if self.tokenizer.is_special(id) {
+                        String::new()
+                    } else {
+                        self.tokenizer.decode(&[id]).unwrap_or_default()
+                    }
+                })
+                .collect();
+            Arc::new(texts)
+        });
+        Arc::clone(texts)
+    }
+}
+
+/// `response_format: json_object`: tokens that keep the output a valid
+/// prefix of one JSON object; the request ends when the object closes.
+struct JsonTokenConstraint {
+    json: JsonConstraint,
+    texts: Arc<Vec<String>>,
+}
+
+impl TokenConstraint for JsonTokenConstraint {
+    fn choose(&mut self, ranked: RankedTokens<'_>) -> Option<u32> {
+        let texts = &self.texts;
+        self.json
+            .choose(ranked, |id| texts.get(id as usize).map(String::as_str))
+    }
+    fn accept(&mut self, id: u32) {
+        if let Some(t) = self.texts.get(id as usize) {
+            self.json.accept(t);
+        }
+    }
+    fn is_complete(&self) -> bool {
+        self.json.is_complete()
+    }
 }
 
 impl Backend for EngineBackend {
@@ -117,12 +162,6 @@ impl Backend for EngineBackend {
     }
 
     fn submit(&self, req: BackendRequest) -> Result<Box<dyn EventStream>, SubmitError> {
-        if req.json_object {
-            return Err(SubmitError::Invalid {
-                param: "response_format".into(),
-                message: "response_format json_object is not supported by this engine yet".into(),
-            });
-        }
         let engine_req = EngineRequest {
             prompt: req.prompt,
             sampling: req.sampling,
@@ -132,7 +171,17 @@ impl Backend for EngineBackend {
             logprobs: req.logprobs,
         };
         let max_tokens = engine_req.max_tokens;
-        let stream = self.engine.submit(engine_req).map_err(|e| match e {
+        let submitted = if req.json_object {
+            let constraint = JsonTokenConstraint {
+                json: JsonConstraint::new(),
+                texts: self.token_texts(),
+            };
+            self.engine
+                .submit_constrained(engine_req, Box::new(constraint))
+        } else {
+            self.engine.submit(engine_req)
+        };
+        let stream = submitted.map_err(|e| match e {
             EngineSubmitError::QueueFull { retry_after, .. } => SubmitError::QueueFull {
                 retry_after_secs: retry_after.as_secs().max(1),
             },
