@@ -46,10 +46,31 @@ pub struct QuantizeArgs {
     /// CPU worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Also write the checkpoint in another layout: `gptq` (INT2/INT4/INT8
+    /// linears as qweight/qzeros/scales/g_idx, loadable by transformers).
+    #[arg(long)]
+    pub export: Option<String>,
+    /// Directory of the exported checkpoint (default: OUTPUT-gptq).
+    #[arg(long)]
+    pub export_dir: Option<PathBuf>,
 }
 
 pub fn quantize(args: &QuantizeArgs) -> anyhow::Result<()> {
     crate::init_threads(args.threads)?;
+    // Checked before the long work starts.
+    if let Some(e) = args.export.as_deref() {
+        if e != "gptq" {
+            anyhow::bail!("--export {e}: supported: gptq");
+        }
+        // A GPTQ quantization_config has one format for every linear.
+        let uniform = args.preset == "balanced" && args.overrides.is_empty();
+        if !uniform || !matches!(args.format.as_str(), "int4" | "int2" | "int8") {
+            anyhow::bail!(
+                "--export gptq needs --format int4, int2 or int8 with --preset balanced \
+                 and no --override (one format for every quantized linear)"
+            );
+        }
+    }
     let mut job = QuantizeJob::new(
         args.input.clone(),
         args.output.clone(),
@@ -85,5 +106,35 @@ pub fn quantize(args: &QuantizeArgs) -> anyhow::Result<()> {
         report.total_bpw_dense16,
         report.seconds
     );
+    if args.export.is_some() {
+        export_gptq(args)?;
+    }
+    Ok(())
+}
+
+/// Converts the written marlin checkpoint into the GPTQ layout.
+fn export_gptq(args: &QuantizeArgs) -> anyhow::Result<()> {
+    let dst = args.export_dir.clone().unwrap_or_else(|| {
+        let mut name = args.output.as_os_str().to_owned();
+        name.push("-gptq");
+        PathBuf::from(name)
+    });
+    let export = marlin_io::interop::gptq::export_gptq_dir(&args.output, &dst)?;
+    println!(
+        "wrote {}: {} GPTQ linears ({} bits, group {}, sym {}, desc_act {}, checkpoint_format {})",
+        dst.display(),
+        export.linears,
+        export.config.bits,
+        export.config.group_size.map_or(-1, |g| g as i64),
+        export.config.sym,
+        export.config.desc_act,
+        export.config.zero_format.name()
+    );
+    if export.rounded_scales > 0 {
+        println!(
+            "note: {} scales were not f16 values (GPTQ stores f16) and were rounded",
+            export.rounded_scales
+        );
+    }
     Ok(())
 }

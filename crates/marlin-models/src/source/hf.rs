@@ -2,18 +2,24 @@
 //! (`config.json` + safetensors). Tensors are requested by GGUF names and
 //! translated here, so architectures have one naming scheme. Quantized
 //! linears of marlin checkpoints (`marlin_io::checkpoint`) load as
-//! [`TensorData::Quant`].
+//! [`TensorData::Quant`], and so do GPTQ / AWQ / compressed-tensors
+//! linears (`quantization_config.quant_method`), repacked by
+//! `marlin_io::interop`.
 
 use super::{SourceKind, TensorData, WeightSource};
 use crate::config::{HParam, HValue};
 use crate::error::{ModelError, Result};
 use marlin_io::checkpoint;
 use marlin_io::hf::HfModelDir;
+use marlin_io::interop::ForeignFormat;
 use std::path::Path;
 
 pub struct HfDirSource {
     dir: HfModelDir,
     arch: String,
+    /// GPTQ / AWQ / compressed-tensors checkpoints: how their linears are
+    /// stored (None: marlin checkpoint or dense).
+    foreign: Option<ForeignFormat>,
 }
 
 impl HfDirSource {
@@ -34,7 +40,8 @@ impl HfDirSource {
                 crate::arch::supported_names(),
             ));
         }
-        Ok(Self { dir, arch })
+        let foreign = ForeignFormat::of_dir(&dir)?;
+        Ok(Self { dir, arch, foreign })
     }
 
     /// The opened directory (tensor names, tokenizer files).
@@ -56,6 +63,9 @@ impl HfDirSource {
         let Some(base) = checkpoint::linear_base(&hf) else {
             return Ok(None);
         };
+        if let Some(foreign) = &self.foreign {
+            return Ok(foreign.read_linear(&self.dir, base)?);
+        }
         Ok(checkpoint::read_quant_tensor(&self.dir, base)?)
     }
 
@@ -154,6 +164,10 @@ impl WeightSource for HfDirSource {
                 || checkpoint::linear_base(&hf).is_some_and(|base| {
                     self.dir
                         .contains(&checkpoint::QuantTensorNames::new(base).codes)
+                        || self
+                            .foreign
+                            .as_ref()
+                            .is_some_and(|f| f.contains_linear(&self.dir, base))
                 })
         })
     }
