@@ -18,7 +18,7 @@ use half::f16;
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
 use crate::int4::gemm::{
-    int4_gemm, GemmOptions, GemmPath, GemmPlan, GemmWorkspace, Int4Weight, DEQUANT_MIN_M,
+    auto_fused, int4_gemm, GemmOptions, GemmPath, GemmPlan, GemmWorkspace, Int4Weight,
 };
 use crate::int4::pack::pack_int4;
 use crate::int4::random::{random_activations, random_int4, XorShift};
@@ -413,10 +413,10 @@ fn bench_shape(
             let (us, path) = if is_int4 {
                 let (us, plan) = time_path(GemmPath::Auto, None)?;
                 (us, plan.map_or(GemmPath::Auto, |p| p.path))
-            } else if m >= DEQUANT_MIN_M {
-                (dequant_cublas_us, GemmPath::DequantCublas)
-            } else {
+            } else if auto_fused(m, n, k) {
                 (fused_us, GemmPath::Fused)
+            } else {
+                (dequant_cublas_us, GemmPath::DequantCublas)
             };
             let mut sweep = Vec::new();
             if is_int4 {

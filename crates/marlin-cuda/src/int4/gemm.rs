@@ -182,7 +182,7 @@ impl GemmWorkspace {
 /// Which implementation computes the product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum GemmPath {
-    /// The fused kernel below [`DEQUANT_MIN_M`] rows, else dequantize + cuBLAS.
+    /// The fused kernel or dequantize + cuBLAS, by [`auto_fused`].
     #[default]
     Auto,
     /// The fused dequant-GEMM kernel: `w4a16_dec_*` for M <= 16, else
@@ -200,6 +200,21 @@ pub enum GemmPath {
 /// the fused kernel's mma.sync main loop (A re-read per warp from L1/L2) is
 /// slower than that there (docs/CUDA.md has the measurements).
 pub const DEQUANT_MIN_M: usize = 64;
+
+/// Weights of at least this many elements keep the fused kernel up to
+/// M = 127 under `GemmPath::Auto`.
+pub const LARGE_WEIGHT_ELEMS: usize = 1 << 25;
+
+/// `GemmPath::Auto`'s choice for INT4 and the `wgemm` formats: the fused
+/// kernel below [`DEQUANT_MIN_M`] rows, and for M = 64..127 when the weight
+/// has >= 2^25 elements; else dequantize + cuBLAS. Measured on an H100
+/// (docs/CUDA.md, change 17): at M = 64 the fused kernels beat dequantize +
+/// cuBLAS on 14336x4096, 4096x14336 and 28672x8192 (INT4 305.9 vs 424.7 us
+/// at 28672x8192) but not on 4096x4096 (50.1 vs 32.9 us); at M = 128
+/// dequantize + cuBLAS won on every shape and format.
+pub fn auto_fused(m: usize, n: usize, k: usize) -> bool {
+    m < DEQUANT_MIN_M || (m < 2 * DEQUANT_MIN_M && n.saturating_mul(k) >= LARGE_WEIGHT_ELEMS)
+}
 
 /// Per-call options.
 #[derive(Clone, Copy, Debug, Default)]
@@ -429,7 +444,7 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
         return Err(CudaError::Shape("GEMM with M = 0 rows".into()));
     }
     let use_dequant = match opts.path {
-        GemmPath::Auto => m >= DEQUANT_MIN_M,
+        GemmPath::Auto => !auto_fused(m, w.n, w.k),
         GemmPath::Fused | GemmPath::FusedGeneral => false,
         GemmPath::DequantCublas => true,
     };

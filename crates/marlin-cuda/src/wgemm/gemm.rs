@@ -1,6 +1,6 @@
 //! Device side of the FP4 / INT8 / FP8 GEMMs: weights uploaded once, the
 //! checked launch of `kernels/wxa16_gemm.cu`, and the dequantize + cuBLAS
-//! path for M >= [`DEQUANT_MIN_M`]. Shares [`GemmWorkspace`] with INT4.
+//! path chosen by [`auto_fused`] (M >= 64). Shares [`GemmWorkspace`] with INT4.
 
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use marlin_quant::QuantTensor;
 use super::pack::{pack_wx, WxFormat, WxPacked};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
-use crate::int4::gemm::{GemmOptions, GemmPath, GemmPlan, GemmWorkspace, DEQUANT_MIN_M};
+use crate::int4::gemm::{auto_fused, GemmOptions, GemmPath, GemmPlan, GemmWorkspace};
 use crate::int4::pack::N_TILE;
 
 const MODULE: &str = "wxa16_gemm";
@@ -99,7 +99,7 @@ pub fn smem_bytes(format: WxFormat, m: usize, k_chunks: usize, splits: usize) ->
 }
 
 /// The fused kernel's launch shape for M rows (None: a forced split factor
-/// leaves more than [`MAX_CHUNKS_PER_SPLIT`] chunks per split).
+/// leaves more than 32 chunks per split).
 pub fn plan(m: usize, w: &WxWeight, splits: Option<usize>) -> Result<GemmPlan> {
     let tiles = token_tiles(m);
     let max_splits = (w.k_chunks / MIN_CHUNKS_PER_SPLIT).max(1);
@@ -137,7 +137,7 @@ pub fn plan(m: usize, w: &WxWeight, splits: Option<usize>) -> Result<GemmPlan> {
 }
 
 /// C (M, N) f16 = A (M, K) f16 . W^T, both row-major. `GemmPath::Auto`: the
-/// fused kernel below [`DEQUANT_MIN_M`] rows, else dequantize + cuBLAS
+/// fused kernel or dequantize + cuBLAS by [`auto_fused`]
 /// (`FusedGeneral` means `Fused` here). Allocates the split-K / dense
 /// scratch at first use.
 pub fn wx_gemm(
@@ -169,7 +169,7 @@ pub fn wx_gemm(
         )));
     }
     let use_dequant = match opts.path {
-        GemmPath::Auto => m >= DEQUANT_MIN_M,
+        GemmPath::Auto => !auto_fused(m, w.n, w.k),
         GemmPath::Fused | GemmPath::FusedGeneral => false,
         GemmPath::DequantCublas => true,
     };

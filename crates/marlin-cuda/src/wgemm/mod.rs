@@ -6,7 +6,8 @@
 //! once into the fragment-ordered layout of `kernels/wxa16_gemm.cu` (the
 //! INT4 decode kernel's layout with 8-bit or FP4 codes); with the `cuda`
 //! feature, [`gemm::WxWeight`] holds it on the device and [`gemm::wx_gemm`]
-//! runs it (fused kernel below 64 rows, dequantize + cuBLAS from 64 on).
+//! runs it (fused kernel below 64 rows, dequantize + cuBLAS from 128 on,
+//! by weight size in between: `int4::gemm::auto_fused`).
 
 #[cfg(feature = "cuda")]
 pub mod gemm;
