@@ -98,8 +98,8 @@ pub fn smem_bytes(format: WxFormat, m: usize, k_chunks: usize, splits: usize) ->
     rings + (rows + zero_row) * a_stride * 2
 }
 
-/// The fused kernel's launch shape for M rows (None: a forced split factor
-/// leaves more than 32 chunks per split).
+/// The fused kernel's launch shape for M rows (an `Unsupported` error when
+/// a forced split factor leaves more than 32 chunks of 64 per split).
 pub fn plan(m: usize, w: &WxWeight, splits: Option<usize>) -> Result<GemmPlan> {
     let tiles = token_tiles(m);
     let max_splits = (w.k_chunks / MIN_CHUNKS_PER_SPLIT).max(1);
