@@ -303,7 +303,7 @@ fn wait_for_job(s: &Shared, seen: u64) -> Option<u64> {
         }
         polls = polls.wrapping_add(1);
         // Reading the clock every 64 polls keeps it off the hot loop.
-        if polls % 64 == 0 {
+        if polls.is_multiple_of(64) {
             let idle = start.elapsed();
             if idle >= YIELD {
                 break;

@@ -37,6 +37,11 @@ pub(super) fn kernels() -> Option<Kernels> {
 
 // Safe entry points for the table. SAFETY (all of them): `kernels` builds
 // the table only after detecting avx2, fma and f16c.
+//
+// `entry!` runs the whole (RM, RN) tile in one kernel call; `entry_rows!`
+// runs it one weight row at a time (RM calls of the (1, RN) kernel),
+// which measured faster for the one-block kernels (`dot32`): see
+// docs/CPU_KERNELS.md.
 macro_rules! entry {
     ($name:ident, $imp:ident, $w:ty, $a:ty) => {
         fn $name() -> Dots<$w, $a> {
@@ -51,20 +56,41 @@ macro_rules! entry {
             }
             Dots {
                 one: tile::<1, 1>,
-                rows4: tile::<4, 1>,
-                rows2_acts4: tile::<2, 4>,
                 rows2: tile::<2, 1>,
                 acts4: tile::<1, 4>,
             }
         }
     };
 }
-entry!(q4_0, pair_q4_0, BlockQ4_0, ActQ8x32);
-entry!(q4_1, pair_q4_1, BlockQ4_1, ActQ8x32);
-entry!(q5_0, pair_q5_0, BlockQ5_0, ActQ8x32);
-entry!(q5_1, pair_q5_1, BlockQ5_1, ActQ8x32);
+macro_rules! entry_rows {
+    ($name:ident, $imp:ident, $w:ty, $a:ty) => {
+        fn $name() -> Dots<$w, $a> {
+            fn tile<const RM: usize, const RN: usize>(
+                w: &[$w],
+                a: &[$a],
+                bpr: usize,
+                out: &mut [f32],
+                ostride: usize,
+            ) {
+                for i in 0..RM {
+                    let (wr, o) = (&w[i * bpr..][..bpr], &mut out[i * ostride..]);
+                    unsafe { $imp::<1, RN>(wr, a, bpr, o, ostride) }
+                }
+            }
+            Dots {
+                one: tile::<1, 1>,
+                rows2: tile::<2, 1>,
+                acts4: tile::<1, 4>,
+            }
+        }
+    };
+}
+entry_rows!(q4_0, dot_q4_0, BlockQ4_0, ActQ8x32);
+entry_rows!(q4_1, dot_q4_1, BlockQ4_1, ActQ8x32);
+entry_rows!(q5_0, dot_q5_0, BlockQ5_0, ActQ8x32);
+entry_rows!(q5_1, dot_q5_1, BlockQ5_1, ActQ8x32);
 entry!(q8_0, pair_q8_0, BlockQ8_0, ActQ8x32);
-entry!(mxfp4, dot_mxfp4, BlockMxfp4, ActQ8x32);
+entry_rows!(mxfp4, dot_mxfp4, BlockMxfp4, ActQ8x32);
 entry!(q4k, tile_q4k, BlockQ4K, ActQ8K);
 entry!(q6k, tile_q6k, BlockQ6K, ActQ8K);
 
@@ -155,8 +181,8 @@ pub(super) fn mul_sum_us8(w: __m256i, a: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
 }
 
-/// One 32-element format, one block at a time (MXFP4; the others take
-/// their blocks in pairs, see `pair_avx2`), over a tile of RM weight rows x RN activation
+/// One 32-element format, one block at a time (Q8_0 takes its blocks in
+/// pairs, see `pair_avx2`), over a tile of RM weight rows x RN activation
 /// rows (see `super::Tile`): `$decode` gives (codes, d, c) of block `$b`,
 /// and each block adds d * d_a * Σ q a + c * s_a to each pair's sum. Each
 /// weight block is decoded once for the RN rows, each activation block
@@ -225,6 +251,24 @@ macro_rules! dot32 {
     };
 }
 
+dot32!(dot_q4_0, BlockQ4_0, false, |b| {
+    let d = f16_to_f32(b.d);
+    (nibbles(&b.qs), d, -8.0 * d)
+});
+dot32!(dot_q4_1, BlockQ4_1, false, |b| {
+    let (d, m) = f16_pair([b.d[0], b.d[1], b.m[0], b.m[1]]);
+    (nibbles(&b.qs), d, m)
+});
+dot32!(dot_q5_0, BlockQ5_0, false, |b| {
+    let hi = _mm256_and_si256(bytes_from_bits(b.qh_bits()), _mm256_set1_epi8(0x10));
+    let d = f16_to_f32(b.d);
+    (_mm256_or_si256(nibbles(&b.qs), hi), d, -16.0 * d)
+});
+dot32!(dot_q5_1, BlockQ5_1, false, |b| {
+    let hi = _mm256_and_si256(bytes_from_bits(b.qh_bits()), _mm256_set1_epi8(0x10));
+    let (d, m) = f16_pair([b.d[0], b.d[1], b.m[0], b.m[1]]);
+    (_mm256_or_si256(nibbles(&b.qs), hi), d, m)
+});
 dot32!(dot_mxfp4, BlockMxfp4, true, |b| {
     let table = _mm256_broadcastsi128_si256(_mm_setr_epi8(
         0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,

@@ -5,7 +5,7 @@
 //! for Q4_K/Q6_K; error bound in [`act`]) and every output is an integer dot
 //! product per block. Output rows are split into chunks over [`crate::pool`];
 //! for m > 1, each chunk of weight rows is multiplied with all m activation
-//! rows (in tiles of 2 weight rows x 4 activation rows, see [`Tile`])
+//! rows (in tiles of 1 weight row x 4 activation rows, see [`Tile`])
 //! while it is in cache.
 //!
 //! Types without an integer kernel (Q8_1, Q2_K, Q3_K, Q5_K, Q8_K) take the
@@ -44,17 +44,13 @@ const ACT_TILE_BYTES: usize = 16 * 1024;
 /// output does not depend on the tile it was computed in, nor on M.
 pub type Tile<B, A> = fn(w: &[B], a: &[A], bpr: usize, out: &mut [f32], ostride: usize);
 
-/// The tile kernels of one format.
+/// The tile kernels of one format (shapes that fit the 16 AVX2 registers).
 pub struct Dots<B: 'static, A: 'static> {
     /// (1, 1): the leftovers.
     pub one: Tile<B, A>,
-    /// (4, 1): decode; four weight rows share each activation load.
-    pub rows4: Tile<B, A>,
-    /// (2, 4): the batched micro-tile; each decoded weight block serves
-    /// four activation rows, each activation load two weight rows.
-    pub rows2_acts4: Tile<B, A>,
-    /// (2, 1) and (1, 4): the batched tile's edges.
+    /// (2, 1): decode; two weight rows share each activation load.
     pub rows2: Tile<B, A>,
+    /// (1, 4): batched; each decoded weight block serves four activation rows.
     pub acts4: Tile<B, A>,
 }
 
@@ -98,8 +94,6 @@ macro_rules! scalar_dots {
         }
         Dots {
             one: tile::<1, 1>,
-            rows4: tile::<4, 1>,
-            rows2_acts4: tile::<2, 4>,
             rows2: tile::<2, 1>,
             acts4: tile::<1, 4>,
         }
@@ -163,7 +157,8 @@ pub struct PreparedGgml {
     rows: usize,
     cols: usize,
     weights: Weights,
-    kernels: Kernels,
+    /// Boxed: the table is ~200 bytes of function pointers.
+    kernels: Box<Kernels>,
 }
 
 /// The bytes as blocks (alignment 1, so any whole number of blocks casts).
@@ -203,7 +198,7 @@ impl PreparedGgml {
             rows,
             cols,
             weights,
-            kernels,
+            kernels: Box::new(kernels),
         })
     }
 
@@ -367,9 +362,9 @@ fn run_quantized<B: Sync, A: ActBlock>(
         let rows = out.len() / m;
         if m == 1 {
             let mut i = 0;
-            while i + 4 <= rows {
-                (dots.rows4)(wrows(r0 + i, 4), &acts, bpr, &mut out[i..], 1);
-                i += 4;
+            while i + 2 <= rows {
+                (dots.rows2)(wrows(r0 + i, 2), &acts, bpr, &mut out[i..], 1);
+                i += 2;
             }
             for i in i..rows {
                 (dots.one)(wrows(r0 + i, 1), &acts, bpr, &mut out[i..], 1);
@@ -378,23 +373,18 @@ fn run_quantized<B: Sync, A: ActBlock>(
         }
         for j0 in (0..m).step_by(act_tile) {
             let j1 = (j0 + act_tile).min(m);
-            let mut i = 0;
-            while i < rows {
-                let ri = if i + 2 <= rows { 2 } else { 1 };
+            for i in 0..rows {
+                let wr = wrows(r0 + i, 1);
                 let mut j = j0;
-                while j < j1 {
-                    let cj = if j + 4 <= j1 { 4 } else { 1 };
-                    let tile = match (ri, cj) {
-                        (2, 4) => dots.rows2_acts4,
-                        (2, _) => dots.rows2,
-                        (_, 4) => dots.acts4,
-                        _ => dots.one,
-                    };
-                    let a = &acts[j * bpr..(j + cj) * bpr];
-                    tile(wrows(r0 + i, ri), a, bpr, &mut out[i * m + j..], m);
-                    j += cj;
+                while j + 4 <= j1 {
+                    let a = &acts[j * bpr..(j + 4) * bpr];
+                    (dots.acts4)(wr, a, bpr, &mut out[i * m + j..], m);
+                    j += 4;
                 }
-                i += ri;
+                for j in j..j1 {
+                    let a = &acts[j * bpr..(j + 1) * bpr];
+                    (dots.one)(wr, a, bpr, &mut out[i * m + j..], m);
+                }
             }
         }
         Ok(())

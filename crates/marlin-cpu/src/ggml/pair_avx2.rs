@@ -1,20 +1,22 @@
-//! AVX2 tile kernels for the 32-element formats that take their blocks two
-//! at a time: the 16-byte halves of blocks b and b + 1 share one register
-//! ([lo b | lo b+1] and [hi b | hi b+1]), so one `madd`, one int-to-float
-//! conversion and one FMA serve two blocks, and the four f16 scales of a
-//! block pair convert in one instruction. Per block and (weight row,
-//! activation row) pair that is about half the instructions of the
-//! one-block kernel (`dot_avx2::dot32`), the decode path's bottleneck.
+//! AVX2 tile kernel for Q8_0 taking its blocks two at a time: the 16-byte
+//! halves of blocks b and b + 1 share one register ([lo b | lo b+1] and
+//! [hi b | hi b+1]), so one int-to-float conversion and one FMA serve two
+//! blocks, and the f16 scales of a block pair convert in one instruction.
+//! Measured (docs/CPU_KERNELS.md): 7% faster than the one-block kernel for
+//! one activation row (the LM heads), slower with several; the same
+//! scheme for the nibble formats was 10-30% slower, so they stay on
+//! `dot_avx2::dot32`.
 //!
 //! Arithmetic per pair, the same for every tile shape (batch invariance):
 //! lanes 0-3 of the f32 accumulator take block b, lanes 4-7 block b + 1,
 //! each as (d * d_a) * (i32 sum as f32) by FMA; the offset terms c * s_a
-//! of the two blocks go by FMA into lanes 0 and 1 of a second accumulator;
-//! the result is hsum(acc) + (off0 + off1). An odd last block runs as a
-//! pair with a zero partner (zero codes, scales and sums).
+//! of the two blocks go by FMA into lanes 0 and 1 of a second accumulator
+//! (a separate dependency chain); the result is hsum(acc) + (off0 + off1).
+//! An odd last block runs as a pair with a zero partner (zero codes,
+//! scales and sums).
 
 use super::act::ActQ8x32;
-use super::dot_avx2::{bytes_from_bits, hsum, mul_sum_us8};
+use super::dot_avx2::{hsum, mul_sum_us8};
 use marlin_quant::ggml::*;
 use std::arch::x86_64::*;
 
@@ -34,33 +36,6 @@ fn join(x0: __m128i, x1: __m128i) -> __m256i {
     _mm256_inserti128_si256(_mm256_castsi128_si256(x0), x1, 1)
 }
 
-/// The nibbles of two blocks' 16 code bytes: ([lo0 | lo1], [hi0 | hi1]),
-/// low nibbles being elements 0..16 and high ones 16..32 (ggml's order).
-#[inline]
-#[target_feature(enable = "avx2")]
-fn nibble_pair(qs0: &[u8; 16], qs1: &[u8; 16]) -> (__m256i, __m256i) {
-    let q = join(load16(qs0, 0), load16(qs1, 0));
-    let m4 = _mm256_set1_epi8(0x0F);
-    (
-        _mm256_and_si256(q, m4),
-        _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
-    )
-}
-
-/// The fifth bits (bit j for element j of each block) as 0x10 bytes in
-/// the nibble-pair layout.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn fifth_pair(qh0: u32, qh1: u32) -> (__m256i, __m256i) {
-    let lo = (qh0 & 0xFFFF) | (qh1 << 16);
-    let hi = (qh0 >> 16) | (qh1 & 0xFFFF_0000);
-    let m = _mm256_set1_epi8(0x10);
-    (
-        _mm256_and_si256(bytes_from_bits(lo), m),
-        _mm256_and_si256(bytes_from_bits(hi), m),
-    )
-}
-
 /// Four f16 (as two little-endian pairs of 2-byte fields) to f32:
 /// [a0, a1, b0, b1].
 #[inline]
@@ -71,32 +46,24 @@ fn f16x4(a0: [u8; 2], a1: [u8; 2], b0: [u8; 2], b1: [u8; 2]) -> __m128 {
     _mm_cvtph_ps(_mm_set_epi32(0, 0, hi, lo))
 }
 
-/// [d0, c0, d1, c1] for symmetric formats with bias code `bias`
-/// (c = -bias * d, exact: bias is a power of two).
-#[inline]
-#[target_feature(enable = "avx2,f16c")]
-fn d_bias(d0: [u8; 2], d1: [u8; 2], bias: f32) -> __m128 {
-    _mm_mul_ps(f16x4(d0, d0, d1, d1), _mm_setr_ps(1.0, -bias, 1.0, -bias))
-}
-
 /// One activation block pair: codes in the nibble-pair layout, d per
-/// 128-bit half, and [s0, s1, 0, 0]. `a1` None: a zero partner.
+/// 128-bit half, and [s0, s1, 0, ..]. `a1` None: a zero partner.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn act_pair(a0: &ActQ8x32, a1: Option<&ActQ8x32>) -> (__m256i, __m256i, __m256, __m128) {
+fn act_pair(a0: &ActQ8x32, a1: Option<&ActQ8x32>) -> (__m256i, __m256i, __m256, __m256) {
     let (lo0, hi0) = (load16(&a0.qs, 0), load16(&a0.qs, 16));
     match a1 {
         Some(a1) => (
             join(lo0, load16(&a1.qs, 0)),
             join(hi0, load16(&a1.qs, 16)),
             _mm256_set_m128(_mm_set1_ps(a1.d), _mm_set1_ps(a0.d)),
-            _mm_setr_ps(a0.s, a1.s, 0.0, 0.0),
+            _mm256_setr_ps(a0.s, a1.s, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
         ),
         None => (
             join(lo0, _mm_setzero_si128()),
             join(hi0, _mm_setzero_si128()),
             _mm256_set_m128(_mm_setzero_ps(), _mm_set1_ps(a0.d)),
-            _mm_setr_ps(a0.s, 0.0, 0.0, 0.0),
+            _mm256_setr_ps(a0.s, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
         ),
     }
 }
@@ -117,23 +84,31 @@ macro_rules! pair32 {
             out: &mut [f32],
             ostride: usize,
         ) {
-            let w: [&[$blk]; RM] = std::array::from_fn(|i| &w[i * bpr..][..bpr]);
-            let a: [&[ActQ8x32]; RN] = std::array::from_fn(|j| &a[j * bpr..][..bpr]);
+            // Rows as slices of exactly bpr blocks (built in place, not by
+            // `array::from_fn`, so the lengths stay visible to the optimiser).
+            let mut wr: [&[$blk]; RM] = [&w[..0]; RM];
+            for (i, r) in wr.iter_mut().enumerate() {
+                *r = &w[i * bpr..][..bpr];
+            }
+            let mut ar: [&[ActQ8x32]; RN] = [&a[..0]; RN];
+            for (j, r) in ar.iter_mut().enumerate() {
+                *r = &a[j * bpr..][..bpr];
+            }
             let ones = _mm256_set1_epi16(1);
             // Lanes 0-3 and 4-7 of each half's scale: d0 and d1.
             let spread = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
             let low_half = _mm256_setr_epi32(-1, -1, -1, -1, 0, 0, 0, 0);
             let mut acc = [[_mm256_setzero_ps(); RN]; RM];
-            let mut off = [[_mm_setzero_ps(); RN]; RM];
-            for p in 0..bpr.div_ceil(2) {
-                let b = 2 * p;
-                let full = b + 1 < bpr;
+            let mut off = [[_mm256_setzero_ps(); RN]; RM];
+            // Blocks b and b + 1 (`full`), or b alone with a zero partner.
+            let mut step = |b: usize, full: bool| {
+                let b1 = if full { b + 1 } else { b };
                 let mut lo = [_mm256_setzero_si256(); RM];
                 let mut hi = [_mm256_setzero_si256(); RM];
                 let mut dv = [_mm256_setzero_ps(); RM];
-                let mut cv = [_mm_setzero_ps(); RM];
+                let mut cv = [_mm256_setzero_ps(); RM];
                 for i in 0..RM {
-                    let ($b0, $b1) = (&w[i][b], &w[i][if full { b + 1 } else { b }]);
+                    let ($b0, $b1) = (&wr[i][b], &wr[i][b1]);
                     let (l, h, dc): (__m256i, __m256i, __m128) = $decode;
                     let (l, h, dc) = if full {
                         (l, h, dc)
@@ -148,12 +123,15 @@ macro_rules! pair32 {
                     lo[i] = l;
                     hi[i] = h;
                     dv[i] = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(dc), spread);
-                    // [c0, c1, c0, c1]
-                    cv[i] = _mm_permute_ps(dc, 0b11_01_11_01);
+                    // [c0, c1, 0, 0, 0, 0, 0, 0]
+                    cv[i] = _mm256_castps128_ps256(_mm_and_ps(
+                        _mm_permute_ps(dc, 0b11_01_11_01),
+                        _mm_castsi128_ps(_mm_setr_epi32(-1, -1, 0, 0)),
+                    ));
                 }
                 for j in 0..RN {
-                    let a1 = if full { Some(&a[j][b + 1]) } else { None };
-                    let (alo, ahi, da, sa) = act_pair(&a[j][b], a1);
+                    let a1 = if full { Some(&ar[j][b1]) } else { None };
+                    let (alo, ahi, da, sa) = act_pair(&ar[j][b], a1);
                     for i in 0..RM {
                         let isum = if $signed {
                             _mm256_add_epi32(
@@ -177,14 +155,20 @@ macro_rules! pair32 {
                         let s = _mm256_mul_ps(dv[i], da);
                         acc[i][j] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(isum), acc[i][j]);
                         if !$signed {
-                            off[i][j] = _mm_fmadd_ps(cv[i], sa, off[i][j]);
+                            off[i][j] = _mm256_fmadd_ps(cv[i], sa, off[i][j]);
                         }
                     }
                 }
+            };
+            for p in 0..bpr / 2 {
+                step(2 * p, true);
+            }
+            if bpr % 2 == 1 {
+                step(bpr - 1, false);
             }
             for i in 0..RM {
                 for j in 0..RN {
-                    let o = off[i][j];
+                    let o = _mm256_castps256_ps128(off[i][j]);
                     let o = _mm_cvtss_f32(o) + _mm_cvtss_f32(_mm_movehdup_ps(o));
                     out[i * ostride + j] = hsum(acc[i][j]) + o;
                 }
@@ -193,32 +177,6 @@ macro_rules! pair32 {
     };
 }
 
-pair32!(pair_q4_0, BlockQ4_0, false, |b0, b1| {
-    let (lo, hi) = nibble_pair(&b0.qs, &b1.qs);
-    (lo, hi, d_bias(b0.d, b1.d, 8.0))
-});
-pair32!(pair_q4_1, BlockQ4_1, false, |b0, b1| {
-    let (lo, hi) = nibble_pair(&b0.qs, &b1.qs);
-    (lo, hi, f16x4(b0.d, b0.m, b1.d, b1.m))
-});
-pair32!(pair_q5_0, BlockQ5_0, false, |b0, b1| {
-    let (lo, hi) = nibble_pair(&b0.qs, &b1.qs);
-    let (flo, fhi) = fifth_pair(b0.qh_bits(), b1.qh_bits());
-    (
-        _mm256_or_si256(lo, flo),
-        _mm256_or_si256(hi, fhi),
-        d_bias(b0.d, b1.d, 16.0),
-    )
-});
-pair32!(pair_q5_1, BlockQ5_1, false, |b0, b1| {
-    let (lo, hi) = nibble_pair(&b0.qs, &b1.qs);
-    let (flo, fhi) = fifth_pair(b0.qh_bits(), b1.qh_bits());
-    (
-        _mm256_or_si256(lo, flo),
-        _mm256_or_si256(hi, fhi),
-        f16x4(b0.d, b0.m, b1.d, b1.m),
-    )
-});
 pair32!(pair_q8_0, BlockQ8_0, true, |b0, b1| {
     (
         join(load16(&b0.qs, 0), load16(&b1.qs, 0)),
