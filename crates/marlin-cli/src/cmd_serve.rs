@@ -139,7 +139,7 @@ fn load_backend(args: &ServeArgs) -> anyhow::Result<EngineBackend> {
     tracing::info!(
         n_blocks,
         block_size = args.block_size,
-        mib = n_blocks * block_bytes >> 20,
+        mib = (n_blocks * block_bytes) >> 20,
         "KV pool"
     );
     let template = session::chat_template_for(&loaded.tokenizer, &cfg.arch);
