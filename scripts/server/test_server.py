@@ -124,7 +124,9 @@ def marlin_run_greedy(marlin, model, prompt, n):
     out = subprocess.run([marlin, "run", model, prompt, "--temperature", "0", "--max-tokens", str(n),
                           "--threads", "2"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    return out.stdout
+    # `marlin run` echoes a raw prompt and ends with a newline.
+    assert out.stdout.startswith(prompt) and out.stdout.endswith("\n"), out.stdout
+    return out.stdout[len(prompt):-1]
 
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
