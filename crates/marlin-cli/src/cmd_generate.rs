@@ -1,11 +1,16 @@
 //! `marlin run` and `marlin chat`.
 
-use crate::session::{self, DeviceSequence, TextStream};
+use crate::serve_backend::{CpuBatchModel, TokenizerDetok};
+use crate::session::{self, DeviceModel, DeviceSequence, TextStream};
 use crate::{ComputeArgs, SamplingArgs};
+use marlin_engine::serve::{generate_blocking, spawn, EngineConfig, EngineRequest};
 use marlin_engine::{generate, GenerationOutput, GenerationRequest, SamplingParams};
 use marlin_io::tokenizer::{ChatMessage, Tokenizer};
+use marlin_models::Model;
 use std::io::{BufRead, Write};
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Prompt tokens fed to the model per forward call: bounds the activation
 /// scratch memory of a long prompt.
@@ -100,15 +105,59 @@ pub fn run(
         tok.encode(prompt, true)?
     };
     let ctx = session::context_len_for(loaded.model.config(), sampling.ctx)?;
-    let mut seq = loaded.model.new_sequence(ctx)?;
+    let req = request(tok, ids, sampling);
     if !chat {
         // Raw completion: echo the prompt so the output reads as one text.
-        print!("{prompt}");
+        // (A closed pipe is not an error: `marlin run ... | head`.)
+        let _ = write!(std::io::stdout(), "{prompt}");
     }
-    let out = stream_to_stdout(&mut seq, tok, &request(tok, ids, sampling))?;
-    println!();
+    let out = match loaded.model {
+        // The CPU runs through the serving engine, so `marlin run` and
+        // `marlin serve` give the same output by construction.
+        DeviceModel::Cpu(model) => generate_on_engine(model, tok, req, ctx)?,
+        #[cfg(feature = "cuda")]
+        gpu => {
+            let mut seq = gpu.new_sequence(ctx)?;
+            stream_to_stdout(&mut seq, tok, &req)?
+        }
+    };
+    let _ = writeln!(std::io::stdout());
     print_timing(&out);
     Ok(())
+}
+
+/// One request through a one-sequence serving engine, streamed to stdout.
+fn generate_on_engine(
+    model: Box<dyn Model>,
+    tok: &Tokenizer,
+    req: GenerationRequest,
+    ctx: usize,
+) -> anyhow::Result<GenerationOutput> {
+    const BLOCK_SIZE: usize = 16;
+    let batch = CpuBatchModel::new(model, BLOCK_SIZE, ctx.div_ceil(BLOCK_SIZE))?;
+    let cfg = EngineConfig {
+        max_num_seqs: 1,
+        max_batch_tokens: PREFILL_CHUNK,
+        max_queue: 1,
+        max_model_len: ctx,
+    };
+    let detok = TokenizerDetok(Arc::new(tok.clone()));
+    let engine = spawn(Box::new(batch), Box::new(detok), cfg)?;
+    let engine_req = EngineRequest {
+        prompt: req.prompt,
+        sampling: req.sampling,
+        max_tokens: req.max_tokens,
+        stop_strings: req.stop_strings,
+        stop_token_ids: req.stop_tokens,
+        logprobs: None,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let out = generate_blocking(&engine, engine_req, |text| {
+        // A closed pipe (e.g. `| head`) ends generation quietly.
+        stdout.write_all(text.as_bytes()).is_ok() && stdout.flush().is_ok()
+    });
+    engine.shutdown(Duration::from_secs(5));
+    Ok(out?)
 }
 
 pub fn chat(
