@@ -25,7 +25,7 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, i
 def single_stream_tg(marlin, model, threads):
     out = subprocess.run([marlin, "bench", "model", model, "--threads", str(threads), "--pp", "64", "--tg", "64",
                           "--reps", "1"], capture_output=True, text=True, timeout=600)
-    m = re.search(r"tg64\D+([0-9.]+)", out.stdout + out.stderr)
+    m = re.search(r"tg64\s+\d+\s+([0-9.]+)", out.stdout + out.stderr)
     return float(m.group(1)) if m else None, (out.stdout + out.stderr).strip().splitlines()[-3:]
 
 
@@ -37,12 +37,12 @@ def main():
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--requests-per-client", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="threads of the single-stream baseline (the server uses 2)")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     tg, tail = single_stream_tg(args.marlin, args.model, args.threads)
-    s = Server(args.marlin, args.model, ["--max-num-seqs", str(max(levels)), "--max-queue", "1024",
-                                         "--threads", str(args.threads)])
+    # Server() passes --threads 2 itself.
+    s = Server(args.marlin, args.model, ["--max-num-seqs", str(max(levels)), "--max-queue", "1024"])
     rows = []
     try:
         for c in levels:
