@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{Gemm, GemmConfig};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
 use half::f16;
 use marlin_quant::QuantTensor;
 
@@ -656,6 +658,40 @@ pub fn dequantize_to_f16(
     Ok(())
 }
 
+/// C (M, N) f16 = A (M, K) f16 · Wᵀ with W a dequantized (N, K) row-major f16
+/// weight, through cuBLAS GemmEx: the large-M path of every weight format.
+pub(crate) fn gemm_dense_f16_weight<A: DevicePtr<f16>, C: DevicePtrMut<f16>>(
+    dev: &CudaDevice,
+    dense: &CudaSlice<f16>,
+    a: &A,
+    c: &mut C,
+    (m, n, k): (usize, usize, usize),
+) -> Result<()> {
+    let to_i32 =
+        |v: usize| i32::try_from(v).map_err(|_| CudaError::Shape(format!("{v} exceeds i32")));
+    let cfg = GemmConfig {
+        transa: cublasOperation_t::CUBLAS_OP_T,
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: to_i32(n)?,
+        n: to_i32(m)?,
+        k: to_i32(k)?,
+        alpha: f16::ONE,
+        lda: to_i32(k)?,
+        ldb: to_i32(k)?,
+        beta: f16::ZERO,
+        ldc: to_i32(n)?,
+    };
+    dev.with_blas(|blas| {
+        // SAFETY: dense is (N, K) row-major = K x N column-major (op T); A is
+        // (M, K) row-major = K x M column-major; C is (M, N) row-major = N x M
+        // column-major; sizes were checked by the caller.
+        unsafe { blas.gemm(cfg, dense, a, c) }.map_err(|e| CudaError::Cublas {
+            context: format!("GemmEx M={m} N={n} K={k}"),
+            message: format!("{e:?}"),
+        })
+    })
+}
+
 fn dequant_cublas(
     dev: &Arc<CudaDevice>,
     a: &CudaView<'_, f16>,
@@ -676,30 +712,7 @@ fn dequant_cublas(
         }
     };
     dequantize_to_f16(dev, w, dense)?;
-    let to_i32 =
-        |v: usize| i32::try_from(v).map_err(|_| CudaError::Shape(format!("{v} exceeds i32")));
-    let cfg = GemmConfig {
-        transa: cublasOperation_t::CUBLAS_OP_T,
-        transb: cublasOperation_t::CUBLAS_OP_N,
-        m: to_i32(w.n)?,
-        n: to_i32(m)?,
-        k: to_i32(w.k)?,
-        alpha: f16::ONE,
-        lda: to_i32(w.k)?,
-        ldb: to_i32(w.k)?,
-        beta: f16::ZERO,
-        ldc: to_i32(w.n)?,
-    };
-    let dense = &*dense;
-    dev.with_blas(|blas| {
-        // SAFETY: dense is (N, K) row-major = K x N column-major (op T); A is
-        // (M, K) row-major = K x M column-major; C is (M, N) row-major = N x M
-        // column-major; sizes were checked by the caller.
-        unsafe { blas.gemm(cfg, dense, a, c) }.map_err(|e| CudaError::Cublas {
-            context: format!("GemmEx M={m} N={} K={}", w.n, w.k),
-            message: format!("{e:?}"),
-        })
-    })?;
+    gemm_dense_f16_weight(dev, dense, a, c, (m, w.n, w.k))?;
     Ok(dequant_plan())
 }
 

@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use cudarc::cublas::sys::cublasOperation_t;
-use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::f16;
 use marlin_quant::QuantTensor;
@@ -13,7 +11,9 @@ use marlin_quant::QuantTensor;
 use super::pack::{pack_wx, WxFormat, WxPacked};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
-use crate::int4::gemm::{auto_fused, GemmOptions, GemmPath, GemmPlan, GemmWorkspace};
+use crate::int4::gemm::{
+    auto_fused, gemm_dense_f16_weight, GemmOptions, GemmPath, GemmPlan, GemmWorkspace,
+};
 use crate::int4::pack::N_TILE;
 
 const MODULE: &str = "wxa16_gemm";
@@ -310,30 +310,7 @@ fn dequant_cublas(
         .as_mut()
         .ok_or_else(|| CudaError::Shape("dense scratch missing".into()))?;
     wx_dequantize_to_f16(dev, w, dense)?;
-    let to_i32 =
-        |v: usize| i32::try_from(v).map_err(|_| CudaError::Shape(format!("{v} exceeds i32")));
-    let cfg = GemmConfig {
-        transa: cublasOperation_t::CUBLAS_OP_T,
-        transb: cublasOperation_t::CUBLAS_OP_N,
-        m: to_i32(w.n)?,
-        n: to_i32(m)?,
-        k: to_i32(w.k)?,
-        alpha: f16::ONE,
-        lda: to_i32(w.k)?,
-        ldb: to_i32(w.k)?,
-        beta: f16::ZERO,
-        ldc: to_i32(w.n)?,
-    };
-    let dense = &*dense;
-    dev.with_blas(|blas| {
-        // SAFETY: dense is (N, K) row-major = K x N column-major (op T); A is
-        // (M, K) row-major = K x M column-major; C is (M, N) row-major = N x M
-        // column-major; sizes were checked by the caller.
-        unsafe { blas.gemm(cfg, dense, a, c) }.map_err(|e| CudaError::Cublas {
-            context: format!("GemmEx M={m} N={} K={}", w.n, w.k),
-            message: format!("{e:?}"),
-        })
-    })?;
+    gemm_dense_f16_weight(dev, dense, a, c, (m, w.n, w.k))?;
     Ok(GemmPlan {
         path: GemmPath::DequantCublas,
         kernel: "dequant+cublas",
