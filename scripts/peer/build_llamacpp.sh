@@ -21,7 +21,7 @@ peer_dir="$repo_root/.peer"
 version="${LCP_VERSION:-0.3.36}"
 jobs="${JOBS:-2}"
 src_dir="$peer_dir/llama.cpp"
-targets=(llama-bench llama-perplexity llama-completion llama-tokenize)
+targets=(llama-bench llama-perplexity llama-completion llama-tokenize llama-quantize)
 if [[ "${PORTABLE:-0}" == 1 ]]; then
     build_dir="$src_dir/build-portable"
     cpu_flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
