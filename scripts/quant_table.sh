@@ -11,7 +11,8 @@
 # Env: MARLIN (binary, default target/release/marlin), CTX (default 256),
 #      CHUNKS (eval windows, default 8), SAMPLES (calibration windows,
 #      default 32), SEQ (calibration window, default 256), RUNS (space-separated
-#      METHOD:FORMAT:GROUP triples; default: the full table), OUT (work dir).
+#      METHOD:FORMAT:GROUP triples; default: the full table), OUT (work dir),
+#      CALIB_CACHE (calibration statistics shared by the runs, default OUT/calib-cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MARLIN=${MARLIN:-target/release/marlin}
@@ -20,12 +21,14 @@ CHUNKS=${CHUNKS:-8}
 SAMPLES=${SAMPLES:-32}
 SEQ=${SEQ:-256}
 OUT=${OUT:-$(mktemp -d /tmp/marlin-quant-table.XXXXXX)}
+mkdir -p "$OUT"
+CALIB_CACHE=${CALIB_CACHE:-$OUT/calib-cache}
 MODELS=("$@")
 if [ ${#MODELS[@]} -eq 0 ]; then
   MODELS=(models/SmolLM2-135M-Instruct.Q4_1.gguf models/gemma-3-270m-q4_k_m.gguf)
 fi
 DEFAULT_RUNS=""
-for m in rtn gptq gptq-act awq; do
+for m in rtn gptq gptq-act mr-gptq awq; do
   DEFAULT_RUNS+=" $m:int4:128 $m:mxfp4:32 $m:int3:128 $m:int2:64 $m:int8:0"
 done
 RUNS=${RUNS:-$DEFAULT_RUNS}
@@ -52,10 +55,14 @@ for model in "${MODELS[@]}"; do
       rtn) args+=(--method rtn) ;;
       gptq) args+=(--method gptq) ;;
       gptq-act) args+=(--method gptq --act-order) ;;
+      mr-gptq) args+=(--method mr-gptq) ;;
       awq) args+=(--method awq) ;;
       *) echo "unknown method $method" >&2; exit 1 ;;
     esac
-    [ "$method" != rtn ] && args+=(--calib "$OUT/calib.txt" --calib-samples "$SAMPLES" --calib-seq-len "$SEQ")
+    # One calibration pass per model (and one for AWQ, which also keeps
+    # activation rows): later runs read the cached statistics, so their
+    # "quantize s" leaves out the calibration the first run paid for.
+    [ "$method" != rtn ] && args+=(--calib "$OUT/calib.txt" --calib-samples "$SAMPLES" --calib-seq-len "$SEQ" --calib-cache "$CALIB_CACHE")
     dir="$OUT/$name-$method-$format-g$group"
     rm -rf "$dir"
     t0=$(date +%s.%N)

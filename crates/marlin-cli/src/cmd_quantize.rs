@@ -20,7 +20,8 @@ pub struct QuantizeArgs {
     /// Group size along K (int4/int3/int2/fp4; must divide every K).
     #[arg(long, default_value_t = 128)]
     pub group_size: usize,
-    /// rtn, gptq, awq (mr-gptq: not loadable yet, refused)
+    /// rtn, gptq, mr-gptq (Hadamard-rotated GPTQ; the CPU loader rotates the
+    /// activations), awq
     #[arg(long, default_value = "rtn")]
     pub method: String,
     /// GPTQ act-order (desc_act, emits g_idx).
@@ -33,6 +34,11 @@ pub struct QuantizeArgs {
     pub calib_samples: usize,
     #[arg(long, default_value_t = 256)]
     pub calib_seq_len: usize,
+    /// Directory caching calibration statistics between runs: a run whose
+    /// model, calibration windows and layers match a cached pass reads it
+    /// instead of recomputing (a table of formats and methods calibrates once).
+    #[arg(long)]
+    pub calib_cache: Option<PathBuf>,
     /// Seed of the calibration window positions.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -83,6 +89,7 @@ pub fn quantize(args: &QuantizeArgs) -> anyhow::Result<()> {
     job.calib_samples = args.calib_samples;
     job.calib_seq_len = args.calib_seq_len;
     job.seed = args.seed;
+    job.calib_cache = args.calib_cache.clone();
     job.preset = Preset::parse(&args.preset)?;
     job.overrides = args.overrides.clone();
     let mut stderr = std::io::stderr();

@@ -20,10 +20,12 @@
 //! stored as f32 values that are exact in the scheme's scale dtype.
 
 mod reader;
+mod rotation;
 mod scheme_json;
 mod writer;
 
 pub use reader::{read_quant_tensor, FormatOverride, QuantizationConfig};
+pub use rotation::{read_rotation, ActivationRotation, BLOCK_HADAMARD, ROTATION_METADATA_PREFIX};
 pub use scheme_json::{scheme_from_json, scheme_to_json};
 pub use writer::{write_atomic, write_index, write_json_atomic, SafetensorsWriter};
 

@@ -31,8 +31,12 @@ pub struct QuantizationConfig {
     /// format's fixed block).
     pub group_size: Option<usize>,
     pub act_order: bool,
-    /// Hadamard rotation applied to activations (None: no rotation).
-    pub rotation: Option<String>,
+    /// Hadamard rotations (MR-GPTQ), None: no rotation. A summary for
+    /// people and tools: `{"type": "block_hadamard", "max_block_size",
+    /// "tensors": {base: {"block_size", "k", "padded_k", "applied"}}}` with
+    /// `applied` "online" (the loader rotates the activations, from the
+    /// shard's `marlin.rotation.<base>`) or "absorbed into <producer>".
+    pub rotation: Option<serde_json::Value>,
     /// Preset that chose which layer classes stay in high precision.
     pub preset: String,
     /// Overrides in the order they were applied (first match wins).

@@ -138,6 +138,18 @@ impl SafetensorsWriter {
         Ok(())
     }
 
+    /// Records that quantized linear `base` (queued with [`Self::add_quant`],
+    /// `padded_k` columns) holds Hadamard-rotated weights: inference rotates
+    /// its input the same way (`marlin.rotation.<base>` in `__metadata__`).
+    pub fn add_rotation(&mut self, base: &str, rotation: &super::ActivationRotation) -> Result<()> {
+        rotation.validate()?;
+        self.metadata(
+            format!("{}{base}", super::ROTATION_METADATA_PREFIX),
+            rotation.to_json().to_string(),
+        );
+        Ok(())
+    }
+
     /// Writes the file atomically: `<path>.partial`, flushed and synced,
     /// then renamed to `path`.
     pub fn write(&self, path: &Path) -> Result<()> {

@@ -77,6 +77,17 @@ impl GpuLinear {
             TensorData::Quant(q) => Ok(Self::Int4(Box::new(
                 Int4Weight::from_quant(dev, &q).map_err(ctx)?,
             ))),
+            // Running the rotated weights without rotating the input would
+            // be silently wrong.
+            TensorData::RotatedQuant { rotation, .. } => Err(GpuError::Tensor {
+                name: name.to_string(),
+                reason: format!(
+                    "MR-GPTQ checkpoint: this linear's weights are Hadamard-rotated (blocks of \
+                     {}) and need the activations rotated before the product, which the CUDA \
+                     path does not do yet; run it on the CPU",
+                    rotation.block_size
+                ),
+            }),
         }
     }
 

@@ -4,6 +4,7 @@
 use crate::error::{ModelError, Result};
 use crate::source::{TensorData, WeightSource};
 use marlin_cpu::{CpuError, CpuWeight};
+use marlin_io::checkpoint::ActivationRotation;
 use marlin_quant::GgmlType;
 use std::sync::Arc;
 
@@ -11,6 +12,9 @@ use std::sync::Arc;
 pub struct Linear {
     name: String,
     weight: Arc<CpuWeight>,
+    /// MR-GPTQ: the weight is stored in a Hadamard-rotated basis (its
+    /// `cols` are the padded K) and the input is rotated before the product.
+    rotation: Option<ActivationRotation>,
 }
 
 impl Linear {
@@ -39,11 +43,29 @@ impl Linear {
     /// tensors and `QuantTensor`s go to their quantized kernels as they are.
     pub fn from_data(name: &str, data: TensorData) -> Result<Self> {
         let ctx = |e: CpuError| ModelError::tensor(name, e.to_string());
+        let mut rotation = None;
         let weight = match data {
             TensorData::F32 { rows, cols, data } => {
                 CpuWeight::from_f32(rows, cols, data).map_err(ctx)?
             }
             TensorData::Quant(t) => CpuWeight::from_quant(&t).map_err(ctx)?,
+            TensorData::RotatedQuant {
+                tensor,
+                rotation: r,
+            } => {
+                r.validate()?;
+                if tensor.cols != r.padded_k {
+                    return Err(ModelError::tensor(
+                        name,
+                        format!(
+                            "rotated weight has {} columns, its rotation pads K to {}",
+                            tensor.cols, r.padded_k
+                        ),
+                    ));
+                }
+                rotation = Some(r);
+                CpuWeight::from_quant(&tensor).map_err(ctx)?
+            }
             TensorData::Ggml(t) => match t.ty {
                 GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
                     let (rows, cols) = (t.rows, t.cols);
@@ -55,6 +77,7 @@ impl Linear {
         Ok(Self {
             name: name.to_string(),
             weight: Arc::new(weight),
+            rotation,
         })
     }
 
@@ -72,7 +95,7 @@ impl Linear {
     }
 
     pub fn in_features(&self) -> usize {
-        self.weight.cols()
+        self.rotation.map_or(self.weight.cols(), |r| r.k)
     }
 
     /// `x` (m, in) -> new (m, out).
@@ -82,9 +105,21 @@ impl Linear {
             .checked_mul(n)
             .ok_or_else(|| ModelError::tensor(&self.name, "m*out overflows"))?;
         let mut y = vec![0.0f32; len]; // (m, out)
-        self.weight
-            .matmul(x, m, &mut y)
-            .map_err(|e| ModelError::tensor(&self.name, e.to_string()))?;
+        let err = |e: CpuError| ModelError::tensor(&self.name, e.to_string());
+        match &self.rotation {
+            None => self.weight.matmul(x, m, &mut y).map_err(err)?,
+            Some(r) => {
+                if x.len() != m * r.k {
+                    return Err(ModelError::tensor(
+                        &self.name,
+                        format!("input has {} values, expected {m} x {}", x.len(), r.k),
+                    ));
+                }
+                let mut xr = Vec::new(); // (m, padded_k)
+                super::hadamard::rotate_rows(r, x, m, &mut xr);
+                self.weight.matmul(&xr, m, &mut y).map_err(err)?;
+            }
+        }
         Ok(y)
     }
 }

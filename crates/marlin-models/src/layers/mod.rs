@@ -5,6 +5,7 @@
 mod attention;
 mod ctx;
 mod embedding;
+pub mod hadamard;
 mod head;
 mod kv_cache;
 mod linear;

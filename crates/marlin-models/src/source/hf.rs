@@ -176,7 +176,21 @@ impl WeightSource for HfDirSource {
     /// it is: the CPU kernels run it without dequantizing.
     fn tensor(&self, name: &str) -> Result<TensorData> {
         if let Some(t) = self.quant_tensor(name)? {
-            return Ok(TensorData::Quant(t));
+            // MR-GPTQ linears carry the rotation their input needs.
+            let rotation = match (&self.foreign, self.hf_name(name)) {
+                (None, Some(hf)) => match checkpoint::linear_base(&hf) {
+                    Some(base) => checkpoint::read_rotation(&self.dir, base)?,
+                    None => None,
+                },
+                _ => None,
+            };
+            return Ok(match rotation {
+                Some(rotation) => TensorData::RotatedQuant {
+                    tensor: t,
+                    rotation,
+                },
+                None => TensorData::Quant(t),
+            });
         }
         let view = self.view(name)?;
         let (rows, cols) = match view.shape {

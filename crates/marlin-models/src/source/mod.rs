@@ -36,6 +36,14 @@ pub enum TensorData {
     },
     /// A dense-packed quantized matrix.
     Quant(QuantTensor),
+    /// A quantized matrix in a Hadamard-rotated basis (MR-GPTQ): `tensor`
+    /// is (N, rotation.padded_k) and approximates `W·Rᵀ`; the input must be
+    /// rotated by `rotation` before the product
+    /// ([`crate::layers::hadamard::rotate_rows`]).
+    RotatedQuant {
+        tensor: QuantTensor,
+        rotation: marlin_io::checkpoint::ActivationRotation,
+    },
 }
 
 impl TensorData {
@@ -45,6 +53,7 @@ impl TensorData {
             TensorData::Ggml(t) => (t.rows, t.cols),
             TensorData::F32 { rows, cols, .. } => (*rows, *cols),
             TensorData::Quant(t) => (t.rows, t.cols),
+            TensorData::RotatedQuant { tensor, rotation } => (tensor.rows, rotation.k),
         }
     }
 
@@ -55,6 +64,10 @@ impl TensorData {
             TensorData::Ggml(t) => format!("{} {r}x{c}", t.ty.name()),
             TensorData::F32 { .. } => format!("f32 {r}x{c}"),
             TensorData::Quant(t) => format!("{:?} {r}x{c}", t.scheme.element),
+            TensorData::RotatedQuant { tensor, rotation } => format!(
+                "{:?} {r}x{c} (Hadamard-rotated, blocks of {})",
+                tensor.scheme.element, rotation.block_size
+            ),
         }
     }
 }

@@ -160,6 +160,16 @@ impl ModelShape {
             TensorData::F32 { rows, cols, data } => (rows, cols, data),
             TensorData::Ggml(t) => (t.rows, t.cols, t.dequantize()?),
             TensorData::Quant(t) => (t.rows, t.cols, t.dequantize()?),
+            // MR-GPTQ input: back to the original basis (`Ŵr·R`).
+            TensorData::RotatedQuant { tensor, rotation } => {
+                let rotated = tensor.dequantize()?;
+                let data = marlin_models::layers::hadamard::unrotate_rows(
+                    &rotation,
+                    &rotated,
+                    tensor.rows,
+                );
+                (tensor.rows, rotation.k, data)
+            }
         };
         check_finite_tensor(name, &data)?;
         if self.qk_permuted() {

@@ -1,10 +1,15 @@
-//! Quantizing the linears of one decoder layer with RTN, GPTQ or AWQ, and
-//! folding AWQ's input scales into the producers of each input.
+//! Quantizing the linears of one decoder layer with RTN, GPTQ, MR-GPTQ or
+//! AWQ, folding AWQ's input scales into the producers of each input, and
+//! MR-GPTQ's rotation of the attention output's input into V.
 
 use super::calib::{InputSite, SiteStats};
 use super::convert::{Dense, ModelShape};
 use super::Method;
-use crate::{awq_quantize, gptq_quantize, AwqOptions, GptqOptions, QuantizeError};
+use crate::grid::{ScaleSearch, SearchWeight};
+use crate::{
+    awq_quantize, gptq_quantize, mr_gptq_quantize, AwqOptions, GptqOptions, MrGptqOptions,
+    QuantizeError, Rotation,
+};
 use marlin_quant::{quantize_rtn, QuantScheme, QuantTensor, RtnOptions};
 use std::collections::BTreeMap;
 
@@ -12,6 +17,35 @@ use std::collections::BTreeMap;
 pub enum LinearOut {
     Quant(QuantTensor),
     Dense(Dense),
+    /// MR-GPTQ: (N, rotation.padded_k) weights in the rotated basis; the
+    /// input is rotated at inference.
+    Rotated {
+        tensor: QuantTensor,
+        rotation: Rotation,
+    },
+}
+
+/// Largest Hadamard block MR-GPTQ uses (see [`Rotation::for_dim`]).
+pub const MR_GPTQ_MAX_BLOCK: usize = 128;
+
+/// The MR-GPTQ options for `scheme`: the FP4-grid scale search for FP4
+/// elements (MXFP4 / NVFP4 / FP4), GPTQ's MSE clipping search for integer
+/// and other grids; both weighted by diag(H).
+pub fn mr_gptq_options(scheme: &QuantScheme, act_order: bool) -> MrGptqOptions {
+    let fp4 = matches!(scheme.element, marlin_quant::ElementType::Fp4E2M1);
+    MrGptqOptions {
+        gptq: GptqOptions {
+            act_order,
+            scale_search: if fp4 {
+                ScaleSearch::fp4()
+            } else {
+                ScaleSearch::mse()
+            },
+            search_weight: SearchWeight::HessianDiag,
+            ..GptqOptions::default()
+        },
+        max_rotation_block: MR_GPTQ_MAX_BLOCK,
+    }
 }
 
 /// One linear to quantize: its GGUF-style name, HF-layout weights and
@@ -62,6 +96,17 @@ pub fn quantize_one(ctx: &LayerCtx<'_>, lin: LinearIn) -> Result<LinearOut, Quan
                 GptqOptions::default()
             };
             gptq_quantize(data, *rows, *cols, &ctx.site(site)?.hessian, &scheme, &opts)?
+        }
+        Method::MrGptq => {
+            let site = InputSite::of_linear(&lin.name).ok_or_else(|| {
+                QuantizeError::InvalidOption(format!("{}: no calibration input", lin.name))
+            })?;
+            let opts = mr_gptq_options(&scheme, ctx.act_order);
+            let r = mr_gptq_quantize(data, *rows, *cols, &ctx.site(site)?.hessian, &scheme, &opts)?;
+            return Ok(LinearOut::Rotated {
+                tensor: r.tensor,
+                rotation: r.rotation,
+            });
         }
         Method::Rtn | Method::Awq => {
             quantize_rtn(data, *rows, *cols, scheme, &RtnOptions::min_max())?
@@ -203,9 +248,112 @@ pub fn fold_into_norm(gamma: &mut [f32], s: &[f32]) -> Result<(), QuantizeError>
     Ok(())
 }
 
+/// MR-GPTQ's rotation of the attention output projection's input when it
+/// can be absorbed into V offline, else `None` (then it is rotated online).
+///
+/// o's input is, per query head h, `A_h·V_g` (g = h's KV head, A_h the
+/// attention weights over positions, `V_g = X·W_v,gᵀ`). A block-diagonal R
+/// whose blocks lie inside one head acts on the channel axis only, while
+/// A_h mixes positions, so `(A_h·V_g)·R = A_h·(X·(R·W_v,g)ᵀ)`: rotating the
+/// rows of every V head by the same blocks gives o exactly the rotated
+/// input, whatever the grouping of query heads (GQA included). It needs
+/// the block to divide head_dim (no block straddles two heads), no padding,
+/// and nothing per-channel between V and o (true of llama, qwen3 and
+/// gemma3, which have no V norm).
+pub fn absorbable_o_rotation(
+    shape: &ModelShape,
+    o_cols: usize,
+) -> Result<Option<Rotation>, QuantizeError> {
+    let r = Rotation::for_dim(o_cols, MR_GPTQ_MAX_BLOCK)?;
+    let fits = r.padded_k == o_cols
+        && o_cols == shape.n_heads * shape.head_dim
+        && shape.head_dim.is_multiple_of(r.block_size);
+    Ok(fits.then_some(r))
+}
+
+/// `W_v ← R·W_v` over V's output rows (n_kv_heads·head_dim, hidden), in
+/// blocks of `block_size`: what [`absorbable_o_rotation`] folds into V.
+pub fn rotate_output_rows(w: &mut Dense, block_size: usize) -> Result<(), QuantizeError> {
+    let r = Rotation::new(w.rows, block_size)?;
+    if r.padded_k != w.rows {
+        return Err(QuantizeError::Shape(format!(
+            "V has {} rows, not a multiple of the Hadamard block {block_size}",
+            w.rows
+        )));
+    }
+    // Rotating the columns of W_v = rotating the rows of W_vᵀ.
+    let (rows, cols) = (w.rows, w.cols);
+    let mut t = vec![0.0f32; rows * cols]; // (cols, rows)
+    for (i, row) in w.data.chunks_exact(cols).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            t[j * rows + i] = v;
+        }
+    }
+    let t = r.rotate_rows(&t, cols)?;
+    for (j, col) in t.chunks_exact(rows).enumerate() {
+        for (i, &v) in col.iter().enumerate() {
+            w.data[i * cols + j] = v;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// o's input with V's rows rotated in blocks inside each head equals
+    /// o's input rotated, with grouped-query attention (4 query heads on 2
+    /// KV heads): the rotation `absorbable_o_rotation` folds into V.
+    #[test]
+    fn rotating_v_rows_rotates_o_input() {
+        let (t, hidden, n_heads, n_kv, hd, block) = (5, 8, 4, 2, 4, 4);
+        let val = |i: usize, salt: usize| (((i * 31 + salt * 17) % 23) as f32 - 11.0) / 7.0;
+        let x: Vec<f32> = (0..t * hidden).map(|i| val(i, 1)).collect(); // (T, hidden)
+        let wv = Dense {
+            rows: n_kv * hd,
+            cols: hidden,
+            data: (0..n_kv * hd * hidden).map(|i| val(i, 2)).collect(),
+        };
+        // A_h (T, T) per query head.
+        let a: Vec<f32> = (0..n_heads * t * t).map(|i| val(i, 3).abs()).collect();
+        let o_input = |w: &Dense| {
+            let mut v = vec![0.0f32; t * w.rows]; // (T, n_kv·hd) = X·Wᵀ
+            for (s, xr) in x.chunks_exact(hidden).enumerate() {
+                for (r, wr) in w.data.chunks_exact(hidden).enumerate() {
+                    v[s * w.rows + r] = xr.iter().zip(wr).map(|(p, q)| p * q).sum();
+                }
+            }
+            let mut out = vec![0.0f32; t * n_heads * hd]; // (T, n_heads·hd)
+            for h in 0..n_heads {
+                let g = h / (n_heads / n_kv);
+                for i in 0..t {
+                    for d in 0..hd {
+                        out[i * n_heads * hd + h * hd + d] = (0..t)
+                            .map(|s| a[(h * t + i) * t + s] * v[s * w.rows + g * hd + d])
+                            .sum();
+                    }
+                }
+            }
+            out
+        };
+        let want = Rotation::new(n_heads * hd, block)
+            .unwrap()
+            .rotate_rows(&o_input(&wv), t)
+            .unwrap();
+        let mut rotated = Dense {
+            rows: wv.rows,
+            cols: wv.cols,
+            data: wv.data.clone(),
+        };
+        rotate_output_rows(&mut rotated, block).unwrap();
+        let got = o_input(&rotated);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{g} vs {w}");
+        }
+        // A block that does not divide V's rows is refused.
+        assert!(rotate_output_rows(&mut rotated, 16).is_err());
+    }
 
     #[test]
     fn split_rows_matches_separate_quantization() {

@@ -19,6 +19,7 @@
 //! partially quantized model): one calibration pass serves many layers.
 
 pub mod calib;
+pub mod calib_cache;
 pub mod compare;
 pub mod convert;
 mod layer;
@@ -29,7 +30,8 @@ use crate::QuantizeError;
 use calib::{collect_stats, CalibrationSet, InputSite};
 use convert::ModelShape;
 use layer::{
-    awq_group, fold_into_norm, fold_into_rows, quantize_one, LayerCtx, LinearIn, LinearOut,
+    absorbable_o_rotation, awq_group, fold_into_norm, fold_into_rows, quantize_one,
+    rotate_output_rows, LayerCtx, LinearIn, LinearOut,
 };
 use marlin_io::checkpoint::SafetensorsWriter;
 use marlin_io::tokenizer::Tokenizer;
@@ -47,6 +49,9 @@ pub enum Method {
     Rtn,
     /// GPTQ with Hessians from calibration (optionally act-order).
     Gptq,
+    /// MR-GPTQ: GPTQ on block-Hadamard-rotated weights (FP4-grid scale
+    /// search for FP4 formats); the loaders rotate the activations.
+    MrGptq,
     /// AWQ scale search folded into norms / previous linears, then RTN.
     Awq,
 }
@@ -57,14 +62,9 @@ impl Method {
             "rtn" => Ok(Method::Rtn),
             "gptq" => Ok(Method::Gptq),
             "awq" => Ok(Method::Awq),
-            "mr-gptq" => Err(QuantizeError::Unsupported(
-                "mr-gptq: its Hadamard-rotated weights need the activations rotated at \
-                 inference, which marlin's loaders do not do yet (the algorithm exists as \
-                 marlin_quantize::mr_gptq_quantize)"
-                    .into(),
-            )),
+            "mr-gptq" => Ok(Method::MrGptq),
             other => Err(QuantizeError::InvalidOption(format!(
-                "unknown method `{other}` (rtn, gptq, awq)"
+                "unknown method `{other}` (rtn, gptq, mr-gptq, awq)"
             ))),
         }
     }
@@ -73,6 +73,7 @@ impl Method {
         match self {
             Method::Rtn => "rtn",
             Method::Gptq => "gptq",
+            Method::MrGptq => "mr-gptq",
             Method::Awq => "awq",
         }
     }
@@ -102,6 +103,9 @@ pub struct QuantizeJob {
     pub hessian_budget_bytes: usize,
     /// Rows kept per input site for AWQ's search.
     pub awq_rows: usize,
+    /// Directory of cached calibration statistics (`--calib-cache`): a pass
+    /// whose inputs match a cached one is read instead of recomputed.
+    pub calib_cache: Option<PathBuf>,
 }
 
 impl QuantizeJob {
@@ -124,6 +128,7 @@ impl QuantizeJob {
             // AWQ's search costs ~40 x rows x N x K per layer input: 128
             // rows keep a 135M model's AWQ within minutes on a CPU.
             awq_rows: 128,
+            calib_cache: None,
         }
     }
 }
@@ -382,9 +387,9 @@ pub fn quantize_model(
     if job.group_size == 0 {
         return Err(QuantizeError::InvalidOption("--group-size 0".into()));
     }
-    if job.act_order && job.method != Method::Gptq {
+    if job.act_order && !matches!(job.method, Method::Gptq | Method::MrGptq) {
         return Err(QuantizeError::InvalidOption(
-            "--act-order applies to --method gptq only".into(),
+            "--act-order applies to --method gptq and mr-gptq only".into(),
         ));
     }
     let overrides = job
@@ -446,12 +451,51 @@ pub fn quantize_model(
                 } else {
                     0
                 };
-                let s = collect_stats(model.as_ref(), c, first..last + 1, awq_rows, |d, n| {
-                    progress(&format!(
-                        "calibration layers {first}..={last}: window {d}/{n} ({:.0}s)",
-                        t0.elapsed().as_secs_f64()
-                    ))
-                })?;
+                let cache = match &job.calib_cache {
+                    Some(dir) => Some(calib_cache::cache_file(
+                        dir,
+                        &job.input,
+                        c,
+                        first..last + 1,
+                        awq_rows,
+                    )?),
+                    None => None,
+                };
+                let cached = match &cache {
+                    Some(path) => match calib_cache::load(path) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            progress(&format!("ignoring the calibration cache: {e}"));
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                let s = match cached {
+                    Some(s) => {
+                        progress(&format!(
+                            "calibration layers {first}..={last}: read from {} ({:.1}s)",
+                            cache
+                                .as_ref()
+                                .map_or(String::new(), |p| p.display().to_string()),
+                            t0.elapsed().as_secs_f64()
+                        ));
+                        s
+                    }
+                    None => {
+                        let s =
+                            collect_stats(model.as_ref(), c, first..last + 1, awq_rows, |d, n| {
+                                progress(&format!(
+                                    "calibration layers {first}..={last}: window {d}/{n} ({:.0}s)",
+                                    t0.elapsed().as_secs_f64()
+                                ))
+                            })?;
+                        if let Some(path) = &cache {
+                            calib_cache::save(path, &s)?;
+                        }
+                        s
+                    }
+                };
                 Some(s)
             }
             _ => None,
@@ -486,11 +530,16 @@ pub fn quantize_model(
     out.write_base(&base)?;
     let (quantized_linears, quantized_bpw, total_bpw_dense16) = bits_summary(&plan)?;
     let mut config = shape.hf_config(src)?;
+    let rotation = match job.method {
+        Method::MrGptq => Some(rotation_summary(&plan, &shape)?),
+        _ => None,
+    };
     let qc = output::quantization_config(
         job,
         &plan_summary(&plan, &shape)?,
         calib.as_ref(),
         quantized_bpw,
+        rotation,
     );
     if let Some(m) = config.as_object_mut() {
         m.insert("quantization_config".into(), qc);
@@ -504,6 +553,44 @@ pub fn quantize_model(
         total_bpw_dense16,
         seconds: t_start.elapsed().as_secs_f64(),
     })
+}
+
+/// `quantization_config.rotation` of an MR-GPTQ checkpoint: every rotated
+/// linear's block and whether its input is rotated online or the rotation
+/// was absorbed into V. Derived from the plan by the same rules the layers
+/// were quantized with, so a resumed run writes the same block.
+fn rotation_summary(plan: &Plan, shape: &ModelShape) -> Result<serde_json::Value, QuantizeError> {
+    let mut tensors = serde_json::Map::new();
+    for (name, e) in &plan.formats {
+        if e.scheme.is_none() || !name.starts_with("blk.") {
+            continue;
+        }
+        let r = crate::Rotation::for_dim(e.cols, layer::MR_GPTQ_MAX_BLOCK)?;
+        let hf = shape.hf_name(name)?;
+        let base = hf.strip_suffix(".weight").unwrap_or(&hf).to_string();
+        let applied = if name.ends_with(".attn_output.weight")
+            && absorbable_o_rotation(shape, e.cols)?.is_some()
+        {
+            let v = shape.hf_name(&name.replace(".attn_output.", ".attn_v."))?;
+            format!("absorbed into {v}")
+        } else {
+            "online".to_string()
+        };
+        tensors.insert(
+            base,
+            serde_json::json!({
+                "block_size": r.block_size,
+                "k": r.k,
+                "padded_k": r.padded_k,
+                "applied": applied,
+            }),
+        );
+    }
+    Ok(serde_json::json!({
+        "type": marlin_io::checkpoint::BLOCK_HADAMARD,
+        "max_block_size": layer::MR_GPTQ_MAX_BLOCK,
+        "tensors": tensors,
+    }))
 }
 
 /// Hugging Face names of the linears kept dense.
@@ -598,6 +685,40 @@ fn quantize_layer(
                 .map(|t| name(t))
                 .zip(attn_outs),
         );
+    } else if ctx.method == Method::MrGptq {
+        let mut v = load("attn_v")?;
+        let o = load("attn_output")?;
+        // o's rotation folds into V's rows where it can (see
+        // `absorbable_o_rotation`); o is then stored as a plain quantized
+        // tensor in the rotated basis and its input needs no rotation.
+        let absorbed = match o.scheme {
+            Some(_) => absorbable_o_rotation(shape, o.w.cols)?,
+            None => None,
+        };
+        if let Some(r) = absorbed {
+            rotate_output_rows(&mut v.w, r.block_size)?;
+        }
+        let (mut v, mut o) = (Some(v), Some(o));
+        for tail in LAYER_LINEARS {
+            let lin = match tail {
+                "attn_v" => v.take(),
+                "attn_output" => o.take(),
+                _ => Some(load(tail)?),
+            }
+            .ok_or_else(|| QuantizeError::Numerical(format!("{tail} quantized twice")))?;
+            let out = match (quantize_one(ctx, lin)?, tail, absorbed) {
+                (LinearOut::Rotated { tensor, rotation }, "attn_output", Some(r)) => {
+                    if rotation != r {
+                        return Err(QuantizeError::Numerical(format!(
+                            "o's rotation {rotation:?} differs from the one folded into V {r:?}"
+                        )));
+                    }
+                    LinearOut::Quant(tensor)
+                }
+                (out, _, _) => out,
+            };
+            outputs.push((name(tail), out));
+        }
     } else {
         for tail in LAYER_LINEARS {
             outputs.push((name(tail), quantize_one(ctx, load(tail)?)?));
@@ -612,6 +733,15 @@ fn quantize_layer(
                 w.add_quant(&base, &t)?;
             }
             LinearOut::Dense(d) => w.add_f32(&hf, &[d.rows, d.cols], &d.data)?,
+            LinearOut::Rotated { tensor, rotation } => {
+                let base = hf.strip_suffix(".weight").unwrap_or(&hf).to_string();
+                w.add_quant(&base, &tensor)?;
+                let r = marlin_io::checkpoint::ActivationRotation::new(
+                    rotation.k,
+                    rotation.block_size,
+                )?;
+                w.add_rotation(&base, &r)?;
+            }
         }
     }
     for (tail, gamma) in [("attn_norm", attn_norm), ("ffn_norm", ffn_norm)] {

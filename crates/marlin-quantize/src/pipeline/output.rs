@@ -207,6 +207,7 @@ pub fn quantization_config(
     dense_linears: &[String],
     calib: Option<&CalibrationSet>,
     bits_per_weight: f64,
+    rotation: Option<Value>,
 ) -> Value {
     let overrides = job
         .overrides
@@ -223,7 +224,7 @@ pub fn quantization_config(
         method: job.method.name().to_string(),
         group_size: job.format.uses_group_size().then_some(job.group_size),
         act_order: job.act_order,
-        rotation: None,
+        rotation,
         preset: job.preset.name().to_string(),
         overrides,
         modules_not_quantized: dense_linears.to_vec(),

@@ -57,7 +57,8 @@ fn bad_options_fail_before_work() {
     let err = quantize_model(&job, &mut |l| lines.push(l.to_string())).unwrap_err();
     assert!(err.to_string().contains("no such file"), "{err}");
     assert!(!out.exists());
-    assert!(Method::parse("mr-gptq").is_err());
+    assert_eq!(Method::parse("mr-gptq").unwrap(), Method::MrGptq);
+    assert!(Method::parse("mr_gptq").is_err());
     assert!(Method::parse("gptq").is_ok());
     let mut job = QuantizeJob::new(PathBuf::from("x"), out, Format::Int4, Method::Rtn);
     job.group_size = 0;
