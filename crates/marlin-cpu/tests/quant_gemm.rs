@@ -106,8 +106,17 @@ fn check(s: QuantScheme, n: usize, k: usize, ms: &[usize], g_idx: Option<bool>, 
         "{s:?}: path {} (want {family})",
         scalar.kernel_name()
     );
-    let simd = (KernelIsa::detect() == KernelIsa::Avx2)
-        .then(|| PreparedQuant::with_isa(&case.t, KernelIsa::Avx2).expect("prepare avx2"));
+    // Every SIMD instruction set this CPU runs (AVX2, AVX-512 VNNI).
+    let simd: Vec<(KernelIsa, PreparedQuant)> = KernelIsa::available()
+        .into_iter()
+        .filter(|&isa| isa != KernelIsa::Scalar)
+        .map(|isa| {
+            (
+                isa,
+                PreparedQuant::with_isa(&case.t, isa).expect("prepare simd"),
+            )
+        })
+        .collect();
     let int8_acts = family == "int-dot";
     for &m in ms {
         let x = random_x(&mut rng, m * k);
@@ -126,9 +135,11 @@ fn check(s: QuantScheme, n: usize, k: usize, ms: &[usize], g_idx: Option<bool>, 
             int8_acts,
             &format!("scalar {ctx}"),
         );
-        if let Some(p) = &simd {
-            let mut ys = vec![0f32; m * n];
-            p.matmul(&x, m, &mut ys).expect("avx2 matmul");
+        let mut avx2_out: Option<Vec<f32>> = None;
+        for (isa, p) in &simd {
+            let name = isa.name();
+            let mut ys = vec![f32::NAN; m * n];
+            p.matmul(&x, m, &mut ys).expect("simd matmul");
             assert_close(
                 &ys,
                 &want,
@@ -138,7 +149,7 @@ fn check(s: QuantScheme, n: usize, k: usize, ms: &[usize], g_idx: Option<bool>, 
                 n,
                 k,
                 int8_acts,
-                &format!("avx2 {ctx}"),
+                &format!("{name} {ctx}"),
             );
             // Same int8 activations: only f32 rounding differs.
             let y64: Vec<f64> = y.iter().map(|&v| f64::from(v)).collect();
@@ -151,8 +162,22 @@ fn check(s: QuantScheme, n: usize, k: usize, ms: &[usize], g_idx: Option<bool>, 
                 n,
                 k,
                 false,
-                &format!("avx2 vs scalar {ctx}"),
+                &format!("{name} vs scalar {ctx}"),
             );
+            // The VNNI kernels do the AVX2 kernels' f32 operations on the
+            // same exact integer dots: bit for bit the same outputs.
+            match &avx2_out {
+                None => avx2_out = Some(ys),
+                Some(a) => {
+                    for (j, (u, v)) in ys.iter().zip(a).enumerate() {
+                        assert_eq!(
+                            u.to_bits(),
+                            v.to_bits(),
+                            "{name} vs avx2 element {j}: {u} vs {v} ({ctx})"
+                        );
+                    }
+                }
+            }
         }
     }
 }
@@ -241,6 +266,55 @@ fn mxfp4_and_nvfp4() {
         let mut s = scheme(E::Fp4E2M1, G::PerGroup { group_size: 16 }, S::E4M3, Z::None);
         s.global_scale = true;
         check(s, 6, k, MS, None, "int-dot");
+    }
+}
+
+/// The batched kernels' K chunks (4 superblocks on AVX-512) with a partial
+/// last chunk (K = 2304: 9 superblocks), odd tiles (N = 19: a 16-row tile
+/// and a 3-row one, so an odd row pair) and activation-row tails (m = 9, 22,
+/// 131), for every integer-dot code format, with and without zero points
+/// and half-block scales.
+#[test]
+fn batched_int_dot_chunk_and_tail_shapes() {
+    let mut nvfp4 = scheme(E::Fp4E2M1, G::PerGroup { group_size: 16 }, S::E4M3, Z::None);
+    nvfp4.global_scale = true;
+    let schemes = [
+        scheme(
+            int(4, true),
+            G::PerGroup { group_size: 128 },
+            S::F16,
+            Z::None,
+        ),
+        scheme(
+            int(4, false),
+            G::PerGroup { group_size: 64 },
+            S::F16,
+            Z::Float,
+        ),
+        scheme(E::Fp4E2M1, G::PerGroup { group_size: 32 }, S::E8M0, Z::None),
+        nvfp4,
+        scheme(int(8, true), G::PerChannel, S::F32, Z::None),
+        scheme(
+            int(8, false),
+            G::PerGroup { group_size: 16 },
+            S::F32,
+            Z::Int,
+        ),
+        scheme(
+            int(3, true),
+            G::PerGroup { group_size: 32 },
+            S::F16,
+            Z::None,
+        ),
+        scheme(
+            int(2, false),
+            G::PerGroup { group_size: 128 },
+            S::F16,
+            Z::Int,
+        ),
+    ];
+    for s in schemes {
+        check(s, 19, 2304, &[9, 22, 131], None, "int-dot");
     }
 }
 

@@ -108,10 +108,7 @@ fn every_path_is_batch_invariant() {
     // N crosses the batched kernel's 16-row tiles with a remainder; K is not
     // a multiple of the 256-column superblock.
     let (n, k) = (37, 640);
-    let mut isas = vec![KernelIsa::Scalar];
-    if KernelIsa::detect() == KernelIsa::Avx2 {
-        isas.push(KernelIsa::Avx2);
-    }
+    let isas = KernelIsa::available();
     for (s, g_idx, family) in schemes() {
         let t = random_tensor(&mut rng, s, n, k, g_idx).t;
         let x = random_x(&mut rng, POOL * k);

@@ -43,6 +43,9 @@ pub(crate) struct QuantActs {
     pub xsum: Vec<f32>,
     /// (m, n_sb * 16): sum of codes of each half block, at `sb*16 + 8*h + l`.
     pub xsum_half: Vec<f32>,
+    /// `q` with the eight 32-byte vectors of every superblock reordered
+    /// (see [`QuantActs::reorder_vectors`]); empty unless a kernel asked.
+    pub q_reordered: Vec<i8>,
 }
 
 impl QuantActs {
@@ -66,6 +69,7 @@ impl QuantActs {
             dx: vec![0.0; m * n_sb * LANES],
             xsum: vec![0.0; m * n_sb * LANES],
             xsum_half: vec![0.0; m * n_sb * 2 * LANES],
+            q_reordered: Vec::new(),
         };
         if m == 0 || k == 0 {
             return Ok(acts);
@@ -93,6 +97,19 @@ impl QuantActs {
         })?;
         drop(rows);
         Ok(acts)
+    }
+
+    /// Fills `q_reordered`: vector `j` of each superblock is vector
+    /// `order[j]` of `q` (the AVX-512 decode kernel loads two vectors per
+    /// 64-byte register, in the order its weight registers unpack to).
+    pub fn reorder_vectors(&mut self, order: [usize; 8]) {
+        let mut out = vec![0i8; self.q.len()];
+        for (dst, src) in out.chunks_exact_mut(SB).zip(self.q.chunks_exact(SB)) {
+            for (j, &v) in order.iter().enumerate() {
+                dst[32 * j..32 * (j + 1)].copy_from_slice(&src[32 * v..32 * (v + 1)]);
+            }
+        }
+        self.q_reordered = out;
     }
 
     pub fn row_q(&self, m: usize) -> &[i8] {

@@ -14,14 +14,14 @@ use std::arch::x86_64::*;
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn ld(p: *const u8, off: usize) -> __m256i {
+pub(super) unsafe fn ld(p: *const u8, off: usize) -> __m256i {
     _mm256_loadu_si256(p.add(off) as *const __m256i)
 }
 
 /// Unpacks superblock `p` (`sb_bytes(F)` bytes) into interleaved vectors.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn unpack<const F: u8>(p: *const u8) -> [__m256i; 8] {
+pub(super) unsafe fn unpack<const F: u8>(p: *const u8) -> [__m256i; 8] {
     let mut v = [_mm256_setzero_si256(); 8];
     match F {
         F_NIBBLE | F_FP4 => {
@@ -141,7 +141,13 @@ unsafe fn load8(values: &GridValues, off: usize) -> __m256 {
 /// Lane values of superblock `sb` (half `h`) of the grid row at `row_off`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn lane_values(g: &LaneGrid, idx: __m256i, row_off: usize, sb: usize, h: usize) -> __m256 {
+pub(super) unsafe fn lane_values(
+    g: &LaneGrid,
+    idx: __m256i,
+    row_off: usize,
+    sb: usize,
+    h: usize,
+) -> __m256 {
     let off = row_off + *g.base.get_unchecked(sb) as usize;
     if g.consecutive {
         // h is 0 unless the grid has halves (the second 8 values at +8).
@@ -162,7 +168,7 @@ pub(super) unsafe fn hsum(v: __m256) -> f32 {
 }
 
 /// Software prefetch distance of the decode kernel, in bytes of codes.
-const PREFETCH_BYTES: usize = 1024;
+pub(super) const PREFETCH_BYTES: usize = 1024;
 
 /// Decode path: each weight row streamed once, unpacked per superblock and
 /// dotted with MR activation rows.

@@ -31,6 +31,8 @@ mod codes;
 mod intdot;
 #[cfg(target_arch = "x86_64")]
 mod intdot_avx2;
+#[cfg(target_arch = "x86_64")]
+mod intdot_vnni;
 mod lanegrid;
 mod rowdec;
 
@@ -51,19 +53,41 @@ pub enum KernelIsa {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
+    /// AVX2 + FMA + F16C + AVX-512 F/BW/VNNI: the integer-dot kernels use
+    /// `vpdpbusd` on 64-byte registers (bitwise the AVX2 kernels' results);
+    /// the FP8 and generic paths run their AVX2 / f32 code.
+    Avx512Vnni,
 }
 
 impl KernelIsa {
     /// The best instruction set this CPU supports.
     pub fn detect() -> Self {
+        *Self::available().last().unwrap_or(&KernelIsa::Scalar)
+    }
+
+    /// Every instruction set this CPU runs, from `Scalar` to the best.
+    pub fn available() -> Vec<Self> {
+        let mut isas = vec![KernelIsa::Scalar];
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
-            return KernelIsa::Avx2;
+            isas.push(KernelIsa::Avx2);
+            if intdot_vnni::available() {
+                isas.push(KernelIsa::Avx512Vnni);
+            }
         }
-        KernelIsa::Scalar
+        isas
+    }
+
+    /// Short name, as in [`PreparedQuant::kernel_name`].
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelIsa::Scalar => "scalar",
+            KernelIsa::Avx2 => "avx2",
+            KernelIsa::Avx512Vnni => "avx512vnni",
+        }
     }
 }
 
@@ -107,12 +131,13 @@ impl PreparedQuant {
     }
 
     /// As [`PreparedQuant::new`] with a chosen instruction set; asking for
-    /// AVX2 on a CPU without it is an error.
+    /// one this CPU lacks is an error.
     pub fn with_isa(t: &QuantTensor, isa: KernelIsa) -> Result<Self, CpuError> {
-        if isa == KernelIsa::Avx2 && KernelIsa::detect() != KernelIsa::Avx2 {
-            return Err(CpuError::Unsupported(
-                "AVX2+FMA+F16C kernels on this CPU".into(),
-            ));
+        if !KernelIsa::available().contains(&isa) {
+            return Err(CpuError::Unsupported(format!(
+                "{} kernels on this CPU",
+                isa.name()
+            )));
         }
         // The reference's own rules (scales non-negative and representable
         // in their dtype, zero points in range...), then the kernel's.
@@ -146,12 +171,11 @@ impl PreparedQuant {
 
     /// The kernel family and instruction set in use, e.g. `"int-dot Nibble avx2"`.
     pub fn kernel_name(&self) -> String {
-        let isa = match self.isa {
-            KernelIsa::Scalar => "scalar",
-            KernelIsa::Avx2 => "avx2",
-        };
+        let isa = self.isa.name();
         match self.path.as_ref() {
             Path::IntDot { w, .. } => format!("int-dot {:?} {isa}", w.fmt),
+            // FP8 has no AVX-512 kernel: the AVX2 one runs.
+            Path::Fp8(_) if self.isa == KernelIsa::Avx512Vnni => "fp8 avx2".to_string(),
             Path::Fp8(_) => format!("fp8 {isa}"),
             Path::Generic(_) => "generic f32".to_string(),
         }
@@ -184,7 +208,12 @@ impl PreparedQuant {
         }
         match self.path.as_ref() {
             Path::IntDot { w, decode, batched } => {
-                let acts = QuantActs::new(x, m, k, w.perm.as_deref(), self.isa == KernelIsa::Avx2)?;
+                let simd = self.isa != KernelIsa::Scalar;
+                let mut acts = QuantActs::new(x, m, k, w.perm.as_deref(), simd)?;
+                #[cfg(target_arch = "x86_64")]
+                if self.isa == KernelIsa::Avx512Vnni && m < BATCHED_MIN_M {
+                    acts.reorder_vectors(intdot_vnni::decode_vector_order(w.fmt.id()));
+                }
                 let (kernel, chunk) = if m >= BATCHED_MIN_M {
                     (*batched, 16)
                 } else {
@@ -194,7 +223,7 @@ impl PreparedQuant {
             }
             Path::Fp8(w) => {
                 #[cfg(target_arch = "x86_64")]
-                if self.isa == KernelIsa::Avx2 {
+                if self.isa != KernelIsa::Scalar {
                     // xp (m, kp): x with rows zero padded to whole 16-code steps.
                     let mut xp = vec![0f32; m * w.kp];
                     for (dst, src) in xp.chunks_mut(w.kp).zip(x.chunks(k)) {
@@ -221,8 +250,13 @@ impl PreparedQuant {
 
 fn intdot_kernels(w: &IntDotWeights, isa: KernelIsa) -> (RowsKernel, RowsKernel) {
     #[cfg(target_arch = "x86_64")]
-    if isa == KernelIsa::Avx2 {
-        if let Some(k) = intdot_avx2::kernels(w.fmt.id(), w.scales.halves) {
+    {
+        let k = match isa {
+            KernelIsa::Avx512Vnni => intdot_vnni::kernels(w.fmt.id(), w.scales.halves),
+            KernelIsa::Avx2 => intdot_avx2::kernels(w.fmt.id(), w.scales.halves),
+            KernelIsa::Scalar => None,
+        };
+        if let Some(k) = k {
             return k;
         }
     }
