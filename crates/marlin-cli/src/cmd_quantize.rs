@@ -42,7 +42,7 @@ pub struct QuantizeArgs {
     /// Seed of the calibration window positions.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// quality, balanced, speed
+    /// quality, balanced, speed, moe
     #[arg(long, default_value = "balanced")]
     pub preset: String,
     /// RE=FORMAT over Hugging Face tensor names (repeatable, first match wins),

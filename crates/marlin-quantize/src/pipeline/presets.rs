@@ -100,6 +100,13 @@ pub enum LayerClass {
     AttnOut,
     Mlp,
     MlpDown,
+    /// MoE router (`ffn_gate_inp`): always kept in f32 (a few KB, and
+    /// expert selection flips on small errors).
+    Router,
+    /// Routed experts (`ffn_{gate,up,down}_exps`).
+    Expert,
+    /// Shared experts (`ffn_{gate,up,down}_shexp`), run for every token.
+    SharedExpert,
 }
 
 impl LayerClass {
@@ -118,6 +125,9 @@ impl LayerClass {
                 LayerClass::Mlp
             }
             n if n.ends_with(".ffn_down.weight") => LayerClass::MlpDown,
+            n if n.ends_with(".ffn_gate_inp.weight") => LayerClass::Router,
+            n if n.ends_with("_exps.weight") => LayerClass::Expert,
+            n if n.ends_with("_shexp.weight") => LayerClass::SharedExpert,
             _ => return None,
         })
     }
@@ -134,6 +144,11 @@ pub enum Preset {
     /// Like balanced, but an untied LM head is quantized too (INT8); the
     /// embedding table stays f32 (it is read, not multiplied).
     Speed,
+    /// For mixture-of-experts models: the routed experts (most of the
+    /// weights, each read by few tokens) in the format; attention and
+    /// shared experts (read by every token) at INT8; router, embeddings
+    /// and LM head f32. On a dense model the MLP counts as the experts.
+    Moe,
 }
 
 impl Preset {
@@ -142,8 +157,9 @@ impl Preset {
             "quality" => Ok(Preset::Quality),
             "balanced" => Ok(Preset::Balanced),
             "speed" => Ok(Preset::Speed),
+            "moe" => Ok(Preset::Moe),
             other => Err(QuantizeError::InvalidOption(format!(
-                "unknown preset `{other}` (quality, balanced, speed)"
+                "unknown preset `{other}` (quality, balanced, speed, moe)"
             ))),
         }
     }
@@ -153,13 +169,19 @@ impl Preset {
             Preset::Quality => "quality",
             Preset::Balanced => "balanced",
             Preset::Speed => "speed",
+            Preset::Moe => "moe",
         }
     }
 
     /// The format of a class when the target is `target`.
     pub fn format_for(self, class: LayerClass, target: Format) -> Format {
+        let int8_unless_finer = if matches!(target, Format::Int8 | Format::Fp8 | Format::Dense) {
+            target
+        } else {
+            Format::Int8
+        };
         match (self, class) {
-            (_, LayerClass::Embedding) => Format::Dense,
+            (_, LayerClass::Embedding | LayerClass::Router) => Format::Dense,
             (Preset::Speed, LayerClass::LmHead) => Format::Int8,
             (_, LayerClass::LmHead) => Format::Dense,
             (Preset::Quality, LayerClass::AttnV | LayerClass::MlpDown)
@@ -167,6 +189,13 @@ impl Preset {
             {
                 Format::Int8
             }
+            (
+                Preset::Moe,
+                LayerClass::AttnQkv
+                | LayerClass::AttnV
+                | LayerClass::AttnOut
+                | LayerClass::SharedExpert,
+            ) => int8_unless_finer,
             _ => target,
         }
     }
@@ -245,5 +274,53 @@ mod tests {
         assert!(Override::parse("(=int4").is_err());
         assert!(Override::parse("x=int5").is_err());
         assert!(Format::parse("mxfp4").unwrap().scheme(128).is_some());
+    }
+
+    #[test]
+    fn moe_preset() {
+        let moe = Preset::parse("moe").unwrap();
+        assert_eq!(moe.name(), "moe");
+        let class = |n: &str| LayerClass::of(n).unwrap();
+        let router = class("blk.3.ffn_gate_inp.weight");
+        let experts = class("blk.3.ffn_up_exps.weight");
+        let shared = class("blk.3.ffn_down_shexp.weight");
+        assert_eq!(
+            (router, experts, shared),
+            (
+                LayerClass::Router,
+                LayerClass::Expert,
+                LayerClass::SharedExpert
+            )
+        );
+        for p in [
+            Preset::Quality,
+            Preset::Balanced,
+            Preset::Speed,
+            Preset::Moe,
+        ] {
+            assert_eq!(p.format_for(router, Format::Int4), Format::Dense);
+        }
+        assert_eq!(moe.format_for(experts, Format::Mxfp4), Format::Mxfp4);
+        assert_eq!(moe.format_for(shared, Format::Mxfp4), Format::Int8);
+        assert_eq!(
+            moe.format_for(class("blk.0.attn_q.weight"), Format::Int4),
+            Format::Int8
+        );
+        assert_eq!(
+            moe.format_for(class("blk.0.attn_q.weight"), Format::Fp8),
+            Format::Fp8
+        );
+        assert_eq!(
+            moe.format_for(class("blk.0.ffn_up.weight"), Format::Int4),
+            Format::Int4
+        );
+        assert_eq!(
+            moe.format_for(LayerClass::LmHead, Format::Int4),
+            Format::Dense
+        );
+        assert_eq!(
+            moe.format_for(LayerClass::Embedding, Format::Int4),
+            Format::Dense
+        );
     }
 }
