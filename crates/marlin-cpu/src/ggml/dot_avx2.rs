@@ -28,6 +28,8 @@ pub(super) fn kernels() -> Option<Kernels> {
             mxfp4: mxfp4(),
             q4k: q4k(),
             q6k: q6k(),
+            q4_1x8: Some(super::x8_avx2::q4_1()),
+            q5_0x8: Some(super::x8_avx2::q5_0()),
             f32dot,
         })
     } else {

@@ -24,12 +24,16 @@ pub mod dot_scalar;
 mod pair_avx2;
 #[cfg(test)]
 mod tests;
+pub mod x8;
+#[cfg(target_arch = "x86_64")]
+mod x8_avx2;
 
 use crate::CpuError;
 use act::{ActQ8K, ActQ8x32};
 use marlin_quant::ggml::*;
 use marlin_quant::{GgmlTensor, GgmlType};
 use std::sync::OnceLock;
+use x8::{X8Dots, X8Q4_1, X8Q5_0};
 
 /// Bytes of activation blocks a batched tile pass keeps in L1 while it
 /// walks the weight rows of its chunk.
@@ -73,6 +77,10 @@ pub struct Kernels {
     pub mxfp4: Dots<BlockMxfp4, ActQ8x32>,
     pub q4k: Dots<BlockQ4K, ActQ8K>,
     pub q6k: Dots<BlockQ6K, ActQ8K>,
+    /// Row-interleaved kernels (see [`x8`]): when present, Q4_1 / Q5_0
+    /// weights are repacked at preparation and run on these for every M.
+    pub q4_1x8: Option<X8Dots<X8Q4_1>>,
+    pub q5_0x8: Option<X8Dots<X8Q5_0>>,
     pub f32dot: fn(&[f32], &[f32]) -> f32,
 }
 
@@ -113,6 +121,8 @@ pub fn scalar_kernels() -> Kernels {
         mxfp4: scalar_dots!(dot_mxfp4, BlockMxfp4, ActQ8x32),
         q4k: scalar_dots!(dot_q4k, BlockQ4K, ActQ8K),
         q6k: scalar_dots!(dot_q6k, BlockQ6K, ActQ8K),
+        q4_1x8: None,
+        q5_0x8: None,
         f32dot: dot_f32,
     }
 }
@@ -147,6 +157,9 @@ enum Weights {
     Mxfp4(Vec<BlockMxfp4>),
     Q4K(Vec<BlockQ4K>),
     Q6K(Vec<BlockQ6K>),
+    /// Row-interleaved groups of 8 rows (see [`x8`]) and their kernels.
+    Q4_1x8(Vec<X8Q4_1>, X8Dots<X8Q4_1>),
+    Q5_0x8(Vec<X8Q5_0>, X8Dots<X8Q5_0>),
     /// Packed rows of a type without an integer kernel.
     Generic(Vec<u8>),
 }
@@ -164,9 +177,12 @@ pub struct PreparedGgml {
 /// The bytes as blocks (alignment 1, so any whole number of blocks casts).
 /// Copies once, so a tensor briefly takes twice its size while loading.
 fn to_blocks<B: bytemuck::Pod>(data: Vec<u8>) -> Result<Vec<B>, CpuError> {
-    Ok(bytemuck::try_cast_slice::<u8, B>(&data)
-        .map_err(|e| CpuError::Shape(format!("ggml data is not whole blocks: {e:?}")))?
-        .to_vec())
+    Ok(as_blocks::<B>(&data)?.to_vec())
+}
+
+fn as_blocks<B: bytemuck::Pod>(data: &[u8]) -> Result<&[B], CpuError> {
+    bytemuck::try_cast_slice::<u8, B>(data)
+        .map_err(|e| CpuError::Shape(format!("ggml data is not whole blocks: {e:?}")))
 }
 
 impl PreparedGgml {
@@ -184,8 +200,18 @@ impl PreparedGgml {
         let weights = match ty {
             F32 | F16 | BF16 => Weights::F32(t.dequantize()?),
             Q4_0 => Weights::Q4_0(to_blocks(t.data)?),
-            Q4_1 => Weights::Q4_1(to_blocks(t.data)?),
-            Q5_0 => Weights::Q5_0(to_blocks(t.data)?),
+            Q4_1 => match kernels.q4_1x8 {
+                Some(dots) => {
+                    Weights::Q4_1x8(x8::repack(as_blocks(&t.data)?, rows, cols / 32), dots)
+                }
+                None => Weights::Q4_1(to_blocks(t.data)?),
+            },
+            Q5_0 => match kernels.q5_0x8 {
+                Some(dots) => {
+                    Weights::Q5_0x8(x8::repack(as_blocks(&t.data)?, rows, cols / 32), dots)
+                }
+                None => Weights::Q5_0(to_blocks(t.data)?),
+            },
             Q5_1 => Weights::Q5_1(to_blocks(t.data)?),
             Q8_0 => Weights::Q8_0(to_blocks(t.data)?),
             Mxfp4 => Weights::Mxfp4(to_blocks(t.data)?),
@@ -234,6 +260,8 @@ impl PreparedGgml {
             Weights::Mxfp4(w) => size_of_val(w.as_slice()),
             Weights::Q4K(w) => size_of_val(w.as_slice()),
             Weights::Q6K(w) => size_of_val(w.as_slice()),
+            Weights::Q4_1x8(w, _) => size_of_val(w.as_slice()),
+            Weights::Q5_0x8(w, _) => size_of_val(w.as_slice()),
             Weights::Generic(w) => w.len(),
         }
     }
@@ -254,6 +282,7 @@ impl PreparedGgml {
             bytemuck::cast_slice(&w[r * per_row..(r + 1) * per_row])
         }
         let (b32, bk) = (k / 32, k / 256);
+        let unpacked: Vec<u8>;
         let bytes = match &self.weights {
             Weights::F32(w) => {
                 out.copy_from_slice(&w[r * k..(r + 1) * k]);
@@ -267,6 +296,14 @@ impl PreparedGgml {
             Weights::Mxfp4(w) => row_bytes(w, r, b32),
             Weights::Q4K(w) => row_bytes(w, r, bk),
             Weights::Q6K(w) => row_bytes(w, r, bk),
+            Weights::Q4_1x8(w, _) => {
+                unpacked = bytemuck::cast_slice(&x8::row_blocks(w, r, b32)).to_vec();
+                &unpacked
+            }
+            Weights::Q5_0x8(w, _) => {
+                unpacked = bytemuck::cast_slice(&x8::row_blocks(w, r, b32)).to_vec();
+                &unpacked
+            }
             Weights::Generic(w) => {
                 let rb = self.ty.row_bytes(k)?;
                 &w[r * rb..(r + 1) * rb]
@@ -293,6 +330,8 @@ impl PreparedGgml {
             Weights::Mxfp4(w) => run_quantized(w, x, m, n, k, y, kr.mxfp4),
             Weights::Q4K(w) => run_quantized(w, x, m, n, k, y, kr.q4k),
             Weights::Q6K(w) => run_quantized(w, x, m, n, k, y, kr.q6k),
+            Weights::Q4_1x8(w, dots) => run_x8(w, x, m, n, k, y, *dots),
+            Weights::Q5_0x8(w, dots) => run_x8(w, x, m, n, k, y, *dots),
             Weights::Generic(w) => self.run_generic(w, x, m, y),
         }
     }
@@ -389,6 +428,22 @@ fn run_quantized<B: Sync, A: ActBlock>(
         }
         Ok(())
     })
+}
+
+/// Quantizes x to 32-blocks once, then runs the x8 kernels.
+fn run_x8<X: Sync>(
+    w: &[X],
+    x: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+    dots: X8Dots<X>,
+) -> Result<(), CpuError> {
+    let bpr = k / 32;
+    let mut acts = vec![ActQ8x32::default(); m * bpr]; // (m, K / 32)
+    quantize_rows(x, k, &mut acts, bpr, act::quantize_x32);
+    x8::run_x8(w, &acts, m, n, bpr, y, dots)
 }
 
 /// Quantizes the m rows of x (in parallel when there are several).

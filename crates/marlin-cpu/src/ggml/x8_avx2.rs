@@ -1,0 +1,150 @@
+//! AVX2 kernels of the x8 layouts (see `x8`): per block, eight registers of
+//! codes (lane r = weight row r), each multiplied by four activation bytes
+//! broadcast to every lane.
+//!
+//! i16 headroom: `maddubs` lanes are two products of a code (at most 15 for
+//! Q4_1, 31 for Q5_0) and an activation (|a| <= 127), so 8 registers of
+//! Q4_1 (8 * 2 * 15 * 127 = 30480) or 4 of Q5_0 (4 * 2 * 31 * 127 = 31496)
+//! add in i16 before one `madd` widens them.
+
+use super::act::ActQ8x32;
+use super::x8::{X8Dots, ROWS, X8Q4_1, X8Q5_0};
+use std::arch::x86_64::*;
+
+/// 32 bytes of `p` from byte `off`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load32<T: bytemuck::Pod>(p: &[T], off: usize) -> __m256i {
+    let s = &bytemuck::cast_slice::<T, u8>(p)[off..off + 32];
+    // SAFETY: `s` is 32 bytes long (the slice above checks the bounds).
+    unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+}
+
+/// Eight f16 (bits) as f32.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn f16x8(h: &[u16; ROWS]) -> __m256 {
+    // SAFETY: 16 bytes are read from a 16-byte array.
+    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h.as_ptr().cast()) })
+}
+
+/// Activation bytes 4t..4t+4 of `a` in every i32 lane.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn bcast4(a: &ActQ8x32, t: usize) -> __m256i {
+    let q = &a.qs[4 * t..4 * t + 4];
+    _mm256_set1_epi32(i32::from_le_bytes([
+        q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8,
+    ]))
+}
+
+/// The eight code registers of a Q4_1 / Q5_0 block's nibbles.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn nibble_regs(qs: &[u8; 128]) -> [__m256i; 8] {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut w = [_mm256_setzero_si256(); 8];
+    for u in 0..4 {
+        let p = load32(qs, 32 * u);
+        w[u] = _mm256_and_si256(p, m4);
+        w[u + 4] = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
+    }
+    w
+}
+
+/// Σ over registers `ts` of maddubs(w[t], a bytes of t), widened to i32.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn isum(w: &[__m256i; 8], a: &ActQ8x32, ts: std::ops::Range<usize>) -> __m256i {
+    let mut p16 = _mm256_setzero_si256();
+    for t in ts {
+        p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(w[t], bcast4(a, t)));
+    }
+    _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
+}
+
+/// `RN` activation rows against one group of Q4_1 blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_1_x8<const RN: usize>(w: &[X8Q4_1], a: &[ActQ8x32], bpr: usize, out: &mut [[f32; ROWS]]) {
+    let a: [&[ActQ8x32]; RN] = std::array::from_fn(|j| &a[j * bpr..][..bpr]);
+    let w = &w[..bpr];
+    let mut acc = [_mm256_setzero_ps(); RN];
+    for (b, blk) in w.iter().enumerate() {
+        let codes = nibble_regs(&blk.qs);
+        let d = f16x8(&blk.d);
+        let m = f16x8(&blk.m);
+        for j in 0..RN {
+            let ab = &a[j][b];
+            let s = _mm256_cvtepi32_ps(isum(&codes, ab, 0..8));
+            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ab.d)), s, acc[j]);
+            acc[j] = _mm256_fmadd_ps(m, _mm256_set1_ps(ab.s), acc[j]);
+        }
+    }
+    for j in 0..RN {
+        // SAFETY: out[j] holds 8 f32.
+        unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) }
+    }
+}
+
+/// `RN` activation rows against one group of Q5_0 blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_0_x8<const RN: usize>(w: &[X8Q5_0], a: &[ActQ8x32], bpr: usize, out: &mut [[f32; ROWS]]) {
+    let a: [&[ActQ8x32]; RN] = std::array::from_fn(|j| &a[j * bpr..][..bpr]);
+    let w = &w[..bpr];
+    let bit4 = _mm256_set1_epi8(0x10);
+    let mut acc = [_mm256_setzero_ps(); RN];
+    for (b, blk) in w.iter().enumerate() {
+        let mut codes = nibble_regs(&blk.qs);
+        let qh = load32(&blk.qh, 0);
+        // Bit t of each qh byte is the fifth bit of register t's lane.
+        let hi: [__m256i; 8] = [
+            _mm256_slli_epi16(qh, 4),
+            _mm256_slli_epi16(qh, 3),
+            _mm256_slli_epi16(qh, 2),
+            _mm256_slli_epi16(qh, 1),
+            qh,
+            _mm256_srli_epi16(qh, 1),
+            _mm256_srli_epi16(qh, 2),
+            _mm256_srli_epi16(qh, 3),
+        ];
+        for t in 0..8 {
+            codes[t] = _mm256_or_si256(codes[t], _mm256_and_si256(hi[t], bit4));
+        }
+        let d = f16x8(&blk.d);
+        // Codes are stored as q + 16: the offset term is -16 d * s_a.
+        let c = _mm256_mul_ps(d, _mm256_set1_ps(-16.0));
+        for j in 0..RN {
+            let ab = &a[j][b];
+            let s = _mm256_add_epi32(isum(&codes, ab, 0..4), isum(&codes, ab, 4..8));
+            let s = _mm256_cvtepi32_ps(s);
+            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ab.d)), s, acc[j]);
+            acc[j] = _mm256_fmadd_ps(c, _mm256_set1_ps(ab.s), acc[j]);
+        }
+    }
+    for j in 0..RN {
+        // SAFETY: out[j] holds 8 f32.
+        unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) }
+    }
+}
+
+// Safe entry points. SAFETY (all): reached only through the table
+// `dot_avx2::kernels` builds after detecting avx2, fma and f16c.
+macro_rules! x8_entry {
+    ($name:ident, $imp:ident, $x:ty) => {
+        pub(super) fn $name() -> X8Dots<$x> {
+            fn tile<const RN: usize>(
+                w: &[$x],
+                a: &[ActQ8x32],
+                bpr: usize,
+                out: &mut [[f32; ROWS]],
+            ) {
+                unsafe { $imp::<RN>(w, a, bpr, out) }
+            }
+            X8Dots {
+                acts: [tile::<1>, tile::<2>, tile::<3>, tile::<4>],
+            }
+        }
+    };
+}
+x8_entry!(q4_1, q4_1_x8, X8Q4_1);
+x8_entry!(q5_0, q5_0_x8, X8Q5_0);
