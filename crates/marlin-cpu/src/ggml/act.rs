@@ -79,10 +79,90 @@ fn round_ties_even_small(y: f32) -> f32 {
     (y + MAGIC) - MAGIC
 }
 
+/// [`quantize_codes`] with AVX2 where the CPU has it (same scale and
+/// codes bit for bit: the same max, division and products, and
+/// `cvtps2dq` rounds to nearest even as the scalar trick does; blocks
+/// holding a NaN or an infinity take the scalar path).
+#[inline]
+fn quantize_codes_fast(x: &[f32], qs: &mut [i8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2() {
+            // SAFETY: AVX2 was detected.
+            if let Some(d) = unsafe { simd::quantize_codes(x, qs) } {
+                return d;
+            }
+        }
+    }
+    quantize_codes(x, qs)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    use std::sync::OnceLock;
+    static AVX2: OnceLock<bool> = OnceLock::new();
+    *AVX2.get_or_init(|| is_x86_feature_detected!("avx2"))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// Scale and codes of `x` (a multiple of 32 values) as the scalar
+    /// `quantize_codes`; None when `x` holds a non-finite value.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn quantize_codes(x: &[f32], qs: &mut [i8]) -> Option<f32> {
+        let n = x.len();
+        if n % 32 != 0 || qs.len() < n {
+            return None;
+        }
+        let abs_mask = _mm256_set1_epi32(0x7FFF_FFFF);
+        let max_finite = _mm256_set1_epi32(0x7F7F_FFFF);
+        let mut amax = _mm256_setzero_ps();
+        let mut bad = _mm256_setzero_si256();
+        for c in x.chunks_exact(8) {
+            // SAFETY: `c` holds 8 f32.
+            let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+            let a = _mm256_and_si256(_mm256_castps_si256(v), abs_mask);
+            bad = _mm256_or_si256(bad, _mm256_cmpgt_epi32(a, max_finite));
+            amax = _mm256_max_ps(amax, _mm256_castsi256_ps(a));
+        }
+        if _mm256_movemask_epi8(bad) != 0 {
+            return None;
+        }
+        let m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        let d = _mm_cvtss_f32(m) / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        if !id.is_finite() {
+            // A subnormal scale: codes of x * inf, left to the scalar path.
+            return None;
+        }
+        let id = _mm256_set1_ps(id);
+        // packs interleave 128-bit lanes; this puts the 8 dwords back in order.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (c, q) in x.chunks_exact(32).zip(qs.chunks_exact_mut(32)) {
+            // SAFETY: `c` holds 32 f32.
+            let v: [__m256i; 4] = std::array::from_fn(|i| unsafe {
+                _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(c.as_ptr().add(8 * i)), id))
+            });
+            let p = _mm256_packs_epi16(
+                _mm256_packs_epi32(v[0], v[1]),
+                _mm256_packs_epi32(v[2], v[3]),
+            );
+            let p = _mm256_permutevar8x32_epi32(p, order);
+            // SAFETY: `q` holds 32 bytes.
+            unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), p) };
+        }
+        Some(d)
+    }
+}
+
 /// x (K) -> K/32 blocks. `x.len()` must be `32 * out.len()`.
 pub fn quantize_x32(x: &[f32], out: &mut [ActQ8x32]) {
     for (blk, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
-        blk.d = quantize_codes(xs, &mut blk.qs);
+        blk.d = quantize_codes_fast(xs, &mut blk.qs);
         let sum: i32 = blk.qs.iter().map(|&q| q as i32).sum();
         blk.s = blk.d * sum as f32;
     }
@@ -91,7 +171,7 @@ pub fn quantize_x32(x: &[f32], out: &mut [ActQ8x32]) {
 /// x (K) -> K/256 blocks. `x.len()` must be `256 * out.len()`.
 pub fn quantize_k(x: &[f32], out: &mut [ActQ8K]) {
     for (blk, xs) in out.iter_mut().zip(x.chunks_exact(256)) {
-        blk.d = quantize_codes(xs, &mut blk.qs);
+        blk.d = quantize_codes_fast(xs, &mut blk.qs);
         for (s, q) in blk.bsums.iter_mut().zip(blk.qs.chunks_exact(16)) {
             // 16 codes of |q| <= 127 sum to at most 2032: fits i16.
             *s = q.iter().map(|&v| v as i16).sum();
@@ -116,7 +196,36 @@ pub fn dequant_k(a: &[ActQ8K]) -> Vec<f32> {
 
 #[cfg(test)]
 mod rounding_tests {
-    use super::round_ties_even_small;
+    use super::{quantize_codes, quantize_codes_fast, round_ties_even_small};
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn fast_quantizer_matches_scalar_bitwise() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for case in 0..3000 {
+            let n = if case % 2 == 0 { 32 } else { 256 };
+            let scale = 10f32.powi(rng.gen_range(-40..30));
+            let mut x: Vec<f32> = (0..n).map(|_| rng.gen_range(-1f32..1.0) * scale).collect();
+            match case % 7 {
+                // Ties: halves of the scale step.
+                1 => x.iter_mut().for_each(|v| *v = (*v * 4.0).round() / 4.0),
+                2 => x.iter_mut().for_each(|v| *v = 0.0),
+                3 => x[5] = f32::NAN,
+                4 => x[n - 1] = f32::INFINITY,
+                _ => {}
+            }
+            let (mut q0, mut q1) = (vec![0i8; n], vec![0i8; n]);
+            let d0 = quantize_codes(&x, &mut q0);
+            let d1 = quantize_codes_fast(&x, &mut q1);
+            assert!(
+                d0.to_bits() == d1.to_bits() || (d0.is_nan() && d1.is_nan()),
+                "{case}"
+            );
+            if !d0.is_nan() {
+                assert_eq!(q0, q1, "case {case}");
+            }
+        }
+    }
 
     #[test]
     fn magic_rounding_matches_round_ties_even() {
