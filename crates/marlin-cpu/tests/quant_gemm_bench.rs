@@ -72,7 +72,7 @@ fn cpu_time_m128() {
     use marlin_cpu::bench::random_quant_tensor;
     use marlin_cpu::dense::DenseWeight;
     use marlin_cpu::quant_gemm::PreparedQuant;
-    let (k, n, m, iters) = (4096, 2048, 128, 8);
+    let (k, n, m, iters) = (4096, 2048, 128, 24);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()

@@ -256,8 +256,11 @@ unsafe fn decode_rows_impl<const F: u8, const H: usize>(
 /// bytes = 16 KiB of unpacked codes, plus 4 activation rows x 1 KiB, in L1
 /// (48 KiB per core on the development machine).
 const KC: usize = 4;
-/// Activation rows per register block.
+/// Activation rows per register block (half-block scales: two sets of dot
+/// accumulators, so fewer rows fit the 32 registers).
 const XR: usize = 4;
+/// The same without half blocks.
+const XR1: usize = 4;
 /// Weight-row pairs per register block.
 const WP: usize = 2;
 
@@ -408,20 +411,56 @@ unsafe fn batched_rows_impl<const F: u8, const H: usize>(
     }
     let np = nt.div_ceil(2);
     let sbb = sb_bytes(F);
-    let sw = n_sb * 2 * LANES;
-    let mut tile = PairTile {
-        n_sb,
-        codes: vec![0u8; np * n_sb * 512],
-        s: vec![0f32; np * sw * 2],
-        zf: vec![0f32; np * sw * 2],
+    TILE.with(|cell| {
+        let mut tile = cell.borrow_mut();
+        tile.n_sb = n_sb;
+        // Every element below is written before it is read.
+        tile.codes.resize(np * n_sb * 512, 0);
+        tile.s.resize(np * n_sb * 32, 0.0);
+        tile.zf.resize(np * n_sb * 32, 0.0);
+        fill_pair_tile::<F>(w, &mut tile, rows.start, nt, sbb);
+        run_pair_tile::<F, H>(w, &tile, acts, nt, yt);
+    });
+}
+
+thread_local! {
+    /// Each pool thread's tile, reused from task to task (no allocation,
+    /// zeroing or page faults per task).
+    static TILE: std::cell::RefCell<PairTile> = const {
+        std::cell::RefCell::new(PairTile {
+            n_sb: 0,
+            codes: Vec::new(),
+            s: Vec::new(),
+            zf: Vec::new(),
+        })
     };
-    let (mut s_row, mut zf_row) = (vec![0f32; sw], vec![0f32; sw]);
+}
+
+/// Unpacks rows `r0..r0 + nt` into `tile` (an odd count repeats its last
+/// row; those results are dropped); scales and zero offsets by the decode
+/// kernel's own lane loads.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn fill_pair_tile<const F: u8>(
+    w: &IntDotWeights,
+    tile: &mut PairTile,
+    r0: usize,
+    nt: usize,
+    sbb: usize,
+) {
+    let n_sb = tile.n_sb;
+    let np = nt.div_ceil(2);
     let flip = _mm256_set1_epi8(-128);
+    let s_idx = _mm256_loadu_si256(w.scales.idx.as_ptr() as *const __m256i);
+    let z_idx = w.zeros.as_ref().map_or(s_idx, |z| {
+        _mm256_loadu_si256(z.idx.as_ptr() as *const __m256i)
+    });
+    let zf_const = _mm256_set1_ps(w.zf_const);
     for ri in 0..2 * np {
-        // An odd tile repeats its last row; those results are dropped.
-        let r = rows.start + ri.min(nt - 1);
+        let r = r0 + ri.min(nt - 1);
         let (p, half) = (ri / 2, ri % 2);
         let codes = w.row_codes(r).as_ptr();
+        let s_off = w.scales.row_offset(r);
+        let z_off = w.zeros.as_ref().map_or(0, |z| z.row_offset(r));
         for sb in 0..n_sb {
             let v = unpack::<F>(codes.add(sb * sbb));
             let dst = tile
@@ -436,17 +475,30 @@ unsafe fn batched_rows_impl<const F: u8, const H: usize>(
                 };
                 _mm256_storeu_si256(dst.add(64 * i) as *mut __m256i, x);
             }
-        }
-        w.expand_row(r, &mut s_row, &mut zf_row);
-        for sb in 0..n_sb {
-            for h in 0..2 {
-                let src = sb * 2 * LANES + h * LANES;
-                let dst = ((p * n_sb + sb) * 2 + h) * 16 + 8 * half;
-                tile.s[dst..dst + LANES].copy_from_slice(&s_row[src..src + LANES]);
-                tile.zf[dst..dst + LANES].copy_from_slice(&zf_row[src..src + LANES]);
+            for h in 0..1 + usize::from(w.scales.halves) {
+                let o = ((p * n_sb + sb) * 2 + h) * 16 + 8 * half;
+                let sv = lane_values(&w.scales, s_idx, s_off, sb, h);
+                let zv = match &w.zeros {
+                    Some(z) => lane_values(z, z_idx, z_off, sb, h),
+                    None => zf_const,
+                };
+                _mm256_storeu_ps(tile.s.as_mut_ptr().add(o), sv);
+                _mm256_storeu_ps(tile.zf.as_mut_ptr().add(o), zv);
             }
         }
     }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn run_pair_tile<const F: u8, const H: usize>(
+    w: &IntDotWeights,
+    tile: &PairTile,
+    acts: &QuantActs,
+    nt: usize,
+    yt: &mut [f32],
+) {
+    let (m, n_sb) = (acts.m, tile.n_sb);
+    let np = nt.div_ceil(2);
     // (pairs, m, 16) f32 accumulators, carried between K chunks.
     let mut acc = vec![0f32; np * m * 16];
     let accp = acc.as_mut_ptr();
@@ -454,13 +506,20 @@ unsafe fn batched_rows_impl<const F: u8, const H: usize>(
     while c0 < n_sb {
         let sbs = c0..(c0 + KC).min(n_sb);
         let mut m0 = 0;
+        if H == 1 {
+            while m0 + XR1 <= m {
+                let xr: [usize; XR1] = std::array::from_fn(|b| m0 + b);
+                pairs_for_rows::<F, H, XR1>(tile, acts, np, xr, sbs.clone(), accp);
+                m0 += XR1;
+            }
+        }
         while m0 + XR <= m {
-            let xr = [m0, m0 + 1, m0 + 2, m0 + 3];
-            pairs_for_rows::<F, H, XR>(&tile, acts, np, xr, sbs.clone(), accp);
+            let xr: [usize; XR] = std::array::from_fn(|b| m0 + b);
+            pairs_for_rows::<F, H, XR>(tile, acts, np, xr, sbs.clone(), accp);
             m0 += XR;
         }
         while m0 < m {
-            pairs_for_rows::<F, H, 1>(&tile, acts, np, [m0], sbs.clone(), accp);
+            pairs_for_rows::<F, H, 1>(tile, acts, np, [m0], sbs.clone(), accp);
             m0 += 1;
         }
         c0 += KC;
