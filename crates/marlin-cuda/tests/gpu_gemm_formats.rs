@@ -1,5 +1,7 @@
-//! FP4 (MXFP4, NVFP4), INT8 and FP8 (per channel, 128 x 128 blocks) GEMMs on
-//! the GPU against `QuantTensor::dequantize` + an f64 matmul. Need a CUDA GPU
+//! FP4 (MXFP4, NVFP4), INT8, FP8 (per channel, 128 x 128 blocks), INT3 and
+//! INT2 (groups, per channel; symmetric and zero points) GEMMs and INT4
+//! act-order on the GPU against `QuantTensor::dequantize` + an f64 matmul,
+//! and their capture-safe prepared entry points recorded in a CUDA graph. Need a CUDA GPU
 //! (`#[ignore]`d; `scripts/gpu_entry.sh` runs them with `--include-ignored`).
 //! Fresh random weights and activations every run (seed printed on
 //! failure), outputs poisoned with NaN before every launch.
@@ -8,12 +10,15 @@
 use std::sync::Arc;
 
 use half::f16;
+use marlin_cuda::int4::act_order::{
+    int4_act_order_gemm, int4_act_order_gemm_prepared, prepare_act_order, Int4ActOrderWeight,
+};
 use marlin_cuda::int4::gemm::{GemmOptions, GemmPath, GemmWorkspace};
 use marlin_cuda::int4::random::{random_activations, XorShift};
 use marlin_cuda::int4::reference::matmul_ref;
-use marlin_cuda::wgemm::gemm::{wx_gemm, WxWeight};
+use marlin_cuda::wgemm::gemm::{wx_gemm, wx_gemm_prepared, WxWeight};
 use marlin_cuda::{CudaDevice, CudaError};
-use marlin_quant::{quantize_rtn, QuantScheme, QuantTensor, RtnOptions};
+use marlin_quant::{quantize_rtn, Granularity, QuantScheme, QuantTensor, RtnOptions, ScaleDType};
 
 /// f16 activations and output, fp32 accumulation; FP4 scales are rounded to
 /// f16 (exact for E8M0, E4M3 in range). Measured errors are printed.
@@ -96,12 +101,28 @@ fn check(
 fn formats() -> Vec<(&'static str, QuantScheme, usize)> {
     // (name, scheme, K): K not a multiple of the 64 tile (FP4 needs whole
     // groups of 32 / 16; the 8-bit formats take any K, also K % 8 != 0).
+    // Grouped INT3 / INT2 need K a multiple of the group (so of 64); their
+    // per-channel variants take K = 1000 / 1001.
     vec![
         ("mxfp4", QuantScheme::mxfp4(), 1056),
         ("nvfp4", QuantScheme::nvfp4(), 1040),
         ("int8", QuantScheme::int8_per_channel(), 1001),
         ("fp8", QuantScheme::fp8_e4m3_per_channel(), 1000),
         ("fp8b128", QuantScheme::fp8_e4m3_block128(), 1000),
+        ("int3g128", QuantScheme::int3_sym(128), 1152),
+        ("int3g128z", QuantScheme::int3_asym(128), 1152),
+        ("int2g64", QuantScheme::int2_sym(64), 1088),
+        ("int2g64z", QuantScheme::int2_asym(64), 1088),
+        (
+            "int3pc",
+            QuantScheme::int_sym(3, Granularity::PerChannel, ScaleDType::F16),
+            1001,
+        ),
+        (
+            "int2pcz",
+            QuantScheme::int_asym(2, Granularity::PerChannel, ScaleDType::F16),
+            1000,
+        ),
     ]
 }
 
@@ -161,4 +182,224 @@ fn forced_splits_and_errors() {
         wx_gemm(&dev, &a, 3, &w, &mut c, &mut ws, GemmOptions::default()).expect_err("C too small");
     assert!(matches!(err, CudaError::Shape(_)), "{err}");
     println!("PASS wx errors: {err}");
+}
+
+/// An INT4 tensor with a GPTQ-style random act-order g_idx (a random column
+/// order, group = position / g).
+fn act_order_int4(scheme: QuantScheme, n: usize, k: usize, g: usize, seed: u64) -> QuantTensor {
+    let mut q = quantized(scheme, n, k, seed);
+    let mut rng = XorShift::new(seed ^ 0xA5);
+    let mut order: Vec<usize> = (0..k).collect();
+    for i in (1..k).rev() {
+        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    let mut g_idx = vec![0u32; k];
+    for (pos, &c) in order.iter().enumerate() {
+        g_idx[c] = (pos / g) as u32;
+    }
+    q.g_idx = Some(g_idx);
+    q.validate().expect("valid act-order tensor");
+    q
+}
+
+fn rel_l2(got: &[f16], want: &[f64]) -> f64 {
+    let (mut e2, mut r2) = (0f64, 0f64);
+    for (g, r) in got.iter().zip(want) {
+        let g = f64::from(g.to_f32());
+        if !g.is_finite() {
+            return f64::INFINITY;
+        }
+        e2 += (g - r) * (g - r);
+        r2 += r * r;
+    }
+    (e2 / r2.max(1e-30)).sqrt()
+}
+
+fn reference(q: &QuantTensor, a_host: &[f16], m: usize) -> Vec<f64> {
+    let w_ref: Vec<f64> = q
+        .dequantize()
+        .expect("dequantize")
+        .iter()
+        .map(|v| f64::from(*v))
+        .collect();
+    let a_ref: Vec<f64> = a_host[..m * q.cols]
+        .iter()
+        .map(|v| f64::from(v.to_f32()))
+        .collect();
+    matmul_ref(&a_ref, &w_ref, m, q.rows, q.cols)
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int4_act_order_matches_reference() {
+    let dev = device();
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    let (n, k) = (200, 1024);
+    for (name, scheme) in [
+        ("int4g128-act", QuantScheme::int4_sym(128)),
+        ("int4g128z-act", QuantScheme::int4_asym(128)),
+    ] {
+        let seed = fresh_seed();
+        let q = act_order_int4(scheme, n, k, 128, seed);
+        let w = Int4ActOrderWeight::from_quant(&dev, &q).expect("permute + upload");
+        for &m in &[1usize, 3, 17, 64] {
+            let a_host = random_activations(m, k, seed ^ m as u64);
+            let want = reference(&q, &a_host, m);
+            let a = dev.upload("A", &a_host).expect("A");
+            let mut c = dev.alloc_zeros::<f16>("C", m * n).expect("C");
+            let mut gathered = dev
+                .alloc_zeros::<f16>("gathered A", m * k)
+                .expect("scratch");
+            for launch in 0..2 {
+                dev.write(&mut c, &vec![f16::NAN; m * n]).expect("poison");
+                let plan = int4_act_order_gemm(
+                    &dev,
+                    &a,
+                    m,
+                    &w,
+                    &mut c,
+                    &mut ws,
+                    &mut gathered,
+                    GemmOptions::default(),
+                )
+                .expect("launch");
+                let rel = rel_l2(&dev.download(&c).expect("download"), &want);
+                assert!(
+                    rel < REL_L2_TOL,
+                    "{name} M={m} {plan:?} seed={seed} launch {launch}: rel L2 {rel:.3e}"
+                );
+                if launch == 0 {
+                    println!(
+                        "PASS {name} {:?} M={m} N={n} K={k} rel_l2={rel:.2e}",
+                        plan.path
+                    );
+                }
+            }
+        }
+    }
+    // Without a g_idx the act-order path is an error, not a wrong answer.
+    let plain = quantized(QuantScheme::int4_sym(128), 64, 256, 3);
+    assert!(Int4ActOrderWeight::from_quant(&dev, &plain).is_err());
+}
+
+/// Every non-INT4 format and INT4 act-order through the prepared entry
+/// points, recorded in one CUDA graph in global capture mode (any
+/// allocation, module load or synchronisation fails the capture), replayed
+/// twice on poisoned outputs.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn prepared_formats_record_in_a_cuda_graph() {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    let dev = device();
+    let seed = fresh_seed();
+    let (n, k) = (192, 1024);
+    let ms = [1usize, 17, 64];
+    let max_m = 64;
+    let a_host = random_activations(max_m, k, seed ^ 11);
+    let a = dev.upload("A", &a_host).expect("A");
+    let schemes = [
+        ("mxfp4", QuantScheme::mxfp4()),
+        ("int8", QuantScheme::int8_per_channel()),
+        ("fp8", QuantScheme::fp8_e4m3_per_channel()),
+        ("int3g128z", QuantScheme::int3_asym(128)),
+        ("int2g64z", QuantScheme::int2_asym(64)),
+    ];
+    let tensors: Vec<(&str, QuantTensor)> = schemes
+        .iter()
+        .enumerate()
+        .map(|(i, (name, s))| (*name, quantized(*s, n, k, seed + i as u64)))
+        .collect();
+    let weights: Vec<WxWeight> = tensors
+        .iter()
+        .map(|(_, q)| WxWeight::from_quant(&dev, q).expect("upload"))
+        .collect();
+    let act_q = act_order_int4(QuantScheme::int4_asym(128), n, k, 128, seed ^ 3);
+    let act_w = Int4ActOrderWeight::from_quant(&dev, &act_q).expect("act-order upload");
+    let calls = (weights.len() + 1) * ms.len();
+    let c_len = calls * max_m * n;
+    let mut c = dev.alloc_zeros::<f16>("C", c_len).expect("C");
+    let mut gathered = dev
+        .alloc_zeros::<f16>("gathered A", max_m * k)
+        .expect("scratch");
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    let opts = GemmOptions::default();
+    {
+        let mut c_view = c.slice_mut(0..n);
+        let err = wx_gemm_prepared(
+            &dev,
+            &a.as_view(),
+            1,
+            &weights[0],
+            &mut c_view,
+            &mut ws,
+            opts,
+        )
+        .expect_err("an unprepared weight must be an error");
+        println!("PASS unprepared: {err}");
+    }
+    for &m in &ms {
+        for w in &weights {
+            ws.prepare_wx(&dev, w, m, opts).expect("prepare");
+        }
+        prepare_act_order(&dev, &mut ws, &act_w, m, opts).expect("prepare act-order");
+    }
+    dev.synchronize().expect("sync");
+    let stream = dev.stream().clone();
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL)
+        .expect("begin capture");
+    let mut recorded = Ok(());
+    'record: for (mi, &m) in ms.iter().enumerate() {
+        let a_view = a.slice(0..m * k);
+        for (wi, w) in weights.iter().enumerate() {
+            let at = (mi * (weights.len() + 1) + wi) * max_m * n;
+            let mut c_view = c.slice_mut(at..at + m * n);
+            if let Err(e) = wx_gemm_prepared(&dev, &a_view, m, w, &mut c_view, &mut ws, opts) {
+                recorded = Err(e);
+                break 'record;
+            }
+        }
+        let at = (mi * (weights.len() + 1) + weights.len()) * max_m * n;
+        let mut c_view = c.slice_mut(at..at + m * n);
+        let mut g_view = gathered.slice_mut(0..m * k);
+        if let Err(e) = int4_act_order_gemm_prepared(
+            &dev,
+            &a_view,
+            m,
+            &act_w,
+            &mut c_view,
+            &mut ws,
+            &mut g_view,
+            opts,
+        ) {
+            recorded = Err(e);
+            break 'record;
+        }
+    }
+    let graph = stream
+        .end_capture(CUgraphInstantiate_flags(0))
+        .expect("end capture");
+    recorded.expect("record the GEMMs");
+    let graph = graph.expect("a graph");
+    for replay in 0..2 {
+        dev.write(&mut c, &vec![f16::NAN; c_len]).expect("poison");
+        graph.launch().expect("graph launch");
+        let got = dev.download(&c).expect("download");
+        for (mi, &m) in ms.iter().enumerate() {
+            let all = tensors
+                .iter()
+                .map(|(name, q)| (*name, q))
+                .chain(std::iter::once(("int4g128z-act", &act_q)));
+            for (wi, (name, q)) in all.enumerate() {
+                let at = (mi * (weights.len() + 1) + wi) * max_m * n;
+                let want = reference(q, &a_host, m);
+                let rel = rel_l2(&got[at..at + m * n], &want);
+                assert!(
+                    rel < REL_L2_TOL,
+                    "graph replay {replay} {name} M={m} seed={seed}: rel L2 {rel:.3e}"
+                );
+                println!("PASS graph replay {replay} {name} M={m} rel_l2={rel:.2e}");
+            }
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! [`gemm::Int4Weight`] holds it on the device and [`gemm::int4_gemm`]
 //! launches `kernels/w4a16_gemm.cu`.
 
+pub mod act_order;
 #[cfg(feature = "cuda")]
 mod device_fill;
 #[cfg(feature = "cuda")]

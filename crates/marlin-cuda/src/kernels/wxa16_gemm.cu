@@ -1,6 +1,6 @@
 // Mixed-input GEMMs for the non-INT4 formats: C (M, N) f16 = A (M, K) f16 .
-// W^T, W (N, K) in FP4 E2M1 (MXFP4 / NVFP4 scales), INT8 or FP8 E4M3 codes,
-// fp32 accumulation. The structure is that of the INT4 decode kernel
+// W^T, W (N, K) in FP4 E2M1 (MXFP4 / NVFP4 scales), INT8, FP8 E4M3, INT3 or
+// INT2 codes, fp32 accumulation. The structure is that of the INT4 decode kernel
 // (kernels/w4a16_gemm.cu, `w4a16_dec_*`): operands swapped (D = W . A^T, the
 // dequantised weights of one warp's n16 block are the m16k16 A fragment,
 // a lane's activation words the k16n8 B fragment), the block's activations
@@ -18,6 +18,21 @@
 // - FP4 (CW = 1): word j, nibble i = low element, nibble i + 4 = high one.
 // - 8-bit (CW = 2): 32-bit word 2j + (i >> 1), bytes 2*(i & 1) (low) and
 //   2*(i & 1) + 1 (high).
+// - INT2 / INT3 (LW = 2 / 3 u32 per lane, stored as planes: plane v of the
+//   warp's chunk is 32 consecutive u32, one per lane, copied with 4-byte
+//   cp.async, 128 contiguous bytes per warp instruction). Each f16 half of
+//   a word holds codes whose fields lie in the f16 mantissa (bits 0..9), so
+//   `(x & mask) | 0x6400` is 1024 + code * 2^(b*q) exactly and one
+//   fma.f16x2 by 2^(-b*q) with bias -(1024 * 2^(-b*q) + zero) gives
+//   code - zero exactly (the 1024 magic number of the INT4 kernel):
+//   INT2: register f = 4j + i in word j >> 1, field q = i of byte j & 1 of
+//   each half (bits 8*(j&1) + 2i, high element +16; odd j shifts by 8);
+//   INT3: f < 15 in word f / 5, field p = f % 5 at bits 3p (p >= 3 after a
+//   shift by 9), f = 15 has code bit b at bit 15 (+16) of word b.
+//   Scale and negated zero point (f16 | f16 << 16) per (K group, column) in
+//   `SZ`, the scale applied to fp32 group accumulators like the 8-bit
+//   formats; the words of the next WX_SZ_AHEAD groups are held in registers
+//   (a group of INT2 g64 is one chunk, shorter than a global load's latency).
 // Scales: FP4 has an f16x2 (column g, column 8 + g) per lane per chunk
 // (groups of 16 or 32 along K: one per lane's 16-run) multiplied in f16;
 // every format has fp32 column scales per K group (`S32`, (groups, n_pad))
@@ -43,6 +58,10 @@ typedef unsigned short u16;
 #define FMT_FP4 0
 #define FMT_INT8 1
 #define FMT_FP8 2
+#define FMT_INT3 3
+#define FMT_INT2 4
+// INT3 / INT2: K groups whose scale/zero words are held ahead in registers.
+#define WX_SZ_AHEAD 4
 
 __device__ __forceinline__ float wx_ld_cg_f32(const float* p) {
     float r;
@@ -52,6 +71,16 @@ __device__ __forceinline__ float wx_ld_cg_f32(const float* p) {
 __device__ __forceinline__ u32 wx_hmul2(u32 a, u32 b) {
     u32 r;
     asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+__device__ __forceinline__ u32 wx_hfma2(u32 a, u32 b, u32 c) {
+    u32 r;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+__device__ __forceinline__ u32 wx_hadd2(u32 a, u32 b) {
+    u32 r;
+    asm("add.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
     return r;
 }
 __device__ __forceinline__ u32 wx_hsub2(u32 a, u32 b) {
@@ -122,11 +151,62 @@ __device__ __forceinline__ void wx_e4m3_x4(u32 w, u32& lo_pair, u32& hi_pair) {
 #endif
 }
 
+// INT3 / INT2: f16x2 multipliers 2^(-b*q) of field q (both halves).
+template <int FMT>
+__device__ __forceinline__ u32 wx_field_mul(int q) {
+    if (FMT == FMT_INT2) return q == 0 ? 0x3C003C00u : q == 1 ? 0x34003400u : q == 2 ? 0x2C002C00u : 0x24002400u;
+    return q == 0 ? 0x3C003C00u : q == 1 ? 0x30003000u : 0x24002400u;
+}
+
+// INT3 / INT2: bias pairs zb[2q + h] = -(1024 * 2^(-b*q) + zero of column
+// half h), from the (f16 scale | f16 -zero << 16) words of columns g and
+// 8 + g: one prmt, then per field one add.f16x2 (exact: small integers) and
+// two duplications.
+template <int FMT>
+__device__ __forceinline__ void wx_zero_bias(u32 sz0, u32 sz1, u32 zb[8]) {
+    const u32 neg_zero = wx_prmt(sz0, sz1, 0x7632u);  // (-z0, -z1)
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        // dup(-1024 * 2^(-b*q)) in f16.
+        const u32 base = FMT == FMT_INT2 ? (q == 0 ? 0xE400E400u : q == 1 ? 0xDC00DC00u : q == 2 ? 0xD400D400u : 0xCC00CC00u)
+                                         : (q == 0 ? 0xE400E400u : q == 1 ? 0xD800D800u : q == 2 ? 0xCC00CC00u : 0xC000C000u);
+        const u32 t = wx_hadd2(neg_zero, base);
+        zb[2 * q] = wx_dup_lo(t);
+        zb[2 * q + 1] = wx_dup_hi(t);
+    }
+}
+
 // The 4 A-fragment registers of k16 step j from the lane's chunk codes.
 // `sc`: FP4 f16x2 scale pair (column g, column 8 + g), unused otherwise.
+// `zb`: INT3 / INT2 bias pairs (wx_zero_bias), unused otherwise.
 template <int FMT>
-__device__ __forceinline__ void wx_dequant_step(const u32* words, int j, u32 sc, u32 wa[4]) {
-    if (FMT == FMT_FP4) {
+__device__ __forceinline__ void wx_dequant_step(const u32* words, int j, u32 sc, const u32* zb, u32 wa[4]) {
+    if (FMT == FMT_INT2) {
+        const u32 x = (j & 1) ? (words[j >> 1] >> 8) : words[j >> 1];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const u32 v = (x & (0x00030003u << (2 * i))) | 0x64006400u;
+            wa[i] = wx_hfma2(v, wx_field_mul<FMT>(i), zb[2 * i + (i & 1)]);
+        }
+    } else if (FMT == FMT_INT3) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int f = 4 * j + i;
+            u32 v;
+            int q;
+            if (f == 15) {
+                v = ((words[0] >> 15) & 0x00010001u) | ((words[1] >> 14) & 0x00020002u) |
+                    ((words[2] >> 13) & 0x00040004u) | 0x64006400u;
+                q = 0;
+            } else {
+                const int p = f % 5;
+                const u32 w = p >= 3 ? (words[f / 5] >> 9) : words[f / 5];
+                q = p >= 3 ? p - 3 : p;
+                v = (w & (0x00070007u << (3 * q))) | 0x64006400u;
+            }
+            wa[i] = wx_hfma2(v, wx_field_mul<FMT>(q), zb[2 * q + (i & 1)]);
+        }
+    } else if (FMT == FMT_FP4) {
         const u32 q = words[j];
         const u32 s0 = wx_dup_lo(sc), s1 = wx_dup_hi(sc);
         wa[0] = wx_hmul2(wx_e2m1_pair(q << 12), s0);
@@ -147,16 +227,24 @@ __device__ __forceinline__ void wx_dequant_step(const u32* words, int j, u32 sc,
     }
 }
 
-// Code vectors (16 B) per lane per chunk.
+// Code vectors (16 B) per lane per chunk (FP4 / 8-bit), u32 planes per
+// lane per chunk (INT3 / INT2), u32 code words per lane per chunk.
 template <int FMT>
 struct WxCw {
+    static constexpr bool low = FMT == FMT_INT3 || FMT == FMT_INT2;
     static constexpr int value = FMT == FMT_FP4 ? 1 : 2;
+    static constexpr int planes = FMT == FMT_INT3 ? 3 : 2;
+    static constexpr int words = low ? planes : 4 * value;
 };
 
-template <int FMT, int STAGES>
+template <int FMT, int STAGES, bool LOW = WxCw<FMT>::low>
 struct WxRing {
     uint4 w[STAGES][WxCw<FMT>::value][32];
     u32 s[STAGES][32];  // FP4 f16x2 scales (unused otherwise)
+};
+template <int FMT, int STAGES>
+struct WxRing<FMT, STAGES, true> {
+    u32 w[STAGES][WxCw<FMT>::planes][32];
 };
 
 // Dynamic shared memory (keep in sync with `smem_bytes` in
@@ -166,10 +254,13 @@ struct WxRing {
 template <int FMT, int RH, int STAGES>
 __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* __restrict__ W,
                                         const u32* __restrict__ S16, const float* __restrict__ S32,
-                                        u16* __restrict__ C, float* __restrict__ partials,
-                                        u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,
-                                        int group_chunks, int splits) {
+                                        const u32* __restrict__ SZ, u16* __restrict__ C,
+                                        float* __restrict__ partials, u32* __restrict__ tickets, int M, int N,
+                                        int K, int n_pad, int k_chunks, int group_chunks, int splits) {
+    constexpr bool LOW = WxCw<FMT>::low;
     constexpr int CW = WxCw<FMT>::value;
+    constexpr int PL = WxCw<FMT>::planes;
+    constexpr int LW = WxCw<FMT>::words;
     extern __shared__ uint4 wx_dyn_smem[];
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -214,9 +305,12 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
         wx_commit();
     }
 
-    // Lane's codes of chunk c: W[((tile*k_chunks + c)*4 + warp)*CW*32 + v*32 + lane].
-    const size_t lane_base = ((size_t)blockIdx.y * k_chunks * 4 + warp) * CW * 32 + lane;
-    const uint4* wp = W + lane_base + (size_t)c_begin * 4 * CW * 32;
+    // Lane's codes of chunk c: FP4 / 8-bit W[((tile*k_chunks + c)*4 + warp)*CW*32 + v*32 + lane]
+    // (16-byte vectors); INT3 / INT2 W32[((tile*k_chunks + c)*4 + warp)*PL*32 + v*32 + lane].
+    constexpr int CHUNK_STEP = LOW ? 4 * PL * 32 : 4 * CW * 32;  // in vectors / u32
+    const size_t lane_base = ((size_t)blockIdx.y * k_chunks * 4 + warp) * (LOW ? PL : CW) * 32 + lane;
+    const uint4* wp = W + lane_base + (size_t)c_begin * CHUNK_STEP;
+    const u32* wpl = reinterpret_cast<const u32*>(W) + lane_base + (size_t)c_begin * CHUNK_STEP;
     // FP4 scale of chunk c: S16[((tile*k_chunks + c)*4 + warp)*32 + lane].
     const u32* sp = FMT == FMT_FP4 ? S16 + ((size_t)blockIdx.y * k_chunks * 4 + warp) * 32 + lane +
                                          (size_t)c_begin * 128
@@ -224,24 +318,53 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
 #pragma unroll
     for (int st = 0; st < STAGES; st++) {
         if (st < n_my) {
+            if constexpr (LOW) {
 #pragma unroll
-            for (int v = 0; v < CW; v++) wx_cp16_cg(&ring.w[st][v][lane], wp + v * 32);
-            if (FMT == FMT_FP4) wx_cp4(&ring.s[st][lane], sp);
-            wp += 4 * CW * 32;
-            if (FMT == FMT_FP4) sp += 128;
+                for (int v = 0; v < PL; v++) wx_cp4(&ring.w[st][v][lane], wpl + v * 32);
+                wpl += CHUNK_STEP;
+            } else {
+#pragma unroll
+                for (int v = 0; v < CW; v++) wx_cp16_cg(&ring.w[st][v][lane], wp + v * 32);
+                if (FMT == FMT_FP4) wx_cp4(&ring.s[st][lane], sp);
+                wp += CHUNK_STEP;
+                if (FMT == FMT_FP4) sp += 128;
+            }
         }
         wx_commit();
     }
     wx_wait<STAGES>();
     __syncthreads();
 
-    // fp32 column scales of the current K group (columns nb*16 + g, + 8),
-    // loaded one group ahead of their use.
+    // Column scales of the current K group (columns nb*16 + g, + 8). 8-bit /
+    // FP4: fp32, loaded one group ahead of their use (at the fold). INT3 /
+    // INT2: (f16 scale | f16 -zero << 16) words; the zero is needed from the
+    // group's first chunk, so the next WX_SZ_AHEAD groups' words are
+    // prefetched into registers (pf0 / pf1, shifted at every group end).
     int group = c_begin / group_chunks;
+    const int groups = (k_chunks + group_chunks - 1) / group_chunks;
     int left_in_group = group_chunks - (c_begin - group * group_chunks);
     const float* s32_col = S32 + (size_t)nb * 16 + g;
-    float gs0 = s32_col[(size_t)group * n_pad];
-    float gs1 = s32_col[(size_t)group * n_pad + 8];
+    const u32* sz_col = SZ + (size_t)nb * 16 + g;
+    float gs0, gs1;
+    u32 zb[8];
+    u32 pf0[WX_SZ_AHEAD], pf1[WX_SZ_AHEAD];
+    if constexpr (LOW) {
+        const u32 sz0 = sz_col[(size_t)group * n_pad], sz1 = sz_col[(size_t)group * n_pad + 8];
+#pragma unroll
+        for (int i = 0; i < WX_SZ_AHEAD; i++) {
+            const bool in = group + 1 + i < groups;
+            pf0[i] = in ? sz_col[(size_t)(group + 1 + i) * n_pad] : 0u;
+            pf1[i] = in ? sz_col[(size_t)(group + 1 + i) * n_pad + 8] : 0u;
+        }
+        gs0 = wx_f16_to_f32((u16)(sz0 & 0xFFFFu));
+        gs1 = wx_f16_to_f32((u16)(sz1 & 0xFFFFu));
+        wx_zero_bias<FMT>(sz0, sz1, zb);
+    } else {
+        gs0 = s32_col[(size_t)group * n_pad];
+        gs1 = s32_col[(size_t)group * n_pad + 8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) zb[i] = 0u;
+    }
 
     float acc[RH][4], acc_g[RH][4], acc_odd[RH][4];
 #pragma unroll
@@ -258,16 +381,22 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
             const int it = base + s;
             if (it < n_my) {
                 wx_wait<STAGES - 1>();
-                u32 words[4 * CW];
+                u32 words[LW];
+                if constexpr (LOW) {
 #pragma unroll
-                for (int v = 0; v < CW; v++) {
-                    const uint4 q = ring.w[s][v][lane];
-                    words[4 * v] = q.x;
-                    words[4 * v + 1] = q.y;
-                    words[4 * v + 2] = q.z;
-                    words[4 * v + 3] = q.w;
+                    for (int v = 0; v < PL; v++) words[v] = ring.w[s][v][lane];
+                } else {
+#pragma unroll
+                    for (int v = 0; v < CW; v++) {
+                        const uint4 q = ring.w[s][v][lane];
+                        words[4 * v] = q.x;
+                        words[4 * v + 1] = q.y;
+                        words[4 * v + 2] = q.z;
+                        words[4 * v + 3] = q.w;
+                    }
                 }
-                const u32 sc = FMT == FMT_FP4 ? ring.s[s][lane] : 0u;
+                u32 sc = 0u;
+                if constexpr (FMT == FMT_FP4) sc = ring.s[s][lane];
                 u32 act[RH][8];
 #pragma unroll
                 for (int r = 0; r < RH; r++) {
@@ -280,7 +409,7 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
                     u32 wa[4];
-                    wx_dequant_step<FMT>(words, j, sc, wa);
+                    wx_dequant_step<FMT>(words, j, sc, zb, wa);
 #pragma unroll
                     for (int r = 0; r < RH; r++) {
                         const u32 bb[2] = {act[r][2 * j], act[r][2 * j + 1]};
@@ -291,11 +420,17 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
                     }
                 }
                 if (it + STAGES < n_my) {
+                    if constexpr (LOW) {
 #pragma unroll
-                    for (int v = 0; v < CW; v++) wx_cp16_cg(&ring.w[s][v][lane], wp + v * 32);
-                    if (FMT == FMT_FP4) wx_cp4(&ring.s[s][lane], sp);
-                    wp += 4 * CW * 32;
-                    if (FMT == FMT_FP4) sp += 128;
+                        for (int v = 0; v < PL; v++) wx_cp4(&ring.w[s][v][lane], wpl + v * 32);
+                        wpl += CHUNK_STEP;
+                    } else {
+#pragma unroll
+                        for (int v = 0; v < CW; v++) wx_cp16_cg(&ring.w[s][v][lane], wp + v * 32);
+                        if (FMT == FMT_FP4) wx_cp4(&ring.s[s][lane], sp);
+                        wp += CHUNK_STEP;
+                        if (FMT == FMT_FP4) sp += 128;
+                    }
                 }
                 wx_commit();
                 // End of a K group (or of this split): scale and fold.
@@ -311,8 +446,22 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
                     group++;
                     left_in_group = group_chunks;
                     if (it != n_my - 1) {
-                        gs0 = s32_col[(size_t)group * n_pad];
-                        gs1 = s32_col[(size_t)group * n_pad + 8];
+                        if constexpr (LOW) {
+                            gs0 = wx_f16_to_f32((u16)(pf0[0] & 0xFFFFu));
+                            gs1 = wx_f16_to_f32((u16)(pf1[0] & 0xFFFFu));
+                            wx_zero_bias<FMT>(pf0[0], pf1[0], zb);
+#pragma unroll
+                            for (int i = 0; i + 1 < WX_SZ_AHEAD; i++) {
+                                pf0[i] = pf0[i + 1];
+                                pf1[i] = pf1[i + 1];
+                            }
+                            const bool in = group + WX_SZ_AHEAD < groups;
+                            pf0[WX_SZ_AHEAD - 1] = in ? sz_col[(size_t)(group + WX_SZ_AHEAD) * n_pad] : 0u;
+                            pf1[WX_SZ_AHEAD - 1] = in ? sz_col[(size_t)(group + WX_SZ_AHEAD) * n_pad + 8] : 0u;
+                        } else {
+                            gs0 = s32_col[(size_t)group * n_pad];
+                            gs1 = s32_col[(size_t)group * n_pad + 8];
+                        }
                     }
                 }
             }
@@ -376,10 +525,10 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
 #define WX_ENTRY(NAME, FMT, RH, STAGES)                                                            \
     extern "C" __global__ void __launch_bounds__(128) NAME(                                         \
         const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S16,        \
-        const float* __restrict__ S32, u16* __restrict__ C, float* __restrict__ partials,           \
-        u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks, int group_chunks,  \
-        int splits) {                                                                               \
-        wx_body<FMT, RH, STAGES>(A, W, S16, S32, C, partials, tickets, M, N, K, n_pad, k_chunks,    \
+        const float* __restrict__ S32, const u32* __restrict__ SZ, u16* __restrict__ C,             \
+        float* __restrict__ partials, u32* __restrict__ tickets, int M, int N, int K, int n_pad,    \
+        int k_chunks, int group_chunks, int splits) {                                               \
+        wx_body<FMT, RH, STAGES>(A, W, S16, S32, SZ, C, partials, tickets, M, N, K, n_pad, k_chunks, \
                                  group_chunks, splits);                                             \
     }
 
@@ -390,14 +539,22 @@ WX_ENTRY(wx_int8_m8, FMT_INT8, 1, 8)
 WX_ENTRY(wx_int8_m16, FMT_INT8, 2, 8)
 WX_ENTRY(wx_fp8_m8, FMT_FP8, 1, 8)
 WX_ENTRY(wx_fp8_m16, FMT_FP8, 2, 8)
+WX_ENTRY(wx_int3_m8, FMT_INT3, 1, 8)
+WX_ENTRY(wx_int3_m16, FMT_INT3, 2, 8)
+WX_ENTRY(wx_int2_m8, FMT_INT2, 1, 8)
+WX_ENTRY(wx_int2_m16, FMT_INT2, 2, 8)
 
 // Dequantize to a dense f16 (N, K) matrix (the large-M path: then a cuBLAS
 // fp16 GEMM). One thread per (tile, chunk, warp, lane): its 32 values.
 template <int FMT>
 __device__ __forceinline__ void wx_dequant_body(const uint4* __restrict__ W, const u32* __restrict__ S16,
-                                                const float* __restrict__ S32, u16* __restrict__ out, int N, int K,
-                                                int n_pad, int k_chunks, int group_chunks) {
+                                                const float* __restrict__ S32, const u32* __restrict__ SZ,
+                                                u16* __restrict__ out, int N, int K, int n_pad, int k_chunks,
+                                                int group_chunks) {
+    constexpr bool LOW = WxCw<FMT>::low;
     constexpr int CW = WxCw<FMT>::value;
+    constexpr int PL = WxCw<FMT>::planes;
+    constexpr int LW = WxCw<FMT>::words;
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const int nb_count = n_pad >> 4;
     if (idx >= (long long)nb_count * k_chunks * 32) return;
@@ -407,21 +564,39 @@ __device__ __forceinline__ void wx_dequant_body(const uint4* __restrict__ W, con
     const int warp = (int)((idx >> 5) & 3);
     const int nb = (int)(tc / k_chunks) * 4 + warp;
     const int g = lane >> 2, t = lane & 3;
-    u32 words[4 * CW];
-    const uint4* wp = W + (size_t)(idx >> 5) * CW * 32 + lane;
+    u32 words[LW];
+    if constexpr (LOW) {
+        const u32* wp = reinterpret_cast<const u32*>(W) + (size_t)(idx >> 5) * PL * 32 + lane;
 #pragma unroll
-    for (int v = 0; v < CW; v++) {
-        const uint4 q = wp[v * 32];
-        words[4 * v] = q.x;
-        words[4 * v + 1] = q.y;
-        words[4 * v + 2] = q.z;
-        words[4 * v + 3] = q.w;
+        for (int v = 0; v < PL; v++) words[v] = wp[v * 32];
+    } else {
+        const uint4* wp = W + (size_t)(idx >> 5) * CW * 32 + lane;
+#pragma unroll
+        for (int v = 0; v < CW; v++) {
+            const uint4 q = wp[v * 32];
+            words[4 * v] = q.x;
+            words[4 * v + 1] = q.y;
+            words[4 * v + 2] = q.z;
+            words[4 * v + 3] = q.w;
+        }
     }
     const u32 sc = FMT == FMT_FP4 ? S16[idx] : 0u;
     const int group = c / group_chunks;
-    const float unit = FMT == FMT_FP8 ? WX_FP8_UNIT : 1.0f;
-    const float cs[2] = {S32[(size_t)group * n_pad + nb * 16 + g] * unit,
-                         S32[(size_t)group * n_pad + nb * 16 + 8 + g] * unit};
+    float cs[2];
+    u32 zb[8];
+    if constexpr (LOW) {
+        const u32 sz0 = SZ[(size_t)group * n_pad + nb * 16 + g];
+        const u32 sz1 = SZ[(size_t)group * n_pad + nb * 16 + 8 + g];
+        cs[0] = wx_f16_to_f32((u16)(sz0 & 0xFFFFu));
+        cs[1] = wx_f16_to_f32((u16)(sz1 & 0xFFFFu));
+        wx_zero_bias<FMT>(sz0, sz1, zb);
+    } else {
+        const float unit = FMT == FMT_FP8 ? WX_FP8_UNIT : 1.0f;
+        cs[0] = S32[(size_t)group * n_pad + nb * 16 + g] * unit;
+        cs[1] = S32[(size_t)group * n_pad + nb * 16 + 8 + g] * unit;
+#pragma unroll
+        for (int i = 0; i < 8; i++) zb[i] = 0u;
+    }
     const int k0 = c * 64 + 16 * t;
     // vals[h][2j + q]: f16x2 of column half h at k = k0 + 4j + 2q + {0, 1}
     // (fragment register i = h + 2q), scaled in fp32.
@@ -429,7 +604,7 @@ __device__ __forceinline__ void wx_dequant_body(const uint4* __restrict__ W, con
 #pragma unroll
     for (int j = 0; j < 4; j++) {
         u32 wa[4];
-        wx_dequant_step<FMT>(words, j, sc, wa);
+        wx_dequant_step<FMT>(words, j, sc, zb, wa);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int h = i & 1;
@@ -460,10 +635,13 @@ __device__ __forceinline__ void wx_dequant_body(const uint4* __restrict__ W, con
 #define WX_DEQUANT_ENTRY(NAME, FMT)                                                                  \
     extern "C" __global__ void __launch_bounds__(256)                                               \
         NAME(const uint4* __restrict__ W, const u32* __restrict__ S16, const float* __restrict__ S32, \
-             u16* __restrict__ out, int N, int K, int n_pad, int k_chunks, int group_chunks) {       \
-        wx_dequant_body<FMT>(W, S16, S32, out, N, K, n_pad, k_chunks, group_chunks);                \
+             const u32* __restrict__ SZ, u16* __restrict__ out, int N, int K, int n_pad, int k_chunks, \
+             int group_chunks) {                                                                    \
+        wx_dequant_body<FMT>(W, S16, S32, SZ, out, N, K, n_pad, k_chunks, group_chunks);            \
     }
 
 WX_DEQUANT_ENTRY(wx_fp4_dequant_f16, FMT_FP4)
 WX_DEQUANT_ENTRY(wx_int8_dequant_f16, FMT_INT8)
 WX_DEQUANT_ENTRY(wx_fp8_dequant_f16, FMT_FP8)
+WX_DEQUANT_ENTRY(wx_int3_dequant_f16, FMT_INT3)
+WX_DEQUANT_ENTRY(wx_int2_dequant_f16, FMT_INT2)

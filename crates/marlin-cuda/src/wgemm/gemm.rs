@@ -1,10 +1,16 @@
-//! Device side of the FP4 / INT8 / FP8 GEMMs: weights uploaded once, the
-//! checked launch of `kernels/wxa16_gemm.cu`, and the dequantize + cuBLAS
-//! path chosen by [`auto_fused`] (M >= 64). Shares [`GemmWorkspace`] with INT4.
+//! Device side of the FP4 / INT8 / FP8 / INT3 / INT2 GEMMs: weights
+//! uploaded once, the checked launch of `kernels/wxa16_gemm.cu`, and the
+//! dequantize + cuBLAS path chosen by [`auto_fused`] (M >= 64). Shares
+//! [`GemmWorkspace`] with INT4.
+//!
+//! Capture-safe use (CUDA graphs), as INT4's `int4_gemm_prepared`: call
+//! [`GemmWorkspace::prepare_wx`] for every (weight, M, options) before the
+//! capture, then [`wx_gemm_prepared`] inside it.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use half::f16;
 use marlin_quant::QuantTensor;
 
@@ -28,7 +34,13 @@ const MIN_CHUNKS_PER_SPLIT: usize = 4;
 /// Default split-K factor (as the INT4 decode kernel, docs/CUDA.md).
 const SPLITS: usize = 8;
 
-/// An FP4 / INT8 / FP8 weight resident on the device in the kernel layout.
+/// `WxWeight::prepared` bits: which kernels `prepare_wx` loaded.
+const PREPARED_M8: u8 = 1;
+const PREPARED_M16: u8 = 2;
+const PREPARED_DEQUANT: u8 = 4;
+
+/// A weight of one of the `wgemm` formats resident on the device in the
+/// kernel layout.
 pub struct WxWeight {
     pub format: WxFormat,
     pub n: usize,
@@ -37,9 +49,12 @@ pub struct WxWeight {
     k_chunks: usize,
     group_chunks: usize,
     weight_bytes: usize,
-    words: CudaSlice<u32>,    // (n_pad/64, k_chunks, 4, CW, 32) x 4
-    scales16: CudaSlice<u32>, // FP4: (n_pad/64, k_chunks, 4, 32) f16x2; else 1 unused
-    scales32: CudaSlice<f32>, // (groups, n_pad)
+    words: CudaSlice<u32>,      // see WxPacked::words
+    scales16: CudaSlice<u32>,   // FP4: (n_pad/64, k_chunks, 4, 32) f16x2; else 1 unused
+    scales32: CudaSlice<f32>,   // FP4 / 8-bit: (groups, n_pad); else 1 unused
+    scale_zero: CudaSlice<u32>, // INT3 / INT2: (groups, n_pad); else 1 unused
+    /// Kernels loaded by `GemmWorkspace::prepare_wx` for this weight.
+    prepared: AtomicU8,
 }
 
 impl WxWeight {
@@ -57,6 +72,16 @@ impl WxWeight {
         } else {
             dev.upload("FP4 weight scales", &p.scales16)?
         };
+        let scales32 = if p.scales32.is_empty() {
+            dev.alloc_zeros("unused column scales", 1)?
+        } else {
+            dev.upload("weight column scales", &p.scales32)?
+        };
+        let scale_zero = if p.scale_zero.is_empty() {
+            dev.alloc_zeros("unused scales and zeros", 1)?
+        } else {
+            dev.upload("weight scales and zero points", &p.scale_zero)?
+        };
         Ok(Self {
             format: p.format,
             n: p.n,
@@ -67,7 +92,9 @@ impl WxWeight {
             weight_bytes: p.weight_bytes(),
             words: dev.upload("weight codes", &p.words)?,
             scales16,
-            scales32: dev.upload("weight column scales", &p.scales32)?,
+            scales32,
+            scale_zero,
+            prepared: AtomicU8::new(0),
         })
     }
 
@@ -86,11 +113,17 @@ fn token_tiles(m: usize) -> usize {
     }
 }
 
-/// Dynamic shared memory: 4 warps' rings (per stage and lane CW x 16 B codes
-/// and a 4 B FP4 scale) and the activation tile (min(M, 8*RH) rows plus a
-/// zero row when a block has fewer; ceil(k_chunks/splits)*64 + 8 halves).
+/// Dynamic shared memory: 4 warps' rings (per stage and lane: FP4 / 8-bit
+/// 16 B code vectors and a 4 B FP4 scale slot; INT3 / INT2 one u32 per code
+/// plane) and the activation tile (min(M, 8*RH) rows plus a zero row when a
+/// block has fewer; ceil(k_chunks/splits)*64 + 8 halves).
 pub fn smem_bytes(format: WxFormat, m: usize, k_chunks: usize, splits: usize) -> usize {
-    let rings = 4 * STAGES * 32 * (16 * format.code_vectors() + 4);
+    let per_lane_stage = if format.is_low_bit() {
+        4 * format.lane_words()
+    } else {
+        4 * format.lane_words() + 4
+    };
+    let rings = 4 * STAGES * 32 * per_lane_stage;
     let a_stride = k_chunks.div_ceil(splits.max(1)) * 64 + 8;
     let rows_per_block = 8 * token_tiles(m);
     let rows = m.min(rows_per_block);
@@ -125,6 +158,10 @@ pub fn plan(m: usize, w: &WxWeight, splits: Option<usize>) -> Result<GemmPlan> {
         (WxFormat::Int8, _) => "wx_int8_m16",
         (WxFormat::Fp8, 1) => "wx_fp8_m8",
         (WxFormat::Fp8, _) => "wx_fp8_m16",
+        (WxFormat::Int3, 1) => "wx_int3_m8",
+        (WxFormat::Int3, _) => "wx_int3_m16",
+        (WxFormat::Int2, 1) => "wx_int2_m8",
+        (WxFormat::Int2, _) => "wx_int2_m16",
     };
     Ok(GemmPlan {
         path: GemmPath::Fused,
@@ -136,19 +173,46 @@ pub fn plan(m: usize, w: &WxWeight, splits: Option<usize>) -> Result<GemmPlan> {
     })
 }
 
-/// C (M, N) f16 = A (M, K) f16 . W^T, both row-major. `GemmPath::Auto`: the
-/// fused kernel or dequantize + cuBLAS by [`auto_fused`]
-/// (`FusedGeneral` means `Fused` here). Allocates the split-K / dense
-/// scratch at first use.
-pub fn wx_gemm(
-    dev: &Arc<CudaDevice>,
-    a: &CudaSlice<f16>,
-    m: usize,
-    w: &WxWeight,
-    c: &mut CudaSlice<f16>,
-    ws: &mut GemmWorkspace,
-    opts: GemmOptions,
-) -> Result<GemmPlan> {
+fn dequant_kernel(format: WxFormat) -> &'static str {
+    match format {
+        WxFormat::Fp4 => "wx_fp4_dequant_f16",
+        WxFormat::Int8 => "wx_int8_dequant_f16",
+        WxFormat::Fp8 => "wx_fp8_dequant_f16",
+        WxFormat::Int3 => "wx_int3_dequant_f16",
+        WxFormat::Int2 => "wx_int2_dequant_f16",
+    }
+}
+
+fn dequant_plan() -> GemmPlan {
+    GemmPlan {
+        path: GemmPath::DequantCublas,
+        kernel: "dequant+cublas",
+        m_tiles: 0,
+        m_blocks: 0,
+        n_tiles: 0,
+        splits: 1,
+    }
+}
+
+/// Whether a call of `m` rows with `opts` takes dequantize + cuBLAS.
+fn uses_dequant(m: usize, w: &WxWeight, opts: GemmOptions) -> bool {
+    match opts.path {
+        GemmPath::Auto => !auto_fused(m, w.n, w.k),
+        GemmPath::DequantCublas => true,
+        // Fused, FusedGeneral and INT4-only kernel choices (wgmma): the one
+        // fused kernel of these formats.
+        _ => false,
+    }
+}
+
+/// The largest tile's shared memory (16 rows + the zero row, the longest
+/// split): the dynamic shared memory attribute of every fused kernel.
+fn max_smem(format: WxFormat) -> Result<u32> {
+    u32::try_from(smem_bytes(format, 17, MAX_CHUNKS_PER_SPLIT, 1))
+        .map_err(|_| CudaError::Shape("shared memory".into()))
+}
+
+fn check_operands(m: usize, w: &WxWeight, a_len: usize, c_len: usize) -> Result<()> {
     if m == 0 {
         return Err(CudaError::Shape("GEMM with M = 0 rows".into()));
     }
@@ -158,25 +222,132 @@ pub fn wx_gemm(
     let need_c = m
         .checked_mul(w.n)
         .ok_or_else(|| CudaError::Shape("M*N overflows".into()))?;
-    if a.len() < need_a || c.len() < need_c {
+    if a_len < need_a || c_len < need_c {
         return Err(CudaError::Shape(format!(
-            "{} GEMM M={m} N={} K={}: A has {} elements (needs {need_a}), C has {} (needs {need_c})",
+            "{} GEMM M={m} N={} K={}: A has {a_len} elements (needs {need_a}), C has {c_len} (needs {need_c})",
             w.format.name(),
             w.n,
             w.k,
-            a.len(),
-            c.len()
         )));
     }
-    let use_dequant = match opts.path {
-        GemmPath::Auto => !auto_fused(m, w.n, w.k),
-        GemmPath::Fused | GemmPath::FusedGeneral => false,
-        GemmPath::DequantCublas => true,
-    };
-    if use_dequant {
-        return dequant_cublas(dev, a, m, w, c, ws);
+    Ok(())
+}
+
+impl GemmWorkspace {
+    /// Make a later [`wx_gemm_prepared`] call of `m` rows with weight `w`
+    /// and `opts` allocation- and synchronisation-free (the `wgemm` twin of
+    /// [`GemmWorkspace::prepare`]): compiles and loads its kernel, sizes the
+    /// split-K scratch (and the dense f16 scratch and cuBLAS handle of the
+    /// dequantize + cuBLAS path). Returns the plan that call will use.
+    pub fn prepare_wx(
+        &mut self,
+        dev: &Arc<CudaDevice>,
+        w: &WxWeight,
+        m: usize,
+        opts: GemmOptions,
+    ) -> Result<GemmPlan> {
+        if m == 0 {
+            return Err(CudaError::Shape("GEMM with M = 0 rows".into()));
+        }
+        if uses_dequant(m, w, opts) {
+            let elems = w.n * w.k;
+            if self.dense.as_ref().is_none_or(|d| d.len() < elems) {
+                self.dense = None;
+                self.dense = Some(dev.alloc_zeros("f16 dequantized weight scratch", elems)?);
+            }
+            dev.function(MODULE, SOURCE, dequant_kernel(w.format), 0)?;
+            dev.with_blas(|_| Ok(()))?;
+            w.prepared.fetch_or(PREPARED_DEQUANT, Ordering::Relaxed);
+            return Ok(dequant_plan());
+        }
+        let p = plan(m, w, opts.splits)?;
+        if p.splits > 1 {
+            let partials = p
+                .splits
+                .checked_mul(m)
+                .and_then(|v| v.checked_mul(w.n_pad))
+                .ok_or_else(|| CudaError::Shape("split-K partials overflow".into()))?;
+            self.reserve(dev, partials, p.n_tiles * p.m_blocks)?;
+        }
+        dev.function(MODULE, SOURCE, p.kernel, max_smem(w.format)?)?;
+        let bit = if token_tiles(m) == 1 {
+            PREPARED_M8
+        } else {
+            PREPARED_M16
+        };
+        w.prepared.fetch_or(bit, Ordering::Relaxed);
+        Ok(p)
+    }
+}
+
+fn check_prepared(w: &WxWeight, bit: u8, what: &str) -> Result<()> {
+    if w.prepared.load(Ordering::Relaxed) & bit == 0 {
+        return Err(CudaError::Unsupported(format!(
+            "wx_gemm_prepared: {what} of this {} weight was not loaded by GemmWorkspace::prepare_wx",
+            w.format.name()
+        )));
+    }
+    Ok(())
+}
+
+/// C (M, N) f16 = A (M, K) f16 . W^T, both row-major. `GemmPath::Auto`: the
+/// fused kernel or dequantize + cuBLAS by [`auto_fused`]
+/// (`FusedGeneral` means `Fused` here). Allocates the split-K / dense
+/// scratch at first use (prepare + [`wx_gemm_prepared`]).
+pub fn wx_gemm(
+    dev: &Arc<CudaDevice>,
+    a: &CudaSlice<f16>,
+    m: usize,
+    w: &WxWeight,
+    c: &mut CudaSlice<f16>,
+    ws: &mut GemmWorkspace,
+    opts: GemmOptions,
+) -> Result<GemmPlan> {
+    check_operands(m, w, a.len(), c.len())?;
+    ws.prepare_wx(dev, w, m, opts)?;
+    wx_gemm_prepared(dev, &a.as_view(), m, w, &mut c.as_view_mut(), ws, opts)
+}
+
+/// The capture-safe entry point: the same product on views of f16 device
+/// buffers (A >= M*K, C >= M*N elements, row-major), with a workspace that
+/// [`GemmWorkspace::prepare_wx`] made ready for this (weight, M, opts). It
+/// enqueues one kernel launch (dequantize + cuBLAS path: the dequant kernel
+/// and one cublasGemmEx) on the device's stream and nothing else: no
+/// allocation, no module load, no host synchronisation. An unprepared
+/// workspace or weight is an error, not an allocation.
+pub fn wx_gemm_prepared(
+    dev: &Arc<CudaDevice>,
+    a: &CudaView<'_, f16>,
+    m: usize,
+    w: &WxWeight,
+    c: &mut CudaViewMut<'_, f16>,
+    ws: &mut GemmWorkspace,
+    opts: GemmOptions,
+) -> Result<GemmPlan> {
+    check_operands(m, w, a.len(), c.len())?;
+    if uses_dequant(m, w, opts) {
+        check_prepared(w, PREPARED_DEQUANT, "the dequantize kernel")?;
+        let elems = w.n * w.k;
+        let dense = match ws.dense.as_mut() {
+            Some(d) if d.len() >= elems => d,
+            _ => {
+                return Err(CudaError::Shape(format!(
+                    "dense scratch for a {}x{} weight missing: call GemmWorkspace::prepare_wx",
+                    w.n, w.k
+                )))
+            }
+        };
+        wx_dequantize_to_f16(dev, w, dense)?;
+        gemm_dense_f16_weight(dev, dense, a, c, (m, w.n, w.k))?;
+        return Ok(dequant_plan());
     }
     let p = plan(m, w, opts.splits)?;
+    let bit = if token_tiles(m) == 1 {
+        PREPARED_M8
+    } else {
+        PREPARED_M16
+    };
+    check_prepared(w, bit, p.kernel)?;
     let to_i32 = |v: usize, what: &str| {
         i32::try_from(v).map_err(|_| CudaError::Shape(format!("{what} = {v} exceeds i32")))
     };
@@ -190,18 +361,16 @@ pub fn wx_gemm(
             "grid {grid:?} exceeds CUDA limits"
         )));
     }
-    if p.splits > 1 {
-        ws.reserve(dev, p.splits * m * w.n_pad, p.n_tiles * p.m_blocks)?;
+    if p.splits > 1
+        && (ws.partials.len() < p.splits * m * w.n_pad || ws.tickets.len() < p.n_tiles * p.m_blocks)
+    {
+        return Err(CudaError::Shape(format!(
+            "split-K workspace too small for M={m} N={} ({} splits): call GemmWorkspace::prepare_wx",
+            w.n, p.splits
+        )));
     }
-    // Largest tile: 16 rows + the zero row (M = 17, 33, ...), longest split.
-    let max_smem = smem_bytes(w.format, 17, MAX_CHUNKS_PER_SPLIT, 1);
     let smem = smem_bytes(w.format, m, w.k_chunks, p.splits);
-    let func = dev.function(
-        MODULE,
-        SOURCE,
-        p.kernel,
-        u32::try_from(max_smem).map_err(|_| CudaError::Shape("shared memory".into()))?,
-    )?;
+    let func = dev.function(MODULE, SOURCE, p.kernel, max_smem(w.format)?)?;
     let cfg = LaunchConfig {
         grid_dim: grid,
         block_dim: (THREADS, 1, 1),
@@ -221,6 +390,7 @@ pub fn wx_gemm(
         .arg(&w.words)
         .arg(&w.scales16)
         .arg(&w.scales32)
+        .arg(&w.scale_zero)
         .arg(c)
         .arg(&mut ws.partials)
         .arg(&mut ws.tickets)
@@ -233,8 +403,9 @@ pub fn wx_gemm(
         .arg(&splits_i32);
     // SAFETY: argument types and order match WX_ENTRY in
     // kernels/wxa16_gemm.cu; A >= M*K and C >= M*N were checked, partials >=
-    // splits*M*n_pad and tickets >= n_tiles*m_blocks were reserved, the
-    // weight buffers were sized by the repack for n_pad x k_chunks.
+    // splits*M*n_pad and tickets >= n_tiles*m_blocks were checked, the
+    // weight buffers were sized by the repack for n_pad x k_chunks (the
+    // format's unused buffers are never read).
     unsafe { launch.launch(cfg) }.map_err(|e| driver_err(&format!("launch {}", p.kernel), e))?;
     Ok(p)
 }
@@ -253,11 +424,7 @@ pub fn wx_dequantize_to_f16(
             w.k
         )));
     }
-    let name = match w.format {
-        WxFormat::Fp4 => "wx_fp4_dequant_f16",
-        WxFormat::Int8 => "wx_int8_dequant_f16",
-        WxFormat::Fp8 => "wx_fp8_dequant_f16",
-    };
+    let name = dequant_kernel(w.format);
     let func = dev.function(MODULE, SOURCE, name, 0)?;
     let threads_total = (w.n_pad / 16) * w.k_chunks * 32;
     let blocks = u32::try_from(threads_total.div_ceil(256))
@@ -275,6 +442,7 @@ pub fn wx_dequantize_to_f16(
         .arg(&w.words)
         .arg(&w.scales16)
         .arg(&w.scales32)
+        .arg(&w.scale_zero)
         .arg(dense)
         .arg(&n_i32)
         .arg(&k_i32)
@@ -292,35 +460,6 @@ pub fn wx_dequantize_to_f16(
     Ok(())
 }
 
-fn dequant_cublas(
-    dev: &Arc<CudaDevice>,
-    a: &CudaSlice<f16>,
-    m: usize,
-    w: &WxWeight,
-    c: &mut CudaSlice<f16>,
-    ws: &mut GemmWorkspace,
-) -> Result<GemmPlan> {
-    let elems = w.n * w.k;
-    if ws.dense.as_ref().is_none_or(|d| d.len() < elems) {
-        ws.dense = None;
-        ws.dense = Some(dev.alloc_zeros("f16 dequantized weight scratch", elems)?);
-    }
-    let dense = ws
-        .dense
-        .as_mut()
-        .ok_or_else(|| CudaError::Shape("dense scratch missing".into()))?;
-    wx_dequantize_to_f16(dev, w, dense)?;
-    gemm_dense_f16_weight(dev, dense, a, c, (m, w.n, w.k))?;
-    Ok(GemmPlan {
-        path: GemmPath::DequantCublas,
-        kernel: "dequant+cublas",
-        m_tiles: 0,
-        m_blocks: 0,
-        n_tiles: 0,
-        splits: 1,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::{smem_bytes, MAX_CHUNKS_PER_SPLIT};
@@ -330,7 +469,13 @@ mod tests {
     /// sm_80 / sm_90 block's opt-in shared memory (163 / 227 KiB).
     #[test]
     fn largest_tile_fits_shared_memory() {
-        for f in [WxFormat::Fp4, WxFormat::Int8, WxFormat::Fp8] {
+        for f in [
+            WxFormat::Fp4,
+            WxFormat::Int8,
+            WxFormat::Fp8,
+            WxFormat::Int3,
+            WxFormat::Int2,
+        ] {
             let largest = smem_bytes(f, 17, MAX_CHUNKS_PER_SPLIT, 1);
             assert!(largest <= 163 * 1024);
             for m in [1, 7, 8, 15, 16, 31, 33, 63] {

@@ -1,4 +1,4 @@
-//! Random FP4 / INT8 / FP8 tensors for tests and benchmarks: random codes
+//! Random FP4 / INT8 / FP8 / INT3 / INT2 tensors for tests and benchmarks: random codes
 //! and representable scales straight in `QuantTensor` form (no quantizer
 //! run, fast enough for 235M-weight benchmark shapes).
 
@@ -19,6 +19,11 @@ pub enum BenchFormat {
     Fp8,
     /// FP8 E4M3, f32 scale per 128 x 128 block.
     Fp8Block128,
+    /// INT3 unsigned with integer zero points, f16 scale per 128 (GPTQ
+    /// 3-bit style).
+    Int3,
+    /// INT2 unsigned with integer zero points, f16 scale per 64.
+    Int2,
 }
 
 impl BenchFormat {
@@ -29,6 +34,8 @@ impl BenchFormat {
             BenchFormat::Int8 => QuantScheme::int8_per_channel(),
             BenchFormat::Fp8 => QuantScheme::fp8_e4m3_per_channel(),
             BenchFormat::Fp8Block128 => QuantScheme::fp8_e4m3_block128(),
+            BenchFormat::Int3 => QuantScheme::int3_asym(128),
+            BenchFormat::Int2 => QuantScheme::int2_asym(64),
         }
     }
 
@@ -39,6 +46,8 @@ impl BenchFormat {
             BenchFormat::Int8 => "int8",
             BenchFormat::Fp8 => "fp8",
             BenchFormat::Fp8Block128 => "fp8b128",
+            BenchFormat::Int3 => "int3",
+            BenchFormat::Int2 => "int2",
         }
     }
 
@@ -49,6 +58,8 @@ impl BenchFormat {
             BenchFormat::Int8,
             BenchFormat::Fp8,
             BenchFormat::Fp8Block128,
+            BenchFormat::Int3,
+            BenchFormat::Int2,
         ]
         .into_iter()
         .find(|f| f.name() == s)
@@ -57,19 +68,22 @@ impl BenchFormat {
 
 /// A random (N, K) tensor of `format`: uniform random codes (FP8 NaN codes
 /// replaced by 0), scales of magnitude ~1e-2 / max code exactly
-/// representable in the scheme's scale dtype. K must suit the scheme (a
-/// multiple of the group size for MXFP4 / NVFP4).
+/// representable in the scheme's scale dtype, random integer zero points for
+/// INT3 / INT2. K must suit the scheme (a multiple of the group size for
+/// MXFP4 / NVFP4 / INT3 / INT2).
 pub fn random_wx(format: BenchFormat, n: usize, k: usize, seed: u64) -> QuantTensor {
     let scheme = format.scheme();
     let mut rng = XorShift::new(seed);
     let row_bytes = scheme.row_bytes(k).unwrap_or(0);
     let mut data: Vec<u8> = (0..n * row_bytes).map(|_| rng.next_u64() as u8).collect();
-    match format {
-        BenchFormat::Mxfp4 | BenchFormat::Nvfp4 if k % 2 == 1 => {
-            for r in 0..n {
-                data[r * row_bytes + row_bytes - 1] &= 0x0F;
-            }
+    // Padding bits at the end of a row must be zero.
+    let used_bits = k * usize::from(scheme.element.bits()) % 8;
+    if used_bits != 0 {
+        for r in 0..n {
+            data[r * row_bytes + row_bytes - 1] &= (1u8 << used_bits) - 1;
         }
+    }
+    match format {
         BenchFormat::Fp8 | BenchFormat::Fp8Block128 => {
             for b in data.iter_mut().filter(|b| **b & 0x7F == 0x7F) {
                 *b = 0;
@@ -92,15 +106,28 @@ pub fn random_wx(format: BenchFormat, n: usize, k: usize, seed: u64) -> QuantTen
             BenchFormat::Fp8 | BenchFormat::Fp8Block128 => {
                 half::f16::from_f32(0.01 / 448.0 * (0.5 + u)).to_f32()
             }
+            BenchFormat::Int3 => half::f16::from_f32(0.01 / 4.0 * (0.5 + u)).to_f32(),
+            BenchFormat::Int2 => half::f16::from_f32(0.01 / 2.0 * (0.5 + u)).to_f32(),
         });
     }
+    let zeros = match format {
+        BenchFormat::Int3 | BenchFormat::Int2 => {
+            let levels = 1u64 << scheme.element.bits();
+            Some(
+                (0..n_scales)
+                    .map(|_| (rng.next_u64() % levels) as f32)
+                    .collect(),
+            )
+        }
+        _ => None,
+    };
     QuantTensor {
         scheme,
         rows: n,
         cols: k,
         data,
         scales,
-        zeros: None,
+        zeros,
         global_scale: if format == BenchFormat::Nvfp4 {
             1.0 / (6.0 * 448.0)
         } else {

@@ -5,7 +5,7 @@
 use half::f16;
 use marlin_quant::formats::{e2m1_to_f32, e4m3_to_f32};
 
-use super::pack::{code_position, scale16_index, word_index, WxFormat, WxPacked};
+use super::pack::{code_bit_position, code_bits, scale16_index, word_index, WxFormat, WxPacked};
 use crate::int4::pack::K_CHUNK;
 
 /// The (N, K) weight values the kernel multiplies, as f64: FP4 codes times
@@ -20,21 +20,33 @@ pub fn unpack_wx_ref(p: &WxPacked) -> Vec<f64> {
             let (c, within) = (kk / K_CHUNK, kk % K_CHUNK);
             let (t, j, slot) = (within / 16, (within % 16) / 4, within % 4);
             let lane = 4 * g + t;
-            let (word, shift) = code_position(p.format, j, half, slot);
-            let w = p.words[word_index(p.format, nb, c, lane, word / 4, word % 4, k_chunks)];
-            let col_scale = f64::from(p.scales32[(c / p.group_chunks) * p.n_pad + col]);
+            let mut code = 0u32;
+            for b in 0..code_bits(p.format) {
+                let (word, pos) = code_bit_position(p.format, j, half, slot, b);
+                let w = p.words[word_index(p.format, nb, c, lane, word, k_chunks)];
+                code |= ((w >> pos) & 1) << b;
+            }
+            let group = c / p.group_chunks;
             out[col * p.k + kk] = match p.format {
                 WxFormat::Fp4 => {
-                    let code = ((w >> shift) & 0xF) as u8;
+                    let col_scale = f64::from(p.scales32[group * p.n_pad + col]);
                     let s = p.scales16[scale16_index(nb, c, lane, k_chunks)] >> (16 * half);
                     let s = f64::from(f16::from_bits(s as u16).to_f32());
-                    f64::from(e2m1_to_f32(code)) * s / 16384.0 * col_scale
+                    f64::from(e2m1_to_f32(code as u8)) * s / 16384.0 * col_scale
                 }
                 WxFormat::Int8 => {
-                    let code = ((w >> shift) & 0xFF) as i32 - 128;
-                    f64::from(code) * col_scale
+                    f64::from(code as i32 - 128) * f64::from(p.scales32[group * p.n_pad + col])
                 }
-                WxFormat::Fp8 => f64::from(e4m3_to_f32(((w >> shift) & 0xFF) as u8)) * col_scale,
+                WxFormat::Fp8 => {
+                    f64::from(e4m3_to_f32(code as u8))
+                        * f64::from(p.scales32[group * p.n_pad + col])
+                }
+                WxFormat::Int3 | WxFormat::Int2 => {
+                    let sz = p.scale_zero[group * p.n_pad + col];
+                    let s = f64::from(f16::from_bits(sz as u16).to_f32());
+                    let neg_zero = f64::from(f16::from_bits((sz >> 16) as u16).to_f32());
+                    (f64::from(code) + neg_zero) * s
+                }
             };
         }
     }

@@ -40,7 +40,7 @@ fn check_roundtrip(w: &QuantTensor, want_format: WxFormat) {
     assert_eq!(packed.n_pad % 64, 0);
     assert_eq!(
         packed.words.len(),
-        packed.n_pad / 16 * packed.k_chunks() * 128 * want_format.code_vectors()
+        packed.n_pad / 16 * packed.k_chunks() * 32 * want_format.lane_words()
     );
 }
 
@@ -77,6 +77,33 @@ fn repack_roundtrips_every_format() {
 }
 
 #[test]
+fn repack_roundtrips_int3_int2() {
+    for &(n, k) in &[(64, 128), (37, 256), (130, 1152), (16, 384)] {
+        for (scheme, f) in [
+            (QuantScheme::int3_sym(128), WxFormat::Int3),
+            (QuantScheme::int3_asym(128), WxFormat::Int3),
+            (QuantScheme::int2_sym(64), WxFormat::Int2),
+            (QuantScheme::int2_asym(64), WxFormat::Int2),
+            (QuantScheme::int2_asym(128), WxFormat::Int2),
+        ] {
+            check_roundtrip(&quantized(scheme, n, k, 21), f);
+        }
+    }
+    // Per channel: K not a multiple of 8 or 64.
+    for bits in [3, 2] {
+        let f = if bits == 3 {
+            WxFormat::Int3
+        } else {
+            WxFormat::Int2
+        };
+        let sym = QuantScheme::int_sym(bits, Granularity::PerChannel, ScaleDType::F16);
+        check_roundtrip(&quantized(sym, 70, 1001, 22), f);
+        let asym = QuantScheme::int_asym(bits, Granularity::PerChannel, ScaleDType::F16);
+        check_roundtrip(&quantized(asym, 70, 1000, 23), f);
+    }
+}
+
+#[test]
 fn random_benchmark_tensors_are_valid_and_pack() {
     for f in [
         BenchFormat::Mxfp4,
@@ -84,6 +111,8 @@ fn random_benchmark_tensors_are_valid_and_pack() {
         BenchFormat::Int8,
         BenchFormat::Fp8,
         BenchFormat::Fp8Block128,
+        BenchFormat::Int3,
+        BenchFormat::Int2,
     ] {
         let w = random_wx(f, 80, 256, 11);
         w.validate().expect("valid tensor");
@@ -115,6 +144,21 @@ fn unsupported_schemes_are_errors() {
         pack_wx(&quantized(int8_g32, 16, 128, 1)),
         Err(CudaError::Unsupported(_))
     ));
+    // INT3 groups of 32 (not a multiple of the 64 chunk), float zeros.
+    let int3_g32 = quantized(QuantScheme::int3_sym(32), 16, 128, 1);
+    assert!(matches!(pack_wx(&int3_g32), Err(CudaError::Unsupported(_))));
+    let float_zero =
+        QuantScheme::int_asym(2, Granularity::PerGroup { group_size: 64 }, ScaleDType::F16)
+            .with_zero_point(marlin_quant::ZeroPoint::Float);
+    if let Ok(t) = quantize_rtn(
+        &vec![0.5f32; 16 * 128],
+        16,
+        128,
+        float_zero,
+        &RtnOptions::min_max(),
+    ) {
+        assert!(matches!(pack_wx(&t), Err(CudaError::Unsupported(_))));
+    }
     let mut nan = quantized(QuantScheme::fp8_e4m3_per_channel(), 16, 128, 1);
     nan.data[37] = 0x7F;
     assert!(matches!(pack_wx(&nan), Err(CudaError::Shape(_))));

@@ -193,7 +193,7 @@ impl Scratch {
         let widest_out = dec
             .linears()
             .into_iter()
-            .filter(|l| matches!(l, GpuLinear::Int4(_)))
+            .filter(|l| l.uses_f16_scratch())
             .map(GpuLinear::rows)
             .max();
         let fused_width = dec

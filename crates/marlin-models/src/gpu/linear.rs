@@ -7,9 +7,13 @@ use std::sync::Arc;
 use cudarc::driver::CudaSlice;
 use half::f16;
 use marlin_cuda::ggml::GgmlGpuWeight;
-use marlin_cuda::int4::gemm::{int4_gemm, GemmOptions, GemmWorkspace, Int4Weight};
+use marlin_cuda::int4::act_order::{
+    int4_act_order_gemm_prepared, prepare_act_order, Int4ActOrderWeight,
+};
+use marlin_cuda::int4::gemm::{int4_gemm_prepared, GemmOptions, GemmWorkspace, Int4Weight};
+use marlin_cuda::wgemm::gemm::{wx_gemm_prepared, WxWeight};
 use marlin_cuda::{ops, CudaDevice};
-use marlin_quant::{GgmlTensor, GgmlType};
+use marlin_quant::{ElementType, GgmlTensor, GgmlType, QuantTensor};
 
 use super::{GpuError, Result};
 use crate::source::TensorData;
@@ -21,14 +25,26 @@ pub enum GpuLinear {
     Ggml(Arc<GgmlGpuWeight>),
     /// INT4 in the Marlin layout: f16 activations in and out.
     Int4(Box<Int4Weight>),
+    /// FP4 (MXFP4 / NVFP4), INT8, FP8, INT3, INT2 (`marlin_cuda::wgemm`):
+    /// f16 activations in and out.
+    Wx(Box<WxWeight>),
+    /// INT4 with act-order (GPTQ desc_act g_idx): K permuted at load, the
+    /// activations gathered through the permutation before the INT4 GEMM.
+    Int4ActOrder(Box<Int4ActOrderWeight>),
 }
 
-/// Device scratch of the INT4 path: f16 copies of the activations and the
-/// split-K workspace. Sized once for the largest `m` and widths, so that a
-/// forward pass allocates nothing (CUDA-graph capture).
+/// Device scratch of the quantized (Marlin-layout) paths: f16 copies of the
+/// activations, the act-order gather buffer and the split-K workspace. The
+/// buffers are sized once for the largest `m` and widths; the workspace is
+/// sized by the first call at each `m` (prepare, then the capture-safe
+/// prepared entry point), so that later forward passes at that `m`
+/// allocate nothing and load nothing (CUDA-graph capture).
 pub struct LinearScratch {
     /// (max_m, max cols)
     x16: CudaSlice<f16>,
+    /// (max_m, max cols): act-order activations gathered through the
+    /// weight's K permutation.
+    gathered: CudaSlice<f16>,
     /// (max_m, max rows)
     y16: CudaSlice<f16>,
     ws: GemmWorkspace,
@@ -45,6 +61,7 @@ impl LinearScratch {
         };
         Ok(Self {
             x16: dev.alloc_zeros("f16 GEMM inputs", len(max_cols)?)?,
+            gathered: dev.alloc_zeros("act-order gathered GEMM inputs", len(max_cols)?)?,
             y16: dev.alloc_zeros("f16 GEMM outputs", len(max_rows)?)?,
             ws: GemmWorkspace::new(dev)?,
         })
@@ -74,9 +91,7 @@ impl GpuLinear {
                     GgmlGpuWeight::upload(dev, &t).map_err(ctx)?,
                 )))
             }
-            TensorData::Quant(q) => Ok(Self::Int4(Box::new(
-                Int4Weight::from_quant(dev, &q).map_err(ctx)?,
-            ))),
+            TensorData::Quant(q) => Self::from_quant(dev, &q).map_err(ctx),
             // Running the rotated weights without rotating the input would
             // be silently wrong.
             TensorData::RotatedQuant { rotation, .. } => Err(GpuError::Tensor {
@@ -91,11 +106,34 @@ impl GpuLinear {
         }
     }
 
+    /// The Marlin-layout kernel family for a quantized tensor: INT4 (with
+    /// or without act-order) or one of the `wgemm` formats; an unsupported
+    /// scheme is the repack's error.
+    fn from_quant(dev: &Arc<CudaDevice>, q: &QuantTensor) -> marlin_cuda::Result<Self> {
+        match (q.scheme.element, &q.g_idx) {
+            (ElementType::Int { bits: 4, .. }, Some(_)) => Ok(Self::Int4ActOrder(Box::new(
+                Int4ActOrderWeight::from_quant(dev, q)?,
+            ))),
+            (ElementType::Int { bits: 4, .. }, None) => {
+                Ok(Self::Int4(Box::new(Int4Weight::from_quant(dev, q)?)))
+            }
+            _ => Ok(Self::Wx(Box::new(WxWeight::from_quant(dev, q)?))),
+        }
+    }
+
+    /// Whether the product runs in f16 through [`LinearScratch`] (every
+    /// Marlin-layout quantized weight; not the GGUF / dense kernels).
+    pub fn uses_f16_scratch(&self) -> bool {
+        !matches!(self, Self::Ggml(_))
+    }
+
     /// Output features.
     pub fn rows(&self) -> usize {
         match self {
             Self::Ggml(w) => w.rows(),
             Self::Int4(w) => w.n,
+            Self::Wx(w) => w.n,
+            Self::Int4ActOrder(w) => w.n(),
         }
     }
 
@@ -104,6 +142,8 @@ impl GpuLinear {
         match self {
             Self::Ggml(w) => w.cols(),
             Self::Int4(w) => w.k,
+            Self::Wx(w) => w.k,
+            Self::Int4ActOrder(w) => w.k(),
         }
     }
 
@@ -112,6 +152,8 @@ impl GpuLinear {
         match self {
             Self::Ggml(w) => w.device_bytes(),
             Self::Int4(w) => w.weight_bytes(),
+            Self::Wx(w) => w.weight_bytes(),
+            Self::Int4ActOrder(w) => w.weight_bytes(),
         }
     }
 
@@ -121,7 +163,7 @@ impl GpuLinear {
             Self::Ggml(w) => Ok(w.prepare(dev, max_m)?),
             // The split-K workspace lives in `LinearScratch`; the first
             // (un-captured) call at each m sizes it.
-            Self::Int4(_) => Ok(()),
+            Self::Int4(_) | Self::Wx(_) | Self::Int4ActOrder(_) => Ok(()),
         }
     }
 
@@ -136,28 +178,62 @@ impl GpuLinear {
     ) -> Result<()> {
         match self {
             Self::Ggml(w) => Ok(w.matmul(dev, x, m, y)?),
-            Self::Int4(w) => {
-                let (n_in, n_out) = (m * w.k, m * w.n);
+            _ => {
+                let (n_in, n_out) = (m * self.cols(), m * self.rows());
                 if s.x16.len() < n_in || s.y16.len() < n_out {
                     return Err(GpuError::Invalid(format!(
-                        "INT4 scratch too small for m = {m}, {}x{}",
-                        w.n, w.k
+                        "f16 GEMM scratch too small for m = {m}, {}x{}",
+                        self.rows(),
+                        self.cols()
                     )));
                 }
                 ops::f32_to_f16(dev, x, n_in, &mut s.x16)?;
-                int4_gemm(
-                    dev,
-                    &s.x16,
-                    m,
-                    w,
-                    &mut s.y16,
-                    &mut s.ws,
-                    GemmOptions::default(),
-                )?;
+                self.gemm_f16(dev, m, s)?;
                 ops::f16_to_f32(dev, &s.y16, n_out, y)?;
                 Ok(())
             }
         }
+    }
+
+    /// `s.y16` (m, rows) = `s.x16` (m, cols) · Wᵀ through the prepared
+    /// (capture-safe) entry point of the weight's kernel family. Preparing
+    /// is a no-op once the workspace was sized for this m, so every call
+    /// after the first at a given m enqueues launches only.
+    fn gemm_f16(&self, dev: &Arc<CudaDevice>, m: usize, s: &mut LinearScratch) -> Result<()> {
+        let opts = GemmOptions::default();
+        let (n_in, n_out) = (m * self.cols(), m * self.rows());
+        let x = s.x16.slice(..n_in);
+        let mut y = s.y16.slice_mut(..n_out);
+        match self {
+            Self::Ggml(_) => {
+                return Err(GpuError::Invalid(
+                    "f16 GEMM entry for a GGUF / dense weight".into(),
+                ))
+            }
+            Self::Int4(w) => {
+                s.ws.prepare(dev, w, m, opts)?;
+                int4_gemm_prepared(dev, &x, m, w, &mut y, &mut s.ws, opts)?;
+            }
+            Self::Wx(w) => {
+                s.ws.prepare_wx(dev, w, m, opts)?;
+                wx_gemm_prepared(dev, &x, m, w, &mut y, &mut s.ws, opts)?;
+            }
+            Self::Int4ActOrder(w) => {
+                prepare_act_order(dev, &mut s.ws, w, m, opts)?;
+                let mut gathered = s.gathered.slice_mut(..n_in);
+                int4_act_order_gemm_prepared(
+                    dev,
+                    &x,
+                    m,
+                    w,
+                    &mut y,
+                    &mut s.ws,
+                    &mut gathered,
+                    opts,
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 

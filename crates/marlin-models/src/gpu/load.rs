@@ -61,10 +61,11 @@ pub fn load_decoder(dev: &Arc<CudaDevice>, src: &dyn WeightSource) -> Result<Gpu
     let tok = GpuLinear::upload(dev, "token_embd.weight", src.tensor("token_embd.weight")?)?;
     let table = match &tok {
         GpuLinear::Ggml(w) => Arc::clone(w),
-        GpuLinear::Int4(_) => {
+        _ => {
             return Err(GpuError::Tensor {
                 name: "token_embd.weight".into(),
-                reason: "embedding lookups from INT4-packed tables are not supported".into(),
+                reason: "embedding lookups from Marlin-layout quantized tables are not supported"
+                    .into(),
             })
         }
     };
