@@ -1,4 +1,12 @@
 //! Dense f32 weights through `matrixmultiply` (a well-tuned sgemm).
+//!
+//! `matrixmultiply` 0.3.11 picks its AVX-512 kernel at run time (crate
+//! feature `avx512`, on by default) and threads over its own pool of
+//! [`sgemm_threads`] threads, not over [`crate::pool`]. Measured against
+//! the other crates.io sgemms on the development machine (single thread,
+//! CPU time, M = 128, K = 4096, N = 4096 / 14336): matrixmultiply 123-128
+//! GFLOP/s, faer 0.24 (its AVX-512 `private-gemm-x86`) 112-123, gemm 0.18
+//! (AVX2 only without its nightly feature) 92-95; see docs/CPU_KERNELS.md.
 
 use crate::CpuError;
 
@@ -29,7 +37,7 @@ impl DenseWeight {
         &self.data
     }
 
-    /// `y (m, N) = x (m, K) · Wᵀ`.
+    /// `y (m, N) = x (m, K) · Wᵀ`, on [`sgemm_threads`] threads.
     pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), CpuError> {
         let (n, k) = (self.rows, self.cols);
         // This method is public: the raw-pointer sgemm below must not trust
@@ -57,6 +65,16 @@ impl DenseWeight {
             );
         }
         Ok(())
+    }
+}
+
+/// Threads `matrixmultiply`'s sgemm runs on: `MATMUL_NUM_THREADS` if set
+/// (read once, at its first call), else the number of physical cores; it
+/// ignores `--threads` and [`crate::pool`].
+pub fn sgemm_threads() -> usize {
+    match std::env::var("MATMUL_NUM_THREADS") {
+        Ok(s) if !s.is_empty() => s.parse::<usize>().unwrap_or(1).clamp(1, 4),
+        _ => num_cpus::get_physical().clamp(1, 4),
     }
 }
 

@@ -8,7 +8,10 @@
 //! fraction of the STREAM-like copy bandwidth (best time against best copy,
 //! STREAM's convention; meaningful at M = 1, where the product is
 //! memory-bound), and the speedup (medians) over the same product with dense
-//! f32 weights through `matrixmultiply`'s sgemm.
+//! f32 weights through `matrixmultiply`'s sgemm (the fastest f32 GEMM
+//! measured among the crates.io candidates, see [`crate::dense`]), whose
+//! GFLOP/s are printed beside the machine's f32 FMA peak, measured in the
+//! same run ([`measure_fma_peak`]).
 
 use crate::dense::DenseWeight;
 use crate::quant_gemm::PreparedQuant;
@@ -178,6 +181,12 @@ pub struct GemmBenchReport {
     pub read_gbs: f64,
     pub copy_bytes: usize,
     pub threads: usize,
+    /// Threads of the dense baseline ([`crate::dense::sgemm_threads`]).
+    pub dense_threads: usize,
+    /// f32 FMA throughput of `threads` threads, GFLOP/s, and the registers
+    /// it was measured on.
+    pub fma_peak_gflops: f64,
+    pub fma_isa: &'static str,
     pub rows: Vec<GemmBenchRow>,
 }
 
@@ -207,7 +216,12 @@ impl fmt::Display for GemmBenchReport {
         )?;
         writeln!(
             f,
-            "{:<15} {:>5} {:>6} {:>4} {:<20} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9} {:>7}  target",
+            "f32 FMA peak ({} threads, {}, measured now): {:.0} GFLOP/s; dense f32 baseline: matrixmultiply sgemm on {} threads",
+            self.threads, self.fma_isa, self.fma_peak_gflops, self.dense_threads
+        )?;
+        writeln!(
+            f,
+            "{:<15} {:>5} {:>6} {:>4} {:<26} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9} {:>9} {:>7}  target",
             "format",
             "K",
             "N",
@@ -220,6 +234,7 @@ impl fmt::Display for GemmBenchReport {
             "%copy",
             "%read",
             "f32 ms",
+            "f32 GF/s",
             "speedup",
         )?;
         for r in &self.rows {
@@ -229,9 +244,12 @@ impl fmt::Display for GemmBenchReport {
             let speed = r
                 .speedup_vs_dense()
                 .map_or("-".to_string(), |s| format!("{s:.2}x"));
+            let dense_gflops = r.dense_seconds.map_or("-".to_string(), |d| {
+                format!("{:.0}", 2.0 * (r.m * r.n * r.k) as f64 / d / 1e9)
+            });
             writeln!(
                 f,
-                "{:<15} {:>5} {:>6} {:>4} {:<20} {:>9.3} {:>8.3} {:>8.2} {:>8.1} {:>6.0}% {:>6.0}% {:>9} {:>7}  {}",
+                "{:<15} {:>5} {:>6} {:>4} {:<26} {:>9.3} {:>8.3} {:>8.2} {:>8.1} {:>6.0}% {:>6.0}% {:>9} {:>9} {:>7}  {}",
                 r.format,
                 r.k,
                 r.n,
@@ -244,6 +262,7 @@ impl fmt::Display for GemmBenchReport {
                 r.frac_copy_bw * 100.0,
                 r.frac_read_bw * 100.0,
                 dense,
+                dense_gflops,
                 speed,
                 target(r)
             )?;
@@ -402,6 +421,96 @@ impl CopyBench {
     }
 }
 
+/// f32 FMA throughput of this machine now, GFLOP/s, with every thread of
+/// [`crate::pool`] running 12 independent FMA chains on the widest
+/// registers the CPU has (2 FLOP per lane per FMA); best of 5 passes of
+/// about 1.5 GFLOP per thread. The ceiling any f32 GEMM (the dense
+/// baseline) can reach on these threads.
+pub fn measure_fma_peak() -> (f64, &'static str) {
+    const ITERS: usize = 1 << 22;
+    let threads = crate::pool::current().threads().max(1);
+    let (chains, flops_per_fma, isa): (fn(usize) -> f32, f64, &'static str) = fma_kernel();
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let start = Instant::now();
+        // Infallible: the closure returns Ok.
+        let _ = crate::pool::current().try_for_each(threads, |_| {
+            black_box(chains(ITERS));
+            Ok(())
+        });
+        let flops = (threads * ITERS * 12) as f64 * flops_per_fma;
+        best = best.max(flops / start.elapsed().as_secs_f64() / 1e9);
+    }
+    (best, isa)
+}
+
+/// The widest FMA loop of this CPU: (loop, FLOP per FMA instruction, name).
+fn fma_kernel() -> (fn(usize) -> f32, f64, &'static str) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512 F detected just above.
+            return (|n| unsafe { fma_chains_avx512(n) }, 32.0, "512-bit FMA");
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: AVX2 and FMA detected just above.
+            return (|n| unsafe { fma_chains_avx2(n) }, 16.0, "256-bit FMA");
+        }
+    }
+    (fma_chains_scalar, 2.0, "scalar mul_add")
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_chains_avx512(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let mut a = [_mm512_set1_ps(1.0); 12];
+    let c = _mm512_set1_ps(1e-3);
+    for _ in 0..iters {
+        // black_box: the multiplier is unknown to the compiler, so the
+        // chains cannot be folded.
+        let b = black_box(_mm512_set1_ps(0.999));
+        for x in a.iter_mut() {
+            *x = _mm512_fmadd_ps(*x, b, c);
+        }
+    }
+    let s = a
+        .iter()
+        .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
+    _mm512_reduce_add_ps(s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_chains_avx2(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let mut a = [_mm256_set1_ps(1.0); 12];
+    let c = _mm256_set1_ps(1e-3);
+    for _ in 0..iters {
+        let b = black_box(_mm256_set1_ps(0.999));
+        for x in a.iter_mut() {
+            *x = _mm256_fmadd_ps(*x, b, c);
+        }
+    }
+    let mut out = [0f32; 8];
+    let s = a
+        .iter()
+        .fold(_mm256_setzero_ps(), |s, &x| _mm256_add_ps(s, x));
+    _mm256_storeu_ps(out.as_mut_ptr(), s);
+    out.iter().sum()
+}
+
+fn fma_chains_scalar(iters: usize) -> f32 {
+    let mut a = [1f32; 12];
+    for _ in 0..iters {
+        let b = black_box(0.999f32);
+        for x in a.iter_mut() {
+            *x = x.mul_add(b, 1e-3);
+        }
+    }
+    a.iter().sum()
+}
+
 /// Timed calls for `m`: small products are cheap, so they get 4x the runs.
 fn runs_for(cfg: &GemmBenchConfig, m: usize) -> usize {
     if m <= 4 {
@@ -441,6 +550,7 @@ pub fn run_gemm_bench(cfg: &GemmBenchConfig) -> Result<GemmBenchReport, CpuError
     let mut copy = CopyBench::new(cfg.copy_bytes);
     let mut copy_gbs = (0..5).map(|_| copy.run_once()).fold(0.0, f64::max);
     let mut read_gbs = (0..5).map(|_| copy.read_once()).fold(0.0, f64::max);
+    let (fma_peak_gflops, fma_isa) = measure_fma_peak();
     let mut rows = Vec::new();
     let max_m = cfg.ms.iter().copied().max().unwrap_or(1);
     for &(k, n) in &cfg.shapes {
@@ -517,6 +627,9 @@ pub fn run_gemm_bench(cfg: &GemmBenchConfig) -> Result<GemmBenchReport, CpuError
         read_gbs,
         copy_bytes: cfg.copy_bytes,
         threads: crate::pool::current().threads(),
+        dense_threads: crate::dense::sgemm_threads(),
+        fma_peak_gflops,
+        fma_isa,
         rows,
     })
 }
