@@ -28,6 +28,28 @@ pub enum LinearOut {
 /// Largest Hadamard block MR-GPTQ uses (see [`Rotation::for_dim`]).
 pub const MR_GPTQ_MAX_BLOCK: usize = 128;
 
+/// The GPTQ options for `scheme`: on integer grids each group's range is
+/// chosen by GPTQ's MSE clipping search (the reference's `mse` option,
+/// weighted by diag(H)) rather than min-max: on SmolLM2's INT2 / INT3
+/// linears it halves the Hessian-weighted output error of plain GPTQ
+/// (docs/QUANTIZATION.md). Other grids (FP4, FP8) keep min-max scales;
+/// the FP4-adapted search is MR-GPTQ's.
+pub fn gptq_options(scheme: &QuantScheme, act_order: bool) -> GptqOptions {
+    let base = if act_order {
+        GptqOptions::act_order()
+    } else {
+        GptqOptions::default()
+    };
+    match scheme.element {
+        marlin_quant::ElementType::Int { .. } => GptqOptions {
+            scale_search: ScaleSearch::mse(),
+            search_weight: SearchWeight::HessianDiag,
+            ..base
+        },
+        _ => base,
+    }
+}
+
 /// The MR-GPTQ options for `scheme`: the FP4-grid scale search for FP4
 /// elements (MXFP4 / NVFP4 / FP4), GPTQ's MSE clipping search for integer
 /// and other grids; both weighted by diag(H).
@@ -90,11 +112,7 @@ pub fn quantize_one(ctx: &LayerCtx<'_>, lin: LinearIn) -> Result<LinearOut, Quan
             let site = InputSite::of_linear(&lin.name).ok_or_else(|| {
                 QuantizeError::InvalidOption(format!("{}: no calibration input", lin.name))
             })?;
-            let opts = if ctx.act_order {
-                GptqOptions::act_order()
-            } else {
-                GptqOptions::default()
-            };
+            let opts = gptq_options(&scheme, ctx.act_order);
             gptq_quantize(data, *rows, *cols, &ctx.site(site)?.hessian, &scheme, &opts)?
         }
         Method::MrGptq => {
