@@ -23,6 +23,8 @@ pub struct ActQ8K {
     pub d: f32,
     pub qs: [i8; 256],
     pub bsums: [i16; 16],
+    /// Sums of each 32 codes (the Q4_K sub-blocks), at most 4064.
+    pub bsums32: [i16; 8],
 }
 
 impl Default for ActQ8x32 {
@@ -41,6 +43,7 @@ impl Default for ActQ8K {
             d: 0.0,
             qs: [0; 256],
             bsums: [0; 16],
+            bsums32: [0; 8],
         }
     }
 }
@@ -175,6 +178,9 @@ pub fn quantize_k(x: &[f32], out: &mut [ActQ8K]) {
         for (s, q) in blk.bsums.iter_mut().zip(blk.qs.chunks_exact(16)) {
             // 16 codes of |q| <= 127 sum to at most 2032: fits i16.
             *s = q.iter().map(|&v| v as i16).sum();
+        }
+        for (s, pair) in blk.bsums32.iter_mut().zip(blk.bsums.chunks_exact(2)) {
+            *s = pair[0] + pair[1];
         }
     }
 }

@@ -30,6 +30,7 @@ pub(super) fn kernels() -> Option<Kernels> {
             q6k: q6k(),
             q4_1x8: Some(super::x8_avx2::q4_1()),
             q5_0x8: Some(super::x8_avx2::q5_0()),
+            q4kx8: Some(super::x8_avx2::q4k()),
             f32dot,
         })
     } else {

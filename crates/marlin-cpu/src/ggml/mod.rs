@@ -33,7 +33,7 @@ use act::{ActQ8K, ActQ8x32};
 use marlin_quant::ggml::*;
 use marlin_quant::{GgmlTensor, GgmlType};
 use std::sync::OnceLock;
-use x8::{X8Dots, X8Q4_1, X8Q5_0};
+use x8::{X8Dots, X8Q4K, X8Q4_1, X8Q5_0};
 
 /// Bytes of activation blocks a batched tile pass keeps in L1 while it
 /// walks the weight rows of its chunk.
@@ -81,6 +81,7 @@ pub struct Kernels {
     /// weights are repacked at preparation and run on these for every M.
     pub q4_1x8: Option<X8Dots<X8Q4_1>>,
     pub q5_0x8: Option<X8Dots<X8Q5_0>>,
+    pub q4kx8: Option<X8Dots<X8Q4K, ActQ8K>>,
     pub f32dot: fn(&[f32], &[f32]) -> f32,
 }
 
@@ -123,6 +124,7 @@ pub fn scalar_kernels() -> Kernels {
         q6k: scalar_dots!(dot_q6k, BlockQ6K, ActQ8K),
         q4_1x8: None,
         q5_0x8: None,
+        q4kx8: None,
         f32dot: dot_f32,
     }
 }
@@ -160,6 +162,7 @@ enum Weights {
     /// Row-interleaved groups of 8 rows (see [`x8`]) and their kernels.
     Q4_1x8(Vec<X8Q4_1>, X8Dots<X8Q4_1>),
     Q5_0x8(Vec<X8Q5_0>, X8Dots<X8Q5_0>),
+    Q4Kx8(Vec<X8Q4K>, X8Dots<X8Q4K, ActQ8K>),
     /// Packed rows of a type without an integer kernel.
     Generic(Vec<u8>),
 }
@@ -215,7 +218,12 @@ impl PreparedGgml {
             Q5_1 => Weights::Q5_1(to_blocks(t.data)?),
             Q8_0 => Weights::Q8_0(to_blocks(t.data)?),
             Mxfp4 => Weights::Mxfp4(to_blocks(t.data)?),
-            Q4K => Weights::Q4K(to_blocks(t.data)?),
+            Q4K => match kernels.q4kx8 {
+                Some(dots) => {
+                    Weights::Q4Kx8(x8::repack(as_blocks(&t.data)?, rows, cols / 256), dots)
+                }
+                None => Weights::Q4K(to_blocks(t.data)?),
+            },
             Q6K => Weights::Q6K(to_blocks(t.data)?),
             Q8_1 | Q2K | Q3K | Q5K | Q8K => Weights::Generic(t.data),
         };
@@ -262,6 +270,7 @@ impl PreparedGgml {
             Weights::Q6K(w) => size_of_val(w.as_slice()),
             Weights::Q4_1x8(w, _) => size_of_val(w.as_slice()),
             Weights::Q5_0x8(w, _) => size_of_val(w.as_slice()),
+            Weights::Q4Kx8(w, _) => size_of_val(w.as_slice()),
             Weights::Generic(w) => w.len(),
         }
     }
@@ -304,6 +313,10 @@ impl PreparedGgml {
                 unpacked = bytemuck::cast_slice(&x8::row_blocks(w, r, b32)).to_vec();
                 &unpacked
             }
+            Weights::Q4Kx8(w, _) => {
+                unpacked = bytemuck::cast_slice(&x8::row_blocks(w, r, bk)).to_vec();
+                &unpacked
+            }
             Weights::Generic(w) => {
                 let rb = self.ty.row_bytes(k)?;
                 &w[r * rb..(r + 1) * rb]
@@ -332,6 +345,7 @@ impl PreparedGgml {
             Weights::Q6K(w) => run_quantized(w, x, m, n, k, y, kr.q6k),
             Weights::Q4_1x8(w, dots) => run_x8(w, x, m, n, k, y, *dots),
             Weights::Q5_0x8(w, dots) => run_x8(w, x, m, n, k, y, *dots),
+            Weights::Q4Kx8(w, dots) => run_x8(w, x, m, n, k, y, *dots),
             Weights::Generic(w) => self.run_generic(w, x, m, y),
         }
     }
@@ -430,19 +444,19 @@ fn run_quantized<B: Sync, A: ActBlock>(
     })
 }
 
-/// Quantizes x to 32-blocks once, then runs the x8 kernels.
-fn run_x8<X: Sync>(
+/// Quantizes x to activation blocks once, then runs the x8 kernels.
+fn run_x8<X: Sync, A: ActBlock>(
     w: &[X],
     x: &[f32],
     m: usize,
     n: usize,
     k: usize,
     y: &mut [f32],
-    dots: X8Dots<X>,
+    dots: X8Dots<X, A>,
 ) -> Result<(), CpuError> {
-    let bpr = k / 32;
-    let mut acts = vec![ActQ8x32::default(); m * bpr]; // (m, K / 32)
-    quantize_rows(x, k, &mut acts, bpr, act::quantize_x32);
+    let bpr = k / A::LEN;
+    let mut acts = vec![A::default(); m * bpr]; // (m, K / A::LEN)
+    quantize_rows(x, k, &mut acts, bpr, A::quantize);
     x8::run_x8(w, &acts, m, n, bpr, y, dots)
 }
 

@@ -23,7 +23,7 @@
 use super::act::ActQ8x32;
 use crate::CpuError;
 use bytemuck::{Pod, Zeroable};
-use marlin_quant::ggml::{BlockQ4_1, BlockQ5_0};
+use marlin_quant::ggml::{scale_min_k4, BlockQ4K, BlockQ4_1, BlockQ5_0};
 
 /// Weight rows per group.
 pub const ROWS: usize = 8;
@@ -49,6 +49,23 @@ pub struct X8Q5_0 {
     pub d: [u16; ROWS],
     pub qh: [u8; 32],
     pub qs: [u8; 128],
+}
+
+/// Q4_K superblock of 8 rows: scales, 6-bit sub-block scales and mins
+/// unpacked, then the nibbles. Sub-block s (elements 32s..32s+32) is the
+/// low (s even) or high (s odd) nibbles of qs bytes 32p..32p+32, p = s / 2,
+/// of each row; byte 32(8p + u) + 4r + e of `qs` is row r's byte
+/// 32p + 4u + e.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct X8Q4K {
+    pub d: [u16; ROWS],
+    pub dmin: [u16; ROWS],
+    /// `sc[s][r]`: scale of sub-block s of row r.
+    pub sc: [[u8; ROWS]; 8],
+    /// Mins of sub-blocks 2p and 2p + 1 of row r at `mn[p][2r]`, `mn[p][2r + 1]`.
+    pub mn: [[u8; 2 * ROWS]; 4],
+    pub qs: [u8; 1024],
 }
 
 /// Interleaves the 16 nibble bytes of 8 rows' blocks.
@@ -129,6 +146,53 @@ impl Interleave for X8Q5_0 {
     }
 }
 
+impl Interleave for X8Q4K {
+    type Block = BlockQ4K;
+    fn pack(rows: [&BlockQ4K; ROWS]) -> Self {
+        let mut x = Self::zeroed();
+        for (r, b) in rows.iter().enumerate() {
+            x.d[r] = u16::from_le_bytes(b.d);
+            x.dmin[r] = u16::from_le_bytes(b.dmin);
+            for s in 0..8 {
+                let (sc, mn) = scale_min_k4(s, &b.scales);
+                x.sc[s][r] = sc;
+                x.mn[s / 2][2 * r + s % 2] = mn;
+            }
+            for p in 0..4 {
+                for u in 0..8 {
+                    x.qs[32 * (8 * p + u) + 4 * r..][..4]
+                        .copy_from_slice(&b.qs[32 * p + 4 * u..][..4]);
+                }
+            }
+        }
+        x
+    }
+    fn unpack(&self, r: usize) -> BlockQ4K {
+        let sc: [u8; 8] = std::array::from_fn(|s| self.sc[s][r]);
+        let mn: [u8; 8] = std::array::from_fn(|s| self.mn[s / 2][2 * r + s % 2]);
+        // The inverse of `scale_min_k4` (all 96 bits are used).
+        let mut scales = [0u8; 12];
+        for j in 0..4 {
+            scales[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+            scales[j + 4] = mn[j] | ((mn[j + 4] >> 4) << 6);
+            scales[j + 8] = (sc[j + 4] & 0xF) | ((mn[j + 4] & 0xF) << 4);
+        }
+        let mut qs = [0u8; 128];
+        for p in 0..4 {
+            for u in 0..8 {
+                qs[32 * p + 4 * u..][..4]
+                    .copy_from_slice(&self.qs[32 * (8 * p + u) + 4 * r..][..4]);
+            }
+        }
+        BlockQ4K {
+            d: self.d[r].to_le_bytes(),
+            dmin: self.dmin[r].to_le_bytes(),
+            scales,
+            qs,
+        }
+    }
+}
+
 /// (n, K) weights as ggml blocks -> ceil(n / 8) groups of bpr x8 blocks
 /// (group-major, then block). Missing rows of the last group are zero
 /// blocks (zero scales).
@@ -164,19 +228,19 @@ pub fn row_blocks<X: Interleave>(w: &[X], row: usize, bpr: usize) -> Vec<X::Bloc
 /// An x8 kernel: one group's bpr blocks `w` against RN activation rows
 /// (`a`: RN x bpr blocks, row-major); `out[j][r]` = weight row r dotted with
 /// activation row j. RN is fixed by the kernel.
-pub type X8Tile<X> = fn(w: &[X], a: &[ActQ8x32], bpr: usize, out: &mut [[f32; ROWS]]);
+pub type X8Tile<X, A> = fn(w: &[X], a: &[A], bpr: usize, out: &mut [[f32; ROWS]]);
 
 /// The x8 kernels of one format: 1 to 4 activation rows.
-pub struct X8Dots<X: 'static> {
-    pub acts: [X8Tile<X>; 4],
+pub struct X8Dots<X: 'static, A: 'static = ActQ8x32> {
+    pub acts: [X8Tile<X, A>; 4],
 }
 
-impl<X> Clone for X8Dots<X> {
+impl<X, A> Clone for X8Dots<X, A> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<X> Copy for X8Dots<X> {}
+impl<X, A> Copy for X8Dots<X, A> {}
 
 /// Output pointer shared by the tasks of [`run_x8`]; each task writes only
 /// the columns of its own groups.
@@ -189,14 +253,14 @@ unsafe impl Send for OutPtr {}
 /// `y (m, n) = x · Wᵀ` for x8 weights `w` (ceil(n/8) groups x bpr blocks):
 /// groups split over the pool; each task runs its groups against every
 /// activation row, in tiles of up to 4 rows, writing y directly.
-pub fn run_x8<X: Sync>(
+pub fn run_x8<X: Sync, A: Sync>(
     w: &[X],
-    acts: &[ActQ8x32],
+    acts: &[A],
     m: usize,
     n: usize,
     bpr: usize,
     y: &mut [f32],
-    dots: X8Dots<X>,
+    dots: X8Dots<X, A>,
 ) -> Result<(), CpuError> {
     let groups = n.div_ceil(ROWS);
     if w.len() != groups * bpr || acts.len() != m * bpr || y.len() != m * n {
@@ -209,7 +273,8 @@ pub fn run_x8<X: Sync>(
     }
     let pool = crate::pool::current();
     // Enough tasks to balance the threads, each at least ~16K multiply-adds.
-    let min_groups = (16_384 / (bpr * 32 * ROWS * m).max(1)).max(1);
+    let k = bpr * size_of::<A>(); // ~ K: activation bytes per row
+    let min_groups = (16_384 / (k * ROWS * m).max(1)).max(1);
     let per_task = groups.div_ceil(pool.threads() * 4).max(min_groups);
     let tasks = groups.div_ceil(per_task);
     let out = OutPtr(y.as_mut_ptr());
@@ -269,6 +334,17 @@ mod tests {
             assert_eq!(
                 bytemuck::cast_slice::<_, u8>(&got),
                 bytemuck::cast_slice::<_, u8>(&q4[row * bpr..(row + 1) * bpr])
+            );
+        }
+        let mut bytes = vec![0u8; n * bpr * size_of::<BlockQ4K>()];
+        rng.fill(bytes.as_mut_slice());
+        let qk: Vec<BlockQ4K> = bytemuck::cast_slice(&bytes).to_vec();
+        let xk = repack::<X8Q4K>(&qk, n, bpr);
+        for row in 0..n {
+            let got = row_blocks(&xk, row, bpr);
+            assert_eq!(
+                bytemuck::cast_slice::<_, u8>(&got),
+                bytemuck::cast_slice::<_, u8>(&qk[row * bpr..(row + 1) * bpr])
             );
         }
     }

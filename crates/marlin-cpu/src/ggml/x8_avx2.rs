@@ -7,8 +7,8 @@
 //! Q4_1 (8 * 2 * 15 * 127 = 30480) or 4 of Q5_0 (4 * 2 * 31 * 127 = 31496)
 //! add in i16 before one `madd` widens them.
 
-use super::act::ActQ8x32;
-use super::x8::{X8Dots, ROWS, X8Q4_1, X8Q5_0};
+use super::act::{ActQ8K, ActQ8x32};
+use super::x8::{X8Dots, ROWS, X8Q4K, X8Q4_1, X8Q5_0};
 use std::arch::x86_64::*;
 
 /// 32 bytes of `p` from byte `off`.
@@ -127,17 +127,77 @@ fn q5_0_x8<const RN: usize>(w: &[X8Q5_0], a: &[ActQ8x32], bpr: usize, out: &mut 
     }
 }
 
+/// `RN` activation rows against one group of Q4_K superblocks: per
+/// sub-block, codes times activations summed in i16, then `madd` by the
+/// rows' 6-bit scales into i32; the mins times the activation sums of each
+/// sub-block by `madd` on (min, min) pairs. Per superblock
+/// `acc = fma(d * d_a, isum, acc)`, `acc = fnmadd(dmin * d_a, msum, acc)`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4k_x8<const RN: usize>(w: &[X8Q4K], a: &[ActQ8K], bpr: usize, out: &mut [[f32; ROWS]]) {
+    let a: [&[ActQ8K]; RN] = std::array::from_fn(|j| &a[j * bpr..][..bpr]);
+    let w = &w[..bpr];
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); RN];
+    for (b, blk) in w.iter().enumerate() {
+        let mut isum = [_mm256_setzero_si256(); RN];
+        for s in 0..8 {
+            // SAFETY: 8 bytes are read from the 8-byte array sc[s].
+            let sc = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(blk.sc[s].as_ptr().cast()) });
+            let sc = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16)); // (sc, sc) i16 pairs
+            let p = s / 2;
+            let codes: [__m256i; 8] = std::array::from_fn(|u| {
+                let q = load32(&blk.qs, 32 * (8 * p + u));
+                if s % 2 == 0 {
+                    _mm256_and_si256(q, m4)
+                } else {
+                    _mm256_and_si256(_mm256_srli_epi16(q, 4), m4)
+                }
+            });
+            for j in 0..RN {
+                let qa = &a[j][b].qs[32 * s..32 * s + 32];
+                let mut p16 = _mm256_setzero_si256();
+                for (u, &c) in codes.iter().enumerate() {
+                    let v = i32::from_le_bytes([
+                        qa[4 * u] as u8,
+                        qa[4 * u + 1] as u8,
+                        qa[4 * u + 2] as u8,
+                        qa[4 * u + 3] as u8,
+                    ]);
+                    p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(c, _mm256_set1_epi32(v)));
+                }
+                isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(p16, sc));
+            }
+        }
+        let d = f16x8(&blk.d);
+        let dmin = f16x8(&blk.dmin);
+        for j in 0..RN {
+            let ab = &a[j][b];
+            let mut msum = _mm256_setzero_si256();
+            for p in 0..4 {
+                // SAFETY: 16 bytes are read from the 16-byte array mn[p].
+                let mn =
+                    _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(blk.mn[p].as_ptr().cast()) });
+                let bs = &ab.bsums32[2 * p..2 * p + 2];
+                let pair = (bs[0] as u16 as u32 | ((bs[1] as u16 as u32) << 16)) as i32;
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mn, _mm256_set1_epi32(pair)));
+            }
+            let da = _mm256_set1_ps(ab.d);
+            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(isum[j]), acc[j]);
+            acc[j] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, da), _mm256_cvtepi32_ps(msum), acc[j]);
+        }
+    }
+    for j in 0..RN {
+        // SAFETY: out[j] holds 8 f32.
+        unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) }
+    }
+}
+
 // Safe entry points. SAFETY (all): reached only through the table
 // `dot_avx2::kernels` builds after detecting avx2, fma and f16c.
 macro_rules! x8_entry {
-    ($name:ident, $imp:ident, $x:ty) => {
-        pub(super) fn $name() -> X8Dots<$x> {
-            fn tile<const RN: usize>(
-                w: &[$x],
-                a: &[ActQ8x32],
-                bpr: usize,
-                out: &mut [[f32; ROWS]],
-            ) {
+    ($name:ident, $imp:ident, $x:ty, $a:ty) => {
+        pub(super) fn $name() -> X8Dots<$x, $a> {
+            fn tile<const RN: usize>(w: &[$x], a: &[$a], bpr: usize, out: &mut [[f32; ROWS]]) {
                 unsafe { $imp::<RN>(w, a, bpr, out) }
             }
             X8Dots {
@@ -146,5 +206,6 @@ macro_rules! x8_entry {
         }
     };
 }
-x8_entry!(q4_1, q4_1_x8, X8Q4_1);
-x8_entry!(q5_0, q5_0_x8, X8Q5_0);
+x8_entry!(q4_1, q4_1_x8, X8Q4_1, ActQ8x32);
+x8_entry!(q5_0, q5_0_x8, X8Q5_0, ActQ8x32);
+x8_entry!(q4k, q4k_x8, X8Q4K, ActQ8K);
