@@ -31,6 +31,7 @@ pub(super) fn kernels() -> Option<Kernels> {
             q4_1x8: Some(super::x8_avx2::q4_1()),
             q5_0x8: Some(super::x8_avx2::q5_0()),
             q4kx8: Some(super::x8_avx2::q4k()),
+            q6kx8: Some(super::x8_avx2::q6k()),
             f32dot,
         })
     } else {

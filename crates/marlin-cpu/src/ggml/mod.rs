@@ -33,7 +33,7 @@ use act::{ActQ8K, ActQ8x32};
 use marlin_quant::ggml::*;
 use marlin_quant::{GgmlTensor, GgmlType};
 use std::sync::OnceLock;
-use x8::{X8Dots, X8Q4K, X8Q4_1, X8Q5_0};
+use x8::{X8Dots, X8Q4K, X8Q4_1, X8Q5_0, X8Q6K};
 
 /// Bytes of activation blocks a batched tile pass keeps in L1 while it
 /// walks the weight rows of its chunk.
@@ -82,6 +82,7 @@ pub struct Kernels {
     pub q4_1x8: Option<X8Dots<X8Q4_1>>,
     pub q5_0x8: Option<X8Dots<X8Q5_0>>,
     pub q4kx8: Option<X8Dots<X8Q4K, ActQ8K>>,
+    pub q6kx8: Option<X8Dots<X8Q6K, ActQ8K>>,
     pub f32dot: fn(&[f32], &[f32]) -> f32,
 }
 
@@ -125,6 +126,7 @@ pub fn scalar_kernels() -> Kernels {
         q4_1x8: None,
         q5_0x8: None,
         q4kx8: None,
+        q6kx8: None,
         f32dot: dot_f32,
     }
 }
@@ -163,6 +165,7 @@ enum Weights {
     Q4_1x8(Vec<X8Q4_1>, X8Dots<X8Q4_1>),
     Q5_0x8(Vec<X8Q5_0>, X8Dots<X8Q5_0>),
     Q4Kx8(Vec<X8Q4K>, X8Dots<X8Q4K, ActQ8K>),
+    Q6Kx8(Vec<X8Q6K>, X8Dots<X8Q6K, ActQ8K>),
     /// Packed rows of a type without an integer kernel.
     Generic(Vec<u8>),
 }
@@ -224,7 +227,12 @@ impl PreparedGgml {
                 }
                 None => Weights::Q4K(to_blocks(t.data)?),
             },
-            Q6K => Weights::Q6K(to_blocks(t.data)?),
+            Q6K => match kernels.q6kx8 {
+                Some(dots) => {
+                    Weights::Q6Kx8(x8::repack(as_blocks(&t.data)?, rows, cols / 256), dots)
+                }
+                None => Weights::Q6K(to_blocks(t.data)?),
+            },
             Q8_1 | Q2K | Q3K | Q5K | Q8K => Weights::Generic(t.data),
         };
         Ok(Self {
@@ -271,6 +279,7 @@ impl PreparedGgml {
             Weights::Q4_1x8(w, _) => size_of_val(w.as_slice()),
             Weights::Q5_0x8(w, _) => size_of_val(w.as_slice()),
             Weights::Q4Kx8(w, _) => size_of_val(w.as_slice()),
+            Weights::Q6Kx8(w, _) => size_of_val(w.as_slice()),
             Weights::Generic(w) => w.len(),
         }
     }
@@ -317,6 +326,10 @@ impl PreparedGgml {
                 unpacked = bytemuck::cast_slice(&x8::row_blocks(w, r, bk)).to_vec();
                 &unpacked
             }
+            Weights::Q6Kx8(w, _) => {
+                unpacked = bytemuck::cast_slice(&x8::row_blocks(w, r, bk)).to_vec();
+                &unpacked
+            }
             Weights::Generic(w) => {
                 let rb = self.ty.row_bytes(k)?;
                 &w[r * rb..(r + 1) * rb]
@@ -346,6 +359,7 @@ impl PreparedGgml {
             Weights::Q4_1x8(w, dots) => run_x8(w, x, m, n, k, y, *dots),
             Weights::Q5_0x8(w, dots) => run_x8(w, x, m, n, k, y, *dots),
             Weights::Q4Kx8(w, dots) => run_x8(w, x, m, n, k, y, *dots),
+            Weights::Q6Kx8(w, dots) => run_x8(w, x, m, n, k, y, *dots),
             Weights::Generic(w) => self.run_generic(w, x, m, y),
         }
     }

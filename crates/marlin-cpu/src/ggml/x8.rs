@@ -23,7 +23,7 @@
 use super::act::ActQ8x32;
 use crate::CpuError;
 use bytemuck::{Pod, Zeroable};
-use marlin_quant::ggml::{scale_min_k4, BlockQ4K, BlockQ4_1, BlockQ5_0};
+use marlin_quant::ggml::{scale_min_k4, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ6K};
 
 /// Weight rows per group.
 pub const ROWS: usize = 8;
@@ -193,6 +193,56 @@ impl Interleave for X8Q4K {
     }
 }
 
+/// Q6_K superblock of 8 rows. Codes 6-bit (stored q + 32): the low
+/// nibbles in `ql`, byte 32(8(2h + c) + u) + 4r + e = row r's ql byte
+/// 64h + 32c + 4u + e (low nibble: element 128h + 32c + 4u + e, high:
+/// element + 64); the fifth and sixth bits in `qh`, byte 32(8h + u) + 4r + e
+/// = row r's qh byte 32h + 4u + e (bits 2c'..2c'+2: element
+/// 128h + 32c' + 4u + e). Scales of sub-blocks 2i, 2i + 1 of row r at
+/// `sc[i][2r]`, `sc[i][2r + 1]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct X8Q6K {
+    pub d: [u16; ROWS],
+    pub sc: [[i8; 2 * ROWS]; 8],
+    pub ql: [u8; 1024],
+    pub qh: [u8; 512],
+}
+
+impl Interleave for X8Q6K {
+    type Block = BlockQ6K;
+    fn pack(rows: [&BlockQ6K; ROWS]) -> Self {
+        let mut x = Self::zeroed();
+        for (r, b) in rows.iter().enumerate() {
+            x.d[r] = u16::from_le_bytes(b.d);
+            for s in 0..16 {
+                x.sc[s / 2][2 * r + s % 2] = b.scales[s];
+            }
+            for v in 0..32 {
+                x.ql[32 * v + 4 * r..][..4].copy_from_slice(&b.ql[4 * v..][..4]);
+            }
+            for v in 0..16 {
+                x.qh[32 * v + 4 * r..][..4].copy_from_slice(&b.qh[4 * v..][..4]);
+            }
+        }
+        x
+    }
+    fn unpack(&self, r: usize) -> BlockQ6K {
+        let mut b = BlockQ6K::zeroed();
+        b.d = self.d[r].to_le_bytes();
+        for s in 0..16 {
+            b.scales[s] = self.sc[s / 2][2 * r + s % 2];
+        }
+        for v in 0..32 {
+            b.ql[4 * v..][..4].copy_from_slice(&self.ql[32 * v + 4 * r..][..4]);
+        }
+        for v in 0..16 {
+            b.qh[4 * v..][..4].copy_from_slice(&self.qh[32 * v + 4 * r..][..4]);
+        }
+        b
+    }
+}
+
 /// (n, K) weights as ggml blocks -> ceil(n / 8) groups of bpr x8 blocks
 /// (group-major, then block). Missing rows of the last group are zero
 /// blocks (zero scales).
@@ -345,6 +395,17 @@ mod tests {
             assert_eq!(
                 bytemuck::cast_slice::<_, u8>(&got),
                 bytemuck::cast_slice::<_, u8>(&qk[row * bpr..(row + 1) * bpr])
+            );
+        }
+        let mut bytes = vec![0u8; n * bpr * size_of::<BlockQ6K>()];
+        rng.fill(bytes.as_mut_slice());
+        let q6: Vec<BlockQ6K> = bytemuck::cast_slice(&bytes).to_vec();
+        let x6 = repack::<X8Q6K>(&q6, n, bpr);
+        for row in 0..n {
+            let got = row_blocks(&x6, row, bpr);
+            assert_eq!(
+                bytemuck::cast_slice::<_, u8>(&got),
+                bytemuck::cast_slice::<_, u8>(&q6[row * bpr..(row + 1) * bpr])
             );
         }
     }

@@ -8,7 +8,7 @@
 //! add in i16 before one `madd` widens them.
 
 use super::act::{ActQ8K, ActQ8x32};
-use super::x8::{X8Dots, ROWS, X8Q4K, X8Q4_1, X8Q5_0};
+use super::x8::{X8Dots, ROWS, X8Q4K, X8Q4_1, X8Q5_0, X8Q6K};
 use std::arch::x86_64::*;
 
 /// 32 bytes of `p` from byte `off`.
@@ -192,6 +192,98 @@ fn q4k_x8<const RN: usize>(w: &[X8Q4K], a: &[ActQ8K], bpr: usize, out: &mut [[f3
     }
 }
 
+/// `RN` activation rows against one group of Q6_K superblocks: codes
+/// (q + 32, at most 63) times activations, two registers summed in i16
+/// (2 * 2 * 63 * 127 = 32004), `madd` by the sub-block's scale; the + 32
+/// comes off as 32 * Σ scale * (activation sum of the sub-block). Per
+/// superblock `acc = fma(d * d_a, isum - 32 msum, acc)`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6k_x8<const RN: usize>(w: &[X8Q6K], a: &[ActQ8K], bpr: usize, out: &mut [[f32; ROWS]]) {
+    let a: [&[ActQ8K]; RN] = std::array::from_fn(|j| &a[j * bpr..][..bpr]);
+    let w = &w[..bpr];
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m30 = _mm256_set1_epi8(0x30);
+    // Byte shuffles duplicating the even / odd i16 lanes (scale pairs).
+    let (even, odd) = (0x0504_0504_0100_0100i64, 0x0706_0706_0302_0302i64);
+    let next = 0x0808_0808_0808_0808i64; // bytes 8..16 of each 128-bit lane
+    let dup_even = _mm256_setr_epi64x(even, even + next, even, even + next);
+    let dup_odd = _mm256_setr_epi64x(odd, odd + next, odd, odd + next);
+    let mut acc = [_mm256_setzero_ps(); RN];
+    for (b, blk) in w.iter().enumerate() {
+        let mut isum = [_mm256_setzero_si256(); RN];
+        for h in 0..2 {
+            for c in 0..2 {
+                for nib in 0..2 {
+                    // Sub-blocks s0 (registers u < 4) and s0 + 1 (u >= 4).
+                    let s0 = 8 * h + 2 * c + 4 * nib;
+                    // SAFETY: 16 bytes are read from the 16-byte array.
+                    let pair = _mm256_cvtepi8_epi16(unsafe {
+                        _mm_loadu_si128(blk.sc[s0 / 2].as_ptr().cast())
+                    });
+                    let sc = [
+                        _mm256_shuffle_epi8(pair, dup_even),
+                        _mm256_shuffle_epi8(pair, dup_odd),
+                    ];
+                    let cc = 2 * nib + c; // which 32-element chunk of the half
+                    let codes: [__m256i; 8] = std::array::from_fn(|u| {
+                        let q = load32(&blk.ql, 32 * (8 * (2 * h + c) + u));
+                        let lo = if nib == 0 {
+                            _mm256_and_si256(q, m4)
+                        } else {
+                            _mm256_and_si256(_mm256_srli_epi16(q, 4), m4)
+                        };
+                        let qh = load32(&blk.qh, 32 * (8 * h + u));
+                        let hi = match cc {
+                            0 => _mm256_slli_epi16(qh, 4),
+                            1 => _mm256_slli_epi16(qh, 2),
+                            2 => qh,
+                            _ => _mm256_srli_epi16(qh, 2),
+                        };
+                        _mm256_or_si256(lo, _mm256_and_si256(hi, m30))
+                    });
+                    for j in 0..RN {
+                        let t0 = 32 * h + 8 * cc; // first register's element group
+                        let qa = &a[j][b].qs[4 * t0..4 * t0 + 32];
+                        let prod = |u: usize| {
+                            let v = i32::from_le_bytes([
+                                qa[4 * u] as u8,
+                                qa[4 * u + 1] as u8,
+                                qa[4 * u + 2] as u8,
+                                qa[4 * u + 3] as u8,
+                            ]);
+                            _mm256_maddubs_epi16(codes[u], _mm256_set1_epi32(v))
+                        };
+                        for k in 0..4 {
+                            let p16 = _mm256_add_epi16(prod(2 * k), prod(2 * k + 1));
+                            isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(p16, sc[k / 2]));
+                        }
+                    }
+                }
+            }
+        }
+        let d = f16x8(&blk.d);
+        for j in 0..RN {
+            let ab = &a[j][b];
+            let mut msum = _mm256_setzero_si256();
+            for i in 0..8 {
+                // SAFETY: 16 bytes are read from the 16-byte array sc[i].
+                let pair =
+                    _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(blk.sc[i].as_ptr().cast()) });
+                let bs = &ab.bsums[2 * i..2 * i + 2];
+                let sums = (bs[0] as u16 as u32 | ((bs[1] as u16 as u32) << 16)) as i32;
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(pair, _mm256_set1_epi32(sums)));
+            }
+            let total = _mm256_sub_epi32(isum[j], _mm256_slli_epi32(msum, 5));
+            let da = _mm256_set1_ps(ab.d);
+            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(total), acc[j]);
+        }
+    }
+    for j in 0..RN {
+        // SAFETY: out[j] holds 8 f32.
+        unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) }
+    }
+}
+
 // Safe entry points. SAFETY (all): reached only through the table
 // `dot_avx2::kernels` builds after detecting avx2, fma and f16c.
 macro_rules! x8_entry {
@@ -209,3 +301,4 @@ macro_rules! x8_entry {
 x8_entry!(q4_1, q4_1_x8, X8Q4_1, ActQ8x32);
 x8_entry!(q5_0, q5_0_x8, X8Q5_0, ActQ8x32);
 x8_entry!(q4k, q4k_x8, X8Q4K, ActQ8K);
+x8_entry!(q6k, q6k_x8, X8Q6K, ActQ8K);
