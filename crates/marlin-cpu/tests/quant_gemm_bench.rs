@@ -127,7 +127,7 @@ fn cpu_time_m128() {
 fn cpu_time_decode_in_cache() {
     use marlin_cpu::bench::random_quant_tensor;
     use marlin_cpu::quant_gemm::PreparedQuant;
-    let (k, n, iters) = (4096, 128, 4000);
+    let (k, n, iters) = (4096, 128, 20000);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
