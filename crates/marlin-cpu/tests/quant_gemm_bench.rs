@@ -224,7 +224,8 @@ fn instruction_rates() {
     }
     let time = |name: &str, macs: f64, f: unsafe fn() -> __m256i| {
         let c0 = process_cpu_seconds();
-        // SAFETY: AVX2 and FMA were detected above.
+        // SAFETY: each caller detected the features `f` needs (AVX2 and
+        // FMA above; AVX-512 ones at the calls).
         std::hint::black_box(unsafe { f() });
         let ns = (process_cpu_seconds() - c0) / N as f64 * 1e9;
         println!(
@@ -235,4 +236,44 @@ fn instruction_rates() {
     time("vfmadd231ps ymm", 8.0, fma);
     time("vpmaddubsw ymm", 32.0, maddubs);
     time("vpmaddubsw + vpaddw (+ madd per 8)", 32.0, maddubs_add_madd);
+
+    /// 512-bit FMA (the dense baseline's kernel on AVX-512 machines).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fma512() -> __m256i {
+        let mut f = [_mm512_set1_ps(1.0); 10];
+        let c = _mm512_set1_ps(1e-3);
+        for _ in 0..N / 10 {
+            // Opaque multiplier: the chains cannot be folded.
+            let b = std::hint::black_box(_mm512_set1_ps(0.999));
+            for v in f.iter_mut() {
+                *v = _mm512_fmadd_ps(*v, b, c);
+            }
+        }
+        let s = f
+            .iter()
+            .fold(_mm512_setzero_ps(), |a, &v| _mm512_add_ps(a, v));
+        _mm256_castps_si256(_mm512_castps512_ps256(s))
+    }
+    /// 512-bit `vpdpbusd` (the VNNI kernels' dot product).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn dpbusd512() -> __m256i {
+        let mut a = [_mm512_setzero_si512(); 10];
+        let w = _mm512_set1_epi8(3);
+        let x = _mm512_set1_epi8(-2);
+        for _ in 0..N / 10 {
+            for v in a.iter_mut() {
+                *v = _mm512_dpbusd_epi32(*v, w, x);
+            }
+        }
+        let s = a
+            .iter()
+            .fold(_mm512_setzero_si512(), |s, &v| _mm512_xor_si512(s, v));
+        _mm512_castsi512_si256(s)
+    }
+    if is_x86_feature_detected!("avx512f") {
+        time("vfmadd231ps zmm", 16.0, fma512);
+    }
+    if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
+        time("vpdpbusd zmm", 64.0, dpbusd512);
+    }
 }
