@@ -29,10 +29,8 @@
 //   each half (bits 8*(j&1) + 2i, high element +16; odd j shifts by 8);
 //   INT3: f < 15 in word f / 5, field p = f % 5 at bits 3p (p >= 3 after a
 //   shift by 9), f = 15 has code bit b at bit 15 (+16) of word b.
-//   Scale and negated zero point (f16 | f16 << 16) per (K group, column) in
-//   `SZ`, the scale applied to fp32 group accumulators like the 8-bit
-//   formats; the words of the next WX_SZ_AHEAD groups are held in registers
-//   (a group of INT2 g64 is one chunk, shorter than a global load's latency).
+//   Scale (f16) and zero point (bits 16..23) per (K group, column) in `SZ`,
+//   the scale applied to fp32 group accumulators like the 8-bit formats.
 // Scales: FP4 has an f16x2 (column g, column 8 + g) per lane per chunk
 // (groups of 16 or 32 along K: one per lane's 16-run) multiplied in f16;
 // every format has fp32 column scales per K group (`S32`, (groups, n_pad))
@@ -60,8 +58,6 @@ typedef unsigned short u16;
 #define FMT_FP8 2
 #define FMT_INT3 3
 #define FMT_INT2 4
-// INT3 / INT2: K groups whose scale/zero words are held ahead in registers.
-#define WX_SZ_AHEAD 4
 
 __device__ __forceinline__ float wx_ld_cg_f32(const float* p) {
     float r;
@@ -76,11 +72,6 @@ __device__ __forceinline__ u32 wx_hmul2(u32 a, u32 b) {
 __device__ __forceinline__ u32 wx_hfma2(u32 a, u32 b, u32 c) {
     u32 r;
     asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
-    return r;
-}
-__device__ __forceinline__ u32 wx_hadd2(u32 a, u32 b) {
-    u32 r;
-    asm("add.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
     return r;
 }
 __device__ __forceinline__ u32 wx_hsub2(u32 a, u32 b) {
@@ -159,20 +150,17 @@ __device__ __forceinline__ u32 wx_field_mul(int q) {
 }
 
 // INT3 / INT2: bias pairs zb[2q + h] = -(1024 * 2^(-b*q) + zero of column
-// half h), from the (f16 scale | f16 -zero << 16) words of columns g and
-// 8 + g: one prmt, then per field one add.f16x2 (exact: small integers) and
-// two duplications.
+// half h), from the (scale | zero << 16) words of columns g and 8 + g.
 template <int FMT>
 __device__ __forceinline__ void wx_zero_bias(u32 sz0, u32 sz1, u32 zb[8]) {
-    const u32 neg_zero = wx_prmt(sz0, sz1, 0x7632u);  // (-z0, -z1)
+    constexpr int B = FMT == FMT_INT3 ? 3 : 2;
 #pragma unroll
     for (int q = 0; q < 4; q++) {
-        // dup(-1024 * 2^(-b*q)) in f16.
-        const u32 base = FMT == FMT_INT2 ? (q == 0 ? 0xE400E400u : q == 1 ? 0xDC00DC00u : q == 2 ? 0xD400D400u : 0xCC00CC00u)
-                                         : (q == 0 ? 0xE400E400u : q == 1 ? 0xD800D800u : q == 2 ? 0xCC00CC00u : 0xC000C000u);
-        const u32 t = wx_hadd2(neg_zero, base);
-        zb[2 * q] = wx_dup_lo(t);
-        zb[2 * q + 1] = wx_dup_hi(t);
+        const float base = 1024.0f / (float)(1 << (B * q));
+        const u32 b0 = wx_f32_to_f16(-(base + (float)(sz0 >> 16)));
+        const u32 b1 = wx_f32_to_f16(-(base + (float)(sz1 >> 16)));
+        zb[2 * q] = b0 | (b0 << 16);
+        zb[2 * q + 1] = b1 | (b1 << 16);
     }
 }
 
@@ -337,9 +325,8 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
 
     // Column scales of the current K group (columns nb*16 + g, + 8). 8-bit /
     // FP4: fp32, loaded one group ahead of their use (at the fold). INT3 /
-    // INT2: (f16 scale | f16 -zero << 16) words; the zero is needed from the
-    // group's first chunk, so the next WX_SZ_AHEAD groups' words are
-    // prefetched into registers (pf0 / pf1, shifted at every group end).
+    // INT2: (f16 scale | zero << 16) words; the zero is needed from the
+    // group's first chunk, so the next group's words are prefetched.
     int group = c_begin / group_chunks;
     const int groups = (k_chunks + group_chunks - 1) / group_chunks;
     int left_in_group = group_chunks - (c_begin - group * group_chunks);
@@ -347,18 +334,16 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
     const u32* sz_col = SZ + (size_t)nb * 16 + g;
     float gs0, gs1;
     u32 zb[8];
-    u32 pf0[WX_SZ_AHEAD], pf1[WX_SZ_AHEAD];
+    u32 next0 = 0u, next1 = 0u;
     if constexpr (LOW) {
         const u32 sz0 = sz_col[(size_t)group * n_pad], sz1 = sz_col[(size_t)group * n_pad + 8];
-#pragma unroll
-        for (int i = 0; i < WX_SZ_AHEAD; i++) {
-            const bool in = group + 1 + i < groups;
-            pf0[i] = in ? sz_col[(size_t)(group + 1 + i) * n_pad] : 0u;
-            pf1[i] = in ? sz_col[(size_t)(group + 1 + i) * n_pad + 8] : 0u;
-        }
         gs0 = wx_f16_to_f32((u16)(sz0 & 0xFFFFu));
         gs1 = wx_f16_to_f32((u16)(sz1 & 0xFFFFu));
         wx_zero_bias<FMT>(sz0, sz1, zb);
+        if (group + 1 < groups) {
+            next0 = sz_col[(size_t)(group + 1) * n_pad];
+            next1 = sz_col[(size_t)(group + 1) * n_pad + 8];
+        }
     } else {
         gs0 = s32_col[(size_t)group * n_pad];
         gs1 = s32_col[(size_t)group * n_pad + 8];
@@ -447,17 +432,13 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
                     left_in_group = group_chunks;
                     if (it != n_my - 1) {
                         if constexpr (LOW) {
-                            gs0 = wx_f16_to_f32((u16)(pf0[0] & 0xFFFFu));
-                            gs1 = wx_f16_to_f32((u16)(pf1[0] & 0xFFFFu));
-                            wx_zero_bias<FMT>(pf0[0], pf1[0], zb);
-#pragma unroll
-                            for (int i = 0; i + 1 < WX_SZ_AHEAD; i++) {
-                                pf0[i] = pf0[i + 1];
-                                pf1[i] = pf1[i + 1];
+                            gs0 = wx_f16_to_f32((u16)(next0 & 0xFFFFu));
+                            gs1 = wx_f16_to_f32((u16)(next1 & 0xFFFFu));
+                            wx_zero_bias<FMT>(next0, next1, zb);
+                            if (group + 1 < groups) {
+                                next0 = sz_col[(size_t)(group + 1) * n_pad];
+                                next1 = sz_col[(size_t)(group + 1) * n_pad + 8];
                             }
-                            const bool in = group + WX_SZ_AHEAD < groups;
-                            pf0[WX_SZ_AHEAD - 1] = in ? sz_col[(size_t)(group + WX_SZ_AHEAD) * n_pad] : 0u;
-                            pf1[WX_SZ_AHEAD - 1] = in ? sz_col[(size_t)(group + WX_SZ_AHEAD) * n_pad + 8] : 0u;
                         } else {
                             gs0 = s32_col[(size_t)group * n_pad];
                             gs1 = s32_col[(size_t)group * n_pad + 8];

@@ -79,9 +79,8 @@ pub struct WxPacked {
     /// (groups, n_pad) fp32 column scales (FP4: the per-tensor factor).
     /// Empty for INT3 / INT2.
     pub scales32: Vec<f32>,
-    /// INT3 / INT2: (groups, n_pad) f16 scale bits | f16 bits of minus the
-    /// zero point << 16 (the zero of the unsigned code, 2^(b-1) for signed
-    /// codes). Empty else.
+    /// INT3 / INT2: (groups, n_pad) f16 scale bits | zero point << 16 (the
+    /// zero of the unsigned code, 2^(b-1) for signed codes). Empty else.
     pub scale_zero: Vec<u32>,
 }
 
@@ -393,10 +392,7 @@ pub fn pack_wx(w: &QuantTensor) -> Result<WxPacked> {
                         z as u32
                     }
                 };
-                // Zeros are < 2^bits, exact in f16.
-                let neg_zero = f16::from_f32(-(zero as f32));
-                scale_zero[gi * n_pad + col_n] =
-                    u32::from(s.to_bits()) | (u32::from(neg_zero.to_bits()) << 16);
+                scale_zero[gi * n_pad + col_n] = u32::from(s.to_bits()) | (zero << 16);
             }
         }
     } else {

@@ -44,8 +44,7 @@ pub fn unpack_wx_ref(p: &WxPacked) -> Vec<f64> {
                 WxFormat::Int3 | WxFormat::Int2 => {
                     let sz = p.scale_zero[group * p.n_pad + col];
                     let s = f64::from(f16::from_bits(sz as u16).to_f32());
-                    let neg_zero = f64::from(f16::from_bits((sz >> 16) as u16).to_f32());
-                    (f64::from(code) + neg_zero) * s
+                    (f64::from(code) - f64::from(sz >> 16)) * s
                 }
             };
         }
