@@ -24,8 +24,9 @@ cargo build --release -p marlin-cli --features cuda
 # Test executables: parse cargo's JSON messages for compiled test targets.
 cargo test --release -p marlin-cuda --features cuda --no-run --message-format=json \
     > "$repo/.gpu-stage.json"
-# The GPU decoder's test against the CPU model (marlin-models, feature cuda).
-cargo test --release -p marlin-models --features cuda --test gpu_decoder --no-run \
+# The GPU decoder's test against the CPU model and GpuLinear's CUDA-graph test
+# of every quantized format (marlin-models, feature cuda).
+cargo test --release -p marlin-models --features cuda --test gpu_decoder --test gpu_linear_formats --no-run \
     --message-format=json >> "$repo/.gpu-stage.json"
 rm -rf "$stage"
 mkdir -p "$stage/bin" "$stage/tests"
