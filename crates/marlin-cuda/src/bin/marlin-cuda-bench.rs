@@ -5,7 +5,7 @@
 use marlin_cuda::bench::{bench_gemm, GemmBenchConfig, GemmFormat};
 
 const USAGE: &str = "usage: marlin-cuda-bench [--quick] [--sweep] [--shape NxK] [--ms 1,16] \
-                     [--formats int4,mxfp4,nvfp4,int8,fp8,fp8b128] [--device N]";
+                     [--formats int4,mxfp4,nvfp4,int8,fp8,fp8b128,int3,int2] [--device N]";
 
 fn main() {
     let mut cfg = GemmBenchConfig::default();
@@ -43,7 +43,7 @@ fn main() {
             "--formats" => match args.next().and_then(|s| GemmFormat::parse_list(&s)) {
                 Some(formats) => cfg.formats = formats,
                 None => {
-                    eprintln!("--formats needs a comma-separated list of int4, mxfp4, nvfp4, int8, fp8, fp8b128");
+                    eprintln!("--formats needs a comma-separated list of int4, mxfp4, nvfp4, int8, fp8, fp8b128, int3, int2");
                     std::process::exit(2);
                 }
             },
