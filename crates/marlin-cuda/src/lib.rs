@@ -25,6 +25,8 @@ mod device;
 #[cfg(feature = "cuda")]
 pub mod ggml;
 #[cfg(feature = "cuda")]
+pub mod hadamard;
+#[cfg(feature = "cuda")]
 mod nvrtc_cache;
 #[cfg(feature = "cuda")]
 pub mod ops;
