@@ -32,6 +32,7 @@ pub(super) fn kernels() -> Option<Kernels> {
             q5_0x8: Some(super::x8_avx2::q5_0()),
             q4kx8: Some(super::x8_avx2::q4k()),
             q6kx8: Some(super::x8_avx2::q6k()),
+            q8_0x8: Some(super::x8_avx2::q8_0()),
             f32dot,
         })
     } else {

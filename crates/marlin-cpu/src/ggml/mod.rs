@@ -33,7 +33,7 @@ use act::{ActQ8K, ActQ8x32};
 use marlin_quant::ggml::*;
 use marlin_quant::{GgmlTensor, GgmlType};
 use std::sync::OnceLock;
-use x8::{X8Dots, X8Q4K, X8Q4_1, X8Q5_0, X8Q6K};
+use x8::{X8Dots, X8Q4K, X8Q4_1, X8Q5_0, X8Q6K, X8Q8_0};
 
 /// Bytes of activation blocks a batched tile pass keeps in L1 while it
 /// walks the weight rows of its chunk.
@@ -83,6 +83,7 @@ pub struct Kernels {
     pub q5_0x8: Option<X8Dots<X8Q5_0>>,
     pub q4kx8: Option<X8Dots<X8Q4K, ActQ8K>>,
     pub q6kx8: Option<X8Dots<X8Q6K, ActQ8K>>,
+    pub q8_0x8: Option<X8Dots<X8Q8_0>>,
     pub f32dot: fn(&[f32], &[f32]) -> f32,
 }
 
@@ -127,6 +128,7 @@ pub fn scalar_kernels() -> Kernels {
         q5_0x8: None,
         q4kx8: None,
         q6kx8: None,
+        q8_0x8: None,
         f32dot: dot_f32,
     }
 }
@@ -166,6 +168,7 @@ enum Weights {
     Q5_0x8(Vec<X8Q5_0>, X8Dots<X8Q5_0>),
     Q4Kx8(Vec<X8Q4K>, X8Dots<X8Q4K, ActQ8K>),
     Q6Kx8(Vec<X8Q6K>, X8Dots<X8Q6K, ActQ8K>),
+    Q8_0x8(Vec<X8Q8_0>, X8Dots<X8Q8_0>),
     /// Packed rows of a type without an integer kernel.
     Generic(Vec<u8>),
 }
@@ -219,7 +222,12 @@ impl PreparedGgml {
                 None => Weights::Q5_0(to_blocks(t.data)?),
             },
             Q5_1 => Weights::Q5_1(to_blocks(t.data)?),
-            Q8_0 => Weights::Q8_0(to_blocks(t.data)?),
+            Q8_0 => match kernels.q8_0x8 {
+                Some(dots) => {
+                    Weights::Q8_0x8(x8::repack(as_blocks(&t.data)?, rows, cols / 32), dots)
+                }
+                None => Weights::Q8_0(to_blocks(t.data)?),
+            },
             Mxfp4 => Weights::Mxfp4(to_blocks(t.data)?),
             Q4K => match kernels.q4kx8 {
                 Some(dots) => {
@@ -280,6 +288,7 @@ impl PreparedGgml {
             Weights::Q5_0x8(w, _) => size_of_val(w.as_slice()),
             Weights::Q4Kx8(w, _) => size_of_val(w.as_slice()),
             Weights::Q6Kx8(w, _) => size_of_val(w.as_slice()),
+            Weights::Q8_0x8(w, _) => size_of_val(w.as_slice()),
             Weights::Generic(w) => w.len(),
         }
     }
@@ -330,6 +339,10 @@ impl PreparedGgml {
                 unpacked = bytemuck::cast_slice(&x8::row_blocks(w, r, bk)).to_vec();
                 &unpacked
             }
+            Weights::Q8_0x8(w, _) => {
+                unpacked = bytemuck::cast_slice(&x8::row_blocks(w, r, b32)).to_vec();
+                &unpacked
+            }
             Weights::Generic(w) => {
                 let rb = self.ty.row_bytes(k)?;
                 &w[r * rb..(r + 1) * rb]
@@ -360,6 +373,7 @@ impl PreparedGgml {
             Weights::Q5_0x8(w, dots) => run_x8(w, x, m, n, k, y, *dots),
             Weights::Q4Kx8(w, dots) => run_x8(w, x, m, n, k, y, *dots),
             Weights::Q6Kx8(w, dots) => run_x8(w, x, m, n, k, y, *dots),
+            Weights::Q8_0x8(w, dots) => run_x8(w, x, m, n, k, y, *dots),
             Weights::Generic(w) => self.run_generic(w, x, m, y),
         }
     }

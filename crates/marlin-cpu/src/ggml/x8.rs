@@ -23,7 +23,7 @@
 use super::act::ActQ8x32;
 use crate::CpuError;
 use bytemuck::{Pod, Zeroable};
-use marlin_quant::ggml::{scale_min_k4, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ6K};
+use marlin_quant::ggml::{scale_min_k4, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8_0};
 
 /// Weight rows per group.
 pub const ROWS: usize = 8;
@@ -243,6 +243,37 @@ impl Interleave for X8Q6K {
     }
 }
 
+/// Q8_0 block b of 8 rows: byte 32t + 4r + e of `qs` is row r's code
+/// 4t + e.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct X8Q8_0 {
+    pub d: [u16; ROWS],
+    pub qs: [i8; 256],
+}
+
+impl Interleave for X8Q8_0 {
+    type Block = BlockQ8_0;
+    fn pack(rows: [&BlockQ8_0; ROWS]) -> Self {
+        let mut x = Self::zeroed();
+        for (r, b) in rows.iter().enumerate() {
+            x.d[r] = u16::from_le_bytes(b.d);
+            for t in 0..8 {
+                x.qs[32 * t + 4 * r..][..4].copy_from_slice(&b.qs[4 * t..][..4]);
+            }
+        }
+        x
+    }
+    fn unpack(&self, r: usize) -> BlockQ8_0 {
+        let mut b = BlockQ8_0::zeroed();
+        b.d = self.d[r].to_le_bytes();
+        for t in 0..8 {
+            b.qs[4 * t..][..4].copy_from_slice(&self.qs[32 * t + 4 * r..][..4]);
+        }
+        b
+    }
+}
+
 /// (n, K) weights as ggml blocks -> ceil(n / 8) groups of bpr x8 blocks
 /// (group-major, then block). Missing rows of the last group are zero
 /// blocks (zero scales).
@@ -401,6 +432,17 @@ mod tests {
         rng.fill(bytes.as_mut_slice());
         let q6: Vec<BlockQ6K> = bytemuck::cast_slice(&bytes).to_vec();
         let x6 = repack::<X8Q6K>(&q6, n, bpr);
+        let mut bytes = vec![0u8; n * bpr * size_of::<BlockQ8_0>()];
+        rng.fill(bytes.as_mut_slice());
+        let q8: Vec<BlockQ8_0> = bytemuck::cast_slice(&bytes).to_vec();
+        let x8 = repack::<X8Q8_0>(&q8, n, bpr);
+        for row in 0..n {
+            let got = row_blocks(&x8, row, bpr);
+            assert_eq!(
+                bytemuck::cast_slice::<_, u8>(&got),
+                bytemuck::cast_slice::<_, u8>(&q8[row * bpr..(row + 1) * bpr])
+            );
+        }
         for row in 0..n {
             let got = row_blocks(&x6, row, bpr);
             assert_eq!(

@@ -8,7 +8,7 @@
 //! add in i16 before one `madd` widens them.
 
 use super::act::{ActQ8K, ActQ8x32};
-use super::x8::{X8Dots, ROWS, X8Q4K, X8Q4_1, X8Q5_0, X8Q6K};
+use super::x8::{X8Dots, ROWS, X8Q4K, X8Q4_1, X8Q5_0, X8Q6K, X8Q8_0};
 use std::arch::x86_64::*;
 
 /// 32 bytes of `p` from byte `off`.
@@ -66,7 +66,7 @@ fn isum(w: &[__m256i; 8], a: &ActQ8x32, ts: std::ops::Range<usize>) -> __m256i {
 /// `RN` activation rows against one group of Q4_1 blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q4_1_x8<const RN: usize>(w: &[X8Q4_1], a: &[ActQ8x32], bpr: usize, out: &mut [[f32; ROWS]]) {
-    let a: [&[ActQ8x32]; RN] = std::array::from_fn(|j| &a[j * bpr..][..bpr]);
+    let a = &a[..RN * bpr]; // (RN, bpr); indexed a[j * bpr + b]
     let w = &w[..bpr];
     let mut acc = [_mm256_setzero_ps(); RN];
     for (b, blk) in w.iter().enumerate() {
@@ -74,7 +74,7 @@ fn q4_1_x8<const RN: usize>(w: &[X8Q4_1], a: &[ActQ8x32], bpr: usize, out: &mut 
         let d = f16x8(&blk.d);
         let m = f16x8(&blk.m);
         for j in 0..RN {
-            let ab = &a[j][b];
+            let ab = &a[j * bpr + b];
             let s = _mm256_cvtepi32_ps(isum(&codes, ab, 0..8));
             acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ab.d)), s, acc[j]);
             acc[j] = _mm256_fmadd_ps(m, _mm256_set1_ps(ab.s), acc[j]);
@@ -89,7 +89,7 @@ fn q4_1_x8<const RN: usize>(w: &[X8Q4_1], a: &[ActQ8x32], bpr: usize, out: &mut 
 /// `RN` activation rows against one group of Q5_0 blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q5_0_x8<const RN: usize>(w: &[X8Q5_0], a: &[ActQ8x32], bpr: usize, out: &mut [[f32; ROWS]]) {
-    let a: [&[ActQ8x32]; RN] = std::array::from_fn(|j| &a[j * bpr..][..bpr]);
+    let a = &a[..RN * bpr]; // (RN, bpr); indexed a[j * bpr + b]
     let w = &w[..bpr];
     let bit4 = _mm256_set1_epi8(0x10);
     let mut acc = [_mm256_setzero_ps(); RN];
@@ -114,7 +114,7 @@ fn q5_0_x8<const RN: usize>(w: &[X8Q5_0], a: &[ActQ8x32], bpr: usize, out: &mut 
         // Codes are stored as q + 16: the offset term is -16 d * s_a.
         let c = _mm256_mul_ps(d, _mm256_set1_ps(-16.0));
         for j in 0..RN {
-            let ab = &a[j][b];
+            let ab = &a[j * bpr + b];
             let s = _mm256_add_epi32(isum(&codes, ab, 0..4), isum(&codes, ab, 4..8));
             let s = _mm256_cvtepi32_ps(s);
             acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ab.d)), s, acc[j]);
@@ -134,7 +134,7 @@ fn q5_0_x8<const RN: usize>(w: &[X8Q5_0], a: &[ActQ8x32], bpr: usize, out: &mut 
 /// `acc = fma(d * d_a, isum, acc)`, `acc = fnmadd(dmin * d_a, msum, acc)`.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q4k_x8<const RN: usize>(w: &[X8Q4K], a: &[ActQ8K], bpr: usize, out: &mut [[f32; ROWS]]) {
-    let a: [&[ActQ8K]; RN] = std::array::from_fn(|j| &a[j * bpr..][..bpr]);
+    let a = &a[..RN * bpr]; // (RN, bpr); indexed a[j * bpr + b]
     let w = &w[..bpr];
     let m4 = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); RN];
@@ -154,7 +154,7 @@ fn q4k_x8<const RN: usize>(w: &[X8Q4K], a: &[ActQ8K], bpr: usize, out: &mut [[f3
                 }
             });
             for j in 0..RN {
-                let qa = &a[j][b].qs[32 * s..32 * s + 32];
+                let qa = &a[j * bpr + b].qs[32 * s..32 * s + 32];
                 let mut p16 = _mm256_setzero_si256();
                 for (u, &c) in codes.iter().enumerate() {
                     let v = i32::from_le_bytes([
@@ -171,7 +171,7 @@ fn q4k_x8<const RN: usize>(w: &[X8Q4K], a: &[ActQ8K], bpr: usize, out: &mut [[f3
         let d = f16x8(&blk.d);
         let dmin = f16x8(&blk.dmin);
         for j in 0..RN {
-            let ab = &a[j][b];
+            let ab = &a[j * bpr + b];
             let mut msum = _mm256_setzero_si256();
             for p in 0..4 {
                 // SAFETY: 16 bytes are read from the 16-byte array mn[p].
@@ -199,7 +199,7 @@ fn q4k_x8<const RN: usize>(w: &[X8Q4K], a: &[ActQ8K], bpr: usize, out: &mut [[f3
 /// superblock `acc = fma(d * d_a, isum - 32 msum, acc)`.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6k_x8<const RN: usize>(w: &[X8Q6K], a: &[ActQ8K], bpr: usize, out: &mut [[f32; ROWS]]) {
-    let a: [&[ActQ8K]; RN] = std::array::from_fn(|j| &a[j * bpr..][..bpr]);
+    let a = &a[..RN * bpr]; // (RN, bpr); indexed a[j * bpr + b]
     let w = &w[..bpr];
     let m4 = _mm256_set1_epi8(0x0F);
     let m30 = _mm256_set1_epi8(0x30);
@@ -243,7 +243,7 @@ fn q6k_x8<const RN: usize>(w: &[X8Q6K], a: &[ActQ8K], bpr: usize, out: &mut [[f3
                     });
                     for j in 0..RN {
                         let t0 = 32 * h + 8 * cc; // first register's element group
-                        let qa = &a[j][b].qs[4 * t0..4 * t0 + 32];
+                        let qa = &a[j * bpr + b].qs[4 * t0..4 * t0 + 32];
                         let prod = |u: usize| {
                             let v = i32::from_le_bytes([
                                 qa[4 * u] as u8,
@@ -263,7 +263,7 @@ fn q6k_x8<const RN: usize>(w: &[X8Q6K], a: &[ActQ8K], bpr: usize, out: &mut [[f3
         }
         let d = f16x8(&blk.d);
         for j in 0..RN {
-            let ab = &a[j][b];
+            let ab = &a[j * bpr + b];
             let mut msum = _mm256_setzero_si256();
             for i in 0..8 {
                 // SAFETY: 16 bytes are read from the 16-byte array sc[i].
@@ -276,6 +276,47 @@ fn q6k_x8<const RN: usize>(w: &[X8Q6K], a: &[ActQ8K], bpr: usize, out: &mut [[f3
             let total = _mm256_sub_epi32(isum[j], _mm256_slli_epi32(msum, 5));
             let da = _mm256_set1_ps(ab.d);
             acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(total), acc[j]);
+        }
+    }
+    for j in 0..RN {
+        // SAFETY: out[j] holds 8 f32.
+        unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) }
+    }
+}
+
+/// `RN` activation rows against one group of Q8_0 blocks: signed codes
+/// go through `maddubs` as |q| times sign(q) * a; each register's i16
+/// pairs (up to 2 * 128 * 127) widen by `madd` before they add.
+/// Per block `acc = fma(d * d_a, isum, acc)`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_x8<const RN: usize>(w: &[X8Q8_0], a: &[ActQ8x32], bpr: usize, out: &mut [[f32; ROWS]]) {
+    let a = &a[..RN * bpr]; // (RN, bpr); indexed a[j * bpr + b]
+    let w = &w[..bpr];
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); RN];
+    for (b, blk) in w.iter().enumerate() {
+        let mut codes = [_mm256_setzero_si256(); 8];
+        let mut mags = [_mm256_setzero_si256(); 8];
+        for t in 0..8 {
+            codes[t] = load32(&blk.qs, 32 * t);
+            mags[t] = _mm256_sign_epi8(codes[t], codes[t]);
+        }
+        let d = f16x8(&blk.d);
+        for j in 0..RN {
+            let ab = &a[j * bpr + b];
+            let mut s = _mm256_setzero_si256();
+            for t in 0..8 {
+                let av = _mm256_sign_epi8(bcast4(ab, t), codes[t]);
+                s = _mm256_add_epi32(
+                    s,
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(mags[t], av), ones),
+                );
+            }
+            acc[j] = _mm256_fmadd_ps(
+                _mm256_mul_ps(d, _mm256_set1_ps(ab.d)),
+                _mm256_cvtepi32_ps(s),
+                acc[j],
+            );
         }
     }
     for j in 0..RN {
@@ -302,3 +343,4 @@ x8_entry!(q4_1, q4_1_x8, X8Q4_1, ActQ8x32);
 x8_entry!(q5_0, q5_0_x8, X8Q5_0, ActQ8x32);
 x8_entry!(q4k, q4k_x8, X8Q4K, ActQ8K);
 x8_entry!(q6k, q6k_x8, X8Q6K, ActQ8K);
+x8_entry!(q8_0, q8_0_x8, X8Q8_0, ActQ8x32);
