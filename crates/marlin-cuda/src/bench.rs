@@ -22,6 +22,7 @@ use crate::int4::gemm::{
 };
 use crate::int4::pack::pack_int4;
 use crate::int4::random::{random_activations, random_int4, XorShift};
+use crate::int4::wgmma::{wgmma_supported, WGMMA_MIN_M};
 use crate::wgemm::gemm::{wx_gemm, WxWeight};
 use crate::wgemm::pack::pack_wx;
 use crate::wgemm::random::{random_wx, BenchFormat};
@@ -115,6 +116,9 @@ pub struct GemmBenchRow {
     /// elsewhere.
     pub general_us: f64,
     pub dequant_cublas_us: f64,
+    /// INT4 only: the Hopper wgmma kernel (`GemmPath::Wgmma`), timed at
+    /// M >= 17 on compute capability 9.0; NaN elsewhere.
+    pub wgmma_us: f64,
     pub cublas_us: f64,
     /// Bytes of codes and scales one call streams.
     pub weight_bytes: usize,
@@ -153,7 +157,7 @@ impl fmt::Display for GemmBenchReport {
         )?;
         writeln!(
             f,
-            "{:>8} {:>5} {:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7}",
+            "{:>8} {:>5} {:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7}",
             "format",
             "bit/w",
             "N x K",
@@ -164,6 +168,7 @@ impl fmt::Display for GemmBenchReport {
             "fused us",
             "gener us",
             "deq+cB us",
+            "wgmma us",
             "cuBLAS us",
             "speedup",
             "TB/s",
@@ -173,13 +178,14 @@ impl fmt::Display for GemmBenchReport {
         for r in &self.rows {
             writeln!(
                 f,
-                "{:>8} {:>5.2} {:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>7.1}",
+                "{:>8} {:>5.2} {:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>7.1}",
                 r.format.name(),
                 r.bits_per_weight(),
                 format!("{}x{}", r.n, r.k),
                 r.m,
                 match r.path {
                     GemmPath::DequantCublas => "deq+cB",
+                    GemmPath::Wgmma => "wgmma",
                     _ => "fused",
                 },
                 r.splits,
@@ -188,6 +194,7 @@ impl fmt::Display for GemmBenchReport {
                 r.fused_us,
                 r.general_us,
                 r.dequant_cublas_us,
+                r.wgmma_us,
                 r.cublas_us,
                 r.speedup(),
                 r.weight_tbps,
@@ -410,8 +417,16 @@ fn bench_shape(
                 f64::NAN
             };
             let (dequant_cublas_us, _) = time_path(GemmPath::DequantCublas, None)?;
+            let has_wgmma = is_int4 && m >= WGMMA_MIN_M && wgmma_supported(dev);
+            let wgmma_us = if has_wgmma {
+                time_path(GemmPath::Wgmma, None)?.0
+            } else {
+                f64::NAN
+            };
+            let mut auto_plan = None;
             let (us, path) = if is_int4 {
                 let (us, plan) = time_path(GemmPath::Auto, None)?;
+                auto_plan = plan;
                 (us, plan.map_or(GemmPath::Auto, |p| p.path))
             } else if auto_fused(m, n, k) {
                 (fused_us, GemmPath::Fused)
@@ -423,7 +438,13 @@ fn bench_shape(
                 for &s in &cfg.split_sweep {
                     let (us, plan) = time_path(GemmPath::Fused, Some(s))?;
                     if plan.is_some_and(|p| p.splits == s) {
-                        sweep.push((s, us));
+                        sweep.push((s, GemmPath::Fused, us));
+                    }
+                    if has_wgmma {
+                        let (us, plan) = time_path(GemmPath::Wgmma, Some(s))?;
+                        if plan.is_some_and(|p| p.splits == s) {
+                            sweep.push((s, GemmPath::Wgmma, us));
+                        }
                     }
                 }
             }
@@ -439,6 +460,7 @@ fn bench_shape(
                 fused_us,
                 general_us,
                 dequant_cublas_us,
+                wgmma_us,
                 cublas_us,
                 weight_bytes: *weight_bytes,
                 weight_tbps: *weight_bytes as f64 / (us * 1e-6) / 1e12,
@@ -446,11 +468,12 @@ fn bench_shape(
             };
             let splits_used = match path {
                 GemmPath::DequantCublas => 1,
+                GemmPath::Wgmma => auto_plan.map_or(0, |p| p.splits),
                 _ => fused_plan.map_or(0, |p| p.splits),
             };
             rows.push(row(splits_used, false, path, us));
-            for (s, us) in sweep {
-                rows.push(row(s, true, GemmPath::Fused, us));
+            for (s, path, us) in sweep {
+                rows.push(row(s, true, path, us));
             }
         }
     }

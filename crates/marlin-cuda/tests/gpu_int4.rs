@@ -98,6 +98,10 @@ fn int4_gemm_matches_reference() {
             check(&dev, &mut ws, m, 256, 2048, 128, false, opts);
             // g128 asymmetric, N not a multiple of 64, K not a multiple of 64.
             check(&dev, &mut ws, m, 200, 1000, 128, true, opts);
+            // Groups of 32 (two scale groups per 64-chunk), both zero modes;
+            // K = 990 ends inside a chunk and a group.
+            check(&dev, &mut ws, m, 256, 2048, 32, false, opts);
+            check(&dev, &mut ws, m, 200, 990, 32, true, opts);
         }
     }
 }
@@ -127,6 +131,10 @@ fn int4_gemm_awkward_shapes_and_splits() {
         check(&dev, &mut ws, 5, 128, 1536, 64, true, opts);
         check(&dev, &mut ws, 16, 192, 1536, 128, true, opts);
         check(&dev, &mut ws, 33, 320, 1536, 128, false, opts);
+        check(&dev, &mut ws, 9, 128, 1536, 32, false, opts);
+        check(&dev, &mut ws, 24, 128, 1536, 32, true, opts);
+        // Group 192: a split may start in the middle of a scale group.
+        check(&dev, &mut ws, 1, 128, 1536, 192, false, opts);
     }
     // M larger than one block row (several m blocks) with split-K.
     let opts = GemmOptions {

@@ -1,10 +1,11 @@
-//! `marlin-cuda-bench [--quick] [--sweep] [--shape NxK] [--ms 1,16] [--formats int4,mxfp4,...]
+//! `marlin-cuda-bench [--quick] [--sweep] [--shape NxK[,NxK..]] [--ms 1,16] [--formats int4,mxfp4,...]
 //! [--device N]`: the quantized GEMM benchmark table (see `marlin_cuda::bench`).
 //! Exit status 1 when CUDA is not available or a call fails.
 
 use marlin_cuda::bench::{bench_gemm, GemmBenchConfig, GemmFormat};
 
-const USAGE: &str = "usage: marlin-cuda-bench [--quick] [--sweep] [--shape NxK] [--ms 1,16] \
+const USAGE: &str =
+    "usage: marlin-cuda-bench [--quick] [--sweep] [--shape NxK[,NxK..]] [--ms 1,16] \
                      [--formats int4,mxfp4,nvfp4,int8,fp8,fp8b128,int3,int2] [--device N]";
 
 fn main() {
@@ -22,10 +23,14 @@ fn main() {
                 cfg.ms = vec![1, 4, 16, 64, 256];
                 cfg.formats = vec![GemmFormat::Int4G128];
             }
-            "--shape" => match args.next().and_then(|s| parse_shape(&s)) {
-                Some(shape) => cfg.shapes = vec![shape],
-                None => {
-                    eprintln!("--shape needs NxK, e.g. 4096x4096");
+            "--shape" => match args.next().and_then(|s| {
+                s.split(',')
+                    .map(|v| parse_shape(v.trim()))
+                    .collect::<Option<Vec<_>>>()
+            }) {
+                Some(shapes) if !shapes.is_empty() => cfg.shapes = shapes,
+                _ => {
+                    eprintln!("--shape needs NxK[,NxK...], e.g. 4096x4096,28672x8192");
                     std::process::exit(2);
                 }
             },

@@ -46,10 +46,10 @@ impl Int4Weight {
         to_i32(n_pad, "N")?;
         to_i32(k_pad, "K")?;
         let k_chunks = k_pad / K_CHUNK;
-        let (group_chunks, groups) = if group_size == 0 {
-            (k_chunks, 1)
+        let (group_k32, groups) = if group_size == 0 {
+            (k_pad / 32, 1)
         } else {
-            (group_size / K_CHUNK, k.div_ceil(group_size))
+            (group_size / 32, k.div_ceil(group_size))
         };
         let nb_count = n_pad / 16;
         // (n_pad/16, k_chunks, 32 lanes, 4) words; (groups, n_pad/16, 8) scales.
@@ -111,7 +111,7 @@ impl Int4Weight {
             k,
             n_pad,
             k_chunks,
-            group_chunks,
+            group_k32,
             weight_bytes: 4 * (word_count + scale_count),
             words,
             scales,

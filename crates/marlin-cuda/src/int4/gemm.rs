@@ -12,6 +12,7 @@ use half::f16;
 use marlin_quant::QuantTensor;
 
 use super::pack::{pack_int4, Int4Packed, N_TILE};
+use super::wgmma;
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
 
@@ -23,16 +24,30 @@ const THREADS: u32 = 128;
 const MIN_CHUNKS_PER_SPLIT: usize = 4;
 /// Preferred chunks of 64 along K per split (see `plan`).
 const TARGET_CHUNKS_PER_SPLIT: usize = 16;
-/// Decode kernel (`w4a16_dec_*`, M <= 16): cp.async ring depth (keep in sync
+/// Decode kernel (`w4a16_dec_*`, M <= 32): cp.async ring depth (keep in sync
 /// with W4A16_DEC_ENTRY in the source).
 const DEC_STAGES: usize = 8;
-/// Decode kernel: most chunks of 64 along K per split, bounding the block's
-/// activation tile in shared memory (16 rows x 2048 halves = 64 KiB). Forced
-/// split factors with longer splits take the `w4a16_gemm_*` kernels.
-const DEC_MAX_CHUNKS_PER_SPLIT: usize = 32;
+/// Decode kernel: activation tile budget of a block with up to 16 token rows
+/// (16 rows x 2048 halves: 32 chunks of 64 per split), which bounds its
+/// chunks per split. Forced split factors with longer splits take the
+/// `w4a16_gemm_*` kernels.
+const DEC_TILE_BUDGET_16: usize = 64 * 1024;
 /// Decode kernel: activation tile budget of the 32-row variant (two blocks
-/// per SM), which bounds its chunks per split.
+/// per SM).
 const DEC_TILE_BUDGET: usize = 88 * 1024;
+/// Decode kernel: most warps per block (column blocks x K slices).
+const DEC_MAX_WARPS: usize = 16;
+/// Decode kernel: warps per SM the small-N plan aims for, rounded up to a
+/// power-of-two number of K slices (H100 sweep, docs/CUDA.md change 19:
+/// 4 K slices at N = 4096-6144, K = 4096-14336 beat 8 by 5-14%; more
+/// warps with shorter K ranges pay more per-warp prologue and epilogue).
+const DEC_WARPS_PER_SM: usize = 7;
+/// Decode kernel: from this many n16 column blocks on (N >= 16384) the plan
+/// keeps 4 column blocks per block and global splits.
+const DEC_LARGE_N16: usize = 1024;
+/// Decode kernel: dynamic shared memory attribute (fits sm_80's 163 KiB);
+/// plans that need more take more splits.
+const DEC_SMEM_LIMIT: usize = 150 * 1024;
 /// Decode kernel: largest M (4 token tiles of 8). A 64-row variant (8
 /// tiles, several blocks beyond 64 rows) measured 1.3-1.5x slower than the
 /// general kernel at M = 64 (docs/CUDA.md, change 14) and was removed.
@@ -46,7 +61,9 @@ pub struct Int4Weight {
     pub k: usize,
     pub(super) n_pad: usize,
     pub(super) k_chunks: usize,
-    pub(super) group_chunks: usize,
+    /// Scale group size in units of 32 along K (1 = groups of 32; even
+    /// otherwise; per channel: k_pad / 32).
+    pub(super) group_k32: usize,
     pub(super) weight_bytes: usize,
     pub(super) words: CudaSlice<u32>,  // (n_pad/16, k_pad/64, 32, 4)
     pub(super) scales: CudaSlice<u32>, // (groups, n_pad/16, 8) f16x2
@@ -65,12 +82,21 @@ impl Int4Weight {
         };
         to_i32(p.n_pad, "N")?;
         to_i32(p.k_pad, "K")?;
+        if p.group_size == 0
+            || !(p.group_size == 32 || p.group_size.is_multiple_of(64))
+            || p.groups != p.k_pad.div_ceil(p.group_size)
+        {
+            return Err(CudaError::Shape(format!(
+                "packed INT4 weight with group size {} and {} groups for K = {}",
+                p.group_size, p.groups, p.k_pad
+            )));
+        }
         Ok(Self {
             n: p.n,
             k: p.k,
             n_pad: p.n_pad,
             k_chunks: p.k_chunks(),
-            group_chunks: p.group_chunks,
+            group_k32: p.group_size / 32,
             weight_bytes: p.weight_bytes(),
             words: dev.upload("INT4 weight codes", &p.words)?,
             scales: dev.upload("INT4 weight scales", &p.scales)?,
@@ -84,6 +110,11 @@ impl Int4Weight {
     /// Bytes one GEMM call streams from the weight (codes, scales, zeros).
     pub fn weight_bytes(&self) -> usize {
         self.weight_bytes
+    }
+
+    /// Scale group size along K (per channel: K rounded up to 64).
+    pub fn group_size(&self) -> usize {
+        32 * self.group_k32
     }
 }
 
@@ -153,8 +184,13 @@ impl GemmWorkspace {
                 self.mark_prepared("w4_dequant_f16");
                 Ok(dequant_plan())
             }
+            Call::Wgmma(wc) => {
+                wgmma::prepare(dev, &wc, self)?;
+                self.mark_prepared(wc.plan.kernel);
+                Ok(wc.plan)
+            }
             Call::Fused(fc) => {
-                if fc.plan.splits > 1 {
+                if fc.grid_splits > 1 {
                     self.reserve(dev, fc.partials, fc.tickets)?;
                 }
                 dev.function(MODULE, SOURCE, fc.plan.kernel, fc.max_smem)?;
@@ -196,6 +232,11 @@ pub enum GemmPath {
     FusedGeneral,
     /// Dequantize to an f16 scratch (N x K), then cuBLAS fp16 GEMM.
     DequantCublas,
+    /// The Hopper wgmma kernel `w4a16_wgmma_*` (compute capability 9.0
+    /// only, K even; see [`super::wgmma`]). `Auto` takes it from
+    /// [`super::wgmma::WGMMA_MIN_M`] rows on such devices. INT4 only: the
+    /// `wgemm` formats treat it as `Fused`.
+    Wgmma,
 }
 
 /// From this many rows on, `GemmPath::Auto` dequantizes and calls cuBLAS:
@@ -276,37 +317,66 @@ fn decode_token_tiles(m: usize) -> usize {
     }
 }
 
-/// Activation rows a decode block allocates: min(M, 8 * tiles), plus a zero
-/// row that lanes of tokens >= M read when a block has fewer rows.
+/// Activation rows a decode block copies: min(M, 8 * tiles) (lanes of
+/// tokens >= M read 64 zero halves after the tile).
 fn decode_tile_rows(m: usize) -> usize {
-    let per_block = 8 * decode_token_tiles(m);
-    m.min(per_block) + usize::from(!m.is_multiple_of(per_block))
+    m.min(8 * decode_token_tiles(m))
 }
 
-/// Most chunks of 64 per split the decode kernel takes at M rows.
+/// Most chunks of 64 per split the decode kernel takes at M rows (the
+/// activation tile budget).
 fn decode_max_chunks(m: usize) -> usize {
     let rows = decode_tile_rows(m);
-    if rows <= 17 {
-        DEC_MAX_CHUNKS_PER_SPLIT
+    let budget = if rows <= 16 {
+        DEC_TILE_BUDGET_16
     } else {
-        ((DEC_TILE_BUDGET / (2 * rows)).saturating_sub(8) / 64).clamp(1, DEC_MAX_CHUNKS_PER_SPLIT)
-    }
+        DEC_TILE_BUDGET
+    };
+    ((budget / (2 * rows)).saturating_sub(8) / 64).max(1)
 }
 
-/// Dynamic shared memory attribute of every decode kernel: rings plus the
-/// largest tile (`decode_smem_bytes` stays below it, tested).
+/// Bytes of one warp's code ring (16 B per lane and stage).
+const DEC_RING_BYTES: usize = DEC_STAGES * 32 * 16;
+
+/// Launch shape of the decode kernel: `nbpb` n16 column blocks x `k_slices`
+/// K slices per block (one warp each), `splits` blocks along K.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DecodeShape {
+    nbpb: usize,
+    k_slices: usize,
+    splits: usize,
+}
+
+/// Scale rows (groups) a decode split of `cps` chunks can touch, for groups
+/// of 32 * group_k32 (`dec_scale_rows` in the source).
+fn decode_scale_rows(cps: usize, group_k32: usize) -> usize {
+    (2 * cps.max(1) - 1) / group_k32.max(1) + 2
+}
+
+/// Dynamic shared memory attribute of every decode kernel (each launch's
+/// `decode_smem_bytes` is kept below it by `decode_launch`).
 fn decode_smem_attr() -> usize {
-    4 * DEC_STAGES * 32 * (16 + 4 + 4) + DEC_TILE_BUDGET
+    DEC_SMEM_LIMIT
 }
 
-/// Dynamic shared memory of the decode kernel for M rows: 4 warps' rings
-/// (per stage and lane 16 B codes, 4 B scale, 4 B zero) and the activation
-/// tile (min(M, 16) rows, plus a zero row when M is not 8 or 16;
-/// ceil(k_chunks/splits)*64 + 8 halves each).
-pub fn decode_smem_bytes(m: usize, k_chunks: usize, splits: usize) -> usize {
-    let rings = 4 * DEC_STAGES * 32 * (16 + 4 + 4);
-    let a_stride = k_chunks.div_ceil(splits.max(1)) * 64 + 8;
-    rings + decode_tile_rows(m) * a_stride * 2
+/// Dynamic shared memory of a decode block for M rows: one code ring per
+/// warp, the split's scale rows (and zero-point rows) of nbpb x 8 column
+/// pairs x 4 B, the activation tile (min(M, 8 * tiles) rows of
+/// ceil(k_chunks/splits)*64 + 8 halves) and 64 zero halves.
+fn decode_smem_bytes(
+    m: usize,
+    k_chunks: usize,
+    shape: DecodeShape,
+    group_k32: usize,
+    has_zeros: bool,
+) -> usize {
+    let cps = k_chunks.div_ceil(shape.splits.max(1));
+    let a_stride = cps * 64 + 8;
+    let scale_tiles = 1 + usize::from(has_zeros);
+    shape.nbpb * shape.k_slices * DEC_RING_BYTES
+        + scale_tiles * shape.nbpb * 32 * decode_scale_rows(cps, group_k32)
+        + decode_tile_rows(m) * a_stride * 2
+        + 128
 }
 
 /// Launch shape chosen for one call (exposed for benchmarks and notes).
@@ -336,7 +406,7 @@ fn plan_for(
     allow_decode: bool,
 ) -> GemmPlan {
     if allow_decode && m <= DEC_MAX_M {
-        if let Some(p) = decode_plan(m, w, sm_count, splits) {
+        if let Some((p, _)) = decode_launch(m, w, sm_count, splits) {
             return p;
         }
     }
@@ -369,59 +439,156 @@ fn plan_for(
     }
 }
 
-/// The decode kernel's plan, or None when a forced split factor leaves more
-/// than [`DEC_MAX_CHUNKS_PER_SPLIT`] chunks per split.
-fn decode_plan(
+/// The decode kernel's plan and launch shape, or None when a forced split
+/// factor cannot be run by it (splits longer than the activation tile
+/// allows, or shared memory beyond [`DEC_SMEM_LIMIT`]).
+///
+/// `GemmPlan::splits` is the number of K partitions per output column
+/// (K slices per block x blocks along K); a forced factor is taken as that.
+/// N >= 16384 or M > 4 keeps 4 column blocks per block, one K slice and
+/// global splits (sweeps of changes 10-12, 19); smaller N at M <= 4 takes
+/// one column block per block and enough K slices for about
+/// [`DEC_WARPS_PER_SM`] warps per SM, so that the K partitions are reduced
+/// in shared memory instead of through fp32 partials and a ticket.
+fn decode_launch(
     m: usize,
     w: &Int4Weight,
     sm_count: usize,
-    splits: Option<usize>,
-) -> Option<GemmPlan> {
+    forced: Option<usize>,
+) -> Option<(GemmPlan, DecodeShape)> {
+    decode_launch_for(
+        m,
+        (w.n_pad, w.k_chunks, w.group_k32),
+        w.neg_zero_scales.is_some(),
+        sm_count,
+        forced,
+    )
+}
+
+/// (K slices, splits) of the small-N decode plan (one column block per
+/// block): about [`DEC_WARPS_PER_SM`] warps per SM, a power of two of K
+/// partitions, at least 8 chunks per warp, splits only as the activation
+/// tile requires.
+fn small_slices(
+    n16: usize,
+    kc: usize,
+    m_blocks: usize,
+    splits_min: usize,
+    sm_count: usize,
+) -> (usize, usize) {
+    let want = (DEC_WARPS_PER_SM * sm_count)
+        .div_ceil(n16 * m_blocks)
+        .next_power_of_two()
+        .clamp(1, (kc / 8).max(1));
+    let k_slices = want.div_ceil(splits_min).clamp(1, DEC_MAX_WARPS);
+    (k_slices, splits_min.max(want.div_ceil(k_slices)))
+}
+
+/// Resident decode blocks per SM (sm_90: 228 KiB of shared memory with
+/// 1 KiB per block reserved, 64 warps, 64 K registers at <= 64 per thread).
+fn decode_blocks_per_sm(smem: usize, warps: usize) -> usize {
+    let by_smem = 228 * 1024 / (smem + 1024);
+    let by_warps = 64 / warps.max(1);
+    let by_regs = 65_536 / (64 * 32 * warps.max(1));
+    by_smem.min(by_warps).min(by_regs)
+}
+
+/// [`decode_launch`] of a weight given by (n_pad, k_chunks, group_k32).
+fn decode_launch_for(
+    m: usize,
+    (n_pad, kc, group_k32): (usize, usize, usize),
+    has_zeros: bool,
+    sm_count: usize,
+    forced: Option<usize>,
+) -> Option<(GemmPlan, DecodeShape)> {
     let tiles = decode_token_tiles(m);
-    let n_tiles = w.n_pad / N_TILE;
+    let n16 = n_pad / 16;
     let m_blocks = m.div_ceil(8 * tiles);
     let max_chunks = decode_max_chunks(m);
-    let max_splits = (w.k_chunks / MIN_CHUNKS_PER_SPLIT).max(1);
-    // Split sweeps on an H100 (docs/CUDA.md, changes 10-12): 8 splits was
-    // best or within 3% of best at M = 1, 8 and 16 on all four benchmark
-    // shapes; fewer, longer splits mean a larger activation tile, fewer
-    // resident blocks (4096x14336 M=8: 7 splits 30.5 us, 8 splits 21.5 us).
-    // The fp32 partials grow with M x splits against weights that grow with
-    // K (M=8, 8 splits, K=4096: 12% extra traffic), so M > 4 at K <= 4096
-    // takes 4.
-    let base = if m > 4 && w.k_chunks <= 64 {
-        DEC_SPLITS / 2
-    } else {
-        DEC_SPLITS
+    let max_parts = (kc / MIN_CHUNKS_PER_SPLIT).max(1);
+    let splits_min = kc.div_ceil(max_chunks);
+    // M > 4 keeps 4 column blocks per block (the activation tile shared by
+    // 4 warps): 1-2 column blocks with K slices measured 10-25% slower at
+    // M = 8 and 16 (change 19).
+    let small = n16 < DEC_LARGE_N16 && m <= 4 && {
+        // The K-slice plan must fit one wave of blocks (it has no split-K
+        // to spread a second wave over): 4096x14336 at M = 4 took 31.9 us
+        // with two waves against 19.7 us for the split-K plan (change 19).
+        let (ks, sp) = small_slices(n16, kc, m_blocks, splits_min, sm_count);
+        let shape = DecodeShape {
+            nbpb: 1,
+            k_slices: ks,
+            splits: sp,
+        };
+        let smem = decode_smem_bytes(m, kc, shape, group_k32, has_zeros);
+        n16 * m_blocks * sp <= sm_count * decode_blocks_per_sm(smem, ks)
     };
-    // Above 16 rows the fp32 partials (splits x M x N) cost as much as the
-    // weights: as few splits as the tile allows, at least one wave of blocks.
-    let want = if m <= 16 {
-        base.max(w.k_chunks.div_ceil(max_chunks))
-    } else {
-        w.k_chunks
-            .div_ceil(max_chunks)
-            .max(sm_count.div_ceil(n_tiles * m_blocks))
+    let large = !small;
+    let nbpb = if large { 4 } else { 1 };
+    let max_slices = DEC_MAX_WARPS / nbpb;
+    let (k_slices, splits) = match forced {
+        Some(p) => {
+            let p = p.clamp(1, max_parts);
+            let k_slices = if large { 1 } else { p.min(max_slices) };
+            (k_slices, p.div_ceil(k_slices))
+        }
+        None if large => {
+            // Split sweeps on an H100 (docs/CUDA.md, changes 10-12, 19): 8
+            // splits was best or within 3% of best at M = 1, 8 and 16; the
+            // fp32 partials grow with M x splits against weights that grow
+            // with K, so K <= 4096 takes 4 (28672x4096 M = 1: 32.0 us at 4,
+            // 33.5 at 8). Above 16 rows the partials cost as much as the
+            // weights: as few splits as the tile allows, at least one wave.
+            let base = if kc <= 64 { DEC_SPLITS / 2 } else { DEC_SPLITS };
+            let want = if m <= 16 {
+                base.max(splits_min)
+            } else {
+                splits_min.max(sm_count.div_ceil((n16 / 4) * m_blocks))
+            };
+            (1, want.clamp(1, max_parts))
+        }
+        None => small_slices(n16, kc, m_blocks, splits_min, sm_count),
     };
-    let splits = splits.unwrap_or(want).clamp(1, max_splits);
-    if w.k_chunks.div_ceil(splits) > max_chunks {
+    let mut shape = DecodeShape {
+        nbpb,
+        k_slices,
+        splits,
+    };
+    // Long splits of groups of 32 with zero points can outgrow the shared
+    // memory limit through their scale rows: split further.
+    while decode_smem_bytes(m, kc, shape, group_k32, has_zeros) > DEC_SMEM_LIMIT
+        && forced.is_none()
+        && shape.splits * shape.k_slices < max_parts
+    {
+        shape.splits += 1;
+    }
+    if shape.splits < splits_min
+        || shape.splits * shape.k_slices > max_parts
+        || decode_smem_bytes(m, kc, shape, group_k32, has_zeros) > DEC_SMEM_LIMIT
+    {
         return None;
     }
-    Some(GemmPlan {
+    let plan = GemmPlan {
         path: GemmPath::Fused,
-        kernel: match (tiles, w.neg_zero_scales.is_some()) {
-            (1, false) => "w4a16_dec_m8",
-            (1, true) => "w4a16_dec_m8z",
-            (2, false) => "w4a16_dec_m16",
-            (2, true) => "w4a16_dec_m16z",
-            (_, false) => "w4a16_dec_m32",
-            (_, true) => "w4a16_dec_m32z",
+        // Symmetric weights with groups >= 64 apply the scales to the fp32
+        // group sums; zero points or groups of 32 dequantize with the scale.
+        kernel: match (tiles, has_zeros, group_k32 == 1) {
+            (1, true, _) => "w4a16_dec_m8z",
+            (2, true, _) => "w4a16_dec_m16z",
+            (_, true, _) => "w4a16_dec_m32z",
+            (1, false, true) => "w4a16_dec_m8s",
+            (2, false, true) => "w4a16_dec_m16s",
+            (_, false, true) => "w4a16_dec_m32s",
+            (1, false, false) => "w4a16_dec_m8",
+            (2, false, false) => "w4a16_dec_m16",
+            (_, false, false) => "w4a16_dec_m32",
         },
         m_tiles: 1,
         m_blocks,
-        n_tiles,
-        splits,
-    })
+        n_tiles: n16 / nbpb,
+        splits: shape.splits * shape.k_slices,
+    };
+    Some((plan, shape))
 }
 
 /// A fused-kernel call, resolved: plan, shared memory and scratch sizes.
@@ -433,11 +600,17 @@ struct FusedCall {
     /// fp32 elements of split-K partials and tickets the launch needs.
     partials: usize,
     tickets: usize,
+    /// Blocks along K (grid z) and threads per block.
+    grid_splits: usize,
+    block_threads: u32,
+    /// The decode kernel's block shape (its two extra arguments).
+    decode: Option<DecodeShape>,
 }
 
 enum Call {
     Dequant,
     Fused(FusedCall),
+    Wgmma(wgmma::WgmmaCall),
 }
 
 /// Path, kernel and launch shape of one call (no device work).
@@ -445,35 +618,51 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
     if m == 0 {
         return Err(CudaError::Shape("GEMM with M = 0 rows".into()));
     }
+    let auto_wgmma = opts.path == GemmPath::Auto
+        && m >= wgmma::WGMMA_MIN_M
+        && wgmma::wgmma_supported(dev)
+        && wgmma::wgmma_shape_ok(w);
+    if opts.path == GemmPath::Wgmma || auto_wgmma {
+        return Ok(Call::Wgmma(wgmma::resolve(dev, m, w, opts.splits)?));
+    }
     let use_dequant = match opts.path {
         GemmPath::Auto => !auto_fused(m, w.n, w.k),
-        GemmPath::Fused | GemmPath::FusedGeneral => false,
+        GemmPath::Fused | GemmPath::FusedGeneral | GemmPath::Wgmma => false,
         GemmPath::DequantCublas => true,
     };
     if use_dequant {
         return Ok(Call::Dequant);
     }
-    let p = plan_for(
-        m,
-        w,
-        dev.sm_count(),
-        opts.splits,
-        opts.path != GemmPath::FusedGeneral,
-    );
-    let (smem, max_smem) = if p.kernel.starts_with("w4a16_dec") {
-        // The attribute is set once per function: allow the largest tile.
-        (
-            decode_smem_bytes(m, w.k_chunks, p.splits),
-            decode_smem_attr(),
-        )
+    let decode = if opts.path != GemmPath::FusedGeneral && m <= DEC_MAX_M {
+        decode_launch(m, w, dev.sm_count(), opts.splits)
     } else {
-        let s = variant(m).smem_bytes() as usize;
-        (s, s)
+        None
+    };
+    let (p, smem, max_smem, grid_splits, block_threads) = match decode {
+        Some((p, shape)) => (
+            p,
+            decode_smem_bytes(
+                m,
+                w.k_chunks,
+                shape,
+                w.group_k32,
+                w.neg_zero_scales.is_some(),
+            ),
+            // The attribute is set once per function: the limit every
+            // decode launch stays below.
+            decode_smem_attr(),
+            shape.splits,
+            (32 * shape.nbpb * shape.k_slices) as u32,
+        ),
+        None => {
+            let p = plan_for(m, w, dev.sm_count(), opts.splits, false);
+            let s = variant(m).smem_bytes() as usize;
+            (p, s, s, p.splits, THREADS)
+        }
     };
     let to_u32 =
         |v: usize| u32::try_from(v).map_err(|_| CudaError::Shape("shared memory size".into()));
-    let partials = p
-        .splits
+    let partials = grid_splits
         .checked_mul(m)
         .and_then(|v| v.checked_mul(w.n_pad))
         .ok_or_else(|| CudaError::Shape("split-K partials overflow".into()))?;
@@ -483,6 +672,9 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
         max_smem: to_u32(max_smem)?,
         partials,
         tickets: p.n_tiles * p.m_blocks,
+        grid_splits,
+        block_threads,
+        decode: decode.map(|(_, shape)| shape),
     }))
 }
 
@@ -549,6 +741,11 @@ pub fn int4_gemm_prepared(
     check_operands(m, w, a.len(), c.len())?;
     let fc = match resolve_call(dev, m, w, opts)? {
         Call::Dequant => return dequant_cublas(dev, a, m, w, c, ws),
+        Call::Wgmma(wc) => {
+            ws.check_prepared(wc.plan.kernel)?;
+            wgmma::launch(dev, a, m, w, c, ws, &wc)?;
+            return Ok(wc.plan);
+        }
         Call::Fused(fc) => fc,
     };
     let p = fc.plan;
@@ -556,14 +753,14 @@ pub fn int4_gemm_prepared(
     let grid = (
         u32::try_from(p.m_blocks).map_err(|_| CudaError::Shape("too many M blocks".into()))?,
         u32::try_from(p.n_tiles).map_err(|_| CudaError::Shape("too many N tiles".into()))?,
-        p.splits as u32,
+        fc.grid_splits as u32,
     );
     if grid.1 > 65_535 || grid.2 > 65_535 {
         return Err(CudaError::Shape(format!(
             "grid {grid:?} exceeds CUDA limits"
         )));
     }
-    if p.splits > 1 && (ws.partials.len() < fc.partials || ws.tickets.len() < fc.tickets) {
+    if fc.grid_splits > 1 && (ws.partials.len() < fc.partials || ws.tickets.len() < fc.tickets) {
         return Err(CudaError::Shape(format!(
             "split-K workspace too small for M={m} N={} ({} splits): call GemmWorkspace::prepare",
             w.n, p.splits
@@ -574,14 +771,17 @@ pub fn int4_gemm_prepared(
     let func = dev.function(MODULE, SOURCE, func_name, fc.max_smem)?;
     let cfg = LaunchConfig {
         grid_dim: grid,
-        block_dim: (THREADS, 1, 1),
+        block_dim: (fc.block_threads, 1, 1),
         shared_mem_bytes: fc.smem,
     };
     let stream = dev.stream();
     let null_zeros: u64 = 0;
     let (n_i32, k_i32, n_pad_i32) = (w.n as i32, w.k as i32, w.n_pad as i32);
-    let (k_chunks_i32, group_chunks_i32, splits_i32) =
-        (w.k_chunks as i32, w.group_chunks as i32, p.splits as i32);
+    let (k_chunks_i32, group_k32_i32, splits_i32) =
+        (w.k_chunks as i32, w.group_k32 as i32, fc.grid_splits as i32);
+    let (nbpb_i32, k_slices_i32) = fc
+        .decode
+        .map_or((0, 0), |d| (d.nbpb as i32, d.k_slices as i32));
     let mut launch = stream.launch_builder(&func);
     launch.arg(a).arg(&w.words).arg(&w.scales);
     match &w.neg_zero_scales {
@@ -597,8 +797,11 @@ pub fn int4_gemm_prepared(
         .arg(&k_i32)
         .arg(&n_pad_i32)
         .arg(&k_chunks_i32)
-        .arg(&group_chunks_i32)
+        .arg(&group_k32_i32)
         .arg(&splits_i32);
+    if fc.decode.is_some() {
+        launch.arg(&nbpb_i32).arg(&k_slices_i32);
+    }
     // SAFETY: argument types and order match w4a16_gemm_* / w4a16_dec_* in
     // kernels/w4a16_gemm.cu; buffer sizes were checked above (A >= M*K,
     // C >= M*N, partials >= splits*M*n_pad, tickets >= n_tiles*m_blocks,
@@ -626,12 +829,12 @@ pub fn dequantize_to_f16(
     let blocks = u32::try_from(threads_total.div_ceil(256))
         .map_err(|_| CudaError::Shape("dequant grid too large".into()))?;
     let null_zeros: u64 = 0;
-    let (n_i32, k_i32, n_pad_i32, k_chunks_i32, group_chunks_i32) = (
+    let (n_i32, k_i32, n_pad_i32, k_chunks_i32, group_k32_i32) = (
         w.n as i32,
         w.k as i32,
         w.n_pad as i32,
         w.k_chunks as i32,
-        w.group_chunks as i32,
+        w.group_k32 as i32,
     );
     let stream = dev.stream();
     let mut launch = stream.launch_builder(&func);
@@ -646,7 +849,7 @@ pub fn dequantize_to_f16(
         .arg(&k_i32)
         .arg(&n_pad_i32)
         .arg(&k_chunks_i32)
-        .arg(&group_chunks_i32);
+        .arg(&group_k32_i32);
     let cfg = LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (256, 1, 1),
@@ -719,30 +922,95 @@ fn dequant_cublas(
 #[cfg(test)]
 mod tests {
     use super::{
-        decode_max_chunks, decode_smem_attr, decode_smem_bytes, variant, DEC_MAX_CHUNKS_PER_SPLIT,
-        DEC_MAX_M,
+        decode_launch_for, decode_smem_attr, decode_smem_bytes, variant, DecodeShape, DEC_MAX_M,
+        DEC_MAX_WARPS, DEC_SMEM_LIMIT, MIN_CHUNKS_PER_SPLIT,
     };
 
-    /// The decode kernel's largest tile (16 rows, the longest split) fits
-    /// the opt-in shared memory of an sm_90 block (227 KiB), and M = 1 at
-    /// 16 chunks per split leaves room for 6 blocks per SM.
+    /// Every decode plan (M = 1..32; benchmark, Llama-8B decode and odd
+    /// shapes; groups of 32, 128 and per channel; with and without zero
+    /// points) is launchable: shared memory within the attribute (which fits
+    /// sm_80 and sm_90 blocks), at most 16 warps, every warp >= 4 chunks,
+    /// grid within CUDA's limits; forced factors are honoured or refused.
     #[test]
-    fn decode_tile_fits_shared_memory() {
-        assert!(decode_smem_bytes(16, DEC_MAX_CHUNKS_PER_SPLIT, 1) <= 227 * 1024);
-        assert!(6 * (decode_smem_bytes(1, 128, 8) + 1024) <= 228 * 1024);
-        // Every M at its longest split stays within the function attribute,
-        // which fits an sm_90 block (227 KiB); 32/64-row tiles leave room
-        // for two blocks per SM.
-        assert!(decode_smem_attr() <= 227 * 1024);
-        for m in 1..=DEC_MAX_M {
-            let chunks = decode_max_chunks(m);
-            assert!(chunks >= 4, "M = {m}: {chunks} chunks per split");
-            let smem = decode_smem_bytes(m, chunks, 1);
-            assert!(smem <= decode_smem_attr(), "M = {m}: {smem} bytes");
-            if m > 16 {
-                assert!(2 * (smem + 1024) <= 228 * 1024, "M = {m}: {smem} bytes");
+    fn decode_plans_are_launchable() {
+        assert!(decode_smem_attr() <= 163 * 1024);
+        let shapes: [(usize, usize); 9] = [
+            (4096, 4096),
+            (14336, 4096),
+            (4096, 14336),
+            (28672, 8192),
+            (6144, 4096),
+            (28672, 4096),
+            (128256, 4096),
+            (200, 1000),
+            (64, 256),
+        ];
+        for &(n, k) in &shapes {
+            let n_pad = n.div_ceil(64) * 64;
+            let kc = k.div_ceil(64);
+            for group_k32 in [1, 4, 2 * kc] {
+                for has_zeros in [false, true] {
+                    for m in 1..=DEC_MAX_M {
+                        let (p, shape) =
+                            decode_launch_for(m, (n_pad, kc, group_k32), has_zeros, 132, None)
+                                .unwrap_or_else(|| {
+                                    panic!("no plan for M={m} {n}x{k} g32={group_k32}")
+                                });
+                        let smem = decode_smem_bytes(m, kc, shape, group_k32, has_zeros);
+                        let what = format!(
+                            "M={m} {n}x{k} g32={group_k32} z={has_zeros} {shape:?} {smem} B"
+                        );
+                        assert!(smem <= DEC_SMEM_LIMIT, "{what}");
+                        assert!(shape.nbpb * shape.k_slices <= DEC_MAX_WARPS, "{what}");
+                        assert!(
+                            kc / (shape.splits * shape.k_slices) >= MIN_CHUNKS_PER_SPLIT.min(kc),
+                            "{what}"
+                        );
+                        assert!(
+                            p.n_tiles * shape.nbpb * 16 == n_pad && shape.splits <= 65_535,
+                            "{what}"
+                        );
+                        assert_eq!(p.splits, shape.splits * shape.k_slices, "{what}");
+                    }
+                }
             }
         }
+        // A forced factor is the number of K partitions (powers of two are
+        // met exactly); one beyond the activation tile is refused.
+        let forced = |m, p| decode_launch_for(m, (4096, 64, 4), false, 132, Some(p));
+        for p in [1, 2, 4, 8, 16] {
+            let (plan, shape) = forced(1, p).expect("M = 1 takes any factor");
+            assert_eq!(plan.splits, p);
+            assert_eq!(
+                shape,
+                DecodeShape {
+                    nbpb: 1,
+                    k_slices: p,
+                    splits: 1
+                }
+            );
+        }
+        assert!(
+            forced(16, 1).is_none(),
+            "16 rows x 64 chunks exceed the tile budget"
+        );
+        // The plans measured in docs/CUDA.md (change 19), H100 (132 SMs),
+        // g128: (column blocks, K slices, splits).
+        let auto = |m, n: usize, k: usize| {
+            let shape = decode_launch_for(m, (n.div_ceil(64) * 64, k / 64, 4), false, 132, None)
+                .expect("plan")
+                .1;
+            (shape.nbpb, shape.k_slices, shape.splits)
+        };
+        assert_eq!(auto(1, 4096, 4096), (1, 4, 1));
+        assert_eq!(auto(1, 4096, 14336), (1, 4, 1));
+        assert_eq!(auto(1, 14336, 4096), (1, 2, 1));
+        assert_eq!(auto(1, 28672, 8192), (4, 1, 8));
+        assert_eq!(auto(1, 28672, 4096), (4, 1, 4));
+        assert_eq!(auto(16, 4096, 4096), (4, 1, 4));
+        // Two waves of K-slice blocks: the split-K plan instead.
+        assert_eq!(auto(4, 4096, 14336), (4, 1, 8));
+        assert_eq!(auto(4, 14336, 4096), (4, 1, 4));
     }
 
     /// Resident blocks per SM promised by each variant fit in an sm_90 SM's

@@ -13,6 +13,8 @@ pub mod gemm;
 pub mod pack;
 pub mod random;
 pub mod reference;
+#[cfg(feature = "cuda")]
+pub mod wgmma;
 
 #[cfg(test)]
 mod tests;

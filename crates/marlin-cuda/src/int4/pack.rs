@@ -10,7 +10,9 @@
 //!   fragment element (k 2t, 2t+1, 2t+8, 2t+9) and reads A at the same
 //!   permuted k, so the dot product is unchanged.
 //! - `scales`: (groups, n_pad/16, 8) f16x2 — (scale of column nb*16+g, scale
-//!   of column nb*16+8+g).
+//!   of column nb*16+8+g). groups = ceil(k_pad / group_size); with groups of
+//!   32, a lane's 16 reduction indices of chunk c (k = c*64 + 16t ..) lie in
+//!   group 2c + t/2, so the kernel's scale row depends on the lane.
 //! - `neg_zero_scales`: same grid, f16x2 of `-zero * scale`; `None` when every
 //!   zero is 8 (symmetric signed INT4), which the kernel computes exactly.
 //!
@@ -38,9 +40,11 @@ pub struct Int4Packed {
     pub n_pad: usize,
     /// K rounded up to [`K_CHUNK`]; padded codes meet zero activations.
     pub k_pad: usize,
-    /// Group size in units of [`K_CHUNK`] (per-channel: k_pad / 64).
-    pub group_chunks: usize,
-    /// Number of scale groups along K.
+    /// Scale group size along K: 32 or a multiple of [`K_CHUNK`]
+    /// (per-channel: k_pad).
+    pub group_size: usize,
+    /// Number of scale groups along the padded K (k_pad / group_size,
+    /// rounded up); groups past the tensor's K have scale 0.
     pub groups: usize,
     /// (n_pad/16, k_pad/64, 32, 4) packed codes.
     pub words: Vec<u32>,
@@ -61,6 +65,11 @@ impl Int4Packed {
     /// Number of 64-wide chunks along K.
     pub fn k_chunks(&self) -> usize {
         self.k_pad / K_CHUNK
+    }
+
+    /// Scale group of reduction index `k` (any k < k_pad).
+    pub fn group_of(&self, k: usize) -> usize {
+        k / self.group_size
     }
 }
 
@@ -90,7 +99,7 @@ pub(crate) fn nibble_position(slot: usize, half: usize) -> usize {
 /// Repack an INT4 (signed symmetric, or unsigned with zero points) tensor.
 ///
 /// Supported: `ElementType::Int { bits: 4, .. }`, `Layout::KMajorDense`,
-/// per-channel or per-group scales with a group size that is a multiple of
+/// per-channel or per-group scales with a group size of 32 or a multiple of
 /// 64, no act-order `g_idx`. Anything else is a clear `Unsupported` error.
 pub fn pack_int4(w: &QuantTensor) -> Result<Int4Packed> {
     let signed = match w.scheme.element {
@@ -116,19 +125,20 @@ pub fn pack_int4(w: &QuantTensor) -> Result<Int4Packed> {
     let group_size = match w.scheme.granularity {
         Granularity::PerChannel => k_pad,
         Granularity::PerGroup { group_size }
-            if group_size > 0 && group_size.is_multiple_of(K_CHUNK) =>
+            if group_size == K_CHUNK / 2
+                || (group_size > 0 && group_size.is_multiple_of(K_CHUNK)) =>
         {
             group_size
         }
         other => {
             return Err(CudaError::Unsupported(format!(
-                "INT4 GEMM supports per-channel scales or groups that are a multiple of \
+                "INT4 GEMM supports per-channel scales or groups of 32 or a multiple of \
                  {K_CHUNK} along K, got {other:?}"
             )))
         }
     };
     // Scale grid of the QuantTensor: N x groups (PerChannel: groups = 1).
-    let groups = match w.scheme.granularity {
+    let tensor_groups = match w.scheme.granularity {
         Granularity::PerChannel => 1,
         _ => k.div_ceil(group_size),
     };
@@ -142,10 +152,10 @@ pub fn pack_int4(w: &QuantTensor) -> Result<Int4Packed> {
             w.data.len()
         )));
     }
-    if w.scales.len() != n * groups {
+    if w.scales.len() != n * tensor_groups {
         return Err(CudaError::Shape(format!(
-            "INT4 {n}x{k} with {groups} groups per row needs {} scales, tensor has {}",
-            n * groups,
+            "INT4 {n}x{k} with {tensor_groups} groups per row needs {} scales, tensor has {}",
+            n * tensor_groups,
             w.scales.len()
         )));
     }
@@ -204,13 +214,17 @@ pub fn pack_int4(w: &QuantTensor) -> Result<Int4Packed> {
     let global = w.global_scale;
     let zero_shift = f32::from(code_offset);
     let all_symmetric = zeros.is_none() && signed;
+    // Packed groups cover k_pad (groups of 32 can end before k_pad when K is
+    // not a multiple of 64); the extra ones keep scale 0 (their codes meet
+    // zero activations).
+    let groups = k_pad.div_ceil(group_size);
     let mut scales = vec![0u32; groups * nb_count * 8];
     let mut neg_zs = if all_symmetric {
         None
     } else {
         Some(vec![0u32; groups * nb_count * 8])
     };
-    for gi in 0..groups {
+    for gi in 0..tensor_groups {
         for nb in 0..nb_count {
             for g in 0..8 {
                 let mut s_pair = [0u16; 2];
@@ -220,7 +234,7 @@ pub fn pack_int4(w: &QuantTensor) -> Result<Int4Packed> {
                     if col_n >= n {
                         continue;
                     }
-                    let idx = col_n * groups + gi;
+                    let idx = col_n * tensor_groups + gi;
                     let s = w.scales[idx] * global;
                     let s_bits = f16_bits(s, "scale")?;
                     s_pair[half] = s_bits;
@@ -242,7 +256,7 @@ pub fn pack_int4(w: &QuantTensor) -> Result<Int4Packed> {
         k,
         n_pad,
         k_pad,
-        group_chunks: group_size / K_CHUNK,
+        group_size,
         groups,
         words,
         scales,

@@ -69,9 +69,11 @@ pub fn unpack_int4_ref(p: &Int4Packed) -> Vec<f32> {
     let mut out = vec![0f32; p.n * p.k];
     for nb in 0..nb_count {
         for c in 0..k_chunks {
-            let gi = c / p.group_chunks;
             for lane in 0..32 {
                 let (g, t) = (lane / 4, lane % 4);
+                // The lane's 16 indices k = c*64 + 16t .. lie in one group
+                // (groups are 32 or a multiple of 64).
+                let gi = p.group_of(c * K_CHUNK + 16 * t);
                 let at = (gi * nb_count + nb) * 8 + g;
                 let s = p.scales[at];
                 for j in 0..4 {

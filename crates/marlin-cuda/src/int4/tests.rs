@@ -43,6 +43,20 @@ fn repack_roundtrips_symmetric_and_asymmetric() {
     }
 }
 
+/// Groups of 32: two scale groups per 64-chunk (a lane's indices lie in
+/// group 2c + t/2), including K that ends inside a chunk (packed groups
+/// past the tensor's K keep scale 0).
+#[test]
+fn repack_roundtrips_groups_of_32() {
+    for &(n, k) in &[(64, 128), (37, 200), (16, 990), (24, 129)] {
+        for asym in [false, true] {
+            check_roundtrip(n, k, 32, asym, (n * 7 + k) as u64);
+        }
+    }
+    let p = pack_int4(&random_int4(16, 990, 32, false, 3)).expect("pack");
+    assert_eq!((p.group_size, p.groups, p.k_pad), (32, 32, 1024));
+}
+
 #[test]
 fn repack_handles_odd_k() {
     check_roundtrip(24, 129, 64, false, 7);
@@ -51,8 +65,12 @@ fn repack_handles_odd_k() {
 
 #[test]
 fn unsupported_schemes_are_errors() {
+    // Groups must be 32 or a multiple of 64.
+    for group in [16, 96] {
+        let w = random_int4(16, 192, group, false, 1);
+        assert!(matches!(pack_int4(&w), Err(CudaError::Unsupported(_))));
+    }
     let mut w = random_int4(16, 128, 32, false, 1);
-    assert!(matches!(pack_int4(&w), Err(CudaError::Unsupported(_))));
     w.scheme.granularity = Granularity::PerGroup { group_size: 64 };
     w.scales = vec![0.01; 16 * 2];
     w.g_idx = Some(vec![0; 128]);

@@ -191,7 +191,7 @@ __device__ __forceinline__ void w4a16_body(
     u16* __restrict__ C,                // (M, N) f16, row-major
     float* __restrict__ partials,       // (splits, M, n_pad) fp32
     u32* __restrict__ tickets,          // (n_pad/64 * m_blocks), zero between launches
-    int M, int N, int K, int n_pad, int k_chunks, int group_chunks, int splits) {
+    int M, int N, int K, int n_pad, int k_chunks, int group_k32, int splits) {
     extern __shared__ uint4 dyn_smem[];
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -208,9 +208,14 @@ __device__ __forceinline__ void w4a16_body(
     WarpRing<MT, RH, STAGES>& ring = reinterpret_cast<WarpRing<MT, RH, STAGES>*>(dyn_smem)[warp];
 
     const uint4* wp = W + ((size_t)blockIdx.y * k_chunks * 4 + warp) * 32 + lane;
-    const u32* sp = S + (size_t)nb * 8 + g;
-    const u32* zp = Z ? Z + (size_t)nb * 8 + g : nullptr;
-    const size_t group_stride = (size_t)nb_count * 8;
+    // Scale group of (chunk c, lane) = (2c + (t >> 1)) / group_k32 (groups of
+    // 32 * group_k32 along K): groups >= 64 step one scale row every
+    // group_chunks chunks; groups of 32 two rows per chunk, from row t >> 1.
+    const int group_chunks = group_k32 >= 2 ? group_k32 >> 1 : 1;
+    const size_t lane_row = group_k32 >= 2 ? 0 : (size_t)(t >> 1) * nb_count * 8;
+    const u32* sp = S + (size_t)nb * 8 + g + lane_row;
+    const u32* zp = Z ? Z + (size_t)nb * 8 + g + lane_row : nullptr;
+    const size_t group_stride = (size_t)nb_count * 8 * (group_k32 >= 2 ? 1 : 2);
 
     // Two accumulator sets (even / odd k16 step) halve the chain of dependent
     // mma.sync per iteration (ncu: the top stall was a fixed-latency
@@ -390,9 +395,9 @@ __device__ __forceinline__ void w4a16_body(
         const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
         u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
-        int group_chunks, int splits) {                                                           \
+        int group_k32, int splits) {                                                              \
         w4a16_body<MT, RH, STAGES>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad, k_chunks,       \
-                               group_chunks,                                                      \
+                               group_k32,                                                         \
                                splits);                                                           \
     }
 
@@ -405,81 +410,160 @@ W4A16_ENTRY(w4a16_gemm_mt2, 2, 2, 4)
 W4A16_ENTRY(w4a16_gemm_mt4, 4, 2, 3)
 
 // ---------------------------------------------------------------------------
-// Decode kernel (M <= 16): the same packed weights, with the roles of the
+// Decode kernel (M <= 32): the same packed weights, with the roles of the
 // operands swapped. mma computes D (16 columns of W x 8 tokens) = W . A^T:
 // the dequantised weight registers of one n16 block are exactly the m16k16
 // A fragment ({b[0][0], b[1][0], b[0][1], b[1][1]} of dequant_word), and one
 // lane's 2 activation words of token g are exactly the k16n8 B fragment, so
 // M <= 8 needs 4 mma per 64-chunk instead of 8 (no zero rows multiplied).
-// The block's activations for its whole K range are copied to shared memory
-// once (8 or 16 token rows, row-major, stride padded by 16 B against bank
-// conflicts); the per-chunk work is then only the weight ring (cp.async,
-// 16 B codes + 4 B scale per lane), 2 lds.128 of activations per token tile,
-// the dequant and the mma. The ring slot is a compile-time constant (the
-// STAGES loop is unrolled), so no slot arithmetic per chunk.
+//
+// The kernel is issue-bound, not bandwidth-bound, when it streams a 512-byte
+// chunk per warp in fewer cycles than the SM's 4 schedulers can issue the
+// chunk's instructions (at 3 TB/s an SM must finish a chunk every ~43
+// cycles, i.e. <= ~170 issue slots per chunk; the previous version issued
+// ~160). So everything that does not depend on the chunk is hoisted:
+// - the block's activations AND scales (and zero points) for its K range
+//   are copied to shared memory once, in the first cp.async group; the
+//   per-warp ring then carries only the 16-byte code words (one cp.async per
+//   lane per chunk, constant slot addresses, the STAGES loop unrolled);
+// - symmetric weights with groups of >= 64 are dequantised WITHOUT their
+//   scale: (u - 8) is exact in f16, 2 ops per f16x2 (lop3, then sub or fma
+//   with constants 1032 / -72), the mma accumulates one group in fp32, and
+//   the group's fp32 sum is multiplied by the fp32 scale once per group
+//   (the scale is constant along K within a group and per output row of
+//   D). 4 fewer f16x2 ops per code word, no per-chunk scale work, and the
+//   products are exact (more accurate than scaled f16 weights).
+// - zero points or groups of 32 keep the scaled dequant (`dequant_word`),
+//   scale read from shared memory per chunk. With groups of 32 a lane's 16
+//   reduction indices of a chunk (k = 16t..16t+15 after the permutation)
+//   lie in group 2c + (t >> 1), so the lane's scale row depends on t.
 
 template <int STAGES>
 struct DecRing {
     uint4 w[STAGES][32];  // packed codes
-    u32 s[STAGES][32];    // f16x2 scales
-    u32 z[STAGES][32];    // f16x2 -zero*scale
 };
 
-// Smem of the decode kernel (keep in sync with `decode_smem_bytes` in
-// src/int4/gemm.rs): 4 rings, then the activation tile (min(M, 8*RH) rows,
-// plus a zero row when M < 8*RH; a_stride halves each), a_stride = ceil(k_chunks/splits)*64 + 8.
-
-template <int STAGES, bool HAS_Z>
-__device__ __forceinline__ void dec_issue(DecRing<STAGES>& ring, int slot, int lane, const uint4* wp,
-                                          const u32* sp, const u32* zp) {
-    cp_async16_cg(&ring.w[slot][lane], wp, 16);
-    cp_async4(&ring.s[slot][lane], sp);
-    if (HAS_Z) cp_async4(&ring.z[slot][lane], zp);
+// 16-byte cp.async to a shared-memory address given as a 32-bit offset, so
+// that the unrolled stage loop issues it with immediate offsets (no address
+// rebuilt per chunk).
+__device__ __forceinline__ void cp_async16_cg_at(u32 dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
+}
+// The matching 16-byte shared load (volatile: it must stay between the
+// cp.async.wait_group of its chunk and the refill of its slot).
+__device__ __forceinline__ uint4 lds128_at(u32 addr) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr)
+                 : "memory");
+    return v;
 }
 
-// HAS_Z: zero points streamed (Z non-null); a template parameter so that the
-// symmetric kernel carries no null-pointer selects in its issue path.
-template <int RH, int STAGES, bool HAS_Z>
+// Scale rows (one per group) a split of `cps` chunks can touch, for groups of
+// 32 * group_k32 elements (keep in sync with `decode_scale_rows` in
+// src/int4/gemm.rs).
+__device__ __forceinline__ int dec_scale_rows(int cps, int group_k32) { return (2 * cps - 1) / group_k32 + 2; }
+
+// Shared memory (keep in sync with `decode_smem_bytes` in src/int4/gemm.rs):
+// 4 rings; scale rows x 32 u32 (4 warps x 8 column pairs); the same for the
+// zero points when HAS_Z; the activation tile (min(M, 8*RH) rows, plus a
+// zero row when M < 8*RH; a_stride = ceil(k_chunks/splits)*64 + 8 halves).
+
+__device__ __forceinline__ float f16_lo_to_f32(u32 x) {
+    float r;
+    asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, lo; }" : "=f"(r) : "r"(x));
+    return r;
+}
+__device__ __forceinline__ float f16_hi_to_f32(u32 x) {
+    float r;
+    asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, hi; }" : "=f"(r) : "r"(x));
+    return r;
+}
+
+// Unscaled dequant of one code word: the m16k16 A fragment of (u - 8), exact.
+// Nibble positions as in dequant_word: x0 = (pos 0, pos 4) = fragment
+// register 0, x1 = (1, 5) = register 2, x2 = (2, 6) = register 1,
+// x3 = (3, 7) = register 3.
+__device__ __forceinline__ void dequant_word_unscaled(u32 q, u32 wa[4]) {
+    const u32 MAGIC = 0x64006400u;      // (1024, 1024)
+    const u32 M1032 = 0x64086408u;      // (1032, 1032) = 1024 + 8
+    const u32 SIXTEENTH = 0x2C002C00u;  // (1/16, 1/16)
+    const u32 NEG72 = 0xD480D480u;      // (-72, -72) = -(1024/16 + 8)
+    const u32 LO = 0x000F000Fu;
+    const u32 HI = 0x00F000F0u;
+    const u32 q8 = q >> 8;
+    wa[0] = hsub2(lop3_and_or(q, LO, MAGIC), M1032);
+    wa[2] = hfma2(lop3_and_or(q, HI, MAGIC), SIXTEENTH, NEG72);
+    wa[1] = hsub2(lop3_and_or(q8, LO, MAGIC), M1032);
+    wa[3] = hfma2(lop3_and_or(q8, HI, MAGIC), SIXTEENTH, NEG72);
+}
+
+// Block shape (runtime): nbpb n16 column blocks x k_slices K slices, one
+// warp each (blockDim = 32 * nbpb * k_slices <= 512). The block's K range
+// (split blockIdx.z of `splits`) is divided among its k_slices warps of a
+// column block, whose fp32 sums are added in shared memory in slice order
+// at the end (deterministic, no global round trip); only `splits > 1` uses
+// the fp32 partials + ticket reduction across blocks. Small N takes 1-2
+// column blocks per block and several K slices (enough warps with no split-K
+// epilogue); large N takes 4 column blocks (the activation tile shared by 4
+// warps) and global splits.
+//
+// HAS_Z: zero points streamed (Z non-null). POST: symmetric, groups >= 64:
+// scales applied to the fp32 group sums (see above); else scaled f16 weights.
+template <int RH, int STAGES, bool HAS_Z, bool POST>
 __device__ __forceinline__ void w4a16_dec_body(
     const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,
     const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,
-    u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks, int group_chunks, int splits) {
+    u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks, int group_k32, int splits,
+    int nbpb, int k_slices) {
     extern __shared__ uint4 dyn_smem[];
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
+    const int nthreads = blockDim.x;
     const int g = lane >> 2;
     const int t = lane & 3;
-    const int nb = blockIdx.y * 4 + warp;
+    const int nbl = warp % nbpb;   // column block within the block
+    const int ks = warp / nbpb;    // K slice
+    const int nb = blockIdx.y * nbpb + nbl;
     const int nb_count = n_pad >> 4;
     const int m_base = blockIdx.x * 8 * RH;
     const int split = blockIdx.z;
     const int c_begin = (int)(((long long)split * k_chunks) / splits);
     const int c_end = (int)(((long long)(split + 1) * k_chunks) / splits);
-    const int n_my = c_end - c_begin;
+    const int n_blk = c_end - c_begin;
+    const int w_begin = c_begin + (ks * n_blk) / k_slices;      // this warp's chunks
+    const int n_my = c_begin + ((ks + 1) * n_blk) / k_slices - w_begin;
     const int cps = (k_chunks + splits - 1) / splits;
     const int a_stride = cps * 64 + 8;  // halves
-    DecRing<STAGES>& ring = reinterpret_cast<DecRing<STAGES>*>(dyn_smem)[warp];
-    u16* a_tile = reinterpret_cast<u16*>(reinterpret_cast<DecRing<STAGES>*>(dyn_smem) + 4);
-
-    // Activations of this split: the block's rows_here = min(M - m_base,
-    // 8*RH) token rows, then (if rows_here < 8*RH) one zero row that lanes
-    // of tokens >= M read
-    // (shared memory scales with M, not 8*RH: more resident blocks at M = 1).
-    // k from c_begin*64 for n_my*64, zero past K. cp.async in the oldest
-    // group, so that all threads' copies fly with the weight prologue.
+    const int s_rows = dec_scale_rows(cps, group_k32);
+    const int s_width = nbpb * 8;        // u32 per scale row
+    const int n_warps = nbpb * k_slices;
+    u32* s_tile = reinterpret_cast<u32*>(reinterpret_cast<DecRing<STAGES>*>(dyn_smem) + n_warps);
+    u32* z_tile = s_tile + s_rows * s_width;
+    u16* a_tile = reinterpret_cast<u16*>(HAS_Z ? z_tile + s_rows * s_width : z_tile);
     const int rows_here = min(M - m_base, 8 * RH);
+    // 64 zero halves after the tile, read by lanes of tokens >= M (no zero row).
+    u16* a_zero = a_tile + rows_here * a_stride;
+
+    // Scale groups: group of (chunk c, lane half t>>1) = (2c + (t>>1)) / group_k32.
+    const int row_first = (2 * c_begin) / group_k32;
+    const int row_last = (2 * c_end - 1) / group_k32;
+    const size_t group_stride = (size_t)nb_count * 8;
+
+    // Activations of this split (rows_here token rows, k from c_begin*64 for
+    // n_blk*64, zero past K), the 64 zero halves, then the tile's scale (and
+    // zero) rows: nbpb x 8 column pairs, contiguous in S. All in the oldest
+    // cp.async group, flying with the weight prologue.
     {
         const int k0 = c_begin * 64;
-        const int cols = n_my * 64;
+        const int cols = n_blk * 64;
         const int vecs = cols >> 3;
-        if (rows_here < 8 * RH) {
-            for (int v = threadIdx.x; v < vecs; v += 128)
-                *reinterpret_cast<uint4*>(a_tile + rows_here * a_stride + 8 * v) = make_uint4(0, 0, 0, 0);
-        }
+        if (threadIdx.x < 8) reinterpret_cast<uint4*>(a_zero)[threadIdx.x] = make_uint4(0, 0, 0, 0);
         if ((K & 7) == 0) {
             for (int r = 0; r < rows_here; r++) {
                 const u16* src_row = A + (size_t)(m_base + r) * K + k0;
-                for (int v = threadIdx.x; v < vecs; v += 128) {
+                for (int v = threadIdx.x; v < vecs; v += nthreads) {
                     const bool in = k0 + 8 * v < K;  // K % 8 == 0: all 8 in or out
                     cp_async16_ca(a_tile + r * a_stride + 8 * v, in ? (const void*)(src_row + 8 * v) : (const void*)A,
                                   in ? 16 : 0);
@@ -488,123 +572,189 @@ __device__ __forceinline__ void w4a16_dec_body(
         } else {
             for (int r = 0; r < rows_here; r++) {
                 const u16* src_row = A + (size_t)(m_base + r) * K;
-                for (int c = threadIdx.x; c < cols; c += 128)
+                for (int c = threadIdx.x; c < cols; c += nthreads)
                     a_tile[r * a_stride + c] = k0 + c < K ? src_row[k0 + c] : (u16)0;
             }
         }
-        cp_async_commit();
-    }
-
-    // Weight ring prologue.
-    const uint4* wp = W + ((size_t)blockIdx.y * k_chunks * 4 + warp) * 32 + lane + (size_t)c_begin * 128;
-    const size_t group_stride = (size_t)nb_count * 8;
-    int issue_group = c_begin / group_chunks;
-    int issue_rem = c_begin - issue_group * group_chunks;
-    const u32* sp = S + (size_t)nb * 8 + g + (size_t)issue_group * group_stride;
-    const u32* zp = HAS_Z ? Z + (size_t)nb * 8 + g + (size_t)issue_group * group_stride : nullptr;
-#pragma unroll
-    for (int st = 0; st < STAGES; st++) {
-        if (st < n_my) {
-            dec_issue<STAGES, HAS_Z>(ring, st, lane, wp, sp, zp);
-            wp += 128;
-            if (++issue_rem == group_chunks) {
-                issue_rem = 0;
-                sp += group_stride;
-                if (HAS_Z) zp += group_stride;
-            }
+        const int row_vecs = 2 * nbpb;
+        const int s_vecs = (row_last - row_first + 1) * row_vecs;
+        for (int v = threadIdx.x; v < s_vecs; v += nthreads) {
+            const int q = v / row_vecs, part = v - q * row_vecs;
+            const size_t src = (size_t)(row_first + q) * group_stride + (size_t)blockIdx.y * s_width + part * 4;
+            cp_async16_cg(s_tile + q * s_width + part * 4, S + src, 16);
+            if (HAS_Z) cp_async16_cg(z_tile + q * s_width + part * 4, Z + src, 16);
         }
         cp_async_commit();
     }
-    // The activation group (oldest) is complete in every thread.
+
+    // Weight ring prologue. Stage s of the lane's ring is at ring_at + 512 s;
+    // chunk w_begin + i of the lane's codes at w_lane + 128 i (layout of
+    // pack.rs: (n_pad/64 tiles, k_chunks, 4 n16 blocks, 32 lanes) x 16 B).
+    DecRing<STAGES>& ring = reinterpret_cast<DecRing<STAGES>*>(dyn_smem)[warp];
+    const uint4* w_lane = W + ((size_t)(nb >> 2) * k_chunks * 4 + (nb & 3)) * 32 + lane + (size_t)w_begin * 128;
+    const u32 ring_at = smem_addr(&ring.w[0][lane]);
+#pragma unroll
+    for (int st = 0; st < STAGES; st++) {
+        if (st < n_my) cp_async16_cg_at(ring_at + st * 512, w_lane + st * 128);
+        cp_async_commit();
+    }
+    // The activation / scale group (oldest) is complete in every thread.
     cp_async_wait<STAGES>();
     __syncthreads();
 
+    // Chunks per scale row step and the row step: groups of >= 64 advance
+    // one row every group_chunks chunks; groups of 32 two rows every chunk.
+    const int group_chunks = group_k32 >= 2 ? group_k32 >> 1 : 1;
+    const int row_step = group_k32 >= 2 ? s_width : 2 * s_width;
+    int left = group_chunks - (group_k32 >= 2 ? w_begin % group_chunks : 0);
+    const int lane_row = (2 * w_begin) / group_k32 - row_first + (group_k32 >= 2 ? 0 : (t >> 1));
+    const u32* s_lane = s_tile + lane_row * s_width + nbl * 8 + g;
+    const u32* z_lane = z_tile + lane_row * s_width + nbl * 8 + g;
+
     // Two accumulator sets (even / odd k16 step) break the mma dependency
-    // chain when there are only 1-2 token tiles; with 4-8 the tiles are
+    // chain when there are only 1-2 token tiles; with 4 the tiles are
     // independent chains already (and registers are needed for `act`).
-    constexpr bool TWO_ACC = RH <= 2;
+    // POST: acc += gacc * scale at every group end; one set (the chain is
+    // hidden by the other resident warps; a second set would cost 4 adds
+    // and 4 zeroing moves more per fold).
+    constexpr bool TWO_ACC = !POST && RH <= 2;
     float acc[RH][4];
-    float acc_odd[TWO_ACC ? RH : 1][4];
+    float gacc[RH][4];
+    float gacc_odd[TWO_ACC ? RH : 1][4];
 #pragma unroll
     for (int r = 0; r < RH; r++)
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             acc[r][i] = 0.0f;
-            acc_odd[TWO_ACC ? r : 0][i] = 0.0f;
+            gacc[r][i] = 0.0f;
+            gacc_odd[TWO_ACC ? r : 0][i] = 0.0f;
         }
-    // Token row r*8 + g of this lane, or the zero row past M.
+    // Token row r*8 + g of this lane at the warp's first chunk, advancing 64
+    // halves per chunk; lanes of tokens >= M read the zero halves, advancing 0.
     const u16* a_lane[RH];
+    int a_step[RH];
 #pragma unroll
-    for (int r = 0; r < RH; r++) a_lane[r] = a_tile + min(r * 8 + g, rows_here) * a_stride + 16 * t;
+    for (int r = 0; r < RH; r++) {
+        const bool real = r * 8 + g < rows_here;
+        a_lane[r] = real ? a_tile + (r * 8 + g) * a_stride + (w_begin - c_begin) * 64 + 16 * t : a_zero + 16 * t;
+        a_step[r] = real ? 64 : 0;
+    }
 
     for (int base = 0; base < n_my; base += STAGES) {
+        const uint4* w_next = w_lane + (size_t)(base + STAGES) * 128;  // refills of this round
 #pragma unroll
         for (int s = 0; s < STAGES; s++) {
             const int it = base + s;
             if (it < n_my) {
                 cp_async_wait<STAGES - 1>();
-                const uint4 w = ring.w[s][lane];
-                const u32 sc = ring.s[s][lane];
-                const u32 s0 = dup_lo(sc);
-                const u32 s1 = dup_hi(sc);
-                u32 z0, z1;
-                if (HAS_Z) {
-                    const u32 zs = ring.z[s][lane];
-                    z0 = dup_lo(zs);
-                    z1 = dup_hi(zs);
-                } else {
-                    z0 = hmul2(s0, 0xC800C800u);  // -8 * scale, exact
-                    z1 = hmul2(s1, 0xC800C800u);
-                }
+                const uint4 w = lds128_at(ring_at + s * 512);
                 u32 act[RH][8];
 #pragma unroll
                 for (int r = 0; r < RH; r++) {
-                    const u16* ap = a_lane[r] + it * 64;
+                    const u16* ap = a_lane[r] + it * a_step[r];
                     const uint4 v0 = *reinterpret_cast<const uint4*>(ap);
                     const uint4 v1 = *reinterpret_cast<const uint4*>(ap + 8);
                     act[r][0] = v0.x; act[r][1] = v0.y; act[r][2] = v0.z; act[r][3] = v0.w;
                     act[r][4] = v1.x; act[r][5] = v1.y; act[r][6] = v1.z; act[r][7] = v1.w;
                 }
+                u32 s0 = 0, s1 = 0, z0 = 0, z1 = 0;
+                if (!POST) {
+                    const u32 sc = *s_lane;
+                    s0 = dup_lo(sc);
+                    s1 = dup_hi(sc);
+                    if (HAS_Z) {
+                        const u32 zs = *z_lane;
+                        z0 = dup_lo(zs);
+                        z1 = dup_hi(zs);
+                    } else {
+                        z0 = hmul2(s0, 0xC800C800u);  // -8 * scale, exact
+                        z1 = hmul2(s1, 0xC800C800u);
+                    }
+                }
                 const u32 words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
-                    u32 b[2][2];
-                    dequant_word(words[j], s0, s1, z0, z1, b);
-                    const u32 wa[4] = {b[0][0], b[1][0], b[0][1], b[1][1]};
+                    u32 wa[4];
+                    if (POST) {
+                        dequant_word_unscaled(words[j], wa);
+                    } else {
+                        u32 b[2][2];
+                        dequant_word(words[j], s0, s1, z0, z1, b);
+                        wa[0] = b[0][0]; wa[1] = b[1][0]; wa[2] = b[0][1]; wa[3] = b[1][1];
+                    }
 #pragma unroll
                     for (int r = 0; r < RH; r++) {
                         const u32 bb[2] = {act[r][2 * j], act[r][2 * j + 1]};
                         if (TWO_ACC && (j & 1))
-                            mma_16816(acc_odd[TWO_ACC ? r : 0], wa, bb);
+                            mma_16816(gacc_odd[TWO_ACC ? r : 0], wa, bb);
                         else
-                            mma_16816(acc[r], wa, bb);
+                            mma_16816(gacc[r], wa, bb);
                     }
                 }
                 // Slot s is consumed (values in registers): refill it.
-                if (it + STAGES < n_my) {
-                    dec_issue<STAGES, HAS_Z>(ring, s, lane, wp, sp, zp);
-                    wp += 128;
-                    if (++issue_rem == group_chunks) {
-                        issue_rem = 0;
-                        sp += group_stride;
-                        if (HAS_Z) zp += group_stride;
-                    }
-                }
+                if (it + STAGES < n_my) cp_async16_cg_at(ring_at + s * 512, w_next + s * 128);
                 cp_async_commit();
+                // End of a scale group (or of the warp's chunks): POST folds
+                // the group sums with the fp32 scale; both advance the row.
+                if (--left == 0 || it == n_my - 1) {
+                    if (POST) {
+                        const u32 sc = *s_lane;
+                        const float sl = f16_lo_to_f32(sc);  // column g
+                        const float sh = f16_hi_to_f32(sc);  // column g + 8
+#pragma unroll
+                        for (int r = 0; r < RH; r++) {
+#pragma unroll
+                            for (int i = 0; i < 4; i++) {
+                                acc[r][i] = fmaf(gacc[r][i], i < 2 ? sl : sh, acc[r][i]);
+                                gacc[r][i] = 0.0f;
+                            }
+                        }
+                    }
+                    left = group_chunks;
+                    s_lane += row_step;
+                    if (HAS_Z) z_lane += row_step;
+                }
             }
         }
     }
     cp_async_wait<0>();
-    if (TWO_ACC) {
+    if (!POST) {
 #pragma unroll
         for (int r = 0; r < RH; r++)
 #pragma unroll
-            for (int i = 0; i < 4; i++) acc[r][i] += acc_odd[TWO_ACC ? r : 0][i];
+            for (int i = 0; i < 4; i++)
+                acc[r][i] = TWO_ACC ? gacc[r][i] + gacc_odd[TWO_ACC ? r : 0][i] : gacc[r][i];
     }
+
+    // K slices of one column block: slices 1.. store their sums in their
+    // (drained) ring, slice 0 adds them in slice order.
+    if (k_slices > 1) {
+        __syncthreads();  // every ring drained and read
+        float* red = reinterpret_cast<float*>(&ring.w[0][0]);
+        if (ks > 0) {
+#pragma unroll
+            for (int r = 0; r < RH; r++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) red[(r * 4 + i) * 32 + lane] = acc[r][i];
+        }
+        __syncthreads();
+        if (ks == 0) {
+            for (int o = 1; o < k_slices; o++) {
+                const float* other = reinterpret_cast<const float*>(
+                    &reinterpret_cast<DecRing<STAGES>*>(dyn_smem)[o * nbpb + nbl].w[0][0]);
+#pragma unroll
+                for (int r = 0; r < RH; r++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) acc[r][i] += other[(r * 4 + i) * 32 + lane];
+            }
+        }
+    }
+    const bool writer = ks == 0;
 
     // Accumulator (r, i): column n = nb*16 + g + 8*(i>>1), token row
     // m_base + r*8 + 2t + (i&1).
     if (splits == 1) {
+        if (!writer) return;
 #pragma unroll
         for (int r = 0; r < RH; r++)
 #pragma unroll
@@ -615,14 +765,16 @@ __device__ __forceinline__ void w4a16_dec_body(
             }
         return;
     }
+    if (writer) {
 #pragma unroll
-    for (int r = 0; r < RH; r++)
+        for (int r = 0; r < RH; r++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int row = m_base + r * 8 + 2 * t + (i & 1);
-            const int col = nb * 16 + g + 8 * (i >> 1);
-            if (row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[r][i];
-        }
+            for (int i = 0; i < 4; i++) {
+                const int row = m_base + r * 8 + 2 * t + (i & 1);
+                const int col = nb * 16 + g + 8 * (i >> 1);
+                if (row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[r][i];
+            }
+    }
     __threadfence();
     __syncthreads();
     __shared__ u32 is_last;
@@ -632,7 +784,7 @@ __device__ __forceinline__ void w4a16_dec_body(
         is_last = (prev == (u32)(splits - 1)) ? 1u : 0u;
     }
     __syncthreads();
-    if (!is_last) return;
+    if (!is_last || !writer) return;
     __threadfence();
 #pragma unroll
     for (int r = 0; r < RH; r++)
@@ -650,24 +802,29 @@ __device__ __forceinline__ void w4a16_dec_body(
     if (threadIdx.x == 0) tickets[ticket_idx] = 0u;
 }
 
-#define W4A16_DEC_ENTRY(NAME, RH, STAGES, HAS_Z)                                                 \
-    extern "C" __global__ void __launch_bounds__(128) NAME(                                       \
+#define W4A16_DEC_ENTRY(NAME, RH, STAGES, HAS_Z, POST)                                           \
+    extern "C" __global__ void __launch_bounds__(512) NAME(                                       \
         const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
         u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
-        int group_chunks, int splits) {                                                           \
-        w4a16_dec_body<RH, STAGES, HAS_Z>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad,       \
-                                          k_chunks, group_chunks, splits);                        \
+        int group_k32, int splits, int nbpb, int k_slices) {                                      \
+        w4a16_dec_body<RH, STAGES, HAS_Z, POST>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad, \
+                                                k_chunks, group_k32, splits, nbpb, k_slices);     \
     }
 
-// Keep STAGES in sync with `DEC_STAGES` in src/int4/gemm.rs. m32: 4 token
-// tiles per block (M = 17..32), each dequantised fragment feeds 4 mma.
-W4A16_DEC_ENTRY(w4a16_dec_m8, 1, 8, false)
-W4A16_DEC_ENTRY(w4a16_dec_m16, 2, 8, false)
-W4A16_DEC_ENTRY(w4a16_dec_m32, 4, 8, false)
-W4A16_DEC_ENTRY(w4a16_dec_m8z, 1, 8, true)
-W4A16_DEC_ENTRY(w4a16_dec_m16z, 2, 8, true)
-W4A16_DEC_ENTRY(w4a16_dec_m32z, 4, 8, true)
+// Keep STAGES in sync with `DEC_STAGES` in src/int4/gemm.rs. m16: 2 token
+// tiles (M = 9..16), m32: 4 (M = 17..32), each dequantised fragment feeding
+// 2 / 4 mma. Suffix: none = symmetric, groups >= 64 (scales after the mma);
+// s = symmetric, groups of 32; z = zero points.
+W4A16_DEC_ENTRY(w4a16_dec_m8, 1, 8, false, true)
+W4A16_DEC_ENTRY(w4a16_dec_m16, 2, 8, false, true)
+W4A16_DEC_ENTRY(w4a16_dec_m32, 4, 8, false, true)
+W4A16_DEC_ENTRY(w4a16_dec_m8s, 1, 8, false, false)
+W4A16_DEC_ENTRY(w4a16_dec_m16s, 2, 8, false, false)
+W4A16_DEC_ENTRY(w4a16_dec_m32s, 4, 8, false, false)
+W4A16_DEC_ENTRY(w4a16_dec_m8z, 1, 8, true, false)
+W4A16_DEC_ENTRY(w4a16_dec_m16z, 2, 8, true, false)
+W4A16_DEC_ENTRY(w4a16_dec_m32z, 4, 8, true, false)
 
 // Dequantize the packed weight to a dense f16 (N, K) row-major matrix (the
 // large-M path: dequantize once, then a cuBLAS fp16 GEMM). One thread per
@@ -675,7 +832,7 @@ W4A16_DEC_ENTRY(w4a16_dec_m32z, 4, 8, true)
 // Launched with n_pad/16 * k_chunks * 32 threads.
 extern "C" __global__ void __launch_bounds__(256) w4_dequant_f16(
     const uint4* __restrict__ W, const u32* __restrict__ S, const u32* __restrict__ Z,
-    u16* __restrict__ out, int N, int K, int n_pad, int k_chunks, int group_chunks) {
+    u16* __restrict__ out, int N, int K, int n_pad, int k_chunks, int group_k32) {
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const int nb_count = n_pad >> 4;
     if (idx >= (long long)nb_count * k_chunks * 32) return;
@@ -686,7 +843,9 @@ extern "C" __global__ void __launch_bounds__(256) w4_dequant_f16(
     const int nb = (int)(tc / k_chunks) * 4 + (int)((idx >> 5) & 3);
     const int g = lane >> 2, t = lane & 3;
     const uint4 w = W[idx];
-    const size_t at = ((size_t)(c / group_chunks) * nb_count + nb) * 8 + g;
+    // Scale group of this lane's 16 reduction indices (groups of 32 * group_k32).
+    const int gi = group_k32 >= 2 ? c / (group_k32 >> 1) : 2 * c + (t >> 1);
+    const size_t at = ((size_t)gi * nb_count + nb) * 8 + g;
     const u32 s = S[at];
     const u32 s0 = dup_lo(s), s1 = dup_hi(s);
     u32 z0, z1;
