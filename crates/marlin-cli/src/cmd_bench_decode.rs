@@ -50,21 +50,34 @@ fn parse_list(s: &str) -> anyhow::Result<Vec<usize>> {
         .collect()
 }
 
-/// `marlin bench decode --device cuda [--batch 1,8,32] [--ctx 512] [--steps 64]`.
-pub fn decode(compute: &ComputeArgs, batch: &str, ctx: usize, steps: usize) -> anyhow::Result<()> {
+/// `marlin bench decode --device cuda [--batch 1,8,32] [--ctx 512] [--steps 64] [--breakdown]`.
+pub fn decode(
+    compute: &ComputeArgs,
+    batch: &str,
+    ctx: usize,
+    steps: usize,
+    breakdown: bool,
+) -> anyhow::Result<()> {
     let ordinal = cuda_ordinal(compute, "bench decode")?;
     let batches = parse_list(batch)?;
-    run_decode(ordinal, batches, ctx, steps)
+    run_decode(ordinal, batches, ctx, steps, breakdown)
 }
 
 #[cfg(feature = "cuda")]
-fn run_decode(ordinal: usize, batches: Vec<usize>, ctx: usize, steps: usize) -> anyhow::Result<()> {
+fn run_decode(
+    ordinal: usize,
+    batches: Vec<usize>,
+    ctx: usize,
+    steps: usize,
+    breakdown: bool,
+) -> anyhow::Result<()> {
     use marlin_models::gpu::bench::{bench_decode, DecodeBenchConfig};
     let cfg = DecodeBenchConfig {
         ordinal,
         batches,
         ctx,
         steps,
+        breakdown,
         ..DecodeBenchConfig::default()
     };
     let report = bench_decode(&cfg)?;
@@ -73,7 +86,7 @@ fn run_decode(ordinal: usize, batches: Vec<usize>, ctx: usize, steps: usize) -> 
 }
 
 #[cfg(not(feature = "cuda"))]
-fn run_decode(_: usize, _: Vec<usize>, _: usize, _: usize) -> anyhow::Result<()> {
+fn run_decode(_: usize, _: Vec<usize>, _: usize, _: usize, _: bool) -> anyhow::Result<()> {
     anyhow::bail!(
         "--device cuda: this marlin was built without the `cuda` feature (cargo build --release --features cuda)"
     )

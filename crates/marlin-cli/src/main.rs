@@ -200,6 +200,9 @@ enum BenchCommand {
         /// Timed decode steps per configuration.
         #[arg(long, default_value_t = 64)]
         steps: usize,
+        /// Also print the GPU time of each kernel group of one step.
+        #[arg(long)]
+        breakdown: bool,
     },
     /// One model on the CPU and the GPU: greedy tokens, logit differences, speed.
     Devices {
@@ -301,7 +304,8 @@ fn main() {
                 batch,
                 ctx,
                 steps,
-            } => cmd_bench_decode::decode(&compute, &batch, ctx, steps),
+                breakdown,
+            } => cmd_bench_decode::decode(&compute, &batch, ctx, steps, breakdown),
             BenchCommand::Devices {
                 model,
                 prompts,

@@ -6,10 +6,21 @@
 //! to the working directory.
 #![cfg(feature = "cuda")]
 
+use std::sync::Arc;
+
+use marlin_cuda::int4::gemm::dequantize_to_f16;
+use marlin_cuda::ops::{DeviceSampling, GpuRope};
+use marlin_cuda::CudaDevice;
+use marlin_models::config::{HParam, HValue};
+use marlin_models::gpu::bench::{synthetic_decoder, SyntheticShape};
+use marlin_models::gpu::decoder::{GateUpWeights, GpuBlock, GpuDecoder, GpuEmbedding, QkvWeights};
+use marlin_models::gpu::linear::GpuLinear;
 use marlin_models::gpu::spec::spec_from_source;
 use marlin_models::gpu::{GpuError, GpuLoadOptions, GpuModel};
-use marlin_models::source::{GgufSource, WeightSource};
+use marlin_models::source::{GgufSource, HfDirSource, SourceKind, TensorData, WeightSource};
+use marlin_models::ModelError;
 use marlin_models::{load_model, LoadOptions};
+use marlin_quant::{quantize_rtn, QuantScheme, RtnOptions};
 use std::path::PathBuf;
 
 /// Largest |Δlogit| accepted on the tiny f32 model: the GPU keeps K and V
@@ -314,4 +325,324 @@ fn smollm2_on_gpu_matches_transformers() {
 #[test]
 fn gemma3_on_gpu_matches_transformers() {
     gpu_matches_reference("gemma3-270m-q4_k_m.ref.json");
+}
+
+/// Host copy of an INT4 weight, dequantized on the device: (rows, cols, values).
+fn dequantized(dev: &Arc<CudaDevice>, l: &GpuLinear) -> (usize, usize, Vec<f32>) {
+    let GpuLinear::Int4(w) = l else {
+        panic!("the synthetic model's linears are INT4")
+    };
+    let mut dense = dev.alloc_zeros::<half::f16>("dense", w.n * w.k).unwrap();
+    dequantize_to_f16(dev, w, &mut dense).unwrap();
+    let v = dev.download(&dense).unwrap();
+    (w.n, w.k, v.iter().map(|x| x.to_f32()).collect())
+}
+
+/// Rows `r0..r0 + n` of a (rows, cols) matrix as an f32 dense GPU linear.
+fn dense_rows(
+    dev: &Arc<CudaDevice>,
+    m: &(usize, usize, Vec<f32>),
+    r0: usize,
+    n: usize,
+) -> GpuLinear {
+    let cols = m.1;
+    let data = m.2[r0 * cols..(r0 + n) * cols].to_vec();
+    GpuLinear::upload(
+        dev,
+        "dense twin",
+        TensorData::F32 {
+            rows: n,
+            cols,
+            data,
+        },
+    )
+    .unwrap()
+}
+
+fn copy_f32(
+    dev: &Arc<CudaDevice>,
+    s: &cudarc::driver::CudaSlice<f32>,
+) -> cudarc::driver::CudaSlice<f32> {
+    dev.upload("copy", &dev.download(s).unwrap()).unwrap()
+}
+
+/// The same model as `dec` (INT4, fused q|k|v and gate|up) with every
+/// projection dequantized into separate f32 dense weights: the decoder's
+/// f32 path (GGUF-style separate projections, f32 GEMM activations).
+fn dense_twin(dev: &Arc<CudaDevice>, dec: &GpuDecoder) -> GpuDecoder {
+    let c = &dec.spec.cfg;
+    let (qd, kvd, ffn) = (
+        c.n_heads * c.head_dim,
+        c.n_kv_heads * c.head_dim,
+        c.ffn_size,
+    );
+    let blocks = dec
+        .blocks
+        .iter()
+        .map(|b| {
+            let (QkvWeights::Fused(qkv), GateUpWeights::Fused(gu)) = (&b.qkv, &b.gate_up) else {
+                panic!("the synthetic model fuses its projections")
+            };
+            let qkv = dequantized(dev, qkv);
+            let gu = dequantized(dev, gu);
+            let whole = |l: &GpuLinear| {
+                let m = dequantized(dev, l);
+                dense_rows(dev, &m, 0, m.0)
+            };
+            GpuBlock {
+                attn_norm: copy_f32(dev, &b.attn_norm),
+                qkv: QkvWeights::Separate {
+                    q: dense_rows(dev, &qkv, 0, qd),
+                    k: dense_rows(dev, &qkv, qd, kvd),
+                    v: dense_rows(dev, &qkv, qd + kvd, kvd),
+                },
+                wo: whole(&b.wo),
+                q_norm: None,
+                k_norm: None,
+                post_attn_norm: None,
+                ffn_norm: copy_f32(dev, &b.ffn_norm),
+                gate_up: GateUpWeights::Separate {
+                    gate: dense_rows(dev, &gu, 0, ffn),
+                    up: dense_rows(dev, &gu, ffn, ffn),
+                },
+                down: whole(&b.down),
+                post_ffn_norm: None,
+            }
+        })
+        .collect();
+    let GpuEmbedding::Dense { table, vocab } = &dec.embed else {
+        panic!("the synthetic model has a dense embedding")
+    };
+    let lm = dequantized(dev, &dec.lm_head);
+    GpuDecoder {
+        spec: dec.spec.clone(),
+        embed: GpuEmbedding::Dense {
+            table: copy_f32(dev, table),
+            vocab: *vocab,
+        },
+        blocks,
+        ropes: dec
+            .spec
+            .ropes
+            .iter()
+            .map(|r| GpuRope::new(dev, r).unwrap())
+            .collect(),
+        out_norm: copy_f32(dev, &dec.out_norm),
+        lm_head: dense_rows(dev, &lm, 0, lm.0),
+    }
+}
+
+/// Indices of `v` from the largest down (ties: lower index first).
+fn ranked(v: &[f32]) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..v.len() as u32).collect();
+    idx.sort_by(|&a, &b| v[b as usize].total_cmp(&v[a as usize]).then(a.cmp(&b)));
+    idx
+}
+
+/// The f16-activation path (every projection INT4, fused q|k|v and gate|up
+/// read in place by the fused kernels, f16 attention output, f16 LM head +
+/// logits conversion; the benchmark's model at a small shape) against the
+/// same weights dequantized into separate f32 dense projections (the f32
+/// path): prefill (20 rows: the prefill attention kernel), all-row logits,
+/// greedy decode through the captured graph, and on-device sampling.
+#[test]
+fn int4_fused_f16_path_matches_dense_f32_path() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let dev = CudaDevice::new(0).unwrap();
+    let shape = SyntheticShape {
+        n_layers: 2,
+        hidden: 256,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 64,
+        ffn: 512,
+        vocab: 1000,
+        group: 128,
+    };
+    let fused = synthetic_decoder(&dev, &shape, 7).unwrap();
+    let dense = dense_twin(&dev, &fused);
+    assert!(fused.f16_activations() && !dense.f16_activations());
+    let opts = GpuLoadOptions {
+        max_batch_rows: 32,
+        cuda_graph: true,
+        ..GpuLoadOptions::default()
+    };
+    let a = GpuModel::from_decoder(dev.clone(), fused, opts.clone());
+    let b = GpuModel::from_decoder(
+        dev.clone(),
+        dense,
+        GpuLoadOptions {
+            cuda_graph: false,
+            ..opts
+        },
+    );
+    let prompt: Vec<u32> = (0..20u32).map(|i| (i * 131 + 7) % 1000).collect();
+    // Relative to the largest logit: f16 activations round at ~5e-4.
+    let close = |x: &[f32], y: &[f32], what: &str| {
+        let scale = y.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let d = max_abs_diff(x, y);
+        eprintln!("{what}: max |Δlogit| {d:.3e} (max |logit| {scale:.2})");
+        assert!(d <= 1e-2 * scale, "{what}: max |Δlogit| {d} of {scale}");
+    };
+
+    let all_a = a.new_sequence(64).unwrap().forward_all(&prompt).unwrap();
+    let all_b = b.new_sequence(64).unwrap().forward_all(&prompt).unwrap();
+    close(&all_a, &all_b, "prefill, every row");
+
+    let (mut sa, mut sb) = (a.new_sequence(64).unwrap(), b.new_sequence(64).unwrap());
+    let mut sampled = a.new_sequence(64).unwrap();
+    // A high temperature keeps the third candidate's probability far from
+    // 0, so that u -> 1 lands on it whatever the logits' spread.
+    let params = DeviceSampling {
+        temperature: 100.0,
+        top_k: 3,
+        top_p: 1.0,
+    };
+    let mut la = sa.forward(&prompt).unwrap();
+    let mut lb = sb.forward(&prompt).unwrap();
+    let mut pick = sampled.sample(&prompt, params, 0.0).unwrap();
+    for step in 0..10 {
+        close(&la, &lb, &format!("decode step {step}"));
+        let order = ranked(&la);
+        // u = 0 takes the most likely token, u -> 1 the third (top-k 3).
+        let want = if step % 2 == 0 { order[0] } else { order[2] };
+        assert_eq!(pick, want, "sampled token at step {step}");
+        let next = ranked(&lb)[0];
+        la = sa.forward(&[next]).unwrap();
+        lb = sb.forward(&[next]).unwrap();
+        let u = if step % 2 == 0 { 0.999_99 } else { 0.0 };
+        pick = sampled.sample(&[next], params, u).unwrap();
+    }
+    assert!(sa.graph_captured() && sampled.graph_captured() && !sb.graph_captured());
+    assert!(
+        sampled.sample(&[1], params, 1.0).is_err(),
+        "uniform outside [0, 1)"
+    );
+    let bad = DeviceSampling {
+        top_k: 10_000,
+        ..params
+    };
+    assert!(
+        sampled.sample(&[1], bad, 0.5).is_err(),
+        "top-k above the GPU's bound"
+    );
+}
+
+/// A checkpoint whose linear weights are quantized to INT4 (g64, RTN) on
+/// the fly: as `QuantTensor`s (the GPU's INT4 kernel, f16 activations) or
+/// dequantized back to f32 (the same values through the f32 path).
+struct Int4Linears {
+    inner: HfDirSource,
+    dequantize: bool,
+}
+
+impl WeightSource for Int4Linears {
+    fn kind(&self) -> SourceKind {
+        self.inner.kind()
+    }
+    fn architecture(&self) -> &str {
+        self.inner.architecture()
+    }
+    fn hparam(&self, key: HParam) -> Result<Option<HValue>, ModelError> {
+        self.inner.hparam(key)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+    fn vector(&self, name: &str) -> Result<Vec<f32>, ModelError> {
+        self.inner.vector(name)
+    }
+    fn tensor(&self, name: &str) -> Result<TensorData, ModelError> {
+        let t = self.inner.tensor(name)?;
+        let linear = name == "output.weight"
+            || (name.starts_with("blk.")
+                && [
+                    "attn_q",
+                    "attn_k",
+                    "attn_v",
+                    "attn_output",
+                    "ffn_gate",
+                    "ffn_up",
+                    "ffn_down",
+                ]
+                .iter()
+                .any(|l| name.ends_with(&format!(".{l}.weight"))));
+        let TensorData::F32 { rows, cols, data } = t else {
+            return Ok(t);
+        };
+        if !linear {
+            return Ok(TensorData::F32 { rows, cols, data });
+        }
+        let q = quantize_rtn(
+            &data,
+            rows,
+            cols,
+            QuantScheme::int4_sym(64),
+            &RtnOptions::default(),
+        )
+        .expect("RTN of a fixture weight");
+        Ok(if self.dequantize {
+            TensorData::F32 {
+                rows,
+                cols,
+                data: q.dequantize().expect("dequantize"),
+            }
+        } else {
+            TensorData::Quant(q)
+        })
+    }
+}
+
+/// Qwen3 (QK-norm, separate projections) with INT4 linears: the f16 path
+/// against the same dequantized weights on the f32 path, prefill and greedy
+/// decode through the graph.
+#[test]
+fn tiny_qwen3_int4_f16_path_matches_f32_path() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let path = fixtures_dir().join("tiny-qwen3");
+    let opts = GpuLoadOptions {
+        max_batch_rows: 5,
+        cuda_graph: true,
+        ..GpuLoadOptions::default()
+    };
+    let load = |dequantize: bool| {
+        let src = Int4Linears {
+            inner: HfDirSource::open(&path).unwrap(),
+            dequantize,
+        };
+        GpuModel::from_source(&src, &opts).unwrap()
+    };
+    let (int4, dense) = (load(false), load(true));
+    assert!(int4.decoder().f16_activations() && !dense.decoder().f16_activations());
+    let vocab = int4.config().vocab_size as u32;
+    let prompt: Vec<u32> = (0..7u32).map(|i| (i * 37 + 11) % vocab).collect();
+    let close = |x: &[f32], y: &[f32], what: &str| {
+        let scale = y.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let d = max_abs_diff(x, y);
+        eprintln!("{what}: max |Δlogit| {d:.3e} (max |logit| {scale:.2})");
+        assert!(d <= 1e-2 * scale, "{what}: max |Δlogit| {d} of {scale}");
+    };
+    let (mut a, mut b) = (
+        int4.new_sequence(64).unwrap(),
+        dense.new_sequence(64).unwrap(),
+    );
+    let mut la = match a.forward(&prompt) {
+        Err(GpuError::Cuda(marlin_cuda::CudaError::Unsupported(why))) => {
+            eprintln!("SKIPPED: tiny-qwen3 INT4 on the GPU: {why}");
+            return;
+        }
+        r => r.unwrap(),
+    };
+    let mut lb = b.forward(&prompt).unwrap();
+    for step in 0..8 {
+        close(&la, &lb, &format!("tiny-qwen3 INT4 step {step}"));
+        let next = argmax(&lb);
+        la = a.forward(&[next]).unwrap();
+        lb = b.forward(&[next]).unwrap();
+    }
+    assert!(a.graph_captured() && b.graph_captured());
 }

@@ -42,6 +42,14 @@ __device__ __forceinline__ void att_h2x2(u32 w, float& a, float& b) {
     b = att_h2f((u16)(w >> 16));
 }
 
+// Outputs go to the next GEMM's input type: f32, or f16 bits (`_h` entries).
+__device__ __forceinline__ void att_st(float* p, long long i, float v) { p[i] = v; }
+__device__ __forceinline__ void att_st(u16* p, long long i, float v) {
+    u16 r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(v));
+    p[i] = r;
+}
+
 __device__ __forceinline__ uint4 att_ld16(const u16* p) {
     return *reinterpret_cast<const uint4*>(p);
 }
@@ -74,10 +82,10 @@ __device__ __forceinline__ long long att_head_base(int seq, int layer, int n_lay
 }
 
 // ------------------------------------------------------------------ decode
-template <int HD, int GT>
+template <int HD, int GT, typename OutT>
 __device__ __forceinline__ void attn_decode_impl(
     const float* __restrict__ q, const u16* __restrict__ k_cache, const u16* __restrict__ v_cache,
-    const int* __restrict__ row_seq, const int* __restrict__ row_pos, float* __restrict__ out,
+    const int* __restrict__ row_seq, const int* __restrict__ row_pos, OutT* __restrict__ out,
     float* __restrict__ partials, int n_heads, int n_kv_heads, int group, int n_layers, int layer,
     int n_seqs, int capacity, float q_scale, float softcap, int window, int splits) {
     constexpr int LPK = HD / 8;        // lanes per key (16 bytes each)
@@ -194,7 +202,7 @@ __device__ __forceinline__ void attn_decode_impl(
         }
         const long long qh = (long long)row * n_heads + h0 + h;
         if (splits == 1) {
-            out[qh * HD + d] = lsum > 0.0f ? osum / lsum : 0.0f;
+            att_st(out, qh * HD + d, lsum > 0.0f ? osum / lsum : 0.0f);
         } else {
             float* pp = partials + (qh * splits + split) * (HD + 2);
             if (d == 0) {
@@ -207,8 +215,10 @@ __device__ __forceinline__ void attn_decode_impl(
 }
 
 // Merge the splits' partials of one (row, head): one block, head_dim threads.
-extern "C" __global__ void attn_combine(const float* __restrict__ partials,
-                                        float* __restrict__ out, int head_dim, int splits) {
+template <typename OutT>
+__device__ __forceinline__ void attn_combine_impl(const float* __restrict__ partials,
+                                                  OutT* __restrict__ out, int head_dim,
+                                                  int splits) {
     const long long qh = blockIdx.x;
     const float* pp = partials + qh * splits * (long long)(head_dim + 2);
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
@@ -223,22 +233,42 @@ extern "C" __global__ void attn_combine(const float* __restrict__ partials,
                 osum = fmaf(w, p[2 + d], osum);
             }
         }
-        out[qh * head_dim + d] = lsum > 0.0f ? osum / lsum : 0.0f;
+        att_st(out, qh * head_dim + d, lsum > 0.0f ? osum / lsum : 0.0f);
     }
 }
 
-#define ATTN_DECODE_ENTRY(HD, GT)                                                              \
-    extern "C" __global__ void __launch_bounds__(128)                                          \
-        attn_decode_hd##HD##_g##GT(const float* q, const u16* k_cache, const u16* v_cache,     \
-                                   const int* row_seq, const int* row_pos, float* out,         \
-                                   float* partials, int n_heads, int n_kv_heads, int group,    \
-                                   int n_layers, int layer, int n_seqs, int capacity,          \
-                                   float q_scale, float softcap, int window, int splits) {     \
-        attn_decode_impl<HD, GT>(q, k_cache, v_cache, row_seq, row_pos, out, partials,         \
-                                 n_heads, n_kv_heads, group, n_layers, layer, n_seqs,          \
-                                 capacity, q_scale, softcap, window, splits);                  \
-    }
+extern "C" __global__ void attn_combine(const float* partials, float* out, int head_dim,
+                                        int splits) {
+    attn_combine_impl<float>(partials, out, head_dim, splits);
+}
 
+extern "C" __global__ void attn_combine_h(const float* partials, u16* out, int head_dim,
+                                          int splits) {
+    attn_combine_impl<u16>(partials, out, head_dim, splits);
+}
+
+#define ATTN_DECODE_ENTRY_T(NAME, HD, GT, OutT)                                                \
+    extern "C" __global__ void __launch_bounds__(128)                                          \
+        NAME(const float* q, const u16* k_cache, const u16* v_cache, const int* row_seq,       \
+             const int* row_pos, OutT* out, float* partials, int n_heads, int n_kv_heads,      \
+             int group, int n_layers, int layer, int n_seqs, int capacity, float q_scale,      \
+             float softcap, int window, int splits) {                                          \
+        attn_decode_impl<HD, GT, OutT>(q, k_cache, v_cache, row_seq, row_pos, out, partials,   \
+                                       n_heads, n_kv_heads, group, n_layers, layer, n_seqs,    \
+                                       capacity, q_scale, softcap, window, splits);            \
+    }
+#define ATTN_DECODE_ENTRY(HD, GT)                                    \
+    ATTN_DECODE_ENTRY_T(attn_decode_hd##HD##_g##GT, HD, GT, float) \
+    ATTN_DECODE_ENTRY_T(attn_decode_hd##HD##_g##GT##_h, HD, GT, u16)
+
+ATTN_DECODE_ENTRY(16, 1)
+ATTN_DECODE_ENTRY(16, 2)
+ATTN_DECODE_ENTRY(16, 4)
+ATTN_DECODE_ENTRY(16, 8)
+ATTN_DECODE_ENTRY(32, 1)
+ATTN_DECODE_ENTRY(32, 2)
+ATTN_DECODE_ENTRY(32, 4)
+ATTN_DECODE_ENTRY(32, 8)
 ATTN_DECODE_ENTRY(64, 1)
 ATTN_DECODE_ENTRY(64, 2)
 ATTN_DECODE_ENTRY(64, 4)
@@ -260,10 +290,10 @@ constexpr int ATT_VPW = ATT_QV / 4;  // query vectors per warp
 // Dynamic shared memory: q (ATT_QV, HD) f32, K tile (ATT_KT, HD + 2) f16
 // (odd word stride: lane t reading key t hits distinct banks), V tile
 // (ATT_KT, HD) f16, probabilities (4 warps, ATT_KT) f32.
-template <int HD>
+template <int HD, typename OutT>
 __device__ __forceinline__ void attn_prefill_impl(
     const float* __restrict__ q, const u16* __restrict__ k_cache, const u16* __restrict__ v_cache,
-    const int* __restrict__ row_seq, const int* __restrict__ row_pos, float* __restrict__ out,
+    const int* __restrict__ row_seq, const int* __restrict__ row_pos, OutT* __restrict__ out,
     int rows, int n_heads, int n_kv_heads, int group, int heads_per_block, int rows_per_block,
     int n_layers, int layer, int n_seqs, int capacity, float q_scale, float softcap,
     int window) {
@@ -405,23 +435,27 @@ __device__ __forceinline__ void attn_prefill_impl(
         const int rl = v / heads_per_block, hh = v % heads_per_block;
         const int r = r0 + rl;
         if (rl >= rows_per_block || r >= rows || hh >= gh) continue;
-        float* op = out + ((long long)r * n_heads + h0 + hh) * HD + lane * E;
+        const long long op = ((long long)r * n_heads + h0 + hh) * HD + lane * E;
         const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
 #pragma unroll
-        for (int e = 0; e < E; ++e) op[e] = o[i][e] * inv;
+        for (int e = 0; e < E; ++e) att_st(out, op + e, o[i][e] * inv);
     }
 }
 
-#define ATTN_PREFILL_ENTRY(HD)                                                                 \
-    extern "C" __global__ void __launch_bounds__(128) attn_prefill_hd##HD(                     \
+#define ATTN_PREFILL_ENTRY_T(NAME, HD, OutT)                                                   \
+    extern "C" __global__ void __launch_bounds__(128) NAME(                                    \
         const float* q, const u16* k_cache, const u16* v_cache, const int* row_seq,            \
-        const int* row_pos, float* out, int rows, int n_heads, int n_kv_heads, int group,      \
+        const int* row_pos, OutT* out, int rows, int n_heads, int n_kv_heads, int group,       \
         int heads_per_block, int rows_per_block, int n_layers, int layer, int n_seqs,          \
         int capacity, float q_scale, float softcap, int window) {                              \
-        attn_prefill_impl<HD>(q, k_cache, v_cache, row_seq, row_pos, out, rows, n_heads,       \
-                              n_kv_heads, group, heads_per_block, rows_per_block, n_layers,    \
-                              layer, n_seqs, capacity, q_scale, softcap, window);              \
+        attn_prefill_impl<HD, OutT>(q, k_cache, v_cache, row_seq, row_pos, out, rows, n_heads, \
+                                    n_kv_heads, group, heads_per_block, rows_per_block,        \
+                                    n_layers, layer, n_seqs, capacity, q_scale, softcap,       \
+                                    window);                                                   \
     }
+#define ATTN_PREFILL_ENTRY(HD)                               \
+    ATTN_PREFILL_ENTRY_T(attn_prefill_hd##HD, HD, float) \
+    ATTN_PREFILL_ENTRY_T(attn_prefill_hd##HD##_h, HD, u16)
 
 ATTN_PREFILL_ENTRY(64)
 ATTN_PREFILL_ENTRY(128)

@@ -4,6 +4,7 @@
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
+use super::fused::ActElem;
 use super::kv::{GpuKvCache, ATTN_WORKSPACE_FLOATS};
 use super::{check_len, mul, to_i32, to_u32};
 use crate::device::{driver_err, CudaDevice};
@@ -13,7 +14,10 @@ const MODULE: &str = "decode_attention";
 const SOURCE: &str = include_str!("../kernels/attention.cu");
 const THREADS: u32 = 128;
 /// Head dimensions with compiled kernels.
-pub const SUPPORTED_HEAD_DIMS: [usize; 3] = [64, 128, 256];
+pub const SUPPORTED_HEAD_DIMS: [usize; 5] = [16, 32, 64, 128, 256];
+/// Head dimensions of the prefill kernel; the others run every row count
+/// through the decode kernel (correct for any row mapping, slower).
+const PREFILL_HEAD_DIMS: [usize; 3] = [64, 128, 256];
 /// `attention` takes the decode kernel up to this many rows (or the cache's
 /// sequence count, if larger): at most one row per sequence in batched
 /// decode; short prefill chunks re-read their keys per row there, which
@@ -132,7 +136,7 @@ fn check(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn checked(
+fn checked<T: ActElem>(
     p: &AttnParams,
     q: &CudaSlice<f32>,
     cache: &GpuKvCache,
@@ -140,7 +144,7 @@ fn checked(
     rows: usize,
     row_seq: &CudaSlice<i32>,
     row_pos: &CudaSlice<i32>,
-    out: &CudaSlice<f32>,
+    out: &CudaSlice<T>,
 ) -> Result<Checked> {
     check(
         p,
@@ -165,7 +169,7 @@ fn checked(
 /// the decode kernel runs up to `max(DECODE_MAX_ROWS, n_seqs)` rows, the
 /// prefill kernel above; both are correct for any row mapping.
 #[allow(clippy::too_many_arguments)]
-pub fn attention(
+pub fn attention<T: ActElem>(
     dev: &CudaDevice,
     p: &AttnParams,
     q: &CudaSlice<f32>,
@@ -174,9 +178,9 @@ pub fn attention(
     rows: usize,
     row_seq: &CudaSlice<i32>,
     row_pos: &CudaSlice<i32>,
-    out: &mut CudaSlice<f32>,
+    out: &mut CudaSlice<T>,
 ) -> Result<()> {
-    if rows <= DECODE_MAX_ROWS.max(cache.n_seqs()) {
+    if rows <= DECODE_MAX_ROWS.max(cache.n_seqs()) || !PREFILL_HEAD_DIMS.contains(&p.head_dim) {
         attention_decode(dev, p, q, cache, layer, rows, row_seq, row_pos, out)
     } else {
         attention_prefill(dev, p, q, cache, layer, rows, row_seq, row_pos, out)
@@ -212,7 +216,7 @@ pub(crate) fn decode_splits(
 
 /// The flash-decoding kernel (see [`attention`]), whatever the row count.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_decode(
+pub fn attention_decode<T: ActElem>(
     dev: &CudaDevice,
     p: &AttnParams,
     q: &CudaSlice<f32>,
@@ -221,7 +225,7 @@ pub fn attention_decode(
     rows: usize,
     row_seq: &CudaSlice<i32>,
     row_pos: &CudaSlice<i32>,
-    out: &mut CudaSlice<f32>,
+    out: &mut CudaSlice<T>,
 ) -> Result<()> {
     let c = checked(p, q, cache, layer, rows, row_seq, row_pos, out)?;
     if rows == 0 {
@@ -243,7 +247,7 @@ pub fn attention_decode(
             "attention: grid of {grid_y} x {rows} blocks exceeds CUDA limits"
         )));
     }
-    let name = decode_kernel_name(p.head_dim, gt)?;
+    let name = decode_kernel_name(p.head_dim, gt, T::IS_F16)?;
     let func = dev.function(MODULE, SOURCE, name, 0)?;
     let [n_heads, n_kv_heads, group, n_layers, layer_i, _] = c.ints;
     let (n_seqs, capacity) = (cache.n_seqs() as i32, cache.capacity() as i32);
@@ -281,7 +285,7 @@ pub fn attention_decode(
     // workspace holds rows*n_heads*splits*(head_dim+2) floats (decode_splits).
     unsafe { b.launch(cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
     if splits > 1 {
-        let func = dev.function(MODULE, SOURCE, "attn_combine", 0)?;
+        let func = dev.function(MODULE, SOURCE, T::pick("attn_combine", "attn_combine_h"), 0)?;
         let (hd, splits_i) = (p.head_dim as i32, splits as i32);
         let cfg = LaunchConfig {
             grid_dim: (to_u32("attention rows*heads", rows * p.n_heads)?, 1, 1),
@@ -297,20 +301,48 @@ pub fn attention_decode(
     Ok(())
 }
 
-fn decode_kernel_name(head_dim: usize, gt: usize) -> Result<&'static str> {
-    Ok(match (head_dim, gt) {
-        (64, 1) => "attn_decode_hd64_g1",
-        (64, 2) => "attn_decode_hd64_g2",
-        (64, 4) => "attn_decode_hd64_g4",
-        (64, 8) => "attn_decode_hd64_g8",
-        (128, 1) => "attn_decode_hd128_g1",
-        (128, 2) => "attn_decode_hd128_g2",
-        (128, 4) => "attn_decode_hd128_g4",
-        (128, 8) => "attn_decode_hd128_g8",
-        (256, 1) => "attn_decode_hd256_g1",
-        (256, 2) => "attn_decode_hd256_g2",
-        (256, 4) => "attn_decode_hd256_g4",
-        (256, 8) => "attn_decode_hd256_g8",
+fn decode_kernel_name(head_dim: usize, gt: usize, f16_out: bool) -> Result<&'static str> {
+    Ok(match (head_dim, gt, f16_out) {
+        (16, 1, false) => "attn_decode_hd16_g1",
+        (16, 1, true) => "attn_decode_hd16_g1_h",
+        (16, 2, false) => "attn_decode_hd16_g2",
+        (16, 2, true) => "attn_decode_hd16_g2_h",
+        (16, 4, false) => "attn_decode_hd16_g4",
+        (16, 4, true) => "attn_decode_hd16_g4_h",
+        (16, 8, false) => "attn_decode_hd16_g8",
+        (16, 8, true) => "attn_decode_hd16_g8_h",
+        (32, 1, false) => "attn_decode_hd32_g1",
+        (32, 1, true) => "attn_decode_hd32_g1_h",
+        (32, 2, false) => "attn_decode_hd32_g2",
+        (32, 2, true) => "attn_decode_hd32_g2_h",
+        (32, 4, false) => "attn_decode_hd32_g4",
+        (32, 4, true) => "attn_decode_hd32_g4_h",
+        (32, 8, false) => "attn_decode_hd32_g8",
+        (32, 8, true) => "attn_decode_hd32_g8_h",
+        (64, 1, false) => "attn_decode_hd64_g1",
+        (64, 1, true) => "attn_decode_hd64_g1_h",
+        (64, 2, false) => "attn_decode_hd64_g2",
+        (64, 2, true) => "attn_decode_hd64_g2_h",
+        (64, 4, false) => "attn_decode_hd64_g4",
+        (64, 4, true) => "attn_decode_hd64_g4_h",
+        (64, 8, false) => "attn_decode_hd64_g8",
+        (64, 8, true) => "attn_decode_hd64_g8_h",
+        (128, 1, false) => "attn_decode_hd128_g1",
+        (128, 1, true) => "attn_decode_hd128_g1_h",
+        (128, 2, false) => "attn_decode_hd128_g2",
+        (128, 2, true) => "attn_decode_hd128_g2_h",
+        (128, 4, false) => "attn_decode_hd128_g4",
+        (128, 4, true) => "attn_decode_hd128_g4_h",
+        (128, 8, false) => "attn_decode_hd128_g8",
+        (128, 8, true) => "attn_decode_hd128_g8_h",
+        (256, 1, false) => "attn_decode_hd256_g1",
+        (256, 1, true) => "attn_decode_hd256_g1_h",
+        (256, 2, false) => "attn_decode_hd256_g2",
+        (256, 2, true) => "attn_decode_hd256_g2_h",
+        (256, 4, false) => "attn_decode_hd256_g4",
+        (256, 4, true) => "attn_decode_hd256_g4_h",
+        (256, 8, false) => "attn_decode_hd256_g8",
+        (256, 8, true) => "attn_decode_hd256_g8_h",
         _ => {
             return Err(CudaError::Unsupported(format!(
                 "attention decode kernel for head_dim {head_dim}, {gt} heads per block"
@@ -329,7 +361,7 @@ fn prefill_smem_bytes(head_dim: usize) -> usize {
 
 /// The tiled prefill kernel (see [`attention`]), whatever the row count.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_prefill(
+pub fn attention_prefill<T: ActElem>(
     dev: &CudaDevice,
     p: &AttnParams,
     q: &CudaSlice<f32>,
@@ -338,7 +370,7 @@ pub fn attention_prefill(
     rows: usize,
     row_seq: &CudaSlice<i32>,
     row_pos: &CudaSlice<i32>,
-    out: &mut CudaSlice<f32>,
+    out: &mut CudaSlice<T>,
 ) -> Result<()> {
     let c = checked(p, q, cache, layer, rows, row_seq, row_pos, out)?;
     if rows == 0 {
@@ -353,10 +385,19 @@ pub fn attention_prefill(
             "attention: {grid_y} kv head blocks exceed CUDA limits"
         )));
     }
-    let name = match p.head_dim {
-        64 => "attn_prefill_hd64",
-        128 => "attn_prefill_hd128",
-        _ => "attn_prefill_hd256",
+    let name = match (p.head_dim, T::IS_F16) {
+        (64, false) => "attn_prefill_hd64",
+        (64, true) => "attn_prefill_hd64_h",
+        (128, false) => "attn_prefill_hd128",
+        (128, true) => "attn_prefill_hd128_h",
+        (256, false) => "attn_prefill_hd256",
+        (256, true) => "attn_prefill_hd256_h",
+        _ => {
+            return Err(CudaError::Unsupported(format!(
+                "attention prefill kernel for head_dim {} (decode kernel: any row count)",
+                p.head_dim
+            )))
+        }
     };
     let smem = prefill_smem_bytes(p.head_dim) as u32;
     let max_smem = prefill_smem_bytes(256) as u32;

@@ -3,7 +3,9 @@
 //! GeGLU, add / scale / soft-cap, f16 <-> f32, embedding gather, the f16 KV
 //! cache with its write, attention (flash-decoding for decode, a tiled
 //! online-softmax kernel for prefill, GQA, sliding windows, logit soft-cap)
-//! and on-device greedy / top-k / top-p sampling.
+//! and on-device greedy / top-k / top-p sampling; `fused`: the decoder's
+//! fused kernels (residual + norm, QK-norm + RoPE + KV write, gated
+//! activation) on f32 or f16 GEMM activations.
 //!
 //! Contract shared by every function here, so that a decode step built from
 //! them can be captured in a CUDA graph:
@@ -21,7 +23,9 @@
 
 mod attention;
 mod elementwise;
+mod fused;
 mod kv;
+mod paged;
 mod rope;
 mod sampling;
 
@@ -33,9 +37,19 @@ pub use elementwise::{
     add_inplace, add_rms_norm, embedding_rows, f16_to_f32, f32_to_f16, gelu_tanh_mul, rms_norm,
     rms_norm_heads_inplace, scale_inplace, silu_mul, softcap_inplace,
 };
+pub use fused::{
+    glu, logits_from_f16, qkv_rope_kv, resid_norm, spin, ActElem, HeadShape, KvDest, ProjRows,
+    QKV_MAX_HEAD_DIM,
+};
 pub use kv::{kv_write, GpuKvCache};
+pub use paged::{
+    pack_block_tables, paged_attention, paged_block_bytes, paged_kv_write, PagedKvPool,
+    PAGED_HEAD_DIMS,
+};
 pub use rope::{rope_inplace, GpuRope};
-pub use sampling::{argmax_rows, sample_rows, DeviceSampling, MAX_TOP_K, NO_TOKEN};
+pub use sampling::{
+    argmax_rows, check_sampling_params, sample_rows, DeviceSampling, MAX_TOP_K, NO_TOKEN,
+};
 
 use cudarc::driver::LaunchConfig;
 

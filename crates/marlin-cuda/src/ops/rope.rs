@@ -16,7 +16,7 @@ pub struct GpuRope {
     style: RopeStyle,
     /// (n_rot / 2) f64: angle per position of each rotation pair. f64 like
     /// the CPU op, so that large positions keep full f32 accuracy.
-    inv_freq: CudaSlice<f64>,
+    pub(crate) inv_freq: CudaSlice<f64>,
 }
 
 impl GpuRope {

@@ -83,6 +83,12 @@ pub fn argmax_rows(
     Ok(())
 }
 
+/// Checks sampling parameters as [`sample_rows`] does, without a launch
+/// (callers that queue other work first reject bad parameters up front).
+pub fn check_sampling_params(p: &DeviceSampling) -> Result<()> {
+    check_sampling(p).map(|_| ())
+}
+
 /// Validated `(top_k, 1/temperature)`, or None for greedy.
 pub(crate) fn check_sampling(p: &DeviceSampling) -> Result<Option<(usize, f32)>> {
     if p.top_k > MAX_TOP_K {

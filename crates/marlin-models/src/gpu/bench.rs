@@ -14,11 +14,12 @@ use marlin_cuda::CudaDevice;
 use rayon::prelude::*;
 
 use super::decoder::{
-    GateUpWeights, GpuBlock, GpuDecoder, GpuEmbedding, LogitRows, QkvWeights, Scratch,
+    GateUpWeights, GpuBlock, GpuDecoder, GpuEmbedding, LogitRows, QkvWeights, Scratch, Select,
 };
 use super::graph::{capture, replay};
 use super::linear::GpuLinear;
 use super::spec::{DecoderSpec, LayerSpec};
+use super::stages::{Stage, StageTimer};
 use super::{driver_err, GpuError, Result};
 use crate::config::ModelConfig;
 use crate::layers::Activation;
@@ -64,6 +65,8 @@ pub struct DecodeBenchConfig {
     pub ctx: usize,
     /// Timed decode steps per configuration.
     pub steps: usize,
+    /// Also time each kernel group of one step per batch ([`StageTimer`]).
+    pub breakdown: bool,
 }
 
 impl Default for DecodeBenchConfig {
@@ -74,6 +77,7 @@ impl Default for DecodeBenchConfig {
             batches: vec![1, 8, 32],
             ctx: 512,
             steps: 64,
+            breakdown: false,
         }
     }
 }
@@ -109,6 +113,31 @@ pub struct DecodeBenchReport {
     pub ctx: usize,
     pub shape: SyntheticShape,
     pub rows: Vec<DecodeBenchRow>,
+    /// Per batch: GPU microseconds of each kernel group in one step.
+    pub breakdowns: Vec<StageBreakdown>,
+    /// Whether the GEMM activations were f16 (INT4 everywhere).
+    pub f16_activations: bool,
+}
+
+/// One step's kernel groups at one batch size.
+#[derive(Clone, Debug)]
+pub struct StageBreakdown {
+    pub batch: usize,
+    /// (stage, total us over the step, launches of the group)
+    pub stages: Vec<(Stage, f64, usize)>,
+}
+
+impl StageBreakdown {
+    pub fn total_us(&self) -> f64 {
+        self.stages.iter().map(|s| s.1).sum()
+    }
+    pub fn gemm_us(&self) -> f64 {
+        self.stages
+            .iter()
+            .filter(|s| s.0.is_gemm())
+            .map(|s| s.1)
+            .sum()
+    }
 }
 
 impl fmt::Display for DecodeBenchReport {
@@ -117,8 +146,9 @@ impl fmt::Display for DecodeBenchReport {
         writeln!(f, "device: {}", self.device)?;
         writeln!(
             f,
-            "model: {} layers, d {}, {} heads / {} kv heads of {}, ffn {}, vocab {}; INT4 g{} weights (LM head too), f16 GEMM activations, f16 KV",
-            s.n_layers, s.hidden, s.n_heads, s.n_kv_heads, s.head_dim, s.ffn, s.vocab, s.group
+            "model: {} layers, d {}, {} heads / {} kv heads of {}, ffn {}, vocab {}; INT4 g{} weights (LM head too), {} GEMM activations, f16 KV",
+            s.n_layers, s.hidden, s.n_heads, s.n_kv_heads, s.head_dim, s.ffn, s.vocab, s.group,
+            if self.f16_activations { "f16" } else { "f32 (converted to f16 around each GEMM)" }
         )?;
         writeln!(
             f,
@@ -151,6 +181,47 @@ impl fmt::Display for DecodeBenchReport {
                 r.kv_bytes as f64 / 1e9,
                 r.roofline_us,
                 100.0 * r.roofline_fraction()
+            )?;
+        }
+        for b in &self.breakdowns {
+            let total = b.total_us();
+            let graph_step = self
+                .rows
+                .iter()
+                .find(|r| r.batch == b.batch && r.graph)
+                .map(|r| r.step_us);
+            writeln!(
+                f,
+                "breakdown batch {} (one eager step, GPU time between events; a spin ahead of each layer keeps the queue full):",
+                b.batch
+            )?;
+            writeln!(
+                f,
+                "  {:<24} {:>6} {:>10} {:>9} {:>7}",
+                "stage", "groups", "total us", "us/group", "share"
+            )?;
+            for (stage, us, n) in &b.stages {
+                writeln!(
+                    f,
+                    "  {:<24} {:>6} {:>10.1} {:>9.2} {:>6.1}%",
+                    stage.name(),
+                    n,
+                    us,
+                    us / (*n).max(1) as f64,
+                    100.0 * us / total.max(1e-9)
+                )?;
+            }
+            let gemm = b.gemm_us();
+            writeln!(
+                f,
+                "  sum {:.1} us = GEMMs (incl. LM head) {:.1} us + other {:.1} us{}",
+                total,
+                gemm,
+                total - gemm,
+                match graph_step {
+                    Some(g) => format!("; graph step {g:.1} us"),
+                    None => String::new(),
+                }
             )?;
         }
         Ok(())
@@ -311,14 +382,28 @@ fn time_steps(
     };
     for _ in 0..WARMUP {
         step_inputs(&mut s, pos)?;
-        dec.forward_rows(dev, &mut cache, &mut s, batch, LogitRows::All, true)?;
+        dec.forward_rows(
+            dev,
+            &mut cache,
+            &mut s,
+            batch,
+            LogitRows::All,
+            Select::Argmax,
+        )?;
         pos += 1;
     }
     dev.synchronize()?;
     let graph = if use_graph {
         Some(capture(dev, || {
-            dec.forward_rows(dev, &mut cache, &mut s, batch, LogitRows::All, true)
-                .map(|_| ())
+            dec.forward_rows(
+                dev,
+                &mut cache,
+                &mut s,
+                batch,
+                LogitRows::All,
+                Select::Argmax,
+            )
+            .map(|_| ())
         })?)
     } else {
         None
@@ -331,7 +416,14 @@ fn time_steps(
             match &graph {
                 Some(g) => replay(g)?,
                 None => {
-                    dec.forward_rows(dev, &mut cache, &mut s, batch, LogitRows::All, true)?;
+                    dec.forward_rows(
+                        dev,
+                        &mut cache,
+                        &mut s,
+                        batch,
+                        LogitRows::All,
+                        Select::Argmax,
+                    )?;
                 }
             }
             pos += 1;
@@ -341,6 +433,65 @@ fn time_steps(
     }
     samples.sort_by(f64::total_cmp);
     Ok(samples[samples.len() / 2])
+}
+
+/// GPU time of each kernel group of one eager decode step of `batch`
+/// sequences at position `ctx` (after two warm-up steps).
+fn stage_breakdown(
+    dev: &Arc<CudaDevice>,
+    dec: &GpuDecoder,
+    batch: usize,
+    ctx: usize,
+) -> Result<StageBreakdown> {
+    /// GPU spin ahead of each layer: longer than the host needs to queue
+    /// one layer's launches and events.
+    const SPIN_NS: u64 = 1_000_000;
+    let mut cache = dec.new_cache(dev, batch, ctx + 4)?;
+    let mut s = Scratch::new(dev, dec, batch, batch)?;
+    let stream = dev.stream().clone();
+    let seqs: Vec<i32> = (0..batch as i32).collect();
+    stream
+        .memcpy_htod(&seqs, &mut s.row_seq.slice_mut(0..batch))
+        .map_err(|e| driver_err("sequence ids to the device", e))?;
+    let ids: Vec<u32> = (0..batch as u32)
+        .map(|i| (i * 7919 + 13) % dec.spec.cfg.vocab_size as u32)
+        .collect();
+    stream
+        .memcpy_htod(&ids, &mut s.ids.slice_mut(0..batch))
+        .map_err(|e| driver_err("token ids to the device", e))?;
+    let set_pos = |s: &mut Scratch, pos: usize| -> Result<()> {
+        stream
+            .memcpy_htod(&vec![pos as i32; batch], &mut s.row_pos.slice_mut(0..batch))
+            .map_err(|e| driver_err("positions to the device", e))
+    };
+    for step in 0..2 {
+        set_pos(&mut s, ctx + step)?;
+        dec.forward_rows(
+            dev,
+            &mut cache,
+            &mut s,
+            batch,
+            LogitRows::All,
+            Select::Argmax,
+        )?;
+    }
+    set_pos(&mut s, ctx + 2)?;
+    dev.synchronize()?;
+    let mut timer = StageTimer::new(SPIN_NS);
+    dec.forward_rows_timed(
+        dev,
+        (&mut cache).into(),
+        &mut s,
+        batch,
+        LogitRows::All,
+        Select::Argmax,
+        Some(&mut timer),
+    )?;
+    dev.synchronize()?;
+    Ok(StageBreakdown {
+        batch,
+        stages: timer.totals()?,
+    })
 }
 
 /// Runs the benchmark of `cfg`.
@@ -374,7 +525,15 @@ pub fn bench_decode(cfg: &DecodeBenchConfig) -> Result<DecodeBenchReport> {
             });
         }
     }
+    let mut breakdowns = Vec::new();
+    if cfg.breakdown {
+        for &batch in &cfg.batches {
+            breakdowns.push(stage_breakdown(&dev, &dec, batch, cfg.ctx)?);
+        }
+    }
     Ok(DecodeBenchReport {
+        breakdowns,
+        f16_activations: dec.f16_activations(),
         device: format!(
             "{} (sm_{}{}, {} SMs)",
             dev.name(),

@@ -9,17 +9,31 @@
 //! [`GpuDecoder::forward_rows`] allocates nothing, never synchronises and
 //! reads no per-step value from the host: the decode step is captured in a
 //! CUDA graph as it is.
+//!
+//! One layer is 10 launches at decode (fused projections): q|k|v GEMM ->
+//! `qkv_rope_kv` (QK-norm, RoPE, KV write, reading the GEMM output in
+//! place) -> attention (split + combine) -> o GEMM -> `resid_norm`
+//! (residual add + RMSNorm) -> gate|up GEMM -> `glu` -> down GEMM ->
+//! `resid_norm`. The activations next to the GEMMs are f16 when every
+//! projection is INT4 (the kernel's own type: no conversion launches), f32
+//! otherwise; the residual stream and attention's queries stay f32.
 
 use std::sync::Arc;
 
 use cudarc::driver::CudaSlice;
+use half::f16;
 use marlin_cuda::ggml::GgmlGpuWeight;
-use marlin_cuda::ops::{self, AttnParams, GpuKvCache, GpuRope};
+use marlin_cuda::int4::gemm::{int4_gemm, GemmOptions, GemmWorkspace};
+use marlin_cuda::ops::{
+    self, ActElem, AttnParams, DeviceSampling, GpuKvCache, GpuRope, HeadShape, KvDest, PagedKvPool,
+    ProjRows,
+};
 use marlin_cuda::CudaDevice;
 
 use super::linear::{GpuLinear, LinearScratch};
+use super::paged::KvStore;
 use super::spec::DecoderSpec;
-use super::split::copy_columns;
+use super::stages::{Stage, StageTimer};
 use super::{driver_err, GpuError, Result};
 use crate::layers::Activation;
 
@@ -111,6 +125,10 @@ pub enum LogitRows {
     Last,
     /// Every row (batched decode, perplexity).
     All,
+    /// The last `n` of the `m` rows (0: none); the paged batch model
+    /// (`paged.rs`) orders a batch's rows so that the rows whose logits the
+    /// engine wants come last.
+    Tail(usize),
 }
 
 /// A decoder resident on one device.
@@ -122,6 +140,142 @@ pub struct GpuDecoder {
     pub out_norm: CudaSlice<f32>,
     /// (vocab, d)
     pub lm_head: GpuLinear,
+}
+
+/// How a forward pass picks the next token of each logits row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Select {
+    /// Logits only.
+    None,
+    /// Argmax into [`Scratch::next_ids`].
+    Argmax,
+    /// Temperature / top-k / top-p with the uniforms in
+    /// [`Scratch::uniforms`] (one per row) into [`Scratch::next_ids`].
+    Sample(DeviceSampling),
+}
+
+/// `true`: argmax, `false`: logits only.
+impl From<bool> for Select {
+    fn from(argmax: bool) -> Self {
+        if argmax {
+            Select::Argmax
+        } else {
+            Select::None
+        }
+    }
+}
+
+/// Where a forward pass keeps keys and values.
+pub enum KvTarget<'a> {
+    /// A contiguous per-sequence cache: the fused QK-norm / RoPE kernel
+    /// writes keys and values into it, attention reads it in place.
+    Slots(&'a mut GpuKvCache),
+    /// Any other store (the paged pool): roped f32 keys and values go
+    /// through [`KvStore::write_kv`], attention through [`KvStore::attend`]
+    /// (f32 output, converted when the GEMMs take f16).
+    Store(&'a mut dyn KvStore),
+}
+
+impl<'a> From<&'a mut GpuKvCache> for KvTarget<'a> {
+    fn from(c: &'a mut GpuKvCache) -> Self {
+        KvTarget::Slots(c)
+    }
+}
+
+impl<'a> From<&'a mut PagedKvPool> for KvTarget<'a> {
+    fn from(p: &'a mut PagedKvPool) -> Self {
+        KvTarget::Store(p)
+    }
+}
+
+/// Activations next to the GEMMs, in the GEMMs' element type: f16 when
+/// every projection is INT4 (the kernel's own input/output), else f32.
+struct ActBufs<T> {
+    /// (max_m, d) normed input of the next projection.
+    h: CudaSlice<T>,
+    /// (max_m, d) output of the o / down projection.
+    delta: CudaSlice<T>,
+    /// (max_m, fused width): a fused q|k|v or gate|up output, read in place.
+    fused: CudaSlice<T>,
+    /// Separate projections' outputs: (max_m, q / kv / kv width), (max_m, ffn) x 2.
+    q: CudaSlice<T>,
+    k: CudaSlice<T>,
+    v: CudaSlice<T>,
+    gate: CudaSlice<T>,
+    up: CudaSlice<T>,
+    /// (max_m, n_heads*head_dim)
+    attn: CudaSlice<T>,
+    /// (max_m, ffn)
+    act: CudaSlice<T>,
+    /// (logit_rows, d): the rows of `h` that get logits, copied together
+    /// when they are not all `m` rows.
+    last: CudaSlice<T>,
+    /// (logit_rows, vocab) f16 LM head output (f16 only; f32 heads write
+    /// the logits directly).
+    lm_out: CudaSlice<T>,
+}
+
+impl<T: ActElem> ActBufs<T> {
+    fn new(dev: &CudaDevice, dec: &GpuDecoder, max_m: usize, logit_rows: usize) -> Result<Self> {
+        let c = &dec.spec.cfg;
+        let rows = |w: usize| {
+            max_m
+                .checked_mul(w.max(1))
+                .ok_or_else(|| GpuError::Invalid(format!("{max_m} rows of {w} overflow")))
+        };
+        let (d, qd, kvd, ffn) = (
+            c.hidden_size,
+            c.n_heads * c.head_dim,
+            c.n_kv_heads * c.head_dim,
+            c.ffn_size,
+        );
+        let fused_width = dec
+            .blocks
+            .iter()
+            .map(GpuBlock::fused_width)
+            .max()
+            .unwrap_or(0);
+        let sep_qkv = dec
+            .blocks
+            .iter()
+            .any(|b| matches!(b.qkv, QkvWeights::Separate { .. }));
+        let sep_mlp = dec
+            .blocks
+            .iter()
+            .any(|b| matches!(b.gate_up, GateUpWeights::Separate { .. }));
+        let pick = |on: bool, w: usize| if on { w } else { 0 };
+        let lm_len = if T::IS_F16 {
+            logit_rows
+                .checked_mul(c.vocab_size)
+                .ok_or_else(|| GpuError::Invalid("logits buffer overflows".into()))?
+        } else {
+            1
+        };
+        Ok(Self {
+            h: dev.alloc_zeros("normed activations", rows(d)?)?,
+            delta: dev.alloc_zeros("block outputs", rows(d)?)?,
+            fused: dev.alloc_zeros("fused projection outputs", rows(fused_width)?)?,
+            q: dev.alloc_zeros("query projection", rows(pick(sep_qkv, qd))?)?,
+            k: dev.alloc_zeros("key projection", rows(pick(sep_qkv, kvd))?)?,
+            v: dev.alloc_zeros("value projection", rows(pick(sep_qkv, kvd))?)?,
+            gate: dev.alloc_zeros("MLP gate", rows(pick(sep_mlp, ffn))?)?,
+            up: dev.alloc_zeros("MLP up", rows(pick(sep_mlp, ffn))?)?,
+            attn: dev.alloc_zeros("attention outputs", rows(qd)?)?,
+            act: dev.alloc_zeros("MLP activations", rows(ffn)?)?,
+            last: dev.alloc_zeros(
+                "LM head rows",
+                logit_rows
+                    .checked_mul(d)
+                    .ok_or_else(|| GpuError::Invalid("LM head rows overflow".into()))?,
+            )?,
+            lm_out: dev.alloc_zeros("f16 LM head output", lm_len)?,
+        })
+    }
+}
+
+enum Acts {
+    F32(ActBufs<f32>),
+    F16(ActBufs<f16>),
 }
 
 /// Device buffers of one forward pass of up to `max_m` rows, allocated
@@ -136,34 +290,25 @@ pub struct Scratch {
     pub row_seq: CudaSlice<i32>,
     /// (max_m) position of each row.
     pub row_pos: CudaSlice<i32>,
-    /// (max_m, d) residual stream.
-    x: CudaSlice<f32>,
-    /// (max_m, d) normed input of the next projection.
-    h: CudaSlice<f32>,
-    /// (max_m, d) output of attention / MLP.
-    delta: CudaSlice<f32>,
-    /// (max_m, d) post-normed `delta` (Gemma).
-    post: CudaSlice<f32>,
-    /// (max_m, n_heads*head_dim)
-    q: CudaSlice<f32>,
-    /// (max_m, n_kv_heads*head_dim)
-    k: CudaSlice<f32>,
-    v: CudaSlice<f32>,
-    /// (max_m, n_heads*head_dim)
-    attn: CudaSlice<f32>,
-    /// (max_m, fused width): output of a fused projection before its split.
-    fused: CudaSlice<f32>,
-    /// (max_m, ffn) each
-    gate: CudaSlice<f32>,
-    up: CudaSlice<f32>,
-    act: CudaSlice<f32>,
-    /// (1, d): the last row of `h`, input of the LM head for `LogitRows::Last`.
-    last: CudaSlice<f32>,
+    /// (max(max_m, logit_rows)) uniforms in [0, 1) of [`Select::Sample`].
+    pub uniforms: CudaSlice<f32>,
     /// (logit_rows, vocab)
     pub logits: CudaSlice<f32>,
-    /// (max_m) argmax of each logits row.
+    /// (max(max_m, logit_rows)) token picked from each logits row.
     pub next_ids: CudaSlice<u32>,
+    /// (max_m, d) residual stream (f32).
+    x: CudaSlice<f32>,
+    /// (max_m, n_heads*head_dim) roped queries, attention's input (f32).
+    q: CudaSlice<f32>,
+    /// (max_m, n_kv_heads*head_dim) each: roped keys and values, and
+    /// (max_m, n_heads*head_dim) attention output, for a [`KvTarget::Store`].
+    k32: CudaSlice<f32>,
+    v32: CudaSlice<f32>,
+    attn32: CudaSlice<f32>,
     lin: LinearScratch,
+    /// Split-K workspace of the f16 path's INT4 GEMMs.
+    ws: GemmWorkspace,
+    acts: Acts,
 }
 
 impl Scratch {
@@ -189,6 +334,7 @@ impl Scratch {
             c.n_kv_heads * c.head_dim,
             c.ffn_size,
         );
+        let f16_acts = dec.f16_activations();
         let widest_in = d.max(qd).max(ffn);
         let widest_out = dec
             .linears()
@@ -196,15 +342,13 @@ impl Scratch {
             .filter(|l| l.uses_f16_scratch())
             .map(GpuLinear::rows)
             .max();
-        let fused_width = dec
-            .blocks
-            .iter()
-            .map(GpuBlock::fused_width)
-            .max()
-            .unwrap_or(0);
+        // The f32 path converts around INT4 weights through this scratch;
+        // the f16 path hands its buffers to the GEMM directly.
         let lin = match widest_out {
-            Some(out) => LinearScratch::new(dev, max_m.max(logit_rows), widest_in, out)?,
-            None => LinearScratch::new(dev, 1, 1, 1)?,
+            Some(out) if !f16_acts => {
+                LinearScratch::new(dev, max_m.max(logit_rows), widest_in, out)?
+            }
+            _ => LinearScratch::new(dev, 1, 1, 1)?,
         };
         for l in dec.linears() {
             l.prepare(dev, max_m.max(logit_rows))?;
@@ -212,29 +356,191 @@ impl Scratch {
         let logits_len = logit_rows
             .checked_mul(c.vocab_size)
             .ok_or_else(|| GpuError::Invalid("logits buffer overflows".into()))?;
+        let acts = if f16_acts {
+            Acts::F16(ActBufs::new(dev, dec, max_m, logit_rows)?)
+        } else {
+            Acts::F32(ActBufs::new(dev, dec, max_m, logit_rows)?)
+        };
+        let picks = max_m.max(logit_rows);
         Ok(Self {
             max_m,
             logit_rows,
             ids: dev.alloc_zeros("token ids", max_m)?,
             row_seq: dev.alloc_zeros("row sequences", max_m)?,
             row_pos: dev.alloc_zeros("row positions", max_m)?,
-            x: dev.alloc_zeros("residual stream", rows(d)?)?,
-            h: dev.alloc_zeros("normed activations", rows(d)?)?,
-            delta: dev.alloc_zeros("block outputs", rows(d)?)?,
-            post: dev.alloc_zeros("post-normed outputs", rows(d)?)?,
-            q: dev.alloc_zeros("queries", rows(qd)?)?,
-            k: dev.alloc_zeros("keys", rows(kvd)?)?,
-            v: dev.alloc_zeros("values", rows(kvd)?)?,
-            attn: dev.alloc_zeros("attention outputs", rows(qd)?)?,
-            fused: dev.alloc_zeros("fused projection outputs", rows(fused_width.max(1))?)?,
-            gate: dev.alloc_zeros("MLP gate", rows(ffn)?)?,
-            up: dev.alloc_zeros("MLP up", rows(ffn)?)?,
-            act: dev.alloc_zeros("MLP activations", rows(ffn)?)?,
-            last: dev.alloc_zeros("last row", d)?,
+            uniforms: dev.alloc_zeros("sampling uniforms", picks)?,
             logits: dev.alloc_zeros("logits", logits_len)?,
-            next_ids: dev.alloc_zeros("argmax ids", max_m.max(logit_rows))?,
+            next_ids: dev.alloc_zeros("picked ids", picks)?,
+            x: dev.alloc_zeros("residual stream", rows(d)?)?,
+            q: dev.alloc_zeros("queries", rows(qd)?)?,
+            k32: dev.alloc_zeros("roped keys", rows(kvd)?)?,
+            v32: dev.alloc_zeros("values", rows(kvd)?)?,
+            attn32: dev.alloc_zeros("attention outputs (f32)", rows(qd)?)?,
             lin,
+            ws: GemmWorkspace::new(dev)?,
+            acts,
         })
+    }
+
+    /// Whether the GEMM activations are f16 (every projection INT4).
+    pub fn f16_activations(&self) -> bool {
+        matches!(self.acts, Acts::F16(_))
+    }
+}
+
+/// The GEMM calls of one activation type.
+trait DecoderAct: ActElem {
+    fn linear(
+        l: &GpuLinear,
+        dev: &Arc<CudaDevice>,
+        x: &CudaSlice<Self>,
+        m: usize,
+        y: &mut CudaSlice<Self>,
+        g: &mut GemmScratch<'_>,
+    ) -> Result<()>;
+
+    /// `dst = src` (`n` values) in this type.
+    fn from_f32(
+        dev: &CudaDevice,
+        src: &CudaSlice<f32>,
+        n: usize,
+        dst: &mut CudaSlice<Self>,
+    ) -> Result<()>;
+
+    /// LM head of `rows` rows of `x` -> f32 `logits`, soft-capped by `cap`.
+    #[allow(clippy::too_many_arguments)]
+    fn lm_head(
+        l: &GpuLinear,
+        dev: &Arc<CudaDevice>,
+        x: &CudaSlice<Self>,
+        rows: usize,
+        vocab: usize,
+        cap: Option<f32>,
+        lm_out: &mut CudaSlice<Self>,
+        logits: &mut CudaSlice<f32>,
+        g: &mut GemmScratch<'_>,
+    ) -> Result<()>;
+}
+
+impl DecoderAct for f32 {
+    fn from_f32(
+        dev: &CudaDevice,
+        src: &CudaSlice<f32>,
+        n: usize,
+        dst: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        if src.len() < n || dst.len() < n {
+            return Err(GpuError::Invalid(format!(
+                "copy of {n} values: buffers too short"
+            )));
+        }
+        dev.stream()
+            .memcpy_dtod(&src.slice(0..n), &mut dst.slice_mut(0..n))
+            .map_err(|e| driver_err("attention output copy", e))
+    }
+
+    fn linear(
+        l: &GpuLinear,
+        dev: &Arc<CudaDevice>,
+        x: &CudaSlice<f32>,
+        m: usize,
+        y: &mut CudaSlice<f32>,
+        g: &mut GemmScratch<'_>,
+    ) -> Result<()> {
+        l.forward(dev, x, m, y, g.lin)
+    }
+
+    fn lm_head(
+        l: &GpuLinear,
+        dev: &Arc<CudaDevice>,
+        x: &CudaSlice<f32>,
+        rows: usize,
+        vocab: usize,
+        cap: Option<f32>,
+        _lm_out: &mut CudaSlice<f32>,
+        logits: &mut CudaSlice<f32>,
+        g: &mut GemmScratch<'_>,
+    ) -> Result<()> {
+        l.forward(dev, x, rows, logits, g.lin)?;
+        if let Some(cap) = cap {
+            ops::softcap_inplace(dev, logits, rows * vocab, cap)?;
+        }
+        Ok(())
+    }
+}
+
+impl DecoderAct for f16 {
+    fn from_f32(
+        dev: &CudaDevice,
+        src: &CudaSlice<f32>,
+        n: usize,
+        dst: &mut CudaSlice<f16>,
+    ) -> Result<()> {
+        Ok(ops::f32_to_f16(dev, src, n, dst)?)
+    }
+
+    fn linear(
+        l: &GpuLinear,
+        dev: &Arc<CudaDevice>,
+        x: &CudaSlice<f16>,
+        m: usize,
+        y: &mut CudaSlice<f16>,
+        g: &mut GemmScratch<'_>,
+    ) -> Result<()> {
+        match l {
+            GpuLinear::Int4(w) => {
+                int4_gemm(dev, x, m, w, y, g.ws, GemmOptions::default())?;
+                Ok(())
+            }
+            _ => Err(GpuError::Invalid(
+                "f16 activations for a weight other than INT4 (models with one run f32 activations)"
+                    .into(),
+            )),
+        }
+    }
+
+    fn lm_head(
+        l: &GpuLinear,
+        dev: &Arc<CudaDevice>,
+        x: &CudaSlice<f16>,
+        rows: usize,
+        vocab: usize,
+        cap: Option<f32>,
+        lm_out: &mut CudaSlice<f16>,
+        logits: &mut CudaSlice<f32>,
+        g: &mut GemmScratch<'_>,
+    ) -> Result<()> {
+        f16::linear(l, dev, x, rows, lm_out, g)?;
+        Ok(ops::logits_from_f16(
+            dev,
+            lm_out,
+            rows * vocab,
+            cap,
+            logits,
+        )?)
+    }
+}
+
+/// GEMM scratch: the f32 path's conversion buffers (`LinearScratch`) and
+/// the f16 path's split-K workspace.
+struct GemmScratch<'a> {
+    lin: &'a mut LinearScratch,
+    ws: &'a mut GemmWorkspace,
+}
+
+/// Records the end of `stage` when profiling.
+fn mark(prof: &mut Option<&mut StageTimer>, dev: &CudaDevice, stage: Stage) -> Result<()> {
+    match prof {
+        Some(p) => p.mark(dev, stage),
+        None => Ok(()),
+    }
+}
+
+/// Starts a timed section (spin, then a boundary event) when profiling.
+fn begin(prof: &mut Option<&mut StageTimer>, dev: &CudaDevice) -> Result<()> {
+    match prof {
+        Some(p) => p.begin(dev),
+        None => Ok(()),
     }
 }
 
@@ -272,143 +578,285 @@ impl GpuDecoder {
             .sum()
     }
 
+    /// Whether the decoder runs f16 GEMM activations: every projection
+    /// (LM head included) is INT4, whose kernel reads and writes f16.
+    pub fn f16_activations(&self) -> bool {
+        self.linears()
+            .into_iter()
+            .all(|l| matches!(l, GpuLinear::Int4(_)))
+    }
+
     /// Runs `m` rows whose ids, sequences and positions are in `s`; writes
-    /// their keys and values into `cache` and the logits of `which` rows
-    /// into `s.logits` (soft-capped when the model caps them); with `argmax`,
-    /// also each logits row's argmax into `s.next_ids`. Returns the number
-    /// of logits rows. Allocates nothing and does not synchronise.
-    pub fn forward_rows(
+    /// their keys and values into `cache`, the logits of `which` rows into
+    /// `s.logits` (soft-capped when the model caps them) and, by `select`,
+    /// a token per logits row into `s.next_ids`. Returns the number of
+    /// logits rows. Allocates nothing and does not synchronise.
+    pub fn forward_rows<'k>(
         &self,
         dev: &Arc<CudaDevice>,
-        cache: &mut GpuKvCache,
+        kv: impl Into<KvTarget<'k>>,
         s: &mut Scratch,
         m: usize,
         which: LogitRows,
-        argmax: bool,
+        select: impl Into<Select>,
     ) -> Result<usize> {
-        let c = &self.spec.cfg;
+        self.forward_rows_timed(dev, kv.into(), s, m, which, select.into(), None)
+    }
+
+    /// [`Self::forward_rows`], recording an event after each kernel group
+    /// into `prof` when given (`marlin bench decode --breakdown`; not for
+    /// capture: the timer spins before each layer).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_rows_timed(
+        &self,
+        dev: &Arc<CudaDevice>,
+        kv: KvTarget<'_>,
+        s: &mut Scratch,
+        m: usize,
+        which: LogitRows,
+        select: Select,
+        prof: Option<&mut StageTimer>,
+    ) -> Result<usize> {
         let n_logits = match which {
             LogitRows::Last => 1,
             LogitRows::All => m,
+            LogitRows::Tail(n) => n,
         };
-        if m == 0 || m > s.max_m || n_logits > s.logit_rows {
+        if m == 0 || m > s.max_m || n_logits > m || n_logits > s.logit_rows {
             return Err(GpuError::Invalid(format!(
                 "forward of {m} rows ({n_logits} with logits) in a scratch for {} ({} with logits)",
                 s.max_m, s.logit_rows
             )));
         }
-        let (d, eps, off) = (c.hidden_size, c.rms_eps, 0.0f32);
-        match &self.embed {
-            GpuEmbedding::Table(t) => {
-                t.get_rows(dev, &s.ids, m, self.spec.embed_scale, &mut s.x)?
+        let Scratch {
+            ids,
+            row_seq,
+            row_pos,
+            uniforms,
+            logits,
+            next_ids,
+            x,
+            q,
+            k32,
+            v32,
+            attn32,
+            lin,
+            ws,
+            acts,
+            ..
+        } = s;
+        let mut io = StepIo {
+            ids,
+            row_seq,
+            row_pos,
+            x,
+            q,
+            k32,
+            v32,
+            attn32,
+            logits,
+            g: GemmScratch { lin, ws },
+        };
+        let mut prof = prof;
+        let mut kv = kv;
+        match acts {
+            Acts::F32(a) => self.forward_t(dev, &mut kv, &mut io, a, m, n_logits, &mut prof)?,
+            Acts::F16(a) => self.forward_t(dev, &mut kv, &mut io, a, m, n_logits, &mut prof)?,
+        }
+        let vocab = self.spec.cfg.vocab_size;
+        match select {
+            _ if n_logits == 0 => {}
+            Select::None => {}
+            Select::Argmax => ops::argmax_rows(dev, logits, n_logits, vocab, next_ids)?,
+            Select::Sample(p) => {
+                ops::sample_rows(dev, logits, n_logits, vocab, &p, uniforms, next_ids)?
             }
+        }
+        mark(&mut prof, dev, Stage::Select)?;
+        Ok(n_logits)
+    }
+
+    /// The layers and the LM head on activations of type `T`.
+    #[allow(clippy::too_many_arguments)]
+    /// `n_logits` (<= m): the last rows that get logits.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_t<T: DecoderAct>(
+        &self,
+        dev: &Arc<CudaDevice>,
+        kv: &mut KvTarget<'_>,
+        io: &mut StepIo<'_>,
+        a: &mut ActBufs<T>,
+        m: usize,
+        n_logits: usize,
+        prof: &mut Option<&mut StageTimer>,
+    ) -> Result<()> {
+        let c = &self.spec.cfg;
+        let (d, eps, off) = (c.hidden_size, c.rms_eps, 0.0f32);
+        begin(prof, dev)?;
+        match &self.embed {
+            GpuEmbedding::Table(t) => t.get_rows(dev, io.ids, m, self.spec.embed_scale, io.x)?,
             GpuEmbedding::Dense { table, vocab } => ops::embedding_rows(
                 dev,
                 table,
                 *vocab,
                 d,
-                &s.ids,
+                io.ids,
                 m,
                 self.spec.embed_scale,
-                &mut s.x,
+                io.x,
             )?,
         }
-        ops::rms_norm(
+        ops::resid_norm::<T>(
             dev,
-            &s.x,
+            io.x,
+            None,
+            None,
             &self.blocks[0].attn_norm,
             m,
             d,
             eps,
             off,
-            &mut s.h,
+            &mut a.h,
         )?;
+        mark(prof, dev, Stage::Embed)?;
         for (il, b) in self.blocks.iter().enumerate() {
-            self.attention(dev, il, b, cache, s, m)?;
+            begin(prof, dev)?;
+            self.attention(dev, il, b, kv, io, a, m, prof)?;
             // x += post_norm(attn); h = ffn_norm(x)
-            let delta = match &b.post_attn_norm {
-                Some(w) => {
-                    ops::rms_norm(dev, &s.delta, w, m, d, eps, off, &mut s.post)?;
-                    &s.post
-                }
-                None => &s.delta,
-            };
-            ops::add_rms_norm(dev, &mut s.x, delta, &b.ffn_norm, m, d, eps, off, &mut s.h)?;
-            self.mlp(dev, b, s, m)?;
+            ops::resid_norm(
+                dev,
+                io.x,
+                Some(&a.delta),
+                b.post_attn_norm.as_ref(),
+                &b.ffn_norm,
+                m,
+                d,
+                eps,
+                off,
+                &mut a.h,
+            )?;
+            mark(prof, dev, Stage::ResidNorm)?;
+            self.mlp(dev, b, io, a, m, prof)?;
             // x += post_norm(ffn); h = next block's attn_norm(x) (or the final norm)
             let next_norm = match self.blocks.get(il + 1) {
                 Some(nb) => &nb.attn_norm,
                 None => &self.out_norm,
             };
-            let delta = match &b.post_ffn_norm {
-                Some(w) => {
-                    ops::rms_norm(dev, &s.delta, w, m, d, eps, off, &mut s.post)?;
-                    &s.post
-                }
-                None => &s.delta,
-            };
-            ops::add_rms_norm(dev, &mut s.x, delta, next_norm, m, d, eps, off, &mut s.h)?;
+            ops::resid_norm(
+                dev,
+                io.x,
+                Some(&a.delta),
+                b.post_ffn_norm.as_ref(),
+                next_norm,
+                m,
+                d,
+                eps,
+                off,
+                &mut a.h,
+            )?;
+            mark(prof, dev, Stage::ResidNorm)?;
         }
-        // s.h = final-normed rows; the LM head runs on the wanted ones only.
-        match which {
-            LogitRows::Last => {
-                let src = s.h.slice((m - 1) * d..m * d);
-                dev.stream()
-                    .memcpy_dtod(&src, &mut s.last)
-                    .map_err(|e| driver_err("copy of the last row", e))?;
-                self.lm_head
-                    .forward(dev, &s.last, 1, &mut s.logits, &mut s.lin)?;
-            }
-            LogitRows::All => self
-                .lm_head
-                .forward(dev, &s.h, m, &mut s.logits, &mut s.lin)?,
+        // a.h = final-normed rows; the LM head runs on the wanted ones only.
+        begin(prof, dev)?;
+        let (vocab, cap, n) = (c.vocab_size, c.final_logit_softcap, n_logits);
+        if n == m {
+            T::lm_head(
+                &self.lm_head,
+                dev,
+                &a.h,
+                m,
+                vocab,
+                cap,
+                &mut a.lm_out,
+                io.logits,
+                &mut io.g,
+            )?;
+        } else if n > 0 {
+            let src = a.h.slice((m - n) * d..m * d);
+            dev.stream()
+                .memcpy_dtod(&src, &mut a.last.slice_mut(0..n * d))
+                .map_err(|e| driver_err("copy of the LM head rows", e))?;
+            T::lm_head(
+                &self.lm_head,
+                dev,
+                &a.last,
+                n,
+                vocab,
+                cap,
+                &mut a.lm_out,
+                io.logits,
+                &mut io.g,
+            )?;
         }
-        let vocab = c.vocab_size;
-        if let Some(cap) = c.final_logit_softcap {
-            ops::softcap_inplace(dev, &mut s.logits, n_logits * vocab, cap)?;
-        }
-        if argmax {
-            ops::argmax_rows(dev, &s.logits, n_logits, vocab, &mut s.next_ids)?;
-        }
-        Ok(n_logits)
+        mark(prof, dev, Stage::LmHead)
     }
 
-    /// `s.h` (m, d) -> `s.delta` (m, d); writes this layer's keys and values.
-    fn attention(
+    /// `a.h` (m, d) -> `a.delta` (m, d); writes this layer's keys and values.
+    #[allow(clippy::too_many_arguments)]
+    fn attention<T: DecoderAct>(
         &self,
         dev: &Arc<CudaDevice>,
         il: usize,
         b: &GpuBlock,
-        cache: &mut GpuKvCache,
-        s: &mut Scratch,
+        kv: &mut KvTarget<'_>,
+        io: &mut StepIo<'_>,
+        a: &mut ActBufs<T>,
         m: usize,
+        prof: &mut Option<&mut StageTimer>,
     ) -> Result<()> {
         let c = &self.spec.cfg;
         let ls = &self.spec.layers[il];
-        match &b.qkv {
+        let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let (qv, kv_rows, vv) = match &b.qkv {
             QkvWeights::Separate { q, k, v } => {
-                q.forward(dev, &s.h, m, &mut s.q, &mut s.lin)?;
-                k.forward(dev, &s.h, m, &mut s.k, &mut s.lin)?;
-                v.forward(dev, &s.h, m, &mut s.v, &mut s.lin)?;
+                T::linear(q, dev, &a.h, m, &mut a.q, &mut io.g)?;
+                T::linear(k, dev, &a.h, m, &mut a.k, &mut io.g)?;
+                T::linear(v, dev, &a.h, m, &mut a.v, &mut io.g)?;
+                (
+                    ProjRows {
+                        data: a.q.as_view(),
+                        stride: qd,
+                    },
+                    ProjRows {
+                        data: a.k.as_view(),
+                        stride: kvd,
+                    },
+                    ProjRows {
+                        data: a.v.as_view(),
+                        stride: kvd,
+                    },
+                )
             }
             QkvWeights::Fused(w) => {
-                let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
                 let width = qd + 2 * kvd;
-                w.forward(dev, &s.h, m, &mut s.fused, &mut s.lin)?;
-                copy_columns(dev, &s.fused, m, width, 0, qd, &mut s.q)?;
-                copy_columns(dev, &s.fused, m, width, qd, kvd, &mut s.k)?;
-                copy_columns(dev, &s.fused, m, width, qd + kvd, kvd, &mut s.v)?;
+                T::linear(w, dev, &a.h, m, &mut a.fused, &mut io.g)?;
+                (
+                    ProjRows {
+                        data: a.fused.slice(0..),
+                        stride: width,
+                    },
+                    ProjRows {
+                        data: a.fused.slice(qd..),
+                        stride: width,
+                    },
+                    ProjRows {
+                        data: a.fused.slice(qd + kvd..),
+                        stride: width,
+                    },
+                )
             }
-        }
-        if let (Some(qn), Some(kn)) = (&b.q_norm, &b.k_norm) {
-            let eps = c.rms_eps;
-            ops::rms_norm_heads_inplace(dev, &mut s.q, qn, m * c.n_heads, c.head_dim, eps, 0.0)?;
-            ops::rms_norm_heads_inplace(dev, &mut s.k, kn, m * c.n_kv_heads, c.head_dim, eps, 0.0)?;
-        }
+        };
+        mark(prof, dev, Stage::QkvGemm)?;
+        let qk_norm = match (&b.q_norm, &b.k_norm) {
+            (Some(qn), Some(kn)) => Some((qn, kn)),
+            _ => None,
+        };
+        let shape = HeadShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+        };
         let rope = &self.ropes[ls.rope];
-        ops::rope_inplace(dev, &mut s.q, m, c.n_heads, rope, &s.row_pos)?;
-        ops::rope_inplace(dev, &mut s.k, m, c.n_kv_heads, rope, &s.row_pos)?;
-        ops::kv_write(dev, cache, il, &s.k, &s.v, m, &s.row_seq, &s.row_pos)?;
         let params = AttnParams {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
@@ -417,39 +865,112 @@ impl GpuDecoder {
             window: ls.window,
             softcap: None,
         };
-        ops::attention(
-            dev,
-            &params,
-            &s.q,
-            cache,
-            il,
-            m,
-            &s.row_seq,
-            &s.row_pos,
-            &mut s.attn,
-        )?;
-        b.wo.forward(dev, &s.attn, m, &mut s.delta, &mut s.lin)
+        match kv {
+            KvTarget::Slots(cache) => {
+                let dest = KvDest::Cache {
+                    cache: &mut **cache,
+                    layer: il,
+                };
+                ops::qkv_rope_kv(
+                    dev, &qv, &kv_rows, &vv, m, shape, qk_norm, c.rms_eps, 0.0, rope, dest,
+                    io.row_seq, io.row_pos, io.q,
+                )?;
+                mark(prof, dev, Stage::QkvRopeKv)?;
+                ops::attention(
+                    dev,
+                    &params,
+                    io.q,
+                    cache,
+                    il,
+                    m,
+                    io.row_seq,
+                    io.row_pos,
+                    &mut a.attn,
+                )?;
+            }
+            KvTarget::Store(store) => {
+                let dest = KvDest::Rows {
+                    k: &mut *io.k32,
+                    v: &mut *io.v32,
+                };
+                ops::qkv_rope_kv(
+                    dev, &qv, &kv_rows, &vv, m, shape, qk_norm, c.rms_eps, 0.0, rope, dest,
+                    io.row_seq, io.row_pos, io.q,
+                )?;
+                store.write_kv(dev, il, io.k32, io.v32, m, io.row_seq, io.row_pos)?;
+                mark(prof, dev, Stage::QkvRopeKv)?;
+                store.attend(dev, &params, io.q, il, m, io.row_seq, io.row_pos, io.attn32)?;
+                T::from_f32(dev, io.attn32, m * qd, &mut a.attn)?;
+            }
+        }
+        mark(prof, dev, Stage::Attention)?;
+        T::linear(&b.wo, dev, &a.attn, m, &mut a.delta, &mut io.g)?;
+        mark(prof, dev, Stage::OGemm)
     }
 
-    /// `s.h` (m, d) -> `s.delta` (m, d).
-    fn mlp(&self, dev: &Arc<CudaDevice>, b: &GpuBlock, s: &mut Scratch, m: usize) -> Result<()> {
+    /// `a.h` (m, d) -> `a.delta` (m, d).
+    fn mlp<T: DecoderAct>(
+        &self,
+        dev: &Arc<CudaDevice>,
+        b: &GpuBlock,
+        io: &mut StepIo<'_>,
+        a: &mut ActBufs<T>,
+        m: usize,
+        prof: &mut Option<&mut StageTimer>,
+    ) -> Result<()> {
         let ffn = self.spec.cfg.ffn_size;
-        let n = m * ffn;
+        let gelu = match self.spec.activation {
+            Activation::Silu => false,
+            Activation::GeluTanh => true,
+        };
         match &b.gate_up {
             GateUpWeights::Separate { gate, up } => {
-                gate.forward(dev, &s.h, m, &mut s.gate, &mut s.lin)?;
-                up.forward(dev, &s.h, m, &mut s.up, &mut s.lin)?;
+                T::linear(gate, dev, &a.h, m, &mut a.gate, &mut io.g)?;
+                T::linear(up, dev, &a.h, m, &mut a.up, &mut io.g)?;
+                mark(prof, dev, Stage::GateUpGemm)?;
+                ops::glu(
+                    dev,
+                    &a.gate.as_view(),
+                    &a.up.as_view(),
+                    ffn,
+                    m,
+                    ffn,
+                    gelu,
+                    &mut a.act,
+                )?;
             }
             GateUpWeights::Fused(w) => {
-                w.forward(dev, &s.h, m, &mut s.fused, &mut s.lin)?;
-                copy_columns(dev, &s.fused, m, 2 * ffn, 0, ffn, &mut s.gate)?;
-                copy_columns(dev, &s.fused, m, 2 * ffn, ffn, ffn, &mut s.up)?;
+                T::linear(w, dev, &a.h, m, &mut a.fused, &mut io.g)?;
+                mark(prof, dev, Stage::GateUpGemm)?;
+                ops::glu(
+                    dev,
+                    &a.fused.slice(0..),
+                    &a.fused.slice(ffn..),
+                    2 * ffn,
+                    m,
+                    ffn,
+                    gelu,
+                    &mut a.act,
+                )?;
             }
         }
-        match self.spec.activation {
-            Activation::Silu => ops::silu_mul(dev, &s.gate, &s.up, n, &mut s.act)?,
-            Activation::GeluTanh => ops::gelu_tanh_mul(dev, &s.gate, &s.up, n, &mut s.act)?,
-        }
-        b.down.forward(dev, &s.act, m, &mut s.delta, &mut s.lin)
+        mark(prof, dev, Stage::Glu)?;
+        T::linear(&b.down, dev, &a.act, m, &mut a.delta, &mut io.g)?;
+        mark(prof, dev, Stage::DownGemm)
     }
+}
+
+/// The f32 buffers and per-row inputs of a step, borrowed from [`Scratch`]
+/// beside its typed activations.
+struct StepIo<'a> {
+    ids: &'a CudaSlice<u32>,
+    row_seq: &'a CudaSlice<i32>,
+    row_pos: &'a CudaSlice<i32>,
+    x: &'a mut CudaSlice<f32>,
+    q: &'a mut CudaSlice<f32>,
+    k32: &'a mut CudaSlice<f32>,
+    v32: &'a mut CudaSlice<f32>,
+    attn32: &'a mut CudaSlice<f32>,
+    logits: &'a mut CudaSlice<f32>,
+    g: GemmScratch<'a>,
 }

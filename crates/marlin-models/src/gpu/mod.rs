@@ -16,6 +16,8 @@
 //!   synchronises, so the decode step is captured in a CUDA graph.
 //! - [`sequence`]: [`GpuSequence`], one sequence's KV cache and its captured
 //!   decode step; implements `marlin_engine::SequenceModel`.
+//! - [`paged`]: [`GpuBatchModel`], the model with a paged KV pool that the
+//!   serving engine drives (`marlin serve --device cuda`).
 //! - [`bench`]: `marlin bench decode`, a Llama-3.1-8B-shaped INT4 model.
 
 pub mod bench;
@@ -23,11 +25,13 @@ pub mod decoder;
 mod graph;
 pub mod linear;
 mod load;
+pub mod paged;
 pub mod sequence;
 pub mod spec;
-mod split;
+pub mod stages;
 
-pub use decoder::{GateUpWeights, GpuDecoder, LogitRows, QkvWeights, Scratch};
+pub use decoder::{GateUpWeights, GpuDecoder, LogitRows, QkvWeights, Scratch, Select};
+pub use paged::{GpuBatchModel, PagedOptions};
 pub use sequence::GpuSequence;
 
 use std::path::Path;
@@ -37,7 +41,7 @@ use marlin_cuda::{CudaDevice, CudaError};
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::source::{GgufSource, HfDirSource};
+use crate::source::{GgufSource, HfDirSource, WeightSource};
 
 /// Errors of the GPU decoder: the model's, the device's, or a bad argument.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +123,19 @@ impl GpuModel {
         } else {
             load::load_decoder(&dev, &GgufSource::open(path)?)?
         };
+        Ok(Self::from_decoder(dev, decoder, opts.clone()))
+    }
+
+    /// Loads every weight of an opened checkpoint (any [`WeightSource`],
+    /// e.g. one that quantizes on the fly) onto device `opts.ordinal`.
+    pub fn from_source(src: &dyn WeightSource, opts: &GpuLoadOptions) -> Result<Self> {
+        if opts.max_batch_rows == 0 {
+            return Err(GpuError::Invalid(
+                "max_batch_rows must be at least 1".into(),
+            ));
+        }
+        let dev = CudaDevice::new(opts.ordinal)?;
+        let decoder = load::load_decoder(&dev, src)?;
         Ok(Self::from_decoder(dev, decoder, opts.clone()))
     }
 

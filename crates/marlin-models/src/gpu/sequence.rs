@@ -2,10 +2,10 @@
 //! captured decode step.
 
 use cudarc::driver::CudaGraph;
-use marlin_cuda::ops::GpuKvCache;
+use marlin_cuda::ops::{DeviceSampling, GpuKvCache};
 use marlin_engine::{EngineError, SequenceModel};
 
-use super::decoder::{LogitRows, Scratch};
+use super::decoder::{LogitRows, Scratch, Select};
 use super::graph::{capture, replay};
 use super::{driver_err, GpuError, GpuModel, Result};
 use crate::error::ModelError;
@@ -15,17 +15,22 @@ use crate::error::ModelError;
 /// Prompts run in chunks of up to `max_batch_rows` rows; a single new token
 /// (decode) runs as a CUDA graph captured at the second such step (the
 /// first sizes every lazily allocated workspace), replayed after a copy of
-/// the token id and position into the device buffers the graph reads.
+/// the token id and position (and the sampling uniform) into the device
+/// buffers the graph reads. The graph ends with the token choice (argmax,
+/// or sampling with the parameters it was captured with: other parameters
+/// run one step eagerly, then capture again).
 pub struct GpuSequence<'m> {
     model: &'m GpuModel,
     cache: GpuKvCache,
     scratch: Scratch,
     len: usize,
     capacity: usize,
-    /// The m = 1 step (last-row logits + argmax), once captured.
-    graph: Option<CudaGraph>,
-    /// m = 1 steps run so far without a graph.
-    eager_steps: usize,
+    /// The m = 1 step (last-row logits + token choice), once captured,
+    /// with the choice it makes.
+    graph: Option<(CudaGraph, Select)>,
+    /// The choice of the last eager m = 1 step: a step with it may be
+    /// captured (its kernels are loaded, its workspaces sized).
+    warm: Option<Select>,
 }
 
 impl<'m> GpuSequence<'m> {
@@ -47,7 +52,7 @@ impl<'m> GpuSequence<'m> {
             len: 0,
             capacity,
             graph: None,
-            eager_steps: 0,
+            warm: None,
         })
     }
 
@@ -80,7 +85,8 @@ impl<'m> GpuSequence<'m> {
 
     /// Appends `tokens`; returns the logits (vocab) of the last one.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        self.run(tokens, false)?;
+        // Argmax too: the same captured step serves `forward` and `greedy`.
+        self.run(tokens, Select::Argmax)?;
         let vocab = self.model.config().vocab_size;
         let stream = self.model.device().stream();
         let logits = stream
@@ -93,15 +99,44 @@ impl<'m> GpuSequence<'m> {
     /// Appends `tokens`; returns the argmax of the last one's logits,
     /// computed on the device (4 bytes come back per step).
     pub fn greedy(&mut self, tokens: &[u32]) -> Result<u32> {
-        self.run(tokens, true)?;
+        self.run(tokens, Select::Argmax)?;
+        self.picked_id()
+    }
+
+    /// Appends `tokens`; returns a token drawn from the last one's logits
+    /// with temperature / top-k / top-p on the device (`marlin_cuda::ops::
+    /// sample_rows`: the CPU sampler's order, top-k at most 256) using
+    /// `uniform` in [0, 1) (the caller's seeded RNG); 4 bytes come back.
+    pub fn sample(&mut self, tokens: &[u32], params: DeviceSampling, uniform: f32) -> Result<u32> {
+        if !(0.0..1.0).contains(&uniform) {
+            return Err(GpuError::Invalid(format!(
+                "sampling uniform {uniform} outside [0, 1)"
+            )));
+        }
+        // Validates the parameters before any work is queued.
+        marlin_cuda::ops::check_sampling_params(&params)?;
+        self.model
+            .device()
+            .stream()
+            .memcpy_htod(&[uniform], &mut self.scratch.uniforms.slice_mut(0..1))
+            .map_err(|e| driver_err("sampling uniform to the device", e))?;
+        self.run(tokens, Select::Sample(params))?;
+        self.picked_id()
+    }
+
+    /// The token the last step picked (argmax or sample), copied back.
+    fn picked_id(&self) -> Result<u32> {
         let stream = self.model.device().stream();
         let id = stream
             .clone_dtoh(&self.scratch.next_ids.slice(0..1))
-            .map_err(|e| driver_err("argmax to the host", e))?;
+            .map_err(|e| driver_err("picked token to the host", e))?;
         self.model.device().synchronize()?;
-        id.first()
-            .copied()
-            .ok_or_else(|| GpuError::Invalid("empty argmax".into()))
+        match id.first() {
+            Some(&t) if t != marlin_cuda::ops::NO_TOKEN => Ok(t),
+            _ => Err(GpuError::Invalid(
+                "no token picked (every logit is NaN)".into(),
+            )),
+        }
     }
 
     /// Appends `tokens`; returns the logits (tokens.len(), vocab) of every
@@ -114,7 +149,7 @@ impl<'m> GpuSequence<'m> {
             // Room for a whole chunk of logits; the captured graph read the
             // old buffers, so it goes too.
             self.graph = None;
-            self.eager_steps = 0;
+            self.warm = None;
             self.scratch = Scratch::new(
                 &dev,
                 self.model.decoder(),
@@ -131,7 +166,7 @@ impl<'m> GpuSequence<'m> {
                 &mut self.scratch,
                 chunk.len(),
                 LogitRows::All,
-                false,
+                Select::None,
             )?;
             self.len += chunk.len();
             let part = dev
@@ -184,41 +219,42 @@ impl<'m> GpuSequence<'m> {
     }
 
     /// Runs `tokens` in chunks; the last chunk leaves the last row's logits
-    /// (and argmax) in the scratch.
-    fn run(&mut self, tokens: &[u32], argmax: bool) -> Result<()> {
+    /// (and the token `select` picks) in the scratch.
+    fn run(&mut self, tokens: &[u32], select: Select) -> Result<()> {
         self.check(tokens)?;
         let dev = self.model.device().clone();
         let use_graph = self.model.options().cuda_graph;
-        for chunk in tokens.chunks(self.scratch.max_m) {
+        let n_chunks = tokens.len().div_ceil(self.scratch.max_m);
+        for (i, chunk) in tokens.chunks(self.scratch.max_m).enumerate() {
             self.upload_rows(chunk)?;
-            if chunk.len() == 1 && use_graph && self.eager_steps > 0 {
-                if self.graph.is_none() {
+            let last = i + 1 == n_chunks;
+            let captured = matches!(&self.graph, Some((_, s)) if *s == select);
+            if chunk.len() == 1 && use_graph && (captured || self.warm == Some(select)) {
+                if !captured {
+                    self.graph = None;
                     let (decoder, cache, scratch) =
                         (self.model.decoder(), &mut self.cache, &mut self.scratch);
                     let g = capture(&dev, || {
                         decoder
-                            .forward_rows(&dev, cache, scratch, 1, LogitRows::Last, true)
+                            .forward_rows(&dev, cache, scratch, 1, LogitRows::Last, select)
                             .map(|_| ())
                     })?;
-                    self.graph = Some(g);
+                    self.graph = Some((g, select));
                 }
-                if let Some(g) = &self.graph {
+                if let Some((g, _)) = &self.graph {
                     replay(g)?;
                 }
             } else {
-                // The eager m = 1 step computes the argmax too, so that the
-                // captured graph and it leave the same buffers filled.
-                let want_argmax = argmax || chunk.len() == 1;
                 self.model.decoder().forward_rows(
                     &dev,
                     &mut self.cache,
                     &mut self.scratch,
                     chunk.len(),
                     LogitRows::Last,
-                    want_argmax,
+                    if last { select } else { Select::None },
                 )?;
                 if chunk.len() == 1 {
-                    self.eager_steps += 1;
+                    self.warm = Some(select);
                 }
             }
             self.len += chunk.len();

@@ -1,0 +1,430 @@
+//! The decoder's fused kernels (`kernels/ops.cu`, "fused decode"): each
+//! replaces several launches of a decode step, and reads or writes the
+//! activations next to a GEMM in that GEMM's own type ([`ActElem`]: f32, or
+//! f16 for the INT4 kernels), so that no conversion kernel runs between
+//! them.
+//!
+//! - [`resid_norm`]: residual add (with Gemma's optional post-norm of the
+//!   added output) + RMSNorm, output in the next GEMM's input type;
+//! - [`qkv_rope_kv`]: QK-norm + RoPE of queries and keys + the KV-cache
+//!   write, reading q, k and v in place from one fused projection output;
+//! - [`glu`]: SwiGLU / GeGLU over a fused gate|up output;
+//! - [`logits_from_f16`]: an f16 LM head's output to f32 logits (with the
+//!   soft-cap);
+//! - [`spin`]: a timed wait that the per-stage profile of
+//!   `marlin bench decode` enqueues ahead of each layer.
+
+use cudarc::driver::{
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+use half::f16;
+
+use super::elementwise::check_elementwise;
+use super::kv::GpuKvCache;
+use super::rope::GpuRope;
+use super::{check_len, grid_stride, mul, to_i32, OPS_MODULE, OPS_SOURCE};
+use crate::device::{driver_err, CudaDevice};
+use crate::error::{CudaError, Result};
+use marlin_cpu::ops::RopeStyle;
+
+/// Element type of the activations a GEMM reads or writes: f32 (GGUF and
+/// dense weights) or f16 (INT4 weights). Picks the kernel entry.
+pub trait ActElem: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + 'static {
+    /// `f16` when the kernels store f16 bits.
+    const IS_F16: bool;
+    /// `f32_name` or `f16_name`, by the element type.
+    fn pick(f32_name: &'static str, f16_name: &'static str) -> &'static str {
+        if Self::IS_F16 {
+            f16_name
+        } else {
+            f32_name
+        }
+    }
+}
+
+impl ActElem for f32 {
+    const IS_F16: bool = false;
+}
+
+impl ActElem for f16 {
+    const IS_F16: bool = true;
+}
+
+/// Largest head_dim of [`qkv_rope_kv`] (MOPS_QKV_MAX_HD in the source).
+pub const QKV_MAX_HEAD_DIM: usize = 256;
+/// Warps (one per head) per block of [`qkv_rope_kv`] (MOPS_QKV_WARPS).
+const QKV_WARPS: usize = 4;
+
+/// Threads of the one-block-per-row norm: about 8 elements per thread, so
+/// that a single row (decode at batch 1) is spread over many warps.
+fn norm_threads(dim: usize) -> u32 {
+    (dim.div_ceil(8).div_ceil(32) * 32).clamp(64, 1024) as u32
+}
+
+/// `resid (rows, dim) += delta` (after an RMSNorm of `delta` with `post_w`
+/// when given: Gemma's post-attention / post-FFN norm), then
+/// `out = rms_norm(resid) * (w + w_offset)`; without `delta`, only the norm.
+#[allow(clippy::too_many_arguments)]
+pub fn resid_norm<T: ActElem>(
+    dev: &CudaDevice,
+    resid: &mut CudaSlice<f32>,
+    delta: Option<&CudaSlice<T>>,
+    post_w: Option<&CudaSlice<f32>>,
+    w: &CudaSlice<f32>,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+    w_offset: f32,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    let n =
+        super::elementwise::check_norm("resid_norm", resid.len(), w.len(), rows, dim, out.len())?;
+    if let Some(d) = delta {
+        check_len("resid_norm delta", d.len(), n)?;
+    }
+    if let Some(p) = post_w {
+        if delta.is_none() {
+            return Err(CudaError::Shape(
+                "resid_norm: a post-norm weight without a delta".into(),
+            ));
+        }
+        check_len("resid_norm post weight", p.len(), dim)?;
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let name = T::pick("mops_resid_norm_f32", "mops_resid_norm_f16");
+    let func = dev.function(OPS_MODULE, OPS_SOURCE, name, 0)?;
+    let dim_i = dim as i32;
+    let null: u64 = 0;
+    let mut b = dev.stream().launch_builder(&func);
+    b.arg(resid);
+    match delta {
+        Some(d) => b.arg(d),
+        None => b.arg(&null),
+    };
+    match post_w {
+        Some(p) => b.arg(p),
+        None => b.arg(&null),
+    };
+    b.arg(w).arg(out).arg(&dim_i).arg(&eps).arg(&w_offset);
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (norm_threads(dim), 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: argument order and types match mops_resid_norm_*; resid, out
+    // (and delta) hold rows*dim values, w (and post_w) dim, null pointers
+    // only where the kernel tests for them (checked above).
+    unsafe { b.launch(cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
+    Ok(())
+}
+
+/// Where [`qkv_rope_kv`] reads one projection: `(rows, stride)` values of
+/// which each row's head vectors start at element 0 of the row.
+pub struct ProjRows<'a, T> {
+    pub data: CudaView<'a, T>,
+    /// Elements from one row to the next (the fused projection's width, or
+    /// the part's own width).
+    pub stride: usize,
+}
+
+/// Where [`qkv_rope_kv`] puts the roped keys and the values.
+pub enum KvDest<'a> {
+    /// Layer `layer` of the f16 cache, at (`row_seq[r]`, `row_pos[r]`).
+    Cache {
+        cache: &'a mut GpuKvCache,
+        layer: usize,
+    },
+    /// f32 rows (rows, n_kv_heads, head_dim) each, for another KV store.
+    Rows {
+        k: &'a mut CudaSlice<f32>,
+        v: &'a mut CudaSlice<f32>,
+    },
+}
+
+/// Head layout of [`qkv_rope_kv`].
+#[derive(Clone, Copy, Debug)]
+pub struct HeadShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Queries, keys and values of one layer into attention's input: for each
+/// of `rows` rows, the query heads of `q` and the kv heads of `k` get the
+/// optional QK-norm (`qk_norm` = (q weight, k weight), each `head_dim`,
+/// plus `w_offset`) and RoPE at `row_pos[row]`; queries go to
+/// `q_out (rows, n_heads, head_dim)` (f32), keys and the values of `v` to
+/// `dest` (the cache skips rows whose sequence or position is out of its
+/// range).
+#[allow(clippy::too_many_arguments)]
+pub fn qkv_rope_kv<T: ActElem>(
+    dev: &CudaDevice,
+    q: &ProjRows<'_, T>,
+    k: &ProjRows<'_, T>,
+    v: &ProjRows<'_, T>,
+    rows: usize,
+    shape: HeadShape,
+    qk_norm: Option<(&CudaSlice<f32>, &CudaSlice<f32>)>,
+    eps: f32,
+    w_offset: f32,
+    rope: &GpuRope,
+    dest: KvDest<'_>,
+    row_seq: &CudaSlice<i32>,
+    row_pos: &CudaSlice<i32>,
+    q_out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let HeadShape {
+        n_heads,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+    } = shape;
+    if hd == 0 || hd > QKV_MAX_HEAD_DIM || rope.head_dim() != hd || rope.n_rot() > hd {
+        return Err(CudaError::Shape(format!(
+            "qkv_rope_kv: head_dim {hd} (rope {} / {}, at most {QKV_MAX_HEAD_DIM})",
+            rope.head_dim(),
+            rope.n_rot()
+        )));
+    }
+    let (qd, kvd) = (
+        mul("qkv_rope_kv", n_heads, hd)?,
+        mul("qkv_rope_kv", n_kv, hd)?,
+    );
+    match &dest {
+        KvDest::Cache { cache, layer } => {
+            if *layer >= cache.n_layers() || cache.n_kv_heads() != n_kv || cache.head_dim() != hd {
+                return Err(CudaError::Shape(format!(
+                    "qkv_rope_kv: layer {layer}, {n_kv} kv heads of {hd} into a cache of {} layers, {} x {}",
+                    cache.n_layers(),
+                    cache.n_kv_heads(),
+                    cache.head_dim()
+                )));
+            }
+        }
+        KvDest::Rows { k, v } => {
+            let n = mul("qkv_rope_kv", rows, kvd)?;
+            check_len("qkv_rope_kv k out", k.len(), n)?;
+            check_len("qkv_rope_kv v out", v.len(), n)?;
+        }
+    }
+    // Each part: stride >= its width; (rows - 1) * stride + width elements.
+    let need = |what: &str, p: &ProjRows<'_, T>, width: usize| -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        if p.stride < width {
+            return Err(CudaError::Shape(format!(
+                "qkv_rope_kv {what}: row stride {} below its width {width}",
+                p.stride
+            )));
+        }
+        let n = mul("qkv_rope_kv", rows - 1, p.stride)?
+            .checked_add(width)
+            .ok_or_else(|| CudaError::Shape("qkv_rope_kv: size overflows".into()))?;
+        check_len(&format!("qkv_rope_kv {what}"), p.data.len(), n)
+    };
+    need("q", q, qd)?;
+    need("k", k, kvd)?;
+    need("v", v, kvd)?;
+    if k.stride != v.stride {
+        return Err(CudaError::Shape(format!(
+            "qkv_rope_kv: k and v row strides differ ({} vs {})",
+            k.stride, v.stride
+        )));
+    }
+    check_len(
+        "qkv_rope_kv q_out",
+        q_out.len(),
+        mul("qkv_rope_kv", rows, qd)?,
+    )?;
+    check_len("qkv_rope_kv row_seq", row_seq.len(), rows)?;
+    check_len("qkv_rope_kv row_pos", row_pos.len(), rows)?;
+    if let Some((qn, kn)) = qk_norm {
+        check_len("qkv_rope_kv q norm", qn.len(), hd)?;
+        check_len("qkv_rope_kv k norm", kn.len(), hd)?;
+    }
+    let tasks = mul("qkv_rope_kv", rows, n_heads + n_kv)?;
+    to_i32("qkv_rope_kv tasks", tasks)?;
+    let strides = [
+        to_i32("qkv_rope_kv q stride", q.stride)?,
+        to_i32("qkv_rope_kv kv stride", k.stride)?,
+    ];
+    if rows == 0 {
+        return Ok(());
+    }
+    let name = T::pick("mops_qkv_rope_kv_f32", "mops_qkv_rope_kv_f16");
+    let func = dev.function(OPS_MODULE, OPS_SOURCE, name, 0)?;
+    let null: u64 = 0;
+    let n_rot = rope.n_rot() as i32;
+    let neox = i32::from(rope.style() == RopeStyle::Neox);
+    let (rows_i, heads_i, kv_i, hd_i) = (rows as i32, n_heads as i32, n_kv as i32, hd as i32);
+    let mut b = dev.stream().launch_builder(&func);
+    b.arg(&q.data)
+        .arg(&k.data)
+        .arg(&v.data)
+        .arg(&strides[0])
+        .arg(&strides[1])
+        .arg(q_out);
+    match qk_norm {
+        Some((qn, kn)) => b.arg(qn).arg(kn),
+        None => b.arg(&null).arg(&null),
+    };
+    b.arg(&eps)
+        .arg(&w_offset)
+        .arg(&rope.inv_freq)
+        .arg(&n_rot)
+        .arg(&neox);
+    let (n_layers, layer_i, n_seqs, capacity);
+    match dest {
+        KvDest::Cache { cache, layer } => {
+            (n_layers, layer_i) = (cache.n_layers() as i32, layer as i32);
+            (n_seqs, capacity) = (cache.n_seqs() as i32, cache.capacity() as i32);
+            b.arg(&cache.k).arg(&cache.v).arg(&null).arg(&null);
+        }
+        KvDest::Rows { k, v } => {
+            (n_layers, layer_i, n_seqs, capacity) = (1, 0, 1, 1);
+            b.arg(&null).arg(&null).arg(k).arg(v);
+        }
+    }
+    b.arg(row_seq)
+        .arg(row_pos)
+        .arg(&rows_i)
+        .arg(&heads_i)
+        .arg(&kv_i)
+        .arg(&hd_i)
+        .arg(&n_layers)
+        .arg(&layer_i)
+        .arg(&n_seqs)
+        .arg(&capacity);
+    let cfg = LaunchConfig {
+        grid_dim: (tasks.div_ceil(QKV_WARPS) as u32, 1, 1),
+        block_dim: (32 * QKV_WARPS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: argument order and types match mops_qkv_rope_kv_*; every row's
+    // reads stay inside q / k / v (strides and lengths checked above),
+    // q_out holds rows*n_heads*head_dim, inv_freq n_rot/2 <= head_dim/2
+    // values, head_dim <= the kernel's shared buffer; cache writes are
+    // bounds-checked by the kernel (sequence and position) and the cache
+    // matches the head shape, or k_out / v_out hold rows*n_kv*head_dim.
+    unsafe { b.launch(cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
+    Ok(())
+}
+
+/// `out (rows, ffn) = act(gate) * up` with act SiLU (`gelu` false) or the
+/// tanh GELU; row `r` of gate / up starts at `r * in_stride` of its view.
+#[allow(clippy::too_many_arguments)]
+pub fn glu<T: ActElem>(
+    dev: &CudaDevice,
+    gate: &CudaView<'_, T>,
+    up: &CudaView<'_, T>,
+    in_stride: usize,
+    rows: usize,
+    ffn: usize,
+    gelu: bool,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    if in_stride < ffn {
+        return Err(CudaError::Shape(format!(
+            "glu: row stride {in_stride} below the width {ffn}"
+        )));
+    }
+    let n = mul("glu", rows, ffn)?;
+    if rows > 0 {
+        let need = mul("glu", rows - 1, in_stride)?
+            .checked_add(ffn)
+            .ok_or_else(|| CudaError::Shape("glu: size overflows".into()))?;
+        check_len("glu gate", gate.len(), need)?;
+        check_len("glu up", up.len(), need)?;
+    }
+    check_elementwise("glu out", n, &[out.len()])?;
+    let (stride_i, rows_i, ffn_i) = (
+        to_i32("glu stride", in_stride)?,
+        to_i32("glu rows", rows)?,
+        to_i32("glu ffn", ffn)?,
+    );
+    if n == 0 {
+        return Ok(());
+    }
+    let name = T::pick("mops_glu_f32", "mops_glu_f16");
+    let func = dev.function(OPS_MODULE, OPS_SOURCE, name, 0)?;
+    let gelu_i = i32::from(gelu);
+    let mut b = dev.stream().launch_builder(&func);
+    b.arg(gate)
+        .arg(up)
+        .arg(&stride_i)
+        .arg(out)
+        .arg(&rows_i)
+        .arg(&ffn_i)
+        .arg(&gelu_i);
+    // SAFETY: argument order and types match mops_glu_*; gate / up hold
+    // (rows-1)*in_stride + ffn values, out rows*ffn (checked above).
+    unsafe { b.launch(grid_stride(dev, n)) }
+        .map_err(|e| driver_err(&format!("launch {name}"), e))?;
+    Ok(())
+}
+
+/// `out = x` widened to f32 (`n` values), soft-capped (`cap * tanh(x /
+/// cap)`) when `cap` is given.
+pub fn logits_from_f16(
+    dev: &CudaDevice,
+    x: &CudaSlice<f16>,
+    n: usize,
+    cap: Option<f32>,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let cap = match cap {
+        Some(c) if !(c.is_finite() && c > 0.0) => {
+            return Err(CudaError::Shape(format!(
+                "logits_from_f16: cap {c} must be positive"
+            )))
+        }
+        Some(c) => c,
+        None => 0.0,
+    };
+    check_len("logits_from_f16 x", x.len(), n)?;
+    let n64 = check_elementwise("logits_from_f16 out", n, &[out.len()])?;
+    if n == 0 {
+        return Ok(());
+    }
+    let func = dev.function(OPS_MODULE, OPS_SOURCE, "mops_logits_from_f16", 0)?;
+    let mut b = dev.stream().launch_builder(&func);
+    b.arg(x).arg(out).arg(&n64).arg(&cap);
+    // SAFETY: argument order and types match mops_logits_from_f16; x and out
+    // hold n values (checked above).
+    unsafe { b.launch(grid_stride(dev, n)) }
+        .map_err(|e| driver_err("launch mops_logits_from_f16", e))?;
+    Ok(())
+}
+
+/// Enqueues a one-thread kernel that busy-waits `ns` nanoseconds of GPU
+/// time (per-stage timing: the host queues the work behind it meanwhile).
+pub fn spin(dev: &CudaDevice, ns: u64) -> Result<()> {
+    let func = dev.function(OPS_MODULE, OPS_SOURCE, "mops_spin", 0)?;
+    let mut b = dev.stream().launch_builder(&func);
+    b.arg(&ns);
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (1, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: mops_spin takes one u64 and touches no memory.
+    unsafe { b.launch(cfg) }.map_err(|e| driver_err("launch mops_spin", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn norm_threads_cover_the_row() {
+        assert_eq!(norm_threads(4096), 512);
+        assert_eq!(norm_threads(64), 64);
+        assert_eq!(norm_threads(1 << 20), 1024);
+        assert_eq!(norm_threads(576), 96);
+        assert!(f16::IS_F16 && !f32::IS_F16);
+        assert_eq!(f16::pick("a", "b"), "b");
+    }
+}
