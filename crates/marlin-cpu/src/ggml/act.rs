@@ -88,16 +88,23 @@ fn round_ties_even_small(y: f32) -> f32 {
 /// holding a NaN or an infinity take the scalar path).
 #[inline]
 fn quantize_codes_fast(x: &[f32], qs: &mut [i8]) -> f32 {
+    quantize_codes_sum(x, qs).0
+}
+
+/// [`quantize_codes_fast`] and the sum of the codes.
+#[inline]
+fn quantize_codes_sum(x: &[f32], qs: &mut [i8]) -> (f32, i32) {
     #[cfg(target_arch = "x86_64")]
     {
         if has_avx2() {
             // SAFETY: AVX2 was detected.
-            if let Some(d) = unsafe { simd::quantize_codes(x, qs) } {
-                return d;
+            if let Some(r) = unsafe { simd::quantize_codes(x, qs) } {
+                return r;
             }
         }
     }
-    quantize_codes(x, qs)
+    let d = quantize_codes(x, qs);
+    (d, qs[..x.len()].iter().map(|&q| q as i32).sum())
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -112,9 +119,10 @@ mod simd {
     use std::arch::x86_64::*;
 
     /// Scale and codes of `x` (a multiple of 32 values) as the scalar
-    /// `quantize_codes`; None when `x` holds a non-finite value.
+    /// `quantize_codes`, and the sum of the codes; None when `x` holds a
+    /// non-finite value or the scale is subnormal.
     #[target_feature(enable = "avx2")]
-    pub(super) fn quantize_codes(x: &[f32], qs: &mut [i8]) -> Option<f32> {
+    pub(super) fn quantize_codes(x: &[f32], qs: &mut [i8]) -> Option<(f32, i32)> {
         let n = x.len();
         if n % 32 != 0 || qs.len() < n {
             return None;
@@ -145,11 +153,18 @@ mod simd {
         let id = _mm256_set1_ps(id);
         // packs interleave 128-bit lanes; this puts the 8 dwords back in order.
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        // The codes are within ±127 before packing (|x * id| <= 127 up to
+        // rounding), so these sums equal the sums of the packed bytes.
+        let mut sum = _mm256_setzero_si256();
         for (c, q) in x.chunks_exact(32).zip(qs.chunks_exact_mut(32)) {
             // SAFETY: `c` holds 32 f32.
             let v: [__m256i; 4] = std::array::from_fn(|i| unsafe {
                 _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(c.as_ptr().add(8 * i)), id))
             });
+            sum = _mm256_add_epi32(
+                sum,
+                _mm256_add_epi32(_mm256_add_epi32(v[0], v[1]), _mm256_add_epi32(v[2], v[3])),
+            );
             let p = _mm256_packs_epi16(
                 _mm256_packs_epi32(v[0], v[1]),
                 _mm256_packs_epi32(v[2], v[3]),
@@ -158,16 +173,22 @@ mod simd {
             // SAFETY: `q` holds 32 bytes.
             unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), p) };
         }
-        Some(d)
+        let s = _mm_add_epi32(
+            _mm256_castsi256_si128(sum),
+            _mm256_extracti128_si256(sum, 1),
+        );
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        Some((d, _mm_cvtsi128_si32(s)))
     }
 }
 
 /// x (K) -> K/32 blocks. `x.len()` must be `32 * out.len()`.
 pub fn quantize_x32(x: &[f32], out: &mut [ActQ8x32]) {
     for (blk, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
-        blk.d = quantize_codes_fast(xs, &mut blk.qs);
-        let sum: i32 = blk.qs.iter().map(|&q| q as i32).sum();
-        blk.s = blk.d * sum as f32;
+        let (d, sum) = quantize_codes_sum(xs, &mut blk.qs);
+        blk.d = d;
+        blk.s = d * sum as f32;
     }
 }
 
@@ -202,7 +223,7 @@ pub fn dequant_k(a: &[ActQ8K]) -> Vec<f32> {
 
 #[cfg(test)]
 mod rounding_tests {
-    use super::{quantize_codes, quantize_codes_fast, round_ties_even_small};
+    use super::{quantize_codes, quantize_codes_sum, round_ties_even_small};
     use rand::{Rng, SeedableRng};
 
     #[test]
@@ -222,7 +243,12 @@ mod rounding_tests {
             }
             let (mut q0, mut q1) = (vec![0i8; n], vec![0i8; n]);
             let d0 = quantize_codes(&x, &mut q0);
-            let d1 = quantize_codes_fast(&x, &mut q1);
+            let (d1, sum) = quantize_codes_sum(&x, &mut q1);
+            assert_eq!(
+                sum,
+                q0.iter().map(|&q| q as i32).sum::<i32>(),
+                "case {case}"
+            );
             assert!(
                 d0.to_bits() == d1.to_bits() || (d0.is_nan() && d1.is_nan()),
                 "{case}"
