@@ -14,12 +14,19 @@ use std::arch::x86_64::*;
 
 /// The AVX2 kernel table, if this CPU has AVX2, FMA and F16C.
 pub(super) fn kernels() -> Option<Kernels> {
+    kernels_with(super::x8_avx2::has_vnni())
+}
+
+/// The AVX2 table; with `vnni` (the caller checked the CPU has it) the x8
+/// kernels of the 32-element formats use `vpdpbusd` (same outputs).
+pub(super) fn kernels_with(vnni: bool) -> Option<Kernels> {
+    use super::x8_avx2 as x8;
     if is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
     {
         Some(Kernels {
-            name: "avx2",
+            name: if vnni { "avx2+vnni" } else { "avx2" },
             q4_0: q4_0(),
             q4_1: q4_1(),
             q5_0: q5_0(),
@@ -28,11 +35,11 @@ pub(super) fn kernels() -> Option<Kernels> {
             mxfp4: mxfp4(),
             q4k: q4k(),
             q6k: q6k(),
-            q4_1x8: Some(super::x8_avx2::q4_1()),
-            q5_0x8: Some(super::x8_avx2::q5_0()),
-            q4kx8: Some(super::x8_avx2::q4k()),
-            q6kx8: Some(super::x8_avx2::q6k()),
-            q8_0x8: Some(super::x8_avx2::q8_0()),
+            q4_1x8: Some(if vnni { x8::q4_1_vnni() } else { x8::q4_1() }),
+            q5_0x8: Some(if vnni { x8::q5_0_vnni() } else { x8::q5_0() }),
+            q4kx8: Some(x8::q4k()),
+            q6kx8: Some(x8::q6k()),
+            q8_0x8: Some(if vnni { x8::q8_0_vnni() } else { x8::q8_0() }),
             f32dot,
         })
     } else {

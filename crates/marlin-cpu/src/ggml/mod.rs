@@ -163,12 +163,14 @@ enum Weights {
     Mxfp4(Vec<BlockMxfp4>),
     Q4K(Vec<BlockQ4K>),
     Q6K(Vec<BlockQ6K>),
-    /// Row-interleaved groups of 8 rows (see [`x8`]) and their kernels.
-    Q4_1x8(Vec<X8Q4_1>, X8Dots<X8Q4_1>),
-    Q5_0x8(Vec<X8Q5_0>, X8Dots<X8Q5_0>),
+    /// Row-interleaved groups of 8 rows (see [`x8`]) and their kernels;
+    /// the layouts of the same size as the ggml rows are kept as the bytes
+    /// they were repacked in (blocks of alignment 1, cast on use).
+    Q4_1x8(Vec<u8>, X8Dots<X8Q4_1>),
+    Q5_0x8(Vec<u8>, X8Dots<X8Q5_0>),
     Q4Kx8(Vec<X8Q4K>, X8Dots<X8Q4K, ActQ8K>),
-    Q6Kx8(Vec<X8Q6K>, X8Dots<X8Q6K, ActQ8K>),
-    Q8_0x8(Vec<X8Q8_0>, X8Dots<X8Q8_0>),
+    Q6Kx8(Vec<u8>, X8Dots<X8Q6K, ActQ8K>),
+    Q8_0x8(Vec<u8>, X8Dots<X8Q8_0>),
     /// Packed rows of a type without an integer kernel.
     Generic(Vec<u8>),
 }
@@ -210,22 +212,25 @@ impl PreparedGgml {
             F32 | F16 | BF16 => Weights::F32(t.dequantize()?),
             Q4_0 => Weights::Q4_0(to_blocks(t.data)?),
             Q4_1 => match kernels.q4_1x8 {
-                Some(dots) => {
-                    Weights::Q4_1x8(x8::repack(as_blocks(&t.data)?, rows, cols / 32), dots)
-                }
+                Some(dots) => Weights::Q4_1x8(
+                    x8::repack_in_place::<X8Q4_1>(t.data, rows, cols / 32)?,
+                    dots,
+                ),
                 None => Weights::Q4_1(to_blocks(t.data)?),
             },
             Q5_0 => match kernels.q5_0x8 {
-                Some(dots) => {
-                    Weights::Q5_0x8(x8::repack(as_blocks(&t.data)?, rows, cols / 32), dots)
-                }
+                Some(dots) => Weights::Q5_0x8(
+                    x8::repack_in_place::<X8Q5_0>(t.data, rows, cols / 32)?,
+                    dots,
+                ),
                 None => Weights::Q5_0(to_blocks(t.data)?),
             },
             Q5_1 => Weights::Q5_1(to_blocks(t.data)?),
             Q8_0 => match kernels.q8_0x8 {
-                Some(dots) => {
-                    Weights::Q8_0x8(x8::repack(as_blocks(&t.data)?, rows, cols / 32), dots)
-                }
+                Some(dots) => Weights::Q8_0x8(
+                    x8::repack_in_place::<X8Q8_0>(t.data, rows, cols / 32)?,
+                    dots,
+                ),
                 None => Weights::Q8_0(to_blocks(t.data)?),
             },
             Mxfp4 => Weights::Mxfp4(to_blocks(t.data)?),
@@ -236,9 +241,10 @@ impl PreparedGgml {
                 None => Weights::Q4K(to_blocks(t.data)?),
             },
             Q6K => match kernels.q6kx8 {
-                Some(dots) => {
-                    Weights::Q6Kx8(x8::repack(as_blocks(&t.data)?, rows, cols / 256), dots)
-                }
+                Some(dots) => Weights::Q6Kx8(
+                    x8::repack_in_place::<X8Q6K>(t.data, rows, cols / 256)?,
+                    dots,
+                ),
                 None => Weights::Q6K(to_blocks(t.data)?),
             },
             Q8_1 | Q2K | Q3K | Q5K | Q8K => Weights::Generic(t.data),
@@ -284,11 +290,11 @@ impl PreparedGgml {
             Weights::Mxfp4(w) => size_of_val(w.as_slice()),
             Weights::Q4K(w) => size_of_val(w.as_slice()),
             Weights::Q6K(w) => size_of_val(w.as_slice()),
-            Weights::Q4_1x8(w, _) => size_of_val(w.as_slice()),
-            Weights::Q5_0x8(w, _) => size_of_val(w.as_slice()),
+            Weights::Q4_1x8(w, _) => w.len(),
+            Weights::Q5_0x8(w, _) => w.len(),
             Weights::Q4Kx8(w, _) => size_of_val(w.as_slice()),
-            Weights::Q6Kx8(w, _) => size_of_val(w.as_slice()),
-            Weights::Q8_0x8(w, _) => size_of_val(w.as_slice()),
+            Weights::Q6Kx8(w, _) => w.len(),
+            Weights::Q8_0x8(w, _) => w.len(),
             Weights::Generic(w) => w.len(),
         }
     }
@@ -324,10 +330,12 @@ impl PreparedGgml {
             Weights::Q4K(w) => row_bytes(w, r, bk),
             Weights::Q6K(w) => row_bytes(w, r, bk),
             Weights::Q4_1x8(w, _) => {
+                let w = bytemuck::cast_slice::<u8, X8Q4_1>(w);
                 unpacked = bytemuck::cast_slice(&x8::row_blocks(w, r, b32)).to_vec();
                 &unpacked
             }
             Weights::Q5_0x8(w, _) => {
+                let w = bytemuck::cast_slice::<u8, X8Q5_0>(w);
                 unpacked = bytemuck::cast_slice(&x8::row_blocks(w, r, b32)).to_vec();
                 &unpacked
             }
@@ -336,10 +344,12 @@ impl PreparedGgml {
                 &unpacked
             }
             Weights::Q6Kx8(w, _) => {
+                let w = bytemuck::cast_slice::<u8, X8Q6K>(w);
                 unpacked = bytemuck::cast_slice(&x8::row_blocks(w, r, bk)).to_vec();
                 &unpacked
             }
             Weights::Q8_0x8(w, _) => {
+                let w = bytemuck::cast_slice::<u8, X8Q8_0>(w);
                 unpacked = bytemuck::cast_slice(&x8::row_blocks(w, r, b32)).to_vec();
                 &unpacked
             }
@@ -369,11 +379,19 @@ impl PreparedGgml {
             Weights::Mxfp4(w) => run_quantized(w, x, m, n, k, y, kr.mxfp4),
             Weights::Q4K(w) => run_quantized(w, x, m, n, k, y, kr.q4k),
             Weights::Q6K(w) => run_quantized(w, x, m, n, k, y, kr.q6k),
-            Weights::Q4_1x8(w, dots) => run_x8(w, x, m, n, k, y, *dots),
-            Weights::Q5_0x8(w, dots) => run_x8(w, x, m, n, k, y, *dots),
+            Weights::Q4_1x8(w, dots) => {
+                run_x8(bytemuck::cast_slice::<u8, X8Q4_1>(w), x, m, n, k, y, *dots)
+            }
+            Weights::Q5_0x8(w, dots) => {
+                run_x8(bytemuck::cast_slice::<u8, X8Q5_0>(w), x, m, n, k, y, *dots)
+            }
             Weights::Q4Kx8(w, dots) => run_x8(w, x, m, n, k, y, *dots),
-            Weights::Q6Kx8(w, dots) => run_x8(w, x, m, n, k, y, *dots),
-            Weights::Q8_0x8(w, dots) => run_x8(w, x, m, n, k, y, *dots),
+            Weights::Q6Kx8(w, dots) => {
+                run_x8(bytemuck::cast_slice::<u8, X8Q6K>(w), x, m, n, k, y, *dots)
+            }
+            Weights::Q8_0x8(w, dots) => {
+                run_x8(bytemuck::cast_slice::<u8, X8Q8_0>(w), x, m, n, k, y, *dots)
+            }
             Weights::Generic(w) => self.run_generic(w, x, m, y),
         }
     }

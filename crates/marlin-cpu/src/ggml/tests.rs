@@ -195,6 +195,42 @@ fn integer_kernels_match_reference_at_awkward_shapes() {
     }
 }
 
+/// The VNNI x8 kernels give the AVX2 ones' outputs bit for bit (same
+/// exact integer sums, same f32 operations).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vnni_and_avx2_x8_kernels_agree_bitwise() {
+    if !super::x8_avx2::has_vnni() {
+        return;
+    }
+    let (Some(vnni), Some(avx2)) = (
+        super::dot_avx2::kernels_with(true),
+        super::dot_avx2::kernels_with(false),
+    ) else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(21);
+    for ty in [Q4_1, Q5_0, Q8_0] {
+        let (n, k) = (37, 640);
+        let t = random_tensor(&mut rng, ty, n, k);
+        let (pv, pa) = (
+            PreparedGgml::with_kernels(t.clone(), vnni).unwrap(),
+            PreparedGgml::with_kernels(t, avx2).unwrap(),
+        );
+        for m in [1, 5, 17] {
+            let x = random_x(&mut rng, m * k);
+            let (mut yv, mut ya) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+            pv.matmul(&x, m, &mut yv).unwrap();
+            pa.matmul(&x, m, &mut ya).unwrap();
+            assert!(
+                yv.iter().zip(&ya).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{} m={m}",
+                ty.name()
+            );
+        }
+    }
+}
+
 #[test]
 fn many_chunks_over_threads() {
     // Enough rows that the work splits into several rayon tasks.

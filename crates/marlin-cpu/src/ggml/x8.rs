@@ -34,9 +34,10 @@ pub const ROWS: usize = 8;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct X8Q4_1 {
-    /// f16 bits, row r at [r].
-    pub d: [u16; ROWS],
-    pub m: [u16; ROWS],
+    /// f16 (little-endian bytes), row r at [r]: every field has alignment
+    /// 1, so a byte buffer casts to these blocks wherever it lies.
+    pub d: [[u8; 2]; ROWS],
+    pub m: [[u8; 2]; ROWS],
     pub qs: [u8; 128],
 }
 
@@ -46,7 +47,7 @@ pub struct X8Q4_1 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct X8Q5_0 {
-    pub d: [u16; ROWS],
+    pub d: [[u8; 2]; ROWS],
     pub qh: [u8; 32],
     pub qs: [u8; 128],
 }
@@ -59,8 +60,8 @@ pub struct X8Q5_0 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct X8Q4K {
-    pub d: [u16; ROWS],
-    pub dmin: [u16; ROWS],
+    pub d: [[u8; 2]; ROWS],
+    pub dmin: [[u8; 2]; ROWS],
     /// `sc[s][r]`: scale of sub-block s of row r.
     pub sc: [[u8; ROWS]; 8],
     /// Mins of sub-blocks 2p and 2p + 1 of row r at `mn[p][2r]`, `mn[p][2r + 1]`.
@@ -99,15 +100,15 @@ impl Interleave for X8Q4_1 {
     type Block = BlockQ4_1;
     fn pack(rows: [&BlockQ4_1; ROWS]) -> Self {
         Self {
-            d: rows.map(|b| u16::from_le_bytes(b.d)),
-            m: rows.map(|b| u16::from_le_bytes(b.m)),
+            d: rows.map(|b| b.d),
+            m: rows.map(|b| b.m),
             qs: interleave_qs(rows.map(|b| &b.qs)),
         }
     }
     fn unpack(&self, r: usize) -> BlockQ4_1 {
         BlockQ4_1 {
-            d: self.d[r].to_le_bytes(),
-            m: self.m[r].to_le_bytes(),
+            d: self.d[r],
+            m: self.m[r],
             qs: row_qs(&self.qs, r),
         }
     }
@@ -126,7 +127,7 @@ impl Interleave for X8Q5_0 {
             }
         }
         Self {
-            d: rows.map(|b| u16::from_le_bytes(b.d)),
+            d: rows.map(|b| b.d),
             qh,
             qs: interleave_qs(rows.map(|b| &b.qs)),
         }
@@ -139,7 +140,7 @@ impl Interleave for X8Q5_0 {
             }
         }
         BlockQ5_0 {
-            d: self.d[r].to_le_bytes(),
+            d: self.d[r],
             qh: bits.to_le_bytes(),
             qs: row_qs(&self.qs, r),
         }
@@ -151,8 +152,8 @@ impl Interleave for X8Q4K {
     fn pack(rows: [&BlockQ4K; ROWS]) -> Self {
         let mut x = Self::zeroed();
         for (r, b) in rows.iter().enumerate() {
-            x.d[r] = u16::from_le_bytes(b.d);
-            x.dmin[r] = u16::from_le_bytes(b.dmin);
+            x.d[r] = b.d;
+            x.dmin[r] = b.dmin;
             for s in 0..8 {
                 let (sc, mn) = scale_min_k4(s, &b.scales);
                 x.sc[s][r] = sc;
@@ -185,8 +186,8 @@ impl Interleave for X8Q4K {
             }
         }
         BlockQ4K {
-            d: self.d[r].to_le_bytes(),
-            dmin: self.dmin[r].to_le_bytes(),
+            d: self.d[r],
+            dmin: self.dmin[r],
             scales,
             qs,
         }
@@ -203,7 +204,7 @@ impl Interleave for X8Q4K {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct X8Q6K {
-    pub d: [u16; ROWS],
+    pub d: [[u8; 2]; ROWS],
     pub sc: [[i8; 2 * ROWS]; 8],
     pub ql: [u8; 1024],
     pub qh: [u8; 512],
@@ -214,7 +215,7 @@ impl Interleave for X8Q6K {
     fn pack(rows: [&BlockQ6K; ROWS]) -> Self {
         let mut x = Self::zeroed();
         for (r, b) in rows.iter().enumerate() {
-            x.d[r] = u16::from_le_bytes(b.d);
+            x.d[r] = b.d;
             for s in 0..16 {
                 x.sc[s / 2][2 * r + s % 2] = b.scales[s];
             }
@@ -229,7 +230,7 @@ impl Interleave for X8Q6K {
     }
     fn unpack(&self, r: usize) -> BlockQ6K {
         let mut b = BlockQ6K::zeroed();
-        b.d = self.d[r].to_le_bytes();
+        b.d = self.d[r];
         for s in 0..16 {
             b.scales[s] = self.sc[s / 2][2 * r + s % 2];
         }
@@ -248,7 +249,7 @@ impl Interleave for X8Q6K {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct X8Q8_0 {
-    pub d: [u16; ROWS],
+    pub d: [[u8; 2]; ROWS],
     pub qs: [i8; 256],
 }
 
@@ -257,7 +258,7 @@ impl Interleave for X8Q8_0 {
     fn pack(rows: [&BlockQ8_0; ROWS]) -> Self {
         let mut x = Self::zeroed();
         for (r, b) in rows.iter().enumerate() {
-            x.d[r] = u16::from_le_bytes(b.d);
+            x.d[r] = b.d;
             for t in 0..8 {
                 x.qs[32 * t + 4 * r..][..4].copy_from_slice(&b.qs[4 * t..][..4]);
             }
@@ -266,7 +267,7 @@ impl Interleave for X8Q8_0 {
     }
     fn unpack(&self, r: usize) -> BlockQ8_0 {
         let mut b = BlockQ8_0::zeroed();
-        b.d = self.d[r].to_le_bytes();
+        b.d = self.d[r];
         for t in 0..8 {
             b.qs[4 * t..][..4].copy_from_slice(&self.qs[32 * t + 4 * r..][..4]);
         }
@@ -295,6 +296,36 @@ pub fn repack<X: Interleave>(blocks: &[X::Block], n: usize, bpr: usize) -> Vec<X
         }
     }
     out
+}
+
+/// [`repack`] in the buffer of the ggml blocks, for layouts of exactly the
+/// 8 rows' bytes: each group's bytes are rearranged through a scratch copy
+/// of one group (the weights are never held twice). The buffer grows by
+/// zero rows to a whole number of groups.
+pub fn repack_in_place<X: Interleave>(
+    mut data: Vec<u8>,
+    n: usize,
+    bpr: usize,
+) -> Result<Vec<u8>, CpuError> {
+    let bs = size_of::<X::Block>();
+    let group_bytes = ROWS * bpr * bs;
+    if size_of::<X>() != ROWS * bs || data.len() != n * bpr * bs {
+        return Err(CpuError::Shape(format!(
+            "x8 repack: {} bytes for {n} rows of {bpr} blocks of {bs} bytes",
+            data.len()
+        )));
+    }
+    data.resize(n.div_ceil(ROWS) * group_bytes, 0);
+    let mut scratch = vec![0u8; group_bytes];
+    for group in data.chunks_exact_mut(group_bytes) {
+        scratch.copy_from_slice(group);
+        let blocks: &[X::Block] = bytemuck::cast_slice(&scratch);
+        let out: &mut [X] = bytemuck::cast_slice_mut(group);
+        for (b, o) in out.iter_mut().enumerate() {
+            *o = X::pack(std::array::from_fn(|r| &blocks[r * bpr + b]));
+        }
+    }
+    Ok(data)
 }
 
 /// The ggml blocks of row `row` (bpr blocks).
@@ -399,6 +430,8 @@ mod tests {
         let q5: Vec<BlockQ5_0> = bytemuck::cast_slice(&bytes).to_vec();
         let x5 = repack::<X8Q5_0>(&q5, n, bpr);
         assert_eq!(x5.len(), 2 * bpr);
+        let in_place = repack_in_place::<X8Q5_0>(bytes.clone(), n, bpr).unwrap();
+        assert_eq!(in_place, bytemuck::cast_slice::<_, u8>(&x5));
         for row in 0..n {
             let got = row_blocks(&x5, row, bpr);
             assert_eq!(

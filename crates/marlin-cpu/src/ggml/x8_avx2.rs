@@ -5,7 +5,16 @@
 //! i16 headroom: `maddubs` lanes are two products of a code (at most 15 for
 //! Q4_1, 31 for Q5_0) and an activation (|a| <= 127), so 8 registers of
 //! Q4_1 (8 * 2 * 15 * 127 = 30480) or 4 of Q5_0 (4 * 2 * 31 * 127 = 31496)
-//! add in i16 before one `madd` widens them.
+//! add in i16 before one `madd` widens them. Where the CPU has AVX-512 VNNI
+//! (with VL: 256-bit forms), the 32-element formats sum with `vpdpbusd`
+//! instead: the same exact i32 sums, so the same outputs bit for bit.
+
+/// Whether the `_vnni` kernels can run.
+pub(super) fn has_vnni() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+}
 
 use super::act::{ActQ8K, ActQ8x32};
 use super::x8::{X8Dots, ROWS, X8Q4K, X8Q4_1, X8Q5_0, X8Q6K, X8Q8_0};
@@ -23,7 +32,7 @@ fn load32<T: bytemuck::Pod>(p: &[T], off: usize) -> __m256i {
 /// Eight f16 (bits) as f32.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn f16x8(h: &[u16; ROWS]) -> __m256 {
+fn f16x8(h: &[[u8; 2]; ROWS]) -> __m256 {
     // SAFETY: 16 bytes are read from a 16-byte array.
     _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h.as_ptr().cast()) })
 }
@@ -63,69 +72,166 @@ fn isum(w: &[__m256i; 8], a: &ActQ8x32, ts: std::ops::Range<usize>) -> __m256i {
     _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
 }
 
-/// `RN` activation rows against one group of Q4_1 blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4_1_x8<const RN: usize>(w: &[X8Q4_1], a: &[ActQ8x32], bpr: usize, out: &mut [[f32; ROWS]]) {
-    let a = &a[..RN * bpr]; // (RN, bpr); indexed a[j * bpr + b]
-    let w = &w[..bpr];
-    let mut acc = [_mm256_setzero_ps(); RN];
-    for (b, blk) in w.iter().enumerate() {
-        let codes = nibble_regs(&blk.qs);
-        let d = f16x8(&blk.d);
-        let m = f16x8(&blk.m);
-        for j in 0..RN {
-            let ab = &a[j * bpr + b];
-            let s = _mm256_cvtepi32_ps(isum(&codes, ab, 0..8));
-            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ab.d)), s, acc[j]);
-            acc[j] = _mm256_fmadd_ps(m, _mm256_set1_ps(ab.s), acc[j]);
-        }
-    }
-    for j in 0..RN {
-        // SAFETY: out[j] holds 8 f32.
-        unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) }
-    }
+/// `s` + Σ of |codes| times sign-adjusted activations `av` (both from a
+/// signed register pair), i16 pairs widened at once (up to 2 * 128 * 127).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn dot_signed(s: __m256i, mags: __m256i, av: __m256i) -> __m256i {
+    _mm256_add_epi32(
+        s,
+        _mm256_madd_epi16(_mm256_maddubs_epi16(mags, av), _mm256_set1_epi16(1)),
+    )
 }
 
-/// `RN` activation rows against one group of Q5_0 blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q5_0_x8<const RN: usize>(w: &[X8Q5_0], a: &[ActQ8x32], bpr: usize, out: &mut [[f32; ROWS]]) {
-    let a = &a[..RN * bpr]; // (RN, bpr); indexed a[j * bpr + b]
-    let w = &w[..bpr];
-    let bit4 = _mm256_set1_epi8(0x10);
-    let mut acc = [_mm256_setzero_ps(); RN];
-    for (b, blk) in w.iter().enumerate() {
-        let mut codes = nibble_regs(&blk.qs);
-        let qh = load32(&blk.qh, 0);
-        // Bit t of each qh byte is the fifth bit of register t's lane.
-        let hi: [__m256i; 8] = [
-            _mm256_slli_epi16(qh, 4),
-            _mm256_slli_epi16(qh, 3),
-            _mm256_slli_epi16(qh, 2),
-            _mm256_slli_epi16(qh, 1),
-            qh,
-            _mm256_srli_epi16(qh, 1),
-            _mm256_srli_epi16(qh, 2),
-            _mm256_srli_epi16(qh, 3),
-        ];
-        for t in 0..8 {
-            codes[t] = _mm256_or_si256(codes[t], _mm256_and_si256(hi[t], bit4));
-        }
-        let d = f16x8(&blk.d);
-        // Codes are stored as q + 16: the offset term is -16 d * s_a.
-        let c = _mm256_mul_ps(d, _mm256_set1_ps(-16.0));
-        for j in 0..RN {
-            let ab = &a[j * bpr + b];
-            let s = _mm256_add_epi32(isum(&codes, ab, 0..4), isum(&codes, ab, 4..8));
-            let s = _mm256_cvtepi32_ps(s);
-            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ab.d)), s, acc[j]);
-            acc[j] = _mm256_fmadd_ps(c, _mm256_set1_ps(ab.s), acc[j]);
-        }
+/// [`isum`] with `vpdpbusd` (four u8 x i8 products into each i32 lane).
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+fn isum_vnni(w: &[__m256i; 8], a: &ActQ8x32, ts: std::ops::Range<usize>) -> __m256i {
+    let mut s = _mm256_setzero_si256();
+    for t in ts {
+        s = _mm256_dpbusd_epi32(s, w[t], bcast4(a, t));
     }
-    for j in 0..RN {
-        // SAFETY: out[j] holds 8 f32.
-        unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) }
-    }
+    s
 }
+
+/// [`dot_signed`] with `vpdpbusd`.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+fn dot_signed_vnni(s: __m256i, mags: __m256i, av: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(s, mags, av)
+}
+
+/// The 32-element x8 kernels, once per instruction set: `$isum` and
+/// `$dot` give the same exact i32 sums (`maddubs` + `madd`, or `vpdpbusd`),
+/// the f32 operations are the same, so both sets give the same bits.
+macro_rules! kernels32 {
+    ($feat:literal, $isum:ident, $dot:ident, $q4_1:ident, $q5_0:ident, $q8_0:ident) => {
+        /// `RN` activation rows against one group of Q4_1 blocks.
+        #[target_feature(enable = $feat)]
+        fn $q4_1<const RN: usize>(
+            w: &[X8Q4_1],
+            a: &[ActQ8x32],
+            bpr: usize,
+            out: &mut [[f32; ROWS]],
+        ) {
+            let a = &a[..RN * bpr]; // (RN, bpr); indexed a[j * bpr + b]
+            let w = &w[..bpr];
+            let mut acc = [_mm256_setzero_ps(); RN];
+            for (b, blk) in w.iter().enumerate() {
+                let codes = nibble_regs(&blk.qs);
+                let d = f16x8(&blk.d);
+                let m = f16x8(&blk.m);
+                for j in 0..RN {
+                    let ab = &a[j * bpr + b];
+                    let s = _mm256_cvtepi32_ps($isum(&codes, ab, 0..8));
+                    acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ab.d)), s, acc[j]);
+                    acc[j] = _mm256_fmadd_ps(m, _mm256_set1_ps(ab.s), acc[j]);
+                }
+            }
+            for j in 0..RN {
+                // SAFETY: out[j] holds 8 f32.
+                unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) }
+            }
+        }
+
+        /// `RN` activation rows against one group of Q5_0 blocks.
+        #[target_feature(enable = $feat)]
+        fn $q5_0<const RN: usize>(
+            w: &[X8Q5_0],
+            a: &[ActQ8x32],
+            bpr: usize,
+            out: &mut [[f32; ROWS]],
+        ) {
+            let a = &a[..RN * bpr]; // (RN, bpr); indexed a[j * bpr + b]
+            let w = &w[..bpr];
+            let bit4 = _mm256_set1_epi8(0x10);
+            let mut acc = [_mm256_setzero_ps(); RN];
+            for (b, blk) in w.iter().enumerate() {
+                let mut codes = nibble_regs(&blk.qs);
+                let qh = load32(&blk.qh, 0);
+                // Bit t of each qh byte is the fifth bit of register t's lane.
+                let hi: [__m256i; 8] = [
+                    _mm256_slli_epi16(qh, 4),
+                    _mm256_slli_epi16(qh, 3),
+                    _mm256_slli_epi16(qh, 2),
+                    _mm256_slli_epi16(qh, 1),
+                    qh,
+                    _mm256_srli_epi16(qh, 1),
+                    _mm256_srli_epi16(qh, 2),
+                    _mm256_srli_epi16(qh, 3),
+                ];
+                for t in 0..8 {
+                    codes[t] = _mm256_or_si256(codes[t], _mm256_and_si256(hi[t], bit4));
+                }
+                let d = f16x8(&blk.d);
+                // Codes are stored as q + 16: the offset term is -16 d * s_a.
+                let c = _mm256_mul_ps(d, _mm256_set1_ps(-16.0));
+                for j in 0..RN {
+                    let ab = &a[j * bpr + b];
+                    let s = _mm256_add_epi32($isum(&codes, ab, 0..4), $isum(&codes, ab, 4..8));
+                    let s = _mm256_cvtepi32_ps(s);
+                    acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ab.d)), s, acc[j]);
+                    acc[j] = _mm256_fmadd_ps(c, _mm256_set1_ps(ab.s), acc[j]);
+                }
+            }
+            for j in 0..RN {
+                // SAFETY: out[j] holds 8 f32.
+                unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) }
+            }
+        }
+
+        /// `RN` activation rows against one group of Q8_0 blocks: signed codes
+        /// go through `maddubs` as |q| times sign(q) * a; each register's i16
+        /// pairs (up to 2 * 128 * 127) widen by `madd` before they add.
+        /// Per block `acc = fma(d * d_a, isum, acc)`.
+        #[target_feature(enable = $feat)]
+        fn $q8_0<const RN: usize>(
+            w: &[X8Q8_0],
+            a: &[ActQ8x32],
+            bpr: usize,
+            out: &mut [[f32; ROWS]],
+        ) {
+            let a = &a[..RN * bpr]; // (RN, bpr); indexed a[j * bpr + b]
+            let w = &w[..bpr];
+            let mut acc = [_mm256_setzero_ps(); RN];
+            for (b, blk) in w.iter().enumerate() {
+                let mut codes = [_mm256_setzero_si256(); 8];
+                let mut mags = [_mm256_setzero_si256(); 8];
+                for t in 0..8 {
+                    codes[t] = load32(&blk.qs, 32 * t);
+                    mags[t] = _mm256_sign_epi8(codes[t], codes[t]);
+                }
+                let d = f16x8(&blk.d);
+                for j in 0..RN {
+                    let ab = &a[j * bpr + b];
+                    let mut s = _mm256_setzero_si256();
+                    for t in 0..8 {
+                        let av = _mm256_sign_epi8(bcast4(ab, t), codes[t]);
+                        s = $dot(s, mags[t], av);
+                    }
+                    acc[j] = _mm256_fmadd_ps(
+                        _mm256_mul_ps(d, _mm256_set1_ps(ab.d)),
+                        _mm256_cvtepi32_ps(s),
+                        acc[j],
+                    );
+                }
+            }
+            for j in 0..RN {
+                // SAFETY: out[j] holds 8 f32.
+                unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) }
+            }
+        }
+    };
+}
+kernels32!("avx2,fma,f16c", isum, dot_signed, q4_1_x8, q5_0_x8, q8_0_x8);
+kernels32!(
+    "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
+    isum_vnni,
+    dot_signed_vnni,
+    q4_1_x8_vnni,
+    q5_0_x8_vnni,
+    q8_0_x8_vnni
+);
 
 /// `RN` activation rows against one group of Q4_K superblocks: per
 /// sub-block, codes times activations summed in i16, then `madd` by the
@@ -284,49 +390,9 @@ fn q6k_x8<const RN: usize>(w: &[X8Q6K], a: &[ActQ8K], bpr: usize, out: &mut [[f3
     }
 }
 
-/// `RN` activation rows against one group of Q8_0 blocks: signed codes
-/// go through `maddubs` as |q| times sign(q) * a; each register's i16
-/// pairs (up to 2 * 128 * 127) widen by `madd` before they add.
-/// Per block `acc = fma(d * d_a, isum, acc)`.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q8_0_x8<const RN: usize>(w: &[X8Q8_0], a: &[ActQ8x32], bpr: usize, out: &mut [[f32; ROWS]]) {
-    let a = &a[..RN * bpr]; // (RN, bpr); indexed a[j * bpr + b]
-    let w = &w[..bpr];
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); RN];
-    for (b, blk) in w.iter().enumerate() {
-        let mut codes = [_mm256_setzero_si256(); 8];
-        let mut mags = [_mm256_setzero_si256(); 8];
-        for t in 0..8 {
-            codes[t] = load32(&blk.qs, 32 * t);
-            mags[t] = _mm256_sign_epi8(codes[t], codes[t]);
-        }
-        let d = f16x8(&blk.d);
-        for j in 0..RN {
-            let ab = &a[j * bpr + b];
-            let mut s = _mm256_setzero_si256();
-            for t in 0..8 {
-                let av = _mm256_sign_epi8(bcast4(ab, t), codes[t]);
-                s = _mm256_add_epi32(
-                    s,
-                    _mm256_madd_epi16(_mm256_maddubs_epi16(mags[t], av), ones),
-                );
-            }
-            acc[j] = _mm256_fmadd_ps(
-                _mm256_mul_ps(d, _mm256_set1_ps(ab.d)),
-                _mm256_cvtepi32_ps(s),
-                acc[j],
-            );
-        }
-    }
-    for j in 0..RN {
-        // SAFETY: out[j] holds 8 f32.
-        unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) }
-    }
-}
-
 // Safe entry points. SAFETY (all): reached only through the table
-// `dot_avx2::kernels` builds after detecting avx2, fma and f16c.
+// `dot_avx2::kernels` builds after detecting avx2, fma and f16c (and
+// avx512f, avx512vl, avx512vnni for the `_vnni` ones).
 macro_rules! x8_entry {
     ($name:ident, $imp:ident, $x:ty, $a:ty) => {
         pub(super) fn $name() -> X8Dots<$x, $a> {
@@ -341,6 +407,9 @@ macro_rules! x8_entry {
 }
 x8_entry!(q4_1, q4_1_x8, X8Q4_1, ActQ8x32);
 x8_entry!(q5_0, q5_0_x8, X8Q5_0, ActQ8x32);
+x8_entry!(q4_1_vnni, q4_1_x8_vnni, X8Q4_1, ActQ8x32);
+x8_entry!(q5_0_vnni, q5_0_x8_vnni, X8Q5_0, ActQ8x32);
+x8_entry!(q8_0_vnni, q8_0_x8_vnni, X8Q8_0, ActQ8x32);
 x8_entry!(q4k, q4k_x8, X8Q4K, ActQ8K);
 x8_entry!(q6k, q6k_x8, X8Q6K, ActQ8K);
 x8_entry!(q8_0, q8_0_x8, X8Q8_0, ActQ8x32);
