@@ -334,6 +334,18 @@ fn fp8_per_channel_and_blocks() {
         Z::None,
     );
     check(s, 130, 300, &[1, 3, 17], None, "fp8");
+    // The batched kernels' K chunks (256 columns on AVX-512) with scale
+    // blocks ending inside and across chunks, odd tiles (N = 19) and
+    // activation-row tails (m = 9, 22).
+    let s = scheme(E::Fp8E4M3, G::PerChannel, S::F32, Z::None);
+    check(s, 19, 1040, &[9, 22], None, "fp8");
+    let s = scheme(
+        E::Fp8E5M2,
+        G::Block2d { rows: 8, cols: 96 },
+        S::F32,
+        Z::None,
+    );
+    check(s, 19, 1056, &[9, 22], None, "fp8");
 }
 
 #[test]

@@ -82,7 +82,11 @@ fn cpu_time_m128() {
         .collect();
     let mut y = vec![0f32; m * n];
     let flops = 2.0 * (m * n * k) as f64;
-    for fmt in [BenchFormat::Int4G128, BenchFormat::Mxfp4] {
+    for fmt in [
+        BenchFormat::Int4G128,
+        BenchFormat::Mxfp4,
+        BenchFormat::Fp8PerChannel,
+    ] {
         let t = random_quant_tensor(fmt.scheme(), n, k, 7).expect("tensor");
         let p = PreparedQuant::new(&t).expect("prepare");
         pool.install(|| {

@@ -174,8 +174,8 @@ impl PreparedQuant {
         let isa = self.isa.name();
         match self.path.as_ref() {
             Path::IntDot { w, .. } => format!("int-dot {:?} {isa}", w.fmt),
-            // FP8 has no AVX-512 kernel: the AVX2 one runs.
-            Path::Fp8(_) if self.isa == KernelIsa::Avx512Vnni => "fp8 avx2".to_string(),
+            // FP8: AVX-512 (F) kernel for m >= 8, the AVX2 one below.
+            Path::Fp8(_) if self.isa == KernelIsa::Avx512Vnni => "fp8 avx512 (m >= 8)".to_string(),
             Path::Fp8(_) => format!("fp8 {isa}"),
             Path::Generic(_) => "generic f32".to_string(),
         }
@@ -228,6 +228,14 @@ impl PreparedQuant {
                     let mut xp = vec![0f32; m * w.kp];
                     for (dst, src) in xp.chunks_mut(w.kp).zip(x.chunks(k)) {
                         dst[..k].copy_from_slice(src);
+                    }
+                    if self.isa == KernelIsa::Avx512Vnni && m >= BATCHED_MIN_M {
+                        // Same f32 operations per element as the AVX2
+                        // kernels, two weight rows per register.
+                        for_row_chunks(n, m, 16, y, |rows, yt| {
+                            rowdec::fp8_avx512::rows(w, &xp, m, rows, yt)
+                        })?;
+                        return Ok(());
                     }
                     for_row_chunks(n, m, decode_chunk(n), y, |rows, yt| {
                         rowdec::fp8_avx2::rows(w, &xp, m, rows, yt)
