@@ -619,7 +619,7 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
         return Err(CudaError::Shape("GEMM with M = 0 rows".into()));
     }
     let auto_wgmma = opts.path == GemmPath::Auto
-        && m >= wgmma::WGMMA_MIN_M
+        && wgmma::wgmma_auto(m, w.n, w.k)
         && wgmma::wgmma_supported(dev)
         && wgmma::wgmma_shape_ok(w);
     if opts.path == GemmPath::Wgmma || auto_wgmma {

@@ -1,0 +1,477 @@
+// W4A16 GEMM on Hopper tensor cores (wgmma, sm_90a): C (M, N) f16 =
+// A (M, K) f16 . W^T with W in the packed INT4 layout of src/int4/pack.rs
+// (the same buffers as kernels/w4a16_gemm.cu: no second copy, no repack).
+//
+// The product is computed transposed, D^T (N x M) = W (N x K) . A^T:
+// - wgmma's A operand (64 rows x k16, from REGISTERS) is the dequantised
+//   weight. Warp w of a warpgroup supplies rows 16w..16w+15 with the
+//   register layout of mma.sync m16n8k16's A fragment, which is exactly
+//   what one lane's packed word yields for its n16 block (the decode kernel
+//   w4a16_dec_* feeds the same registers to mma.sync). One warpgroup = one
+//   64-column tile of the packing; a block has NWG of them (2..4), which
+//   share one activation tile.
+// - wgmma's B operand (k16 x TOK tokens, from SHARED memory, K-major) is
+//   the activation tile. The packing permutes K inside each 64-chunk: for
+//   k16 step j, fragment index kf (0..15) is chunk offset
+//   16*t + 4*j + 2*(kf/8) + kf%2 with t = (kf%8)/2. The activations are
+//   staged in that order: each 4-byte pair (k, k+1) of a token row is copied
+//   by one cp.async to its core-matrix slot (one warp instruction = one
+//   token's 128 contiguous bytes of the chunk, coalesced).
+// - Shared layout of one stage, no swizzle: core matrix (j, hi, n/8) of
+//   8 tokens x 16 bytes at j*SJ + hi*LBO + 16*n, LBO = 16*TOK + 16,
+//   SJ = 2*LBO. The 16-byte pads make (j, hi) land on 8 different 16-byte
+//   bank groups, so the 32 pair copies of one warp instruction hit 32
+//   different banks.
+// - Pipeline: STAGES ring of (activation tile + each lane's 16 B of codes
+//   and 4 B scale) filled by cp.async, PREFETCH = STAGES - 2 chunks ahead;
+//   per chunk: wait, fence.proxy.async, block barrier, refill the slot of
+//   chunk it-2 (its wgmma retired: every warpgroup waited for it before this
+//   barrier), dequantise (lop3 + 0x6400 magic, one fma.f16x2 for scale and
+//   zero), 4 wgmma (one per k16 step), commit, wait until <= 1 group is in
+//   flight, so the dequantisation of the next chunk overlaps the tensor
+//   cores.
+// - Split-K over gridDim.z with the fp32 partials and atomic-ticket
+//   reduction of w4a16_gemm.cu (split order, bit-deterministic).
+//
+// Everything is guarded by __CUDA_ARCH_FEAT_SM90_ALL (sm_90a): compiled
+// for any other target the module is empty, and the host (src/int4/wgmma.rs)
+// only loads it on compute capability 9.0.
+//
+// Self-contained (no #include) so that NVRTC needs no header search path.
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+
+__device__ __forceinline__ float ld_cg_f32(const float* p) {
+    float r;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
+    return r;
+}
+
+// (a & b) | c
+__device__ __forceinline__ u32 lop3_and_or(u32 a, u32 b, u32 c) {
+    u32 r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+__device__ __forceinline__ u32 hsub2(u32 a, u32 b) {
+    u32 r;
+    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+__device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
+    u32 r;
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+__device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
+    u32 r;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+__device__ __forceinline__ u16 f32_to_f16(float x) {
+    u16 r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    return r;
+}
+__device__ __forceinline__ u32 dup_lo(u32 x) { return (x & 0xFFFFu) | (x << 16); }
+__device__ __forceinline__ u32 dup_hi(u32 x) { return (x >> 16) | (x & 0xFFFF0000u); }
+
+// Same decoding as dequant_word in w4a16_gemm.cu (keep in sync): packed word
+// -> b[h][r], h = n8 half (rows g, g+8), r = fragment k pair (2t, 2t+1) or
+// (2t+8, 2t+9), value u * scale + neg_zero_scale.
+__device__ __forceinline__ void dequant_word(u32 q, u32 s0, u32 s1, u32 z0, u32 z1, u32 b[2][2]) {
+    const u32 MAGIC = 0x64006400u;      // (1024, 1024)
+    const u32 SIXTEENTH = 0x2C002C00u;  // (1/16, 1/16)
+    const u32 NEG64 = 0xD400D400u;      // (-64, -64)
+    const u32 LO = 0x000F000Fu;
+    const u32 HI = 0x00F000F0u;
+    u32 x0 = lop3_and_or(q, LO, MAGIC);
+    u32 x1 = lop3_and_or(q, HI, MAGIC);
+    u32 q8 = q >> 8;
+    u32 x2 = lop3_and_or(q8, LO, MAGIC);
+    u32 x3 = lop3_and_or(q8, HI, MAGIC);
+    b[0][0] = hfma2(hsub2(x0, MAGIC), s0, z0);
+    b[0][1] = hfma2(hfma2(x1, SIXTEENTH, NEG64), s0, z0);
+    b[1][0] = hfma2(hsub2(x2, MAGIC), s1, z1);
+    b[1][1] = hfma2(hfma2(x3, SIXTEENTH, NEG64), s1, z1);
+}
+
+__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void cp_async16_cg(u32 dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void cp_async4(u32 dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src));
+}
+// 4-byte copy; src_bytes = 0 writes zeros and reads nothing.
+__device__ __forceinline__ void cp_async4_zfill(u32 dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+// Generic-proxy writes (cp.async, st.shared) made visible to the async proxy
+// (wgmma reads shared memory through it).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
+// Compiler-only fence on an accumulator register: keeps reads and writes of
+// it on their side of the wgmma wait (the compiler does not know that
+// wgmma.wait_group is what makes the asynchronous result available).
+__device__ __forceinline__ void fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+// Compiler-only use of a fragment: its registers stay allocated up to here.
+__device__ __forceinline__ void keep_alive(const u32 (&f)[4][4]) {
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+        asm volatile("" ::"r"(f[j][0]), "r"(f[j][1]), "r"(f[j][2]), "r"(f[j][3]) : "memory");
+}
+
+// Shared-memory matrix descriptor, no swizzle (layout type 0, bits 62-63):
+// start address >> 4 (bits 0-13), leading byte offset (between the two
+// core matrices along K) >> 4 (bits 16-29), stride byte offset (between
+// 8-token groups) >> 4 (bits 32-45).
+__device__ __forceinline__ unsigned long long smem_desc(u32 addr, u32 lbo, u32 sbo) {
+    return (unsigned long long)((addr & 0x3FFFFu) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
+           ((unsigned long long)(sbo >> 4) << 32);
+}
+
+// wgmma.mma_async m64nTOKk16, A (f16) from registers, B (f16, K-major) from
+// shared memory, fp32 accumulators d[TOK/2]; scale_d = 0 overwrites d.
+__device__ __forceinline__ void wgmma_rs_n32(float* d, const u32 (&a)[4], unsigned long long desc, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+        "}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d)
+        : "memory");
+}
+
+__device__ __forceinline__ void wgmma_rs_n64(float* d, const u32 (&a)[4], unsigned long long desc, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d)
+        : "memory");
+}
+
+__device__ __forceinline__ void wgmma_rs_n128(float* d, const u32 (&a)[4], unsigned long long desc, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d)
+        : "memory");
+}
+
+
+template <int TOK>
+__device__ __forceinline__ void wgmma_rs(float* d, const u32 (&a)[4], unsigned long long desc, int scale_d) {
+    if constexpr (TOK == 32) wgmma_rs_n32(d, a, desc, scale_d);
+    else if constexpr (TOK == 64) wgmma_rs_n64(d, a, desc, scale_d);
+    else wgmma_rs_n128(d, a, desc, scale_d);
+}
+
+
+template <int TOK>
+struct ActLayout {
+    static constexpr u32 LBO = 16 * TOK + 16;     // hi = 1 core matrices
+    static constexpr u32 SJ = 2 * LBO;            // next k16 step
+    static constexpr u32 STAGE = 4 * SJ;          // one 64-chunk x TOK tokens
+};
+
+// Grid: x = token block (TOK tokens), y = block of NWG 64-column tiles (one
+// per warpgroup), z = K split. Dynamic shared memory: STAGES x (activation
+// stage + NWG*128 lanes
+// x (16 B codes + 4 B scale (+ 4 B zero))).
+template <int TOK, int NWG, int STAGES, bool HAS_Z>
+__device__ __forceinline__ void w4a16_wgmma_body(
+    const u16* __restrict__ A,          // (M, K) f16, row-major, K even
+    const uint4* __restrict__ W,        // packed codes (pack.rs)
+    const u32* __restrict__ S,          // (groups, n_pad/16, 8) f16x2 scales
+    const u32* __restrict__ Z,          // same grid, f16x2 (-zero*scale)
+    u16* __restrict__ C,                // (M, N) f16, row-major
+    float* __restrict__ partials,       // (splits, M, n_pad) fp32
+    u32* __restrict__ tickets,          // (gridDim.y * gridDim.x), zero between launches
+    int M, int N, int K, int n_pad, int k_chunks, int group_k32, int splits) {
+    using L = ActLayout<TOK>;
+    constexpr int PREFETCH = STAGES - 2;
+    constexpr int THREADS = NWG * 128;
+    constexpr int WARPS = NWG * 4;
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;          // 0..7
+    const int wg = warp >> 2;           // warpgroup 0 .. NWG-1
+    const int w4 = warp & 3;            // warp within the warpgroup = n16 block
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int n_tiles = n_pad >> 6;
+    const int tile = blockIdx.y * NWG + wg;
+    const bool tile_valid = tile < n_tiles;
+    const int nb = tile * 4 + w4;       // n16 block of this warp
+    const int nb_count = n_pad >> 4;
+    const int m_base = blockIdx.x * TOK;
+    const int split = blockIdx.z;
+    const int c_begin = (int)(((long long)split * k_chunks) / splits);
+    const int c_end = (int)(((long long)(split + 1) * k_chunks) / splits);
+    const int n_my = c_end - c_begin;
+
+    const u32 act_base = smem_addr(smem);
+    const u32 w_base = act_base + STAGES * L::STAGE;            // [STAGES][THREADS] x 16 B
+    const u32 s_base = w_base + STAGES * THREADS * 16;        // [STAGES][THREADS] x 4 B
+    const u32 z_base = s_base + STAGES * THREADS * 4;         // [STAGES][THREADS] x 4 B
+
+    // This lane's pair (k = 2*lane, 2*lane + 1 of the chunk) goes to step
+    // j = (lane%8)/2, core matrix hi = lane%2, 4-byte slot t = lane/8.
+    const u32 pair_off = ((lane & 7) >> 1) * L::SJ + (lane & 1) * L::LBO + 4 * (lane >> 3);
+    // Warp w copies tokens w, w + WARPS, ...; tokens >= M copy row M - 1
+    // (their results are never stored), so no copy is predicated on M.
+    constexpr int ROWS_PER_WARP = (TOK + WARPS - 1) / WARPS;
+    const bool full_block = m_base + TOK <= M;
+    const u16* a_warp = A + (size_t)(m_base + warp) * K;
+    const size_t warp_stride = (size_t)WARPS * K;
+
+    const uint4* wp = W + ((size_t)(tile_valid ? tile : 0) * k_chunks * 4 + w4) * 32 + lane;
+    const size_t group_stride = (size_t)nb_count * 8;
+    const u32* sp = S + (size_t)(tile_valid ? nb : 0) * 8 + g;
+    const u32* zp = HAS_Z ? Z + (size_t)(tile_valid ? nb : 0) * 8 + g : nullptr;
+    // Groups of 32 * group_k32: a shift when group_k32 is a power of two.
+    const int group_shift = (group_k32 & (group_k32 - 1)) == 0 ? __ffs(group_k32) - 1 : -1;
+
+    auto issue = [&](int slot, int chunk) {
+        const int col = chunk * 64 + 2 * lane;
+        // Pairs past K (last chunk) are zero-filled; the clamped column keeps
+        // the unread source address inside the row.
+        const int bytes = col < K ? 4 : 0;
+        const int col_c = min(col, K - 2);
+        const u32 dst = act_base + slot * L::STAGE + pair_off + 16 * warp;
+        if (full_block) {
+            const u16* src = a_warp + col_c;
+#pragma unroll
+            for (int r = 0; r < ROWS_PER_WARP; r++)
+                if (TOK % WARPS == 0 || warp + WARPS * r < TOK)
+                    cp_async4_zfill(dst + 16 * WARPS * r, src + r * warp_stride, bytes);
+        } else {
+#pragma unroll
+            for (int r = 0; r < ROWS_PER_WARP; r++) {
+                const int tok = warp + WARPS * r;
+                if (TOK % WARPS == 0 || tok < TOK) {
+                    const int row = min(m_base + tok, M - 1);
+                    cp_async4_zfill(dst + 16 * WARPS * r, A + (size_t)row * K + col_c, bytes);
+                }
+            }
+        }
+        if (tile_valid) {
+            cp_async16_cg(w_base + (slot * THREADS + tid) * 16, wp + (size_t)chunk * 128);
+            // Scale group of this lane's 16 reduction indices (k = 64*chunk +
+            // 16t ..): groups are 32 * group_k32 wide (pack.rs).
+            const int k32 = 2 * chunk + (t >> 1);
+            const int group = group_shift >= 0 ? k32 >> group_shift : k32 / group_k32;
+            const size_t gi = (size_t)group * group_stride;
+            cp_async4(s_base + (slot * THREADS + tid) * 4, sp + gi);
+            if (HAS_Z) cp_async4(z_base + (slot * THREADS + tid) * 4, zp + gi);
+        }
+    };
+
+    float acc[TOK / 2];
+#pragma unroll
+    for (int i = 0; i < TOK / 2; i++) acc[i] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < PREFETCH; s++) {
+        if (s < n_my) issue(s, c_begin + s);
+        cp_async_commit();
+    }
+
+    // One chunk: wait for its copies, barrier, refill the slot of chunk
+    // it - 2, dequantise into `frag`, 4 wgmma, wait until <= 1 group of this
+    // warpgroup is in flight.
+    auto step = [&](int it, u32 (&frag)[4][4]) {
+        const int slot = it % STAGES;
+        cp_async_wait<PREFETCH - 1>();
+        fence_proxy_async();
+        __syncthreads();
+        // Slot of chunk it - 2: every warpgroup retired its wgmma before
+        // reaching this barrier (wait_group 1 at the end of iteration it-1).
+        if (it + PREFETCH < n_my) issue((it + PREFETCH) % STAGES, c_begin + it + PREFETCH);
+        cp_async_commit();
+        if (!tile_valid) return;
+        const uint4 w = *reinterpret_cast<const uint4*>(smem + (w_base - act_base) + (slot * THREADS + tid) * 16);
+        const u32 sc = *reinterpret_cast<const u32*>(smem + (s_base - act_base) + (slot * THREADS + tid) * 4);
+        const u32 s0 = dup_lo(sc), s1 = dup_hi(sc);
+        u32 z0, z1;
+        if (HAS_Z) {
+            const u32 zs = *reinterpret_cast<const u32*>(smem + (z_base - act_base) + (slot * THREADS + tid) * 4);
+            z0 = dup_lo(zs);
+            z1 = dup_hi(zs);
+        } else {
+            z0 = hmul2(s0, 0xC800C800u);  // -8 * scale, exact
+            z1 = hmul2(s1, 0xC800C800u);
+        }
+        const u32 words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            u32 b[2][2];
+            dequant_word(words[j], s0, s1, z0, z1, b);
+            frag[j][0] = b[0][0];
+            frag[j][1] = b[1][0];
+            frag[j][2] = b[0][1];
+            frag[j][3] = b[1][1];
+        }
+        const u32 stage_addr = act_base + slot * L::STAGE;
+#pragma unroll
+        for (int i = 0; i < TOK / 2; i++) fence_operand(acc[i]);
+        wgmma_fence();
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            wgmma_rs<TOK>(acc, frag[j], smem_desc(stage_addr + j * L::SJ, L::LBO, 128), 1);
+        wgmma_commit();
+#pragma unroll
+        for (int i = 0; i < TOK / 2; i++) fence_operand(acc[i]);
+        wgmma_wait<1>();
+    };
+    // The A registers of a wgmma must keep their value until it retires (the
+    // wait_group of the next chunk). Two fragment sets, each kept alive past
+    // the other chunk's wait, so that the compiler cannot reuse them for the
+    // next dequantisation while the tensor cores still read them.
+    u32 frag_even[4][4], frag_odd[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            frag_even[j][i] = 0u;
+            frag_odd[j][i] = 0u;
+        }
+    for (int it = 0; it < n_my; it += 2) {
+        step(it, frag_even);
+        keep_alive(frag_odd);
+        if (it + 1 < n_my) {
+            step(it + 1, frag_odd);
+            keep_alive(frag_even);
+        }
+    }
+    cp_async_wait<0>();
+    wgmma_wait<0>();
+#pragma unroll
+    for (int i = 0; i < TOK / 2; i++) fence_operand(acc[i]);
+
+    // acc[4q + e]: weight column n = nb*16 + g + 8*(e>>1), token
+    // m_base + 8q + 2t + (e&1).
+    if (splits == 1) {
+        if (!tile_valid) return;
+#pragma unroll
+        for (int q = 0; q < TOK / 8; q++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int row = m_base + 8 * q + 2 * t + (e & 1);
+                const int col = nb * 16 + g + 8 * (e >> 1);
+                if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[4 * q + e]);
+            }
+        return;
+    }
+    if (tile_valid) {
+#pragma unroll
+        for (int q = 0; q < TOK / 8; q++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int row = m_base + 8 * q + 2 * t + (e & 1);
+                const int col = nb * 16 + g + 8 * (e >> 1);
+                if (row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[4 * q + e];
+            }
+    }
+    __threadfence();
+    __syncthreads();
+    __shared__ u32 is_last;
+    const int ticket_idx = blockIdx.y * gridDim.x + blockIdx.x;
+    if (tid == 0) {
+        const u32 prev = atomicAdd(&tickets[ticket_idx], 1u);
+        is_last = (prev == (u32)(splits - 1)) ? 1u : 0u;
+    }
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    if (tile_valid) {
+        // Sum the splits in split order (bit-deterministic). Split-major
+        // loop: the TOK/2 loads of one split are independent and in flight
+        // together (a per-value loop over splits waited for every load).
+#pragma unroll
+        for (int i = 0; i < TOK / 2; i++) acc[i] = 0.0f;
+        for (int sp_i = 0; sp_i < splits; sp_i++) {
+            const float* part = partials + (size_t)sp_i * M * n_pad;
+#pragma unroll
+            for (int q = 0; q < TOK / 8; q++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = m_base + 8 * q + 2 * t + (e & 1);
+                    const int col = nb * 16 + g + 8 * (e >> 1);
+                    if (row < M) acc[4 * q + e] += ld_cg_f32(&part[(size_t)row * n_pad + col]);
+                }
+        }
+#pragma unroll
+        for (int q = 0; q < TOK / 8; q++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int row = m_base + 8 * q + 2 * t + (e & 1);
+                const int col = nb * 16 + g + 8 * (e >> 1);
+                if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[4 * q + e]);
+            }
+    }
+    if (tid == 0) tickets[ticket_idx] = 0u;
+}
+
+#define W4A16_WGMMA_ENTRY(NAME, TOK, NWG, STAGES, HAS_Z, MIN_BLOCKS)                              \
+    extern "C" __global__ void __launch_bounds__(NWG * 128, MIN_BLOCKS) NAME(                     \
+        const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
+        const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
+        u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
+        int group_k32, int splits) {                                                              \
+        w4a16_wgmma_body<TOK, NWG, STAGES, HAS_Z>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad,    \
+                                             k_chunks, group_k32, splits);                     \
+    }
+
+// Keep (TOK, NWG, STAGES) in sync with `wgmma_variant` in src/int4/wgmma.rs.
+// Name: t<tokens>w<warpgroups>, z = with zero points.
+W4A16_WGMMA_ENTRY(w4a16_wgmma_t32w2, 32, 2, 8, false, 2)
+W4A16_WGMMA_ENTRY(w4a16_wgmma_t64w2, 64, 2, 6, false, 2)
+W4A16_WGMMA_ENTRY(w4a16_wgmma_t64w4, 64, 4, 6, false, 1)
+W4A16_WGMMA_ENTRY(w4a16_wgmma_t128w2, 128, 2, 6, false, 1)
+W4A16_WGMMA_ENTRY(w4a16_wgmma_t128w3, 128, 3, 6, false, 1)
+W4A16_WGMMA_ENTRY(w4a16_wgmma_t32w2z, 32, 2, 8, true, 2)
+W4A16_WGMMA_ENTRY(w4a16_wgmma_t64w2z, 64, 2, 6, true, 2)
+W4A16_WGMMA_ENTRY(w4a16_wgmma_t64w4z, 64, 4, 6, true, 1)
+W4A16_WGMMA_ENTRY(w4a16_wgmma_t128w2z, 128, 2, 6, true, 1)
+W4A16_WGMMA_ENTRY(w4a16_wgmma_t128w3z, 128, 3, 6, true, 1)
+
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
