@@ -214,26 +214,50 @@ __device__ __forceinline__ void attn_decode_impl(
     }
 }
 
-// Merge the splits' partials of one (row, head): one block, head_dim threads.
+// Merge the splits' partials of one (row, head): one block of head_dim x
+// ATT_COMBINE_GROUPS threads. The splits' (max, sum) pairs are loaded once
+// into shared memory by as many threads in parallel; thread (d, g) sums
+// output d over the splits g, g + G, ... (independent loads, several in
+// flight), and the G partial sums are added in shared memory. At batch 1
+// the combine is pure latency: tens of splits read one after the other
+// by one thread cost microseconds.
+#define ATT_MAX_SPLITS 64
+#define ATT_COMBINE_GROUPS 4
 template <typename OutT>
 __device__ __forceinline__ void attn_combine_impl(const float* __restrict__ partials,
                                                   OutT* __restrict__ out, int head_dim,
                                                   int splits) {
+    __shared__ float s_w[ATT_MAX_SPLITS];
+    __shared__ float s_l[ATT_MAX_SPLITS];
+    __shared__ float s_o[ATT_COMBINE_GROUPS][256];
     const long long qh = blockIdx.x;
     const float* pp = partials + qh * splits * (long long)(head_dim + 2);
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float mx = ATT_NEG_INF;
-        for (int s = 0; s < splits; ++s) mx = fmaxf(mx, pp[s * (head_dim + 2)]);
-        float lsum = 0.0f, osum = 0.0f;
-        if (mx != ATT_NEG_INF) {
-            for (int s = 0; s < splits; ++s) {
-                const float* p = pp + s * (head_dim + 2);
-                const float w = exp2f(p[0] - mx);
-                lsum = fmaf(w, p[1], lsum);
-                osum = fmaf(w, p[2 + d], osum);
-            }
-        }
-        att_st(out, qh * head_dim + d, lsum > 0.0f ? osum / lsum : 0.0f);
+    const int d = threadIdx.x, g = threadIdx.y;
+    const int t = threadIdx.y * blockDim.x + threadIdx.x;
+    if (t < splits) {
+        s_w[t] = pp[t * (head_dim + 2)];
+        s_l[t] = pp[t * (head_dim + 2) + 1];
+    }
+    __syncthreads();
+    float mx = ATT_NEG_INF;
+    for (int sp = 0; sp < splits; ++sp) mx = fmaxf(mx, s_w[sp]);
+    __syncthreads();  // every thread has read the maxima
+    if (t < splits) s_w[t] = mx != ATT_NEG_INF ? exp2f(s_w[t] - mx) : 0.0f;
+    __syncthreads();
+    float osum = 0.0f;
+    if (d < head_dim) {
+#pragma unroll 4
+        for (int sp = g; sp < splits; sp += blockDim.y)
+            osum = fmaf(s_w[sp], pp[sp * (head_dim + 2) + 2 + d], osum);
+        s_o[g][d] = osum;
+    }
+    __syncthreads();
+    if (g == 0 && d < head_dim) {
+        float lsum = 0.0f;
+        for (int sp = 0; sp < splits; ++sp) lsum = fmaf(s_w[sp], s_l[sp], lsum);
+        float o = 0.0f;
+        for (int gg = 0; gg < (int)blockDim.y; ++gg) o += s_o[gg][d];
+        att_st(out, qh * head_dim + d, lsum > 0.0f ? o / lsum : 0.0f);
     }
 }
 

@@ -243,6 +243,12 @@ __device__ __forceinline__ void mops_st(u16* p, long long i, float v) { p[i] = m
 // replaces the residual add, the RMSNorm and the conversion of its output
 // to the next GEMM's input type. Each thread reads back only the resid
 // elements it wrote itself, so no barrier is needed between the passes.
+// Up to MOPS_NORM_PER_THREAD values per thread stay in registers between
+// the passes, and every loop is unrolled so that a thread's loads are all
+// in flight at once: a decode step normalises one row per block, and the
+// kernel's time is its memory latency, not its bandwidth. Longer rows take
+// the loop of the fallback branch.
+#define MOPS_NORM_PER_THREAD 16
 template <typename T>
 __device__ __forceinline__ void mops_resid_norm_impl(float* __restrict__ resid,
                                                      const T* __restrict__ delta,
@@ -253,19 +259,64 @@ __device__ __forceinline__ void mops_resid_norm_impl(float* __restrict__ resid,
     __shared__ float red[32];
     const long long base = (long long)blockIdx.x * dim;
     float* rr = resid + base;
+    T* orow = out + base;
+    const T* dr = delta != 0 ? delta + base : 0;
+    const int nt = blockDim.x;
+    if (dim <= nt * MOPS_NORM_PER_THREAD) {
+        float v[MOPS_NORM_PER_THREAD], dv[MOPS_NORM_PER_THREAD];
+#pragma unroll
+        for (int j = 0; j < MOPS_NORM_PER_THREAD; ++j) {
+            const int i = threadIdx.x + j * nt;
+            v[j] = 0.0f;
+            dv[j] = 0.0f;
+            if (i < dim) {
+                v[j] = rr[i];
+                if (dr != 0) dv[j] = mops_ld(dr, i);
+            }
+        }
+        if (dr != 0) {
+            if (post_w != 0) {
+                float ps = 0.0f;
+#pragma unroll
+                for (int j = 0; j < MOPS_NORM_PER_THREAD; ++j) ps += dv[j] * dv[j];
+                const float post_inv = rsqrtf(mops_block_sum(ps, red) / (float)dim + eps);
+#pragma unroll
+                for (int j = 0; j < MOPS_NORM_PER_THREAD; ++j) {
+                    const int i = threadIdx.x + j * nt;
+                    if (i < dim) dv[j] *= post_inv * (post_w[i] + w_offset);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < MOPS_NORM_PER_THREAD; ++j) {
+                const int i = threadIdx.x + j * nt;
+                v[j] += dv[j];
+                if (i < dim) rr[i] = v[j];
+            }
+        }
+        float ss = 0.0f;
+#pragma unroll
+        for (int j = 0; j < MOPS_NORM_PER_THREAD; ++j) ss += v[j] * v[j];
+        const float inv = rsqrtf(mops_block_sum(ss, red) / (float)dim + eps);
+#pragma unroll
+        for (int j = 0; j < MOPS_NORM_PER_THREAD; ++j) {
+            const int i = threadIdx.x + j * nt;
+            if (i < dim) mops_st(orow, i, v[j] * inv * (w[i] + w_offset));
+        }
+        return;
+    }
+    // Rows longer than the registers hold: two passes over global memory.
     float ss = 0.0f;
-    if (delta != 0) {
-        const T* dr = delta + base;
+    if (dr != 0) {
         float post_inv = 1.0f;
         if (post_w != 0) {
             float ps = 0.0f;
-            for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+            for (int i = threadIdx.x; i < dim; i += nt) {
                 const float d = mops_ld(dr, i);
                 ps += d * d;
             }
             post_inv = rsqrtf(mops_block_sum(ps, red) / (float)dim + eps);
         }
-        for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        for (int i = threadIdx.x; i < dim; i += nt) {
             float d = mops_ld(dr, i);
             if (post_w != 0) d *= post_inv * (post_w[i] + w_offset);
             const float v = rr[i] + d;
@@ -273,11 +324,10 @@ __device__ __forceinline__ void mops_resid_norm_impl(float* __restrict__ resid,
             ss += v * v;
         }
     } else {
-        for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += rr[i] * rr[i];
+        for (int i = threadIdx.x; i < dim; i += nt) ss += rr[i] * rr[i];
     }
     const float inv = rsqrtf(mops_block_sum(ss, red) / (float)dim + eps);
-    T* orow = out + base;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) mops_st(orow, i, rr[i] * inv * (w[i] + w_offset));
+    for (int i = threadIdx.x; i < dim; i += nt) mops_st(orow, i, rr[i] * inv * (w[i] + w_offset));
 }
 
 // Attention input of one layer, one warp per (row, head) over the n_heads
@@ -312,7 +362,24 @@ __device__ __forceinline__ void mops_qkv_rope_kv_impl(
     const T* src = is_q ? q_in + (long long)row * q_stride + (long long)hh * head_dim
                         : k_in + (long long)row * kv_stride + (long long)hh * head_dim;
     float* x = buf[warp];
-    for (int i = lane; i < head_dim; i += 32) x[i] = mops_ld(src, i);
+    // Unrolled (head_dim <= 256: at most 8 values per lane) so that a lane's
+    // loads are in flight together.
+#pragma unroll
+    for (int j = 0; j < MOPS_QKV_MAX_HD / 32; ++j) {
+        const int i = lane + 32 * j;
+        if (i < head_dim) x[i] = mops_ld(src, i);
+    }
+    // A key head's warp also carries the same kv head's values; their loads
+    // fly with the keys'.
+    float vv[MOPS_QKV_MAX_HD / 32];
+    if (!is_q) {
+        const T* vs = v_in + (long long)row * kv_stride + (long long)hh * head_dim;
+#pragma unroll
+        for (int j = 0; j < MOPS_QKV_MAX_HD / 32; ++j) {
+            const int i = lane + 32 * j;
+            vv[j] = i < head_dim ? mops_ld(vs, i) : 0.0f;
+        }
+    }
     const float* nw = is_q ? q_norm : k_norm;
     if (nw != 0) {
         float ss = 0.0f;
@@ -339,12 +406,15 @@ __device__ __forceinline__ void mops_qkv_rope_kv_impl(
         for (int i = lane; i < head_dim; i += 32) qo[i] = x[i];
         return;
     }
-    const T* vs = v_in + (long long)row * kv_stride + (long long)hh * head_dim;
     if (k_cache == 0) {
         const long long o = ((long long)row * n_kv_heads + hh) * head_dim;
-        for (int i = lane; i < head_dim; i += 32) {
-            k_out[o + i] = x[i];
-            v_out[o + i] = mops_ld(vs, i);
+#pragma unroll
+        for (int j = 0; j < MOPS_QKV_MAX_HD / 32; ++j) {
+            const int i = lane + 32 * j;
+            if (i < head_dim) {
+                k_out[o + i] = x[i];
+                v_out[o + i] = vv[j];
+            }
         }
         return;
     }
@@ -352,9 +422,13 @@ __device__ __forceinline__ void mops_qkv_rope_kv_impl(
     if (seq < 0 || seq >= n_seqs || pos < 0 || pos >= capacity) return;
     const long long dst =
         ((((long long)seq * n_layers + layer) * n_kv_heads + hh) * capacity + pos) * head_dim;
-    for (int i = lane; i < head_dim; i += 32) {
-        k_cache[dst + i] = mops_f32_to_f16(x[i]);
-        v_cache[dst + i] = mops_f32_to_f16(mops_ld(vs, i));
+#pragma unroll
+    for (int j = 0; j < MOPS_QKV_MAX_HD / 32; ++j) {
+        const int i = lane + 32 * j;
+        if (i < head_dim) {
+            k_cache[dst + i] = mops_f32_to_f16(x[i]);
+            v_cache[dst + i] = mops_f32_to_f16(vv[j]);
+        }
     }
 }
 

@@ -25,8 +25,15 @@ const PREFILL_HEAD_DIMS: [usize; 3] = [64, 128, 256];
 pub const DECODE_MAX_ROWS: usize = 16;
 /// Most key splits per (row, kv head) of the decode kernel.
 const MAX_SPLITS: usize = 64;
-/// Keys per split below which splitting further does not pay.
-const MIN_KEYS_PER_SPLIT: usize = 64;
+/// Split groups of the combine kernel's block (ATT_COMBINE_GROUPS in the
+/// source; also ATT_MAX_SPLITS = MAX_SPLITS there): with head_dim >= 16 the
+/// block has >= 64 threads, one per split for the (max, sum) loads.
+const COMBINE_GROUPS: u32 = 4;
+/// Keys per split below which splitting further does not pay. Batch 1 at
+/// 512 positions is latency-bound: 16-key splits (2 keys per 16-lane key
+/// group) fill the device with 8x more blocks than 64-key ones, and the
+/// combine merges at most [`MAX_SPLITS`] partials.
+const MIN_KEYS_PER_SPLIT: usize = 16;
 /// Query vectors per prefill block and keys per shared-memory tile (keep in
 /// sync with ATT_QV / ATT_KT in the source).
 const PREFILL_QV: usize = 32;
@@ -287,9 +294,12 @@ pub fn attention_decode<T: ActElem>(
     if splits > 1 {
         let func = dev.function(MODULE, SOURCE, T::pick("attn_combine", "attn_combine_h"), 0)?;
         let (hd, splits_i) = (p.head_dim as i32, splits as i32);
+        // head_dim x COMBINE_GROUPS threads (ATT_COMBINE_GROUPS in the
+        // source), at least as many as splits (<= MAX_SPLITS) for the
+        // parallel load of the (max, sum) pairs.
         let cfg = LaunchConfig {
             grid_dim: (to_u32("attention rows*heads", rows * p.n_heads)?, 1, 1),
-            block_dim: (p.head_dim as u32, 1, 1),
+            block_dim: (p.head_dim as u32, COMBINE_GROUPS, 1),
             shared_mem_bytes: 0,
         };
         let mut b = dev.stream().launch_builder(&func);
@@ -508,10 +518,12 @@ mod tests {
     #[test]
     fn splits_fill_the_device_and_fit_the_workspace() {
         // Llama-8B shapes on an H100 (132 SMs): batch 1 splits widely,
-        // batch 32 a little, short caches not at all.
+        // batch 32 a little, short caches little or not at all.
         assert_eq!(decode_splits(132, 1, 32, 8, 128, 4096), 64);
         assert_eq!(decode_splits(132, 32, 32, 256, 128, 4096), 3);
-        assert_eq!(decode_splits(132, 1, 32, 8, 128, 64), 1);
+        assert_eq!(decode_splits(132, 1, 32, 8, 128, 64), 4);
+        assert_eq!(decode_splits(132, 1, 32, 8, 128, 707), 45);
+        assert_eq!(decode_splits(132, 1, 32, 8, 128, 16), 1);
         for rows in [1, 3, 17, 64, 256] {
             let s = decode_splits(132, rows, 64, rows * 8, 256, 1 << 20);
             assert!(s >= 1 && rows * 64 * s * 258 <= ATTN_WORKSPACE_FLOATS || s == 1);

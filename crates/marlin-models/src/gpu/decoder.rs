@@ -867,10 +867,7 @@ impl GpuDecoder {
         };
         match kv {
             KvTarget::Slots(cache) => {
-                let dest = KvDest::Cache {
-                    cache: &mut **cache,
-                    layer: il,
-                };
+                let dest = KvDest::Cache { cache, layer: il };
                 ops::qkv_rope_kv(
                     dev, &qv, &kv_rows, &vv, m, shape, qk_norm, c.rms_eps, 0.0, rope, dest,
                     io.row_seq, io.row_pos, io.q,
