@@ -124,7 +124,7 @@ mod simd {
     #[target_feature(enable = "avx2")]
     pub(super) fn quantize_codes(x: &[f32], qs: &mut [i8]) -> Option<(f32, i32)> {
         let n = x.len();
-        if n % 32 != 0 || qs.len() < n {
+        if !n.is_multiple_of(32) || qs.len() < n {
             return None;
         }
         let abs_mask = _mm256_set1_epi32(0x7FFF_FFFF);
