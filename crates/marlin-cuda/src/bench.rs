@@ -17,6 +17,7 @@ use half::f16;
 
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
+use crate::int4::bulk::{bulk_supported, BULK_MAX_M};
 use crate::int4::gemm::{
     auto_fused, int4_gemm, GemmOptions, GemmPath, GemmPlan, GemmWorkspace, Int4Weight,
 };
@@ -119,6 +120,9 @@ pub struct GemmBenchRow {
     /// INT4 only: the Hopper wgmma kernel (`GemmPath::Wgmma`), timed at
     /// M >= 17 on compute capability 9.0; NaN elsewhere.
     pub wgmma_us: f64,
+    /// INT4 only: the Hopper bulk-copy decode kernel (`GemmPath::Bulk`),
+    /// timed at M <= 8 on compute capability 9.0+; NaN elsewhere.
+    pub bulk_us: f64,
     pub cublas_us: f64,
     /// Bytes of codes and scales one call streams.
     pub weight_bytes: usize,
@@ -157,7 +161,7 @@ impl fmt::Display for GemmBenchReport {
         )?;
         writeln!(
             f,
-            "{:>8} {:>5} {:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7}",
+            "{:>8} {:>5} {:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7}",
             "format",
             "bit/w",
             "N x K",
@@ -169,6 +173,7 @@ impl fmt::Display for GemmBenchReport {
             "gener us",
             "deq+cB us",
             "wgmma us",
+            "bulk us",
             "cuBLAS us",
             "speedup",
             "TB/s",
@@ -178,7 +183,7 @@ impl fmt::Display for GemmBenchReport {
         for r in &self.rows {
             writeln!(
                 f,
-                "{:>8} {:>5.2} {:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>7.1}",
+                "{:>8} {:>5.2} {:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>7.1}",
                 r.format.name(),
                 r.bits_per_weight(),
                 format!("{}x{}", r.n, r.k),
@@ -186,6 +191,7 @@ impl fmt::Display for GemmBenchReport {
                 match r.path {
                     GemmPath::DequantCublas => "deq+cB",
                     GemmPath::Wgmma => "wgmma",
+                    GemmPath::Bulk => "bulk",
                     _ => "fused",
                 },
                 r.splits,
@@ -195,6 +201,7 @@ impl fmt::Display for GemmBenchReport {
                 r.general_us,
                 r.dequant_cublas_us,
                 r.wgmma_us,
+                r.bulk_us,
                 r.cublas_us,
                 r.speedup(),
                 r.weight_tbps,
@@ -423,6 +430,12 @@ fn bench_shape(
             } else {
                 f64::NAN
             };
+            let has_bulk = is_int4 && m <= BULK_MAX_M && bulk_supported(dev);
+            let bulk_us = if has_bulk {
+                time_path(GemmPath::Bulk, None)?.0
+            } else {
+                f64::NAN
+            };
             let mut auto_plan = None;
             let (us, path) = if is_int4 {
                 let (us, plan) = time_path(GemmPath::Auto, None)?;
@@ -439,6 +452,12 @@ fn bench_shape(
                     let (us, plan) = time_path(GemmPath::Fused, Some(s))?;
                     if plan.is_some_and(|p| p.splits == s) {
                         sweep.push((s, GemmPath::Fused, us));
+                    }
+                    if has_bulk {
+                        let (us, plan) = time_path(GemmPath::Bulk, Some(s))?;
+                        if plan.is_some_and(|p| p.splits == s) {
+                            sweep.push((s, GemmPath::Bulk, us));
+                        }
                     }
                     if has_wgmma {
                         let (us, plan) = time_path(GemmPath::Wgmma, Some(s))?;
@@ -461,6 +480,7 @@ fn bench_shape(
                 general_us,
                 dequant_cublas_us,
                 wgmma_us,
+                bulk_us,
                 cublas_us,
                 weight_bytes: *weight_bytes,
                 weight_tbps: *weight_bytes as f64 / (us * 1e-6) / 1e12,
@@ -468,7 +488,7 @@ fn bench_shape(
             };
             let splits_used = match path {
                 GemmPath::DequantCublas => 1,
-                GemmPath::Wgmma => auto_plan.map_or(0, |p| p.splits),
+                GemmPath::Wgmma | GemmPath::Bulk => auto_plan.map_or(0, |p| p.splits),
                 _ => fused_plan.map_or(0, |p| p.splits),
             };
             rows.push(row(splits_used, false, path, us));

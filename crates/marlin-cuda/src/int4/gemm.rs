@@ -12,7 +12,7 @@ use half::f16;
 use marlin_quant::QuantTensor;
 
 use super::pack::{pack_int4, Int4Packed, N_TILE};
-use super::wgmma;
+use super::{bulk, wgmma};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
 
@@ -189,6 +189,11 @@ impl GemmWorkspace {
                 self.mark_prepared(wc.plan.kernel);
                 Ok(wc.plan)
             }
+            Call::Bulk(bc) => {
+                bulk::prepare(dev, &bc, self)?;
+                self.mark_prepared(bc.plan.kernel);
+                Ok(bc.plan)
+            }
             Call::Fused(fc) => {
                 if fc.grid_splits > 1 {
                     self.reserve(dev, fc.partials, fc.tickets)?;
@@ -237,6 +242,12 @@ pub enum GemmPath {
     /// [`super::wgmma::WGMMA_MIN_M`] rows on such devices. INT4 only: the
     /// `wgemm` formats treat it as `Fused`.
     Wgmma,
+    /// The Hopper bulk-copy decode kernel `w4a16_bulk_m8` (M <= 8,
+    /// compute capability 9.0+, symmetric codes with groups >= 64; see
+    /// [`super::bulk`]). Opt-in: measured slower than the decode kernel,
+    /// `Auto` never takes it. INT4 only: the `wgemm` formats treat it as
+    /// `Fused`.
+    Bulk,
 }
 
 /// From this many rows on, `GemmPath::Auto` dequantizes and calls cuBLAS:
@@ -611,6 +622,7 @@ enum Call {
     Dequant,
     Fused(FusedCall),
     Wgmma(wgmma::WgmmaCall),
+    Bulk(bulk::BulkCall),
 }
 
 /// Path, kernel and launch shape of one call (no device work).
@@ -625,9 +637,12 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
     if opts.path == GemmPath::Wgmma || auto_wgmma {
         return Ok(Call::Wgmma(wgmma::resolve(dev, m, w, opts.splits)?));
     }
+    if opts.path == GemmPath::Bulk {
+        return Ok(Call::Bulk(bulk::resolve(dev, m, w, opts.splits)?));
+    }
     let use_dequant = match opts.path {
         GemmPath::Auto => !auto_fused(m, w.n, w.k),
-        GemmPath::Fused | GemmPath::FusedGeneral | GemmPath::Wgmma => false,
+        GemmPath::Fused | GemmPath::FusedGeneral | GemmPath::Wgmma | GemmPath::Bulk => false,
         GemmPath::DequantCublas => true,
     };
     if use_dequant {
@@ -745,6 +760,11 @@ pub fn int4_gemm_prepared(
             ws.check_prepared(wc.plan.kernel)?;
             wgmma::launch(dev, a, m, w, c, ws, &wc)?;
             return Ok(wc.plan);
+        }
+        Call::Bulk(bc) => {
+            ws.check_prepared(bc.plan.kernel)?;
+            bulk::launch(dev, a, m, w, c, ws, &bc)?;
+            return Ok(bc.plan);
         }
         Call::Fused(fc) => fc,
     };

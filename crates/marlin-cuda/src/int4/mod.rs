@@ -7,6 +7,8 @@
 
 pub mod act_order;
 #[cfg(feature = "cuda")]
+pub mod bulk;
+#[cfg(feature = "cuda")]
 mod device_fill;
 #[cfg(feature = "cuda")]
 pub mod gemm;
