@@ -26,7 +26,7 @@ cargo test --release -p marlin-cuda --features cuda --no-run --message-format=js
     > "$repo/.gpu-stage.json"
 # The GPU decoder's test against the CPU model and GpuLinear's CUDA-graph test
 # of every quantized format (marlin-models, feature cuda).
-cargo test --release -p marlin-models --features cuda --test gpu_decoder --test gpu_linear_formats --no-run \
+cargo test --release -p marlin-models --features cuda --test gpu_decoder --test gpu_paged --test gpu_linear_formats --no-run \
     --message-format=json >> "$repo/.gpu-stage.json"
 rm -rf "$stage"
 mkdir -p "$stage/bin" "$stage/tests"

@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use marlin_core::Device;
-use marlin_engine::serve::{spawn, EngineConfig};
-use marlin_models::KvPool;
+use marlin_engine::serve::{spawn, BatchModel, EngineConfig};
+use marlin_io::tokenizer::Tokenizer;
+use marlin_models::{KvPool, ModelConfig};
 use marlin_server::AppState;
 
 use crate::serve_backend::{CpuBatchModel, EngineBackend, TokenizerDetok};
 use crate::session;
 
-/// KV memory used when `--num-kv-blocks` is not given.
+/// KV memory used on the CPU when `--num-kv-blocks` is not given (on the
+/// GPU the pool is sized from the memory left after the weights).
 const DEFAULT_KV_BYTES: usize = 1 << 30;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -37,7 +39,9 @@ pub struct ServeArgs {
     /// Most tokens per engine step (decode tokens + prompt chunks).
     #[arg(long, default_value_t = 512)]
     pub max_batch_tokens: usize,
-    /// KV-cache blocks (default: as many as 1 GiB holds).
+    /// KV-cache blocks (default: enough for --max-num-seqs sequences of
+    /// --max-model-len, at most 1 GiB on the CPU, or what free GPU memory
+    /// holds after the weights with a safety margin on cuda).
     #[arg(long)]
     pub num_kv_blocks: Option<usize>,
     /// Positions per KV-cache block.
@@ -52,7 +56,8 @@ pub struct ServeArgs {
     /// Also serve /metrics on this port.
     #[arg(long)]
     pub metrics_port: Option<u16>,
-    /// cpu (cuda: not yet for the server)
+    /// cpu, cuda or cuda:N (the paged KV pool and every batched forward
+    /// pass on that GPU; sampling stays on the host).
     #[arg(long, default_value = "cpu")]
     pub device: Device,
     /// CPU worker threads (default: all cores).
@@ -61,12 +66,6 @@ pub struct ServeArgs {
 }
 
 pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
-    if args.device != Device::Cpu {
-        anyhow::bail!(
-            "marlin serve --device {}: the server runs on the CPU engine for now (the GPU decoder has no batched paged forward yet)",
-            args.device
-        );
-    }
     if !args.model.exists() {
         anyhow::bail!("{}: no such file or directory", args.model.display());
     }
@@ -119,7 +118,23 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     result
 }
 
-fn load_backend(args: &ServeArgs) -> anyhow::Result<EngineBackend> {
+/// The engine's model on the chosen device, with what the rest needs.
+struct LoadedBatch {
+    model: Box<dyn BatchModel>,
+    tokenizer: Tokenizer,
+    cfg: ModelConfig,
+    max_model_len: usize,
+}
+
+/// Blocks that hold `max_num_seqs` sequences of `max_model_len` positions.
+fn wanted_blocks(args: &ServeArgs, max_model_len: usize) -> usize {
+    args.max_num_seqs
+        .saturating_mul(max_model_len)
+        .div_ceil(args.block_size)
+        .max(1)
+}
+
+fn load_cpu(args: &ServeArgs) -> anyhow::Result<LoadedBatch> {
     let loaded = session::load(&args.model)?;
     let cfg = loaded.model.config().clone();
     let max_model_len = session::context_len_for(&cfg, args.max_model_len)?;
@@ -128,13 +143,8 @@ fn load_backend(args: &ServeArgs) -> anyhow::Result<EngineBackend> {
     let n_blocks = match args.num_kv_blocks {
         Some(0) => anyhow::bail!("--num-kv-blocks must be at least 1"),
         Some(n) => n,
-        None => {
-            let wanted = args
-                .max_num_seqs
-                .saturating_mul(max_model_len)
-                .div_ceil(args.block_size);
-            wanted.clamp(1, (DEFAULT_KV_BYTES / block_bytes.max(1)).max(1))
-        }
+        None => wanted_blocks(args, max_model_len)
+            .clamp(1, (DEFAULT_KV_BYTES / block_bytes.max(1)).max(1)),
     };
     tracing::info!(
         n_blocks,
@@ -142,13 +152,73 @@ fn load_backend(args: &ServeArgs) -> anyhow::Result<EngineBackend> {
         mib = (n_blocks * block_bytes) >> 20,
         "KV pool"
     );
-    let template = session::chat_template_for(&loaded.tokenizer, &cfg.arch);
+    let model = CpuBatchModel::new(loaded.model, args.block_size, n_blocks)?;
+    Ok(LoadedBatch {
+        model: Box::new(model),
+        tokenizer: loaded.tokenizer,
+        cfg,
+        max_model_len,
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn load_gpu(args: &ServeArgs, ordinal: usize) -> anyhow::Result<LoadedBatch> {
+    use marlin_models::gpu::{GpuBatchModel, PagedOptions};
+    let loaded = session::load_on(&args.model, Device::Cuda(ordinal))?;
+    let session::DeviceModel::Cuda(gpu) = loaded.model else {
+        anyhow::bail!("--device cuda:{ordinal}: the model did not load onto the GPU");
+    };
+    let cfg = gpu.config().clone();
+    let max_model_len = session::context_len_for(&cfg, args.max_model_len)?;
+    let opts = PagedOptions {
+        block_size: args.block_size,
+        n_blocks: match args.num_kv_blocks {
+            Some(0) => anyhow::bail!("--num-kv-blocks must be at least 1"),
+            n => n,
+        },
+        max_blocks: wanted_blocks(args, max_model_len),
+        max_rows: args.max_batch_tokens.max(args.max_num_seqs),
+        max_logit_rows: args.max_num_seqs,
+    };
+    let model = GpuBatchModel::new(std::sync::Arc::from(gpu), &opts)
+        .with_context(|| format!("KV pool on cuda:{ordinal}"))?;
+    tracing::info!(
+        n_blocks = model.pool().n_blocks(),
+        block_size = args.block_size,
+        mib = model.pool_bytes() >> 20,
+        "KV pool on the GPU"
+    );
+    Ok(LoadedBatch {
+        model: Box::new(model),
+        tokenizer: loaded.tokenizer,
+        cfg,
+        max_model_len,
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn load_gpu(_args: &ServeArgs, _ordinal: usize) -> anyhow::Result<LoadedBatch> {
+    anyhow::bail!(
+        "--device cuda: this marlin was built without the `cuda` feature (cargo build --release --features cuda)"
+    )
+}
+
+fn load_backend(args: &ServeArgs) -> anyhow::Result<EngineBackend> {
+    let LoadedBatch {
+        model,
+        tokenizer,
+        cfg,
+        max_model_len,
+    } = match args.device {
+        Device::Cpu => load_cpu(args)?,
+        Device::Cuda(ordinal) => load_gpu(args, ordinal)?,
+    };
+    let template = session::chat_template_for(&tokenizer, &cfg.arch);
     let (template, template_error) = match template {
         Ok(t) => (Some(t), String::new()),
         Err(e) => (None, format!("{e:#}")),
     };
-    let tokenizer = Arc::new(loaded.tokenizer);
-    let model = CpuBatchModel::new(loaded.model, args.block_size, n_blocks)?;
+    let tokenizer = Arc::new(tokenizer);
     let engine_cfg = EngineConfig {
         max_num_seqs: args.max_num_seqs,
         max_batch_tokens: args.max_batch_tokens.max(args.max_num_seqs),
@@ -156,7 +226,7 @@ fn load_backend(args: &ServeArgs) -> anyhow::Result<EngineBackend> {
         max_model_len,
     };
     let engine = spawn(
-        Box::new(model),
+        model,
         Box::new(TokenizerDetok(Arc::clone(&tokenizer))),
         engine_cfg,
     )?;

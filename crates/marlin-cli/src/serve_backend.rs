@@ -1,7 +1,8 @@
 //! The glue between the HTTP server (`marlin_server::Backend`) and the
-//! serving engine (`marlin_engine::serve`) over a CPU model: tokenization
-//! and chat templates, the model + KV pool as the engine's `BatchModel`,
-//! and engine events as server events.
+//! serving engine (`marlin_engine::serve`): tokenization and chat
+//! templates, the model + KV pool as the engine's `BatchModel` (the CPU
+//! one here; on `--device cuda` it is `marlin_models::gpu::GpuBatchModel`,
+//! chosen in `cmd_serve.rs`), and engine events as server events.
 
 use std::sync::{Arc, OnceLock};
 

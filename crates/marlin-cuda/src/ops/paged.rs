@@ -1,0 +1,562 @@
+//! The paged f16 KV pool of the serving engine and its two ops (kernels in
+//! `kernels/paged_attention.cu`): [`paged_kv_write`] stores a forward
+//! pass's keys and values through the block tables, [`paged_attention`]
+//! reads them back through the same tables.
+//!
+//! The pool is `n_blocks` blocks of `block_size` positions per layer; which
+//! sequence owns which block is the engine's business (its block manager).
+//! Before a forward pass the caller uploads one block table per sequence of
+//! the pass ([`PagedKvPool::set_block_tables`], validated on the host: a
+//! block id outside the pool is an error, never a device fault); row `r` of
+//! the pass belongs to table `row_seq[r]` at position `row_pos[r]`, exactly
+//! as rows belong to cache slots in [`super::GpuKvCache`], so the decoder
+//! runs unchanged over either.
+
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use half::f16;
+
+use super::attention::AttnParams;
+use super::{check_len, grid_stride, mul, to_i32, to_u32};
+use crate::device::{driver_err, CudaDevice};
+use crate::error::{CudaError, Result};
+
+const MODULE: &str = "paged_attention";
+const SOURCE: &str = include_str!("../kernels/paged_attention.cu");
+const THREADS: u32 = 128;
+/// Head dimensions with compiled kernels (16 and 32: small test models).
+pub const PAGED_HEAD_DIMS: [usize; 5] = [16, 32, 64, 128, 256];
+/// f32 elements of the split-K workspace (16 MiB): partial (max, sum,
+/// output) of each (row, query head, split); the split count of a launch
+/// is chosen to fit.
+const WORKSPACE_FLOATS: usize = 1 << 22;
+/// Most key splits per (row, kv head, head chunk).
+const MAX_SPLITS: usize = 64;
+/// Keys per split below which splitting further does not pay.
+const MIN_KEYS_PER_SPLIT: usize = 64;
+
+/// Keys and values of every layer in `n_blocks` blocks of `block_size`
+/// positions, f16, laid out `[layer][block][kv_head][slot][head_dim]`,
+/// plus the block tables of the current forward pass and the attention
+/// kernel's split-K workspace.
+pub struct PagedKvPool {
+    n_layers: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    block_size: usize,
+    n_blocks: usize,
+    k: CudaSlice<f16>,
+    v: CudaSlice<f16>,
+    workspace: CudaSlice<f32>,
+    /// (n_tables, table_width) block ids, -1 past a table's end.
+    tables: CudaSlice<i32>,
+    n_tables: usize,
+    table_width: usize,
+}
+
+/// Elements of each of K and V in a pool of this geometry.
+fn pool_len(
+    n_layers: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    block_size: usize,
+    n_blocks: usize,
+) -> Result<usize> {
+    let per_block = mul("paged kv pool", block_size, head_dim)?;
+    let per_layer_block = mul("paged kv pool", per_block, n_kv_heads)?;
+    let per_layer = mul("paged kv pool", per_layer_block, n_blocks)?;
+    mul("paged kv pool", per_layer, n_layers)
+}
+
+/// Device bytes of one block (K and V of every layer), `None` on overflow.
+pub fn paged_block_bytes(
+    n_layers: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    block_size: usize,
+) -> Option<usize> {
+    pool_len(n_layers, n_kv_heads, head_dim, block_size, 1)
+        .ok()?
+        .checked_mul(2 * std::mem::size_of::<f16>())
+}
+
+/// The block tables of one forward pass as the kernels read them: a
+/// (tables.len(), width) matrix padded with -1, width the longest table.
+/// Every id must name a block of the pool, and the positions the widest
+/// table covers must fit the kernels' `int`.
+pub fn pack_block_tables(
+    tables: &[&[u32]],
+    n_blocks: usize,
+    block_size: usize,
+) -> Result<(Vec<i32>, usize)> {
+    if tables.is_empty() {
+        return Err(CudaError::Shape("paged pool: no block tables".into()));
+    }
+    to_i32("paged pool: block tables", tables.len())?;
+    let width = tables.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
+    to_i32(
+        "paged pool: positions of a block table",
+        mul("paged pool: positions of a block table", width, block_size)?,
+    )?;
+    let mut packed = vec![-1i32; mul("paged pool: block tables", tables.len(), width)?];
+    for (i, t) in tables.iter().enumerate() {
+        for (j, &id) in t.iter().enumerate() {
+            if id as usize >= n_blocks {
+                return Err(CudaError::Shape(format!(
+                    "paged pool: block table {i} entry {j} is block {id}, the pool has {n_blocks}"
+                )));
+            }
+            packed[i * width + j] = id as i32;
+        }
+    }
+    Ok((packed, width))
+}
+
+impl PagedKvPool {
+    pub fn new(
+        dev: &CudaDevice,
+        n_layers: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        block_size: usize,
+        n_blocks: usize,
+    ) -> Result<Self> {
+        if n_layers == 0 || n_kv_heads == 0 || head_dim == 0 || block_size == 0 || n_blocks == 0 {
+            return Err(CudaError::Shape(format!(
+                "paged kv pool: layers {n_layers}, kv heads {n_kv_heads}, head_dim {head_dim}, \
+                 block size {block_size}, blocks {n_blocks} must all be positive"
+            )));
+        }
+        if !PAGED_HEAD_DIMS.contains(&head_dim) {
+            return Err(CudaError::Unsupported(format!(
+                "paged attention: head_dim {head_dim} (kernels exist for {PAGED_HEAD_DIMS:?})"
+            )));
+        }
+        for (what, v) in [
+            ("layers", n_layers),
+            ("kv heads", n_kv_heads),
+            ("block size", block_size),
+            ("blocks", n_blocks),
+        ] {
+            to_i32(&format!("paged kv pool {what}"), v)?;
+        }
+        let len = pool_len(n_layers, n_kv_heads, head_dim, block_size, n_blocks)?;
+        Ok(Self {
+            n_layers,
+            n_kv_heads,
+            head_dim,
+            block_size,
+            n_blocks,
+            k: dev.alloc_zeros("paged KV pool keys", len)?,
+            v: dev.alloc_zeros("paged KV pool values", len)?,
+            workspace: dev.alloc_zeros("paged attention split-K workspace", WORKSPACE_FLOATS)?,
+            tables: dev.alloc_zeros("block tables", 64)?,
+            n_tables: 0,
+            table_width: 0,
+        })
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.n_layers
+    }
+    pub fn n_kv_heads(&self) -> usize {
+        self.n_kv_heads
+    }
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+    pub fn n_blocks(&self) -> usize {
+        self.n_blocks
+    }
+    /// Device bytes of keys and values.
+    pub fn bytes(&self) -> usize {
+        2 * self.k.len() * std::mem::size_of::<f16>()
+    }
+    /// Positions the widest current block table covers.
+    pub fn table_positions(&self) -> usize {
+        self.table_width * self.block_size
+    }
+
+    /// Uploads the block tables of the next forward pass (table `i` for the
+    /// rows with `row_seq == i`). Validated first: an id outside the pool is
+    /// an error and leaves the previous tables in place.
+    pub fn set_block_tables(&mut self, dev: &CudaDevice, tables: &[&[u32]]) -> Result<()> {
+        let (packed, width) = pack_block_tables(tables, self.n_blocks, self.block_size)?;
+        if self.tables.len() < packed.len() {
+            self.tables = dev.alloc_zeros("block tables", packed.len().next_power_of_two())?;
+        }
+        dev.stream()
+            .memcpy_htod(&packed, &mut self.tables.slice_mut(0..packed.len()))
+            .map_err(|e| driver_err("block tables to the device", e))?;
+        self.n_tables = tables.len();
+        self.table_width = width;
+        Ok(())
+    }
+
+    /// Host copies of all keys and values, each
+    /// (n_layers, n_blocks, n_kv_heads, block_size, head_dim). For tests:
+    /// synchronises the stream.
+    pub fn download(&self, dev: &CudaDevice) -> Result<(Vec<f16>, Vec<f16>)> {
+        Ok((dev.download(&self.k)?, dev.download(&self.v)?))
+    }
+}
+
+/// Store `k`, `v` (rows, n_kv_heads * head_dim) f32 of layer `layer` as f16
+/// at position `row_pos[r]` of block table `row_seq[r]`. Rows outside the
+/// current tables, or whose block id is outside the pool, are skipped.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_kv_write(
+    dev: &CudaDevice,
+    pool: &mut PagedKvPool,
+    layer: usize,
+    k: &CudaSlice<f32>,
+    v: &CudaSlice<f32>,
+    rows: usize,
+    row_seq: &CudaSlice<i32>,
+    row_pos: &CudaSlice<i32>,
+) -> Result<()> {
+    if layer >= pool.n_layers {
+        return Err(CudaError::Shape(format!(
+            "paged_kv_write: layer {layer} of a pool with {} layers",
+            pool.n_layers
+        )));
+    }
+    let n = mul("paged_kv_write", rows, pool.n_kv_heads * pool.head_dim)?;
+    check_len("paged_kv_write k", k.len(), n)?;
+    check_len("paged_kv_write v", v.len(), n)?;
+    check_len("paged_kv_write row_seq", row_seq.len(), rows)?;
+    check_len("paged_kv_write row_pos", row_pos.len(), rows)?;
+    let rows_i = to_i32("paged_kv_write rows", rows)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    if pool.n_tables == 0 {
+        return Err(CudaError::Shape(
+            "paged_kv_write: no block tables set".into(),
+        ));
+    }
+    let func = dev.function(MODULE, SOURCE, "paged_kv_write", 0)?;
+    let ints = [
+        layer as i32,
+        pool.n_blocks as i32,
+        pool.n_kv_heads as i32,
+        pool.head_dim as i32,
+        pool.block_size as i32,
+        pool.n_tables as i32,
+        pool.table_width as i32,
+    ];
+    let mut b = dev.stream().launch_builder(&func);
+    b.arg(&mut pool.k)
+        .arg(&mut pool.v)
+        .arg(k)
+        .arg(v)
+        .arg(row_seq)
+        .arg(row_pos)
+        .arg(&pool.tables)
+        .arg(&rows_i);
+    for i in &ints {
+        b.arg(i);
+    }
+    // SAFETY: argument order and types match paged_kv_write; k, v hold
+    // rows*n_kv_heads*head_dim values, row_seq/row_pos rows, the tables
+    // n_tables*table_width ids; the kernel skips rows outside the tables and
+    // block ids outside the pool.
+    unsafe { b.launch(grid_stride(dev, n)) }.map_err(|e| driver_err("launch paged_kv_write", e))?;
+    Ok(())
+}
+
+/// Query heads per block for a GQA group: the next power of two, at most 8
+/// (larger groups take several head chunks).
+fn heads_per_block(group: usize) -> usize {
+    group.next_power_of_two().min(8)
+}
+
+/// Key splits per (row, kv head, head chunk): enough blocks for about four
+/// per SM, none shorter than [`MIN_KEYS_PER_SPLIT`] keys of the longest
+/// row, and the partials must fit the workspace.
+pub(crate) fn paged_splits(
+    sm_count: usize,
+    rows: usize,
+    n_heads: usize,
+    blocks_per_split: usize,
+    head_dim: usize,
+    max_keys: usize,
+) -> usize {
+    let want = (4 * sm_count).div_ceil(blocks_per_split.max(1));
+    let by_keys = max_keys.div_ceil(MIN_KEYS_PER_SPLIT).max(1);
+    let per_split = rows
+        .saturating_mul(n_heads)
+        .saturating_mul(head_dim + 2)
+        .max(1);
+    let by_workspace = WORKSPACE_FLOATS / per_split;
+    want.min(MAX_SPLITS).min(by_keys).min(by_workspace).max(1)
+}
+
+fn kernel_name(head_dim: usize, gt: usize) -> Result<&'static str> {
+    Ok(match (head_dim, gt) {
+        (16, 1) => "paged_attn_hd16_g1",
+        (16, 2) => "paged_attn_hd16_g2",
+        (16, 4) => "paged_attn_hd16_g4",
+        (16, 8) => "paged_attn_hd16_g8",
+        (32, 1) => "paged_attn_hd32_g1",
+        (32, 2) => "paged_attn_hd32_g2",
+        (32, 4) => "paged_attn_hd32_g4",
+        (32, 8) => "paged_attn_hd32_g8",
+        (64, 1) => "paged_attn_hd64_g1",
+        (64, 2) => "paged_attn_hd64_g2",
+        (64, 4) => "paged_attn_hd64_g4",
+        (64, 8) => "paged_attn_hd64_g8",
+        (128, 1) => "paged_attn_hd128_g1",
+        (128, 2) => "paged_attn_hd128_g2",
+        (128, 4) => "paged_attn_hd128_g4",
+        (128, 8) => "paged_attn_hd128_g8",
+        (256, 1) => "paged_attn_hd256_g1",
+        (256, 2) => "paged_attn_hd256_g2",
+        (256, 4) => "paged_attn_hd256_g4",
+        (256, 8) => "paged_attn_hd256_g8",
+        _ => {
+            return Err(CudaError::Unsupported(format!(
+                "paged attention kernel for head_dim {head_dim}, {gt} heads per block"
+            )))
+        }
+    })
+}
+
+/// Validated scalars of one attention launch.
+struct Launch {
+    group: usize,
+    q_scale: f32,
+    softcap: f32,
+    window: i32,
+}
+
+fn check_params(
+    p: &AttnParams,
+    pool: &PagedKvPool,
+    layer: usize,
+    rows: usize,
+    lens: (usize, usize, usize, usize), // (q, out, row_seq, row_pos)
+) -> Result<Launch> {
+    let bad = |m: String| Err(CudaError::Shape(format!("paged attention: {m}")));
+    if p.n_heads == 0 || p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
+        return bad(format!(
+            "{} query heads cannot share {} kv heads",
+            p.n_heads, p.n_kv_heads
+        ));
+    }
+    if p.n_kv_heads != pool.n_kv_heads || p.head_dim != pool.head_dim {
+        return bad(format!(
+            "{} kv heads x {} dims, the pool has {} x {}",
+            p.n_kv_heads, p.head_dim, pool.n_kv_heads, pool.head_dim
+        ));
+    }
+    if layer >= pool.n_layers {
+        return bad(format!(
+            "layer {layer} of a pool with {} layers",
+            pool.n_layers
+        ));
+    }
+    if !p.scale.is_finite() {
+        return bad(format!("scale {}", p.scale));
+    }
+    let softcap = match p.softcap {
+        Some(c) if !(c.is_finite() && c > 0.0) => return bad(format!("softcap {c}")),
+        Some(c) => c,
+        None => 0.0,
+    };
+    let window = match p.window {
+        Some(0) => return bad("window 0 sees no key".into()),
+        // A window longer than any table is no window.
+        Some(w) => to_i32("paged attention window", w.min(i32::MAX as usize))?,
+        None => 0,
+    };
+    let n = mul(
+        "paged attention q",
+        rows,
+        mul("paged attention q", p.n_heads, p.head_dim)?,
+    )?;
+    let (q_len, out_len, seq_len, pos_len) = lens;
+    check_len("paged attention q", q_len, n)?;
+    check_len("paged attention out", out_len, n)?;
+    check_len("paged attention row_seq", seq_len, rows)?;
+    check_len("paged attention row_pos", pos_len, rows)?;
+    to_u32("paged attention rows", rows)?;
+    let q_scale = if softcap > 0.0 {
+        p.scale
+    } else {
+        p.scale * std::f32::consts::LOG2_E
+    };
+    Ok(Launch {
+        group: p.n_heads / p.n_kv_heads,
+        q_scale,
+        softcap,
+        window,
+    })
+}
+
+/// `out (rows, n_heads, head_dim) = softmax(scale·q·Kᵀ [soft-capped] + mask)·V`
+/// for queries `q (rows, n_heads, head_dim)`: row `r` attends the keys
+/// `j <= row_pos[r]` (and `j > row_pos[r] - window`) of block table
+/// `row_seq[r]`, layer `layer`. Rows outside the tables get zeros. The keys
+/// of the pass's own rows must have been written (by [`paged_kv_write`] of
+/// the same layer) before: a prompt chunk then attends its sequence's
+/// earlier blocks and causally within itself.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention(
+    dev: &CudaDevice,
+    p: &AttnParams,
+    q: &CudaSlice<f32>,
+    pool: &PagedKvPool,
+    layer: usize,
+    rows: usize,
+    row_seq: &CudaSlice<i32>,
+    row_pos: &CudaSlice<i32>,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let c = check_params(
+        p,
+        pool,
+        layer,
+        rows,
+        (q.len(), out.len(), row_seq.len(), row_pos.len()),
+    )?;
+    if rows == 0 {
+        return Ok(());
+    }
+    if pool.n_tables == 0 {
+        return Err(CudaError::Shape(
+            "paged attention: no block tables set".into(),
+        ));
+    }
+    let gt = heads_per_block(c.group);
+    let head_chunks = c.group.div_ceil(gt);
+    let grid_y = p.n_kv_heads * head_chunks;
+    if grid_y > 65_535 || rows > 65_535 {
+        return Err(CudaError::Shape(format!(
+            "paged attention: grid of {grid_y} x {rows} blocks exceeds CUDA limits"
+        )));
+    }
+    let max_keys = match p.window {
+        Some(w) => w.min(pool.table_positions()),
+        None => pool.table_positions(),
+    };
+    let splits = paged_splits(
+        dev.sm_count(),
+        rows,
+        p.n_heads,
+        rows * grid_y,
+        p.head_dim,
+        max_keys,
+    );
+    let name = kernel_name(p.head_dim, gt)?;
+    let func = dev.function(MODULE, SOURCE, name, 0)?;
+    let ints = [
+        p.n_heads as i32,
+        p.n_kv_heads as i32,
+        c.group as i32,
+        layer as i32,
+        pool.n_blocks as i32,
+        pool.block_size as i32,
+        pool.n_tables as i32,
+        pool.table_width as i32,
+    ];
+    let splits_i = splits as i32;
+    let cfg = LaunchConfig {
+        grid_dim: (splits as u32, grid_y as u32, rows as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut b = dev.stream().launch_builder(&func);
+    b.arg(q)
+        .arg(&pool.k)
+        .arg(&pool.v)
+        .arg(row_seq)
+        .arg(row_pos)
+        .arg(&pool.tables)
+        .arg(&mut *out)
+        // Written by the kernel although borrowed shared: device memory the
+        // host never reads, ordered by the one stream.
+        .arg(&pool.workspace);
+    for i in &ints {
+        b.arg(i);
+    }
+    b.arg(&c.q_scale)
+        .arg(&c.softcap)
+        .arg(&c.window)
+        .arg(&splits_i);
+    // SAFETY: argument order and types match paged_attn_hd*_g* in
+    // kernels/paged_attention.cu; q and out hold rows*n_heads*head_dim
+    // values, row_seq/row_pos rows, the tables n_tables*table_width ids; the
+    // pool matches (kv heads, head_dim, layer checked); the kernel skips
+    // rows outside the tables and keys in blocks outside the pool; the
+    // workspace holds rows*n_heads*splits*(head_dim+2) floats (paged_splits).
+    unsafe { b.launch(cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
+    if splits > 1 {
+        let func = dev.function(MODULE, SOURCE, "paged_attn_combine", 0)?;
+        let (hd, splits_i) = (p.head_dim as i32, splits as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                to_u32("paged attention rows*heads", rows * p.n_heads)?,
+                1,
+                1,
+            ),
+            block_dim: (p.head_dim as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = dev.stream().launch_builder(&func);
+        b.arg(&pool.workspace).arg(out).arg(&hd).arg(&splits_i);
+        // SAFETY: argument order and types match paged_attn_combine; the
+        // launch above wrote rows*n_heads*splits partials of head_dim+2.
+        unsafe { b.launch(cfg) }.map_err(|e| driver_err("launch paged_attn_combine", e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_tables_are_validated_and_padded() {
+        let (packed, width) = pack_block_tables(&[&[3, 1], &[0], &[2, 4, 5]], 6, 16).unwrap();
+        assert_eq!(width, 3);
+        assert_eq!(packed, vec![3, 1, -1, 0, -1, -1, 2, 4, 5]);
+        // An id outside the pool names the table and the entry.
+        let e = pack_block_tables(&[&[0, 1], &[6]], 6, 16).unwrap_err();
+        assert!(e.to_string().contains("table 1 entry 0"), "{e}");
+        assert!(pack_block_tables(&[&[u32::MAX]], 6, 16).is_err());
+        assert!(pack_block_tables(&[], 6, 16).is_err());
+        // Positions past i32 are refused, not truncated.
+        let long = vec![0u32; 1 << 20];
+        assert!(pack_block_tables(&[&long], 1, 1 << 12).is_err());
+        // An empty table is a row of padding.
+        let (packed, width) = pack_block_tables(&[&[]], 1, 16).unwrap();
+        assert_eq!((packed, width), (vec![-1], 1));
+    }
+
+    #[test]
+    fn pool_sizes() {
+        assert_eq!(pool_len(2, 3, 64, 16, 5).unwrap(), 2 * 3 * 64 * 16 * 5);
+        assert!(pool_len(usize::MAX, 3, 64, 16, 5).is_err());
+        // SmolLM2-135M: 30 layers, 3 kv heads of 64, blocks of 16: 360 KiB.
+        assert_eq!(paged_block_bytes(30, 3, 64, 16), Some(30 * 3 * 64 * 16 * 4));
+        assert_eq!(paged_block_bytes(usize::MAX, 3, 64, 16), None);
+    }
+
+    #[test]
+    fn splits_fill_the_device_and_fit_the_workspace() {
+        // One decode row of a long sequence splits widely, a prefill chunk
+        // of 512 rows not at all, short contexts not at all.
+        assert_eq!(paged_splits(132, 1, 9, 3, 64, 4096), 64);
+        assert_eq!(paged_splits(132, 512, 9, 512 * 3, 64, 4096), 1);
+        assert_eq!(paged_splits(132, 1, 9, 3, 64, 48), 1);
+        for rows in [1, 3, 17, 64, 256] {
+            let s = paged_splits(132, rows, 64, rows * 8, 256, 1 << 20);
+            assert!(s == 1 || rows * 64 * s * 258 <= WORKSPACE_FLOATS);
+        }
+        assert_eq!(heads_per_block(3), 4);
+        assert_eq!(heads_per_block(9), 8);
+    }
+}

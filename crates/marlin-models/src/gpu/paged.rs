@@ -1,0 +1,502 @@
+//! The serving engine's model on the GPU: [`GpuBatchModel`] is a
+//! [`GpuModel`] with a paged f16 KV pool on the device
+//! ([`marlin_cuda::ops::PagedKvPool`]) and implements
+//! `marlin_engine::serve::BatchModel`, so `marlin serve --device cuda` runs
+//! the same engine (continuous batching, chunked prefill, preemption,
+//! prefix cache) as the CPU.
+//!
+//! One `forward_batch` runs every chunk's new tokens as one M-row pass of
+//! the ordinary [`super::GpuDecoder`]: all linears see the stacked rows,
+//! and the decoder hands each layer's roped keys and values to the pool
+//! ([`KvStore`]), which stores them and attends through its block tables
+//! (where `GpuSequence` uses the contiguous [`GpuKvCache`]). Rows are
+//! independent except through
+//! the KV store (every row's keys are written before any row of the layer
+//! attends), so a pass may order its rows freely: the rows whose logits the
+//! engine wants go last and the LM head runs on those only
+//! ([`LogitRows::Tail`]). A batch larger than the pass buffers runs as
+//! several passes in order (a chunk split across passes keeps its order).
+//!
+//! Every chunk is validated before anything runs: a token out of the
+//! vocabulary, a block id outside the pool or a chunk past its block
+//! table's capacity is an error, never a device fault. The pass runs eagerly
+//! (its shape changes every step; no CUDA graph).
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaSlice;
+#[cfg(doc)]
+use marlin_cuda::ops::GpuKvCache;
+use marlin_cuda::ops::{self, AttnParams, PagedKvPool};
+use marlin_cuda::CudaDevice;
+use marlin_engine::serve::{BatchChunk, BatchModel};
+use marlin_engine::EngineError;
+
+use super::decoder::{LogitRows, Scratch, Select};
+use super::{driver_err, GpuError, GpuModel, Result};
+use crate::error::ModelError;
+
+/// A KV store other than the decoder's contiguous [`GpuKvCache`] (which the
+/// fused QK-norm / RoPE kernel writes in place): the decoder hands it each
+/// layer's roped keys and values as f32 rows and asks it for attention
+/// (`KvTarget::Store` in `decoder.rs`). Row `r` of a pass belongs to
+/// sequence / block table `row_seq[r]` at position `row_pos[r]`.
+pub trait KvStore {
+    /// Stores the f32 keys and values (rows, n_kv_heads * head_dim) of layer
+    /// `layer`.
+    #[allow(clippy::too_many_arguments)]
+    fn write_kv(
+        &mut self,
+        dev: &CudaDevice,
+        layer: usize,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        rows: usize,
+        row_seq: &CudaSlice<i32>,
+        row_pos: &CudaSlice<i32>,
+    ) -> Result<()>;
+
+    /// Attention of `q` (rows, n_heads, head_dim) over the stored keys of
+    /// layer `layer` (causal, windowed per `p`) into `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        dev: &CudaDevice,
+        p: &AttnParams,
+        q: &CudaSlice<f32>,
+        layer: usize,
+        rows: usize,
+        row_seq: &CudaSlice<i32>,
+        row_pos: &CudaSlice<i32>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()>;
+}
+
+impl KvStore for PagedKvPool {
+    fn write_kv(
+        &mut self,
+        dev: &CudaDevice,
+        layer: usize,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        rows: usize,
+        row_seq: &CudaSlice<i32>,
+        row_pos: &CudaSlice<i32>,
+    ) -> Result<()> {
+        Ok(ops::paged_kv_write(
+            dev, self, layer, k, v, rows, row_seq, row_pos,
+        )?)
+    }
+
+    fn attend(
+        &self,
+        dev: &CudaDevice,
+        p: &AttnParams,
+        q: &CudaSlice<f32>,
+        layer: usize,
+        rows: usize,
+        row_seq: &CudaSlice<i32>,
+        row_pos: &CudaSlice<i32>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        Ok(ops::paged_attention(
+            dev, p, q, self, layer, rows, row_seq, row_pos, out,
+        )?)
+    }
+}
+
+/// Device memory left free when the pool is sized from free memory: the
+/// larger of this and [`KV_MARGIN_FRACTION`] of the device (cuBLAS
+/// workspaces, kernel modules loaded later, the driver's own needs).
+pub const KV_MARGIN_MIN_BYTES: usize = 1 << 30;
+/// Fraction of the device's memory left free (vLLM's default
+/// `gpu_memory_utilization` is 0.9).
+pub const KV_MARGIN_FRACTION: f64 = 0.1;
+
+/// Blocks of `block_bytes` that fit in `free` bytes of a `total`-byte device
+/// after the safety margin, at most `max_blocks`; an error naming the
+/// sizes when not even one fits.
+pub fn kv_blocks_for_memory(
+    free: usize,
+    total: usize,
+    block_bytes: usize,
+    max_blocks: usize,
+) -> Result<usize> {
+    if block_bytes == 0 || max_blocks == 0 {
+        return Err(GpuError::Invalid(format!(
+            "KV pool of {max_blocks} blocks of {block_bytes} bytes"
+        )));
+    }
+    let margin = KV_MARGIN_MIN_BYTES.max((total as f64 * KV_MARGIN_FRACTION) as usize);
+    let fit = free.saturating_sub(margin) / block_bytes;
+    if fit == 0 {
+        return Err(GpuError::Invalid(format!(
+            "no room for a KV block of {block_bytes} bytes: {free} bytes free of {total} after \
+             the weights, {margin} kept free (pass --num-kv-blocks to choose)"
+        )));
+    }
+    Ok(fit.min(max_blocks))
+}
+
+/// How [`GpuBatchModel::new`] sizes its buffers.
+#[derive(Clone, Debug)]
+pub struct PagedOptions {
+    /// Positions per KV block.
+    pub block_size: usize,
+    /// Blocks in the pool; `None`: as many as free memory holds after the
+    /// weights and the pass buffers ([`kv_blocks_for_memory`]), at most
+    /// `max_blocks`.
+    pub n_blocks: Option<usize>,
+    /// Cap of the automatic size (e.g. max sequences x max length / block size).
+    pub max_blocks: usize,
+    /// Most rows (tokens) of one forward pass; larger batches run as
+    /// several passes.
+    pub max_rows: usize,
+    /// Most logits rows of one pass (sequences wanting logits).
+    pub max_logit_rows: usize,
+}
+
+impl Default for PagedOptions {
+    fn default() -> Self {
+        Self {
+            block_size: 16,
+            n_blocks: None,
+            max_blocks: 32 * 4096 / 16,
+            max_rows: 512,
+            max_logit_rows: 32,
+        }
+    }
+}
+
+/// A consecutive run of one chunk's tokens inside one pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Piece {
+    pub chunk: usize,
+    /// First token of the chunk in this piece.
+    pub start: usize,
+    pub len: usize,
+    /// The piece ends its chunk and the chunk wants logits.
+    pub logits: bool,
+}
+
+/// Splits chunks of `(len, want_logits)` into passes of at most `max_rows`
+/// rows and `max_logit_rows` logits rows, keeping chunk order (a chunk's
+/// later piece always runs in a later pass than its earlier one).
+pub(crate) fn plan_passes(
+    chunks: &[(usize, bool)],
+    max_rows: usize,
+    max_logit_rows: usize,
+) -> Vec<Vec<Piece>> {
+    let (max_rows, max_logit_rows) = (max_rows.max(1), max_logit_rows.max(1));
+    let mut passes = Vec::new();
+    let mut pass: Vec<Piece> = Vec::new();
+    let (mut rows, mut logit_rows) = (0usize, 0usize);
+    for (chunk, &(len, want)) in chunks.iter().enumerate() {
+        let mut start = 0;
+        while start < len {
+            let room = max_rows - rows;
+            let take = (len - start).min(room);
+            let logits = want && start + take == len;
+            if take == 0 || (logits && logit_rows == max_logit_rows) {
+                passes.push(std::mem::take(&mut pass));
+                rows = 0;
+                logit_rows = 0;
+                continue;
+            }
+            pass.push(Piece {
+                chunk,
+                start,
+                len: take,
+                logits,
+            });
+            rows += take;
+            logit_rows += usize::from(logits);
+            start += take;
+        }
+    }
+    if !pass.is_empty() {
+        passes.push(pass);
+    }
+    passes
+}
+
+/// A [`GpuModel`] with a paged KV pool, driven by the serving engine.
+pub struct GpuBatchModel {
+    model: Arc<GpuModel>,
+    pool: PagedKvPool,
+    scratch: Scratch,
+}
+
+impl GpuBatchModel {
+    /// Pass buffers first, then the pool (sized from what is left).
+    pub fn new(model: Arc<GpuModel>, opts: &PagedOptions) -> Result<Self> {
+        if opts.block_size == 0 || opts.max_rows == 0 || opts.max_logit_rows == 0 {
+            return Err(GpuError::Invalid(format!(
+                "block size {}, rows per pass {} and logits rows per pass {} must be at least 1",
+                opts.block_size, opts.max_rows, opts.max_logit_rows
+            )));
+        }
+        let dev = model.device().clone();
+        let dec = model.decoder();
+        let c = &dec.spec.cfg;
+        let scratch = Scratch::new(
+            &dev,
+            dec,
+            opts.max_rows,
+            opts.max_logit_rows.min(opts.max_rows),
+        )?;
+        let block_bytes =
+            ops::paged_block_bytes(c.n_layers, c.n_kv_heads, c.head_dim, opts.block_size)
+                .ok_or_else(|| GpuError::Invalid("KV block size overflows".into()))?;
+        let n_blocks = match opts.n_blocks {
+            Some(0) => return Err(GpuError::Invalid("a KV pool of 0 blocks".into())),
+            Some(n) => n,
+            None => {
+                let (free, total) = dev.mem_info()?;
+                kv_blocks_for_memory(free, total, block_bytes, opts.max_blocks)?
+            }
+        };
+        let pool = PagedKvPool::new(
+            &dev,
+            c.n_layers,
+            c.n_kv_heads,
+            c.head_dim,
+            opts.block_size,
+            n_blocks,
+        )?;
+        Ok(Self {
+            model,
+            pool,
+            scratch,
+        })
+    }
+
+    pub fn model(&self) -> &Arc<GpuModel> {
+        &self.model
+    }
+
+    pub fn pool(&self) -> &PagedKvPool {
+        &self.pool
+    }
+
+    /// Device bytes of the pool's keys and values.
+    pub fn pool_bytes(&self) -> usize {
+        self.pool.bytes()
+    }
+
+    /// Every chunk is checked before anything runs.
+    fn validate(&self, chunks: &[BatchChunk]) -> Result<()> {
+        let vocab = self.model.config().vocab_size;
+        let (bs, n_blocks) = (self.pool.block_size(), self.pool.n_blocks());
+        for (i, c) in chunks.iter().enumerate() {
+            if c.tokens.is_empty() {
+                return Err(GpuError::Invalid(format!("chunk {i}: no tokens")));
+            }
+            if let Some(&bad) = c.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(ModelError::TokenOutOfRange { id: bad, vocab }.into());
+            }
+            if let Some((j, &id)) = c
+                .block_table
+                .iter()
+                .enumerate()
+                .find(|&(_, &id)| id as usize >= n_blocks)
+            {
+                return Err(GpuError::Invalid(format!(
+                    "chunk {i}: block table entry {j} is block {id}, the pool has {n_blocks}"
+                )));
+            }
+            let capacity = c.block_table.len().saturating_mul(bs);
+            let end = c.pos0.checked_add(c.tokens.len());
+            match end {
+                Some(end) if end <= capacity && i32::try_from(end).is_ok() => {}
+                _ => {
+                    return Err(GpuError::Invalid(format!(
+                        "chunk {i}: positions {}..{} past its block table's {capacity} positions",
+                        c.pos0,
+                        c.pos0.saturating_add(c.tokens.len())
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs every chunk (see the module doc); per chunk the logits (vocab)
+    /// of its last token if it wants them, else an empty vector.
+    pub fn forward(&mut self, chunks: &[BatchChunk]) -> Result<Vec<Vec<f32>>> {
+        self.validate(chunks)?;
+        let dev = self.model.device().clone();
+        // The engine thread is not the thread that loaded the model.
+        dev.context()
+            .bind_to_thread()
+            .map_err(|e| driver_err("binding the CUDA context to the engine thread", e))?;
+        let shape: Vec<(usize, bool)> = chunks
+            .iter()
+            .map(|c| (c.tokens.len(), c.want_logits))
+            .collect();
+        let mut out = vec![Vec::new(); chunks.len()];
+        for pass in plan_passes(&shape, self.scratch.max_m, self.scratch.logit_rows) {
+            self.run_pass(&dev, chunks, &pass, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn run_pass(
+        &mut self,
+        dev: &Arc<CudaDevice>,
+        chunks: &[BatchChunk],
+        pass: &[Piece],
+        out: &mut [Vec<f32>],
+    ) -> Result<()> {
+        let m: usize = pass.iter().map(|p| p.len).sum();
+        let (mut ids, mut seq, mut pos) = (
+            Vec::with_capacity(m),
+            Vec::with_capacity(m),
+            Vec::with_capacity(m),
+        );
+        // Rows wanting logits go last, in pass order.
+        let mut tail = Vec::new();
+        for (t, p) in pass.iter().enumerate() {
+            let c = &chunks[p.chunk];
+            let tokens = &c.tokens[p.start..p.start + p.len];
+            let pos0 = c.pos0 + p.start;
+            let body = p.len - usize::from(p.logits);
+            for (k, &id) in tokens[..body].iter().enumerate() {
+                ids.push(id);
+                seq.push(t as i32);
+                pos.push((pos0 + k) as i32);
+            }
+            if p.logits {
+                tail.push((p.chunk, tokens[body], t as i32, (pos0 + body) as i32));
+            }
+        }
+        for &(_, id, t, p) in &tail {
+            ids.push(id);
+            seq.push(t);
+            pos.push(p);
+        }
+        let tables: Vec<&[u32]> = pass.iter().map(|p| chunks[p.chunk].block_table).collect();
+        self.pool.set_block_tables(dev, &tables)?;
+        let stream = dev.stream();
+        let s = &mut self.scratch;
+        stream
+            .memcpy_htod(&ids, &mut s.ids.slice_mut(0..m))
+            .map_err(|e| driver_err("token ids to the device", e))?;
+        stream
+            .memcpy_htod(&seq, &mut s.row_seq.slice_mut(0..m))
+            .map_err(|e| driver_err("row tables to the device", e))?;
+        stream
+            .memcpy_htod(&pos, &mut s.row_pos.slice_mut(0..m))
+            .map_err(|e| driver_err("positions to the device", e))?;
+        let n = tail.len();
+        self.model.decoder().forward_rows(
+            dev,
+            &mut self.pool,
+            &mut self.scratch,
+            m,
+            LogitRows::Tail(n),
+            Select::None,
+        )?;
+        if n == 0 {
+            return Ok(());
+        }
+        let vocab = self.model.config().vocab_size;
+        let logits = stream
+            .clone_dtoh(&self.scratch.logits.slice(0..n * vocab))
+            .map_err(|e| driver_err("logits to the host", e))?;
+        dev.synchronize()?;
+        for (row, &(chunk, ..)) in logits.chunks_exact(vocab).zip(&tail) {
+            out[chunk] = row.to_vec();
+        }
+        Ok(())
+    }
+}
+
+impl BatchModel for GpuBatchModel {
+    fn vocab_size(&self) -> usize {
+        self.model.config().vocab_size
+    }
+    fn block_size(&self) -> usize {
+        self.pool.block_size()
+    }
+    fn n_blocks(&self) -> usize {
+        self.pool.n_blocks()
+    }
+    fn forward_batch(
+        &mut self,
+        chunks: &[BatchChunk],
+    ) -> std::result::Result<Vec<Vec<f32>>, EngineError> {
+        self.forward(chunks)
+            .map_err(|e| EngineError::Model(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_respect_row_and_logit_limits_in_order() {
+        // Everything fits: one pass, pieces are whole chunks.
+        let p = plan_passes(&[(5, false), (1, true), (1, true)], 16, 4);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].iter().map(|x| x.len).collect::<Vec<_>>(), [5, 1, 1]);
+        assert_eq!(
+            p[0].iter().map(|x| x.logits).collect::<Vec<_>>(),
+            [false, true, true]
+        );
+        // A long prompt chunk is split; only its last piece has logits.
+        let p = plan_passes(&[(1, true), (20, true)], 8, 4);
+        let flat: Vec<(usize, usize, usize, bool)> = p
+            .iter()
+            .enumerate()
+            .flat_map(|(i, pass)| pass.iter().map(move |x| (i, x.start, x.len, x.logits)))
+            .collect();
+        assert_eq!(
+            flat,
+            [
+                (0, 0, 1, true),
+                (0, 0, 7, false),
+                (1, 7, 8, false),
+                (2, 15, 5, true)
+            ]
+        );
+        // Logits rows are limited too: 5 decode rows, 2 logits rows a pass.
+        let p = plan_passes(&[(1, true); 5], 64, 2);
+        assert_eq!(p.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+        for pass in &p {
+            assert!(pass.iter().map(|x| x.len).sum::<usize>() <= 64);
+        }
+        // Nothing to run: no pass.
+        assert!(plan_passes(&[], 8, 2).is_empty());
+    }
+
+    #[test]
+    fn pool_sizing_keeps_a_margin_and_names_the_sizes() {
+        const GIB: usize = 1 << 30;
+        // 80 GiB device, 70 GiB free: 8 GiB kept free, 62 GiB of 1 MiB blocks.
+        assert_eq!(
+            kv_blocks_for_memory(70 * GIB, 80 * GIB, 1 << 20, usize::MAX).unwrap(),
+            (70 * GIB - 8 * GIB) >> 20
+        );
+        // Capped by what the server can use.
+        assert_eq!(
+            kv_blocks_for_memory(70 * GIB, 80 * GIB, 1 << 20, 1000).unwrap(),
+            1000
+        );
+        // Small device: at least 1 GiB kept free.
+        assert_eq!(
+            kv_blocks_for_memory(3 * GIB, 4 * GIB, 1 << 20, usize::MAX).unwrap(),
+            (2 * GIB) >> 20
+        );
+        // Nothing left: an error with the sizes, not a pool of 0 blocks.
+        let e = kv_blocks_for_memory(GIB / 2, 80 * GIB, 1 << 20, 100).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("1048576 bytes") && msg.contains("--num-kv-blocks"),
+            "{msg}"
+        );
+        assert!(kv_blocks_for_memory(70 * GIB, 80 * GIB, 0, 100).is_err());
+        assert!(kv_blocks_for_memory(70 * GIB, 80 * GIB, 1, 0).is_err());
+    }
+}
