@@ -572,7 +572,7 @@ fn rotation_summary(plan: &Plan, shape: &ModelShape) -> Result<serde_json::Value
             && absorbable_o_rotation(shape, e.cols)?.is_some()
         {
             let v = shape.hf_name(&name.replace(".attn_output.", ".attn_v."))?;
-            format!("absorbed into {v}")
+            format!("absorbed into {}", v.strip_suffix(".weight").unwrap_or(&v))
         } else {
             "online".to_string()
         };
