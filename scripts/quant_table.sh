@@ -11,7 +11,8 @@
 # Env: MARLIN (binary, default target/release/marlin), CTX (default 256),
 #      CHUNKS (eval windows, default 8), SAMPLES (calibration windows,
 #      default 32), SEQ (calibration window, default 256), RUNS (space-separated
-#      METHOD:FORMAT:GROUP triples; default: the full table), OUT (work dir),
+#      METHOD:FORMAT:GROUP triples, METHOD one of rtn gptq gptq-act mr-gptq
+#      mr-gptq-act awq; default: the full table without mr-gptq-act), OUT (work dir),
 #      CALIB_CACHE (calibration statistics shared by the runs, default OUT/calib-cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +57,7 @@ for model in "${MODELS[@]}"; do
       gptq) args+=(--method gptq) ;;
       gptq-act) args+=(--method gptq --act-order) ;;
       mr-gptq) args+=(--method mr-gptq) ;;
+      mr-gptq-act) args+=(--method mr-gptq --act-order) ;;
       awq) args+=(--method awq) ;;
       *) echo "unknown method $method" >&2; exit 1 ;;
     esac
