@@ -23,14 +23,14 @@ cargo build --release -p marlin-cuda --features cuda --bins
 cargo build --release -p marlin-cli --features cuda
 # Test executables: parse cargo's JSON messages for compiled test targets.
 cargo test --release -p marlin-cuda --features cuda --no-run --message-format=json \
-    > "$repo/.gpu-stage.json"
+    > "$stage.json"
 # The GPU decoder's test against the CPU model and GpuLinear's CUDA-graph test
 # of every quantized format (marlin-models, feature cuda).
 cargo test --release -p marlin-models --features cuda --test gpu_decoder --test gpu_paged --test gpu_linear_formats --no-run \
-    --message-format=json >> "$repo/.gpu-stage.json"
+    --message-format=json >> "$stage.json"
 rm -rf "$stage"
 mkdir -p "$stage/bin" "$stage/tests"
-python3 - "$repo/.gpu-stage.json" "$stage/tests" <<'PY'
+python3 - "$stage.json" "$stage/tests" <<'PY'
 import json, shutil, sys, os
 msgs, dest = sys.argv[1], sys.argv[2]
 for line in open(msgs):
@@ -46,7 +46,7 @@ for line in open(msgs):
         shutil.copy2(m["executable"], out)
         print("staged", out)
 PY
-rm -f "$repo/.gpu-stage.json"
+rm -f "$stage.json"
 for b in marlin-cuda-bench marlin; do
     cp "$CARGO_TARGET_DIR/release/$b" "$stage/bin/"
     echo "staged $stage/bin/$b"
