@@ -37,8 +37,8 @@ pub(super) fn kernels_with(vnni: bool) -> Option<Kernels> {
             q6k: q6k(),
             q4_1x8: Some(if vnni { x8::q4_1_vnni() } else { x8::q4_1() }),
             q5_0x8: Some(if vnni { x8::q5_0_vnni() } else { x8::q5_0() }),
-            q4kx8: Some(x8::q4k()),
-            q6kx8: Some(x8::q6k()),
+            q4kx8: Some(if vnni { x8::q4k_vnni() } else { x8::q4k() }),
+            q6kx8: Some(if vnni { x8::q6k_vnni() } else { x8::q6k() }),
             q8_0x8: Some(if vnni { x8::q8_0_vnni() } else { x8::q8_0() }),
             f32dot,
         })

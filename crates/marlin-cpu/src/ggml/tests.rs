@@ -210,8 +210,8 @@ fn vnni_and_avx2_x8_kernels_agree_bitwise() {
         return;
     };
     let mut rng = StdRng::seed_from_u64(21);
-    for ty in [Q4_1, Q5_0, Q8_0] {
-        let (n, k) = (37, 640);
+    for ty in [Q4_1, Q5_0, Q8_0, Q4K, Q6K] {
+        let (n, k) = (37, if ty.block_size() == 256 { 1024 } else { 640 });
         let t = random_tensor(&mut rng, ty, n, k);
         let (pv, pa) = (
             PreparedGgml::with_kernels(t.clone(), vnni).unwrap(),

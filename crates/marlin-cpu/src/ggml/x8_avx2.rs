@@ -390,6 +390,156 @@ fn q6k_x8<const RN: usize>(w: &[X8Q6K], a: &[ActQ8K], bpr: usize, out: &mut [[f3
     }
 }
 
+/// The K-quant kernels with `vpdpbusd`: each sub-block's i32 sums come
+/// out of `vpdpbusd` and are multiplied by the scales with `vpmulld`; the
+/// same exact integers as the `maddubs` / `madd` kernels above, the same
+/// f32 operations after them, so the same outputs bit for bit.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+fn q4k_x8_vnni<const RN: usize>(w: &[X8Q4K], a: &[ActQ8K], bpr: usize, out: &mut [[f32; ROWS]]) {
+    let a = &a[..RN * bpr]; // (RN, bpr); indexed a[j * bpr + b]
+    let w = &w[..bpr];
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); RN];
+    for (b, blk) in w.iter().enumerate() {
+        let mut isum = [_mm256_setzero_si256(); RN];
+        for s in 0..8 {
+            // SAFETY: 8 bytes are read from the 8-byte array sc[s].
+            let sc = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(blk.sc[s].as_ptr().cast()) });
+            let p = s / 2;
+            let codes: [__m256i; 8] = std::array::from_fn(|u| {
+                let q = load32(&blk.qs, 32 * (8 * p + u));
+                if s % 2 == 0 {
+                    _mm256_and_si256(q, m4)
+                } else {
+                    _mm256_and_si256(_mm256_srli_epi16(q, 4), m4)
+                }
+            });
+            for j in 0..RN {
+                let qa = &a[j * bpr + b].qs[32 * s..32 * s + 32];
+                let mut s32 = _mm256_setzero_si256();
+                for (u, &c) in codes.iter().enumerate() {
+                    let v = i32::from_le_bytes([
+                        qa[4 * u] as u8,
+                        qa[4 * u + 1] as u8,
+                        qa[4 * u + 2] as u8,
+                        qa[4 * u + 3] as u8,
+                    ]);
+                    s32 = _mm256_dpbusd_epi32(s32, c, _mm256_set1_epi32(v));
+                }
+                isum[j] = _mm256_add_epi32(isum[j], _mm256_mullo_epi32(s32, sc));
+            }
+        }
+        let d = f16x8(&blk.d);
+        let dmin = f16x8(&blk.dmin);
+        for j in 0..RN {
+            let ab = &a[j * bpr + b];
+            let mut msum = _mm256_setzero_si256();
+            for p in 0..4 {
+                // SAFETY: 16 bytes are read from the 16-byte array mn[p].
+                let mn =
+                    _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(blk.mn[p].as_ptr().cast()) });
+                let bs = &ab.bsums32[2 * p..2 * p + 2];
+                let pair = (bs[0] as u16 as u32 | ((bs[1] as u16 as u32) << 16)) as i32;
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mn, _mm256_set1_epi32(pair)));
+            }
+            let da = _mm256_set1_ps(ab.d);
+            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(isum[j]), acc[j]);
+            acc[j] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, da), _mm256_cvtepi32_ps(msum), acc[j]);
+        }
+    }
+    for j in 0..RN {
+        // SAFETY: out[j] holds 8 f32.
+        unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+fn q6k_x8_vnni<const RN: usize>(w: &[X8Q6K], a: &[ActQ8K], bpr: usize, out: &mut [[f32; ROWS]]) {
+    let a = &a[..RN * bpr]; // (RN, bpr); indexed a[j * bpr + b]
+    let w = &w[..bpr];
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m30 = _mm256_set1_epi8(0x30);
+    // Byte shuffles duplicating the even / odd i16 lanes (scale pairs).
+    // Even / odd bytes (sub-blocks 2i / 2i + 1) of a scale pair vector.
+    let even8 = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, -1, -1, -1, -1, -1, -1, -1, -1);
+    let odd8 = _mm_setr_epi8(1, 3, 5, 7, 9, 11, 13, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+    let mut acc = [_mm256_setzero_ps(); RN];
+    for (b, blk) in w.iter().enumerate() {
+        let mut isum = [_mm256_setzero_si256(); RN];
+        for h in 0..2 {
+            for c in 0..2 {
+                for nib in 0..2 {
+                    // Sub-blocks s0 (registers u < 4) and s0 + 1 (u >= 4).
+                    let s0 = 8 * h + 2 * c + 4 * nib;
+                    // SAFETY: 16 bytes are read from the 16-byte array.
+                    let pair8 = unsafe { _mm_loadu_si128(blk.sc[s0 / 2].as_ptr().cast()) };
+                    // Scales of sub-blocks s0 and s0 + 1 as i32 per row.
+                    let sc = [
+                        _mm256_cvtepi8_epi32(_mm_shuffle_epi8(pair8, even8)),
+                        _mm256_cvtepi8_epi32(_mm_shuffle_epi8(pair8, odd8)),
+                    ];
+                    let cc = 2 * nib + c; // which 32-element chunk of the half
+                    let codes: [__m256i; 8] = std::array::from_fn(|u| {
+                        let q = load32(&blk.ql, 32 * (8 * (2 * h + c) + u));
+                        let lo = if nib == 0 {
+                            _mm256_and_si256(q, m4)
+                        } else {
+                            _mm256_and_si256(_mm256_srli_epi16(q, 4), m4)
+                        };
+                        let qh = load32(&blk.qh, 32 * (8 * h + u));
+                        let hi = match cc {
+                            0 => _mm256_slli_epi16(qh, 4),
+                            1 => _mm256_slli_epi16(qh, 2),
+                            2 => qh,
+                            _ => _mm256_srli_epi16(qh, 2),
+                        };
+                        _mm256_or_si256(lo, _mm256_and_si256(hi, m30))
+                    });
+                    for j in 0..RN {
+                        let t0 = 32 * h + 8 * cc; // first register's element group
+                        let qa = &a[j * bpr + b].qs[4 * t0..4 * t0 + 32];
+                        let bcast = |u: usize| {
+                            _mm256_set1_epi32(i32::from_le_bytes([
+                                qa[4 * u] as u8,
+                                qa[4 * u + 1] as u8,
+                                qa[4 * u + 2] as u8,
+                                qa[4 * u + 3] as u8,
+                            ]))
+                        };
+                        for (half, (cs, &scale)) in codes.chunks_exact(4).zip(&sc).enumerate() {
+                            let mut s32 = _mm256_setzero_si256();
+                            for (u, &c) in cs.iter().enumerate() {
+                                s32 = _mm256_dpbusd_epi32(s32, c, bcast(4 * half + u));
+                            }
+                            isum[j] = _mm256_add_epi32(isum[j], _mm256_mullo_epi32(s32, scale));
+                        }
+                    }
+                }
+            }
+        }
+        let d = f16x8(&blk.d);
+        for j in 0..RN {
+            let ab = &a[j * bpr + b];
+            let mut msum = _mm256_setzero_si256();
+            for i in 0..8 {
+                // SAFETY: 16 bytes are read from the 16-byte array sc[i].
+                let pair =
+                    _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(blk.sc[i].as_ptr().cast()) });
+                let bs = &ab.bsums[2 * i..2 * i + 2];
+                let sums = (bs[0] as u16 as u32 | ((bs[1] as u16 as u32) << 16)) as i32;
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(pair, _mm256_set1_epi32(sums)));
+            }
+            let total = _mm256_sub_epi32(isum[j], _mm256_slli_epi32(msum, 5));
+            let da = _mm256_set1_ps(ab.d);
+            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(total), acc[j]);
+        }
+    }
+    for j in 0..RN {
+        // SAFETY: out[j] holds 8 f32.
+        unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) }
+    }
+}
+
 // Safe entry points. SAFETY (all): reached only through the table
 // `dot_avx2::kernels` builds after detecting avx2, fma and f16c (and
 // avx512f, avx512vl, avx512vnni for the `_vnni` ones).
@@ -412,4 +562,6 @@ x8_entry!(q5_0_vnni, q5_0_x8_vnni, X8Q5_0, ActQ8x32);
 x8_entry!(q8_0_vnni, q8_0_x8_vnni, X8Q8_0, ActQ8x32);
 x8_entry!(q4k, q4k_x8, X8Q4K, ActQ8K);
 x8_entry!(q6k, q6k_x8, X8Q6K, ActQ8K);
+x8_entry!(q4k_vnni, q4k_x8_vnni, X8Q4K, ActQ8K);
+x8_entry!(q6k_vnni, q6k_x8_vnni, X8Q6K, ActQ8K);
 x8_entry!(q8_0, q8_0_x8, X8Q8_0, ActQ8x32);
