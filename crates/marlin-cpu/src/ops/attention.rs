@@ -7,7 +7,6 @@ use super::gemm::{gemm, Gemm};
 use super::simd::kernels;
 use super::softmax::softmax_inplace;
 use crate::CpuError;
-use rayon::prelude::*;
 
 /// Head layout and masking of one attention layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -152,7 +151,8 @@ impl AttentionParams {
 /// `out (m, n_heads, head_dim) = softmax(scale·q·Kᵀ + mask)·V` for the `m`
 /// queries `q (m, n_heads, head_dim)` at positions `pos0..pos0+m`; `kv`
 /// already holds keys and values of positions `0..pos0+m`. Parallel over
-/// (token, head) pairs on the rayon pool.
+/// (token, head) pairs on [`crate::pool`], the threads of the matmuls
+/// (rayon's would be a second set of threads waking up between them).
 pub fn attention(
     p: &AttentionParams,
     q: &[f32],
@@ -168,32 +168,30 @@ pub fn attention(
     let group = p.n_heads / p.n_kv_heads;
     let k = kernels();
     // One query token: each head is a row of dot products over the keys.
-    out.par_chunks_mut(hd)
-        .zip(q.par_chunks(hd))
-        .enumerate()
-        .for_each_init(Vec::new, |scores: &mut Vec<f32>, (idx, (o, qh))| {
-            let (tok, head) = (idx / p.n_heads, idx % p.n_heads);
-            let keys = p.key_range(pos0 + tok);
-            let g = head / group;
-            scores.clear();
-            for (off, n) in kv.runs(p, g, keys.clone()) {
-                let k_rows = &kv.k[off..off + n * hd];
-                scores.extend(k_rows.chunks_exact(hd).map(|kr| (k.dot)(qh, kr) * p.scale));
+    crate::pool::current().try_for_each_chunk_mut(out, hd, |idx, o| {
+        let qh = &q[idx * hd..(idx + 1) * hd];
+        let (tok, head) = (idx / p.n_heads, idx % p.n_heads);
+        let keys = p.key_range(pos0 + tok);
+        let g = head / group;
+        let mut scores = Vec::with_capacity(keys.len());
+        for (off, n) in kv.runs(p, g, keys.clone()) {
+            let k_rows = &kv.k[off..off + n * hd];
+            scores.extend(k_rows.chunks_exact(hd).map(|kr| (k.dot)(qh, kr) * p.scale));
+        }
+        softmax_inplace(&mut scores);
+        o.fill(0.0);
+        let mut weights = scores.iter();
+        for (off, n) in kv.runs(p, g, keys) {
+            // Rows first: zip stops on them without taking a weight.
+            for (vr, s) in kv.v[off..off + n * hd]
+                .chunks_exact(hd)
+                .zip(weights.by_ref())
+            {
+                (k.axpy)(*s, vr, o);
             }
-            softmax_inplace(scores);
-            o.fill(0.0);
-            let mut weights = scores.iter();
-            for (off, n) in kv.runs(p, g, keys) {
-                // Rows first: zip stops on them without taking a weight.
-                for (vr, s) in kv.v[off..off + n * hd]
-                    .chunks_exact(hd)
-                    .zip(weights.by_ref())
-                {
-                    (k.axpy)(*s, vr, o);
-                }
-            }
-        });
-    Ok(())
+        }
+        Ok(())
+    })
 }
 
 /// Query tokens per task of the blocked path.
@@ -219,76 +217,78 @@ fn attention_blocked(
         .collect();
     let k = kernels();
     let gemm_err = || CpuError::Shape("attention: tile does not fit".into());
-    let blocks = tasks
-        .par_iter()
-        .map(|&(g, b)| -> Result<Vec<f32>, CpuError> {
-            let (t0, t1) = (b * QUERY_BLOCK, (b * QUERY_BLOCK + QUERY_BLOCK).min(m));
-            let rows = t1 - t0;
-            let key0 = p.key_range(pos0 + t0).start;
-            let nk = pos0 + t1 - key0;
-            let keys = key0..key0 + nk;
-            let mut kt = vec![0.0f32; hd * nk]; // (head_dim, nk): keys transposed
-            let k_rows = kv
-                .runs(p, g, keys.clone())
-                .flat_map(|(off, n)| kv.k[off..off + n * hd].chunks_exact(hd));
-            for (j, kr) in k_rows.enumerate() {
-                for (d, v) in kr.iter().enumerate() {
-                    kt[d * nk + j] = *v;
-                }
+    let block = |&(g, b): &(usize, usize)| -> Result<Vec<f32>, CpuError> {
+        let (t0, t1) = (b * QUERY_BLOCK, (b * QUERY_BLOCK + QUERY_BLOCK).min(m));
+        let rows = t1 - t0;
+        let key0 = p.key_range(pos0 + t0).start;
+        let nk = pos0 + t1 - key0;
+        let keys = key0..key0 + nk;
+        let mut kt = vec![0.0f32; hd * nk]; // (head_dim, nk): keys transposed
+        let k_rows = kv
+            .runs(p, g, keys.clone())
+            .flat_map(|(off, n)| kv.k[off..off + n * hd].chunks_exact(hd));
+        for (j, kr) in k_rows.enumerate() {
+            for (d, v) in kr.iter().enumerate() {
+                kt[d * nk + j] = *v;
             }
-            // (nk, head_dim): borrowed when the keys sit in one block.
-            let v_gathered: Vec<f32>;
-            let mut runs = kv.runs(p, g, keys.clone());
-            let v_rows: &[f32] = match (runs.next(), runs.next()) {
-                (Some((off, n)), None) => &kv.v[off..off + n * hd],
-                _ => {
-                    v_gathered = kv
-                        .runs(p, g, keys)
-                        .flat_map(|(off, n)| kv.v[off..off + n * hd].iter().copied())
-                        .collect();
-                    &v_gathered
-                }
+        }
+        // (nk, head_dim): borrowed when the keys sit in one block.
+        let v_gathered: Vec<f32>;
+        let mut runs = kv.runs(p, g, keys.clone());
+        let v_rows: &[f32] = match (runs.next(), runs.next()) {
+            (Some((off, n)), None) => &kv.v[off..off + n * hd],
+            _ => {
+                v_gathered = kv
+                    .runs(p, g, keys)
+                    .flat_map(|(off, n)| kv.v[off..off + n * hd].iter().copied())
+                    .collect();
+                &v_gathered
+            }
+        };
+        let mut scores = vec![0.0f32; rows * nk]; // (rows, nk)
+        let mut o = vec![0.0f32; group * rows * hd]; // (group, rows, head_dim)
+        for hh in 0..group {
+            let h = g * group + hh;
+            let qg = Gemm {
+                a: &q[(t0 * nh + h) * hd..],
+                lda: nh * hd,
+                b: &kt,
+                ldb: nk,
+                r: rows,
+                k: hd,
+                n: nk,
             };
-            let mut scores = vec![0.0f32; rows * nk]; // (rows, nk)
-            let mut o = vec![0.0f32; group * rows * hd]; // (group, rows, head_dim)
-            for hh in 0..group {
-                let h = g * group + hh;
-                let qg = Gemm {
-                    a: &q[(t0 * nh + h) * hd..],
-                    lda: nh * hd,
-                    b: &kt,
-                    ldb: nk,
-                    r: rows,
-                    k: hd,
-                    n: nk,
-                };
-                if !gemm(&qg, &mut scores, nk) {
-                    return Err(gemm_err());
-                }
-                for (i, row) in scores.chunks_exact_mut(nk).enumerate() {
-                    let vis = p.key_range(pos0 + t0 + i);
-                    let (lo, hi) = (vis.start - key0, vis.end - key0);
-                    row[..lo].fill(0.0);
-                    row[hi..].fill(0.0);
-                    (k.scale)(&mut row[lo..hi], p.scale);
-                    softmax_inplace(&mut row[lo..hi]);
-                }
-                let pv = Gemm {
-                    a: &scores,
-                    lda: nk,
-                    b: v_rows,
-                    ldb: hd,
-                    r: rows,
-                    k: nk,
-                    n: hd,
-                };
-                if !gemm(&pv, &mut o[hh * rows * hd..], hd) {
-                    return Err(gemm_err());
-                }
+            if !gemm(&qg, &mut scores, nk) {
+                return Err(gemm_err());
             }
-            Ok(o)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+            for (i, row) in scores.chunks_exact_mut(nk).enumerate() {
+                let vis = p.key_range(pos0 + t0 + i);
+                let (lo, hi) = (vis.start - key0, vis.end - key0);
+                row[..lo].fill(0.0);
+                row[hi..].fill(0.0);
+                (k.scale)(&mut row[lo..hi], p.scale);
+                softmax_inplace(&mut row[lo..hi]);
+            }
+            let pv = Gemm {
+                a: &scores,
+                lda: nk,
+                b: v_rows,
+                ldb: hd,
+                r: rows,
+                k: nk,
+                n: hd,
+            };
+            if !gemm(&pv, &mut o[hh * rows * hd..], hd) {
+                return Err(gemm_err());
+            }
+        }
+        Ok(o)
+    };
+    let mut blocks: Vec<Vec<f32>> = vec![Vec::new(); tasks.len()];
+    crate::pool::current().try_for_each_chunk_mut(&mut blocks, 1, |t, slot| {
+        slot[0] = block(&tasks[t])?;
+        Ok(())
+    })?;
     for (&(g, b), o) in tasks.iter().zip(&blocks) {
         let t0 = b * QUERY_BLOCK;
         let rows = o.len() / (group * hd);
