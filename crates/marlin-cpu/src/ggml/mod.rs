@@ -1,12 +1,17 @@
 //! Kernels for GGUF block formats.
 //!
-//! Weights stay in ggml's block layout. Activations are quantized once per
-//! matmul to 8 bits (32-blocks for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/MXFP4, 256-blocks
-//! for Q4_K/Q6_K; error bound in [`act`]) and every output is an integer dot
-//! product per block. Output rows are split into chunks over [`crate::pool`];
-//! for m > 1, each chunk of weight rows is multiplied with all m activation
-//! rows (in tiles of 1 weight row x 4 activation rows, see [`Tile`])
-//! while it is in cache.
+//! Activations are quantized once per matmul to 8 bits (32-blocks for
+//! Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/MXFP4, 256-blocks for Q4_K/Q6_K; error bound in
+//! [`act`]) and every output is an integer dot product per block.
+//!
+//! With the AVX2 table, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K weights are
+//! repacked at preparation into groups of 8 rows ([`x8`]: lanes are weight
+//! rows, the same kernel for every M); groups are split over
+//! [`crate::pool`]. The other formats (and every format with the scalar
+//! table) stay in ggml's block layout: output rows are split into chunks
+//! over the pool; for m > 1, each chunk of weight rows is multiplied with
+//! all m activation rows (in tiles of 1 weight row x 4 activation rows,
+//! see [`Tile`]) while it is in cache.
 //!
 //! Types without an integer kernel (Q8_1, Q2_K, Q3_K, Q5_K, Q8_K) take the
 //! generic path: each weight row is dequantized to f32 with the reference
