@@ -14,6 +14,8 @@
 #                 linked, so the binaries can be built on a faster machine and
 #                 copied here (then run compare_cpu.sh with
 #                 LCP_BIN=.peer/llama.cpp/build-portable/bin).
+#   NOAMX=1       build into build-noamx/ instead: AVX-512 + VNNI, no AMX
+#                 (LCP_BIN=.peer/llama.cpp/build-noamx/bin).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -27,6 +29,16 @@ if [[ "${PORTABLE:-0}" == 1 ]]; then
     cpu_flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
         -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_OPENMP=OFF
         -DCMAKE_EXE_LINKER_FLAGS=-static)
+elif [[ "${NOAMX:-0}" == 1 ]]; then
+    # AVX-512 (VNNI, VBMI, BF16) and AVX-VNNI without AMX: the native build's
+    # AMX path (repacked weights) crashes on the AMX-capable Xeon VM of
+    # 2026-11-22; this build keeps weight repacking and is the peer of
+    # docs/BENCHMARKS.md's quiet session-3 table.
+    build_dir="$src_dir/build-noamx"
+    cpu_flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
+        -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON
+        -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON
+        -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_OPENMP=ON)
 else
     build_dir="$src_dir/build"
     cpu_flags=(-DGGML_NATIVE=ON -DGGML_OPENMP=ON)
