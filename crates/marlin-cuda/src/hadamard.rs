@@ -10,6 +10,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
+use crate::ops::to_i32;
 
 const MODULE: &str = "hadamard";
 const SOURCE: &str = include_str!("kernels/hadamard.cu");
@@ -56,9 +57,6 @@ pub fn rotate_rows(
     let to_u32 = |v: usize, what: &str| {
         u32::try_from(v).map_err(|_| CudaError::Shape(format!("{what} = {v} exceeds u32")))
     };
-    let to_i32 = |v: usize, what: &str| {
-        i32::try_from(v).map_err(|_| CudaError::Shape(format!("{what} = {v} exceeds i32")))
-    };
     if rows > 65_535 {
         return Err(CudaError::Shape(format!(
             "{rows} rows (grid y limit 65535)"
@@ -74,9 +72,9 @@ pub fn rotate_rows(
         shared_mem_bytes: to_u32(block * 4, "shared bytes")?,
     };
     let (k32, pk32, b32) = (
-        to_i32(k, "k")?,
-        to_i32(padded_k, "padded_k")?,
-        to_i32(block, "block")?,
+        to_i32("k", k)?,
+        to_i32("padded_k", padded_k)?,
+        to_i32("block", block)?,
     );
     let norm = 1.0f32 / (block as f32).sqrt();
     let func = dev.function(MODULE, SOURCE, FUNC, 0)?;

@@ -9,6 +9,7 @@ use super::pack::{K_CHUNK, N_TILE};
 use super::random::fill_seed;
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
+use crate::ops::to_i32;
 
 /// Grid of the grid-stride fill kernels (enough blocks to fill every SM).
 fn fill_grid(total: usize) -> u32 {
@@ -40,11 +41,8 @@ impl Int4Weight {
         }
         let n_pad = n.div_ceil(N_TILE) * N_TILE;
         let k_pad = k.div_ceil(K_CHUNK) * K_CHUNK;
-        let to_i32 = |v: usize, what: &str| {
-            i32::try_from(v).map_err(|_| CudaError::Shape(format!("{what} = {v} exceeds i32")))
-        };
-        to_i32(n_pad, "N")?;
-        to_i32(k_pad, "K")?;
+        to_i32("N", n_pad)?;
+        to_i32("K", k_pad)?;
         let k_chunks = k_pad / K_CHUNK;
         let (group_k32, groups) = if group_size == 0 {
             (k_pad / 32, 1)
@@ -65,7 +63,7 @@ impl Int4Weight {
 
         let func = dev.function(MODULE, SOURCE, "w4_random_words", 0)?;
         let (k_real, n_real) = (k as i32, n as i32);
-        let (k_chunks_i32, total) = (to_i32(k_chunks, "K chunks")?, word_count as i64);
+        let (k_chunks_i32, total) = (to_i32("K chunks", k_chunks)?, word_count as i64);
         let mut launch = stream.launch_builder(&func);
         launch
             .arg(&mut words)
@@ -85,8 +83,8 @@ impl Int4Weight {
 
         let func = dev.function(MODULE, SOURCE, "w4_random_scales", 0)?;
         let (nb_i32, groups_i32, total) = (
-            to_i32(nb_count, "N/16")?,
-            to_i32(groups, "groups")?,
+            to_i32("N/16", nb_count)?,
+            to_i32("groups", groups)?,
             scale_count as i64,
         );
         let mut launch = stream.launch_builder(&func);

@@ -15,6 +15,7 @@ use super::pack::{pack_int4, Int4Packed, N_TILE};
 use super::{bulk, wgmma};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
+use crate::ops::to_i32;
 
 pub(super) const MODULE: &str = "w4a16_gemm";
 pub(super) const SOURCE: &str = include_str!("../kernels/w4a16_gemm.cu");
@@ -77,11 +78,8 @@ impl Int4Weight {
     }
 
     pub fn from_packed(dev: &CudaDevice, p: &Int4Packed) -> Result<Self> {
-        let to_i32 = |v: usize, what: &str| {
-            i32::try_from(v).map_err(|_| CudaError::Shape(format!("{what} = {v} exceeds i32")))
-        };
-        to_i32(p.n_pad, "N")?;
-        to_i32(p.k_pad, "K")?;
+        to_i32("N", p.n_pad)?;
+        to_i32("K", p.k_pad)?;
         if p.group_size == 0
             || !(p.group_size == 32 || p.group_size.is_multiple_of(64))
             || p.groups != p.k_pad.div_ceil(p.group_size)

@@ -15,6 +15,7 @@ use super::gemm::{GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
 use super::pack::N_TILE;
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
+use crate::ops::to_i32;
 
 pub(super) const MODULE: &str = "w4a16_wgmma";
 pub(super) const SOURCE: &str = include_str!("../kernels/w4a16_wgmma.cu");
@@ -257,9 +258,6 @@ pub(super) fn launch(
     call: &WgmmaCall,
 ) -> Result<()> {
     let p = call.plan;
-    let to_i32 = |v: usize, what: &str| {
-        i32::try_from(v).map_err(|_| CudaError::Shape(format!("{what} = {v} exceeds i32")))
-    };
     let grid = (
         u32::try_from(p.m_blocks).map_err(|_| CudaError::Shape("too many M blocks".into()))?,
         u32::try_from(p.n_tiles).map_err(|_| CudaError::Shape("too many N blocks".into()))?,
@@ -277,12 +275,12 @@ pub(super) fn launch(
         )));
     }
     let func = dev.function(MODULE, SOURCE, p.kernel, call.smem)?;
-    let (m_i32, n_i32, k_i32) = (to_i32(m, "M")?, to_i32(w.n, "N")?, to_i32(w.k, "K")?);
+    let (m_i32, n_i32, k_i32) = (to_i32("M", m)?, to_i32("N", w.n)?, to_i32("K", w.k)?);
     let (n_pad_i32, k_chunks_i32, group_k32_i32, splits_i32) = (
-        to_i32(w.n_pad, "n_pad")?,
-        to_i32(w.k_chunks, "k_chunks")?,
-        to_i32(w.group_k32, "group_k32")?,
-        to_i32(p.splits, "splits")?,
+        to_i32("n_pad", w.n_pad)?,
+        to_i32("k_chunks", w.k_chunks)?,
+        to_i32("group_k32", w.group_k32)?,
+        to_i32("splits", p.splits)?,
     );
     let cfg = LaunchConfig {
         grid_dim: grid,

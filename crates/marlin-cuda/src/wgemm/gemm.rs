@@ -21,6 +21,7 @@ use crate::int4::gemm::{
     auto_fused, gemm_dense_f16_weight, GemmOptions, GemmPath, GemmPlan, GemmWorkspace,
 };
 use crate::int4::pack::N_TILE;
+use crate::ops::to_i32;
 
 const MODULE: &str = "wxa16_gemm";
 const SOURCE: &str = include_str!("../kernels/wxa16_gemm.cu");
@@ -348,9 +349,6 @@ pub fn wx_gemm_prepared(
         PREPARED_M16
     };
     check_prepared(w, bit, p.kernel)?;
-    let to_i32 = |v: usize, what: &str| {
-        i32::try_from(v).map_err(|_| CudaError::Shape(format!("{what} = {v} exceeds i32")))
-    };
     let grid = (
         u32::try_from(p.m_blocks).map_err(|_| CudaError::Shape("too many M blocks".into()))?,
         u32::try_from(p.n_tiles).map_err(|_| CudaError::Shape("too many N tiles".into()))?,
@@ -377,11 +375,11 @@ pub fn wx_gemm_prepared(
         shared_mem_bytes: u32::try_from(smem)
             .map_err(|_| CudaError::Shape("shared memory".into()))?,
     };
-    let (m_i32, n_i32, k_i32) = (to_i32(m, "M")?, to_i32(w.n, "N")?, to_i32(w.k, "K")?);
-    let (n_pad_i32, k_chunks_i32) = (to_i32(w.n_pad, "N")?, to_i32(w.k_chunks, "K chunks")?);
+    let (m_i32, n_i32, k_i32) = (to_i32("M", m)?, to_i32("N", w.n)?, to_i32("K", w.k)?);
+    let (n_pad_i32, k_chunks_i32) = (to_i32("N", w.n_pad)?, to_i32("K chunks", w.k_chunks)?);
     let (group_chunks_i32, splits_i32) = (
-        to_i32(w.group_chunks, "group")?,
-        to_i32(p.splits, "splits")?,
+        to_i32("group", w.group_chunks)?,
+        to_i32("splits", p.splits)?,
     );
     let stream = dev.stream();
     let mut launch = stream.launch_builder(&func);
