@@ -373,6 +373,11 @@ fn advisory_tensor_dims_element_count_overflow() {
     let mut b = header(3, 1, 0);
     put_tensor_info(&mut b, "w", &[u64::MAX, 2], 0, 0);
     assert_reason(with_data(b, 64), "overflows");
+    // A zero dim makes the element count 0, but the row count of the 2D
+    // view (product of dims[1..]) must still fit: found by the fuzzer.
+    let mut b = header(3, 1, 0);
+    put_tensor_info(&mut b, "w", &[0, 1 << 40, 1 << 40], 0, 0);
+    assert_reason(with_data(b, 64), "overflows");
 }
 
 #[test]

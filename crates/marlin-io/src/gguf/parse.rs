@@ -386,11 +386,14 @@ fn read_tensor_info(cur: &mut Cursor<'_>, alignment: u64) -> Result<TensorInfo> 
         return Err(err(format!("{n_dims} dimensions (must be 1..={MAX_DIMS})")));
     }
     let mut dims = Vec::with_capacity(n_dims as usize);
-    let mut n_elements: u64 = 1;
+    // The product of the non-zero dims bounds every partial product (the
+    // element count, the row count of the 2D view), so none can overflow
+    // later even when a zero dim makes the element count itself 0.
+    let mut nonzero_product: u64 = 1;
     for _ in 0..n_dims {
         let d = cur.u64("tensor dim")?;
-        n_elements = n_elements
-            .checked_mul(d)
+        nonzero_product = nonzero_product
+            .checked_mul(d.max(1))
             .filter(|&n| n <= i64::MAX as u64)
             .ok_or_else(|| err(format!("element count overflows at dim {d}")))?;
         dims.push(usize::try_from(d).map_err(|_| err(format!("dim {d} too large")))?);
