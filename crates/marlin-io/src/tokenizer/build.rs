@@ -15,7 +15,6 @@ use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
-use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::prepend::Prepend;
 use tokenizers::normalizers::replace::Replace;
 use tokenizers::normalizers::utils::Sequence as NormalizerSequence;
@@ -25,12 +24,13 @@ use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::{SpecialToken, TemplateProcessing};
 use tokenizers::{
-    AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
-    Tokenizer as HfTokenizer,
+    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+    SplitDelimiterBehavior, TokenizerImpl,
 };
 
+use super::compact::{BpeOptions, CompactBpe, RecoveredRank};
 use super::error::{backend, Result, TokenizerError};
-use super::merges::{bytes_to_unicode, merges_from_vocab, parse_merges, MergeRank};
+use super::merges::bytes_to_unicode;
 use super::spec::{token_type, TokenizerKind, TokenizerSpec};
 
 /// SentencePiece's space marker.
@@ -66,19 +66,18 @@ fn pre_tokenizer_split(pre: &str) -> Option<&'static str> {
     })
 }
 
-/// Token string -> id, later occurrences of a duplicated string winning (as a Python dict built
-/// from the token list does).
-fn vocab_map(tokens: &[String]) -> Result<Vocab> {
-    let mut vocab = Vocab::with_capacity(tokens.len());
-    for (id, token) in tokens.iter().enumerate() {
-        let id = u32::try_from(id).map_err(|_| TokenizerError::VocabTooLarge(tokens.len()))?;
-        vocab.insert(token.clone(), id);
-    }
-    Ok(vocab)
-}
+/// The pipeline of a GGUF vocabulary: the `tokenizers` normalizers, pre-tokenizers, added
+/// tokens, post-processor and decoders over the compact BPE model.
+pub(crate) type GgufPipeline = TokenizerImpl<
+    CompactBpe,
+    NormalizerWrapper,
+    PreTokenizerWrapper,
+    PostProcessorWrapper,
+    DecoderWrapper,
+>;
 
 /// Builds the `tokenizers` pipeline for a validated spec.
-pub(crate) fn build_pipeline(spec: &TokenizerSpec) -> Result<HfTokenizer> {
+pub(crate) fn build_pipeline(spec: &TokenizerSpec) -> Result<GgufPipeline> {
     spec.validate()?;
     let mut tokenizer = match spec.kind()? {
         TokenizerKind::ByteLevelBpe => byte_level_bpe(spec)?,
@@ -143,7 +142,7 @@ fn bos_eos_processor(spec: &TokenizerSpec) -> Result<Option<TemplateProcessing>>
     Ok(Some(processor))
 }
 
-fn byte_level_bpe(spec: &TokenizerSpec) -> Result<HfTokenizer> {
+fn byte_level_bpe(spec: &TokenizerSpec) -> Result<GgufPipeline> {
     let spelling = bytes_to_unicode();
     let in_alphabet = |token: &str| token.chars().all(|c| spelling.contains(&c));
     // Tokens stored as plain text (some files do) are respelled in the byte alphabet.
@@ -158,16 +157,19 @@ fn byte_level_bpe(spec: &TokenizerSpec) -> Result<HfTokenizer> {
             }
         })
         .collect();
-    let vocab = vocab_map(&respelled)?;
-    let merges = parse_merges(spec.merges.as_deref().unwrap_or_default(), &vocab)?;
-    let model = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .continuing_subword_prefix(String::new())
-        .end_of_word_suffix(String::new())
-        .fuse_unk(false)
-        .build()
-        .map_err(backend)?;
-    let mut tokenizer = HfTokenizer::new(model);
+    let model = CompactBpe::new(
+        &respelled,
+        Some(spec.merges.as_deref().unwrap_or_default()),
+        RecoveredRank::Position,
+        BpeOptions {
+            byte_fallback: false,
+            unk_token: None,
+            fuse_unk: false,
+            empty_affixes: true,
+        },
+    )?;
+    drop(respelled);
+    let mut tokenizer = GgufPipeline::new(model);
     let byte_level = |use_regex| ByteLevel::new(false, true, use_regex);
     let pre_tokenizer: PreTokenizerWrapper = match spec.pre.as_deref().and_then(pre_tokenizer_split)
     {
@@ -199,21 +201,22 @@ fn byte_level_bpe(spec: &TokenizerSpec) -> Result<HfTokenizer> {
 fn sentencepiece_model(
     tokens: &[String],
     spec: &TokenizerSpec,
-    rank: MergeRank<'_>,
-) -> Result<BPE> {
-    let vocab = vocab_map(tokens)?;
-    let merges = match &spec.merges {
-        Some(merges) => parse_merges(merges, &vocab)?,
-        None => merges_from_vocab(tokens, &vocab, rank),
-    };
-    let mut builder = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .fuse_unk(true)
-        .byte_fallback(true);
-    if let Some(unk) = spec.unk_id.and_then(|id| tokens.get(id as usize)) {
-        builder = builder.unk_token(unk.clone());
-    }
-    builder.build().map_err(backend)
+    rank: RecoveredRank,
+) -> Result<CompactBpe> {
+    CompactBpe::new(
+        tokens,
+        spec.merges.as_deref(),
+        rank,
+        BpeOptions {
+            byte_fallback: true,
+            unk_token: spec
+                .unk_id
+                .and_then(|id| tokens.get(id as usize))
+                .map(String::as_str),
+            fuse_unk: true,
+            empty_affixes: false,
+        },
+    )
 }
 
 /// The decoder shared by SentencePiece vocabularies: `▁` back to spaces, `<0xXX>` tokens back
@@ -232,16 +235,15 @@ fn sentencepiece_decoder(strip_prefix_space: bool) -> Result<DecoderWrapper> {
     Ok(DecoderSequence::new(steps).into())
 }
 
-fn sentencepiece(spec: &TokenizerSpec) -> Result<HfTokenizer> {
-    let scores = spec.scores.as_deref();
-    if spec.merges.is_none() && scores.is_none() {
-        return Err(TokenizerError::MissingScores);
-    }
-    let rank = MergeRank::Scores(scores.unwrap_or_default());
+fn sentencepiece(spec: &TokenizerSpec) -> Result<GgufPipeline> {
+    let rank = match (&spec.merges, &spec.scores) {
+        (None, None) => return Err(TokenizerError::MissingScores),
+        (_, scores) => RecoveredRank::Scores(scores.clone().unwrap_or_default()),
+    };
     let model = sentencepiece_model(&spec.tokens, spec, rank)?;
     // llama.cpp's default: a SentencePiece vocabulary prefixes the text with a space.
     let add_space_prefix = spec.add_space_prefix.unwrap_or(true);
-    let mut tokenizer = HfTokenizer::new(model);
+    let mut tokenizer = GgufPipeline::new(model);
     // As SentencePiece, llama.cpp and the Llama 2 / Mistral tokenizer.json do: spaces become `▁`
     // and every text segment (the text, and each piece after a special token) gets a `▁`
     // prefix even when it already starts with a space, so " hi" encodes as "▁▁hi" and decodes
@@ -268,7 +270,7 @@ fn python_isspace(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 
-fn gemma_sentencepiece(spec: &TokenizerSpec) -> Result<HfTokenizer> {
+fn gemma_sentencepiece(spec: &TokenizerSpec) -> Result<GgufPipeline> {
     // Gemma files store tokens of two or more spaces as real spaces, which the normalizer below
     // never leaves in the text: respell every whitespace-only token holding a space as `▁`s.
     let respelled: Vec<String> = spec
@@ -282,8 +284,9 @@ fn gemma_sentencepiece(spec: &TokenizerSpec) -> Result<HfTokenizer> {
             }
         })
         .collect();
-    let model = sentencepiece_model(&respelled, spec, MergeRank::Position)?;
-    let mut tokenizer = HfTokenizer::new(model);
+    let model = sentencepiece_model(&respelled, spec, RecoveredRank::Position)?;
+    drop(respelled);
+    let mut tokenizer = GgufPipeline::new(model);
     let normalizer: NormalizerWrapper = Replace::new(" ", SPACE_MARKER.to_string())
         .map_err(backend)?
         .into();
@@ -303,7 +306,7 @@ fn gemma_sentencepiece(spec: &TokenizerSpec) -> Result<HfTokenizer> {
 
 /// Control tokens (and the BOS/EOS/UNK/PAD/EOT tokens) become special added tokens,
 /// user-defined ones plain added tokens: both are then matched whole in text and never split.
-fn add_special_tokens(tokenizer: &mut HfTokenizer, spec: &TokenizerSpec) -> Result<()> {
+fn add_special_tokens(tokenizer: &mut GgufPipeline, spec: &TokenizerSpec) -> Result<()> {
     let byte_level = matches!(spec.kind()?, TokenizerKind::ByteLevelBpe);
     let spelling = bytes_to_unicode();
     let mut special = Vec::new();

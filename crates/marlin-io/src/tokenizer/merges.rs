@@ -7,8 +7,6 @@ use std::collections::HashSet;
 
 use tokenizers::models::bpe::Vocab;
 
-use super::error::{Result, TokenizerError};
-
 /// GPT-2's byte -> printable char table (`bytes_to_unicode` in the GPT-2 sources): bytes that
 /// are printable Latin-1 map to themselves, the rest to U+0100 onwards.
 pub(crate) fn bytes_to_unicode() -> [char; 256] {
@@ -28,46 +26,23 @@ pub(crate) fn bytes_to_unicode() -> [char; 256] {
     table
 }
 
-/// Splits GGUF merge strings ("Ġ t") into pairs and checks that both sides and their
-/// concatenation are tokens, so the BPE builder never sees a merge it cannot hold.
-pub(crate) fn parse_merges(merges: &[String], vocab: &Vocab) -> Result<Vec<(String, String)>> {
-    let mut pairs = Vec::with_capacity(merges.len());
-    let mut joined = String::new();
-    for (index, merge) in merges.iter().enumerate() {
-        let bad = |reason| TokenizerError::BadMerge {
-            index,
-            merge: merge.clone(),
-            reason,
-        };
-        let (left, right) = merge
-            .split_once(' ')
-            .ok_or_else(|| bad("expected two tokens separated by one space"))?;
-        if left.is_empty() || right.is_empty() || right.contains(' ') {
-            return Err(bad("expected two tokens separated by one space"));
-        }
-        check_pair(left, right, vocab, &mut joined).map_err(bad)?;
-        pairs.push((left.to_string(), right.to_string()));
-    }
-    Ok(pairs)
-}
-
 /// Both sides of a merge and their concatenation must be tokens.
 pub(crate) fn check_pair(
     left: &str,
     right: &str,
-    vocab: &Vocab,
+    lookup: &dyn Fn(&str) -> Option<u32>,
     joined: &mut String,
 ) -> std::result::Result<(), &'static str> {
-    if !vocab.contains_key(left) {
+    if lookup(left).is_none() {
         return Err("left token is not in the vocabulary");
     }
-    if !vocab.contains_key(right) {
+    if lookup(right).is_none() {
         return Err("right token is not in the vocabulary");
     }
     joined.clear();
     joined.push_str(left);
     joined.push_str(right);
-    if !vocab.contains_key(joined.as_str()) {
+    if lookup(joined.as_str()).is_none() {
         return Err("merged token is not in the vocabulary");
     }
     Ok(())

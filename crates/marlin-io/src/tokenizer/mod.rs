@@ -8,6 +8,7 @@
 
 mod build;
 mod chat_template;
+mod compact;
 mod error;
 mod gguf_spec;
 mod hf;
@@ -18,7 +19,10 @@ mod stream;
 use std::collections::HashMap;
 use std::path::Path;
 
-use tokenizers::Tokenizer as HfTokenizer;
+use tokenizers::{AddedToken, Encoding, Tokenizer as HfTokenizer};
+
+use build::GgufPipeline;
+use compact::TokenTexts;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use error::{Result, TokenizerError};
@@ -42,12 +46,69 @@ const END_OF_TURN_TOKENS: [&str; 12] = [
     "<|END_OF_TURN_TOKEN|>",
 ];
 
+/// The encoding pipeline: the compact BPE model for GGUF vocabularies, or whatever a Hugging Face
+/// `tokenizer.json` describes.
+#[derive(Clone)]
+enum Pipeline {
+    Gguf(Box<GgufPipeline>),
+    Hf(Box<HfTokenizer>),
+}
+
+impl Pipeline {
+    fn encode_fast(&self, text: &str, add_special: bool) -> tokenizers::Result<Encoding> {
+        match self {
+            Pipeline::Gguf(p) => p.encode_fast(text, add_special),
+            Pipeline::Hf(p) => p.encode_fast(text, add_special),
+        }
+    }
+
+    fn decode(&self, ids: &[u32], skip_special: bool) -> tokenizers::Result<String> {
+        match self {
+            Pipeline::Gguf(p) => p.decode(ids, skip_special),
+            Pipeline::Hf(p) => p.decode(ids, skip_special),
+        }
+    }
+
+    fn token_to_id(&self, token: &str) -> Option<u32> {
+        match self {
+            Pipeline::Gguf(p) => p.token_to_id(token),
+            Pipeline::Hf(p) => p.token_to_id(token),
+        }
+    }
+
+    /// The pipeline as `tokenizer.json`. The compact model is written as the `tokenizers`
+    /// `BPE` model it stands for, so other tools load the file.
+    fn to_json(&self) -> Result<String> {
+        match self {
+            Pipeline::Hf(p) => p.to_string(false).map_err(error::backend),
+            Pipeline::Gguf(p) => {
+                let mut hf = HfTokenizer::new(p.get_model().to_bpe()?);
+                hf.with_normalizer(p.get_normalizer().cloned())
+                    .map_err(error::backend)?;
+                hf.with_pre_tokenizer(p.get_pre_tokenizer().cloned());
+                hf.with_post_processor(p.get_post_processor().cloned());
+                hf.with_decoder(p.get_decoder().cloned());
+                // Every added token of a GGUF vocabulary is one of its pieces, so adding them
+                // again keeps their ids; specials first, as the pipeline was built.
+                let mut added: Vec<(u32, AddedToken)> =
+                    p.get_added_tokens_decoder().into_iter().collect();
+                added.sort_by_key(|(id, _)| *id);
+                let (special, plain): (Vec<_>, Vec<_>) =
+                    added.into_iter().map(|(_, t)| t).partition(|t| t.special);
+                hf.add_special_tokens(special).map_err(error::backend)?;
+                hf.add_tokens(plain).map_err(error::backend)?;
+                hf.to_string(false).map_err(error::backend)
+            }
+        }
+    }
+}
+
 /// A tokenizer: text to token ids and back.
 #[derive(Clone)]
 pub struct Tokenizer {
-    inner: HfTokenizer,
+    inner: Pipeline,
     /// Token text by id (as the model file spells it); `vocab_size()` entries.
-    tokens: Vec<String>,
+    tokens: TokenTexts,
     /// Whether a token is special (control/added special); same length as `tokens`.
     special: Vec<bool>,
     bos_id: Option<u32>,
@@ -76,6 +137,7 @@ impl Tokenizer {
         let inner = build::build_pipeline(&spec)?;
         let vocab_size = spec.tokens.len();
         let added = inner.get_added_tokens_decoder();
+        let tokens = TokenTexts::new(spec.tokens.iter().map(String::as_str))?;
         let special: Vec<bool> = (0..vocab_size)
             .map(|id| {
                 u32::try_from(id)
@@ -90,8 +152,8 @@ impl Tokenizer {
             .flatten()
             .collect();
         let mut tokenizer = Self {
-            inner,
-            tokens: spec.tokens,
+            inner: Pipeline::Gguf(Box::new(inner)),
+            tokens,
             special,
             bos_id: spec.bos_id,
             eos_ids: Vec::new(),
@@ -139,12 +201,14 @@ impl Tokenizer {
                 vocab_size - 1
             )));
         }
-        let mut tokens = vec![String::new(); vocab_size];
+        let mut by_id = vec![String::new(); vocab_size];
         for (token, id) in vocab {
-            if let Some(slot) = tokens.get_mut(id as usize) {
+            if let Some(slot) = by_id.get_mut(id as usize) {
                 *slot = token;
             }
         }
+        let tokens = TokenTexts::new(by_id.iter().map(String::as_str))?;
+        drop(by_id);
         let added = inner.get_added_tokens_decoder();
         let special = (0..vocab_size)
             .map(|id| {
@@ -167,7 +231,7 @@ impl Tokenizer {
             }
         }
         let mut tokenizer = Self {
-            inner,
+            inner: Pipeline::Hf(Box::new(inner)),
             tokens,
             special,
             bos_id,
@@ -249,7 +313,7 @@ impl Tokenizer {
     /// The pipeline as a Hugging Face `tokenizer.json` document, for writing model directories
     /// that other tools load.
     pub fn to_tokenizer_json(&self) -> Result<String> {
-        self.inner.to_string(false).map_err(error::backend)
+        self.inner.to_json()
     }
 
     /// A streaming detokenizer over this tokenizer.
@@ -286,7 +350,7 @@ impl Tokenizer {
 
     /// The token's text as the model file spells it (`Ġ`/`▁` markers, `<0x0A>` bytes).
     pub fn token_str(&self, id: u32) -> Option<&str> {
-        self.tokens.get(id as usize).map(String::as_str)
+        self.tokens.get(id)
     }
 
     /// The id of a token spelled exactly `token` (special tokens included).
