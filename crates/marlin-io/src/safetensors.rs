@@ -307,10 +307,14 @@ fn check_info(name: &str, value: serde_json::Value, data_len: usize) -> Result<S
         .map(|&d| usize::try_from(d))
         .collect::<Result<Vec<usize>, _>>()
         .map_err(|_| err("dimension does not fit usize".into()))?;
-    let n_bytes = shape
+    // The product of the non-zero dims bounds every partial product (the
+    // element count, a matrix view's rows x cols), so none can overflow later
+    // even when a zero dim makes the tensor itself empty.
+    shape
         .iter()
-        .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
+        .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d.max(1)))
         .ok_or_else(|| err(format!("shape {shape:?} overflows")))?;
+    let n_bytes = dtype.size() * shape.iter().product::<usize>();
     let [begin, end] = raw.data_offsets;
     if begin > end || end > data_len as u64 {
         return Err(err(format!(

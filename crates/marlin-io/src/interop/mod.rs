@@ -124,7 +124,7 @@ pub(crate) fn check_bits(bits: i64) -> Result<u8> {
         .ok_or_else(|| config_err(format!("bits = {bits} (supported: 2..=8)")))
 }
 
-/// The 2-D shape of a tensor, checked against its dtype.
+/// The 2-D shape of a tensor, non-empty, checked against its dtype.
 pub(crate) fn matrix_of(view: &TensorView<'_>, dtypes: &[Dtype]) -> Result<(usize, usize)> {
     if !dtypes.contains(&view.dtype) {
         return Err(shape_err(
@@ -133,6 +133,12 @@ pub(crate) fn matrix_of(view: &TensorView<'_>, dtypes: &[Dtype]) -> Result<(usiz
         ));
     }
     match view.shape {
+        // A quantized linear is never empty; an empty one would let a huge
+        // dim through with no data behind it (K or N then sizes allocations
+        // and loops before the element counts are compared).
+        [r, c] if *r == 0 || *c == 0 => {
+            Err(shape_err(view.name, format!("empty matrix {r} x {c}")))
+        }
         [r, c] => Ok((*r, *c)),
         other => Err(shape_err(
             view.name,
