@@ -3,7 +3,7 @@
 use marlin_quantize::pipeline::presets::{Format, Preset};
 use marlin_quantize::pipeline::{quantize_model, Method, QuantizeJob};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The flags of `marlin quantize`.
 #[derive(clap::Args, Clone, Debug)]
@@ -143,5 +143,21 @@ fn export_gptq(args: &QuantizeArgs) -> anyhow::Result<()> {
             export.rounded_scales
         );
     }
+    Ok(())
+}
+
+/// `marlin dequantize`: the GGUF's dequantized base as an F32 GGUF.
+pub fn dequantize(input: &Path, output: &Path) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    let done = marlin_quantize::gguf_f32::write_dequantized_gguf(input, output)?;
+    println!(
+        "wrote {}: {} tensors as F32 ({} dequantized), {} metadata entries, {} bytes, {:.1}s",
+        output.display(),
+        done.tensors,
+        done.dequantized,
+        done.metadata,
+        done.bytes,
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }

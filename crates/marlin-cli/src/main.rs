@@ -109,6 +109,13 @@ enum Command {
     Serve(cmd_serve::ServeArgs),
     /// Quantize a GGUF or Hugging Face model into a marlin checkpoint.
     Quantize(cmd_quantize::QuantizeArgs),
+    /// Write a GGUF with every tensor dequantized to F32 (metadata and
+    /// tokenizer kept): the base `quantize` starts from, for llama-quantize.
+    Dequantize {
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Quality evaluation.
     Eval {
         #[command(subcommand)]
@@ -266,6 +273,7 @@ fn main() {
         Command::Inspect { model, tensors } => cmd_inspect::inspect(&model, tensors),
         Command::Serve(args) => cmd_serve::serve(&args),
         Command::Quantize(args) => cmd_quantize::quantize(&args),
+        Command::Dequantize { input, output } => cmd_quantize::dequantize(&input, &output),
         Command::Eval {
             what:
                 EvalCommand::Ppl {

@@ -14,6 +14,8 @@
 //! - [`mr_gptq`]: [`mr_gptq_quantize`] = rotate W and H, then GPTQ.
 //! - [`awq`]: [`awq_quantize`], the activation-aware scale search.
 //! - [`metrics`]: [`output_error`] `||x·Wᵀ − x·Ŵᵀ||²`.
+//! - [`gguf_f32`]: [`gguf_f32::write_dequantized_gguf`], a GGUF's dequantized
+//!   base as an F32 GGUF (for llama.cpp's quantizers, same base as marlin's).
 //! - [`pipeline`]: [`pipeline::quantize_model`], a whole GGUF / Hugging Face
 //!   model into a marlin checkpoint, layer by layer, resumable.
 //!
@@ -47,6 +49,7 @@
 
 pub mod awq;
 pub mod error;
+pub mod gguf_f32;
 pub mod gptq;
 mod gptq_sweep;
 pub mod grid;
