@@ -24,14 +24,48 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         anyhow::bail!("{}: no such file or directory", path.display());
     }
     let t0 = Instant::now();
-    let model = marlin_models::load_model(path, &LoadOptions::default())
-        .with_context(|| format!("loading model {}", path.display()))?;
-    let tokenizer =
-        load_tokenizer(path).with_context(|| format!("loading tokenizer of {}", path.display()))?;
+    let model_context = || format!("loading model {}", path.display());
+    let tokenizer_context = || format!("loading tokenizer of {}", path.display());
+    if path.is_dir() {
+        let model =
+            marlin_models::load_model(path, &LoadOptions::default()).with_context(model_context)?;
+        let tokenizer = Tokenizer::from_hf_dir(path).with_context(tokenizer_context)?;
+        tracing::info!(secs = t0.elapsed().as_secs_f64(), "model loaded");
+        return Ok(Loaded { model, tokenizer });
+    }
+    // One parse of the GGUF for both. The tokenizer is built first and the vocabulary arrays
+    // dropped from the parsed metadata before the weights load, so neither they nor the
+    // tokenizer build's temporaries are resident on top of the weights (peak memory).
+    let mut gguf = marlin_io::gguf::GgufFile::open(path).with_context(model_context)?;
+    let tokenizer = Tokenizer::from_gguf(&gguf);
+    gguf.remove_metadata(|key| key.starts_with("tokenizer."));
+    release_free_heap();
+    // A model error is reported before a tokenizer error, as when the model loaded first.
+    let model =
+        marlin_models::load_gguf(gguf, &LoadOptions::default()).with_context(model_context)?;
+    let tokenizer = tokenizer.with_context(tokenizer_context)?;
     tracing::info!(secs = t0.elapsed().as_secs_f64(), "model loaded");
     Ok(Loaded { model, tokenizer })
 }
 
+/// Hands the allocator's free pages back to the system (glibc keeps the memory of freed small
+/// allocations, such as the hundreds of thousands of vocabulary strings of a GGUF parse, and
+/// would otherwise count it in the resident set for the whole run).
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: glibc's malloc_trim takes no pointers and only returns free memory to the
+        // system; it is safe to call at any time from any thread.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
 fn load_tokenizer(path: &Path) -> anyhow::Result<Tokenizer> {
     if path.is_dir() {
         return Ok(Tokenizer::from_hf_dir(path)?);

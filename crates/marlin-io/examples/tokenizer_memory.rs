@@ -3,6 +3,9 @@
 //! to encode and decode a long text.
 //!
 //! `cargo run --release -p marlin-io --example tokenizer_memory -- MODEL.gguf [TEXT_FILE]`
+//!
+//! With `MARLIN_TOKENIZER_COMPARE=1`, also times the `tokenizers` crate's `BPE` model on the
+//! same text (the tokenizer written as `tokenizer.json` and read back), alternating the two.
 
 use std::time::Instant;
 
@@ -54,12 +57,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let decoded = tokenizer.decode(&ids)?;
     let decode_s = start.elapsed().as_secs_f64();
     report("encoded + decoded");
+    let special = (0..tokenizer.vocab_size() as u32)
+        .filter(|&id| tokenizer.is_special(id))
+        .count();
     println!(
-        "vocab {} | build {build_s:.3} s | encode {} bytes -> {} ids in {encode_s:.3} s | decode {decode_s:.3} s ({} bytes)",
+        "vocab {} ({special} special) | build {build_s:.3} s | encode {} bytes -> {} ids in {encode_s:.3} s | decode {decode_s:.3} s ({} bytes)",
         tokenizer.vocab_size(),
         text.len(),
         ids.len(),
         decoded.len()
     );
+    if std::env::var_os("MARLIN_TOKENIZER_COMPARE").is_some() {
+        compare(&tokenizer, &text)?;
+    }
+    Ok(())
+}
+
+/// Encode times of the compact model and the `BPE` model, alternated, each text encoded once
+/// per round (the `BPE` model's word cache warms up after the first round).
+fn compare(tokenizer: &Tokenizer, text: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let path = std::env::temp_dir().join(format!("marlin-tokmem-{}.json", std::process::id()));
+    std::fs::write(&path, tokenizer.to_tokenizer_json()?)?;
+    let reference = Tokenizer::from_tokenizer_json(&path);
+    std::fs::remove_file(&path).ok();
+    let reference = reference?;
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..5 {
+        for (slot, which) in [tokenizer, &reference].into_iter().enumerate() {
+            let start = Instant::now();
+            let ids = which.encode(text, true)?;
+            times[slot].push(start.elapsed().as_secs_f64());
+            std::hint::black_box(ids);
+        }
+    }
+    for (name, mut t) in ["compact", "tokenizers BPE"].into_iter().zip(times) {
+        let first = t[0];
+        t.sort_by(f64::total_cmp);
+        println!(
+            "{name:<15} encode: first {first:.3} s, median {:.3} s",
+            t[2]
+        );
+    }
     Ok(())
 }

@@ -42,3 +42,13 @@ pub fn load_model(path: &Path, opts: &LoadOptions) -> Result<Box<dyn Model>, Mod
         arch::load_from_source(&src, opts)
     }
 }
+
+/// Loads a model from an opened GGUF file (whose tokenizer the caller may already have built
+/// from the same parse). The file is closed when the model is loaded.
+pub fn load_gguf(
+    file: marlin_io::gguf::GgufFile,
+    opts: &LoadOptions,
+) -> Result<Box<dyn Model>, ModelError> {
+    let src = source::GgufSource::new(file)?;
+    arch::load_from_source(&src, opts)
+}

@@ -77,6 +77,9 @@ impl TensorInfo {
     }
 }
 
+/// Bytes of tensor data copied between two releases of the file pages they came from.
+const RELEASE_CHUNK_BYTES: usize = 4 << 20;
+
 /// A parsed GGUF file with memory-mapped tensor data.
 pub struct GgufFile {
     backing: FileBytes,
@@ -161,6 +164,20 @@ impl GgufFile {
     /// All metadata in file order.
     pub fn metadata(&self) -> &[(String, GgufValue)] {
         &self.metadata
+    }
+
+    /// Drops the metadata entries for which `remove` returns true, freeing their memory: the
+    /// tokenizer's vocabulary arrays (hundreds of thousands of strings) once the tokenizer is
+    /// built, so they are not held while the weights load.
+    pub fn remove_metadata(&mut self, mut remove: impl FnMut(&str) -> bool) {
+        self.metadata.retain(|(key, _)| !remove(key));
+        self.metadata.shrink_to_fit();
+        self.key_index = self
+            .metadata
+            .iter()
+            .enumerate()
+            .map(|(index, (key, _))| (key.clone(), index))
+            .collect();
     }
 
     /// `general.architecture`, if present and a string.
@@ -314,8 +331,15 @@ impl GgufFile {
         let ty = info.ggml_type().ok_or_else(|| unsupported(info))?;
         let (rows, cols) = info.rows_cols();
         let range = self.tensor_range(name)?;
-        let bytes = self.tensor_bytes(name)?.to_vec();
-        self.backing.release(range);
+        let source = self.tensor_bytes(name)?;
+        // Copied a slice at a time, each slice's file pages released once copied, so a large
+        // tensor (Gemma 3's 170 MB embedding) is not resident twice while it is copied.
+        let mut bytes = Vec::with_capacity(source.len());
+        for (index, slice) in source.chunks(RELEASE_CHUNK_BYTES).enumerate() {
+            bytes.extend_from_slice(slice);
+            let start = range.start + index * RELEASE_CHUNK_BYTES;
+            self.backing.release(start..start + slice.len());
+        }
         Ok(GgmlTensor::new(ty, rows, cols, bytes)?)
     }
 

@@ -15,6 +15,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use hashbrown::HashTable;
 use tokenizers::models::bpe::{BpeTrainer, Vocab, BPE};
@@ -31,7 +32,8 @@ pub(crate) struct TokenTexts {
 }
 
 impl TokenTexts {
-    /// Errors when the texts do not fit u32 offsets (4 GiB), which no real vocabulary nears.
+    /// Errors when the texts do not fit u32 offsets (4 GiB) or ids, which no real vocabulary
+    /// nears.
     pub(crate) fn new<'a>(texts: impl IntoIterator<Item = &'a str>) -> Result<Self> {
         let texts = texts.into_iter();
         let mut arena = String::new();
@@ -42,6 +44,7 @@ impl TokenTexts {
                 .map_err(|_| TokenizerError::Backend("token texts exceed 4 GiB".to_string()))?;
             ends.push(end);
         }
+        u32::try_from(ends.len()).map_err(|_| TokenizerError::VocabTooLarge(ends.len()))?;
         arena.shrink_to_fit();
         Ok(Self { arena, ends })
     }
@@ -185,6 +188,47 @@ pub(crate) struct CompactBpe {
     /// Byte-level pipelines set empty subword prefix/suffix options on the `BPE` model; kept for
     /// the exported `tokenizer.json`.
     empty_affixes: bool,
+    cache: WordCache,
+}
+
+/// Words already merged (the `tokenizers` `BPE` model keeps the same kind of cache, with the same
+/// limits): word -> its pieces as (id, byte length). Bounded: at most `WORD_CACHE_WORDS` words
+/// shorter than `WORD_CACHE_MAX_BYTES`, a few hundred KB.
+#[derive(Default)]
+struct WordCache(Mutex<HashMap<Box<str>, Pieces, ahash::RandomState>>);
+
+/// A merged word's pieces: (id, byte length) each.
+type Pieces = Box<[(u32, usize)]>;
+
+const WORD_CACHE_WORDS: usize = 10_000;
+const WORD_CACHE_MAX_BYTES: usize = 256;
+
+impl Clone for WordCache {
+    /// A clone starts with an empty cache.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl WordCache {
+    fn get(&self, word: &str) -> Option<Pieces> {
+        if word.len() >= WORD_CACHE_MAX_BYTES {
+            return None;
+        }
+        // Another thread holding the lock, or a poisoned lock: encode without the cache.
+        self.0.try_lock().ok()?.get(word).cloned()
+    }
+
+    fn insert(&self, word: &str, pieces: &[(u32, usize)]) {
+        if word.len() >= WORD_CACHE_MAX_BYTES {
+            return;
+        }
+        if let Ok(mut map) = self.0.try_lock() {
+            if map.len() < WORD_CACHE_WORDS {
+                map.insert(word.into(), pieces.into());
+            }
+        }
+    }
 }
 
 /// The options of a [`CompactBpe`] besides its vocabulary and merges.
@@ -233,6 +277,7 @@ impl CompactBpe {
             unk_id,
             fuse_unk: options.fuse_unk,
             empty_affixes: options.empty_affixes,
+            cache: WordCache::default(),
         })
     }
 
@@ -252,21 +297,28 @@ impl CompactBpe {
                 joined.push_str(left_text);
                 joined.push_str(right_text);
                 let merged = self.index.get(&self.texts, joined)?;
-                let score_key = match order {
-                    RecoveredRank::Scores(scores) => {
-                        descending_score_key(scores.get(merged as usize).copied().unwrap_or(0.0))
-                    }
-                    RecoveredRank::Position => merged,
-                };
                 // Piece lengths fit u32 (the arena does).
-                let left_chars = left_text.chars().count() as u32;
-                let right_chars = right_text.chars().count() as u32;
-                let rank = (
-                    (u64::from(score_key) << 32) | u64::from(u32::MAX - left_chars),
-                    (u64::from(u32::MAX - right_chars) << 32)
-                        | u64::from(self.index.first_occurrence(merged)),
-                    left,
-                );
+                let rank = match order {
+                    RecoveredRank::Scores(scores) => {
+                        let score = scores.get(merged as usize).copied().unwrap_or(0.0);
+                        let left_chars = left_text.chars().count() as u32;
+                        let right_chars = right_text.chars().count() as u32;
+                        (
+                            (u64::from(descending_score_key(score)) << 32)
+                                | u64::from(u32::MAX - left_chars),
+                            (u64::from(u32::MAX - right_chars) << 32)
+                                | u64::from(self.index.first_occurrence(merged)),
+                            left,
+                        )
+                    }
+                    // Every merged piece has its own rank; among the splits of one piece, more
+                    // left chars means more left bytes (the left side is a prefix of the piece).
+                    RecoveredRank::Position => (
+                        (u64::from(merged) << 32) | u64::from(u32::MAX - left_text.len() as u32),
+                        0,
+                        0,
+                    ),
+                };
                 Some((rank, merged))
             }
         }
@@ -452,11 +504,7 @@ fn push_symbol(symbols: &mut Vec<Symbol>, id: u32, len: usize) {
 
 /// A GGUF merge list as (left id, right id) -> (rank, merged id); a later duplicate of a pair
 /// replaces the earlier one, as in the `BPE` builder.
-fn listed_merges(
-    list: &[String],
-    texts: &TokenTexts,
-    index: &TokenIndex,
-) -> Result<MergeMap> {
+fn listed_merges(list: &[String], texts: &TokenTexts, index: &TokenIndex) -> Result<MergeMap> {
     let mut map = HashMap::with_capacity_and_hasher(list.len(), ahash::RandomState::new());
     let mut joined = String::new();
     for (rank, merge) in list.iter().enumerate() {
@@ -489,13 +537,24 @@ impl Model for CompactBpe {
     type Trainer = BpeTrainer;
 
     fn tokenize(&self, sequence: &str) -> tokenizers::Result<Vec<Token>> {
+        let pieces = match self.cache.get(sequence) {
+            Some(pieces) => pieces,
+            None => {
+                let pieces: Pieces = self
+                    .merge_word(sequence)
+                    .into_iter()
+                    .map(|symbol| (symbol.id, symbol.len))
+                    .collect();
+                self.cache.insert(sequence, &pieces);
+                pieces
+            }
+        };
         let mut start = 0;
-        Ok(self
-            .merge_word(sequence)
-            .into_iter()
-            .map(|symbol| {
-                let end = start + symbol.len;
-                let token = Token::new(symbol.id, self.text(symbol.id).to_string(), (start, end));
+        Ok(pieces
+            .iter()
+            .map(|&(id, len)| {
+                let end = start + len;
+                let token = Token::new(id, self.text(id).to_string(), (start, end));
                 start = end;
                 token
             })
