@@ -346,6 +346,20 @@ fn fp8_per_channel_and_blocks() {
         Z::None,
     );
     check(s, 19, 1056, &[9, 22], None, "fp8");
+    // The AVX-512 decode kernel (m < 8): 32-column steps with a 16-column
+    // tail in K (kp = 1040) and in 48-column scale blocks, rows in groups
+    // of 4 / 2 with single-row tails (N = 19), every activation grouping.
+    let s = scheme(E::Fp8E4M3, G::PerChannel, S::F32, Z::None);
+    check(s, 19, 1040, &[1, 2, 5, 6, 7], None, "fp8");
+    let s = scheme(
+        E::Fp8E4M3,
+        G::Block2d { rows: 8, cols: 48 },
+        S::F32,
+        Z::None,
+    );
+    check(s, 19, 1056, &[1, 2, 3, 7], None, "fp8");
+    let s = scheme(E::Fp8E5M2, G::PerGroup { group_size: 48 }, S::F16, Z::None);
+    check(s, 23, 1056, &[1, 3, 6], None, "fp8");
 }
 
 #[test]

@@ -1,6 +1,15 @@
 //! `marlin bench gemm --device cpu`: quantized matmul throughput against the
 //! machine's own limits, measured in the same run.
 //!
+//! Memory, not cache: the copy arrays are each twice the last-level cache
+//! ([`last_level_cache_bytes`]; this VM reports a 504 MiB L3), and the
+//! decode rows (M < 8) rotate through copies of their weights that add up
+//! to 4x the LLC, used oldest first, so every timed call streams weights
+//! that 4x the LLC of other data went through the cache after. Before each
+//! such call a copy and a read of the same byte count, over windows of the
+//! copy arrays that rotate the same way, sample the bandwidth at the same
+//! moment of a shared machine.
+//!
 //! For each (K, N) shape, format and M the report gives the median and best
 //! time of [`GemmBenchConfig::runs`] calls after warm-up (4x as many for
 //! M <= 4), the GB/s of weight bytes streamed (codes + scales + zeros as the
@@ -36,6 +45,10 @@ pub enum BenchFormat {
     Int8PerChannel,
     /// FP8 E4M3, one f32 scale per row.
     Fp8PerChannel,
+    /// INT3 symmetric, f16 scale per 128 columns.
+    Int3G128,
+    /// INT2 symmetric, f16 scale per 128 columns.
+    Int2G128,
 }
 
 impl BenchFormat {
@@ -46,7 +59,26 @@ impl BenchFormat {
             BenchFormat::Nvfp4 => "NVFP4",
             BenchFormat::Int8PerChannel => "INT8 per-ch",
             BenchFormat::Fp8PerChannel => "FP8 E4M3 per-ch",
+            BenchFormat::Int3G128 => "INT3 g128",
+            BenchFormat::Int2G128 => "INT2 g128",
         }
+    }
+
+    /// Every format, with the short name filters use (`int4`, `mxfp4`...).
+    pub const ALL: [(&'static str, BenchFormat); 7] = [
+        ("int4", BenchFormat::Int4G128),
+        ("mxfp4", BenchFormat::Mxfp4),
+        ("nvfp4", BenchFormat::Nvfp4),
+        ("int8", BenchFormat::Int8PerChannel),
+        ("fp8", BenchFormat::Fp8PerChannel),
+        ("int3", BenchFormat::Int3G128),
+        ("int2", BenchFormat::Int2G128),
+    ];
+
+    /// The format of a short name of [`BenchFormat::ALL`] (case-insensitive).
+    pub fn from_short_name(name: &str) -> Option<Self> {
+        let name = name.trim().to_ascii_lowercase();
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|a| a.1)
     }
 
     pub fn scheme(self) -> QuantScheme {
@@ -87,6 +119,15 @@ impl BenchFormat {
                 ScaleDType::F32,
                 false,
             ),
+            BenchFormat::Int3G128 | BenchFormat::Int2G128 => (
+                ElementType::Int {
+                    bits: if self == BenchFormat::Int3G128 { 3 } else { 2 },
+                    signed: true,
+                },
+                Granularity::PerGroup { group_size: 128 },
+                ScaleDType::F16,
+                false,
+            ),
         };
         QuantScheme {
             element,
@@ -113,14 +154,23 @@ pub struct GemmBenchConfig {
     pub runs: usize,
     /// Size of each of the two buffers of the copy-bandwidth test.
     pub copy_bytes: usize,
+    /// Bytes of weight copies the decode rows (M < 8) rotate through (at
+    /// least 2 copies): every timed call reads a copy that this many bytes
+    /// of other weights went through the cache after.
+    pub rotate_bytes: usize,
+    /// The last-level cache the sizes above were chosen for (None:
+    /// unknown, [`FALLBACK_LLC_BYTES`] assumed).
+    pub llc_bytes: Option<usize>,
     /// Also time the dense f32 product (sgemm) of every shape.
     pub dense_baseline: bool,
 }
 
 impl Default for GemmBenchConfig {
     /// The table: 4096x4096 and 4096x14336, M = 1 and 128, INT4
-    /// g128, MXFP4, INT8 and FP8.
+    /// g128, MXFP4, INT8, FP8, INT3 and INT2; memory sizes from the LLC.
     fn default() -> Self {
+        let llc_bytes = last_level_cache_bytes();
+        let llc = llc_bytes.unwrap_or(FALLBACK_LLC_BYTES);
         GemmBenchConfig {
             shapes: vec![(4096, 4096), (4096, 14336)],
             ms: vec![1, 128],
@@ -129,13 +179,17 @@ impl Default for GemmBenchConfig {
                 BenchFormat::Mxfp4,
                 BenchFormat::Int8PerChannel,
                 BenchFormat::Fp8PerChannel,
+                BenchFormat::Int3G128,
+                BenchFormat::Int2G128,
             ],
             warmup: 2,
             runs: 7,
-            // STREAM's rule: each array at least 4x the last-level cache
-            // (8 MiB here); short passes also sample the load of a shared
-            // machine the way the few-millisecond kernels do.
-            copy_bytes: 32 << 20,
+            // Each array 2x the LLC: a pass touches 4x the LLC, so a
+            // streaming pass cannot be served from it (STREAM asks 4x per
+            // array; 2 x 2 GiB would crowd a shared 23 GB machine).
+            copy_bytes: llc.saturating_mul(2).max(64 << 20),
+            rotate_bytes: llc.saturating_mul(4).max(128 << 20),
+            llc_bytes,
             dense_baseline: true,
         }
     }
@@ -155,6 +209,9 @@ pub struct GemmBenchRow {
     pub best_seconds: f64,
     /// Weight bytes streamed per call.
     pub weight_bytes: usize,
+    /// Copies of the weights the timed calls rotated through (1: the same
+    /// weights every call, as M >= 8 rows, which are compute-bound).
+    pub weight_copies: usize,
     pub weight_gbs: f64,
     pub gflops: f64,
     /// Weight bytes / best time, over the copy bandwidth (both best-of-runs,
@@ -180,6 +237,9 @@ pub struct GemmBenchReport {
     /// Read-only (sum) bandwidth over the same buffer, GB/s.
     pub read_gbs: f64,
     pub copy_bytes: usize,
+    /// See [`GemmBenchConfig::rotate_bytes`] and [`GemmBenchConfig::llc_bytes`].
+    pub rotate_bytes: usize,
+    pub llc_bytes: Option<usize>,
     pub threads: usize,
     /// Threads of the dense baseline ([`crate::dense::sgemm_threads`]).
     pub dense_threads: usize,
@@ -214,6 +274,20 @@ impl fmt::Display for GemmBenchReport {
             self.read_gbs,
             self.threads
         )?;
+        let llc = match self.llc_bytes {
+            Some(b) => format!("{} MiB (sysfs)", b >> 20),
+            None => format!("unknown (assumed {} MiB)", FALLBACK_LLC_BYTES >> 20),
+        };
+        writeln!(
+            f,
+            "last-level cache {llc}: copy arrays {:.1}x LLC each; M < 8 rows rotate through {} MiB of weight copies (\"copies\" x \"wt MB\", oldest first), so every timed call streams weights from DRAM",
+            self.copy_bytes as f64 / self.llc_bytes.unwrap_or(FALLBACK_LLC_BYTES) as f64,
+            self.rotate_bytes >> 20,
+        )?;
+        writeln!(
+            f,
+            "%copy / %read: best weight GB/s over the higher of the bandwidth above and the best copy (read) of the same bytes, DRAM-cold, run before each of the row's calls"
+        )?;
         writeln!(
             f,
             "f32 FMA peak ({} threads, {}, measured now): {:.0} GFLOP/s; dense f32 baseline: matrixmultiply sgemm on {} threads",
@@ -221,12 +295,14 @@ impl fmt::Display for GemmBenchReport {
         )?;
         writeln!(
             f,
-            "{:<15} {:>5} {:>6} {:>4} {:<26} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9} {:>9} {:>7}  target",
+            "{:<15} {:>5} {:>6} {:>4} {:<26} {:>7} {:>6} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9} {:>9} {:>7}  target",
             "format",
             "K",
             "N",
             "M",
             "kernel",
+            "wt MB",
+            "copies",
             "time ms",
             "best ms",
             "GB/s",
@@ -249,12 +325,14 @@ impl fmt::Display for GemmBenchReport {
             });
             writeln!(
                 f,
-                "{:<15} {:>5} {:>6} {:>4} {:<26} {:>9.3} {:>8.3} {:>8.2} {:>8.1} {:>6.0}% {:>6.0}% {:>9} {:>9} {:>7}  {}",
+                "{:<15} {:>5} {:>6} {:>4} {:<26} {:>7.2} {:>6} {:>9.3} {:>8.3} {:>8.2} {:>8.1} {:>6.0}% {:>6.0}% {:>9} {:>9} {:>7}  {}",
                 r.format,
                 r.k,
                 r.n,
                 r.m,
                 r.kernel,
+                r.weight_bytes as f64 / 1e6,
+                r.weight_copies,
                 r.seconds * 1e3,
                 r.best_seconds * 1e3,
                 r.weight_gbs,
@@ -354,6 +432,47 @@ fn time_calls(
     Ok((t[t.len() / 2], t[0]))
 }
 
+/// LLC assumed when sysfs does not say.
+pub const FALLBACK_LLC_BYTES: usize = 64 << 20;
+
+/// Size of the largest data or unified cache of CPU 0, from Linux sysfs
+/// (`/sys/devices/system/cpu/cpu0/cache/index*/size`); `None` elsewhere.
+pub fn last_level_cache_bytes() -> Option<usize> {
+    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+    let mut best: Option<(u32, usize)> = None;
+    for entry in dir.flatten() {
+        let path = entry.path();
+        let read = |name: &str| std::fs::read_to_string(path.join(name)).ok();
+        let (Some(level), Some(kind), Some(size)) = (read("level"), read("type"), read("size"))
+        else {
+            continue;
+        };
+        if kind.trim() == "Instruction" {
+            continue;
+        }
+        let (Ok(level), Some(bytes)) = (level.trim().parse::<u32>(), parse_cache_size(&size))
+        else {
+            continue;
+        };
+        if best.is_none_or(|(l, _)| level > l) {
+            best = Some((level, bytes));
+        }
+    }
+    best.map(|b| b.1)
+}
+
+/// sysfs cache sizes: `48K`, `2048K`, `516096K`, `32M`, or bytes.
+fn parse_cache_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, mult) = match s.as_bytes().last()? {
+        b'K' | b'k' => (&s[..s.len() - 1], 1usize << 10),
+        b'M' | b'm' => (&s[..s.len() - 1], 1 << 20),
+        b'G' | b'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<usize>().ok()?.checked_mul(mult)
+}
+
 /// STREAM-like copy bandwidth in GB/s: `dst = src` over two buffers of
 /// `bytes` each (much larger than the caches), split over [`crate::pool`];
 /// counts read + write bytes. Best of `runs` after one warm-up, as STREAM
@@ -365,10 +484,16 @@ pub fn measure_copy_bandwidth(bytes: usize, runs: usize) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Two buffers for the copy test, allocated once.
+/// Two buffers for the copy test, allocated once, and the rotating windows
+/// of the per-call samples.
 struct CopyBench {
     src: Vec<f32>,
     dst: Vec<f32>,
+    /// Next window of the copy (floats into both arrays).
+    copy_pos: usize,
+    /// Next window of the read; half an array ahead of `copy_pos`, so a
+    /// window is read long after the copy went through it.
+    read_pos: usize,
 }
 
 impl CopyBench {
@@ -377,23 +502,44 @@ impl CopyBench {
         CopyBench {
             src: (0..len).map(|i| i as f32).collect(),
             dst: vec![0f32; len],
+            copy_pos: 0,
+            read_pos: len / 2,
         }
     }
 
-    /// One pass summing `src` over all threads (a read-only stream, like
-    /// the m = 1 kernels); GB/s of bytes read. On [`crate::pool`], the
+    /// Floats per task for a window of `len` floats: about 16 tasks per
+    /// thread (like the decode kernels), at least 64 KiB.
+    fn task_len(len: usize) -> usize {
+        let threads = crate::pool::current().threads().max(1);
+        len.div_ceil(threads * 16).max(1 << 14).next_multiple_of(16)
+    }
+
+    /// Start of the next window of `len` floats at `*pos` (wrapping).
+    fn next_window(pos: &mut usize, len: usize, total: usize) -> usize {
+        if *pos + len > total {
+            *pos = 0;
+        }
+        let start = *pos;
+        *pos += len;
+        start
+    }
+
+    /// Sums `src[start..start + len]` over all threads (a read-only stream,
+    /// like the m = 1 kernels); GB/s of bytes read. On [`crate::pool`], the
     /// threads the kernels run on.
-    fn read_once(&mut self) -> f64 {
-        let chunk = 1 << 18;
-        let src = &self.src;
+    fn read_range(&self, start: usize, len: usize) -> f64 {
+        let chunk = Self::task_len(len);
+        let src = &self.src[start..start + len];
         let mut partial = vec![0f32; src.len().div_ceil(chunk)];
-        let start = Instant::now();
+        let t = Instant::now();
         // Infallible: the closure returns Ok.
         let _ = crate::pool::current().try_for_each_chunk_mut(&mut partial, 1, |c, out| {
             let part = &src[c * chunk..((c + 1) * chunk).min(src.len())];
-            // 8 independent sums so that the loop vectorizes.
-            let mut acc = [0f32; 8];
-            for v in part.chunks_exact(8) {
+            // 32 independent sums: the loop vectorizes into 4 chains of
+            // 8-lane adds (one chain would bound a core at 32 bytes per
+            // add latency, below what DRAM delivers).
+            let mut acc = [0f32; 32];
+            for v in part.chunks_exact(32) {
                 for (a, x) in acc.iter_mut().zip(v) {
                     *a += x;
                 }
@@ -402,22 +548,51 @@ impl CopyBench {
             Ok(())
         });
         black_box(partial.iter().sum::<f32>());
-        (self.src.len() * 4) as f64 / start.elapsed().as_secs_f64() / 1e9
+        (len * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
     }
 
-    /// One copy over all threads (on [`crate::pool`]); GB/s of read +
-    /// write bytes.
-    fn run_once(&mut self) -> f64 {
-        let chunk = 1 << 18; // 1 MiB per task
-        let src = &self.src;
-        let start = Instant::now();
+    /// `dst = src` over `start..start + len` on all threads (on
+    /// [`crate::pool`]); GB/s of read + write bytes.
+    fn copy_range(&mut self, start: usize, len: usize) -> f64 {
+        let chunk = Self::task_len(len);
+        let src = &self.src[start..start + len];
+        let t = Instant::now();
         // Infallible: the closure returns Ok.
-        let _ = crate::pool::current().try_for_each_chunk_mut(&mut self.dst, chunk, |c, d| {
-            d.copy_from_slice(black_box(&src[c * chunk..c * chunk + d.len()]));
-            Ok(())
-        });
+        let _ = crate::pool::current().try_for_each_chunk_mut(
+            &mut self.dst[start..start + len],
+            chunk,
+            |c, d| {
+                d.copy_from_slice(black_box(&src[c * chunk..c * chunk + d.len()]));
+                Ok(())
+            },
+        );
         black_box(&mut self.dst);
-        2.0 * (self.src.len() * 4) as f64 / start.elapsed().as_secs_f64() / 1e9
+        2.0 * (len * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
+    }
+
+    /// One pass reading all of `src`.
+    fn read_once(&mut self) -> f64 {
+        self.read_range(0, self.src.len())
+    }
+
+    /// One copy of all of `src` into `dst`.
+    fn run_once(&mut self) -> f64 {
+        self.copy_range(0, self.src.len())
+    }
+
+    /// A copy of the next window of `bytes` (read + write counted: 2x
+    /// `bytes`), DRAM-cold while the arrays are larger than the LLC.
+    fn copy_window(&mut self, bytes: usize) -> f64 {
+        let len = (bytes / 4).clamp(16, self.src.len());
+        let start = Self::next_window(&mut self.copy_pos, len, self.src.len());
+        self.copy_range(start, len)
+    }
+
+    /// A read of the next window of `bytes`.
+    fn read_window(&mut self, bytes: usize) -> f64 {
+        let len = (bytes / 4).clamp(16, self.src.len());
+        let start = Self::next_window(&mut self.read_pos, len, self.src.len());
+        self.read_range(start, len)
     }
 }
 
@@ -528,6 +703,13 @@ impl GemmBenchConfig {
         if self.ms.contains(&0) {
             return Err(CpuError::Shape("benchmark M of 0".into()));
         }
+        if self.copy_bytes > isize::MAX as usize / 2 || self.rotate_bytes > isize::MAX as usize / 2
+        {
+            return Err(CpuError::Shape(format!(
+                "benchmark copy arrays of {} bytes, weight rotation of {} bytes",
+                self.copy_bytes, self.rotate_bytes
+            )));
+        }
         for &(k, n) in &self.shapes {
             let fits = k > 0
                 && n > 0
@@ -542,6 +724,12 @@ impl GemmBenchConfig {
         }
         Ok(())
     }
+}
+
+/// Copies of weights of `bytes` that add up to at least `rotate_bytes`
+/// (at least 2; 1 when nothing is rotated).
+fn rotation_copies(rotate_bytes: usize, bytes: usize) -> usize {
+    rotate_bytes.div_ceil(bytes.max(1)).max(2)
 }
 
 /// Runs the benchmark of `cfg`.
@@ -578,28 +766,49 @@ pub fn run_gemm_bench(cfg: &GemmBenchConfig) -> Result<GemmBenchReport, CpuError
             let t = random_quant_tensor(fmt.scheme(), n, k, 0x5EED + fi as u64)?;
             let p = PreparedQuant::new(&t)?;
             drop(t);
+            let weight_bytes = p.stream_bytes();
             for &m in &cfg.ms {
                 let (xs, ys) = (&x[..m * k], &mut y[..m * n]);
-                // At M = 1 each timed call follows one copy, so that the
-                // kernel and the bandwidth it is compared with see the same
-                // load from other processes (the machine is shared), and
-                // the weights come from DRAM, not from a warm L3.
+                let decode = m < crate::quant_gemm::BATCHED_MIN_M;
+                // Decode rows: copies used oldest first, each after the
+                // rest of the rotation went through the cache.
+                let copies: Vec<PreparedQuant> = if decode {
+                    (0..rotation_copies(cfg.rotate_bytes, weight_bytes))
+                        .map(|_| p.clone())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let mut next = 0usize;
+                // Before each timed decode call, a copy and a read of the
+                // same bytes (DRAM-cold windows), so that the kernel and
+                // the bandwidth it is compared with see the same moment of
+                // a shared machine.
                 let (mut row_copy_gbs, mut row_read_gbs) = (0f64, 0f64);
                 let (s, best) = time_calls(
                     cfg.warmup,
                     runs_for(cfg, m),
                     || {
-                        if m == 1 {
-                            row_copy_gbs = row_copy_gbs.max(copy.run_once());
-                            row_read_gbs = row_read_gbs.max(copy.read_once());
+                        if decode {
+                            row_copy_gbs = row_copy_gbs.max(copy.copy_window(weight_bytes));
+                            row_read_gbs = row_read_gbs.max(copy.read_window(weight_bytes));
                         }
                     },
-                    || p.matmul(black_box(xs), m, black_box(&mut *ys)),
+                    || {
+                        let w = if copies.is_empty() {
+                            &p
+                        } else {
+                            next += 1;
+                            &copies[(next - 1) % copies.len()]
+                        };
+                        w.matmul(black_box(xs), m, black_box(&mut *ys))
+                    },
                 )?;
+                drop(copies);
                 copy_gbs = copy_gbs.max(row_copy_gbs);
                 read_gbs = read_gbs.max(row_read_gbs);
-                let weight_bytes = p.stream_bytes();
                 let weight_gbs = weight_bytes as f64 / s / 1e9;
+                let best_gbs = weight_bytes as f64 / best / 1e9;
                 rows.push(GemmBenchRow {
                     format: fmt.name().to_string(),
                     kernel: p.kernel_name(),
@@ -609,16 +818,24 @@ pub fn run_gemm_bench(cfg: &GemmBenchConfig) -> Result<GemmBenchReport, CpuError
                     seconds: s,
                     best_seconds: best,
                     weight_bytes,
+                    weight_copies: if decode {
+                        rotation_copies(cfg.rotate_bytes, weight_bytes)
+                    } else {
+                        1
+                    },
                     weight_gbs,
                     gflops: 2.0 * (m * n * k) as f64 / s / 1e9,
-                    frac_copy_bw: weight_bytes as f64 / best / 1e9 / row_copy_gbs.max(1e-9),
-                    frac_read_bw: weight_bytes as f64 / best / 1e9 / row_read_gbs.max(1e-9),
+                    frac_copy_bw: best_gbs / row_copy_gbs.max(copy_gbs).max(1e-9),
+                    frac_read_bw: best_gbs / row_read_gbs.max(read_gbs).max(1e-9),
                     dense_seconds: dense_secs.iter().find(|d| d.0 == m).map(|d| d.1),
                 });
             }
         }
     }
-    for r in rows.iter_mut().filter(|r| r.m != 1) {
+    for r in rows
+        .iter_mut()
+        .filter(|r| r.m >= crate::quant_gemm::BATCHED_MIN_M)
+    {
         r.frac_copy_bw = r.weight_bytes as f64 / r.best_seconds / 1e9 / copy_gbs;
         r.frac_read_bw = r.weight_bytes as f64 / r.best_seconds / 1e9 / read_gbs;
     }
@@ -626,6 +843,8 @@ pub fn run_gemm_bench(cfg: &GemmBenchConfig) -> Result<GemmBenchReport, CpuError
         copy_gbs,
         read_gbs,
         copy_bytes: cfg.copy_bytes,
+        rotate_bytes: cfg.rotate_bytes,
+        llc_bytes: cfg.llc_bytes,
         threads: crate::pool::current().threads(),
         dense_threads: crate::dense::sgemm_threads(),
         fma_peak_gflops,
@@ -649,5 +868,46 @@ mod tests {
         assert!(with(vec![(64, 64)], vec![0]).check().is_err());
         assert!(with(vec![(usize::MAX / 2, 64)], vec![4]).check().is_err());
         assert!(with(vec![(64, 64)], vec![1, 3]).check().is_ok());
+        let huge_copy = GemmBenchConfig {
+            copy_bytes: usize::MAX,
+            ..GemmBenchConfig::default()
+        };
+        assert!(huge_copy.check().is_err());
+    }
+
+    #[test]
+    fn sysfs_cache_sizes_parse() {
+        assert_eq!(parse_cache_size("48K\n"), Some(48 << 10));
+        assert_eq!(parse_cache_size("516096K"), Some(504 << 20));
+        assert_eq!(parse_cache_size("32M"), Some(32 << 20));
+        assert_eq!(parse_cache_size("4096"), Some(4096));
+        assert_eq!(parse_cache_size(""), None);
+        assert_eq!(parse_cache_size("K"), None);
+        assert_eq!(parse_cache_size("99999999999999999999G"), None);
+    }
+
+    #[test]
+    fn rotation_covers_the_requested_bytes() {
+        // 4x a 504 MiB LLC over 8.65 MB of INT4 4096x4096 weights.
+        let n = rotation_copies(2016 << 20, 8_650_752);
+        assert_eq!(n, 245);
+        assert!(n * 8_650_752 >= 2016 << 20);
+        assert_eq!(rotation_copies(1 << 20, 1 << 30), 2);
+        assert_eq!(rotation_copies(0, 0), 2);
+    }
+
+    #[test]
+    fn copy_windows_rotate_inside_the_arrays() {
+        let mut c = CopyBench::new(4 << 20);
+        let total = c.src.len();
+        // Windows of a quarter: after four copies every float was copied
+        // once; the fifth wraps to the start.
+        for _ in 0..5 {
+            assert!(c.copy_window(1 << 20) > 0.0);
+            assert!(c.read_window(1 << 20) > 0.0);
+            assert!(c.copy_pos <= total && c.read_pos <= total);
+        }
+        assert_eq!(c.copy_pos, total / 4);
+        assert!(c.dst == c.src);
     }
 }

@@ -75,6 +75,7 @@ pub(crate) const fn depth(fmt: u8) -> usize {
 pub(crate) const FP4_LUT: [u8; 16] = [12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0];
 
 /// INT/FP4 weights in interleaved superblocks.
+#[derive(Clone)]
 pub(crate) struct IntDotWeights {
     pub fmt: CodeFormat,
     pub n_sb: usize,

@@ -12,6 +12,7 @@ use super::codes::ScaleGrid;
 const CONSECUTIVE: [u32; LANES] = [0, 1, 2, 3, 4, 5, 6, 7];
 
 /// Grid values in the smallest dtype that holds all of them exactly.
+#[derive(Clone)]
 pub(crate) enum GridValues {
     F32(Vec<f32>),
     /// IEEE half bits.
@@ -60,6 +61,7 @@ impl GridValues {
 }
 
 /// Per-lane view of a scale grid (see the module comment).
+#[derive(Clone)]
 pub(crate) struct LaneGrid {
     pub values: GridValues,
     /// Entries per grid row in `values`.

@@ -102,6 +102,7 @@ fn intdot_rows_scalar(
     w.rows_scalar(a, rows, yt)
 }
 
+#[derive(Clone)]
 enum Path {
     IntDot {
         w: IntDotWeights,
@@ -113,7 +114,10 @@ enum Path {
 }
 
 /// A `QuantTensor` repacked once for the CPU kernels: `matmul` computes
-/// `y (m, N) = x (m, K) · Wᵀ` for f32 activations.
+/// `y (m, N) = x (m, K) · Wᵀ` for f32 activations. `Clone` copies the
+/// repacked weights (the benchmark rotates through copies so that every
+/// timed call streams them from DRAM).
+#[derive(Clone)]
 pub struct PreparedQuant {
     rows: usize,
     cols: usize,
@@ -174,8 +178,7 @@ impl PreparedQuant {
         let isa = self.isa.name();
         match self.path.as_ref() {
             Path::IntDot { w, .. } => format!("int-dot {:?} {isa}", w.fmt),
-            // FP8: AVX-512 (F) kernel for m >= 8, the AVX2 one below.
-            Path::Fp8(_) if self.isa == KernelIsa::Avx512Vnni => "fp8 avx512 (m >= 8)".to_string(),
+            Path::Fp8(_) if self.isa == KernelIsa::Avx512Vnni => "fp8 avx512".to_string(),
             Path::Fp8(_) => format!("fp8 {isa}"),
             Path::Generic(_) => "generic f32".to_string(),
         }
@@ -234,6 +237,14 @@ impl PreparedQuant {
                         // kernels, two weight rows per register.
                         for_row_chunks(n, m, 16, y, |rows, yt| {
                             rowdec::fp8_avx512::rows(w, &xp, m, rows, yt)
+                        })?;
+                        return Ok(());
+                    }
+                    if self.isa == KernelIsa::Avx512Vnni {
+                        // Decode: the AVX2 kernel's operations on 64-byte
+                        // registers, several rows' FMA chains at once.
+                        for_row_chunks(n, m, decode_chunk(n), y, |rows, yt| {
+                            rowdec::fp8_avx512::decode_rows(w, &xp, m, rows, yt)
                         })?;
                         return Ok(());
                     }

@@ -8,6 +8,7 @@ use super::codes::{decode_e4m3, decode_e5m2, CheckedTensor, ScaleGrid};
 use marlin_quant::{ElementType, QuantTensor, ZeroPoint};
 
 /// FP8 codes, rows padded to whole 16-column steps with +0 codes.
+#[derive(Clone)]
 pub(crate) struct Fp8Weights {
     pub n: usize,
     pub k: usize,
@@ -93,6 +94,7 @@ impl Fp8Weights {
 }
 
 /// The generic path: the checked tensor kept as is.
+#[derive(Clone)]
 pub(crate) struct GenericWeights {
     pub t: QuantTensor,
     pub bits: u32,
@@ -624,6 +626,217 @@ pub(crate) mod fp8_avx512 {
         }
         if p0 < np {
             block::<1, XB>(w, tile, r0, nt, p0, xp, xr, cols, acc, m);
+        }
+    }
+
+    /// 16 FP8 codes at `p` as f16 bits (the values of `decode16`, times
+    /// 2^-8 for E4M3), in column order.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn f16_bits16<const E5M2: bool>(p: *const u8) -> __m256i {
+        let b = _mm256_cvtepu8_epi16(_mm_loadu_si128(p as *const __m128i));
+        if E5M2 {
+            _mm256_slli_epi16::<8>(b)
+        } else {
+            // S.EEEE.MMM << 8, arithmetic >> 1 = S.S.EEEE.MMM.0000000; bit
+            // 14 cleared gives decode16's S.0EEEE.MMM0000000.
+            _mm256_and_si256(
+                _mm256_srai_epi16::<1>(_mm256_slli_epi16::<8>(b)),
+                _mm256_set1_epi16(0xBFFF_u16 as i16),
+            )
+        }
+    }
+
+    /// As [`f16_bits16`] for 32 codes.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn f16_bits32<const E5M2: bool>(p: *const u8) -> __m512i {
+        let b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(p as *const __m256i));
+        if E5M2 {
+            _mm512_slli_epi16::<8>(b)
+        } else {
+            _mm512_and_si512(
+                _mm512_srai_epi16::<1>(_mm512_slli_epi16::<8>(b)),
+                _mm512_set1_epi16(0xBFFF_u16 as i16),
+            )
+        }
+    }
+
+    /// Software prefetch distance of the decode kernel, bytes ahead in
+    /// each weight row's codes.
+    const DECODE_PREFETCH: usize = 2048;
+
+    /// Decode kernel (m < 8): weight rows `r0..r0 + RB` against activation
+    /// rows `m0..m0 + MR`, outputs at `yt[(r - rows_start) * m + i]`.
+    ///
+    /// One 64-byte accumulator per (row, activation row) holds the AVX2
+    /// kernel's `a0` (lanes 0-7: columns c..c + 8 of every 16-column step)
+    /// and `a1` (lanes 8-15), and each scale block ends with `total =
+    /// fma(a0 + a1, s, total)` on 8 lanes: the AVX2 kernel's f32 operations
+    /// in its order, so bitwise its results. RB x MR independent chains
+    /// (a single row has one FMA chain of 4-cycle latency per 16 codes).
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    // Register arrays indexed by constant loop counters (unrolled).
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    unsafe fn decode_block<const E5M2: bool, const RB: usize, const MR: usize>(
+        w: &Fp8Weights,
+        xp: &[f32],
+        r0: usize,
+        m0: usize,
+        rows_start: usize,
+        m: usize,
+        yt: &mut [f32],
+    ) {
+        let kp = w.kp;
+        let mut codes = [std::ptr::null::<u8>(); RB];
+        let mut scales: [&[f32]; RB] = [&[]; RB];
+        for a in 0..RB {
+            codes[a] = w.codes.as_ptr().add((r0 + a) * kp);
+            scales[a] = w.row_scales(r0 + a);
+        }
+        let mut x = [std::ptr::null::<f32>(); MR];
+        for i in 0..MR {
+            x[i] = xp.as_ptr().add((m0 + i) * kp);
+        }
+        let mut total = [[_mm256_setzero_ps(); MR]; RB];
+        let mut c0 = 0;
+        for blk in 0..w.blocks_per_row {
+            let c1 = (c0 + w.block).min(kp);
+            let mut acc = [[_mm512_setzero_ps(); MR]; RB];
+            let mut c = c0;
+            while c + 32 <= c1 {
+                let mut w0 = [_mm512_setzero_ps(); RB];
+                let mut w1 = [_mm512_setzero_ps(); RB];
+                for a in 0..RB {
+                    // A prefetch never faults, hence wrapping_add.
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        codes[a].wrapping_add(c + DECODE_PREFETCH) as *const i8
+                    );
+                    let h = f16_bits32::<E5M2>(codes[a].add(c));
+                    w0[a] = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+                    w1[a] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(h));
+                }
+                for i in 0..MR {
+                    let x0 = _mm512_loadu_ps(x[i].add(c));
+                    let x1 = _mm512_loadu_ps(x[i].add(c + 16));
+                    for a in 0..RB {
+                        acc[a][i] = _mm512_fmadd_ps(w0[a], x0, acc[a][i]);
+                        acc[a][i] = _mm512_fmadd_ps(w1[a], x1, acc[a][i]);
+                    }
+                }
+                c += 32;
+            }
+            if c < c1 {
+                // One 16-column step (blocks and kp are multiples of 16).
+                let mut w0 = [_mm512_setzero_ps(); RB];
+                for a in 0..RB {
+                    w0[a] = _mm512_cvtph_ps(f16_bits16::<E5M2>(codes[a].add(c)));
+                }
+                for i in 0..MR {
+                    let x0 = _mm512_loadu_ps(x[i].add(c));
+                    for a in 0..RB {
+                        acc[a][i] = _mm512_fmadd_ps(w0[a], x0, acc[a][i]);
+                    }
+                }
+            }
+            for a in 0..RB {
+                let s = _mm256_set1_ps(scales[a][blk]);
+                for i in 0..MR {
+                    let v = acc[a][i];
+                    let sum = _mm256_add_ps(
+                        _mm512_castps512_ps256(v),
+                        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))),
+                    );
+                    total[a][i] = _mm256_fmadd_ps(sum, s, total[a][i]);
+                }
+            }
+            c0 = c1;
+        }
+        let unbias = if E5M2 { 1.0 } else { 256.0 };
+        for a in 0..RB {
+            for i in 0..MR {
+                yt[(r0 + a - rows_start) * m + m0 + i] = hsum(total[a][i]) * unbias;
+            }
+        }
+    }
+
+    /// Rows of a decode task for activation rows `m0..m0 + MR`: RB rows at
+    /// a time, then one.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    unsafe fn decode_rows_mr<const E5M2: bool, const RB: usize, const MR: usize>(
+        w: &Fp8Weights,
+        xp: &[f32],
+        m0: usize,
+        m: usize,
+        rows: std::ops::Range<usize>,
+        yt: &mut [f32],
+    ) {
+        let mut r = rows.start;
+        while r + RB <= rows.end {
+            decode_block::<E5M2, RB, MR>(w, xp, r, m0, rows.start, m, yt);
+            r += RB;
+        }
+        while r < rows.end {
+            decode_block::<E5M2, 1, MR>(w, xp, r, m0, rows.start, m, yt);
+            r += 1;
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    unsafe fn decode_rows_impl<const E5M2: bool>(
+        w: &Fp8Weights,
+        xp: &[f32],
+        m: usize,
+        rows: std::ops::Range<usize>,
+        yt: &mut [f32],
+    ) {
+        // Activation rows in groups of 4, 3, 2 or 1, each group's weight
+        // rows decoded once; about 4 FMA chains per group.
+        let mut m0 = 0;
+        while m0 < m {
+            let mr = (m - m0).min(4);
+            match mr {
+                4 => decode_rows_mr::<E5M2, 1, 4>(w, xp, m0, m, rows.clone(), yt),
+                3 => decode_rows_mr::<E5M2, 2, 3>(w, xp, m0, m, rows.clone(), yt),
+                2 => decode_rows_mr::<E5M2, 2, 2>(w, xp, m0, m, rows.clone(), yt),
+                _ => decode_rows_mr::<E5M2, 4, 1>(w, xp, m0, m, rows.clone(), yt),
+            }
+            m0 += mr;
+        }
+    }
+
+    /// Whether this CPU runs [`decode_rows`].
+    pub(crate) fn decode_available() -> bool {
+        available() && is_x86_feature_detected!("avx512bw")
+    }
+
+    /// Decode path (m < 8): `yt (rows, m)`; `xp` is x (m, kp) zero padded.
+    /// Bitwise the AVX2 kernel's outputs (see [`decode_block`]).
+    pub(crate) fn decode_rows(
+        w: &Fp8Weights,
+        xp: &[f32],
+        m: usize,
+        rows: std::ops::Range<usize>,
+        yt: &mut [f32],
+    ) {
+        assert!(
+            decode_available()
+                && xp.len() >= m * w.kp
+                && yt.len() >= rows.len() * m
+                && rows.end <= w.n
+                && w.kp.is_multiple_of(16)
+                && w.block.is_multiple_of(16)
+                && w.blocks_per_row * w.block >= w.kp
+        );
+        // SAFETY: the features were detected (asserted); row r has kp
+        // codes and its scale row blocks_per_row entries covering kp in
+        // whole 16-column steps, every row of xp has kp values (asserted).
+        unsafe {
+            if w.e5m2 {
+                decode_rows_impl::<true>(w, xp, m, rows, yt)
+            } else {
+                decode_rows_impl::<false>(w, xp, m, rows, yt)
+            }
         }
     }
 
