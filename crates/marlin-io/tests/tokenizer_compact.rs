@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use marlin_io::gguf::GgufFile;
+use marlin_io::gguf::{GgufFile, GgufKey};
 use marlin_io::tokenizer::Tokenizer;
 use serde_json::Value;
 
@@ -70,6 +70,16 @@ fn check_model(file: &str, fixture: &str) {
     }
     let gguf = GgufFile::open(&path).expect("GGUF opens");
     let compact = Tokenizer::from_gguf(&gguf).expect("tokenizer builds");
+    // Token texts are the file's spelling, respelled pieces (Gemma's whitespace runs) included.
+    let file_tokens = gguf
+        .get_array(GgufKey::TokenizerTokens)
+        .expect("tokens")
+        .as_strings()
+        .expect("strings");
+    assert_eq!(file_tokens.len(), compact.vocab_size());
+    for (id, token) in file_tokens.iter().enumerate() {
+        assert_eq!(compact.token_str(id as u32), Some(token.as_str()), "token {id}");
+    }
     drop(gguf);
     let dir = std::env::temp_dir().join(format!("marlin-compact-{fixture}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");

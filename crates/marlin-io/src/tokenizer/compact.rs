@@ -281,6 +281,11 @@ impl CompactBpe {
         })
     }
 
+    /// The text of piece `id` as the model holds it.
+    pub(crate) fn piece(&self, id: u32) -> Option<&str> {
+        self.texts.get(id)
+    }
+
     fn text(&self, id: u32) -> &str {
         self.texts.get(id).unwrap_or_default()
     }

@@ -103,12 +103,23 @@ impl Pipeline {
     }
 }
 
+/// Token texts as the model file spells them.
+#[derive(Clone)]
+enum Spelling {
+    /// The compact model's pieces, except for the ids in the map, which the pipeline respells
+    /// (Gemma's whitespace pieces, byte-level pieces stored as plain text): no second copy of a
+    /// 262,144-piece vocabulary.
+    ModelPieces(HashMap<u32, String>),
+    /// A table of their own (Hugging Face pipelines).
+    Own(TokenTexts),
+}
+
 /// A tokenizer: text to token ids and back.
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: Pipeline,
     /// Token text by id (as the model file spells it); `vocab_size()` entries.
-    tokens: TokenTexts,
+    spelling: Spelling,
     /// Whether a token is special (control/added special); same length as `tokens`.
     special: Vec<bool>,
     bos_id: Option<u32>,
@@ -121,7 +132,7 @@ pub struct Tokenizer {
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokenizer")
-            .field("vocab_size", &self.tokens.len())
+            .field("vocab_size", &self.vocab_size())
             .field("bos_id", &self.bos_id)
             .field("eos_ids", &self.eos_ids)
             .field("add_bos", &self.add_bos)
@@ -137,7 +148,17 @@ impl Tokenizer {
         let inner = build::build_pipeline(&spec)?;
         let vocab_size = spec.tokens.len();
         let added = inner.get_added_tokens_decoder();
-        let tokens = TokenTexts::new(spec.tokens.iter().map(String::as_str))?;
+        let model = inner.get_model();
+        let respelled: HashMap<u32, String> = spec
+            .tokens
+            .iter()
+            .enumerate()
+            .filter_map(|(id, token)| {
+                // `validate` checked that ids fit u32.
+                let id = u32::try_from(id).ok()?;
+                (model.piece(id) != Some(token.as_str())).then(|| (id, token.clone()))
+            })
+            .collect();
         let special: Vec<bool> = (0..vocab_size)
             .map(|id| {
                 u32::try_from(id)
@@ -153,7 +174,7 @@ impl Tokenizer {
             .collect();
         let mut tokenizer = Self {
             inner: Pipeline::Gguf(Box::new(inner)),
-            tokens,
+            spelling: Spelling::ModelPieces(respelled),
             special,
             bos_id: spec.bos_id,
             eos_ids: Vec::new(),
@@ -232,7 +253,7 @@ impl Tokenizer {
         }
         let mut tokenizer = Self {
             inner: Pipeline::Hf(Box::new(inner)),
-            tokens,
+            spelling: Spelling::Own(tokens),
             special,
             bos_id,
             eos_ids: Vec::new(),
@@ -300,11 +321,12 @@ impl Tokenizer {
     }
 
     fn check_ids(&self, ids: &[u32]) -> Result<()> {
-        match ids.iter().find(|&&id| id as usize >= self.tokens.len()) {
+        let vocab_size = self.vocab_size();
+        match ids.iter().find(|&&id| id as usize >= vocab_size) {
             Some(&id) => Err(TokenizerError::TokenIdOutOfRange {
                 what: "decoded",
                 id: u64::from(id),
-                vocab_size: self.tokens.len(),
+                vocab_size,
             }),
             None => Ok(()),
         }
@@ -345,12 +367,20 @@ impl Tokenizer {
 
     /// Number of token ids (the model's embedding rows).
     pub fn vocab_size(&self) -> usize {
-        self.tokens.len()
+        // `special` has one entry per token, whichever table holds their texts.
+        self.special.len()
     }
 
     /// The token's text as the model file spells it (`Ġ`/`▁` markers, `<0x0A>` bytes).
     pub fn token_str(&self, id: u32) -> Option<&str> {
-        self.tokens.get(id)
+        match (&self.spelling, &self.inner) {
+            (Spelling::Own(texts), _) => texts.get(id),
+            (Spelling::ModelPieces(respelled), Pipeline::Gguf(pipeline)) => respelled
+                .get(&id)
+                .map(String::as_str)
+                .or_else(|| pipeline.get_model().piece(id)),
+            (Spelling::ModelPieces(_), Pipeline::Hf(_)) => None,
+        }
     }
 
     /// The id of a token spelled exactly `token` (special tokens included).
