@@ -78,7 +78,11 @@ fn check_model(file: &str, fixture: &str) {
         .expect("strings");
     assert_eq!(file_tokens.len(), compact.vocab_size());
     for (id, token) in file_tokens.iter().enumerate() {
-        assert_eq!(compact.token_str(id as u32), Some(token.as_str()), "token {id}");
+        assert_eq!(
+            compact.token_str(id as u32),
+            Some(token.as_str()),
+            "token {id}"
+        );
     }
     drop(gguf);
     let dir = std::env::temp_dir().join(format!("marlin-compact-{fixture}-{}", std::process::id()));
