@@ -137,3 +137,38 @@ fn compressed_tensors_empty_rows_of_huge_n_are_rejected() {
 fn half_one() -> [u8; 2] {
     0x3c00u16.to_le_bytes()
 }
+
+/// Loads `json` as a lone tokenizer.json; the error message.
+fn tokenizer_json_error(test: &str, json: &str) -> String {
+    let path = std::env::temp_dir().join(format!(
+        "marlin-parser-hardening-{test}-{}.json",
+        std::process::id()
+    ));
+    std::fs::write(&path, json).unwrap();
+    let result = marlin_io::tokenizer::Tokenizer::from_tokenizer_json(&path);
+    std::fs::remove_file(&path).unwrap();
+    match result {
+        Ok(t) => panic!("malformed tokenizer.json accepted: {t:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn tokenizer_json_with_a_decoder_that_is_not_json_is_an_error() {
+    // The tokenizers crate `expect`s the decoder to be well-formed JSON
+    // (fuzz/seeds/tokenizer_json/crash-decoder-not-json).
+    let msg = tokenizer_json_error("decoder", r#"{"version":"1.0","decoder":{"type" 1}}"#);
+    assert!(msg.contains("expected `:`"), "{msg}");
+}
+
+#[test]
+fn tokenizer_json_with_a_bad_precompiled_charsmap_is_an_error() {
+    // Valid JSON, but the tokenizers crate `expect`s the Precompiled
+    // normalizer's charsmap to parse.
+    let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+        "normalizer":{"type":"Precompiled","precompiled_charsmap":5},
+        "pre_tokenizer":null,"post_processor":null,"decoder":null,
+        "model":{"type":"WordLevel","vocab":{"a":0},"unk_token":"a"}}"#;
+    let msg = tokenizer_json_error("precompiled", json);
+    assert!(msg.contains("tokenizers library rejected it"), "{msg}");
+}

@@ -51,10 +51,29 @@ fn load_pipeline(path: &Path) -> Result<HfTokenizer> {
         path: path.to_path_buf(),
         source: std::io::Error::from(std::io::ErrorKind::NotFound),
     })?;
-    HfTokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::Json {
+    let json_err = |message: String| TokenizerError::Json {
         path: path.to_path_buf(),
-        message: backend(e).to_string(),
-    })
+        message,
+    };
+    // The `tokenizers` crate panics (`expect`) instead of erroring on some
+    // malformed files: a `decoder` that is not valid JSON, a `Precompiled`
+    // normalizer whose charsmap does not parse. Checking the JSON syntax first
+    // turns the first into a plain error; the panic of the second is caught.
+    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| json_err(e.to_string()))?;
+    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        HfTokenizer::from_bytes(&bytes)
+    }))
+    .map_err(|panic| {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        json_err(format!(
+            "the tokenizers library rejected it (panic: {reason})"
+        ))
+    })?;
+    parsed.map_err(|e| json_err(backend(e).to_string()))
 }
 
 /// A special-token entry of tokenizer_config.json: `"<s>"`, `{"content": "<s>", ...}` or null.
