@@ -172,3 +172,28 @@ fn tokenizer_json_with_a_bad_precompiled_charsmap_is_an_error() {
     let msg = tokenizer_json_error("precompiled", json);
     assert!(msg.contains("tokenizers library rejected it"), "{msg}");
 }
+
+#[test]
+fn hostile_chat_templates_end_in_an_error_within_bounds() {
+    use marlin_io::tokenizer::{ChatMessage, ChatTemplate};
+    use std::time::{Duration, Instant};
+    let messages = [ChatMessage::user("hi")];
+    // Each must stop on a bound minijinja enforces: instruction fuel (the
+    // loop printing every step is the slowest per unit of fuel), recursion
+    // depth, the size of a repeated string.
+    for source in [
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{% endfor %}{% endfor %}",
+        "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+        "{% for m in messages recursive %}{{ loop(messages) }}{% endfor %}",
+        "{{ 'ab' * 100000000 }}",
+    ] {
+        let template = ChatTemplate::new(source, "<s>", "</s>").unwrap();
+        let start = Instant::now();
+        let result = template.render(&messages, true);
+        let elapsed = start.elapsed();
+        assert!(result.is_err(), "{source}: rendered");
+        // The fuel-bound loop took 1.5 s on the dev machine at load 19 (the
+        // others milliseconds); the bound leaves room for a slow CI runner.
+        assert!(elapsed < Duration::from_secs(20), "{source}: {elapsed:?}");
+    }
+}
