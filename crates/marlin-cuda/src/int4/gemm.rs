@@ -15,6 +15,7 @@ use super::pack::{pack_int4, Int4Packed, N_TILE};
 use super::{bulk, wgmma};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
+use crate::ops::launch::KernelLaunch;
 use crate::ops::to_i32;
 
 pub(super) const MODULE: &str = "w4a16_gemm";
@@ -792,7 +793,6 @@ pub fn int4_gemm_prepared(
         block_dim: (fc.block_threads, 1, 1),
         shared_mem_bytes: fc.smem,
     };
-    let stream = dev.stream();
     let null_zeros: u64 = 0;
     let (n_i32, k_i32, n_pad_i32) = (w.n as i32, w.k as i32, w.n_pad as i32);
     let (k_chunks_i32, group_k32_i32, splits_i32) =
@@ -800,7 +800,11 @@ pub fn int4_gemm_prepared(
     let (nbpb_i32, k_slices_i32) = fc
         .decode
         .map_or((0, 0), |d| (d.nbpb as i32, d.k_slices as i32));
-    let mut launch = stream.launch_builder(&func);
+    // Programmatic dependent launch (ops::launch, decode step): only the
+    // entries that begin with w4_pdl_enter (W4A16_ENTRY, W4A16_DEC_ENTRY)
+    // may take it; any other kernel launched here is a plain launch.
+    let pdl = func_name.starts_with("w4a16_dec_") || func_name.starts_with("w4a16_gemm_");
+    let mut launch = KernelLaunch::new(dev, &func, func_name);
     launch.arg(a).arg(&w.words).arg(&w.scales);
     match &w.neg_zero_scales {
         Some(z) => launch.arg(z),
@@ -808,8 +812,8 @@ pub fn int4_gemm_prepared(
     };
     launch
         .arg(c)
-        .arg(&mut ws.partials)
-        .arg(&mut ws.tickets)
+        .arg(&ws.partials)
+        .arg(&ws.tickets)
         .arg(&m_i32)
         .arg(&n_i32)
         .arg(&k_i32)
@@ -823,8 +827,15 @@ pub fn int4_gemm_prepared(
     // SAFETY: argument types and order match w4a16_gemm_* / w4a16_dec_* in
     // kernels/w4a16_gemm.cu; buffer sizes were checked above (A >= M*K,
     // C >= M*N, partials >= splits*M*n_pad, tickets >= n_tiles*m_blocks,
-    // weights sized by the repack for n_pad x k_chunks).
-    unsafe { launch.launch(cfg) }.map_err(|e| driver_err(&format!("launch {func_name}"), e))?;
+    // weights sized by the repack for n_pad x k_chunks); with `pdl` the
+    // kernel waits on its predecessor first (w4_pdl_enter).
+    unsafe {
+        if pdl {
+            launch.launch_pdl(cfg)?
+        } else {
+            launch.launch(cfg)?
+        }
+    };
     Ok(p)
 }
 

@@ -8,13 +8,14 @@
 //! the packing each) x TOK tokens (32, 64 or 128), split-K over `gridDim.z`
 //! with the deterministic last-block reduction of the mma.sync kernels.
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 use half::f16;
 
 use super::gemm::{GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
 use super::pack::N_TILE;
-use crate::device::{driver_err, CudaDevice};
+use crate::device::CudaDevice;
 use crate::error::{CudaError, Result};
+use crate::ops::launch::KernelLaunch;
 use crate::ops::to_i32;
 
 pub(super) const MODULE: &str = "w4a16_wgmma";
@@ -288,8 +289,9 @@ pub(super) fn launch(
         shared_mem_bytes: call.smem,
     };
     let null_zeros: u64 = 0;
-    let stream = dev.stream();
-    let mut launch = stream.launch_builder(&func);
+    // Programmatic dependent launch (ops::launch, decode step): every
+    // W4A16_WGMMA_ENTRY begins with w4g_pdl_enter.
+    let mut launch = KernelLaunch::new(dev, &func, p.kernel);
     launch.arg(a).arg(&w.words).arg(&w.scales);
     match &w.neg_zero_scales {
         Some(z) => launch.arg(z),
@@ -297,8 +299,8 @@ pub(super) fn launch(
     };
     launch
         .arg(c)
-        .arg(&mut ws.partials)
-        .arg(&mut ws.tickets)
+        .arg(&ws.partials)
+        .arg(&ws.tickets)
         .arg(&m_i32)
         .arg(&n_i32)
         .arg(&k_i32)
@@ -309,8 +311,9 @@ pub(super) fn launch(
     // SAFETY: argument types and order match W4A16_WGMMA_ENTRY in
     // kernels/w4a16_wgmma.cu; the caller checked A >= M*K and C >= M*N;
     // partials >= splits*M*n_pad and tickets >= blocks were checked above;
-    // the packed buffers cover n_pad x k_chunks (the repack).
-    unsafe { launch.launch(cfg) }.map_err(|e| driver_err(&format!("launch {}", p.kernel), e))?;
+    // the packed buffers cover n_pad x k_chunks (the repack); the kernel
+    // waits on its predecessor first (w4g_pdl_enter).
+    unsafe { launch.launch_pdl(cfg) }?;
     Ok(())
 }
 

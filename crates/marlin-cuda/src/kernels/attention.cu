@@ -30,6 +30,17 @@ typedef unsigned short u16;
 #define ATT_NEG_INF (__int_as_float(0xff800000))
 #define ATT_LOG2E 1.4426950408889634f
 
+// Programmatic dependent launch (src/ops/launch.rs): first thing in every
+// block of the decode and combine kernels, before any early return: wait
+// for the previous kernel to complete, then let the next one launch. No-ops
+// for a plain launch and below sm_90.
+__device__ __forceinline__ void att_pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float att_h2f(u16 h) {
     float r;
     asm("cvt.f32.f16 %0, %1;" : "=f"(r) : "h"(h));
@@ -263,11 +274,13 @@ __device__ __forceinline__ void attn_combine_impl(const float* __restrict__ part
 
 extern "C" __global__ void attn_combine(const float* partials, float* out, int head_dim,
                                         int splits) {
+    att_pdl_enter();
     attn_combine_impl<float>(partials, out, head_dim, splits);
 }
 
 extern "C" __global__ void attn_combine_h(const float* partials, u16* out, int head_dim,
                                           int splits) {
+    att_pdl_enter();
     attn_combine_impl<u16>(partials, out, head_dim, splits);
 }
 
@@ -277,6 +290,7 @@ extern "C" __global__ void attn_combine_h(const float* partials, u16* out, int h
              const int* row_pos, OutT* out, float* partials, int n_heads, int n_kv_heads,      \
              int group, int n_layers, int layer, int n_seqs, int capacity, float q_scale,      \
              float softcap, int window, int splits) {                                          \
+        att_pdl_enter();                                                                       \
         attn_decode_impl<HD, GT, OutT>(q, k_cache, v_cache, row_seq, row_pos, out, partials,   \
                                        n_heads, n_kv_heads, group, n_layers, layer, n_seqs,    \
                                        capacity, q_scale, softcap, window, splits);            \

@@ -45,6 +45,19 @@ __device__ __forceinline__ float mops_block_sum(float v, float* red) {
     return mops_warp_sum(s);
 }
 
+// Programmatic dependent launch (src/ops/launch.rs): a kernel launched with
+// the PDL attribute calls this first thing in every block, before any early
+// return: wait until the previous kernel in the stream has completed and
+// its writes are visible, then let the next kernel's grid launch (its
+// blocks wait in the same way), so that launches overlap the kernel before
+// instead of following it. No-ops for a plain launch and below sm_90.
+__device__ __forceinline__ void mops_pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // Grid-stride loop over n elements.
 #define MOPS_FOR(i, n) \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
@@ -459,6 +472,7 @@ __device__ __forceinline__ void mops_glu_impl(const T* __restrict__ gate,
                                                      const float* post_w, const float* w,     \
                                                      T* out, int dim, float eps,              \
                                                      float w_offset) {                        \
+        mops_pdl_enter();                                                                      \
         mops_resid_norm_impl<T>(resid, delta, post_w, w, out, dim, eps, w_offset);            \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(32 * MOPS_QKV_WARPS) mops_qkv_rope_kv_##SUF( \
@@ -468,6 +482,7 @@ __device__ __forceinline__ void mops_glu_impl(const T* __restrict__ gate,
         float* k_out, float* v_out, const int* row_seq, const int* row_pos, int rows,         \
         int n_heads, int n_kv_heads, int head_dim, int n_layers, int layer, int n_seqs,      \
         int capacity) {                                                                       \
+        mops_pdl_enter();                                                                      \
         mops_qkv_rope_kv_impl<T>(q_in, k_in, v_in, q_stride, kv_stride, q_out, q_norm,        \
                                  k_norm, eps, w_offset, inv_freq, n_rot, neox, k_cache,       \
                                  v_cache, k_out, v_out, row_seq, row_pos, rows, n_heads,      \
@@ -475,6 +490,7 @@ __device__ __forceinline__ void mops_glu_impl(const T* __restrict__ gate,
     }                                                                                          \
     extern "C" __global__ void mops_glu_##SUF(const T* gate, const T* up, int in_stride,      \
                                               T* out, int rows, int ffn, int gelu) {          \
+        mops_pdl_enter();                                                                      \
         mops_glu_impl<T>(gate, up, in_stride, out, rows, ffn, gelu);                          \
     }
 
@@ -484,6 +500,7 @@ MOPS_FUSED_ENTRIES(f16, u16)
 // f16 logits (an INT4 LM head's output) -> f32, soft-capped when cap > 0.
 extern "C" __global__ void mops_logits_from_f16(const u16* __restrict__ x,
                                                 float* __restrict__ out, long long n, float cap) {
+    mops_pdl_enter();
     const float inv_cap = cap > 0.0f ? 1.0f / cap : 0.0f;
     MOPS_FOR(i, n) {
         float v = mops_f16_to_f32(x[i]);

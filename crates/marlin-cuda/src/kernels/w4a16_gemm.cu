@@ -21,6 +21,18 @@
 typedef unsigned int u32;
 typedef unsigned short u16;
 
+// Programmatic dependent launch (src/ops/launch.rs; added by the decode-step
+// work, docs/CUDA.md change 25): the decode step launches these kernels with
+// the PDL attribute, so every block waits here for the previous kernel (the
+// producer of A) to complete before touching memory, then lets the next
+// kernel's grid launch. No-ops for a plain launch and below sm_90.
+__device__ __forceinline__ void w4_pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 
 __device__ __forceinline__ float ld_cg_f32(const float* p) {
     float r;
@@ -396,6 +408,7 @@ __device__ __forceinline__ void w4a16_body(
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
         u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
         int group_k32, int splits) {                                                              \
+        w4_pdl_enter();                                                                           \
         w4a16_body<MT, RH, STAGES>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad, k_chunks,       \
                                group_k32,                                                         \
                                splits);                                                           \
@@ -808,6 +821,7 @@ __device__ __forceinline__ void w4a16_dec_body(
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
         u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
         int group_k32, int splits, int nbpb, int k_slices) {                                      \
+        w4_pdl_enter();                                                                           \
         w4a16_dec_body<RH, STAGES, HAS_Z, POST>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad, \
                                                 k_chunks, group_k32, splits, nbpb, k_slices);     \
     }

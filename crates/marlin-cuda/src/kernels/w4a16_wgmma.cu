@@ -44,6 +44,15 @@
 typedef unsigned int u32;
 typedef unsigned short u16;
 
+// Programmatic dependent launch (src/ops/launch.rs; added by the decode-step
+// work, docs/CUDA.md change 25): launched with the PDL attribute, every block
+// waits here for the previous kernel (the producer of A) to complete before
+// touching memory, then lets the next kernel's grid launch.
+__device__ __forceinline__ void w4g_pdl_enter() {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
 __device__ __forceinline__ float ld_cg_f32(const float* p) {
     float r;
     asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
@@ -457,6 +466,7 @@ __device__ __forceinline__ void w4a16_wgmma_body(
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
         u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
         int group_k32, int splits) {                                                              \
+        w4g_pdl_enter();                                                                          \
         w4a16_wgmma_body<TOK, NWG, STAGES, HAS_Z>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad,    \
                                              k_chunks, group_k32, splits);                     \
     }

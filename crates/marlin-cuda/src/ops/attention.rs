@@ -6,6 +6,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::fused::ActElem;
 use super::kv::{GpuKvCache, ATTN_WORKSPACE_FLOATS};
+use super::launch::KernelLaunch;
 use super::{check_len, mul, to_i32, to_u32};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
@@ -264,13 +265,13 @@ pub fn attention_decode<T: ActElem>(
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut b = dev.stream().launch_builder(&func);
+    let mut b = KernelLaunch::new(dev, &func, name);
     b.arg(q)
         .arg(&cache.k)
         .arg(&cache.v)
         .arg(row_seq)
         .arg(row_pos)
-        .arg(&mut *out)
+        .arg(&*out)
         // Written by the kernel although borrowed shared: device memory that
         // the host never reads, ordered by the one stream.
         .arg(&cache.workspace)
@@ -289,10 +290,12 @@ pub fn attention_decode<T: ActElem>(
     // kernels/attention.cu; q and out hold rows*n_heads*head_dim values,
     // row_seq/row_pos rows; the cache matches (n_kv_heads, head_dim, layer
     // checked); the kernel clamps every key index to the cache; the
-    // workspace holds rows*n_heads*splits*(head_dim+2) floats (decode_splits).
-    unsafe { b.launch(cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
+    // workspace holds rows*n_heads*splits*(head_dim+2) floats (decode_splits);
+    // the kernel waits on its predecessor first (launch_pdl's contract).
+    unsafe { b.launch_pdl(cfg) }?;
     if splits > 1 {
-        let func = dev.function(MODULE, SOURCE, T::pick("attn_combine", "attn_combine_h"), 0)?;
+        let combine = T::pick("attn_combine", "attn_combine_h");
+        let func = dev.function(MODULE, SOURCE, combine, 0)?;
         let (hd, splits_i) = (p.head_dim as i32, splits as i32);
         // head_dim x COMBINE_GROUPS threads (ATT_COMBINE_GROUPS in the
         // source), at least as many as splits (<= MAX_SPLITS) for the
@@ -302,11 +305,12 @@ pub fn attention_decode<T: ActElem>(
             block_dim: (p.head_dim as u32, COMBINE_GROUPS, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = dev.stream().launch_builder(&func);
+        let mut b = KernelLaunch::new(dev, &func, combine);
         b.arg(&cache.workspace).arg(out).arg(&hd).arg(&splits_i);
         // SAFETY: argument order and types match attn_combine; the decode
-        // launch above wrote rows*n_heads*splits partials of head_dim+2.
-        unsafe { b.launch(cfg) }.map_err(|e| driver_err("launch attn_combine", e))?;
+        // launch above wrote rows*n_heads*splits partials of head_dim+2; the
+        // kernel waits on its predecessor first.
+        unsafe { b.launch_pdl(cfg) }?;
     }
     Ok(())
 }

@@ -21,6 +21,7 @@ use half::f16;
 
 use super::elementwise::check_elementwise;
 use super::kv::GpuKvCache;
+use super::launch::KernelLaunch;
 use super::rope::GpuRope;
 use super::{check_len, grid_stride, mul, to_i32, OPS_MODULE, OPS_SOURCE};
 use crate::device::{driver_err, CudaDevice};
@@ -97,7 +98,7 @@ pub fn resid_norm<T: ActElem>(
     let func = dev.function(OPS_MODULE, OPS_SOURCE, name, 0)?;
     let dim_i = dim as i32;
     let null: u64 = 0;
-    let mut b = dev.stream().launch_builder(&func);
+    let mut b = KernelLaunch::new(dev, &func, name);
     b.arg(resid);
     match delta {
         Some(d) => b.arg(d),
@@ -115,9 +116,9 @@ pub fn resid_norm<T: ActElem>(
     };
     // SAFETY: argument order and types match mops_resid_norm_*; resid, out
     // (and delta) hold rows*dim values, w (and post_w) dim, null pointers
-    // only where the kernel tests for them (checked above).
-    unsafe { b.launch(cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
-    Ok(())
+    // only where the kernel tests for them (checked above); the kernel
+    // waits on its predecessor first (launch_pdl's contract).
+    unsafe { b.launch_pdl(cfg) }
 }
 
 /// Where [`qkv_rope_kv`] reads one projection: `(rows, stride)` values of
@@ -259,7 +260,7 @@ pub fn qkv_rope_kv<T: ActElem>(
     let n_rot = rope.n_rot() as i32;
     let neox = i32::from(rope.style() == RopeStyle::Neox);
     let (rows_i, heads_i, kv_i, hd_i) = (rows as i32, n_heads as i32, n_kv as i32, hd as i32);
-    let mut b = dev.stream().launch_builder(&func);
+    let mut b = KernelLaunch::new(dev, &func, name);
     b.arg(&q.data)
         .arg(&k.data)
         .arg(&v.data)
@@ -307,9 +308,9 @@ pub fn qkv_rope_kv<T: ActElem>(
     // q_out holds rows*n_heads*head_dim, inv_freq n_rot/2 <= head_dim/2
     // values, head_dim <= the kernel's shared buffer; cache writes are
     // bounds-checked by the kernel (sequence and position) and the cache
-    // matches the head shape, or k_out / v_out hold rows*n_kv*head_dim.
-    unsafe { b.launch(cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
-    Ok(())
+    // matches the head shape, or k_out / v_out hold rows*n_kv*head_dim;
+    // the kernel waits on its predecessor first (launch_pdl's contract).
+    unsafe { b.launch_pdl(cfg) }
 }
 
 /// `out (rows, ffn) = act(gate) * up` with act SiLU (`gelu` false) or the
@@ -350,7 +351,7 @@ pub fn glu<T: ActElem>(
     let name = T::pick("mops_glu_f32", "mops_glu_f16");
     let func = dev.function(OPS_MODULE, OPS_SOURCE, name, 0)?;
     let gelu_i = i32::from(gelu);
-    let mut b = dev.stream().launch_builder(&func);
+    let mut b = KernelLaunch::new(dev, &func, name);
     b.arg(gate)
         .arg(up)
         .arg(&stride_i)
@@ -359,10 +360,9 @@ pub fn glu<T: ActElem>(
         .arg(&ffn_i)
         .arg(&gelu_i);
     // SAFETY: argument order and types match mops_glu_*; gate / up hold
-    // (rows-1)*in_stride + ffn values, out rows*ffn (checked above).
-    unsafe { b.launch(grid_stride(dev, n)) }
-        .map_err(|e| driver_err(&format!("launch {name}"), e))?;
-    Ok(())
+    // (rows-1)*in_stride + ffn values, out rows*ffn (checked above); the
+    // kernel waits on its predecessor first.
+    unsafe { b.launch_pdl(grid_stride(dev, n)) }
 }
 
 /// `out = x` widened to f32 (`n` values), soft-capped (`cap * tanh(x /
@@ -389,13 +389,11 @@ pub fn logits_from_f16(
         return Ok(());
     }
     let func = dev.function(OPS_MODULE, OPS_SOURCE, "mops_logits_from_f16", 0)?;
-    let mut b = dev.stream().launch_builder(&func);
+    let mut b = KernelLaunch::new(dev, &func, "mops_logits_from_f16");
     b.arg(x).arg(out).arg(&n64).arg(&cap);
     // SAFETY: argument order and types match mops_logits_from_f16; x and out
-    // hold n values (checked above).
-    unsafe { b.launch(grid_stride(dev, n)) }
-        .map_err(|e| driver_err("launch mops_logits_from_f16", e))?;
-    Ok(())
+    // hold n values (checked above); it waits on its predecessor first.
+    unsafe { b.launch_pdl(grid_stride(dev, n)) }
 }
 
 /// Enqueues a one-thread kernel that busy-waits `ns` nanoseconds of GPU

@@ -5,7 +5,8 @@
 //! online-softmax kernel for prefill, GQA, sliding windows, logit soft-cap)
 //! and on-device greedy / top-k / top-p sampling; `fused`: the decoder's
 //! fused kernels (residual + norm, QK-norm + RoPE + KV write, gated
-//! activation) on f32 or f16 GEMM activations.
+//! activation) on f32 or f16 GEMM activations; `launch`: kernel launches
+//! with programmatic dependent launch (the decode step's kernels).
 //!
 //! Contract shared by every function here, so that a decode step built from
 //! them can be captured in a CUDA graph:
@@ -25,6 +26,7 @@ mod attention;
 mod elementwise;
 mod fused;
 mod kv;
+pub mod launch;
 mod paged;
 mod rope;
 mod sampling;

@@ -117,6 +117,9 @@ pub struct DecodeBenchReport {
     pub breakdowns: Vec<StageBreakdown>,
     /// Whether the GEMM activations were f16 (INT4 everywhere).
     pub f16_activations: bool,
+    /// Whether the decode step's kernels took programmatic dependent launch
+    /// (sm_90+, not `MARLIN_CUDA_PDL=0`).
+    pub pdl: bool,
 }
 
 /// One step's kernel groups at one batch size.
@@ -152,8 +155,13 @@ impl fmt::Display for DecodeBenchReport {
         )?;
         writeln!(
             f,
-            "copy bandwidth (D2D, read+write): {:.3} TB/s",
-            self.copy_tbps
+            "copy bandwidth (D2D, read+write): {:.3} TB/s; programmatic dependent launch {}",
+            self.copy_tbps,
+            if self.pdl {
+                "on"
+            } else {
+                "off (MARLIN_CUDA_PDL=0 or below sm_90)"
+            }
         )?;
         writeln!(
             f,
@@ -534,6 +542,7 @@ pub fn bench_decode(cfg: &DecodeBenchConfig) -> Result<DecodeBenchReport> {
     Ok(DecodeBenchReport {
         breakdowns,
         f16_activations: dec.f16_activations(),
+        pdl: marlin_cuda::ops::launch::pdl_active(&dev),
         device: format!(
             "{} (sm_{}{}, {} SMs)",
             dev.name(),

@@ -1,0 +1,204 @@
+//! Kernel launches with programmatic dependent launch (PDL, sm_90+).
+//!
+//! In a decode step every kernel depends on the one before it, and each
+//! dependent launch in a CUDA graph costs ~5-6 µs whatever the kernel does
+//! (docs/CUDA.md, change 23): the grid is launched and its blocks
+//! distributed only after the predecessor has drained. Launched with the
+//! programmatic-stream-serialization attribute (`cuLaunchKernelEx`), a
+//! kernel's grid may start as soon as every block of its predecessor has
+//! executed `griddepcontrol.launch_dependents`; its blocks then wait in
+//! `griddepcontrol.wait` until the predecessor has completed and its
+//! memory is visible. The launch and the block distribution overlap the
+//! predecessor's run instead of following it.
+//!
+//! Contract of a kernel launched by [`KernelLaunch::launch_pdl`]: every
+//! block executes `griddepcontrol.wait` before its first access to memory
+//! another kernel writes or reads (the kernels of this crate do it first
+//! thing, before any early return, so that a kernel never completes before
+//! its predecessor and the chain stays transitive), and then
+//! `griddepcontrol.launch_dependents`. A kernel without the wait must be
+//! launched by [`KernelLaunch::launch`] (plain, full serialisation). On
+//! devices below sm_90, or with `MARLIN_CUDA_PDL=0` (measuring the
+//! difference), `launch_pdl` is a plain launch; the instructions are
+//! compiled only for sm_90+ (`__CUDA_ARCH__ >= 900`) and are no-ops for a
+//! plain launch.
+//!
+//! The builder mirrors cudarc's `LaunchArgs` (`.arg(x)` per parameter, in
+//! the kernel's order), so a launch site switches by changing two lines.
+
+use std::ffi::c_void;
+use std::sync::OnceLock;
+
+use cudarc::driver::sys;
+use cudarc::driver::{CudaFunction, CudaSlice, CudaView, CudaViewMut, DevicePtr, LaunchConfig};
+
+use crate::device::{driver_err, CudaDevice};
+use crate::error::Result;
+
+/// Whether PDL launches are enabled in this process: not when
+/// `MARLIN_CUDA_PDL=0` (read once).
+pub fn pdl_enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("MARLIN_CUDA_PDL").map_or(true, |v| v.trim() != "0"))
+}
+
+/// Whether [`KernelLaunch::launch_pdl`] sets the attribute on `dev`
+/// (sm_90 or newer, and [`pdl_enabled`]).
+pub fn pdl_active(dev: &CudaDevice) -> bool {
+    dev.compute_capability().0 >= 9 && pdl_enabled()
+}
+
+/// One kernel parameter, its bytes at the start of an 8-byte aligned slot
+/// (the driver reads the parameter's own size from the slot's address).
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+pub struct ParamSlot([u8; 8]);
+
+/// A value that can be passed as one kernel parameter.
+pub trait KernelArg {
+    /// The parameter's bytes (a device pointer for buffers).
+    fn slot(&self, dev: &CudaDevice) -> ParamSlot;
+}
+
+fn slot_of(bytes: &[u8]) -> ParamSlot {
+    let mut s = [0u8; 8];
+    s[..bytes.len()].copy_from_slice(bytes);
+    ParamSlot(s)
+}
+
+macro_rules! scalar_arg {
+    ($($t:ty),*) => {$(
+        impl KernelArg for $t {
+            fn slot(&self, _dev: &CudaDevice) -> ParamSlot {
+                slot_of(&self.to_ne_bytes())
+            }
+        }
+    )*};
+}
+scalar_arg!(i32, u32, i64, u64, f32, f64);
+
+// Event tracking is off on the device's context (one stream), so the
+// `SyncOnDrop` guards below record nothing and may drop at once.
+impl<T> KernelArg for CudaSlice<T> {
+    fn slot(&self, dev: &CudaDevice) -> ParamSlot {
+        let (p, _sync) = self.device_ptr(dev.stream());
+        slot_of(&p.to_ne_bytes())
+    }
+}
+
+impl<T> KernelArg for CudaView<'_, T> {
+    fn slot(&self, dev: &CudaDevice) -> ParamSlot {
+        let (p, _sync) = self.device_ptr(dev.stream());
+        slot_of(&p.to_ne_bytes())
+    }
+}
+
+impl<T> KernelArg for CudaViewMut<'_, T> {
+    fn slot(&self, dev: &CudaDevice) -> ParamSlot {
+        let (p, _sync) = DevicePtr::device_ptr(self, dev.stream());
+        slot_of(&p.to_ne_bytes())
+    }
+}
+
+/// A kernel launch under construction: the function and its parameters.
+pub struct KernelLaunch<'a> {
+    dev: &'a CudaDevice,
+    func: &'a CudaFunction,
+    /// The kernel's name, for errors.
+    name: &'a str,
+    params: Vec<ParamSlot>,
+}
+
+impl<'a> KernelLaunch<'a> {
+    pub fn new(dev: &'a CudaDevice, func: &'a CudaFunction, name: &'a str) -> Self {
+        Self {
+            dev,
+            func,
+            name,
+            params: Vec::with_capacity(24),
+        }
+    }
+
+    /// Appends the next parameter (in the kernel's order).
+    pub fn arg<A: KernelArg + ?Sized>(&mut self, a: &A) -> &mut Self {
+        self.params.push(a.slot(self.dev));
+        self
+    }
+
+    /// Plain launch (the kernel need not have `griddepcontrol.wait`).
+    ///
+    /// # Safety
+    /// The parameters must match the kernel's signature in number, order
+    /// and type, and every buffer must be large enough for what the kernel
+    /// accesses with this configuration.
+    pub unsafe fn launch(&mut self, cfg: LaunchConfig) -> Result<()> {
+        self.launch_with(cfg, false)
+    }
+
+    /// Launch with programmatic dependent launch where the device supports
+    /// it (see the module doc).
+    ///
+    /// # Safety
+    /// As [`KernelLaunch::launch`], and every block of the kernel executes
+    /// `griddepcontrol.wait` before touching memory shared with other
+    /// kernels.
+    pub unsafe fn launch_pdl(&mut self, cfg: LaunchConfig) -> Result<()> {
+        self.launch_with(cfg, pdl_active(self.dev))
+    }
+
+    unsafe fn launch_with(&mut self, cfg: LaunchConfig, pdl: bool) -> Result<()> {
+        let mut ptrs: Vec<*mut c_void> = self
+            .params
+            .iter_mut()
+            .map(|s| s.0.as_mut_ptr().cast::<c_void>())
+            .collect();
+        // SAFETY (union init): all-zero is a valid value of every variant.
+        let mut value: sys::CUlaunchAttributeValue = std::mem::zeroed();
+        value.programmaticStreamSerializationAllowed = 1;
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value,
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.dev.stream().cu_stream(),
+            attrs: if pdl { &mut attr } else { std::ptr::null_mut() },
+            numAttrs: u32::from(pdl),
+        };
+        self.dev
+            .context()
+            .bind_to_thread()
+            .map_err(|e| driver_err("bind context", e))?;
+        // SAFETY: `ptrs` points at one slot per parameter, alive until the
+        // call returns (the driver copies them); the caller guarantees that
+        // they match the kernel; `attr` outlives the call.
+        sys::cuLaunchKernelEx(
+            &config,
+            self.func.cu_function(),
+            ptrs.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+        .result()
+        .map_err(|e| driver_err(&format!("launch {}", self.name), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalar_slots_hold_the_native_bytes_first() {
+        assert_eq!(&slot_of(&7i32.to_ne_bytes()).0[..4], &7i32.to_ne_bytes());
+        assert_eq!(&slot_of(&1.5f32.to_ne_bytes()).0[4..], &[0u8; 4]);
+        assert_eq!(slot_of(&u64::MAX.to_ne_bytes()).0, [0xffu8; 8]);
+        assert_eq!(std::mem::align_of::<ParamSlot>(), 8);
+    }
+}
