@@ -840,6 +840,399 @@ W4A16_DEC_ENTRY(w4a16_dec_m8z, 1, 8, true, false)
 W4A16_DEC_ENTRY(w4a16_dec_m16z, 2, 8, true, false)
 W4A16_DEC_ENTRY(w4a16_dec_m32z, 4, 8, true, false)
 
+// ---------------------------------------------------------------------------
+// Stream-K decode kernel (M <= 16): a grid sized to the SMs (not to the
+// shape), in which every warp streams an equal contiguous share of the
+// weight's (n16 column block, 64-chunk) units, in column-block-major order.
+// A warp's share covers the end of one column block's K range, whole column
+// blocks, and the start of another; a column block split between warps is
+// reduced in a fixed order (below), so the result is bit-deterministic.
+//
+// Why (docs/CUDA.md, change 25): the split-K decode launch runs ~2.5 waves of
+// short blocks at large N (each block pays its own activation copy, ring
+// fill and drain, partial write and ticket) and at small N leaves SMs idle at
+// the ramp and tail; here every SM gets the same number of bytes, each warp
+// fills its ring once and drains it once, and the whole A (M <= 16 rows) is
+// copied to shared memory once per block.
+//
+// - Units u = nb * k_chunks + c, warp w (of T = gridDim.x * warps) owns
+//   [w * U / T, (w + 1) * U / T), U >= T (the plan guarantees it).
+// - The ring (STAGES slots per warp) carries each unit's 16-byte code word
+//   and the lane's 4-byte scale (and zero) pair; the issue cursor walks the
+//   units across column-block boundaries, so the ring never drains inside a
+//   warp's share.
+// - A column block wholly inside one warp's share is written directly (f16).
+//   Otherwise each of its contributing warps w_first..w_last (consecutive)
+//   keeps its fp32 sums in registers until its share is done (no fence or
+//   atomic inside the stream), stores them in its slot (2w: the warp's
+//   first segment, 2w + 1: its last), then takes a ticket of the column
+//   block; the last one adds the slots in warp order and writes f16 (the
+//   order never depends on who is last), then resets the ticket for the
+//   next launch.
+
+template <int STAGES, bool HAS_Z>
+struct SkRing {
+    uint4 w[STAGES][32];           // packed codes
+    u32 s[STAGES][32];             // f16x2 scales of the chunk's group
+    u32 z[HAS_Z ? STAGES : 1][32]; // f16x2 -zero*scale
+};
+
+__device__ __forceinline__ void cp_async4_at(u32 dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ u32 lds32_at(u32 addr) {
+    u32 v;
+    asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(addr) : "memory");
+    return v;
+}
+// Volatile f16 -> f32 of a value loaded from a ring slot: the conversion
+// consumes the shared load before the slot's refill is issued.
+__device__ __forceinline__ float f16_lo_to_f32_now(u32 x) {
+    float r;
+    asm volatile("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, lo; }" : "=f"(r) : "r"(x));
+    return r;
+}
+__device__ __forceinline__ float f16_hi_to_f32_now(u32 x) {
+    float r;
+    asm volatile("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, hi; }" : "=f"(r) : "r"(x));
+    return r;
+}
+
+// Warp owning unit u of `units` split among `total` warps (the largest w with
+// w * units / total <= u).
+__device__ __forceinline__ long long sk_warp_of(long long u, long long units, long long total) {
+    return ((u + 1) * total - 1) / units;
+}
+
+template <int RH, int STAGES, bool HAS_Z, bool POST>
+__device__ __forceinline__ void w4a16_sk_body(
+    const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,
+    const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,
+    u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks, int group_k32) {
+    extern __shared__ uint4 dyn_smem[];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int n_warps = blockDim.x >> 5;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int nb_count = n_pad >> 4;
+    // The warp's share (recomputed after the main loop rather than kept in
+    // six registers through it).
+    long long u_begin;
+    int n_my;
+    {
+        const long long units = (long long)nb_count * k_chunks;
+        const long long total_warps = (long long)gridDim.x * n_warps;
+        const long long gw = (long long)blockIdx.x * n_warps + warp;
+        u_begin = gw * units / total_warps;
+        n_my = (int)((gw + 1) * units / total_warps - u_begin);
+    }
+    const int a_stride = k_chunks * 64 + 8;  // halves
+    const int rows = min(M, 8 * RH);
+    SkRing<STAGES, HAS_Z>* rings = reinterpret_cast<SkRing<STAGES, HAS_Z>*>(dyn_smem);
+    u16* a_tile = reinterpret_cast<u16*>(rings + n_warps);
+    u16* a_zero = a_tile + rows * a_stride;  // 64 zero halves (tokens >= M)
+    SkRing<STAGES, HAS_Z>& ring = rings[warp];
+    const u32 ring_w = smem_addr(&ring.w[0][lane]);
+    const u32 ring_s = smem_addr(&ring.s[0][lane]);
+    const u32 ring_z = smem_addr(&ring.z[0][lane]);
+
+    // Scale row of (chunk c, lane): groups of >= 64 step one row every
+    // `group_chunks` chunks; groups of 32 are rows 2c + (t >> 1).
+    const bool g32 = group_k32 == 1;
+    const int group_chunks = g32 ? 1 : group_k32 >> 1;
+
+    // Issue cursor: unit (i_nb, i_c), its code word and scale row.
+    int i_nb = (int)(u_begin / k_chunks);
+    int i_c = (int)(u_begin - (long long)i_nb * k_chunks);
+    int i_row = g32 ? 2 * i_c + (t >> 1) : i_c / group_chunks;
+    int i_rem = g32 ? 0 : i_c - (i_c / group_chunks) * group_chunks;
+    const uint4* w_ptr = W + ((size_t)(i_nb >> 2) * k_chunks * 4 + (i_nb & 3)) * 32 + lane + (size_t)i_c * 128;
+    // Consumer cursor starts where the issue cursor does.
+    int c_nb = i_nb;
+    int c_c = i_c;
+    auto issue = [&](int slot) {
+        cp_async16_cg_at(ring_w + slot * 512, w_ptr);
+        const size_t si = ((size_t)i_row * nb_count + i_nb) * 8 + g;
+        cp_async4_at(ring_s + slot * 128, S + si);
+        if (HAS_Z) cp_async4_at(ring_z + slot * 128, Z + si);
+        w_ptr += 128;
+        if (++i_c == k_chunks) {
+            i_c = 0;
+            i_nb++;
+            w_ptr = W + ((size_t)(i_nb >> 2) * k_chunks * 4 + (i_nb & 3)) * 32 + lane;
+            i_row = g32 ? (t >> 1) : 0;
+            i_rem = 0;
+        } else if (g32) {
+            i_row += 2;
+        } else if (++i_rem == group_chunks) {
+            i_rem = 0;
+            i_row++;
+        }
+    };
+    // The weights do not depend on the previous kernel: their ring fills
+    // first, one cp.async group per chunk.
+#pragma unroll
+    for (int st = 0; st < STAGES; st++) {
+        if (st < n_my) issue(st);
+        cp_async_commit();
+    }
+
+    // Programmatic dependent launch: the weights above are read-only for
+    // every kernel, so their copies fly while the predecessor finishes;
+    // A, C, the partials and the tickets are touched only after this wait.
+    w4_pdl_enter();
+
+    // First read of the activations (and the only one from global memory):
+    // the whole of A (rows x k_chunks*64 halves, zero past K), newest
+    // cp.async group.
+    {
+        const int vecs = k_chunks * 8;  // 16-byte vectors per row
+        if (threadIdx.x < 8) reinterpret_cast<uint4*>(a_zero)[threadIdx.x] = make_uint4(0, 0, 0, 0);
+        if ((K & 7) == 0) {
+            for (int r = 0; r < rows; r++) {
+                const u16* src_row = A + (size_t)r * K;
+                for (int v = threadIdx.x; v < vecs; v += blockDim.x) {
+                    const bool in = 8 * v < K;  // K % 8 == 0: all 8 in or out
+                    cp_async16_ca(a_tile + r * a_stride + 8 * v, in ? (const void*)(src_row + 8 * v) : (const void*)A,
+                                  in ? 16 : 0);
+                }
+            }
+        } else {
+            for (int r = 0; r < rows; r++) {
+                const u16* src_row = A + (size_t)r * K;
+                for (int c = threadIdx.x; c < k_chunks * 64; c += blockDim.x)
+                    a_tile[r * a_stride + c] = c < K ? src_row[c] : (u16)0;
+            }
+        }
+        cp_async_commit();
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    constexpr bool TWO_ACC = !POST;
+    float acc[RH][4];
+    float gacc[RH][4];
+    float gacc_odd[TWO_ACC ? RH : 1][4];
+#pragma unroll
+    for (int r = 0; r < RH; r++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            acc[r][i] = 0.0f;
+            gacc[r][i] = 0.0f;
+            gacc_odd[TWO_ACC ? r : 0][i] = 0.0f;
+        }
+    // Token row r*8 + g of this lane at chunk 0, 64 halves per chunk; lanes
+    // of tokens >= M read the zero halves, advancing 0.
+    const u16* a_lane[RH];
+    int a_step[RH];
+#pragma unroll
+    for (int r = 0; r < RH; r++) {
+        const bool real = r * 8 + g < rows;
+        a_lane[r] = real ? a_tile + (r * 8 + g) * a_stride + 16 * t : a_zero + 16 * t;
+        a_step[r] = real ? 64 : 0;
+    }
+    int left = POST ? group_chunks - c_c % group_chunks : 0;  // chunks to the group end
+    bool seg_from_start = c_c == 0;  // the current segment began at chunk 0
+    bool first_seg = true;
+    // Sums of the warp's first / last segment when its column block is
+    // shared with other warps (column block index, -1: none).
+    float head[RH][4], tail[RH][4];
+    int head_nb = -1, tail_nb = -1;
+
+#pragma unroll 1
+    for (int it = 0; it < n_my; it++) {
+        const int slot = it & (STAGES - 1);
+        cp_async_wait<STAGES - 1>();
+        const uint4 w = lds128_at(ring_w + slot * 512);
+        const u32 sc = lds32_at(ring_s + slot * 128);
+        u32 act[RH][8];
+#pragma unroll
+        for (int r = 0; r < RH; r++) {
+            const u16* ap = a_lane[r] + c_c * a_step[r];
+            const uint4 v0 = *reinterpret_cast<const uint4*>(ap);
+            const uint4 v1 = *reinterpret_cast<const uint4*>(ap + 8);
+            act[r][0] = v0.x; act[r][1] = v0.y; act[r][2] = v0.z; act[r][3] = v0.w;
+            act[r][4] = v1.x; act[r][5] = v1.y; act[r][6] = v1.z; act[r][7] = v1.w;
+        }
+        float sl = 0.0f, sh = 0.0f;
+        u32 s0 = 0, s1 = 0, z0 = 0, z1 = 0;
+        if (POST) {
+            sl = f16_lo_to_f32_now(sc);  // column g
+            sh = f16_hi_to_f32_now(sc);  // column g + 8
+        } else {
+            s0 = dup_lo(sc);
+            s1 = dup_hi(sc);
+            if (HAS_Z) {
+                const u32 zs = lds32_at(ring_z + slot * 128);
+                z0 = dup_lo(zs);
+                z1 = dup_hi(zs);
+            } else {
+                z0 = hmul2(s0, 0xC800C800u);  // -8 * scale, exact
+                z1 = hmul2(s1, 0xC800C800u);
+            }
+        }
+        const u32 words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            u32 wa[4];
+            if (POST) {
+                dequant_word_unscaled(words[j], wa);
+            } else {
+                u32 b[2][2];
+                dequant_word(words[j], s0, s1, z0, z1, b);
+                wa[0] = b[0][0]; wa[1] = b[1][0]; wa[2] = b[0][1]; wa[3] = b[1][1];
+            }
+#pragma unroll
+            for (int r = 0; r < RH; r++) {
+                const u32 bb[2] = {act[r][2 * j], act[r][2 * j + 1]};
+                if (TWO_ACC && (j & 1))
+                    mma_16816(gacc_odd[TWO_ACC ? r : 0], wa, bb);
+                else
+                    mma_16816(gacc[r], wa, bb);
+            }
+        }
+        // The slot's values are in registers: refill it with unit it + STAGES.
+        if (it + STAGES < n_my) issue(slot);
+        cp_async_commit();
+
+        const bool seg_end = c_c == k_chunks - 1 || it == n_my - 1;
+        if (POST && (--left == 0 || seg_end)) {
+#pragma unroll
+            for (int r = 0; r < RH; r++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    acc[r][i] = fmaf(gacc[r][i], i < 2 ? sl : sh, acc[r][i]);
+                    gacc[r][i] = 0.0f;
+                }
+            left = group_chunks;
+        }
+        if (!seg_end) {
+            c_c++;
+            continue;
+        }
+        if (!POST) {
+#pragma unroll
+            for (int r = 0; r < RH; r++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    acc[r][i] = gacc[r][i] + gacc_odd[TWO_ACC ? r : 0][i];
+                    gacc[r][i] = 0.0f;
+                    gacc_odd[TWO_ACC ? r : 0][i] = 0.0f;
+                }
+        }
+        // Accumulator (r, i): column c_nb*16 + g + 8*(i>>1), token row
+        // r*8 + 2t + (i&1).
+        if (seg_from_start && c_c == k_chunks - 1) {
+            // The whole column block is this warp's: write it.
+#pragma unroll
+            for (int r = 0; r < RH; r++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int row = r * 8 + 2 * t + (i & 1);
+                    const int col = c_nb * 16 + g + 8 * (i >> 1);
+                    if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[r][i]);
+                }
+        } else {
+            // A shared column block: only the warp's first or last segment.
+            // Kept in registers and published after the loop, so that the
+            // fence and the ticket never stall the stream.
+#pragma unroll
+            for (int r = 0; r < RH; r++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    if (first_seg) head[r][i] = acc[r][i];
+                    else tail[r][i] = acc[r][i];
+                }
+            if (first_seg) head_nb = c_nb;
+            else tail_nb = c_nb;
+        }
+#pragma unroll
+        for (int r = 0; r < RH; r++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[r][i] = 0.0f;
+        c_nb++;
+        c_c = 0;
+        left = group_chunks;
+        seg_from_start = true;
+        first_seg = false;
+    }
+    cp_async_wait<0>();
+
+    // Publish the shared segments: fp32 sums in slots 2gw (head) and
+    // 2gw + 1 (tail), one fence, then a ticket per column block; the last
+    // contributor adds the slots in warp order (independent of arrival).
+    if (head_nb < 0 && tail_nb < 0) return;
+    const long long units = (long long)nb_count * k_chunks;
+    const long long total_warps = (long long)gridDim.x * n_warps;
+    const long long gw = (long long)blockIdx.x * n_warps + warp;
+    float* mine = partials + 2 * gw * (RH * 4 * 32) + lane;
+#pragma unroll
+    for (int r = 0; r < RH; r++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            if (head_nb >= 0) mine[(r * 4 + i) * 32] = head[r][i];
+            if (tail_nb >= 0) mine[(RH * 4 + r * 4 + i) * 32] = tail[r][i];
+        }
+    __threadfence();
+    __syncwarp();
+#pragma unroll 1
+    for (int e = 0; e < 2; e++) {
+        const int nb = e == 0 ? head_nb : tail_nb;
+        if (nb < 0) continue;
+        u32 prev = 0;
+        if (lane == 0) prev = atomicAdd(&tickets[nb], 1u);
+        prev = __shfl_sync(0xFFFFFFFFu, prev, 0);
+        const long long u0 = (long long)nb * k_chunks;
+        const long long w_first = sk_warp_of(u0, units, total_warps);
+        const long long w_last = sk_warp_of(u0 + k_chunks - 1, units, total_warps);
+        if (prev != (u32)(w_last - w_first)) continue;
+        __threadfence();
+        float sum[RH][4];
+#pragma unroll
+        for (int r = 0; r < RH; r++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) sum[r][i] = 0.0f;
+        for (long long w2 = w_first; w2 <= w_last; w2++) {
+            // Slot of warp w2 for this column block: its head when the block
+            // is the first of w2's share, else its tail.
+            const long long first_nb = (w2 * units / total_warps) / k_chunks;
+            const float* theirs = partials + (2 * w2 + (first_nb == nb ? 0 : 1)) * (RH * 4 * 32) + lane;
+#pragma unroll
+            for (int r = 0; r < RH; r++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) sum[r][i] += ld_cg_f32(theirs + (r * 4 + i) * 32);
+        }
+#pragma unroll
+        for (int r = 0; r < RH; r++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int row = r * 8 + 2 * t + (i & 1);
+                const int col = nb * 16 + g + 8 * (i >> 1);
+                if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(sum[r][i]);
+            }
+        if (lane == 0) tickets[nb] = 0u;  // ready for the next launch
+    }
+}
+
+#define W4A16_SK_ENTRY(NAME, RH, STAGES, HAS_Z, POST)                                            \
+    extern "C" __global__ void __launch_bounds__(512, 1) NAME(                                       \
+        const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
+        const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
+        u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks, int group_k32) { \
+        w4a16_sk_body<RH, STAGES, HAS_Z, POST>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad,  \
+                                               k_chunks, group_k32);                              \
+    }
+
+// Keep STAGES (a power of two) in sync with `SK_STAGES` in src/int4/gemm.rs.
+// m8: M <= 8 (one token tile), m16: M = 9..16; suffixes as the decode kernel.
+W4A16_SK_ENTRY(w4a16_sk_m8, 1, 8, false, true)
+W4A16_SK_ENTRY(w4a16_sk_m16, 2, 8, false, true)
+W4A16_SK_ENTRY(w4a16_sk_m8s, 1, 8, false, false)
+W4A16_SK_ENTRY(w4a16_sk_m16s, 2, 8, false, false)
+W4A16_SK_ENTRY(w4a16_sk_m8z, 1, 8, true, false)
+W4A16_SK_ENTRY(w4a16_sk_m16z, 2, 8, true, false)
+
 // Dequantize the packed weight to a dense f16 (N, K) row-major matrix (the
 // large-M path: dequantize once, then a cuBLAS fp16 GEMM). One thread per
 // (n16 block, 64-chunk, lane): reads 16 bytes of codes, writes 2 x 16 halves.
