@@ -194,6 +194,9 @@ impl BatchedModel for Gemma3 {
             b.post_attn_norm.forward_inplace(&mut attn)?;
             ctx.dump("attn_post_norm", Some(il), m, &attn);
             add_inplace(&mut x, &attn);
+            // Freed before the MLP's larger buffers exist (a shadowed binding would live to the
+            // end of the iteration): lower peak memory in a long prefill.
+            drop((h, attn));
             ctx.dump("sa_out", Some(il), m, &x);
             let h = b.ffn_norm.forward(&x)?; // (m, d)
             ctx.dump("ffn_norm", Some(il), m, &h);

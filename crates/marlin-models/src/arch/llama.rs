@@ -168,6 +168,9 @@ impl BatchedModel for Llama {
             ctx.dump("attn_norm", Some(il), m, &h);
             let attn = b.attn.forward(&mut ctx, il, &h, pool)?; // (m, d)
             add_inplace(&mut x, &attn);
+            // Freed before the MLP's larger buffers exist (a shadowed binding would live to the
+            // end of the iteration): lower peak memory in a long prefill.
+            drop((h, attn));
             ctx.dump("ffn_inp", Some(il), m, &x);
             let h = b.ffn_norm.forward(&x)?; // (m, d)
             ctx.dump("ffn_norm", Some(il), m, &h);

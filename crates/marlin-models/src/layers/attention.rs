@@ -146,6 +146,9 @@ impl Attention {
             )?;
         }
         ctx.dump("kqv_out", il, m, &attn);
+        // Keys and values are in the pool now; none of these is held during the output
+        // projection.
+        drop((q, k, v));
         let out = self.wo.forward(&attn, m)?; // (m, d)
         ctx.dump("attn_out", il, m, &out);
         Ok(out)

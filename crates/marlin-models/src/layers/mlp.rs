@@ -50,6 +50,8 @@ impl Mlp {
             Activation::Silu => ops::silu_mul(&mut gate, &up)?,
             Activation::GeluTanh => ops::gelu_tanh_mul(&mut gate, &up)?,
         }
+        // Not held while the down projection allocates its input and output buffers.
+        drop(up);
         ctx.dump("ffn_act", Some(layer), m, &gate);
         let out = self.down.forward(&gate, m)?; // (m, d)
         ctx.dump("ffn_out", Some(layer), m, &out);
