@@ -1,9 +1,11 @@
 //! Parses arbitrary bytes as GGUF and, when they parse, touches every
-//! accessor a loader would use. Any panic, overflow or out-of-memory is a bug.
+//! accessor a loader would use, and builds the tokenizer its metadata
+//! describes. Any panic, overflow or out-of-memory is a bug.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use marlin_io::gguf::{GgufFile, GgufKey};
+use marlin_io::tokenizer::Tokenizer;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(g) = GgufFile::from_bytes(data) else {
@@ -21,6 +23,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = g.get_u32(GgufKey::ContextLength);
     let _ = g.get_array(GgufKey::TokenizerTokens);
+    // The tokenizer keys, read and validated as `marlin run` does.
+    let _ = Tokenizer::from_gguf(&g);
     for t in g.tensors() {
         let _ = t.type_name();
         let _ = t.rows_cols();
