@@ -276,34 +276,38 @@ def weights(shape, salt, dtype="F32"):
     return (dtype, list(shape), bf16(values) if dtype == "BF16" else f32(values))
 
 
-def tiny_model(arch, dtype="F32", tied=False):
-    """A one-layer model of the smallest shapes the loaders accept."""
+def tiny_model(arch, dtype="F32", tied=False, layers=1):
+    """A model of the smallest shapes the loaders accept."""
     vocab, d, heads, kv, hd, ffn = 16, 8, 2, 1, 4, 16
     config = {"model_type": arch, "vocab_size": vocab, "hidden_size": d,
-              "num_hidden_layers": 1, "intermediate_size": ffn, "num_attention_heads": heads,
-              "num_key_value_heads": kv, "head_dim": hd, "rms_norm_eps": 1e-6,
-              "max_position_embeddings": 64, "rope_theta": 10000.0,
+              "num_hidden_layers": layers, "intermediate_size": ffn,
+              "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": hd,
+              "rms_norm_eps": 1e-6, "max_position_embeddings": 64, "rope_theta": 10000.0,
               "tie_word_embeddings": tied}
-    L = "model.layers.0."
     t = {"model.embed_tokens.weight": weights([vocab, d], 1, dtype),
-         "model.norm.weight": weights([d], 2),
-         L + "input_layernorm.weight": weights([d], 3),
-         L + "post_attention_layernorm.weight": weights([d], 4),
-         L + "self_attn.q_proj.weight": weights([heads * hd, d], 5, dtype),
-         L + "self_attn.k_proj.weight": weights([kv * hd, d], 6, dtype),
-         L + "self_attn.v_proj.weight": weights([kv * hd, d], 7, dtype),
-         L + "self_attn.o_proj.weight": weights([d, heads * hd], 8, dtype),
-         L + "mlp.gate_proj.weight": weights([ffn, d], 9, dtype),
-         L + "mlp.up_proj.weight": weights([ffn, d], 10, dtype),
-         L + "mlp.down_proj.weight": weights([d, ffn], 11, dtype)}
+         "model.norm.weight": weights([d], 2)}
+    for il in range(layers):
+        L = f"model.layers.{il}."
+        t.update({
+            L + "input_layernorm.weight": weights([d], 3 + il),
+            L + "post_attention_layernorm.weight": weights([d], 4 + il),
+            L + "self_attn.q_proj.weight": weights([heads * hd, d], 5 + il, dtype),
+            L + "self_attn.k_proj.weight": weights([kv * hd, d], 6 + il, dtype),
+            L + "self_attn.v_proj.weight": weights([kv * hd, d], 7 + il, dtype),
+            L + "self_attn.o_proj.weight": weights([d, heads * hd], 8 + il, dtype),
+            L + "mlp.gate_proj.weight": weights([ffn, d], 9 + il, dtype),
+            L + "mlp.up_proj.weight": weights([ffn, d], 10 + il, dtype),
+            L + "mlp.down_proj.weight": weights([d, ffn], 11 + il, dtype)})
+        if arch in ("qwen3", "gemma3_text"):
+            t[L + "self_attn.q_norm.weight"] = weights([hd], 13 + il)
+            t[L + "self_attn.k_norm.weight"] = weights([hd], 14 + il)
+        if arch == "gemma3_text":
+            t[L + "pre_feedforward_layernorm.weight"] = weights([d], 15 + il)
+            t[L + "post_feedforward_layernorm.weight"] = weights([d], 16 + il)
     if not tied:
         t["lm_head.weight"] = weights([vocab, d], 12, dtype)
-    if arch in ("qwen3", "gemma3_text"):
-        t[L + "self_attn.q_norm.weight"] = weights([hd], 13)
-        t[L + "self_attn.k_norm.weight"] = weights([hd], 14)
     if arch == "gemma3_text":
-        t[L + "pre_feedforward_layernorm.weight"] = weights([d], 15)
-        t[L + "post_feedforward_layernorm.weight"] = weights([d], 16)
+        # Layer 0 local (sliding window), layer 1 global.
         config.update({"sliding_window": 4, "sliding_window_pattern": 2,
                        "rope_local_base_freq": 10000.0, "query_pre_attn_scalar": hd,
                        "final_logit_softcapping": 30.0})
@@ -313,9 +317,9 @@ def tiny_model(arch, dtype="F32", tied=False):
     return config, t
 
 
-for arch, dtype, tied in [("llama", "F32", True), ("qwen3", "BF16", False),
-                          ("gemma3_text", "F32", True)]:
-    config, t = tiny_model(arch, dtype, tied)
+for arch, dtype, tied, layers in [("llama", "F32", True, 1), ("qwen3", "BF16", False, 1),
+                                  ("gemma3_text", "F32", True, 2)]:
+    config, t = tiny_model(arch, dtype, tied, layers)
     checkpoint_seed(f"tiny-{arch}", config, safetensors(t))
 
 # A tiny llama whose up_proj is a marlin checkpoint linear: INT4 asymmetric,
