@@ -165,7 +165,14 @@ unsafe fn sb_dot_z<const F: u8, const H: usize>(w: &[__m512i; 4], q: *const i8) 
 /// (the AVX2 kernel's 1 KiB is ~25 ns ahead at this kernel's speed).
 /// Measured, M = 1 `%copy` of the benchmark averaged over INT4 / MXFP4 x
 /// N = 4096 / 14336 x 3 runs, binaries alternated, load 11-13: 1 KiB 59%,
-/// 2 KiB 59%, 4 KiB 72%; then 4 KiB 82% vs 8 KiB 86%.
+/// 2 KiB 59%, 4 KiB 72%; then 4 KiB 82% vs 8 KiB 86% (weights partly in
+/// the 504 MiB L3 then). Session 4, weights from DRAM (rotated through 4x
+/// the LLC), INT4 g128 4096 x 4096, median over 160 calls of kernel GB/s
+/// over a same-bytes copy just before it, variants alternated, load 20:
+/// `prefetcht0` 76-77% at 4 / 8 / 16 KiB, `prefetcht1` (into L2, no L1
+/// fill buffer held for the whole DRAM latency) 82-90% at 4-32 KiB (2 KiB:
+/// 70%), `prefetcht2` 84-88%, `prefetchnta` 51%, none 55%; prefetching the
+/// first 8 KiB of each task up front: no change.
 const PREFETCH_BYTES: usize = 8192;
 
 /// Decode path: weight row `r` against MR activation rows from `m0`.
@@ -201,10 +208,10 @@ unsafe fn decode_block<const F: u8, const H: usize, const MR: usize>(
     }
     let mut acc = [_mm256_setzero_ps(); MR];
     for sb in 0..w.n_sb {
-        // As in the AVX2 kernel, the lines PREFETCH_BYTES ahead (a prefetch
-        // never faults, hence wrapping_add).
+        // The lines PREFETCH_BYTES ahead, into L2 (see PREFETCH_BYTES; a
+        // prefetch never faults, hence wrapping_add).
         for line in (0..sbb).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(
+            _mm_prefetch::<_MM_HINT_T1>(
                 codes.wrapping_add(sb * sbb + line + PREFETCH_BYTES) as *const i8
             );
         }
