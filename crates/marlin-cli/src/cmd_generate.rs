@@ -121,7 +121,24 @@ pub fn run(
         #[cfg(feature = "cuda")]
         gpu => {
             let mut seq = gpu.new_sequence(ctx)?;
-            stream_to_stdout(&mut seq, tok, &req)?
+            match (
+                &mut seq,
+                crate::gpu_generate::device_sampling(&req.sampling),
+            ) {
+                // The token choice on the device: 4 bytes per token come
+                // back instead of the logits.
+                (DeviceSequence::Cuda(s), Some(choice)) => {
+                    let mut stdout = std::io::stdout().lock();
+                    crate::gpu_generate::generate_on_device(
+                        s,
+                        choice,
+                        &mut TextStream(tok.stream_decoder()),
+                        &req,
+                        |text| stdout.write_all(text.as_bytes()).is_ok() && stdout.flush().is_ok(),
+                    )?
+                }
+                _ => stream_to_stdout(&mut seq, tok, &req)?,
+            }
         }
     };
     let _ = writeln!(std::io::stdout());

@@ -9,6 +9,8 @@ mod cmd_generate;
 mod cmd_inspect;
 mod cmd_quantize;
 mod cmd_serve;
+#[cfg(feature = "cuda")]
+mod gpu_generate;
 mod serve_backend;
 mod session;
 
