@@ -43,6 +43,9 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     // A model error is reported before a tokenizer error, as when the model loaded first.
     let model =
         marlin_models::load_gguf(gguf, &LoadOptions::default()).with_context(model_context)?;
+    // Repacking frees each source tensor after copying it; what malloc kept of those is
+    // returned too.
+    release_free_heap();
     let tokenizer = tokenizer.with_context(tokenizer_context)?;
     tracing::info!(secs = t0.elapsed().as_secs_f64(), "model loaded");
     Ok(Loaded { model, tokenizer })
