@@ -24,6 +24,7 @@ use crate::int4::gemm::{
 use crate::int4::pack::pack_int4;
 use crate::int4::random::{random_activations, random_int4, XorShift};
 use crate::int4::wgmma::{wgmma_supported, WGMMA_MIN_M};
+use crate::int4::wgmma_ws::ws_supported;
 use crate::wgemm::gemm::{wx_gemm, WxWeight};
 use crate::wgemm::pack::pack_wx;
 use crate::wgemm::random::{random_wx, BenchFormat};
@@ -120,6 +121,10 @@ pub struct GemmBenchRow {
     /// INT4 only: the Hopper wgmma kernel (`GemmPath::Wgmma`), timed at
     /// M >= 17 on compute capability 9.0; NaN elsewhere.
     pub wgmma_us: f64,
+    /// INT4 only: the warp-specialised Hopper wgmma kernel
+    /// (`GemmPath::WgmmaWs`, staging launch included), timed at M >= 17 on
+    /// compute capability 9.0; NaN elsewhere.
+    pub wgmma_ws_us: f64,
     /// INT4 only: the Hopper bulk-copy decode kernel (`GemmPath::Bulk`),
     /// timed at M <= 8 on compute capability 9.0+; NaN elsewhere.
     pub bulk_us: f64,
@@ -161,7 +166,7 @@ impl fmt::Display for GemmBenchReport {
         )?;
         writeln!(
             f,
-            "{:>8} {:>5} {:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7}",
+            "{:>8} {:>5} {:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7}",
             "format",
             "bit/w",
             "N x K",
@@ -173,6 +178,7 @@ impl fmt::Display for GemmBenchReport {
             "gener us",
             "deq+cB us",
             "wgmma us",
+            "wgws us",
             "bulk us",
             "cuBLAS us",
             "speedup",
@@ -183,7 +189,7 @@ impl fmt::Display for GemmBenchReport {
         for r in &self.rows {
             writeln!(
                 f,
-                "{:>8} {:>5.2} {:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>7.1}",
+                "{:>8} {:>5.2} {:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>7.1}",
                 r.format.name(),
                 r.bits_per_weight(),
                 format!("{}x{}", r.n, r.k),
@@ -191,6 +197,7 @@ impl fmt::Display for GemmBenchReport {
                 match r.path {
                     GemmPath::DequantCublas => "deq+cB",
                     GemmPath::Wgmma => "wgmma",
+                    GemmPath::WgmmaWs => "wgws",
                     GemmPath::Bulk => "bulk",
                     _ => "fused",
                 },
@@ -201,6 +208,7 @@ impl fmt::Display for GemmBenchReport {
                 r.general_us,
                 r.dequant_cublas_us,
                 r.wgmma_us,
+                r.wgmma_ws_us,
                 r.bulk_us,
                 r.cublas_us,
                 r.speedup(),
@@ -430,6 +438,12 @@ fn bench_shape(
             } else {
                 f64::NAN
             };
+            let has_wgmma_ws = is_int4 && m >= WGMMA_MIN_M && ws_supported(dev);
+            let wgmma_ws_us = if has_wgmma_ws {
+                time_path(GemmPath::WgmmaWs, None)?.0
+            } else {
+                f64::NAN
+            };
             let has_bulk = is_int4 && m <= BULK_MAX_M && bulk_supported(dev);
             let bulk_us = if has_bulk {
                 time_path(GemmPath::Bulk, None)?.0
@@ -465,6 +479,12 @@ fn bench_shape(
                             sweep.push((s, GemmPath::Wgmma, us));
                         }
                     }
+                    if has_wgmma_ws {
+                        let (us, plan) = time_path(GemmPath::WgmmaWs, Some(s))?;
+                        if plan.is_some_and(|p| p.splits == s) {
+                            sweep.push((s, GemmPath::WgmmaWs, us));
+                        }
+                    }
                 }
             }
             let row = |splits: usize, forced: bool, path: GemmPath, us: f64| GemmBenchRow {
@@ -480,6 +500,7 @@ fn bench_shape(
                 general_us,
                 dequant_cublas_us,
                 wgmma_us,
+                wgmma_ws_us,
                 bulk_us,
                 cublas_us,
                 weight_bytes: *weight_bytes,
@@ -488,7 +509,9 @@ fn bench_shape(
             };
             let splits_used = match path {
                 GemmPath::DequantCublas => 1,
-                GemmPath::Wgmma | GemmPath::Bulk => auto_plan.map_or(0, |p| p.splits),
+                GemmPath::Wgmma | GemmPath::WgmmaWs | GemmPath::Bulk => {
+                    auto_plan.map_or(0, |p| p.splits)
+                }
                 _ => fused_plan.map_or(0, |p| p.splits),
             };
             rows.push(row(splits_used, false, path, us));

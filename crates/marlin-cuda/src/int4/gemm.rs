@@ -12,7 +12,7 @@ use half::f16;
 use marlin_quant::QuantTensor;
 
 use super::pack::{pack_int4, Int4Packed, N_TILE};
-use super::{bulk, wgmma};
+use super::{bulk, wgmma, wgmma_ws};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
 use crate::ops::launch::KernelLaunch;
@@ -130,6 +130,9 @@ pub struct GemmWorkspace {
     pub(crate) tickets: CudaSlice<u32>,
     /// (N, K) f16 scratch of the large-M path, allocated at first use.
     pub(crate) dense: Option<CudaSlice<f16>>,
+    /// Staged activation image of the warp-specialised wgmma path
+    /// ([`super::wgmma_ws`]), allocated by `prepare`.
+    pub(crate) staged_act: Option<CudaSlice<f16>>,
     /// Kernels loaded by `prepare` (checked by `int4_gemm_prepared`).
     prepared: Vec<&'static str>,
 }
@@ -140,6 +143,7 @@ impl GemmWorkspace {
             partials: dev.alloc_zeros("split-K partials", 1)?,
             tickets: dev.alloc_zeros("split-K tickets", 1)?,
             dense: None,
+            staged_act: None,
             prepared: Vec::new(),
         })
     }
@@ -185,6 +189,11 @@ impl GemmWorkspace {
             }
             Call::Wgmma(wc) => {
                 wgmma::prepare(dev, &wc, self)?;
+                self.mark_prepared(wc.plan.kernel);
+                Ok(wc.plan)
+            }
+            Call::WgmmaWs(wc) => {
+                wgmma_ws::prepare(dev, &wc, self)?;
                 self.mark_prepared(wc.plan.kernel);
                 Ok(wc.plan)
             }
@@ -247,6 +256,12 @@ pub enum GemmPath {
     /// `Auto` never takes it. INT4 only: the `wgemm` formats treat it as
     /// `Fused`.
     Bulk,
+    /// The warp-specialised Hopper wgmma kernel `w4a16_ws_*` (compute
+    /// capability 9.0 only; see [`super::wgmma_ws`]): a staging launch
+    /// for the activations, then a producer warpgroup with bulk copies and
+    /// two consumer warpgroups. INT4 only: the `wgemm` formats treat it as
+    /// `Fused`.
+    WgmmaWs,
 }
 
 /// From this many rows on, `GemmPath::Auto` dequantizes and calls cuBLAS:
@@ -621,6 +636,7 @@ enum Call {
     Dequant,
     Fused(FusedCall),
     Wgmma(wgmma::WgmmaCall),
+    WgmmaWs(wgmma_ws::WsCall),
     Bulk(bulk::BulkCall),
 }
 
@@ -628,6 +644,12 @@ enum Call {
 fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -> Result<Call> {
     if m == 0 {
         return Err(CudaError::Shape("GEMM with M = 0 rows".into()));
+    }
+    let auto_ws = opts.path == GemmPath::Auto
+        && wgmma_ws::ws_supported(dev)
+        && wgmma_ws::ws_auto(m, w, dev.sm_count());
+    if opts.path == GemmPath::WgmmaWs || auto_ws {
+        return Ok(Call::WgmmaWs(wgmma_ws::resolve(dev, m, w, opts.splits)?));
     }
     let auto_wgmma = opts.path == GemmPath::Auto
         && wgmma::wgmma_auto(m, w.n, w.k)
@@ -641,7 +663,11 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
     }
     let use_dequant = match opts.path {
         GemmPath::Auto => !auto_fused(m, w.n, w.k),
-        GemmPath::Fused | GemmPath::FusedGeneral | GemmPath::Wgmma | GemmPath::Bulk => false,
+        GemmPath::Fused
+        | GemmPath::FusedGeneral
+        | GemmPath::Wgmma
+        | GemmPath::WgmmaWs
+        | GemmPath::Bulk => false,
         GemmPath::DequantCublas => true,
     };
     if use_dequant {
@@ -758,6 +784,11 @@ pub fn int4_gemm_prepared(
         Call::Wgmma(wc) => {
             ws.check_prepared(wc.plan.kernel)?;
             wgmma::launch(dev, a, m, w, c, ws, &wc)?;
+            return Ok(wc.plan);
+        }
+        Call::WgmmaWs(wc) => {
+            ws.check_prepared(wc.plan.kernel)?;
+            wgmma_ws::launch(dev, a, m, w, c, ws, &wc)?;
             return Ok(wc.plan);
         }
         Call::Bulk(bc) => {

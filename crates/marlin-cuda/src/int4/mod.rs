@@ -17,6 +17,8 @@ pub mod random;
 pub mod reference;
 #[cfg(feature = "cuda")]
 pub mod wgmma;
+#[cfg(feature = "cuda")]
+pub mod wgmma_ws;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,436 @@
+//! Hopper (sm_90a) warp-specialised INT4 GEMM for large M:
+//! `kernels/w4a16_wgmma_ws.cu`. Two launches per call:
+//!
+//! 1. `w4a16_ws_stage_t<TOK>` writes A once into the workspace's staged
+//!    activation image (M blocks of TOK tokens x K chunks x TOK rows of
+//!    128 bytes): the pack's K order inside each 64-chunk and wgmma's
+//!    128-byte swizzle, zeros past M and K. So the main kernel moves a
+//!    whole activation tile with one bulk copy, and K may be odd.
+//! 2. `w4a16_ws_t<TOK>x<TPW>`: a producer warpgroup (one thread issuing
+//!    `cp.async.bulk` copies into an mbarrier ring) and two consumer
+//!    warpgroups that dequantise the packed codes (the weights of
+//!    [`super::pack`], unchanged) into wgmma's register A operand and
+//!    multiply them with the shared-memory activation tile
+//!    (`wgmma.mma_async m64n<TOK>k16`, tokens = wgmma's N). Block =
+//!    2 x TPW 64-column tiles x TOK tokens; split-K over `gridDim.z` with
+//!    the deterministic last-block reduction of the other INT4 kernels.
+
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use half::f16;
+
+use super::gemm::{GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
+use super::pack::{K_CHUNK, N_TILE};
+use crate::device::{driver_err, CudaDevice};
+use crate::error::{CudaError, Result};
+use crate::ops::to_i32;
+
+pub(super) const MODULE: &str = "w4a16_wgmma_ws";
+pub(super) const SOURCE: &str = include_str!("../kernels/w4a16_wgmma_ws.cu");
+
+/// Threads of the main kernel: producer + 2 consumer warpgroups.
+const THREADS: u32 = 384;
+/// Threads per block of the staging kernel.
+const STAGE_THREADS: u32 = 256;
+/// Chunks of 64 along K each split gets at least.
+const MIN_CHUNKS_PER_SPLIT: usize = 8;
+/// Dynamic shared memory the kernel may use (sm_90 opt-in limit, 227 KiB).
+const SMEM_LIMIT: usize = 227 * 1024;
+
+/// One compiled variant (`W4A16_WS_ENTRY` in the source).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WsVariant {
+    /// Tokens per block (wgmma N): 64 or 128.
+    pub tokens: usize,
+    /// 64-column tiles per consumer warpgroup: 1 or 2 (block = 2x that).
+    pub tiles_per_wg: usize,
+    /// Ring depth (chunks in flight).
+    pub stages: usize,
+}
+
+/// Every variant the source instantiates, (tokens, tiles per warpgroup,
+/// stages); keep in sync with `W4A16_WS_ENTRY`.
+const VARIANTS: [WsVariant; 4] = [
+    variant(64, 1, 12),
+    variant(64, 2, 10),
+    variant(128, 1, 8),
+    variant(128, 2, 8),
+];
+
+const fn variant(tokens: usize, tiles_per_wg: usize, stages: usize) -> WsVariant {
+    WsVariant {
+        tokens,
+        tiles_per_wg,
+        stages,
+    }
+}
+
+impl WsVariant {
+    /// 64-column tiles per block.
+    pub fn tiles(&self) -> usize {
+        2 * self.tiles_per_wg
+    }
+
+    /// Weight columns per block.
+    pub fn n_block(&self) -> usize {
+        N_TILE * self.tiles()
+    }
+
+    /// Dynamic shared memory: 1024 bytes of alignment slack, then per stage
+    /// the activation tile (tokens x 128 B), the codes (2 KiB per tile) and
+    /// two scale rows (128 B per tile each), and as much again for the zero
+    /// points.
+    pub fn smem_bytes(&self, has_zeros: bool) -> usize {
+        let rows = 2 * 128 * self.tiles() * if has_zeros { 2 } else { 1 };
+        1024 + self.stages * (128 * self.tokens + 2048 * self.tiles() + rows)
+    }
+
+    /// Name as in the source and `MARLIN_WGMMA_WS_VARIANT`:
+    /// `t<tokens>x<tiles per warpgroup>`.
+    pub fn name(&self) -> String {
+        format!("t{}x{}", self.tokens, self.tiles_per_wg)
+    }
+
+    fn kernel(&self, has_zeros: bool) -> &'static str {
+        match (self.tokens, self.tiles_per_wg, has_zeros) {
+            (64, 1, false) => "w4a16_ws_t64x1",
+            (64, 1, true) => "w4a16_ws_t64x1z",
+            (64, _, false) => "w4a16_ws_t64x2",
+            (64, _, true) => "w4a16_ws_t64x2z",
+            (_, 1, false) => "w4a16_ws_t128x1",
+            (_, 1, true) => "w4a16_ws_t128x1z",
+            (_, _, false) => "w4a16_ws_t128x2",
+            (_, _, true) => "w4a16_ws_t128x2z",
+        }
+    }
+
+    fn stage_kernel(&self) -> &'static str {
+        if self.tokens == 64 {
+            "w4a16_ws_stage_t64"
+        } else {
+            "w4a16_ws_stage_t128"
+        }
+    }
+}
+
+/// Tuning switch: `MARLIN_WGMMA_WS_VARIANT=t128x2` (any [`WsVariant::name`]
+/// of the compiled variants) forces a variant at every shape; unset,
+/// [`ws_variant`] decides.
+fn variant_override() -> Option<WsVariant> {
+    let name = std::env::var("MARLIN_WGMMA_WS_VARIANT").ok()?;
+    VARIANTS.into_iter().find(|v| v.name() == name)
+}
+
+/// Time of one 64-chunk of one block, microseconds: a fixed part and the
+/// tensor work (tokens x columns; 0.54 us for 128 x 256). Fitted to the
+/// first H100 run at M = 1024 (docs/CUDA.md change 26): t128x2 0.91 us per
+/// chunk, t128x1 0.63, t64x2 0.65.
+fn chunk_us(v: WsVariant) -> f64 {
+    const FIXED_US: f64 = 0.37;
+    const US_PER_128X256: f64 = 0.54;
+    FIXED_US + US_PER_128X256 * (v.tokens * v.n_block()) as f64 / (128.0 * 256.0)
+}
+
+/// Split-K factor for `blocks` blocks (one resident per SM): the fewest
+/// splits that minimise rounds / splits, each split >= 8 chunks, fp32
+/// partials (8 * splits * M bytes per column, written and read) at most
+/// K / 2 bytes per column (the weight's own bytes; first H100 run: 7
+/// splits at 28672x8192 M = 256, 205 MB of partials, took 466 us where
+/// the unsplit grid's rounds predict ~240).
+fn choose_splits(blocks: usize, sm_count: usize, k_chunks: usize, m: usize) -> usize {
+    let by_partials = (K_CHUNK * k_chunks / 2) / (8 * m.max(1));
+    let max_splits = (k_chunks / MIN_CHUNKS_PER_SPLIT).min(by_partials).max(1);
+    let mut best = (f64::INFINITY, 1);
+    for s in 1..=max_splits {
+        let rounds = (blocks * s).div_ceil(sm_count.max(1));
+        let cost = rounds as f64 / s as f64;
+        if cost < best.0 - 1e-9 {
+            best = (cost, s);
+        }
+    }
+    best.1
+}
+
+/// The variant and split factor for M rows: the one with the least
+/// estimated time, rounds of blocks / splits x `chunk_us`.
+pub fn ws_variant(m: usize, w: &Int4Weight, sm_count: usize) -> (WsVariant, usize) {
+    let candidates: Vec<WsVariant> = match variant_override() {
+        Some(v) => vec![v],
+        None => VARIANTS.to_vec(),
+    };
+    let mut best: Option<(f64, WsVariant, usize)> = None;
+    for v in candidates {
+        let m_blocks = m.div_ceil(v.tokens).max(1);
+        let blocks = m_blocks * w.n_pad.div_ceil(v.n_block());
+        let splits = choose_splits(blocks, sm_count, w.k_chunks, m);
+        let rounds = (blocks * splits).div_ceil(sm_count.max(1)) as f64 / splits as f64;
+        let cost = rounds * chunk_us(v);
+        if best.is_none_or(|(c, _, _)| cost < c - 1e-9) {
+            best = Some((cost, v, splits));
+        }
+    }
+    best.map_or((VARIANTS[3], 1), |(_, v, s)| (v, s))
+}
+
+/// Smallest M that `GemmPath::Auto` sends to this kernel.
+pub const WS_AUTO_MIN_M: usize = 128;
+/// From this M on, `GemmPath::Auto` also asks for a full last round.
+const WS_AUTO_WAVE_CHECK_M: usize = 512;
+/// Least fraction of the last round's SMs the plan must keep busy at
+/// M >= 512 (blocks / (rounds x SMs)).
+const WS_AUTO_MIN_WAVE_EFFICIENCY: f64 = 0.9;
+
+/// `GemmPath::Auto`'s choice of this kernel on sm_90: M >= 128 when the
+/// grid of 128-token x 256-column blocks alone covers at least 3/4 of the
+/// SMs, and at M >= 512 only if the plan keeps >= 90% of its last round of
+/// SMs busy. Second H100 run (docs/CUDA.md change 26; `wgws` column
+/// against the path Auto took): 28672x8192 M = 128 108.9 vs 239.3 us,
+/// M = 256 210.3 vs 405.1, M = 1024 806.3 vs 970.1 (dequantize +
+/// cuBLAS); 14336x4096 M = 256 60.4 vs 107.9; 4096x4096 and 4096x14336
+/// M = 1024 64.5 vs 69.1 and 198.9 vs 229.3. Not taken where it lost:
+/// 14336x4096 M = 128 (56 blocks: 56.5 vs 54.9) and M = 1024 (85% of the
+/// last round: 233.2 vs 220.5), 4096x14336 M = 128 / 256 (85.5 vs 64.0,
+/// 96.0 vs 93.1), 4096x4096 M = 256 (41.8 vs 40.7); nor at M < 128.
+pub fn ws_auto(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
+    let sms = sm_count.max(1);
+    let big_blocks = m.div_ceil(128) * w.n_pad.div_ceil(256);
+    if m < WS_AUTO_MIN_M || 4 * big_blocks < 3 * sms {
+        return false;
+    }
+    if m < WS_AUTO_WAVE_CHECK_M {
+        return true;
+    }
+    let p = ws_plan(m, w, sm_count, None);
+    let blocks = p.m_blocks * p.n_tiles * p.splits;
+    let rounds = blocks.div_ceil(sms);
+    blocks as f64 / (rounds * sms) as f64 >= WS_AUTO_MIN_WAVE_EFFICIENCY
+}
+
+/// Whether the device runs this kernel (compute capability 9.0: the module
+/// is compiled for sm_90a; elsewhere it is empty).
+pub fn ws_supported(dev: &CudaDevice) -> bool {
+    dev.compute_capability() == (9, 0)
+}
+
+/// Launch shape for M rows. `GemmPlan::m_tiles` holds tokens / 16 and
+/// `n_tiles` the column blocks (64 x 2 x tiles per warpgroup wide).
+pub fn ws_plan(m: usize, w: &Int4Weight, sm_count: usize, splits: Option<usize>) -> GemmPlan {
+    let (v, auto_splits) = ws_variant(m, w, sm_count);
+    let splits = splits.unwrap_or(auto_splits).clamp(1, w.k_chunks.max(1));
+    GemmPlan {
+        path: GemmPath::WgmmaWs,
+        kernel: v.kernel(w.neg_zero_scales.is_some()),
+        m_tiles: v.tokens / 16,
+        m_blocks: m.div_ceil(v.tokens).max(1),
+        n_tiles: w.n_pad.div_ceil(v.n_block()),
+        splits,
+    }
+}
+
+/// A resolved call: plan, variant, shared memory, scratch sizes.
+pub(super) struct WsCall {
+    pub plan: GemmPlan,
+    pub variant: WsVariant,
+    pub smem: u32,
+    /// fp32 partials (splits x M x n_pad) and tickets (blocks) it needs.
+    pub partials: usize,
+    pub tickets: usize,
+    /// f16 elements of the staged activation image (m_blocks x tokens x
+    /// k_pad).
+    pub staged: usize,
+}
+
+pub(super) fn resolve(
+    dev: &CudaDevice,
+    m: usize,
+    w: &Int4Weight,
+    splits: Option<usize>,
+) -> Result<WsCall> {
+    if !ws_supported(dev) {
+        let (major, minor) = dev.compute_capability();
+        return Err(CudaError::Unsupported(format!(
+            "the warp-specialised wgmma INT4 GEMM needs compute capability 9.0 (sm_90a), device has {major}.{minor}"
+        )));
+    }
+    let plan = ws_plan(m, w, dev.sm_count(), splits);
+    let (variant, _) = ws_variant(m, w, dev.sm_count());
+    let smem_bytes = variant.smem_bytes(w.neg_zero_scales.is_some());
+    if smem_bytes > SMEM_LIMIT {
+        return Err(CudaError::Shape(format!(
+            "{}: {smem_bytes} bytes of shared memory exceed {SMEM_LIMIT}",
+            plan.kernel
+        )));
+    }
+    let smem = u32::try_from(smem_bytes).map_err(|_| CudaError::Shape("shared memory".into()))?;
+    let overflow =
+        || CudaError::Shape(format!("M = {m}, N = {}, K = {}: sizes overflow", w.n, w.k));
+    let partials = plan
+        .splits
+        .checked_mul(m)
+        .and_then(|x| x.checked_mul(w.n_pad))
+        .ok_or_else(overflow)?;
+    let staged = plan
+        .m_blocks
+        .checked_mul(variant.tokens)
+        .and_then(|x| x.checked_mul(w.k_chunks))
+        .and_then(|x| x.checked_mul(K_CHUNK))
+        .ok_or_else(overflow)?;
+    Ok(WsCall {
+        plan,
+        variant,
+        smem,
+        partials,
+        tickets: plan.n_tiles * plan.m_blocks,
+        staged,
+    })
+}
+
+/// Load both kernels of `call` and size the workspace's scratch (split-K
+/// partials and the staged activation image).
+pub(super) fn prepare(dev: &CudaDevice, call: &WsCall, ws: &mut GemmWorkspace) -> Result<()> {
+    if call.plan.splits > 1 {
+        ws.reserve(dev, call.partials, call.tickets)?;
+    }
+    if ws.staged_act.as_ref().is_none_or(|s| s.len() < call.staged) {
+        ws.staged_act = None;
+        ws.staged_act = Some(dev.alloc_zeros("staged activations (wgmma ws)", call.staged)?);
+    }
+    dev.function(MODULE, SOURCE, call.variant.stage_kernel(), 0)?;
+    dev.function(MODULE, SOURCE, call.plan.kernel, call.smem)?;
+    Ok(())
+}
+
+/// Enqueue the staging and the main kernel (no allocation, no module load:
+/// `prepare` did both).
+pub(super) fn launch(
+    dev: &CudaDevice,
+    a: &CudaView<'_, f16>,
+    m: usize,
+    w: &Int4Weight,
+    c: &mut CudaViewMut<'_, f16>,
+    ws: &mut GemmWorkspace,
+    call: &WsCall,
+) -> Result<()> {
+    let p = call.plan;
+    let grid = (
+        u32::try_from(p.m_blocks).map_err(|_| CudaError::Shape("too many M blocks".into()))?,
+        u32::try_from(p.n_tiles).map_err(|_| CudaError::Shape("too many N blocks".into()))?,
+        u32::try_from(p.splits).map_err(|_| CudaError::Shape("too many splits".into()))?,
+    );
+    if grid.1 > 65_535 || grid.2 > 65_535 {
+        return Err(CudaError::Shape(format!(
+            "grid {grid:?} exceeds CUDA limits"
+        )));
+    }
+    if p.splits > 1 && (ws.partials.len() < call.partials || ws.tickets.len() < call.tickets) {
+        return Err(CudaError::Shape(format!(
+            "split-K workspace too small for M={m} N={} ({} splits): call GemmWorkspace::prepare",
+            w.n, p.splits
+        )));
+    }
+    let stage_fn = dev.function(MODULE, SOURCE, call.variant.stage_kernel(), 0)?;
+    let func = dev.function(MODULE, SOURCE, p.kernel, call.smem)?;
+    let (m_i32, n_i32, k_i32) = (to_i32("M", m)?, to_i32("N", w.n)?, to_i32("K", w.k)?);
+    let (n_pad_i32, k_chunks_i32, group_k32_i32, splits_i32) = (
+        to_i32("n_pad", w.n_pad)?,
+        to_i32("k_chunks", w.k_chunks)?,
+        to_i32("group_k32", w.group_k32)?,
+        to_i32("splits", p.splits)?,
+    );
+    let staged = match ws.staged_act.as_mut() {
+        Some(s) if s.len() >= call.staged => s,
+        _ => {
+            return Err(CudaError::Shape(format!(
+                "staged activation scratch missing or smaller than {} elements: call GemmWorkspace::prepare",
+                call.staged
+            )))
+        }
+    };
+    // Staging: one thread per 16-byte unit (8 halves) of the image.
+    let units = call.staged / 8;
+    let units_i64 =
+        i64::try_from(units).map_err(|_| CudaError::Shape("staged image too large".into()))?;
+    let stage_blocks = u32::try_from(units.div_ceil(STAGE_THREADS as usize))
+        .map_err(|_| CudaError::Shape("staged image too large".into()))?;
+    let stream = dev.stream();
+    let stage_cfg = LaunchConfig {
+        grid_dim: (stage_blocks, 1, 1),
+        block_dim: (STAGE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut stage = stream.launch_builder(&stage_fn);
+    stage
+        .arg(a)
+        .arg(&mut *staged)
+        .arg(&m_i32)
+        .arg(&k_i32)
+        .arg(&k_chunks_i32)
+        .arg(&units_i64);
+    // SAFETY: argument types and order match W4A16_WS_STAGE_ENTRY; the
+    // caller checked A >= M*K; the image holds m_blocks*tokens*k_pad halves
+    // = `units` 16-byte units (checked above).
+    unsafe { stage.launch(stage_cfg) }
+        .map_err(|e| driver_err(&format!("launch {}", call.variant.stage_kernel()), e))?;
+
+    let cfg = LaunchConfig {
+        grid_dim: grid,
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: call.smem,
+    };
+    let null_zeros: u64 = 0;
+    let mut launch = stream.launch_builder(&func);
+    launch.arg(&*staged).arg(&w.words).arg(&w.scales);
+    match &w.neg_zero_scales {
+        Some(z) => launch.arg(z),
+        None => launch.arg(&null_zeros),
+    };
+    launch
+        .arg(c)
+        .arg(&mut ws.partials)
+        .arg(&mut ws.tickets)
+        .arg(&m_i32)
+        .arg(&n_i32)
+        .arg(&n_pad_i32)
+        .arg(&k_chunks_i32)
+        .arg(&group_k32_i32)
+        .arg(&splits_i32);
+    // SAFETY: argument types and order match W4A16_WS_ENTRY; the staged
+    // image covers m_blocks x k_chunks tiles; partials >= splits*M*n_pad
+    // and tickets >= blocks were checked above; the packed buffers cover
+    // n_pad x k_chunks (the repack); C >= M*N was checked by the caller.
+    unsafe { launch.launch(cfg) }.map_err(|e| driver_err(&format!("launch {}", p.kernel), e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{choose_splits, SMEM_LIMIT, VARIANTS};
+
+    /// Every variant fits the sm_90 opt-in shared-memory limit with and
+    /// without zero points (one block per SM).
+    #[test]
+    fn variants_fit_shared_memory() {
+        for v in VARIANTS {
+            for z in [false, true] {
+                assert!(v.smem_bytes(z) <= SMEM_LIMIT, "{v:?} z={z}");
+            }
+        }
+        let big = super::variant(128, 2, 8);
+        assert_eq!(big.smem_bytes(false), 1024 + 8 * (16384 + 8192 + 1024));
+        assert_eq!(big.n_block(), 256);
+    }
+
+    /// Few blocks split up to one round; a full machine or a large M does
+    /// not split.
+    #[test]
+    fn splits_fill_the_machine() {
+        // 4096x4096 at M = 64 with 16 blocks: 4 splits (partials allow 4).
+        assert_eq!(choose_splits(16, 132, 64, 64), 4);
+        // M = 256: the partials would outweigh the weights.
+        assert_eq!(choose_splits(64, 132, 64, 256), 1);
+        assert_eq!(choose_splits(224, 132, 128, 256), 1);
+        assert_eq!(choose_splits(128, 132, 64, 1024), 1);
+        assert_eq!(choose_splits(896, 132, 128, 1024), 1);
+        // Short K: no split below 8 chunks per split.
+        assert_eq!(choose_splits(4, 132, 8, 64), 1);
+    }
+}

@@ -1,0 +1,542 @@
+// W4A16 GEMM on Hopper, warp-specialised (sm_90a): C (M, N) f16 =
+// A (M, K) f16 . W^T, W in the packed INT4 layout of src/int4/pack.rs (the
+// buffers every INT4 kernel reads; no second weight layout).
+//
+// Two kernels per call (src/int4/wgmma_ws.rs launches both):
+//
+// 1. `w4a16_ws_stage_t<TOK>` copies A once into a scratch laid out as the
+//    shared-memory image of the main kernel's activation tiles:
+//    (M blocks of TOK tokens, K chunks of 64, TOK rows of 128 bytes). Inside
+//    a 64-chunk the K order is the pack's (position 16j + 8hi + q holds
+//    k = 16(q/2) + 4j + 2hi + q%2: exactly the fragment order the dequantised
+//    weights have in registers), and the eight 16-byte units of a row r are
+//    stored at unit ^ (r % 8): the 128-byte swizzle of wgmma's K-major
+//    shared-memory operand. Tokens >= M and k >= K are zeros, so the main
+//    kernel needs no predicate and K may be odd. Cost: M*K*2 bytes read and
+//    written, once per call.
+// 2. `w4a16_ws_t<TOK>x<TPW>`: 3 warpgroups per block. Warpgroup 0 is the
+//    producer (setmaxnreg 40): one thread streams, per 64-chunk, the
+//    activation tile (one 1-D bulk copy of TOK*128 bytes: the staged image
+//    is contiguous), the codes of the block's 64-column tiles (2 KiB each,
+//    contiguous in the packing) and the two scale rows the chunk can touch
+//    into a ring of STAGES slots, with "full" mbarriers counting bytes and
+//    "empty" mbarriers that the 8 consumer warps arrive on. Warpgroups 1
+//    and 2 are consumers (setmaxnreg 232), TPW 64-column tiles each: per
+//    chunk they wait on "full", dequantise their lane's 16-byte code word
+//    per tile (lop3 + 0x6400 magic, one fma.f16x2 for scale and zero) into
+//    wgmma's register A operand (64 weight rows x k16: the m16n8k16 A
+//    fragment per warp, which the packed word already is), issue 4 x TPW
+//    `wgmma m64n<TOK>k16` against the swizzled activation tile (B, K-major,
+//    shared memory), commit, wait until the previous chunk's group retired
+//    and release its slot. No block barrier in the main loop; the
+//    dequantisation of chunk i+1 overlaps the tensor cores on chunk i.
+//    D^T (weights x tokens) is what wgmma computes: weights are wgmma's M,
+//    tokens its N.
+//    Split-K over gridDim.z with the fp32 partials + atomic-ticket
+//    reduction of the other INT4 kernels (split order, bit-deterministic).
+//
+// Everything is guarded by __CUDA_ARCH_FEAT_SM90_ALL (sm_90a): compiled
+// for any other target the module is empty, and the host only loads it on
+// compute capability 9.0. Self-contained (no #include) for NVRTC.
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned long long u64;
+
+__device__ __forceinline__ float ws_ld_cg_f32(const float* p) {
+    float r;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
+    return r;
+}
+// (a & b) | c
+__device__ __forceinline__ u32 ws_lop3(u32 a, u32 b, u32 c) {
+    u32 r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+__device__ __forceinline__ u32 ws_hsub2(u32 a, u32 b) {
+    u32 r;
+    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+__device__ __forceinline__ u32 ws_hmul2(u32 a, u32 b) {
+    u32 r;
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+__device__ __forceinline__ u32 ws_hfma2(u32 a, u32 b, u32 c) {
+    u32 r;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+__device__ __forceinline__ u16 ws_f32_to_f16(float x) {
+    u16 r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    return r;
+}
+__device__ __forceinline__ u32 ws_dup_lo(u32 x) { return (x & 0xFFFFu) | (x << 16); }
+__device__ __forceinline__ u32 ws_dup_hi(u32 x) { return (x >> 16) | (x & 0xFFFF0000u); }
+
+// Same decoding as dequant_word in w4a16_gemm.cu / w4a16_wgmma.cu (keep in
+// sync), written straight into wgmma's A fragment order: f[0] = (row g,
+// k pair 2t), f[1] = (row g+8, 2t), f[2] = (row g, 2t+8), f[3] = (row g+8,
+// 2t+8); value u * scale + neg_zero_scale.
+__device__ __forceinline__ void ws_dequant(u32 q, u32 s0, u32 s1, u32 z0, u32 z1, u32 (&f)[4]) {
+    const u32 MAGIC = 0x64006400u;      // (1024, 1024)
+    const u32 SIXTEENTH = 0x2C002C00u;  // (1/16, 1/16)
+    const u32 NEG64 = 0xD400D400u;      // (-64, -64)
+    const u32 LO = 0x000F000Fu;
+    const u32 HI = 0x00F000F0u;
+    const u32 q8 = q >> 8;
+    f[0] = ws_hfma2(ws_hsub2(ws_lop3(q, LO, MAGIC), MAGIC), s0, z0);
+    f[2] = ws_hfma2(ws_hfma2(ws_lop3(q, HI, MAGIC), SIXTEENTH, NEG64), s0, z0);
+    f[1] = ws_hfma2(ws_hsub2(ws_lop3(q8, LO, MAGIC), MAGIC), s1, z1);
+    f[3] = ws_hfma2(ws_hfma2(ws_lop3(q8, HI, MAGIC), SIXTEENTH, NEG64), s1, z1);
+}
+
+__device__ __forceinline__ u32 ws_smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void ws_mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void ws_mbar_arrive_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void ws_mbar_arrive(u32 bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void ws_mbar_wait(u32 bar, u32 parity) {
+    u32 done;
+    do {
+        asm volatile(
+            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+// 1-D bulk copy global -> shared (16-B aligned, bytes % 16 == 0), completion
+// counted in bytes on `bar`. A launch without clusters is a cluster of one
+// CTA, whose shared::cta addresses are valid shared::cluster addresses.
+__device__ __forceinline__ void ws_bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+        "l"(src), "r"(bytes), "r"(bar)
+        : "memory");
+}
+__device__ __forceinline__ uint4 ws_ld_shared_v4(u32 addr) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr)
+                 : "memory");
+    return v;
+}
+__device__ __forceinline__ u32 ws_ld_shared_u32(u32 addr) {
+    u32 v;
+    asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(addr) : "memory");
+    return v;
+}
+// Named barrier of the 256 consumer threads (barrier 0 is __syncthreads).
+__device__ __forceinline__ void ws_consumer_sync() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
+
+__device__ __forceinline__ void ws_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void ws_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void ws_wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+// Compiler-only fence on an accumulator register: keeps reads and writes of
+// it on their side of the wgmma wait.
+__device__ __forceinline__ void ws_fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+// Compiler-only use of a fragment: its registers stay allocated up to here
+// (wgmma reads register operands asynchronously, until its group retires).
+template <int TPW>
+__device__ __forceinline__ void ws_keep_alive(const u32 (&f)[TPW][4][4]) {
+#pragma unroll
+    for (int p = 0; p < TPW; p++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            asm volatile("" ::"r"(f[p][j][0]), "r"(f[p][j][1]), "r"(f[p][j][2]), "r"(f[p][j][3]) : "memory");
+}
+
+// Shared-memory matrix descriptor of a K-major tile with the 128-byte
+// swizzle (layout type 1 in bits 62-63): start address >> 4 (bits 0-13),
+// leading byte offset unused for swizzled K-major (1), stride byte offset
+// (between 8-row groups: 8 x 128 B = 1024) >> 4 (bits 32-45). The tile
+// base is 1024-byte aligned; the k16 step j starts 32j bytes into the rows.
+__device__ __forceinline__ u64 ws_desc_sw128(u32 addr) {
+    return (u64)((addr & 0x3FFFFu) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
+}
+
+__device__ __forceinline__ void ws_wgmma_n64(float* d, const u32 (&a)[4], unsigned long long desc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "n"(1)
+        : "memory");
+}
+
+__device__ __forceinline__ void ws_wgmma_n128(float* d, const u32 (&a)[4], unsigned long long desc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "n"(1)
+        : "memory");
+}
+
+
+template <int TOK>
+__device__ __forceinline__ void ws_wgmma(float* d, const u32 (&a)[4], u64 desc) {
+    if constexpr (TOK == 64) ws_wgmma_n64(d, a, desc);
+    else ws_wgmma_n128(d, a, desc);
+}
+
+// Staging: one thread per 16-byte unit of the staged image
+// (m_blocks, k_chunks, TOK, 8 units). Reads 4 pairs (k, k+1) of one token
+// row at k = 64c + 16i + 4j + 2hi (i = 0..3), zero past M or K.
+template <int TOK>
+__device__ __forceinline__ void ws_stage_body(const u16* __restrict__ A, uint4* __restrict__ out, int M, int K,
+                                              int k_chunks, long long units) {
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= units) return;
+    const int unit = (int)(idx & 7);
+    const long long row_id = idx >> 3;  // (m block, chunk, token)
+    const int r = (int)(row_id % TOK);
+    const long long rest = row_id / TOK;
+    const int c = (int)(rest % k_chunks);
+    const long long token = (rest / k_chunks) * TOK + r;
+    const int logical = unit ^ (r & 7);  // swizzle: unit u holds logical unit u ^ (r % 8)
+    const int j = logical >> 1;
+    const int hi = logical & 1;
+    u32 v[4] = {0u, 0u, 0u, 0u};
+    if (token < M) {
+        const u16* a_row = A + token * (long long)K;
+        const bool even_k = (K & 1) == 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int k = 64 * c + 16 * i + 4 * j + 2 * hi;
+            if (even_k && k + 1 < K) {
+                v[i] = *reinterpret_cast<const u32*>(a_row + k);
+            } else {
+                const u32 lo = k < K ? (u32)a_row[k] : 0u;
+                const u32 up = k + 1 < K ? (u32)a_row[k + 1] : 0u;
+                v[i] = lo | (up << 16);
+            }
+        }
+    }
+    out[idx] = make_uint4(v[0], v[1], v[2], v[3]);
+}
+
+// Grid: x = token block (TOK tokens), y = block of 2 * TPW 64-column tiles,
+// z = K split. 384 threads. Dynamic shared memory (src/int4/wgmma_ws.rs,
+// `smem_bytes`): 1024 bytes of alignment slack, then STAGES activation
+// tiles (TOK x 128 B, 1024-aligned), STAGES x 4 code tiles (2 KiB each),
+// STAGES x 2 scale rows (4 tiles x 128 B) and, with zero points, the same
+// for -zero*scale.
+template <int TOK, int TPW, int STAGES, bool HAS_Z>
+__device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged activations
+                                        const uint4* __restrict__ W,   // packed codes
+                                        const u32* __restrict__ S,     // (groups, n_pad/16, 8) f16x2
+                                        const u32* __restrict__ Z,     // same grid, -zero*scale
+                                        u16* __restrict__ C,           // (M, N) f16
+                                        float* __restrict__ partials,  // (splits, M, n_pad) fp32
+                                        u32* __restrict__ tickets,     // (gridDim.y * gridDim.x)
+                                        int M, int N, int n_pad, int k_chunks, int group_k32, int splits) {
+    constexpr int TILES = 2 * TPW;            // 64-column tiles per block
+    constexpr u32 ACT_BYTES = TOK * 128;      // one 64-chunk x TOK tokens
+    constexpr u32 W_BYTES = TILES * 2048;     // codes of the block's tiles
+    constexpr u32 ROW_BYTES = TILES * 128;    // one scale row of the block
+    constexpr u32 S_BYTES = 2 * ROW_BYTES;    // the chunk's two rows
+    extern __shared__ __align__(1024) unsigned char ws_smem[];
+    __shared__ __align__(8) u64 full_bar[STAGES];
+    __shared__ __align__(8) u64 empty_bar[STAGES];
+    __shared__ u32 is_last;
+
+    const int tid = threadIdx.x;
+    const int wg = tid >> 7;
+    const int n_tiles = n_pad >> 6;
+    const int tile_base = blockIdx.y * TILES;
+    const int tiles_here = min(TILES, n_tiles - tile_base);
+    const int mb = blockIdx.x;
+    const int split = blockIdx.z;
+    const int c_begin = (int)(((long long)split * k_chunks) / splits);
+    const int c_end = (int)(((long long)(split + 1) * k_chunks) / splits);
+    const int n_my = c_end - c_begin;
+
+    const u32 base = (ws_smem_addr(ws_smem) + 1023u) & ~1023u;
+    const u32 act0 = base;
+    const u32 w0 = act0 + STAGES * ACT_BYTES;
+    const u32 s0 = w0 + STAGES * W_BYTES;
+    const u32 z0 = s0 + STAGES * S_BYTES;
+    const u32 full0 = ws_smem_addr(&full_bar[0]);
+    const u32 empty0 = ws_smem_addr(&empty_bar[0]);
+
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            ws_mbar_init(full0 + 8 * s, 1);
+            ws_mbar_init(empty0 + 8 * s, 8);  // the 8 consumer warps
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wg == 0) {
+        // Producer warpgroup: one thread issues every copy.
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        if (tid == 0) {
+            const u32 row_bytes = 128u * (u32)tiles_here;
+            const u32 stage_tx = ACT_BYTES + 2048u * (u32)tiles_here + 2u * row_bytes * (HAS_Z ? 2u : 1u);
+            const size_t s_row = (size_t)(n_pad >> 4) * 8;      // u32 per scale row
+            const u32* s_blk = S + (size_t)tile_base * 32;      // 4 n16 blocks x 8 per tile
+            const u32* z_blk = HAS_Z ? Z + (size_t)tile_base * 32 : nullptr;
+            const uint4* a_blk = As + (size_t)mb * k_chunks * (ACT_BYTES / 16);
+            for (int i = 0; i < n_my; i++) {
+                const int slot = i % STAGES;
+                ws_mbar_wait(empty0 + 8 * slot, ((i / STAGES) & 1) ^ 1);
+                const u32 bar = full0 + 8 * slot;
+                ws_mbar_arrive_expect_tx(bar, stage_tx);
+                const int c = c_begin + i;
+                ws_bulk_copy(act0 + slot * ACT_BYTES, a_blk + (size_t)c * (ACT_BYTES / 16), ACT_BYTES, bar);
+                for (int tl = 0; tl < tiles_here; tl++)
+                    ws_bulk_copy(w0 + slot * W_BYTES + tl * 2048,
+                                 W + ((size_t)(tile_base + tl) * k_chunks + c) * 128, 2048, bar);
+                // Lane t of a chunk reads k32 = 2c + t/2: at most two rows.
+                const size_t g_lo = (size_t)((2 * c) / group_k32);
+                const size_t g_hi = (size_t)((2 * c + 1) / group_k32);
+                ws_bulk_copy(s0 + slot * S_BYTES, s_blk + g_lo * s_row, row_bytes, bar);
+                ws_bulk_copy(s0 + slot * S_BYTES + ROW_BYTES, s_blk + g_hi * s_row, row_bytes, bar);
+                if (HAS_Z) {
+                    ws_bulk_copy(z0 + slot * S_BYTES, z_blk + g_lo * s_row, row_bytes, bar);
+                    ws_bulk_copy(z0 + slot * S_BYTES + ROW_BYTES, z_blk + g_hi * s_row, row_bytes, bar);
+                }
+            }
+        }
+    } else {
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+        const int ct = tid - 128;         // consumer thread 0..255
+        const int cw = ct >> 7;           // consumer warpgroup 0, 1
+        const int warp = (ct >> 5) & 3;   // warp in the warpgroup = n16 block of a tile
+        const int lane = tid & 31;
+        const int g = lane >> 2;
+        const int t = lane & 3;
+        // Tile p of this warpgroup = block tile TPW * cw + p.
+        const u32 w_lane = (u32)(((TPW * cw) * 4 + warp) * 32 + lane) * 16;
+        const u32 s_lane = (u32)(t >> 1) * ROW_BYTES + (u32)(((TPW * cw) * 4 + warp) * 8 + g) * 4;
+
+        float acc[TPW][TOK / 2];
+#pragma unroll
+        for (int p = 0; p < TPW; p++)
+#pragma unroll
+            for (int i = 0; i < TOK / 2; i++) acc[p][i] = 0.0f;
+
+        auto step = [&](int i, u32 (&frag)[TPW][4][4]) {
+            const int slot = i % STAGES;
+            ws_mbar_wait(full0 + 8 * slot, (i / STAGES) & 1);
+#pragma unroll
+            for (int p = 0; p < TPW; p++) {
+                const uint4 q = ws_ld_shared_v4(w0 + slot * W_BYTES + w_lane + p * 2048);
+                const u32 sc = ws_ld_shared_u32(s0 + slot * S_BYTES + s_lane + p * 128);
+                const u32 sa = ws_dup_lo(sc), sb = ws_dup_hi(sc);
+                u32 za, zb;
+                if (HAS_Z) {
+                    const u32 zs = ws_ld_shared_u32(z0 + slot * S_BYTES + s_lane + p * 128);
+                    za = ws_dup_lo(zs);
+                    zb = ws_dup_hi(zs);
+                } else {
+                    za = ws_hmul2(sa, 0xC800C800u);  // -8 * scale, exact
+                    zb = ws_hmul2(sb, 0xC800C800u);
+                }
+                ws_dequant(q.x, sa, sb, za, zb, frag[p][0]);
+                ws_dequant(q.y, sa, sb, za, zb, frag[p][1]);
+                ws_dequant(q.z, sa, sb, za, zb, frag[p][2]);
+                ws_dequant(q.w, sa, sb, za, zb, frag[p][3]);
+            }
+            const u32 act = act0 + slot * ACT_BYTES;
+#pragma unroll
+            for (int p = 0; p < TPW; p++)
+#pragma unroll
+                for (int x = 0; x < TOK / 2; x++) ws_fence_operand(acc[p][x]);
+            ws_wgmma_fence();
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int p = 0; p < TPW; p++) ws_wgmma<TOK>(acc[p], frag[p][j], ws_desc_sw128(act + 32 * j));
+            ws_wgmma_commit();
+#pragma unroll
+            for (int p = 0; p < TPW; p++)
+#pragma unroll
+                for (int x = 0; x < TOK / 2; x++) ws_fence_operand(acc[p][x]);
+            // Chunk i-1's wgmma group has retired: its slot goes back to the
+            // producer (its code words and scales were read before) and its
+            // fragment set is free for chunk i+1. (A third set, two chunks
+            // in flight, measured no faster: docs/CUDA.md change 26.)
+            ws_wgmma_wait<1>();
+            if (i > 0) {
+                __syncwarp();
+                if (lane == 0) ws_mbar_arrive(empty0 + 8 * ((i - 1) % STAGES));
+            }
+        };
+        u32 frag_even[TPW][4][4], frag_odd[TPW][4][4];
+#pragma unroll
+        for (int p = 0; p < TPW; p++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int x = 0; x < 4; x++) {
+                    frag_even[p][j][x] = 0u;
+                    frag_odd[p][j][x] = 0u;
+                }
+        // Pairs of chunks, then the odd one. (A loop body with `if (i + 1 <
+        // n_my)` around the second step has a path, for ptxas, on which the
+        // next iteration rewrites the even set while its wgmma is in flight:
+        // ptxas then serialises every wgmma, warning C7513.)
+        int i = 0;
+        for (; i + 1 < n_my; i += 2) {
+            step(i, frag_even);
+            ws_keep_alive<TPW>(frag_odd);
+            step(i + 1, frag_odd);
+            ws_keep_alive<TPW>(frag_even);
+        }
+        if (i < n_my) {
+            step(i, frag_even);
+            ws_keep_alive<TPW>(frag_odd);
+        }
+        ws_wgmma_wait<0>();
+#pragma unroll
+        for (int p = 0; p < TPW; p++)
+#pragma unroll
+            for (int x = 0; x < TOK / 2; x++) ws_fence_operand(acc[p][x]);
+
+        // acc[p][4q + e]: weight column (tile*4 + warp)*16 + g + 8*(e>>1),
+        // token mb*TOK + 8q + 2t + (e&1).
+        const int m_base = mb * TOK;
+        if (splits == 1) {
+#pragma unroll
+            for (int p = 0; p < TPW; p++) {
+                const int tile = tile_base + TPW * cw + p;
+                if (tile >= n_tiles) continue;
+                const int nb = tile * 4 + warp;
+#pragma unroll
+                for (int q = 0; q < TOK / 8; q++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int row = m_base + 8 * q + 2 * t + (e & 1);
+                        const int col = nb * 16 + g + 8 * (e >> 1);
+                        if (row < M && col < N) C[(size_t)row * N + col] = ws_f32_to_f16(acc[p][4 * q + e]);
+                    }
+            }
+            return;
+        }
+#pragma unroll
+        for (int p = 0; p < TPW; p++) {
+            const int tile = tile_base + TPW * cw + p;
+            if (tile >= n_tiles) continue;
+            const int nb = tile * 4 + warp;
+#pragma unroll
+            for (int q = 0; q < TOK / 8; q++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = m_base + 8 * q + 2 * t + (e & 1);
+                    const int col = nb * 16 + g + 8 * (e >> 1);
+                    if (row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[p][4 * q + e];
+                }
+        }
+        __threadfence();
+        ws_consumer_sync();
+        const int ticket_idx = blockIdx.y * gridDim.x + blockIdx.x;
+        if (ct == 0) {
+            const u32 prev = atomicAdd(&tickets[ticket_idx], 1u);
+            is_last = (prev == (u32)(splits - 1)) ? 1u : 0u;
+        }
+        ws_consumer_sync();
+        if (!is_last) return;
+        __threadfence();
+        // Sum the splits in split order (bit-deterministic), split-major so
+        // that one split's loads are in flight together.
+#pragma unroll
+        for (int p = 0; p < TPW; p++) {
+            const int tile = tile_base + TPW * cw + p;
+            if (tile >= n_tiles) continue;
+            const int nb = tile * 4 + warp;
+#pragma unroll
+            for (int x = 0; x < TOK / 2; x++) acc[p][x] = 0.0f;
+            for (int sp = 0; sp < splits; sp++) {
+                const float* part = partials + (size_t)sp * M * n_pad;
+#pragma unroll
+                for (int q = 0; q < TOK / 8; q++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int row = m_base + 8 * q + 2 * t + (e & 1);
+                        const int col = nb * 16 + g + 8 * (e >> 1);
+                        if (row < M) acc[p][4 * q + e] += ws_ld_cg_f32(&part[(size_t)row * n_pad + col]);
+                    }
+            }
+#pragma unroll
+            for (int q = 0; q < TOK / 8; q++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = m_base + 8 * q + 2 * t + (e & 1);
+                    const int col = nb * 16 + g + 8 * (e >> 1);
+                    if (row < M && col < N) C[(size_t)row * N + col] = ws_f32_to_f16(acc[p][4 * q + e]);
+                }
+        }
+        if (ct == 0) tickets[ticket_idx] = 0u;
+    }
+}
+
+#define W4A16_WS_STAGE_ENTRY(NAME, TOK)                                                                 \
+    extern "C" __global__ void __launch_bounds__(256) NAME(const u16* __restrict__ A, uint4* __restrict__ out, \
+                                                           int M, int K, int k_chunks, long long units) {    \
+        ws_stage_body<TOK>(A, out, M, K, k_chunks, units);                                              \
+    }
+
+#define W4A16_WS_ENTRY(NAME, TOK, TPW, STAGES, HAS_Z)                                                   \
+    extern "C" __global__ void __launch_bounds__(384, 1) NAME(                                          \
+        const uint4* __restrict__ As, const uint4* __restrict__ W, const u32* __restrict__ S,           \
+        const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,                   \
+        u32* __restrict__ tickets, int M, int N, int n_pad, int k_chunks, int group_k32, int splits) {  \
+        ws_body<TOK, TPW, STAGES, HAS_Z>(As, W, S, Z, C, partials, tickets, M, N, n_pad, k_chunks,      \
+                                         group_k32, splits);                                           \
+    }
+
+W4A16_WS_STAGE_ENTRY(w4a16_ws_stage_t64, 64)
+W4A16_WS_STAGE_ENTRY(w4a16_ws_stage_t128, 128)
+
+// Keep (TOK, TPW, STAGES) in sync with `WsVariant` in src/int4/wgmma_ws.rs.
+// Name: t<tokens>x<64-column tiles per consumer warpgroup>, z = zero points.
+W4A16_WS_ENTRY(w4a16_ws_t64x1, 64, 1, 12, false)
+W4A16_WS_ENTRY(w4a16_ws_t64x2, 64, 2, 10, false)
+W4A16_WS_ENTRY(w4a16_ws_t128x1, 128, 1, 8, false)
+W4A16_WS_ENTRY(w4a16_ws_t128x2, 128, 2, 8, false)
+W4A16_WS_ENTRY(w4a16_ws_t64x1z, 64, 1, 12, true)
+W4A16_WS_ENTRY(w4a16_ws_t64x2z, 64, 2, 10, true)
+W4A16_WS_ENTRY(w4a16_ws_t128x1z, 128, 1, 8, true)
+W4A16_WS_ENTRY(w4a16_ws_t128x2z, 128, 2, 8, true)
+
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
