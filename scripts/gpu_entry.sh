@@ -11,6 +11,8 @@
 #   MARLIN_BENCH_GEMM=0       skip the GEMM benchmark
 #   MARLIN_BENCH_DECODE=0     skip `marlin bench decode` (Llama-3.1-8B-shaped INT4)
 #   MARLIN_BENCH_DECODE_ARGS  its arguments (default: --batch 1,8,32 --ctx 512)
+#   MARLIN_BENCH_DECODE_SK=1  also the decode bench at batch 1 with the opt-in
+#                             stream-K INT4 kernel (MARLIN_INT4_STREAMK=1)
 #   MARLIN_MODELS_DIR         real models for the end-to-end step (default
 #                             /tmp/marlin-models, filled by scripts/gpu_ship_models.sh);
 #                             the step runs when the models are there
@@ -51,13 +53,24 @@ if [ "${MARLIN_TESTS:-1}" != 0 ]; then
         step "test $name" "$out/test_$name.log" "$t" --include-ignored --test-threads=1 --nocapture
     done
 fi
+# The opt-in stream-K INT4 kernel is timed (`sk us` column, decode bench
+# below) only after its own test binary passed in this run: a fault of an
+# unmeasured kernel must not cost the benchmark tables.
+sk_args=""
+if grep -q "^test result: ok" "$out/test_gpu_int4_stream_k-test.log" 2>/dev/null; then
+    sk_args="--stream-k"
+fi
 if [ "${MARLIN_BENCH_GEMM:-1}" != 0 ]; then
-    step "bench gemm" "$out/bench_gemm.log" "$stage/bin/marlin-cuda-bench" ${MARLIN_BENCH_ARGS:-}
+    step "bench gemm" "$out/bench_gemm.log" "$stage/bin/marlin-cuda-bench" ${MARLIN_BENCH_ARGS:-} $sk_args
 fi
 marlin="$stage/bin/marlin"
 if [ "${MARLIN_BENCH_DECODE:-1}" != 0 ] && [ -x "$marlin" ]; then
     step "bench decode (graph on/off)" "$out/bench_decode.log" \
         "$marlin" bench decode --device cuda ${MARLIN_BENCH_DECODE_ARGS:---batch 1,8,32 --ctx 512}
+fi
+if [ "${MARLIN_BENCH_DECODE_SK:-0}" = 1 ] && [ -n "$sk_args" ] && [ -x "$marlin" ]; then
+    step "bench decode stream-K" "$out/bench_decode_sk.log" \
+        env MARLIN_INT4_STREAMK=1 "$marlin" bench decode --device cuda --batch 1 --ctx 512
 fi
 # End to end on the real models: CPU vs GPU greedy tokens and logits, then
 # generation and llama-bench-style speed on both devices.
@@ -107,6 +120,11 @@ if [ -f "$out/bench_decode.log" ]; then
     echo
     echo "================ decode benchmark ================"
     cat "$out/bench_decode.log"
+fi
+if [ -f "$out/bench_decode_sk.log" ]; then
+    echo
+    echo "================ decode benchmark, stream-K INT4 (MARLIN_INT4_STREAMK=1) ================"
+    cat "$out/bench_decode_sk.log"
 fi
 for l in "${e2e_logs[@]}"; do
     echo

@@ -19,7 +19,8 @@ use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
 use crate::int4::bulk::{bulk_supported, BULK_MAX_M};
 use crate::int4::gemm::{
-    auto_fused, int4_gemm, GemmOptions, GemmPath, GemmPlan, GemmWorkspace, Int4Weight,
+    auto_fused, int4_gemm, stream_k_plan, GemmOptions, GemmPath, GemmPlan, GemmWorkspace,
+    Int4Weight, SK_MAX_M,
 };
 use crate::int4::pack::pack_int4;
 use crate::int4::random::{random_activations, random_int4, XorShift};
@@ -76,6 +77,12 @@ pub struct GemmBenchConfig {
     pub batches: usize,
     /// Also time every INT4 split-K factor in this list at each shape (tuning).
     pub split_sweep: Vec<usize>,
+    /// Time the INT4 stream-K kernel (`sk us`, M <= 16; opt-in while it is
+    /// unmeasured: NaN otherwise).
+    pub stream_k: bool,
+    /// Also time the INT4 stream-K kernel with each number of warps per SM
+    /// in this list (rows marked `*`, `splits` = warps per SM).
+    pub stream_k_sweep: Vec<usize>,
 }
 
 impl Default for GemmBenchConfig {
@@ -92,6 +99,8 @@ impl Default for GemmBenchConfig {
             reps: 20,
             batches: 11,
             split_sweep: Vec::new(),
+            stream_k: false,
+            stream_k_sweep: Vec::new(),
         }
     }
 }
@@ -128,6 +137,9 @@ pub struct GemmBenchRow {
     /// INT4 only: the Hopper bulk-copy decode kernel (`GemmPath::Bulk`),
     /// timed at M <= 8 on compute capability 9.0+; NaN elsewhere.
     pub bulk_us: f64,
+    /// INT4 only: the stream-K decode kernel (`GemmPath::StreamK`), timed at
+    /// M <= 16 where it fits with `GemmBenchConfig::stream_k`; NaN elsewhere.
+    pub stream_k_us: f64,
     pub cublas_us: f64,
     /// Bytes of codes and scales one call streams.
     pub weight_bytes: usize,
@@ -166,7 +178,7 @@ impl fmt::Display for GemmBenchReport {
         )?;
         writeln!(
             f,
-            "{:>8} {:>5} {:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7}",
+            "{:>8} {:>5} {:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7}",
             "format",
             "bit/w",
             "N x K",
@@ -180,6 +192,7 @@ impl fmt::Display for GemmBenchReport {
             "wgmma us",
             "wgws us",
             "bulk us",
+            "sk us",
             "cuBLAS us",
             "speedup",
             "TB/s",
@@ -189,7 +202,7 @@ impl fmt::Display for GemmBenchReport {
         for r in &self.rows {
             writeln!(
                 f,
-                "{:>8} {:>5.2} {:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>7.1}",
+                "{:>8} {:>5.2} {:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>7.1}",
                 r.format.name(),
                 r.bits_per_weight(),
                 format!("{}x{}", r.n, r.k),
@@ -199,6 +212,7 @@ impl fmt::Display for GemmBenchReport {
                     GemmPath::Wgmma => "wgmma",
                     GemmPath::WgmmaWs => "wgws",
                     GemmPath::Bulk => "bulk",
+                    GemmPath::StreamK => "sk",
                     _ => "fused",
                 },
                 r.splits,
@@ -210,6 +224,7 @@ impl fmt::Display for GemmBenchReport {
                 r.wgmma_us,
                 r.wgmma_ws_us,
                 r.bulk_us,
+                r.stream_k_us,
                 r.cublas_us,
                 r.speedup(),
                 r.weight_tbps,
@@ -450,6 +465,17 @@ fn bench_shape(
             } else {
                 f64::NAN
             };
+            let has_sk = match (is_int4 && cfg.stream_k, weights) {
+                (true, Weights::Int4(w)) => {
+                    m <= SK_MAX_M && stream_k_plan(dev, m, &w[0], None).is_some()
+                }
+                _ => false,
+            };
+            let stream_k_us = if has_sk {
+                time_path(GemmPath::StreamK, None)?.0
+            } else {
+                f64::NAN
+            };
             let mut auto_plan = None;
             let (us, path) = if is_int4 {
                 let (us, plan) = time_path(GemmPath::Auto, None)?;
@@ -487,6 +513,14 @@ fn bench_shape(
                     }
                 }
             }
+            if has_sk {
+                for &s in &cfg.stream_k_sweep {
+                    let (us, plan) = time_path(GemmPath::StreamK, Some(s))?;
+                    if plan.is_some_and(|p| p.splits == s) {
+                        sweep.push((s, GemmPath::StreamK, us));
+                    }
+                }
+            }
             let row = |splits: usize, forced: bool, path: GemmPath, us: f64| GemmBenchRow {
                 format: *format,
                 n,
@@ -502,6 +536,7 @@ fn bench_shape(
                 wgmma_us,
                 wgmma_ws_us,
                 bulk_us,
+                stream_k_us,
                 cublas_us,
                 weight_bytes: *weight_bytes,
                 weight_tbps: *weight_bytes as f64 / (us * 1e-6) / 1e12,
@@ -509,7 +544,7 @@ fn bench_shape(
             };
             let splits_used = match path {
                 GemmPath::DequantCublas => 1,
-                GemmPath::Wgmma | GemmPath::WgmmaWs | GemmPath::Bulk => {
+                GemmPath::Wgmma | GemmPath::WgmmaWs | GemmPath::Bulk | GemmPath::StreamK => {
                     auto_plan.map_or(0, |p| p.splits)
                 }
                 _ => fused_plan.map_or(0, |p| p.splits),

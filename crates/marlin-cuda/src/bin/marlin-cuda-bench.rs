@@ -1,11 +1,12 @@
-//! `marlin-cuda-bench [--quick] [--sweep] [--shape NxK[,NxK..]] [--ms 1,16] [--formats int4,mxfp4,...]
-//! [--device N]`: the quantized GEMM benchmark table (see `marlin_cuda::bench`).
+//! `marlin-cuda-bench [--quick] [--sweep] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]]
+//! [--ms 1,16] [--formats int4,mxfp4,...] [--device N]`: the quantized GEMM benchmark table (see
+//! `marlin_cuda::bench`). `--stream-k` adds the opt-in stream-K INT4 kernel's column.
 //! Exit status 1 when CUDA is not available or a call fails.
 
 use marlin_cuda::bench::{bench_gemm, GemmBenchConfig, GemmFormat};
 
 const USAGE: &str =
-    "usage: marlin-cuda-bench [--quick] [--sweep] [--shape NxK[,NxK..]] [--ms 1,16] \
+    "usage: marlin-cuda-bench [--quick] [--sweep] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]] [--ms 1,16] \
                      [--formats int4,mxfp4,nvfp4,int8,fp8,fp8b128,int3,int2] [--device N]";
 
 fn main() {
@@ -23,6 +24,21 @@ fn main() {
                 cfg.ms = vec![1, 4, 16, 64, 256];
                 cfg.formats = vec![GemmFormat::Int4G128];
             }
+            "--stream-k" => cfg.stream_k = true,
+            "--sk-warps" => match args.next().map(|s| {
+                s.split(',')
+                    .map(|v| v.trim().parse::<usize>())
+                    .collect::<Result<Vec<_>, _>>()
+            }) {
+                Some(Ok(w)) if !w.is_empty() && !w.contains(&0) => {
+                    cfg.stream_k = true;
+                    cfg.stream_k_sweep = w;
+                }
+                _ => {
+                    eprintln!("--sk-warps needs a comma-separated list of warps per SM");
+                    std::process::exit(2);
+                }
+            },
             "--shape" => match args.next().and_then(|s| {
                 s.split(',')
                     .map(|v| parse_shape(v.trim()))

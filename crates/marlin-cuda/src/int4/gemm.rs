@@ -1,7 +1,7 @@
 //! Device side of the W4A16 GEMM: weights uploaded once, the split-K
 //! workspace, and the checked launch.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{Gemm, GemmConfig};
@@ -56,6 +56,24 @@ const DEC_SMEM_LIMIT: usize = 150 * 1024;
 const DEC_MAX_M: usize = 32;
 /// Decode kernel: default split-K factor (see `decode_plan`).
 const DEC_SPLITS: usize = 8;
+/// Stream-K decode kernel (`w4a16_sk_*`): ring depth per warp (a power of
+/// two; keep in sync with W4A16_SK_ENTRY in the source).
+const SK_STAGES: usize = 8;
+/// Stream-K: warps per SM by default (one block of 16 warps: 64 KiB of
+/// code words in flight per SM, twice the ~24-32 KiB that 3 TB/s x ~1-1.5
+/// us of loaded DRAM latency / 132 SMs needs).
+const SK_WARPS_PER_SM: usize = 16;
+/// Stream-K: most warps per block (the kernel's launch bound).
+const SK_MAX_BLOCK_WARPS: usize = 16;
+/// Stream-K: fewest (column block, chunk) units per warp; smaller weights
+/// take fewer warps.
+const SK_MIN_UNITS_PER_WARP: usize = 4;
+/// Stream-K: largest M (two token tiles; the whole A sits in shared memory).
+pub const SK_MAX_M: usize = 16;
+/// Whether `GemmPath::Auto` takes the stream-K kernel without
+/// `MARLIN_INT4_STREAMK` set: not until an H100 run has measured it against
+/// the split-K decode kernel (docs/CUDA.md, change 27).
+pub const SK_AUTO_DEFAULT: bool = false;
 
 /// An INT4 weight matrix resident on the device in the kernel's layout.
 pub struct Int4Weight {
@@ -202,6 +220,12 @@ impl GemmWorkspace {
                 self.mark_prepared(bc.plan.kernel);
                 Ok(bc.plan)
             }
+            Call::StreamK(sc) => {
+                self.reserve(dev, sc.partials, sc.tickets)?;
+                dev.function(MODULE, SOURCE, sc.plan.kernel, sc.max_smem)?;
+                self.mark_prepared(sc.plan.kernel);
+                Ok(sc.plan)
+            }
             Call::Fused(fc) => {
                 if fc.grid_splits > 1 {
                     self.reserve(dev, fc.partials, fc.tickets)?;
@@ -262,6 +286,13 @@ pub enum GemmPath {
     /// two consumer warpgroups. INT4 only: the `wgemm` formats treat it as
     /// `Fused`.
     WgmmaWs,
+    /// The stream-K decode kernel `w4a16_sk_*` (M <= 16, the whole A in
+    /// shared memory; see [`stream_k_plan`]): a grid of the SM count, every
+    /// warp streaming an equal share of the weight. `Auto` takes it at
+    /// M <= 16 where it fits when [`stream_k_enabled`]. A forced
+    /// `GemmOptions::splits` is the number of warps per SM. INT4 only: the
+    /// `wgemm` formats treat it as `Fused`.
+    StreamK,
 }
 
 /// From this many rows on, `GemmPath::Auto` dequantizes and calls cuBLAS:
@@ -413,7 +444,9 @@ pub struct GemmPlan {
     /// m16 tiles per warp: 1, 2 or 4.
     pub m_tiles: usize,
     pub m_blocks: usize,
+    /// Column tiles of the grid (stream-K: the number of blocks).
     pub n_tiles: usize,
+    /// K partitions per output column (stream-K: warps per SM).
     pub splits: usize,
 }
 
@@ -638,6 +671,7 @@ enum Call {
     Wgmma(wgmma::WgmmaCall),
     WgmmaWs(wgmma_ws::WsCall),
     Bulk(bulk::BulkCall),
+    StreamK(StreamKCall),
 }
 
 /// Path, kernel and launch shape of one call (no device work).
@@ -661,12 +695,34 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
     if opts.path == GemmPath::Bulk {
         return Ok(Call::Bulk(bulk::resolve(dev, m, w, opts.splits)?));
     }
+    // Auto with a forced split factor keeps the split-K decode kernel.
+    let auto_stream_k =
+        opts.path == GemmPath::Auto && opts.splits.is_none() && m <= SK_MAX_M && stream_k_enabled();
+    if opts.path == GemmPath::StreamK || auto_stream_k {
+        let forced = if opts.path == GemmPath::StreamK {
+            opts.splits
+        } else {
+            None
+        };
+        match stream_k_call(dev, m, w, forced)? {
+            Some(sc) => return Ok(Call::StreamK(sc)),
+            None if opts.path == GemmPath::StreamK => {
+                return Err(CudaError::Unsupported(format!(
+                    "stream-K INT4 kernel: M = {m} (at most {SK_MAX_M}) with the whole A ({m} x {} halves) \
+                     and the warps' rings in one block's shared memory",
+                    w.k_chunks * 64
+                )))
+            }
+            None => {}
+        }
+    }
     let use_dequant = match opts.path {
         GemmPath::Auto => !auto_fused(m, w.n, w.k),
         GemmPath::Fused
         | GemmPath::FusedGeneral
         | GemmPath::Wgmma
         | GemmPath::WgmmaWs
+        | GemmPath::StreamK
         | GemmPath::Bulk => false,
         GemmPath::DequantCublas => true,
     };
@@ -716,6 +772,242 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
         block_threads,
         decode: decode.map(|(_, shape)| shape),
     }))
+}
+
+/// Whether `GemmPath::Auto` takes the stream-K decode kernel at M <= 16
+/// where it fits: `MARLIN_INT4_STREAMK=1` / `0` (read once; same-run
+/// comparisons of the decode step with and without it), else
+/// [`SK_AUTO_DEFAULT`].
+pub fn stream_k_enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        std::env::var("MARLIN_INT4_STREAMK").map_or(SK_AUTO_DEFAULT, |v| v.trim() != "0")
+    })
+}
+
+/// Launch shape of the stream-K decode kernel: `blocks` x `warps` warps,
+/// each streaming an equal share of the (column block, chunk) units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StreamKShape {
+    blocks: usize,
+    warps: usize,
+}
+
+/// A stream-K call, resolved.
+struct StreamKCall {
+    plan: GemmPlan,
+    shape: StreamKShape,
+    smem: u32,
+    /// Dynamic shared memory attribute (the device's per-block limit).
+    max_smem: u32,
+    /// fp32 partials (two slots of 16 columns x token tiles per warp) and
+    /// tickets (one per n16 column block) the launch needs.
+    partials: usize,
+    tickets: usize,
+}
+
+/// Bytes of one warp's stream-K ring (`SkRing` in the source): per stage
+/// and lane 16 B of codes and a 4 B scale pair, plus 4 B zero pairs when
+/// the weight has zero points (one unused stage otherwise).
+fn sk_ring_bytes(has_zeros: bool) -> usize {
+    SK_STAGES * 32 * (16 + 4) + 32 * 4 * if has_zeros { SK_STAGES } else { 1 }
+}
+
+/// Dynamic shared memory of a stream-K block: the rings, the whole A
+/// (M rows of k_chunks*64 + 8 halves) and 64 zero halves.
+fn sk_smem_bytes(m: usize, k_chunks: usize, warps: usize, has_zeros: bool) -> usize {
+    warps * sk_ring_bytes(has_zeros) + m.min(SK_MAX_M) * (k_chunks * 64 + 8) * 2 + 128
+}
+
+/// (most dynamic shared memory of one block, shared memory of one SM) by
+/// compute capability: 227 / 228 KiB on sm_90, 163 / 164 on sm_80, and the
+/// 99 / 100 KiB of the other sm_8x parts for everything else.
+fn sk_smem_limits(cc: (i32, i32)) -> (usize, usize) {
+    match cc {
+        (9, 0) => (227 * 1024, 228 * 1024),
+        (8, 0) => (163 * 1024, 164 * 1024),
+        _ => (99 * 1024, 100 * 1024),
+    }
+}
+
+/// The stream-K decode kernel's plan for a weight given by (n_pad,
+/// k_chunks, group_k32), or None when M > 16 or the whole A and 8 warps'
+/// rings do not fit one block's shared memory.
+///
+/// `warps_per_sm` (default [`SK_WARPS_PER_SM`]): blocks of up to 16 warps,
+/// as many blocks per SM as that asks and shared memory and registers
+/// allow, times the SM count; fewer when the weight has fewer than 4 units
+/// (512-byte code words of one column block and chunk) per warp. `GemmPlan::n_tiles` is the
+/// number of blocks and `GemmPlan::splits` the warps per SM.
+fn stream_k_launch_for(
+    m: usize,
+    (n_pad, k_chunks, group_k32): (usize, usize, usize),
+    has_zeros: bool,
+    sm_count: usize,
+    cc: (i32, i32),
+    warps_per_sm: Option<usize>,
+) -> Option<(GemmPlan, StreamKShape)> {
+    if m == 0 || m > SK_MAX_M || k_chunks == 0 || n_pad < 16 {
+        return None;
+    }
+    let (block_limit, sm_limit) = sk_smem_limits(cc);
+    let per_sm = warps_per_sm
+        .unwrap_or(SK_WARPS_PER_SM)
+        .clamp(1, 2 * SK_MAX_BLOCK_WARPS);
+    let mut warps = per_sm.min(SK_MAX_BLOCK_WARPS);
+    // A large A takes 8-warp blocks before it is refused (fewer warps per
+    // SM than that would not keep enough code words in flight).
+    while warps > 8 && sk_smem_bytes(m, k_chunks, warps, has_zeros) > block_limit {
+        warps /= 2;
+    }
+    let smem = sk_smem_bytes(m, k_chunks, warps, has_zeros);
+    if smem > block_limit {
+        return None;
+    }
+    // Registers: the kernels are built for one 512-thread block per SM
+    // (__launch_bounds__(512, 1): 72-99 registers), so count 128 per thread.
+    let by_regs = 65_536 / (128 * 32 * warps);
+    let blocks_per_sm = per_sm
+        .div_ceil(warps)
+        .min(sm_limit / (smem + 1024))
+        .min(by_regs)
+        .max(1);
+    let units = (n_pad / 16).checked_mul(k_chunks)?;
+    let most_warps = (units / SK_MIN_UNITS_PER_WARP).max(1);
+    let mut blocks = sm_count.max(1) * blocks_per_sm;
+    if blocks * warps > most_warps {
+        blocks = (most_warps / warps).max(1);
+        warps = warps.min(most_warps);
+    }
+    let kernel = match (m > 8, has_zeros, group_k32 == 1) {
+        (false, true, _) => "w4a16_sk_m8z",
+        (true, true, _) => "w4a16_sk_m16z",
+        (false, false, true) => "w4a16_sk_m8s",
+        (true, false, true) => "w4a16_sk_m16s",
+        (false, false, false) => "w4a16_sk_m8",
+        (true, false, false) => "w4a16_sk_m16",
+    };
+    let plan = GemmPlan {
+        path: GemmPath::StreamK,
+        kernel,
+        m_tiles: 1,
+        m_blocks: 1,
+        n_tiles: blocks,
+        splits: (blocks * warps).div_ceil(sm_count.max(1)),
+    };
+    Some((plan, StreamKShape { blocks, warps }))
+}
+
+/// The stream-K plan `GemmPath::StreamK` (or `Auto`) would take for `m`
+/// rows of `w` on `dev`, if the kernel can run it.
+pub fn stream_k_plan(
+    dev: &CudaDevice,
+    m: usize,
+    w: &Int4Weight,
+    warps_per_sm: Option<usize>,
+) -> Option<GemmPlan> {
+    stream_k_launch_for(
+        m,
+        (w.n_pad, w.k_chunks, w.group_k32),
+        w.neg_zero_scales.is_some(),
+        dev.sm_count(),
+        dev.compute_capability(),
+        warps_per_sm,
+    )
+    .map(|(p, _)| p)
+}
+
+fn stream_k_call(
+    dev: &CudaDevice,
+    m: usize,
+    w: &Int4Weight,
+    warps_per_sm: Option<usize>,
+) -> Result<Option<StreamKCall>> {
+    let Some((plan, shape)) = stream_k_launch_for(
+        m,
+        (w.n_pad, w.k_chunks, w.group_k32),
+        w.neg_zero_scales.is_some(),
+        dev.sm_count(),
+        dev.compute_capability(),
+        warps_per_sm,
+    ) else {
+        return Ok(None);
+    };
+    let has_zeros = w.neg_zero_scales.is_some();
+    let to_u32 = |v: usize| {
+        u32::try_from(v).map_err(|_| CudaError::Shape(format!("{v} bytes of shared memory")))
+    };
+    let token_tiles = if m > 8 { 2 } else { 1 };
+    let partials = (2 * shape.blocks * shape.warps)
+        .checked_mul(token_tiles * 4 * 32)
+        .ok_or_else(|| CudaError::Shape("stream-K partials overflow".into()))?;
+    Ok(Some(StreamKCall {
+        plan,
+        shape,
+        smem: to_u32(sk_smem_bytes(m, w.k_chunks, shape.warps, has_zeros))?,
+        max_smem: to_u32(sk_smem_limits(dev.compute_capability()).0)?,
+        partials,
+        tickets: w.n_pad / 16,
+    }))
+}
+
+fn launch_stream_k(
+    dev: &Arc<CudaDevice>,
+    a: &CudaView<'_, f16>,
+    m: usize,
+    w: &Int4Weight,
+    c: &mut CudaViewMut<'_, f16>,
+    ws: &mut GemmWorkspace,
+    sc: &StreamKCall,
+) -> Result<()> {
+    if ws.partials.len() < sc.partials || ws.tickets.len() < sc.tickets {
+        return Err(CudaError::Shape(format!(
+            "stream-K workspace too small for M={m} N={}: call GemmWorkspace::prepare",
+            w.n
+        )));
+    }
+    let func_name = sc.plan.kernel;
+    let func = dev.function(MODULE, SOURCE, func_name, sc.max_smem)?;
+    let cfg = LaunchConfig {
+        grid_dim: (
+            u32::try_from(sc.shape.blocks).map_err(|_| CudaError::Shape("stream-K grid".into()))?,
+            1,
+            1,
+        ),
+        block_dim: (32 * sc.shape.warps as u32, 1, 1),
+        shared_mem_bytes: sc.smem,
+    };
+    let null_zeros: u64 = 0;
+    let m_i32 = to_i32("M", m)?;
+    let (n_i32, k_i32, n_pad_i32) = (to_i32("N", w.n)?, to_i32("K", w.k)?, to_i32("N", w.n_pad)?);
+    let (k_chunks_i32, group_k32_i32) = (
+        to_i32("K chunks", w.k_chunks)?,
+        to_i32("group size", w.group_k32)?,
+    );
+    let mut launch = KernelLaunch::new(dev, &func, func_name);
+    launch.arg(a).arg(&w.words).arg(&w.scales);
+    match &w.neg_zero_scales {
+        Some(z) => launch.arg(z),
+        None => launch.arg(&null_zeros),
+    };
+    launch
+        .arg(c)
+        .arg(&ws.partials)
+        .arg(&ws.tickets)
+        .arg(&m_i32)
+        .arg(&n_i32)
+        .arg(&k_i32)
+        .arg(&n_pad_i32)
+        .arg(&k_chunks_i32)
+        .arg(&group_k32_i32);
+    // SAFETY: argument types and order match W4A16_SK_ENTRY in
+    // kernels/w4a16_gemm.cu; A >= M*K and C >= M*N were checked by the
+    // caller, partials >= 2 * warps * token tiles * 128 floats and tickets
+    // >= n_pad/16 above, the weights cover n_pad x k_chunks (repack). Every
+    // block runs griddepcontrol.wait (w4_pdl_enter) before it touches A, C,
+    // the partials or the tickets; it reads only the weights before that.
+    unsafe { launch.launch_pdl(cfg) }?;
+    Ok(())
 }
 
 fn dequant_plan() -> GemmPlan {
@@ -795,6 +1087,11 @@ pub fn int4_gemm_prepared(
             ws.check_prepared(bc.plan.kernel)?;
             bulk::launch(dev, a, m, w, c, ws, &bc)?;
             return Ok(bc.plan);
+        }
+        Call::StreamK(sc) => {
+            ws.check_prepared(sc.plan.kernel)?;
+            launch_stream_k(dev, a, m, w, c, ws, &sc)?;
+            return Ok(sc.plan);
         }
         Call::Fused(fc) => fc,
     };
@@ -982,8 +1279,9 @@ fn dequant_cublas(
 #[cfg(test)]
 mod tests {
     use super::{
-        decode_launch_for, decode_smem_attr, decode_smem_bytes, variant, DecodeShape, DEC_MAX_M,
-        DEC_MAX_WARPS, DEC_SMEM_LIMIT, MIN_CHUNKS_PER_SPLIT,
+        decode_launch_for, decode_smem_attr, decode_smem_bytes, sk_smem_bytes, sk_smem_limits,
+        stream_k_launch_for, variant, DecodeShape, StreamKShape, DEC_MAX_M, DEC_MAX_WARPS,
+        DEC_SMEM_LIMIT, MIN_CHUNKS_PER_SPLIT, SK_MAX_BLOCK_WARPS, SK_MAX_M, SK_MIN_UNITS_PER_WARP,
     };
 
     /// Every decode plan (M = 1..32; benchmark, Llama-8B decode and odd
@@ -1071,6 +1369,109 @@ mod tests {
         // Two waves of K-slice blocks: the split-K plan instead.
         assert_eq!(auto(4, 4096, 14336), (4, 1, 8));
         assert_eq!(auto(4, 14336, 4096), (4, 1, 4));
+    }
+
+    /// Every stream-K plan fits the block and SM shared memory of sm_90 and
+    /// sm_80, has at most 16 warps per block, at least 4 units per warp when
+    /// the weight has that many, and no warp without a unit (the kernel's
+    /// reduction counts on it); the Llama-8B and benchmark shapes at M = 1
+    /// get one block of 16 warps per SM; A too large for shared memory is
+    /// refused.
+    #[test]
+    fn stream_k_plans_fit() {
+        let shapes: [(usize, usize); 10] = [
+            (4096, 4096),
+            (14336, 4096),
+            (4096, 14336),
+            (28672, 8192),
+            (6144, 4096),
+            (28672, 4096),
+            (128256, 4096),
+            (200, 1000),
+            (64, 256),
+            (8192, 128),
+        ];
+        for cc in [(9, 0), (8, 0), (8, 6)] {
+            let (block_limit, sm_limit) = sk_smem_limits(cc);
+            for &(n, k) in &shapes {
+                let n_pad = n.div_ceil(64) * 64;
+                let kc = k.div_ceil(64);
+                let units = n_pad / 16 * kc;
+                for has_zeros in [false, true] {
+                    for m in 1..=SK_MAX_M {
+                        for warps_per_sm in [None, Some(1), Some(3), Some(8), Some(32)] {
+                            let Some((p, shape)) = stream_k_launch_for(
+                                m,
+                                (n_pad, kc, 4),
+                                has_zeros,
+                                132,
+                                cc,
+                                warps_per_sm,
+                            ) else {
+                                continue;
+                            };
+                            let smem = sk_smem_bytes(m, kc, shape.warps, has_zeros);
+                            let what = format!("{cc:?} M={m} {n}x{k} z={has_zeros} {shape:?}");
+                            assert!(smem <= block_limit, "{what}");
+                            let per_sm = shape.blocks.div_ceil(132);
+                            assert!(
+                                per_sm * (smem + 1024) <= sm_limit || shape.blocks <= 132,
+                                "{what}"
+                            );
+                            assert!(
+                                shape.warps >= 1 && shape.warps <= SK_MAX_BLOCK_WARPS,
+                                "{what}"
+                            );
+                            let total = shape.blocks * shape.warps;
+                            assert!(total <= units, "{what}");
+                            assert!(
+                                units / total >= SK_MIN_UNITS_PER_WARP || total == 1,
+                                "{what}"
+                            );
+                            assert_eq!(p.n_tiles, shape.blocks, "{what}");
+                        }
+                    }
+                }
+            }
+        }
+        let sk = |m, n: usize, k: usize| {
+            stream_k_launch_for(
+                m,
+                (n.div_ceil(64) * 64, k / 64, 4),
+                false,
+                132,
+                (9, 0),
+                None,
+            )
+            .map(|(_, s)| s)
+        };
+        let one_block = StreamKShape {
+            blocks: 132,
+            warps: 16,
+        };
+        for (n, k) in [
+            (4096, 4096),
+            (6144, 4096),
+            (28672, 4096),
+            (4096, 14336),
+            (128256, 4096),
+            (28672, 8192),
+        ] {
+            assert_eq!(sk(1, n, k), Some(one_block), "{n}x{k}");
+        }
+        // 8 rows of K = 8192 (131 KB) fit with 16 rings; 16 rows do not.
+        assert_eq!(sk(8, 28672, 8192), Some(one_block));
+        assert_eq!(sk(16, 28672, 8192), None);
+        assert_eq!(sk(16, 4096, 4096), Some(one_block));
+        assert_eq!(sk(17, 4096, 4096), None);
+        // Small weights: fewer warps, 4 units each.
+        assert_eq!(
+            sk(1, 8192, 128),
+            Some(StreamKShape {
+                blocks: 16,
+                warps: 16
+            })
+        );
     }
 
     /// Resident blocks per SM promised by each variant fit in an sm_90 SM's
