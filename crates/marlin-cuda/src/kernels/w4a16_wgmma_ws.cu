@@ -236,7 +236,9 @@ __device__ __forceinline__ void ws_stage_body(const u16* __restrict__ A, uint4* 
     u32 v[4] = {0u, 0u, 0u, 0u};
     if (token < M) {
         const u16* a_row = A + token * (long long)K;
-        const bool even_k = (K & 1) == 0;
+        // Pairs are read as one u32 when every row start is 4-byte aligned
+        // (even K and an aligned A: a view may start at an odd element).
+        const bool even_k = (K & 1) == 0 && ((unsigned long long)A & 3ull) == 0;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int k = 64 * c + 16 * i + 4 * j + 2 * hi;
