@@ -219,6 +219,10 @@ pub struct GemmBenchRow {
     pub frac_copy_bw: f64,
     /// The same against the read-only bandwidth.
     pub frac_read_bw: f64,
+    /// Decode rows: median over the timed calls of the call's weight GB/s
+    /// over the GB/s of the same-bytes copy run just before it (robust on
+    /// a loaded machine, where best-of-runs pairs lucky moments).
+    pub paired_copy_ratio: Option<f64>,
     /// Median seconds of the dense f32 product of the same shape.
     pub dense_seconds: Option<f64>,
 }
@@ -286,7 +290,7 @@ impl fmt::Display for GemmBenchReport {
         )?;
         writeln!(
             f,
-            "%copy / %read: best weight GB/s over the higher of the bandwidth above and the best copy (read) of the same bytes, DRAM-cold, run before each of the row's calls"
+            "%copy / %read: best weight GB/s over the higher of the bandwidth above and the best copy (read) of the same bytes, DRAM-cold, run before each of the row's calls; paired: median over calls of call GB/s / that copy's GB/s"
         )?;
         writeln!(
             f,
@@ -295,7 +299,7 @@ impl fmt::Display for GemmBenchReport {
         )?;
         writeln!(
             f,
-            "{:<15} {:>5} {:>6} {:>4} {:<26} {:>7} {:>6} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9} {:>9} {:>7}  target",
+            "{:<15} {:>5} {:>6} {:>4} {:<26} {:>7} {:>6} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>9} {:>9} {:>7}  target",
             "format",
             "K",
             "N",
@@ -309,6 +313,7 @@ impl fmt::Display for GemmBenchReport {
             "GFLOP/s",
             "%copy",
             "%read",
+            "paired",
             "f32 ms",
             "f32 GF/s",
             "speedup",
@@ -320,12 +325,15 @@ impl fmt::Display for GemmBenchReport {
             let speed = r
                 .speedup_vs_dense()
                 .map_or("-".to_string(), |s| format!("{s:.2}x"));
+            let paired = r
+                .paired_copy_ratio
+                .map_or("-".to_string(), |p| format!("{:.0}%", p * 100.0));
             let dense_gflops = r.dense_seconds.map_or("-".to_string(), |d| {
                 format!("{:.0}", 2.0 * (r.m * r.n * r.k) as f64 / d / 1e9)
             });
             writeln!(
                 f,
-                "{:<15} {:>5} {:>6} {:>4} {:<26} {:>7.2} {:>6} {:>9.3} {:>8.3} {:>8.2} {:>8.1} {:>6.0}% {:>6.0}% {:>9} {:>9} {:>7}  {}",
+                "{:<15} {:>5} {:>6} {:>4} {:<26} {:>7.2} {:>6} {:>9.3} {:>8.3} {:>8.2} {:>8.1} {:>6.0}% {:>6.0}% {:>7} {:>9} {:>9} {:>7}  {}",
                 r.format,
                 r.k,
                 r.n,
@@ -339,6 +347,7 @@ impl fmt::Display for GemmBenchReport {
                 r.gflops,
                 r.frac_copy_bw * 100.0,
                 r.frac_read_bw * 100.0,
+                paired,
                 dense,
                 dense_gflops,
                 speed,
@@ -410,26 +419,45 @@ pub fn random_quant_tensor(
     })
 }
 
-/// (median, best) seconds of `runs` calls of `f` after `warmup` calls;
-/// `between` runs, untimed, before each timed call.
+/// Timings of [`time_calls`].
+struct CallTimes {
+    median: f64,
+    best: f64,
+    /// Seconds of each timed call, in call order.
+    each: Vec<f64>,
+}
+
+/// `runs` calls of `f` after `warmup` calls; `between` runs, untimed,
+/// before each timed call.
 fn time_calls(
     warmup: usize,
     runs: usize,
     mut between: impl FnMut(),
     mut f: impl FnMut() -> Result<(), CpuError>,
-) -> Result<(f64, f64), CpuError> {
+) -> Result<CallTimes, CpuError> {
     for _ in 0..warmup {
         f()?;
     }
-    let mut t = Vec::with_capacity(runs.max(1));
+    let mut each = Vec::with_capacity(runs.max(1));
     for _ in 0..runs.max(1) {
         between();
         let start = Instant::now();
         f()?;
-        t.push(start.elapsed().as_secs_f64());
+        each.push(start.elapsed().as_secs_f64());
     }
+    let mut t = each.clone();
     t.sort_by(f64::total_cmp);
-    Ok((t[t.len() / 2], t[0]))
+    Ok(CallTimes {
+        median: t[t.len() / 2],
+        best: t[0],
+        each,
+    })
+}
+
+/// Median of `v` (0 when empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// LLC assumed when sysfs does not say.
@@ -753,13 +781,13 @@ pub fn run_gemm_bench(cfg: &GemmBenchConfig) -> Result<GemmBenchReport, CpuError
             let dense = DenseWeight::new(n, k, w)?;
             for &m in &cfg.ms {
                 let (xs, ys) = (&x[..m * k], &mut y[..m * n]);
-                let (s, _) = time_calls(
+                let t = time_calls(
                     cfg.warmup,
                     runs_for(cfg, m),
                     || {},
                     || dense.matmul(black_box(xs), m, black_box(&mut *ys)),
                 )?;
-                dense_secs.push((m, s));
+                dense_secs.push((m, t.median));
             }
         }
         for (fi, &fmt) in cfg.formats.iter().enumerate() {
@@ -785,12 +813,15 @@ pub fn run_gemm_bench(cfg: &GemmBenchConfig) -> Result<GemmBenchReport, CpuError
                 // the bandwidth it is compared with see the same moment of
                 // a shared machine.
                 let (mut row_copy_gbs, mut row_read_gbs) = (0f64, 0f64);
-                let (s, best) = time_calls(
+                let mut copy_samples = Vec::new();
+                let times = time_calls(
                     cfg.warmup,
                     runs_for(cfg, m),
                     || {
                         if decode {
-                            row_copy_gbs = row_copy_gbs.max(copy.copy_window(weight_bytes));
+                            let c = copy.copy_window(weight_bytes);
+                            copy_samples.push(c);
+                            row_copy_gbs = row_copy_gbs.max(c);
                             row_read_gbs = row_read_gbs.max(copy.read_window(weight_bytes));
                         }
                     },
@@ -805,6 +836,18 @@ pub fn run_gemm_bench(cfg: &GemmBenchConfig) -> Result<GemmBenchReport, CpuError
                     },
                 )?;
                 drop(copies);
+                let (s, best) = (times.median, times.best);
+                // Each call against the copy just before it.
+                let paired_copy_ratio = decode.then(|| {
+                    median(
+                        times
+                            .each
+                            .iter()
+                            .zip(&copy_samples)
+                            .map(|(&t, &c)| weight_bytes as f64 / t / 1e9 / c)
+                            .collect(),
+                    )
+                });
                 copy_gbs = copy_gbs.max(row_copy_gbs);
                 read_gbs = read_gbs.max(row_read_gbs);
                 let weight_gbs = weight_bytes as f64 / s / 1e9;
@@ -827,6 +870,7 @@ pub fn run_gemm_bench(cfg: &GemmBenchConfig) -> Result<GemmBenchReport, CpuError
                     gflops: 2.0 * (m * n * k) as f64 / s / 1e9,
                     frac_copy_bw: best_gbs / row_copy_gbs.max(copy_gbs).max(1e-9),
                     frac_read_bw: best_gbs / row_read_gbs.max(read_gbs).max(1e-9),
+                    paired_copy_ratio,
                     dense_seconds: dense_secs.iter().find(|d| d.0 == m).map(|d| d.1),
                 });
             }
