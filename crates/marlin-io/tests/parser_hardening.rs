@@ -170,7 +170,7 @@ fn tokenizer_json_with_a_bad_precompiled_charsmap_is_an_error() {
         "pre_tokenizer":null,"post_processor":null,"decoder":null,
         "model":{"type":"WordLevel","vocab":{"a":0},"unk_token":"a"}}"#;
     let msg = tokenizer_json_error("precompiled", json);
-    assert!(msg.contains("tokenizers library rejected it"), "{msg}");
+    assert!(msg.contains("tokenizers library panicked"), "{msg}");
 }
 
 #[test]
@@ -195,5 +195,32 @@ fn hostile_chat_templates_end_in_an_error_within_bounds() {
         // The fuel-bound loop took 1.5 s on the dev machine at load 19 (the
         // others milliseconds); the bound leaves room for a slow CI runner.
         assert!(elapsed < Duration::from_secs(20), "{source}: {elapsed:?}");
+    }
+}
+
+#[test]
+fn tokenizer_json_post_processor_naming_a_missing_special_token_is_an_error() {
+    // TemplateProcessing's `single` names `<x>`, which its special_tokens map
+    // lacks: the file loads, and the tokenizers crate then panics when it adds
+    // special tokens (fuzz/seeds/tokenizer_json/crash-template-missing-special).
+    let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+        "normalizer":null,"pre_tokenizer":null,"decoder":null,
+        "post_processor":{"type":"TemplateProcessing",
+            "single":[{"SpecialToken":{"id":"<x>","type_id":0}},{"Sequence":{"id":"A","type_id":0}}],
+            "pair":[{"Sequence":{"id":"A","type_id":0}},{"Sequence":{"id":"B","type_id":1}}],
+            "special_tokens":{}},
+        "model":{"type":"WordLevel","vocab":{"a":0,"b":1},"unk_token":"a"}}"#;
+    let path = std::env::temp_dir().join(format!(
+        "marlin-parser-hardening-template-{}.json",
+        std::process::id()
+    ));
+    std::fs::write(&path, json).unwrap();
+    let loaded = marlin_io::tokenizer::Tokenizer::from_tokenizer_json(&path);
+    std::fs::remove_file(&path).unwrap();
+    // Rejected at load or at encode, never a panic.
+    if let Ok(tokenizer) = loaded {
+        assert_eq!(tokenizer.encode("b", false).unwrap(), [1]);
+        let err = tokenizer.encode("b", true).unwrap_err().to_string();
+        assert!(err.contains("panicked"), "{err}");
     }
 }

@@ -109,3 +109,21 @@ pub type Result<T, E = TokenizerError> = std::result::Result<T, E>;
 pub(crate) fn backend(err: impl std::fmt::Display) -> TokenizerError {
     TokenizerError::Backend(err.to_string())
 }
+
+/// Runs a call into the `tokenizers` crate, turning a panic into an error. The crate `expect`s
+/// on some malformed `tokenizer.json` pipelines instead of returning an error: a decoder that is
+/// not valid JSON or a bad Precompiled charsmap (at load), a TemplateProcessing post-processor
+/// naming a special token its map lacks (at encode: the file loads fine).
+pub(crate) fn catch_backend_panic<T>(
+    what: &str,
+    call: impl FnOnce() -> tokenizers::Result<T>,
+) -> tokenizers::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|payload| {
+        let reason = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(format!("the tokenizers library panicked while {what}: {reason}").into())
+    })
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tokenizers::Tokenizer as HfTokenizer;
 
-use super::error::{backend, Result, TokenizerError};
+use super::error::{backend, catch_backend_panic, Result, TokenizerError};
 use super::Tokenizer;
 
 /// Largest tokenizer file read (tokenizer.json of a 256k vocabulary is about 35 MB).
@@ -55,24 +55,10 @@ fn load_pipeline(path: &Path) -> Result<HfTokenizer> {
         path: path.to_path_buf(),
         message,
     };
-    // The `tokenizers` crate panics (`expect`) instead of erroring on some
-    // malformed files: a `decoder` that is not valid JSON, a `Precompiled`
-    // normalizer whose charsmap does not parse. Checking the JSON syntax first
-    // turns the first into a plain error; the panic of the second is caught.
+    // The `tokenizers` crate panics instead of erroring on a `decoder` that is not valid JSON;
+    // checking the syntax first makes that a plain error (other panics: catch_backend_panic).
     serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| json_err(e.to_string()))?;
-    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        HfTokenizer::from_bytes(&bytes)
-    }))
-    .map_err(|panic| {
-        let reason = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        json_err(format!(
-            "the tokenizers library rejected it (panic: {reason})"
-        ))
-    })?;
+    let parsed = catch_backend_panic("loading tokenizer.json", || HfTokenizer::from_bytes(&bytes));
     parsed.map_err(|e| json_err(backend(e).to_string()))
 }
 

@@ -58,14 +58,18 @@ impl Pipeline {
     fn encode_fast(&self, text: &str, add_special: bool) -> tokenizers::Result<Encoding> {
         match self {
             Pipeline::Gguf(p) => p.encode_fast(text, add_special),
-            Pipeline::Hf(p) => p.encode_fast(text, add_special),
+            Pipeline::Hf(p) => {
+                error::catch_backend_panic("encoding", || p.encode_fast(text, add_special))
+            }
         }
     }
 
     fn decode(&self, ids: &[u32], skip_special: bool) -> tokenizers::Result<String> {
         match self {
             Pipeline::Gguf(p) => p.decode(ids, skip_special),
-            Pipeline::Hf(p) => p.decode(ids, skip_special),
+            Pipeline::Hf(p) => {
+                error::catch_backend_panic("decoding", || p.decode(ids, skip_special))
+            }
         }
     }
 
