@@ -78,8 +78,7 @@ FEATURES = (
 # about 1.5 s optimized, a minute under ASan: too slow for the CI budget;
 # crates/marlin-io/tests/parser_hardening.rs times it), and a string or list
 # doubled in a loop (`s.v ~ s.v` 40 times), which minijinja bounds neither
-# in memory nor in time (one instruction per doubling); see docs/FORMATS.md,
-# "Fuzzing".
+# in memory nor in time (one instruction per doubling); see docs/FUZZING.md.
 HOSTILE = {
     "recursive-macro": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
     "recursive-loop": "{% for m in messages recursive %}{{ loop(messages) }}{% endfor %}",

@@ -65,7 +65,11 @@ pub fn let_tokenizers_panics_unwind() {
         let in_tokenizers = info
             .location()
             .is_some_and(|l| l.file().contains("/tokenizers-"));
-        if !in_tokenizers {
+        if in_tokenizers {
+            // Said once per panic, so a crash that follows (the panic was
+            // not caught) shows where it started.
+            eprintln!("tokenizers panicked (unwinding to marlin-io's guard): {info}");
+        } else {
             abort_hook(info);
         }
     }));
