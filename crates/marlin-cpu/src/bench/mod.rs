@@ -563,16 +563,12 @@ impl CopyBench {
         // Infallible: the closure returns Ok.
         let _ = crate::pool::current().try_for_each_chunk_mut(&mut partial, 1, |c, out| {
             let part = &src[c * chunk..((c + 1) * chunk).min(src.len())];
-            // 32 independent sums: the loop vectorizes into 4 chains of
-            // 8-lane adds (one chain would bound a core at 32 bytes per
-            // add latency, below what DRAM delivers).
-            let mut acc = [0f32; 32];
-            for v in part.chunks_exact(32) {
-                for (a, x) in acc.iter_mut().zip(v) {
-                    *a += x;
-                }
-            }
-            out[0] = acc.iter().sum::<f32>();
+            // A wrapping integer sum of the bits: associative, so the
+            // compiler vectorizes and unrolls it into independent chains
+            // (an f32 sum keeps one chain per lane and is bound by the add
+            // latency, below what the kernels stream).
+            let words: &[u32] = bytemuck::cast_slice(part);
+            out[0] = words.iter().fold(0u32, |a, &w| a.wrapping_add(w)) as f32;
             Ok(())
         });
         black_box(partial.iter().sum::<f32>());
