@@ -3,8 +3,9 @@
 //! zero-padded to `padded_k` (a multiple of the block), each block of the
 //! row transformed by the normalised Walsh-Hadamard matrix. Matches the CPU
 //! transform `marlin_models::layers::hadamard::rotate_rows`
-//! (`tests/gpu_hadamard.rs`). Not yet called by the GPU decoder, which
-//! refuses rotated checkpoints.
+//! (`tests/gpu_hadamard.rs`). The GPU decoder's rotated linears
+//! (`marlin_models::gpu::linear::GpuLinear::Rotated`) call it before their
+//! product.
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 

@@ -12,7 +12,9 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use marlin_cuda::int4::random::XorShift;
 use marlin_cuda::int4::reference::matmul_ref;
 use marlin_cuda::CudaDevice;
+use marlin_io::checkpoint::ActivationRotation;
 use marlin_models::gpu::linear::{GpuLinear, LinearScratch};
+use marlin_models::layers::hadamard;
 use marlin_models::source::TensorData;
 use marlin_quant::{quantize_rtn, QuantScheme, QuantTensor, RtnOptions};
 
@@ -125,4 +127,89 @@ fn every_quantized_format_decodes_inside_a_cuda_graph() {
             println!("PASS GpuLinear graph {name} M={m} rel_l2={rel:.2e}");
         }
     }
+}
+
+/// An MR-GPTQ (Hadamard-rotated) linear on the GPU: the input rows are
+/// rotated on the device, then multiplied by the rotated weight; checked
+/// against the CPU rotation (`layers::hadamard::rotate_rows`) + the
+/// dequantized weight in f64, at K not a multiple of the block (padding),
+/// for INT4 and INT8 inner weights. A rotated weight whose columns do not
+/// match the rotation's padded K is refused at upload.
+#[test]
+fn rotated_linear_matches_cpu_rotation() {
+    let Some(dev) = gpu_or_skip() else {
+        return;
+    };
+    let (n, k, block, max_m) = (96, 200, 64, 3);
+    let rot = ActivationRotation::new(k, block).expect("rotation");
+    assert_eq!(rot.padded_k, 256);
+    let mut rng = XorShift::new(23);
+    let x_host: Vec<f32> = (0..max_m * k).map(|_| rng.next_f32() - 0.5).collect();
+    let x = dev.upload("x", &x_host).expect("x");
+    let mut scratch = LinearScratch::new(&dev, max_m, rot.padded_k, n).expect("scratch");
+    for (i, (name, scheme)) in [
+        ("int4g64", QuantScheme::int4_sym(64)),
+        ("int8", QuantScheme::int8_per_channel()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let q = quantized(scheme, n, rot.padded_k, 300 + i as u64, false);
+        let l = GpuLinear::upload(
+            &dev,
+            name,
+            TensorData::RotatedQuant {
+                tensor: q.clone(),
+                rotation: rot,
+            },
+        )
+        .expect("upload");
+        assert_eq!((l.rows(), l.cols(), l.kernel_cols()), (n, k, rot.padded_k));
+        l.prepare(&dev, max_m).expect("prepare");
+        let w_ref: Vec<f64> = q
+            .dequantize()
+            .expect("dequantize")
+            .iter()
+            .map(|v| f64::from(*v))
+            .collect();
+        let mut y = dev.alloc_zeros::<f32>("y", max_m * n).expect("y");
+        for m in [1usize, max_m] {
+            dev.write(&mut y, &vec![f32::NAN; max_m * n])
+                .expect("poison");
+            l.forward(&dev, &x, m, &mut y, &mut scratch)
+                .expect("forward");
+            let mut xr = Vec::new();
+            hadamard::rotate_rows(&rot, &x_host[..m * k], m, &mut xr);
+            let xr: Vec<f64> = xr.iter().map(|v| f64::from(*v)).collect();
+            let want = matmul_ref(&xr, &w_ref, m, n, rot.padded_k);
+            let got = dev.download(&y).expect("download");
+            let (mut e2, mut r2) = (0f64, 0f64);
+            for (g, r) in got[..m * n].iter().zip(&want) {
+                let g = f64::from(*g);
+                assert!(g.is_finite(), "{name} M={m}: non-finite output");
+                e2 += (g - r) * (g - r);
+                r2 += r * r;
+            }
+            let rel = (e2 / r2.max(1e-30)).sqrt();
+            assert!(rel < REL_L2_TOL, "{name} M={m}: rel L2 {rel:.3e}");
+            assert!(
+                got[m * n..].iter().all(|v| v.is_nan()),
+                "{name} M={m}: wrote past its rows"
+            );
+            println!("PASS GpuLinear rotated {name} M={m} rel_l2={rel:.2e}");
+        }
+    }
+    // Columns that do not match the rotation's padded K.
+    let q = quantized(QuantScheme::int4_sym(64), n, 192, 9, false);
+    let err = GpuLinear::upload(
+        &dev,
+        "bad",
+        TensorData::RotatedQuant {
+            tensor: q,
+            rotation: rot,
+        },
+    )
+    .err()
+    .expect("mismatched columns must be refused");
+    assert!(err.to_string().contains("pads K to 256"), "{err}");
 }

@@ -335,7 +335,12 @@ impl Scratch {
             c.ffn_size,
         );
         let f16_acts = dec.f16_activations();
-        let widest_in = d.max(qd).max(ffn);
+        // Rotated (MR-GPTQ) linears take their padded K.
+        let widest_in = dec
+            .linears()
+            .into_iter()
+            .map(GpuLinear::kernel_cols)
+            .fold(d.max(qd).max(ffn), usize::max);
         let widest_out = dec
             .linears()
             .into_iter()

@@ -12,7 +12,8 @@ use marlin_cuda::int4::act_order::{
 };
 use marlin_cuda::int4::gemm::{int4_gemm_prepared, GemmOptions, GemmWorkspace, Int4Weight};
 use marlin_cuda::wgemm::gemm::{wx_gemm_prepared, WxWeight};
-use marlin_cuda::{ops, CudaDevice};
+use marlin_cuda::{hadamard, ops, CudaDevice};
+use marlin_io::checkpoint::ActivationRotation;
 use marlin_quant::{ElementType, GgmlTensor, GgmlType, QuantTensor};
 
 use super::{GpuError, Result};
@@ -31,6 +32,14 @@ pub enum GpuLinear {
     /// INT4 with act-order (GPTQ desc_act g_idx): K permuted at load, the
     /// activations gathered through the permutation before the INT4 GEMM.
     Int4ActOrder(Box<Int4ActOrderWeight>),
+    /// MR-GPTQ: `inner` holds `W·Rᵀ` (N, padded_k) in one of the quantized
+    /// families above; the input rows are rotated by the same block
+    /// Hadamard transform on the device (`marlin_cuda::hadamard`, the
+    /// CPU's `layers::hadamard::rotate_rows`) before the product.
+    Rotated {
+        rotation: ActivationRotation,
+        inner: Box<GpuLinear>,
+    },
 }
 
 /// Device scratch of the quantized (Marlin-layout) paths: f16 copies of the
@@ -40,6 +49,8 @@ pub enum GpuLinear {
 /// prepared entry point), so that later forward passes at that `m`
 /// allocate nothing and load nothing (CUDA-graph capture).
 pub struct LinearScratch {
+    /// (max_m, max cols): the rotated input rows of an MR-GPTQ linear.
+    rotated: CudaSlice<f32>,
     /// (max_m, max cols)
     x16: CudaSlice<f16>,
     /// (max_m, max cols): act-order activations gathered through the
@@ -51,7 +62,8 @@ pub struct LinearScratch {
 }
 
 impl LinearScratch {
-    /// Room for `max_m` rows of inputs up to `max_cols` and outputs up to
+    /// Room for `max_m` rows of inputs up to `max_cols` (for a rotated
+    /// linear: its padded K, [`GpuLinear::kernel_cols`]) and outputs up to
     /// `max_rows` wide (nothing when the model has no INT4 weight).
     pub fn new(dev: &CudaDevice, max_m: usize, max_cols: usize, max_rows: usize) -> Result<Self> {
         let len = |w: usize| {
@@ -60,6 +72,7 @@ impl LinearScratch {
                 .ok_or_else(|| GpuError::Invalid(format!("{max_m} x {w} activations overflow")))
         };
         Ok(Self {
+            rotated: dev.alloc_zeros("Hadamard-rotated GEMM inputs", len(max_cols)?)?,
             x16: dev.alloc_zeros("f16 GEMM inputs", len(max_cols)?)?,
             gathered: dev.alloc_zeros("act-order gathered GEMM inputs", len(max_cols)?)?,
             y16: dev.alloc_zeros("f16 GEMM outputs", len(max_rows)?)?,
@@ -92,17 +105,33 @@ impl GpuLinear {
                 )))
             }
             TensorData::Quant(q) => Self::from_quant(dev, &q).map_err(ctx),
-            // Running the rotated weights without rotating the input would
-            // be silently wrong.
-            TensorData::RotatedQuant { rotation, .. } => Err(GpuError::Tensor {
-                name: name.to_string(),
-                reason: format!(
-                    "MR-GPTQ checkpoint: this linear's weights are Hadamard-rotated (blocks of \
-                     {}) and need the activations rotated before the product, which the CUDA \
-                     path does not do yet; run it on the CPU",
-                    rotation.block_size
-                ),
-            }),
+            TensorData::RotatedQuant { tensor, rotation } => {
+                let bad = |reason: String| GpuError::Tensor {
+                    name: name.to_string(),
+                    reason,
+                };
+                rotation
+                    .validate()
+                    .map_err(|e| bad(format!("Hadamard rotation: {e}")))?;
+                if rotation.block_size > hadamard::MAX_BLOCK {
+                    return Err(bad(format!(
+                        "Hadamard blocks of {} (the GPU rotation takes at most {})",
+                        rotation.block_size,
+                        hadamard::MAX_BLOCK
+                    )));
+                }
+                if tensor.cols != rotation.padded_k {
+                    return Err(bad(format!(
+                        "rotated weight has {} columns, its rotation pads K to {}",
+                        tensor.cols, rotation.padded_k
+                    )));
+                }
+                let inner = Self::from_quant(dev, &tensor).map_err(ctx)?;
+                Ok(Self::Rotated {
+                    rotation,
+                    inner: Box::new(inner),
+                })
+            }
         }
     }
 
@@ -124,7 +153,20 @@ impl GpuLinear {
     /// Whether the product runs in f16 through [`LinearScratch`] (every
     /// Marlin-layout quantized weight; not the GGUF / dense kernels).
     pub fn uses_f16_scratch(&self) -> bool {
-        !matches!(self, Self::Ggml(_))
+        match self {
+            Self::Ggml(_) => false,
+            Self::Rotated { inner, .. } => inner.uses_f16_scratch(),
+            _ => true,
+        }
+    }
+
+    /// Input width of the product the kernel runs: [`Self::cols`], or the
+    /// padded K of a rotated linear (what [`LinearScratch`] must hold).
+    pub fn kernel_cols(&self) -> usize {
+        match self {
+            Self::Rotated { inner, .. } => inner.cols(),
+            _ => self.cols(),
+        }
     }
 
     /// Output features.
@@ -134,6 +176,7 @@ impl GpuLinear {
             Self::Int4(w) => w.n,
             Self::Wx(w) => w.n,
             Self::Int4ActOrder(w) => w.n(),
+            Self::Rotated { inner, .. } => inner.rows(),
         }
     }
 
@@ -144,6 +187,7 @@ impl GpuLinear {
             Self::Int4(w) => w.k,
             Self::Wx(w) => w.k,
             Self::Int4ActOrder(w) => w.k(),
+            Self::Rotated { rotation, .. } => rotation.k,
         }
     }
 
@@ -154,6 +198,7 @@ impl GpuLinear {
             Self::Int4(w) => w.weight_bytes(),
             Self::Wx(w) => w.weight_bytes(),
             Self::Int4ActOrder(w) => w.weight_bytes(),
+            Self::Rotated { inner, .. } => inner.weight_bytes(),
         }
     }
 
@@ -164,6 +209,7 @@ impl GpuLinear {
             // The split-K workspace lives in `LinearScratch`; the first
             // (un-captured) call at each m sizes it.
             Self::Int4(_) | Self::Wx(_) | Self::Int4ActOrder(_) => Ok(()),
+            Self::Rotated { inner, .. } => inner.prepare(dev, max_m),
         }
     }
 
@@ -178,6 +224,24 @@ impl GpuLinear {
     ) -> Result<()> {
         match self {
             Self::Ggml(w) => Ok(w.matmul(dev, x, m, y)?),
+            Self::Rotated { rotation, inner } => {
+                // Inner weights are always quantized (f16 scratch path):
+                // rotate, then the inner product from the rotated rows.
+                let n_out = m * inner.rows();
+                let n_in = m * inner.cols();
+                if s.rotated.len() < n_in || s.x16.len() < n_in || s.y16.len() < n_out {
+                    return Err(GpuError::Invalid(format!(
+                        "rotated GEMM scratch too small for m = {m}, {}x{}",
+                        inner.rows(),
+                        inner.cols()
+                    )));
+                }
+                hadamard::rotate_rows(dev, x, m, rotation.k, rotation.block_size, &mut s.rotated)?;
+                ops::f32_to_f16(dev, &s.rotated, n_in, &mut s.x16)?;
+                inner.gemm_f16(dev, m, s)?;
+                ops::f16_to_f32(dev, &s.y16, n_out, y)?;
+                Ok(())
+            }
             _ => {
                 let (n_in, n_out) = (m * self.cols(), m * self.rows());
                 if s.x16.len() < n_in || s.y16.len() < n_out {
@@ -205,9 +269,9 @@ impl GpuLinear {
         let x = s.x16.slice(..n_in);
         let mut y = s.y16.slice_mut(..n_out);
         match self {
-            Self::Ggml(_) => {
+            Self::Ggml(_) | Self::Rotated { .. } => {
                 return Err(GpuError::Invalid(
-                    "f16 GEMM entry for a GGUF / dense weight".into(),
+                    "f16 GEMM entry for a GGUF / dense or a rotated weight".into(),
                 ))
             }
             Self::Int4(w) => {
