@@ -26,7 +26,7 @@ pub mod source;
 
 pub use config::ModelConfig;
 pub use error::ModelError;
-pub use layers::{ActivationHook, KvCache, KvPool, LogitsWanted, SeqChunk};
+pub use layers::{ActivationHook, KvCache, KvPool, KvType, LogitsWanted, SeqChunk};
 pub use model::{BatchedModel, LoadOptions, Model};
 
 use std::path::Path;

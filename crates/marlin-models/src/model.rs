@@ -4,7 +4,7 @@
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::layers::{
-    ActivationHook, ForwardCtx, KvCache, KvPool, LogitsWanted, OutputHead, SeqChunk,
+    ActivationHook, ForwardCtx, KvCache, KvPool, KvType, LogitsWanted, OutputHead, SeqChunk,
 };
 
 /// Options for [`crate::load_model`].
@@ -12,12 +12,15 @@ use crate::layers::{
 pub struct LoadOptions {
     /// Largest KV cache [`Model::new_cache`] may allocate, in bytes.
     pub max_cache_bytes: usize,
+    /// How caches and pools store keys and values (f16 by default).
+    pub kv_type: KvType,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             max_cache_bytes: 16 << 30,
+            kv_type: KvType::default(),
         }
     }
 }
@@ -85,20 +88,86 @@ pub trait BatchedModel: Send + Sync {
     }
 }
 
-/// Validates a batched forward call against `cfg` and the pool, and builds
-/// its context and its stacked tokens (sum m). Architectures call this
-/// first and [`finish_batch`] last.
-pub(crate) fn begin_batch<'h>(
+/// Rows one pass through the layer stack processes at most (llama.cpp's
+/// `n_ubatch`): a longer batch (a long prompt) runs as several passes in
+/// position order, so the activation buffers, (rows, ffn) f32 each, are
+/// bounded by this instead of by the prompt length. 256 rows keep the GEMMs
+/// as fast as one pass of 512 (measured in docs/BENCHMARKS.md).
+pub const MICRO_BATCH: usize = 256;
+
+/// Runs the batched forward `seqs` as passes of at most [`MICRO_BATCH`]
+/// rows through `pass` (an architecture's layer stack): a sequence's chunk
+/// that does not fit is split, its later rows going to the next pass (their
+/// attention reads the keys the earlier pass wrote to the pool). Returns the
+/// logits each sequence asked for, as one call would. The whole call is
+/// validated first, so a bad chunk runs no pass. With an activation hook the
+/// batch runs as one pass: dumps stay whole matrices.
+pub(crate) fn in_micro_batches(
     cfg: &ModelConfig,
-    pool: &KvPool,
+    pool: &mut KvPool,
     seqs: &[SeqChunk],
-    hook: Option<&'h mut dyn ActivationHook>,
-) -> Result<(ForwardCtx<'h>, Vec<u32>)> {
+    hook: Option<&mut dyn ActivationHook>,
+    mut pass: impl FnMut(
+        &mut KvPool,
+        &[SeqChunk],
+        Option<&mut dyn ActivationHook>,
+    ) -> Result<Vec<Vec<f32>>>,
+) -> Result<Vec<Vec<f32>>> {
+    let rows = seqs
+        .iter()
+        .fold(0usize, |n, s| n.saturating_add(s.tokens.len()));
+    if hook.is_some() || rows <= MICRO_BATCH {
+        return pass(pool, seqs, hook);
+    }
+    check_batch(cfg, pool, seqs)?;
+    let mut out: Vec<Vec<f32>> = vec![Vec::new(); seqs.len()];
+    // Tokens of each sequence already run, and the first sequence not done.
+    let mut done = vec![0usize; seqs.len()];
+    let mut next = 0;
+    while next < seqs.len() {
+        let mut budget = MICRO_BATCH;
+        let (mut pieces, mut owners) = (Vec::new(), Vec::new());
+        while next < seqs.len() && budget > 0 {
+            let s = &seqs[next];
+            let start = done[next];
+            let end = start + (s.tokens.len() - start).min(budget);
+            let finished = end == s.tokens.len();
+            let logits = match s.logits {
+                Some(LogitsWanted::All) => Some(LogitsWanted::All),
+                Some(LogitsWanted::Last) if finished => Some(LogitsWanted::Last),
+                _ => None,
+            };
+            pieces.push(SeqChunk {
+                tokens: &s.tokens[start..end],
+                block_table: s.block_table,
+                // Within the checked pos0 + len.
+                pos0: s.pos0 + start,
+                logits,
+            });
+            owners.push(next);
+            budget -= end - start;
+            done[next] = end;
+            if finished {
+                next += 1;
+            }
+        }
+        for (owner, logits) in owners.into_iter().zip(pass(pool, &pieces, None)?) {
+            if out[owner].is_empty() {
+                out[owner] = logits;
+            } else {
+                out[owner].extend_from_slice(&logits);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Validates a batched forward call against `cfg` and the pool.
+fn check_batch(cfg: &ModelConfig, pool: &KvPool, seqs: &[SeqChunk]) -> Result<()> {
     if seqs.is_empty() {
         return Err(ModelError::Invalid("forward: no sequences".into()));
     }
     let shape = (cfg.n_layers, cfg.n_kv_heads, cfg.head_dim);
-    let mut tokens = Vec::new();
     for s in seqs {
         if s.tokens.is_empty() {
             return Err(ModelError::Invalid("forward: no tokens".into()));
@@ -110,8 +179,21 @@ pub(crate) fn begin_batch<'h>(
             });
         }
         pool.check(shape, s.block_table, s.pos0, s.tokens.len())?;
-        tokens.extend_from_slice(s.tokens);
     }
+    Ok(())
+}
+
+/// Validates a batched forward call against `cfg` and the pool, and builds
+/// its context and its stacked tokens (sum m). Architectures call this
+/// first and [`finish_batch`] last.
+pub(crate) fn begin_batch<'h>(
+    cfg: &ModelConfig,
+    pool: &KvPool,
+    seqs: &[SeqChunk],
+    hook: Option<&'h mut dyn ActivationHook>,
+) -> Result<(ForwardCtx<'h>, Vec<u32>)> {
+    check_batch(cfg, pool, seqs)?;
+    let tokens = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
     Ok((ForwardCtx::batch(seqs, hook), tokens))
 }
 
@@ -189,8 +271,8 @@ pub(crate) fn new_pool_for(
         cfg.n_layers,
         cfg.n_kv_heads,
         cfg.head_dim,
-        block_size,
-        n_blocks,
+        (block_size, n_blocks),
+        opts.kv_type,
         opts.max_cache_bytes,
     )
 }
@@ -208,7 +290,7 @@ pub(crate) fn new_cache_for(
         cfg.n_layers,
         cfg.n_kv_heads,
         cfg.head_dim,
-        max_seq,
+        (max_seq, opts.kv_type),
         opts.max_cache_bytes,
     )
 }

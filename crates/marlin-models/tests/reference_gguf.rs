@@ -11,11 +11,18 @@
 //! a few tenths. A position where the reference's own top-1/top-2 gap is
 //! below [`NEAR_TIE`] may flip; such flips are reported and tolerated, every
 //! other disagreement fails. Strict agreement is printed as well.
+//!
+//! The model runs twice: with an f32 KV cache, the reference's precision,
+//! where at least 99% of prompt positions must agree; and with the default
+//! f16 cache (llama.cpp's default too), whose rounding moves logits a little
+//! more: one Gemma 3 prompt position in 85 flips at a reference gap of 0.34,
+//! so it must agree at 98% (its perplexity is checked against llama.cpp's
+//! in docs/BENCHMARKS.md). Greedy steps must agree up to near-ties in both.
 
 mod common;
 
 use common::{argmax, fixtures_dir, model_or_skip};
-use marlin_models::{load_model, LoadOptions};
+use marlin_models::{load_model, KvType, LoadOptions};
 use serde::Deserialize;
 
 /// Logit gap under which the reference's choice counts as a tie.
@@ -84,14 +91,27 @@ impl Tally {
     }
 }
 
-fn check(fixture_name: &str) {
+/// Prompt positions whose top-1 must agree, per cache type (see the header).
+fn min_prompt_agreement(kv_type: KvType) -> f64 {
+    match kv_type {
+        KvType::F32 => 0.99,
+        KvType::F16 => 0.98,
+    }
+}
+
+fn check(fixture_name: &str, kv_type: KvType) {
     let path = fixtures_dir().join(fixture_name);
     let text = std::fs::read_to_string(&path).expect("fixture present in the repo");
     let fx: Fixture = serde_json::from_str(&text).expect("fixture parses");
     let Some(model_path) = model_or_skip(&fx.model_file) else {
         return;
     };
-    let model = load_model(&model_path, &LoadOptions::default()).expect("model loads");
+    let opts = LoadOptions {
+        kv_type,
+        ..LoadOptions::default()
+    };
+    let model = load_model(&model_path, &opts).expect("model loads");
+    eprintln!("{fixture_name}, {kv_type:?} KV cache");
     let vocab = model.config().vocab_size;
     let (mut prompt, mut greedy) = (Tally::default(), Tally::default());
     for (ci, case) in fx.cases.iter().enumerate() {
@@ -141,9 +161,11 @@ fn check(fixture_name: &str) {
         greedy.max_delta,
         fx.reference
     );
+    let min = min_prompt_agreement(kv_type);
     assert!(
-        prompt.tolerant as f64 >= 0.99 * prompt.total as f64,
-        "top-1 agreement below 99%"
+        prompt.tolerant as f64 >= min * prompt.total as f64,
+        "top-1 agreement below {:.0}% ({kv_type:?} KV cache)",
+        min * 100.0
     );
     assert_eq!(
         greedy.tolerant, greedy.total,
@@ -153,10 +175,12 @@ fn check(fixture_name: &str) {
 
 #[test]
 fn smollm2_matches_transformers() {
-    check("smollm2-135m-q4_1.ref.json");
+    check("smollm2-135m-q4_1.ref.json", KvType::F32);
+    check("smollm2-135m-q4_1.ref.json", KvType::F16);
 }
 
 #[test]
 fn gemma3_matches_transformers() {
-    check("gemma3-270m-q4_k_m.ref.json");
+    check("gemma3-270m-q4_k_m.ref.json", KvType::F32);
+    check("gemma3-270m-q4_k_m.ref.json", KvType::F16);
 }

@@ -7,6 +7,8 @@ use super::gemm::{gemm, Gemm};
 use super::simd::kernels;
 use super::softmax::softmax_inplace;
 use crate::CpuError;
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 /// Head layout and masking of one attention layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -22,14 +24,52 @@ pub struct AttentionParams {
     pub window: Option<usize>,
 }
 
+/// The stored keys or values of a layer: f16 (half the memory, llama.cpp's
+/// default cache type) or f32. Attention converts the rows it reads to f32
+/// (F16C where the CPU has it) and computes in f32.
+#[derive(Clone, Copy, Debug)]
+pub enum KvRows<'a> {
+    F16(&'a [f16]),
+    F32(&'a [f32]),
+}
+
+impl KvRows<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            KvRows::F16(x) => x.len(),
+            KvRows::F32(x) => x.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Elements `at..at + dst.len()` as f32 into `dst`.
+    fn read(&self, at: usize, dst: &mut [f32]) {
+        match self {
+            KvRows::F16(x) => x[at..at + dst.len()].convert_to_f32_slice(dst),
+            KvRows::F32(x) => dst.copy_from_slice(&x[at..at + dst.len()]),
+        }
+    }
+
+    /// Element `i` as f64 (the reference).
+    fn get_f64(&self, i: usize) -> f64 {
+        match self {
+            KvRows::F16(x) => x[i].to_f64(),
+            KvRows::F32(x) => x[i] as f64,
+        }
+    }
+}
+
 /// Keys and values of one layer, paged: `k` and `v` are each
 /// (n_blocks, n_kv_heads, block_size, head_dim), so a head's positions are
 /// contiguous within a block. Position `j` of the sequence lives at row
 /// `j % block_size` of block `blocks[j / block_size]`.
 #[derive(Clone, Copy)]
 pub struct KvView<'a> {
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+    pub k: KvRows<'a>,
+    pub v: KvRows<'a>,
     pub block_size: usize,
     /// The sequence's block table.
     pub blocks: &'a [u32],
@@ -40,7 +80,7 @@ const ONE_BLOCK: &[u32] = &[0];
 
 impl<'a> KvView<'a> {
     /// A contiguous cache, each of `k`, `v` (n_kv_heads, capacity, head_dim).
-    pub fn contiguous(k: &'a [f32], v: &'a [f32], capacity: usize) -> Self {
+    pub fn contiguous(k: KvRows<'a>, v: KvRows<'a>, capacity: usize) -> Self {
         Self {
             k,
             v,
@@ -174,20 +214,26 @@ pub fn attention(
         let keys = p.key_range(pos0 + tok);
         let g = head / group;
         let mut scores = Vec::with_capacity(keys.len());
+        // f32 copies of up to ROWS_F32 key/value rows at a time.
+        let mut rows = vec![0.0f32; ROWS_F32.min(keys.len()) * hd];
         for (off, n) in kv.runs(p, g, keys.clone()) {
-            let k_rows = &kv.k[off..off + n * hd];
-            scores.extend(k_rows.chunks_exact(hd).map(|kr| (k.dot)(qh, kr) * p.scale));
+            for r0 in (0..n).step_by(ROWS_F32) {
+                let rows = &mut rows[..(n - r0).min(ROWS_F32) * hd];
+                kv.k.read(off + r0 * hd, rows);
+                scores.extend(rows.chunks_exact(hd).map(|kr| (k.dot)(qh, kr) * p.scale));
+            }
         }
         softmax_inplace(&mut scores);
         o.fill(0.0);
         let mut weights = scores.iter();
         for (off, n) in kv.runs(p, g, keys) {
-            // Rows first: zip stops on them without taking a weight.
-            for (vr, s) in kv.v[off..off + n * hd]
-                .chunks_exact(hd)
-                .zip(weights.by_ref())
-            {
-                (k.axpy)(*s, vr, o);
+            for r0 in (0..n).step_by(ROWS_F32) {
+                let rows = &mut rows[..(n - r0).min(ROWS_F32) * hd];
+                kv.v.read(off + r0 * hd, rows);
+                // Rows first: zip stops on them without taking a weight.
+                for (vr, s) in rows.chunks_exact(hd).zip(weights.by_ref()) {
+                    (k.axpy)(*s, vr, o);
+                }
             }
         }
         Ok(())
@@ -196,6 +242,10 @@ pub fn attention(
 
 /// Query tokens per task of the blocked path.
 const QUERY_BLOCK: usize = 32;
+
+/// Key/value rows the one-token path converts to f32 at a time (a few KiB,
+/// in L1 when the dot products read them).
+const ROWS_F32: usize = 64;
 
 /// Many query tokens (prefill): per (kv head, block of query tokens), the
 /// scores of every query head of the group are one small GEMM against the
@@ -224,27 +274,23 @@ fn attention_blocked(
         let nk = pos0 + t1 - key0;
         let keys = key0..key0 + nk;
         let mut kt = vec![0.0f32; hd * nk]; // (head_dim, nk): keys transposed
-        let k_rows = kv
-            .runs(p, g, keys.clone())
-            .flat_map(|(off, n)| kv.k[off..off + n * hd].chunks_exact(hd));
-        for (j, kr) in k_rows.enumerate() {
+                                            // (nk, head_dim): the values in f32; first the keys, to transpose them.
+        let mut v_rows = vec![0.0f32; nk * hd];
+        let mut at = 0;
+        for (off, n) in kv.runs(p, g, keys.clone()) {
+            kv.k.read(off, &mut v_rows[at..at + n * hd]);
+            at += n * hd;
+        }
+        for (j, kr) in v_rows.chunks_exact(hd).enumerate() {
             for (d, v) in kr.iter().enumerate() {
                 kt[d * nk + j] = *v;
             }
         }
-        // (nk, head_dim): borrowed when the keys sit in one block.
-        let v_gathered: Vec<f32>;
-        let mut runs = kv.runs(p, g, keys.clone());
-        let v_rows: &[f32] = match (runs.next(), runs.next()) {
-            (Some((off, n)), None) => &kv.v[off..off + n * hd],
-            _ => {
-                v_gathered = kv
-                    .runs(p, g, keys)
-                    .flat_map(|(off, n)| kv.v[off..off + n * hd].iter().copied())
-                    .collect();
-                &v_gathered
-            }
-        };
+        let mut at = 0;
+        for (off, n) in kv.runs(p, g, keys) {
+            kv.v.read(off, &mut v_rows[at..at + n * hd]);
+            at += n * hd;
+        }
         let mut scores = vec![0.0f32; rows * nk]; // (rows, nk)
         let mut o = vec![0.0f32; group * rows * hd]; // (group, rows, head_dim)
         for hh in 0..group {
@@ -272,7 +318,7 @@ fn attention_blocked(
             let pv = Gemm {
                 a: &scores,
                 lda: nk,
-                b: v_rows,
+                b: &v_rows,
                 ldb: hd,
                 r: rows,
                 k: nk,
@@ -322,10 +368,10 @@ pub fn attention_ref(
             let s: Vec<f64> = keys
                 .clone()
                 .map(|j| {
-                    let kr = &kv.k[kv.row(p, g, j)..][..hd];
+                    let row = kv.row(p, g, j);
                     qh.iter()
-                        .zip(kr)
-                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .enumerate()
+                        .map(|(d, a)| *a as f64 * kv.k.get_f64(row + d))
                         .sum::<f64>()
                         * p.scale as f64
                 })
@@ -338,7 +384,7 @@ pub fn attention_ref(
                 *od = keys
                     .clone()
                     .zip(&e)
-                    .map(|(j, w)| w / sum * kv.v[kv.row(p, g, j) + d] as f64)
+                    .map(|(j, w)| w / sum * kv.v.get_f64(kv.row(p, g, j) + d))
                     .sum::<f64>() as f32;
             }
         }
@@ -379,34 +425,44 @@ mod tests {
                 |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect() };
             let q = r(m * nh * hd);
             let (k, v) = (r(nkv * cap * hd), r(nkv * cap * hd));
-            let kv = KvView::contiguous(&k, &v, cap);
-            let (mut got, mut want) = (vec![0.0; q.len()], vec![0.0; q.len()]);
-            attention(&p, &q, &kv, pos0, &mut got).unwrap();
-            attention_ref(&p, &q, &kv, pos0, &mut want).unwrap();
-            for (g, w) in got.iter().zip(&want) {
-                assert!(
-                    (g - w).abs() < 1e-5,
-                    "nh{nh} nkv{nkv} hd{hd} m{m}: {g} vs {w}"
-                );
+            let (k16, v16) = (to_f16(&k), to_f16(&v));
+            for kv in [
+                KvView::contiguous(KvRows::F32(&k), KvRows::F32(&v), cap),
+                KvView::contiguous(KvRows::F16(&k16), KvRows::F16(&v16), cap),
+            ] {
+                let (mut got, mut want) = (vec![0.0; q.len()], vec![0.0; q.len()]);
+                attention(&p, &q, &kv, pos0, &mut got).unwrap();
+                attention_ref(&p, &q, &kv, pos0, &mut want).unwrap();
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() < 1e-5,
+                        "nh{nh} nkv{nkv} hd{hd} m{m} {:?}: {g} vs {w}",
+                        matches!(kv.k, KvRows::F16(_))
+                    );
+                }
             }
         }
+    }
+
+    fn to_f16(x: &[f32]) -> Vec<f16> {
+        x.iter().map(|&v| f16::from_f32(v)).collect()
     }
 
     /// Copies a contiguous (n_kv, cap, hd) cache into `n_blocks` blocks of
     /// `bs` positions in a scrambled order; returns (k, v, block table).
     fn page(
-        k: &[f32],
-        v: &[f32],
+        k: &[f16],
+        v: &[f16],
         (nkv, cap, hd): (usize, usize, usize),
         bs: usize,
-    ) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
+    ) -> (Vec<f16>, Vec<f16>, Vec<u32>) {
         let n_used = cap.div_ceil(bs);
         let n_blocks = n_used + 2;
         // Blocks in reverse order, physical block 0 and the last unused.
         let table: Vec<u32> = (0..n_used).map(|i| (n_used - i) as u32).collect();
         let (mut pk, mut pv) = (
-            vec![f32::NAN; n_blocks * nkv * bs * hd],
-            vec![f32::NAN; n_blocks * nkv * bs * hd],
+            vec![f16::NAN; n_blocks * nkv * bs * hd],
+            vec![f16::NAN; n_blocks * nkv * bs * hd],
         );
         for g in 0..nkv {
             for j in 0..cap {
@@ -443,15 +499,15 @@ mod tests {
             let mut r =
                 |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect() };
             let q = r(m * nh * hd);
-            let (k, v) = (r(nkv * cap * hd), r(nkv * cap * hd));
+            let (k, v) = (to_f16(&r(nkv * cap * hd)), to_f16(&r(nkv * cap * hd)));
             let (pk, pv, table) = page(&k, &v, (nkv, cap, hd), bs);
             let paged = KvView {
-                k: &pk,
-                v: &pv,
+                k: KvRows::F16(&pk),
+                v: KvRows::F16(&pv),
                 block_size: bs,
                 blocks: &table,
             };
-            let contiguous = KvView::contiguous(&k, &v, cap);
+            let contiguous = KvView::contiguous(KvRows::F16(&k), KvRows::F16(&v), cap);
             let (mut got, mut want, mut reference) =
                 (vec![0.0; q.len()], vec![0.0; q.len()], vec![0.0; q.len()]);
             attention(&p, &q, &paged, pos0, &mut got).unwrap();
@@ -473,10 +529,10 @@ mod tests {
             scale: 1.0,
             window: None,
         };
-        let (k, v) = ([0.0; 24], [0.0; 24]); // 3 blocks of 2 positions
+        let (k, v) = ([f16::ZERO; 24], [f16::ZERO; 24]); // 3 blocks of 2 positions
         let view = |blocks: &'static [u32], bs| KvView {
-            k: &k,
-            v: &v,
+            k: KvRows::F16(&k),
+            v: KvRows::F16(&v),
             block_size: bs,
             blocks,
         };
@@ -497,7 +553,7 @@ mod tests {
             scale: 1.0,
             window: None,
         };
-        let kv = KvView::contiguous(&[0.0; 16], &[0.0; 16], 2);
+        let kv = KvView::contiguous(KvRows::F32(&[0.0; 16]), KvRows::F32(&[0.0; 16]), 2);
         assert!(attention(&p, &[0.0; 12], &kv, 0, &mut [0.0; 12]).is_err());
         let p = AttentionParams {
             n_heads: 2,

@@ -17,7 +17,7 @@ pub mod simd;
 pub mod softmax;
 
 pub use activation::{gelu_tanh_mul, silu_mul, soft_cap};
-pub use attention::{attention, attention_ref, AttentionParams, KvView};
+pub use attention::{attention, attention_ref, AttentionParams, KvRows, KvView};
 pub use norm::{rms_norm, rms_norm_inplace};
 pub use rope::{Rope, RopeScaling, RopeStyle};
 pub use softmax::softmax_inplace;

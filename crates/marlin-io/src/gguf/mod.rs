@@ -77,8 +77,9 @@ impl TensorInfo {
     }
 }
 
-/// Bytes of tensor data copied between two releases of the file pages they came from.
-const RELEASE_CHUNK_BYTES: usize = 4 << 20;
+/// Bytes of tensor data copied between two releases of the file pages they came from
+/// (the mapped pages resident at once while a model loads: they count in its peak RSS).
+const RELEASE_CHUNK_BYTES: usize = 1 << 20;
 
 /// A parsed GGUF file with memory-mapped tensor data.
 pub struct GgufFile {
@@ -123,6 +124,9 @@ impl GgufFile {
 
     fn from_backing(backing: FileBytes) -> Result<Self> {
         let p = parse::parse(backing.bytes())?;
+        // The metadata and tensor infos are owned copies now: the header's file pages (the
+        // vocabulary, megabytes) need not stay resident while the weights load.
+        backing.release(0..p.data_offset.min(backing.bytes().len()));
         Ok(Self {
             backing,
             path: None,
@@ -338,7 +342,7 @@ impl GgufFile {
         for (index, slice) in source.chunks(RELEASE_CHUNK_BYTES).enumerate() {
             bytes.extend_from_slice(slice);
             let start = range.start + index * RELEASE_CHUNK_BYTES;
-            self.backing.release(start..start + slice.len());
+            self.release_around(start..start + slice.len());
         }
         Ok(GgmlTensor::new(ty, rows, cols, bytes)?)
     }
@@ -346,6 +350,7 @@ impl GgufFile {
     /// A float tensor (F32, F16 or BF16; norms, biases) converted to f32.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
         let info = self.info_or_err(name)?;
+        let range = self.tensor_range(name)?;
         let bytes = self.tensor_bytes(name)?;
         let encoding = match info.ggml_type() {
             Some(GgmlType::F32) => FloatEncoding::F32,
@@ -361,7 +366,22 @@ impl GgufFile {
                 })
             }
         };
-        Ok(floats_to_f32(bytes, encoding))
+        let values = floats_to_f32(bytes, encoding);
+        self.release_around(range);
+        Ok(values)
+    }
+
+    /// Releases the file pages of `range` and of the neighbourhood a page fault maps with
+    /// them (the kernel's fault-around, 64 KiB): a small tensor read (a norm) would otherwise
+    /// leave 16 pages resident.
+    fn release_around(&self, range: Range<usize>) {
+        const FAULT_AROUND_BYTES: usize = 64 << 10;
+        let end = range
+            .end
+            .saturating_add(FAULT_AROUND_BYTES)
+            .min(self.backing.bytes().len());
+        let start = range.start.saturating_sub(FAULT_AROUND_BYTES).min(end);
+        self.backing.release(start..end);
     }
 }
 

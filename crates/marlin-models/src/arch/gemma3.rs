@@ -10,8 +10,8 @@ use crate::layers::{
     KvPool, Linear, LogitsWanted, Mlp, OutputHead, RmsNorm, SeqChunk,
 };
 use crate::model::{
-    begin_batch, finish_batch, forward_on_cache, new_cache_for, new_pool_for, BatchedModel,
-    LoadOptions, Model,
+    begin_batch, finish_batch, forward_on_cache, in_micro_batches, new_cache_for, new_pool_for,
+    BatchedModel, LoadOptions, Model,
 };
 use crate::source::{SourceKind, WeightSource};
 use marlin_cpu::ops::{Rope, RopeScaling, RopeStyle};
@@ -178,6 +178,21 @@ impl BatchedModel for Gemma3 {
     }
 
     fn forward_batch_with(
+        &self,
+        pool: &mut KvPool,
+        seqs: &[SeqChunk],
+        hook: Option<&mut dyn ActivationHook>,
+    ) -> Result<Vec<Vec<f32>>> {
+        in_micro_batches(&self.cfg, pool, seqs, hook, |pool, seqs, hook| {
+            self.forward_pass(pool, seqs, hook)
+        })
+    }
+}
+
+impl Gemma3 {
+    /// One pass of the layer stack over all rows of `seqs` (at most
+    /// [`crate::model::MICRO_BATCH`] of them, see [`in_micro_batches`]).
+    fn forward_pass(
         &self,
         pool: &mut KvPool,
         seqs: &[SeqChunk],

@@ -8,18 +8,72 @@
 //! a private pool of one block as long as the context.
 
 use crate::error::{ModelError, Result};
-use marlin_cpu::ops::KvView;
+use half::f16;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+use marlin_cpu::ops::{KvRows, KvView};
+
+/// How the cache stores keys and values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvType {
+    /// Half the bytes of f32; llama.cpp's default cache type. Attention
+    /// converts the rows it reads to f32.
+    #[default]
+    F16,
+    F32,
+}
+
+impl KvType {
+    pub fn bytes(self) -> usize {
+        match self {
+            KvType::F16 => size_of::<f16>(),
+            KvType::F32 => size_of::<f32>(),
+        }
+    }
+}
+
+/// One layer's keys or values, (n_blocks, n_kv_heads, block_size, head_dim):
+/// a head's positions are contiguous within a block so attention streams
+/// them. f16 is held as its `u16` bits so that `vec![0; n]`, like the f32
+/// `vec![0.0; n]`, is a zeroed allocation whose untouched pages (a long
+/// context mostly unused) are never resident.
+enum KvBuf {
+    F16(Vec<u16>),
+    F32(Vec<f32>),
+}
+
+impl KvBuf {
+    fn zeroed(ty: KvType, n: usize) -> Self {
+        match ty {
+            KvType::F16 => KvBuf::F16(vec![0u16; n]),
+            KvType::F32 => KvBuf::F32(vec![0.0; n]),
+        }
+    }
+
+    fn store(&mut self, at: usize, src: &[f32]) {
+        let range = at..at + src.len();
+        match self {
+            KvBuf::F16(x) => x[range]
+                .reinterpret_cast_mut::<f16>()
+                .convert_from_f32_slice(src),
+            KvBuf::F32(x) => x[range].copy_from_slice(src),
+        }
+    }
+
+    fn rows(&self) -> KvRows<'_> {
+        match self {
+            KvBuf::F16(x) => KvRows::F16(x.reinterpret_cast()),
+            KvBuf::F32(x) => KvRows::F32(x),
+        }
+    }
+}
 
 struct LayerKv {
-    /// (n_blocks, n_kv_heads, block_size, head_dim): a head's positions are
-    /// contiguous within a block so attention streams them.
-    k: Vec<f32>,
-    /// (n_blocks, n_kv_heads, block_size, head_dim)
-    v: Vec<f32>,
+    k: KvBuf,
+    v: KvBuf,
 }
 
 /// Keys and values of every layer in `n_blocks` blocks of `block_size`
-/// positions, f32.
+/// positions, f16 or f32.
 pub struct KvPool {
     layers: Vec<LayerKv>,
     n_kv_heads: usize,
@@ -29,14 +83,14 @@ pub struct KvPool {
 }
 
 impl KvPool {
-    /// Allocates `n_blocks` blocks; errors instead of overflowing or asking
-    /// for more than `max_bytes`.
+    /// Allocates `n_blocks` blocks of `kv_type`; errors instead of
+    /// overflowing or asking for more than `max_bytes`.
     pub fn new(
         n_layers: usize,
         n_kv_heads: usize,
         head_dim: usize,
-        block_size: usize,
-        n_blocks: usize,
+        (block_size, n_blocks): (usize, usize),
+        kv_type: KvType,
         max_bytes: usize,
     ) -> Result<Self> {
         if block_size == 0 || n_blocks == 0 {
@@ -54,7 +108,7 @@ impl KvPool {
                 ))
             })?;
         per_layer
-            .checked_mul(2 * size_of::<f32>())
+            .checked_mul(2 * kv_type.bytes())
             .and_then(|x| x.checked_mul(n_layers))
             .filter(|&b| b <= max_bytes)
             .ok_or_else(|| {
@@ -64,8 +118,8 @@ impl KvPool {
             })?;
         let layers = (0..n_layers)
             .map(|_| LayerKv {
-                k: vec![0.0; per_layer],
-                v: vec![0.0; per_layer],
+                k: KvBuf::zeroed(kv_type, per_layer),
+                v: KvBuf::zeroed(kv_type, per_layer),
             })
             .collect();
         Ok(Self {
@@ -77,13 +131,14 @@ impl KvPool {
         })
     }
 
-    /// Bytes of K and V per block over all layers.
+    /// Bytes of K and V per block over all layers, with the default
+    /// [`KvType`] (the pool of `LoadOptions::default()`).
     pub fn block_bytes(n_layers: usize, n_kv_heads: usize, head_dim: usize, bs: usize) -> usize {
         n_layers
             .saturating_mul(n_kv_heads)
             .saturating_mul(head_dim)
             .saturating_mul(bs)
-            .saturating_mul(2 * size_of::<f32>())
+            .saturating_mul(2 * KvType::default().bytes())
     }
 
     pub fn block_size(&self) -> usize {
@@ -145,8 +200,8 @@ impl KvPool {
             let block = table[pos / bs] as usize;
             for h in 0..nkv {
                 let dst = ((block * nkv + h) * bs + pos % bs) * hd;
-                l.k[dst..dst + hd].copy_from_slice(&kt[h * hd..(h + 1) * hd]);
-                l.v[dst..dst + hd].copy_from_slice(&vt[h * hd..(h + 1) * hd]);
+                l.k.store(dst, &kt[h * hd..(h + 1) * hd]);
+                l.v.store(dst, &vt[h * hd..(h + 1) * hd]);
             }
         }
     }
@@ -154,8 +209,8 @@ impl KvPool {
     pub(crate) fn view<'a>(&'a self, layer: usize, table: &'a [u32]) -> KvView<'a> {
         let l = &self.layers[layer];
         KvView {
-            k: &l.k,
-            v: &l.v,
+            k: l.k.rows(),
+            v: l.v.rows(),
             block_size: self.block_size,
             blocks: table,
         }
@@ -173,21 +228,28 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// Allocates room for `capacity` positions; errors instead of
-    /// overflowing or asking for more than `max_bytes`.
+    /// Allocates room for `capacity` positions of `kv_type`; errors instead
+    /// of overflowing or asking for more than `max_bytes`.
     pub fn new(
         n_layers: usize,
         n_kv_heads: usize,
         head_dim: usize,
-        capacity: usize,
+        (capacity, kv_type): (usize, KvType),
         max_bytes: usize,
     ) -> Result<Self> {
-        let pool =
-            KvPool::new(n_layers, n_kv_heads, head_dim, capacity, 1, max_bytes).map_err(|_| {
-                ModelError::Invalid(format!(
-                    "KV cache of {capacity} positions needs more than the {max_bytes} bytes allowed"
-                ))
-            })?;
+        let pool = KvPool::new(
+            n_layers,
+            n_kv_heads,
+            head_dim,
+            (capacity, 1),
+            kv_type,
+            max_bytes,
+        )
+        .map_err(|_| {
+            ModelError::Invalid(format!(
+                "KV cache of {capacity} positions needs more than the {max_bytes} bytes allowed"
+            ))
+        })?;
         Ok(Self { pool, len: 0 })
     }
 

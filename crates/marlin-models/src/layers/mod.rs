@@ -16,7 +16,7 @@ pub use attention::{Attention, AttentionConfig};
 pub use ctx::{ActivationHook, ForwardCtx, LogitsWanted, SeqChunk, SeqSpan};
 pub use embedding::Embedding;
 pub use head::OutputHead;
-pub use kv_cache::{KvCache, KvPool};
+pub use kv_cache::{KvCache, KvPool, KvType};
 pub use linear::Linear;
 pub use mlp::{Activation, Mlp};
 pub use norm::RmsNorm;
