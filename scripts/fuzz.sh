@@ -57,8 +57,18 @@ else
     export RUSTC_BOOTSTRAP=1
 fi
 
+# The fuzz binaries, built once by `cargo fuzz build` (which every mode runs
+# first, unless FUZZ_SKIP_BUILD=1 reuses the last build) and run directly, so
+# that all targets of one run are the same build.
+bin_dir="target/$(rustc -vV | sed -n 's/^host: //p')/release"
+build() {
+    if [ "${FUZZ_SKIP_BUILD:-0}" != 1 ]; then
+        cargo "${toolchain[@]}" fuzz build
+    fi
+}
+
 # run TARGET CORPUS_DIR LIBFUZZER_ARGS...: seeds are read from fuzz/seeds/TARGET,
-# new inputs written to CORPUS_DIR.
+# new inputs written to CORPUS_DIR, crashes to fuzz/artifacts/TARGET.
 run() {
     local target="$1" corpus="$2"
     shift 2
@@ -67,9 +77,10 @@ run() {
         seeds=("seeds/$target")
     fi
     mkdir -p "$corpus" "artifacts/$target"
-    cargo "${toolchain[@]}" fuzz run "$target" "$corpus" "${seeds[@]}" -- \
+    ASAN_OPTIONS="${ASAN_OPTIONS:-detect_odr_violation=0}" "$bin_dir/$target" \
+        -artifact_prefix="artifacts/$target/" \
         -max_len="$MAX_LEN" -rss_limit_mb="$RSS_LIMIT_MB" \
-        -timeout="$TIMEOUT_S" -print_final_stats=1 "$@"
+        -timeout="$TIMEOUT_S" -print_final_stats=1 "$@" "$corpus" "${seeds[@]}"
 }
 
 mode="${1:-ci}"
@@ -78,7 +89,7 @@ list)
     targets
     ;;
 ci)
-    cargo "${toolchain[@]}" fuzz build
+    build
     for target in $(targets); do
         runs="${CI_RUNS[$target]:?no CI budget for fuzz target $target in scripts/fuzz.sh}"
         corpus="$(mktemp -d)"
@@ -94,6 +105,7 @@ ci)
 explore)
     target="${2:?usage: scripts/fuzz.sh explore TARGET SECONDS}"
     seconds="${3:?usage: scripts/fuzz.sh explore TARGET SECONDS}"
+    build
     run "$target" "corpus/$target" -max_total_time="$seconds"
     ;;
 *)
