@@ -27,7 +27,7 @@ pub mod source;
 pub use config::ModelConfig;
 pub use error::ModelError;
 pub use layers::{ActivationHook, KvCache, KvPool, KvType, LogitsWanted, SeqChunk};
-pub use model::{BatchedModel, LoadOptions, Model};
+pub use model::{BatchedModel, LoadOptions, Model, MICRO_BATCH};
 
 use std::path::Path;
 

@@ -6,7 +6,10 @@
 mod common;
 
 use common::model_or_skip;
-use marlin_models::{load_model, BatchedModel, KvPool, LoadOptions, LogitsWanted, SeqChunk};
+use marlin_models::{
+    load_model, ActivationHook, BatchedModel, KvPool, LoadOptions, LogitsWanted, SeqChunk,
+    MICRO_BATCH,
+};
 
 const BLOCK: usize = 16;
 
@@ -194,6 +197,63 @@ fn chunked_prompt_and_all_logits() {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0f32, f32::max);
     assert!(max < 1e-3, "chunked prefill moved logits by {max}");
+}
+
+/// Receives nothing: passing a hook makes a forward call run as one pass.
+struct OnePass;
+
+impl ActivationHook for OnePass {
+    fn activation(&mut self, _: &str, _: Option<usize>, _: usize, _: &[f32]) {}
+}
+
+/// A batch longer than `MICRO_BATCH` rows runs as several passes: a long
+/// prompt's logits (all rows), and a two-sequence batch split in the middle
+/// of its second sequence, equal the one-pass forward (`MICRO_BATCH` is a
+/// multiple of the attention's query tile, so every tile is the same).
+#[test]
+fn micro_batches_equal_one_pass() {
+    let Some(path) = model_or_skip("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let model = load_model(&path, &LoadOptions::default()).unwrap();
+    let vocab = model.config().vocab_size;
+    let prompt = tokens(9, MICRO_BATCH * 2 + 40, vocab);
+    let mut cache = model.new_cache(prompt.len()).unwrap();
+    let one_pass = model
+        .forward_with(&prompt, &mut cache, LogitsWanted::All, Some(&mut OnePass))
+        .unwrap();
+    let mut cache = model.new_cache(prompt.len()).unwrap();
+    let passes = model.forward_all(&prompt, &mut cache).unwrap();
+    assert_eq!(cache.len(), prompt.len());
+    assert_eq!(passes.len(), prompt.len() * vocab);
+    assert!(one_pass == passes, "micro-batched logits differ");
+
+    let b = model.batched().unwrap();
+    let (p1, p2) = (tokens(3, 200, vocab), tokens(4, 150, vocab));
+    let (t1, t2): (Vec<u32>, Vec<u32>) = ((0..13).collect(), (13..23).collect());
+    let chunks = [
+        SeqChunk {
+            tokens: &p1,
+            block_table: &t1,
+            pos0: 0,
+            logits: Some(LogitsWanted::Last),
+        },
+        SeqChunk {
+            tokens: &p2,
+            block_table: &t2,
+            pos0: 0,
+            logits: Some(LogitsWanted::All),
+        },
+    ];
+    let mut pool = b.new_pool(BLOCK, 23).unwrap();
+    let split = b.forward_batch(&mut pool, &chunks).unwrap();
+    let mut pool = b.new_pool(BLOCK, 23).unwrap();
+    let whole = b
+        .forward_batch_with(&mut pool, &chunks, Some(&mut OnePass))
+        .unwrap();
+    assert_eq!(split[0].len(), vocab);
+    assert_eq!(split[1].len(), p2.len() * vocab);
+    assert!(split == whole, "split batch logits differ");
 }
 
 #[test]
