@@ -25,8 +25,9 @@ pub struct AttentionParams {
 }
 
 /// The stored keys or values of a layer: f16 (half the memory, llama.cpp's
-/// default cache type) or f32. Attention converts the rows it reads to f32
-/// (F16C where the CPU has it) and computes in f32.
+/// default cache type) or f32. Attention computes in f32: the one-token
+/// path widens f16 rows inside its dot / axpy kernels (F16C), the prefill
+/// path into the f32 tiles it builds anyway.
 #[derive(Clone, Copy, Debug)]
 pub enum KvRows<'a> {
     F16(&'a [f16]),
@@ -214,25 +215,35 @@ pub fn attention(
         let keys = p.key_range(pos0 + tok);
         let g = head / group;
         let mut scores = Vec::with_capacity(keys.len());
-        // f32 copies of up to ROWS_F32 key/value rows at a time.
-        let mut rows = vec![0.0f32; ROWS_F32.min(keys.len()) * hd];
         for (off, n) in kv.runs(p, g, keys.clone()) {
-            for r0 in (0..n).step_by(ROWS_F32) {
-                let rows = &mut rows[..(n - r0).min(ROWS_F32) * hd];
-                kv.k.read(off + r0 * hd, rows);
-                scores.extend(rows.chunks_exact(hd).map(|kr| (k.dot)(qh, kr) * p.scale));
+            let rows = off..off + n * hd;
+            match kv.k {
+                KvRows::F16(x) => scores.extend(
+                    x[rows]
+                        .chunks_exact(hd)
+                        .map(|kr| (k.dot_f16)(qh, kr) * p.scale),
+                ),
+                KvRows::F32(x) => {
+                    scores.extend(x[rows].chunks_exact(hd).map(|kr| (k.dot)(qh, kr) * p.scale))
+                }
             }
         }
         softmax_inplace(&mut scores);
         o.fill(0.0);
         let mut weights = scores.iter();
         for (off, n) in kv.runs(p, g, keys) {
-            for r0 in (0..n).step_by(ROWS_F32) {
-                let rows = &mut rows[..(n - r0).min(ROWS_F32) * hd];
-                kv.v.read(off + r0 * hd, rows);
-                // Rows first: zip stops on them without taking a weight.
-                for (vr, s) in rows.chunks_exact(hd).zip(weights.by_ref()) {
-                    (k.axpy)(*s, vr, o);
+            let rows = off..off + n * hd;
+            // Rows first: zip stops on them without taking a weight.
+            match kv.v {
+                KvRows::F16(x) => {
+                    for (vr, s) in x[rows].chunks_exact(hd).zip(weights.by_ref()) {
+                        (k.axpy_f16)(*s, vr, o);
+                    }
+                }
+                KvRows::F32(x) => {
+                    for (vr, s) in x[rows].chunks_exact(hd).zip(weights.by_ref()) {
+                        (k.axpy)(*s, vr, o);
+                    }
                 }
             }
         }
@@ -242,10 +253,6 @@ pub fn attention(
 
 /// Query tokens per task of the blocked path.
 const QUERY_BLOCK: usize = 32;
-
-/// Key/value rows the one-token path converts to f32 at a time (a few KiB,
-/// in L1 when the dot products read them).
-const ROWS_F32: usize = 64;
 
 /// Many query tokens (prefill): per (kv head, block of query tokens), the
 /// scores of every query head of the group are one small GEMM against the

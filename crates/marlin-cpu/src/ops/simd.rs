@@ -1,7 +1,9 @@
 //! Vector primitives behind the ops, resolved once per process into a table
-//! of function pointers: AVX2+FMA when the CPU has them, scalar otherwise.
-//! The scalar versions are the references the SIMD ones are tested against.
+//! of function pointers: AVX2+FMA (+F16C) when the CPU has them, scalar
+//! otherwise. The scalar versions are the references the SIMD ones are
+//! tested against.
 
+use half::f16;
 use std::sync::OnceLock;
 
 /// The primitives, each over equal-length slices (callers check lengths).
@@ -11,6 +13,10 @@ pub struct Kernels {
     pub dot: fn(&[f32], &[f32]) -> f32,
     /// `y[i] += a·x[i]`
     pub axpy: fn(f32, &[f32], &mut [f32]),
+    /// `Σ a[i]·b[i]` with `b` f16 (a KV cache row), widened as it is read.
+    pub dot_f16: fn(&[f32], &[f16]) -> f32,
+    /// `y[i] += a·x[i]` with `x` f16.
+    pub axpy_f16: fn(f32, &[f16], &mut [f32]),
     /// `Σ x[i]²`
     pub sum_sq: fn(&[f32]) -> f32,
     /// `out[i] = x[i]·s·w[i]`
@@ -33,7 +39,10 @@ pub fn kernels() -> &'static Kernels {
     K.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
                 return x86::KERNELS;
             }
         }
@@ -45,6 +54,8 @@ pub fn kernels() -> &'static Kernels {
 pub const SCALAR: Kernels = Kernels {
     dot: dot_ref,
     axpy: axpy_ref,
+    dot_f16: dot_f16_ref,
+    axpy_f16: axpy_f16_ref,
     sum_sq: sum_sq_ref,
     scale_mul: scale_mul_ref,
     exp_sub_sum: exp_sub_sum_ref,
@@ -61,6 +72,16 @@ pub fn dot_ref(a: &[f32], b: &[f32]) -> f32 {
 pub fn axpy_ref(a: f32, x: &[f32], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += a * xi;
+    }
+}
+
+pub fn dot_f16_ref(a: &[f32], b: &[f16]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y.to_f32()).sum()
+}
+
+pub fn axpy_f16_ref(a: f32, x: &[f16], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += a * xi.to_f32();
     }
 }
 
@@ -115,11 +136,14 @@ pub fn scale_ref(x: &mut [f32], s: f32) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::Kernels;
+    use half::f16;
     use std::arch::x86_64::*;
 
     pub const KERNELS: Kernels = Kernels {
         dot,
         axpy,
+        dot_f16,
+        axpy_f16,
         sum_sq,
         scale_mul,
         exp_sub_sum,
@@ -130,7 +154,7 @@ mod x86 {
     };
 
     // The safe wrappers below are only installed in `KERNELS`, which
-    // `kernels()` hands out only after detecting AVX2 and FMA.
+    // `kernels()` hands out only after detecting AVX2, FMA and F16C.
 
     fn dot(a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: AVX2+FMA detected before this table is used.
@@ -139,6 +163,14 @@ mod x86 {
     fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
         // SAFETY: as above.
         unsafe { axpy_avx2(a, x, y) }
+    }
+    fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+        // SAFETY: as above.
+        unsafe { dot_f16_avx2(a, b) }
+    }
+    fn axpy_f16(a: f32, x: &[f16], y: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { axpy_f16_avx2(a, x, y) }
     }
     fn sum_sq(x: &[f32]) -> f32 {
         // SAFETY: as above.
@@ -216,6 +248,59 @@ mod x86 {
         }
         while i < n {
             *py.add(i) += a * *px.add(i);
+            i += 1;
+        }
+    }
+
+    /// 8 f16 at `p` widened to f32 (exact).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_f16(p: *const f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+
+    /// [`dot_avx2`] with `b` widened from f16 as it is loaded: the same
+    /// accumulation order, so the same sum as widening `b` first.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_f16_avx2(a: &[f32], b: &[f16]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), load_f16(pb.add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                load_f16(pb.add(i + 8)),
+                acc1,
+            );
+            i += 16;
+        }
+        if i + 8 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), load_f16(pb.add(i)), acc0);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(acc0, acc1));
+        while i < n {
+            s += *pa.add(i) * (*pb.add(i)).to_f32();
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn axpy_f16_avx2(a: f32, x: &[f16], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let va = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 8 <= n {
+            let r = _mm256_fmadd_ps(va, load_f16(px.add(i)), _mm256_loadu_ps(py.add(i)));
+            _mm256_storeu_ps(py.add(i), r);
+            i += 8;
+        }
+        while i < n {
+            *py.add(i) += a * (*px.add(i)).to_f32();
             i += 1;
         }
     }
@@ -409,6 +494,24 @@ mod tests {
             for (x, y) in y1.iter().zip(&y2) {
                 // FMA rounds once, the scalar mul+add twice.
                 assert!(close(*x, *y, 1e-6, 1e-6), "axpy n={n}");
+            }
+
+            // f16 rows: the same as the f32 kernel on the widened row.
+            let b16: Vec<f16> = b.iter().map(|&v| f16::from_f32(v)).collect();
+            let b_wide: Vec<f32> = b16.iter().map(|v| v.to_f32()).collect();
+            assert_eq!((k.dot_f16)(&a, &b16), (k.dot)(&a, &b_wide), "dot_f16 n={n}");
+            assert!(
+                close(dot_f16_ref(&a, &b16), (k.dot)(&a, &b_wide), 1e-5, 1e-4),
+                "dot_f16_ref n={n}"
+            );
+            let (mut y1, mut y2) = (a.clone(), a.clone());
+            (k.axpy_f16)(0.37, &b16, &mut y1);
+            (k.axpy)(0.37, &b_wide, &mut y2);
+            assert_eq!(y1, y2, "axpy_f16 n={n}");
+            let mut y3 = a.clone();
+            axpy_f16_ref(0.37, &b16, &mut y3);
+            for (x, y) in y1.iter().zip(&y3) {
+                assert!(close(*x, *y, 1e-6, 1e-6), "axpy_f16_ref n={n}");
             }
 
             let (mut o1, mut o2) = (vec![0.0; n], vec![0.0; n]);
