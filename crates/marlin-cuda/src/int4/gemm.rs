@@ -70,10 +70,13 @@ const SK_MAX_BLOCK_WARPS: usize = 16;
 const SK_MIN_UNITS_PER_WARP: usize = 4;
 /// Stream-K: largest M (two token tiles; the whole A sits in shared memory).
 pub const SK_MAX_M: usize = 16;
-/// Whether `GemmPath::Auto` takes the stream-K kernel without
-/// `MARLIN_INT4_STREAMK` set: not until an H100 run has measured it against
-/// the split-K decode kernel (docs/CUDA.md, change 27).
-pub const SK_AUTO_DEFAULT: bool = false;
+/// Narrowest weight (N) for which `GemmPath::Auto` takes the stream-K kernel
+/// without `MARLIN_INT4_STREAMK` set. Measured on the H100 (docs/CUDA.md,
+/// change 27 outcome): faster than the split-K decode kernel at N = 14336
+/// and 28672 (28672x8192 M = 1: 49.0 vs 53.9 us; M = 8: 50.7 vs 66.0 us;
+/// 14336x4096 M = 16: 22.0 vs 27.0 us), slower at N = 4096 (4096x4096
+/// M = 1: 14.1 vs 7.6 us; 4096x14336 M = 1: 22.5 vs 15.7 us).
+pub const SK_AUTO_MIN_N: usize = 14336;
 
 /// An INT4 weight matrix resident on the device in the kernel's layout.
 pub struct Int4Weight {
@@ -289,7 +292,7 @@ pub enum GemmPath {
     /// The stream-K decode kernel `w4a16_sk_*` (M <= 16, the whole A in
     /// shared memory; see [`stream_k_plan`]): a grid of the SM count, every
     /// warp streaming an equal share of the weight. `Auto` takes it at
-    /// M <= 16 where it fits when [`stream_k_enabled`]. A forced
+    /// M <= 16 where it fits when [`stream_k_auto`] says so. A forced
     /// `GemmOptions::splits` is the number of warps per SM. INT4 only: the
     /// `wgemm` formats treat it as `Fused`.
     StreamK,
@@ -697,7 +700,7 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
     }
     // Auto with a forced split factor keeps the split-K decode kernel.
     let auto_stream_k =
-        opts.path == GemmPath::Auto && opts.splits.is_none() && m <= SK_MAX_M && stream_k_enabled();
+        opts.path == GemmPath::Auto && opts.splits.is_none() && m <= SK_MAX_M && stream_k_auto(w.n);
     if opts.path == GemmPath::StreamK || auto_stream_k {
         let forced = if opts.path == GemmPath::StreamK {
             opts.splits
@@ -775,14 +778,17 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
 }
 
 /// Whether `GemmPath::Auto` takes the stream-K decode kernel at M <= 16
-/// where it fits: `MARLIN_INT4_STREAMK=1` / `0` (read once; same-run
-/// comparisons of the decode step with and without it), else
-/// [`SK_AUTO_DEFAULT`].
-pub fn stream_k_enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| {
-        std::env::var("MARLIN_INT4_STREAMK").map_or(SK_AUTO_DEFAULT, |v| v.trim() != "0")
-    })
+/// (where it fits) for a weight of `n` columns: `MARLIN_INT4_STREAMK=1` /
+/// `0` forces it on / off for every shape (read once; same-run comparisons
+/// of the decode step with and without it), else `n >= SK_AUTO_MIN_N`.
+pub fn stream_k_auto(n: usize) -> bool {
+    static FORCED: OnceLock<Option<bool>> = OnceLock::new();
+    let forced = *FORCED.get_or_init(|| {
+        std::env::var("MARLIN_INT4_STREAMK")
+            .ok()
+            .map(|v| v.trim() != "0")
+    });
+    forced.unwrap_or(n >= SK_AUTO_MIN_N)
 }
 
 /// Launch shape of the stream-K decode kernel: `blocks` x `warps` warps,
