@@ -55,6 +55,7 @@ fuzz_target!(|data: &[u8]| {
     drop(hf);
     let opts = LoadOptions {
         max_cache_bytes: 64 << 20,
+        ..LoadOptions::default()
     };
     let Ok(model) = load_model(&dir, &opts) else {
         return;
