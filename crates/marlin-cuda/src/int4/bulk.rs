@@ -15,7 +15,7 @@
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use half::f16;
 
-use super::gemm::{GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
+use super::gemm::{launch_grid, GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
 use super::pack::N_TILE;
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
@@ -202,22 +202,8 @@ pub(super) fn launch(
     call: &BulkCall,
 ) -> Result<()> {
     let p = call.plan;
-    let grid = (
-        u32::try_from(p.n_tiles).map_err(|_| CudaError::Shape("too many N tiles".into()))?,
-        u32::try_from(p.splits).map_err(|_| CudaError::Shape("too many splits".into()))?,
-        1,
-    );
-    if grid.1 > 65_535 {
-        return Err(CudaError::Shape(format!(
-            "grid {grid:?} exceeds CUDA limits"
-        )));
-    }
-    if p.splits > 1 && (ws.partials.len() < call.partials || ws.tickets.len() < call.tickets) {
-        return Err(CudaError::Shape(format!(
-            "split-K workspace too small for M={m} N={} ({} splits): call GemmWorkspace::prepare",
-            w.n, p.splits
-        )));
-    }
+    let grid = launch_grid(p.n_tiles, p.splits, 1)?;
+    ws.check_split_k(p.splits, call.partials, call.tickets, (m, w.n), "prepare")?;
     let smem = call.smem;
     let func = dev.function(MODULE, SOURCE, KERNEL, BULK_SMEM_LIMIT as u32)?;
     let (m_i32, n_i32, k_i32) = (to_i32("M", m)?, to_i32("N", w.n)?, to_i32("K", w.k)?);

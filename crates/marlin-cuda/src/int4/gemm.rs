@@ -159,6 +159,25 @@ pub struct GemmWorkspace {
 }
 
 impl GemmWorkspace {
+    /// Errors unless the split-K scratch holds `partials` floats and
+    /// `tickets` counters (needed only when `splits > 1`); `prepare` names the
+    /// call that sizes it.
+    pub(crate) fn check_split_k(
+        &self,
+        splits: usize,
+        partials: usize,
+        tickets: usize,
+        (m, n): (usize, usize),
+        prepare: &str,
+    ) -> Result<()> {
+        if splits > 1 && (self.partials.len() < partials || self.tickets.len() < tickets) {
+            return Err(CudaError::Shape(format!(
+                "split-K workspace too small for M={m} N={n} ({splits} splits): call GemmWorkspace::{prepare}"
+            )));
+        }
+        Ok(())
+    }
+
     pub fn new(dev: &CudaDevice) -> Result<Self> {
         Ok(Self {
             partials: dev.alloc_zeros("split-K partials", 1)?,
@@ -451,6 +470,18 @@ pub struct GemmPlan {
     pub n_tiles: usize,
     /// K partitions per output column (stream-K: warps per SM).
     pub splits: usize,
+}
+
+/// A launch grid of `(x, y, z)` blocks, checked against CUDA's limits
+/// (x < 2^31, y and z <= 65535).
+pub(crate) fn launch_grid(x: usize, y: usize, z: usize) -> Result<(u32, u32, u32)> {
+    let dim = |v: usize, max: u32| u32::try_from(v).ok().filter(|&v| v <= max);
+    match (dim(x, i32::MAX as u32), dim(y, 65_535), dim(z, 65_535)) {
+        (Some(x), Some(y), Some(z)) => Ok((x, y, z)),
+        _ => Err(CudaError::Shape(format!(
+            "grid ({x}, {y}, {z}) exceeds CUDA limits"
+        ))),
+    }
 }
 
 /// Choose the kernel variant and split-K factor (each split with at least
@@ -1103,22 +1134,8 @@ pub fn int4_gemm_prepared(
     };
     let p = fc.plan;
     let m_i32 = i32::try_from(m).map_err(|_| CudaError::Shape(format!("M = {m} exceeds i32")))?;
-    let grid = (
-        u32::try_from(p.m_blocks).map_err(|_| CudaError::Shape("too many M blocks".into()))?,
-        u32::try_from(p.n_tiles).map_err(|_| CudaError::Shape("too many N tiles".into()))?,
-        fc.grid_splits as u32,
-    );
-    if grid.1 > 65_535 || grid.2 > 65_535 {
-        return Err(CudaError::Shape(format!(
-            "grid {grid:?} exceeds CUDA limits"
-        )));
-    }
-    if fc.grid_splits > 1 && (ws.partials.len() < fc.partials || ws.tickets.len() < fc.tickets) {
-        return Err(CudaError::Shape(format!(
-            "split-K workspace too small for M={m} N={} ({} splits): call GemmWorkspace::prepare",
-            w.n, p.splits
-        )));
-    }
+    let grid = launch_grid(p.m_blocks, p.n_tiles, fc.grid_splits)?;
+    ws.check_split_k(fc.grid_splits, fc.partials, fc.tickets, (m, w.n), "prepare")?;
     ws.check_prepared(p.kernel)?;
     let func_name = p.kernel;
     let func = dev.function(MODULE, SOURCE, func_name, fc.max_smem)?;
@@ -1289,6 +1306,20 @@ mod tests {
         stream_k_launch_for, variant, DecodeShape, StreamKShape, DEC_MAX_M, DEC_MAX_WARPS,
         DEC_SMEM_LIMIT, MIN_CHUNKS_PER_SPLIT, SK_MAX_BLOCK_WARPS, SK_MAX_M, SK_MIN_UNITS_PER_WARP,
     };
+
+    /// The shared launch-grid check: y and z at most 65535, x below 2^31.
+    #[test]
+    fn launch_grid_enforces_cuda_limits() {
+        use super::launch_grid;
+        assert_eq!(launch_grid(3, 65_535, 65_535).unwrap(), (3, 65_535, 65_535));
+        assert_eq!(
+            launch_grid(i32::MAX as usize, 1, 1).unwrap(),
+            (i32::MAX as u32, 1, 1)
+        );
+        assert!(launch_grid(1, 65_536, 1).is_err());
+        assert!(launch_grid(1, 1, 65_536).is_err());
+        assert!(launch_grid(i32::MAX as usize + 1, 1, 1).is_err());
+    }
 
     /// Every decode plan (M = 1..32; benchmark, Llama-8B decode and odd
     /// shapes; groups of 32, 128 and per channel; with and without zero

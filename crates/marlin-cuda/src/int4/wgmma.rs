@@ -11,7 +11,7 @@
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 use half::f16;
 
-use super::gemm::{GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
+use super::gemm::{launch_grid, GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
 use super::pack::N_TILE;
 use crate::device::CudaDevice;
 use crate::error::{CudaError, Result};
@@ -262,22 +262,8 @@ pub(super) fn launch(
     call: &WgmmaCall,
 ) -> Result<()> {
     let p = call.plan;
-    let grid = (
-        u32::try_from(p.m_blocks).map_err(|_| CudaError::Shape("too many M blocks".into()))?,
-        u32::try_from(p.n_tiles).map_err(|_| CudaError::Shape("too many N blocks".into()))?,
-        u32::try_from(p.splits).map_err(|_| CudaError::Shape("too many splits".into()))?,
-    );
-    if grid.1 > 65_535 || grid.2 > 65_535 {
-        return Err(CudaError::Shape(format!(
-            "grid {grid:?} exceeds CUDA limits"
-        )));
-    }
-    if p.splits > 1 && (ws.partials.len() < call.partials || ws.tickets.len() < call.tickets) {
-        return Err(CudaError::Shape(format!(
-            "split-K workspace too small for M={m} N={} ({} splits): call GemmWorkspace::prepare",
-            w.n, p.splits
-        )));
-    }
+    let grid = launch_grid(p.m_blocks, p.n_tiles, p.splits)?;
+    ws.check_split_k(p.splits, call.partials, call.tickets, (m, w.n), "prepare")?;
     let func = dev.function(MODULE, SOURCE, p.kernel, call.smem)?;
     let (m_i32, n_i32, k_i32) = (to_i32("M", m)?, to_i32("N", w.n)?, to_i32("K", w.k)?);
     let (n_pad_i32, k_chunks_i32, group_k32_i32, splits_i32) = (

@@ -18,7 +18,7 @@ use super::pack::{pack_wx, WxFormat, WxPacked};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
 use crate::int4::gemm::{
-    auto_fused, gemm_dense_f16_weight, GemmOptions, GemmPath, GemmPlan, GemmWorkspace,
+    auto_fused, gemm_dense_f16_weight, launch_grid, GemmOptions, GemmPath, GemmPlan, GemmWorkspace,
 };
 use crate::int4::pack::N_TILE;
 use crate::ops::to_i32;
@@ -349,24 +349,14 @@ pub fn wx_gemm_prepared(
         PREPARED_M16
     };
     check_prepared(w, bit, p.kernel)?;
-    let grid = (
-        u32::try_from(p.m_blocks).map_err(|_| CudaError::Shape("too many M blocks".into()))?,
-        u32::try_from(p.n_tiles).map_err(|_| CudaError::Shape("too many N tiles".into()))?,
-        p.splits as u32,
-    );
-    if grid.1 > 65_535 || grid.2 > 65_535 {
-        return Err(CudaError::Shape(format!(
-            "grid {grid:?} exceeds CUDA limits"
-        )));
-    }
-    if p.splits > 1
-        && (ws.partials.len() < p.splits * m * w.n_pad || ws.tickets.len() < p.n_tiles * p.m_blocks)
-    {
-        return Err(CudaError::Shape(format!(
-            "split-K workspace too small for M={m} N={} ({} splits): call GemmWorkspace::prepare_wx",
-            w.n, p.splits
-        )));
-    }
+    let grid = launch_grid(p.m_blocks, p.n_tiles, p.splits)?;
+    ws.check_split_k(
+        p.splits,
+        p.splits * m * w.n_pad,
+        p.n_tiles * p.m_blocks,
+        (m, w.n),
+        "prepare_wx",
+    )?;
     let smem = smem_bytes(w.format, m, w.k_chunks, p.splits);
     let func = dev.function(MODULE, SOURCE, p.kernel, max_smem(w.format)?)?;
     let cfg = LaunchConfig {
