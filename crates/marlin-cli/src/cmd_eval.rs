@@ -70,20 +70,21 @@ pub fn perplexity(
 
 /// `marlin eval kld`: KL divergence of MODEL's token distributions against
 /// BASE's on the perplexity windows of a text (tokenized by BASE's tokenizer).
+/// Both models run on `compute.device`.
 pub fn kld(
     model_path: &Path,
     base_path: &Path,
     text_path: &Path,
     ctx: usize,
     chunks: Option<usize>,
-    threads: Option<usize>,
+    compute: &ComputeArgs,
 ) -> anyhow::Result<()> {
     use marlin_engine::kld::KldAccumulator;
-    crate::init_threads(threads)?;
+    crate::init_threads(compute.threads)?;
     let text = std::fs::read_to_string(text_path)
         .with_context(|| format!("reading {}", text_path.display()))?;
-    let base = session::load(base_path)?;
-    let model = session::load(model_path)?;
+    let base = session::load_on(base_path, compute.device)?;
+    let model = session::load_on(model_path, compute.device)?;
     let vocab = base.model.config().vocab_size;
     if model.model.config().vocab_size != vocab {
         anyhow::bail!(
@@ -105,15 +106,15 @@ pub fn kld(
         },
     )?;
     eprintln!("{} tokens, {} windows of {ctx}", tokens.len(), wins.len());
-    let mut base_cache = base.model.new_cache(ctx)?;
-    let mut model_cache = model.model.new_cache(ctx)?;
+    let mut base_seq = base.model.new_sequence(ctx)?;
+    let mut model_seq = model.model.new_sequence(ctx)?;
     let mut acc = KldAccumulator::default();
     let t0 = Instant::now();
     for (i, w) in wins.iter().enumerate() {
-        base_cache.clear();
-        model_cache.clear();
-        let lb = base.model.forward_all(w, &mut base_cache)?;
-        let lm = model.model.forward_all(w, &mut model_cache)?;
+        base_seq.clear();
+        model_seq.clear();
+        let lb = base_seq.forward_all(w)?;
+        let lm = model_seq.forward_all(w)?;
         acc.add_window(w, &lb, &lm, vocab)?;
         let s = acc.summary();
         let done = i + 1;

@@ -145,8 +145,8 @@ enum EvalCommand {
         /// At most this many windows.
         #[arg(long)]
         chunks: Option<usize>,
-        #[arg(long)]
-        threads: Option<usize>,
+        #[command(flatten)]
+        compute: ComputeArgs,
     },
     /// Per-layer weight MSE and cosine similarity of MODEL against BASE.
     Layers {
@@ -294,9 +294,9 @@ fn main() {
                     text,
                     ctx,
                     chunks,
-                    threads,
+                    compute,
                 },
-        } => cmd_eval::kld(&model, &base, &text, ctx, chunks, threads),
+        } => cmd_eval::kld(&model, &base, &text, ctx, chunks, &compute),
         Command::Eval {
             what: EvalCommand::Layers { model, base },
         } => cmd_eval::layers(&model, &base),
