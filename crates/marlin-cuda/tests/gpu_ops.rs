@@ -527,6 +527,240 @@ fn attention_matches_reference() {
     check_attention(&dev, &mut r, &c, 1, 8);
 }
 
+/// One case of the fused decode attention (QK-norm + RoPE + KV write in
+/// the attention launch): rows are (sequence, position), distinct
+/// sequences.
+struct RopeCase {
+    n_heads: usize,
+    n_kv: usize,
+    hd: usize,
+    n_rot: usize,
+    style: RopeStyle,
+    qk_norm: bool,
+    window: Option<usize>,
+    rows: Vec<(i32, i32)>,
+    n_seqs: usize,
+    cap: usize,
+}
+
+/// `attention_decode_rope` against `qkv_rope_kv` + `attention_decode` on
+/// the same projection rows and cache history: the caches must end equal
+/// bit for bit (same f16 rounding of the same roped key), the outputs
+/// within `out_tol` relative (the same arithmetic in another kernel).
+fn check_attention_rope<T: ops::ActElem>(
+    dev: &CudaDevice,
+    r: &mut StdRng,
+    c: &RopeCase,
+    conv: impl Fn(f32) -> T,
+    back: impl Fn(T) -> f32,
+    out_tol: f32,
+) {
+    let (n_layers, layer) = (2, 1);
+    let (qd, kvd) = (c.n_heads * c.hd, c.n_kv * c.hd);
+    // q|k|v of one row side by side, plus an odd pad: row strides.
+    let width = qd + 2 * kvd + 5;
+    let m = c.rows.len();
+    let new_cache = || GpuKvCache::new(dev, n_layers, c.n_kv, c.hd, c.n_seqs, c.cap).unwrap();
+    let mut caches = [new_cache(), new_cache()];
+    let all = c.n_seqs * c.cap;
+    let (kd, vd) = (
+        up(dev, &rand_vec(r, all * kvd, -1.0, 1.0)),
+        up(dev, &rand_vec(r, all * kvd, -1.0, 1.0)),
+    );
+    let hist_seq: Vec<i32> = (0..all).map(|i| (i / c.cap) as i32).collect();
+    let hist_pos: Vec<i32> = (0..all).map(|i| (i % c.cap) as i32).collect();
+    let (hs, hp) = (up(dev, &hist_seq), up(dev, &hist_pos));
+    for cache in caches.iter_mut() {
+        ops::kv_write(dev, cache, layer, &kd, &vd, all, &hs, &hp).unwrap();
+    }
+    let proj: Vec<T> = rand_vec(r, m * width, -2.0, 2.0)
+        .into_iter()
+        .map(&conv)
+        .collect();
+    let projd = up(dev, &proj);
+    let q = ops::ProjRows {
+        data: projd.slice(0..),
+        stride: width,
+    };
+    let k = ops::ProjRows {
+        data: projd.slice(qd..),
+        stride: width,
+    };
+    let v = ops::ProjRows {
+        data: projd.slice(qd + kvd..),
+        stride: width,
+    };
+    let (qn, kn) = (
+        up(dev, &rand_vec(r, c.hd, 0.5, 1.5)),
+        up(dev, &rand_vec(r, c.hd, 0.5, 1.5)),
+    );
+    let qk_norm = c.qk_norm.then_some((&qn, &kn));
+    let rope = Rope::new(c.hd, c.n_rot, 10_000.0, c.style, &RopeScaling::None).unwrap();
+    let gpu_rope = GpuRope::new(dev, &rope).unwrap();
+    let seqd = up(dev, &c.rows.iter().map(|x| x.0).collect::<Vec<_>>());
+    let posd = up(dev, &c.rows.iter().map(|x| x.1).collect::<Vec<_>>());
+    let p = AttnParams {
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv,
+        head_dim: c.hd,
+        scale: 1.0 / (c.hd as f32).sqrt(),
+        window: c.window,
+        softcap: None,
+    };
+    let shape = ops::HeadShape {
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv,
+        head_dim: c.hd,
+    };
+    let eps = 1e-6;
+    let poisoned_t = || up(dev, &vec![conv(f32::NAN); m * qd + SLACK]);
+    // Two launches into cache 0.
+    let mut qf = poisoned(dev, m * qd);
+    let dest = ops::KvDest::Cache {
+        cache: &mut caches[0],
+        layer,
+    };
+    ops::qkv_rope_kv(
+        dev, &q, &k, &v, m, shape, qk_norm, eps, 0.0, &gpu_rope, dest, &seqd, &posd, &mut qf,
+    )
+    .unwrap();
+    let mut out_a = poisoned_t();
+    ops::attention_decode(dev, &p, &qf, &caches[0], layer, m, &seqd, &posd, &mut out_a).unwrap();
+    // One launch into cache 1.
+    let inp = ops::RopeInputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        qk_norm,
+        eps,
+        w_offset: 0.0,
+        rope: &gpu_rope,
+    };
+    let mut out_b = poisoned_t();
+    ops::attention_decode_rope(
+        dev,
+        &p,
+        &inp,
+        &mut caches[1],
+        layer,
+        m,
+        &seqd,
+        &posd,
+        &mut out_b,
+    )
+    .unwrap();
+    let what = format!(
+        "fused attention h{}/kv{} hd{} rot {} {:?} norm {} window {:?} rows {:?} f16 {}",
+        c.n_heads,
+        c.n_kv,
+        c.hd,
+        c.n_rot,
+        c.style,
+        c.qk_norm,
+        c.window,
+        c.rows,
+        T::IS_F16
+    );
+    let (ka, va) = caches[0].download(dev).unwrap();
+    let (kb, vb) = caches[1].download(dev).unwrap();
+    for (name, a, b) in [("keys", &ka, &kb), ("values", &va, &vb)] {
+        if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
+            panic!("{what}: cache {name}[{i}] {} vs {}", a[i], b[i]);
+        }
+    }
+    let to_f32 = |x: Vec<T>| x.into_iter().map(&back).collect::<Vec<f32>>();
+    let (a, b) = (
+        to_f32(dev.download(&out_a).unwrap()),
+        to_f32(dev.download(&out_b).unwrap()),
+    );
+    assert_close(&what, &b, &a[..m * qd], out_tol);
+    // A q row stride below the q width is refused.
+    let short = ops::ProjRows {
+        data: projd.slice(0..),
+        stride: qd - 1,
+    };
+    let bad = ops::RopeInputs { q: &short, ..inp };
+    assert!(ops::attention_decode_rope(
+        dev,
+        &p,
+        &bad,
+        &mut caches[1],
+        layer,
+        m,
+        &seqd,
+        &posd,
+        &mut out_b
+    )
+    .is_err());
+}
+
+#[test]
+fn fused_rope_attention_matches_two_launches() {
+    let Some(dev) = device() else { return };
+    let mut r = rng("fused rope attention");
+    let cap = 700;
+    let mut cases = Vec::new();
+    // (n_heads, n_kv, head_dim, n_rot, style, qk-norm): GQA groups 4, 4
+    // (partial rotation), 8, 3, 16 (two head chunks), 2; head_dim 16..256.
+    for &(n_heads, n_kv, hd, n_rot, style, qk_norm) in &[
+        (32, 8, 128, 128, RopeStyle::Neox, false),
+        (16, 4, 128, 64, RopeStyle::Neox, true),
+        (8, 1, 64, 64, RopeStyle::Normal, true),
+        (9, 3, 64, 64, RopeStyle::Neox, false),
+        (32, 2, 128, 128, RopeStyle::Neox, true),
+        (4, 2, 16, 16, RopeStyle::Neox, true),
+        (8, 1, 256, 256, RopeStyle::Neox, false),
+    ] {
+        for window in [None, Some(37)] {
+            // Decode at batch 1 (many splits: the merge by ticket, the
+            // step's key in the last split).
+            cases.push(RopeCase {
+                n_heads,
+                n_kv,
+                hd,
+                n_rot,
+                style,
+                qk_norm,
+                window,
+                rows: vec![(0, r.gen_range(0..cap as i32))],
+                n_seqs: 1,
+                cap,
+            });
+            // Batched: three sequences, one row past the cache, one bad
+            // sequence (nothing written, zeros out), one at position 0.
+            let rows = vec![
+                (0, r.gen_range(0..cap as i32)),
+                (1, cap as i32 - 1),
+                (2, r.gen_range(0..cap as i32)),
+                (3, cap as i32),
+                (6, 0),
+                (4, 0),
+            ];
+            cases.push(RopeCase {
+                n_heads,
+                n_kv,
+                hd,
+                n_rot,
+                style,
+                qk_norm,
+                window,
+                rows,
+                n_seqs: 5,
+                cap,
+            });
+        }
+    }
+    for c in &cases {
+        check_attention_rope(&dev, &mut r, c, |x| x, |x| x, 1e-5);
+        // f16 output: one f16 ulp of slack for a differently fused multiply.
+        check_attention_rope(&dev, &mut r, c, f16::from_f32, f16::to_f32, 1e-3);
+    }
+    println!(
+        "PASS fused rope attention ({} cases x 2 types)",
+        cases.len()
+    );
+}
+
 fn argmax_ref(row: &[f32]) -> u32 {
     let mut best: Option<(usize, f32)> = None;
     for (i, &l) in row.iter().enumerate() {

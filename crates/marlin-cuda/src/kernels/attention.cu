@@ -15,7 +15,8 @@
 //   read once for all the query heads of the chunk, each sub-group keeps an
 //   online softmax, the block merges them in shared memory and writes either
 //   the normalised output (one split) or an unnormalised partial
-//   (max, sum, output) that attn_combine merges.
+//   (max, sum, output); the last block of a (row, head chunk) to finish
+//   (a ticket per (row, head chunk)) merges the splits' partials.
 // - attn_prefill_*: tiled online softmax for many query rows. One block per
 //   (tile of rows x heads of one kv head): K/V tiles of 32 keys are staged in
 //   shared memory once and used by all 32 query vectors of the block; lane t
@@ -28,16 +29,26 @@ typedef unsigned int u32;
 typedef unsigned short u16;
 
 #define ATT_NEG_INF (__int_as_float(0xff800000))
+// Most key splits of the decode kernel (MAX_SPLITS in src/ops/attention.rs).
+#define ATT_MAX_SPLITS 64
 #define ATT_LOG2E 1.4426950408889634f
 
-// Programmatic dependent launch (src/ops/launch.rs): first thing in every
-// block of the decode and combine kernels, before any early return: wait
-// for the previous kernel to complete, then let the next one launch. No-ops
-// for a plain launch and below sm_90.
-__device__ __forceinline__ void att_pdl_enter() {
+// Programmatic dependent launch (src/ops/launch.rs), in every block of the
+// decode kernels: att_pdl_trigger() first thing (the next kernel's grid may
+// launch once every block of this one has; its own wait still waits for
+// this grid's completion), att_pdl_wait() before any early return and
+// before reading anything but constants and the host-copied sequence ids /
+// positions (it waits for the previous kernel to complete). No-ops for a
+// plain launch and below sm_90.
+__device__ __forceinline__ void att_pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void att_pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
 
@@ -59,6 +70,24 @@ __device__ __forceinline__ void att_st(u16* p, long long i, float v) {
     u16 r;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(v));
     p[i] = r;
+}
+
+// Partials written by other blocks of the same launch: read from L2, not a
+// possibly stale L1 line.
+__device__ __forceinline__ float att_ld_cg(const float* p) {
+    float r;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
+    return r;
+}
+
+// A projection value (f32, or f16 bits) as f32.
+__device__ __forceinline__ float att_ldv(const float* p, long long i) { return p[i]; }
+__device__ __forceinline__ float att_ldv(const u16* p, long long i) { return att_h2f(p[i]); }
+
+__device__ __forceinline__ u16 att_f2h(float v) {
+    u16 r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(v));
+    return r;
 }
 
 __device__ __forceinline__ uint4 att_ld16(const u16* p) {
@@ -93,18 +122,45 @@ __device__ __forceinline__ long long att_head_base(int seq, int layer, int n_lay
 }
 
 // ------------------------------------------------------------------ decode
-template <int HD, int GT, typename OutT>
+// Inputs of the fused entries (attn_decode_rope_*), which also do the work
+// of mops_qkv_rope_kv (kernels/ops.cu) for one row: the layer's q / k / v
+// projection rows (read in place with row strides, the attention output's
+// type), the optional QK-norm, RoPE at the row's position, and the write
+// of this step's key and value into the cache. Each block ropes the query
+// heads of its chunk itself (identical arithmetic to mops_qkv_rope_kv);
+// the block whose key range holds the row's position ropes this step's
+// key, uses it from shared memory and (head chunk 0) writes it and the
+// value to the cache. Rows must belong to distinct sequences: a row never
+// reads a key that another row of the launch writes.
+template <typename InT>
+struct AttRopeIn {
+    const InT* q_in;
+    const InT* k_in;
+    const InT* v_in;
+    int q_stride, kv_stride;
+    const float* q_norm;  // null: no QK-norm
+    const float* k_norm;
+    float eps, w_offset;
+    const double* inv_freq;  // n_rot / 2 values
+    int n_rot, neox;
+};
+
+template <int HD, int GT, typename OutT, bool ROPE>
 __device__ __forceinline__ void attn_decode_impl(
-    const float* __restrict__ q, const u16* __restrict__ k_cache, const u16* __restrict__ v_cache,
+    const float* __restrict__ q, u16* __restrict__ k_cache, u16* __restrict__ v_cache,
     const int* __restrict__ row_seq, const int* __restrict__ row_pos, OutT* __restrict__ out,
-    float* __restrict__ partials, int n_heads, int n_kv_heads, int group, int n_layers, int layer,
-    int n_seqs, int capacity, float q_scale, float softcap, int window, int splits) {
+    float* __restrict__ partials, u32* __restrict__ tickets, int n_heads, int n_kv_heads,
+    int group, int n_layers, int layer, int n_seqs, int capacity, float q_scale, float softcap,
+    int window, int splits, const AttRopeIn<OutT>& ri) {
     constexpr int LPK = HD / 8;        // lanes per key (16 bytes each)
     constexpr int KPW = 32 / LPK;      // keys per warp step
     constexpr int NSUB = 4 * KPW;      // key sub-groups per block (4 warps)
+    // sm_o also holds the merge's [2][GT][ATT_MAX_SPLITS] (NSUB * HD = 1024).
+    static_assert(NSUB * HD >= 2 * ATT_MAX_SPLITS, "merge scratch");
     __shared__ float sm_o[NSUB][GT][HD];
     __shared__ float sm_m[NSUB][GT];
     __shared__ float sm_l[NSUB][GT];
+    att_pdl_trigger();
 
     const int split = blockIdx.x;
     const int head_chunks = (group + GT - 1) / GT;
@@ -125,11 +181,109 @@ __device__ __forceinline__ void attn_decode_impl(
     const int per_split = (((len + splits - 1) / splits) + 15) & ~15;
     const int k0 = lo + split * per_split;
     const int k1 = min(hi, k0 + per_split);
+    // Fused: this step's key (position pos = hi - 1 of a valid row) when it
+    // falls in this block's range, else -1 (never a key index).
+    const int fresh = ROPE && hi > lo && hi - 1 >= k0 && hi - 1 < k1 ? hi - 1 : -1;
+    constexpr int NROT = (HD / 2 + 31) / 32;  // rotation pairs per lane
+    float rc[NROT], rs[NROT];
+    if (ROPE) {
+        // The rotation of each of this lane's pairs, before the wait (sincos
+        // in f64 like the CPU Rope; the position is the host's copy).
+        const int pos = row_pos[row];
+#pragma unroll
+        for (int j = 0; j < NROT; ++j) {
+            const int i = lane + 32 * j;
+            rc[j] = 1.0f;
+            rs[j] = 0.0f;
+            if (i < (ri.n_rot >> 1)) {
+                double sd, cd;
+                sincos((double)pos * ri.inv_freq[i], &sd, &cd);
+                rc[j] = (float)cd;
+                rs[j] = (float)sd;
+            }
+        }
+    }
+    // Sequence and position come from the host's copy before the step; the
+    // queries and this step's keys come from the previous kernel.
+    att_pdl_wait();
+
+    // Fused: the chunk's roped queries, this step's roped key (f32, then
+    // f16 bits with the value's).
+    __shared__ __align__(16) float sm_q[ROPE ? GT : 1][HD];
+    __shared__ __align__(16) float sm_kx[ROPE ? HD : 1];
+    __shared__ __align__(16) u16 sm_kv[2][ROPE ? HD : 8];
+    if (ROPE) {
+        const int items = gh + (fresh >= 0 ? 1 : 0);
+        for (int it = warp; it < items; it += 4) {
+            const bool is_q = it < gh;
+            const OutT* src = is_q ? ri.q_in + (long long)row * ri.q_stride + (long long)(h0 + it) * HD
+                                   : ri.k_in + (long long)row * ri.kv_stride + (long long)kvh * HD;
+            float* x = is_q ? sm_q[is_q ? it : 0] : sm_kx;
+#pragma unroll
+            for (int j = 0; j < (HD + 31) / 32; ++j) {
+                const int i = lane + 32 * j;
+                if (i < HD) x[i] = att_ldv(src, i);
+            }
+            float vv[(HD + 31) / 32];
+            if (!is_q) {
+                const OutT* vs = ri.v_in + (long long)row * ri.kv_stride + (long long)kvh * HD;
+#pragma unroll
+                for (int j = 0; j < (HD + 31) / 32; ++j) {
+                    const int i = lane + 32 * j;
+                    vv[j] = i < HD ? att_ldv(vs, i) : 0.0f;
+                }
+            }
+            const float* nw = is_q ? ri.q_norm : ri.k_norm;
+            if (nw != 0) {
+                float ss = 0.0f;
+                for (int i = lane; i < HD; i += 32) ss += x[i] * x[i];
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+                const float inv = rsqrtf(ss / (float)HD + ri.eps);
+                for (int i = lane; i < HD; i += 32) x[i] = x[i] * inv * (nw[i] + ri.w_offset);
+            }
+            __syncwarp();
+            const int half = ri.n_rot >> 1;
+#pragma unroll
+            for (int j = 0; j < NROT; ++j) {
+                const int i = lane + 32 * j;
+                if (i >= half) break;
+                const float sf = rs[j], cf = rc[j];
+                const int ia = ri.neox ? i : 2 * i;
+                const int ib = ri.neox ? i + half : 2 * i + 1;
+                const float a = x[ia], b = x[ib];
+                x[ia] = a * cf - b * sf;
+                x[ib] = a * sf + b * cf;
+            }
+            __syncwarp();
+            if (!is_q) {
+                // The cache's f16 rounding, as the unfused kernels see it.
+                const long long dst =
+                    att_head_base(seq, layer, n_layers, kvh, n_kv_heads, capacity, HD) +
+                    (long long)fresh * HD;
+#pragma unroll
+                for (int j = 0; j < (HD + 31) / 32; ++j) {
+                    const int i = lane + 32 * j;
+                    if (i < HD) {
+                        const u16 kh = att_f2h(x[i]), vh = att_f2h(vv[j]);
+                        sm_kv[0][i] = kh;
+                        sm_kv[1][i] = vh;
+                        if (chunk == 0) {
+                            k_cache[dst + i] = kh;
+                            v_cache[dst + i] = vh;
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
 
     float qr[GT][8];
 #pragma unroll
     for (int h = 0; h < GT; ++h) {
-        const float* qp = q + ((long long)row * n_heads + h0 + h) * HD + sl * 8;
+        const float* qp = ROPE ? &sm_q[ROPE ? h : 0][sl * 8]
+                               : q + ((long long)row * n_heads + h0 + h) * HD + sl * 8;
 #pragma unroll
         for (int e = 0; e < 8; ++e) qr[h][e] = h < gh ? qp[e] * q_scale : 0.0f;
     }
@@ -147,17 +301,21 @@ __device__ __forceinline__ void attn_decode_impl(
             att_head_base(seq, layer, n_layers, kvh, n_kv_heads, capacity, HD) + sl * 8;
         const u16* kp = k_cache + base;
         const u16* vp = v_cache + base;
+        // Key jj's 16 bytes of this lane (this step's from shared memory).
+        const uint4* skv = reinterpret_cast<const uint4*>(ROPE ? &sm_kv[0][sl * 8] : 0);
+        const uint4* svv = reinterpret_cast<const uint4*>(ROPE ? &sm_kv[1][sl * 8] : 0);
         int j = k0 + sub;
         uint4 kn = make_uint4(0, 0, 0, 0), vn = kn;
         if (j < k1) {
-            kn = att_ld16(kp + (long long)j * HD);
-            vn = att_ld16(vp + (long long)j * HD);
+            kn = j == fresh ? *skv : att_ld16(kp + (long long)j * HD);
+            vn = j == fresh ? *svv : att_ld16(vp + (long long)j * HD);
         }
         for (; j < k1; j += NSUB) {
             const uint4 kc = kn, vc = vn;
-            if (j + NSUB < k1) {  // prefetch the next key of this sub-group
-                kn = att_ld16(kp + (long long)(j + NSUB) * HD);
-                vn = att_ld16(vp + (long long)(j + NSUB) * HD);
+            const int jn = j + NSUB;
+            if (jn < k1) {  // prefetch the next key of this sub-group
+                kn = jn == fresh ? *skv : att_ld16(kp + (long long)jn * HD);
+                vn = jn == fresh ? *svv : att_ld16(vp + (long long)jn * HD);
             }
             float kf[8], vf[8];
             att_h2x2(kc.x, kf[0], kf[1]);
@@ -223,81 +381,90 @@ __device__ __forceinline__ void attn_decode_impl(
             pp[2 + d] = osum;
         }
     }
-}
-
-// Merge the splits' partials of one (row, head): one block of head_dim x
-// ATT_COMBINE_GROUPS threads. The splits' (max, sum) pairs are loaded once
-// into shared memory by as many threads in parallel; thread (d, g) sums
-// output d over the splits g, g + G, ... (independent loads, several in
-// flight), and the G partial sums are added in shared memory. At batch 1
-// the combine is pure latency: tens of splits read one after the other
-// by one thread cost microseconds.
-#define ATT_MAX_SPLITS 64
-#define ATT_COMBINE_GROUPS 4
-template <typename OutT>
-__device__ __forceinline__ void attn_combine_impl(const float* __restrict__ partials,
-                                                  OutT* __restrict__ out, int head_dim,
-                                                  int splits) {
-    __shared__ float s_w[ATT_MAX_SPLITS];
-    __shared__ float s_l[ATT_MAX_SPLITS];
-    __shared__ float s_o[ATT_COMBINE_GROUPS][256];
-    const long long qh = blockIdx.x;
-    const float* pp = partials + qh * splits * (long long)(head_dim + 2);
-    const int d = threadIdx.x, g = threadIdx.y;
-    const int t = threadIdx.y * blockDim.x + threadIdx.x;
-    if (t < splits) {
-        s_w[t] = pp[t * (head_dim + 2)];
-        s_l[t] = pp[t * (head_dim + 2) + 1];
+    if (splits == 1) return;
+    // The last block of this (row, kv head chunk) to finish merges the
+    // splits' partials of its heads (was a second launch, attn_combine: a
+    // dependent launch costs more than this block's extra loads).
+    __shared__ int s_last;
+    __threadfence();  // this block's partials are visible before its ticket
+    __syncthreads();
+    u32* ticket = tickets + (long long)row * gridDim.y + blockIdx.y;
+    if (threadIdx.x == 0) s_last = atomicAdd(ticket, 1u) == (u32)(splits - 1);
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    // sm_o (NSUB * HD = 1024 floats per head) is free again: [GT][splits]
+    // split maxima (then weights) and [GT][splits] split sums.
+    float* s_w = &sm_o[0][0][0];
+    float* s_l = s_w + GT * ATT_MAX_SPLITS;
+    for (int i = threadIdx.x; i < gh * splits; i += blockDim.x) {
+        const int h = i / splits, sp = i % splits;
+        const float* pp =
+            partials + (((long long)row * n_heads + h0 + h) * splits + sp) * (HD + 2);
+        s_w[h * splits + sp] = att_ld_cg(pp);
+        s_l[h * splits + sp] = att_ld_cg(pp + 1);
     }
     __syncthreads();
-    float mx = ATT_NEG_INF;
-    for (int sp = 0; sp < splits; ++sp) mx = fmaxf(mx, s_w[sp]);
-    __syncthreads();  // every thread has read the maxima
-    if (t < splits) s_w[t] = mx != ATT_NEG_INF ? exp2f(s_w[t] - mx) : 0.0f;
-    __syncthreads();
-    float osum = 0.0f;
-    if (d < head_dim) {
-#pragma unroll 4
-        for (int sp = g; sp < splits; sp += blockDim.y)
-            osum = fmaf(s_w[sp], pp[sp * (head_dim + 2) + 2 + d], osum);
-        s_o[g][d] = osum;
-    }
-    __syncthreads();
-    if (g == 0 && d < head_dim) {
+    for (int h = threadIdx.x; h < gh; h += blockDim.x) {
+        float mx = ATT_NEG_INF;
+        for (int sp = 0; sp < splits; ++sp) mx = fmaxf(mx, s_w[h * splits + sp]);
         float lsum = 0.0f;
-        for (int sp = 0; sp < splits; ++sp) lsum = fmaf(s_w[sp], s_l[sp], lsum);
-        float o = 0.0f;
-        for (int gg = 0; gg < (int)blockDim.y; ++gg) o += s_o[gg][d];
-        att_st(out, qh * head_dim + d, lsum > 0.0f ? o / lsum : 0.0f);
+        for (int sp = 0; sp < splits; ++sp) {
+            const float w = mx != ATT_NEG_INF ? exp2f(s_w[h * splits + sp] - mx) : 0.0f;
+            s_w[h * splits + sp] = w;
+            lsum = fmaf(w, s_l[h * splits + sp], lsum);
+        }
+        sm_l[0][h] = lsum;
     }
-}
-
-extern "C" __global__ void attn_combine(const float* partials, float* out, int head_dim,
-                                        int splits) {
-    att_pdl_enter();
-    attn_combine_impl<float>(partials, out, head_dim, splits);
-}
-
-extern "C" __global__ void attn_combine_h(const float* partials, u16* out, int head_dim,
-                                          int splits) {
-    att_pdl_enter();
-    attn_combine_impl<u16>(partials, out, head_dim, splits);
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < gh * HD; idx += blockDim.x) {
+        const int h = idx / HD, d = idx % HD;
+        const long long qh = (long long)row * n_heads + h0 + h;
+        const float* pp = partials + qh * splits * (HD + 2) + 2 + d;
+        float osum = 0.0f;
+#pragma unroll 8
+        for (int sp = 0; sp < splits; ++sp)
+            osum = fmaf(s_w[h * splits + sp], att_ld_cg(pp + sp * (HD + 2)), osum);
+        const float lsum = sm_l[0][h];
+        att_st(out, qh * HD + d, lsum > 0.0f ? osum / lsum : 0.0f);
+    }
+    if (threadIdx.x == 0) *ticket = 0u;  // ready for the next launch
 }
 
 #define ATTN_DECODE_ENTRY_T(NAME, HD, GT, OutT)                                                \
     extern "C" __global__ void __launch_bounds__(128)                                          \
-        NAME(const float* q, const u16* k_cache, const u16* v_cache, const int* row_seq,       \
-             const int* row_pos, OutT* out, float* partials, int n_heads, int n_kv_heads,      \
-             int group, int n_layers, int layer, int n_seqs, int capacity, float q_scale,      \
-             float softcap, int window, int splits) {                                          \
-        att_pdl_enter();                                                                       \
-        attn_decode_impl<HD, GT, OutT>(q, k_cache, v_cache, row_seq, row_pos, out, partials,   \
-                                       n_heads, n_kv_heads, group, n_layers, layer, n_seqs,    \
-                                       capacity, q_scale, softcap, window, splits);            \
+        NAME(const float* q, u16* k_cache, u16* v_cache, const int* row_seq,                   \
+             const int* row_pos, OutT* out, float* partials, u32* tickets, int n_heads,        \
+             int n_kv_heads, int group, int n_layers, int layer, int n_seqs, int capacity,     \
+             float q_scale, float softcap, int window, int splits) {                           \
+        /* the PDL wait inside, after the row's sequence and position */                       \
+        const AttRopeIn<OutT> ri = {};                                                         \
+        attn_decode_impl<HD, GT, OutT, false>(q, k_cache, v_cache, row_seq, row_pos, out,      \
+                                              partials, tickets, n_heads, n_kv_heads, group,   \
+                                              n_layers, layer, n_seqs, capacity, q_scale,      \
+                                              softcap, window, splits, ri);                    \
     }
-#define ATTN_DECODE_ENTRY(HD, GT)                                    \
-    ATTN_DECODE_ENTRY_T(attn_decode_hd##HD##_g##GT, HD, GT, float) \
-    ATTN_DECODE_ENTRY_T(attn_decode_hd##HD##_g##GT##_h, HD, GT, u16)
+// The fused entries: q / k / v projection rows instead of roped f32 queries.
+#define ATTN_DECODE_ROPE_ENTRY_T(NAME, HD, GT, T)                                              \
+    extern "C" __global__ void __launch_bounds__(128)                                          \
+        NAME(const T* q_in, const T* k_in, const T* v_in, int q_stride, int kv_stride,         \
+             const float* q_norm, const float* k_norm, float eps, float w_offset,              \
+             const double* inv_freq, int n_rot, int neox, u16* k_cache, u16* v_cache,          \
+             const int* row_seq, const int* row_pos, T* out, float* partials, u32* tickets,    \
+             int n_heads, int n_kv_heads, int group, int n_layers, int layer, int n_seqs,      \
+             int capacity, float q_scale, float softcap, int window, int splits) {             \
+        const AttRopeIn<T> ri = {q_in,   k_in,     v_in,     q_stride, kv_stride, q_norm,      \
+                                 k_norm, eps,      w_offset, inv_freq, n_rot,     neox};       \
+        attn_decode_impl<HD, GT, T, true>(0, k_cache, v_cache, row_seq, row_pos, out,          \
+                                          partials, tickets, n_heads, n_kv_heads, group,       \
+                                          n_layers, layer, n_seqs, capacity, q_scale, softcap, \
+                                          window, splits, ri);                                 \
+    }
+#define ATTN_DECODE_ENTRY(HD, GT)                                              \
+    ATTN_DECODE_ENTRY_T(attn_decode_hd##HD##_g##GT, HD, GT, float)           \
+    ATTN_DECODE_ENTRY_T(attn_decode_hd##HD##_g##GT##_h, HD, GT, u16)         \
+    ATTN_DECODE_ROPE_ENTRY_T(attn_decode_rope_hd##HD##_g##GT, HD, GT, float) \
+    ATTN_DECODE_ROPE_ENTRY_T(attn_decode_rope_hd##HD##_g##GT##_h, HD, GT, u16)
 
 ATTN_DECODE_ENTRY(16, 1)
 ATTN_DECODE_ENTRY(16, 2)

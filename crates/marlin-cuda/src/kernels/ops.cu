@@ -45,17 +45,32 @@ __device__ __forceinline__ float mops_block_sum(float v, float* red) {
     return mops_warp_sum(s);
 }
 
-// Programmatic dependent launch (src/ops/launch.rs): a kernel launched with
-// the PDL attribute calls this first thing in every block, before any early
-// return: wait until the previous kernel in the stream has completed and
-// its writes are visible, then let the next kernel's grid launch (its
-// blocks wait in the same way), so that launches overlap the kernel before
-// instead of following it. No-ops for a plain launch and below sm_90.
-__device__ __forceinline__ void mops_pdl_enter() {
+// Programmatic dependent launch (src/ops/launch.rs). A kernel launched with
+// the PDL attribute calls mops_pdl_trigger() first thing in every block:
+// the next kernel's grid may launch as soon as every block of this one has
+// (its blocks become resident and run what precedes their own wait, e.g. a
+// GEMM's weight prologue, while this kernel runs; its wait still waits for
+// this grid's completion). Then mops_pdl_wait(), before any early return and
+// before any access to memory another kernel of the step writes (only
+// constants and host-copied positions may be read before it): wait until
+// the previous kernel in the stream has completed and its writes are
+// visible. mops_pdl_enter() does both. No-ops for a plain launch and below
+// sm_90.
+__device__ __forceinline__ void mops_pdl_trigger() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+}
+
+__device__ __forceinline__ void mops_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void mops_pdl_enter() {
+    mops_pdl_trigger();
+    mops_pdl_wait();
 }
 
 // Grid-stride loop over n elements.
@@ -275,7 +290,19 @@ __device__ __forceinline__ void mops_resid_norm_impl(float* __restrict__ resid,
     T* orow = out + base;
     const T* dr = delta != 0 ? delta + base : 0;
     const int nt = blockDim.x;
+    mops_pdl_trigger();
     if (dim <= nt * MOPS_NORM_PER_THREAD) {
+        // The norm weights are constants: loaded before the PDL wait, so
+        // that their round trip overlaps the previous kernel instead of
+        // following the reduction.
+        float wv[MOPS_NORM_PER_THREAD], pwv[MOPS_NORM_PER_THREAD];
+#pragma unroll
+        for (int j = 0; j < MOPS_NORM_PER_THREAD; ++j) {
+            const int i = threadIdx.x + j * nt;
+            wv[j] = i < dim ? w[i] + w_offset : 0.0f;
+            pwv[j] = i < dim && post_w != 0 ? post_w[i] + w_offset : 0.0f;
+        }
+        mops_pdl_wait();
         float v[MOPS_NORM_PER_THREAD], dv[MOPS_NORM_PER_THREAD];
 #pragma unroll
         for (int j = 0; j < MOPS_NORM_PER_THREAD; ++j) {
@@ -294,10 +321,7 @@ __device__ __forceinline__ void mops_resid_norm_impl(float* __restrict__ resid,
                 for (int j = 0; j < MOPS_NORM_PER_THREAD; ++j) ps += dv[j] * dv[j];
                 const float post_inv = rsqrtf(mops_block_sum(ps, red) / (float)dim + eps);
 #pragma unroll
-                for (int j = 0; j < MOPS_NORM_PER_THREAD; ++j) {
-                    const int i = threadIdx.x + j * nt;
-                    if (i < dim) dv[j] *= post_inv * (post_w[i] + w_offset);
-                }
+                for (int j = 0; j < MOPS_NORM_PER_THREAD; ++j) dv[j] *= post_inv * pwv[j];
             }
 #pragma unroll
             for (int j = 0; j < MOPS_NORM_PER_THREAD; ++j) {
@@ -313,11 +337,12 @@ __device__ __forceinline__ void mops_resid_norm_impl(float* __restrict__ resid,
 #pragma unroll
         for (int j = 0; j < MOPS_NORM_PER_THREAD; ++j) {
             const int i = threadIdx.x + j * nt;
-            if (i < dim) mops_st(orow, i, v[j] * inv * (w[i] + w_offset));
+            if (i < dim) mops_st(orow, i, v[j] * inv * wv[j]);
         }
         return;
     }
     // Rows longer than the registers hold: two passes over global memory.
+    mops_pdl_wait();
     float ss = 0.0f;
     if (dr != 0) {
         float post_inv = 1.0f;
@@ -365,11 +390,32 @@ __device__ __forceinline__ void mops_qkv_rope_kv_impl(
     const int* __restrict__ row_seq, const int* __restrict__ row_pos, int rows, int n_heads,
     int n_kv_heads, int head_dim, int n_layers, int layer, int n_seqs, int capacity) {
     __shared__ float buf[MOPS_QKV_WARPS][MOPS_QKV_MAX_HD];
+    mops_pdl_trigger();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int heads = n_heads + n_kv_heads;
     const long long task = (long long)blockIdx.x * MOPS_QKV_WARPS + warp;
-    if (task >= (long long)rows * heads) return;
-    const int row = (int)(task / heads), h = (int)(task % heads);
+    const bool valid = task < (long long)rows * heads;
+    const int row = valid ? (int)(task / heads) : 0, h = valid ? (int)(task % heads) : 0;
+    // Before the PDL wait, what does not come from the previous kernel:
+    // the position (copied by the host before the step) and the rotation
+    // of each of this lane's pairs (sincos in f64, like the CPU Rope).
+    const int half = n_rot >> 1;
+    const int pos = valid ? row_pos[row] : 0;
+    float rc[MOPS_QKV_MAX_HD / 64], rs[MOPS_QKV_MAX_HD / 64];
+#pragma unroll
+    for (int j = 0; j < MOPS_QKV_MAX_HD / 64; ++j) {
+        const int i = lane + 32 * j;
+        rc[j] = 1.0f;
+        rs[j] = 0.0f;
+        if (valid && i < half) {
+            double sd, cd;
+            sincos((double)pos * inv_freq[i], &sd, &cd);
+            rc[j] = (float)cd;
+            rs[j] = (float)sd;
+        }
+    }
+    mops_pdl_wait();
+    if (!valid) return;
     const bool is_q = h < n_heads;
     const int hh = is_q ? h : h - n_heads;
     const T* src = is_q ? q_in + (long long)row * q_stride + (long long)hh * head_dim
@@ -401,12 +447,11 @@ __device__ __forceinline__ void mops_qkv_rope_kv_impl(
         for (int i = lane; i < head_dim; i += 32) x[i] = x[i] * inv * (nw[i] + w_offset);
     }
     __syncwarp();
-    const int pos = row_pos[row];
-    const int half = n_rot >> 1;
-    for (int i = lane; i < half; i += 32) {
-        double s, c;
-        sincos((double)pos * inv_freq[i], &s, &c);
-        const float sf = (float)s, cf = (float)c;
+#pragma unroll
+    for (int j = 0; j < MOPS_QKV_MAX_HD / 64; ++j) {
+        const int i = lane + 32 * j;
+        if (i >= half) break;
+        const float sf = rs[j], cf = rc[j];
         const int ia = neox ? i : 2 * i;
         const int ib = neox ? i + half : 2 * i + 1;
         const float a = x[ia], b = x[ib];
@@ -472,7 +517,7 @@ __device__ __forceinline__ void mops_glu_impl(const T* __restrict__ gate,
                                                      const float* post_w, const float* w,     \
                                                      T* out, int dim, float eps,              \
                                                      float w_offset) {                        \
-        mops_pdl_enter();                                                                      \
+        /* mops_pdl_wait() inside, after the weight loads */                                  \
         mops_resid_norm_impl<T>(resid, delta, post_w, w, out, dim, eps, w_offset);            \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(32 * MOPS_QKV_WARPS) mops_qkv_rope_kv_##SUF( \
@@ -482,7 +527,7 @@ __device__ __forceinline__ void mops_glu_impl(const T* __restrict__ gate,
         float* k_out, float* v_out, const int* row_seq, const int* row_pos, int rows,         \
         int n_heads, int n_kv_heads, int head_dim, int n_layers, int layer, int n_seqs,      \
         int capacity) {                                                                       \
-        mops_pdl_enter();                                                                      \
+        /* mops_pdl_wait() inside, after the rotation angles */                               \
         mops_qkv_rope_kv_impl<T>(q_in, k_in, v_in, q_stride, kv_stride, q_out, q_norm,        \
                                  k_norm, eps, w_offset, inv_freq, n_rot, neox, k_cache,       \
                                  v_cache, k_out, v_out, row_seq, row_pos, rows, n_heads,      \

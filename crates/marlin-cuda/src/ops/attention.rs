@@ -4,9 +4,14 @@
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use super::fused::ActElem;
-use super::kv::{GpuKvCache, ATTN_WORKSPACE_FLOATS};
+use std::sync::OnceLock;
+
+use marlin_cpu::ops::RopeStyle;
+
+use super::fused::{check_projections, ActElem, HeadShape, ProjRows};
+use super::kv::{GpuKvCache, ATTN_PARTIAL_FLOATS, ATTN_TICKETS};
 use super::launch::KernelLaunch;
+use super::rope::GpuRope;
 use super::{check_len, mul, to_i32, to_u32};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
@@ -24,16 +29,13 @@ const PREFILL_HEAD_DIMS: [usize; 3] = [64, 128, 256];
 /// decode; short prefill chunks re-read their keys per row there, which
 /// costs less than an under-filled prefill launch.
 pub const DECODE_MAX_ROWS: usize = 16;
-/// Most key splits per (row, kv head) of the decode kernel.
+/// Most key splits per (row, kv head) of the decode kernel (ATT_MAX_SPLITS
+/// in the source: the merge's shared memory).
 const MAX_SPLITS: usize = 64;
-/// Split groups of the combine kernel's block (ATT_COMBINE_GROUPS in the
-/// source; also ATT_MAX_SPLITS = MAX_SPLITS there): with head_dim >= 16 the
-/// block has >= 64 threads, one per split for the (max, sum) loads.
-const COMBINE_GROUPS: u32 = 4;
 /// Keys per split below which splitting further does not pay. Batch 1 at
 /// 512 positions is latency-bound: 16-key splits (2 keys per 16-lane key
 /// group) fill the device with 8x more blocks than 64-key ones, and the
-/// combine merges at most [`MAX_SPLITS`] partials.
+/// merge reads at most [`MAX_SPLITS`] partials.
 const MIN_KEYS_PER_SPLIT: usize = 16;
 /// Query vectors per prefill block and keys per shared-memory tile (keep in
 /// sync with ATT_QV / ATT_KT in the source).
@@ -218,7 +220,7 @@ pub(crate) fn decode_splits(
         .saturating_mul(n_heads)
         .saturating_mul(head_dim + 2)
         .max(1);
-    let by_workspace = ATTN_WORKSPACE_FLOATS / per_split;
+    let by_workspace = ATTN_PARTIAL_FLOATS / per_split;
     want.min(MAX_SPLITS).min(by_keys).min(by_workspace).max(1)
 }
 
@@ -236,26 +238,144 @@ pub fn attention_decode<T: ActElem>(
     out: &mut CudaSlice<T>,
 ) -> Result<()> {
     let c = checked(p, q, cache, layer, rows, row_seq, row_pos, out)?;
+    decode_launch(
+        dev,
+        p,
+        &c,
+        DecodeQueries::Roped(q),
+        cache,
+        rows,
+        row_seq,
+        row_pos,
+        out,
+    )
+}
+
+/// Whether the decoder fuses QK-norm + RoPE + the KV write into decode
+/// attention ([`attention_decode_rope`]): not when `MARLIN_CUDA_ATTN_ROPE=0`
+/// (measuring the difference; read once).
+pub fn attn_rope_fusion_enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED
+        .get_or_init(|| std::env::var("MARLIN_CUDA_ATTN_ROPE").map_or(true, |v| v.trim() != "0"))
+}
+
+/// One layer's projections and what [`super::qkv_rope_kv`] applies to
+/// them, for [`attention_decode_rope`].
+pub struct RopeInputs<'a, 'b, T> {
+    pub q: &'a ProjRows<'b, T>,
+    pub k: &'a ProjRows<'b, T>,
+    pub v: &'a ProjRows<'b, T>,
+    /// (q weight, k weight), each head_dim, plus `w_offset`.
+    pub qk_norm: Option<(&'a CudaSlice<f32>, &'a CudaSlice<f32>)>,
+    pub eps: f32,
+    pub w_offset: f32,
+    pub rope: &'a GpuRope,
+}
+
+/// [`super::qkv_rope_kv`] into the cache followed by [`attention_decode`],
+/// in one launch: every block ropes its query heads from the projection
+/// rows, and the block whose keys include the row's position ropes this
+/// step's key and writes it and the value into layer `layer` of `cache`
+/// (rows with a sequence or position out of range write nothing and get
+/// zeros). The rows must belong to distinct sequences (a decode step): a
+/// row never sees a key that another row of the same call writes.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode_rope<T: ActElem>(
+    dev: &CudaDevice,
+    p: &AttnParams,
+    inp: &RopeInputs<'_, '_, T>,
+    cache: &mut GpuKvCache,
+    layer: usize,
+    rows: usize,
+    row_seq: &CudaSlice<i32>,
+    row_pos: &CudaSlice<i32>,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    let shape = HeadShape {
+        n_heads: p.n_heads,
+        n_kv_heads: p.n_kv_heads,
+        head_dim: p.head_dim,
+    };
+    let strides = check_projections(inp.q, inp.k, inp.v, rows, shape, inp.qk_norm, inp.rope)?;
+    let q_len = mul(
+        "attention q",
+        rows,
+        mul("attention q", p.n_heads, p.head_dim)?,
+    )?;
+    let c = check(
+        p,
+        (
+            cache.n_layers(),
+            cache.n_kv_heads(),
+            cache.head_dim(),
+            cache.capacity(),
+        ),
+        layer,
+        rows,
+        (q_len, out.len(), row_seq.len(), row_pos.len()),
+    )?;
+    decode_launch(
+        dev,
+        p,
+        &c,
+        DecodeQueries::Proj(inp, strides),
+        cache,
+        rows,
+        row_seq,
+        row_pos,
+        out,
+    )
+}
+
+/// The queries of a decode launch: roped f32 rows, or projection rows (and
+/// their q / kv row strides) that the kernel ropes itself.
+enum DecodeQueries<'a, 'b, 'c, T> {
+    Roped(&'a CudaSlice<f32>),
+    Proj(&'a RopeInputs<'b, 'c, T>, [i32; 2]),
+}
+
+/// The decode kernel launch of [`attention_decode`] and
+/// [`attention_decode_rope`] (arguments checked by the caller).
+#[allow(clippy::too_many_arguments)]
+fn decode_launch<T: ActElem>(
+    dev: &CudaDevice,
+    p: &AttnParams,
+    c: &Checked,
+    queries: DecodeQueries<'_, '_, '_, T>,
+    cache: &GpuKvCache,
+    rows: usize,
+    row_seq: &CudaSlice<i32>,
+    row_pos: &CudaSlice<i32>,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
     if rows == 0 {
         return Ok(());
     }
     let gt = decode_heads_per_block(c.group);
     let head_chunks = c.group.div_ceil(gt);
     let grid_y = p.n_kv_heads * head_chunks;
-    let splits = decode_splits(
-        dev.sm_count(),
-        rows,
-        p.n_heads,
-        rows * grid_y,
-        p.head_dim,
-        cache.capacity(),
-    );
+    // One ticket per (row, block column) for the merge of the splits: more
+    // columns than tickets run unsplit (never at decode sizes).
+    let splits = if rows * grid_y <= ATTN_TICKETS {
+        decode_splits(
+            dev.sm_count(),
+            rows,
+            p.n_heads,
+            rows * grid_y,
+            p.head_dim,
+            cache.capacity(),
+        )
+    } else {
+        1
+    };
     if grid_y > 65_535 || rows > 65_535 {
         return Err(CudaError::Shape(format!(
             "attention: grid of {grid_y} x {rows} blocks exceeds CUDA limits"
         )));
     }
-    let name = decode_kernel_name(p.head_dim, gt, T::IS_F16)?;
+    let rope = matches!(queries, DecodeQueries::Proj(..));
+    let name = decode_kernel_name(p.head_dim, gt, T::IS_F16, rope)?;
     let func = dev.function(MODULE, SOURCE, name, 0)?;
     let [n_heads, n_kv_heads, group, n_layers, layer_i, _] = c.ints;
     let (n_seqs, capacity) = (cache.n_seqs() as i32, cache.capacity() as i32);
@@ -265,9 +385,34 @@ pub fn attention_decode<T: ActElem>(
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
+    let null: u64 = 0;
     let mut b = KernelLaunch::new(dev, &func, name);
-    b.arg(q)
-        .arg(&cache.k)
+    match queries {
+        DecodeQueries::Roped(q) => {
+            b.arg(q);
+        }
+        DecodeQueries::Proj(inp, strides) => {
+            let n_rot = inp.rope.n_rot() as i32;
+            let neox = i32::from(inp.rope.style() == RopeStyle::Neox);
+            b.arg(&inp.q.data)
+                .arg(&inp.k.data)
+                .arg(&inp.v.data)
+                .arg(&strides[0])
+                .arg(&strides[1]);
+            match inp.qk_norm {
+                Some((qn, kn)) => b.arg(qn).arg(kn),
+                None => b.arg(&null).arg(&null),
+            };
+            b.arg(&inp.eps)
+                .arg(&inp.w_offset)
+                .arg(&inp.rope.inv_freq)
+                .arg(&n_rot)
+                .arg(&neox);
+        }
+    }
+    // The cache is written by the fused entries only (this step's keys and
+    // values), borrowed mutably by attention_decode_rope for that.
+    b.arg(&cache.k)
         .arg(&cache.v)
         .arg(row_seq)
         .arg(row_pos)
@@ -275,6 +420,7 @@ pub fn attention_decode<T: ActElem>(
         // Written by the kernel although borrowed shared: device memory that
         // the host never reads, ordered by the one stream.
         .arg(&cache.workspace)
+        .arg(&cache.workspace.slice(ATTN_PARTIAL_FLOATS..))
         .arg(&n_heads)
         .arg(&n_kv_heads)
         .arg(&group)
@@ -286,83 +432,72 @@ pub fn attention_decode<T: ActElem>(
         .arg(&c.softcap)
         .arg(&c.window)
         .arg(&splits_i);
-    // SAFETY: argument order and types match attn_decode_hd*_g* in
-    // kernels/attention.cu; q and out hold rows*n_heads*head_dim values,
-    // row_seq/row_pos rows; the cache matches (n_kv_heads, head_dim, layer
-    // checked); the kernel clamps every key index to the cache; the
-    // workspace holds rows*n_heads*splits*(head_dim+2) floats (decode_splits);
-    // the kernel waits on its predecessor first (launch_pdl's contract).
+    // SAFETY: argument order and types match attn_decode_hd*_g* (queries
+    // as f32 rows) or attn_decode_rope_hd*_g* (projection rows: every
+    // row's reads stay inside q / k / v, strides and lengths checked by
+    // check_projections; inv_freq holds n_rot/2 <= head_dim/2 values; the
+    // norm weights head_dim) in kernels/attention.cu; out holds
+    // rows*n_heads*head_dim values, row_seq/row_pos rows; the cache
+    // matches (n_kv_heads, head_dim, layer checked); the kernel clamps
+    // every key index to the cache and writes a key / value only at a
+    // valid (sequence, position); the workspace holds
+    // rows*n_heads*splits*(head_dim+2) floats of partials (decode_splits)
+    // below ATTN_PARTIAL_FLOATS and rows*grid_y <= ATTN_TICKETS zeroed
+    // tickets after it (the merging block of each column zeroes its ticket
+    // again); the kernel waits on its predecessor before reading anything
+    // but constants and the host-copied sequences / positions
+    // (launch_pdl's contract).
     unsafe { b.launch_pdl(cfg) }?;
-    if splits > 1 {
-        let combine = T::pick("attn_combine", "attn_combine_h");
-        let func = dev.function(MODULE, SOURCE, combine, 0)?;
-        let (hd, splits_i) = (p.head_dim as i32, splits as i32);
-        // head_dim x COMBINE_GROUPS threads (ATT_COMBINE_GROUPS in the
-        // source), at least as many as splits (<= MAX_SPLITS) for the
-        // parallel load of the (max, sum) pairs.
-        let cfg = LaunchConfig {
-            grid_dim: (to_u32("attention rows*heads", rows * p.n_heads)?, 1, 1),
-            block_dim: (p.head_dim as u32, COMBINE_GROUPS, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut b = KernelLaunch::new(dev, &func, combine);
-        b.arg(&cache.workspace).arg(out).arg(&hd).arg(&splits_i);
-        // SAFETY: argument order and types match attn_combine; the decode
-        // launch above wrote rows*n_heads*splits partials of head_dim+2; the
-        // kernel waits on its predecessor first.
-        unsafe { b.launch_pdl(cfg) }?;
-    }
     Ok(())
 }
 
-fn decode_kernel_name(head_dim: usize, gt: usize, f16_out: bool) -> Result<&'static str> {
-    Ok(match (head_dim, gt, f16_out) {
-        (16, 1, false) => "attn_decode_hd16_g1",
-        (16, 1, true) => "attn_decode_hd16_g1_h",
-        (16, 2, false) => "attn_decode_hd16_g2",
-        (16, 2, true) => "attn_decode_hd16_g2_h",
-        (16, 4, false) => "attn_decode_hd16_g4",
-        (16, 4, true) => "attn_decode_hd16_g4_h",
-        (16, 8, false) => "attn_decode_hd16_g8",
-        (16, 8, true) => "attn_decode_hd16_g8_h",
-        (32, 1, false) => "attn_decode_hd32_g1",
-        (32, 1, true) => "attn_decode_hd32_g1_h",
-        (32, 2, false) => "attn_decode_hd32_g2",
-        (32, 2, true) => "attn_decode_hd32_g2_h",
-        (32, 4, false) => "attn_decode_hd32_g4",
-        (32, 4, true) => "attn_decode_hd32_g4_h",
-        (32, 8, false) => "attn_decode_hd32_g8",
-        (32, 8, true) => "attn_decode_hd32_g8_h",
-        (64, 1, false) => "attn_decode_hd64_g1",
-        (64, 1, true) => "attn_decode_hd64_g1_h",
-        (64, 2, false) => "attn_decode_hd64_g2",
-        (64, 2, true) => "attn_decode_hd64_g2_h",
-        (64, 4, false) => "attn_decode_hd64_g4",
-        (64, 4, true) => "attn_decode_hd64_g4_h",
-        (64, 8, false) => "attn_decode_hd64_g8",
-        (64, 8, true) => "attn_decode_hd64_g8_h",
-        (128, 1, false) => "attn_decode_hd128_g1",
-        (128, 1, true) => "attn_decode_hd128_g1_h",
-        (128, 2, false) => "attn_decode_hd128_g2",
-        (128, 2, true) => "attn_decode_hd128_g2_h",
-        (128, 4, false) => "attn_decode_hd128_g4",
-        (128, 4, true) => "attn_decode_hd128_g4_h",
-        (128, 8, false) => "attn_decode_hd128_g8",
-        (128, 8, true) => "attn_decode_hd128_g8_h",
-        (256, 1, false) => "attn_decode_hd256_g1",
-        (256, 1, true) => "attn_decode_hd256_g1_h",
-        (256, 2, false) => "attn_decode_hd256_g2",
-        (256, 2, true) => "attn_decode_hd256_g2_h",
-        (256, 4, false) => "attn_decode_hd256_g4",
-        (256, 4, true) => "attn_decode_hd256_g4_h",
-        (256, 8, false) => "attn_decode_hd256_g8",
-        (256, 8, true) => "attn_decode_hd256_g8_h",
-        _ => {
-            return Err(CudaError::Unsupported(format!(
-                "attention decode kernel for head_dim {head_dim}, {gt} heads per block"
-            )))
-        }
-    })
+/// Entry names of the decode kernel for one head_dim and heads per block:
+/// f32 out, f16 out, fused QK-norm/RoPE/KV write with f32, with f16.
+macro_rules! decode_names_g {
+    ($hd:literal, $g:literal) => {
+        [
+            concat!("attn_decode_hd", $hd, "_g", $g),
+            concat!("attn_decode_hd", $hd, "_g", $g, "_h"),
+            concat!("attn_decode_rope_hd", $hd, "_g", $g),
+            concat!("attn_decode_rope_hd", $hd, "_g", $g, "_h"),
+        ]
+    };
+}
+macro_rules! decode_names_hd {
+    ($hd:literal) => {
+        [
+            decode_names_g!($hd, 1),
+            decode_names_g!($hd, 2),
+            decode_names_g!($hd, 4),
+            decode_names_g!($hd, 8),
+        ]
+    };
+}
+/// By [`SUPPORTED_HEAD_DIMS`] index, then [`DECODE_GT`] index.
+const DECODE_NAMES: [[[&str; 4]; 4]; 5] = [
+    decode_names_hd!(16),
+    decode_names_hd!(32),
+    decode_names_hd!(64),
+    decode_names_hd!(128),
+    decode_names_hd!(256),
+];
+/// Query heads per decode block with compiled entries.
+const DECODE_GT: [usize; 4] = [1, 2, 4, 8];
+
+fn decode_kernel_name(
+    head_dim: usize,
+    gt: usize,
+    f16_out: bool,
+    rope: bool,
+) -> Result<&'static str> {
+    let hd_i = SUPPORTED_HEAD_DIMS.iter().position(|&d| d == head_dim);
+    let gt_i = DECODE_GT.iter().position(|&g| g == gt);
+    match (hd_i, gt_i) {
+        (Some(h), Some(g)) => Ok(DECODE_NAMES[h][g][usize::from(f16_out) + 2 * usize::from(rope)]),
+        _ => Err(CudaError::Unsupported(format!(
+            "attention decode kernel for head_dim {head_dim}, {gt} heads per block"
+        ))),
+    }
 }
 
 /// Dynamic shared memory of the prefill kernel (see the source).
@@ -530,7 +665,7 @@ mod tests {
         assert_eq!(decode_splits(132, 1, 32, 8, 128, 16), 1);
         for rows in [1, 3, 17, 64, 256] {
             let s = decode_splits(132, rows, 64, rows * 8, 256, 1 << 20);
-            assert!(s >= 1 && rows * 64 * s * 258 <= ATTN_WORKSPACE_FLOATS || s == 1);
+            assert!(s >= 1 && rows * 64 * s * 258 <= ATTN_PARTIAL_FLOATS || s == 1);
         }
         assert_eq!(decode_heads_per_block(1), 1);
         assert_eq!(decode_heads_per_block(3), 4);

@@ -152,30 +152,18 @@ pub struct HeadShape {
     pub head_dim: usize,
 }
 
-/// Queries, keys and values of one layer into attention's input: for each
-/// of `rows` rows, the query heads of `q` and the kv heads of `k` get the
-/// optional QK-norm (`qk_norm` = (q weight, k weight), each `head_dim`,
-/// plus `w_offset`) and RoPE at `row_pos[row]`; queries go to
-/// `q_out (rows, n_heads, head_dim)` (f32), keys and the values of `v` to
-/// `dest` (the cache skips rows whose sequence or position is out of its
-/// range).
-#[allow(clippy::too_many_arguments)]
-pub fn qkv_rope_kv<T: ActElem>(
-    dev: &CudaDevice,
+/// Checks the projection rows of one layer against the head shape, the
+/// optional QK-norm weights and the RoPE table (shared by [`qkv_rope_kv`]
+/// and the fused decode attention); returns the q and k/v row strides.
+pub(crate) fn check_projections<T: ActElem>(
     q: &ProjRows<'_, T>,
     k: &ProjRows<'_, T>,
     v: &ProjRows<'_, T>,
     rows: usize,
     shape: HeadShape,
     qk_norm: Option<(&CudaSlice<f32>, &CudaSlice<f32>)>,
-    eps: f32,
-    w_offset: f32,
     rope: &GpuRope,
-    dest: KvDest<'_>,
-    row_seq: &CudaSlice<i32>,
-    row_pos: &CudaSlice<i32>,
-    q_out: &mut CudaSlice<f32>,
-) -> Result<()> {
+) -> Result<[i32; 2]> {
     let HeadShape {
         n_heads,
         n_kv_heads: n_kv,
@@ -192,23 +180,6 @@ pub fn qkv_rope_kv<T: ActElem>(
         mul("qkv_rope_kv", n_heads, hd)?,
         mul("qkv_rope_kv", n_kv, hd)?,
     );
-    match &dest {
-        KvDest::Cache { cache, layer } => {
-            if *layer >= cache.n_layers() || cache.n_kv_heads() != n_kv || cache.head_dim() != hd {
-                return Err(CudaError::Shape(format!(
-                    "qkv_rope_kv: layer {layer}, {n_kv} kv heads of {hd} into a cache of {} layers, {} x {}",
-                    cache.n_layers(),
-                    cache.n_kv_heads(),
-                    cache.head_dim()
-                )));
-            }
-        }
-        KvDest::Rows { k, v } => {
-            let n = mul("qkv_rope_kv", rows, kvd)?;
-            check_len("qkv_rope_kv k out", k.len(), n)?;
-            check_len("qkv_rope_kv v out", v.len(), n)?;
-        }
-    }
     // Each part: stride >= its width; (rows - 1) * stride + width elements.
     let need = |what: &str, p: &ProjRows<'_, T>, width: usize| -> Result<()> {
         if rows == 0 {
@@ -234,6 +205,66 @@ pub fn qkv_rope_kv<T: ActElem>(
             k.stride, v.stride
         )));
     }
+    if let Some((qn, kn)) = qk_norm {
+        check_len("qkv_rope_kv q norm", qn.len(), hd)?;
+        check_len("qkv_rope_kv k norm", kn.len(), hd)?;
+    }
+    let tasks = mul("qkv_rope_kv", rows, n_heads + n_kv)?;
+    to_i32("qkv_rope_kv tasks", tasks)?;
+    Ok([
+        to_i32("qkv_rope_kv q stride", q.stride)?,
+        to_i32("qkv_rope_kv kv stride", k.stride)?,
+    ])
+}
+
+/// Queries, keys and values of one layer into attention's input: for each
+/// of `rows` rows, the query heads of `q` and the kv heads of `k` get the
+/// optional QK-norm (`qk_norm` = (q weight, k weight), each `head_dim`,
+/// plus `w_offset`) and RoPE at `row_pos[row]`; queries go to
+/// `q_out (rows, n_heads, head_dim)` (f32), keys and the values of `v` to
+/// `dest` (the cache skips rows whose sequence or position is out of its
+/// range).
+#[allow(clippy::too_many_arguments)]
+pub fn qkv_rope_kv<T: ActElem>(
+    dev: &CudaDevice,
+    q: &ProjRows<'_, T>,
+    k: &ProjRows<'_, T>,
+    v: &ProjRows<'_, T>,
+    rows: usize,
+    shape: HeadShape,
+    qk_norm: Option<(&CudaSlice<f32>, &CudaSlice<f32>)>,
+    eps: f32,
+    w_offset: f32,
+    rope: &GpuRope,
+    dest: KvDest<'_>,
+    row_seq: &CudaSlice<i32>,
+    row_pos: &CudaSlice<i32>,
+    q_out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let strides = check_projections(q, k, v, rows, shape, qk_norm, rope)?;
+    let HeadShape {
+        n_heads,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+    } = shape;
+    let (qd, kvd) = (n_heads * hd, n_kv * hd);
+    match &dest {
+        KvDest::Cache { cache, layer } => {
+            if *layer >= cache.n_layers() || cache.n_kv_heads() != n_kv || cache.head_dim() != hd {
+                return Err(CudaError::Shape(format!(
+                    "qkv_rope_kv: layer {layer}, {n_kv} kv heads of {hd} into a cache of {} layers, {} x {}",
+                    cache.n_layers(),
+                    cache.n_kv_heads(),
+                    cache.head_dim()
+                )));
+            }
+        }
+        KvDest::Rows { k, v } => {
+            let n = mul("qkv_rope_kv", rows, kvd)?;
+            check_len("qkv_rope_kv k out", k.len(), n)?;
+            check_len("qkv_rope_kv v out", v.len(), n)?;
+        }
+    }
     check_len(
         "qkv_rope_kv q_out",
         q_out.len(),
@@ -241,16 +272,7 @@ pub fn qkv_rope_kv<T: ActElem>(
     )?;
     check_len("qkv_rope_kv row_seq", row_seq.len(), rows)?;
     check_len("qkv_rope_kv row_pos", row_pos.len(), rows)?;
-    if let Some((qn, kn)) = qk_norm {
-        check_len("qkv_rope_kv q norm", qn.len(), hd)?;
-        check_len("qkv_rope_kv k norm", kn.len(), hd)?;
-    }
-    let tasks = mul("qkv_rope_kv", rows, n_heads + n_kv)?;
-    to_i32("qkv_rope_kv tasks", tasks)?;
-    let strides = [
-        to_i32("qkv_rope_kv q stride", q.stride)?,
-        to_i32("qkv_rope_kv kv stride", k.stride)?,
-    ];
+    let tasks = rows * (n_heads + n_kv);
     if rows == 0 {
         return Ok(());
     }

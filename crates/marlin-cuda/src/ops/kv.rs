@@ -11,6 +11,11 @@ use crate::error::{CudaError, Result};
 /// (max, sum, output) of each (row, query head, split). The split count of
 /// a launch is chosen to fit (see `attention::decode_splits`).
 pub(crate) const ATTN_WORKSPACE_FLOATS: usize = 1 << 22;
+/// The workspace's last elements: u32 tickets of the decode kernel, one
+/// per (row, kv head x head chunk) block column (zero between launches).
+pub(crate) const ATTN_TICKETS: usize = 1 << 16;
+/// Workspace elements that hold partials (the rest are the tickets).
+pub(crate) const ATTN_PARTIAL_FLOATS: usize = ATTN_WORKSPACE_FLOATS - ATTN_TICKETS;
 
 /// Keys and values of every layer of `n_seqs` sequences, f16, each laid out
 /// `[seq][layer][kv_head][pos][head_dim]` (a head's positions contiguous), plus
@@ -24,7 +29,8 @@ pub struct GpuKvCache {
     capacity: usize,
     pub(crate) k: CudaSlice<f16>, // (n_seqs, n_layers, n_kv_heads, capacity, head_dim)
     pub(crate) v: CudaSlice<f16>, // (n_seqs, n_layers, n_kv_heads, capacity, head_dim)
-    /// (ATTN_WORKSPACE_FLOATS): attention split-K partials.
+    /// (ATTN_WORKSPACE_FLOATS): attention split-K partials, then
+    /// ATTN_TICKETS u32 tickets.
     pub(crate) workspace: CudaSlice<f32>,
 }
 

@@ -13,10 +13,14 @@
 //!
 //! Contract of a kernel launched by [`KernelLaunch::launch_pdl`]: every
 //! block executes `griddepcontrol.wait` before its first access to memory
-//! another kernel writes or reads (the kernels of this crate do it first
-//! thing, before any early return, so that a kernel never completes before
-//! its predecessor and the chain stays transitive), and then
-//! `griddepcontrol.launch_dependents`. A kernel without the wait must be
+//! another kernel writes or reads (only constants and the host-copied
+//! sequence ids / positions may be read before it) and before any early
+//! return, so that a kernel never completes before its predecessor and the
+//! chain stays transitive. The decode-path kernels (`ops.cu`,
+//! `attention.cu`) execute `griddepcontrol.launch_dependents` first thing,
+//! before their wait: the next kernel's grid (a GEMM) becomes resident and
+//! runs its own pre-wait prologue while this one waits and runs; its wait
+//! still waits for this grid's completion. A kernel without the wait must be
 //! launched by [`KernelLaunch::launch`] (plain, full serialisation). On
 //! devices below sm_90, or with `MARLIN_CUDA_PDL=0` (measuring the
 //! difference), `launch_pdl` is a plain launch; the instructions are

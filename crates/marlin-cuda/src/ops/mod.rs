@@ -32,8 +32,8 @@ mod rope;
 mod sampling;
 
 pub use attention::{
-    attention, attention_decode, attention_prefill, AttnParams, DECODE_MAX_ROWS,
-    SUPPORTED_HEAD_DIMS,
+    attention, attention_decode, attention_decode_rope, attention_prefill,
+    attn_rope_fusion_enabled, AttnParams, RopeInputs, DECODE_MAX_ROWS, SUPPORTED_HEAD_DIMS,
 };
 pub use elementwise::{
     add_inplace, add_rms_norm, embedding_rows, f16_to_f32, f32_to_f16, gelu_tanh_mul, rms_norm,

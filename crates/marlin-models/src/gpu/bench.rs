@@ -362,6 +362,8 @@ fn time_steps(
     let total = ctx + WARMUP + RUNS * steps + 1;
     let mut cache = dec.new_cache(dev, batch, total)?;
     let mut s = Scratch::new(dev, dec, batch, batch)?;
+    // Row i is sequence i.
+    s.distinct_seqs = true;
     let stream = dev.stream().clone();
     let seqs: Vec<i32> = (0..batch as i32).collect();
     stream
@@ -456,6 +458,8 @@ fn stage_breakdown(
     const SPIN_NS: u64 = 1_000_000;
     let mut cache = dec.new_cache(dev, batch, ctx + 4)?;
     let mut s = Scratch::new(dev, dec, batch, batch)?;
+    // Row i is sequence i.
+    s.distinct_seqs = true;
     let stream = dev.stream().clone();
     let seqs: Vec<i32> = (0..batch as i32).collect();
     stream

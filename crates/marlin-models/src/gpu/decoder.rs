@@ -10,11 +10,13 @@
 //! reads no per-step value from the host: the decode step is captured in a
 //! CUDA graph as it is.
 //!
-//! One layer is 10 launches at decode (fused projections): q|k|v GEMM ->
-//! `qkv_rope_kv` (QK-norm, RoPE, KV write, reading the GEMM output in
-//! place) -> attention (split + combine) -> o GEMM -> `resid_norm`
-//! (residual add + RMSNorm) -> gate|up GEMM -> `glu` -> down GEMM ->
-//! `resid_norm`. The activations next to the GEMMs are f16 when every
+//! One layer is 8 launches at decode (fused projections): q|k|v GEMM ->
+//! attention with QK-norm, RoPE and the KV write fused in
+//! (`attention_decode_rope`, reading the GEMM output in place; splits
+//! merged by the last block; when the rows are of distinct sequences:
+//! one row, or [`Scratch::distinct_seqs`]; else `qkv_rope_kv` then
+//! attention) -> o GEMM -> `resid_norm` (residual add + RMSNorm) ->
+//! gate|up GEMM -> `glu` -> down GEMM -> `resid_norm`. The activations next to the GEMMs are f16 when every
 //! projection is INT4 (the kernel's own type: no conversion launches), f32
 //! otherwise; the residual stream and attention's queries stay f32.
 
@@ -26,7 +28,7 @@ use marlin_cuda::ggml::GgmlGpuWeight;
 use marlin_cuda::int4::gemm::{int4_gemm, GemmOptions, GemmWorkspace};
 use marlin_cuda::ops::{
     self, ActElem, AttnParams, DeviceSampling, GpuKvCache, GpuRope, HeadShape, KvDest, PagedKvPool,
-    ProjRows,
+    ProjRows, RopeInputs,
 };
 use marlin_cuda::CudaDevice;
 
@@ -290,6 +292,11 @@ pub struct Scratch {
     pub row_seq: CudaSlice<i32>,
     /// (max_m) position of each row.
     pub row_pos: CudaSlice<i32>,
+    /// Set by the caller when every row of the next forwards belongs to a
+    /// different sequence (a batched decode step): attention then writes
+    /// the step's keys itself (QK-norm + RoPE + KV write fused into the
+    /// decode attention launch). One row always qualifies.
+    pub distinct_seqs: bool,
     /// (max(max_m, logit_rows)) uniforms in [0, 1) of [`Select::Sample`].
     pub uniforms: CudaSlice<f32>,
     /// (logit_rows, vocab)
@@ -373,6 +380,7 @@ impl Scratch {
             ids: dev.alloc_zeros("token ids", max_m)?,
             row_seq: dev.alloc_zeros("row sequences", max_m)?,
             row_pos: dev.alloc_zeros("row positions", max_m)?,
+            distinct_seqs: false,
             uniforms: dev.alloc_zeros("sampling uniforms", picks)?,
             logits: dev.alloc_zeros("logits", logits_len)?,
             next_ids: dev.alloc_zeros("picked ids", picks)?,
@@ -637,6 +645,7 @@ impl GpuDecoder {
             ids,
             row_seq,
             row_pos,
+            distinct_seqs,
             uniforms,
             logits,
             next_ids,
@@ -654,6 +663,7 @@ impl GpuDecoder {
             ids,
             row_seq,
             row_pos,
+            distinct_seqs: *distinct_seqs || m == 1,
             x,
             q,
             k32,
@@ -871,6 +881,34 @@ impl GpuDecoder {
             softcap: None,
         };
         match kv {
+            KvTarget::Slots(cache)
+                if io.distinct_seqs
+                    && m <= ops::DECODE_MAX_ROWS.max(cache.n_seqs())
+                    && ops::SUPPORTED_HEAD_DIMS.contains(&c.head_dim)
+                    && ops::attn_rope_fusion_enabled() =>
+            {
+                // One launch: QK-norm, RoPE and the KV write in attention.
+                let inp = RopeInputs {
+                    q: &qv,
+                    k: &kv_rows,
+                    v: &vv,
+                    qk_norm,
+                    eps: c.rms_eps,
+                    w_offset: 0.0,
+                    rope,
+                };
+                ops::attention_decode_rope(
+                    dev,
+                    &params,
+                    &inp,
+                    cache,
+                    il,
+                    m,
+                    io.row_seq,
+                    io.row_pos,
+                    &mut a.attn,
+                )?;
+            }
             KvTarget::Slots(cache) => {
                 let dest = KvDest::Cache { cache, layer: il };
                 ops::qkv_rope_kv(
@@ -968,6 +1006,8 @@ struct StepIo<'a> {
     ids: &'a CudaSlice<u32>,
     row_seq: &'a CudaSlice<i32>,
     row_pos: &'a CudaSlice<i32>,
+    /// Every row of another sequence (see [`Scratch::distinct_seqs`]).
+    distinct_seqs: bool,
     x: &'a mut CudaSlice<f32>,
     q: &'a mut CudaSlice<f32>,
     k32: &'a mut CudaSlice<f32>,

@@ -22,7 +22,9 @@ pub enum Stage {
     QkvGemm,
     /// QK-norm + RoPE + KV-cache write.
     QkvRopeKv,
-    /// Attention (decode: split kernel + combine).
+    /// Attention (decode: one flash-decoding launch, splits merged in it;
+    /// with QK-norm + RoPE + KV write fused in for distinct-sequence rows,
+    /// when the previous stage is absent).
     Attention,
     /// Output projection.
     OGemm,
