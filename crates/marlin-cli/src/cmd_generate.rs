@@ -109,6 +109,8 @@ pub fn run(
     };
     let ctx = session::context_len_for(loaded.model.config(), sampling.ctx)?;
     let req = request(tok, ids, sampling);
+    // The prompt's encoding (the pre-tokenizer's regexes, the template) ran its code once.
+    crate::memory::release_unused_memory();
     if !chat {
         // Raw completion: echo the prompt so the output reads as one text.
         // (A closed pipe is not an error: `marlin run ... | head`.)

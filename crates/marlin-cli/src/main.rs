@@ -11,6 +11,7 @@ mod cmd_quantize;
 mod cmd_serve;
 #[cfg(feature = "cuda")]
 mod gpu_generate;
+mod memory;
 mod serve_backend;
 mod session;
 
@@ -242,6 +243,8 @@ pub fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
 }
 
 fn main() {
+    // Before any thread exists (peak memory).
+    memory::use_one_malloc_arena();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MARLIN_LOG")

@@ -39,33 +39,16 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     let mut gguf = marlin_io::gguf::GgufFile::open(path).with_context(model_context)?;
     let tokenizer = Tokenizer::from_gguf(&gguf);
     gguf.remove_metadata(|key| key.starts_with("tokenizer."));
-    release_free_heap();
+    crate::memory::release_unused_memory();
     // A model error is reported before a tokenizer error, as when the model loaded first.
     let model =
         marlin_models::load_gguf(gguf, &LoadOptions::default()).with_context(model_context)?;
     // Repacking frees each source tensor after copying it; what malloc kept of those is
-    // returned too.
-    release_free_heap();
+    // returned too, and the loader's code pages are unmapped.
+    crate::memory::release_unused_memory();
     let tokenizer = tokenizer.with_context(tokenizer_context)?;
     tracing::info!(secs = t0.elapsed().as_secs_f64(), "model loaded");
     Ok(Loaded { model, tokenizer })
-}
-
-/// Hands the allocator's free pages back to the system (glibc keeps the memory of freed small
-/// allocations, such as the hundreds of thousands of vocabulary strings of a GGUF parse, and
-/// would otherwise count it in the resident set for the whole run).
-fn release_free_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn malloc_trim(pad: usize) -> std::ffi::c_int;
-        }
-        // SAFETY: glibc's malloc_trim takes no pointers and only returns free memory to the
-        // system; it is safe to call at any time from any thread.
-        unsafe {
-            malloc_trim(0);
-        }
-    }
 }
 
 #[cfg(feature = "cuda")]

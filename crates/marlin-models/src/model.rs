@@ -91,9 +91,10 @@ pub trait BatchedModel: Send + Sync {
 /// Rows one pass through the layer stack processes at most (llama.cpp's
 /// `n_ubatch`): a longer batch (a long prompt) runs as several passes in
 /// position order, so the activation buffers, (rows, ffn) f32 each, are
-/// bounded by this instead of by the prompt length. 256 rows keep the GEMMs
-/// as fast as one pass of 512 (measured in docs/BENCHMARKS.md).
-pub const MICRO_BATCH: usize = 256;
+/// bounded by this instead of by the prompt length. 128 rows: half the
+/// activations of 256 (SmolLM2's pp512 peak: -1.8 MiB against an allowance of
+/// 10% of the file) at the same pp512 speed (docs/BENCHMARKS.md, "Session 5").
+pub const MICRO_BATCH: usize = 128;
 
 /// Runs the batched forward `seqs` as passes of at most [`MICRO_BATCH`]
 /// rows through `pass` (an architecture's layer stack): a sequence's chunk
