@@ -80,6 +80,14 @@ __device__ __forceinline__ float att_ld_cg(const float* p) {
     return r;
 }
 
+__device__ __forceinline__ float4 att_ld_cg4(const float* p) {
+    float4 r;
+    asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(r.x), "=f"(r.y), "=f"(r.z), "=f"(r.w)
+                 : "l"(p));
+    return r;
+}
+
 // A projection value (f32, or f16 bits) as f32.
 __device__ __forceinline__ float att_ldv(const float* p, long long i) { return p[i]; }
 __device__ __forceinline__ float att_ldv(const u16* p, long long i) { return att_h2f(p[i]); }
@@ -373,12 +381,16 @@ __device__ __forceinline__ void attn_decode_impl(
         if (splits == 1) {
             att_st(out, qh * HD + d, lsum > 0.0f ? osum / lsum : 0.0f);
         } else {
-            float* pp = partials + (qh * splits + split) * (HD + 2);
+            // Partials: outputs (rows, n_heads, splits, HD) first (16-byte
+            // aligned rows for the merge's vector loads), then the
+            // (max, sum) pairs (rows, n_heads, splits, 2).
+            partials[(qh * splits + split) * HD + d] = osum;
             if (d == 0) {
-                pp[0] = mx;
-                pp[1] = lsum;
+                float* pml = partials + (long long)gridDim.z * n_heads * splits * HD +
+                             (qh * splits + split) * 2;
+                pml[0] = mx;
+                pml[1] = lsum;
             }
-            pp[2 + d] = osum;
         }
     }
     if (splits == 1) return;
@@ -397,36 +409,54 @@ __device__ __forceinline__ void attn_decode_impl(
     // split maxima (then weights) and [GT][splits] split sums.
     float* s_w = &sm_o[0][0][0];
     float* s_l = s_w + GT * ATT_MAX_SPLITS;
+    const long long ml_base = (long long)gridDim.z * n_heads * splits * HD;
     for (int i = threadIdx.x; i < gh * splits; i += blockDim.x) {
         const int h = i / splits, sp = i % splits;
-        const float* pp =
-            partials + (((long long)row * n_heads + h0 + h) * splits + sp) * (HD + 2);
-        s_w[h * splits + sp] = att_ld_cg(pp);
-        s_l[h * splits + sp] = att_ld_cg(pp + 1);
+        const float* pml =
+            partials + ml_base + (((long long)row * n_heads + h0 + h) * splits + sp) * 2;
+        s_w[h * splits + sp] = att_ld_cg(pml);
+        s_l[h * splits + sp] = att_ld_cg(pml + 1);
     }
     __syncthreads();
-    for (int h = threadIdx.x; h < gh; h += blockDim.x) {
+    // One warp per head: the splits' maximum, weights and weighted sum.
+    for (int h = warp; h < gh; h += 4) {
         float mx = ATT_NEG_INF;
-        for (int sp = 0; sp < splits; ++sp) mx = fmaxf(mx, s_w[h * splits + sp]);
+        for (int sp = lane; sp < splits; sp += 32) mx = fmaxf(mx, s_w[h * splits + sp]);
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
         float lsum = 0.0f;
-        for (int sp = 0; sp < splits; ++sp) {
+        for (int sp = lane; sp < splits; sp += 32) {
             const float w = mx != ATT_NEG_INF ? exp2f(s_w[h * splits + sp] - mx) : 0.0f;
             s_w[h * splits + sp] = w;
             lsum = fmaf(w, s_l[h * splits + sp], lsum);
         }
-        sm_l[0][h] = lsum;
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) lsum += __shfl_xor_sync(0xffffffffu, lsum, off);
+        if (lane == 0) sm_l[0][h] = lsum;
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < gh * HD; idx += blockDim.x) {
-        const int h = idx / HD, d = idx % HD;
+    // Four output dims per thread, 16-byte loads, many splits in flight.
+    constexpr int C4 = HD / 4;
+    for (int col = threadIdx.x; col < gh * C4; col += blockDim.x) {
+        const int h = col / C4, d = (col % C4) * 4;
         const long long qh = (long long)row * n_heads + h0 + h;
-        const float* pp = partials + qh * splits * (HD + 2) + 2 + d;
-        float osum = 0.0f;
-#pragma unroll 8
-        for (int sp = 0; sp < splits; ++sp)
-            osum = fmaf(s_w[h * splits + sp], att_ld_cg(pp + sp * (HD + 2)), osum);
+        const float* po = partials + qh * splits * HD + d;
+        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+#pragma unroll 16
+        for (int sp = 0; sp < splits; ++sp) {
+            const float w = s_w[h * splits + sp];
+            const float4 v = att_ld_cg4(po + (long long)sp * HD);
+            a0 = fmaf(w, v.x, a0);
+            a1 = fmaf(w, v.y, a1);
+            a2 = fmaf(w, v.z, a2);
+            a3 = fmaf(w, v.w, a3);
+        }
         const float lsum = sm_l[0][h];
-        att_st(out, qh * HD + d, lsum > 0.0f ? osum / lsum : 0.0f);
+        const bool any = lsum > 0.0f;
+        att_st(out, qh * HD + d, any ? a0 / lsum : 0.0f);
+        att_st(out, qh * HD + d + 1, any ? a1 / lsum : 0.0f);
+        att_st(out, qh * HD + d + 2, any ? a2 / lsum : 0.0f);
+        att_st(out, qh * HD + d + 3, any ? a3 / lsum : 0.0f);
     }
     if (threadIdx.x == 0) *ticket = 0u;  // ready for the next launch
 }
