@@ -2,9 +2,9 @@
 //! `kernels/attention.cu`): flash-decoding for few rows, a tiled
 //! online-softmax kernel for many.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use marlin_cpu::ops::RopeStyle;
 
@@ -203,18 +203,23 @@ fn decode_heads_per_block(group: usize) -> usize {
     group.next_power_of_two().min(8)
 }
 
-/// Key splits per (row, kv head, head chunk): enough blocks for about four
-/// per SM, at most [`MAX_SPLITS`], none shorter than [`MIN_KEYS_PER_SPLIT`]
-/// keys at full capacity, and the partials must fit the workspace.
+/// Key splits per (row, kv head, head chunk): as many blocks as the device
+/// holds at once (`sm_count` x `per_sm`, the kernel's occupancy), rounded
+/// down to whole splits so that the grid runs in one wave (a second,
+/// partial wave would cost a whole block's latency-bound time: batch 32
+/// at 4 blocks per SM took 3 splits = 1.45 waves), at most [`MAX_SPLITS`],
+/// none shorter than [`MIN_KEYS_PER_SPLIT`] keys at full capacity, and the
+/// partials must fit the workspace.
 pub(crate) fn decode_splits(
     sm_count: usize,
+    per_sm: usize,
     rows: usize,
     n_heads: usize,
     blocks_per_split: usize,
     head_dim: usize,
     capacity: usize,
 ) -> usize {
-    let want = (4 * sm_count).div_ceil(blocks_per_split.max(1));
+    let want = (per_sm.max(1) * sm_count) / blocks_per_split.max(1);
     let by_keys = capacity.div_ceil(MIN_KEYS_PER_SPLIT).max(1);
     let per_split = rows
         .saturating_mul(n_heads)
@@ -355,11 +360,16 @@ fn decode_launch<T: ActElem>(
     let gt = decode_heads_per_block(c.group);
     let head_chunks = c.group.div_ceil(gt);
     let grid_y = p.n_kv_heads * head_chunks;
+    let rope = matches!(queries, DecodeQueries::Proj(..));
+    let name = decode_kernel_name(p.head_dim, gt, T::IS_F16, rope)?;
+    let func = dev.function(MODULE, SOURCE, name, 0)?;
+    let per_sm = blocks_per_sm(&func, name)?;
     // One ticket per (row, block column) for the merge of the splits: more
     // columns than tickets run unsplit (never at decode sizes).
     let splits = if rows * grid_y <= ATTN_TICKETS {
         decode_splits(
             dev.sm_count(),
+            per_sm,
             rows,
             p.n_heads,
             rows * grid_y,
@@ -374,9 +384,6 @@ fn decode_launch<T: ActElem>(
             "attention: grid of {grid_y} x {rows} blocks exceeds CUDA limits"
         )));
     }
-    let rope = matches!(queries, DecodeQueries::Proj(..));
-    let name = decode_kernel_name(p.head_dim, gt, T::IS_F16, rope)?;
-    let func = dev.function(MODULE, SOURCE, name, 0)?;
     let [n_heads, n_kv_heads, group, n_layers, layer_i, _] = c.ints;
     let (n_seqs, capacity) = (cache.n_seqs() as i32, cache.capacity() as i32);
     let splits_i = splits as i32;
@@ -449,6 +456,24 @@ fn decode_launch<T: ActElem>(
     // (launch_pdl's contract).
     unsafe { b.launch_pdl(cfg) }?;
     Ok(())
+}
+
+/// Blocks of decode kernel `name` one SM holds at once (the driver's
+/// occupancy for its registers and shared memory; asked once per kernel).
+fn blocks_per_sm(func: &CudaFunction, name: &'static str) -> Result<usize> {
+    static SEEN: Mutex<Vec<(&'static str, usize)>> = Mutex::new(Vec::new());
+    let mut seen = SEEN
+        .lock()
+        .map_err(|_| CudaError::NotAvailable("occupancy cache lock poisoned".into()))?;
+    if let Some(&(_, n)) = seen.iter().find(|(n, _)| *n == name) {
+        return Ok(n);
+    }
+    let n = func
+        .occupancy_max_active_blocks_per_multiprocessor(THREADS, 0, None)
+        .map_err(|e| driver_err(&format!("occupancy of {name}"), e))? as usize;
+    let n = n.max(1);
+    seen.push((name, n));
+    Ok(n)
 }
 
 /// Entry names of the decode kernel for one head_dim and heads per block:
@@ -658,13 +683,17 @@ mod tests {
     fn splits_fill_the_device_and_fit_the_workspace() {
         // Llama-8B shapes on an H100 (132 SMs): batch 1 splits widely,
         // batch 32 a little, short caches little or not at all.
-        assert_eq!(decode_splits(132, 1, 32, 8, 128, 4096), 64);
-        assert_eq!(decode_splits(132, 32, 32, 256, 128, 4096), 3);
-        assert_eq!(decode_splits(132, 1, 32, 8, 128, 64), 4);
-        assert_eq!(decode_splits(132, 1, 32, 8, 128, 707), 45);
-        assert_eq!(decode_splits(132, 1, 32, 8, 128, 16), 1);
+        // One wave: 4 blocks per SM x 132 SMs = 528 blocks.
+        assert_eq!(decode_splits(132, 4, 1, 32, 8, 128, 4096), 64);
+        assert_eq!(decode_splits(132, 4, 32, 32, 256, 128, 4096), 2);
+        assert_eq!(decode_splits(132, 4, 8, 32, 64, 128, 4096), 8);
+        assert_eq!(decode_splits(132, 2, 8, 32, 64, 128, 4096), 4);
+        assert_eq!(decode_splits(132, 4, 1, 32, 8, 128, 64), 4);
+        assert_eq!(decode_splits(132, 4, 1, 32, 8, 128, 707), 45);
+        assert_eq!(decode_splits(132, 4, 1, 32, 8, 128, 16), 1);
+        assert_eq!(decode_splits(132, 4, 64, 32, 1024, 128, 4096), 1);
         for rows in [1, 3, 17, 64, 256] {
-            let s = decode_splits(132, rows, 64, rows * 8, 256, 1 << 20);
+            let s = decode_splits(132, 4, rows, 64, rows * 8, 256, 1 << 20);
             assert!(s >= 1 && rows * 64 * s * 258 <= ATTN_PARTIAL_FLOATS || s == 1);
         }
         assert_eq!(decode_heads_per_block(1), 1);
