@@ -22,6 +22,10 @@ const REL_L2_TOL: f64 = 2e-3;
 
 /// Forced-variant switch read by `wgmma_ws::ws_variant`.
 const VARIANT_ENV: &str = "MARLIN_WGMMA_WS_VARIANT";
+/// Stream-K (1) or split-K (0) form, read by `wgmma_ws::ws_stream_k`.
+const STREAM_K_ENV: &str = "MARLIN_WGMMA_WS_STREAMK";
+/// Forced number of stream-K blocks.
+const SK_BLOCKS_ENV: &str = "MARLIN_WGMMA_WS_SK_BLOCKS";
 
 fn fresh_seed() -> u64 {
     std::time::SystemTime::now()
@@ -117,6 +121,8 @@ fn check(dev: &Arc<CudaDevice>, ws: &mut GemmWorkspace, case: Case, variant: &st
 fn wgmma_ws_gemm_matches_reference() {
     let Some(dev) = hopper() else { return };
     let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    // The split-K form (the stream-K one: the test below).
+    std::env::set_var(STREAM_K_ENV, "0");
     // Every variant forced, then the automatic choice. N = 328 pads to 6
     // tiles: blocks of 4 tiles leave one consumer warpgroup without a tile.
     for variant in ["t64x1", "t64x2", "t128x1", "t128x2", "auto"] {
@@ -142,6 +148,102 @@ fn wgmma_ws_gemm_matches_reference() {
         }
     }
     std::env::remove_var(VARIANT_ENV);
+    std::env::remove_var(STREAM_K_ENV);
+}
+
+/// The stream-K form (`w4a16_wsk_*`): every variant forced and the
+/// automatic choice, with one block per SM and with 3 and 7 blocks (tiles
+/// owned whole by one block, tiles shared by 2..n blocks, blocks whose
+/// range lies inside one tile), against the f64 reference; two launches
+/// bit-identical (the reduction order does not depend on arrival order).
+#[test]
+fn wgmma_ws_stream_k_matches_reference() {
+    let Some(dev) = hopper() else { return };
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    std::env::set_var(STREAM_K_ENV, "1");
+    let cases: [(usize, usize, usize, usize, bool); 10] = [
+        (17, 328, 2048, 128, false),
+        (64, 328, 2048, 128, false),
+        (255, 328, 2048, 128, false),
+        (256, 200, 1000, 128, true),
+        (1000, 328, 2048, 128, false),
+        (64, 4096, 1024, 128, false),
+        (24, 256, 999, 0, false),
+        (130, 200, 990, 32, true),
+        (130, 128, 1536, 192, false),
+        (64, 200, 1000, 128, true),
+    ];
+    let mut checks = 0;
+    for (m, n, k, group, asym) in cases {
+        let seed = fresh_seed();
+        let w = random_int4(n, k, group, asym, seed);
+        let a_host = random_activations(m, k, seed ^ 0x5A5A);
+        let w_ref = dequantize_int4_ref(&w).expect("reference dequant");
+        let a_ref: Vec<f64> = a_host.iter().map(|v| f64::from(v.to_f32())).collect();
+        let want = matmul_ref(&a_ref, &w_ref, m, n, k);
+        let wd = Int4Weight::from_quant(&dev, &w).expect("upload");
+        let a = dev.upload("A", &a_host).expect("upload A");
+        let mut c = dev.alloc_zeros::<f16>("C", m * n).expect("alloc C");
+        let opts = GemmOptions {
+            path: GemmPath::WgmmaWs,
+            splits: None,
+        };
+        for variant in ["t64x1", "t64x2", "t128x1", "t128x2", "auto"] {
+            if variant == "auto" {
+                std::env::remove_var(VARIANT_ENV);
+            } else {
+                std::env::set_var(VARIANT_ENV, variant);
+            }
+            for blocks in ["sm", "3", "7"] {
+                if blocks == "sm" {
+                    std::env::remove_var(SK_BLOCKS_ENV);
+                } else {
+                    std::env::set_var(SK_BLOCKS_ENV, blocks);
+                }
+                let mut first: Option<Vec<f16>> = None;
+                for launch in 0..2 {
+                    dev.write(&mut c, &vec![f16::NAN; m * n]).expect("poison");
+                    let plan = int4_gemm(&dev, &a, m, &wd, &mut c, &mut ws, opts).expect("launch");
+                    assert!(plan.kernel.starts_with("w4a16_wsk_"), "{plan:?}");
+                    let got = dev.download(&c).expect("download");
+                    let (mut err2, mut ref2) = (0f64, 0f64);
+                    for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+                        let g = f64::from(g.to_f32());
+                        assert!(
+                            g.is_finite(),
+                            "M={m} N={n} K={k} g={group} [{variant}, {blocks} blocks] seed={seed}: C[{}, {}] = {g}",
+                            i / n,
+                            i % n
+                        );
+                        err2 += (g - r) * (g - r);
+                        ref2 += r * r;
+                    }
+                    let rel = (err2 / ref2.max(1e-30)).sqrt();
+                    assert!(
+                        rel < REL_L2_TOL,
+                        "M={m} N={n} K={k} g={group} asym={asym} [{variant}, {blocks} blocks] seed={seed} launch {launch}: rel L2 error {rel:.3e}"
+                    );
+                    if let Some(prev) = &first {
+                        assert!(
+                            prev.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits()),
+                            "M={m} N={n} K={k} [{variant}, {blocks} blocks] seed={seed}: two launches differ"
+                        );
+                    } else {
+                        println!(
+                            "PASS int4 wgmma-ws stream-K [{variant}, {blocks} blocks] M={m} N={n} K={k} g={group} asym={asym} kernel={} rel_l2={rel:.2e}",
+                            plan.kernel
+                        );
+                        checks += 1;
+                    }
+                    first = Some(got);
+                }
+            }
+        }
+    }
+    std::env::remove_var(VARIANT_ENV);
+    std::env::remove_var(SK_BLOCKS_ENV);
+    std::env::remove_var(STREAM_K_ENV);
+    println!("PASS stream-K: {checks} checks");
 }
 
 /// The prepared entry point records both launches (staging + main kernel)
@@ -155,9 +257,12 @@ fn wgmma_ws_prepared_gemm_records_in_a_cuda_graph() {
     let (n, k) = (384, 2048);
     let w =
         Int4Weight::from_quant(&dev, &random_int4(n, k, 128, true, fresh_seed())).expect("upload");
-    let ms = [17usize, 64, 300];
+    // Split-K form (2 splits forced) at 17, 64, 300; the stream-K form
+    // (no forced splits) at 64 and 300.
+    std::env::set_var(STREAM_K_ENV, "1");
+    let ms = [17usize, 64, 300, 64, 300];
     let mut cases = Vec::new();
-    for &m in &ms {
+    for (idx, &m) in ms.iter().enumerate() {
         let a = dev
             .upload("A", &random_activations(m, k, fresh_seed()))
             .expect("A");
@@ -165,7 +270,7 @@ fn wgmma_ws_prepared_gemm_records_in_a_cuda_graph() {
         let mut ws = GemmWorkspace::new(&dev).expect("workspace");
         let opts = GemmOptions {
             path: GemmPath::WgmmaWs,
-            splits: Some(2),
+            splits: if idx < 3 { Some(2) } else { None },
         };
         int4_gemm(&dev, &a, m, &w, &mut want, &mut ws, opts).expect("eager");
         let want = dev.download(&want).expect("download");
@@ -201,5 +306,6 @@ fn wgmma_ws_prepared_gemm_records_in_a_cuda_graph() {
             );
         }
     }
-    println!("PASS wgmma-ws prepared GEMM M={ms:?} recorded in a CUDA graph, replayed twice");
+    std::env::remove_var(STREAM_K_ENV);
+    println!("PASS wgmma-ws prepared GEMM M={ms:?} (split-K, then stream-K) recorded in a CUDA graph, replayed twice");
 }

@@ -103,6 +103,19 @@ impl WsVariant {
         }
     }
 
+    fn stream_k_kernel(&self, has_zeros: bool) -> &'static str {
+        match (self.tokens, self.tiles_per_wg, has_zeros) {
+            (64, 1, false) => "w4a16_wsk_t64x1",
+            (64, 1, true) => "w4a16_wsk_t64x1z",
+            (64, _, false) => "w4a16_wsk_t64x2",
+            (64, _, true) => "w4a16_wsk_t64x2z",
+            (_, 1, false) => "w4a16_wsk_t128x1",
+            (_, 1, true) => "w4a16_wsk_t128x1z",
+            (_, _, false) => "w4a16_wsk_t128x2",
+            (_, _, true) => "w4a16_wsk_t128x2z",
+        }
+    }
+
     fn stage_kernel(&self) -> &'static str {
         if self.tokens == 64 {
             "w4a16_ws_stage_t64"
@@ -171,6 +184,61 @@ pub fn ws_variant(m: usize, w: &Int4Weight, sm_count: usize) -> (WsVariant, usiz
     best.map_or((VARIANTS[3], 1), |(_, v, s)| (v, s))
 }
 
+/// Test and tuning switch: `MARLIN_WGMMA_WS_STREAMK=1` takes the stream-K
+/// form (`w4a16_wsk_*`, persistent grid) and `=0` the split-K form
+/// wherever no split factor is forced; unset, [`ws_stream_k`] decides.
+fn stream_k_override() -> Option<bool> {
+    match std::env::var("MARLIN_WGMMA_WS_STREAMK").as_deref() {
+        Ok("1") => Some(true),
+        Ok("0") => Some(false),
+        _ => None,
+    }
+}
+
+/// Test switch: `MARLIN_WGMMA_WS_SK_BLOCKS=<n>` launches the stream-K form
+/// with n blocks (so that tests cover tiles owned by one block as well as
+/// tiles shared by several); unset, one block per SM.
+fn stream_k_blocks_override() -> Option<usize> {
+    std::env::var("MARLIN_WGMMA_WS_SK_BLOCKS")
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|&b| b > 0)
+}
+
+/// Units (one 64-chunk of one block tile) of the stream-K form of `v`.
+fn stream_k_units(m: usize, w: &Int4Weight, v: WsVariant) -> usize {
+    m.div_ceil(v.tokens).max(1) * w.n_pad.div_ceil(v.n_block()) * w.k_chunks.max(1)
+}
+
+/// Whether the stream-K form is used when no split factor is forced
+/// (opt-in until measured faster: first H100 run in docs/CUDA.md change
+/// 28).
+pub fn ws_stream_k() -> bool {
+    stream_k_override().unwrap_or(false)
+}
+
+/// The variant of the stream-K form: the least estimated time, units per
+/// block x [`chunk_us`]; 64-token variants only at M <= 64 (a 128-token
+/// tile would multiply zero rows).
+pub fn ws_stream_k_variant(m: usize, w: &Int4Weight, sm_count: usize) -> WsVariant {
+    if let Some(v) = variant_override() {
+        return v;
+    }
+    let mut best: Option<(f64, WsVariant)> = None;
+    for v in VARIANTS {
+        if m <= 64 && v.tokens > 64 {
+            continue;
+        }
+        let per_block = stream_k_units(m, w, v).div_ceil(sm_count.max(1));
+        let cost = per_block as f64 * chunk_us(v);
+        if best.is_none_or(|(c, _)| cost < c - 1e-9) {
+            best = Some((cost, v));
+        }
+    }
+    best.map_or(VARIANTS[3], |(_, v)| v)
+}
+
 /// Smallest M that `GemmPath::Auto` sends to this kernel.
 pub const WS_AUTO_MIN_M: usize = 128;
 /// From this M on, `GemmPath::Auto` also asks for a full last round.
@@ -214,6 +282,17 @@ pub fn ws_supported(dev: &CudaDevice) -> bool {
 /// Launch shape for M rows. `GemmPlan::m_tiles` holds tokens / 16 and
 /// `n_tiles` the column blocks (64 x 2 x tiles per warpgroup wide).
 pub fn ws_plan(m: usize, w: &Int4Weight, sm_count: usize, splits: Option<usize>) -> GemmPlan {
+    if splits.is_none() && ws_stream_k() {
+        let v = ws_stream_k_variant(m, w, sm_count);
+        return GemmPlan {
+            path: GemmPath::WgmmaWs,
+            kernel: v.stream_k_kernel(w.neg_zero_scales.is_some()),
+            m_tiles: v.tokens / 16,
+            m_blocks: m.div_ceil(v.tokens).max(1),
+            n_tiles: w.n_pad.div_ceil(v.n_block()),
+            splits: 1,
+        };
+    }
     let (v, auto_splits) = ws_variant(m, w, sm_count);
     let splits = splits.unwrap_or(auto_splits).clamp(1, w.k_chunks.max(1));
     GemmPlan {
@@ -237,6 +316,8 @@ pub(super) struct WsCall {
     /// f16 elements of the staged activation image (m_blocks x tokens x
     /// k_pad).
     pub staged: usize,
+    /// Stream-K form: its number of blocks (the grid); None: split-K form.
+    pub stream_k_blocks: Option<usize>,
 }
 
 pub(super) fn resolve(
@@ -252,7 +333,12 @@ pub(super) fn resolve(
         )));
     }
     let plan = ws_plan(m, w, dev.sm_count(), splits);
-    let (variant, _) = ws_variant(m, w, dev.sm_count());
+    let stream_k = splits.is_none() && ws_stream_k();
+    let variant = if stream_k {
+        ws_stream_k_variant(m, w, dev.sm_count())
+    } else {
+        ws_variant(m, w, dev.sm_count()).0
+    };
     let smem_bytes = variant.smem_bytes(w.neg_zero_scales.is_some());
     if smem_bytes > SMEM_LIMIT {
         return Err(CudaError::Shape(format!(
@@ -263,11 +349,24 @@ pub(super) fn resolve(
     let smem = u32::try_from(smem_bytes).map_err(|_| CudaError::Shape("shared memory".into()))?;
     let overflow =
         || CudaError::Shape(format!("M = {m}, N = {}, K = {}: sizes overflow", w.n, w.k));
-    let partials = plan
-        .splits
-        .checked_mul(m)
-        .and_then(|x| x.checked_mul(w.n_pad))
-        .ok_or_else(overflow)?;
+    // Stream-K: one block per SM (at most one per unit); two partial tiles
+    // (tokens x block columns, fp32) per block. Split-K: splits x M x n_pad.
+    let units = stream_k_units(m, w, variant);
+    let stream_k_blocks = stream_k.then(|| {
+        stream_k_blocks_override()
+            .unwrap_or(dev.sm_count())
+            .clamp(1, units.max(1))
+    });
+    let partials = match stream_k_blocks {
+        Some(g) => g
+            .checked_mul(2 * variant.tokens * variant.n_block())
+            .ok_or_else(overflow)?,
+        None => plan
+            .splits
+            .checked_mul(m)
+            .and_then(|x| x.checked_mul(w.n_pad))
+            .ok_or_else(overflow)?,
+    };
     let staged = plan
         .m_blocks
         .checked_mul(variant.tokens)
@@ -281,13 +380,14 @@ pub(super) fn resolve(
         partials,
         tickets: plan.n_tiles * plan.m_blocks,
         staged,
+        stream_k_blocks,
     })
 }
 
 /// Load both kernels of `call` and size the workspace's scratch (split-K
 /// partials and the staged activation image).
 pub(super) fn prepare(dev: &CudaDevice, call: &WsCall, ws: &mut GemmWorkspace) -> Result<()> {
-    if call.plan.splits > 1 {
+    if call.plan.splits > 1 || call.stream_k_blocks.is_some() {
         ws.reserve(dev, call.partials, call.tickets)?;
     }
     if ws.staged_act.as_ref().is_none_or(|s| s.len() < call.staged) {
@@ -311,16 +411,34 @@ pub(super) fn launch(
     call: &WsCall,
 ) -> Result<()> {
     let p = call.plan;
-    let grid = launch_grid(p.m_blocks, p.n_tiles, p.splits)?;
+    let grid = match call.stream_k_blocks {
+        Some(g) => launch_grid(g, 1, 1)?,
+        None => launch_grid(p.m_blocks, p.n_tiles, p.splits)?,
+    };
+    if call.stream_k_blocks.is_some()
+        && (ws.partials.len() < call.partials || ws.tickets.len() < call.tickets)
+    {
+        return Err(CudaError::Shape(format!(
+            "stream-K workspace too small for M={m} N={}: call GemmWorkspace::prepare",
+            w.n
+        )));
+    }
     ws.check_split_k(p.splits, call.partials, call.tickets, (m, w.n), "prepare")?;
     let stage_fn = dev.function(MODULE, SOURCE, call.variant.stage_kernel(), 0)?;
     let func = dev.function(MODULE, SOURCE, p.kernel, call.smem)?;
     let (m_i32, n_i32, k_i32) = (to_i32("M", m)?, to_i32("N", w.n)?, to_i32("K", w.k)?);
+    // The last kernel argument: the split count, or the stream-K kernel's
+    // token blocks (it derives its unit range from the grid).
+    let last_arg = if call.stream_k_blocks.is_some() {
+        p.m_blocks
+    } else {
+        p.splits
+    };
     let (n_pad_i32, k_chunks_i32, group_k32_i32, splits_i32) = (
         to_i32("n_pad", w.n_pad)?,
         to_i32("k_chunks", w.k_chunks)?,
         to_i32("group_k32", w.group_k32)?,
-        to_i32("splits", p.splits)?,
+        to_i32("splits / m_blocks", last_arg)?,
     );
     let staged = match ws.staged_act.as_mut() {
         Some(s) if s.len() >= call.staged => s,
@@ -379,10 +497,13 @@ pub(super) fn launch(
         .arg(&k_chunks_i32)
         .arg(&group_k32_i32)
         .arg(&splits_i32);
-    // SAFETY: argument types and order match W4A16_WS_ENTRY; the staged
+    // SAFETY: argument types and order match W4A16_WS_ENTRY and
+    // W4A16_WSK_ENTRY (same list, the last one m_blocks there); the staged
     // image covers m_blocks x k_chunks tiles; partials >= splits*M*n_pad
     // and tickets >= blocks were checked above; the packed buffers cover
-    // n_pad x k_chunks (the repack); C >= M*N was checked by the caller.
+    // n_pad x k_chunks (the repack); C >= M*N was checked by the caller;
+    // stream-K: partials >= 2 x blocks x tile and tickets >= tiles (checked
+    // above).
     unsafe { launch.launch(cfg) }.map_err(|e| driver_err(&format!("launch {}", p.kernel), e))?;
     Ok(())
 }

@@ -210,6 +210,52 @@ __device__ __forceinline__ void ws_wgmma_n128(float* d, const u32 (&a)[4], unsig
 }
 
 
+// The same with a run-time scale_d: 0 overwrites d (first chunk of a tile
+// in the stream-K kernel, which so never zeroes its accumulators by hand).
+__device__ __forceinline__ void ws_wgmma_n64_sd(float* d, const u32 (&a)[4], unsigned long long desc, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d)
+        : "memory");
+}
+
+__device__ __forceinline__ void ws_wgmma_n128_sd(float* d, const u32 (&a)[4], unsigned long long desc, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d)
+        : "memory");
+}
+
+template <int TOK>
+__device__ __forceinline__ void ws_wgmma_sd(float* d, const u32 (&a)[4], u64 desc, int scale_d) {
+    if constexpr (TOK == 64) ws_wgmma_n64_sd(d, a, desc, scale_d);
+    else ws_wgmma_n128_sd(d, a, desc, scale_d);
+}
+
 template <int TOK>
 __device__ __forceinline__ void ws_wgmma(float* d, const u32 (&a)[4], u64 desc) {
     if constexpr (TOK == 64) ws_wgmma_n64(d, a, desc);
@@ -512,6 +558,309 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
     }
 }
 
+// Stream-K form of ws_body (session 5): a persistent grid of G blocks (one
+// per SM), not one block per (token block, column block, K split). The work
+// is the sequence of U = tiles x k_chunks units (tile T = column block
+// T / m_blocks, token block T % m_blocks; unit (T, c) = chunk c of T);
+// block g owns units [g*U/G, (g+1)*U/G), so every SM streams the same
+// number of chunks (+-1) whatever the shape: no rounds of blocks, one ring
+// fill and no per-block prologue per tile. The producer walks the block's
+// units across tile boundaries without stopping; the consumers run one
+// segment (the block's units of one tile) at a time: wgmma chain as in
+// ws_body, then wait for all wgmma, then
+// - the whole K range of the tile: f16 straight to C;
+// - a part: the fp32 tile goes to slot 2g (the block's first segment) or
+//   2g + 1 (its last), thread-interleaved float4s; the tile's ticket counts
+//   its contributors (blocks owner(T*k_chunks) .. owner((T+1)*k_chunks - 1),
+//   consecutive); the last to arrive sums all the slots (its own too) in
+//   block order, so the result does not depend on who arrives last
+//   (bit-deterministic), writes f16, resets the ticket.
+// Meanwhile the producer already streams the next segment's chunks.
+__device__ __forceinline__ long long wsk_unit_begin(int g, int G, long long U) { return (long long)g * U / G; }
+// The block that owns unit u: the largest g with wsk_unit_begin(g) <= u.
+__device__ __forceinline__ int wsk_owner(long long u, int G, long long U) {
+    int g = (int)(((u + 1) * (long long)G - 1) / U);
+    g = max(0, min(g, G - 1));
+    while (g + 1 < G && wsk_unit_begin(g + 1, G, U) <= u) g++;
+    while (g > 0 && wsk_unit_begin(g, G, U) > u) g--;
+    return g;
+}
+
+template <int TOK, int TPW, int STAGES, bool HAS_Z>
+__device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uint4* __restrict__ W,
+                                         const u32* __restrict__ S, const u32* __restrict__ Z,
+                                         u16* __restrict__ C,
+                                         float* __restrict__ partials,  // (2G, 256 threads x TPW*TOK/2) fp32
+                                         u32* __restrict__ tickets,     // (m_blocks * column blocks)
+                                         int M, int N, int n_pad, int k_chunks, int group_k32, int m_blocks) {
+    constexpr int TILES = 2 * TPW;
+    constexpr u32 ACT_BYTES = TOK * 128;
+    constexpr u32 W_BYTES = TILES * 2048;
+    constexpr u32 ROW_BYTES = TILES * 128;
+    constexpr u32 S_BYTES = 2 * ROW_BYTES;
+    constexpr int NACC = TPW * TOK / 2;       // fp32 accumulators per consumer thread
+    constexpr int SEG_FLOATS = 256 * NACC;    // one partial tile
+    extern __shared__ __align__(1024) unsigned char ws_smem[];
+    __shared__ __align__(8) u64 full_bar[STAGES];
+    __shared__ __align__(8) u64 empty_bar[STAGES];
+    __shared__ u32 is_last;
+
+    const int tid = threadIdx.x;
+    const int wg = tid >> 7;
+    const int n_tiles = n_pad >> 6;
+    const int G = gridDim.x;
+    const int g = blockIdx.x;
+    const long long U = (long long)m_blocks * ((n_tiles + TILES - 1) / TILES) * k_chunks;
+    const long long u_begin = wsk_unit_begin(g, G, U);
+    const int n_my = (int)(wsk_unit_begin(g + 1, G, U) - u_begin);
+
+    const u32 base = (ws_smem_addr(ws_smem) + 1023u) & ~1023u;
+    const u32 act0 = base;
+    const u32 w0 = act0 + STAGES * ACT_BYTES;
+    const u32 s0 = w0 + STAGES * W_BYTES;
+    const u32 z0 = s0 + STAGES * S_BYTES;
+    const u32 full0 = ws_smem_addr(&full_bar[0]);
+    const u32 empty0 = ws_smem_addr(&empty_bar[0]);
+
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            ws_mbar_init(full0 + 8 * s, 1);
+            ws_mbar_init(empty0 + 8 * s, 8);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        if (tid == 0) {
+            const size_t s_row = (size_t)(n_pad >> 4) * 8;
+            long long T = u_begin / k_chunks;
+            int c = (int)(u_begin - T * k_chunks);
+            for (int i = 0; i < n_my; i++) {
+                const int slot = i % STAGES;
+                const int cb = (int)(T / m_blocks);
+                const int mb = (int)(T - (long long)cb * m_blocks);
+                const int tile_base = cb * TILES;
+                const int tiles_here = min(TILES, n_tiles - tile_base);
+                const u32 row_bytes = 128u * (u32)tiles_here;
+                const u32 stage_tx =
+                    ACT_BYTES + 2048u * (u32)tiles_here + 2u * row_bytes * (HAS_Z ? 2u : 1u);
+                ws_mbar_wait(empty0 + 8 * slot, ((i / STAGES) & 1) ^ 1);
+                const u32 bar = full0 + 8 * slot;
+                ws_mbar_arrive_expect_tx(bar, stage_tx);
+                const uint4* a_blk = As + (size_t)mb * k_chunks * (ACT_BYTES / 16);
+                ws_bulk_copy(act0 + slot * ACT_BYTES, a_blk + (size_t)c * (ACT_BYTES / 16), ACT_BYTES, bar);
+                for (int tl = 0; tl < tiles_here; tl++)
+                    ws_bulk_copy(w0 + slot * W_BYTES + tl * 2048,
+                                 W + ((size_t)(tile_base + tl) * k_chunks + c) * 128, 2048, bar);
+                const size_t g_lo = (size_t)((2 * c) / group_k32);
+                const size_t g_hi = (size_t)((2 * c + 1) / group_k32);
+                const u32* s_blk = S + (size_t)tile_base * 32;
+                ws_bulk_copy(s0 + slot * S_BYTES, s_blk + g_lo * s_row, row_bytes, bar);
+                ws_bulk_copy(s0 + slot * S_BYTES + ROW_BYTES, s_blk + g_hi * s_row, row_bytes, bar);
+                if (HAS_Z) {
+                    const u32* z_blk = Z + (size_t)tile_base * 32;
+                    ws_bulk_copy(z0 + slot * S_BYTES, z_blk + g_lo * s_row, row_bytes, bar);
+                    ws_bulk_copy(z0 + slot * S_BYTES + ROW_BYTES, z_blk + g_hi * s_row, row_bytes, bar);
+                }
+                if (++c == k_chunks) {
+                    c = 0;
+                    T++;
+                }
+            }
+        }
+    } else {
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+        const int ct = tid - 128;
+        const int cw = ct >> 7;
+        const int warp = (ct >> 5) & 3;
+        const int lane = tid & 31;
+        const int gq = lane >> 2;
+        const int t = lane & 3;
+        const u32 w_lane = (u32)(((TPW * cw) * 4 + warp) * 32 + lane) * 16;
+        const u32 s_lane = (u32)(t >> 1) * ROW_BYTES + (u32)(((TPW * cw) * 4 + warp) * 8 + gq) * 4;
+
+        // The first chunk of a segment overwrites (scale_d = 0): no zeroing.
+        float acc[TPW][TOK / 2];
+#pragma unroll
+        for (int p = 0; p < TPW; p++)
+#pragma unroll
+            for (int x = 0; x < TOK / 2; x++) acc[p][x] = 0.0f;
+        // One chunk (unit i of this block): as ws_body's step; `release`
+        // hands the slot of unit i-1 back (not for a segment's first unit:
+        // the previous segment released its last slot after its final wait).
+        auto step = [&](int i, u32 (&frag)[TPW][4][4], bool release, int scale_d) {
+            const int slot = i % STAGES;
+            ws_mbar_wait(full0 + 8 * slot, (i / STAGES) & 1);
+#pragma unroll
+            for (int p = 0; p < TPW; p++) {
+                const uint4 q = ws_ld_shared_v4(w0 + slot * W_BYTES + w_lane + p * 2048);
+                const u32 sc = ws_ld_shared_u32(s0 + slot * S_BYTES + s_lane + p * 128);
+                const u32 sa = ws_dup_lo(sc), sb = ws_dup_hi(sc);
+                u32 za, zb;
+                if (HAS_Z) {
+                    const u32 zs = ws_ld_shared_u32(z0 + slot * S_BYTES + s_lane + p * 128);
+                    za = ws_dup_lo(zs);
+                    zb = ws_dup_hi(zs);
+                } else {
+                    za = ws_hmul2(sa, 0xC800C800u);
+                    zb = ws_hmul2(sb, 0xC800C800u);
+                }
+                ws_dequant(q.x, sa, sb, za, zb, frag[p][0]);
+                ws_dequant(q.y, sa, sb, za, zb, frag[p][1]);
+                ws_dequant(q.z, sa, sb, za, zb, frag[p][2]);
+                ws_dequant(q.w, sa, sb, za, zb, frag[p][3]);
+            }
+            const u32 act = act0 + slot * ACT_BYTES;
+#pragma unroll
+            for (int p = 0; p < TPW; p++)
+#pragma unroll
+                for (int x = 0; x < TOK / 2; x++) ws_fence_operand(acc[p][x]);
+            ws_wgmma_fence();
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int p = 0; p < TPW; p++)
+                    ws_wgmma_sd<TOK>(acc[p], frag[p][j], ws_desc_sw128(act + 32 * j), j > 0 ? 1 : scale_d);
+            ws_wgmma_commit();
+#pragma unroll
+            for (int p = 0; p < TPW; p++)
+#pragma unroll
+                for (int x = 0; x < TOK / 2; x++) ws_fence_operand(acc[p][x]);
+            ws_wgmma_wait<1>();
+            if (release) {
+                __syncwarp();
+                if (lane == 0) ws_mbar_arrive(empty0 + 8 * ((i - 1) % STAGES));
+            }
+        };
+        u32 frag_even[TPW][4][4], frag_odd[TPW][4][4];
+#pragma unroll
+        for (int p = 0; p < TPW; p++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int x = 0; x < 4; x++) {
+                    frag_even[p][j][x] = 0u;
+                    frag_odd[p][j][x] = 0u;
+                }
+        int i = 0;
+        while (i < n_my) {
+            // Only `i` and `seg` stay live across the chunk loop (the tile
+            // coordinates are recomputed after it: registers are short at
+            // 128 tokens x 2 tiles).
+            const int seg = min(k_chunks - (int)((u_begin + i) % k_chunks), n_my - i);
+            // An odd segment's first chunk alone (odd set), then whole rounds
+            // of two. (The odd chunk last, as in ws_body, made ptxas
+            // serialise every wgmma of the 128x2 variant here, C7512; a
+            // conditional second step does so everywhere, C7513.)
+            int s = 0;
+            if (seg & 1) {
+                step(i, frag_odd, false, 0);
+                ws_keep_alive<TPW>(frag_even);
+                s = 1;
+            }
+            for (; s + 1 < seg; s += 2) {
+                step(i + s, frag_even, s > 0, s > 0);
+                ws_keep_alive<TPW>(frag_odd);
+                step(i + s + 1, frag_odd, true, 1);
+                ws_keep_alive<TPW>(frag_even);
+            }
+
+            ws_wgmma_wait<0>();
+#pragma unroll
+            for (int p = 0; p < TPW; p++)
+#pragma unroll
+                for (int x = 0; x < TOK / 2; x++) ws_fence_operand(acc[p][x]);
+            __syncwarp();
+            if (lane == 0) ws_mbar_arrive(empty0 + 8 * ((i + seg - 1) % STAGES));
+
+            const long long u = u_begin + i;
+            const int T = (int)(u / k_chunks);
+            const int cb = T / m_blocks;
+            const int m_base = (T - cb * m_blocks) * TOK;
+            const int tile0 = cb * TILES + TPW * cw;
+            if (seg == k_chunks) {
+                // The whole K range: this block alone writes the tile.
+#pragma unroll
+                for (int p = 0; p < TPW; p++) {
+                    const int tile = tile0 + p;
+                    if (tile >= n_tiles) continue;
+                    const int nb = tile * 4 + warp;
+#pragma unroll
+                    for (int q = 0; q < TOK / 8; q++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int row = m_base + 8 * q + 2 * t + (e & 1);
+                            const int col = nb * 16 + gq + 8 * (e >> 1);
+                            if (row < M && col < N) C[(size_t)row * N + col] = ws_f32_to_f16(acc[p][4 * q + e]);
+                        }
+                }
+            } else {
+                const int slot_mine = 2 * g + (T == (int)(u_begin / k_chunks) ? 0 : 1);
+                float4* mine = reinterpret_cast<float4*>(partials + (size_t)slot_mine * SEG_FLOATS);
+#pragma unroll
+                for (int p = 0; p < TPW; p++)
+#pragma unroll
+                    for (int x4 = 0; x4 < TOK / 8; x4++)
+                        mine[(p * (TOK / 8) + x4) * 256 + ct] =
+                            make_float4(acc[p][4 * x4], acc[p][4 * x4 + 1], acc[p][4 * x4 + 2], acc[p][4 * x4 + 3]);
+                const int g_first = wsk_owner((long long)T * k_chunks, G, U);
+                const int g_last = wsk_owner((long long)(T + 1) * k_chunks - 1, G, U);
+                __threadfence();
+                ws_consumer_sync();
+                if (ct == 0) {
+                    const u32 prev = atomicAdd(&tickets[T], 1u);
+                    is_last = (prev == (u32)(g_last - g_first)) ? 1u : 0u;
+                }
+                ws_consumer_sync();
+                if (is_last) {
+                    __threadfence();
+                    // Every contributor (this block too) wrote its slot:
+                    // the sum reads them all in block order.
+#pragma unroll
+                    for (int p = 0; p < TPW; p++)
+#pragma unroll
+                        for (int x = 0; x < TOK / 2; x++) acc[p][x] = 0.0f;
+                    for (int h = g_first; h <= g_last; h++) {
+                        const long long h_first_tile = wsk_unit_begin(h, G, U) / k_chunks;
+                        const int slot_h = 2 * h + (T == h_first_tile ? 0 : 1);
+                        const float* part = partials + (size_t)slot_h * SEG_FLOATS;
+#pragma unroll
+                        for (int p = 0; p < TPW; p++)
+#pragma unroll
+                            for (int x4 = 0; x4 < TOK / 8; x4++) {
+                                const float* f = part + ((size_t)(p * (TOK / 8) + x4) * 256 + ct) * 4;
+                                acc[p][4 * x4] += ws_ld_cg_f32(f);
+                                acc[p][4 * x4 + 1] += ws_ld_cg_f32(f + 1);
+                                acc[p][4 * x4 + 2] += ws_ld_cg_f32(f + 2);
+                                acc[p][4 * x4 + 3] += ws_ld_cg_f32(f + 3);
+                            }
+                    }
+#pragma unroll
+                    for (int p = 0; p < TPW; p++) {
+                        const int tile = tile0 + p;
+                        if (tile >= n_tiles) continue;
+                        const int nb = tile * 4 + warp;
+#pragma unroll
+                        for (int q = 0; q < TOK / 8; q++)
+#pragma unroll
+                            for (int e = 0; e < 4; e++) {
+                                const int row = m_base + 8 * q + 2 * t + (e & 1);
+                                const int col = nb * 16 + gq + 8 * (e >> 1);
+                                if (row < M && col < N)
+                                    C[(size_t)row * N + col] = ws_f32_to_f16(acc[p][4 * q + e]);
+                            }
+                    }
+                    if (ct == 0) tickets[T] = 0u;
+                }
+            }
+            i += seg;
+        }
+    }
+}
+
 #define W4A16_WS_STAGE_ENTRY(NAME, TOK)                                                                 \
     extern "C" __global__ void __launch_bounds__(256) NAME(const u16* __restrict__ A, uint4* __restrict__ out, \
                                                            int M, int K, int k_chunks, long long units) {    \
@@ -540,5 +889,24 @@ W4A16_WS_ENTRY(w4a16_ws_t64x1z, 64, 1, 12, true)
 W4A16_WS_ENTRY(w4a16_ws_t64x2z, 64, 2, 10, true)
 W4A16_WS_ENTRY(w4a16_ws_t128x1z, 128, 1, 8, true)
 W4A16_WS_ENTRY(w4a16_ws_t128x2z, 128, 2, 8, true)
+
+#define W4A16_WSK_ENTRY(NAME, TOK, TPW, STAGES, HAS_Z)                                                  \
+    extern "C" __global__ void __launch_bounds__(384, 1) NAME(                                          \
+        const uint4* __restrict__ As, const uint4* __restrict__ W, const u32* __restrict__ S,           \
+        const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,                   \
+        u32* __restrict__ tickets, int M, int N, int n_pad, int k_chunks, int group_k32, int m_blocks) { \
+        wsk_body<TOK, TPW, STAGES, HAS_Z>(As, W, S, Z, C, partials, tickets, M, N, n_pad, k_chunks,     \
+                                          group_k32, m_blocks);                                         \
+    }
+
+// Stream-K forms (persistent grid), same variants: `w4a16_wsk_*`.
+W4A16_WSK_ENTRY(w4a16_wsk_t64x1, 64, 1, 12, false)
+W4A16_WSK_ENTRY(w4a16_wsk_t64x2, 64, 2, 10, false)
+W4A16_WSK_ENTRY(w4a16_wsk_t128x1, 128, 1, 8, false)
+W4A16_WSK_ENTRY(w4a16_wsk_t128x2, 128, 2, 8, false)
+W4A16_WSK_ENTRY(w4a16_wsk_t64x1z, 64, 1, 12, true)
+W4A16_WSK_ENTRY(w4a16_wsk_t64x2z, 64, 2, 10, true)
+W4A16_WSK_ENTRY(w4a16_wsk_t128x1z, 128, 1, 8, true)
+W4A16_WSK_ENTRY(w4a16_wsk_t128x2z, 128, 2, 8, true)
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
