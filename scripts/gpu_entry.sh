@@ -8,6 +8,7 @@
 #   MARLIN_BENCH_SWEEP_ARGS   extra arguments of the sweep run (e.g. "--ms 1,16")
 #   MARLIN_NCU="--shape NxK --ms 1"  Nsight Compute profile of one decode launch
 #   MARLIN_TESTS=0            skip the staged test binaries
+#   MARLIN_TESTS=a,b          run only these (gpu_int4,gpu_ops: names without -test)
 #   MARLIN_BENCH_GEMM=0       skip the GEMM benchmark
 #   MARLIN_BENCH_DECODE=0     skip `marlin bench decode` (Llama-3.1-8B-shaped INT4)
 #   MARLIN_BENCH_DECODE_ARGS  its arguments (default: --batch 1,8,32 --ctx 512)
@@ -50,6 +51,11 @@ if [ "${MARLIN_TESTS:-1}" != 0 ]; then
     for t in "$stage"/tests/*; do
         [ -x "$t" ] || continue
         name=$(basename "$t")
+        # MARLIN_TESTS=a,b: only the test binaries a-test, b-test (names
+        # without the -test suffix); 1 or unset: all of them.
+        if [ "${MARLIN_TESTS:-1}" != 1 ] && ! [[ ",${MARLIN_TESTS}," == *",${name%-test},"* ]]; then
+            continue
+        fi
         step "test $name" "$out/test_$name.log" "$t" --include-ignored --test-threads=1 --nocapture
     done
 fi
