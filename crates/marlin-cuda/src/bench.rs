@@ -6,6 +6,19 @@
 //! warm-up, so NVRTC compilation and cuBLAS handle setup stay out), the
 //! median over batches. Weights rotate over enough copies (>= 256 MiB in
 //! all) that they are read from device memory, not from the 50 MB L2.
+//!
+//! Decode context (`ctx us`, INT4 at M <= 16, and `cB ctx` for cuBLAS):
+//! the decode graph runs each GEMM right after a small latency-bound
+//! kernel (norm, RoPE, attention, GLU: ~4 us, a few blocks), both launched
+//! with programmatic dependent launch, so a GEMM that streams weights
+//! before its `griddepcontrol.wait` overlaps that kernel. `ctx us` times
+//! back-to-back pairs (`w4_bench_delay`: one warp spinning
+//! [`GemmBenchConfig::delay_cycles`] clocks after its PDL wait, then the
+//! GEMM, launched as the decode step launches it) over the same rotated
+//! weight copies, and subtracts the time of back-to-back delay kernels
+//! alone (`delay us` in the header): the GEMM's exposed time in that
+//! context. cuBLAS's launch is plain (no PDL), so `cB ctx` is its full
+//! time after the same delay kernel.
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,8 +32,8 @@ use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
 use crate::int4::bulk::{bulk_supported, BULK_MAX_M};
 use crate::int4::gemm::{
-    auto_fused, int4_gemm, stream_k_plan, GemmOptions, GemmPath, GemmPlan, GemmWorkspace,
-    Int4Weight, SK_MAX_M,
+    auto_fused, decode_shape, int4_gemm, launch_bench_delay, set_decode_shape_override,
+    stream_k_plan, GemmOptions, GemmPath, GemmPlan, GemmWorkspace, Int4Weight, SK_MAX_M,
 };
 use crate::int4::pack::pack_int4;
 use crate::int4::random::{random_activations, random_int4, XorShift};
@@ -83,6 +96,16 @@ pub struct GemmBenchConfig {
     /// Also time the INT4 stream-K kernel with each number of warps per SM
     /// in this list (rows marked `*`, `splits` = warps per SM).
     pub stream_k_sweep: Vec<usize>,
+    /// Time INT4 at M <= 16 (and cuBLAS) after a delay kernel, as the decode
+    /// graph runs them (`ctx us`, `cB ctx`; see the module doc).
+    pub decode_context: bool,
+    /// SM clocks the delay kernel spins (8000: ~4 us at 1.98 GHz, a decode
+    /// step's small kernel).
+    pub delay_cycles: i64,
+    /// Also time the INT4 decode kernel with each block shape (nbpb column
+    /// blocks, K slices, splits) in this list at M <= 32 (rows `dec`, the
+    /// shape in the last column; shapes the kernel cannot run are skipped).
+    pub decode_shapes: Vec<(usize, usize, usize)>,
 }
 
 impl Default for GemmBenchConfig {
@@ -101,6 +124,9 @@ impl Default for GemmBenchConfig {
             split_sweep: Vec::new(),
             stream_k: false,
             stream_k_sweep: Vec::new(),
+            decode_context: true,
+            delay_cycles: 8000,
+            decode_shapes: Vec::new(),
         }
     }
 }
@@ -141,6 +167,17 @@ pub struct GemmBenchRow {
     /// M <= 16 where it fits with `GemmBenchConfig::stream_k`; NaN elsewhere.
     pub stream_k_us: f64,
     pub cublas_us: f64,
+    /// The path's exposed time after a delay kernel (decode context, see
+    /// the module doc); NaN where not timed.
+    pub ctx_us: f64,
+    /// cuBLAS after the same delay kernel; NaN where not timed.
+    pub cublas_ctx_us: f64,
+    /// INT4: the split-K decode kernel (`GemmPath::Fused`) and the
+    /// stream-K kernel (where `sk us` is timed) in the decode context.
+    pub fused_ctx_us: f64,
+    pub stream_k_ctx_us: f64,
+    /// Decode-kernel block shape forced in a `decode_shapes` row.
+    pub dec_shape: Option<(usize, usize, usize)>,
     /// Bytes of codes and scales one call streams.
     pub weight_bytes: usize,
     /// Weight bytes per microsecond, in TB/s.
@@ -165,6 +202,9 @@ pub struct GemmBenchReport {
     pub device: String,
     /// Device-to-device copy, (bytes read + bytes written) / time, TB/s.
     pub copy_tbps: f64,
+    /// Back-to-back delay kernels alone, us per launch (NaN when the decode
+    /// context was not timed).
+    pub delay_us: f64,
     pub rows: Vec<GemmBenchRow>,
 }
 
@@ -176,9 +216,16 @@ impl fmt::Display for GemmBenchReport {
             "copy bandwidth (D2D, read+write): {:.3} TB/s",
             self.copy_tbps
         )?;
+        if self.delay_us.is_finite() {
+            writeln!(
+                f,
+                "decode context (ctx us: Auto's path, fu: split-K decode kernel, sk: stream-K, cB: cuBLAS) = time of (delay kernel + GEMM) pairs minus {:.2} us per delay kernel alone (PDL chain, rotated weights)",
+                self.delay_us
+            )?;
+        }
         writeln!(
             f,
-            "{:>8} {:>5} {:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7}",
+            "{:>8} {:>5} {:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7}",
             "format",
             "bit/w",
             "N x K",
@@ -197,12 +244,17 @@ impl fmt::Display for GemmBenchReport {
             "speedup",
             "TB/s",
             "%copy",
-            "TFLOP/s"
+            "TFLOP/s",
+            "ctx us",
+            "fu ctx",
+            "sk ctx",
+            "cB ctx",
+            "shape"
         )?;
         for r in &self.rows {
             writeln!(
                 f,
-                "{:>8} {:>5.2} {:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>7.1}",
+                "{:>8} {:>5.2} {:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>7.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7}",
                 r.format.name(),
                 r.bits_per_weight(),
                 format!("{}x{}", r.n, r.k),
@@ -213,6 +265,7 @@ impl fmt::Display for GemmBenchReport {
                     GemmPath::WgmmaWs => "wgws",
                     GemmPath::Bulk => "bulk",
                     GemmPath::StreamK => "sk",
+                    _ if r.dec_shape.is_some() => "dec",
                     _ => "fused",
                 },
                 r.splits,
@@ -229,7 +282,13 @@ impl fmt::Display for GemmBenchReport {
                 r.speedup(),
                 r.weight_tbps,
                 100.0 * r.weight_tbps / self.copy_tbps,
-                r.tflops
+                r.tflops,
+                r.ctx_us,
+                r.fused_ctx_us,
+                r.stream_k_ctx_us,
+                r.cublas_ctx_us,
+                r.dec_shape
+                    .map_or(String::new(), |(a, b, c)| format!("{a}x{b}x{c}"))
             )?;
         }
         Ok(())
@@ -307,9 +366,16 @@ pub fn bench_gemm(ordinal: usize, cfg: &GemmBenchConfig) -> Result<GemmBenchRepo
         message: format!("{e:?}"),
     })?;
     let copy_tbps = copy_bandwidth_tbps(&dev)?;
+    let delay_us = if cfg.decode_context {
+        time_us(&dev, cfg.reps, cfg.batches, |_| {
+            launch_bench_delay(&dev, cfg.delay_cycles)
+        })?
+    } else {
+        f64::NAN
+    };
     let mut rows = Vec::new();
     for &(n, k) in &cfg.shapes {
-        rows.extend(bench_shape(&dev, &blas, n, k, cfg)?);
+        rows.extend(bench_shape(&dev, &blas, n, k, cfg, delay_us)?);
     }
     Ok(GemmBenchReport {
         device: format!(
@@ -320,6 +386,7 @@ pub fn bench_gemm(ordinal: usize, cfg: &GemmBenchConfig) -> Result<GemmBenchRepo
             dev.sm_count()
         ),
         copy_tbps,
+        delay_us,
         rows,
     })
 }
@@ -377,6 +444,7 @@ fn bench_shape(
     n: usize,
     k: usize,
     cfg: &GemmBenchConfig,
+    delay_us: f64,
 ) -> Result<Vec<GemmBenchRow>> {
     let max_m = cfg.ms.iter().copied().max().unwrap_or(1);
     let mut formats = Vec::new();
@@ -402,7 +470,7 @@ fn bench_shape(
 
     let mut rows = Vec::new();
     for &m in &cfg.ms {
-        let cublas_us = time_us(dev, cfg.reps, cfg.batches, |i| {
+        let cublas_call = |i: usize, c: &mut CudaSlice<f16>| {
             let gemm_cfg = GemmConfig {
                 transa: cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T,
                 transb: cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N,
@@ -418,50 +486,66 @@ fn bench_shape(
             // SAFETY: W16 is (N, K) row-major = K x N column-major (op T),
             // A is (M, K) row-major = K x M column-major, C is (M, N)
             // row-major = N x M column-major; all buffers hold >= those sizes.
-            unsafe { blas.gemm(gemm_cfg, &weights16[i % n_f16], &a, &mut c) }.map_err(|e| {
+            unsafe { blas.gemm(gemm_cfg, &weights16[i % n_f16], &a, c) }.map_err(|e| {
                 CudaError::Cublas {
                     context: format!("GemmEx M={m} N={n} K={k}"),
                     message: format!("{e:?}"),
                 }
             })
-        })?;
+        };
+        let cublas_us = time_us(dev, cfg.reps, cfg.batches, |i| cublas_call(i, &mut c))?;
+        let in_context = cfg.decode_context && m <= SK_MAX_M && delay_us.is_finite();
+        let cublas_ctx_us = if in_context {
+            time_us(dev, cfg.reps, cfg.batches, |i| {
+                launch_bench_delay(dev, cfg.delay_cycles)?;
+                cublas_call(i, &mut c)
+            })? - delay_us
+        } else {
+            f64::NAN
+        };
         for (format, weights, weight_bytes) in &formats {
-            let mut time_path = |path: GemmPath, splits: Option<usize>| {
+            // after_delay: each call after a delay kernel, the delay kernels'
+            // own time subtracted (decode context, module doc).
+            let mut time_path = |path: GemmPath, splits: Option<usize>, after_delay: bool| {
                 let mut plan = None;
                 let us = time_us(dev, cfg.reps, cfg.batches, |i| {
+                    if after_delay {
+                        launch_bench_delay(dev, cfg.delay_cycles)?;
+                    }
                     let opts = GemmOptions { path, splits };
                     plan = Some(weights.call(dev, i, &a, m, &mut c, &mut ws, opts)?);
                     Ok(())
                 })?;
+                let us = if after_delay { us - delay_us } else { us };
                 Ok::<_, CudaError>((us, plan))
             };
             let is_int4 = *format == GemmFormat::Int4G128;
             let (fused_us, fused_plan) = if is_int4 || m <= 256 {
-                time_path(GemmPath::Fused, None)?
+                time_path(GemmPath::Fused, None, false)?
             } else {
                 (f64::NAN, None)
             };
             let general_us = if is_int4 && m <= 16 {
-                time_path(GemmPath::FusedGeneral, None)?.0
+                time_path(GemmPath::FusedGeneral, None, false)?.0
             } else {
                 f64::NAN
             };
-            let (dequant_cublas_us, _) = time_path(GemmPath::DequantCublas, None)?;
+            let (dequant_cublas_us, _) = time_path(GemmPath::DequantCublas, None, false)?;
             let has_wgmma = is_int4 && m >= WGMMA_MIN_M && wgmma_supported(dev);
             let wgmma_us = if has_wgmma {
-                time_path(GemmPath::Wgmma, None)?.0
+                time_path(GemmPath::Wgmma, None, false)?.0
             } else {
                 f64::NAN
             };
             let has_wgmma_ws = is_int4 && m >= WGMMA_MIN_M && ws_supported(dev);
             let wgmma_ws_us = if has_wgmma_ws {
-                time_path(GemmPath::WgmmaWs, None)?.0
+                time_path(GemmPath::WgmmaWs, None, false)?.0
             } else {
                 f64::NAN
             };
             let has_bulk = is_int4 && m <= BULK_MAX_M && bulk_supported(dev);
             let bulk_us = if has_bulk {
-                time_path(GemmPath::Bulk, None)?.0
+                time_path(GemmPath::Bulk, None, false)?.0
             } else {
                 f64::NAN
             };
@@ -472,14 +556,30 @@ fn bench_shape(
                 _ => false,
             };
             let stream_k_us = if has_sk {
-                time_path(GemmPath::StreamK, None)?.0
+                time_path(GemmPath::StreamK, None, false)?.0
             } else {
                 f64::NAN
             };
+            let (fused_ctx_us, stream_k_ctx_us) = if is_int4 && in_context {
+                (
+                    time_path(GemmPath::Fused, None, true)?.0,
+                    if has_sk {
+                        time_path(GemmPath::StreamK, None, true)?.0
+                    } else {
+                        f64::NAN
+                    },
+                )
+            } else {
+                (f64::NAN, f64::NAN)
+            };
             let mut auto_plan = None;
+            let mut ctx_us = f64::NAN;
             let (us, path) = if is_int4 {
-                let (us, plan) = time_path(GemmPath::Auto, None)?;
+                let (us, plan) = time_path(GemmPath::Auto, None, false)?;
                 auto_plan = plan;
+                if in_context {
+                    ctx_us = time_path(GemmPath::Auto, None, true)?.0;
+                }
                 (us, plan.map_or(GemmPath::Auto, |p| p.path))
             } else if auto_fused(m, n, k) {
                 (fused_us, GemmPath::Fused)
@@ -489,24 +589,24 @@ fn bench_shape(
             let mut sweep = Vec::new();
             if is_int4 {
                 for &s in &cfg.split_sweep {
-                    let (us, plan) = time_path(GemmPath::Fused, Some(s))?;
+                    let (us, plan) = time_path(GemmPath::Fused, Some(s), false)?;
                     if plan.is_some_and(|p| p.splits == s) {
                         sweep.push((s, GemmPath::Fused, us));
                     }
                     if has_bulk {
-                        let (us, plan) = time_path(GemmPath::Bulk, Some(s))?;
+                        let (us, plan) = time_path(GemmPath::Bulk, Some(s), false)?;
                         if plan.is_some_and(|p| p.splits == s) {
                             sweep.push((s, GemmPath::Bulk, us));
                         }
                     }
                     if has_wgmma {
-                        let (us, plan) = time_path(GemmPath::Wgmma, Some(s))?;
+                        let (us, plan) = time_path(GemmPath::Wgmma, Some(s), false)?;
                         if plan.is_some_and(|p| p.splits == s) {
                             sweep.push((s, GemmPath::Wgmma, us));
                         }
                     }
                     if has_wgmma_ws {
-                        let (us, plan) = time_path(GemmPath::WgmmaWs, Some(s))?;
+                        let (us, plan) = time_path(GemmPath::WgmmaWs, Some(s), false)?;
                         if plan.is_some_and(|p| p.splits == s) {
                             sweep.push((s, GemmPath::WgmmaWs, us));
                         }
@@ -515,9 +615,39 @@ fn bench_shape(
             }
             if has_sk {
                 for &s in &cfg.stream_k_sweep {
-                    let (us, plan) = time_path(GemmPath::StreamK, Some(s))?;
+                    let (us, plan) = time_path(GemmPath::StreamK, Some(s), false)?;
                     if plan.is_some_and(|p| p.splits == s) {
                         sweep.push((s, GemmPath::StreamK, us));
+                    }
+                }
+            }
+            // Forced decode block shapes: (nbpb, k_slices, splits, us, ctx us).
+            let mut shape_rows = Vec::new();
+            if is_int4 && m <= 32 {
+                for &(nbpb, ks, sp) in &cfg.decode_shapes {
+                    set_decode_shape_override(Some((nbpb, ks, sp)));
+                    let timed = time_path(GemmPath::Fused, None, false).and_then(|(us, plan)| {
+                        let ctx = if in_context {
+                            time_path(GemmPath::Fused, None, true)?.0
+                        } else {
+                            f64::NAN
+                        };
+                        Ok((us, ctx, plan))
+                    });
+                    set_decode_shape_override(None);
+                    let (us, ctx, plan) = timed?;
+                    // Reported only where the decode kernel ran that shape
+                    // (else the rule's shape ran).
+                    set_decode_shape_override(Some((nbpb, ks, sp)));
+                    let shape = match weights {
+                        Weights::Int4(w) => decode_shape(m, &w[0], dev.sm_count()),
+                        Weights::Wx(_) => None,
+                    };
+                    set_decode_shape_override(None);
+                    let taken = shape == Some((nbpb, ks, sp))
+                        && plan.is_some_and(|p| p.kernel.starts_with("w4a16_dec_"));
+                    if taken {
+                        shape_rows.push(((nbpb, ks, sp), us, ctx));
                     }
                 }
             }
@@ -538,6 +668,11 @@ fn bench_shape(
                 bulk_us,
                 stream_k_us,
                 cublas_us,
+                ctx_us: f64::NAN,
+                cublas_ctx_us,
+                fused_ctx_us,
+                stream_k_ctx_us,
+                dec_shape: None,
                 weight_bytes: *weight_bytes,
                 weight_tbps: *weight_bytes as f64 / (us * 1e-6) / 1e12,
                 tflops: 2.0 * (m * n * k) as f64 / (us * 1e-6) / 1e12,
@@ -549,9 +684,19 @@ fn bench_shape(
                 }
                 _ => fused_plan.map_or(0, |p| p.splits),
             };
-            rows.push(row(splits_used, false, path, us));
+            rows.push(GemmBenchRow {
+                ctx_us,
+                ..row(splits_used, false, path, us)
+            });
             for (s, path, us) in sweep {
                 rows.push(row(s, true, path, us));
+            }
+            for ((nbpb, ks, sp), us, ctx) in shape_rows {
+                rows.push(GemmBenchRow {
+                    ctx_us: ctx,
+                    dec_shape: Some((nbpb, ks, sp)),
+                    ..row(sp * ks, true, GemmPath::Fused, us)
+                });
             }
         }
     }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use half::f16;
 use marlin_cuda::int4::gemm::{
-    int4_gemm, int4_gemm_prepared, GemmOptions, GemmPath, GemmWorkspace, Int4Weight,
+    decode_shape, int4_gemm, int4_gemm_prepared, set_decode_shape_override, GemmOptions, GemmPath,
+    GemmWorkspace, Int4Weight,
 };
 use marlin_cuda::int4::pack::pack_int4;
 use marlin_cuda::int4::random::{hashed_int4, random_activations, random_int4};
@@ -142,6 +143,56 @@ fn int4_gemm_awkward_shapes_and_splits() {
         splits: Some(4),
     };
     check(&dev, &mut ws, 130, 64, 4096, 128, false, opts);
+}
+
+/// Decode-kernel block shapes the rule does not take today (several column
+/// blocks AND several K slices per block, with and without split-K), forced
+/// through the benchmark's thread-local override: the kernel must be right
+/// for every shape the override accepts.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int4_decode_block_shapes_match_reference() {
+    let dev = device();
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    let opts = GemmOptions {
+        path: GemmPath::Fused,
+        splits: None,
+    };
+    for &(nbpb, ks, sp) in &[
+        (4, 2, 2),
+        (2, 4, 2),
+        (2, 4, 1),
+        (16, 1, 4),
+        (4, 4, 1),
+        (2, 2, 4),
+        (1, 8, 1),
+        (4, 2, 3),
+    ] {
+        set_decode_shape_override(Some((nbpb, ks, sp)));
+        for &m in &[1, 5, 9, 16, 24] {
+            // At M <= 16 the override must be taken on the 256 x 2048 weight
+            // (16 column blocks, 32 chunks; at M = 24 the 16-warp shape's
+            // tile exceeds the shared-memory limit and the rule runs).
+            if m <= 16 {
+                let probe = Int4Weight::from_quant(&dev, &random_int4(256, 2048, 128, false, 7))
+                    .expect("upload");
+                assert_eq!(
+                    decode_shape(m, &probe, dev.sm_count()),
+                    Some((nbpb, ks, sp)),
+                    "shape {nbpb}x{ks}x{sp} not taken at M={m}"
+                );
+            }
+            check(&dev, &mut ws, m, 256, 2048, 128, false, opts);
+            // N not a multiple of 64 (12 column blocks), K not a multiple of
+            // 64, zero points; groups of 32; group 192 (a K partition may
+            // start inside a scale group).
+            check(&dev, &mut ws, m, 192, 1000, 128, true, opts);
+            check(&dev, &mut ws, m, 256, 2048, 32, false, opts);
+            check(&dev, &mut ws, m, 256, 1536, 192, false, opts);
+        }
+        set_decode_shape_override(None);
+    }
+    println!("PASS int4 decode kernel with forced block shapes");
 }
 
 #[test]

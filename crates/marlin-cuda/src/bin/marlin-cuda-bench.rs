@@ -1,13 +1,17 @@
 //! `marlin-cuda-bench [--quick] [--sweep] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]]
-//! [--ms 1,16] [--formats int4,mxfp4,...] [--device N]`: the quantized GEMM benchmark table (see
-//! `marlin_cuda::bench`). `--stream-k` adds the opt-in stream-K INT4 kernel's column.
+//! [--ms 1,16] [--formats int4,mxfp4,...] [--no-ctx] [--delay-cycles C] [--dec-shapes 4x1x4,4x2x2]
+//! [--device N]`: the quantized GEMM benchmark table (see `marlin_cuda::bench`). `--stream-k`
+//! adds the stream-K INT4 kernel's column; `--no-ctx` drops the decode-context columns (GEMM
+//! after a PDL-launched delay kernel of C clocks); `--dec-shapes` times forced decode-kernel
+//! block shapes (column blocks x K slices x splits).
 //! Exit status 1 when CUDA is not available or a call fails.
 
 use marlin_cuda::bench::{bench_gemm, GemmBenchConfig, GemmFormat};
 
 const USAGE: &str =
     "usage: marlin-cuda-bench [--quick] [--sweep] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]] [--ms 1,16] \
-                     [--formats int4,mxfp4,nvfp4,int8,fp8,fp8b128,int3,int2] [--device N]";
+                     [--formats int4,mxfp4,nvfp4,int8,fp8,fp8b128,int3,int2] [--no-ctx] [--delay-cycles C] \
+                     [--dec-shapes AxBxC[,..]] [--device N]";
 
 fn main() {
     let mut cfg = GemmBenchConfig::default();
@@ -25,6 +29,25 @@ fn main() {
                 cfg.formats = vec![GemmFormat::Int4G128];
             }
             "--stream-k" => cfg.stream_k = true,
+            "--no-ctx" => cfg.decode_context = false,
+            "--delay-cycles" => match args.next().and_then(|s| s.parse::<i64>().ok()) {
+                Some(c) if c >= 0 => cfg.delay_cycles = c,
+                _ => {
+                    eprintln!("--delay-cycles needs a non-negative number of SM clocks");
+                    std::process::exit(2);
+                }
+            },
+            "--dec-shapes" => match args.next().and_then(|s| {
+                s.split(',')
+                    .map(|v| parse_dec_shape(v.trim()))
+                    .collect::<Option<Vec<_>>>()
+            }) {
+                Some(shapes) if !shapes.is_empty() => cfg.decode_shapes = shapes,
+                _ => {
+                    eprintln!("--dec-shapes needs AxBxC[,..] (column blocks x K slices x splits, each >= 1)");
+                    std::process::exit(2);
+                }
+            },
             "--sk-warps" => match args.next().map(|s| {
                 s.split(',')
                     .map(|v| v.trim().parse::<usize>())
@@ -94,4 +117,12 @@ fn parse_shape(s: &str) -> Option<(usize, usize)> {
     let (n, k) = s.split_once('x')?;
     let (n, k) = (n.parse().ok()?, k.parse().ok()?);
     (n > 0 && k > 0).then_some((n, k))
+}
+
+fn parse_dec_shape(s: &str) -> Option<(usize, usize, usize)> {
+    let mut it = s
+        .split('x')
+        .map(|v| v.parse::<usize>().ok().filter(|&v| v > 0));
+    let shape = (it.next()??, it.next()??, it.next()??);
+    it.next().is_none().then_some(shape)
 }

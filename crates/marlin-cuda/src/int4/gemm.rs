@@ -1,6 +1,7 @@
 //! Device side of the W4A16 GEMM: weights uploaded once, the split-K
 //! workspace, and the checked launch.
 
+use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 
 use cudarc::cublas::sys::cublasOperation_t;
@@ -26,9 +27,14 @@ const THREADS: u32 = 128;
 const MIN_CHUNKS_PER_SPLIT: usize = 4;
 /// Preferred chunks of 64 along K per split (see `plan`).
 const TARGET_CHUNKS_PER_SPLIT: usize = 16;
-/// Decode kernel (`w4a16_dec_*`, M <= 32): cp.async ring depth (keep in sync
-/// with W4A16_DEC_ENTRY in the source).
+/// Decode kernel (`w4a16_dec_*`, M <= 32): cp.async ring depth per warp of
+/// the M <= 4 variants (`w4a16_dec_m4*`; keep in sync with W4A16_DEC_ENTRY
+/// in the source): the chunks a warp issues before its PDL wait.
+const DEC_STAGES_M4: usize = 16;
+/// Ring depth of the other decode variants (M = 5..32).
 const DEC_STAGES: usize = 8;
+/// Decode kernel: largest M of the 16-stage variants.
+const DEC_M4_MAX_M: usize = 4;
 /// Decode kernel: activation tile budget of a block with up to 16 token rows
 /// (16 rows x 2048 halves: 32 chunks of 64 per split), which bounds its
 /// chunks per split. Forced split factors with longer splits take the
@@ -413,8 +419,15 @@ fn decode_max_chunks(m: usize) -> usize {
     ((budget / (2 * rows)).saturating_sub(8) / 64).max(1)
 }
 
-/// Bytes of one warp's code ring (16 B per lane and stage).
-const DEC_RING_BYTES: usize = DEC_STAGES * 32 * 16;
+/// Bytes of one warp's code ring for M rows (16 B per lane and stage).
+fn decode_ring_bytes(m: usize) -> usize {
+    let stages = if m <= DEC_M4_MAX_M {
+        DEC_STAGES_M4
+    } else {
+        DEC_STAGES
+    };
+    stages * 32 * 16
+}
 
 /// Launch shape of the decode kernel: `nbpb` n16 column blocks x `k_slices`
 /// K slices per block (one warp each), `splits` blocks along K.
@@ -451,7 +464,7 @@ fn decode_smem_bytes(
     let cps = k_chunks.div_ceil(shape.splits.max(1));
     let a_stride = cps * 64 + 8;
     let scale_tiles = 1 + usize::from(has_zeros);
-    shape.nbpb * shape.k_slices * DEC_RING_BYTES
+    shape.nbpb * shape.k_slices * decode_ring_bytes(m)
         + scale_tiles * shape.nbpb * 32 * decode_scale_rows(cps, group_k32)
         + decode_tile_rows(m) * a_stride * 2
         + 128
@@ -585,6 +598,70 @@ fn decode_blocks_per_sm(smem: usize, warps: usize) -> usize {
     by_smem.min(by_warps).min(by_regs)
 }
 
+thread_local! {
+    /// Decode block shape forced by [`set_decode_shape_override`] on this
+    /// thread.
+    static DECODE_SHAPE_OVERRIDE: Cell<Option<DecodeShape>> = const { Cell::new(None) };
+}
+
+/// Tuning hook of the GEMM benchmark (`marlin-cuda-bench --dec-shapes`) and
+/// its GPU test: while set, every decode-kernel call made by this thread
+/// without a forced split factor takes the block shape `(nbpb column
+/// blocks, k_slices K slices, splits)` where the kernel can run it (nbpb
+/// divides the weight's n16 column blocks, at most 16 warps, each K
+/// partition at least 4 chunks, shared memory within the limit); shapes it
+/// cannot run keep the rule. `None` restores the rule. Thread-local, so
+/// that it never changes another thread's calls.
+pub fn set_decode_shape_override(shape: Option<(usize, usize, usize)>) {
+    let shape = shape.map(|(nbpb, k_slices, splits)| DecodeShape {
+        nbpb,
+        k_slices,
+        splits,
+    });
+    DECODE_SHAPE_OVERRIDE.with(|o| o.set(shape));
+}
+
+fn decode_shape_override() -> Option<DecodeShape> {
+    DECODE_SHAPE_OVERRIDE.with(Cell::get)
+}
+
+/// The decode kernel's block shape (column blocks, K slices, splits) for a
+/// `GemmPath::Fused` call of `m` rows of `w` without a forced split factor
+/// (the rule, or this thread's [`set_decode_shape_override`] where the
+/// kernel can run it); None where the decode kernel does not take the call.
+pub fn decode_shape(m: usize, w: &Int4Weight, sm_count: usize) -> Option<(usize, usize, usize)> {
+    if m > DEC_MAX_M {
+        return None;
+    }
+    decode_launch(m, w, sm_count, None).map(|(_, s)| (s.nbpb, s.k_slices, s.splits))
+}
+
+/// The decode kernel entry for M rows in token tiles of 8, zero points,
+/// groups of 32.
+fn decode_kernel_name(m: usize, tiles: usize, has_zeros: bool, group32: bool) -> &'static str {
+    // Symmetric weights with groups >= 64 apply the scales to the fp32
+    // group sums; zero points or groups of 32 dequantize with the scale.
+    // M <= 4: the 16-stage variants.
+    if m <= DEC_M4_MAX_M {
+        return match (has_zeros, group32) {
+            (true, _) => "w4a16_dec_m4z",
+            (false, true) => "w4a16_dec_m4s",
+            (false, false) => "w4a16_dec_m4",
+        };
+    }
+    match (tiles, has_zeros, group32) {
+        (1, true, _) => "w4a16_dec_m8z",
+        (2, true, _) => "w4a16_dec_m16z",
+        (_, true, _) => "w4a16_dec_m32z",
+        (1, false, true) => "w4a16_dec_m8s",
+        (2, false, true) => "w4a16_dec_m16s",
+        (_, false, true) => "w4a16_dec_m32s",
+        (1, false, false) => "w4a16_dec_m8",
+        (2, false, false) => "w4a16_dec_m16",
+        (_, false, false) => "w4a16_dec_m32",
+    }
+}
+
 /// [`decode_launch`] of a weight given by (n_pad, k_chunks, group_k32).
 fn decode_launch_for(
     m: usize,
@@ -599,6 +676,26 @@ fn decode_launch_for(
     let max_chunks = decode_max_chunks(m);
     let max_parts = (kc / MIN_CHUNKS_PER_SPLIT).max(1);
     let splits_min = kc.div_ceil(max_chunks);
+    let plan_of = |shape: DecodeShape| GemmPlan {
+        path: GemmPath::Fused,
+        kernel: decode_kernel_name(m, tiles, has_zeros, group_k32 == 1),
+        m_tiles: 1,
+        m_blocks,
+        n_tiles: n16 / shape.nbpb,
+        splits: shape.splits * shape.k_slices,
+    };
+    if let (None, Some(shape)) = (forced, decode_shape_override()) {
+        let runnable = shape.nbpb >= 1
+            && shape.k_slices >= 1
+            && shape.splits >= 1
+            && n16 % shape.nbpb == 0
+            && shape.nbpb * shape.k_slices <= DEC_MAX_WARPS
+            && shape.splits * shape.k_slices <= max_parts
+            && decode_smem_bytes(m, kc, shape, group_k32, has_zeros) <= DEC_SMEM_LIMIT;
+        if runnable {
+            return Some((plan_of(shape), shape));
+        }
+    }
     // M > 4 keeps 4 column blocks per block (the activation tile shared by
     // 4 warps): 1-2 column blocks with K slices measured 10-25% slower at
     // M = 8 and 16 (change 19).
@@ -615,9 +712,49 @@ fn decode_launch_for(
         let smem = decode_smem_bytes(m, kc, shape, group_k32, has_zeros);
         n16 * m_blocks * sp <= sm_count * decode_blocks_per_sm(smem, ks)
     };
+    // M = 5..8 at small N: 2 column blocks x 4 K slices per block and no
+    // split-K where that is one wave and fits (docs/CUDA.md, change 29:
+    // 4096x4096 M = 8 7.83 against 10.05 us for the split-K plan, 6144x4096
+    // 9.12 against 11.81).
+    if forced.is_none() && !small && n16 < DEC_LARGE_N16 && m > 4 && m <= 8 && n16 % 2 == 0 {
+        let shape = DecodeShape {
+            nbpb: 2,
+            k_slices: 4,
+            splits: 1,
+        };
+        let smem = decode_smem_bytes(m, kc, shape, group_k32, has_zeros);
+        if smem <= DEC_SMEM_LIMIT
+            && max_parts >= 4
+            && (n16 / 2) * m_blocks <= sm_count * decode_blocks_per_sm(smem, 8)
+        {
+            return Some((plan_of(shape), shape));
+        }
+    }
     let large = !small;
-    let nbpb = if large { 4 } else { 1 };
-    let max_slices = DEC_MAX_WARPS / nbpb;
+    // M = 9..16 with K >= 8192: 16 column blocks share each block's
+    // activation tile (4x fewer activation bytes from L2 than 4; change 29:
+    // 4096x14336 M = 16 21.3 against 32.1 us, 28672x8192 74.0 against 87.8
+    // with 4 splits); K <= 4096 measured no better.
+    let wide = large && forced.is_none() && tiles == 2 && kc >= 128 && n16 % 16 == 0;
+    let nbpb = match (large, wide) {
+        (true, true) => 16,
+        (true, false) => 4,
+        _ => 1,
+    };
+    // 16 column blocks per block: 4 splits where that fits the shared
+    // memory limit (its tile may exceed the 64 KiB budget of `splits_min`;
+    // 28672x8192 M = 16: 74.0 us against 81.9 at 8 splits), else 8
+    // (4096x14336 M = 16: 21.3 us).
+    let wide_four = wide && {
+        let four = DecodeShape {
+            nbpb,
+            k_slices: 1,
+            splits: DEC_SPLITS / 2,
+        };
+        DEC_SPLITS / 2 <= max_parts
+            && decode_smem_bytes(m, kc, four, group_k32, has_zeros) <= DEC_SMEM_LIMIT
+    };
+    let max_slices = (DEC_MAX_WARPS / nbpb).max(1);
     let (k_slices, splits) = match forced {
         Some(p) => {
             let p = p.clamp(1, max_parts);
@@ -632,7 +769,9 @@ fn decode_launch_for(
             // 33.5 at 8). Above 16 rows the partials cost as much as the
             // weights: as few splits as the tile allows, at least one wave.
             let base = if kc <= 64 { DEC_SPLITS / 2 } else { DEC_SPLITS };
-            let want = if m <= 16 {
+            let want = if wide_four {
+                DEC_SPLITS / 2
+            } else if m <= 16 {
                 base.max(splits_min)
             } else {
                 splits_min.max(sm_count.div_ceil((n16 / 4) * m_blocks))
@@ -654,33 +793,13 @@ fn decode_launch_for(
     {
         shape.splits += 1;
     }
-    if shape.splits < splits_min
+    if (shape.splits < splits_min && !wide_four)
         || shape.splits * shape.k_slices > max_parts
         || decode_smem_bytes(m, kc, shape, group_k32, has_zeros) > DEC_SMEM_LIMIT
     {
         return None;
     }
-    let plan = GemmPlan {
-        path: GemmPath::Fused,
-        // Symmetric weights with groups >= 64 apply the scales to the fp32
-        // group sums; zero points or groups of 32 dequantize with the scale.
-        kernel: match (tiles, has_zeros, group_k32 == 1) {
-            (1, true, _) => "w4a16_dec_m8z",
-            (2, true, _) => "w4a16_dec_m16z",
-            (_, true, _) => "w4a16_dec_m32z",
-            (1, false, true) => "w4a16_dec_m8s",
-            (2, false, true) => "w4a16_dec_m16s",
-            (_, false, true) => "w4a16_dec_m32s",
-            (1, false, false) => "w4a16_dec_m8",
-            (2, false, false) => "w4a16_dec_m16",
-            (_, false, false) => "w4a16_dec_m32",
-        },
-        m_tiles: 1,
-        m_blocks,
-        n_tiles: n16 / nbpb,
-        splits: shape.splits * shape.k_slices,
-    };
-    Some((plan, shape))
+    Some((plan_of(shape), shape))
 }
 
 /// A fused-kernel call, resolved: plan, shared memory and scratch sizes.
@@ -820,6 +939,17 @@ pub fn stream_k_auto(n: usize) -> bool {
             .map(|v| v.trim() != "0")
     });
     forced.unwrap_or(n >= SK_AUTO_MIN_N)
+}
+
+/// Whether the split-K INT4 decode kernel streams weights before its PDL
+/// wait (`pre_wait` argument of `w4a16_dec_*`): it issues its scale rows
+/// and its weight ring before `griddepcontrol.wait` (the stream-K kernel
+/// always did). `MARLIN_INT4_PREWAIT=0` restores session 4's order (the
+/// wait first; read once), for same-run comparisons of the decode step
+/// (docs/CUDA.md, change 29).
+pub fn int4_prewait() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MARLIN_INT4_PREWAIT").map_or(true, |v| v.trim() != "0"))
 }
 
 /// Launch shape of the stream-K decode kernel: `blocks` x `warps` warps,
@@ -1047,6 +1177,25 @@ fn launch_stream_k(
     Ok(())
 }
 
+/// Enqueues `w4_bench_delay` (one warp spinning `cycles` SM clocks after
+/// its PDL wait), launched with programmatic dependent launch like the
+/// decode step's kernels: the benchmark's stand-in for the small kernel
+/// that precedes each GEMM in the decode graph.
+pub(crate) fn launch_bench_delay(dev: &Arc<CudaDevice>, cycles: i64) -> Result<()> {
+    let name = "w4_bench_delay";
+    let func = dev.function(MODULE, SOURCE, name, 0)?;
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = KernelLaunch::new(dev, &func, name);
+    launch.arg(&cycles);
+    // SAFETY: one i64 parameter as in the source; the kernel touches no
+    // memory and runs griddepcontrol.wait first (w4_pdl_enter).
+    unsafe { launch.launch_pdl(cfg) }
+}
+
 fn dequant_plan() -> GemmPlan {
     GemmPlan {
         path: GemmPath::DequantCublas,
@@ -1152,8 +1301,10 @@ pub fn int4_gemm_prepared(
         .decode
         .map_or((0, 0), |d| (d.nbpb as i32, d.k_slices as i32));
     // Programmatic dependent launch (ops::launch, decode step): only the
-    // entries that begin with w4_pdl_enter (W4A16_ENTRY, W4A16_DEC_ENTRY)
-    // may take it; any other kernel launched here is a plain launch.
+    // entries that run w4_pdl_enter before touching A, C, the partials or
+    // the tickets (W4A16_ENTRY, W4A16_DEC_ENTRY: the latter may read the
+    // read-only weights before it) may take it; any other kernel launched
+    // here is a plain launch.
     let pdl = func_name.starts_with("w4a16_dec_") || func_name.starts_with("w4a16_gemm_");
     let mut launch = KernelLaunch::new(dev, &func, func_name);
     launch.arg(a).arg(&w.words).arg(&w.scales);
@@ -1172,8 +1323,9 @@ pub fn int4_gemm_prepared(
         .arg(&k_chunks_i32)
         .arg(&group_k32_i32)
         .arg(&splits_i32);
+    let pre_wait = i32::from(int4_prewait());
     if fc.decode.is_some() {
-        launch.arg(&nbpb_i32).arg(&k_slices_i32);
+        launch.arg(&nbpb_i32).arg(&k_slices_i32).arg(&pre_wait);
     }
     // SAFETY: argument types and order match w4a16_gemm_* / w4a16_dec_* in
     // kernels/w4a16_gemm.cu; buffer sizes were checked above (A >= M*K,
@@ -1406,6 +1558,25 @@ mod tests {
         // Two waves of K-slice blocks: the split-K plan instead.
         assert_eq!(auto(4, 4096, 14336), (4, 1, 8));
         assert_eq!(auto(4, 14336, 4096), (4, 1, 4));
+        // Session 5 (change 29): M = 5..8 at small N 2 column blocks x 4 K
+        // slices where one wave fits; M = 9..16 at K >= 8192 16 column
+        // blocks (4 splits where the tile fits, else 8).
+        assert_eq!(auto(8, 4096, 4096), (2, 4, 1));
+        assert_eq!(auto(8, 6144, 4096), (2, 4, 1));
+        assert_eq!(auto(8, 4096, 14336), (4, 1, 8));
+        assert_eq!(auto(16, 4096, 14336), (16, 1, 8));
+        assert_eq!(auto(16, 28672, 8192), (16, 1, 4));
+        assert_eq!(auto(12, 28672, 8192), (16, 1, 4));
+        assert_eq!(auto(16, 6144, 4096), (4, 1, 4));
+        // The 16-stage variants at M <= 4.
+        let kernel = |m| {
+            decode_launch_for(m, (4096, 64, 4), false, 132, None)
+                .expect("plan")
+                .0
+                .kernel
+        };
+        assert_eq!(kernel(4), "w4a16_dec_m4");
+        assert_eq!(kernel(5), "w4a16_dec_m8");
     }
 
     /// Every stream-K plan fits the block and SM shared memory of sm_90 and

@@ -529,7 +529,7 @@ __device__ __forceinline__ void w4a16_dec_body(
     const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,
     const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,
     u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks, int group_k32, int splits,
-    int nbpb, int k_slices) {
+    int nbpb, int k_slices, int pre_wait) {
     extern __shared__ uint4 dyn_smem[];
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -564,11 +564,23 @@ __device__ __forceinline__ void w4a16_dec_body(
     const int row_last = (2 * c_end - 1) / group_k32;
     const size_t group_stride = (size_t)nb_count * 8;
 
+    // Programmatic dependent launch: the weights (codes, scales, zero points)
+    // are read-only for every kernel, so with `pre_wait` the block issues its
+    // scale rows and its whole weight ring (8-16 chunks per warp) BEFORE
+    // griddepcontrol.wait: in the decode graph they stream while the
+    // predecessor (norm, RoPE, attention, GLU) still runs. A, C, the
+    // partials and the tickets are touched only after the wait. Without
+    // `pre_wait` (MARLIN_INT4_PREWAIT=0, for comparison) the block waits
+    // first and copies A and the scales in one group, as in session 4.
+    //
+    // (An L2 prefetch of the warp's chunks past the ring before the wait,
+    // 128-byte `prefetch.global.L2` lines or 512-byte
+    // `cp.async.bulk.prefetch.L2`, measured no gain in the decode context
+    // and up to 4 us loss back to back: docs/CUDA.md, change 29.)
+    //
     // Activations of this split (rows_here token rows, k from c_begin*64 for
-    // n_blk*64, zero past K), the 64 zero halves, then the tile's scale (and
-    // zero) rows: nbpb x 8 column pairs, contiguous in S. All in the oldest
-    // cp.async group, flying with the weight prologue.
-    {
+    // n_blk*64, zero past K) and the 64 zero halves (no commit).
+    auto copy_activations = [&]() {
         const int k0 = c_begin * 64;
         const int cols = n_blk * 64;
         const int vecs = cols >> 3;
@@ -589,6 +601,14 @@ __device__ __forceinline__ void w4a16_dec_body(
                     a_tile[r * a_stride + c] = k0 + c < K ? src_row[k0 + c] : (u16)0;
             }
         }
+    };
+    if (!pre_wait) {
+        w4_pdl_enter();
+        copy_activations();
+    }
+    // The tile's scale (and zero) rows: nbpb x 8 column pairs, contiguous
+    // in S; oldest cp.async group.
+    {
         const int row_vecs = 2 * nbpb;
         const int s_vecs = (row_last - row_first + 1) * row_vecs;
         for (int v = threadIdx.x; v < s_vecs; v += nthreads) {
@@ -611,8 +631,17 @@ __device__ __forceinline__ void w4a16_dec_body(
         if (st < n_my) cp_async16_cg_at(ring_at + st * 512, w_lane + st * 128);
         cp_async_commit();
     }
-    // The activation / scale group (oldest) is complete in every thread.
-    cp_async_wait<STAGES>();
+    if (pre_wait) {
+        w4_pdl_enter();
+        // A in the newest group, waited with all the others (the weight
+        // groups were issued first and are mostly in by now).
+        copy_activations();
+        cp_async_commit();
+        cp_async_wait<0>();
+    } else {
+        // The scale / activation group (oldest) is complete in every thread.
+        cp_async_wait<STAGES>();
+    }
     __syncthreads();
 
     // Chunks per scale row step and the row step: groups of >= 64 advance
@@ -820,22 +849,28 @@ __device__ __forceinline__ void w4a16_dec_body(
         const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
         u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
-        int group_k32, int splits, int nbpb, int k_slices) {                                      \
-        w4_pdl_enter();                                                                           \
+        int group_k32, int splits, int nbpb, int k_slices, int pre_wait) {                        \
         w4a16_dec_body<RH, STAGES, HAS_Z, POST>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad, \
-                                                k_chunks, group_k32, splits, nbpb, k_slices);     \
+                                                k_chunks, group_k32, splits, nbpb, k_slices,      \
+                                                pre_wait);                                        \
     }
 
-// Keep STAGES in sync with `DEC_STAGES` in src/int4/gemm.rs. m16: 2 token
+// Keep STAGES in sync with `DEC_STAGES_M4` / `DEC_STAGES` in
+// src/int4/gemm.rs: 16 for M <= 4 (m4: twice the code words issued before
+// the PDL wait and in flight; the ring is cheap next to a 1-4 row activation
+// tile), 8 else. m8: one token tile (M = 5..8), m16: 2 token
 // tiles (M = 9..16), m32: 4 (M = 17..32), each dequantised fragment feeding
 // 2 / 4 mma. Suffix: none = symmetric, groups >= 64 (scales after the mma);
 // s = symmetric, groups of 32; z = zero points.
+W4A16_DEC_ENTRY(w4a16_dec_m4, 1, 16, false, true)
 W4A16_DEC_ENTRY(w4a16_dec_m8, 1, 8, false, true)
 W4A16_DEC_ENTRY(w4a16_dec_m16, 2, 8, false, true)
 W4A16_DEC_ENTRY(w4a16_dec_m32, 4, 8, false, true)
+W4A16_DEC_ENTRY(w4a16_dec_m4s, 1, 16, false, false)
 W4A16_DEC_ENTRY(w4a16_dec_m8s, 1, 8, false, false)
 W4A16_DEC_ENTRY(w4a16_dec_m16s, 2, 8, false, false)
 W4A16_DEC_ENTRY(w4a16_dec_m32s, 4, 8, false, false)
+W4A16_DEC_ENTRY(w4a16_dec_m4z, 1, 16, true, false)
 W4A16_DEC_ENTRY(w4a16_dec_m8z, 1, 8, true, false)
 W4A16_DEC_ENTRY(w4a16_dec_m16z, 2, 8, true, false)
 W4A16_DEC_ENTRY(w4a16_dec_m32z, 4, 8, true, false)
@@ -1232,6 +1267,18 @@ W4A16_SK_ENTRY(w4a16_sk_m8s, 1, 8, false, false)
 W4A16_SK_ENTRY(w4a16_sk_m16s, 2, 8, false, false)
 W4A16_SK_ENTRY(w4a16_sk_m8z, 1, 8, true, false)
 W4A16_SK_ENTRY(w4a16_sk_m16z, 2, 8, true, false)
+
+// Benchmark stand-in for the decode step's small kernels (norm, RoPE,
+// attention, GLU: ~4 us each, one or a few blocks, latency-bound): one warp
+// that waits on its predecessor, lets its dependent launch (PDL), then
+// spins `cycles` SM clocks. `marlin-cuda-bench` times GEMMs launched after
+// it to see what the decode graph sees (src/bench.rs, `ctx us`).
+extern "C" __global__ void __launch_bounds__(32) w4_bench_delay(long long cycles) {
+    w4_pdl_enter();
+    const long long t0 = clock64();
+    while (clock64() - t0 < cycles) {
+    }
+}
 
 // Dequantize the packed weight to a dense f16 (N, K) row-major matrix (the
 // large-M path: dequantize once, then a cuBLAS fp16 GEMM). One thread per
