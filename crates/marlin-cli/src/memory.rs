@@ -4,7 +4,7 @@
 /// Makes every thread allocate from glibc's main arena. By default each thread that
 /// allocates (the engine's thread, the kernel pool's workers) gets an arena of its own, whose
 /// freed chunks glibc hands back to the system far less readily than the main heap's: with
-/// one arena, a 922-token `marlin run` of SmolLM2 peaks 2-3 MiB lower (docs/BENCHMARKS.md,
+/// one arena, a 922-token `marlin run` of SmolLM2 peaks 3 MiB lower (docs/BENCHMARKS.md,
 /// "Session 5"). The hot loops allocate a few large buffers per layer, so one lock costs
 /// nothing measurable. Must run before any thread is spawned.
 pub fn use_one_malloc_arena() {
