@@ -713,7 +713,7 @@ fn decode_launch_for(
         n16 * m_blocks * sp <= sm_count * decode_blocks_per_sm(smem, ks)
     };
     // M = 5..8 at small N: 2 column blocks x 4 K slices per block and no
-    // split-K where that is one wave and fits (docs/CUDA.md, change 29:
+    // split-K where that is one wave and fits (docs/CUDA.md, change 30:
     // 4096x4096 M = 8 7.83 against 10.05 us for the split-K plan, 6144x4096
     // 9.12 against 11.81).
     if forced.is_none() && !small && n16 < DEC_LARGE_N16 && m > 4 && m <= 8 && n16 % 2 == 0 {
@@ -732,7 +732,7 @@ fn decode_launch_for(
     }
     let large = !small;
     // M = 9..16 with K >= 8192: 16 column blocks share each block's
-    // activation tile (4x fewer activation bytes from L2 than 4; change 29:
+    // activation tile (4x fewer activation bytes from L2 than 4; change 30:
     // 4096x14336 M = 16 21.3 against 32.1 us, 28672x8192 74.0 against 87.8
     // with 4 splits); K <= 4096 measured no better.
     let wide = large && forced.is_none() && tiles == 2 && kc >= 128 && n16 % 16 == 0;
@@ -946,7 +946,7 @@ pub fn stream_k_auto(n: usize) -> bool {
 /// and its weight ring before `griddepcontrol.wait` (the stream-K kernel
 /// always did). `MARLIN_INT4_PREWAIT=0` restores session 4's order (the
 /// wait first; read once), for same-run comparisons of the decode step
-/// (docs/CUDA.md, change 29).
+/// (docs/CUDA.md, change 30).
 pub fn int4_prewait() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("MARLIN_INT4_PREWAIT").map_or(true, |v| v.trim() != "0"))
@@ -1558,7 +1558,7 @@ mod tests {
         // Two waves of K-slice blocks: the split-K plan instead.
         assert_eq!(auto(4, 4096, 14336), (4, 1, 8));
         assert_eq!(auto(4, 14336, 4096), (4, 1, 4));
-        // Session 5 (change 29): M = 5..8 at small N 2 column blocks x 4 K
+        // Session 5 (change 30): M = 5..8 at small N 2 column blocks x 4 K
         // slices where one wave fits; M = 9..16 at K >= 8192 16 column
         // blocks (4 splits where the tile fits, else 8).
         assert_eq!(auto(8, 4096, 4096), (2, 4, 1));

@@ -576,7 +576,7 @@ __device__ __forceinline__ void w4a16_dec_body(
     // (An L2 prefetch of the warp's chunks past the ring before the wait,
     // 128-byte `prefetch.global.L2` lines or 512-byte
     // `cp.async.bulk.prefetch.L2`, measured no gain in the decode context
-    // and up to 4 us loss back to back: docs/CUDA.md, change 29.)
+    // and up to 4 us loss back to back: docs/CUDA.md, change 30.)
     //
     // Activations of this split (rows_here token rows, k from c_begin*64 for
     // n_blk*64, zero past K) and the 64 zero halves (no commit).
