@@ -14,14 +14,23 @@
 //!    (`wgmma.mma_async m64n<TOK>k16`, tokens = wgmma's N). Block =
 //!    2 x TPW 64-column tiles x TOK tokens; split-K over `gridDim.z` with
 //!    the deterministic last-block reduction of the other INT4 kernels.
+//!    Or the stream-K form `w4a16_wsk_*` (session 5): one block per SM,
+//!    each a contiguous range of the (tile, 64-chunk) units, partial tiles
+//!    summed in block order by the last contributor (`ws_stream_k` picks
+//!    the form).
+//!
+//! Both launches use programmatic dependent launch: the staging kernel
+//! waits for its predecessor, the main kernel's producer streams its first
+//! ring of weights before waiting for the staging kernel.
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 use half::f16;
 
 use super::gemm::{launch_grid, GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
 use super::pack::{K_CHUNK, N_TILE};
-use crate::device::{driver_err, CudaDevice};
+use crate::device::CudaDevice;
 use crate::error::{CudaError, Result};
+use crate::ops::launch::KernelLaunch;
 use crate::ops::to_i32;
 
 pub(super) const MODULE: &str = "w4a16_wgmma_ws";
@@ -143,24 +152,26 @@ fn chunk_us(v: WsVariant) -> f64 {
     FIXED_US + US_PER_128X256 * (v.tokens * v.n_block()) as f64 / (128.0 * 256.0)
 }
 
-/// Split-K factor for `blocks` blocks (one resident per SM): the fewest
-/// splits that minimise rounds / splits, each split >= 8 chunks, fp32
-/// partials (8 * splits * M bytes per column, written and read) at most
-/// K / 2 bytes per column (the weight's own bytes; first H100 run: 7
-/// splits at 28672x8192 M = 256, 205 MB of partials, took 466 us where
-/// the unsplit grid's rounds predict ~240).
+/// Split-K factor for `blocks` blocks (one resident per SM): a grid of
+/// at least one round is not split (first H100 run: 7 splits at 28672x8192
+/// M = 256, 1568 blocks in 12 rounds and 205 MB of partials, took 466 us
+/// where the unsplit grid's 2 rounds predict ~240); a smaller grid takes
+/// the most splits that still fit one round, each split >= 8 chunks and
+/// the fp32 partials (8 * splits * M bytes per column, written and read)
+/// at most 2 K bytes per column, i.e. 4x the weight's own bytes (session
+/// 5: the former cap of K / 2 left 4096x4096 at M = 256 with 32 blocks for
+/// 132 SMs, 41.5 us against cuBLAS's 19.8).
 fn choose_splits(blocks: usize, sm_count: usize, k_chunks: usize, m: usize) -> usize {
-    let by_partials = (K_CHUNK * k_chunks / 2) / (8 * m.max(1));
-    let max_splits = (k_chunks / MIN_CHUNKS_PER_SPLIT).min(by_partials).max(1);
-    let mut best = (f64::INFINITY, 1);
-    for s in 1..=max_splits {
-        let rounds = (blocks * s).div_ceil(sm_count.max(1));
-        let cost = rounds as f64 / s as f64;
-        if cost < best.0 - 1e-9 {
-            best = (cost, s);
-        }
+    let sms = sm_count.max(1);
+    if blocks >= sms {
+        return 1;
     }
-    best.1
+    let by_partials = (2 * K_CHUNK * k_chunks) / (8 * m.max(1));
+    let by_round = sms / blocks.max(1);
+    (k_chunks / MIN_CHUNKS_PER_SPLIT)
+        .min(by_partials)
+        .min(by_round)
+        .max(1)
 }
 
 /// The variant and split factor for M rows: the one with the least
@@ -211,11 +222,34 @@ fn stream_k_units(m: usize, w: &Int4Weight, v: WsVariant) -> usize {
     m.div_ceil(v.tokens).max(1) * w.n_pad.div_ceil(v.n_block()) * w.k_chunks.max(1)
 }
 
-/// Whether the stream-K form is used when no split factor is forced
-/// (opt-in until measured faster: first H100 run in docs/CUDA.md change
-/// 28).
-pub fn ws_stream_k() -> bool {
-    stream_k_override().unwrap_or(false)
+/// Reduction length (in 64-chunks) from which the stream-K form is taken
+/// for small grids (see [`ws_stream_k`]).
+pub const WS_SK_AUTO_MIN_CHUNKS: usize = 128;
+/// Weights of at least this many elements take this kernel at M = 33..=64
+/// (and at M = 32 when its 256-column blocks cover a third of the SMs).
+pub const WS_LOW_M_AUTO_MIN_ELEMS: usize = 1 << 25;
+/// Smallest M that `GemmPath::Auto` sends to this kernel below 128.
+pub const WS_LOW_M_AUTO_MIN_M: usize = 32;
+
+/// Blocks of the unsplit grid of 256-column tiles (64 tokens at M <= 64,
+/// else 128): what decides between the two forms.
+fn natural_blocks(m: usize, w: &Int4Weight) -> usize {
+    let tokens = if m <= 64 { 64 } else { 128 };
+    m.div_ceil(tokens).max(1) * w.n_pad.div_ceil(256)
+}
+
+/// Whether the stream-K form is used when no split factor is forced: a
+/// long reduction (>= 128 chunks, K >= 8192) whose unsplit grid fills less
+/// than half the SMs. Second H100 run (docs/CUDA.md change 28): 4096x14336
+/// (16 / 32 blocks) M = 64 39.8 us (split-K form 49.0, old wgmma kernel
+/// 44.8) and M = 256 78.1 (split-K 88.6-90.5, old kernel 93.8); the
+/// split-K form won wherever the grid is larger (28672x8192 M = 64 with 112
+/// blocks unsplit: 83.9 against 101.0) or K shorter (14336x4096, 4096x4096:
+/// more contributors per tile). `MARLIN_WGMMA_WS_STREAMK=0/1` overrides.
+pub fn ws_stream_k(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
+    stream_k_override().unwrap_or_else(|| {
+        w.k_chunks >= WS_SK_AUTO_MIN_CHUNKS && 2 * natural_blocks(m, w) < sm_count.max(1)
+    })
 }
 
 /// The variant of the stream-K form: the least estimated time, units per
@@ -247,25 +281,49 @@ const WS_AUTO_WAVE_CHECK_M: usize = 512;
 /// M >= 512 (blocks / (rounds x SMs)).
 const WS_AUTO_MIN_WAVE_EFFICIENCY: f64 = 0.9;
 
-/// `GemmPath::Auto`'s choice of this kernel on sm_90: M >= 128 when the
-/// grid of 128-token x 256-column blocks alone covers at least 3/4 of the
-/// SMs, and at M >= 512 only if the plan keeps >= 90% of its last round of
-/// SMs busy. Second H100 run (docs/CUDA.md change 26; `wgws` column
-/// against the path Auto took): 28672x8192 M = 128 108.9 vs 239.3 us,
-/// M = 256 210.3 vs 405.1, M = 1024 806.3 vs 970.1 (dequantize +
-/// cuBLAS); 14336x4096 M = 256 60.4 vs 107.9; 4096x4096 and 4096x14336
-/// M = 1024 64.5 vs 69.1 and 198.9 vs 229.3. Not taken where it lost:
-/// 14336x4096 M = 128 (56 blocks: 56.5 vs 54.9) and M = 1024 (85% of the
-/// last round: 233.2 vs 220.5), 4096x14336 M = 128 / 256 (85.5 vs 64.0,
-/// 96.0 vs 93.1), 4096x4096 M = 256 (41.8 vs 40.7); nor at M < 128.
+/// `GemmPath::Auto`'s choice of this kernel on sm_90 (the form, split-K
+/// or stream-K, is [`ws_stream_k`]'s):
+/// - M = 33..=64 on weights of >= 2^25 elements, M = 32 when the
+///   256-column blocks also cover a third of the SMs;
+/// - M = 128..255 when the grid of 128-token x 256-column blocks covers at
+///   least 3/4 of the SMs;
+/// - M = 256..511 the same, or where the stream-K form is taken;
+/// - M >= 512 if the plan keeps >= 90% of its last round of SMs busy.
+///
+/// Session 5's second H100 run (docs/CUDA.md change 28; each point against
+/// the path Auto took before): M = 64 28672x8192 83.9 us (split-K form,
+/// one split: 112 blocks; old wgmma kernel 147.9, cuBLAS 171.5),
+/// 14336x4096 34.8 (40.7), 4096x14336 39.8 (stream-K; 44.8); M = 32
+/// 14336x4096 32.9 (37.3), 28672x8192: the unsplit launch of M = 64
+/// (same variant and grid, the same work at any M <= 64; at M = 32 only
+/// the stream-K form was timed, 98.7 against the old kernel's 109.4);
+/// M = 256 4096x14336 78.1 (stream-K; 93.8). Not taken where it lost:
+/// 4096x4096 at M <= 64 (old kernel 20.4 vs 35.4) and M = 256
+/// (dequantize and cuBLAS 41.1 vs 53.3 split 4 ways), 4096x14336 at
+/// M = 32 (31.8 vs 42.8).
+/// Session 4's second run (change 26): 28672x8192 M = 128 108.9 vs
+/// 239.3 us, M = 256 210.3 vs 405.1, M = 1024 806.3 vs 970.1 (dequantize
+/// and cuBLAS); 14336x4096 M = 256 60.4 vs 107.9; 4096x4096 and 4096x14336
+/// M = 1024 64.5 vs 69.1 and 198.9 vs 229.3; not taken: 14336x4096
+/// M = 128 (56 blocks: 56.5 vs 54.9) and M = 1024 (85% of the last
+/// round: 233.2 vs 220.5).
 pub fn ws_auto(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
     let sms = sm_count.max(1);
-    let big_blocks = m.div_ceil(128) * w.n_pad.div_ceil(256);
-    if m < WS_AUTO_MIN_M || 4 * big_blocks < 3 * sms {
+    if (WS_LOW_M_AUTO_MIN_M..=64).contains(&m) {
+        let wide = 3 * w.n_pad.div_ceil(256) >= sms;
+        return w.n.saturating_mul(w.k) >= WS_LOW_M_AUTO_MIN_ELEMS
+            && (m > WS_LOW_M_AUTO_MIN_M || wide);
+    }
+    if m < WS_AUTO_MIN_M {
         return false;
     }
+    let big_blocks = m.div_ceil(128) * w.n_pad.div_ceil(256);
+    let covers_sms = 4 * big_blocks >= 3 * sms;
+    if m < 256 {
+        return covers_sms;
+    }
     if m < WS_AUTO_WAVE_CHECK_M {
-        return true;
+        return covers_sms || ws_stream_k(m, w, sm_count);
     }
     let p = ws_plan(m, w, sm_count, None);
     let blocks = p.m_blocks * p.n_tiles * p.splits;
@@ -282,7 +340,7 @@ pub fn ws_supported(dev: &CudaDevice) -> bool {
 /// Launch shape for M rows. `GemmPlan::m_tiles` holds tokens / 16 and
 /// `n_tiles` the column blocks (64 x 2 x tiles per warpgroup wide).
 pub fn ws_plan(m: usize, w: &Int4Weight, sm_count: usize, splits: Option<usize>) -> GemmPlan {
-    if splits.is_none() && ws_stream_k() {
+    if splits.is_none() && ws_stream_k(m, w, sm_count) {
         let v = ws_stream_k_variant(m, w, sm_count);
         return GemmPlan {
             path: GemmPath::WgmmaWs,
@@ -333,7 +391,7 @@ pub(super) fn resolve(
         )));
     }
     let plan = ws_plan(m, w, dev.sm_count(), splits);
-    let stream_k = splits.is_none() && ws_stream_k();
+    let stream_k = splits.is_none() && ws_stream_k(m, w, dev.sm_count());
     let variant = if stream_k {
         ws_stream_k_variant(m, w, dev.sm_count())
     } else {
@@ -455,25 +513,24 @@ pub(super) fn launch(
         i64::try_from(units).map_err(|_| CudaError::Shape("staged image too large".into()))?;
     let stage_blocks = u32::try_from(units.div_ceil(STAGE_THREADS as usize))
         .map_err(|_| CudaError::Shape("staged image too large".into()))?;
-    let stream = dev.stream();
     let stage_cfg = LaunchConfig {
         grid_dim: (stage_blocks, 1, 1),
         block_dim: (STAGE_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut stage = stream.launch_builder(&stage_fn);
+    let mut stage = KernelLaunch::new(dev, &stage_fn, call.variant.stage_kernel());
     stage
         .arg(a)
-        .arg(&mut *staged)
+        .arg(&*staged)
         .arg(&m_i32)
         .arg(&k_i32)
         .arg(&k_chunks_i32)
         .arg(&units_i64);
     // SAFETY: argument types and order match W4A16_WS_STAGE_ENTRY; the
     // caller checked A >= M*K; the image holds m_blocks*tokens*k_pad halves
-    // = `units` 16-byte units (checked above).
-    unsafe { stage.launch(stage_cfg) }
-        .map_err(|e| driver_err(&format!("launch {}", call.variant.stage_kernel()), e))?;
+    // = `units` 16-byte units (checked above); the kernel waits on its
+    // predecessor first (ws_pdl_wait).
+    unsafe { stage.launch_pdl(stage_cfg) }?;
 
     let cfg = LaunchConfig {
         grid_dim: grid,
@@ -481,7 +538,7 @@ pub(super) fn launch(
         shared_mem_bytes: call.smem,
     };
     let null_zeros: u64 = 0;
-    let mut launch = stream.launch_builder(&func);
+    let mut launch = KernelLaunch::new(dev, &func, p.kernel);
     launch.arg(&*staged).arg(&w.words).arg(&w.scales);
     match &w.neg_zero_scales {
         Some(z) => launch.arg(z),
@@ -489,8 +546,8 @@ pub(super) fn launch(
     };
     launch
         .arg(c)
-        .arg(&mut ws.partials)
-        .arg(&mut ws.tickets)
+        .arg(&ws.partials)
+        .arg(&ws.tickets)
         .arg(&m_i32)
         .arg(&n_i32)
         .arg(&n_pad_i32)
@@ -503,8 +560,11 @@ pub(super) fn launch(
     // and tickets >= blocks were checked above; the packed buffers cover
     // n_pad x k_chunks (the repack); C >= M*N was checked by the caller;
     // stream-K: partials >= 2 x blocks x tile and tickets >= tiles (checked
-    // above).
-    unsafe { launch.launch(cfg) }.map_err(|e| driver_err(&format!("launch {}", p.kernel), e))?;
+    // above). PDL: the producer waits (ws_pdl_wait) before its first read
+    // of the staged image; before it, only the read-only weights are read;
+    // C, partials and tickets are written only after data the producer
+    // copied after the wait.
+    unsafe { launch.launch_pdl(cfg) }?;
     Ok(())
 }
 
@@ -530,12 +590,18 @@ mod tests {
     /// not split.
     #[test]
     fn splits_fill_the_machine() {
-        // 4096x4096 at M = 64 with 16 blocks: 4 splits (partials allow 4).
-        assert_eq!(choose_splits(16, 132, 64, 64), 4);
-        // M = 256: the partials would outweigh the weights.
-        assert_eq!(choose_splits(64, 132, 64, 256), 1);
+        // 4096x4096 at M = 64 with 16 blocks: 8 splits fill one round.
+        assert_eq!(choose_splits(16, 132, 64, 64), 8);
+        // M = 256: 32 blocks (4096x4096, 128x256 tiles) take 4 splits,
+        // 64 blocks 2.
+        assert_eq!(choose_splits(32, 132, 64, 256), 4);
+        assert_eq!(choose_splits(64, 132, 64, 256), 2);
+        // Partials capped at 2 K bytes per column: M = 1024 at K = 4096
+        // allows one split, whatever the grid.
+        assert_eq!(choose_splits(16, 132, 64, 1024), 1);
+        // A grid of at least one round is never split.
         assert_eq!(choose_splits(224, 132, 128, 256), 1);
-        assert_eq!(choose_splits(128, 132, 64, 1024), 1);
+        assert_eq!(choose_splits(132, 132, 64, 64), 1);
         assert_eq!(choose_splits(896, 132, 128, 1024), 1);
         // Short K: no split below 8 chunks per split.
         assert_eq!(choose_splits(4, 132, 8, 64), 1);

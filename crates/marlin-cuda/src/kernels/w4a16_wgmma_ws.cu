@@ -45,6 +45,19 @@ typedef unsigned int u32;
 typedef unsigned short u16;
 typedef unsigned long long u64;
 
+// Programmatic dependent launch (src/ops/launch.rs): the staging kernel
+// and the main kernel are launched with the PDL attribute. Every block lets
+// the next kernel's grid launch at once; the main kernel's producer streams
+// the first ring of weights, then waits here for the staging kernel (the
+// writer of its activations) before the first activation copy. The
+// consumers touch no memory of other kernels before the producer's copies
+// (C, partials and tickets belong to this launch; the staging kernel
+// waited for everything before it).
+__device__ __forceinline__ void ws_pdl_launch_dependents() {
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+__device__ __forceinline__ void ws_pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
 __device__ __forceinline__ float ws_ld_cg_f32(const float* p) {
     float r;
     asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
@@ -364,13 +377,11 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
             const u32* s_blk = S + (size_t)tile_base * 32;      // 4 n16 blocks x 8 per tile
             const u32* z_blk = HAS_Z ? Z + (size_t)tile_base * 32 : nullptr;
             const uint4* a_blk = As + (size_t)mb * k_chunks * (ACT_BYTES / 16);
-            for (int i = 0; i < n_my; i++) {
-                const int slot = i % STAGES;
-                ws_mbar_wait(empty0 + 8 * slot, ((i / STAGES) & 1) ^ 1);
+            // Codes and scales of chunk c (weights: read-only, may be read
+            // before the previous kernel completes), arming the slot.
+            auto issue_weights = [&](int slot, int c) {
                 const u32 bar = full0 + 8 * slot;
                 ws_mbar_arrive_expect_tx(bar, stage_tx);
-                const int c = c_begin + i;
-                ws_bulk_copy(act0 + slot * ACT_BYTES, a_blk + (size_t)c * (ACT_BYTES / 16), ACT_BYTES, bar);
                 for (int tl = 0; tl < tiles_here; tl++)
                     ws_bulk_copy(w0 + slot * W_BYTES + tl * 2048,
                                  W + ((size_t)(tile_base + tl) * k_chunks + c) * 128, 2048, bar);
@@ -383,6 +394,23 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                     ws_bulk_copy(z0 + slot * S_BYTES, z_blk + g_lo * s_row, row_bytes, bar);
                     ws_bulk_copy(z0 + slot * S_BYTES + ROW_BYTES, z_blk + g_hi * s_row, row_bytes, bar);
                 }
+            };
+            auto issue_act = [&](int slot, int c) {
+                ws_bulk_copy(act0 + slot * ACT_BYTES, a_blk + (size_t)c * (ACT_BYTES / 16), ACT_BYTES,
+                             full0 + 8 * slot);
+            };
+            // The ring's first fill (fresh slots, no empty wait): weights,
+            // then the wait for the staging kernel (PDL), then its
+            // activation tiles.
+            const int pre = min(STAGES, n_my);
+            for (int i = 0; i < pre; i++) issue_weights(i, c_begin + i);
+            ws_pdl_wait();
+            for (int i = 0; i < pre; i++) issue_act(i, c_begin + i);
+            for (int i = pre; i < n_my; i++) {
+                const int slot = i % STAGES;
+                ws_mbar_wait(empty0 + 8 * slot, ((i / STAGES) & 1) ^ 1);
+                issue_weights(slot, c_begin + i);
+                issue_act(slot, c_begin + i);
             }
         }
     } else {
@@ -560,8 +588,11 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
 
 // Stream-K form of ws_body (session 5): a persistent grid of G blocks (one
 // per SM), not one block per (token block, column block, K split). The work
-// is the sequence of U = tiles x k_chunks units (tile T = column block
-// T / m_blocks, token block T % m_blocks; unit (T, c) = chunk c of T);
+// is the sequence of U = tiles x k_chunks units (tile T = token block
+// T / n_cb, column block T % n_cb; unit (T, c) = chunk c of T). Token-block
+// major: the blocks that read the same codes (same column block, other
+// token blocks) are U / m_blocks units apart, i.e. at the same K offset at
+// the same time, so one L2 fill of a code tile serves all of them.
 // block g owns units [g*U/G, (g+1)*U/G), so every SM streams the same
 // number of chunks (+-1) whatever the shape: no rounds of blocks, one ring
 // fill and no per-block prologue per tile. The producer walks the block's
@@ -584,6 +615,17 @@ __device__ __forceinline__ int wsk_owner(long long u, int G, long long U) {
     while (g + 1 < G && wsk_unit_begin(g + 1, G, U) <= u) g++;
     while (g > 0 && wsk_unit_begin(g, G, U) > u) g--;
     return g;
+}
+
+// Slot of contributor h's partial tile T: 2h for its first segment, 2h + 1
+// for its last.
+__device__ __forceinline__ int wsk_slot(int h, int T, int G, long long U, int k_chunks) {
+    return 2 * h + (T == (int)(wsk_unit_begin(h, G, U) / k_chunks) ? 0 : 1);
+}
+__device__ __forceinline__ u32 ws_atom_add_acq_rel(u32* p) {
+    u32 prev;
+    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(prev) : "l"(p) : "memory");
+    return prev;
 }
 
 template <int TOK, int TPW, int STAGES, bool HAS_Z>
@@ -610,7 +652,8 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
     const int n_tiles = n_pad >> 6;
     const int G = gridDim.x;
     const int g = blockIdx.x;
-    const long long U = (long long)m_blocks * ((n_tiles + TILES - 1) / TILES) * k_chunks;
+    const int n_cb = (n_tiles + TILES - 1) / TILES;  // column blocks
+    const long long U = (long long)m_blocks * n_cb * k_chunks;
     const long long u_begin = wsk_unit_begin(g, G, U);
     const int n_my = (int)(wsk_unit_begin(g + 1, G, U) - u_begin);
 
@@ -636,22 +679,19 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (tid == 0) {
             const size_t s_row = (size_t)(n_pad >> 4) * 8;
-            long long T = u_begin / k_chunks;
-            int c = (int)(u_begin - T * k_chunks);
-            for (int i = 0; i < n_my; i++) {
-                const int slot = i % STAGES;
-                const int cb = (int)(T / m_blocks);
-                const int mb = (int)(T - (long long)cb * m_blocks);
+            const int T0 = (int)(u_begin / k_chunks);
+            const int c0 = (int)(u_begin - (long long)T0 * k_chunks);
+            // Codes and scales of unit (T, c), arming the slot (weights:
+            // read-only, may be read before the previous kernel completes).
+            auto issue_weights = [&](int slot, int T, int c) {
+                const int cb = T - (T / n_cb) * n_cb;
                 const int tile_base = cb * TILES;
                 const int tiles_here = min(TILES, n_tiles - tile_base);
                 const u32 row_bytes = 128u * (u32)tiles_here;
                 const u32 stage_tx =
                     ACT_BYTES + 2048u * (u32)tiles_here + 2u * row_bytes * (HAS_Z ? 2u : 1u);
-                ws_mbar_wait(empty0 + 8 * slot, ((i / STAGES) & 1) ^ 1);
                 const u32 bar = full0 + 8 * slot;
                 ws_mbar_arrive_expect_tx(bar, stage_tx);
-                const uint4* a_blk = As + (size_t)mb * k_chunks * (ACT_BYTES / 16);
-                ws_bulk_copy(act0 + slot * ACT_BYTES, a_blk + (size_t)c * (ACT_BYTES / 16), ACT_BYTES, bar);
                 for (int tl = 0; tl < tiles_here; tl++)
                     ws_bulk_copy(w0 + slot * W_BYTES + tl * 2048,
                                  W + ((size_t)(tile_base + tl) * k_chunks + c) * 128, 2048, bar);
@@ -665,6 +705,33 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
                     ws_bulk_copy(z0 + slot * S_BYTES, z_blk + g_lo * s_row, row_bytes, bar);
                     ws_bulk_copy(z0 + slot * S_BYTES + ROW_BYTES, z_blk + g_hi * s_row, row_bytes, bar);
                 }
+            };
+            auto issue_act = [&](int slot, int T, int c) {
+                const uint4* a_blk = As + (size_t)(T / n_cb) * k_chunks * (ACT_BYTES / 16);
+                ws_bulk_copy(act0 + slot * ACT_BYTES, a_blk + (size_t)c * (ACT_BYTES / 16), ACT_BYTES,
+                             full0 + 8 * slot);
+            };
+            // The ring's first fill as in ws_body: weights, the PDL wait,
+            // activations.
+            const int pre = min(STAGES, n_my);
+            int T = T0, c = c0;
+            for (int i = 0; i < pre; i++) {
+                issue_weights(i, T, c);
+                if (++c == k_chunks) {
+                    c = 0;
+                    T++;
+                }
+            }
+            ws_pdl_wait();
+            T = T0;
+            c = c0;
+            for (int i = 0; i < n_my; i++) {
+                const int slot = i % STAGES;
+                if (i >= pre) {
+                    ws_mbar_wait(empty0 + 8 * slot, ((i / STAGES) & 1) ^ 1);
+                    issue_weights(slot, T, c);
+                }
+                issue_act(slot, T, c);
                 if (++c == k_chunks) {
                     c = 0;
                     T++;
@@ -778,8 +845,9 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
 
             const long long u = u_begin + i;
             const int T = (int)(u / k_chunks);
-            const int cb = T / m_blocks;
-            const int m_base = (T - cb * m_blocks) * TOK;
+            const int mb = T / n_cb;
+            const int cb = T - mb * n_cb;
+            const int m_base = mb * TOK;
             const int tile0 = cb * TILES + TPW * cw;
             if (seg == k_chunks) {
                 // The whole K range: this block alone writes the tile.
@@ -798,7 +866,7 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
                         }
                 }
             } else {
-                const int slot_mine = 2 * g + (T == (int)(u_begin / k_chunks) ? 0 : 1);
+                const int slot_mine = wsk_slot(g, T, G, U, k_chunks);
                 float4* mine = reinterpret_cast<float4*>(partials + (size_t)slot_mine * SEG_FLOATS);
 #pragma unroll
                 for (int p = 0; p < TPW; p++)
@@ -808,34 +876,47 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
                             make_float4(acc[p][4 * x4], acc[p][4 * x4 + 1], acc[p][4 * x4 + 2], acc[p][4 * x4 + 3]);
                 const int g_first = wsk_owner((long long)T * k_chunks, G, U);
                 const int g_last = wsk_owner((long long)(T + 1) * k_chunks - 1, G, U);
-                __threadfence();
+                // The consumer barrier orders every thread's slot stores
+                // before thread 0's release (cumulative); the last block's
+                // acquire + barrier orders its loads after all of them. (No
+                // per-thread fence.sc: one release/acquire per block.)
                 ws_consumer_sync();
                 if (ct == 0) {
-                    const u32 prev = atomicAdd(&tickets[T], 1u);
+                    const u32 prev = ws_atom_add_acq_rel(&tickets[T]);
                     is_last = (prev == (u32)(g_last - g_first)) ? 1u : 0u;
                 }
                 ws_consumer_sync();
                 if (is_last) {
-                    __threadfence();
                     // Every contributor (this block too) wrote its slot:
-                    // the sum reads them all in block order.
+                    // the sum reads them all in block order, two slots'
+                    // loads in flight at a time.
 #pragma unroll
                     for (int p = 0; p < TPW; p++)
 #pragma unroll
                         for (int x = 0; x < TOK / 2; x++) acc[p][x] = 0.0f;
-                    for (int h = g_first; h <= g_last; h++) {
-                        const long long h_first_tile = wsk_unit_begin(h, G, U) / k_chunks;
-                        const int slot_h = 2 * h + (T == h_first_tile ? 0 : 1);
-                        const float* part = partials + (size_t)slot_h * SEG_FLOATS;
+                    for (int h = g_first; h <= g_last; h += 2) {
+                        const bool two = h + 1 <= g_last;
+                        const float4* part0 = reinterpret_cast<const float4*>(
+                            partials + (size_t)wsk_slot(h, T, G, U, k_chunks) * SEG_FLOATS);
+                        const float4* part1 = reinterpret_cast<const float4*>(
+                            partials + (size_t)wsk_slot(two ? h + 1 : h, T, G, U, k_chunks) * SEG_FLOATS);
 #pragma unroll
                         for (int p = 0; p < TPW; p++)
 #pragma unroll
                             for (int x4 = 0; x4 < TOK / 8; x4++) {
-                                const float* f = part + ((size_t)(p * (TOK / 8) + x4) * 256 + ct) * 4;
-                                acc[p][4 * x4] += ws_ld_cg_f32(f);
-                                acc[p][4 * x4 + 1] += ws_ld_cg_f32(f + 1);
-                                acc[p][4 * x4 + 2] += ws_ld_cg_f32(f + 2);
-                                acc[p][4 * x4 + 3] += ws_ld_cg_f32(f + 3);
+                                const int idx = (p * (TOK / 8) + x4) * 256 + ct;
+                                const float4 a = __ldcg(part0 + idx);
+                                acc[p][4 * x4] += a.x;
+                                acc[p][4 * x4 + 1] += a.y;
+                                acc[p][4 * x4 + 2] += a.z;
+                                acc[p][4 * x4 + 3] += a.w;
+                                if (two) {
+                                    const float4 b = __ldcg(part1 + idx);
+                                    acc[p][4 * x4] += b.x;
+                                    acc[p][4 * x4 + 1] += b.y;
+                                    acc[p][4 * x4 + 2] += b.z;
+                                    acc[p][4 * x4 + 3] += b.w;
+                                }
                             }
                     }
 #pragma unroll
@@ -864,6 +945,8 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
 #define W4A16_WS_STAGE_ENTRY(NAME, TOK)                                                                 \
     extern "C" __global__ void __launch_bounds__(256) NAME(const u16* __restrict__ A, uint4* __restrict__ out, \
                                                            int M, int K, int k_chunks, long long units) {    \
+        ws_pdl_wait();                                                                                  \
+        ws_pdl_launch_dependents();                                                                     \
         ws_stage_body<TOK>(A, out, M, K, k_chunks, units);                                              \
     }
 
@@ -872,6 +955,7 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
         const uint4* __restrict__ As, const uint4* __restrict__ W, const u32* __restrict__ S,           \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,                   \
         u32* __restrict__ tickets, int M, int N, int n_pad, int k_chunks, int group_k32, int splits) {  \
+        ws_pdl_launch_dependents();                                                                     \
         ws_body<TOK, TPW, STAGES, HAS_Z>(As, W, S, Z, C, partials, tickets, M, N, n_pad, k_chunks,      \
                                          group_k32, splits);                                           \
     }
@@ -895,6 +979,7 @@ W4A16_WS_ENTRY(w4a16_ws_t128x2z, 128, 2, 8, true)
         const uint4* __restrict__ As, const uint4* __restrict__ W, const u32* __restrict__ S,           \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,                   \
         u32* __restrict__ tickets, int M, int N, int n_pad, int k_chunks, int group_k32, int m_blocks) { \
+        ws_pdl_launch_dependents();                                                                     \
         wsk_body<TOK, TPW, STAGES, HAS_Z>(As, W, S, Z, C, partials, tickets, M, N, n_pad, k_chunks,     \
                                           group_k32, m_blocks);                                         \
     }
