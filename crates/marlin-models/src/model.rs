@@ -93,7 +93,8 @@ pub trait BatchedModel: Send + Sync {
 /// position order, so the activation buffers, (rows, ffn) f32 each, are
 /// bounded by this instead of by the prompt length. 128 rows: half the
 /// activations of 256 (SmolLM2's pp512 peak: -1.8 MiB against an allowance of
-/// 10% of the file) at the same pp512 speed (docs/BENCHMARKS.md, "Session 5").
+/// 10% of the file), and pp512 as fast (Gemma 3) or 6-9% faster (SmolLM2)
+/// than 256 (docs/BENCHMARKS.md, "Session 5").
 pub const MICRO_BATCH: usize = 128;
 
 /// Runs the batched forward `seqs` as passes of at most [`MICRO_BATCH`]
