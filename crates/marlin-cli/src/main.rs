@@ -243,8 +243,6 @@ pub fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
 }
 
 fn main() {
-    // Before any thread exists (peak memory).
-    memory::use_one_malloc_arena();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MARLIN_LOG")
@@ -253,6 +251,11 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Before any thread exists (peak memory of the one-process commands). The server keeps
+    // glibc's per-thread arenas: its many request threads allocate concurrently.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        memory::use_one_malloc_arena();
+    }
     let result = match cli.command {
         Command::Run {
             model,
