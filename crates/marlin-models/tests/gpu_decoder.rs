@@ -13,7 +13,9 @@ use marlin_cuda::ops::{DeviceSampling, GpuRope};
 use marlin_cuda::CudaDevice;
 use marlin_models::config::{HParam, HValue};
 use marlin_models::gpu::bench::{synthetic_decoder, SyntheticShape};
-use marlin_models::gpu::decoder::{GateUpWeights, GpuBlock, GpuDecoder, GpuEmbedding, QkvWeights};
+use marlin_models::gpu::decoder::{
+    GateUpWeights, GpuBlock, GpuDecoder, GpuEmbedding, LogitRows, QkvWeights, Scratch, Select,
+};
 use marlin_models::gpu::linear::GpuLinear;
 use marlin_models::gpu::spec::spec_from_source;
 use marlin_models::gpu::{GpuError, GpuLoadOptions, GpuModel};
@@ -528,6 +530,100 @@ fn int4_fused_f16_path_matches_dense_f32_path() {
         sampled.sample(&[1], bad, 0.5).is_err(),
         "top-k above the GPU's bound"
     );
+}
+
+/// The fused decode step (RMSNorm in the q|k|v and gate|up GEMMs, residual
+/// adds in o and down, SwiGLU in down: docs/CUDA.md change 31) against the
+/// unfused step on the same weights, caches and tokens (batches of 1, 3,
+/// 16 and 5 distinct sequences), then fused with and without the CUDA
+/// graph (bit-identical: the graph replays the same launches).
+#[test]
+fn fused_decode_ops_match_unfused_step_and_graph() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let dev = CudaDevice::new(0).unwrap();
+    let shape = SyntheticShape {
+        n_layers: 2,
+        hidden: 256,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 64,
+        ffn: 512,
+        vocab: 1000,
+        group: 128,
+    };
+    let dec = synthetic_decoder(&dev, &shape, 11).unwrap();
+    assert!(dec.fused_ops(1) && dec.fused_ops(16) && !dec.fused_ops(17));
+    let vocab = shape.vocab;
+    let mut fused = Scratch::new(&dev, &dec, 16, 16).unwrap();
+    let mut plain = Scratch::new(&dev, &dec, 16, 16).unwrap();
+    fused.fuse_ops = true;
+    plain.fuse_ops = false;
+    let mut cache_f = dec.new_cache(&dev, 16, 32).unwrap();
+    let mut cache_p = dec.new_cache(&dev, 16, 32).unwrap();
+    let mut pos = [0i32; 16];
+    for (step, &m) in [1usize, 3, 16, 5, 16].iter().enumerate() {
+        let ids: Vec<u32> = (0..16)
+            .map(|i| ((step * 37 + i * 101 + 5) % vocab) as u32)
+            .collect();
+        let seqs: Vec<i32> = (0..16).collect();
+        let mut logits = Vec::new();
+        for (s, cache) in [(&mut fused, &mut cache_f), (&mut plain, &mut cache_p)] {
+            dev.write(&mut s.ids, &ids).unwrap();
+            dev.write(&mut s.row_seq, &seqs).unwrap();
+            dev.write(&mut s.row_pos, &pos).unwrap();
+            s.distinct_seqs = true;
+            dec.forward_rows(&dev, cache, s, m, LogitRows::All, Select::None)
+                .unwrap();
+            let l = dev.download(&s.logits).unwrap();
+            logits.push(l[..m * vocab].to_vec());
+        }
+        let scale = logits[1].iter().fold(1.0f32, |a, v| a.max(v.abs()));
+        let d = max_abs_diff(&logits[0], &logits[1]);
+        eprintln!("fused vs unfused, step {step} (M = {m}): max |Δlogit| {d:.3e} of {scale:.2}");
+        // f16 activations: the fused norm sums in another order, which can
+        // move an f16-rounded activation by one ulp (2^-11).
+        assert!(
+            d <= 1e-2 * scale,
+            "step {step} M={m}: max |Δlogit| {d} of {scale}"
+        );
+        for p in pos.iter_mut().take(m) {
+            *p += 1;
+        }
+    }
+
+    // Fused, graph on against graph off: identical logits.
+    let opts = GpuLoadOptions {
+        max_batch_rows: 16,
+        cuda_graph: true,
+        ..GpuLoadOptions::default()
+    };
+    let a = GpuModel::from_decoder(
+        dev.clone(),
+        synthetic_decoder(&dev, &shape, 11).unwrap(),
+        opts.clone(),
+    );
+    let b = GpuModel::from_decoder(
+        dev.clone(),
+        synthetic_decoder(&dev, &shape, 11).unwrap(),
+        GpuLoadOptions {
+            cuda_graph: false,
+            ..opts
+        },
+    );
+    let (mut sa, mut sb) = (a.new_sequence(64).unwrap(), b.new_sequence(64).unwrap());
+    let prompt: Vec<u32> = (0..9u32).map(|i| (i * 131 + 7) % 1000).collect();
+    let mut la = sa.forward(&prompt).unwrap();
+    let mut lb = sb.forward(&prompt).unwrap();
+    for step in 0..8 {
+        assert_eq!(la, lb, "graph vs eager, decode step {step}");
+        let next = argmax(&lb);
+        la = sa.forward(&[next]).unwrap();
+        lb = sb.forward(&[next]).unwrap();
+    }
+    assert_eq!(la, lb, "graph vs eager, last step");
+    assert!(sa.graph_captured() && !sb.graph_captured());
 }
 
 /// A checkpoint whose linear weights are quantized to INT4 (g64, RTN) on

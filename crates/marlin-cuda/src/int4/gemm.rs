@@ -1342,6 +1342,324 @@ pub fn int4_gemm_prepared(
     Ok(p)
 }
 
+/// Module of the fused decode-step variants: the same source with
+/// `W4_FUSED_ENTRIES` defined, which compiles only the fused entries (the
+/// plain module and its kernels are unchanged; docs/CUDA.md, change 31).
+const FUSED_MODULE: &str = "w4a16_gemm_fused";
+const FUSED_SOURCE: &str = concat!(
+    "#define W4_FUSED_ENTRIES 1\n",
+    include_str!("../kernels/w4a16_gemm.cu")
+);
+
+/// Largest M of the fused decode-step GEMM ([`int4_gemm_fused`]).
+pub const FUSED_MAX_M: usize = 16;
+
+/// How a fused decode-step GEMM ([`int4_gemm_fused`]) forms its activations
+/// A (M, K) while it copies them to shared memory.
+pub enum Int4Prologue<'a> {
+    /// A (M, K) f16 as given.
+    None(CudaView<'a, f16>),
+    /// A[r, k] = silu(g[r, k]) * g[r, K + k], `g` the (M, 2K) output of a
+    /// fused gate|up GEMM (gate columns first): the SwiGLU launch folded in.
+    Glu(CudaView<'a, f16>),
+    /// A[r, k] = x[r, k] * rsqrt(mean(x[r, :]^2) + eps) * weight[k], `x`
+    /// the (M, K) f32 residual stream: the RMSNorm launch folded in (every
+    /// block reduces the whole row itself).
+    RmsNorm {
+        x: CudaView<'a, f32>,
+        weight: CudaView<'a, f32>,
+        eps: f32,
+    },
+}
+
+/// Where a fused decode-step GEMM writes C (M, N).
+pub enum Int4Epilogue<'a> {
+    /// C (M, N) f16.
+    Store(CudaViewMut<'a, f16>),
+    /// resid[r, n] += C[r, n] rounded to f16 (the f32 (M, N) residual
+    /// stream): the residual add folded in.
+    AddToResidual(CudaViewMut<'a, f32>),
+}
+
+/// Whether [`int4_gemm_fused`] runs `m` rows of `w` with a prologue or
+/// epilogue: M <= [`FUSED_MAX_M`], symmetric codes with groups of >= 64 or
+/// per-channel (the kernels that apply scales after the mma).
+pub fn fused_supported(m: usize, w: &Int4Weight) -> bool {
+    (1..=FUSED_MAX_M).contains(&m) && w.neg_zero_scales.is_none() && w.group_k32 >= 2
+}
+
+/// The fused kernel of a (prologue, epilogue) pair: (suffix, stream-K
+/// kernel if any); None for the plain pair.
+fn fused_kind(pro: &Int4Prologue<'_>, epi: &Int4Epilogue<'_>) -> Result<Option<FusedKind>> {
+    match (pro, epi) {
+        (Int4Prologue::None(_), Int4Epilogue::Store(_)) => Ok(None),
+        (Int4Prologue::RmsNorm { .. }, Int4Epilogue::Store(_)) => Ok(Some(FusedKind::Rms)),
+        (Int4Prologue::None(_), Int4Epilogue::AddToResidual(_)) => Ok(Some(FusedKind::Res)),
+        (Int4Prologue::Glu(_), Int4Epilogue::AddToResidual(_)) => Ok(Some(FusedKind::GluRes)),
+        _ => Err(CudaError::Unsupported(
+            "fused INT4 GEMM: the compiled (prologue, epilogue) pairs are (RmsNorm, Store), \
+             (None, AddToResidual) and (Glu, AddToResidual)"
+                .into(),
+        )),
+    }
+}
+
+/// The three fused (prologue, epilogue) pairs of a Llama-style block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FusedKind {
+    /// RMSNorm in, f16 out (q|k|v, gate|up).
+    Rms,
+    /// f16 in, residual add out (o).
+    Res,
+    /// GLU in, residual add out (down).
+    GluRes,
+}
+
+/// Kernel name of a fused split-K decode launch of `m` rows.
+fn fused_dec_name(kind: FusedKind, m: usize) -> &'static str {
+    match (kind, m) {
+        (FusedKind::Rms, 0..=4) => "w4a16_dec_m4_rms",
+        (FusedKind::Rms, 5..=8) => "w4a16_dec_m8_rms",
+        (FusedKind::Rms, _) => "w4a16_dec_m16_rms",
+        (FusedKind::Res, 0..=4) => "w4a16_dec_m4_res",
+        (FusedKind::Res, 5..=8) => "w4a16_dec_m8_res",
+        (FusedKind::Res, _) => "w4a16_dec_m16_res",
+        (FusedKind::GluRes, 0..=4) => "w4a16_dec_m4_glures",
+        (FusedKind::GluRes, 5..=8) => "w4a16_dec_m8_glures",
+        (FusedKind::GluRes, _) => "w4a16_dec_m16_glures",
+    }
+}
+
+/// A fused call, resolved: the stream-K kernel (RMSNorm prologue where
+/// `GemmPath::Auto` takes stream-K) or the split-K decode kernel.
+enum FusedResolved {
+    StreamK(StreamKCall),
+    Decode(FusedCall, DecodeShape),
+}
+
+fn resolve_fused(
+    dev: &CudaDevice,
+    m: usize,
+    w: &Int4Weight,
+    kind: FusedKind,
+) -> Result<FusedResolved> {
+    if !fused_supported(m, w) {
+        return Err(CudaError::Unsupported(format!(
+            "fused INT4 GEMM: M = {m} (1..={FUSED_MAX_M}), symmetric codes with groups of >= 64 \
+             (this weight: zero points {}, group of {} elements)",
+            w.neg_zero_scales.is_some(),
+            32 * w.group_k32
+        )));
+    }
+    if kind == FusedKind::Rms && stream_k_auto(w.n) {
+        // The prologue's block reduction adds 128 B of static shared memory.
+        let room = sk_smem_limits(dev.compute_capability()).0 - 256;
+        if let Some(mut sc) = stream_k_call(dev, m, w, None)?.filter(|sc| sc.smem as usize <= room)
+        {
+            sc.plan.kernel = if m > 8 {
+                "w4a16_sk_m16_rms"
+            } else {
+                "w4a16_sk_m8_rms"
+            };
+            return Ok(FusedResolved::StreamK(sc));
+        }
+    }
+    let Some((mut plan, shape)) = decode_launch(m, w, dev.sm_count(), None) else {
+        return Err(CudaError::Unsupported(format!(
+            "fused INT4 GEMM: no decode-kernel launch shape for M = {m}, N = {}, K = {}",
+            w.n, w.k
+        )));
+    };
+    plan.kernel = fused_dec_name(kind, m);
+    let to_u32 =
+        |v: usize| u32::try_from(v).map_err(|_| CudaError::Shape("shared memory size".into()));
+    let smem = decode_smem_bytes(m, w.k_chunks, shape, w.group_k32, false);
+    let partials = shape
+        .splits
+        .checked_mul(m)
+        .and_then(|v| v.checked_mul(w.n_pad))
+        .ok_or_else(|| CudaError::Shape("split-K partials overflow".into()))?;
+    Ok(FusedResolved::Decode(
+        FusedCall {
+            plan,
+            smem: to_u32(smem)?,
+            max_smem: to_u32(decode_smem_attr())?,
+            partials,
+            tickets: plan.n_tiles * plan.m_blocks,
+            grid_splits: shape.splits,
+            block_threads: (32 * shape.nbpb * shape.k_slices) as u32,
+            decode: Some(shape),
+        },
+        shape,
+    ))
+}
+
+/// Checks that `have` elements hold `rows` x `cols`.
+fn check_len(what: &str, have: usize, rows: usize, cols: usize) -> Result<()> {
+    let need = rows
+        .checked_mul(cols)
+        .ok_or_else(|| CudaError::Shape(format!("{what}: {rows} x {cols} overflows")))?;
+    if have < need {
+        return Err(CudaError::Shape(format!(
+            "fused INT4 GEMM: {what} has {have} elements, needs {rows} x {cols} = {need}"
+        )));
+    }
+    Ok(())
+}
+
+/// The decode-step GEMM with a prologue folded into its activation load
+/// and an epilogue into its output store (M <= [`FUSED_MAX_M`]; see
+/// [`fused_supported`]): (RmsNorm, Store) for q|k|v and gate|up, (None,
+/// AddToResidual) for o, (Glu, AddToResidual) for down; (None, Store) is
+/// the plain [`int4_gemm`] under `GemmPath::Auto`. Stream-K where `Auto`
+/// takes it for the RMSNorm prologue, else the split-K decode kernel (same
+/// launch shapes as the plain call). Loads the kernel and sizes the
+/// workspace at first use like [`int4_gemm`]; afterwards (same shapes) it
+/// only enqueues one launch, so the decode step can be captured.
+pub fn int4_gemm_fused(
+    dev: &Arc<CudaDevice>,
+    pro: Int4Prologue<'_>,
+    m: usize,
+    w: &Int4Weight,
+    epi: Int4Epilogue<'_>,
+    ws: &mut GemmWorkspace,
+) -> Result<GemmPlan> {
+    let Some(kind) = fused_kind(&pro, &epi)? else {
+        let (Int4Prologue::None(a), Int4Epilogue::Store(mut c)) = (pro, epi) else {
+            return Err(CudaError::Unsupported("fused INT4 GEMM: plain pair".into()));
+        };
+        check_operands(m, w, a.len(), c.len())?;
+        ws.prepare(dev, w, m, GemmOptions::default())?;
+        return int4_gemm_prepared(dev, &a, m, w, &mut c, ws, GemmOptions::default());
+    };
+    let k2 =
+        w.k.checked_mul(2)
+            .ok_or_else(|| CudaError::Shape("2K overflows".into()))?;
+    let lda = match &pro {
+        Int4Prologue::None(a) => {
+            check_len("A", a.len(), m, w.k)?;
+            w.k
+        }
+        Int4Prologue::Glu(g) => {
+            check_len("gate|up rows", g.len(), m, k2)?;
+            k2
+        }
+        Int4Prologue::RmsNorm { x, weight, eps } => {
+            check_len("residual rows", x.len(), m, w.k)?;
+            check_len("norm weight", weight.len(), 1, w.k)?;
+            if !(eps.is_finite() && *eps >= 0.0) {
+                return Err(CudaError::Shape(format!(
+                    "fused INT4 GEMM: RMSNorm eps {eps} is not a finite value >= 0"
+                )));
+            }
+            w.k
+        }
+    };
+    match &epi {
+        Int4Epilogue::Store(c) => check_len("C", c.len(), m, w.n)?,
+        Int4Epilogue::AddToResidual(r) => check_len("residual", r.len(), m, w.n)?,
+    }
+    let eps = match &pro {
+        Int4Prologue::RmsNorm { eps, .. } => *eps,
+        _ => 0.0,
+    };
+    let null: u64 = 0;
+    let m_i32 = to_i32("M", m)?;
+    let (n_i32, k_i32, n_pad_i32) = (to_i32("N", w.n)?, to_i32("K", w.k)?, to_i32("N", w.n_pad)?);
+    let (k_chunks_i32, group_k32_i32, lda_i32) = (
+        to_i32("K chunks", w.k_chunks)?,
+        to_i32("group size", w.group_k32)?,
+        to_i32("row stride", lda)?,
+    );
+    let (plan, cfg, func, shape) = match resolve_fused(dev, m, w, kind)? {
+        FusedResolved::StreamK(sc) => {
+            ws.reserve(dev, sc.partials, sc.tickets)?;
+            let func = dev.function(FUSED_MODULE, FUSED_SOURCE, sc.plan.kernel, sc.max_smem)?;
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    u32::try_from(sc.shape.blocks)
+                        .map_err(|_| CudaError::Shape("stream-K grid".into()))?,
+                    1,
+                    1,
+                ),
+                block_dim: (32 * sc.shape.warps as u32, 1, 1),
+                shared_mem_bytes: sc.smem,
+            };
+            (sc.plan, cfg, func, None)
+        }
+        FusedResolved::Decode(fc, shape) => {
+            if fc.grid_splits > 1 {
+                ws.reserve(dev, fc.partials, fc.tickets)?;
+            }
+            ws.check_split_k(fc.grid_splits, fc.partials, fc.tickets, (m, w.n), "reserve")?;
+            let func = dev.function(FUSED_MODULE, FUSED_SOURCE, fc.plan.kernel, fc.max_smem)?;
+            let cfg = LaunchConfig {
+                grid_dim: launch_grid(fc.plan.m_blocks, fc.plan.n_tiles, fc.grid_splits)?,
+                block_dim: (fc.block_threads, 1, 1),
+                shared_mem_bytes: fc.smem,
+            };
+            (fc.plan, cfg, func, Some((shape, fc.grid_splits)))
+        }
+    };
+    let name = plan.kernel;
+    let mut launch = KernelLaunch::new(dev, &func, name);
+    match &pro {
+        Int4Prologue::None(a) | Int4Prologue::Glu(a) => launch.arg(a),
+        Int4Prologue::RmsNorm { .. } => launch.arg(&null),
+    };
+    launch.arg(&w.words).arg(&w.scales).arg(&null);
+    match &epi {
+        Int4Epilogue::Store(c) => launch.arg(c),
+        Int4Epilogue::AddToResidual(_) => launch.arg(&null),
+    };
+    launch
+        .arg(&ws.partials)
+        .arg(&ws.tickets)
+        .arg(&m_i32)
+        .arg(&n_i32)
+        .arg(&k_i32)
+        .arg(&n_pad_i32)
+        .arg(&k_chunks_i32)
+        .arg(&group_k32_i32);
+    let (splits_i32, nbpb_i32, k_slices_i32, pre_wait) = match shape {
+        Some((s, splits)) => (
+            to_i32("splits", splits)?,
+            to_i32("column blocks", s.nbpb)?,
+            to_i32("K slices", s.k_slices)?,
+            i32::from(int4_prewait()),
+        ),
+        None => (0, 0, 0, 0),
+    };
+    if shape.is_some() {
+        launch
+            .arg(&splits_i32)
+            .arg(&nbpb_i32)
+            .arg(&k_slices_i32)
+            .arg(&pre_wait);
+    }
+    match &pro {
+        Int4Prologue::RmsNorm { x, weight, .. } => launch.arg(x).arg(weight),
+        _ => launch.arg(&null).arg(&null),
+    };
+    if shape.is_some() {
+        match &epi {
+            Int4Epilogue::AddToResidual(r) => launch.arg(r),
+            Int4Epilogue::Store(_) => launch.arg(&null),
+        };
+    }
+    launch.arg(&lda_i32).arg(&eps);
+    // SAFETY: argument types and order match W4A16_DEC_FUSED_ENTRY /
+    // W4A16_SK_FUSED_ENTRY in kernels/w4a16_gemm.cu. Sizes checked above:
+    // A (None) M*K, gate|up (Glu) M*2K, x (RmsNorm) M*K and its weight K,
+    // C (Store) or the residual (AddToResidual) M*N; the pointers left null
+    // are the ones the pair's kernel never reads; partials and tickets were
+    // reserved for this launch shape; the weights cover n_pad x k_chunks
+    // (repack) and have no zero points (fused_supported). Every block reads
+    // only the weights before griddepcontrol.wait (w4_pdl_enter).
+    unsafe { launch.launch_pdl(cfg) }?;
+    Ok(plan)
+}
+
 /// Dequantize W into the workspace's f16 (N, K) scratch.
 pub fn dequantize_to_f16(
     dev: &Arc<CudaDevice>,

@@ -417,10 +417,12 @@ __device__ __forceinline__ void w4a16_body(
 // Stages per variant: keep 4 warps' rings within one SM's shared memory with
 // room for 5 (m8), 3 (mt1), 2 (mt2) or 1 (mt4) resident blocks. Keep in sync
 // with `variant` in src/int4/gemm.rs (it sizes the dynamic shared memory).
+#ifndef W4_FUSED_ENTRIES
 W4A16_ENTRY(w4a16_gemm_m8, 1, 1, 6)
 W4A16_ENTRY(w4a16_gemm_mt1, 1, 2, 6)
 W4A16_ENTRY(w4a16_gemm_mt2, 2, 2, 4)
 W4A16_ENTRY(w4a16_gemm_mt4, 4, 2, 3)
+#endif  // W4_FUSED_ENTRIES
 
 // ---------------------------------------------------------------------------
 // Decode kernel (M <= 32): the same packed weights, with the roles of the
@@ -450,6 +452,106 @@ W4A16_ENTRY(w4a16_gemm_mt4, 4, 2, 3)
 //   scale read from shared memory per chunk. With groups of 32 a lane's 16
 //   reduction indices of a chunk (k = 16t..16t+15 after the permutation)
 //   lie in group 2c + (t >> 1), so the lane's scale row depends on t.
+
+
+// ---------------------------------------------------------------------------
+// Fused decode-step variants (docs/CUDA.md, change 31): compile-time
+// prologue / epilogue modes of the split-K and stream-K decode kernels, so
+// that a Llama-style block runs without its `glu` and `resid_norm` launches.
+// Built only into the separate module `w4a16_gemm_fused` (this source with
+// W4_FUSED_ENTRIES defined; src/int4/gemm.rs): the plain kernels and their
+// module are unchanged.
+//
+// Prologue (how a block fills its shared-memory activation tile, after the
+// PDL wait, for its rows and K range [k0, k0 + cols), zero past K):
+// - W4_PRO_NONE: A (M, K) f16 copied as is (the plain kernels' cp.async).
+// - W4_PRO_GLU:  A[r, k] = silu(G[r, k]) * G[r, K + k], G the fused gate|up
+//   GEMM output (row stride lda = 2K): the `glu` launch folded in.
+// - W4_PRO_RMS:  A[r, k] = X[r, k] * rsqrt(mean_k X[r, :]^2 + eps) * NW[k],
+//   X the f32 residual stream (row stride lda = K): every block reads the
+//   whole row and reduces its sum of squares itself (redundant per block,
+//   16 KB from L2 at d = 4096), same formula and f32 arithmetic as
+//   `mops_resid_norm` (ops.cu).
+// Epilogue (the thread that owns output (row, col) after the K reduction):
+// - W4_EPI_STORE: C[row, col] = f16(sum).
+// - W4_EPI_RESID: R[row, col] += f32(f16(sum)) (R the f32 residual stream,
+//   row stride N): the residual add of `resid_norm`, with the GEMM output
+//   rounded to f16 as the unfused step stores it.
+#define W4_PRO_NONE 0
+#define W4_PRO_GLU 1
+#define W4_PRO_RMS 2
+#define W4_EPI_STORE 0
+#define W4_EPI_RESID 1
+
+__device__ __forceinline__ float w4_f16_to_f32(u16 h) {
+    float r;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(r) : "h"(h));
+    return r;
+}
+
+// Sum of v over the block (every thread gets it); `red` holds 32 floats.
+__device__ __forceinline__ float w4_block_sum(float v, float* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
+    __syncthreads();  // `red` may still be read by the previous call
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float s = lane < (int)(blockDim.x >> 5) ? red[lane] : 0.0f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xFFFFFFFFu, s, o);
+    return s;
+}
+
+// Fills a_tile (rows x a_stride halves) with the prologue's activations of
+// token rows m_base.. and columns k0 .. k0 + cols (zero from K on). Called
+// by every thread of the block (block reductions inside); plain stores, the
+// caller's __syncthreads publishes them.
+template <int PRO>
+__device__ __forceinline__ void w4_fused_prologue(u16* a_tile, int a_stride, int rows, int m_base, int k0,
+                                                  int cols, int K, const u16* __restrict__ A,
+                                                  const float* __restrict__ X, const float* __restrict__ NW,
+                                                  int lda, float eps) {
+    __shared__ float red[32];
+    const int nt = blockDim.x;
+    for (int r = 0; r < rows; r++) {
+        u16* dst = a_tile + r * a_stride;
+        if (PRO == W4_PRO_GLU) {
+            const u16* g_row = A + (size_t)(m_base + r) * lda;
+            for (int c = threadIdx.x; c < cols; c += nt) {
+                const int k = k0 + c;
+                float v = 0.0f;
+                if (k < K) {
+                    const float gv = w4_f16_to_f32(g_row[k]);
+                    const float uv = w4_f16_to_f32(g_row[K + k]);
+                    v = gv / (1.0f + expf(-gv)) * uv;
+                }
+                dst[c] = f32_to_f16(v);
+            }
+        } else {
+            const float* x_row = X + (size_t)(m_base + r) * lda;
+            float ss = 0.0f;
+            for (int k = threadIdx.x; k < K; k += nt) {
+                const float v = x_row[k];
+                ss += v * v;
+            }
+            const float inv = rsqrtf(w4_block_sum(ss, red) / (float)K + eps);
+            for (int c = threadIdx.x; c < cols; c += nt) {
+                const int k = k0 + c;
+                dst[c] = k < K ? f32_to_f16(x_row[k] * inv * NW[k]) : (u16)0;
+            }
+        }
+    }
+}
+
+// Output (row, col) of value v by the epilogue mode (see above).
+template <int EPI>
+__device__ __forceinline__ void w4_fused_store(u16* __restrict__ C, float* __restrict__ R, size_t idx, float v) {
+    if (EPI == W4_EPI_RESID)
+        R[idx] += w4_f16_to_f32(f32_to_f16(v));
+    else
+        C[idx] = f32_to_f16(v);
+}
 
 template <int STAGES>
 struct DecRing {
@@ -524,12 +626,13 @@ __device__ __forceinline__ void dequant_word_unscaled(u32 q, u32 wa[4]) {
 //
 // HAS_Z: zero points streamed (Z non-null). POST: symmetric, groups >= 64:
 // scales applied to the fp32 group sums (see above); else scaled f16 weights.
-template <int RH, int STAGES, bool HAS_Z, bool POST>
+template <int RH, int STAGES, bool HAS_Z, bool POST, int PRO = W4_PRO_NONE, int EPI = W4_EPI_STORE>
 __device__ __forceinline__ void w4a16_dec_body(
     const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,
     const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,
     u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks, int group_k32, int splits,
-    int nbpb, int k_slices, int pre_wait) {
+    int nbpb, int k_slices, int pre_wait, const float* __restrict__ X = 0, const float* __restrict__ NW = 0,
+    float* __restrict__ R = 0, int lda = 0, float eps = 0.0f) {
     extern __shared__ uint4 dyn_smem[];
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -585,7 +688,9 @@ __device__ __forceinline__ void w4a16_dec_body(
         const int cols = n_blk * 64;
         const int vecs = cols >> 3;
         if (threadIdx.x < 8) reinterpret_cast<uint4*>(a_zero)[threadIdx.x] = make_uint4(0, 0, 0, 0);
-        if ((K & 7) == 0) {
+        if (PRO != W4_PRO_NONE) {
+            w4_fused_prologue<PRO>(a_tile, a_stride, rows_here, m_base, k0, cols, K, A, X, NW, lda, eps);
+        } else if ((K & 7) == 0) {
             for (int r = 0; r < rows_here; r++) {
                 const u16* src_row = A + (size_t)(m_base + r) * K + k0;
                 for (int v = threadIdx.x; v < vecs; v += nthreads) {
@@ -803,7 +908,7 @@ __device__ __forceinline__ void w4a16_dec_body(
             for (int i = 0; i < 4; i++) {
                 const int row = m_base + r * 8 + 2 * t + (i & 1);
                 const int col = nb * 16 + g + 8 * (i >> 1);
-                if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[r][i]);
+                if (row < M && col < N) w4_fused_store<EPI>(C, R, (size_t)row * N + col, acc[r][i]);
             }
         return;
     }
@@ -838,7 +943,7 @@ __device__ __forceinline__ void w4a16_dec_body(
                 float sum = 0.0f;
                 for (int sp_i = 0; sp_i < splits; sp_i++)
                     sum += ld_cg_f32(&partials[((size_t)sp_i * M + row) * n_pad + col]);
-                if (col < N) C[(size_t)row * N + col] = f32_to_f16(sum);
+                if (col < N) w4_fused_store<EPI>(C, R, (size_t)row * N + col, sum);
             }
         }
     if (threadIdx.x == 0) tickets[ticket_idx] = 0u;
@@ -862,6 +967,7 @@ __device__ __forceinline__ void w4a16_dec_body(
 // tiles (M = 9..16), m32: 4 (M = 17..32), each dequantised fragment feeding
 // 2 / 4 mma. Suffix: none = symmetric, groups >= 64 (scales after the mma);
 // s = symmetric, groups of 32; z = zero points.
+#ifndef W4_FUSED_ENTRIES
 W4A16_DEC_ENTRY(w4a16_dec_m4, 1, 16, false, true)
 W4A16_DEC_ENTRY(w4a16_dec_m8, 1, 8, false, true)
 W4A16_DEC_ENTRY(w4a16_dec_m16, 2, 8, false, true)
@@ -874,6 +980,7 @@ W4A16_DEC_ENTRY(w4a16_dec_m4z, 1, 16, true, false)
 W4A16_DEC_ENTRY(w4a16_dec_m8z, 1, 8, true, false)
 W4A16_DEC_ENTRY(w4a16_dec_m16z, 2, 8, true, false)
 W4A16_DEC_ENTRY(w4a16_dec_m32z, 4, 8, true, false)
+#endif  // W4_FUSED_ENTRIES
 
 // ---------------------------------------------------------------------------
 // Stream-K decode kernel (M <= 16): a grid sized to the SMs (not to the
@@ -939,11 +1046,12 @@ __device__ __forceinline__ long long sk_warp_of(long long u, long long units, lo
     return ((u + 1) * total - 1) / units;
 }
 
-template <int RH, int STAGES, bool HAS_Z, bool POST>
+template <int RH, int STAGES, bool HAS_Z, bool POST, int PRO = W4_PRO_NONE>
 __device__ __forceinline__ void w4a16_sk_body(
     const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,
     const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,
-    u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks, int group_k32) {
+    u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks, int group_k32,
+    const float* __restrict__ X = 0, const float* __restrict__ NW = 0, int lda = 0, float eps = 0.0f) {
     extern __shared__ uint4 dyn_smem[];
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -1024,7 +1132,9 @@ __device__ __forceinline__ void w4a16_sk_body(
     {
         const int vecs = k_chunks * 8;  // 16-byte vectors per row
         if (threadIdx.x < 8) reinterpret_cast<uint4*>(a_zero)[threadIdx.x] = make_uint4(0, 0, 0, 0);
-        if ((K & 7) == 0) {
+        if (PRO != W4_PRO_NONE) {
+            w4_fused_prologue<PRO>(a_tile, a_stride, rows, 0, 0, k_chunks * 64, K, A, X, NW, lda, eps);
+        } else if ((K & 7) == 0) {
             for (int r = 0; r < rows; r++) {
                 const u16* src_row = A + (size_t)r * K;
                 for (int v = threadIdx.x; v < vecs; v += blockDim.x) {
@@ -1261,12 +1371,58 @@ __device__ __forceinline__ void w4a16_sk_body(
 
 // Keep STAGES (a power of two) in sync with `SK_STAGES` in src/int4/gemm.rs.
 // m8: M <= 8 (one token tile), m16: M = 9..16; suffixes as the decode kernel.
+#ifndef W4_FUSED_ENTRIES
 W4A16_SK_ENTRY(w4a16_sk_m8, 1, 8, false, true)
 W4A16_SK_ENTRY(w4a16_sk_m16, 2, 8, false, true)
 W4A16_SK_ENTRY(w4a16_sk_m8s, 1, 8, false, false)
 W4A16_SK_ENTRY(w4a16_sk_m16s, 2, 8, false, false)
 W4A16_SK_ENTRY(w4a16_sk_m8z, 1, 8, true, false)
 W4A16_SK_ENTRY(w4a16_sk_m16z, 2, 8, true, false)
+#endif  // W4_FUSED_ENTRIES
+
+#ifdef W4_FUSED_ENTRIES
+// Fused variants (module `w4a16_gemm_fused`): symmetric weights with groups
+// >= 64 (the POST kernels), M <= 16, the three (prologue, epilogue) pairs of
+// a Llama-style decode block: _rms (q|k|v, gate|up: RMSNorm in, f16 out),
+// _res (o: f16 in, residual add out), _glures (down: GLU in, residual add
+// out). Arguments: the plain kernel's, then X (f32 rows to normalise), NW
+// (norm weight), R (f32 residual stream), lda (row stride of A or X), eps.
+#define W4A16_DEC_FUSED_ENTRY(NAME, RH, STAGES, PRO, EPI)                                         \
+    extern "C" __global__ void __launch_bounds__(512) NAME(                                       \
+        const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
+        const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
+        u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
+        int group_k32, int splits, int nbpb, int k_slices, int pre_wait,                          \
+        const float* __restrict__ X, const float* __restrict__ NW, float* __restrict__ R,         \
+        int lda, float eps) {                                                                     \
+        w4a16_dec_body<RH, STAGES, false, true, PRO, EPI>(A, W, S, Z, C, partials, tickets, M, N,  \
+                                                          K, n_pad, k_chunks, group_k32, splits,  \
+                                                          nbpb, k_slices, pre_wait, X, NW, R,     \
+                                                          lda, eps);                              \
+    }
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m4_rms, 1, 16, W4_PRO_RMS, W4_EPI_STORE)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m8_rms, 1, 8, W4_PRO_RMS, W4_EPI_STORE)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m16_rms, 2, 8, W4_PRO_RMS, W4_EPI_STORE)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m4_res, 1, 16, W4_PRO_NONE, W4_EPI_RESID)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m8_res, 1, 8, W4_PRO_NONE, W4_EPI_RESID)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m16_res, 2, 8, W4_PRO_NONE, W4_EPI_RESID)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m4_glures, 1, 16, W4_PRO_GLU, W4_EPI_RESID)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m8_glures, 1, 8, W4_PRO_GLU, W4_EPI_RESID)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m16_glures, 2, 8, W4_PRO_GLU, W4_EPI_RESID)
+
+// Stream-K with the RMSNorm prologue (gate|up at N >= 14336, f16 out).
+#define W4A16_SK_FUSED_ENTRY(NAME, RH, STAGES, PRO)                                              \
+    extern "C" __global__ void __launch_bounds__(512, 1) NAME(                                   \
+        const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
+        const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
+        u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks, int group_k32,   \
+        const float* __restrict__ X, const float* __restrict__ NW, int lda, float eps) {          \
+        w4a16_sk_body<RH, STAGES, false, true, PRO>(A, W, S, Z, C, partials, tickets, M, N, K,    \
+                                                    n_pad, k_chunks, group_k32, X, NW, lda, eps); \
+    }
+W4A16_SK_FUSED_ENTRY(w4a16_sk_m8_rms, 1, 8, W4_PRO_RMS)
+W4A16_SK_FUSED_ENTRY(w4a16_sk_m16_rms, 2, 8, W4_PRO_RMS)
+#endif  // W4_FUSED_ENTRIES
 
 // Benchmark stand-in for the decode step's small kernels (norm, RoPE,
 // attention, GLU: ~4 us each, one or a few blocks, latency-bound): one warp

@@ -25,7 +25,10 @@ use std::sync::Arc;
 use cudarc::driver::CudaSlice;
 use half::f16;
 use marlin_cuda::ggml::GgmlGpuWeight;
-use marlin_cuda::int4::gemm::{int4_gemm, GemmOptions, GemmWorkspace};
+use marlin_cuda::int4::gemm::{
+    fused_supported, int4_gemm, int4_gemm_fused, GemmOptions, GemmWorkspace, Int4Epilogue,
+    Int4Prologue, FUSED_MAX_M,
+};
 use marlin_cuda::ops::{
     self, ActElem, AttnParams, DeviceSampling, GpuKvCache, GpuRope, HeadShape, KvDest, PagedKvPool,
     ProjRows, RopeInputs,
@@ -297,6 +300,10 @@ pub struct Scratch {
     /// the step's keys itself (QK-norm + RoPE + KV write fused into the
     /// decode attention launch). One row always qualifies.
     pub distinct_seqs: bool,
+    /// Fold the block's small ops into the INT4 GEMMs where the model
+    /// allows it ([`GpuDecoder::fused_ops`]); starts as `MARLIN_GPU_FUSE_OPS`
+    /// says (on unless `0`), settable for same-process comparisons.
+    pub fuse_ops: bool,
     /// (max(max_m, logit_rows)) uniforms in [0, 1) of [`Select::Sample`].
     pub uniforms: CudaSlice<f32>,
     /// (logit_rows, vocab)
@@ -381,6 +388,7 @@ impl Scratch {
             row_seq: dev.alloc_zeros("row sequences", max_m)?,
             row_pos: dev.alloc_zeros("row positions", max_m)?,
             distinct_seqs: false,
+            fuse_ops: fuse_ops_enabled(),
             uniforms: dev.alloc_zeros("sampling uniforms", picks)?,
             logits: dev.alloc_zeros("logits", logits_len)?,
             next_ids: dev.alloc_zeros("picked ids", picks)?,
@@ -412,6 +420,17 @@ trait DecoderAct: ActElem {
         g: &mut GemmScratch<'_>,
     ) -> Result<()>;
 
+    /// The fused decode-step GEMM ([`int4_gemm_fused`]): f16 activations
+    /// and INT4 weights only (see [`GpuDecoder::fused_ops`]).
+    fn linear_fused(
+        l: &GpuLinear,
+        dev: &Arc<CudaDevice>,
+        input: FusedIn<'_, Self>,
+        m: usize,
+        out: FusedOut<'_, Self>,
+        g: &mut GemmScratch<'_>,
+    ) -> Result<()>;
+
     /// `dst = src` (`n` values) in this type.
     fn from_f32(
         dev: &CudaDevice,
@@ -436,6 +455,19 @@ trait DecoderAct: ActElem {
 }
 
 impl DecoderAct for f32 {
+    fn linear_fused(
+        _l: &GpuLinear,
+        _dev: &Arc<CudaDevice>,
+        _input: FusedIn<'_, f32>,
+        _m: usize,
+        _out: FusedOut<'_, f32>,
+        _g: &mut GemmScratch<'_>,
+    ) -> Result<()> {
+        Err(GpuError::Invalid(
+            "fused decode-step GEMMs need f16 activations (every projection INT4)".into(),
+        ))
+    }
+
     fn from_f32(
         dev: &CudaDevice,
         src: &CudaSlice<f32>,
@@ -483,6 +515,36 @@ impl DecoderAct for f32 {
 }
 
 impl DecoderAct for f16 {
+    fn linear_fused(
+        l: &GpuLinear,
+        dev: &Arc<CudaDevice>,
+        input: FusedIn<'_, f16>,
+        m: usize,
+        out: FusedOut<'_, f16>,
+        g: &mut GemmScratch<'_>,
+    ) -> Result<()> {
+        let GpuLinear::Int4(w) = l else {
+            return Err(GpuError::Invalid(
+                "fused decode-step GEMM for a weight other than INT4".into(),
+            ));
+        };
+        let pro = match input {
+            FusedIn::Plain(a) => Int4Prologue::None(a.as_view()),
+            FusedIn::Glu(gu) => Int4Prologue::Glu(gu.as_view()),
+            FusedIn::RmsNorm { x, weight, eps } => Int4Prologue::RmsNorm {
+                x: x.as_view(),
+                weight: weight.as_view(),
+                eps,
+            },
+        };
+        let epi = match out {
+            FusedOut::Store(c) => Int4Epilogue::Store(c.as_view_mut()),
+            FusedOut::AddToResidual(r) => Int4Epilogue::AddToResidual(r.as_view_mut()),
+        };
+        int4_gemm_fused(dev, pro, m, w, epi, g.ws)?;
+        Ok(())
+    }
+
     fn from_f32(
         dev: &CudaDevice,
         src: &CudaSlice<f32>,
@@ -532,6 +594,34 @@ impl DecoderAct for f16 {
             logits,
         )?)
     }
+}
+
+/// Input of a fused decode-step GEMM (`DecoderAct::linear_fused`).
+enum FusedIn<'a, T> {
+    /// The activations as they are.
+    Plain(&'a CudaSlice<T>),
+    /// SwiGLU of a fused gate|up output (gate columns first, row stride 2K).
+    Glu(&'a CudaSlice<T>),
+    /// RMSNorm of the f32 residual stream, times `weight`.
+    RmsNorm {
+        x: &'a CudaSlice<f32>,
+        weight: &'a CudaSlice<f32>,
+        eps: f32,
+    },
+}
+
+/// Output of a fused decode-step GEMM.
+enum FusedOut<'a, T> {
+    Store(&'a mut CudaSlice<T>),
+    /// Added to the f32 residual stream.
+    AddToResidual(&'a mut CudaSlice<f32>),
+}
+
+/// Whether the decode step may fold its small ops into the INT4 GEMMs
+/// (`MARLIN_GPU_FUSE_OPS=0` turns it off; read once).
+fn fuse_ops_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MARLIN_GPU_FUSE_OPS").map_or(true, |v| v.trim() != "0"))
 }
 
 /// GEMM scratch: the f32 path's conversion buffers (`LinearScratch`) and
@@ -599,6 +689,30 @@ impl GpuDecoder {
             .all(|l| matches!(l, GpuLinear::Int4(_)))
     }
 
+    /// Whether a forward of `m` rows folds the block's small ops into its
+    /// INT4 GEMMs (RMSNorm into q|k|v and gate|up, residual adds into o and
+    /// down, SwiGLU into down; docs/CUDA.md change 31): every linear of
+    /// every block INT4 on the fused kernels ([`fused_supported`], M <=
+    /// [`FUSED_MAX_M`]), q|k|v and gate|up fused, SwiGLU, no post-norms
+    /// (f16 activations follow from every linear being INT4).
+    /// [`Scratch::fuse_ops`] can turn it off per scratch.
+    pub fn fused_ops(&self, m: usize) -> bool {
+        let int4_ok = |l: &GpuLinear| matches!(l, GpuLinear::Int4(w) if fused_supported(m, w));
+        m <= FUSED_MAX_M
+            && matches!(self.spec.activation, Activation::Silu)
+            && self.blocks.iter().all(|b| {
+                let shapes_ok = match (&b.gate_up, &b.down) {
+                    (GateUpWeights::Fused(gu), GpuLinear::Int4(dw)) => gu.rows() == 2 * dw.k,
+                    _ => false,
+                };
+                matches!(b.qkv, QkvWeights::Fused(_))
+                    && b.post_attn_norm.is_none()
+                    && b.post_ffn_norm.is_none()
+                    && shapes_ok
+                    && b.linears().into_iter().all(int4_ok)
+            })
+    }
+
     /// Runs `m` rows whose ids, sequences and positions are in `s`; writes
     /// their keys and values into `cache`, the logits of `which` rows into
     /// `s.logits` (soft-capped when the model caps them) and, by `select`,
@@ -641,6 +755,7 @@ impl GpuDecoder {
                 s.max_m, s.logit_rows
             )));
         }
+        let fuse = s.fuse_ops && self.fused_ops(m);
         let Scratch {
             ids,
             row_seq,
@@ -675,8 +790,12 @@ impl GpuDecoder {
         let mut prof = prof;
         let mut kv = kv;
         match acts {
-            Acts::F32(a) => self.forward_t(dev, &mut kv, &mut io, a, m, n_logits, &mut prof)?,
-            Acts::F16(a) => self.forward_t(dev, &mut kv, &mut io, a, m, n_logits, &mut prof)?,
+            Acts::F32(a) => {
+                self.forward_t(dev, &mut kv, &mut io, a, m, n_logits, false, &mut prof)?
+            }
+            Acts::F16(a) => {
+                self.forward_t(dev, &mut kv, &mut io, a, m, n_logits, fuse, &mut prof)?
+            }
         }
         let vocab = self.spec.cfg.vocab_size;
         match select {
@@ -692,7 +811,6 @@ impl GpuDecoder {
     }
 
     /// The layers and the LM head on activations of type `T`.
-    #[allow(clippy::too_many_arguments)]
     /// `n_logits` (<= m): the last rows that get logits.
     #[allow(clippy::too_many_arguments)]
     fn forward_t<T: DecoderAct>(
@@ -703,10 +821,16 @@ impl GpuDecoder {
         a: &mut ActBufs<T>,
         m: usize,
         n_logits: usize,
+        fuse: bool,
         prof: &mut Option<&mut StageTimer>,
     ) -> Result<()> {
         let c = &self.spec.cfg;
         let (d, eps, off) = (c.hidden_size, c.rms_eps, 0.0f32);
+        // `fuse` (f16 activations, `Self::fused_ops`): each RMSNorm in the
+        // next GEMM's activation load, each residual add in the o / down
+        // GEMM's store, the GLU in the down GEMM's load (5 launches per
+        // layer instead of 8).
+        let fuse = fuse && T::IS_F16;
         begin(prof, dev)?;
         match &self.embed {
             GpuEmbedding::Table(t) => t.get_rows(dev, io.ids, m, self.spec.embed_scale, io.x)?,
@@ -721,22 +845,45 @@ impl GpuDecoder {
                 io.x,
             )?,
         }
-        ops::resid_norm::<T>(
-            dev,
-            io.x,
-            None,
-            None,
-            &self.blocks[0].attn_norm,
-            m,
-            d,
-            eps,
-            off,
-            &mut a.h,
-        )?;
+        if !fuse {
+            ops::resid_norm::<T>(
+                dev,
+                io.x,
+                None,
+                None,
+                &self.blocks[0].attn_norm,
+                m,
+                d,
+                eps,
+                off,
+                &mut a.h,
+            )?;
+        }
         mark(prof, dev, Stage::Embed)?;
         for (il, b) in self.blocks.iter().enumerate() {
             begin(prof, dev)?;
-            self.attention(dev, il, b, kv, io, a, m, prof)?;
+            self.attention(dev, il, b, kv, io, a, m, fuse, prof)?;
+            if fuse {
+                // x already holds x + attn (o GEMM epilogue); the gate|up
+                // GEMM normalises it itself.
+                self.mlp(dev, b, io, a, m, fuse, prof)?;
+                if il + 1 == self.blocks.len() {
+                    ops::resid_norm::<T>(
+                        dev,
+                        io.x,
+                        None,
+                        None,
+                        &self.out_norm,
+                        m,
+                        d,
+                        eps,
+                        off,
+                        &mut a.h,
+                    )?;
+                    mark(prof, dev, Stage::ResidNorm)?;
+                }
+                continue;
+            }
             // x += post_norm(attn); h = ffn_norm(x)
             ops::resid_norm(
                 dev,
@@ -751,7 +898,7 @@ impl GpuDecoder {
                 &mut a.h,
             )?;
             mark(prof, dev, Stage::ResidNorm)?;
-            self.mlp(dev, b, io, a, m, prof)?;
+            self.mlp(dev, b, io, a, m, fuse, prof)?;
             // x += post_norm(ffn); h = next block's attn_norm(x) (or the final norm)
             let next_norm = match self.blocks.get(il + 1) {
                 Some(nb) => &nb.attn_norm,
@@ -807,6 +954,8 @@ impl GpuDecoder {
     }
 
     /// `a.h` (m, d) -> `a.delta` (m, d); writes this layer's keys and values.
+    /// `fuse` ([`Self::fused_ops`]): `io.x` (m, d) -> `io.x += attn` instead
+    /// (q|k|v GEMM with the RMSNorm prologue, o GEMM with the residual add).
     #[allow(clippy::too_many_arguments)]
     fn attention<T: DecoderAct>(
         &self,
@@ -817,6 +966,7 @@ impl GpuDecoder {
         io: &mut StepIo<'_>,
         a: &mut ActBufs<T>,
         m: usize,
+        fuse: bool,
         prof: &mut Option<&mut StageTimer>,
     ) -> Result<()> {
         let c = &self.spec.cfg;
@@ -844,7 +994,17 @@ impl GpuDecoder {
             }
             QkvWeights::Fused(w) => {
                 let width = qd + 2 * kvd;
-                T::linear(w, dev, &a.h, m, &mut a.fused, &mut io.g)?;
+                if fuse {
+                    let input = FusedIn::RmsNorm {
+                        x: &*io.x,
+                        weight: &b.attn_norm,
+                        eps: c.rms_eps,
+                    };
+                    let out = FusedOut::Store(&mut a.fused);
+                    T::linear_fused(w, dev, input, m, out, &mut io.g)?;
+                } else {
+                    T::linear(w, dev, &a.h, m, &mut a.fused, &mut io.g)?;
+                }
                 (
                     ProjRows {
                         data: a.fused.slice(0..),
@@ -944,11 +1104,18 @@ impl GpuDecoder {
             }
         }
         mark(prof, dev, Stage::Attention)?;
-        T::linear(&b.wo, dev, &a.attn, m, &mut a.delta, &mut io.g)?;
+        if fuse {
+            let out = FusedOut::AddToResidual(&mut *io.x);
+            T::linear_fused(&b.wo, dev, FusedIn::Plain(&a.attn), m, out, &mut io.g)?;
+        } else {
+            T::linear(&b.wo, dev, &a.attn, m, &mut a.delta, &mut io.g)?;
+        }
         mark(prof, dev, Stage::OGemm)
     }
 
-    /// `a.h` (m, d) -> `a.delta` (m, d).
+    /// `a.h` (m, d) -> `a.delta` (m, d); `fuse`: `io.x += mlp(ffn_norm(io.x))`
+    /// in two GEMMs (RMSNorm prologue; GLU prologue and residual add).
+    #[allow(clippy::too_many_arguments)]
     fn mlp<T: DecoderAct>(
         &self,
         dev: &Arc<CudaDevice>,
@@ -956,9 +1123,27 @@ impl GpuDecoder {
         io: &mut StepIo<'_>,
         a: &mut ActBufs<T>,
         m: usize,
+        fuse: bool,
         prof: &mut Option<&mut StageTimer>,
     ) -> Result<()> {
         let ffn = self.spec.cfg.ffn_size;
+        if fuse {
+            let GateUpWeights::Fused(w) = &b.gate_up else {
+                return Err(GpuError::Invalid(
+                    "fused decode step with separate gate and up weights".into(),
+                ));
+            };
+            let input = FusedIn::RmsNorm {
+                x: &*io.x,
+                weight: &b.ffn_norm,
+                eps: self.spec.cfg.rms_eps,
+            };
+            T::linear_fused(w, dev, input, m, FusedOut::Store(&mut a.fused), &mut io.g)?;
+            mark(prof, dev, Stage::GateUpGemm)?;
+            let out = FusedOut::AddToResidual(&mut *io.x);
+            T::linear_fused(&b.down, dev, FusedIn::Glu(&a.fused), m, out, &mut io.g)?;
+            return mark(prof, dev, Stage::DownGemm);
+        }
         let gelu = match self.spec.activation {
             Activation::Silu => false,
             Activation::GeluTanh => true,
