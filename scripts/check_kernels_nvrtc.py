@@ -18,8 +18,11 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL_DIR = os.path.join(ROOT, "crates", "marlin-cuda", "src", "kernels")
 ARCHS = ["sm_90a", "sm_80"]
-# Keep in sync with crates/marlin-cuda/src/nvrtc_cache.rs (nvrtc_options).
+# Keep in sync with crates/marlin-cuda/src/nvrtc_cache.rs (NVRTC_OPTIONS).
 COMMON_OPTIONS = ["-std=c++17", "--use_fast_math", "-default-device"]
+# The shared device helpers, handed to every program as an in-memory header
+# under this name, as nvrtc_cache.rs does (COMMON_HEADER): no search path.
+COMMON_HEADER = "marlin_common.cuh"
 # Sources the crate also compiles with a prefix (a second module of the same
 # file): w4a16_gemm.cu's fused decode-step variants (src/int4/gemm.rs,
 # FUSED_SOURCE).
@@ -44,9 +47,12 @@ def find_nvrtc():
 def compile_one(lib, path, arch, prefix=b""):
     with open(path, "rb") as f:
         src = prefix + f.read()
+    with open(os.path.join(KERNEL_DIR, COMMON_HEADER), "rb") as f:
+        headers = (ctypes.c_char_p * 1)(f.read())
+    include_names = (ctypes.c_char_p * 1)(COMMON_HEADER.encode())
     prog = ctypes.c_void_p()
     name = os.path.basename(path).encode()
-    rc = lib.nvrtcCreateProgram(ctypes.byref(prog), src, name, 0, None, None)
+    rc = lib.nvrtcCreateProgram(ctypes.byref(prog), src, name, 1, headers, include_names)
     if rc != 0:
         return False, f"nvrtcCreateProgram returned {rc}"
     opts = [f"--gpu-architecture={arch}".encode()] + [o.encode() for o in COMMON_OPTIONS]

@@ -1,10 +1,11 @@
 //! NVRTC compilation of the embedded `.cu` sources to CUBIN for the device's
 //! architecture, cached on disk under `$MARLIN_KERNEL_CACHE` or
-//! `~/.cache/marlin/kernels`, keyed by a hash of (source, options, arch,
-//! driver version, NVRTC version). A cache that cannot be read or written is
-//! skipped, never an error.
+//! `~/.cache/marlin/kernels`, keyed by a hash of (source, shared header,
+//! options, arch, driver version, NVRTC version). A cache that cannot be read
+//! or written is skipped, never an error.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
+use std::mem::MaybeUninit;
 use std::path::PathBuf;
 
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
@@ -14,6 +15,14 @@ use crate::error::{CudaError, Result};
 /// Options shared by every kernel (keep in sync with
 /// `scripts/check_kernels_nvrtc.py`).
 pub const NVRTC_OPTIONS: &[&str] = &["-std=c++17", "--use_fast_math", "-default-device"];
+
+/// Name under which the kernel sources `#include` the shared device helpers.
+pub const COMMON_HEADER_NAME: &str = "marlin_common.cuh";
+/// The shared device helpers (f16 conversions, f16x2 arithmetic, cp.async,
+/// mbarrier, PDL, ...). Every program gets it as an in-memory NVRTC header,
+/// so no include search path is needed (keep in sync with
+/// `scripts/check_kernels_nvrtc.py`).
+pub const COMMON_HEADER: &str = include_str!("kernels/marlin_common.cuh");
 
 /// FNV-1a, 64 bit: stable across Rust versions (unlike `DefaultHasher`).
 fn fnv1a(parts: &[&[u8]]) -> u64 {
@@ -72,6 +81,7 @@ pub fn compile_cached(
     let options = NVRTC_OPTIONS.join(" ");
     let key = fnv1a(&[
         source.as_bytes(),
+        COMMON_HEADER.as_bytes(),
         options.as_bytes(),
         arch.as_bytes(),
         versions.as_bytes(),
@@ -109,7 +119,11 @@ pub fn compile(name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
     };
     let src = CString::new(source).map_err(|_| compile_err("source contains a NUL byte".into()))?;
     let cname = CString::new(name).map_err(|_| compile_err("name contains a NUL byte".into()))?;
-    let prog = nvrtc::create_program(&src, Some(&cname))
+    let header = CString::new(COMMON_HEADER)
+        .map_err(|_| compile_err("marlin_common.cuh contains a NUL byte".into()))?;
+    let header_name = CString::new(COMMON_HEADER_NAME)
+        .map_err(|_| compile_err("header name contains a NUL byte".into()))?;
+    let prog = create_program_with_header(&src, &cname, &header, &header_name)
         .map_err(|e| compile_err(format!("nvrtcCreateProgram: {e:?}")))?;
     let mut options: Vec<String> = vec![format!("--gpu-architecture={arch}")];
     options.extend(NVRTC_OPTIONS.iter().map(|s| s.to_string()));
@@ -138,6 +152,34 @@ pub fn compile(name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
     // SAFETY: prog was created above and is destroyed once.
     let _ = unsafe { nvrtc::destroy_program(prog) };
     result
+}
+
+/// `nvrtc::create_program` with one in-memory header (cudarc's wrapper passes
+/// none).
+fn create_program_with_header(
+    src: &CStr,
+    name: &CStr,
+    header: &CStr,
+    header_name: &CStr,
+) -> std::result::Result<nvrtc_sys::nvrtcProgram, nvrtc::NvrtcError> {
+    let mut prog = MaybeUninit::uninit();
+    let headers = [header.as_ptr()];
+    let include_names = [header_name.as_ptr()];
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call
+    // (NVRTC copies the sources); the arrays hold one element each, as
+    // numHeaders says; prog is written on success only.
+    unsafe {
+        nvrtc_sys::nvrtcCreateProgram(
+            prog.as_mut_ptr(),
+            src.as_ptr(),
+            name.as_ptr(),
+            1,
+            headers.as_ptr(),
+            include_names.as_ptr(),
+        )
+        .result()?;
+        Ok(prog.assume_init())
+    }
 }
 
 /// # Safety

@@ -23,62 +23,27 @@
 //   of a warp scores key t of the tile. Rows of several sequences in one
 //   tile are handled in one pass per distinct sequence.
 //
-// Self-contained (no #include) so that NVRTC needs no header search path.
+// Shared helpers (f16 conversions, ld_cg_f32, pdl_wait, ...) come from
+// marlin_common.cuh, an in-memory NVRTC header (no search path).
 
-typedef unsigned int u32;
-typedef unsigned short u16;
+#include "marlin_common.cuh"
 
 #define ATT_NEG_INF (__int_as_float(0xff800000))
 // Most key splits of the decode kernel (MAX_SPLITS in src/ops/attention.rs).
 #define ATT_MAX_SPLITS 64
-#define ATT_LOG2E 1.4426950408889634f
 
-// Programmatic dependent launch (src/ops/launch.rs), in every block of the
-// decode kernels: att_pdl_trigger() first thing (the next kernel's grid may
-// launch once every block of this one has; its own wait still waits for
-// this grid's completion), att_pdl_wait() before any early return and
-// before reading anything but constants and the host-copied sequence ids /
-// positions (it waits for the previous kernel to complete). No-ops for a
-// plain launch and below sm_90.
-__device__ __forceinline__ void att_pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void att_pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ float att_h2f(u16 h) {
-    float r;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(r) : "h"(h));
-    return r;
-}
-
-// Two f16 in one 32-bit word -> two floats (low half first).
-__device__ __forceinline__ void att_h2x2(u32 w, float& a, float& b) {
-    a = att_h2f((u16)(w & 0xffffu));
-    b = att_h2f((u16)(w >> 16));
-}
-
-// Outputs go to the next GEMM's input type: f32, or f16 bits (`_h` entries).
-__device__ __forceinline__ void att_st(float* p, long long i, float v) { p[i] = v; }
-__device__ __forceinline__ void att_st(u16* p, long long i, float v) {
-    u16 r;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(v));
-    p[i] = r;
-}
-
-// Partials written by other blocks of the same launch: read from L2, not a
-// possibly stale L1 line.
-__device__ __forceinline__ float att_ld_cg(const float* p) {
-    float r;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
-    return r;
-}
+// Programmatic dependent launch (src/ops/launch.rs, helpers in
+// marlin_common.cuh), in every block of the decode kernels: pdl_trigger()
+// first thing (the next kernel's grid may launch once every block of this
+// one has; its own wait still waits for this grid's completion), pdl_wait()
+// before any early return and before reading anything but constants and the
+// host-copied sequence ids / positions (it waits for the previous kernel to
+// complete).
+//
+// Outputs go to the next GEMM's input type: f32, or f16 bits (`_h` entries),
+// written with st_from_f32; projections are read with ld_as_f32. Partials
+// written by other blocks of the same launch are read with ld_cg_f32 (from
+// L2, not a possibly stale L1 line).
 
 __device__ __forceinline__ float4 att_ld_cg4(const float* p) {
     float4 r;
@@ -88,28 +53,8 @@ __device__ __forceinline__ float4 att_ld_cg4(const float* p) {
     return r;
 }
 
-// A projection value (f32, or f16 bits) as f32.
-__device__ __forceinline__ float att_ldv(const float* p, long long i) { return p[i]; }
-__device__ __forceinline__ float att_ldv(const u16* p, long long i) { return att_h2f(p[i]); }
-
-__device__ __forceinline__ u16 att_f2h(float v) {
-    u16 r;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(v));
-    return r;
-}
-
 __device__ __forceinline__ uint4 att_ld16(const u16* p) {
     return *reinterpret_cast<const uint4*>(p);
-}
-
-// Soft-capped score in the log2 domain. Without a cap (softcap <= 0) the
-// query already carries scale * log2(e).
-__device__ __forceinline__ float att_cap(float s, float softcap) {
-    if (softcap > 0.0f) {
-        const float u = s / softcap;
-        s = softcap * (1.0f - 2.0f / (__expf(2.0f * u) + 1.0f)) * ATT_LOG2E;
-    }
-    return s;
 }
 
 // The key range [lo, hi) of one query row; empty when the row is invalid.
@@ -168,7 +113,7 @@ __device__ __forceinline__ void attn_decode_impl(
     __shared__ float sm_o[NSUB][GT][HD];
     __shared__ float sm_m[NSUB][GT];
     __shared__ float sm_l[NSUB][GT];
-    att_pdl_trigger();
+    pdl_trigger();
 
     const int split = blockIdx.x;
     const int head_chunks = (group + GT - 1) / GT;
@@ -213,7 +158,7 @@ __device__ __forceinline__ void attn_decode_impl(
     }
     // Sequence and position come from the host's copy before the step; the
     // queries and this step's keys come from the previous kernel.
-    att_pdl_wait();
+    pdl_wait();
 
     // Fused: the chunk's roped queries, this step's roped key (f32, then
     // f16 bits with the value's).
@@ -230,7 +175,7 @@ __device__ __forceinline__ void attn_decode_impl(
 #pragma unroll
             for (int j = 0; j < (HD + 31) / 32; ++j) {
                 const int i = lane + 32 * j;
-                if (i < HD) x[i] = att_ldv(src, i);
+                if (i < HD) x[i] = ld_as_f32(src, i);
             }
             float vv[(HD + 31) / 32];
             if (!is_q) {
@@ -238,7 +183,7 @@ __device__ __forceinline__ void attn_decode_impl(
 #pragma unroll
                 for (int j = 0; j < (HD + 31) / 32; ++j) {
                     const int i = lane + 32 * j;
-                    vv[j] = i < HD ? att_ldv(vs, i) : 0.0f;
+                    vv[j] = i < HD ? ld_as_f32(vs, i) : 0.0f;
                 }
             }
             const float* nw = is_q ? ri.q_norm : ri.k_norm;
@@ -273,7 +218,7 @@ __device__ __forceinline__ void attn_decode_impl(
                 for (int j = 0; j < (HD + 31) / 32; ++j) {
                     const int i = lane + 32 * j;
                     if (i < HD) {
-                        const u16 kh = att_f2h(x[i]), vh = att_f2h(vv[j]);
+                        const u16 kh = f32_to_f16(x[i]), vh = f32_to_f16(vv[j]);
                         sm_kv[0][i] = kh;
                         sm_kv[1][i] = vh;
                         if (chunk == 0) {
@@ -326,14 +271,14 @@ __device__ __forceinline__ void attn_decode_impl(
                 vn = jn == fresh ? *svv : att_ld16(vp + (long long)jn * HD);
             }
             float kf[8], vf[8];
-            att_h2x2(kc.x, kf[0], kf[1]);
-            att_h2x2(kc.y, kf[2], kf[3]);
-            att_h2x2(kc.z, kf[4], kf[5]);
-            att_h2x2(kc.w, kf[6], kf[7]);
-            att_h2x2(vc.x, vf[0], vf[1]);
-            att_h2x2(vc.y, vf[2], vf[3]);
-            att_h2x2(vc.z, vf[4], vf[5]);
-            att_h2x2(vc.w, vf[6], vf[7]);
+            f16x2_to_f32(kc.x, kf[0], kf[1]);
+            f16x2_to_f32(kc.y, kf[2], kf[3]);
+            f16x2_to_f32(kc.z, kf[4], kf[5]);
+            f16x2_to_f32(kc.w, kf[6], kf[7]);
+            f16x2_to_f32(vc.x, vf[0], vf[1]);
+            f16x2_to_f32(vc.y, vf[2], vf[3]);
+            f16x2_to_f32(vc.z, vf[4], vf[5]);
+            f16x2_to_f32(vc.w, vf[6], vf[7]);
 #pragma unroll
             for (int h = 0; h < GT; ++h) {
                 float s = 0.0f;
@@ -342,7 +287,7 @@ __device__ __forceinline__ void attn_decode_impl(
 #pragma unroll
                 for (int off = LPK / 2; off > 0; off >>= 1)
                     s += __shfl_xor_sync(sub_mask, s, off);
-                s = att_cap(s, softcap);
+                s = softcap_log2(s, softcap);
                 const float mn = fmaxf(m[h], s);
                 const float c = exp2f(m[h] - mn);
                 const float p = exp2f(s - mn);
@@ -379,7 +324,7 @@ __device__ __forceinline__ void attn_decode_impl(
         }
         const long long qh = (long long)row * n_heads + h0 + h;
         if (splits == 1) {
-            att_st(out, qh * HD + d, lsum > 0.0f ? osum / lsum : 0.0f);
+            st_from_f32(out, qh * HD + d, lsum > 0.0f ? osum / lsum : 0.0f);
         } else {
             // Partials: outputs (rows, n_heads, splits, HD) first (16-byte
             // aligned rows for the merge's vector loads), then the
@@ -414,8 +359,8 @@ __device__ __forceinline__ void attn_decode_impl(
         const int h = i / splits, sp = i % splits;
         const float* pml =
             partials + ml_base + (((long long)row * n_heads + h0 + h) * splits + sp) * 2;
-        s_w[h * splits + sp] = att_ld_cg(pml);
-        s_l[h * splits + sp] = att_ld_cg(pml + 1);
+        s_w[h * splits + sp] = ld_cg_f32(pml);
+        s_l[h * splits + sp] = ld_cg_f32(pml + 1);
     }
     __syncthreads();
     // One warp per head: the splits' maximum, weights and weighted sum.
@@ -453,10 +398,10 @@ __device__ __forceinline__ void attn_decode_impl(
         }
         const float lsum = sm_l[0][h];
         const bool any = lsum > 0.0f;
-        att_st(out, qh * HD + d, any ? a0 / lsum : 0.0f);
-        att_st(out, qh * HD + d + 1, any ? a1 / lsum : 0.0f);
-        att_st(out, qh * HD + d + 2, any ? a2 / lsum : 0.0f);
-        att_st(out, qh * HD + d + 3, any ? a3 / lsum : 0.0f);
+        st_from_f32(out, qh * HD + d, any ? a0 / lsum : 0.0f);
+        st_from_f32(out, qh * HD + d + 1, any ? a1 / lsum : 0.0f);
+        st_from_f32(out, qh * HD + d + 2, any ? a2 / lsum : 0.0f);
+        st_from_f32(out, qh * HD + d + 3, any ? a3 / lsum : 0.0f);
     }
     if (threadIdx.x == 0) *ticket = 0u;  // ready for the next launch
 }
@@ -629,12 +574,12 @@ __device__ __forceinline__ void attn_prefill_impl(
 #pragma unroll 8
                     for (int d2 = 0; d2 < HD / 2; ++d2) {
                         float ka, kb;
-                        att_h2x2(kr[d2], ka, kb);
+                        f16x2_to_f32(kr[d2], ka, kb);
                         const float2 qq = qv[d2];
                         acc = fmaf(qq.x, ka, acc);
                         acc = fmaf(qq.y, kb, acc);
                     }
-                    s = att_cap(acc, softcap);
+                    s = softcap_log2(acc, softcap);
                 }
                 float tmax = s;
 #pragma unroll
@@ -657,7 +602,7 @@ __device__ __forceinline__ void attn_prefill_impl(
                     const float pt = sp[warp * ATT_KT + t];
                     const u16* vr = sv + t * HD + lane * E;
 #pragma unroll
-                    for (int e = 0; e < E; ++e) o[i][e] = fmaf(pt, att_h2f(vr[e]), o[i][e]);
+                    for (int e = 0; e < E; ++e) o[i][e] = fmaf(pt, f16_to_f32(vr[e]), o[i][e]);
                 }
                 __syncwarp();
             }
@@ -673,7 +618,7 @@ __device__ __forceinline__ void attn_prefill_impl(
         const long long op = ((long long)r * n_heads + h0 + hh) * HD + lane * E;
         const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
 #pragma unroll
-        for (int e = 0; e < E; ++e) att_st(out, op + e, o[i][e] * inv);
+        for (int e = 0; e < E; ++e) st_from_f32(out, op + e, o[i][e] * inv);
     }
 }
 

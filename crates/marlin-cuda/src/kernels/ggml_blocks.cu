@@ -16,10 +16,11 @@
 // contraction, no flush to zero) so that get_rows is bit-identical to the
 // reference (ggml's dequantize_row_*).
 //
-// Self-contained (no #include) so that NVRTC needs no header search path.
+// Shared helpers (f16 conversions) come from marlin_common.cuh, an in-memory
+// NVRTC header (no search path).
 
-typedef unsigned int u32;
-typedef unsigned short u16;
+#include "marlin_common.cuh"
+
 typedef unsigned char u8;
 typedef signed char i8;
 
@@ -38,18 +39,6 @@ typedef signed char i8;
 #define MMVQ_WARPS 4
 
 // ---------------------------------------------------------------- helpers
-
-__device__ __forceinline__ float f16_bits_to_f32(u16 h) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-}
-
-__device__ __forceinline__ u16 f32_to_f16_bits(float x) {
-    u16 r;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
-    return r;
-}
 
 // IEEE f32 ops, rounded to nearest, never fused or flushed (fast-math off).
 __device__ __forceinline__ float mul_rn(float a, float b) {
@@ -133,7 +122,7 @@ template <int T> __device__ void dequant32(const u8* codes, const u8* meta, long
 template <> __device__ void dequant32<T_Q4_0>(const u8* codes, const u8* meta, long b0, int c, float* out) {
     const long b = b0 + c;
     const u8* qs = codes + b * 16;
-    const float d = f16_bits_to_f32(*(const u16*)(meta + b * 2));
+    const float d = f16_to_f32(*(const u16*)(meta + b * 2));
     for (int l = 0; l < 16; ++l) {
         out[l] = mul_rn((float)((int)(qs[l] & 0xF) - 8), d);
         out[l + 16] = mul_rn((float)((int)(qs[l] >> 4) - 8), d);
@@ -144,7 +133,7 @@ template <> __device__ void dequant32<T_Q4_1>(const u8* codes, const u8* meta, l
     const long b = b0 + c;
     const u8* qs = codes + b * 16;
     const u32 dm = *(const u32*)(meta + b * 4);
-    const float d = f16_bits_to_f32(dm & 0xFFFF), m = f16_bits_to_f32(dm >> 16);
+    const float d = f16_to_f32(dm & 0xFFFF), m = f16_to_f32(dm >> 16);
     for (int l = 0; l < 16; ++l) {
         out[l] = add_rn(mul_rn((float)(qs[l] & 0xF), d), m);
         out[l + 16] = add_rn(mul_rn((float)(qs[l] >> 4), d), m);
@@ -157,7 +146,7 @@ template <> __device__ void dequant32<T_Q5_0>(const u8* codes, const u8* meta, l
     const u8* qs = codes + b * 16;
     const uint2 mt = *(const uint2*)(meta + b * 8);
     const u32 qh = mt.x;
-    const float d = f16_bits_to_f32(mt.y & 0xFFFF);
+    const float d = f16_to_f32(mt.y & 0xFFFF);
     for (int l = 0; l < 16; ++l) {
         const int q0 = (int)((qs[l] & 0xF) | (((qh >> l) & 1) << 4)) - 16;
         const int q1 = (int)((qs[l] >> 4) | (((qh >> (l + 16)) & 1) << 4)) - 16;
@@ -171,7 +160,7 @@ template <> __device__ void dequant32<T_Q5_1>(const u8* codes, const u8* meta, l
     const u8* qs = codes + b * 16;
     const uint2 mt = *(const uint2*)(meta + b * 8);
     const u32 qh = mt.x;
-    const float d = f16_bits_to_f32(mt.y & 0xFFFF), m = f16_bits_to_f32(mt.y >> 16);
+    const float d = f16_to_f32(mt.y & 0xFFFF), m = f16_to_f32(mt.y >> 16);
     for (int l = 0; l < 16; ++l) {
         const u32 q0 = (qs[l] & 0xF) | (((qh >> l) & 1) << 4);
         const u32 q1 = (qs[l] >> 4) | (((qh >> (l + 16)) & 1) << 4);
@@ -183,7 +172,7 @@ template <> __device__ void dequant32<T_Q5_1>(const u8* codes, const u8* meta, l
 template <> __device__ void dequant32<T_Q8_0>(const u8* codes, const u8* meta, long b0, int c, float* out) {
     const long b = b0 + c;
     const i8* qs = (const i8*)(codes + b * 32);
-    const float d = f16_bits_to_f32(*(const u16*)(meta + b * 2));
+    const float d = f16_to_f32(*(const u16*)(meta + b * 2));
     for (int l = 0; l < 32; ++l) out[l] = mul_rn((float)qs[l], d);
 }
 
@@ -198,8 +187,8 @@ __device__ void dequant32_q45k(const u8* codes, const u8* meta, long b0, int c, 
     const u32 sc_words[3] = {mt.y, mt.z, mt.w};
     int sc, mn;
     scale_min_k4(j, sc_words, sc, mn);
-    const float d1 = mul_rn(f16_bits_to_f32(mt.x & 0xFFFF), (float)sc);
-    const float m1 = mul_rn(f16_bits_to_f32(mt.x >> 16), (float)mn);
+    const float d1 = mul_rn(f16_to_f32(mt.x & 0xFFFF), (float)sc);
+    const float m1 = mul_rn(f16_to_f32(mt.x >> 16), (float)mn);
     const int shift = 4 * (j & 1);
     for (int l = 0; l < 32; ++l) {
         int q = (qs[l] >> shift) & 0xF;
@@ -222,7 +211,7 @@ template <> __device__ void dequant32<T_Q6K>(const u8* codes, const u8* meta, lo
     const u8* ql = codes + b * 192 + half * 64 + (quarter & 1) * 32;
     const u8* qh = codes + b * 192 + 128 + half * 32;
     const i8* scales = (const i8*)(meta + b * 20);
-    const float d = f16_bits_to_f32(*(const u16*)(meta + b * 20 + 16));
+    const float d = f16_to_f32(*(const u16*)(meta + b * 20 + 16));
     const int lshift = (quarter >> 1) * 4, hshift = 2 * quarter;
     for (int l = 0; l < 32; ++l) {
         const int q = (int)(((ql[l] >> lshift) & 0xF) | (((qh[l] >> hshift) & 3) << 4)) - 32;
@@ -266,17 +255,17 @@ template <int T> struct Mmvq4 {
         float d, m_or_bias;
         u32 qh = 0;
         if (T == T_Q4_0) {
-            d = f16_bits_to_f32(*(const u16*)(meta + b * 2));
+            d = f16_to_f32(*(const u16*)(meta + b * 2));
             m_or_bias = -8.0f * d;
         } else if (T == T_Q4_1) {
             const u32 dm = *(const u32*)(meta + b * 4);
-            d = f16_bits_to_f32(dm & 0xFFFF);
-            m_or_bias = f16_bits_to_f32(dm >> 16);
+            d = f16_to_f32(dm & 0xFFFF);
+            m_or_bias = f16_to_f32(dm >> 16);
         } else {
             const uint2 mt = *(const uint2*)(meta + b * 8);
             qh = mt.x;
-            d = f16_bits_to_f32(mt.y & 0xFFFF);
-            m_or_bias = T == T_Q5_0 ? -16.0f * d : f16_bits_to_f32(mt.y >> 16);
+            d = f16_to_f32(mt.y & 0xFFFF);
+            m_or_bias = T == T_Q5_0 ? -16.0f * d : f16_to_f32(mt.y >> 16);
         }
         int lo[4], hi[4];
 #pragma unroll
@@ -319,7 +308,7 @@ template <> struct Mmvq<T_Q8_0> {
         const uint4 w1 = ld_nc_v4(codes + b * 32 + 16);
         const int w[8] = {(int)w0.x, (int)w0.y, (int)w0.z, (int)w0.w,
                           (int)w1.x, (int)w1.y, (int)w1.z, (int)w1.w};
-        const float d = f16_bits_to_f32(*(const u16*)(meta + b * 2));
+        const float d = f16_to_f32(*(const u16*)(meta + b * 2));
 #pragma unroll
         for (int j = 0; j < M; ++j) {
             int a[8];
@@ -367,7 +356,7 @@ template <bool FIFTH> struct MmvqQ45K {
         int sc1, mn1, sc2, mn2;
         scale_min_k4(2 * c, sc_words, sc1, mn1);
         scale_min_k4(2 * c + 1, sc_words, sc2, mn2);
-        const float d = f16_bits_to_f32(mt.x & 0xFFFF), dmin = f16_bits_to_f32(mt.x >> 16);
+        const float d = f16_to_f32(mt.x & 0xFFFF), dmin = f16_to_f32(mt.x >> 16);
         const long ab = a0 + (u / 4) * 8 + 2 * c;
 #pragma unroll
         for (int j = 0; j < M; ++j) {
@@ -421,7 +410,7 @@ template <> struct Mmvq<T_Q6K> {
         const u32 s0 = mt[2 * h], s1 = mt[2 * h + 1];
         const float sc[4] = {(float)(i8)byte_of(s0, g), (float)(i8)byte_of(s0, 2 + g),
                              (float)(i8)byte_of(s1, g), (float)(i8)byte_of(s1, 2 + g)};
-        const float d = f16_bits_to_f32(mt[4] & 0xFFFF);
+        const float d = f16_to_f32(mt[4] & 0xFFFF);
         const long ab = a0 + (u / 4) * 8 + 4 * h;
 #pragma unroll
         for (int j = 0; j < M; ++j) {
@@ -512,7 +501,7 @@ __device__ __forceinline__ void gemv_dense(const void* __restrict__ w, const flo
     for (int j = 0; j < M; ++j) acc[j] = 0.0f;
     for (int k = lane; k < cols; k += 32) {
         const long i = (long)row * cols + k;
-        const float wv = HALF ? f16_bits_to_f32(((const u16*)w)[i]) : ((const float*)w)[i];
+        const float wv = HALF ? f16_to_f32(((const u16*)w)[i]) : ((const float*)w)[i];
 #pragma unroll
         for (int j = 0; j < M; ++j) acc[j] += wv * x[(long)j * cols + k];
     }
@@ -581,7 +570,7 @@ __device__ __forceinline__ void dequant_f16(const u8* codes, const u8* meta, u16
         u32 packed[16];
 #pragma unroll
         for (int i = 0; i < 16; ++i)
-            packed[i] = (u32)f32_to_f16_bits(v[2 * i]) | ((u32)f32_to_f16_bits(v[2 * i + 1]) << 16);
+            packed[i] = (u32)f32_to_f16(v[2 * i]) | ((u32)f32_to_f16(v[2 * i + 1]) << 16);
         uint4* dst = (uint4*)(out + r * cols + (long)c * 32);
 #pragma unroll
         for (int i = 0; i < 4; ++i)
@@ -641,7 +630,7 @@ extern "C" __global__ void ggml_get_rows_dense(const void* w, int is_f16, const 
         float v = 0.0f;
         if (id < (u32)rows) {
             const long src = (long)id * cols + k;
-            v = is_f16 ? f16_bits_to_f32(((const u16*)w)[src]) : ((const float*)w)[src];
+            v = is_f16 ? f16_to_f32(((const u16*)w)[src]) : ((const float*)w)[src];
             v = mul_rn(v, scale);
         }
         out[(long)i * cols + k] = v;
@@ -674,7 +663,7 @@ extern "C" __global__ void __launch_bounds__(256)
         e = e > 126 ? 126 : (e < -126 ? -126 : e);
     }
     const float scale = __uint_as_float((u32)(e + 127) << 23);
-    for (int k = threadIdx.x; k < cols; k += 256) xh[r * cols + k] = f32_to_f16_bits(mul_rn(xr[k], scale));
+    for (int k = threadIdx.x; k < cols; k += 256) xh[r * cols + k] = f32_to_f16(mul_rn(xr[k], scale));
     if (threadIdx.x == 0) inv_scale[r] = __uint_as_float((u32)(127 - e) << 23);
 }
 

@@ -8,23 +8,11 @@
 // in a CUDA graph. Out-of-range ids / positions are skipped or give zeros,
 // never an out-of-bounds access.
 //
-// Self-contained (no #include) so that NVRTC needs no header search path.
-// f16 values are carried as raw bits (unsigned short).
+// f16 values are carried as raw bits (unsigned short). Shared helpers
+// (f16 conversions, pdl_trigger / pdl_wait, ld_as_f32 / st_from_f32) come
+// from marlin_common.cuh, an in-memory NVRTC header (no search path).
 
-typedef unsigned int u32;
-typedef unsigned short u16;
-
-__device__ __forceinline__ u16 mops_f32_to_f16(float x) {
-    u16 r;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
-    return r;
-}
-
-__device__ __forceinline__ float mops_f16_to_f32(u16 h) {
-    float r;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(r) : "h"(h));
-    return r;
-}
+#include "marlin_common.cuh"
 
 __device__ __forceinline__ float mops_warp_sum(float v) {
 #pragma unroll
@@ -46,31 +34,19 @@ __device__ __forceinline__ float mops_block_sum(float v, float* red) {
 }
 
 // Programmatic dependent launch (src/ops/launch.rs). A kernel launched with
-// the PDL attribute calls mops_pdl_trigger() first thing in every block:
+// the PDL attribute calls pdl_trigger() first thing in every block:
 // the next kernel's grid may launch as soon as every block of this one has
 // (its blocks become resident and run what precedes their own wait, e.g. a
 // GEMM's weight prologue, while this kernel runs; its wait still waits for
-// this grid's completion). Then mops_pdl_wait(), before any early return and
+// this grid's completion). Then pdl_wait(), before any early return and
 // before any access to memory another kernel of the step writes (only
 // constants and host-copied positions may be read before it): wait until
 // the previous kernel in the stream has completed and its writes are
 // visible. mops_pdl_enter() does both. No-ops for a plain launch and below
 // sm_90.
-__device__ __forceinline__ void mops_pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void mops_pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
 __device__ __forceinline__ void mops_pdl_enter() {
-    mops_pdl_trigger();
-    mops_pdl_wait();
+    pdl_trigger();
+    pdl_wait();
 }
 
 // Grid-stride loop over n elements.
@@ -196,12 +172,12 @@ extern "C" __global__ void mops_softcap_inplace(float* __restrict__ x, long long
 // ---------------------------------------------------------- conversions
 extern "C" __global__ void mops_f32_to_f16(const float* __restrict__ x, u16* __restrict__ out,
                                            long long n) {
-    MOPS_FOR(i, n) out[i] = mops_f32_to_f16(x[i]);
+    MOPS_FOR(i, n) out[i] = f32_to_f16(x[i]);
 }
 
 extern "C" __global__ void mops_f16_to_f32(const u16* __restrict__ x, float* __restrict__ out,
                                            long long n) {
-    MOPS_FOR(i, n) out[i] = mops_f16_to_f32(x[i]);
+    MOPS_FOR(i, n) out[i] = f16_to_f32(x[i]);
 }
 
 // -------------------------------------------------------------- embedding
@@ -243,8 +219,8 @@ extern "C" __global__ void mops_kv_write(u16* __restrict__ k_cache, u16* __restr
             ((((long long)seq * n_layers + layer) * n_kv_heads + kvh) * capacity + pos) *
                 head_dim +
             d;
-        k_cache[dst] = mops_f32_to_f16(k[t]);
-        v_cache[dst] = mops_f32_to_f16(v[t]);
+        k_cache[dst] = f32_to_f16(k[t]);
+        v_cache[dst] = f32_to_f16(v[t]);
     }
 }
 
@@ -256,12 +232,7 @@ extern "C" __global__ void mops_kv_write(u16* __restrict__ k_cache, u16* __restr
 // residual stream, the queries handed to attention, and all arithmetic
 // stay f32. Each kernel has an `_f32` and an `_f16` entry.
 
-__device__ __forceinline__ float mops_ld(const float* p, long long i) { return p[i]; }
-__device__ __forceinline__ float mops_ld(const u16* p, long long i) {
-    return mops_f16_to_f32(p[i]);
-}
-__device__ __forceinline__ void mops_st(float* p, long long i, float v) { p[i] = v; }
-__device__ __forceinline__ void mops_st(u16* p, long long i, float v) { p[i] = mops_f32_to_f16(v); }
+// Element access in either type: ld_as_f32 / st_from_f32 (marlin_common.cuh).
 
 // One block per row of `resid` (f32, rows x dim):
 //   delta == 0:            out = norm(resid)
@@ -290,7 +261,7 @@ __device__ __forceinline__ void mops_resid_norm_impl(float* __restrict__ resid,
     T* orow = out + base;
     const T* dr = delta != 0 ? delta + base : 0;
     const int nt = blockDim.x;
-    mops_pdl_trigger();
+    pdl_trigger();
     if (dim <= nt * MOPS_NORM_PER_THREAD) {
         // The norm weights are constants: loaded before the PDL wait, so
         // that their round trip overlaps the previous kernel instead of
@@ -302,7 +273,7 @@ __device__ __forceinline__ void mops_resid_norm_impl(float* __restrict__ resid,
             wv[j] = i < dim ? w[i] + w_offset : 0.0f;
             pwv[j] = i < dim && post_w != 0 ? post_w[i] + w_offset : 0.0f;
         }
-        mops_pdl_wait();
+        pdl_wait();
         float v[MOPS_NORM_PER_THREAD], dv[MOPS_NORM_PER_THREAD];
 #pragma unroll
         for (int j = 0; j < MOPS_NORM_PER_THREAD; ++j) {
@@ -311,7 +282,7 @@ __device__ __forceinline__ void mops_resid_norm_impl(float* __restrict__ resid,
             dv[j] = 0.0f;
             if (i < dim) {
                 v[j] = rr[i];
-                if (dr != 0) dv[j] = mops_ld(dr, i);
+                if (dr != 0) dv[j] = ld_as_f32(dr, i);
             }
         }
         if (dr != 0) {
@@ -337,25 +308,25 @@ __device__ __forceinline__ void mops_resid_norm_impl(float* __restrict__ resid,
 #pragma unroll
         for (int j = 0; j < MOPS_NORM_PER_THREAD; ++j) {
             const int i = threadIdx.x + j * nt;
-            if (i < dim) mops_st(orow, i, v[j] * inv * wv[j]);
+            if (i < dim) st_from_f32(orow, i, v[j] * inv * wv[j]);
         }
         return;
     }
     // Rows longer than the registers hold: two passes over global memory.
-    mops_pdl_wait();
+    pdl_wait();
     float ss = 0.0f;
     if (dr != 0) {
         float post_inv = 1.0f;
         if (post_w != 0) {
             float ps = 0.0f;
             for (int i = threadIdx.x; i < dim; i += nt) {
-                const float d = mops_ld(dr, i);
+                const float d = ld_as_f32(dr, i);
                 ps += d * d;
             }
             post_inv = rsqrtf(mops_block_sum(ps, red) / (float)dim + eps);
         }
         for (int i = threadIdx.x; i < dim; i += nt) {
-            float d = mops_ld(dr, i);
+            float d = ld_as_f32(dr, i);
             if (post_w != 0) d *= post_inv * (post_w[i] + w_offset);
             const float v = rr[i] + d;
             rr[i] = v;
@@ -365,7 +336,7 @@ __device__ __forceinline__ void mops_resid_norm_impl(float* __restrict__ resid,
         for (int i = threadIdx.x; i < dim; i += nt) ss += rr[i] * rr[i];
     }
     const float inv = rsqrtf(mops_block_sum(ss, red) / (float)dim + eps);
-    for (int i = threadIdx.x; i < dim; i += nt) mops_st(orow, i, rr[i] * inv * (w[i] + w_offset));
+    for (int i = threadIdx.x; i < dim; i += nt) st_from_f32(orow, i, rr[i] * inv * (w[i] + w_offset));
 }
 
 // Attention input of one layer, one warp per (row, head) over the n_heads
@@ -390,7 +361,7 @@ __device__ __forceinline__ void mops_qkv_rope_kv_impl(
     const int* __restrict__ row_seq, const int* __restrict__ row_pos, int rows, int n_heads,
     int n_kv_heads, int head_dim, int n_layers, int layer, int n_seqs, int capacity) {
     __shared__ float buf[MOPS_QKV_WARPS][MOPS_QKV_MAX_HD];
-    mops_pdl_trigger();
+    pdl_trigger();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int heads = n_heads + n_kv_heads;
     const long long task = (long long)blockIdx.x * MOPS_QKV_WARPS + warp;
@@ -414,7 +385,7 @@ __device__ __forceinline__ void mops_qkv_rope_kv_impl(
             rs[j] = (float)sd;
         }
     }
-    mops_pdl_wait();
+    pdl_wait();
     if (!valid) return;
     const bool is_q = h < n_heads;
     const int hh = is_q ? h : h - n_heads;
@@ -426,7 +397,7 @@ __device__ __forceinline__ void mops_qkv_rope_kv_impl(
 #pragma unroll
     for (int j = 0; j < MOPS_QKV_MAX_HD / 32; ++j) {
         const int i = lane + 32 * j;
-        if (i < head_dim) x[i] = mops_ld(src, i);
+        if (i < head_dim) x[i] = ld_as_f32(src, i);
     }
     // A key head's warp also carries the same kv head's values; their loads
     // fly with the keys'.
@@ -436,7 +407,7 @@ __device__ __forceinline__ void mops_qkv_rope_kv_impl(
 #pragma unroll
         for (int j = 0; j < MOPS_QKV_MAX_HD / 32; ++j) {
             const int i = lane + 32 * j;
-            vv[j] = i < head_dim ? mops_ld(vs, i) : 0.0f;
+            vv[j] = i < head_dim ? ld_as_f32(vs, i) : 0.0f;
         }
     }
     const float* nw = is_q ? q_norm : k_norm;
@@ -484,8 +455,8 @@ __device__ __forceinline__ void mops_qkv_rope_kv_impl(
     for (int j = 0; j < MOPS_QKV_MAX_HD / 32; ++j) {
         const int i = lane + 32 * j;
         if (i < head_dim) {
-            k_cache[dst + i] = mops_f32_to_f16(x[i]);
-            v_cache[dst + i] = mops_f32_to_f16(vv[j]);
+            k_cache[dst + i] = f32_to_f16(x[i]);
+            v_cache[dst + i] = f32_to_f16(vv[j]);
         }
     }
 }
@@ -498,8 +469,8 @@ __device__ __forceinline__ void mops_glu_impl(const T* __restrict__ gate,
                                               T* __restrict__ out, int rows, int ffn, int gelu) {
     MOPS_FOR(t, (long long)rows * ffn) {
         const long long row = t / ffn, i = t % ffn;
-        const float g = mops_ld(gate, row * in_stride + i);
-        const float u = mops_ld(up, row * in_stride + i);
+        const float g = ld_as_f32(gate, row * in_stride + i);
+        const float u = ld_as_f32(up, row * in_stride + i);
         float a;
         if (gelu) {
             const float v = 0.7978845608f * (g + 0.044715f * g * g * g);
@@ -508,7 +479,7 @@ __device__ __forceinline__ void mops_glu_impl(const T* __restrict__ gate,
         } else {
             a = g / (1.0f + expf(-g));
         }
-        mops_st(out, t, a * u);
+        st_from_f32(out, t, a * u);
     }
 }
 
@@ -517,7 +488,7 @@ __device__ __forceinline__ void mops_glu_impl(const T* __restrict__ gate,
                                                      const float* post_w, const float* w,     \
                                                      T* out, int dim, float eps,              \
                                                      float w_offset) {                        \
-        /* mops_pdl_wait() inside, after the weight loads */                                  \
+        /* pdl_wait() inside, after the weight loads */                                  \
         mops_resid_norm_impl<T>(resid, delta, post_w, w, out, dim, eps, w_offset);            \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(32 * MOPS_QKV_WARPS) mops_qkv_rope_kv_##SUF( \
@@ -527,7 +498,7 @@ __device__ __forceinline__ void mops_glu_impl(const T* __restrict__ gate,
         float* k_out, float* v_out, const int* row_seq, const int* row_pos, int rows,         \
         int n_heads, int n_kv_heads, int head_dim, int n_layers, int layer, int n_seqs,      \
         int capacity) {                                                                       \
-        /* mops_pdl_wait() inside, after the rotation angles */                               \
+        /* pdl_wait() inside, after the rotation angles */                               \
         mops_qkv_rope_kv_impl<T>(q_in, k_in, v_in, q_stride, kv_stride, q_out, q_norm,        \
                                  k_norm, eps, w_offset, inv_freq, n_rot, neox, k_cache,       \
                                  v_cache, k_out, v_out, row_seq, row_pos, rows, n_heads,      \
@@ -548,7 +519,7 @@ extern "C" __global__ void mops_logits_from_f16(const u16* __restrict__ x,
     mops_pdl_enter();
     const float inv_cap = cap > 0.0f ? 1.0f / cap : 0.0f;
     MOPS_FOR(i, n) {
-        float v = mops_f16_to_f32(x[i]);
+        float v = f16_to_f32(x[i]);
         if (cap > 0.0f) v = cap * (1.0f - 2.0f / (expf(2.0f * v * inv_cap) + 1.0f));
         out[i] = v;
     }

@@ -27,44 +27,18 @@
 //   domain (the host folds log2(e) into the query scale unless soft-capped).
 // - paged_attn_combine: merges the splits' (max, sum, output) partials.
 //
-// Self-contained (no #include) so that NVRTC needs no header search path.
+// Shared helpers (f16 conversions, ld_cg_f32, pdl_wait, ...) come from
+// marlin_common.cuh, an in-memory NVRTC header (no search path).
 
-typedef unsigned int u32;
-typedef unsigned short u16;
+#include "marlin_common.cuh"
 
 #define PA_NEG_INF (__int_as_float(0xff800000))
-#define PA_LOG2E 1.4426950408889634f
-
-__device__ __forceinline__ float pa_h2f(u16 h) {
-    float r;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(r) : "h"(h));
-    return r;
-}
-
-__device__ __forceinline__ u16 pa_f2h(float f) {
-    u16 r;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(f));
-    return r;
-}
-
-__device__ __forceinline__ void pa_h2x2(u32 w, float& a, float& b) {
-    a = pa_h2f((u16)(w & 0xffffu));
-    b = pa_h2f((u16)(w >> 16));
-}
 
 __device__ __forceinline__ void pa_unpack8(uint4 w, float* f) {
-    pa_h2x2(w.x, f[0], f[1]);
-    pa_h2x2(w.y, f[2], f[3]);
-    pa_h2x2(w.z, f[4], f[5]);
-    pa_h2x2(w.w, f[6], f[7]);
-}
-
-__device__ __forceinline__ float pa_cap(float s, float softcap) {
-    if (softcap > 0.0f) {
-        const float u = s / softcap;
-        s = softcap * (1.0f - 2.0f / (__expf(2.0f * u) + 1.0f)) * PA_LOG2E;
-    }
-    return s;
+    f16x2_to_f32(w.x, f[0], f[1]);
+    f16x2_to_f32(w.y, f[2], f[3]);
+    f16x2_to_f32(w.z, f[4], f[5]);
+    f16x2_to_f32(w.w, f[6], f[7]);
 }
 
 // Element offset of (layer, block, kv head, slot) in the pool.
@@ -99,8 +73,8 @@ extern "C" __global__ void paged_kv_write(u16* __restrict__ k_pool, u16* __restr
             pa_offset(layer, blk, kvh, pos % block_size, n_blocks, n_kv_heads, block_size,
                       head_dim) +
             d;
-        k_pool[dst] = pa_f2h(k[t]);
-        v_pool[dst] = pa_f2h(v[t]);
+        k_pool[dst] = f32_to_f16(k[t]);
+        v_pool[dst] = f32_to_f16(v[t]);
     }
 }
 
@@ -206,7 +180,7 @@ __device__ __forceinline__ void paged_attn_impl(
             for (int e = 0; e < 8; ++e) s = fmaf(qr[h][e], kf[e], s);
 #pragma unroll
             for (int off = LPK / 2; off > 0; off >>= 1) s += __shfl_xor_sync(sub_mask, s, off);
-            s = pa_cap(s, softcap);
+            s = softcap_log2(s, softcap);
             const float mn = fmaxf(m[h], s);
             const float c = exp2f(m[h] - mn);
             const float p = exp2f(s - mn);

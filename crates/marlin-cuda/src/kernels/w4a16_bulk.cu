@@ -29,11 +29,10 @@
 // __CUDA_ARCH__ >= 900: compiled for sm_80 the kernel body is empty and the
 // host (src/int4/bulk.rs) refuses the path below compute capability 9.0.
 //
-// Self-contained (no #include) so that NVRTC needs no header search path.
+// Shared helpers (hfma2, mma_16816, mbar_wait, bulk_copy, ...) come from
+// marlin_common.cuh, an in-memory NVRTC header (no search path).
 
-typedef unsigned int u32;
-typedef unsigned short u16;
-typedef unsigned long long u64;
+#include "marlin_common.cuh"
 
 // Keep in sync with src/int4/bulk.rs (BULK_STAGES, BULK_CHUNKS_PER_STAGE,
 // BULK_K_WARPS).
@@ -45,56 +44,6 @@ typedef unsigned long long u64;
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 
-__device__ __forceinline__ float bulk_ld_cg_f32(const float* p) {
-    float r;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
-    return r;
-}
-
-// (a & b) | c
-__device__ __forceinline__ u32 bulk_lop3(u32 a, u32 b, u32 c) {
-    u32 r;
-    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
-    return r;
-}
-
-__device__ __forceinline__ u32 bulk_hsub2(u32 a, u32 b) {
-    u32 r;
-    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
-
-__device__ __forceinline__ u32 bulk_hfma2(u32 a, u32 b, u32 c) {
-    u32 r;
-    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
-    return r;
-}
-
-__device__ __forceinline__ u16 bulk_f32_to_f16(float x) {
-    u16 r;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
-    return r;
-}
-
-__device__ __forceinline__ float bulk_f16_lo(u32 x) {
-    float r;
-    asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, lo; }" : "=f"(r) : "r"(x));
-    return r;
-}
-__device__ __forceinline__ float bulk_f16_hi(u32 x) {
-    float r;
-    asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, hi; }" : "=f"(r) : "r"(x));
-    return r;
-}
-
-__device__ __forceinline__ void bulk_mma(float* c, const u32* a, const u32* b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
 // Unscaled dequant of one code word (dequant_word_unscaled of
 // w4a16_gemm.cu): the m16k16 A fragment of (u - 8), exact.
 __device__ __forceinline__ void bulk_dequant(u32 q, u32 wa[4]) {
@@ -105,46 +54,15 @@ __device__ __forceinline__ void bulk_dequant(u32 q, u32 wa[4]) {
     const u32 LO = 0x000F000Fu;
     const u32 HI = 0x00F000F0u;
     const u32 q8 = q >> 8;
-    wa[0] = bulk_hsub2(bulk_lop3(q, LO, MAGIC), M1032);
-    wa[2] = bulk_hfma2(bulk_lop3(q, HI, MAGIC), SIXTEENTH, NEG72);
-    wa[1] = bulk_hsub2(bulk_lop3(q8, LO, MAGIC), M1032);
-    wa[3] = bulk_hfma2(bulk_lop3(q8, HI, MAGIC), SIXTEENTH, NEG72);
-}
-
-__device__ __forceinline__ u32 bulk_smem(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(u32 bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
-    u32 done;
-    do {
-        asm volatile(
-            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-            : "=r"(done)
-            : "r"(bar), "r"(parity)
-            : "memory");
-    } while (!done);
-}
-// 1-D bulk copy global -> shared (16-B aligned, bytes % 16 == 0), completion
-// counted in bytes on `bar`. A launch without clusters is a cluster of one
-// CTA, whose shared::cta addresses are valid shared::cluster addresses.
-__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
-        "l"(src), "r"(bytes), "r"(bar)
-        : "memory");
+    wa[0] = hsub2(lop3_and_or(q, LO, MAGIC), M1032);
+    wa[2] = hfma2(lop3_and_or(q, HI, MAGIC), SIXTEENTH, NEG72);
+    wa[1] = hsub2(lop3_and_or(q8, LO, MAGIC), M1032);
+    wa[3] = hfma2(lop3_and_or(q8, HI, MAGIC), SIXTEENTH, NEG72);
 }
 
 // 16-byte cp.async global -> shared; bytes beyond src_bytes are zeroed.
 __device__ __forceinline__ void bulk_cp_async16(void* dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;" ::"r"(bulk_smem(dst)), "l"(src), "r"(src_bytes)
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
                  : "memory");
 }
 
@@ -177,9 +95,9 @@ extern "C" __global__ void __launch_bounds__(BULK_THREADS) w4a16_bulk_m8(
     const int c_end = (int)(((long long)(split + 1) * k_chunks) / splits);
     const int n_chunks = c_end - c_begin;
     const int n_stages = (n_chunks + BULK_CPS - 1) / BULK_CPS;
-    const u32 ring = bulk_smem(bulk_ring);
-    const u32 full0 = bulk_smem(&full_bar[0]);
-    const u32 empty0 = bulk_smem(&empty_bar[0]);
+    const u32 ring = smem_addr(bulk_ring);
+    const u32 full0 = smem_addr(&full_bar[0]);
+    const u32 empty0 = smem_addr(&empty_bar[0]);
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < BULK_STAGES; s++) {
@@ -279,7 +197,7 @@ extern "C" __global__ void __launch_bounds__(BULK_THREADS) w4a16_bulk_m8(
                         // Entering a new scale group: fold the finished one
                         // with its fp32 scale.
                         if (group_end >= 0) {
-                            const float sl = bulk_f16_lo(scale), sh = bulk_f16_hi(scale);
+                            const float sl = f16_lo_to_f32(scale), sh = f16_hi_to_f32(scale);
 #pragma unroll
                             for (int e = 0; e < 4; e++) {
                                 acc[e] = fmaf(gacc[e], e < 2 ? sl : sh, acc[e]);
@@ -306,7 +224,7 @@ extern "C" __global__ void __launch_bounds__(BULK_THREADS) w4a16_bulk_m8(
                         u32 wa[4];
                         bulk_dequant(words[q], wa);
                         const u32 bb[2] = {a8[2 * q], a8[2 * q + 1]};
-                        bulk_mma(gacc, wa, bb);
+                        mma_16816(gacc, wa, bb);
                     }
                 }
             }
@@ -315,7 +233,7 @@ extern "C" __global__ void __launch_bounds__(BULK_THREADS) w4a16_bulk_m8(
             if (lane == 0) mbar_arrive(empty0 + 8 * slot);
         }
         if (group_end >= 0) {
-            const float sl = bulk_f16_lo(scale), sh = bulk_f16_hi(scale);
+            const float sl = f16_lo_to_f32(scale), sh = f16_hi_to_f32(scale);
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[e] = fmaf(gacc[e], e < 2 ? sl : sh, acc[e]);
         }
@@ -340,7 +258,7 @@ extern "C" __global__ void __launch_bounds__(BULK_THREADS) w4a16_bulk_m8(
         for (int e = 0; e < 4; e++) {
             const int row = 2 * t + (e & 1);
             const int col = nb * 16 + g + 8 * (e >> 1);
-            if (row < M && col < N) C[(size_t)row * N + col] = bulk_f32_to_f16(acc[e]);
+            if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[e]);
         }
         return;
     }
@@ -367,8 +285,8 @@ extern "C" __global__ void __launch_bounds__(BULK_THREADS) w4a16_bulk_m8(
         const int col = nb * 16 + g + 8 * (e >> 1);
         if (row < M) {
             float sum = 0.0f;
-            for (int s = 0; s < splits; s++) sum += bulk_ld_cg_f32(&partials[((size_t)s * M + row) * n_pad + col]);
-            if (col < N) C[(size_t)row * N + col] = bulk_f32_to_f16(sum);
+            for (int s = 0; s < splits; s++) sum += ld_cg_f32(&partials[((size_t)s * M + row) * n_pad + col]);
+            if (col < N) C[(size_t)row * N + col] = f32_to_f16(sum);
         }
     }
     if (threadIdx.x == 0) tickets[tile] = 0u;  // ready for the next launch

@@ -37,56 +37,21 @@
 // for any other target the module is empty, and the host (src/int4/wgmma.rs)
 // only loads it on compute capability 9.0.
 //
-// Self-contained (no #include) so that NVRTC needs no header search path.
+// Shared helpers (lop3_and_or, hfma2, cp_async_wait, wgmma_wait, ...) come
+// from marlin_common.cuh, an in-memory NVRTC header (no search path).
+
+#include "marlin_common.cuh"
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-
-typedef unsigned int u32;
-typedef unsigned short u16;
 
 // Programmatic dependent launch (src/ops/launch.rs; added by the decode-step
 // work, docs/CUDA.md change 25): launched with the PDL attribute, every block
 // waits here for the previous kernel (the producer of A) to complete before
 // touching memory, then lets the next kernel's grid launch.
 __device__ __forceinline__ void w4g_pdl_enter() {
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    pdl_wait();
+    pdl_trigger();
 }
-
-__device__ __forceinline__ float ld_cg_f32(const float* p) {
-    float r;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
-    return r;
-}
-
-// (a & b) | c
-__device__ __forceinline__ u32 lop3_and_or(u32 a, u32 b, u32 c) {
-    u32 r;
-    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
-    return r;
-}
-__device__ __forceinline__ u32 hsub2(u32 a, u32 b) {
-    u32 r;
-    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
-__device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
-    u32 r;
-    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
-__device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
-    u32 r;
-    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
-    return r;
-}
-__device__ __forceinline__ u16 f32_to_f16(float x) {
-    u16 r;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
-    return r;
-}
-__device__ __forceinline__ u32 dup_lo(u32 x) { return (x & 0xFFFFu) | (x << 16); }
-__device__ __forceinline__ u32 dup_hi(u32 x) { return (x >> 16) | (x & 0xFFFF0000u); }
 
 // Same decoding as dequant_word in w4a16_gemm.cu (keep in sync): packed word
 // -> b[h][r], h = n8 half (rows g, g+8), r = fragment k pair (2t, 2t+1) or
@@ -108,8 +73,6 @@ __device__ __forceinline__ void dequant_word(u32 q, u32 s0, u32 s1, u32 z0, u32 
     b[1][1] = hfma2(hfma2(x3, SIXTEENTH, NEG64), s1, z1);
 }
 
-__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-
 __device__ __forceinline__ void cp_async16_cg(u32 dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
 }
@@ -120,21 +83,10 @@ __device__ __forceinline__ void cp_async4(u32 dst, const void* src) {
 __device__ __forceinline__ void cp_async4_zfill(u32 dst, const void* src, int src_bytes) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(src_bytes));
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
 // Generic-proxy writes (cp.async, st.shared) made visible to the async proxy
 // (wgmma reads shared memory through it).
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
-// Compiler-only fence on an accumulator register: keeps reads and writes of
-// it on their side of the wgmma wait (the compiler does not know that
-// wgmma.wait_group is what makes the asynchronous result available).
-__device__ __forceinline__ void fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
 // Compiler-only use of a fragment: its registers stay allocated up to here.
 __device__ __forceinline__ void keep_alive(const u32 (&f)[4][4]) {
 #pragma unroll

@@ -37,13 +37,12 @@
 //
 // Everything is guarded by __CUDA_ARCH_FEAT_SM90_ALL (sm_90a): compiled
 // for any other target the module is empty, and the host only loads it on
-// compute capability 9.0. Self-contained (no #include) for NVRTC.
+// compute capability 9.0. Shared helpers (hfma2, mbar_wait, bulk_copy,
+// wgmma_wait, ...) come from marlin_common.cuh, an in-memory NVRTC header.
+
+#include "marlin_common.cuh"
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-
-typedef unsigned int u32;
-typedef unsigned short u16;
-typedef unsigned long long u64;
 
 // Programmatic dependent launch (src/ops/launch.rs): the staging kernel
 // and the main kernel are launched with the PDL attribute. Every block lets
@@ -52,45 +51,7 @@ typedef unsigned long long u64;
 // writer of its activations) before the first activation copy. The
 // consumers touch no memory of other kernels before the producer's copies
 // (C, partials and tickets belong to this launch; the staging kernel
-// waited for everything before it).
-__device__ __forceinline__ void ws_pdl_launch_dependents() {
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-}
-__device__ __forceinline__ void ws_pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-
-__device__ __forceinline__ float ws_ld_cg_f32(const float* p) {
-    float r;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
-    return r;
-}
-// (a & b) | c
-__device__ __forceinline__ u32 ws_lop3(u32 a, u32 b, u32 c) {
-    u32 r;
-    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
-    return r;
-}
-__device__ __forceinline__ u32 ws_hsub2(u32 a, u32 b) {
-    u32 r;
-    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
-__device__ __forceinline__ u32 ws_hmul2(u32 a, u32 b) {
-    u32 r;
-    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
-__device__ __forceinline__ u32 ws_hfma2(u32 a, u32 b, u32 c) {
-    u32 r;
-    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
-    return r;
-}
-__device__ __forceinline__ u16 ws_f32_to_f16(float x) {
-    u16 r;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
-    return r;
-}
-__device__ __forceinline__ u32 ws_dup_lo(u32 x) { return (x & 0xFFFFu) | (x << 16); }
-__device__ __forceinline__ u32 ws_dup_hi(u32 x) { return (x >> 16) | (x & 0xFFFF0000u); }
+// waited for everything before it). pdl_trigger / pdl_wait: marlin_common.cuh.
 
 // Same decoding as dequant_word in w4a16_gemm.cu / w4a16_wgmma.cu (keep in
 // sync), written straight into wgmma's A fragment order: f[0] = (row g,
@@ -103,42 +64,12 @@ __device__ __forceinline__ void ws_dequant(u32 q, u32 s0, u32 s1, u32 z0, u32 z1
     const u32 LO = 0x000F000Fu;
     const u32 HI = 0x00F000F0u;
     const u32 q8 = q >> 8;
-    f[0] = ws_hfma2(ws_hsub2(ws_lop3(q, LO, MAGIC), MAGIC), s0, z0);
-    f[2] = ws_hfma2(ws_hfma2(ws_lop3(q, HI, MAGIC), SIXTEENTH, NEG64), s0, z0);
-    f[1] = ws_hfma2(ws_hsub2(ws_lop3(q8, LO, MAGIC), MAGIC), s1, z1);
-    f[3] = ws_hfma2(ws_hfma2(ws_lop3(q8, HI, MAGIC), SIXTEENTH, NEG64), s1, z1);
+    f[0] = hfma2(hsub2(lop3_and_or(q, LO, MAGIC), MAGIC), s0, z0);
+    f[2] = hfma2(hfma2(lop3_and_or(q, HI, MAGIC), SIXTEENTH, NEG64), s0, z0);
+    f[1] = hfma2(hsub2(lop3_and_or(q8, LO, MAGIC), MAGIC), s1, z1);
+    f[3] = hfma2(hfma2(lop3_and_or(q8, HI, MAGIC), SIXTEENTH, NEG64), s1, z1);
 }
 
-__device__ __forceinline__ u32 ws_smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void ws_mbar_init(u32 bar, u32 count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void ws_mbar_arrive_expect_tx(u32 bar, u32 bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void ws_mbar_arrive(u32 bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void ws_mbar_wait(u32 bar, u32 parity) {
-    u32 done;
-    do {
-        asm volatile(
-            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-            : "=r"(done)
-            : "r"(bar), "r"(parity)
-            : "memory");
-    } while (!done);
-}
-// 1-D bulk copy global -> shared (16-B aligned, bytes % 16 == 0), completion
-// counted in bytes on `bar`. A launch without clusters is a cluster of one
-// CTA, whose shared::cta addresses are valid shared::cluster addresses.
-__device__ __forceinline__ void ws_bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
-        "l"(src), "r"(bytes), "r"(bar)
-        : "memory");
-}
 __device__ __forceinline__ uint4 ws_ld_shared_v4(u32 addr) {
     uint4 v;
     asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
@@ -155,15 +86,6 @@ __device__ __forceinline__ u32 ws_ld_shared_u32(u32 addr) {
 // Named barrier of the 256 consumer threads (barrier 0 is __syncthreads).
 __device__ __forceinline__ void ws_consumer_sync() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
 
-__device__ __forceinline__ void ws_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void ws_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void ws_wgmma_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
-}
-// Compiler-only fence on an accumulator register: keeps reads and writes of
-// it on their side of the wgmma wait.
-__device__ __forceinline__ void ws_fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
 // Compiler-only use of a fragment: its registers stay allocated up to here
 // (wgmma reads register operands asynchronously, until its group retires).
 template <int TPW>
@@ -349,18 +271,18 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
     const int c_end = (int)(((long long)(split + 1) * k_chunks) / splits);
     const int n_my = c_end - c_begin;
 
-    const u32 base = (ws_smem_addr(ws_smem) + 1023u) & ~1023u;
+    const u32 base = (smem_addr(ws_smem) + 1023u) & ~1023u;
     const u32 act0 = base;
     const u32 w0 = act0 + STAGES * ACT_BYTES;
     const u32 s0 = w0 + STAGES * W_BYTES;
     const u32 z0 = s0 + STAGES * S_BYTES;
-    const u32 full0 = ws_smem_addr(&full_bar[0]);
-    const u32 empty0 = ws_smem_addr(&empty_bar[0]);
+    const u32 full0 = smem_addr(&full_bar[0]);
+    const u32 empty0 = smem_addr(&empty_bar[0]);
 
     if (tid == 0) {
         for (int s = 0; s < STAGES; s++) {
-            ws_mbar_init(full0 + 8 * s, 1);
-            ws_mbar_init(empty0 + 8 * s, 8);  // the 8 consumer warps
+            mbar_init(full0 + 8 * s, 1);
+            mbar_init(empty0 + 8 * s, 8);  // the 8 consumer warps
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
@@ -381,22 +303,22 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
             // before the previous kernel completes), arming the slot.
             auto issue_weights = [&](int slot, int c) {
                 const u32 bar = full0 + 8 * slot;
-                ws_mbar_arrive_expect_tx(bar, stage_tx);
+                mbar_arrive_expect_tx(bar, stage_tx);
                 for (int tl = 0; tl < tiles_here; tl++)
-                    ws_bulk_copy(w0 + slot * W_BYTES + tl * 2048,
+                    bulk_copy(w0 + slot * W_BYTES + tl * 2048,
                                  W + ((size_t)(tile_base + tl) * k_chunks + c) * 128, 2048, bar);
                 // Lane t of a chunk reads k32 = 2c + t/2: at most two rows.
                 const size_t g_lo = (size_t)((2 * c) / group_k32);
                 const size_t g_hi = (size_t)((2 * c + 1) / group_k32);
-                ws_bulk_copy(s0 + slot * S_BYTES, s_blk + g_lo * s_row, row_bytes, bar);
-                ws_bulk_copy(s0 + slot * S_BYTES + ROW_BYTES, s_blk + g_hi * s_row, row_bytes, bar);
+                bulk_copy(s0 + slot * S_BYTES, s_blk + g_lo * s_row, row_bytes, bar);
+                bulk_copy(s0 + slot * S_BYTES + ROW_BYTES, s_blk + g_hi * s_row, row_bytes, bar);
                 if (HAS_Z) {
-                    ws_bulk_copy(z0 + slot * S_BYTES, z_blk + g_lo * s_row, row_bytes, bar);
-                    ws_bulk_copy(z0 + slot * S_BYTES + ROW_BYTES, z_blk + g_hi * s_row, row_bytes, bar);
+                    bulk_copy(z0 + slot * S_BYTES, z_blk + g_lo * s_row, row_bytes, bar);
+                    bulk_copy(z0 + slot * S_BYTES + ROW_BYTES, z_blk + g_hi * s_row, row_bytes, bar);
                 }
             };
             auto issue_act = [&](int slot, int c) {
-                ws_bulk_copy(act0 + slot * ACT_BYTES, a_blk + (size_t)c * (ACT_BYTES / 16), ACT_BYTES,
+                bulk_copy(act0 + slot * ACT_BYTES, a_blk + (size_t)c * (ACT_BYTES / 16), ACT_BYTES,
                              full0 + 8 * slot);
             };
             // The ring's first fill (fresh slots, no empty wait): weights,
@@ -404,11 +326,11 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
             // activation tiles.
             const int pre = min(STAGES, n_my);
             for (int i = 0; i < pre; i++) issue_weights(i, c_begin + i);
-            ws_pdl_wait();
+            pdl_wait();
             for (int i = 0; i < pre; i++) issue_act(i, c_begin + i);
             for (int i = pre; i < n_my; i++) {
                 const int slot = i % STAGES;
-                ws_mbar_wait(empty0 + 8 * slot, ((i / STAGES) & 1) ^ 1);
+                mbar_wait(empty0 + 8 * slot, ((i / STAGES) & 1) ^ 1);
                 issue_weights(slot, c_begin + i);
                 issue_act(slot, c_begin + i);
             }
@@ -433,20 +355,20 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
 
         auto step = [&](int i, u32 (&frag)[TPW][4][4]) {
             const int slot = i % STAGES;
-            ws_mbar_wait(full0 + 8 * slot, (i / STAGES) & 1);
+            mbar_wait(full0 + 8 * slot, (i / STAGES) & 1);
 #pragma unroll
             for (int p = 0; p < TPW; p++) {
                 const uint4 q = ws_ld_shared_v4(w0 + slot * W_BYTES + w_lane + p * 2048);
                 const u32 sc = ws_ld_shared_u32(s0 + slot * S_BYTES + s_lane + p * 128);
-                const u32 sa = ws_dup_lo(sc), sb = ws_dup_hi(sc);
+                const u32 sa = dup_lo(sc), sb = dup_hi(sc);
                 u32 za, zb;
                 if (HAS_Z) {
                     const u32 zs = ws_ld_shared_u32(z0 + slot * S_BYTES + s_lane + p * 128);
-                    za = ws_dup_lo(zs);
-                    zb = ws_dup_hi(zs);
+                    za = dup_lo(zs);
+                    zb = dup_hi(zs);
                 } else {
-                    za = ws_hmul2(sa, 0xC800C800u);  // -8 * scale, exact
-                    zb = ws_hmul2(sb, 0xC800C800u);
+                    za = hmul2(sa, 0xC800C800u);  // -8 * scale, exact
+                    zb = hmul2(sb, 0xC800C800u);
                 }
                 ws_dequant(q.x, sa, sb, za, zb, frag[p][0]);
                 ws_dequant(q.y, sa, sb, za, zb, frag[p][1]);
@@ -457,25 +379,25 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
 #pragma unroll
             for (int p = 0; p < TPW; p++)
 #pragma unroll
-                for (int x = 0; x < TOK / 2; x++) ws_fence_operand(acc[p][x]);
-            ws_wgmma_fence();
+                for (int x = 0; x < TOK / 2; x++) fence_operand(acc[p][x]);
+            wgmma_fence();
 #pragma unroll
             for (int j = 0; j < 4; j++)
 #pragma unroll
                 for (int p = 0; p < TPW; p++) ws_wgmma<TOK>(acc[p], frag[p][j], ws_desc_sw128(act + 32 * j));
-            ws_wgmma_commit();
+            wgmma_commit();
 #pragma unroll
             for (int p = 0; p < TPW; p++)
 #pragma unroll
-                for (int x = 0; x < TOK / 2; x++) ws_fence_operand(acc[p][x]);
+                for (int x = 0; x < TOK / 2; x++) fence_operand(acc[p][x]);
             // Chunk i-1's wgmma group has retired: its slot goes back to the
             // producer (its code words and scales were read before) and its
             // fragment set is free for chunk i+1. (A third set, two chunks
             // in flight, measured no faster: docs/CUDA.md change 26.)
-            ws_wgmma_wait<1>();
+            wgmma_wait<1>();
             if (i > 0) {
                 __syncwarp();
-                if (lane == 0) ws_mbar_arrive(empty0 + 8 * ((i - 1) % STAGES));
+                if (lane == 0) mbar_arrive(empty0 + 8 * ((i - 1) % STAGES));
             }
         };
         u32 frag_even[TPW][4][4], frag_odd[TPW][4][4];
@@ -503,11 +425,11 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
             step(i, frag_even);
             ws_keep_alive<TPW>(frag_odd);
         }
-        ws_wgmma_wait<0>();
+        wgmma_wait<0>();
 #pragma unroll
         for (int p = 0; p < TPW; p++)
 #pragma unroll
-            for (int x = 0; x < TOK / 2; x++) ws_fence_operand(acc[p][x]);
+            for (int x = 0; x < TOK / 2; x++) fence_operand(acc[p][x]);
 
         // acc[p][4q + e]: weight column (tile*4 + warp)*16 + g + 8*(e>>1),
         // token mb*TOK + 8q + 2t + (e&1).
@@ -524,7 +446,7 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                     for (int e = 0; e < 4; e++) {
                         const int row = m_base + 8 * q + 2 * t + (e & 1);
                         const int col = nb * 16 + g + 8 * (e >> 1);
-                        if (row < M && col < N) C[(size_t)row * N + col] = ws_f32_to_f16(acc[p][4 * q + e]);
+                        if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[p][4 * q + e]);
                     }
             }
             return;
@@ -570,7 +492,7 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                     for (int e = 0; e < 4; e++) {
                         const int row = m_base + 8 * q + 2 * t + (e & 1);
                         const int col = nb * 16 + g + 8 * (e >> 1);
-                        if (row < M) acc[p][4 * q + e] += ws_ld_cg_f32(&part[(size_t)row * n_pad + col]);
+                        if (row < M) acc[p][4 * q + e] += ld_cg_f32(&part[(size_t)row * n_pad + col]);
                     }
             }
 #pragma unroll
@@ -579,7 +501,7 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                 for (int e = 0; e < 4; e++) {
                     const int row = m_base + 8 * q + 2 * t + (e & 1);
                     const int col = nb * 16 + g + 8 * (e >> 1);
-                    if (row < M && col < N) C[(size_t)row * N + col] = ws_f32_to_f16(acc[p][4 * q + e]);
+                    if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[p][4 * q + e]);
                 }
         }
         if (ct == 0) tickets[ticket_idx] = 0u;
@@ -657,18 +579,18 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
     const long long u_begin = wsk_unit_begin(g, G, U);
     const int n_my = (int)(wsk_unit_begin(g + 1, G, U) - u_begin);
 
-    const u32 base = (ws_smem_addr(ws_smem) + 1023u) & ~1023u;
+    const u32 base = (smem_addr(ws_smem) + 1023u) & ~1023u;
     const u32 act0 = base;
     const u32 w0 = act0 + STAGES * ACT_BYTES;
     const u32 s0 = w0 + STAGES * W_BYTES;
     const u32 z0 = s0 + STAGES * S_BYTES;
-    const u32 full0 = ws_smem_addr(&full_bar[0]);
-    const u32 empty0 = ws_smem_addr(&empty_bar[0]);
+    const u32 full0 = smem_addr(&full_bar[0]);
+    const u32 empty0 = smem_addr(&empty_bar[0]);
 
     if (tid == 0) {
         for (int s = 0; s < STAGES; s++) {
-            ws_mbar_init(full0 + 8 * s, 1);
-            ws_mbar_init(empty0 + 8 * s, 8);
+            mbar_init(full0 + 8 * s, 1);
+            mbar_init(empty0 + 8 * s, 8);
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
@@ -691,24 +613,24 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
                 const u32 stage_tx =
                     ACT_BYTES + 2048u * (u32)tiles_here + 2u * row_bytes * (HAS_Z ? 2u : 1u);
                 const u32 bar = full0 + 8 * slot;
-                ws_mbar_arrive_expect_tx(bar, stage_tx);
+                mbar_arrive_expect_tx(bar, stage_tx);
                 for (int tl = 0; tl < tiles_here; tl++)
-                    ws_bulk_copy(w0 + slot * W_BYTES + tl * 2048,
+                    bulk_copy(w0 + slot * W_BYTES + tl * 2048,
                                  W + ((size_t)(tile_base + tl) * k_chunks + c) * 128, 2048, bar);
                 const size_t g_lo = (size_t)((2 * c) / group_k32);
                 const size_t g_hi = (size_t)((2 * c + 1) / group_k32);
                 const u32* s_blk = S + (size_t)tile_base * 32;
-                ws_bulk_copy(s0 + slot * S_BYTES, s_blk + g_lo * s_row, row_bytes, bar);
-                ws_bulk_copy(s0 + slot * S_BYTES + ROW_BYTES, s_blk + g_hi * s_row, row_bytes, bar);
+                bulk_copy(s0 + slot * S_BYTES, s_blk + g_lo * s_row, row_bytes, bar);
+                bulk_copy(s0 + slot * S_BYTES + ROW_BYTES, s_blk + g_hi * s_row, row_bytes, bar);
                 if (HAS_Z) {
                     const u32* z_blk = Z + (size_t)tile_base * 32;
-                    ws_bulk_copy(z0 + slot * S_BYTES, z_blk + g_lo * s_row, row_bytes, bar);
-                    ws_bulk_copy(z0 + slot * S_BYTES + ROW_BYTES, z_blk + g_hi * s_row, row_bytes, bar);
+                    bulk_copy(z0 + slot * S_BYTES, z_blk + g_lo * s_row, row_bytes, bar);
+                    bulk_copy(z0 + slot * S_BYTES + ROW_BYTES, z_blk + g_hi * s_row, row_bytes, bar);
                 }
             };
             auto issue_act = [&](int slot, int T, int c) {
                 const uint4* a_blk = As + (size_t)(T / n_cb) * k_chunks * (ACT_BYTES / 16);
-                ws_bulk_copy(act0 + slot * ACT_BYTES, a_blk + (size_t)c * (ACT_BYTES / 16), ACT_BYTES,
+                bulk_copy(act0 + slot * ACT_BYTES, a_blk + (size_t)c * (ACT_BYTES / 16), ACT_BYTES,
                              full0 + 8 * slot);
             };
             // The ring's first fill as in ws_body: weights, the PDL wait,
@@ -722,13 +644,13 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
                     T++;
                 }
             }
-            ws_pdl_wait();
+            pdl_wait();
             T = T0;
             c = c0;
             for (int i = 0; i < n_my; i++) {
                 const int slot = i % STAGES;
                 if (i >= pre) {
-                    ws_mbar_wait(empty0 + 8 * slot, ((i / STAGES) & 1) ^ 1);
+                    mbar_wait(empty0 + 8 * slot, ((i / STAGES) & 1) ^ 1);
                     issue_weights(slot, T, c);
                 }
                 issue_act(slot, T, c);
@@ -760,20 +682,20 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
         // the previous segment released its last slot after its final wait).
         auto step = [&](int i, u32 (&frag)[TPW][4][4], bool release, int scale_d) {
             const int slot = i % STAGES;
-            ws_mbar_wait(full0 + 8 * slot, (i / STAGES) & 1);
+            mbar_wait(full0 + 8 * slot, (i / STAGES) & 1);
 #pragma unroll
             for (int p = 0; p < TPW; p++) {
                 const uint4 q = ws_ld_shared_v4(w0 + slot * W_BYTES + w_lane + p * 2048);
                 const u32 sc = ws_ld_shared_u32(s0 + slot * S_BYTES + s_lane + p * 128);
-                const u32 sa = ws_dup_lo(sc), sb = ws_dup_hi(sc);
+                const u32 sa = dup_lo(sc), sb = dup_hi(sc);
                 u32 za, zb;
                 if (HAS_Z) {
                     const u32 zs = ws_ld_shared_u32(z0 + slot * S_BYTES + s_lane + p * 128);
-                    za = ws_dup_lo(zs);
-                    zb = ws_dup_hi(zs);
+                    za = dup_lo(zs);
+                    zb = dup_hi(zs);
                 } else {
-                    za = ws_hmul2(sa, 0xC800C800u);
-                    zb = ws_hmul2(sb, 0xC800C800u);
+                    za = hmul2(sa, 0xC800C800u);
+                    zb = hmul2(sb, 0xC800C800u);
                 }
                 ws_dequant(q.x, sa, sb, za, zb, frag[p][0]);
                 ws_dequant(q.y, sa, sb, za, zb, frag[p][1]);
@@ -784,22 +706,22 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
 #pragma unroll
             for (int p = 0; p < TPW; p++)
 #pragma unroll
-                for (int x = 0; x < TOK / 2; x++) ws_fence_operand(acc[p][x]);
-            ws_wgmma_fence();
+                for (int x = 0; x < TOK / 2; x++) fence_operand(acc[p][x]);
+            wgmma_fence();
 #pragma unroll
             for (int j = 0; j < 4; j++)
 #pragma unroll
                 for (int p = 0; p < TPW; p++)
                     ws_wgmma_sd<TOK>(acc[p], frag[p][j], ws_desc_sw128(act + 32 * j), j > 0 ? 1 : scale_d);
-            ws_wgmma_commit();
+            wgmma_commit();
 #pragma unroll
             for (int p = 0; p < TPW; p++)
 #pragma unroll
-                for (int x = 0; x < TOK / 2; x++) ws_fence_operand(acc[p][x]);
-            ws_wgmma_wait<1>();
+                for (int x = 0; x < TOK / 2; x++) fence_operand(acc[p][x]);
+            wgmma_wait<1>();
             if (release) {
                 __syncwarp();
-                if (lane == 0) ws_mbar_arrive(empty0 + 8 * ((i - 1) % STAGES));
+                if (lane == 0) mbar_arrive(empty0 + 8 * ((i - 1) % STAGES));
             }
         };
         u32 frag_even[TPW][4][4], frag_odd[TPW][4][4];
@@ -835,13 +757,13 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
                 ws_keep_alive<TPW>(frag_even);
             }
 
-            ws_wgmma_wait<0>();
+            wgmma_wait<0>();
 #pragma unroll
             for (int p = 0; p < TPW; p++)
 #pragma unroll
-                for (int x = 0; x < TOK / 2; x++) ws_fence_operand(acc[p][x]);
+                for (int x = 0; x < TOK / 2; x++) fence_operand(acc[p][x]);
             __syncwarp();
-            if (lane == 0) ws_mbar_arrive(empty0 + 8 * ((i + seg - 1) % STAGES));
+            if (lane == 0) mbar_arrive(empty0 + 8 * ((i + seg - 1) % STAGES));
 
             const long long u = u_begin + i;
             const int T = (int)(u / k_chunks);
@@ -862,7 +784,7 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
                         for (int e = 0; e < 4; e++) {
                             const int row = m_base + 8 * q + 2 * t + (e & 1);
                             const int col = nb * 16 + gq + 8 * (e >> 1);
-                            if (row < M && col < N) C[(size_t)row * N + col] = ws_f32_to_f16(acc[p][4 * q + e]);
+                            if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[p][4 * q + e]);
                         }
                 }
             } else {
@@ -931,7 +853,7 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
                                 const int row = m_base + 8 * q + 2 * t + (e & 1);
                                 const int col = nb * 16 + gq + 8 * (e >> 1);
                                 if (row < M && col < N)
-                                    C[(size_t)row * N + col] = ws_f32_to_f16(acc[p][4 * q + e]);
+                                    C[(size_t)row * N + col] = f32_to_f16(acc[p][4 * q + e]);
                             }
                     }
                     if (ct == 0) tickets[T] = 0u;
@@ -945,8 +867,8 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
 #define W4A16_WS_STAGE_ENTRY(NAME, TOK)                                                                 \
     extern "C" __global__ void __launch_bounds__(256) NAME(const u16* __restrict__ A, uint4* __restrict__ out, \
                                                            int M, int K, int k_chunks, long long units) {    \
-        ws_pdl_wait();                                                                                  \
-        ws_pdl_launch_dependents();                                                                     \
+        pdl_wait();                                                                                  \
+        pdl_trigger();                                                                     \
         ws_stage_body<TOK>(A, out, M, K, k_chunks, units);                                              \
     }
 
@@ -955,7 +877,7 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
         const uint4* __restrict__ As, const uint4* __restrict__ W, const u32* __restrict__ S,           \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,                   \
         u32* __restrict__ tickets, int M, int N, int n_pad, int k_chunks, int group_k32, int splits) {  \
-        ws_pdl_launch_dependents();                                                                     \
+        pdl_trigger();                                                                     \
         ws_body<TOK, TPW, STAGES, HAS_Z>(As, W, S, Z, C, partials, tickets, M, N, n_pad, k_chunks,      \
                                          group_k32, splits);                                           \
     }
@@ -979,7 +901,7 @@ W4A16_WS_ENTRY(w4a16_ws_t128x2z, 128, 2, 8, true)
         const uint4* __restrict__ As, const uint4* __restrict__ W, const u32* __restrict__ S,           \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,                   \
         u32* __restrict__ tickets, int M, int N, int n_pad, int k_chunks, int group_k32, int m_blocks) { \
-        ws_pdl_launch_dependents();                                                                     \
+        pdl_trigger();                                                                     \
         wsk_body<TOK, TPW, STAGES, HAS_Z>(As, W, S, Z, C, partials, tickets, M, N, n_pad, k_chunks,     \
                                           group_k32, m_blocks);                                         \
     }

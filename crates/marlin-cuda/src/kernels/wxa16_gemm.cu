@@ -38,10 +38,10 @@
 // are E2M1 bits in an f16's sign/exponent/mantissa (= value * 2^-14; the
 // host folds 2^14 into the f16 scale and a per-tensor factor into S32).
 //
-// Self-contained (no #include): NVRTC needs no header search path.
+// Shared helpers (hfma2, mma_16816, cp_async_wait, ...) come from
+// marlin_common.cuh, an in-memory NVRTC header (no search path).
 
-typedef unsigned int u32;
-typedef unsigned short u16;
+#include "marlin_common.cuh"
 
 // FP8 -> f16: `cvt.rn.f16x2.e4m3x2` on sm_89+ (exact values); on sm_80 a
 // bit placement giving value * 2^-8 (exact), compensated in the scales.
@@ -59,65 +59,20 @@ typedef unsigned short u16;
 #define FMT_INT3 3
 #define FMT_INT2 4
 
-__device__ __forceinline__ float wx_ld_cg_f32(const float* p) {
-    float r;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
-    return r;
-}
-__device__ __forceinline__ u32 wx_hmul2(u32 a, u32 b) {
-    u32 r;
-    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
-__device__ __forceinline__ u32 wx_hfma2(u32 a, u32 b, u32 c) {
-    u32 r;
-    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
-    return r;
-}
-__device__ __forceinline__ u32 wx_hsub2(u32 a, u32 b) {
-    u32 r;
-    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
 __device__ __forceinline__ u32 wx_prmt(u32 a, u32 b, u32 sel) {
     u32 r;
     asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
     return r;
 }
-__device__ __forceinline__ u16 wx_f32_to_f16(float x) {
-    u16 r;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
-    return r;
-}
-__device__ __forceinline__ float wx_f16_to_f32(u16 x) {
-    float r;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(r) : "h"(x));
-    return r;
-}
-__device__ __forceinline__ u32 wx_dup_lo(u32 x) { return (x & 0xFFFFu) | (x << 16); }
-__device__ __forceinline__ u32 wx_dup_hi(u32 x) { return (x >> 16) | (x & 0xFFFF0000u); }
-
-__device__ __forceinline__ void wx_mma(float* c, const u32* a, const u32* b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-__device__ __forceinline__ u32 wx_smem(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ void wx_cp16_cg(void* dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(wx_smem(dst)), "l"(src));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src));
 }
 __device__ __forceinline__ void wx_cp16_ca(void* dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;" ::"r"(wx_smem(dst)), "l"(src), "r"(src_bytes));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
 }
 __device__ __forceinline__ void wx_cp4(void* dst, const void* src) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(wx_smem(dst)), "l"(src));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(smem_addr(dst)), "l"(src));
 }
-__device__ __forceinline__ void wx_commit() { asm volatile("cp.async.commit_group;" ::); }
-template <int N>
-__device__ __forceinline__ void wx_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
 // Two E2M1 codes at nibble positions 3 and 7 of `s` -> f16x2 of value*2^-14:
 // sign to bit 15, exponent+mantissa (3 bits) to bits 11..9.
@@ -157,8 +112,8 @@ __device__ __forceinline__ void wx_zero_bias(u32 sz0, u32 sz1, u32 zb[8]) {
 #pragma unroll
     for (int q = 0; q < 4; q++) {
         const float base = 1024.0f / (float)(1 << (B * q));
-        const u32 b0 = wx_f32_to_f16(-(base + (float)(sz0 >> 16)));
-        const u32 b1 = wx_f32_to_f16(-(base + (float)(sz1 >> 16)));
+        const u32 b0 = f32_to_f16(-(base + (float)(sz0 >> 16)));
+        const u32 b1 = f32_to_f16(-(base + (float)(sz1 >> 16)));
         zb[2 * q] = b0 | (b0 << 16);
         zb[2 * q + 1] = b1 | (b1 << 16);
     }
@@ -174,7 +129,7 @@ __device__ __forceinline__ void wx_dequant_step(const u32* words, int j, u32 sc,
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const u32 v = (x & (0x00030003u << (2 * i))) | 0x64006400u;
-            wa[i] = wx_hfma2(v, wx_field_mul<FMT>(i), zb[2 * i + (i & 1)]);
+            wa[i] = hfma2(v, wx_field_mul<FMT>(i), zb[2 * i + (i & 1)]);
         }
     } else if (FMT == FMT_INT3) {
 #pragma unroll
@@ -192,23 +147,23 @@ __device__ __forceinline__ void wx_dequant_step(const u32* words, int j, u32 sc,
                 q = p >= 3 ? p - 3 : p;
                 v = (w & (0x00070007u << (3 * q))) | 0x64006400u;
             }
-            wa[i] = wx_hfma2(v, wx_field_mul<FMT>(q), zb[2 * q + (i & 1)]);
+            wa[i] = hfma2(v, wx_field_mul<FMT>(q), zb[2 * q + (i & 1)]);
         }
     } else if (FMT == FMT_FP4) {
         const u32 q = words[j];
-        const u32 s0 = wx_dup_lo(sc), s1 = wx_dup_hi(sc);
-        wa[0] = wx_hmul2(wx_e2m1_pair(q << 12), s0);
-        wa[1] = wx_hmul2(wx_e2m1_pair(q << 8), s1);
-        wa[2] = wx_hmul2(wx_e2m1_pair(q << 4), s0);
-        wa[3] = wx_hmul2(wx_e2m1_pair(q), s1);
+        const u32 s0 = dup_lo(sc), s1 = dup_hi(sc);
+        wa[0] = hmul2(wx_e2m1_pair(q << 12), s0);
+        wa[1] = hmul2(wx_e2m1_pair(q << 8), s1);
+        wa[2] = hmul2(wx_e2m1_pair(q << 4), s0);
+        wa[3] = hmul2(wx_e2m1_pair(q), s1);
     } else if (FMT == FMT_INT8) {
         // Codes stored + 128: 0x64 exponent byte makes 1024 + u, minus 1152.
         const u32 MAGIC = 0x64646464u, BIAS = 0x64806480u;
         const u32 w0 = words[2 * j], w1 = words[2 * j + 1];
-        wa[0] = wx_hsub2(wx_prmt(w0, MAGIC, 0x4140u), BIAS);
-        wa[1] = wx_hsub2(wx_prmt(w0, MAGIC, 0x4342u), BIAS);
-        wa[2] = wx_hsub2(wx_prmt(w1, MAGIC, 0x4140u), BIAS);
-        wa[3] = wx_hsub2(wx_prmt(w1, MAGIC, 0x4342u), BIAS);
+        wa[0] = hsub2(wx_prmt(w0, MAGIC, 0x4140u), BIAS);
+        wa[1] = hsub2(wx_prmt(w0, MAGIC, 0x4342u), BIAS);
+        wa[2] = hsub2(wx_prmt(w1, MAGIC, 0x4140u), BIAS);
+        wa[3] = hsub2(wx_prmt(w1, MAGIC, 0x4342u), BIAS);
     } else {
         wx_e4m3_x4(words[2 * j], wa[0], wa[1]);
         wx_e4m3_x4(words[2 * j + 1], wa[2], wa[3]);
@@ -290,7 +245,7 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
                     a_tile[r * a_stride + c] = k0 + c < K ? src_row[k0 + c] : (u16)0;
             }
         }
-        wx_commit();
+        cp_async_commit();
     }
 
     // Lane's codes of chunk c: FP4 / 8-bit W[((tile*k_chunks + c)*4 + warp)*CW*32 + v*32 + lane]
@@ -318,9 +273,9 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
                 if (FMT == FMT_FP4) sp += 128;
             }
         }
-        wx_commit();
+        cp_async_commit();
     }
-    wx_wait<STAGES>();
+    cp_async_wait<STAGES>();
     __syncthreads();
 
     // Column scales of the current K group (columns nb*16 + g, + 8). 8-bit /
@@ -337,8 +292,8 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
     u32 next0 = 0u, next1 = 0u;
     if constexpr (LOW) {
         const u32 sz0 = sz_col[(size_t)group * n_pad], sz1 = sz_col[(size_t)group * n_pad + 8];
-        gs0 = wx_f16_to_f32((u16)(sz0 & 0xFFFFu));
-        gs1 = wx_f16_to_f32((u16)(sz1 & 0xFFFFu));
+        gs0 = f16_to_f32((u16)(sz0 & 0xFFFFu));
+        gs1 = f16_to_f32((u16)(sz1 & 0xFFFFu));
         wx_zero_bias<FMT>(sz0, sz1, zb);
         if (group + 1 < groups) {
             next0 = sz_col[(size_t)(group + 1) * n_pad];
@@ -365,7 +320,7 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
         for (int s = 0; s < STAGES; s++) {
             const int it = base + s;
             if (it < n_my) {
-                wx_wait<STAGES - 1>();
+                cp_async_wait<STAGES - 1>();
                 u32 words[LW];
                 if constexpr (LOW) {
 #pragma unroll
@@ -399,9 +354,9 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
                     for (int r = 0; r < RH; r++) {
                         const u32 bb[2] = {act[r][2 * j], act[r][2 * j + 1]};
                         if (j & 1)
-                            wx_mma(acc_odd[r], wa, bb);
+                            mma_16816(acc_odd[r], wa, bb);
                         else
-                            wx_mma(acc_g[r], wa, bb);
+                            mma_16816(acc_g[r], wa, bb);
                     }
                 }
                 if (it + STAGES < n_my) {
@@ -417,7 +372,7 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
                         if (FMT == FMT_FP4) sp += 128;
                     }
                 }
-                wx_commit();
+                cp_async_commit();
                 // End of a K group (or of this split): scale and fold.
                 if (--left_in_group == 0 || it == n_my - 1) {
 #pragma unroll
@@ -432,8 +387,8 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
                     left_in_group = group_chunks;
                     if (it != n_my - 1) {
                         if constexpr (LOW) {
-                            gs0 = wx_f16_to_f32((u16)(next0 & 0xFFFFu));
-                            gs1 = wx_f16_to_f32((u16)(next1 & 0xFFFFu));
+                            gs0 = f16_to_f32((u16)(next0 & 0xFFFFu));
+                            gs1 = f16_to_f32((u16)(next1 & 0xFFFFu));
                             wx_zero_bias<FMT>(next0, next1, zb);
                             if (group + 1 < groups) {
                                 next0 = sz_col[(size_t)(group + 1) * n_pad];
@@ -448,7 +403,7 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
             }
         }
     }
-    wx_wait<0>();
+    cp_async_wait<0>();
     if (FMT == FMT_FP8) {
 #pragma unroll
         for (int r = 0; r < RH; r++)
@@ -464,7 +419,7 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
             for (int i = 0; i < 4; i++) {
                 const int row = m_base + r * 8 + 2 * t + (i & 1);
                 const int col = nb * 16 + g + 8 * (i >> 1);
-                if (row < M && col < N) C[(size_t)row * N + col] = wx_f32_to_f16(acc[r][i]);
+                if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[r][i]);
             }
         return;
     }
@@ -496,8 +451,8 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
             if (row < M) {
                 float sum = 0.0f;
                 for (int sp_i = 0; sp_i < splits; sp_i++)
-                    sum += wx_ld_cg_f32(&partials[((size_t)sp_i * M + row) * n_pad + col]);
-                if (col < N) C[(size_t)row * N + col] = wx_f32_to_f16(sum);
+                    sum += ld_cg_f32(&partials[((size_t)sp_i * M + row) * n_pad + col]);
+                if (col < N) C[(size_t)row * N + col] = f32_to_f16(sum);
             }
         }
     if (threadIdx.x == 0) tickets[ticket_idx] = 0u;
@@ -568,8 +523,8 @@ __device__ __forceinline__ void wx_dequant_body(const uint4* __restrict__ W, con
     if constexpr (LOW) {
         const u32 sz0 = SZ[(size_t)group * n_pad + nb * 16 + g];
         const u32 sz1 = SZ[(size_t)group * n_pad + nb * 16 + 8 + g];
-        cs[0] = wx_f16_to_f32((u16)(sz0 & 0xFFFFu));
-        cs[1] = wx_f16_to_f32((u16)(sz1 & 0xFFFFu));
+        cs[0] = f16_to_f32((u16)(sz0 & 0xFFFFu));
+        cs[1] = f16_to_f32((u16)(sz1 & 0xFFFFu));
         wx_zero_bias<FMT>(sz0, sz1, zb);
     } else {
         const float unit = FMT == FMT_FP8 ? WX_FP8_UNIT : 1.0f;
@@ -589,9 +544,9 @@ __device__ __forceinline__ void wx_dequant_body(const uint4* __restrict__ W, con
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int h = i & 1;
-            const float lo = wx_f16_to_f32((u16)(wa[i] & 0xFFFFu)) * cs[h];
-            const float hi = wx_f16_to_f32((u16)(wa[i] >> 16)) * cs[h];
-            vals[h][2 * j + (i >> 1)] = (u32)wx_f32_to_f16(lo) | ((u32)wx_f32_to_f16(hi) << 16);
+            const float lo = f16_to_f32((u16)(wa[i] & 0xFFFFu)) * cs[h];
+            const float hi = f16_to_f32((u16)(wa[i] >> 16)) * cs[h];
+            vals[h][2 * j + (i >> 1)] = (u32)f32_to_f16(lo) | ((u32)f32_to_f16(hi) << 16);
         }
     }
 #pragma unroll
