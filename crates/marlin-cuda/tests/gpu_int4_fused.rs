@@ -74,7 +74,7 @@ fn check(
     let w = random_int4(n, k, group, false, seed);
     let w_ref = dequantize_int4_ref(&w).expect("reference dequant");
     let wd = Int4Weight::from_quant(dev, &w).expect("upload");
-    assert!(fused_supported(m, &wd), "{what}: must be supported");
+    assert!(fused_supported(dev, m, &wd), "{what}: must be supported");
     let mut rng = XorShift::new(seed ^ 0x5151);
     let mut uniform = |lo: f32, hi: f32| lo + (hi - lo) * rng.next_f32();
 
@@ -209,12 +209,14 @@ fn int4_fused_modes_match_reference() {
     for mode in [Mode::Rms, Mode::Res, Mode::GluRes] {
         for &m in &[1, 3, 5, 16] {
             // K a multiple of the tile; N not a multiple of 64 and K ending
-            // inside a chunk (1000) or not a multiple of 8 (990); a long K
-            // (split-K with a ticket at N = 256); per-channel scales.
+            // inside a chunk (1000) or not a multiple of 8 (990); a longer K
+            // (8 K slices at M <= 4); K = 512 (split-K with a ticket at
+            // M >= 5); per-channel scales.
             check(&dev, &mut ws, mode, m, 256, 2048, 128);
             check(&dev, &mut ws, mode, m, 200, 1000, 128);
             check(&dev, &mut ws, mode, m, 192, 990, 64);
-            check(&dev, &mut ws, mode, m, 256, 8192, 128);
+            check(&dev, &mut ws, mode, m, 256, 4096, 128);
+            check(&dev, &mut ws, mode, m, 256, 512, 128);
             check(&dev, &mut ws, mode, m, 128, 1024, 0);
         }
     }
@@ -237,7 +239,11 @@ fn int4_fused_refuses_what_it_cannot_run() {
     let nw = dev.alloc_zeros::<f32>("nw", 256).expect("nw");
     let mut c = dev.alloc_zeros::<f16>("C", 17 * 64).expect("C");
     let mut resid = dev.alloc_zeros::<f32>("resid", 17 * 64).expect("resid");
-    assert!(!fused_supported(1, &zp) && !fused_supported(1, &g32) && !fused_supported(17, &sym));
+    assert!(
+        !fused_supported(&dev, 1, &zp)
+            && !fused_supported(&dev, 1, &g32)
+            && !fused_supported(&dev, 17, &sym)
+    );
     let rms = |eps: f32| Int4Prologue::RmsNorm {
         x: x.as_view(),
         weight: nw.as_view(),

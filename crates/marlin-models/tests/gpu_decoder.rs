@@ -554,7 +554,7 @@ fn fused_decode_ops_match_unfused_step_and_graph() {
         group: 128,
     };
     let dec = synthetic_decoder(&dev, &shape, 11).unwrap();
-    assert!(dec.fused_ops(1) && dec.fused_ops(16) && !dec.fused_ops(17));
+    assert!(dec.fused_ops(&dev, 1) && dec.fused_ops(&dev, 16) && !dec.fused_ops(&dev, 17));
     let vocab = shape.vocab;
     let mut fused = Scratch::new(&dev, &dec, 16, 16).unwrap();
     let mut plain = Scratch::new(&dev, &dec, 16, 16).unwrap();

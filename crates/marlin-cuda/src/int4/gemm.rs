@@ -1381,10 +1381,18 @@ pub enum Int4Epilogue<'a> {
     AddToResidual(CudaViewMut<'a, f32>),
 }
 
-/// Whether [`int4_gemm_fused`] runs `m` rows of `w` with a prologue or
-/// epilogue: M <= [`FUSED_MAX_M`], symmetric codes with groups of >= 64 or
-/// per-channel (the kernels that apply scales after the mma).
-pub fn fused_supported(m: usize, w: &Int4Weight) -> bool {
+/// Whether [`int4_gemm_fused`] runs `m` rows of `w` on `dev` with a
+/// prologue or epilogue: M <= [`FUSED_MAX_M`], symmetric codes with groups
+/// of >= 64 or per-channel (the kernels that apply scales after the mma),
+/// and a split-K decode launch shape for the call (a few shapes, e.g. M = 3
+/// with K = 8192 at N = 256, have none: the plain call takes the general
+/// kernel there).
+pub fn fused_supported(dev: &CudaDevice, m: usize, w: &Int4Weight) -> bool {
+    fused_weight_ok(m, w) && decode_launch(m, w, dev.sm_count(), None).is_some()
+}
+
+/// The M range and weight formats of the fused kernels.
+fn fused_weight_ok(m: usize, w: &Int4Weight) -> bool {
     (1..=FUSED_MAX_M).contains(&m) && w.neg_zero_scales.is_none() && w.group_k32 >= 2
 }
 
@@ -1443,7 +1451,7 @@ fn resolve_fused(
     w: &Int4Weight,
     kind: FusedKind,
 ) -> Result<FusedResolved> {
-    if !fused_supported(m, w) {
+    if !fused_weight_ok(m, w) {
         return Err(CudaError::Unsupported(format!(
             "fused INT4 GEMM: M = {m} (1..={FUSED_MAX_M}), symmetric codes with groups of >= 64 \
              (this weight: zero points {}, group of {} elements)",

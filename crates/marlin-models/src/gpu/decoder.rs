@@ -696,8 +696,8 @@ impl GpuDecoder {
     /// [`FUSED_MAX_M`]), q|k|v and gate|up fused, SwiGLU, no post-norms
     /// (f16 activations follow from every linear being INT4).
     /// [`Scratch::fuse_ops`] can turn it off per scratch.
-    pub fn fused_ops(&self, m: usize) -> bool {
-        let int4_ok = |l: &GpuLinear| matches!(l, GpuLinear::Int4(w) if fused_supported(m, w));
+    pub fn fused_ops(&self, dev: &CudaDevice, m: usize) -> bool {
+        let int4_ok = |l: &GpuLinear| matches!(l, GpuLinear::Int4(w) if fused_supported(dev, m, w));
         m <= FUSED_MAX_M
             && matches!(self.spec.activation, Activation::Silu)
             && self.blocks.iter().all(|b| {
@@ -755,7 +755,7 @@ impl GpuDecoder {
                 s.max_m, s.logit_rows
             )));
         }
-        let fuse = s.fuse_ops && self.fused_ops(m);
+        let fuse = s.fuse_ops && self.fused_ops(dev, m);
         let Scratch {
             ids,
             row_seq,
