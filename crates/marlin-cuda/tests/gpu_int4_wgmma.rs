@@ -5,105 +5,26 @@
 //! launch, every output compared.
 #![cfg(feature = "cuda")]
 
+mod common;
+
 use std::sync::Arc;
 
+use common::Case;
 use half::f16;
-use marlin_cuda::int4::gemm::{
-    int4_gemm, int4_gemm_prepared, GemmOptions, GemmPath, GemmWorkspace, Int4Weight,
-};
+use marlin_cuda::int4::gemm::{int4_gemm, GemmOptions, GemmPath, GemmWorkspace, Int4Weight};
 use marlin_cuda::int4::random::{random_activations, random_int4};
-use marlin_cuda::int4::reference::{dequantize_int4_ref, matmul_ref};
 use marlin_cuda::int4::wgmma::wgmma_supported;
 use marlin_cuda::{CudaDevice, CudaError};
 
-/// Same bound as the other INT4 paths (tests/gpu_int4.rs).
-const REL_L2_TOL: f64 = 2e-3;
-
-fn fresh_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(12345)
-}
-
 /// The device, or None (test skipped) without a GPU or without sm_90.
 fn hopper() -> Option<Arc<CudaDevice>> {
-    match CudaDevice::new(0) {
-        Ok(dev) if wgmma_supported(&dev) => Some(dev),
-        Ok(dev) => {
-            println!(
-                "SKIP wgmma tests: {} is not compute capability 9.0",
-                dev.name()
-            );
-            None
-        }
-        Err(e) => {
-            println!("SKIP wgmma tests: no CUDA device ({e})");
-            None
-        }
-    }
+    common::hopper(wgmma_supported, "wgmma")
 }
 
-/// One case: (M, N, K, group (0 = per channel), asymmetric, splits).
-type Case = (usize, usize, usize, usize, bool, Option<usize>);
-
-/// Runs `case` twice on the wgmma path; checks both against the reference
-/// and that the two outputs are bit-identical (deterministic split-K).
+/// Runs `case` twice on the wgmma path against the reference, two launches
+/// bit-identical (deterministic split-K).
 fn check(dev: &Arc<CudaDevice>, ws: &mut GemmWorkspace, case: Case) {
-    let (m, n, k, group, asym, splits) = case;
-    let seed = fresh_seed();
-    let w = random_int4(n, k, group, asym, seed);
-    let a_host = random_activations(m, k, seed ^ 0xA5A5);
-    let w_ref = dequantize_int4_ref(&w).expect("reference dequant");
-    let a_ref: Vec<f64> = a_host.iter().map(|v| f64::from(v.to_f32())).collect();
-    let want = matmul_ref(&a_ref, &w_ref, m, n, k);
-
-    let wd = Int4Weight::from_quant(dev, &w).expect("upload");
-    let a = dev.upload("A", &a_host).expect("upload A");
-    let mut c = dev.alloc_zeros::<f16>("C", m * n).expect("alloc C");
-    let opts = GemmOptions {
-        path: GemmPath::Wgmma,
-        splits,
-    };
-    let mut first: Option<Vec<f16>> = None;
-    for launch in 0..2 {
-        dev.write(&mut c, &vec![f16::NAN; m * n]).expect("poison");
-        let plan = int4_gemm(dev, &a, m, &wd, &mut c, ws, opts).expect("launch");
-        assert_eq!(plan.path, GemmPath::Wgmma);
-        let got = dev.download(&c).expect("download");
-        let mut err2 = 0f64;
-        let mut ref2 = 0f64;
-        for (i, (g, r)) in got.iter().zip(&want).enumerate() {
-            let g = f64::from(g.to_f32());
-            assert!(
-                g.is_finite(),
-                "{case:?} {plan:?} seed={seed}: C[{}, {}] = {g} (not written or overflow)",
-                i / n,
-                i % n
-            );
-            err2 += (g - r) * (g - r);
-            ref2 += r * r;
-        }
-        let rel = (err2 / ref2.max(1e-30)).sqrt();
-        assert!(
-            rel < REL_L2_TOL,
-            "{case:?} {plan:?} seed={seed} launch {launch}: rel L2 error {rel:.3e}"
-        );
-        if let Some(prev) = &first {
-            assert!(
-                prev.iter()
-                    .zip(&got)
-                    .all(|(x, y)| x.to_bits() == y.to_bits()),
-                "{case:?} {plan:?} seed={seed}: two launches differ"
-            );
-        } else {
-            println!(
-                "PASS int4 wgmma M={m} N={n} K={k} g={group} asym={asym} kernel={} splits={} rel_l2={rel:.2e}",
-                plan.kernel, plan.splits
-            );
-        }
-        first = Some(got);
-    }
+    common::check_forced_path(dev, ws, case, GemmPath::Wgmma, false, "wgmma");
 }
 
 #[test]
@@ -162,56 +83,13 @@ fn wgmma_odd_k_is_refused_and_auto_falls_back() {
 /// inside) and the replay matches an eager launch bit for bit.
 #[test]
 fn wgmma_prepared_gemm_records_in_a_cuda_graph() {
-    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
     let Some(dev) = hopper() else { return };
-    let (n, k) = (384, 2048);
-    let w =
-        Int4Weight::from_quant(&dev, &random_int4(n, k, 128, true, fresh_seed())).expect("upload");
     let ms = [17usize, 64, 200];
-    let mut cases = Vec::new();
-    for &m in &ms {
-        let a = dev
-            .upload("A", &random_activations(m, k, fresh_seed()))
-            .expect("A");
-        let mut want = dev.alloc_zeros::<f16>("C eager", m * n).expect("C");
-        let mut ws = GemmWorkspace::new(&dev).expect("workspace");
-        let opts = GemmOptions {
-            path: GemmPath::Wgmma,
-            splits: Some(2),
-        };
-        int4_gemm(&dev, &a, m, &w, &mut want, &mut ws, opts).expect("eager");
-        let want = dev.download(&want).expect("download");
-        let c = dev.alloc_zeros::<f16>("C graph", m * n).expect("C");
-        cases.push((m, a, c, ws, opts, want));
-    }
-    dev.synchronize().expect("sync");
-    let stream = dev.stream().clone();
-    stream
-        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL)
-        .expect("begin capture");
-    for (m, a, c, ws, opts, _) in cases.iter_mut() {
-        int4_gemm_prepared(&dev, &a.as_view(), *m, &w, &mut c.as_view_mut(), ws, *opts)
-            .expect("prepared launch inside capture");
-    }
-    let graph = stream
-        .end_capture(CUgraphInstantiate_flags(0))
-        .expect("end capture")
-        .expect("a graph");
-    for replay in 0..2 {
-        for (m, _, c, _, _, _) in cases.iter_mut() {
-            dev.write(c, &vec![f16::NAN; *m * n]).expect("poison");
-        }
-        graph.launch().expect("graph launch");
-        dev.synchronize().expect("sync");
-        for (m, _, c, _, _, want) in &cases {
-            let got = dev.download(c).expect("download");
-            assert!(
-                got.iter()
-                    .zip(want)
-                    .all(|(x, y)| x.to_bits() == y.to_bits()),
-                "M={m} replay {replay}: graph output differs from the eager launch"
-            );
-        }
-    }
+    let opts = GemmOptions {
+        path: GemmPath::Wgmma,
+        splits: Some(2),
+    };
+    let cases: Vec<(usize, GemmOptions)> = ms.iter().map(|&m| (m, opts)).collect();
+    common::check_prepared_in_cuda_graph(&dev, 384, 2048, &cases);
     println!("PASS wgmma prepared GEMM M={ms:?} recorded in a CUDA graph, replayed twice");
 }
