@@ -198,8 +198,9 @@ pub fn attention<T: ActElem>(
 }
 
 /// Query heads per decode block for a GQA group: the next power of two, at
-/// most 8 (larger groups take several head chunks).
-fn decode_heads_per_block(group: usize) -> usize {
+/// most 8 (larger groups take several head chunks). The paged kernel
+/// (ops/paged.rs) uses the same.
+pub(crate) fn decode_heads_per_block(group: usize) -> usize {
     group.next_power_of_two().min(8)
 }
 

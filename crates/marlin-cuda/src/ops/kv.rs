@@ -118,6 +118,51 @@ pub(crate) fn cache_len(
     mul("kv cache", per_seq, n_seqs)
 }
 
+/// The rows handed to a KV write (contiguous cache or paged pool).
+pub(crate) struct KvWriteArgs<'a> {
+    pub k: &'a CudaSlice<f32>,
+    pub v: &'a CudaSlice<f32>,
+    pub rows: usize,
+    pub row_seq: &'a CudaSlice<i32>,
+    pub row_pos: &'a CudaSlice<i32>,
+}
+
+/// Launch-argument checks shared by [`kv_write`] and
+/// `paged::paged_kv_write`: `layer` below `n_layers` (of `container`, for the
+/// message), `k` and `v` of `rows * row_width` values, one sequence and
+/// position per row. Returns (values per K or V, rows as the kernel's i32).
+pub(crate) fn check_kv_write_args(
+    name: &str,
+    container: &str,
+    layer: usize,
+    n_layers: usize,
+    row_width: usize,
+    args: KvWriteArgs<'_>,
+) -> Result<(usize, i32)> {
+    if layer >= n_layers {
+        return Err(CudaError::Shape(format!(
+            "{name}: layer {layer} of {container} with {n_layers} layers"
+        )));
+    }
+    // The message names ("kv_write k", ...) are built only on failure: this
+    // runs once per layer and decode step.
+    let len = |what: &str, have: usize, need: usize| {
+        if have < need {
+            check_len(&format!("{name} {what}"), have, need)
+        } else {
+            Ok(())
+        }
+    };
+    let n = mul(name, args.rows, row_width)?;
+    len("k", args.k.len(), n)?;
+    len("v", args.v.len(), n)?;
+    len("row_seq", args.row_seq.len(), args.rows)?;
+    len("row_pos", args.row_pos.len(), args.rows)?;
+    let rows_i =
+        i32::try_from(args.rows).or_else(|_| to_i32(&format!("{name} rows"), args.rows))?;
+    Ok((n, rows_i))
+}
+
 /// Store `k`, `v` (rows, n_kv_heads * head_dim) f32 of layer `layer` as f16
 /// at (`row_seq[r]`, `row_pos[r]`) for each row `r`. Rows with a sequence
 /// outside `0..n_seqs` or a position outside `0..capacity` are skipped
@@ -133,18 +178,20 @@ pub fn kv_write(
     row_seq: &CudaSlice<i32>,
     row_pos: &CudaSlice<i32>,
 ) -> Result<()> {
-    if layer >= cache.n_layers {
-        return Err(CudaError::Shape(format!(
-            "kv_write: layer {layer} of a cache with {} layers",
-            cache.n_layers
-        )));
-    }
-    let n = mul("kv_write", rows, cache.n_kv_heads * cache.head_dim)?;
-    check_len("kv_write k", k.len(), n)?;
-    check_len("kv_write v", v.len(), n)?;
-    check_len("kv_write row_seq", row_seq.len(), rows)?;
-    check_len("kv_write row_pos", row_pos.len(), rows)?;
-    let rows_i = to_i32("kv_write rows", rows)?;
+    let (n, rows_i) = check_kv_write_args(
+        "kv_write",
+        "a cache",
+        layer,
+        cache.n_layers,
+        cache.n_kv_heads * cache.head_dim,
+        KvWriteArgs {
+            k,
+            v,
+            rows,
+            row_seq,
+            row_pos,
+        },
+    )?;
     if rows == 0 {
         return Ok(());
     }

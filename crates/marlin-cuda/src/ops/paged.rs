@@ -15,7 +15,8 @@
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::f16;
 
-use super::attention::AttnParams;
+use super::attention::{decode_heads_per_block, AttnParams};
+use super::kv::{check_kv_write_args, KvWriteArgs};
 use super::{check_len, grid_stride, mul, to_i32, to_u32};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
@@ -217,18 +218,20 @@ pub fn paged_kv_write(
     row_seq: &CudaSlice<i32>,
     row_pos: &CudaSlice<i32>,
 ) -> Result<()> {
-    if layer >= pool.n_layers {
-        return Err(CudaError::Shape(format!(
-            "paged_kv_write: layer {layer} of a pool with {} layers",
-            pool.n_layers
-        )));
-    }
-    let n = mul("paged_kv_write", rows, pool.n_kv_heads * pool.head_dim)?;
-    check_len("paged_kv_write k", k.len(), n)?;
-    check_len("paged_kv_write v", v.len(), n)?;
-    check_len("paged_kv_write row_seq", row_seq.len(), rows)?;
-    check_len("paged_kv_write row_pos", row_pos.len(), rows)?;
-    let rows_i = to_i32("paged_kv_write rows", rows)?;
+    let (n, rows_i) = check_kv_write_args(
+        "paged_kv_write",
+        "a pool",
+        layer,
+        pool.n_layers,
+        pool.n_kv_heads * pool.head_dim,
+        KvWriteArgs {
+            k,
+            v,
+            rows,
+            row_seq,
+            row_pos,
+        },
+    )?;
     if rows == 0 {
         return Ok(());
     }
@@ -265,12 +268,6 @@ pub fn paged_kv_write(
     // block ids outside the pool.
     unsafe { b.launch(grid_stride(dev, n)) }.map_err(|e| driver_err("launch paged_kv_write", e))?;
     Ok(())
-}
-
-/// Query heads per block for a GQA group: the next power of two, at most 8
-/// (larger groups take several head chunks).
-fn heads_per_block(group: usize) -> usize {
-    group.next_power_of_two().min(8)
 }
 
 /// Key splits per (row, kv head, head chunk): enough blocks for about four
@@ -430,7 +427,7 @@ pub fn paged_attention(
             "paged attention: no block tables set".into(),
         ));
     }
-    let gt = heads_per_block(c.group);
+    let gt = decode_heads_per_block(c.group);
     let head_chunks = c.group.div_ceil(gt);
     let grid_y = p.n_kv_heads * head_chunks;
     if grid_y > 65_535 || rows > 65_535 {
@@ -556,7 +553,7 @@ mod tests {
             let s = paged_splits(132, rows, 64, rows * 8, 256, 1 << 20);
             assert!(s == 1 || rows * 64 * s * 258 <= WORKSPACE_FLOATS);
         }
-        assert_eq!(heads_per_block(3), 4);
-        assert_eq!(heads_per_block(9), 8);
+        assert_eq!(decode_heads_per_block(3), 4);
+        assert_eq!(decode_heads_per_block(9), 8);
     }
 }
