@@ -8,14 +8,14 @@
 //! the packing each) x TOK tokens (32, 64 or 128), split-K over `gridDim.z`
 //! with the deterministic last-block reduction of the mma.sync kernels.
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig};
 use half::f16;
 
 use super::gemm::{launch_grid, GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
 use super::pack::N_TILE;
 use crate::device::CudaDevice;
 use crate::error::{CudaError, Result};
-use crate::ops::launch::KernelLaunch;
+use crate::ops::launch::{KernelArg, KernelLaunch};
 use crate::ops::to_i32;
 
 pub(super) const MODULE: &str = "w4a16_wgmma";
@@ -251,6 +251,27 @@ pub(super) fn prepare(dev: &CudaDevice, call: &WgmmaCall, ws: &mut GemmWorkspace
     Ok(())
 }
 
+/// Pushes the leading parameters shared by the wgmma kernels
+/// (W4A16_WGMMA_ENTRY, and W4A16_WS_ENTRY / W4A16_WSK_ENTRY of
+/// [`super::wgmma_ws`]): activations, the packed codes and scales, the
+/// zero-point scales or a null pointer (symmetric weights), C, the split-K
+/// partials and tickets.
+pub(super) fn arg_operands<'l, 'k, A: KernelArg + ?Sized, C: KernelArg + ?Sized>(
+    launch: &'l mut KernelLaunch<'k>,
+    a: &A,
+    w: &Int4Weight,
+    c: &C,
+    (partials, tickets): (&CudaSlice<f32>, &CudaSlice<u32>),
+) -> &'l mut KernelLaunch<'k> {
+    let null_zeros: u64 = 0;
+    launch.arg(a).arg(&w.words).arg(&w.scales);
+    match &w.neg_zero_scales {
+        Some(z) => launch.arg(z),
+        None => launch.arg(&null_zeros),
+    };
+    launch.arg(c).arg(partials).arg(tickets)
+}
+
 /// Enqueue the kernel (no allocation, no module load: `prepare` did both).
 pub(super) fn launch(
     dev: &CudaDevice,
@@ -277,19 +298,10 @@ pub(super) fn launch(
         block_dim: (call.variant.threads() as u32, 1, 1),
         shared_mem_bytes: call.smem,
     };
-    let null_zeros: u64 = 0;
     // Programmatic dependent launch (ops::launch, decode step): every
     // W4A16_WGMMA_ENTRY begins with w4g_pdl_enter.
     let mut launch = KernelLaunch::new(dev, &func, p.kernel);
-    launch.arg(a).arg(&w.words).arg(&w.scales);
-    match &w.neg_zero_scales {
-        Some(z) => launch.arg(z),
-        None => launch.arg(&null_zeros),
-    };
-    launch
-        .arg(c)
-        .arg(&ws.partials)
-        .arg(&ws.tickets)
+    arg_operands(&mut launch, a, w, c, (&ws.partials, &ws.tickets))
         .arg(&m_i32)
         .arg(&n_i32)
         .arg(&k_i32)

@@ -28,6 +28,7 @@ use half::f16;
 
 use super::gemm::{launch_grid, GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
 use super::pack::{K_CHUNK, N_TILE};
+use super::wgmma::arg_operands;
 use crate::device::CudaDevice;
 use crate::error::{CudaError, Result};
 use crate::ops::launch::KernelLaunch;
@@ -529,7 +530,7 @@ pub(super) fn launch(
     // SAFETY: argument types and order match W4A16_WS_STAGE_ENTRY; the
     // caller checked A >= M*K; the image holds m_blocks*tokens*k_pad halves
     // = `units` 16-byte units (checked above); the kernel waits on its
-    // predecessor first (ws_pdl_wait).
+    // predecessor first (pdl_wait).
     unsafe { stage.launch_pdl(stage_cfg) }?;
 
     let cfg = LaunchConfig {
@@ -537,17 +538,8 @@ pub(super) fn launch(
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: call.smem,
     };
-    let null_zeros: u64 = 0;
     let mut launch = KernelLaunch::new(dev, &func, p.kernel);
-    launch.arg(&*staged).arg(&w.words).arg(&w.scales);
-    match &w.neg_zero_scales {
-        Some(z) => launch.arg(z),
-        None => launch.arg(&null_zeros),
-    };
-    launch
-        .arg(c)
-        .arg(&ws.partials)
-        .arg(&ws.tickets)
+    arg_operands(&mut launch, &*staged, w, c, (&ws.partials, &ws.tickets))
         .arg(&m_i32)
         .arg(&n_i32)
         .arg(&n_pad_i32)
@@ -560,7 +552,7 @@ pub(super) fn launch(
     // and tickets >= blocks were checked above; the packed buffers cover
     // n_pad x k_chunks (the repack); C >= M*N was checked by the caller;
     // stream-K: partials >= 2 x blocks x tile and tickets >= tiles (checked
-    // above). PDL: the producer waits (ws_pdl_wait) before its first read
+    // above). PDL: the producer waits (pdl_wait) before its first read
     // of the staged image; before it, only the read-only weights are read;
     // C, partials and tickets are written only after data the producer
     // copied after the wait.
