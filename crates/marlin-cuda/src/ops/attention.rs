@@ -57,6 +57,123 @@ pub struct AttnParams {
     pub softcap: Option<f32>,
 }
 
+/// Names in the messages of [`check_attn_scalars`] (static: the checks run
+/// once per layer and step, the messages are formatted only on failure).
+pub(crate) struct AttnNames {
+    /// Message prefix ("attention", "paged attention").
+    pub what: &'static str,
+    /// What holds the keys ("cache", "pool").
+    pub kv: &'static str,
+    pub window: &'static str,
+    pub q: &'static str,
+    pub out: &'static str,
+    pub row_seq: &'static str,
+    pub row_pos: &'static str,
+    pub rows: &'static str,
+}
+
+const CONTIGUOUS_NAMES: AttnNames = AttnNames {
+    what: "attention",
+    kv: "cache",
+    window: "attention window",
+    q: "attention q",
+    out: "attention out",
+    row_seq: "attention row_seq",
+    row_pos: "attention row_pos",
+    rows: "attention rows",
+};
+
+/// The checked scalars of an attention launch.
+pub(crate) struct AttnScalars {
+    /// Query heads per kv head.
+    pub group: usize,
+    /// `scale`, times log2(e) without a soft-cap (the kernels then work in
+    /// the log2 domain from the query on).
+    pub q_scale: f32,
+    /// 0: none.
+    pub softcap: f32,
+    /// 0: none.
+    pub window: i32,
+}
+
+/// Launch-argument checks shared by the contiguous-cache attention and the
+/// paged one (`paged::check_params`): head layout against the KV storage's
+/// (n_layers, n_kv_heads, head_dim), the head size against
+/// `supported_head_dims` where given, the layer, a finite scale, a positive
+/// finite soft-cap, a non-empty window (clipped to `window_cap`), and
+/// `lens` = (q, out, row_seq, row_pos) lengths for `rows` rows.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_attn_scalars(
+    names: &AttnNames,
+    p: &AttnParams,
+    (n_layers, n_kv_heads, head_dim): (usize, usize, usize),
+    supported_head_dims: Option<&[usize]>,
+    layer: usize,
+    window_cap: usize,
+    rows: usize,
+    lens: (usize, usize, usize, usize),
+) -> Result<AttnScalars> {
+    let what = names.what;
+    let bad = |m: String| Err(CudaError::Shape(format!("{what}: {m}")));
+    if p.n_heads == 0 || p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
+        return bad(format!(
+            "{} query heads cannot share {} kv heads",
+            p.n_heads, p.n_kv_heads
+        ));
+    }
+    let kv = names.kv;
+    if p.n_kv_heads != n_kv_heads || p.head_dim != head_dim {
+        return bad(format!(
+            "{} kv heads x {} dims, the {kv} has {n_kv_heads} x {head_dim}",
+            p.n_kv_heads, p.head_dim
+        ));
+    }
+    if let Some(dims) = supported_head_dims {
+        if !dims.contains(&p.head_dim) {
+            return Err(CudaError::Unsupported(format!(
+                "{what}: head_dim {} (kernels exist for {dims:?})",
+                p.head_dim
+            )));
+        }
+    }
+    if layer >= n_layers {
+        return bad(format!("layer {layer} of a {kv} with {n_layers} layers"));
+    }
+    if !p.scale.is_finite() {
+        return bad(format!("scale {}", p.scale));
+    }
+    let softcap = match p.softcap {
+        Some(c) if !(c.is_finite() && c > 0.0) => return bad(format!("softcap {c}")),
+        Some(c) => c,
+        None => 0.0,
+    };
+    let window = match p.window {
+        Some(0) => return bad("window 0 sees no key".into()),
+        Some(w) => to_i32(names.window, w.min(window_cap))?,
+        None => 0,
+    };
+    let n = mul(names.q, rows, mul(names.q, p.n_heads, p.head_dim)?)?;
+    let (q_len, out_len, seq_len, pos_len) = lens;
+    check_len(names.q, q_len, n)?;
+    check_len(names.out, out_len, n)?;
+    check_len(names.row_seq, seq_len, rows)?;
+    check_len(names.row_pos, pos_len, rows)?;
+    to_u32(names.rows, rows)?;
+    // Without a cap the kernels work in the log2 domain from the query on;
+    // with one, after the tanh (which needs the natural-domain score).
+    let q_scale = if softcap > 0.0 {
+        p.scale
+    } else {
+        p.scale * std::f32::consts::LOG2_E
+    };
+    Ok(AttnScalars {
+        group: p.n_heads / p.n_kv_heads,
+        q_scale,
+        softcap,
+        window,
+    })
+}
+
 /// Validated launch parameters shared by both kernels.
 struct Checked {
     group: usize,
@@ -73,62 +190,23 @@ fn check(
     rows: usize,
     lens: (usize, usize, usize, usize), // (q, out, row_seq, row_pos)
 ) -> Result<Checked> {
-    let bad = |m: String| Err(CudaError::Shape(format!("attention: {m}")));
     let (n_layers, n_kv_heads, head_dim, capacity) = cache_dims;
-    if p.n_heads == 0 || p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
-        return bad(format!(
-            "{} query heads cannot share {} kv heads",
-            p.n_heads, p.n_kv_heads
-        ));
-    }
-    if p.n_kv_heads != n_kv_heads || p.head_dim != head_dim {
-        return bad(format!(
-            "{} kv heads x {} dims, the cache has {n_kv_heads} x {head_dim}",
-            p.n_kv_heads, p.head_dim
-        ));
-    }
-    if !SUPPORTED_HEAD_DIMS.contains(&p.head_dim) {
-        return Err(CudaError::Unsupported(format!(
-            "attention: head_dim {} (kernels exist for {SUPPORTED_HEAD_DIMS:?})",
-            p.head_dim
-        )));
-    }
-    if layer >= n_layers {
-        return bad(format!("layer {layer} of a cache with {n_layers} layers"));
-    }
-    if !p.scale.is_finite() {
-        return bad(format!("scale {}", p.scale));
-    }
-    let softcap = match p.softcap {
-        Some(c) if !(c.is_finite() && c > 0.0) => return bad(format!("softcap {c}")),
-        Some(c) => c,
-        None => 0.0,
-    };
-    let window = match p.window {
-        Some(0) => return bad("window 0 sees no key".into()),
+    let AttnScalars {
+        group,
+        q_scale,
+        softcap,
+        window,
+    } = check_attn_scalars(
+        &CONTIGUOUS_NAMES,
+        p,
+        (n_layers, n_kv_heads, head_dim),
+        Some(&SUPPORTED_HEAD_DIMS),
+        layer,
         // A window covering the whole cache is no window.
-        Some(w) => to_i32("attention window", w.min(capacity))?,
-        None => 0,
-    };
-    let n = mul(
-        "attention q",
+        capacity,
         rows,
-        mul("attention q", p.n_heads, p.head_dim)?,
+        lens,
     )?;
-    let (q_len, out_len, seq_len, pos_len) = lens;
-    check_len("attention q", q_len, n)?;
-    check_len("attention out", out_len, n)?;
-    check_len("attention row_seq", seq_len, rows)?;
-    check_len("attention row_pos", pos_len, rows)?;
-    to_u32("attention rows", rows)?;
-    let group = p.n_heads / p.n_kv_heads;
-    // Without a cap the kernels work in the log2 domain from the query on;
-    // with one, after the tanh (which needs the natural-domain score).
-    let q_scale = if softcap > 0.0 {
-        p.scale
-    } else {
-        p.scale * std::f32::consts::LOG2_E
-    };
     Ok(Checked {
         group,
         q_scale,

@@ -15,9 +15,11 @@
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::f16;
 
-use super::attention::{decode_heads_per_block, AttnParams};
+use super::attention::{
+    check_attn_scalars, decode_heads_per_block, AttnNames, AttnParams, AttnScalars,
+};
 use super::kv::{check_kv_write_args, KvWriteArgs};
-use super::{check_len, grid_stride, mul, to_i32, to_u32};
+use super::{grid_stride, mul, to_i32, to_u32};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
 
@@ -321,13 +323,16 @@ fn kernel_name(head_dim: usize, gt: usize) -> Result<&'static str> {
     })
 }
 
-/// Validated scalars of one attention launch.
-struct Launch {
-    group: usize,
-    q_scale: f32,
-    softcap: f32,
-    window: i32,
-}
+const PAGED_NAMES: AttnNames = AttnNames {
+    what: "paged attention",
+    kv: "pool",
+    window: "paged attention window",
+    q: "paged attention q",
+    out: "paged attention out",
+    row_seq: "paged attention row_seq",
+    row_pos: "paged attention row_pos",
+    rows: "paged attention rows",
+};
 
 fn check_params(
     p: &AttnParams,
@@ -335,62 +340,18 @@ fn check_params(
     layer: usize,
     rows: usize,
     lens: (usize, usize, usize, usize), // (q, out, row_seq, row_pos)
-) -> Result<Launch> {
-    let bad = |m: String| Err(CudaError::Shape(format!("paged attention: {m}")));
-    if p.n_heads == 0 || p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
-        return bad(format!(
-            "{} query heads cannot share {} kv heads",
-            p.n_heads, p.n_kv_heads
-        ));
-    }
-    if p.n_kv_heads != pool.n_kv_heads || p.head_dim != pool.head_dim {
-        return bad(format!(
-            "{} kv heads x {} dims, the pool has {} x {}",
-            p.n_kv_heads, p.head_dim, pool.n_kv_heads, pool.head_dim
-        ));
-    }
-    if layer >= pool.n_layers {
-        return bad(format!(
-            "layer {layer} of a pool with {} layers",
-            pool.n_layers
-        ));
-    }
-    if !p.scale.is_finite() {
-        return bad(format!("scale {}", p.scale));
-    }
-    let softcap = match p.softcap {
-        Some(c) if !(c.is_finite() && c > 0.0) => return bad(format!("softcap {c}")),
-        Some(c) => c,
-        None => 0.0,
-    };
-    let window = match p.window {
-        Some(0) => return bad("window 0 sees no key".into()),
+) -> Result<AttnScalars> {
+    check_attn_scalars(
+        &PAGED_NAMES,
+        p,
+        (pool.n_layers, pool.n_kv_heads, pool.head_dim),
+        None,
+        layer,
         // A window longer than any table is no window.
-        Some(w) => to_i32("paged attention window", w.min(i32::MAX as usize))?,
-        None => 0,
-    };
-    let n = mul(
-        "paged attention q",
+        i32::MAX as usize,
         rows,
-        mul("paged attention q", p.n_heads, p.head_dim)?,
-    )?;
-    let (q_len, out_len, seq_len, pos_len) = lens;
-    check_len("paged attention q", q_len, n)?;
-    check_len("paged attention out", out_len, n)?;
-    check_len("paged attention row_seq", seq_len, rows)?;
-    check_len("paged attention row_pos", pos_len, rows)?;
-    to_u32("paged attention rows", rows)?;
-    let q_scale = if softcap > 0.0 {
-        p.scale
-    } else {
-        p.scale * std::f32::consts::LOG2_E
-    };
-    Ok(Launch {
-        group: p.n_heads / p.n_kv_heads,
-        q_scale,
-        softcap,
-        window,
-    })
+        lens,
+    )
 }
 
 /// `out (rows, n_heads, head_dim) = softmax(scale·q·Kᵀ [soft-capped] + mask)·V`
