@@ -6,7 +6,9 @@
 // Only helpers whose code is the same in every user live here; a file that
 // needs a variant (other cache hint, other operand form) keeps its own under
 // its own name. w4a16_gemm.cu does not include it yet and still has its own
-// copies under the same names (lop3_and_or, hsub2, ..., mma_16816).
+// copies under the same names (lop3_and_or, hsub2, ..., mma_16816,
+// dequant_word, dequant_word_unscaled): including it there means deleting
+// those.
 //
 // Everything is __forceinline__ (no code of its own in a module); PTX that
 // exists only on newer targets is guarded so that every file still compiles
@@ -91,6 +93,50 @@ __device__ __forceinline__ float softcap_log2(float s, float softcap) {
         s = softcap * (1.0f - 2.0f / (__expf(2.0f * u) + 1.0f)) * MARLIN_LOG2E;
     }
     return s;
+}
+
+// ------------------------------------------------------------ INT4 codes
+
+// One packed word (src/int4/pack.rs) holds the 8 codes a lane needs for one
+// k16 x n16 tile: nibble position p = (slot & 1) * 4 + (slot >> 1) + 2 * half,
+// where half selects the n8 sub-tile and slot the fragment element (k 2t,
+// 2t+1, 2t+8, 2t+9). Codes are unsigned u (signed codes were offset by 8 at
+// repack). Output: b[h][0..2], the two f16x2 registers of n8 sub-tile h,
+// equal to u * scale + neg_zero_scale (one lop3 + 0x6400 magic per pair,
+// one fma.f16x2 for scale and zero). w4a16_gemm.cu has its own copy.
+__device__ __forceinline__ void dequant_word(u32 q, u32 s0, u32 s1, u32 z0, u32 z1, u32 b[2][2]) {
+    const u32 MAGIC = 0x64006400u;      // (1024, 1024)
+    const u32 SIXTEENTH = 0x2C002C00u;  // (1/16, 1/16)
+    const u32 NEG64 = 0xD400D400u;      // (-64, -64)
+    const u32 LO = 0x000F000Fu;
+    const u32 HI = 0x00F000F0u;
+    u32 x0 = lop3_and_or(q, LO, MAGIC);
+    u32 x1 = lop3_and_or(q, HI, MAGIC);
+    u32 q8 = q >> 8;
+    u32 x2 = lop3_and_or(q8, LO, MAGIC);
+    u32 x3 = lop3_and_or(q8, HI, MAGIC);
+    b[0][0] = hfma2(hsub2(x0, MAGIC), s0, z0);
+    b[0][1] = hfma2(hfma2(x1, SIXTEENTH, NEG64), s0, z0);
+    b[1][0] = hfma2(hsub2(x2, MAGIC), s1, z1);
+    b[1][1] = hfma2(hfma2(x3, SIXTEENTH, NEG64), s1, z1);
+}
+
+// Unscaled dequant of one code word: the m16k16 A fragment of (u - 8), exact
+// (symmetric codes). Nibble positions as in dequant_word: (pos 0, pos 4) =
+// fragment register 0, (1, 5) = register 2, (2, 6) = register 1, (3, 7) =
+// register 3. w4a16_gemm.cu has its own copy.
+__device__ __forceinline__ void dequant_word_unscaled(u32 q, u32 wa[4]) {
+    const u32 MAGIC = 0x64006400u;      // (1024, 1024)
+    const u32 M1032 = 0x64086408u;      // (1032, 1032) = 1024 + 8
+    const u32 SIXTEENTH = 0x2C002C00u;  // (1/16, 1/16)
+    const u32 NEG72 = 0xD480D480u;      // (-72, -72) = -(1024/16 + 8)
+    const u32 LO = 0x000F000Fu;
+    const u32 HI = 0x00F000F0u;
+    const u32 q8 = q >> 8;
+    wa[0] = hsub2(lop3_and_or(q, LO, MAGIC), M1032);
+    wa[2] = hfma2(lop3_and_or(q, HI, MAGIC), SIXTEENTH, NEG72);
+    wa[1] = hsub2(lop3_and_or(q8, LO, MAGIC), M1032);
+    wa[3] = hfma2(lop3_and_or(q8, HI, MAGIC), SIXTEENTH, NEG72);
 }
 
 // ------------------------------------------------------------ memory
@@ -186,5 +232,66 @@ __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sy
 // it on their side of the wgmma wait (the compiler does not know that
 // wgmma.wait_group is what makes the asynchronous result available).
 __device__ __forceinline__ void fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+
+// wgmma.mma_async m64nTOKk16, A (f16) from registers, B (f16, K-major) from
+// shared memory (descriptor `desc`), fp32 accumulators d[TOK/2]; scale_d = 0
+// overwrites d.
+__device__ __forceinline__ void wgmma_rs_n32(float* d, const u32 (&a)[4], unsigned long long desc, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+        "}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d)
+        : "memory");
+}
+
+__device__ __forceinline__ void wgmma_rs_n64(float* d, const u32 (&a)[4], unsigned long long desc, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d)
+        : "memory");
+}
+
+__device__ __forceinline__ void wgmma_rs_n128(float* d, const u32 (&a)[4], unsigned long long desc, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d)
+        : "memory");
+}
+
+template <int TOK>
+__device__ __forceinline__ void wgmma_rs(float* d, const u32 (&a)[4], unsigned long long desc, int scale_d) {
+    if constexpr (TOK == 32) wgmma_rs_n32(d, a, desc, scale_d);
+    else if constexpr (TOK == 64) wgmma_rs_n64(d, a, desc, scale_d);
+    else wgmma_rs_n128(d, a, desc, scale_d);
+}
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL

@@ -44,22 +44,6 @@
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 
-// Unscaled dequant of one code word (dequant_word_unscaled of
-// w4a16_gemm.cu): the m16k16 A fragment of (u - 8), exact.
-__device__ __forceinline__ void bulk_dequant(u32 q, u32 wa[4]) {
-    const u32 MAGIC = 0x64006400u;      // (1024, 1024)
-    const u32 M1032 = 0x64086408u;      // (1032, 1032) = 1024 + 8
-    const u32 SIXTEENTH = 0x2C002C00u;  // (1/16, 1/16)
-    const u32 NEG72 = 0xD480D480u;      // (-72, -72) = -(1024/16 + 8)
-    const u32 LO = 0x000F000Fu;
-    const u32 HI = 0x00F000F0u;
-    const u32 q8 = q >> 8;
-    wa[0] = hsub2(lop3_and_or(q, LO, MAGIC), M1032);
-    wa[2] = hfma2(lop3_and_or(q, HI, MAGIC), SIXTEENTH, NEG72);
-    wa[1] = hsub2(lop3_and_or(q8, LO, MAGIC), M1032);
-    wa[3] = hfma2(lop3_and_or(q8, HI, MAGIC), SIXTEENTH, NEG72);
-}
-
 // 16-byte cp.async global -> shared; bytes beyond src_bytes are zeroed.
 __device__ __forceinline__ void bulk_cp_async16(void* dst, const void* src, int src_bytes) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
@@ -222,7 +206,7 @@ extern "C" __global__ void __launch_bounds__(BULK_THREADS) w4a16_bulk_m8(
 #pragma unroll
                     for (int q = 0; q < 4; q++) {
                         u32 wa[4];
-                        bulk_dequant(words[q], wa);
+                        dequant_word_unscaled(words[q], wa);
                         const u32 bb[2] = {a8[2 * q], a8[2 * q + 1]};
                         mma_16816(gacc, wa, bb);
                     }

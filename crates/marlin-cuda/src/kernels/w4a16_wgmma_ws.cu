@@ -53,10 +53,10 @@
 // (C, partials and tickets belong to this launch; the staging kernel
 // waited for everything before it). pdl_trigger / pdl_wait: marlin_common.cuh.
 
-// Same decoding as dequant_word in w4a16_gemm.cu / w4a16_wgmma.cu (keep in
-// sync), written straight into wgmma's A fragment order: f[0] = (row g,
-// k pair 2t), f[1] = (row g+8, 2t), f[2] = (row g, 2t+8), f[3] = (row g+8,
-// 2t+8); value u * scale + neg_zero_scale.
+// Same decoding as dequant_word (marlin_common.cuh; keep in sync), written
+// straight into wgmma's A fragment order: f[0] = (row g, k pair 2t),
+// f[1] = (row g+8, 2t), f[2] = (row g, 2t+8), f[3] = (row g+8, 2t+8);
+// value u * scale + neg_zero_scale.
 __device__ __forceinline__ void ws_dequant(u32 q, u32 s0, u32 s1, u32 z0, u32 z1, u32 (&f)[4]) {
     const u32 MAGIC = 0x64006400u;      // (1024, 1024)
     const u32 SIXTEENTH = 0x2C002C00u;  // (1/16, 1/16)
@@ -145,52 +145,9 @@ __device__ __forceinline__ void ws_wgmma_n128(float* d, const u32 (&a)[4], unsig
 }
 
 
-// The same with a run-time scale_d: 0 overwrites d (first chunk of a tile
-// in the stream-K kernel, which so never zeroes its accumulators by hand).
-__device__ __forceinline__ void ws_wgmma_n64_sd(float* d, const u32 (&a)[4], unsigned long long desc, int scale_d) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-        "{"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-        "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d)
-        : "memory");
-}
-
-__device__ __forceinline__ void ws_wgmma_n128_sd(float* d, const u32 (&a)[4], unsigned long long desc, int scale_d) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-        "{"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d)
-        : "memory");
-}
-
-template <int TOK>
-__device__ __forceinline__ void ws_wgmma_sd(float* d, const u32 (&a)[4], u64 desc, int scale_d) {
-    if constexpr (TOK == 64) ws_wgmma_n64_sd(d, a, desc, scale_d);
-    else ws_wgmma_n128_sd(d, a, desc, scale_d);
-}
-
+// The same with a run-time scale_d (0 overwrites d: first chunk of a tile
+// in the stream-K kernel, which so never zeroes its accumulators by hand)
+// is wgmma_rs<TOK> of marlin_common.cuh.
 template <int TOK>
 __device__ __forceinline__ void ws_wgmma(float* d, const u32 (&a)[4], u64 desc) {
     if constexpr (TOK == 64) ws_wgmma_n64(d, a, desc);
@@ -712,7 +669,7 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
             for (int j = 0; j < 4; j++)
 #pragma unroll
                 for (int p = 0; p < TPW; p++)
-                    ws_wgmma_sd<TOK>(acc[p], frag[p][j], ws_desc_sw128(act + 32 * j), j > 0 ? 1 : scale_d);
+                    wgmma_rs<TOK>(acc[p], frag[p][j], ws_desc_sw128(act + 32 * j), j > 0 ? 1 : scale_d);
             wgmma_commit();
 #pragma unroll
             for (int p = 0; p < TPW; p++)
