@@ -84,9 +84,17 @@ impl LinearScratch {
 impl GpuLinear {
     /// Uploads tensor `name` (weights are converted or repacked once here).
     pub fn upload(dev: &Arc<CudaDevice>, name: &str, data: TensorData) -> Result<Self> {
-        let ctx = |e: marlin_cuda::CudaError| GpuError::Tensor {
-            name: name.to_string(),
-            reason: e.to_string(),
+        // A shape or scheme the kernels refuse is this tensor's problem (and the error names
+        // it); running out of memory or a driver / compiler failure is not, and stays a CUDA
+        // error (callers such as the q|k|v fusion fall back only on the former).
+        let ctx = |e: marlin_cuda::CudaError| match e {
+            marlin_cuda::CudaError::Shape(_) | marlin_cuda::CudaError::Unsupported(_) => {
+                GpuError::Tensor {
+                    name: name.to_string(),
+                    reason: e.to_string(),
+                }
+            }
+            other => GpuError::Cuda(other),
         };
         match data {
             TensorData::Ggml(t) => Ok(Self::Ggml(Arc::new(

@@ -118,7 +118,11 @@ fn stack_rows(parts: &[TensorData]) -> Option<TensorData> {
             });
             let per_row = match first.scheme.granularity {
                 Granularity::PerChannel | Granularity::PerGroup { .. } => true,
-                Granularity::PerTensor => qs.iter().all(|t| t.scales == first.scales),
+                // One scale (and zero point) for the whole stacked weight: every part must
+                // carry the same ones.
+                Granularity::PerTensor => qs
+                    .iter()
+                    .all(|t| t.scales == first.scales && t.zeros == first.zeros),
                 Granularity::Block2d { .. } => false,
             };
             if !same || !per_row {
@@ -189,7 +193,14 @@ fn fused_linear(
         return Ok(None);
     };
     drop(parts);
-    Ok(GpuLinear::upload(dev, &names.join("|"), stacked).ok())
+    match GpuLinear::upload(dev, &names.join("|"), stacked) {
+        Ok(w) => Ok(Some(w)),
+        // A shape or layout the stacked weight's kernel refuses (`upload` reports those as
+        // the tensor's error): load the parts one by one. Anything else (out of memory, a
+        // driver or compile error) is the caller's error.
+        Err(GpuError::Tensor { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Loads every weight of `src` onto `dev`.
@@ -342,6 +353,34 @@ mod tests {
         let mut ordered = int4(4, 64, 6, true);
         ordered.g_idx = Some((0..64u32).map(|c| c / 32).collect());
         assert!(stack_rows(&[first(), TensorData::Quant(ordered)]).is_none());
+    }
+
+    #[test]
+    fn per_tensor_parts_stack_only_with_the_same_scale_and_zero_point() {
+        let per_tensor = |seed: u32| {
+            let scheme = QuantScheme::int_asym(4, Granularity::PerTensor, ScaleDType::F32);
+            quantize_rtn(&weights(4, 64, seed), 4, 64, scheme, &RtnOptions::default()).unwrap()
+        };
+        let a = per_tensor(1);
+        let mut same = per_tensor(2);
+        same.scales.clone_from(&a.scales);
+        same.zeros.clone_from(&a.zeros);
+        let Some(TensorData::Quant(s)) = stack_rows(&[
+            TensorData::Quant(a.clone()),
+            TensorData::Quant(same.clone()),
+        ]) else {
+            panic!("per-tensor parts with one scale and zero point must stack");
+        };
+        let want = [a.dequantize().unwrap(), same.dequantize().unwrap()].concat();
+        assert_eq!(s.dequantize().unwrap(), want);
+        // Same scale, another zero point: the stacked weight could not hold both.
+        let mut other_zero = same;
+        let z = other_zero
+            .zeros
+            .as_mut()
+            .expect("asymmetric scheme has zero points");
+        z[0] = if z[0] == 0.0 { 1.0 } else { 0.0 };
+        assert!(stack_rows(&[TensorData::Quant(a), TensorData::Quant(other_zero)]).is_none());
     }
 
     #[test]
