@@ -571,9 +571,8 @@ fn fused_decode_ops_match_unfused_step_and_graph() {
         let mut logits = Vec::new();
         for (s, cache) in [(&mut fused, &mut cache_f), (&mut plain, &mut cache_p)] {
             dev.write(&mut s.ids, &ids).unwrap();
-            dev.write(&mut s.row_seq, &seqs).unwrap();
+            s.set_row_sequences(&dev, &seqs).unwrap();
             dev.write(&mut s.row_pos, &pos).unwrap();
-            s.distinct_seqs = true;
             dec.forward_rows(&dev, cache, s, m, LogitRows::All, Select::None)
                 .unwrap();
             let l = dev.download(&s.logits).unwrap();

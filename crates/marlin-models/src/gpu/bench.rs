@@ -363,12 +363,9 @@ fn time_steps(
     let mut cache = dec.new_cache(dev, batch, total)?;
     let mut s = Scratch::new(dev, dec, batch, batch)?;
     // Row i is sequence i.
-    s.distinct_seqs = true;
     let stream = dev.stream().clone();
     let seqs: Vec<i32> = (0..batch as i32).collect();
-    stream
-        .memcpy_htod(&seqs, &mut s.row_seq.slice_mut(0..batch))
-        .map_err(|e| driver_err("sequence ids to the device", e))?;
+    s.set_row_sequences(dev, &seqs)?;
     let vocab = dec.spec.cfg.vocab_size as u64;
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut pos = ctx;
@@ -459,12 +456,9 @@ fn stage_breakdown(
     let mut cache = dec.new_cache(dev, batch, ctx + 4)?;
     let mut s = Scratch::new(dev, dec, batch, batch)?;
     // Row i is sequence i.
-    s.distinct_seqs = true;
     let stream = dev.stream().clone();
     let seqs: Vec<i32> = (0..batch as i32).collect();
-    stream
-        .memcpy_htod(&seqs, &mut s.row_seq.slice_mut(0..batch))
-        .map_err(|e| driver_err("sequence ids to the device", e))?;
+    s.set_row_sequences(dev, &seqs)?;
     let ids: Vec<u32> = (0..batch as u32)
         .map(|i| (i * 7919 + 13) % dec.spec.cfg.vocab_size as u32)
         .collect();

@@ -295,11 +295,13 @@ pub struct Scratch {
     pub row_seq: CudaSlice<i32>,
     /// (max_m) position of each row.
     pub row_pos: CudaSlice<i32>,
-    /// Set by the caller when every row of the next forwards belongs to a
-    /// different sequence (a batched decode step): attention then writes
-    /// the step's keys itself (QK-norm + RoPE + KV write fused into the
-    /// decode attention launch). One row always qualifies.
-    pub distinct_seqs: bool,
+    /// Whether every row of the next forwards belongs to a different
+    /// sequence (a batched decode step): attention then writes the step's
+    /// keys itself (QK-norm + RoPE + KV write fused into the decode
+    /// attention launch; two rows of one sequence would race there). Only
+    /// [`Scratch::set_row_sequences`] sets it, from the sequence ids it
+    /// uploads. One row always qualifies.
+    distinct_seqs: bool,
     /// Fold the block's small ops into the INT4 GEMMs where the model
     /// allows it ([`GpuDecoder::fused_ops`]); starts as `MARLIN_GPU_FUSE_OPS`
     /// says (on unless `0`), settable for same-process comparisons.
@@ -326,6 +328,28 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// Uploads the sequence (KV-cache slot) of rows `0..seqs.len()` into
+    /// [`Scratch::row_seq`] and records whether they are all different,
+    /// which lets a batched decode step fuse its KV write into attention.
+    /// A later direct write of `row_seq` must keep its rows distinct, or
+    /// call this again.
+    pub fn set_row_sequences(&mut self, dev: &CudaDevice, seqs: &[i32]) -> Result<()> {
+        if seqs.len() > self.max_m {
+            return Err(GpuError::Invalid(format!(
+                "{} row sequences in a scratch for {} rows",
+                seqs.len(),
+                self.max_m
+            )));
+        }
+        dev.stream()
+            .memcpy_htod(seqs, &mut self.row_seq.slice_mut(0..seqs.len()))
+            .map_err(|e| driver_err("sequence ids to the device", e))?;
+        let mut sorted = seqs.to_vec();
+        sorted.sort_unstable();
+        self.distinct_seqs = sorted.windows(2).all(|w| w[0] != w[1]);
+        Ok(())
+    }
+
     /// Buffers for `max_m` rows and `logit_rows` rows of logits.
     pub fn new(
         dev: &Arc<CudaDevice>,
