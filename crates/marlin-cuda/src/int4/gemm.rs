@@ -1351,6 +1351,10 @@ const FUSED_SOURCE: &str = concat!(
     include_str!("../kernels/w4a16_gemm.cu")
 );
 
+/// Static shared memory reserved beside the dynamic allocation of the fused
+/// stream-K kernels (the prologue's 128-byte reduction array, rounded up).
+const FUSED_SK_STATIC_SMEM: usize = 1024;
+
 /// Largest M of the fused decode-step GEMM ([`int4_gemm_fused`]).
 pub const FUSED_MAX_M: usize = 16;
 
@@ -1460,10 +1464,15 @@ fn resolve_fused(
         )));
     }
     if kind == FusedKind::Rms && stream_k_auto(w.n) {
-        // The prologue's block reduction adds 128 B of static shared memory.
-        let room = sk_smem_limits(dev.compute_capability()).0 - 256;
-        if let Some(mut sc) = stream_k_call(dev, m, w, None)?.filter(|sc| sc.smem as usize <= room)
-        {
+        // The prologue's block reduction adds 128 B of static shared memory:
+        // the dynamic limit (the function attribute) is the block's limit
+        // less FUSED_SK_STATIC_SMEM (the H100 run of change 31 refused the
+        // attribute at the full 227 KiB).
+        if let Some(mut sc) = stream_k_call(dev, m, w, None)?.filter(|sc| {
+            sc.max_smem as usize >= FUSED_SK_STATIC_SMEM
+                && sc.smem as usize <= sc.max_smem as usize - FUSED_SK_STATIC_SMEM
+        }) {
+            sc.max_smem -= FUSED_SK_STATIC_SMEM as u32;
             sc.plan.kernel = if m > 8 {
                 "w4a16_sk_m16_rms"
             } else {
