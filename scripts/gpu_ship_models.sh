@@ -6,7 +6,7 @@
 #
 # then make the `run` calls it prints, back to back (the machine keeps
 # /tmp between calls only while it stays warm, ~30 s after each call). Each
-# call carries one <= 60 MiB part of a tar of both models and copies it to
+# call carries one <= 56 MiB part of a tar of both models and copies it to
 # /tmp/marlin-models/parts/ (idempotent: repeating a call is harmless); the
 # last call also unpacks the tar into /tmp/marlin-models/ and checks the
 # sha256 of each model. scripts/gpu_entry.sh runs the end-to-end checks when
@@ -15,7 +15,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 models_dir="${MARLIN_MODELS_SRC:-$repo/models}"
 out="$repo/.gpu-models"
-part_mib="${MARLIN_PART_MIB:-60}"
+part_mib="${MARLIN_PART_MIB:-56}"
 # MARLIN_SHIP_MODELS="a.gguf b.gguf" ships a subset (fewer calls).
 read -r -a models <<< "${MARLIN_SHIP_MODELS:-SmolLM2-135M-Instruct.Q4_1.gguf gemma-3-270m-q4_k_m.gguf}"
 
