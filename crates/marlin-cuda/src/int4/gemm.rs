@@ -1352,8 +1352,9 @@ const FUSED_SOURCE: &str = concat!(
 );
 
 /// Static shared memory reserved beside the dynamic allocation of the fused
-/// stream-K kernels (the prologue's 128-byte reduction array, rounded up).
-const FUSED_SK_STATIC_SMEM: usize = 1024;
+/// stream-K kernels (the prologue's 1088-byte reduction array,
+/// `W4_PRO_RED_FLOATS` in the source, rounded up).
+const FUSED_SK_STATIC_SMEM: usize = 2048;
 
 /// Largest M of the fused decode-step GEMM ([`int4_gemm_fused`]).
 pub const FUSED_MAX_M: usize = 16;
@@ -1464,7 +1465,7 @@ fn resolve_fused(
         )));
     }
     if kind == FusedKind::Rms && stream_k_auto(w.n) {
-        // The prologue's block reduction adds 128 B of static shared memory:
+        // The prologue's reduction array adds 1088 B of static shared memory:
         // the dynamic limit (the function attribute) is the block's limit
         // less FUSED_SK_STATIC_SMEM (the H100 run of change 31 refused the
         // attribute at the full 227 KiB).

@@ -503,43 +503,193 @@ __device__ __forceinline__ float w4_block_sum(float v, float* red) {
     return s;
 }
 
+// Shared floats of the prologue: the scalar path's block sum (32), or the
+// vector RMSNorm path's per-(row, warp) partial sums (16 rows x 16 warps)
+// and per-row inverse norms (16).
+#define W4_PRO_RED_FLOATS (16 * 16 + 16)
+// Vectors per thread a prologue pass loads before it uses any (all in
+// flight at once: the pass costs one loaded L2 round trip per batch).
+#define W4_PRO_BATCH 8
+
+__device__ __forceinline__ u32 w4_pack_f16x2(float lo, float hi) {
+    return (u32)f32_to_f16(lo) | ((u32)f32_to_f16(hi) << 16);
+}
+__device__ __forceinline__ float w4_silu_mul(u16 g, u16 u) {
+    const float gv = w4_f16_to_f32(g);
+    return gv / (1.0f + expf(-gv)) * w4_f16_to_f32(u);
+}
+
 // Fills a_tile (rows x a_stride halves) with the prologue's activations of
-// token rows m_base.. and columns k0 .. k0 + cols (zero from K on). Called
-// by every thread of the block (block reductions inside); plain stores, the
-// caller's __syncthreads publishes them.
+// token rows m_base.. and columns k0 .. k0 + cols (zero from K on; cols a
+// multiple of 64). Called by every thread of the block (block reductions
+// inside); plain stores, the caller's __syncthreads publishes them.
+//
+// Why vectors and batches (docs/CUDA.md, change 32): the prologue runs after
+// griddepcontrol.wait while the block's weight ring (issued before the wait)
+// still fills the memory system, so each dependent L2 round trip costs ~1 us.
+// The first version's scalar loops (4-byte X / NW loads, 2-byte gate / up
+// loads, unrolled ~4) paid 8-16 round trips per RMSNorm pass and ~28 per
+// SwiGLU tile (down at K = 14336): q|k|v 27.7 against 14.5 us, down 49.0
+// against 19.4. The vector paths load 16-byte vectors, W4_PRO_BATCH per
+// thread at once, spread over the flattened (row, column) range of the
+// block: 1 round trip per pass at M = 1, 4 at M = 8 (where every block also
+// re-reads whole rows from L2; the fused step stays slower than the unfused
+// one in the PDL graph, docs/CUDA.md change 32). The scalar loops
+// stay for K % 128 != 0 (RMSNorm) / K % 8 != 0 (SwiGLU) or unaligned rows.
 template <int PRO>
 __device__ __forceinline__ void w4_fused_prologue(u16* a_tile, int a_stride, int rows, int m_base, int k0,
                                                   int cols, int K, const u16* __restrict__ A,
                                                   const float* __restrict__ X, const float* __restrict__ NW,
                                                   int lda, float eps) {
-    __shared__ float red[32];
+    __shared__ float red[W4_PRO_RED_FLOATS];
     const int nt = blockDim.x;
+    const int tid = threadIdx.x;
+    if (PRO == W4_PRO_GLU) {
+        if ((K & 7) == 0 && (lda & 7) == 0 && (((size_t)A) & 15) == 0) {
+            // 8 columns per item: gate and up as one 16-byte load each.
+            const int c8 = cols >> 3;
+            const int total = rows * c8;
+            for (int i0 = tid; i0 < total; i0 += W4_PRO_BATCH * nt) {
+                uint4 gv[W4_PRO_BATCH], uv[W4_PRO_BATCH];
+#pragma unroll
+                for (int j = 0; j < W4_PRO_BATCH; j++) {
+                    const int i = i0 + j * nt;
+                    const int r = i / c8;
+                    const int k = k0 + 8 * (i - r * c8);
+                    gv[j] = make_uint4(0, 0, 0, 0);
+                    uv[j] = make_uint4(0, 0, 0, 0);
+                    if (i < total && k < K) {  // K % 8 == 0: all 8 in or out
+                        const u16* g_row = A + (size_t)(m_base + r) * lda;
+                        gv[j] = __ldg(reinterpret_cast<const uint4*>(g_row + k));
+                        uv[j] = __ldg(reinterpret_cast<const uint4*>(g_row + K + k));
+                    }
+                }
+#pragma unroll
+                for (int j = 0; j < W4_PRO_BATCH; j++) {
+                    const int i = i0 + j * nt;
+                    if (i >= total) break;
+                    const int r = i / c8;
+                    const int c = i - r * c8;
+                    const u32 gw[4] = {gv[j].x, gv[j].y, gv[j].z, gv[j].w};
+                    const u32 uw[4] = {uv[j].x, uv[j].y, uv[j].z, uv[j].w};
+                    u32 o[4];
+#pragma unroll
+                    for (int h = 0; h < 4; h++)
+                        o[h] = k0 + 8 * c < K ? w4_pack_f16x2(w4_silu_mul((u16)(gw[h] & 0xFFFFu), (u16)(uw[h] & 0xFFFFu)),
+                                                              w4_silu_mul((u16)(gw[h] >> 16), (u16)(uw[h] >> 16)))
+                                              : 0u;
+                    *reinterpret_cast<uint4*>(a_tile + r * a_stride + 8 * c) = make_uint4(o[0], o[1], o[2], o[3]);
+                }
+            }
+            return;
+        }
+        for (int r = 0; r < rows; r++) {
+            u16* dst = a_tile + r * a_stride;
+            const u16* g_row = A + (size_t)(m_base + r) * lda;
+            for (int c = tid; c < cols; c += nt) {
+                const int k = k0 + c;
+                dst[c] = k < K ? f32_to_f16(w4_silu_mul(g_row[k], g_row[K + k])) : (u16)0;
+            }
+        }
+        return;
+    }
+    // W4_PRO_RMS.
+    if ((K & 127) == 0 && lda == K && (nt & 31) == 0 && ((((size_t)X) | ((size_t)NW)) & 15) == 0) {
+        const int lane = tid & 31, warp = tid >> 5, n_warps = nt >> 5;
+        float* part = red;          // [row][warp]
+        float* inv_row = red + 256;  // [row]
+        for (int i = tid; i < rows * n_warps; i += nt) part[i] = 0.0f;
+        __syncthreads();
+        // Pass 1: sums of squares over the whole rows, items of 4 floats.
+        // K / 4 is a multiple of 32, so a warp's 32 items of one batch step
+        // lie in one row: the row changes are warp-uniform, and each warp
+        // adds its own items in a fixed order (bit-deterministic).
+        const int k4 = K >> 2;
+        const int total = rows * k4;
+        const float4* x4 = reinterpret_cast<const float4*>(X + (size_t)m_base * K);
+        float run = 0.0f;
+        int cur = -1;
+        for (int i0 = tid; i0 < total; i0 += W4_PRO_BATCH * nt) {
+            float4 v[W4_PRO_BATCH];
+#pragma unroll
+            for (int j = 0; j < W4_PRO_BATCH; j++) {
+                const int i = i0 + j * nt;
+                v[j] = i < total ? __ldg(x4 + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+#pragma unroll
+            for (int j = 0; j < W4_PRO_BATCH; j++) {
+                const int i = i0 + j * nt;
+                if (i >= total) break;  // warp-uniform
+                const int r = i / k4;
+                if (r != cur) {
+                    if (cur >= 0) {
+#pragma unroll
+                        for (int o = 16; o > 0; o >>= 1) run += __shfl_xor_sync(0xFFFFFFFFu, run, o);
+                        if (lane == 0) part[cur * n_warps + warp] = run;
+                    }
+                    run = 0.0f;
+                    cur = r;
+                }
+                run += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+            }
+        }
+        if (cur >= 0) {
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) run += __shfl_xor_sync(0xFFFFFFFFu, run, o);
+            if (lane == 0) part[cur * n_warps + warp] = run;
+        }
+        __syncthreads();
+        if (tid < rows) {
+            float ss = 0.0f;
+            for (int w = 0; w < n_warps; w++) ss += part[tid * n_warps + w];
+            inv_row[tid] = rsqrtf(ss / (float)K + eps);
+        }
+        __syncthreads();
+        // Pass 2: rms_norm(x) * w of the block's columns, 4 per item (K % 4
+        // == 0: all 4 in or out), an 8-byte shared store each.
+        const int c4 = cols >> 2;
+        const int total2 = rows * c4;
+        const float4* nw4 = reinterpret_cast<const float4*>(NW);
+        for (int i0 = tid; i0 < total2; i0 += W4_PRO_BATCH * nt) {
+            float4 xv[W4_PRO_BATCH], wv[W4_PRO_BATCH];
+#pragma unroll
+            for (int j = 0; j < W4_PRO_BATCH; j++) {
+                const int i = i0 + j * nt;
+                const int r = i / c4;
+                const int k = k0 + 4 * (i - r * c4);
+                xv[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                wv[j] = xv[j];
+                if (i < total2 && k < K) {
+                    xv[j] = __ldg(x4 + (((size_t)r * K + k) >> 2));
+                    wv[j] = __ldg(nw4 + (k >> 2));
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < W4_PRO_BATCH; j++) {
+                const int i = i0 + j * nt;
+                if (i >= total2) break;
+                const int r = i / c4;
+                const int c = i - r * c4;
+                const float inv = inv_row[r];
+                const uint2 o = make_uint2(w4_pack_f16x2(xv[j].x * inv * wv[j].x, xv[j].y * inv * wv[j].y),
+                                           w4_pack_f16x2(xv[j].z * inv * wv[j].z, xv[j].w * inv * wv[j].w));
+                *reinterpret_cast<uint2*>(a_tile + r * a_stride + 4 * c) = o;  // zeros past K: x = w = 0
+            }
+        }
+        return;
+    }
     for (int r = 0; r < rows; r++) {
         u16* dst = a_tile + r * a_stride;
-        if (PRO == W4_PRO_GLU) {
-            const u16* g_row = A + (size_t)(m_base + r) * lda;
-            for (int c = threadIdx.x; c < cols; c += nt) {
-                const int k = k0 + c;
-                float v = 0.0f;
-                if (k < K) {
-                    const float gv = w4_f16_to_f32(g_row[k]);
-                    const float uv = w4_f16_to_f32(g_row[K + k]);
-                    v = gv / (1.0f + expf(-gv)) * uv;
-                }
-                dst[c] = f32_to_f16(v);
-            }
-        } else {
-            const float* x_row = X + (size_t)(m_base + r) * lda;
-            float ss = 0.0f;
-            for (int k = threadIdx.x; k < K; k += nt) {
-                const float v = x_row[k];
-                ss += v * v;
-            }
-            const float inv = rsqrtf(w4_block_sum(ss, red) / (float)K + eps);
-            for (int c = threadIdx.x; c < cols; c += nt) {
-                const int k = k0 + c;
-                dst[c] = k < K ? f32_to_f16(x_row[k] * inv * NW[k]) : (u16)0;
-            }
+        const float* x_row = X + (size_t)(m_base + r) * lda;
+        float ss = 0.0f;
+        for (int k = tid; k < K; k += nt) {
+            const float v = x_row[k];
+            ss += v * v;
+        }
+        const float inv = rsqrtf(w4_block_sum(ss, red) / (float)K + eps);
+        for (int c = tid; c < cols; c += nt) {
+            const int k = k0 + c;
+            dst[c] = k < K ? f32_to_f16(x_row[k] * inv * NW[k]) : (u16)0;
         }
     }
 }
