@@ -103,7 +103,7 @@ __device__ __forceinline__ float softcap_log2(float s, float softcap) {
 // 2t+1, 2t+8, 2t+9). Codes are unsigned u (signed codes were offset by 8 at
 // repack). Output: b[h][0..2], the two f16x2 registers of n8 sub-tile h,
 // equal to u * scale + neg_zero_scale (one lop3 + 0x6400 magic per pair,
-// one fma.f16x2 for scale and zero). w4a16_gemm.cu has its own copy.
+// one fma.f16x2 for scale and zero).
 __device__ __forceinline__ void dequant_word(u32 q, u32 s0, u32 s1, u32 z0, u32 z1, u32 b[2][2]) {
     const u32 MAGIC = 0x64006400u;      // (1024, 1024)
     const u32 SIXTEENTH = 0x2C002C00u;  // (1/16, 1/16)
@@ -124,7 +124,7 @@ __device__ __forceinline__ void dequant_word(u32 q, u32 s0, u32 s1, u32 z0, u32 
 // Unscaled dequant of one code word: the m16k16 A fragment of (u - 8), exact
 // (symmetric codes). Nibble positions as in dequant_word: (pos 0, pos 4) =
 // fragment register 0, (1, 5) = register 2, (2, 6) = register 1, (3, 7) =
-// register 3. w4a16_gemm.cu has its own copy.
+// register 3.
 __device__ __forceinline__ void dequant_word_unscaled(u32 q, u32 wa[4]) {
     const u32 MAGIC = 0x64006400u;      // (1024, 1024)
     const u32 M1032 = 0x64086408u;      // (1032, 1032) = 1024 + 8

@@ -15,11 +15,12 @@
 //   last block of each tile (atomic ticket) sums the fp32 partials in a fixed
 //   order (deterministic) and writes f16.
 //
-// Self-contained (no #include) so that NVRTC needs no header search path.
 // Every f16 value is carried as raw bits (unsigned short / unsigned int).
+// Device helpers shared with the other kernels (f16 conversions, lop3 /
+// f16x2 arithmetic, the INT4 dequantisers, mma, cp.async waits) come from
+// the in-memory header (src/nvrtc_cache.rs).
 
-typedef unsigned int u32;
-typedef unsigned short u16;
+#include "marlin_common.cuh"
 
 // Programmatic dependent launch (src/ops/launch.rs; added by the decode-step
 // work, docs/CUDA.md change 25): the decode step launches these kernels with
@@ -33,82 +34,6 @@ __device__ __forceinline__ void w4_pdl_enter() {
 #endif
 }
 
-
-__device__ __forceinline__ float ld_cg_f32(const float* p) {
-    float r;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
-    return r;
-}
-
-// (a & b) | c
-__device__ __forceinline__ u32 lop3_and_or(u32 a, u32 b, u32 c) {
-    u32 r;
-    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
-    return r;
-}
-
-__device__ __forceinline__ u32 hsub2(u32 a, u32 b) {
-    u32 r;
-    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
-
-__device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
-    u32 r;
-    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
-
-__device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
-    u32 r;
-    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
-    return r;
-}
-
-__device__ __forceinline__ u16 f32_to_f16(float x) {
-    u16 r;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
-    return r;
-}
-
-__device__ __forceinline__ u32 dup_lo(u32 x) { return (x & 0xFFFFu) | (x << 16); }
-__device__ __forceinline__ u32 dup_hi(u32 x) { return (x >> 16) | (x & 0xFFFF0000u); }
-
-__device__ __forceinline__ void mma_16816(float* c, const u32* a, const u32* b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-// One packed word holds the 8 codes a lane needs for one k16 x n16 tile:
-// nibble position p = (slot & 1) * 4 + (slot >> 1) + 2 * half, where half
-// selects the n8 sub-tile and slot the fragment element (k 2t, 2t+1, 2t+8,
-// 2t+9). Codes are unsigned u (signed codes were offset by 8 at repack).
-// Output: b[h][0..2], the two f16x2 B registers of n8 sub-tile h, equal to
-// u * scale + neg_zero_scale.
-__device__ __forceinline__ void dequant_word(u32 q, u32 s0, u32 s1, u32 z0, u32 z1, u32 b[2][2]) {
-    const u32 MAGIC = 0x64006400u;      // (1024, 1024)
-    const u32 SIXTEENTH = 0x2C002C00u;  // (1/16, 1/16)
-    const u32 NEG64 = 0xD400D400u;      // (-64, -64)
-    const u32 LO = 0x000F000Fu;
-    const u32 HI = 0x00F000F0u;
-    u32 x0 = lop3_and_or(q, LO, MAGIC);       // 1024 + u(pos 0, pos 4)
-    u32 x1 = lop3_and_or(q, HI, MAGIC);       // 1024 + 16 u(pos 1, pos 5)
-    u32 q8 = q >> 8;
-    u32 x2 = lop3_and_or(q8, LO, MAGIC);      // pos 2, pos 6
-    u32 x3 = lop3_and_or(q8, HI, MAGIC);      // pos 3, pos 7
-    b[0][0] = hfma2(hsub2(x0, MAGIC), s0, z0);
-    b[0][1] = hfma2(hfma2(x1, SIXTEENTH, NEG64), s0, z0);
-    b[1][0] = hfma2(hsub2(x2, MAGIC), s1, z1);
-    b[1][1] = hfma2(hfma2(x3, SIXTEENTH, NEG64), s1, z1);
-}
-
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-    return (u32)__cvta_generic_to_shared(p);
-}
-
 // 16-byte async copy global -> shared; bytes beyond `src_bytes` are zeroed
 // (src_bytes = 0: pure zero fill, nothing is read).
 __device__ __forceinline__ void cp_async16_cg(void* dst, const void* src, int src_bytes) {
@@ -120,9 +45,6 @@ __device__ __forceinline__ void cp_async16_ca(void* dst, const void* src, int sr
 __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(smem_addr(dst)), "l"(src));
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
 // Per-warp, per-lane-private ring of STAGES chunk slots in shared memory:
 // no thread reads what another thread copied, so cp.async.wait_group alone
@@ -483,12 +405,6 @@ W4A16_ENTRY(w4a16_gemm_mt4, 4, 2, 3)
 #define W4_EPI_STORE 0
 #define W4_EPI_RESID 1
 
-__device__ __forceinline__ float w4_f16_to_f32(u16 h) {
-    float r;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(r) : "h"(h));
-    return r;
-}
-
 // Sum of v over the block (every thread gets it); `red` holds 32 floats.
 __device__ __forceinline__ float w4_block_sum(float v, float* red) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -515,8 +431,8 @@ __device__ __forceinline__ u32 w4_pack_f16x2(float lo, float hi) {
     return (u32)f32_to_f16(lo) | ((u32)f32_to_f16(hi) << 16);
 }
 __device__ __forceinline__ float w4_silu_mul(u16 g, u16 u) {
-    const float gv = w4_f16_to_f32(g);
-    return gv / (1.0f + expf(-gv)) * w4_f16_to_f32(u);
+    const float gv = f16_to_f32(g);
+    return gv / (1.0f + expf(-gv)) * f16_to_f32(u);
 }
 
 // Fills a_tile (rows x a_stride halves) with the prologue's activations of
@@ -698,7 +614,7 @@ __device__ __forceinline__ void w4_fused_prologue(u16* a_tile, int a_stride, int
 template <int EPI>
 __device__ __forceinline__ void w4_fused_store(u16* __restrict__ C, float* __restrict__ R, size_t idx, float v) {
     if (EPI == W4_EPI_RESID)
-        R[idx] += w4_f16_to_f32(f32_to_f16(v));
+        R[idx] += f16_to_f32(f32_to_f16(v));
     else
         C[idx] = f32_to_f16(v);
 }
@@ -734,35 +650,6 @@ __device__ __forceinline__ int dec_scale_rows(int cps, int group_k32) { return (
 // 4 rings; scale rows x 32 u32 (4 warps x 8 column pairs); the same for the
 // zero points when HAS_Z; the activation tile (min(M, 8*RH) rows, plus a
 // zero row when M < 8*RH; a_stride = ceil(k_chunks/splits)*64 + 8 halves).
-
-__device__ __forceinline__ float f16_lo_to_f32(u32 x) {
-    float r;
-    asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, lo; }" : "=f"(r) : "r"(x));
-    return r;
-}
-__device__ __forceinline__ float f16_hi_to_f32(u32 x) {
-    float r;
-    asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, hi; }" : "=f"(r) : "r"(x));
-    return r;
-}
-
-// Unscaled dequant of one code word: the m16k16 A fragment of (u - 8), exact.
-// Nibble positions as in dequant_word: x0 = (pos 0, pos 4) = fragment
-// register 0, x1 = (1, 5) = register 2, x2 = (2, 6) = register 1,
-// x3 = (3, 7) = register 3.
-__device__ __forceinline__ void dequant_word_unscaled(u32 q, u32 wa[4]) {
-    const u32 MAGIC = 0x64006400u;      // (1024, 1024)
-    const u32 M1032 = 0x64086408u;      // (1032, 1032) = 1024 + 8
-    const u32 SIXTEENTH = 0x2C002C00u;  // (1/16, 1/16)
-    const u32 NEG72 = 0xD480D480u;      // (-72, -72) = -(1024/16 + 8)
-    const u32 LO = 0x000F000Fu;
-    const u32 HI = 0x00F000F0u;
-    const u32 q8 = q >> 8;
-    wa[0] = hsub2(lop3_and_or(q, LO, MAGIC), M1032);
-    wa[2] = hfma2(lop3_and_or(q, HI, MAGIC), SIXTEENTH, NEG72);
-    wa[1] = hsub2(lop3_and_or(q8, LO, MAGIC), M1032);
-    wa[3] = hfma2(lop3_and_or(q8, HI, MAGIC), SIXTEENTH, NEG72);
-}
 
 // Block shape (runtime): nbpb n16 column blocks x k_slices K slices, one
 // warp each (blockDim = 32 * nbpb * k_slices <= 512). The block's K range
