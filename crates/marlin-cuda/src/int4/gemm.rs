@@ -16,7 +16,7 @@ use super::pack::{pack_int4, Int4Packed, N_TILE};
 use super::{bulk, wgmma, wgmma_ws};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
-use crate::ops::launch::KernelLaunch;
+use crate::ops::launch::{KernelArg, KernelLaunch};
 use crate::ops::to_i32;
 
 pub(super) const MODULE: &str = "w4a16_gemm";
@@ -1118,6 +1118,27 @@ fn stream_k_call(
     }))
 }
 
+/// Pushes the leading parameters every INT4 GEMM kernel takes (the split-K
+/// and stream-K decode entries here, W4A16_WGMMA_ENTRY of [`super::wgmma`],
+/// W4A16_WS_ENTRY / W4A16_WSK_ENTRY of [`super::wgmma_ws`]): activations,
+/// the packed codes and scales, the zero-point scales or a null pointer
+/// (symmetric weights), C, the split-K partials and tickets.
+pub(super) fn arg_operands<'l, 'k, A: KernelArg + ?Sized, C: KernelArg + ?Sized>(
+    launch: &'l mut KernelLaunch<'k>,
+    a: &A,
+    w: &Int4Weight,
+    c: &C,
+    (partials, tickets): (&CudaSlice<f32>, &CudaSlice<u32>),
+) -> &'l mut KernelLaunch<'k> {
+    let null_zeros: u64 = 0;
+    launch.arg(a).arg(&w.words).arg(&w.scales);
+    match &w.neg_zero_scales {
+        Some(z) => launch.arg(z),
+        None => launch.arg(&null_zeros),
+    };
+    launch.arg(c).arg(partials).arg(tickets)
+}
+
 fn launch_stream_k(
     dev: &Arc<CudaDevice>,
     a: &CudaView<'_, f16>,
@@ -1144,7 +1165,6 @@ fn launch_stream_k(
         block_dim: (32 * sc.shape.warps as u32, 1, 1),
         shared_mem_bytes: sc.smem,
     };
-    let null_zeros: u64 = 0;
     let m_i32 = to_i32("M", m)?;
     let (n_i32, k_i32, n_pad_i32) = (to_i32("N", w.n)?, to_i32("K", w.k)?, to_i32("N", w.n_pad)?);
     let (k_chunks_i32, group_k32_i32) = (
@@ -1152,15 +1172,7 @@ fn launch_stream_k(
         to_i32("group size", w.group_k32)?,
     );
     let mut launch = KernelLaunch::new(dev, &func, func_name);
-    launch.arg(a).arg(&w.words).arg(&w.scales);
-    match &w.neg_zero_scales {
-        Some(z) => launch.arg(z),
-        None => launch.arg(&null_zeros),
-    };
-    launch
-        .arg(c)
-        .arg(&ws.partials)
-        .arg(&ws.tickets)
+    arg_operands(&mut launch, a, w, c, (&ws.partials, &ws.tickets))
         .arg(&m_i32)
         .arg(&n_i32)
         .arg(&k_i32)
@@ -1293,7 +1305,6 @@ pub fn int4_gemm_prepared(
         block_dim: (fc.block_threads, 1, 1),
         shared_mem_bytes: fc.smem,
     };
-    let null_zeros: u64 = 0;
     let (n_i32, k_i32, n_pad_i32) = (w.n as i32, w.k as i32, w.n_pad as i32);
     let (k_chunks_i32, group_k32_i32, splits_i32) =
         (w.k_chunks as i32, w.group_k32 as i32, fc.grid_splits as i32);
@@ -1307,15 +1318,7 @@ pub fn int4_gemm_prepared(
     // here is a plain launch.
     let pdl = func_name.starts_with("w4a16_dec_") || func_name.starts_with("w4a16_gemm_");
     let mut launch = KernelLaunch::new(dev, &func, func_name);
-    launch.arg(a).arg(&w.words).arg(&w.scales);
-    match &w.neg_zero_scales {
-        Some(z) => launch.arg(z),
-        None => launch.arg(&null_zeros),
-    };
-    launch
-        .arg(c)
-        .arg(&ws.partials)
-        .arg(&ws.tickets)
+    arg_operands(&mut launch, a, w, c, (&ws.partials, &ws.tickets))
         .arg(&m_i32)
         .arg(&n_i32)
         .arg(&k_i32)

@@ -8,14 +8,14 @@
 //! the packing each) x TOK tokens (32, 64 or 128), split-K over `gridDim.z`
 //! with the deterministic last-block reduction of the mma.sync kernels.
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 use half::f16;
 
-use super::gemm::{launch_grid, GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
+use super::gemm::{arg_operands, launch_grid, GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
 use super::pack::N_TILE;
 use crate::device::CudaDevice;
 use crate::error::{CudaError, Result};
-use crate::ops::launch::{KernelArg, KernelLaunch};
+use crate::ops::launch::KernelLaunch;
 use crate::ops::to_i32;
 
 pub(super) const MODULE: &str = "w4a16_wgmma";
@@ -249,27 +249,6 @@ pub(super) fn prepare(dev: &CudaDevice, call: &WgmmaCall, ws: &mut GemmWorkspace
     }
     dev.function(MODULE, SOURCE, call.plan.kernel, call.smem)?;
     Ok(())
-}
-
-/// Pushes the leading parameters shared by the wgmma kernels
-/// (W4A16_WGMMA_ENTRY, and W4A16_WS_ENTRY / W4A16_WSK_ENTRY of
-/// [`super::wgmma_ws`]): activations, the packed codes and scales, the
-/// zero-point scales or a null pointer (symmetric weights), C, the split-K
-/// partials and tickets.
-pub(super) fn arg_operands<'l, 'k, A: KernelArg + ?Sized, C: KernelArg + ?Sized>(
-    launch: &'l mut KernelLaunch<'k>,
-    a: &A,
-    w: &Int4Weight,
-    c: &C,
-    (partials, tickets): (&CudaSlice<f32>, &CudaSlice<u32>),
-) -> &'l mut KernelLaunch<'k> {
-    let null_zeros: u64 = 0;
-    launch.arg(a).arg(&w.words).arg(&w.scales);
-    match &w.neg_zero_scales {
-        Some(z) => launch.arg(z),
-        None => launch.arg(&null_zeros),
-    };
-    launch.arg(c).arg(partials).arg(tickets)
 }
 
 /// Enqueue the kernel (no allocation, no module load: `prepare` did both).

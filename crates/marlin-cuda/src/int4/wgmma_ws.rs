@@ -26,9 +26,8 @@
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 use half::f16;
 
-use super::gemm::{launch_grid, GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
+use super::gemm::{arg_operands, launch_grid, GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
 use super::pack::{K_CHUNK, N_TILE};
-use super::wgmma::arg_operands;
 use crate::device::CudaDevice;
 use crate::error::{CudaError, Result};
 use crate::ops::launch::KernelLaunch;
