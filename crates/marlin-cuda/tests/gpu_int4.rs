@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use half::f16;
 use marlin_cuda::int4::gemm::{
-    decode_shape, int4_gemm, int4_gemm_prepared, set_decode_shape_override, GemmOptions, GemmPath,
-    GemmWorkspace, Int4Weight,
+    decode_shape, int4_gemm, int4_gemm_prepared, set_decode_shape_override, whole_column_plan,
+    GemmOptions, GemmPath, GemmWorkspace, Int4Weight,
 };
 use marlin_cuda::int4::pack::pack_int4;
 use marlin_cuda::int4::random::{hashed_int4, random_activations, random_int4};
@@ -193,6 +193,42 @@ fn int4_decode_block_shapes_match_reference() {
         set_decode_shape_override(None);
     }
     println!("PASS int4 decode kernel with forced block shapes");
+}
+
+/// The whole-column decode plan `Auto` takes for wide weights at K <= 4096
+/// and M <= 8 (7 or 14 column blocks per block, one block per SM, 1-2 K
+/// slices, no split-K): M = 1, 2 (16-stage ring), 5, 8 (8 stages), K not a
+/// multiple of 64, odd chunk counts per warp (K = 1000: 16 chunks; 1472:
+/// 23), group 64 with zero points, groups of 32.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int4_whole_column_plan_matches_reference() {
+    let dev = device();
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    let opts = GemmOptions::default();
+    for &m in &[1, 2, 5, 8] {
+        for &(n, k, group, asym) in &[
+            (14336, 1000, 128, false),
+            (14336, 2048, 128, false),
+            (14336, 1472, 64, false),
+            (28672, 1024, 64, true),
+            (14336, 990, 32, true),
+        ] {
+            let probe =
+                Int4Weight::from_quant(&dev, &random_int4(n, k, group, asym, 7)).expect("upload");
+            // The symmetric g >= 64 weights must take the plan (groups of 32
+            // with zero points may not fit its shared memory: then the rule
+            // or stream-K runs, checked all the same).
+            if group >= 64 {
+                assert!(
+                    whole_column_plan(m, &probe, dev.sm_count()),
+                    "M={m} {n}x{k} g{group}: no whole-column plan"
+                );
+            }
+            check(&dev, &mut ws, m, n, k, group, asym, opts);
+        }
+    }
+    println!("PASS int4 whole-column decode plan");
 }
 
 #[test]

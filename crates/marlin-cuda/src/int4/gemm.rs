@@ -53,6 +53,12 @@ const DEC_WARPS_PER_SM: usize = 7;
 /// Decode kernel: from this many n16 column blocks on (N >= 16384) the plan
 /// keeps 4 column blocks per block and global splits.
 const DEC_LARGE_N16: usize = 1024;
+/// Decode kernel: narrowest weight (n16 column blocks, N >= 14336) for the
+/// whole-column plan ([`whole_column_shape`]) at K <= 4096 and M <= 8.
+const DEC_WHOLE_COLUMN_MIN_N16: usize = 896;
+/// Decode kernel: the whole-column plan's grid must keep at least this many
+/// per mille of the SMs busy (one block per SM, no second wave).
+const DEC_WHOLE_COLUMN_MIN_FILL: usize = 900;
 /// Decode kernel: dynamic shared memory attribute (fits sm_80's 163 KiB);
 /// plans that need more take more splits.
 const DEC_SMEM_LIMIT: usize = 150 * 1024;
@@ -662,6 +668,61 @@ fn decode_kernel_name(m: usize, tiles: usize, has_zeros: bool, group32: bool) ->
     }
 }
 
+/// Whole-column plan of the decode kernel (docs/CUDA.md, change 36): for
+/// wide weights at K <= 4096 and M <= 8 (gate|up, 14336x4096), one block
+/// per SM, each warp streaming whole column blocks (or one of 2-4 K slices
+/// of one, added in shared memory): no split-K partials, no tickets, no
+/// column blocks shared between warps. `nbpb` is the smallest divisor of
+/// the column blocks (at most 16) whose grid fits one block per SM, and
+/// that grid must keep 90% of the SMs busy; then the most K slices (a
+/// power of two, at most 16 warps, at least 16 chunks each) whose shared
+/// memory fits. H100 sweep (change 36, run 1), back to back / after a
+/// PDL predecessor: 28672x4096 M = 1 14x1x1 24.7 / 24.4 us against 28.3 /
+/// 26.5 for stream-K, M = 8 26.7 / 25.3 against 28.8 / 27.5; 14336x4096
+/// M = 8 7x2x1 15.5 / 13.8 against 18.7 / 16.5.
+fn whole_column_shape(
+    m: usize,
+    (n16, kc, group_k32): (usize, usize, usize),
+    has_zeros: bool,
+    sm_count: usize,
+) -> Option<DecodeShape> {
+    if m > 8 || kc > 64 || n16 < DEC_WHOLE_COLUMN_MIN_N16 || sm_count == 0 {
+        return None;
+    }
+    let nbpb = (1..=DEC_MAX_WARPS).find(|&d| n16 % d == 0 && n16 / d <= sm_count)?;
+    if (n16 / nbpb) * 1000 < sm_count * DEC_WHOLE_COLUMN_MIN_FILL {
+        return None;
+    }
+    let mut k_slices = (DEC_MAX_WARPS / nbpb).min(kc / 16).max(1);
+    k_slices = 1 << k_slices.ilog2();
+    loop {
+        let shape = DecodeShape {
+            nbpb,
+            k_slices,
+            splits: 1,
+        };
+        if decode_smem_bytes(m, kc, shape, group_k32, has_zeros) <= DEC_SMEM_LIMIT {
+            return Some(shape);
+        }
+        if k_slices == 1 {
+            return None;
+        }
+        k_slices /= 2;
+    }
+}
+
+/// Whether the decode kernel's whole-column plan ([`whole_column_shape`])
+/// takes `m` rows of `w` (`GemmPath::Auto` then skips stream-K).
+pub fn whole_column_plan(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
+    whole_column_shape(
+        m,
+        (w.n_pad / 16, w.k_chunks, w.group_k32),
+        w.neg_zero_scales.is_some(),
+        sm_count,
+    )
+    .is_some()
+}
+
 /// [`decode_launch`] of a weight given by (n_pad, k_chunks, group_k32).
 fn decode_launch_for(
     m: usize,
@@ -693,6 +754,11 @@ fn decode_launch_for(
             && shape.splits * shape.k_slices <= max_parts
             && decode_smem_bytes(m, kc, shape, group_k32, has_zeros) <= DEC_SMEM_LIMIT;
         if runnable {
+            return Some((plan_of(shape), shape));
+        }
+    }
+    if forced.is_none() {
+        if let Some(shape) = whole_column_shape(m, (n16, kc, group_k32), has_zeros, sm_count) {
             return Some((plan_of(shape), shape));
         }
     }
@@ -849,8 +915,15 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
         return Ok(Call::Bulk(bulk::resolve(dev, m, w, opts.splits)?));
     }
     // Auto with a forced split factor keeps the split-K decode kernel.
-    let auto_stream_k =
-        opts.path == GemmPath::Auto && opts.splits.is_none() && m <= SK_MAX_M && stream_k_auto(w.n);
+    // The decode kernel's whole-column plan beats stream-K where it applies
+    // (change 36), unless MARLIN_INT4_STREAMK forces a choice or
+    // MARLIN_INT4_WHOLE_COLUMN=0 turns the plan off for Auto.
+    let auto_stream_k = opts.path == GemmPath::Auto
+        && opts.splits.is_none()
+        && m <= SK_MAX_M
+        && stream_k_auto(w.n)
+        && (stream_k_forced().is_some()
+            || !(whole_column_auto() && whole_column_plan(m, w, dev.sm_count())));
     if opts.path == GemmPath::StreamK || auto_stream_k {
         let forced = if opts.path == GemmPath::StreamK {
             opts.splits
@@ -930,19 +1003,33 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
 /// Whether `GemmPath::Auto` takes the stream-K decode kernel at M <= 16
 /// (where it fits) for a weight of `n` columns: `MARLIN_INT4_STREAMK=1` /
 /// `0` forces it on / off for every shape (read once; same-run comparisons
-/// of the decode step with and without it), else `n >= SK_AUTO_MIN_N`.
+/// of the decode step with and without it), else `n >= SK_AUTO_MIN_N`
+/// unless the decode kernel's whole-column plan takes the call
+/// ([`whole_column_plan`]).
 pub fn stream_k_auto(n: usize) -> bool {
+    stream_k_forced().unwrap_or(n >= SK_AUTO_MIN_N)
+}
+
+/// Whether `GemmPath::Auto` prefers the decode kernel's whole-column plan
+/// to stream-K where both apply: `MARLIN_INT4_WHOLE_COLUMN=0` (read once)
+/// restores stream-K, for same-run comparisons of the decode step.
+fn whole_column_auto() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MARLIN_INT4_WHOLE_COLUMN").map_or(true, |v| v.trim() != "0"))
+}
+
+/// `MARLIN_INT4_STREAMK=1` / `0` (read once), None when unset.
+fn stream_k_forced() -> Option<bool> {
     static FORCED: OnceLock<Option<bool>> = OnceLock::new();
-    let forced = *FORCED.get_or_init(|| {
+    *FORCED.get_or_init(|| {
         std::env::var("MARLIN_INT4_STREAMK")
             .ok()
             .map(|v| v.trim() != "0")
-    });
-    forced.unwrap_or(n >= SK_AUTO_MIN_N)
+    })
 }
 
 /// Whether the split-K INT4 decode kernel streams weights before its PDL
-/// wait (`pre_wait` argument of `w4a16_dec_*`): it issues its scale rows
+/// wait (W4_DEC_PRE_WAIT of the `flags` argument of `w4a16_dec_*`): it issues its scale rows
 /// and its weight ring before `griddepcontrol.wait` (the stream-K kernel
 /// always did). `MARLIN_INT4_PREWAIT=0` restores session 4's order (the
 /// wait first; read once), for same-run comparisons of the decode step
@@ -950,6 +1037,34 @@ pub fn stream_k_auto(n: usize) -> bool {
 pub fn int4_prewait() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("MARLIN_INT4_PREWAIT").map_or(true, |v| v.trim() != "0"))
+}
+
+/// Whether the decode kernels of one token tile with scales after the mma
+/// (`w4a16_dec_m4`, `w4a16_dec_m8` and their fused forms) run the paired
+/// main loop (two chunks per step, per-chunk fp32 sums; docs/CUDA.md change
+/// 33). `MARLIN_INT4_PAIR=0` / `1` (read once) for same-run comparisons.
+pub fn int4_paired() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MARLIN_INT4_PAIR").map_or(true, |v| v.trim() != "0"))
+}
+
+/// Diagnostic probe of the decode kernels: `MARLIN_INT4_DEC_PROBE=skip-loop`
+/// (read once) makes them skip their main loop, so that a benchmark times
+/// what the rest of a launch costs (the GEMM output is zeros: never a
+/// result; docs/CUDA.md change 36).
+fn decode_probe_skip_loop() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("MARLIN_INT4_DEC_PROBE").is_ok_and(|v| v.trim() == "skip-loop")
+    })
+}
+
+/// The decode kernels' `flags` argument (W4_DEC_PRE_WAIT, W4_DEC_PAIRED,
+/// W4_DEC_PROBE_SKIP_LOOP in the source).
+fn decode_flags() -> i32 {
+    i32::from(int4_prewait())
+        | (i32::from(int4_paired()) << 1)
+        | (i32::from(decode_probe_skip_loop()) << 2)
 }
 
 /// Launch shape of the stream-K decode kernel: `blocks` x `warps` warps,
@@ -1326,9 +1441,9 @@ pub fn int4_gemm_prepared(
         .arg(&k_chunks_i32)
         .arg(&group_k32_i32)
         .arg(&splits_i32);
-    let pre_wait = i32::from(int4_prewait());
+    let flags = decode_flags();
     if fc.decode.is_some() {
-        launch.arg(&nbpb_i32).arg(&k_slices_i32).arg(&pre_wait);
+        launch.arg(&nbpb_i32).arg(&k_slices_i32).arg(&flags);
     }
     // SAFETY: argument types and order match w4a16_gemm_* / w4a16_dec_* in
     // kernels/w4a16_gemm.cu; buffer sizes were checked above (A >= M*K,
@@ -1642,12 +1757,12 @@ pub fn int4_gemm_fused(
         .arg(&n_pad_i32)
         .arg(&k_chunks_i32)
         .arg(&group_k32_i32);
-    let (splits_i32, nbpb_i32, k_slices_i32, pre_wait) = match shape {
+    let (splits_i32, nbpb_i32, k_slices_i32, flags) = match shape {
         Some((s, splits)) => (
             to_i32("splits", splits)?,
             to_i32("column blocks", s.nbpb)?,
             to_i32("K slices", s.k_slices)?,
-            i32::from(int4_prewait()),
+            decode_flags(),
         ),
         None => (0, 0, 0, 0),
     };
@@ -1656,7 +1771,7 @@ pub fn int4_gemm_fused(
             .arg(&splits_i32)
             .arg(&nbpb_i32)
             .arg(&k_slices_i32)
-            .arg(&pre_wait);
+            .arg(&flags);
     }
     match &pro {
         Int4Prologue::RmsNorm { x, weight, .. } => launch.arg(x).arg(weight),
@@ -1890,13 +2005,22 @@ mod tests {
         };
         assert_eq!(auto(1, 4096, 4096), (1, 4, 1));
         assert_eq!(auto(1, 4096, 14336), (1, 4, 1));
-        assert_eq!(auto(1, 14336, 4096), (1, 2, 1));
+        // Whole-column plans at K <= 4096, N >= 14336, M <= 8 (change 36):
+        // one block per SM, no split-K (fewer K slices where the shared
+        // memory needs it); M = 3..4 at 28672 does not fit (stream-K).
+        assert_eq!(auto(1, 14336, 4096), (7, 2, 1));
+        assert_eq!(auto(4, 14336, 4096), (7, 1, 1));
+        assert_eq!(auto(8, 14336, 4096), (7, 2, 1));
+        assert_eq!(auto(1, 28672, 4096), (14, 1, 1));
+        assert_eq!(auto(2, 28672, 4096), (14, 1, 1));
+        assert_eq!(auto(8, 28672, 4096), (14, 1, 1));
+        assert_eq!(auto(4, 28672, 4096), (4, 1, 4));
+        assert_eq!(auto(16, 28672, 4096), (4, 1, 4));
         assert_eq!(auto(1, 28672, 8192), (4, 1, 8));
-        assert_eq!(auto(1, 28672, 4096), (4, 1, 4));
+        assert_eq!(auto(1, 128256, 4096), (4, 1, 4));
         assert_eq!(auto(16, 4096, 4096), (4, 1, 4));
         // Two waves of K-slice blocks: the split-K plan instead.
         assert_eq!(auto(4, 4096, 14336), (4, 1, 8));
-        assert_eq!(auto(4, 14336, 4096), (4, 1, 4));
         // Session 5 (change 30): M = 5..8 at small N 2 column blocks x 4 K
         // slices where one wave fits; M = 9..16 at K >= 8192 16 column
         // blocks (4 splits where the tile fits, else 8).

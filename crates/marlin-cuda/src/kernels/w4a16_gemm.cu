@@ -619,6 +619,24 @@ __device__ __forceinline__ void w4_fused_store(u16* __restrict__ C, float* __res
         C[idx] = f32_to_f16(v);
 }
 
+// Decode-kernel flags (`flags` argument; keep in sync with src/int4/gemm.rs).
+#define W4_DEC_PRE_WAIT 1
+#define W4_DEC_PAIRED 2
+// Diagnostic probe (MARLIN_INT4_DEC_PROBE=skip-loop, docs/CUDA.md change
+// 36): the main loop is skipped (the output is zeros, not a result), so
+// that a timing shows what everything else of a launch costs.
+#define W4_DEC_PROBE_SKIP_LOOP 4
+
+// d (16x8 f32) = a (16x16 f16, row) . b (16x8 f16, col): mma with a zero
+// accumulator (the first k16 step of a chunk's own sum).
+__device__ __forceinline__ void mma_16816_zc(float* d, const u32* a, const u32* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %10, %10, %10};"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(0.0f));
+}
+
 template <int STAGES>
 struct DecRing {
     uint4 w[STAGES][32];  // packed codes
@@ -668,7 +686,7 @@ __device__ __forceinline__ void w4a16_dec_body(
     const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,
     const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,
     u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks, int group_k32, int splits,
-    int nbpb, int k_slices, int pre_wait, const float* __restrict__ X = 0, const float* __restrict__ NW = 0,
+    int nbpb, int k_slices, int flags, const float* __restrict__ X = 0, const float* __restrict__ NW = 0,
     float* __restrict__ R = 0, int lda = 0, float eps = 0.0f) {
     extern __shared__ uint4 dyn_smem[];
     const int lane = threadIdx.x & 31;
@@ -692,6 +710,10 @@ __device__ __forceinline__ void w4a16_dec_body(
     const int s_rows = dec_scale_rows(cps, group_k32);
     const int s_width = nbpb * 8;        // u32 per scale row
     const int n_warps = nbpb * k_slices;
+    // flags: W4_DEC_PRE_WAIT (weights before the PDL wait), W4_DEC_PAIRED
+    // (the paired main loop of the POST variants, below).
+    const bool pre_wait = (flags & W4_DEC_PRE_WAIT) != 0;
+    const bool paired = POST && RH == 1 && (flags & W4_DEC_PAIRED) != 0;
     u32* s_tile = reinterpret_cast<u32*>(reinterpret_cast<DecRing<STAGES>*>(dyn_smem) + n_warps);
     u32* z_tile = s_tile + s_rows * s_width;
     u16* a_tile = reinterpret_cast<u16*>(HAS_Z ? z_tile + s_rows * s_width : z_tile);
@@ -824,6 +846,90 @@ __device__ __forceinline__ void w4a16_dec_body(
         a_step[r] = real ? 64 : 0;
     }
 
+    if (flags & W4_DEC_PROBE_SKIP_LOOP) {
+        // Diagnostic: no main loop (the ring is drained by the wait below).
+    } else if (paired) {
+        // Paired main loop (POST, one token tile; docs/CUDA.md change 36). The
+        // single-chunk loop below is one dependent chain per chunk: wait,
+        // shared loads, dequant, 4 mma into one accumulator (each waiting
+        // for the previous), then the group fold, which waits for the last
+        // mma; in-order issue keeps the next chunk's loads behind it. With
+        // 2 warps per scheduler (the small-N plans) that chain, not the
+        // issue rate, sets the compute time after the PDL wait. Here two
+        // chunks are loaded together and each chunk's 4 mma go to two
+        // accumulators (even / odd k16 step, each chain starting from zero:
+        // 4 independent chains of 2 per pair instead of 2 of 4 in a row),
+        // and each chunk's sum is scaled into `acc` by its own group scale.
+        // Same exact products; the fp32 sums are added per chunk instead of
+        // per group (fixed order: bit-deterministic).
+        float cur_sl = f16_lo_to_f32(*s_lane);  // column g
+        float cur_sh = f16_hi_to_f32(*s_lane);  // column g + 8
+        for (int base = 0; base < n_my; base += STAGES) {
+            const uint4* w_next = w_lane + (size_t)(base + STAGES) * 128;
+#pragma unroll
+            for (int s = 0; s < STAGES; s += 2) {
+                const int it = base + s;
+                if (it < n_my) {
+                    // Chunk it + 1 past the warp's range (odd count): its
+                    // stale slot is multiplied with chunk it's activations
+                    // (finite) and scaled by 0.
+                    const bool two = it + 1 < n_my;
+                    cp_async_wait<STAGES - 2>();
+                    const uint4 w0 = lds128_at(ring_at + s * 512);
+                    const uint4 w1 = lds128_at(ring_at + (s + 1) * 512);
+                    u32 act[2][8];
+#pragma unroll
+                    for (int q = 0; q < 2; q++) {
+                        const u16* ap = a_lane[0] + (q == 1 && two ? it + 1 : it) * a_step[0];
+                        const uint4 v0 = *reinterpret_cast<const uint4*>(ap);
+                        const uint4 v1 = *reinterpret_cast<const uint4*>(ap + 8);
+                        act[q][0] = v0.x; act[q][1] = v0.y; act[q][2] = v0.z; act[q][3] = v0.w;
+                        act[q][4] = v1.x; act[q][5] = v1.y; act[q][6] = v1.z; act[q][7] = v1.w;
+                    }
+                    // The two chunks' scales (the group row advances after
+                    // each chunk that ends a group).
+                    float sl[2], sh[2];
+#pragma unroll
+                    for (int q = 0; q < 2; q++) {
+                        const bool real = q == 0 || two;
+                        sl[q] = real ? cur_sl : 0.0f;
+                        sh[q] = real ? cur_sh : 0.0f;
+                        if (real && --left == 0) {
+                            left = group_chunks;
+                            s_lane += row_step;
+                            cur_sl = f16_lo_to_f32(*s_lane);
+                            cur_sh = f16_hi_to_f32(*s_lane);
+                        }
+                    }
+                    const u32 words[2][4] = {{w0.x, w0.y, w0.z, w0.w}, {w1.x, w1.y, w1.z, w1.w}};
+                    float cur[2][2][4];  // [chunk][k16 step parity]
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+#pragma unroll
+                        for (int q = 0; q < 2; q++) {
+                            u32 wa[4];
+                            dequant_word_unscaled(words[q][j], wa);
+                            const u32 bb[2] = {act[q][2 * j], act[q][2 * j + 1]};
+                            if (j < 2)
+                                mma_16816_zc(cur[q][j & 1], wa, bb);
+                            else
+                                mma_16816(cur[q][j & 1], wa, bb);
+                        }
+                    }
+                    // Both slots are consumed (values in registers): refill.
+                    if (it + STAGES < n_my) cp_async16_cg_at(ring_at + s * 512, w_next + s * 128);
+                    cp_async_commit();
+                    if (it + 1 + STAGES < n_my) cp_async16_cg_at(ring_at + (s + 1) * 512, w_next + (s + 1) * 128);
+                    cp_async_commit();
+#pragma unroll
+                    for (int q = 0; q < 2; q++)
+#pragma unroll
+                        for (int i = 0; i < 4; i++)
+                            acc[0][i] = fmaf(cur[q][0][i] + cur[q][1][i], i < 2 ? sl[q] : sh[q], acc[0][i]);
+                }
+            }
+        }
+    } else
     for (int base = 0; base < n_my; base += STAGES) {
         const uint4* w_next = w_lane + (size_t)(base + STAGES) * 128;  // refills of this round
 #pragma unroll
@@ -991,10 +1097,10 @@ __device__ __forceinline__ void w4a16_dec_body(
         const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
         u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
-        int group_k32, int splits, int nbpb, int k_slices, int pre_wait) {                        \
+        int group_k32, int splits, int nbpb, int k_slices, int flags) {                           \
         w4a16_dec_body<RH, STAGES, HAS_Z, POST>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad, \
                                                 k_chunks, group_k32, splits, nbpb, k_slices,      \
-                                                pre_wait);                                        \
+                                                flags);                                           \
     }
 
 // Keep STAGES in sync with `DEC_STAGES_M4` / `DEC_STAGES` in
@@ -1429,12 +1535,12 @@ W4A16_SK_ENTRY(w4a16_sk_m16z, 2, 8, true, false)
         const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
         u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
-        int group_k32, int splits, int nbpb, int k_slices, int pre_wait,                          \
+        int group_k32, int splits, int nbpb, int k_slices, int flags,                             \
         const float* __restrict__ X, const float* __restrict__ NW, float* __restrict__ R,         \
         int lda, float eps) {                                                                     \
         w4a16_dec_body<RH, STAGES, false, true, PRO, EPI>(A, W, S, Z, C, partials, tickets, M, N,  \
                                                           K, n_pad, k_chunks, group_k32, splits,  \
-                                                          nbpb, k_slices, pre_wait, X, NW, R,     \
+                                                          nbpb, k_slices, flags, X, NW, R,        \
                                                           lda, eps);                              \
     }
 W4A16_DEC_FUSED_ENTRY(w4a16_dec_m4_rms, 1, 16, W4_PRO_RMS, W4_EPI_STORE)
