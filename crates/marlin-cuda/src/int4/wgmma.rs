@@ -35,7 +35,7 @@ pub const WGMMA_MAX_M: usize = 512;
 /// at M = 256; slower at M = 1024 on every shape. `resolve_call` asks
 /// [`super::wgmma_ws::ws_auto`] first: the warp-specialised kernel takes
 /// the points of this range where it measured faster (28672x8192 at
-/// M = 128 and 256, 14336x4096 at M = 256).
+/// M = 128 and 256, 14336x4096 at M = 256, 4096x14336 at M = 128 and 256).
 pub fn wgmma_auto(m: usize, n: usize, k: usize) -> bool {
     (WGMMA_MIN_M..WGMMA_MAX_M).contains(&m)
         && (m < 128 || n.saturating_mul(k) >= super::gemm::LARGE_WEIGHT_ELEMS)

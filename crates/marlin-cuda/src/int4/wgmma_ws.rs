@@ -286,10 +286,15 @@ const WS_AUTO_MIN_WAVE_EFFICIENCY: f64 = 0.9;
 /// - M = 33..=64 on weights of >= 2^25 elements, M = 32 when the
 ///   256-column blocks also cover a third of the SMs;
 /// - M = 128..255 when the grid of 128-token x 256-column blocks covers at
-///   least 3/4 of the SMs;
+///   least 3/4 of the SMs, or on weights of >= 2^25 elements where the
+///   stream-K form is taken;
 /// - M = 256..511 the same, or where the stream-K form is taken;
 /// - M >= 512 if the plan keeps >= 90% of its last round of SMs busy.
 ///
+/// Session 6 (docs/CUDA.md change 35, three runs, each against the old
+/// wgmma kernel that Auto took before in the same run): 4096x14336 M = 128
+/// (stream-K form, 16 column blocks) 58.0 / 56.2 / 56.1 us against 64.2 /
+/// 63.9 / 63.7.
 /// Session 5's second H100 run (docs/CUDA.md change 28; each point against
 /// the path Auto took before): M = 64 28672x8192 83.9 us (split-K form,
 /// one split: 112 blocks; old wgmma kernel 147.9, cuBLAS 171.5),
@@ -320,7 +325,8 @@ pub fn ws_auto(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
     let big_blocks = m.div_ceil(128) * w.n_pad.div_ceil(256);
     let covers_sms = 4 * big_blocks >= 3 * sms;
     if m < 256 {
-        return covers_sms;
+        return covers_sms
+            || (w.n.saturating_mul(w.k) >= WS_LOW_M_AUTO_MIN_ELEMS && ws_stream_k(m, w, sm_count));
     }
     if m < WS_AUTO_WAVE_CHECK_M {
         return covers_sms || ws_stream_k(m, w, sm_count);
