@@ -28,42 +28,45 @@ fn hopper() -> Option<Arc<CudaDevice>> {
     common::hopper(ws_supported, "wgmma ws")
 }
 
-/// Runs `case` twice on the forced path against the reference (a forced
-/// split count must be the plan's), two launches bit-identical
-/// (deterministic split-K).
-fn check(dev: &Arc<CudaDevice>, ws: &mut GemmWorkspace, case: Case, variant: &str) {
-    let label = format!("wgmma-ws [{variant}]");
-    common::check_forced_path(dev, ws, case, GemmPath::WgmmaWs, true, &label);
-}
-
 #[test]
 fn wgmma_ws_gemm_matches_reference() {
     let Some(dev) = hopper() else { return };
     let mut ws = GemmWorkspace::new(&dev).expect("workspace");
     // The split-K form (the stream-K one: the test below).
     std::env::set_var(STREAM_K_ENV, "0");
-    // Every variant forced, then the automatic choice. N = 328 pads to 6
-    // tiles: blocks of 4 tiles leave one consumer warpgroup without a tile.
-    for variant in ["t64x1", "t64x2", "t128x1", "t128x2", "auto"] {
-        if variant == "auto" {
-            std::env::remove_var(VARIANT_ENV);
-        } else {
-            std::env::set_var(VARIANT_ENV, variant);
-        }
-        for &m in &[17, 64, 255, 256, 1000] {
-            // g128 symmetric, K a multiple of the chunk; forced 3 splits.
-            check(&dev, &mut ws, (m, 328, 2048, 128, false, None), variant);
-            check(&dev, &mut ws, (m, 328, 2048, 128, false, Some(3)), variant);
-            // g128 with zero points; K = 1000 ends inside a chunk.
-            check(&dev, &mut ws, (m, 200, 1000, 128, true, None), variant);
-        }
-        for &m in &[24, 130] {
-            // Odd K (staged element by element), per channel.
-            check(&dev, &mut ws, (m, 256, 999, 0, false, Some(2)), variant);
-            // Groups of 32 (two scale rows per chunk), zero points.
-            check(&dev, &mut ws, (m, 200, 990, 32, true, Some(2)), variant);
-            // Group 192: splits start inside a scale group.
-            check(&dev, &mut ws, (m, 128, 1536, 192, false, Some(5)), variant);
+    let mut cases: Vec<Case> = Vec::new();
+    for &m in &[17, 64, 255, 256, 1000] {
+        // g128 symmetric, K a multiple of the chunk; forced 3 splits.
+        cases.push((m, 328, 2048, 128, false, None));
+        cases.push((m, 328, 2048, 128, false, Some(3)));
+        // g128 with zero points; K = 1000 ends inside a chunk.
+        cases.push((m, 200, 1000, 128, true, None));
+    }
+    for &m in &[24, 130] {
+        // Odd K (staged element by element), per channel.
+        cases.push((m, 256, 999, 0, false, Some(2)));
+        // Groups of 32 (two scale rows per chunk), zero points.
+        cases.push((m, 200, 990, 32, true, Some(2)));
+        // Group 192: splits start inside a scale group.
+        cases.push((m, 128, 1536, 192, false, Some(5)));
+    }
+    // Fresh inputs per case, shared by every variant forced and the
+    // automatic choice (one f64 reference per case: the host part was most
+    // of this test's time). N = 328 pads to 6 tiles: blocks of 4 tiles
+    // leave one consumer warpgroup without a tile. Each launch is run
+    // twice against the reference, bit-identical (deterministic split-K),
+    // and a forced split count must be the plan's.
+    for case in cases {
+        let (m, n, k, group, asym, _) = case;
+        let p = random_problem(&dev, (m, n, k, group, asym), fresh_seed(), 0xA5A5);
+        for variant in ["t64x1", "t64x2", "t128x1", "t128x2", "auto"] {
+            if variant == "auto" {
+                std::env::remove_var(VARIANT_ENV);
+            } else {
+                std::env::set_var(VARIANT_ENV, variant);
+            }
+            let label = format!("wgmma-ws [{variant}]");
+            common::check_forced_path_on(&dev, &mut ws, &p, case, GemmPath::WgmmaWs, true, &label);
         }
     }
     std::env::remove_var(VARIANT_ENV);

@@ -115,8 +115,29 @@ pub fn check_forced_path(
     check_splits: bool,
     label: &str,
 ) {
-    let (m, n, k, group, asym, splits) = case;
+    let (m, n, k, group, asym, _) = case;
     let p = random_problem(dev, (m, n, k, group, asym), fresh_seed(), 0xA5A5);
+    check_forced_path_on(dev, ws, &p, case, path, check_splits, label);
+}
+
+/// [`check_forced_path`] on the inputs of `p` (built for `case`'s M, N,
+/// K, group and zero points): several launch configurations of one
+/// problem share its f64 reference, the slow part of a check on the host.
+pub fn check_forced_path_on(
+    dev: &Arc<CudaDevice>,
+    ws: &mut GemmWorkspace,
+    p: &Problem,
+    case: Case,
+    path: GemmPath,
+    check_splits: bool,
+    label: &str,
+) {
+    let (m, n, k, group, asym, splits) = case;
+    assert_eq!(
+        (p.weight.n, p.weight.k, p.a.len()),
+        (n, k, m * k),
+        "problem built for another case than {case:?}"
+    );
     let seed = p.seed;
     let mut c = dev.alloc_zeros::<f16>("C", m * n).expect("alloc C");
     let opts = GemmOptions { path, splits };
