@@ -795,13 +795,44 @@ fn argmax_matches_cpu() {
         if vocab == 5 {
             logits[5..10].fill(f32::NAN); // second row: all NaN
         }
+        if vocab == 32_000 {
+            // Signed zeros tie (lowest index wins) above a negative row.
+            let row = &mut logits[..vocab];
+            row.fill(-1.0);
+            row[9_000] = -0.0;
+            row[5_000] = 0.0;
+            row[20_000] = -0.0;
+        }
+        let ld = up(&dev, &logits);
         let mut out = up(&dev, &vec![0xdead_beef_u32; rows + SLACK]);
-        ops::argmax_rows(&dev, &up(&dev, &logits), rows, vocab, &mut out).unwrap();
+        ops::argmax_rows(&dev, &ld, rows, vocab, &mut out).unwrap();
         let got = dev.download(&out).unwrap();
         for (i, row) in logits.chunks(vocab).enumerate() {
             assert_eq!(got[i], argmax_ref(row), "row {i} of {rows} x {vocab}");
         }
         assert!(got[rows..].iter().all(|&v| v == 0xdead_beef));
+        // The split form, twice on one workspace (its keys and tickets
+        // must be back at zero after each launch).
+        let mut ws = ops::ArgmaxWorkspace::new(&dev, rows).unwrap();
+        for pass in 0..2 {
+            let mut out = up(&dev, &vec![0xdead_beef_u32; rows + SLACK]);
+            ops::argmax_rows_ws(&dev, &ld, rows, vocab, &mut ws, &mut out).unwrap();
+            let got = dev.download(&out).unwrap();
+            for (i, row) in logits.chunks(vocab).enumerate() {
+                assert_eq!(
+                    got[i],
+                    argmax_ref(row),
+                    "split argmax pass {pass} row {i} of {rows} x {vocab}"
+                );
+            }
+            assert!(got[rows..].iter().all(|&v| v == 0xdead_beef));
+        }
+        if rows > 1 {
+            let mut small = ops::ArgmaxWorkspace::new(&dev, rows - 1).unwrap();
+            let mut out = up(&dev, &vec![0u32; rows]);
+            let e = ops::argmax_rows_ws(&dev, &ld, rows, vocab, &mut small, &mut out);
+            assert!(e.is_err(), "{rows} rows in a workspace for {}", rows - 1);
+        }
     }
     println!("PASS argmax");
 }
@@ -1064,6 +1095,10 @@ fn bench_decode_attention() {
         let greedy = time_us(&dev, 20, || {
             ops::argmax_rows(&dev, &logits, batch, vocab, &mut out).unwrap()
         });
+        let mut ws = ops::ArgmaxWorkspace::new(&dev, batch).unwrap();
+        let split = time_us(&dev, 20, || {
+            ops::argmax_rows_ws(&dev, &logits, batch, vocab, &mut ws, &mut out).unwrap()
+        });
         let sp = DeviceSampling {
             temperature: 0.8,
             top_k: 40,
@@ -1073,8 +1108,8 @@ fn bench_decode_attention() {
             ops::sample_rows(&dev, &logits, batch, vocab, &sp, &uniforms, &mut out).unwrap()
         });
         println!(
-            "BENCH sampling vocab {vocab} batch {batch:>2}: argmax {greedy:7.1} us, \
-             top-k 40 / top-p 0.95 {sample:7.1} us"
+            "BENCH sampling vocab {vocab} batch {batch:>2}: argmax {greedy:7.1} us \
+             (split {split:5.1} us), top-k 40 / top-p 0.95 {sample:7.1} us"
         );
     }
 }

@@ -104,7 +104,7 @@ __device__ __forceinline__ void attn_decode_impl(
     const int* __restrict__ row_seq, const int* __restrict__ row_pos, OutT* __restrict__ out,
     float* __restrict__ partials, u32* __restrict__ tickets, int n_heads, int n_kv_heads,
     int group, int n_layers, int layer, int n_seqs, int capacity, float q_scale, float softcap,
-    int window, int splits, const AttRopeIn<OutT>& ri) {
+    int window, int splits, int early_kv, const AttRopeIn<OutT>& ri) {
     constexpr int LPK = HD / 8;        // lanes per key (16 bytes each)
     constexpr int KPW = 32 / LPK;      // keys per warp step
     constexpr int NSUB = 4 * KPW;      // key sub-groups per block (4 warps)
@@ -154,6 +154,28 @@ __device__ __forceinline__ void attn_decode_impl(
                 rc[j] = (float)cd;
                 rs[j] = (float)sd;
             }
+        }
+    }
+    // Keys in flight per sub-group: NP loads of K and V per lane (a block
+    // of a short split reads all of its keys at once).
+    constexpr int NP = GT >= 4 ? 2 : 4;
+    uint4 kb[NP], vb[NP];
+    const long long kv_base =
+        k0 < k1 ? att_head_base(seq, layer, n_layers, kvh, n_kv_heads, capacity, HD) + sl * 8 : 0;
+    const u16* kp = k_cache + kv_base;
+    const u16* vp = v_cache + kv_base;
+#pragma unroll
+    for (int p = 0; p < NP; ++p) {
+        kb[p] = make_uint4(0, 0, 0, 0);
+        vb[p] = kb[p];
+        // early_kv (fused entries, rows of distinct sequences): the keys
+        // before this step's were written by launches that completed
+        // before this one could start (see attention_decode_rope), so
+        // their DRAM round trip overlaps the previous kernel.
+        const int j = k0 + sub + p * NSUB;
+        if (early_kv && j < k1 && j != fresh) {
+            kb[p] = att_ld16(kp + (long long)j * HD);
+            vb[p] = att_ld16(vp + (long long)j * HD);
         }
     }
     // Sequence and position come from the host's copy before the step; the
@@ -250,51 +272,59 @@ __device__ __forceinline__ void attn_decode_impl(
     }
 
     if (k0 < k1) {
-        const long long base =
-            att_head_base(seq, layer, n_layers, kvh, n_kv_heads, capacity, HD) + sl * 8;
-        const u16* kp = k_cache + base;
-        const u16* vp = v_cache + base;
         // Key jj's 16 bytes of this lane (this step's from shared memory).
         const uint4* skv = reinterpret_cast<const uint4*>(ROPE ? &sm_kv[0][sl * 8] : 0);
         const uint4* svv = reinterpret_cast<const uint4*>(ROPE ? &sm_kv[1][sl * 8] : 0);
-        int j = k0 + sub;
-        uint4 kn = make_uint4(0, 0, 0, 0), vn = kn;
-        if (j < k1) {
-            kn = j == fresh ? *skv : att_ld16(kp + (long long)j * HD);
-            vn = j == fresh ? *svv : att_ld16(vp + (long long)j * HD);
-        }
-        for (; j < k1; j += NSUB) {
-            const uint4 kc = kn, vc = vn;
-            const int jn = j + NSUB;
-            if (jn < k1) {  // prefetch the next key of this sub-group
-                kn = jn == fresh ? *skv : att_ld16(kp + (long long)jn * HD);
-                vn = jn == fresh ? *svv : att_ld16(vp + (long long)jn * HD);
+#pragma unroll
+        for (int p = 0; p < NP; ++p) {
+            const int j = k0 + sub + p * NSUB;
+            if (j < k1) {
+                if (j == fresh) {
+                    kb[p] = *skv;
+                    vb[p] = *svv;
+                } else if (!early_kv) {
+                    kb[p] = att_ld16(kp + (long long)j * HD);
+                    vb[p] = att_ld16(vp + (long long)j * HD);
+                }
             }
-            float kf[8], vf[8];
-            f16x2_to_f32(kc.x, kf[0], kf[1]);
-            f16x2_to_f32(kc.y, kf[2], kf[3]);
-            f16x2_to_f32(kc.z, kf[4], kf[5]);
-            f16x2_to_f32(kc.w, kf[6], kf[7]);
-            f16x2_to_f32(vc.x, vf[0], vf[1]);
-            f16x2_to_f32(vc.y, vf[2], vf[3]);
-            f16x2_to_f32(vc.z, vf[4], vf[5]);
-            f16x2_to_f32(vc.w, vf[6], vf[7]);
+        }
+        for (int j0 = k0 + sub; j0 < k1; j0 += NP * NSUB) {
 #pragma unroll
-            for (int h = 0; h < GT; ++h) {
-                float s = 0.0f;
+            for (int p = 0; p < NP; ++p) {
+                const int j = j0 + p * NSUB;
+                if (j >= k1) break;
+                const uint4 kc = kb[p], vc = vb[p];
+                const int jn = j + NP * NSUB;
+                if (jn < k1) {  // refill this slot with the sub-group's key NP ahead
+                    kb[p] = jn == fresh ? *skv : att_ld16(kp + (long long)jn * HD);
+                    vb[p] = jn == fresh ? *svv : att_ld16(vp + (long long)jn * HD);
+                }
+                float kf[8], vf[8];
+                f16x2_to_f32(kc.x, kf[0], kf[1]);
+                f16x2_to_f32(kc.y, kf[2], kf[3]);
+                f16x2_to_f32(kc.z, kf[4], kf[5]);
+                f16x2_to_f32(kc.w, kf[6], kf[7]);
+                f16x2_to_f32(vc.x, vf[0], vf[1]);
+                f16x2_to_f32(vc.y, vf[2], vf[3]);
+                f16x2_to_f32(vc.z, vf[4], vf[5]);
+                f16x2_to_f32(vc.w, vf[6], vf[7]);
 #pragma unroll
-                for (int e = 0; e < 8; ++e) s = fmaf(qr[h][e], kf[e], s);
+                for (int h = 0; h < GT; ++h) {
+                    float s = 0.0f;
 #pragma unroll
-                for (int off = LPK / 2; off > 0; off >>= 1)
-                    s += __shfl_xor_sync(sub_mask, s, off);
-                s = softcap_log2(s, softcap);
-                const float mn = fmaxf(m[h], s);
-                const float c = exp2f(m[h] - mn);
-                const float p = exp2f(s - mn);
-                l[h] = l[h] * c + p;
+                    for (int e = 0; e < 8; ++e) s = fmaf(qr[h][e], kf[e], s);
 #pragma unroll
-                for (int e = 0; e < 8; ++e) o[h][e] = fmaf(p, vf[e], o[h][e] * c);
-                m[h] = mn;
+                    for (int off = LPK / 2; off > 0; off >>= 1)
+                        s += __shfl_xor_sync(sub_mask, s, off);
+                    s = softcap_log2(s, softcap);
+                    const float mn = fmaxf(m[h], s);
+                    const float c = exp2f(m[h] - mn);
+                    const float pr = exp2f(s - mn);
+                    l[h] = l[h] * c + pr;
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) o[h][e] = fmaf(pr, vf[e], o[h][e] * c);
+                    m[h] = mn;
+                }
             }
         }
     }
@@ -350,6 +380,21 @@ __device__ __forceinline__ void attn_decode_impl(
     __syncthreads();
     if (!s_last) return;
     __threadfence();
+    // Four output dims per thread (16-byte loads). The partial outputs of
+    // the first MP splits of this thread's first column are loaded now, in
+    // flight together with the (max, sum) pairs below: one L2 round trip
+    // for both at up to MP splits instead of two.
+    constexpr int C4 = HD / 4;
+    constexpr int MP = 16;
+    const int col0 = threadIdx.x;
+    float4 pv[MP];
+    if (col0 < gh * C4) {
+        const long long qh0 = (long long)row * n_heads + h0 + col0 / C4;
+        const float* po0 = partials + qh0 * splits * HD + (col0 % C4) * 4;
+#pragma unroll
+        for (int sp = 0; sp < MP; ++sp)
+            if (sp < splits) pv[sp] = att_ld_cg4(po0 + (long long)sp * HD);
+    }
     // sm_o (NSUB * HD = 1024 floats per head) is free again: [GT][splits]
     // split maxima (then weights) and [GT][splits] split sums.
     float* s_w = &sm_o[0][0][0];
@@ -380,16 +425,29 @@ __device__ __forceinline__ void attn_decode_impl(
         if (lane == 0) sm_l[0][h] = lsum;
     }
     __syncthreads();
-    // Four output dims per thread, 16-byte loads, many splits in flight.
-    constexpr int C4 = HD / 4;
     for (int col = threadIdx.x; col < gh * C4; col += blockDim.x) {
         const int h = col / C4, d = (col % C4) * 4;
         const long long qh = (long long)row * n_heads + h0 + h;
         const float* po = partials + qh * splits * HD + d;
         float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+        int sp0 = 0;
+        if (col == col0) {
+#pragma unroll
+            for (int sp = 0; sp < MP; ++sp) {
+                const float w = sp < splits ? s_w[h * splits + sp] : 0.0f;
+                if (w == 0.0f) continue;  // a split without keys (or fully underflowed)
+                a0 = fmaf(w, pv[sp].x, a0);
+                a1 = fmaf(w, pv[sp].y, a1);
+                a2 = fmaf(w, pv[sp].z, a2);
+                a3 = fmaf(w, pv[sp].w, a3);
+            }
+            sp0 = MP;
+        }
+        // Other columns, and splits past the first MP: many loads in flight.
 #pragma unroll 16
-        for (int sp = 0; sp < splits; ++sp) {
+        for (int sp = sp0; sp < splits; ++sp) {
             const float w = s_w[h * splits + sp];
+            if (w == 0.0f) continue;  // a split without keys (or fully underflowed)
             const float4 v = att_ld_cg4(po + (long long)sp * HD);
             a0 = fmaf(w, v.x, a0);
             a1 = fmaf(w, v.y, a1);
@@ -417,7 +475,7 @@ __device__ __forceinline__ void attn_decode_impl(
         attn_decode_impl<HD, GT, OutT, false>(q, k_cache, v_cache, row_seq, row_pos, out,      \
                                               partials, tickets, n_heads, n_kv_heads, group,   \
                                               n_layers, layer, n_seqs, capacity, q_scale,      \
-                                              softcap, window, splits, ri);                    \
+                                              softcap, window, splits, 0, ri);                 \
     }
 // The fused entries: q / k / v projection rows instead of roped f32 queries.
 #define ATTN_DECODE_ROPE_ENTRY_T(NAME, HD, GT, T)                                              \
@@ -427,13 +485,14 @@ __device__ __forceinline__ void attn_decode_impl(
              const double* inv_freq, int n_rot, int neox, u16* k_cache, u16* v_cache,          \
              const int* row_seq, const int* row_pos, T* out, float* partials, u32* tickets,    \
              int n_heads, int n_kv_heads, int group, int n_layers, int layer, int n_seqs,      \
-             int capacity, float q_scale, float softcap, int window, int splits) {             \
+             int capacity, float q_scale, float softcap, int window, int splits,               \
+             int early_kv) {                                                                   \
         const AttRopeIn<T> ri = {q_in,   k_in,     v_in,     q_stride, kv_stride, q_norm,      \
                                  k_norm, eps,      w_offset, inv_freq, n_rot,     neox};       \
         attn_decode_impl<HD, GT, T, true>(0, k_cache, v_cache, row_seq, row_pos, out,          \
                                           partials, tickets, n_heads, n_kv_heads, group,       \
                                           n_layers, layer, n_seqs, capacity, q_scale, softcap, \
-                                          window, splits, ri);                                 \
+                                          window, splits, early_kv, ri);                       \
     }
 #define ATTN_DECODE_ENTRY(HD, GT)                                              \
     ATTN_DECODE_ENTRY_T(attn_decode_hd##HD##_g##GT, HD, GT, float)           \

@@ -322,3 +322,79 @@ extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
     }
     out[blockIdx.x] = pick;
 }
+
+// ------------------------------------------------------- split argmax
+// samp_argmax's result with many blocks per row (src/ops/sampling.rs,
+// argmax_rows_ws): one block of one SM streams a 128k-entry row at a
+// single SM's L2 bandwidth (~12 us at batch 1), a grid of `gridDim.x`
+// blocks per row (blockIdx.y = row) in ~1 round trip. Each element's
+// (value, index) is packed into a u64 key whose unsigned order is the
+// argmax order: order-preserving bits of the value (-0 taken as +0, which
+// compares equal to it) above ~index (lower index wins a tie); NaN has no
+// key and every other value's key is > 0. Each block folds its chunk to
+// one key, atomicMax-es it into best[row] and takes a ticket; the last
+// block of the row writes the token (or SAMP_NO_TOKEN when no key came)
+// and leaves best[row] and tickets[row] zero for the next launch.
+// Launched with programmatic dependent launch (ops/launch.rs): trigger
+// first, wait before reading the logits.
+#define SAMP_SPLIT_THREADS 256
+#define SAMP_SPLIT_UNROLL 8
+
+__device__ __forceinline__ unsigned long long samp_key(float v, u32 i) {
+    u32 b = __float_as_uint(v);
+    if ((b << 1) == 0u) b = 0u;  // -0 -> +0
+    const u32 ord = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+    return ((unsigned long long)ord << 32) | (unsigned long long)(0xffffffffu - i);
+}
+
+extern "C" __global__ void __launch_bounds__(SAMP_SPLIT_THREADS)
+    samp_argmax_split(const float* __restrict__ logits, u32* __restrict__ out, int vocab,
+                      int chunk, unsigned long long* __restrict__ best,
+                      u32* __restrict__ tickets) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+    __shared__ unsigned long long s_key[SAMP_SPLIT_THREADS / 32];
+    __shared__ int s_last;
+    const int row = blockIdx.y;
+    const float* r = logits + (long long)row * vocab;
+    const int begin = blockIdx.x * chunk;
+    const int end = min(vocab, begin + chunk);
+    unsigned long long key = 0ull;
+    for (int i0 = begin + threadIdx.x; i0 < end; i0 += SAMP_SPLIT_THREADS * SAMP_SPLIT_UNROLL) {
+        float v[SAMP_SPLIT_UNROLL];
+#pragma unroll
+        for (int u = 0; u < SAMP_SPLIT_UNROLL; ++u) {
+            const int i = i0 + u * SAMP_SPLIT_THREADS;
+            v[u] = i < end ? r[i] : __int_as_float(0x7fc00000);  // NaN: no key
+        }
+#pragma unroll
+        for (int u = 0; u < SAMP_SPLIT_UNROLL; ++u) {
+            if (v[u] == v[u]) {
+                const unsigned long long k = samp_key(v[u], (u32)(i0 + u * SAMP_SPLIT_THREADS));
+                key = k > key ? k : key;
+            }
+        }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        const unsigned long long o = __shfl_xor_sync(0xffffffffu, key, off);
+        key = o > key ? o : key;
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) s_key[warp] = key;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < SAMP_SPLIT_THREADS / 32; ++w) key = s_key[w] > key ? s_key[w] : key;
+        if (key != 0ull) atomicMax(best + row, key);
+        __threadfence();  // the key is in before the ticket
+        s_last = atomicAdd(tickets + row, 1u) == gridDim.x - 1;
+        if (s_last) {
+            __threadfence();
+            const unsigned long long k = atomicExch(best + row, 0ull);
+            tickets[row] = 0u;
+            out[row] = k == 0ull ? SAMP_NO_TOKEN : 0xffffffffu - (u32)(k & 0xffffffffull);
+        }
+    }
+}

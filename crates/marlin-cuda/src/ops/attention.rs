@@ -344,6 +344,46 @@ pub fn attn_rope_fusion_enabled() -> bool {
         .get_or_init(|| std::env::var("MARLIN_CUDA_ATTN_ROPE").map_or(true, |v| v.trim() != "0"))
 }
 
+/// Whether the fused decode attention reads the keys of earlier positions
+/// before its PDL wait (their DRAM round trip overlapping the previous
+/// kernel): not when `MARLIN_CUDA_ATTN_EARLY_KV=0` (measuring the
+/// difference; read once).
+pub fn attn_early_kv_enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        std::env::var("MARLIN_CUDA_ATTN_EARLY_KV").map_or(true, |v| v.trim() != "0")
+    })
+}
+
+/// Blocks per SM that the decode split count aims at, when
+/// `MARLIN_CUDA_ATTN_BLOCKS_PER_SM` sets it (at most the kernel's
+/// occupancy; read once): fewer blocks leave room on the SMs for the next
+/// GEMM's blocks to become resident and stream their weights while
+/// attention runs. None: the occupancy.
+fn attn_blocks_per_sm_override() -> Option<usize> {
+    static VALUE: OnceLock<Option<usize>> = OnceLock::new();
+    *VALUE.get_or_init(|| {
+        std::env::var("MARLIN_CUDA_ATTN_BLOCKS_PER_SM")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+    })
+}
+
+/// A cap on the decode split count below [`MAX_SPLITS`], when
+/// `MARLIN_CUDA_ATTN_MAX_SPLITS` sets one (1..=64; read once): fewer
+/// splits shorten the merge (the last block loads every split's partial
+/// output) and lengthen each block's key loop. None: [`MAX_SPLITS`].
+fn attn_max_splits_override() -> Option<usize> {
+    static VALUE: OnceLock<Option<usize>> = OnceLock::new();
+    *VALUE.get_or_init(|| {
+        std::env::var("MARLIN_CUDA_ATTN_MAX_SPLITS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| (1..=MAX_SPLITS).contains(&n))
+    })
+}
+
 /// One layer's projections and what [`super::qkv_rope_kv`] applies to
 /// them, for [`attention_decode_rope`].
 pub struct RopeInputs<'a, 'b, T> {
@@ -363,7 +403,12 @@ pub struct RopeInputs<'a, 'b, T> {
 /// step's key and writes it and the value into layer `layer` of `cache`
 /// (rows with a sequence or position out of range write nothing and get
 /// zeros). The rows must belong to distinct sequences (a decode step): a
-/// row never sees a key that another row of the same call writes.
+/// row never sees a key that another row of the same call writes. The
+/// keys and values of earlier positions are read before the kernel's PDL
+/// wait ([`attn_early_kv_enabled`]): they must not come from the launch
+/// just before this one unless that launch waits on its predecessor
+/// before triggering its dependents (a GEMM, or a plain launch), as in a
+/// decode step, where earlier steps wrote them.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_decode_rope<T: ActElem>(
     dev: &CudaDevice,
@@ -443,6 +488,7 @@ fn decode_launch<T: ActElem>(
     let name = decode_kernel_name(p.head_dim, gt, T::IS_F16, rope)?;
     let func = dev.function(MODULE, SOURCE, name, 0)?;
     let per_sm = blocks_per_sm(&func, name)?;
+    let per_sm = attn_blocks_per_sm_override().map_or(per_sm, |n| n.min(per_sm));
     // One ticket per (row, block column) for the merge of the splits: more
     // columns than tickets run unsplit (never at decode sizes).
     let splits = if rows * grid_y <= ATTN_TICKETS {
@@ -458,6 +504,7 @@ fn decode_launch<T: ActElem>(
     } else {
         1
     };
+    let splits = attn_max_splits_override().map_or(splits, |n| splits.min(n));
     if grid_y > 65_535 || rows > 65_535 {
         return Err(CudaError::Shape(format!(
             "attention: grid of {grid_y} x {rows} blocks exceeds CUDA limits"
@@ -518,6 +565,10 @@ fn decode_launch<T: ActElem>(
         .arg(&c.softcap)
         .arg(&c.window)
         .arg(&splits_i);
+    let early_kv = i32::from(attn_early_kv_enabled());
+    if rope {
+        b.arg(&early_kv);
+    }
     // SAFETY: argument order and types match attn_decode_hd*_g* (queries
     // as f32 rows) or attn_decode_rope_hd*_g* (projection rows: every
     // row's reads stay inside q / k / v, strides and lengths checked by
@@ -532,7 +583,9 @@ fn decode_launch<T: ActElem>(
     // tickets after it (the merging block of each column zeroes its ticket
     // again); the kernel waits on its predecessor before reading anything
     // but constants and the host-copied sequences / positions
-    // (launch_pdl's contract).
+    // (launch_pdl's contract), except, in the fused entries with early_kv,
+    // the cache's keys of earlier positions (written by completed launches:
+    // attention_decode_rope's contract).
     unsafe { b.launch_pdl(cfg) }?;
     Ok(())
 }

@@ -32,7 +32,7 @@ mod rope;
 mod sampling;
 
 pub use attention::{
-    attention, attention_decode, attention_decode_rope, attention_prefill,
+    attention, attention_decode, attention_decode_rope, attention_prefill, attn_early_kv_enabled,
     attn_rope_fusion_enabled, AttnParams, RopeInputs, DECODE_MAX_ROWS, SUPPORTED_HEAD_DIMS,
 };
 pub use elementwise::{
@@ -50,7 +50,8 @@ pub use paged::{
 };
 pub use rope::{rope_inplace, GpuRope};
 pub use sampling::{
-    argmax_rows, check_sampling_params, sample_rows, DeviceSampling, MAX_TOP_K, NO_TOKEN,
+    argmax_rows, argmax_rows_ws, check_sampling_params, sample_rows, ArgmaxWorkspace,
+    DeviceSampling, MAX_TOP_K, NO_TOKEN,
 };
 
 use cudarc::driver::LaunchConfig;

@@ -3,6 +3,7 @@
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
+use super::launch::KernelLaunch;
 use super::{check_len, mul, to_i32, to_u32};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
@@ -81,6 +82,92 @@ pub fn argmax_rows(
     // rows*vocab values, out rows.
     unsafe { b.launch(row_config(rows)) }.map_err(|e| driver_err("launch samp_argmax", e))?;
     Ok(())
+}
+
+/// Threads per block of the split argmax (SAMP_SPLIT_THREADS in the source).
+const SPLIT_THREADS: u32 = 256;
+/// Logits per block of the split argmax at most (a 128k vocabulary takes
+/// 32 blocks per row): a few 4-byte loads per thread, all in flight.
+const SPLIT_CHUNK: usize = 4096;
+
+/// Device state of [`argmax_rows_ws`] for up to `rows` rows: a packed
+/// (value, index) key and a ticket per row, zero between launches (the
+/// last block of each row resets its pair), so one workspace serves every
+/// step, captured or not, on one stream.
+pub struct ArgmaxWorkspace {
+    best: CudaSlice<u64>,
+    tickets: CudaSlice<u32>,
+    rows: usize,
+}
+
+impl ArgmaxWorkspace {
+    pub fn new(dev: &CudaDevice, rows: usize) -> Result<Self> {
+        Ok(Self {
+            best: dev.alloc_zeros("argmax keys", rows)?,
+            tickets: dev.alloc_zeros("argmax tickets", rows)?,
+            rows,
+        })
+    }
+
+    /// Rows one launch may take.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+/// [`argmax_rows`] with many blocks per row (the same result: ties to the
+/// lowest index, NaN never chosen, [`NO_TOKEN`] for a row of NaN): one
+/// block per [`SPLIT_CHUNK`] logits (at most two blocks per SM in all),
+/// merged through `ws`. A programmatic dependent launch (it waits for the
+/// previous kernel before reading the logits).
+pub fn argmax_rows_ws(
+    dev: &CudaDevice,
+    logits: &CudaSlice<f32>,
+    rows: usize,
+    vocab: usize,
+    ws: &mut ArgmaxWorkspace,
+    out: &mut CudaSlice<u32>,
+) -> Result<()> {
+    check_logits("argmax_rows_ws", logits.len(), rows, vocab, out.len())?;
+    if rows > ws.rows {
+        return Err(CudaError::Shape(format!(
+            "argmax_rows_ws: {rows} rows in a workspace for {}",
+            ws.rows
+        )));
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    if rows > 65_535 {
+        return Err(CudaError::Shape(format!(
+            "argmax_rows_ws: {rows} rows exceed the grid's 65535"
+        )));
+    }
+    let per_row_cap = (2 * dev.sm_count() / rows).max(1);
+    let blocks = vocab.div_ceil(SPLIT_CHUNK).min(per_row_cap).max(1);
+    let chunk = vocab.div_ceil(blocks);
+    let chunk_i = to_i32("argmax_rows_ws chunk", chunk)?;
+    let vocab_i = vocab as i32;
+    let name = "samp_argmax_split";
+    let func = dev.function(MODULE, SOURCE, name, 0)?;
+    let mut b = KernelLaunch::new(dev, &func, name);
+    b.arg(logits)
+        .arg(out)
+        .arg(&vocab_i)
+        .arg(&chunk_i)
+        .arg(&ws.best)
+        .arg(&ws.tickets);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks as u32, rows as u32, 1),
+        block_dim: (SPLIT_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: argument order and types match samp_argmax_split; logits hold
+    // rows*vocab values, out rows, the workspace rows zeroed keys and
+    // tickets (rows <= ws.rows, checked above); blocks * chunk >= vocab and
+    // every block reads only [blockIdx.x * chunk, min(vocab, ..+chunk));
+    // the kernel waits on its predecessor before reading anything.
+    unsafe { b.launch_pdl(cfg) }
 }
 
 /// Checks sampling parameters as [`sample_rows`] does, without a launch

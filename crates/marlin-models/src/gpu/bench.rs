@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::decoder::{
     GateUpWeights, GpuBlock, GpuDecoder, GpuEmbedding, LogitRows, QkvWeights, Scratch, Select,
+    SkipForDiagnosis,
 };
 use super::graph::{capture, replay};
 use super::linear::GpuLinear;
@@ -120,6 +121,26 @@ pub struct DecodeBenchReport {
     /// Whether the decode step's kernels took programmatic dependent launch
     /// (sm_90+, not `MARLIN_CUDA_PDL=0`).
     pub pdl: bool,
+    /// Kernels left out of every step for a timing diagnosis
+    /// (`MARLIN_BENCH_DECODE_DIAG`); the table is then no result.
+    pub skipped: SkipForDiagnosis,
+}
+
+/// The kernels `MARLIN_BENCH_DECODE_DIAG` leaves out of the benchmark's
+/// steps (timing diagnosis only: `ops` keeps the GEMMs, embedding and token
+/// choice; `gemms` everything else), or an error for another value.
+fn diagnosis_from_env() -> Result<SkipForDiagnosis> {
+    match std::env::var("MARLIN_BENCH_DECODE_DIAG") {
+        Err(_) => Ok(SkipForDiagnosis::Nothing),
+        Ok(v) => match v.trim() {
+            "" | "0" => Ok(SkipForDiagnosis::Nothing),
+            "ops" => Ok(SkipForDiagnosis::SmallOps),
+            "gemms" => Ok(SkipForDiagnosis::Gemms),
+            other => Err(GpuError::Invalid(format!(
+                "MARLIN_BENCH_DECODE_DIAG={other}: expected ops or gemms"
+            ))),
+        },
+    }
 }
 
 /// One step's kernel groups at one batch size.
@@ -147,6 +168,17 @@ impl fmt::Display for DecodeBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &self.shape;
         writeln!(f, "device: {}", self.device)?;
+        match self.skipped {
+            SkipForDiagnosis::Nothing => {}
+            SkipForDiagnosis::SmallOps => writeln!(
+                f,
+                "DIAGNOSTIC, NOT A RESULT (MARLIN_BENCH_DECODE_DIAG=ops): residual+norm, attention and GLU kernels left out of every step"
+            )?,
+            SkipForDiagnosis::Gemms => writeln!(
+                f,
+                "DIAGNOSTIC, NOT A RESULT (MARLIN_BENCH_DECODE_DIAG=gemms): every projection GEMM and the LM head left out of every step"
+            )?,
+        }
         writeln!(
             f,
             "model: {} layers, d {}, {} heads / {} kv heads of {}, ffn {}, vocab {}; INT4 g{} weights (LM head too), {} GEMM activations, f16 KV",
@@ -356,12 +388,14 @@ fn time_steps(
     ctx: usize,
     steps: usize,
     use_graph: bool,
+    skipped: SkipForDiagnosis,
 ) -> Result<f64> {
     const WARMUP: usize = 2;
     const RUNS: usize = 3;
     let total = ctx + WARMUP + RUNS * steps + 1;
     let mut cache = dec.new_cache(dev, batch, total)?;
     let mut s = Scratch::new(dev, dec, batch, batch)?;
+    s.skip_for_diagnosis = skipped;
     // Row i is sequence i.
     let stream = dev.stream().clone();
     let seqs: Vec<i32> = (0..batch as i32).collect();
@@ -507,6 +541,7 @@ pub fn bench_decode(cfg: &DecodeBenchConfig) -> Result<DecodeBenchReport> {
             "bench decode: batches, steps and ctx must be at least 1".into(),
         ));
     }
+    let skipped = diagnosis_from_env()?;
     let dev = CudaDevice::new(cfg.ordinal)?;
     let copy_tbps = marlin_cuda::bench::copy_bandwidth_tbps(&dev)?;
     let dec = synthetic_decoder(&dev, &cfg.shape, 0x5EED)?;
@@ -518,7 +553,7 @@ pub fn bench_decode(cfg: &DecodeBenchConfig) -> Result<DecodeBenchReport> {
     let mut rows = Vec::new();
     for &batch in &cfg.batches {
         for use_graph in [true, false] {
-            let step_us = time_steps(&dev, &dec, batch, cfg.ctx, cfg.steps, use_graph)?;
+            let step_us = time_steps(&dev, &dec, batch, cfg.ctx, cfg.steps, use_graph, skipped)?;
             let kv_bytes = kv_per_seq * batch;
             let roofline_us = (weight_bytes + kv_bytes) as f64 / (copy_tbps * 1e12) * 1e6;
             rows.push(DecodeBenchRow {
@@ -532,7 +567,7 @@ pub fn bench_decode(cfg: &DecodeBenchConfig) -> Result<DecodeBenchReport> {
         }
     }
     let mut breakdowns = Vec::new();
-    if cfg.breakdown {
+    if cfg.breakdown && skipped == SkipForDiagnosis::Nothing {
         for &batch in &cfg.batches {
             breakdowns.push(stage_breakdown(&dev, &dec, batch, cfg.ctx)?);
         }
@@ -541,6 +576,7 @@ pub fn bench_decode(cfg: &DecodeBenchConfig) -> Result<DecodeBenchReport> {
         breakdowns,
         f16_activations: dec.f16_activations(),
         pdl: marlin_cuda::ops::launch::pdl_active(&dev),
+        skipped,
         device: format!(
             "{} (sm_{}{}, {} SMs)",
             dev.name(),

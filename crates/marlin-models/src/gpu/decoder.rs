@@ -310,12 +310,19 @@ pub struct Scratch {
     /// says (on with `1`, off otherwise), settable for same-process
     /// comparisons.
     pub fuse_ops: bool,
+    /// Timing diagnosis only (`marlin bench decode` with
+    /// `MARLIN_BENCH_DECODE_DIAG`): leave out a class of kernels so that
+    /// the step's time shows what the rest costs. The outputs are then
+    /// meaningless. [`SkipForDiagnosis::Nothing`] unless set.
+    pub skip_for_diagnosis: SkipForDiagnosis,
     /// (max(max_m, logit_rows)) uniforms in [0, 1) of [`Select::Sample`].
     pub uniforms: CudaSlice<f32>,
     /// (logit_rows, vocab)
     pub logits: CudaSlice<f32>,
     /// (max(max_m, logit_rows)) token picked from each logits row.
     pub next_ids: CudaSlice<u32>,
+    /// Keys and tickets of the split argmax (logit_rows rows).
+    argmax_ws: ops::ArgmaxWorkspace,
     /// (max_m, d) residual stream (f32).
     x: CudaSlice<f32>,
     /// (max_m, n_heads*head_dim) roped queries, attention's input (f32).
@@ -417,9 +424,11 @@ impl Scratch {
             row_pos: dev.alloc_zeros("row positions", max_m)?,
             distinct_seqs: false,
             fuse_ops: fuse_ops_enabled(),
+            skip_for_diagnosis: SkipForDiagnosis::Nothing,
             uniforms: dev.alloc_zeros("sampling uniforms", picks)?,
             logits: dev.alloc_zeros("logits", logits_len)?,
             next_ids: dev.alloc_zeros("picked ids", picks)?,
+            argmax_ws: ops::ArgmaxWorkspace::new(dev, logit_rows)?,
             x: dev.alloc_zeros("residual stream", rows(d)?)?,
             q: dev.alloc_zeros("queries", rows(qd)?)?,
             k32: dev.alloc_zeros("roped keys", rows(kvd)?)?,
@@ -645,6 +654,29 @@ enum FusedOut<'a, T> {
     AddToResidual(&'a mut CudaSlice<f32>),
 }
 
+/// Kernels a timing diagnosis leaves out of a forward pass
+/// ([`Scratch::skip_for_diagnosis`]; wrong outputs, for timing only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipForDiagnosis {
+    /// The real forward pass.
+    Nothing,
+    /// Residual add + RMSNorm, attention (with its QK-norm / RoPE / KV
+    /// write) and the GLU: the step is the GEMMs, the embedding and the
+    /// token choice.
+    SmallOps,
+    /// Every projection GEMM and the LM head (with its logits conversion):
+    /// the step is everything else.
+    Gemms,
+}
+
+/// Whether greedy decoding picks its tokens with the split argmax
+/// (`ops::argmax_rows_ws`, many blocks per row): not when
+/// `MARLIN_CUDA_SPLIT_ARGMAX=0` (measuring the difference; read once).
+fn split_argmax_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MARLIN_CUDA_SPLIT_ARGMAX").map_or(true, |v| v.trim() != "0"))
+}
+
 /// Whether the decode step folds its small ops into the INT4 GEMMs by
 /// default: `MARLIN_GPU_FUSE_OPS=1` turns it on (read once). Opt-in until
 /// the fused step is measured in the decode graph: its kernels passed their
@@ -786,7 +818,9 @@ impl GpuDecoder {
                 s.max_m, s.logit_rows
             )));
         }
-        let fuse = s.fuse_ops && self.fused_ops(dev, m);
+        let skip = s.skip_for_diagnosis;
+        // A timing diagnosis leaves kernels out of the unfused step.
+        let fuse = s.fuse_ops && skip == SkipForDiagnosis::Nothing && self.fused_ops(dev, m);
         let Scratch {
             ids,
             row_seq,
@@ -795,6 +829,7 @@ impl GpuDecoder {
             uniforms,
             logits,
             next_ids,
+            argmax_ws,
             x,
             q,
             k32,
@@ -817,6 +852,7 @@ impl GpuDecoder {
             attn32,
             logits,
             g: GemmScratch { lin, ws },
+            skip,
         };
         let mut prof = prof;
         let mut kv = kv;
@@ -832,6 +868,9 @@ impl GpuDecoder {
         match select {
             _ if n_logits == 0 => {}
             Select::None => {}
+            Select::Argmax if split_argmax_enabled() => {
+                ops::argmax_rows_ws(dev, logits, n_logits, vocab, argmax_ws, next_ids)?
+            }
             Select::Argmax => ops::argmax_rows(dev, logits, n_logits, vocab, next_ids)?,
             Select::Sample(p) => {
                 ops::sample_rows(dev, logits, n_logits, vocab, &p, uniforms, next_ids)?
@@ -876,7 +915,7 @@ impl GpuDecoder {
                 io.x,
             )?,
         }
-        if !fuse {
+        if !fuse && !io.skips(SkipForDiagnosis::SmallOps) {
             ops::resid_norm::<T>(
                 dev,
                 io.x,
@@ -916,18 +955,20 @@ impl GpuDecoder {
                 continue;
             }
             // x += post_norm(attn); h = ffn_norm(x)
-            ops::resid_norm(
-                dev,
-                io.x,
-                Some(&a.delta),
-                b.post_attn_norm.as_ref(),
-                &b.ffn_norm,
-                m,
-                d,
-                eps,
-                off,
-                &mut a.h,
-            )?;
+            if !io.skips(SkipForDiagnosis::SmallOps) {
+                ops::resid_norm(
+                    dev,
+                    io.x,
+                    Some(&a.delta),
+                    b.post_attn_norm.as_ref(),
+                    &b.ffn_norm,
+                    m,
+                    d,
+                    eps,
+                    off,
+                    &mut a.h,
+                )?;
+            }
             mark(prof, dev, Stage::ResidNorm)?;
             self.mlp(dev, b, io, a, m, fuse, prof)?;
             // x += post_norm(ffn); h = next block's attn_norm(x) (or the final norm)
@@ -935,24 +976,27 @@ impl GpuDecoder {
                 Some(nb) => &nb.attn_norm,
                 None => &self.out_norm,
             };
-            ops::resid_norm(
-                dev,
-                io.x,
-                Some(&a.delta),
-                b.post_ffn_norm.as_ref(),
-                next_norm,
-                m,
-                d,
-                eps,
-                off,
-                &mut a.h,
-            )?;
+            if !io.skips(SkipForDiagnosis::SmallOps) {
+                ops::resid_norm(
+                    dev,
+                    io.x,
+                    Some(&a.delta),
+                    b.post_ffn_norm.as_ref(),
+                    next_norm,
+                    m,
+                    d,
+                    eps,
+                    off,
+                    &mut a.h,
+                )?;
+            }
             mark(prof, dev, Stage::ResidNorm)?;
         }
         // a.h = final-normed rows; the LM head runs on the wanted ones only.
         begin(prof, dev)?;
         let (vocab, cap, n) = (c.vocab_size, c.final_logit_softcap, n_logits);
-        if n == m {
+        if io.skips(SkipForDiagnosis::Gemms) {
+        } else if n == m {
             T::lm_head(
                 &self.lm_head,
                 dev,
@@ -1005,9 +1049,11 @@ impl GpuDecoder {
         let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let (qv, kv_rows, vv) = match &b.qkv {
             QkvWeights::Separate { q, k, v } => {
-                T::linear(q, dev, &a.h, m, &mut a.q, &mut io.g)?;
-                T::linear(k, dev, &a.h, m, &mut a.k, &mut io.g)?;
-                T::linear(v, dev, &a.h, m, &mut a.v, &mut io.g)?;
+                if !io.skips(SkipForDiagnosis::Gemms) {
+                    T::linear(q, dev, &a.h, m, &mut a.q, &mut io.g)?;
+                    T::linear(k, dev, &a.h, m, &mut a.k, &mut io.g)?;
+                    T::linear(v, dev, &a.h, m, &mut a.v, &mut io.g)?;
+                }
                 (
                     ProjRows {
                         data: a.q.as_view(),
@@ -1033,7 +1079,7 @@ impl GpuDecoder {
                     };
                     let out = FusedOut::Store(&mut a.fused);
                     T::linear_fused(w, dev, input, m, out, &mut io.g)?;
-                } else {
+                } else if !io.skips(SkipForDiagnosis::Gemms) {
                     T::linear(w, dev, &a.h, m, &mut a.fused, &mut io.g)?;
                 }
                 (
@@ -1072,6 +1118,7 @@ impl GpuDecoder {
             softcap: None,
         };
         match kv {
+            _ if io.skips(SkipForDiagnosis::SmallOps) => {}
             KvTarget::Slots(cache)
                 if io.distinct_seqs
                     && m <= ops::DECODE_MAX_ROWS.max(cache.n_seqs())
@@ -1138,7 +1185,7 @@ impl GpuDecoder {
         if fuse {
             let out = FusedOut::AddToResidual(&mut *io.x);
             T::linear_fused(&b.wo, dev, FusedIn::Plain(&a.attn), m, out, &mut io.g)?;
-        } else {
+        } else if !io.skips(SkipForDiagnosis::Gemms) {
             T::linear(&b.wo, dev, &a.attn, m, &mut a.delta, &mut io.g)?;
         }
         mark(prof, dev, Stage::OGemm)
@@ -1181,9 +1228,14 @@ impl GpuDecoder {
         };
         match &b.gate_up {
             GateUpWeights::Separate { gate, up } => {
-                T::linear(gate, dev, &a.h, m, &mut a.gate, &mut io.g)?;
-                T::linear(up, dev, &a.h, m, &mut a.up, &mut io.g)?;
+                if !io.skips(SkipForDiagnosis::Gemms) {
+                    T::linear(gate, dev, &a.h, m, &mut a.gate, &mut io.g)?;
+                    T::linear(up, dev, &a.h, m, &mut a.up, &mut io.g)?;
+                }
                 mark(prof, dev, Stage::GateUpGemm)?;
+                if io.skips(SkipForDiagnosis::SmallOps) {
+                    return self.mlp_down(dev, b, io, a, m, prof);
+                }
                 ops::glu(
                     dev,
                     &a.gate.as_view(),
@@ -1196,8 +1248,13 @@ impl GpuDecoder {
                 )?;
             }
             GateUpWeights::Fused(w) => {
-                T::linear(w, dev, &a.h, m, &mut a.fused, &mut io.g)?;
+                if !io.skips(SkipForDiagnosis::Gemms) {
+                    T::linear(w, dev, &a.h, m, &mut a.fused, &mut io.g)?;
+                }
                 mark(prof, dev, Stage::GateUpGemm)?;
+                if io.skips(SkipForDiagnosis::SmallOps) {
+                    return self.mlp_down(dev, b, io, a, m, prof);
+                }
                 ops::glu(
                     dev,
                     &a.fused.slice(0..),
@@ -1211,8 +1268,31 @@ impl GpuDecoder {
             }
         }
         mark(prof, dev, Stage::Glu)?;
-        T::linear(&b.down, dev, &a.act, m, &mut a.delta, &mut io.g)?;
+        self.mlp_down(dev, b, io, a, m, prof)
+    }
+
+    /// The down projection `a.act` -> `a.delta` of the unfused MLP.
+    fn mlp_down<T: DecoderAct>(
+        &self,
+        dev: &Arc<CudaDevice>,
+        b: &GpuBlock,
+        io: &mut StepIo<'_>,
+        a: &mut ActBufs<T>,
+        m: usize,
+        prof: &mut Option<&mut StageTimer>,
+    ) -> Result<()> {
+        if !io.skips(SkipForDiagnosis::Gemms) {
+            T::linear(&b.down, dev, &a.act, m, &mut a.delta, &mut io.g)?;
+        }
         mark(prof, dev, Stage::DownGemm)
+    }
+}
+
+impl StepIo<'_> {
+    /// Whether this pass leaves out the kernels of `what` (timing
+    /// diagnosis only).
+    fn skips(&self, what: SkipForDiagnosis) -> bool {
+        self.skip == what
     }
 }
 
@@ -1231,4 +1311,6 @@ struct StepIo<'a> {
     attn32: &'a mut CudaSlice<f32>,
     logits: &'a mut CudaSlice<f32>,
     g: GemmScratch<'a>,
+    /// [`Scratch::skip_for_diagnosis`] of this pass.
+    skip: SkipForDiagnosis,
 }

@@ -30,7 +30,9 @@ pub mod sequence;
 pub mod spec;
 pub mod stages;
 
-pub use decoder::{GateUpWeights, GpuDecoder, LogitRows, QkvWeights, Scratch, Select};
+pub use decoder::{
+    GateUpWeights, GpuDecoder, LogitRows, QkvWeights, Scratch, Select, SkipForDiagnosis,
+};
 pub use paged::{GpuBatchModel, PagedOptions};
 pub use sequence::GpuSequence;
 
