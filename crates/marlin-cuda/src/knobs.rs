@@ -89,7 +89,11 @@ impl Count {
         *self.value.get_or_init(|| {
             let raw = std::env::var(self.name).ok();
             parse_count(raw.as_deref(), &self.range).unwrap_or_else(|bad| {
-                let want = format!("a whole number in {}..={}", self.range.start(), self.range.end());
+                let want = format!(
+                    "a whole number in {}..={}",
+                    self.range.start(),
+                    self.range.end()
+                );
                 warn_ignored(self.name, &bad, &want);
                 None
             })
