@@ -1059,12 +1059,40 @@ fn decode_probe_skip_loop() -> bool {
     })
 }
 
+/// The lean paired main loop of the decode kernels (docs/CUDA.md change 38):
+/// activation loads only in lanes of existing token rows, no refill code
+/// when the ring holds a warp's chunks, one scale fold per pair where the
+/// pair shares a scale group. `MARLIN_INT4_DEC_LEAN` (read once): unset or
+/// `1` on, `0` off (the paired loop of change 36), `bcast` on with every lane
+/// loading activations (absent token rows read row 0's: a diagnostic of what
+/// the predicated-off loads save); any other value is reported once on
+/// stderr and the default used (as `crate::knobs` does). Returns the
+/// W4_DEC_LEAN (8) and W4_DEC_LEAN_BCAST (16) bits of the `flags` argument.
+fn decode_lean_bits() -> i32 {
+    static BITS: OnceLock<i32> = OnceLock::new();
+    *BITS.get_or_init(|| {
+        let raw = std::env::var("MARLIN_INT4_DEC_LEAN").unwrap_or_default();
+        match raw.trim() {
+            "0" => 0,
+            "bcast" => 8 | 16,
+            "" | "1" => 8,
+            other => {
+                eprintln!(
+                    "marlin: MARLIN_INT4_DEC_LEAN={other:?} ignored (want 0, 1 or bcast); using 1"
+                );
+                8
+            }
+        }
+    })
+}
+
 /// The decode kernels' `flags` argument (W4_DEC_PRE_WAIT, W4_DEC_PAIRED,
-/// W4_DEC_PROBE_SKIP_LOOP in the source).
+/// W4_DEC_PROBE_SKIP_LOOP, W4_DEC_LEAN, W4_DEC_LEAN_BCAST in the source).
 fn decode_flags() -> i32 {
     i32::from(int4_prewait())
         | (i32::from(int4_paired()) << 1)
         | (i32::from(decode_probe_skip_loop()) << 2)
+        | decode_lean_bits()
 }
 
 /// Launch shape of the stream-K decode kernel: `blocks` x `warps` warps,

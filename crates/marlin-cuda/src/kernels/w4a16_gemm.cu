@@ -626,6 +626,34 @@ __device__ __forceinline__ void w4_fused_store(u16* __restrict__ C, float* __res
 // 36): the main loop is skipped (the output is zeros, not a result), so
 // that a timing shows what everything else of a launch costs.
 #define W4_DEC_PROBE_SKIP_LOOP 4
+// Lean paired loop (docs/CUDA.md change 38; MARLIN_INT4_DEC_LEAN=0 off):
+// activation loads only in lanes of existing token rows, shared addresses
+// as immediates, no refill code when the ring holds all of a warp's chunks,
+// one scale fold per pair when both chunks of every pair share a group.
+#define W4_DEC_LEAN 8
+// Diagnostic variant of the lean loop (MARLIN_INT4_DEC_LEAN=bcast): lanes of
+// absent token rows load token row 0's activations too (no predicate: every
+// lane of a t reads the same 16 bytes), so that a same-run timing says what
+// the predicated-off loads save over a broadcast. Their products land in
+// accumulator columns of absent tokens, which are never stored.
+#define W4_DEC_LEAN_BCAST 16
+
+// Compile-time flag for the generic lambdas of the lean loop.
+template <bool B>
+struct W4Bool {
+    static constexpr bool value = B;
+};
+
+// 16-byte shared load into v only where `on` (a predicated-off lane keeps
+// v and sends no request to shared memory: at M = 1 the 28 lanes of absent
+// token rows cost no wavefronts).
+__device__ __forceinline__ void lds128_if(u32* v, u32 addr, bool on) {
+    asm volatile(
+        "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %4, 0;\n\t"
+        "@p ld.shared.v4.u32 {%0, %1, %2, %3}, [%5];\n\t}"
+        : "+r"(v[0]), "+r"(v[1]), "+r"(v[2]), "+r"(v[3])
+        : "r"((int)on), "r"(addr));
+}
 
 // d (16x8 f32) = a (16x16 f16, row) . b (16x8 f16, col): mma with a zero
 // accumulator (the first k16 step of a chunk's own sum).
@@ -714,6 +742,14 @@ __device__ __forceinline__ void w4a16_dec_body(
     // (the paired main loop of the POST variants, below).
     const bool pre_wait = (flags & W4_DEC_PRE_WAIT) != 0;
     const bool paired = POST && RH == 1 && (flags & W4_DEC_PAIRED) != 0;
+    // Lean loop where its SASS is shorter than the paired loop's: chunk
+    // pairs inside one scale group (lean_grouped: groups of an even number
+    // of chunks, even first chunk and count), or a ring that holds all the
+    // warp's chunks (change 38: 128 / 108 / 144 instructions per pair
+    // against 166; with refills and pairs across groups it was 176, so
+    // those take the paired loop).
+    const bool lean_grouped = group_k32 >= 4 && ((group_k32 >> 1) & 1) == 0 && (w_begin & 1) == 0 && (n_my & 1) == 0;
+    const bool lean = paired && (flags & W4_DEC_LEAN) != 0 && (lean_grouped || n_my <= STAGES);
     u32* s_tile = reinterpret_cast<u32*>(reinterpret_cast<DecRing<STAGES>*>(dyn_smem) + n_warps);
     u32* z_tile = s_tile + s_rows * s_width;
     u16* a_tile = reinterpret_cast<u16*>(HAS_Z ? z_tile + s_rows * s_width : z_tile);
@@ -848,6 +884,136 @@ __device__ __forceinline__ void w4a16_dec_body(
 
     if (flags & W4_DEC_PROBE_SKIP_LOOP) {
         // Diagnostic: no main loop (the ring is drained by the wait below).
+    } else if (lean) {
+        // Lean paired loop (docs/CUDA.md change 38): the paired loop below
+        // with what its SASS spends on nothing taken out. At small N the
+        // loop over chunks already in shared memory is an SM-wide throughput
+        // limit (change 36), ~78 instructions and 12 shared wavefronts per
+        // chunk, so both are cut:
+        // - activations: lanes of token rows >= M (28 of 32 at M = 1) load
+        //   nothing; their registers stay zero for the whole loop (if a
+        //   16-byte load is served a quarter warp at a time: 2 instead of
+        //   8 wavefronts per chunk at M = 1..2, 4 at M = 3..4);
+        // - the lane's activation address is one base plus immediates (no
+        //   per-chunk multiply by a 0/64 step, no select for odd counts);
+        // - no refill code (predicated-off address math and commits were
+        //   still issued) when the ring holds all the warp's chunks
+        //   (n_my <= STAGES: every small-N M <= 4 plan);
+        // - where both chunks of every pair lie in one scale group (groups
+        //   of 128+, even start and count: the usual g128 case) the pair's
+        //   8 mma go to 2 accumulators and are scaled once (4 adds and 4
+        //   fma per pair instead of 8 and 8, one scale update).
+        const bool row_real = g < rows_here;
+        const bool row_load = row_real || (flags & W4_DEC_LEAN_BCAST) != 0;
+        const u32 a_at = smem_addr(a_tile + (row_real ? g : 0) * a_stride + (w_begin - c_begin) * 64 + 16 * t);
+        u32 act[2][8];
+#pragma unroll
+        for (int q = 0; q < 2; q++)
+#pragma unroll
+            for (int i = 0; i < 8; i++) act[q][i] = 0u;
+        float cur_sl = f16_lo_to_f32(*s_lane);  // column g
+        float cur_sh = f16_hi_to_f32(*s_lane);  // column g + 8
+        auto pairs = [&](auto refill_tag, auto grouped_tag) {
+            constexpr bool REFILL = decltype(refill_tag)::value;
+            constexpr bool GROUPED = decltype(grouped_tag)::value;
+            for (int base = 0; base < n_my; base += STAGES) {
+                const uint4* w_next = w_lane + (size_t)(base + STAGES) * 128;
+                const u32 a_round = a_at + (u32)base * 128u;
+#pragma unroll
+                for (int s = 0; s < STAGES; s += 2) {
+                    const int it = base + s;
+                    if (it < n_my) {
+                        // Odd count (never when GROUPED): the stale slot of
+                        // chunk it + 1 meets the previous pair's (finite)
+                        // activations and is scaled by 0.
+                        const bool two = GROUPED || it + 1 < n_my;
+                        if (REFILL) cp_async_wait<STAGES - 2>();
+                        const uint4 w0 = lds128_at(ring_at + s * 512);
+                        const uint4 w1 = lds128_at(ring_at + (s + 1) * 512);
+                        lds128_if(&act[0][0], a_round + s * 128, row_load);
+                        lds128_if(&act[0][4], a_round + s * 128 + 16, row_load);
+                        lds128_if(&act[1][0], a_round + (s + 1) * 128, row_load && two);
+                        lds128_if(&act[1][4], a_round + (s + 1) * 128 + 16, row_load && two);
+                        float sl[2], sh[2];
+                        if (GROUPED) {
+                            sl[0] = cur_sl;
+                            sh[0] = cur_sh;
+                            left -= 2;
+                            if (left == 0) {
+                                left = group_chunks;
+                                s_lane += row_step;
+                                cur_sl = f16_lo_to_f32(*s_lane);
+                                cur_sh = f16_hi_to_f32(*s_lane);
+                            }
+                        } else {
+#pragma unroll
+                            for (int q = 0; q < 2; q++) {
+                                const bool real = q == 0 || two;
+                                sl[q] = real ? cur_sl : 0.0f;
+                                sh[q] = real ? cur_sh : 0.0f;
+                                if (real && --left == 0) {
+                                    left = group_chunks;
+                                    s_lane += row_step;
+                                    cur_sl = f16_lo_to_f32(*s_lane);
+                                    cur_sh = f16_hi_to_f32(*s_lane);
+                                }
+                            }
+                        }
+                        const u32 words[2][4] = {{w0.x, w0.y, w0.z, w0.w}, {w1.x, w1.y, w1.z, w1.w}};
+                        // [chunk][k16 step parity]; GROUPED: chunk 1 adds into chunk 0's.
+                        float cur[2][2][4];
+#pragma unroll
+                        for (int j = 0; j < 4; j++) {
+#pragma unroll
+                            for (int q = 0; q < 2; q++) {
+                                u32 wa[4];
+                                dequant_word_unscaled(words[q][j], wa);
+                                const u32 bb[2] = {act[q][2 * j], act[q][2 * j + 1]};
+                                if (GROUPED) {
+                                    if (j < 2 && q == 0)
+                                        mma_16816_zc(cur[0][j & 1], wa, bb);
+                                    else
+                                        mma_16816(cur[0][j & 1], wa, bb);
+                                } else if (j < 2) {
+                                    mma_16816_zc(cur[q][j & 1], wa, bb);
+                                } else {
+                                    mma_16816(cur[q][j & 1], wa, bb);
+                                }
+                            }
+                        }
+                        if (REFILL) {
+                            // Both slots are consumed (values in registers): refill.
+                            if (it + STAGES < n_my) cp_async16_cg_at(ring_at + s * 512, w_next + s * 128);
+                            cp_async_commit();
+                            if (it + 1 + STAGES < n_my)
+                                cp_async16_cg_at(ring_at + (s + 1) * 512, w_next + (s + 1) * 128);
+                            cp_async_commit();
+                        }
+                        if (GROUPED) {
+#pragma unroll
+                            for (int i = 0; i < 4; i++)
+                                acc[0][i] = fmaf(cur[0][0][i] + cur[0][1][i], i < 2 ? sl[0] : sh[0], acc[0][i]);
+                        } else {
+#pragma unroll
+                            for (int q = 0; q < 2; q++)
+#pragma unroll
+                                for (int i = 0; i < 4; i++)
+                                    acc[0][i] = fmaf(cur[q][0][i] + cur[q][1][i], i < 2 ? sl[q] : sh[q], acc[0][i]);
+                        }
+                    }
+                }
+            }
+        };
+        if (n_my <= STAGES) {
+            // The ring holds every chunk (waited already with pre_wait).
+            if (!pre_wait) cp_async_wait<0>();
+            if (lean_grouped)
+                pairs(W4Bool<false>{}, W4Bool<true>{});
+            else
+                pairs(W4Bool<false>{}, W4Bool<false>{});
+        } else {
+            pairs(W4Bool<true>{}, W4Bool<true>{});  // lean_grouped (see `lean`)
+        }
     } else if (paired) {
         // Paired main loop (POST, one token tile; docs/CUDA.md change 36). The
         // single-chunk loop below is one dependent chain per chunk: wait,
