@@ -525,6 +525,17 @@ fn attention_matches_reference() {
         rows: vec![(0, 5)],
     };
     check_attention(&dev, &mut r, &c, 1, 8);
+    // Batch 1 of a longer cache: 23 splits of 48 keys, more than the 16
+    // whose partials the merge loads with the (max, sum) pairs.
+    let c = AttnCase {
+        n_heads: 16,
+        n_kv: 4,
+        hd: 128,
+        window: None,
+        softcap: None,
+        rows: vec![(0, 1090)],
+    };
+    check_attention(&dev, &mut r, &c, 1, 1100);
 }
 
 /// One case of the fused decode attention (QK-norm + RoPE + KV write in
@@ -827,6 +838,57 @@ fn argmax_matches_cpu() {
             }
             assert!(got[rows..].iter().all(|&v| v == 0xdead_beef));
         }
+        // The f16 form (an INT4 LM head's output): the same launch writes
+        // the f32 logits, equal to logits_from_f16's (bit for bit without a
+        // cap), and picks each row's argmax of them.
+        let l16: Vec<f16> = logits.iter().map(|&v| f16::from_f32(v)).collect();
+        let x16 = up(&dev, &l16);
+        for cap in [None, Some(20.0f32)] {
+            let mut want_d = poisoned(&dev, rows * vocab);
+            ops::logits_from_f16(&dev, &x16, rows * vocab, cap, &mut want_d).unwrap();
+            let want = dev.download(&want_d).unwrap();
+            for pass in 0..2 {
+                let mut got_d = poisoned(&dev, rows * vocab);
+                let mut out = up(&dev, &vec![0xdead_beef_u32; rows + SLACK]);
+                ops::argmax_rows_ws_f16(
+                    &dev, &x16, rows, vocab, cap, &mut got_d, &mut ws, &mut out,
+                )
+                .unwrap();
+                let got_l = dev.download(&got_d).unwrap();
+                let tol = if cap.is_some() { 1e-6 } else { 0.0 };
+                for (i, (g, w)) in got_l[..rows * vocab].iter().zip(&want).enumerate() {
+                    assert!(
+                        g.to_bits() == w.to_bits()
+                            || (g.is_nan() && w.is_nan())
+                            || (g - w).abs() <= tol * w.abs().max(1.0),
+                        "f16 logits [{i}] cap {cap:?}: got {g}, want {w}"
+                    );
+                }
+                assert!(got_l[rows * vocab..].iter().all(|v| v.is_nan()));
+                let got = dev.download(&out).unwrap();
+                for (i, row) in got_l[..rows * vocab].chunks(vocab).enumerate() {
+                    assert_eq!(
+                        got[i],
+                        argmax_ref(row),
+                        "f16 split argmax cap {cap:?} pass {pass} row {i} of {rows} x {vocab}"
+                    );
+                }
+                assert!(got[rows..].iter().all(|&v| v == 0xdead_beef));
+            }
+        }
+        let mut bad = poisoned(&dev, rows * vocab);
+        let mut out = up(&dev, &vec![0u32; rows]);
+        let e = ops::argmax_rows_ws_f16(
+            &dev,
+            &x16,
+            rows,
+            vocab,
+            Some(-1.0),
+            &mut bad,
+            &mut ws,
+            &mut out,
+        );
+        assert!(e.is_err(), "negative cap");
         if rows > 1 {
             let mut small = ops::ArgmaxWorkspace::new(&dev, rows - 1).unwrap();
             let mut out = up(&dev, &vec![0u32; rows]);

@@ -347,18 +347,35 @@ __device__ __forceinline__ unsigned long long samp_key(float v, u32 i) {
     return ((unsigned long long)ord << 32) | (unsigned long long)(0xffffffffu - i);
 }
 
-extern "C" __global__ void __launch_bounds__(SAMP_SPLIT_THREADS)
-    samp_argmax_split(const float* __restrict__ logits, u32* __restrict__ out, int vocab,
-                      int chunk, unsigned long long* __restrict__ best,
-                      u32* __restrict__ tickets) {
+// f16 bits -> f32 (exact), as marlin_common.cuh's f16_to_f32.
+__device__ __forceinline__ float samp_f16_to_f32(unsigned short h) {
+    float r;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(r) : "h"(h));
+    return r;
+}
+
+// The split argmax over f32 logits (F16_IN false), or over an f16 LM
+// head's output (F16_IN true), which it also converts into the f32
+// `logits` (soft-capped when cap > 0, the same arithmetic as ops.cu's
+// mops_logits_from_f16): one launch instead of a conversion and an
+// argmax (a PDL boundary per step).
+template <bool F16_IN>
+__device__ __forceinline__ void samp_argmax_split_impl(const void* __restrict__ in,
+                                                       float* __restrict__ logits, float cap,
+                                                       u32* __restrict__ out, int vocab, int chunk,
+                                                       unsigned long long* __restrict__ best,
+                                                       u32* __restrict__ tickets) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
     __shared__ unsigned long long s_key[SAMP_SPLIT_THREADS / 32];
-    __shared__ int s_last;
     const int row = blockIdx.y;
-    const float* r = logits + (long long)row * vocab;
+    const long long row_base = (long long)row * vocab;
+    const float* r = static_cast<const float*>(in) + row_base;
+    const unsigned short* r16 = static_cast<const unsigned short*>(in) + row_base;
+    float* lo = logits + row_base;
+    const float inv_cap = cap > 0.0f ? 1.0f / cap : 0.0f;
     const int begin = blockIdx.x * chunk;
     const int end = min(vocab, begin + chunk);
     unsigned long long key = 0ull;
@@ -367,7 +384,22 @@ extern "C" __global__ void __launch_bounds__(SAMP_SPLIT_THREADS)
 #pragma unroll
         for (int u = 0; u < SAMP_SPLIT_UNROLL; ++u) {
             const int i = i0 + u * SAMP_SPLIT_THREADS;
-            v[u] = i < end ? r[i] : __int_as_float(0x7fc00000);  // NaN: no key
+            if (F16_IN) {
+                v[u] = i < end ? samp_f16_to_f32(r16[i]) : __int_as_float(0x7fc00000);
+            } else {
+                v[u] = i < end ? r[i] : __int_as_float(0x7fc00000);  // NaN: no key
+            }
+        }
+        if (F16_IN) {
+#pragma unroll
+            for (int u = 0; u < SAMP_SPLIT_UNROLL; ++u) {
+                const int i = i0 + u * SAMP_SPLIT_THREADS;
+                if (i < end) {
+                    if (cap > 0.0f)
+                        v[u] = cap * (1.0f - 2.0f / (expf(2.0f * v[u] * inv_cap) + 1.0f));
+                    lo[i] = v[u];
+                }
+            }
         }
 #pragma unroll
         for (int u = 0; u < SAMP_SPLIT_UNROLL; ++u) {
@@ -389,12 +421,27 @@ extern "C" __global__ void __launch_bounds__(SAMP_SPLIT_THREADS)
         for (int w = 1; w < SAMP_SPLIT_THREADS / 32; ++w) key = s_key[w] > key ? s_key[w] : key;
         if (key != 0ull) atomicMax(best + row, key);
         __threadfence();  // the key is in before the ticket
-        s_last = atomicAdd(tickets + row, 1u) == gridDim.x - 1;
-        if (s_last) {
+        if (atomicAdd(tickets + row, 1u) == gridDim.x - 1) {
             __threadfence();
             const unsigned long long k = atomicExch(best + row, 0ull);
             tickets[row] = 0u;
             out[row] = k == 0ull ? SAMP_NO_TOKEN : 0xffffffffu - (u32)(k & 0xffffffffull);
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(SAMP_SPLIT_THREADS)
+    samp_argmax_split(const float* __restrict__ logits, u32* __restrict__ out, int vocab,
+                      int chunk, unsigned long long* __restrict__ best,
+                      u32* __restrict__ tickets) {
+    samp_argmax_split_impl<false>(logits, nullptr, 0.0f, out, vocab, chunk, best, tickets);
+}
+
+// `x` (rows, vocab) f16 -> f32 `logits` (soft-capped when cap > 0) and
+// the argmax of each row.
+extern "C" __global__ void __launch_bounds__(SAMP_SPLIT_THREADS)
+    samp_argmax_split_f16(const unsigned short* __restrict__ x, float* __restrict__ logits,
+                          float cap, u32* __restrict__ out, int vocab, int chunk,
+                          unsigned long long* __restrict__ best, u32* __restrict__ tickets) {
+    samp_argmax_split_impl<true>(x, logits, cap, out, vocab, chunk, best, tickets);
 }

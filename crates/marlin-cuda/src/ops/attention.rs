@@ -32,11 +32,18 @@ pub const DECODE_MAX_ROWS: usize = 16;
 /// Most key splits per (row, kv head) of the decode kernel (ATT_MAX_SPLITS
 /// in the source: the merge's shared memory).
 const MAX_SPLITS: usize = 64;
-/// Keys per split below which splitting further does not pay. Batch 1 at
-/// 512 positions is latency-bound: 16-key splits (2 keys per 16-lane key
-/// group) fill the device with 8x more blocks than 64-key ones, and the
-/// merge reads at most [`MAX_SPLITS`] partials.
-const MIN_KEYS_PER_SPLIT: usize = 16;
+/// Keys per split (of the cache's capacity) below which splitting further
+/// does not pay, unless `MARLIN_CUDA_ATTN_MIN_SPLIT_KEYS` sets another
+/// value. It binds at small batches of short caches only (batch 1 of
+/// Llama-8B at 707 positions: 15 splits instead of the device's 64; batch
+/// 8 takes 8 splits by occupancy either way): fewer, longer splits keep
+/// the merge within its first round trip (the partials of the first 16
+/// splits load together with the (max, sum) pairs) and launch fewer
+/// blocks, at the price of a key loop that continues after the PDL wait
+/// (each block reads 16 keys before it). A cap on the split count would
+/// do the same at 512 positions but starve long caches (16 splits of 256
+/// keys at 4096 positions: one block per SM streaming the cache).
+const MIN_KEYS_PER_SPLIT: usize = 48;
 /// Query vectors per prefill block and keys per shared-memory tile (keep in
 /// sync with ATT_QV / ATT_KT in the source).
 const PREFILL_QV: usize = 32;
@@ -287,8 +294,9 @@ pub(crate) fn decode_heads_per_block(group: usize) -> usize {
 /// down to whole splits so that the grid runs in one wave (a second,
 /// partial wave would cost a whole block's latency-bound time: batch 32
 /// at 4 blocks per SM took 3 splits = 1.45 waves), at most [`MAX_SPLITS`],
-/// none shorter than [`MIN_KEYS_PER_SPLIT`] keys at full capacity, and the
-/// partials must fit the workspace.
+/// none shorter than `min_keys` keys at full capacity, and the partials
+/// must fit the workspace.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn decode_splits(
     sm_count: usize,
     per_sm: usize,
@@ -297,9 +305,10 @@ pub(crate) fn decode_splits(
     blocks_per_split: usize,
     head_dim: usize,
     capacity: usize,
+    min_keys: usize,
 ) -> usize {
     let want = (per_sm.max(1) * sm_count) / blocks_per_split.max(1);
-    let by_keys = capacity.div_ceil(MIN_KEYS_PER_SPLIT).max(1);
+    let by_keys = capacity.div_ceil(min_keys.max(1)).max(1);
     let per_split = rows
         .saturating_mul(n_heads)
         .saturating_mul(head_dim + 2)
@@ -368,6 +377,15 @@ fn attn_blocks_per_sm_override() -> Option<usize> {
             .and_then(|v| v.trim().parse::<usize>().ok())
             .filter(|&n| n > 0)
     })
+}
+
+/// The shortest decode split in keys of the cache's capacity:
+/// `MARLIN_CUDA_ATTN_MIN_SPLIT_KEYS` (1..=4096; read once), else
+/// [`MIN_KEYS_PER_SPLIT`].
+fn attn_min_split_keys() -> usize {
+    static KNOB: crate::knobs::Count =
+        crate::knobs::Count::new("MARLIN_CUDA_ATTN_MIN_SPLIT_KEYS", 1..=4096);
+    KNOB.get().unwrap_or(MIN_KEYS_PER_SPLIT)
 }
 
 /// A cap on the decode split count below [`MAX_SPLITS`], when
@@ -500,6 +518,7 @@ fn decode_launch<T: ActElem>(
             rows * grid_y,
             p.head_dim,
             cache.capacity(),
+            attn_min_split_keys(),
         )
     } else {
         1
@@ -816,16 +835,21 @@ mod tests {
         // Llama-8B shapes on an H100 (132 SMs): batch 1 splits widely,
         // batch 32 a little, short caches little or not at all.
         // One wave: 4 blocks per SM x 132 SMs = 528 blocks.
-        assert_eq!(decode_splits(132, 4, 1, 32, 8, 128, 4096), 64);
-        assert_eq!(decode_splits(132, 4, 32, 32, 256, 128, 4096), 2);
-        assert_eq!(decode_splits(132, 4, 8, 32, 64, 128, 4096), 8);
-        assert_eq!(decode_splits(132, 2, 8, 32, 64, 128, 4096), 4);
-        assert_eq!(decode_splits(132, 4, 1, 32, 8, 128, 64), 4);
-        assert_eq!(decode_splits(132, 4, 1, 32, 8, 128, 707), 45);
-        assert_eq!(decode_splits(132, 4, 1, 32, 8, 128, 16), 1);
-        assert_eq!(decode_splits(132, 4, 64, 32, 1024, 128, 4096), 1);
+        let mk = MIN_KEYS_PER_SPLIT;
+        assert_eq!(decode_splits(132, 4, 1, 32, 8, 128, 4096, mk), 64);
+        assert_eq!(decode_splits(132, 4, 32, 32, 256, 128, 4096, mk), 2);
+        assert_eq!(decode_splits(132, 4, 8, 32, 64, 128, 4096, mk), 8);
+        assert_eq!(decode_splits(132, 2, 8, 32, 64, 128, 4096, mk), 4);
+        assert_eq!(decode_splits(132, 4, 1, 32, 8, 128, 64, 16), 4);
+        assert_eq!(decode_splits(132, 4, 1, 32, 8, 128, 707, 16), 45);
+        assert_eq!(decode_splits(132, 4, 1, 32, 8, 128, 16, 16), 1);
+        assert_eq!(decode_splits(132, 4, 64, 32, 1024, 128, 4096, mk), 1);
+        // The minimum binds at batch 1 of a short cache only.
+        assert_eq!(decode_splits(132, 4, 1, 32, 8, 128, 707, 48), 15);
+        assert_eq!(decode_splits(132, 4, 8, 32, 64, 128, 707, 48), 8);
+        assert_eq!(decode_splits(132, 4, 1, 32, 8, 128, 0, 48), 1);
         for rows in [1, 3, 17, 64, 256] {
-            let s = decode_splits(132, 4, rows, 64, rows * 8, 256, 1 << 20);
+            let s = decode_splits(132, 4, rows, 64, rows * 8, 256, 1 << 20, mk);
             assert!(s >= 1 && rows * 64 * s * 258 <= ATTN_PARTIAL_FLOATS || s == 1);
         }
         assert_eq!(decode_heads_per_block(1), 1);

@@ -50,8 +50,8 @@ pub use paged::{
 };
 pub use rope::{rope_inplace, GpuRope};
 pub use sampling::{
-    argmax_rows, argmax_rows_ws, check_sampling_params, sample_rows, ArgmaxWorkspace,
-    DeviceSampling, MAX_TOP_K, NO_TOKEN,
+    argmax_rows, argmax_rows_ws, argmax_rows_ws_f16, check_sampling_params, sample_rows,
+    ArgmaxWorkspace, DeviceSampling, MAX_TOP_K, NO_TOKEN,
 };
 
 use cudarc::driver::LaunchConfig;

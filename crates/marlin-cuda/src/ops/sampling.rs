@@ -129,24 +129,9 @@ pub fn argmax_rows_ws(
     out: &mut CudaSlice<u32>,
 ) -> Result<()> {
     check_logits("argmax_rows_ws", logits.len(), rows, vocab, out.len())?;
-    if rows > ws.rows {
-        return Err(CudaError::Shape(format!(
-            "argmax_rows_ws: {rows} rows in a workspace for {}",
-            ws.rows
-        )));
-    }
-    if rows == 0 {
+    let Some((cfg, chunk_i)) = split_config(dev, "argmax_rows_ws", rows, vocab, ws)? else {
         return Ok(());
-    }
-    if rows > 65_535 {
-        return Err(CudaError::Shape(format!(
-            "argmax_rows_ws: {rows} rows exceed the grid's 65535"
-        )));
-    }
-    let per_row_cap = (2 * dev.sm_count() / rows).max(1);
-    let blocks = vocab.div_ceil(SPLIT_CHUNK).min(per_row_cap).max(1);
-    let chunk = vocab.div_ceil(blocks);
-    let chunk_i = to_i32("argmax_rows_ws chunk", chunk)?;
+    };
     let vocab_i = vocab as i32;
     let name = "samp_argmax_split";
     let func = dev.function(MODULE, SOURCE, name, 0)?;
@@ -157,17 +142,98 @@ pub fn argmax_rows_ws(
         .arg(&chunk_i)
         .arg(&ws.best)
         .arg(&ws.tickets);
+    // SAFETY: argument order and types match samp_argmax_split; logits hold
+    // rows*vocab values, out rows, the workspace rows zeroed keys and
+    // tickets (rows <= ws.rows, checked by split_config); blocks * chunk >=
+    // vocab and every block reads only [blockIdx.x * chunk, min(vocab,
+    // ..+chunk)); the kernel waits on its predecessor before reading
+    // anything.
+    unsafe { b.launch_pdl(cfg) }
+}
+
+/// [`argmax_rows_ws`] of an f16 LM head's output `x (rows, vocab)`, which
+/// the same launch also converts into the f32 `logits` (soft-capped by
+/// `cap` like [`super::logits_from_f16`]): one launch instead of the
+/// conversion and the argmax.
+#[allow(clippy::too_many_arguments)]
+pub fn argmax_rows_ws_f16(
+    dev: &CudaDevice,
+    x: &CudaSlice<half::f16>,
+    rows: usize,
+    vocab: usize,
+    cap: Option<f32>,
+    logits: &mut CudaSlice<f32>,
+    ws: &mut ArgmaxWorkspace,
+    out: &mut CudaSlice<u32>,
+) -> Result<()> {
+    let what = "argmax_rows_ws_f16";
+    check_logits(what, logits.len(), rows, vocab, out.len())?;
+    check_len(&format!("{what} x"), x.len(), mul(what, rows, vocab)?)?;
+    let cap = match cap {
+        Some(c) if !(c.is_finite() && c > 0.0) => {
+            return Err(CudaError::Shape(format!(
+                "{what}: cap {c} must be positive"
+            )))
+        }
+        Some(c) => c,
+        None => 0.0,
+    };
+    let Some((cfg, chunk_i)) = split_config(dev, what, rows, vocab, ws)? else {
+        return Ok(());
+    };
+    let vocab_i = vocab as i32;
+    let name = "samp_argmax_split_f16";
+    let func = dev.function(MODULE, SOURCE, name, 0)?;
+    let mut b = KernelLaunch::new(dev, &func, name);
+    b.arg(x)
+        .arg(&*logits)
+        .arg(&cap)
+        .arg(out)
+        .arg(&vocab_i)
+        .arg(&chunk_i)
+        .arg(&ws.best)
+        .arg(&ws.tickets);
+    // SAFETY: argument order and types match samp_argmax_split_f16; x and
+    // logits hold rows*vocab values, out rows, the workspace rows zeroed
+    // keys and tickets (checked above and by split_config); every block
+    // reads and writes only [blockIdx.x * chunk, min(vocab, ..+chunk)) of
+    // its row, after waiting on its predecessor.
+    unsafe { b.launch_pdl(cfg) }
+}
+
+/// Grid of the split argmax for `rows` rows of `vocab` (and its chunk per
+/// block), None for no rows; checks the workspace and the grid limit.
+fn split_config(
+    dev: &CudaDevice,
+    what: &str,
+    rows: usize,
+    vocab: usize,
+    ws: &ArgmaxWorkspace,
+) -> Result<Option<(LaunchConfig, i32)>> {
+    if rows > ws.rows {
+        return Err(CudaError::Shape(format!(
+            "{what}: {rows} rows in a workspace for {}",
+            ws.rows
+        )));
+    }
+    if rows == 0 {
+        return Ok(None);
+    }
+    if rows > 65_535 {
+        return Err(CudaError::Shape(format!(
+            "{what}: {rows} rows exceed the grid's 65535"
+        )));
+    }
+    let per_row_cap = (2 * dev.sm_count() / rows).max(1);
+    let blocks = vocab.div_ceil(SPLIT_CHUNK).min(per_row_cap).max(1);
+    let chunk = vocab.div_ceil(blocks);
+    let chunk_i = to_i32(&format!("{what} chunk"), chunk)?;
     let cfg = LaunchConfig {
         grid_dim: (blocks as u32, rows as u32, 1),
         block_dim: (SPLIT_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: argument order and types match samp_argmax_split; logits hold
-    // rows*vocab values, out rows, the workspace rows zeroed keys and
-    // tickets (rows <= ws.rows, checked above); blocks * chunk >= vocab and
-    // every block reads only [blockIdx.x * chunk, min(vocab, ..+chunk));
-    // the kernel waits on its predecessor before reading anything.
-    unsafe { b.launch_pdl(cfg) }
+    Ok(Some((cfg, chunk_i)))
 }
 
 /// Checks sampling parameters as [`sample_rows`] does, without a launch

@@ -22,6 +22,9 @@
 //! With [`Scratch::fuse_ops`] (`MARLIN_GPU_FUSE_OPS=1`) a Llama-style INT4
 //! model at M <= 16 runs 5 launches per layer ([`GpuDecoder::fused_ops`]):
 //! the norms, residual adds and SwiGLU ride in the INT4 GEMMs.
+//! Greedy decoding picks its tokens in the LM head's stage: on the f16
+//! path one split-argmax launch also converts the head's f16 output into
+//! the f32 logits.
 
 use std::sync::Arc;
 
@@ -476,7 +479,8 @@ trait DecoderAct: ActElem {
         dst: &mut CudaSlice<Self>,
     ) -> Result<()>;
 
-    /// LM head of `rows` rows of `x` -> f32 `logits`, soft-capped by `cap`.
+    /// LM head of `rows` rows of `x` -> f32 `logits`, soft-capped by `cap`;
+    /// with `argmax`, also each row's greedy token (split argmax).
     #[allow(clippy::too_many_arguments)]
     fn lm_head(
         l: &GpuLinear,
@@ -488,6 +492,7 @@ trait DecoderAct: ActElem {
         lm_out: &mut CudaSlice<Self>,
         logits: &mut CudaSlice<f32>,
         g: &mut GemmScratch<'_>,
+        argmax: Option<ArgmaxOut<'_>>,
     ) -> Result<()>;
 }
 
@@ -542,10 +547,14 @@ impl DecoderAct for f32 {
         _lm_out: &mut CudaSlice<f32>,
         logits: &mut CudaSlice<f32>,
         g: &mut GemmScratch<'_>,
+        argmax: Option<ArgmaxOut<'_>>,
     ) -> Result<()> {
         l.forward(dev, x, rows, logits, g.lin)?;
         if let Some(cap) = cap {
             ops::softcap_inplace(dev, logits, rows * vocab, cap)?;
+        }
+        if let Some(a) = argmax {
+            ops::argmax_rows_ws(dev, logits, rows, vocab, a.ws, a.next_ids)?;
         }
         Ok(())
     }
@@ -621,15 +630,22 @@ impl DecoderAct for f16 {
         lm_out: &mut CudaSlice<f16>,
         logits: &mut CudaSlice<f32>,
         g: &mut GemmScratch<'_>,
+        argmax: Option<ArgmaxOut<'_>>,
     ) -> Result<()> {
         f16::linear(l, dev, x, rows, lm_out, g)?;
-        Ok(ops::logits_from_f16(
-            dev,
-            lm_out,
-            rows * vocab,
-            cap,
-            logits,
-        )?)
+        match argmax {
+            // The conversion to f32 logits inside the argmax launch.
+            Some(a) => Ok(ops::argmax_rows_ws_f16(
+                dev, lm_out, rows, vocab, cap, logits, a.ws, a.next_ids,
+            )?),
+            None => Ok(ops::logits_from_f16(
+                dev,
+                lm_out,
+                rows * vocab,
+                cap,
+                logits,
+            )?),
+        }
     }
 }
 
@@ -675,6 +691,23 @@ pub enum SkipForDiagnosis {
 fn split_argmax_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("MARLIN_CUDA_SPLIT_ARGMAX").map_or(true, |v| v.trim() != "0"))
+}
+
+/// Whether greedy decoding picks its tokens in the LM head's stage (the f16
+/// path converts its logits to f32 in the argmax launch, one launch
+/// instead of two): not when `MARLIN_GPU_ARGMAX_IN_LM_HEAD=0` (measuring
+/// the difference; read once). Only with the split argmax.
+fn argmax_in_lm_head_enabled() -> bool {
+    static KNOB: marlin_cuda::knobs::Switch =
+        marlin_cuda::knobs::Switch::new("MARLIN_GPU_ARGMAX_IN_LM_HEAD", true);
+    KNOB.get()
+}
+
+/// Where the LM head's stage writes the greedy tokens (see
+/// [`DecoderAct::lm_head`]).
+struct ArgmaxOut<'a> {
+    ws: &'a mut ops::ArgmaxWorkspace,
+    next_ids: &'a mut CudaSlice<u32>,
 }
 
 /// Whether the decode step folds its small ops into the INT4 GEMMs by
@@ -819,6 +852,13 @@ impl GpuDecoder {
             )));
         }
         let skip = s.skip_for_diagnosis;
+        // Greedy tokens from the LM head's stage (not when a diagnosis
+        // leaves the LM head out).
+        let argmax_in_lm_head = matches!(select, Select::Argmax)
+            && split_argmax_enabled()
+            && argmax_in_lm_head_enabled()
+            && skip != SkipForDiagnosis::Gemms
+            && n_logits > 0;
         // A timing diagnosis leaves kernels out of the unfused step.
         let fuse = s.fuse_ops && skip == SkipForDiagnosis::Nothing && self.fused_ops(dev, m);
         let Scratch {
@@ -853,6 +893,10 @@ impl GpuDecoder {
             logits,
             g: GemmScratch { lin, ws },
             skip,
+            argmax: argmax_in_lm_head.then_some(ArgmaxOut {
+                ws: &mut *argmax_ws,
+                next_ids: &mut *next_ids,
+            }),
         };
         let mut prof = prof;
         let mut kv = kv;
@@ -866,7 +910,7 @@ impl GpuDecoder {
         }
         let vocab = self.spec.cfg.vocab_size;
         match select {
-            _ if n_logits == 0 => {}
+            _ if n_logits == 0 || argmax_in_lm_head => {}
             Select::None => {}
             Select::Argmax if split_argmax_enabled() => {
                 ops::argmax_rows_ws(dev, logits, n_logits, vocab, argmax_ws, next_ids)?
@@ -1007,6 +1051,7 @@ impl GpuDecoder {
                 &mut a.lm_out,
                 io.logits,
                 &mut io.g,
+                io.argmax.take(),
             )?;
         } else if n > 0 {
             let src = a.h.slice((m - n) * d..m * d);
@@ -1023,6 +1068,7 @@ impl GpuDecoder {
                 &mut a.lm_out,
                 io.logits,
                 &mut io.g,
+                io.argmax.take(),
             )?;
         }
         mark(prof, dev, Stage::LmHead)
@@ -1313,4 +1359,6 @@ struct StepIo<'a> {
     g: GemmScratch<'a>,
     /// [`Scratch::skip_for_diagnosis`] of this pass.
     skip: SkipForDiagnosis,
+    /// Greedy token choice in the LM head's stage (taken by it).
+    argmax: Option<ArgmaxOut<'a>>,
 }
