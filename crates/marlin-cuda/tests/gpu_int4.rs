@@ -206,27 +206,42 @@ fn int4_whole_column_plan_matches_reference() {
     let dev = device();
     let mut ws = GemmWorkspace::new(&dev).expect("workspace");
     let opts = GemmOptions::default();
-    for &m in &[1, 2, 5, 8] {
-        for &(n, k, group, asym) in &[
-            (14336, 1000, 128, false),
-            (14336, 2048, 128, false),
-            (14336, 1472, 64, false),
-            (28672, 1024, 64, true),
-            (14336, 990, 32, true),
-        ] {
-            let probe =
-                Int4Weight::from_quant(&dev, &random_int4(n, k, group, asym, 7)).expect("upload");
-            // The symmetric g >= 64 weights must take the plan (groups of 32
-            // with zero points may not fit its shared memory: then the rule
-            // or stream-K runs, checked all the same).
-            if group >= 64 {
-                assert!(
-                    whole_column_plan(m, &probe, dev.sm_count()),
-                    "M={m} {n}x{k} g{group}: no whole-column plan"
-                );
-            }
-            check(&dev, &mut ws, m, n, k, group, asym, opts);
+    // The decode step's own shapes (gate|up 28672x4096, 14336x4096: the
+    // plans Auto takes there, 14 x 1 x 1 and 7 x 2 x 1 column blocks x K
+    // slices x splits on 132 SMs) at M = 1 and 8, and awkward K at more M.
+    let cases: Vec<(usize, (usize, usize, usize, bool))> = [1, 8]
+        .iter()
+        .flat_map(|&m| {
+            [
+                (m, (28672, 4096, 128, false)),
+                (m, (14336, 4096, 128, false)),
+            ]
+        })
+        .chain([1, 2, 5, 8].iter().flat_map(|&m| {
+            [
+                (14336, 1000, 128, false),
+                (14336, 2048, 128, false),
+                (14336, 1472, 64, false),
+                (28672, 1024, 64, true),
+                (14336, 990, 32, true),
+            ]
+            .map(|shape| (m, shape))
+        }))
+        .collect();
+    for &(m, (n, k, group, asym)) in &cases {
+        let probe =
+            Int4Weight::from_quant(&dev, &random_int4(n, k, group, asym, 7)).expect("upload");
+        // Weights with groups of >= 64 (symmetric or with zero points)
+        // must take the plan; groups of 32 with zero points may not fit
+        // its shared memory: then the rule or stream-K runs, checked
+        // all the same.
+        if group >= 64 {
+            assert!(
+                whole_column_plan(m, &probe, dev.sm_count()),
+                "M={m} {n}x{k} g{group}: no whole-column plan"
+            );
         }
+        check(&dev, &mut ws, m, n, k, group, asym, opts);
     }
     println!("PASS int4 whole-column decode plan");
 }

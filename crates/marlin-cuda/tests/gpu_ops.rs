@@ -807,11 +807,13 @@ fn argmax_matches_cpu() {
             logits[5..10].fill(f32::NAN); // second row: all NaN
         }
         if vocab == 32_000 {
-            // Signed zeros tie (lowest index wins) above a negative row.
+            // Signed zeros tie (lowest index wins) above a negative row:
+            // -0 at the lowest index, so a kernel that orders +0 above -0
+            // answers 9_000 and fails.
             let row = &mut logits[..vocab];
             row.fill(-1.0);
-            row[9_000] = -0.0;
-            row[5_000] = 0.0;
+            row[5_000] = -0.0;
+            row[9_000] = 0.0;
             row[20_000] = -0.0;
         }
         let ld = up(&dev, &logits);

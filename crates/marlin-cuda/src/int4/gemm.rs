@@ -16,6 +16,7 @@ use super::pack::{pack_int4, Int4Packed, N_TILE};
 use super::{bulk, wgmma, wgmma_ws};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
+use crate::knobs;
 use crate::ops::launch::{KernelArg, KernelLaunch};
 use crate::ops::to_i32;
 
@@ -757,7 +758,7 @@ fn decode_launch_for(
             return Some((plan_of(shape), shape));
         }
     }
-    if forced.is_none() {
+    if forced.is_none() && WHOLE_COLUMN.get() {
         if let Some(shape) = whole_column_shape(m, (n16, kc, group_k32), has_zeros, sm_count) {
             return Some((plan_of(shape), shape));
         }
@@ -921,9 +922,7 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
     let auto_stream_k = opts.path == GemmPath::Auto
         && opts.splits.is_none()
         && m <= SK_MAX_M
-        && stream_k_auto(w.n)
-        && (stream_k_forced().is_some()
-            || !(whole_column_auto() && whole_column_plan(m, w, dev.sm_count())));
+        && auto_takes_stream_k(m, w, dev.sm_count());
     if opts.path == GemmPath::StreamK || auto_stream_k {
         let forced = if opts.path == GemmPath::StreamK {
             opts.splits
@@ -1000,33 +999,34 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
     }))
 }
 
-/// Whether `GemmPath::Auto` takes the stream-K decode kernel at M <= 16
-/// (where it fits) for a weight of `n` columns: `MARLIN_INT4_STREAMK=1` /
-/// `0` forces it on / off for every shape (read once; same-run comparisons
-/// of the decode step with and without it), else `n >= SK_AUTO_MIN_N`
-/// unless the decode kernel's whole-column plan takes the call
-/// ([`whole_column_plan`]).
+/// Whether the stream-K decode kernel is a candidate at M <= 16 for a
+/// weight of `n` columns: `MARLIN_INT4_STREAMK=1` / `0` forces it on / off
+/// for every shape (same-run comparisons of the decode step with and
+/// without it), else `n >= SK_AUTO_MIN_N`. Whether `GemmPath::Auto` (and
+/// the fused RMSNorm path) then takes it is [`auto_takes_stream_k`].
 pub fn stream_k_auto(n: usize) -> bool {
-    stream_k_forced().unwrap_or(n >= SK_AUTO_MIN_N)
+    STREAM_K_FORCED.get().unwrap_or(n >= SK_AUTO_MIN_N)
 }
 
-/// Whether `GemmPath::Auto` prefers the decode kernel's whole-column plan
-/// to stream-K where both apply: `MARLIN_INT4_WHOLE_COLUMN=0` (read once)
-/// restores stream-K, for same-run comparisons of the decode step.
-fn whole_column_auto() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("MARLIN_INT4_WHOLE_COLUMN").map_or(true, |v| v.trim() != "0"))
+/// Whether the automatic choice (`GemmPath::Auto`, the fused RMSNorm
+/// entry) takes the stream-K decode kernel for this call: a candidate
+/// ([`stream_k_auto`]) that the decode kernel's whole-column plan does not
+/// beat (change 36: 28672x4096 M = 1 24.95 against 26.41 us in the PDL
+/// context), unless `MARLIN_INT4_STREAMK` forces the choice.
+fn auto_takes_stream_k(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
+    stream_k_auto(w.n)
+        && (STREAM_K_FORCED.get().is_some()
+            || !(WHOLE_COLUMN.get() && whole_column_plan(m, w, sm_count)))
 }
 
-/// `MARLIN_INT4_STREAMK=1` / `0` (read once), None when unset.
-fn stream_k_forced() -> Option<bool> {
-    static FORCED: OnceLock<Option<bool>> = OnceLock::new();
-    *FORCED.get_or_init(|| {
-        std::env::var("MARLIN_INT4_STREAMK")
-            .ok()
-            .map(|v| v.trim() != "0")
-    })
-}
+/// `MARLIN_INT4_WHOLE_COLUMN=0` turns the decode kernel's whole-column plan
+/// off (Auto then takes stream-K where it did, and the split-K decode plans
+/// elsewhere), for same-run comparisons of the decode step.
+static WHOLE_COLUMN: knobs::Switch = knobs::Switch::new("MARLIN_INT4_WHOLE_COLUMN", true);
+
+/// `MARLIN_INT4_STREAMK=1` / `0`: the stream-K decode kernel for every
+/// shape where it fits / never; unset: by shape ([`stream_k_auto`]).
+static STREAM_K_FORCED: knobs::Force = knobs::Force::new("MARLIN_INT4_STREAMK");
 
 /// Whether the split-K INT4 decode kernel streams weights before its PDL
 /// wait (W4_DEC_PRE_WAIT of the `flags` argument of `w4a16_dec_*`): it issues its scale rows
@@ -1035,27 +1035,35 @@ fn stream_k_forced() -> Option<bool> {
 /// wait first; read once), for same-run comparisons of the decode step
 /// (docs/CUDA.md, change 30).
 pub fn int4_prewait() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("MARLIN_INT4_PREWAIT").map_or(true, |v| v.trim() != "0"))
+    static ON: knobs::Switch = knobs::Switch::new("MARLIN_INT4_PREWAIT", true);
+    ON.get()
 }
 
 /// Whether the decode kernels of one token tile with scales after the mma
 /// (`w4a16_dec_m4`, `w4a16_dec_m8` and their fused forms) run the paired
 /// main loop (two chunks per step, per-chunk fp32 sums; docs/CUDA.md change
-/// 33). `MARLIN_INT4_PAIR=0` / `1` (read once) for same-run comparisons.
+/// 36). `MARLIN_INT4_PAIR=0` / `1` (read once) for same-run comparisons.
 pub fn int4_paired() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("MARLIN_INT4_PAIR").map_or(true, |v| v.trim() != "0"))
+    static ON: knobs::Switch = knobs::Switch::new("MARLIN_INT4_PAIR", true);
+    ON.get()
 }
 
 /// Diagnostic probe of the decode kernels: `MARLIN_INT4_DEC_PROBE=skip-loop`
 /// (read once) makes them skip their main loop, so that a benchmark times
 /// what the rest of a launch costs (the GEMM output is zeros: never a
-/// result; docs/CUDA.md change 36).
+/// result; docs/CUDA.md change 36). Any binary that inherits the variable
+/// computes wrong answers, so the first read says so on stderr.
 fn decode_probe_skip_loop() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
-        std::env::var("MARLIN_INT4_DEC_PROBE").is_ok_and(|v| v.trim() == "skip-loop")
+        let on = std::env::var("MARLIN_INT4_DEC_PROBE").is_ok_and(|v| v.trim() == "skip-loop");
+        if on {
+            eprintln!(
+                "marlin: MARLIN_INT4_DEC_PROBE=skip-loop: INT4 decode GEMMs skip their main \
+                 loop and return zeros (a timing probe, not a result)"
+            );
+        }
+        on
     })
 }
 
@@ -1610,7 +1618,7 @@ fn resolve_fused(
             32 * w.group_k32
         )));
     }
-    if kind == FusedKind::Rms && stream_k_auto(w.n) {
+    if kind == FusedKind::Rms && auto_takes_stream_k(m, w, dev.sm_count()) {
         // The prologue's reduction array adds 1088 B of static shared memory:
         // the dynamic limit (the function attribute) is the block's limit
         // less FUSED_SK_STATIC_SMEM (the H100 run of change 31 refused the

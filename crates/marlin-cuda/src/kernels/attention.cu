@@ -36,9 +36,12 @@
 // marlin_common.cuh), in every block of the decode kernels: pdl_trigger()
 // first thing (the next kernel's grid may launch once every block of this
 // one has; its own wait still waits for this grid's completion), pdl_wait()
-// before any early return and before reading anything but constants and the
-// host-copied sequence ids / positions (it waits for the previous kernel to
-// complete).
+// before any early return and before reading anything but constants, the
+// host-copied sequence ids / positions and, in the fused decode entries
+// with early_kv, the cache's keys and values of earlier positions (written
+// by earlier decode steps, which the host copy of the positions separates
+// from this one; src/ops/attention.rs, attention_decode_rope). The wait
+// waits for the previous kernel to complete.
 //
 // Outputs go to the next GEMM's input type: f32, or f16 bits (`_h` entries),
 // written with st_from_f32; projections are read with ld_as_f32. Partials

@@ -172,7 +172,10 @@ __device__ __forceinline__ void mma_16816(float* c, const u32* a, const u32* b) 
 // kernel's grid may launch once every block of this one has called it (its
 // own wait still waits for this grid's completion). pdl_wait(): wait until
 // the previous kernel in the stream has completed and its writes are
-// visible; before it a kernel reads only constants and host-copied values.
+// visible. Before it a kernel reads only what no launch of the same PDL
+// chain writes: constants, host-copied values, weights, and (decode
+// attention) cache entries of earlier steps. A kernel that triggers before
+// its wait lets its successor start while its predecessor still runs.
 // No-ops for a plain launch and below sm_90.
 __device__ __forceinline__ void pdl_trigger() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

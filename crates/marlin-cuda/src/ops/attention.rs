@@ -4,7 +4,7 @@
 
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use marlin_cpu::ops::RopeStyle;
 
@@ -15,6 +15,7 @@ use super::rope::GpuRope;
 use super::{check_len, mul, to_i32, to_u32};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
+use crate::knobs;
 
 const MODULE: &str = "decode_attention";
 const SOURCE: &str = include_str!("../kernels/attention.cu");
@@ -348,20 +349,17 @@ pub fn attention_decode<T: ActElem>(
 /// attention ([`attention_decode_rope`]): not when `MARLIN_CUDA_ATTN_ROPE=0`
 /// (measuring the difference; read once).
 pub fn attn_rope_fusion_enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED
-        .get_or_init(|| std::env::var("MARLIN_CUDA_ATTN_ROPE").map_or(true, |v| v.trim() != "0"))
+    static ON: knobs::Switch = knobs::Switch::new("MARLIN_CUDA_ATTN_ROPE", true);
+    ON.get()
 }
 
 /// Whether the fused decode attention reads the keys of earlier positions
 /// before its PDL wait (their DRAM round trip overlapping the previous
 /// kernel): not when `MARLIN_CUDA_ATTN_EARLY_KV=0` (measuring the
 /// difference; read once).
-pub fn attn_early_kv_enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| {
-        std::env::var("MARLIN_CUDA_ATTN_EARLY_KV").map_or(true, |v| v.trim() != "0")
-    })
+fn attn_early_kv_enabled() -> bool {
+    static ON: knobs::Switch = knobs::Switch::new("MARLIN_CUDA_ATTN_EARLY_KV", true);
+    ON.get()
 }
 
 /// Blocks per SM that the decode split count aims at, when
@@ -370,21 +368,15 @@ pub fn attn_early_kv_enabled() -> bool {
 /// GEMM's blocks to become resident and stream their weights while
 /// attention runs. None: the occupancy.
 fn attn_blocks_per_sm_override() -> Option<usize> {
-    static VALUE: OnceLock<Option<usize>> = OnceLock::new();
-    *VALUE.get_or_init(|| {
-        std::env::var("MARLIN_CUDA_ATTN_BLOCKS_PER_SM")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0)
-    })
+    static KNOB: knobs::Count = knobs::Count::new("MARLIN_CUDA_ATTN_BLOCKS_PER_SM", 1..=64);
+    KNOB.get()
 }
 
 /// The shortest decode split in keys of the cache's capacity:
 /// `MARLIN_CUDA_ATTN_MIN_SPLIT_KEYS` (1..=4096; read once), else
 /// [`MIN_KEYS_PER_SPLIT`].
 fn attn_min_split_keys() -> usize {
-    static KNOB: crate::knobs::Count =
-        crate::knobs::Count::new("MARLIN_CUDA_ATTN_MIN_SPLIT_KEYS", 1..=4096);
+    static KNOB: knobs::Count = knobs::Count::new("MARLIN_CUDA_ATTN_MIN_SPLIT_KEYS", 1..=4096);
     KNOB.get().unwrap_or(MIN_KEYS_PER_SPLIT)
 }
 
@@ -393,13 +385,8 @@ fn attn_min_split_keys() -> usize {
 /// splits shorten the merge (the last block loads every split's partial
 /// output) and lengthen each block's key loop. None: [`MAX_SPLITS`].
 fn attn_max_splits_override() -> Option<usize> {
-    static VALUE: OnceLock<Option<usize>> = OnceLock::new();
-    *VALUE.get_or_init(|| {
-        std::env::var("MARLIN_CUDA_ATTN_MAX_SPLITS")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| (1..=MAX_SPLITS).contains(&n))
-    })
+    static KNOB: knobs::Count = knobs::Count::new("MARLIN_CUDA_ATTN_MAX_SPLITS", 1..=MAX_SPLITS);
+    KNOB.get()
 }
 
 /// One layer's projections and what [`super::qkv_rope_kv`] applies to
@@ -423,10 +410,14 @@ pub struct RopeInputs<'a, 'b, T> {
 /// zeros). The rows must belong to distinct sequences (a decode step): a
 /// row never sees a key that another row of the same call writes. The
 /// keys and values of earlier positions are read before the kernel's PDL
-/// wait ([`attn_early_kv_enabled`]): they must not come from the launch
-/// just before this one unless that launch waits on its predecessor
-/// before triggering its dependents (a GEMM, or a plain launch), as in a
-/// decode step, where earlier steps wrote them.
+/// wait (unless `MARLIN_CUDA_ATTN_EARLY_KV=0`), so they must have been
+/// written by work that completed before this launch could start, never
+/// by a launch of the same PDL chain: a kernel that triggers its
+/// dependents before its own wait lets its successor start while its
+/// predecessor still runs, so any earlier PDL launch may still be
+/// running. In a decode step earlier steps wrote them, and the host copy
+/// of `row_seq` / `row_pos` before each step (a stream-ordered copy that
+/// no PDL launch overlaps) separates the steps.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_decode_rope<T: ActElem>(
     dev: &CudaDevice,

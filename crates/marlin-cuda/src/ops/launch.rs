@@ -31,7 +31,6 @@
 //! the kernel's order), so a launch site switches by changing two lines.
 
 use std::ffi::c_void;
-use std::sync::OnceLock;
 
 use cudarc::driver::sys;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaView, CudaViewMut, DevicePtr, LaunchConfig};
@@ -42,8 +41,8 @@ use crate::error::Result;
 /// Whether PDL launches are enabled in this process: not when
 /// `MARLIN_CUDA_PDL=0` (read once).
 pub fn pdl_enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("MARLIN_CUDA_PDL").map_or(true, |v| v.trim() != "0"))
+    static ON: crate::knobs::Switch = crate::knobs::Switch::new("MARLIN_CUDA_PDL", true);
+    ON.get()
 }
 
 /// Whether [`KernelLaunch::launch_pdl`] sets the attribute on `dev`

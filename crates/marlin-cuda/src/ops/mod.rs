@@ -32,7 +32,7 @@ mod rope;
 mod sampling;
 
 pub use attention::{
-    attention, attention_decode, attention_decode_rope, attention_prefill, attn_early_kv_enabled,
+    attention, attention_decode, attention_decode_rope, attention_prefill,
     attn_rope_fusion_enabled, AttnParams, RopeInputs, DECODE_MAX_ROWS, SUPPORTED_HEAD_DIMS,
 };
 pub use elementwise::{

@@ -31,6 +31,10 @@ pub struct DeviceSampling {
     pub top_p: f32,
 }
 
+/// Largest vocabulary the sampling kernels take: their 32-bit row indices
+/// (`begin + chunk`, strided loops) stay below `i32::MAX`.
+const MAX_VOCAB: usize = (i32::MAX as usize) - (1 << 20);
+
 fn check_logits(
     what: &str,
     logits_len: usize,
@@ -40,6 +44,13 @@ fn check_logits(
 ) -> Result<()> {
     if vocab == 0 {
         return Err(CudaError::Shape(format!("{what}: empty vocabulary")));
+    }
+    // The kernels index a row with 32-bit ints and step past its end by up
+    // to a chunk plus a block's stride (2^20 leaves room for both).
+    if vocab > MAX_VOCAB {
+        return Err(CudaError::Shape(format!(
+            "{what}: vocabulary of {vocab} entries (at most {MAX_VOCAB})"
+        )));
     }
     check_len(
         &format!("{what} logits"),

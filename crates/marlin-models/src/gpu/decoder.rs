@@ -35,6 +35,7 @@ use marlin_cuda::int4::gemm::{
     fused_supported, int4_gemm, int4_gemm_fused, GemmOptions, GemmWorkspace, Int4Epilogue,
     Int4Prologue, FUSED_MAX_M,
 };
+use marlin_cuda::knobs::Switch;
 use marlin_cuda::ops::{
     self, ActElem, AttnParams, DeviceSampling, GpuKvCache, GpuRope, HeadShape, KvDest, PagedKvPool,
     ProjRows, RopeInputs,
@@ -689,8 +690,8 @@ pub enum SkipForDiagnosis {
 /// (`ops::argmax_rows_ws`, many blocks per row): not when
 /// `MARLIN_CUDA_SPLIT_ARGMAX=0` (measuring the difference; read once).
 fn split_argmax_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("MARLIN_CUDA_SPLIT_ARGMAX").map_or(true, |v| v.trim() != "0"))
+    static ON: Switch = Switch::new("MARLIN_CUDA_SPLIT_ARGMAX", true);
+    ON.get()
 }
 
 /// Whether greedy decoding picks its tokens in the LM head's stage (the f16
@@ -698,9 +699,8 @@ fn split_argmax_enabled() -> bool {
 /// instead of two): not when `MARLIN_GPU_ARGMAX_IN_LM_HEAD=0` (measuring
 /// the difference; read once). Only with the split argmax.
 fn argmax_in_lm_head_enabled() -> bool {
-    static KNOB: marlin_cuda::knobs::Switch =
-        marlin_cuda::knobs::Switch::new("MARLIN_GPU_ARGMAX_IN_LM_HEAD", true);
-    KNOB.get()
+    static ON: Switch = Switch::new("MARLIN_GPU_ARGMAX_IN_LM_HEAD", true);
+    ON.get()
 }
 
 /// Where the LM head's stage writes the greedy tokens (see
@@ -710,14 +710,14 @@ struct ArgmaxOut<'a> {
     next_ids: &'a mut CudaSlice<u32>,
 }
 
-/// Whether the decode step folds its small ops into the INT4 GEMMs by
-/// default: `MARLIN_GPU_FUSE_OPS=1` turns it on (read once). Opt-in until
-/// the fused step is measured in the decode graph: its kernels passed their
-/// reference tests on the H100, the decoder's fused step did not complete a
-/// run yet (docs/CUDA.md, change 31).
+/// Whether the decode step folds its small ops into the INT4 GEMMs:
+/// `MARLIN_GPU_FUSE_OPS=1` turns it on (read once). Opt-in: correct on the
+/// H100 (`gpu_decoder`'s fused test) but slower than the unfused step in
+/// the PDL graph (batch 1 2852.1 against 2712.3 us; docs/CUDA.md changes
+/// 31-32).
 fn fuse_ops_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("MARLIN_GPU_FUSE_OPS").is_ok_and(|v| v.trim() == "1"))
+    static ON: Switch = Switch::new("MARLIN_GPU_FUSE_OPS", false);
+    ON.get()
 }
 
 /// GEMM scratch: the f32 path's conversion buffers (`LinearScratch`) and
