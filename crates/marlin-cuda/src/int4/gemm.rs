@@ -1070,37 +1070,51 @@ fn decode_probe_skip_loop() -> bool {
 /// The lean paired main loop of the decode kernels (docs/CUDA.md change 38):
 /// activation loads only in lanes of existing token rows, no refill code
 /// when the ring holds a warp's chunks, one scale fold per pair where the
-/// pair shares a scale group. `MARLIN_INT4_DEC_LEAN` (read once): unset or
-/// `1` on, `0` off (the paired loop of change 36), `bcast` on with every lane
-/// loading activations (absent token rows read row 0's: a diagnostic of what
-/// the predicated-off loads save); any other value is reported once on
-/// stderr and the default used (as `crate::knobs` does). Returns the
-/// W4_DEC_LEAN (8) and W4_DEC_LEAN_BCAST (16) bits of the `flags` argument.
-fn decode_lean_bits() -> i32 {
-    static BITS: OnceLock<i32> = OnceLock::new();
-    *BITS.get_or_init(|| {
+/// pair shares a scale group. By default at M >= [`LEAN_MIN_M`] only: in
+/// the final H100 run of session 6 (two interleaved rounds) the batch-8
+/// decode step took 2791.6 / 2792.7 us with it against 2844.7 / 2844.1
+/// without, but the batch-1 step 2474.9 / 2478.5 against 2414.8 / 2421.5,
+/// although every M = 1 GEMM was as fast or faster with it alone.
+/// `MARLIN_INT4_DEC_LEAN` (read once) overrides for every M: `1` on, `0`
+/// off (the paired loop of change 36), `bcast` on with every lane loading
+/// activations (absent token rows read row 0's: a diagnostic of what the
+/// predicated-off loads save); any other value is reported once on stderr
+/// and ignored. Returns the W4_DEC_LEAN (8) and W4_DEC_LEAN_BCAST (16) bits
+/// of the `flags` argument.
+fn decode_lean_bits(m: usize) -> i32 {
+    static FORCED: OnceLock<Option<i32>> = OnceLock::new();
+    let forced = *FORCED.get_or_init(|| {
         let raw = std::env::var("MARLIN_INT4_DEC_LEAN").unwrap_or_default();
         match raw.trim() {
-            "0" => 0,
-            "bcast" => 8 | 16,
-            "" | "1" => 8,
+            "" => None,
+            "0" => Some(0),
+            "1" => Some(8),
+            "bcast" => Some(8 | 16),
             other => {
                 eprintln!(
-                    "marlin: MARLIN_INT4_DEC_LEAN={other:?} ignored (want 0, 1 or bcast); using 1"
+                    "marlin: ignoring MARLIN_INT4_DEC_LEAN={other:?} (expected 0, 1 or bcast); \
+                     using the default"
                 );
-                8
+                None
             }
         }
-    })
+    });
+    forced.unwrap_or(if m >= LEAN_MIN_M { 8 } else { 0 })
 }
 
-/// The decode kernels' `flags` argument (W4_DEC_PRE_WAIT, W4_DEC_PAIRED,
-/// W4_DEC_PROBE_SKIP_LOOP, W4_DEC_LEAN, W4_DEC_LEAN_BCAST in the source).
-fn decode_flags() -> i32 {
+/// Fewest token rows for which the decode kernels take the lean loop by
+/// default ([`decode_lean_bits`]): measured faster in the step at M = 8,
+/// slower at M = 1, not measured in the step at M = 2..4.
+const LEAN_MIN_M: usize = 5;
+
+/// The decode kernels' `flags` argument for `m` token rows (W4_DEC_PRE_WAIT,
+/// W4_DEC_PAIRED, W4_DEC_PROBE_SKIP_LOOP, W4_DEC_LEAN, W4_DEC_LEAN_BCAST in
+/// the source).
+fn decode_flags(m: usize) -> i32 {
     i32::from(int4_prewait())
         | (i32::from(int4_paired()) << 1)
         | (i32::from(decode_probe_skip_loop()) << 2)
-        | decode_lean_bits()
+        | decode_lean_bits(m)
 }
 
 /// Launch shape of the stream-K decode kernel: `blocks` x `warps` warps,
@@ -1477,7 +1491,7 @@ pub fn int4_gemm_prepared(
         .arg(&k_chunks_i32)
         .arg(&group_k32_i32)
         .arg(&splits_i32);
-    let flags = decode_flags();
+    let flags = decode_flags(m);
     if fc.decode.is_some() {
         launch.arg(&nbpb_i32).arg(&k_slices_i32).arg(&flags);
     }
@@ -1798,7 +1812,7 @@ pub fn int4_gemm_fused(
             to_i32("splits", splits)?,
             to_i32("column blocks", s.nbpb)?,
             to_i32("K slices", s.k_slices)?,
-            decode_flags(),
+            decode_flags(m),
         ),
         None => (0, 0, 0, 0),
     };
