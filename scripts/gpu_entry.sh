@@ -9,6 +9,8 @@
 #   MARLIN_NCU="--shape NxK --ms 1"  Nsight Compute profile of one decode launch
 #   MARLIN_TESTS=0            skip the staged test binaries
 #   MARLIN_TESTS=a,b          run only these (gpu_int4,gpu_ops: names without -test)
+#   MARLIN_TEST_KNOB_VARIANTS=0  skip gpu_int4's reruns with MARLIN_INT4_DEC_LEAN=1
+#                             and MARLIN_INT4_PAIR=0 (loops the defaults skip at some M)
 #   MARLIN_BENCH_GEMM=0       skip the GEMM benchmark
 #   MARLIN_BENCH_DECODE=0     skip `marlin bench decode` (Llama-3.1-8B-shaped INT4)
 #   MARLIN_BENCH_DECODE_ARGS  its arguments (default: --batch 1,8,32 --ctx 512)
@@ -57,6 +59,16 @@ if [ "${MARLIN_TESTS:-1}" != 0 ]; then
             continue
         fi
         step "test $name" "$out/test_$name.log" "$t" --include-ignored --test-threads=1 --nocapture
+        # The INT4 decode loops the defaults do not take at some M (the lean
+        # loop at M <= 4, the single-chunk loop at M <= 8) stay reachable
+        # through their knobs: test them too (MARLIN_TEST_KNOB_VARIANTS=0
+        # skips these two extra runs, ~30 s each).
+        if [ "$name" = gpu_int4-test ] && [ "${MARLIN_TEST_KNOB_VARIANTS:-1}" != 0 ]; then
+            step "test $name (DEC_LEAN=1)" "$out/test_${name}_lean1.log" \
+                env MARLIN_INT4_DEC_LEAN=1 "$t" --include-ignored --test-threads=1 --nocapture
+            step "test $name (PAIR=0)" "$out/test_${name}_pair0.log" \
+                env MARLIN_INT4_PAIR=0 "$t" --include-ignored --test-threads=1 --nocapture
+        fi
     done
 fi
 # The opt-in stream-K INT4 kernel is timed (`sk us` column, decode bench
