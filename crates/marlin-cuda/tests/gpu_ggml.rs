@@ -18,6 +18,9 @@
 //!   (int8 blocks of 32, or 256 for Q4_K/Q6_K; Q5_K and dense run exact).
 #![cfg(feature = "cuda")]
 
+mod common;
+use common::fresh_seed;
+
 use std::sync::Arc;
 
 use marlin_cpu::CpuWeight;
@@ -42,13 +45,6 @@ const TYPES: [GgmlType; 11] = [
 /// (rows, cols): rows not a multiple of the 4 rows per block.
 const SHAPES: [(usize, usize); 3] = [(1, 256), (33, 4096), (577, 1280)];
 const MS: [usize; 6] = [1, 3, 8, 9, 17, 64];
-
-fn fresh_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(12345)
-}
 
 fn device() -> Option<Arc<CudaDevice>> {
     match CudaDevice::new(0) {

@@ -4,6 +4,9 @@
 //! the output poisoned with NaN before every launch.
 #![cfg(feature = "cuda")]
 
+mod common;
+use common::fresh_seed;
+
 use std::sync::Arc;
 
 use half::f16;
@@ -19,13 +22,6 @@ use marlin_cuda::{CudaDevice, CudaError};
 /// f16 weights and output, fp32 accumulation: the error is dominated by
 /// f16 rounding of the output and of dequantized weights (2^-11 relative).
 const REL_L2_TOL: f64 = 2e-3;
-
-fn fresh_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(12345)
-}
 
 fn device() -> Arc<CudaDevice> {
     CudaDevice::new(0).expect("a CUDA device (these tests run on the GPU machine)")

@@ -6,6 +6,9 @@
 //! before every launch, the residual rewritten with fresh values.
 #![cfg(feature = "cuda")]
 
+mod common;
+use common::fresh_seed;
+
 use std::sync::Arc;
 
 use half::f16;
@@ -21,13 +24,6 @@ use marlin_cuda::{CudaDevice, CudaError};
 /// f16 as the kernel stages them; an f32-vs-f64 difference in the norm or
 /// SiLU can flip one such rounding by an ulp (2^-11 relative), far below it.
 const REL_L2_TOL: f64 = 2e-3;
-
-fn fresh_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(12345)
-}
 
 fn device() -> Arc<CudaDevice> {
     CudaDevice::new(0).expect("a CUDA device (these tests run on the GPU machine)")

@@ -1,5 +1,5 @@
-//! Helpers shared by the INT4 GPU tests (tests/gpu_int4_wgmma.rs,
-//! tests/gpu_int4_wgmma_ws.rs): device selection with a clean skip, fresh
+//! Helpers shared by the GPU tests (the clock seed by all INT4 and GGUF
+//! tests; the rest by tests/gpu_int4_wgmma*.rs): device selection with a clean skip, fresh
 //! random problems against the f64 CPU reference, output checks, and the
 //! CUDA-graph capture of the prepared entry point.
 
