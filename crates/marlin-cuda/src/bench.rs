@@ -106,6 +106,9 @@ pub struct GemmBenchConfig {
     /// blocks, K slices, splits) in this list at M <= 32 (rows `dec`, the
     /// shape in the last column; shapes the kernel cannot run are skipped).
     pub decode_shapes: Vec<(usize, usize, usize)>,
+    /// Time only cuBLAS, Auto and the warp-specialised INT4 path (the other
+    /// columns NaN): quick same-run A/Bs of that kernel's knobs.
+    pub ws_only: bool,
 }
 
 impl Default for GemmBenchConfig {
@@ -127,6 +130,7 @@ impl Default for GemmBenchConfig {
             decode_context: true,
             delay_cycles: 8000,
             decode_shapes: Vec::new(),
+            ws_only: false,
         }
     }
 }
@@ -520,18 +524,23 @@ fn bench_shape(
                 Ok::<_, CudaError>((us, plan))
             };
             let is_int4 = *format == GemmFormat::Int4G128;
-            let (fused_us, fused_plan) = if is_int4 || m <= 256 {
+            let others = !cfg.ws_only;
+            let (fused_us, fused_plan) = if others && (is_int4 || m <= 256) {
                 time_path(GemmPath::Fused, None, false)?
             } else {
                 (f64::NAN, None)
             };
-            let general_us = if is_int4 && m <= 16 {
+            let general_us = if others && is_int4 && m <= 16 {
                 time_path(GemmPath::FusedGeneral, None, false)?.0
             } else {
                 f64::NAN
             };
-            let (dequant_cublas_us, _) = time_path(GemmPath::DequantCublas, None, false)?;
-            let has_wgmma = is_int4 && m >= WGMMA_MIN_M && wgmma_supported(dev);
+            let dequant_cublas_us = if others {
+                time_path(GemmPath::DequantCublas, None, false)?.0
+            } else {
+                f64::NAN
+            };
+            let has_wgmma = others && is_int4 && m >= WGMMA_MIN_M && wgmma_supported(dev);
             let wgmma_us = if has_wgmma {
                 time_path(GemmPath::Wgmma, None, false)?.0
             } else {
@@ -543,13 +552,13 @@ fn bench_shape(
             } else {
                 f64::NAN
             };
-            let has_bulk = is_int4 && m <= BULK_MAX_M && bulk_supported(dev);
+            let has_bulk = others && is_int4 && m <= BULK_MAX_M && bulk_supported(dev);
             let bulk_us = if has_bulk {
                 time_path(GemmPath::Bulk, None, false)?.0
             } else {
                 f64::NAN
             };
-            let has_sk = match (is_int4 && cfg.stream_k, weights) {
+            let has_sk = match (others && is_int4 && cfg.stream_k, weights) {
                 (true, Weights::Int4(w)) => {
                     m <= SK_MAX_M && stream_k_plan(dev, m, &w[0], None).is_some()
                 }
@@ -560,7 +569,7 @@ fn bench_shape(
             } else {
                 f64::NAN
             };
-            let (fused_ctx_us, stream_k_ctx_us) = if is_int4 && in_context {
+            let (fused_ctx_us, stream_k_ctx_us) = if others && is_int4 && in_context {
                 (
                     time_path(GemmPath::Fused, None, true)?.0,
                     if has_sk {

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use common::{bit_identical, fresh_seed, random_problem, rel_l2_all_finite, Case, REL_L2_TOL};
 use half::f16;
-use marlin_cuda::int4::gemm::{int4_gemm, GemmOptions, GemmPath, GemmWorkspace};
+use marlin_cuda::int4::gemm::{
+    int4_gemm, int4_gemm_prepared, GemmOptions, GemmPath, GemmWorkspace,
+};
 use marlin_cuda::int4::wgmma_ws::ws_supported;
 use marlin_cuda::CudaDevice;
 
@@ -71,6 +73,82 @@ fn wgmma_ws_gemm_matches_reference() {
     }
     std::env::remove_var(VARIANT_ENV);
     std::env::remove_var(STREAM_K_ENV);
+}
+
+/// The split-K form's output path (session 7: the f16 tile through shared
+/// memory, 16-byte stores where N % 8 == 0 and C is 16-byte aligned,
+/// element stores otherwise): N not a multiple of 8 (330, 77: a block
+/// whose second consumer warpgroup has no tile), and C as a view one
+/// element into its buffer (2-byte aligned) with the elements around it
+/// left untouched; one and three splits, every variant and the automatic
+/// choice, against the f64 reference, two launches bit-identical.
+#[test]
+fn wgmma_ws_unaligned_output_matches_reference() {
+    let Some(dev) = hopper() else { return };
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    std::env::set_var(STREAM_K_ENV, "0");
+    let mut checks = 0;
+    for (m, n, k, group, splits) in [
+        (200usize, 330usize, 2048usize, 128usize, None),
+        (255, 330, 2048, 128, Some(3)),
+        (130, 77, 1536, 192, Some(2)),
+        (1000, 256, 1024, 128, None),
+    ] {
+        let p = random_problem(&dev, (m, n, k, group, false), fresh_seed(), 0x3C3C);
+        let seed = p.seed;
+        // One guard element before and after C.
+        let mut buf = dev
+            .alloc_zeros::<f16>("C + guards", m * n + 2)
+            .expect("alloc C");
+        let opts = GemmOptions {
+            path: GemmPath::WgmmaWs,
+            splits,
+        };
+        for variant in ["t64x1", "t64x2", "t128x1", "t128x2", "auto"] {
+            if variant == "auto" {
+                std::env::remove_var(VARIANT_ENV);
+            } else {
+                std::env::set_var(VARIANT_ENV, variant);
+            }
+            let mut first: Option<Vec<f16>> = None;
+            for launch in 0..2 {
+                dev.write(&mut buf, &vec![f16::NAN; m * n + 2])
+                    .expect("poison");
+                ws.prepare(&dev, &p.weight, m, opts).expect("prepare");
+                let plan = {
+                    let mut c = buf.slice_mut(1..1 + m * n);
+                    int4_gemm_prepared(&dev, &p.a.as_view(), m, &p.weight, &mut c, &mut ws, opts)
+                        .expect("launch")
+                };
+                assert!(plan.kernel.starts_with("w4a16_ws_t"), "{plan:?}");
+                let all = dev.download(&buf).expect("download");
+                assert!(
+                    all[0].is_nan() && all[m * n + 1].is_nan(),
+                    "M={m} N={n} [{variant}] seed={seed}: a guard element was written"
+                );
+                let got = all[1..1 + m * n].to_vec();
+                let what = format!("M={m} N={n} K={k} g={group} [{variant}] seed={seed}");
+                let rel = rel_l2_all_finite(&got, &p.want, n, &what);
+                assert!(
+                    rel < REL_L2_TOL,
+                    "{what} launch {launch}: rel L2 error {rel:.3e}"
+                );
+                if let Some(prev) = &first {
+                    assert!(bit_identical(prev, &got), "{what}: two launches differ");
+                } else {
+                    println!(
+                        "PASS int4 wgmma-ws unaligned C [{variant}] M={m} N={n} K={k} g={group} kernel={} splits={} rel_l2={rel:.2e}",
+                        plan.kernel, plan.splits
+                    );
+                    checks += 1;
+                }
+                first = Some(got);
+            }
+        }
+    }
+    std::env::remove_var(VARIANT_ENV);
+    std::env::remove_var(STREAM_K_ENV);
+    println!("PASS unaligned output: {checks} checks");
 }
 
 /// The stream-K form (`w4a16_wsk_*`): every variant forced and the

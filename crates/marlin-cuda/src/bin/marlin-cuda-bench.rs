@@ -1,9 +1,10 @@
 //! `marlin-cuda-bench [--quick] [--sweep] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]]
 //! [--ms 1,16] [--formats int4,mxfp4,...] [--no-ctx] [--delay-cycles C] [--dec-shapes 4x1x4,4x2x2]
-//! [--device N]`: the quantized GEMM benchmark table (see `marlin_cuda::bench`). `--stream-k`
+//! [--ws-only] [--device N]`: the quantized GEMM benchmark table (see `marlin_cuda::bench`). `--stream-k`
 //! adds the stream-K INT4 kernel's column; `--no-ctx` drops the decode-context columns (GEMM
 //! after a PDL-launched delay kernel of C clocks); `--dec-shapes` times forced decode-kernel
-//! block shapes (column blocks x K slices x splits).
+//! block shapes (column blocks x K slices x splits); `--ws-only` times only cuBLAS, Auto and the
+//! warp-specialised INT4 kernel (same-run A/Bs of its knobs).
 //! Exit status 1 when CUDA is not available or a call fails.
 
 use marlin_cuda::bench::{bench_gemm, GemmBenchConfig, GemmFormat};
@@ -11,7 +12,7 @@ use marlin_cuda::bench::{bench_gemm, GemmBenchConfig, GemmFormat};
 const USAGE: &str =
     "usage: marlin-cuda-bench [--quick] [--sweep] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]] [--ms 1,16] \
                      [--formats int4,mxfp4,nvfp4,int8,fp8,fp8b128,int3,int2] [--no-ctx] [--delay-cycles C] \
-                     [--dec-shapes AxBxC[,..]] [--device N]";
+                     [--dec-shapes AxBxC[,..]] [--ws-only] [--device N]";
 
 fn main() {
     let mut cfg = GemmBenchConfig::default();
@@ -30,6 +31,7 @@ fn main() {
             }
             "--stream-k" => cfg.stream_k = true,
             "--no-ctx" => cfg.decode_context = false,
+            "--ws-only" => cfg.ws_only = true,
             "--delay-cycles" => match args.next().and_then(|s| s.parse::<i64>().ok()) {
                 Some(c) if c >= 0 => cfg.delay_cycles = c,
                 _ => {

@@ -23,6 +23,8 @@
 //! waits for its predecessor, the main kernel's producer streams its first
 //! ring of weights before waiting for the staging kernel.
 
+use std::sync::OnceLock;
+
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 use half::f16;
 
@@ -30,6 +32,7 @@ use super::gemm::{arg_operands, launch_grid, GemmPath, GemmPlan, GemmWorkspace, 
 use super::pack::{K_CHUNK, N_TILE};
 use crate::device::CudaDevice;
 use crate::error::{CudaError, Result};
+use crate::knobs;
 use crate::ops::launch::KernelLaunch;
 use crate::ops::to_i32;
 
@@ -100,6 +103,24 @@ impl WsVariant {
     }
 
     fn kernel(&self, has_zeros: bool) -> &'static str {
+        if let Some(probe) = ws_probe() {
+            if !has_zeros && self.tokens == 128 {
+                return match (self.tiles_per_wg, probe) {
+                    (1, WsProbe::Deliver) => "w4a16_ws_t128x1_pd",
+                    (1, WsProbe::Compute) => "w4a16_ws_t128x1_pc",
+                    (_, WsProbe::Deliver) => "w4a16_ws_t128x2_pd",
+                    (_, WsProbe::Compute) => "w4a16_ws_t128x2_pc",
+                };
+            }
+        }
+        if !has_zeros && old_epilogue() {
+            return match (self.tokens, self.tiles_per_wg) {
+                (64, 1) => "w4a16_ws_t64x1_e0",
+                (64, _) => "w4a16_ws_t64x2_e0",
+                (_, 1) => "w4a16_ws_t128x1_e0",
+                (_, _) => "w4a16_ws_t128x2_e0",
+            };
+        }
         match (self.tokens, self.tiles_per_wg, has_zeros) {
             (64, 1, false) => "w4a16_ws_t64x1",
             (64, 1, true) => "w4a16_ws_t64x1z",
@@ -132,6 +153,53 @@ impl WsVariant {
             "w4a16_ws_stage_t128"
         }
     }
+}
+
+/// Measurement knob: `MARLIN_WGMMA_WS_OLD_EPILOGUE=1` runs the split-K
+/// form (symmetric weights) with session 6's epilogue (`_e0` entries,
+/// byte-identical SASS to that session's kernels: 2-byte stores straight
+/// from the accumulators, partials (splits, M, n_pad)) instead of the
+/// shared-memory one, for same-run comparisons (docs/CUDA.md change 39).
+fn old_epilogue() -> bool {
+    static ON: knobs::Switch = knobs::Switch::new("MARLIN_WGMMA_WS_OLD_EPILOGUE", false);
+    ON.get()
+}
+
+/// Diagnostic probe of the split-K form's 128-token variants (symmetric
+/// weights): `MARLIN_WGMMA_WS_PROBE=deliver` runs kernels whose consumers
+/// only wait for each chunk and hand its slot back (the ring's delivery
+/// rate), `=compute` kernels whose producer copies only the first ring and
+/// then re-arms each slot without a copy (dequantisation + wgmma on stale
+/// tiles). The output is meaningless (docs/CUDA.md change 39); the first
+/// read says so on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WsProbe {
+    Deliver,
+    Compute,
+}
+
+fn ws_probe() -> Option<WsProbe> {
+    static PROBE: OnceLock<Option<WsProbe>> = OnceLock::new();
+    *PROBE.get_or_init(|| {
+        let raw = std::env::var("MARLIN_WGMMA_WS_PROBE").ok()?;
+        let probe = match raw.trim() {
+            "" => return None,
+            "deliver" => WsProbe::Deliver,
+            "compute" => WsProbe::Compute,
+            other => {
+                eprintln!(
+                    "marlin: ignoring MARLIN_WGMMA_WS_PROBE={other:?} (expected deliver or compute)"
+                );
+                return None;
+            }
+        };
+        eprintln!(
+            "marlin: MARLIN_WGMMA_WS_PROBE={}: DIAGNOSTIC, NOT A RESULT (the warp-specialised \
+             INT4 kernel's 128-token split-K variants return meaningless output)",
+            raw.trim()
+        );
+        Some(probe)
+    })
 }
 
 /// Tuning switch: `MARLIN_WGMMA_WS_VARIANT=t128x2` (any [`WsVariant::name`]
@@ -275,6 +343,9 @@ pub fn ws_stream_k_variant(m: usize, w: &Int4Weight, sm_count: usize) -> WsVaria
 
 /// Smallest M that `GemmPath::Auto` sends to this kernel.
 pub const WS_AUTO_MIN_M: usize = 128;
+/// Weights of at least this many elements (4096 x 4096) take this kernel at
+/// every M = 128..511 (session 7, after the compact epilogue).
+pub const WS_MID_M_AUTO_MIN_ELEMS: usize = 1 << 24;
 /// From this M on, `GemmPath::Auto` also asks for a full last round.
 const WS_AUTO_WAVE_CHECK_M: usize = 512;
 /// Least fraction of the last round's SMs the plan must keep busy at
@@ -285,11 +356,19 @@ const WS_AUTO_MIN_WAVE_EFFICIENCY: f64 = 0.9;
 /// or stream-K, is [`ws_stream_k`]'s):
 /// - M = 33..=64 on weights of >= 2^25 elements, M = 32 when the
 ///   256-column blocks also cover a third of the SMs;
-/// - M = 128..255 when the grid of 128-token x 256-column blocks covers at
-///   least 3/4 of the SMs, or on weights of >= 2^25 elements where the
+/// - M = 128..511 on weights of >= 2^24 elements; on smaller weights at
+///   M = 128..255 when the grid of 128-token x 256-column blocks covers at
+///   least 3/4 of the SMs, and at M = 256..511 the same or where the
 ///   stream-K form is taken;
-/// - M = 256..511 the same, or where the stream-K form is taken;
 /// - M >= 512 if the plan keeps >= 90% of its last round of SMs busy.
+///
+/// Session 7 (docs/CUDA.md change 39, one H100 run, two benchmarks each,
+/// after the compact epilogue; against the path Auto took before in the
+/// same benchmarks): 4096x4096 M = 128 28.41 / 28.47 us against dequantize
+/// and cuBLAS 34.83 / 34.54, M = 256 29.96 / 29.94 against 41.45 / 41.42;
+/// 14336x4096 M = 128 39.90 / 39.53 against the wgmma kernel 53.36 /
+/// 53.46. (4096x14336 and 28672x8192 at M = 128..256 and 14336x4096 at
+/// M = 256 took this kernel already.)
 ///
 /// Session 6 (docs/CUDA.md change 35, three runs, each against the old
 /// wgmma kernel that Auto took before in the same run): 4096x14336 M = 128
@@ -321,6 +400,9 @@ pub fn ws_auto(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
     }
     if m < WS_AUTO_MIN_M {
         return false;
+    }
+    if m < WS_AUTO_WAVE_CHECK_M && w.n.saturating_mul(w.k) >= WS_MID_M_AUTO_MIN_ELEMS {
+        return true;
     }
     let big_blocks = m.div_ceil(128) * w.n_pad.div_ceil(256);
     let covers_sms = 4 * big_blocks >= 3 * sms;
@@ -374,7 +456,9 @@ pub(super) struct WsCall {
     pub plan: GemmPlan,
     pub variant: WsVariant,
     pub smem: u32,
-    /// fp32 partials (splits x M x n_pad) and tickets (blocks) it needs.
+    /// fp32 partials and tickets (blocks) it needs: split-K, one block
+    /// tile (tokens x block columns) per (split, block); stream-K, two per
+    /// block.
     pub partials: usize,
     pub tickets: usize,
     /// f16 elements of the staged activation image (m_blocks x tokens x
@@ -414,7 +498,8 @@ pub(super) fn resolve(
     let overflow =
         || CudaError::Shape(format!("M = {m}, N = {}, K = {}: sizes overflow", w.n, w.k));
     // Stream-K: one block per SM (at most one per unit); two partial tiles
-    // (tokens x block columns, fp32) per block. Split-K: splits x M x n_pad.
+    // (tokens x block columns, fp32) per block. Split-K (session 7): one
+    // tile per (split, block), thread-interleaved as the kernel holds it.
     let units = stream_k_units(m, w, variant);
     let stream_k_blocks = stream_k.then(|| {
         stream_k_blocks_override()
@@ -427,8 +512,9 @@ pub(super) fn resolve(
             .ok_or_else(overflow)?,
         None => plan
             .splits
-            .checked_mul(m)
-            .and_then(|x| x.checked_mul(w.n_pad))
+            .checked_mul(plan.m_blocks)
+            .and_then(|x| x.checked_mul(plan.n_tiles))
+            .and_then(|x| x.checked_mul(variant.tokens * variant.n_block()))
             .ok_or_else(overflow)?,
     };
     let staged = plan
@@ -553,8 +639,8 @@ pub(super) fn launch(
         .arg(&splits_i32);
     // SAFETY: argument types and order match W4A16_WS_ENTRY and
     // W4A16_WSK_ENTRY (same list, the last one m_blocks there); the staged
-    // image covers m_blocks x k_chunks tiles; partials >= splits*M*n_pad
-    // and tickets >= blocks were checked above; the packed buffers cover
+    // image covers m_blocks x k_chunks tiles; partials >= splits x blocks x
+    // tile and tickets >= blocks were checked above; the packed buffers cover
     // n_pad x k_chunks (the repack); C >= M*N was checked by the caller;
     // stream-K: partials >= 2 x blocks x tile and tickets >= tiles (checked
     // above). PDL: the producer waits (pdl_wait) before its first read

@@ -32,8 +32,10 @@
 //    dequantisation of chunk i+1 overlaps the tensor cores on chunk i.
 //    D^T (weights x tokens) is what wgmma computes: weights are wgmma's M,
 //    tokens its N.
-//    Split-K over gridDim.z with the fp32 partials + atomic-ticket
-//    reduction of the other INT4 kernels (split order, bit-deterministic).
+//    Split-K over gridDim.z: each split stores its fp32 block tile to its
+//    own slot, the last block of a tile (atomic ticket) sums the slots in
+//    split order (bit-deterministic). The f16 tile leaves through shared
+//    memory (stmatrix, then 16-byte coalesced stores: ws_store_tile).
 //
 // Everything is guarded by __CUDA_ARCH_FEAT_SM90_ALL (sm_90a): compiled
 // for any other target the module is empty, and the host only loads it on
@@ -85,6 +87,85 @@ __device__ __forceinline__ u32 ws_ld_shared_u32(u32 addr) {
 }
 // Named barrier of the 256 consumer threads (barrier 0 is __syncthreads).
 __device__ __forceinline__ void ws_consumer_sync() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
+
+// f16x2 of two fp32 values, `lo` in the low half (cvt packs its first
+// source into the high half).
+__device__ __forceinline__ u32 ws_pack_f16x2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+// Four 8x8 f16 matrices from mma-fragment registers to shared memory,
+// transposed: lane 8i + j gives the address of row j of matrix i.
+__device__ __forceinline__ void ws_stmatrix_x4_trans(u32 addr, u32 r0, u32 r1, u32 r2, u32 r3) {
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(r0),
+                 "r"(r1), "r"(r2), "r"(r3)
+                 : "memory");
+}
+
+// Compact epilogue of the split-K form (session 7): the block's f16 output
+// tile (TOK tokens x 2*TPW*64 columns) goes through shared memory, written
+// by stmatrix.trans from the accumulator fragments and read back by a
+// rolled loop of 16-byte units, each stored to C with one coalesced
+// 16-byte store (elementwise where N % 8 != 0 or C is not 16-byte aligned).
+// Session 6's ncu profile (docs/CUDA.md change 35) found 24% of a one-round
+// launch's warp samples in the old epilogue: 128 predicated 2-byte stores
+// per thread with their address arithmetic, ~8.5k straight-line SASS
+// instructions, mostly waiting for instruction fetch.
+// Tile layout: token r's row of 16-byte units (unit u = 8 columns) at
+// r * ROWB, unit u stored at u ^ (r % 8) (the 8 rows of one stmatrix
+// matrix on 8 different bank groups). `tile` is the ring's base: free once
+// every chunk's copies landed (the consumers waited on each) and both
+// warpgroups' wgmma retired (the caller waited; the barrier below orders
+// the other warpgroup's last reads).
+// acc[p][4q + e]: weight column (tile * 4 + warp) * 16 + g + 8 (e >> 1),
+// token 8q + 2t + (e & 1): f16x2 (e = 0, 1) / (2, 3) are row g of the 8x8
+// matrix (weights x tokens 8q..8q+7) of n16 half 0 / 1 in mma layout.
+template <int TOK, int TPW>
+__device__ __forceinline__ void ws_store_tile(const float (&acc)[TPW][TOK / 2], u32 tile, u16* __restrict__ C,
+                                              int M, int N, int m_base, int col_base, int cw, int warp,
+                                              int lane, int ct) {
+    constexpr int TILES = 2 * TPW;
+    constexpr u32 ROWB = TILES * 128;  // one token row of the block's columns, f16
+    constexpr int UPR = TILES * 8;     // 16-byte units per row
+    ws_consumer_sync();
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    const int mi = lane >> 3;  // the matrix this lane addresses
+    const int j = lane & 7;    // its row (token 8q + j)
+#pragma unroll
+    for (int p = 0; p < TPW; p++) {
+        const u32 u = (u32)((TPW * cw + p) * 8 + warp * 2 + (mi & 1));
+#pragma unroll
+        for (int q = 0; q < TOK / 8; q += 2) {
+            const u32 r = (u32)(8 * (q + (mi >> 1)) + j);
+            ws_stmatrix_x4_trans(tile + r * ROWB + ((u ^ (u32)j) << 4),
+                                 ws_pack_f16x2(acc[p][4 * q], acc[p][4 * q + 1]),
+                                 ws_pack_f16x2(acc[p][4 * q + 2], acc[p][4 * q + 3]),
+                                 ws_pack_f16x2(acc[p][4 * q + 4], acc[p][4 * q + 5]),
+                                 ws_pack_f16x2(acc[p][4 * q + 6], acc[p][4 * q + 7]));
+        }
+    }
+    ws_consumer_sync();
+    const bool vec = (N & 7) == 0 && (((unsigned long long)C) & 15ull) == 0;
+    const int units = min(TOK, M - m_base) * UPR;
+    for (int idx = ct; idx < units; idx += 256) {
+        const int r = idx / UPR;
+        const int u = idx % UPR;
+        const int col = col_base + 8 * u;
+        if (col >= N) continue;
+        const uint4 v = ws_ld_shared_v4(tile + (u32)r * ROWB + ((u32)(u ^ (r & 7)) << 4));
+        u16* dst = C + (size_t)(m_base + r) * N + col;
+        if (vec) {
+            *reinterpret_cast<uint4*>(dst) = v;
+        } else {
+            const u32 w[4] = {v.x, v.y, v.z, v.w};
+            const int n_here = N - col;
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                if (e < n_here) dst[e] = (u16)(w[e >> 1] >> (16 * (e & 1)));
+        }
+    }
+}
 
 // Compiler-only use of a fragment: its registers stay allocated up to here
 // (wgmma reads register operands asynchronously, until its group retires).
@@ -159,7 +240,13 @@ __device__ __forceinline__ void ws_stage_body(const u16* __restrict__ A, uint4* 
 // tiles (TOK x 128 B, 1024-aligned), STAGES x 4 code tiles (2 KiB each),
 // STAGES x 2 scale rows (4 tiles x 128 B) and, with zero points, the same
 // for -zero*scale.
-template <int TOK, int TPW, int STAGES, bool HAS_Z>
+// PROBE (docs/CUDA.md change 39): 0 = the kernel; diagnostic entries, output
+// meaningless: 1 (`_pd`) = the consumers only wait "full" and release the
+// slot (the ring's pure delivery rate), 2 (`_pc`) = the producer copies only
+// the first ring and then re-arms each slot without a copy (the consumers'
+// pure dequantise + wgmma rate on stale tiles); 3 (`_e0`) = the kernel with
+// session 6's epilogue, for same-run comparisons (correct output).
+template <int TOK, int TPW, int STAGES, bool HAS_Z, int PROBE>
 __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged activations
                                         const uint4* __restrict__ W,   // packed codes
                                         const u32* __restrict__ S,     // (groups, n_pad/16, 8) f16x2
@@ -249,6 +336,10 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
             for (int i = pre; i < n_my; i++) {
                 const int slot = i % STAGES;
                 mbar_wait(empty0 + 8 * slot, ((i / STAGES) & 1) ^ 1);
+                if (PROBE == 2) {
+                    mbar_arrive(full0 + 8 * slot);
+                    continue;
+                }
                 issue_weights(slot, c_begin + i);
                 issue_act(slot, c_begin + i);
             }
@@ -271,7 +362,7 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
 #pragma unroll
             for (int i = 0; i < TOK / 2; i++) acc[p][i] = 0.0f;
 
-        auto step = [&](int i, u32 (&frag)[TPW][4][4]) {
+        auto compute_step = [&](int i, u32 (&frag)[TPW][4][4]) {
             const int slot = i % STAGES;
             mbar_wait(full0 + 8 * slot, (i / STAGES) & 1);
 #pragma unroll
@@ -318,6 +409,17 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                 if (lane == 0) mbar_arrive(empty0 + 8 * ((i - 1) % STAGES));
             }
         };
+        auto step = [&](int i, u32 (&frag)[TPW][4][4]) {
+            if constexpr (PROBE == 1) {
+                // Delivery probe: wait for the chunk, hand the slot back.
+                const int slot = i % STAGES;
+                mbar_wait(full0 + 8 * slot, (i / STAGES) & 1);
+                __syncwarp();
+                if (lane == 0) mbar_arrive(empty0 + 8 * slot);
+            } else {
+                compute_step(i, frag);
+            }
+        };
         u32 frag_even[TPW][4][4], frag_odd[TPW][4][4];
 #pragma unroll
         for (int p = 0; p < TPW; p++)
@@ -349,10 +451,30 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
 #pragma unroll
             for (int x = 0; x < TOK / 2; x++) fence_operand(acc[p][x]);
 
-        // acc[p][4q + e]: weight column (tile*4 + warp)*16 + g + 8*(e>>1),
-        // token mb*TOK + 8q + 2t + (e&1).
-        const int m_base = mb * TOK;
-        if (splits == 1) {
+        if constexpr (PROBE == 3) {
+            // Session 6's epilogue (straight-line 2-byte stores, partials
+            // (splits, M, n_pad)), kept for a same-run comparison
+            // (MARLIN_WGMMA_WS_OLD_EPILOGUE=1, docs/CUDA.md change 39).
+            // acc[p][4q + e]: weight column (tile*4 + warp)*16 + g + 8*(e>>1),
+            // token mb*TOK + 8q + 2t + (e&1).
+            const int m_base = mb * TOK;
+            if (splits == 1) {
+#pragma unroll
+                for (int p = 0; p < TPW; p++) {
+                    const int tile = tile_base + TPW * cw + p;
+                    if (tile >= n_tiles) continue;
+                    const int nb = tile * 4 + warp;
+#pragma unroll
+                    for (int q = 0; q < TOK / 8; q++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int row = m_base + 8 * q + 2 * t + (e & 1);
+                            const int col = nb * 16 + g + 8 * (e >> 1);
+                            if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[p][4 * q + e]);
+                        }
+                }
+                return;
+            }
 #pragma unroll
             for (int p = 0; p < TPW; p++) {
                 const int tile = tile_base + TPW * cw + p;
@@ -364,65 +486,98 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                     for (int e = 0; e < 4; e++) {
                         const int row = m_base + 8 * q + 2 * t + (e & 1);
                         const int col = nb * 16 + g + 8 * (e >> 1);
-                        if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[p][4 * q + e]);
+                        if (row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[p][4 * q + e];
                     }
             }
-            return;
-        }
+            __threadfence();
+            ws_consumer_sync();
+            const int ticket_idx = blockIdx.y * gridDim.x + blockIdx.x;
+            if (ct == 0) {
+                const u32 prev = atomicAdd(&tickets[ticket_idx], 1u);
+                is_last = (prev == (u32)(splits - 1)) ? 1u : 0u;
+            }
+            ws_consumer_sync();
+            if (!is_last) return;
+            __threadfence();
+            // Sum the splits in split order (bit-deterministic), split-major so
+            // that one split's loads are in flight together.
 #pragma unroll
-        for (int p = 0; p < TPW; p++) {
-            const int tile = tile_base + TPW * cw + p;
-            if (tile >= n_tiles) continue;
-            const int nb = tile * 4 + warp;
+            for (int p = 0; p < TPW; p++) {
+                const int tile = tile_base + TPW * cw + p;
+                if (tile >= n_tiles) continue;
+                const int nb = tile * 4 + warp;
 #pragma unroll
-            for (int q = 0; q < TOK / 8; q++)
+                for (int x = 0; x < TOK / 2; x++) acc[p][x] = 0.0f;
+                for (int sp = 0; sp < splits; sp++) {
+                    const float* part = partials + (size_t)sp * M * n_pad;
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int row = m_base + 8 * q + 2 * t + (e & 1);
-                    const int col = nb * 16 + g + 8 * (e >> 1);
-                    if (row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[p][4 * q + e];
+                    for (int q = 0; q < TOK / 8; q++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int row = m_base + 8 * q + 2 * t + (e & 1);
+                            const int col = nb * 16 + g + 8 * (e >> 1);
+                            if (row < M) acc[p][4 * q + e] += ld_cg_f32(&part[(size_t)row * n_pad + col]);
+                        }
                 }
-        }
-        __threadfence();
-        ws_consumer_sync();
-        const int ticket_idx = blockIdx.y * gridDim.x + blockIdx.x;
-        if (ct == 0) {
-            const u32 prev = atomicAdd(&tickets[ticket_idx], 1u);
-            is_last = (prev == (u32)(splits - 1)) ? 1u : 0u;
-        }
-        ws_consumer_sync();
-        if (!is_last) return;
-        __threadfence();
-        // Sum the splits in split order (bit-deterministic), split-major so
-        // that one split's loads are in flight together.
-#pragma unroll
-        for (int p = 0; p < TPW; p++) {
-            const int tile = tile_base + TPW * cw + p;
-            if (tile >= n_tiles) continue;
-            const int nb = tile * 4 + warp;
-#pragma unroll
-            for (int x = 0; x < TOK / 2; x++) acc[p][x] = 0.0f;
-            for (int sp = 0; sp < splits; sp++) {
-                const float* part = partials + (size_t)sp * M * n_pad;
 #pragma unroll
                 for (int q = 0; q < TOK / 8; q++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
                         const int row = m_base + 8 * q + 2 * t + (e & 1);
                         const int col = nb * 16 + g + 8 * (e >> 1);
-                        if (row < M) acc[p][4 * q + e] += ld_cg_f32(&part[(size_t)row * n_pad + col]);
+                        if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[p][4 * q + e]);
                     }
             }
-#pragma unroll
-            for (int q = 0; q < TOK / 8; q++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int row = m_base + 8 * q + 2 * t + (e & 1);
-                    const int col = nb * 16 + g + 8 * (e >> 1);
-                    if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[p][4 * q + e]);
-                }
+            if (ct == 0) tickets[ticket_idx] = 0u;
+            return;
         }
-        if (ct == 0) tickets[ticket_idx] = 0u;
+        const int m_base = mb * TOK;
+        if (splits > 1) {
+            // This split's fp32 tile to its own slot (split, block),
+            // thread-interleaved float4s (coalesced 16-byte stores); the
+            // block of the tile that arrives last sums the slots in split
+            // order (bit-deterministic) in a rolled loop, then writes f16.
+            constexpr int SLOT_F4 = 256 * TPW * TOK / 8;  // float4s per slot
+            const int blocks_xy = gridDim.x * gridDim.y;
+            const int blk = blockIdx.y * gridDim.x + blockIdx.x;
+            float4* mine = reinterpret_cast<float4*>(partials) + ((size_t)split * blocks_xy + blk) * SLOT_F4;
+#pragma unroll
+            for (int p = 0; p < TPW; p++)
+#pragma unroll
+                for (int x4 = 0; x4 < TOK / 8; x4++)
+                    mine[(p * (TOK / 8) + x4) * 256 + ct] =
+                        make_float4(acc[p][4 * x4], acc[p][4 * x4 + 1], acc[p][4 * x4 + 2], acc[p][4 * x4 + 3]);
+            __threadfence();
+            ws_consumer_sync();
+            if (ct == 0) {
+                const u32 prev = atomicAdd(&tickets[blk], 1u);
+                is_last = (prev == (u32)(splits - 1)) ? 1u : 0u;
+            }
+            ws_consumer_sync();
+            if (!is_last) return;
+            __threadfence();
+#pragma unroll
+            for (int p = 0; p < TPW; p++)
+#pragma unroll
+                for (int x = 0; x < TOK / 2; x++) acc[p][x] = 0.0f;
+            for (int sp = 0; sp < splits; sp++) {
+                const float4* part = reinterpret_cast<const float4*>(partials) + ((size_t)sp * blocks_xy + blk) * SLOT_F4;
+#pragma unroll
+                for (int p = 0; p < TPW; p++)
+#pragma unroll
+                    for (int x4 = 0; x4 < TOK / 8; x4++) {
+                        const float4 a = __ldcg(part + (p * (TOK / 8) + x4) * 256 + ct);
+                        acc[p][4 * x4] += a.x;
+                        acc[p][4 * x4 + 1] += a.y;
+                        acc[p][4 * x4 + 2] += a.z;
+                        acc[p][4 * x4 + 3] += a.w;
+                    }
+            }
+            if (ct == 0) tickets[blk] = 0u;
+        }
+        static_assert((u32)STAGES * (ACT_BYTES + W_BYTES + S_BYTES) >= (u32)TOK * TILES * 128,
+                      "the output tile must fit the ring");
+        ws_store_tile<TOK, TPW>(acc, base, C, M, N, m_base, tile_base * 64, cw, warp, lane, ct);
     }
 }
 
@@ -790,14 +945,14 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
         ws_stage_body<TOK>(A, out, M, K, k_chunks, units);                                              \
     }
 
-#define W4A16_WS_ENTRY(NAME, TOK, TPW, STAGES, HAS_Z)                                                   \
+#define W4A16_WS_ENTRY(NAME, TOK, TPW, STAGES, HAS_Z, PROBE)                                            \
     extern "C" __global__ void __launch_bounds__(384, 1) NAME(                                          \
         const uint4* __restrict__ As, const uint4* __restrict__ W, const u32* __restrict__ S,           \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,                   \
         u32* __restrict__ tickets, int M, int N, int n_pad, int k_chunks, int group_k32, int splits) {  \
-        pdl_trigger();                                                                     \
-        ws_body<TOK, TPW, STAGES, HAS_Z>(As, W, S, Z, C, partials, tickets, M, N, n_pad, k_chunks,      \
-                                         group_k32, splits);                                           \
+        pdl_trigger();                                                                                  \
+        ws_body<TOK, TPW, STAGES, HAS_Z, PROBE>(As, W, S, Z, C, partials, tickets, M, N, n_pad,         \
+                                                k_chunks, group_k32, splits);                           \
     }
 
 W4A16_WS_STAGE_ENTRY(w4a16_ws_stage_t64, 64)
@@ -805,14 +960,25 @@ W4A16_WS_STAGE_ENTRY(w4a16_ws_stage_t128, 128)
 
 // Keep (TOK, TPW, STAGES) in sync with `WsVariant` in src/int4/wgmma_ws.rs.
 // Name: t<tokens>x<64-column tiles per consumer warpgroup>, z = zero points.
-W4A16_WS_ENTRY(w4a16_ws_t64x1, 64, 1, 12, false)
-W4A16_WS_ENTRY(w4a16_ws_t64x2, 64, 2, 10, false)
-W4A16_WS_ENTRY(w4a16_ws_t128x1, 128, 1, 8, false)
-W4A16_WS_ENTRY(w4a16_ws_t128x2, 128, 2, 8, false)
-W4A16_WS_ENTRY(w4a16_ws_t64x1z, 64, 1, 12, true)
-W4A16_WS_ENTRY(w4a16_ws_t64x2z, 64, 2, 10, true)
-W4A16_WS_ENTRY(w4a16_ws_t128x1z, 128, 1, 8, true)
-W4A16_WS_ENTRY(w4a16_ws_t128x2z, 128, 2, 8, true)
+W4A16_WS_ENTRY(w4a16_ws_t64x1, 64, 1, 12, false, 0)
+W4A16_WS_ENTRY(w4a16_ws_t64x2, 64, 2, 10, false, 0)
+W4A16_WS_ENTRY(w4a16_ws_t128x1, 128, 1, 8, false, 0)
+W4A16_WS_ENTRY(w4a16_ws_t128x2, 128, 2, 8, false, 0)
+W4A16_WS_ENTRY(w4a16_ws_t64x1z, 64, 1, 12, true, 0)
+W4A16_WS_ENTRY(w4a16_ws_t64x2z, 64, 2, 10, true, 0)
+W4A16_WS_ENTRY(w4a16_ws_t128x1z, 128, 1, 8, true, 0)
+W4A16_WS_ENTRY(w4a16_ws_t128x2z, 128, 2, 8, true, 0)
+// Diagnostic probes (MARLIN_WGMMA_WS_PROBE=deliver / compute; output
+// meaningless): `_pd` delivery only, `_pc` dequantise + wgmma only.
+W4A16_WS_ENTRY(w4a16_ws_t128x1_pd, 128, 1, 8, false, 1)
+W4A16_WS_ENTRY(w4a16_ws_t128x2_pd, 128, 2, 8, false, 1)
+W4A16_WS_ENTRY(w4a16_ws_t128x1_pc, 128, 1, 8, false, 2)
+W4A16_WS_ENTRY(w4a16_ws_t128x2_pc, 128, 2, 8, false, 2)
+// Session 6's epilogue (MARLIN_WGMMA_WS_OLD_EPILOGUE=1): same-run A/B.
+W4A16_WS_ENTRY(w4a16_ws_t64x1_e0, 64, 1, 12, false, 3)
+W4A16_WS_ENTRY(w4a16_ws_t64x2_e0, 64, 2, 10, false, 3)
+W4A16_WS_ENTRY(w4a16_ws_t128x1_e0, 128, 1, 8, false, 3)
+W4A16_WS_ENTRY(w4a16_ws_t128x2_e0, 128, 2, 8, false, 3)
 
 #define W4A16_WSK_ENTRY(NAME, TOK, TPW, STAGES, HAS_Z)                                                  \
     extern "C" __global__ void __launch_bounds__(384, 1) NAME(                                          \
