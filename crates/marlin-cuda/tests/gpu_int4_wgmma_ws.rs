@@ -80,22 +80,37 @@ fn wgmma_ws_gemm_matches_reference() {
 /// element stores otherwise): N not a multiple of 8 (330, 77: a block
 /// whose second consumer warpgroup has no tile), and C as a view one
 /// element into its buffer (2-byte aligned) with the elements around it
-/// left untouched; one and three splits, every variant and the automatic
-/// choice, against the f64 reference, two launches bit-identical.
+/// left untouched; A as a view one element into a copy (2-byte aligned:
+/// the staging launch reads it element by element) in the second and
+/// fourth case; one to three splits, every variant and the
+/// automatic choice, against the f64 reference, two launches bit-identical.
 #[test]
 fn wgmma_ws_unaligned_output_matches_reference() {
     let Some(dev) = hopper() else { return };
     let mut ws = GemmWorkspace::new(&dev).expect("workspace");
     std::env::set_var(STREAM_K_ENV, "0");
     let mut checks = 0;
-    for (m, n, k, group, splits) in [
+    for (case, (m, n, k, group, splits)) in [
         (200usize, 330usize, 2048usize, 128usize, None),
         (255, 330, 2048, 128, Some(3)),
         (130, 77, 1536, 192, Some(2)),
         (1000, 256, 1024, 128, None),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let p = random_problem(&dev, (m, n, k, group, false), fresh_seed(), 0x3C3C);
         let seed = p.seed;
+        // A shifted by `a_off` elements inside a larger buffer.
+        let a_off = case % 2;
+        let a_host = dev.download(&p.a).expect("download A");
+        let mut a_buf = dev
+            .alloc_zeros::<f16>("A + offset", m * k + 1)
+            .expect("alloc A");
+        let mut shifted = vec![f16::ZERO; a_off];
+        shifted.extend_from_slice(&a_host);
+        shifted.resize(m * k + 1, f16::ZERO);
+        dev.write(&mut a_buf, &shifted).expect("upload A");
         // One guard element before and after C.
         let mut buf = dev
             .alloc_zeros::<f16>("C + guards", m * n + 2)
@@ -117,7 +132,8 @@ fn wgmma_ws_unaligned_output_matches_reference() {
                 ws.prepare(&dev, &p.weight, m, opts).expect("prepare");
                 let plan = {
                     let mut c = buf.slice_mut(1..1 + m * n);
-                    int4_gemm_prepared(&dev, &p.a.as_view(), m, &p.weight, &mut c, &mut ws, opts)
+                    let a = a_buf.slice(a_off..a_off + m * k);
+                    int4_gemm_prepared(&dev, &a, m, &p.weight, &mut c, &mut ws, opts)
                         .expect("launch")
                 };
                 assert!(plan.kernel.starts_with("w4a16_ws_t"), "{plan:?}");
@@ -127,7 +143,7 @@ fn wgmma_ws_unaligned_output_matches_reference() {
                     "M={m} N={n} [{variant}] seed={seed}: a guard element was written"
                 );
                 let got = all[1..1 + m * n].to_vec();
-                let what = format!("M={m} N={n} K={k} g={group} [{variant}] seed={seed}");
+                let what = format!("M={m} N={n} K={k} g={group} A+{a_off} [{variant}] seed={seed}");
                 let rel = rel_l2_all_finite(&got, &p.want, n, &what);
                 assert!(
                     rel < REL_L2_TOL,
