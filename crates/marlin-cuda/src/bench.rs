@@ -109,6 +109,9 @@ pub struct GemmBenchConfig {
     /// Time only cuBLAS, Auto and the warp-specialised INT4 path (the other
     /// columns NaN): quick same-run A/Bs of that kernel's knobs.
     pub ws_only: bool,
+    /// Time only cuBLAS, Auto and the two Hopper wgmma INT4 paths (the
+    /// other columns NaN): quick same-run A/Bs at M = 17..128.
+    pub wgmma_only: bool,
 }
 
 impl Default for GemmBenchConfig {
@@ -131,6 +134,7 @@ impl Default for GemmBenchConfig {
             delay_cycles: 8000,
             decode_shapes: Vec::new(),
             ws_only: false,
+            wgmma_only: false,
         }
     }
 }
@@ -524,7 +528,7 @@ fn bench_shape(
                 Ok::<_, CudaError>((us, plan))
             };
             let is_int4 = *format == GemmFormat::Int4G128;
-            let others = !cfg.ws_only;
+            let others = !cfg.ws_only && !cfg.wgmma_only;
             let (fused_us, fused_plan) = if others && (is_int4 || m <= 256) {
                 time_path(GemmPath::Fused, None, false)?
             } else {
@@ -540,7 +544,7 @@ fn bench_shape(
             } else {
                 f64::NAN
             };
-            let has_wgmma = others && is_int4 && m >= WGMMA_MIN_M && wgmma_supported(dev);
+            let has_wgmma = (others || cfg.wgmma_only) && is_int4 && m >= WGMMA_MIN_M && wgmma_supported(dev);
             let wgmma_us = if has_wgmma {
                 time_path(GemmPath::Wgmma, None, false)?.0
             } else {
@@ -711,4 +715,104 @@ fn bench_shape(
     }
     dev.synchronize()?;
     Ok(rows)
+}
+
+/// One row of [`bench_glu`]: the gate|up GEMM of a stacked (2F, K) weight
+/// followed by the `glu` launch, against the GEMM with the GLU in its
+/// epilogue (`int4_gemm_glu`), both in the decode context (after the PDL
+/// delay kernel, its time subtracted) and back to back.
+#[derive(Clone, Debug)]
+pub struct GluBenchRow {
+    pub n: usize,
+    pub k: usize,
+    pub m: usize,
+    /// Auto GEMM + `glu` launch.
+    pub pair_us: f64,
+    pub pair_ctx_us: f64,
+    /// `int4_gemm_glu` (NaN where it does not run).
+    pub epilogue_us: f64,
+    pub epilogue_ctx_us: f64,
+    /// Kernel of the epilogue call.
+    pub kernel: &'static str,
+}
+
+/// `marlin-cuda-bench --glu`: the gate|up GEMM + `glu` pair against the
+/// GEMM with the GLU in its epilogue, for each stacked (N = 2F, K) shape of
+/// `cfg.shapes` and M of `cfg.ms` (M <= 8), SiLU. Returns the delay
+/// kernel's own time and the rows.
+pub fn bench_glu(ordinal: usize, cfg: &GemmBenchConfig) -> Result<(f64, Vec<GluBenchRow>)> {
+    use crate::int4::gemm::{glu_epilogue_supported, int4_gemm_glu, GluAct};
+    let dev = CudaDevice::new(ordinal)?;
+    let delay_us = time_us(&dev, cfg.reps, cfg.batches, |_| {
+        launch_bench_delay(&dev, cfg.delay_cycles)
+    })?;
+    let mut rows = Vec::new();
+    for &(n, k) in &cfg.shapes {
+        if n % 2 != 0 {
+            continue;
+        }
+        let f = n / 2;
+        let (weights, _) = Weights::build(&dev, GemmFormat::Int4G128, n, k)?;
+        let Weights::Int4(w) = weights else {
+            continue;
+        };
+        let max_m = cfg.ms.iter().copied().max().unwrap_or(1);
+        let a = dev.upload("activations", &random_activations(max_m, k, 7))?;
+        let mut c = dev.alloc_zeros::<f16>("gate|up output", max_m * n)?;
+        let mut out = dev.alloc_zeros::<f16>("GLU output", max_m * f)?;
+        let mut ws = GemmWorkspace::new(&dev)?;
+        for &m in cfg.ms.iter().filter(|&&m| m <= 8) {
+            let mut pair = |i: usize, after_delay: bool| -> Result<()> {
+                if after_delay {
+                    launch_bench_delay(&dev, cfg.delay_cycles)?;
+                }
+                int4_gemm(
+                    &dev,
+                    &a,
+                    m,
+                    &w[i % w.len()],
+                    &mut c,
+                    &mut ws,
+                    GemmOptions::default(),
+                )?;
+                crate::ops::glu(&dev, &c.slice(0..), &c.slice(f..), n, m, f, false, &mut out)
+            };
+            let pair_us = time_us(&dev, cfg.reps, cfg.batches, |i| pair(i, false))?;
+            let pair_ctx_us = time_us(&dev, cfg.reps, cfg.batches, |i| pair(i, true))? - delay_us;
+            let (mut epilogue_us, mut epilogue_ctx_us, mut kernel) = (f64::NAN, f64::NAN, "-");
+            if glu_epilogue_supported(&dev, m, &w[0]) {
+                let mut fused = |i: usize, after_delay: bool| -> Result<()> {
+                    if after_delay {
+                        launch_bench_delay(&dev, cfg.delay_cycles)?;
+                    }
+                    let wi = &w[i % w.len()];
+                    kernel = int4_gemm_glu(
+                        &dev,
+                        &a.as_view(),
+                        m,
+                        wi,
+                        &mut out.as_view_mut(),
+                        GluAct::Silu,
+                        &ws,
+                    )?
+                    .kernel;
+                    Ok(())
+                };
+                epilogue_us = time_us(&dev, cfg.reps, cfg.batches, |i| fused(i, false))?;
+                epilogue_ctx_us =
+                    time_us(&dev, cfg.reps, cfg.batches, |i| fused(i, true))? - delay_us;
+            }
+            rows.push(GluBenchRow {
+                n,
+                k,
+                m,
+                pair_us,
+                pair_ctx_us,
+                epilogue_us,
+                epilogue_ctx_us,
+                kernel,
+            });
+        }
+    }
+    Ok((delay_us, rows))
 }

@@ -1,10 +1,12 @@
 //! `marlin-cuda-bench [--quick] [--sweep] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]]
 //! [--ms 1,16] [--formats int4,mxfp4,...] [--no-ctx] [--delay-cycles C] [--dec-shapes 4x1x4,4x2x2]
-//! [--ws-only] [--device N]`: the quantized GEMM benchmark table (see `marlin_cuda::bench`). `--stream-k`
+//! [--ws-only] [--wgmma-only] [--glu] [--device N]`: the quantized GEMM benchmark table (see `marlin_cuda::bench`). `--stream-k`
 //! adds the stream-K INT4 kernel's column; `--no-ctx` drops the decode-context columns (GEMM
 //! after a PDL-launched delay kernel of C clocks); `--dec-shapes` times forced decode-kernel
 //! block shapes (column blocks x K slices x splits); `--ws-only` times only cuBLAS, Auto and the
-//! warp-specialised INT4 kernel (same-run A/Bs of its knobs).
+//! warp-specialised INT4 kernel (same-run A/Bs of its knobs); `--wgmma-only` the same plus the
+//! wgmma INT4 kernel; `--glu` times instead, for each
+//! stacked gate|up shape 2FxK, the GEMM + `glu` pair against the GEMM with the GLU in its epilogue.
 //! Exit status 1 when CUDA is not available or a call fails.
 
 use marlin_cuda::bench::{bench_gemm, GemmBenchConfig, GemmFormat};
@@ -12,11 +14,12 @@ use marlin_cuda::bench::{bench_gemm, GemmBenchConfig, GemmFormat};
 const USAGE: &str =
     "usage: marlin-cuda-bench [--quick] [--sweep] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]] [--ms 1,16] \
                      [--formats int4,mxfp4,nvfp4,int8,fp8,fp8b128,int3,int2] [--no-ctx] [--delay-cycles C] \
-                     [--dec-shapes AxBxC[,..]] [--ws-only] [--device N]";
+                     [--dec-shapes AxBxC[,..]] [--ws-only] [--wgmma-only] [--glu] [--device N]";
 
 fn main() {
     let mut cfg = GemmBenchConfig::default();
     let mut ordinal = 0usize;
+    let mut glu = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -32,6 +35,8 @@ fn main() {
             "--stream-k" => cfg.stream_k = true,
             "--no-ctx" => cfg.decode_context = false,
             "--ws-only" => cfg.ws_only = true,
+            "--wgmma-only" => cfg.wgmma_only = true,
+            "--glu" => glu = true,
             "--delay-cycles" => match args.next().and_then(|s| s.parse::<i64>().ok()) {
                 Some(c) if c >= 0 => cfg.delay_cycles = c,
                 _ => {
@@ -105,6 +110,38 @@ fn main() {
                 std::process::exit(2);
             }
         }
+    }
+    if glu {
+        match marlin_cuda::bench::bench_glu(ordinal, &cfg) {
+            Ok((delay_us, rows)) => {
+                println!(
+                    "gate|up GEMM + glu launch (pair) vs GLU in the GEMM's epilogue (epi), SiLU; \
+                     ctx = after a PDL delay kernel, minus its {delay_us:.2} us"
+                );
+                println!(
+                    "{:>11} {:>3} {:>9} {:>9} {:>9} {:>9} {:>9}  kernel",
+                    "N x K", "M", "pair us", "epi us", "pair ctx", "epi ctx", "ctx diff"
+                );
+                for r in rows {
+                    println!(
+                        "{:>11} {:>3} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  {}",
+                        format!("{}x{}", r.n, r.k),
+                        r.m,
+                        r.pair_us,
+                        r.epilogue_us,
+                        r.pair_ctx_us,
+                        r.epilogue_ctx_us,
+                        r.epilogue_ctx_us - r.pair_ctx_us,
+                        r.kernel
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
     }
     match bench_gemm(ordinal, &cfg) {
         Ok(report) => print!("{report}"),

@@ -468,10 +468,30 @@ fn decode_smem_bytes(
     group_k32: usize,
     has_zeros: bool,
 ) -> usize {
+    decode_smem_bytes_ring(
+        m,
+        k_chunks,
+        shape,
+        group_k32,
+        has_zeros,
+        decode_ring_bytes(m),
+    )
+}
+
+/// [`decode_smem_bytes`] with `ring_bytes` per warp (the GLU-epilogue
+/// kernels pick their ring depth themselves: [`glu_call`]).
+fn decode_smem_bytes_ring(
+    m: usize,
+    k_chunks: usize,
+    shape: DecodeShape,
+    group_k32: usize,
+    has_zeros: bool,
+    ring_bytes: usize,
+) -> usize {
     let cps = k_chunks.div_ceil(shape.splits.max(1));
     let a_stride = cps * 64 + 8;
     let scale_tiles = 1 + usize::from(has_zeros);
-    shape.nbpb * shape.k_slices * decode_ring_bytes(m)
+    shape.nbpb * shape.k_slices * ring_bytes
         + scale_tiles * shape.nbpb * 32 * decode_scale_rows(cps, group_k32)
         + decode_tile_rows(m) * a_stride * 2
         + 128
@@ -1844,6 +1864,200 @@ pub fn int4_gemm_fused(
     // only the weights before griddepcontrol.wait (w4_pdl_enter).
     unsafe { launch.launch_pdl(cfg) }?;
     Ok(plan)
+}
+
+/// The gated activation of [`int4_gemm_glu`]'s epilogue (the formulas of
+/// `ops::glu`: SiLU `g / (1 + e^-g)`, GELU with the tanh approximation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GluAct {
+    Silu,
+    GeluTanh,
+}
+
+/// `flags` bit of the GLU-epilogue kernels: GELU (tanh) instead of SiLU
+/// (W4_DEC_GLU_GELU in the source).
+const DEC_GLU_GELU: i32 = 32;
+
+/// Launch of the GLU-epilogue decode kernel ([`int4_gemm_glu`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GluCall {
+    kernel: &'static str,
+    shape: DecodeShape,
+    smem: usize,
+}
+
+/// The GLU-epilogue launch of `m` rows of a stacked gate|up weight (gate
+/// rows 0..F, up rows F..2F), or None where the kernel cannot run it: M <=
+/// 8 (one token tile), symmetric codes with groups >= 64 or per-channel
+/// (scales after the mma), F a multiple of 16 (whole n16 column blocks of
+/// each half), K <= 4096 (the whole K range of the block in one activation
+/// tile, no split-K), and a block shape within the shared-memory limit.
+///
+/// Shape (the whole-column plan's, change 36, with pairs): a block holds
+/// `half` gate column blocks and the `half` up column blocks of the same
+/// output columns (nbpb = 2 half, one warp each per K slice), `half` the
+/// smallest divisor (<= 8) of the F/16 pairs whose grid fits one block per
+/// SM; the most K slices (power of two, <= 16 warps, >= 16 chunks each)
+/// that fit. Ring depth as the plain plan: 16 stages at M <= 4 where that
+/// fits (`w4a16_dec_m4_glu`), else 8 (`w4a16_dec_m8_glu`).
+fn glu_call(m: usize, w: &Int4Weight, sm_count: usize) -> Option<GluCall> {
+    let kc = w.k_chunks;
+    if !(1..=8).contains(&m)
+        || w.neg_zero_scales.is_some()
+        || w.group_k32 < 2
+        || !w.n.is_multiple_of(32)
+        || kc > 64
+        || sm_count == 0
+    {
+        return None;
+    }
+    let pairs = w.n / 32;
+    let half = (1..=DEC_MAX_WARPS / 2).find(|&d| pairs.is_multiple_of(d) && pairs / d <= sm_count)?;
+    let nbpb = 2 * half;
+    let rings: &[(&'static str, usize)] = if m <= DEC_M4_MAX_M {
+        &[
+            ("w4a16_dec_m4_glu", DEC_STAGES_M4),
+            ("w4a16_dec_m8_glu", DEC_STAGES),
+        ]
+    } else {
+        &[("w4a16_dec_m8_glu", DEC_STAGES)]
+    };
+    for &(kernel, stages) in rings {
+        let mut k_slices = (DEC_MAX_WARPS / nbpb).min(kc / 16).max(1);
+        k_slices = 1 << k_slices.ilog2();
+        loop {
+            let shape = DecodeShape {
+                nbpb,
+                k_slices,
+                splits: 1,
+            };
+            let smem = decode_smem_bytes_ring(m, kc, shape, w.group_k32, false, stages * 32 * 16);
+            if smem <= DEC_SMEM_LIMIT {
+                return Some(GluCall {
+                    kernel,
+                    shape,
+                    smem,
+                });
+            }
+            if k_slices == 1 {
+                break;
+            }
+            k_slices /= 2;
+        }
+    }
+    None
+}
+
+/// Whether [`int4_gemm_glu`] can run `m` rows of the stacked gate|up
+/// weight `w` on `dev` (see `glu_call`: M <= 8, symmetric groups >= 64 or
+/// per-channel, F = N/2 a multiple of 16, K <= 4096).
+pub fn glu_epilogue_supported(dev: &CudaDevice, m: usize, w: &Int4Weight) -> bool {
+    glu_call(m, w, dev.sm_count()).is_some()
+}
+
+/// Whether the decode step should take [`int4_gemm_glu`] instead of the
+/// gate|up GEMM + `glu` launch: supported, and the weight is where the
+/// plain GEMM takes the whole-column plan (N >= 14336 at K <= 4096,
+/// change 36) with a grid that keeps >= 90% of the SMs busy, i.e. the
+/// fused launch streams the weight as the plain one does and only the
+/// epilogue differs. Elsewhere (small F, few blocks) it is not measured.
+pub fn glu_epilogue_preferred(dev: &CudaDevice, m: usize, w: &Int4Weight) -> bool {
+    let sm = dev.sm_count();
+    glu_call(m, w, sm).is_some_and(|c| {
+        let blocks = (w.n / 16) / c.shape.nbpb;
+        w.n / 16 >= DEC_WHOLE_COLUMN_MIN_N16 && blocks * 1000 >= sm * DEC_WHOLE_COLUMN_MIN_FILL
+    })
+}
+
+/// The gate|up GEMM of a gated MLP with the gated activation in its
+/// epilogue: `out (M, F) = act(A · W_gateᵀ) * (A · W_upᵀ)`, W the stacked
+/// (2F, K) gate|up weight (gate rows first, as the decoder's fused
+/// projection stores it), f32 sums, one f16 rounding. One launch replaces
+/// the gate|up GEMM and the `glu` launch of the decode step (the unfused
+/// path rounds gate and up to f16 before the activation; this does not).
+///
+/// A block owns the gate column blocks and the up column blocks of the same
+/// output columns (one warp each, the plain decode kernel's main loop); at
+/// the end each up warp hands its 16 x M sums to its gate warp through
+/// shared memory, which stores the product. No split-K, so nothing else is
+/// needed from the workspace (`ws` is taken for its empty split-K operands).
+/// Launched with programmatic dependent launch (weights before the wait);
+/// after the first call (kernel compiled and loaded) it only enqueues that
+/// launch, so it can be captured in a CUDA graph. Errors where
+/// [`glu_epilogue_supported`] is false.
+#[allow(clippy::too_many_arguments)]
+pub fn int4_gemm_glu(
+    dev: &Arc<CudaDevice>,
+    a: &CudaView<'_, f16>,
+    m: usize,
+    w: &Int4Weight,
+    out: &mut CudaViewMut<'_, f16>,
+    act: GluAct,
+    ws: &GemmWorkspace,
+) -> Result<GemmPlan> {
+    let Some(call) = glu_call(m, w, dev.sm_count()) else {
+        return Err(CudaError::Unsupported(format!(
+            "INT4 GEMM with a GLU epilogue: M = {m} (1..=8), symmetric codes with groups of >= 64 \
+             (zero points {}, group of {} elements), N = {} an even number of 16-column blocks, \
+             K = {} <= 4096",
+            w.neg_zero_scales.is_some(),
+            32 * w.group_k32,
+            w.n,
+            w.k
+        )));
+    };
+    let f = w.n / 2;
+    check_len("A", a.len(), m, w.k)?;
+    check_len("GLU output", out.len(), m, f)?;
+    let shape = call.shape;
+    let func = dev.function(
+        FUSED_MODULE,
+        FUSED_SOURCE,
+        call.kernel,
+        to_u32_smem(decode_smem_attr())?,
+    )?;
+    let n_tiles = (w.n / 16) / shape.nbpb;
+    let cfg = LaunchConfig {
+        grid_dim: launch_grid(1, n_tiles, 1)?,
+        block_dim: (32 * (shape.nbpb * shape.k_slices) as u32, 1, 1),
+        shared_mem_bytes: to_u32_smem(call.smem)?,
+    };
+    let flags = decode_flags(m)
+        | match act {
+            GluAct::Silu => 0,
+            GluAct::GeluTanh => DEC_GLU_GELU,
+        };
+    let mut launch = KernelLaunch::new(dev, &func, call.kernel);
+    arg_operands(&mut launch, a, w, out, (&ws.partials, &ws.tickets))
+        .arg(&to_i32("M", m)?)
+        .arg(&to_i32("N", w.n)?)
+        .arg(&to_i32("K", w.k)?)
+        .arg(&to_i32("N", w.n_pad)?)
+        .arg(&to_i32("K chunks", w.k_chunks)?)
+        .arg(&to_i32("group size", w.group_k32)?)
+        .arg(&1i32)
+        .arg(&to_i32("column blocks", shape.nbpb)?)
+        .arg(&to_i32("K slices", shape.k_slices)?)
+        .arg(&flags);
+    // SAFETY: argument types and order match W4A16_DEC_GLU_ENTRY in
+    // kernels/w4a16_gemm.cu (the plain decode entry's); A holds M*K and out
+    // M*F halves (checked above); the weights cover n_pad x k_chunks
+    // (repack) and have no zero points (glu_call); one split, so the kernel
+    // never touches the partials or tickets; every block reads only the
+    // weights before griddepcontrol.wait (w4_pdl_enter).
+    unsafe { launch.launch_pdl(cfg) }?;
+    Ok(GemmPlan {
+        path: GemmPath::Fused,
+        kernel: call.kernel,
+        m_tiles: 1,
+        m_blocks: 1,
+        n_tiles,
+        splits: shape.k_slices,
+    })
+}
+
+fn to_u32_smem(v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| CudaError::Shape("shared memory size".into()))
 }
 
 /// Dequantize W into the workspace's f16 (N, K) scratch.

@@ -399,11 +399,41 @@ W4A16_ENTRY(w4a16_gemm_mt4, 4, 2, 3)
 // - W4_EPI_RESID: R[row, col] += f32(f16(sum)) (R the f32 residual stream,
 //   row stride N): the residual add of `resid_norm`, with the GEMM output
 //   rounded to f16 as the unfused step stores it.
+// - W4_EPI_GLU (decode body only, splits == 1, one token tile): the weight
+//   is a stacked gate|up projection (N = 2F rows, gate first, F % 16 == 0);
+//   C (M, F) = act(gate) * up from the fp32 sums, one f16 rounding: the
+//   `glu` launch folded into the gate|up GEMM (docs/CUDA.md change 41). A
+//   block's first nbpb/2 column blocks are gate blocks, the other nbpb/2 the
+//   up blocks of the same output columns (w4_glu_col_block); each up warp
+//   hands its sums to its gate warp through its drained ring.
 #define W4_PRO_NONE 0
 #define W4_PRO_GLU 1
 #define W4_PRO_RMS 2
 #define W4_EPI_STORE 0
 #define W4_EPI_RESID 1
+#define W4_EPI_GLU 2
+
+// n16 column block of local column block `nbl` of block `by` in the
+// W4_EPI_GLU layout: gate blocks by*half .. by*half + half - 1, then the up
+// blocks of the same columns, `pairs` (= F/16) further on.
+__device__ __forceinline__ int w4_glu_col_block(int nbl, int nbpb, int by, int pairs) {
+    const int half = nbpb >> 1;
+    return nbl < half ? by * half + nbl : pairs + by * half + (nbl - half);
+}
+
+// The gated activation of W4_EPI_GLU times up, as `mops_glu_impl` (ops.cu)
+// computes it: SiLU g / (1 + e^-g), or GELU with the tanh approximation.
+__device__ __forceinline__ float w4_glu_act_mul(float g, float u, bool gelu) {
+    float a;
+    if (gelu) {
+        const float v = 0.7978845608f * (g + 0.044715f * g * g * g);
+        const float th = 1.0f - 2.0f / (expf(2.0f * v) + 1.0f);
+        a = 0.5f * g * (1.0f + th);
+    } else {
+        a = g / (1.0f + expf(-g));
+    }
+    return a * u;
+}
 
 // Sum of v over the block (every thread gets it); `red` holds 32 floats.
 __device__ __forceinline__ float w4_block_sum(float v, float* red) {
@@ -637,6 +667,8 @@ __device__ __forceinline__ void w4_fused_store(u16* __restrict__ C, float* __res
 // the predicated-off loads save over a broadcast. Their products land in
 // accumulator columns of absent tokens, which are never stored.
 #define W4_DEC_LEAN_BCAST 16
+// W4_EPI_GLU kernels: GELU (tanh) instead of SiLU.
+#define W4_DEC_GLU_GELU 32
 
 // Compile-time flag for the generic lambdas of the lean loop.
 template <bool B>
@@ -724,7 +756,7 @@ __device__ __forceinline__ void w4a16_dec_body(
     const int t = lane & 3;
     const int nbl = warp % nbpb;   // column block within the block
     const int ks = warp / nbpb;    // K slice
-    const int nb = blockIdx.y * nbpb + nbl;
+    const int nb = EPI == W4_EPI_GLU ? w4_glu_col_block(nbl, nbpb, blockIdx.y, N >> 5) : blockIdx.y * nbpb + nbl;
     const int nb_count = n_pad >> 4;
     const int m_base = blockIdx.x * 8 * RH;
     const int split = blockIdx.z;
@@ -813,7 +845,11 @@ __device__ __forceinline__ void w4a16_dec_body(
         const int s_vecs = (row_last - row_first + 1) * row_vecs;
         for (int v = threadIdx.x; v < s_vecs; v += nthreads) {
             const int q = v / row_vecs, part = v - q * row_vecs;
-            const size_t src = (size_t)(row_first + q) * group_stride + (size_t)blockIdx.y * s_width + part * 4;
+            // W4_EPI_GLU: the block's column blocks are two runs (gate, up).
+            const size_t col_off = EPI == W4_EPI_GLU
+                                       ? (size_t)w4_glu_col_block(part >> 1, nbpb, blockIdx.y, N >> 5) * 8 + (part & 1) * 4
+                                       : (size_t)blockIdx.y * s_width + part * 4;
+            const size_t src = (size_t)(row_first + q) * group_stride + col_off;
             cp_async16_cg(s_tile + q * s_width + part * 4, S + src, 16);
             if (HAS_Z) cp_async16_cg(z_tile + q * s_width + part * 4, Z + src, 16);
         }
@@ -1209,6 +1245,31 @@ __device__ __forceinline__ void w4a16_dec_body(
 
     // Accumulator (r, i): column n = nb*16 + g + 8*(i>>1), token row
     // m_base + r*8 + 2t + (i&1).
+    if (EPI == W4_EPI_GLU) {
+        // splits == 1, RH == 1 (host: glu_call). The up warp of local
+        // column block nbl (>= half) puts its sums in its own ring (drained;
+        // the K-slice reduction above read only the rings of slices > 0),
+        // the gate warp nbl - half combines them with its own.
+        const int half = nbpb >> 1;
+        float* xchg = reinterpret_cast<float*>(&ring.w[0][0]);
+        if (writer && nbl >= half) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) xchg[i * 32 + lane] = acc[0][i];
+        }
+        __syncthreads();
+        if (!writer || nbl >= half) return;
+        const float* up = reinterpret_cast<const float*>(
+            &reinterpret_cast<DecRing<STAGES>*>(dyn_smem)[nbl + half].w[0][0]);
+        const int F = N >> 1;
+        const bool gelu = (flags & W4_DEC_GLU_GELU) != 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int row = m_base + 2 * t + (i & 1);
+            const int col = nb * 16 + g + 8 * (i >> 1);
+            if (row < M && col < F) C[(size_t)row * F + col] = f32_to_f16(w4_glu_act_mul(acc[0][i], up[i * 32 + lane], gelu));
+        }
+        return;
+    }
     if (splits == 1) {
         if (!writer) return;
 #pragma unroll
@@ -1731,6 +1792,23 @@ W4A16_DEC_FUSED_ENTRY(w4a16_dec_m16_glures, 2, 8, W4_PRO_GLU, W4_EPI_RESID)
     }
 W4A16_SK_FUSED_ENTRY(w4a16_sk_m8_rms, 1, 8, W4_PRO_RMS)
 W4A16_SK_FUSED_ENTRY(w4a16_sk_m16_rms, 2, 8, W4_PRO_RMS)
+
+// The gate|up GEMM with the GLU in its epilogue (W4_EPI_GLU; M <= 8, one
+// split, int4_gemm_glu in src/int4/gemm.rs): the plain decode entry's
+// arguments, N = 2F the stacked weight's rows, C (M, F); flags as the plain
+// kernels' plus W4_DEC_GLU_GELU. 16 stages (M <= 4) or 8.
+#define W4A16_DEC_GLU_ENTRY(NAME, STAGES)                                                         \
+    extern "C" __global__ void __launch_bounds__(512) NAME(                                       \
+        const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
+        const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
+        u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
+        int group_k32, int splits, int nbpb, int k_slices, int flags) {                           \
+        w4a16_dec_body<1, STAGES, false, true, W4_PRO_NONE, W4_EPI_GLU>(                          \
+            A, W, S, Z, C, partials, tickets, M, N, K, n_pad, k_chunks, group_k32, splits, nbpb,  \
+            k_slices, flags);                                                                     \
+    }
+W4A16_DEC_GLU_ENTRY(w4a16_dec_m4_glu, 16)
+W4A16_DEC_GLU_ENTRY(w4a16_dec_m8_glu, 8)
 #endif  // W4_FUSED_ENTRIES
 
 // Benchmark stand-in for the decode step's small kernels (norm, RoPE,
