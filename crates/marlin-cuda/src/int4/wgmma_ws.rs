@@ -306,18 +306,28 @@ fn natural_blocks(m: usize, w: &Int4Weight) -> usize {
     m.div_ceil(tokens).max(1) * w.n_pad.div_ceil(256)
 }
 
-/// Whether the stream-K form is used when no split factor is forced: a
-/// long reduction (>= 128 chunks, K >= 8192) whose unsplit grid fills less
-/// than half the SMs. Second H100 run (docs/CUDA.md change 28): 4096x14336
-/// (16 / 32 blocks) M = 64 39.8 us (split-K form 49.0, old wgmma kernel
-/// 44.8) and M = 256 78.1 (split-K 88.6-90.5, old kernel 93.8); the
-/// split-K form won wherever the grid is larger (28672x8192 M = 64 with 112
-/// blocks unsplit: 83.9 against 101.0) or K shorter (14336x4096, 4096x4096:
-/// more contributors per tile). `MARLIN_WGMMA_WS_STREAMK=0/1` overrides.
+/// The shapes the stream-K form was made for: a long reduction (>= 128
+/// chunks, K >= 8192) whose unsplit grid fills less than half the SMs.
+fn stream_k_shape(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
+    w.k_chunks >= WS_SK_AUTO_MIN_CHUNKS && 2 * natural_blocks(m, w) < sm_count.max(1)
+}
+
+/// The stream-K form is taken below this M only (session 7).
+const WS_SK_AUTO_MAX_M: usize = 255;
+
+/// Whether the stream-K form is used when no split factor is forced:
+/// [`stream_k_shape`] at M <= 255. Second H100 run of session 5
+/// (docs/CUDA.md change 28): 4096x14336 (16 / 32 blocks) M = 64 39.8 us
+/// (split-K form 49.0, old wgmma kernel 44.8) and M = 256 78.1 (split-K
+/// 88.6-90.5); the split-K form won wherever the grid is larger (28672x8192
+/// M = 64 with 112 blocks unsplit: 83.9 against 101.0) or K shorter
+/// (14336x4096, 4096x4096: more contributors per tile). Session 7 (change
+/// 39, after the split-K form's compact epilogue): 4096x14336 M = 256
+/// split-K (4 splits) 64.0-65.5 us against the stream-K form 77.3-85.9 in
+/// three runs (79.9 in the same call). `MARLIN_WGMMA_WS_STREAMK=0/1`
+/// overrides.
 pub fn ws_stream_k(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
-    stream_k_override().unwrap_or_else(|| {
-        w.k_chunks >= WS_SK_AUTO_MIN_CHUNKS && 2 * natural_blocks(m, w) < sm_count.max(1)
-    })
+    stream_k_override().unwrap_or_else(|| m <= WS_SK_AUTO_MAX_M && stream_k_shape(m, w, sm_count))
 }
 
 /// The variant of the stream-K form: the least estimated time, units per
@@ -358,8 +368,9 @@ const WS_AUTO_MIN_WAVE_EFFICIENCY: f64 = 0.9;
 ///   256-column blocks also cover a third of the SMs;
 /// - M = 128..511 on weights of >= 2^24 elements; on smaller weights at
 ///   M = 128..255 when the grid of 128-token x 256-column blocks covers at
-///   least 3/4 of the SMs, and at M = 256..511 the same or where the
-///   stream-K form is taken;
+///   least 3/4 of the SMs, and at M = 256..511 the same or on the
+///   stream-K form's shapes ([`stream_k_shape`]; the split-K form runs
+///   them at M >= 256 since session 7);
 /// - M >= 512 if the plan keeps >= 90% of its last round of SMs busy.
 ///
 /// Session 7 (docs/CUDA.md change 39, one H100 run, two benchmarks each,
@@ -411,7 +422,9 @@ pub fn ws_auto(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
             || (w.n.saturating_mul(w.k) >= WS_LOW_M_AUTO_MIN_ELEMS && ws_stream_k(m, w, sm_count));
     }
     if m < WS_AUTO_WAVE_CHECK_M {
-        return covers_sms || ws_stream_k(m, w, sm_count);
+        // (Where the stream-K form was taken before session 7; the split-K
+        // form runs those shapes now.)
+        return covers_sms || stream_k_shape(m, w, sm_count);
     }
     let p = ws_plan(m, w, sm_count, None);
     let blocks = p.m_blocks * p.n_tiles * p.splits;
