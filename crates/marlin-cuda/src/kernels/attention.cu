@@ -16,7 +16,12 @@
 //   online softmax, the block merges them in shared memory and writes either
 //   the normalised output (one split) or an unnormalised partial
 //   (max, sum, output); the last block of a (row, head chunk) to finish
-//   (a ticket per (row, head chunk)) merges the splits' partials.
+//   (a ticket per (row, head chunk)) merges the splits' partials. Launched
+//   as thread-block clusters of `splits` blocks (sm_90, <= 16 splits), the
+//   splits instead merge through distributed shared memory, each block
+//   finishing a share of the output columns. Keys and values stream
+//   through a per-lane ring in shared memory (cp.async, ATT_FLAG_STAGE_KV)
+//   or in registers.
 // - attn_prefill_*: tiled online softmax for many query rows. One block per
 //   (tile of rows x heads of one kv head): K/V tiles of 32 keys are staged in
 //   shared memory once and used by all 32 query vectors of the block; lane t
@@ -60,6 +65,69 @@ __device__ __forceinline__ uint4 att_ld16(const u16* p) {
     return *reinterpret_cast<const uint4*>(p);
 }
 
+// 16-byte copy global -> shared that does not hold registers while in flight
+// (the staged keys of the decode kernel).
+__device__ __forceinline__ void att_cp_async16(void* dst, const u16* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src));
+}
+
+// Flags of the decode entries (the last kernel parameter; src/ops/attention.rs).
+#define ATT_FLAG_EARLY_KV 1  // fused entries: earlier keys read before the PDL wait
+#define ATT_FLAG_STAGE_KV 2  // the first keys of a split staged in shared memory
+
+// Thread-block clusters (sm_90): the splits of one (row, head chunk) form
+// one cluster when the host launches them so (cluster x dimension = split
+// count), and merge through distributed shared memory instead of global
+// partials and a ticket. att_cluster_size() is 1 for a plain launch and
+// below sm_90, where the cluster code is never reached.
+__device__ __forceinline__ u32 att_cluster_size() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r));
+    return r;
+#else
+    return 1u;
+#endif
+}
+// Every thread of every block of the cluster; release / acquire: shared
+// memory written before it is visible to the cluster's blocks after it.
+__device__ __forceinline__ void att_cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // Not .aligned: callers may reach it from divergent warps.
+    asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
+#endif
+}
+// The shared-memory address `local` of this block in block `rank` of the cluster.
+__device__ __forceinline__ u32 att_cluster_map(u32 local, u32 rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    u32 r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(local), "r"(rank));
+    return r;
+#else
+    return local;
+#endif
+}
+__device__ __forceinline__ float2 att_ld_cluster2(u32 addr) {
+    float2 r = make_float2(0.0f, 0.0f);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("ld.shared::cluster.v2.f32 {%0, %1}, [%2];" : "=f"(r.x), "=f"(r.y) : "r"(addr) : "memory");
+#endif
+    return r;
+}
+__device__ __forceinline__ float4 att_ld_cluster4(u32 addr) {
+    float4 r = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(r.x), "=f"(r.y), "=f"(r.z), "=f"(r.w)
+                 : "r"(addr)
+                 : "memory");
+#endif
+    return r;
+}
+// Most blocks of a cluster on sm_90 (non-portable; ATT_CLUSTER_MAX in
+// src/ops/attention.rs).
+#define ATT_CLUSTER_MAX 16
+
 // The key range [lo, hi) of one query row; empty when the row is invalid.
 __device__ __forceinline__ void att_range(int seq, int pos, int n_seqs, int capacity, int window,
                                           int& lo, int& hi) {
@@ -101,19 +169,70 @@ struct AttRopeIn {
     int n_rot, neox;
 };
 
+// One key of a lane group: scores of the GT query heads against the key's
+// 16 bytes of this lane (summed over the group's lanes), online softmax,
+// the value's 16 bytes into the outputs.
+template <int GT, int LPK>
+__device__ __forceinline__ void att_key_step(const uint4 kc, const uint4 vc, const float (&qr)[GT][8],
+                                             float (&m)[GT], float (&l)[GT], float (&o)[GT][8],
+                                             u32 sub_mask, float softcap) {
+    float kf[8], vf[8];
+    f16x2_to_f32(kc.x, kf[0], kf[1]);
+    f16x2_to_f32(kc.y, kf[2], kf[3]);
+    f16x2_to_f32(kc.z, kf[4], kf[5]);
+    f16x2_to_f32(kc.w, kf[6], kf[7]);
+    f16x2_to_f32(vc.x, vf[0], vf[1]);
+    f16x2_to_f32(vc.y, vf[2], vf[3]);
+    f16x2_to_f32(vc.z, vf[4], vf[5]);
+    f16x2_to_f32(vc.w, vf[6], vf[7]);
+#pragma unroll
+    for (int h = 0; h < GT; ++h) {
+        float s = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) s = fmaf(qr[h][e], kf[e], s);
+#pragma unroll
+        for (int off = LPK / 2; off > 0; off >>= 1) s += __shfl_xor_sync(sub_mask, s, off);
+        s = softcap_log2(s, softcap);
+        const float mn = fmaxf(m[h], s);
+        const float c = exp2f(m[h] - mn);
+        const float pr = exp2f(s - mn);
+        l[h] = l[h] * c + pr;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) o[h][e] = fmaf(pr, vf[e], o[h][e] * c);
+        m[h] = mn;
+    }
+}
+
 template <int HD, int GT, typename OutT, bool ROPE>
 __device__ __forceinline__ void attn_decode_impl(
     const float* __restrict__ q, u16* __restrict__ k_cache, u16* __restrict__ v_cache,
     const int* __restrict__ row_seq, const int* __restrict__ row_pos, OutT* __restrict__ out,
     float* __restrict__ partials, u32* __restrict__ tickets, int n_heads, int n_kv_heads,
     int group, int n_layers, int layer, int n_seqs, int capacity, float q_scale, float softcap,
-    int window, int splits, int early_kv, const AttRopeIn<OutT>& ri) {
+    int window, int splits, int flags, const AttRopeIn<OutT>& ri) {
     constexpr int LPK = HD / 8;        // lanes per key (16 bytes each)
     constexpr int KPW = 32 / LPK;      // keys per warp step
     constexpr int NSUB = 4 * KPW;      // key sub-groups per block (4 warps)
-    // sm_o also holds the merge's [2][GT][ATT_MAX_SPLITS] (NSUB * HD = 1024).
+    // Staged keys (ATT_FLAG_STAGE_KV): a ring of PK keys per sub-group in
+    // shared memory, K and V, 16 bytes per lane each, copied by cp.async
+    // (no registers held while in flight, one commit group per key) and
+    // read back only by the lane that copied them: the sub-group's i-th key
+    // k0 + sub + i * NSUB in slot i % PK, refilled with key i + PK once
+    // used. Without staging, a ring of NP keys in registers.
+    constexpr int PK = 6;
+    constexpr int STAGE_BYTES = PK * 2 * 128 * 16;
+    constexpr int O_BYTES = NSUB * GT * HD * 4;
+    // sm_o (the block merge's scratch) shares its bytes with the staged
+    // keys, which are dead by then; it also holds the split merge's
+    // [2][GT][ATT_MAX_SPLITS] (NSUB * HD = 1024) or, in a cluster, this
+    // split's [GT][HD] outputs and [GT][2] (max, sum) pairs.
     static_assert(NSUB * HD >= 2 * ATT_MAX_SPLITS, "merge scratch");
-    __shared__ float sm_o[NSUB][GT][HD];
+    static_assert(NSUB * HD >= HD + 2, "cluster merge scratch");
+    static_assert(NSUB * LPK == 128, "one 16-byte slot per thread");
+    __shared__ __align__(16) unsigned char sm_raw[O_BYTES > STAGE_BYTES ? O_BYTES : STAGE_BYTES];
+    float(*sm_o)[GT][HD] = reinterpret_cast<float(*)[GT][HD]>(sm_raw);
+    uint4* st_k = reinterpret_cast<uint4*>(sm_raw);  // [PK][128 threads]
+    uint4* st_v = st_k + PK * 128;
     __shared__ float sm_m[NSUB][GT];
     __shared__ float sm_l[NSUB][GT];
     pdl_trigger();
@@ -159,24 +278,38 @@ __device__ __forceinline__ void attn_decode_impl(
             }
         }
     }
-    // Keys in flight per sub-group: NP loads of K and V per lane (a block
-    // of a short split reads all of its keys at once).
+    // Keys in flight per sub-group: PK in the shared-memory ring when
+    // staging, else NP loads of K and V per lane in registers (a block of a
+    // short split reads all of its keys at once).
     constexpr int NP = GT >= 4 ? 2 : 4;
+    const bool early_kv = (flags & ATT_FLAG_EARLY_KV) != 0;
+    const bool stage = (flags & ATT_FLAG_STAGE_KV) != 0;
     uint4 kb[NP], vb[NP];
     const long long kv_base =
         k0 < k1 ? att_head_base(seq, layer, n_layers, kvh, n_kv_heads, capacity, HD) + sl * 8 : 0;
     const u16* kp = k_cache + kv_base;
     const u16* vp = v_cache + kv_base;
+    // early_kv (fused entries, rows of distinct sequences): the keys
+    // before this step's were written by launches that completed before
+    // this one could start (see attention_decode_rope), so their DRAM
+    // round trip overlaps the previous kernel.
+    if (early_kv && stage) {
+#pragma unroll
+        for (int t = 0; t < PK; ++t) {
+            const int j = k0 + sub + t * NSUB;
+            if (j < k1 && j != fresh) {
+                att_cp_async16(&st_k[t * 128 + threadIdx.x], kp + (long long)j * HD);
+                att_cp_async16(&st_v[t * 128 + threadIdx.x], vp + (long long)j * HD);
+            }
+            cp_async_commit();
+        }
+    }
 #pragma unroll
     for (int p = 0; p < NP; ++p) {
         kb[p] = make_uint4(0, 0, 0, 0);
         vb[p] = kb[p];
-        // early_kv (fused entries, rows of distinct sequences): the keys
-        // before this step's were written by launches that completed
-        // before this one could start (see attention_decode_rope), so
-        // their DRAM round trip overlaps the previous kernel.
         const int j = k0 + sub + p * NSUB;
-        if (early_kv && j < k1 && j != fresh) {
+        if (early_kv && !stage && j < k1 && j != fresh) {
             kb[p] = att_ld16(kp + (long long)j * HD);
             vb[p] = att_ld16(vp + (long long)j * HD);
         }
@@ -278,9 +411,21 @@ __device__ __forceinline__ void attn_decode_impl(
         // Key jj's 16 bytes of this lane (this step's from shared memory).
         const uint4* skv = reinterpret_cast<const uint4*>(ROPE ? &sm_kv[0][sl * 8] : 0);
         const uint4* svv = reinterpret_cast<const uint4*>(ROPE ? &sm_kv[1][sl * 8] : 0);
+        if (stage && !early_kv) {
+#pragma unroll
+            for (int t = 0; t < PK; ++t) {
+                const int j = k0 + sub + t * NSUB;
+                if (j < k1 && j != fresh) {
+                    att_cp_async16(&st_k[t * 128 + threadIdx.x], kp + (long long)j * HD);
+                    att_cp_async16(&st_v[t * 128 + threadIdx.x], vp + (long long)j * HD);
+                }
+                cp_async_commit();
+            }
+        }
 #pragma unroll
         for (int p = 0; p < NP; ++p) {
             const int j = k0 + sub + p * NSUB;
+            if (stage) break;
             if (j < k1) {
                 if (j == fresh) {
                     kb[p] = *skv;
@@ -291,7 +436,32 @@ __device__ __forceinline__ void attn_decode_impl(
                 }
             }
         }
-        for (int j0 = k0 + sub; j0 < k1; j0 += NP * NSUB) {
+        if (stage) {
+            // Before key i, PK + i groups are committed: all but the
+            // newest PK - 1 landed means key i's did.
+            // One copy of the key step in the code (NVRTC time): the slot
+            // index is a run-time value, the wait count a constant.
+            for (int j0 = k0 + sub; j0 < k1; j0 += PK * NSUB) {
+#pragma unroll 1
+                for (int t = 0; t < PK; ++t) {
+                    const int j = j0 + t * NSUB;
+                    if (j >= k1) break;
+                    cp_async_wait<PK - 1>();
+                    const uint4 kc = j == fresh ? *skv : st_k[t * 128 + threadIdx.x];
+                    const uint4 vc = j == fresh ? *svv : st_v[t * 128 + threadIdx.x];
+                    att_key_step<GT, LPK>(kc, vc, qr, m, l, o, sub_mask, softcap);
+                    // Refill the slot after its key was used (the use orders
+                    // the shared-memory read before the copy's write).
+                    const int jn = j + PK * NSUB;
+                    if (jn < k1 && jn != fresh) {
+                        att_cp_async16(&st_k[t * 128 + threadIdx.x], kp + (long long)jn * HD);
+                        att_cp_async16(&st_v[t * 128 + threadIdx.x], vp + (long long)jn * HD);
+                    }
+                    cp_async_commit();
+                }
+            }
+        }
+        for (int j0 = k0 + sub; j0 < k1 && !stage; j0 += NP * NSUB) {
 #pragma unroll
             for (int p = 0; p < NP; ++p) {
                 const int j = j0 + p * NSUB;
@@ -302,36 +472,13 @@ __device__ __forceinline__ void attn_decode_impl(
                     kb[p] = jn == fresh ? *skv : att_ld16(kp + (long long)jn * HD);
                     vb[p] = jn == fresh ? *svv : att_ld16(vp + (long long)jn * HD);
                 }
-                float kf[8], vf[8];
-                f16x2_to_f32(kc.x, kf[0], kf[1]);
-                f16x2_to_f32(kc.y, kf[2], kf[3]);
-                f16x2_to_f32(kc.z, kf[4], kf[5]);
-                f16x2_to_f32(kc.w, kf[6], kf[7]);
-                f16x2_to_f32(vc.x, vf[0], vf[1]);
-                f16x2_to_f32(vc.y, vf[2], vf[3]);
-                f16x2_to_f32(vc.z, vf[4], vf[5]);
-                f16x2_to_f32(vc.w, vf[6], vf[7]);
-#pragma unroll
-                for (int h = 0; h < GT; ++h) {
-                    float s = 0.0f;
-#pragma unroll
-                    for (int e = 0; e < 8; ++e) s = fmaf(qr[h][e], kf[e], s);
-#pragma unroll
-                    for (int off = LPK / 2; off > 0; off >>= 1)
-                        s += __shfl_xor_sync(sub_mask, s, off);
-                    s = softcap_log2(s, softcap);
-                    const float mn = fmaxf(m[h], s);
-                    const float c = exp2f(m[h] - mn);
-                    const float pr = exp2f(s - mn);
-                    l[h] = l[h] * c + pr;
-#pragma unroll
-                    for (int e = 0; e < 8; ++e) o[h][e] = fmaf(pr, vf[e], o[h][e] * c);
-                    m[h] = mn;
-                }
+                att_key_step<GT, LPK>(kc, vc, qr, m, l, o, sub_mask, softcap);
             }
         }
     }
 
+    // The staged keys share sm_o's bytes: every sub-group is done with them.
+    if (stage) __syncthreads();
     // Merge the sub-groups of the block.
 #pragma unroll
     for (int h = 0; h < GT; ++h) {
@@ -343,7 +490,19 @@ __device__ __forceinline__ void attn_decode_impl(
         }
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < gh * HD; idx += blockDim.x) {
+    // Cluster merge (sm_90, the host launched the splits as one cluster):
+    // this block's (max, sum, outputs) stay in registers until every
+    // thread is done with sm_o, then go to its shared memory for the
+    // cluster's blocks to read.
+    const bool in_cluster = splits > 1 && att_cluster_size() == (u32)splits;
+    constexpr int CI = (GT * HD + 127) / 128;  // merge items per thread (128 threads)
+    float c_o[CI], c_m[CI], c_l[CI];
+#pragma unroll
+    for (int i = 0; i < CI; ++i) c_o[i] = c_m[i] = c_l[i] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < CI; ++i) {
+        const int idx = threadIdx.x + i * 128;
+        if (idx >= gh * HD) break;
         const int h = idx / HD, d = idx % HD;
         float mx = ATT_NEG_INF;
         for (int s = 0; s < NSUB; ++s) mx = fmaxf(mx, sm_m[s][h]);
@@ -358,6 +517,10 @@ __device__ __forceinline__ void attn_decode_impl(
         const long long qh = (long long)row * n_heads + h0 + h;
         if (splits == 1) {
             st_from_f32(out, qh * HD + d, lsum > 0.0f ? osum / lsum : 0.0f);
+        } else if (in_cluster) {
+            c_o[i] = osum;
+            c_m[i] = mx;
+            c_l[i] = lsum;
         } else {
             // Partials: outputs (rows, n_heads, splits, HD) first (16-byte
             // aligned rows for the merge's vector loads), then the
@@ -372,6 +535,68 @@ __device__ __forceinline__ void attn_decode_impl(
         }
     }
     if (splits == 1) return;
+    if (in_cluster) {
+        // sm_o's first GT * HD floats: this split's outputs [GT][HD], then
+        // its (max, sum) pairs [GT][2].
+        float* c_out = &sm_o[0][0][0];
+        float* c_ml = c_out + GT * HD;
+        __syncthreads();  // every thread is done reading sm_o
+#pragma unroll
+        for (int i = 0; i < CI; ++i) {
+            const int idx = threadIdx.x + i * 128;
+            if (idx >= gh * HD) break;
+            c_out[idx] = c_o[i];
+            if (idx % HD == 0) {
+                c_ml[2 * (idx / HD)] = c_m[i];
+                c_ml[2 * (idx / HD) + 1] = c_l[i];
+            }
+        }
+        att_cluster_sync();
+        // Four output dims per thread, columns dealt out over the cluster's
+        // blocks; every split's (max, sum) pair and outputs of the column
+        // are read from the splits' shared memory in one round trip.
+        constexpr int C4 = HD / 4;
+        const u32 base_o = smem_addr(c_out), base_ml = smem_addr(c_ml);
+        for (int u = threadIdx.x * splits + split; u < gh * C4; u += blockDim.x * splits) {
+            const int h = u / C4, d = (u % C4) * 4;
+            float2 ml[ATT_CLUSTER_MAX];
+            float4 ov[ATT_CLUSTER_MAX];
+#pragma unroll
+            for (int sp = 0; sp < ATT_CLUSTER_MAX; ++sp) {
+                if (sp < splits) {
+                    ml[sp] = att_ld_cluster2(att_cluster_map(base_ml + 8u * h, sp));
+                    ov[sp] = att_ld_cluster4(att_cluster_map(base_o + 4u * (h * HD + d), sp));
+                }
+            }
+            float mx = ATT_NEG_INF;
+#pragma unroll
+            for (int sp = 0; sp < ATT_CLUSTER_MAX; ++sp)
+                if (sp < splits) mx = fmaxf(mx, ml[sp].x);
+            float lsum = 0.0f, a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+            if (mx != ATT_NEG_INF) {
+#pragma unroll
+                for (int sp = 0; sp < ATT_CLUSTER_MAX; ++sp) {
+                    if (sp < splits) {
+                        const float w = exp2f(ml[sp].x - mx);
+                        lsum = fmaf(w, ml[sp].y, lsum);
+                        a0 = fmaf(w, ov[sp].x, a0);
+                        a1 = fmaf(w, ov[sp].y, a1);
+                        a2 = fmaf(w, ov[sp].z, a2);
+                        a3 = fmaf(w, ov[sp].w, a3);
+                    }
+                }
+            }
+            const long long qh = (long long)row * n_heads + h0 + h;
+            const bool any = lsum > 0.0f;
+            st_from_f32(out, qh * HD + d, any ? a0 / lsum : 0.0f);
+            st_from_f32(out, qh * HD + d + 1, any ? a1 / lsum : 0.0f);
+            st_from_f32(out, qh * HD + d + 2, any ? a2 / lsum : 0.0f);
+            st_from_f32(out, qh * HD + d + 3, any ? a3 / lsum : 0.0f);
+        }
+        // No block leaves while another may still read its shared memory.
+        att_cluster_sync();
+        return;
+    }
     // The last block of this (row, kv head chunk) to finish merges the
     // splits' partials of its heads (was a second launch, attn_combine: a
     // dependent launch costs more than this block's extra loads).
@@ -467,62 +692,80 @@ __device__ __forceinline__ void attn_decode_impl(
     if (threadIdx.x == 0) *ticket = 0u;  // ready for the next launch
 }
 
+// Blocks per SM the decode entries are compiled for (the register cap):
+// 4 at <= 4 heads per block, as their split counts assume; 2 at 8.
+#define ATT_MIN_BLOCKS(GT) ((GT) >= 8 ? 2 : 4)
 #define ATTN_DECODE_ENTRY_T(NAME, HD, GT, OutT)                                                \
-    extern "C" __global__ void __launch_bounds__(128)                                          \
+    extern "C" __global__ void __launch_bounds__(128, ATT_MIN_BLOCKS(GT))                       \
         NAME(const float* q, u16* k_cache, u16* v_cache, const int* row_seq,                   \
              const int* row_pos, OutT* out, float* partials, u32* tickets, int n_heads,        \
              int n_kv_heads, int group, int n_layers, int layer, int n_seqs, int capacity,     \
-             float q_scale, float softcap, int window, int splits) {                           \
-        /* the PDL wait inside, after the row's sequence and position */                       \
+             float q_scale, float softcap, int window, int splits, int flags) {                \
+        /* the PDL wait inside, after the row's sequence and position; the */                  \
+        /* cache may come from the previous kernel: never read it earlier */                   \
         const AttRopeIn<OutT> ri = {};                                                         \
         attn_decode_impl<HD, GT, OutT, false>(q, k_cache, v_cache, row_seq, row_pos, out,      \
                                               partials, tickets, n_heads, n_kv_heads, group,   \
                                               n_layers, layer, n_seqs, capacity, q_scale,      \
-                                              softcap, window, splits, 0, ri);                 \
+                                              softcap, window, splits,                         \
+                                              flags & ATT_FLAG_STAGE_KV, ri);                  \
     }
 // The fused entries: q / k / v projection rows instead of roped f32 queries.
 #define ATTN_DECODE_ROPE_ENTRY_T(NAME, HD, GT, T)                                              \
-    extern "C" __global__ void __launch_bounds__(128)                                          \
+    extern "C" __global__ void __launch_bounds__(128, ATT_MIN_BLOCKS(GT))                       \
         NAME(const T* q_in, const T* k_in, const T* v_in, int q_stride, int kv_stride,         \
              const float* q_norm, const float* k_norm, float eps, float w_offset,              \
              const double* inv_freq, int n_rot, int neox, u16* k_cache, u16* v_cache,          \
              const int* row_seq, const int* row_pos, T* out, float* partials, u32* tickets,    \
              int n_heads, int n_kv_heads, int group, int n_layers, int layer, int n_seqs,      \
              int capacity, float q_scale, float softcap, int window, int splits,               \
-             int early_kv) {                                                                   \
+             int flags) {                                                                      \
         const AttRopeIn<T> ri = {q_in,   k_in,     v_in,     q_stride, kv_stride, q_norm,      \
                                  k_norm, eps,      w_offset, inv_freq, n_rot,     neox};       \
         attn_decode_impl<HD, GT, T, true>(0, k_cache, v_cache, row_seq, row_pos, out,          \
                                           partials, tickets, n_heads, n_kv_heads, group,       \
                                           n_layers, layer, n_seqs, capacity, q_scale, softcap, \
-                                          window, splits, early_kv, ri);                       \
+                                          window, splits, flags, ri);                          \
     }
+// ATT_ONLY_HD (defined by src/ops/attention.rs ahead of this source): only
+// the entries of that head_dim, one module per head_dim, so that a model
+// compiles a fifth of the file on a cold kernel cache.
 #define ATTN_DECODE_ENTRY(HD, GT)                                              \
     ATTN_DECODE_ENTRY_T(attn_decode_hd##HD##_g##GT, HD, GT, float)           \
     ATTN_DECODE_ENTRY_T(attn_decode_hd##HD##_g##GT##_h, HD, GT, u16)         \
     ATTN_DECODE_ROPE_ENTRY_T(attn_decode_rope_hd##HD##_g##GT, HD, GT, float) \
     ATTN_DECODE_ROPE_ENTRY_T(attn_decode_rope_hd##HD##_g##GT##_h, HD, GT, u16)
 
+#if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 16
 ATTN_DECODE_ENTRY(16, 1)
 ATTN_DECODE_ENTRY(16, 2)
 ATTN_DECODE_ENTRY(16, 4)
 ATTN_DECODE_ENTRY(16, 8)
+#endif
+#if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 32
 ATTN_DECODE_ENTRY(32, 1)
 ATTN_DECODE_ENTRY(32, 2)
 ATTN_DECODE_ENTRY(32, 4)
 ATTN_DECODE_ENTRY(32, 8)
+#endif
+#if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 64
 ATTN_DECODE_ENTRY(64, 1)
 ATTN_DECODE_ENTRY(64, 2)
 ATTN_DECODE_ENTRY(64, 4)
 ATTN_DECODE_ENTRY(64, 8)
+#endif
+#if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 128
 ATTN_DECODE_ENTRY(128, 1)
 ATTN_DECODE_ENTRY(128, 2)
 ATTN_DECODE_ENTRY(128, 4)
 ATTN_DECODE_ENTRY(128, 8)
+#endif
+#if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 256
 ATTN_DECODE_ENTRY(256, 1)
 ATTN_DECODE_ENTRY(256, 2)
 ATTN_DECODE_ENTRY(256, 4)
 ATTN_DECODE_ENTRY(256, 8)
+#endif
 
 // ----------------------------------------------------------------- prefill
 constexpr int ATT_KT = 32;  // keys per shared-memory tile
@@ -699,6 +942,12 @@ __device__ __forceinline__ void attn_prefill_impl(
     ATTN_PREFILL_ENTRY_T(attn_prefill_hd##HD, HD, float) \
     ATTN_PREFILL_ENTRY_T(attn_prefill_hd##HD##_h, HD, u16)
 
+#if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 64
 ATTN_PREFILL_ENTRY(64)
+#endif
+#if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 128
 ATTN_PREFILL_ENTRY(128)
+#endif
+#if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 256
 ATTN_PREFILL_ENTRY(256)
+#endif

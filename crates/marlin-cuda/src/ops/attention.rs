@@ -4,7 +4,7 @@
 
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use marlin_cpu::ops::RopeStyle;
 
@@ -17,8 +17,33 @@ use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
 use crate::knobs;
 
-const MODULE: &str = "decode_attention";
 const SOURCE: &str = include_str!("../kernels/attention.cu");
+/// One module per head dimension (`ATT_ONLY_HD` defined ahead of the
+/// source): a model loads only its head_dim's entries, a fifth of the
+/// file's NVRTC time on a cold kernel cache.
+const MODULES: [&str; 5] = [
+    "decode_attention_hd16",
+    "decode_attention_hd32",
+    "decode_attention_hd64",
+    "decode_attention_hd128",
+    "decode_attention_hd256",
+];
+
+/// The function `name` of the attention module for `head_dim`.
+fn attention_function(
+    dev: &CudaDevice,
+    head_dim: usize,
+    name: &'static str,
+    max_dynamic_smem: u32,
+) -> Result<CudaFunction> {
+    static SOURCES: [OnceLock<String>; 5] = [const { OnceLock::new() }; 5];
+    let i = SUPPORTED_HEAD_DIMS
+        .iter()
+        .position(|&d| d == head_dim)
+        .ok_or_else(|| CudaError::Unsupported(format!("attention: head_dim {head_dim}")))?;
+    let source = SOURCES[i].get_or_init(|| format!("#define ATT_ONLY_HD {head_dim}\n{SOURCE}"));
+    dev.function(MODULES[i], source, name, max_dynamic_smem)
+}
 const THREADS: u32 = 128;
 /// Head dimensions with compiled kernels.
 pub const SUPPORTED_HEAD_DIMS: [usize; 5] = [16, 32, 64, 128, 256];
@@ -45,6 +70,13 @@ const MAX_SPLITS: usize = 64;
 /// do the same at 512 positions but starve long caches (16 splits of 256
 /// keys at 4096 positions: one block per SM streaming the cache).
 const MIN_KEYS_PER_SPLIT: usize = 48;
+/// Most blocks of a thread-block cluster (ATT_CLUSTER_MAX in the source;
+/// 16 is sm_90's non-portable maximum): a split count up to this merges
+/// through distributed shared memory (see [`attn_cluster_enabled`]).
+const ATT_CLUSTER_MAX: usize = 16;
+/// Bits of the decode kernels' `flags` parameter (ATT_FLAG_* in the source).
+const FLAG_EARLY_KV: i32 = 1;
+const FLAG_STAGE_KV: i32 = 2;
 /// Query vectors per prefill block and keys per shared-memory tile (keep in
 /// sync with ATT_QV / ATT_KT in the source).
 const PREFILL_QV: usize = 32;
@@ -362,6 +394,90 @@ fn attn_early_kv_enabled() -> bool {
     ON.get()
 }
 
+/// Whether the decode kernel streams its keys and values through a ring of
+/// 6 keys per lane group in shared memory (`cp.async`; the first 6 before
+/// the PDL wait where the fused entry reads early) instead of 2 in
+/// registers: not when `MARLIN_CUDA_ATTN_STAGE_KV=0` (measuring the
+/// difference; read once). A 48-key split then reads all of its keys
+/// before the wait, and longer splits keep 3x the bytes in flight. Same
+/// key order, so the same results bit for bit.
+fn attn_stage_kv_enabled() -> bool {
+    static ON: knobs::Switch = knobs::Switch::new("MARLIN_CUDA_ATTN_STAGE_KV", true);
+    ON.get()
+}
+
+/// Whether the splits of a decode launch with 2..=16 splits run as one
+/// thread-block cluster per (row, head chunk) on sm_90+ and merge through
+/// distributed shared memory (no partials in global memory, no fence, no
+/// ticket, the merge spread over the cluster's blocks): only when
+/// `MARLIN_CUDA_ATTN_CLUSTER=1` (opt-in; read once). Measured slower in
+/// the decode step (docs/CUDA.md change 42: +90-115 us per batch-1 graph
+/// step, +290-340 at batch 8, even at 32). Larger split counts, and
+/// devices that cannot place such a cluster, take the ticket merge.
+fn attn_cluster_enabled() -> bool {
+    static ON: knobs::Switch = knobs::Switch::new("MARLIN_CUDA_ATTN_CLUSTER", false);
+    ON.get()
+}
+
+/// Whether decode kernel `func` can run clusters of `splits` blocks with
+/// `cfg` on `dev` (asked once per kernel and size; allows non-portable
+/// sizes above 8 on the function first). Any driver refusal means no.
+fn cluster_fits(
+    dev: &CudaDevice,
+    func: &CudaFunction,
+    name: &'static str,
+    splits: usize,
+    cfg: &LaunchConfig,
+) -> Result<bool> {
+    static SEEN: Mutex<Vec<(&'static str, usize, bool)>> = Mutex::new(Vec::new());
+    let mut seen = SEEN
+        .lock()
+        .map_err(|_| CudaError::NotAvailable("cluster cache lock poisoned".into()))?;
+    if let Some(&(_, _, ok)) = seen.iter().find(|(n, s, _)| *n == name && *s == splits) {
+        return Ok(ok);
+    }
+    let portable = splits <= 8
+        || func
+            .set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                1,
+            )
+            .is_ok();
+    let ok = portable && {
+        // SAFETY (zeroed): all-zero is a valid value of the union and of
+        // the attribute; the config points at `attr`, alive for the call.
+        let mut value: cudarc::driver::sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+        value.clusterDim.x = splits as u32;
+        value.clusterDim.y = 1;
+        value.clusterDim.z = 1;
+        let mut attr = cudarc::driver::sys::CUlaunchAttribute {
+            id: cudarc::driver::sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+            pad: [0; 4],
+            value,
+        };
+        let config = cudarc::driver::sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: dev.stream().cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        let mut n: std::ffi::c_int = 0;
+        // SAFETY: a valid function and config; `n` outlives the call.
+        let r = unsafe {
+            cudarc::driver::sys::cuOccupancyMaxActiveClusters(&mut n, func.cu_function(), &config)
+        };
+        r == cudarc::driver::sys::CUresult::CUDA_SUCCESS && n > 0
+    };
+    seen.push((name, splits, ok));
+    Ok(ok)
+}
+
 /// Blocks per SM that the decode split count aims at, when
 /// `MARLIN_CUDA_ATTN_BLOCKS_PER_SM` sets it (at most the kernel's
 /// occupancy; read once): fewer blocks leave room on the SMs for the next
@@ -495,7 +611,7 @@ fn decode_launch<T: ActElem>(
     let grid_y = p.n_kv_heads * head_chunks;
     let rope = matches!(queries, DecodeQueries::Proj(..));
     let name = decode_kernel_name(p.head_dim, gt, T::IS_F16, rope)?;
-    let func = dev.function(MODULE, SOURCE, name, 0)?;
+    let func = attention_function(dev, p.head_dim, name, 0)?;
     let per_sm = blocks_per_sm(&func, name)?;
     let per_sm = attn_blocks_per_sm_override().map_or(per_sm, |n| n.min(per_sm));
     // One ticket per (row, block column) for the merge of the splits: more
@@ -528,6 +644,11 @@ fn decode_launch<T: ActElem>(
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
+    let cluster = splits > 1
+        && splits <= ATT_CLUSTER_MAX
+        && dev.compute_capability().0 >= 9
+        && attn_cluster_enabled()
+        && cluster_fits(dev, &func, name, splits, &cfg)?;
     let null: u64 = 0;
     let mut b = KernelLaunch::new(dev, &func, name);
     match queries {
@@ -575,10 +696,14 @@ fn decode_launch<T: ActElem>(
         .arg(&c.softcap)
         .arg(&c.window)
         .arg(&splits_i);
-    let early_kv = i32::from(attn_early_kv_enabled());
-    if rope {
-        b.arg(&early_kv);
+    let mut flags = 0;
+    if rope && attn_early_kv_enabled() {
+        flags |= FLAG_EARLY_KV;
     }
+    if attn_stage_kv_enabled() {
+        flags |= FLAG_STAGE_KV;
+    }
+    b.arg(&flags);
     // SAFETY: argument order and types match attn_decode_hd*_g* (queries
     // as f32 rows) or attn_decode_rope_hd*_g* (projection rows: every
     // row's reads stay inside q / k / v, strides and lengths checked by
@@ -595,8 +720,15 @@ fn decode_launch<T: ActElem>(
     // but constants and the host-copied sequences / positions
     // (launch_pdl's contract), except, in the fused entries with early_kv,
     // the cache's keys of earlier positions (written by completed launches:
-    // attention_decode_rope's contract).
-    unsafe { b.launch_pdl(cfg) }?;
+    // attention_decode_rope's contract). A cluster launch has
+    // cluster x = splits = grid x (the kernel merges through the cluster
+    // when its cluster size equals its split count; cluster_fits asked the
+    // driver for the size).
+    if cluster {
+        unsafe { b.launch_pdl_cluster(cfg, splits as u32) }?;
+    } else {
+        unsafe { b.launch_pdl(cfg) }?;
+    }
     Ok(())
 }
 
@@ -717,7 +849,7 @@ pub fn attention_prefill<T: ActElem>(
     };
     let smem = prefill_smem_bytes(p.head_dim) as u32;
     let max_smem = prefill_smem_bytes(256) as u32;
-    let func = dev.function(MODULE, SOURCE, name, max_smem)?;
+    let func = attention_function(dev, p.head_dim, name, max_smem)?;
     let [n_heads, n_kv_heads, group, n_layers, layer_i, _] = c.ints;
     let (n_seqs, capacity) = (cache.n_seqs() as i32, cache.capacity() as i32);
     let (rows_i, hpb, rpb) = (rows as i32, heads_per_block as i32, rows_per_block as i32);

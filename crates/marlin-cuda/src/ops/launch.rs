@@ -135,7 +135,7 @@ impl<'a> KernelLaunch<'a> {
     /// and type, and every buffer must be large enough for what the kernel
     /// accesses with this configuration.
     pub unsafe fn launch(&mut self, cfg: LaunchConfig) -> Result<()> {
-        self.launch_with(cfg, false)
+        self.launch_with(cfg, false, 1)
     }
 
     /// Launch with programmatic dependent launch where the device supports
@@ -146,23 +146,52 @@ impl<'a> KernelLaunch<'a> {
     /// `griddepcontrol.wait` before touching memory shared with other
     /// kernels.
     pub unsafe fn launch_pdl(&mut self, cfg: LaunchConfig) -> Result<()> {
-        self.launch_with(cfg, pdl_active(self.dev))
+        self.launch_with(cfg, pdl_active(self.dev), 1)
     }
 
-    unsafe fn launch_with(&mut self, cfg: LaunchConfig, pdl: bool) -> Result<()> {
+    /// [`KernelLaunch::launch_pdl`] with the grid's x dimension in
+    /// thread-block clusters of `cluster_x` blocks (sm_90+; `cfg.grid_dim.0`
+    /// a multiple of it; above 8 the function must allow non-portable
+    /// cluster sizes). `cluster_x` = 1 is a plain PDL launch.
+    ///
+    /// # Safety
+    /// As [`KernelLaunch::launch_pdl`].
+    pub unsafe fn launch_pdl_cluster(&mut self, cfg: LaunchConfig, cluster_x: u32) -> Result<()> {
+        self.launch_with(cfg, pdl_active(self.dev), cluster_x)
+    }
+
+    unsafe fn launch_with(&mut self, cfg: LaunchConfig, pdl: bool, cluster_x: u32) -> Result<()> {
         let mut ptrs: Vec<*mut c_void> = self
             .params
             .iter_mut()
             .map(|s| s.0.as_mut_ptr().cast::<c_void>())
             .collect();
-        // SAFETY (union init): all-zero is a valid value of every variant.
-        let mut value: sys::CUlaunchAttributeValue = std::mem::zeroed();
-        value.programmaticStreamSerializationAllowed = 1;
-        let mut attr = sys::CUlaunchAttribute {
-            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-            pad: [0; 4],
-            value,
-        };
+        // SAFETY (zeroed): all-zero is a valid value of every variant of
+        // the value union, and of the attribute (id 0: CU_LAUNCH_ATTRIBUTE_IGNORE).
+        let mut attrs: [sys::CUlaunchAttribute; 2] = std::mem::zeroed();
+        let mut n_attrs = 0usize;
+        if pdl {
+            let mut value: sys::CUlaunchAttributeValue = std::mem::zeroed();
+            value.programmaticStreamSerializationAllowed = 1;
+            attrs[n_attrs] = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value,
+            };
+            n_attrs += 1;
+        }
+        if cluster_x > 1 {
+            let mut value: sys::CUlaunchAttributeValue = std::mem::zeroed();
+            value.clusterDim.x = cluster_x;
+            value.clusterDim.y = 1;
+            value.clusterDim.z = 1;
+            attrs[n_attrs] = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+                pad: [0; 4],
+                value,
+            };
+            n_attrs += 1;
+        }
         let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -172,8 +201,12 @@ impl<'a> KernelLaunch<'a> {
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.dev.stream().cu_stream(),
-            attrs: if pdl { &mut attr } else { std::ptr::null_mut() },
-            numAttrs: u32::from(pdl),
+            attrs: if n_attrs > 0 {
+                attrs.as_mut_ptr()
+            } else {
+                std::ptr::null_mut()
+            },
+            numAttrs: n_attrs as u32,
         };
         self.dev
             .context()
@@ -181,7 +214,7 @@ impl<'a> KernelLaunch<'a> {
             .map_err(|e| driver_err("bind context", e))?;
         // SAFETY: `ptrs` points at one slot per parameter, alive until the
         // call returns (the driver copies them); the caller guarantees that
-        // they match the kernel; `attr` outlives the call.
+        // they match the kernel; `attrs` outlives the call.
         sys::cuLaunchKernelEx(
             &config,
             self.func.cu_function(),
