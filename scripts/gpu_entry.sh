@@ -11,6 +11,7 @@
 #   MARLIN_TESTS=a,b          run only these (gpu_int4,gpu_ops: names without -test)
 #   MARLIN_TEST_KNOB_VARIANTS=0  skip gpu_int4's reruns with MARLIN_INT4_DEC_LEAN=1
 #                             and MARLIN_INT4_PAIR=0 (loops the defaults skip at some M)
+#                             and gpu_ops' attention tests with MARLIN_CUDA_ATTN_CLUSTER=1
 #   MARLIN_BENCH_GEMM=0       skip the GEMM benchmark
 #   MARLIN_BENCH_DECODE=0     skip `marlin bench decode` (Llama-3.1-8B-shaped INT4)
 #   MARLIN_BENCH_DECODE_ARGS  its arguments (default: --batch 1,8,32 --ctx 512)
@@ -68,6 +69,11 @@ if [ "${MARLIN_TESTS:-1}" != 0 ]; then
                 env MARLIN_INT4_DEC_LEAN=1 "$t" --include-ignored --test-threads=1 --nocapture
             step "test $name (PAIR=0)" "$out/test_${name}_pair0.log" \
                 env MARLIN_INT4_PAIR=0 "$t" --include-ignored --test-threads=1 --nocapture
+        fi
+        # The opt-in cluster merge of decode attention (docs/CUDA.md change 42).
+        if [ "$name" = gpu_ops-test ] && [ "${MARLIN_TEST_KNOB_VARIANTS:-1}" != 0 ]; then
+            step "test $name (ATTN_CLUSTER=1)" "$out/test_${name}_cluster.log" \
+                env MARLIN_CUDA_ATTN_CLUSTER=1 "$t" --test-threads=1 --nocapture attention
         fi
     done
 fi
