@@ -544,7 +544,8 @@ fn bench_shape(
             } else {
                 f64::NAN
             };
-            let has_wgmma = (others || cfg.wgmma_only) && is_int4 && m >= WGMMA_MIN_M && wgmma_supported(dev);
+            let has_wgmma =
+                (others || cfg.wgmma_only) && is_int4 && m >= WGMMA_MIN_M && wgmma_supported(dev);
             let wgmma_us = if has_wgmma {
                 time_path(GemmPath::Wgmma, None, false)?.0
             } else {

@@ -13,7 +13,7 @@ use common::{fresh_seed, random_problem, Case};
 use half::f16;
 use marlin_cuda::int4::gemm::{int4_gemm, GemmOptions, GemmPath, GemmWorkspace, Int4Weight};
 use marlin_cuda::int4::random::{random_activations, random_int4};
-use marlin_cuda::int4::wgmma::wgmma_supported;
+use marlin_cuda::int4::wgmma::{set_wgmma_override, wgmma_supported, WgmmaOverride};
 use marlin_cuda::{CudaDevice, CudaError};
 
 /// The device, or None (test skipped) without a GPU or without sm_90.
@@ -64,6 +64,108 @@ fn wgmma_gemm_matches_reference() {
         check(&dev, &mut ws, (m, 320, 1536, 0, true, Some(4)));
         // Group 192: splits start inside a scale group.
         check(&dev, &mut ws, (m, 128, 1536, 192, false, Some(5)));
+    }
+}
+
+/// Both ring depths (the deep one-block-per-SM variants and the session-3
+/// rings), both prologue orders (codes and scales before the PDL wait,
+/// or after it) and the session-6 prologue / epilogue entries, forced per
+/// thread, on awkward M (17, 33, 63: partial
+/// token tiles), N and K not multiples of 64, groups 32 / 64 / 128 / per
+/// channel, zero points, default and forced splits (3: splits start inside
+/// a 128-group; 7: an odd number of splits in the paired reduction). Each
+/// (M, shape) problem is shared by the settings.
+#[test]
+fn wgmma_ring_and_prologue_variants_match_reference() {
+    let Some(dev) = hopper() else { return };
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    // (deep ring, weights before the wait, session-6 prologue / epilogue:
+    // symmetric weights only, activations 4 chunks ahead).
+    let settings = [
+        (Some(true), Some(true), None, None),
+        (Some(false), Some(true), None, None),
+        (Some(true), Some(false), None, None),
+        (Some(false), Some(false), None, None),
+        (Some(true), Some(true), Some(true), None),
+        (Some(false), Some(true), Some(true), None),
+        (Some(true), Some(true), None, Some(true)),
+        (Some(false), Some(false), None, Some(true)),
+    ];
+    for &m in &[17, 33, 63, 64, 100] {
+        for (n, k, group, asym) in [
+            (264, 1000, 128, true),
+            (192, 4096, 128, false),
+            (328, 1536, 32, true),
+            (136, 1216, 64, false),
+            (200, 998, 0, false),
+        ] {
+            let p = random_problem(&dev, (m, n, k, group, asym), fresh_seed(), 0x5A5A);
+            for (deep, before_wait, legacy_tail, act_ahead4) in settings {
+                set_wgmma_override(WgmmaOverride {
+                    deep,
+                    weights_before_wait: before_wait,
+                    legacy_tail,
+                    act_ahead4,
+                });
+                for splits in [None, Some(3), Some(7)] {
+                    let case = (m, n, k, group, asym, splits);
+                    common::check_forced_path_on(
+                        &dev,
+                        &mut ws,
+                        &p,
+                        case,
+                        GemmPath::Wgmma,
+                        false,
+                        &format!(
+                            "wgmma deep={deep:?} weights-before-wait={before_wait:?} legacy-tail={legacy_tail:?} \
+                             act-ahead4={act_ahead4:?}"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    set_wgmma_override(WgmmaOverride::default());
+}
+
+/// `GemmPath::Auto` at M = 65..128 on sm_90 takes the warp-specialised
+/// kernel (`wgmma::mid_m_takes_ws`), with a correct result; at M = 33..64
+/// on a small weight the wgmma kernel, and on a narrow weight with
+/// K >= 8192 (`wgmma::wgmma_over_ws`) the wgmma kernel up to M = 128.
+#[test]
+fn wgmma_range_auto_paths_match_reference() {
+    let Some(dev) = hopper() else { return };
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    for (m, n, k, want_path) in [
+        (65, 264, 1000, GemmPath::WgmmaWs),
+        (100, 264, 1000, GemmPath::WgmmaWs),
+        (128, 264, 1000, GemmPath::WgmmaWs),
+        (48, 264, 1000, GemmPath::Wgmma),
+        (64, 136, 8192, GemmPath::Wgmma),
+        (100, 136, 8200, GemmPath::Wgmma),
+    ] {
+        let p = random_problem(&dev, (m, n, k, 128, false), fresh_seed(), 0x3C3C);
+        let mut c = dev.alloc_zeros::<f16>("C", m * n).expect("C");
+        dev.write(&mut c, &vec![f16::NAN; m * n]).expect("poison");
+        let plan = int4_gemm(
+            &dev,
+            &p.a,
+            m,
+            &p.weight,
+            &mut c,
+            &mut ws,
+            GemmOptions::default(),
+        )
+        .expect("auto");
+        assert_eq!(plan.path, want_path, "M={m}");
+        let got = dev.download(&c).expect("download");
+        let what = format!("auto M={m} seed={}", p.seed);
+        let rel = common::rel_l2_all_finite(&got, &p.want, n, &what);
+        assert!(rel < common::REL_L2_TOL, "{what}: rel L2 {rel:.3e}");
+        println!(
+            "PASS {what}: {:?} {} rel_l2={rel:.2e}",
+            plan.path, plan.kernel
+        );
     }
 }
 

@@ -919,16 +919,21 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
     if m == 0 {
         return Err(CudaError::Shape("GEMM with M = 0 rows".into()));
     }
+    // M = 17..128 (int4-midM, docs/CUDA.md change 40): the wgmma kernel
+    // first on narrow long-K weights, the warp-specialised one at M = 65..128
+    // elsewhere, then ws_auto / wgmma_auto.
+    let wgmma_ok = wgmma::wgmma_supported(dev) && wgmma::wgmma_shape_ok(w);
+    let auto_wgmma_first =
+        opts.path == GemmPath::Auto && wgmma_ok && wgmma::wgmma_over_ws(m, w.n, w.k);
     let auto_ws = opts.path == GemmPath::Auto
+        && !auto_wgmma_first
         && wgmma_ws::ws_supported(dev)
-        && wgmma_ws::ws_auto(m, w, dev.sm_count());
+        && (wgmma_ws::ws_auto(m, w, dev.sm_count()) || wgmma::mid_m_takes_ws(m, w.n, w.k));
     if opts.path == GemmPath::WgmmaWs || auto_ws {
         return Ok(Call::WgmmaWs(wgmma_ws::resolve(dev, m, w, opts.splits)?));
     }
     let auto_wgmma = opts.path == GemmPath::Auto
-        && wgmma::wgmma_auto(m, w.n, w.k)
-        && wgmma::wgmma_supported(dev)
-        && wgmma::wgmma_shape_ok(w);
+        && (auto_wgmma_first || (wgmma::wgmma_auto(m, w.n, w.k) && wgmma_ok));
     if opts.path == GemmPath::Wgmma || auto_wgmma {
         return Ok(Call::Wgmma(wgmma::resolve(dev, m, w, opts.splits)?));
     }

@@ -8,6 +8,8 @@
 //! the packing each) x TOK tokens (32, 64 or 128), split-K over `gridDim.z`
 //! with the deterministic last-block reduction of the mma.sync kernels.
 
+use std::cell::Cell;
+
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 use half::f16;
 
@@ -15,6 +17,7 @@ use super::gemm::{arg_operands, launch_grid, GemmPath, GemmPlan, GemmWorkspace, 
 use super::pack::N_TILE;
 use crate::device::CudaDevice;
 use crate::error::{CudaError, Result};
+use crate::knobs::{Force, Switch};
 use crate::ops::launch::KernelLaunch;
 use crate::ops::to_i32;
 
@@ -41,6 +44,30 @@ pub fn wgmma_auto(m: usize, n: usize, k: usize) -> bool {
         && (m < 128 || n.saturating_mul(k) >= super::gemm::LARGE_WEIGHT_ELEMS)
 }
 
+/// Whether `GemmPath::Auto` takes this kernel before asking
+/// [`super::wgmma_ws::ws_auto`]: M = 17..128 on narrow weights with a long
+/// reduction (N <= 4096, K >= 8192: the down projection). Session 7, second
+/// H100 call (same call, this kernel with change 40 (f)-(g) against the
+/// warp-specialised one): 4096x14336 M = 48 34.67 against 39.67 us, M = 64
+/// 33.65 / 33.63 / 34.21 against 39.37 / 39.29 / 40.03, M = 100 49.32
+/// against 55.88, M = 128 48.38 / 49.10 / 49.63 against 54.73 / 55.68 /
+/// 56.48; only this shape of the four has N <= 4096 and K >= 8192.
+pub fn wgmma_over_ws(m: usize, n: usize, k: usize) -> bool {
+    (WGMMA_MIN_M..=128).contains(&m) && n <= 4096 && k >= 8192
+}
+
+/// Whether `GemmPath::Auto` takes the warp-specialised kernel
+/// ([`super::wgmma_ws`]) at M rows in this kernel's range whatever
+/// [`super::wgmma_ws::ws_auto`] says: M = 65..128 where [`wgmma_over_ws`]
+/// does not hold. Session 7, second H100 call (same call): M = 100 / 128
+/// on 4096x4096 27.91 / 27.98 us against this kernel's 32.70 / 31.22 and
+/// dequantize + cuBLAS 35.19 / 34.51 (Auto's old choice at M = 128),
+/// 14336x4096 38.41 / 39.81 against 56.66 / 54.00 (old choice: this
+/// kernel), 28672x8192 99.77 / 103.53 against 202.28 / 201.52.
+pub fn mid_m_takes_ws(m: usize, n: usize, k: usize) -> bool {
+    (65..=128).contains(&m) && !wgmma_over_ws(m, n, k)
+}
+
 /// Chunks of 64 along K each split gets at least.
 const MIN_CHUNKS_PER_SPLIT: usize = 8;
 /// Per lane and stage: 16 B codes + 4 B scale (+ 4 B zero point).
@@ -59,6 +86,9 @@ pub struct WgmmaVariant {
     /// Resident blocks per SM the plan assumes (registers: 84 / 106 / 144
     /// per thread at 32 / 64 / 128 tokens, ptxas for sm_90a).
     pub blocks_per_sm: usize,
+    /// Deep ring (session 7): one block per SM and as many stages as
+    /// 227 KiB hold with zero points (`_d` entries).
+    pub deep: bool,
 }
 
 impl WgmmaVariant {
@@ -87,6 +117,28 @@ impl WgmmaVariant {
     }
 
     fn kernel(&self, has_zeros: bool) -> &'static str {
+        if !has_zeros && legacy_tail() {
+            return match (self.tokens, self.warpgroups, self.deep) {
+                (32, _, true) => "w4a16_wgmma_t32w2d_e0",
+                (64, _, true) => "w4a16_wgmma_t64w2d_e0",
+                (_, _, true) => "w4a16_wgmma_t128w2d_e0",
+                (32, _, false) => "w4a16_wgmma_t32w2_e0",
+                (64, 4, false) => "w4a16_wgmma_t64w4_e0",
+                (64, _, false) => "w4a16_wgmma_t64w2_e0",
+                (_, 3, false) => "w4a16_wgmma_t128w3_e0",
+                (_, _, false) => "w4a16_wgmma_t128w2_e0",
+            };
+        }
+        if self.deep {
+            return match (self.tokens, has_zeros) {
+                (32, false) => "w4a16_wgmma_t32w2d",
+                (32, true) => "w4a16_wgmma_t32w2dz",
+                (64, false) => "w4a16_wgmma_t64w2d",
+                (64, true) => "w4a16_wgmma_t64w2dz",
+                (_, false) => "w4a16_wgmma_t128w2d",
+                (_, true) => "w4a16_wgmma_t128w2dz",
+            };
+        }
         match (self.tokens, self.warpgroups, has_zeros) {
             (32, _, false) => "w4a16_wgmma_t32w2",
             (32, _, true) => "w4a16_wgmma_t32w2z",
@@ -113,20 +165,121 @@ fn wide_override() -> Option<bool> {
     }
 }
 
+/// `MARLIN_WGMMA_DEEP=1` / `=0`: the deep-ring variants (one block per SM,
+/// 16 / 14 / 10 stages at 32 / 64 / 128 tokens) or the session-3 rings at
+/// every M (wide blocks are never deep); unset, [`wgmma_variant`] decides.
+static DEEP_KNOB: Force = Force::new("MARLIN_WGMMA_DEEP");
+/// `MARLIN_WGMMA_PREWAIT=0`: the kernel waits for its predecessor before
+/// any copy (the session-6 order) instead of issuing its first ring of codes
+/// and scales before `griddepcontrol.wait`.
+static PREWAIT_KNOB: Switch = Switch::new("MARLIN_WGMMA_PREWAIT", true);
+/// `MARLIN_WGMMA_LEGACY_TAIL=1` (same-run A/B of change 40): the `_e0`
+/// entries, whose prologue loops are unrolled and whose split-K epilogue is
+/// session 6's (per-value partials, a fence per thread, one split per
+/// round); symmetric weights only (zero-point weights keep the current
+/// entries).
+/// `MARLIN_WGMMA_ACT_AHEAD4=1` (opt-in, not yet measured on a GPU; change
+/// 40): the activation copies of the current entries run 4 chunks ahead
+/// instead of as far as the weights (the ring depth - 2), so that the deep
+/// rings' prologue issues 4 chunks of 4-byte copies instead of 12.
+static ACT_AHEAD4_KNOB: Switch = Switch::new("MARLIN_WGMMA_ACT_AHEAD4", false);
+static LEGACY_TAIL_KNOB: Switch = Switch::new("MARLIN_WGMMA_LEGACY_TAIL", false);
+
+/// Per-thread overrides of the two knobs above (tests run both sides of
+/// each in one process; the knobs are read once).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WgmmaOverride {
+    pub deep: Option<bool>,
+    pub weights_before_wait: Option<bool>,
+    pub legacy_tail: Option<bool>,
+    pub act_ahead4: Option<bool>,
+}
+
+thread_local! {
+    static OVERRIDE: Cell<WgmmaOverride> = const { Cell::new(WgmmaOverride { deep: None, weights_before_wait: None, legacy_tail: None, act_ahead4: None }) };
+}
+
+/// Sets this thread's [`WgmmaOverride`] (`Default` clears it).
+pub fn set_wgmma_override(o: WgmmaOverride) {
+    OVERRIDE.with(|c| c.set(o));
+}
+
+fn deep_choice() -> Option<bool> {
+    OVERRIDE.with(|c| c.get().deep).or_else(|| DEEP_KNOB.get())
+}
+
+fn legacy_tail() -> bool {
+    OVERRIDE
+        .with(|c| c.get().legacy_tail)
+        .unwrap_or_else(|| LEGACY_TAIL_KNOB.get())
+}
+
+fn act_ahead4() -> bool {
+    OVERRIDE
+        .with(|c| c.get().act_ahead4)
+        .unwrap_or_else(|| ACT_AHEAD4_KNOB.get())
+}
+
+fn weights_before_wait() -> bool {
+    OVERRIDE
+        .with(|c| c.get().weights_before_wait)
+        .unwrap_or_else(|| PREWAIT_KNOB.get())
+}
+
+/// Bits of the kernels' `flags` argument (`W4G_*` in the source).
+const FLAG_WEIGHTS_BEFORE_WAIT: i32 = 1;
+const FLAG_PROBE_NO_ACT: i32 = 2;
+const FLAG_PROBE_NO_SYNC: i32 = 4;
+const FLAG_ACT_AHEAD_4: i32 = 8;
+
+/// Diagnostic timing probes, `MARLIN_WGMMA_PROBE=no-act` (no activation
+/// copies) or `=no-sync` (no activation copies and no block barrier per
+/// chunk): the output is meaningless; announced once on stderr.
+fn probe_flags() -> i32 {
+    static PROBE: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *PROBE.get_or_init(|| {
+        let raw = std::env::var("MARLIN_WGMMA_PROBE").unwrap_or_default();
+        let flags = match raw.trim() {
+            "" => 0,
+            "no-act" => FLAG_PROBE_NO_ACT,
+            "no-sync" => FLAG_PROBE_NO_SYNC,
+            other => {
+                eprintln!(
+                    "marlin: ignoring MARLIN_WGMMA_PROBE={other:?} (expected no-act or no-sync)"
+                );
+                0
+            }
+        };
+        if flags != 0 {
+            eprintln!(
+                "marlin: MARLIN_WGMMA_PROBE={}: wgmma INT4 GEMMs skip work, output meaningless \
+                 (DIAGNOSTIC, NOT A RESULT)",
+                raw.trim()
+            );
+        }
+        flags
+    })
+}
+
 /// The variant for M rows and reduction length K: the smallest token tile
 /// that holds M, 128 tokens (several token blocks) beyond that. At 128
 /// tokens and K >= 8192, 3 warpgroups share one activation tile (H100:
 /// 28672x8192 M = 128 240.8 vs 260.8 us, M = 256 389.1 vs 430.1 us; at
 /// K = 4096 the 2-warpgroup block was faster: 14336x4096 M = 128 54.7 vs
 /// 68.2 us). 4 warpgroups at 64 tokens were not better (4096x4096 M = 64
-/// 28.0 vs 21.6 us).
-pub fn wgmma_variant(m: usize, k: usize) -> WgmmaVariant {
+/// 28.0 vs 21.6 us). `deep`: the deep-ring form (one block per SM), where
+/// the block is not wide.
+pub fn wgmma_variant(m: usize, k: usize, deep: bool) -> WgmmaVariant {
     let wide = wide_override().unwrap_or(m > 64 && k >= 8192);
+    let deep = deep && !wide;
     let (tokens, warpgroups, stages, blocks_per_sm) = match m {
+        0..=32 if deep => (32, 2, 16, 1),
         0..=32 => (32, 2, 8, 2),
         33..=64 if wide => (64, 4, 6, 1),
+        33..=64 if deep => (64, 2, 14, 1),
         33..=64 => (64, 2, 6, 2),
         _ if wide => (128, 3, 6, 1),
+        _ if deep => (128, 2, 10, 1),
         _ => (128, 2, 6, 1),
     };
     WgmmaVariant {
@@ -134,7 +287,20 @@ pub fn wgmma_variant(m: usize, k: usize) -> WgmmaVariant {
         warpgroups,
         stages,
         blocks_per_sm,
+        deep,
     }
+}
+
+/// Whether a launch of `blocks` blocks of the session-3 variant runs one
+/// block per SM anyway, so that the deep ring (one block per SM, same
+/// grid) only adds chunks in flight. Session 7, first H100 call: 4096x4096
+/// M = 64 (4 splits, 128 blocks) 18.25 us deep against 20.37; where the
+/// 2-block plan fills more than one block per SM the deep plan (fewer
+/// splits or two rounds) was slower: 28672x8192 M = 32 178.0 against
+/// 111.5, 14336x4096 M = 32 52.7 against 36.8, 4096x14336 M = 32 34.7
+/// against 30.2.
+fn deep_default(blocks: usize, sm_count: usize) -> bool {
+    blocks <= sm_count
 }
 
 /// Whether the device runs the wgmma kernels (compute capability 9.0: the
@@ -171,18 +337,27 @@ fn choose_splits(base_blocks: usize, slots: usize, k_chunks: usize, m: usize) ->
 
 /// Launch shape of the wgmma path for M rows. `GemmPlan::m_tiles` holds
 /// tokens / 16 and `n_tiles` the column blocks (64 x warpgroups wide).
-pub fn wgmma_plan(m: usize, w: &Int4Weight, sm_count: usize, splits: Option<usize>) -> GemmPlan {
-    let v = wgmma_variant(m, w.k);
+/// The grid of variant `v` and the chosen (or forced) splits.
+fn plan_of(
+    v: WgmmaVariant,
+    m: usize,
+    w: &Int4Weight,
+    sm_count: usize,
+    splits: Option<usize>,
+) -> GemmPlan {
     let m_blocks = m.div_ceil(v.tokens).max(1);
     let n_blocks = w.n_pad.div_ceil(v.n_block());
     let max_splits = w.k_chunks.max(1);
     let splits = splits
         .unwrap_or_else(|| {
+            // The partials cap counts the token tile (rows past M are
+            // stored too): M = 48 on 4096x4096 took 5 splits (160 blocks,
+            // 18.55 us) where M = 64 took 4 (128 blocks, 15.15 us).
             choose_splits(
                 n_blocks * m_blocks,
                 sm_count * v.blocks_per_sm,
                 w.k_chunks,
-                m,
+                m_blocks * v.tokens,
             )
         })
         .clamp(1, max_splits);
@@ -196,12 +371,48 @@ pub fn wgmma_plan(m: usize, w: &Int4Weight, sm_count: usize, splits: Option<usiz
     }
 }
 
+/// Variant and launch shape for M rows: the session-3 variant and its
+/// split choice; its deep-ring form with the same grid where that grid is
+/// at most one block per SM ([`deep_default`]; `MARLIN_WGMMA_DEEP` or a
+/// [`WgmmaOverride`] forces either, a forced deep variant choosing its
+/// splits for one block per SM). `GemmPlan::m_tiles` holds tokens / 16 and
+/// `n_tiles` the column blocks (64 x warpgroups wide).
+pub fn wgmma_plan_variant(
+    m: usize,
+    w: &Int4Weight,
+    sm_count: usize,
+    splits: Option<usize>,
+) -> (GemmPlan, WgmmaVariant) {
+    let shallow = wgmma_variant(m, w.k, false);
+    let plan = plan_of(shallow, m, w, sm_count, splits);
+    let deep = match deep_choice() {
+        Some(forced) => forced,
+        None => deep_default(plan.m_blocks * plan.n_tiles * plan.splits, sm_count),
+    };
+    let v = wgmma_variant(m, w.k, deep);
+    if !v.deep {
+        return (plan, shallow);
+    }
+    let splits = if deep_choice().is_some() {
+        splits
+    } else {
+        Some(plan.splits)
+    };
+    (plan_of(v, m, w, sm_count, splits), v)
+}
+
+/// Launch shape of the wgmma path for M rows ([`wgmma_plan_variant`]).
+pub fn wgmma_plan(m: usize, w: &Int4Weight, sm_count: usize, splits: Option<usize>) -> GemmPlan {
+    wgmma_plan_variant(m, w, sm_count, splits).0
+}
+
 /// A resolved wgmma call: plan, shared memory, scratch sizes.
 pub(super) struct WgmmaCall {
     pub plan: GemmPlan,
     pub variant: WgmmaVariant,
     pub smem: u32,
-    /// fp32 partials (splits x M x n_pad) and tickets (blocks) it needs.
+    /// fp32 partials (splits x blocks x the block's tile) and tickets
+    /// (blocks) it needs.
     pub partials: usize,
     pub tickets: usize,
 }
@@ -224,14 +435,15 @@ pub(super) fn resolve(
             w.k
         )));
     }
-    let plan = wgmma_plan(m, w, dev.sm_count(), splits);
-    let v = wgmma_variant(m, w.k);
+    let (plan, v) = wgmma_plan_variant(m, w, dev.sm_count(), splits);
     let smem = u32::try_from(v.smem_bytes(w.neg_zero_scales.is_some()))
         .map_err(|_| CudaError::Shape("shared memory size".into()))?;
+    // One fp32 slot per split and block holding the block's whole output
+    // tile (tokens x 64 * warpgroups), rows past M included.
     let partials = plan
         .splits
-        .checked_mul(m)
-        .and_then(|x| x.checked_mul(w.n_pad))
+        .checked_mul(plan.m_blocks * v.tokens)
+        .and_then(|x| x.checked_mul(plan.n_tiles * v.n_block()))
         .ok_or_else(|| CudaError::Shape("split-K partials overflow".into()))?;
     Ok(WgmmaCall {
         plan,
@@ -272,13 +484,21 @@ pub(super) fn launch(
         to_i32("group_k32", w.group_k32)?,
         to_i32("splits", p.splits)?,
     );
+    let flags = if weights_before_wait() {
+        FLAG_WEIGHTS_BEFORE_WAIT
+    } else {
+        0
+    } | if act_ahead4() { FLAG_ACT_AHEAD_4 } else { 0 }
+        | probe_flags();
     let cfg = LaunchConfig {
         grid_dim: grid,
         block_dim: (call.variant.threads() as u32, 1, 1),
         shared_mem_bytes: call.smem,
     };
     // Programmatic dependent launch (ops::launch, decode step): every
-    // W4A16_WGMMA_ENTRY begins with w4g_pdl_enter.
+    // W4A16_WGMMA_ENTRY waits in w4g_pdl_enter before touching A, C, the
+    // partials or the tickets (with FLAG_WEIGHTS_BEFORE_WAIT it first
+    // issues copies of codes and scales: read-only for every kernel).
     let mut launch = KernelLaunch::new(dev, &func, p.kernel);
     arg_operands(&mut launch, a, w, c, (&ws.partials, &ws.tickets))
         .arg(&m_i32)
@@ -287,37 +507,55 @@ pub(super) fn launch(
         .arg(&n_pad_i32)
         .arg(&k_chunks_i32)
         .arg(&group_k32_i32)
-        .arg(&splits_i32);
+        .arg(&splits_i32)
+        .arg(&flags);
     // SAFETY: argument types and order match W4A16_WGMMA_ENTRY in
     // kernels/w4a16_wgmma.cu; the caller checked A >= M*K and C >= M*N;
     // partials >= splits*M*n_pad and tickets >= blocks were checked above;
     // the packed buffers cover n_pad x k_chunks (the repack); the kernel
-    // waits on its predecessor first (w4g_pdl_enter).
+    // reads only the read-only weights before waiting on its predecessor.
     unsafe { launch.launch_pdl(cfg) }?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{choose_splits, wgmma_variant};
+    use super::{choose_splits, deep_default, wgmma_variant};
 
     /// Every variant fits the sm_90 opt-in limit (227 KiB per block) and
     /// its promised resident blocks fit 228 KiB per SM (1 KiB reserved per
     /// block, plus the kernel's static 128 bytes).
     #[test]
     fn variants_fit_shared_memory() {
-        for (m, k) in [17, 32, 33, 64, 65, 128, 1024]
-            .into_iter()
-            .flat_map(|m| [(m, 4096), (m, 8192)])
-        {
-            let v = wgmma_variant(m, k);
-            assert!(v.tokens >= m.min(128), "{v:?}");
-            for z in [false, true] {
-                let per_block = v.smem_bytes(z) + 1024 + 128;
-                assert!(v.smem_bytes(z) <= 227 * 1024, "{v:?}");
-                assert!(v.blocks_per_sm * per_block <= 228 * 1024, "{v:?} z={z}");
+        for deep in [false, true] {
+            for (m, k) in [17, 32, 33, 64, 65, 128, 1024]
+                .into_iter()
+                .flat_map(|m| [(m, 4096), (m, 8192)])
+            {
+                let v = wgmma_variant(m, k, deep);
+                assert!(v.tokens >= m.min(128), "{v:?}");
+                // Wide blocks (3 warpgroups at > 64 tokens, K >= 8192) are
+                // never deep.
+                assert_eq!(v.deep, deep && !(m > 64 && k >= 8192), "{v:?}");
+                if v.deep {
+                    assert_eq!(v.blocks_per_sm, 1, "{v:?}");
+                }
+                for z in [false, true] {
+                    let per_block = v.smem_bytes(z) + 1024 + 128;
+                    assert!(v.smem_bytes(z) + 128 <= 227 * 1024, "{v:?}");
+                    assert!(v.blocks_per_sm * per_block <= 228 * 1024, "{v:?} z={z}");
+                }
             }
         }
+    }
+
+    /// The deep ring only where the session-3 grid is one block per SM.
+    #[test]
+    fn deep_ring_only_for_one_block_per_sm() {
+        assert!(deep_default(128, 132));
+        assert!(deep_default(132, 132));
+        assert!(!deep_default(133, 132));
+        assert!(!deep_default(256, 132));
     }
 
     /// Few blocks (4096x4096 at M = 64: 32 blocks) split up to one round

@@ -53,6 +53,12 @@ __device__ __forceinline__ void w4g_pdl_enter() {
     pdl_trigger();
 }
 
+// Bits of the entries' `flags` argument (src/int4/wgmma.rs, `launch`).
+#define W4G_WEIGHTS_BEFORE_WAIT 1  // first ring of codes / scales before the PDL wait
+#define W4G_PROBE_NO_ACT 2         // diagnostic: no activation copies
+#define W4G_PROBE_NO_SYNC 4        // diagnostic: no activation copies, no barrier per chunk
+#define W4G_ACT_AHEAD_4 8          // activations 4 chunks ahead, not PREFETCH (opt-in, unmeasured)
+
 __device__ __forceinline__ void cp_async16_cg(u32 dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
 }
@@ -94,7 +100,11 @@ struct ActLayout {
 // per warpgroup), z = K split. Dynamic shared memory: STAGES x (activation
 // stage + NWG*128 lanes
 // x (16 B codes + 4 B scale (+ 4 B zero))).
-template <int TOK, int NWG, int STAGES, bool HAS_Z>
+// LEGACY (`_e0` entries, `MARLIN_WGMMA_LEGACY_TAIL=1`, same-run A/B of
+// session 7's change 40): the session-6 unrolled prologue loops and
+// epilogue (per-value partials (splits, M, n_pad), a fence per thread, the
+// last block reading every split one round at a time).
+template <int TOK, int NWG, int STAGES, bool HAS_Z, int MIN_BLOCKS, bool LEGACY>
 __device__ __forceinline__ void w4a16_wgmma_body(
     const u16* __restrict__ A,          // (M, K) f16, row-major, K even
     const uint4* __restrict__ W,        // packed codes (pack.rs)
@@ -103,7 +113,7 @@ __device__ __forceinline__ void w4a16_wgmma_body(
     u16* __restrict__ C,                // (M, N) f16, row-major
     float* __restrict__ partials,       // (splits, M, n_pad) fp32
     u32* __restrict__ tickets,          // (gridDim.y * gridDim.x), zero between launches
-    int M, int N, int K, int n_pad, int k_chunks, int group_k32, int splits) {
+    int M, int N, int K, int n_pad, int k_chunks, int group_k32, int splits, int flags) {
     using L = ActLayout<TOK>;
     constexpr int PREFETCH = STAGES - 2;
     constexpr int THREADS = NWG * 128;
@@ -149,7 +159,16 @@ __device__ __forceinline__ void w4a16_wgmma_body(
     // Groups of 32 * group_k32: a shift when group_k32 is a power of two.
     const int group_shift = (group_k32 & (group_k32 - 1)) == 0 ? __ffs(group_k32) - 1 : -1;
 
-    auto issue = [&](int slot, int chunk) {
+    // Diagnostic probes (flags bits 1-2, src/int4/wgmma.rs: output
+    // meaningless): no activation copies; no activation copies and no block
+    // barrier per chunk.
+    const bool probe_no_act = (flags & (W4G_PROBE_NO_ACT | W4G_PROBE_NO_SYNC)) != 0;
+    const bool probe_no_sync = (flags & W4G_PROBE_NO_SYNC) != 0;
+
+    // The activation pairs of one chunk (after the PDL wait: A is written by
+    // the predecessor).
+    auto issue_act = [&](int slot, int chunk) {
+        if (probe_no_act) return;
         const int col = chunk * 64 + 2 * lane;
         // Pairs past K (last chunk) are zero-filled; the clamped column keeps
         // the unread source address inside the row.
@@ -172,6 +191,10 @@ __device__ __forceinline__ void w4a16_wgmma_body(
                 }
             }
         }
+    };
+    // The lane's codes and scale (and zero point) of one chunk: read-only
+    // for every kernel, so they may be read before the PDL wait.
+    auto issue_w = [&](int slot, int chunk) {
         if (tile_valid) {
             cp_async16_cg(w_base + (slot * THREADS + tid) * 16, wp + (size_t)chunk * 128);
             // Scale group of this lane's 16 reduction indices (k = 64*chunk +
@@ -183,15 +206,77 @@ __device__ __forceinline__ void w4a16_wgmma_body(
             if (HAS_Z) cp_async4(z_base + (slot * THREADS + tid) * 4, zp + gi);
         }
     };
+    auto issue = [&](int slot, int chunk) {
+        issue_act(slot, chunk);
+        issue_w(slot, chunk);
+    };
 
     float acc[TOK / 2];
 #pragma unroll
     for (int i = 0; i < TOK / 2; i++) acc[i] = 0.0f;
 
+    // Activation lookahead: PREFETCH chunks (with the weights) by default;
+    // flags bit 3 (W4G_ACT_AHEAD_4, opt-in, not yet measured) 4 chunks.
+    constexpr int ACT_AHEAD = PREFETCH < 4 ? PREFETCH : 4;
+    const int act_ahead = (!LEGACY && (flags & W4G_ACT_AHEAD_4)) ? ACT_AHEAD : PREFETCH;
+
+    // Prologue. Weights first (flags bit 0): the codes and scales of the
+    // first PREFETCH chunks in one cp.async group before griddepcontrol.wait,
+    // then the activations of each of those chunks in a group of its own.
+    // Chunk it then needs group 1 + it (and the older weight group), with
+    // PREFETCH - 1 newer groups in flight when it is consumed, the same
+    // count as with one group per chunk: the wait in `step` is unchanged.
+    if constexpr (LEGACY) {
+        if (flags & W4G_WEIGHTS_BEFORE_WAIT) {
 #pragma unroll
-    for (int s = 0; s < PREFETCH; s++) {
-        if (s < n_my) issue(s, c_begin + s);
-        cp_async_commit();
+            for (int s = 0; s < PREFETCH; s++)
+                if (s < n_my) issue_w(s, c_begin + s);
+            cp_async_commit();
+            w4g_pdl_enter();
+#pragma unroll
+            for (int s = 0; s < PREFETCH; s++) {
+                if (s < n_my) issue_act(s, c_begin + s);
+                cp_async_commit();
+            }
+        } else {
+            w4g_pdl_enter();
+#pragma unroll
+            for (int s = 0; s < PREFETCH; s++) {
+                if (s < n_my) issue(s, c_begin + s);
+                cp_async_commit();
+            }
+        }
+    } else {
+        // Rolled loops (session 7): unrolled, the deep rings' prologue was
+        // ~3.9k SASS instructions run once per block, mostly waiting for
+        // instruction fetch (Nsight source counters). The weights run
+        // PREFETCH chunks ahead (one cp.async group: all of the first ring),
+        // the activations `act_ahead` (<= PREFETCH) chunks: with the deep
+        // ring the 12 prologue chunks of 4-byte activation copies stall the
+        // block's warps on the memory-instruction queue (`mio`, 24% of the
+        // samples in call 2), which W4G_ACT_AHEAD_4 is to test. Groups: G0 (weights 0..PREFETCH-1), one group per
+        // prologue activation chunk, then per iteration it one group with the
+        // activations of chunk it + act_ahead and the weights of chunk
+        // it + PREFETCH; chunk it is then complete with act_ahead - 1 newer
+        // groups in flight (the wait in `step`).
+        if (flags & W4G_WEIGHTS_BEFORE_WAIT) {
+#pragma unroll 1
+            for (int s = 0; s < PREFETCH; s++)
+                if (s < n_my) issue_w(s, c_begin + s);
+            cp_async_commit();
+            w4g_pdl_enter();
+        } else {
+            w4g_pdl_enter();
+#pragma unroll 1
+            for (int s = 0; s < PREFETCH; s++)
+                if (s < n_my) issue_w(s, c_begin + s);
+            cp_async_commit();
+        }
+#pragma unroll 1
+        for (int s = 0; s < act_ahead; s++) {
+            if (s < n_my) issue_act(s, c_begin + s);
+            cp_async_commit();
+        }
     }
 
     // One chunk: wait for its copies, barrier, refill the slot of chunk
@@ -199,12 +284,22 @@ __device__ __forceinline__ void w4a16_wgmma_body(
     // warpgroup is in flight.
     auto step = [&](int it, u32 (&frag)[4][4]) {
         const int slot = it % STAGES;
-        cp_async_wait<PREFETCH - 1>();
+        if (LEGACY || act_ahead == PREFETCH)
+            cp_async_wait<PREFETCH - 1>();
+        else
+            cp_async_wait<ACT_AHEAD - 1>();
         fence_proxy_async();
-        __syncthreads();
+        if (!probe_no_sync) __syncthreads();
         // Slot of chunk it - 2: every warpgroup retired its wgmma before
         // reaching this barrier (wait_group 1 at the end of iteration it-1).
-        if (it + PREFETCH < n_my) issue((it + PREFETCH) % STAGES, c_begin + it + PREFETCH);
+        // Its activation part is refilled act_ahead - 2 iterations or more
+        // later, never earlier (act_ahead <= PREFETCH = STAGES - 2).
+        if constexpr (LEGACY) {
+            if (it + PREFETCH < n_my) issue((it + PREFETCH) % STAGES, c_begin + it + PREFETCH);
+        } else {
+            if (it + act_ahead < n_my) issue_act((it + act_ahead) % STAGES, c_begin + it + act_ahead);
+            if (it + PREFETCH < n_my) issue_w((it + PREFETCH) % STAGES, c_begin + it + PREFETCH);
+        }
         cp_async_commit();
         if (!tile_valid) return;
         const uint4 w = *reinterpret_cast<const uint4*>(smem + (w_base - act_base) + (slot * THREADS + tid) * 16);
@@ -280,43 +375,133 @@ __device__ __forceinline__ void w4a16_wgmma_body(
             }
         return;
     }
-    if (tile_valid) {
-#pragma unroll
-        for (int q = 0; q < TOK / 8; q++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int row = m_base + 8 * q + 2 * t + (e & 1);
-                const int col = nb * 16 + g + 8 * (e >> 1);
-                if (row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[4 * q + e];
-            }
-    }
-    __threadfence();
-    __syncthreads();
-    __shared__ u32 is_last;
-    const int ticket_idx = blockIdx.y * gridDim.x + blockIdx.x;
-    if (tid == 0) {
-        const u32 prev = atomicAdd(&tickets[ticket_idx], 1u);
-        is_last = (prev == (u32)(splits - 1)) ? 1u : 0u;
-    }
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    if (tile_valid) {
-        // Sum the splits in split order (bit-deterministic). Split-major
-        // loop: the TOK/2 loads of one split are independent and in flight
-        // together (a per-value loop over splits waited for every load).
-#pragma unroll
-        for (int i = 0; i < TOK / 2; i++) acc[i] = 0.0f;
-        for (int sp_i = 0; sp_i < splits; sp_i++) {
-            const float* part = partials + (size_t)sp_i * M * n_pad;
+    if constexpr (LEGACY) {
+        if (tile_valid) {
 #pragma unroll
             for (int q = 0; q < TOK / 8; q++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int row = m_base + 8 * q + 2 * t + (e & 1);
                     const int col = nb * 16 + g + 8 * (e >> 1);
-                    if (row < M) acc[4 * q + e] += ld_cg_f32(&part[(size_t)row * n_pad + col]);
+                    if (row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[4 * q + e];
                 }
+        }
+        __threadfence();
+        __syncthreads();
+        __shared__ u32 is_last_legacy;
+        const int ticket_legacy = blockIdx.y * gridDim.x + blockIdx.x;
+        if (tid == 0) {
+            const u32 prev = atomicAdd(&tickets[ticket_legacy], 1u);
+            is_last_legacy = (prev == (u32)(splits - 1)) ? 1u : 0u;
+        }
+        __syncthreads();
+        if (!is_last_legacy) return;
+        __threadfence();
+        if (tile_valid) {
+#pragma unroll
+            for (int i = 0; i < TOK / 2; i++) acc[i] = 0.0f;
+            for (int sp_i = 0; sp_i < splits; sp_i++) {
+                const float* part = partials + (size_t)sp_i * M * n_pad;
+#pragma unroll
+                for (int q = 0; q < TOK / 8; q++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int row = m_base + 8 * q + 2 * t + (e & 1);
+                        const int col = nb * 16 + g + 8 * (e >> 1);
+                        if (row < M) acc[4 * q + e] += ld_cg_f32(&part[(size_t)row * n_pad + col]);
+                    }
+            }
+#pragma unroll
+            for (int q = 0; q < TOK / 8; q++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = m_base + 8 * q + 2 * t + (e & 1);
+                    const int col = nb * 16 + g + 8 * (e >> 1);
+                    if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[4 * q + e]);
+                }
+        }
+        if (tid == 0) tickets[ticket_legacy] = 0u;
+        return;
+    }
+    // Split-K hand-off (session 7): each thread stores its TOK/2 fp32 values
+    // as TOK/8 float4 into the block's slot, thread-interleaved (slot
+    // [split][block (x, y)][TOK/8][THREADS] float4: one warp instruction =
+    // 512 contiguous bytes); the thread that owns the same outputs in the
+    // last block reads them back from the same places (rows >= M are stored
+    // and summed too: never written to C). One barrier, one acq_rel ticket
+    // per block (release of every thread's stores through the barrier:
+    // PTX fences are cumulative), instead of a fence per thread.
+    const size_t blocks_xy = (size_t)gridDim.x * gridDim.y;
+    const size_t block_xy = (size_t)blockIdx.y * gridDim.x + blockIdx.x;
+    const size_t split_stride = blocks_xy * (TOK / 8) * THREADS;  // float4s
+    float4* slots = reinterpret_cast<float4*>(partials) + block_xy * (TOK / 8) * THREADS + tid;
+    if (tile_valid) {
+        float4* mine_slot = slots + (size_t)split * split_stride;
+#pragma unroll
+        for (int i = 0; i < TOK / 8; i++)
+            __stcg(mine_slot + (size_t)i * THREADS,
+                   make_float4(acc[4 * i], acc[4 * i + 1], acc[4 * i + 2], acc[4 * i + 3]));
+    }
+    __syncthreads();
+    __shared__ u32 is_last;
+    const int ticket_idx = blockIdx.y * gridDim.x + blockIdx.x;
+    if (tid == 0) {
+        u32 prev;
+        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(prev) : "l"(&tickets[ticket_idx]) : "memory");
+        is_last = (prev == (u32)(splits - 1)) ? 1u : 0u;
+    }
+    __syncthreads();
+    if (!is_last) return;
+    if (tile_valid) {
+        // Sum the splits in split order (bit-deterministic): 0 + p0 + p1 +
+        // ..., this block's own split from its registers (the value it
+        // stored: the same bits). Where the launch bounds leave the
+        // registers (2 x TOK/2 loaded values + the sums + ~64), two splits'
+        // loads are in flight per round.
+        constexpr int REG_CAP = 65536 / (NWG * 128 * MIN_BLOCKS);
+        constexpr bool PAIR = 2 * TOK + 64 <= REG_CAP;
+        // Without PAIR (t128 entries, 2-block t64) the own split is read
+        // back like the others: no registers for a copy.
+        float mine[PAIR ? TOK / 2 : 1];
+#pragma unroll
+        for (int i = 0; i < TOK / 2; i++) {
+            if constexpr (PAIR) mine[i] = acc[i];
+            acc[i] = 0.0f;
+        }
+        auto load_split = [&](int sp_i, float (&v)[TOK / 2]) {
+            const float4* src = slots + (size_t)sp_i * split_stride;
+#pragma unroll
+            for (int i = 0; i < TOK / 8; i++) {
+                float4 x;
+                if constexpr (PAIR) {
+                    x = sp_i == split ? make_float4(mine[4 * i], mine[4 * i + 1], mine[4 * i + 2], mine[4 * i + 3])
+                                      : __ldcg(src + (size_t)i * THREADS);
+                } else {
+                    x = __ldcg(src + (size_t)i * THREADS);
+                }
+                v[4 * i] = x.x;
+                v[4 * i + 1] = x.y;
+                v[4 * i + 2] = x.z;
+                v[4 * i + 3] = x.w;
+            }
+        };
+#pragma unroll 1
+        for (int sp_i = 0; sp_i < splits; sp_i += PAIR ? 2 : 1) {
+            float v0[TOK / 2];
+            load_split(sp_i, v0);
+            if constexpr (PAIR) {
+                float v1[TOK / 2];
+                if (sp_i + 1 < splits) load_split(sp_i + 1, v1);
+#pragma unroll
+                for (int i = 0; i < TOK / 2; i++) acc[i] += v0[i];
+                if (sp_i + 1 < splits) {
+#pragma unroll
+                    for (int i = 0; i < TOK / 2; i++) acc[i] += v1[i];
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < TOK / 2; i++) acc[i] += v0[i];
+            }
         }
 #pragma unroll
         for (int q = 0; q < TOK / 8; q++)
@@ -330,15 +515,15 @@ __device__ __forceinline__ void w4a16_wgmma_body(
     if (tid == 0) tickets[ticket_idx] = 0u;
 }
 
-#define W4A16_WGMMA_ENTRY(NAME, TOK, NWG, STAGES, HAS_Z, MIN_BLOCKS)                              \
+#define W4A16_WGMMA_ENTRY(NAME, TOK, NWG, STAGES, HAS_Z, MIN_BLOCKS) W4A16_WGMMA_ENTRY_L(NAME, TOK, NWG, STAGES, HAS_Z, MIN_BLOCKS, false)
+#define W4A16_WGMMA_ENTRY_L(NAME, TOK, NWG, STAGES, HAS_Z, MIN_BLOCKS, LEGACY)                   \
     extern "C" __global__ void __launch_bounds__(NWG * 128, MIN_BLOCKS) NAME(                     \
         const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
         u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
-        int group_k32, int splits) {                                                              \
-        w4g_pdl_enter();                                                                          \
-        w4a16_wgmma_body<TOK, NWG, STAGES, HAS_Z>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad,    \
-                                             k_chunks, group_k32, splits);                     \
+        int group_k32, int splits, int flags) {                                                   \
+        w4a16_wgmma_body<TOK, NWG, STAGES, HAS_Z, MIN_BLOCKS, LEGACY>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad,    \
+                                             k_chunks, group_k32, splits, flags);              \
     }
 
 // Keep (TOK, NWG, STAGES) in sync with `wgmma_variant` in src/int4/wgmma.rs.
@@ -353,5 +538,24 @@ W4A16_WGMMA_ENTRY(w4a16_wgmma_t64w2z, 64, 2, 6, true, 2)
 W4A16_WGMMA_ENTRY(w4a16_wgmma_t64w4z, 64, 4, 6, true, 1)
 W4A16_WGMMA_ENTRY(w4a16_wgmma_t128w2z, 128, 2, 6, true, 1)
 W4A16_WGMMA_ENTRY(w4a16_wgmma_t128w3z, 128, 3, 6, true, 1)
+// Deep rings (session 7): one block per SM, as many stages as 227 KiB hold
+// with zero points (d = deep).
+W4A16_WGMMA_ENTRY(w4a16_wgmma_t32w2d, 32, 2, 16, false, 1)
+W4A16_WGMMA_ENTRY(w4a16_wgmma_t64w2d, 64, 2, 14, false, 1)
+W4A16_WGMMA_ENTRY(w4a16_wgmma_t128w2d, 128, 2, 10, false, 1)
+W4A16_WGMMA_ENTRY(w4a16_wgmma_t32w2dz, 32, 2, 16, true, 1)
+W4A16_WGMMA_ENTRY(w4a16_wgmma_t64w2dz, 64, 2, 14, true, 1)
+W4A16_WGMMA_ENTRY(w4a16_wgmma_t128w2dz, 128, 2, 10, true, 1)
+// Session-6 prologue and epilogue (LEGACY) of the symmetric entries, for
+// same-run A/Bs (`MARLIN_WGMMA_LEGACY_TAIL=1`; zero-point weights keep the
+// current entries).
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t32w2_e0, 32, 2, 8, false, 2, true)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t64w2_e0, 64, 2, 6, false, 2, true)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t64w4_e0, 64, 4, 6, false, 1, true)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t128w2_e0, 128, 2, 6, false, 1, true)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t128w3_e0, 128, 3, 6, false, 1, true)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t32w2d_e0, 32, 2, 16, false, 1, true)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t64w2d_e0, 64, 2, 14, false, 1, true)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t128w2d_e0, 128, 2, 10, false, 1, true)
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
