@@ -12,6 +12,7 @@
 #   MARLIN_TEST_KNOB_VARIANTS=0  skip gpu_int4's reruns with MARLIN_INT4_DEC_LEAN=1
 #                             and MARLIN_INT4_PAIR=0 (loops the defaults skip at some M)
 #                             and gpu_ops' attention tests with MARLIN_CUDA_ATTN_CLUSTER=1
+#                             and gpu_int4_glu's with MARLIN_INT4_GLU_STAGES=8
 #   MARLIN_BENCH_GEMM=0       skip the GEMM benchmark
 #   MARLIN_BENCH_DECODE=0     skip `marlin bench decode` (Llama-3.1-8B-shaped INT4)
 #   MARLIN_BENCH_DECODE_ARGS  its arguments (default: --batch 1,8,32 --ctx 512)
@@ -74,6 +75,11 @@ if [ "${MARLIN_TESTS:-1}" != 0 ]; then
         if [ "$name" = gpu_ops-test ] && [ "${MARLIN_TEST_KNOB_VARIANTS:-1}" != 0 ]; then
             step "test $name (ATTN_CLUSTER=1)" "$out/test_${name}_cluster.log" \
                 env MARLIN_CUDA_ATTN_CLUSTER=1 "$t" --test-threads=1 --nocapture attention
+        fi
+        # The GLU-epilogue GEMM with the 8-stage ring at M <= 4 (not the default).
+        if [ "$name" = gpu_int4_glu-test ] && [ "${MARLIN_TEST_KNOB_VARIANTS:-1}" != 0 ]; then
+            step "test $name (GLU_STAGES=8)" "$out/test_${name}_stages8.log" \
+                env MARLIN_INT4_GLU_STAGES=8 "$t" --include-ignored --test-threads=1 --nocapture
         fi
     done
 fi

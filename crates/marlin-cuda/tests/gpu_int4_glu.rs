@@ -127,11 +127,11 @@ fn int4_glu_epilogue_matches_reference() {
     // The Llama-3.1-8B gate|up (F = 14336, K = 4096: 14 column blocks per
     // block, 16-stage ring at M = 1, 8 stages at M = 3 and 8).
     check_weight(&dev, &ws, 14336, 4096, 128, &[1, 3, 8]);
-    assert!(glu_epilogue_preferred(
-        &dev,
-        1,
-        &Int4Weight::from_quant(&dev, &random_int4(28672, 256, 128, false, 5)).expect("upload")
-    ));
+    // The decode step's rule takes the Llama gate|up at M = 8 (not at
+    // M = 1 by default: docs/CUDA.md change 41).
+    let llama_gate_up =
+        Int4Weight::from_quant(&dev, &random_int4(28672, 256, 128, false, 5)).expect("upload");
+    assert!(glu_epilogue_preferred(&dev, 8, &llama_gate_up));
     // Awkward shapes: F = 7 column blocks (one block of 14 warps) with K
     // ending inside a chunk; F = 3 blocks with K % 8 != 0 (scalar A copy)
     // and groups of 64; F = 13 blocks (2 column blocks x 2 K slices: the

@@ -630,6 +630,114 @@ fn fused_decode_ops_match_unfused_step_and_graph() {
     assert_eq!(eager[..m * vocab], replayed[..m * vocab], "graph vs eager");
 }
 
+/// The GLU in the gate|up GEMM's epilogue (`int4_gemm_glu`, docs/CUDA.md
+/// change 41) against the unfused step (gate|up GEMM + `glu` launch) on
+/// the same weights, caches and tokens, at a Llama-3.1-8B MLP width (ffn
+/// 14336: the stacked gate|up weight is 28672 rows, where the decode step
+/// takes the new path at M = 5..8 by default, or from
+/// `MARLIN_INT4_GLU_MIN_M`; batches 1, 3, 8, 16, 5, 8),
+/// then the last step at M = 8 eager against the same step captured in a
+/// CUDA graph (bit-identical).
+#[test]
+fn glu_in_gate_up_gemm_matches_unfused_step_and_graph() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let dev = CudaDevice::new(0).unwrap();
+    let shape = SyntheticShape {
+        n_layers: 2,
+        hidden: 256,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 64,
+        ffn: 14336,
+        vocab: 1000,
+        group: 128,
+    };
+    let dec = synthetic_decoder(&dev, &shape, 13).unwrap();
+    assert!(
+        dec.glu_in_gemm(&dev, 8) && !dec.glu_in_gemm(&dev, 9),
+        "the Llama-width gate|up must take the GLU epilogue at M = 8, not above"
+    );
+    let vocab = shape.vocab;
+    let mut glu = Scratch::new(&dev, &dec, 16, 16).unwrap();
+    let mut plain = Scratch::new(&dev, &dec, 16, 16).unwrap();
+    for s in [&mut glu, &mut plain] {
+        s.fuse_ops = false;
+    }
+    glu.glu_in_gemm = true;
+    plain.glu_in_gemm = false;
+    let mut cache_g = dec.new_cache(&dev, 16, 32).unwrap();
+    let mut cache_p = dec.new_cache(&dev, 16, 32).unwrap();
+    let mut pos = [0i32; 16];
+    for (step, &m) in [1usize, 3, 8, 16, 5, 8].iter().enumerate() {
+        let ids: Vec<u32> = (0..16)
+            .map(|i| ((step * 41 + i * 97 + 3) % vocab) as u32)
+            .collect();
+        let seqs: Vec<i32> = (0..16).collect();
+        let mut logits = Vec::new();
+        for (s, cache) in [(&mut glu, &mut cache_g), (&mut plain, &mut cache_p)] {
+            dev.write(&mut s.ids, &ids).unwrap();
+            s.set_row_sequences(&dev, &seqs).unwrap();
+            dev.write(&mut s.row_pos, &pos).unwrap();
+            dec.forward_rows(&dev, cache, s, m, LogitRows::All, Select::None)
+                .unwrap();
+            let l = dev.download(&s.logits).unwrap();
+            logits.push(l[..m * vocab].to_vec());
+        }
+        let scale = logits[1].iter().fold(1.0f32, |a, v| a.max(v.abs()));
+        let d = max_abs_diff(&logits[0], &logits[1]);
+        eprintln!(
+            "GLU epilogue vs unfused, step {step} (M = {m}): max |Δlogit| {d:.3e} of {scale:.2}"
+        );
+        // The epilogue applies the activation to the f32 sums, the unfused
+        // step to f16-rounded gate / up: one f16 ulp (2^-11) apart per value.
+        assert!(
+            d <= 1e-2 * scale,
+            "step {step} M={m}: max |Δlogit| {d} of {scale}"
+        );
+        for p in pos.iter_mut().take(m) {
+            *p += 1;
+        }
+    }
+
+    // The last step (M = 8) again, captured in a CUDA graph and replayed:
+    // the same logits bit for bit (it rewrites the same keys and values).
+    let m = 8;
+    let last: Vec<i32> = pos.iter().map(|p| p - 1).collect();
+    dev.write(&mut glu.row_pos, &last).unwrap();
+    dec.forward_rows(
+        &dev,
+        &mut cache_g,
+        &mut glu,
+        m,
+        LogitRows::All,
+        Select::None,
+    )
+    .unwrap();
+    let eager = dev.download(&glu.logits).unwrap();
+    let poison = vec![f32::NAN; glu.logits.len()];
+    dev.write(&mut glu.logits, &poison).unwrap();
+    let stream = dev.stream().clone();
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    let recorded = dec.forward_rows(
+        &dev,
+        &mut cache_g,
+        &mut glu,
+        m,
+        LogitRows::All,
+        Select::None,
+    );
+    let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+    recorded.unwrap();
+    let graph = graph.unwrap().expect("the step recorded launches");
+    graph.launch().unwrap();
+    let replayed = dev.download(&glu.logits).unwrap();
+    assert_eq!(eager[..m * vocab], replayed[..m * vocab], "graph vs eager");
+}
+
 /// A checkpoint whose linear weights are quantized to INT4 (g64, RTN) on
 /// the fly: as `QuantTensor`s (the GPU's INT4 kernel, f16 activations) or
 /// dequantized back to f32 (the same values through the f32 path).

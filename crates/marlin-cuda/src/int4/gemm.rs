@@ -1879,6 +1879,20 @@ pub enum GluAct {
     GeluTanh,
 }
 
+/// Ring depth of the GLU-epilogue kernels at M <= 4
+/// (`MARLIN_INT4_GLU_STAGES=8` or `16`; unset: 16, see [`glu_call`]).
+static GLU_STAGES: knobs::Count = knobs::Count::new("MARLIN_INT4_GLU_STAGES", 8..=16);
+
+/// Fewest token rows at which [`glu_epilogue_preferred`] takes the GLU
+/// epilogue (`MARLIN_INT4_GLU_MIN_M=n`, 1..=8; unset: [`GLU_MIN_M`]).
+static GLU_MIN_M_KNOB: knobs::Count = knobs::Count::new("MARLIN_INT4_GLU_MIN_M", 1..=8);
+
+/// Default of `MARLIN_INT4_GLU_MIN_M`: the decode step measured 41 us
+/// faster at batch 8 with the epilogue and 122 us slower at batch 1
+/// (16-stage ring; same-run interleaved H100 A/B, docs/CUDA.md change
+/// 41); M = 2..4 not measured in the step, so not taken.
+const GLU_MIN_M: usize = 5;
+
 /// `flags` bit of the GLU-epilogue kernels: GELU (tanh) instead of SiLU
 /// (W4_DEC_GLU_GELU in the source).
 const DEC_GLU_GELU: i32 = 32;
@@ -1904,7 +1918,8 @@ struct GluCall {
 /// smallest divisor (<= 8) of the F/16 pairs whose grid fits one block per
 /// SM; the most K slices (power of two, <= 16 warps, >= 16 chunks each)
 /// that fit. Ring depth as the plain plan: 16 stages at M <= 4 where that
-/// fits (`w4a16_dec_m4_glu`), else 8 (`w4a16_dec_m8_glu`).
+/// fits (`w4a16_dec_m4_glu`), else 8 (`w4a16_dec_m8_glu`);
+/// `MARLIN_INT4_GLU_STAGES=8` takes 8 at every M.
 fn glu_call(m: usize, w: &Int4Weight, sm_count: usize) -> Option<GluCall> {
     let kc = w.k_chunks;
     if !(1..=8).contains(&m)
@@ -1917,9 +1932,15 @@ fn glu_call(m: usize, w: &Int4Weight, sm_count: usize) -> Option<GluCall> {
         return None;
     }
     let pairs = w.n / 32;
-    let half = (1..=DEC_MAX_WARPS / 2).find(|&d| pairs.is_multiple_of(d) && pairs / d <= sm_count)?;
+    let half =
+        (1..=DEC_MAX_WARPS / 2).find(|&d| pairs.is_multiple_of(d) && pairs / d <= sm_count)?;
     let nbpb = 2 * half;
-    let rings: &[(&'static str, usize)] = if m <= DEC_M4_MAX_M {
+    // MARLIN_INT4_GLU_STAGES=8 (not measured in the decode step): a
+    // 79 KiB block at M = 1 instead of 135 would leave room for two of the
+    // next GEMM's blocks (down, launched early by PDL) beside it;
+    // docs/CUDA.md change 41.
+    let deep = GLU_STAGES.get().is_none_or(|s| s == DEC_STAGES_M4);
+    let rings: &[(&'static str, usize)] = if deep && m <= DEC_M4_MAX_M {
         &[
             ("w4a16_dec_m4_glu", DEC_STAGES_M4),
             ("w4a16_dec_m8_glu", DEC_STAGES),
@@ -1961,17 +1982,21 @@ pub fn glu_epilogue_supported(dev: &CudaDevice, m: usize, w: &Int4Weight) -> boo
 }
 
 /// Whether the decode step should take [`int4_gemm_glu`] instead of the
-/// gate|up GEMM + `glu` launch: supported, and the weight is where the
-/// plain GEMM takes the whole-column plan (N >= 14336 at K <= 4096,
+/// gate|up GEMM + `glu` launch: supported, M >= 5 (`MARLIN_INT4_GLU_MIN_M`;
+/// at batch 1 the step measured slower with it: without the `glu` kernel
+/// between the two GEMMs the down GEMM's blocks cannot all become resident
+/// before gate|up ends, docs/CUDA.md change 41), and the weight is where
+/// the plain GEMM takes the whole-column plan (N >= 14336 at K <= 4096,
 /// change 36) with a grid that keeps >= 90% of the SMs busy, i.e. the
 /// fused launch streams the weight as the plain one does and only the
 /// epilogue differs. Elsewhere (small F, few blocks) it is not measured.
 pub fn glu_epilogue_preferred(dev: &CudaDevice, m: usize, w: &Int4Weight) -> bool {
     let sm = dev.sm_count();
-    glu_call(m, w, sm).is_some_and(|c| {
-        let blocks = (w.n / 16) / c.shape.nbpb;
-        w.n / 16 >= DEC_WHOLE_COLUMN_MIN_N16 && blocks * 1000 >= sm * DEC_WHOLE_COLUMN_MIN_FILL
-    })
+    m >= GLU_MIN_M_KNOB.get().unwrap_or(GLU_MIN_M)
+        && glu_call(m, w, sm).is_some_and(|c| {
+            let blocks = (w.n / 16) / c.shape.nbpb;
+            w.n / 16 >= DEC_WHOLE_COLUMN_MIN_N16 && blocks * 1000 >= sm * DEC_WHOLE_COLUMN_MIN_FILL
+        })
 }
 
 /// The gate|up GEMM of a gated MLP with the gated activation in its

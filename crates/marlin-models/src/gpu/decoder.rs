@@ -32,8 +32,8 @@ use cudarc::driver::CudaSlice;
 use half::f16;
 use marlin_cuda::ggml::GgmlGpuWeight;
 use marlin_cuda::int4::gemm::{
-    fused_supported, int4_gemm, int4_gemm_fused, GemmOptions, GemmWorkspace, Int4Epilogue,
-    Int4Prologue, FUSED_MAX_M,
+    fused_supported, glu_epilogue_preferred, int4_gemm, int4_gemm_fused, int4_gemm_glu,
+    GemmOptions, GemmWorkspace, GluAct, Int4Epilogue, Int4Prologue, FUSED_MAX_M,
 };
 use marlin_cuda::knobs::Switch;
 use marlin_cuda::ops::{
@@ -314,6 +314,11 @@ pub struct Scratch {
     /// says (on with `1`, off otherwise), settable for same-process
     /// comparisons.
     pub fuse_ops: bool,
+    /// Run the gated activation in the gate|up GEMM's epilogue where
+    /// [`GpuDecoder::glu_in_gemm`] allows it (one launch instead of the
+    /// GEMM + `glu`); starts as `MARLIN_GPU_GLU_IN_GEMM` says (on unless
+    /// `0`), settable for same-process comparisons.
+    pub glu_in_gemm: bool,
     /// Timing diagnosis only (`marlin bench decode` with
     /// `MARLIN_BENCH_DECODE_DIAG`): leave out a class of kernels so that
     /// the step's time shows what the rest costs. The outputs are then
@@ -428,6 +433,7 @@ impl Scratch {
             row_pos: dev.alloc_zeros("row positions", max_m)?,
             distinct_seqs: false,
             fuse_ops: fuse_ops_enabled(),
+            glu_in_gemm: glu_in_gemm_enabled(),
             skip_for_diagnosis: SkipForDiagnosis::Nothing,
             uniforms: dev.alloc_zeros("sampling uniforms", picks)?,
             logits: dev.alloc_zeros("logits", logits_len)?,
@@ -472,6 +478,21 @@ trait DecoderAct: ActElem {
         g: &mut GemmScratch<'_>,
     ) -> Result<()>;
 
+    /// The gate|up GEMM of the stacked weight `l` with the gated activation
+    /// in its epilogue ([`int4_gemm_glu`]): `out (m, ffn) = act(gate) * up`
+    /// in one launch. `Ok(false)` (nothing launched) where it does not apply:
+    /// f32 activations, a weight other than INT4, or a call
+    /// [`glu_epilogue_preferred`] leaves to the GEMM + `glu` pair.
+    fn linear_glu(
+        l: &GpuLinear,
+        dev: &Arc<CudaDevice>,
+        x: &CudaSlice<Self>,
+        m: usize,
+        out: &mut CudaSlice<Self>,
+        act: GluAct,
+        g: &mut GemmScratch<'_>,
+    ) -> Result<bool>;
+
     /// `dst = src` (`n` values) in this type.
     fn from_f32(
         dev: &CudaDevice,
@@ -498,6 +519,18 @@ trait DecoderAct: ActElem {
 }
 
 impl DecoderAct for f32 {
+    fn linear_glu(
+        _l: &GpuLinear,
+        _dev: &Arc<CudaDevice>,
+        _x: &CudaSlice<f32>,
+        _m: usize,
+        _out: &mut CudaSlice<f32>,
+        _act: GluAct,
+        _g: &mut GemmScratch<'_>,
+    ) -> Result<bool> {
+        Ok(false)
+    }
+
     fn linear_fused(
         _l: &GpuLinear,
         _dev: &Arc<CudaDevice>,
@@ -562,6 +595,24 @@ impl DecoderAct for f32 {
 }
 
 impl DecoderAct for f16 {
+    fn linear_glu(
+        l: &GpuLinear,
+        dev: &Arc<CudaDevice>,
+        x: &CudaSlice<f16>,
+        m: usize,
+        out: &mut CudaSlice<f16>,
+        act: GluAct,
+        g: &mut GemmScratch<'_>,
+    ) -> Result<bool> {
+        match l {
+            GpuLinear::Int4(w) if glu_epilogue_preferred(dev, m, w) => {
+                int4_gemm_glu(dev, &x.as_view(), m, w, &mut out.as_view_mut(), act, g.ws)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     fn linear_fused(
         l: &GpuLinear,
         dev: &Arc<CudaDevice>,
@@ -720,6 +771,14 @@ fn fuse_ops_enabled() -> bool {
     ON.get()
 }
 
+/// Whether the unfused decode step runs the GLU in the gate|up GEMM's
+/// epilogue where it can (`int4_gemm_glu`): on unless
+/// `MARLIN_GPU_GLU_IN_GEMM=0` (measuring the difference; read once).
+fn glu_in_gemm_enabled() -> bool {
+    static ON: Switch = Switch::new("MARLIN_GPU_GLU_IN_GEMM", true);
+    ON.get()
+}
+
 /// GEMM scratch: the f32 path's conversion buffers (`LinearScratch`) and
 /// the f16 path's split-K workspace.
 struct GemmScratch<'a> {
@@ -809,6 +868,19 @@ impl GpuDecoder {
             })
     }
 
+    /// Whether a forward of `m` rows (unfused step, f16 activations) runs
+    /// every block's gated activation in its gate|up GEMM's epilogue: the
+    /// stacked INT4 gate|up weight of each block is one
+    /// [`glu_epilogue_preferred`] takes (e.g. Llama-3.1-8B at M <= 8).
+    /// [`Scratch::glu_in_gemm`] can turn it off per scratch.
+    pub fn glu_in_gemm(&self, dev: &CudaDevice, m: usize) -> bool {
+        self.f16_activations()
+            && self.blocks.iter().all(|b| {
+                matches!(&b.gate_up, GateUpWeights::Fused(GpuLinear::Int4(w))
+                    if w.n == 2 * self.spec.cfg.ffn_size && glu_epilogue_preferred(dev, m, w))
+            })
+    }
+
     /// Runs `m` rows whose ids, sequences and positions are in `s`; writes
     /// their keys and values into `cache`, the logits of `which` rows into
     /// `s.logits` (soft-capped when the model caps them) and, by `select`,
@@ -852,6 +924,7 @@ impl GpuDecoder {
             )));
         }
         let skip = s.skip_for_diagnosis;
+        let glu_in_gemm = s.glu_in_gemm;
         // Greedy tokens from the LM head's stage (not when a diagnosis
         // leaves the LM head out).
         let argmax_in_lm_head = matches!(select, Select::Argmax)
@@ -893,6 +966,7 @@ impl GpuDecoder {
             logits,
             g: GemmScratch { lin, ws },
             skip,
+            glu_in_gemm,
             argmax: argmax_in_lm_head.then_some(ArgmaxOut {
                 ws: &mut *argmax_ws,
                 next_ids: &mut *next_ids,
@@ -1294,6 +1368,19 @@ impl GpuDecoder {
                 )?;
             }
             GateUpWeights::Fused(w) => {
+                // The GLU in the gate|up GEMM's epilogue: one launch, and
+                // no GLU kernel between the two GEMMs (under
+                // SkipForDiagnosis::SmallOps it stays: it is the GEMM).
+                let act = if gelu { GluAct::GeluTanh } else { GluAct::Silu };
+                if io.glu_in_gemm
+                    && !io.skips(SkipForDiagnosis::Gemms)
+                    && w.rows() == 2 * ffn
+                    && T::linear_glu(w, dev, &a.h, m, &mut a.act, act, &mut io.g)?
+                {
+                    mark(prof, dev, Stage::GateUpGemm)?;
+                    mark(prof, dev, Stage::Glu)?;
+                    return self.mlp_down(dev, b, io, a, m, prof);
+                }
                 if !io.skips(SkipForDiagnosis::Gemms) {
                     T::linear(w, dev, &a.h, m, &mut a.fused, &mut io.g)?;
                 }
@@ -1359,6 +1446,8 @@ struct StepIo<'a> {
     g: GemmScratch<'a>,
     /// [`Scratch::skip_for_diagnosis`] of this pass.
     skip: SkipForDiagnosis,
+    /// [`Scratch::glu_in_gemm`] of this pass.
+    glu_in_gemm: bool,
     /// Greedy token choice in the LM head's stage (taken by it).
     argmax: Option<ArgmaxOut<'a>>,
 }
