@@ -1921,17 +1921,34 @@ struct GluCall {
 /// fits (`w4a16_dec_m4_glu`), else 8 (`w4a16_dec_m8_glu`);
 /// `MARLIN_INT4_GLU_STAGES=8` takes 8 at every M.
 fn glu_call(m: usize, w: &Int4Weight, sm_count: usize) -> Option<GluCall> {
-    let kc = w.k_chunks;
+    glu_call_for(
+        m,
+        (w.n, w.k_chunks, w.group_k32),
+        w.neg_zero_scales.is_some(),
+        sm_count,
+        GLU_STAGES.get(),
+    )
+}
+
+/// [`glu_call`] of a weight given by (n, k_chunks, group_k32), with the
+/// ring-depth knob's value `stages_knob`.
+fn glu_call_for(
+    m: usize,
+    (n, kc, group_k32): (usize, usize, usize),
+    has_zeros: bool,
+    sm_count: usize,
+    stages_knob: Option<usize>,
+) -> Option<GluCall> {
     if !(1..=8).contains(&m)
-        || w.neg_zero_scales.is_some()
-        || w.group_k32 < 2
-        || !w.n.is_multiple_of(32)
+        || has_zeros
+        || group_k32 < 2
+        || !n.is_multiple_of(32)
         || kc > 64
         || sm_count == 0
     {
         return None;
     }
-    let pairs = w.n / 32;
+    let pairs = n / 32;
     let half =
         (1..=DEC_MAX_WARPS / 2).find(|&d| pairs.is_multiple_of(d) && pairs / d <= sm_count)?;
     let nbpb = 2 * half;
@@ -1939,7 +1956,7 @@ fn glu_call(m: usize, w: &Int4Weight, sm_count: usize) -> Option<GluCall> {
     // 79 KiB block at M = 1 instead of 135 would leave room for two of the
     // next GEMM's blocks (down, launched early by PDL) beside it;
     // docs/CUDA.md change 41.
-    let deep = GLU_STAGES.get().is_none_or(|s| s == DEC_STAGES_M4);
+    let deep = stages_knob.is_none_or(|s| s == DEC_STAGES_M4);
     let rings: &[(&'static str, usize)] = if deep && m <= DEC_M4_MAX_M {
         &[
             ("w4a16_dec_m4_glu", DEC_STAGES_M4),
@@ -1957,7 +1974,7 @@ fn glu_call(m: usize, w: &Int4Weight, sm_count: usize) -> Option<GluCall> {
                 k_slices,
                 splits: 1,
             };
-            let smem = decode_smem_bytes_ring(m, kc, shape, w.group_k32, false, stages * 32 * 16);
+            let smem = decode_smem_bytes_ring(m, kc, shape, group_k32, false, stages * 32 * 16);
             if smem <= DEC_SMEM_LIMIT {
                 return Some(GluCall {
                     kernel,
@@ -2202,9 +2219,10 @@ fn dequant_cublas(
 #[cfg(test)]
 mod tests {
     use super::{
-        decode_launch_for, decode_smem_attr, decode_smem_bytes, sk_smem_bytes, sk_smem_limits,
-        stream_k_launch_for, variant, DecodeShape, StreamKShape, DEC_MAX_M, DEC_MAX_WARPS,
-        DEC_SMEM_LIMIT, MIN_CHUNKS_PER_SPLIT, SK_MAX_BLOCK_WARPS, SK_MAX_M, SK_MIN_UNITS_PER_WARP,
+        decode_launch_for, decode_smem_attr, decode_smem_bytes, glu_call_for, sk_smem_bytes,
+        sk_smem_limits, stream_k_launch_for, variant, DecodeShape, StreamKShape, DEC_MAX_M,
+        DEC_MAX_WARPS, DEC_SMEM_LIMIT, MIN_CHUNKS_PER_SPLIT, SK_MAX_BLOCK_WARPS, SK_MAX_M,
+        SK_MIN_UNITS_PER_WARP,
     };
 
     /// The shared launch-grid check: y and z at most 65535, x below 2^31.
@@ -2226,6 +2244,62 @@ mod tests {
     /// points) is launchable: shared memory within the attribute (which fits
     /// sm_80 and sm_90 blocks), at most 16 warps, every warp >= 4 chunks,
     /// grid within CUDA's limits; forced factors are honoured or refused.
+    #[test]
+    fn glu_epilogue_plans_fit() {
+        // Llama-3.1-8B gate|up (28672x4096, g128) on 132 SMs: 7 pairs of
+        // column blocks per block, 128 blocks, one K slice; the 16-stage
+        // ring at M = 1, 2, the 8-stage one at M = 3..8 (and with the knob).
+        let llama = (28672, 64, 4);
+        for m in 1..=8 {
+            for knob in [None, Some(8), Some(16)] {
+                let c = glu_call_for(m, llama, false, 132, knob).expect("Llama gate|up");
+                let what = format!("M={m} knob={knob:?} {c:?}");
+                assert_eq!(
+                    (c.shape.nbpb, c.shape.k_slices, c.shape.splits),
+                    (14, 1, 1),
+                    "{what}"
+                );
+                assert!(c.smem <= DEC_SMEM_LIMIT, "{what}");
+                let deep = m <= 2 && knob != Some(8);
+                let want = if deep {
+                    "w4a16_dec_m4_glu"
+                } else {
+                    "w4a16_dec_m8_glu"
+                };
+                assert_eq!(c.kernel, want, "{what}");
+            }
+        }
+        // K slices where the pairs are few; every plan fits and divides.
+        for &(n, kc, g) in &[
+            (224, 16, 4),
+            (96, 16, 2),
+            (416, 32, 4),
+            (8192, 64, 4),
+            (512, 8, 16),
+        ] {
+            for m in 1..=8 {
+                let c = glu_call_for(m, (n, kc, g), false, 132, None).expect("supported");
+                let what = format!("M={m} n={n} kc={kc} {c:?}");
+                assert!(
+                    c.smem <= DEC_SMEM_LIMIT && c.shape.nbpb.is_multiple_of(2),
+                    "{what}"
+                );
+                assert!(c.shape.nbpb * c.shape.k_slices <= DEC_MAX_WARPS, "{what}");
+                assert!((n / 32).is_multiple_of(c.shape.nbpb / 2), "{what}");
+                assert!((n / 16) / c.shape.nbpb <= 132, "{what}");
+            }
+        }
+        // Refused: M = 0 or > 8, zero points, groups of 32, F not whole
+        // column blocks, K > 4096, no SMs.
+        assert!(glu_call_for(0, llama, false, 132, None).is_none());
+        assert!(glu_call_for(9, llama, false, 132, None).is_none());
+        assert!(glu_call_for(1, llama, true, 132, None).is_none());
+        assert!(glu_call_for(1, (28672, 64, 1), false, 132, None).is_none());
+        assert!(glu_call_for(1, (28688, 64, 4), false, 132, None).is_none());
+        assert!(glu_call_for(1, (28672, 65, 4), false, 132, None).is_none());
+        assert!(glu_call_for(1, llama, false, 0, None).is_none());
+    }
+
     #[test]
     fn decode_plans_are_launchable() {
         assert!(decode_smem_attr() <= 163 * 1024);
