@@ -16,6 +16,8 @@
 #   MARLIN_BENCH_GEMM=0       skip the GEMM benchmark
 #   MARLIN_BENCH_DECODE=0     skip `marlin bench decode` (Llama-3.1-8B-shaped INT4)
 #   MARLIN_BENCH_DECODE_ARGS  its arguments (default: --batch 1,8,32 --ctx 512)
+#   MARLIN_BENCH_DECODE_GLU_AB=1  also the decode bench at batch 1, 4 with the GLU
+#                             epilogue at every M (8- / 16-stage ring) vs GEMM + glu
 #   MARLIN_BENCH_DECODE_SK=1  also the decode bench at batch 1 with the opt-in
 #                             stream-K INT4 kernel (MARLIN_INT4_STREAMK=1)
 #   MARLIN_MODELS_DIR         real models for the end-to-end step (default
@@ -98,6 +100,18 @@ if [ "${MARLIN_BENCH_DECODE:-1}" != 0 ] && [ -x "$marlin" ]; then
     step "bench decode (graph on/off)" "$out/bench_decode.log" \
         "$marlin" bench decode --device cuda ${MARLIN_BENCH_DECODE_ARGS:---batch 1,8,32 --ctx 512}
 fi
+# MARLIN_BENCH_DECODE_GLU_AB=1: the batch-1 step with the GLU in the gate|up
+# GEMM's epilogue (16- and 8-stage ring) against GEMM + glu, interleaved
+# twice (docs/CUDA.md change 41: tests the residency reading of its loss).
+if [ "${MARLIN_BENCH_DECODE_GLU_AB:-0}" = 1 ] && [ -x "$marlin" ]; then
+    step "bench decode GLU A/B" "$out/bench_decode_glu_ab.log" bash -c '
+        for round in 1 2; do
+            for v in "MARLIN_INT4_GLU_MIN_M=1 MARLIN_INT4_GLU_STAGES=8" "MARLIN_INT4_GLU_MIN_M=1 MARLIN_INT4_GLU_STAGES=16" "MARLIN_GPU_GLU_IN_GEMM=0"; do
+                echo "== round $round: $v"
+                env $v "$0" bench decode --device cuda --batch 1,4 --ctx 512 || exit 1
+            done
+        done' "$marlin"
+fi
 if [ "${MARLIN_BENCH_DECODE_SK:-0}" = 1 ] && [ -n "$sk_args" ] && [ -x "$marlin" ]; then
     step "bench decode stream-K" "$out/bench_decode_sk.log" \
         env MARLIN_INT4_STREAMK=1 "$marlin" bench decode --device cuda --batch 1 --ctx 512
@@ -150,6 +164,11 @@ if [ -f "$out/bench_decode.log" ]; then
     echo
     echo "================ decode benchmark ================"
     cat "$out/bench_decode.log"
+fi
+if [ -f "$out/bench_decode_glu_ab.log" ]; then
+    echo
+    echo "================ decode GLU epilogue A/B (batch 1, 4) ================"
+    grep -E "^==|^ +[0-9]+ +[0-9]+ +o" "$out/bench_decode_glu_ab.log"
 fi
 if [ -f "$out/bench_decode_sk.log" ]; then
     echo
