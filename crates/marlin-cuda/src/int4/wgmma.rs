@@ -35,10 +35,11 @@ pub const WGMMA_MAX_M: usize = 512;
 /// than dequantize + cuBLAS at M = 64 on all four benchmark shapes; at
 /// M = 128 faster than dequantize + cuBLAS on
 /// 14336x4096, 4096x14336 and 28672x8192 but not on 4096x4096, the same
-/// at M = 256; slower at M = 1024 on every shape. `resolve_call` asks
-/// [`super::wgmma_ws::ws_auto`] first: the warp-specialised kernel takes
-/// the points of this range where it measured faster (28672x8192 at
-/// M = 128 and 256, 14336x4096 at M = 256, 4096x14336 at M = 128 and 256).
+/// at M = 256; slower at M = 1024 on every shape. `resolve_call` (session
+/// 7) takes this kernel first where [`wgmma_over_ws`] holds, then asks
+/// [`super::wgmma_ws::ws_auto`] and [`mid_m_takes_ws`]: the
+/// warp-specialised kernel takes the points of this range where it
+/// measured faster, and only the rest come here.
 pub fn wgmma_auto(m: usize, n: usize, k: usize) -> bool {
     (WGMMA_MIN_M..WGMMA_MAX_M).contains(&m)
         && (m < 128 || n.saturating_mul(k) >= super::gemm::LARGE_WEIGHT_ELEMS)
@@ -373,7 +374,7 @@ fn plan_of(
 
 /// Variant and launch shape for M rows: the session-3 variant and its
 /// split choice; its deep-ring form with the same grid where that grid is
-/// at most one block per SM ([`deep_default`]; `MARLIN_WGMMA_DEEP` or a
+/// at most one block per SM (`deep_default`; `MARLIN_WGMMA_DEEP` or a
 /// [`WgmmaOverride`] forces either, a forced deep variant choosing its
 /// splits for one block per SM). `GemmPlan::m_tiles` holds tokens / 16 and
 /// `n_tiles` the column blocks (64 x warpgroups wide).
