@@ -128,6 +128,147 @@ fn norms_match_cpu() {
     println!("PASS norms");
 }
 
+/// Element type of the fused kernels' GEMM-side activations, for the tests.
+trait TestElem: ops::ActElem {
+    fn of(v: f32) -> Self;
+    fn widen(self) -> f32;
+    const NAN: Self;
+}
+
+impl TestElem for f32 {
+    fn of(v: f32) -> Self {
+        v
+    }
+    fn widen(self) -> f32 {
+        self
+    }
+    const NAN: Self = f32::NAN;
+}
+
+impl TestElem for f16 {
+    fn of(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    const NAN: Self = f16::NAN;
+}
+
+/// One `resid_norm_with` call against the f64 reference: `resid += delta`
+/// (after the post-norm when `post`), `out = norm(resid)`; without a delta
+/// only the norm (resid untouched). The residual exact where no post-norm
+/// rounds it (one f32 add, as on the CPU), else 1e-5 relative; the output
+/// 1e-5 relative in f32, 2e-3 in f16 (one f16 ulp is 2^-11 relative); the
+/// slack of every buffer stays NaN.
+#[allow(clippy::too_many_arguments)]
+fn check_resid_norm<T: TestElem>(
+    dev: &CudaDevice,
+    r: &mut StdRng,
+    form: ops::NormForm,
+    rows: usize,
+    dim: usize,
+    with_delta: bool,
+    post: bool,
+    w_offset: f32,
+) {
+    let what = format!(
+        "resid_norm {form:?} {} rows {rows} dim {dim} delta {with_delta} post {post} offset {w_offset}",
+        if T::IS_F16 { "f16" } else { "f32" }
+    );
+    let n = rows * dim;
+    let eps = 1e-6;
+    let x = rand_vec(r, n, -3.0, 3.0);
+    // The delta as the kernel sees it (f16-rounded on the f16 path).
+    let delta: Vec<f32> = rand_vec(r, n, -1.0, 1.0)
+        .into_iter()
+        .map(|v| T::of(v).widen())
+        .collect();
+    let w = rand_vec(r, dim, -0.5, 1.5);
+    let pw = rand_vec(r, dim, -0.5, 1.5);
+    let eff = |v: &[f32]| -> Vec<f32> { v.iter().map(|a| a + w_offset).collect() };
+    let mut resid_host = x.clone();
+    resid_host.extend([f32::NAN; SLACK]);
+    let mut resid = up(dev, &resid_host);
+    let delta_dev = up(dev, &delta.iter().map(|&v| T::of(v)).collect::<Vec<T>>());
+    let (wd, pwd) = (up(dev, &w), up(dev, &pw));
+    let mut out = up(dev, &vec![T::NAN; n + SLACK]);
+    ops::resid_norm_with::<T>(
+        dev,
+        form,
+        &mut resid,
+        with_delta.then_some(&delta_dev),
+        (with_delta && post).then_some(&pwd),
+        &wd,
+        rows,
+        dim,
+        eps,
+        w_offset,
+        &mut out,
+    )
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let added: Vec<f32> = match (with_delta, post) {
+        (false, _) => vec![0.0; n],
+        (true, false) => delta.clone(),
+        (true, true) => rms_norm_ref(&delta, &eff(&pw), eps),
+    };
+    let sum: Vec<f32> = x.iter().zip(&added).map(|(a, b)| a + b).collect();
+    let got_resid = dev.download(&resid).unwrap();
+    if post {
+        assert_close(&format!("{what}: residual"), &got_resid, &sum, 1e-5);
+    } else {
+        assert_eq!(got_resid[..n], sum[..], "{what}: residual");
+        assert!(
+            got_resid[n..].iter().all(|v| v.is_nan()),
+            "{what}: residual slack"
+        );
+    }
+    let got: Vec<f32> = dev
+        .download(&out)
+        .unwrap()
+        .into_iter()
+        .map(T::widen)
+        .collect();
+    let want = rms_norm_ref(&sum, &eff(&w), eps);
+    let rel = if T::IS_F16 { 2e-3 } else { 1e-5 };
+    assert_close(&format!("{what}: output"), &got, &want, rel);
+}
+
+/// The decoder's residual add + RMSNorm in both kernel forms (scalar and
+/// vector, docs/CUDA.md change 44), f32 and f16 activations, norm only,
+/// with a delta and with Gemma's post-norm, against the f64 reference: rows
+/// the vector form takes (dim % 4 == 0 up to 8192, 1 to 17 rows) and rows
+/// it hands to the scalar kernel (dim 4097 and 2302: not a multiple of 4;
+/// 12288: wider than its 1024 threads; 20000: the scalar kernel's loop).
+#[test]
+fn resid_norm_forms_match_reference() {
+    let Some(dev) = device() else { return };
+    let mut r = rng("resid_norm");
+    let shapes = [
+        (1, 4),
+        (1, 64),
+        (3, 576),
+        (17, 640),
+        (1, 4096),
+        (5, 4096),
+        (2, 8192),
+        (1, 4097),
+        (2, 2302),
+        (1, 12288),
+        (1, 20000),
+    ];
+    for form in [ops::NormForm::Vector, ops::NormForm::Scalar] {
+        for (k, &(rows, dim)) in shapes.iter().enumerate() {
+            let w_offset = if k % 2 == 0 { 0.0 } else { 1.0 };
+            for (with_delta, post) in [(false, false), (true, false), (true, true)] {
+                check_resid_norm::<f32>(&dev, &mut r, form, rows, dim, with_delta, post, w_offset);
+                check_resid_norm::<f16>(&dev, &mut r, form, rows, dim, with_delta, post, w_offset);
+            }
+        }
+    }
+    println!("PASS resid_norm (both forms)");
+}
+
 #[test]
 fn rope_matches_cpu() {
     let Some(dev) = device() else { return };

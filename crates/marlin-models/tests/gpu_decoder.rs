@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use marlin_cuda::int4::gemm::dequantize_to_f16;
-use marlin_cuda::ops::{DeviceSampling, GpuRope};
+use marlin_cuda::ops::{DeviceSampling, GpuRope, NormForm};
 use marlin_cuda::CudaDevice;
 use marlin_models::config::{HParam, HValue};
 use marlin_models::gpu::bench::{synthetic_decoder, SyntheticShape};
@@ -736,6 +736,116 @@ fn glu_in_gate_up_gemm_matches_unfused_step_and_graph() {
     graph.launch().unwrap();
     let replayed = dev.download(&glu.logits).unwrap();
     assert_eq!(eager[..m * vocab], replayed[..m * vocab], "graph vs eager");
+}
+
+/// The residual add + RMSNorm launches in their vector form
+/// (`NormForm::Vector`, docs/CUDA.md change 44) against the scalar form on
+/// the same weights, caches and tokens: the INT4 model's f16 path and its
+/// dense twin's f32 path, batches of 1, 3, 16 and 5 distinct sequences,
+/// then the last step of each path (vector form) eager against the same
+/// step captured in a CUDA graph (bit-identical).
+#[test]
+fn vector_norm_matches_scalar_step_and_graph() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let dev = CudaDevice::new(0).unwrap();
+    let shape = SyntheticShape {
+        n_layers: 2,
+        hidden: 256,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 64,
+        ffn: 512,
+        vocab: 1000,
+        group: 128,
+    };
+    let int4 = synthetic_decoder(&dev, &shape, 17).unwrap();
+    let dense = dense_twin(&dev, &int4);
+    let vocab = shape.vocab;
+    // f16 activations: another summation order can move an f16-rounded
+    // activation by one ulp (2^-11); f32: rounding of the sums only.
+    for (dec, rel) in [(&int4, 1e-2f32), (&dense, 1e-3)] {
+        let path = if dec.f16_activations() { "f16" } else { "f32" };
+        let mut vec_s = Scratch::new(&dev, dec, 16, 16).unwrap();
+        let mut plain = Scratch::new(&dev, dec, 16, 16).unwrap();
+        for s in [&mut vec_s, &mut plain] {
+            s.fuse_ops = false;
+        }
+        vec_s.norm_form = NormForm::Vector;
+        plain.norm_form = NormForm::Scalar;
+        let mut cache_v = dec.new_cache(&dev, 16, 32).unwrap();
+        let mut cache_p = dec.new_cache(&dev, 16, 32).unwrap();
+        let mut pos = [0i32; 16];
+        for (step, &m) in [1usize, 3, 16, 5].iter().enumerate() {
+            let ids: Vec<u32> = (0..16)
+                .map(|i| ((step * 43 + i * 89 + 11) % vocab) as u32)
+                .collect();
+            let seqs: Vec<i32> = (0..16).collect();
+            let mut logits = Vec::new();
+            for (s, cache) in [(&mut vec_s, &mut cache_v), (&mut plain, &mut cache_p)] {
+                dev.write(&mut s.ids, &ids).unwrap();
+                s.set_row_sequences(&dev, &seqs).unwrap();
+                dev.write(&mut s.row_pos, &pos).unwrap();
+                dec.forward_rows(&dev, cache, s, m, LogitRows::All, Select::None)
+                    .unwrap();
+                let l = dev.download(&s.logits).unwrap();
+                logits.push(l[..m * vocab].to_vec());
+            }
+            let scale = logits[1].iter().fold(1.0f32, |a, v| a.max(v.abs()));
+            let d = max_abs_diff(&logits[0], &logits[1]);
+            eprintln!(
+                "vector vs scalar norm, {path} path, step {step} (M = {m}): max |Δlogit| {d:.3e} of {scale:.2}"
+            );
+            assert!(
+                d <= rel * scale,
+                "{path} step {step} M={m}: max |Δlogit| {d} of {scale}"
+            );
+            for p in pos.iter_mut().take(m) {
+                *p += 1;
+            }
+        }
+
+        // The last step again, captured in a CUDA graph and replayed: the
+        // same logits bit for bit (it rewrites the same keys and values).
+        let m = 5;
+        let last: Vec<i32> = pos.iter().map(|p| p - 1).collect();
+        dev.write(&mut vec_s.row_pos, &last).unwrap();
+        dec.forward_rows(
+            &dev,
+            &mut cache_v,
+            &mut vec_s,
+            m,
+            LogitRows::All,
+            Select::None,
+        )
+        .unwrap();
+        let eager = dev.download(&vec_s.logits).unwrap();
+        let poison = vec![f32::NAN; vec_s.logits.len()];
+        dev.write(&mut vec_s.logits, &poison).unwrap();
+        let stream = dev.stream().clone();
+        stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .unwrap();
+        let recorded = dec.forward_rows(
+            &dev,
+            &mut cache_v,
+            &mut vec_s,
+            m,
+            LogitRows::All,
+            Select::None,
+        );
+        let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+        recorded.unwrap();
+        let graph = graph.unwrap().expect("the step recorded launches");
+        graph.launch().unwrap();
+        let replayed = dev.download(&vec_s.logits).unwrap();
+        assert_eq!(
+            eager[..m * vocab],
+            replayed[..m * vocab],
+            "{path}: graph vs eager"
+        );
+    }
 }
 
 /// A checkpoint whose linear weights are quantized to INT4 (g64, RTN) on

@@ -339,6 +339,145 @@ __device__ __forceinline__ void mops_resid_norm_impl(float* __restrict__ resid,
     for (int i = threadIdx.x; i < dim; i += nt) st_from_f32(orow, i, rr[i] * inv * (w[i] + w_offset));
 }
 
+// Vector form of mops_resid_norm_impl (MARLIN_CUDA_NORM_VEC=1 or
+// ops::NormForm::Vector; docs/CUDA.md change 44), same arithmetic per
+// element: rows with dim % 4 == 0 and dim <= 4 * MOPS_NORM_VEC_CHUNKS *
+// 1024, every buffer 16-byte aligned (the host checks both). Why another
+// form: the scalar kernel holds 16 values of each of four arrays per
+// thread and compiles to 128 registers at 512 threads for a 4096-wide row,
+// i.e. the whole register file of an SM, so its block can only start on an
+// SM the previous GEMM has left entirely, and while it runs no block of
+// the next GEMM fits beside it. Here a thread holds MOPS_NORM_VEC_CHUNKS
+// chunks of 4 consecutive values (16-byte f32 / 8-byte f16 accesses: 4
+// load instructions per thread after the PDL wait instead of 16),
+// __launch_bounds__(1024) caps it at 64 registers, and each block sum
+// takes one barrier (a shared slot per warp, added in warp order by every
+// thread: the same sum bit for bit in all of them).
+#define MOPS_NORM_VEC_CHUNKS 2
+__device__ __forceinline__ float4 mops_ld4(const float* p, int c) {
+    return reinterpret_cast<const float4*>(p)[c];
+}
+__device__ __forceinline__ float4 mops_ld4(const u16* p, int c) {
+    const uint2 h = reinterpret_cast<const uint2*>(p)[c];
+    return make_float4(f16_to_f32((u16)(h.x & 0xFFFFu)), f16_to_f32((u16)(h.x >> 16)),
+                       f16_to_f32((u16)(h.y & 0xFFFFu)), f16_to_f32((u16)(h.y >> 16)));
+}
+__device__ __forceinline__ void mops_st4(float* p, int c, float4 v) {
+    reinterpret_cast<float4*>(p)[c] = v;
+}
+__device__ __forceinline__ void mops_st4(u16* p, int c, float4 v) {
+    uint2 h;
+    h.x = (u32)f32_to_f16(v.x) | ((u32)f32_to_f16(v.y) << 16);
+    h.y = (u32)f32_to_f16(v.z) | ((u32)f32_to_f16(v.w) << 16);
+    reinterpret_cast<uint2*>(p)[c] = h;
+}
+__device__ __forceinline__ float mops_sq4(float4 a) {
+    return a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+}
+
+// Sum over the block with one barrier; `red` (32 floats, 16-byte aligned)
+// must not be used by another call of the same launch.
+__device__ __forceinline__ float mops_block_sum_once(float v, float* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n_warps = blockDim.x >> 5;
+    v = mops_warp_sum(v);
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 32; k += 4) {
+        if (k < n_warps) {
+            const float4 r = reinterpret_cast<const float4*>(red)[k >> 2];
+            s += r.x;
+            if (k + 1 < n_warps) s += r.y;
+            if (k + 2 < n_warps) s += r.z;
+            if (k + 3 < n_warps) s += r.w;
+        }
+    }
+    return s;
+}
+
+template <typename T>
+__device__ __forceinline__ void mops_resid_norm_vec_impl(float* __restrict__ resid,
+                                                         const T* __restrict__ delta,
+                                                         const float* __restrict__ post_w,
+                                                         const float* __restrict__ w,
+                                                         T* __restrict__ out, int dim, float eps,
+                                                         float w_offset) {
+    __shared__ __align__(16) float red[2][32];
+    const long long base = (long long)blockIdx.x * dim;
+    float* rr = resid + base;
+    T* orow = out + base;
+    const T* dr = delta != 0 ? delta + base : 0;
+    const int nt = blockDim.x, n4 = dim >> 2;
+    pdl_trigger();
+    // The norm weights before the PDL wait (constants), as in the scalar form.
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 wv[MOPS_NORM_VEC_CHUNKS], pwv[MOPS_NORM_VEC_CHUNKS];
+#pragma unroll
+    for (int c = 0; c < MOPS_NORM_VEC_CHUNKS; ++c) {
+        const int i4 = threadIdx.x + c * nt;
+        wv[c] = zero;
+        pwv[c] = zero;
+        if (i4 < n4) {
+            const float4 a = mops_ld4(w, i4);
+            wv[c] = make_float4(a.x + w_offset, a.y + w_offset, a.z + w_offset, a.w + w_offset);
+            if (post_w != 0) {
+                const float4 b = mops_ld4(post_w, i4);
+                pwv[c] = make_float4(b.x + w_offset, b.y + w_offset, b.z + w_offset, b.w + w_offset);
+            }
+        }
+    }
+    pdl_wait();
+    float4 v[MOPS_NORM_VEC_CHUNKS], dv[MOPS_NORM_VEC_CHUNKS];
+#pragma unroll
+    for (int c = 0; c < MOPS_NORM_VEC_CHUNKS; ++c) {
+        const int i4 = threadIdx.x + c * nt;
+        v[c] = zero;
+        dv[c] = zero;
+        if (i4 < n4) {
+            v[c] = mops_ld4(rr, i4);
+            if (dr != 0) dv[c] = mops_ld4(dr, i4);
+        }
+    }
+    if (dr != 0) {
+        if (post_w != 0) {
+            float ps = 0.0f;
+#pragma unroll
+            for (int c = 0; c < MOPS_NORM_VEC_CHUNKS; ++c) ps += mops_sq4(dv[c]);
+            const float post_inv = rsqrtf(mops_block_sum_once(ps, red[0]) / (float)dim + eps);
+#pragma unroll
+            for (int c = 0; c < MOPS_NORM_VEC_CHUNKS; ++c) {
+                dv[c].x *= post_inv * pwv[c].x;
+                dv[c].y *= post_inv * pwv[c].y;
+                dv[c].z *= post_inv * pwv[c].z;
+                dv[c].w *= post_inv * pwv[c].w;
+            }
+        }
+#pragma unroll
+        for (int c = 0; c < MOPS_NORM_VEC_CHUNKS; ++c) {
+            const int i4 = threadIdx.x + c * nt;
+            v[c].x += dv[c].x;
+            v[c].y += dv[c].y;
+            v[c].z += dv[c].z;
+            v[c].w += dv[c].w;
+            if (i4 < n4) mops_st4(rr, i4, v[c]);
+        }
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int c = 0; c < MOPS_NORM_VEC_CHUNKS; ++c) ss += mops_sq4(v[c]);
+    const float inv = rsqrtf(mops_block_sum_once(ss, red[1]) / (float)dim + eps);
+#pragma unroll
+    for (int c = 0; c < MOPS_NORM_VEC_CHUNKS; ++c) {
+        const int i4 = threadIdx.x + c * nt;
+        if (i4 < n4)
+            mops_st4(orow, i4,
+                     make_float4(v[c].x * inv * wv[c].x, v[c].y * inv * wv[c].y,
+                                 v[c].z * inv * wv[c].z, v[c].w * inv * wv[c].w));
+    }
+}
+
 // Attention input of one layer, one warp per (row, head) over the n_heads
 // query heads then the n_kv_heads key heads: read the head from the
 // projection output (q / k / v row strides let one fused q|k|v GEMM output
@@ -490,6 +629,12 @@ __device__ __forceinline__ void mops_glu_impl(const T* __restrict__ gate,
                                                      float w_offset) {                        \
         /* pdl_wait() inside, after the weight loads */                                  \
         mops_resid_norm_impl<T>(resid, delta, post_w, w, out, dim, eps, w_offset);            \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(1024)                                         \
+        mops_resid_norm_vec_##SUF(float* resid, const T* delta, const float* post_w,          \
+                                  const float* w, T* out, int dim, float eps, float w_offset) { \
+        /* pdl_wait() inside, after the weight loads */                                  \
+        mops_resid_norm_vec_impl<T>(resid, delta, post_w, w, out, dim, eps, w_offset);        \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(32 * MOPS_QKV_WARPS) mops_qkv_rope_kv_##SUF( \
         const T* q_in, const T* k_in, const T* v_in, int q_stride, int kv_stride,            \

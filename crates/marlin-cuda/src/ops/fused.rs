@@ -15,7 +15,7 @@
 //!   `marlin bench decode` enqueues ahead of each layer.
 
 use cudarc::driver::{
-    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaSlice, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use half::f16;
 
@@ -62,12 +62,87 @@ fn norm_threads(dim: usize) -> u32 {
     (dim.div_ceil(8).div_ceil(32) * 32).clamp(64, 1024) as u32
 }
 
+/// Which kernel [`resid_norm_with`] launches (docs/CUDA.md change 44).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormForm {
+    /// `mops_resid_norm_*`: 16 values of each array per thread in registers,
+    /// 4-byte (f32) / 2-byte (f16) accesses; 128 registers per thread (512
+    /// threads at a 4096-wide row: a whole SM's register file).
+    Scalar,
+    /// `mops_resid_norm_vec_*`: chunks of 4 values through 16-byte (f32) /
+    /// 8-byte (f16) accesses, 8 values per thread, at most 64 registers,
+    /// one barrier per block sum. Rows with `dim % 4 == 0` and `dim <=`
+    /// [`NORM_VEC_MAX_DIM`] on 16-byte aligned buffers; other calls run
+    /// [`NormForm::Scalar`].
+    Vector,
+}
+
+/// Widest row of [`NormForm::Vector`]: 1024 threads of 8 values
+/// (MOPS_NORM_VEC_CHUNKS chunks of 4 in the source).
+pub const NORM_VEC_MAX_DIM: usize = 1024 * 8;
+
+impl NormForm {
+    /// The process default: [`NormForm::Vector`] with `MARLIN_CUDA_NORM_VEC=1`,
+    /// else [`NormForm::Scalar`] (read once; the GPU decoder's
+    /// `Scratch::norm_form` in marlin-models starts from it, a field that
+    /// tests and same-process comparisons set).
+    pub fn from_env() -> Self {
+        static VEC: crate::knobs::Switch = crate::knobs::Switch::new("MARLIN_CUDA_NORM_VEC", false);
+        if VEC.get() {
+            NormForm::Vector
+        } else {
+            NormForm::Scalar
+        }
+    }
+}
+
+/// Threads of the vector norm's block: 8 values each, whole warps.
+fn norm_vec_threads(dim: usize) -> u32 {
+    ((dim / 4).div_ceil(2).div_ceil(32) * 32).clamp(32, 1024) as u32
+}
+
+/// Whether a row of `dim` values fits [`NormForm::Vector`] (alignment of
+/// the buffers aside).
+fn norm_vec_fits(dim: usize) -> bool {
+    dim.is_multiple_of(4) && dim <= NORM_VEC_MAX_DIM
+}
+
+/// Whether `s` starts on a 16-byte boundary (its rows then do too when
+/// `dim % 4 == 0`: f32 rows are 16-byte, f16 rows 8-byte multiples).
+fn aligned16<T>(dev: &CudaDevice, s: &CudaSlice<T>) -> bool {
+    let (p, _sync) = s.device_ptr(dev.stream());
+    p.is_multiple_of(16)
+}
+
 /// `resid (rows, dim) += delta` (after an RMSNorm of `delta` with `post_w`
 /// when given: Gemma's post-attention / post-FFN norm), then
 /// `out = rms_norm(resid) * (w + w_offset)`; without `delta`, only the norm.
+/// The kernel form of this process ([`NormForm::from_env`]).
 #[allow(clippy::too_many_arguments)]
 pub fn resid_norm<T: ActElem>(
     dev: &CudaDevice,
+    resid: &mut CudaSlice<f32>,
+    delta: Option<&CudaSlice<T>>,
+    post_w: Option<&CudaSlice<f32>>,
+    w: &CudaSlice<f32>,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+    w_offset: f32,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    let form = NormForm::from_env();
+    resid_norm_with(
+        dev, form, resid, delta, post_w, w, rows, dim, eps, w_offset, out,
+    )
+}
+
+/// [`resid_norm`] with the kernel form `form` (same results up to the
+/// order of the sums: f32 rounding, one f16 ulp of the output).
+#[allow(clippy::too_many_arguments)]
+pub fn resid_norm_with<T: ActElem>(
+    dev: &CudaDevice,
+    form: NormForm,
     resid: &mut CudaSlice<f32>,
     delta: Option<&CudaSlice<T>>,
     post_w: Option<&CudaSlice<f32>>,
@@ -94,7 +169,24 @@ pub fn resid_norm<T: ActElem>(
     if rows == 0 {
         return Ok(());
     }
-    let name = T::pick("mops_resid_norm_f32", "mops_resid_norm_f16");
+    let vector = form == NormForm::Vector
+        && norm_vec_fits(dim)
+        && aligned16(dev, resid)
+        && aligned16(dev, w)
+        && aligned16(dev, out)
+        && delta.is_none_or(|d| aligned16(dev, d))
+        && post_w.is_none_or(|p| aligned16(dev, p));
+    let (name, threads) = if vector {
+        (
+            T::pick("mops_resid_norm_vec_f32", "mops_resid_norm_vec_f16"),
+            norm_vec_threads(dim),
+        )
+    } else {
+        (
+            T::pick("mops_resid_norm_f32", "mops_resid_norm_f16"),
+            norm_threads(dim),
+        )
+    };
     let func = dev.function(OPS_MODULE, OPS_SOURCE, name, 0)?;
     let dim_i = dim as i32;
     let null: u64 = 0;
@@ -111,13 +203,16 @@ pub fn resid_norm<T: ActElem>(
     b.arg(w).arg(out).arg(&dim_i).arg(&eps).arg(&w_offset);
     let cfg = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
-        block_dim: (norm_threads(dim), 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: argument order and types match mops_resid_norm_*; resid, out
-    // (and delta) hold rows*dim values, w (and post_w) dim, null pointers
-    // only where the kernel tests for them (checked above); the kernel
-    // waits on its predecessor first (launch_pdl's contract).
+    // SAFETY: argument order and types match mops_resid_norm_* and
+    // mops_resid_norm_vec_* (the same parameters); resid, out (and delta)
+    // hold rows*dim values, w (and post_w) dim, null pointers only where
+    // the kernel tests for them (checked above); the vector entry only for
+    // dim % 4 == 0, dim <= its 1024 threads x 8 values, every buffer
+    // 16-byte aligned (its 16- / 8-byte accesses); the kernel waits on its
+    // predecessor first (launch_pdl's contract).
     unsafe { b.launch_pdl(cfg) }
 }
 
@@ -445,6 +540,16 @@ mod tests {
         assert_eq!(norm_threads(1 << 20), 1024);
         assert_eq!(norm_threads(576), 96);
         assert_eq!(f16::pick("a", "b"), "b");
+        // Vector form: 8 values per thread in whole warps, up to 1024 threads.
+        assert_eq!(norm_vec_threads(4096), 512);
+        assert_eq!(norm_vec_threads(8192), 1024);
+        assert_eq!(norm_vec_threads(576), 96);
+        assert_eq!(norm_vec_threads(4), 32);
+        assert!(norm_vec_fits(4096) && norm_vec_fits(NORM_VEC_MAX_DIM) && norm_vec_fits(576));
+        assert!(!norm_vec_fits(4097) && !norm_vec_fits(NORM_VEC_MAX_DIM + 4) && !norm_vec_fits(2));
+        for dim in [4, 64, 576, 640, 2304, 4096, 8192] {
+            assert!(norm_vec_threads(dim) as usize * 8 >= dim, "dim {dim}");
+        }
         assert_eq!(f32::pick("a", "b"), "a");
     }
 }

@@ -40,8 +40,8 @@ pub use elementwise::{
     rms_norm_heads_inplace, scale_inplace, silu_mul, softcap_inplace,
 };
 pub use fused::{
-    glu, logits_from_f16, qkv_rope_kv, resid_norm, spin, ActElem, HeadShape, KvDest, ProjRows,
-    QKV_MAX_HEAD_DIM,
+    glu, logits_from_f16, qkv_rope_kv, resid_norm, resid_norm_with, spin, ActElem, HeadShape,
+    KvDest, NormForm, ProjRows, NORM_VEC_MAX_DIM, QKV_MAX_HEAD_DIM,
 };
 pub use kv::{kv_write, GpuKvCache};
 pub use paged::{

@@ -322,6 +322,10 @@ pub struct Scratch {
     /// GEMM + `glu`); starts as `MARLIN_GPU_GLU_IN_GEMM` says (on unless
     /// `0`), settable for same-process comparisons.
     pub glu_in_gemm: bool,
+    /// Kernel form of the residual add + RMSNorm launches
+    /// (`ops::resid_norm_with`); starts as `MARLIN_CUDA_NORM_VEC` says
+    /// ([`ops::NormForm::from_env`]), settable for same-process comparisons.
+    pub norm_form: ops::NormForm,
     /// Timing diagnosis only (`marlin bench decode` with
     /// `MARLIN_BENCH_DECODE_DIAG`): leave out a class of kernels so that
     /// the step's time shows what the rest costs. The outputs are then
@@ -437,6 +441,7 @@ impl Scratch {
             distinct_seqs: false,
             fuse_ops: fuse_ops_enabled(),
             glu_in_gemm: glu_in_gemm_enabled(),
+            norm_form: ops::NormForm::from_env(),
             skip_for_diagnosis: SkipForDiagnosis::Nothing,
             uniforms: dev.alloc_zeros("sampling uniforms", picks)?,
             logits: dev.alloc_zeros("logits", logits_len)?,
@@ -928,6 +933,7 @@ impl GpuDecoder {
         }
         let skip = s.skip_for_diagnosis;
         let glu_in_gemm = s.glu_in_gemm;
+        let norm_form = s.norm_form;
         // Greedy tokens from the LM head's stage (not when a diagnosis
         // leaves the LM head out).
         let argmax_in_lm_head = matches!(select, Select::Argmax)
@@ -970,6 +976,7 @@ impl GpuDecoder {
             g: GemmScratch { lin, ws },
             skip,
             glu_in_gemm,
+            norm_form,
             argmax: argmax_in_lm_head.then_some(ArgmaxOut {
                 ws: &mut *argmax_ws,
                 next_ids: &mut *next_ids,
@@ -1037,8 +1044,9 @@ impl GpuDecoder {
             )?,
         }
         if !fuse && !io.skips(SkipForDiagnosis::SmallOps) {
-            ops::resid_norm::<T>(
+            ops::resid_norm_with::<T>(
                 dev,
+                io.norm_form,
                 io.x,
                 None,
                 None,
@@ -1059,8 +1067,9 @@ impl GpuDecoder {
                 // GEMM normalises it itself.
                 self.mlp(dev, b, io, a, m, fuse, prof)?;
                 if il + 1 == self.blocks.len() {
-                    ops::resid_norm::<T>(
+                    ops::resid_norm_with::<T>(
                         dev,
+                        io.norm_form,
                         io.x,
                         None,
                         None,
@@ -1077,8 +1086,9 @@ impl GpuDecoder {
             }
             // x += post_norm(attn); h = ffn_norm(x)
             if !io.skips(SkipForDiagnosis::SmallOps) {
-                ops::resid_norm(
+                ops::resid_norm_with::<T>(
                     dev,
+                    io.norm_form,
                     io.x,
                     Some(&a.delta),
                     b.post_attn_norm.as_ref(),
@@ -1098,8 +1108,9 @@ impl GpuDecoder {
                 None => &self.out_norm,
             };
             if !io.skips(SkipForDiagnosis::SmallOps) {
-                ops::resid_norm(
+                ops::resid_norm_with::<T>(
                     dev,
+                    io.norm_form,
                     io.x,
                     Some(&a.delta),
                     b.post_ffn_norm.as_ref(),
@@ -1451,6 +1462,8 @@ struct StepIo<'a> {
     skip: SkipForDiagnosis,
     /// [`Scratch::glu_in_gemm`] of this pass.
     glu_in_gemm: bool,
+    /// [`Scratch::norm_form`] of this pass.
+    norm_form: ops::NormForm,
     /// Greedy token choice in the LM head's stage (taken by it).
     argmax: Option<ArgmaxOut<'a>>,
 }
