@@ -240,6 +240,9 @@ fn check_resid_norm<T: TestElem>(
 /// the vector form takes (dim % 4 == 0 up to 8192, 1 to 17 rows) and rows
 /// it hands to the scalar kernel (dim 4097 and 2302: not a multiple of 4;
 /// 12288: wider than its 1024 threads; 20000: the scalar kernel's loop).
+/// The scalar form at 4097 and above runs at the driver's thread limit for
+/// its ~128 registers (512 threads; before change 44 it asked for up to
+/// 1024 and failed to launch).
 #[test]
 fn resid_norm_forms_match_reference() {
     let Some(dev) = device() else { return };

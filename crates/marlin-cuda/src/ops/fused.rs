@@ -14,8 +14,11 @@
 //! - [`spin`]: a timed wait that the per-stage profile of
 //!   `marlin bench decode` enqueues ahead of each layer.
 
+use std::sync::Mutex;
+
 use cudarc::driver::{
-    CudaSlice, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaFunction, CudaSlice, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
 };
 use half::f16;
 
@@ -114,6 +117,24 @@ fn aligned16<T>(dev: &CudaDevice, s: &CudaSlice<T>) -> bool {
     p.is_multiple_of(16)
 }
 
+/// Most threads a block of kernel `name` may have (its registers decide;
+/// the driver asked once per entry), in whole warps.
+fn max_block_threads(func: &CudaFunction, name: &'static str) -> Result<u32> {
+    static SEEN: Mutex<Vec<(&'static str, u32)>> = Mutex::new(Vec::new());
+    let mut seen = SEEN
+        .lock()
+        .map_err(|_| CudaError::NotAvailable("block size cache lock poisoned".into()))?;
+    if let Some(&(_, n)) = seen.iter().find(|(n, _)| *n == name) {
+        return Ok(n);
+    }
+    let max = func
+        .max_threads_per_block()
+        .map_err(|e| driver_err(&format!("threads per block of {name}"), e))?;
+    let n = ((max.max(32) as u32) / 32 * 32).min(1024);
+    seen.push((name, n));
+    Ok(n)
+}
+
 /// `resid (rows, dim) += delta` (after an RMSNorm of `delta` with `post_w`
 /// when given: Gemma's post-attention / post-FFN norm), then
 /// `out = rms_norm(resid) * (w + w_offset)`; without `delta`, only the norm.
@@ -176,18 +197,26 @@ pub fn resid_norm_with<T: ActElem>(
         && aligned16(dev, out)
         && delta.is_none_or(|d| aligned16(dev, d))
         && post_w.is_none_or(|p| aligned16(dev, p));
-    let (name, threads) = if vector {
-        (
-            T::pick("mops_resid_norm_vec_f32", "mops_resid_norm_vec_f16"),
-            norm_vec_threads(dim),
-        )
+    let vec_name = T::pick("mops_resid_norm_vec_f32", "mops_resid_norm_vec_f16");
+    let vec_func = if vector {
+        let f = dev.function(OPS_MODULE, OPS_SOURCE, vec_name, 0)?;
+        // __launch_bounds__(1024) makes this hold; checked, not assumed.
+        (norm_vec_threads(dim) <= max_block_threads(&f, vec_name)?).then_some(f)
     } else {
-        (
-            T::pick("mops_resid_norm_f32", "mops_resid_norm_f16"),
-            norm_threads(dim),
-        )
+        None
     };
-    let func = dev.function(OPS_MODULE, OPS_SOURCE, name, 0)?;
+    let (name, func, threads) = match vec_func {
+        Some(f) => (vec_name, f, norm_vec_threads(dim)),
+        None => {
+            let name = T::pick("mops_resid_norm_f32", "mops_resid_norm_f16");
+            let f = dev.function(OPS_MODULE, OPS_SOURCE, name, 0)?;
+            // The scalar kernel compiles to ~128 registers per thread, so
+            // the driver refuses more than 512 threads: rows wider than
+            // 512 x 16 values take its loop instead of failing to launch.
+            let threads = norm_threads(dim).min(max_block_threads(&f, name)?);
+            (name, f, threads)
+        }
+    };
     let dim_i = dim as i32;
     let null: u64 = 0;
     let mut b = KernelLaunch::new(dev, &func, name);
