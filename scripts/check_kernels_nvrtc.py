@@ -25,8 +25,13 @@ COMMON_OPTIONS = ["-std=c++17", "--use_fast_math", "-default-device"]
 COMMON_HEADER = "marlin_common.cuh"
 # Sources the crate also compiles with a prefix (a second module of the same
 # file): w4a16_gemm.cu's fused decode-step variants (src/int4/gemm.rs,
-# FUSED_SOURCE).
-PREFIXED = {"w4a16_gemm.cu": [b"#define W4_FUSED_ENTRIES 1\n"]}
+# FUSED_SOURCE); the diagnostic / legacy entries of the two wgmma kernels
+# (DIAG_SOURCE in src/int4/wgmma.rs and src/int4/wgmma_ws.rs).
+PREFIXED = {
+    "w4a16_gemm.cu": [b"#define W4_FUSED_ENTRIES 1\n"],
+    "w4a16_wgmma.cu": [b"#define W4G_DIAG_ENTRIES 1\n"],
+    "w4a16_wgmma_ws.cu": [b"#define WS_DIAG_ENTRIES 1\n"],
+}
 
 
 def find_nvrtc():

@@ -13,6 +13,8 @@
 #                             and MARLIN_INT4_PAIR=0 (loops the defaults skip at some M)
 #                             and gpu_ops' attention tests with MARLIN_CUDA_ATTN_CLUSTER=1
 #                             and gpu_int4_glu's with MARLIN_INT4_GLU_STAGES=8
+#                             and gpu_int4_wgmma_ws' split-K test with
+#                             MARLIN_WGMMA_WS_OLD_EPILOGUE=1
 #                             and gpu_decoder's model checks with MARLIN_CUDA_NORM_VEC=1
 #   MARLIN_BENCH_GEMM=0       skip the GEMM benchmark
 #   MARLIN_BENCH_DECODE=0     skip `marlin bench decode` (Llama-3.1-8B-shaped INT4)
@@ -90,6 +92,13 @@ if [ "${MARLIN_TESTS:-1}" != 0 ]; then
         if [ "$name" = gpu_int4_glu-test ] && [ "${MARLIN_TEST_KNOB_VARIANTS:-1}" != 0 ]; then
             step "test $name (GLU_STAGES=8)" "$out/test_${name}_stages8.log" \
                 env MARLIN_INT4_GLU_STAGES=8 "$t" --include-ignored --test-threads=1 --nocapture
+        fi
+        # Session 6's split-K epilogue of the warp-specialised kernel (`_e0`
+        # entries of the diagnostic module w4a16_wgmma_ws_diag, loaded only
+        # through this knob; docs/CUDA.md change 39).
+        if [ "$name" = gpu_int4_wgmma_ws-test ] && [ "${MARLIN_TEST_KNOB_VARIANTS:-1}" != 0 ]; then
+            step "test $name (WS_OLD_EPILOGUE=1)" "$out/test_${name}_e0.log" \
+                env MARLIN_WGMMA_WS_OLD_EPILOGUE=1 "$t" --test-threads=1 --nocapture wgmma_ws_gemm_matches_reference
         fi
     done
 fi

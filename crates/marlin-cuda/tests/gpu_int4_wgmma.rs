@@ -129,17 +129,18 @@ fn wgmma_ring_and_prologue_variants_match_reference() {
 }
 
 /// `GemmPath::Auto` at M = 65..128 on sm_90 takes the warp-specialised
-/// kernel (`wgmma::mid_m_takes_ws`), with a correct result; at M = 33..64
-/// on a small weight the wgmma kernel, and on a narrow weight with
-/// K >= 8192 (`wgmma::wgmma_over_ws`) the wgmma kernel up to M = 128.
+/// kernel on weights of >= 2^24 elements (`wgmma::mid_m_takes_ws`), with a
+/// correct result; on a small weight at M = 33..127 the wgmma kernel, and
+/// on a narrow weight with K >= 8192 (`wgmma::wgmma_over_ws`) the wgmma
+/// kernel up to M = 128.
 #[test]
 fn wgmma_range_auto_paths_match_reference() {
     let Some(dev) = hopper() else { return };
     let mut ws = GemmWorkspace::new(&dev).expect("workspace");
     for (m, n, k, want_path) in [
-        (65, 264, 1000, GemmPath::WgmmaWs),
-        (100, 264, 1000, GemmPath::WgmmaWs),
-        (128, 264, 1000, GemmPath::WgmmaWs),
+        (65, 8192, 2048, GemmPath::WgmmaWs),
+        (65, 264, 1000, GemmPath::Wgmma),
+        (100, 264, 1000, GemmPath::Wgmma),
         (48, 264, 1000, GemmPath::Wgmma),
         (64, 136, 8192, GemmPath::Wgmma),
         (100, 136, 8200, GemmPath::Wgmma),

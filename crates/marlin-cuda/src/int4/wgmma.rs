@@ -23,6 +23,37 @@ use crate::ops::to_i32;
 
 pub(super) const MODULE: &str = "w4a16_wgmma";
 pub(super) const SOURCE: &str = include_str!("../kernels/w4a16_wgmma.cu");
+/// Module of the diagnostic entries: the same source with
+/// `W4G_DIAG_ENTRIES` defined, which compiles only the session-6 LEGACY
+/// entries (`_e0`, `MARLIN_WGMMA_LEGACY_TAIL=1`); compiled and loaded only
+/// when one of them is selected, so that a cold kernel cache pays for the
+/// production entries alone.
+const DIAG_MODULE: &str = "w4a16_wgmma_diag";
+const DIAG_SOURCE: &str = concat!(
+    "#define W4G_DIAG_ENTRIES 1\n",
+    include_str!("../kernels/w4a16_wgmma.cu")
+);
+/// The entries built into [`DIAG_MODULE`] only (`#ifdef W4G_DIAG_ENTRIES`
+/// in the source).
+const DIAG_KERNELS: [&str; 8] = [
+    "w4a16_wgmma_t32w2_e0",
+    "w4a16_wgmma_t64w2_e0",
+    "w4a16_wgmma_t64w4_e0",
+    "w4a16_wgmma_t128w2_e0",
+    "w4a16_wgmma_t128w3_e0",
+    "w4a16_wgmma_t32w2d_e0",
+    "w4a16_wgmma_t64w2d_e0",
+    "w4a16_wgmma_t128w2d_e0",
+];
+
+/// Module name and source that hold entry `kernel`.
+fn module_of(kernel: &str) -> (&'static str, &'static str) {
+    if DIAG_KERNELS.contains(&kernel) {
+        (DIAG_MODULE, DIAG_SOURCE)
+    } else {
+        (MODULE, SOURCE)
+    }
+}
 /// Smallest M that `GemmPath::Auto` sends to this kernel on sm_90.
 pub const WGMMA_MIN_M: usize = 17;
 /// From this M on `GemmPath::Auto` dequantizes and calls cuBLAS again.
@@ -64,9 +95,14 @@ pub fn wgmma_over_ws(m: usize, n: usize, k: usize) -> bool {
 /// on 4096x4096 27.91 / 27.98 us against this kernel's 32.70 / 31.22 and
 /// dequantize + cuBLAS 35.19 / 34.51 (Auto's old choice at M = 128),
 /// 14336x4096 38.41 / 39.81 against 56.66 / 54.00 (old choice: this
-/// kernel), 28672x8192 99.77 / 103.53 against 202.28 / 201.52.
+/// kernel), 28672x8192 99.77 / 103.53 against 202.28 / 201.52. Every one
+/// of these weights has at least 2^24 elements, so smaller weights
+/// (below [`super::wgmma_ws::WS_MID_M_AUTO_MIN_ELEMS`]) keep
+/// [`wgmma_auto`]'s choice: unmeasured.
 pub fn mid_m_takes_ws(m: usize, n: usize, k: usize) -> bool {
-    (65..=128).contains(&m) && !wgmma_over_ws(m, n, k)
+    (65..=128).contains(&m)
+        && n.saturating_mul(k) >= super::wgmma_ws::WS_MID_M_AUTO_MIN_ELEMS
+        && !wgmma_over_ws(m, n, k)
 }
 
 /// Chunks of 64 along K each split gets at least.
@@ -174,19 +210,20 @@ static DEEP_KNOB: Force = Force::new("MARLIN_WGMMA_DEEP");
 /// any copy (the session-6 order) instead of issuing its first ring of codes
 /// and scales before `griddepcontrol.wait`.
 static PREWAIT_KNOB: Switch = Switch::new("MARLIN_WGMMA_PREWAIT", true);
-/// `MARLIN_WGMMA_LEGACY_TAIL=1` (same-run A/B of change 40): the `_e0`
-/// entries, whose prologue loops are unrolled and whose split-K epilogue is
-/// session 6's (per-value partials, a fence per thread, one split per
-/// round); symmetric weights only (zero-point weights keep the current
-/// entries).
 /// `MARLIN_WGMMA_ACT_AHEAD4=1` (opt-in, not yet measured on a GPU; change
 /// 40): the activation copies of the current entries run 4 chunks ahead
 /// instead of as far as the weights (the ring depth - 2), so that the deep
 /// rings' prologue issues 4 chunks of 4-byte copies instead of 12.
 static ACT_AHEAD4_KNOB: Switch = Switch::new("MARLIN_WGMMA_ACT_AHEAD4", false);
+/// `MARLIN_WGMMA_LEGACY_TAIL=1` (same-run A/B of change 40): the `_e0`
+/// entries, whose prologue loops are unrolled and whose split-K epilogue is
+/// session 6's (per-value partials, a fence per thread, one split per
+/// round); symmetric weights only (zero-point weights keep the current
+/// entries). They live in the diagnostic module ([`DIAG_MODULE`]), built
+/// and loaded only when selected.
 static LEGACY_TAIL_KNOB: Switch = Switch::new("MARLIN_WGMMA_LEGACY_TAIL", false);
 
-/// Per-thread overrides of the two knobs above (tests run both sides of
+/// Per-thread overrides of the knobs above (tests run both sides of
 /// each in one process; the knobs are read once).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WgmmaOverride {
@@ -323,11 +360,14 @@ pub fn wgmma_shape_ok(w: &Int4Weight) -> bool {
 /// of at most the weight's K / 2 bytes per column (first H100 run: 5-17
 /// splits at M = 1024 spent more time on partials than on the product).
 fn choose_splits(base_blocks: usize, slots: usize, k_chunks: usize, m: usize) -> usize {
-    let by_partials = (64 * k_chunks / 2) / (8 * m.max(1));
+    // Saturating: M comes from the caller (GemmWorkspace::prepare takes it
+    // without a buffer); a huge M gives one split, and `resolve`'s checked
+    // sizes refuse the call.
+    let by_partials = (32usize.saturating_mul(k_chunks)) / 8usize.saturating_mul(m.max(1));
     let max_splits = (k_chunks / MIN_CHUNKS_PER_SPLIT).min(by_partials).max(1);
     let mut best = (f64::INFINITY, 1);
     for s in 1..=max_splits {
-        let rounds = (base_blocks * s).div_ceil(slots.max(1));
+        let rounds = base_blocks.saturating_mul(s).div_ceil(slots.max(1));
         let cost = rounds as f64 / s as f64;
         if cost < best.0 - 1e-9 {
             best = (cost, s);
@@ -336,13 +376,34 @@ fn choose_splits(base_blocks: usize, slots: usize, k_chunks: usize, m: usize) ->
     best.1
 }
 
+/// What the planning reads of a weight (host-testable without a device).
+#[derive(Clone, Copy, Debug)]
+struct WeightShape {
+    n_pad: usize,
+    k: usize,
+    k_chunks: usize,
+    has_zeros: bool,
+}
+
+impl WeightShape {
+    fn of(w: &Int4Weight) -> Self {
+        WeightShape {
+            n_pad: w.n_pad,
+            k: w.k,
+            k_chunks: w.k_chunks,
+            has_zeros: w.neg_zero_scales.is_some(),
+        }
+    }
+}
+
 /// Launch shape of the wgmma path for M rows. `GemmPlan::m_tiles` holds
 /// tokens / 16 and `n_tiles` the column blocks (64 x warpgroups wide).
-/// The grid of variant `v` and the chosen (or forced) splits.
+/// The grid of variant `v` and the chosen (or forced) splits. Products of
+/// the caller's M saturate (`resolve` checks the sizes it allocates).
 fn plan_of(
     v: WgmmaVariant,
     m: usize,
-    w: &Int4Weight,
+    w: WeightShape,
     sm_count: usize,
     splits: Option<usize>,
 ) -> GemmPlan {
@@ -355,16 +416,16 @@ fn plan_of(
             // stored too): M = 48 on 4096x4096 took 5 splits (160 blocks,
             // 18.55 us) where M = 64 took 4 (128 blocks, 15.15 us).
             choose_splits(
-                n_blocks * m_blocks,
-                sm_count * v.blocks_per_sm,
+                n_blocks.saturating_mul(m_blocks),
+                sm_count.saturating_mul(v.blocks_per_sm),
                 w.k_chunks,
-                m_blocks * v.tokens,
+                m_blocks.saturating_mul(v.tokens),
             )
         })
         .clamp(1, max_splits);
     GemmPlan {
         path: GemmPath::Wgmma,
-        kernel: v.kernel(w.neg_zero_scales.is_some()),
+        kernel: v.kernel(w.has_zeros),
         m_tiles: v.tokens / 16,
         m_blocks,
         n_tiles: n_blocks,
@@ -384,17 +445,34 @@ pub fn wgmma_plan_variant(
     sm_count: usize,
     splits: Option<usize>,
 ) -> (GemmPlan, WgmmaVariant) {
+    plan_variant_for(m, WeightShape::of(w), sm_count, splits, deep_choice())
+}
+
+/// [`wgmma_plan_variant`] with the deep-ring choice given (`None`:
+/// `deep_default` decides).
+fn plan_variant_for(
+    m: usize,
+    w: WeightShape,
+    sm_count: usize,
+    splits: Option<usize>,
+    forced_deep: Option<bool>,
+) -> (GemmPlan, WgmmaVariant) {
     let shallow = wgmma_variant(m, w.k, false);
     let plan = plan_of(shallow, m, w, sm_count, splits);
-    let deep = match deep_choice() {
+    let deep = match forced_deep {
         Some(forced) => forced,
-        None => deep_default(plan.m_blocks * plan.n_tiles * plan.splits, sm_count),
+        None => deep_default(
+            plan.m_blocks
+                .saturating_mul(plan.n_tiles)
+                .saturating_mul(plan.splits),
+            sm_count,
+        ),
     };
     let v = wgmma_variant(m, w.k, deep);
     if !v.deep {
         return (plan, shallow);
     }
-    let splits = if deep_choice().is_some() {
+    let splits = if forced_deep.is_some() {
         splits
     } else {
         Some(plan.splits)
@@ -441,17 +519,25 @@ pub(super) fn resolve(
         .map_err(|_| CudaError::Shape("shared memory size".into()))?;
     // One fp32 slot per split and block holding the block's whole output
     // tile (tokens x 64 * warpgroups), rows past M included.
+    let overflow =
+        || CudaError::Shape(format!("M = {m}, N = {}, K = {}: sizes overflow", w.n, w.k));
     let partials = plan
         .splits
-        .checked_mul(plan.m_blocks * v.tokens)
-        .and_then(|x| x.checked_mul(plan.n_tiles * v.n_block()))
-        .ok_or_else(|| CudaError::Shape("split-K partials overflow".into()))?;
+        .checked_mul(plan.m_blocks)
+        .and_then(|x| x.checked_mul(v.tokens))
+        .and_then(|x| x.checked_mul(plan.n_tiles))
+        .and_then(|x| x.checked_mul(v.n_block()))
+        .ok_or_else(overflow)?;
+    let tickets = plan
+        .n_tiles
+        .checked_mul(plan.m_blocks)
+        .ok_or_else(overflow)?;
     Ok(WgmmaCall {
         plan,
         variant: v,
         smem,
         partials,
-        tickets: plan.n_tiles * plan.m_blocks,
+        tickets,
     })
 }
 
@@ -460,7 +546,8 @@ pub(super) fn prepare(dev: &CudaDevice, call: &WgmmaCall, ws: &mut GemmWorkspace
     if call.plan.splits > 1 {
         ws.reserve(dev, call.partials, call.tickets)?;
     }
-    dev.function(MODULE, SOURCE, call.plan.kernel, call.smem)?;
+    let (module, source) = module_of(call.plan.kernel);
+    dev.function(module, source, call.plan.kernel, call.smem)?;
     Ok(())
 }
 
@@ -477,7 +564,8 @@ pub(super) fn launch(
     let p = call.plan;
     let grid = launch_grid(p.m_blocks, p.n_tiles, p.splits)?;
     ws.check_split_k(p.splits, call.partials, call.tickets, (m, w.n), "prepare")?;
-    let func = dev.function(MODULE, SOURCE, p.kernel, call.smem)?;
+    let (module, source) = module_of(p.kernel);
+    let func = dev.function(module, source, p.kernel, call.smem)?;
     let (m_i32, n_i32, k_i32) = (to_i32("M", m)?, to_i32("N", w.n)?, to_i32("K", w.k)?);
     let (n_pad_i32, k_chunks_i32, group_k32_i32, splits_i32) = (
         to_i32("n_pad", w.n_pad)?,
@@ -521,7 +609,18 @@ pub(super) fn launch(
 
 #[cfg(test)]
 mod tests {
-    use super::{choose_splits, deep_default, wgmma_variant};
+    use super::{
+        choose_splits, plan_variant_for, wgmma_variant, WeightShape, DIAG_KERNELS, SOURCE,
+    };
+
+    fn shape(n: usize, k: usize) -> WeightShape {
+        WeightShape {
+            n_pad: n.next_multiple_of(64),
+            k,
+            k_chunks: k.div_ceil(64),
+            has_zeros: false,
+        }
+    }
 
     /// Every variant fits the sm_90 opt-in limit (227 KiB per block) and
     /// its promised resident blocks fit 228 KiB per SM (1 KiB reserved per
@@ -550,13 +649,62 @@ mod tests {
         }
     }
 
-    /// The deep ring only where the session-3 grid is one block per SM.
+    /// The planner takes the deep ring only where the session-3 grid is at
+    /// most one block per SM, and then keeps that grid (same splits); a
+    /// forced deep ring chooses its own splits.
     #[test]
     fn deep_ring_only_for_one_block_per_sm() {
-        assert!(deep_default(128, 132));
-        assert!(deep_default(132, 132));
-        assert!(!deep_default(133, 132));
-        assert!(!deep_default(256, 132));
+        let w = shape(4096, 4096);
+        // M = 64 on 132 SMs: 32 column blocks x 4 splits = 128 blocks.
+        let (shallow, _) = plan_variant_for(64, w, 132, None, Some(false));
+        assert_eq!(shallow.splits, 4);
+        let (plan, v) = plan_variant_for(64, w, 132, None, None);
+        assert!(v.deep, "{v:?}");
+        assert_eq!(plan.kernel, "w4a16_wgmma_t64w2d");
+        assert_eq!(
+            (plan.m_blocks, plan.n_tiles, plan.splits),
+            (shallow.m_blocks, shallow.n_tiles, shallow.splits)
+        );
+        // The same weight and M on 64 SMs: 128 blocks are two per SM.
+        let (plan, v) = plan_variant_for(64, w, 64, None, None);
+        assert!(!v.deep, "{v:?}");
+        assert_eq!(plan.kernel, "w4a16_wgmma_t64w2");
+        assert!(plan.m_blocks * plan.n_tiles * plan.splits > 64, "{plan:?}");
+        // 14336x4096 at M = 32: the 2-block plan fills more than one block
+        // per SM (change 40: deep 52.7 us against 36.8).
+        let (plan, v) = plan_variant_for(32, shape(14336, 4096), 132, None, None);
+        assert!(!v.deep, "{v:?}");
+        assert!(plan.m_blocks * plan.n_tiles * plan.splits > 132, "{plan:?}");
+        // Forced splits are kept by the deep form too.
+        let (plan, v) = plan_variant_for(64, w, 132, Some(2), None);
+        assert!(v.deep && plan.splits == 2, "{v:?} {plan:?}");
+        // Forced deep: splits for one block per SM of the deep variant
+        // (132 slots: still 4 splits x 32 blocks).
+        let (plan, v) = plan_variant_for(64, w, 132, None, Some(true));
+        assert!(v.deep && plan.splits == 4, "{v:?} {plan:?}");
+        // A huge caller M saturates instead of overflowing (resolve then
+        // refuses the partials size).
+        let (plan, _) = plan_variant_for(usize::MAX, w, 132, None, None);
+        assert_eq!(plan.splits, 1);
+    }
+
+    /// The entries `module_of` sends to the diagnostic module are exactly
+    /// those the source builds under `W4G_DIAG_ENTRIES`, and the production
+    /// part builds none of them.
+    #[test]
+    fn diag_entries_match_the_source() {
+        let (prod, diag) = SOURCE
+            .split_once("#else   // W4G_DIAG_ENTRIES")
+            .expect("diagnostic section");
+        let entry = |line: &str| {
+            let rest = line.strip_prefix("W4A16_WGMMA_ENTRY_L(")?;
+            Some(rest.split(',').next()?.trim().to_string())
+        };
+        let built: Vec<String> = diag.lines().filter_map(entry).collect();
+        assert_eq!(built, DIAG_KERNELS.map(String::from).to_vec());
+        for name in DIAG_KERNELS {
+            assert!(!prod.contains(&format!("{name},")), "{name}");
+        }
     }
 
     /// Few blocks (4096x4096 at M = 64: 32 blocks) split up to one round

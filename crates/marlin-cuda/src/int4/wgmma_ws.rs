@@ -38,6 +38,39 @@ use crate::ops::to_i32;
 
 pub(super) const MODULE: &str = "w4a16_wgmma_ws";
 pub(super) const SOURCE: &str = include_str!("../kernels/w4a16_wgmma_ws.cu");
+/// Module of the diagnostic entries: the same source with `WS_DIAG_ENTRIES`
+/// defined, which compiles only the probes (`_pd`, `_pc`,
+/// `MARLIN_WGMMA_WS_PROBE`) and session 6's epilogue (`_e0`,
+/// `MARLIN_WGMMA_WS_OLD_EPILOGUE=1`); compiled and loaded only when one of
+/// them is selected, so that a cold kernel cache pays for the production
+/// entries alone.
+const DIAG_MODULE: &str = "w4a16_wgmma_ws_diag";
+const DIAG_SOURCE: &str = concat!(
+    "#define WS_DIAG_ENTRIES 1\n",
+    include_str!("../kernels/w4a16_wgmma_ws.cu")
+);
+/// The entries built into [`DIAG_MODULE`] only (`#ifdef WS_DIAG_ENTRIES`
+/// in the source).
+const DIAG_KERNELS: [&str; 8] = [
+    "w4a16_ws_t128x1_pd",
+    "w4a16_ws_t128x2_pd",
+    "w4a16_ws_t128x1_pc",
+    "w4a16_ws_t128x2_pc",
+    "w4a16_ws_t64x1_e0",
+    "w4a16_ws_t64x2_e0",
+    "w4a16_ws_t128x1_e0",
+    "w4a16_ws_t128x2_e0",
+];
+
+/// Module name and source that hold entry `kernel` (the staging kernels
+/// are in the production module).
+fn module_of(kernel: &str) -> (&'static str, &'static str) {
+    if DIAG_KERNELS.contains(&kernel) {
+        (DIAG_MODULE, DIAG_SOURCE)
+    } else {
+        (MODULE, SOURCE)
+    }
+}
 
 /// Threads of the main kernel: producer + 2 consumer warpgroups.
 const THREADS: u32 = 384;
@@ -234,7 +267,7 @@ fn choose_splits(blocks: usize, sm_count: usize, k_chunks: usize, m: usize) -> u
     if blocks >= sms {
         return 1;
     }
-    let by_partials = (2 * K_CHUNK * k_chunks) / (8 * m.max(1));
+    let by_partials = (2 * K_CHUNK).saturating_mul(k_chunks) / 8usize.saturating_mul(m.max(1));
     let by_round = sms / blocks.max(1);
     (k_chunks / MIN_CHUNKS_PER_SPLIT)
         .min(by_partials)
@@ -252,9 +285,10 @@ pub fn ws_variant(m: usize, w: &Int4Weight, sm_count: usize) -> (WsVariant, usiz
     let mut best: Option<(f64, WsVariant, usize)> = None;
     for v in candidates {
         let m_blocks = m.div_ceil(v.tokens).max(1);
-        let blocks = m_blocks * w.n_pad.div_ceil(v.n_block());
+        // Saturating: M comes from the caller (resolve checks the sizes).
+        let blocks = m_blocks.saturating_mul(w.n_pad.div_ceil(v.n_block()));
         let splits = choose_splits(blocks, sm_count, w.k_chunks, m);
-        let rounds = (blocks * splits).div_ceil(sm_count.max(1)) as f64 / splits as f64;
+        let rounds = blocks.saturating_mul(splits).div_ceil(sm_count.max(1)) as f64 / splits as f64;
         let cost = rounds * chunk_us(v);
         if best.is_none_or(|(c, _, _)| cost < c - 1e-9) {
             best = Some((cost, v, splits));
@@ -287,7 +321,10 @@ fn stream_k_blocks_override() -> Option<usize> {
 
 /// Units (one 64-chunk of one block tile) of the stream-K form of `v`.
 fn stream_k_units(m: usize, w: &Int4Weight, v: WsVariant) -> usize {
-    m.div_ceil(v.tokens).max(1) * w.n_pad.div_ceil(v.n_block()) * w.k_chunks.max(1)
+    m.div_ceil(v.tokens)
+        .max(1)
+        .saturating_mul(w.n_pad.div_ceil(v.n_block()))
+        .saturating_mul(w.k_chunks.max(1))
 }
 
 /// Reduction length (in 64-chunks) from which the stream-K form is taken
@@ -303,7 +340,9 @@ pub const WS_LOW_M_AUTO_MIN_M: usize = 32;
 /// else 128): what decides between the two forms.
 fn natural_blocks(m: usize, w: &Int4Weight) -> usize {
     let tokens = if m <= 64 { 64 } else { 128 };
-    m.div_ceil(tokens).max(1) * w.n_pad.div_ceil(256)
+    m.div_ceil(tokens)
+        .max(1)
+        .saturating_mul(w.n_pad.div_ceil(256))
 }
 
 /// The shapes the stream-K form was made for: a long reduction (>= 128
@@ -415,8 +454,8 @@ pub fn ws_auto(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
     if m < WS_AUTO_WAVE_CHECK_M && w.n.saturating_mul(w.k) >= WS_MID_M_AUTO_MIN_ELEMS {
         return true;
     }
-    let big_blocks = m.div_ceil(128) * w.n_pad.div_ceil(256);
-    let covers_sms = 4 * big_blocks >= 3 * sms;
+    let big_blocks = m.div_ceil(128).saturating_mul(w.n_pad.div_ceil(256));
+    let covers_sms = big_blocks.saturating_mul(4) >= 3 * sms;
     if m < 256 {
         return covers_sms
             || (w.n.saturating_mul(w.k) >= WS_LOW_M_AUTO_MIN_ELEMS && ws_stream_k(m, w, sm_count));
@@ -427,9 +466,12 @@ pub fn ws_auto(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
         return covers_sms || stream_k_shape(m, w, sm_count);
     }
     let p = ws_plan(m, w, sm_count, None);
-    let blocks = p.m_blocks * p.n_tiles * p.splits;
+    let blocks = p
+        .m_blocks
+        .saturating_mul(p.n_tiles)
+        .saturating_mul(p.splits);
     let rounds = blocks.div_ceil(sms);
-    blocks as f64 / (rounds * sms) as f64 >= WS_AUTO_MIN_WAVE_EFFICIENCY
+    blocks as f64 / (rounds as f64 * sms as f64) >= WS_AUTO_MIN_WAVE_EFFICIENCY
 }
 
 /// Whether the device runs this kernel (compute capability 9.0: the module
@@ -536,12 +578,16 @@ pub(super) fn resolve(
         .and_then(|x| x.checked_mul(w.k_chunks))
         .and_then(|x| x.checked_mul(K_CHUNK))
         .ok_or_else(overflow)?;
+    let tickets = plan
+        .n_tiles
+        .checked_mul(plan.m_blocks)
+        .ok_or_else(overflow)?;
     Ok(WsCall {
         plan,
         variant,
         smem,
         partials,
-        tickets: plan.n_tiles * plan.m_blocks,
+        tickets,
         staged,
         stream_k_blocks,
     })
@@ -558,7 +604,8 @@ pub(super) fn prepare(dev: &CudaDevice, call: &WsCall, ws: &mut GemmWorkspace) -
         ws.staged_act = Some(dev.alloc_zeros("staged activations (wgmma ws)", call.staged)?);
     }
     dev.function(MODULE, SOURCE, call.variant.stage_kernel(), 0)?;
-    dev.function(MODULE, SOURCE, call.plan.kernel, call.smem)?;
+    let (module, source) = module_of(call.plan.kernel);
+    dev.function(module, source, call.plan.kernel, call.smem)?;
     Ok(())
 }
 
@@ -588,7 +635,8 @@ pub(super) fn launch(
     }
     ws.check_split_k(p.splits, call.partials, call.tickets, (m, w.n), "prepare")?;
     let stage_fn = dev.function(MODULE, SOURCE, call.variant.stage_kernel(), 0)?;
-    let func = dev.function(MODULE, SOURCE, p.kernel, call.smem)?;
+    let (module, source) = module_of(p.kernel);
+    let func = dev.function(module, source, p.kernel, call.smem)?;
     let (m_i32, n_i32, k_i32) = (to_i32("M", m)?, to_i32("N", w.n)?, to_i32("K", w.k)?);
     // The last kernel argument: the split count, or the stream-K kernel's
     // token blocks (it derives its unit range from the grid).
@@ -666,7 +714,7 @@ pub(super) fn launch(
 
 #[cfg(test)]
 mod tests {
-    use super::{choose_splits, SMEM_LIMIT, VARIANTS};
+    use super::{choose_splits, DIAG_KERNELS, SMEM_LIMIT, SOURCE, VARIANTS};
 
     /// Every variant fits the sm_90 opt-in shared-memory limit with and
     /// without zero points (one block per SM).
@@ -680,6 +728,25 @@ mod tests {
         let big = super::variant(128, 2, 8);
         assert_eq!(big.smem_bytes(false), 1024 + 8 * (16384 + 8192 + 1024));
         assert_eq!(big.n_block(), 256);
+    }
+
+    /// The entries `module_of` sends to the diagnostic module are exactly
+    /// those the source builds under `WS_DIAG_ENTRIES`, and the production
+    /// part builds none of them.
+    #[test]
+    fn diag_entries_match_the_source() {
+        let (prod, diag) = SOURCE
+            .split_once("#else   // WS_DIAG_ENTRIES")
+            .expect("diagnostic section");
+        let entry = |line: &str| {
+            let rest = line.strip_prefix("W4A16_WS_ENTRY(")?;
+            Some(rest.split(',').next()?.trim().to_string())
+        };
+        let built: Vec<String> = diag.lines().filter_map(entry).collect();
+        assert_eq!(built, DIAG_KERNELS.map(String::from).to_vec());
+        for name in DIAG_KERNELS {
+            assert!(!prod.contains(&format!("{name},")), "{name}");
+        }
     }
 
     /// Few blocks split up to one round; a full machine or a large M does

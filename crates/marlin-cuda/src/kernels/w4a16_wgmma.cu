@@ -39,6 +39,12 @@
 //
 // Shared helpers (lop3_and_or, hfma2, cp_async_wait, wgmma_wait, ...) come
 // from marlin_common.cuh, an in-memory NVRTC header (no search path).
+//
+// Two modules are built from this source (src/int4/wgmma.rs): the
+// production one (the entries used by the library) and, with
+// W4G_DIAG_ENTRIES defined, one holding only the session-6 LEGACY entries
+// (`_e0`, same-run A/Bs), compiled and loaded only when
+// `MARLIN_WGMMA_LEGACY_TAIL=1` (or a test's override) selects them.
 
 #include "marlin_common.cuh"
 
@@ -111,7 +117,7 @@ __device__ __forceinline__ void w4a16_wgmma_body(
     const u32* __restrict__ S,          // (groups, n_pad/16, 8) f16x2 scales
     const u32* __restrict__ Z,          // same grid, f16x2 (-zero*scale)
     u16* __restrict__ C,                // (M, N) f16, row-major
-    float* __restrict__ partials,       // (splits, M, n_pad) fp32
+    float* __restrict__ partials,       // split-K slots [split][block (x, y)][TOK/8][THREADS] float4 (LEGACY: (splits, M, n_pad) fp32)
     u32* __restrict__ tickets,          // (gridDim.y * gridDim.x), zero between launches
     int M, int N, int K, int n_pad, int k_chunks, int group_k32, int splits, int flags) {
     using L = ActLayout<TOK>;
@@ -528,6 +534,7 @@ __device__ __forceinline__ void w4a16_wgmma_body(
 
 // Keep (TOK, NWG, STAGES) in sync with `wgmma_variant` in src/int4/wgmma.rs.
 // Name: t<tokens>w<warpgroups>, z = with zero points.
+#ifndef W4G_DIAG_ENTRIES
 W4A16_WGMMA_ENTRY(w4a16_wgmma_t32w2, 32, 2, 8, false, 2)
 W4A16_WGMMA_ENTRY(w4a16_wgmma_t64w2, 64, 2, 6, false, 2)
 W4A16_WGMMA_ENTRY(w4a16_wgmma_t64w4, 64, 4, 6, false, 1)
@@ -546,9 +553,11 @@ W4A16_WGMMA_ENTRY(w4a16_wgmma_t128w2d, 128, 2, 10, false, 1)
 W4A16_WGMMA_ENTRY(w4a16_wgmma_t32w2dz, 32, 2, 16, true, 1)
 W4A16_WGMMA_ENTRY(w4a16_wgmma_t64w2dz, 64, 2, 14, true, 1)
 W4A16_WGMMA_ENTRY(w4a16_wgmma_t128w2dz, 128, 2, 10, true, 1)
+#else   // W4G_DIAG_ENTRIES
 // Session-6 prologue and epilogue (LEGACY) of the symmetric entries, for
 // same-run A/Bs (`MARLIN_WGMMA_LEGACY_TAIL=1`; zero-point weights keep the
-// current entries).
+// current entries). Only in the diagnostic module (DIAG_MODULE in
+// src/int4/wgmma.rs).
 W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t32w2_e0, 32, 2, 8, false, 2, true)
 W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t64w2_e0, 64, 2, 6, false, 2, true)
 W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t64w4_e0, 64, 4, 6, false, 1, true)
@@ -557,5 +566,6 @@ W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t128w3_e0, 128, 3, 6, false, 1, true)
 W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t32w2d_e0, 32, 2, 16, false, 1, true)
 W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t64w2d_e0, 64, 2, 14, false, 1, true)
 W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t128w2d_e0, 128, 2, 10, false, 1, true)
+#endif  // W4G_DIAG_ENTRIES
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL

@@ -41,6 +41,12 @@
 // for any other target the module is empty, and the host only loads it on
 // compute capability 9.0. Shared helpers (hfma2, mbar_wait, bulk_copy,
 // wgmma_wait, ...) come from marlin_common.cuh, an in-memory NVRTC header.
+//
+// Two modules are built from this source (src/int4/wgmma_ws.rs): the
+// production one and, with WS_DIAG_ENTRIES defined, one holding only the
+// diagnostic probes (`_pd`, `_pc`) and session 6's epilogue (`_e0`),
+// compiled and loaded only when MARLIN_WGMMA_WS_PROBE or
+// MARLIN_WGMMA_WS_OLD_EPILOGUE=1 selects them.
 
 #include "marlin_common.cuh"
 
@@ -252,7 +258,7 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                                         const u32* __restrict__ S,     // (groups, n_pad/16, 8) f16x2
                                         const u32* __restrict__ Z,     // same grid, -zero*scale
                                         u16* __restrict__ C,           // (M, N) f16
-                                        float* __restrict__ partials,  // (splits, M, n_pad) fp32
+                                        float* __restrict__ partials,  // split-K slots [split][block (x, y)][SLOT_F4] float4 (PROBE 3: (splits, M, n_pad) fp32)
                                         u32* __restrict__ tickets,     // (gridDim.y * gridDim.x)
                                         int M, int N, int n_pad, int k_chunks, int group_k32, int splits) {
     constexpr int TILES = 2 * TPW;            // 64-column tiles per block
@@ -955,6 +961,7 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
                                                 k_chunks, group_k32, splits);                           \
     }
 
+#ifndef WS_DIAG_ENTRIES
 W4A16_WS_STAGE_ENTRY(w4a16_ws_stage_t64, 64)
 W4A16_WS_STAGE_ENTRY(w4a16_ws_stage_t128, 128)
 
@@ -968,17 +975,6 @@ W4A16_WS_ENTRY(w4a16_ws_t64x1z, 64, 1, 12, true, 0)
 W4A16_WS_ENTRY(w4a16_ws_t64x2z, 64, 2, 10, true, 0)
 W4A16_WS_ENTRY(w4a16_ws_t128x1z, 128, 1, 8, true, 0)
 W4A16_WS_ENTRY(w4a16_ws_t128x2z, 128, 2, 8, true, 0)
-// Diagnostic probes (MARLIN_WGMMA_WS_PROBE=deliver / compute; output
-// meaningless): `_pd` delivery only, `_pc` dequantise + wgmma only.
-W4A16_WS_ENTRY(w4a16_ws_t128x1_pd, 128, 1, 8, false, 1)
-W4A16_WS_ENTRY(w4a16_ws_t128x2_pd, 128, 2, 8, false, 1)
-W4A16_WS_ENTRY(w4a16_ws_t128x1_pc, 128, 1, 8, false, 2)
-W4A16_WS_ENTRY(w4a16_ws_t128x2_pc, 128, 2, 8, false, 2)
-// Session 6's epilogue (MARLIN_WGMMA_WS_OLD_EPILOGUE=1): same-run A/B.
-W4A16_WS_ENTRY(w4a16_ws_t64x1_e0, 64, 1, 12, false, 3)
-W4A16_WS_ENTRY(w4a16_ws_t64x2_e0, 64, 2, 10, false, 3)
-W4A16_WS_ENTRY(w4a16_ws_t128x1_e0, 128, 1, 8, false, 3)
-W4A16_WS_ENTRY(w4a16_ws_t128x2_e0, 128, 2, 8, false, 3)
 
 #define W4A16_WSK_ENTRY(NAME, TOK, TPW, STAGES, HAS_Z)                                                  \
     extern "C" __global__ void __launch_bounds__(384, 1) NAME(                                          \
@@ -999,5 +995,19 @@ W4A16_WSK_ENTRY(w4a16_wsk_t64x1z, 64, 1, 12, true)
 W4A16_WSK_ENTRY(w4a16_wsk_t64x2z, 64, 2, 10, true)
 W4A16_WSK_ENTRY(w4a16_wsk_t128x1z, 128, 1, 8, true)
 W4A16_WSK_ENTRY(w4a16_wsk_t128x2z, 128, 2, 8, true)
+#else   // WS_DIAG_ENTRIES
+// Only in the diagnostic module (DIAG_MODULE in src/int4/wgmma_ws.rs).
+// Diagnostic probes (MARLIN_WGMMA_WS_PROBE=deliver / compute; output
+// meaningless): `_pd` delivery only, `_pc` dequantise + wgmma only.
+W4A16_WS_ENTRY(w4a16_ws_t128x1_pd, 128, 1, 8, false, 1)
+W4A16_WS_ENTRY(w4a16_ws_t128x2_pd, 128, 2, 8, false, 1)
+W4A16_WS_ENTRY(w4a16_ws_t128x1_pc, 128, 1, 8, false, 2)
+W4A16_WS_ENTRY(w4a16_ws_t128x2_pc, 128, 2, 8, false, 2)
+// Session 6's epilogue (MARLIN_WGMMA_WS_OLD_EPILOGUE=1): same-run A/B.
+W4A16_WS_ENTRY(w4a16_ws_t64x1_e0, 64, 1, 12, false, 3)
+W4A16_WS_ENTRY(w4a16_ws_t64x2_e0, 64, 2, 10, false, 3)
+W4A16_WS_ENTRY(w4a16_ws_t128x1_e0, 128, 1, 8, false, 3)
+W4A16_WS_ENTRY(w4a16_ws_t128x2_e0, 128, 2, 8, false, 3)
+#endif  // WS_DIAG_ENTRIES
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
