@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use marlin_cuda::int4::gemm::dequantize_to_f16;
-use marlin_cuda::ops::{DeviceSampling, GpuRope, NormForm};
+use marlin_cuda::ops::{DeviceSampling, GpuKvCache, GpuRope, NormForm};
 use marlin_cuda::CudaDevice;
 use marlin_models::config::{HParam, HValue};
 use marlin_models::gpu::bench::{synthetic_decoder, SyntheticShape};
@@ -533,6 +533,48 @@ fn int4_fused_f16_path_matches_dense_f32_path() {
     );
 }
 
+/// The last step of a test's sequence run again (rows at `pos - 1`, the
+/// first `m` of them: it rewrites the same keys and values; logits rows of
+/// `vocab`) eagerly, then with the logits NaN-poisoned, captured in a CUDA
+/// graph and replayed: the replay's logits must equal the eager step's bit
+/// for bit.
+#[allow(clippy::too_many_arguments)]
+fn assert_graph_matches_eager(
+    dev: &Arc<CudaDevice>,
+    dec: &GpuDecoder,
+    cache: &mut GpuKvCache,
+    s: &mut Scratch,
+    pos: &[i32],
+    m: usize,
+    vocab: usize,
+    what: &str,
+) {
+    let last: Vec<i32> = pos.iter().map(|p| p - 1).collect();
+    dev.write(&mut s.row_pos, &last).unwrap();
+    dec.forward_rows(dev, &mut *cache, s, m, LogitRows::All, Select::None)
+        .unwrap();
+    let eager = dev.download(&s.logits).unwrap();
+    let poison = vec![f32::NAN; s.logits.len()];
+    dev.write(&mut s.logits, &poison).unwrap();
+    let stream = dev.stream().clone();
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    let recorded = dec.forward_rows(dev, &mut *cache, s, m, LogitRows::All, Select::None);
+    let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+    recorded.unwrap();
+    let graph = graph
+        .unwrap()
+        .unwrap_or_else(|| panic!("{what}: the step recorded no launches"));
+    graph.launch().unwrap();
+    let replayed = dev.download(&s.logits).unwrap();
+    assert_eq!(
+        eager[..m * vocab],
+        replayed[..m * vocab],
+        "{what}: graph vs eager"
+    );
+}
+
 /// The fused decode step (RMSNorm in the q|k|v and gate|up GEMMs, residual
 /// adds in o and down, SwiGLU in down: docs/CUDA.md change 31) against the
 /// unfused step on the same weights, caches and tokens (batches of 1, 3,
@@ -593,41 +635,17 @@ fn fused_decode_ops_match_unfused_step_and_graph() {
         }
     }
 
-    // The last fused step again, captured in a CUDA graph and replayed:
-    // the same logits bit for bit (it rewrites the same keys and values).
-    let m = 16;
-    let last: Vec<i32> = pos.iter().map(|p| p - 1).collect();
-    dev.write(&mut fused.row_pos, &last).unwrap();
-    dec.forward_rows(
+    // The last fused step again, eager and captured in a CUDA graph.
+    assert_graph_matches_eager(
         &dev,
+        &dec,
         &mut cache_f,
         &mut fused,
-        m,
-        LogitRows::All,
-        Select::None,
-    )
-    .unwrap();
-    let eager = dev.download(&fused.logits).unwrap();
-    let poison = vec![f32::NAN; fused.logits.len()];
-    dev.write(&mut fused.logits, &poison).unwrap();
-    let stream = dev.stream().clone();
-    stream
-        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-        .unwrap();
-    let recorded = dec.forward_rows(
-        &dev,
-        &mut cache_f,
-        &mut fused,
-        m,
-        LogitRows::All,
-        Select::None,
+        &pos,
+        16,
+        vocab,
+        "fused step",
     );
-    let graph = stream.end_capture(CUgraphInstantiate_flags(0));
-    recorded.unwrap();
-    let graph = graph.unwrap().expect("the fused step recorded launches");
-    graph.launch().unwrap();
-    let replayed = dev.download(&fused.logits).unwrap();
-    assert_eq!(eager[..m * vocab], replayed[..m * vocab], "graph vs eager");
 }
 
 /// The GLU in the gate|up GEMM's epilogue (`int4_gemm_glu`, docs/CUDA.md
@@ -701,41 +719,17 @@ fn glu_in_gate_up_gemm_matches_unfused_step_and_graph() {
         }
     }
 
-    // The last step (M = 8) again, captured in a CUDA graph and replayed:
-    // the same logits bit for bit (it rewrites the same keys and values).
-    let m = 8;
-    let last: Vec<i32> = pos.iter().map(|p| p - 1).collect();
-    dev.write(&mut glu.row_pos, &last).unwrap();
-    dec.forward_rows(
+    // The last step (M = 8) again, eager and captured in a CUDA graph.
+    assert_graph_matches_eager(
         &dev,
+        &dec,
         &mut cache_g,
         &mut glu,
-        m,
-        LogitRows::All,
-        Select::None,
-    )
-    .unwrap();
-    let eager = dev.download(&glu.logits).unwrap();
-    let poison = vec![f32::NAN; glu.logits.len()];
-    dev.write(&mut glu.logits, &poison).unwrap();
-    let stream = dev.stream().clone();
-    stream
-        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-        .unwrap();
-    let recorded = dec.forward_rows(
-        &dev,
-        &mut cache_g,
-        &mut glu,
-        m,
-        LogitRows::All,
-        Select::None,
+        &pos,
+        8,
+        vocab,
+        "GLU step",
     );
-    let graph = stream.end_capture(CUgraphInstantiate_flags(0));
-    recorded.unwrap();
-    let graph = graph.unwrap().expect("the step recorded launches");
-    graph.launch().unwrap();
-    let replayed = dev.download(&glu.logits).unwrap();
-    assert_eq!(eager[..m * vocab], replayed[..m * vocab], "graph vs eager");
 }
 
 /// The residual add + RMSNorm launches in their vector form
@@ -806,45 +800,9 @@ fn vector_norm_matches_scalar_step_and_graph() {
             }
         }
 
-        // The last step again, captured in a CUDA graph and replayed: the
-        // same logits bit for bit (it rewrites the same keys and values).
-        let m = 5;
-        let last: Vec<i32> = pos.iter().map(|p| p - 1).collect();
-        dev.write(&mut vec_s.row_pos, &last).unwrap();
-        dec.forward_rows(
-            &dev,
-            &mut cache_v,
-            &mut vec_s,
-            m,
-            LogitRows::All,
-            Select::None,
-        )
-        .unwrap();
-        let eager = dev.download(&vec_s.logits).unwrap();
-        let poison = vec![f32::NAN; vec_s.logits.len()];
-        dev.write(&mut vec_s.logits, &poison).unwrap();
-        let stream = dev.stream().clone();
-        stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .unwrap();
-        let recorded = dec.forward_rows(
-            &dev,
-            &mut cache_v,
-            &mut vec_s,
-            m,
-            LogitRows::All,
-            Select::None,
-        );
-        let graph = stream.end_capture(CUgraphInstantiate_flags(0));
-        recorded.unwrap();
-        let graph = graph.unwrap().expect("the step recorded launches");
-        graph.launch().unwrap();
-        let replayed = dev.download(&vec_s.logits).unwrap();
-        assert_eq!(
-            eager[..m * vocab],
-            replayed[..m * vocab],
-            "{path}: graph vs eager"
-        );
+        // The last step again, eager and captured in a CUDA graph.
+        let what = format!("vector norm, {path} path");
+        assert_graph_matches_eager(&dev, dec, &mut cache_v, &mut vec_s, &pos, 5, vocab, &what);
     }
 }
 
