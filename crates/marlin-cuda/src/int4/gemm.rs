@@ -436,6 +436,71 @@ fn decode_ring_bytes(m: usize) -> usize {
     stages * 32 * 16
 }
 
+/// `MARLIN_INT4_DEC_SHORT_RING=bits` (0..=7; unset: [`SHORT_RING_DEFAULT`]):
+/// the plain decode calls at M <= 4 of the classes whose bit is set take
+/// the 8-stage entry (`w4a16_dec_m8*`, half the shared memory of the
+/// 16-stage ring) instead of `w4a16_dec_m4*`, so that the next GEMM's
+/// blocks fit beside theirs in the PDL graph (a measurement knob: every
+/// class made the batch-1 step slower, docs/CUDA.md change 43):
+/// [`SHORT_RING_WIDE`] the whole-column plan (gate|up 28672x4096: 136 ->
+/// 80 KiB, then two down blocks fit beside it instead of one),
+/// [`SHORT_RING_LONG`] small-N plans whose warps stream more chunks than
+/// the 16-stage ring holds (down 4096x14336: 64 -> 48 KiB, then three
+/// q|k|v blocks fit beside two down blocks instead of two),
+/// [`SHORT_RING_SHORT`] small-N plans whose ring holds every chunk (q|k|v,
+/// o: room for the third q|k|v block beside two down blocks and for the
+/// second o block beside attention, at the price of half their weights
+/// streamed before the wait).
+static SHORT_RING: knobs::Count = knobs::Count::new("MARLIN_INT4_DEC_SHORT_RING", 0..=7);
+/// Default of [`SHORT_RING`]: no class (every M <= 4 call keeps the
+/// 16-stage ring). Measured (H100, same-run interleaved A/B, docs/CUDA.md
+/// change 43): batch-1 decode step 2408.5 / 2413.0 us with 0 against
+/// 2701.8 / 2709.4 (1), 2658.7 / 2658.9 (2), 2855.0 / 2854.6 (3), 2577.2 /
+/// 2576.8 (4); batch 8 unchanged (+11 us with 4). The default is the
+/// measured 0.
+const SHORT_RING_DEFAULT: usize = 0;
+
+/// The [`SHORT_RING`] class bits in effect.
+fn short_ring_bits() -> usize {
+    SHORT_RING.get().unwrap_or(SHORT_RING_DEFAULT)
+}
+
+/// [`SHORT_RING`] class bit: whole-column plans (n16 >= 896).
+const SHORT_RING_WIDE: usize = 1;
+/// [`SHORT_RING`] class bit: narrower plans with more chunks per warp than
+/// the 16-stage ring.
+const SHORT_RING_LONG: usize = 2;
+/// [`SHORT_RING`] class bit: narrower plans whose 16-stage ring holds all
+/// of a warp's chunks.
+const SHORT_RING_SHORT: usize = 4;
+
+/// Whether a plain decode call of `m` rows (n16 column blocks, kc chunks,
+/// block shape) takes the 8-stage entry under [`SHORT_RING`] bits `bits`.
+fn short_ring_for(bits: usize, m: usize, n16: usize, kc: usize, shape: DecodeShape) -> bool {
+    if m > DEC_M4_MAX_M || bits == 0 {
+        return false;
+    }
+    let class = if n16 >= DEC_WHOLE_COLUMN_MIN_N16 {
+        SHORT_RING_WIDE
+    } else if kc.div_ceil((shape.splits * shape.k_slices).max(1)) > DEC_STAGES_M4 {
+        SHORT_RING_LONG
+    } else {
+        SHORT_RING_SHORT
+    };
+    bits & class != 0
+}
+
+/// Ring bytes per warp of a plain (non-fused) decode call: the 8-stage ring
+/// where [`short_ring_for`] takes the 8-stage entry, else
+/// [`decode_ring_bytes`].
+fn plain_decode_ring_bytes(m: usize, n16: usize, kc: usize, shape: DecodeShape) -> usize {
+    if short_ring_for(short_ring_bits(), m, n16, kc, shape) {
+        DEC_STAGES * 32 * 16
+    } else {
+        decode_ring_bytes(m)
+    }
+}
+
 /// Launch shape of the decode kernel: `nbpb` n16 column blocks x `k_slices`
 /// K slices per block (one warp each), `splits` blocks along K.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -760,7 +825,12 @@ fn decode_launch_for(
     let splits_min = kc.div_ceil(max_chunks);
     let plan_of = |shape: DecodeShape| GemmPlan {
         path: GemmPath::Fused,
-        kernel: decode_kernel_name(m, tiles, has_zeros, group_k32 == 1),
+        kernel: if short_ring_for(short_ring_bits(), m, n16, kc, shape) {
+            // The 8-stage entry of the same body (RH = 1 serves 1..8 rows).
+            decode_kernel_name(DEC_M4_MAX_M + 1, 1, has_zeros, group_k32 == 1)
+        } else {
+            decode_kernel_name(m, tiles, has_zeros, group_k32 == 1)
+        },
         m_tiles: 1,
         m_blocks,
         n_tiles: n16 / shape.nbpb,
@@ -987,12 +1057,13 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
     let (p, smem, max_smem, grid_splits, block_threads) = match decode {
         Some((p, shape)) => (
             p,
-            decode_smem_bytes(
+            decode_smem_bytes_ring(
                 m,
                 w.k_chunks,
                 shape,
                 w.group_k32,
                 w.neg_zero_scales.is_some(),
+                plain_decode_ring_bytes(m, w.n_pad / 16, w.k_chunks, shape),
             ),
             // The attribute is set once per function: the limit every
             // decode launch stays below.
@@ -1140,7 +1211,26 @@ fn decode_flags(m: usize) -> i32 {
         | (i32::from(int4_paired()) << 1)
         | (i32::from(decode_probe_skip_loop()) << 2)
         | decode_lean_bits(m)
+        | if EARLY_TRIGGER.get() {
+            DEC_EARLY_TRIGGER
+        } else {
+            0
+        }
 }
+
+/// `MARLIN_INT4_DEC_EARLY_TRIGGER=1`: the decode kernels trigger their
+/// dependents before the weight ring and the PDL wait instead of after the
+/// wait (docs/CUDA.md change 43: one kernel deeper look-ahead in the PDL
+/// graph; the dependents still wait for this grid's completion).
+static EARLY_TRIGGER: knobs::Switch =
+    knobs::Switch::new("MARLIN_INT4_DEC_EARLY_TRIGGER", EARLY_TRIGGER_DEFAULT);
+/// Default of [`EARLY_TRIGGER`]: off, the measured variant (H100 A/B,
+/// docs/CUDA.md change 43: decode step batch 1 2657.5 / 2650.7 us with it
+/// against 2408.5 / 2413.0, batch 8 2798.4 / 2802.8 against 2725.6 /
+/// 2726.4).
+const EARLY_TRIGGER_DEFAULT: bool = false;
+/// `flags` bit of [`EARLY_TRIGGER`] (W4_DEC_EARLY_TRIGGER in the source).
+const DEC_EARLY_TRIGGER: i32 = 64;
 
 /// Launch shape of the stream-K decode kernel: `blocks` x `warps` warps,
 /// each streaming an equal share of the (column block, chunk) units.
@@ -2219,10 +2309,11 @@ fn dequant_cublas(
 #[cfg(test)]
 mod tests {
     use super::{
-        decode_launch_for, decode_smem_attr, decode_smem_bytes, glu_call_for, sk_smem_bytes,
-        sk_smem_limits, stream_k_launch_for, variant, DecodeShape, StreamKShape, DEC_MAX_M,
-        DEC_MAX_WARPS, DEC_SMEM_LIMIT, MIN_CHUNKS_PER_SPLIT, SK_MAX_BLOCK_WARPS, SK_MAX_M,
-        SK_MIN_UNITS_PER_WARP,
+        decode_launch_for, decode_ring_bytes, decode_smem_attr, decode_smem_bytes,
+        decode_smem_bytes_ring, glu_call_for, short_ring_for, sk_smem_bytes, sk_smem_limits,
+        stream_k_launch_for, variant, DecodeShape, StreamKShape, DEC_MAX_M, DEC_MAX_WARPS,
+        DEC_SMEM_LIMIT, DEC_STAGES, MIN_CHUNKS_PER_SPLIT, SHORT_RING_LONG, SHORT_RING_SHORT,
+        SHORT_RING_WIDE, SK_MAX_BLOCK_WARPS, SK_MAX_M, SK_MIN_UNITS_PER_WARP,
     };
 
     /// The shared launch-grid check: y and z at most 65535, x below 2^31.
@@ -2298,6 +2389,83 @@ mod tests {
         assert!(glu_call_for(1, (28688, 64, 4), false, 132, None).is_none());
         assert!(glu_call_for(1, (28672, 65, 4), false, 132, None).is_none());
         assert!(glu_call_for(1, llama, false, 0, None).is_none());
+    }
+
+    /// The residency model of docs/CUDA.md change 43: Llama-3.1-8B's decode
+    /// GEMMs at M = 1 on 132 SMs, which blocks of the next GEMM fit beside
+    /// the previous one's (228 KiB of shared memory per SM, 1 KiB reserved
+    /// per block), with and without the 8-stage ring of `SHORT_RING`.
+    #[test]
+    fn short_ring_classes_and_residency() {
+        let sm_smem = 228 * 1024;
+        let call = |n: usize, k: usize| {
+            let (n_pad, kc) = (n.div_ceil(64) * 64, k.div_ceil(64));
+            let (_, shape) = decode_launch_for(1, (n_pad, kc, 4), false, 132, None).unwrap();
+            (n_pad / 16, kc, shape)
+        };
+        let block = |(_, kc, shape): (usize, usize, DecodeShape), short: bool| {
+            let ring = if short {
+                DEC_STAGES * 32 * 16
+            } else {
+                decode_ring_bytes(1)
+            };
+            decode_smem_bytes_ring(1, kc, shape, 4, false, ring) + 1024
+        };
+        let (qkv, o, gate_up, down) = (
+            call(6144, 4096),
+            call(4096, 4096),
+            call(28672, 4096),
+            call(4096, 14336),
+        );
+        assert_eq!(
+            gate_up.2,
+            DecodeShape {
+                nbpb: 14,
+                k_slices: 1,
+                splits: 1
+            }
+        );
+        for small in [qkv, o, down] {
+            assert_eq!(
+                small.2,
+                DecodeShape {
+                    nbpb: 1,
+                    k_slices: 4,
+                    splits: 1
+                }
+            );
+        }
+        let class = |(n16, kc, shape): (usize, usize, DecodeShape)| {
+            [SHORT_RING_WIDE, SHORT_RING_LONG, SHORT_RING_SHORT]
+                .into_iter()
+                .filter(|&bit| short_ring_for(bit, 1, n16, kc, shape))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(class(gate_up), [SHORT_RING_WIDE]);
+        assert_eq!(class(down), [SHORT_RING_LONG]);
+        assert_eq!(class(qkv), [SHORT_RING_SHORT]);
+        assert_eq!(class(o), [SHORT_RING_SHORT]);
+        assert!(!short_ring_for(7, 5, down.0, down.1, down.2));
+        assert!(!short_ring_for(0, 1, down.0, down.1, down.2));
+        // gate|up -> down: one 16-stage down block fits beside the 16-stage
+        // gate|up block, two beside the 8-stage one.
+        assert!(block(gate_up, false) + 2 * block(down, false) > sm_smem);
+        assert!(block(gate_up, false) + block(down, false) <= sm_smem);
+        assert!(block(gate_up, true) + 2 * block(down, false) <= sm_smem);
+        // down -> q|k|v: two q|k|v blocks beside two 16-stage down blocks,
+        // three (the 384-block grid in one wave) beside two 8-stage ones.
+        assert!(2 * block(down, false) + 3 * block(qkv, false) > sm_smem);
+        assert!(2 * block(down, false) + 2 * block(qkv, false) <= sm_smem);
+        assert!(2 * block(down, true) + 3 * block(qkv, false) <= sm_smem);
+        // q|k|v -> attention -> o: on an SM that holds an attention block
+        // (28 KiB of static shared memory, change 42) one o block fits beside
+        // three q|k|v blocks, two with o's 8-stage ring.
+        let attention = 29 * 1024;
+        assert!(3 * block(qkv, false) + attention + 2 * block(o, false) > sm_smem);
+        assert!(3 * block(qkv, false) + attention + block(o, false) <= sm_smem);
+        assert!(3 * block(qkv, false) + attention + 2 * block(o, true) <= sm_smem);
+        // o -> gate|up fits already.
+        assert!(2 * block(o, false) + block(gate_up, false) <= sm_smem);
     }
 
     #[test]

@@ -669,6 +669,13 @@ __device__ __forceinline__ void w4_fused_store(u16* __restrict__ C, float* __res
 #define W4_DEC_LEAN_BCAST 16
 // W4_EPI_GLU kernels: GELU (tanh) instead of SiLU.
 #define W4_DEC_GLU_GELU 32
+// Trigger the dependent launch before the weight ring and the PDL wait
+// (MARLIN_INT4_DEC_EARLY_TRIGGER=1, docs/CUDA.md change 43) instead of
+// after the wait: the next kernel (and through the small kernels, which
+// trigger first thing, the GEMM after it) may launch once every block of
+// this grid is resident, while this grid's predecessor still runs. The
+// dependents' own wait still waits for this grid's completion.
+#define W4_DEC_EARLY_TRIGGER 64
 
 // Compile-time flag for the generic lambdas of the lean loop.
 template <bool B>
@@ -834,6 +841,7 @@ __device__ __forceinline__ void w4a16_dec_body(
             }
         }
     };
+    if (flags & W4_DEC_EARLY_TRIGGER) pdl_trigger();
     if (!pre_wait) {
         w4_pdl_enter();
         copy_activations();
