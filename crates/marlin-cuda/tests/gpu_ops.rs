@@ -458,7 +458,18 @@ struct AttnCase {
     rows: Vec<(i32, i32)>,
 }
 
-fn check_attention(dev: &CudaDevice, r: &mut StdRng, c: &AttnCase, n_seqs: usize, cap: usize) {
+/// Checks decode, prefill and auto attention of case `c` against the f64
+/// reference; the decode kernel also with each side of its per-thread
+/// overrides: the shared-memory key ring and the register ring must agree
+/// bit for bit, the cluster merge (forced on) within the tolerance.
+/// Returns how many cluster launches the forced run made.
+fn check_attention(
+    dev: &CudaDevice,
+    r: &mut StdRng,
+    c: &AttnCase,
+    n_seqs: usize,
+    cap: usize,
+) -> u64 {
     let (n_layers, layer) = (2, 1);
     let mut cache = GpuKvCache::new(dev, n_layers, c.n_kv, c.hd, n_seqs, cap).unwrap();
     // Fill every position of every sequence of `layer` through kv_write.
@@ -558,23 +569,53 @@ fn check_attention(dev: &CudaDevice, r: &mut StdRng, c: &AttnCase, n_seqs: usize
     let seq: Vec<i32> = c.rows.iter().map(|x| x.0).collect();
     let pos: Vec<i32> = c.rows.iter().map(|x| x.1).collect();
     let (sd, pd) = (up(dev, &seq), up(dev, &pos));
-    for (name, f) in [
-        ("decode", ops::attention_decode as AttnFn),
-        ("prefill", ops::attention_prefill as AttnFn),
-        ("auto", ops::attention as AttnFn),
-    ] {
+    let run = |f: AttnFn| -> Vec<f32> {
         let mut out = poisoned(dev, q.len());
         f(dev, &p, &qd, &cache, layer, rows, &sd, &pd, &mut out).unwrap();
-        let got = dev.download(&out).unwrap();
+        dev.download(&out).unwrap()
+    };
+    let what = format!(
+        "h{} kv{} hd{} rows{rows} window {:?} softcap {:?}",
+        c.n_heads, c.n_kv, c.hd, c.window, c.softcap
+    );
+    // The two key rings of the decode kernel: same keys, same order, same
+    // key step, so the same bits (the cluster merge off on both sides).
+    let mut ring = Vec::new();
+    for stage_kv in [true, false] {
+        ops::set_attn_override(ops::AttnOverride {
+            stage_kv: Some(stage_kv),
+            cluster: Some(false),
+        });
+        ring.push(run(ops::attention_decode as AttnFn));
+    }
+    ops::set_attn_override(ops::AttnOverride {
+        stage_kv: None,
+        cluster: Some(true),
+    });
+    let before = ops::attn_cluster_launches();
+    let cluster_out = run(ops::attention_decode as AttnFn);
+    let cluster_launches = ops::attn_cluster_launches() - before;
+    ops::set_attn_override(ops::AttnOverride::default());
+    // Bits, the NaN-poisoned tails included.
+    if let Some(i) = (0..ring[0].len()).find(|&i| ring[0][i].to_bits() != ring[1][i].to_bits()) {
+        panic!(
+            "attention decode {what}: shared-memory ring {} != register ring {} at {i}",
+            ring[0][i], ring[1][i]
+        );
+    }
+    for (name, got) in [
+        ("decode", run(ops::attention_decode as AttnFn)),
+        ("decode (register ring)", ring.swap_remove(1)),
+        ("decode (cluster merge forced on)", cluster_out),
+        ("prefill", run(ops::attention_prefill as AttnFn)),
+        ("auto", run(ops::attention as AttnFn)),
+    ] {
         let max_err = got
             .iter()
             .zip(&want)
             .map(|(g, w)| (g - w).abs())
             .fold(0.0f32, f32::max);
-        let what = format!(
-            "attention {name} h{} kv{} hd{} rows{rows} window {:?} softcap {:?}",
-            c.n_heads, c.n_kv, c.hd, c.window, c.softcap
-        );
+        let what = format!("attention {name} {what}");
         assert!(
             got[..want.len()].iter().all(|x| x.is_finite()),
             "{what}: non-finite output"
@@ -586,6 +627,7 @@ fn check_attention(dev: &CudaDevice, r: &mut StdRng, c: &AttnCase, n_seqs: usize
         );
         println!("PASS {what} max_err {max_err:.1e}");
     }
+    cluster_launches
 }
 
 type AttnFn = fn(
@@ -680,6 +722,31 @@ fn attention_matches_reference() {
         rows: vec![(0, 1090)],
     };
     check_attention(&dev, &mut r, &c, 1, 1100);
+    // Batch 1 of a 700-key cache: 15 splits of 48 keys, the cluster sizes
+    // above the portable 8 that the decode-step benches ran (docs/CUDA.md
+    // change 42). Forced on, the cluster merge must have run on sm_90;
+    // with MARLIN_CUDA_ATTN_CLUSTER=1 (gpu_entry.sh's second run) the
+    // default launches must take it too.
+    let c = AttnCase {
+        rows: vec![(0, 690)],
+        ..c
+    };
+    let before = ops::attn_cluster_launches();
+    let forced = check_attention(&dev, &mut r, &c, 1, 700);
+    let all = ops::attn_cluster_launches() - before;
+    if dev.compute_capability().0 >= 9 {
+        assert!(forced > 0, "700-key case: the cluster merge never ran");
+        if std::env::var("MARLIN_CUDA_ATTN_CLUSTER").as_deref() == Ok("1") {
+            assert!(
+                all > forced,
+                "700-key case: MARLIN_CUDA_ATTN_CLUSTER=1 but only the forced launch took the cluster merge"
+            );
+        }
+        println!(
+            "PASS 700-key case: {forced} forced and {} default cluster launches",
+            all - forced
+        );
+    }
 }
 
 /// One case of the fused decode attention (QK-norm + RoPE + KV write in

@@ -4,13 +4,15 @@
 
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use marlin_cpu::ops::RopeStyle;
 
 use super::fused::{check_projections, ActElem, HeadShape, ProjRows};
 use super::kv::{GpuKvCache, ATTN_PARTIAL_FLOATS, ATTN_TICKETS};
-use super::launch::KernelLaunch;
+use super::launch::{launch_config, KernelLaunch};
 use super::rope::GpuRope;
 use super::{check_len, mul, to_i32, to_u32};
 use crate::device::{driver_err, CudaDevice};
@@ -400,10 +402,14 @@ fn attn_early_kv_enabled() -> bool {
 /// registers: not when `MARLIN_CUDA_ATTN_STAGE_KV=0` (measuring the
 /// difference; read once). A 48-key split then reads all of its keys
 /// before the wait, and longer splits keep 3x the bytes in flight. Same
-/// key order, so the same results bit for bit.
+/// keys in the same order through the same key step, so the same results
+/// bit for bit (gpu_ops `attention_matches_reference` compares the two
+/// through [`AttnOverride::stage_kv`]).
 fn attn_stage_kv_enabled() -> bool {
     static ON: knobs::Switch = knobs::Switch::new("MARLIN_CUDA_ATTN_STAGE_KV", true);
-    ON.get()
+    OVERRIDE
+        .with(|c| c.get().stage_kv)
+        .unwrap_or_else(|| ON.get())
 }
 
 /// Whether the splits of a decode launch with 2..=16 splits run as one
@@ -416,12 +422,52 @@ fn attn_stage_kv_enabled() -> bool {
 /// devices that cannot place such a cluster, take the ticket merge.
 fn attn_cluster_enabled() -> bool {
     static ON: knobs::Switch = knobs::Switch::new("MARLIN_CUDA_ATTN_CLUSTER", false);
-    ON.get()
+    OVERRIDE
+        .with(|c| c.get().cluster)
+        .unwrap_or_else(|| ON.get())
+}
+
+/// Per-thread overrides of the decode knobs above (tests run both sides of
+/// each in one process; the knobs are read once). `None` leaves the knob.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttnOverride {
+    /// `MARLIN_CUDA_ATTN_STAGE_KV`: the shared-memory key ring (true) or
+    /// the register ring (false).
+    pub stage_kv: Option<bool>,
+    /// `MARLIN_CUDA_ATTN_CLUSTER`: the cluster merge where the launch
+    /// allows it (true) or always the ticket merge (false).
+    pub cluster: Option<bool>,
+}
+
+thread_local! {
+    static OVERRIDE: Cell<AttnOverride> = const {
+        Cell::new(AttnOverride {
+            stage_kv: None,
+            cluster: None,
+        })
+    };
+}
+
+/// Sets this thread's [`AttnOverride`] (`Default` clears it).
+pub fn set_attn_override(o: AttnOverride) {
+    OVERRIDE.with(|c| c.set(o));
+}
+
+/// Decode launches of this process that ran as thread-block clusters
+/// (merging through distributed shared memory): lets a test tell that the
+/// cluster merge ran rather than the ticket merge it falls back to.
+static CLUSTER_LAUNCHES: AtomicU64 = AtomicU64::new(0);
+
+/// How many decode attention launches of this process, on any thread, ran
+/// with the cluster merge (see [`AttnOverride::cluster`]).
+pub fn attn_cluster_launches() -> u64 {
+    CLUSTER_LAUNCHES.load(Ordering::Relaxed)
 }
 
 /// Whether decode kernel `func` can run clusters of `splits` blocks with
-/// `cfg` on `dev` (asked once per kernel and size; allows non-portable
-/// sizes above 8 on the function first). Any driver refusal means no.
+/// `cfg` on `dev` (asked once per device, kernel and size; allows
+/// non-portable sizes above 8 on the function first). Any driver refusal
+/// means no.
 fn cluster_fits(
     dev: &CudaDevice,
     func: &CudaFunction,
@@ -429,52 +475,41 @@ fn cluster_fits(
     splits: usize,
     cfg: &LaunchConfig,
 ) -> Result<bool> {
-    static SEEN: Mutex<Vec<(&'static str, usize, bool)>> = Mutex::new(Vec::new());
+    type Key = (usize, &'static str, usize);
+    static SEEN: Mutex<Vec<(Key, bool)>> = Mutex::new(Vec::new());
+    let key: Key = (dev.ordinal(), name, splits);
     let mut seen = SEEN
         .lock()
         .map_err(|_| CudaError::NotAvailable("cluster cache lock poisoned".into()))?;
-    if let Some(&(_, _, ok)) = seen.iter().find(|(n, s, _)| *n == name && *s == splits) {
+    if let Some(&(_, ok)) = seen.iter().find(|(k, _)| *k == key) {
         return Ok(ok);
     }
-    let portable = splits <= 8
+    let Ok(cluster_x) = u32::try_from(splits) else {
+        return Ok(false);
+    };
+    // Up to 8 blocks is a portable cluster size; above it the function
+    // must allow non-portable sizes.
+    let size_allowed = splits <= 8
         || func
             .set_attribute(
                 cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
                 1,
             )
             .is_ok();
-    let ok = portable && {
-        // SAFETY (zeroed): all-zero is a valid value of the union and of
-        // the attribute; the config points at `attr`, alive for the call.
-        let mut value: cudarc::driver::sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
-        value.clusterDim.x = splits as u32;
-        value.clusterDim.y = 1;
-        value.clusterDim.z = 1;
-        let mut attr = cudarc::driver::sys::CUlaunchAttribute {
-            id: cudarc::driver::sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
-            pad: [0; 4],
-            value,
-        };
-        let config = cudarc::driver::sys::CUlaunchConfig {
-            gridDimX: cfg.grid_dim.0,
-            gridDimY: cfg.grid_dim.1,
-            gridDimZ: cfg.grid_dim.2,
-            blockDimX: cfg.block_dim.0,
-            blockDimY: cfg.block_dim.1,
-            blockDimZ: cfg.block_dim.2,
-            sharedMemBytes: cfg.shared_mem_bytes,
-            hStream: dev.stream().cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
-        };
+    let ok = size_allowed && {
+        let (mut config, mut attrs, n_attrs) =
+            launch_config(cfg, dev.stream().cu_stream(), false, cluster_x);
+        config.attrs = attrs.as_mut_ptr();
+        config.numAttrs = n_attrs as u32;
         let mut n: std::ffi::c_int = 0;
-        // SAFETY: a valid function and config; `n` outlives the call.
+        // SAFETY: a valid function, and a config whose attributes (`attrs`)
+        // outlive the call; `n` outlives the call.
         let r = unsafe {
             cudarc::driver::sys::cuOccupancyMaxActiveClusters(&mut n, func.cu_function(), &config)
         };
         r == cudarc::driver::sys::CUresult::CUDA_SUCCESS && n > 0
     };
-    seen.push((name, splits, ok));
+    seen.push((key, ok));
     Ok(ok)
 }
 
@@ -726,6 +761,7 @@ fn decode_launch<T: ActElem>(
     // driver for the size).
     if cluster {
         unsafe { b.launch_pdl_cluster(cfg, splits as u32) }?;
+        CLUSTER_LAUNCHES.fetch_add(1, Ordering::Relaxed);
     } else {
         unsafe { b.launch_pdl(cfg) }?;
     }

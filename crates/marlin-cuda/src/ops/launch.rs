@@ -166,55 +166,20 @@ impl<'a> KernelLaunch<'a> {
             .iter_mut()
             .map(|s| s.0.as_mut_ptr().cast::<c_void>())
             .collect();
-        // SAFETY (zeroed): all-zero is a valid value of every variant of
-        // the value union, and of the attribute (id 0: CU_LAUNCH_ATTRIBUTE_IGNORE).
-        let mut attrs: [sys::CUlaunchAttribute; 2] = std::mem::zeroed();
-        let mut n_attrs = 0usize;
-        if pdl {
-            let mut value: sys::CUlaunchAttributeValue = std::mem::zeroed();
-            value.programmaticStreamSerializationAllowed = 1;
-            attrs[n_attrs] = sys::CUlaunchAttribute {
-                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-                pad: [0; 4],
-                value,
-            };
-            n_attrs += 1;
+        let (mut config, mut attrs, n_attrs) =
+            launch_config(&cfg, self.dev.stream().cu_stream(), pdl, cluster_x);
+        if n_attrs > 0 {
+            config.attrs = attrs.as_mut_ptr();
+            config.numAttrs = n_attrs as u32;
         }
-        if cluster_x > 1 {
-            let mut value: sys::CUlaunchAttributeValue = std::mem::zeroed();
-            value.clusterDim.x = cluster_x;
-            value.clusterDim.y = 1;
-            value.clusterDim.z = 1;
-            attrs[n_attrs] = sys::CUlaunchAttribute {
-                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
-                pad: [0; 4],
-                value,
-            };
-            n_attrs += 1;
-        }
-        let config = sys::CUlaunchConfig {
-            gridDimX: cfg.grid_dim.0,
-            gridDimY: cfg.grid_dim.1,
-            gridDimZ: cfg.grid_dim.2,
-            blockDimX: cfg.block_dim.0,
-            blockDimY: cfg.block_dim.1,
-            blockDimZ: cfg.block_dim.2,
-            sharedMemBytes: cfg.shared_mem_bytes,
-            hStream: self.dev.stream().cu_stream(),
-            attrs: if n_attrs > 0 {
-                attrs.as_mut_ptr()
-            } else {
-                std::ptr::null_mut()
-            },
-            numAttrs: n_attrs as u32,
-        };
         self.dev
             .context()
             .bind_to_thread()
             .map_err(|e| driver_err("bind context", e))?;
         // SAFETY: `ptrs` points at one slot per parameter, alive until the
         // call returns (the driver copies them); the caller guarantees that
-        // they match the kernel; `attrs` outlives the call.
+        // they match the kernel; `attrs`, which `config` points at, outlives
+        // the call.
         sys::cuLaunchKernelEx(
             &config,
             self.func.cu_function(),
@@ -224,6 +189,60 @@ impl<'a> KernelLaunch<'a> {
         .result()
         .map_err(|e| driver_err(&format!("launch {}", self.name), e))
     }
+}
+
+/// The driver's launch configuration of `cfg` on `stream`, and its
+/// attributes: programmatic stream serialisation when `pdl`, a cluster of
+/// `cluster_x` blocks along x when `cluster_x` > 1 (the first `n` of the
+/// array are set). `config.attrs` is left null and `numAttrs` 0: the
+/// caller points them at the returned array once it has its final address.
+pub(crate) fn launch_config(
+    cfg: &LaunchConfig,
+    stream: sys::CUstream,
+    pdl: bool,
+    cluster_x: u32,
+) -> (sys::CUlaunchConfig, [sys::CUlaunchAttribute; 2], usize) {
+    // SAFETY (zeroed): all-zero is a valid value of every variant of the
+    // value union, and of the attribute (id 0: CU_LAUNCH_ATTRIBUTE_IGNORE).
+    let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+    let mut n_attrs = 0usize;
+    if pdl {
+        // SAFETY: as above.
+        let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+        value.programmaticStreamSerializationAllowed = 1;
+        attrs[n_attrs] = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value,
+        };
+        n_attrs += 1;
+    }
+    if cluster_x > 1 {
+        // SAFETY: as above.
+        let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+        value.clusterDim.x = cluster_x;
+        value.clusterDim.y = 1;
+        value.clusterDim.z = 1;
+        attrs[n_attrs] = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+            pad: [0; 4],
+            value,
+        };
+        n_attrs += 1;
+    }
+    let config = sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: stream,
+        attrs: std::ptr::null_mut(),
+        numAttrs: 0,
+    };
+    (config, attrs, n_attrs)
 }
 
 #[cfg(test)]
