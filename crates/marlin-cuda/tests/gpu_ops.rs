@@ -768,7 +768,8 @@ struct RopeCase {
 /// `attention_decode_rope` against `qkv_rope_kv` + `attention_decode` on
 /// the same projection rows and cache history: the caches must end equal
 /// bit for bit (same f16 rounding of the same roped key), the outputs
-/// within `out_tol` relative (the same arithmetic in another kernel).
+/// within `out_tol` relative (the same arithmetic in another kernel); the
+/// fused entry's shared-memory and register key rings bit for bit.
 fn check_attention_rope<T: ops::ActElem>(
     dev: &CudaDevice,
     r: &mut StdRng,
@@ -896,6 +897,37 @@ fn check_attention_rope<T: ops::ActElem>(
         to_f32(dev.download(&out_b).unwrap()),
     );
     assert_close(&what, &b, &a[..m * qd], out_tol);
+    // The fused entry's two key rings (the shared-memory ring's first keys
+    // issued before the PDL wait, the register ring's loaded before it):
+    // the same bits. Rerun into cache 1, rewriting the same keys.
+    let mut ring = Vec::new();
+    for stage_kv in [true, false] {
+        ops::set_attn_override(ops::AttnOverride {
+            stage_kv: Some(stage_kv),
+            cluster: Some(false),
+        });
+        let mut out = poisoned_t();
+        let r = ops::attention_decode_rope(
+            dev,
+            &p,
+            &inp,
+            &mut caches[1],
+            layer,
+            m,
+            &seqd,
+            &posd,
+            &mut out,
+        );
+        ops::set_attn_override(ops::AttnOverride::default());
+        r.unwrap();
+        ring.push(to_f32(dev.download(&out).unwrap()));
+    }
+    if let Some(i) = (0..ring[0].len()).find(|&i| ring[0][i].to_bits() != ring[1][i].to_bits()) {
+        panic!(
+            "{what}: shared-memory ring {} != register ring {} at {i}",
+            ring[0][i], ring[1][i]
+        );
+    }
     // A q row stride below the q width is refused.
     let short = ops::ProjRows {
         data: projd.slice(0..),
