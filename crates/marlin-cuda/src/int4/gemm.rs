@@ -1216,7 +1216,22 @@ fn decode_flags(m: usize) -> i32 {
         } else {
             0
         }
+        | if LATE_TRIGGER.get() {
+            DEC_LATE_TRIGGER
+        } else {
+            0
+        }
 }
+
+/// `MARLIN_INT4_DEC_LATE_TRIGGER=1`: the decode kernels trigger their
+/// dependents after their main loop instead of after the PDL wait, so the
+/// next kernels launch (and stream their weight rings) only during this
+/// grid's epilogue: the opposite of [`EARLY_TRIGGER`], the next test of
+/// docs/CUDA.md change 43 (every earlier overlap measured slower at batch
+/// 1). Not yet measured on a GPU; off by default.
+static LATE_TRIGGER: knobs::Switch = knobs::Switch::new("MARLIN_INT4_DEC_LATE_TRIGGER", false);
+/// `flags` bit of [`LATE_TRIGGER`] (W4_DEC_LATE_TRIGGER in the source).
+const DEC_LATE_TRIGGER: i32 = 128;
 
 /// `MARLIN_INT4_DEC_EARLY_TRIGGER=1`: the decode kernels trigger their
 /// dependents before the weight ring and the PDL wait instead of after the

@@ -676,6 +676,11 @@ __device__ __forceinline__ void w4_fused_store(u16* __restrict__ C, float* __res
 // this grid is resident, while this grid's predecessor still runs. The
 // dependents' own wait still waits for this grid's completion.
 #define W4_DEC_EARLY_TRIGGER 64
+// The opposite (MARLIN_INT4_DEC_LATE_TRIGGER=1, change 43's next test):
+// trigger after the main loop instead of after the wait, so that the next
+// kernels launch (and their weight rings stream) only during this grid's
+// epilogue. Change 43 measured every earlier overlap slower at batch 1.
+#define W4_DEC_LATE_TRIGGER 128
 
 // Compile-time flag for the generic lambdas of the lean loop.
 template <bool B>
@@ -842,8 +847,12 @@ __device__ __forceinline__ void w4a16_dec_body(
         }
     };
     if (flags & W4_DEC_EARLY_TRIGGER) pdl_trigger();
+    const bool late_trigger = (flags & W4_DEC_LATE_TRIGGER) != 0;
     if (!pre_wait) {
-        w4_pdl_enter();
+        if (late_trigger)
+            pdl_wait();
+        else
+            w4_pdl_enter();
         copy_activations();
     }
     // The tile's scale (and zero) rows: nbpb x 8 column pairs, contiguous
@@ -876,7 +885,10 @@ __device__ __forceinline__ void w4a16_dec_body(
         cp_async_commit();
     }
     if (pre_wait) {
-        w4_pdl_enter();
+        if (late_trigger)
+            pdl_wait();
+        else
+            w4_pdl_enter();
         // A in the newest group, waited with all the others (the weight
         // groups were issued first and are mostly in by now).
         copy_activations();
@@ -1218,6 +1230,7 @@ __device__ __forceinline__ void w4a16_dec_body(
         }
     }
     cp_async_wait<0>();
+    if (late_trigger) pdl_trigger();
     if (!POST) {
 #pragma unroll
         for (int r = 0; r < RH; r++)
