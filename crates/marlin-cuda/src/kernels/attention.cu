@@ -71,6 +71,25 @@ __device__ __forceinline__ void att_cp_async16(void* dst, const u16* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src));
 }
 
+// The first PK keys of a lane group into its shared-memory ring (slot t:
+// key first + t * NSUB, this thread's 16 bytes of key and value at
+// [t * 128 + threadIdx.x]): one cp.async group per key, committed even when
+// empty so that PK + i groups are committed before key i. Keys at or past
+// k1, and this step's key (`fresh`, from shared memory), are not copied.
+template <int HD, int PK, int NSUB>
+__device__ __forceinline__ void att_fill_ring(uint4* st_k, uint4* st_v, const u16* kp,
+                                              const u16* vp, int first, int k1, int fresh) {
+#pragma unroll
+    for (int t = 0; t < PK; ++t) {
+        const int j = first + t * NSUB;
+        if (j < k1 && j != fresh) {
+            att_cp_async16(&st_k[t * 128 + threadIdx.x], kp + (long long)j * HD);
+            att_cp_async16(&st_v[t * 128 + threadIdx.x], vp + (long long)j * HD);
+        }
+        cp_async_commit();
+    }
+}
+
 // Flags of the decode entries (the last kernel parameter; src/ops/attention.rs).
 #define ATT_FLAG_EARLY_KV 1  // fused entries: earlier keys read before the PDL wait
 #define ATT_FLAG_STAGE_KV 2  // the first keys of a split staged in shared memory
@@ -293,17 +312,8 @@ __device__ __forceinline__ void attn_decode_impl(
     // before this step's were written by launches that completed before
     // this one could start (see attention_decode_rope), so their DRAM
     // round trip overlaps the previous kernel.
-    if (early_kv && stage) {
-#pragma unroll
-        for (int t = 0; t < PK; ++t) {
-            const int j = k0 + sub + t * NSUB;
-            if (j < k1 && j != fresh) {
-                att_cp_async16(&st_k[t * 128 + threadIdx.x], kp + (long long)j * HD);
-                att_cp_async16(&st_v[t * 128 + threadIdx.x], vp + (long long)j * HD);
-            }
-            cp_async_commit();
-        }
-    }
+    if (early_kv && stage)
+        att_fill_ring<HD, PK, NSUB>(st_k, st_v, kp, vp, k0 + sub, k1, fresh);
 #pragma unroll
     for (int p = 0; p < NP; ++p) {
         kb[p] = make_uint4(0, 0, 0, 0);
@@ -411,17 +421,8 @@ __device__ __forceinline__ void attn_decode_impl(
         // Key jj's 16 bytes of this lane (this step's from shared memory).
         const uint4* skv = reinterpret_cast<const uint4*>(ROPE ? &sm_kv[0][sl * 8] : 0);
         const uint4* svv = reinterpret_cast<const uint4*>(ROPE ? &sm_kv[1][sl * 8] : 0);
-        if (stage && !early_kv) {
-#pragma unroll
-            for (int t = 0; t < PK; ++t) {
-                const int j = k0 + sub + t * NSUB;
-                if (j < k1 && j != fresh) {
-                    att_cp_async16(&st_k[t * 128 + threadIdx.x], kp + (long long)j * HD);
-                    att_cp_async16(&st_v[t * 128 + threadIdx.x], vp + (long long)j * HD);
-                }
-                cp_async_commit();
-            }
-        }
+        if (stage && !early_kv)
+            att_fill_ring<HD, PK, NSUB>(st_k, st_v, kp, vp, k0 + sub, k1, fresh);
 #pragma unroll
         for (int p = 0; p < NP; ++p) {
             const int j = k0 + sub + p * NSUB;
