@@ -794,7 +794,7 @@ pub fn bench_glu(ordinal: usize, cfg: &GemmBenchConfig) -> Result<(f64, Vec<GluB
                         wi,
                         &mut out.as_view_mut(),
                         GluAct::Silu,
-                        &ws,
+                        &mut ws,
                     )?
                     .kernel;
                     Ok(())

@@ -101,6 +101,36 @@ impl Count {
     }
 }
 
+/// A knob that picks one of a few listed counts (a ring depth of 8 or 16
+/// stages, say), or None when unset (or set to anything else, with a
+/// warning): values between the listed ones mean nothing.
+pub struct OneOf {
+    name: &'static str,
+    values: &'static [usize],
+    value: OnceLock<Option<usize>>,
+}
+
+impl OneOf {
+    pub const fn new(name: &'static str, values: &'static [usize]) -> Self {
+        Self {
+            name,
+            values,
+            value: OnceLock::new(),
+        }
+    }
+
+    pub fn get(&self) -> Option<usize> {
+        *self.value.get_or_init(|| {
+            let raw = std::env::var(self.name).ok();
+            parse_one_of(raw.as_deref(), self.values).unwrap_or_else(|bad| {
+                let listed: Vec<String> = self.values.iter().map(usize::to_string).collect();
+                warn_ignored(self.name, &bad, &format!("one of {}", listed.join(", ")));
+                None
+            })
+        })
+    }
+}
+
 /// `Ok(None)` unset or empty, `Ok(Some(_))` for `0` / `1`, `Err(value)`
 /// otherwise.
 fn parse_bool(raw: Option<&str>) -> Result<Option<bool>, String> {
@@ -117,6 +147,16 @@ fn parse_count(raw: Option<&str>, range: &RangeInclusive<usize>) -> Result<Optio
         None | Some("") => Ok(None),
         Some(v) => match v.parse::<usize>() {
             Ok(n) if range.contains(&n) => Ok(Some(n)),
+            _ => Err(v.to_string()),
+        },
+    }
+}
+
+fn parse_one_of(raw: Option<&str>, values: &[usize]) -> Result<Option<usize>, String> {
+    match raw.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if values.contains(&n) => Ok(Some(n)),
             _ => Err(v.to_string()),
         },
     }
@@ -153,12 +193,26 @@ mod tests {
     }
 
     #[test]
+    fn one_of_takes_only_the_listed_values() {
+        let v = &[8, 16];
+        assert_eq!(parse_one_of(None, v), Ok(None));
+        assert_eq!(parse_one_of(Some(""), v), Ok(None));
+        assert_eq!(parse_one_of(Some("8"), v), Ok(Some(8)));
+        assert_eq!(parse_one_of(Some(" 16 "), v), Ok(Some(16)));
+        assert_eq!(parse_one_of(Some("12"), v), Err("12".to_string()));
+        assert_eq!(parse_one_of(Some("4"), v), Err("4".to_string()));
+        assert_eq!(parse_one_of(Some("x"), v), Err("x".to_string()));
+    }
+
+    #[test]
     fn a_knob_reads_its_default_when_unset() {
         // Names no test or binary sets.
         static ON: Switch = Switch::new("MARLIN_TEST_KNOB_UNSET_ON", true);
         static OFF: Switch = Switch::new("MARLIN_TEST_KNOB_UNSET_OFF", false);
         static FORCE: Force = Force::new("MARLIN_TEST_KNOB_UNSET_FORCE");
         static COUNT: Count = Count::new("MARLIN_TEST_KNOB_UNSET_COUNT", 1..=4);
+        static ONE_OF: OneOf = OneOf::new("MARLIN_TEST_KNOB_UNSET_ONE_OF", &[8, 16]);
+        assert_eq!(ONE_OF.get(), None);
         assert!(ON.get());
         assert!(!OFF.get());
         assert_eq!(FORCE.get(), None);

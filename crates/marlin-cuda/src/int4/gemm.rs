@@ -272,6 +272,27 @@ impl GemmWorkspace {
         }
     }
 
+    /// Make a later [`int4_gemm_glu_prepared`] call of `m` rows with the
+    /// stacked gate|up weight `w` load-free: compiles and loads its
+    /// GLU-epilogue kernel (no scratch: the launch has no split-K). Errors,
+    /// naming the constraint, where [`glu_epilogue_supported`] is false.
+    pub fn prepare_glu(
+        &mut self,
+        dev: &Arc<CudaDevice>,
+        w: &Int4Weight,
+        m: usize,
+    ) -> Result<&'static str> {
+        let call = glu_call(m, w, dev.sm_count()).map_err(glu_unsupported)?;
+        dev.function(
+            FUSED_MODULE,
+            FUSED_SOURCE,
+            call.kernel,
+            to_u32_smem(decode_smem_attr())?,
+        )?;
+        self.mark_prepared(call.kernel);
+        Ok(call.kernel)
+    }
+
     fn mark_prepared(&mut self, kernel: &'static str) {
         if !self.prepared.contains(&kernel) {
             self.prepared.push(kernel);
@@ -283,7 +304,8 @@ impl GemmWorkspace {
             Ok(())
         } else {
             Err(CudaError::Unsupported(format!(
-                "int4_gemm_prepared: kernel {kernel} was not loaded by GemmWorkspace::prepare"
+                "int4_gemm_prepared: kernel {kernel} was not loaded by GemmWorkspace::prepare \
+                 (prepare_glu for int4_gemm_glu_prepared)"
             )))
         }
     }
@@ -1985,8 +2007,9 @@ pub enum GluAct {
 }
 
 /// Ring depth of the GLU-epilogue kernels at M <= 4
-/// (`MARLIN_INT4_GLU_STAGES=8` or `16`; unset: 16, see [`glu_call`]).
-static GLU_STAGES: knobs::Count = knobs::Count::new("MARLIN_INT4_GLU_STAGES", 8..=16);
+/// (`MARLIN_INT4_GLU_STAGES=8` or `16`; unset: 16, see [`glu_call`]; any
+/// other value is reported on stderr and ignored).
+static GLU_STAGES: knobs::OneOf = knobs::OneOf::new("MARLIN_INT4_GLU_STAGES", &[8, 16]);
 
 /// Fewest token rows at which [`glu_epilogue_preferred`] takes the GLU
 /// epilogue (`MARLIN_INT4_GLU_MIN_M=n`, 1..=8; unset: [`GLU_MIN_M`]).
@@ -2011,21 +2034,24 @@ struct GluCall {
 }
 
 /// The GLU-epilogue launch of `m` rows of a stacked gate|up weight (gate
-/// rows 0..F, up rows F..2F), or None where the kernel cannot run it: M <=
-/// 8 (one token tile), symmetric codes with groups >= 64 or per-channel
-/// (scales after the mma), F a multiple of 16 (whole n16 column blocks of
-/// each half), K <= 4096 (the whole K range of the block in one activation
-/// tile, no split-K), and a block shape within the shared-memory limit.
+/// rows 0..F, up rows F..2F), or the constraint that fails where the kernel
+/// cannot run it: M <= 8 (one token tile), symmetric codes with groups >= 64
+/// or per-channel (scales after the mma), F a multiple of 16 (whole n16
+/// column blocks of each half), K <= 4096 (the whole K range of the block in
+/// one activation tile, no split-K), and a block shape within the
+/// shared-memory limit. The SM count only picks the shape, never refuses.
 ///
 /// Shape (the whole-column plan's, change 36, with pairs): a block holds
 /// `half` gate column blocks and the `half` up column blocks of the same
 /// output columns (nbpb = 2 half, one warp each per K slice), `half` the
 /// smallest divisor (<= 8) of the F/16 pairs whose grid fits one block per
-/// SM; the most K slices (power of two, <= 16 warps, >= 16 chunks each)
-/// that fit. Ring depth as the plain plan: 16 stages at M <= 4 where that
-/// fits (`w4a16_dec_m4_glu`), else 8 (`w4a16_dec_m8_glu`);
+/// SM, or, where none does, the largest such divisor (fewest rounds of
+/// blocks; [`glu_epilogue_preferred`] does not take those); the most K
+/// slices (power of two, <= 16 warps, >= 16 chunks each) that fit. Ring
+/// depth as the plain plan: 16 stages at M <= 4 where that fits
+/// (`w4a16_dec_m4_glu`), else 8 (`w4a16_dec_m8_glu`);
 /// `MARLIN_INT4_GLU_STAGES=8` takes 8 at every M.
-fn glu_call(m: usize, w: &Int4Weight, sm_count: usize) -> Option<GluCall> {
+fn glu_call(m: usize, w: &Int4Weight, sm_count: usize) -> std::result::Result<GluCall, String> {
     glu_call_for(
         m,
         (w.n, w.k_chunks, w.group_k32),
@@ -2043,19 +2069,36 @@ fn glu_call_for(
     has_zeros: bool,
     sm_count: usize,
     stages_knob: Option<usize>,
-) -> Option<GluCall> {
-    if !(1..=8).contains(&m)
-        || has_zeros
-        || group_k32 < 2
-        || !n.is_multiple_of(32)
-        || kc > 64
-        || sm_count == 0
-    {
-        return None;
+) -> std::result::Result<GluCall, String> {
+    if !(1..=8).contains(&m) {
+        return Err(format!("M = {m} is not in 1..=8 (one token tile)"));
+    }
+    if has_zeros {
+        return Err("the weight has zero points (symmetric codes only)".into());
+    }
+    if group_k32 < 2 {
+        return Err(format!(
+            "groups of {} elements (>= 64 or per-channel only)",
+            32 * group_k32
+        ));
+    }
+    if n == 0 || !n.is_multiple_of(32) {
+        return Err(format!(
+            "N = {n}: F = N/2 is not a multiple of 16 (whole column blocks)"
+        ));
+    }
+    if kc > 64 {
+        return Err(format!(
+            "{kc} K chunks of 64: K > 4096 (no split-K in the GLU epilogue)"
+        ));
     }
     let pairs = n / 32;
-    let half =
-        (1..=DEC_MAX_WARPS / 2).find(|&d| pairs.is_multiple_of(d) && pairs / d <= sm_count)?;
+    let divisors = (1..=DEC_MAX_WARPS / 2).filter(|&d| pairs.is_multiple_of(d));
+    let half = divisors
+        .clone()
+        .find(|&d| pairs / d <= sm_count)
+        .or_else(|| divisors.max())
+        .unwrap_or(1);
     let nbpb = 2 * half;
     // MARLIN_INT4_GLU_STAGES=8 (not measured in the decode step): a
     // 79 KiB block at M = 1 instead of 135 would leave room for two of the
@@ -2081,7 +2124,7 @@ fn glu_call_for(
             };
             let smem = decode_smem_bytes_ring(m, kc, shape, group_k32, false, stages * 32 * 16);
             if smem <= DEC_SMEM_LIMIT {
-                return Some(GluCall {
+                return Ok(GluCall {
                     kernel,
                     shape,
                     smem,
@@ -2093,14 +2136,17 @@ fn glu_call_for(
             k_slices /= 2;
         }
     }
-    None
+    Err(format!(
+        "no block of {nbpb} column blocks fits {DEC_SMEM_LIMIT} bytes of shared memory at M = {m}"
+    ))
 }
 
 /// Whether [`int4_gemm_glu`] can run `m` rows of the stacked gate|up
 /// weight `w` on `dev` (see `glu_call`: M <= 8, symmetric groups >= 64 or
-/// per-channel, F = N/2 a multiple of 16, K <= 4096).
+/// per-channel, F = N/2 a multiple of 16, K <= 4096; the shape alone
+/// decides, not the SM count).
 pub fn glu_epilogue_supported(dev: &CudaDevice, m: usize, w: &Int4Weight) -> bool {
-    glu_call(m, w, dev.sm_count()).is_some()
+    glu_call(m, w, dev.sm_count()).is_ok()
 }
 
 /// Whether the decode step should take [`int4_gemm_glu`] instead of the
@@ -2109,16 +2155,24 @@ pub fn glu_epilogue_supported(dev: &CudaDevice, m: usize, w: &Int4Weight) -> boo
 /// between the two GEMMs the down GEMM's blocks cannot all become resident
 /// before gate|up ends, docs/CUDA.md change 41), and the weight is where
 /// the plain GEMM takes the whole-column plan (N >= 14336 at K <= 4096,
-/// change 36) with a grid that keeps >= 90% of the SMs busy, i.e. the
-/// fused launch streams the weight as the plain one does and only the
-/// epilogue differs. Elsewhere (small F, few blocks) it is not measured.
+/// change 36) with a one-round grid that keeps >= 90% of the SMs busy,
+/// i.e. the fused launch streams the weight as the plain one does and only
+/// the epilogue differs. Elsewhere (small F, few blocks, several rounds of
+/// blocks) it is not measured.
 pub fn glu_epilogue_preferred(dev: &CudaDevice, m: usize, w: &Int4Weight) -> bool {
     let sm = dev.sm_count();
     m >= GLU_MIN_M_KNOB.get().unwrap_or(GLU_MIN_M)
-        && glu_call(m, w, sm).is_some_and(|c| {
-            let blocks = (w.n / 16) / c.shape.nbpb;
-            w.n / 16 >= DEC_WHOLE_COLUMN_MIN_N16 && blocks * 1000 >= sm * DEC_WHOLE_COLUMN_MIN_FILL
-        })
+        && glu_call(m, w, sm).is_ok_and(|c| glu_fills_one_round(w.n, &c, sm))
+}
+
+/// Whether the GLU launch `c` of an N-row stacked weight is the
+/// whole-column plan's (N/16 >= [`DEC_WHOLE_COLUMN_MIN_N16`]) with one
+/// round of blocks that keeps >= 90% of `sm` SMs busy.
+fn glu_fills_one_round(n: usize, c: &GluCall, sm: usize) -> bool {
+    let blocks = (n / 16) / c.shape.nbpb;
+    n / 16 >= DEC_WHOLE_COLUMN_MIN_N16
+        && blocks <= sm
+        && blocks * 1000 >= sm * DEC_WHOLE_COLUMN_MIN_FILL
 }
 
 /// The gate|up GEMM of a gated MLP with the gated activation in its
@@ -2133,10 +2187,10 @@ pub fn glu_epilogue_preferred(dev: &CudaDevice, m: usize, w: &Int4Weight) -> boo
 /// the end each up warp hands its 16 x M sums to its gate warp through
 /// shared memory, which stores the product. No split-K, so nothing else is
 /// needed from the workspace (`ws` is taken for its empty split-K operands).
-/// Launched with programmatic dependent launch (weights before the wait);
-/// after the first call (kernel compiled and loaded) it only enqueues that
-/// launch, so it can be captured in a CUDA graph. Errors where
-/// [`glu_epilogue_supported`] is false.
+/// Launched with programmatic dependent launch (weights before the wait).
+/// Loads its kernel first ([`GemmWorkspace::prepare_glu`]); inside a CUDA
+/// graph capture use [`int4_gemm_glu_prepared`]. Errors where
+/// [`glu_epilogue_supported`] is false, naming the constraint.
 #[allow(clippy::too_many_arguments)]
 pub fn int4_gemm_glu(
     dev: &Arc<CudaDevice>,
@@ -2145,22 +2199,42 @@ pub fn int4_gemm_glu(
     w: &Int4Weight,
     out: &mut CudaViewMut<'_, f16>,
     act: GluAct,
+    ws: &mut GemmWorkspace,
+) -> Result<GemmPlan> {
+    check_glu_operands(m, w, a.len(), out.len())?;
+    ws.prepare_glu(dev, w, m)?;
+    int4_gemm_glu_prepared(dev, a, m, w, out, act, ws)
+}
+
+/// [`int4_gemm_glu`]'s Unsupported error: the failed constraint, named.
+fn glu_unsupported(reason: String) -> CudaError {
+    CudaError::Unsupported(format!("INT4 GEMM with a GLU epilogue: {reason}"))
+}
+
+/// A holds M*K and out M*F halves (F = N/2).
+fn check_glu_operands(m: usize, w: &Int4Weight, a_len: usize, out_len: usize) -> Result<()> {
+    check_len("A", a_len, m, w.k)?;
+    check_len("GLU output", out_len, m, w.n / 2)
+}
+
+/// The capture-safe form of [`int4_gemm_glu`]: the same launch with a
+/// workspace that [`GemmWorkspace::prepare_glu`] made ready for this
+/// (weight shape, M). It only enqueues the launch (no module load, no
+/// allocation, no synchronisation), so it can be recorded in a CUDA graph;
+/// an unprepared workspace is an error, not a load.
+#[allow(clippy::too_many_arguments)]
+pub fn int4_gemm_glu_prepared(
+    dev: &Arc<CudaDevice>,
+    a: &CudaView<'_, f16>,
+    m: usize,
+    w: &Int4Weight,
+    out: &mut CudaViewMut<'_, f16>,
+    act: GluAct,
     ws: &GemmWorkspace,
 ) -> Result<GemmPlan> {
-    let Some(call) = glu_call(m, w, dev.sm_count()) else {
-        return Err(CudaError::Unsupported(format!(
-            "INT4 GEMM with a GLU epilogue: M = {m} (1..=8), symmetric codes with groups of >= 64 \
-             (zero points {}, group of {} elements), N = {} an even number of 16-column blocks, \
-             K = {} <= 4096",
-            w.neg_zero_scales.is_some(),
-            32 * w.group_k32,
-            w.n,
-            w.k
-        )));
-    };
-    let f = w.n / 2;
-    check_len("A", a.len(), m, w.k)?;
-    check_len("GLU output", out.len(), m, f)?;
+    let call = glu_call(m, w, dev.sm_count()).map_err(glu_unsupported)?;
+    check_glu_operands(m, w, a.len(), out.len())?;
+    ws.check_prepared(call.kernel)?;
     let shape = call.shape;
     let func = dev.function(
         FUSED_MODULE,
@@ -2345,11 +2419,12 @@ mod tests {
         assert!(launch_grid(i32::MAX as usize + 1, 1, 1).is_err());
     }
 
-    /// Every decode plan (M = 1..32; benchmark, Llama-8B decode and odd
-    /// shapes; groups of 32, 128 and per channel; with and without zero
-    /// points) is launchable: shared memory within the attribute (which fits
-    /// sm_80 and sm_90 blocks), at most 16 warps, every warp >= 4 chunks,
-    /// grid within CUDA's limits; forced factors are honoured or refused.
+    /// The GLU-epilogue plans (`glu_call_for`): the Llama-3.1-8B gate|up
+    /// shape H100 runs (14 column blocks x 1 K slice, entry by M and ring
+    /// knob); every supported shape is launchable (shared memory within the
+    /// limit, <= 16 warps, pairs divided evenly) on 132, 108 and 16 SMs,
+    /// with a one-round grid where a divisor <= 8 of the pairs gives one;
+    /// refusals name the constraint.
     #[test]
     fn glu_epilogue_plans_fit() {
         // Llama-3.1-8B gate|up (28672x4096, g128) on 132 SMs: 7 pairs of
@@ -2375,35 +2450,68 @@ mod tests {
                 assert_eq!(c.kernel, want, "{what}");
             }
         }
-        // K slices where the pairs are few; every plan fits and divides.
-        for &(n, kc, g) in &[
-            (224, 16, 4),
-            (96, 16, 2),
-            (416, 32, 4),
-            (8192, 64, 4),
-            (512, 8, 16),
-        ] {
-            for m in 1..=8 {
-                let c = glu_call_for(m, (n, kc, g), false, 132, None).expect("supported");
-                let what = format!("M={m} n={n} kc={kc} {c:?}");
-                assert!(
-                    c.smem <= DEC_SMEM_LIMIT && c.shape.nbpb.is_multiple_of(2),
-                    "{what}"
-                );
-                assert!(c.shape.nbpb * c.shape.k_slices <= DEC_MAX_WARPS, "{what}");
-                assert!((n / 32).is_multiple_of(c.shape.nbpb / 2), "{what}");
-                assert!((n / 16) / c.shape.nbpb <= 132, "{what}");
+        // Every shape the GPU tests (tests/gpu_int4_glu.rs, gpu_decoder's
+        // Llama-width MLP) assert supported, and the K-slice cases where the
+        // pairs are few, on any SM count: every plan fits and divides; one
+        // round of blocks wherever a divisor <= 8 of the pairs allows it,
+        // else the largest divisor (fewest rounds).
+        for sm in [132, 108, 16, 1, 0] {
+            for &(n, kc, g) in &[
+                llama,
+                (28672, 16, 4),
+                (28672, 4, 4),
+                (224, 16, 4),
+                (96, 16, 2),
+                (416, 32, 4),
+                (8192, 64, 4),
+                (512, 8, 16),
+                (64, 4, 4),
+            ] {
+                let pairs = n / 32;
+                let one_round =
+                    (1..=DEC_MAX_WARPS / 2).any(|d| pairs.is_multiple_of(d) && pairs / d <= sm);
+                for m in 1..=8 {
+                    for knob in [None, Some(8)] {
+                        let c = glu_call_for(m, (n, kc, g), false, sm, knob)
+                            .unwrap_or_else(|e| panic!("M={m} n={n} kc={kc} sm={sm}: {e}"));
+                        let what = format!("M={m} n={n} kc={kc} sm={sm} {c:?}");
+                        assert!(
+                            c.smem <= DEC_SMEM_LIMIT && c.shape.nbpb.is_multiple_of(2),
+                            "{what}"
+                        );
+                        assert_eq!(c.shape.splits, 1, "{what}");
+                        assert!(c.shape.nbpb * c.shape.k_slices <= DEC_MAX_WARPS, "{what}");
+                        assert!(pairs.is_multiple_of(c.shape.nbpb / 2), "{what}");
+                        let blocks = (n / 16) / c.shape.nbpb;
+                        if one_round {
+                            assert!(blocks <= sm, "{what}");
+                        } else {
+                            let widest = (1..=DEC_MAX_WARPS / 2)
+                                .filter(|&d| pairs.is_multiple_of(d))
+                                .max();
+                            assert_eq!(Some(c.shape.nbpb / 2), widest, "{what}");
+                        }
+                    }
+                }
             }
         }
-        // Refused: M = 0 or > 8, zero points, groups of 32, F not whole
-        // column blocks, K > 4096, no SMs.
-        assert!(glu_call_for(0, llama, false, 132, None).is_none());
-        assert!(glu_call_for(9, llama, false, 132, None).is_none());
-        assert!(glu_call_for(1, llama, true, 132, None).is_none());
-        assert!(glu_call_for(1, (28672, 64, 1), false, 132, None).is_none());
-        assert!(glu_call_for(1, (28688, 64, 4), false, 132, None).is_none());
-        assert!(glu_call_for(1, (28672, 65, 4), false, 132, None).is_none());
-        assert!(glu_call_for(1, llama, false, 0, None).is_none());
+        // The Llama gate|up on 108 SMs (A100): no divisor <= 8 of 896 pairs
+        // gives <= 108 blocks, so 8 pairs per block, 112 blocks (two rounds).
+        let c = glu_call_for(8, llama, false, 108, None).expect("Llama on 108 SMs");
+        assert_eq!((c.shape.nbpb, c.shape.k_slices), (16, 1));
+        // Refused, naming the constraint: M = 0 or > 8, zero points, groups
+        // of 32, F not whole column blocks, K > 4096.
+        for (m, shape, zeros, want) in [
+            (0, llama, false, "M = 0"),
+            (9, llama, false, "M = 9"),
+            (1, llama, true, "zero points"),
+            (1, (28672, 64, 1), false, "groups of 32"),
+            (1, (28688, 64, 4), false, "multiple of 16"),
+            (1, (28672, 65, 4), false, "K > 4096"),
+        ] {
+            let e = glu_call_for(m, shape, zeros, 132, None).expect_err(want);
+            assert!(e.contains(want), "{want}: {e}");
+        }
     }
 
     /// The residency model of docs/CUDA.md change 43: Llama-3.1-8B's decode
@@ -2483,6 +2591,11 @@ mod tests {
         assert!(2 * block(o, false) + block(gate_up, false) <= sm_smem);
     }
 
+    /// Every decode plan (M = 1..32; benchmark, Llama-8B decode and odd
+    /// shapes; groups of 32, 128 and per channel; with and without zero
+    /// points) is launchable: shared memory within the attribute (which fits
+    /// sm_80 and sm_90 blocks), at most 16 warps, every warp >= 4 chunks,
+    /// grid within CUDA's limits; forced factors are honoured or refused.
     #[test]
     fn decode_plans_are_launchable() {
         assert!(decode_smem_attr() <= 163 * 1024);

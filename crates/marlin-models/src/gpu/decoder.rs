@@ -35,7 +35,7 @@ use cudarc::driver::CudaSlice;
 use half::f16;
 use marlin_cuda::ggml::GgmlGpuWeight;
 use marlin_cuda::int4::gemm::{
-    fused_supported, glu_epilogue_preferred, int4_gemm, int4_gemm_fused, int4_gemm_glu,
+    fused_supported, glu_epilogue_preferred, int4_gemm, int4_gemm_fused, int4_gemm_glu_prepared,
     GemmOptions, GemmWorkspace, GluAct, Int4Epilogue, Int4Prologue, FUSED_MAX_M,
 };
 use marlin_cuda::knobs::Switch;
@@ -432,6 +432,27 @@ impl Scratch {
             Acts::F32(ActBufs::new(dev, dec, max_m, logit_rows)?)
         };
         let picks = max_m.max(logit_rows);
+        // The GLU-epilogue kernels the unfused step may take, loaded now: a
+        // capture of a batch size that never ran eagerly must not compile or
+        // load a module. Exactly the (weight, M) `linear_glu` launches
+        // (`glu_epilogue_preferred`, a subset of the supported ones): other
+        // models do not pay for compiling the fused module (opt-in
+        // elsewhere) at every start.
+        let mut ws = GemmWorkspace::new(dev)?;
+        if f16_acts {
+            for b in &dec.blocks {
+                if let GateUpWeights::Fused(GpuLinear::Int4(w)) = &b.gate_up {
+                    if w.n != 2 * ffn {
+                        continue;
+                    }
+                    for m in 1..=max_m.min(8) {
+                        if glu_epilogue_preferred(dev, m, w) {
+                            ws.prepare_glu(dev, w, m)?;
+                        }
+                    }
+                }
+            }
+        }
         Ok(Self {
             max_m,
             logit_rows,
@@ -453,7 +474,7 @@ impl Scratch {
             v32: dev.alloc_zeros("values", rows(kvd)?)?,
             attn32: dev.alloc_zeros("attention outputs (f32)", rows(qd)?)?,
             lin,
-            ws: GemmWorkspace::new(dev)?,
+            ws,
             acts,
         })
     }
@@ -487,7 +508,8 @@ trait DecoderAct: ActElem {
     ) -> Result<()>;
 
     /// The gate|up GEMM of the stacked weight `l` with the gated activation
-    /// in its epilogue ([`int4_gemm_glu`]): `out (m, ffn) = act(gate) * up`
+    /// in its epilogue ([`int4_gemm_glu_prepared`]; `Scratch::new` loaded
+    /// its kernel): `out (m, ffn) = act(gate) * up`
     /// in one launch. `Ok(false)` (nothing launched) where it does not apply:
     /// f32 activations, a weight other than INT4, or a call
     /// [`glu_epilogue_preferred`] leaves to the GEMM + `glu` pair.
@@ -614,7 +636,8 @@ impl DecoderAct for f16 {
     ) -> Result<bool> {
         match l {
             GpuLinear::Int4(w) if glu_epilogue_preferred(dev, m, w) => {
-                int4_gemm_glu(dev, &x.as_view(), m, w, &mut out.as_view_mut(), act, g.ws)?;
+                // Loaded by `Scratch::new` (an error here, not a load).
+                int4_gemm_glu_prepared(dev, &x.as_view(), m, w, &mut out.as_view_mut(), act, g.ws)?;
                 Ok(true)
             }
             _ => Ok(false),
