@@ -15,7 +15,7 @@
 #                             and gpu_int4_glu's with MARLIN_INT4_GLU_STAGES=8
 #                             and gpu_int4_wgmma_ws' split-K test with
 #                             MARLIN_WGMMA_WS_OLD_EPILOGUE=1
-#                             and gpu_decoder's model checks with MARLIN_CUDA_NORM_VEC=1
+#                             and gpu_decoder's model checks with MARLIN_CUDA_NORM_VEC=0
 #   MARLIN_BENCH_GEMM=0       skip the GEMM benchmark
 #   MARLIN_BENCH_DECODE=0     skip `marlin bench decode` (Llama-3.1-8B-shaped INT4)
 #   MARLIN_BENCH_DECODE_ARGS  its arguments (default: --batch 1,8,32 --ctx 512)
@@ -81,12 +81,13 @@ if [ "${MARLIN_TESTS:-1}" != 0 ]; then
             step "test $name (ATTN_CLUSTER=1)" "$out/test_${name}_cluster.log" \
                 env MARLIN_CUDA_ATTN_CLUSTER=1 "$t" --test-threads=1 --nocapture attention
         fi
-        # The residual + norm's vector form (docs/CUDA.md change 44, opt-in
-        # until measured) through the real models (Gemma's post-norms; they
-        # skip when the models are not shipped) and the tiny Qwen3 check.
+        # The residual + norm's scalar form (the default before docs/CUDA.md
+        # change 44's A/B; also the fallback of rows the vector form refuses)
+        # through the real models (Gemma's post-norms; they skip when the
+        # models are not shipped) and the tiny Qwen3 check.
         if [ "$name" = gpu_decoder-test ] && [ "${MARLIN_TEST_KNOB_VARIANTS:-1}" != 0 ]; then
-            step "test $name (NORM_VEC=1)" "$out/test_${name}_normvec.log" \
-                env MARLIN_CUDA_NORM_VEC=1 "$t" --test-threads=1 --nocapture tiny_qwen3 _on_gpu_matches_transformers
+            step "test $name (NORM_VEC=0)" "$out/test_${name}_normscalar.log" \
+                env MARLIN_CUDA_NORM_VEC=0 "$t" --test-threads=1 --nocapture tiny_qwen3 _on_gpu_matches_transformers
         fi
         # The GLU-epilogue GEMM with the 8-stage ring at M <= 4 (not the default).
         if [ "$name" = gpu_int4_glu-test ] && [ "${MARLIN_TEST_KNOB_VARIANTS:-1}" != 0 ]; then

@@ -465,9 +465,11 @@ pub fn attn_cluster_launches() -> u64 {
 }
 
 /// Whether decode kernel `func` can run clusters of `splits` blocks with
-/// `cfg` on `dev` (asked once per device, kernel and size; allows
-/// non-portable sizes above 8 on the function first). Any driver refusal
-/// means no.
+/// `cfg` on `dev` (the occupancy asked once per loaded function and size;
+/// non-portable sizes above 8 allowed on the function every time, because
+/// that attribute belongs to the loaded function: a device or module loaded
+/// again, e.g. by another test of the same process, has a new function).
+/// Any driver refusal means no.
 fn cluster_fits(
     dev: &CudaDevice,
     func: &CudaFunction,
@@ -475,15 +477,6 @@ fn cluster_fits(
     splits: usize,
     cfg: &LaunchConfig,
 ) -> Result<bool> {
-    type Key = (usize, &'static str, usize);
-    static SEEN: Mutex<Vec<(Key, bool)>> = Mutex::new(Vec::new());
-    let key: Key = (dev.ordinal(), name, splits);
-    let mut seen = SEEN
-        .lock()
-        .map_err(|_| CudaError::NotAvailable("cluster cache lock poisoned".into()))?;
-    if let Some(&(_, ok)) = seen.iter().find(|(k, _)| *k == key) {
-        return Ok(ok);
-    }
     let Ok(cluster_x) = u32::try_from(splits) else {
         return Ok(false);
     };
@@ -496,7 +489,20 @@ fn cluster_fits(
                 1,
             )
             .is_ok();
-    let ok = size_allowed && {
+    if !size_allowed {
+        return Ok(false);
+    }
+    // Keyed by the device ordinal, the loaded function's handle and name.
+    type Key = (usize, usize, &'static str, usize);
+    static SEEN: Mutex<Vec<(Key, bool)>> = Mutex::new(Vec::new());
+    let key: Key = (dev.ordinal(), func.cu_function() as usize, name, splits);
+    let mut seen = SEEN
+        .lock()
+        .map_err(|_| CudaError::NotAvailable("cluster cache lock poisoned".into()))?;
+    if let Some(&(_, ok)) = seen.iter().find(|(k, _)| *k == key) {
+        return Ok(ok);
+    }
+    let ok = {
         let (mut config, mut attrs, n_attrs) =
             launch_config(cfg, dev.stream().cu_stream(), false, cluster_x);
         config.attrs = attrs.as_mut_ptr();

@@ -85,12 +85,14 @@ pub enum NormForm {
 pub const NORM_VEC_MAX_DIM: usize = 1024 * 8;
 
 impl NormForm {
-    /// The process default: [`NormForm::Vector`] with `MARLIN_CUDA_NORM_VEC=1`,
-    /// else [`NormForm::Scalar`] (read once; the GPU decoder's
+    /// The process default: [`NormForm::Vector`], or [`NormForm::Scalar`]
+    /// with `MARLIN_CUDA_NORM_VEC=0` (read once; docs/CUDA.md change 44:
+    /// the vector form measured 66-68 / 99-103 / 72-77 us faster per graph
+    /// step at batch 1 / 8 / 32 on the H100, three interleaved rounds; the GPU decoder's
     /// `Scratch::norm_form` in marlin-models starts from it, a field that
     /// tests and same-process comparisons set).
     pub fn from_env() -> Self {
-        static VEC: crate::knobs::Switch = crate::knobs::Switch::new("MARLIN_CUDA_NORM_VEC", false);
+        static VEC: crate::knobs::Switch = crate::knobs::Switch::new("MARLIN_CUDA_NORM_VEC", true);
         if VEC.get() {
             NormForm::Vector
         } else {
