@@ -575,6 +575,48 @@ fn assert_graph_matches_eager(
     );
 }
 
+/// Two configurations of the same decoder stepped side by side, each with
+/// its own scratch and KV cache, over the batch schedule `batches` (rows
+/// are 16 distinct sequences; row `i` of step `step` reads token
+/// `(step * mix.0 + i * mix.1 + mix.2) % vocab`), their logits compared
+/// after every step: per step (step, M, largest |Δlogit| of the first run
+/// against the second, the second's largest |logit| as the scale). `pos`
+/// advances with the steps, so the caller can run the last step again
+/// (`assert_graph_matches_eager`).
+fn compare_steps(
+    dev: &Arc<CudaDevice>,
+    dec: &GpuDecoder,
+    mut runs: [(&mut Scratch, &mut GpuKvCache); 2],
+    batches: &[usize],
+    mix: (usize, usize, usize),
+    vocab: usize,
+    pos: &mut [i32; 16],
+) -> Vec<(usize, usize, f32, f32)> {
+    let seqs: Vec<i32> = (0..16).collect();
+    let mut diffs = Vec::with_capacity(batches.len());
+    for (step, &m) in batches.iter().enumerate() {
+        let ids: Vec<u32> = (0..16)
+            .map(|i| ((step * mix.0 + i * mix.1 + mix.2) % vocab) as u32)
+            .collect();
+        let mut logits = Vec::new();
+        for (s, cache) in runs.iter_mut() {
+            dev.write(&mut s.ids, &ids).unwrap();
+            s.set_row_sequences(dev, &seqs).unwrap();
+            dev.write(&mut s.row_pos, &pos[..]).unwrap();
+            dec.forward_rows(dev, &mut **cache, s, m, LogitRows::All, Select::None)
+                .unwrap();
+            let l = dev.download(&s.logits).unwrap();
+            logits.push(l[..m * vocab].to_vec());
+        }
+        let scale = logits[1].iter().fold(1.0f32, |a, v| a.max(v.abs()));
+        diffs.push((step, m, max_abs_diff(&logits[0], &logits[1]), scale));
+        for p in pos.iter_mut().take(m) {
+            *p += 1;
+        }
+    }
+    diffs
+}
+
 /// The fused decode step (RMSNorm in the q|k|v and gate|up GEMMs, residual
 /// adds in o and down, SwiGLU in down: docs/CUDA.md change 31) against the
 /// unfused step on the same weights, caches and tokens (batches of 1, 3,
@@ -606,23 +648,17 @@ fn fused_decode_ops_match_unfused_step_and_graph() {
     let mut cache_f = dec.new_cache(&dev, 16, 32).unwrap();
     let mut cache_p = dec.new_cache(&dev, 16, 32).unwrap();
     let mut pos = [0i32; 16];
-    for (step, &m) in [1usize, 3, 16, 5, 16].iter().enumerate() {
-        let ids: Vec<u32> = (0..16)
-            .map(|i| ((step * 37 + i * 101 + 5) % vocab) as u32)
-            .collect();
-        let seqs: Vec<i32> = (0..16).collect();
-        let mut logits = Vec::new();
-        for (s, cache) in [(&mut fused, &mut cache_f), (&mut plain, &mut cache_p)] {
-            dev.write(&mut s.ids, &ids).unwrap();
-            s.set_row_sequences(&dev, &seqs).unwrap();
-            dev.write(&mut s.row_pos, &pos).unwrap();
-            dec.forward_rows(&dev, cache, s, m, LogitRows::All, Select::None)
-                .unwrap();
-            let l = dev.download(&s.logits).unwrap();
-            logits.push(l[..m * vocab].to_vec());
-        }
-        let scale = logits[1].iter().fold(1.0f32, |a, v| a.max(v.abs()));
-        let d = max_abs_diff(&logits[0], &logits[1]);
+    let runs = [(&mut fused, &mut cache_f), (&mut plain, &mut cache_p)];
+    let diffs = compare_steps(
+        &dev,
+        &dec,
+        runs,
+        &[1, 3, 16, 5, 16],
+        (37, 101, 5),
+        vocab,
+        &mut pos,
+    );
+    for (step, m, d, scale) in diffs {
         eprintln!("fused vs unfused, step {step} (M = {m}): max |Δlogit| {d:.3e} of {scale:.2}");
         // f16 activations: the fused norm sums in another order, which can
         // move an f16-rounded activation by one ulp (2^-11).
@@ -630,9 +666,6 @@ fn fused_decode_ops_match_unfused_step_and_graph() {
             d <= 1e-2 * scale,
             "step {step} M={m}: max |Δlogit| {d} of {scale}"
         );
-        for p in pos.iter_mut().take(m) {
-            *p += 1;
-        }
     }
 
     // The last fused step again, eager and captured in a CUDA graph.
@@ -697,23 +730,17 @@ fn glu_in_gate_up_gemm_matches_unfused_step_and_graph() {
     let mut cache_g = dec.new_cache(&dev, 16, 32).unwrap();
     let mut cache_p = dec.new_cache(&dev, 16, 32).unwrap();
     let mut pos = [0i32; 16];
-    for (step, &m) in [1usize, 3, 8, 16, 5, 8].iter().enumerate() {
-        let ids: Vec<u32> = (0..16)
-            .map(|i| ((step * 41 + i * 97 + 3) % vocab) as u32)
-            .collect();
-        let seqs: Vec<i32> = (0..16).collect();
-        let mut logits = Vec::new();
-        for (s, cache) in [(&mut glu, &mut cache_g), (&mut plain, &mut cache_p)] {
-            dev.write(&mut s.ids, &ids).unwrap();
-            s.set_row_sequences(&dev, &seqs).unwrap();
-            dev.write(&mut s.row_pos, &pos).unwrap();
-            dec.forward_rows(&dev, cache, s, m, LogitRows::All, Select::None)
-                .unwrap();
-            let l = dev.download(&s.logits).unwrap();
-            logits.push(l[..m * vocab].to_vec());
-        }
-        let scale = logits[1].iter().fold(1.0f32, |a, v| a.max(v.abs()));
-        let d = max_abs_diff(&logits[0], &logits[1]);
+    let runs = [(&mut glu, &mut cache_g), (&mut plain, &mut cache_p)];
+    let diffs = compare_steps(
+        &dev,
+        &dec,
+        runs,
+        &[1, 3, 8, 16, 5, 8],
+        (41, 97, 3),
+        vocab,
+        &mut pos,
+    );
+    for (step, m, d, scale) in diffs {
         eprintln!(
             "GLU epilogue vs unfused, step {step} (M = {m}): max |Δlogit| {d:.3e} of {scale:.2}"
         );
@@ -723,9 +750,6 @@ fn glu_in_gate_up_gemm_matches_unfused_step_and_graph() {
             d <= 1e-2 * scale,
             "step {step} M={m}: max |Δlogit| {d} of {scale}"
         );
-        for p in pos.iter_mut().take(m) {
-            *p += 1;
-        }
     }
 
     // The last step (M = 8) again, eager and captured in a CUDA graph.
@@ -780,23 +804,17 @@ fn vector_norm_matches_scalar_step_and_graph() {
         let mut cache_v = dec.new_cache(&dev, 16, 32).unwrap();
         let mut cache_p = dec.new_cache(&dev, 16, 32).unwrap();
         let mut pos = [0i32; 16];
-        for (step, &m) in [1usize, 3, 16, 5].iter().enumerate() {
-            let ids: Vec<u32> = (0..16)
-                .map(|i| ((step * 43 + i * 89 + 11) % vocab) as u32)
-                .collect();
-            let seqs: Vec<i32> = (0..16).collect();
-            let mut logits = Vec::new();
-            for (s, cache) in [(&mut vec_s, &mut cache_v), (&mut plain, &mut cache_p)] {
-                dev.write(&mut s.ids, &ids).unwrap();
-                s.set_row_sequences(&dev, &seqs).unwrap();
-                dev.write(&mut s.row_pos, &pos).unwrap();
-                dec.forward_rows(&dev, cache, s, m, LogitRows::All, Select::None)
-                    .unwrap();
-                let l = dev.download(&s.logits).unwrap();
-                logits.push(l[..m * vocab].to_vec());
-            }
-            let scale = logits[1].iter().fold(1.0f32, |a, v| a.max(v.abs()));
-            let d = max_abs_diff(&logits[0], &logits[1]);
+        let runs = [(&mut vec_s, &mut cache_v), (&mut plain, &mut cache_p)];
+        let diffs = compare_steps(
+            &dev,
+            dec,
+            runs,
+            &[1, 3, 16, 5],
+            (43, 89, 11),
+            vocab,
+            &mut pos,
+        );
+        for (step, m, d, scale) in diffs {
             eprintln!(
                 "vector vs scalar norm, {path} path, step {step} (M = {m}): max |Δlogit| {d:.3e} of {scale:.2}"
             );
@@ -804,9 +822,6 @@ fn vector_norm_matches_scalar_step_and_graph() {
                 d <= rel * scale,
                 "{path} step {step} M={m}: max |Δlogit| {d} of {scale}"
             );
-            for p in pos.iter_mut().take(m) {
-                *p += 1;
-            }
         }
 
         // The last step again, eager and captured in a CUDA graph.
