@@ -149,6 +149,52 @@ __device__ __forceinline__ float ld_cg_f32(const float* p) {
     return r;
 }
 
+// The swapped wgmma GEMMs (w4a16_wgmma.cu, w4a16_wgmma_ws.cu: weights as
+// A, tokens as B) keep a warp's 16-column x TOK-token tile in TOK/2 floats
+// per thread: acc[4q + e] is weight column nb*16 + g + 8*(e>>1) of token
+// m_base + 8q + 2t + (e&1) (g = lane/4, t = lane%4). The tile to row-major
+// (M, N) f16 C (rows >= M and columns >= N dropped):
+template <int TOK>
+__device__ __forceinline__ void acc_tile_store_f16(const float (&acc)[TOK / 2], u16* __restrict__ C, int M, int N,
+                                                   int m_base, int nb, int g, int t) {
+#pragma unroll
+    for (int q = 0; q < TOK / 8; q++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int row = m_base + 8 * q + 2 * t + (e & 1);
+            const int col = nb * 16 + g + 8 * (e >> 1);
+            if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[4 * q + e]);
+        }
+}
+// The tile to split `split`'s slot of (splits, M, n_pad) fp32 partials
+// (rows < M; n_pad covers every column of the tile).
+template <int TOK>
+__device__ __forceinline__ void acc_tile_store_partial(const float (&acc)[TOK / 2], float* __restrict__ partials,
+                                                       int split, int M, int n_pad, int m_base, int nb, int g, int t) {
+#pragma unroll
+    for (int q = 0; q < TOK / 8; q++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int row = m_base + 8 * q + 2 * t + (e & 1);
+            const int col = nb * 16 + g + 8 * (e >> 1);
+            if (row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[4 * q + e];
+        }
+}
+// One split's (M, n_pad) fp32 partials added to the tile (through L2:
+// other blocks wrote them).
+template <int TOK>
+__device__ __forceinline__ void acc_tile_add_partial(float (&acc)[TOK / 2], const float* part, int M, int n_pad,
+                                                     int m_base, int nb, int g, int t) {
+#pragma unroll
+    for (int q = 0; q < TOK / 8; q++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int row = m_base + 8 * q + 2 * t + (e & 1);
+            const int col = nb * 16 + g + 8 * (e >> 1);
+            if (row < M) acc[4 * q + e] += ld_cg_f32(&part[(size_t)row * n_pad + col]);
+        }
+}
+
 __device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::); }

@@ -371,26 +371,12 @@ __device__ __forceinline__ void w4a16_wgmma_body(
     // m_base + 8q + 2t + (e&1).
     if (splits == 1) {
         if (!tile_valid) return;
-#pragma unroll
-        for (int q = 0; q < TOK / 8; q++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int row = m_base + 8 * q + 2 * t + (e & 1);
-                const int col = nb * 16 + g + 8 * (e >> 1);
-                if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[4 * q + e]);
-            }
+        acc_tile_store_f16<TOK>(acc, C, M, N, m_base, nb, g, t);
         return;
     }
     if constexpr (LEGACY) {
         if (tile_valid) {
-#pragma unroll
-            for (int q = 0; q < TOK / 8; q++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int row = m_base + 8 * q + 2 * t + (e & 1);
-                    const int col = nb * 16 + g + 8 * (e >> 1);
-                    if (row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[4 * q + e];
-                }
+            acc_tile_store_partial<TOK>(acc, partials, split, M, n_pad, m_base, nb, g, t);
         }
         __threadfence();
         __syncthreads();
@@ -408,23 +394,9 @@ __device__ __forceinline__ void w4a16_wgmma_body(
             for (int i = 0; i < TOK / 2; i++) acc[i] = 0.0f;
             for (int sp_i = 0; sp_i < splits; sp_i++) {
                 const float* part = partials + (size_t)sp_i * M * n_pad;
-#pragma unroll
-                for (int q = 0; q < TOK / 8; q++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int row = m_base + 8 * q + 2 * t + (e & 1);
-                        const int col = nb * 16 + g + 8 * (e >> 1);
-                        if (row < M) acc[4 * q + e] += ld_cg_f32(&part[(size_t)row * n_pad + col]);
-                    }
+                acc_tile_add_partial<TOK>(acc, part, M, n_pad, m_base, nb, g, t);
             }
-#pragma unroll
-            for (int q = 0; q < TOK / 8; q++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int row = m_base + 8 * q + 2 * t + (e & 1);
-                    const int col = nb * 16 + g + 8 * (e >> 1);
-                    if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[4 * q + e]);
-                }
+            acc_tile_store_f16<TOK>(acc, C, M, N, m_base, nb, g, t);
         }
         if (tid == 0) tickets[ticket_legacy] = 0u;
         return;
@@ -509,14 +481,7 @@ __device__ __forceinline__ void w4a16_wgmma_body(
                 for (int i = 0; i < TOK / 2; i++) acc[i] += v0[i];
             }
         }
-#pragma unroll
-        for (int q = 0; q < TOK / 8; q++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int row = m_base + 8 * q + 2 * t + (e & 1);
-                const int col = nb * 16 + g + 8 * (e >> 1);
-                if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[4 * q + e]);
-            }
+        acc_tile_store_f16<TOK>(acc, C, M, N, m_base, nb, g, t);
     }
     if (tid == 0) tickets[ticket_idx] = 0u;
 }

@@ -470,14 +470,7 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                     const int tile = tile_base + TPW * cw + p;
                     if (tile >= n_tiles) continue;
                     const int nb = tile * 4 + warp;
-#pragma unroll
-                    for (int q = 0; q < TOK / 8; q++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++) {
-                            const int row = m_base + 8 * q + 2 * t + (e & 1);
-                            const int col = nb * 16 + g + 8 * (e >> 1);
-                            if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[p][4 * q + e]);
-                        }
+                    acc_tile_store_f16<TOK>(acc[p], C, M, N, m_base, nb, g, t);
                 }
                 return;
             }
@@ -486,14 +479,7 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                 const int tile = tile_base + TPW * cw + p;
                 if (tile >= n_tiles) continue;
                 const int nb = tile * 4 + warp;
-#pragma unroll
-                for (int q = 0; q < TOK / 8; q++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int row = m_base + 8 * q + 2 * t + (e & 1);
-                        const int col = nb * 16 + g + 8 * (e >> 1);
-                        if (row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[p][4 * q + e];
-                    }
+                acc_tile_store_partial<TOK>(acc[p], partials, split, M, n_pad, m_base, nb, g, t);
             }
             __threadfence();
             ws_consumer_sync();
@@ -516,23 +502,9 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                 for (int x = 0; x < TOK / 2; x++) acc[p][x] = 0.0f;
                 for (int sp = 0; sp < splits; sp++) {
                     const float* part = partials + (size_t)sp * M * n_pad;
-#pragma unroll
-                    for (int q = 0; q < TOK / 8; q++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++) {
-                            const int row = m_base + 8 * q + 2 * t + (e & 1);
-                            const int col = nb * 16 + g + 8 * (e >> 1);
-                            if (row < M) acc[p][4 * q + e] += ld_cg_f32(&part[(size_t)row * n_pad + col]);
-                        }
+                    acc_tile_add_partial<TOK>(acc[p], part, M, n_pad, m_base, nb, g, t);
                 }
-#pragma unroll
-                for (int q = 0; q < TOK / 8; q++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int row = m_base + 8 * q + 2 * t + (e & 1);
-                        const int col = nb * 16 + g + 8 * (e >> 1);
-                        if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[p][4 * q + e]);
-                    }
+                acc_tile_store_f16<TOK>(acc[p], C, M, N, m_base, nb, g, t);
             }
             if (ct == 0) tickets[ticket_idx] = 0u;
             return;
