@@ -87,7 +87,7 @@ pub const NORM_VEC_MAX_DIM: usize = 1024 * 8;
 impl NormForm {
     /// The process default: [`NormForm::Vector`], or [`NormForm::Scalar`]
     /// with `MARLIN_CUDA_NORM_VEC=0` (read once; docs/CUDA.md change 44:
-    /// the vector form measured 66-68 / 99-103 / 72-77 us faster per graph
+    /// the vector form measured 65-68 / 102-104 / 72-89 us faster per graph
     /// step at batch 1 / 8 / 32 on the H100, three interleaved rounds; the GPU decoder's
     /// `Scratch::norm_form` in marlin-models starts from it, a field that
     /// tests and same-process comparisons set).
