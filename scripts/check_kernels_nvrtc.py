@@ -80,6 +80,7 @@ def compile_one(lib, path, arch, prefix=b""):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--show-log", action="store_true", help="print NVRTC logs of successful compiles too")
+    ap.add_argument("files", nargs="*", help="check only these .cu files (base names, e.g. ops.cu); default all")
     args = ap.parse_args()
     lib_path = find_nvrtc()
     # NVRTC dlopens libnvrtc-builtins at compile time; the pip wheel's lib
@@ -92,6 +93,12 @@ def main():
     lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
     print(f"NVRTC {major.value}.{minor.value} from {lib_path}")
     sources = sorted(glob.glob(os.path.join(KERNEL_DIR, "*.cu")))
+    if args.files:
+        wanted = {os.path.basename(f) for f in args.files}
+        missing = wanted - {os.path.basename(p) for p in sources}
+        if missing:
+            sys.exit(f"not under {KERNEL_DIR}: {', '.join(sorted(missing))}")
+        sources = [p for p in sources if os.path.basename(p) in wanted]
     if not sources:
         sys.exit(f"no .cu files under {KERNEL_DIR}")
     failures = 0

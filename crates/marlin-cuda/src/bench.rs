@@ -28,6 +28,7 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaSlice;
 use half::f16;
 
+use crate::bench_read::ReadPeer;
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
 use crate::int4::bulk::{bulk_supported, BULK_MAX_M};
@@ -188,6 +189,9 @@ pub struct GemmBenchRow {
     pub dec_shape: Option<(usize, usize, usize)>,
     /// Bytes of codes and scales one call streams.
     pub weight_bytes: usize,
+    /// The streaming-read peer on the same bytes (`crate::bench_read`):
+    /// the bandwidth limit at this size, launch ramp and tail included.
+    pub read_us: f64,
     /// Weight bytes per microsecond, in TB/s.
     pub weight_tbps: f64,
     pub tflops: f64,
@@ -233,7 +237,7 @@ impl fmt::Display for GemmBenchReport {
         }
         writeln!(
             f,
-            "{:>8} {:>5} {:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7}",
+            "{:>8} {:>5} {:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7}",
             "format",
             "bit/w",
             "N x K",
@@ -252,6 +256,8 @@ impl fmt::Display for GemmBenchReport {
             "speedup",
             "TB/s",
             "%copy",
+            "read us",
+            "%read",
             "TFLOP/s",
             "ctx us",
             "fu ctx",
@@ -262,7 +268,7 @@ impl fmt::Display for GemmBenchReport {
         for r in &self.rows {
             writeln!(
                 f,
-                "{:>8} {:>5.2} {:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>7.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7}",
+                "{:>8} {:>5.2} {:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>8.2} {:>5.1}% {:>7.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7}",
                 r.format.name(),
                 r.bits_per_weight(),
                 format!("{}x{}", r.n, r.k),
@@ -290,6 +296,8 @@ impl fmt::Display for GemmBenchReport {
                 r.speedup(),
                 r.weight_tbps,
                 100.0 * r.weight_tbps / self.copy_tbps,
+                r.read_us,
+                100.0 * r.read_us / r.us,
                 r.tflops,
                 r.ctx_us,
                 r.fused_ctx_us,
@@ -458,7 +466,10 @@ fn bench_shape(
     let mut formats = Vec::new();
     for &format in &cfg.formats {
         let (weights, bytes) = Weights::build(dev, format, n, k)?;
-        formats.push((format, weights, bytes));
+        // The same bytes, rotated over as many copies, only read.
+        let read_us = ReadPeer::new(dev, bytes, copies_for(bytes))?
+            .time_us(dev, |f| time_us(dev, cfg.reps, cfg.batches, f))?;
+        formats.push((format, weights, bytes, read_us));
     }
     // fp16 peer: random values of the same magnitude (cuBLAS time does not
     // depend on the values, but zeros are avoided on principle).
@@ -511,7 +522,7 @@ fn bench_shape(
         } else {
             f64::NAN
         };
-        for (format, weights, weight_bytes) in &formats {
+        for (format, weights, weight_bytes, read_us) in &formats {
             // after_delay: each call after a delay kernel, the delay kernels'
             // own time subtracted (decode context, module doc).
             let mut time_path = |path: GemmPath, splits: Option<usize>, after_delay: bool| {
@@ -688,6 +699,7 @@ fn bench_shape(
                 stream_k_ctx_us,
                 dec_shape: None,
                 weight_bytes: *weight_bytes,
+                read_us: *read_us,
                 weight_tbps: *weight_bytes as f64 / (us * 1e-6) / 1e12,
                 tflops: 2.0 * (m * n * k) as f64 / (us * 1e-6) / 1e12,
             };

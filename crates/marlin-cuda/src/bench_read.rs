@@ -1,0 +1,99 @@
+//! The streaming-read peer of the GEMM benchmark (`kernels/bench_read.cu`):
+//! the time a kernel that only reads a weight's bytes takes, launched the
+//! way the INT4 GEMMs are (programmatic dependent launch, back to back,
+//! rotating over copies that do not fit in L2 together). It is the bandwidth
+//! limit at that size, with the launch ramp and tail that the asymptotic copy
+//! bandwidth (a 1 GiB device-to-device copy) does not have: `read us` and
+//! `%read` in `marlin-cuda-bench`'s table.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, LaunchConfig};
+
+use crate::device::CudaDevice;
+use crate::error::{CudaError, Result};
+use crate::int4::random::XorShift;
+use crate::ops::launch::KernelLaunch;
+
+const MODULE: &str = "bench_read";
+const SOURCE: &str = include_str!("kernels/bench_read.cu");
+const FUNC: &str = "bench_stream_read";
+/// Threads per block (the kernel's `__launch_bounds__`).
+const THREADS: u32 = 512;
+/// Blocks per SM tried; the fastest counts (the peer is the best plain read).
+const BLOCKS_PER_SM: [usize; 3] = [1, 2, 4];
+
+/// Weight-sized buffers the read kernel rotates over (as the GEMM rotates
+/// over weight copies), filled with random bytes.
+pub struct ReadPeer {
+    copies: Vec<CudaSlice<u8>>,
+    sink: CudaSlice<u32>,
+    words: i64,
+}
+
+impl ReadPeer {
+    /// `copies` buffers of `bytes` bytes (rounded down to 16-byte words).
+    pub fn new(dev: &CudaDevice, bytes: usize, copies: usize) -> Result<Self> {
+        let words = bytes / 16;
+        if words == 0 || copies == 0 {
+            return Err(CudaError::Shape(format!(
+                "streaming-read peer of {bytes} bytes x {copies} copies (needs >= 16 bytes, >= 1 copy)"
+            )));
+        }
+        let mut rng = XorShift::new(bytes as u64 ^ 0x5EED);
+        let host: Vec<u8> = (0..words * 16).map(|_| rng.next_u64() as u8).collect();
+        let copies = (0..copies)
+            .map(|_| dev.upload("streaming-read peer buffer", &host))
+            .collect::<Result<_>>()?;
+        let words = i64::try_from(words)
+            .map_err(|_| CudaError::Shape(format!("{bytes} bytes exceed i64 words")))?;
+        Ok(Self {
+            copies,
+            sink: dev.alloc_zeros::<u32>("streaming-read sink", 1)?,
+            words,
+        })
+    }
+
+    /// One launch reading copy `i % copies` with `blocks` blocks.
+    fn launch(&self, dev: &Arc<CudaDevice>, i: usize, blocks: u32) -> Result<()> {
+        let func = dev.function(MODULE, SOURCE, FUNC, 0)?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let n = self.copies.len();
+        // The XOR of random bytes equals this with probability 2^-32 per
+        // thread; a store then is harmless (the sink is ours).
+        let never: u32 = 0xA5C3_0F96;
+        let mut launch = KernelLaunch::new(dev, &func, FUNC);
+        launch
+            .arg(&self.copies[i % n])
+            .arg(&self.words)
+            .arg(&self.sink)
+            .arg(&never);
+        // SAFETY: parameters as in the kernel (const uint4*, long long,
+        // u32*, u32); the kernel reads `words` 16-byte words of the buffer
+        // (which holds words * 16 bytes) and may write sink[0]; it writes
+        // only after griddepcontrol.wait.
+        unsafe { launch.launch_pdl(cfg) }
+    }
+
+    /// Median time per read (us) with the best blocks-per-SM count, timed by
+    /// `time` (the benchmark's CUDA-event timer: median of batches of
+    /// back-to-back calls).
+    pub fn time_us(
+        &self,
+        dev: &Arc<CudaDevice>,
+        mut time: impl FnMut(&mut dyn FnMut(usize) -> Result<()>) -> Result<f64>,
+    ) -> Result<f64> {
+        let mut best = f64::INFINITY;
+        for per_sm in BLOCKS_PER_SM {
+            let blocks = u32::try_from(dev.sm_count().max(1) * per_sm)
+                .map_err(|_| CudaError::Shape("SM count exceeds u32".into()))?;
+            let us = time(&mut |i| self.launch(dev, i, blocks))?;
+            best = best.min(us);
+        }
+        Ok(best)
+    }
+}

@@ -1,0 +1,47 @@
+// Streaming-read peer of marlin-cuda-bench (src/bench_read.rs): reads
+// `words` 16-byte words of one weight-sized buffer and nothing else, with
+// the same launch structure as the INT4 GEMM kernels in a chain of
+// back-to-back calls: launched with programmatic dependent launch, it lets
+// its successor's grid start at once (pdl_trigger), streams its bytes, and
+// only then waits for its predecessor (pdl_wait) before its one possible
+// global write. A GEMM cannot be faster than this on the same bytes, so
+// `read us` is the bandwidth limit at that size (launch ramp and tail
+// included), beside the asymptotic copy bandwidth.
+//
+// Each thread keeps UNROLL independent 16-byte loads in flight per step
+// (ld.global.nc with L1::no_allocate: read-once data). The XOR of the loaded
+// words is stored only when it equals `never`, which the host picks so that
+// the store does not happen in practice; the loads cannot be removed.
+
+#include "marlin_common.cuh"
+
+__device__ __forceinline__ uint4 ld_stream_u4(const uint4* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+extern "C" __global__ void __launch_bounds__(512) bench_stream_read(const uint4* __restrict__ src,
+                                                                   long long words,
+                                                                   u32* __restrict__ sink, u32 never) {
+    pdl_trigger();
+    constexpr int UNROLL = 4;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    u32 acc = 0;
+    for (; i + (UNROLL - 1) * stride < words; i += UNROLL * stride) {
+        uint4 v[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) v[u] = ld_stream_u4(src + i + u * stride);
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    }
+    for (; i < words; i += stride) {
+        const uint4 v = ld_stream_u4(src + i);
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    pdl_wait();
+    if (acc == never) sink[0] = acc;
+}
