@@ -9,6 +9,7 @@
 //! with the deterministic last-block reduction of the mma.sync kernels.
 
 use std::cell::Cell;
+use std::sync::Mutex;
 
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 use half::f16;
@@ -18,7 +19,7 @@ use super::pack::N_TILE;
 use crate::device::CudaDevice;
 use crate::error::{CudaError, Result};
 use crate::knobs::{Force, Switch};
-use crate::ops::launch::KernelLaunch;
+use crate::ops::launch::{launch_config_dims, KernelLaunch};
 use crate::ops::to_i32;
 
 pub(super) const MODULE: &str = "w4a16_wgmma";
@@ -222,6 +223,12 @@ static ACT_AHEAD4_KNOB: Switch = Switch::new("MARLIN_WGMMA_ACT_AHEAD4", false);
 /// entries). They live in the diagnostic module ([`DIAG_MODULE`]), built
 /// and loaded only when selected.
 static LEGACY_TAIL_KNOB: Switch = Switch::new("MARLIN_WGMMA_LEGACY_TAIL", false);
+/// `MARLIN_WGMMA_CLUSTER=1` / `=0` (change 46): split-K through a cluster's
+/// distributed shared memory (the splits of a tile launched as one cluster,
+/// at most [`CLUSTER_MAX_SPLITS`]; no global partials, no ticket, and the
+/// split choice without the partials cap) or the global partials + ticket
+/// hand-off; unset, [`cluster_default`] decides.
+static CLUSTER_KNOB: Force = Force::new("MARLIN_WGMMA_CLUSTER");
 
 /// Per-thread overrides of the knobs above (tests run both sides of
 /// each in one process; the knobs are read once).
@@ -231,10 +238,11 @@ pub struct WgmmaOverride {
     pub weights_before_wait: Option<bool>,
     pub legacy_tail: Option<bool>,
     pub act_ahead4: Option<bool>,
+    pub cluster: Option<bool>,
 }
 
 thread_local! {
-    static OVERRIDE: Cell<WgmmaOverride> = const { Cell::new(WgmmaOverride { deep: None, weights_before_wait: None, legacy_tail: None, act_ahead4: None }) };
+    static OVERRIDE: Cell<WgmmaOverride> = const { Cell::new(WgmmaOverride { deep: None, weights_before_wait: None, legacy_tail: None, act_ahead4: None, cluster: None }) };
 }
 
 /// Sets this thread's [`WgmmaOverride`] (`Default` clears it).
@@ -258,6 +266,25 @@ fn act_ahead4() -> bool {
         .unwrap_or_else(|| ACT_AHEAD4_KNOB.get())
 }
 
+/// Whether split launches reduce through the cluster (knob or override;
+/// [`cluster_default`] otherwise). The LEGACY entries never do.
+fn cluster_wanted() -> bool {
+    !legacy_tail()
+        && OVERRIDE
+            .with(|c| c.get().cluster)
+            .or_else(|| CLUSTER_KNOB.get())
+            .unwrap_or_else(cluster_default)
+}
+
+/// The cluster reduction's default: off until measured (change 46).
+fn cluster_default() -> bool {
+    false
+}
+
+/// Most splits of one tile the cluster reduction takes: a portable cluster
+/// size (the kernel's W4G_CLUSTER_MAX).
+pub const CLUSTER_MAX_SPLITS: usize = 8;
+
 fn weights_before_wait() -> bool {
     OVERRIDE
         .with(|c| c.get().weights_before_wait)
@@ -269,6 +296,7 @@ const FLAG_WEIGHTS_BEFORE_WAIT: i32 = 1;
 const FLAG_PROBE_NO_ACT: i32 = 2;
 const FLAG_PROBE_NO_SYNC: i32 = 4;
 const FLAG_ACT_AHEAD_4: i32 = 8;
+const FLAG_CLUSTER_REDUCE: i32 = 16;
 
 /// Diagnostic timing probes, `MARLIN_WGMMA_PROBE=no-act` (no activation
 /// copies) or `=no-sync` (no activation copies and no block barrier per
@@ -359,12 +387,24 @@ pub fn wgmma_shape_ok(w: &Int4Weight) -> bool {
 /// and fp32 partials (written and read: 8 * splits * M bytes per column)
 /// of at most the weight's K / 2 bytes per column (first H100 run: 5-17
 /// splits at M = 1024 spent more time on partials than on the product).
-fn choose_splits(base_blocks: usize, slots: usize, k_chunks: usize, m: usize) -> usize {
+/// `cluster` (change 46): the splits reduce through the cluster's shared
+/// memory, so no partials cap, but at most [`CLUSTER_MAX_SPLITS`].
+fn choose_splits(
+    base_blocks: usize,
+    slots: usize,
+    k_chunks: usize,
+    m: usize,
+    cluster: bool,
+) -> usize {
     // Saturating: M comes from the caller (GemmWorkspace::prepare takes it
     // without a buffer); a huge M gives one split, and `resolve`'s checked
     // sizes refuse the call.
-    let by_partials = (32usize.saturating_mul(k_chunks)) / 8usize.saturating_mul(m.max(1));
-    let max_splits = (k_chunks / MIN_CHUNKS_PER_SPLIT).min(by_partials).max(1);
+    let cap = if cluster {
+        CLUSTER_MAX_SPLITS
+    } else {
+        (32usize.saturating_mul(k_chunks)) / 8usize.saturating_mul(m.max(1))
+    };
+    let max_splits = (k_chunks / MIN_CHUNKS_PER_SPLIT).min(cap).max(1);
     let mut best = (f64::INFINITY, 1);
     for s in 1..=max_splits {
         let rounds = base_blocks.saturating_mul(s).div_ceil(slots.max(1));
@@ -406,6 +446,7 @@ fn plan_of(
     w: WeightShape,
     sm_count: usize,
     splits: Option<usize>,
+    cluster: bool,
 ) -> GemmPlan {
     let m_blocks = m.div_ceil(v.tokens).max(1);
     let n_blocks = w.n_pad.div_ceil(v.n_block());
@@ -420,6 +461,7 @@ fn plan_of(
                 sm_count.saturating_mul(v.blocks_per_sm),
                 w.k_chunks,
                 m_blocks.saturating_mul(v.tokens),
+                cluster,
             )
         })
         .clamp(1, max_splits);
@@ -438,27 +480,40 @@ fn plan_of(
 /// at most one block per SM (`deep_default`; `MARLIN_WGMMA_DEEP` or a
 /// [`WgmmaOverride`] forces either, a forced deep variant choosing its
 /// splits for one block per SM). `GemmPlan::m_tiles` holds tokens / 16 and
-/// `n_tiles` the column blocks (64 x warpgroups wide).
+/// `n_tiles` the column blocks (64 x warpgroups wide). With the cluster
+/// reduction wanted (`MARLIN_WGMMA_CLUSTER`), the splits are chosen for it
+/// ([`choose_splits`]); `resolve` still falls back to the global hand-off
+/// where the cluster cannot run (more than [`CLUSTER_MAX_SPLITS`] forced
+/// splits, or no cluster of that size fits the device).
 pub fn wgmma_plan_variant(
     m: usize,
     w: &Int4Weight,
     sm_count: usize,
     splits: Option<usize>,
 ) -> (GemmPlan, WgmmaVariant) {
-    plan_variant_for(m, WeightShape::of(w), sm_count, splits, deep_choice())
+    plan_variant_for(
+        m,
+        WeightShape::of(w),
+        sm_count,
+        splits,
+        deep_choice(),
+        cluster_wanted(),
+    )
 }
 
 /// [`wgmma_plan_variant`] with the deep-ring choice given (`None`:
-/// `deep_default` decides).
+/// `deep_default` decides) and the split choice for the cluster reduction
+/// or not.
 fn plan_variant_for(
     m: usize,
     w: WeightShape,
     sm_count: usize,
     splits: Option<usize>,
     forced_deep: Option<bool>,
+    cluster: bool,
 ) -> (GemmPlan, WgmmaVariant) {
     let shallow = wgmma_variant(m, w.k, false);
-    let plan = plan_of(shallow, m, w, sm_count, splits);
+    let plan = plan_of(shallow, m, w, sm_count, splits, cluster);
     let deep = match forced_deep {
         Some(forced) => forced,
         None => deep_default(
@@ -477,7 +532,7 @@ fn plan_variant_for(
     } else {
         Some(plan.splits)
     };
-    (plan_of(v, m, w, sm_count, splits), v)
+    (plan_of(v, m, w, sm_count, splits, cluster), v)
 }
 
 /// Launch shape of the wgmma path for M rows ([`wgmma_plan_variant`]).
@@ -491,9 +546,12 @@ pub(super) struct WgmmaCall {
     pub variant: WgmmaVariant,
     pub smem: u32,
     /// fp32 partials (splits x blocks x the block's tile) and tickets
-    /// (blocks) it needs.
+    /// (blocks) it needs (none with the cluster reduction).
     pub partials: usize,
     pub tickets: usize,
+    /// The splits of a tile run as one thread-block cluster and reduce
+    /// through its shared memory (change 46).
+    pub cluster: bool,
 }
 
 pub(super) fn resolve(
@@ -514,22 +572,44 @@ pub(super) fn resolve(
             w.k
         )));
     }
-    let (plan, v) = wgmma_plan_variant(m, w, dev.sm_count(), splits);
-    let smem = u32::try_from(v.smem_bytes(w.neg_zero_scales.is_some()))
-        .map_err(|_| CudaError::Shape("shared memory size".into()))?;
+    let shape = WeightShape::of(w);
+    let want_cluster = cluster_wanted();
+    let (mut plan, mut v) =
+        plan_variant_for(m, shape, dev.sm_count(), splits, deep_choice(), want_cluster);
+    let smem_of = |v: WgmmaVariant| {
+        u32::try_from(v.smem_bytes(shape.has_zeros))
+            .map_err(|_| CudaError::Shape("shared memory size".into()))
+    };
+    let mut smem = smem_of(v)?;
+    let mut cluster = false;
+    if want_cluster && plan.splits > 1 {
+        if plan.splits <= CLUSTER_MAX_SPLITS && cluster_fits(dev, &plan, v, smem)? {
+            cluster = true;
+        } else {
+            // More forced splits than a portable cluster, or no such
+            // cluster fits this device: the global hand-off and its split
+            // choice.
+            (plan, v) = plan_variant_for(m, shape, dev.sm_count(), splits, deep_choice(), false);
+            smem = smem_of(v)?;
+        }
+    }
     // One fp32 slot per split and block holding the block's whole output
     // tile (tokens x 64 * warpgroups), rows past M included.
     let overflow =
         || CudaError::Shape(format!("M = {m}, N = {}, K = {}: sizes overflow", w.n, w.k));
-    let partials = plan
-        .splits
+    // The cluster reduction uses neither partials nor tickets.
+    let (scratch_splits, scratch_tiles) = if cluster {
+        (0, 0)
+    } else {
+        (plan.splits, plan.n_tiles)
+    };
+    let partials = scratch_splits
         .checked_mul(plan.m_blocks)
         .and_then(|x| x.checked_mul(v.tokens))
         .and_then(|x| x.checked_mul(plan.n_tiles))
         .and_then(|x| x.checked_mul(v.n_block()))
         .ok_or_else(overflow)?;
-    let tickets = plan
-        .n_tiles
+    let tickets = scratch_tiles
         .checked_mul(plan.m_blocks)
         .ok_or_else(overflow)?;
     Ok(WgmmaCall {
@@ -538,12 +618,79 @@ pub(super) fn resolve(
         smem,
         partials,
         tickets,
+        cluster,
     })
+}
+
+/// Whether a wgmma call of M rows on `w` with `splits` (None: chosen) would
+/// reduce its splits through a thread-block cluster (change 46) under this
+/// thread's settings, after `resolve`'s fallbacks (tests and the benchmark
+/// report it).
+pub fn wgmma_uses_cluster(
+    dev: &CudaDevice,
+    m: usize,
+    w: &Int4Weight,
+    splits: Option<usize>,
+) -> Result<bool> {
+    Ok(resolve(dev, m, w, splits)?.cluster)
+}
+
+/// Whether clusters of `plan.splits` blocks of `plan`'s kernel (one block
+/// per split of a tile, cluster dims (1, 1, splits)) can be resident on the
+/// device at all (`cuOccupancyMaxActiveClusters` > 0). Loads the kernel
+/// (`prepare` needs it anyway). Cached per device, loaded function and
+/// shape: the prepared (captured) call repeats the question and must not
+/// reach the driver. Any driver refusal means no.
+fn cluster_fits(
+    dev: &CudaDevice,
+    plan: &GemmPlan,
+    v: WgmmaVariant,
+    smem: u32,
+) -> Result<bool> {
+    let Ok(splits) = u32::try_from(plan.splits) else {
+        return Ok(false);
+    };
+    let (module, source) = module_of(plan.kernel);
+    let func = dev.function(module, source, plan.kernel, smem)?;
+    type Key = (usize, usize, &'static str, u32, u32);
+    static SEEN: Mutex<Vec<(Key, bool)>> = Mutex::new(Vec::new());
+    let key: Key = (
+        dev.ordinal(),
+        func.cu_function() as usize,
+        plan.kernel,
+        splits,
+        smem,
+    );
+    let mut seen = SEEN
+        .lock()
+        .map_err(|_| CudaError::NotAvailable("cluster cache lock poisoned".into()))?;
+    if let Some(&(_, ok)) = seen.iter().find(|(k, _)| *k == key) {
+        return Ok(ok);
+    }
+    let cfg = LaunchConfig {
+        // One cluster's worth of grid: the question is whether one fits.
+        grid_dim: (1, 1, splits),
+        block_dim: (v.threads() as u32, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    let (mut config, mut attrs, n_attrs) =
+        launch_config_dims(&cfg, dev.stream().cu_stream(), false, [1, 1, splits]);
+    config.attrs = attrs.as_mut_ptr();
+    config.numAttrs = n_attrs as u32;
+    let mut n: std::ffi::c_int = 0;
+    // SAFETY: a loaded function and a config whose attributes (`attrs`)
+    // outlive the call; `n` outlives the call.
+    let r = unsafe {
+        cudarc::driver::sys::cuOccupancyMaxActiveClusters(&mut n, func.cu_function(), &config)
+    };
+    let ok = r == cudarc::driver::sys::CUresult::CUDA_SUCCESS && n > 0;
+    seen.push((key, ok));
+    Ok(ok)
 }
 
 /// Load the kernel of `call` and size the workspace's split-K scratch.
 pub(super) fn prepare(dev: &CudaDevice, call: &WgmmaCall, ws: &mut GemmWorkspace) -> Result<()> {
-    if call.plan.splits > 1 {
+    if call.plan.splits > 1 && !call.cluster {
         ws.reserve(dev, call.partials, call.tickets)?;
     }
     let (module, source) = module_of(call.plan.kernel);
@@ -563,7 +710,9 @@ pub(super) fn launch(
 ) -> Result<()> {
     let p = call.plan;
     let grid = launch_grid(p.m_blocks, p.n_tiles, p.splits)?;
-    ws.check_split_k(p.splits, call.partials, call.tickets, (m, w.n), "prepare")?;
+    if !call.cluster {
+        ws.check_split_k(p.splits, call.partials, call.tickets, (m, w.n), "prepare")?;
+    }
     let (module, source) = module_of(p.kernel);
     let func = dev.function(module, source, p.kernel, call.smem)?;
     let (m_i32, n_i32, k_i32) = (to_i32("M", m)?, to_i32("N", w.n)?, to_i32("K", w.k)?);
@@ -578,6 +727,11 @@ pub(super) fn launch(
     } else {
         0
     } | if act_ahead4() { FLAG_ACT_AHEAD_4 } else { 0 }
+        | if call.cluster {
+            FLAG_CLUSTER_REDUCE
+        } else {
+            0
+        }
         | probe_flags();
     let cfg = LaunchConfig {
         grid_dim: grid,
@@ -603,14 +757,19 @@ pub(super) fn launch(
     // partials >= splits*M*n_pad and tickets >= blocks were checked above;
     // the packed buffers cover n_pad x k_chunks (the repack); the kernel
     // reads only the read-only weights before waiting on its predecessor.
-    unsafe { launch.launch_pdl(cfg) }?;
+    // With the cluster reduction the splits of a tile (grid z) form one
+    // cluster (`resolve` checked that one fits) and no partials or tickets
+    // are touched.
+    let cluster_z = if call.cluster { grid.2 } else { 1 };
+    unsafe { launch.launch_pdl_cluster_dims(cfg, [1, 1, cluster_z]) }?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::{
-        choose_splits, plan_variant_for, wgmma_variant, WeightShape, DIAG_KERNELS, SOURCE,
+        choose_splits, plan_variant_for, wgmma_variant, WeightShape, CLUSTER_MAX_SPLITS,
+        DIAG_KERNELS, SOURCE,
     };
 
     fn shape(n: usize, k: usize) -> WeightShape {
@@ -656,9 +815,9 @@ mod tests {
     fn deep_ring_only_for_one_block_per_sm() {
         let w = shape(4096, 4096);
         // M = 64 on 132 SMs: 32 column blocks x 4 splits = 128 blocks.
-        let (shallow, _) = plan_variant_for(64, w, 132, None, Some(false));
+        let (shallow, _) = plan_variant_for(64, w, 132, None, Some(false), false);
         assert_eq!(shallow.splits, 4);
-        let (plan, v) = plan_variant_for(64, w, 132, None, None);
+        let (plan, v) = plan_variant_for(64, w, 132, None, None, false);
         assert!(v.deep, "{v:?}");
         assert_eq!(plan.kernel, "w4a16_wgmma_t64w2d");
         assert_eq!(
@@ -666,25 +825,25 @@ mod tests {
             (shallow.m_blocks, shallow.n_tiles, shallow.splits)
         );
         // The same weight and M on 64 SMs: 128 blocks are two per SM.
-        let (plan, v) = plan_variant_for(64, w, 64, None, None);
+        let (plan, v) = plan_variant_for(64, w, 64, None, None, false);
         assert!(!v.deep, "{v:?}");
         assert_eq!(plan.kernel, "w4a16_wgmma_t64w2");
         assert!(plan.m_blocks * plan.n_tiles * plan.splits > 64, "{plan:?}");
         // 14336x4096 at M = 32: the 2-block plan fills more than one block
         // per SM (change 40: deep 52.7 us against 36.8).
-        let (plan, v) = plan_variant_for(32, shape(14336, 4096), 132, None, None);
+        let (plan, v) = plan_variant_for(32, shape(14336, 4096), 132, None, None, false);
         assert!(!v.deep, "{v:?}");
         assert!(plan.m_blocks * plan.n_tiles * plan.splits > 132, "{plan:?}");
         // Forced splits are kept by the deep form too.
-        let (plan, v) = plan_variant_for(64, w, 132, Some(2), None);
+        let (plan, v) = plan_variant_for(64, w, 132, Some(2), None, false);
         assert!(v.deep && plan.splits == 2, "{v:?} {plan:?}");
         // Forced deep: splits for one block per SM of the deep variant
         // (132 slots: still 4 splits x 32 blocks).
-        let (plan, v) = plan_variant_for(64, w, 132, None, Some(true));
+        let (plan, v) = plan_variant_for(64, w, 132, None, Some(true), false);
         assert!(v.deep && plan.splits == 4, "{v:?} {plan:?}");
         // A huge caller M saturates instead of overflowing (resolve then
         // refuses the partials size).
-        let (plan, _) = plan_variant_for(usize::MAX, w, 132, None, None);
+        let (plan, _) = plan_variant_for(usize::MAX, w, 132, None, None, false);
         assert_eq!(plan.splits, 1);
     }
 
@@ -712,13 +871,52 @@ mod tests {
     #[test]
     fn splits_fill_the_machine() {
         // M = 32 at K = 4096: partials allow 8 splits.
-        assert_eq!(choose_splits(32, 264, 64, 32), 8);
+        assert_eq!(choose_splits(32, 264, 64, 32, false), 8);
         // M = 64: at most 4 (partials); 2 fill the slots for 112 blocks.
-        assert_eq!(choose_splits(32, 264, 64, 64), 4);
-        assert_eq!(choose_splits(112, 264, 64, 64), 2);
-        assert_eq!(choose_splits(256, 132, 64, 128), 1);
-        assert_eq!(choose_splits(32, 264, 4, 32), 1);
+        assert_eq!(choose_splits(32, 264, 64, 64, false), 4);
+        assert_eq!(choose_splits(112, 264, 64, 64, false), 2);
+        assert_eq!(choose_splits(256, 132, 64, 128, false), 1);
+        assert_eq!(choose_splits(32, 264, 4, 32, false), 1);
         // Large M does not split (the partials would outweigh the weights).
-        assert_eq!(choose_splits(32, 132, 224, 1024), 1);
+        assert_eq!(choose_splits(32, 132, 224, 1024, false), 1);
+    }
+
+    /// The cluster reduction (change 46) lifts the partials cap but keeps
+    /// at most a portable cluster of splits.
+    #[test]
+    fn cluster_splits_fill_the_machine() {
+        // 4096x4096 M = 64 (t64w2, 2 blocks per SM): 8 splits, 256 blocks.
+        assert_eq!(choose_splits(32, 264, 64, 64, true), 8);
+        // M = 128 (t128w2, one block per SM): 4 splits, 128 blocks, where
+        // the partials cap allowed 2.
+        assert_eq!(choose_splits(32, 132, 64, 128, false), 2);
+        assert_eq!(choose_splits(32, 132, 64, 128, true), 4);
+        // Never more than a portable cluster, never < 8 chunks per split.
+        assert_eq!(choose_splits(1, 264, 1024, 32, true), CLUSTER_MAX_SPLITS);
+        assert_eq!(choose_splits(1, 264, 20, 32, true), 2);
+        let w = shape(4096, 4096);
+        let (plan, v) = plan_variant_for(64, w, 132, None, None, true);
+        assert_eq!((plan.splits, plan.n_tiles, v.deep), (8, 32, false));
+        assert_eq!(plan.kernel, "w4a16_wgmma_t64w2");
+        let (plan, v) = plan_variant_for(128, w, 132, None, None, true);
+        assert_eq!((plan.splits, plan.n_tiles, v.deep), (4, 32, true));
+        // Forced splits are kept (`resolve` takes the global hand-off above
+        // CLUSTER_MAX_SPLITS).
+        let (plan, _) = plan_variant_for(64, w, 132, Some(11), None, true);
+        assert_eq!(plan.splits, 11);
+    }
+
+    /// The cluster epilogue stores each block's fp32 tile (2 x tokens x
+    /// threads bytes) into the ring: every variant's ring holds it.
+    #[test]
+    fn cluster_tile_fits_the_ring() {
+        for deep in [false, true] {
+            for m in [17, 32, 64, 128] {
+                for k in [4096, 8192] {
+                    let v = wgmma_variant(m, k, deep);
+                    assert!(2 * v.tokens * v.threads() <= v.smem_bytes(false), "{v:?}");
+                }
+            }
+        }
     }
 }

@@ -63,7 +63,35 @@ __device__ __forceinline__ void w4g_pdl_enter() {
 #define W4G_WEIGHTS_BEFORE_WAIT 1  // first ring of codes / scales before the PDL wait
 #define W4G_PROBE_NO_ACT 2         // diagnostic: no activation copies
 #define W4G_PROBE_NO_SYNC 4        // diagnostic: no activation copies, no barrier per chunk
-#define W4G_ACT_AHEAD_4 8          // activations 4 chunks ahead, not PREFETCH (opt-in, unmeasured)
+#define W4G_ACT_AHEAD_4 8          // activations 4 chunks ahead, not PREFETCH (opt-in)
+#define W4G_CLUSTER_REDUCE 16      // split-K through the cluster's shared memory (launched as clusters of the splits)
+
+// Thread-block clusters (sm_90; change 46). With W4G_CLUSTER_REDUCE the host
+// launches the splits of one output tile as one cluster (cluster dims
+// (1, 1, splits), so the rank of a block in it is its split) and the blocks
+// sum their partial tiles through distributed shared memory instead of the
+// global partials + ticket hand-off.
+// Every thread of every block of the cluster; release / acquire: shared
+// memory written before it is visible to the cluster's blocks after it.
+__device__ __forceinline__ void w4g_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+// The shared-memory address `local` of this block in block `rank` of the cluster.
+__device__ __forceinline__ u32 w4g_cluster_map(u32 local, u32 rank) {
+    u32 r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(local), "r"(rank));
+    return r;
+}
+__device__ __forceinline__ float4 w4g_ld_cluster4(u32 addr) {
+    float4 r;
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(r.x), "=f"(r.y), "=f"(r.z), "=f"(r.w)
+                 : "r"(addr)
+                 : "memory");
+    return r;
+}
+// Most splits the cluster reduction takes (portable cluster size).
+#define W4G_CLUSTER_MAX 8
 
 __device__ __forceinline__ void cp_async16_cg(u32 dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
@@ -372,6 +400,62 @@ __device__ __forceinline__ void w4a16_wgmma_body(
     if (splits == 1) {
         if (!tile_valid) return;
         acc_tile_store_f16<TOK>(acc, C, M, N, m_base, nb, g, t);
+        return;
+    }
+    if (!LEGACY && (flags & W4G_CLUSTER_REDUCE)) {
+        // Cluster split-K (change 46): the splits of this tile are the
+        // cluster's blocks (rank = split). Each block writes its fp32 tile
+        // into its own (now idle) ring, thread-interleaved as the global
+        // slots below ([TOK/8][THREADS] float4, conflict-free); after one
+        // cluster barrier, block r sums the r-th of `splits` equal ranges of
+        // those float4s over all splits, in split order from 0.0f (the same
+        // additions in the same order as the global hand-off: bit-identical
+        // results), and writes them to C; a second barrier keeps every
+        // block's shared memory alive until the whole cluster has read it.
+        // No global partials, no ticket, no last block summing alone.
+        __syncthreads();  // every warpgroup's last wgmma has read the ring
+        float4* tile_smem = reinterpret_cast<float4*>(smem);
+#pragma unroll
+        for (int i = 0; i < TOK / 8; i++)
+            tile_smem[i * THREADS + tid] = make_float4(acc[4 * i], acc[4 * i + 1], acc[4 * i + 2], acc[4 * i + 3]);
+        w4g_cluster_sync();
+        constexpr int F = (TOK / 8) * THREADS;
+        const int f_begin = (int)(((long long)split * F) / splits);
+        const int f_end = (int)(((long long)(split + 1) * F) / splits);
+#pragma unroll 1
+        for (int f = f_begin + tid; f < f_end; f += THREADS) {
+            float4 v[W4G_CLUSTER_MAX];
+#pragma unroll
+            for (int s = 0; s < W4G_CLUSTER_MAX; s++)
+                if (s < splits) v[s] = w4g_ld_cluster4(w4g_cluster_map(act_base + 16u * (u32)f, (u32)s));
+            float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+            for (int s = 0; s < W4G_CLUSTER_MAX; s++)
+                if (s < splits) {
+                    sum.x += v[s].x;
+                    sum.y += v[s].y;
+                    sum.z += v[s].z;
+                    sum.w += v[s].w;
+                }
+            // float4 f = values acc[4i .. 4i+3] of thread `owner`: weight
+            // columns nb*16 + g + 8*(e>>1), tokens m_base + 8i + 2t + (e&1).
+            const int i = f / THREADS;
+            const int owner = f - i * THREADS;
+            const int o_warp = owner >> 5;
+            const int o_lane = owner & 31;
+            const int o_tile = blockIdx.y * NWG + (o_warp >> 2);
+            if (o_tile < n_tiles) {
+                const int o_nb = o_tile * 4 + (o_warp & 3);
+                const float vals[4] = {sum.x, sum.y, sum.z, sum.w};
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = m_base + 8 * i + 2 * (o_lane & 3) + (e & 1);
+                    const int col = o_nb * 16 + (o_lane >> 2) + 8 * (e >> 1);
+                    if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(vals[e]);
+                }
+            }
+        }
+        w4g_cluster_sync();
         return;
     }
     if constexpr (LEGACY) {
