@@ -75,7 +75,8 @@ fn wgmma_gemm_matches_reference() {
 /// thread, on awkward M (17, 33, 63: partial
 /// token tiles), N and K not multiples of 64, groups 32 / 64 / 128 / per
 /// channel, zero points, default and forced splits (3: splits start inside
-/// a 128-group; 7: an odd number of splits in the paired reduction). Each
+/// a 128-group; 7: an odd number of splits in the paired reduction), the
+/// refill copies after the wgmma (change 46) with both rings. Each
 /// (M, shape) problem is shared by the settings.
 #[test]
 fn wgmma_ring_and_prologue_variants_match_reference() {
@@ -84,14 +85,16 @@ fn wgmma_ring_and_prologue_variants_match_reference() {
     // (deep ring, weights before the wait, session-6 prologue / epilogue:
     // symmetric weights only, activations 4 chunks ahead).
     let settings = [
-        (Some(true), Some(true), None, None),
-        (Some(false), Some(true), None, None),
-        (Some(true), Some(false), None, None),
-        (Some(false), Some(false), None, None),
-        (Some(true), Some(true), Some(true), None),
-        (Some(false), Some(true), Some(true), None),
-        (Some(true), Some(true), None, Some(true)),
-        (Some(false), Some(false), None, Some(true)),
+        (Some(true), Some(true), None, None, None),
+        (Some(false), Some(true), None, None, None),
+        (Some(true), Some(false), None, None, None),
+        (Some(false), Some(false), None, None, None),
+        (Some(true), Some(true), Some(true), None, None),
+        (Some(false), Some(true), Some(true), None, None),
+        (Some(true), Some(true), None, Some(true), None),
+        (Some(false), Some(false), None, Some(true), None),
+        (Some(true), Some(true), None, None, Some(true)),
+        (Some(false), Some(true), None, Some(true), Some(true)),
     ];
     for &m in &[17, 33, 63, 64, 100] {
         for (n, k, group, asym) in [
@@ -102,13 +105,14 @@ fn wgmma_ring_and_prologue_variants_match_reference() {
             (200, 998, 0, false),
         ] {
             let p = random_problem(&dev, (m, n, k, group, asym), fresh_seed(), 0x5A5A);
-            for (deep, before_wait, legacy_tail, act_ahead4) in settings {
+            for (deep, before_wait, legacy_tail, act_ahead4, late_refill) in settings {
                 set_wgmma_override(WgmmaOverride {
                     deep,
                     weights_before_wait: before_wait,
                     legacy_tail,
                     act_ahead4,
                     cluster: None,
+                    late_refill,
                 });
                 for splits in [None, Some(3), Some(7)] {
                     let case = (m, n, k, group, asym, splits);
@@ -121,7 +125,7 @@ fn wgmma_ring_and_prologue_variants_match_reference() {
                         false,
                         &format!(
                             "wgmma deep={deep:?} weights-before-wait={before_wait:?} legacy-tail={legacy_tail:?} \
-                             act-ahead4={act_ahead4:?}"
+                             act-ahead4={act_ahead4:?} late-refill={late_refill:?}"
                         ),
                     );
                 }

@@ -229,6 +229,11 @@ static LEGACY_TAIL_KNOB: Switch = Switch::new("MARLIN_WGMMA_LEGACY_TAIL", false)
 /// split choice without the partials cap) or the global partials + ticket
 /// hand-off; unset, [`cluster_default`] decides.
 static CLUSTER_KNOB: Force = Force::new("MARLIN_WGMMA_CLUSTER");
+/// `MARLIN_WGMMA_LATE_REFILL=1` (change 46, opt-in until measured): the
+/// main loop issues a chunk's refill copies after that chunk's wgmma
+/// instead of before its dequantisation, so that a warp stalled on a full
+/// memory-instruction queue has already handed the tensor cores their work.
+static LATE_REFILL_KNOB: Switch = Switch::new("MARLIN_WGMMA_LATE_REFILL", false);
 
 /// Per-thread overrides of the knobs above (tests run both sides of
 /// each in one process; the knobs are read once).
@@ -239,10 +244,11 @@ pub struct WgmmaOverride {
     pub legacy_tail: Option<bool>,
     pub act_ahead4: Option<bool>,
     pub cluster: Option<bool>,
+    pub late_refill: Option<bool>,
 }
 
 thread_local! {
-    static OVERRIDE: Cell<WgmmaOverride> = const { Cell::new(WgmmaOverride { deep: None, weights_before_wait: None, legacy_tail: None, act_ahead4: None, cluster: None }) };
+    static OVERRIDE: Cell<WgmmaOverride> = const { Cell::new(WgmmaOverride { deep: None, weights_before_wait: None, legacy_tail: None, act_ahead4: None, cluster: None, late_refill: None }) };
 }
 
 /// Sets this thread's [`WgmmaOverride`] (`Default` clears it).
@@ -285,6 +291,12 @@ fn cluster_default() -> bool {
 /// size (the kernel's W4G_CLUSTER_MAX).
 pub const CLUSTER_MAX_SPLITS: usize = 8;
 
+fn late_refill() -> bool {
+    OVERRIDE
+        .with(|c| c.get().late_refill)
+        .unwrap_or_else(|| LATE_REFILL_KNOB.get())
+}
+
 fn weights_before_wait() -> bool {
     OVERRIDE
         .with(|c| c.get().weights_before_wait)
@@ -297,6 +309,7 @@ const FLAG_PROBE_NO_ACT: i32 = 2;
 const FLAG_PROBE_NO_SYNC: i32 = 4;
 const FLAG_ACT_AHEAD_4: i32 = 8;
 const FLAG_CLUSTER_REDUCE: i32 = 16;
+const FLAG_LATE_REFILL: i32 = 32;
 
 /// Diagnostic timing probes, `MARLIN_WGMMA_PROBE=no-act` (no activation
 /// copies) or `=no-sync` (no activation copies and no block barrier per
@@ -732,6 +745,7 @@ pub(super) fn launch(
         } else {
             0
         }
+        | if late_refill() { FLAG_LATE_REFILL } else { 0 }
         | probe_flags();
     let cfg = LaunchConfig {
         grid_dim: grid,

@@ -65,6 +65,7 @@ __device__ __forceinline__ void w4g_pdl_enter() {
 #define W4G_PROBE_NO_SYNC 4        // diagnostic: no activation copies, no barrier per chunk
 #define W4G_ACT_AHEAD_4 8          // activations 4 chunks ahead, not PREFETCH (opt-in)
 #define W4G_CLUSTER_REDUCE 16      // split-K through the cluster's shared memory (launched as clusters of the splits)
+#define W4G_LATE_REFILL 32         // refill copies of a chunk issued after its wgmma, not before its dequantisation
 
 // Thread-block clusters (sm_90; change 46). With W4G_CLUSTER_REDUCE the host
 // launches the splits of one output tile as one cluster (cluster dims
@@ -253,6 +254,7 @@ __device__ __forceinline__ void w4a16_wgmma_body(
     // flags bit 3 (W4G_ACT_AHEAD_4, opt-in, not yet measured) 4 chunks.
     constexpr int ACT_AHEAD = PREFETCH < 4 ? PREFETCH : 4;
     const int act_ahead = (!LEGACY && (flags & W4G_ACT_AHEAD_4)) ? ACT_AHEAD : PREFETCH;
+    const bool late_refill = !LEGACY && (flags & W4G_LATE_REFILL) != 0;
 
     // Prologue. Weights first (flags bit 0): the codes and scales of the
     // first PREFETCH chunks in one cp.async group before griddepcontrol.wait,
@@ -328,14 +330,25 @@ __device__ __forceinline__ void w4a16_wgmma_body(
         // reaching this barrier (wait_group 1 at the end of iteration it-1).
         // Its activation part is refilled act_ahead - 2 iterations or more
         // later, never earlier (act_ahead <= PREFETCH = STAGES - 2).
-        if constexpr (LEGACY) {
-            if (it + PREFETCH < n_my) issue((it + PREFETCH) % STAGES, c_begin + it + PREFETCH);
-        } else {
-            if (it + act_ahead < n_my) issue_act((it + act_ahead) % STAGES, c_begin + it + act_ahead);
-            if (it + PREFETCH < n_my) issue_w((it + PREFETCH) % STAGES, c_begin + it + PREFETCH);
+        // Late refill (flags bit 5, change 46): the copies are issued after
+        // this chunk's wgmma instead, so that a warp stalled on a full
+        // memory-instruction queue (the copies wait for DRAM) has already
+        // handed the tensor cores their work; the slot stays free until the
+        // barrier of iteration it + 1.
+        auto refill = [&]() {
+            if constexpr (LEGACY) {
+                if (it + PREFETCH < n_my) issue((it + PREFETCH) % STAGES, c_begin + it + PREFETCH);
+            } else {
+                if (it + act_ahead < n_my) issue_act((it + act_ahead) % STAGES, c_begin + it + act_ahead);
+                if (it + PREFETCH < n_my) issue_w((it + PREFETCH) % STAGES, c_begin + it + PREFETCH);
+            }
+            cp_async_commit();
+        };
+        if (!late_refill) refill();
+        if (!tile_valid) {
+            if (late_refill) refill();
+            return;
         }
-        cp_async_commit();
-        if (!tile_valid) return;
         const uint4 w = *reinterpret_cast<const uint4*>(smem + (w_base - act_base) + (slot * THREADS + tid) * 16);
         const u32 sc = *reinterpret_cast<const u32*>(smem + (s_base - act_base) + (slot * THREADS + tid) * 4);
         const u32 s0 = dup_lo(sc), s1 = dup_hi(sc);
@@ -366,6 +379,7 @@ __device__ __forceinline__ void w4a16_wgmma_body(
         for (int j = 0; j < 4; j++)
             wgmma_rs<TOK>(acc, frag[j], smem_desc(stage_addr + j * L::SJ, L::LBO, 128), 1);
         wgmma_commit();
+        if (late_refill) refill();
 #pragma unroll
         for (int i = 0; i < TOK / 2; i++) fence_operand(acc[i]);
         wgmma_wait<1>();
