@@ -9,17 +9,17 @@
 //! with the deterministic last-block reduction of the mma.sync kernels.
 
 use std::cell::Cell;
-use std::sync::Mutex;
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig};
 use half::f16;
 
 use super::gemm::{arg_operands, launch_grid, GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
 use super::pack::N_TILE;
+use super::wgmma_ws;
 use crate::device::CudaDevice;
 use crate::error::{CudaError, Result};
 use crate::knobs::{Force, Switch};
-use crate::ops::launch::{launch_config_dims, KernelLaunch};
+use crate::ops::launch::KernelLaunch;
 use crate::ops::to_i32;
 
 pub(super) const MODULE: &str = "w4a16_wgmma";
@@ -223,17 +223,12 @@ static ACT_AHEAD4_KNOB: Switch = Switch::new("MARLIN_WGMMA_ACT_AHEAD4", false);
 /// entries). They live in the diagnostic module ([`DIAG_MODULE`]), built
 /// and loaded only when selected.
 static LEGACY_TAIL_KNOB: Switch = Switch::new("MARLIN_WGMMA_LEGACY_TAIL", false);
-/// `MARLIN_WGMMA_CLUSTER=1` / `=0` (change 46): split-K through a cluster's
-/// distributed shared memory (the splits of a tile launched as one cluster,
-/// at most [`CLUSTER_MAX_SPLITS`]; no global partials, no ticket, and the
-/// split choice without the partials cap) or the global partials + ticket
-/// hand-off; unset, [`cluster_default`] decides.
-static CLUSTER_KNOB: Force = Force::new("MARLIN_WGMMA_CLUSTER");
-/// `MARLIN_WGMMA_LATE_REFILL=1` (change 46, opt-in until measured): the
-/// main loop issues a chunk's refill copies after that chunk's wgmma
-/// instead of before its dequantisation, so that a warp stalled on a full
-/// memory-instruction queue has already handed the tensor cores their work.
-static LATE_REFILL_KNOB: Switch = Switch::new("MARLIN_WGMMA_LATE_REFILL", false);
+/// `MARLIN_WGMMA_STAGED=1` / `=0` (change 46): the activations are first
+/// written in the pack's K order by the warp-specialised path's staging
+/// kernel (`w4a16_ws_stage_t64` / `_t128`, a second launch) and the main
+/// kernel copies them with 16-byte `cp.async` (4x fewer copy instructions
+/// than the 4-byte pair copies); unset, [`staged_default`] decides.
+static STAGED_KNOB: Force = Force::new("MARLIN_WGMMA_STAGED");
 
 /// Per-thread overrides of the knobs above (tests run both sides of
 /// each in one process; the knobs are read once).
@@ -243,12 +238,11 @@ pub struct WgmmaOverride {
     pub weights_before_wait: Option<bool>,
     pub legacy_tail: Option<bool>,
     pub act_ahead4: Option<bool>,
-    pub cluster: Option<bool>,
-    pub late_refill: Option<bool>,
+    pub staged: Option<bool>,
 }
 
 thread_local! {
-    static OVERRIDE: Cell<WgmmaOverride> = const { Cell::new(WgmmaOverride { deep: None, weights_before_wait: None, legacy_tail: None, act_ahead4: None, cluster: None, late_refill: None }) };
+    static OVERRIDE: Cell<WgmmaOverride> = const { Cell::new(WgmmaOverride { deep: None, weights_before_wait: None, legacy_tail: None, act_ahead4: None, staged: None }) };
 }
 
 /// Sets this thread's [`WgmmaOverride`] (`Default` clears it).
@@ -272,29 +266,19 @@ fn act_ahead4() -> bool {
         .unwrap_or_else(|| ACT_AHEAD4_KNOB.get())
 }
 
-/// Whether split launches reduce through the cluster (knob or override;
-/// [`cluster_default`] otherwise). The LEGACY entries never do.
-fn cluster_wanted() -> bool {
+/// Whether this call stages its activations (knob or override, else
+/// [`staged_default`]); the LEGACY entries never do.
+fn staged_wanted() -> bool {
     !legacy_tail()
         && OVERRIDE
-            .with(|c| c.get().cluster)
-            .or_else(|| CLUSTER_KNOB.get())
-            .unwrap_or_else(cluster_default)
+            .with(|c| c.get().staged)
+            .or_else(|| STAGED_KNOB.get())
+            .unwrap_or_else(staged_default)
 }
 
-/// The cluster reduction's default: off until measured (change 46).
-fn cluster_default() -> bool {
+/// The staged activations' default: off until measured (change 46).
+fn staged_default() -> bool {
     false
-}
-
-/// Most splits of one tile the cluster reduction takes: a portable cluster
-/// size (the kernel's W4G_CLUSTER_MAX).
-pub const CLUSTER_MAX_SPLITS: usize = 8;
-
-fn late_refill() -> bool {
-    OVERRIDE
-        .with(|c| c.get().late_refill)
-        .unwrap_or_else(|| LATE_REFILL_KNOB.get())
 }
 
 fn weights_before_wait() -> bool {
@@ -308,12 +292,14 @@ const FLAG_WEIGHTS_BEFORE_WAIT: i32 = 1;
 const FLAG_PROBE_NO_ACT: i32 = 2;
 const FLAG_PROBE_NO_SYNC: i32 = 4;
 const FLAG_ACT_AHEAD_4: i32 = 8;
-const FLAG_CLUSTER_REDUCE: i32 = 16;
-const FLAG_LATE_REFILL: i32 = 32;
+const FLAG_STAGED_ACT: i32 = 16;
+const FLAG_PROBE_NO_MMA: i32 = 32;
 
 /// Diagnostic timing probes, `MARLIN_WGMMA_PROBE=no-act` (no activation
-/// copies) or `=no-sync` (no activation copies and no block barrier per
-/// chunk): the output is meaningless; announced once on stderr.
+/// copies), `=no-sync` (no activation copies and no block barrier per
+/// chunk) or `=no-mma` (every copy, wait and barrier, no dequantisation and
+/// no wgmma: the memory pipeline alone): the output is meaningless;
+/// announced once on stderr.
 fn probe_flags() -> i32 {
     static PROBE: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
     *PROBE.get_or_init(|| {
@@ -322,9 +308,10 @@ fn probe_flags() -> i32 {
             "" => 0,
             "no-act" => FLAG_PROBE_NO_ACT,
             "no-sync" => FLAG_PROBE_NO_SYNC,
+            "no-mma" => FLAG_PROBE_NO_MMA,
             other => {
                 eprintln!(
-                    "marlin: ignoring MARLIN_WGMMA_PROBE={other:?} (expected no-act or no-sync)"
+                    "marlin: ignoring MARLIN_WGMMA_PROBE={other:?} (expected no-act, no-sync or no-mma)"
                 );
                 0
             }
@@ -400,24 +387,12 @@ pub fn wgmma_shape_ok(w: &Int4Weight) -> bool {
 /// and fp32 partials (written and read: 8 * splits * M bytes per column)
 /// of at most the weight's K / 2 bytes per column (first H100 run: 5-17
 /// splits at M = 1024 spent more time on partials than on the product).
-/// `cluster` (change 46): the splits reduce through the cluster's shared
-/// memory, so no partials cap, but at most [`CLUSTER_MAX_SPLITS`].
-fn choose_splits(
-    base_blocks: usize,
-    slots: usize,
-    k_chunks: usize,
-    m: usize,
-    cluster: bool,
-) -> usize {
+fn choose_splits(base_blocks: usize, slots: usize, k_chunks: usize, m: usize) -> usize {
     // Saturating: M comes from the caller (GemmWorkspace::prepare takes it
     // without a buffer); a huge M gives one split, and `resolve`'s checked
     // sizes refuse the call.
-    let cap = if cluster {
-        CLUSTER_MAX_SPLITS
-    } else {
-        (32usize.saturating_mul(k_chunks)) / 8usize.saturating_mul(m.max(1))
-    };
-    let max_splits = (k_chunks / MIN_CHUNKS_PER_SPLIT).min(cap).max(1);
+    let by_partials = (32usize.saturating_mul(k_chunks)) / 8usize.saturating_mul(m.max(1));
+    let max_splits = (k_chunks / MIN_CHUNKS_PER_SPLIT).min(by_partials).max(1);
     let mut best = (f64::INFINITY, 1);
     for s in 1..=max_splits {
         let rounds = base_blocks.saturating_mul(s).div_ceil(slots.max(1));
@@ -459,7 +434,6 @@ fn plan_of(
     w: WeightShape,
     sm_count: usize,
     splits: Option<usize>,
-    cluster: bool,
 ) -> GemmPlan {
     let m_blocks = m.div_ceil(v.tokens).max(1);
     let n_blocks = w.n_pad.div_ceil(v.n_block());
@@ -474,7 +448,6 @@ fn plan_of(
                 sm_count.saturating_mul(v.blocks_per_sm),
                 w.k_chunks,
                 m_blocks.saturating_mul(v.tokens),
-                cluster,
             )
         })
         .clamp(1, max_splits);
@@ -493,40 +466,27 @@ fn plan_of(
 /// at most one block per SM (`deep_default`; `MARLIN_WGMMA_DEEP` or a
 /// [`WgmmaOverride`] forces either, a forced deep variant choosing its
 /// splits for one block per SM). `GemmPlan::m_tiles` holds tokens / 16 and
-/// `n_tiles` the column blocks (64 x warpgroups wide). With the cluster
-/// reduction wanted (`MARLIN_WGMMA_CLUSTER`), the splits are chosen for it
-/// ([`choose_splits`]); `resolve` still falls back to the global hand-off
-/// where the cluster cannot run (more than [`CLUSTER_MAX_SPLITS`] forced
-/// splits, or no cluster of that size fits the device).
+/// `n_tiles` the column blocks (64 x warpgroups wide).
 pub fn wgmma_plan_variant(
     m: usize,
     w: &Int4Weight,
     sm_count: usize,
     splits: Option<usize>,
 ) -> (GemmPlan, WgmmaVariant) {
-    plan_variant_for(
-        m,
-        WeightShape::of(w),
-        sm_count,
-        splits,
-        deep_choice(),
-        cluster_wanted(),
-    )
+    plan_variant_for(m, WeightShape::of(w), sm_count, splits, deep_choice())
 }
 
 /// [`wgmma_plan_variant`] with the deep-ring choice given (`None`:
-/// `deep_default` decides) and the split choice for the cluster reduction
-/// or not.
+/// `deep_default` decides).
 fn plan_variant_for(
     m: usize,
     w: WeightShape,
     sm_count: usize,
     splits: Option<usize>,
     forced_deep: Option<bool>,
-    cluster: bool,
 ) -> (GemmPlan, WgmmaVariant) {
     let shallow = wgmma_variant(m, w.k, false);
-    let plan = plan_of(shallow, m, w, sm_count, splits, cluster);
+    let plan = plan_of(shallow, m, w, sm_count, splits);
     let deep = match forced_deep {
         Some(forced) => forced,
         None => deep_default(
@@ -545,7 +505,7 @@ fn plan_variant_for(
     } else {
         Some(plan.splits)
     };
-    (plan_of(v, m, w, sm_count, splits, cluster), v)
+    (plan_of(v, m, w, sm_count, splits), v)
 }
 
 /// Launch shape of the wgmma path for M rows ([`wgmma_plan_variant`]).
@@ -559,12 +519,35 @@ pub(super) struct WgmmaCall {
     pub variant: WgmmaVariant,
     pub smem: u32,
     /// fp32 partials (splits x blocks x the block's tile) and tickets
-    /// (blocks) it needs (none with the cluster reduction).
+    /// (blocks) it needs.
     pub partials: usize,
     pub tickets: usize,
-    /// The splits of a tile run as one thread-block cluster and reduce
-    /// through its shared memory (change 46).
-    pub cluster: bool,
+    /// Staged activations (change 46): the staging kernel's token block
+    /// (64 or 128 rows) and the image's f16 elements; None: A is read as it
+    /// is.
+    pub staged: Option<StagedAct>,
+}
+
+/// The activation image a staged call writes first (`w4a16_ws_stage_t64`
+/// / `_t128` of the warp-specialised module).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct StagedAct {
+    /// Rows per image block: 64 for token tiles of 32 and 64 (a 32-token
+    /// block reads half of one), 128 for 128.
+    pub rows: usize,
+    /// f16 elements: ceil(M / rows) x rows x k_pad.
+    pub elems: usize,
+}
+
+impl StagedAct {
+    fn kernel(&self) -> &'static str {
+        // W4A16_WS_STAGE_ENTRY in kernels/w4a16_wgmma_ws.cu.
+        if self.rows == 64 {
+            "w4a16_ws_stage_t64"
+        } else {
+            "w4a16_ws_stage_t128"
+        }
+    }
 }
 
 pub(super) fn resolve(
@@ -585,126 +568,59 @@ pub(super) fn resolve(
             w.k
         )));
     }
-    let shape = WeightShape::of(w);
-    let want_cluster = cluster_wanted();
-    let (mut plan, mut v) =
-        plan_variant_for(m, shape, dev.sm_count(), splits, deep_choice(), want_cluster);
-    let smem_of = |v: WgmmaVariant| {
-        u32::try_from(v.smem_bytes(shape.has_zeros))
-            .map_err(|_| CudaError::Shape("shared memory size".into()))
-    };
-    let mut smem = smem_of(v)?;
-    let mut cluster = false;
-    if want_cluster && plan.splits > 1 {
-        if plan.splits <= CLUSTER_MAX_SPLITS && cluster_fits(dev, &plan, v, smem)? {
-            cluster = true;
-        } else {
-            // More forced splits than a portable cluster, or no such
-            // cluster fits this device: the global hand-off and its split
-            // choice.
-            (plan, v) = plan_variant_for(m, shape, dev.sm_count(), splits, deep_choice(), false);
-            smem = smem_of(v)?;
-        }
-    }
+    let (plan, v) = wgmma_plan_variant(m, w, dev.sm_count(), splits);
+    let smem = u32::try_from(v.smem_bytes(w.neg_zero_scales.is_some()))
+        .map_err(|_| CudaError::Shape("shared memory size".into()))?;
     // One fp32 slot per split and block holding the block's whole output
     // tile (tokens x 64 * warpgroups), rows past M included.
     let overflow =
         || CudaError::Shape(format!("M = {m}, N = {}, K = {}: sizes overflow", w.n, w.k));
-    // The cluster reduction uses neither partials nor tickets.
-    let (scratch_splits, scratch_tiles) = if cluster {
-        (0, 0)
-    } else {
-        (plan.splits, plan.n_tiles)
-    };
-    let partials = scratch_splits
+    let partials = plan
+        .splits
         .checked_mul(plan.m_blocks)
         .and_then(|x| x.checked_mul(v.tokens))
         .and_then(|x| x.checked_mul(plan.n_tiles))
         .and_then(|x| x.checked_mul(v.n_block()))
         .ok_or_else(overflow)?;
-    let tickets = scratch_tiles
+    let tickets = plan
+        .n_tiles
         .checked_mul(plan.m_blocks)
         .ok_or_else(overflow)?;
+    let staged = if staged_wanted() {
+        // The kernel takes rows m_base .. m_base + tokens - 1 from one image
+        // block: `rows` is a multiple of the token tile.
+        let rows = v.tokens.max(64);
+        let elems = m
+            .div_ceil(rows)
+            .checked_mul(rows)
+            .and_then(|x| x.checked_mul(w.k_chunks))
+            .and_then(|x| x.checked_mul(super::pack::K_CHUNK))
+            .ok_or_else(overflow)?;
+        Some(StagedAct { rows, elems })
+    } else {
+        None
+    };
     Ok(WgmmaCall {
         plan,
         variant: v,
         smem,
         partials,
         tickets,
-        cluster,
+        staged,
     })
-}
-
-/// Whether a wgmma call of M rows on `w` with `splits` (None: chosen) would
-/// reduce its splits through a thread-block cluster (change 46) under this
-/// thread's settings, after `resolve`'s fallbacks (tests and the benchmark
-/// report it).
-pub fn wgmma_uses_cluster(
-    dev: &CudaDevice,
-    m: usize,
-    w: &Int4Weight,
-    splits: Option<usize>,
-) -> Result<bool> {
-    Ok(resolve(dev, m, w, splits)?.cluster)
-}
-
-/// Whether clusters of `plan.splits` blocks of `plan`'s kernel (one block
-/// per split of a tile, cluster dims (1, 1, splits)) can be resident on the
-/// device at all (`cuOccupancyMaxActiveClusters` > 0). Loads the kernel
-/// (`prepare` needs it anyway). Cached per device, loaded function and
-/// shape: the prepared (captured) call repeats the question and must not
-/// reach the driver. Any driver refusal means no.
-fn cluster_fits(
-    dev: &CudaDevice,
-    plan: &GemmPlan,
-    v: WgmmaVariant,
-    smem: u32,
-) -> Result<bool> {
-    let Ok(splits) = u32::try_from(plan.splits) else {
-        return Ok(false);
-    };
-    let (module, source) = module_of(plan.kernel);
-    let func = dev.function(module, source, plan.kernel, smem)?;
-    type Key = (usize, usize, &'static str, u32, u32);
-    static SEEN: Mutex<Vec<(Key, bool)>> = Mutex::new(Vec::new());
-    let key: Key = (
-        dev.ordinal(),
-        func.cu_function() as usize,
-        plan.kernel,
-        splits,
-        smem,
-    );
-    let mut seen = SEEN
-        .lock()
-        .map_err(|_| CudaError::NotAvailable("cluster cache lock poisoned".into()))?;
-    if let Some(&(_, ok)) = seen.iter().find(|(k, _)| *k == key) {
-        return Ok(ok);
-    }
-    let cfg = LaunchConfig {
-        // One cluster's worth of grid: the question is whether one fits.
-        grid_dim: (1, 1, splits),
-        block_dim: (v.threads() as u32, 1, 1),
-        shared_mem_bytes: smem,
-    };
-    let (mut config, mut attrs, n_attrs) =
-        launch_config_dims(&cfg, dev.stream().cu_stream(), false, [1, 1, splits]);
-    config.attrs = attrs.as_mut_ptr();
-    config.numAttrs = n_attrs as u32;
-    let mut n: std::ffi::c_int = 0;
-    // SAFETY: a loaded function and a config whose attributes (`attrs`)
-    // outlive the call; `n` outlives the call.
-    let r = unsafe {
-        cudarc::driver::sys::cuOccupancyMaxActiveClusters(&mut n, func.cu_function(), &config)
-    };
-    let ok = r == cudarc::driver::sys::CUresult::CUDA_SUCCESS && n > 0;
-    seen.push((key, ok));
-    Ok(ok)
 }
 
 /// Load the kernel of `call` and size the workspace's split-K scratch.
 pub(super) fn prepare(dev: &CudaDevice, call: &WgmmaCall, ws: &mut GemmWorkspace) -> Result<()> {
-    if call.plan.splits > 1 && !call.cluster {
+    if call.plan.splits > 1 {
         ws.reserve(dev, call.partials, call.tickets)?;
+    }
+    if let Some(st) = call.staged {
+        if ws.staged_act.as_ref().is_none_or(|s| s.len() < st.elems) {
+            ws.staged_act = None;
+            ws.staged_act = Some(dev.alloc_zeros("staged activations (wgmma)", st.elems)?);
+        }
+        dev.function(wgmma_ws::MODULE, wgmma_ws::SOURCE, st.kernel(), 0)?;
     }
     let (module, source) = module_of(call.plan.kernel);
     dev.function(module, source, call.plan.kernel, call.smem)?;
@@ -723,9 +639,7 @@ pub(super) fn launch(
 ) -> Result<()> {
     let p = call.plan;
     let grid = launch_grid(p.m_blocks, p.n_tiles, p.splits)?;
-    if !call.cluster {
-        ws.check_split_k(p.splits, call.partials, call.tickets, (m, w.n), "prepare")?;
-    }
+    ws.check_split_k(p.splits, call.partials, call.tickets, (m, w.n), "prepare")?;
     let (module, source) = module_of(p.kernel);
     let func = dev.function(module, source, p.kernel, call.smem)?;
     let (m_i32, n_i32, k_i32) = (to_i32("M", m)?, to_i32("N", w.n)?, to_i32("K", w.k)?);
@@ -740,12 +654,11 @@ pub(super) fn launch(
     } else {
         0
     } | if act_ahead4() { FLAG_ACT_AHEAD_4 } else { 0 }
-        | if call.cluster {
-            FLAG_CLUSTER_REDUCE
+        | if call.staged.is_some() {
+            FLAG_STAGED_ACT
         } else {
             0
         }
-        | if late_refill() { FLAG_LATE_REFILL } else { 0 }
         | probe_flags();
     let cfg = LaunchConfig {
         grid_dim: grid,
@@ -757,8 +670,14 @@ pub(super) fn launch(
     // partials or the tickets (with FLAG_WEIGHTS_BEFORE_WAIT it first
     // issues copies of codes and scales: read-only for every kernel).
     let mut launch = KernelLaunch::new(dev, &func, p.kernel);
-    arg_operands(&mut launch, a, w, c, (&ws.partials, &ws.tickets))
-        .arg(&m_i32)
+    match call.staged {
+        None => arg_operands(&mut launch, a, w, c, (&ws.partials, &ws.tickets)),
+        Some(st) => {
+            let image = stage_activations(dev, a, m, w, &*ws, st)?;
+            arg_operands(&mut launch, image, w, c, (&ws.partials, &ws.tickets))
+        }
+    }
+    .arg(&m_i32)
         .arg(&n_i32)
         .arg(&k_i32)
         .arg(&n_pad_i32)
@@ -771,19 +690,68 @@ pub(super) fn launch(
     // partials >= splits*M*n_pad and tickets >= blocks were checked above;
     // the packed buffers cover n_pad x k_chunks (the repack); the kernel
     // reads only the read-only weights before waiting on its predecessor.
-    // With the cluster reduction the splits of a tile (grid z) form one
-    // cluster (`resolve` checked that one fits) and no partials or tickets
-    // are touched.
-    let cluster_z = if call.cluster { grid.2 } else { 1 };
-    unsafe { launch.launch_pdl_cluster_dims(cfg, [1, 1, cluster_z]) }?;
+    // Staged: A is the image (m_blocks' rows inside its ceil(M / rows)
+    // blocks x k_chunks), written by the staging launch just enqueued, which
+    // is the predecessor the PDL wait waits for.
+    unsafe { launch.launch_pdl(cfg) }?;
     Ok(())
+}
+
+/// Enqueue the staging kernel of `st` (A -> the workspace's image, the pack's
+/// K order, zeros past M and K) and return the image.
+fn stage_activations<'w>(
+    dev: &CudaDevice,
+    a: &CudaView<'_, f16>,
+    m: usize,
+    w: &Int4Weight,
+    ws: &'w GemmWorkspace,
+    st: StagedAct,
+) -> Result<&'w CudaSlice<f16>> {
+    let func = dev.function(wgmma_ws::MODULE, wgmma_ws::SOURCE, st.kernel(), 0)?;
+    let image = match ws.staged_act.as_ref() {
+        Some(s) if s.len() >= st.elems => s,
+        _ => {
+            return Err(CudaError::Shape(format!(
+                "staged activation scratch missing or smaller than {} elements: call GemmWorkspace::prepare",
+                st.elems
+            )))
+        }
+    };
+    let units = st.elems / 8;
+    let units_i64 =
+        i64::try_from(units).map_err(|_| CudaError::Shape("staged image too large".into()))?;
+    let blocks = u32::try_from(units.div_ceil(wgmma_ws::STAGE_THREADS as usize))
+        .map_err(|_| CudaError::Shape("staged image too large".into()))?;
+    let (m_i32, k_i32, k_chunks_i32) = (
+        to_i32("M", m)?,
+        to_i32("K", w.k)?,
+        to_i32("k_chunks", w.k_chunks)?,
+    );
+    let cfg = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (wgmma_ws::STAGE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut stage = KernelLaunch::new(dev, &func, st.kernel());
+    stage
+        .arg(a)
+        .arg(image)
+        .arg(&m_i32)
+        .arg(&k_i32)
+        .arg(&k_chunks_i32)
+        .arg(&units_i64);
+    // SAFETY: argument types and order match W4A16_WS_STAGE_ENTRY; the
+    // caller checked A >= M*K; the image holds ceil(M / rows) x rows x k_pad
+    // halves = `units` 16-byte units (checked above); the kernel waits on
+    // its predecessor (pdl_wait) before reading A.
+    unsafe { stage.launch_pdl(cfg) }?;
+    Ok(image)
 }
 
 #[cfg(test)]
 mod tests {
     use super::{
-        choose_splits, plan_variant_for, wgmma_variant, WeightShape, CLUSTER_MAX_SPLITS,
-        DIAG_KERNELS, SOURCE,
+        choose_splits, plan_variant_for, wgmma_variant, WeightShape, DIAG_KERNELS, SOURCE,
     };
 
     fn shape(n: usize, k: usize) -> WeightShape {
@@ -829,9 +797,9 @@ mod tests {
     fn deep_ring_only_for_one_block_per_sm() {
         let w = shape(4096, 4096);
         // M = 64 on 132 SMs: 32 column blocks x 4 splits = 128 blocks.
-        let (shallow, _) = plan_variant_for(64, w, 132, None, Some(false), false);
+        let (shallow, _) = plan_variant_for(64, w, 132, None, Some(false));
         assert_eq!(shallow.splits, 4);
-        let (plan, v) = plan_variant_for(64, w, 132, None, None, false);
+        let (plan, v) = plan_variant_for(64, w, 132, None, None);
         assert!(v.deep, "{v:?}");
         assert_eq!(plan.kernel, "w4a16_wgmma_t64w2d");
         assert_eq!(
@@ -839,25 +807,25 @@ mod tests {
             (shallow.m_blocks, shallow.n_tiles, shallow.splits)
         );
         // The same weight and M on 64 SMs: 128 blocks are two per SM.
-        let (plan, v) = plan_variant_for(64, w, 64, None, None, false);
+        let (plan, v) = plan_variant_for(64, w, 64, None, None);
         assert!(!v.deep, "{v:?}");
         assert_eq!(plan.kernel, "w4a16_wgmma_t64w2");
         assert!(plan.m_blocks * plan.n_tiles * plan.splits > 64, "{plan:?}");
         // 14336x4096 at M = 32: the 2-block plan fills more than one block
         // per SM (change 40: deep 52.7 us against 36.8).
-        let (plan, v) = plan_variant_for(32, shape(14336, 4096), 132, None, None, false);
+        let (plan, v) = plan_variant_for(32, shape(14336, 4096), 132, None, None);
         assert!(!v.deep, "{v:?}");
         assert!(plan.m_blocks * plan.n_tiles * plan.splits > 132, "{plan:?}");
         // Forced splits are kept by the deep form too.
-        let (plan, v) = plan_variant_for(64, w, 132, Some(2), None, false);
+        let (plan, v) = plan_variant_for(64, w, 132, Some(2), None);
         assert!(v.deep && plan.splits == 2, "{v:?} {plan:?}");
         // Forced deep: splits for one block per SM of the deep variant
         // (132 slots: still 4 splits x 32 blocks).
-        let (plan, v) = plan_variant_for(64, w, 132, None, Some(true), false);
+        let (plan, v) = plan_variant_for(64, w, 132, None, Some(true));
         assert!(v.deep && plan.splits == 4, "{v:?} {plan:?}");
         // A huge caller M saturates instead of overflowing (resolve then
         // refuses the partials size).
-        let (plan, _) = plan_variant_for(usize::MAX, w, 132, None, None, false);
+        let (plan, _) = plan_variant_for(usize::MAX, w, 132, None, None);
         assert_eq!(plan.splits, 1);
     }
 
@@ -885,52 +853,13 @@ mod tests {
     #[test]
     fn splits_fill_the_machine() {
         // M = 32 at K = 4096: partials allow 8 splits.
-        assert_eq!(choose_splits(32, 264, 64, 32, false), 8);
+        assert_eq!(choose_splits(32, 264, 64, 32), 8);
         // M = 64: at most 4 (partials); 2 fill the slots for 112 blocks.
-        assert_eq!(choose_splits(32, 264, 64, 64, false), 4);
-        assert_eq!(choose_splits(112, 264, 64, 64, false), 2);
-        assert_eq!(choose_splits(256, 132, 64, 128, false), 1);
-        assert_eq!(choose_splits(32, 264, 4, 32, false), 1);
+        assert_eq!(choose_splits(32, 264, 64, 64), 4);
+        assert_eq!(choose_splits(112, 264, 64, 64), 2);
+        assert_eq!(choose_splits(256, 132, 64, 128), 1);
+        assert_eq!(choose_splits(32, 264, 4, 32), 1);
         // Large M does not split (the partials would outweigh the weights).
-        assert_eq!(choose_splits(32, 132, 224, 1024, false), 1);
-    }
-
-    /// The cluster reduction (change 46) lifts the partials cap but keeps
-    /// at most a portable cluster of splits.
-    #[test]
-    fn cluster_splits_fill_the_machine() {
-        // 4096x4096 M = 64 (t64w2, 2 blocks per SM): 8 splits, 256 blocks.
-        assert_eq!(choose_splits(32, 264, 64, 64, true), 8);
-        // M = 128 (t128w2, one block per SM): 4 splits, 128 blocks, where
-        // the partials cap allowed 2.
-        assert_eq!(choose_splits(32, 132, 64, 128, false), 2);
-        assert_eq!(choose_splits(32, 132, 64, 128, true), 4);
-        // Never more than a portable cluster, never < 8 chunks per split.
-        assert_eq!(choose_splits(1, 264, 1024, 32, true), CLUSTER_MAX_SPLITS);
-        assert_eq!(choose_splits(1, 264, 20, 32, true), 2);
-        let w = shape(4096, 4096);
-        let (plan, v) = plan_variant_for(64, w, 132, None, None, true);
-        assert_eq!((plan.splits, plan.n_tiles, v.deep), (8, 32, false));
-        assert_eq!(plan.kernel, "w4a16_wgmma_t64w2");
-        let (plan, v) = plan_variant_for(128, w, 132, None, None, true);
-        assert_eq!((plan.splits, plan.n_tiles, v.deep), (4, 32, true));
-        // Forced splits are kept (`resolve` takes the global hand-off above
-        // CLUSTER_MAX_SPLITS).
-        let (plan, _) = plan_variant_for(64, w, 132, Some(11), None, true);
-        assert_eq!(plan.splits, 11);
-    }
-
-    /// The cluster epilogue stores each block's fp32 tile (2 x tokens x
-    /// threads bytes) into the ring: every variant's ring holds it.
-    #[test]
-    fn cluster_tile_fits_the_ring() {
-        for deep in [false, true] {
-            for m in [17, 32, 64, 128] {
-                for k in [4096, 8192] {
-                    let v = wgmma_variant(m, k, deep);
-                    assert!(2 * v.tokens * v.threads() <= v.smem_bytes(false), "{v:?}");
-                }
-            }
-        }
+        assert_eq!(choose_splits(32, 132, 224, 1024), 1);
     }
 }

@@ -64,35 +64,8 @@ __device__ __forceinline__ void w4g_pdl_enter() {
 #define W4G_PROBE_NO_ACT 2         // diagnostic: no activation copies
 #define W4G_PROBE_NO_SYNC 4        // diagnostic: no activation copies, no barrier per chunk
 #define W4G_ACT_AHEAD_4 8          // activations 4 chunks ahead, not PREFETCH (opt-in)
-#define W4G_CLUSTER_REDUCE 16      // split-K through the cluster's shared memory (launched as clusters of the splits)
-#define W4G_LATE_REFILL 32         // refill copies of a chunk issued after its wgmma, not before its dequantisation
-
-// Thread-block clusters (sm_90; change 46). With W4G_CLUSTER_REDUCE the host
-// launches the splits of one output tile as one cluster (cluster dims
-// (1, 1, splits), so the rank of a block in it is its split) and the blocks
-// sum their partial tiles through distributed shared memory instead of the
-// global partials + ticket hand-off.
-// Every thread of every block of the cluster; release / acquire: shared
-// memory written before it is visible to the cluster's blocks after it.
-__device__ __forceinline__ void w4g_cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-// The shared-memory address `local` of this block in block `rank` of the cluster.
-__device__ __forceinline__ u32 w4g_cluster_map(u32 local, u32 rank) {
-    u32 r;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(local), "r"(rank));
-    return r;
-}
-__device__ __forceinline__ float4 w4g_ld_cluster4(u32 addr) {
-    float4 r;
-    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
-                 : "=f"(r.x), "=f"(r.y), "=f"(r.z), "=f"(r.w)
-                 : "r"(addr)
-                 : "memory");
-    return r;
-}
-// Most splits the cluster reduction takes (portable cluster size).
-#define W4G_CLUSTER_MAX 8
+#define W4G_STAGED_ACT 16          // A is the staged image of w4a16_ws_stage_t64 / _t128: 16-byte copies
+#define W4G_PROBE_NO_MMA 32        // diagnostic: copies, waits and barriers only (no dequantisation, no wgmma)
 
 __device__ __forceinline__ void cp_async16_cg(u32 dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
@@ -194,16 +167,47 @@ __device__ __forceinline__ void w4a16_wgmma_body(
     // Groups of 32 * group_k32: a shift when group_k32 is a power of two.
     const int group_shift = (group_k32 & (group_k32 - 1)) == 0 ? __ffs(group_k32) - 1 : -1;
 
-    // Diagnostic probes (flags bits 1-2, src/int4/wgmma.rs: output
+    // Diagnostic probes (flags bits 1-2 and 5, src/int4/wgmma.rs: output
     // meaningless): no activation copies; no activation copies and no block
-    // barrier per chunk.
+    // barrier per chunk; every copy, wait and barrier but no dequantisation
+    // and no wgmma (the kernel's memory pipeline alone).
     const bool probe_no_act = (flags & (W4G_PROBE_NO_ACT | W4G_PROBE_NO_SYNC)) != 0;
     const bool probe_no_sync = (flags & W4G_PROBE_NO_SYNC) != 0;
+    const bool probe_no_mma = (flags & W4G_PROBE_NO_MMA) != 0;
+    // Staged activations (flags bit 4, change 46): A points at the image
+    // that w4a16_ws_stage_t64 (TOK <= 64) or _t128 (TOK = 128) wrote, (image
+    // blocks, k_chunks, TOKI rows, 8 units of 16 B) in the pack's K order,
+    // unit u of row r holding the (j, hi) core-matrix row (j, hi) = u ^ (r % 8)
+    // split as 2j + hi, zeros past M and K. One 16-byte copy per unit instead
+    // of four 4-byte pair copies.
+    const bool staged = !LEGACY && (flags & W4G_STAGED_ACT) != 0;
+    constexpr int TOKI = TOK < 64 ? 64 : TOK;
+    constexpr int STAGED_UNITS = TOK * 8;
 
     // The activation pairs of one chunk (after the PDL wait: A is written by
     // the predecessor).
     auto issue_act = [&](int slot, int chunk) {
         if (probe_no_act) return;
+        if (staged) {
+            // Rows m_base .. m_base + TOK - 1 of the image: TOKI is a multiple
+            // of TOK, so they lie in one image block, inside the image
+            // (which holds ceil(M / TOKI) blocks).
+            const uint4* img = reinterpret_cast<const uint4*>(A);
+            const int row0 = m_base % TOKI;
+            const uint4* chunk_img = img + (((size_t)(m_base / TOKI) * k_chunks + chunk) * TOKI + row0) * 8;
+            const u32 stage_addr = act_base + slot * L::STAGE;
+#pragma unroll
+            for (int q = 0; q < (STAGED_UNITS + THREADS - 1) / THREADS; q++) {
+                const int u = tid + q * THREADS;
+                if (STAGED_UNITS % THREADS == 0 || u < STAGED_UNITS) {
+                    const int r = u >> 3;
+                    const int logical = (u & 7) ^ ((row0 + r) & 7);
+                    cp_async16_cg(stage_addr + (logical >> 1) * L::SJ + (logical & 1) * L::LBO + 16 * r,
+                                  chunk_img + u);
+                }
+            }
+            return;
+        }
         const int col = chunk * 64 + 2 * lane;
         // Pairs past K (last chunk) are zero-filled; the clamped column keeps
         // the unread source address inside the row.
@@ -254,7 +258,6 @@ __device__ __forceinline__ void w4a16_wgmma_body(
     // flags bit 3 (W4G_ACT_AHEAD_4, opt-in, not yet measured) 4 chunks.
     constexpr int ACT_AHEAD = PREFETCH < 4 ? PREFETCH : 4;
     const int act_ahead = (!LEGACY && (flags & W4G_ACT_AHEAD_4)) ? ACT_AHEAD : PREFETCH;
-    const bool late_refill = !LEGACY && (flags & W4G_LATE_REFILL) != 0;
 
     // Prologue. Weights first (flags bit 0): the codes and scales of the
     // first PREFETCH chunks in one cp.async group before griddepcontrol.wait,
@@ -330,25 +333,14 @@ __device__ __forceinline__ void w4a16_wgmma_body(
         // reaching this barrier (wait_group 1 at the end of iteration it-1).
         // Its activation part is refilled act_ahead - 2 iterations or more
         // later, never earlier (act_ahead <= PREFETCH = STAGES - 2).
-        // Late refill (flags bit 5, change 46): the copies are issued after
-        // this chunk's wgmma instead, so that a warp stalled on a full
-        // memory-instruction queue (the copies wait for DRAM) has already
-        // handed the tensor cores their work; the slot stays free until the
-        // barrier of iteration it + 1.
-        auto refill = [&]() {
-            if constexpr (LEGACY) {
-                if (it + PREFETCH < n_my) issue((it + PREFETCH) % STAGES, c_begin + it + PREFETCH);
-            } else {
-                if (it + act_ahead < n_my) issue_act((it + act_ahead) % STAGES, c_begin + it + act_ahead);
-                if (it + PREFETCH < n_my) issue_w((it + PREFETCH) % STAGES, c_begin + it + PREFETCH);
-            }
-            cp_async_commit();
-        };
-        if (!late_refill) refill();
-        if (!tile_valid) {
-            if (late_refill) refill();
-            return;
+        if constexpr (LEGACY) {
+            if (it + PREFETCH < n_my) issue((it + PREFETCH) % STAGES, c_begin + it + PREFETCH);
+        } else {
+            if (it + act_ahead < n_my) issue_act((it + act_ahead) % STAGES, c_begin + it + act_ahead);
+            if (it + PREFETCH < n_my) issue_w((it + PREFETCH) % STAGES, c_begin + it + PREFETCH);
         }
+        cp_async_commit();
+        if (!tile_valid || probe_no_mma) return;
         const uint4 w = *reinterpret_cast<const uint4*>(smem + (w_base - act_base) + (slot * THREADS + tid) * 16);
         const u32 sc = *reinterpret_cast<const u32*>(smem + (s_base - act_base) + (slot * THREADS + tid) * 4);
         const u32 s0 = dup_lo(sc), s1 = dup_hi(sc);
@@ -379,7 +371,6 @@ __device__ __forceinline__ void w4a16_wgmma_body(
         for (int j = 0; j < 4; j++)
             wgmma_rs<TOK>(acc, frag[j], smem_desc(stage_addr + j * L::SJ, L::LBO, 128), 1);
         wgmma_commit();
-        if (late_refill) refill();
 #pragma unroll
         for (int i = 0; i < TOK / 2; i++) fence_operand(acc[i]);
         wgmma_wait<1>();
@@ -414,62 +405,6 @@ __device__ __forceinline__ void w4a16_wgmma_body(
     if (splits == 1) {
         if (!tile_valid) return;
         acc_tile_store_f16<TOK>(acc, C, M, N, m_base, nb, g, t);
-        return;
-    }
-    if (!LEGACY && (flags & W4G_CLUSTER_REDUCE)) {
-        // Cluster split-K (change 46): the splits of this tile are the
-        // cluster's blocks (rank = split). Each block writes its fp32 tile
-        // into its own (now idle) ring, thread-interleaved as the global
-        // slots below ([TOK/8][THREADS] float4, conflict-free); after one
-        // cluster barrier, block r sums the r-th of `splits` equal ranges of
-        // those float4s over all splits, in split order from 0.0f (the same
-        // additions in the same order as the global hand-off: bit-identical
-        // results), and writes them to C; a second barrier keeps every
-        // block's shared memory alive until the whole cluster has read it.
-        // No global partials, no ticket, no last block summing alone.
-        __syncthreads();  // every warpgroup's last wgmma has read the ring
-        float4* tile_smem = reinterpret_cast<float4*>(smem);
-#pragma unroll
-        for (int i = 0; i < TOK / 8; i++)
-            tile_smem[i * THREADS + tid] = make_float4(acc[4 * i], acc[4 * i + 1], acc[4 * i + 2], acc[4 * i + 3]);
-        w4g_cluster_sync();
-        constexpr int F = (TOK / 8) * THREADS;
-        const int f_begin = (int)(((long long)split * F) / splits);
-        const int f_end = (int)(((long long)(split + 1) * F) / splits);
-#pragma unroll 1
-        for (int f = f_begin + tid; f < f_end; f += THREADS) {
-            float4 v[W4G_CLUSTER_MAX];
-#pragma unroll
-            for (int s = 0; s < W4G_CLUSTER_MAX; s++)
-                if (s < splits) v[s] = w4g_ld_cluster4(w4g_cluster_map(act_base + 16u * (u32)f, (u32)s));
-            float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-            for (int s = 0; s < W4G_CLUSTER_MAX; s++)
-                if (s < splits) {
-                    sum.x += v[s].x;
-                    sum.y += v[s].y;
-                    sum.z += v[s].z;
-                    sum.w += v[s].w;
-                }
-            // float4 f = values acc[4i .. 4i+3] of thread `owner`: weight
-            // columns nb*16 + g + 8*(e>>1), tokens m_base + 8i + 2t + (e&1).
-            const int i = f / THREADS;
-            const int owner = f - i * THREADS;
-            const int o_warp = owner >> 5;
-            const int o_lane = owner & 31;
-            const int o_tile = blockIdx.y * NWG + (o_warp >> 2);
-            if (o_tile < n_tiles) {
-                const int o_nb = o_tile * 4 + (o_warp & 3);
-                const float vals[4] = {sum.x, sum.y, sum.z, sum.w};
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int row = m_base + 8 * i + 2 * (o_lane & 3) + (e & 1);
-                    const int col = o_nb * 16 + (o_lane >> 2) + 8 * (e >> 1);
-                    if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(vals[e]);
-                }
-            }
-        }
-        w4g_cluster_sync();
         return;
     }
     if constexpr (LEGACY) {

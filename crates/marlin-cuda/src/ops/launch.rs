@@ -135,7 +135,7 @@ impl<'a> KernelLaunch<'a> {
     /// and type, and every buffer must be large enough for what the kernel
     /// accesses with this configuration.
     pub unsafe fn launch(&mut self, cfg: LaunchConfig) -> Result<()> {
-        self.launch_with(cfg, false, [1, 1, 1])
+        self.launch_with(cfg, false, 1)
     }
 
     /// Launch with programmatic dependent launch where the device supports
@@ -146,7 +146,7 @@ impl<'a> KernelLaunch<'a> {
     /// `griddepcontrol.wait` before touching memory shared with other
     /// kernels.
     pub unsafe fn launch_pdl(&mut self, cfg: LaunchConfig) -> Result<()> {
-        self.launch_with(cfg, pdl_active(self.dev), [1, 1, 1])
+        self.launch_with(cfg, pdl_active(self.dev), 1)
     }
 
     /// [`KernelLaunch::launch_pdl`] with the grid's x dimension in
@@ -157,32 +157,17 @@ impl<'a> KernelLaunch<'a> {
     /// # Safety
     /// As [`KernelLaunch::launch_pdl`].
     pub unsafe fn launch_pdl_cluster(&mut self, cfg: LaunchConfig, cluster_x: u32) -> Result<()> {
-        self.launch_with(cfg, pdl_active(self.dev), [cluster_x, 1, 1])
+        self.launch_with(cfg, pdl_active(self.dev), cluster_x)
     }
 
-    /// [`KernelLaunch::launch_pdl`] with the grid in thread-block clusters
-    /// of `cluster` = (x, y, z) blocks (sm_90+; each grid dimension a
-    /// multiple of the cluster's; more than 8 blocks need the function to
-    /// allow non-portable cluster sizes). (1, 1, 1) is a plain PDL launch.
-    ///
-    /// # Safety
-    /// As [`KernelLaunch::launch_pdl`].
-    pub unsafe fn launch_pdl_cluster_dims(
-        &mut self,
-        cfg: LaunchConfig,
-        cluster: [u32; 3],
-    ) -> Result<()> {
-        self.launch_with(cfg, pdl_active(self.dev), cluster)
-    }
-
-    unsafe fn launch_with(&mut self, cfg: LaunchConfig, pdl: bool, cluster: [u32; 3]) -> Result<()> {
+    unsafe fn launch_with(&mut self, cfg: LaunchConfig, pdl: bool, cluster_x: u32) -> Result<()> {
         let mut ptrs: Vec<*mut c_void> = self
             .params
             .iter_mut()
             .map(|s| s.0.as_mut_ptr().cast::<c_void>())
             .collect();
         let (mut config, mut attrs, n_attrs) =
-            launch_config_dims(&cfg, self.dev.stream().cu_stream(), pdl, cluster);
+            launch_config(&cfg, self.dev.stream().cu_stream(), pdl, cluster_x);
         if n_attrs > 0 {
             config.attrs = attrs.as_mut_ptr();
             config.numAttrs = n_attrs as u32;
@@ -217,17 +202,6 @@ pub(crate) fn launch_config(
     pdl: bool,
     cluster_x: u32,
 ) -> (sys::CUlaunchConfig, [sys::CUlaunchAttribute; 2], usize) {
-    launch_config_dims(cfg, stream, pdl, [cluster_x, 1, 1])
-}
-
-/// [`launch_config`] with clusters of `cluster` = (x, y, z) blocks (the
-/// attribute is set when the cluster has more than one block).
-pub(crate) fn launch_config_dims(
-    cfg: &LaunchConfig,
-    stream: sys::CUstream,
-    pdl: bool,
-    cluster: [u32; 3],
-) -> (sys::CUlaunchConfig, [sys::CUlaunchAttribute; 2], usize) {
     // SAFETY (zeroed): all-zero is a valid value of every variant of the
     // value union, and of the attribute (id 0: CU_LAUNCH_ATTRIBUTE_IGNORE).
     let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
@@ -243,12 +217,12 @@ pub(crate) fn launch_config_dims(
         };
         n_attrs += 1;
     }
-    if cluster.iter().any(|&d| d > 1) {
+    if cluster_x > 1 {
         // SAFETY: as above.
         let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
-        value.clusterDim.x = cluster[0];
-        value.clusterDim.y = cluster[1];
-        value.clusterDim.z = cluster[2];
+        value.clusterDim.x = cluster_x;
+        value.clusterDim.y = 1;
+        value.clusterDim.z = 1;
         attrs[n_attrs] = sys::CUlaunchAttribute {
             id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
             pad: [0; 4],
