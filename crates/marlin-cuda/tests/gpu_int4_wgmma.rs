@@ -73,11 +73,7 @@ fn wgmma_gemm_matches_reference() {
 /// thread, on awkward M (17, 33, 63: partial
 /// token tiles), N and K not multiples of 64, groups 32 / 64 / 128 / per
 /// channel, zero points, default and forced splits (3: splits start inside
-/// a 128-group; 7: an odd number of splits in the paired reduction), the
-/// activations read as they are or from the staged image (change 46; the
-/// whole binary also runs under `MARLIN_WGMMA_STAGED=1`, which covers
-/// several 128-token blocks and the CUDA-graph capture of the staging
-/// launch). Each
+/// a 128-group; 7: an odd number of splits in the paired reduction). Each
 /// (M, shape) problem is shared by the settings.
 #[test]
 fn wgmma_ring_and_prologue_variants_match_reference() {
@@ -86,17 +82,14 @@ fn wgmma_ring_and_prologue_variants_match_reference() {
     // (deep ring, weights before the wait, session-6 prologue / epilogue:
     // symmetric weights only, activations 4 chunks ahead).
     let settings = [
-        (Some(true), Some(true), None, None, Some(false)),
-        (Some(false), Some(true), None, None, Some(false)),
-        (Some(true), Some(false), None, None, Some(false)),
-        (Some(false), Some(false), None, None, Some(false)),
-        (Some(true), Some(true), Some(true), None, Some(false)),
-        (Some(false), Some(true), Some(true), None, Some(false)),
-        (Some(true), Some(true), None, Some(true), Some(false)),
-        (Some(false), Some(false), None, Some(true), Some(false)),
-        (Some(true), Some(true), None, None, Some(true)),
-        (Some(false), Some(true), None, None, Some(true)),
-        (Some(false), Some(false), None, Some(true), Some(true)),
+        (Some(true), Some(true), None, None),
+        (Some(false), Some(true), None, None),
+        (Some(true), Some(false), None, None),
+        (Some(false), Some(false), None, None),
+        (Some(true), Some(true), Some(true), None),
+        (Some(false), Some(true), Some(true), None),
+        (Some(true), Some(true), None, Some(true)),
+        (Some(false), Some(false), None, Some(true)),
     ];
     for &m in &[17, 33, 63, 64, 100] {
         for (n, k, group, asym) in [
@@ -107,13 +100,12 @@ fn wgmma_ring_and_prologue_variants_match_reference() {
             (200, 998, 0, false),
         ] {
             let p = random_problem(&dev, (m, n, k, group, asym), fresh_seed(), 0x5A5A);
-            for (deep, before_wait, legacy_tail, act_ahead4, staged) in settings {
+            for (deep, before_wait, legacy_tail, act_ahead4) in settings {
                 set_wgmma_override(WgmmaOverride {
                     deep,
                     weights_before_wait: before_wait,
                     legacy_tail,
                     act_ahead4,
-                    staged,
                 });
                 for splits in [None, Some(3), Some(7)] {
                     let case = (m, n, k, group, asym, splits);
@@ -126,7 +118,7 @@ fn wgmma_ring_and_prologue_variants_match_reference() {
                         false,
                         &format!(
                             "wgmma deep={deep:?} weights-before-wait={before_wait:?} legacy-tail={legacy_tail:?} \
-                             act-ahead4={act_ahead4:?} staged={staged:?}"
+                             act-ahead4={act_ahead4:?}"
                         ),
                     );
                 }

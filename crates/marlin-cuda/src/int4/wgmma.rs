@@ -10,12 +10,11 @@
 
 use std::cell::Cell;
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 use half::f16;
 
 use super::gemm::{arg_operands, launch_grid, GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
 use super::pack::N_TILE;
-use super::wgmma_ws;
 use crate::device::CudaDevice;
 use crate::error::{CudaError, Result};
 use crate::knobs::{Force, Switch};
@@ -211,10 +210,12 @@ static DEEP_KNOB: Force = Force::new("MARLIN_WGMMA_DEEP");
 /// any copy (the session-6 order) instead of issuing its first ring of codes
 /// and scales before `griddepcontrol.wait`.
 static PREWAIT_KNOB: Switch = Switch::new("MARLIN_WGMMA_PREWAIT", true);
-/// `MARLIN_WGMMA_ACT_AHEAD4=1` (opt-in, not yet measured on a GPU; change
-/// 40): the activation copies of the current entries run 4 chunks ahead
-/// instead of as far as the weights (the ring depth - 2), so that the deep
-/// rings' prologue issues 4 chunks of 4-byte copies instead of 12.
+/// `MARLIN_WGMMA_ACT_AHEAD4=1` (opt-in; change 40): the activation copies
+/// of the current entries run 4 chunks ahead instead of as far as the
+/// weights (the ring depth - 2), so that the deep rings' prologue issues 4
+/// chunks of 4-byte copies instead of 12. Change 46 (H100, same call as the
+/// default): within ±1.5% at every M = 32 / 64 / 128 point of the four
+/// benchmark shapes, so it stays off.
 static ACT_AHEAD4_KNOB: Switch = Switch::new("MARLIN_WGMMA_ACT_AHEAD4", false);
 /// `MARLIN_WGMMA_LEGACY_TAIL=1` (same-run A/B of change 40): the `_e0`
 /// entries, whose prologue loops are unrolled and whose split-K epilogue is
@@ -223,12 +224,6 @@ static ACT_AHEAD4_KNOB: Switch = Switch::new("MARLIN_WGMMA_ACT_AHEAD4", false);
 /// entries). They live in the diagnostic module ([`DIAG_MODULE`]), built
 /// and loaded only when selected.
 static LEGACY_TAIL_KNOB: Switch = Switch::new("MARLIN_WGMMA_LEGACY_TAIL", false);
-/// `MARLIN_WGMMA_STAGED=1` / `=0` (change 46): the activations are first
-/// written in the pack's K order by the warp-specialised path's staging
-/// kernel (`w4a16_ws_stage_t64` / `_t128`, a second launch) and the main
-/// kernel copies them with 16-byte `cp.async` (4x fewer copy instructions
-/// than the 4-byte pair copies); unset, [`staged_default`] decides.
-static STAGED_KNOB: Force = Force::new("MARLIN_WGMMA_STAGED");
 
 /// Per-thread overrides of the knobs above (tests run both sides of
 /// each in one process; the knobs are read once).
@@ -238,11 +233,10 @@ pub struct WgmmaOverride {
     pub weights_before_wait: Option<bool>,
     pub legacy_tail: Option<bool>,
     pub act_ahead4: Option<bool>,
-    pub staged: Option<bool>,
 }
 
 thread_local! {
-    static OVERRIDE: Cell<WgmmaOverride> = const { Cell::new(WgmmaOverride { deep: None, weights_before_wait: None, legacy_tail: None, act_ahead4: None, staged: None }) };
+    static OVERRIDE: Cell<WgmmaOverride> = const { Cell::new(WgmmaOverride { deep: None, weights_before_wait: None, legacy_tail: None, act_ahead4: None }) };
 }
 
 /// Sets this thread's [`WgmmaOverride`] (`Default` clears it).
@@ -266,21 +260,6 @@ fn act_ahead4() -> bool {
         .unwrap_or_else(|| ACT_AHEAD4_KNOB.get())
 }
 
-/// Whether this call stages its activations (knob or override, else
-/// [`staged_default`]); the LEGACY entries never do.
-fn staged_wanted() -> bool {
-    !legacy_tail()
-        && OVERRIDE
-            .with(|c| c.get().staged)
-            .or_else(|| STAGED_KNOB.get())
-            .unwrap_or_else(staged_default)
-}
-
-/// The staged activations' default: off until measured (change 46).
-fn staged_default() -> bool {
-    false
-}
-
 fn weights_before_wait() -> bool {
     OVERRIDE
         .with(|c| c.get().weights_before_wait)
@@ -292,14 +271,13 @@ const FLAG_WEIGHTS_BEFORE_WAIT: i32 = 1;
 const FLAG_PROBE_NO_ACT: i32 = 2;
 const FLAG_PROBE_NO_SYNC: i32 = 4;
 const FLAG_ACT_AHEAD_4: i32 = 8;
-const FLAG_STAGED_ACT: i32 = 16;
-const FLAG_PROBE_NO_MMA: i32 = 32;
+const FLAG_PROBE_NO_MMA: i32 = 16;
 
 /// Diagnostic timing probes, `MARLIN_WGMMA_PROBE=no-act` (no activation
 /// copies), `=no-sync` (no activation copies and no block barrier per
 /// chunk) or `=no-mma` (every copy, wait and barrier, no dequantisation and
-/// no wgmma: the memory pipeline alone): the output is meaningless;
-/// announced once on stderr.
+/// no wgmma: the memory pipeline alone; change 46): the output is
+/// meaningless; announced once on stderr.
 fn probe_flags() -> i32 {
     static PROBE: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
     *PROBE.get_or_init(|| {
@@ -522,32 +500,6 @@ pub(super) struct WgmmaCall {
     /// (blocks) it needs.
     pub partials: usize,
     pub tickets: usize,
-    /// Staged activations (change 46): the staging kernel's token block
-    /// (64 or 128 rows) and the image's f16 elements; None: A is read as it
-    /// is.
-    pub staged: Option<StagedAct>,
-}
-
-/// The activation image a staged call writes first (`w4a16_ws_stage_t64`
-/// / `_t128` of the warp-specialised module).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct StagedAct {
-    /// Rows per image block: 64 for token tiles of 32 and 64 (a 32-token
-    /// block reads half of one), 128 for 128.
-    pub rows: usize,
-    /// f16 elements: ceil(M / rows) x rows x k_pad.
-    pub elems: usize,
-}
-
-impl StagedAct {
-    fn kernel(&self) -> &'static str {
-        // W4A16_WS_STAGE_ENTRY in kernels/w4a16_wgmma_ws.cu.
-        if self.rows == 64 {
-            "w4a16_ws_stage_t64"
-        } else {
-            "w4a16_ws_stage_t128"
-        }
-    }
 }
 
 pub(super) fn resolve(
@@ -586,27 +538,12 @@ pub(super) fn resolve(
         .n_tiles
         .checked_mul(plan.m_blocks)
         .ok_or_else(overflow)?;
-    let staged = if staged_wanted() {
-        // The kernel takes rows m_base .. m_base + tokens - 1 from one image
-        // block: `rows` is a multiple of the token tile.
-        let rows = v.tokens.max(64);
-        let elems = m
-            .div_ceil(rows)
-            .checked_mul(rows)
-            .and_then(|x| x.checked_mul(w.k_chunks))
-            .and_then(|x| x.checked_mul(super::pack::K_CHUNK))
-            .ok_or_else(overflow)?;
-        Some(StagedAct { rows, elems })
-    } else {
-        None
-    };
     Ok(WgmmaCall {
         plan,
         variant: v,
         smem,
         partials,
         tickets,
-        staged,
     })
 }
 
@@ -614,13 +551,6 @@ pub(super) fn resolve(
 pub(super) fn prepare(dev: &CudaDevice, call: &WgmmaCall, ws: &mut GemmWorkspace) -> Result<()> {
     if call.plan.splits > 1 {
         ws.reserve(dev, call.partials, call.tickets)?;
-    }
-    if let Some(st) = call.staged {
-        if ws.staged_act.as_ref().is_none_or(|s| s.len() < st.elems) {
-            ws.staged_act = None;
-            ws.staged_act = Some(dev.alloc_zeros("staged activations (wgmma)", st.elems)?);
-        }
-        dev.function(wgmma_ws::MODULE, wgmma_ws::SOURCE, st.kernel(), 0)?;
     }
     let (module, source) = module_of(call.plan.kernel);
     dev.function(module, source, call.plan.kernel, call.smem)?;
@@ -654,11 +584,6 @@ pub(super) fn launch(
     } else {
         0
     } | if act_ahead4() { FLAG_ACT_AHEAD_4 } else { 0 }
-        | if call.staged.is_some() {
-            FLAG_STAGED_ACT
-        } else {
-            0
-        }
         | probe_flags();
     let cfg = LaunchConfig {
         grid_dim: grid,
@@ -670,14 +595,8 @@ pub(super) fn launch(
     // partials or the tickets (with FLAG_WEIGHTS_BEFORE_WAIT it first
     // issues copies of codes and scales: read-only for every kernel).
     let mut launch = KernelLaunch::new(dev, &func, p.kernel);
-    match call.staged {
-        None => arg_operands(&mut launch, a, w, c, (&ws.partials, &ws.tickets)),
-        Some(st) => {
-            let image = stage_activations(dev, a, m, w, &*ws, st)?;
-            arg_operands(&mut launch, image, w, c, (&ws.partials, &ws.tickets))
-        }
-    }
-    .arg(&m_i32)
+    arg_operands(&mut launch, a, w, c, (&ws.partials, &ws.tickets))
+        .arg(&m_i32)
         .arg(&n_i32)
         .arg(&k_i32)
         .arg(&n_pad_i32)
@@ -690,62 +609,8 @@ pub(super) fn launch(
     // partials >= splits*M*n_pad and tickets >= blocks were checked above;
     // the packed buffers cover n_pad x k_chunks (the repack); the kernel
     // reads only the read-only weights before waiting on its predecessor.
-    // Staged: A is the image (m_blocks' rows inside its ceil(M / rows)
-    // blocks x k_chunks), written by the staging launch just enqueued, which
-    // is the predecessor the PDL wait waits for.
     unsafe { launch.launch_pdl(cfg) }?;
     Ok(())
-}
-
-/// Enqueue the staging kernel of `st` (A -> the workspace's image, the pack's
-/// K order, zeros past M and K) and return the image.
-fn stage_activations<'w>(
-    dev: &CudaDevice,
-    a: &CudaView<'_, f16>,
-    m: usize,
-    w: &Int4Weight,
-    ws: &'w GemmWorkspace,
-    st: StagedAct,
-) -> Result<&'w CudaSlice<f16>> {
-    let func = dev.function(wgmma_ws::MODULE, wgmma_ws::SOURCE, st.kernel(), 0)?;
-    let image = match ws.staged_act.as_ref() {
-        Some(s) if s.len() >= st.elems => s,
-        _ => {
-            return Err(CudaError::Shape(format!(
-                "staged activation scratch missing or smaller than {} elements: call GemmWorkspace::prepare",
-                st.elems
-            )))
-        }
-    };
-    let units = st.elems / 8;
-    let units_i64 =
-        i64::try_from(units).map_err(|_| CudaError::Shape("staged image too large".into()))?;
-    let blocks = u32::try_from(units.div_ceil(wgmma_ws::STAGE_THREADS as usize))
-        .map_err(|_| CudaError::Shape("staged image too large".into()))?;
-    let (m_i32, k_i32, k_chunks_i32) = (
-        to_i32("M", m)?,
-        to_i32("K", w.k)?,
-        to_i32("k_chunks", w.k_chunks)?,
-    );
-    let cfg = LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (wgmma_ws::STAGE_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let mut stage = KernelLaunch::new(dev, &func, st.kernel());
-    stage
-        .arg(a)
-        .arg(image)
-        .arg(&m_i32)
-        .arg(&k_i32)
-        .arg(&k_chunks_i32)
-        .arg(&units_i64);
-    // SAFETY: argument types and order match W4A16_WS_STAGE_ENTRY; the
-    // caller checked A >= M*K; the image holds ceil(M / rows) x rows x k_pad
-    // halves = `units` 16-byte units (checked above); the kernel waits on
-    // its predecessor (pdl_wait) before reading A.
-    unsafe { stage.launch_pdl(cfg) }?;
-    Ok(image)
 }
 
 #[cfg(test)]

@@ -75,7 +75,7 @@ fn module_of(kernel: &str) -> (&'static str, &'static str) {
 /// Threads of the main kernel: producer + 2 consumer warpgroups.
 const THREADS: u32 = 384;
 /// Threads per block of the staging kernel.
-pub(super) const STAGE_THREADS: u32 = 256;
+const STAGE_THREADS: u32 = 256;
 /// Chunks of 64 along K each split gets at least.
 const MIN_CHUNKS_PER_SPLIT: usize = 8;
 /// Dynamic shared memory the kernel may use (sm_90 opt-in limit, 227 KiB).

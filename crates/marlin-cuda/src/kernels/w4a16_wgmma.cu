@@ -63,9 +63,8 @@ __device__ __forceinline__ void w4g_pdl_enter() {
 #define W4G_WEIGHTS_BEFORE_WAIT 1  // first ring of codes / scales before the PDL wait
 #define W4G_PROBE_NO_ACT 2         // diagnostic: no activation copies
 #define W4G_PROBE_NO_SYNC 4        // diagnostic: no activation copies, no barrier per chunk
-#define W4G_ACT_AHEAD_4 8          // activations 4 chunks ahead, not PREFETCH (opt-in)
-#define W4G_STAGED_ACT 16          // A is the staged image of w4a16_ws_stage_t64 / _t128: 16-byte copies
-#define W4G_PROBE_NO_MMA 32        // diagnostic: copies, waits and barriers only (no dequantisation, no wgmma)
+#define W4G_ACT_AHEAD_4 8          // activations 4 chunks ahead, not PREFETCH (opt-in; change 46: within noise)
+#define W4G_PROBE_NO_MMA 16        // diagnostic: copies, waits and barriers only (no dequantisation, no wgmma)
 
 __device__ __forceinline__ void cp_async16_cg(u32 dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
@@ -167,47 +166,18 @@ __device__ __forceinline__ void w4a16_wgmma_body(
     // Groups of 32 * group_k32: a shift when group_k32 is a power of two.
     const int group_shift = (group_k32 & (group_k32 - 1)) == 0 ? __ffs(group_k32) - 1 : -1;
 
-    // Diagnostic probes (flags bits 1-2 and 5, src/int4/wgmma.rs: output
+    // Diagnostic probes (flags bits 1, 2 and 4, src/int4/wgmma.rs: output
     // meaningless): no activation copies; no activation copies and no block
     // barrier per chunk; every copy, wait and barrier but no dequantisation
-    // and no wgmma (the kernel's memory pipeline alone).
+    // and no wgmma (the kernel's memory pipeline alone, change 46).
     const bool probe_no_act = (flags & (W4G_PROBE_NO_ACT | W4G_PROBE_NO_SYNC)) != 0;
     const bool probe_no_sync = (flags & W4G_PROBE_NO_SYNC) != 0;
     const bool probe_no_mma = (flags & W4G_PROBE_NO_MMA) != 0;
-    // Staged activations (flags bit 4, change 46): A points at the image
-    // that w4a16_ws_stage_t64 (TOK <= 64) or _t128 (TOK = 128) wrote, (image
-    // blocks, k_chunks, TOKI rows, 8 units of 16 B) in the pack's K order,
-    // unit u of row r holding the (j, hi) core-matrix row (j, hi) = u ^ (r % 8)
-    // split as 2j + hi, zeros past M and K. One 16-byte copy per unit instead
-    // of four 4-byte pair copies.
-    const bool staged = !LEGACY && (flags & W4G_STAGED_ACT) != 0;
-    constexpr int TOKI = TOK < 64 ? 64 : TOK;
-    constexpr int STAGED_UNITS = TOK * 8;
 
     // The activation pairs of one chunk (after the PDL wait: A is written by
     // the predecessor).
     auto issue_act = [&](int slot, int chunk) {
         if (probe_no_act) return;
-        if (staged) {
-            // Rows m_base .. m_base + TOK - 1 of the image: TOKI is a multiple
-            // of TOK, so they lie in one image block, inside the image
-            // (which holds ceil(M / TOKI) blocks).
-            const uint4* img = reinterpret_cast<const uint4*>(A);
-            const int row0 = m_base % TOKI;
-            const uint4* chunk_img = img + (((size_t)(m_base / TOKI) * k_chunks + chunk) * TOKI + row0) * 8;
-            const u32 stage_addr = act_base + slot * L::STAGE;
-#pragma unroll
-            for (int q = 0; q < (STAGED_UNITS + THREADS - 1) / THREADS; q++) {
-                const int u = tid + q * THREADS;
-                if (STAGED_UNITS % THREADS == 0 || u < STAGED_UNITS) {
-                    const int r = u >> 3;
-                    const int logical = (u & 7) ^ ((row0 + r) & 7);
-                    cp_async16_cg(stage_addr + (logical >> 1) * L::SJ + (logical & 1) * L::LBO + 16 * r,
-                                  chunk_img + u);
-                }
-            }
-            return;
-        }
         const int col = chunk * 64 + 2 * lane;
         // Pairs past K (last chunk) are zero-filled; the clamped column keeps
         // the unread source address inside the row.
