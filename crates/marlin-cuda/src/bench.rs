@@ -588,26 +588,22 @@ fn bench_shape<T: ActDtype>(
             } else {
                 f64::NAN
             };
-            // The Hopper INT4 kernels have f16 activations only (NaN
-            // columns for bf16).
-            let hopper = T::ACT == Act::F16;
-            let has_wgmma = (others || cfg.wgmma_only)
-                && hopper
-                && is_int4
-                && m >= WGMMA_MIN_M
-                && wgmma_supported(dev);
+            let has_wgmma =
+                (others || cfg.wgmma_only) && is_int4 && m >= WGMMA_MIN_M && wgmma_supported(dev);
             let wgmma_us = if has_wgmma {
                 time_path(GemmPath::Wgmma, None, false)?.0
             } else {
                 f64::NAN
             };
-            let has_wgmma_ws = hopper && is_int4 && m >= WGMMA_MIN_M && ws_supported(dev);
+            let has_wgmma_ws = is_int4 && m >= WGMMA_MIN_M && ws_supported(dev);
             let wgmma_ws_us = if has_wgmma_ws {
                 time_path(GemmPath::WgmmaWs, None, false)?.0
             } else {
                 f64::NAN
             };
-            let has_bulk = others && hopper && is_int4 && m <= BULK_MAX_M && bulk_supported(dev);
+            // The bulk-copy kernel has f16 activations only (NaN for bf16).
+            let has_bulk =
+                others && T::ACT == Act::F16 && is_int4 && m <= BULK_MAX_M && bulk_supported(dev);
             let bulk_us = if has_bulk {
                 time_path(GemmPath::Bulk, None, false)?.0
             } else {

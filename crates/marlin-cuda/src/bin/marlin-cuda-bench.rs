@@ -7,8 +7,8 @@
 //! warp-specialised INT4 kernel (same-run A/Bs of its knobs); `--wgmma-only` the same plus the
 //! wgmma INT4 kernel; `--glu` times instead, for each
 //! stacked gate|up shape 2FxK, the GEMM + `glu` pair against the GEMM with the GLU in its epilogue;
-//! `--act bf16` runs the table with bf16 activations and outputs against cuBLAS bf16 (the Hopper
-//! wgmma / warp-specialised / bulk INT4 columns are f16-only: NaN).
+//! `--act bf16` runs the table with bf16 activations and outputs against cuBLAS bf16 (the bulk
+//! INT4 column, an f16-only kernel, is NaN).
 //! Exit status 1 when CUDA is not available or a call fails.
 
 use marlin_cuda::act::Act;
