@@ -254,10 +254,10 @@ mod tests {
             let (z0, z1) = (mul2(s0, NEG8), mul2(s1, NEG8));
             let b = dequant_word(q, s0, s1, z0, z1);
             let scale = |h: usize| halves(if h == 0 { s0 } else { s1 })[0].to_f64();
-            for h in 0..2 {
-                for r in 0..2 {
+            for (h, regs) in b.iter().enumerate() {
+                for (r, &reg) in regs.iter().enumerate() {
                     let pos = (2 * h + r) as u32;
-                    let got = halves(b[h][r]);
+                    let got = halves(reg);
                     for (half, p) in [(0, pos), (1, pos + 4)] {
                         let want = bf16::from_f64((nibble(q, p) - 8.0) * scale(h));
                         assert_eq!(got[half], want, "q={q:08x} h={h} r={r} half={half}");
@@ -272,11 +272,11 @@ mod tests {
             ));
             let (s0, s1, z0, z1) = (dup_lo(s2), dup_hi(s2), dup_lo(zt), dup_hi(zt));
             let b = dequant_word(q, s0, s1, z0, z1);
-            for h in 0..2 {
+            for (h, regs) in b.iter().enumerate() {
                 let (sv, zv) = if h == 0 { (s0, z0) } else { (s1, z1) };
-                for r in 0..2 {
+                for (r, &reg) in regs.iter().enumerate() {
                     let pos = (2 * h + r) as u32;
-                    let got = halves(b[h][r]);
+                    let got = halves(reg);
                     for (half, p) in [(0, pos), (1, pos + 4)] {
                         let want = bf16::from_f64(
                             nibble(q, p) * halves(sv)[0].to_f64() + halves(zv)[0].to_f64(),
