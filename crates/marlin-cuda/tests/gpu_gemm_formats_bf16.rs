@@ -6,12 +6,13 @@
 //! weights and activations every run (seed printed on failure), outputs
 //! poisoned with NaN before every launch.
 //!
-//! Tolerance (bf16 unit roundoff u = 2^-9): the fused kernels feed exact
+//! Tolerance (bf16 unit roundoff u = 2^-8): the fused kernels feed exact
 //! weight codes to the bf16 mma for INT8, FP8, INT3 and INT2 (scales in
 //! fp32), FP4 values scaled in f16 then rounded to bf16 (<= u + 2^-11
-//! relative); dequantize + cuBLAS rounds every weight once to bf16 (<= u);
-//! the output is rounded to bf16 (<= u). Relative L2 bound 4u (expected
-//! about u); per element 2u |c| + 2u sum_k |a_k w_k| + K 2^-24 sum_k
+//! relative); dequantize + cuBLAS rounds every weight once to bf16 (<= u,
+//! FP4 after its f16 scaling); the output is rounded to bf16 (<= u).
+//! Relative L2 bound 2u (expected below u: measured 1.4e-3 to 3.0e-3 on an
+//! H100); per element u |c| + 1.5u sum_k |a_k w_k| + K 2^-24 sum_k
 //! |a_k w_k| (fp32 accumulation's worst case).
 #![cfg(feature = "cuda")]
 
@@ -26,8 +27,8 @@ use marlin_cuda::wgemm::gemm::{wx_gemm, wx_gemm_prepared, WxWeight};
 use marlin_cuda::CudaDevice;
 use marlin_quant::{quantize_rtn, Granularity, QuantScheme, QuantTensor, RtnOptions, ScaleDType};
 
-const U: f64 = 1.0 / 512.0;
-const REL_L2_TOL: f64 = 4.0 * U;
+const U: f64 = 1.0 / 256.0;
+const REL_L2_TOL: f64 = 2.0 * U;
 
 fn fresh_seed() -> u64 {
     std::time::SystemTime::now()
@@ -78,7 +79,7 @@ fn problem(
     let bound = want
         .iter()
         .zip(&abs_prod)
-        .map(|(c, p)| 2.0 * U * c.abs() + 2.0 * U * p + k as f64 * f64::powi(2.0, -24) * p)
+        .map(|(c, p)| U * c.abs() + 1.5 * U * p + k as f64 * f64::powi(2.0, -24) * p)
         .collect();
     Problem {
         seed,

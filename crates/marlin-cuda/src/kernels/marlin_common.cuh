@@ -124,7 +124,7 @@ __device__ __forceinline__ u32 act2_mul(u32 a, u32 b) { return act2_fma(a, b, 0x
 __device__ __forceinline__ u32 act2_sub(u32 a, u32 b) { return act2_fma(b, 0xBF80BF80u, a); }
 #define ACT2_NEG8 0xC100C100u  // (-8, -8)
 // An f16x2 weight scale (or -zero*scale) as the activation type: rounded to
-// bf16's 8 significant bits (relative error <= 2^-9).
+// bf16's 8 significant bits (relative error <= 2^-8).
 __device__ __forceinline__ u32 scale2_to_act2(u32 s) {
     float lo, hi;
     f16x2_to_f32(s, lo, hi);
