@@ -239,3 +239,86 @@ fn formats_bf16_prepared() {
         }
     }
 }
+
+/// INT4 act-order with bf16 activations: the gather moves 16-bit words,
+/// then the bf16 INT4 GEMM of the permuted weight (symmetric and zero
+/// points, M = 1..64, Auto's paths). Same tolerances (the INT4 weight
+/// rounding of tests/gpu_int4_bf16.rs: 3u per weight term with zero
+/// points).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int4_act_order_bf16_matches_reference() {
+    use marlin_cuda::int4::act_order::{int4_act_order_gemm, Int4ActOrderWeight};
+    let dev = device();
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    let (n, k, g) = (200, 1024, 128);
+    for (name, scheme) in [
+        ("int4g128-act", QuantScheme::int4_sym(g)),
+        ("int4g128z-act", QuantScheme::int4_asym(g)),
+    ] {
+        let seed = fresh_seed();
+        let mut q = quantized(scheme, n, k, seed);
+        // A GPTQ-style g_idx: a random column order, group = position / g.
+        let mut rng = XorShift::new(seed ^ 0xA5);
+        let mut order: Vec<usize> = (0..k).collect();
+        for i in (1..k).rev() {
+            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+        }
+        let mut g_idx = vec![0u32; k];
+        for (pos, &c) in order.iter().enumerate() {
+            g_idx[c] = (pos / g) as u32;
+        }
+        q.g_idx = Some(g_idx);
+        let w = Int4ActOrderWeight::from_quant(&dev, &q).expect("permute + upload");
+        let w_ref: Vec<f64> = q
+            .dequantize()
+            .expect("dequantize")
+            .iter()
+            .map(|v| f64::from(*v))
+            .collect();
+        for &m in &[1usize, 3, 17, 64] {
+            let a_host = random_activations_bf16(m, k, seed ^ m as u64);
+            let a_ref: Vec<f64> = a_host.iter().map(|v| v.to_f64()).collect();
+            let want = matmul_ref(&a_ref, &w_ref, m, n, k);
+            let a = dev.upload("A", &a_host).expect("A");
+            let mut c = dev.alloc_zeros::<bf16>("C", m * n).expect("C");
+            let mut gathered = dev
+                .alloc_zeros::<bf16>("gathered A", m * k)
+                .expect("scratch");
+            dev.write(&mut c, &vec![bf16::NAN; m * n]).expect("poison");
+            let plan = int4_act_order_gemm(
+                &dev,
+                &a,
+                m,
+                &w,
+                &mut c,
+                &mut ws,
+                &mut gathered,
+                GemmOptions::default(),
+            )
+            .expect("launch");
+            let got = dev.download(&c).expect("download");
+            let (mut e2, mut r2) = (0f64, 0f64);
+            for (i, (gv, r)) in got.iter().zip(&want).enumerate() {
+                let gv = gv.to_f64();
+                assert!(
+                    gv.is_finite(),
+                    "{name} M={m} seed={seed}: C[{}, {}] = {gv}",
+                    i / n,
+                    i % n
+                );
+                e2 += (gv - r) * (gv - r);
+                r2 += r * r;
+            }
+            let rel = (e2 / r2.max(1e-30)).sqrt();
+            assert!(
+                rel < REL_L2_TOL,
+                "{name} M={m} {plan:?} seed={seed}: rel L2 {rel:.3e}"
+            );
+            println!(
+                "PASS bf16 {name} {:?} M={m} N={n} K={k} rel_l2={rel:.2e}",
+                plan.path
+            );
+        }
+    }
+}
