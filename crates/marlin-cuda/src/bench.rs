@@ -1,6 +1,8 @@
 //! GEMM benchmark: the quantized GEMMs (INT4 g128, MXFP4, NVFP4, INT8, FP8)
 //! against cuBLAS fp16 on the same shape, and the device's copy bandwidth,
-//! all measured in one run.
+//! all measured in one run. With [`GemmBenchConfig::act`] = bf16 the
+//! activations and outputs are bf16 and the peer is cuBLAS bf16 (GemmEx,
+//! fp32 compute).
 //!
 //! Timing: CUDA events around batches of back-to-back launches (after
 //! warm-up, so NVRTC compilation and cuBLAS handle setup stay out), the
@@ -23,10 +25,12 @@
 use std::fmt;
 use std::sync::Arc;
 
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use cudarc::cublas::{CudaBlas, GemmConfig};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaSlice;
-use half::f16;
+use half::{bf16, f16};
+
+use crate::act::{Act, ActDtype};
 
 use crate::bench_read::ReadPeer;
 use crate::device::{driver_err, CudaDevice};
@@ -113,6 +117,8 @@ pub struct GemmBenchConfig {
     /// Time only cuBLAS, Auto and the two Hopper wgmma INT4 paths (the
     /// other columns NaN): quick same-run A/Bs at M = 17..128.
     pub wgmma_only: bool,
+    /// Activation (and output) type; the cuBLAS peer uses the same.
+    pub act: Act,
 }
 
 impl Default for GemmBenchConfig {
@@ -136,6 +142,7 @@ impl Default for GemmBenchConfig {
             decode_shapes: Vec::new(),
             ws_only: false,
             wgmma_only: false,
+            act: Act::F16,
         }
     }
 }
@@ -212,6 +219,8 @@ impl GemmBenchRow {
 #[derive(Clone, Debug)]
 pub struct GemmBenchReport {
     pub device: String,
+    /// Activation type of every row (and of the cuBLAS peer).
+    pub act: Act,
     /// Device-to-device copy, (bytes read + bytes written) / time, TB/s.
     pub copy_tbps: f64,
     /// Back-to-back delay kernels alone, us per launch (NaN when the decode
@@ -223,6 +232,12 @@ pub struct GemmBenchReport {
 impl fmt::Display for GemmBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "device: {}", self.device)?;
+        writeln!(
+            f,
+            "activations and outputs: {} (cuBLAS peer: {} GemmEx, fp32 compute)",
+            self.act.name(),
+            self.act.name()
+        )?;
         writeln!(
             f,
             "copy bandwidth (D2D, read+write): {:.3} TB/s",
@@ -391,9 +406,13 @@ pub fn bench_gemm(ordinal: usize, cfg: &GemmBenchConfig) -> Result<GemmBenchRepo
     };
     let mut rows = Vec::new();
     for &(n, k) in &cfg.shapes {
-        rows.extend(bench_shape(&dev, &blas, n, k, cfg, delay_us)?);
+        rows.extend(match cfg.act {
+            Act::F16 => bench_shape::<f16>(&dev, &blas, n, k, cfg, delay_us)?,
+            Act::Bf16 => bench_shape::<bf16>(&dev, &blas, n, k, cfg, delay_us)?,
+        });
     }
     Ok(GemmBenchReport {
+        act: cfg.act,
         device: format!(
             "{} (sm_{}{}, {} SMs)",
             dev.name(),
@@ -437,13 +456,13 @@ impl Weights {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn call(
+    fn call<T: ActDtype>(
         &self,
         dev: &Arc<CudaDevice>,
         i: usize,
-        a: &CudaSlice<f16>,
+        a: &CudaSlice<T>,
         m: usize,
-        c: &mut CudaSlice<f16>,
+        c: &mut CudaSlice<T>,
         ws: &mut GemmWorkspace,
         opts: GemmOptions,
     ) -> Result<GemmPlan> {
@@ -454,7 +473,16 @@ impl Weights {
     }
 }
 
-fn bench_shape(
+/// Random activations in [-1, 1) of type T (for f16 the values of
+/// [`random_activations`]).
+fn random_act<T: ActDtype>(m: usize, k: usize, seed: u64) -> Vec<T> {
+    let mut rng = XorShift::new(seed);
+    (0..m * k)
+        .map(|_| T::from_f32(2.0 * rng.next_f32() - 1.0))
+        .collect()
+}
+
+fn bench_shape<T: ActDtype>(
     dev: &Arc<CudaDevice>,
     blas: &CudaBlas,
     n: usize,
@@ -476,41 +504,41 @@ fn bench_shape(
             });
         formats.push((format, weights, bytes, read_us));
     }
-    // fp16 peer: random values of the same magnitude (cuBLAS time does not
-    // depend on the values, but zeros are avoided on principle).
+    // fp16 (bf16) peer: random values of the same magnitude (cuBLAS time
+    // does not depend on the values, but zeros are avoided on principle).
     let mut rng = XorShift::new(99);
-    let w16: Vec<f16> = (0..n * k)
-        .map(|_| f16::from_f32(0.02 * rng.next_f32() - 0.01))
+    let w16: Vec<T> = (0..n * k)
+        .map(|_| T::from_f32(0.02 * rng.next_f32() - 0.01))
         .collect();
     let n_f16 = copies_for(n * k * 2);
     let weights16: Vec<_> = (0..n_f16)
-        .map(|_| dev.upload("cuBLAS fp16 weights", &w16))
+        .map(|_| dev.upload("cuBLAS dense weights", &w16))
         .collect::<Result<_>>()?;
     drop(w16);
-    let a_host = random_activations(max_m, k, 5);
+    let a_host = random_act::<T>(max_m, k, 5);
     let a = dev.upload("activations", &a_host)?;
-    let mut c = dev.alloc_zeros::<f16>("output", max_m * n)?;
+    let mut c = dev.alloc_zeros::<T>("output", max_m * n)?;
     let mut ws = GemmWorkspace::new(dev)?;
 
     let mut rows = Vec::new();
     for &m in &cfg.ms {
-        let cublas_call = |i: usize, c: &mut CudaSlice<f16>| {
+        let cublas_call = |i: usize, c: &mut CudaSlice<T>| {
             let gemm_cfg = GemmConfig {
                 transa: cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T,
                 transb: cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N,
                 m: n as i32,
                 n: m as i32,
                 k: k as i32,
-                alpha: f16::ONE,
+                alpha: T::ONE,
                 lda: k as i32,
                 ldb: k as i32,
-                beta: f16::ZERO,
+                beta: T::ZERO,
                 ldc: n as i32,
             };
             // SAFETY: W16 is (N, K) row-major = K x N column-major (op T),
             // A is (M, K) row-major = K x M column-major, C is (M, N)
             // row-major = N x M column-major; all buffers hold >= those sizes.
-            unsafe { blas.gemm(gemm_cfg, &weights16[i % n_f16], &a, c) }.map_err(|e| {
+            unsafe { T::blas_gemm(blas, gemm_cfg, &weights16[i % n_f16], &a, c) }.map_err(|e| {
                 CudaError::Cublas {
                     context: format!("GemmEx M={m} N={n} K={k}"),
                     message: format!("{e:?}"),
@@ -573,7 +601,9 @@ fn bench_shape(
             } else {
                 f64::NAN
             };
-            let has_bulk = others && is_int4 && m <= BULK_MAX_M && bulk_supported(dev);
+            // The bulk-copy kernel has f16 activations only (NaN for bf16).
+            let has_bulk =
+                others && T::ACT == Act::F16 && is_int4 && m <= BULK_MAX_M && bulk_supported(dev);
             let bulk_us = if has_bulk {
                 time_path(GemmPath::Bulk, None, false)?.0
             } else {

@@ -50,7 +50,9 @@ pub struct CudaDevice {
     sm_count: usize,
     driver_version: i32,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// Loaded functions by (module, entry): the bf16 modules (crate::act)
+    /// hold entries of the same names as their f16 modules.
+    functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
     blas: Mutex<Option<CudaBlas>>,
 }
 
@@ -170,7 +172,7 @@ impl CudaDevice {
             .functions
             .lock()
             .map_err(|_| CudaError::NotAvailable("function cache lock poisoned".into()))?;
-        if let Some(f) = functions.get(func) {
+        if let Some(f) = functions.get(&(module, func)) {
             return Ok(f.clone());
         }
         let f = self.load_function(module, source, func)?;
@@ -184,7 +186,7 @@ impl CudaDevice {
             )
             .map_err(|e| driver_err(&format!("{func}: {max_dynamic_smem} bytes of dynamic shared memory"), e))?;
         }
-        functions.insert(func, f.clone());
+        functions.insert((module, func), f.clone());
         Ok(f)
     }
 

@@ -10,12 +10,15 @@
 //! missing.
 //!
 //! - [`int4`]: W4A16 GEMM (INT4 symmetric / asymmetric, per-group or
-//!   per-channel scales, f16 activations, fp32 accumulation).
+//!   per-channel scales, f16 or bf16 activations (`act`), fp32
+//!   accumulation).
 //! - [`knobs`]: the environment variables that switch an optimisation off
 //!   for same-run comparisons.
 //! - `bench` (feature `cuda`): the GEMM benchmark against cuBLAS fp16 and the
 //!   device's copy bandwidth, used by `marlin bench gemm --device cuda`.
 
+#[cfg(feature = "cuda")]
+pub mod act;
 pub mod error;
 pub mod int4;
 pub mod knobs;

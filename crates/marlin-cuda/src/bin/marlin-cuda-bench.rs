@@ -1,20 +1,23 @@
 //! `marlin-cuda-bench [--quick] [--sweep] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]]
 //! [--ms 1,16] [--formats int4,mxfp4,...] [--no-ctx] [--delay-cycles C] [--dec-shapes 4x1x4,4x2x2]
-//! [--ws-only] [--wgmma-only] [--glu] [--device N]`: the quantized GEMM benchmark table (see `marlin_cuda::bench`). `--stream-k`
+//! [--ws-only] [--wgmma-only] [--glu] [--act f16|bf16] [--device N]`: the quantized GEMM benchmark table (see `marlin_cuda::bench`). `--stream-k`
 //! adds the stream-K INT4 kernel's column; `--no-ctx` drops the decode-context columns (GEMM
 //! after a PDL-launched delay kernel of C clocks); `--dec-shapes` times forced decode-kernel
 //! block shapes (column blocks x K slices x splits); `--ws-only` times only cuBLAS, Auto and the
 //! warp-specialised INT4 kernel (same-run A/Bs of its knobs); `--wgmma-only` the same plus the
 //! wgmma INT4 kernel; `--glu` times instead, for each
-//! stacked gate|up shape 2FxK, the GEMM + `glu` pair against the GEMM with the GLU in its epilogue.
+//! stacked gate|up shape 2FxK, the GEMM + `glu` pair against the GEMM with the GLU in its epilogue;
+//! `--act bf16` runs the table with bf16 activations and outputs against cuBLAS bf16 (the bulk
+//! INT4 column, an f16-only kernel, is NaN).
 //! Exit status 1 when CUDA is not available or a call fails.
 
+use marlin_cuda::act::Act;
 use marlin_cuda::bench::{bench_gemm, GemmBenchConfig, GemmFormat};
 
 const USAGE: &str =
     "usage: marlin-cuda-bench [--quick] [--sweep] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]] [--ms 1,16] \
                      [--formats int4,mxfp4,nvfp4,int8,fp8,fp8b128,int3,int2] [--no-ctx] [--delay-cycles C] \
-                     [--dec-shapes AxBxC[,..]] [--ws-only] [--wgmma-only] [--glu] [--device N]";
+                     [--dec-shapes AxBxC[,..]] [--ws-only] [--wgmma-only] [--glu] [--act f16|bf16] [--device N]";
 
 fn main() {
     let mut cfg = GemmBenchConfig::default();
@@ -37,6 +40,13 @@ fn main() {
             "--ws-only" => cfg.ws_only = true,
             "--wgmma-only" => cfg.wgmma_only = true,
             "--glu" => glu = true,
+            "--act" => match args.next().as_deref().and_then(Act::parse) {
+                Some(act) => cfg.act = act,
+                None => {
+                    eprintln!("--act needs f16 or bf16");
+                    std::process::exit(2);
+                }
+            },
             "--delay-cycles" => match args.next().and_then(|s| s.parse::<i64>().ok()) {
                 Some(c) if c >= 0 => cfg.delay_cycles = c,
                 _ => {
@@ -110,6 +120,10 @@ fn main() {
                 std::process::exit(2);
             }
         }
+    }
+    if glu && cfg.act != Act::F16 {
+        eprintln!("--glu times the f16 decode-step kernels only (not with --act bf16)");
+        std::process::exit(2);
     }
     if glu {
         match marlin_cuda::bench::bench_glu(ordinal, &cfg) {

@@ -105,17 +105,18 @@ mod device {
     use std::sync::Arc;
 
     use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
-    use half::f16;
     use marlin_quant::QuantTensor;
 
     use super::permute_act_order;
+    use crate::act::{Act, ActDtype};
     use crate::device::{driver_err, CudaDevice};
     use crate::error::{CudaError, Result};
     use crate::int4::gemm::{int4_gemm_prepared, GemmOptions, GemmPlan, GemmWorkspace, Int4Weight};
 
     const MODULE: &str = "act_order";
     const SOURCE: &str = include_str!("../kernels/act_order.cu");
-    const GATHER: &str = "act_order_gather_f16";
+    /// Moves 16-bit words: f16 and bf16 activations alike.
+    const GATHER: &str = "act_order_gather_u16";
 
     /// An act-order INT4 weight on the device: the K-permuted weight in the
     /// INT4 kernels' layout and the permutation.
@@ -153,14 +154,14 @@ mod device {
         }
     }
 
-    /// `out[row, j] = a[row, perm[j]]` for M rows (out >= M*K elements).
-    /// Capture-safe: one launch, no allocation.
-    pub fn gather_activations(
+    /// `out[row, j] = a[row, perm[j]]` for M rows (out >= M*K elements),
+    /// f16 or bf16. Capture-safe: one launch, no allocation.
+    pub fn gather_activations<T: ActDtype>(
         dev: &Arc<CudaDevice>,
-        a: &CudaView<'_, f16>,
+        a: &CudaView<'_, T>,
         m: usize,
         w: &Int4ActOrderWeight,
-        out: &mut CudaViewMut<'_, f16>,
+        out: &mut CudaViewMut<'_, T>,
     ) -> Result<()> {
         let k = w.k();
         let total = m
@@ -187,16 +188,17 @@ mod device {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: arguments match act_order_gather_f16; A and out hold >=
-        // M*K elements (checked), perm holds K entries < K (built by
-        // act_order_permutation).
+        // SAFETY: arguments match act_order_gather_u16 (T is a 16-bit
+        // type: f16 or bf16); A and out hold >= M*K elements (checked),
+        // perm holds K entries < K (built by act_order_permutation).
         unsafe { launch.launch(cfg) }.map_err(|e| driver_err(&format!("launch {GATHER}"), e))?;
         Ok(())
     }
 
-    /// Prepare `ws` for [`int4_act_order_gemm_prepared`] of `m` rows (the
-    /// INT4 GEMM of the permuted weight; the gather kernel was loaded at
-    /// upload).
+    /// Prepare `ws` for [`int4_act_order_gemm_prepared`] of `m` rows with
+    /// f16 activations (the INT4 GEMM of the permuted weight; the gather
+    /// kernel was loaded at upload); [`prepare_act_order_for`] takes the
+    /// activation type.
     pub fn prepare_act_order(
         dev: &Arc<CudaDevice>,
         ws: &mut GemmWorkspace,
@@ -204,22 +206,35 @@ mod device {
         m: usize,
         opts: GemmOptions,
     ) -> Result<GemmPlan> {
-        ws.prepare(dev, &w.weight, m, opts)
+        prepare_act_order_for(dev, ws, w, m, opts, Act::F16)
     }
 
-    /// C (M, N) = A (M, K) . W^T for an act-order weight: gather A's
-    /// columns into `gathered` (>= M*K elements), then the INT4 GEMM.
-    /// Capture-safe after [`prepare_act_order`]: two or three launches
-    /// (gather, GEMM or dequantize + cuBLAS), no allocation.
-    #[allow(clippy::too_many_arguments)]
-    pub fn int4_act_order_gemm_prepared(
+    /// [`prepare_act_order`] for activation type `act`.
+    pub fn prepare_act_order_for(
         dev: &Arc<CudaDevice>,
-        a: &CudaView<'_, f16>,
+        ws: &mut GemmWorkspace,
+        w: &Int4ActOrderWeight,
+        m: usize,
+        opts: GemmOptions,
+        act: Act,
+    ) -> Result<GemmPlan> {
+        ws.prepare_for(dev, &w.weight, m, opts, act)
+    }
+
+    /// C (M, N) = A (M, K) . W^T for an act-order weight, f16 or bf16:
+    /// gather A's columns into `gathered` (>= M*K elements), then the INT4
+    /// GEMM. Capture-safe after [`prepare_act_order`] /
+    /// [`prepare_act_order_for`]: two or three launches (gather, GEMM or
+    /// dequantize + cuBLAS), no allocation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn int4_act_order_gemm_prepared<T: ActDtype>(
+        dev: &Arc<CudaDevice>,
+        a: &CudaView<'_, T>,
         m: usize,
         w: &Int4ActOrderWeight,
-        c: &mut CudaViewMut<'_, f16>,
+        c: &mut CudaViewMut<'_, T>,
         ws: &mut GemmWorkspace,
-        gathered: &mut CudaViewMut<'_, f16>,
+        gathered: &mut CudaViewMut<'_, T>,
         opts: GemmOptions,
     ) -> Result<GemmPlan> {
         gather_activations(dev, a, m, w, gathered)?;
@@ -229,17 +244,17 @@ mod device {
     /// [`int4_act_order_gemm_prepared`] on whole buffers, preparing first
     /// (allocates the workspace at first use).
     #[allow(clippy::too_many_arguments)]
-    pub fn int4_act_order_gemm(
+    pub fn int4_act_order_gemm<T: ActDtype>(
         dev: &Arc<CudaDevice>,
-        a: &CudaSlice<f16>,
+        a: &CudaSlice<T>,
         m: usize,
         w: &Int4ActOrderWeight,
-        c: &mut CudaSlice<f16>,
+        c: &mut CudaSlice<T>,
         ws: &mut GemmWorkspace,
-        gathered: &mut CudaSlice<f16>,
+        gathered: &mut CudaSlice<T>,
         opts: GemmOptions,
     ) -> Result<GemmPlan> {
-        prepare_act_order(dev, ws, w, m, opts)?;
+        prepare_act_order_for(dev, ws, w, m, opts, T::ACT)?;
         int4_act_order_gemm_prepared(
             dev,
             &a.as_view(),

@@ -5,15 +5,16 @@ use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 
 use cudarc::cublas::sys::cublasOperation_t;
-use cudarc::cublas::{Gemm, GemmConfig};
+use cudarc::cublas::GemmConfig;
 use cudarc::driver::{
     CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
 };
-use half::f16;
+use half::{bf16, f16};
 use marlin_quant::QuantTensor;
 
 use super::pack::{pack_int4, Int4Packed, N_TILE};
 use super::{bulk, wgmma, wgmma_ws};
+use crate::act::{Act, ActDtype};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
 use crate::knobs;
@@ -22,6 +23,30 @@ use crate::ops::to_i32;
 
 pub(super) const MODULE: &str = "w4a16_gemm";
 pub(super) const SOURCE: &str = include_str!("../kernels/w4a16_gemm.cu");
+/// The same source with bf16 activations (`MARLIN_ACT_BF16`, crate::act):
+/// the decode, stream-K and general kernels and the dequantizer
+/// (`w4_dequant_bf16`) under the f16 module's entry names.
+const BF16_MODULE: &str = "w4a16_gemm_bf16";
+const BF16_SOURCE: &str = concat!(
+    "#define MARLIN_ACT_BF16 1\n",
+    include_str!("../kernels/w4a16_gemm.cu")
+);
+
+/// Module name and source of the plain kernels for activation type `act`.
+fn gemm_module(act: Act) -> (&'static str, &'static str) {
+    match act {
+        Act::F16 => (MODULE, SOURCE),
+        Act::Bf16 => (BF16_MODULE, BF16_SOURCE),
+    }
+}
+
+/// The dequantizer entry of `gemm_module(act)`.
+fn dequant_kernel(act: Act) -> &'static str {
+    match act {
+        Act::F16 => "w4_dequant_f16",
+        Act::Bf16 => "w4_dequant_bf16",
+    }
+}
 const THREADS: u32 = 128;
 /// Chunks of 64 along K each split must get at least, so that the weight
 /// pipeline (8 loads deep) fills before the epilogue.
@@ -164,11 +189,16 @@ pub struct GemmWorkspace {
     pub(crate) tickets: CudaSlice<u32>,
     /// (N, K) f16 scratch of the large-M path, allocated at first use.
     pub(crate) dense: Option<CudaSlice<f16>>,
+    /// The same for bf16 activations.
+    pub(crate) dense_bf16: Option<CudaSlice<bf16>>,
     /// Staged activation image of the warp-specialised wgmma path
-    /// ([`super::wgmma_ws`]), allocated by `prepare`.
+    /// ([`super::wgmma_ws`]), allocated by `prepare`: raw 16-bit
+    /// activation words (bf16 calls stage bf16 bits; the kernels only
+    /// copy them).
     pub(crate) staged_act: Option<CudaSlice<f16>>,
-    /// Kernels loaded by `prepare` (checked by `int4_gemm_prepared`).
-    prepared: Vec<&'static str>,
+    /// Kernels loaded by `prepare` (checked by `int4_gemm_prepared`), by
+    /// activation type (the bf16 module's entries have the f16 names).
+    prepared: Vec<(Act, &'static str)>,
 }
 
 impl GemmWorkspace {
@@ -196,6 +226,7 @@ impl GemmWorkspace {
             partials: dev.alloc_zeros("split-K partials", 1)?,
             tickets: dev.alloc_zeros("split-K tickets", 1)?,
             dense: None,
+            dense_bf16: None,
             staged_act: None,
             prepared: Vec::new(),
         })
@@ -221,6 +252,7 @@ impl GemmWorkspace {
     /// its kernel, sizes the split-K scratch (and the dense f16 scratch and
     /// cuBLAS handle of the dequantize + cuBLAS path). Returns the plan that
     /// call will use. Call it for every (weight shape, M) to be captured.
+    /// f16 activations; [`GemmWorkspace::prepare_for`] takes the type.
     pub fn prepare(
         &mut self,
         dev: &Arc<CudaDevice>,
@@ -228,45 +260,74 @@ impl GemmWorkspace {
         m: usize,
         opts: GemmOptions,
     ) -> Result<GemmPlan> {
-        match resolve_call(dev, m, w, opts)? {
+        self.prepare_for(dev, w, m, opts, Act::F16)
+    }
+
+    /// [`GemmWorkspace::prepare`] for activation type `act` (the bf16
+    /// kernels are a module of their own, the dense scratch a buffer of
+    /// its own).
+    pub fn prepare_for(
+        &mut self,
+        dev: &Arc<CudaDevice>,
+        w: &Int4Weight,
+        m: usize,
+        opts: GemmOptions,
+        act: Act,
+    ) -> Result<GemmPlan> {
+        let (module, source) = gemm_module(act);
+        match resolve_call(dev, m, w, opts, act)? {
             Call::Dequant => {
-                let elems = w.n * w.k;
-                if self.dense.as_ref().is_none_or(|d| d.len() < elems) {
-                    self.dense = None;
-                    self.dense = Some(dev.alloc_zeros("f16 dequantized weight scratch", elems)?);
+                let elems =
+                    w.n.checked_mul(w.k)
+                        .ok_or_else(|| CudaError::Shape("N*K overflows".into()))?;
+                match act {
+                    Act::F16 => {
+                        if self.dense.as_ref().is_none_or(|d| d.len() < elems) {
+                            self.dense = None;
+                            self.dense =
+                                Some(dev.alloc_zeros("f16 dequantized weight scratch", elems)?);
+                        }
+                    }
+                    Act::Bf16 => {
+                        if self.dense_bf16.as_ref().is_none_or(|d| d.len() < elems) {
+                            self.dense_bf16 = None;
+                            self.dense_bf16 =
+                                Some(dev.alloc_zeros("bf16 dequantized weight scratch", elems)?);
+                        }
+                    }
                 }
-                dev.function(MODULE, SOURCE, "w4_dequant_f16", 0)?;
+                dev.function(module, source, dequant_kernel(act), 0)?;
                 dev.with_blas(|_| Ok(()))?;
-                self.mark_prepared("w4_dequant_f16");
+                self.mark_prepared(act, dequant_kernel(act));
                 Ok(dequant_plan())
             }
             Call::Wgmma(wc) => {
                 wgmma::prepare(dev, &wc, self)?;
-                self.mark_prepared(wc.plan.kernel);
+                self.mark_prepared(act, wc.plan.kernel);
                 Ok(wc.plan)
             }
             Call::WgmmaWs(wc) => {
                 wgmma_ws::prepare(dev, &wc, self)?;
-                self.mark_prepared(wc.plan.kernel);
+                self.mark_prepared(act, wc.plan.kernel);
                 Ok(wc.plan)
             }
             Call::Bulk(bc) => {
                 bulk::prepare(dev, &bc, self)?;
-                self.mark_prepared(bc.plan.kernel);
+                self.mark_prepared(act, bc.plan.kernel);
                 Ok(bc.plan)
             }
             Call::StreamK(sc) => {
                 self.reserve(dev, sc.partials, sc.tickets)?;
-                dev.function(MODULE, SOURCE, sc.plan.kernel, sc.max_smem)?;
-                self.mark_prepared(sc.plan.kernel);
+                dev.function(module, source, sc.plan.kernel, sc.max_smem)?;
+                self.mark_prepared(act, sc.plan.kernel);
                 Ok(sc.plan)
             }
             Call::Fused(fc) => {
                 if fc.grid_splits > 1 {
                     self.reserve(dev, fc.partials, fc.tickets)?;
                 }
-                dev.function(MODULE, SOURCE, fc.plan.kernel, fc.max_smem)?;
-                self.mark_prepared(fc.plan.kernel);
+                dev.function(module, source, fc.plan.kernel, fc.max_smem)?;
+                self.mark_prepared(act, fc.plan.kernel);
                 Ok(fc.plan)
             }
         }
@@ -289,23 +350,24 @@ impl GemmWorkspace {
             call.kernel,
             to_u32_smem(decode_smem_attr())?,
         )?;
-        self.mark_prepared(call.kernel);
+        self.mark_prepared(Act::F16, call.kernel);
         Ok(call.kernel)
     }
 
-    fn mark_prepared(&mut self, kernel: &'static str) {
-        if !self.prepared.contains(&kernel) {
-            self.prepared.push(kernel);
+    fn mark_prepared(&mut self, act: Act, kernel: &'static str) {
+        if !self.prepared.contains(&(act, kernel)) {
+            self.prepared.push((act, kernel));
         }
     }
 
-    fn check_prepared(&self, kernel: &'static str) -> Result<()> {
-        if self.prepared.contains(&kernel) {
+    fn check_prepared(&self, act: Act, kernel: &'static str) -> Result<()> {
+        if self.prepared.contains(&(act, kernel)) {
             Ok(())
         } else {
             Err(CudaError::Unsupported(format!(
-                "int4_gemm_prepared: kernel {kernel} was not loaded by GemmWorkspace::prepare \
-                 (prepare_glu for int4_gemm_glu_prepared)"
+                "int4_gemm_prepared: {} kernel {kernel} was not loaded by GemmWorkspace::prepare \
+                 (prepare_for for bf16, prepare_glu for int4_gemm_glu_prepared)",
+                act.name()
             )))
         }
     }
@@ -1007,9 +1069,27 @@ enum Call {
 }
 
 /// Path, kernel and launch shape of one call (no device work).
-fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -> Result<Call> {
+///
+/// bf16 activations (`act`): every kernel has a bf16 build (module of its
+/// own, same rules) except the opt-in bulk-copy decode kernel
+/// (`GemmPath::Bulk`: an error for bf16; `Auto` never takes it) and the
+/// diagnostic wgmma entries that knobs select (an error from their
+/// `resolve`); `Auto` does not take the warp-specialised kernel for bf16
+/// (see `auto_ws`).
+fn resolve_call(
+    dev: &CudaDevice,
+    m: usize,
+    w: &Int4Weight,
+    opts: GemmOptions,
+    act: Act,
+) -> Result<Call> {
     if m == 0 {
         return Err(CudaError::Shape("GEMM with M = 0 rows".into()));
+    }
+    if act == Act::Bf16 && opts.path == GemmPath::Bulk {
+        return Err(CudaError::Unsupported(
+            "INT4 GEMM path Bulk has f16 activations only".into(),
+        ));
     }
     // M = 17..128 (int4-midM, docs/CUDA.md change 40): the wgmma kernel
     // first on narrow long-K weights, the warp-specialised one at M = 65..128
@@ -1017,17 +1097,28 @@ fn resolve_call(dev: &CudaDevice, m: usize, w: &Int4Weight, opts: GemmOptions) -
     let wgmma_ok = wgmma::wgmma_supported(dev) && wgmma::wgmma_shape_ok(w);
     let auto_wgmma_first =
         opts.path == GemmPath::Auto && wgmma_ok && wgmma::wgmma_over_ws(m, w.n, w.k);
+    // bf16: the warp-specialised kernel is compiled and forced by its test
+    // (tests/gpu_int4_bf16.rs, int4_bf16_hopper_paths_match_reference),
+    // which has not run on a GPU yet: Auto does not take it for bf16
+    // (docs/CUDA.md, change 45).
     let auto_ws = opts.path == GemmPath::Auto
+        && act == Act::F16
         && !auto_wgmma_first
         && wgmma_ws::ws_supported(dev)
         && (wgmma_ws::ws_auto(m, w, dev.sm_count()) || wgmma::mid_m_takes_ws(m, w.n, w.k));
     if opts.path == GemmPath::WgmmaWs || auto_ws {
-        return Ok(Call::WgmmaWs(wgmma_ws::resolve(dev, m, w, opts.splits)?));
+        return Ok(Call::WgmmaWs(wgmma_ws::resolve(
+            dev,
+            m,
+            w,
+            opts.splits,
+            act,
+        )?));
     }
     let auto_wgmma = opts.path == GemmPath::Auto
         && (auto_wgmma_first || (wgmma::wgmma_auto(m, w.n, w.k) && wgmma_ok));
     if opts.path == GemmPath::Wgmma || auto_wgmma {
-        return Ok(Call::Wgmma(wgmma::resolve(dev, m, w, opts.splits)?));
+        return Ok(Call::Wgmma(wgmma::resolve(dev, m, w, opts.splits, act)?));
     }
     if opts.path == GemmPath::Bulk {
         return Ok(Call::Bulk(bulk::resolve(dev, m, w, opts.splits)?));
@@ -1456,12 +1547,12 @@ pub(super) fn arg_operands<'l, 'k, A: KernelArg + ?Sized, C: KernelArg + ?Sized>
     launch.arg(c).arg(partials).arg(tickets)
 }
 
-fn launch_stream_k(
+fn launch_stream_k<T: ActDtype>(
     dev: &Arc<CudaDevice>,
-    a: &CudaView<'_, f16>,
+    a: &CudaView<'_, T>,
     m: usize,
     w: &Int4Weight,
-    c: &mut CudaViewMut<'_, f16>,
+    c: &mut CudaViewMut<'_, T>,
     ws: &mut GemmWorkspace,
     sc: &StreamKCall,
 ) -> Result<()> {
@@ -1472,7 +1563,8 @@ fn launch_stream_k(
         )));
     }
     let func_name = sc.plan.kernel;
-    let func = dev.function(MODULE, SOURCE, func_name, sc.max_smem)?;
+    let (module, source) = gemm_module(T::ACT);
+    let func = dev.function(module, source, func_name, sc.max_smem)?;
     let cfg = LaunchConfig {
         grid_dim: (
             u32::try_from(sc.shape.blocks).map_err(|_| CudaError::Shape("stream-K grid".into()))?,
@@ -1552,59 +1644,71 @@ fn check_operands(m: usize, w: &Int4Weight, a_len: usize, c_len: usize) -> Resul
     Ok(())
 }
 
-/// C (M, N) f16 = A (M, K) f16 . W^T, both row-major. Allocates the split-K
-/// scratch and loads the kernel at first use (not capture-safe the first
-/// time; see [`int4_gemm_prepared`]).
-pub fn int4_gemm(
+/// C (M, N) = A (M, K) . W^T, both row-major, A and C f16 or bf16
+/// ([`ActDtype`]; fp32 accumulation). Allocates the split-K scratch and
+/// loads the kernel at first use (not capture-safe the first time; see
+/// [`int4_gemm_prepared`]).
+pub fn int4_gemm<T: ActDtype>(
     dev: &Arc<CudaDevice>,
-    a: &CudaSlice<f16>,
+    a: &CudaSlice<T>,
     m: usize,
     w: &Int4Weight,
-    c: &mut CudaSlice<f16>,
+    c: &mut CudaSlice<T>,
     ws: &mut GemmWorkspace,
     opts: GemmOptions,
 ) -> Result<GemmPlan> {
     check_operands(m, w, a.len(), c.len())?;
-    ws.prepare(dev, w, m, opts)?;
+    ws.prepare_for(dev, w, m, opts, T::ACT)?;
     int4_gemm_prepared(dev, &a.as_view(), m, w, &mut c.as_view_mut(), ws, opts)
 }
 
-/// The capture-safe entry point: the same product on views of f16 device
-/// buffers (A >= M*K, C >= M*N elements, row-major), with a workspace that
-/// [`GemmWorkspace::prepare`] made ready for this (weight shape, M, opts).
+/// The capture-safe entry point: the same product on views of f16 or bf16
+/// device buffers (A >= M*K, C >= M*N elements, row-major), with a
+/// workspace that [`GemmWorkspace::prepare`] (f16) or
+/// [`GemmWorkspace::prepare_for`] made ready for this (weight shape, M,
+/// opts, activation type).
 /// It enqueues kernel launches (and, on the dequantize + cuBLAS path, one
 /// cublasGemmEx) on the device's stream and nothing else: no allocation, no
 /// module load, no host synchronisation, so it can be recorded in a CUDA
 /// graph. An unprepared workspace is an error, not an allocation.
-pub fn int4_gemm_prepared(
+pub fn int4_gemm_prepared<T: ActDtype>(
     dev: &Arc<CudaDevice>,
-    a: &CudaView<'_, f16>,
+    a: &CudaView<'_, T>,
     m: usize,
     w: &Int4Weight,
-    c: &mut CudaViewMut<'_, f16>,
+    c: &mut CudaViewMut<'_, T>,
     ws: &mut GemmWorkspace,
     opts: GemmOptions,
 ) -> Result<GemmPlan> {
     check_operands(m, w, a.len(), c.len())?;
-    let fc = match resolve_call(dev, m, w, opts)? {
+    let act = T::ACT;
+    let fc = match resolve_call(dev, m, w, opts, act)? {
         Call::Dequant => return dequant_cublas(dev, a, m, w, c, ws),
         Call::Wgmma(wc) => {
-            ws.check_prepared(wc.plan.kernel)?;
+            ws.check_prepared(act, wc.plan.kernel)?;
             wgmma::launch(dev, a, m, w, c, ws, &wc)?;
             return Ok(wc.plan);
         }
         Call::WgmmaWs(wc) => {
-            ws.check_prepared(wc.plan.kernel)?;
+            ws.check_prepared(act, wc.plan.kernel)?;
             wgmma_ws::launch(dev, a, m, w, c, ws, &wc)?;
             return Ok(wc.plan);
         }
         Call::Bulk(bc) => {
-            ws.check_prepared(bc.plan.kernel)?;
+            ws.check_prepared(act, bc.plan.kernel)?;
+            // The bulk-copy kernel's launcher takes f16 views; resolve_call
+            // refuses it for bf16.
+            let (Some(a), Some(c)) = (T::as_f16(a), T::as_f16_mut(c)) else {
+                return Err(CudaError::Unsupported(format!(
+                    "INT4 kernel {} has f16 activations only",
+                    bc.plan.kernel
+                )));
+            };
             bulk::launch(dev, a, m, w, c, ws, &bc)?;
             return Ok(bc.plan);
         }
         Call::StreamK(sc) => {
-            ws.check_prepared(sc.plan.kernel)?;
+            ws.check_prepared(act, sc.plan.kernel)?;
             launch_stream_k(dev, a, m, w, c, ws, &sc)?;
             return Ok(sc.plan);
         }
@@ -1614,9 +1718,10 @@ pub fn int4_gemm_prepared(
     let m_i32 = i32::try_from(m).map_err(|_| CudaError::Shape(format!("M = {m} exceeds i32")))?;
     let grid = launch_grid(p.m_blocks, p.n_tiles, fc.grid_splits)?;
     ws.check_split_k(fc.grid_splits, fc.partials, fc.tickets, (m, w.n), "prepare")?;
-    ws.check_prepared(p.kernel)?;
+    ws.check_prepared(act, p.kernel)?;
     let func_name = p.kernel;
-    let func = dev.function(MODULE, SOURCE, func_name, fc.max_smem)?;
+    let (module, source) = gemm_module(act);
+    let func = dev.function(module, source, func_name, fc.max_smem)?;
     let cfg = LaunchConfig {
         grid_dim: grid,
         block_dim: (fc.block_threads, 1, 1),
@@ -2234,7 +2339,7 @@ pub fn int4_gemm_glu_prepared(
 ) -> Result<GemmPlan> {
     let call = glu_call(m, w, dev.sm_count()).map_err(glu_unsupported)?;
     check_glu_operands(m, w, a.len(), out.len())?;
-    ws.check_prepared(call.kernel)?;
+    ws.check_prepared(Act::F16, call.kernel)?;
     let shape = call.shape;
     let func = dev.function(
         FUSED_MODULE,
@@ -2292,7 +2397,20 @@ pub fn dequantize_to_f16(
     w: &Int4Weight,
     dense: &mut CudaSlice<f16>,
 ) -> Result<()> {
-    if dense.len() < w.n * w.k {
+    dequantize_to(dev, w, dense)
+}
+
+/// Dequantize W into a dense (N, K) row-major scratch of the activation
+/// type (bf16: scales rounded to bf16, then each weight rounded once).
+pub fn dequantize_to<T: ActDtype>(
+    dev: &Arc<CudaDevice>,
+    w: &Int4Weight,
+    dense: &mut CudaSlice<T>,
+) -> Result<()> {
+    let elems =
+        w.n.checked_mul(w.k)
+            .ok_or_else(|| CudaError::Shape("N*K overflows".into()))?;
+    if dense.len() < elems {
         return Err(CudaError::Shape(format!(
             "dense scratch of {} elements for a {}x{} weight",
             dense.len(),
@@ -2300,7 +2418,9 @@ pub fn dequantize_to_f16(
             w.k
         )));
     }
-    let func = dev.function(MODULE, SOURCE, "w4_dequant_f16", 0)?;
+    let (module, source) = gemm_module(T::ACT);
+    let kernel = dequant_kernel(T::ACT);
+    let func = dev.function(module, source, kernel, 0)?;
     let threads_total = (w.n_pad / 16) * w.k_chunks * 32;
     let blocks = u32::try_from(threads_total.div_ceil(256))
         .map_err(|_| CudaError::Shape("dequant grid too large".into()))?;
@@ -2331,17 +2451,20 @@ pub fn dequantize_to_f16(
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: arguments match w4_dequant_f16; dense holds >= N*K elements;
-    // the packed buffers cover n_pad/16 * k_chunks * 32 lanes.
-    unsafe { launch.launch(cfg) }.map_err(|e| driver_err("launch w4_dequant_f16", e))?;
+    // SAFETY: arguments match w4_dequant_f16 / w4_dequant_bf16 (one source:
+    // W4_DEQUANT_NAME) and the element type of `dense` is the module's
+    // activation type; dense holds >= N*K elements; the packed buffers
+    // cover n_pad/16 * k_chunks * 32 lanes.
+    unsafe { launch.launch(cfg) }.map_err(|e| driver_err(&format!("launch {kernel}"), e))?;
     Ok(())
 }
 
-/// C (M, N) f16 = A (M, K) f16 · Wᵀ with W a dequantized (N, K) row-major f16
-/// weight, through cuBLAS GemmEx: the large-M path of every weight format.
-pub(crate) fn gemm_dense_f16_weight<A: DevicePtr<f16>, C: DevicePtrMut<f16>>(
+/// C (M, N) = A (M, K) · Wᵀ with W a dequantized (N, K) row-major weight,
+/// all of the activation type (f16 or bf16), through cuBLAS GemmEx with
+/// fp32 compute: the large-M path of every weight format.
+pub(crate) fn gemm_dense_weight<T: ActDtype, A: DevicePtr<T>, C: DevicePtrMut<T>>(
     dev: &CudaDevice,
-    dense: &CudaSlice<f16>,
+    dense: &CudaSlice<T>,
     a: &A,
     c: &mut C,
     (m, n, k): (usize, usize, usize),
@@ -2354,44 +2477,57 @@ pub(crate) fn gemm_dense_f16_weight<A: DevicePtr<f16>, C: DevicePtrMut<f16>>(
         m: to_i32(n)?,
         n: to_i32(m)?,
         k: to_i32(k)?,
-        alpha: f16::ONE,
+        alpha: T::ONE,
         lda: to_i32(k)?,
         ldb: to_i32(k)?,
-        beta: f16::ZERO,
+        beta: T::ZERO,
         ldc: to_i32(n)?,
     };
     dev.with_blas(|blas| {
         // SAFETY: dense is (N, K) row-major = K x N column-major (op T); A is
         // (M, K) row-major = K x M column-major; C is (M, N) row-major = N x M
         // column-major; sizes were checked by the caller.
-        unsafe { blas.gemm(cfg, dense, a, c) }.map_err(|e| CudaError::Cublas {
-            context: format!("GemmEx M={m} N={n} K={k}"),
+        unsafe { T::blas_gemm(blas, cfg, dense, a, c) }.map_err(|e| CudaError::Cublas {
+            context: format!("GemmEx {} M={m} N={n} K={k}", T::ACT.name()),
             message: format!("{e:?}"),
         })
     })
 }
 
-fn dequant_cublas(
+/// The dense scratch of activation type `T` in `ws`.
+fn dense_scratch<T: ActDtype>(ws: &mut GemmWorkspace) -> Option<&mut CudaSlice<T>> {
+    // Two typed buffers: the one of T::ACT, as CudaSlice<T> (the downcast
+    // cannot fail, it only spares a transmute).
+    let any: &mut dyn std::any::Any = match T::ACT {
+        Act::F16 => ws.dense.as_mut()?,
+        Act::Bf16 => ws.dense_bf16.as_mut()?,
+    };
+    any.downcast_mut::<CudaSlice<T>>()
+}
+
+fn dequant_cublas<T: ActDtype>(
     dev: &Arc<CudaDevice>,
-    a: &CudaView<'_, f16>,
+    a: &CudaView<'_, T>,
     m: usize,
     w: &Int4Weight,
-    c: &mut CudaViewMut<'_, f16>,
+    c: &mut CudaViewMut<'_, T>,
     ws: &mut GemmWorkspace,
 ) -> Result<GemmPlan> {
-    ws.check_prepared("w4_dequant_f16")?;
+    ws.check_prepared(T::ACT, dequant_kernel(T::ACT))?;
     let elems = w.n * w.k;
-    let dense = match ws.dense.as_mut() {
+    let dense = match dense_scratch::<T>(ws) {
         Some(d) if d.len() >= elems => d,
         _ => {
             return Err(CudaError::Shape(format!(
-                "dense scratch for a {}x{} weight missing: call GemmWorkspace::prepare",
-                w.n, w.k
+                "dense {} scratch for a {}x{} weight missing: call GemmWorkspace::prepare",
+                T::ACT.name(),
+                w.n,
+                w.k
             )))
         }
     };
-    dequantize_to_f16(dev, w, dense)?;
-    gemm_dense_f16_weight(dev, dense, a, c, (m, w.n, w.k))?;
+    dequantize_to(dev, w, dense)?;
+    gemm_dense_weight(dev, dense, a, c, (m, w.n, w.k))?;
     Ok(dequant_plan())
 }
 

@@ -1,8 +1,8 @@
-//! Deterministic random INT4 tensors and f16 activations for tests and
+//! Deterministic random INT4 tensors and f16 / bf16 activations for tests and
 //! benchmarks (a tiny xorshift generator: no dependency, same data on every
 //! machine for a given seed).
 
-use half::f16;
+use half::{bf16, f16};
 use marlin_quant::{
     ElementType, Granularity, Layout, QuantScheme, QuantTensor, ScaleDType, ZeroPoint,
 };
@@ -102,6 +102,15 @@ pub fn random_activations(m: usize, k: usize, seed: u64) -> Vec<f16> {
     let mut rng = XorShift::new(seed);
     (0..m * k)
         .map(|_| f16::from_f32(2.0 * rng.next_f32() - 1.0))
+        .collect()
+}
+
+/// Random bf16 activations: the same values as [`random_activations`]
+/// before rounding (the f32 draws of the same seed), rounded to bf16.
+pub fn random_activations_bf16(m: usize, k: usize, seed: u64) -> Vec<bf16> {
+    let mut rng = XorShift::new(seed);
+    (0..m * k)
+        .map(|_| bf16::from_f32(2.0 * rng.next_f32() - 1.0))
         .collect()
 }
 

@@ -2,7 +2,7 @@
 //! kernel's index arithmetic must give back the reference dequantization.
 
 use super::pack::pack_int4;
-use super::random::{hashed_int4, random_int4};
+use super::random::{hashed_int4, random_activations, random_activations_bf16, random_int4};
 use super::reference::{dequantize_int4_ref, unpack_int4_ref};
 use crate::error::CudaError;
 use marlin_quant::Granularity;
@@ -112,4 +112,23 @@ fn hashed_int4_is_a_valid_symmetric_tensor() {
     assert!(packed.neg_zero_scales.is_none());
     check_roundtrip_tensor(&w);
     check_roundtrip_tensor(&hashed_int4(70, 256, 0, 9));
+}
+
+/// The bf16 activations of the GPU tests are the same draws as the f16 ones
+/// rounded to bf16: in [-1, 1], each within bf16's unit roundoff (2^-8
+/// relative) of its f16 sibling's value plus f16's (2^-11, and 2^-25 of
+/// absolute error for f16 subnormals).
+#[test]
+fn bf16_activations_are_the_f16_draws_rounded() {
+    let (m, k, seed) = (3, 777, 42);
+    let a16 = random_activations(m, k, seed);
+    let a = random_activations_bf16(m, k, seed);
+    assert_eq!(a.len(), m * k);
+    for (b, h) in a.iter().zip(&a16) {
+        let (b, h) = (b.to_f64(), h.to_f64());
+        assert!((-1.0..=1.0).contains(&b));
+        let tol = h.abs() * (2f64.powi(-8) + 2f64.powi(-11)) + 2f64.powi(-25);
+        assert!((b - h).abs() <= tol, "{b} vs {h}");
+    }
+    assert_ne!(random_activations_bf16(m, k, seed + 1), a);
 }

@@ -11,10 +11,10 @@
 use std::cell::Cell;
 
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
-use half::f16;
 
 use super::gemm::{arg_operands, launch_grid, GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
 use super::pack::N_TILE;
+use crate::act::{Act, ActDtype};
 use crate::device::CudaDevice;
 use crate::error::{CudaError, Result};
 use crate::knobs::{Force, Switch};
@@ -46,12 +46,21 @@ const DIAG_KERNELS: [&str; 8] = [
     "w4a16_wgmma_t128w2d_e0",
 ];
 
-/// Module name and source that hold entry `kernel`.
-fn module_of(kernel: &str) -> (&'static str, &'static str) {
-    if DIAG_KERNELS.contains(&kernel) {
-        (DIAG_MODULE, DIAG_SOURCE)
-    } else {
-        (MODULE, SOURCE)
+/// The production entries with bf16 activations (crate::act).
+const BF16_MODULE: &str = "w4a16_wgmma_bf16";
+const BF16_SOURCE: &str = concat!(
+    "#define MARLIN_ACT_BF16 1\n",
+    include_str!("../kernels/w4a16_wgmma.cu")
+);
+
+/// Module name and source that hold entry `kernel` for activation type
+/// `act` (the diagnostic entries are f16 only: `resolve` refuses them for
+/// bf16).
+fn module_of(kernel: &str, act: Act) -> (&'static str, &'static str) {
+    match act {
+        Act::Bf16 => (BF16_MODULE, BF16_SOURCE),
+        Act::F16 if DIAG_KERNELS.contains(&kernel) => (DIAG_MODULE, DIAG_SOURCE),
+        Act::F16 => (MODULE, SOURCE),
     }
 }
 /// Smallest M that `GemmPath::Auto` sends to this kernel on sm_90.
@@ -500,6 +509,8 @@ pub(super) struct WgmmaCall {
     /// (blocks) it needs.
     pub partials: usize,
     pub tickets: usize,
+    /// Activation type of the call (module of the kernel).
+    pub act: Act,
 }
 
 pub(super) fn resolve(
@@ -507,6 +518,7 @@ pub(super) fn resolve(
     m: usize,
     w: &Int4Weight,
     splits: Option<usize>,
+    act: Act,
 ) -> Result<WgmmaCall> {
     if !wgmma_supported(dev) {
         let (major, minor) = dev.compute_capability();
@@ -521,6 +533,12 @@ pub(super) fn resolve(
         )));
     }
     let (plan, v) = wgmma_plan_variant(m, w, dev.sm_count(), splits);
+    if act != Act::F16 && DIAG_KERNELS.contains(&plan.kernel) {
+        return Err(CudaError::Unsupported(format!(
+            "wgmma INT4 entry {} (a diagnostic knob's) has f16 activations only",
+            plan.kernel
+        )));
+    }
     let smem = u32::try_from(v.smem_bytes(w.neg_zero_scales.is_some()))
         .map_err(|_| CudaError::Shape("shared memory size".into()))?;
     // One fp32 slot per split and block holding the block's whole output
@@ -544,6 +562,7 @@ pub(super) fn resolve(
         smem,
         partials,
         tickets,
+        act,
     })
 }
 
@@ -552,25 +571,32 @@ pub(super) fn prepare(dev: &CudaDevice, call: &WgmmaCall, ws: &mut GemmWorkspace
     if call.plan.splits > 1 {
         ws.reserve(dev, call.partials, call.tickets)?;
     }
-    let (module, source) = module_of(call.plan.kernel);
+    let (module, source) = module_of(call.plan.kernel, call.act);
     dev.function(module, source, call.plan.kernel, call.smem)?;
     Ok(())
 }
 
 /// Enqueue the kernel (no allocation, no module load: `prepare` did both).
-pub(super) fn launch(
+pub(super) fn launch<T: ActDtype>(
     dev: &CudaDevice,
-    a: &CudaView<'_, f16>,
+    a: &CudaView<'_, T>,
     m: usize,
     w: &Int4Weight,
-    c: &mut CudaViewMut<'_, f16>,
+    c: &mut CudaViewMut<'_, T>,
     ws: &mut GemmWorkspace,
     call: &WgmmaCall,
 ) -> Result<()> {
+    if T::ACT != call.act {
+        return Err(CudaError::Unsupported(format!(
+            "wgmma INT4 call resolved for {} activations, launched with {}",
+            call.act.name(),
+            T::ACT.name()
+        )));
+    }
     let p = call.plan;
     let grid = launch_grid(p.m_blocks, p.n_tiles, p.splits)?;
     ws.check_split_k(p.splits, call.partials, call.tickets, (m, w.n), "prepare")?;
-    let (module, source) = module_of(p.kernel);
+    let (module, source) = module_of(p.kernel, call.act);
     let func = dev.function(module, source, p.kernel, call.smem)?;
     let (m_i32, n_i32, k_i32) = (to_i32("M", m)?, to_i32("N", w.n)?, to_i32("K", w.k)?);
     let (n_pad_i32, k_chunks_i32, group_k32_i32, splits_i32) = (

@@ -26,10 +26,10 @@
 use std::sync::OnceLock;
 
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
-use half::f16;
 
 use super::gemm::{arg_operands, launch_grid, GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
 use super::pack::{K_CHUNK, N_TILE};
+use crate::act::{Act, ActDtype};
 use crate::device::CudaDevice;
 use crate::error::{CudaError, Result};
 use crate::knobs;
@@ -62,13 +62,22 @@ const DIAG_KERNELS: [&str; 8] = [
     "w4a16_ws_t128x2_e0",
 ];
 
-/// Module name and source that hold entry `kernel` (the staging kernels
-/// are in the production module).
-fn module_of(kernel: &str) -> (&'static str, &'static str) {
-    if DIAG_KERNELS.contains(&kernel) {
-        (DIAG_MODULE, DIAG_SOURCE)
-    } else {
-        (MODULE, SOURCE)
+/// The production entries (and staging kernels) with bf16 activations
+/// (crate::act).
+const BF16_MODULE: &str = "w4a16_wgmma_ws_bf16";
+const BF16_SOURCE: &str = concat!(
+    "#define MARLIN_ACT_BF16 1\n",
+    include_str!("../kernels/w4a16_wgmma_ws.cu")
+);
+
+/// Module name and source that hold entry `kernel` for activation type
+/// `act` (the staging kernels are in the production modules; the
+/// diagnostic entries are f16 only: `resolve` refuses them for bf16).
+fn module_of(kernel: &str, act: Act) -> (&'static str, &'static str) {
+    match act {
+        Act::Bf16 => (BF16_MODULE, BF16_SOURCE),
+        Act::F16 if DIAG_KERNELS.contains(&kernel) => (DIAG_MODULE, DIAG_SOURCE),
+        Act::F16 => (MODULE, SOURCE),
     }
 }
 
@@ -521,6 +530,8 @@ pub(super) struct WsCall {
     pub staged: usize,
     /// Stream-K form: its number of blocks (the grid); None: split-K form.
     pub stream_k_blocks: Option<usize>,
+    /// Activation type of the call (module of both kernels).
+    pub act: Act,
 }
 
 pub(super) fn resolve(
@@ -528,6 +539,7 @@ pub(super) fn resolve(
     m: usize,
     w: &Int4Weight,
     splits: Option<usize>,
+    act: Act,
 ) -> Result<WsCall> {
     if !ws_supported(dev) {
         let (major, minor) = dev.compute_capability();
@@ -542,6 +554,12 @@ pub(super) fn resolve(
     } else {
         ws_variant(m, w, dev.sm_count()).0
     };
+    if act != Act::F16 && DIAG_KERNELS.contains(&plan.kernel) {
+        return Err(CudaError::Unsupported(format!(
+            "warp-specialised INT4 entry {} (a diagnostic knob's) has f16 activations only",
+            plan.kernel
+        )));
+    }
     let smem_bytes = variant.smem_bytes(w.neg_zero_scales.is_some());
     if smem_bytes > SMEM_LIMIT {
         return Err(CudaError::Shape(format!(
@@ -590,6 +608,7 @@ pub(super) fn resolve(
         tickets,
         staged,
         stream_k_blocks,
+        act,
     })
 }
 
@@ -603,23 +622,31 @@ pub(super) fn prepare(dev: &CudaDevice, call: &WsCall, ws: &mut GemmWorkspace) -
         ws.staged_act = None;
         ws.staged_act = Some(dev.alloc_zeros("staged activations (wgmma ws)", call.staged)?);
     }
-    dev.function(MODULE, SOURCE, call.variant.stage_kernel(), 0)?;
-    let (module, source) = module_of(call.plan.kernel);
+    let (stage_module, stage_source) = module_of(call.variant.stage_kernel(), call.act);
+    dev.function(stage_module, stage_source, call.variant.stage_kernel(), 0)?;
+    let (module, source) = module_of(call.plan.kernel, call.act);
     dev.function(module, source, call.plan.kernel, call.smem)?;
     Ok(())
 }
 
 /// Enqueue the staging and the main kernel (no allocation, no module load:
 /// `prepare` did both).
-pub(super) fn launch(
+pub(super) fn launch<T: ActDtype>(
     dev: &CudaDevice,
-    a: &CudaView<'_, f16>,
+    a: &CudaView<'_, T>,
     m: usize,
     w: &Int4Weight,
-    c: &mut CudaViewMut<'_, f16>,
+    c: &mut CudaViewMut<'_, T>,
     ws: &mut GemmWorkspace,
     call: &WsCall,
 ) -> Result<()> {
+    if T::ACT != call.act {
+        return Err(CudaError::Unsupported(format!(
+            "warp-specialised INT4 call resolved for {} activations, launched with {}",
+            call.act.name(),
+            T::ACT.name()
+        )));
+    }
     let p = call.plan;
     let grid = match call.stream_k_blocks {
         Some(g) => launch_grid(g, 1, 1)?,
@@ -634,8 +661,9 @@ pub(super) fn launch(
         )));
     }
     ws.check_split_k(p.splits, call.partials, call.tickets, (m, w.n), "prepare")?;
-    let stage_fn = dev.function(MODULE, SOURCE, call.variant.stage_kernel(), 0)?;
-    let (module, source) = module_of(p.kernel);
+    let (stage_module, stage_source) = module_of(call.variant.stage_kernel(), call.act);
+    let stage_fn = dev.function(stage_module, stage_source, call.variant.stage_kernel(), 0)?;
+    let (module, source) = module_of(p.kernel, call.act);
     let func = dev.function(module, source, p.kernel, call.smem)?;
     let (m_i32, n_i32, k_i32) = (to_i32("M", m)?, to_i32("N", w.n)?, to_i32("K", w.k)?);
     // The last kernel argument: the split count, or the stream-K kernel's

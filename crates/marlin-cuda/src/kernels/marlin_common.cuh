@@ -13,6 +13,17 @@
 // Everything is __forceinline__ (no code of its own in a module); PTX that
 // exists only on newer targets is guarded so that every file still compiles
 // for sm_80.
+//
+// Activation type. The GEMM sources are compiled twice (src/act.rs): as is,
+// with f16 activations and outputs, and with `MARLIN_ACT_BF16` defined
+// (a second module under its own name and cache key), with bf16 ones. The
+// `act` helpers below (f32_to_act, act2_fma, ACT2_NEG8, scale2_to_act2,
+// MARLIN_ACT_PTX, and dequant_word / dequant_word_unscaled / mma_16816 /
+// wgmma_rs, which produce or consume the activation type) are the only
+// places that differ; in the f16 build each is the f16 helper it replaces,
+// instruction for instruction, so the f16 modules' code does not change.
+// Weight scales and zero terms stay f16 in memory for both: the bf16 build
+// converts them when it loads them (scale2_to_act2).
 
 #pragma once
 
@@ -81,6 +92,60 @@ __device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
     return r;
 }
 
+// ------------------------------------------------------------ activation type
+// Values of the activation type are raw bits too: u16, or two in a u32 (low
+// half first). MARLIN_ACT_PTX is its PTX type name (mma / wgmma operands).
+
+#ifdef MARLIN_ACT_BF16
+#define MARLIN_ACT_PTX "bf16"
+__device__ __forceinline__ u16 f32_to_act(float x) {
+    u16 r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    return r;
+}
+// bf16 is the upper half of an f32: exact.
+__device__ __forceinline__ float act_to_f32(u16 h) { return __uint_as_float((u32)h << 16); }
+// Two floats -> one bf16x2 (lo in the low half).
+__device__ __forceinline__ u32 f32x2_to_act2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+// a * b + c on bf16x2 (sm_80+). add / sub / mul.bf16x2 need sm_90, so the
+// other two operations are fmas too (one rounding each, as the plain op).
+__device__ __forceinline__ u32 act2_fma(u32 a, u32 b, u32 c) {
+    u32 r;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+// a * b (+ -0.0: keeps the sign of a zero product).
+__device__ __forceinline__ u32 act2_mul(u32 a, u32 b) { return act2_fma(a, b, 0x80008000u); }
+// a - b = b * (-1) + a.
+__device__ __forceinline__ u32 act2_sub(u32 a, u32 b) { return act2_fma(b, 0xBF80BF80u, a); }
+#define ACT2_NEG8 0xC100C100u  // (-8, -8)
+// An f16x2 weight scale (or -zero*scale) as the activation type: rounded to
+// bf16's 8 significant bits (relative error <= 2^-8).
+__device__ __forceinline__ u32 scale2_to_act2(u32 s) {
+    float lo, hi;
+    f16x2_to_f32(s, lo, hi);
+    return f32x2_to_act2(lo, hi);
+}
+#else
+#define MARLIN_ACT_PTX "f16"
+__device__ __forceinline__ u16 f32_to_act(float x) { return f32_to_f16(x); }
+__device__ __forceinline__ float act_to_f32(u16 h) { return f16_to_f32(h); }
+__device__ __forceinline__ u32 f32x2_to_act2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ u32 act2_fma(u32 a, u32 b, u32 c) { return hfma2(a, b, c); }
+__device__ __forceinline__ u32 act2_mul(u32 a, u32 b) { return hmul2(a, b); }
+__device__ __forceinline__ u32 act2_sub(u32 a, u32 b) { return hsub2(a, b); }
+#define ACT2_NEG8 0xC800C800u  // (-8, -8)
+__device__ __forceinline__ u32 scale2_to_act2(u32 s) { return s; }
+#endif
+
 // ------------------------------------------------------------ attention
 
 #define MARLIN_LOG2E 1.4426950408889634f
@@ -101,9 +166,28 @@ __device__ __forceinline__ float softcap_log2(float s, float softcap) {
 // k16 x n16 tile: nibble position p = (slot & 1) * 4 + (slot >> 1) + 2 * half,
 // where half selects the n8 sub-tile and slot the fragment element (k 2t,
 // 2t+1, 2t+8, 2t+9). Codes are unsigned u (signed codes were offset by 8 at
-// repack). Output: b[h][0..2], the two f16x2 registers of n8 sub-tile h,
-// equal to u * scale + neg_zero_scale (one lop3 + 0x6400 magic per pair,
-// one fma.f16x2 for scale and zero).
+// repack). Output: b[h][0..2], the two act2 registers of n8 sub-tile h,
+// equal to u * scale + neg_zero_scale (scales already in the activation
+// type).
+//
+// f16: one lop3 + the 0x6400 magic per pair (1024 + u, or 1024 + 16u for
+// the high nibble of a byte, which x/16 - 64 maps back to u), one
+// fma.f16x2 for scale and zero.
+// bf16 (7 mantissa bits): the magic 0x4300 is 128 with unit steps, so
+// 0x4300 | u is 128 + u exactly for u < 16 -- but only in bits 0-6: the
+// high nibble (bits 4-7) would reach the exponent, so it is shifted down
+// first (one shift more per pair than f16), and every pair takes
+// (x - 128) then the scale fma.
+#ifdef MARLIN_ACT_BF16
+__device__ __forceinline__ void dequant_word(u32 q, u32 s0, u32 s1, u32 z0, u32 z1, u32 b[2][2]) {
+    const u32 MAGIC = 0x43004300u;  // (128, 128)
+    const u32 LO = 0x000F000Fu;
+    b[0][0] = act2_fma(act2_sub(lop3_and_or(q, LO, MAGIC), MAGIC), s0, z0);
+    b[0][1] = act2_fma(act2_sub(lop3_and_or(q >> 4, LO, MAGIC), MAGIC), s0, z0);
+    b[1][0] = act2_fma(act2_sub(lop3_and_or(q >> 8, LO, MAGIC), MAGIC), s1, z1);
+    b[1][1] = act2_fma(act2_sub(lop3_and_or(q >> 12, LO, MAGIC), MAGIC), s1, z1);
+}
+#else
 __device__ __forceinline__ void dequant_word(u32 q, u32 s0, u32 s1, u32 z0, u32 z1, u32 b[2][2]) {
     const u32 MAGIC = 0x64006400u;      // (1024, 1024)
     const u32 SIXTEENTH = 0x2C002C00u;  // (1/16, 1/16)
@@ -120,11 +204,23 @@ __device__ __forceinline__ void dequant_word(u32 q, u32 s0, u32 s1, u32 z0, u32 
     b[1][0] = hfma2(hsub2(x2, MAGIC), s1, z1);
     b[1][1] = hfma2(hfma2(x3, SIXTEENTH, NEG64), s1, z1);
 }
+#endif
 
 // Unscaled dequant of one code word: the m16k16 A fragment of (u - 8), exact
-// (symmetric codes). Nibble positions as in dequant_word: (pos 0, pos 4) =
-// fragment register 0, (1, 5) = register 2, (2, 6) = register 1, (3, 7) =
-// register 3.
+// in either type (symmetric codes). Nibble positions as in dequant_word:
+// (pos 0, pos 4) = fragment register 0, (1, 5) = register 2, (2, 6) =
+// register 1, (3, 7) = register 3.
+#ifdef MARLIN_ACT_BF16
+__device__ __forceinline__ void dequant_word_unscaled(u32 q, u32 wa[4]) {
+    const u32 MAGIC = 0x43004300u;  // (128, 128)
+    const u32 M136 = 0x43084308u;   // (136, 136) = 128 + 8
+    const u32 LO = 0x000F000Fu;
+    wa[0] = act2_sub(lop3_and_or(q, LO, MAGIC), M136);
+    wa[2] = act2_sub(lop3_and_or(q >> 4, LO, MAGIC), M136);
+    wa[1] = act2_sub(lop3_and_or(q >> 8, LO, MAGIC), M136);
+    wa[3] = act2_sub(lop3_and_or(q >> 12, LO, MAGIC), M136);
+}
+#else
 __device__ __forceinline__ void dequant_word_unscaled(u32 q, u32 wa[4]) {
     const u32 MAGIC = 0x64006400u;      // (1024, 1024)
     const u32 M1032 = 0x64086408u;      // (1032, 1032) = 1024 + 8
@@ -138,6 +234,7 @@ __device__ __forceinline__ void dequant_word_unscaled(u32 q, u32 wa[4]) {
     wa[1] = hsub2(lop3_and_or(q8, LO, MAGIC), M1032);
     wa[3] = hfma2(lop3_and_or(q8, HI, MAGIC), SIXTEENTH, NEG72);
 }
+#endif
 
 // ------------------------------------------------------------ memory
 
@@ -153,9 +250,9 @@ __device__ __forceinline__ float ld_cg_f32(const float* p) {
 // A, tokens as B) keep a warp's 16-column x TOK-token tile in TOK/2 floats
 // per thread: acc[4q + e] is weight column nb*16 + g + 8*(e>>1) of token
 // m_base + 8q + 2t + (e&1) (g = lane/4, t = lane%4). The tile to row-major
-// (M, N) f16 C (rows >= M and columns >= N dropped):
+// (M, N) C of the activation type (rows >= M and columns >= N dropped):
 template <int TOK>
-__device__ __forceinline__ void acc_tile_store_f16(const float (&acc)[TOK / 2], u16* __restrict__ C, int M, int N,
+__device__ __forceinline__ void acc_tile_store_act(const float (&acc)[TOK / 2], u16* __restrict__ C, int M, int N,
                                                    int m_base, int nb, int g, int t) {
 #pragma unroll
     for (int q = 0; q < TOK / 8; q++)
@@ -163,7 +260,7 @@ __device__ __forceinline__ void acc_tile_store_f16(const float (&acc)[TOK / 2], 
         for (int e = 0; e < 4; e++) {
             const int row = m_base + 8 * q + 2 * t + (e & 1);
             const int col = nb * 16 + g + 8 * (e >> 1);
-            if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[4 * q + e]);
+            if (row < M && col < N) C[(size_t)row * N + col] = f32_to_act(acc[4 * q + e]);
         }
 }
 // The tile to split `split`'s slot of (splits, M, n_pad) fp32 partials
@@ -203,10 +300,11 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 
 // ------------------------------------------------------------ tensor cores
 
-// c (16x8 f32) += a (16x16 f16, row) . b (16x8 f16, col).
+// c (16x8 f32) += a (16x16, row) . b (16x8, col), a and b of the activation
+// type.
 __device__ __forceinline__ void mma_16816(float* c, const u32* a, const u32* b) {
     asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "mma.sync.aligned.m16n8k16.row.col.f32." MARLIN_ACT_PTX "." MARLIN_ACT_PTX ".f32 "
         "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
@@ -282,13 +380,13 @@ __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sy
 // wgmma.wait_group is what makes the asynchronous result available).
 __device__ __forceinline__ void fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
 
-// wgmma.mma_async m64nTOKk16, A (f16) from registers, B (f16, K-major) from
-// shared memory (descriptor `desc`), fp32 accumulators d[TOK/2]; scale_d = 0
-// overwrites d.
+// wgmma.mma_async m64nTOKk16, A (activation type) from registers, B (same
+// type, K-major) from shared memory (descriptor `desc`), fp32 accumulators
+// d[TOK/2]; scale_d = 0 overwrites d.
 __device__ __forceinline__ void wgmma_rs_n32(float* d, const u32 (&a)[4], unsigned long long desc, int scale_d) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32." MARLIN_ACT_PTX "." MARLIN_ACT_PTX " "
         "{"
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
         "}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
@@ -301,7 +399,7 @@ __device__ __forceinline__ void wgmma_rs_n32(float* d, const u32 (&a)[4], unsign
 __device__ __forceinline__ void wgmma_rs_n64(float* d, const u32 (&a)[4], unsigned long long desc, int scale_d) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32." MARLIN_ACT_PTX "." MARLIN_ACT_PTX " "
         "{"
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
@@ -317,7 +415,7 @@ __device__ __forceinline__ void wgmma_rs_n64(float* d, const u32 (&a)[4], unsign
 __device__ __forceinline__ void wgmma_rs_n128(float* d, const u32 (&a)[4], unsigned long long desc, int scale_d) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32." MARLIN_ACT_PTX "." MARLIN_ACT_PTX " "
         "{"
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "

@@ -1,5 +1,9 @@
 // W4A16 GEMM: C (M, N) f16 = A (M, K) f16 . W^T, W (N, K) 4-bit codes with
 // one f16 scale (and optional zero) per group of K, fp32 accumulation.
+// Compiled a second time with MARLIN_ACT_BF16 (src/act.rs): A and C bf16,
+// same kernels and names (the dequantizer becomes w4_dequant_bf16); the
+// marlin_common.cuh `act` helpers are the difference. Not with
+// W4_FUSED_ENTRIES: the decode-step fusions are f16 only.
 //
 // Marlin's ideas, in a shared-memory-free form:
 // - Weights are repacked once on the host (src/int4/pack.rs) so that every
@@ -21,6 +25,10 @@
 // the in-memory header (src/nvrtc_cache.rs).
 
 #include "marlin_common.cuh"
+
+#if defined(MARLIN_ACT_BF16) && defined(W4_FUSED_ENTRIES)
+#error "the fused decode-step entries (W4_FUSED_ENTRIES) have f16 prologues and epilogues only"
+#endif
 
 // Programmatic dependent launch (src/ops/launch.rs; added by the decode-step
 // work, docs/CUDA.md change 25): the decode step launches these kernels with
@@ -204,17 +212,17 @@ __device__ __forceinline__ void w4a16_body(
         const int slot = it % STAGES;
         cp_async_wait<STAGES - 1>();
         const uint4 w = ring.w[slot][lane];
-        const u32 s = ring.s[slot][lane];
+        const u32 s = scale2_to_act2(ring.s[slot][lane]);
         const u32 s0 = dup_lo(s);
         const u32 s1 = dup_hi(s);
         u32 z0, z1;
         if (zp) {
-            const u32 zs = ring.z[slot][lane];
+            const u32 zs = scale2_to_act2(ring.z[slot][lane]);
             z0 = dup_lo(zs);
             z1 = dup_hi(zs);
         } else {
-            z0 = hmul2(s0, 0xC800C800u);   // -8 * scale, exact
-            z1 = hmul2(s1, 0xC800C800u);
+            z0 = act2_mul(s0, ACT2_NEG8);   // -8 * scale, exact
+            z1 = act2_mul(s1, ACT2_NEG8);
         }
         u32 a_words[MT][2][8];
 #pragma unroll
@@ -280,7 +288,7 @@ __device__ __forceinline__ void w4a16_body(
                 for (int i = 0; i < 4; i++) {
                     const int row = m_base + mt * 16 + g + 8 * (i >> 1);
                     const int col = nb * 16 + h * 8 + 2 * t + (i & 1);
-                    if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[mt][h][i]);
+                    if (row < M && col < N) C[(size_t)row * N + col] = f32_to_act(acc[mt][h][i]);
                 }
         return;
     }
@@ -318,7 +326,7 @@ __device__ __forceinline__ void w4a16_body(
                     float sum = 0.0f;
                     for (int s = 0; s < splits; s++)
                         sum += ld_cg_f32(&partials[((size_t)s * M + row) * n_pad + col]);
-                    if (col < N) C[(size_t)row * N + col] = f32_to_f16(sum);
+                    if (col < N) C[(size_t)row * N + col] = f32_to_act(sum);
                 }
             }
     if (threadIdx.x == 0) tickets[ticket_idx] = 0u;  // ready for the next launch
@@ -646,7 +654,7 @@ __device__ __forceinline__ void w4_fused_store(u16* __restrict__ C, float* __res
     if (EPI == W4_EPI_RESID)
         R[idx] += f16_to_f32(f32_to_f16(v));
     else
-        C[idx] = f32_to_f16(v);
+        C[idx] = f32_to_act(v);
 }
 
 // Decode-kernel flags (`flags` argument; keep in sync with src/int4/gemm.rs).
@@ -699,11 +707,11 @@ __device__ __forceinline__ void lds128_if(u32* v, u32 addr, bool on) {
         : "r"((int)on), "r"(addr));
 }
 
-// d (16x8 f32) = a (16x16 f16, row) . b (16x8 f16, col): mma with a zero
-// accumulator (the first k16 step of a chunk's own sum).
+// d (16x8 f32) = a (16x16, row) . b (16x8, col), activation type: mma with
+// a zero accumulator (the first k16 step of a chunk's own sum).
 __device__ __forceinline__ void mma_16816_zc(float* d, const u32* a, const u32* b) {
     asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "mma.sync.aligned.m16n8k16.row.col.f32." MARLIN_ACT_PTX "." MARLIN_ACT_PTX ".f32 "
         "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %10, %10, %10};"
         : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(0.0f));
@@ -1171,16 +1179,16 @@ __device__ __forceinline__ void w4a16_dec_body(
                 }
                 u32 s0 = 0, s1 = 0, z0 = 0, z1 = 0;
                 if (!POST) {
-                    const u32 sc = *s_lane;
+                    const u32 sc = scale2_to_act2(*s_lane);
                     s0 = dup_lo(sc);
                     s1 = dup_hi(sc);
                     if (HAS_Z) {
-                        const u32 zs = *z_lane;
+                        const u32 zs = scale2_to_act2(*z_lane);
                         z0 = dup_lo(zs);
                         z1 = dup_hi(zs);
                     } else {
-                        z0 = hmul2(s0, 0xC800C800u);  // -8 * scale, exact
-                        z1 = hmul2(s1, 0xC800C800u);
+                        z0 = act2_mul(s0, ACT2_NEG8);  // -8 * scale, exact
+                        z1 = act2_mul(s1, ACT2_NEG8);
                     }
                 }
                 const u32 words[4] = {w.x, w.y, w.z, w.w};
@@ -1597,15 +1605,16 @@ __device__ __forceinline__ void w4a16_sk_body(
             sl = f16_lo_to_f32_now(sc);  // column g
             sh = f16_hi_to_f32_now(sc);  // column g + 8
         } else {
-            s0 = dup_lo(sc);
-            s1 = dup_hi(sc);
+            const u32 sa = scale2_to_act2(sc);
+            s0 = dup_lo(sa);
+            s1 = dup_hi(sa);
             if (HAS_Z) {
-                const u32 zs = lds32_at(ring_z + slot * 128);
+                const u32 zs = scale2_to_act2(lds32_at(ring_z + slot * 128));
                 z0 = dup_lo(zs);
                 z1 = dup_hi(zs);
             } else {
-                z0 = hmul2(s0, 0xC800C800u);  // -8 * scale, exact
-                z1 = hmul2(s1, 0xC800C800u);
+                z0 = act2_mul(s0, ACT2_NEG8);  // -8 * scale, exact
+                z1 = act2_mul(s1, ACT2_NEG8);
             }
         }
         const u32 words[4] = {w.x, w.y, w.z, w.w};
@@ -1667,7 +1676,7 @@ __device__ __forceinline__ void w4a16_sk_body(
                 for (int i = 0; i < 4; i++) {
                     const int row = r * 8 + 2 * t + (i & 1);
                     const int col = c_nb * 16 + g + 8 * (i >> 1);
-                    if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[r][i]);
+                    if (row < M && col < N) C[(size_t)row * N + col] = f32_to_act(acc[r][i]);
                 }
         } else {
             // A shared column block: only the warp's first or last segment.
@@ -1745,7 +1754,7 @@ __device__ __forceinline__ void w4a16_sk_body(
             for (int i = 0; i < 4; i++) {
                 const int row = r * 8 + 2 * t + (i & 1);
                 const int col = nb * 16 + g + 8 * (i >> 1);
-                if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(sum[r][i]);
+                if (row < M && col < N) C[(size_t)row * N + col] = f32_to_act(sum[r][i]);
             }
         if (lane == 0) tickets[nb] = 0u;  // ready for the next launch
     }
@@ -1844,11 +1853,17 @@ extern "C" __global__ void __launch_bounds__(32) w4_bench_delay(long long cycles
     }
 }
 
-// Dequantize the packed weight to a dense f16 (N, K) row-major matrix (the
-// large-M path: dequantize once, then a cuBLAS fp16 GEMM). One thread per
-// (n16 block, 64-chunk, lane): reads 16 bytes of codes, writes 2 x 16 halves.
-// Launched with n_pad/16 * k_chunks * 32 threads.
-extern "C" __global__ void __launch_bounds__(256) w4_dequant_f16(
+// Dequantize the packed weight to a dense (N, K) row-major matrix of the
+// activation type (the large-M path: dequantize once, then a cuBLAS GEMM):
+// w4_dequant_f16, or w4_dequant_bf16 in the MARLIN_ACT_BF16 module. One
+// thread per (n16 block, 64-chunk, lane): reads 16 bytes of codes, writes
+// 2 x 16 halves. Launched with n_pad/16 * k_chunks * 32 threads.
+#ifdef MARLIN_ACT_BF16
+#define W4_DEQUANT_NAME w4_dequant_bf16
+#else
+#define W4_DEQUANT_NAME w4_dequant_f16
+#endif
+extern "C" __global__ void __launch_bounds__(256) W4_DEQUANT_NAME(
     const uint4* __restrict__ W, const u32* __restrict__ S, const u32* __restrict__ Z,
     u16* __restrict__ out, int N, int K, int n_pad, int k_chunks, int group_k32) {
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -1864,16 +1879,16 @@ extern "C" __global__ void __launch_bounds__(256) w4_dequant_f16(
     // Scale group of this lane's 16 reduction indices (groups of 32 * group_k32).
     const int gi = group_k32 >= 2 ? c / (group_k32 >> 1) : 2 * c + (t >> 1);
     const size_t at = ((size_t)gi * nb_count + nb) * 8 + g;
-    const u32 s = S[at];
+    const u32 s = scale2_to_act2(S[at]);
     const u32 s0 = dup_lo(s), s1 = dup_hi(s);
     u32 z0, z1;
     if (Z) {
-        const u32 zs = Z[at];
+        const u32 zs = scale2_to_act2(Z[at]);
         z0 = dup_lo(zs);
         z1 = dup_hi(zs);
     } else {
-        z0 = hmul2(s0, 0xC800C800u);
-        z1 = hmul2(s1, 0xC800C800u);
+        z0 = act2_mul(s0, ACT2_NEG8);
+        z1 = act2_mul(s1, ACT2_NEG8);
     }
     const u32 words[4] = {w.x, w.y, w.z, w.w};
     u32 vals[2][8];  // [h][j*2 + r]: f16x2 of k = 16t + 4j + 2r + {0,1}

@@ -312,16 +312,16 @@ __device__ __forceinline__ void w4a16_wgmma_body(
         cp_async_commit();
         if (!tile_valid || probe_no_mma) return;
         const uint4 w = *reinterpret_cast<const uint4*>(smem + (w_base - act_base) + (slot * THREADS + tid) * 16);
-        const u32 sc = *reinterpret_cast<const u32*>(smem + (s_base - act_base) + (slot * THREADS + tid) * 4);
+        const u32 sc = scale2_to_act2(*reinterpret_cast<const u32*>(smem + (s_base - act_base) + (slot * THREADS + tid) * 4));
         const u32 s0 = dup_lo(sc), s1 = dup_hi(sc);
         u32 z0, z1;
         if (HAS_Z) {
-            const u32 zs = *reinterpret_cast<const u32*>(smem + (z_base - act_base) + (slot * THREADS + tid) * 4);
+            const u32 zs = scale2_to_act2(*reinterpret_cast<const u32*>(smem + (z_base - act_base) + (slot * THREADS + tid) * 4));
             z0 = dup_lo(zs);
             z1 = dup_hi(zs);
         } else {
-            z0 = hmul2(s0, 0xC800C800u);  // -8 * scale, exact
-            z1 = hmul2(s1, 0xC800C800u);
+            z0 = act2_mul(s0, ACT2_NEG8);  // -8 * scale, exact
+            z1 = act2_mul(s1, ACT2_NEG8);
         }
         const u32 words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
@@ -374,7 +374,7 @@ __device__ __forceinline__ void w4a16_wgmma_body(
     // m_base + 8q + 2t + (e&1).
     if (splits == 1) {
         if (!tile_valid) return;
-        acc_tile_store_f16<TOK>(acc, C, M, N, m_base, nb, g, t);
+        acc_tile_store_act<TOK>(acc, C, M, N, m_base, nb, g, t);
         return;
     }
     if constexpr (LEGACY) {
@@ -399,7 +399,7 @@ __device__ __forceinline__ void w4a16_wgmma_body(
                 const float* part = partials + (size_t)sp_i * M * n_pad;
                 acc_tile_add_partial<TOK>(acc, part, M, n_pad, m_base, nb, g, t);
             }
-            acc_tile_store_f16<TOK>(acc, C, M, N, m_base, nb, g, t);
+            acc_tile_store_act<TOK>(acc, C, M, N, m_base, nb, g, t);
         }
         if (tid == 0) tickets[ticket_legacy] = 0u;
         return;
@@ -484,7 +484,7 @@ __device__ __forceinline__ void w4a16_wgmma_body(
                 for (int i = 0; i < TOK / 2; i++) acc[i] += v0[i];
             }
         }
-        acc_tile_store_f16<TOK>(acc, C, M, N, m_base, nb, g, t);
+        acc_tile_store_act<TOK>(acc, C, M, N, m_base, nb, g, t);
     }
     if (tid == 0) tickets[ticket_idx] = 0u;
 }

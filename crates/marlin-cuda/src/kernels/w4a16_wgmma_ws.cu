@@ -65,6 +65,16 @@
 // straight into wgmma's A fragment order: f[0] = (row g, k pair 2t),
 // f[1] = (row g+8, 2t), f[2] = (row g, 2t+8), f[3] = (row g+8, 2t+8);
 // value u * scale + neg_zero_scale.
+#ifdef MARLIN_ACT_BF16
+__device__ __forceinline__ void ws_dequant(u32 q, u32 s0, u32 s1, u32 z0, u32 z1, u32 (&f)[4]) {
+    u32 b[2][2];
+    dequant_word(q, s0, s1, z0, z1, b);
+    f[0] = b[0][0];
+    f[1] = b[1][0];
+    f[2] = b[0][1];
+    f[3] = b[1][1];
+}
+#else
 __device__ __forceinline__ void ws_dequant(u32 q, u32 s0, u32 s1, u32 z0, u32 z1, u32 (&f)[4]) {
     const u32 MAGIC = 0x64006400u;      // (1024, 1024)
     const u32 SIXTEENTH = 0x2C002C00u;  // (1/16, 1/16)
@@ -77,6 +87,7 @@ __device__ __forceinline__ void ws_dequant(u32 q, u32 s0, u32 s1, u32 z0, u32 z1
     f[1] = hfma2(hsub2(lop3_and_or(q8, LO, MAGIC), MAGIC), s1, z1);
     f[3] = hfma2(hfma2(lop3_and_or(q8, HI, MAGIC), SIXTEENTH, NEG64), s1, z1);
 }
+#endif
 
 __device__ __forceinline__ uint4 ws_ld_shared_v4(u32 addr) {
     uint4 v;
@@ -94,13 +105,9 @@ __device__ __forceinline__ u32 ws_ld_shared_u32(u32 addr) {
 // Named barrier of the 256 consumer threads (barrier 0 is __syncthreads).
 __device__ __forceinline__ void ws_consumer_sync() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
 
-// f16x2 of two fp32 values, `lo` in the low half (cvt packs its first
-// source into the high half).
-__device__ __forceinline__ u32 ws_pack_f16x2(float lo, float hi) {
-    u32 r;
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
+// Two fp32 values as the activation type, `lo` in the low half
+// (marlin_common.cuh's f32x2_to_act2: the same cvt for f16).
+__device__ __forceinline__ u32 ws_pack_act2(float lo, float hi) { return f32x2_to_act2(lo, hi); }
 // Four 8x8 f16 matrices from mma-fragment registers to shared memory,
 // transposed: lane 8i + j gives the address of row j of matrix i.
 __device__ __forceinline__ void ws_stmatrix_x4_trans(u32 addr, u32 r0, u32 r1, u32 r2, u32 r3) {
@@ -145,10 +152,10 @@ __device__ __forceinline__ void ws_store_tile(const float (&acc)[TPW][TOK / 2], 
         for (int q = 0; q < TOK / 8; q += 2) {
             const u32 r = (u32)(8 * (q + (mi >> 1)) + j);
             ws_stmatrix_x4_trans(tile + r * ROWB + ((u ^ (u32)j) << 4),
-                                 ws_pack_f16x2(acc[p][4 * q], acc[p][4 * q + 1]),
-                                 ws_pack_f16x2(acc[p][4 * q + 2], acc[p][4 * q + 3]),
-                                 ws_pack_f16x2(acc[p][4 * q + 4], acc[p][4 * q + 5]),
-                                 ws_pack_f16x2(acc[p][4 * q + 6], acc[p][4 * q + 7]));
+                                 ws_pack_act2(acc[p][4 * q], acc[p][4 * q + 1]),
+                                 ws_pack_act2(acc[p][4 * q + 2], acc[p][4 * q + 3]),
+                                 ws_pack_act2(acc[p][4 * q + 4], acc[p][4 * q + 5]),
+                                 ws_pack_act2(acc[p][4 * q + 6], acc[p][4 * q + 7]));
         }
     }
     ws_consumer_sync();
@@ -374,16 +381,16 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
 #pragma unroll
             for (int p = 0; p < TPW; p++) {
                 const uint4 q = ws_ld_shared_v4(w0 + slot * W_BYTES + w_lane + p * 2048);
-                const u32 sc = ws_ld_shared_u32(s0 + slot * S_BYTES + s_lane + p * 128);
+                const u32 sc = scale2_to_act2(ws_ld_shared_u32(s0 + slot * S_BYTES + s_lane + p * 128));
                 const u32 sa = dup_lo(sc), sb = dup_hi(sc);
                 u32 za, zb;
                 if (HAS_Z) {
-                    const u32 zs = ws_ld_shared_u32(z0 + slot * S_BYTES + s_lane + p * 128);
+                    const u32 zs = scale2_to_act2(ws_ld_shared_u32(z0 + slot * S_BYTES + s_lane + p * 128));
                     za = dup_lo(zs);
                     zb = dup_hi(zs);
                 } else {
-                    za = hmul2(sa, 0xC800C800u);  // -8 * scale, exact
-                    zb = hmul2(sb, 0xC800C800u);
+                    za = act2_mul(sa, ACT2_NEG8);  // -8 * scale, exact
+                    zb = act2_mul(sb, ACT2_NEG8);
                 }
                 ws_dequant(q.x, sa, sb, za, zb, frag[p][0]);
                 ws_dequant(q.y, sa, sb, za, zb, frag[p][1]);
@@ -470,7 +477,7 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                     const int tile = tile_base + TPW * cw + p;
                     if (tile >= n_tiles) continue;
                     const int nb = tile * 4 + warp;
-                    acc_tile_store_f16<TOK>(acc[p], C, M, N, m_base, nb, g, t);
+                    acc_tile_store_act<TOK>(acc[p], C, M, N, m_base, nb, g, t);
                 }
                 return;
             }
@@ -504,7 +511,7 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                     const float* part = partials + (size_t)sp * M * n_pad;
                     acc_tile_add_partial<TOK>(acc[p], part, M, n_pad, m_base, nb, g, t);
                 }
-                acc_tile_store_f16<TOK>(acc[p], C, M, N, m_base, nb, g, t);
+                acc_tile_store_act<TOK>(acc[p], C, M, N, m_base, nb, g, t);
             }
             if (ct == 0) tickets[ticket_idx] = 0u;
             return;
@@ -737,16 +744,16 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
 #pragma unroll
             for (int p = 0; p < TPW; p++) {
                 const uint4 q = ws_ld_shared_v4(w0 + slot * W_BYTES + w_lane + p * 2048);
-                const u32 sc = ws_ld_shared_u32(s0 + slot * S_BYTES + s_lane + p * 128);
+                const u32 sc = scale2_to_act2(ws_ld_shared_u32(s0 + slot * S_BYTES + s_lane + p * 128));
                 const u32 sa = dup_lo(sc), sb = dup_hi(sc);
                 u32 za, zb;
                 if (HAS_Z) {
-                    const u32 zs = ws_ld_shared_u32(z0 + slot * S_BYTES + s_lane + p * 128);
+                    const u32 zs = scale2_to_act2(ws_ld_shared_u32(z0 + slot * S_BYTES + s_lane + p * 128));
                     za = dup_lo(zs);
                     zb = dup_hi(zs);
                 } else {
-                    za = hmul2(sa, 0xC800C800u);
-                    zb = hmul2(sb, 0xC800C800u);
+                    za = act2_mul(sa, ACT2_NEG8);
+                    zb = act2_mul(sb, ACT2_NEG8);
                 }
                 ws_dequant(q.x, sa, sb, za, zb, frag[p][0]);
                 ws_dequant(q.y, sa, sb, za, zb, frag[p][1]);
@@ -835,7 +842,7 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
                         for (int e = 0; e < 4; e++) {
                             const int row = m_base + 8 * q + 2 * t + (e & 1);
                             const int col = nb * 16 + gq + 8 * (e >> 1);
-                            if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[p][4 * q + e]);
+                            if (row < M && col < N) C[(size_t)row * N + col] = f32_to_act(acc[p][4 * q + e]);
                         }
                 }
             } else {
@@ -904,7 +911,7 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
                                 const int row = m_base + 8 * q + 2 * t + (e & 1);
                                 const int col = nb * 16 + gq + 8 * (e >> 1);
                                 if (row < M && col < N)
-                                    C[(size_t)row * N + col] = f32_to_f16(acc[p][4 * q + e]);
+                                    C[(size_t)row * N + col] = f32_to_act(acc[p][4 * q + e]);
                             }
                     }
                     if (ct == 0) tickets[T] = 0u;

@@ -40,8 +40,28 @@
 //
 // Shared helpers (hfma2, mma_16816, cp_async_wait, ...) come from
 // marlin_common.cuh, an in-memory NVRTC header (no search path).
+//
+// bf16 activations (module compiled with MARLIN_ACT_BF16, src/act.rs): the
+// same f16 dequantisation, then each fragment register converted to bf16
+// before the bf16 mma (wx_frag_to_act). Exact for INT8 (|code| <= 128),
+// FP8 (4 significant bits), INT3 / INT2 (code - zero, small integers);
+// the FP4 fragments, already scaled in f16, are rounded to bf16's 8
+// significant bits. Outputs and the dequantizer's dense matrix are stored
+// as bf16 (f32_to_act), the dequantizers named wx_*_dequant_bf16.
 
 #include "marlin_common.cuh"
+
+// f16x2 fragment -> activation type (no-op for f16).
+__device__ __forceinline__ void wx_frag_to_act(u32 wa[4]) {
+#ifdef MARLIN_ACT_BF16
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float lo, hi;
+        f16x2_to_f32(wa[i], lo, hi);
+        wa[i] = f32x2_to_act2(lo, hi);
+    }
+#endif
+}
 
 // FP8 -> f16: `cvt.rn.f16x2.e4m3x2` on sm_89+ (exact values); on sm_80 a
 // bit placement giving value * 2^-8 (exact), compensated in the scales.
@@ -350,6 +370,7 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
                 for (int j = 0; j < 4; j++) {
                     u32 wa[4];
                     wx_dequant_step<FMT>(words, j, sc, zb, wa);
+                    wx_frag_to_act(wa);
 #pragma unroll
                     for (int r = 0; r < RH; r++) {
                         const u32 bb[2] = {act[r][2 * j], act[r][2 * j + 1]};
@@ -419,7 +440,7 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
             for (int i = 0; i < 4; i++) {
                 const int row = m_base + r * 8 + 2 * t + (i & 1);
                 const int col = nb * 16 + g + 8 * (i >> 1);
-                if (row < M && col < N) C[(size_t)row * N + col] = f32_to_f16(acc[r][i]);
+                if (row < M && col < N) C[(size_t)row * N + col] = f32_to_act(acc[r][i]);
             }
         return;
     }
@@ -452,7 +473,7 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
                 float sum = 0.0f;
                 for (int sp_i = 0; sp_i < splits; sp_i++)
                     sum += ld_cg_f32(&partials[((size_t)sp_i * M + row) * n_pad + col]);
-                if (col < N) C[(size_t)row * N + col] = f32_to_f16(sum);
+                if (col < N) C[(size_t)row * N + col] = f32_to_act(sum);
             }
         }
     if (threadIdx.x == 0) tickets[ticket_idx] = 0u;
@@ -480,8 +501,9 @@ WX_ENTRY(wx_int3_m16, FMT_INT3, 2, 8)
 WX_ENTRY(wx_int2_m8, FMT_INT2, 1, 8)
 WX_ENTRY(wx_int2_m16, FMT_INT2, 2, 8)
 
-// Dequantize to a dense f16 (N, K) matrix (the large-M path: then a cuBLAS
-// fp16 GEMM). One thread per (tile, chunk, warp, lane): its 32 values.
+// Dequantize to a dense (N, K) matrix of the activation type (the large-M
+// path: then a cuBLAS GEMM). One thread per (tile, chunk, warp, lane): its
+// 32 values.
 template <int FMT>
 __device__ __forceinline__ void wx_dequant_body(const uint4* __restrict__ W, const u32* __restrict__ S16,
                                                 const float* __restrict__ S32, const u32* __restrict__ SZ,
@@ -546,7 +568,7 @@ __device__ __forceinline__ void wx_dequant_body(const uint4* __restrict__ W, con
             const int h = i & 1;
             const float lo = f16_to_f32((u16)(wa[i] & 0xFFFFu)) * cs[h];
             const float hi = f16_to_f32((u16)(wa[i] >> 16)) * cs[h];
-            vals[h][2 * j + (i >> 1)] = (u32)f32_to_f16(lo) | ((u32)f32_to_f16(hi) << 16);
+            vals[h][2 * j + (i >> 1)] = (u32)f32_to_act(lo) | ((u32)f32_to_act(hi) << 16);
         }
     }
 #pragma unroll
@@ -576,8 +598,16 @@ __device__ __forceinline__ void wx_dequant_body(const uint4* __restrict__ W, con
         wx_dequant_body<FMT>(W, S16, S32, SZ, out, N, K, n_pad, k_chunks, group_chunks);            \
     }
 
+#ifdef MARLIN_ACT_BF16
+WX_DEQUANT_ENTRY(wx_fp4_dequant_bf16, FMT_FP4)
+WX_DEQUANT_ENTRY(wx_int8_dequant_bf16, FMT_INT8)
+WX_DEQUANT_ENTRY(wx_fp8_dequant_bf16, FMT_FP8)
+WX_DEQUANT_ENTRY(wx_int3_dequant_bf16, FMT_INT3)
+WX_DEQUANT_ENTRY(wx_int2_dequant_bf16, FMT_INT2)
+#else
 WX_DEQUANT_ENTRY(wx_fp4_dequant_f16, FMT_FP4)
 WX_DEQUANT_ENTRY(wx_int8_dequant_f16, FMT_INT8)
 WX_DEQUANT_ENTRY(wx_fp8_dequant_f16, FMT_FP8)
 WX_DEQUANT_ENTRY(wx_int3_dequant_f16, FMT_INT3)
 WX_DEQUANT_ENTRY(wx_int2_dequant_f16, FMT_INT2)
+#endif

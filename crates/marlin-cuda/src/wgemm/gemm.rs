@@ -4,8 +4,13 @@
 //! [`GemmWorkspace`] with INT4.
 //!
 //! Capture-safe use (CUDA graphs), as INT4's `int4_gemm_prepared`: call
-//! [`GemmWorkspace::prepare_wx`] for every (weight, M, options) before the
-//! capture, then [`wx_gemm_prepared`] inside it.
+//! [`GemmWorkspace::prepare_wx`] (f16) or [`GemmWorkspace::prepare_wx_for`]
+//! for every (weight, M, options, activation type) before the capture, then
+//! [`wx_gemm_prepared`] inside it.
+//!
+//! Activations f16 or bf16 ([`ActDtype`]): the bf16 kernels are the same
+//! source compiled with `MARLIN_ACT_BF16` (module `wxa16_gemm_bf16`; see
+//! the kernel file's header for what differs).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -15,16 +20,30 @@ use half::f16;
 use marlin_quant::QuantTensor;
 
 use super::pack::{pack_wx, WxFormat, WxPacked};
+use crate::act::{Act, ActDtype};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
 use crate::int4::gemm::{
-    auto_fused, gemm_dense_f16_weight, launch_grid, GemmOptions, GemmPath, GemmPlan, GemmWorkspace,
+    auto_fused, gemm_dense_weight, launch_grid, GemmOptions, GemmPath, GemmPlan, GemmWorkspace,
 };
 use crate::int4::pack::N_TILE;
 use crate::ops::to_i32;
 
 const MODULE: &str = "wxa16_gemm";
 const SOURCE: &str = include_str!("../kernels/wxa16_gemm.cu");
+/// The same source with bf16 activations (crate::act).
+const BF16_MODULE: &str = "wxa16_gemm_bf16";
+const BF16_SOURCE: &str = concat!(
+    "#define MARLIN_ACT_BF16 1\n",
+    include_str!("../kernels/wxa16_gemm.cu")
+);
+
+fn wx_module(act: Act) -> (&'static str, &'static str) {
+    match act {
+        Act::F16 => (MODULE, SOURCE),
+        Act::Bf16 => (BF16_MODULE, BF16_SOURCE),
+    }
+}
 const THREADS: u32 = 128;
 /// cp.async ring depth (keep in sync with WX_ENTRY in the source).
 const STAGES: usize = 8;
@@ -35,10 +54,20 @@ const MIN_CHUNKS_PER_SPLIT: usize = 4;
 /// Default split-K factor (as the INT4 decode kernel, docs/CUDA.md).
 const SPLITS: usize = 8;
 
-/// `WxWeight::prepared` bits: which kernels `prepare_wx` loaded.
+/// `WxWeight::prepared` bits: which kernels `prepare_wx` loaded (f16; the
+/// bf16 module's are these shifted by `BF16_SHIFT`).
 const PREPARED_M8: u8 = 1;
 const PREPARED_M16: u8 = 2;
 const PREPARED_DEQUANT: u8 = 4;
+
+/// A `prepared` bit for activation type `act`.
+fn prepared_bit(bit: u8, act: Act) -> u8 {
+    match act {
+        Act::F16 => bit,
+        Act::Bf16 => bit << BF16_SHIFT,
+    }
+}
+const BF16_SHIFT: u32 = 3;
 
 /// A weight of one of the `wgemm` formats resident on the device in the
 /// kernel layout.
@@ -174,13 +203,18 @@ pub fn plan(m: usize, w: &WxWeight, splits: Option<usize>) -> Result<GemmPlan> {
     })
 }
 
-fn dequant_kernel(format: WxFormat) -> &'static str {
-    match format {
-        WxFormat::Fp4 => "wx_fp4_dequant_f16",
-        WxFormat::Int8 => "wx_int8_dequant_f16",
-        WxFormat::Fp8 => "wx_fp8_dequant_f16",
-        WxFormat::Int3 => "wx_int3_dequant_f16",
-        WxFormat::Int2 => "wx_int2_dequant_f16",
+fn dequant_kernel(format: WxFormat, act: Act) -> &'static str {
+    match (format, act) {
+        (WxFormat::Fp4, Act::F16) => "wx_fp4_dequant_f16",
+        (WxFormat::Int8, Act::F16) => "wx_int8_dequant_f16",
+        (WxFormat::Fp8, Act::F16) => "wx_fp8_dequant_f16",
+        (WxFormat::Int3, Act::F16) => "wx_int3_dequant_f16",
+        (WxFormat::Int2, Act::F16) => "wx_int2_dequant_f16",
+        (WxFormat::Fp4, Act::Bf16) => "wx_fp4_dequant_bf16",
+        (WxFormat::Int8, Act::Bf16) => "wx_int8_dequant_bf16",
+        (WxFormat::Fp8, Act::Bf16) => "wx_fp8_dequant_bf16",
+        (WxFormat::Int3, Act::Bf16) => "wx_int3_dequant_bf16",
+        (WxFormat::Int2, Act::Bf16) => "wx_int2_dequant_bf16",
     }
 }
 
@@ -239,7 +273,8 @@ impl GemmWorkspace {
     /// and `opts` allocation- and synchronisation-free (the `wgemm` twin of
     /// [`GemmWorkspace::prepare`]): compiles and loads its kernel, sizes the
     /// split-K scratch (and the dense f16 scratch and cuBLAS handle of the
-    /// dequantize + cuBLAS path). Returns the plan that call will use.
+    /// dequantize + cuBLAS path). Returns the plan that call will use. f16
+    /// activations; [`GemmWorkspace::prepare_wx_for`] takes the type.
     pub fn prepare_wx(
         &mut self,
         dev: &Arc<CudaDevice>,
@@ -247,18 +282,46 @@ impl GemmWorkspace {
         m: usize,
         opts: GemmOptions,
     ) -> Result<GemmPlan> {
+        self.prepare_wx_for(dev, w, m, opts, Act::F16)
+    }
+
+    /// [`GemmWorkspace::prepare_wx`] for activation type `act`.
+    pub fn prepare_wx_for(
+        &mut self,
+        dev: &Arc<CudaDevice>,
+        w: &WxWeight,
+        m: usize,
+        opts: GemmOptions,
+        act: Act,
+    ) -> Result<GemmPlan> {
         if m == 0 {
             return Err(CudaError::Shape("GEMM with M = 0 rows".into()));
         }
+        let (module, source) = wx_module(act);
         if uses_dequant(m, w, opts) {
-            let elems = w.n * w.k;
-            if self.dense.as_ref().is_none_or(|d| d.len() < elems) {
-                self.dense = None;
-                self.dense = Some(dev.alloc_zeros("f16 dequantized weight scratch", elems)?);
+            let elems =
+                w.n.checked_mul(w.k)
+                    .ok_or_else(|| CudaError::Shape("N*K overflows".into()))?;
+            match act {
+                Act::F16 => {
+                    if self.dense.as_ref().is_none_or(|d| d.len() < elems) {
+                        self.dense = None;
+                        self.dense =
+                            Some(dev.alloc_zeros("f16 dequantized weight scratch", elems)?);
+                    }
+                }
+                Act::Bf16 => {
+                    if self.dense_bf16.as_ref().is_none_or(|d| d.len() < elems) {
+                        self.dense_bf16 = None;
+                        self.dense_bf16 =
+                            Some(dev.alloc_zeros("bf16 dequantized weight scratch", elems)?);
+                    }
+                }
             }
-            dev.function(MODULE, SOURCE, dequant_kernel(w.format), 0)?;
+            dev.function(module, source, dequant_kernel(w.format, act), 0)?;
             dev.with_blas(|_| Ok(()))?;
-            w.prepared.fetch_or(PREPARED_DEQUANT, Ordering::Relaxed);
+            w.prepared
+                .fetch_or(prepared_bit(PREPARED_DEQUANT, act), Ordering::Relaxed);
             return Ok(dequant_plan());
         }
         let p = plan(m, w, opts.splits)?;
@@ -270,76 +333,95 @@ impl GemmWorkspace {
                 .ok_or_else(|| CudaError::Shape("split-K partials overflow".into()))?;
             self.reserve(dev, partials, p.n_tiles * p.m_blocks)?;
         }
-        dev.function(MODULE, SOURCE, p.kernel, max_smem(w.format)?)?;
+        dev.function(module, source, p.kernel, max_smem(w.format)?)?;
         let bit = if token_tiles(m) == 1 {
             PREPARED_M8
         } else {
             PREPARED_M16
         };
-        w.prepared.fetch_or(bit, Ordering::Relaxed);
+        w.prepared
+            .fetch_or(prepared_bit(bit, act), Ordering::Relaxed);
         Ok(p)
     }
 }
 
-fn check_prepared(w: &WxWeight, bit: u8, what: &str) -> Result<()> {
-    if w.prepared.load(Ordering::Relaxed) & bit == 0 {
+fn check_prepared(w: &WxWeight, bit: u8, act: Act, what: &str) -> Result<()> {
+    if w.prepared.load(Ordering::Relaxed) & prepared_bit(bit, act) == 0 {
         return Err(CudaError::Unsupported(format!(
-            "wx_gemm_prepared: {what} of this {} weight was not loaded by GemmWorkspace::prepare_wx",
+            "wx_gemm_prepared: {what} ({}) of this {} weight was not loaded by \
+             GemmWorkspace::prepare_wx / prepare_wx_for",
+            act.name(),
             w.format.name()
         )));
     }
     Ok(())
 }
 
-/// C (M, N) f16 = A (M, K) f16 . W^T, both row-major. `GemmPath::Auto`: the
+/// C (M, N) = A (M, K) . W^T, both row-major, A and C f16 or bf16
+/// ([`ActDtype`]). `GemmPath::Auto`: the
 /// fused kernel or dequantize + cuBLAS by [`auto_fused`]
 /// (`FusedGeneral` means `Fused` here). Allocates the split-K / dense
 /// scratch at first use (prepare + [`wx_gemm_prepared`]).
-pub fn wx_gemm(
+pub fn wx_gemm<T: ActDtype>(
     dev: &Arc<CudaDevice>,
-    a: &CudaSlice<f16>,
+    a: &CudaSlice<T>,
     m: usize,
     w: &WxWeight,
-    c: &mut CudaSlice<f16>,
+    c: &mut CudaSlice<T>,
     ws: &mut GemmWorkspace,
     opts: GemmOptions,
 ) -> Result<GemmPlan> {
     check_operands(m, w, a.len(), c.len())?;
-    ws.prepare_wx(dev, w, m, opts)?;
+    ws.prepare_wx_for(dev, w, m, opts, T::ACT)?;
     wx_gemm_prepared(dev, &a.as_view(), m, w, &mut c.as_view_mut(), ws, opts)
 }
 
-/// The capture-safe entry point: the same product on views of f16 device
-/// buffers (A >= M*K, C >= M*N elements, row-major), with a workspace that
-/// [`GemmWorkspace::prepare_wx`] made ready for this (weight, M, opts). It
+/// The dense scratch of activation type `T` in `ws`.
+fn dense_scratch<T: ActDtype>(ws: &mut GemmWorkspace) -> Option<&mut CudaSlice<T>> {
+    // Two typed buffers: the one of T::ACT, as CudaSlice<T> (the downcast
+    // cannot fail, it only spares a transmute).
+    let any: &mut dyn std::any::Any = match T::ACT {
+        Act::F16 => ws.dense.as_mut()?,
+        Act::Bf16 => ws.dense_bf16.as_mut()?,
+    };
+    any.downcast_mut::<CudaSlice<T>>()
+}
+
+/// The capture-safe entry point: the same product on views of f16 or bf16
+/// device buffers (A >= M*K, C >= M*N elements, row-major), with a
+/// workspace that [`GemmWorkspace::prepare_wx`] / `prepare_wx_for` made
+/// ready for this (weight, M, opts, activation type). It
 /// enqueues one kernel launch (dequantize + cuBLAS path: the dequant kernel
 /// and one cublasGemmEx) on the device's stream and nothing else: no
 /// allocation, no module load, no host synchronisation. An unprepared
 /// workspace or weight is an error, not an allocation.
-pub fn wx_gemm_prepared(
+pub fn wx_gemm_prepared<T: ActDtype>(
     dev: &Arc<CudaDevice>,
-    a: &CudaView<'_, f16>,
+    a: &CudaView<'_, T>,
     m: usize,
     w: &WxWeight,
-    c: &mut CudaViewMut<'_, f16>,
+    c: &mut CudaViewMut<'_, T>,
     ws: &mut GemmWorkspace,
     opts: GemmOptions,
 ) -> Result<GemmPlan> {
     check_operands(m, w, a.len(), c.len())?;
+    let act = T::ACT;
     if uses_dequant(m, w, opts) {
-        check_prepared(w, PREPARED_DEQUANT, "the dequantize kernel")?;
+        check_prepared(w, PREPARED_DEQUANT, act, "the dequantize kernel")?;
         let elems = w.n * w.k;
-        let dense = match ws.dense.as_mut() {
+        let dense = match dense_scratch::<T>(ws) {
             Some(d) if d.len() >= elems => d,
             _ => {
                 return Err(CudaError::Shape(format!(
-                    "dense scratch for a {}x{} weight missing: call GemmWorkspace::prepare_wx",
-                    w.n, w.k
+                    "dense {} scratch for a {}x{} weight missing: call GemmWorkspace::prepare_wx",
+                    act.name(),
+                    w.n,
+                    w.k
                 )))
             }
         };
-        wx_dequantize_to_f16(dev, w, dense)?;
-        gemm_dense_f16_weight(dev, dense, a, c, (m, w.n, w.k))?;
+        wx_dequantize_to(dev, w, dense)?;
+        gemm_dense_weight(dev, dense, a, c, (m, w.n, w.k))?;
         return Ok(dequant_plan());
     }
     let p = plan(m, w, opts.splits)?;
@@ -348,7 +430,7 @@ pub fn wx_gemm_prepared(
     } else {
         PREPARED_M16
     };
-    check_prepared(w, bit, p.kernel)?;
+    check_prepared(w, bit, act, p.kernel)?;
     let grid = launch_grid(p.m_blocks, p.n_tiles, p.splits)?;
     ws.check_split_k(
         p.splits,
@@ -358,7 +440,8 @@ pub fn wx_gemm_prepared(
         "prepare_wx",
     )?;
     let smem = smem_bytes(w.format, m, w.k_chunks, p.splits);
-    let func = dev.function(MODULE, SOURCE, p.kernel, max_smem(w.format)?)?;
+    let (module, source) = wx_module(act);
+    let func = dev.function(module, source, p.kernel, max_smem(w.format)?)?;
     let cfg = LaunchConfig {
         grid_dim: grid,
         block_dim: (THREADS, 1, 1),
@@ -404,7 +487,20 @@ pub fn wx_dequantize_to_f16(
     w: &WxWeight,
     dense: &mut CudaSlice<f16>,
 ) -> Result<()> {
-    if dense.len() < w.n * w.k {
+    wx_dequantize_to(dev, w, dense)
+}
+
+/// Dequantize W into a dense (N, K) row-major matrix of the activation
+/// type (bf16: each value rounded once from fp32).
+pub fn wx_dequantize_to<T: ActDtype>(
+    dev: &Arc<CudaDevice>,
+    w: &WxWeight,
+    dense: &mut CudaSlice<T>,
+) -> Result<()> {
+    let elems =
+        w.n.checked_mul(w.k)
+            .ok_or_else(|| CudaError::Shape("N*K overflows".into()))?;
+    if dense.len() < elems {
         return Err(CudaError::Shape(format!(
             "dense scratch of {} elements for a {}x{} weight",
             dense.len(),
@@ -412,8 +508,9 @@ pub fn wx_dequantize_to_f16(
             w.k
         )));
     }
-    let name = dequant_kernel(w.format);
-    let func = dev.function(MODULE, SOURCE, name, 0)?;
+    let name = dequant_kernel(w.format, T::ACT);
+    let (module, source) = wx_module(T::ACT);
+    let func = dev.function(module, source, name, 0)?;
     let threads_total = (w.n_pad / 16) * w.k_chunks * 32;
     let blocks = u32::try_from(threads_total.div_ceil(256))
         .map_err(|_| CudaError::Shape("dequant grid too large".into()))?;
@@ -442,7 +539,8 @@ pub fn wx_dequantize_to_f16(
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: arguments match WX_DEQUANT_ENTRY; dense holds >= N*K elements;
+    // SAFETY: arguments match WX_DEQUANT_ENTRY, whose output type is the
+    // module's activation type, T; dense holds >= N*K elements;
     // the packed buffers cover n_pad/16 * k_chunks * 32 lanes.
     unsafe { launch.launch(cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
     Ok(())

@@ -1,0 +1,324 @@
+//! FP4 (MXFP4, NVFP4), INT8, FP8 (per channel, 128 x 128 blocks), INT3 and
+//! INT2 GEMMs with bf16 activations on the GPU against
+//! `QuantTensor::dequantize` + an f64 matmul of the bf16-rounded
+//! activations, and the prepared entry point. Need a CUDA GPU (`#[ignore]`d;
+//! `scripts/gpu_entry.sh` runs them with `--include-ignored`). Fresh random
+//! weights and activations every run (seed printed on failure), outputs
+//! poisoned with NaN before every launch.
+//!
+//! Tolerance (bf16 unit roundoff u = 2^-8): the fused kernels feed exact
+//! weight codes to the bf16 mma for INT8, FP8, INT3 and INT2 (scales in
+//! fp32), FP4 values scaled in f16 then rounded to bf16 (<= u + 2^-11
+//! relative); dequantize + cuBLAS rounds every weight once to bf16 (<= u,
+//! FP4 after its f16 scaling); the output is rounded to bf16 (<= u).
+//! Relative L2 bound 2u (expected below u: measured 1.4e-3 to 3.0e-3 on an
+//! H100); per element u |c| + 1.5u sum_k |a_k w_k| + K 2^-24 sum_k
+//! |a_k w_k| (fp32 accumulation's worst case).
+#![cfg(feature = "cuda")]
+
+use std::sync::Arc;
+
+use half::bf16;
+use marlin_cuda::act::Act;
+use marlin_cuda::int4::gemm::{GemmOptions, GemmPath, GemmWorkspace};
+use marlin_cuda::int4::random::{random_activations_bf16, XorShift};
+use marlin_cuda::int4::reference::matmul_ref;
+use marlin_cuda::wgemm::gemm::{wx_gemm, wx_gemm_prepared, WxWeight};
+use marlin_cuda::CudaDevice;
+use marlin_quant::{quantize_rtn, Granularity, QuantScheme, QuantTensor, RtnOptions, ScaleDType};
+
+const U: f64 = 1.0 / 256.0;
+const REL_L2_TOL: f64 = 2.0 * U;
+
+fn fresh_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(4321)
+}
+
+fn device() -> Arc<CudaDevice> {
+    CudaDevice::new(0).expect("a CUDA device (these tests run on the GPU machine)")
+}
+
+fn quantized(scheme: QuantScheme, n: usize, k: usize, seed: u64) -> QuantTensor {
+    let mut rng = XorShift::new(seed);
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| (rng.next_f32() - 0.5) * 0.05 * (1.0 + (i / k % 5) as f32))
+        .collect();
+    quantize_rtn(&w, n, k, scheme, &RtnOptions::min_max()).expect("quantize")
+}
+
+struct Problem {
+    seed: u64,
+    weight: WxWeight,
+    a_host: Vec<bf16>,
+    want: Vec<f64>,
+    bound: Vec<f64>,
+}
+
+fn problem(
+    dev: &Arc<CudaDevice>,
+    scheme: QuantScheme,
+    (m, n, k): (usize, usize, usize),
+) -> Problem {
+    let seed = fresh_seed();
+    let q = quantized(scheme, n, k, seed);
+    let w_ref: Vec<f64> = q
+        .dequantize()
+        .expect("dequantize")
+        .iter()
+        .map(|v| f64::from(*v))
+        .collect();
+    let a_host = random_activations_bf16(m, k, seed ^ 0x5A5A);
+    let a_ref: Vec<f64> = a_host.iter().map(|v| v.to_f64()).collect();
+    let want = matmul_ref(&a_ref, &w_ref, m, n, k);
+    let a_abs: Vec<f64> = a_ref.iter().map(|v| v.abs()).collect();
+    let w_abs: Vec<f64> = w_ref.iter().map(|v| v.abs()).collect();
+    let abs_prod = matmul_ref(&a_abs, &w_abs, m, n, k);
+    let bound = want
+        .iter()
+        .zip(&abs_prod)
+        .map(|(c, p)| U * c.abs() + 1.5 * U * p + k as f64 * f64::powi(2.0, -24) * p)
+        .collect();
+    Problem {
+        seed,
+        weight: WxWeight::from_quant(dev, &q).expect("repack + upload"),
+        a_host,
+        want,
+        bound,
+    }
+}
+
+fn compare(p: &Problem, got: &[bf16], n: usize, what: &str) -> f64 {
+    let (mut e2, mut r2) = (0f64, 0f64);
+    for (i, ((g, r), b)) in got.iter().zip(&p.want).zip(&p.bound).enumerate() {
+        let g = g.to_f64();
+        assert!(
+            g.is_finite() && (g - r).abs() <= *b,
+            "{what} seed={}: C[{}, {}] = {g}, reference {r}, bound {b:.3e}",
+            p.seed,
+            i / n,
+            i % n
+        );
+        e2 += (g - r) * (g - r);
+        r2 += r * r;
+    }
+    let rel = (e2 / r2.max(1e-30)).sqrt();
+    assert!(
+        rel < REL_L2_TOL,
+        "{what} seed={}: rel L2 {rel:.3e} (bound {REL_L2_TOL:.1e})",
+        p.seed
+    );
+    rel
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(
+    dev: &Arc<CudaDevice>,
+    ws: &mut GemmWorkspace,
+    name: &str,
+    scheme: QuantScheme,
+    (m, n, k): (usize, usize, usize),
+    opts: GemmOptions,
+) {
+    let p = problem(dev, scheme, (m, n, k));
+    let a = dev.upload("A", &p.a_host).expect("A");
+    let mut c = dev.alloc_zeros::<bf16>("C", m * n).expect("C");
+    for launch in 0..2 {
+        dev.write(&mut c, &vec![bf16::NAN; m * n]).expect("poison");
+        let plan = wx_gemm(dev, &a, m, &p.weight, &mut c, ws, opts).expect("launch");
+        let got = dev.download(&c).expect("download");
+        let what = format!("bf16 {name} M={m} N={n} K={k} {plan:?} launch {launch}");
+        let rel = compare(&p, &got, n, &what);
+        if launch == 0 {
+            println!(
+                "PASS bf16 {name} {:?} M={m} N={n} K={k} splits={} rel_l2={rel:.2e}",
+                plan.path, plan.splits
+            );
+        }
+    }
+}
+
+fn formats() -> Vec<(&'static str, QuantScheme, usize)> {
+    // As tests/gpu_gemm_formats.rs: K not a multiple of the 64 tile where
+    // the format allows it.
+    vec![
+        ("mxfp4", QuantScheme::mxfp4(), 1056),
+        ("nvfp4", QuantScheme::nvfp4(), 1040),
+        ("int8", QuantScheme::int8_per_channel(), 1001),
+        ("fp8", QuantScheme::fp8_e4m3_per_channel(), 1000),
+        ("fp8b128", QuantScheme::fp8_e4m3_block128(), 1000),
+        ("int3g128", QuantScheme::int3_sym(128), 1152),
+        ("int3g128z", QuantScheme::int3_asym(128), 1152),
+        ("int2g64", QuantScheme::int2_sym(64), 1088),
+        ("int2g64z", QuantScheme::int2_asym(64), 1088),
+        (
+            "int3pc",
+            QuantScheme::int_sym(3, Granularity::PerChannel, ScaleDType::F16),
+            1001,
+        ),
+        (
+            "int2pcz",
+            QuantScheme::int_asym(2, Granularity::PerChannel, ScaleDType::F16),
+            1000,
+        ),
+    ]
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn formats_bf16_match_reference() {
+    let dev = device();
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    for (name, scheme, k) in formats() {
+        for &m in &[1, 3, 17, 64, 256] {
+            for path in [GemmPath::Auto, GemmPath::Fused, GemmPath::DequantCublas] {
+                let opts = GemmOptions { path, splits: None };
+                check(&dev, &mut ws, name, scheme, (m, 200, k), opts);
+            }
+        }
+        for s in [1, 3] {
+            let opts = GemmOptions {
+                path: GemmPath::Fused,
+                splits: Some(s),
+            };
+            check(&dev, &mut ws, name, scheme, (12, 96, k), opts);
+        }
+    }
+}
+
+/// The prepared entry with bf16 views, after `prepare_wx_for`; an f16-only
+/// preparation does not make a bf16 call ready (an error, not a load).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn formats_bf16_prepared() {
+    let dev = device();
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    for (name, scheme, k) in formats().into_iter().take(4) {
+        for (m, path) in [(5, GemmPath::Fused), (128, GemmPath::DequantCublas)] {
+            let n = 128;
+            let p = problem(&dev, scheme, (m, n, k));
+            let opts = GemmOptions { path, splits: None };
+            let a = dev.upload("A", &p.a_host).expect("A");
+            let mut c = dev.alloc_zeros::<bf16>("C", m * n).expect("C");
+            ws.prepare_wx(&dev, &p.weight, m, opts)
+                .expect("prepare f16");
+            let unprepared = wx_gemm_prepared(
+                &dev,
+                &a.as_view(),
+                m,
+                &p.weight,
+                &mut c.as_view_mut(),
+                &mut ws,
+                opts,
+            );
+            assert!(
+                unprepared.is_err(),
+                "{name}: bf16 call after an f16 prepare"
+            );
+            ws.prepare_wx_for(&dev, &p.weight, m, opts, Act::Bf16)
+                .expect("prepare bf16");
+            dev.write(&mut c, &vec![bf16::NAN; m * n]).expect("poison");
+            let plan = wx_gemm_prepared(
+                &dev,
+                &a.as_view(),
+                m,
+                &p.weight,
+                &mut c.as_view_mut(),
+                &mut ws,
+                opts,
+            )
+            .expect("prepared launch");
+            let got = dev.download(&c).expect("download");
+            let rel = compare(&p, &got, n, &format!("prepared bf16 {name} M={m} {plan:?}"));
+            println!(
+                "PASS bf16 prepared {name} M={m} {:?} rel_l2={rel:.2e}",
+                plan.path
+            );
+        }
+    }
+}
+
+/// INT4 act-order with bf16 activations: the gather moves 16-bit words,
+/// then the bf16 INT4 GEMM of the permuted weight (symmetric and zero
+/// points, M = 1..64, Auto's paths). Same tolerances (the INT4 weight
+/// rounding of tests/gpu_int4_bf16.rs: 3u per weight term with zero
+/// points).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int4_act_order_bf16_matches_reference() {
+    use marlin_cuda::int4::act_order::{int4_act_order_gemm, Int4ActOrderWeight};
+    let dev = device();
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    let (n, k, g) = (200, 1024, 128);
+    for (name, scheme) in [
+        ("int4g128-act", QuantScheme::int4_sym(g)),
+        ("int4g128z-act", QuantScheme::int4_asym(g)),
+    ] {
+        let seed = fresh_seed();
+        let mut q = quantized(scheme, n, k, seed);
+        // A GPTQ-style g_idx: a random column order, group = position / g.
+        let mut rng = XorShift::new(seed ^ 0xA5);
+        let mut order: Vec<usize> = (0..k).collect();
+        for i in (1..k).rev() {
+            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+        }
+        let mut g_idx = vec![0u32; k];
+        for (pos, &c) in order.iter().enumerate() {
+            g_idx[c] = (pos / g) as u32;
+        }
+        q.g_idx = Some(g_idx);
+        let w = Int4ActOrderWeight::from_quant(&dev, &q).expect("permute + upload");
+        let w_ref: Vec<f64> = q
+            .dequantize()
+            .expect("dequantize")
+            .iter()
+            .map(|v| f64::from(*v))
+            .collect();
+        for &m in &[1usize, 3, 17, 64] {
+            let a_host = random_activations_bf16(m, k, seed ^ m as u64);
+            let a_ref: Vec<f64> = a_host.iter().map(|v| v.to_f64()).collect();
+            let want = matmul_ref(&a_ref, &w_ref, m, n, k);
+            let a = dev.upload("A", &a_host).expect("A");
+            let mut c = dev.alloc_zeros::<bf16>("C", m * n).expect("C");
+            let mut gathered = dev
+                .alloc_zeros::<bf16>("gathered A", m * k)
+                .expect("scratch");
+            dev.write(&mut c, &vec![bf16::NAN; m * n]).expect("poison");
+            let plan = int4_act_order_gemm(
+                &dev,
+                &a,
+                m,
+                &w,
+                &mut c,
+                &mut ws,
+                &mut gathered,
+                GemmOptions::default(),
+            )
+            .expect("launch");
+            let got = dev.download(&c).expect("download");
+            let (mut e2, mut r2) = (0f64, 0f64);
+            for (i, (gv, r)) in got.iter().zip(&want).enumerate() {
+                let gv = gv.to_f64();
+                assert!(
+                    gv.is_finite(),
+                    "{name} M={m} seed={seed}: C[{}, {}] = {gv}",
+                    i / n,
+                    i % n
+                );
+                e2 += (gv - r) * (gv - r);
+                r2 += r * r;
+            }
+            let rel = (e2 / r2.max(1e-30)).sqrt();
+            assert!(
+                rel < REL_L2_TOL,
+                "{name} M={m} {plan:?} seed={seed}: rel L2 {rel:.3e}"
+            );
+            println!(
+                "PASS bf16 {name} {:?} M={m} N={n} K={k} rel_l2={rel:.2e}",
+                plan.path
+            );
+        }
+    }
+}
