@@ -259,6 +259,9 @@ fn int4_wide_decode_plans_match_reference() {
     let opts = GemmOptions::default();
     let wide = dev.compute_capability() == (9, 0)
         && std::env::var("MARLIN_INT4_DEC_WIDE_SMEM").as_deref() != Ok("0");
+    // The expected shapes are those of 132 SMs (H100 SXM); other sm_90
+    // parts check the results only.
+    let assert_shapes = wide && dev.sm_count() == 132;
     // (M, N, K, group, zero points, decode shape expected under the wide
     // limit: column blocks x K slices x splits; whole column: nbpb >= 7)
     type Case = (usize, usize, usize, usize, bool, (usize, usize, usize));
@@ -281,7 +284,7 @@ fn int4_wide_decode_plans_match_reference() {
         let shape = decode_shape(m, &probe, &dev);
         let whole = whole_column_plan(m, &probe, &dev);
         println!("M={m} {n}x{k} g{group} z={asym}: shape {shape:?}, whole column {whole}");
-        if wide {
+        if assert_shapes {
             assert_eq!(
                 shape,
                 Some(want),

@@ -90,13 +90,14 @@ const DEC_WHOLE_COLUMN_MIN_FILL: usize = 900;
 const DEC_SMEM_LIMIT: usize = 150 * 1024;
 /// Decode kernel on sm_90 (227 KiB per block): the shared memory limit of
 /// the plain (not fused) calls and their function attribute, which only the
-/// whole-column plan uses beyond [`DEC_SMEM_LIMIT`] (M = 9..16 and K up to
-/// [`DEC_WIDE_MAX_KC`] chunks, docs/CUDA.md change 48). 224 KiB leaves room
-/// for the kernel's static shared memory (the 4-byte ticket flag) and is one
-/// block per SM with its 1 KiB reserve (228 KiB per SM).
+/// whole-column plan (where [`DEC_SMEM_LIMIT`] gives it no shape), the
+/// 2 x 4 plan at M <= 4 and forced benchmark shapes use beyond
+/// [`DEC_SMEM_LIMIT`] (docs/CUDA.md change 48). 224 KiB leaves room for the
+/// kernel's static shared memory (the 4-byte ticket flag) and is one block
+/// per SM with its 1 KiB reserve (228 KiB per SM).
 const DEC_SMEM_LIMIT_WIDE: usize = 224 * 1024;
 /// Whole-column plan under [`DEC_SMEM_LIMIT_WIDE`]: most 64-chunks of K
-/// (K <= 8192: 28672x8192 at M <= 8 in one pass, at M = 9..16 in two
+/// (K <= 8192: 28672x8192 at M = 5..8 in one pass, at M = 9..16 in two
 /// K splits).
 const DEC_WIDE_MAX_KC: usize = 128;
 /// Decode kernel: largest M (4 token tiles of 8). A 64-row variant (8
@@ -619,8 +620,9 @@ fn decode_smem_attr() -> usize {
 }
 
 /// `MARLIN_INT4_DEC_WIDE_SMEM=0` keeps the plain decode calls on sm_90 at
-/// [`DEC_SMEM_LIMIT`] (session 6's whole-column plan: M <= 8, K <= 4096),
-/// for same-run comparisons of change 48.
+/// [`DEC_SMEM_LIMIT`] (session 7's plans: the whole-column plan at M <= 8
+/// and K <= 4096 only, no 2 x 4 plan at M <= 4), for same-run comparisons
+/// of change 48.
 static DEC_WIDE_SMEM: knobs::Switch = knobs::Switch::new("MARLIN_INT4_DEC_WIDE_SMEM", true);
 
 /// Shared memory limit (and function attribute) of the plain decode calls
