@@ -96,6 +96,8 @@ const DEC_SMEM_LIMIT: usize = 150 * 1024;
 /// kernel's static shared memory (the 4-byte ticket flag) and is one block
 /// per SM with its 1 KiB reserve (228 KiB per SM).
 const DEC_SMEM_LIMIT_WIDE: usize = 224 * 1024;
+// Within sm_90's 227 KiB block limit with room for the static shared memory.
+const _: () = assert!(DEC_SMEM_LIMIT_WIDE + 1024 <= 227 * 1024);
 /// Whole-column plan under [`DEC_SMEM_LIMIT_WIDE`]: most 64-chunks of K
 /// (K <= 8192: 28672x8192 at M = 5..8 in one pass, at M = 9..16 in two
 /// K splits).
@@ -2851,9 +2853,6 @@ mod tests {
     #[test]
     fn decode_plans_are_launchable() {
         assert!(decode_smem_attr() <= 163 * 1024);
-        // sm_90's plain calls: within the 227 KiB block limit with the
-        // kernel's static shared memory and one block's 1 KiB reserve.
-        assert!(DEC_SMEM_LIMIT_WIDE + 1024 <= 227 * 1024);
         assert_eq!(decode_smem_limit_for((9, 0), true), DEC_SMEM_LIMIT_WIDE);
         assert_eq!(decode_smem_limit_for((9, 0), false), DEC_SMEM_LIMIT);
         assert_eq!(decode_smem_limit_for((8, 0), true), DEC_SMEM_LIMIT);
