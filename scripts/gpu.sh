@@ -64,8 +64,8 @@ if [ "${MARLIN_PREWARM_KERNELS:-0}" = 1 ]; then
     python3 - "$kc" "$stage/kernel-cache.tar.xz" <<'PY'
 import os, sys, tarfile
 src, dst = sys.argv[1], sys.argv[2]
-# Only the current keys: the script names the files it made or had.
-names = sorted(f for f in os.listdir(src) if f.endswith(".cubin"))
+# Only this tree's keys (current.txt), not older CUBINs of the folder.
+names = sorted(open(os.path.join(src, "current.txt")).read().split())
 with tarfile.open(dst, "w:xz") as t:
     for f in names:
         t.add(os.path.join(src, f), arcname=f)

@@ -100,6 +100,7 @@ def main():
             print(f"warning: {os.path.basename(path)} is in no MODULES entry (it will compile on the GPU machine)")
     os.makedirs(args.out, exist_ok=True)
     failures = 0
+    current = []
     for name, (file, prefix) in MODULES.items():
         if args.modules and name not in args.modules:
             continue
@@ -107,6 +108,7 @@ def main():
             src = prefix.encode() + f.read()
         key = fnv1a([src, header, options, args.arch.encode(), versions])
         path = os.path.join(args.out, f"{name}-{args.arch}-{key:016x}.cubin")
+        current.append(os.path.basename(path))
         if os.path.exists(path):
             print(f"have {os.path.basename(path)}")
             continue
@@ -130,6 +132,9 @@ def main():
             os.replace(tmp, path)
             print(f"made {os.path.basename(path)} ({size.value} bytes, {time.time() - t0:.1f} s)")
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    # The keys of this source tree (the folder may hold older ones).
+    with open(os.path.join(args.out, "current.txt"), "w") as f:
+        f.write("".join(n + "\n" for n in current if os.path.exists(os.path.join(args.out, n))))
     if failures:
         sys.exit(f"{failures} module(s) failed to compile")
 
