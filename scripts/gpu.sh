@@ -52,6 +52,26 @@ for b in marlin-cuda-bench marlin; do
     echo "staged $stage/bin/$b"
 done
 cp "$repo/scripts/gpu_entry.sh" "$stage/"
+# MARLIN_PREWARM_KERNELS=1: also compile every NVRTC module here (pip NVRTC
+# 13.0, the GPU machine's driver 13000) into the crate's cache-key names, so
+# that the GPU machine starts with a warm kernel cache (gpu_entry.sh unpacks
+# it) instead of compiling each module cold out of the device time. ~7 min on
+# 2 cores the first time; target/kernel-cache-prewarm keeps the CUBINs, so
+# later runs compile only the modules whose source changed. ~2 MB packed.
+if [ "${MARLIN_PREWARM_KERNELS:-0}" = 1 ]; then
+    kc="$build_root/target/kernel-cache-prewarm"
+    python3 "$build_root/scripts/gpu_prewarm_kernels.py" "$kc"
+    python3 - "$kc" "$stage/kernel-cache.tar.xz" <<'PY'
+import os, sys, tarfile
+src, dst = sys.argv[1], sys.argv[2]
+# Only this tree's keys (current.txt), not older CUBINs of the folder.
+names = sorted(open(os.path.join(src, "current.txt")).read().split())
+with tarfile.open(dst, "w:xz") as t:
+    for f in names:
+        t.add(os.path.join(src, f), arcname=f)
+print(f"staged {dst} ({len(names)} CUBINs, {os.path.getsize(dst)} bytes)")
+PY
+fi
 # Debug info is most of the size; the carried tree is limited to 64 MiB.
 for f in "$stage"/bin/* "$stage"/tests/*; do objcopy --strip-debug "$f"; done
 du -sh "$stage"

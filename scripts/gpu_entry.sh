@@ -32,6 +32,15 @@ stage="${MARLIN_STAGE:-.gpu-stage}"
 out="${OUT:-/tmp/marlin-gpu}"
 mkdir -p "$out"
 export MARLIN_KERNEL_CACHE="${MARLIN_KERNEL_CACHE:-/tmp/marlin-kernel-cache}"
+# A kernel cache compiled ahead by scripts/gpu.sh (MARLIN_PREWARM_KERNELS=1):
+# modules found there load without an NVRTC compile on this machine.
+mkdir -p "$MARLIN_KERNEL_CACHE"
+kc_before=$(ls "$MARLIN_KERNEL_CACHE" | wc -l)
+if [ -f "$stage/kernel-cache.tar.xz" ]; then
+    python3 -c 'import sys, tarfile; t = tarfile.open(sys.argv[1]); t.extractall(sys.argv[2], **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))' \
+        "$stage/kernel-cache.tar.xz" "$MARLIN_KERNEL_CACHE"
+fi
+kc_warm=$(ls "$MARLIN_KERNEL_CACHE" | wc -l)
 
 # libnvrtc / libcublas: the CUDA toolkit, else pip's nvidia wheels.
 libdirs=""
@@ -201,3 +210,8 @@ done
 echo
 echo "================ summary ================"
 printf '%s\n' "${summary[@]}"
+# Modules compiled on this machine (misses of a prewarmed cache: a module
+# that gpu_prewarm_kernels.py does not list, or other NVRTC / driver versions).
+kc_after=$(ls "$MARLIN_KERNEL_CACHE" | wc -l)
+echo "kernel cache: $kc_before before, $((kc_warm - kc_before)) unpacked from the stage, $((kc_after - kc_warm)) compiled here:"
+ls -t "$MARLIN_KERNEL_CACHE" | head -n "$((kc_after - kc_warm))" | sed 's/^/  compiled here: /'

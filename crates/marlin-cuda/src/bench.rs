@@ -700,7 +700,7 @@ fn bench_shape<T: ActDtype>(
                     // (else the rule's shape ran).
                     set_decode_shape_override(Some((nbpb, ks, sp)));
                     let shape = match weights {
-                        Weights::Int4(w) => decode_shape(m, &w[0], dev.sm_count()),
+                        Weights::Int4(w) => decode_shape(m, &w[0], dev),
                         Weights::Wx(_) => None,
                     };
                     set_decode_shape_override(None);

@@ -173,7 +173,7 @@ fn int4_decode_block_shapes_match_reference() {
                 let probe = Int4Weight::from_quant(&dev, &random_int4(256, 2048, 128, false, 7))
                     .expect("upload");
                 assert_eq!(
-                    decode_shape(m, &probe, dev.sm_count()),
+                    decode_shape(m, &probe, &dev),
                     Some((nbpb, ks, sp)),
                     "shape {nbpb}x{ks}x{sp} not taken at M={m}"
                 );
@@ -233,13 +233,72 @@ fn int4_whole_column_plan_matches_reference() {
         // all the same.
         if group >= 64 {
             assert!(
-                whole_column_plan(m, &probe, dev.sm_count()),
+                whole_column_plan(m, &probe, &dev),
                 "M={m} {n}x{k} g{group}: no whole-column plan"
             );
         }
         check(&dev, &mut ws, m, n, k, group, asym, opts);
     }
     println!("PASS int4 whole-column decode plan");
+}
+
+/// The decode plans of sm_90's wider shared memory limit (change 48;
+/// `MARLIN_INT4_DEC_WIDE_SMEM=0` or another GPU keeps session 7's plans and
+/// these cases run those instead, checked all the same): the whole-column
+/// plan at M = 9..16 (two token tiles, the 8-stage `w4a16_dec_m16` body),
+/// at M = 3, 4 of N = 28672 (16-stage ring), at M = 5..8 with K beyond
+/// 4096 (odd chunk counts per warp: K = 5000 is 79 chunks, 2 K slices of
+/// 39 / 40) and with two K splits (M = 14, 16 at K = 6000: one pass's
+/// activation tile does not fit), zero points and groups of 32; and 2
+/// column blocks x 4 K slices at M = 3, 4 of N = 4096, K = 14336.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int4_wide_decode_plans_match_reference() {
+    let dev = device();
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    let opts = GemmOptions::default();
+    let wide = dev.compute_capability() == (9, 0)
+        && std::env::var("MARLIN_INT4_DEC_WIDE_SMEM").as_deref() != Ok("0");
+    // The expected shapes are those of 132 SMs (H100 SXM); other sm_90
+    // parts check the results only.
+    let assert_shapes = wide && dev.sm_count() == 132;
+    // (M, N, K, group, zero points, decode shape expected under the wide
+    // limit: column blocks x K slices x splits; whole column: nbpb >= 7)
+    type Case = (usize, usize, usize, usize, bool, (usize, usize, usize));
+    let cases: [Case; 11] = [
+        (16, 14336, 4096, 128, false, (7, 2, 1)),
+        (9, 14336, 1000, 128, false, (7, 1, 1)),
+        (12, 14336, 2048, 64, true, (7, 2, 1)),
+        (13, 14336, 990, 32, true, (7, 1, 1)),
+        (3, 28672, 4096, 128, false, (14, 1, 1)),
+        (4, 28672, 2048, 64, true, (14, 1, 1)),
+        (8, 14336, 5000, 128, false, (7, 2, 1)),
+        (16, 14336, 6000, 128, false, (7, 2, 2)),
+        (14, 14336, 6000, 32, true, (7, 2, 2)),
+        (3, 4096, 14336, 128, false, (2, 4, 1)),
+        (4, 4096, 14336, 64, true, (2, 4, 1)),
+    ];
+    for &(m, n, k, group, asym, want) in &cases {
+        let probe =
+            Int4Weight::from_quant(&dev, &random_int4(n, k, group, asym, 7)).expect("upload");
+        let shape = decode_shape(m, &probe, &dev);
+        let whole = whole_column_plan(m, &probe, &dev);
+        println!("M={m} {n}x{k} g{group} z={asym}: shape {shape:?}, whole column {whole}");
+        if assert_shapes {
+            assert_eq!(
+                shape,
+                Some(want),
+                "M={m} {n}x{k} g{group} z={asym}: decode shape"
+            );
+            assert_eq!(
+                whole,
+                want.0 >= 7,
+                "M={m} {n}x{k} g{group} z={asym}: whole column"
+            );
+        }
+        check(&dev, &mut ws, m, n, k, group, asym, opts);
+    }
+    println!("PASS int4 wide decode plans (wide shared memory: {wide})");
 }
 
 #[test]

@@ -88,6 +88,20 @@ const DEC_WHOLE_COLUMN_MIN_FILL: usize = 900;
 /// Decode kernel: dynamic shared memory attribute (fits sm_80's 163 KiB);
 /// plans that need more take more splits.
 const DEC_SMEM_LIMIT: usize = 150 * 1024;
+/// Decode kernel on sm_90 (227 KiB per block): the shared memory limit of
+/// the plain (not fused) calls and their function attribute, which only the
+/// whole-column plan (where [`DEC_SMEM_LIMIT`] gives it no shape), the
+/// 2 x 4 plan at M <= 4 and forced benchmark shapes use beyond
+/// [`DEC_SMEM_LIMIT`] (docs/CUDA.md change 48). 224 KiB leaves room for the
+/// kernel's static shared memory (the 4-byte ticket flag) and is one block
+/// per SM with its 1 KiB reserve (228 KiB per SM).
+const DEC_SMEM_LIMIT_WIDE: usize = 224 * 1024;
+// Within sm_90's 227 KiB block limit with room for the static shared memory.
+const _: () = assert!(DEC_SMEM_LIMIT_WIDE + 1024 <= 227 * 1024);
+/// Whole-column plan under [`DEC_SMEM_LIMIT_WIDE`]: most 64-chunks of K
+/// (K <= 8192: 28672x8192 at M = 5..8 in one pass, at M = 9..16 in two
+/// K splits).
+const DEC_WIDE_MAX_KC: usize = 128;
 /// Decode kernel: largest M (4 token tiles of 8). A 64-row variant (8
 /// tiles, several blocks beyond 64 rows) measured 1.3-1.5x slower than the
 /// general kernel at M = 64 (docs/CUDA.md, change 14) and was removed.
@@ -600,10 +614,36 @@ fn decode_scale_rows(cps: usize, group_k32: usize) -> usize {
     (2 * cps.max(1) - 1) / group_k32.max(1) + 2
 }
 
-/// Dynamic shared memory attribute of every decode kernel (each launch's
-/// `decode_smem_bytes` is kept below it by `decode_launch`).
+/// Dynamic shared memory attribute of the fused and GLU-epilogue decode
+/// kernels (each launch's `decode_smem_bytes` is kept below it by
+/// `decode_launch` with [`DEC_SMEM_LIMIT`]).
 fn decode_smem_attr() -> usize {
     DEC_SMEM_LIMIT
+}
+
+/// `MARLIN_INT4_DEC_WIDE_SMEM=0` keeps the plain decode calls on sm_90 at
+/// [`DEC_SMEM_LIMIT`] (session 7's plans: the whole-column plan at M <= 8
+/// and K <= 4096 only, no 2 x 4 plan at M <= 4), for same-run comparisons
+/// of change 48.
+static DEC_WIDE_SMEM: knobs::Switch = knobs::Switch::new("MARLIN_INT4_DEC_WIDE_SMEM", true);
+
+/// Shared memory limit (and function attribute) of the plain decode calls
+/// on a device of compute capability `cc`: [`DEC_SMEM_LIMIT_WIDE`] on sm_90
+/// (227 KiB per block), else [`DEC_SMEM_LIMIT`] (sm_80's 163 KiB and the
+/// 99 KiB parts keep the portable limit; `decode_launch` refuses larger
+/// shapes there).
+fn decode_smem_limit_for(cc: (i32, i32), wide_knob: bool) -> usize {
+    if wide_knob && cc == (9, 0) {
+        DEC_SMEM_LIMIT_WIDE
+    } else {
+        DEC_SMEM_LIMIT
+    }
+}
+
+/// [`decode_smem_limit_for`] of `dev` with the `MARLIN_INT4_DEC_WIDE_SMEM`
+/// knob.
+fn decode_smem_limit(dev: &CudaDevice) -> usize {
+    decode_smem_limit_for(dev.compute_capability(), DEC_WIDE_SMEM.get())
 }
 
 /// Dynamic shared memory of a decode block for M rows: one code ring per
@@ -674,9 +714,9 @@ pub(crate) fn launch_grid(x: usize, y: usize, z: usize) -> Result<(u32, u32, u32
 }
 
 /// Choose the kernel variant and split-K factor (each split with at least
-/// `MIN_CHUNKS_PER_SPLIT` chunks of K).
-pub fn plan(m: usize, w: &Int4Weight, sm_count: usize, splits: Option<usize>) -> GemmPlan {
-    plan_for(m, w, sm_count, splits, true)
+/// `MIN_CHUNKS_PER_SPLIT` chunks of K) of the fused path on `dev`.
+pub fn plan(m: usize, w: &Int4Weight, dev: &CudaDevice, splits: Option<usize>) -> GemmPlan {
+    plan_for(m, w, dev.sm_count(), splits, Some(decode_smem_limit(dev)))
 }
 
 fn plan_for(
@@ -684,10 +724,12 @@ fn plan_for(
     w: &Int4Weight,
     sm_count: usize,
     splits: Option<usize>,
-    allow_decode: bool,
+    decode_smem: Option<usize>,
 ) -> GemmPlan {
-    if allow_decode && m <= DEC_MAX_M {
-        if let Some((p, _)) = decode_launch(m, w, sm_count, splits) {
+    // decode_smem: the decode kernel's shared memory limit, None: not the
+    // decode kernel.
+    if let (Some(limit), true) = (decode_smem, m <= DEC_MAX_M) {
+        if let Some((p, _)) = decode_launch(m, w, sm_count, splits, limit) {
             return p;
         }
     }
@@ -736,6 +778,7 @@ fn decode_launch(
     w: &Int4Weight,
     sm_count: usize,
     forced: Option<usize>,
+    smem_limit: usize,
 ) -> Option<(GemmPlan, DecodeShape)> {
     decode_launch_for(
         m,
@@ -743,6 +786,7 @@ fn decode_launch(
         w.neg_zero_scales.is_some(),
         sm_count,
         forced,
+        smem_limit,
     )
 }
 
@@ -804,12 +848,14 @@ fn decode_shape_override() -> Option<DecodeShape> {
 /// The decode kernel's block shape (column blocks, K slices, splits) for a
 /// `GemmPath::Fused` call of `m` rows of `w` without a forced split factor
 /// (the rule, or this thread's [`set_decode_shape_override`] where the
-/// kernel can run it); None where the decode kernel does not take the call.
-pub fn decode_shape(m: usize, w: &Int4Weight, sm_count: usize) -> Option<(usize, usize, usize)> {
+/// kernel can run it) on `dev`; None where the decode kernel does not take
+/// the call.
+pub fn decode_shape(m: usize, w: &Int4Weight, dev: &CudaDevice) -> Option<(usize, usize, usize)> {
     if m > DEC_MAX_M {
         return None;
     }
-    decode_launch(m, w, sm_count, None).map(|(_, s)| (s.nbpb, s.k_slices, s.splits))
+    decode_launch(m, w, dev.sm_count(), None, decode_smem_limit(dev))
+        .map(|(_, s)| (s.nbpb, s.k_slices, s.splits))
 }
 
 /// The decode kernel entry for M rows in token tiles of 8, zero points,
@@ -850,45 +896,101 @@ fn decode_kernel_name(m: usize, tiles: usize, has_zeros: bool, group32: bool) ->
 /// PDL predecessor: 28672x4096 M = 1 14x1x1 24.7 / 24.4 us against 28.3 /
 /// 26.5 for stream-K, M = 8 26.7 / 25.3 against 28.8 / 27.5; 14336x4096
 /// M = 8 7x2x1 15.5 / 13.8 against 18.7 / 16.5.
+///
+/// With `smem_limit` above [`DEC_SMEM_LIMIT`] (plain calls on sm_90,
+/// change 48), where session 6's plan has no shape, the plan also takes
+/// M = 9..16 (two token tiles), M = 3..4 at N = 28672 (K = 4096), and
+/// M = 5..16 at K up to [`DEC_WIDE_MAX_KC`] chunks, with two K splits
+/// where one pass's activation tile does not fit (M = 9..16 at K = 8192:
+/// two rounds of the same blocks, the fp32 partials + ticket). H100, same
+/// run against session 6's plans (change 48, back to back / after a PDL
+/// predecessor): 28672x8192 M = 8 48.0-48.3 / 46.8-47.1 us against
+/// stream-K 50.7-50.8 / 49.5, M = 16 67.2-67.6 against 73.1-74.1 for 16
+/// column blocks x 4 splits; 14336x4096 M = 16 17.6 / 15.4-15.5 against
+/// stream-K 21.8 / 19.9; 28672x4096 M = 4 26.2 / 26.4 against stream-K
+/// 28.2 / 26.9. Not taken (measured slower after a PDL predecessor):
+/// M <= 4 at K > 4096 (28672x8192 M = 1: 48.0-49.4 / 50.5-52.1 against
+/// stream-K 48.9-49.0 / 47.8) and more K slices where session 6's plan
+/// fits (14336x4096 M = 4 7x2x1: 15.6 / 13.8 against 7x1x1's 16.7-16.9 /
+/// 12.5-12.7).
 fn whole_column_shape(
     m: usize,
     (n16, kc, group_k32): (usize, usize, usize),
     has_zeros: bool,
     sm_count: usize,
+    smem_limit: usize,
 ) -> Option<DecodeShape> {
-    if m > 8 || kc > 64 || n16 < DEC_WHOLE_COLUMN_MIN_N16 || sm_count == 0 {
+    let dims = (n16, kc, group_k32);
+    if m <= 8 && kc <= 64 {
+        let shape = whole_column_within(m, dims, has_zeros, sm_count, DEC_SMEM_LIMIT, 1);
+        if shape.is_some() || smem_limit <= DEC_SMEM_LIMIT {
+            return shape;
+        }
+    }
+    if smem_limit <= DEC_SMEM_LIMIT
+        || m > 16
+        || kc > DEC_WIDE_MAX_KC
+        || (kc > 64 && m <= DEC_M4_MAX_M)
+    {
+        return None;
+    }
+    whole_column_within(m, dims, has_zeros, sm_count, smem_limit, 2)
+}
+
+/// The whole-column shape of [`whole_column_shape`] within `smem_limit`
+/// and at most `max_splits` K splits (the fewest that fit), or None.
+fn whole_column_within(
+    m: usize,
+    (n16, kc, group_k32): (usize, usize, usize),
+    has_zeros: bool,
+    sm_count: usize,
+    smem_limit: usize,
+    max_splits: usize,
+) -> Option<DecodeShape> {
+    if n16 < DEC_WHOLE_COLUMN_MIN_N16 || sm_count == 0 {
         return None;
     }
     let nbpb = (1..=DEC_MAX_WARPS).find(|&d| n16 % d == 0 && n16 / d <= sm_count)?;
     if (n16 / nbpb) * 1000 < sm_count * DEC_WHOLE_COLUMN_MIN_FILL {
         return None;
     }
-    let mut k_slices = (DEC_MAX_WARPS / nbpb).min(kc / 16).max(1);
-    k_slices = 1 << k_slices.ilog2();
-    loop {
-        let shape = DecodeShape {
-            nbpb,
-            k_slices,
-            splits: 1,
-        };
-        if decode_smem_bytes(m, kc, shape, group_k32, has_zeros) <= DEC_SMEM_LIMIT {
-            return Some(shape);
+    for splits in 1..=max_splits {
+        let chunks = kc.div_ceil(splits);
+        let mut k_slices = (DEC_MAX_WARPS / nbpb).min(chunks / 16).max(1);
+        k_slices = 1 << k_slices.ilog2();
+        loop {
+            let shape = DecodeShape {
+                nbpb,
+                k_slices,
+                splits,
+            };
+            if decode_smem_bytes(m, kc, shape, group_k32, has_zeros) <= smem_limit {
+                return Some(shape);
+            }
+            if k_slices == 1 {
+                break;
+            }
+            k_slices /= 2;
         }
-        if k_slices == 1 {
-            return None;
-        }
-        k_slices /= 2;
     }
+    None
 }
 
 /// Whether the decode kernel's whole-column plan ([`whole_column_shape`])
-/// takes `m` rows of `w` (`GemmPath::Auto` then skips stream-K).
-pub fn whole_column_plan(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
+/// takes `m` rows of `w` in a plain call on `dev` (`GemmPath::Auto` then
+/// skips stream-K).
+pub fn whole_column_plan(m: usize, w: &Int4Weight, dev: &CudaDevice) -> bool {
+    whole_column_plan_within(m, w, dev.sm_count(), decode_smem_limit(dev))
+}
+
+/// [`whole_column_plan`] under a given shared memory limit.
+fn whole_column_plan_within(m: usize, w: &Int4Weight, sm_count: usize, smem_limit: usize) -> bool {
     whole_column_shape(
         m,
         (w.n_pad / 16, w.k_chunks, w.group_k32),
         w.neg_zero_scales.is_some(),
         sm_count,
+        smem_limit,
     )
     .is_some()
 }
@@ -900,6 +1002,7 @@ fn decode_launch_for(
     has_zeros: bool,
     sm_count: usize,
     forced: Option<usize>,
+    smem_limit: usize,
 ) -> Option<(GemmPlan, DecodeShape)> {
     let tiles = decode_token_tiles(m);
     let n16 = n_pad / 16;
@@ -927,13 +1030,15 @@ fn decode_launch_for(
             && n16 % shape.nbpb == 0
             && shape.nbpb * shape.k_slices <= DEC_MAX_WARPS
             && shape.splits * shape.k_slices <= max_parts
-            && decode_smem_bytes(m, kc, shape, group_k32, has_zeros) <= DEC_SMEM_LIMIT;
+            && decode_smem_bytes(m, kc, shape, group_k32, has_zeros) <= smem_limit;
         if runnable {
             return Some((plan_of(shape), shape));
         }
     }
     if forced.is_none() && WHOLE_COLUMN.get() {
-        if let Some(shape) = whole_column_shape(m, (n16, kc, group_k32), has_zeros, sm_count) {
+        if let Some(shape) =
+            whole_column_shape(m, (n16, kc, group_k32), has_zeros, sm_count, smem_limit)
+        {
             return Some((plan_of(shape), shape));
         }
     }
@@ -956,15 +1061,22 @@ fn decode_launch_for(
     // M = 5..8 at small N: 2 column blocks x 4 K slices per block and no
     // split-K where that is one wave and fits (docs/CUDA.md, change 30:
     // 4096x4096 M = 8 7.83 against 10.05 us for the split-K plan, 6144x4096
-    // 9.12 against 11.81).
-    if forced.is_none() && !small && n16 < DEC_LARGE_N16 && m > 4 && m <= 8 && n16 % 2 == 0 {
+    // 9.12 against 11.81). At M <= 4 the same where the one-column-block
+    // plan above needs two waves and the call's limit (sm_90's wider one,
+    // change 48) holds the block: 4096x14336 M = 4 15.4 us back to back /
+    // 13.6 after a PDL predecessor against 18.2 / 16.2 for 4 column blocks
+    // x 8 splits.
+    // (Under the portable limit M <= 4 keeps session 7's plans.)
+    let pair_limit = if m <= 4 { smem_limit } else { DEC_SMEM_LIMIT };
+    let pair_m = m > 4 || smem_limit > DEC_SMEM_LIMIT;
+    if forced.is_none() && !small && n16 < DEC_LARGE_N16 && pair_m && m <= 8 && n16 % 2 == 0 {
         let shape = DecodeShape {
             nbpb: 2,
             k_slices: 4,
             splits: 1,
         };
         let smem = decode_smem_bytes(m, kc, shape, group_k32, has_zeros);
-        if smem <= DEC_SMEM_LIMIT
+        if smem <= pair_limit
             && max_parts >= 4
             && (n16 / 2) * m_blocks <= sm_count * decode_blocks_per_sm(smem, 8)
         {
@@ -1130,7 +1242,7 @@ fn resolve_call(
     let auto_stream_k = opts.path == GemmPath::Auto
         && opts.splits.is_none()
         && m <= SK_MAX_M
-        && auto_takes_stream_k(m, w, dev.sm_count());
+        && auto_takes_stream_k(m, w, dev.sm_count(), decode_smem_limit(dev));
     if opts.path == GemmPath::StreamK || auto_stream_k {
         let forced = if opts.path == GemmPath::StreamK {
             opts.splits
@@ -1163,7 +1275,7 @@ fn resolve_call(
         return Ok(Call::Dequant);
     }
     let decode = if opts.path != GemmPath::FusedGeneral && m <= DEC_MAX_M {
-        decode_launch(m, w, dev.sm_count(), opts.splits)
+        decode_launch(m, w, dev.sm_count(), opts.splits, decode_smem_limit(dev))
     } else {
         None
     };
@@ -1179,13 +1291,13 @@ fn resolve_call(
                 plain_decode_ring_bytes(m, w.n_pad / 16, w.k_chunks, shape),
             ),
             // The attribute is set once per function: the limit every
-            // decode launch stays below.
-            decode_smem_attr(),
+            // plain decode launch on this device stays below.
+            decode_smem_limit(dev),
             shape.splits,
             (32 * shape.nbpb * shape.k_slices) as u32,
         ),
         None => {
-            let p = plan_for(m, w, dev.sm_count(), opts.splits, false);
+            let p = plan_for(m, w, dev.sm_count(), opts.splits, None);
             let s = variant(m).smem_bytes() as usize;
             (p, s, s, p.splits, THREADS)
         }
@@ -1221,11 +1333,13 @@ pub fn stream_k_auto(n: usize) -> bool {
 /// entry) takes the stream-K decode kernel for this call: a candidate
 /// ([`stream_k_auto`]) that the decode kernel's whole-column plan does not
 /// beat (change 36: 28672x4096 M = 1 24.95 against 26.41 us in the PDL
-/// context), unless `MARLIN_INT4_STREAMK` forces the choice.
-fn auto_takes_stream_k(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
+/// context), unless `MARLIN_INT4_STREAMK` forces the choice. `smem_limit`:
+/// the decode kernel's shared memory limit of the call (plain calls:
+/// [`decode_smem_limit`], fused ones [`DEC_SMEM_LIMIT`]).
+fn auto_takes_stream_k(m: usize, w: &Int4Weight, sm_count: usize, smem_limit: usize) -> bool {
     stream_k_auto(w.n)
         && (STREAM_K_FORCED.get().is_some()
-            || !(WHOLE_COLUMN.get() && whole_column_plan(m, w, sm_count)))
+            || !(WHOLE_COLUMN.get() && whole_column_plan_within(m, w, sm_count, smem_limit)))
 }
 
 /// `MARLIN_INT4_WHOLE_COLUMN=0` turns the decode kernel's whole-column plan
@@ -1317,8 +1431,8 @@ fn decode_lean_bits(m: usize) -> i32 {
 const LEAN_MIN_M: usize = 5;
 
 /// The decode kernels' `flags` argument for `m` token rows (W4_DEC_PRE_WAIT,
-/// W4_DEC_PAIRED, W4_DEC_PROBE_SKIP_LOOP, W4_DEC_LEAN, W4_DEC_LEAN_BCAST in
-/// the source).
+/// W4_DEC_PAIRED, W4_DEC_PROBE_SKIP_LOOP, W4_DEC_LEAN, W4_DEC_LEAN_BCAST,
+/// W4_DEC_EARLY_TRIGGER, W4_DEC_LATE_TRIGGER in the source).
 fn decode_flags(m: usize) -> i32 {
     i32::from(int4_prewait())
         | (i32::from(int4_paired()) << 1)
@@ -1818,7 +1932,7 @@ pub enum Int4Epilogue<'a> {
 /// with K = 8192 at N = 256, have none: the plain call takes the general
 /// kernel there).
 pub fn fused_supported(dev: &CudaDevice, m: usize, w: &Int4Weight) -> bool {
-    fused_weight_ok(m, w) && decode_launch(m, w, dev.sm_count(), None).is_some()
+    fused_weight_ok(m, w) && decode_launch(m, w, dev.sm_count(), None, DEC_SMEM_LIMIT).is_some()
 }
 
 /// The M range and weight formats of the fused kernels.
@@ -1889,7 +2003,9 @@ fn resolve_fused(
             32 * w.group_k32
         )));
     }
-    if kind == FusedKind::Rms && auto_takes_stream_k(m, w, dev.sm_count()) {
+    // The fused kernels keep the portable shared memory limit (their
+    // function attribute is decode_smem_attr()).
+    if kind == FusedKind::Rms && auto_takes_stream_k(m, w, dev.sm_count(), DEC_SMEM_LIMIT) {
         // The prologue's reduction array adds 1088 B of static shared memory:
         // the dynamic limit (the function attribute) is the block's limit
         // less FUSED_SK_STATIC_SMEM (the H100 run of change 31 refused the
@@ -1907,7 +2023,7 @@ fn resolve_fused(
             return Ok(FusedResolved::StreamK(sc));
         }
     }
-    let Some((mut plan, shape)) = decode_launch(m, w, dev.sm_count(), None) else {
+    let Some((mut plan, shape)) = decode_launch(m, w, dev.sm_count(), None, DEC_SMEM_LIMIT) else {
         return Err(CudaError::Unsupported(format!(
             "fused INT4 GEMM: no decode-kernel launch shape for M = {m}, N = {}, K = {}",
             w.n, w.k
@@ -2535,10 +2651,11 @@ fn dequant_cublas<T: ActDtype>(
 mod tests {
     use super::{
         decode_launch_for, decode_ring_bytes, decode_smem_attr, decode_smem_bytes,
-        decode_smem_bytes_ring, glu_call_for, short_ring_for, sk_smem_bytes, sk_smem_limits,
-        stream_k_launch_for, variant, DecodeShape, StreamKShape, DEC_MAX_M, DEC_MAX_WARPS,
-        DEC_SMEM_LIMIT, DEC_STAGES, MIN_CHUNKS_PER_SPLIT, SHORT_RING_LONG, SHORT_RING_SHORT,
-        SHORT_RING_WIDE, SK_MAX_BLOCK_WARPS, SK_MAX_M, SK_MIN_UNITS_PER_WARP,
+        decode_smem_bytes_ring, decode_smem_limit_for, glu_call_for, short_ring_for, sk_smem_bytes,
+        sk_smem_limits, stream_k_launch_for, variant, DecodeShape, StreamKShape, DEC_MAX_M,
+        DEC_MAX_WARPS, DEC_SMEM_LIMIT, DEC_SMEM_LIMIT_WIDE, DEC_STAGES, MIN_CHUNKS_PER_SPLIT,
+        SHORT_RING_LONG, SHORT_RING_SHORT, SHORT_RING_WIDE, SK_MAX_BLOCK_WARPS, SK_MAX_M,
+        SK_MIN_UNITS_PER_WARP,
     };
 
     /// The shared launch-grid check: y and z at most 65535, x below 2^31.
@@ -2659,7 +2776,8 @@ mod tests {
         let sm_smem = 228 * 1024;
         let call = |n: usize, k: usize| {
             let (n_pad, kc) = (n.div_ceil(64) * 64, k.div_ceil(64));
-            let (_, shape) = decode_launch_for(1, (n_pad, kc, 4), false, 132, None).unwrap();
+            let (_, shape) =
+                decode_launch_for(1, (n_pad, kc, 4), false, 132, None, DEC_SMEM_LIMIT).unwrap();
             (n_pad / 16, kc, shape)
         };
         let block = |(_, kc, shape): (usize, usize, DecodeShape), short: bool| {
@@ -2735,6 +2853,10 @@ mod tests {
     #[test]
     fn decode_plans_are_launchable() {
         assert!(decode_smem_attr() <= 163 * 1024);
+        assert_eq!(decode_smem_limit_for((9, 0), true), DEC_SMEM_LIMIT_WIDE);
+        assert_eq!(decode_smem_limit_for((9, 0), false), DEC_SMEM_LIMIT);
+        assert_eq!(decode_smem_limit_for((8, 0), true), DEC_SMEM_LIMIT);
+        assert_eq!(decode_smem_limit_for((8, 9), true), DEC_SMEM_LIMIT);
         let shapes: [(usize, usize); 9] = [
             (4096, 4096),
             (14336, 4096),
@@ -2750,18 +2872,26 @@ mod tests {
             let n_pad = n.div_ceil(64) * 64;
             let kc = k.div_ceil(64);
             for group_k32 in [1, 4, 2 * kc] {
-                for has_zeros in [false, true] {
+                for (has_zeros, limit) in [false, true]
+                    .into_iter()
+                    .flat_map(|z| [(z, DEC_SMEM_LIMIT), (z, DEC_SMEM_LIMIT_WIDE)])
+                {
                     for m in 1..=DEC_MAX_M {
-                        let (p, shape) =
-                            decode_launch_for(m, (n_pad, kc, group_k32), has_zeros, 132, None)
-                                .unwrap_or_else(|| {
-                                    panic!("no plan for M={m} {n}x{k} g32={group_k32}")
-                                });
+                        let (p, shape) = decode_launch_for(
+                            m,
+                            (n_pad, kc, group_k32),
+                            has_zeros,
+                            132,
+                            None,
+                            limit,
+                        )
+                        .unwrap_or_else(|| panic!("no plan for M={m} {n}x{k} g32={group_k32}"));
                         let smem = decode_smem_bytes(m, kc, shape, group_k32, has_zeros);
                         let what = format!(
-                            "M={m} {n}x{k} g32={group_k32} z={has_zeros} {shape:?} {smem} B"
+                            "M={m} {n}x{k} g32={group_k32} z={has_zeros} {shape:?} {smem} B \
+                             (limit {limit})"
                         );
-                        assert!(smem <= DEC_SMEM_LIMIT, "{what}");
+                        assert!(smem <= limit, "{what}");
                         assert!(shape.nbpb * shape.k_slices <= DEC_MAX_WARPS, "{what}");
                         assert!(
                             kc / (shape.splits * shape.k_slices) >= MIN_CHUNKS_PER_SPLIT.min(kc),
@@ -2778,7 +2908,8 @@ mod tests {
         }
         // A forced factor is the number of K partitions (powers of two are
         // met exactly); one beyond the activation tile is refused.
-        let forced = |m, p| decode_launch_for(m, (4096, 64, 4), false, 132, Some(p));
+        let forced =
+            |m, p| decode_launch_for(m, (4096, 64, 4), false, 132, Some(p), DEC_SMEM_LIMIT_WIDE);
         for p in [1, 2, 4, 8, 16] {
             let (plan, shape) = forced(1, p).expect("M = 1 takes any factor");
             assert_eq!(plan.splits, p);
@@ -2797,12 +2928,14 @@ mod tests {
         );
         // The plans measured in docs/CUDA.md (change 19), H100 (132 SMs),
         // g128: (column blocks, K slices, splits).
-        let auto = |m, n: usize, k: usize| {
-            let shape = decode_launch_for(m, (n.div_ceil(64) * 64, k / 64, 4), false, 132, None)
-                .expect("plan")
-                .1;
+        let auto_within = |m, n: usize, k: usize, limit| {
+            let shape =
+                decode_launch_for(m, (n.div_ceil(64) * 64, k / 64, 4), false, 132, None, limit)
+                    .expect("plan")
+                    .1;
             (shape.nbpb, shape.k_slices, shape.splits)
         };
+        let auto = |m, n, k| auto_within(m, n, k, DEC_SMEM_LIMIT);
         assert_eq!(auto(1, 4096, 4096), (1, 4, 1));
         assert_eq!(auto(1, 4096, 14336), (1, 4, 1));
         // Whole-column plans at K <= 4096, N >= 14336, M <= 8 (change 36):
@@ -2831,9 +2964,44 @@ mod tests {
         assert_eq!(auto(16, 28672, 8192), (16, 1, 4));
         assert_eq!(auto(12, 28672, 8192), (16, 1, 4));
         assert_eq!(auto(16, 6144, 4096), (4, 1, 4));
+        // sm_90's plain calls (change 48): the whole-column plan where
+        // session 6's has no shape (M = 3, 4 of 28672x4096, M = 9..16, M =
+        // 5..8 at K = 8192; two K splits at M = 9..16 there), not at M <= 4
+        // with K > 4096; 2 column blocks x 4 K slices at M = 3, 4 of
+        // 4096x14336.
+        let wide = |m, n, k| auto_within(m, n, k, DEC_SMEM_LIMIT_WIDE);
+        assert_eq!(wide(4, 14336, 4096), (7, 1, 1));
+        assert_eq!(wide(16, 14336, 4096), (7, 2, 1));
+        assert_eq!(wide(4, 28672, 4096), (14, 1, 1));
+        assert_eq!(wide(16, 28672, 4096), (14, 1, 1));
+        for m in 5..=8 {
+            assert_eq!(wide(m, 28672, 8192), (14, 1, 1), "M = {m}");
+        }
+        assert_eq!(wide(9, 28672, 8192), (14, 1, 2));
+        assert_eq!(wide(16, 28672, 8192), (14, 1, 2));
+        assert_eq!(wide(3, 4096, 14336), (2, 4, 1));
+        assert_eq!(wide(4, 4096, 14336), (2, 4, 1));
+        // Everything else keeps its plan.
+        for m in 1..=DEC_MAX_M {
+            for (n, k) in [(4096, 4096), (6144, 4096), (4096, 14336), (128256, 4096)] {
+                if (n, k) == (4096, 14336) && (3..=4).contains(&m) {
+                    continue;
+                }
+                assert_eq!(wide(m, n, k), auto(m, n, k), "M = {m} {n}x{k}");
+            }
+        }
+        for m in 1..=4 {
+            assert_eq!(wide(m, 28672, 8192), auto(m, 28672, 8192), "M = {m}");
+        }
+        for m in 1..=8 {
+            assert_eq!(wide(m, 14336, 4096), auto(m, 14336, 4096), "M = {m}");
+            if !(3..=4).contains(&m) {
+                assert_eq!(wide(m, 28672, 4096), auto(m, 28672, 4096), "M = {m}");
+            }
+        }
         // The 16-stage variants at M <= 4.
         let kernel = |m| {
-            decode_launch_for(m, (4096, 64, 4), false, 132, None)
+            decode_launch_for(m, (4096, 64, 4), false, 132, None, DEC_SMEM_LIMIT)
                 .expect("plan")
                 .0
                 .kernel
