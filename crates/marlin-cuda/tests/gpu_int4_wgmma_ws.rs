@@ -37,7 +37,7 @@ fn wgmma_ws_gemm_matches_reference() {
     // The split-K form (the stream-K one: the test below).
     std::env::set_var(STREAM_K_ENV, "0");
     let mut cases: Vec<Case> = Vec::new();
-    for &m in &[17, 64, 255, 256, 1000] {
+    for &m in &[17, 64, 255, 256, 257, 1000] {
         // g128 symmetric, K a multiple of the chunk; forced 3 splits.
         cases.push((m, 328, 2048, 128, false, None));
         cases.push((m, 328, 2048, 128, false, Some(3)));

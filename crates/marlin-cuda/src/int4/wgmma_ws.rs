@@ -51,7 +51,7 @@ const DIAG_SOURCE: &str = concat!(
 );
 /// The entries built into [`DIAG_MODULE`] only (`#ifdef WS_DIAG_ENTRIES`
 /// in the source).
-const DIAG_KERNELS: [&str; 8] = [
+const DIAG_KERNELS: [&str; 12] = [
     "w4a16_ws_t128x1_pd",
     "w4a16_ws_t128x2_pd",
     "w4a16_ws_t128x1_pc",
@@ -60,6 +60,10 @@ const DIAG_KERNELS: [&str; 8] = [
     "w4a16_ws_t64x2_e0",
     "w4a16_ws_t128x1_e0",
     "w4a16_ws_t128x2_e0",
+    "w4a16_ws_t128x2_ps",
+    "w4a16_ws_t128x2_pr",
+    "w4a16_ws_t128x2_pcs",
+    "w4a16_ws_t128x2_pcr",
 ];
 
 /// The production entries (and staging kernels) with bf16 activations
@@ -147,12 +151,21 @@ impl WsVariant {
     fn kernel(&self, has_zeros: bool) -> &'static str {
         if let Some(probe) = ws_probe() {
             if !has_zeros && self.tokens == 128 {
-                return match (self.tiles_per_wg, probe) {
-                    (1, WsProbe::Deliver) => "w4a16_ws_t128x1_pd",
-                    (1, WsProbe::Compute) => "w4a16_ws_t128x1_pc",
-                    (_, WsProbe::Deliver) => "w4a16_ws_t128x2_pd",
-                    (_, WsProbe::Compute) => "w4a16_ws_t128x2_pc",
+                let entry = match (self.tiles_per_wg, probe) {
+                    (1, WsProbe::Deliver) => Some("w4a16_ws_t128x1_pd"),
+                    (1, WsProbe::Compute) => Some("w4a16_ws_t128x1_pc"),
+                    // The ceiling probes exist for t128x2 only.
+                    (1, _) => None,
+                    (_, WsProbe::Deliver) => Some("w4a16_ws_t128x2_pd"),
+                    (_, WsProbe::Compute) => Some("w4a16_ws_t128x2_pc"),
+                    (_, WsProbe::Ss) => Some("w4a16_ws_t128x2_ps"),
+                    (_, WsProbe::Raw) => Some("w4a16_ws_t128x2_pr"),
+                    (_, WsProbe::ComputeSs) => Some("w4a16_ws_t128x2_pcs"),
+                    (_, WsProbe::ComputeRaw) => Some("w4a16_ws_t128x2_pcr"),
                 };
+                if let Some(entry) = entry {
+                    return entry;
+                }
             }
         }
         if !has_zeros && old_epilogue() {
@@ -213,11 +226,20 @@ fn old_epilogue() -> bool {
 /// rate), `=compute` kernels whose producer copies only the first ring and
 /// then re-arms each slot without a copy (dequantisation + wgmma on stale
 /// tiles). The output is meaningless (docs/CUDA.md change 39); the first
-/// read says so on stderr.
+/// read says so on stderr. Change 47's ceiling probes (t128x2 only; other
+/// variants run their production kernel under them): `=ss` the consumers
+/// skip the dequantisation and run shared-memory-A wgmma on the activation
+/// tile (an fp16 GEMM's consumer on this skeleton), `=raw` register-A wgmma
+/// on the raw code words (no dequantisation arithmetic), `=compute-ss` /
+/// `=compute-raw` those two with `compute`'s producer (no copies).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum WsProbe {
     Deliver,
     Compute,
+    Ss,
+    Raw,
+    ComputeSs,
+    ComputeRaw,
 }
 
 fn ws_probe() -> Option<WsProbe> {
@@ -228,9 +250,14 @@ fn ws_probe() -> Option<WsProbe> {
             "" => return None,
             "deliver" => WsProbe::Deliver,
             "compute" => WsProbe::Compute,
+            "ss" => WsProbe::Ss,
+            "raw" => WsProbe::Raw,
+            "compute-ss" => WsProbe::ComputeSs,
+            "compute-raw" => WsProbe::ComputeRaw,
             other => {
                 eprintln!(
-                    "marlin: ignoring MARLIN_WGMMA_WS_PROBE={other:?} (expected deliver or compute)"
+                    "marlin: ignoring MARLIN_WGMMA_WS_PROBE={other:?} (expected deliver, compute, \
+                     ss, raw, compute-ss or compute-raw)"
                 );
                 return None;
             }
@@ -402,8 +429,18 @@ pub fn ws_stream_k_variant(m: usize, w: &Int4Weight, sm_count: usize) -> WsVaria
 /// Smallest M that `GemmPath::Auto` sends to this kernel.
 pub const WS_AUTO_MIN_M: usize = 128;
 /// Weights of at least this many elements (4096 x 4096) take this kernel at
-/// every M = 128..511 (session 7, after the compact epilogue).
+/// every M = 128..=WS_LARGE_WEIGHT_AUTO_MAX_M (session 7, after the compact
+/// epilogue: M <= 511; session 8: M = 512 too).
 pub const WS_MID_M_AUTO_MIN_ELEMS: usize = 1 << 24;
+/// Largest M of that rule. Session 8 (docs/CUDA.md change 47 run 1, H100,
+/// two interleaved rounds of the staged kernel): at M = 512 the two shapes
+/// whose last round the wave check found under 90% full ran faster on this
+/// kernel than on dequantize + cuBLAS, which Auto took: 14336x4096 123.3 /
+/// 118.7 us against 166.1 / 165.8 (224 blocks, 85% of 2 rounds), 28672x8192
+/// 470.2 / 452.3 against 578.7 / 581.9 (448 blocks, 85% of 4). At M = 1024
+/// 14336x4096 (448 blocks) the wave check is still right: 262.2 / 262.1
+/// against 235.6 / 235.0.
+const WS_LARGE_WEIGHT_AUTO_MAX_M: usize = 512;
 /// From this M on, `GemmPath::Auto` also asks for a full last round.
 const WS_AUTO_WAVE_CHECK_M: usize = 512;
 /// Least fraction of the last round's SMs the plan must keep busy at
@@ -414,12 +451,16 @@ const WS_AUTO_MIN_WAVE_EFFICIENCY: f64 = 0.9;
 /// or stream-K, is [`ws_stream_k`]'s):
 /// - M = 33..=64 on weights of >= 2^25 elements, M = 32 when the
 ///   256-column blocks also cover a third of the SMs;
-/// - M = 128..511 on weights of >= 2^24 elements; on smaller weights at
+/// - M = 128..512 on weights of >= 2^24 elements; on smaller weights at
 ///   M = 128..255 when the grid of 128-token x 256-column blocks covers at
 ///   least 3/4 of the SMs, and at M = 256..511 the same or on the
 ///   stream-K form's shapes ([`stream_k_shape`]; the split-K form runs
 ///   them at M >= 256 since session 7);
-/// - M >= 512 if the plan keeps >= 90% of its last round of SMs busy.
+/// - M >= 512 (smaller weights) and M >= 513 if the plan keeps >= 90% of
+///   its last round of SMs busy.
+///
+/// Session 8: M = 512 on weights of >= 2^24 elements without the wave check
+/// ([`WS_LARGE_WEIGHT_AUTO_MAX_M`] has the numbers).
 ///
 /// Session 7 (docs/CUDA.md change 39, one H100 run, two benchmarks each,
 /// after the compact epilogue; against the path Auto took before in the
@@ -460,7 +501,7 @@ pub fn ws_auto(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
     if m < WS_AUTO_MIN_M {
         return false;
     }
-    if m < WS_AUTO_WAVE_CHECK_M && w.n.saturating_mul(w.k) >= WS_MID_M_AUTO_MIN_ELEMS {
+    if m <= WS_LARGE_WEIGHT_AUTO_MAX_M && w.n.saturating_mul(w.k) >= WS_MID_M_AUTO_MIN_ELEMS {
         return true;
     }
     let big_blocks = m.div_ceil(128).saturating_mul(w.n_pad.div_ceil(256));

@@ -191,6 +191,31 @@ __device__ __forceinline__ void ws_keep_alive(const u32 (&f)[TPW][4][4]) {
             asm volatile("" ::"r"(f[p][j][0]), "r"(f[p][j][1]), "r"(f[p][j][2]), "r"(f[p][j][3]) : "memory");
 }
 
+// SS form (diagnostic probes only, docs/CUDA.md change 47): A from shared
+// memory too (K-major, descriptor `da`), m64n128k16, accumulating; operand
+// type MARLIN_ACT_PTX as wgmma_rs (marlin_common.cuh).
+__device__ __forceinline__ void ws_wgmma_ss_n128(float* d, u64 da, u64 db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32." MARLIN_ACT_PTX "." MARLIN_ACT_PTX " "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "n"(1)
+        : "memory");
+}
+
 // Shared-memory matrix descriptor of a K-major tile with the 128-byte
 // swizzle (layout type 1 in bits 62-63): start address >> 4 (bits 0-13),
 // leading byte offset unused for swizzled K-major (1), stride byte offset
@@ -258,7 +283,12 @@ __device__ __forceinline__ void ws_stage_body(const u16* __restrict__ A, uint4* 
 // slot (the ring's pure delivery rate), 2 (`_pc`) = the producer copies only
 // the first ring and then re-arms each slot without a copy (the consumers'
 // pure dequantise + wgmma rate on stale tiles); 3 (`_e0`) = the kernel with
-// session 6's epilogue, for same-run comparisons (correct output).
+// session 6's epilogue, for same-run comparisons (correct output);
+// change 47's ceiling probes (t128x2 only): 4 (`_ps`) = no dequantisation,
+// SS wgmma with A read from the activation tile (an fp16 GEMM's consumer
+// on this skeleton), 5 (`_pr`) = register A as now but the raw code words
+// (no dequantisation ALU work), 6 (`_pcs`) / 7 (`_pcr`) = 4 / 5 with the
+// producer of probe 2 (no copies after the first ring).
 template <int TOK, int TPW, int STAGES, bool HAS_Z, int PROBE>
 __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged activations
                                         const uint4* __restrict__ W,   // packed codes
@@ -278,6 +308,10 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
     __shared__ __align__(8) u64 empty_bar[STAGES];
     __shared__ u32 is_last;
 
+    constexpr bool NO_COPY = PROBE == 2 || PROBE == 6 || PROBE == 7;
+    constexpr bool SS_PROBE = PROBE == 4 || PROBE == 6;
+    constexpr bool RAW_PROBE = PROBE == 5 || PROBE == 7;
+    static_assert(!(SS_PROBE || RAW_PROBE) || TOK == 128, "ceiling probes: 128 tokens");
     const int tid = threadIdx.x;
     const int wg = tid >> 7;
     const int n_tiles = n_pad >> 6;
@@ -349,7 +383,7 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
             for (int i = pre; i < n_my; i++) {
                 const int slot = i % STAGES;
                 mbar_wait(empty0 + 8 * slot, ((i / STAGES) & 1) ^ 1);
-                if (PROBE == 2) {
+                if (NO_COPY) {
                     mbar_arrive(full0 + 8 * slot);
                     continue;
                 }
@@ -379,8 +413,18 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
             const int slot = i % STAGES;
             mbar_wait(full0 + 8 * slot, (i / STAGES) & 1);
 #pragma unroll
-            for (int p = 0; p < TPW; p++) {
+            for (int p = 0; p < (SS_PROBE ? 0 : TPW); p++) {
                 const uint4 q = ws_ld_shared_v4(w0 + slot * W_BYTES + w_lane + p * 2048);
+                if constexpr (RAW_PROBE) {
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        frag[p][j][0] = q.x;
+                        frag[p][j][1] = q.y;
+                        frag[p][j][2] = q.z;
+                        frag[p][j][3] = q.w;
+                    }
+                    continue;
+                }
                 const u32 sc = scale2_to_act2(ws_ld_shared_u32(s0 + slot * S_BYTES + s_lane + p * 128));
                 const u32 sa = dup_lo(sc), sb = dup_hi(sc);
                 u32 za, zb;
@@ -406,7 +450,15 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
 #pragma unroll
             for (int j = 0; j < 4; j++)
 #pragma unroll
-                for (int p = 0; p < TPW; p++) ws_wgmma<TOK>(acc[p], frag[p][j], ws_desc_sw128(act + 32 * j));
+                for (int p = 0; p < TPW; p++) {
+                    if constexpr (SS_PROBE) {
+                        // A = rows 64p .. 64p + 63 of the activation tile.
+                        ws_wgmma_ss_n128(acc[p], ws_desc_sw128(act + 8192u * (u32)p + 32 * j),
+                                         ws_desc_sw128(act + 32 * j));
+                    } else {
+                        ws_wgmma<TOK>(acc[p], frag[p][j], ws_desc_sw128(act + 32 * j));
+                    }
+                }
             wgmma_commit();
 #pragma unroll
             for (int p = 0; p < TPW; p++)
@@ -987,6 +1039,12 @@ W4A16_WS_ENTRY(w4a16_ws_t64x1_e0, 64, 1, 12, false, 3)
 W4A16_WS_ENTRY(w4a16_ws_t64x2_e0, 64, 2, 10, false, 3)
 W4A16_WS_ENTRY(w4a16_ws_t128x1_e0, 128, 1, 8, false, 3)
 W4A16_WS_ENTRY(w4a16_ws_t128x2_e0, 128, 2, 8, false, 3)
+// Ceiling probes (change 47; MARLIN_WGMMA_WS_PROBE=ss / raw / compute-ss /
+// compute-raw; output meaningless).
+W4A16_WS_ENTRY(w4a16_ws_t128x2_ps, 128, 2, 8, false, 4)
+W4A16_WS_ENTRY(w4a16_ws_t128x2_pr, 128, 2, 8, false, 5)
+W4A16_WS_ENTRY(w4a16_ws_t128x2_pcs, 128, 2, 8, false, 6)
+W4A16_WS_ENTRY(w4a16_ws_t128x2_pcr, 128, 2, 8, false, 7)
 #endif  // WS_DIAG_ENTRIES
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
