@@ -72,6 +72,7 @@ with tarfile.open(dst, "w:xz") as t:
 print(f"staged {dst} ({len(names)} CUBINs, {os.path.getsize(dst)} bytes)")
 PY
 fi
-# Debug info is most of the size; the carried tree is limited to 64 MiB.
-for f in "$stage"/bin/* "$stage"/tests/*; do objcopy --strip-debug "$f"; done
+# Debug info and symbols are most of the size; the carried tree (stage +
+# the repository's tracked files) is limited to 64 MiB.
+for f in "$stage"/bin/* "$stage"/tests/*; do objcopy --strip-all "$f"; done
 du -sh "$stage"

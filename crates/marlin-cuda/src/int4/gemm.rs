@@ -1186,8 +1186,7 @@ enum Call {
 /// own, same rules) except the opt-in bulk-copy decode kernel
 /// (`GemmPath::Bulk`: an error for bf16; `Auto` never takes it) and the
 /// diagnostic wgmma entries that knobs select (an error from their
-/// `resolve`); `Auto` does not take the warp-specialised kernel for bf16
-/// (see `auto_ws`).
+/// `resolve`).
 fn resolve_call(
     dev: &CudaDevice,
     m: usize,
@@ -1209,12 +1208,11 @@ fn resolve_call(
     let wgmma_ok = wgmma::wgmma_supported(dev) && wgmma::wgmma_shape_ok(w);
     let auto_wgmma_first =
         opts.path == GemmPath::Auto && wgmma_ok && wgmma::wgmma_over_ws(m, w.n, w.k);
-    // bf16: the warp-specialised kernel is compiled and forced by its test
-    // (tests/gpu_int4_bf16.rs, int4_bf16_hopper_paths_match_reference),
-    // which has not run on a GPU yet: Auto does not take it for bf16
-    // (docs/CUDA.md, change 45).
+    // bf16 takes the same rules: the warp-specialised kernel's bf16 build
+    // passed its forced-path test on the H100 (tests/gpu_int4_bf16.rs,
+    // int4_bf16_hopper_paths_match_reference; session 8's final run) and
+    // times within 1% of f16 (docs/CUDA.md, change 45).
     let auto_ws = opts.path == GemmPath::Auto
-        && act == Act::F16
         && !auto_wgmma_first
         && wgmma_ws::ws_supported(dev)
         && (wgmma_ws::ws_auto(m, w, dev.sm_count()) || wgmma::mid_m_takes_ws(m, w.n, w.k));
