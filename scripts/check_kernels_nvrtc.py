@@ -80,11 +80,9 @@ def compile_one(lib, path, arch, prefix=b""):
     return True, f"cubin {cubin_size.value} bytes" + (f"\n{text}" if text else "")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--show-log", action="store_true", help="print NVRTC logs of successful compiles too")
-    ap.add_argument("files", nargs="*", help="check only these .cu files (base names, e.g. ops.cu); default all")
-    args = ap.parse_args()
+def load_nvrtc():
+    """libnvrtc as a ctypes library, its path and its (major, minor) version
+    (also used by scripts/gpu_prewarm_kernels.py)."""
     lib_path = find_nvrtc()
     # NVRTC dlopens libnvrtc-builtins at compile time; the pip wheel's lib
     # directory is not on the loader path, so load it first, globally.
@@ -94,7 +92,16 @@ def main():
     lib = ctypes.CDLL(lib_path)
     major, minor = ctypes.c_int(), ctypes.c_int()
     lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
-    print(f"NVRTC {major.value}.{minor.value} from {lib_path}")
+    return lib, lib_path, (major.value, minor.value)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--show-log", action="store_true", help="print NVRTC logs of successful compiles too")
+    ap.add_argument("files", nargs="*", help="check only these .cu files (base names, e.g. ops.cu); default all")
+    args = ap.parse_args()
+    lib, lib_path, (major, minor) = load_nvrtc()
+    print(f"NVRTC {major}.{minor} from {lib_path}")
     sources = sorted(glob.glob(os.path.join(KERNEL_DIR, "*.cu")))
     if args.files:
         wanted = {os.path.basename(f) for f in args.files}

@@ -80,14 +80,8 @@ def main():
     spec = importlib.util.spec_from_file_location("ck", os.path.join(ROOT, "scripts", "check_kernels_nvrtc.py"))
     ck = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ck)
-    lib_path = ck.find_nvrtc()
-    for builtins in sorted(glob.glob(os.path.join(os.path.dirname(lib_path), "libnvrtc-builtins.so*"))):
-        if ".alt." not in builtins:
-            ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
-    lib = ctypes.CDLL(lib_path)
-    major, minor = ctypes.c_int(), ctypes.c_int()
-    lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
-    versions = f"driver {args.driver} nvrtc {major.value}.{minor.value}".encode()
+    lib, _, (major, minor) = ck.load_nvrtc()
+    versions = f"driver {args.driver} nvrtc {major}.{minor}".encode()
     with open(os.path.join(KERNEL_DIR, ck.COMMON_HEADER), "rb") as f:
         header = f.read()
     options = " ".join(ck.COMMON_OPTIONS).encode()
@@ -132,9 +126,11 @@ def main():
             os.replace(tmp, path)
             print(f"made {os.path.basename(path)} ({size.value} bytes, {time.time() - t0:.1f} s)")
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
-    # The keys of this source tree (the folder may hold older ones).
-    with open(os.path.join(args.out, "current.txt"), "w") as f:
-        f.write("".join(n + "\n" for n in current if os.path.exists(os.path.join(args.out, n))))
+    # The keys of this source tree (the folder may hold older ones); a
+    # subset run leaves the list of the last full run alone.
+    if not args.modules:
+        with open(os.path.join(args.out, "current.txt"), "w") as f:
+            f.write("".join(n + "\n" for n in current if os.path.exists(os.path.join(args.out, n))))
     if failures:
         sys.exit(f"{failures} module(s) failed to compile")
 
