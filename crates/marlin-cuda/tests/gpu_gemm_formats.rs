@@ -7,124 +7,28 @@
 //! failure), outputs poisoned with NaN before every launch.
 #![cfg(feature = "cuda")]
 
-use std::sync::Arc;
+mod common;
 
+use common::formats::{act_order_int4, check_format, device, formats, quantized, Tolerance};
+use common::fresh_seed;
 use half::f16;
 use marlin_cuda::int4::act_order::{
     int4_act_order_gemm, int4_act_order_gemm_prepared, prepare_act_order, Int4ActOrderWeight,
 };
 use marlin_cuda::int4::gemm::{GemmOptions, GemmPath, GemmWorkspace};
-use marlin_cuda::int4::random::{random_activations, XorShift};
+use marlin_cuda::int4::random::random_activations;
 use marlin_cuda::int4::reference::matmul_ref;
 use marlin_cuda::wgemm::gemm::{wx_gemm, wx_gemm_prepared, WxWeight};
-use marlin_cuda::{CudaDevice, CudaError};
-use marlin_quant::{quantize_rtn, Granularity, QuantScheme, QuantTensor, RtnOptions, ScaleDType};
+use marlin_cuda::CudaError;
+use marlin_quant::{QuantScheme, QuantTensor};
 
 /// f16 activations and output, fp32 accumulation; FP4 scales are rounded to
 /// f16 (exact for E8M0, E4M3 in range). Measured errors are printed.
 const REL_L2_TOL: f64 = 2e-3;
-
-fn fresh_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(4321)
-}
-
-fn device() -> Arc<CudaDevice> {
-    CudaDevice::new(0).expect("a CUDA device (these tests run on the GPU machine)")
-}
-
-fn quantized(scheme: QuantScheme, n: usize, k: usize, seed: u64) -> QuantTensor {
-    let mut rng = XorShift::new(seed);
-    let w: Vec<f32> = (0..n * k)
-        .map(|i| (rng.next_f32() - 0.5) * 0.05 * (1.0 + (i / k % 5) as f32))
-        .collect();
-    quantize_rtn(&w, n, k, scheme, &RtnOptions::min_max()).expect("quantize")
-}
-
-#[allow(clippy::too_many_arguments)]
-fn check(
-    dev: &Arc<CudaDevice>,
-    ws: &mut GemmWorkspace,
-    name: &str,
-    scheme: QuantScheme,
-    m: usize,
-    n: usize,
-    k: usize,
-    opts: GemmOptions,
-) {
-    let seed = fresh_seed();
-    let q = quantized(scheme, n, k, seed);
-    let w_ref: Vec<f64> = q
-        .dequantize()
-        .expect("dequantize")
-        .iter()
-        .map(|v| f64::from(*v))
-        .collect();
-    let a_host = random_activations(m, k, seed ^ 0x5A5A);
-    let a_ref: Vec<f64> = a_host.iter().map(|v| f64::from(v.to_f32())).collect();
-    let want = matmul_ref(&a_ref, &w_ref, m, n, k);
-    let w = WxWeight::from_quant(dev, &q).expect("repack + upload");
-    let a = dev.upload("A", &a_host).expect("A");
-    let mut c = dev.alloc_zeros::<f16>("C", m * n).expect("C");
-    for launch in 0..2 {
-        dev.write(&mut c, &vec![f16::NAN; m * n]).expect("poison");
-        let plan = wx_gemm(dev, &a, m, &w, &mut c, ws, opts).expect("launch");
-        let got = dev.download(&c).expect("download");
-        let (mut e2, mut r2) = (0f64, 0f64);
-        for (i, (g, r)) in got.iter().zip(&want).enumerate() {
-            let g = f64::from(g.to_f32());
-            assert!(
-                g.is_finite(),
-                "{name} M={m} N={n} K={k} {plan:?} seed={seed}: C[{}, {}] = {g}",
-                i / n,
-                i % n
-            );
-            e2 += (g - r) * (g - r);
-            r2 += r * r;
-        }
-        let rel = (e2 / r2.max(1e-30)).sqrt();
-        assert!(
-            rel < REL_L2_TOL,
-            "{name} M={m} N={n} K={k} {plan:?} seed={seed} launch {launch}: rel L2 {rel:.3e}"
-        );
-        if launch == 0 {
-            println!(
-                "PASS {name} {:?} M={m} N={n} K={k} splits={} rel_l2={rel:.2e}",
-                plan.path, plan.splits
-            );
-        }
-    }
-}
-
-fn formats() -> Vec<(&'static str, QuantScheme, usize)> {
-    // (name, scheme, K): K not a multiple of the 64 tile (FP4 needs whole
-    // groups of 32 / 16; the 8-bit formats take any K, also K % 8 != 0).
-    // Grouped INT3 / INT2 need K a multiple of the group (so of 64); their
-    // per-channel variants take K = 1000 / 1001.
-    vec![
-        ("mxfp4", QuantScheme::mxfp4(), 1056),
-        ("nvfp4", QuantScheme::nvfp4(), 1040),
-        ("int8", QuantScheme::int8_per_channel(), 1001),
-        ("fp8", QuantScheme::fp8_e4m3_per_channel(), 1000),
-        ("fp8b128", QuantScheme::fp8_e4m3_block128(), 1000),
-        ("int3g128", QuantScheme::int3_sym(128), 1152),
-        ("int3g128z", QuantScheme::int3_asym(128), 1152),
-        ("int2g64", QuantScheme::int2_sym(64), 1088),
-        ("int2g64z", QuantScheme::int2_asym(64), 1088),
-        (
-            "int3pc",
-            QuantScheme::int_sym(3, Granularity::PerChannel, ScaleDType::F16),
-            1001,
-        ),
-        (
-            "int2pcz",
-            QuantScheme::int_asym(2, Granularity::PerChannel, ScaleDType::F16),
-            1000,
-        ),
-    ]
-}
+const TOL: Tolerance = Tolerance {
+    rel_l2: REL_L2_TOL,
+    elementwise_u: None,
+};
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -135,19 +39,19 @@ fn formats_match_reference() {
         for &m in &[1, 3, 17, 64, 256] {
             for path in [GemmPath::Auto, GemmPath::Fused, GemmPath::DequantCublas] {
                 let opts = GemmOptions { path, splits: None };
-                check(&dev, &mut ws, name, scheme, m, 200, k, opts);
+                check_format::<f16>(&dev, &mut ws, "", name, scheme, (m, 200, k), opts, TOL);
             }
         }
         // Aligned shape, several N tiles.
-        check(
+        check_format::<f16>(
             &dev,
             &mut ws,
+            "",
             name,
             scheme,
-            8,
-            320,
-            2048,
+            (8, 320, 2048),
             GemmOptions::default(),
+            TOL,
         );
     }
 }
@@ -163,7 +67,7 @@ fn forced_splits_and_errors() {
                 path: GemmPath::Fused,
                 splits: Some(s),
             };
-            check(&dev, &mut ws, name, scheme, 12, 96, k, opts);
+            check_format::<f16>(&dev, &mut ws, "", name, scheme, (12, 96, k), opts, TOL);
         }
     }
     // One split over K = 4096 (64 chunks) exceeds the activation tile.
@@ -182,24 +86,6 @@ fn forced_splits_and_errors() {
         wx_gemm(&dev, &a, 3, &w, &mut c, &mut ws, GemmOptions::default()).expect_err("C too small");
     assert!(matches!(err, CudaError::Shape(_)), "{err}");
     println!("PASS wx errors: {err}");
-}
-
-/// An INT4 tensor with a GPTQ-style random act-order g_idx (a random column
-/// order, group = position / g).
-fn act_order_int4(scheme: QuantScheme, n: usize, k: usize, g: usize, seed: u64) -> QuantTensor {
-    let mut q = quantized(scheme, n, k, seed);
-    let mut rng = XorShift::new(seed ^ 0xA5);
-    let mut order: Vec<usize> = (0..k).collect();
-    for i in (1..k).rev() {
-        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-    }
-    let mut g_idx = vec![0u32; k];
-    for (pos, &c) in order.iter().enumerate() {
-        g_idx[c] = (pos / g) as u32;
-    }
-    q.g_idx = Some(g_idx);
-    q.validate().expect("valid act-order tensor");
-    q
 }
 
 fn rel_l2(got: &[f16], want: &[f64]) -> f64 {

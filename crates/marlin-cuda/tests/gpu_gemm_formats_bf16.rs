@@ -16,155 +16,26 @@
 //! |a_k w_k| (fp32 accumulation's worst case).
 #![cfg(feature = "cuda")]
 
-use std::sync::Arc;
+mod common;
 
+use common::formats::{
+    act_order_int4, check_format, compare, device, format_problem, formats, Tolerance,
+};
+use common::fresh_seed;
 use half::bf16;
 use marlin_cuda::act::Act;
 use marlin_cuda::int4::gemm::{GemmOptions, GemmPath, GemmWorkspace};
-use marlin_cuda::int4::random::{random_activations_bf16, XorShift};
+use marlin_cuda::int4::random::random_activations_bf16;
 use marlin_cuda::int4::reference::matmul_ref;
-use marlin_cuda::wgemm::gemm::{wx_gemm, wx_gemm_prepared, WxWeight};
-use marlin_cuda::CudaDevice;
-use marlin_quant::{quantize_rtn, Granularity, QuantScheme, QuantTensor, RtnOptions, ScaleDType};
+use marlin_cuda::wgemm::gemm::wx_gemm_prepared;
+use marlin_quant::QuantScheme;
 
 const U: f64 = 1.0 / 256.0;
 const REL_L2_TOL: f64 = 2.0 * U;
-
-fn fresh_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(4321)
-}
-
-fn device() -> Arc<CudaDevice> {
-    CudaDevice::new(0).expect("a CUDA device (these tests run on the GPU machine)")
-}
-
-fn quantized(scheme: QuantScheme, n: usize, k: usize, seed: u64) -> QuantTensor {
-    let mut rng = XorShift::new(seed);
-    let w: Vec<f32> = (0..n * k)
-        .map(|i| (rng.next_f32() - 0.5) * 0.05 * (1.0 + (i / k % 5) as f32))
-        .collect();
-    quantize_rtn(&w, n, k, scheme, &RtnOptions::min_max()).expect("quantize")
-}
-
-struct Problem {
-    seed: u64,
-    weight: WxWeight,
-    a_host: Vec<bf16>,
-    want: Vec<f64>,
-    bound: Vec<f64>,
-}
-
-fn problem(
-    dev: &Arc<CudaDevice>,
-    scheme: QuantScheme,
-    (m, n, k): (usize, usize, usize),
-) -> Problem {
-    let seed = fresh_seed();
-    let q = quantized(scheme, n, k, seed);
-    let w_ref: Vec<f64> = q
-        .dequantize()
-        .expect("dequantize")
-        .iter()
-        .map(|v| f64::from(*v))
-        .collect();
-    let a_host = random_activations_bf16(m, k, seed ^ 0x5A5A);
-    let a_ref: Vec<f64> = a_host.iter().map(|v| v.to_f64()).collect();
-    let want = matmul_ref(&a_ref, &w_ref, m, n, k);
-    let a_abs: Vec<f64> = a_ref.iter().map(|v| v.abs()).collect();
-    let w_abs: Vec<f64> = w_ref.iter().map(|v| v.abs()).collect();
-    let abs_prod = matmul_ref(&a_abs, &w_abs, m, n, k);
-    let bound = want
-        .iter()
-        .zip(&abs_prod)
-        .map(|(c, p)| U * c.abs() + 1.5 * U * p + k as f64 * f64::powi(2.0, -24) * p)
-        .collect();
-    Problem {
-        seed,
-        weight: WxWeight::from_quant(dev, &q).expect("repack + upload"),
-        a_host,
-        want,
-        bound,
-    }
-}
-
-fn compare(p: &Problem, got: &[bf16], n: usize, what: &str) -> f64 {
-    let (mut e2, mut r2) = (0f64, 0f64);
-    for (i, ((g, r), b)) in got.iter().zip(&p.want).zip(&p.bound).enumerate() {
-        let g = g.to_f64();
-        assert!(
-            g.is_finite() && (g - r).abs() <= *b,
-            "{what} seed={}: C[{}, {}] = {g}, reference {r}, bound {b:.3e}",
-            p.seed,
-            i / n,
-            i % n
-        );
-        e2 += (g - r) * (g - r);
-        r2 += r * r;
-    }
-    let rel = (e2 / r2.max(1e-30)).sqrt();
-    assert!(
-        rel < REL_L2_TOL,
-        "{what} seed={}: rel L2 {rel:.3e} (bound {REL_L2_TOL:.1e})",
-        p.seed
-    );
-    rel
-}
-
-#[allow(clippy::too_many_arguments)]
-fn check(
-    dev: &Arc<CudaDevice>,
-    ws: &mut GemmWorkspace,
-    name: &str,
-    scheme: QuantScheme,
-    (m, n, k): (usize, usize, usize),
-    opts: GemmOptions,
-) {
-    let p = problem(dev, scheme, (m, n, k));
-    let a = dev.upload("A", &p.a_host).expect("A");
-    let mut c = dev.alloc_zeros::<bf16>("C", m * n).expect("C");
-    for launch in 0..2 {
-        dev.write(&mut c, &vec![bf16::NAN; m * n]).expect("poison");
-        let plan = wx_gemm(dev, &a, m, &p.weight, &mut c, ws, opts).expect("launch");
-        let got = dev.download(&c).expect("download");
-        let what = format!("bf16 {name} M={m} N={n} K={k} {plan:?} launch {launch}");
-        let rel = compare(&p, &got, n, &what);
-        if launch == 0 {
-            println!(
-                "PASS bf16 {name} {:?} M={m} N={n} K={k} splits={} rel_l2={rel:.2e}",
-                plan.path, plan.splits
-            );
-        }
-    }
-}
-
-fn formats() -> Vec<(&'static str, QuantScheme, usize)> {
-    // As tests/gpu_gemm_formats.rs: K not a multiple of the 64 tile where
-    // the format allows it.
-    vec![
-        ("mxfp4", QuantScheme::mxfp4(), 1056),
-        ("nvfp4", QuantScheme::nvfp4(), 1040),
-        ("int8", QuantScheme::int8_per_channel(), 1001),
-        ("fp8", QuantScheme::fp8_e4m3_per_channel(), 1000),
-        ("fp8b128", QuantScheme::fp8_e4m3_block128(), 1000),
-        ("int3g128", QuantScheme::int3_sym(128), 1152),
-        ("int3g128z", QuantScheme::int3_asym(128), 1152),
-        ("int2g64", QuantScheme::int2_sym(64), 1088),
-        ("int2g64z", QuantScheme::int2_asym(64), 1088),
-        (
-            "int3pc",
-            QuantScheme::int_sym(3, Granularity::PerChannel, ScaleDType::F16),
-            1001,
-        ),
-        (
-            "int2pcz",
-            QuantScheme::int_asym(2, Granularity::PerChannel, ScaleDType::F16),
-            1000,
-        ),
-    ]
-}
+const TOL: Tolerance = Tolerance {
+    rel_l2: REL_L2_TOL,
+    elementwise_u: Some(U),
+};
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -175,7 +46,7 @@ fn formats_bf16_match_reference() {
         for &m in &[1, 3, 17, 64, 256] {
             for path in [GemmPath::Auto, GemmPath::Fused, GemmPath::DequantCublas] {
                 let opts = GemmOptions { path, splits: None };
-                check(&dev, &mut ws, name, scheme, (m, 200, k), opts);
+                check_format::<bf16>(&dev, &mut ws, "bf16 ", name, scheme, (m, 200, k), opts, TOL);
             }
         }
         for s in [1, 3] {
@@ -183,7 +54,7 @@ fn formats_bf16_match_reference() {
                 path: GemmPath::Fused,
                 splits: Some(s),
             };
-            check(&dev, &mut ws, name, scheme, (12, 96, k), opts);
+            check_format::<bf16>(&dev, &mut ws, "bf16 ", name, scheme, (12, 96, k), opts, TOL);
         }
     }
 }
@@ -198,7 +69,7 @@ fn formats_bf16_prepared() {
     for (name, scheme, k) in formats().into_iter().take(4) {
         for (m, path) in [(5, GemmPath::Fused), (128, GemmPath::DequantCublas)] {
             let n = 128;
-            let p = problem(&dev, scheme, (m, n, k));
+            let p = format_problem::<bf16>(&dev, scheme, (m, n, k), TOL);
             let opts = GemmOptions { path, splits: None };
             let a = dev.upload("A", &p.a_host).expect("A");
             let mut c = dev.alloc_zeros::<bf16>("C", m * n).expect("C");
@@ -231,7 +102,8 @@ fn formats_bf16_prepared() {
             )
             .expect("prepared launch");
             let got = dev.download(&c).expect("download");
-            let rel = compare(&p, &got, n, &format!("prepared bf16 {name} M={m} {plan:?}"));
+            let what = format!("prepared bf16 {name} M={m} {plan:?}");
+            let rel = compare(&p, &got, n, &what, TOL);
             println!(
                 "PASS bf16 prepared {name} M={m} {:?} rel_l2={rel:.2e}",
                 plan.path
@@ -257,18 +129,7 @@ fn int4_act_order_bf16_matches_reference() {
         ("int4g128z-act", QuantScheme::int4_asym(g)),
     ] {
         let seed = fresh_seed();
-        let mut q = quantized(scheme, n, k, seed);
-        // A GPTQ-style g_idx: a random column order, group = position / g.
-        let mut rng = XorShift::new(seed ^ 0xA5);
-        let mut order: Vec<usize> = (0..k).collect();
-        for i in (1..k).rev() {
-            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-        }
-        let mut g_idx = vec![0u32; k];
-        for (pos, &c) in order.iter().enumerate() {
-            g_idx[c] = (pos / g) as u32;
-        }
-        q.g_idx = Some(g_idx);
+        let q = act_order_int4(scheme, n, k, g, seed);
         let w = Int4ActOrderWeight::from_quant(&dev, &q).expect("permute + upload");
         let w_ref: Vec<f64> = q
             .dequantize()

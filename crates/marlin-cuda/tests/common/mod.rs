@@ -6,6 +6,8 @@
 // Each test crate that declares `mod common;` uses a subset of these.
 #![allow(dead_code)]
 
+pub mod formats;
+
 use std::sync::Arc;
 
 use cudarc::driver::CudaSlice;
