@@ -7,7 +7,8 @@ use std::sync::{Arc, OnceLock};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::GemmConfig;
 use cudarc::driver::{
-    CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
 };
 use half::{bf16, f16};
 use marlin_quant::QuantTensor;
@@ -261,6 +262,48 @@ impl GemmWorkspace {
         Ok(())
     }
 
+    /// Makes the dequantize + cuBLAS path's dense (N, K) scratch of the
+    /// activation type `act` hold at least N*K values (the INT4 and `wgemm`
+    /// preparations share it). A scratch that is too small is freed before
+    /// the larger one is allocated.
+    pub(crate) fn ensure_dense(
+        &mut self,
+        dev: &CudaDevice,
+        act: Act,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        fn grow<T: DeviceRepr + ValidAsZeroBits>(
+            slot: &mut Option<CudaSlice<T>>,
+            dev: &CudaDevice,
+            what: &str,
+            elems: usize,
+        ) -> Result<()> {
+            if slot.as_ref().is_none_or(|d| d.len() < elems) {
+                *slot = None;
+                *slot = Some(dev.alloc_zeros(what, elems)?);
+            }
+            Ok(())
+        }
+        let elems = n
+            .checked_mul(k)
+            .ok_or_else(|| CudaError::Shape("N*K overflows".into()))?;
+        match act {
+            Act::F16 => grow(
+                &mut self.dense,
+                dev,
+                "f16 dequantized weight scratch",
+                elems,
+            ),
+            Act::Bf16 => grow(
+                &mut self.dense_bf16,
+                dev,
+                "bf16 dequantized weight scratch",
+                elems,
+            ),
+        }
+    }
+
     /// Make a later [`int4_gemm_prepared`] call of `m` rows with weight `w`
     /// and `opts` allocation- and synchronisation-free: compiles and loads
     /// its kernel, sizes the split-K scratch (and the dense f16 scratch and
@@ -291,25 +334,7 @@ impl GemmWorkspace {
         let (module, source) = gemm_module(act);
         match resolve_call(dev, m, w, opts, act)? {
             Call::Dequant => {
-                let elems =
-                    w.n.checked_mul(w.k)
-                        .ok_or_else(|| CudaError::Shape("N*K overflows".into()))?;
-                match act {
-                    Act::F16 => {
-                        if self.dense.as_ref().is_none_or(|d| d.len() < elems) {
-                            self.dense = None;
-                            self.dense =
-                                Some(dev.alloc_zeros("f16 dequantized weight scratch", elems)?);
-                        }
-                    }
-                    Act::Bf16 => {
-                        if self.dense_bf16.as_ref().is_none_or(|d| d.len() < elems) {
-                            self.dense_bf16 = None;
-                            self.dense_bf16 =
-                                Some(dev.alloc_zeros("bf16 dequantized weight scratch", elems)?);
-                        }
-                    }
-                }
+                self.ensure_dense(dev, act, w.n, w.k)?;
                 dev.function(module, source, dequant_kernel(act), 0)?;
                 dev.with_blas(|_| Ok(()))?;
                 self.mark_prepared(act, dequant_kernel(act));

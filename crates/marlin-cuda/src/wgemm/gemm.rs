@@ -299,25 +299,7 @@ impl GemmWorkspace {
         }
         let (module, source) = wx_module(act);
         if uses_dequant(m, w, opts) {
-            let elems =
-                w.n.checked_mul(w.k)
-                    .ok_or_else(|| CudaError::Shape("N*K overflows".into()))?;
-            match act {
-                Act::F16 => {
-                    if self.dense.as_ref().is_none_or(|d| d.len() < elems) {
-                        self.dense = None;
-                        self.dense =
-                            Some(dev.alloc_zeros("f16 dequantized weight scratch", elems)?);
-                    }
-                }
-                Act::Bf16 => {
-                    if self.dense_bf16.as_ref().is_none_or(|d| d.len() < elems) {
-                        self.dense_bf16 = None;
-                        self.dense_bf16 =
-                            Some(dev.alloc_zeros("bf16 dequantized weight scratch", elems)?);
-                    }
-                }
-            }
+            self.ensure_dense(dev, act, w.n, w.k)?;
             dev.function(module, source, dequant_kernel(w.format, act), 0)?;
             dev.with_blas(|_| Ok(()))?;
             w.prepared
