@@ -72,6 +72,28 @@ with tarfile.open(dst, "w:xz") as t:
 print(f"staged {dst} ({len(names)} CUBINs, {os.path.getsize(dst)} bytes)")
 PY
 fi
+# MARLIN_STAGE_CUPTI=1: CUPTI's headers and library from pip (nvidia-cuda-cupti
+# 13.0, ~5 MB) for scripts/gpu_ktrace.sh, in case the GPU machine's toolkit
+# lacks them.
+if [ "${MARLIN_STAGE_CUPTI:-0}" = 1 ]; then
+    wheels="$build_root/target/cupti-wheel"
+    mkdir -p "$wheels" "$stage/cupti"
+    ls "$wheels"/nvidia_cuda_cupti-13.0*.whl > /dev/null 2>&1 \
+        || pip download --no-deps 'nvidia-cuda-cupti==13.0.*' -d "$wheels"
+    python3 - "$(ls "$wheels"/nvidia_cuda_cupti-13.0*.whl | head -1)" "$stage/cupti" <<'PY'
+import os, sys, zipfile
+whl, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(whl) as z:
+    for name in z.namelist():
+        rel = name.split("nvidia/cu13/", 1)[-1]
+        if rel.startswith("include/") or rel.startswith("lib/libcupti.so"):
+            path = os.path.join(dest, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with z.open(name) as src, open(path, "wb") as dst:
+                dst.write(src.read())
+print(f"staged CUPTI from {os.path.basename(whl)} into {dest}")
+PY
+fi
 # Debug info and symbols are most of the size; the carried tree (stage +
 # the repository's tracked files) is limited to 64 MiB.
 for f in "$stage"/bin/* "$stage"/tests/*; do objcopy --strip-all "$f"; done

@@ -23,6 +23,8 @@
 #                             epilogue at every M (8- / 16-stage ring) vs GEMM + glu
 #   MARLIN_BENCH_DECODE_SK=1  also the decode bench at batch 1 with the opt-in
 #                             stream-K INT4 kernel (MARLIN_INT4_STREAMK=1)
+#   MARLIN_KTRACE=1           the decode step's kernel timeline through CUPTI
+#                             (scripts/gpu_ktrace.sh; MARLIN_KTRACE_BATCHES="1 8")
 #   MARLIN_MODELS_DIR         real models for the end-to-end step (default
 #                             /tmp/marlin-models, filled by scripts/gpu_ship_models.sh);
 #                             the step runs when the models are there
@@ -142,6 +144,12 @@ fi
 if [ "${MARLIN_BENCH_DECODE_SK:-0}" = 1 ] && [ -n "$sk_args" ] && [ -x "$marlin" ]; then
     step "bench decode stream-K" "$out/bench_decode_sk.log" \
         env MARLIN_INT4_STREAMK=1 "$marlin" bench decode --device cuda --batch 1 --ctx 512
+fi
+# MARLIN_KTRACE=1: the decode step's kernel timeline (CUPTI; what each kernel
+# of a layer adds to the graph step), scripts/gpu_ktrace.sh.
+if [ "${MARLIN_KTRACE:-0}" = 1 ] && [ -x "$marlin" ]; then
+    step "decode kernel timeline" "$out/ktrace.log" env MARLIN_STAGE="$stage" OUT="$out" bash scripts/gpu_ktrace.sh
+    grep -E "^  |^layer|^==" "$out/ktrace.log" | head -60
 fi
 # End to end on the real models: CPU vs GPU greedy tokens and logits, then
 # generation and llama-bench-style speed on both devices.
