@@ -19,8 +19,16 @@ if [ "$#" -eq 0 ]; then
   else
     echo "server tests: 0 passed, 0 failed, 1 skipped (python package openai missing; .ci/run installs it)" | tee -a "$log"
   fi
+  # The GPU machine's decode-step timeline analysis (scripts/ktrace/), on a
+  # synthetic trace: it runs only there otherwise.
+  if python3 scripts/ktrace/ktrace.py --self-test; then
+    echo "script tests: 1 passed, 0 failed, 0 skipped (ktrace self-test)" >> "$log"
+  else
+    echo "script tests: 0 passed, 1 failed, 0 skipped (ktrace self-test)" >> "$log"
+    status=1
+  fi
 fi
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1); if ($i ~ /^ignored;?$/) s += $(i-1) } }
-     /^server tests:/ { p += $3; f += $5; if ($7 ~ /^[0-9]+$/) s += $7 }
+     /^(server|script) tests:/ { p += $3; f += $5; if ($7 ~ /^[0-9]+$/) s += $7 }
      END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
 exit "$status"

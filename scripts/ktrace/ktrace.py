@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Per-kernel cost of one decode step, from a trace of inject.cpp.
 
-usage: ktrace.py TRACE.csv
+usage: ktrace.py TRACE.csv | ktrace.py --self-test
 
 Steps are cut after the last argmax kernel of each step (the decode bench
 picks greedy tokens); steps of the most common kernel count are kept and
@@ -49,7 +49,50 @@ def layer_period(names):
     return None
 
 
+# (name, end delta in ns) of the self-test's layer.
+LAYER = (("mops_resid_norm", 2000), ("w4a16_dec_m4", 7000), ("attn_decode", 5000), ("w4a16_dec_m4", 6000))
+
+
+def self_test():
+    """A synthetic trace of 8 steps (embedding, 10 layers of 4 kernels,
+    argmax), overlapping starts as under PDL, every other step slower: the
+    layer is found and its end deltas are the ones built in."""
+    import os
+    import tempfile
+    lines, t = [], 1_000_000
+    for step in range(8):
+        slow = 500 if step % 2 else 0  # graph-off-like steps, excluded
+        lines.append(f"{t},{t + 3000},1,mops_embedding_rows")
+        end = t + 3000
+        for _ in range(10):
+            for name, cost in LAYER:
+                lines.append(f"{end - 1000},{end + cost + slow},256,{name}")
+                end += cost + slow
+        lines.append(f"{end - 1000},{end + 4000},32,samp_argmax_split_f16")
+        t = end + 10_000
+    with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
+        f.write("\n".join(lines) + "\n")
+        path = f.name
+    try:
+        rows = load(path)
+    finally:
+        os.unlink(path)
+    steps, typical = steps_of(rows)
+    assert typical == 42 and len(steps) == 7, (typical, len(steps))
+    assert layer_period([r[3] for r in steps[0]]) == (4, 1, 10)
+    fast = [s for s in steps if s[-1][1] - s[0][0] < 215_000]
+    assert len(fast) == 3, [s[-1][1] - s[0][0] for s in steps]
+    for s in fast:
+        for q, (_, cost) in enumerate(LAYER):
+            i = 1 + 4 * 5 + q  # a layer in the middle
+            assert s[i][1] - s[i - 1][1] == cost, (q, s[i][1] - s[i - 1][1])
+    print("ktrace self-test: PASS")
+
+
 def main():
+    if sys.argv[1:] == ["--self-test"]:
+        self_test()
+        return
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     rows = load(sys.argv[1])
