@@ -80,21 +80,16 @@ fn wgmma_ring_and_prologue_variants_match_reference() {
     let Some(dev) = hopper() else { return };
     let mut ws = GemmWorkspace::new(&dev).expect("workspace");
     // (deep ring, weights before the wait, session-6 prologue / epilogue:
-    // symmetric weights only, activations 4 chunks ahead, chunk order
-    // rotated per column block, long ring at two blocks per SM: change 52).
+    // symmetric weights only, activations 4 chunks ahead).
     let settings = [
-        (Some(true), Some(true), None, None, None, None),
-        (Some(false), Some(true), None, None, None, None),
-        (Some(true), Some(false), None, None, None, None),
-        (Some(false), Some(false), None, None, None, None),
-        (Some(true), Some(true), Some(true), None, None, None),
-        (Some(false), Some(true), Some(true), None, None, None),
-        (Some(true), Some(true), None, Some(true), None, None),
-        (Some(false), Some(false), None, Some(true), None, None),
-        (Some(true), Some(true), None, None, Some(true), None),
-        (Some(false), Some(true), None, None, Some(true), None),
-        (Some(false), Some(true), None, None, None, Some(true)),
-        (Some(false), Some(false), None, Some(true), Some(true), Some(true)),
+        (Some(true), Some(true), None, None),
+        (Some(false), Some(true), None, None),
+        (Some(true), Some(false), None, None),
+        (Some(false), Some(false), None, None),
+        (Some(true), Some(true), Some(true), None),
+        (Some(false), Some(true), Some(true), None),
+        (Some(true), Some(true), None, Some(true)),
+        (Some(false), Some(false), None, Some(true)),
     ];
     for &m in &[17, 33, 63, 64, 100] {
         for (n, k, group, asym) in [
@@ -105,14 +100,12 @@ fn wgmma_ring_and_prologue_variants_match_reference() {
             (200, 998, 0, false),
         ] {
             let p = random_problem(&dev, (m, n, k, group, asym), fresh_seed(), 0x5A5A);
-            for (deep, before_wait, legacy_tail, act_ahead4, rotate, long_ring) in settings {
+            for (deep, before_wait, legacy_tail, act_ahead4) in settings {
                 set_wgmma_override(WgmmaOverride {
                     deep,
                     weights_before_wait: before_wait,
                     legacy_tail,
                     act_ahead4,
-                    rotate,
-                    long_ring,
                 });
                 for splits in [None, Some(3), Some(7)] {
                     let case = (m, n, k, group, asym, splits);
@@ -125,7 +118,7 @@ fn wgmma_ring_and_prologue_variants_match_reference() {
                         false,
                         &format!(
                             "wgmma deep={deep:?} weights-before-wait={before_wait:?} legacy-tail={legacy_tail:?} \
-                             act-ahead4={act_ahead4:?} rotate={rotate:?} long-ring={long_ring:?}"
+                             act-ahead4={act_ahead4:?}"
                         ),
                     );
                 }

@@ -135,10 +135,6 @@ pub struct WgmmaVariant {
     /// Deep ring (session 7): one block per SM and as many stages as
     /// 227 KiB hold with zero points (`_d` entries).
     pub deep: bool,
-    /// Long ring at two blocks per SM (change 52, `r` entries: 12 / 8
-    /// stages at 32 / 64 tokens, 11 / 7 with zero points); only where the
-    /// 2-warpgroup block at <= 64 tokens is neither deep nor wide.
-    pub long_ring: bool,
 }
 
 impl WgmmaVariant {
@@ -153,18 +149,7 @@ impl WgmmaVariant {
             } else {
                 0
             };
-        self.stages_for(has_zeros) * (act + self.threads() * per_lane)
-    }
-
-    /// Ring depth of the entry for symmetric / zero-point weights: the
-    /// long-ring zero-point entries hold one stage less (two blocks per SM
-    /// must fit 228 KiB with the zero-point ring).
-    pub fn stages_for(&self, has_zeros: bool) -> usize {
-        if self.long_ring && has_zeros {
-            self.stages - 1
-        } else {
-            self.stages
-        }
+        self.stages * (act + self.threads() * per_lane)
     }
 
     /// Threads per block (128 per warpgroup).
@@ -188,14 +173,6 @@ impl WgmmaVariant {
                 (64, _, false) => "w4a16_wgmma_t64w2_e0",
                 (_, 3, false) => "w4a16_wgmma_t128w3_e0",
                 (_, _, false) => "w4a16_wgmma_t128w2_e0",
-            };
-        }
-        if self.long_ring {
-            return match (self.tokens, has_zeros) {
-                (32, false) => "w4a16_wgmma_t32w2r",
-                (32, true) => "w4a16_wgmma_t32w2rz",
-                (_, false) => "w4a16_wgmma_t64w2r",
-                (_, true) => "w4a16_wgmma_t64w2rz",
             };
         }
         if self.deep {
@@ -257,17 +234,6 @@ static ACT_AHEAD4_KNOB: Switch = Switch::new("MARLIN_WGMMA_ACT_AHEAD4", false);
 /// and loaded only when selected.
 static LEGACY_TAIL_KNOB: Switch = Switch::new("MARLIN_WGMMA_LEGACY_TAIL", false);
 
-/// `MARLIN_WGMMA_ROTATE=1` (change 52): each column block of a split
-/// starts at its own chunk of the split (flags bit 5, `W4G_ROTATE`), so
-/// that the column blocks of a split do not all read the same activation
-/// tile at the same time.
-static ROTATE_KNOB: Switch = Switch::new("MARLIN_WGMMA_ROTATE", false);
-/// `MARLIN_WGMMA_LONG_RING=1` (change 52): the 2-block-per-SM entries at
-/// <= 64 tokens with the longest ring two blocks per SM hold (12 / 8
-/// stages at 32 / 64 tokens instead of 8 / 6) where the plan is neither
-/// deep nor wide; same grid and splits.
-static LONG_RING_KNOB: Switch = Switch::new("MARLIN_WGMMA_LONG_RING", false);
-
 /// Per-thread overrides of the knobs above (tests run both sides of
 /// each in one process; the knobs are read once).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -276,33 +242,10 @@ pub struct WgmmaOverride {
     pub weights_before_wait: Option<bool>,
     pub legacy_tail: Option<bool>,
     pub act_ahead4: Option<bool>,
-    pub rotate: Option<bool>,
-    pub long_ring: Option<bool>,
 }
 
 thread_local! {
-    static OVERRIDE: Cell<WgmmaOverride> = const {
-        Cell::new(WgmmaOverride {
-            deep: None,
-            weights_before_wait: None,
-            legacy_tail: None,
-            act_ahead4: None,
-            rotate: None,
-            long_ring: None,
-        })
-    };
-}
-
-fn rotate() -> bool {
-    OVERRIDE
-        .with(|c| c.get().rotate)
-        .unwrap_or_else(|| ROTATE_KNOB.get())
-}
-
-fn long_ring() -> bool {
-    OVERRIDE
-        .with(|c| c.get().long_ring)
-        .unwrap_or_else(|| LONG_RING_KNOB.get())
+    static OVERRIDE: Cell<WgmmaOverride> = const { Cell::new(WgmmaOverride { deep: None, weights_before_wait: None, legacy_tail: None, act_ahead4: None }) };
 }
 
 /// Sets this thread's [`WgmmaOverride`] (`Default` clears it).
@@ -338,7 +281,6 @@ const FLAG_PROBE_NO_ACT: i32 = 2;
 const FLAG_PROBE_NO_SYNC: i32 = 4;
 const FLAG_ACT_AHEAD_4: i32 = 8;
 const FLAG_PROBE_NO_MMA: i32 = 16;
-const FLAG_ROTATE: i32 = 32;
 
 /// Diagnostic timing probes, `MARLIN_WGMMA_PROBE=no-act` (no activation
 /// copies), `=no-sync` (no activation copies and no block barrier per
@@ -399,21 +341,6 @@ pub fn wgmma_variant(m: usize, k: usize, deep: bool) -> WgmmaVariant {
         stages,
         blocks_per_sm,
         deep,
-        long_ring: false,
-    }
-}
-
-/// The long-ring form of a 2-block-per-SM variant at <= 64 tokens (same
-/// tokens, warpgroups and blocks per SM: the grid and splits stay); other
-/// variants unchanged.
-fn with_long_ring(v: WgmmaVariant) -> WgmmaVariant {
-    if v.deep || v.warpgroups != 2 || v.blocks_per_sm != 2 || v.tokens > 64 {
-        return v;
-    }
-    WgmmaVariant {
-        stages: if v.tokens == 32 { 12 } else { 8 },
-        long_ring: true,
-        ..v
     }
 }
 
@@ -533,15 +460,7 @@ pub fn wgmma_plan_variant(
     sm_count: usize,
     splits: Option<usize>,
 ) -> (GemmPlan, WgmmaVariant) {
-    plan_variant_for(
-        m,
-        WeightShape::of(w),
-        sm_count,
-        splits,
-        deep_choice(),
-        // The session-6 entries (`_e0`) have the session-3 rings only.
-        long_ring() && !legacy_tail(),
-    )
+    plan_variant_for(m, WeightShape::of(w), sm_count, splits, deep_choice())
 }
 
 /// [`wgmma_plan_variant`] with the deep-ring choice given (`None`:
@@ -552,7 +471,6 @@ fn plan_variant_for(
     sm_count: usize,
     splits: Option<usize>,
     forced_deep: Option<bool>,
-    long_ring_on: bool,
 ) -> (GemmPlan, WgmmaVariant) {
     let shallow = wgmma_variant(m, w.k, false);
     let plan = plan_of(shallow, m, w, sm_count, splits);
@@ -567,16 +485,6 @@ fn plan_variant_for(
     };
     let v = wgmma_variant(m, w.k, deep);
     if !v.deep {
-        if long_ring_on {
-            let long = with_long_ring(shallow);
-            return (
-                GemmPlan {
-                    kernel: long.kernel(w.has_zeros),
-                    ..plan
-                },
-                long,
-            );
-        }
         return (plan, shallow);
     }
     let splits = if forced_deep.is_some() {
@@ -702,7 +610,6 @@ pub(super) fn launch<T: ActDtype>(
     } else {
         0
     } | if act_ahead4() { FLAG_ACT_AHEAD_4 } else { 0 }
-        | if rotate() { FLAG_ROTATE } else { 0 }
         | probe_flags();
     let cfg = LaunchConfig {
         grid_dim: grid,
@@ -735,8 +642,7 @@ pub(super) fn launch<T: ActDtype>(
 #[cfg(test)]
 mod tests {
     use super::{
-        choose_splits, plan_variant_for, wgmma_variant, with_long_ring, WeightShape, DIAG_KERNELS,
-        SOURCE,
+        choose_splits, plan_variant_for, wgmma_variant, WeightShape, DIAG_KERNELS, SOURCE,
     };
 
     fn shape(n: usize, k: usize) -> WeightShape {
@@ -760,14 +666,6 @@ mod tests {
             {
                 let v = wgmma_variant(m, k, deep);
                 assert!(v.tokens >= m.min(128), "{v:?}");
-                // The long-ring form (change 52) keeps the blocks per SM
-                // and must fit them too.
-                let long = with_long_ring(v);
-                if long.long_ring {
-                    assert!(!v.deep && long.stages > v.stages, "{long:?}");
-                    assert_eq!(long.blocks_per_sm, v.blocks_per_sm);
-                }
-                for v in [v, long] {
                 // Wide blocks (3 warpgroups at > 64 tokens, K >= 8192) are
                 // never deep.
                 assert_eq!(v.deep, deep && !(m > 64 && k >= 8192), "{v:?}");
@@ -778,7 +676,6 @@ mod tests {
                     let per_block = v.smem_bytes(z) + 1024 + 128;
                     assert!(v.smem_bytes(z) + 128 <= 227 * 1024, "{v:?}");
                     assert!(v.blocks_per_sm * per_block <= 228 * 1024, "{v:?} z={z}");
-                }
                 }
             }
         }
@@ -791,9 +688,9 @@ mod tests {
     fn deep_ring_only_for_one_block_per_sm() {
         let w = shape(4096, 4096);
         // M = 64 on 132 SMs: 32 column blocks x 4 splits = 128 blocks.
-        let (shallow, _) = plan_variant_for(64, w, 132, None, Some(false), false);
+        let (shallow, _) = plan_variant_for(64, w, 132, None, Some(false));
         assert_eq!(shallow.splits, 4);
-        let (plan, v) = plan_variant_for(64, w, 132, None, None, false);
+        let (plan, v) = plan_variant_for(64, w, 132, None, None);
         assert!(v.deep, "{v:?}");
         assert_eq!(plan.kernel, "w4a16_wgmma_t64w2d");
         assert_eq!(
@@ -801,53 +698,26 @@ mod tests {
             (shallow.m_blocks, shallow.n_tiles, shallow.splits)
         );
         // The same weight and M on 64 SMs: 128 blocks are two per SM.
-        let (plan, v) = plan_variant_for(64, w, 64, None, None, false);
+        let (plan, v) = plan_variant_for(64, w, 64, None, None);
         assert!(!v.deep, "{v:?}");
         assert_eq!(plan.kernel, "w4a16_wgmma_t64w2");
         assert!(plan.m_blocks * plan.n_tiles * plan.splits > 64, "{plan:?}");
         // 14336x4096 at M = 32: the 2-block plan fills more than one block
         // per SM (change 40: deep 52.7 us against 36.8).
-        let (plan, v) = plan_variant_for(32, shape(14336, 4096), 132, None, None, false);
+        let (plan, v) = plan_variant_for(32, shape(14336, 4096), 132, None, None);
         assert!(!v.deep, "{v:?}");
         assert!(plan.m_blocks * plan.n_tiles * plan.splits > 132, "{plan:?}");
         // Forced splits are kept by the deep form too.
-        let (plan, v) = plan_variant_for(64, w, 132, Some(2), None, false);
+        let (plan, v) = plan_variant_for(64, w, 132, Some(2), None);
         assert!(v.deep && plan.splits == 2, "{v:?} {plan:?}");
         // Forced deep: splits for one block per SM of the deep variant
         // (132 slots: still 4 splits x 32 blocks).
-        let (plan, v) = plan_variant_for(64, w, 132, None, Some(true), false);
+        let (plan, v) = plan_variant_for(64, w, 132, None, Some(true));
         assert!(v.deep && plan.splits == 4, "{v:?} {plan:?}");
         // A huge caller M saturates instead of overflowing (resolve then
         // refuses the partials size).
-        let (plan, _) = plan_variant_for(usize::MAX, w, 132, None, None, false);
+        let (plan, _) = plan_variant_for(usize::MAX, w, 132, None, None);
         assert_eq!(plan.splits, 1);
-    }
-
-    /// The long ring (change 52) keeps the 2-block plan's grid and splits
-    /// and names its own entries; deep plans ignore it.
-    #[test]
-    fn long_ring_keeps_the_grid() {
-        // 4096x14336 at M = 64: 2 blocks per SM, not deep.
-        let w = shape(4096, 14336);
-        let (base, bv) = plan_variant_for(64, w, 132, None, None, false);
-        let (long, lv) = plan_variant_for(64, w, 132, None, None, true);
-        assert!(!bv.deep && !lv.deep && lv.long_ring && lv.stages == 8, "{lv:?}");
-        assert_eq!(long.kernel, "w4a16_wgmma_t64w2r");
-        assert_eq!(
-            (long.m_blocks, long.n_tiles, long.splits),
-            (base.m_blocks, base.n_tiles, base.splits)
-        );
-        let zw = WeightShape {
-            has_zeros: true,
-            ..w
-        };
-        let (zl, zv) = plan_variant_for(32, zw, 132, None, None, true);
-        assert_eq!(zl.kernel, "w4a16_wgmma_t32w2rz");
-        assert_eq!((zv.stages, zv.stages_for(true)), (12, 11));
-        // 4096x4096 at M = 64 is deep (one block per SM): unchanged.
-        let (deep, dv) = plan_variant_for(64, shape(4096, 4096), 132, None, None, true);
-        assert!(dv.deep && !dv.long_ring, "{dv:?}");
-        assert_eq!(deep.kernel, "w4a16_wgmma_t64w2d");
     }
 
     /// The entries `module_of` sends to the diagnostic module are exactly

@@ -65,7 +65,6 @@ __device__ __forceinline__ void w4g_pdl_enter() {
 #define W4G_PROBE_NO_SYNC 4        // diagnostic: no activation copies, no barrier per chunk
 #define W4G_ACT_AHEAD_4 8          // activations 4 chunks ahead, not PREFETCH (opt-in; change 46: within noise)
 #define W4G_PROBE_NO_MMA 16        // diagnostic: copies, waits and barriers only (no dequantisation, no wgmma)
-#define W4G_ROTATE 32              // chunk order of a split rotated per column block (change 52)
 
 __device__ __forceinline__ void cp_async16_cg(u32 dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
@@ -144,19 +143,6 @@ __device__ __forceinline__ void w4a16_wgmma_body(
     const int c_begin = (int)(((long long)split * k_chunks) / splits);
     const int c_end = (int)(((long long)(split + 1) * k_chunks) / splits);
     const int n_my = c_end - c_begin;
-    // Flags bit 5 (W4G_ROTATE, change 52): column block y of a split starts
-    // at chunk y * n_my / gridDim.y of the split and wraps around, so that
-    // the column blocks of one split (on different SMs) read different
-    // activation tiles at any moment instead of all the same one (the L2
-    // hot-spot reading (c) of change 46). Same chunks, same sums per block
-    // in another order: deterministic, not bit-identical to the unrotated
-    // order.
-    const int rot = (flags & W4G_ROTATE) && n_my > 0 ? (int)(((long long)blockIdx.y * n_my) / gridDim.y) : 0;
-    // Chunk index of the block's i-th chunk (0 <= i < n_my).
-    auto chunk_at = [&](int i) {
-        const int r = i + rot;
-        return c_begin + (r >= n_my ? r - n_my : r);
-    };
 
     const u32 act_base = smem_addr(smem);
     const u32 w_base = act_base + STAGES * L::STAGE;            // [STAGES][THREADS] x 16 B
@@ -253,19 +239,19 @@ __device__ __forceinline__ void w4a16_wgmma_body(
         if (flags & W4G_WEIGHTS_BEFORE_WAIT) {
 #pragma unroll
             for (int s = 0; s < PREFETCH; s++)
-                if (s < n_my) issue_w(s, chunk_at(s));
+                if (s < n_my) issue_w(s, c_begin + s);
             cp_async_commit();
             w4g_pdl_enter();
 #pragma unroll
             for (int s = 0; s < PREFETCH; s++) {
-                if (s < n_my) issue_act(s, chunk_at(s));
+                if (s < n_my) issue_act(s, c_begin + s);
                 cp_async_commit();
             }
         } else {
             w4g_pdl_enter();
 #pragma unroll
             for (int s = 0; s < PREFETCH; s++) {
-                if (s < n_my) issue(s, chunk_at(s));
+                if (s < n_my) issue(s, c_begin + s);
                 cp_async_commit();
             }
         }
@@ -285,19 +271,19 @@ __device__ __forceinline__ void w4a16_wgmma_body(
         if (flags & W4G_WEIGHTS_BEFORE_WAIT) {
 #pragma unroll 1
             for (int s = 0; s < PREFETCH; s++)
-                if (s < n_my) issue_w(s, chunk_at(s));
+                if (s < n_my) issue_w(s, c_begin + s);
             cp_async_commit();
             w4g_pdl_enter();
         } else {
             w4g_pdl_enter();
 #pragma unroll 1
             for (int s = 0; s < PREFETCH; s++)
-                if (s < n_my) issue_w(s, chunk_at(s));
+                if (s < n_my) issue_w(s, c_begin + s);
             cp_async_commit();
         }
 #pragma unroll 1
         for (int s = 0; s < act_ahead; s++) {
-            if (s < n_my) issue_act(s, chunk_at(s));
+            if (s < n_my) issue_act(s, c_begin + s);
             cp_async_commit();
         }
     }
@@ -318,10 +304,10 @@ __device__ __forceinline__ void w4a16_wgmma_body(
         // Its activation part is refilled act_ahead - 2 iterations or more
         // later, never earlier (act_ahead <= PREFETCH = STAGES - 2).
         if constexpr (LEGACY) {
-            if (it + PREFETCH < n_my) issue((it + PREFETCH) % STAGES, chunk_at(it + PREFETCH));
+            if (it + PREFETCH < n_my) issue((it + PREFETCH) % STAGES, c_begin + it + PREFETCH);
         } else {
-            if (it + act_ahead < n_my) issue_act((it + act_ahead) % STAGES, chunk_at(it + act_ahead));
-            if (it + PREFETCH < n_my) issue_w((it + PREFETCH) % STAGES, chunk_at(it + PREFETCH));
+            if (it + act_ahead < n_my) issue_act((it + act_ahead) % STAGES, c_begin + it + act_ahead);
+            if (it + PREFETCH < n_my) issue_w((it + PREFETCH) % STAGES, c_begin + it + PREFETCH);
         }
         cp_async_commit();
         if (!tile_valid || probe_no_mma) return;
@@ -535,13 +521,6 @@ W4A16_WGMMA_ENTRY(w4a16_wgmma_t128w2d, 128, 2, 10, false, 1)
 W4A16_WGMMA_ENTRY(w4a16_wgmma_t32w2dz, 32, 2, 16, true, 1)
 W4A16_WGMMA_ENTRY(w4a16_wgmma_t64w2dz, 64, 2, 14, true, 1)
 W4A16_WGMMA_ENTRY(w4a16_wgmma_t128w2dz, 128, 2, 10, true, 1)
-// Longer rings at two blocks per SM (change 52, `MARLIN_WGMMA_LONG_RING=1`:
-// the latency reading (b) of change 46): as many stages as two blocks of
-// 228 KiB per SM hold (r = long ring).
-W4A16_WGMMA_ENTRY(w4a16_wgmma_t32w2r, 32, 2, 12, false, 2)
-W4A16_WGMMA_ENTRY(w4a16_wgmma_t64w2r, 64, 2, 8, false, 2)
-W4A16_WGMMA_ENTRY(w4a16_wgmma_t32w2rz, 32, 2, 11, true, 2)
-W4A16_WGMMA_ENTRY(w4a16_wgmma_t64w2rz, 64, 2, 7, true, 2)
 #else   // W4G_DIAG_ENTRIES
 // Session-6 prologue and epilogue (LEGACY) of the symmetric entries, for
 // same-run A/Bs (`MARLIN_WGMMA_LEGACY_TAIL=1`; zero-point weights keep the
