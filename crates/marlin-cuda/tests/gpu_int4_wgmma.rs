@@ -69,7 +69,8 @@ fn wgmma_gemm_matches_reference() {
 
 /// Both ring depths (the deep one-block-per-SM variants and the session-3
 /// rings), both prologue orders (codes and scales before the PDL wait,
-/// or after it) and the session-6 prologue / epilogue entries, forced per
+/// or after it), the session-6 prologue / epilogue entries and session 8's
+/// refill code (the lean refills of change 52b are the default), forced per
 /// thread, on awkward M (17, 33, 63: partial
 /// token tiles), N and K not multiples of 64, groups 32 / 64 / 128 / per
 /// channel, zero points, default and forced splits (3: splits start inside
@@ -80,16 +81,19 @@ fn wgmma_ring_and_prologue_variants_match_reference() {
     let Some(dev) = hopper() else { return };
     let mut ws = GemmWorkspace::new(&dev).expect("workspace");
     // (deep ring, weights before the wait, session-6 prologue / epilogue:
-    // symmetric weights only, activations 4 chunks ahead).
+    // symmetric weights only, activations 4 chunks ahead, session 8's
+    // refill code: symmetric weights only, change 52b).
     let settings = [
-        (Some(true), Some(true), None, None),
-        (Some(false), Some(true), None, None),
-        (Some(true), Some(false), None, None),
-        (Some(false), Some(false), None, None),
-        (Some(true), Some(true), Some(true), None),
-        (Some(false), Some(true), Some(true), None),
-        (Some(true), Some(true), None, Some(true)),
-        (Some(false), Some(false), None, Some(true)),
+        (Some(true), Some(true), None, None, None),
+        (Some(false), Some(true), None, None, None),
+        (Some(true), Some(false), None, None, None),
+        (Some(false), Some(false), None, None, None),
+        (Some(true), Some(true), Some(true), None, None),
+        (Some(false), Some(true), Some(true), None, None),
+        (Some(true), Some(true), None, Some(true), None),
+        (Some(false), Some(false), None, Some(true), None),
+        (Some(true), Some(true), None, None, Some(true)),
+        (Some(false), Some(false), None, Some(true), Some(true)),
     ];
     for &m in &[17, 33, 63, 64, 100] {
         for (n, k, group, asym) in [
@@ -100,12 +104,13 @@ fn wgmma_ring_and_prologue_variants_match_reference() {
             (200, 998, 0, false),
         ] {
             let p = random_problem(&dev, (m, n, k, group, asym), fresh_seed(), 0x5A5A);
-            for (deep, before_wait, legacy_tail, act_ahead4) in settings {
+            for (deep, before_wait, legacy_tail, act_ahead4, s8_loop) in settings {
                 set_wgmma_override(WgmmaOverride {
                     deep,
                     weights_before_wait: before_wait,
                     legacy_tail,
                     act_ahead4,
+                    s8_loop,
                 });
                 for splits in [None, Some(3), Some(7)] {
                     let case = (m, n, k, group, asym, splits);
@@ -118,7 +123,7 @@ fn wgmma_ring_and_prologue_variants_match_reference() {
                         false,
                         &format!(
                             "wgmma deep={deep:?} weights-before-wait={before_wait:?} legacy-tail={legacy_tail:?} \
-                             act-ahead4={act_ahead4:?}"
+                             act-ahead4={act_ahead4:?} s8-loop={s8_loop:?}"
                         ),
                     );
                 }

@@ -25,9 +25,10 @@ pub(super) const MODULE: &str = "w4a16_wgmma";
 pub(super) const SOURCE: &str = include_str!("../kernels/w4a16_wgmma.cu");
 /// Module of the diagnostic entries: the same source with
 /// `W4G_DIAG_ENTRIES` defined, which compiles only the session-6 LEGACY
-/// entries (`_e0`, `MARLIN_WGMMA_LEGACY_TAIL=1`); compiled and loaded only
-/// when one of them is selected, so that a cold kernel cache pays for the
-/// production entries alone.
+/// entries (`_e0`, `MARLIN_WGMMA_LEGACY_TAIL=1`) and session 8's refill
+/// code (`_s8`, `MARLIN_WGMMA_S8_LOOP=1`, change 52b); compiled and loaded
+/// only when one of them is selected, so that a cold kernel cache pays for
+/// the production entries alone.
 const DIAG_MODULE: &str = "w4a16_wgmma_diag";
 const DIAG_SOURCE: &str = concat!(
     "#define W4G_DIAG_ENTRIES 1\n",
@@ -35,7 +36,7 @@ const DIAG_SOURCE: &str = concat!(
 );
 /// The entries built into [`DIAG_MODULE`] only (`#ifdef W4G_DIAG_ENTRIES`
 /// in the source).
-const DIAG_KERNELS: [&str; 8] = [
+const DIAG_KERNELS: [&str; 16] = [
     "w4a16_wgmma_t32w2_e0",
     "w4a16_wgmma_t64w2_e0",
     "w4a16_wgmma_t64w4_e0",
@@ -44,6 +45,14 @@ const DIAG_KERNELS: [&str; 8] = [
     "w4a16_wgmma_t32w2d_e0",
     "w4a16_wgmma_t64w2d_e0",
     "w4a16_wgmma_t128w2d_e0",
+    "w4a16_wgmma_t32w2_s8",
+    "w4a16_wgmma_t64w2_s8",
+    "w4a16_wgmma_t64w4_s8",
+    "w4a16_wgmma_t128w2_s8",
+    "w4a16_wgmma_t128w3_s8",
+    "w4a16_wgmma_t32w2d_s8",
+    "w4a16_wgmma_t64w2d_s8",
+    "w4a16_wgmma_t128w2d_s8",
 ];
 
 /// The production entries with bf16 activations (crate::act).
@@ -175,6 +184,18 @@ impl WgmmaVariant {
                 (_, _, false) => "w4a16_wgmma_t128w2_e0",
             };
         }
+        if !has_zeros && s8_loop() {
+            return match (self.tokens, self.warpgroups, self.deep) {
+                (32, _, true) => "w4a16_wgmma_t32w2d_s8",
+                (64, _, true) => "w4a16_wgmma_t64w2d_s8",
+                (_, _, true) => "w4a16_wgmma_t128w2d_s8",
+                (32, _, false) => "w4a16_wgmma_t32w2_s8",
+                (64, 4, false) => "w4a16_wgmma_t64w4_s8",
+                (64, _, false) => "w4a16_wgmma_t64w2_s8",
+                (_, 3, false) => "w4a16_wgmma_t128w3_s8",
+                (_, _, false) => "w4a16_wgmma_t128w2_s8",
+            };
+        }
         if self.deep {
             return match (self.tokens, has_zeros) {
                 (32, false) => "w4a16_wgmma_t32w2d",
@@ -234,6 +255,14 @@ static ACT_AHEAD4_KNOB: Switch = Switch::new("MARLIN_WGMMA_ACT_AHEAD4", false);
 /// and loaded only when selected.
 static LEGACY_TAIL_KNOB: Switch = Switch::new("MARLIN_WGMMA_LEGACY_TAIL", false);
 
+/// `MARLIN_WGMMA_S8_LOOP=1` (same-run A/B of change 52b): the `_s8`
+/// entries, session 8's refill code (index products, ring-slot modulo and
+/// K clamp per copy) instead of the lean running-state refills; symmetric
+/// weights only (zero-point weights keep the current entries). They live in
+/// the diagnostic module ([`DIAG_MODULE`]). `MARLIN_WGMMA_LEGACY_TAIL=1`
+/// takes precedence.
+static S8_LOOP_KNOB: Switch = Switch::new("MARLIN_WGMMA_S8_LOOP", false);
+
 /// Per-thread overrides of the knobs above (tests run both sides of
 /// each in one process; the knobs are read once).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -242,10 +271,25 @@ pub struct WgmmaOverride {
     pub weights_before_wait: Option<bool>,
     pub legacy_tail: Option<bool>,
     pub act_ahead4: Option<bool>,
+    pub s8_loop: Option<bool>,
 }
 
 thread_local! {
-    static OVERRIDE: Cell<WgmmaOverride> = const { Cell::new(WgmmaOverride { deep: None, weights_before_wait: None, legacy_tail: None, act_ahead4: None }) };
+    static OVERRIDE: Cell<WgmmaOverride> = const {
+        Cell::new(WgmmaOverride {
+            deep: None,
+            weights_before_wait: None,
+            legacy_tail: None,
+            act_ahead4: None,
+            s8_loop: None,
+        })
+    };
+}
+
+fn s8_loop() -> bool {
+    OVERRIDE
+        .with(|c| c.get().s8_loop)
+        .unwrap_or_else(|| S8_LOOP_KNOB.get())
 }
 
 /// Sets this thread's [`WgmmaOverride`] (`Default` clears it).
@@ -537,6 +581,14 @@ pub(super) fn resolve(
         return Err(CudaError::Unsupported(format!(
             "wgmma INT4 entry {} (a diagnostic knob's) has f16 activations only",
             plan.kernel
+        )));
+    }
+    // The kernel indexes the scale (and zero-point) rows with 32-bit
+    // products (change 52b).
+    if u32::try_from(w.scales.len()).is_err() {
+        return Err(CudaError::Unsupported(format!(
+            "the wgmma INT4 GEMM indexes scales with 32 bits; {} scale words",
+            w.scales.len()
         )));
     }
     let smem = u32::try_from(v.smem_bytes(w.neg_zero_scales.is_some()))

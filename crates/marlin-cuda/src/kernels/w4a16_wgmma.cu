@@ -111,7 +111,7 @@ struct ActLayout {
 // session 7's change 40): the session-6 unrolled prologue loops and
 // epilogue (per-value partials (splits, M, n_pad), a fence per thread, the
 // last block reading every split one round at a time).
-template <int TOK, int NWG, int STAGES, bool HAS_Z, int MIN_BLOCKS, bool LEGACY>
+template <int TOK, int NWG, int STAGES, bool HAS_Z, int MIN_BLOCKS, bool LEGACY, bool S8_LOOP>
 __device__ __forceinline__ void w4a16_wgmma_body(
     const u16* __restrict__ A,          // (M, K) f16, row-major, K even
     const uint4* __restrict__ W,        // packed codes (pack.rs)
@@ -220,6 +220,65 @@ __device__ __forceinline__ void w4a16_wgmma_body(
         issue_w(slot, chunk);
     };
 
+    // Lean refills (session 9, change 52b; the S8_LOOP / LEGACY entries keep
+    // the code above for same-run A/Bs). Nsight Compute of t64w2 at
+    // 4096x14336 M = 64 counted ~211 warp instructions per warp and chunk
+    // at 8.4 cycles per issued instruction (3.6 warps per scheduler):
+    // the chunk time is that instruction stream, and ~95 of the 211 were
+    // the refills' address arithmetic (64-bit index products, ring slot
+    // modulo, the scale group, the K clamp of every activation pair). The
+    // chunks are refilled in order, so the lean form keeps running state:
+    // the next slot of each ring, the code pointer (+128 uint4 per chunk),
+    // the activation source (+64 halves per chunk; only the last chunk of
+    // K, where pairs can lie past K, and partial token tiles take the
+    // clamped, zero-filling copies above) and 32-bit scale group indices.
+    int w_fill_idx = 0, w_fill_slot = 0;  // next weight chunk (relative) and its slot
+    int a_fill_idx = 0, a_fill_slot = 0;  // next activation chunk and its slot
+    const uint4* w_fill_src = wp + (size_t)c_begin * 128;
+    const u16* a_fill_src = a_warp + (size_t)c_begin * 64 + 2 * lane;
+    const u32 w_dst0 = w_base + tid * 16;
+    const u32 s_dst0 = s_base + tid * 4;
+    const u32 z_dst0 = z_base + tid * 4;
+    const u32 a_dst0 = act_base + pair_off + 16 * warp;
+    const u32 group_stride32 = (u32)group_stride;
+    // Scale / zero-point word of this lane in group 0 (the host checks that
+    // every index of the scale rows fits 32 bits): one IMAD per refill
+    // instead of rematerialising the 64-bit row pointer.
+    const u32 s_off0 = (u32)((tile_valid ? nb : 0) * 8 + g);
+    // Chunks whose 64 columns all lie inside K (no clamp, no zero fill).
+    const int full_k_chunks = K >> 6;
+    auto issue_w_next = [&]() {
+        if (tile_valid) {
+            const int chunk = c_begin + w_fill_idx;
+            cp_async16_cg(w_dst0 + w_fill_slot * (THREADS * 16), w_fill_src);
+            const int k32 = 2 * chunk + (t >> 1);
+            const u32 group = (u32)(group_shift >= 0 ? k32 >> group_shift : k32 / group_k32);
+            const u32 gi = group * group_stride32 + s_off0;
+            cp_async4(s_dst0 + w_fill_slot * (THREADS * 4), S + gi);
+            if (HAS_Z) cp_async4(z_dst0 + w_fill_slot * (THREADS * 4), Z + gi);
+        }
+        w_fill_src += 128;
+        w_fill_idx++;
+        w_fill_slot = w_fill_slot + 1 == STAGES ? 0 : w_fill_slot + 1;
+    };
+    auto issue_act_next = [&]() {
+        const int chunk = c_begin + a_fill_idx;
+        if (full_block && chunk < full_k_chunks) {
+            if (!probe_no_act) {
+                const u32 dst = a_dst0 + a_fill_slot * L::STAGE;
+#pragma unroll
+                for (int r = 0; r < ROWS_PER_WARP; r++)
+                    if (TOK % WARPS == 0 || warp + WARPS * r < TOK)
+                        cp_async4(dst + 16 * WARPS * r, a_fill_src + r * warp_stride);
+            }
+        } else {
+            issue_act(a_fill_slot, chunk);
+        }
+        a_fill_src += 64;
+        a_fill_idx++;
+        a_fill_slot = a_fill_slot + 1 == STAGES ? 0 : a_fill_slot + 1;
+    };
+
     float acc[TOK / 2];
 #pragma unroll
     for (int i = 0; i < TOK / 2; i++) acc[i] = 0.0f;
@@ -268,22 +327,25 @@ __device__ __forceinline__ void w4a16_wgmma_body(
         // activations of chunk it + act_ahead and the weights of chunk
         // it + PREFETCH; chunk it is then complete with act_ahead - 1 newer
         // groups in flight (the wait in `step`).
-        if (flags & W4G_WEIGHTS_BEFORE_WAIT) {
+        if (!(flags & W4G_WEIGHTS_BEFORE_WAIT)) w4g_pdl_enter();
+        if constexpr (S8_LOOP) {
 #pragma unroll 1
             for (int s = 0; s < PREFETCH; s++)
                 if (s < n_my) issue_w(s, c_begin + s);
-            cp_async_commit();
-            w4g_pdl_enter();
         } else {
-            w4g_pdl_enter();
 #pragma unroll 1
             for (int s = 0; s < PREFETCH; s++)
-                if (s < n_my) issue_w(s, c_begin + s);
-            cp_async_commit();
+                if (s < n_my) issue_w_next();
         }
+        cp_async_commit();
+        if (flags & W4G_WEIGHTS_BEFORE_WAIT) w4g_pdl_enter();
 #pragma unroll 1
         for (int s = 0; s < act_ahead; s++) {
-            if (s < n_my) issue_act(s, c_begin + s);
+            if constexpr (S8_LOOP) {
+                if (s < n_my) issue_act(s, c_begin + s);
+            } else {
+                if (s < n_my) issue_act_next();
+            }
             cp_async_commit();
         }
     }
@@ -291,8 +353,24 @@ __device__ __forceinline__ void w4a16_wgmma_body(
     // One chunk: wait for its copies, barrier, refill the slot of chunk
     // it - 2, dequantise into `frag`, 4 wgmma, wait until <= 1 group of this
     // warpgroup is in flight.
+    // Ring slot of the chunk consumed next (lean form: a running counter).
+    int use_slot = 0;
+    // Shared-memory descriptor of slot 0, k16 step 0, as its two 32-bit
+    // words; a slot or step adds its byte offset / 16 to the low word (the
+    // whole ring lies below 2^18 bytes, so the 14-bit start field never
+    // carries into the leading-byte-offset field): one 32-bit add per
+    // wgmma instead of a 64-bit one.
+    const unsigned long long desc0 = smem_desc(act_base, L::LBO, 128);
+    const u32 desc0_lo = (u32)desc0;
+    const unsigned long long desc0_hi = desc0 & 0xFFFFFFFF00000000ull;
     auto step = [&](int it, u32 (&frag)[4][4]) {
-        const int slot = it % STAGES;
+        int slot;
+        if constexpr (LEGACY || S8_LOOP) {
+            slot = it % STAGES;
+        } else {
+            slot = use_slot;
+            use_slot = use_slot + 1 == STAGES ? 0 : use_slot + 1;
+        }
         if (LEGACY || act_ahead == PREFETCH)
             cp_async_wait<PREFETCH - 1>();
         else
@@ -305,9 +383,13 @@ __device__ __forceinline__ void w4a16_wgmma_body(
         // later, never earlier (act_ahead <= PREFETCH = STAGES - 2).
         if constexpr (LEGACY) {
             if (it + PREFETCH < n_my) issue((it + PREFETCH) % STAGES, c_begin + it + PREFETCH);
-        } else {
+        } else if constexpr (S8_LOOP) {
             if (it + act_ahead < n_my) issue_act((it + act_ahead) % STAGES, c_begin + it + act_ahead);
             if (it + PREFETCH < n_my) issue_w((it + PREFETCH) % STAGES, c_begin + it + PREFETCH);
+        } else {
+            // a_fill_idx == it + act_ahead, w_fill_idx == it + PREFETCH here.
+            if (a_fill_idx < n_my) issue_act_next();
+            if (w_fill_idx < n_my) issue_w_next();
         }
         cp_async_commit();
         if (!tile_valid || probe_no_mma) return;
@@ -333,13 +415,20 @@ __device__ __forceinline__ void w4a16_wgmma_body(
             frag[j][2] = b[0][1];
             frag[j][3] = b[1][1];
         }
-        const u32 stage_addr = act_base + slot * L::STAGE;
 #pragma unroll
         for (int i = 0; i < TOK / 2; i++) fence_operand(acc[i]);
         wgmma_fence();
+        if constexpr (LEGACY || S8_LOOP) {
+            const u32 stage_addr = act_base + slot * L::STAGE;
 #pragma unroll
-        for (int j = 0; j < 4; j++)
-            wgmma_rs<TOK>(acc, frag[j], smem_desc(stage_addr + j * L::SJ, L::LBO, 128), 1);
+            for (int j = 0; j < 4; j++)
+                wgmma_rs<TOK>(acc, frag[j], smem_desc(stage_addr + j * L::SJ, L::LBO, 128), 1);
+        } else {
+            const u32 stage_lo = desc0_lo + ((slot * L::STAGE) >> 4);
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                wgmma_rs<TOK>(acc, frag[j], desc0_hi | (unsigned long long)(stage_lo + ((j * L::SJ) >> 4)), 1);
+        }
         wgmma_commit();
 #pragma unroll
         for (int i = 0; i < TOK / 2; i++) fence_operand(acc[i]);
@@ -489,14 +578,14 @@ __device__ __forceinline__ void w4a16_wgmma_body(
     if (tid == 0) tickets[ticket_idx] = 0u;
 }
 
-#define W4A16_WGMMA_ENTRY(NAME, TOK, NWG, STAGES, HAS_Z, MIN_BLOCKS) W4A16_WGMMA_ENTRY_L(NAME, TOK, NWG, STAGES, HAS_Z, MIN_BLOCKS, false)
-#define W4A16_WGMMA_ENTRY_L(NAME, TOK, NWG, STAGES, HAS_Z, MIN_BLOCKS, LEGACY)                   \
+#define W4A16_WGMMA_ENTRY(NAME, TOK, NWG, STAGES, HAS_Z, MIN_BLOCKS) W4A16_WGMMA_ENTRY_L(NAME, TOK, NWG, STAGES, HAS_Z, MIN_BLOCKS, false, false)
+#define W4A16_WGMMA_ENTRY_L(NAME, TOK, NWG, STAGES, HAS_Z, MIN_BLOCKS, LEGACY, S8_LOOP)          \
     extern "C" __global__ void __launch_bounds__(NWG * 128, MIN_BLOCKS) NAME(                     \
         const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
         u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
         int group_k32, int splits, int flags) {                                                   \
-        w4a16_wgmma_body<TOK, NWG, STAGES, HAS_Z, MIN_BLOCKS, LEGACY>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad,    \
+        w4a16_wgmma_body<TOK, NWG, STAGES, HAS_Z, MIN_BLOCKS, LEGACY, S8_LOOP>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad, \
                                              k_chunks, group_k32, splits, flags);              \
     }
 
@@ -526,14 +615,24 @@ W4A16_WGMMA_ENTRY(w4a16_wgmma_t128w2dz, 128, 2, 10, true, 1)
 // same-run A/Bs (`MARLIN_WGMMA_LEGACY_TAIL=1`; zero-point weights keep the
 // current entries). Only in the diagnostic module (DIAG_MODULE in
 // src/int4/wgmma.rs).
-W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t32w2_e0, 32, 2, 8, false, 2, true)
-W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t64w2_e0, 64, 2, 6, false, 2, true)
-W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t64w4_e0, 64, 4, 6, false, 1, true)
-W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t128w2_e0, 128, 2, 6, false, 1, true)
-W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t128w3_e0, 128, 3, 6, false, 1, true)
-W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t32w2d_e0, 32, 2, 16, false, 1, true)
-W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t64w2d_e0, 64, 2, 14, false, 1, true)
-W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t128w2d_e0, 128, 2, 10, false, 1, true)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t32w2_e0, 32, 2, 8, false, 2, true, false)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t64w2_e0, 64, 2, 6, false, 2, true, false)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t64w4_e0, 64, 4, 6, false, 1, true, false)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t128w2_e0, 128, 2, 6, false, 1, true, false)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t128w3_e0, 128, 3, 6, false, 1, true, false)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t32w2d_e0, 32, 2, 16, false, 1, true, false)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t64w2d_e0, 64, 2, 14, false, 1, true, false)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t128w2d_e0, 128, 2, 10, false, 1, true, false)
+// Session 8's refill code (before change 52b's lean refills) of the
+// symmetric entries, for same-run A/Bs (`MARLIN_WGMMA_S8_LOOP=1`).
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t32w2_s8, 32, 2, 8, false, 2, false, true)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t64w2_s8, 64, 2, 6, false, 2, false, true)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t64w4_s8, 64, 4, 6, false, 1, false, true)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t128w2_s8, 128, 2, 6, false, 1, false, true)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t128w3_s8, 128, 3, 6, false, 1, false, true)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t32w2d_s8, 32, 2, 16, false, 1, false, true)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t64w2d_s8, 64, 2, 14, false, 1, false, true)
+W4A16_WGMMA_ENTRY_L(w4a16_wgmma_t128w2d_s8, 128, 2, 10, false, 1, false, true)
 #endif  // W4G_DIAG_ENTRIES
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
