@@ -23,7 +23,9 @@
 //   bank groups, so the 32 pair copies of one warp instruction hit 32
 //   different banks.
 // - Pipeline: STAGES ring of (activation tile + each lane's 16 B of codes
-//   and 4 B scale) filled by cp.async, PREFETCH = STAGES - 2 chunks ahead;
+//   and 4 B scale) filled by cp.async in chunk order (running slots and
+//   source pointers: the lean refills of change 52b), PREFETCH = STAGES - 2
+//   chunks ahead;
 //   per chunk: wait, fence.proxy.async, block barrier, refill the slot of
 //   chunk it-2 (its wgmma retired: every warpgroup waited for it before this
 //   barrier), dequantise (lop3 + 0x6400 magic, one fma.f16x2 for scale and
@@ -43,8 +45,9 @@
 // Two modules are built from this source (src/int4/wgmma.rs): the
 // production one (the entries used by the library) and, with
 // W4G_DIAG_ENTRIES defined, one holding only the session-6 LEGACY entries
-// (`_e0`, same-run A/Bs), compiled and loaded only when
-// `MARLIN_WGMMA_LEGACY_TAIL=1` (or a test's override) selects them.
+// (`_e0`) and session 8's refill code (`_s8`, change 52b), for same-run
+// A/Bs, compiled and loaded only when `MARLIN_WGMMA_LEGACY_TAIL=1` /
+// `MARLIN_WGMMA_S8_LOOP=1` (or a test's override) selects them.
 
 #include "marlin_common.cuh"
 
