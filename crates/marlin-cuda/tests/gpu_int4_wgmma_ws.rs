@@ -10,11 +10,15 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{bit_identical, fresh_seed, random_problem, rel_l2_all_finite, Case, REL_L2_TOL};
+use common::{
+    bit_identical, fresh_seed, problem_from_quant, random_problem, rel_l2_all_finite, Case,
+    Problem, REL_L2_TOL,
+};
 use half::f16;
 use marlin_cuda::int4::gemm::{
     int4_gemm, int4_gemm_prepared, GemmOptions, GemmPath, GemmWorkspace,
 };
+use marlin_cuda::int4::random::random_int4;
 use marlin_cuda::int4::wgmma_ws::ws_supported;
 use marlin_cuda::CudaDevice;
 
@@ -24,6 +28,8 @@ const VARIANT_ENV: &str = "MARLIN_WGMMA_WS_VARIANT";
 const STREAM_K_ENV: &str = "MARLIN_WGMMA_WS_STREAMK";
 /// Forced number of stream-K blocks.
 const SK_BLOCKS_ENV: &str = "MARLIN_WGMMA_WS_SK_BLOCKS";
+/// The split-K form's subnormal dequantisation (`_n` entries), on unless 0.
+const SUBNORMAL_ENV: &str = "MARLIN_WGMMA_WS_SUBNORMAL";
 
 /// The device, or None (test skipped) without a GPU or without sm_90.
 fn hopper() -> Option<Arc<CudaDevice>> {
@@ -273,4 +279,121 @@ fn wgmma_ws_prepared_gemm_records_in_a_cuda_graph() {
     common::check_prepared_in_cuda_graph(&dev, 384, 2048, &cases);
     std::env::remove_var(STREAM_K_ENV);
     println!("PASS wgmma-ws prepared GEMM M={ms:?} (split-K, then stream-K) recorded in a CUDA graph, replayed twice");
+}
+
+/// One forced warp-specialised launch of `p` with the subnormal
+/// dequantisation on or off (split-K form, automatic variant): the output
+/// (NaN-poisoned before), checked against the f64 reference, and the
+/// kernel that ran.
+fn run_subnormal(
+    dev: &Arc<CudaDevice>,
+    ws: &mut GemmWorkspace,
+    p: &Problem,
+    m: usize,
+    splits: Option<usize>,
+    subnormal: bool,
+    what: &str,
+) -> (Vec<f16>, &'static str) {
+    std::env::set_var(SUBNORMAL_ENV, if subnormal { "1" } else { "0" });
+    let n = p.weight.n;
+    let mut c = dev.alloc_zeros::<f16>("C", m * n).expect("alloc C");
+    dev.write(&mut c, &vec![f16::NAN; m * n]).expect("poison");
+    let opts = GemmOptions {
+        path: GemmPath::WgmmaWs,
+        splits,
+    };
+    let plan = int4_gemm(dev, &p.a, m, &p.weight, &mut c, ws, opts).expect("launch");
+    let got = dev.download(&c).expect("download");
+    let label = format!("{what} subnormal={subnormal} {plan:?} seed={}", p.seed);
+    let rel = rel_l2_all_finite(&got, &p.want, n, &label);
+    assert!(rel < REL_L2_TOL, "{label}: rel L2 error {rel:.3e}");
+    println!("PASS int4 wgmma-ws {label} rel_l2={rel:.2e}");
+    (got, plan.kernel)
+}
+
+/// The subnormal dequantisation (docs/CUDA.md change 51): split-K entries
+/// `_n` on f16 weights whose scales fit its exact range. Each case runs
+/// with it and without it (`MARLIN_WGMMA_WS_SUBNORMAL=0`), both against
+/// the f64 reference; symmetric weights must give bit-identical outputs
+/// both ways (the same roundings, scaled by 2^-m). Cases: M = 257 and
+/// 1000, groups 32 / 64 / 128 / per channel, zero points, forced splits,
+/// K not a multiple of 64; then scales at the edges of the exact range
+/// (taken), just past them and far below (refused: the two-step entries
+/// run), and large scales (shift 14).
+#[test]
+fn wgmma_ws_subnormal_dequant_matches_two_step() {
+    let Some(dev) = hopper() else { return };
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    std::env::set_var(STREAM_K_ENV, "0");
+    let cases: [Case; 8] = [
+        (257, 328, 2048, 128, false, None),
+        (1000, 256, 2048, 128, false, None),
+        (257, 200, 1000, 128, true, None),
+        (257, 256, 1536, 64, false, Some(3)),
+        (1000, 200, 990, 32, true, Some(2)),
+        (257, 256, 999, 0, false, Some(2)),
+        (300, 256, 2048, 0, true, None),
+        (1000, 328, 1024, 64, true, None),
+    ];
+    for case in cases {
+        let (m, n, k, group, asym, splits) = case;
+        let p = random_problem(&dev, (m, n, k, group, asym), fresh_seed(), 0x5A5A);
+        // random_int4's scales lie in [0.002, 0.022): shift 3.
+        assert_eq!(p.weight.subnormal_shift(), Some(3), "{case:?}");
+        let what = format!("{case:?}");
+        let (new, k_new) = run_subnormal(&dev, &mut ws, &p, m, splits, true, &what);
+        let (old, k_old) = run_subnormal(&dev, &mut ws, &p, m, splits, false, &what);
+        assert!(
+            k_new.ends_with('n') && !k_old.ends_with('n'),
+            "{k_new} / {k_old}"
+        );
+        if !asym {
+            assert!(
+                bit_identical(&new, &old),
+                "{case:?} seed={}: subnormal and two-step outputs differ",
+                p.seed
+            );
+        }
+    }
+    // Scale ranges (g128 symmetric, M = 257, N = 256, K = 1024): (scale
+    // f16 bits the draws are spread over, the shift expected).
+    const MAX_AT_3: u16 = 0x27FF; // 65504 * 2^-21: the largest s at shift 3
+    const MIN_AT_3: u16 = 0x1000; // 2^-11: the smallest s at shift 3
+    let ranges: [(&str, u16, u16, Option<i32>); 4] = [
+        ("edges of shift 3", MIN_AT_3, MAX_AT_3, Some(3)),
+        ("one below the edge", MIN_AT_3 - 1, MAX_AT_3, None),
+        ("large [1, 60]", 0x3C00, 0x5380, Some(14)),
+        ("tiny [2^-20, 2^-18]", 0x0010, 0x0040, None),
+    ];
+    for (what, lo, hi, shift) in ranges {
+        let seed = fresh_seed();
+        let mut w = random_int4(256, 1024, 128, false, seed);
+        let count = w.scales.len();
+        for (i, s) in w.scales.iter_mut().enumerate() {
+            // Both edges present, a few zero scales, the rest between.
+            let bits = match i {
+                0 => lo,
+                1 => hi,
+                _ if i % 97 == 5 => 0,
+                _ => {
+                    let draw = (i as u64).wrapping_mul(0x9E37_79B9).wrapping_add(seed);
+                    lo + (draw % u64::from(hi - lo + 1)) as u16
+                }
+            };
+            *s = f16::from_bits(bits).to_f32();
+        }
+        assert!(count > 2);
+        let p = problem_from_quant(&dev, &w, 257, seed, 0x7E7E);
+        assert_eq!(p.weight.subnormal_shift(), shift, "{what}");
+        let (new, k_new) = run_subnormal(&dev, &mut ws, &p, 257, None, true, what);
+        let (old, k_old) = run_subnormal(&dev, &mut ws, &p, 257, None, false, what);
+        assert_eq!(k_new.ends_with('n'), shift.is_some(), "{what}: {k_new}");
+        assert!(!k_old.ends_with('n'), "{what}: {k_old}");
+        assert!(
+            bit_identical(&new, &old),
+            "{what} seed={seed}: subnormal and two-step outputs differ"
+        );
+    }
+    std::env::remove_var(SUBNORMAL_ENV);
+    std::env::remove_var(STREAM_K_ENV);
 }

@@ -16,6 +16,10 @@ fn fill_grid(total: usize) -> u32 {
     total.div_ceil(256).clamp(1, 65_535) as u32
 }
 
+/// Bounds of `w4_random_scales`' f16 scales: [2^-9, 2^-6).
+const RANDOM_SCALE_MIN: f64 = 1.0 / 512.0;
+const RANDOM_SCALE_MAX: f64 = 1.0 / 64.0;
+
 impl Int4Weight {
     /// A random (N, K) symmetric INT4 weight, generated on the GPU: codes
     /// uniform over [-8, 7], one f16 scale per `group_size` along K
@@ -114,6 +118,11 @@ impl Int4Weight {
             words,
             scales,
             neg_zero_scales: None,
+            // Every scale lies in [2^-9, 2^-6) (w4_random_scales).
+            subnormal_shift: super::wgmma_ws::subnormal_shift_for_range(
+                RANDOM_SCALE_MIN,
+                RANDOM_SCALE_MAX,
+            ),
         })
     }
 

@@ -144,6 +144,10 @@ pub struct Int4Weight {
     pub(super) words: CudaSlice<u32>,  // (n_pad/16, k_pad/64, 32, 4)
     pub(super) scales: CudaSlice<u32>, // (groups, n_pad/16, 8) f16x2
     pub(super) neg_zero_scales: Option<CudaSlice<u32>>,
+    /// Shift m of the warp-specialised kernel's subnormal dequantisation
+    /// (`wgmma_ws::subnormal_shift`): Some where every scale (and
+    /// `-zero*scale`) lets it round exactly as the two-step form.
+    pub(super) subnormal_shift: Option<i32>,
 }
 
 impl Int4Weight {
@@ -164,7 +168,10 @@ impl Int4Weight {
                 p.group_size, p.groups, p.k_pad
             )));
         }
+        let subnormal_shift =
+            super::wgmma_ws::subnormal_shift(&p.scales, p.neg_zero_scales.as_deref());
         Ok(Self {
+            subnormal_shift,
             n: p.n,
             k: p.k,
             n_pad: p.n_pad,
@@ -188,6 +195,14 @@ impl Int4Weight {
     /// Scale group size along K (per channel: K rounded up to 64).
     pub fn group_size(&self) -> usize {
         32 * self.group_k32
+    }
+
+    /// The shift m of the warp-specialised kernel's subnormal
+    /// dequantisation (docs/CUDA.md change 51), or None where the weight's
+    /// scales fall outside its exact range (the kernel then dequantises
+    /// as before).
+    pub fn subnormal_shift(&self) -> Option<i32> {
+        self.subnormal_shift
     }
 }
 

@@ -333,6 +333,102 @@ pub fn ws_variant(m: usize, w: &Int4Weight, sm_count: usize) -> (WsVariant, usiz
     best.map_or((VARIANTS[3], 1), |(_, v, s)| (v, s))
 }
 
+/// Largest magnitude of an f16 (65504).
+const F16_MAX: f64 = 65504.0;
+/// Smallest normal f16 magnitude (2^-14).
+const F16_MIN_NORMAL: f64 = 1.0 / 16384.0;
+/// Shifts the kernel can build its constants for: 2^(12-m) normal and
+/// 2^-m at least the smallest subnormal (`ws_f16_pow2`).
+const SUBNORMAL_SHIFTS: std::ops::RangeInclusive<i32> = -3..=24;
+
+/// The shift m of the subnormal dequantisation (`_n` entries, f16; docs/
+/// CUDA.md change 51) for nonzero scale magnitudes within [min_abs,
+/// max_abs]: the smallest m with max_abs * 2^(24-m) <= 65504 (the low
+/// nibbles' multiplier, a finite f16), provided min_abs * 2^-m >= 2^-14
+/// (every product (u - z) * s * 2^-m with u != z, and the addends, normal
+/// f16: rounded exactly as the two-step dequantisation rounds (u - z) * s).
+/// None: no such m (scales spread over more than 2^6, or out of the
+/// shifts the kernel builds).
+pub(super) fn subnormal_shift_for_range(min_abs: f64, max_abs: f64) -> Option<i32> {
+    if !(min_abs.is_finite() && max_abs.is_finite()) || min_abs <= 0.0 || max_abs < min_abs {
+        return None;
+    }
+    let m = SUBNORMAL_SHIFTS
+        .clone()
+        .find(|&m| max_abs * 2f64.powi(24 - m) <= F16_MAX)?;
+    (min_abs * 2f64.powi(-m) >= F16_MIN_NORMAL).then_some(m)
+}
+
+/// [`subnormal_shift_for_range`] of a packed weight's f16x2 scale words
+/// and `-zero*scale` words (zeros are skipped: a zero scale or a zero
+/// point of 0 stays exact at any shift); None if any is not finite. All
+/// zeros: shift 0.
+pub(super) fn subnormal_shift(scales: &[u32], neg_zero_scales: Option<&[u32]>) -> Option<i32> {
+    // Magnitudes of finite f16 order as their bit patterns.
+    let halves = |words: &'_ [u32]| -> Option<(u16, u16)> {
+        let (mut lo, mut hi) = (u16::MAX, 0u16);
+        for &w in words {
+            for h in [w as u16, (w >> 16) as u16] {
+                let mag = h & 0x7FFF;
+                if mag >= 0x7C00 {
+                    return None;
+                }
+                if mag != 0 {
+                    lo = lo.min(mag);
+                    hi = hi.max(mag);
+                }
+            }
+        }
+        Some((lo, hi))
+    };
+    let (s_lo, s_hi) = halves(scales)?;
+    let (z_lo, z_hi) = match neg_zero_scales {
+        Some(z) => halves(z)?,
+        None => (u16::MAX, 0),
+    };
+    if s_hi == 0 {
+        // Every scale zero: the output is zero at any shift.
+        return Some(0);
+    }
+    let value = |bits: u16| f64::from(half::f16::from_bits(bits).to_f32());
+    let m = subnormal_shift_for_range(value(s_lo.min(z_lo)), value(s_hi))?;
+    // The addends -z*s*2^-m stay finite (at most 15 s: far below).
+    (z_hi == 0 || value(z_hi) * 2f64.powi(-m) <= F16_MAX).then_some(m)
+}
+
+/// Measurement knob, read at every call: `MARLIN_WGMMA_WS_SUBNORMAL=0`
+/// keeps the split-K form on the two-step dequantisation (the entries
+/// without `n`) where the subnormal one (change 51) would be taken.
+fn subnormal_enabled() -> bool {
+    match std::env::var("MARLIN_WGMMA_WS_SUBNORMAL") {
+        Ok(v) if v.trim() == "0" => false,
+        Ok(v) if v.trim() == "1" || v.trim().is_empty() => true,
+        Ok(v) => {
+            static WARNED: OnceLock<()> = OnceLock::new();
+            WARNED.get_or_init(|| {
+                eprintln!("marlin: ignoring MARLIN_WGMMA_WS_SUBNORMAL={v:?} (expected 0 or 1)")
+            });
+            true
+        }
+        Err(_) => true,
+    }
+}
+
+/// The subnormal-dequantisation entry of a production split-K entry.
+fn subnormal_entry(kernel: &str) -> Option<&'static str> {
+    Some(match kernel {
+        "w4a16_ws_t64x1" => "w4a16_ws_t64x1n",
+        "w4a16_ws_t64x2" => "w4a16_ws_t64x2n",
+        "w4a16_ws_t128x1" => "w4a16_ws_t128x1n",
+        "w4a16_ws_t128x2" => "w4a16_ws_t128x2n",
+        "w4a16_ws_t64x1z" => "w4a16_ws_t64x1zn",
+        "w4a16_ws_t64x2z" => "w4a16_ws_t64x2zn",
+        "w4a16_ws_t128x1z" => "w4a16_ws_t128x1zn",
+        "w4a16_ws_t128x2z" => "w4a16_ws_t128x2zn",
+        _ => return None,
+    })
+}
+
 /// Test and tuning switch: `MARLIN_WGMMA_WS_STREAMK=1` takes the stream-K
 /// form (`w4a16_wsk_*`, persistent grid) and `=0` the split-K form
 /// wherever no split factor is forced; unset, [`ws_stream_k`] decides.
@@ -573,6 +669,9 @@ pub(super) struct WsCall {
     pub stream_k_blocks: Option<usize>,
     /// Activation type of the call (module of both kernels).
     pub act: Act,
+    /// The split-K kernel's `subn_m` argument: the subnormal
+    /// dequantisation's shift on `_n` entries, 0 (ignored) on the others.
+    pub subn_m: i32,
 }
 
 pub(super) fn resolve(
@@ -588,8 +687,17 @@ pub(super) fn resolve(
             "the warp-specialised wgmma INT4 GEMM needs compute capability 9.0 (sm_90a), device has {major}.{minor}"
         )));
     }
-    let plan = ws_plan(m, w, dev.sm_count(), splits);
+    let mut plan = ws_plan(m, w, dev.sm_count(), splits);
     let stream_k = splits.is_none() && ws_stream_k(m, w, dev.sm_count());
+    // f16 split-K calls on weights whose scales allow it take the subnormal
+    // dequantisation (bf16 has no such entries: 7 mantissa bits).
+    let mut subn_m = 0;
+    if let (Act::F16, false, Some(shift)) = (act, stream_k, w.subnormal_shift) {
+        if let Some(entry) = subnormal_entry(plan.kernel).filter(|_| subnormal_enabled()) {
+            plan.kernel = entry;
+            subn_m = shift;
+        }
+    }
     let variant = if stream_k {
         ws_stream_k_variant(m, w, dev.sm_count())
     } else {
@@ -650,6 +758,7 @@ pub(super) fn resolve(
         staged,
         stream_k_blocks,
         act,
+        subn_m,
     })
 }
 
@@ -767,8 +876,13 @@ pub(super) fn launch<T: ActDtype>(
         .arg(&k_chunks_i32)
         .arg(&group_k32_i32)
         .arg(&splits_i32);
-    // SAFETY: argument types and order match W4A16_WS_ENTRY and
-    // W4A16_WSK_ENTRY (same list, the last one m_blocks there); the staged
+    if call.stream_k_blocks.is_none() {
+        launch.arg(&call.subn_m);
+    }
+    // SAFETY: argument types and order match W4A16_WS_ENTRY_X (split-K,
+    // with subn_m) and W4A16_WSK_ENTRY (the same list without subn_m, the
+    // last one m_blocks there); an `_n` entry gets the shift its weight's
+    // scales were checked for (`subnormal_shift`); the staged
     // image covers m_blocks x k_chunks tiles; partials >= splits x blocks x
     // tile and tickets >= blocks were checked above; the packed buffers cover
     // n_pad x k_chunks (the repack); C >= M*N was checked by the caller;
@@ -783,7 +897,78 @@ pub(super) fn launch<T: ActDtype>(
 
 #[cfg(test)]
 mod tests {
-    use super::{choose_splits, DIAG_KERNELS, SMEM_LIMIT, SOURCE, VARIANTS};
+    use super::{
+        choose_splits, subnormal_entry, subnormal_shift, subnormal_shift_for_range, DIAG_KERNELS,
+        SMEM_LIMIT, SOURCE, VARIANTS,
+    };
+
+    /// The subnormal dequantisation's shift: the smallest m whose low-nibble
+    /// multiplier s * 2^(24-m) is a finite f16, refused where the smallest
+    /// scale would make a product subnormal or m leaves -3..=24.
+    #[test]
+    fn subnormal_shift_bounds() {
+        // random_int4: [0.002, 0.022) -> 3; random_on_device: [2^-9, 2^-6) -> 3.
+        assert_eq!(subnormal_shift_for_range(0.002, 0.022), Some(3));
+        assert_eq!(subnormal_shift_for_range(1.0 / 512.0, 1.0 / 64.0), Some(3));
+        // Edges of shift 3: max 65504 * 2^-21, min 2^-11.
+        let max3 = 65504.0 * 2f64.powi(-21);
+        assert_eq!(subnormal_shift_for_range(2f64.powi(-11), max3), Some(3));
+        // Past it: shift 4, whose smallest scale is 2^-10.
+        assert_eq!(
+            subnormal_shift_for_range(2f64.powi(-11), max3 * 1.001),
+            None
+        );
+        assert_eq!(
+            subnormal_shift_for_range(2f64.powi(-10), max3 * 1.001),
+            Some(4)
+        );
+        assert_eq!(
+            subnormal_shift_for_range(2f64.powi(-11) * 0.999, max3),
+            None
+        );
+        // A spread over more than 2^6 is refused at any shift.
+        assert_eq!(subnormal_shift_for_range(0.0001, 0.022), None);
+        // Large and tiny scales: shift 14; below m = -3 refused.
+        assert_eq!(subnormal_shift_for_range(1.0, 60.0), Some(14));
+        assert_eq!(
+            subnormal_shift_for_range(2f64.powi(-20), 2f64.powi(-18)),
+            None
+        );
+        assert_eq!(subnormal_shift_for_range(0.0, 1.0), None);
+        assert_eq!(subnormal_shift_for_range(f64::NAN, 1.0), None);
+        // Packed words: zeros skipped, all zero -> 0, inf / NaN refused,
+        // zero points count towards the smallest magnitude.
+        let pair = |lo: u16, hi: u16| u32::from(lo) | (u32::from(hi) << 16);
+        let (s_lo, s_hi) = (0x1000u16, 0x27FFu16); // 2^-11, 65504 * 2^-21
+        assert_eq!(
+            subnormal_shift(&[pair(s_lo, 0), pair(s_hi, 0x8000 | s_lo)], None),
+            Some(3)
+        );
+        assert_eq!(subnormal_shift(&[0, 0], None), Some(0));
+        assert_eq!(subnormal_shift(&[pair(s_lo, 0x7C00)], None), None);
+        assert_eq!(subnormal_shift(&[pair(s_lo, 0x7E00)], None), None);
+        assert_eq!(
+            subnormal_shift(&[pair(s_lo, s_hi)], Some(&[pair(0, 0x0FFF)])),
+            None
+        );
+        assert_eq!(
+            subnormal_shift(&[pair(s_lo, s_hi)], Some(&[pair(0, 0x2000)])),
+            Some(3)
+        );
+        // Every production split-K entry has its `_n` form, nothing else.
+        for v in VARIANTS {
+            for z in [false, true] {
+                let k = v.kernel(z);
+                assert_eq!(
+                    subnormal_entry(k).map(|n| n.strip_suffix('n')),
+                    Some(Some(k)),
+                    "{k}"
+                );
+                assert!(SOURCE.contains(&format!("W4A16_WS_ENTRY_X({k}n,")), "{k}");
+            }
+            assert_eq!(subnormal_entry(v.stream_k_kernel(false)), None);
+        }
+    }
 
     /// Every variant fits the sm_90 opt-in shared-memory limit with and
     /// without zero points (one block per SM).

@@ -89,6 +89,59 @@ __device__ __forceinline__ void ws_dequant(u32 q, u32 s0, u32 s1, u32 z0, u32 z1
 }
 #endif
 
+// Subnormal dequantisation (f16 only; docs/CUDA.md change 51): the masked
+// nibbles ARE f16 values without any magic offset, subnormals
+// x = u * 2^-24 (bits 0-3 of each half) or 16u * 2^-24 (bits 4-7), so one
+// fma per f16x2 gives (u - z) * s * 2^-m exactly as the two-step form
+// rounds (u - z) * s (one rounding of the same exact value, scaled by a
+// power of two): multiplier s * 2^(24-m) (low nibbles) or s * 2^(20-m)
+// (high), addend -z * s * 2^-m. 9 instructions per code word instead of 13.
+// The host picks m per weight (`Int4Weight::subnormal_shift`) so that every
+// nonzero |scale| * 2^-m lies in [2^-14, 65504 * 2^-24]: the multipliers
+// are finite f16 and every product (u - z) * s * 2^-m with u != z is a
+// normal f16, so nothing rounds differently from the two-step form; the
+// accumulators are multiplied by 2^m once at the end (exact in fp32).
+// sl, sh, zz: (row g, row g+8) pairs; halves taken with .h0 / .h1 so that
+// ptxas can use HFMA2's operand swizzles instead of separate duplications.
+__device__ __forceinline__ u32 ws_hfma2_lo(u32 a, u32 b, u32 c) {
+    u32 r;
+    asm("{ .reg .b16 bl, bh, cl, ch; .reg .b32 bb, cc;\n"
+        "mov.b32 {bl, bh}, %2; mov.b32 bb, {bl, bl};\n"
+        "mov.b32 {cl, ch}, %3; mov.b32 cc, {cl, cl};\n"
+        "fma.rn.f16x2 %0, %1, bb, cc; }"
+        : "=r"(r)
+        : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+__device__ __forceinline__ u32 ws_hfma2_hi(u32 a, u32 b, u32 c) {
+    u32 r;
+    asm("{ .reg .b16 bl, bh, cl, ch; .reg .b32 bb, cc;\n"
+        "mov.b32 {bl, bh}, %2; mov.b32 bb, {bh, bh};\n"
+        "mov.b32 {cl, ch}, %3; mov.b32 cc, {ch, ch};\n"
+        "fma.rn.f16x2 %0, %1, bb, cc; }"
+        : "=r"(r)
+        : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+__device__ __forceinline__ u32 ws_and(u32 a, u32 b) {
+    u32 r;
+    asm("and.b32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+__device__ __forceinline__ void ws_dequant_subn(u32 q, u32 sl, u32 sh, u32 zz, u32 (&f)[4]) {
+    const u32 LO = 0x000F000Fu;
+    const u32 HI = 0x00F000F0u;
+    const u32 q8 = q >> 8;
+    f[0] = ws_hfma2_lo(ws_and(q, LO), sl, zz);
+    f[2] = ws_hfma2_lo(ws_and(q, HI), sh, zz);
+    f[1] = ws_hfma2_hi(ws_and(q8, LO), sl, zz);
+    f[3] = ws_hfma2_hi(ws_and(q8, HI), sh, zz);
+}
+// f16 bits of 2^e (e in [-24, 15]; subnormal below -14).
+__device__ __forceinline__ u32 ws_f16_pow2(int e) {
+    return e >= -14 ? (u32)(e + 15) << 10 : 1u << (e + 24);
+}
+
 __device__ __forceinline__ uint4 ws_ld_shared_v4(u32 addr) {
     uint4 v;
     asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
@@ -289,7 +342,9 @@ __device__ __forceinline__ void ws_stage_body(const u16* __restrict__ A, uint4* 
 // on this skeleton), 5 (`_pr`) = register A as now but the raw code words
 // (no dequantisation ALU work), 6 (`_pcs`) / 7 (`_pcr`) = 4 / 5 with the
 // producer of probe 2 (no copies after the first ring).
-template <int TOK, int TPW, int STAGES, bool HAS_Z, int PROBE>
+// SUBN (f16, PROBE 0 only): the subnormal dequantisation above with shift
+// subn_m (ignored otherwise).
+template <int TOK, int TPW, int STAGES, bool HAS_Z, int PROBE, bool SUBN>
 __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged activations
                                         const uint4* __restrict__ W,   // packed codes
                                         const u32* __restrict__ S,     // (groups, n_pad/16, 8) f16x2
@@ -297,7 +352,12 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                                         u16* __restrict__ C,           // (M, N) f16
                                         float* __restrict__ partials,  // split-K slots [split][block (x, y)][SLOT_F4] float4 (PROBE 3: (splits, M, n_pad) fp32)
                                         u32* __restrict__ tickets,     // (gridDim.y * gridDim.x)
-                                        int M, int N, int n_pad, int k_chunks, int group_k32, int splits) {
+                                        int M, int N, int n_pad, int k_chunks, int group_k32, int splits,
+                                        int subn_m) {
+    static_assert(!SUBN || PROBE == 0, "subnormal dequantisation: production entries only");
+#ifdef MARLIN_ACT_BF16
+    static_assert(!SUBN, "subnormal dequantisation: f16 only");
+#endif
     constexpr int TILES = 2 * TPW;            // 64-column tiles per block
     constexpr u32 ACT_BYTES = TOK * 128;      // one 64-chunk x TOK tokens
     constexpr u32 W_BYTES = TILES * 2048;     // codes of the block's tiles
@@ -408,6 +468,10 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
         for (int p = 0; p < TPW; p++)
 #pragma unroll
             for (int i = 0; i < TOK / 2; i++) acc[p][i] = 0.0f;
+        // SUBN constants: (2^(12-m), 2^(12-m)) and (2^-m, 2^-m) as f16x2
+        // (m in [-3, 24]: the host checks).
+        const u32 subn_k = SUBN ? ws_f16_pow2(12 - subn_m) * 0x10001u : 0u;
+        const u32 subn_kz = SUBN ? ws_f16_pow2(-subn_m) * 0x10001u : 0u;
 
         auto compute_step = [&](int i, u32 (&frag)[TPW][4][4]) {
             const int slot = i % STAGES;
@@ -423,6 +487,25 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                         frag[p][j][2] = q.z;
                         frag[p][j][3] = q.w;
                     }
+                    continue;
+                }
+                if constexpr (SUBN) {
+                    // t = s * 2^(12-m): both multipliers and the symmetric
+                    // addend from it (every product exact, see above).
+                    const u32 sc = ws_ld_shared_u32(s0 + slot * S_BYTES + s_lane + p * 128);
+                    const u32 tq = hmul2(sc, subn_k);
+                    const u32 sl = hmul2(tq, 0x6C006C00u);  // * 2^12: s * 2^(24-m)
+                    const u32 sh = hmul2(tq, 0x5C005C00u);  // * 2^8:  s * 2^(20-m)
+                    u32 zz;
+                    if (HAS_Z) {
+                        zz = hmul2(ws_ld_shared_u32(z0 + slot * S_BYTES + s_lane + p * 128), subn_kz);
+                    } else {
+                        zz = hmul2(tq, 0x98009800u);  // * -2^-9: -8 * s * 2^-m
+                    }
+                    ws_dequant_subn(q.x, sl, sh, zz, frag[p][0]);
+                    ws_dequant_subn(q.y, sl, sh, zz, frag[p][1]);
+                    ws_dequant_subn(q.z, sl, sh, zz, frag[p][2]);
+                    ws_dequant_subn(q.w, sl, sh, zz, frag[p][3]);
                     continue;
                 }
                 const u32 sc = scale2_to_act2(ws_ld_shared_u32(s0 + slot * S_BYTES + s_lane + p * 128));
@@ -515,6 +598,14 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
         for (int p = 0; p < TPW; p++)
 #pragma unroll
             for (int x = 0; x < TOK / 2; x++) fence_operand(acc[p][x]);
+        if constexpr (SUBN) {
+            // Undo the 2^-m of the subnormal dequantisation (exact).
+            const float out_scale = ldexpf(1.0f, subn_m);
+#pragma unroll
+            for (int p = 0; p < TPW; p++)
+#pragma unroll
+                for (int x = 0; x < TOK / 2; x++) acc[p][x] *= out_scale;
+        }
 
         if constexpr (PROBE == 3) {
             // Session 6's epilogue (straight-line 2-byte stores, partials
@@ -982,15 +1073,20 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
         ws_stage_body<TOK>(A, out, M, K, k_chunks, units);                                              \
     }
 
-#define W4A16_WS_ENTRY(NAME, TOK, TPW, STAGES, HAS_Z, PROBE)                                            \
+// subn_m: the subnormal dequantisation's shift (SUBN entries, `_n`; the
+// others ignore it).
+#define W4A16_WS_ENTRY_X(NAME, TOK, TPW, STAGES, HAS_Z, PROBE, SUBN)                                    \
     extern "C" __global__ void __launch_bounds__(384, 1) NAME(                                          \
         const uint4* __restrict__ As, const uint4* __restrict__ W, const u32* __restrict__ S,           \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,                   \
-        u32* __restrict__ tickets, int M, int N, int n_pad, int k_chunks, int group_k32, int splits) {  \
+        u32* __restrict__ tickets, int M, int N, int n_pad, int k_chunks, int group_k32, int splits,    \
+        int subn_m) {                                                                                   \
         pdl_trigger();                                                                                  \
-        ws_body<TOK, TPW, STAGES, HAS_Z, PROBE>(As, W, S, Z, C, partials, tickets, M, N, n_pad,         \
-                                                k_chunks, group_k32, splits);                           \
+        ws_body<TOK, TPW, STAGES, HAS_Z, PROBE, SUBN>(As, W, S, Z, C, partials, tickets, M, N, n_pad,   \
+                                                      k_chunks, group_k32, splits, subn_m);             \
     }
+#define W4A16_WS_ENTRY(NAME, TOK, TPW, STAGES, HAS_Z, PROBE) \
+    W4A16_WS_ENTRY_X(NAME, TOK, TPW, STAGES, HAS_Z, PROBE, false)
 
 #ifndef WS_DIAG_ENTRIES
 W4A16_WS_STAGE_ENTRY(w4a16_ws_stage_t64, 64)
@@ -1006,6 +1102,17 @@ W4A16_WS_ENTRY(w4a16_ws_t64x1z, 64, 1, 12, true, 0)
 W4A16_WS_ENTRY(w4a16_ws_t64x2z, 64, 2, 10, true, 0)
 W4A16_WS_ENTRY(w4a16_ws_t128x1z, 128, 1, 8, true, 0)
 W4A16_WS_ENTRY(w4a16_ws_t128x2z, 128, 2, 8, true, 0)
+#ifndef MARLIN_ACT_BF16
+// Subnormal dequantisation (f16 only; docs/CUDA.md change 51): `_n`.
+W4A16_WS_ENTRY_X(w4a16_ws_t64x1n, 64, 1, 12, false, 0, true)
+W4A16_WS_ENTRY_X(w4a16_ws_t64x2n, 64, 2, 10, false, 0, true)
+W4A16_WS_ENTRY_X(w4a16_ws_t128x1n, 128, 1, 8, false, 0, true)
+W4A16_WS_ENTRY_X(w4a16_ws_t128x2n, 128, 2, 8, false, 0, true)
+W4A16_WS_ENTRY_X(w4a16_ws_t64x1zn, 64, 1, 12, true, 0, true)
+W4A16_WS_ENTRY_X(w4a16_ws_t64x2zn, 64, 2, 10, true, 0, true)
+W4A16_WS_ENTRY_X(w4a16_ws_t128x1zn, 128, 1, 8, true, 0, true)
+W4A16_WS_ENTRY_X(w4a16_ws_t128x2zn, 128, 2, 8, true, 0, true)
+#endif
 
 #define W4A16_WSK_ENTRY(NAME, TOK, TPW, STAGES, HAS_Z)                                                  \
     extern "C" __global__ void __launch_bounds__(384, 1) NAME(                                          \

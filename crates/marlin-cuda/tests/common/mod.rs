@@ -18,6 +18,7 @@ use marlin_cuda::int4::gemm::{
 use marlin_cuda::int4::random::{random_activations, random_int4};
 use marlin_cuda::int4::reference::{dequantize_int4_ref, matmul_ref};
 use marlin_cuda::CudaDevice;
+use marlin_quant::QuantTensor;
 
 /// Same bound as the other INT4 paths (tests/gpu_int4.rs).
 pub const REL_L2_TOL: f64 = 2e-3;
@@ -67,12 +68,24 @@ pub fn random_problem(
     seed: u64,
     a_salt: u64,
 ) -> Problem {
-    let w = random_int4(n, k, group, asym, seed);
+    problem_from_quant(dev, &random_int4(n, k, group, asym, seed), m, seed, a_salt)
+}
+
+/// The problem of weight `w` (N = rows, K = cols) with fresh activations
+/// (M rows, seed `seed ^ a_salt`) and its f64 reference product.
+pub fn problem_from_quant(
+    dev: &Arc<CudaDevice>,
+    w: &QuantTensor,
+    m: usize,
+    seed: u64,
+    a_salt: u64,
+) -> Problem {
+    let (n, k) = (w.rows, w.cols);
     let a_host = random_activations(m, k, seed ^ a_salt);
-    let w_ref = dequantize_int4_ref(&w).expect("reference dequant");
+    let w_ref = dequantize_int4_ref(w).expect("reference dequant");
     let a_ref: Vec<f64> = a_host.iter().map(|v| f64::from(v.to_f32())).collect();
     let want = matmul_ref(&a_ref, &w_ref, m, n, k);
-    let weight = Int4Weight::from_quant(dev, &w).expect("upload");
+    let weight = Int4Weight::from_quant(dev, w).expect("upload");
     let a = dev.upload("A", &a_host).expect("upload A");
     Problem {
         seed,
