@@ -542,6 +542,13 @@ const WS_AUTO_WAVE_CHECK_M: usize = 512;
 /// Least fraction of the last round's SMs the plan must keep busy at
 /// M >= 512 (blocks / (rounds x SMs)).
 const WS_AUTO_MIN_WAVE_EFFICIENCY: f64 = 0.9;
+/// The same on weights of >= 2^24 elements up to M = 1024 (session 9,
+/// docs/CUDA.md change 51: 14336x4096 at M = 1024, 448 blocks in 3.4
+/// rounds, 85%: this kernel 205.7 / 210.3 us against dequantize + cuBLAS
+/// 225.1 / 233.7 in the same runs; the two-step kernel 217.1 / 217.2).
+const WS_LARGE_WEIGHT_MIN_WAVE_EFFICIENCY: f64 = 0.8;
+/// Largest M of that relaxed check.
+const WS_LARGE_WEIGHT_WAVE_MAX_M: usize = 1024;
 
 /// `GemmPath::Auto`'s choice of this kernel on sm_90 (the form, split-K
 /// or stream-K, is [`ws_stream_k`]'s):
@@ -553,7 +560,8 @@ const WS_AUTO_MIN_WAVE_EFFICIENCY: f64 = 0.9;
 ///   stream-K form's shapes ([`stream_k_shape`]; the split-K form runs
 ///   them at M >= 256 since session 7);
 /// - M >= 512 (smaller weights) and M >= 513 if the plan keeps >= 90% of
-///   its last round of SMs busy.
+///   its last round of SMs busy (>= 80% at M <= 1024 on weights of >= 2^24
+///   elements: [`WS_LARGE_WEIGHT_MIN_WAVE_EFFICIENCY`]).
 ///
 /// Session 8: M = 512 on weights of >= 2^24 elements without the wave check
 /// ([`WS_LARGE_WEIGHT_AUTO_MAX_M`] has the numbers).
@@ -617,7 +625,13 @@ pub fn ws_auto(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
         .saturating_mul(p.n_tiles)
         .saturating_mul(p.splits);
     let rounds = blocks.div_ceil(sms);
-    blocks as f64 / (rounds as f64 * sms as f64) >= WS_AUTO_MIN_WAVE_EFFICIENCY
+    let min_efficiency =
+        if m <= WS_LARGE_WEIGHT_WAVE_MAX_M && w.n.saturating_mul(w.k) >= WS_MID_M_AUTO_MIN_ELEMS {
+            WS_LARGE_WEIGHT_MIN_WAVE_EFFICIENCY
+        } else {
+            WS_AUTO_MIN_WAVE_EFFICIENCY
+        };
+    blocks as f64 / (rounds as f64 * sms as f64) >= min_efficiency
 }
 
 /// Whether the device runs this kernel (compute capability 9.0: the module
