@@ -526,7 +526,7 @@ pub fn ws_stream_k_variant(m: usize, w: &Int4Weight, sm_count: usize) -> WsVaria
 pub const WS_AUTO_MIN_M: usize = 128;
 /// Weights of at least this many elements (4096 x 4096) take this kernel at
 /// every M = 128..=WS_LARGE_WEIGHT_AUTO_MAX_M (session 7, after the compact
-/// epilogue: M <= 511; session 8: M = 512 too).
+/// epilogue: M <= 511; session 8: M = 512 too; session 9: M <= 1024).
 pub const WS_MID_M_AUTO_MIN_ELEMS: usize = 1 << 24;
 /// Largest M of that rule. Session 8 (docs/CUDA.md change 47 run 1, H100,
 /// two interleaved rounds of the staged kernel): at M = 512 the two shapes
@@ -536,35 +536,39 @@ pub const WS_MID_M_AUTO_MIN_ELEMS: usize = 1 << 24;
 /// 470.2 / 452.3 against 578.7 / 581.9 (448 blocks, 85% of 4). At M = 1024
 /// 14336x4096 (448 blocks) the wave check is still right: 262.2 / 262.1
 /// against 235.6 / 235.0.
-const WS_LARGE_WEIGHT_AUTO_MAX_M: usize = 512;
+/// Session 9 (docs/CUDA.md change 51 run 2, H100, two rounds, the
+/// subnormal dequantisation): M = 1024 too. Forced to this kernel against
+/// dequantize + cuBLAS in the same rounds, M = 768: 4096x4096 52.1 / 52.1
+/// us against 59.8 / 59.0, 14336x4096 155.0 / 156.3 against 193.1 /
+/// 196.3, 4096x14336 177.8 / 180.5 against 188.2 / 186.5, 28672x8192
+/// 647.9 / 650.7 against 789.6 / 775.6; M = 1024: 57.0 / 57.1 against
+/// 70.0 / 70.5, 213.3 / 206.9 against 226.5 / 230.1, 183.8 / 184.0
+/// against 226.9 / 222.4, 780.4 / 744.3 against 978.9 / 987.5 (the wave
+/// check had sent 4096x4096 and 4096x14336 at M = 768, 96 blocks, and
+/// 14336x4096 at M = 768 and 1024 and 28672x8192 at M = 768, 85% of their
+/// last round, to dequantize + cuBLAS).
+const WS_LARGE_WEIGHT_AUTO_MAX_M: usize = 1024;
 /// From this M on, `GemmPath::Auto` also asks for a full last round.
 const WS_AUTO_WAVE_CHECK_M: usize = 512;
 /// Least fraction of the last round's SMs the plan must keep busy at
 /// M >= 512 (blocks / (rounds x SMs)).
 const WS_AUTO_MIN_WAVE_EFFICIENCY: f64 = 0.9;
-/// The same on weights of >= 2^24 elements up to M = 1024 (session 9,
-/// docs/CUDA.md change 51: 14336x4096 at M = 1024, 448 blocks in 3.4
-/// rounds, 85%: this kernel 205.7 / 210.3 us against dequantize + cuBLAS
-/// 225.1 / 233.7 in the same runs; the two-step kernel 217.1 / 217.2).
-const WS_LARGE_WEIGHT_MIN_WAVE_EFFICIENCY: f64 = 0.8;
-/// Largest M of that relaxed check.
-const WS_LARGE_WEIGHT_WAVE_MAX_M: usize = 1024;
 
 /// `GemmPath::Auto`'s choice of this kernel on sm_90 (the form, split-K
 /// or stream-K, is [`ws_stream_k`]'s):
 /// - M = 33..=64 on weights of >= 2^25 elements, M = 32 when the
 ///   256-column blocks also cover a third of the SMs;
-/// - M = 128..512 on weights of >= 2^24 elements; on smaller weights at
+/// - M = 128..1024 on weights of >= 2^24 elements; on smaller weights at
 ///   M = 128..255 when the grid of 128-token x 256-column blocks covers at
 ///   least 3/4 of the SMs, and at M = 256..511 the same or on the
 ///   stream-K form's shapes ([`stream_k_shape`]; the split-K form runs
 ///   them at M >= 256 since session 7);
-/// - M >= 512 (smaller weights) and M >= 513 if the plan keeps >= 90% of
-///   its last round of SMs busy (>= 80% at M <= 1024 on weights of >= 2^24
-///   elements: [`WS_LARGE_WEIGHT_MIN_WAVE_EFFICIENCY`]).
+/// - M >= 512 (smaller weights) and M >= 1025 (larger) if the plan keeps
+///   >= 90% of its last round of SMs busy.
 ///
-/// Session 8: M = 512 on weights of >= 2^24 elements without the wave check
-/// ([`WS_LARGE_WEIGHT_AUTO_MAX_M`] has the numbers).
+/// Session 8: M = 512 on weights of >= 2^24 elements without the wave check;
+/// session 9: up to M = 1024 ([`WS_LARGE_WEIGHT_AUTO_MAX_M`] has the
+/// numbers).
 ///
 /// Session 7 (docs/CUDA.md change 39, one H100 run, two benchmarks each,
 /// after the compact epilogue; against the path Auto took before in the
@@ -625,13 +629,7 @@ pub fn ws_auto(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
         .saturating_mul(p.n_tiles)
         .saturating_mul(p.splits);
     let rounds = blocks.div_ceil(sms);
-    let min_efficiency =
-        if m <= WS_LARGE_WEIGHT_WAVE_MAX_M && w.n.saturating_mul(w.k) >= WS_MID_M_AUTO_MIN_ELEMS {
-            WS_LARGE_WEIGHT_MIN_WAVE_EFFICIENCY
-        } else {
-            WS_AUTO_MIN_WAVE_EFFICIENCY
-        };
-    blocks as f64 / (rounds as f64 * sms as f64) >= min_efficiency
+    blocks as f64 / (rounds as f64 * sms as f64) >= WS_AUTO_MIN_WAVE_EFFICIENCY
 }
 
 /// Whether the device runs this kernel (compute capability 9.0: the module
