@@ -301,6 +301,45 @@ fn int4_wide_decode_plans_match_reference() {
     println!("PASS int4 wide decode plans (wide shared memory: {wide})");
 }
 
+/// The small-N M <= 4 decode plan's deeper K-slice candidate (docs/CUDA.md
+/// change 50 (e)): 8 K slices where they keep >= 16 chunks per warp and
+/// one wave of blocks (K >= 8192 at N = 4096), with groups of 128, 64 and
+/// 32, zero points, N and K not multiples of 64; and the rule's 4 slices
+/// where the deeper plan would need two waves (M = 2 at K = 14336).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int4_deep_slice_decode_plans_match_reference() {
+    let dev = device();
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    let opts = GemmOptions::default();
+    // The expected shapes are those of 132 SMs with the knob on.
+    let assert_shapes =
+        dev.sm_count() == 132 && std::env::var("MARLIN_INT4_DEC_DEEP_SLICES").as_deref() != Ok("0");
+    type Case = (usize, usize, usize, usize, bool, (usize, usize, usize));
+    let cases: [Case; 5] = [
+        (1, 4096, 14336, 128, false, (1, 8, 1)),
+        (1, 4100, 14300, 128, false, (1, 8, 1)),
+        (1, 4096, 8192, 64, true, (1, 8, 1)),
+        (1, 4096, 8192, 32, true, (1, 8, 1)),
+        (2, 4096, 14336, 128, false, (1, 4, 1)),
+    ];
+    for &(m, n, k, group, asym, want) in &cases {
+        let probe =
+            Int4Weight::from_quant(&dev, &random_int4(n, k, group, asym, 11)).expect("upload");
+        let shape = decode_shape(m, &probe, &dev);
+        println!("M={m} {n}x{k} g{group} z={asym}: shape {shape:?}");
+        if assert_shapes {
+            assert_eq!(
+                shape,
+                Some(want),
+                "M={m} {n}x{k} g{group} z={asym}: decode shape"
+            );
+        }
+        check(&dev, &mut ws, m, n, k, group, asym, opts);
+    }
+    println!("PASS int4 deep-slice decode plans");
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn int4_gemm_is_deterministic() {

@@ -77,6 +77,11 @@ const DEC_MAX_WARPS: usize = 16;
 /// 4 K slices at N = 4096-6144, K = 4096-14336 beat 8 by 5-14%; more
 /// warps with shorter K ranges pay more per-warp prologue and epilogue).
 const DEC_WARPS_PER_SM: usize = 7;
+/// Decode kernel, small-N plan at M <= 4: fewest chunks per warp of the
+/// deeper K-slice candidate ([`small_candidates`], change 50 (e)).
+const DEC_DEEP_MIN_CHUNKS: usize = 16;
+/// Decode kernel, small-N plan: most K slices of the deeper candidate.
+const DEC_DEEP_MAX_SLICES: usize = 8;
 /// Decode kernel: from this many n16 column blocks on (N >= 16384) the plan
 /// keeps 4 column blocks per block and global splits.
 const DEC_LARGE_N16: usize = 1024;
@@ -849,6 +854,45 @@ fn small_slices(
     (k_slices, splits_min.max(want.div_ceil(k_slices)))
 }
 
+/// `MARLIN_INT4_DEC_DEEP_SLICES=0` (read once): the small-N M <= 4 decode
+/// plan keeps session 4's warps-per-SM rule ([`small_slices`]) instead of
+/// trying more K slices first ([`small_candidates`]).
+static DEEP_SLICES: knobs::Switch = knobs::Switch::new("MARLIN_INT4_DEC_DEEP_SLICES", true);
+
+/// (K slices, splits) candidates of the small-N decode plan at M <= 4, in
+/// order of preference; the caller takes the first whose blocks fit one
+/// wave. First, where the activation tile needs no split: as many K slices
+/// (a power of two, at most [`DEC_DEEP_MAX_SLICES`]) as keep
+/// [`DEC_DEEP_MIN_CHUNKS`] chunks per warp, when that is more than the
+/// warps-per-SM rule gives; then the rule. Why (change 50 (e), H100,
+/// per-block timestamps in a decode-like PDL chain: GEMM, a one-block
+/// kernel, the GEMM): what a small-N M = 1 call adds after its predecessor
+/// is mostly its main loop over chunks already landed, which is bound by
+/// the SM's instruction issue, so more warps with fewer chunks each shorten
+/// it where the grid still fits one wave: 4096x14336 M = 1 with 8 K slices
+/// 10.24 us against 14.59 with the rule's 4; at K = 4096 (64 chunks) the
+/// candidate is the rule's 4 slices (8 measured 0.3-0.5 us slower at
+/// 4096x4096).
+fn small_candidates(
+    n16: usize,
+    kc: usize,
+    m_blocks: usize,
+    splits_min: usize,
+    sm_count: usize,
+) -> Vec<(usize, usize)> {
+    let rule = small_slices(n16, kc, m_blocks, splits_min, sm_count);
+    let mut out = Vec::with_capacity(2);
+    if DEEP_SLICES.get() && splits_min <= 1 {
+        let by_chunks = (kc / DEC_DEEP_MIN_CHUNKS).clamp(1, DEC_DEEP_MAX_SLICES);
+        let deep = 1 << by_chunks.ilog2();
+        if deep > rule.0 && rule.1 == 1 {
+            out.push((deep, 1));
+        }
+    }
+    out.push(rule);
+    out
+}
+
 /// Resident decode blocks per SM (sm_90: 228 KiB of shared memory with
 /// 1 KiB per block reserved, 64 warps, 64 K registers at <= 64 per thread).
 fn decode_blocks_per_sm(smem: usize, warps: usize) -> usize {
@@ -1085,19 +1129,25 @@ fn decode_launch_for(
     // M > 4 keeps 4 column blocks per block (the activation tile shared by
     // 4 warps): 1-2 column blocks with K slices measured 10-25% slower at
     // M = 8 and 16 (change 19).
-    let small = n16 < DEC_LARGE_N16 && m <= 4 && {
-        // The K-slice plan must fit one wave of blocks (it has no split-K
-        // to spread a second wave over): 4096x14336 at M = 4 took 31.9 us
-        // with two waves against 19.7 us for the split-K plan (change 19).
-        let (ks, sp) = small_slices(n16, kc, m_blocks, splits_min, sm_count);
-        let shape = DecodeShape {
-            nbpb: 1,
-            k_slices: ks,
-            splits: sp,
-        };
-        let smem = decode_smem_bytes(m, kc, shape, group_k32, has_zeros);
-        n16 * m_blocks * sp <= sm_count * decode_blocks_per_sm(smem, ks)
+    // The K-slice plan must fit one wave of blocks (it has no split-K to
+    // spread a second wave over): 4096x14336 at M = 4 took 31.9 us with two
+    // waves against 19.7 us for the split-K plan (change 19).
+    let small_choice = if n16 < DEC_LARGE_N16 && m <= 4 {
+        small_candidates(n16, kc, m_blocks, splits_min, sm_count)
+            .into_iter()
+            .find(|&(ks, sp)| {
+                let shape = DecodeShape {
+                    nbpb: 1,
+                    k_slices: ks,
+                    splits: sp,
+                };
+                let smem = decode_smem_bytes(m, kc, shape, group_k32, has_zeros);
+                n16 * m_blocks * sp <= sm_count * decode_blocks_per_sm(smem, ks)
+            })
+    } else {
+        None
     };
+    let small = small_choice.is_some();
     // M = 5..8 at small N: 2 column blocks x 4 K slices per block and no
     // split-K where that is one wave and fits (docs/CUDA.md, change 30:
     // 4096x4096 M = 8 7.83 against 10.05 us for the split-K plan, 6144x4096
@@ -1171,7 +1221,9 @@ fn decode_launch_for(
             };
             (1, want.clamp(1, max_parts))
         }
-        None => small_slices(n16, kc, m_blocks, splits_min, sm_count),
+        None => {
+            small_choice.unwrap_or_else(|| small_slices(n16, kc, m_blocks, splits_min, sm_count))
+        }
     };
     let mut shape = DecodeShape {
         nbpb,
@@ -2840,16 +2892,25 @@ mod tests {
                 splits: 1
             }
         );
-        for small in [qkv, o, down] {
-            assert_eq!(
-                small.2,
-                DecodeShape {
-                    nbpb: 1,
-                    k_slices: 4,
-                    splits: 1
-                }
-            );
+        let four_slices = DecodeShape {
+            nbpb: 1,
+            k_slices: 4,
+            splits: 1,
+        };
+        for small in [qkv, o] {
+            assert_eq!(small.2, four_slices);
         }
+        // Change 50 (e): down takes 8 K slices now; change 43's residency
+        // model below is of the plans it measured (4 K slices).
+        assert_eq!(
+            down.2,
+            DecodeShape {
+                nbpb: 1,
+                k_slices: 8,
+                splits: 1
+            }
+        );
+        let down = (down.0, down.1, four_slices);
         let class = |(n16, kc, shape): (usize, usize, DecodeShape)| {
             [SHORT_RING_WIDE, SHORT_RING_LONG, SHORT_RING_SHORT]
                 .into_iter()
@@ -2975,7 +3036,14 @@ mod tests {
         };
         let auto = |m, n, k| auto_within(m, n, k, DEC_SMEM_LIMIT);
         assert_eq!(auto(1, 4096, 4096), (1, 4, 1));
-        assert_eq!(auto(1, 4096, 14336), (1, 4, 1));
+        // Change 50 (e): more K slices first where they keep >= 16 chunks
+        // per warp and one wave (224 chunks: 8 slices); the rule's plan
+        // where the deeper one needs two waves (M = 2: 8 slices and a
+        // two-row tile leave one block per SM).
+        assert_eq!(auto(1, 4096, 14336), (1, 8, 1));
+        assert_eq!(auto(1, 4096, 8192), (1, 8, 1));
+        assert_eq!(auto(2, 4096, 14336), (1, 4, 1));
+        assert_eq!(auto(1, 6144, 4096), (1, 4, 1));
         // Whole-column plans at K <= 4096, N >= 14336, M <= 8 (change 36):
         // one block per SM, no split-K (fewer K slices where the shared
         // memory needs it); M = 3..4 at 28672 does not fit (stream-K).
