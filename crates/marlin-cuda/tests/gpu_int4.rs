@@ -302,10 +302,12 @@ fn int4_wide_decode_plans_match_reference() {
 }
 
 /// The small-N M <= 4 decode plan's deeper K-slice candidate (docs/CUDA.md
-/// change 50 (e)): 8 K slices where they keep >= 16 chunks per warp and
-/// one wave of blocks (K >= 8192 at N = 4096), with groups of 128, 64 and
-/// 32, zero points, N and K not multiples of 64; and the rule's 4 slices
-/// where the deeper plan would need two waves (M = 2 at K = 14336).
+/// change 50 (e)): 8 K slices where they keep >= 24 chunks per warp and
+/// one wave of blocks (K = 14336 at N = 4096), with groups of 128 and 64,
+/// zero points, N and K not multiples of 64; and the rule's 4 slices where
+/// the deeper plan would need two waves (M = 2; groups of 32 with zero
+/// points, whose scale rows leave one block per SM) or has too few chunks
+/// per warp (K = 8192).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn int4_deep_slice_decode_plans_match_reference() {
@@ -316,12 +318,13 @@ fn int4_deep_slice_decode_plans_match_reference() {
     let assert_shapes =
         dev.sm_count() == 132 && std::env::var("MARLIN_INT4_DEC_DEEP_SLICES").as_deref() != Ok("0");
     type Case = (usize, usize, usize, usize, bool, (usize, usize, usize));
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         (1, 4096, 14336, 128, false, (1, 8, 1)),
         (1, 4100, 14300, 128, false, (1, 8, 1)),
-        (1, 4096, 8192, 64, true, (1, 8, 1)),
-        (1, 4096, 8192, 32, true, (1, 8, 1)),
+        (1, 4096, 14336, 64, true, (1, 8, 1)),
+        (1, 4096, 14336, 32, true, (1, 4, 1)),
         (2, 4096, 14336, 128, false, (1, 4, 1)),
+        (1, 4096, 8192, 128, false, (1, 4, 1)),
     ];
     for &(m, n, k, group, asym, want) in &cases {
         let probe =

@@ -78,8 +78,9 @@ const DEC_MAX_WARPS: usize = 16;
 /// warps with shorter K ranges pay more per-warp prologue and epilogue).
 const DEC_WARPS_PER_SM: usize = 7;
 /// Decode kernel, small-N plan at M <= 4: fewest chunks per warp of the
-/// deeper K-slice candidate ([`small_candidates`], change 50 (e)).
-const DEC_DEEP_MIN_CHUNKS: usize = 16;
+/// deeper K-slice candidate ([`small_candidates`], change 50 (e); with 16,
+/// 4096x8192 M = 1 took 8 slices and was 0.5 us slower back to back).
+const DEC_DEEP_MIN_CHUNKS: usize = 24;
 /// Decode kernel, small-N plan: most K slices of the deeper candidate.
 const DEC_DEEP_MAX_SLICES: usize = 8;
 /// Decode kernel: from this many n16 column blocks on (N >= 16384) the plan
@@ -867,12 +868,13 @@ static DEEP_SLICES: knobs::Switch = knobs::Switch::new("MARLIN_INT4_DEC_DEEP_SLI
 /// warps-per-SM rule gives; then the rule. Why (change 50 (e), H100,
 /// per-block timestamps in a decode-like PDL chain: GEMM, a one-block
 /// kernel, the GEMM): what a small-N M = 1 call adds after its predecessor
-/// is mostly its main loop over chunks already landed, which is bound by
-/// the SM's instruction issue, so more warps with fewer chunks each shorten
+/// is mostly its main loop, so more warps with fewer chunks each shorten
 /// it where the grid still fits one wave: 4096x14336 M = 1 with 8 K slices
-/// 10.24 us against 14.59 with the rule's 4; at K = 4096 (64 chunks) the
-/// candidate is the rule's 4 slices (8 measured 0.3-0.5 us slower at
-/// 4096x4096).
+/// 10.24 us against 14.59 with the rule's 4 there, 14.8-15.0 against
+/// 15.9 back to back, and the Llama-3.1-8B decode step at batch 1
+/// 2355.8 / 2359.9 against 2375.3 / 2375.7 us (down projection). K <= 8192
+/// keeps the rule (8 slices of 4096x8192 M = 1: 0.5 us slower back to back;
+/// of 4096x4096: 0.3-0.5 us slower in the timestamp chain).
 fn small_candidates(
     n16: usize,
     kc: usize,
@@ -3036,13 +3038,23 @@ mod tests {
         };
         let auto = |m, n, k| auto_within(m, n, k, DEC_SMEM_LIMIT);
         assert_eq!(auto(1, 4096, 4096), (1, 4, 1));
-        // Change 50 (e): more K slices first where they keep >= 16 chunks
+        // Change 50 (e): more K slices first where they keep >= 24 chunks
         // per warp and one wave (224 chunks: 8 slices); the rule's plan
         // where the deeper one needs two waves (M = 2: 8 slices and a
         // two-row tile leave one block per SM).
         assert_eq!(auto(1, 4096, 14336), (1, 8, 1));
-        assert_eq!(auto(1, 4096, 8192), (1, 8, 1));
+        assert_eq!(auto(1, 4096, 8192), (1, 4, 1));
         assert_eq!(auto(2, 4096, 14336), (1, 4, 1));
+        // With zero points: groups of 64 take 8 slices, groups of 32 (twice
+        // the scale rows, in two tiles) leave one block per SM at 8 slices.
+        let zeros = |group_k32| {
+            let s = decode_launch_for(1, (4096, 224, group_k32), true, 132, None, DEC_SMEM_LIMIT)
+                .expect("plan")
+                .1;
+            (s.nbpb, s.k_slices, s.splits)
+        };
+        assert_eq!(zeros(2), (1, 8, 1));
+        assert_eq!(zeros(1), (1, 4, 1));
         assert_eq!(auto(1, 6144, 4096), (1, 4, 1));
         // Whole-column plans at K <= 4096, N >= 14336, M <= 8 (change 36):
         // one block per SM, no split-K (fewer K slices where the shared
