@@ -242,6 +242,45 @@ fn int4_whole_column_plan_matches_reference() {
     println!("PASS int4 whole-column decode plan");
 }
 
+/// A decode-plan case: (M, N, K, group, zero points, decode shape
+/// expected on 132 SMs: column blocks x K slices x splits).
+type PlanCase = (usize, usize, usize, usize, bool, (usize, usize, usize));
+
+/// Each case's decode shape (asserted where `assert_shapes`; with
+/// `whole_column`, also whether Auto takes the whole-column plan, i.e.
+/// nbpb >= 7) and its result against the f64 reference (fresh inputs).
+fn check_decode_plans(
+    dev: &Arc<CudaDevice>,
+    ws: &mut GemmWorkspace,
+    cases: &[PlanCase],
+    assert_shapes: bool,
+    whole_column: bool,
+    probe_seed: u64,
+) {
+    for &(m, n, k, group, asym, want) in cases {
+        let probe = Int4Weight::from_quant(dev, &random_int4(n, k, group, asym, probe_seed))
+            .expect("upload");
+        let shape = decode_shape(m, &probe, dev);
+        let whole = whole_column_plan(m, &probe, dev);
+        println!("M={m} {n}x{k} g{group} z={asym}: shape {shape:?}, whole column {whole}");
+        if assert_shapes {
+            assert_eq!(
+                shape,
+                Some(want),
+                "M={m} {n}x{k} g{group} z={asym}: decode shape"
+            );
+            if whole_column {
+                assert_eq!(
+                    whole,
+                    want.0 >= 7,
+                    "M={m} {n}x{k} g{group} z={asym}: whole column"
+                );
+            }
+        }
+        check(dev, ws, m, n, k, group, asym, GemmOptions::default());
+    }
+}
+
 /// The decode plans of sm_90's wider shared memory limit (change 48;
 /// `MARLIN_INT4_DEC_WIDE_SMEM=0` or another GPU keeps session 7's plans and
 /// these cases run those instead, checked all the same): the whole-column
@@ -256,7 +295,6 @@ fn int4_whole_column_plan_matches_reference() {
 fn int4_wide_decode_plans_match_reference() {
     let dev = device();
     let mut ws = GemmWorkspace::new(&dev).expect("workspace");
-    let opts = GemmOptions::default();
     let wide = dev.compute_capability() == (9, 0)
         && std::env::var("MARLIN_INT4_DEC_WIDE_SMEM").as_deref() != Ok("0");
     // The expected shapes are those of 132 SMs (H100 SXM); other sm_90
@@ -264,8 +302,7 @@ fn int4_wide_decode_plans_match_reference() {
     let assert_shapes = wide && dev.sm_count() == 132;
     // (M, N, K, group, zero points, decode shape expected under the wide
     // limit: column blocks x K slices x splits; whole column: nbpb >= 7)
-    type Case = (usize, usize, usize, usize, bool, (usize, usize, usize));
-    let cases: [Case; 11] = [
+    let cases: [PlanCase; 11] = [
         (16, 14336, 4096, 128, false, (7, 2, 1)),
         (9, 14336, 1000, 128, false, (7, 1, 1)),
         (12, 14336, 2048, 64, true, (7, 2, 1)),
@@ -278,26 +315,7 @@ fn int4_wide_decode_plans_match_reference() {
         (3, 4096, 14336, 128, false, (2, 4, 1)),
         (4, 4096, 14336, 64, true, (2, 4, 1)),
     ];
-    for &(m, n, k, group, asym, want) in &cases {
-        let probe =
-            Int4Weight::from_quant(&dev, &random_int4(n, k, group, asym, 7)).expect("upload");
-        let shape = decode_shape(m, &probe, &dev);
-        let whole = whole_column_plan(m, &probe, &dev);
-        println!("M={m} {n}x{k} g{group} z={asym}: shape {shape:?}, whole column {whole}");
-        if assert_shapes {
-            assert_eq!(
-                shape,
-                Some(want),
-                "M={m} {n}x{k} g{group} z={asym}: decode shape"
-            );
-            assert_eq!(
-                whole,
-                want.0 >= 7,
-                "M={m} {n}x{k} g{group} z={asym}: whole column"
-            );
-        }
-        check(&dev, &mut ws, m, n, k, group, asym, opts);
-    }
+    check_decode_plans(&dev, &mut ws, &cases, assert_shapes, true, 7);
     println!("PASS int4 wide decode plans (wide shared memory: {wide})");
 }
 
@@ -313,12 +331,10 @@ fn int4_wide_decode_plans_match_reference() {
 fn int4_deep_slice_decode_plans_match_reference() {
     let dev = device();
     let mut ws = GemmWorkspace::new(&dev).expect("workspace");
-    let opts = GemmOptions::default();
     // The expected shapes are those of 132 SMs with the knob on.
     let assert_shapes =
         dev.sm_count() == 132 && std::env::var("MARLIN_INT4_DEC_DEEP_SLICES").as_deref() != Ok("0");
-    type Case = (usize, usize, usize, usize, bool, (usize, usize, usize));
-    let cases: [Case; 6] = [
+    let cases: [PlanCase; 6] = [
         (1, 4096, 14336, 128, false, (1, 8, 1)),
         (1, 4100, 14300, 128, false, (1, 8, 1)),
         (1, 4096, 14336, 64, true, (1, 8, 1)),
@@ -326,20 +342,7 @@ fn int4_deep_slice_decode_plans_match_reference() {
         (2, 4096, 14336, 128, false, (1, 4, 1)),
         (1, 4096, 8192, 128, false, (1, 4, 1)),
     ];
-    for &(m, n, k, group, asym, want) in &cases {
-        let probe =
-            Int4Weight::from_quant(&dev, &random_int4(n, k, group, asym, 11)).expect("upload");
-        let shape = decode_shape(m, &probe, &dev);
-        println!("M={m} {n}x{k} g{group} z={asym}: shape {shape:?}");
-        if assert_shapes {
-            assert_eq!(
-                shape,
-                Some(want),
-                "M={m} {n}x{k} g{group} z={asym}: decode shape"
-            );
-        }
-        check(&dev, &mut ws, m, n, k, group, asym, opts);
-    }
+    check_decode_plans(&dev, &mut ws, &cases, assert_shapes, false, 11);
     println!("PASS int4 deep-slice decode plans");
 }
 
