@@ -119,6 +119,11 @@ pub struct GemmBenchConfig {
     pub wgmma_only: bool,
     /// Activation (and output) type; the cuBLAS peer uses the same.
     pub act: Act,
+    /// One copy of each weight instead of >= 256 MiB of rotated copies, so
+    /// that weights that fit the 50 MB L2 are read from it: what a GEMM
+    /// costs when an earlier kernel prefetched its weights into L2 (the
+    /// copy bandwidth and the peers' columns are then L2 figures too).
+    pub l2_warm: bool,
 }
 
 impl Default for GemmBenchConfig {
@@ -143,6 +148,7 @@ impl Default for GemmBenchConfig {
             ws_only: false,
             wgmma_only: false,
             act: Act::F16,
+            l2_warm: false,
         }
     }
 }
@@ -381,7 +387,12 @@ pub fn copy_bandwidth_tbps(dev: &CudaDevice) -> Result<f64> {
     Ok(2.0 * BYTES as f64 / (us * 1e-6) / 1e12)
 }
 
-fn copies_for(bytes: usize) -> usize {
+/// Copies of a weight of `bytes` to rotate over: enough (>= 256 MiB) that
+/// each launch reads from device memory, or one with `l2_warm`.
+fn copies_for(bytes: usize, l2_warm: bool) -> usize {
+    if l2_warm {
+        return 1;
+    }
     (256usize << 20).div_ceil(bytes.max(1)).clamp(1, 32)
 }
 
@@ -433,13 +444,19 @@ enum Weights {
 }
 
 impl Weights {
-    fn build(dev: &CudaDevice, format: GemmFormat, n: usize, k: usize) -> Result<(Self, usize)> {
+    fn build(
+        dev: &CudaDevice,
+        format: GemmFormat,
+        n: usize,
+        k: usize,
+        l2_warm: bool,
+    ) -> Result<(Self, usize)> {
         let seed = (n * 31 + k) as u64;
         match format {
             GemmFormat::Int4G128 => {
                 let packed = pack_int4(&random_int4(n, k, 128, false, seed))?;
                 let bytes = packed.weight_bytes();
-                let copies = (0..copies_for(bytes))
+                let copies = (0..copies_for(bytes, l2_warm))
                     .map(|_| Int4Weight::from_packed(dev, &packed))
                     .collect::<Result<_>>()?;
                 Ok((Weights::Int4(copies), bytes))
@@ -447,7 +464,7 @@ impl Weights {
             GemmFormat::Wx(f) => {
                 let packed = pack_wx(&random_wx(f, n, k, seed))?;
                 let bytes = packed.weight_bytes();
-                let copies = (0..copies_for(bytes))
+                let copies = (0..copies_for(bytes, l2_warm))
                     .map(|_| WxWeight::from_packed(dev, &packed))
                     .collect::<Result<_>>()?;
                 Ok((Weights::Wx(copies), bytes))
@@ -493,10 +510,10 @@ fn bench_shape<T: ActDtype>(
     let max_m = cfg.ms.iter().copied().max().unwrap_or(1);
     let mut formats = Vec::new();
     for &format in &cfg.formats {
-        let (weights, bytes) = Weights::build(dev, format, n, k)?;
+        let (weights, bytes) = Weights::build(dev, format, n, k, cfg.l2_warm)?;
         // The same bytes, rotated over as many copies, only read. A peer
         // that cannot run is reported (NaN) rather than ending the table.
-        let read_us = ReadPeer::new(dev, bytes, copies_for(bytes))
+        let read_us = ReadPeer::new(dev, bytes, copies_for(bytes, cfg.l2_warm))
             .and_then(|p| p.time_us(dev, |f| time_us(dev, cfg.reps, cfg.batches, f)))
             .unwrap_or_else(|e| {
                 eprintln!("streaming-read peer of {n}x{k} ({bytes} bytes) failed: {e}");
@@ -510,7 +527,7 @@ fn bench_shape<T: ActDtype>(
     let w16: Vec<T> = (0..n * k)
         .map(|_| T::from_f32(0.02 * rng.next_f32() - 0.01))
         .collect();
-    let n_f16 = copies_for(n * k * 2);
+    let n_f16 = copies_for(n * k * 2, cfg.l2_warm);
     let weights16: Vec<_> = (0..n_f16)
         .map(|_| dev.upload("cuBLAS dense weights", &w16))
         .collect::<Result<_>>()?;
@@ -800,7 +817,7 @@ pub fn bench_glu(ordinal: usize, cfg: &GemmBenchConfig) -> Result<(f64, Vec<GluB
             continue;
         }
         let f = n / 2;
-        let (weights, _) = Weights::build(&dev, GemmFormat::Int4G128, n, k)?;
+        let (weights, _) = Weights::build(&dev, GemmFormat::Int4G128, n, k, cfg.l2_warm)?;
         let Weights::Int4(w) = weights else {
             continue;
         };

@@ -39,14 +39,32 @@ fn check(
     opts: GemmOptions,
 ) {
     let seed = fresh_seed();
-    let w = random_int4(n, k, group, asym, seed);
     let a_host = random_activations(m, k, seed ^ 0xA5A5);
+    check_acts(dev, ws, m, n, k, group, asym, opts, seed, &a_host, "");
+}
+
+/// [`check`] with the given activations (`what` names them in messages).
+#[allow(clippy::too_many_arguments)]
+fn check_acts(
+    dev: &Arc<CudaDevice>,
+    ws: &mut GemmWorkspace,
+    m: usize,
+    n: usize,
+    k: usize,
+    group: usize,
+    asym: bool,
+    opts: GemmOptions,
+    seed: u64,
+    a_host: &[f16],
+    what: &str,
+) {
+    let w = random_int4(n, k, group, asym, seed);
     let w_ref = dequantize_int4_ref(&w).expect("reference dequant");
     let a_ref: Vec<f64> = a_host.iter().map(|v| f64::from(v.to_f32())).collect();
     let want = matmul_ref(&a_ref, &w_ref, m, n, k);
 
     let wd = Int4Weight::from_quant(dev, &w).expect("upload");
-    let a = dev.upload("A", &a_host).expect("upload A");
+    let a = dev.upload("A", a_host).expect("upload A");
     let mut c = dev.alloc_zeros::<f16>("C", m * n).expect("alloc C");
     for launch in 0..2 {
         dev.write(&mut c, &vec![f16::NAN; m * n]).expect("poison");
@@ -58,7 +76,7 @@ fn check(
             let g = f64::from(g.to_f32());
             assert!(
                 g.is_finite(),
-                "M={m} N={n} K={k} g={group} asym={asym} {plan:?} seed={seed}: C[{}, {}] = {g} (not written or overflow)",
+                "M={m} N={n} K={k} g={group} asym={asym} {what} {plan:?} seed={seed}: C[{}, {}] = {g} (not written or overflow)",
                 i / n,
                 i % n
             );
@@ -68,10 +86,10 @@ fn check(
         let rel = (err2 / ref2.max(1e-30)).sqrt();
         assert!(
             rel < REL_L2_TOL,
-            "M={m} N={n} K={k} g={group} asym={asym} {plan:?} seed={seed} launch {launch}: rel L2 error {rel:.3e}"
+            "M={m} N={n} K={k} g={group} asym={asym} {what} {plan:?} seed={seed} launch {launch}: rel L2 error {rel:.3e}"
         );
         println!(
-            "PASS int4 {:?} M={m} N={n} K={k} g={group} asym={asym} splits={} rel_l2={rel:.2e}",
+            "PASS int4 {:?} M={m} N={n} K={k} g={group} asym={asym} {what} splits={} rel_l2={rel:.2e}",
             plan.path, plan.splits
         );
     }
@@ -101,6 +119,71 @@ fn int4_gemm_matches_reference() {
             check(&dev, &mut ws, m, 200, 990, 32, true, opts);
         }
     }
+}
+
+/// Activations at the edges of f16 for the decode kernels (written for
+/// change 53's subnormal-code experiment, docs/CUDA.md, kept as a stress
+/// test of the kernels in the tree): `tiny` (every |a| in [2^-24, 2^-10],
+/// f16 subnormals among them), `positive` (all in [0.5, 1.5]: no
+/// cancellation between tokens' products to hide an offset error), `wide`
+/// (magnitudes 2^-20 .. 2^10, both signs), `huge` (a few of 5000 per row).
+fn extreme_activations(kind: &str, m: usize, k: usize, seed: u64) -> Vec<f16> {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..m * k)
+        .map(|i| {
+            let (u, sign) = (next(), if next() < 0.5 { -1.0 } else { 1.0 });
+            let v = match kind {
+                "tiny" => sign * (2f64).powf(-24.0 + 14.0 * u),
+                "positive" => 0.5 + u,
+                "wide" => sign * (2f64).powf(-20.0 + 30.0 * u),
+                _ => {
+                    if i % 997 == 5 {
+                        sign * 5000.0
+                    } else {
+                        sign * u
+                    }
+                }
+            };
+            f16::from_f64(v)
+        })
+        .collect()
+}
+
+/// The decode kernels (M <= 8: the paired and lean loops of the one-tile
+/// kernels) against the f64 reference on activations at the edges of f16
+/// (see [`extreme_activations`]): M = 1, 3, 8, group 128 (pairs inside a
+/// group), 64 (one chunk per group), 192 (a K slice may start inside a
+/// group), per channel; K not a multiple of 64 (odd chunk counts per warp);
+/// the whole-column plan (N = 14336).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int4_decode_extreme_activations_match_reference() {
+    let dev = device();
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    for kind in ["tiny", "positive", "wide", "huge"] {
+        for &m in &[1, 3, 8] {
+            for &(n, k, group) in &[
+                (256, 2048, 128),
+                (192, 1000, 128),
+                (256, 2048, 64),
+                (256, 1536, 192),
+                (128, 1472, 0),
+                (14336, 1000, 128),
+            ] {
+                let seed = fresh_seed();
+                let a = extreme_activations(kind, m, k, seed ^ 0x5EED);
+                let opts = GemmOptions::default();
+                check_acts(&dev, &mut ws, m, n, k, group, false, opts, seed, &a, kind);
+            }
+        }
+    }
+    println!("PASS int4 decode kernels on extreme activations");
 }
 
 #[test]

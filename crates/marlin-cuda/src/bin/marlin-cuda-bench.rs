@@ -1,8 +1,9 @@
 //! `marlin-cuda-bench [--quick] [--sweep] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]]
-//! [--ms 1,16] [--formats int4,mxfp4,...] [--no-ctx] [--delay-cycles C] [--dec-shapes 4x1x4,4x2x2]
+//! [--ms 1,16] [--formats int4,mxfp4,...] [--no-ctx] [--l2-warm] [--delay-cycles C] [--dec-shapes 4x1x4,4x2x2]
 //! [--ws-only] [--wgmma-only] [--glu] [--act f16|bf16] [--device N]`: the quantized GEMM benchmark table (see `marlin_cuda::bench`). `--stream-k`
 //! adds the stream-K INT4 kernel's column; `--no-ctx` drops the decode-context columns (GEMM
-//! after a PDL-launched delay kernel of C clocks); `--dec-shapes` times forced decode-kernel
+//! after a PDL-launched delay kernel of C clocks); `--l2-warm` times one copy of each weight (read
+//! from L2 where it fits: the ceiling of prefetching a GEMM's weights into L2 in an earlier kernel); `--dec-shapes` times forced decode-kernel
 //! block shapes (column blocks x K slices x splits); `--ws-only` times only cuBLAS, Auto and the
 //! warp-specialised INT4 kernel (same-run A/Bs of its knobs); `--wgmma-only` the same plus the
 //! wgmma INT4 kernel; `--glu` times instead, for each
@@ -16,7 +17,7 @@ use marlin_cuda::bench::{bench_gemm, GemmBenchConfig, GemmFormat};
 
 const USAGE: &str =
     "usage: marlin-cuda-bench [--quick] [--sweep] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]] [--ms 1,16] \
-                     [--formats int4,mxfp4,nvfp4,int8,fp8,fp8b128,int3,int2] [--no-ctx] [--delay-cycles C] \
+                     [--formats int4,mxfp4,nvfp4,int8,fp8,fp8b128,int3,int2] [--no-ctx] [--l2-warm] [--delay-cycles C] \
                      [--dec-shapes AxBxC[,..]] [--ws-only] [--wgmma-only] [--glu] [--act f16|bf16] [--device N]";
 
 fn main() {
@@ -37,6 +38,7 @@ fn main() {
             }
             "--stream-k" => cfg.stream_k = true,
             "--no-ctx" => cfg.decode_context = false,
+            "--l2-warm" => cfg.l2_warm = true,
             "--ws-only" => cfg.ws_only = true,
             "--wgmma-only" => cfg.wgmma_only = true,
             "--glu" => glu = true,
