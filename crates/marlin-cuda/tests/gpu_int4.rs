@@ -40,24 +40,23 @@ fn check(
 ) {
     let seed = fresh_seed();
     let a_host = random_activations(m, k, seed ^ 0xA5A5);
-    check_acts(dev, ws, m, n, k, group, asym, opts, seed, &a_host, "");
+    check_acts(dev, ws, m, (n, k, group, asym), opts, seed, &a_host, "");
 }
 
-/// [`check`] with the given activations (`what` names them in messages).
+/// [`check`] of the weight (N, K, group, zero points) made from `seed`
+/// with the given activations (`what` names them in messages).
 #[allow(clippy::too_many_arguments)]
 fn check_acts(
     dev: &Arc<CudaDevice>,
     ws: &mut GemmWorkspace,
     m: usize,
-    n: usize,
-    k: usize,
-    group: usize,
-    asym: bool,
+    weight: (usize, usize, usize, bool),
     opts: GemmOptions,
     seed: u64,
     a_host: &[f16],
     what: &str,
 ) {
+    let (n, k, group, asym) = weight;
     let w = random_int4(n, k, group, asym, seed);
     let w_ref = dequantize_int4_ref(&w).expect("reference dequant");
     let a_ref: Vec<f64> = a_host.iter().map(|v| f64::from(v.to_f32())).collect();
@@ -179,7 +178,7 @@ fn int4_decode_extreme_activations_match_reference() {
                 let seed = fresh_seed();
                 let a = extreme_activations(kind, m, k, seed ^ 0x5EED);
                 let opts = GemmOptions::default();
-                check_acts(&dev, &mut ws, m, n, k, group, false, opts, seed, &a, kind);
+                check_acts(&dev, &mut ws, m, (n, k, group, false), opts, seed, &a, kind);
             }
         }
     }
