@@ -9,8 +9,8 @@
 #   MARLIN_NCU="--shape NxK --ms 1"  Nsight Compute profile of one decode launch
 #   MARLIN_TESTS=0            skip the staged test binaries
 #   MARLIN_TESTS=a,b          run only these (gpu_int4,gpu_ops: names without -test)
-#   MARLIN_TEST_KNOB_VARIANTS=0  skip gpu_int4's reruns with MARLIN_INT4_DEC_LEAN=1
-#                             and MARLIN_INT4_PAIR=0 (loops the defaults skip at some M)
+#   MARLIN_TEST_KNOB_VARIANTS=0  skip gpu_int4's reruns with MARLIN_INT4_DEC_QUAD=0 plus
+#                             DEC_LEAN=1 or PAIR=0, and QUAD=chains8 (loops the defaults skip)
 #                             and gpu_ops' attention tests with MARLIN_CUDA_ATTN_CLUSTER=1
 #                             and gpu_int4_glu's with MARLIN_INT4_GLU_STAGES=8
 #                             and gpu_int4_wgmma_ws' split-K test with
@@ -77,15 +77,18 @@ if [ "${MARLIN_TESTS:-1}" != 0 ]; then
             continue
         fi
         step "test $name" "$out/test_$name.log" "$t" --include-ignored --test-threads=1 --nocapture
-        # The INT4 decode loops the defaults do not take at some M (the lean
-        # loop at M <= 4, the single-chunk loop at M <= 8) stay reachable
-        # through their knobs: test them too (MARLIN_TEST_KNOB_VARIANTS=0
-        # skips these two extra runs, ~30 s each).
+        # The INT4 decode loops the defaults do not take (the quad loop is
+        # the default at M <= 16 since change 54; the lean, paired and
+        # single-chunk loops it replaced) stay reachable through their
+        # knobs: test them too (MARLIN_TEST_KNOB_VARIANTS=0 skips these
+        # extra runs, ~50 s each).
         if [ "$name" = gpu_int4-test ] && [ "${MARLIN_TEST_KNOB_VARIANTS:-1}" != 0 ]; then
-            step "test $name (DEC_LEAN=1)" "$out/test_${name}_lean1.log" \
-                env MARLIN_INT4_DEC_LEAN=1 "$t" --include-ignored --test-threads=1 --nocapture
-            step "test $name (PAIR=0)" "$out/test_${name}_pair0.log" \
-                env MARLIN_INT4_PAIR=0 "$t" --include-ignored --test-threads=1 --nocapture
+            step "test $name (QUAD=0 DEC_LEAN=1)" "$out/test_${name}_lean1.log" \
+                env MARLIN_INT4_DEC_QUAD=0 MARLIN_INT4_DEC_LEAN=1 "$t" --include-ignored --test-threads=1 --nocapture
+            step "test $name (QUAD=0 PAIR=0)" "$out/test_${name}_pair0.log" \
+                env MARLIN_INT4_DEC_QUAD=0 MARLIN_INT4_PAIR=0 "$t" --include-ignored --test-threads=1 --nocapture
+            step "test $name (QUAD=chains8)" "$out/test_${name}_chains8.log" \
+                env MARLIN_INT4_DEC_QUAD=chains8 "$t" --include-ignored --test-threads=1 --nocapture
         fi
         # The opt-in cluster merge of decode attention (docs/CUDA.md change 42).
         if [ "$name" = gpu_ops-test ] && [ "${MARLIN_TEST_KNOB_VARIANTS:-1}" != 0 ]; then

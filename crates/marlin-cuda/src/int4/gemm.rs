@@ -1540,7 +1540,40 @@ fn decode_flags(m: usize) -> i32 {
         } else {
             0
         }
+        | decode_quad_bits()
 }
+
+/// The quad main loop of the POST decode kernels of one or two token tiles
+/// (M <= 16; docs/CUDA.md change 54): 4 (one tile) or 2 chunks per step in
+/// one basic block, their mma over independent accumulator chains (per
+/// tile 2 per chunk pair inside one scale group, else 2 per chunk); it
+/// takes precedence over the paired, lean and single-chunk loops.
+/// `MARLIN_INT4_DEC_QUAD` (read once): `1` on, `0` off, `chains8` on with 2
+/// chains per chunk (each chunk scaled by itself) also where pairs share a
+/// group; any other value is reported once on stderr and ignored.
+/// Returns the W4_DEC_QUAD (256) and W4_DEC_QUAD_CHAINS8 (512) bits.
+fn decode_quad_bits() -> i32 {
+    static BITS: OnceLock<i32> = OnceLock::new();
+    *BITS.get_or_init(|| {
+        let raw = std::env::var("MARLIN_INT4_DEC_QUAD").unwrap_or_default();
+        match raw.trim() {
+            "" => QUAD_DEFAULT_BITS,
+            "0" => 0,
+            "1" => 256,
+            "chains8" => 256 | 512,
+            other => {
+                eprintln!(
+                    "marlin: ignoring MARLIN_INT4_DEC_QUAD={other:?} (expected 0, 1 or chains8); \
+                     using the default"
+                );
+                QUAD_DEFAULT_BITS
+            }
+        }
+    })
+}
+
+/// [`decode_quad_bits`] when `MARLIN_INT4_DEC_QUAD` is unset.
+const QUAD_DEFAULT_BITS: i32 = 256;
 
 /// `MARLIN_INT4_DEC_LATE_TRIGGER=1`: the decode kernels trigger their
 /// dependents after their main loop instead of after the PDL wait, so the

@@ -689,6 +689,21 @@ __device__ __forceinline__ void w4_fused_store(u16* __restrict__ C, float* __res
 // kernels launch (and their weight rings stream) only during this grid's
 // epilogue. Change 43 measured every earlier overlap slower at batch 1.
 #define W4_DEC_LATE_TRIGGER 128
+// Quad main loop (docs/CUDA.md change 54; MARLIN_INT4_DEC_QUAD=0 off) of the
+// POST kernels of one or two token tiles: 4 (one tile) or 2 chunks per step
+// in one basic block, their mma interleaved over independent accumulator
+// chains, so that one warp keeps several mma in flight instead of one
+// chunk's or pair's dependent chain per guarded block.
+#define W4_DEC_QUAD 256
+// With W4_DEC_QUAD: 8 chains (2 per chunk) also where pairs share a group
+// (MARLIN_INT4_DEC_QUAD=chains8).
+#define W4_DEC_QUAD_CHAINS8 512
+
+// Word i (0..7) of a lane's 32 bytes of one chunk's activations.
+__device__ __forceinline__ u32 w4_act_word(const uint4 (&v)[2], int i) {
+    const uint4& h = v[i >> 2];
+    return (i & 3) == 0 ? h.x : (i & 3) == 1 ? h.y : (i & 3) == 2 ? h.z : h.w;
+}
 
 // Compile-time flag for the generic lambdas of the lean loop.
 template <bool B>
@@ -802,6 +817,7 @@ __device__ __forceinline__ void w4a16_dec_body(
     // those take the paired loop).
     const bool lean_grouped = group_k32 >= 4 && ((group_k32 >> 1) & 1) == 0 && (w_begin & 1) == 0 && (n_my & 1) == 0;
     const bool lean = paired && (flags & W4_DEC_LEAN) != 0 && (lean_grouped || n_my <= STAGES);
+    const bool quad = POST && RH <= 2 && (flags & W4_DEC_QUAD) != 0;
     u32* s_tile = reinterpret_cast<u32*>(reinterpret_cast<DecRing<STAGES>*>(dyn_smem) + n_warps);
     u32* z_tile = s_tile + s_rows * s_width;
     u16* a_tile = reinterpret_cast<u16*>(HAS_Z ? z_tile + s_rows * s_width : z_tile);
@@ -948,6 +964,152 @@ __device__ __forceinline__ void w4a16_dec_body(
 
     if (flags & W4_DEC_PROBE_SKIP_LOOP) {
         // Diagnostic: no main loop (the ring is drained by the wait below).
+    } else if (quad) {
+        // Quad loop (docs/CUDA.md change 54). The paired and lean loops
+        // guard every chunk pair with `it < n_my` (the single-chunk loop
+        // every chunk), so each is its own basic block and ptxas cannot
+        // start the next one's shared loads and mma before this one's
+        // chain (shared load -> dequant -> dependent mma -> fold) has
+        // drained; at 2 warps per scheduler (the small-N plans) that chain
+        // paces the loop (change 53). Here a rolled loop takes QN = 4 / RH
+        // chunks per step with no guard inside: the code words and
+        // activations of the step loaded first, then its mma issued
+        // round-robin over independent accumulator chains: per token tile
+        // 2 per chunk pair where both chunks lie in one scale group
+        // (`lean_grouped`, folded with one scale), else 2 per chunk (each
+        // folded with its own scale). The 0-3 chunks left over run one at
+        // a time after the ring is drained. Ring slots: chunk c in slot
+        // c % STAGES (STAGES is a multiple of 4, so a step never wraps),
+        // one cp.async group per chunk as in the other loops, refilled once
+        // the step has its words in registers. Lanes of absent token rows
+        // read the 64 zero halves (step 0).
+        constexpr int QN = RH == 1 ? 4 : 2;
+        u32 a_at[RH], a_step_b[RH];
+#pragma unroll
+        for (int r = 0; r < RH; r++) {
+            const bool real = r * 8 + g < rows_here;
+            a_at[r] = smem_addr(real ? a_tile + (r * 8 + g) * a_stride + (w_begin - c_begin) * 64 + 16 * t : a_zero + 16 * t);
+            a_step_b[r] = real ? 128u : 0u;
+        }
+        float cur_sl = f16_lo_to_f32(*s_lane);  // column g
+        float cur_sh = f16_hi_to_f32(*s_lane);  // column g + 8
+        // This chunk's scales; the row advances after the chunk that ends
+        // a group (`steps` chunks at once where they share one group).
+        auto take_scale = [&](float& sl, float& sh, int steps) {
+            sl = cur_sl;
+            sh = cur_sh;
+            left -= steps;
+            if (left == 0) {
+                left = group_chunks;
+                s_lane += row_step;
+                cur_sl = f16_lo_to_f32(*s_lane);
+                cur_sh = f16_hi_to_f32(*s_lane);
+            }
+        };
+        const int n_steps = n_my / QN;
+        auto steps = [&](auto grouped_tag) {
+            constexpr bool GROUPED = decltype(grouped_tag)::value;
+            constexpr int NP = GROUPED ? QN / 2 : QN;  // scale units per step
+            for (int si = 0; si < n_steps; si++) {
+                const int it = si * QN;
+                const u32 slot = ring_at + (u32)((it & (STAGES - 1)) * 512);
+                cp_async_wait<STAGES - QN>();
+                uint4 wv[QN];
+#pragma unroll
+                for (int q = 0; q < QN; q++) wv[q] = lds128_at(slot + q * 512);
+                uint4 act[QN][RH][2];
+#pragma unroll
+                for (int q = 0; q < QN; q++)
+#pragma unroll
+                    for (int r = 0; r < RH; r++) {
+                        const u32 at = a_at[r] + (u32)(it + q) * a_step_b[r];
+                        act[q][r][0] = lds128_at(at);
+                        act[q][r][1] = lds128_at(at + 16u);
+                    }
+                // Slots consumed (words in registers): refill, one group per chunk.
+#pragma unroll
+                for (int q = 0; q < QN; q++) {
+                    if (it + q + STAGES < n_my) cp_async16_cg_at(slot + q * 512, w_lane + (size_t)(it + q + STAGES) * 128);
+                    cp_async_commit();
+                }
+                float sl[NP], sh[NP];
+#pragma unroll
+                for (int p = 0; p < NP; p++) take_scale(sl[p], sh[p], GROUPED ? 2 : 1);
+                // chain[unit][tile][k16 step parity]; unit = chunk pair (GROUPED) or chunk.
+                float chain[NP][RH][2][4];
+                // Issue order: per two k16 steps, the first chunk of every
+                // unit, then (GROUPED) the second, each for steps j, j + 1
+                // and every token tile: a chain's next mma is >= 4 issues on.
+#pragma unroll
+                for (int jj = 0; jj < 4; jj += 2)
+#pragma unroll
+                    for (int half = 0; half < (GROUPED ? 2 : 1); half++)
+#pragma unroll
+                        for (int dj = 0; dj < 2; dj++)
+#pragma unroll
+                            for (int p = 0; p < NP; p++) {
+                                const int q = GROUPED ? 2 * p + half : p;
+                                const int j = jj + dj;
+                                const u32 word = j == 0 ? wv[q].x : j == 1 ? wv[q].y : j == 2 ? wv[q].z : wv[q].w;
+                                u32 wa[4];
+                                dequant_word_unscaled(word, wa);
+#pragma unroll
+                                for (int r = 0; r < RH; r++) {
+                                    const u32 bb[2] = {w4_act_word(act[q][r], 2 * j), w4_act_word(act[q][r], 2 * j + 1)};
+                                    if (jj == 0 && half == 0)
+                                        mma_16816_zc(chain[p][r][dj], wa, bb);
+                                    else
+                                        mma_16816(chain[p][r][dj], wa, bb);
+                                }
+                            }
+#pragma unroll
+                for (int p = 0; p < NP; p++)
+#pragma unroll
+                    for (int r = 0; r < RH; r++)
+#pragma unroll
+                        for (int i = 0; i < 4; i++)
+                            acc[r][i] = fmaf(chain[p][r][0][i] + chain[p][r][1][i], i < 2 ? sl[p] : sh[p], acc[r][i]);
+            }
+        };
+        if (lean_grouped && (flags & W4_DEC_QUAD_CHAINS8) == 0)
+            steps(W4Bool<true>{});
+        else
+            steps(W4Bool<false>{});
+        // The chunks after the last step (their groups are the newest).
+        const int done = n_steps * QN;
+        if (done < n_my) cp_async_wait<0>();
+        for (int it = done; it < n_my; it++) {
+            const uint4 w = lds128_at(ring_at + (u32)((it & (STAGES - 1)) * 512));
+            uint4 act[RH][2];
+#pragma unroll
+            for (int r = 0; r < RH; r++) {
+                const u32 at = a_at[r] + (u32)it * a_step_b[r];
+                act[r][0] = lds128_at(at);
+                act[r][1] = lds128_at(at + 16u);
+            }
+            float sl, sh;
+            take_scale(sl, sh, 1);
+            const u32 words[4] = {w.x, w.y, w.z, w.w};
+            float chain[RH][2][4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                u32 wa[4];
+                dequant_word_unscaled(words[j], wa);
+#pragma unroll
+                for (int r = 0; r < RH; r++) {
+                    const u32 bb[2] = {w4_act_word(act[r], 2 * j), w4_act_word(act[r], 2 * j + 1)};
+                    if (j < 2)
+                        mma_16816_zc(chain[r][j & 1], wa, bb);
+                    else
+                        mma_16816(chain[r][j & 1], wa, bb);
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < RH; r++)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    acc[r][i] = fmaf(chain[r][0][i] + chain[r][1][i], i < 2 ? sl : sh, acc[r][i]);
+        }
     } else if (lean) {
         // Lean paired loop (docs/CUDA.md change 38): the paired loop below
         // with what its SASS spends on nothing taken out. At small N the
