@@ -685,7 +685,7 @@ fn fused_decode_ops_match_unfused_step_and_graph() {
 /// change 41) against the unfused step (gate|up GEMM + `glu` launch) on
 /// the same weights, caches and tokens, at a Llama-3.1-8B MLP width (ffn
 /// 14336: the stacked gate|up weight is 28672 rows, where the decode step
-/// takes the new path at M = 5..8 by default, or from
+/// takes the new path at M = 1..8 by default, or from
 /// `MARLIN_INT4_GLU_MIN_M`; batches 1, 3, 8, 16, 5, 8),
 /// then the last step at M = 8 eager against the same step captured in a
 /// CUDA graph (bit-identical).

@@ -2361,11 +2361,12 @@ static GLU_STAGES: knobs::OneOf = knobs::OneOf::new("MARLIN_INT4_GLU_STAGES", &[
 /// epilogue (`MARLIN_INT4_GLU_MIN_M=n`, 1..=8; unset: [`GLU_MIN_M`]).
 static GLU_MIN_M_KNOB: knobs::Count = knobs::Count::new("MARLIN_INT4_GLU_MIN_M", 1..=8);
 
-/// Default of `MARLIN_INT4_GLU_MIN_M`: the decode step measured 41 us
-/// faster at batch 8 with the epilogue and 122 us slower at batch 1
-/// (16-stage ring; same-run interleaved H100 A/B, docs/CUDA.md change
-/// 41); M = 2..4 not measured in the step, so not taken.
-const GLU_MIN_M: usize = 5;
+/// Default of `MARLIN_INT4_GLU_MIN_M`: every M the epilogue supports.
+/// Change 41 measured the batch-1 step 122 us slower with it (16-stage
+/// ring, the paired loop); with the quad loop of change 54 it is faster at
+/// batch 1, 2 and 4 by 118-122, 137-142 and 80 us and equal at batch 8
+/// (same-call interleaved H100 A/B, docs/CUDA.md change 55).
+const GLU_MIN_M: usize = 1;
 
 /// `flags` bit of the GLU-epilogue kernels: GELU (tanh) instead of SiLU
 /// (W4_DEC_GLU_GELU in the source).
@@ -2496,10 +2497,8 @@ pub fn glu_epilogue_supported(dev: &CudaDevice, m: usize, w: &Int4Weight) -> boo
 }
 
 /// Whether the decode step should take [`int4_gemm_glu`] instead of the
-/// gate|up GEMM + `glu` launch: supported, M >= 5 (`MARLIN_INT4_GLU_MIN_M`;
-/// at batch 1 the step measured slower with it: without the `glu` kernel
-/// between the two GEMMs the down GEMM's blocks cannot all become resident
-/// before gate|up ends, docs/CUDA.md change 41), and the weight is where
+/// gate|up GEMM + `glu` launch: supported, M >= [`GLU_MIN_M`] (every M
+/// since change 55; `MARLIN_INT4_GLU_MIN_M` raises it), and the weight is where
 /// the plain GEMM takes the whole-column plan (N >= 14336 at K <= 4096,
 /// change 36) with a one-round grid that keeps >= 90% of the SMs busy,
 /// i.e. the fused launch streams the weight as the plain one does and only

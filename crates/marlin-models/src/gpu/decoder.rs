@@ -24,7 +24,7 @@
 //! the norms, residual adds and SwiGLU ride in the INT4 GEMMs.
 //! In the unfused step the GLU rides in the gate|up GEMM's epilogue where
 //! [`GpuDecoder::glu_in_gemm`] allows it (INT4 gate|up of Llama-3.1-8B
-//! width at M = 5..8; [`Scratch::glu_in_gemm`]): 7 launches per layer.
+//! width at M <= 8; [`Scratch::glu_in_gemm`]): 7 launches per layer.
 //! Greedy decoding picks its tokens in the LM head's stage: on the f16
 //! path one split-argmax launch also converts the head's f16 output into
 //! the f32 logits.
