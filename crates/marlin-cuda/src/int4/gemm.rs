@@ -1457,7 +1457,7 @@ pub fn int4_prewait() -> bool {
 /// Whether the decode kernels of one token tile with scales after the mma
 /// (`w4a16_dec_m4`, `w4a16_dec_m8` and their fused forms) run the paired
 /// main loop (two chunks per step, per-chunk fp32 sums; docs/CUDA.md change
-/// 36). `MARLIN_INT4_PAIR=0` / `1` (read once) for same-run comparisons.
+/// 36) where the quad loop (change 54) is off. `MARLIN_INT4_PAIR=0` / `1` (read once) for same-run comparisons.
 pub fn int4_paired() -> bool {
     static ON: knobs::Switch = knobs::Switch::new("MARLIN_INT4_PAIR", true);
     ON.get()
@@ -1482,7 +1482,9 @@ fn decode_probe_skip_loop() -> bool {
     })
 }
 
-/// The lean paired main loop of the decode kernels (docs/CUDA.md change 38):
+/// The lean paired main loop of the decode kernels (docs/CUDA.md change 38;
+/// reached only with `MARLIN_INT4_DEC_QUAD=0` since change 54, whose quad
+/// loop takes precedence):
 /// activation loads only in lanes of existing token rows, no refill code
 /// when the ring holds a warp's chunks, one scale fold per pair where the
 /// pair shares a scale group. By default at M >= [`LEAN_MIN_M`] only: in
