@@ -131,6 +131,42 @@ impl OneOf {
     }
 }
 
+/// A knob that names one of a few listed words (`0`, `1`, `bcast`, ...),
+/// each standing for a value (the `flags` bits of a kernel, say), or None
+/// when unset (or set to anything else, with a warning).
+pub struct Choice {
+    name: &'static str,
+    choices: &'static [(&'static str, i32)],
+    value: OnceLock<Option<i32>>,
+}
+
+impl Choice {
+    pub const fn new(name: &'static str, choices: &'static [(&'static str, i32)]) -> Self {
+        Self {
+            name,
+            choices,
+            value: OnceLock::new(),
+        }
+    }
+
+    pub fn get(&self) -> Option<i32> {
+        *self.value.get_or_init(|| {
+            let raw = std::env::var(self.name).ok();
+            parse_choice(raw.as_deref(), self.choices).unwrap_or_else(|bad| {
+                let words: Vec<&str> = self.choices.iter().map(|&(w, _)| w).collect();
+                let want = match words.split_last() {
+                    Some((last, rest)) if !rest.is_empty() => {
+                        format!("{} or {last}", rest.join(", "))
+                    }
+                    _ => words.join(""),
+                };
+                warn_ignored(self.name, &bad, &want);
+                None
+            })
+        })
+    }
+}
+
 /// `Ok(None)` unset or empty, `Ok(Some(_))` for `0` / `1`, `Err(value)`
 /// otherwise.
 fn parse_bool(raw: Option<&str>) -> Result<Option<bool>, String> {
@@ -159,6 +195,17 @@ fn parse_one_of(raw: Option<&str>, values: &[usize]) -> Result<Option<usize>, St
             Ok(n) if values.contains(&n) => Ok(Some(n)),
             _ => Err(v.to_string()),
         },
+    }
+}
+
+fn parse_choice(raw: Option<&str>, choices: &[(&str, i32)]) -> Result<Option<i32>, String> {
+    match raw.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => choices
+            .iter()
+            .find(|&&(w, _)| w == v)
+            .map(|&(_, value)| Some(value))
+            .ok_or_else(|| v.to_string()),
     }
 }
 
@@ -202,6 +249,17 @@ mod tests {
         assert_eq!(parse_one_of(Some("12"), v), Err("12".to_string()));
         assert_eq!(parse_one_of(Some("4"), v), Err("4".to_string()));
         assert_eq!(parse_one_of(Some("x"), v), Err("x".to_string()));
+    }
+
+    #[test]
+    fn choices_take_only_the_listed_words() {
+        let c = &[("0", 0), ("1", 8), ("bcast", 24)];
+        assert_eq!(parse_choice(None, c), Ok(None));
+        assert_eq!(parse_choice(Some(" "), c), Ok(None));
+        assert_eq!(parse_choice(Some("0"), c), Ok(Some(0)));
+        assert_eq!(parse_choice(Some(" bcast\n"), c), Ok(Some(24)));
+        assert_eq!(parse_choice(Some("2"), c), Err("2".to_string()));
+        assert_eq!(parse_choice(Some("Bcast"), c), Err("Bcast".to_string()));
     }
 
     #[test]

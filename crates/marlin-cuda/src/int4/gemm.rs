@@ -1499,24 +1499,11 @@ fn decode_probe_skip_loop() -> bool {
 /// and ignored. Returns the W4_DEC_LEAN (8) and W4_DEC_LEAN_BCAST (16) bits
 /// of the `flags` argument.
 fn decode_lean_bits(m: usize) -> i32 {
-    static FORCED: OnceLock<Option<i32>> = OnceLock::new();
-    let forced = *FORCED.get_or_init(|| {
-        let raw = std::env::var("MARLIN_INT4_DEC_LEAN").unwrap_or_default();
-        match raw.trim() {
-            "" => None,
-            "0" => Some(0),
-            "1" => Some(8),
-            "bcast" => Some(8 | 16),
-            other => {
-                eprintln!(
-                    "marlin: ignoring MARLIN_INT4_DEC_LEAN={other:?} (expected 0, 1 or bcast); \
-                     using the default"
-                );
-                None
-            }
-        }
-    });
-    forced.unwrap_or(if m >= LEAN_MIN_M { 8 } else { 0 })
+    static FORCED: knobs::Choice = knobs::Choice::new(
+        "MARLIN_INT4_DEC_LEAN",
+        &[("0", 0), ("1", 8), ("bcast", 8 | 16)],
+    );
+    FORCED.get().unwrap_or(if m >= LEAN_MIN_M { 8 } else { 0 })
 }
 
 /// Fewest token rows for which the decode kernels take the lean loop by
@@ -1555,23 +1542,11 @@ fn decode_flags(m: usize) -> i32 {
 /// group; any other value is reported once on stderr and ignored.
 /// Returns the W4_DEC_QUAD (256) and W4_DEC_QUAD_CHAINS8 (512) bits.
 fn decode_quad_bits() -> i32 {
-    static BITS: OnceLock<i32> = OnceLock::new();
-    *BITS.get_or_init(|| {
-        let raw = std::env::var("MARLIN_INT4_DEC_QUAD").unwrap_or_default();
-        match raw.trim() {
-            "" => QUAD_DEFAULT_BITS,
-            "0" => 0,
-            "1" => 256,
-            "chains8" => 256 | 512,
-            other => {
-                eprintln!(
-                    "marlin: ignoring MARLIN_INT4_DEC_QUAD={other:?} (expected 0, 1 or chains8); \
-                     using the default"
-                );
-                QUAD_DEFAULT_BITS
-            }
-        }
-    })
+    static FORCED: knobs::Choice = knobs::Choice::new(
+        "MARLIN_INT4_DEC_QUAD",
+        &[("0", 0), ("1", 256), ("chains8", 256 | 512)],
+    );
+    FORCED.get().unwrap_or(QUAD_DEFAULT_BITS)
 }
 
 /// [`decode_quad_bits`] when `MARLIN_INT4_DEC_QUAD` is unset.
