@@ -35,7 +35,7 @@ use crate::act::{Act, ActDtype};
 use crate::bench_read::ReadPeer;
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
-use crate::int4::bulk::{bulk_supported, BULK_MAX_M};
+use crate::int4::bulk::{bulk_supported, bulk_weight_ok, BULK_MAX_M};
 use crate::int4::gemm::{
     auto_fused, decode_shape, int4_gemm, launch_bench_delay, set_decode_shape_override,
     stream_k_plan, GemmOptions, GemmPath, GemmPlan, GemmWorkspace, Int4Weight, SK_MAX_M,
@@ -53,6 +53,11 @@ use crate::wgemm::random::{random_wx, BenchFormat};
 pub enum GemmFormat {
     /// INT4 symmetric, f16 scale per 128 along K.
     Int4G128,
+    /// INT4 with zero points (AWQ / GPTQ asymmetric), f16 scale and zero
+    /// point per 128 along K.
+    Int4Zp128,
+    /// INT4 symmetric, f16 scale per 32 along K.
+    Int4G32,
     /// One of the `wgemm` formats.
     Wx(BenchFormat),
 }
@@ -61,14 +66,34 @@ impl GemmFormat {
     pub fn name(self) -> &'static str {
         match self {
             GemmFormat::Int4G128 => "int4g128",
+            GemmFormat::Int4Zp128 => "int4zp",
+            GemmFormat::Int4G32 => "int4g32",
             GemmFormat::Wx(f) => f.name(),
         }
     }
 
-    /// `int4` / `int4g128`, `mxfp4`, `nvfp4`, `int8`, `fp8`, `fp8b128`.
+    /// One of the INT4 formats (the `int4` kernels and paths).
+    pub fn is_int4(self) -> bool {
+        self.int4_group().is_some()
+    }
+
+    /// (group size along K, zero points) of the INT4 formats.
+    fn int4_group(self) -> Option<(usize, bool)> {
+        match self {
+            GemmFormat::Int4G128 => Some((128, false)),
+            GemmFormat::Int4Zp128 => Some((128, true)),
+            GemmFormat::Int4G32 => Some((32, false)),
+            GemmFormat::Wx(_) => None,
+        }
+    }
+
+    /// `int4` / `int4g128`, `int4zp` (zero points, g128), `int4g32`,
+    /// `mxfp4`, `nvfp4`, `int8`, `fp8`, `fp8b128`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "int4" | "int4g128" => Some(GemmFormat::Int4G128),
+            "int4zp" => Some(GemmFormat::Int4Zp128),
+            "int4g32" => Some(GemmFormat::Int4G32),
             other => BenchFormat::parse(other).map(GemmFormat::Wx),
         }
     }
@@ -453,8 +478,11 @@ impl Weights {
     ) -> Result<(Self, usize)> {
         let seed = (n * 31 + k) as u64;
         match format {
-            GemmFormat::Int4G128 => {
-                let packed = pack_int4(&random_int4(n, k, 128, false, seed))?;
+            GemmFormat::Int4G128 | GemmFormat::Int4Zp128 | GemmFormat::Int4G32 => {
+                let (group, zero_points) = format.int4_group().ok_or_else(|| {
+                    CudaError::Unsupported(format!("{} is not an INT4 format", format.name()))
+                })?;
+                let packed = pack_int4(&random_int4(n, k, group, zero_points, seed))?;
                 let bytes = packed.weight_bytes();
                 let copies = (0..copies_for(bytes, l2_warm))
                     .map(|_| Int4Weight::from_packed(dev, &packed))
@@ -588,7 +616,7 @@ fn bench_shape<T: ActDtype>(
                 let us = if after_delay { us - delay_us } else { us };
                 Ok::<_, CudaError>((us, plan))
             };
-            let is_int4 = *format == GemmFormat::Int4G128;
+            let is_int4 = format.is_int4();
             let others = !cfg.ws_only && !cfg.wgmma_only;
             let (fused_us, fused_plan) = if others && (is_int4 || m <= 256) {
                 time_path(GemmPath::Fused, None, false)?
@@ -619,8 +647,11 @@ fn bench_shape<T: ActDtype>(
                 f64::NAN
             };
             // The bulk-copy kernel has f16 activations only (NaN for bf16).
-            let has_bulk =
-                others && T::ACT == Act::F16 && is_int4 && m <= BULK_MAX_M && bulk_supported(dev);
+            let has_bulk = others
+                && T::ACT == Act::F16
+                && m <= BULK_MAX_M
+                && bulk_supported(dev)
+                && matches!(weights, Weights::Int4(w) if bulk_weight_ok(&w[0]));
             let bulk_us = if has_bulk {
                 time_path(GemmPath::Bulk, None, false)?.0
             } else {
@@ -880,4 +911,31 @@ pub fn bench_glu(ordinal: usize, cfg: &GemmBenchConfig) -> Result<(f64, Vec<GluB
         }
     }
     Ok((delay_us, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn int4_format_names_round_trip() {
+        for (name, format, group) in [
+            ("int4g128", GemmFormat::Int4G128, (128, false)),
+            ("int4zp", GemmFormat::Int4Zp128, (128, true)),
+            ("int4g32", GemmFormat::Int4G32, (32, false)),
+        ] {
+            assert_eq!(GemmFormat::parse(name), Some(format));
+            assert_eq!(format.name(), name);
+            assert!(format.is_int4());
+            assert_eq!(format.int4_group(), Some(group));
+        }
+        assert_eq!(GemmFormat::parse("int4"), Some(GemmFormat::Int4G128));
+        let mxfp4 = GemmFormat::parse("mxfp4").expect("mxfp4");
+        assert!(!mxfp4.is_int4());
+        assert_eq!(
+            GemmFormat::parse_list("int4zp, int4g32"),
+            Some(vec![GemmFormat::Int4Zp128, GemmFormat::Int4G32])
+        );
+        assert_eq!(GemmFormat::parse("int4zp128"), None);
+    }
 }

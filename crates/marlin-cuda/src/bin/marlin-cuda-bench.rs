@@ -17,7 +17,7 @@ use marlin_cuda::bench::{bench_gemm, GemmBenchConfig, GemmFormat};
 
 const USAGE: &str =
     "usage: marlin-cuda-bench [--quick] [--sweep] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]] [--ms 1,16] \
-                     [--formats int4,mxfp4,nvfp4,int8,fp8,fp8b128,int3,int2] [--no-ctx] [--l2-warm] [--delay-cycles C] \
+                     [--formats int4,int4zp,int4g32,mxfp4,nvfp4,int8,fp8,fp8b128,int3,int2] [--no-ctx] [--l2-warm] [--delay-cycles C] \
                      [--dec-shapes AxBxC[,..]] [--ws-only] [--wgmma-only] [--glu] [--act f16|bf16] [--device N]";
 
 fn main() {
@@ -106,7 +106,7 @@ fn main() {
             "--formats" => match args.next().and_then(|s| GemmFormat::parse_list(&s)) {
                 Some(formats) => cfg.formats = formats,
                 None => {
-                    eprintln!("--formats needs a comma-separated list of int4, mxfp4, nvfp4, int8, fp8, fp8b128, int3, int2");
+                    eprintln!("--formats needs a comma-separated list of int4, int4zp, int4g32, mxfp4, nvfp4, int8, fp8, fp8b128, int3, int2");
                     std::process::exit(2);
                 }
             },

@@ -1532,25 +1532,41 @@ fn decode_flags(m: usize) -> i32 {
         | decode_quad_bits()
 }
 
-/// The quad main loop of the POST decode kernels of one or two token tiles
-/// (M <= 16; docs/CUDA.md change 54): 4 (one tile) or 2 chunks per step in
-/// one basic block, their mma over independent accumulator chains (per
-/// tile 2 per chunk pair inside one scale group, else 2 per chunk); it
-/// takes precedence over the paired, lean and single-chunk loops.
+/// The quad main loop of the decode kernels of one or two token tiles
+/// (M <= 16): 4 (one tile) or 2 chunks per step in one basic block, their
+/// mma over independent accumulator chains; it takes precedence over the
+/// paired, lean and single-chunk loops. In the POST kernels (symmetric,
+/// groups >= 64; docs/CUDA.md change 54) per tile 2 chains per chunk pair
+/// inside one scale group, else 2 per chunk; in the kernels that
+/// dequantise with the scale (zero points, groups of 32; change 57) one
+/// chain per chunk of the step.
 /// `MARLIN_INT4_DEC_QUAD` (read once): `1` on, `0` off, `chains8` on with 2
 /// chains per chunk (each chunk scaled by itself) also where pairs share a
-/// group; any other value is reported once on stderr and ignored.
-/// Returns the W4_DEC_QUAD (256) and W4_DEC_QUAD_CHAINS8 (512) bits.
+/// group, `post` on in the POST kernels only (the scaled kernels run their
+/// single-chunk loop, as before change 57); any other value is reported
+/// once on stderr and ignored. Returns the W4_DEC_QUAD (256),
+/// W4_DEC_QUAD_CHAINS8 (512) and W4_DEC_QUAD_SCALED (1024) bits.
 fn decode_quad_bits() -> i32 {
     static FORCED: knobs::Choice = knobs::Choice::new(
         "MARLIN_INT4_DEC_QUAD",
-        &[("0", 0), ("1", 256), ("chains8", 256 | 512)],
+        &[
+            ("0", 0),
+            ("1", DEC_QUAD | DEC_QUAD_SCALED),
+            ("chains8", DEC_QUAD | DEC_QUAD_CHAINS8 | DEC_QUAD_SCALED),
+            ("post", DEC_QUAD),
+        ],
     );
     FORCED.get().unwrap_or(QUAD_DEFAULT_BITS)
 }
 
+/// `flags` bits of [`decode_quad_bits`] (W4_DEC_QUAD, W4_DEC_QUAD_CHAINS8,
+/// W4_DEC_QUAD_SCALED in the source).
+const DEC_QUAD: i32 = 256;
+const DEC_QUAD_CHAINS8: i32 = 512;
+const DEC_QUAD_SCALED: i32 = 1024;
+
 /// [`decode_quad_bits`] when `MARLIN_INT4_DEC_QUAD` is unset.
-const QUAD_DEFAULT_BITS: i32 = 256;
+const QUAD_DEFAULT_BITS: i32 = DEC_QUAD | DEC_QUAD_SCALED;
 
 /// `MARLIN_INT4_DEC_LATE_TRIGGER=1`: the decode kernels trigger their
 /// dependents after their main loop instead of after the PDL wait, so the

@@ -334,26 +334,53 @@ __device__ __forceinline__ void attn_decode_impl(
     __shared__ __align__(16) float sm_kx[ROPE ? HD : 1];
     __shared__ __align__(16) u16 sm_kv[2][ROPE ? HD : 8];
     if (ROPE) {
+        // Items: the chunk's gh query heads, then this step's key (and
+        // value) where the block holds its position; item it goes to warp
+        // it % 4. Every item of a warp is loaded before any is processed,
+        // so that a warp with two items (the key's block: GT + 1 items on
+        // 4 warps) waits for one round trip to L2, not two in a row.
         const int items = gh + (fresh >= 0 ? 1 : 0);
-        for (int it = warp; it < items; it += 4) {
+        constexpr int NJ = (HD + 31) / 32;
+        constexpr int IPW = (GT + 1 + 3) / 4;  // most items of one warp
+        float xr[IPW][NJ];
+        float vv[NJ];
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) vv[j] = 0.0f;
+#pragma unroll
+        for (int u = 0; u < IPW; ++u) {
+            const int it = warp + 4 * u;
+#pragma unroll
+            for (int j = 0; j < NJ; ++j) xr[u][j] = 0.0f;
+            if (it >= items) continue;
             const bool is_q = it < gh;
             const OutT* src = is_q ? ri.q_in + (long long)row * ri.q_stride + (long long)(h0 + it) * HD
                                    : ri.k_in + (long long)row * ri.kv_stride + (long long)kvh * HD;
-            float* x = is_q ? sm_q[is_q ? it : 0] : sm_kx;
 #pragma unroll
-            for (int j = 0; j < (HD + 31) / 32; ++j) {
+            for (int j = 0; j < NJ; ++j) {
                 const int i = lane + 32 * j;
-                if (i < HD) x[i] = ld_as_f32(src, i);
+                if (i < HD) xr[u][j] = ld_as_f32(src, i);
             }
-            float vv[(HD + 31) / 32];
             if (!is_q) {
                 const OutT* vs = ri.v_in + (long long)row * ri.kv_stride + (long long)kvh * HD;
 #pragma unroll
-                for (int j = 0; j < (HD + 31) / 32; ++j) {
+                for (int j = 0; j < NJ; ++j) {
                     const int i = lane + 32 * j;
                     vv[j] = i < HD ? ld_as_f32(vs, i) : 0.0f;
                 }
             }
+        }
+#pragma unroll
+        for (int u = 0; u < IPW; ++u) {
+            const int it = warp + 4 * u;
+            if (it >= items) break;
+            const bool is_q = it < gh;
+            float* x = is_q ? sm_q[is_q ? it : 0] : sm_kx;
+#pragma unroll
+            for (int j = 0; j < NJ; ++j) {
+                const int i = lane + 32 * j;
+                if (i < HD) x[i] = xr[u][j];
+            }
+            __syncwarp();
             const float* nw = is_q ? ri.q_norm : ri.k_norm;
             if (nw != 0) {
                 float ss = 0.0f;

@@ -698,6 +698,9 @@ __device__ __forceinline__ void w4_fused_store(u16* __restrict__ C, float* __res
 // With W4_DEC_QUAD: 8 chains (2 per chunk) also where pairs share a group
 // (MARLIN_INT4_DEC_QUAD=chains8).
 #define W4_DEC_QUAD_CHAINS8 512
+// The quad step in the kernels that dequantise with the scale (zero points,
+// groups of 32; docs/CUDA.md change 57; MARLIN_INT4_DEC_QUAD=post off).
+#define W4_DEC_QUAD_SCALED 1024
 
 // Word i (0..7) of a lane's 32 bytes of one chunk's activations.
 __device__ __forceinline__ u32 w4_act_word(const uint4 (&v)[2], int i) {
@@ -818,6 +821,7 @@ __device__ __forceinline__ void w4a16_dec_body(
     const bool lean_grouped = group_k32 >= 4 && ((group_k32 >> 1) & 1) == 0 && (w_begin & 1) == 0 && (n_my & 1) == 0;
     const bool lean = paired && (flags & W4_DEC_LEAN) != 0 && (lean_grouped || n_my <= STAGES);
     const bool quad = POST && RH <= 2 && (flags & W4_DEC_QUAD) != 0;
+    const bool quad_scaled = !POST && RH <= 2 && (flags & W4_DEC_QUAD_SCALED) != 0;
     u32* s_tile = reinterpret_cast<u32*>(reinterpret_cast<DecRing<STAGES>*>(dyn_smem) + n_warps);
     u32* z_tile = s_tile + s_rows * s_width;
     u16* a_tile = reinterpret_cast<u16*>(HAS_Z ? z_tile + s_rows * s_width : z_tile);
@@ -1110,6 +1114,126 @@ __device__ __forceinline__ void w4a16_dec_body(
                 for (int i = 0; i < 4; i++)
                     acc[r][i] = fmaf(chain[r][0][i] + chain[r][1][i], i < 2 ? sl : sh, acc[r][i]);
         }
+    } else if (quad_scaled) {
+        // Quad loop of the scaled-weight kernels (zero points, groups of 32;
+        // docs/CUDA.md change 57): the POST quad loop's step (QN = 4 / RH
+        // chunks loaded first, no guard inside, one basic block) with the
+        // weights dequantised with their scale (and zero point) in f16 as
+        // the single-chunk loop below does, so there is no group fold: each
+        // (chunk of the step, token tile) accumulates into its own fp32
+        // chain for the whole loop, and the mma of one step are issued
+        // k16-step-major, so a chain's next mma is QN * RH >= 4 issues on.
+        // The chains are added in a fixed order after the loop
+        // (bit-deterministic; the order of the fp32 sums differs from the
+        // single-chunk loop's, not their products).
+        constexpr int QN = RH == 1 ? 4 : 2;
+        u32 a_at[RH], a_step_b[RH];
+#pragma unroll
+        for (int r = 0; r < RH; r++) {
+            const bool real = r * 8 + g < rows_here;
+            a_at[r] = smem_addr(real ? a_tile + (r * 8 + g) * a_stride + (w_begin - c_begin) * 64 + 16 * t : a_zero + 16 * t);
+            a_step_b[r] = real ? 128u : 0u;
+        }
+        float chain[QN][RH][4];
+#pragma unroll
+        for (int q = 0; q < QN; q++)
+#pragma unroll
+            for (int r = 0; r < RH; r++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) chain[q][r][i] = 0.0f;
+        // This chunk's (scale, -zero * scale) pairs of columns g and g + 8
+        // as activation-type f16x2 duplicates; the rows advance after the
+        // chunk that ends a group (groups of 32: two rows every chunk).
+        auto take_scales = [&](u32& s0, u32& s1, u32& z0, u32& z1) {
+            const u32 sc = scale2_to_act2(*s_lane);
+            s0 = dup_lo(sc);
+            s1 = dup_hi(sc);
+            if (HAS_Z) {
+                const u32 zs = scale2_to_act2(*z_lane);
+                z0 = dup_lo(zs);
+                z1 = dup_hi(zs);
+            } else {
+                z0 = act2_mul(s0, ACT2_NEG8);  // -8 * scale, exact
+                z1 = act2_mul(s1, ACT2_NEG8);
+            }
+            if (--left == 0) {
+                left = group_chunks;
+                s_lane += row_step;
+                if (HAS_Z) z_lane += row_step;
+            }
+        };
+        // One chunk's 4 k16 steps into chain q (the step's words and
+        // activations already in registers).
+        auto chunk_mma = [&](const uint4& w, const uint4 (&act)[RH][2], u32 s0, u32 s1, u32 z0, u32 z1,
+                             float (&ch)[RH][4], int j) {
+            const u32 word = j == 0 ? w.x : j == 1 ? w.y : j == 2 ? w.z : w.w;
+            u32 b[2][2];
+            dequant_word(word, s0, s1, z0, z1, b);
+            const u32 wa[4] = {b[0][0], b[1][0], b[0][1], b[1][1]};
+#pragma unroll
+            for (int r = 0; r < RH; r++) {
+                const u32 bb[2] = {w4_act_word(act[r], 2 * j), w4_act_word(act[r], 2 * j + 1)};
+                mma_16816(ch[r], wa, bb);
+            }
+        };
+        const int n_steps = n_my / QN;
+        for (int si = 0; si < n_steps; si++) {
+            const int it = si * QN;
+            const u32 slot = ring_at + (u32)((it & (STAGES - 1)) * 512);
+            cp_async_wait<STAGES - QN>();
+            uint4 wv[QN];
+#pragma unroll
+            for (int q = 0; q < QN; q++) wv[q] = lds128_at(slot + q * 512);
+            uint4 act[QN][RH][2];
+#pragma unroll
+            for (int q = 0; q < QN; q++)
+#pragma unroll
+                for (int r = 0; r < RH; r++) {
+                    const u32 at = a_at[r] + (u32)(it + q) * a_step_b[r];
+                    act[q][r][0] = lds128_at(at);
+                    act[q][r][1] = lds128_at(at + 16u);
+                }
+            u32 s0[QN], s1[QN], z0[QN], z1[QN];
+#pragma unroll
+            for (int q = 0; q < QN; q++) take_scales(s0[q], s1[q], z0[q], z1[q]);
+            // Slots consumed (words in registers): refill, one group per chunk.
+#pragma unroll
+            for (int q = 0; q < QN; q++) {
+                if (it + q + STAGES < n_my) cp_async16_cg_at(slot + q * 512, w_lane + (size_t)(it + q + STAGES) * 128);
+                cp_async_commit();
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int q = 0; q < QN; q++) chunk_mma(wv[q], act[q], s0[q], s1[q], z0[q], z1[q], chain[q], j);
+        }
+        // The chunks after the last step, one at a time into chain 0.
+        const int done = n_steps * QN;
+        if (done < n_my) cp_async_wait<0>();
+        for (int it = done; it < n_my; it++) {
+            const uint4 w = lds128_at(ring_at + (u32)((it & (STAGES - 1)) * 512));
+            uint4 act[RH][2];
+#pragma unroll
+            for (int r = 0; r < RH; r++) {
+                const u32 at = a_at[r] + (u32)it * a_step_b[r];
+                act[r][0] = lds128_at(at);
+                act[r][1] = lds128_at(at + 16u);
+            }
+            u32 s0, s1, z0, z1;
+            take_scales(s0, s1, z0, z1);
+#pragma unroll
+            for (int j = 0; j < 4; j++) chunk_mma(w, act, s0, s1, z0, z1, chain[0], j);
+        }
+        // Into gacc (gacc_odd stays zero) for the common sum below.
+#pragma unroll
+        for (int r = 0; r < RH; r++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float s = chain[0][r][i];
+#pragma unroll
+                for (int q = 1; q < QN; q++) s += chain[q][r][i];
+                gacc[r][i] = s;
+            }
     } else if (lean) {
         // Lean paired loop (docs/CUDA.md change 38): the paired loop below
         // with what its SASS spends on nothing taken out. At small N the
