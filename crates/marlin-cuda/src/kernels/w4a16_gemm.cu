@@ -779,6 +779,50 @@ __device__ __forceinline__ int dec_scale_rows(int cps, int group_k32) { return (
 //
 // HAS_Z: zero points streamed (Z non-null). POST: symmetric, groups >= 64:
 // scales applied to the fp32 group sums (see above); else scaled f16 weights.
+// The quad loops' pieces shared by the POST and the scaled-weight forms
+// (docs/CUDA.md changes 54, 57).
+//
+// A lane's activation addresses: token row r * 8 + g of the warp's first
+// chunk (16 * t halves in), 128 bytes per chunk on; lanes of absent token
+// rows read the 64 zero halves after the tile (step 0).
+template <int RH>
+__device__ __forceinline__ void w4_quad_act_at(u32 (&a_at)[RH], u32 (&a_step_b)[RH], const u16* a_tile,
+                                               const u16* a_zero, int a_stride, int rows_here, int first, int g,
+                                               int t) {
+#pragma unroll
+    for (int r = 0; r < RH; r++) {
+        const bool real = r * 8 + g < rows_here;
+        a_at[r] = smem_addr(real ? a_tile + (r * 8 + g) * a_stride + first * 64 + 16 * t : a_zero + 16 * t);
+        a_step_b[r] = real ? 128u : 0u;
+    }
+}
+// The code words of QN chunks from ring slot `slot` on (512 bytes apart)
+// and their activations (chunks it .. it + QN - 1 of the warp).
+template <int QN, int RH>
+__device__ __forceinline__ void w4_quad_load(uint4 (&wv)[QN], uint4 (&act)[QN][RH][2], u32 slot,
+                                             const u32 (&a_at)[RH], const u32 (&a_step_b)[RH], int it) {
+#pragma unroll
+    for (int q = 0; q < QN; q++) wv[q] = lds128_at(slot + q * 512);
+#pragma unroll
+    for (int q = 0; q < QN; q++)
+#pragma unroll
+        for (int r = 0; r < RH; r++) {
+            const u32 at = a_at[r] + (u32)(it + q) * a_step_b[r];
+            act[q][r][0] = lds128_at(at);
+            act[q][r][1] = lds128_at(at + 16u);
+        }
+}
+// The step's slots consumed (words in registers): refill each with the
+// chunk STAGES on, one cp.async group per chunk (empty past the warp's).
+template <int QN, int STAGES>
+__device__ __forceinline__ void w4_quad_refill(u32 slot, const uint4* w_lane, int it, int n_my) {
+#pragma unroll
+    for (int q = 0; q < QN; q++) {
+        if (it + q + STAGES < n_my) cp_async16_cg_at(slot + q * 512, w_lane + (size_t)(it + q + STAGES) * 128);
+        cp_async_commit();
+    }
+}
+
 template <int RH, int STAGES, bool HAS_Z, bool POST, int PRO = W4_PRO_NONE, int EPI = W4_EPI_STORE>
 __device__ __forceinline__ void w4a16_dec_body(
     const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,
@@ -989,12 +1033,7 @@ __device__ __forceinline__ void w4a16_dec_body(
         // read the 64 zero halves (step 0).
         constexpr int QN = RH == 1 ? 4 : 2;
         u32 a_at[RH], a_step_b[RH];
-#pragma unroll
-        for (int r = 0; r < RH; r++) {
-            const bool real = r * 8 + g < rows_here;
-            a_at[r] = smem_addr(real ? a_tile + (r * 8 + g) * a_stride + (w_begin - c_begin) * 64 + 16 * t : a_zero + 16 * t);
-            a_step_b[r] = real ? 128u : 0u;
-        }
+        w4_quad_act_at<RH>(a_at, a_step_b, a_tile, a_zero, a_stride, rows_here, w_begin - c_begin, g, t);
         float cur_sl = f16_lo_to_f32(*s_lane);  // column g
         float cur_sh = f16_hi_to_f32(*s_lane);  // column g + 8
         // This chunk's scales; the row advances after the chunk that ends
@@ -1019,23 +1058,9 @@ __device__ __forceinline__ void w4a16_dec_body(
                 const u32 slot = ring_at + (u32)((it & (STAGES - 1)) * 512);
                 cp_async_wait<STAGES - QN>();
                 uint4 wv[QN];
-#pragma unroll
-                for (int q = 0; q < QN; q++) wv[q] = lds128_at(slot + q * 512);
                 uint4 act[QN][RH][2];
-#pragma unroll
-                for (int q = 0; q < QN; q++)
-#pragma unroll
-                    for (int r = 0; r < RH; r++) {
-                        const u32 at = a_at[r] + (u32)(it + q) * a_step_b[r];
-                        act[q][r][0] = lds128_at(at);
-                        act[q][r][1] = lds128_at(at + 16u);
-                    }
-                // Slots consumed (words in registers): refill, one group per chunk.
-#pragma unroll
-                for (int q = 0; q < QN; q++) {
-                    if (it + q + STAGES < n_my) cp_async16_cg_at(slot + q * 512, w_lane + (size_t)(it + q + STAGES) * 128);
-                    cp_async_commit();
-                }
+                w4_quad_load<QN, RH>(wv, act, slot, a_at, a_step_b, it);
+                w4_quad_refill<QN, STAGES>(slot, w_lane, it, n_my);
                 float sl[NP], sh[NP];
 #pragma unroll
                 for (int p = 0; p < NP; p++) take_scale(sl[p], sh[p], GROUPED ? 2 : 1);
@@ -1083,14 +1108,11 @@ __device__ __forceinline__ void w4a16_dec_body(
         const int done = n_steps * QN;
         if (done < n_my) cp_async_wait<0>();
         for (int it = done; it < n_my; it++) {
-            const uint4 w = lds128_at(ring_at + (u32)((it & (STAGES - 1)) * 512));
-            uint4 act[RH][2];
-#pragma unroll
-            for (int r = 0; r < RH; r++) {
-                const u32 at = a_at[r] + (u32)it * a_step_b[r];
-                act[r][0] = lds128_at(at);
-                act[r][1] = lds128_at(at + 16u);
-            }
+            uint4 w1[1];
+            uint4 act1[1][RH][2];
+            w4_quad_load<1, RH>(w1, act1, ring_at + (u32)((it & (STAGES - 1)) * 512), a_at, a_step_b, it);
+            const uint4& w = w1[0];
+            const uint4(&act)[RH][2] = act1[0];
             float sl, sh;
             take_scale(sl, sh, 1);
             const u32 words[4] = {w.x, w.y, w.z, w.w};
@@ -1128,12 +1150,7 @@ __device__ __forceinline__ void w4a16_dec_body(
         // single-chunk loop's, not their products).
         constexpr int QN = RH == 1 ? 4 : 2;
         u32 a_at[RH], a_step_b[RH];
-#pragma unroll
-        for (int r = 0; r < RH; r++) {
-            const bool real = r * 8 + g < rows_here;
-            a_at[r] = smem_addr(real ? a_tile + (r * 8 + g) * a_stride + (w_begin - c_begin) * 64 + 16 * t : a_zero + 16 * t);
-            a_step_b[r] = real ? 128u : 0u;
-        }
+        w4_quad_act_at<RH>(a_at, a_step_b, a_tile, a_zero, a_stride, rows_here, w_begin - c_begin, g, t);
         float chain[QN][RH][4];
 #pragma unroll
         for (int q = 0; q < QN; q++)
@@ -1182,26 +1199,12 @@ __device__ __forceinline__ void w4a16_dec_body(
             const u32 slot = ring_at + (u32)((it & (STAGES - 1)) * 512);
             cp_async_wait<STAGES - QN>();
             uint4 wv[QN];
-#pragma unroll
-            for (int q = 0; q < QN; q++) wv[q] = lds128_at(slot + q * 512);
             uint4 act[QN][RH][2];
-#pragma unroll
-            for (int q = 0; q < QN; q++)
-#pragma unroll
-                for (int r = 0; r < RH; r++) {
-                    const u32 at = a_at[r] + (u32)(it + q) * a_step_b[r];
-                    act[q][r][0] = lds128_at(at);
-                    act[q][r][1] = lds128_at(at + 16u);
-                }
+            w4_quad_load<QN, RH>(wv, act, slot, a_at, a_step_b, it);
             u32 s0[QN], s1[QN], z0[QN], z1[QN];
 #pragma unroll
             for (int q = 0; q < QN; q++) take_scales(s0[q], s1[q], z0[q], z1[q]);
-            // Slots consumed (words in registers): refill, one group per chunk.
-#pragma unroll
-            for (int q = 0; q < QN; q++) {
-                if (it + q + STAGES < n_my) cp_async16_cg_at(slot + q * 512, w_lane + (size_t)(it + q + STAGES) * 128);
-                cp_async_commit();
-            }
+            w4_quad_refill<QN, STAGES>(slot, w_lane, it, n_my);
 #pragma unroll
             for (int j = 0; j < 4; j++)
 #pragma unroll
@@ -1211,14 +1214,11 @@ __device__ __forceinline__ void w4a16_dec_body(
         const int done = n_steps * QN;
         if (done < n_my) cp_async_wait<0>();
         for (int it = done; it < n_my; it++) {
-            const uint4 w = lds128_at(ring_at + (u32)((it & (STAGES - 1)) * 512));
-            uint4 act[RH][2];
-#pragma unroll
-            for (int r = 0; r < RH; r++) {
-                const u32 at = a_at[r] + (u32)it * a_step_b[r];
-                act[r][0] = lds128_at(at);
-                act[r][1] = lds128_at(at + 16u);
-            }
+            uint4 w1[1];
+            uint4 act1[1][RH][2];
+            w4_quad_load<1, RH>(w1, act1, ring_at + (u32)((it & (STAGES - 1)) * 512), a_at, a_step_b, it);
+            const uint4& w = w1[0];
+            const uint4(&act)[RH][2] = act1[0];
             u32 s0, s1, z0, z1;
             take_scales(s0, s1, z0, z1);
 #pragma unroll
