@@ -779,6 +779,25 @@ __device__ __forceinline__ int dec_scale_rows(int cps, int group_k32) { return (
 //
 // HAS_Z: zero points streamed (Z non-null). POST: symmetric, groups >= 64:
 // scales applied to the fp32 group sums (see above); else scaled f16 weights.
+// The scaled-weight kernels' (scale, -zero * scale) pairs of a lane's
+// columns g and g + 8 as activation-type f16x2 duplicates (symmetric
+// weights: -8 * scale, exact).
+template <bool HAS_Z>
+__device__ __forceinline__ void w4_scale_pairs(const u32* s_lane, const u32* z_lane, u32& s0, u32& s1, u32& z0,
+                                               u32& z1) {
+    const u32 sc = scale2_to_act2(*s_lane);
+    s0 = dup_lo(sc);
+    s1 = dup_hi(sc);
+    if (HAS_Z) {
+        const u32 zs = scale2_to_act2(*z_lane);
+        z0 = dup_lo(zs);
+        z1 = dup_hi(zs);
+    } else {
+        z0 = act2_mul(s0, ACT2_NEG8);
+        z1 = act2_mul(s1, ACT2_NEG8);
+    }
+}
+
 // The quad loops' pieces shared by the POST and the scaled-weight forms
 // (docs/CUDA.md changes 54, 57).
 //
@@ -1158,21 +1177,10 @@ __device__ __forceinline__ void w4a16_dec_body(
             for (int r = 0; r < RH; r++)
 #pragma unroll
                 for (int i = 0; i < 4; i++) chain[q][r][i] = 0.0f;
-        // This chunk's (scale, -zero * scale) pairs of columns g and g + 8
-        // as activation-type f16x2 duplicates; the rows advance after the
-        // chunk that ends a group (groups of 32: two rows every chunk).
+        // This chunk's scale pairs; the rows advance after the chunk that
+        // ends a group (groups of 32: two rows every chunk).
         auto take_scales = [&](u32& s0, u32& s1, u32& z0, u32& z1) {
-            const u32 sc = scale2_to_act2(*s_lane);
-            s0 = dup_lo(sc);
-            s1 = dup_hi(sc);
-            if (HAS_Z) {
-                const u32 zs = scale2_to_act2(*z_lane);
-                z0 = dup_lo(zs);
-                z1 = dup_hi(zs);
-            } else {
-                z0 = act2_mul(s0, ACT2_NEG8);  // -8 * scale, exact
-                z1 = act2_mul(s1, ACT2_NEG8);
-            }
+            w4_scale_pairs<HAS_Z>(s_lane, z_lane, s0, s1, z0, z1);
             if (--left == 0) {
                 left = group_chunks;
                 s_lane += row_step;
@@ -1464,19 +1472,7 @@ __device__ __forceinline__ void w4a16_dec_body(
                     act[r][4] = v1.x; act[r][5] = v1.y; act[r][6] = v1.z; act[r][7] = v1.w;
                 }
                 u32 s0 = 0, s1 = 0, z0 = 0, z1 = 0;
-                if (!POST) {
-                    const u32 sc = scale2_to_act2(*s_lane);
-                    s0 = dup_lo(sc);
-                    s1 = dup_hi(sc);
-                    if (HAS_Z) {
-                        const u32 zs = scale2_to_act2(*z_lane);
-                        z0 = dup_lo(zs);
-                        z1 = dup_hi(zs);
-                    } else {
-                        z0 = act2_mul(s0, ACT2_NEG8);  // -8 * scale, exact
-                        z1 = act2_mul(s1, ACT2_NEG8);
-                    }
-                }
+                if (!POST) w4_scale_pairs<HAS_Z>(s_lane, z_lane, s0, s1, z0, z1);
                 const u32 words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
