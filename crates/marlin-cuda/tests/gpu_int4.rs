@@ -370,7 +370,9 @@ fn check_decode_plans(
 /// at M = 3, 4 of N = 28672 (16-stage ring), at M = 5..8 with K beyond
 /// 4096 (odd chunk counts per warp: K = 5000 is 79 chunks, 2 K slices of
 /// 39 / 40) and with two K splits (M = 14, 16 at K = 6000: one pass's
-/// activation tile does not fit), zero points and groups of 32; and 2
+/// activation tile does not fit) or three (M = 16 at 28672x8192 with
+/// groups of 32: two splits' scale rows do not fit), zero points and
+/// groups of 32; and 2
 /// column blocks x 4 K slices at M = 3, 4 of N = 4096, K = 14336.
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -384,7 +386,7 @@ fn int4_wide_decode_plans_match_reference() {
     let assert_shapes = wide && dev.sm_count() == 132;
     // (M, N, K, group, zero points, decode shape expected under the wide
     // limit: column blocks x K slices x splits; whole column: nbpb >= 7)
-    let cases: [PlanCase; 11] = [
+    let cases: [PlanCase; 12] = [
         (16, 14336, 4096, 128, false, (7, 2, 1)),
         (9, 14336, 1000, 128, false, (7, 1, 1)),
         (12, 14336, 2048, 64, true, (7, 2, 1)),
@@ -394,6 +396,8 @@ fn int4_wide_decode_plans_match_reference() {
         (8, 14336, 5000, 128, false, (7, 2, 1)),
         (16, 14336, 6000, 128, false, (7, 2, 2)),
         (14, 14336, 6000, 32, true, (7, 2, 2)),
+        // Groups of 32 at 28672x8192: two splits' scale rows do not fit.
+        (16, 28672, 8192, 32, false, (14, 1, 3)),
         (3, 4096, 14336, 128, false, (2, 4, 1)),
         (4, 4096, 14336, 64, true, (2, 4, 1)),
     ];

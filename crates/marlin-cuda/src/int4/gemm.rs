@@ -988,7 +988,11 @@ fn decode_kernel_name(m: usize, tiles: usize, has_zeros: bool, group32: bool) ->
 /// M = 9..16 (two token tiles), M = 3..4 at N = 28672 (K = 4096), and
 /// M = 5..16 at K up to [`DEC_WIDE_MAX_KC`] chunks, with two K splits
 /// where one pass's activation tile does not fit (M = 9..16 at K = 8192:
-/// two rounds of the same blocks, the fp32 partials + ticket). H100, same
+/// two rounds of the same blocks, the fp32 partials + ticket), three where
+/// two do not either (the scale rows of groups of 32 or of groups of 64
+/// with zero points at 28672x8192 M = 16; docs/CUDA.md change 61: groups
+/// of 32 74 us against 97 for the 16 column blocks x 8 splits those cases
+/// took before). H100, same
 /// run against session 6's plans (change 48, back to back / after a PDL
 /// predecessor): 28672x8192 M = 8 48.0-48.3 / 46.8-47.1 us against
 /// stream-K 50.7-50.8 / 49.5, M = 16 67.2-67.6 against 73.1-74.1 for 16
@@ -1020,7 +1024,7 @@ fn whole_column_shape(
     {
         return None;
     }
-    whole_column_within(m, dims, has_zeros, sm_count, smem_limit, 2)
+    whole_column_within(m, dims, has_zeros, sm_count, smem_limit, 3)
 }
 
 /// The whole-column shape of [`whole_column_shape`] within `smem_limit`
@@ -3124,6 +3128,27 @@ mod tests {
         assert_eq!(wide(16, 28672, 8192), (14, 1, 2));
         assert_eq!(wide(3, 4096, 14336), (2, 4, 1));
         assert_eq!(wide(4, 4096, 14336), (2, 4, 1));
+        // Three K splits where two splits' scale rows do not fit (change
+        // 61): groups of 32 (both zero modes) and groups of 64 with zero
+        // points at 28672x8192 M = 16; groups of 128 and M = 9 keep two.
+        let grouped = |m, group_k32, zeros| {
+            let s = decode_launch_for(
+                m,
+                (28672, 128, group_k32),
+                zeros,
+                132,
+                None,
+                DEC_SMEM_LIMIT_WIDE,
+            )
+            .expect("plan")
+            .1;
+            (s.nbpb, s.k_slices, s.splits)
+        };
+        assert_eq!(grouped(16, 1, false), (14, 1, 3));
+        assert_eq!(grouped(16, 1, true), (14, 1, 3));
+        assert_eq!(grouped(16, 2, true), (14, 1, 3));
+        assert_eq!(grouped(16, 4, true), (14, 1, 2));
+        assert_eq!(grouped(9, 1, false), (14, 1, 2));
         // Everything else keeps its plan.
         for m in 1..=DEC_MAX_M {
             for (n, k) in [(4096, 4096), (6144, 4096), (4096, 14336), (128256, 4096)] {
