@@ -4,8 +4,16 @@
 use crate::ComputeArgs;
 use marlin_core::Device;
 
-pub fn gemm(compute: &ComputeArgs, quick: bool) -> anyhow::Result<()> {
+/// `marlin bench gemm`: `formats` (short names) and `ms` replace the
+/// defaults where given.
+pub fn gemm(
+    compute: &ComputeArgs,
+    quick: bool,
+    formats: &[String],
+    ms: &[usize],
+) -> anyhow::Result<()> {
     crate::init_threads(compute.threads)?;
+    let ms = batch_sizes(ms)?;
     match compute.device {
         Device::Cpu => {
             let mut cfg = marlin_cpu::bench::GemmBenchConfig::default();
@@ -14,20 +22,87 @@ pub fn gemm(compute: &ComputeArgs, quick: bool) -> anyhow::Result<()> {
                 cfg.runs = 3;
                 cfg.warmup = 1;
             }
+            if let Some(f) = cpu_formats(formats)? {
+                cfg.formats = f;
+            }
+            if let Some(ms) = ms {
+                cfg.ms = ms;
+            }
             let report = marlin_cpu::bench::run_gemm_bench(&cfg)?;
             print!("{report}");
             Ok(())
         }
-        Device::Cuda(ordinal) => cuda_gemm(ordinal, quick),
+        Device::Cuda(ordinal) => cuda_gemm(ordinal, quick, formats, ms),
     }
 }
 
+/// `--ms`: None when not given; every M at least 1.
+fn batch_sizes(ms: &[usize]) -> anyhow::Result<Option<Vec<usize>>> {
+    if ms.contains(&0) {
+        anyhow::bail!("--ms: batch sizes must be at least 1, got {ms:?}");
+    }
+    Ok((!ms.is_empty()).then(|| ms.to_vec()))
+}
+
+/// `--formats` for the CPU benchmark: None when not given.
+fn cpu_formats(names: &[String]) -> anyhow::Result<Option<Vec<marlin_cpu::bench::BenchFormat>>> {
+    use marlin_cpu::bench::BenchFormat;
+    if names.is_empty() {
+        return Ok(None);
+    }
+    names
+        .iter()
+        .map(|n| {
+            BenchFormat::from_short_name(n).ok_or_else(|| {
+                let known: Vec<&str> = BenchFormat::ALL.iter().map(|a| a.0).collect();
+                anyhow::anyhow!(
+                    "--formats: unknown CPU format {n:?} (known: {})",
+                    known.join(", ")
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// `--formats` for the CUDA benchmark: None when not given.
 #[cfg(feature = "cuda")]
-fn cuda_gemm(ordinal: usize, quick: bool) -> anyhow::Result<()> {
+fn cuda_formats(names: &[String]) -> anyhow::Result<Option<Vec<marlin_cuda::bench::GemmFormat>>> {
+    use marlin_cuda::bench::GemmFormat;
+    if names.is_empty() {
+        return Ok(None);
+    }
+    names
+        .iter()
+        .map(|n| {
+            GemmFormat::parse(n.trim()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--formats: unknown CUDA format {n:?} (known: int4, int4zp, int4g32, mxfp4, \
+                     nvfp4, int8, fp8, fp8b128, int3, int2)"
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(Some)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_gemm(
+    ordinal: usize,
+    quick: bool,
+    formats: &[String],
+    ms: Option<Vec<usize>>,
+) -> anyhow::Result<()> {
     let mut cfg = marlin_cuda::bench::GemmBenchConfig::default();
     if quick {
         cfg.shapes.truncate(1);
         cfg.ms = vec![1, 16, 128];
+    }
+    if let Some(f) = cuda_formats(formats)? {
+        cfg.formats = f;
+    }
+    if let Some(ms) = ms {
+        cfg.ms = ms;
     }
     let report = marlin_cuda::bench::bench_gemm(ordinal, &cfg)?;
     print!("{report}");
@@ -35,7 +110,12 @@ fn cuda_gemm(ordinal: usize, quick: bool) -> anyhow::Result<()> {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_gemm(_ordinal: usize, _quick: bool) -> anyhow::Result<()> {
+fn cuda_gemm(
+    _ordinal: usize,
+    _quick: bool,
+    _formats: &[String],
+    _ms: Option<Vec<usize>>,
+) -> anyhow::Result<()> {
     anyhow::bail!("--device cuda: this marlin was built without the `cuda` feature (cargo build --release --features cuda)")
 }
 
@@ -117,4 +197,45 @@ pub fn model(
         tg_s * 1e3 / tg as f64
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn gemm_bench_lists_parse_or_name_what_is_wrong() {
+        use marlin_cpu::bench::BenchFormat;
+        assert_eq!(batch_sizes(&[]).unwrap(), None);
+        assert_eq!(batch_sizes(&[1, 16]).unwrap(), Some(vec![1, 16]));
+        assert!(batch_sizes(&[1, 0]).is_err());
+        assert_eq!(cpu_formats(&[]).unwrap(), None);
+        assert_eq!(
+            cpu_formats(&names(&["int4", "MXFP4"])).unwrap(),
+            Some(vec![BenchFormat::Int4G128, BenchFormat::Mxfp4])
+        );
+        let err = cpu_formats(&names(&["int4", "int9"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("int9") && err.contains("mxfp4"), "{err}");
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_gemm_bench_formats_parse() {
+        use marlin_cuda::bench::GemmFormat;
+        assert_eq!(cuda_formats(&[]).unwrap(), None);
+        assert_eq!(
+            cuda_formats(&names(&["int4zp", " int4g32"])).unwrap(),
+            Some(vec![GemmFormat::Int4Zp128, GemmFormat::Int4G32])
+        );
+        let err = cuda_formats(&names(&["int4", "fp5"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fp5") && err.contains("int4zp"), "{err}");
+    }
 }

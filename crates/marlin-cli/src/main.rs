@@ -180,6 +180,15 @@ enum BenchCommand {
         /// Fewer shapes and repetitions (a quick check).
         #[arg(long)]
         quick: bool,
+        /// Weight formats, comma-separated (default: the table).
+        /// CPU: int4, mxfp4, nvfp4, int8, fp8, int3, int2; CUDA: int4 (g128),
+        /// int4zp (zero points, g128), int4g32, mxfp4, nvfp4, int8, fp8,
+        /// fp8b128, int3, int2.
+        #[arg(long, value_delimiter = ',')]
+        formats: Vec<String>,
+        /// Batch sizes M, comma-separated (default: the list).
+        #[arg(long, value_delimiter = ',')]
+        ms: Vec<usize>,
     },
     /// Prompt processing and decode speed of a model.
     Model {
@@ -307,7 +316,12 @@ fn main() {
             what: EvalCommand::Layers { model, base },
         } => cmd_eval::layers(&model, &base),
         Command::Bench { what } => match what {
-            BenchCommand::Gemm { compute, quick } => cmd_bench::gemm(&compute, quick),
+            BenchCommand::Gemm {
+                compute,
+                quick,
+                formats,
+                ms,
+            } => cmd_bench::gemm(&compute, quick, &formats, &ms),
             BenchCommand::Model {
                 model,
                 pp,
