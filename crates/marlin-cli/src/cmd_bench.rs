@@ -44,46 +44,50 @@ fn batch_sizes(ms: &[usize]) -> anyhow::Result<Option<Vec<usize>>> {
     Ok((!ms.is_empty()).then(|| ms.to_vec()))
 }
 
-/// `--formats` for the CPU benchmark: None when not given.
-fn cpu_formats(names: &[String]) -> anyhow::Result<Option<Vec<marlin_cpu::bench::BenchFormat>>> {
-    use marlin_cpu::bench::BenchFormat;
+/// `--formats`: each short name through `parse`; None when not given, an
+/// error naming the unknown name and the `known` ones.
+fn parse_formats<T>(
+    names: &[String],
+    device: &str,
+    known: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> anyhow::Result<Option<Vec<T>>> {
     if names.is_empty() {
         return Ok(None);
     }
     names
         .iter()
         .map(|n| {
-            BenchFormat::from_short_name(n).ok_or_else(|| {
-                let known: Vec<&str> = BenchFormat::ALL.iter().map(|a| a.0).collect();
-                anyhow::anyhow!(
-                    "--formats: unknown CPU format {n:?} (known: {})",
-                    known.join(", ")
-                )
+            parse(n.trim()).ok_or_else(|| {
+                anyhow::anyhow!("--formats: unknown {device} format {n:?} (known: {known})")
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()
         .map(Some)
 }
 
-/// `--formats` for the CUDA benchmark: None when not given.
+/// `--formats` for the CPU benchmark.
+fn cpu_formats(names: &[String]) -> anyhow::Result<Option<Vec<marlin_cpu::bench::BenchFormat>>> {
+    use marlin_cpu::bench::BenchFormat;
+    let known: Vec<&str> = BenchFormat::ALL.iter().map(|a| a.0).collect();
+    parse_formats(
+        names,
+        "CPU",
+        &known.join(", "),
+        BenchFormat::from_short_name,
+    )
+}
+
+/// `--formats` for the CUDA benchmark.
 #[cfg(feature = "cuda")]
 fn cuda_formats(names: &[String]) -> anyhow::Result<Option<Vec<marlin_cuda::bench::GemmFormat>>> {
     use marlin_cuda::bench::GemmFormat;
-    if names.is_empty() {
-        return Ok(None);
-    }
-    names
-        .iter()
-        .map(|n| {
-            GemmFormat::parse(n.trim()).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "--formats: unknown CUDA format {n:?} (known: int4, int4zp, int4g32, mxfp4, \
-                     nvfp4, int8, fp8, fp8b128, int3, int2)"
-                )
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()
-        .map(Some)
+    parse_formats(
+        names,
+        "CUDA",
+        "int4, int4zp, int4g32, mxfp4, nvfp4, int8, fp8, fp8b128, int3, int2",
+        GemmFormat::parse,
+    )
 }
 
 #[cfg(feature = "cuda")]
