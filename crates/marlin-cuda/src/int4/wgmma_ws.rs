@@ -463,10 +463,18 @@ fn stream_k_units(m: usize, w: &Int4Weight, v: WsVariant) -> usize {
 /// for small grids (see [`ws_stream_k`]).
 pub const WS_SK_AUTO_MIN_CHUNKS: usize = 128;
 /// Weights of at least this many elements take this kernel at M = 33..=64
-/// (and at M = 32 when its 256-column blocks cover a third of the SMs).
+/// (and at M = 17..=32 when its 256-column blocks cover a third of the SMs).
 pub const WS_LOW_M_AUTO_MIN_ELEMS: usize = 1 << 25;
 /// Smallest M that `GemmPath::Auto` sends to this kernel below 128.
-pub const WS_LOW_M_AUTO_MIN_M: usize = 32;
+/// Session 13 (docs/CUDA.md change 62): 17, was 32. H100, one call, this
+/// kernel against the wgmma kernel that Auto took at M = 24: 14336x4096
+/// 28.25 against 32.35 us, 28672x8192 77.73 against 98.71; the decode step
+/// at batch 24 (its gate|up and LM head on the wgmma kernel) took 4942 us
+/// against 4449 at batch 32.
+pub const WS_LOW_M_AUTO_MIN_M: usize = 17;
+/// Largest M at which this kernel also needs the wide grid (256-column
+/// blocks covering a third of the SMs).
+const WS_LOW_M_WIDE_MAX_M: usize = 32;
 
 /// Blocks of the unsplit grid of 256-column tiles (64 tokens at M <= 64,
 /// else 128): what decides between the two forms.
@@ -556,7 +564,7 @@ const WS_AUTO_MIN_WAVE_EFFICIENCY: f64 = 0.9;
 
 /// `GemmPath::Auto`'s choice of this kernel on sm_90 (the form, split-K
 /// or stream-K, is [`ws_stream_k`]'s):
-/// - M = 33..=64 on weights of >= 2^25 elements, M = 32 when the
+/// - M = 33..=64 on weights of >= 2^25 elements, M = 17..=32 when the
 ///   256-column blocks also cover a third of the SMs;
 /// - M = 128..1024 on weights of >= 2^24 elements; on smaller weights at
 ///   M = 128..255 when the grid of 128-token x 256-column blocks covers at
@@ -604,7 +612,7 @@ pub fn ws_auto(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
     if (WS_LOW_M_AUTO_MIN_M..=64).contains(&m) {
         let wide = 3 * w.n_pad.div_ceil(256) >= sms;
         return w.n.saturating_mul(w.k) >= WS_LOW_M_AUTO_MIN_ELEMS
-            && (m > WS_LOW_M_AUTO_MIN_M || wide);
+            && (m > WS_LOW_M_WIDE_MAX_M || wide);
     }
     if m < WS_AUTO_MIN_M {
         return false;

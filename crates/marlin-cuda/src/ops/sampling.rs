@@ -100,6 +100,12 @@ const SPLIT_THREADS: u32 = 256;
 /// Logits per block of the split argmax at most (a 128k vocabulary takes
 /// 32 blocks per row): a few 4-byte loads per thread, all in flight.
 const SPLIT_CHUNK: usize = 4096;
+/// Blocks of the split argmax per SM at most, over all rows (256 threads
+/// each: 8 fill an SM's 2048 threads). Session 13 (docs/CUDA.md change
+/// 62): 8, was 2, which left a 32-row launch (Llama-3.1-8B decode at batch
+/// 32, 128256 logits per row) 8 blocks per row of ~16k logits each, eight
+/// dependent load rounds per thread: 20.8 us of the step on an H100.
+const SPLIT_BLOCKS_PER_SM: usize = 8;
 
 /// Device state of [`argmax_rows_ws`] for up to `rows` rows: a packed
 /// (value, index) key and a ticket per row, zero between launches (the
@@ -128,7 +134,8 @@ impl ArgmaxWorkspace {
 
 /// [`argmax_rows`] with many blocks per row (the same result: ties to the
 /// lowest index, NaN never chosen, [`NO_TOKEN`] for a row of NaN): one
-/// block per [`SPLIT_CHUNK`] logits (at most two blocks per SM in all),
+/// block per [`SPLIT_CHUNK`] logits (at most [`SPLIT_BLOCKS_PER_SM`] blocks
+/// per SM in all),
 /// merged through `ws`. A programmatic dependent launch (it waits for the
 /// previous kernel before reading the logits).
 pub fn argmax_rows_ws(
@@ -235,7 +242,7 @@ fn split_config(
             "{what}: {rows} rows exceed the grid's 65535"
         )));
     }
-    let per_row_cap = (2 * dev.sm_count() / rows).max(1);
+    let per_row_cap = (SPLIT_BLOCKS_PER_SM * dev.sm_count() / rows).max(1);
     let blocks = vocab.div_ceil(SPLIT_CHUNK).min(per_row_cap).max(1);
     let chunk = vocab.div_ceil(blocks);
     let chunk_i = to_i32(&format!("{what} chunk"), chunk)?;
