@@ -581,16 +581,26 @@ fn check_attention(
     // The two key rings of the decode kernel: same keys, same order, same
     // key step, so the same bits (the cluster merge off on both sides).
     let mut ring = Vec::new();
+    // (The per-key step: the tensor-core key tiles never use a ring.)
     for stage_kv in [true, false] {
         ops::set_attn_override(ops::AttnOverride {
             stage_kv: Some(stage_kv),
             cluster: Some(false),
+            mma: Some(false),
         });
         ring.push(run(ops::attention_decode as AttnFn));
     }
+    // The tensor-core key tiles (head_dim 32 / 64 / 128; others: the key step).
+    ops::set_attn_override(ops::AttnOverride {
+        stage_kv: None,
+        cluster: Some(false),
+        mma: Some(true),
+    });
+    let mma_out = run(ops::attention_decode as AttnFn);
     ops::set_attn_override(ops::AttnOverride {
         stage_kv: None,
         cluster: Some(true),
+        mma: None,
     });
     let before = ops::attn_cluster_launches();
     let cluster_out = run(ops::attention_decode as AttnFn);
@@ -603,9 +613,12 @@ fn check_attention(
             ring[0][i], ring[1][i]
         );
     }
+    let register_ring = ring.swap_remove(1);
     for (name, got) in [
         ("decode", run(ops::attention_decode as AttnFn)),
-        ("decode (register ring)", ring.swap_remove(1)),
+        ("decode (key step, shared-memory ring)", ring.swap_remove(0)),
+        ("decode (key step, register ring)", register_ring),
+        ("decode (tensor-core key tiles)", mma_out),
         ("decode (cluster merge forced on)", cluster_out),
         ("prefill", run(ops::attention_prefill as AttnFn)),
         ("auto", run(ops::attention as AttnFn)),
@@ -905,6 +918,7 @@ fn check_attention_rope<T: ops::ActElem>(
         ops::set_attn_override(ops::AttnOverride {
             stage_kv: Some(stage_kv),
             cluster: Some(false),
+            mma: Some(false),
         });
         let mut out = poisoned_t();
         let r = ops::attention_decode_rope(
@@ -928,6 +942,14 @@ fn check_attention_rope<T: ops::ActElem>(
             ring[0][i], ring[1][i]
         );
     }
+    // The key step (above) against the two launches (tensor-core key tiles
+    // by default where the head_dim allows).
+    assert_close(
+        &format!("{what} (key step)"),
+        &ring[0],
+        &a[..m * qd],
+        out_tol,
+    );
     // A q row stride below the q width is refused.
     let short = ops::ProjRows {
         data: projd.slice(0..),
