@@ -403,12 +403,12 @@ impl GemmWorkspace {
         w: &Int4Weight,
         m: usize,
     ) -> Result<&'static str> {
-        let call = glu_call(m, w, dev.sm_count()).map_err(glu_unsupported)?;
+        let call = glu_call(m, w, dev).map_err(glu_unsupported)?;
         dev.function(
             FUSED_MODULE,
             FUSED_SOURCE,
             call.kernel,
-            to_u32_smem(decode_smem_attr())?,
+            to_u32_smem(call.attr)?,
         )?;
         self.mark_prepared(Act::F16, call.kernel);
         Ok(call.kernel)
@@ -2408,11 +2408,16 @@ struct GluCall {
     kernel: &'static str,
     shape: DecodeShape,
     smem: usize,
+    /// The kernel's dynamic shared memory attribute (the limit it was
+    /// planned within).
+    attr: usize,
 }
 
 /// The GLU-epilogue launch of `m` rows of a stacked gate|up weight (gate
 /// rows 0..F, up rows F..2F), or the constraint that fails where the kernel
-/// cannot run it: M <= 8 (one token tile), symmetric codes with groups >= 64
+/// cannot run it: M <= 16 (one or two token tiles; M = 9..16 within
+/// `smem_limit`, sm_90's wider limit, M <= 8 within [`DEC_SMEM_LIMIT`] as
+/// measured in changes 41 and 55), symmetric codes with groups >= 64
 /// or per-channel (scales after the mma), F a multiple of 16 (whole n16
 /// column blocks of each half), K <= 4096 (the whole K range of the block in
 /// one activation tile, no split-K), and a block shape within the
@@ -2426,14 +2431,14 @@ struct GluCall {
 /// blocks; [`glu_epilogue_preferred`] does not take those); the most K
 /// slices (power of two, <= 16 warps, >= 16 chunks each) that fit. Ring
 /// depth as the plain plan: 16 stages at M <= 4 where that fits
-/// (`w4a16_dec_m4_glu`), else 8 (`w4a16_dec_m8_glu`);
-/// `MARLIN_INT4_GLU_STAGES=8` takes 8 at every M.
-fn glu_call(m: usize, w: &Int4Weight, sm_count: usize) -> std::result::Result<GluCall, String> {
+/// (`w4a16_dec_m4_glu`), else 8 (`w4a16_dec_m8_glu`, two token tiles
+/// `w4a16_dec_m16_glu`); `MARLIN_INT4_GLU_STAGES=8` takes 8 at every M.
+fn glu_call(m: usize, w: &Int4Weight, dev: &CudaDevice) -> std::result::Result<GluCall, String> {
     glu_call_for(
         m,
         (w.n, w.k_chunks, w.group_k32),
         w.neg_zero_scales.is_some(),
-        sm_count,
+        (dev.sm_count(), decode_smem_limit(dev)),
         GLU_STAGES.get(),
     )
 }
@@ -2444,12 +2449,13 @@ fn glu_call_for(
     m: usize,
     (n, kc, group_k32): (usize, usize, usize),
     has_zeros: bool,
-    sm_count: usize,
+    (sm_count, smem_limit): (usize, usize),
     stages_knob: Option<usize>,
 ) -> std::result::Result<GluCall, String> {
-    if !(1..=8).contains(&m) {
-        return Err(format!("M = {m} is not in 1..=8 (one token tile)"));
+    if !(1..=16).contains(&m) {
+        return Err(format!("M = {m} is not in 1..=16 (one or two token tiles)"));
     }
+    let limit = if m <= 8 { DEC_SMEM_LIMIT } else { smem_limit };
     if has_zeros {
         return Err("the weight has zero points (symmetric codes only)".into());
     }
@@ -2482,7 +2488,9 @@ fn glu_call_for(
     // next GEMM's blocks (down, launched early by PDL) beside it;
     // docs/CUDA.md change 41.
     let deep = stages_knob.is_none_or(|s| s == DEC_STAGES_M4);
-    let rings: &[(&'static str, usize)] = if deep && m <= DEC_M4_MAX_M {
+    let rings: &[(&'static str, usize)] = if m > 8 {
+        &[("w4a16_dec_m16_glu", DEC_STAGES)]
+    } else if deep && m <= DEC_M4_MAX_M {
         &[
             ("w4a16_dec_m4_glu", DEC_STAGES_M4),
             ("w4a16_dec_m8_glu", DEC_STAGES),
@@ -2500,11 +2508,12 @@ fn glu_call_for(
                 splits: 1,
             };
             let smem = decode_smem_bytes_ring(m, kc, shape, group_k32, false, stages * 32 * 16);
-            if smem <= DEC_SMEM_LIMIT {
+            if smem <= limit {
                 return Ok(GluCall {
                     kernel,
                     shape,
                     smem,
+                    attr: limit,
                 });
             }
             if k_slices == 1 {
@@ -2514,7 +2523,7 @@ fn glu_call_for(
         }
     }
     Err(format!(
-        "no block of {nbpb} column blocks fits {DEC_SMEM_LIMIT} bytes of shared memory at M = {m}"
+        "no block of {nbpb} column blocks fits {limit} bytes of shared memory at M = {m}"
     ))
 }
 
@@ -2523,7 +2532,7 @@ fn glu_call_for(
 /// per-channel, F = N/2 a multiple of 16, K <= 4096; the shape alone
 /// decides, not the SM count).
 pub fn glu_epilogue_supported(dev: &CudaDevice, m: usize, w: &Int4Weight) -> bool {
-    glu_call(m, w, dev.sm_count()).is_ok()
+    glu_call(m, w, dev).is_ok()
 }
 
 /// Whether the decode step should take [`int4_gemm_glu`] instead of the
@@ -2537,7 +2546,7 @@ pub fn glu_epilogue_supported(dev: &CudaDevice, m: usize, w: &Int4Weight) -> boo
 pub fn glu_epilogue_preferred(dev: &CudaDevice, m: usize, w: &Int4Weight) -> bool {
     let sm = dev.sm_count();
     m >= GLU_MIN_M_KNOB.get().unwrap_or(GLU_MIN_M)
-        && glu_call(m, w, sm).is_ok_and(|c| glu_fills_one_round(w.n, &c, sm))
+        && glu_call(m, w, dev).is_ok_and(|c| glu_fills_one_round(w.n, &c, sm))
 }
 
 /// Whether the GLU launch `c` of an N-row stacked weight is the
@@ -2607,7 +2616,7 @@ pub fn int4_gemm_glu_prepared(
     act: GluAct,
     ws: &GemmWorkspace,
 ) -> Result<GemmPlan> {
-    let call = glu_call(m, w, dev.sm_count()).map_err(glu_unsupported)?;
+    let call = glu_call(m, w, dev).map_err(glu_unsupported)?;
     check_glu_operands(m, w, a.len(), out.len())?;
     ws.check_prepared(Act::F16, call.kernel)?;
     let shape = call.shape;
@@ -2615,7 +2624,7 @@ pub fn int4_gemm_glu_prepared(
         FUSED_MODULE,
         FUSED_SOURCE,
         call.kernel,
-        to_u32_smem(decode_smem_attr())?,
+        to_u32_smem(call.attr)?,
     )?;
     let n_tiles = (w.n / 16) / shape.nbpb;
     let cfg = LaunchConfig {
@@ -2840,7 +2849,8 @@ mod tests {
         let llama = (28672, 64, 4);
         for m in 1..=8 {
             for knob in [None, Some(8), Some(16)] {
-                let c = glu_call_for(m, llama, false, 132, knob).expect("Llama gate|up");
+                let c = glu_call_for(m, llama, false, (132, DEC_SMEM_LIMIT_WIDE), knob)
+                    .expect("Llama gate|up");
                 let what = format!("M={m} knob={knob:?} {c:?}");
                 assert_eq!(
                     (c.shape.nbpb, c.shape.k_slices, c.shape.splits),
@@ -2855,6 +2865,27 @@ mod tests {
                     "w4a16_dec_m8_glu"
                 };
                 assert_eq!(c.kernel, want, "{what}");
+            }
+        }
+        // M = 9..16 (two token tiles, change 65): the same shape within
+        // sm_90's wider limit; refused within the portable one.
+        for m in 9..=16 {
+            let c = glu_call_for(m, llama, false, (132, DEC_SMEM_LIMIT_WIDE), None)
+                .expect("Llama gate|up, two token tiles");
+            let what = format!("M={m} {c:?}");
+            assert_eq!(
+                (c.shape.nbpb, c.shape.k_slices, c.shape.splits),
+                (14, 1, 1),
+                "{what}"
+            );
+            assert_eq!(c.kernel, "w4a16_dec_m16_glu", "{what}");
+            assert!(c.smem <= c.attr, "{what}");
+            assert_eq!(c.attr, DEC_SMEM_LIMIT_WIDE, "{what}");
+            // 9 rows fit the portable limit, 10 and more do not.
+            let portable = glu_call_for(m, llama, false, (132, DEC_SMEM_LIMIT), None);
+            match portable {
+                Ok(p) => assert!(m == 9 && p.smem <= DEC_SMEM_LIMIT, "{what}: {p:?}"),
+                Err(e) => assert!(m > 9 && e.contains("shared memory"), "{what}: {e}"),
             }
         }
         // Every shape the GPU tests (tests/gpu_int4_glu.rs, gpu_decoder's
@@ -2877,13 +2908,18 @@ mod tests {
                 let pairs = n / 32;
                 let one_round =
                     (1..=DEC_MAX_WARPS / 2).any(|d| pairs.is_multiple_of(d) && pairs / d <= sm);
-                for m in 1..=8 {
+                for m in 1..=16 {
                     for knob in [None, Some(8)] {
-                        let c = glu_call_for(m, (n, kc, g), false, sm, knob)
+                        let c = glu_call_for(m, (n, kc, g), false, (sm, DEC_SMEM_LIMIT_WIDE), knob)
                             .unwrap_or_else(|e| panic!("M={m} n={n} kc={kc} sm={sm}: {e}"));
                         let what = format!("M={m} n={n} kc={kc} sm={sm} {c:?}");
+                        let limit = if m <= 8 {
+                            DEC_SMEM_LIMIT
+                        } else {
+                            DEC_SMEM_LIMIT_WIDE
+                        };
                         assert!(
-                            c.smem <= DEC_SMEM_LIMIT && c.shape.nbpb.is_multiple_of(2),
+                            c.smem <= limit && c.attr == limit && c.shape.nbpb.is_multiple_of(2),
                             "{what}"
                         );
                         assert_eq!(c.shape.splits, 1, "{what}");
@@ -2904,19 +2940,21 @@ mod tests {
         }
         // The Llama gate|up on 108 SMs (A100): no divisor <= 8 of 896 pairs
         // gives <= 108 blocks, so 8 pairs per block, 112 blocks (two rounds).
-        let c = glu_call_for(8, llama, false, 108, None).expect("Llama on 108 SMs");
+        let c =
+            glu_call_for(8, llama, false, (108, DEC_SMEM_LIMIT), None).expect("Llama on 108 SMs");
         assert_eq!((c.shape.nbpb, c.shape.k_slices), (16, 1));
-        // Refused, naming the constraint: M = 0 or > 8, zero points, groups
+        // Refused, naming the constraint: M = 0 or > 16, zero points, groups
         // of 32, F not whole column blocks, K > 4096.
         for (m, shape, zeros, want) in [
             (0, llama, false, "M = 0"),
-            (9, llama, false, "M = 9"),
+            (17, llama, false, "M = 17"),
             (1, llama, true, "zero points"),
             (1, (28672, 64, 1), false, "groups of 32"),
             (1, (28688, 64, 4), false, "multiple of 16"),
             (1, (28672, 65, 4), false, "K > 4096"),
         ] {
-            let e = glu_call_for(m, shape, zeros, 132, None).expect_err(want);
+            let e =
+                glu_call_for(m, shape, zeros, (132, DEC_SMEM_LIMIT_WIDE), None).expect_err(want);
             assert!(e.contains(want), "{want}: {e}");
         }
     }

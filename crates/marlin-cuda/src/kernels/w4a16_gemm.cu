@@ -1557,15 +1557,17 @@ __device__ __forceinline__ void w4a16_dec_body(
     // Accumulator (r, i): column n = nb*16 + g + 8*(i>>1), token row
     // m_base + r*8 + 2t + (i&1).
     if (EPI == W4_EPI_GLU) {
-        // splits == 1, RH == 1 (host: glu_call). The up warp of local
-        // column block nbl (>= half) puts its sums in its own ring (drained;
-        // the K-slice reduction above read only the rings of slices > 0),
-        // the gate warp nbl - half combines them with its own.
+        // splits == 1 (host: glu_call). The up warp of local column block
+        // nbl (>= half) puts its sums (RH token tiles x 4) in its own ring
+        // (drained; the K-slice reduction above read only the rings of
+        // slices > 0), the gate warp nbl - half combines them with its own.
         const int half = nbpb >> 1;
         float* xchg = reinterpret_cast<float*>(&ring.w[0][0]);
         if (writer && nbl >= half) {
 #pragma unroll
-            for (int i = 0; i < 4; i++) xchg[i * 32 + lane] = acc[0][i];
+            for (int r = 0; r < RH; r++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) xchg[(r * 4 + i) * 32 + lane] = acc[r][i];
         }
         __syncthreads();
         if (!writer || nbl >= half) return;
@@ -1574,11 +1576,15 @@ __device__ __forceinline__ void w4a16_dec_body(
         const int F = N >> 1;
         const bool gelu = (flags & W4_DEC_GLU_GELU) != 0;
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int row = m_base + 2 * t + (i & 1);
-            const int col = nb * 16 + g + 8 * (i >> 1);
-            if (row < M && col < F) C[(size_t)row * F + col] = f32_to_f16(w4_glu_act_mul(acc[0][i], up[i * 32 + lane], gelu));
-        }
+        for (int r = 0; r < RH; r++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int row = m_base + r * 8 + 2 * t + (i & 1);
+                const int col = nb * 16 + g + 8 * (i >> 1);
+                if (row < M && col < F)
+                    C[(size_t)row * F + col] =
+                        f32_to_f16(w4_glu_act_mul(acc[r][i], up[(r * 4 + i) * 32 + lane], gelu));
+            }
         return;
     }
     if (splits == 1) {
@@ -2105,22 +2111,24 @@ W4A16_DEC_FUSED_ENTRY(w4a16_dec_m16_glures, 2, 8, W4_PRO_GLU, W4_EPI_RESID)
 W4A16_SK_FUSED_ENTRY(w4a16_sk_m8_rms, 1, 8, W4_PRO_RMS)
 W4A16_SK_FUSED_ENTRY(w4a16_sk_m16_rms, 2, 8, W4_PRO_RMS)
 
-// The gate|up GEMM with the GLU in its epilogue (W4_EPI_GLU; M <= 8, one
+// The gate|up GEMM with the GLU in its epilogue (W4_EPI_GLU; M <= 16, one
 // split, int4_gemm_glu in src/int4/gemm.rs): the plain decode entry's
 // arguments, N = 2F the stacked weight's rows, C (M, F); flags as the plain
-// kernels' plus W4_DEC_GLU_GELU. 16 stages (M <= 4) or 8.
-#define W4A16_DEC_GLU_ENTRY(NAME, STAGES)                                                         \
+// kernels' plus W4_DEC_GLU_GELU. 16 stages (M <= 4) or 8; RH token tiles
+// of 8 (2 at M = 9..16).
+#define W4A16_DEC_GLU_ENTRY(NAME, RH, STAGES)                                                     \
     extern "C" __global__ void __launch_bounds__(512) NAME(                                       \
         const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
         u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
         int group_k32, int splits, int nbpb, int k_slices, int flags) {                           \
-        w4a16_dec_body<1, STAGES, false, true, W4_PRO_NONE, W4_EPI_GLU>(                          \
+        w4a16_dec_body<RH, STAGES, false, true, W4_PRO_NONE, W4_EPI_GLU>(                         \
             A, W, S, Z, C, partials, tickets, M, N, K, n_pad, k_chunks, group_k32, splits, nbpb,  \
             k_slices, flags);                                                                     \
     }
-W4A16_DEC_GLU_ENTRY(w4a16_dec_m4_glu, 16)
-W4A16_DEC_GLU_ENTRY(w4a16_dec_m8_glu, 8)
+W4A16_DEC_GLU_ENTRY(w4a16_dec_m4_glu, 1, 16)
+W4A16_DEC_GLU_ENTRY(w4a16_dec_m8_glu, 1, 8)
+W4A16_DEC_GLU_ENTRY(w4a16_dec_m16_glu, 2, 8)
 #endif  // W4_FUSED_ENTRIES
 
 // Benchmark stand-in for the decode step's small kernels (norm, RoPE,

@@ -24,7 +24,7 @@
 //! the norms, residual adds and SwiGLU ride in the INT4 GEMMs.
 //! In the unfused step the GLU rides in the gate|up GEMM's epilogue where
 //! [`GpuDecoder::glu_in_gemm`] allows it (INT4 gate|up of Llama-3.1-8B
-//! width at M <= 8; [`Scratch::glu_in_gemm`]): 7 launches per layer.
+//! width at M <= 16; [`Scratch::glu_in_gemm`]): 7 launches per layer.
 //! Greedy decoding picks its tokens in the LM head's stage: on the f16
 //! path one split-argmax launch also converts the head's f16 output into
 //! the f32 logits.
@@ -445,7 +445,8 @@ impl Scratch {
                     if w.n != 2 * ffn {
                         continue;
                     }
-                    for m in 1..=max_m.min(8) {
+                    // M <= 16: one or two token tiles (docs/CUDA.md change 65).
+                    for m in 1..=max_m.min(16) {
                         if glu_epilogue_preferred(dev, m, w) {
                             ws.prepare_glu(dev, w, m)?;
                         }
@@ -902,7 +903,7 @@ impl GpuDecoder {
     /// Whether a forward of `m` rows (unfused step, f16 activations) runs
     /// every block's gated activation in its gate|up GEMM's epilogue: the
     /// stacked INT4 gate|up weight of each block is one
-    /// [`glu_epilogue_preferred`] takes (e.g. Llama-3.1-8B at M <= 8).
+    /// [`glu_epilogue_preferred`] takes (e.g. Llama-3.1-8B at M <= 16).
     /// [`Scratch::glu_in_gemm`] can turn it off per scratch.
     pub fn glu_in_gemm(&self, dev: &CudaDevice, m: usize) -> bool {
         self.f16_activations()
