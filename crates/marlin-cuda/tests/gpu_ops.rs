@@ -587,6 +587,7 @@ fn check_attention(
             stage_kv: Some(stage_kv),
             cluster: Some(false),
             mma: Some(false),
+            max_splits: None,
         });
         ring.push(run(ops::attention_decode as AttnFn));
     }
@@ -595,12 +596,22 @@ fn check_attention(
         stage_kv: None,
         cluster: Some(false),
         mma: Some(true),
+        max_splits: None,
     });
     let mma_out = run(ops::attention_decode as AttnFn);
+    // ... with one split per row: many key tiles per warp.
+    ops::set_attn_override(ops::AttnOverride {
+        cluster: Some(false),
+        mma: Some(true),
+        max_splits: Some(1),
+        ..Default::default()
+    });
+    let mma_one_split = run(ops::attention_decode as AttnFn);
     ops::set_attn_override(ops::AttnOverride {
         stage_kv: None,
         cluster: Some(true),
         mma: None,
+        max_splits: None,
     });
     let before = ops::attn_cluster_launches();
     let cluster_out = run(ops::attention_decode as AttnFn);
@@ -619,6 +630,7 @@ fn check_attention(
         ("decode (key step, shared-memory ring)", ring.swap_remove(0)),
         ("decode (key step, register ring)", register_ring),
         ("decode (tensor-core key tiles)", mma_out),
+        ("decode (tensor-core key tiles, one split)", mma_one_split),
         ("decode (cluster merge forced on)", cluster_out),
         ("prefill", run(ops::attention_prefill as AttnFn)),
         ("auto", run(ops::attention as AttnFn)),
@@ -919,6 +931,7 @@ fn check_attention_rope<T: ops::ActElem>(
             stage_kv: Some(stage_kv),
             cluster: Some(false),
             mma: Some(false),
+            max_splits: None,
         });
         let mut out = poisoned_t();
         let r = ops::attention_decode_rope(
@@ -950,6 +963,29 @@ fn check_attention_rope<T: ops::ActElem>(
         &a[..m * qd],
         out_tol,
     );
+    // One split per row: long key loops (the key tiles' second tile per
+    // warp staged before the PDL wait, later ones loaded in the loop; the
+    // step's key in any tile), against the same two launches.
+    ops::set_attn_override(ops::AttnOverride {
+        max_splits: Some(1),
+        ..Default::default()
+    });
+    let mut one = poisoned_t();
+    let r = ops::attention_decode_rope(
+        dev,
+        &p,
+        &inp,
+        &mut caches[1],
+        layer,
+        m,
+        &seqd,
+        &posd,
+        &mut one,
+    );
+    ops::set_attn_override(ops::AttnOverride::default());
+    r.unwrap();
+    let one = to_f32(dev.download(&one).unwrap());
+    assert_close(&format!("{what} (one split)"), &one, &a[..m * qd], out_tol);
     // A q row stride below the q width is refused.
     let short = ops::ProjRows {
         data: projd.slice(0..),

@@ -453,6 +453,9 @@ pub struct AttnOverride {
     /// `MARLIN_CUDA_ATTN_MMA`: tensor-core key tiles where the head_dim
     /// allows (true) or the per-key step (false).
     pub mma: Option<bool>,
+    /// `MARLIN_CUDA_ATTN_MAX_SPLITS`: at most this many key splits (long
+    /// splits: many key tiles per warp).
+    pub max_splits: Option<usize>,
 }
 
 thread_local! {
@@ -461,6 +464,7 @@ thread_local! {
             stage_kv: None,
             cluster: None,
             mma: None,
+            max_splits: None,
         })
     };
 }
@@ -560,7 +564,10 @@ fn attn_min_split_keys() -> usize {
 /// output) and lengthen each block's key loop. None: [`MAX_SPLITS`].
 fn attn_max_splits_override() -> Option<usize> {
     static KNOB: knobs::Count = knobs::Count::new("MARLIN_CUDA_ATTN_MAX_SPLITS", 1..=MAX_SPLITS);
-    KNOB.get()
+    OVERRIDE
+        .with(|c| c.get().max_splits)
+        .map(|n| n.clamp(1, MAX_SPLITS))
+        .or_else(|| KNOB.get())
 }
 
 /// One layer's projections and what [`super::qkv_rope_kv`] applies to
