@@ -21,9 +21,7 @@
 //   splits instead merge through distributed shared memory, each block
 //   finishing a share of the output columns. Keys and values stream
 //   through a per-lane ring in shared memory (cp.async, ATT_FLAG_STAGE_KV)
-//   or in registers; or (ATT_FLAG_MMA, head_dim 32 / 64 / 128) each warp
-//   scores tiles of 16 keys on the tensor cores and is one sub-group of
-//   the block merge (see att_mma_f16 below).
+//   or in registers.
 // - attn_prefill_*: tiled online softmax for many query rows. One block per
 //   (tile of rows x heads of one kv head): K/V tiles of 32 keys are staged in
 //   shared memory once and used by all 32 query vectors of the block; lane t
@@ -95,56 +93,6 @@ __device__ __forceinline__ void att_fill_ring(uint4* st_k, uint4* st_v, const u1
 // Flags of the decode entries (the last kernel parameter; src/ops/attention.rs).
 #define ATT_FLAG_EARLY_KV 1  // fused entries: earlier keys read before the PDL wait
 #define ATT_FLAG_STAGE_KV 2  // the first keys of a split staged in shared memory
-#define ATT_FLAG_MMA 4       // tensor-core key tiles (head_dim 32 / 64 / 128)
-
-// ---------------------------------------------------- tensor-core key tiles
-// ATT_FLAG_MMA: each warp scores tiles of 16 keys with mma.sync m16n8k16
-// instead of lane groups walking one key at a time (a dependent chain of
-// dot product, shuffle reduction and softmax update per key and head).
-// Per tile, with c = lane % 4 and r = lane / 4:
-// - K and V rows straight from the cache into registers, 16 bytes per
-//   lane and 32-dim block t: rows r and r + 8 of the tile, dims
-//   32t + 8c .. + 7. The scores S^T (16 keys x 8 heads) = K . q^T take
-//   those words as the A fragments of two k16 steps (u = 0, 1: the pairs
-//   2u and 2u + 1 of the word): a dot product may permute its dims, and
-//   the query's B fragments (att_q_frags) follow the same permutation.
-// - The query is split into f16 hi + lo parts (two mma per step): scores
-//   as exact as the f32 per-key path up to ~2^-22 relative.
-// - Softmax in the C layout: lane holds keys r, r + 8 of heads 2c, 2c + 1.
-// - P^T (keys x heads, the B operand of O^T = V^T . P^T) is the transpose
-//   of S^T's C layout: movmatrix per 8x8 block; P is split hi + lo too.
-// - V^T's A fragments: movmatrix of the V words, so a tile row i of O^T
-//   holds dim 32t + 8(i/2) + 4q + (i & 1) (i < 8) or that + 2 (i >= 8),
-//   q = 0, 1 the two 16-dim tiles of block t (att_mma_dim).
-// Warps own tiles warp, warp + 4, ... of the split; each warp's (max, sum,
-// outputs) per head go to the block merge as one sub-group.
-__device__ __forceinline__ void att_mma_f16(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0,
-                                            u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-// The transpose of an 8x8 f16 matrix held one row pair per lane (sm_75+).
-__device__ __forceinline__ u32 att_movt(u32 x) {
-    u32 r;
-    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(r) : "r"(x));
-    return r;
-}
-// Two floats as f16x2 (low half first), and the f16x2 of what rounding left.
-__device__ __forceinline__ void att_split2(float a, float b, u32& hi, u32& lo) {
-    const u16 ha = f32_to_f16(a), hb = f32_to_f16(b);
-    hi = (u32)ha | ((u32)hb << 16);
-    lo = (u32)f32_to_f16(a - f16_to_f32(ha)) | ((u32)f32_to_f16(b - f16_to_f32(hb)) << 16);
-}
-__device__ __forceinline__ u32 att_word(const uint4& w, int e) {
-    return e == 0 ? w.x : e == 1 ? w.y : e == 2 ? w.z : w.w;
-}
-// The head dim of row i (0..15) of O^T tile q (0, 1) of 32-dim block t.
-__device__ __forceinline__ int att_mma_dim(int t, int q, int i) {
-    return 32 * t + 8 * ((i & 7) >> 1) + 4 * q + (i >= 8 ? 2 : 0) + (i & 1);
-}
 
 // Thread-block clusters (sm_90): the splits of one (row, head chunk) form
 // one cluster when the host launches them so (cluster x dimension = split
@@ -354,38 +302,12 @@ __device__ __forceinline__ void attn_decode_impl(
     // short split reads all of its keys at once).
     constexpr int NP = GT >= 4 ? 2 : 4;
     const bool early_kv = (flags & ATT_FLAG_EARLY_KV) != 0;
-    // Tensor-core key tiles (ATT_FLAG_MMA, head_dim a multiple of 32 up to
-    // 128, at most 8 heads per block): no lane groups, no staging ring.
-    constexpr bool MMA_OK = HD % 32 == 0 && HD <= 128 && GT <= 8;
-    const bool use_mma = MMA_OK && (flags & ATT_FLAG_MMA) != 0;
-    const bool stage = (flags & ATT_FLAG_STAGE_KV) != 0 && !use_mma;
+    const bool stage = (flags & ATT_FLAG_STAGE_KV) != 0;
     uint4 kb[NP], vb[NP];
-    const long long head_base =
-        k0 < k1 ? att_head_base(seq, layer, n_layers, kvh, n_kv_heads, capacity, HD) : 0;
-    const long long kv_base = k0 < k1 ? head_base + sl * 8 : 0;
+    const long long kv_base =
+        k0 < k1 ? att_head_base(seq, layer, n_layers, kvh, n_kv_heads, capacity, HD) + sl * 8 : 0;
     const u16* kp = k_cache + kv_base;
     const u16* vp = v_cache + kv_base;
-    // The mma path's tile words: rows r and r + 8 of a 16-key tile, 32-dim
-    // blocks t (see att_mma_f16); the first tile of each warp is read
-    // before the PDL wait with early_kv (this step's key is patched in
-    // from shared memory after the prologue).
-    constexpr int NB = MMA_OK ? HD / 32 : 1;
-    const int mr = lane >> 2, mc = lane & 3;
-    uint4 tk[2][NB], tv[2][NB];
-    auto att_mma_load = [&](int tb) {
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-            const int j = tb + mr + 8 * hh;
-            const bool ok = j < k1 && j != fresh;
-            const long long off = head_base + (long long)j * HD + 8 * mc;
-#pragma unroll
-            for (int t = 0; t < NB; ++t) {
-                tk[hh][t] = ok ? att_ld16(k_cache + off + 32 * t) : make_uint4(0, 0, 0, 0);
-                tv[hh][t] = ok ? att_ld16(v_cache + off + 32 * t) : make_uint4(0, 0, 0, 0);
-            }
-        }
-    };
-    if (use_mma && early_kv && k0 + 16 * warp < k1) att_mma_load(k0 + 16 * warp);
     // early_kv (fused entries, rows of distinct sequences): the keys
     // before this step's were written by launches that completed before
     // this one could start (see attention_decode_rope), so their DRAM
@@ -397,7 +319,7 @@ __device__ __forceinline__ void attn_decode_impl(
         kb[p] = make_uint4(0, 0, 0, 0);
         vb[p] = kb[p];
         const int j = k0 + sub + p * NSUB;
-        if (early_kv && !stage && !use_mma && j < k1 && j != fresh) {
+        if (early_kv && !stage && j < k1 && j != fresh) {
             kb[p] = att_ld16(kp + (long long)j * HD);
             vb[p] = att_ld16(vp + (long long)j * HD);
         }
@@ -505,222 +427,94 @@ __device__ __forceinline__ void attn_decode_impl(
         __syncthreads();
     }
 
-    // The query's B fragments for the mma path: [t][hi, lo][lane] words
-    // {b0, b1} of k16 steps 2t and 2t + 1 (see att_mma_f16).
-    __shared__ __align__(16) uint4 sm_qf[MMA_OK ? NB * 2 * 32 : 1];
-    if (use_mma) {
-        if (warp < NB) {
-            const int t = warp, h = mr;
-            u32 w[2][4];
+    float qr[GT][8];
 #pragma unroll
-            for (int u = 0; u < 2; ++u) {
+    for (int h = 0; h < GT; ++h) {
+        const float* qp = ROPE ? &sm_q[ROPE ? h : 0][sl * 8]
+                               : q + ((long long)row * n_heads + h0 + h) * HD + sl * 8;
 #pragma unroll
-                for (int b = 0; b < 2; ++b) {
-                    const int d = 32 * t + 8 * mc + 4 * u + 2 * b;
-                    float x0 = 0.0f, x1 = 0.0f;
-                    if (h < gh) {
-                        const float* qp = ROPE ? &sm_q[ROPE ? h : 0][0]
-                                               : q + ((long long)row * n_heads + h0 + h) * HD;
-                        x0 = qp[d] * q_scale;
-                        x1 = qp[d + 1] * q_scale;
-                    }
-                    att_split2(x0, x1, w[0][2 * u + b], w[1][2 * u + b]);
-                }
-            }
-            sm_qf[(2 * t) * 32 + lane] = make_uint4(w[0][0], w[0][1], w[0][2], w[0][3]);
-            sm_qf[(2 * t + 1) * 32 + lane] = make_uint4(w[1][0], w[1][1], w[1][2], w[1][3]);
-        }
-        __syncthreads();
-        float mo[NB][2][4];
-        float mm[2] = {ATT_NEG_INF, ATT_NEG_INF}, ml[2] = {0.0f, 0.0f};
+        for (int e = 0; e < 8; ++e) qr[h][e] = h < gh ? qp[e] * q_scale : 0.0f;
+    }
+    float m[GT], l[GT], o[GT][8];
 #pragma unroll
-        for (int t = 0; t < NB; ++t)
+    for (int h = 0; h < GT; ++h) {
+        m[h] = ATT_NEG_INF;
+        l[h] = 0.0f;
 #pragma unroll
-            for (int qq = 0; qq < 2; ++qq)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) mo[t][qq][e] = 0.0f;
-        bool loaded = early_kv;
-        for (int tb = k0 + 16 * warp; tb < k1; tb += 64) {
-            if (!loaded) att_mma_load(tb);
-            loaded = false;
-            if (ROPE && fresh >= 0) {
-#pragma unroll
-                for (int hh = 0; hh < 2; ++hh) {
-                    if (tb + mr + 8 * hh != fresh) continue;
-#pragma unroll
-                    for (int t = 0; t < NB; ++t) {
-                        tk[hh][t] = *reinterpret_cast<const uint4*>(&sm_kv[0][ROPE ? 32 * t + 8 * mc : 0]);
-                        tv[hh][t] = *reinterpret_cast<const uint4*>(&sm_kv[1][ROPE ? 32 * t + 8 * mc : 0]);
-                    }
-                }
-            }
-            float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-            for (int t = 0; t < NB; ++t) {
-                const uint4 qh = sm_qf[(2 * t) * 32 + lane], ql = sm_qf[(2 * t + 1) * 32 + lane];
-#pragma unroll
-                for (int u = 0; u < 2; ++u) {
-                    const u32 a0 = att_word(tk[0][t], 2 * u), a1 = att_word(tk[1][t], 2 * u);
-                    const u32 a2 = att_word(tk[0][t], 2 * u + 1), a3 = att_word(tk[1][t], 2 * u + 1);
-                    att_mma_f16(sc, a0, a1, a2, a3, att_word(qh, 2 * u), att_word(qh, 2 * u + 1));
-                    att_mma_f16(sc, a0, a1, a2, a3, att_word(ql, 2 * u), att_word(ql, 2 * u + 1));
-                }
-            }
-            // Keys past the split's end score -inf; softcap in the log2 domain.
-            const bool ok0 = tb + mr < k1, ok1 = tb + mr + 8 < k1;
-            sc[0] = ok0 ? softcap_log2(sc[0], softcap) : ATT_NEG_INF;
-            sc[1] = ok0 ? softcap_log2(sc[1], softcap) : ATT_NEG_INF;
-            sc[2] = ok1 ? softcap_log2(sc[2], softcap) : ATT_NEG_INF;
-            sc[3] = ok1 ? softcap_log2(sc[3], softcap) : ATT_NEG_INF;
-            float corr[2], pr[4];
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                float mx = fmaxf(sc[e], sc[2 + e]);
-#pragma unroll
-                for (int off = 4; off < 32; off <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-                const float mn = fmaxf(mm[e], mx);
-                corr[e] = exp2f(mm[e] - mn);
-                mm[e] = mn;
-                pr[e] = exp2f(sc[e] - mn);
-                pr[2 + e] = exp2f(sc[2 + e] - mn);
-                ml[e] = fmaf(ml[e], corr[e], pr[e] + pr[2 + e]);
-            }
-#pragma unroll
-            for (int t = 0; t < NB; ++t)
-#pragma unroll
-                for (int qq = 0; qq < 2; ++qq) {
-                    mo[t][qq][0] *= corr[0];
-                    mo[t][qq][1] *= corr[1];
-                    mo[t][qq][2] *= corr[0];
-                    mo[t][qq][3] *= corr[1];
-                }
-            // P^T's B fragments (keys 0-7 and 8-15 of the tile), hi and lo.
-            u32 x0h, x0l, x1h, x1l;
-            att_split2(pr[0], pr[1], x0h, x0l);
-            att_split2(pr[2], pr[3], x1h, x1l);
-            const u32 b0h = att_movt(x0h), b1h = att_movt(x1h);
-            const u32 b0l = att_movt(x0l), b1l = att_movt(x1l);
-#pragma unroll
-            for (int t = 0; t < NB; ++t)
-#pragma unroll
-                for (int qq = 0; qq < 2; ++qq) {
-                    const u32 a0 = att_movt(att_word(tv[0][t], 2 * qq));
-                    const u32 a1 = att_movt(att_word(tv[0][t], 2 * qq + 1));
-                    const u32 a2 = att_movt(att_word(tv[1][t], 2 * qq));
-                    const u32 a3 = att_movt(att_word(tv[1][t], 2 * qq + 1));
-                    att_mma_f16(mo[t][qq], a0, a1, a2, a3, b0h, b1h);
-                    att_mma_f16(mo[t][qq], a0, a1, a2, a3, b0l, b1l);
-                }
-        }
-        // This warp is sub-group `warp` of the block merge.
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-#pragma unroll
-            for (int off = 4; off < 32; off <<= 1) ml[e] += __shfl_xor_sync(0xffffffffu, ml[e], off);
-            const int h = 2 * mc + e;
-            if (h >= GT) continue;
-            if (mr == 0) {
-                sm_m[warp][h] = mm[e];
-                sm_l[warp][h] = ml[e];
-            }
-#pragma unroll
-            for (int t = 0; t < NB; ++t)
-#pragma unroll
-                for (int qq = 0; qq < 2; ++qq) {
-                    sm_o[warp][h][att_mma_dim(t, qq, mr)] = mo[t][qq][e];
-                    sm_o[warp][h][att_mma_dim(t, qq, mr + 8)] = mo[t][qq][2 + e];
-                }
-        }
-    } else {
-        float qr[GT][8];
-#pragma unroll
-        for (int h = 0; h < GT; ++h) {
-            const float* qp = ROPE ? &sm_q[ROPE ? h : 0][sl * 8]
-                                   : q + ((long long)row * n_heads + h0 + h) * HD + sl * 8;
-#pragma unroll
-            for (int e = 0; e < 8; ++e) qr[h][e] = h < gh ? qp[e] * q_scale : 0.0f;
-        }
-        float m[GT], l[GT], o[GT][8];
-#pragma unroll
-        for (int h = 0; h < GT; ++h) {
-            m[h] = ATT_NEG_INF;
-            l[h] = 0.0f;
-#pragma unroll
-            for (int e = 0; e < 8; ++e) o[h][e] = 0.0f;
-        }
+        for (int e = 0; e < 8; ++e) o[h][e] = 0.0f;
+    }
 
-        if (k0 < k1) {
-            // Key jj's 16 bytes of this lane (this step's from shared memory).
-            const uint4* skv = reinterpret_cast<const uint4*>(ROPE ? &sm_kv[0][sl * 8] : 0);
-            const uint4* svv = reinterpret_cast<const uint4*>(ROPE ? &sm_kv[1][sl * 8] : 0);
-            if (stage && !early_kv)
-                att_fill_ring<HD, PK, NSUB>(st_k, st_v, kp, vp, k0 + sub, k1, fresh);
+    if (k0 < k1) {
+        // Key jj's 16 bytes of this lane (this step's from shared memory).
+        const uint4* skv = reinterpret_cast<const uint4*>(ROPE ? &sm_kv[0][sl * 8] : 0);
+        const uint4* svv = reinterpret_cast<const uint4*>(ROPE ? &sm_kv[1][sl * 8] : 0);
+        if (stage && !early_kv)
+            att_fill_ring<HD, PK, NSUB>(st_k, st_v, kp, vp, k0 + sub, k1, fresh);
+#pragma unroll
+        for (int p = 0; p < NP; ++p) {
+            const int j = k0 + sub + p * NSUB;
+            if (stage) break;
+            if (j < k1) {
+                if (j == fresh) {
+                    kb[p] = *skv;
+                    vb[p] = *svv;
+                } else if (!early_kv) {
+                    kb[p] = att_ld16(kp + (long long)j * HD);
+                    vb[p] = att_ld16(vp + (long long)j * HD);
+                }
+            }
+        }
+        if (stage) {
+            // Before key i, PK + i groups are committed: all but the
+            // newest PK - 1 landed means key i's did.
+            // One copy of the key step in the code (NVRTC time): the slot
+            // index is a run-time value, the wait count a constant.
+            for (int j0 = k0 + sub; j0 < k1; j0 += PK * NSUB) {
+#pragma unroll 1
+                for (int t = 0; t < PK; ++t) {
+                    const int j = j0 + t * NSUB;
+                    if (j >= k1) break;
+                    cp_async_wait<PK - 1>();
+                    const uint4 kc = j == fresh ? *skv : st_k[t * 128 + threadIdx.x];
+                    const uint4 vc = j == fresh ? *svv : st_v[t * 128 + threadIdx.x];
+                    att_key_step<GT, LPK>(kc, vc, qr, m, l, o, sub_mask, softcap);
+                    // Refill the slot after its key was used (the use orders
+                    // the shared-memory read before the copy's write).
+                    const int jn = j + PK * NSUB;
+                    if (jn < k1 && jn != fresh) {
+                        att_cp_async16(&st_k[t * 128 + threadIdx.x], kp + (long long)jn * HD);
+                        att_cp_async16(&st_v[t * 128 + threadIdx.x], vp + (long long)jn * HD);
+                    }
+                    cp_async_commit();
+                }
+            }
+        }
+        for (int j0 = k0 + sub; j0 < k1 && !stage; j0 += NP * NSUB) {
 #pragma unroll
             for (int p = 0; p < NP; ++p) {
-                const int j = k0 + sub + p * NSUB;
-                if (stage) break;
-                if (j < k1) {
-                    if (j == fresh) {
-                        kb[p] = *skv;
-                        vb[p] = *svv;
-                    } else if (!early_kv) {
-                        kb[p] = att_ld16(kp + (long long)j * HD);
-                        vb[p] = att_ld16(vp + (long long)j * HD);
-                    }
+                const int j = j0 + p * NSUB;
+                if (j >= k1) break;
+                const uint4 kc = kb[p], vc = vb[p];
+                const int jn = j + NP * NSUB;
+                if (jn < k1) {  // refill this slot with the sub-group's key NP ahead
+                    kb[p] = jn == fresh ? *skv : att_ld16(kp + (long long)jn * HD);
+                    vb[p] = jn == fresh ? *svv : att_ld16(vp + (long long)jn * HD);
                 }
-            }
-            if (stage) {
-                // Before key i, PK + i groups are committed: all but the
-                // newest PK - 1 landed means key i's did.
-                // One copy of the key step in the code (NVRTC time): the slot
-                // index is a run-time value, the wait count a constant.
-                for (int j0 = k0 + sub; j0 < k1; j0 += PK * NSUB) {
-#pragma unroll 1
-                    for (int t = 0; t < PK; ++t) {
-                        const int j = j0 + t * NSUB;
-                        if (j >= k1) break;
-                        cp_async_wait<PK - 1>();
-                        const uint4 kc = j == fresh ? *skv : st_k[t * 128 + threadIdx.x];
-                        const uint4 vc = j == fresh ? *svv : st_v[t * 128 + threadIdx.x];
-                        att_key_step<GT, LPK>(kc, vc, qr, m, l, o, sub_mask, softcap);
-                        // Refill the slot after its key was used (the use orders
-                        // the shared-memory read before the copy's write).
-                        const int jn = j + PK * NSUB;
-                        if (jn < k1 && jn != fresh) {
-                            att_cp_async16(&st_k[t * 128 + threadIdx.x], kp + (long long)jn * HD);
-                            att_cp_async16(&st_v[t * 128 + threadIdx.x], vp + (long long)jn * HD);
-                        }
-                        cp_async_commit();
-                    }
-                }
-            }
-            for (int j0 = k0 + sub; j0 < k1 && !stage; j0 += NP * NSUB) {
-#pragma unroll
-                for (int p = 0; p < NP; ++p) {
-                    const int j = j0 + p * NSUB;
-                    if (j >= k1) break;
-                    const uint4 kc = kb[p], vc = vb[p];
-                    const int jn = j + NP * NSUB;
-                    if (jn < k1) {  // refill this slot with the sub-group's key NP ahead
-                        kb[p] = jn == fresh ? *skv : att_ld16(kp + (long long)jn * HD);
-                        vb[p] = jn == fresh ? *svv : att_ld16(vp + (long long)jn * HD);
-                    }
-                    att_key_step<GT, LPK>(kc, vc, qr, m, l, o, sub_mask, softcap);
-                }
+                att_key_step<GT, LPK>(kc, vc, qr, m, l, o, sub_mask, softcap);
             }
         }
+    }
 
-        // The staged keys share sm_o's bytes: every sub-group is done with them.
-        if (stage) __syncthreads();
-        // Merge the sub-groups of the block.
+    // The staged keys share sm_o's bytes: every sub-group is done with them.
+    if (stage) __syncthreads();
+    // Merge the sub-groups of the block.
 #pragma unroll
-        for (int h = 0; h < GT; ++h) {
+    for (int h = 0; h < GT; ++h) {
 #pragma unroll
-            for (int e = 0; e < 8; ++e) sm_o[sub][h][sl * 8 + e] = o[h][e];
-            if (sl == 0) {
-                sm_m[sub][h] = m[h];
-                sm_l[sub][h] = l[h];
-            }
+        for (int e = 0; e < 8; ++e) sm_o[sub][h][sl * 8 + e] = o[h][e];
+        if (sl == 0) {
+            sm_m[sub][h] = m[h];
+            sm_l[sub][h] = l[h];
         }
     }
     __syncthreads();
@@ -730,7 +524,6 @@ __device__ __forceinline__ void attn_decode_impl(
     // cluster's blocks to read.
     const bool in_cluster = splits > 1 && att_cluster_size() == (u32)splits;
     constexpr int CI = (GT * HD + 127) / 128;  // merge items per thread (128 threads)
-    const int nsub = use_mma ? 4 : NSUB;        // sub-groups: warps, or lane groups
     float c_o[CI], c_m[CI], c_l[CI];
 #pragma unroll
     for (int i = 0; i < CI; ++i) c_o[i] = c_m[i] = c_l[i] = 0.0f;
@@ -740,10 +533,10 @@ __device__ __forceinline__ void attn_decode_impl(
         if (idx >= gh * HD) break;
         const int h = idx / HD, d = idx % HD;
         float mx = ATT_NEG_INF;
-        for (int s = 0; s < nsub; ++s) mx = fmaxf(mx, sm_m[s][h]);
+        for (int s = 0; s < NSUB; ++s) mx = fmaxf(mx, sm_m[s][h]);
         float lsum = 0.0f, osum = 0.0f;
         if (mx != ATT_NEG_INF) {
-            for (int s = 0; s < nsub; ++s) {
+            for (int s = 0; s < NSUB; ++s) {
                 const float w = exp2f(sm_m[s][h] - mx);
                 lsum = fmaf(w, sm_l[s][h], lsum);
                 osum = fmaf(w, sm_o[s][h][d], osum);
@@ -943,7 +736,7 @@ __device__ __forceinline__ void attn_decode_impl(
                                               partials, tickets, n_heads, n_kv_heads, group,   \
                                               n_layers, layer, n_seqs, capacity, q_scale,      \
                                               softcap, window, splits,                         \
-                                              flags & (ATT_FLAG_STAGE_KV | ATT_FLAG_MMA), ri); \
+                                              flags & ATT_FLAG_STAGE_KV, ri);                  \
     }
 // The fused entries: q / k / v projection rows instead of roped f32 queries.
 #define ATTN_DECODE_ROPE_ENTRY_T(NAME, HD, GT, T)                                              \

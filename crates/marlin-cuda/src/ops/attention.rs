@@ -79,7 +79,6 @@ const ATT_CLUSTER_MAX: usize = 16;
 /// Bits of the decode kernels' `flags` parameter (ATT_FLAG_* in the source).
 const FLAG_EARLY_KV: i32 = 1;
 const FLAG_STAGE_KV: i32 = 2;
-const FLAG_MMA: i32 = 4;
 /// Query vectors per prefill block and keys per shared-memory tile (keep in
 /// sync with ATT_QV / ATT_KT in the source).
 const PREFILL_QV: usize = 32;
@@ -413,18 +412,6 @@ fn attn_stage_kv_enabled() -> bool {
         .unwrap_or_else(|| ON.get())
 }
 
-/// Whether the decode kernel scores its keys in tiles of 16 per warp on the
-/// tensor cores (mma.sync: S^T = K . q^T, then O^T += V^T . P^T, with the
-/// query and the probabilities split into f16 hi + lo parts, so the scores
-/// and weights keep ~2^-22 relative precision) instead of lane groups
-/// walking one key at a time: head_dim 32, 64 or 128 (others keep the key
-/// step); not when `MARLIN_CUDA_ATTN_MMA=0` (read once). docs/CUDA.md
-/// change 63 has the measurements.
-fn attn_mma_enabled(head_dim: usize) -> bool {
-    static ON: knobs::Switch = knobs::Switch::new("MARLIN_CUDA_ATTN_MMA", true);
-    matches!(head_dim, 32 | 64 | 128) && OVERRIDE.with(|c| c.get().mma).unwrap_or_else(|| ON.get())
-}
-
 /// Whether the splits of a decode launch with 2..=16 splits run as one
 /// thread-block cluster per (row, head chunk) on sm_90+ and merge through
 /// distributed shared memory (no partials in global memory, no fence, no
@@ -450,11 +437,8 @@ pub struct AttnOverride {
     /// `MARLIN_CUDA_ATTN_CLUSTER`: the cluster merge where the launch
     /// allows it (true) or always the ticket merge (false).
     pub cluster: Option<bool>,
-    /// `MARLIN_CUDA_ATTN_MMA`: tensor-core key tiles where the head_dim
-    /// allows (true) or the per-key step (false).
-    pub mma: Option<bool>,
     /// `MARLIN_CUDA_ATTN_MAX_SPLITS`: at most this many key splits (long
-    /// splits: many key tiles per warp).
+    /// splits: long key loops).
     pub max_splits: Option<usize>,
 }
 
@@ -463,7 +447,6 @@ thread_local! {
         Cell::new(AttnOverride {
             stage_kv: None,
             cluster: None,
-            mma: None,
             max_splits: None,
         })
     };
@@ -767,9 +750,6 @@ fn decode_launch<T: ActElem>(
     }
     if attn_stage_kv_enabled() {
         flags |= FLAG_STAGE_KV;
-    }
-    if attn_mma_enabled(p.head_dim) {
-        flags |= FLAG_MMA;
     }
     b.arg(&flags);
     // SAFETY: argument order and types match attn_decode_hd*_g* (queries
