@@ -907,16 +907,10 @@ fn check_attention_rope<T: ops::ActElem>(
         to_f32(dev.download(&out_b).unwrap()),
     );
     assert_close(&what, &b, &a[..m * qd], out_tol);
-    // The fused entry's two key rings (the shared-memory ring's first keys
-    // issued before the PDL wait, the register ring's loaded before it):
-    // the same bits. Rerun into cache 1, rewriting the same keys.
-    let mut ring = Vec::new();
-    for stage_kv in [true, false] {
-        ops::set_attn_override(ops::AttnOverride {
-            stage_kv: Some(stage_kv),
-            cluster: Some(false),
-            max_splits: None,
-        });
+    // The fused entry under a per-thread override, rerun into cache 1
+    // (rewriting the same keys).
+    let mut fused_with = |o: ops::AttnOverride| -> Vec<f32> {
+        ops::set_attn_override(o);
         let mut out = poisoned_t();
         let r = ops::attention_decode_rope(
             dev,
@@ -931,8 +925,20 @@ fn check_attention_rope<T: ops::ActElem>(
         );
         ops::set_attn_override(ops::AttnOverride::default());
         r.unwrap();
-        ring.push(to_f32(dev.download(&out).unwrap()));
-    }
+        to_f32(dev.download(&out).unwrap())
+    };
+    // Its two key rings (the shared-memory ring's first keys issued before
+    // the PDL wait, the register ring's loaded before it): the same bits.
+    let ring: Vec<Vec<f32>> = [true, false]
+        .into_iter()
+        .map(|stage_kv| {
+            fused_with(ops::AttnOverride {
+                stage_kv: Some(stage_kv),
+                cluster: Some(false),
+                max_splits: None,
+            })
+        })
+        .collect();
     if let Some(i) = (0..ring[0].len()).find(|&i| ring[0][i].to_bits() != ring[1][i].to_bits()) {
         panic!(
             "{what}: shared-memory ring {} != register ring {} at {i}",
@@ -941,25 +947,10 @@ fn check_attention_rope<T: ops::ActElem>(
     }
     // One split per row (the step's key anywhere in a long key loop)
     // against the two launches.
-    ops::set_attn_override(ops::AttnOverride {
+    let one = fused_with(ops::AttnOverride {
         max_splits: Some(1),
         ..Default::default()
     });
-    let mut one = poisoned_t();
-    let r = ops::attention_decode_rope(
-        dev,
-        &p,
-        &inp,
-        &mut caches[1],
-        layer,
-        m,
-        &seqd,
-        &posd,
-        &mut one,
-    );
-    ops::set_attn_override(ops::AttnOverride::default());
-    r.unwrap();
-    let one = to_f32(dev.download(&one).unwrap());
     assert_close(&format!("{what} (one split)"), &one, &a[..m * qd], out_tol);
     // A q row stride below the q width is refused.
     let short = ops::ProjRows {

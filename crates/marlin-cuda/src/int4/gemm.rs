@@ -2847,7 +2847,9 @@ mod tests {
         // column blocks per block, 128 blocks, one K slice; the 16-stage
         // ring at M = 1, 2, the 8-stage one at M = 3..8 (and with the knob).
         let llama = (28672, 64, 4);
-        for m in 1..=8 {
+        // M = 9..16 (two token tiles, change 65): the same shape within
+        // sm_90's wider limit (9 rows also fit the portable one).
+        for m in 1..=16 {
             for knob in [None, Some(8), Some(16)] {
                 let c = glu_call_for(m, llama, false, (132, DEC_SMEM_LIMIT_WIDE), knob)
                     .expect("Llama gate|up");
@@ -2857,35 +2859,24 @@ mod tests {
                     (14, 1, 1),
                     "{what}"
                 );
-                assert!(c.smem <= DEC_SMEM_LIMIT, "{what}");
-                let deep = m <= 2 && knob != Some(8);
-                let want = if deep {
-                    "w4a16_dec_m4_glu"
-                } else {
-                    "w4a16_dec_m8_glu"
+                let want = match (m, knob) {
+                    (9.., _) => "w4a16_dec_m16_glu",
+                    (1..=2, None | Some(16)) => "w4a16_dec_m4_glu",
+                    _ => "w4a16_dec_m8_glu",
                 };
                 assert_eq!(c.kernel, want, "{what}");
-            }
-        }
-        // M = 9..16 (two token tiles, change 65): the same shape within
-        // sm_90's wider limit; refused within the portable one.
-        for m in 9..=16 {
-            let c = glu_call_for(m, llama, false, (132, DEC_SMEM_LIMIT_WIDE), None)
-                .expect("Llama gate|up, two token tiles");
-            let what = format!("M={m} {c:?}");
-            assert_eq!(
-                (c.shape.nbpb, c.shape.k_slices, c.shape.splits),
-                (14, 1, 1),
-                "{what}"
-            );
-            assert_eq!(c.kernel, "w4a16_dec_m16_glu", "{what}");
-            assert!(c.smem <= c.attr, "{what}");
-            assert_eq!(c.attr, DEC_SMEM_LIMIT_WIDE, "{what}");
-            // 9 rows fit the portable limit, 10 and more do not.
-            let portable = glu_call_for(m, llama, false, (132, DEC_SMEM_LIMIT), None);
-            match portable {
-                Ok(p) => assert!(m == 9 && p.smem <= DEC_SMEM_LIMIT, "{what}: {p:?}"),
-                Err(e) => assert!(m > 9 && e.contains("shared memory"), "{what}: {e}"),
+                let limit = if m <= 8 {
+                    DEC_SMEM_LIMIT
+                } else {
+                    DEC_SMEM_LIMIT_WIDE
+                };
+                assert!(c.smem <= c.attr && c.attr == limit, "{what}");
+                if m > 8 {
+                    match glu_call_for(m, llama, false, (132, DEC_SMEM_LIMIT), knob) {
+                        Ok(p) => assert!(m == 9 && p.smem <= DEC_SMEM_LIMIT, "{what}: {p:?}"),
+                        Err(e) => assert!(m > 9 && e.contains("shared memory"), "{what}: {e}"),
+                    }
+                }
             }
         }
         // Every shape the GPU tests (tests/gpu_int4_glu.rs, gpu_decoder's
