@@ -19,7 +19,7 @@ use marlin_cuda::int4::gemm::{
     int4_gemm, int4_gemm_prepared, GemmOptions, GemmPath, GemmWorkspace,
 };
 use marlin_cuda::int4::random::random_int4;
-use marlin_cuda::int4::wgmma_ws::ws_supported;
+use marlin_cuda::int4::wgmma_ws::{set_ws_cluster_override, ws_cluster_launches, ws_supported};
 use marlin_cuda::CudaDevice;
 
 /// Forced-variant switch read by `wgmma_ws::ws_variant`.
@@ -396,4 +396,75 @@ fn wgmma_ws_subnormal_dequant_matches_two_step() {
     }
     std::env::remove_var(SUBNORMAL_ENV);
     std::env::remove_var(STREAM_K_ENV);
+}
+
+/// The cluster reduction of the split-K form (docs/CUDA.md change 67):
+/// every variant forced with 2..8 splits (each split's tile summed through
+/// distributed shared memory by the cluster's blocks, a share of the rows
+/// below M each; splits past those rows store nothing) against the ticket
+/// reduction of the same plan: both against the f64 reference, the two
+/// outputs bit-identical (the same split order), and the cluster launch
+/// counted. M = 17 (one row pair of 16 and a second of 1 row), 100, 128,
+/// 300 (a token block of 44 rows); N = 328 (a block whose second consumer
+/// warpgroup has no tile); zero points and groups of 64 with K = 1000.
+#[test]
+fn wgmma_ws_cluster_reduction_matches_ticket() {
+    let Some(dev) = hopper() else { return };
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    std::env::set_var(STREAM_K_ENV, "0");
+    let shapes: [(usize, usize, usize, usize, bool); 5] = [
+        (17, 328, 2048, 128, false),
+        (100, 256, 4096, 128, false),
+        (128, 328, 2048, 128, false),
+        (300, 200, 1000, 64, true),
+        (17, 200, 1000, 64, true),
+    ];
+    let mut checks = 0usize;
+    for (m, n, k, group, asym) in shapes {
+        let p = random_problem(&dev, (m, n, k, group, asym), fresh_seed(), 0x3C3C);
+        for variant in ["t64x1", "t64x2", "t128x1", "t128x2"] {
+            std::env::set_var(VARIANT_ENV, variant);
+            for splits in [2usize, 3, 5, 8] {
+                let opts = GemmOptions {
+                    path: GemmPath::WgmmaWs,
+                    splits: Some(splits),
+                };
+                let mut outs = Vec::new();
+                for cluster in [true, false] {
+                    set_ws_cluster_override(Some(cluster));
+                    let before = ws_cluster_launches();
+                    let mut c = dev.alloc_zeros::<f16>("C", m * n).expect("alloc C");
+                    dev.write(&mut c, &vec![f16::NAN; m * n]).expect("poison");
+                    let plan =
+                        int4_gemm(&dev, &p.a, m, &p.weight, &mut c, &mut ws, opts).expect("launch");
+                    assert_eq!(plan.splits, splits, "{plan:?}");
+                    let clustered = ws_cluster_launches() > before;
+                    assert_eq!(
+                        clustered, cluster,
+                        "{variant} M={m} N={n} {plan:?}: cluster launch"
+                    );
+                    let got = dev.download(&c).expect("download");
+                    let label = format!(
+                        "M={m} N={n} K={k} g={group} asym={asym} {variant} splits={splits} cluster={cluster} seed={}",
+                        p.seed
+                    );
+                    let rel = rel_l2_all_finite(&got, &p.want, n, &label);
+                    assert!(rel < REL_L2_TOL, "{label}: rel L2 error {rel:.3e}");
+                    outs.push(got);
+                    checks += 1;
+                }
+                assert!(
+                    bit_identical(&outs[0], &outs[1]),
+                    "M={m} N={n} {variant} splits={splits} seed={}: cluster and ticket reductions differ",
+                    p.seed
+                );
+            }
+        }
+    }
+    set_ws_cluster_override(None);
+    std::env::remove_var(VARIANT_ENV);
+    std::env::remove_var(STREAM_K_ENV);
+    println!(
+        "PASS wgmma-ws cluster reduction: {checks} checks, bit-identical to the ticket reduction"
+    );
 }

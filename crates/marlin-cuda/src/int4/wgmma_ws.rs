@@ -23,6 +23,7 @@
 //! waits for its predecessor, the main kernel's producer streams its first
 //! ring of weights before waiting for the staging kernel.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
@@ -33,7 +34,7 @@ use crate::act::{Act, ActDtype};
 use crate::device::CudaDevice;
 use crate::error::{CudaError, Result};
 use crate::knobs;
-use crate::ops::launch::KernelLaunch;
+use crate::ops::launch::{max_active_clusters, KernelLaunch};
 use crate::ops::to_i32;
 
 pub(super) const MODULE: &str = "w4a16_wgmma_ws";
@@ -311,26 +312,202 @@ fn choose_splits(blocks: usize, sm_count: usize, k_chunks: usize, m: usize) -> u
         .max(1)
 }
 
-/// The variant and split factor for M rows: the one with the least
-/// estimated time, rounds of blocks / splits x `chunk_us`.
-pub fn ws_variant(m: usize, w: &Int4Weight, sm_count: usize) -> (WsVariant, usize) {
-    let candidates: Vec<WsVariant> = match variant_override() {
+/// Microseconds per MB of fp32 partial tiles in the ticket reduction: the
+/// last block of a tile reads `splits` tiles back alone, at one SM's
+/// bandwidth. Fitted (session 14, docs/CUDA.md change 67) to one H100 call
+/// timing every variant at 4096x4096 M = 128 / 256 (e.g. t128x2 with 8
+/// splits, 1 MB read back, 28.3 us; t128x1 with 4 splits, 0.25 MB, 20.3).
+const TICKET_REDUCE_US_PER_MB: f64 = 14.5;
+/// The same for the cluster reduction, per MB of one block's tile (each
+/// block of the cluster reads that much, spread over the cluster's blocks,
+/// through distributed shared memory). A first estimate (one SM reading
+/// at ~125 GB/s), to be refitted from the GPU.
+const CLUSTER_REDUCE_US_PER_MB: f64 = 8.0;
+
+/// Most splits of the cluster reduction: the portable cluster size. (A
+/// split past the tile's 16-row pairs below M sums and stores nothing.)
+const CLUSTER_MAX_SPLITS: usize = 8;
+
+/// How many thread-block clusters of each size (index 2..=8) of this
+/// kernel's one-block-per-SM blocks the device holds at once: a plan
+/// reduces through clusters only where all of its clusters fit one wave
+/// (clusters that do not all fit run in waves: docs/CUDA.md change 46).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterFit(pub [usize; CLUSTER_MAX_SPLITS + 1]);
+
+impl ClusterFit {
+    /// No cluster reduction (devices below sm_90, `MARLIN_WGMMA_WS_CLUSTER=0`).
+    pub const NONE: Self = Self([0; CLUSTER_MAX_SPLITS + 1]);
+
+    /// Whether `clusters` clusters of `splits` blocks fit one wave.
+    fn holds(&self, splits: usize, clusters: usize) -> bool {
+        (2..=CLUSTER_MAX_SPLITS).contains(&splits) && clusters <= self.0[splits]
+    }
+}
+
+/// The device's [`ClusterFit`] for this kernel ([`ClusterFit::NONE`] where
+/// [`cluster_enabled`] is off), asked once per device and activation type
+/// of the driver (`cuOccupancyMaxActiveClusters` on the largest entry: every
+/// variant runs one block per SM).
+pub fn ws_cluster_fit(dev: &CudaDevice, act: Act) -> Result<ClusterFit> {
+    if !cluster_enabled() || !ws_supported(dev) {
+        return Ok(ClusterFit::NONE);
+    }
+    let v = VARIANTS[3];
+    let kernel = v.kernel(false);
+    let smem =
+        u32::try_from(v.smem_bytes(false)).map_err(|_| CudaError::Shape("shared memory".into()))?;
+    let (module, source) = module_of(kernel, act);
+    let func = dev.function(module, source, kernel, smem)?;
+    let mut fit = ClusterFit::NONE;
+    for size in 2..=CLUSTER_MAX_SPLITS {
+        let s = size as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, s),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        fit.0[size] = max_active_clusters(dev, &func, kernel, (1, 1, s), &cfg)?;
+    }
+    Ok(fit)
+}
+
+/// Estimated time of `v` with `splits` for M rows (microseconds, without
+/// the parts every plan shares): rounds of blocks x the chunks of one
+/// split x [`chunk_us`], plus the reduction of the split-K partials: the
+/// ticket's last block reads `splits` whole tiles; in the cluster
+/// reduction each block reads its share of 16-row pairs (those below M)
+/// from every split.
+fn plan_cost_us(
+    v: WsVariant,
+    m: usize,
+    splits: usize,
+    blocks: usize,
+    k_chunks: usize,
+    sm_count: usize,
+    cluster: bool,
+) -> f64 {
+    let splits = splits.max(1);
+    let rounds = blocks.saturating_mul(splits).div_ceil(sm_count.max(1));
+    let chunks = k_chunks.max(1).div_ceil(splits);
+    let tile_mb = (4 * v.tokens * v.n_block()) as f64 / 1e6;
+    let reduce = match (splits, cluster) {
+        (1, _) => 0.0,
+        (s, true) => {
+            let pairs = m.min(v.tokens).div_ceil(16).max(1);
+            let pair_mb = tile_mb * 16.0 / v.tokens as f64;
+            (s * pairs.div_ceil(s)) as f64 * pair_mb * CLUSTER_REDUCE_US_PER_MB
+        }
+        (s, false) => s as f64 * tile_mb * TICKET_REDUCE_US_PER_MB,
+    };
+    (rounds * chunks) as f64 * chunk_us(v) + reduce
+}
+
+/// The variant, split factor and reduction for M rows of an N = `n_pad`,
+/// K = `k_chunks` x 64 weight. The variant and the most splits as before
+/// change 67: the least rounds of blocks / splits x [`chunk_us`], the
+/// splits [`choose_splits`]' (session 14 measured the variants at 4096x4096
+/// M = 128 / 256 and found t128x1 faster than this choice, 20.6 / 26.2 us
+/// against 28.5 / 30.3, but the cost model does not yet rank the variants
+/// of a part-filled machine: docs/CUDA.md change 67). Then the reduction:
+/// the ticket with those splits, or the cluster reduction with as many or
+/// fewer splits whose clusters all fit one wave ([`ClusterFit`]),
+/// whichever [`plan_cost_us`] rates faster (a cluster of 8 that does not
+/// fit: 6 splits instead, e.g. 4096x4096 M = 128, 24.0 us against the
+/// ticket's 28.5).
+fn ws_variant_for(
+    m: usize,
+    n_pad: usize,
+    k_chunks: usize,
+    sm_count: usize,
+    clusters: &ClusterFit,
+    forced: Option<WsVariant>,
+) -> (WsVariant, usize, bool) {
+    let candidates: Vec<WsVariant> = match forced {
         Some(v) => vec![v],
         None => VARIANTS.to_vec(),
     };
+    let blocks_of = |v: WsVariant| {
+        // Saturating: M comes from the caller (resolve checks the sizes).
+        m.div_ceil(v.tokens)
+            .max(1)
+            .saturating_mul(n_pad.div_ceil(v.n_block()))
+    };
     let mut best: Option<(f64, WsVariant, usize)> = None;
     for v in candidates {
-        let m_blocks = m.div_ceil(v.tokens).max(1);
-        // Saturating: M comes from the caller (resolve checks the sizes).
-        let blocks = m_blocks.saturating_mul(w.n_pad.div_ceil(v.n_block()));
-        let splits = choose_splits(blocks, sm_count, w.k_chunks, m);
+        let blocks = blocks_of(v);
+        let splits = choose_splits(blocks, sm_count, k_chunks, m);
         let rounds = blocks.saturating_mul(splits).div_ceil(sm_count.max(1)) as f64 / splits as f64;
         let cost = rounds * chunk_us(v);
         if best.is_none_or(|(c, _, _)| cost < c - 1e-9) {
             best = Some((cost, v, splits));
         }
     }
-    best.map_or((VARIANTS[3], 1), |(_, v, s)| (v, s))
+    let (_, v, splits) = best.unwrap_or((0.0, VARIANTS[3], 1));
+    let blocks = blocks_of(v);
+    let mut choice = (
+        plan_cost_us(v, m, splits, blocks, k_chunks, sm_count, false),
+        splits,
+        false,
+    );
+    for s in 2..=splits.min(CLUSTER_MAX_SPLITS) {
+        if clusters.holds(s, blocks) {
+            let cost = plan_cost_us(v, m, s, blocks, k_chunks, sm_count, true);
+            if cost < choice.0 - 1e-9 {
+                choice = (cost, s, true);
+            }
+        }
+    }
+    (v, choice.1, choice.2)
+}
+
+/// The variant, split factor and reduction (true: cluster) for M rows
+/// ([`ws_variant_for`]).
+pub fn ws_variant(
+    m: usize,
+    w: &Int4Weight,
+    sm_count: usize,
+    clusters: &ClusterFit,
+) -> (WsVariant, usize, bool) {
+    ws_variant_for(
+        m,
+        w.n_pad,
+        w.k_chunks,
+        sm_count,
+        clusters,
+        variant_override(),
+    )
+}
+
+/// Whether the split-K form may reduce its splits through a thread-block
+/// cluster's distributed shared memory (change 67) where the plan's split
+/// count allows it and the device holds every cluster at once: on unless
+/// `MARLIN_WGMMA_WS_CLUSTER=0` (read once) or this thread's
+/// [`set_ws_cluster_override`] says otherwise.
+pub fn cluster_enabled() -> bool {
+    static ON: knobs::Switch = knobs::Switch::new("MARLIN_WGMMA_WS_CLUSTER", true);
+    CLUSTER_OVERRIDE
+        .with(|c| c.get())
+        .unwrap_or_else(|| ON.get())
+}
+
+thread_local! {
+    static CLUSTER_OVERRIDE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Sets this thread's choice of [`cluster_enabled`] (None: the knob), so
+/// that a test runs both reductions in one process.
+pub fn set_ws_cluster_override(on: Option<bool>) {
+    CLUSTER_OVERRIDE.with(|c| c.set(on));
+}
+
+/// Split-K launches of this process that reduced through clusters.
+static CLUSTER_LAUNCHES: AtomicU64 = AtomicU64::new(0);
+
+/// How many launches of this kernel, on any thread, ran the cluster
+/// reduction (lets a test tell that it ran, not the ticket fallback).
+pub fn ws_cluster_launches() -> u64 {
+    CLUSTER_LAUNCHES.load(Ordering::Relaxed)
 }
 
 /// Largest magnitude of an f16 (65504).
@@ -631,7 +808,7 @@ pub fn ws_auto(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
         // form runs those shapes now.)
         return covers_sms || stream_k_shape(m, w, sm_count);
     }
-    let p = ws_plan(m, w, sm_count, None);
+    let p = ws_plan(m, w, sm_count, &ClusterFit::NONE, None).0;
     let blocks = p
         .m_blocks
         .saturating_mul(p.n_tiles)
@@ -646,12 +823,20 @@ pub fn ws_supported(dev: &CudaDevice) -> bool {
     dev.compute_capability() == (9, 0)
 }
 
-/// Launch shape for M rows. `GemmPlan::m_tiles` holds tokens / 16 and
-/// `n_tiles` the column blocks (64 x 2 x tiles per warpgroup wide).
-pub fn ws_plan(m: usize, w: &Int4Weight, sm_count: usize, splits: Option<usize>) -> GemmPlan {
+/// Launch shape for M rows, and whether its splits reduce through
+/// clusters. `GemmPlan::m_tiles` holds tokens / 16 and `n_tiles` the
+/// column blocks (64 x 2 x tiles per warpgroup wide). Forced `splits`
+/// reduce through clusters where `clusters` holds the plan's clusters.
+pub fn ws_plan(
+    m: usize,
+    w: &Int4Weight,
+    sm_count: usize,
+    clusters: &ClusterFit,
+    splits: Option<usize>,
+) -> (GemmPlan, bool) {
     if splits.is_none() && ws_stream_k(m, w, sm_count) {
         let v = ws_stream_k_variant(m, w, sm_count);
-        return GemmPlan {
+        let plan = GemmPlan {
             path: GemmPath::WgmmaWs,
             kernel: v.stream_k_kernel(w.neg_zero_scales.is_some()),
             m_tiles: v.tokens / 16,
@@ -659,17 +844,30 @@ pub fn ws_plan(m: usize, w: &Int4Weight, sm_count: usize, splits: Option<usize>)
             n_tiles: w.n_pad.div_ceil(v.n_block()),
             splits: 1,
         };
+        return (plan, false);
     }
-    let (v, auto_splits) = ws_variant(m, w, sm_count);
-    let splits = splits.unwrap_or(auto_splits).clamp(1, w.k_chunks.max(1));
-    GemmPlan {
+    let (v, auto_splits, auto_cluster) = ws_variant(m, w, sm_count, clusters);
+    let m_blocks = m.div_ceil(v.tokens).max(1);
+    let n_tiles = w.n_pad.div_ceil(v.n_block());
+    let (splits, cluster) = match splits {
+        None => (auto_splits, auto_cluster),
+        Some(s) => {
+            let s = s.clamp(1, w.k_chunks.max(1));
+            (
+                s,
+                s > 1 && clusters.holds(s, m_blocks.saturating_mul(n_tiles)),
+            )
+        }
+    };
+    let plan = GemmPlan {
         path: GemmPath::WgmmaWs,
         kernel: v.kernel(w.neg_zero_scales.is_some()),
         m_tiles: v.tokens / 16,
-        m_blocks: m.div_ceil(v.tokens).max(1),
-        n_tiles: w.n_pad.div_ceil(v.n_block()),
+        m_blocks,
+        n_tiles,
         splits,
-    }
+    };
+    (plan, cluster)
 }
 
 /// A resolved call: plan, variant, shared memory, scratch sizes.
@@ -692,6 +890,10 @@ pub(super) struct WsCall {
     /// The split-K kernel's `subn_m` argument: the subnormal
     /// dequantisation's shift on `_n` entries, 0 (ignored) on the others.
     pub subn_m: i32,
+    /// Split-K form launched as thread-block clusters of `splits` blocks
+    /// (cluster z = the split axis): the splits reduce through distributed
+    /// shared memory, no partials or tickets (change 67).
+    pub cluster: bool,
 }
 
 pub(super) fn resolve(
@@ -707,7 +909,8 @@ pub(super) fn resolve(
             "the warp-specialised wgmma INT4 GEMM needs compute capability 9.0 (sm_90a), device has {major}.{minor}"
         )));
     }
-    let mut plan = ws_plan(m, w, dev.sm_count(), splits);
+    let clusters = ws_cluster_fit(dev, act)?;
+    let (mut plan, cluster) = ws_plan(m, w, dev.sm_count(), &clusters, splits);
     let stream_k = splits.is_none() && ws_stream_k(m, w, dev.sm_count());
     // f16 split-K calls on weights whose scales allow it take the subnormal
     // dequantisation (bf16 has no such entries: 7 mantissa bits).
@@ -721,7 +924,7 @@ pub(super) fn resolve(
     let variant = if stream_k {
         ws_stream_k_variant(m, w, dev.sm_count())
     } else {
-        ws_variant(m, w, dev.sm_count()).0
+        ws_variant(m, w, dev.sm_count(), &clusters).0
     };
     if act != Act::F16 && DIAG_KERNELS.contains(&plan.kernel) {
         return Err(CudaError::Unsupported(format!(
@@ -737,6 +940,8 @@ pub(super) fn resolve(
         )));
     }
     let smem = u32::try_from(smem_bytes).map_err(|_| CudaError::Shape("shared memory".into()))?;
+    // (The diagnostic entries keep the ticket reduction.)
+    let cluster = cluster && !stream_k && !DIAG_KERNELS.contains(&plan.kernel);
     let overflow =
         || CudaError::Shape(format!("M = {m}, N = {}, K = {}: sizes overflow", w.n, w.k));
     // Stream-K: one block per SM (at most one per unit); two partial tiles
@@ -752,6 +957,7 @@ pub(super) fn resolve(
         Some(g) => g
             .checked_mul(2 * variant.tokens * variant.n_block())
             .ok_or_else(overflow)?,
+        None if cluster => 0,
         None => plan
             .splits
             .checked_mul(plan.m_blocks)
@@ -779,13 +985,14 @@ pub(super) fn resolve(
         stream_k_blocks,
         act,
         subn_m,
+        cluster,
     })
 }
 
 /// Load both kernels of `call` and size the workspace's scratch (split-K
 /// partials and the staged activation image).
 pub(super) fn prepare(dev: &CudaDevice, call: &WsCall, ws: &mut GemmWorkspace) -> Result<()> {
-    if call.plan.splits > 1 || call.stream_k_blocks.is_some() {
+    if (call.plan.splits > 1 && !call.cluster) || call.stream_k_blocks.is_some() {
         ws.reserve(dev, call.partials, call.tickets)?;
     }
     if ws.staged_act.as_ref().is_none_or(|s| s.len() < call.staged) {
@@ -830,7 +1037,9 @@ pub(super) fn launch<T: ActDtype>(
             w.n
         )));
     }
-    ws.check_split_k(p.splits, call.partials, call.tickets, (m, w.n), "prepare")?;
+    if !call.cluster {
+        ws.check_split_k(p.splits, call.partials, call.tickets, (m, w.n), "prepare")?;
+    }
     let (stage_module, stage_source) = module_of(call.variant.stage_kernel(), call.act);
     let stage_fn = dev.function(stage_module, stage_source, call.variant.stage_kernel(), 0)?;
     let (module, source) = module_of(p.kernel, call.act);
@@ -910,16 +1119,25 @@ pub(super) fn launch<T: ActDtype>(
     // above). PDL: the producer waits (pdl_wait) before its first read
     // of the staged image; before it, only the read-only weights are read;
     // C, partials and tickets are written only after data the producer
-    // copied after the wait.
-    unsafe { launch.launch_pdl(cfg) }?;
-    Ok(())
+    // copied after the wait. Cluster launch (resolve checked 2..=8 splits
+    // and that every cluster fits): the kernel reduces through the cluster
+    // exactly when its cluster size equals its split count (grid z =
+    // splits = cluster z), and then touches neither partials nor tickets.
+    if call.cluster {
+        let splits = u32::try_from(p.splits).map_err(|_| CudaError::Shape("splits".into()))?;
+        unsafe { launch.launch_pdl_cluster_dims(cfg, (1, 1, splits)) }?;
+        CLUSTER_LAUNCHES.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    } else {
+        unsafe { launch.launch_pdl(cfg) }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::{
-        choose_splits, subnormal_entry, subnormal_shift, subnormal_shift_for_range, DIAG_KERNELS,
-        SMEM_LIMIT, SOURCE, VARIANTS,
+        choose_splits, subnormal_entry, subnormal_shift, subnormal_shift_for_range, ws_variant_for,
+        ClusterFit, DIAG_KERNELS, SMEM_LIMIT, SOURCE, VARIANTS,
     };
 
     /// The subnormal dequantisation's shift: the smallest m whose low-nibble
@@ -1042,5 +1260,44 @@ mod tests {
         assert_eq!(choose_splits(896, 132, 128, 1024), 1);
         // Short K: no split below 8 chunks per split.
         assert_eq!(choose_splits(4, 132, 8, 64), 1);
+    }
+
+    /// The plans with and without the cluster reduction (change 67) on a
+    /// 132-SM device whose clusters of 2..8 one-block-per-SM blocks fit
+    /// 66 / 40 / 30 / 26 / 22 / 15 / 14 at once.
+    #[test]
+    fn plans_weigh_the_split_k_reduction() {
+        let h100 = ClusterFit([0, 0, 66, 40, 30, 26, 22, 15, 14]);
+        let plan = |m: usize, n: usize, k: usize, fit: &ClusterFit| {
+            let (v, s, c) = ws_variant_for(m, n, k / 64, 132, fit, None);
+            (v.name(), s, c)
+        };
+        let name = |s: &str| s.to_string();
+        // Without clusters: the plans of session 13.
+        assert_eq!(
+            plan(128, 4096, 4096, &ClusterFit::NONE),
+            (name("t128x2"), 8, false)
+        );
+        assert_eq!(
+            plan(256, 4096, 4096, &ClusterFit::NONE),
+            (name("t128x2"), 4, false)
+        );
+        assert_eq!(
+            plan(64, 14336, 4096, &ClusterFit::NONE),
+            (name("t64x2"), 2, false)
+        );
+        // Clusters where all fit one wave: 2 splits as planned ...
+        assert_eq!(plan(512, 4096, 4096, &h100), (name("t128x2"), 2, true));
+        assert_eq!(plan(64, 14336, 4096, &h100), (name("t64x2"), 2, true));
+        assert_eq!(plan(128, 14336, 4096, &h100), (name("t128x2"), 2, true));
+        assert_eq!(plan(512, 4096, 14336, &h100), (name("t128x2"), 2, true));
+        // ... fewer where the planned clusters do not fit: 16 tiles, no
+        // room for 16 clusters of 8 or 7, room for 16 of 6; 32 tiles, no
+        // room for 32 of 4, room for 32 of 3.
+        assert_eq!(plan(128, 4096, 4096, &h100), (name("t128x2"), 6, true));
+        assert_eq!(plan(256, 4096, 4096, &h100), (name("t128x2"), 3, true));
+        // Full grids do not split.
+        assert_eq!(plan(256, 28672, 8192, &h100), (name("t128x2"), 1, false));
+        assert_eq!(plan(1024, 14336, 4096, &h100), (name("t128x2"), 1, false));
     }
 }

@@ -97,52 +97,9 @@ __device__ __forceinline__ void att_fill_ring(uint4* st_k, uint4* st_v, const u1
 // Thread-block clusters (sm_90): the splits of one (row, head chunk) form
 // one cluster when the host launches them so (cluster x dimension = split
 // count), and merge through distributed shared memory instead of global
-// partials and a ticket. att_cluster_size() is 1 for a plain launch and
+// partials and a ticket. cluster_size() is 1 for a plain launch and
 // below sm_90, where the cluster code is never reached.
-__device__ __forceinline__ u32 att_cluster_size() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    u32 r;
-    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r));
-    return r;
-#else
-    return 1u;
-#endif
-}
-// Every thread of every block of the cluster; release / acquire: shared
-// memory written before it is visible to the cluster's blocks after it.
-__device__ __forceinline__ void att_cluster_sync() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    // Not .aligned: callers may reach it from divergent warps.
-    asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
-#endif
-}
-// The shared-memory address `local` of this block in block `rank` of the cluster.
-__device__ __forceinline__ u32 att_cluster_map(u32 local, u32 rank) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    u32 r;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(local), "r"(rank));
-    return r;
-#else
-    return local;
-#endif
-}
-__device__ __forceinline__ float2 att_ld_cluster2(u32 addr) {
-    float2 r = make_float2(0.0f, 0.0f);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("ld.shared::cluster.v2.f32 {%0, %1}, [%2];" : "=f"(r.x), "=f"(r.y) : "r"(addr) : "memory");
-#endif
-    return r;
-}
-__device__ __forceinline__ float4 att_ld_cluster4(u32 addr) {
-    float4 r = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
-                 : "=f"(r.x), "=f"(r.y), "=f"(r.z), "=f"(r.w)
-                 : "r"(addr)
-                 : "memory");
-#endif
-    return r;
-}
+// (cluster_size, cluster_sync, cluster_map, ld_cluster2 / 4: marlin_common.cuh.)
 // Most blocks of a cluster on sm_90 (non-portable; ATT_CLUSTER_MAX in
 // src/ops/attention.rs).
 #define ATT_CLUSTER_MAX 16
@@ -522,7 +479,7 @@ __device__ __forceinline__ void attn_decode_impl(
     // this block's (max, sum, outputs) stay in registers until every
     // thread is done with sm_o, then go to its shared memory for the
     // cluster's blocks to read.
-    const bool in_cluster = splits > 1 && att_cluster_size() == (u32)splits;
+    const bool in_cluster = splits > 1 && cluster_size() == (u32)splits;
     constexpr int CI = (GT * HD + 127) / 128;  // merge items per thread (128 threads)
     float c_o[CI], c_m[CI], c_l[CI];
 #pragma unroll
@@ -579,7 +536,7 @@ __device__ __forceinline__ void attn_decode_impl(
                 c_ml[2 * (idx / HD) + 1] = c_l[i];
             }
         }
-        att_cluster_sync();
+        cluster_sync();
         // Four output dims per thread, columns dealt out over the cluster's
         // blocks; every split's (max, sum) pair and outputs of the column
         // are read from the splits' shared memory in one round trip.
@@ -592,8 +549,8 @@ __device__ __forceinline__ void attn_decode_impl(
 #pragma unroll
             for (int sp = 0; sp < ATT_CLUSTER_MAX; ++sp) {
                 if (sp < splits) {
-                    ml[sp] = att_ld_cluster2(att_cluster_map(base_ml + 8u * h, sp));
-                    ov[sp] = att_ld_cluster4(att_cluster_map(base_o + 4u * (h * HD + d), sp));
+                    ml[sp] = ld_cluster2(cluster_map(base_ml + 8u * h, sp));
+                    ov[sp] = ld_cluster4(cluster_map(base_o + 4u * (h * HD + d), sp));
                 }
             }
             float mx = ATT_NEG_INF;
@@ -622,7 +579,7 @@ __device__ __forceinline__ void attn_decode_impl(
             st_from_f32(out, qh * HD + d + 3, any ? a3 / lsum : 0.0f);
         }
         // No block leaves while another may still read its shared memory.
-        att_cluster_sync();
+        cluster_sync();
         return;
     }
     // The last block of this (row, kv head chunk) to finish merges the

@@ -332,6 +332,54 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// Thread-block clusters (sm_90): the launch groups blocks into clusters
+// (src/ops/launch.rs); cluster_size() is 1 for a plain launch and below
+// sm_90, where the cluster code is never reached.
+__device__ __forceinline__ u32 cluster_size() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r));
+    return r;
+#else
+    return 1u;
+#endif
+}
+// Every thread of every block of the cluster; release / acquire: shared
+// memory written before it is visible to the cluster's blocks after it.
+__device__ __forceinline__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // Not .aligned: callers may reach it from divergent warps.
+    asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
+#endif
+}
+// The shared-memory address `local` of this block in block `rank` of the cluster.
+__device__ __forceinline__ u32 cluster_map(u32 local, u32 rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    u32 r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(local), "r"(rank));
+    return r;
+#else
+    return local;
+#endif
+}
+__device__ __forceinline__ float2 ld_cluster2(u32 addr) {
+    float2 r = make_float2(0.0f, 0.0f);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("ld.shared::cluster.v2.f32 {%0, %1}, [%2];" : "=f"(r.x), "=f"(r.y) : "r"(addr) : "memory");
+#endif
+    return r;
+}
+__device__ __forceinline__ float4 ld_cluster4(u32 addr) {
+    float4 r = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(r.x), "=f"(r.y), "=f"(r.z), "=f"(r.w)
+                 : "r"(addr)
+                 : "memory");
+#endif
+    return r;
+}
+
 // ------------------------------------------------------------ Hopper only
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

@@ -150,6 +150,9 @@ __device__ __forceinline__ uint4 ws_ld_shared_v4(u32 addr) {
                  : "memory");
     return v;
 }
+__device__ __forceinline__ void ws_st_shared_v4(u32 addr, float a, float b, float c, float d) {
+    asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
+}
 __device__ __forceinline__ u32 ws_ld_shared_u32(u32 addr) {
     u32 v;
     asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(addr) : "memory");
@@ -187,10 +190,12 @@ __device__ __forceinline__ void ws_stmatrix_x4_trans(u32 addr, u32 r0, u32 r1, u
 // acc[p][4q + e]: weight column (tile * 4 + warp) * 16 + g + 8 (e >> 1),
 // token 8q + 2t + (e & 1): f16x2 (e = 0, 1) / (2, 3) are row g of the 8x8
 // matrix (weights x tokens 8q..8q+7) of n16 half 0 / 1 in mma layout.
+// Only the token rows 8 q_lo .. 8 q_hi - 1 (q_lo, q_hi even) are written:
+// the cluster reduction's share of the tile (all of it: 0, TOK / 8).
 template <int TOK, int TPW>
 __device__ __forceinline__ void ws_store_tile(const float (&acc)[TPW][TOK / 2], u32 tile, u16* __restrict__ C,
                                               int M, int N, int m_base, int col_base, int cw, int warp,
-                                              int lane, int ct) {
+                                              int lane, int ct, int q_lo = 0, int q_hi = TOK / 8) {
     constexpr int TILES = 2 * TPW;
     constexpr u32 ROWB = TILES * 128;  // one token row of the block's columns, f16
     constexpr int UPR = TILES * 8;     // 16-byte units per row
@@ -203,6 +208,7 @@ __device__ __forceinline__ void ws_store_tile(const float (&acc)[TPW][TOK / 2], 
         const u32 u = (u32)((TPW * cw + p) * 8 + warp * 2 + (mi & 1));
 #pragma unroll
         for (int q = 0; q < TOK / 8; q += 2) {
+            if (q < q_lo || q >= q_hi) continue;
             const u32 r = (u32)(8 * (q + (mi >> 1)) + j);
             ws_stmatrix_x4_trans(tile + r * ROWB + ((u ^ (u32)j) << 4),
                                  ws_pack_act2(acc[p][4 * q], acc[p][4 * q + 1]),
@@ -213,8 +219,8 @@ __device__ __forceinline__ void ws_store_tile(const float (&acc)[TPW][TOK / 2], 
     }
     ws_consumer_sync();
     const bool vec = (N & 7) == 0 && (((unsigned long long)C) & 15ull) == 0;
-    const int units = min(TOK, M - m_base) * UPR;
-    for (int idx = ct; idx < units; idx += 256) {
+    const int units = min(8 * q_hi, M - m_base) * UPR;
+    for (int idx = 8 * q_lo * UPR + ct; idx < units; idx += 256) {
         const int r = idx / UPR;
         const int u = idx % UPR;
         const int col = col_base + 8 * u;
@@ -451,6 +457,12 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                 issue_act(slot, c_begin + i);
             }
         }
+        if (PROBE != 3 && splits > 1 && cluster_size() == (u32)splits) {
+            // The consumers' two cluster barriers (every thread of the
+            // cluster arrives at each).
+            cluster_sync();
+            cluster_sync();
+        }
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
         const int ct = tid - 128;         // consumer thread 0..255
@@ -660,6 +672,60 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
             return;
         }
         const int m_base = mb * TOK;
+        if (splits > 1 && cluster_size() == (u32)splits) {
+            // Cluster split-K (session 14, docs/CUDA.md change 67): the
+            // host launched the splits of each tile as one thread-block
+            // cluster (cluster z = splits). Each split's fp32 tile goes to
+            // its own shared memory (thread-interleaved float4s, after the
+            // f16 staging tile of ws_store_tile), then block `split` sums
+            // its share of the token rows below M, [8 q_lo, 8 q_hi), of
+            // every split's tile in split
+            // order (the ticket path's order: the same bits) through
+            // distributed shared memory and stores them. No partials in
+            // global memory, no ticket, and each block reads one tile's
+            // worth instead of the last block reading `splits` tiles.
+            constexpr u32 F16_TILE = (u32)TOK * TILES * 128;
+            constexpr int X4 = TPW * (TOK / 8);  // float4s per thread
+            static_assert((u32)STAGES * (ACT_BYTES + W_BYTES + S_BYTES) >= F16_TILE + 16u * 256u * X4,
+                          "the cluster reduction's tiles must fit the ring");
+            const u32 slot = base + F16_TILE;
+            ws_consumer_sync();
+            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#pragma unroll
+            for (int p = 0; p < TPW; p++)
+#pragma unroll
+                for (int x4 = 0; x4 < TOK / 8; x4++)
+                    ws_st_shared_v4(slot + 16u * (u32)((p * (TOK / 8) + x4) * 256 + ct), acc[p][4 * x4],
+                                    acc[p][4 * x4 + 1], acc[p][4 * x4 + 2], acc[p][4 * x4 + 3]);
+            cluster_sync();
+            // This block's q pairs (16-token row pairs of stmatrix x4) of
+            // the tile's rows below M: a split past them has none.
+            const int pairs = min(TOK / 16, (M - m_base + 15) / 16);
+            const int q_lo = 2 * ((split * pairs) / splits);
+            const int q_hi = 2 * (((split + 1) * pairs) / splits);
+#pragma unroll
+            for (int p = 0; p < TPW; p++)
+#pragma unroll
+                for (int x = 0; x < TOK / 2; x++) acc[p][x] = 0.0f;
+            for (int sp = 0; sp < splits; sp++) {
+                const u32 peer = cluster_map(slot, (u32)sp);
+#pragma unroll
+                for (int p = 0; p < TPW; p++)
+#pragma unroll
+                    for (int x4 = 0; x4 < TOK / 8; x4++) {
+                        if (x4 < q_lo || x4 >= q_hi) continue;
+                        const float4 a = ld_cluster4(peer + 16u * (u32)((p * (TOK / 8) + x4) * 256 + ct));
+                        acc[p][4 * x4] += a.x;
+                        acc[p][4 * x4 + 1] += a.y;
+                        acc[p][4 * x4 + 2] += a.z;
+                        acc[p][4 * x4 + 3] += a.w;
+                    }
+            }
+            ws_store_tile<TOK, TPW>(acc, base, C, M, N, m_base, tile_base * 64, cw, warp, lane, ct, q_lo, q_hi);
+            // The other blocks may still read this block's tile.
+            cluster_sync();
+            return;
+        }
         if (splits > 1) {
             // This split's fp32 tile to its own slot (split, block),
             // thread-interleaved float4s (coalesced 16-byte stores); the

@@ -12,7 +12,7 @@ use marlin_cpu::ops::RopeStyle;
 
 use super::fused::{check_projections, ActElem, HeadShape, ProjRows};
 use super::kv::{GpuKvCache, ATTN_PARTIAL_FLOATS, ATTN_TICKETS};
-use super::launch::{launch_config, KernelLaunch};
+use super::launch::{max_active_clusters, KernelLaunch};
 use super::rope::GpuRope;
 use super::{check_len, mul, to_i32, to_u32};
 use crate::device::{driver_err, CudaDevice};
@@ -469,11 +469,7 @@ pub fn attn_cluster_launches() -> u64 {
 }
 
 /// Whether decode kernel `func` can run clusters of `splits` blocks with
-/// `cfg` on `dev` (the occupancy asked once per loaded function and size;
-/// non-portable sizes above 8 allowed on the function every time, because
-/// that attribute belongs to the loaded function: a device or module loaded
-/// again, e.g. by another test of the same process, has a new function).
-/// Any driver refusal means no.
+/// `cfg` on `dev` (at least one such cluster fits the device).
 fn cluster_fits(
     dev: &CudaDevice,
     func: &CudaFunction,
@@ -484,43 +480,7 @@ fn cluster_fits(
     let Ok(cluster_x) = u32::try_from(splits) else {
         return Ok(false);
     };
-    // Up to 8 blocks is a portable cluster size; above it the function
-    // must allow non-portable sizes.
-    let size_allowed = splits <= 8
-        || func
-            .set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
-                1,
-            )
-            .is_ok();
-    if !size_allowed {
-        return Ok(false);
-    }
-    // Keyed by the device ordinal, the loaded function's handle and name.
-    type Key = (usize, usize, &'static str, usize);
-    static SEEN: Mutex<Vec<(Key, bool)>> = Mutex::new(Vec::new());
-    let key: Key = (dev.ordinal(), func.cu_function() as usize, name, splits);
-    let mut seen = SEEN
-        .lock()
-        .map_err(|_| CudaError::NotAvailable("cluster cache lock poisoned".into()))?;
-    if let Some(&(_, ok)) = seen.iter().find(|(k, _)| *k == key) {
-        return Ok(ok);
-    }
-    let ok = {
-        let (mut config, mut attrs, n_attrs) =
-            launch_config(cfg, dev.stream().cu_stream(), false, cluster_x);
-        config.attrs = attrs.as_mut_ptr();
-        config.numAttrs = n_attrs as u32;
-        let mut n: std::ffi::c_int = 0;
-        // SAFETY: a valid function, and a config whose attributes (`attrs`)
-        // outlive the call; `n` outlives the call.
-        let r = unsafe {
-            cudarc::driver::sys::cuOccupancyMaxActiveClusters(&mut n, func.cu_function(), &config)
-        };
-        r == cudarc::driver::sys::CUresult::CUDA_SUCCESS && n > 0
-    };
-    seen.push((key, ok));
-    Ok(ok)
+    Ok(max_active_clusters(dev, func, name, (cluster_x, 1, 1), cfg)? > 0)
 }
 
 /// Blocks per SM that the decode split count aims at, when

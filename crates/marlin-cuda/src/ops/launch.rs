@@ -36,7 +36,8 @@ use cudarc::driver::sys;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaView, CudaViewMut, DevicePtr, LaunchConfig};
 
 use crate::device::{driver_err, CudaDevice};
-use crate::error::Result;
+use crate::error::{CudaError, Result};
+use std::sync::Mutex;
 
 /// Whether PDL launches are enabled in this process: not when
 /// `MARLIN_CUDA_PDL=0` (read once).
@@ -135,7 +136,7 @@ impl<'a> KernelLaunch<'a> {
     /// and type, and every buffer must be large enough for what the kernel
     /// accesses with this configuration.
     pub unsafe fn launch(&mut self, cfg: LaunchConfig) -> Result<()> {
-        self.launch_with(cfg, false, 1)
+        self.launch_with(cfg, false, (1, 1, 1))
     }
 
     /// Launch with programmatic dependent launch where the device supports
@@ -146,7 +147,7 @@ impl<'a> KernelLaunch<'a> {
     /// `griddepcontrol.wait` before touching memory shared with other
     /// kernels.
     pub unsafe fn launch_pdl(&mut self, cfg: LaunchConfig) -> Result<()> {
-        self.launch_with(cfg, pdl_active(self.dev), 1)
+        self.launch_with(cfg, pdl_active(self.dev), (1, 1, 1))
     }
 
     /// [`KernelLaunch::launch_pdl`] with the grid's x dimension in
@@ -157,17 +158,36 @@ impl<'a> KernelLaunch<'a> {
     /// # Safety
     /// As [`KernelLaunch::launch_pdl`].
     pub unsafe fn launch_pdl_cluster(&mut self, cfg: LaunchConfig, cluster_x: u32) -> Result<()> {
-        self.launch_with(cfg, pdl_active(self.dev), cluster_x)
+        self.launch_with(cfg, pdl_active(self.dev), (cluster_x, 1, 1))
     }
 
-    unsafe fn launch_with(&mut self, cfg: LaunchConfig, pdl: bool, cluster_x: u32) -> Result<()> {
+    /// [`KernelLaunch::launch_pdl`] in thread-block clusters of `cluster`
+    /// (x, y, z) blocks (sm_90+; each grid dimension a multiple of the
+    /// cluster's, at most 8 blocks unless the function allows more).
+    ///
+    /// # Safety
+    /// As [`KernelLaunch::launch_pdl`].
+    pub unsafe fn launch_pdl_cluster_dims(
+        &mut self,
+        cfg: LaunchConfig,
+        cluster: (u32, u32, u32),
+    ) -> Result<()> {
+        self.launch_with(cfg, pdl_active(self.dev), cluster)
+    }
+
+    unsafe fn launch_with(
+        &mut self,
+        cfg: LaunchConfig,
+        pdl: bool,
+        cluster: (u32, u32, u32),
+    ) -> Result<()> {
         let mut ptrs: Vec<*mut c_void> = self
             .params
             .iter_mut()
             .map(|s| s.0.as_mut_ptr().cast::<c_void>())
             .collect();
         let (mut config, mut attrs, n_attrs) =
-            launch_config(&cfg, self.dev.stream().cu_stream(), pdl, cluster_x);
+            launch_config(&cfg, self.dev.stream().cu_stream(), pdl, cluster);
         if n_attrs > 0 {
             config.attrs = attrs.as_mut_ptr();
             config.numAttrs = n_attrs as u32;
@@ -192,15 +212,15 @@ impl<'a> KernelLaunch<'a> {
 }
 
 /// The driver's launch configuration of `cfg` on `stream`, and its
-/// attributes: programmatic stream serialisation when `pdl`, a cluster of
-/// `cluster_x` blocks along x when `cluster_x` > 1 (the first `n` of the
-/// array are set). `config.attrs` is left null and `numAttrs` 0: the
+/// attributes: programmatic stream serialisation when `pdl`, clusters of
+/// `cluster` (x, y, z) blocks when that is more than one block (the first
+/// `n` of the array are set). `config.attrs` is left null and `numAttrs` 0: the
 /// caller points them at the returned array once it has its final address.
 pub(crate) fn launch_config(
     cfg: &LaunchConfig,
     stream: sys::CUstream,
     pdl: bool,
-    cluster_x: u32,
+    cluster: (u32, u32, u32),
 ) -> (sys::CUlaunchConfig, [sys::CUlaunchAttribute; 2], usize) {
     // SAFETY (zeroed): all-zero is a valid value of every variant of the
     // value union, and of the attribute (id 0: CU_LAUNCH_ATTRIBUTE_IGNORE).
@@ -217,12 +237,12 @@ pub(crate) fn launch_config(
         };
         n_attrs += 1;
     }
-    if cluster_x > 1 {
+    if cluster != (1, 1, 1) {
         // SAFETY: as above.
         let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
-        value.clusterDim.x = cluster_x;
-        value.clusterDim.y = 1;
-        value.clusterDim.z = 1;
+        value.clusterDim.x = cluster.0;
+        value.clusterDim.y = cluster.1;
+        value.clusterDim.z = cluster.2;
         attrs[n_attrs] = sys::CUlaunchAttribute {
             id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
             pad: [0; 4],
@@ -243,6 +263,59 @@ pub(crate) fn launch_config(
         numAttrs: 0,
     };
     (config, attrs, n_attrs)
+}
+
+/// How many clusters of `cluster` (x, y, z) blocks of `func` with `cfg`
+/// the device holds at once (`cuOccupancyMaxActiveClusters`), asked once
+/// per device, loaded function, kernel name and cluster shape (a device or
+/// module loaded again, e.g. by another test of the same process, has a
+/// new function). Above 8 blocks the function is first allowed
+/// non-portable cluster sizes (an attribute of the loaded function, so set
+/// every time). Any driver refusal: 0.
+pub(crate) fn max_active_clusters(
+    dev: &CudaDevice,
+    func: &CudaFunction,
+    name: &'static str,
+    cluster: (u32, u32, u32),
+    cfg: &LaunchConfig,
+) -> Result<usize> {
+    let blocks = u64::from(cluster.0) * u64::from(cluster.1) * u64::from(cluster.2);
+    let size_allowed = blocks <= 8
+        || func
+            .set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                1,
+            )
+            .is_ok();
+    if !size_allowed {
+        return Ok(0);
+    }
+    type Key = (usize, usize, &'static str, (u32, u32, u32));
+    static SEEN: Mutex<Vec<(Key, usize)>> = Mutex::new(Vec::new());
+    let key: Key = (dev.ordinal(), func.cu_function() as usize, name, cluster);
+    let mut seen = SEEN
+        .lock()
+        .map_err(|_| CudaError::NotAvailable("cluster occupancy cache lock poisoned".into()))?;
+    if let Some(&(_, n)) = seen.iter().find(|(k, _)| *k == key) {
+        return Ok(n);
+    }
+    let n = {
+        let (mut config, mut attrs, n_attrs) =
+            launch_config(cfg, dev.stream().cu_stream(), false, cluster);
+        config.attrs = attrs.as_mut_ptr();
+        config.numAttrs = n_attrs as u32;
+        let mut n: std::ffi::c_int = 0;
+        // SAFETY: a valid function, and a config whose attributes (`attrs`)
+        // outlive the call; `n` outlives the call.
+        let r = unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, func.cu_function(), &config) };
+        if r == sys::CUresult::CUDA_SUCCESS {
+            usize::try_from(n).unwrap_or(0)
+        } else {
+            0
+        }
+    };
+    seen.push((key, n));
+    Ok(n)
 }
 
 #[cfg(test)]
