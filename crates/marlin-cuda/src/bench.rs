@@ -5,16 +5,10 @@
 //! fp32 compute).
 //!
 //! Timing: CUDA events around batches of back-to-back launches (after
-//! warm-up, so NVRTC compilation and cuBLAS handle setup stay out), the
-//! median over batches. Weights rotate over enough copies (>= 256 MiB in
+//! warm-up, so NVRTC compilation and cuBLAS handle setup stay out, and
+//! 30 ms of the call itself, so that the clocks have settled to its own
+//! load), the median over batches. Weights rotate over enough copies (>= 256 MiB in
 //! all) that they are read from device memory, not from the 50 MB L2.
-//! Each row's own time (`us`: Auto's path for INT4) and its cuBLAS peer
-//! are timed interleaved, batch for batch, so that both run under the same
-//! clocks (the other path columns are timed one after the other); the
-//! speedup is the median of the rounds' ratios, which a slow spell of the
-//! machine spanning several rounds leaves alone (session 14: two such
-//! spells doubled both times of a row, 61 / 68 us where 29 / 20 us ran
-//! the rounds before).
 //!
 //! Decode context (`ctx us`, INT4 at M <= 16, and `cB ctx` for cuBLAS):
 //! the decode graph runs each GEMM right after a small latency-bound
@@ -221,11 +215,6 @@ pub struct GemmBenchRow {
     /// M <= 16 where it fits with `GemmBenchConfig::stream_k`; NaN elsewhere.
     pub stream_k_us: f64,
     pub cublas_us: f64,
-    /// Median over the interleaved rounds of (cuBLAS batch time / this
-    /// path's batch time) (the module doc): a slow spell of the machine
-    /// that spans several rounds slows both sides of those rounds alike and
-    /// leaves their ratios. NaN on rows timed alone (sweeps).
-    pub paired_speedup: f64,
     /// The path's exposed time after a delay kernel (decode context, see
     /// the module doc); NaN where not timed.
     pub ctx_us: f64,
@@ -248,14 +237,8 @@ pub struct GemmBenchRow {
 }
 
 impl GemmBenchRow {
-    /// Speedup over cuBLAS: the interleaved rounds' median ratio where
-    /// timed so, else the ratio of the two times.
     pub fn speedup(&self) -> f64 {
-        if self.paired_speedup.is_finite() {
-            self.paired_speedup
-        } else {
-            self.cublas_us / self.us
-        }
+        self.cublas_us / self.us
     }
 
     /// Streamed bits per weight (codes and scales).
@@ -386,8 +369,14 @@ impl fmt::Display for GemmBenchReport {
     }
 }
 
+/// GPU time each timing warms up for before its batches (milliseconds).
+const WARMUP_MS: f64 = 30.0;
+/// At most this many warm-up calls beyond the first three.
+const WARMUP_MAX_CALLS: usize = 2000;
+
 /// Median time per call in microseconds of `f`, over `batches` batches of
-/// `reps` back-to-back calls between two CUDA events.
+/// `reps` back-to-back calls between two CUDA events, after a warm-up of
+/// [`WARMUP_MS`].
 fn time_us(
     dev: &CudaDevice,
     reps: usize,
@@ -396,16 +385,34 @@ fn time_us(
 ) -> Result<f64> {
     let ctx = dev.context();
     let stream = dev.stream();
-    for i in 0..3 {
-        f(i)?;
-    }
-    dev.synchronize()?;
     let start = ctx
         .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
         .map_err(|e| driver_err("cuEventCreate", e))?;
     let end = ctx
         .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
         .map_err(|e| driver_err("cuEventCreate", e))?;
+    // Warm-up: 3 calls, then more until WARMUP_MS of GPU time have run, so
+    // that the clocks have settled to this call's own load (the path timed
+    // before may have left them low: session 14 timed one kernel and plan
+    // 12% apart, two paths apart, within one call; docs/CUDA.md change 67).
+    start
+        .record(stream)
+        .map_err(|e| driver_err("cuEventRecord", e))?;
+    for i in 0..3 {
+        f(i)?;
+    }
+    end.record(stream)
+        .map_err(|e| driver_err("cuEventRecord", e))?;
+    let first_ms = f64::from(
+        start
+            .elapsed_ms(&end)
+            .map_err(|e| driver_err("cuEventElapsedTime", e))?,
+    );
+    let more = ((WARMUP_MS - first_ms).max(0.0) / (first_ms / 3.0).max(1e-3)).ceil();
+    for i in 0..(more as usize).min(WARMUP_MAX_CALLS) {
+        f(3 + i)?;
+    }
+    dev.synchronize()?;
     let mut samples = Vec::with_capacity(batches);
     let mut call = 0usize;
     for _ in 0..batches.max(1) {
@@ -425,59 +432,6 @@ fn time_us(
     }
     samples.sort_by(|a, b| a.total_cmp(b));
     Ok(samples[samples.len() / 2])
-}
-
-/// Times per call in microseconds, one per round, of each of the N calls
-/// `f(j, i)` (j = 0..N), timed in alternation: per round, a batch of `reps`
-/// calls of each j between two CUDA events, `batches` rounds, so that every
-/// call runs under the same clocks and heat as the others (`i` counts the
-/// calls of each j from 0, as in [`time_us`]).
-fn time_interleaved_us<const N: usize>(
-    dev: &CudaDevice,
-    reps: usize,
-    batches: usize,
-    mut f: impl FnMut(usize, usize) -> Result<()>,
-) -> Result<[Vec<f64>; N]> {
-    let ctx = dev.context();
-    let stream = dev.stream();
-    for j in 0..N {
-        for i in 0..3 {
-            f(j, i)?;
-        }
-    }
-    dev.synchronize()?;
-    let new_event = || {
-        ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(|e| driver_err("cuEventCreate", e))
-    };
-    let (start, end) = (new_event()?, new_event()?);
-    let mut samples: [Vec<f64>; N] = std::array::from_fn(|_| Vec::with_capacity(batches));
-    let mut calls = [0usize; N];
-    for _ in 0..batches.max(1) {
-        for (j, (sample, call)) in samples.iter_mut().zip(calls.iter_mut()).enumerate() {
-            start
-                .record(stream)
-                .map_err(|e| driver_err("cuEventRecord", e))?;
-            for _ in 0..reps.max(1) {
-                f(j, *call)?;
-                *call += 1;
-            }
-            end.record(stream)
-                .map_err(|e| driver_err("cuEventRecord", e))?;
-            let ms = start
-                .elapsed_ms(&end)
-                .map_err(|e| driver_err("cuEventElapsedTime", e))?;
-            sample.push(f64::from(ms) * 1000.0 / reps.max(1) as f64);
-        }
-    }
-    Ok(samples)
-}
-
-/// Median of `v` (NaN if empty).
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Copy bandwidth: a 1 GiB device-to-device copy, (read + write) bytes / s.
@@ -673,6 +627,7 @@ fn bench_shape<T: ActDtype>(
                 }
             })
         };
+        let cublas_us = time_us(dev, cfg.reps, cfg.batches, |i| cublas_call(i, &mut c))?;
         let in_context = cfg.decode_context && m <= SK_MAX_M && delay_us.is_finite();
         let cublas_ctx_us = if in_context {
             time_us(dev, cfg.reps, cfg.batches, |i| {
@@ -764,8 +719,7 @@ fn bench_shape<T: ActDtype>(
             };
             let mut auto_plan = None;
             let mut ctx_us = f64::NAN;
-            // (Auto's plan; its time is the interleaved one below.)
-            let (_alone_us, path) = if is_int4 {
+            let (us, path) = if is_int4 {
                 let (us, plan) = time_path(GemmPath::Auto, None, false)?;
                 auto_plan = plan;
                 if in_context {
@@ -842,27 +796,6 @@ fn bench_shape<T: ActDtype>(
                     }
                 }
             }
-            // The row's time and its peer's, interleaved batch by batch: the
-            // clocks move under heavy GEMMs (session 14, docs/CUDA.md change
-            // 67: the same kernel and plan timed 12% apart, one path after
-            // the other, in one call), so the peer is timed beside each row.
-            let pair_path = if is_int4 { GemmPath::Auto } else { path };
-            let [ours, peer] = time_interleaved_us(dev, cfg.reps, cfg.batches, |which, i| {
-                if which == 0 {
-                    let opts = GemmOptions {
-                        path: pair_path,
-                        splits: None,
-                    };
-                    weights
-                        .call(dev, i, &a, m, &mut c, &mut ws, opts)
-                        .map(|_| ())
-                } else {
-                    cublas_call(i, &mut c)
-                }
-            })?;
-            let (us, cublas_us) = (median(&ours), median(&peer));
-            let ratios: Vec<f64> = peer.iter().zip(&ours).map(|(p, o)| p / o).collect();
-            let paired_speedup = median(&ratios);
             let row = |splits: usize, forced: bool, path: GemmPath, us: f64| GemmBenchRow {
                 format: *format,
                 n,
@@ -880,7 +813,6 @@ fn bench_shape<T: ActDtype>(
                 bulk_us,
                 stream_k_us,
                 cublas_us,
-                paired_speedup: f64::NAN,
                 ctx_us: f64::NAN,
                 cublas_ctx_us,
                 fused_ctx_us,
@@ -900,7 +832,6 @@ fn bench_shape<T: ActDtype>(
             };
             rows.push(GemmBenchRow {
                 ctx_us,
-                paired_speedup,
                 ..row(splits_used, false, path, us)
             });
             for (s, path, us) in sweep {

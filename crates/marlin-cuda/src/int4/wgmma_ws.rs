@@ -606,6 +606,22 @@ fn subnormal_entry(kernel: &str) -> Option<&'static str> {
     })
 }
 
+/// The cluster-reduction entry of a subnormal split-K entry (change 67:
+/// only these carry it, so that the other entries keep their schedule).
+fn cluster_entry(kernel: &str) -> Option<&'static str> {
+    Some(match kernel {
+        "w4a16_ws_t64x1n" => "w4a16_ws_t64x1nc",
+        "w4a16_ws_t64x2n" => "w4a16_ws_t64x2nc",
+        "w4a16_ws_t128x1n" => "w4a16_ws_t128x1nc",
+        "w4a16_ws_t128x2n" => "w4a16_ws_t128x2nc",
+        "w4a16_ws_t64x1zn" => "w4a16_ws_t64x1znc",
+        "w4a16_ws_t64x2zn" => "w4a16_ws_t64x2znc",
+        "w4a16_ws_t128x1zn" => "w4a16_ws_t128x1znc",
+        "w4a16_ws_t128x2zn" => "w4a16_ws_t128x2znc",
+        _ => return None,
+    })
+}
+
 /// Test and tuning switch: `MARLIN_WGMMA_WS_STREAMK=1` takes the stream-K
 /// form (`w4a16_wsk_*`, persistent grid) and `=0` the split-K form
 /// wherever no split factor is forced; unset, [`ws_stream_k`] decides.
@@ -940,8 +956,14 @@ pub(super) fn resolve(
         )));
     }
     let smem = u32::try_from(smem_bytes).map_err(|_| CudaError::Shape("shared memory".into()))?;
-    // (The diagnostic entries keep the ticket reduction.)
-    let cluster = cluster && !stream_k && !DIAG_KERNELS.contains(&plan.kernel);
+    // Only the subnormal entries (f16) have a cluster form; the others
+    // (bf16, scales the subnormal form refuses, the diagnostic entries)
+    // keep the ticket with the plan's splits.
+    let cluster_kernel = cluster_entry(plan.kernel).filter(|_| cluster && !stream_k);
+    let cluster = cluster_kernel.is_some();
+    if let Some(entry) = cluster_kernel {
+        plan.kernel = entry;
+    }
     let overflow =
         || CudaError::Shape(format!("M = {m}, N = {}, K = {}: sizes overflow", w.n, w.k));
     // Stream-K: one block per SM (at most one per unit); two partial tiles
@@ -1136,8 +1158,8 @@ pub(super) fn launch<T: ActDtype>(
 #[cfg(test)]
 mod tests {
     use super::{
-        choose_splits, subnormal_entry, subnormal_shift, subnormal_shift_for_range, ws_variant_for,
-        ClusterFit, DIAG_KERNELS, SMEM_LIMIT, SOURCE, VARIANTS,
+        choose_splits, cluster_entry, subnormal_entry, subnormal_shift, subnormal_shift_for_range,
+        ws_variant_for, ClusterFit, DIAG_KERNELS, SMEM_LIMIT, SOURCE, VARIANTS,
     };
 
     /// The subnormal dequantisation's shift: the smallest m whose low-nibble
@@ -1205,6 +1227,13 @@ mod tests {
                 assert!(SOURCE.contains(&format!("W4A16_WS_ENTRY_X({k}n,")), "{k}");
             }
             assert_eq!(subnormal_entry(v.stream_k_kernel(false)), None);
+            // ... and every `_n` entry its cluster form `_nc`.
+            for z in [false, true] {
+                let n = subnormal_entry(v.kernel(z)).expect("subnormal entry");
+                let c = cluster_entry(n).expect("cluster entry");
+                assert_eq!(c.strip_suffix('c'), Some(n));
+                assert!(SOURCE.contains(&format!("W4A16_WS_ENTRY_C({c},")), "{c}");
+            }
         }
     }
 

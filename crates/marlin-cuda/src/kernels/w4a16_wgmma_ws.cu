@@ -350,7 +350,7 @@ __device__ __forceinline__ void ws_stage_body(const u16* __restrict__ A, uint4* 
 // producer of probe 2 (no copies after the first ring).
 // SUBN (f16, PROBE 0 only): the subnormal dequantisation above with shift
 // subn_m (ignored otherwise).
-template <int TOK, int TPW, int STAGES, bool HAS_Z, int PROBE, bool SUBN>
+template <int TOK, int TPW, int STAGES, bool HAS_Z, int PROBE, bool SUBN, bool CLUSTER = false>
 __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged activations
                                         const uint4* __restrict__ W,   // packed codes
                                         const u32* __restrict__ S,     // (groups, n_pad/16, 8) f16x2
@@ -457,11 +457,13 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                 issue_act(slot, c_begin + i);
             }
         }
-        if (PROBE != 3 && splits > 1 && cluster_size() == (u32)splits) {
-            // The consumers' two cluster barriers (every thread of the
-            // cluster arrives at each).
-            cluster_sync();
-            cluster_sync();
+        if constexpr (CLUSTER) {
+            if (splits > 1 && cluster_size() == (u32)splits) {
+                // The consumers' two cluster barriers (every thread of the
+                // cluster arrives at each).
+                cluster_sync();
+                cluster_sync();
+            }
         }
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
@@ -672,59 +674,64 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
             return;
         }
         const int m_base = mb * TOK;
-        if (splits > 1 && cluster_size() == (u32)splits) {
-            // Cluster split-K (session 14, docs/CUDA.md change 67): the
-            // host launched the splits of each tile as one thread-block
-            // cluster (cluster z = splits). Each split's fp32 tile goes to
-            // its own shared memory (thread-interleaved float4s, after the
-            // f16 staging tile of ws_store_tile), then block `split` sums
-            // its share of the token rows below M, [8 q_lo, 8 q_hi), of
-            // every split's tile in split
-            // order (the ticket path's order: the same bits) through
-            // distributed shared memory and stores them. No partials in
-            // global memory, no ticket, and each block reads one tile's
-            // worth instead of the last block reading `splits` tiles.
-            constexpr u32 F16_TILE = (u32)TOK * TILES * 128;
-            constexpr int X4 = TPW * (TOK / 8);  // float4s per thread
-            static_assert((u32)STAGES * (ACT_BYTES + W_BYTES + S_BYTES) >= F16_TILE + 16u * 256u * X4,
-                          "the cluster reduction's tiles must fit the ring");
-            const u32 slot = base + F16_TILE;
-            ws_consumer_sync();
-            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#pragma unroll
-            for (int p = 0; p < TPW; p++)
-#pragma unroll
-                for (int x4 = 0; x4 < TOK / 8; x4++)
-                    ws_st_shared_v4(slot + 16u * (u32)((p * (TOK / 8) + x4) * 256 + ct), acc[p][4 * x4],
-                                    acc[p][4 * x4 + 1], acc[p][4 * x4 + 2], acc[p][4 * x4 + 3]);
-            cluster_sync();
-            // This block's q pairs (16-token row pairs of stmatrix x4) of
-            // the tile's rows below M: a split past them has none.
-            const int pairs = min(TOK / 16, (M - m_base + 15) / 16);
-            const int q_lo = 2 * ((split * pairs) / splits);
-            const int q_hi = 2 * (((split + 1) * pairs) / splits);
-#pragma unroll
-            for (int p = 0; p < TPW; p++)
-#pragma unroll
-                for (int x = 0; x < TOK / 2; x++) acc[p][x] = 0.0f;
-            for (int sp = 0; sp < splits; sp++) {
-                const u32 peer = cluster_map(slot, (u32)sp);
-#pragma unroll
+        // Only the `_nc` entries carry the cluster reduction: compiled into
+        // every entry, it moved ptxas's schedule of the main loop and cost
+        // the unsplit launches up to 15% (28672x8192 M = 32; change 67).
+        if constexpr (CLUSTER) {
+            if (splits > 1 && cluster_size() == (u32)splits) {
+                // Cluster split-K (session 14, docs/CUDA.md change 67): the
+                // host launched the splits of each tile as one thread-block
+                // cluster (cluster z = splits). Each split's fp32 tile goes to
+                // its own shared memory (thread-interleaved float4s, after the
+                // f16 staging tile of ws_store_tile), then block `split` sums
+                // its share of the token rows below M, [8 q_lo, 8 q_hi), of
+                // every split's tile in split
+                // order (the ticket path's order: the same bits) through
+                // distributed shared memory and stores them. No partials in
+                // global memory, no ticket, and each block reads one tile's
+                // worth instead of the last block reading `splits` tiles.
+                constexpr u32 F16_TILE = (u32)TOK * TILES * 128;
+                constexpr int X4 = TPW * (TOK / 8);  // float4s per thread
+                static_assert((u32)STAGES * (ACT_BYTES + W_BYTES + S_BYTES) >= F16_TILE + 16u * 256u * X4,
+                              "the cluster reduction's tiles must fit the ring");
+                const u32 slot = base + F16_TILE;
+                ws_consumer_sync();
+                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    #pragma unroll
                 for (int p = 0; p < TPW; p++)
-#pragma unroll
-                    for (int x4 = 0; x4 < TOK / 8; x4++) {
-                        if (x4 < q_lo || x4 >= q_hi) continue;
-                        const float4 a = ld_cluster4(peer + 16u * (u32)((p * (TOK / 8) + x4) * 256 + ct));
-                        acc[p][4 * x4] += a.x;
-                        acc[p][4 * x4 + 1] += a.y;
-                        acc[p][4 * x4 + 2] += a.z;
-                        acc[p][4 * x4 + 3] += a.w;
-                    }
+    #pragma unroll
+                    for (int x4 = 0; x4 < TOK / 8; x4++)
+                        ws_st_shared_v4(slot + 16u * (u32)((p * (TOK / 8) + x4) * 256 + ct), acc[p][4 * x4],
+                                        acc[p][4 * x4 + 1], acc[p][4 * x4 + 2], acc[p][4 * x4 + 3]);
+                cluster_sync();
+                // This block's q pairs (16-token row pairs of stmatrix x4) of
+                // the tile's rows below M: a split past them has none.
+                const int pairs = min(TOK / 16, (M - m_base + 15) / 16);
+                const int q_lo = 2 * ((split * pairs) / splits);
+                const int q_hi = 2 * (((split + 1) * pairs) / splits);
+    #pragma unroll
+                for (int p = 0; p < TPW; p++)
+    #pragma unroll
+                    for (int x = 0; x < TOK / 2; x++) acc[p][x] = 0.0f;
+                for (int sp = 0; sp < splits; sp++) {
+                    const u32 peer = cluster_map(slot, (u32)sp);
+    #pragma unroll
+                    for (int p = 0; p < TPW; p++)
+    #pragma unroll
+                        for (int x4 = 0; x4 < TOK / 8; x4++) {
+                            if (x4 < q_lo || x4 >= q_hi) continue;
+                            const float4 a = ld_cluster4(peer + 16u * (u32)((p * (TOK / 8) + x4) * 256 + ct));
+                            acc[p][4 * x4] += a.x;
+                            acc[p][4 * x4 + 1] += a.y;
+                            acc[p][4 * x4 + 2] += a.z;
+                            acc[p][4 * x4 + 3] += a.w;
+                        }
+                }
+                ws_store_tile<TOK, TPW>(acc, base, C, M, N, m_base, tile_base * 64, cw, warp, lane, ct, q_lo, q_hi);
+                // The other blocks may still read this block's tile.
+                cluster_sync();
+                return;
             }
-            ws_store_tile<TOK, TPW>(acc, base, C, M, N, m_base, tile_base * 64, cw, warp, lane, ct, q_lo, q_hi);
-            // The other blocks may still read this block's tile.
-            cluster_sync();
-            return;
         }
         if (splits > 1) {
             // This split's fp32 tile to its own slot (split, block),
@@ -1153,6 +1160,18 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
     }
 #define W4A16_WS_ENTRY(NAME, TOK, TPW, STAGES, HAS_Z, PROBE) \
     W4A16_WS_ENTRY_X(NAME, TOK, TPW, STAGES, HAS_Z, PROBE, false)
+// Subnormal dequantisation with the cluster reduction (change 67): launched
+// as clusters of `splits` blocks; a plain launch takes the ticket.
+#define W4A16_WS_ENTRY_C(NAME, TOK, TPW, STAGES, HAS_Z)                                                 \
+    extern "C" __global__ void __launch_bounds__(384, 1) NAME(                                          \
+        const uint4* __restrict__ As, const uint4* __restrict__ W, const u32* __restrict__ S,           \
+        const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,                   \
+        u32* __restrict__ tickets, int M, int N, int n_pad, int k_chunks, int group_k32, int splits,    \
+        int subn_m) {                                                                                   \
+        pdl_trigger();                                                                                  \
+        ws_body<TOK, TPW, STAGES, HAS_Z, 0, true, true>(As, W, S, Z, C, partials, tickets, M, N, n_pad, \
+                                                        k_chunks, group_k32, splits, subn_m);           \
+    }
 
 #ifndef WS_DIAG_ENTRIES
 W4A16_WS_STAGE_ENTRY(w4a16_ws_stage_t64, 64)
@@ -1178,6 +1197,14 @@ W4A16_WS_ENTRY_X(w4a16_ws_t64x1zn, 64, 1, 12, true, 0, true)
 W4A16_WS_ENTRY_X(w4a16_ws_t64x2zn, 64, 2, 10, true, 0, true)
 W4A16_WS_ENTRY_X(w4a16_ws_t128x1zn, 128, 1, 8, true, 0, true)
 W4A16_WS_ENTRY_X(w4a16_ws_t128x2zn, 128, 2, 8, true, 0, true)
+W4A16_WS_ENTRY_C(w4a16_ws_t64x1nc, 64, 1, 12, false)
+W4A16_WS_ENTRY_C(w4a16_ws_t64x2nc, 64, 2, 10, false)
+W4A16_WS_ENTRY_C(w4a16_ws_t128x1nc, 128, 1, 8, false)
+W4A16_WS_ENTRY_C(w4a16_ws_t128x2nc, 128, 2, 8, false)
+W4A16_WS_ENTRY_C(w4a16_ws_t64x1znc, 64, 1, 12, true)
+W4A16_WS_ENTRY_C(w4a16_ws_t64x2znc, 64, 2, 10, true)
+W4A16_WS_ENTRY_C(w4a16_ws_t128x1znc, 128, 1, 8, true)
+W4A16_WS_ENTRY_C(w4a16_ws_t128x2znc, 128, 2, 8, true)
 #endif
 
 #define W4A16_WSK_ENTRY(NAME, TOK, TPW, STAGES, HAS_Z)                                                  \
