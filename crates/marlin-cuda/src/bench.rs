@@ -7,7 +7,8 @@
 //! Timing: CUDA events around batches of back-to-back launches (after
 //! warm-up, so NVRTC compilation and cuBLAS handle setup stay out, and
 //! 30 ms of the call itself, so that the clocks have settled to its own
-//! load), the median over batches. Weights rotate over enough copies (>= 256 MiB in
+//! load), the fastest batch (the machine's slow spells can cover most of
+//! a timing's batches: session 14, docs/CUDA.md change 67). Weights rotate over enough copies (>= 256 MiB in
 //! all) that they are read from device memory, not from the 50 MB L2.
 //!
 //! Decode context (`ctx us`, INT4 at M <= 16, and `cB ctx` for cuBLAS):
@@ -117,7 +118,7 @@ pub struct GemmBenchConfig {
     pub formats: Vec<GemmFormat>,
     /// Launches per timed batch.
     pub reps: usize,
-    /// Timed batches (the median is reported).
+    /// Timed batches (the fastest is reported).
     pub batches: usize,
     /// Also time every INT4 split-K factor in this list at each shape (tuning).
     pub split_sweep: Vec<usize>,
@@ -374,9 +375,9 @@ const WARMUP_MS: f64 = 30.0;
 /// At most this many warm-up calls beyond the first three.
 const WARMUP_MAX_CALLS: usize = 2000;
 
-/// Median time per call in microseconds of `f`, over `batches` batches of
-/// `reps` back-to-back calls between two CUDA events, after a warm-up of
-/// [`WARMUP_MS`].
+/// Time per call in microseconds of `f`: the fastest of `batches` batches
+/// of `reps` back-to-back calls between two CUDA events, after a warm-up
+/// of [`WARMUP_MS`].
 fn time_us(
     dev: &CudaDevice,
     reps: usize,
@@ -430,8 +431,12 @@ fn time_us(
             .map_err(|e| driver_err("cuEventElapsedTime", e))?;
         samples.push(f64::from(ms) * 1000.0 / reps.max(1) as f64);
     }
+    // The fastest batch: the machine has slow spells (session 14: clocks
+    // near half for tens of milliseconds, twice the time of every batch
+    // they cover, sometimes more than half of a timing's batches) and
+    // nothing makes a batch of 20 calls faster than the kernels are.
     samples.sort_by(|a, b| a.total_cmp(b));
-    Ok(samples[samples.len() / 2])
+    Ok(samples[0])
 }
 
 /// Copy bandwidth: a 1 GiB device-to-device copy, (read + write) bytes / s.

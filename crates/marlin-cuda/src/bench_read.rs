@@ -79,8 +79,8 @@ impl ReadPeer {
         unsafe { launch.launch_pdl(cfg) }
     }
 
-    /// Median time per read (us) with the best blocks-per-SM count, timed by
-    /// `time` (the benchmark's CUDA-event timer: median of batches of
+    /// Time per read (us) with the best blocks-per-SM count, timed by
+    /// `time` (the benchmark's CUDA-event timer: fastest of batches of
     /// back-to-back calls).
     pub fn time_us(
         &self,
