@@ -1,10 +1,12 @@
-//! `marlin-cuda-bench [--quick] [--sweep] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]]
+//! `marlin-cuda-bench [--quick] [--sweep] [--split-list 1,2,3] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]]
 //! [--ms 1,16] [--formats int4,mxfp4,...] [--no-ctx] [--l2-warm] [--delay-cycles C] [--dec-shapes 4x1x4,4x2x2]
 //! [--ws-only] [--wgmma-only] [--glu] [--act f16|bf16] [--device N]`: the quantized GEMM benchmark table (see `marlin_cuda::bench`). `--stream-k`
 //! adds the stream-K INT4 kernel's column; `--no-ctx` drops the decode-context columns (GEMM
 //! after a PDL-launched delay kernel of C clocks); `--l2-warm` times one copy of each weight (read
 //! from L2 where it fits: the ceiling of prefetching a GEMM's weights into L2 in an earlier kernel); `--dec-shapes` times forced decode-kernel
-//! block shapes (column blocks x K slices x splits); `--ws-only` times only cuBLAS, Auto and the
+//! block shapes (column blocks x K slices x splits); `--split-list` times the INT4 kernels
+//! with each of these split-K factors forced (rows marked `*`; `--sweep` sets 1,2,4,8,16,32
+//! and its own M and formats); `--ws-only` times only cuBLAS, Auto and the
 //! warp-specialised INT4 kernel (same-run A/Bs of its knobs); `--wgmma-only` the same plus the
 //! wgmma INT4 kernel; `--glu` times instead, for each
 //! stacked gate|up shape 2FxK, the GEMM + `glu` pair against the GEMM with the GLU in its epilogue;
@@ -16,7 +18,7 @@ use marlin_cuda::act::Act;
 use marlin_cuda::bench::{bench_gemm, GemmBenchConfig, GemmFormat};
 
 const USAGE: &str =
-    "usage: marlin-cuda-bench [--quick] [--sweep] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]] [--ms 1,16] \
+    "usage: marlin-cuda-bench [--quick] [--sweep] [--split-list 1,2,3] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]] [--ms 1,16] \
                      [--formats int4,int4zp,int4g32,mxfp4,nvfp4,int8,fp8,fp8b128,int3,int2] [--no-ctx] [--l2-warm] [--delay-cycles C] \
                      [--dec-shapes AxBxC[,..]] [--ws-only] [--wgmma-only] [--glu] [--act f16|bf16] [--device N]";
 
@@ -36,6 +38,17 @@ fn main() {
                 cfg.ms = vec![1, 4, 16, 64, 256];
                 cfg.formats = vec![GemmFormat::Int4G128];
             }
+            "--split-list" => match args.next().map(|s| {
+                s.split(',')
+                    .map(|x| x.trim().parse::<usize>().ok().filter(|&v| v > 0))
+                    .collect::<Option<Vec<_>>>()
+            }) {
+                Some(Some(list)) if !list.is_empty() => cfg.split_sweep = list,
+                _ => {
+                    eprintln!("--split-list needs a comma-separated list of split counts >= 1");
+                    std::process::exit(2);
+                }
+            },
             "--stream-k" => cfg.stream_k = true,
             "--no-ctx" => cfg.decode_context = false,
             "--l2-warm" => cfg.l2_warm = true,

@@ -312,18 +312,30 @@ fn choose_splits(blocks: usize, sm_count: usize, k_chunks: usize, m: usize) -> u
         .max(1)
 }
 
-/// Microseconds per MB of fp32 partial tiles in the ticket reduction: the
-/// last block of a tile reads `splits` tiles back alone, at one SM's
-/// bandwidth. Fitted (session 14, docs/CUDA.md change 67) to one H100 call
-/// timing every variant at 4096x4096 M = 128 / 256 (e.g. t128x2 with 8
-/// splits, 1 MB read back, 28.3 us; t128x1 with 4 splits, 0.25 MB, 20.3).
-const TICKET_REDUCE_US_PER_MB: f64 = 14.5;
-/// The same for the cluster reduction, per MB of one block's tile (each
-/// block of the cluster reads that much, spread over the cluster's blocks,
-/// through distributed shared memory). A first estimate (one SM reading
-/// at ~125 GB/s), to be refitted from the GPU.
-const CLUSTER_REDUCE_US_PER_MB: f64 = 8.0;
+/// The cost model of a part-filled machine (grids of at most one round),
+/// fitted (least squares, 7% rms error) to one H100 call that timed every
+/// variant x 1 / 2 / 3 / 4 / 6 / 8 splits at 4096x4096, 6144x4096,
+/// 14336x4096 and 4096x14336, M = 128 / 256 / 512 (session 14, docs/CUDA.md
+/// change 67 (f)): per 64-chunk of one block, per block (fill, epilogue),
+/// per MB of fp32 tiles one block reads back in the split-K reduction (the
+/// ticket's last block: every split's tile; the cluster's blocks: their
+/// share of each), and the ticket's own term.
+struct OneRoundFit {
+    chunk_us: f64,
+    fixed_us: f64,
+}
+const REDUCE_US_PER_MB: f64 = 22.7;
+const TICKET_FIXED_US: f64 = -2.7;
 
+fn one_round_fit(v: WsVariant) -> OneRoundFit {
+    let (chunk_us, fixed_us) = match (v.tokens, v.tiles_per_wg) {
+        (64, 1) => (0.562, 0.84),
+        (64, _) => (0.607, 7.2),
+        (_, 1) => (0.583, 5.6),
+        (_, _) => (0.678, 9.9),
+    };
+    OneRoundFit { chunk_us, fixed_us }
+}
 /// Most splits of the cluster reduction: the portable cluster size. (A
 /// split past the tile's 16-row pairs below M sums and stores nothing.)
 const CLUSTER_MAX_SPLITS: usize = 8;
@@ -372,12 +384,10 @@ pub fn ws_cluster_fit(dev: &CudaDevice, act: Act) -> Result<ClusterFit> {
     Ok(fit)
 }
 
-/// Estimated time of `v` with `splits` for M rows (microseconds, without
-/// the parts every plan shares): rounds of blocks x the chunks of one
-/// split x [`chunk_us`], plus the reduction of the split-K partials: the
-/// ticket's last block reads `splits` whole tiles; in the cluster
-/// reduction each block reads its share of 16-row pairs (those below M)
-/// from every split.
+/// Estimated time of `v` with `splits` for M rows (microseconds): on a
+/// grid of at most one round, [`one_round_fit`]'s per-block and per-chunk
+/// times plus the reduction's MB read back by one block; on more rounds,
+/// rounds x chunks x [`chunk_us`] (fitted on full machines, M = 1024).
 fn plan_cost_us(
     v: WsVariant,
     m: usize,
@@ -388,33 +398,32 @@ fn plan_cost_us(
     cluster: bool,
 ) -> f64 {
     let splits = splits.max(1);
-    let rounds = blocks.saturating_mul(splits).div_ceil(sm_count.max(1));
+    let grid = blocks.saturating_mul(splits);
+    let rounds = grid.div_ceil(sm_count.max(1));
     let chunks = k_chunks.max(1).div_ceil(splits);
+    let fit = one_round_fit(v);
+    if rounds > 1 {
+        return fit.fixed_us + (rounds * chunks) as f64 * chunk_us(v);
+    }
     let tile_mb = (4 * v.tokens * v.n_block()) as f64 / 1e6;
     let reduce = match (splits, cluster) {
         (1, _) => 0.0,
         (s, true) => {
             let pairs = m.min(v.tokens).div_ceil(16).max(1);
             let pair_mb = tile_mb * 16.0 / v.tokens as f64;
-            (s * pairs.div_ceil(s)) as f64 * pair_mb * CLUSTER_REDUCE_US_PER_MB
+            (s * pairs.div_ceil(s)) as f64 * pair_mb * REDUCE_US_PER_MB
         }
-        (s, false) => s as f64 * tile_mb * TICKET_REDUCE_US_PER_MB,
+        (s, false) => s as f64 * tile_mb * REDUCE_US_PER_MB + TICKET_FIXED_US,
     };
-    (rounds * chunks) as f64 * chunk_us(v) + reduce
+    fit.fixed_us + chunks as f64 * fit.chunk_us + reduce
 }
 
 /// The variant, split factor and reduction for M rows of an N = `n_pad`,
-/// K = `k_chunks` x 64 weight. The variant and the most splits as before
-/// change 67: the least rounds of blocks / splits x [`chunk_us`], the
-/// splits [`choose_splits`]' (session 14 measured the variants at 4096x4096
-/// M = 128 / 256 and found t128x1 faster than this choice, 20.6 / 26.2 us
-/// against 28.5 / 30.3, but the cost model does not yet rank the variants
-/// of a part-filled machine: docs/CUDA.md change 67). Then the reduction:
-/// the ticket with those splits, or the cluster reduction with as many or
-/// fewer splits whose clusters all fit one wave ([`ClusterFit`]),
-/// whichever [`plan_cost_us`] rates faster (a cluster of 8 that does not
-/// fit: 6 splits instead, e.g. 4096x4096 M = 128, 24.0 us against the
-/// ticket's 28.5).
+/// K = `k_chunks` x 64 weight: the least [`plan_cost_us`] over every
+/// variant (64-token ones only at M <= 64, unless forced) and split count
+/// up to [`choose_splits`]' (ticket) or, where all the clusters fit one
+/// wave ([`ClusterFit`]), up to [`CLUSTER_MAX_SPLITS`] without its
+/// partials cap (cluster reduction).
 fn ws_variant_for(
     m: usize,
     n_pad: usize,
@@ -427,38 +436,30 @@ fn ws_variant_for(
         Some(v) => vec![v],
         None => VARIANTS.to_vec(),
     };
-    let blocks_of = |v: WsVariant| {
-        // Saturating: M comes from the caller (resolve checks the sizes).
-        m.div_ceil(v.tokens)
-            .max(1)
-            .saturating_mul(n_pad.div_ceil(v.n_block()))
-    };
-    let mut best: Option<(f64, WsVariant, usize)> = None;
+    let mut best: Option<(f64, WsVariant, usize, bool)> = None;
     for v in candidates {
-        let blocks = blocks_of(v);
-        let splits = choose_splits(blocks, sm_count, k_chunks, m);
-        let rounds = blocks.saturating_mul(splits).div_ceil(sm_count.max(1)) as f64 / splits as f64;
-        let cost = rounds * chunk_us(v);
-        if best.is_none_or(|(c, _, _)| cost < c - 1e-9) {
-            best = Some((cost, v, splits));
+        if forced.is_none() && m <= 64 && v.tokens > 64 {
+            continue;
         }
-    }
-    let (_, v, splits) = best.unwrap_or((0.0, VARIANTS[3], 1));
-    let blocks = blocks_of(v);
-    let mut choice = (
-        plan_cost_us(v, m, splits, blocks, k_chunks, sm_count, false),
-        splits,
-        false,
-    );
-    for s in 2..=splits.min(CLUSTER_MAX_SPLITS) {
-        if clusters.holds(s, blocks) {
-            let cost = plan_cost_us(v, m, s, blocks, k_chunks, sm_count, true);
-            if cost < choice.0 - 1e-9 {
-                choice = (cost, s, true);
+        // Saturating: M comes from the caller (resolve checks the sizes).
+        let blocks = m
+            .div_ceil(v.tokens)
+            .max(1)
+            .saturating_mul(n_pad.div_ceil(v.n_block()));
+        let ticket_max = choose_splits(blocks, sm_count, k_chunks, m).max(1);
+        let cluster_max = choose_splits(blocks, sm_count, k_chunks, 1).min(CLUSTER_MAX_SPLITS);
+        for splits in 1..=ticket_max.max(cluster_max) {
+            let cluster = splits > 1 && splits <= cluster_max && clusters.holds(splits, blocks);
+            if !cluster && splits > ticket_max {
+                continue;
+            }
+            let cost = plan_cost_us(v, m, splits, blocks, k_chunks, sm_count, cluster);
+            if best.is_none_or(|(c, ..)| cost < c - 1e-9) {
+                best = Some((cost, v, splits, cluster));
             }
         }
     }
-    (v, choice.1, choice.2)
+    best.map_or((VARIANTS[3], 1, false), |(_, v, s, c)| (v, s, c))
 }
 
 /// The variant, split factor and reduction (true: cluster) for M rows
@@ -1291,42 +1292,56 @@ mod tests {
         assert_eq!(choose_splits(4, 132, 8, 64), 1);
     }
 
-    /// The plans with and without the cluster reduction (change 67) on a
-    /// 132-SM device whose clusters of 2..8 one-block-per-SM blocks fit
-    /// 66 / 40 / 30 / 26 / 22 / 15 / 14 at once.
+    /// The plans of change 67's cost model on a 132-SM device whose
+    /// clusters of 2..8 one-block-per-SM blocks fit 66 / 39 / 30 / 22 / 17
+    /// / 15 / 15 at once (the H100's), against the fastest of every variant
+    /// x splits in one H100 call (change 67 (f)).
     #[test]
     fn plans_weigh_the_split_k_reduction() {
-        let h100 = ClusterFit([0, 0, 66, 40, 30, 26, 22, 15, 14]);
+        let h100 = ClusterFit([0, 0, 66, 39, 30, 22, 17, 15, 15]);
         let plan = |m: usize, n: usize, k: usize, fit: &ClusterFit| {
             let (v, s, c) = ws_variant_for(m, n, k / 64, 132, fit, None);
             (v.name(), s, c)
         };
         let name = |s: &str| s.to_string();
-        // Without clusters: the plans of session 13.
-        assert_eq!(
-            plan(128, 4096, 4096, &ClusterFit::NONE),
-            (name("t128x2"), 8, false)
-        );
-        assert_eq!(
-            plan(256, 4096, 4096, &ClusterFit::NONE),
-            (name("t128x2"), 4, false)
-        );
-        assert_eq!(
-            plan(64, 14336, 4096, &ClusterFit::NONE),
-            (name("t64x2"), 2, false)
-        );
-        // Clusters where all fit one wave: 2 splits as planned ...
+        // The fastest of the sweep: 4096x4096 M = 128 t128x1 / 4 splits
+        // (ticket: 32 clusters of 4 do not fit) 19.7 us, M = 256 t128x1 / 2
+        // 26.8, M = 512 t128x2 / 2 37.3; 6144x4096 M = 128 t128x2 / 4 25.3;
+        // 14336x4096 M = 128 t128x2 / 2 35.0, M = 256 unsplit 51.0.
+        assert_eq!(plan(128, 4096, 4096, &h100), (name("t128x1"), 4, false));
+        assert_eq!(plan(256, 4096, 4096, &h100), (name("t128x1"), 2, true));
         assert_eq!(plan(512, 4096, 4096, &h100), (name("t128x2"), 2, true));
-        assert_eq!(plan(64, 14336, 4096, &h100), (name("t64x2"), 2, true));
+        assert_eq!(plan(128, 6144, 4096, &h100), (name("t128x2"), 4, true));
         assert_eq!(plan(128, 14336, 4096, &h100), (name("t128x2"), 2, true));
-        assert_eq!(plan(512, 4096, 14336, &h100), (name("t128x2"), 2, true));
-        // ... fewer where the planned clusters do not fit: 16 tiles, no
-        // room for 16 clusters of 8 or 7, room for 16 of 6; 32 tiles, no
-        // room for 32 of 4, room for 32 of 3.
-        assert_eq!(plan(128, 4096, 4096, &h100), (name("t128x2"), 6, true));
-        assert_eq!(plan(256, 4096, 4096, &h100), (name("t128x2"), 3, true));
+        assert_eq!(plan(256, 14336, 4096, &h100), (name("t128x2"), 1, false));
+        assert_eq!(plan(64, 14336, 4096, &h100), (name("t64x2"), 2, true));
         // Full grids do not split.
         assert_eq!(plan(256, 28672, 8192, &h100), (name("t128x2"), 1, false));
         assert_eq!(plan(1024, 14336, 4096, &h100), (name("t128x2"), 1, false));
+        // Without clusters the ticket takes their splits.
+        assert_eq!(
+            plan(512, 4096, 4096, &ClusterFit::NONE),
+            (name("t128x2"), 2, false)
+        );
+        // The decode step's warp-specialised GEMMs (gate|up and the LM head
+        // of Llama-3.1-8B at batch 17-64) keep session 13's plan.
+        for m in [17, 24, 32, 48, 64] {
+            for n in [28672, 128256] {
+                assert_eq!(
+                    plan(m, n, 4096, &h100),
+                    (name("t64x2"), 1, false),
+                    "M={m} N={n}"
+                );
+            }
+        }
+        // M <= 64: 64-token tiles only.
+        for m in [17, 32, 64] {
+            for (n, k) in [(4096, 4096), (6144, 4096), (4096, 14336), (28672, 4096)] {
+                for fit in [&ClusterFit::NONE, &h100] {
+                    let (v, _, _) = ws_variant_for(m, n, k / 64, 132, fit, None);
+                    assert_eq!(v.tokens, 64, "M={m} {n}x{k}");
+                }
+            }
+        }
     }
 }
