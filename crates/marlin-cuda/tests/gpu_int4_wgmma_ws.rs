@@ -281,6 +281,12 @@ fn wgmma_ws_prepared_gemm_records_in_a_cuda_graph() {
     println!("PASS wgmma-ws prepared GEMM M={ms:?} (split-K, then stream-K) recorded in a CUDA graph, replayed twice");
 }
 
+/// Whether `kernel` is a subnormal-dequantisation entry: `_n`, or its
+/// cluster-reduction form `_nc` (change 67) where the plan splits K.
+fn subnormal_kernel(kernel: &str) -> bool {
+    kernel.ends_with('n') || kernel.ends_with("nc")
+}
+
 /// One forced warp-specialised launch of `p` with the subnormal
 /// dequantisation on or off (split-K form, automatic variant): the output
 /// (NaN-poisoned before), checked against the f64 reference, and the
@@ -343,9 +349,10 @@ fn wgmma_ws_subnormal_dequant_matches_two_step() {
         let what = format!("{case:?}");
         let (new, k_new) = run_subnormal(&dev, &mut ws, &p, m, splits, true, &what);
         let (old, k_old) = run_subnormal(&dev, &mut ws, &p, m, splits, false, &what);
-        // `_n`, or its cluster form `_nc` where the plan splits K.
-        let subnormal = |k: &str| k.ends_with('n') || k.ends_with("nc");
-        assert!(subnormal(k_new) && !subnormal(k_old), "{k_new} / {k_old}");
+        assert!(
+            subnormal_kernel(k_new) && !subnormal_kernel(k_old),
+            "{k_new} / {k_old}"
+        );
         if !asym {
             assert!(
                 bit_identical(&new, &old),
@@ -386,8 +393,8 @@ fn wgmma_ws_subnormal_dequant_matches_two_step() {
         assert_eq!(p.weight.subnormal_shift(), shift, "{what}");
         let (new, k_new) = run_subnormal(&dev, &mut ws, &p, 257, None, true, what);
         let (old, k_old) = run_subnormal(&dev, &mut ws, &p, 257, None, false, what);
-        assert_eq!(k_new.ends_with('n'), shift.is_some(), "{what}: {k_new}");
-        assert!(!k_old.ends_with('n'), "{what}: {k_old}");
+        assert_eq!(subnormal_kernel(k_new), shift.is_some(), "{what}: {k_new}");
+        assert!(!subnormal_kernel(k_old), "{what}: {k_old}");
         assert!(
             bit_identical(&new, &old),
             "{what} seed={seed}: subnormal and two-step outputs differ"
