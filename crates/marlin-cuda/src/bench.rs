@@ -370,14 +370,19 @@ impl fmt::Display for GemmBenchReport {
     }
 }
 
-/// GPU time each timing warms up for before its batches (milliseconds).
-const WARMUP_MS: f64 = 30.0;
+/// GPU time each timing warms up for before its batches (milliseconds):
+/// `MARLIN_BENCH_WARMUP_MS` (read once), else 30.
+fn warmup_ms() -> f64 {
+    static KNOB: crate::knobs::Count =
+        crate::knobs::Count::new("MARLIN_BENCH_WARMUP_MS", 0..=60_000);
+    KNOB.get().unwrap_or(30) as f64
+}
 /// At most this many warm-up calls beyond the first three.
-const WARMUP_MAX_CALLS: usize = 2000;
+const WARMUP_MAX_CALLS: usize = 1_000_000;
 
 /// Time per call in microseconds of `f`: the fastest of `batches` batches
 /// of `reps` back-to-back calls between two CUDA events, after a warm-up
-/// of [`WARMUP_MS`].
+/// of [`warmup_ms`].
 fn time_us(
     dev: &CudaDevice,
     reps: usize,
@@ -392,7 +397,7 @@ fn time_us(
     let end = ctx
         .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
         .map_err(|e| driver_err("cuEventCreate", e))?;
-    // Warm-up: 3 calls, then more until WARMUP_MS of GPU time have run, so
+    // Warm-up: 3 calls, then more until warmup_ms() of GPU time have run, so
     // that the clocks have settled to this call's own load (the path timed
     // before may have left them low: session 14 timed one kernel and plan
     // 12% apart, two paths apart, within one call; docs/CUDA.md change 67).
@@ -409,7 +414,7 @@ fn time_us(
             .elapsed_ms(&end)
             .map_err(|e| driver_err("cuEventElapsedTime", e))?,
     );
-    let more = ((WARMUP_MS - first_ms).max(0.0) / (first_ms / 3.0).max(1e-3)).ceil();
+    let more = ((warmup_ms() - first_ms).max(0.0) / (first_ms / 3.0).max(1e-3)).ceil();
     for i in 0..(more as usize).min(WARMUP_MAX_CALLS) {
         f(3 + i)?;
     }
