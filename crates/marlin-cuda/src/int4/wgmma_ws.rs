@@ -358,9 +358,10 @@ impl ClusterFit {
 }
 
 /// The device's [`ClusterFit`] for this kernel ([`ClusterFit::NONE`] where
-/// [`cluster_enabled`] is off), asked once per device and activation type
-/// of the driver (`cuOccupancyMaxActiveClusters` on the largest entry: every
-/// variant runs one block per SM).
+/// [`cluster_enabled`] is off): `cuOccupancyMaxActiveClusters` of the
+/// largest entry for each cluster size (every variant runs one block per
+/// SM), asked of the driver once per loaded function and size
+/// (`launch::max_active_clusters` keeps the answers).
 pub fn ws_cluster_fit(dev: &CudaDevice, act: Act) -> Result<ClusterFit> {
     if !cluster_enabled() || !ws_supported(dev) {
         return Ok(ClusterFit::NONE);
@@ -926,7 +927,15 @@ pub(super) fn resolve(
             "the warp-specialised wgmma INT4 GEMM needs compute capability 9.0 (sm_90a), device has {major}.{minor}"
         )));
     }
-    let clusters = ws_cluster_fit(dev, act)?;
+    // Only f16 has cluster entries (`_nc`, subnormal): bf16 plans for the
+    // ticket. (f16 plans the same whether or not its call can take the
+    // subnormal entry, so that both dequantisations sum the same splits:
+    // the two-step entry then runs the plan's splits with the ticket.)
+    let clusters = if act == Act::F16 {
+        ws_cluster_fit(dev, act)?
+    } else {
+        ClusterFit::NONE
+    };
     let (mut plan, cluster) = ws_plan(m, w, dev.sm_count(), &clusters, splits);
     let stream_k = splits.is_none() && ws_stream_k(m, w, dev.sm_count());
     // f16 split-K calls on weights whose scales allow it take the subnormal
