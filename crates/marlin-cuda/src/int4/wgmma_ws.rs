@@ -24,7 +24,7 @@
 //! ring of weights before waiting for the staging kernel.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
 
@@ -359,19 +359,31 @@ impl ClusterFit {
 
 /// The device's [`ClusterFit`] for this kernel ([`ClusterFit::NONE`] where
 /// [`cluster_enabled`] is off): `cuOccupancyMaxActiveClusters` of the
-/// largest entry for each cluster size (every variant runs one block per
-/// SM), asked of the driver once per loaded function and size
-/// (`launch::max_active_clusters` keeps the answers).
+/// largest production entry for each cluster size (every variant runs one
+/// block per SM), asked once per device and activation type and kept:
+/// every call's `resolve` reads it.
 pub fn ws_cluster_fit(dev: &CudaDevice, act: Act) -> Result<ClusterFit> {
     if !cluster_enabled() || !ws_supported(dev) {
         return Ok(ClusterFit::NONE);
     }
-    let v = VARIANTS[3];
-    let kernel = v.kernel(false);
-    let smem =
-        u32::try_from(v.smem_bytes(false)).map_err(|_| CudaError::Shape("shared memory".into()))?;
-    let (module, source) = module_of(kernel, act);
-    let func = dev.function(module, source, kernel, smem)?;
+    static FITS: Mutex<Vec<((usize, Act), ClusterFit)>> = Mutex::new(Vec::new());
+    let key = (dev.ordinal(), act);
+    let cached =
+        |fits: &[((usize, Act), ClusterFit)]| fits.iter().find(|(k, _)| *k == key).map(|&(_, f)| f);
+    let lock = || {
+        FITS.lock()
+            .map_err(|_| CudaError::NotAvailable("cluster fit cache lock poisoned".into()))
+    };
+    if let Some(fit) = cached(&lock()?) {
+        return Ok(fit);
+    }
+    // The plain t128x2 entry (the largest ring; not `kernel()`, which a
+    // diagnostic knob may send to the diagnostic module).
+    const KERNEL: &str = "w4a16_ws_t128x2";
+    let smem = u32::try_from(VARIANTS[3].smem_bytes(false))
+        .map_err(|_| CudaError::Shape("shared memory".into()))?;
+    let (module, source) = module_of(KERNEL, act);
+    let func = dev.function(module, source, KERNEL, smem)?;
     let mut fit = ClusterFit::NONE;
     for size in 2..=CLUSTER_MAX_SPLITS {
         let s = size as u32;
@@ -380,7 +392,11 @@ pub fn ws_cluster_fit(dev: &CudaDevice, act: Act) -> Result<ClusterFit> {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: smem,
         };
-        fit.0[size] = max_active_clusters(dev, &func, kernel, (1, 1, s), &cfg)?;
+        fit.0[size] = max_active_clusters(dev, &func, KERNEL, (1, 1, s), &cfg)?;
+    }
+    let mut fits = lock()?;
+    if cached(&fits).is_none() {
+        fits.push((key, fit));
     }
     Ok(fit)
 }
