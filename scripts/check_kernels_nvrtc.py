@@ -33,7 +33,7 @@ PREFIXED = {
     "w4a16_gemm.cu": [b"#define W4_FUSED_ENTRIES 1\n", BF16],
     "wxa16_gemm.cu": [BF16],
     "w4a16_wgmma.cu": [b"#define W4G_DIAG_ENTRIES 1\n", BF16],
-    "w4a16_wgmma_ws.cu": [b"#define WS_DIAG_ENTRIES 1\n", BF16],
+    "w4a16_wgmma_ws.cu": [b"#define WS_DIAG_ENTRIES 1\n", b"#define WS_WX_ENTRIES 1\n", BF16],
 }
 
 

@@ -39,8 +39,8 @@ use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
 use crate::int4::bulk::{bulk_supported, bulk_weight_ok, BULK_MAX_M};
 use crate::int4::gemm::{
-    auto_fused, decode_shape, int4_gemm, launch_bench_delay, set_decode_shape_override,
-    stream_k_plan, GemmOptions, GemmPath, GemmPlan, GemmWorkspace, Int4Weight, SK_MAX_M,
+    decode_shape, int4_gemm, launch_bench_delay, set_decode_shape_override, stream_k_plan,
+    GemmOptions, GemmPath, GemmPlan, GemmWorkspace, Int4Weight, SK_MAX_M,
 };
 use crate::int4::pack::pack_int4;
 use crate::int4::random::{random_activations, random_int4, XorShift};
@@ -49,6 +49,7 @@ use crate::int4::wgmma_ws::ws_supported;
 use crate::wgemm::gemm::{wx_gemm, WxWeight};
 use crate::wgemm::pack::pack_wx;
 use crate::wgemm::random::{random_wx, BenchFormat};
+use crate::wgemm::wgmma_ws::wx_ws_applies;
 
 /// A weight format of the benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,9 +206,10 @@ pub struct GemmBenchRow {
     /// INT4 only: the Hopper wgmma kernel (`GemmPath::Wgmma`), timed at
     /// M >= 17 on compute capability 9.0; NaN elsewhere.
     pub wgmma_us: f64,
-    /// INT4 only: the warp-specialised Hopper wgmma kernel
-    /// (`GemmPath::WgmmaWs`, staging launch included), timed at M >= 17 on
-    /// compute capability 9.0; NaN elsewhere.
+    /// The warp-specialised Hopper wgmma kernel (`GemmPath::WgmmaWs`,
+    /// staging launch included; INT4, and FP4 / INT8 / FP8 with one K group
+    /// with f16 activations), timed at M >= 17 on compute capability 9.0;
+    /// NaN elsewhere.
     pub wgmma_ws_us: f64,
     /// INT4 only: the Hopper bulk-copy decode kernel (`GemmPath::Bulk`),
     /// timed at M <= 8 on compute capability 9.0+; NaN elsewhere.
@@ -687,7 +689,9 @@ fn bench_shape<T: ActDtype>(
             } else {
                 f64::NAN
             };
-            let has_wgmma_ws = is_int4 && m >= WGMMA_MIN_M && ws_supported(dev);
+            // FP4 / INT8 / FP8 with one K group have their own entries (f16).
+            let wx_ws = matches!(weights, Weights::Wx(w) if T::ACT == Act::F16 && wx_ws_applies(dev, &w[0]));
+            let has_wgmma_ws = m >= WGMMA_MIN_M && ((is_int4 && ws_supported(dev)) || wx_ws);
             let wgmma_ws_us = if has_wgmma_ws {
                 time_path(GemmPath::WgmmaWs, None, false)?.0
             } else {
@@ -727,20 +731,13 @@ fn bench_shape<T: ActDtype>(
             } else {
                 (f64::NAN, f64::NAN)
             };
-            let mut auto_plan = None;
-            let mut ctx_us = f64::NAN;
-            let (us, path) = if is_int4 {
-                let (us, plan) = time_path(GemmPath::Auto, None, false)?;
-                auto_plan = plan;
-                if in_context {
-                    ctx_us = time_path(GemmPath::Auto, None, true)?.0;
-                }
-                (us, plan.map_or(GemmPath::Auto, |p| p.path))
-            } else if auto_fused(m, n, k) {
-                (fused_us, GemmPath::Fused)
+            let (us, auto_plan) = time_path(GemmPath::Auto, None, false)?;
+            let ctx_us = if is_int4 && in_context {
+                time_path(GemmPath::Auto, None, true)?.0
             } else {
-                (dequant_cublas_us, GemmPath::DequantCublas)
+                f64::NAN
             };
+            let path = auto_plan.map_or(GemmPath::Auto, |p| p.path);
             let mut sweep = Vec::new();
             if is_int4 {
                 for &s in &cfg.split_sweep {

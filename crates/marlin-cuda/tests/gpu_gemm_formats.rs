@@ -88,6 +88,82 @@ fn forced_splits_and_errors() {
     println!("PASS wx errors: {err}");
 }
 
+/// The warp-specialised wgmma kernel of FP4, INT8 and FP8 with one K group
+/// (`GemmPath::WgmmaWs`, sm_90a only): every variant (64 / 128 tokens, one
+/// or two tiles per warpgroup, picked by M and N), split-K with the ticket
+/// reduction (automatic and forced 1 / 3 splits), M not a multiple of the
+/// token tile, N not a multiple of 64, K not a multiple of 64 (1056 / 1040 /
+/// 1001 / 1000) and a long K (4096). Weights with K groups (FP8 128 x 128
+/// blocks, INT3 / INT2) forced onto it are `Unsupported`, as is a device
+/// other than sm_90.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn wgmma_ws_formats_match_reference() {
+    use marlin_cuda::wgemm::wgmma_ws::wx_ws_format_ok;
+    let dev = device();
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    if dev.compute_capability() != (9, 0) {
+        let q = quantized(QuantScheme::int8_per_channel(), 64, 256, 1);
+        let w = WxWeight::from_quant(&dev, &q).expect("upload");
+        let a = dev.upload("A", &random_activations(64, 256, 2)).expect("A");
+        let mut c = dev.alloc_zeros::<f16>("C", 64 * 64).expect("C");
+        let opts = GemmOptions {
+            path: GemmPath::WgmmaWs,
+            splits: None,
+        };
+        let err = wx_gemm(&dev, &a, 64, &w, &mut c, &mut ws, opts).expect_err("not sm_90");
+        assert!(matches!(err, CudaError::Unsupported(_)), "{err}");
+        println!("SKIP wgmma ws formats: not sm_90 ({err})");
+        return;
+    }
+    let ws_formats: Vec<_> = formats()
+        .into_iter()
+        .filter(|(name, ..)| matches!(*name, "mxfp4" | "nvfp4" | "int8" | "fp8"))
+        .collect();
+    assert_eq!(ws_formats.len(), 4);
+    for (name, scheme, k) in &ws_formats {
+        for &(m, n) in &[(17, 200), (64, 200), (100, 320), (256, 200), (300, 520)] {
+            for splits in [None, Some(1), Some(3)] {
+                let opts = GemmOptions {
+                    path: GemmPath::WgmmaWs,
+                    splits,
+                };
+                check_format::<f16>(&dev, &mut ws, "ws ", name, *scheme, (m, n, *k), opts, TOL);
+            }
+        }
+        // A long K (64 chunks), automatic splits, and Auto from its M on.
+        for path in [GemmPath::WgmmaWs, GemmPath::Auto] {
+            let opts = GemmOptions { path, splits: None };
+            check_format::<f16>(
+                &dev,
+                &mut ws,
+                "ws ",
+                name,
+                *scheme,
+                (128, 256, 4096),
+                opts,
+                TOL,
+            );
+        }
+    }
+    for (name, scheme, k) in formats() {
+        let q = quantized(scheme, 64, k, 5);
+        let w = WxWeight::from_quant(&dev, &q).expect("upload");
+        if wx_ws_format_ok(&w) {
+            continue;
+        }
+        let a = dev.upload("A", &random_activations(64, k, 6)).expect("A");
+        let mut c = dev.alloc_zeros::<f16>("C", 64 * 64).expect("C");
+        let opts = GemmOptions {
+            path: GemmPath::WgmmaWs,
+            splits: None,
+        };
+        let err = wx_gemm(&dev, &a, 64, &w, &mut c, &mut ws, opts).expect_err("no ws entry");
+        assert!(matches!(err, CudaError::Unsupported(_)), "{name}: {err}");
+        println!("PASS ws refuses {name}: {err}");
+    }
+}
+
 fn rel_l2(got: &[f16], want: &[f64]) -> f64 {
     let (mut e2, mut r2) = (0f64, 0f64);
     for (g, r) in got.iter().zip(want) {

@@ -462,8 +462,10 @@ pub enum GemmPath {
     /// The warp-specialised Hopper wgmma kernel `w4a16_ws_*` (compute
     /// capability 9.0 only; see [`super::wgmma_ws`]): a staging launch
     /// for the activations, then a producer warpgroup with bulk copies and
-    /// two consumer warpgroups. INT4 only: the `wgemm` formats treat it as
-    /// `Fused`.
+    /// two consumer warpgroups. The `wgemm` formats FP4, INT8 and FP8 with
+    /// one K group of column scales have their own entries
+    /// ([`crate::wgemm::wgmma_ws`]); forcing it on another `wgemm` weight
+    /// is an `Unsupported` error.
     WgmmaWs,
     /// The stream-K decode kernel `w4a16_sk_*` (M <= 16, the whole A in
     /// shared memory; see [`stream_k_plan`]): a grid of the SM count, every

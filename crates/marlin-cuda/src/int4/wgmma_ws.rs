@@ -26,7 +26,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaView, CudaViewMut, LaunchConfig};
 
 use super::gemm::{arg_operands, launch_grid, GemmPath, GemmPlan, GemmWorkspace, Int4Weight};
 use super::pack::{K_CHUNK, N_TILE};
@@ -108,7 +108,7 @@ pub struct WsVariant {
 
 /// Every variant the source instantiates, (tokens, tiles per warpgroup,
 /// stages); keep in sync with `W4A16_WS_ENTRY`.
-const VARIANTS: [WsVariant; 4] = [
+pub(crate) const VARIANTS: [WsVariant; 4] = [
     variant(64, 1, 12),
     variant(64, 2, 10),
     variant(128, 1, 8),
@@ -202,7 +202,7 @@ impl WsVariant {
         }
     }
 
-    fn stage_kernel(&self) -> &'static str {
+    pub(crate) fn stage_kernel(&self) -> &'static str {
         if self.tokens == 64 {
             "w4a16_ws_stage_t64"
         } else {
@@ -441,7 +441,7 @@ fn plan_cost_us(
 /// up to [`choose_splits`]' (ticket) or, where all the clusters fit one
 /// wave ([`ClusterFit`]), up to [`CLUSTER_MAX_SPLITS`] without its
 /// partials cap (cluster reduction).
-fn ws_variant_for(
+pub(crate) fn ws_variant_for(
     m: usize,
     n_pad: usize,
     k_chunks: usize,
@@ -1054,6 +1054,57 @@ pub(super) fn prepare(dev: &CudaDevice, call: &WsCall, ws: &mut GemmWorkspace) -
     Ok(())
 }
 
+/// Enqueue the staging kernel `stage` (a `W4A16_WS_STAGE_ENTRY` of its
+/// module, for the main kernel's token count) writing the first
+/// `staged_elems` halves of `staged` (m_blocks x tokens x k_pad, which the
+/// caller sized for M, K = `k` and `k_chunks`) from A (>= M*K elements, the
+/// caller checked). Shared with the `wgemm` formats' warp-specialised path,
+/// which reads the same image.
+pub(crate) fn launch_staging<T: ActDtype>(
+    dev: &CudaDevice,
+    (stage_fn, name): (&CudaFunction, &str),
+    a: &CudaView<'_, T>,
+    staged: &CudaSlice<half::f16>,
+    staged_elems: usize,
+    (m, k, k_chunks): (usize, usize, usize),
+) -> Result<()> {
+    if staged.len() < staged_elems {
+        return Err(CudaError::Shape(format!(
+            "staged activation scratch of {} elements, the call needs {staged_elems}",
+            staged.len()
+        )));
+    }
+    let (m_i32, k_i32, k_chunks_i32) = (
+        to_i32("M", m)?,
+        to_i32("K", k)?,
+        to_i32("k_chunks", k_chunks)?,
+    );
+    // One thread per 16-byte unit (8 halves) of the image.
+    let units = staged_elems / 8;
+    let units_i64 =
+        i64::try_from(units).map_err(|_| CudaError::Shape("staged image too large".into()))?;
+    let stage_blocks = u32::try_from(units.div_ceil(STAGE_THREADS as usize))
+        .map_err(|_| CudaError::Shape("staged image too large".into()))?;
+    let stage_cfg = LaunchConfig {
+        grid_dim: (stage_blocks, 1, 1),
+        block_dim: (STAGE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut stage = KernelLaunch::new(dev, stage_fn, name);
+    stage
+        .arg(a)
+        .arg(staged)
+        .arg(&m_i32)
+        .arg(&k_i32)
+        .arg(&k_chunks_i32)
+        .arg(&units_i64);
+    // SAFETY: argument types and order match W4A16_WS_STAGE_ENTRY; the
+    // caller checked A >= M*K; the image holds staged_elems halves =
+    // `units` 16-byte units (checked above); the kernel waits on its
+    // predecessor first (pdl_wait).
+    unsafe { stage.launch_pdl(stage_cfg) }
+}
+
 /// Enqueue the staging and the main kernel (no allocation, no module load:
 /// `prepare` did both).
 pub(super) fn launch<T: ActDtype>(
@@ -1092,7 +1143,7 @@ pub(super) fn launch<T: ActDtype>(
     let stage_fn = dev.function(stage_module, stage_source, call.variant.stage_kernel(), 0)?;
     let (module, source) = module_of(p.kernel, call.act);
     let func = dev.function(module, source, p.kernel, call.smem)?;
-    let (m_i32, n_i32, k_i32) = (to_i32("M", m)?, to_i32("N", w.n)?, to_i32("K", w.k)?);
+    let (m_i32, n_i32) = (to_i32("M", m)?, to_i32("N", w.n)?);
     // The last kernel argument: the split count, or the stream-K kernel's
     // token blocks (it derives its unit range from the grid).
     let last_arg = if call.stream_k_blocks.is_some() {
@@ -1115,30 +1166,14 @@ pub(super) fn launch<T: ActDtype>(
             )))
         }
     };
-    // Staging: one thread per 16-byte unit (8 halves) of the image.
-    let units = call.staged / 8;
-    let units_i64 =
-        i64::try_from(units).map_err(|_| CudaError::Shape("staged image too large".into()))?;
-    let stage_blocks = u32::try_from(units.div_ceil(STAGE_THREADS as usize))
-        .map_err(|_| CudaError::Shape("staged image too large".into()))?;
-    let stage_cfg = LaunchConfig {
-        grid_dim: (stage_blocks, 1, 1),
-        block_dim: (STAGE_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let mut stage = KernelLaunch::new(dev, &stage_fn, call.variant.stage_kernel());
-    stage
-        .arg(a)
-        .arg(&*staged)
-        .arg(&m_i32)
-        .arg(&k_i32)
-        .arg(&k_chunks_i32)
-        .arg(&units_i64);
-    // SAFETY: argument types and order match W4A16_WS_STAGE_ENTRY; the
-    // caller checked A >= M*K; the image holds m_blocks*tokens*k_pad halves
-    // = `units` 16-byte units (checked above); the kernel waits on its
-    // predecessor first (pdl_wait).
-    unsafe { stage.launch_pdl(stage_cfg) }?;
+    launch_staging(
+        dev,
+        (&stage_fn, call.variant.stage_kernel()),
+        a,
+        &*staged,
+        call.staged,
+        (m, w.k, w.k_chunks),
+    )?;
 
     let cfg = LaunchConfig {
         grid_dim: grid,

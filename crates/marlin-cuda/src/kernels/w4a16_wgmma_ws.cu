@@ -350,7 +350,28 @@ __device__ __forceinline__ void ws_stage_body(const u16* __restrict__ A, uint4* 
 // producer of probe 2 (no copies after the first ring).
 // SUBN (f16, PROBE 0 only): the subnormal dequantisation above with shift
 // subn_m (ignored otherwise).
-template <int TOK, int TPW, int STAGES, bool HAS_Z, int PROBE, bool SUBN, bool CLUSTER = false>
+// FMT: WS_INT4 (the packed INT4 codes of src/int4/pack.rs, scales S / Z
+// as above) or a `wgemm` format (FMT_FP4 / FMT_INT8 / FMT_FP8 of
+// marlin_common.cuh; the WS_WX_ENTRIES module, src/wgemm/wgmma_ws.rs): W in
+// the layout of src/wgemm/pack.rs, whose 64-chunk K order is the INT4
+// pack's, so the same staged activation image serves both. Per (tile,
+// chunk) the producer copies CW x 2 KiB of codes (FP4 1, 8-bit 2: the
+// lane's 16-byte vectors), FP4 also the 512-byte f16x2 scales of S (=
+// scales16); the consumers dequantise with wx_dequant_step and multiply
+// each column's fp32 scale S32 (one K group: per channel / per tensor)
+// into the accumulators once, after the main loop.
+#define WS_INT4 (-1)
+template <int FMT>
+struct WsCodes {
+    static constexpr bool wx = FMT >= 0;
+    // 16-byte code vectors per lane per (tile, chunk).
+    static constexpr int cw = (FMT == FMT_INT8 || FMT == FMT_FP8) ? 2 : 1;
+    static constexpr u32 tile_bytes = 2048u * cw;
+    // FP4's f16x2 scales per (tile, chunk).
+    static constexpr u32 tile_scale_bytes = FMT == FMT_FP4 ? 512u : 0u;
+};
+
+template <int TOK, int TPW, int STAGES, bool HAS_Z, int PROBE, bool SUBN, bool CLUSTER = false, int FMT = WS_INT4>
 __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged activations
                                         const uint4* __restrict__ W,   // packed codes
                                         const u32* __restrict__ S,     // (groups, n_pad/16, 8) f16x2
@@ -359,16 +380,21 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                                         float* __restrict__ partials,  // split-K slots [split][block (x, y)][SLOT_F4] float4 (PROBE 3: (splits, M, n_pad) fp32)
                                         u32* __restrict__ tickets,     // (gridDim.y * gridDim.x)
                                         int M, int N, int n_pad, int k_chunks, int group_k32, int splits,
-                                        int subn_m) {
+                                        int subn_m,
+                                        const float* __restrict__ S32 = nullptr) {  // wgemm formats: (1, n_pad) fp32
     static_assert(!SUBN || PROBE == 0, "subnormal dequantisation: production entries only");
+    using Codes = WsCodes<FMT>;
+    constexpr bool WX = Codes::wx;
+    static_assert(!WX || (PROBE == 0 && !SUBN && !HAS_Z && !CLUSTER), "wgemm formats: plain production entries");
 #ifdef MARLIN_ACT_BF16
     static_assert(!SUBN, "subnormal dequantisation: f16 only");
 #endif
     constexpr int TILES = 2 * TPW;            // 64-column tiles per block
     constexpr u32 ACT_BYTES = TOK * 128;      // one 64-chunk x TOK tokens
-    constexpr u32 W_BYTES = TILES * 2048;     // codes of the block's tiles
+    constexpr u32 W_BYTES = TILES * Codes::tile_bytes;  // codes of the block's tiles
     constexpr u32 ROW_BYTES = TILES * 128;    // one scale row of the block
-    constexpr u32 S_BYTES = 2 * ROW_BYTES;    // the chunk's two rows
+    // INT4: the chunk's two scale rows; FP4: its f16x2 scales per tile.
+    constexpr u32 S_BYTES = WX ? TILES * Codes::tile_scale_bytes : 2 * ROW_BYTES;
     extern __shared__ __align__(1024) unsigned char ws_smem[];
     __shared__ __align__(8) u64 full_bar[STAGES];
     __shared__ __align__(8) u64 empty_bar[STAGES];
@@ -412,7 +438,9 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (tid == 0) {
             const u32 row_bytes = 128u * (u32)tiles_here;
-            const u32 stage_tx = ACT_BYTES + 2048u * (u32)tiles_here + 2u * row_bytes * (HAS_Z ? 2u : 1u);
+            const u32 stage_tx =
+                WX ? ACT_BYTES + (Codes::tile_bytes + Codes::tile_scale_bytes) * (u32)tiles_here
+                   : ACT_BYTES + 2048u * (u32)tiles_here + 2u * row_bytes * (HAS_Z ? 2u : 1u);
             const size_t s_row = (size_t)(n_pad >> 4) * 8;      // u32 per scale row
             const u32* s_blk = S + (size_t)tile_base * 32;      // 4 n16 blocks x 8 per tile
             const u32* z_blk = HAS_Z ? Z + (size_t)tile_base * 32 : nullptr;
@@ -422,17 +450,30 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
             auto issue_weights = [&](int slot, int c) {
                 const u32 bar = full0 + 8 * slot;
                 mbar_arrive_expect_tx(bar, stage_tx);
-                for (int tl = 0; tl < tiles_here; tl++)
-                    bulk_copy(w0 + slot * W_BYTES + tl * 2048,
-                                 W + ((size_t)(tile_base + tl) * k_chunks + c) * 128, 2048, bar);
-                // Lane t of a chunk reads k32 = 2c + t/2: at most two rows.
-                const size_t g_lo = (size_t)((2 * c) / group_k32);
-                const size_t g_hi = (size_t)((2 * c + 1) / group_k32);
-                bulk_copy(s0 + slot * S_BYTES, s_blk + g_lo * s_row, row_bytes, bar);
-                bulk_copy(s0 + slot * S_BYTES + ROW_BYTES, s_blk + g_hi * s_row, row_bytes, bar);
-                if (HAS_Z) {
-                    bulk_copy(z0 + slot * S_BYTES, z_blk + g_lo * s_row, row_bytes, bar);
-                    bulk_copy(z0 + slot * S_BYTES + ROW_BYTES, z_blk + g_hi * s_row, row_bytes, bar);
+                if constexpr (WX) {
+                    // (tile, chunk) blocks of the wgemm layout: codes, then
+                    // FP4's scales (S = scales16, 128 u32 per block).
+                    for (int tl = 0; tl < tiles_here; tl++) {
+                        const size_t blk = (size_t)(tile_base + tl) * k_chunks + c;
+                        bulk_copy(w0 + slot * W_BYTES + tl * Codes::tile_bytes, W + blk * (Codes::tile_bytes / 16),
+                                  Codes::tile_bytes, bar);
+                        if (Codes::tile_scale_bytes != 0)
+                            bulk_copy(s0 + slot * S_BYTES + tl * Codes::tile_scale_bytes, S + blk * 128,
+                                      Codes::tile_scale_bytes, bar);
+                    }
+                } else {
+                    for (int tl = 0; tl < tiles_here; tl++)
+                        bulk_copy(w0 + slot * W_BYTES + tl * 2048,
+                                     W + ((size_t)(tile_base + tl) * k_chunks + c) * 128, 2048, bar);
+                    // Lane t of a chunk reads k32 = 2c + t/2: at most two rows.
+                    const size_t g_lo = (size_t)((2 * c) / group_k32);
+                    const size_t g_hi = (size_t)((2 * c + 1) / group_k32);
+                    bulk_copy(s0 + slot * S_BYTES, s_blk + g_lo * s_row, row_bytes, bar);
+                    bulk_copy(s0 + slot * S_BYTES + ROW_BYTES, s_blk + g_hi * s_row, row_bytes, bar);
+                    if (HAS_Z) {
+                        bulk_copy(z0 + slot * S_BYTES, z_blk + g_lo * s_row, row_bytes, bar);
+                        bulk_copy(z0 + slot * S_BYTES + ROW_BYTES, z_blk + g_hi * s_row, row_bytes, bar);
+                    }
                 }
             };
             auto issue_act = [&](int slot, int c) {
@@ -492,6 +533,28 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
             mbar_wait(full0 + 8 * slot, (i / STAGES) & 1);
 #pragma unroll
             for (int p = 0; p < (SS_PROBE ? 0 : TPW); p++) {
+                if constexpr (WX) {
+                    // The lane's CW vectors: ((warp * CW + v) * 32 + lane) * 16
+                    // in the tile's block.
+                    constexpr int CW = Codes::cw;
+                    const u32 tile_w = w0 + slot * W_BYTES + (u32)(TPW * cw + p) * Codes::tile_bytes;
+                    u32 words[4 * CW];
+#pragma unroll
+                    for (int v = 0; v < CW; v++) {
+                        const uint4 x = ws_ld_shared_v4(tile_w + (u32)((warp * CW + v) * 32 + lane) * 16);
+                        words[4 * v] = x.x;
+                        words[4 * v + 1] = x.y;
+                        words[4 * v + 2] = x.z;
+                        words[4 * v + 3] = x.w;
+                    }
+                    const u32 sc = Codes::tile_scale_bytes != 0
+                                       ? ws_ld_shared_u32(s0 + slot * S_BYTES + (u32)(TPW * cw + p) * Codes::tile_scale_bytes +
+                                                          (u32)(warp * 32 + lane) * 4)
+                                       : 0u;
+#pragma unroll
+                    for (int j = 0; j < 4; j++) wx_dequant_step<FMT>(words, j, sc, nullptr, frag[p][j]);
+                    continue;
+                }
                 const uint4 q = ws_ld_shared_v4(w0 + slot * W_BYTES + w_lane + p * 2048);
                 if constexpr (RAW_PROBE) {
 #pragma unroll
@@ -619,6 +682,22 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
             for (int p = 0; p < TPW; p++)
 #pragma unroll
                 for (int x = 0; x < TOK / 2; x++) acc[p][x] *= out_scale;
+        }
+        if constexpr (WX) {
+            // The columns' fp32 scales (the whole K is one group): acc[p][4q +
+            // e] belongs to column (tile * 4 + warp) * 16 + g + 8 (e >> 1).
+#pragma unroll
+            for (int p = 0; p < TPW; p++) {
+                const int tile = tile_base + TPW * cw + p;
+                float s_lo = 0.0f, s_hi = 0.0f;
+                if (tile < n_tiles) {
+                    const int col = (tile * 4 + warp) * 16 + g;
+                    s_lo = S32[col];
+                    s_hi = S32[col + 8];
+                }
+#pragma unroll
+                for (int x = 0; x < TOK / 2; x++) acc[p][x] *= (x & 2) ? s_hi : s_lo;
+            }
         }
 
         if constexpr (PROBE == 3) {
@@ -1173,7 +1252,35 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
                                                         k_chunks, group_k32, splits, subn_m);           \
     }
 
-#ifndef WS_DIAG_ENTRIES
+#if defined(WS_WX_ENTRIES)
+// Only in the wgemm-format module (WX_MODULE in src/wgemm/wgmma_ws.rs; f16
+// activations): the staging kernels and, per format, the four variants with
+// the ticket split-K (keep in sync with `WX_VARIANTS` there; the 8-bit
+// rings are shallower: twice the code bytes per stage).
+#define WX_WS_ENTRY(NAME, FMT, TOK, TPW, STAGES)                                                          \
+    extern "C" __global__ void __launch_bounds__(384, 1) NAME(                                          \
+        const uint4* __restrict__ As, const uint4* __restrict__ W, const u32* __restrict__ S16,         \
+        const float* __restrict__ S32, u16* __restrict__ C, float* __restrict__ partials,               \
+        u32* __restrict__ tickets, int M, int N, int n_pad, int k_chunks, int splits) {                 \
+        pdl_trigger();                                                                                  \
+        ws_body<TOK, TPW, STAGES, false, 0, false, false, FMT>(As, W, S16, nullptr, C, partials, tickets, M, N, \
+                                                               n_pad, k_chunks, 1, splits, 0, S32);      \
+    }
+W4A16_WS_STAGE_ENTRY(w4a16_ws_stage_t64, 64)
+W4A16_WS_STAGE_ENTRY(w4a16_ws_stage_t128, 128)
+WX_WS_ENTRY(wx_ws_fp4_t64x1, FMT_FP4, 64, 1, 12)
+WX_WS_ENTRY(wx_ws_fp4_t64x2, FMT_FP4, 64, 2, 10)
+WX_WS_ENTRY(wx_ws_fp4_t128x1, FMT_FP4, 128, 1, 8)
+WX_WS_ENTRY(wx_ws_fp4_t128x2, FMT_FP4, 128, 2, 8)
+WX_WS_ENTRY(wx_ws_int8_t64x1, FMT_INT8, 64, 1, 12)
+WX_WS_ENTRY(wx_ws_int8_t64x2, FMT_INT8, 64, 2, 8)
+WX_WS_ENTRY(wx_ws_int8_t128x1, FMT_INT8, 128, 1, 8)
+WX_WS_ENTRY(wx_ws_int8_t128x2, FMT_INT8, 128, 2, 6)
+WX_WS_ENTRY(wx_ws_fp8_t64x1, FMT_FP8, 64, 1, 12)
+WX_WS_ENTRY(wx_ws_fp8_t64x2, FMT_FP8, 64, 2, 8)
+WX_WS_ENTRY(wx_ws_fp8_t128x1, FMT_FP8, 128, 1, 8)
+WX_WS_ENTRY(wx_ws_fp8_t128x2, FMT_FP8, 128, 2, 6)
+#elif !defined(WS_DIAG_ENTRIES)
 W4A16_WS_STAGE_ENTRY(w4a16_ws_stage_t64, 64)
 W4A16_WS_STAGE_ENTRY(w4a16_ws_stage_t128, 128)
 

@@ -63,27 +63,6 @@ __device__ __forceinline__ void wx_frag_to_act(u32 wa[4]) {
 #endif
 }
 
-// FP8 -> f16: `cvt.rn.f16x2.e4m3x2` on sm_89+ (exact values); on sm_80 a
-// bit placement giving value * 2^-8 (exact), compensated in the scales.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-#define WX_FP8_CVT 1
-#define WX_FP8_UNIT 1.0f
-#else
-#define WX_FP8_CVT 0
-#define WX_FP8_UNIT 256.0f
-#endif
-
-#define FMT_FP4 0
-#define FMT_INT8 1
-#define FMT_FP8 2
-#define FMT_INT3 3
-#define FMT_INT2 4
-
-__device__ __forceinline__ u32 wx_prmt(u32 a, u32 b, u32 sel) {
-    u32 r;
-    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
-    return r;
-}
 __device__ __forceinline__ void wx_cp16_cg(void* dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src));
 }
@@ -92,102 +71,6 @@ __device__ __forceinline__ void wx_cp16_ca(void* dst, const void* src, int src_b
 }
 __device__ __forceinline__ void wx_cp4(void* dst, const void* src) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(smem_addr(dst)), "l"(src));
-}
-
-// Two E2M1 codes at nibble positions 3 and 7 of `s` -> f16x2 of value*2^-14:
-// sign to bit 15, exponent+mantissa (3 bits) to bits 11..9.
-__device__ __forceinline__ u32 wx_e2m1_pair(u32 s) {
-    return (s & 0x80008000u) | ((s >> 3) & 0x0E000E00u);
-}
-
-// Two E4M3 bytes (low, high) of a 16-bit lane -> f16x2.
-__device__ __forceinline__ void wx_e4m3_x4(u32 w, u32& lo_pair, u32& hi_pair) {
-#if WX_FP8_CVT
-    asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\t"
-        "cvt.rn.f16x2.e4m3x2 %0, l;\n\tcvt.rn.f16x2.e4m3x2 %1, h;\n\t}"
-        : "=r"(lo_pair), "=r"(hi_pair)
-        : "r"(w));
-#else
-    // Bytes to bits 8..15 of each half, then sign stays at 15 and the 7
-    // exponent/mantissa bits move to 13..7: the f16 of value * 2^-8.
-    const u32 x0 = wx_prmt(w, 0u, 0x1404u);
-    const u32 x1 = wx_prmt(w, 0u, 0x3424u);
-    lo_pair = (x0 & 0x80008000u) | ((x0 >> 1) & 0x3F803F80u);
-    hi_pair = (x1 & 0x80008000u) | ((x1 >> 1) & 0x3F803F80u);
-#endif
-}
-
-// INT3 / INT2: f16x2 multipliers 2^(-b*q) of field q (both halves).
-template <int FMT>
-__device__ __forceinline__ u32 wx_field_mul(int q) {
-    if (FMT == FMT_INT2) return q == 0 ? 0x3C003C00u : q == 1 ? 0x34003400u : q == 2 ? 0x2C002C00u : 0x24002400u;
-    return q == 0 ? 0x3C003C00u : q == 1 ? 0x30003000u : 0x24002400u;
-}
-
-// INT3 / INT2: bias pairs zb[2q + h] = -(1024 * 2^(-b*q) + zero of column
-// half h), from the (scale | zero << 16) words of columns g and 8 + g.
-template <int FMT>
-__device__ __forceinline__ void wx_zero_bias(u32 sz0, u32 sz1, u32 zb[8]) {
-    constexpr int B = FMT == FMT_INT3 ? 3 : 2;
-#pragma unroll
-    for (int q = 0; q < 4; q++) {
-        const float base = 1024.0f / (float)(1 << (B * q));
-        const u32 b0 = f32_to_f16(-(base + (float)(sz0 >> 16)));
-        const u32 b1 = f32_to_f16(-(base + (float)(sz1 >> 16)));
-        zb[2 * q] = b0 | (b0 << 16);
-        zb[2 * q + 1] = b1 | (b1 << 16);
-    }
-}
-
-// The 4 A-fragment registers of k16 step j from the lane's chunk codes.
-// `sc`: FP4 f16x2 scale pair (column g, column 8 + g), unused otherwise.
-// `zb`: INT3 / INT2 bias pairs (wx_zero_bias), unused otherwise.
-template <int FMT>
-__device__ __forceinline__ void wx_dequant_step(const u32* words, int j, u32 sc, const u32* zb, u32 wa[4]) {
-    if (FMT == FMT_INT2) {
-        const u32 x = (j & 1) ? (words[j >> 1] >> 8) : words[j >> 1];
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const u32 v = (x & (0x00030003u << (2 * i))) | 0x64006400u;
-            wa[i] = hfma2(v, wx_field_mul<FMT>(i), zb[2 * i + (i & 1)]);
-        }
-    } else if (FMT == FMT_INT3) {
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int f = 4 * j + i;
-            u32 v;
-            int q;
-            if (f == 15) {
-                v = ((words[0] >> 15) & 0x00010001u) | ((words[1] >> 14) & 0x00020002u) |
-                    ((words[2] >> 13) & 0x00040004u) | 0x64006400u;
-                q = 0;
-            } else {
-                const int p = f % 5;
-                const u32 w = p >= 3 ? (words[f / 5] >> 9) : words[f / 5];
-                q = p >= 3 ? p - 3 : p;
-                v = (w & (0x00070007u << (3 * q))) | 0x64006400u;
-            }
-            wa[i] = hfma2(v, wx_field_mul<FMT>(q), zb[2 * q + (i & 1)]);
-        }
-    } else if (FMT == FMT_FP4) {
-        const u32 q = words[j];
-        const u32 s0 = dup_lo(sc), s1 = dup_hi(sc);
-        wa[0] = hmul2(wx_e2m1_pair(q << 12), s0);
-        wa[1] = hmul2(wx_e2m1_pair(q << 8), s1);
-        wa[2] = hmul2(wx_e2m1_pair(q << 4), s0);
-        wa[3] = hmul2(wx_e2m1_pair(q), s1);
-    } else if (FMT == FMT_INT8) {
-        // Codes stored + 128: 0x64 exponent byte makes 1024 + u, minus 1152.
-        const u32 MAGIC = 0x64646464u, BIAS = 0x64806480u;
-        const u32 w0 = words[2 * j], w1 = words[2 * j + 1];
-        wa[0] = hsub2(wx_prmt(w0, MAGIC, 0x4140u), BIAS);
-        wa[1] = hsub2(wx_prmt(w0, MAGIC, 0x4342u), BIAS);
-        wa[2] = hsub2(wx_prmt(w1, MAGIC, 0x4140u), BIAS);
-        wa[3] = hsub2(wx_prmt(w1, MAGIC, 0x4342u), BIAS);
-    } else {
-        wx_e4m3_x4(words[2 * j], wa[0], wa[1]);
-        wx_e4m3_x4(words[2 * j + 1], wa[2], wa[3]);
-    }
 }
 
 // Code vectors (16 B) per lane per chunk (FP4 / 8-bit), u32 planes per

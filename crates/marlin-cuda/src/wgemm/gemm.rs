@@ -20,6 +20,7 @@ use half::f16;
 use marlin_quant::QuantTensor;
 
 use super::pack::{pack_wx, WxFormat, WxPacked};
+use super::wgmma_ws::{self, wx_ws_applies, WX_WS_AUTO_MIN_M};
 use crate::act::{Act, ActDtype};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
@@ -59,6 +60,9 @@ const SPLITS: usize = 8;
 const PREPARED_M8: u8 = 1;
 const PREPARED_M16: u8 = 2;
 const PREPARED_DEQUANT: u8 = 4;
+/// The warp-specialised wgmma kernel ([`super::wgmma_ws`]; f16 only, not
+/// shifted).
+const PREPARED_WS: u8 = 1 << 6;
 
 /// A `prepared` bit for activation type `act`.
 fn prepared_bit(bit: u8, act: Act) -> u8 {
@@ -75,14 +79,14 @@ pub struct WxWeight {
     pub format: WxFormat,
     pub n: usize,
     pub k: usize,
-    n_pad: usize,
-    k_chunks: usize,
-    group_chunks: usize,
+    pub(crate) n_pad: usize,
+    pub(crate) k_chunks: usize,
+    pub(crate) group_chunks: usize,
     weight_bytes: usize,
-    words: CudaSlice<u32>,      // see WxPacked::words
-    scales16: CudaSlice<u32>,   // FP4: (n_pad/64, k_chunks, 4, 32) f16x2; else 1 unused
-    scales32: CudaSlice<f32>,   // FP4 / 8-bit: (groups, n_pad); else 1 unused
-    scale_zero: CudaSlice<u32>, // INT3 / INT2: (groups, n_pad); else 1 unused
+    pub(crate) words: CudaSlice<u32>,    // see WxPacked::words
+    pub(crate) scales16: CudaSlice<u32>, // FP4: (n_pad/64, k_chunks, 4, 32) f16x2; else 1 unused
+    pub(crate) scales32: CudaSlice<f32>, // FP4 / 8-bit: (groups, n_pad); else 1 unused
+    scale_zero: CudaSlice<u32>,          // INT3 / INT2: (groups, n_pad); else 1 unused
     /// Kernels loaded by `GemmWorkspace::prepare_wx` for this weight.
     prepared: AtomicU8,
 }
@@ -229,13 +233,26 @@ fn dequant_plan() -> GemmPlan {
     }
 }
 
-/// Whether a call of `m` rows with `opts` takes dequantize + cuBLAS.
+/// Whether a call of `m` rows with `opts` takes the warp-specialised wgmma
+/// kernel ([`super::wgmma_ws`]): forced by `GemmPath::WgmmaWs` (an error
+/// where it does not apply), or `Auto` with f16 activations on a device and
+/// weight it applies to from [`WX_WS_AUTO_MIN_M`] rows.
+fn uses_ws(dev: &CudaDevice, m: usize, w: &WxWeight, opts: GemmOptions, act: Act) -> bool {
+    match opts.path {
+        GemmPath::WgmmaWs => true,
+        GemmPath::Auto => act == Act::F16 && m >= WX_WS_AUTO_MIN_M && wx_ws_applies(dev, w),
+        _ => false,
+    }
+}
+
+/// Whether a call of `m` rows with `opts` that does not take the
+/// warp-specialised kernel takes dequantize + cuBLAS.
 fn uses_dequant(m: usize, w: &WxWeight, opts: GemmOptions) -> bool {
     match opts.path {
         GemmPath::Auto => !auto_fused(m, w.n, w.k),
         GemmPath::DequantCublas => true,
-        // Fused, FusedGeneral and INT4-only kernel choices (wgmma): the one
-        // fused kernel of these formats.
+        // Fused, FusedGeneral and the INT4-only kernel choices (wgmma, bulk,
+        // stream-K): the one fused kernel of these formats.
         _ => false,
     }
 }
@@ -298,6 +315,18 @@ impl GemmWorkspace {
             return Err(CudaError::Shape("GEMM with M = 0 rows".into()));
         }
         let (module, source) = wx_module(act);
+        if uses_ws(dev, m, w, opts, act) {
+            if act != Act::F16 {
+                return Err(CudaError::Unsupported(format!(
+                    "the warp-specialised wgmma {} GEMM has f16 activations only",
+                    w.format.name()
+                )));
+            }
+            let call = wgmma_ws::resolve(dev, m, w, opts.splits)?;
+            wgmma_ws::prepare(dev, &call, self)?;
+            w.prepared.fetch_or(PREPARED_WS, Ordering::Relaxed);
+            return Ok(call.plan);
+        }
         if uses_dequant(m, w, opts) {
             self.ensure_dense(dev, act, w.n, w.k)?;
             dev.function(module, source, dequant_kernel(w.format, act), 0)?;
@@ -388,6 +417,23 @@ pub fn wx_gemm_prepared<T: ActDtype>(
 ) -> Result<GemmPlan> {
     check_operands(m, w, a.len(), c.len())?;
     let act = T::ACT;
+    if uses_ws(dev, m, w, opts, act) {
+        let (Some(a16), Some(c16)) = (T::as_f16(a), T::as_f16_mut(c)) else {
+            return Err(CudaError::Unsupported(format!(
+                "the warp-specialised wgmma {} GEMM has f16 activations only",
+                w.format.name()
+            )));
+        };
+        check_prepared(
+            w,
+            PREPARED_WS,
+            Act::F16,
+            "the warp-specialised wgmma kernel",
+        )?;
+        let call = wgmma_ws::resolve(dev, m, w, opts.splits)?;
+        wgmma_ws::launch(dev, a16, m, w, c16, ws, &call)?;
+        return Ok(call.plan);
+    }
     if uses_dequant(m, w, opts) {
         check_prepared(w, PREPARED_DEQUANT, act, "the dequantize kernel")?;
         let elems = w.n * w.k;

@@ -14,6 +14,8 @@ pub mod gemm;
 pub mod pack;
 pub mod random;
 pub mod reference;
+#[cfg(feature = "cuda")]
+pub mod wgmma_ws;
 
 #[cfg(test)]
 mod tests;
