@@ -88,47 +88,48 @@ fn forced_splits_and_errors() {
     println!("PASS wx errors: {err}");
 }
 
-/// The warp-specialised wgmma kernel of FP4, INT8 and FP8 with one K group
-/// (`GemmPath::WgmmaWs`, sm_90a only): every variant (64 / 128 tokens, one
-/// or two tiles per warpgroup, picked by M and N), split-K with the ticket
-/// reduction (automatic and forced 1 / 3 splits), M not a multiple of the
-/// token tile, N not a multiple of 64, K not a multiple of 64 (1056 / 1040 /
-/// 1001 / 1000) and a long K (4096). Weights with K groups (FP8 128 x 128
-/// blocks, INT3 / INT2) forced onto it are `Unsupported`, as is a device
-/// other than sm_90.
+/// The warp-specialised wgmma kernel of every `wgemm` format
+/// (`GemmPath::WgmmaWs`, sm_90a only): FP4 and per-channel 8-bit with fp32
+/// column scales after the main loop; FP8 128 x 128 blocks, INT3 / INT2
+/// (groups, per channel, zero points) with f16 scales in registers. Every
+/// variant (64 / 128 tokens, one or two tiles per warpgroup, picked by M
+/// and N), split-K with the ticket reduction (automatic and forced 1 / 3
+/// splits), M not a multiple of the token tile, N not a multiple of 64, K
+/// not a multiple of 64 (formats' K) and a long K (4096, also through
+/// `Auto`). An FP8 block weight whose scales span more than f16 can hold
+/// after one power-of-two shift is `Unsupported` when forced (and `Auto`
+/// keeps the other paths for it, correctly); so is a device other than
+/// sm_90.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn wgmma_ws_formats_match_reference() {
     use marlin_cuda::wgemm::wgmma_ws::wx_ws_format_ok;
     let dev = device();
     let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    let forced = GemmOptions {
+        path: GemmPath::WgmmaWs,
+        splits: None,
+    };
     if dev.compute_capability() != (9, 0) {
         let q = quantized(QuantScheme::int8_per_channel(), 64, 256, 1);
         let w = WxWeight::from_quant(&dev, &q).expect("upload");
         let a = dev.upload("A", &random_activations(64, 256, 2)).expect("A");
         let mut c = dev.alloc_zeros::<f16>("C", 64 * 64).expect("C");
-        let opts = GemmOptions {
-            path: GemmPath::WgmmaWs,
-            splits: None,
-        };
-        let err = wx_gemm(&dev, &a, 64, &w, &mut c, &mut ws, opts).expect_err("not sm_90");
+        let err = wx_gemm(&dev, &a, 64, &w, &mut c, &mut ws, forced).expect_err("not sm_90");
         assert!(matches!(err, CudaError::Unsupported(_)), "{err}");
         println!("SKIP wgmma ws formats: not sm_90 ({err})");
         return;
     }
-    let ws_formats: Vec<_> = formats()
-        .into_iter()
-        .filter(|(name, ..)| matches!(*name, "mxfp4" | "nvfp4" | "int8" | "fp8"))
-        .collect();
-    assert_eq!(ws_formats.len(), 4);
-    for (name, scheme, k) in &ws_formats {
+    for (name, scheme, k) in formats() {
+        let w = WxWeight::from_quant(&dev, &quantized(scheme, 64, k, 5)).expect("upload");
+        assert!(wx_ws_format_ok(&w), "{name}: no warp-specialised entry");
         for &(m, n) in &[(17, 200), (64, 200), (100, 320), (256, 200), (300, 520)] {
             for splits in [None, Some(1), Some(3)] {
                 let opts = GemmOptions {
                     path: GemmPath::WgmmaWs,
                     splits,
                 };
-                check_format::<f16>(&dev, &mut ws, "ws ", name, *scheme, (m, n, *k), opts, TOL);
+                check_format::<f16>(&dev, &mut ws, "ws ", name, scheme, (m, n, k), opts, TOL);
             }
         }
         // A long K (64 chunks), automatic splits, and Auto from its M on.
@@ -139,29 +140,39 @@ fn wgmma_ws_formats_match_reference() {
                 &mut ws,
                 "ws ",
                 name,
-                *scheme,
+                scheme,
                 (128, 256, 4096),
                 opts,
                 TOL,
             );
         }
     }
-    for (name, scheme, k) in formats() {
-        let q = quantized(scheme, 64, k, 5);
-        let w = WxWeight::from_quant(&dev, &q).expect("upload");
-        if wx_ws_format_ok(&w) {
-            continue;
-        }
-        let a = dev.upload("A", &random_activations(64, k, 6)).expect("A");
-        let mut c = dev.alloc_zeros::<f16>("C", 64 * 64).expect("C");
-        let opts = GemmOptions {
-            path: GemmPath::WgmmaWs,
-            splits: None,
-        };
-        let err = wx_gemm(&dev, &a, 64, &w, &mut c, &mut ws, opts).expect_err("no ws entry");
-        assert!(matches!(err, CudaError::Unsupported(_)), "{name}: {err}");
-        println!("PASS ws refuses {name}: {err}");
-    }
+    // FP8 128 x 128 blocks whose scales span ~2^36: no f16 shift holds both.
+    let (n, k) = (256, 1024);
+    let spread: Vec<f32> = (0..n * k)
+        .map(|i| {
+            let mag = if i / k < 128 { 1.0e4 } else { 1.0e-7 };
+            mag * (((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        })
+        .collect();
+    let q = marlin_quant::quantize_rtn(
+        &spread,
+        n,
+        k,
+        QuantScheme::fp8_e4m3_block128(),
+        &marlin_quant::RtnOptions::min_max(),
+    )
+    .expect("quantize");
+    let w = WxWeight::from_quant(&dev, &q).expect("upload");
+    assert!(!wx_ws_format_ok(&w));
+    let a = dev.upload("A", &random_activations(64, k, 6)).expect("A");
+    let mut c = dev.alloc_zeros::<f16>("C", 64 * n).expect("C");
+    let err = wx_gemm(&dev, &a, 64, &w, &mut c, &mut ws, forced).expect_err("scale spread");
+    assert!(matches!(err, CudaError::Unsupported(_)), "{err}");
+    println!("PASS ws refuses a wide FP8 scale spread: {err}");
+    let plan = wx_gemm(&dev, &a, 64, &w, &mut c, &mut ws, GemmOptions::default()).expect("Auto");
+    assert_ne!(plan.path, GemmPath::WgmmaWs);
+    println!("PASS Auto on it: {:?}", plan.path);
 }
 
 fn rel_l2(got: &[f16], want: &[f64]) -> f64 {

@@ -351,27 +351,38 @@ __device__ __forceinline__ void ws_stage_body(const u16* __restrict__ A, uint4* 
 // SUBN (f16, PROBE 0 only): the subnormal dequantisation above with shift
 // subn_m (ignored otherwise).
 // FMT: WS_INT4 (the packed INT4 codes of src/int4/pack.rs, scales S / Z
-// as above) or a `wgemm` format (FMT_FP4 / FMT_INT8 / FMT_FP8 of
-// marlin_common.cuh; the WS_WX_ENTRIES module, src/wgemm/wgmma_ws.rs): W in
-// the layout of src/wgemm/pack.rs, whose 64-chunk K order is the INT4
-// pack's, so the same staged activation image serves both. Per (tile,
-// chunk) the producer copies CW x 2 KiB of codes (FP4 1, 8-bit 2: the
-// lane's 16-byte vectors), FP4 also the 512-byte f16x2 scales of S (=
-// scales16); the consumers dequantise with wx_dequant_step and multiply
-// each column's fp32 scale S32 (one K group: per channel / per tensor)
-// into the accumulators once, after the main loop.
+// as above) or a `wgemm` format (FMT_FP4 .. FMT_INT2 of marlin_common.cuh;
+// the WS_WX_ENTRIES module, src/wgemm/wgmma_ws.rs): W in the layout of
+// src/wgemm/pack.rs, whose 64-chunk K order is the INT4 pack's, so the
+// same staged activation image serves both. Per (tile, chunk) the producer
+// copies the format's code block (FP4 2 KiB, 8-bit 4 KiB: the lanes'
+// 16-byte vectors; INT3 / INT2 1.5 / 1 KiB: the lanes' u32 planes) and
+// - FP4: its 512 bytes of f16x2 scales (S = scales16);
+// - GROUPED (INT3 / INT2 always, 8-bit with K groups or 2-D blocks): the
+//   64 columns' u32 words of the chunk's K group (G: fp32 scales of the
+//   8-bit formats, (f16 scale | zero << 16) of INT3 / INT2), 256 bytes.
+// The consumers dequantise with wx_dequant_step; the scales enter
+// - not GROUPED: once, in fp32, into the accumulators after the main loop
+//   (S32: one K group, per channel / per tensor);
+// - GROUPED: as f16 in registers (hmul2 after the dequantisation, the
+//   host checked that every scale times the largest code is a finite f16);
+//   INT3 / INT2 subtract their zero points exactly first (wx_zero_bias).
 #define WS_INT4 (-1)
-template <int FMT>
+template <int FMT, bool GROUPED>
 struct WsCodes {
     static constexpr bool wx = FMT >= 0;
-    // 16-byte code vectors per lane per (tile, chunk).
+    static constexpr bool low = FMT == FMT_INT3 || FMT == FMT_INT2;
+    // 16-byte code vectors (FP4 / 8-bit) or u32 planes (INT3 / INT2) per
+    // lane per (tile, chunk).
     static constexpr int cw = (FMT == FMT_INT8 || FMT == FMT_FP8) ? 2 : 1;
-    static constexpr u32 tile_bytes = 2048u * cw;
-    // FP4's f16x2 scales per (tile, chunk).
-    static constexpr u32 tile_scale_bytes = FMT == FMT_FP4 ? 512u : 0u;
+    static constexpr int planes = FMT == FMT_INT3 ? 3 : 2;
+    static constexpr u32 tile_bytes = low ? 512u * planes : 2048u * cw;
+    // FP4's f16x2 scales or the K group's column words per (tile, chunk).
+    static constexpr u32 tile_aux_bytes = FMT == FMT_FP4 ? 512u : GROUPED ? 256u : 0u;
 };
 
-template <int TOK, int TPW, int STAGES, bool HAS_Z, int PROBE, bool SUBN, bool CLUSTER = false, int FMT = WS_INT4>
+template <int TOK, int TPW, int STAGES, bool HAS_Z, int PROBE, bool SUBN, bool CLUSTER = false, int FMT = WS_INT4,
+          bool GROUPED = false>
 __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged activations
                                         const uint4* __restrict__ W,   // packed codes
                                         const u32* __restrict__ S,     // (groups, n_pad/16, 8) f16x2
@@ -381,11 +392,14 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                                         u32* __restrict__ tickets,     // (gridDim.y * gridDim.x)
                                         int M, int N, int n_pad, int k_chunks, int group_k32, int splits,
                                         int subn_m,
-                                        const float* __restrict__ S32 = nullptr) {  // wgemm formats: (1, n_pad) fp32
+                                        const float* __restrict__ S32 = nullptr,  // wgemm, not GROUPED: (1, n_pad) fp32
+                                        const u32* __restrict__ G = nullptr) {    // wgemm, GROUPED: (groups, n_pad) words
     static_assert(!SUBN || PROBE == 0, "subnormal dequantisation: production entries only");
-    using Codes = WsCodes<FMT>;
+    using Codes = WsCodes<FMT, GROUPED>;
     constexpr bool WX = Codes::wx;
     static_assert(!WX || (PROBE == 0 && !SUBN && !HAS_Z && !CLUSTER), "wgemm formats: plain production entries");
+    static_assert(!Codes::low || GROUPED, "INT3 / INT2: scale and zero per K group");
+    static_assert(!(GROUPED && FMT == FMT_FP4), "FP4: one K group");
 #ifdef MARLIN_ACT_BF16
     static_assert(!SUBN, "subnormal dequantisation: f16 only");
 #endif
@@ -394,7 +408,7 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
     constexpr u32 W_BYTES = TILES * Codes::tile_bytes;  // codes of the block's tiles
     constexpr u32 ROW_BYTES = TILES * 128;    // one scale row of the block
     // INT4: the chunk's two scale rows; FP4: its f16x2 scales per tile.
-    constexpr u32 S_BYTES = WX ? TILES * Codes::tile_scale_bytes : 2 * ROW_BYTES;
+    constexpr u32 S_BYTES = WX ? TILES * Codes::tile_aux_bytes : 2 * ROW_BYTES;
     extern __shared__ __align__(1024) unsigned char ws_smem[];
     __shared__ __align__(8) u64 full_bar[STAGES];
     __shared__ __align__(8) u64 empty_bar[STAGES];
@@ -439,7 +453,7 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
         if (tid == 0) {
             const u32 row_bytes = 128u * (u32)tiles_here;
             const u32 stage_tx =
-                WX ? ACT_BYTES + (Codes::tile_bytes + Codes::tile_scale_bytes) * (u32)tiles_here
+                WX ? ACT_BYTES + (Codes::tile_bytes + Codes::tile_aux_bytes) * (u32)tiles_here
                    : ACT_BYTES + 2048u * (u32)tiles_here + 2u * row_bytes * (HAS_Z ? 2u : 1u);
             const size_t s_row = (size_t)(n_pad >> 4) * 8;      // u32 per scale row
             const u32* s_blk = S + (size_t)tile_base * 32;      // 4 n16 blocks x 8 per tile
@@ -452,14 +466,20 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                 mbar_arrive_expect_tx(bar, stage_tx);
                 if constexpr (WX) {
                     // (tile, chunk) blocks of the wgemm layout: codes, then
-                    // FP4's scales (S = scales16, 128 u32 per block).
+                    // FP4's scales (S = scales16, 128 u32 per block) or the
+                    // tile's 64 words of the chunk's K group (G; group_k32
+                    // carries the group's length in chunks here).
                     for (int tl = 0; tl < tiles_here; tl++) {
                         const size_t blk = (size_t)(tile_base + tl) * k_chunks + c;
                         bulk_copy(w0 + slot * W_BYTES + tl * Codes::tile_bytes, W + blk * (Codes::tile_bytes / 16),
                                   Codes::tile_bytes, bar);
-                        if (Codes::tile_scale_bytes != 0)
-                            bulk_copy(s0 + slot * S_BYTES + tl * Codes::tile_scale_bytes, S + blk * 128,
-                                      Codes::tile_scale_bytes, bar);
+                        if (FMT == FMT_FP4)
+                            bulk_copy(s0 + slot * S_BYTES + tl * Codes::tile_aux_bytes, S + blk * 128,
+                                      Codes::tile_aux_bytes, bar);
+                        if (GROUPED)
+                            bulk_copy(s0 + slot * S_BYTES + tl * Codes::tile_aux_bytes,
+                                      G + (size_t)(c / group_k32) * n_pad + (size_t)(tile_base + tl) * 64,
+                                      Codes::tile_aux_bytes, bar);
                     }
                 } else {
                     for (int tl = 0; tl < tiles_here; tl++)
@@ -527,6 +547,8 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
         // (m in [-3, 24]: the host checks).
         const u32 subn_k = SUBN ? ws_f16_pow2(12 - subn_m) * 0x10001u : 0u;
         const u32 subn_kz = SUBN ? ws_f16_pow2(-subn_m) * 0x10001u : 0u;
+        // Grouped 8-bit scales: the power of two the host chose (subn_m).
+        const float scale_up = (WX && GROUPED && !Codes::low) ? ldexpf(1.0f, subn_m) : 1.0f;
 
         auto compute_step = [&](int i, u32 (&frag)[TPW][4][4]) {
             const int slot = i % STAGES;
@@ -534,25 +556,59 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
 #pragma unroll
             for (int p = 0; p < (SS_PROBE ? 0 : TPW); p++) {
                 if constexpr (WX) {
-                    // The lane's CW vectors: ((warp * CW + v) * 32 + lane) * 16
-                    // in the tile's block.
-                    constexpr int CW = Codes::cw;
-                    const u32 tile_w = w0 + slot * W_BYTES + (u32)(TPW * cw + p) * Codes::tile_bytes;
-                    u32 words[4 * CW];
+                    // The lane's code words: CW 16-byte vectors at ((warp * CW
+                    // + v) * 32 + lane) * 16, or PL u32 planes at ((warp * PL
+                    // + v) * 32 + lane) * 4, in the tile's block.
+                    constexpr int LW = Codes::low ? Codes::planes : 4 * Codes::cw;
+                    const u32 tile = (u32)(TPW * cw + p);
+                    const u32 tile_w = w0 + slot * W_BYTES + tile * Codes::tile_bytes;
+                    const u32 aux = s0 + slot * S_BYTES + tile * Codes::tile_aux_bytes;
+                    u32 words[LW];
+                    if constexpr (Codes::low) {
 #pragma unroll
-                    for (int v = 0; v < CW; v++) {
-                        const uint4 x = ws_ld_shared_v4(tile_w + (u32)((warp * CW + v) * 32 + lane) * 16);
-                        words[4 * v] = x.x;
-                        words[4 * v + 1] = x.y;
-                        words[4 * v + 2] = x.z;
-                        words[4 * v + 3] = x.w;
+                        for (int v = 0; v < LW; v++)
+                            words[v] = ws_ld_shared_u32(tile_w + (u32)((warp * LW + v) * 32 + lane) * 4);
+                    } else {
+#pragma unroll
+                        for (int v = 0; v < Codes::cw; v++) {
+                            const uint4 x = ws_ld_shared_v4(tile_w + (u32)((warp * Codes::cw + v) * 32 + lane) * 16);
+                            words[4 * v] = x.x;
+                            words[4 * v + 1] = x.y;
+                            words[4 * v + 2] = x.z;
+                            words[4 * v + 3] = x.w;
+                        }
                     }
-                    const u32 sc = Codes::tile_scale_bytes != 0
-                                       ? ws_ld_shared_u32(s0 + slot * S_BYTES + (u32)(TPW * cw + p) * Codes::tile_scale_bytes +
-                                                          (u32)(warp * 32 + lane) * 4)
-                                       : 0u;
+                    u32 sc = 0u;  // FP4: f16x2 (column g, 8 + g); GROUPED: the f16 scales
+                    u32 zb[8];
 #pragma unroll
-                    for (int j = 0; j < 4; j++) wx_dequant_step<FMT>(words, j, sc, nullptr, frag[p][j]);
+                    for (int x = 0; x < 8; x++) zb[x] = 0u;
+                    if constexpr (FMT == FMT_FP4) {
+                        sc = ws_ld_shared_u32(aux + (u32)(warp * 32 + lane) * 4);
+                    } else if constexpr (GROUPED) {
+                        const u32 w_lo = ws_ld_shared_u32(aux + (u32)(warp * 16 + g) * 4);
+                        const u32 w_hi = ws_ld_shared_u32(aux + (u32)(warp * 16 + g + 8) * 4);
+                        if constexpr (Codes::low) {
+                            wx_zero_bias<FMT>(w_lo, w_hi, zb);
+                            sc = (w_lo & 0xFFFFu) | (w_hi << 16);
+                        } else {
+                            // s * 2^m (subn_m = the host's shift m: every
+                            // scale times the largest code a finite f16, every
+                            // nonzero scale a normal one), undone in fp32 at
+                            // the end.
+                            sc = (u32)f32_to_f16(__uint_as_float(w_lo) * scale_up) |
+                                 ((u32)f32_to_f16(__uint_as_float(w_hi) * scale_up) << 16);
+                        }
+                    }
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        wx_dequant_step<FMT>(words, j, sc, zb, frag[p][j]);
+                        if constexpr (GROUPED) {
+                            // Register i holds column g (i even) or 8 + g.
+                            const u32 s_lo = dup_lo(sc), s_hi = dup_hi(sc);
+#pragma unroll
+                            for (int x = 0; x < 4; x++) frag[p][j][x] = hmul2(frag[p][j][x], (x & 1) ? s_hi : s_lo);
+                        }
+                    }
                     continue;
                 }
                 const uint4 q = ws_ld_shared_v4(w0 + slot * W_BYTES + w_lane + p * 2048);
@@ -683,7 +739,15 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
 #pragma unroll
                 for (int x = 0; x < TOK / 2; x++) acc[p][x] *= out_scale;
         }
-        if constexpr (WX) {
+        if constexpr (WX && GROUPED && !Codes::low) {
+            // Undo the 2^m of the f16 scales (exact).
+            const float down = ldexpf(1.0f, -subn_m);
+#pragma unroll
+            for (int p = 0; p < TPW; p++)
+#pragma unroll
+                for (int x = 0; x < TOK / 2; x++) acc[p][x] *= down;
+        }
+        if constexpr (WX && !GROUPED) {
             // The columns' fp32 scales (the whole K is one group): acc[p][4q +
             // e] belongs to column (tile * 4 + warp) * 16 + g + 8 (e >> 1).
 #pragma unroll
@@ -1257,29 +1321,49 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
 // activations): the staging kernels and, per format, the four variants with
 // the ticket split-K (keep in sync with `WX_VARIANTS` there; the 8-bit
 // rings are shallower: twice the code bytes per stage).
-#define WX_WS_ENTRY(NAME, FMT, TOK, TPW, STAGES)                                                          \
+#define WX_WS_ENTRY(NAME, FMT, GROUPED, TOK, TPW, STAGES)                                              \
     extern "C" __global__ void __launch_bounds__(384, 1) NAME(                                          \
         const uint4* __restrict__ As, const uint4* __restrict__ W, const u32* __restrict__ S16,         \
-        const float* __restrict__ S32, u16* __restrict__ C, float* __restrict__ partials,               \
-        u32* __restrict__ tickets, int M, int N, int n_pad, int k_chunks, int splits) {                 \
+        const float* __restrict__ S32, const u32* __restrict__ G, u16* __restrict__ C,                  \
+        float* __restrict__ partials, u32* __restrict__ tickets, int M, int N, int n_pad, int k_chunks,  \
+        int group_chunks, int splits, int scale_shift) {                                                \
         pdl_trigger();                                                                                  \
-        ws_body<TOK, TPW, STAGES, false, 0, false, false, FMT>(As, W, S16, nullptr, C, partials, tickets, M, N, \
-                                                               n_pad, k_chunks, 1, splits, 0, S32);      \
+        ws_body<TOK, TPW, STAGES, false, 0, false, false, FMT, GROUPED>(                                \
+            As, W, S16, nullptr, C, partials, tickets, M, N, n_pad, k_chunks, group_chunks, splits,     \
+            scale_shift, S32, G);                                                                       \
     }
 W4A16_WS_STAGE_ENTRY(w4a16_ws_stage_t64, 64)
 W4A16_WS_STAGE_ENTRY(w4a16_ws_stage_t128, 128)
-WX_WS_ENTRY(wx_ws_fp4_t64x1, FMT_FP4, 64, 1, 12)
-WX_WS_ENTRY(wx_ws_fp4_t64x2, FMT_FP4, 64, 2, 10)
-WX_WS_ENTRY(wx_ws_fp4_t128x1, FMT_FP4, 128, 1, 8)
-WX_WS_ENTRY(wx_ws_fp4_t128x2, FMT_FP4, 128, 2, 8)
-WX_WS_ENTRY(wx_ws_int8_t64x1, FMT_INT8, 64, 1, 12)
-WX_WS_ENTRY(wx_ws_int8_t64x2, FMT_INT8, 64, 2, 8)
-WX_WS_ENTRY(wx_ws_int8_t128x1, FMT_INT8, 128, 1, 8)
-WX_WS_ENTRY(wx_ws_int8_t128x2, FMT_INT8, 128, 2, 6)
-WX_WS_ENTRY(wx_ws_fp8_t64x1, FMT_FP8, 64, 1, 12)
-WX_WS_ENTRY(wx_ws_fp8_t64x2, FMT_FP8, 64, 2, 8)
-WX_WS_ENTRY(wx_ws_fp8_t128x1, FMT_FP8, 128, 1, 8)
-WX_WS_ENTRY(wx_ws_fp8_t128x2, FMT_FP8, 128, 2, 6)
+// One K group: the column scales in fp32 after the main loop.
+WX_WS_ENTRY(wx_ws_fp4_t64x1, FMT_FP4, false, 64, 1, 12)
+WX_WS_ENTRY(wx_ws_fp4_t64x2, FMT_FP4, false, 64, 2, 10)
+WX_WS_ENTRY(wx_ws_fp4_t128x1, FMT_FP4, false, 128, 1, 8)
+WX_WS_ENTRY(wx_ws_fp4_t128x2, FMT_FP4, false, 128, 2, 8)
+WX_WS_ENTRY(wx_ws_int8_t64x1, FMT_INT8, false, 64, 1, 12)
+WX_WS_ENTRY(wx_ws_int8_t64x2, FMT_INT8, false, 64, 2, 8)
+WX_WS_ENTRY(wx_ws_int8_t128x1, FMT_INT8, false, 128, 1, 8)
+WX_WS_ENTRY(wx_ws_int8_t128x2, FMT_INT8, false, 128, 2, 6)
+WX_WS_ENTRY(wx_ws_fp8_t64x1, FMT_FP8, false, 64, 1, 12)
+WX_WS_ENTRY(wx_ws_fp8_t64x2, FMT_FP8, false, 64, 2, 8)
+WX_WS_ENTRY(wx_ws_fp8_t128x1, FMT_FP8, false, 128, 1, 8)
+WX_WS_ENTRY(wx_ws_fp8_t128x2, FMT_FP8, false, 128, 2, 6)
+// K groups / 2-D blocks (`g`) and INT3 / INT2: f16 scales in registers.
+WX_WS_ENTRY(wx_ws_int8g_t64x1, FMT_INT8, true, 64, 1, 12)
+WX_WS_ENTRY(wx_ws_int8g_t64x2, FMT_INT8, true, 64, 2, 8)
+WX_WS_ENTRY(wx_ws_int8g_t128x1, FMT_INT8, true, 128, 1, 8)
+WX_WS_ENTRY(wx_ws_int8g_t128x2, FMT_INT8, true, 128, 2, 6)
+WX_WS_ENTRY(wx_ws_fp8g_t64x1, FMT_FP8, true, 64, 1, 12)
+WX_WS_ENTRY(wx_ws_fp8g_t64x2, FMT_FP8, true, 64, 2, 8)
+WX_WS_ENTRY(wx_ws_fp8g_t128x1, FMT_FP8, true, 128, 1, 8)
+WX_WS_ENTRY(wx_ws_fp8g_t128x2, FMT_FP8, true, 128, 2, 6)
+WX_WS_ENTRY(wx_ws_int3_t64x1, FMT_INT3, true, 64, 1, 12)
+WX_WS_ENTRY(wx_ws_int3_t64x2, FMT_INT3, true, 64, 2, 10)
+WX_WS_ENTRY(wx_ws_int3_t128x1, FMT_INT3, true, 128, 1, 8)
+WX_WS_ENTRY(wx_ws_int3_t128x2, FMT_INT3, true, 128, 2, 8)
+WX_WS_ENTRY(wx_ws_int2_t64x1, FMT_INT2, true, 64, 1, 12)
+WX_WS_ENTRY(wx_ws_int2_t64x2, FMT_INT2, true, 64, 2, 10)
+WX_WS_ENTRY(wx_ws_int2_t128x1, FMT_INT2, true, 128, 1, 8)
+WX_WS_ENTRY(wx_ws_int2_t128x2, FMT_INT2, true, 128, 2, 8)
 #elif !defined(WS_DIAG_ENTRIES)
 W4A16_WS_STAGE_ENTRY(w4a16_ws_stage_t64, 64)
 W4A16_WS_STAGE_ENTRY(w4a16_ws_stage_t128, 128)

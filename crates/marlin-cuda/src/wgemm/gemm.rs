@@ -20,7 +20,7 @@ use half::f16;
 use marlin_quant::QuantTensor;
 
 use super::pack::{pack_wx, WxFormat, WxPacked};
-use super::wgmma_ws::{self, wx_ws_applies, WX_WS_AUTO_MIN_M};
+use super::wgmma_ws::{self, f16_scale_shift, low_bit_scales_ok, wx_ws_applies, WX_WS_AUTO_MIN_M};
 use crate::act::{Act, ActDtype};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
@@ -83,12 +83,19 @@ pub struct WxWeight {
     pub(crate) k_chunks: usize,
     pub(crate) group_chunks: usize,
     weight_bytes: usize,
-    pub(crate) words: CudaSlice<u32>,    // see WxPacked::words
-    pub(crate) scales16: CudaSlice<u32>, // FP4: (n_pad/64, k_chunks, 4, 32) f16x2; else 1 unused
-    pub(crate) scales32: CudaSlice<f32>, // FP4 / 8-bit: (groups, n_pad); else 1 unused
-    scale_zero: CudaSlice<u32>,          // INT3 / INT2: (groups, n_pad); else 1 unused
+    pub(crate) words: CudaSlice<u32>,      // see WxPacked::words
+    pub(crate) scales16: CudaSlice<u32>,   // FP4: (n_pad/64, k_chunks, 4, 32) f16x2; else 1 unused
+    pub(crate) scales32: CudaSlice<f32>,   // FP4 / 8-bit: (groups, n_pad); else 1 unused
+    pub(crate) scale_zero: CudaSlice<u32>, // INT3 / INT2: (groups, n_pad); else 1 unused
     /// Kernels loaded by `GemmWorkspace::prepare_wx` for this weight.
     prepared: AtomicU8,
+    /// The warp-specialised kernel's f16-scale shift
+    /// ([`super::wgmma_ws::f16_scale_shift`]): Some(0) where the scales stay
+    /// fp32 (one K group of an 8-bit format) or are the packed f16 ones
+    /// (INT3 / INT2, checked by `low_bit_scales_ok`); None where that
+    /// kernel cannot hold them (or FP4, which has one K group always and
+    /// needs no shift: `wx_ws_format_ok` decides FP4 by its groups).
+    pub(crate) ws_scale_shift: Option<i32>,
 }
 
 impl WxWeight {
@@ -116,7 +123,16 @@ impl WxWeight {
         } else {
             dev.upload("weight scales and zero points", &p.scale_zero)?
         };
+        let ws_scale_shift = match p.format {
+            WxFormat::Fp4 => None,
+            WxFormat::Int8 | WxFormat::Fp8 if p.groups <= 1 => Some(0),
+            WxFormat::Int8 => f16_scale_shift(&p.scales32, 128.0),
+            WxFormat::Fp8 => f16_scale_shift(&p.scales32, 448.0),
+            WxFormat::Int3 => low_bit_scales_ok(&p.scale_zero, 3).then_some(0),
+            WxFormat::Int2 => low_bit_scales_ok(&p.scale_zero, 2).then_some(0),
+        };
         Ok(Self {
+            ws_scale_shift,
             format: p.format,
             n: p.n,
             k: p.k,

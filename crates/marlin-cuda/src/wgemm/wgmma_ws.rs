@@ -1,7 +1,6 @@
 //! Hopper (sm_90a) warp-specialised GEMM for the `wgemm` formats FP4
-//! (MXFP4 / NVFP4), INT8 and FP8 whose fp32 column scales form one K group
-//! (per channel or per tensor; FP4's block scales are its f16 scales of
-//! each 16-run): the INT4 kernel of [`crate::int4::wgmma_ws`] with the
+//! (MXFP4 / NVFP4), INT8, FP8 (per channel, K groups, 2-D blocks), INT3 and
+//! INT2: the INT4 kernel of [`crate::int4::wgmma_ws`] with the
 //! format's dequantisation (`kernels/w4a16_wgmma_ws.cu`, module built with
 //! `WS_WX_ENTRIES`; `wx_dequant_step` of `marlin_common.cuh`, shared with
 //! the mma.sync kernel). Two launches per call, as INT4's:
@@ -13,9 +12,14 @@
 //!    64-chunk the activation tile and, per 64-column tile, the format's
 //!    code block (FP4 2 KiB and 512 B of f16x2 scales, 8-bit 4 KiB) into an
 //!    mbarrier ring; two consumer warpgroups dequantise into wgmma's
-//!    register A operand and issue `wgmma m64n<TOK>k16`; the column scales
-//!    multiply the fp32 accumulators once after the main loop; split-K
-//!    with the ticket reduction (bit-deterministic).
+//!    register A operand and issue `wgmma m64n<TOK>k16`; split-K with the
+//!    ticket reduction (bit-deterministic). Scales: one K group of fp32
+//!    column scales (FP4's per-tensor factor, 8-bit per channel) multiply
+//!    the fp32 accumulators once after the main loop; K groups and 2-D
+//!    blocks (8-bit, entries `..g_`) and INT3 / INT2 (scale and zero point
+//!    per group) multiply the dequantised f16 fragments by f16 scales (the
+//!    8-bit ones times a power of two, [`f16_scale_shift`], undone in fp32
+//!    at the end).
 //!
 //! Plans come from the INT4 kernel's cost model ([`ws_variant_for`], no
 //! cluster reduction); the 8-bit rings are shallower (twice the code bytes
@@ -54,12 +58,61 @@ const SMEM_LIMIT: usize = 227 * 1024;
 /// M = 64 on it replaced dequantize + cuBLAS (3-5x faster there).
 pub const WX_WS_AUTO_MIN_M: usize = 17;
 
-/// Whether `w` has a warp-specialised entry: FP4, INT8 or FP8 with one K
-/// group of fp32 column scales (the kernel folds them in after its main
-/// loop).
+/// Whether `w` has a warp-specialised entry: FP4 (one K group), or a
+/// format whose scales the f16 form holds ([`WxWeight`]'s scale shift:
+/// always for one K group of fp32 scales, else checked at upload).
 pub fn wx_ws_format_ok(w: &WxWeight) -> bool {
-    matches!(w.format, WxFormat::Fp4 | WxFormat::Int8 | WxFormat::Fp8)
-        && w.group_chunks >= w.k_chunks
+    match w.format {
+        WxFormat::Fp4 => w.group_chunks >= w.k_chunks,
+        _ => w.ws_scale_shift.is_some(),
+    }
+}
+
+/// Whether `w` takes the f16-scale entries (K groups, 2-D blocks, INT3 /
+/// INT2) rather than the fp32 column scales after the main loop.
+fn grouped(w: &WxWeight) -> bool {
+    w.format.is_low_bit() || w.group_chunks < w.k_chunks
+}
+
+/// Largest f16 magnitude (65504) and smallest normal one (2^-14).
+const F16_MAX: f64 = 65504.0;
+const F16_MIN_NORMAL: f64 = 1.0 / 16384.0;
+
+/// The shift m of the f16 scales s * 2^m that the grouped 8-bit entries
+/// multiply their dequantised codes by: the largest m (within -40..=40)
+/// with max |s| * 2^m * `max_code` <= 65504 (every weight a finite f16),
+/// provided min |s| * 2^m >= 2^-14 over the nonzero scales (every scale a
+/// normal f16: rounded once, relative error <= 2^-11). None: not finite or
+/// spread too wide. All zero: 0.
+pub fn f16_scale_shift(scales: &[f32], max_code: f64) -> Option<i32> {
+    let (mut lo, mut hi) = (f64::INFINITY, 0f64);
+    for &s in scales {
+        if !s.is_finite() {
+            return None;
+        }
+        let a = f64::from(s.abs());
+        if a > 0.0 {
+            lo = lo.min(a);
+            hi = hi.max(a);
+        }
+    }
+    if hi == 0.0 {
+        return Some(0);
+    }
+    let m = (-40..=40)
+        .rev()
+        .find(|&m| hi * 2f64.powi(m) * max_code <= F16_MAX)?;
+    (lo * 2f64.powi(m) >= F16_MIN_NORMAL).then_some(m)
+}
+
+/// INT3 / INT2: whether every f16 scale of the (scale | zero << 16) words
+/// times the largest |code - zero| (2^bits - 1) is a finite f16.
+pub fn low_bit_scales_ok(scale_zero: &[u32], bits: u32) -> bool {
+    let most = f64::from((1u32 << bits) - 1);
+    scale_zero.iter().all(|&w| {
+        let s = f64::from(half::f16::from_bits(w as u16).to_f32());
+        s.is_finite() && s.abs() * most <= F16_MAX
+    })
 }
 
 /// Whether this device runs the kernel on `w` (compute capability 9.0: the
@@ -68,11 +121,15 @@ pub fn wx_ws_applies(dev: &CudaDevice, w: &WxWeight) -> bool {
     dev.compute_capability() == (9, 0) && wx_ws_format_ok(w)
 }
 
-/// Code bytes (and FP4's scale bytes) of one 64-column tile per 64-chunk.
-fn tile_bytes(format: WxFormat) -> usize {
+/// Code bytes (and FP4's scales or the K group's column words) of one
+/// 64-column tile per 64-chunk.
+fn tile_bytes(format: WxFormat, grouped: bool) -> usize {
+    let aux = if grouped { 256 } else { 0 };
     match format {
         WxFormat::Fp4 => 2048 + 512,
-        _ => 4096,
+        WxFormat::Int8 | WxFormat::Fp8 => 4096 + aux,
+        WxFormat::Int3 => 1536 + 256,
+        WxFormat::Int2 => 1024 + 256,
     }
 }
 
@@ -80,9 +137,9 @@ fn tile_bytes(format: WxFormat) -> usize {
 /// sync with `WX_WS_ENTRY` in the source.
 fn stages(format: WxFormat, v: WsVariant) -> usize {
     match (format, v.tokens, v.tiles_per_wg) {
-        (WxFormat::Fp4, 64, 1) => 12,
-        (WxFormat::Fp4, 64, _) => 10,
-        (WxFormat::Fp4, _, _) => 8,
+        (WxFormat::Fp4 | WxFormat::Int3 | WxFormat::Int2, 64, 1) => 12,
+        (WxFormat::Fp4 | WxFormat::Int3 | WxFormat::Int2, 64, _) => 10,
+        (WxFormat::Fp4 | WxFormat::Int3 | WxFormat::Int2, _, _) => 8,
         (_, 64, 1) => 12,
         (_, 64, _) => 8,
         (_, _, 1) => 8,
@@ -93,11 +150,30 @@ fn stages(format: WxFormat, v: WsVariant) -> usize {
 /// Dynamic shared memory of the entry: 1024 bytes of alignment slack, then
 /// per stage the activation tile and the block's code (and FP4 scale)
 /// blocks.
-fn smem_bytes(format: WxFormat, v: WsVariant) -> usize {
-    1024 + stages(format, v) * (128 * v.tokens + v.tiles() * tile_bytes(format))
+fn smem_bytes(format: WxFormat, grouped: bool, v: WsVariant) -> usize {
+    1024 + stages(format, v) * (128 * v.tokens + v.tiles() * tile_bytes(format, grouped))
 }
 
-fn kernel(format: WxFormat, v: WsVariant) -> Result<&'static str> {
+fn kernel(format: WxFormat, grouped: bool, v: WsVariant) -> Result<&'static str> {
+    if grouped && matches!(format, WxFormat::Int8 | WxFormat::Fp8) {
+        return Ok(match (format, v.tokens, v.tiles_per_wg) {
+            (WxFormat::Int8, 64, 1) => "wx_ws_int8g_t64x1",
+            (WxFormat::Int8, 64, _) => "wx_ws_int8g_t64x2",
+            (WxFormat::Int8, _, 1) => "wx_ws_int8g_t128x1",
+            (WxFormat::Int8, _, _) => "wx_ws_int8g_t128x2",
+            (_, 64, 1) => "wx_ws_fp8g_t64x1",
+            (_, 64, _) => "wx_ws_fp8g_t64x2",
+            (_, _, 1) => "wx_ws_fp8g_t128x1",
+            (_, _, _) => "wx_ws_fp8g_t128x2",
+        });
+    }
+    if grouped == matches!(format, WxFormat::Fp4 | WxFormat::Int8 | WxFormat::Fp8) {
+        return Err(CudaError::Unsupported(format!(
+            "the warp-specialised wgmma GEMM has no {} entry {} K groups",
+            format.name(),
+            if grouped { "with" } else { "without" }
+        )));
+    }
     Ok(match (format, v.tokens, v.tiles_per_wg) {
         (WxFormat::Fp4, 64, 1) => "wx_ws_fp4_t64x1",
         (WxFormat::Fp4, 64, _) => "wx_ws_fp4_t64x2",
@@ -111,12 +187,14 @@ fn kernel(format: WxFormat, v: WsVariant) -> Result<&'static str> {
         (WxFormat::Fp8, 64, _) => "wx_ws_fp8_t64x2",
         (WxFormat::Fp8, _, 1) => "wx_ws_fp8_t128x1",
         (WxFormat::Fp8, _, _) => "wx_ws_fp8_t128x2",
-        (f @ (WxFormat::Int3 | WxFormat::Int2), ..) => {
-            return Err(CudaError::Unsupported(format!(
-                "the warp-specialised wgmma GEMM has no {} entry (FP4, INT8 and FP8 only)",
-                f.name()
-            )))
-        }
+        (WxFormat::Int3, 64, 1) => "wx_ws_int3_t64x1",
+        (WxFormat::Int3, 64, _) => "wx_ws_int3_t64x2",
+        (WxFormat::Int3, _, 1) => "wx_ws_int3_t128x1",
+        (WxFormat::Int3, _, _) => "wx_ws_int3_t128x2",
+        (WxFormat::Int2, 64, 1) => "wx_ws_int2_t64x1",
+        (WxFormat::Int2, 64, _) => "wx_ws_int2_t64x2",
+        (WxFormat::Int2, _, 1) => "wx_ws_int2_t128x1",
+        (WxFormat::Int2, _, _) => "wx_ws_int2_t128x2",
     })
 }
 
@@ -130,6 +208,8 @@ pub(crate) struct WxWsCall {
     tickets: usize,
     /// f16 elements of the staged activation image.
     staged: usize,
+    /// The f16-scale entries' power-of-two shift of the 8-bit scales.
+    scale_shift: i32,
 }
 
 /// The plan of a call of `m` rows (`splits`: a forced split-K factor).
@@ -150,13 +230,15 @@ pub(crate) fn resolve(
     }
     if !wx_ws_format_ok(w) {
         return Err(CudaError::Unsupported(format!(
-            "the warp-specialised wgmma GEMM runs FP4, INT8 and FP8 weights with one K group of \
-             column scales; this {} weight has {} groups of {} columns",
+            "the warp-specialised wgmma GEMM cannot run this {} weight ({} K groups of {}): FP4 needs \
+             one K group, the f16 scales of the other formats must hold every scale times the largest \
+             code as a finite f16 and the nonzero scales as normal ones after one power-of-two shift",
             w.format.name(),
             w.k_chunks.div_ceil(w.group_chunks.max(1)),
             w.group_chunks * K_CHUNK
         )));
     }
+    let grouped = grouped(w);
     let (v, auto_splits, _) = ws_variant_for(
         m,
         w.n_pad,
@@ -165,11 +247,11 @@ pub(crate) fn resolve(
         &ClusterFit::NONE,
         None,
     );
-    let kernel = kernel(w.format, v)?;
+    let kernel = kernel(w.format, grouped, v)?;
     let m_blocks = m.div_ceil(v.tokens).max(1);
     let n_tiles = w.n_pad.div_ceil(v.n_block());
     let splits = splits.map_or(auto_splits, |s| s.clamp(1, w.k_chunks.max(1)));
-    let smem_bytes = smem_bytes(w.format, v);
+    let smem_bytes = smem_bytes(w.format, grouped, v);
     if smem_bytes > SMEM_LIMIT {
         return Err(CudaError::Shape(format!(
             "{kernel}: {smem_bytes} bytes of shared memory exceed {SMEM_LIMIT}"
@@ -206,6 +288,7 @@ pub(crate) fn resolve(
         partials,
         tickets,
         staged,
+        scale_shift: w.ws_scale_shift.unwrap_or(0),
     })
 }
 
@@ -259,9 +342,10 @@ pub(crate) fn launch(
         (m, w.k, w.k_chunks),
     )?;
     let (m_i32, n_i32) = (to_i32("M", m)?, to_i32("N", w.n)?);
-    let (n_pad_i32, k_chunks_i32, splits_i32) = (
+    let (n_pad_i32, k_chunks_i32, group_chunks_i32, splits_i32) = (
         to_i32("n_pad", w.n_pad)?,
         to_i32("k_chunks", w.k_chunks)?,
+        to_i32("group", w.group_chunks.max(1))?,
         to_i32("splits", p.splits)?,
     );
     let cfg = LaunchConfig {
@@ -274,7 +358,15 @@ pub(crate) fn launch(
         .arg(staged)
         .arg(&w.words)
         .arg(&w.scales16)
-        .arg(&w.scales32)
+        .arg(&w.scales32);
+    // The K group's column words: the fp32 scales (8-bit, read as their
+    // bits) or the (scale | zero << 16) words (INT3 / INT2).
+    if w.format.is_low_bit() {
+        launch.arg(&w.scale_zero);
+    } else {
+        launch.arg(&w.scales32);
+    }
+    launch
         .arg(c)
         .arg(&ws.partials)
         .arg(&ws.tickets)
@@ -282,48 +374,85 @@ pub(crate) fn launch(
         .arg(&n_i32)
         .arg(&n_pad_i32)
         .arg(&k_chunks_i32)
-        .arg(&splits_i32);
-    // SAFETY: argument types and order match WX_WS_ENTRY; the staged image
-    // covers m_blocks x k_chunks tiles of the variant's tokens (written by
-    // the staging launch above, sized by `resolve`); the packed codes cover
+        .arg(&group_chunks_i32)
+        .arg(&splits_i32)
+        .arg(&call.scale_shift);
+    // SAFETY: argument types and order match WX_WS_ENTRY (the group words
+    // are 32-bit: f32 scales read as u32 bits); the staged image covers
+    // m_blocks x k_chunks tiles of the variant's tokens (written by the
+    // staging launch above, sized by `resolve`); the packed codes cover
     // n_pad/64 x k_chunks blocks of the format's bytes, scales16 (FP4) the
-    // same blocks of 512 bytes and scales32 one row of n_pad (one K group,
-    // checked by `resolve`); partials >= splits x blocks x tile and tickets
-    // >= blocks were checked above; C >= M*N by the caller. PDL: the
-    // producer reads the staged image only after its pdl_wait; before it,
-    // only the read-only weights.
+    // same blocks of 512 bytes, scales32 / scale_zero ceil(k_chunks /
+    // group_chunks) rows of n_pad (the repack); the entry (`resolve`) reads
+    // only its format's buffers; partials >= splits x blocks x tile and
+    // tickets >= blocks were checked above; C >= M*N by the caller. PDL:
+    // the producer reads the staged image only after its pdl_wait; before
+    // it, only the read-only weights.
     unsafe { launch.launch_pdl(cfg) }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{kernel, smem_bytes, SMEM_LIMIT, WX_WS_SOURCE};
+    use super::{f16_scale_shift, kernel, low_bit_scales_ok, smem_bytes, SMEM_LIMIT, WX_WS_SOURCE};
     use crate::int4::wgmma_ws::VARIANTS;
     use crate::wgemm::pack::WxFormat;
 
-    /// Every (format, variant) has an entry in the source whose ring fits
-    /// the shared memory limit, with the stage count the host assumes.
+    /// Every (format, K groups, variant) with an entry has it in the source
+    /// with the stage count the host assumes, and its ring fits the shared
+    /// memory limit; the others are errors.
     #[test]
     fn entries_match_the_source_and_fit() {
-        for format in [WxFormat::Fp4, WxFormat::Int8, WxFormat::Fp8] {
+        let all = [
+            (WxFormat::Fp4, false, "FMT_FP4"),
+            (WxFormat::Int8, false, "FMT_INT8"),
+            (WxFormat::Fp8, false, "FMT_FP8"),
+            (WxFormat::Int8, true, "FMT_INT8"),
+            (WxFormat::Fp8, true, "FMT_FP8"),
+            (WxFormat::Int3, true, "FMT_INT3"),
+            (WxFormat::Int2, true, "FMT_INT2"),
+        ];
+        for (format, grouped, fmt) in all {
             for v in VARIANTS {
-                let name = kernel(format, v).expect("entry");
-                let fmt = match format {
-                    WxFormat::Fp4 => "FMT_FP4",
-                    WxFormat::Int8 => "FMT_INT8",
-                    _ => "FMT_FP8",
-                };
+                let name = kernel(format, grouped, v).expect("entry");
                 let line = format!(
-                    "WX_WS_ENTRY({name}, {fmt}, {}, {}, {})",
+                    "WX_WS_ENTRY({name}, {fmt}, {grouped}, {}, {}, {})",
                     v.tokens,
                     v.tiles_per_wg,
                     super::stages(format, v)
                 );
                 assert!(WX_WS_SOURCE.contains(&line), "missing {line}");
-                assert!(smem_bytes(format, v) <= SMEM_LIMIT, "{name}");
+                assert!(smem_bytes(format, grouped, v) <= SMEM_LIMIT, "{name}");
             }
         }
-        assert!(kernel(WxFormat::Int3, VARIANTS[0]).is_err());
-        assert!(kernel(WxFormat::Int2, VARIANTS[0]).is_err());
+        for (format, grouped) in [
+            (WxFormat::Fp4, true),
+            (WxFormat::Int3, false),
+            (WxFormat::Int2, false),
+        ] {
+            assert!(kernel(format, grouped, VARIANTS[0]).is_err());
+        }
+    }
+
+    /// The grouped 8-bit scales' shift: the largest one that keeps every
+    /// weight a finite f16, refused where the smallest scale would then be
+    /// subnormal; zeros are skipped, non-finite scales refused.
+    #[test]
+    fn f16_scale_shift_bounds() {
+        // FP8 block scales ~ 1e-4: 448 * 1e-4 * 2^m <= 65504 -> m = 20.
+        let m = f16_scale_shift(&[1e-4, 3e-5, 0.0], 448.0).expect("shift");
+        assert_eq!(m, 20);
+        assert!(1e-4 * 2f64.powi(m) * 448.0 <= 65504.0);
+        assert!(1e-4 * 2f64.powi(m + 1) * 448.0 > 65504.0);
+        assert!(3e-5 * 2f64.powi(m) >= 1.0 / 16384.0);
+        // A spread of 2^30 cannot hold both ends.
+        assert_eq!(f16_scale_shift(&[1.0, 2f32.powi(-30)], 128.0), None);
+        assert_eq!(f16_scale_shift(&[0.0, 0.0], 128.0), Some(0));
+        assert_eq!(f16_scale_shift(&[1.0, f32::NAN], 128.0), None);
+        assert_eq!(f16_scale_shift(&[f32::INFINITY], 128.0), None);
+        // INT3 / INT2: |code - zero| <= 2^bits - 1 times the f16 scale.
+        let word = |s: f32, z: u32| u32::from(half::f16::from_f32(s).to_bits()) | (z << 16);
+        assert!(low_bit_scales_ok(&[word(0.01, 4), word(-2.0, 0)], 3));
+        assert!(!low_bit_scales_ok(&[word(10000.0, 4)], 3));
+        assert!(low_bit_scales_ok(&[word(10000.0, 1)], 2));
     }
 }
