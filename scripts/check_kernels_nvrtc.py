@@ -26,14 +26,20 @@ COMMON_HEADER = "marlin_common.cuh"
 # Sources the crate also compiles with a prefix (a second module of the same
 # file): w4a16_gemm.cu's fused decode-step variants (src/int4/gemm.rs,
 # FUSED_SOURCE); the diagnostic / legacy entries of the two wgmma kernels
-# (DIAG_SOURCE in src/int4/wgmma.rs and src/int4/wgmma_ws.rs); the bf16
+# (DIAG_SOURCE in src/int4/wgmma.rs and src/int4/wgmma_ws.rs); the wgemm
+# formats' warp-specialised entries (src/wgemm/wgmma_ws.rs); the bf16
 # activation modules (MARLIN_ACT_BF16, src/act.rs).
 BF16 = b"#define MARLIN_ACT_BF16 1\n"
 PREFIXED = {
     "w4a16_gemm.cu": [b"#define W4_FUSED_ENTRIES 1\n", BF16],
     "wxa16_gemm.cu": [BF16],
     "w4a16_wgmma.cu": [b"#define W4G_DIAG_ENTRIES 1\n", BF16],
-    "w4a16_wgmma_ws.cu": [b"#define WS_DIAG_ENTRIES 1\n", b"#define WS_WX_ENTRIES 1\n", BF16],
+    "w4a16_wgmma_ws.cu": [
+        b"#define WS_DIAG_ENTRIES 1\n",
+        b"#define WS_WX_ENTRIES 1\n",
+        BF16,
+        BF16 + b"#define WS_WX_ENTRIES 1\n",
+    ],
 }
 
 

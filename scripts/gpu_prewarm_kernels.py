@@ -51,6 +51,7 @@ MODULES = {
     "w4a16_wgmma_ws_diag": ("w4a16_wgmma_ws.cu", "#define WS_DIAG_ENTRIES 1\n"),
     "w4a16_wgmma_ws_bf16": ("w4a16_wgmma_ws.cu", BF16),
     "wx_wgmma_ws": ("w4a16_wgmma_ws.cu", "#define WS_WX_ENTRIES 1\n"),  # src/wgemm/wgmma_ws.rs
+    "wx_wgmma_ws_bf16": ("w4a16_wgmma_ws.cu", BF16 + "#define WS_WX_ENTRIES 1\n"),
     "wxa16_gemm": ("wxa16_gemm.cu", ""),  # src/wgemm/gemm.rs
     "wxa16_gemm_bf16": ("wxa16_gemm.cu", BF16),
 }

@@ -207,9 +207,8 @@ pub struct GemmBenchRow {
     /// M >= 17 on compute capability 9.0; NaN elsewhere.
     pub wgmma_us: f64,
     /// The warp-specialised Hopper wgmma kernel (`GemmPath::WgmmaWs`,
-    /// staging launch included; INT4, and FP4 / INT8 / FP8 with one K group
-    /// with f16 activations), timed at M >= 17 on compute capability 9.0;
-    /// NaN elsewhere.
+    /// staging launch included), timed on compute capability 9.0 at M >= 17
+    /// (INT4) or M >= 8 (the `wgemm` formats it runs); NaN elsewhere.
     pub wgmma_ws_us: f64,
     /// INT4 only: the Hopper bulk-copy decode kernel (`GemmPath::Bulk`),
     /// timed at M <= 8 on compute capability 9.0+; NaN elsewhere.
@@ -689,9 +688,12 @@ fn bench_shape<T: ActDtype>(
             } else {
                 f64::NAN
             };
-            // FP4 / INT8 / FP8 with one K group have their own entries (f16).
-            let wx_ws = matches!(weights, Weights::Wx(w) if T::ACT == Act::F16 && wx_ws_applies(dev, &w[0]));
-            let has_wgmma_ws = m >= WGMMA_MIN_M && ((is_int4 && ws_supported(dev)) || wx_ws);
+            // The wgemm formats' entries (crate::wgemm::wgmma_ws), timed
+            // from M = 8 on to show where they overtake the mma.sync kernel
+            // (Auto: from WX_WS_AUTO_MIN_M).
+            let wx_ws = matches!(weights, Weights::Wx(w) if wx_ws_applies(dev, &w[0]));
+            let has_wgmma_ws =
+                (is_int4 && m >= WGMMA_MIN_M && ws_supported(dev)) || (wx_ws && m >= 8);
             let wgmma_ws_us = if has_wgmma_ws {
                 time_path(GemmPath::WgmmaWs, None, false)?.0
             } else {

@@ -59,6 +59,52 @@ fn formats_bf16_match_reference() {
     }
 }
 
+/// The warp-specialised wgmma kernel with bf16 activations (sm_90a; the
+/// same f16 dequantisation, each fragment register then rounded to bf16):
+/// every format forced at M = 17 / 100 / 300 (automatic and 3 splits, N
+/// not a multiple of 64, the formats' K), and through `Auto` on a long K.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn formats_bf16_wgmma_ws() {
+    let dev = device();
+    if dev.compute_capability() != (9, 0) {
+        println!("SKIP bf16 wgmma ws: not sm_90");
+        return;
+    }
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    for (name, scheme, k) in formats() {
+        for &(m, n) in &[(17, 200), (100, 320), (300, 520)] {
+            for splits in [None, Some(3)] {
+                let opts = GemmOptions {
+                    path: GemmPath::WgmmaWs,
+                    splits,
+                };
+                check_format::<bf16>(
+                    &dev,
+                    &mut ws,
+                    "bf16 ws ",
+                    name,
+                    scheme,
+                    (m, n, k),
+                    opts,
+                    TOL,
+                );
+            }
+        }
+        let opts = GemmOptions::default();
+        check_format::<bf16>(
+            &dev,
+            &mut ws,
+            "bf16 ws ",
+            name,
+            scheme,
+            (128, 256, 4096),
+            opts,
+            TOL,
+        );
+    }
+}
+
 /// The prepared entry with bf16 views, after `prepare_wx_for`; an f16-only
 /// preparation does not make a bf16 call ready (an error, not a load).
 #[test]

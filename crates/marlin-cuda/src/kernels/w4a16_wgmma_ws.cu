@@ -608,6 +608,17 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
 #pragma unroll
                             for (int x = 0; x < 4; x++) frag[p][j][x] = hmul2(frag[p][j][x], (x & 1) ? s_hi : s_lo);
                         }
+#ifdef MARLIN_ACT_BF16
+                        // The f16 weights to bf16 (exact for the codes of
+                        // INT8 / FP8 / INT3 / INT2; FP4 and the grouped
+                        // scales' products round once more, to 8 bits).
+#pragma unroll
+                        for (int x = 0; x < 4; x++) {
+                            float lo, hi;
+                            f16x2_to_f32(frag[p][j][x], lo, hi);
+                            frag[p][j][x] = f32x2_to_act2(lo, hi);
+                        }
+#endif
                     }
                     continue;
                 }
@@ -1317,10 +1328,11 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
     }
 
 #if defined(WS_WX_ENTRIES)
-// Only in the wgemm-format module (WX_MODULE in src/wgemm/wgmma_ws.rs; f16
-// activations): the staging kernels and, per format, the four variants with
-// the ticket split-K (keep in sync with `WX_VARIANTS` there; the 8-bit
-// rings are shallower: twice the code bytes per stage).
+// Only in the wgemm-format modules (WX_WS_MODULE / WX_WS_BF16_MODULE in
+// src/wgemm/wgmma_ws.rs): the staging kernels and, per format and scale
+// form, the four variants with the ticket split-K (keep in sync with
+// `stages` there; the 8-bit rings are shallower: twice the code bytes per
+// stage).
 #define WX_WS_ENTRY(NAME, FMT, GROUPED, TOK, TPW, STAGES)                                              \
     extern "C" __global__ void __launch_bounds__(384, 1) NAME(                                          \
         const uint4* __restrict__ As, const uint4* __restrict__ W, const u32* __restrict__ S16,         \

@@ -60,9 +60,14 @@ const SPLITS: usize = 8;
 const PREPARED_M8: u8 = 1;
 const PREPARED_M16: u8 = 2;
 const PREPARED_DEQUANT: u8 = 4;
-/// The warp-specialised wgmma kernel ([`super::wgmma_ws`]; f16 only, not
-/// shifted).
-const PREPARED_WS: u8 = 1 << 6;
+/// The warp-specialised wgmma kernel ([`super::wgmma_ws`]), by activation
+/// type (the bits above the shifted ones).
+fn prepared_ws_bit(act: Act) -> u8 {
+    match act {
+        Act::F16 => 1 << 6,
+        Act::Bf16 => 1 << 7,
+    }
+}
 
 /// A `prepared` bit for activation type `act`.
 fn prepared_bit(bit: u8, act: Act) -> u8 {
@@ -251,12 +256,12 @@ fn dequant_plan() -> GemmPlan {
 
 /// Whether a call of `m` rows with `opts` takes the warp-specialised wgmma
 /// kernel ([`super::wgmma_ws`]): forced by `GemmPath::WgmmaWs` (an error
-/// where it does not apply), or `Auto` with f16 activations on a device and
-/// weight it applies to from [`WX_WS_AUTO_MIN_M`] rows.
-fn uses_ws(dev: &CudaDevice, m: usize, w: &WxWeight, opts: GemmOptions, act: Act) -> bool {
+/// where it does not apply), or `Auto` on a device and weight it applies to
+/// from [`WX_WS_AUTO_MIN_M`] rows.
+fn uses_ws(dev: &CudaDevice, m: usize, w: &WxWeight, opts: GemmOptions) -> bool {
     match opts.path {
         GemmPath::WgmmaWs => true,
-        GemmPath::Auto => act == Act::F16 && m >= WX_WS_AUTO_MIN_M && wx_ws_applies(dev, w),
+        GemmPath::Auto => m >= WX_WS_AUTO_MIN_M && wx_ws_applies(dev, w),
         _ => false,
     }
 }
@@ -331,16 +336,10 @@ impl GemmWorkspace {
             return Err(CudaError::Shape("GEMM with M = 0 rows".into()));
         }
         let (module, source) = wx_module(act);
-        if uses_ws(dev, m, w, opts, act) {
-            if act != Act::F16 {
-                return Err(CudaError::Unsupported(format!(
-                    "the warp-specialised wgmma {} GEMM has f16 activations only",
-                    w.format.name()
-                )));
-            }
-            let call = wgmma_ws::resolve(dev, m, w, opts.splits)?;
+        if uses_ws(dev, m, w, opts) {
+            let call = wgmma_ws::resolve(dev, m, w, opts.splits, act)?;
             wgmma_ws::prepare(dev, &call, self)?;
-            w.prepared.fetch_or(PREPARED_WS, Ordering::Relaxed);
+            w.prepared.fetch_or(prepared_ws_bit(act), Ordering::Relaxed);
             return Ok(call.plan);
         }
         if uses_dequant(m, w, opts) {
@@ -433,21 +432,17 @@ pub fn wx_gemm_prepared<T: ActDtype>(
 ) -> Result<GemmPlan> {
     check_operands(m, w, a.len(), c.len())?;
     let act = T::ACT;
-    if uses_ws(dev, m, w, opts, act) {
-        let (Some(a16), Some(c16)) = (T::as_f16(a), T::as_f16_mut(c)) else {
+    if uses_ws(dev, m, w, opts) {
+        if w.prepared.load(Ordering::Relaxed) & prepared_ws_bit(act) == 0 {
             return Err(CudaError::Unsupported(format!(
-                "the warp-specialised wgmma {} GEMM has f16 activations only",
+                "wx_gemm_prepared: the warp-specialised wgmma kernel ({}) of this {} weight was \
+                 not loaded by GemmWorkspace::prepare_wx / prepare_wx_for",
+                act.name(),
                 w.format.name()
             )));
-        };
-        check_prepared(
-            w,
-            PREPARED_WS,
-            Act::F16,
-            "the warp-specialised wgmma kernel",
-        )?;
-        let call = wgmma_ws::resolve(dev, m, w, opts.splits)?;
-        wgmma_ws::launch(dev, a16, m, w, c16, ws, &call)?;
+        }
+        let call = wgmma_ws::resolve(dev, m, w, opts.splits, act)?;
+        wgmma_ws::launch(dev, a, m, w, c, ws, &call)?;
         return Ok(call.plan);
     }
     if uses_dequant(m, w, opts) {

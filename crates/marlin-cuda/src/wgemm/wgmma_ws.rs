@@ -23,9 +23,12 @@
 //!
 //! Plans come from the INT4 kernel's cost model ([`ws_variant_for`], no
 //! cluster reduction); the 8-bit rings are shallower (twice the code bytes
-//! per stage). f16 activations only; bf16 calls keep the other paths.
+//! per stage). f16 or bf16 activations (the bf16 module converts each
+//! dequantised f16 fragment register to bf16, as the mma.sync kernel does).
 
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
+
+use crate::act::{Act, ActDtype};
 
 use super::gemm::WxWeight;
 use super::pack::WxFormat;
@@ -43,6 +46,20 @@ pub(crate) const WX_WS_SOURCE: &str = concat!(
     "#define WS_WX_ENTRIES 1\n",
     include_str!("../kernels/w4a16_wgmma_ws.cu")
 );
+/// The same entries with bf16 activations (crate::act): the f16
+/// dequantisation, then each fragment register converted to bf16.
+pub(crate) const WX_WS_BF16_MODULE: &str = "wx_wgmma_ws_bf16";
+pub(crate) const WX_WS_BF16_SOURCE: &str = concat!(
+    "#define MARLIN_ACT_BF16 1\n#define WS_WX_ENTRIES 1\n",
+    include_str!("../kernels/w4a16_wgmma_ws.cu")
+);
+
+fn module(act: Act) -> (&'static str, &'static str) {
+    match act {
+        Act::F16 => (WX_WS_MODULE, WX_WS_SOURCE),
+        Act::Bf16 => (WX_WS_BF16_MODULE, WX_WS_BF16_SOURCE),
+    }
+}
 
 /// Threads of the main kernel: producer + 2 consumer warpgroups.
 const THREADS: u32 = 384;
@@ -210,6 +227,8 @@ pub(crate) struct WxWsCall {
     staged: usize,
     /// The f16-scale entries' power-of-two shift of the 8-bit scales.
     scale_shift: i32,
+    /// Activation type (module of both kernels).
+    act: Act,
 }
 
 /// The plan of a call of `m` rows (`splits`: a forced split-K factor).
@@ -220,6 +239,7 @@ pub(crate) fn resolve(
     m: usize,
     w: &WxWeight,
     splits: Option<usize>,
+    act: Act,
 ) -> Result<WxWsCall> {
     if dev.compute_capability() != (9, 0) {
         let (major, minor) = dev.compute_capability();
@@ -289,6 +309,7 @@ pub(crate) fn resolve(
         tickets,
         staged,
         scale_shift: w.ws_scale_shift.unwrap_or(0),
+        act,
     })
 }
 
@@ -301,23 +322,32 @@ pub(crate) fn prepare(dev: &CudaDevice, call: &WxWsCall, ws: &mut GemmWorkspace)
         ws.staged_act = None;
         ws.staged_act = Some(dev.alloc_zeros("staged activations (wgmma ws)", call.staged)?);
     }
-    dev.function(WX_WS_MODULE, WX_WS_SOURCE, call.variant.stage_kernel(), 0)?;
-    dev.function(WX_WS_MODULE, WX_WS_SOURCE, call.plan.kernel, call.smem)?;
+    let (module, source) = module(call.act);
+    dev.function(module, source, call.variant.stage_kernel(), 0)?;
+    dev.function(module, source, call.plan.kernel, call.smem)?;
     Ok(())
 }
 
-/// Enqueue the staging and the main kernel (f16 activations; A >= M*K and
-/// C >= M*N checked by the caller; `prepare` loaded both kernels and sized
-/// the scratch, which is checked again here).
-pub(crate) fn launch(
+/// Enqueue the staging and the main kernel (A >= M*K and C >= M*N checked
+/// by the caller; `prepare` loaded both kernels and sized the scratch,
+/// which is checked again here).
+pub(crate) fn launch<T: ActDtype>(
     dev: &CudaDevice,
-    a: &CudaView<'_, half::f16>,
+    a: &CudaView<'_, T>,
     m: usize,
     w: &WxWeight,
-    c: &mut CudaViewMut<'_, half::f16>,
+    c: &mut CudaViewMut<'_, T>,
     ws: &mut GemmWorkspace,
     call: &WxWsCall,
 ) -> Result<()> {
+    if T::ACT != call.act {
+        return Err(CudaError::Unsupported(format!(
+            "warp-specialised {} call resolved for {} activations, launched with {}",
+            w.format.name(),
+            call.act.name(),
+            T::ACT.name()
+        )));
+    }
     let p = call.plan;
     ws.check_split_k(
         p.splits,
@@ -328,8 +358,9 @@ pub(crate) fn launch(
     )?;
     let grid = launch_grid(p.m_blocks, p.n_tiles, p.splits)?;
     let stage_name = call.variant.stage_kernel();
-    let stage_fn = dev.function(WX_WS_MODULE, WX_WS_SOURCE, stage_name, 0)?;
-    let func = dev.function(WX_WS_MODULE, WX_WS_SOURCE, p.kernel, call.smem)?;
+    let (module, source) = module(call.act);
+    let stage_fn = dev.function(module, source, stage_name, 0)?;
+    let func = dev.function(module, source, p.kernel, call.smem)?;
     let staged = ws.staged_act.as_ref().ok_or_else(|| {
         CudaError::Shape("staged activation scratch missing: call GemmWorkspace::prepare_wx".into())
     })?;
