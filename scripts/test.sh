@@ -10,6 +10,12 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --release "$@" 2>&1 | tee "$log" || status=$?
+if [ "$#" -eq 0 ]; then
+  # The CUDA backend's host-side unit tests (plans, entry tables against the
+  # kernel sources, shared-memory budgets, scale rules): behind the `cuda`
+  # feature, and they need no GPU.
+  cargo test --release -p marlin-cuda --features cuda --lib 2>&1 | tee -a "$log" || status=$?
+fi
 # The OpenAI-client integration tests of `marlin serve` (scripts/server/):
 # a real server on loopback, the official `openai` package as the client.
 if [ "$#" -eq 0 ]; then

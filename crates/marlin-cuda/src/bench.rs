@@ -690,7 +690,7 @@ fn bench_shape<T: ActDtype>(
             };
             // The wgemm formats' entries (crate::wgemm::wgmma_ws), timed
             // from M = 8 on to show where they overtake the mma.sync kernel
-            // (Auto: from WX_WS_AUTO_MIN_M).
+            // (Auto: from `wx_ws_auto_min_m`).
             let wx_ws = matches!(weights, Weights::Wx(w) if wx_ws_applies(dev, &w[0]));
             let has_wgmma_ws =
                 (is_int4 && m >= WGMMA_MIN_M && ws_supported(dev)) || (wx_ws && m >= 8);

@@ -20,7 +20,7 @@ use half::f16;
 use marlin_quant::QuantTensor;
 
 use super::pack::{pack_wx, WxFormat, WxPacked};
-use super::wgmma_ws::{self, f16_scale_shift, low_bit_scales_ok, wx_ws_applies, WX_WS_AUTO_MIN_M};
+use super::wgmma_ws::{self, f16_scale_shift, low_bit_scales_ok, wx_ws_applies, wx_ws_auto_min_m};
 use crate::act::{Act, ActDtype};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
@@ -257,11 +257,11 @@ fn dequant_plan() -> GemmPlan {
 /// Whether a call of `m` rows with `opts` takes the warp-specialised wgmma
 /// kernel ([`super::wgmma_ws`]): forced by `GemmPath::WgmmaWs` (an error
 /// where it does not apply), or `Auto` on a device and weight it applies to
-/// from [`WX_WS_AUTO_MIN_M`] rows.
+/// from [`wx_ws_auto_min_m`] rows.
 fn uses_ws(dev: &CudaDevice, m: usize, w: &WxWeight, opts: GemmOptions) -> bool {
     match opts.path {
         GemmPath::WgmmaWs => true,
-        GemmPath::Auto => m >= WX_WS_AUTO_MIN_M && wx_ws_applies(dev, w),
+        GemmPath::Auto => m >= wx_ws_auto_min_m(w.format) && wx_ws_applies(dev, w),
         _ => false,
     }
 }

@@ -66,14 +66,31 @@ const THREADS: u32 = 384;
 /// Dynamic shared memory the kernel may use (sm_90 opt-in limit, 227 KiB).
 const SMEM_LIMIT: usize = 227 * 1024;
 
-/// From this many rows on, `GemmPath::Auto` takes this kernel where it
-/// applies ([`wx_ws_applies`]); below, the mma.sync kernel. First H100
-/// call (session 15, docs/CUDA.md change 68): at M = 32 this kernel took
-/// 15.2-15.7 / 29.8-32.9 / 30.6-31.8 / 80.0-89.2 us on 4096x4096 /
-/// 14336x4096 / 4096x14336 / 28672x8192 against the mma.sync kernel's
-/// 19.6-25.9 / 51.2-65.7 / 58.3-59.7 / 175.8-223.5 (FP4, INT8, FP8); from
-/// M = 64 on it replaced dequantize + cuBLAS (3-5x faster there).
-pub const WX_WS_AUTO_MIN_M: usize = 17;
+/// From how many rows on `GemmPath::Auto` takes this kernel for `format`
+/// where it applies ([`wx_ws_applies`]); below, the mma.sync kernel. H100,
+/// session 15 (docs/CUDA.md change 68), this kernel against the mma.sync
+/// one at M = 8 / 12 / 16 / 17 on 4096x4096, 14336x4096, 4096x14336 and
+/// 28672x8192 (f16):
+/// - INT8 / FP8 (channel and 128 x 128 blocks): faster from M = 12 on every
+///   shape (e.g. 28672x8192 M = 12 85.8-88.3 against 124.2-138.4 us); at
+///   M = 8 faster on the three large shapes, slower at 4096x4096 (15.6-16.3
+///   against 13.9-15.6): from 9;
+/// - FP4: at M = 12 faster on three shapes, 2% slower at 4096x4096: from 12;
+/// - INT2: at M = 12 slower at 4096x14336 (37.3 against 31.0), at M = 16
+///   faster everywhere: from 16;
+/// - INT3: slower up to M = 16 on every shape (4096x14336 M = 16 38.0
+///   against 34.0), faster from 17 (every shape, 1.2-1.7x): from 17.
+///
+/// From M = 17 on it replaced the mma.sync kernel (1.2-2.2x slower there)
+/// and, from M = 64, dequantize + cuBLAS (1.1-5x slower).
+pub fn wx_ws_auto_min_m(format: WxFormat) -> usize {
+    match format {
+        WxFormat::Int8 | WxFormat::Fp8 => 9,
+        WxFormat::Fp4 => 12,
+        WxFormat::Int2 => 16,
+        WxFormat::Int3 => 17,
+    }
+}
 
 /// Whether `w` has a warp-specialised entry: FP4 (one K group), or a
 /// format whose scales the f16 form holds ([`WxWeight`]'s scale shift:
