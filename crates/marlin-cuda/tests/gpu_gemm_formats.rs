@@ -94,7 +94,8 @@ fn forced_splits_and_errors() {
 /// (groups, per channel, zero points) with f16 scales in registers. Every
 /// variant (64 / 128 tokens, one or two tiles per warpgroup, picked by M
 /// and N), split-K with the ticket reduction (automatic and forced 1 / 3
-/// splits), M not a multiple of the token tile, N not a multiple of 64, K
+/// splits), M from 9 (`Auto` takes it from 9 rows for 8-bit weights) and not
+/// a multiple of the token tile, N not a multiple of 64, K
 /// not a multiple of 64 (formats' K) and a long K (4096, also through
 /// `Auto`). An FP8 block weight whose scales span more than f16 can hold
 /// after one power-of-two shift is `Unsupported` when forced (and `Auto`
@@ -123,7 +124,14 @@ fn wgmma_ws_formats_match_reference() {
     for (name, scheme, k) in formats() {
         let w = WxWeight::from_quant(&dev, &quantized(scheme, 64, k, 5)).expect("upload");
         assert!(wx_ws_format_ok(&w), "{name}: no warp-specialised entry");
-        for &(m, n) in &[(17, 200), (64, 200), (100, 320), (256, 200), (300, 520)] {
+        for &(m, n) in &[
+            (9, 200),
+            (17, 200),
+            (64, 200),
+            (100, 320),
+            (256, 200),
+            (300, 520),
+        ] {
             for splits in [None, Some(1), Some(3)] {
                 let opts = GemmOptions {
                     path: GemmPath::WgmmaWs,
@@ -131,6 +139,11 @@ fn wgmma_ws_formats_match_reference() {
                 };
                 check_format::<f16>(&dev, &mut ws, "ws ", name, scheme, (m, n, k), opts, TOL);
             }
+        }
+        // Auto below 17 rows, where some formats take this kernel (9..16).
+        for m in [9, 12, 16] {
+            let opts = GemmOptions::default();
+            check_format::<f16>(&dev, &mut ws, "auto ", name, scheme, (m, 200, k), opts, TOL);
         }
         // A long K (64 chunks), automatic splits, and Auto from its M on.
         for path in [GemmPath::WgmmaWs, GemmPath::Auto] {
