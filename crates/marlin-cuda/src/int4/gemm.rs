@@ -268,6 +268,17 @@ impl GemmWorkspace {
         })
     }
 
+    /// Grows the staged activation image of the warp-specialised kernels
+    /// (INT4 and the `wgemm` formats share it) to at least `elems` halves
+    /// (the old one is freed first: it is only scratch).
+    pub(crate) fn reserve_staged_act(&mut self, dev: &CudaDevice, elems: usize) -> Result<()> {
+        if self.staged_act.as_ref().is_none_or(|s| s.len() < elems) {
+            self.staged_act = None;
+            self.staged_act = Some(dev.alloc_zeros("staged activations (wgmma ws)", elems)?);
+        }
+        Ok(())
+    }
+
     pub(crate) fn reserve(
         &mut self,
         dev: &CudaDevice,

@@ -1043,10 +1043,7 @@ pub(super) fn prepare(dev: &CudaDevice, call: &WsCall, ws: &mut GemmWorkspace) -
     if (call.plan.splits > 1 && !call.cluster) || call.stream_k_blocks.is_some() {
         ws.reserve(dev, call.partials, call.tickets)?;
     }
-    if ws.staged_act.as_ref().is_none_or(|s| s.len() < call.staged) {
-        ws.staged_act = None;
-        ws.staged_act = Some(dev.alloc_zeros("staged activations (wgmma ws)", call.staged)?);
-    }
+    ws.reserve_staged_act(dev, call.staged)?;
     let (stage_module, stage_source) = module_of(call.variant.stage_kernel(), call.act);
     dev.function(stage_module, stage_source, call.variant.stage_kernel(), 0)?;
     let (module, source) = module_of(call.plan.kernel, call.act);

@@ -1,7 +1,9 @@
 //! Device side of the FP4 / INT8 / FP8 / INT3 / INT2 GEMMs: weights
-//! uploaded once, the checked launch of `kernels/wxa16_gemm.cu`, and the
-//! dequantize + cuBLAS path chosen by [`auto_fused`] (M >= 64). Shares
-//! [`GemmWorkspace`] with INT4.
+//! uploaded once, the checked launch of `kernels/wxa16_gemm.cu` (mma.sync),
+//! the warp-specialised wgmma kernel of [`super::wgmma_ws`] (sm_90a, `Auto`
+//! from [`wx_ws_auto_min_m`] rows) and the dequantize + cuBLAS path chosen
+//! by [`auto_fused`] (M >= 64) elsewhere. Shares [`GemmWorkspace`] with
+//! INT4.
 //!
 //! Capture-safe use (CUDA graphs), as INT4's `int4_gemm_prepared`: call
 //! [`GemmWorkspace::prepare_wx`] (f16) or [`GemmWorkspace::prepare_wx_for`]

@@ -335,10 +335,7 @@ pub(crate) fn prepare(dev: &CudaDevice, call: &WxWsCall, ws: &mut GemmWorkspace)
     if call.plan.splits > 1 {
         ws.reserve(dev, call.partials, call.tickets)?;
     }
-    if ws.staged_act.as_ref().is_none_or(|s| s.len() < call.staged) {
-        ws.staged_act = None;
-        ws.staged_act = Some(dev.alloc_zeros("staged activations (wgmma ws)", call.staged)?);
-    }
+    ws.reserve_staged_act(dev, call.staged)?;
     let (module, source) = module(call.act);
     dev.function(module, source, call.variant.stage_kernel(), 0)?;
     dev.function(module, source, call.plan.kernel, call.smem)?;
