@@ -741,8 +741,9 @@ fn bench_shape<T: ActDtype>(
             };
             let path = auto_plan.map_or(GemmPath::Auto, |p| p.path);
             let mut sweep = Vec::new();
-            if is_int4 {
-                for &s in &cfg.split_sweep {
+            for &s in &cfg.split_sweep {
+                // The wgemm formats: only the warp-specialised kernel's splits.
+                if is_int4 {
                     let (us, plan) = time_path(GemmPath::Fused, Some(s), false)?;
                     if plan.is_some_and(|p| p.splits == s) {
                         sweep.push((s, GemmPath::Fused, us));
@@ -759,11 +760,11 @@ fn bench_shape<T: ActDtype>(
                             sweep.push((s, GemmPath::Wgmma, us));
                         }
                     }
-                    if has_wgmma_ws {
-                        let (us, plan) = time_path(GemmPath::WgmmaWs, Some(s), false)?;
-                        if plan.is_some_and(|p| p.splits == s) {
-                            sweep.push((s, GemmPath::WgmmaWs, us));
-                        }
+                }
+                if has_wgmma_ws {
+                    let (us, plan) = time_path(GemmPath::WgmmaWs, Some(s), false)?;
+                    if plan.is_some_and(|p| p.splits == s) {
+                        sweep.push((s, GemmPath::WgmmaWs, us));
                     }
                 }
             }

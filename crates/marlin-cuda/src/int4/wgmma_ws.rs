@@ -273,9 +273,9 @@ fn ws_probe() -> Option<WsProbe> {
 }
 
 /// Tuning switch: `MARLIN_WGMMA_WS_VARIANT=t128x2` (any [`WsVariant::name`]
-/// of the compiled variants) forces a variant at every shape; unset,
-/// [`ws_variant`] decides.
-fn variant_override() -> Option<WsVariant> {
+/// of the compiled variants) forces a variant at every shape (the `wgemm`
+/// formats' entries too); unset, [`ws_variant`] decides.
+pub(crate) fn variant_override() -> Option<WsVariant> {
     let name = std::env::var("MARLIN_WGMMA_WS_VARIANT").ok()?;
     VARIANTS.into_iter().find(|v| v.name() == name)
 }
@@ -320,21 +320,29 @@ fn choose_splits(blocks: usize, sm_count: usize, k_chunks: usize, m: usize) -> u
 /// per MB of fp32 tiles one block reads back in the split-K reduction (the
 /// ticket's last block: every split's tile; the cluster's blocks: their
 /// share of each), and the ticket's own term.
-struct OneRoundFit {
-    chunk_us: f64,
-    fixed_us: f64,
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OneRoundFit {
+    pub chunk_us: f64,
+    pub fixed_us: f64,
+    /// Per MB of fp32 tiles one block reads back in the reduction.
+    pub reduce_us_per_mb: f64,
+    /// The ticket reduction's own term.
+    pub ticket_fixed_us: f64,
 }
-const REDUCE_US_PER_MB: f64 = 22.7;
-const TICKET_FIXED_US: f64 = -2.7;
 
-fn one_round_fit(v: WsVariant) -> OneRoundFit {
+pub(crate) fn one_round_fit(v: WsVariant) -> OneRoundFit {
     let (chunk_us, fixed_us) = match (v.tokens, v.tiles_per_wg) {
         (64, 1) => (0.562, 0.84),
         (64, _) => (0.607, 7.2),
         (_, 1) => (0.583, 5.6),
         (_, _) => (0.678, 9.9),
     };
-    OneRoundFit { chunk_us, fixed_us }
+    OneRoundFit {
+        chunk_us,
+        fixed_us,
+        reduce_us_per_mb: 22.7,
+        ticket_fixed_us: -2.7,
+    }
 }
 /// Most splits of the cluster reduction: the portable cluster size. (A
 /// split past the tile's 16-row pairs below M sums and stores nothing.)
@@ -405,7 +413,9 @@ pub fn ws_cluster_fit(dev: &CudaDevice, act: Act) -> Result<ClusterFit> {
 /// grid of at most one round, [`one_round_fit`]'s per-block and per-chunk
 /// times plus the reduction's MB read back by one block; on more rounds,
 /// rounds x chunks x [`chunk_us`] (fitted on full machines, M = 1024).
+#[allow(clippy::too_many_arguments)]
 fn plan_cost_us(
+    fit: fn(WsVariant) -> OneRoundFit,
     v: WsVariant,
     m: usize,
     splits: usize,
@@ -418,7 +428,7 @@ fn plan_cost_us(
     let grid = blocks.saturating_mul(splits);
     let rounds = grid.div_ceil(sm_count.max(1));
     let chunks = k_chunks.max(1).div_ceil(splits);
-    let fit = one_round_fit(v);
+    let fit = fit(v);
     if rounds > 1 {
         return fit.fixed_us + (rounds * chunks) as f64 * chunk_us(v);
     }
@@ -428,9 +438,9 @@ fn plan_cost_us(
         (s, true) => {
             let pairs = m.min(v.tokens).div_ceil(16).max(1);
             let pair_mb = tile_mb * 16.0 / v.tokens as f64;
-            (s * pairs.div_ceil(s)) as f64 * pair_mb * REDUCE_US_PER_MB
+            (s * pairs.div_ceil(s)) as f64 * pair_mb * fit.reduce_us_per_mb
         }
-        (s, false) => s as f64 * tile_mb * REDUCE_US_PER_MB + TICKET_FIXED_US,
+        (s, false) => s as f64 * tile_mb * fit.reduce_us_per_mb + fit.ticket_fixed_us,
     };
     fit.fixed_us + chunks as f64 * fit.chunk_us + reduce
 }
@@ -440,7 +450,9 @@ fn plan_cost_us(
 /// variant (64-token ones only at M <= 64, unless forced) and split count
 /// up to [`choose_splits`]' (ticket) or, where all the clusters fit one
 /// wave ([`ClusterFit`]), up to [`CLUSTER_MAX_SPLITS`] without its
-/// partials cap (cluster reduction).
+/// partials cap (cluster reduction). `fit`: the one-round times of the
+/// weight format ([`one_round_fit`] for INT4; the `wgemm` formats have
+/// their own, `crate::wgemm::wgmma_ws`).
 pub(crate) fn ws_variant_for(
     m: usize,
     n_pad: usize,
@@ -448,6 +460,7 @@ pub(crate) fn ws_variant_for(
     sm_count: usize,
     clusters: &ClusterFit,
     forced: Option<WsVariant>,
+    fit: fn(WsVariant) -> OneRoundFit,
 ) -> (WsVariant, usize, bool) {
     let candidates: Vec<WsVariant> = match forced {
         Some(v) => vec![v],
@@ -470,7 +483,7 @@ pub(crate) fn ws_variant_for(
             if !cluster && splits > ticket_max {
                 continue;
             }
-            let cost = plan_cost_us(v, m, splits, blocks, k_chunks, sm_count, cluster);
+            let cost = plan_cost_us(fit, v, m, splits, blocks, k_chunks, sm_count, cluster);
             if best.is_none_or(|(c, ..)| cost < c - 1e-9) {
                 best = Some((cost, v, splits, cluster));
             }
@@ -494,6 +507,7 @@ pub fn ws_variant(
         sm_count,
         clusters,
         variant_override(),
+        one_round_fit,
     )
 }
 
@@ -1216,8 +1230,9 @@ pub(super) fn launch<T: ActDtype>(
 #[cfg(test)]
 mod tests {
     use super::{
-        choose_splits, cluster_entry, subnormal_entry, subnormal_shift, subnormal_shift_for_range,
-        ws_variant_for, ClusterFit, DIAG_KERNELS, SMEM_LIMIT, SOURCE, VARIANTS,
+        choose_splits, cluster_entry, one_round_fit, subnormal_entry, subnormal_shift,
+        subnormal_shift_for_range, ws_variant_for, ClusterFit, DIAG_KERNELS, SMEM_LIMIT, SOURCE,
+        VARIANTS,
     };
 
     /// The subnormal dequantisation's shift: the smallest m whose low-nibble
@@ -1357,7 +1372,7 @@ mod tests {
     fn plans_weigh_the_split_k_reduction() {
         let h100 = ClusterFit([0, 0, 66, 39, 30, 22, 17, 15, 15]);
         let plan = |m: usize, n: usize, k: usize, fit: &ClusterFit| {
-            let (v, s, c) = ws_variant_for(m, n, k / 64, 132, fit, None);
+            let (v, s, c) = ws_variant_for(m, n, k / 64, 132, fit, None, one_round_fit);
             (v.name(), s, c)
         };
         let name = |s: &str| s.to_string();
@@ -1395,7 +1410,7 @@ mod tests {
         for m in [17, 32, 64] {
             for (n, k) in [(4096, 4096), (6144, 4096), (4096, 14336), (28672, 4096)] {
                 for fit in [&ClusterFit::NONE, &h100] {
-                    let (v, _, _) = ws_variant_for(m, n, k / 64, 132, fit, None);
+                    let (v, _, _) = ws_variant_for(m, n, k / 64, 132, fit, None, one_round_fit);
                     assert_eq!(v.tokens, 64, "M={m} {n}x{k}");
                 }
             }

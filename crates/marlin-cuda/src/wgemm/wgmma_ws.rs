@@ -36,7 +36,10 @@ use crate::device::CudaDevice;
 use crate::error::{CudaError, Result};
 use crate::int4::gemm::{launch_grid, GemmPath, GemmPlan, GemmWorkspace};
 use crate::int4::pack::K_CHUNK;
-use crate::int4::wgmma_ws::{launch_staging, ws_variant_for, ClusterFit, WsVariant};
+use crate::int4::wgmma_ws::{
+    launch_staging, one_round_fit, variant_override, ws_variant_for, ClusterFit, OneRoundFit,
+    WsVariant,
+};
 use crate::ops::launch::KernelLaunch;
 use crate::ops::to_i32;
 
@@ -232,6 +235,60 @@ fn kernel(format: WxFormat, grouped: bool, v: WsVariant) -> Result<&'static str>
     })
 }
 
+/// Per-block times of grids of at most one round (the INT4 model's form,
+/// `crate::int4::wgmma_ws`), fitted by least squares to one H100 call
+/// (session 15, docs/CUDA.md change 68 (d)) that timed every variant x 1 /
+/// 2 / 3 / 4 / 6 / 8 splits of INT8, MXFP4 and INT3 at 4096x4096, 14336x4096
+/// and 4096x14336, M = 128 / 256 (rms error 8% / 4% / 4%; the fit picks the
+/// fastest point at 17 of the 18 (format, shape, M)): per variant (fixed,
+/// per 64-chunk) us, and the ticket reduction's per-MB and fixed terms. The
+/// two-tile variants cost 1.4-1.5x the one-tile ones per chunk here (INT4:
+/// 1.16x), so these formats run 128 x 128 tiles where one round holds them.
+fn fit_8bit(v: WsVariant) -> OneRoundFit {
+    fit_of(
+        v,
+        [(1.56, 0.376), (5.30, 0.429), (3.93, 0.414), (6.66, 0.589)],
+        (14.5, 4.18),
+    )
+}
+fn fit_fp4(v: WsVariant) -> OneRoundFit {
+    fit_of(
+        v,
+        [(2.27, 0.450), (4.30, 0.596), (3.87, 0.486), (5.79, 0.748)],
+        (12.8, 3.96),
+    )
+}
+fn fit_low_bit(v: WsVariant) -> OneRoundFit {
+    fit_of(
+        v,
+        [(1.86, 0.557), (3.66, 0.722), (3.28, 0.586), (5.69, 0.826)],
+        (10.5, 4.51),
+    )
+}
+/// `table`: (fixed, per chunk) us of t64x1, t64x2, t128x1, t128x2;
+/// `(reduce, ticket)`: us per MB read back, us per ticket reduction.
+fn fit_of(v: WsVariant, table: [(f64, f64); 4], (reduce, ticket): (f64, f64)) -> OneRoundFit {
+    let i = match (v.tokens, v.tiles_per_wg) {
+        (64, 1) => 0,
+        (64, _) => 1,
+        (_, 1) => 2,
+        (_, _) => 3,
+    };
+    OneRoundFit {
+        fixed_us: table[i].0,
+        chunk_us: table[i].1,
+        reduce_us_per_mb: reduce,
+        ticket_fixed_us: ticket,
+    }
+}
+fn one_round_fit_of(format: WxFormat) -> fn(WsVariant) -> OneRoundFit {
+    match format {
+        WxFormat::Int8 | WxFormat::Fp8 => fit_8bit,
+        WxFormat::Fp4 => fit_fp4,
+        WxFormat::Int3 | WxFormat::Int2 => fit_low_bit,
+    }
+}
+
 /// A resolved call: plan, variant, shared memory, scratch sizes.
 pub(crate) struct WxWsCall {
     pub plan: GemmPlan,
@@ -282,7 +339,14 @@ pub(crate) fn resolve(
         w.k_chunks,
         dev.sm_count(),
         &ClusterFit::NONE,
-        None,
+        variant_override(),
+        // The fit's data are M = 128 / 256; at M <= 64 (64-token tiles) the
+        // INT4 fit, with which those plans were measured (change 68 (b)).
+        if m <= 64 {
+            one_round_fit
+        } else {
+            one_round_fit_of(w.format)
+        },
     );
     let kernel = kernel(w.format, grouped, v)?;
     let m_blocks = m.div_ceil(v.tokens).max(1);
@@ -475,6 +539,41 @@ mod tests {
             (WxFormat::Int2, false),
         ] {
             assert!(kernel(format, grouped, VARIANTS[0]).is_err());
+        }
+    }
+
+    /// The plans of the fitted model against the fastest point of the sweep
+    /// it was fitted to (every variant x 1..8 splits, INT8 / MXFP4 / INT3,
+    /// H100): 128-token tiles of one 64-column tile per warpgroup where one
+    /// round holds them, two tiles where it does not; one miss of 4%.
+    #[test]
+    fn plans_follow_the_sweep() {
+        use crate::int4::wgmma_ws::{ws_variant_for, ClusterFit};
+        let fastest = [
+            (128, 4096, 4096, "t128x1", 4),
+            (256, 4096, 4096, "t128x1", 2),
+            (128, 14336, 4096, "t128x1", 1),
+            (256, 14336, 4096, "t128x2", 1),
+            (128, 4096, 14336, "t128x1", 4),
+            (256, 4096, 14336, "t128x2", 4),
+        ];
+        for format in [WxFormat::Int8, WxFormat::Fp4, WxFormat::Int3] {
+            for (m, n, k, variant, splits) in fastest {
+                let fit = super::one_round_fit_of(format);
+                let (v, s, c) = ws_variant_for(m, n, k / 64, 132, &ClusterFit::NONE, None, fit);
+                let want = if (format, m, n) == (WxFormat::Int3, 128, 14336) {
+                    // The one miss: t128x2 / 2 splits, 43.5 us against 41.6.
+                    ("t128x2", 2, false)
+                } else {
+                    (variant, splits, false)
+                };
+                assert_eq!(
+                    (v.name().as_str(), s, c),
+                    want,
+                    "{} M={m} {n}x{k}",
+                    format.name()
+                );
+            }
         }
     }
 
