@@ -42,11 +42,13 @@
 // compute capability 9.0. Shared helpers (hfma2, mbar_wait, bulk_copy,
 // wgmma_wait, ...) come from marlin_common.cuh, an in-memory NVRTC header.
 //
-// Two modules are built from this source (src/int4/wgmma_ws.rs): the
-// production one and, with WS_DIAG_ENTRIES defined, one holding only the
-// diagnostic probes (`_pd`, `_pc`) and session 6's epilogue (`_e0`),
-// compiled and loaded only when MARLIN_WGMMA_WS_PROBE or
-// MARLIN_WGMMA_WS_OLD_EPILOGUE=1 selects them.
+// Modules built from this source: the INT4 production one (f16, and bf16
+// with MARLIN_ACT_BF16; src/int4/wgmma_ws.rs); with WS_DIAG_ENTRIES, one
+// holding only the diagnostic probes (`_pd`, `_pc`) and session 6's
+// epilogue (`_e0`), compiled and loaded only when MARLIN_WGMMA_WS_PROBE or
+// MARLIN_WGMMA_WS_OLD_EPILOGUE=1 selects them; with WS_WX_ENTRIES (f16 and
+// bf16), the `wgemm` formats' entries (`wx_ws_*`, src/wgemm/wgmma_ws.rs:
+// ws_body's FMT parameter, see WsCodes below).
 
 #include "marlin_common.cuh"
 
