@@ -37,8 +37,7 @@ use crate::error::{CudaError, Result};
 use crate::int4::gemm::{launch_grid, GemmPath, GemmPlan, GemmWorkspace};
 use crate::int4::pack::K_CHUNK;
 use crate::int4::wgmma_ws::{
-    launch_staging, one_round_fit, variant_override, ws_variant_for, ClusterFit, OneRoundFit,
-    WsVariant,
+    launch_staging, variant_override, ws_variant_for, ClusterFit, OneRoundFit, WsVariant,
 };
 use crate::ops::launch::KernelLaunch;
 use crate::ops::to_i32;
@@ -244,6 +243,11 @@ fn kernel(format: WxFormat, grouped: bool, v: WsVariant) -> Result<&'static str>
 /// per 64-chunk) us, and the ticket reduction's per-MB and fixed terms. The
 /// two-tile variants cost 1.4-1.5x the one-tile ones per chunk here (INT4:
 /// 1.16x), so these formats run 128 x 128 tiles where one round holds them.
+/// At M <= 64 (64-token tiles; a second sweep, M = 17 / 32 / 64 on four
+/// shapes) the fits pick what INT4's model picked except 4096x14336 for FP4
+/// and INT3 / INT2 (t64x2 with 8 splits: 30.9-31.9 us against 32.0-37.7),
+/// the sweep's fastest there; they miss INT8 14336x4096 (t64x2 / 2 splits
+/// 32.6-33.2 us against t64x1 unsplit 27.3-27.8), as INT4's model did.
 fn fit_8bit(v: WsVariant) -> OneRoundFit {
     fit_of(
         v,
@@ -340,13 +344,7 @@ pub(crate) fn resolve(
         dev.sm_count(),
         &ClusterFit::NONE,
         variant_override(),
-        // The fit's data are M = 128 / 256; at M <= 64 (64-token tiles) the
-        // INT4 fit, with which those plans were measured (change 68 (b)).
-        if m <= 64 {
-            one_round_fit
-        } else {
-            one_round_fit_of(w.format)
-        },
+        one_round_fit_of(w.format),
     );
     let kernel = kernel(w.format, grouped, v)?;
     let m_blocks = m.div_ceil(v.tokens).max(1);
@@ -556,16 +554,33 @@ mod tests {
             (256, 14336, 4096, "t128x2", 1),
             (128, 4096, 14336, "t128x1", 4),
             (256, 4096, 14336, "t128x2", 4),
+            (32, 4096, 4096, "t64x1", 4),
+            (32, 28672, 8192, "t64x2", 1),
         ];
+        // M <= 64: 4096x14336 takes 64-token tiles of two 64-column tiles
+        // with 8 splits for FP4 and INT3 / INT2 (the second sweep's fastest).
+        for format in [WxFormat::Fp4, WxFormat::Int3, WxFormat::Int2] {
+            let fit = super::one_round_fit_of(format);
+            for m in [17, 32, 64] {
+                let (v, s, _) =
+                    ws_variant_for(m, 4096, 14336 / 64, 132, &ClusterFit::NONE, None, fit);
+                assert_eq!(
+                    (v.name().as_str(), s),
+                    ("t64x2", 8),
+                    "{} M={m}",
+                    format.name()
+                );
+            }
+        }
         for format in [WxFormat::Int8, WxFormat::Fp4, WxFormat::Int3] {
             for (m, n, k, variant, splits) in fastest {
                 let fit = super::one_round_fit_of(format);
                 let (v, s, c) = ws_variant_for(m, n, k / 64, 132, &ClusterFit::NONE, None, fit);
-                let want = if (format, m, n) == (WxFormat::Int3, 128, 14336) {
-                    // The one miss: t128x2 / 2 splits, 43.5 us against 41.6.
-                    ("t128x2", 2, false)
-                } else {
-                    (variant, splits, false)
+                let want = match (format, m, n, k) {
+                    // The misses: t128x2 / 2 splits, 43.5 us against 41.6;
+                    // INT8's t64x1 / 3 splits 15.3 us is within 4%.
+                    (WxFormat::Int3, 128, 14336, _) => ("t128x2", 2, false),
+                    _ => (variant, splits, false),
                 };
                 assert_eq!(
                     (v.name().as_str(), s, c),
