@@ -373,8 +373,10 @@ impl GemmWorkspace {
     }
 }
 
-fn check_prepared(w: &WxWeight, bit: u8, act: Act, what: &str) -> Result<()> {
-    if w.prepared.load(Ordering::Relaxed) & prepared_bit(bit, act) == 0 {
+/// Errors unless `prepare_wx` loaded `what`, recorded as `mask` (an
+/// activation type's bit: [`prepared_bit`] or [`prepared_ws_bit`]).
+fn check_prepared(w: &WxWeight, mask: u8, act: Act, what: &str) -> Result<()> {
+    if w.prepared.load(Ordering::Relaxed) & mask == 0 {
         return Err(CudaError::Unsupported(format!(
             "wx_gemm_prepared: {what} ({}) of this {} weight was not loaded by \
              GemmWorkspace::prepare_wx / prepare_wx_for",
@@ -435,20 +437,23 @@ pub fn wx_gemm_prepared<T: ActDtype>(
     check_operands(m, w, a.len(), c.len())?;
     let act = T::ACT;
     if uses_ws(dev, m, w, opts) {
-        if w.prepared.load(Ordering::Relaxed) & prepared_ws_bit(act) == 0 {
-            return Err(CudaError::Unsupported(format!(
-                "wx_gemm_prepared: the warp-specialised wgmma kernel ({}) of this {} weight was \
-                 not loaded by GemmWorkspace::prepare_wx / prepare_wx_for",
-                act.name(),
-                w.format.name()
-            )));
-        }
+        check_prepared(
+            w,
+            prepared_ws_bit(act),
+            act,
+            "the warp-specialised wgmma kernel",
+        )?;
         let call = wgmma_ws::resolve(dev, m, w, opts.splits, act)?;
         wgmma_ws::launch(dev, a, m, w, c, ws, &call)?;
         return Ok(call.plan);
     }
     if uses_dequant(m, w, opts) {
-        check_prepared(w, PREPARED_DEQUANT, act, "the dequantize kernel")?;
+        check_prepared(
+            w,
+            prepared_bit(PREPARED_DEQUANT, act),
+            act,
+            "the dequantize kernel",
+        )?;
         let elems = w.n * w.k;
         let dense = match dense_scratch::<T>(ws) {
             Some(d) if d.len() >= elems => d,
@@ -471,7 +476,7 @@ pub fn wx_gemm_prepared<T: ActDtype>(
     } else {
         PREPARED_M16
     };
-    check_prepared(w, bit, act, p.kernel)?;
+    check_prepared(w, prepared_bit(bit, act), act, p.kernel)?;
     let grid = launch_grid(p.m_blocks, p.n_tiles, p.splits)?;
     ws.check_split_k(
         p.splits,

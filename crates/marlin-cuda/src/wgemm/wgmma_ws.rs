@@ -190,48 +190,71 @@ fn smem_bytes(format: WxFormat, grouped: bool, v: WsVariant) -> usize {
     1024 + stages(format, v) * (128 * v.tokens + v.tiles() * tile_bytes(format, grouped))
 }
 
+/// Index of `v` in the per-variant tables below: t64x1, t64x2, t128x1,
+/// t128x2 (the order of `VARIANTS`).
+fn variant_index(v: WsVariant) -> usize {
+    match (v.tokens, v.tiles_per_wg) {
+        (64, 1) => 0,
+        (64, _) => 1,
+        (_, 1) => 2,
+        (_, _) => 3,
+    }
+}
+
+/// The entry of (format, scale form, variant): `wx_ws_<format>[g]_<variant>`.
 fn kernel(format: WxFormat, grouped: bool, v: WsVariant) -> Result<&'static str> {
-    if grouped && matches!(format, WxFormat::Int8 | WxFormat::Fp8) {
-        return Ok(match (format, v.tokens, v.tiles_per_wg) {
-            (WxFormat::Int8, 64, 1) => "wx_ws_int8g_t64x1",
-            (WxFormat::Int8, 64, _) => "wx_ws_int8g_t64x2",
-            (WxFormat::Int8, _, 1) => "wx_ws_int8g_t128x1",
-            (WxFormat::Int8, _, _) => "wx_ws_int8g_t128x2",
-            (_, 64, 1) => "wx_ws_fp8g_t64x1",
-            (_, 64, _) => "wx_ws_fp8g_t64x2",
-            (_, _, 1) => "wx_ws_fp8g_t128x1",
-            (_, _, _) => "wx_ws_fp8g_t128x2",
-        });
-    }
-    if grouped == matches!(format, WxFormat::Fp4 | WxFormat::Int8 | WxFormat::Fp8) {
-        return Err(CudaError::Unsupported(format!(
-            "the warp-specialised wgmma GEMM has no {} entry {} K groups",
-            format.name(),
-            if grouped { "with" } else { "without" }
-        )));
-    }
-    Ok(match (format, v.tokens, v.tiles_per_wg) {
-        (WxFormat::Fp4, 64, 1) => "wx_ws_fp4_t64x1",
-        (WxFormat::Fp4, 64, _) => "wx_ws_fp4_t64x2",
-        (WxFormat::Fp4, _, 1) => "wx_ws_fp4_t128x1",
-        (WxFormat::Fp4, _, _) => "wx_ws_fp4_t128x2",
-        (WxFormat::Int8, 64, 1) => "wx_ws_int8_t64x1",
-        (WxFormat::Int8, 64, _) => "wx_ws_int8_t64x2",
-        (WxFormat::Int8, _, 1) => "wx_ws_int8_t128x1",
-        (WxFormat::Int8, _, _) => "wx_ws_int8_t128x2",
-        (WxFormat::Fp8, 64, 1) => "wx_ws_fp8_t64x1",
-        (WxFormat::Fp8, 64, _) => "wx_ws_fp8_t64x2",
-        (WxFormat::Fp8, _, 1) => "wx_ws_fp8_t128x1",
-        (WxFormat::Fp8, _, _) => "wx_ws_fp8_t128x2",
-        (WxFormat::Int3, 64, 1) => "wx_ws_int3_t64x1",
-        (WxFormat::Int3, 64, _) => "wx_ws_int3_t64x2",
-        (WxFormat::Int3, _, 1) => "wx_ws_int3_t128x1",
-        (WxFormat::Int3, _, _) => "wx_ws_int3_t128x2",
-        (WxFormat::Int2, 64, 1) => "wx_ws_int2_t64x1",
-        (WxFormat::Int2, 64, _) => "wx_ws_int2_t64x2",
-        (WxFormat::Int2, _, 1) => "wx_ws_int2_t128x1",
-        (WxFormat::Int2, _, _) => "wx_ws_int2_t128x2",
-    })
+    let names: [&'static str; 4] = match (format, grouped) {
+        (WxFormat::Fp4, false) => [
+            "wx_ws_fp4_t64x1",
+            "wx_ws_fp4_t64x2",
+            "wx_ws_fp4_t128x1",
+            "wx_ws_fp4_t128x2",
+        ],
+        (WxFormat::Int8, false) => [
+            "wx_ws_int8_t64x1",
+            "wx_ws_int8_t64x2",
+            "wx_ws_int8_t128x1",
+            "wx_ws_int8_t128x2",
+        ],
+        (WxFormat::Fp8, false) => [
+            "wx_ws_fp8_t64x1",
+            "wx_ws_fp8_t64x2",
+            "wx_ws_fp8_t128x1",
+            "wx_ws_fp8_t128x2",
+        ],
+        (WxFormat::Int8, true) => [
+            "wx_ws_int8g_t64x1",
+            "wx_ws_int8g_t64x2",
+            "wx_ws_int8g_t128x1",
+            "wx_ws_int8g_t128x2",
+        ],
+        (WxFormat::Fp8, true) => [
+            "wx_ws_fp8g_t64x1",
+            "wx_ws_fp8g_t64x2",
+            "wx_ws_fp8g_t128x1",
+            "wx_ws_fp8g_t128x2",
+        ],
+        (WxFormat::Int3, true) => [
+            "wx_ws_int3_t64x1",
+            "wx_ws_int3_t64x2",
+            "wx_ws_int3_t128x1",
+            "wx_ws_int3_t128x2",
+        ],
+        (WxFormat::Int2, true) => [
+            "wx_ws_int2_t64x1",
+            "wx_ws_int2_t64x2",
+            "wx_ws_int2_t128x1",
+            "wx_ws_int2_t128x2",
+        ],
+        (WxFormat::Fp4, true) | (WxFormat::Int3 | WxFormat::Int2, false) => {
+            return Err(CudaError::Unsupported(format!(
+                "the warp-specialised wgmma GEMM has no {} entry {} K groups",
+                format.name(),
+                if grouped { "with" } else { "without" }
+            )))
+        }
+    };
+    Ok(names[variant_index(v)])
 }
 
 /// Per-block times of grids of at most one round (the INT4 model's form,
@@ -272,12 +295,7 @@ fn fit_low_bit(v: WsVariant) -> OneRoundFit {
 /// `table`: (fixed, per chunk) us of t64x1, t64x2, t128x1, t128x2;
 /// `(reduce, ticket)`: us per MB read back, us per ticket reduction.
 fn fit_of(v: WsVariant, table: [(f64, f64); 4], (reduce, ticket): (f64, f64)) -> OneRoundFit {
-    let i = match (v.tokens, v.tiles_per_wg) {
-        (64, 1) => 0,
-        (64, _) => 1,
-        (_, 1) => 2,
-        (_, _) => 3,
-    };
+    let i = variant_index(v);
     OneRoundFit {
         fixed_us: table[i].0,
         chunk_us: table[i].1,
