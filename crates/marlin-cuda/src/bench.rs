@@ -208,7 +208,7 @@ pub struct GemmBenchRow {
     pub wgmma_us: f64,
     /// The warp-specialised Hopper wgmma kernel (`GemmPath::WgmmaWs`,
     /// staging launch included), timed on compute capability 9.0 at M >= 17
-    /// (INT4) or M >= 8 (the `wgemm` formats it runs); NaN elsewhere.
+    /// (INT4) or any M (the `wgemm` formats it runs); NaN elsewhere.
     pub wgmma_ws_us: f64,
     /// INT4 only: the Hopper bulk-copy decode kernel (`GemmPath::Bulk`),
     /// timed at M <= 8 on compute capability 9.0+; NaN elsewhere.
@@ -688,12 +688,11 @@ fn bench_shape<T: ActDtype>(
             } else {
                 f64::NAN
             };
-            // The wgemm formats' entries (crate::wgemm::wgmma_ws), timed
-            // from M = 8 on to show where they overtake the mma.sync kernel
-            // (Auto: from `wx_ws_auto_min_m`).
+            // The wgemm formats' entries (crate::wgemm::wgmma_ws), timed at
+            // every M to show where they overtake the mma.sync kernel
+            // (Auto: `wx_ws_auto`).
             let wx_ws = matches!(weights, Weights::Wx(w) if wx_ws_applies(dev, &w[0]));
-            let has_wgmma_ws =
-                (is_int4 && m >= WGMMA_MIN_M && ws_supported(dev)) || (wx_ws && m >= 8);
+            let has_wgmma_ws = (is_int4 && m >= WGMMA_MIN_M && ws_supported(dev)) || wx_ws;
             let wgmma_ws_us = if has_wgmma_ws {
                 time_path(GemmPath::WgmmaWs, None, false)?.0
             } else {

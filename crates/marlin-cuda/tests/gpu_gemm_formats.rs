@@ -125,6 +125,9 @@ fn wgmma_ws_formats_match_reference() {
         let w = WxWeight::from_quant(&dev, &quantized(scheme, 64, k, 5)).expect("upload");
         assert!(wx_ws_format_ok(&w), "{name}: no warp-specialised entry");
         for &(m, n) in &[
+            (1, 200),
+            (3, 200),
+            (8, 200),
             (9, 200),
             (17, 200),
             (64, 200),

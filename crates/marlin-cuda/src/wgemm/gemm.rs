@@ -1,7 +1,7 @@
 //! Device side of the FP4 / INT8 / FP8 / INT3 / INT2 GEMMs: weights
 //! uploaded once, the checked launch of `kernels/wxa16_gemm.cu` (mma.sync),
 //! the warp-specialised wgmma kernel of [`super::wgmma_ws`] (sm_90a, `Auto`
-//! from [`wx_ws_auto_min_m`] rows) and the dequantize + cuBLAS path chosen
+//! where [`wx_ws_auto`] takes it) and the dequantize + cuBLAS path chosen
 //! by [`auto_fused`] (M >= 64) elsewhere. Shares [`GemmWorkspace`] with
 //! INT4.
 //!
@@ -22,7 +22,7 @@ use half::f16;
 use marlin_quant::QuantTensor;
 
 use super::pack::{pack_wx, WxFormat, WxPacked};
-use super::wgmma_ws::{self, f16_scale_shift, low_bit_scales_ok, wx_ws_applies, wx_ws_auto_min_m};
+use super::wgmma_ws::{self, f16_scale_shift, low_bit_scales_ok, wx_ws_applies, wx_ws_auto};
 use crate::act::{Act, ActDtype};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
@@ -259,11 +259,11 @@ fn dequant_plan() -> GemmPlan {
 /// Whether a call of `m` rows with `opts` takes the warp-specialised wgmma
 /// kernel ([`super::wgmma_ws`]): forced by `GemmPath::WgmmaWs` (an error
 /// where it does not apply), or `Auto` on a device and weight it applies to
-/// from [`wx_ws_auto_min_m`] rows.
+/// where [`wx_ws_auto`] takes it.
 fn uses_ws(dev: &CudaDevice, m: usize, w: &WxWeight, opts: GemmOptions) -> bool {
     match opts.path {
         GemmPath::WgmmaWs => true,
-        GemmPath::Auto => m >= wx_ws_auto_min_m(w.format) && wx_ws_applies(dev, w),
+        GemmPath::Auto => wx_ws_auto(m, w) && wx_ws_applies(dev, w),
         _ => false,
     }
 }

@@ -69,29 +69,69 @@ const THREADS: u32 = 384;
 const SMEM_LIMIT: usize = 227 * 1024;
 
 /// From how many rows on `GemmPath::Auto` takes this kernel for `format`
-/// where it applies ([`wx_ws_applies`]); below, the mma.sync kernel. H100,
-/// session 15 (docs/CUDA.md change 68), this kernel against the mma.sync
-/// one at M = 8 / 12 / 16 / 17 on 4096x4096, 14336x4096, 4096x14336 and
-/// 28672x8192 (f16):
+/// where it applies ([`wx_ws_applies`]) on any shape; below, the mma.sync
+/// kernel, except on the large weights of [`wx_ws_auto`]. H100, session 15
+/// (docs/CUDA.md change 68), this kernel against the mma.sync one at M = 8 /
+/// 12 / 16 / 17 on 4096x4096, 14336x4096, 4096x14336 and 28672x8192 (f16):
 /// - INT8 / FP8 (channel and 128 x 128 blocks): faster from M = 12 on every
 ///   shape (e.g. 28672x8192 M = 12 85.8-88.3 against 124.2-138.4 us); at
 ///   M = 8 faster on the three large shapes, slower at 4096x4096 (15.6-16.3
 ///   against 13.9-15.6): from 9;
 /// - FP4: at M = 12 faster on three shapes, 2% slower at 4096x4096: from 12;
-/// - INT2: at M = 12 slower at 4096x14336 (37.3 against 31.0), at M = 16
-///   faster everywhere: from 16;
+/// - INT2: session 16 (change 70, two rounds of M = 1..16): at M = 12
+///   faster on three shapes (4096x4096 16.1 against 17.5 us, 14336x4096
+///   31.5-31.6 against 33.5-33.7, 28672x8192 92.7-92.9 against 98.1-98.5),
+///   3% slower at 4096x14336 (31.6-31.7 against 30.6-30.8): from 12 (was 16);
 /// - INT3: slower up to M = 16 on every shape (4096x14336 M = 16 38.0
-///   against 34.0), faster from 17 (every shape, 1.2-1.7x): from 17.
+///   against 34.0), faster from 17 (every shape, 1.2-1.7x): from 17
+///   (session 16: at M = 16 still slower on three of the four shapes).
 ///
 /// From M = 17 on it replaced the mma.sync kernel (1.2-2.2x slower there)
 /// and, from M = 64, dequantize + cuBLAS (1.1-5x slower).
 pub fn wx_ws_auto_min_m(format: WxFormat) -> usize {
     match format {
         WxFormat::Int8 | WxFormat::Fp8 => 9,
-        WxFormat::Fp4 => 12,
-        WxFormat::Int2 => 16,
+        WxFormat::Fp4 | WxFormat::Int2 => 12,
         WxFormat::Int3 => 17,
     }
+}
+
+/// Weights of at least this many elements (N x K) take this kernel at every
+/// M in the 8-bit formats, and from M = 8 those of `WX_WS_8BIT_M8_ELEMS`.
+const WX_WS_8BIT_ANY_M_ELEMS: usize = 1 << 27;
+const WX_WS_8BIT_M8_ELEMS: usize = 1 << 25;
+
+/// Whether `GemmPath::Auto` takes this kernel for `m` rows of `w` (where it
+/// applies): from [`wx_ws_auto_min_m`] rows, and for the 8-bit formats also
+/// below it on large weights. Session 16 (docs/CUDA.md change 70, H100, two
+/// rounds, M = 1 / 2 / 4 / 8, this kernel against the mma.sync one): its
+/// time is flat in M (it streams the weights at a fixed cost per chunk)
+/// while the mma.sync kernel's grows, so
+/// - 28672x8192 (2^27.8 elements): faster at every M, INT8 M = 1 87.4-87.6
+///   against 94.0-94.4 us, M = 8 85.1-85.3 against 108.3-108.7; FP8 M = 1
+///   84.4-87.1 against 95.9, M = 8 84.6-84.9 against 109.6-109.8; FP8 128 x
+///   128 blocks M = 1 87.4-88.9 against 100.3-101.2, M = 8 87.3-88.9
+///   against 117.0-117.6;
+/// - 4096x14336 / 14336x4096 (2^25.8): faster at M = 8 (INT8 31.1-32.2
+///   against 32.9-33.5, FP8 30.7-32.2 against 33.5-34.6, blocks 33.6-36.4
+///   against 36.7-38.1), not below M = 4 (INT8 4096x14336 M = 4 31.4
+///   against 29.7-29.9; 14336x4096 M = 1 32.3 against 29.9);
+/// - 4096x4096 (2^24): slower at every M <= 8 (M = 8 15.7 against 13.9).
+/// The thresholds lie between the measured sizes (2^27 between 2^25.8 and
+/// 2^27.8). FP4 / INT3 / INT2 stay on the mma.sync kernel at M <= 8 (its
+/// 4-bit and smaller code streams are faster there on every shape, e.g.
+/// MXFP4 28672x8192 M = 8 71.7 against 80.0).
+pub fn wx_ws_auto(m: usize, w: &WxWeight) -> bool {
+    wx_ws_auto_for(m, w.format, w.n, w.k)
+}
+
+/// [`wx_ws_auto`] for `m` rows of an `n` x `k` weight of `format`.
+fn wx_ws_auto_for(m: usize, format: WxFormat, n: usize, k: usize) -> bool {
+    let elems = n.saturating_mul(k);
+    let eight_bit = matches!(format, WxFormat::Int8 | WxFormat::Fp8);
+    m >= wx_ws_auto_min_m(format)
+        || (eight_bit
+            && (elems >= WX_WS_8BIT_ANY_M_ELEMS || (m >= 8 && elems >= WX_WS_8BIT_M8_ELEMS)))
 }
 
 /// Whether `w` has a warp-specialised entry: FP4 (one K group), or a
@@ -521,6 +561,34 @@ mod tests {
     use super::{f16_scale_shift, kernel, low_bit_scales_ok, smem_bytes, SMEM_LIMIT, WX_WS_SOURCE};
     use crate::int4::wgmma_ws::VARIANTS;
     use crate::wgemm::pack::WxFormat;
+
+    /// `Auto`'s choice at the points session 16 measured (change 70): the
+    /// 8-bit formats on 28672x8192 at every M, at M = 8 from 4096x14336 /
+    /// 14336x4096 on, never at M <= 8 on 4096x4096; FP4 / INT3 / INT2 from
+    /// their `wx_ws_auto_min_m` only (INT2 from 12).
+    #[test]
+    fn auto_follows_the_small_m_measurements() {
+        use super::wx_ws_auto_for;
+        for f in [WxFormat::Int8, WxFormat::Fp8] {
+            for m in [1, 2, 4, 8] {
+                assert!(wx_ws_auto_for(m, f, 28672, 8192), "{f:?} M={m}");
+                assert!(!wx_ws_auto_for(m, f, 4096, 4096), "{f:?} M={m}");
+            }
+            for (n, k) in [(4096, 14336), (14336, 4096)] {
+                assert!(wx_ws_auto_for(8, f, n, k));
+                assert!(!wx_ws_auto_for(4, f, n, k));
+            }
+            assert!(wx_ws_auto_for(9, f, 4096, 4096));
+        }
+        for f in [WxFormat::Fp4, WxFormat::Int3, WxFormat::Int2] {
+            assert!(!wx_ws_auto_for(8, f, 28672, 8192), "{f:?}");
+        }
+        assert!(wx_ws_auto_for(12, WxFormat::Int2, 4096, 4096));
+        assert!(!wx_ws_auto_for(11, WxFormat::Int2, 28672, 8192));
+        assert!(wx_ws_auto_for(12, WxFormat::Fp4, 4096, 4096));
+        assert!(!wx_ws_auto_for(16, WxFormat::Int3, 28672, 8192));
+        assert!(wx_ws_auto_for(17, WxFormat::Int3, 4096, 4096));
+    }
 
     /// Every (format, K groups, variant) with an entry has it in the source
     /// with the stage count the host assumes, and its ring fits the shared
