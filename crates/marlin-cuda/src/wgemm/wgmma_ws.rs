@@ -117,6 +117,7 @@ const WX_WS_8BIT_M8_ELEMS: usize = 1 << 25;
 ///   against 36.7-38.1), not below M = 4 (INT8 4096x14336 M = 4 31.4
 ///   against 29.7-29.9; 14336x4096 M = 1 32.3 against 29.9);
 /// - 4096x4096 (2^24): slower at every M <= 8 (M = 8 15.7 against 13.9).
+///
 /// The thresholds lie between the measured sizes (2^27 between 2^25.8 and
 /// 2^27.8). FP4 / INT3 / INT2 stay on the mma.sync kernel at M <= 8 (its
 /// 4-bit and smaller code streams are faster there on every shape, e.g.
