@@ -96,9 +96,10 @@ pub fn wx_ws_auto_min_m(format: WxFormat) -> usize {
     }
 }
 
-/// Weights of at least this many elements (N x K) take this kernel at every
-/// M in the 8-bit formats, and from M = 8 those of `WX_WS_8BIT_M8_ELEMS`.
+/// 8-bit weights of at least this many elements (N x K) take this kernel
+/// at every M ([`wx_ws_auto`]).
 const WX_WS_8BIT_ANY_M_ELEMS: usize = 1 << 27;
+/// 8-bit weights of at least this many elements take it from M = 8.
 const WX_WS_8BIT_M8_ELEMS: usize = 1 << 25;
 
 /// Whether `GemmPath::Auto` takes this kernel for `m` rows of `w` (where it
