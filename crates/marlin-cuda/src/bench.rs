@@ -688,11 +688,11 @@ fn bench_shape<T: ActDtype>(
             } else {
                 f64::NAN
             };
-            // The wgemm formats' entries (crate::wgemm::wgmma_ws), timed at
-            // every M to show where they overtake the mma.sync kernel
-            // (Auto: `wx_ws_auto`).
+            // Timed at every M (INT4 and the wgemm formats' entries,
+            // crate::wgemm::wgmma_ws) to show where it overtakes the
+            // mma.sync decode kernels (Auto: `ws_auto`, `wx_ws_auto`).
             let wx_ws = matches!(weights, Weights::Wx(w) if wx_ws_applies(dev, &w[0]));
-            let has_wgmma_ws = (is_int4 && m >= WGMMA_MIN_M && ws_supported(dev)) || wx_ws;
+            let has_wgmma_ws = (is_int4 && ws_supported(dev)) || wx_ws;
             let wgmma_ws_us = if has_wgmma_ws {
                 time_path(GemmPath::WgmmaWs, None, false)?.0
             } else {

@@ -81,6 +81,83 @@ fn wgmma_ws_gemm_matches_reference() {
     std::env::remove_var(STREAM_K_ENV);
 }
 
+/// The small-token variants (change 71: t16x2, t16x4, t32x4; split-K
+/// form only) forced at M = 1..40: one token block with absent rows, a
+/// second block of 8 rows (M = 24, 40), groups 128 / 32 / per channel,
+/// zero points, K = 1000 / 999 (inside a chunk, odd), N = 328 (a block
+/// whose second consumer warpgroup has fewer tiles) and 77 (N % 8 != 0),
+/// forced splits; each with the subnormal dequantisation (`_n` entries)
+/// and the two-step one, against the f64 reference, two launches
+/// bit-identical, the forced split count the plan's.
+#[test]
+fn wgmma_ws_small_token_variants_match_reference() {
+    let Some(dev) = hopper() else { return };
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    std::env::set_var(STREAM_K_ENV, "0");
+    let mut cases: Vec<Case> = Vec::new();
+    for &m in &[1, 3, 8, 16, 24, 32, 40] {
+        cases.push((m, 328, 2048, 128, false, None));
+        cases.push((m, 200, 1000, 128, true, Some(3)));
+    }
+    for &m in &[5, 17] {
+        cases.push((m, 256, 999, 0, false, Some(2)));
+        cases.push((m, 200, 990, 32, true, None));
+        cases.push((m, 77, 1536, 192, false, Some(4)));
+    }
+    let mut checks = 0;
+    for case in cases {
+        let (m, n, k, group, asym, _) = case;
+        let p = random_problem(&dev, (m, n, k, group, asym), fresh_seed(), 0x1616);
+        for variant in ["t16x2", "t16x4", "t32x4"] {
+            std::env::set_var(VARIANT_ENV, variant);
+            for subnormal in ["1", "0"] {
+                std::env::set_var(SUBNORMAL_ENV, subnormal);
+                let label = format!("wgmma-ws small [{variant}] subnormal={subnormal}");
+                common::check_forced_path_on(
+                    &dev,
+                    &mut ws,
+                    &p,
+                    case,
+                    GemmPath::WgmmaWs,
+                    true,
+                    &label,
+                );
+                checks += 1;
+            }
+        }
+    }
+    std::env::remove_var(VARIANT_ENV);
+    std::env::remove_var(SUBNORMAL_ENV);
+    std::env::remove_var(STREAM_K_ENV);
+    // Auto at M = 12 on a 28672x8192 weight: the 16-token variant t16x4
+    // with 2 splits (ws_auto's M = 9..16 rule), poisoned output, reference.
+    let (m, n, k) = (12, 28672, 8192);
+    let p = random_problem(&dev, (m, n, k, 128, false), fresh_seed(), 0x1C1C);
+    let mut c = dev.alloc_zeros::<f16>("C", m * n).expect("alloc C");
+    dev.write(&mut c, &vec![f16::NAN; m * n]).expect("poison");
+    let plan = int4_gemm(
+        &dev,
+        &p.a,
+        m,
+        &p.weight,
+        &mut c,
+        &mut ws,
+        GemmOptions::default(),
+    )
+    .expect("launch");
+    assert_eq!(
+        (plan.kernel, plan.splits),
+        ("w4a16_ws_t16x4n", 2),
+        "{plan:?}"
+    );
+    let got = dev.download(&c).expect("download");
+    let what = format!("auto M={m} {n}x{k} {plan:?} seed={}", p.seed);
+    let rel = rel_l2_all_finite(&got, &p.want, n, &what);
+    assert!(rel < REL_L2_TOL, "{what}: rel L2 error {rel:.3e}");
+    println!("PASS int4 wgmma-ws small {what} rel_l2={rel:.2e}");
+    println!("PASS small-token variants: {} checks", checks + 1);
+}
+
 /// The split-K form's output path (session 7: the f16 tile through shared
 /// memory, 16-byte stores where N % 8 == 0 and C is 16-byte aligned,
 /// element stores otherwise): N not a multiple of 8 (330, 77: a block

@@ -115,6 +115,13 @@ pub(crate) const VARIANTS: [WsVariant; 4] = [
     variant(128, 2, 8),
 ];
 
+/// The small-token variants (change 71; split-K form, INT4 only): wgmma
+/// m64n16k16 / m64n32k16 for M <= 32, so that a small M multiplies no
+/// 64-token tile of zero rows and the ring carries 2 / 4 KiB of
+/// activations per chunk instead of 8. Keep in sync with the source.
+pub(crate) const SMALL_VARIANTS: [WsVariant; 3] =
+    [variant(16, 2, 16), variant(16, 4, 10), variant(32, 4, 9)];
+
 const fn variant(tokens: usize, tiles_per_wg: usize, stages: usize) -> WsVariant {
     WsVariant {
         tokens,
@@ -124,6 +131,11 @@ const fn variant(tokens: usize, tiles_per_wg: usize, stages: usize) -> WsVariant
 }
 
 impl WsVariant {
+    /// One of [`SMALL_VARIANTS`] (fewer than 64 tokens per block).
+    pub fn is_small(&self) -> bool {
+        self.tokens < 64
+    }
+
     /// 64-column tiles per block.
     pub fn tiles(&self) -> usize {
         2 * self.tiles_per_wg
@@ -178,6 +190,12 @@ impl WsVariant {
             };
         }
         match (self.tokens, self.tiles_per_wg, has_zeros) {
+            (16, 2, false) => "w4a16_ws_t16x2",
+            (16, 2, true) => "w4a16_ws_t16x2z",
+            (16, _, false) => "w4a16_ws_t16x4",
+            (16, _, true) => "w4a16_ws_t16x4z",
+            (32, _, false) => "w4a16_ws_t32x4",
+            (32, _, true) => "w4a16_ws_t32x4z",
             (64, 1, false) => "w4a16_ws_t64x1",
             (64, 1, true) => "w4a16_ws_t64x1z",
             (64, _, false) => "w4a16_ws_t64x2",
@@ -203,10 +221,11 @@ impl WsVariant {
     }
 
     pub(crate) fn stage_kernel(&self) -> &'static str {
-        if self.tokens == 64 {
-            "w4a16_ws_stage_t64"
-        } else {
-            "w4a16_ws_stage_t128"
+        match self.tokens {
+            16 => "w4a16_ws_stage_t16",
+            32 => "w4a16_ws_stage_t32",
+            64 => "w4a16_ws_stage_t64",
+            _ => "w4a16_ws_stage_t128",
         }
     }
 }
@@ -277,7 +296,10 @@ fn ws_probe() -> Option<WsProbe> {
 /// formats' entries too); unset, [`ws_variant`] decides.
 pub(crate) fn variant_override() -> Option<WsVariant> {
     let name = std::env::var("MARLIN_WGMMA_WS_VARIANT").ok()?;
-    VARIANTS.into_iter().find(|v| v.name() == name)
+    VARIANTS
+        .into_iter()
+        .chain(SMALL_VARIANTS)
+        .find(|v| v.name() == name)
 }
 
 /// Time of one 64-chunk of one block, microseconds: a fixed part and the
@@ -285,6 +307,10 @@ pub(crate) fn variant_override() -> Option<WsVariant> {
 /// first H100 run at M = 1024 (docs/CUDA.md change 26): t128x2 0.91 us per
 /// chunk, t128x1 0.63, t64x2 0.65.
 fn chunk_us(v: WsVariant) -> f64 {
+    if v.is_small() {
+        // Measured per chunk, not tensor work (change 71).
+        return one_round_fit(v).chunk_us;
+    }
     const FIXED_US: f64 = 0.37;
     const US_PER_128X256: f64 = 0.54;
     FIXED_US + US_PER_128X256 * (v.tokens * v.n_block()) as f64 / (128.0 * 256.0)
@@ -332,6 +358,13 @@ pub(crate) struct OneRoundFit {
 
 pub(crate) fn one_round_fit(v: WsVariant) -> OneRoundFit {
     let (chunk_us, fixed_us) = match (v.tokens, v.tiles_per_wg) {
+        // Change 71 (H100, forced with 1..4 splits on 28672x8192,
+        // 28672x4096 and 14336x4096 at M = 8..32, the warp-wide producer):
+        // per chunk t16x2 0.53 us, t16x4 0.74, t32x4 0.78 (the consumers'
+        // wgmma count per chunk sets it more than the tokens do).
+        (16, 2) => (0.53, 3.1),
+        (16, _) => (0.74, 8.0),
+        (32, _) => (0.78, 11.0),
         (64, 1) => (0.562, 0.84),
         (64, _) => (0.607, 7.2),
         (_, 1) => (0.583, 5.6),
@@ -447,12 +480,14 @@ fn plan_cost_us(
 
 /// The variant, split factor and reduction for M rows of an N = `n_pad`,
 /// K = `k_chunks` x 64 weight: the least [`plan_cost_us`] over every
-/// variant (64-token ones only at M <= 64, unless forced) and split count
+/// variant (64-token ones only at M <= 64, unless forced; with `small`
+/// (INT4), the [`SMALL_VARIANTS`] of at least M tokens) and split count
 /// up to [`choose_splits`]' (ticket) or, where all the clusters fit one
 /// wave ([`ClusterFit`]), up to [`CLUSTER_MAX_SPLITS`] without its
 /// partials cap (cluster reduction). `fit`: the one-round times of the
 /// weight format ([`one_round_fit`] for INT4; the `wgemm` formats have
 /// their own, `crate::wgemm::wgmma_ws`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn ws_variant_for(
     m: usize,
     n_pad: usize,
@@ -461,9 +496,14 @@ pub(crate) fn ws_variant_for(
     clusters: &ClusterFit,
     forced: Option<WsVariant>,
     fit: fn(WsVariant) -> OneRoundFit,
+    small: bool,
 ) -> (WsVariant, usize, bool) {
     let candidates: Vec<WsVariant> = match forced {
         Some(v) => vec![v],
+        None if small && m <= 32 && small_variants_enabled() => VARIANTS
+            .into_iter()
+            .chain(SMALL_VARIANTS.into_iter().filter(|v| m <= v.tokens))
+            .collect(),
         None => VARIANTS.to_vec(),
     };
     let mut best: Option<(f64, WsVariant, usize, bool)> = None;
@@ -508,6 +548,7 @@ pub fn ws_variant(
         clusters,
         variant_override(),
         one_round_fit,
+        true,
     )
 }
 
@@ -605,6 +646,13 @@ pub(super) fn subnormal_shift(scales: &[u32], neg_zero_scales: Option<&[u32]>) -
     (z_hi == 0 || value(z_hi) * 2f64.powi(-m) <= F16_MAX).then_some(m)
 }
 
+/// Measurement knob, read at every call: `MARLIN_WGMMA_WS_SMALL=0` keeps
+/// the INT4 plans on the 64- / 128-token variants (session 16's choice)
+/// where [`ws_variant_for`] would take a [`SMALL_VARIANTS`] one.
+fn small_variants_enabled() -> bool {
+    std::env::var("MARLIN_WGMMA_WS_SMALL").map_or(true, |v| v.trim() != "0")
+}
+
 /// Measurement knob, read at every call: `MARLIN_WGMMA_WS_SUBNORMAL=0`
 /// keeps the split-K form on the two-step dequantisation (the entries
 /// without `n`) where the subnormal one (change 51) would be taken.
@@ -634,6 +682,12 @@ fn subnormal_entry(kernel: &str) -> Option<&'static str> {
         "w4a16_ws_t64x2z" => "w4a16_ws_t64x2zn",
         "w4a16_ws_t128x1z" => "w4a16_ws_t128x1zn",
         "w4a16_ws_t128x2z" => "w4a16_ws_t128x2zn",
+        "w4a16_ws_t16x2" => "w4a16_ws_t16x2n",
+        "w4a16_ws_t16x4" => "w4a16_ws_t16x4n",
+        "w4a16_ws_t32x4" => "w4a16_ws_t32x4n",
+        "w4a16_ws_t16x2z" => "w4a16_ws_t16x2zn",
+        "w4a16_ws_t16x4z" => "w4a16_ws_t16x4zn",
+        "w4a16_ws_t32x4z" => "w4a16_ws_t32x4zn",
         _ => return None,
     })
 }
@@ -697,6 +751,19 @@ pub const WS_LOW_M_AUTO_MIN_ELEMS: usize = 1 << 25;
 /// at batch 24 (its gate|up and LM head on the wgmma kernel) took 4942 us
 /// against 4449 at batch 32.
 pub const WS_LOW_M_AUTO_MIN_M: usize = 17;
+/// Smallest M that `GemmPath::Auto` sends to this kernel's 16-token
+/// variants (change 71), on weights of at least
+/// [`WS_SMALL_M_AUTO_MIN_ELEMS`] elements and K >= [`WS_SMALL_M_AUTO_MIN_K`]:
+/// H100, 28672x8192 at M = 12 / 16, t16x4 with 2 splits 57.4-57.8 us
+/// against the decode kernel's 62.0-64.2 (its two token tiles and two K
+/// splits); at K = 4096 (28672x4096, 14336x4096) and on 4096x14336 the
+/// decode kernel stays faster (28.4 / 16.8 / 20.7 us against 33.5 / 21.7 /
+/// 22.2 at M = 16), and at M <= 8 too (28672x8192 47.6-49.5 us).
+pub const WS_SMALL_M_AUTO_MIN_M: usize = 9;
+/// Least weight size of that rule (2^27 elements: 28672x8192 is 2^27.8).
+pub const WS_SMALL_M_AUTO_MIN_ELEMS: usize = 1 << 27;
+/// Least K of that rule.
+pub const WS_SMALL_M_AUTO_MIN_K: usize = 8192;
 /// Largest M at which this kernel also needs the wide grid (256-column
 /// blocks covering a third of the SMs).
 const WS_LOW_M_WIDE_MAX_M: usize = 32;
@@ -731,6 +798,10 @@ const WS_SK_AUTO_MAX_M: usize = 255;
 /// three runs (79.9 in the same call). `MARLIN_WGMMA_WS_STREAMK=0/1`
 /// overrides.
 pub fn ws_stream_k(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
+    // The small-token variants have no stream-K form.
+    if variant_override().is_some_and(|v| v.is_small()) {
+        return false;
+    }
     stream_k_override().unwrap_or_else(|| m <= WS_SK_AUTO_MAX_M && stream_k_shape(m, w, sm_count))
 }
 
@@ -789,6 +860,8 @@ const WS_AUTO_MIN_WAVE_EFFICIENCY: f64 = 0.9;
 
 /// `GemmPath::Auto`'s choice of this kernel on sm_90 (the form, split-K
 /// or stream-K, is [`ws_stream_k`]'s):
+/// - M = 9..=16 on weights of >= 2^27 elements with K >= 8192 (the
+///   16-token variants, change 71: [`WS_SMALL_M_AUTO_MIN_M`]);
 /// - M = 33..=64 on weights of >= 2^25 elements, M = 17..=32 when the
 ///   256-column blocks also cover a third of the SMs;
 /// - M = 128..1024 on weights of >= 2^24 elements; on smaller weights at
@@ -834,6 +907,9 @@ const WS_AUTO_MIN_WAVE_EFFICIENCY: f64 = 0.9;
 /// round: 233.2 vs 220.5).
 pub fn ws_auto(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
     let sms = sm_count.max(1);
+    if (WS_SMALL_M_AUTO_MIN_M..WS_LOW_M_AUTO_MIN_M).contains(&m) {
+        return small_m_auto(m, w.n, w.k);
+    }
     if (WS_LOW_M_AUTO_MIN_M..=64).contains(&m) {
         let wide = 3 * w.n_pad.div_ceil(256) >= sms;
         return w.n.saturating_mul(w.k) >= WS_LOW_M_AUTO_MIN_ELEMS
@@ -863,6 +939,14 @@ pub fn ws_auto(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
         .saturating_mul(p.splits);
     let rounds = blocks.div_ceil(sms);
     blocks as f64 / (rounds as f64 * sms as f64) >= WS_AUTO_MIN_WAVE_EFFICIENCY
+}
+
+/// [`ws_auto`]'s rule at M = 9..16 for an N x K weight (the 16-token
+/// variants; [`WS_SMALL_M_AUTO_MIN_M`] has the measurements).
+fn small_m_auto(m: usize, n: usize, k: usize) -> bool {
+    (WS_SMALL_M_AUTO_MIN_M..WS_LOW_M_AUTO_MIN_M).contains(&m)
+        && k >= WS_SMALL_M_AUTO_MIN_K
+        && n.saturating_mul(k) >= WS_SMALL_M_AUTO_MIN_ELEMS
 }
 
 /// Whether the device runs this kernel (compute capability 9.0: the module
@@ -1230,9 +1314,9 @@ pub(super) fn launch<T: ActDtype>(
 #[cfg(test)]
 mod tests {
     use super::{
-        choose_splits, cluster_entry, one_round_fit, subnormal_entry, subnormal_shift,
-        subnormal_shift_for_range, ws_variant_for, ClusterFit, DIAG_KERNELS, SMEM_LIMIT, SOURCE,
-        VARIANTS,
+        choose_splits, cluster_entry, one_round_fit, small_m_auto, subnormal_entry,
+        subnormal_shift, subnormal_shift_for_range, ws_variant_for, ClusterFit, DIAG_KERNELS,
+        SMALL_VARIANTS, SMEM_LIMIT, SOURCE, VARIANTS,
     };
 
     /// The subnormal dequantisation's shift: the smallest m whose low-nibble
@@ -1308,13 +1392,34 @@ mod tests {
                 assert!(SOURCE.contains(&format!("W4A16_WS_ENTRY_C({c},")), "{c}");
             }
         }
+        // The small-token variants: plain, zero-point and `_n` entries (no
+        // cluster or stream-K form), each built with its (TOK, TPW, STAGES).
+        for v in SMALL_VARIANTS {
+            let shape = format!(", {}, {}, {},", v.tokens, v.tiles_per_wg, v.stages);
+            for z in [false, true] {
+                let k = v.kernel(z);
+                assert!(
+                    SOURCE.contains(&format!("W4A16_WS_ENTRY({k}{shape}")),
+                    "{k}"
+                );
+                let n = subnormal_entry(k).expect("subnormal entry");
+                assert_eq!(n.strip_suffix('n'), Some(k));
+                assert!(
+                    SOURCE.contains(&format!("W4A16_WS_ENTRY_X({n}{shape}")),
+                    "{n}"
+                );
+                assert_eq!(cluster_entry(n), None);
+            }
+            let stage = v.stage_kernel();
+            assert!(SOURCE.contains(&format!("W4A16_WS_STAGE_ENTRY({stage}, {})", v.tokens)));
+        }
     }
 
     /// Every variant fits the sm_90 opt-in shared-memory limit with and
     /// without zero points (one block per SM).
     #[test]
     fn variants_fit_shared_memory() {
-        for v in VARIANTS {
+        for v in VARIANTS.into_iter().chain(SMALL_VARIANTS) {
             for z in [false, true] {
                 assert!(v.smem_bytes(z) <= SMEM_LIMIT, "{v:?} z={z}");
             }
@@ -1372,7 +1477,7 @@ mod tests {
     fn plans_weigh_the_split_k_reduction() {
         let h100 = ClusterFit([0, 0, 66, 39, 30, 22, 17, 15, 15]);
         let plan = |m: usize, n: usize, k: usize, fit: &ClusterFit| {
-            let (v, s, c) = ws_variant_for(m, n, k / 64, 132, fit, None, one_round_fit);
+            let (v, s, c) = ws_variant_for(m, n, k / 64, 132, fit, None, one_round_fit, true);
             (v.name(), s, c)
         };
         let name = |s: &str| s.to_string();
@@ -1396,8 +1501,11 @@ mod tests {
             (name("t128x2"), 2, false)
         );
         // The decode step's warp-specialised GEMMs (gate|up and the LM head
-        // of Llama-3.1-8B at batch 17-64) keep session 13's plan.
-        for m in [17, 24, 32, 48, 64] {
+        // of Llama-3.1-8B) at batch 33-64 keep session 13's plan; at batch
+        // 17-32 they take t32x4 (change 71: gate|up 28672x4096 at M = 24 /
+        // 32 36.2-36.8 us with 2 splits against t64x2's 41.2-42.7; the LM
+        // head by the same per-chunk times, not timed alone).
+        for m in [48, 64] {
             for n in [28672, 128256] {
                 assert_eq!(
                     plan(m, n, 4096, &h100),
@@ -1406,14 +1514,46 @@ mod tests {
                 );
             }
         }
-        // M <= 64: 64-token tiles only.
-        for m in [17, 32, 64] {
+        for m in [17, 24, 32] {
+            assert_eq!(plan(m, 28672, 4096, &h100).0, name("t32x4"), "M={m}");
+            assert_eq!(plan(m, 128256, 4096, &h100).0, name("t32x4"), "M={m}");
+            // 28672x8192: 60.8-61.7 us against t64x2's 77.5; 14336x4096
+            // with 4 splits 25.0-25.3 against 26.7-27.7.
+            assert_eq!(plan(m, 28672, 8192, &h100), (name("t32x4"), 2, true));
+            assert_eq!(plan(m, 14336, 4096, &h100).0, name("t32x4"), "M={m}");
+        }
+        // M = 33..64: 64-token tiles only.
+        for m in [33, 48, 64] {
             for (n, k) in [(4096, 4096), (6144, 4096), (4096, 14336), (28672, 4096)] {
                 for fit in [&ClusterFit::NONE, &h100] {
-                    let (v, _, _) = ws_variant_for(m, n, k / 64, 132, fit, None, one_round_fit);
+                    let (v, _, _) =
+                        ws_variant_for(m, n, k / 64, 132, fit, None, one_round_fit, true);
                     assert_eq!(v.tokens, 64, "M={m} {n}x{k}");
                 }
             }
+        }
+        // M <= 16 (change 71): the 16-token variants; 28672x8192 takes
+        // t16x4 with 2 splits (55.5-57.8 us on the H100 at M = 12 / 16,
+        // t16x2 unsplit 70.5-74); the wgemm formats never take them.
+        for m in [9, 12, 16] {
+            assert_eq!(plan(m, 28672, 8192, &h100), (name("t16x4"), 2, true));
+            let (v, _, _) = ws_variant_for(m, 28672, 128, 132, &h100, None, one_round_fit, false);
+            assert_eq!(v.tokens, 64, "M={m}");
+        }
+    }
+
+    /// `GemmPath::Auto` takes the 16-token variants at M = 9..16 on large
+    /// long-K weights only (change 71's measurements), nowhere at M <= 8.
+    #[test]
+    fn auto_takes_small_token_variants_where_measured() {
+        for m in 9..=16 {
+            assert!(small_m_auto(m, 28672, 8192), "M={m}");
+            for (n, k) in [(28672, 4096), (14336, 4096), (4096, 14336), (4096, 4096)] {
+                assert!(!small_m_auto(m, n, k), "M={m} {n}x{k}");
+            }
+        }
+        for m in [1, 4, 8, 17, 32] {
+            assert!(!small_m_auto(m, 28672, 8192), "M={m}");
         }
     }
 }

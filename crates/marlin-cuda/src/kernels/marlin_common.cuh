@@ -555,6 +555,18 @@ __device__ __forceinline__ void fence_operand(float& r) { asm volatile("" : "+f"
 // wgmma.mma_async m64nTOKk16, A (activation type) from registers, B (same
 // type, K-major) from shared memory (descriptor `desc`), fp32 accumulators
 // d[TOK/2]; scale_d = 0 overwrites d.
+__device__ __forceinline__ void wgmma_rs_n16(float* d, const u32 (&a)[4], unsigned long long desc, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32." MARLIN_ACT_PTX "." MARLIN_ACT_PTX " "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7"
+        "}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d)
+        : "memory");
+}
+
 __device__ __forceinline__ void wgmma_rs_n32(float* d, const u32 (&a)[4], unsigned long long desc, int scale_d) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
@@ -608,7 +620,8 @@ __device__ __forceinline__ void wgmma_rs_n128(float* d, const u32 (&a)[4], unsig
 
 template <int TOK>
 __device__ __forceinline__ void wgmma_rs(float* d, const u32 (&a)[4], unsigned long long desc, int scale_d) {
-    if constexpr (TOK == 32) wgmma_rs_n32(d, a, desc, scale_d);
+    if constexpr (TOK == 16) wgmma_rs_n16(d, a, desc, scale_d);
+    else if constexpr (TOK == 32) wgmma_rs_n32(d, a, desc, scale_d);
     else if constexpr (TOK == 64) wgmma_rs_n64(d, a, desc, scale_d);
     else wgmma_rs_n128(d, a, desc, scale_d);
 }

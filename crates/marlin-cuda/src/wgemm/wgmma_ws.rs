@@ -245,6 +245,13 @@ fn variant_index(v: WsVariant) -> usize {
 
 /// The entry of (format, scale form, variant): `wx_ws_<format>[g]_<variant>`.
 fn kernel(format: WxFormat, grouped: bool, v: WsVariant) -> Result<&'static str> {
+    if v.is_small() {
+        // MARLIN_WGMMA_WS_VARIANT may name an INT4-only variant.
+        return Err(CudaError::Unsupported(format!(
+            "the warp-specialised wgmma GEMM of the wgemm formats has no {} entries",
+            v.name()
+        )));
+    }
     let names: [&'static str; 4] = match (format, grouped) {
         (WxFormat::Fp4, false) => [
             "wx_ws_fp4_t64x1",
@@ -405,6 +412,7 @@ pub(crate) fn resolve(
         &ClusterFit::NONE,
         variant_override(),
         one_round_fit_of(w.format),
+        false,
     );
     let kernel = kernel(w.format, grouped, v)?;
     let m_blocks = m.div_ceil(v.tokens).max(1);
@@ -650,8 +658,16 @@ mod tests {
         for format in [WxFormat::Fp4, WxFormat::Int3, WxFormat::Int2] {
             let fit = super::one_round_fit_of(format);
             for m in [17, 32, 64] {
-                let (v, s, _) =
-                    ws_variant_for(m, 4096, 14336 / 64, 132, &ClusterFit::NONE, None, fit);
+                let (v, s, _) = ws_variant_for(
+                    m,
+                    4096,
+                    14336 / 64,
+                    132,
+                    &ClusterFit::NONE,
+                    None,
+                    fit,
+                    false,
+                );
                 assert_eq!(
                     (v.name().as_str(), s),
                     ("t64x2", 8),
@@ -663,7 +679,8 @@ mod tests {
         for format in [WxFormat::Int8, WxFormat::Fp4, WxFormat::Int3] {
             for (m, n, k, variant, splits) in fastest {
                 let fit = super::one_round_fit_of(format);
-                let (v, s, c) = ws_variant_for(m, n, k / 64, 132, &ClusterFit::NONE, None, fit);
+                let (v, s, c) =
+                    ws_variant_for(m, n, k / 64, 132, &ClusterFit::NONE, None, fit, false);
                 let want = match (format, m, n, k) {
                     // The misses: t128x2 / 2 splits, 43.5 us against 41.6;
                     // INT8's t64x1 / 3 splits 15.3 us is within 4%.
