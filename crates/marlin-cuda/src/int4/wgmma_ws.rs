@@ -907,7 +907,7 @@ const WS_AUTO_MIN_WAVE_EFFICIENCY: f64 = 0.9;
 /// round: 233.2 vs 220.5).
 pub fn ws_auto(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
     let sms = sm_count.max(1);
-    if (WS_SMALL_M_AUTO_MIN_M..WS_LOW_M_AUTO_MIN_M).contains(&m) {
+    if m < WS_LOW_M_AUTO_MIN_M {
         return small_m_auto(m, w.n, w.k);
     }
     if (WS_LOW_M_AUTO_MIN_M..=64).contains(&m) {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use cudarc::driver::CudaSlice;
 use half::f16;
 use marlin_cuda::int4::gemm::{
-    int4_gemm, int4_gemm_prepared, GemmOptions, GemmPath, GemmWorkspace, Int4Weight,
+    int4_gemm, int4_gemm_prepared, GemmOptions, GemmPath, GemmPlan, GemmWorkspace, Int4Weight,
 };
 use marlin_cuda::int4::random::{random_activations, random_int4};
 use marlin_cuda::int4::reference::{dequantize_int4_ref, matmul_ref};
@@ -115,6 +115,27 @@ pub fn rel_l2_all_finite(got: &[f16], want: &[f64], n: usize, what: &str) -> f64
 
 pub fn bit_identical(x: &[f16], y: &[f16]) -> bool {
     x.len() == y.len() && x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits())
+}
+
+/// One `GemmPath::Auto` launch of `p` for M rows into a NaN-poisoned C,
+/// checked against the reference; returns the plan it took and the error.
+pub fn run_auto_checked(
+    dev: &Arc<CudaDevice>,
+    ws: &mut GemmWorkspace,
+    p: &Problem,
+    m: usize,
+    what: &str,
+) -> (GemmPlan, f64) {
+    let n = p.weight.n;
+    let mut c = dev.alloc_zeros::<f16>("C", m * n).expect("alloc C");
+    dev.write(&mut c, &vec![f16::NAN; m * n]).expect("poison");
+    let plan =
+        int4_gemm(dev, &p.a, m, &p.weight, &mut c, ws, GemmOptions::default()).expect("auto");
+    let got = dev.download(&c).expect("download");
+    let what = format!("{what} {plan:?} seed={}", p.seed);
+    let rel = rel_l2_all_finite(&got, &p.want, n, &what);
+    assert!(rel < REL_L2_TOL, "{what}: rel L2 error {rel:.3e}");
+    (plan, rel)
 }
 
 /// Runs `case` twice on the forced `path`; checks both against the
