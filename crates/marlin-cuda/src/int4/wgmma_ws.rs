@@ -52,7 +52,7 @@ const DIAG_SOURCE: &str = concat!(
 );
 /// The entries built into [`DIAG_MODULE`] only (`#ifdef WS_DIAG_ENTRIES`
 /// in the source).
-const DIAG_KERNELS: [&str; 12] = [
+const DIAG_KERNELS: [&str; 24] = [
     "w4a16_ws_t128x1_pd",
     "w4a16_ws_t128x2_pd",
     "w4a16_ws_t128x1_pc",
@@ -65,6 +65,18 @@ const DIAG_KERNELS: [&str; 12] = [
     "w4a16_ws_t128x2_pr",
     "w4a16_ws_t128x2_pcs",
     "w4a16_ws_t128x2_pcr",
+    "w4a16_ws_t16x2_pd",
+    "w4a16_ws_t16x2_pc",
+    "w4a16_ws_t16x2_ps",
+    "w4a16_ws_t16x2_pr",
+    "w4a16_ws_t16x2_pcs",
+    "w4a16_ws_t16x2_pcr",
+    "w4a16_ws_t16x4_pd",
+    "w4a16_ws_t16x4_pc",
+    "w4a16_ws_t16x4_ps",
+    "w4a16_ws_t16x4_pr",
+    "w4a16_ws_t16x4_pcs",
+    "w4a16_ws_t16x4_pcr",
 ];
 
 /// The production entries (and staging kernels) with bf16 activations
@@ -104,6 +116,9 @@ pub struct WsVariant {
     pub tiles_per_wg: usize,
     /// Ring depth (chunks in flight).
     pub stages: usize,
+    /// Register fragment sets of the consumers: 2 (one chunk's wgmma in
+    /// flight while the next is dequantised) or 3 (two: [`F3_VARIANTS`]).
+    pub fsets: usize,
 }
 
 /// Every variant the source instantiates, (tokens, tiles per warpgroup,
@@ -122,11 +137,33 @@ pub(crate) const VARIANTS: [WsVariant; 4] = [
 pub(crate) const SMALL_VARIANTS: [WsVariant; 3] =
     [variant(16, 2, 16), variant(16, 4, 10), variant(32, 4, 9)];
 
+/// The three-fragment-set variants (change 72; split-K form, INT4 only):
+/// two chunks' wgmma groups in flight while the consumers dequantise the
+/// next one. Keep in sync with `W4A16_WS_ENTRY_F3` in the source.
+pub(crate) const F3_VARIANTS: [WsVariant; 6] = [
+    variant_f3(16, 2, 16),
+    variant_f3(16, 3, 13),
+    variant_f3(32, 2, 15),
+    variant_f3(32, 3, 11),
+    variant_f3(64, 1, 12),
+    variant_f3(64, 2, 10),
+];
+
 const fn variant(tokens: usize, tiles_per_wg: usize, stages: usize) -> WsVariant {
     WsVariant {
         tokens,
         tiles_per_wg,
         stages,
+        fsets: 2,
+    }
+}
+
+const fn variant_f3(tokens: usize, tiles_per_wg: usize, stages: usize) -> WsVariant {
+    WsVariant {
+        tokens,
+        tiles_per_wg,
+        stages,
+        fsets: 3,
     }
 }
 
@@ -134,6 +171,12 @@ impl WsVariant {
     /// One of [`SMALL_VARIANTS`] (fewer than 64 tokens per block).
     pub fn is_small(&self) -> bool {
         self.tokens < 64
+    }
+
+    /// A variant with split-K INT4 entries only (no stream-K, cluster or
+    /// `wgemm` form): [`SMALL_VARIANTS`] and [`F3_VARIANTS`].
+    pub fn int4_split_k_only(&self) -> bool {
+        self.is_small() || self.fsets != 2
     }
 
     /// 64-column tiles per block.
@@ -156,13 +199,32 @@ impl WsVariant {
     }
 
     /// Name as in the source and `MARLIN_WGMMA_WS_VARIANT`:
-    /// `t<tokens>x<tiles per warpgroup>`.
+    /// `t<tokens>x<tiles per warpgroup>`, then `f3` for three fragment sets.
     pub fn name(&self) -> String {
-        format!("t{}x{}", self.tokens, self.tiles_per_wg)
+        let sets = if self.fsets == 3 { "f3" } else { "" };
+        format!("t{}x{}{sets}", self.tokens, self.tiles_per_wg)
     }
 
     fn kernel(&self, has_zeros: bool) -> &'static str {
         if let Some(probe) = ws_probe() {
+            if !has_zeros && self.tokens == 16 && self.fsets == 2 {
+                // Change 72: every probe at 16 tokens too.
+                let x4 = self.tiles_per_wg == 4;
+                return match (x4, probe) {
+                    (false, WsProbe::Deliver) => "w4a16_ws_t16x2_pd",
+                    (false, WsProbe::Compute) => "w4a16_ws_t16x2_pc",
+                    (false, WsProbe::Ss) => "w4a16_ws_t16x2_ps",
+                    (false, WsProbe::Raw) => "w4a16_ws_t16x2_pr",
+                    (false, WsProbe::ComputeSs) => "w4a16_ws_t16x2_pcs",
+                    (false, WsProbe::ComputeRaw) => "w4a16_ws_t16x2_pcr",
+                    (true, WsProbe::Deliver) => "w4a16_ws_t16x4_pd",
+                    (true, WsProbe::Compute) => "w4a16_ws_t16x4_pc",
+                    (true, WsProbe::Ss) => "w4a16_ws_t16x4_ps",
+                    (true, WsProbe::Raw) => "w4a16_ws_t16x4_pr",
+                    (true, WsProbe::ComputeSs) => "w4a16_ws_t16x4_pcs",
+                    (true, WsProbe::ComputeRaw) => "w4a16_ws_t16x4_pcr",
+                };
+            }
             if !has_zeros && self.tokens == 128 {
                 let entry = match (self.tiles_per_wg, probe) {
                     (1, WsProbe::Deliver) => Some("w4a16_ws_t128x1_pd"),
@@ -187,6 +249,22 @@ impl WsVariant {
                 (64, _) => "w4a16_ws_t64x2_e0",
                 (_, 1) => "w4a16_ws_t128x1_e0",
                 (_, _) => "w4a16_ws_t128x2_e0",
+            };
+        }
+        if self.fsets == 3 {
+            return match (self.tokens, self.tiles_per_wg, has_zeros) {
+                (16, 2, false) => "w4a16_ws_t16x2f3",
+                (16, 2, true) => "w4a16_ws_t16x2f3z",
+                (16, _, false) => "w4a16_ws_t16x3f3",
+                (16, _, true) => "w4a16_ws_t16x3f3z",
+                (32, 2, false) => "w4a16_ws_t32x2f3",
+                (32, 2, true) => "w4a16_ws_t32x2f3z",
+                (32, _, false) => "w4a16_ws_t32x3f3",
+                (32, _, true) => "w4a16_ws_t32x3f3z",
+                (_, 1, false) => "w4a16_ws_t64x1f3",
+                (_, 1, true) => "w4a16_ws_t64x1f3z",
+                (_, _, false) => "w4a16_ws_t64x2f3",
+                (_, _, true) => "w4a16_ws_t64x2f3z",
             };
         }
         match (self.tokens, self.tiles_per_wg, has_zeros) {
@@ -299,6 +377,7 @@ pub(crate) fn variant_override() -> Option<WsVariant> {
     VARIANTS
         .into_iter()
         .chain(SMALL_VARIANTS)
+        .chain(F3_VARIANTS)
         .find(|v| v.name() == name)
 }
 
@@ -688,6 +767,18 @@ fn subnormal_entry(kernel: &str) -> Option<&'static str> {
         "w4a16_ws_t16x2z" => "w4a16_ws_t16x2zn",
         "w4a16_ws_t16x4z" => "w4a16_ws_t16x4zn",
         "w4a16_ws_t32x4z" => "w4a16_ws_t32x4zn",
+        "w4a16_ws_t16x2f3" => "w4a16_ws_t16x2f3n",
+        "w4a16_ws_t16x3f3" => "w4a16_ws_t16x3f3n",
+        "w4a16_ws_t32x2f3" => "w4a16_ws_t32x2f3n",
+        "w4a16_ws_t32x3f3" => "w4a16_ws_t32x3f3n",
+        "w4a16_ws_t64x1f3" => "w4a16_ws_t64x1f3n",
+        "w4a16_ws_t64x2f3" => "w4a16_ws_t64x2f3n",
+        "w4a16_ws_t16x2f3z" => "w4a16_ws_t16x2f3zn",
+        "w4a16_ws_t16x3f3z" => "w4a16_ws_t16x3f3zn",
+        "w4a16_ws_t32x2f3z" => "w4a16_ws_t32x2f3zn",
+        "w4a16_ws_t32x3f3z" => "w4a16_ws_t32x3f3zn",
+        "w4a16_ws_t64x1f3z" => "w4a16_ws_t64x1f3zn",
+        "w4a16_ws_t64x2f3z" => "w4a16_ws_t64x2f3zn",
         _ => return None,
     })
 }
@@ -798,8 +889,8 @@ const WS_SK_AUTO_MAX_M: usize = 255;
 /// three runs (79.9 in the same call). `MARLIN_WGMMA_WS_STREAMK=0/1`
 /// overrides.
 pub fn ws_stream_k(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
-    // The small-token variants have no stream-K form.
-    if variant_override().is_some_and(|v| v.is_small()) {
+    // The small-token and three-set variants have no stream-K form.
+    if variant_override().is_some_and(|v| v.int4_split_k_only()) {
         return false;
     }
     stream_k_override().unwrap_or_else(|| m <= WS_SK_AUTO_MAX_M && stream_k_shape(m, w, sm_count))
@@ -1316,7 +1407,7 @@ mod tests {
     use super::{
         choose_splits, cluster_entry, one_round_fit, small_m_auto, subnormal_entry,
         subnormal_shift, subnormal_shift_for_range, ws_variant_for, ClusterFit, DIAG_KERNELS,
-        SMALL_VARIANTS, SMEM_LIMIT, SOURCE, VARIANTS,
+        F3_VARIANTS, SMALL_VARIANTS, SMEM_LIMIT, SOURCE, VARIANTS,
     };
 
     /// The subnormal dequantisation's shift: the smallest m whose low-nibble
@@ -1413,13 +1504,39 @@ mod tests {
             let stage = v.stage_kernel();
             assert!(SOURCE.contains(&format!("W4A16_WS_STAGE_ENTRY({stage}, {})", v.tokens)));
         }
+        // The three-fragment-set variants: plain, zero-point and `_n`
+        // entries of `W4A16_WS_ENTRY_F3` with their (TOK, TPW, STAGES),
+        // named by `name()`, refused by the other forms.
+        for v in F3_VARIANTS {
+            let shape = format!(", {}, {}, {}, ", v.tokens, v.tiles_per_wg, v.stages);
+            assert!(v.int4_split_k_only());
+            for z in [false, true] {
+                let k = v.kernel(z);
+                assert!(k.contains(&v.name()), "{k}");
+                assert!(
+                    SOURCE.contains(&format!("W4A16_WS_ENTRY_F3({k}{shape}{z}, false)")),
+                    "{k}"
+                );
+                let n = subnormal_entry(k).expect("subnormal entry");
+                assert_eq!(n.strip_suffix('n'), Some(k));
+                assert!(
+                    SOURCE.contains(&format!("W4A16_WS_ENTRY_F3({n}{shape}{z}, true)")),
+                    "{n}"
+                );
+                assert_eq!(cluster_entry(n), None);
+            }
+        }
     }
 
     /// Every variant fits the sm_90 opt-in shared-memory limit with and
     /// without zero points (one block per SM).
     #[test]
     fn variants_fit_shared_memory() {
-        for v in VARIANTS.into_iter().chain(SMALL_VARIANTS) {
+        for v in VARIANTS
+            .into_iter()
+            .chain(SMALL_VARIANTS)
+            .chain(F3_VARIANTS)
+        {
             for z in [false, true] {
                 assert!(v.smem_bytes(z) <= SMEM_LIMIT, "{v:?} z={z}");
             }

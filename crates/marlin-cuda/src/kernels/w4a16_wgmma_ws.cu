@@ -277,6 +277,17 @@ __device__ __forceinline__ void ws_wgmma_ss_n128(float* d, u64 da, u64 db) {
         : "memory");
 }
 
+// The same at 16 tokens (m64n16k16; change 72's probes).
+__device__ __forceinline__ void ws_wgmma_ss_n16(float* d, u64 da, u64 db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32." MARLIN_ACT_PTX "." MARLIN_ACT_PTX " "
+        "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "l"(da), "l"(db), "n"(1)
+        : "memory");
+}
+
 // Shared-memory matrix descriptor of a K-major tile with the 128-byte
 // swizzle (layout type 1 in bits 62-63): start address >> 4 (bits 0-13),
 // leading byte offset unused for swizzled K-major (1), stride byte offset
@@ -384,7 +395,7 @@ struct WsCodes {
 };
 
 template <int TOK, int TPW, int STAGES, bool HAS_Z, int PROBE, bool SUBN, bool CLUSTER = false, int FMT = WS_INT4,
-          bool GROUPED = false>
+          bool GROUPED = false, int FSETS = 2>
 __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged activations
                                         const uint4* __restrict__ W,   // packed codes
                                         const u32* __restrict__ S,     // (groups, n_pad/16, 8) f16x2
@@ -401,6 +412,8 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
     constexpr bool WX = Codes::wx;
     static_assert(!WX || (PROBE == 0 && !SUBN && !HAS_Z && !CLUSTER), "wgemm formats: plain production entries");
     static_assert(!Codes::low || GROUPED, "INT3 / INT2: scale and zero per K group");
+    static_assert(FSETS == 2 || FSETS == 3, "two or three fragment sets");
+    static_assert(FSETS == 2 || (PROBE == 0 && !CLUSTER && !WX), "three fragment sets: INT4 split-K entries");
     static_assert(!(GROUPED && FMT == FMT_FP4), "FP4: one K group");
 #ifdef MARLIN_ACT_BF16
     static_assert(!SUBN, "subnormal dequantisation: f16 only");
@@ -419,7 +432,7 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
     constexpr bool NO_COPY = PROBE == 2 || PROBE == 6 || PROBE == 7;
     constexpr bool SS_PROBE = PROBE == 4 || PROBE == 6;
     constexpr bool RAW_PROBE = PROBE == 5 || PROBE == 7;
-    static_assert(!(SS_PROBE || RAW_PROBE) || TOK == 128, "ceiling probes: 128 tokens");
+    static_assert(!(SS_PROBE || RAW_PROBE) || TOK == 128 || TOK == 16, "ceiling probes: 128 or 16 tokens");
     const int tid = threadIdx.x;
     const int wg = tid >> 7;
     const int n_tiles = n_pad >> 6;
@@ -693,7 +706,13 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
             for (int j = 0; j < 4; j++)
 #pragma unroll
                 for (int p = 0; p < TPW; p++) {
-                    if constexpr (SS_PROBE) {
+                    if constexpr (SS_PROBE && TOK == 16) {
+                        // A = the slot's first 8 KiB of codes read as a 64 x
+                        // 64 f16 tile (values meaningless: change 72's rate
+                        // probe of shared-memory-A wgmma at 16 tokens).
+                        ws_wgmma_ss_n16(acc[p], ws_desc_sw128(w0 + slot * W_BYTES + 32 * j),
+                                        ws_desc_sw128(act + 32 * j));
+                    } else if constexpr (SS_PROBE) {
                         // A = rows 64p .. 64p + 63 of the activation tile.
                         ws_wgmma_ss_n128(acc[p], ws_desc_sw128(act + 8192u * (u32)p + 32 * j),
                                          ws_desc_sw128(act + 32 * j));
@@ -706,14 +725,16 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
             for (int p = 0; p < TPW; p++)
 #pragma unroll
                 for (int x = 0; x < TOK / 2; x++) fence_operand(acc[p][x]);
-            // Chunk i-1's wgmma group has retired: its slot goes back to the
-            // producer (its code words and scales were read before) and its
-            // fragment set is free for chunk i+1. (A third set, two chunks
-            // in flight, measured no faster: docs/CUDA.md change 26.)
-            wgmma_wait<1>();
-            if (i > 0) {
+            // Chunk i-(FSETS-1)'s wgmma group has retired: its slot goes back
+            // to the producer (its code words and scales were read before)
+            // and its fragment set is free for chunk i+1. Two sets: one
+            // chunk's wgmma in flight while the next is dequantised; three
+            // (`f3` entries, change 72): two (at 128 tokens a third set
+            // measured no faster, docs/CUDA.md change 26).
+            wgmma_wait<FSETS - 1>();
+            if (i >= FSETS - 1) {
                 __syncwarp();
-                if (lane == 0) mbar_arrive(empty0 + 8 * ((i - 1) % STAGES));
+                if (lane == 0) mbar_arrive(empty0 + 8 * ((i - (FSETS - 1)) % STAGES));
             }
         };
         auto step = [&](int i, u32 (&frag)[TPW][4][4]) {
@@ -727,7 +748,7 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                 compute_step(i, frag);
             }
         };
-        u32 frag_even[TPW][4][4], frag_odd[TPW][4][4];
+        u32 frag_even[TPW][4][4], frag_odd[TPW][4][4], frag_third[TPW][4][4];
 #pragma unroll
         for (int p = 0; p < TPW; p++)
 #pragma unroll
@@ -736,21 +757,48 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                 for (int x = 0; x < 4; x++) {
                     frag_even[p][j][x] = 0u;
                     frag_odd[p][j][x] = 0u;
+                    frag_third[p][j][x] = 0u;
                 }
-        // Pairs of chunks, then the odd one. (A loop body with `if (i + 1 <
-        // n_my)` around the second step has a path, for ptxas, on which the
-        // next iteration rewrites the even set while its wgmma is in flight:
-        // ptxas then serialises every wgmma, warning C7513.)
+        // Whole rounds of FSETS chunks, then the rest. After each step the
+        // other sets stay allocated (their groups may still be in flight).
+        // (A loop body with `if (i + 1 < n_my)` around a later step has a
+        // path, for ptxas, on which the next iteration rewrites a set while
+        // its wgmma is in flight: ptxas then serialises every wgmma, warning
+        // C7513; so the rest is nested after the loop.)
         int i = 0;
-        for (; i + 1 < n_my; i += 2) {
-            step(i, frag_even);
-            ws_keep_alive<TPW>(frag_odd);
-            step(i + 1, frag_odd);
-            ws_keep_alive<TPW>(frag_even);
-        }
-        if (i < n_my) {
-            step(i, frag_even);
-            ws_keep_alive<TPW>(frag_odd);
+        if constexpr (FSETS == 3) {
+            for (; i + 2 < n_my; i += 3) {
+                step(i, frag_even);
+                ws_keep_alive<TPW>(frag_odd);
+                ws_keep_alive<TPW>(frag_third);
+                step(i + 1, frag_odd);
+                ws_keep_alive<TPW>(frag_third);
+                ws_keep_alive<TPW>(frag_even);
+                step(i + 2, frag_third);
+                ws_keep_alive<TPW>(frag_even);
+                ws_keep_alive<TPW>(frag_odd);
+            }
+            if (i < n_my) {
+                step(i, frag_even);
+                ws_keep_alive<TPW>(frag_odd);
+                ws_keep_alive<TPW>(frag_third);
+                if (i + 1 < n_my) {
+                    step(i + 1, frag_odd);
+                    ws_keep_alive<TPW>(frag_third);
+                    ws_keep_alive<TPW>(frag_even);
+                }
+            }
+        } else {
+            for (; i + 1 < n_my; i += 2) {
+                step(i, frag_even);
+                ws_keep_alive<TPW>(frag_odd);
+                step(i + 1, frag_odd);
+                ws_keep_alive<TPW>(frag_even);
+            }
+            if (i < n_my) {
+                step(i, frag_even);
+                ws_keep_alive<TPW>(frag_odd);
+            }
         }
         wgmma_wait<0>();
 #pragma unroll
@@ -1327,6 +1375,18 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
         ws_body<TOK, TPW, STAGES, HAS_Z, PROBE, SUBN>(As, W, S, Z, C, partials, tickets, M, N, n_pad,   \
                                                       k_chunks, group_k32, splits, subn_m);             \
     }
+// Three fragment sets (change 72): two chunks' wgmma in flight while the
+// next is dequantised.
+#define W4A16_WS_ENTRY_F3(NAME, TOK, TPW, STAGES, HAS_Z, SUBN)                                         \
+    extern "C" __global__ void __launch_bounds__(384, 1) NAME(                                          \
+        const uint4* __restrict__ As, const uint4* __restrict__ W, const u32* __restrict__ S,           \
+        const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,                   \
+        u32* __restrict__ tickets, int M, int N, int n_pad, int k_chunks, int group_k32, int splits,    \
+        int subn_m) {                                                                                   \
+        pdl_trigger();                                                                                  \
+        ws_body<TOK, TPW, STAGES, HAS_Z, 0, SUBN, false, WS_INT4, false, 3>(                            \
+            As, W, S, Z, C, partials, tickets, M, N, n_pad, k_chunks, group_k32, splits, subn_m);       \
+    }
 #define W4A16_WS_ENTRY(NAME, TOK, TPW, STAGES, HAS_Z, PROBE) \
     W4A16_WS_ENTRY_X(NAME, TOK, TPW, STAGES, HAS_Z, PROBE, false)
 // Subnormal dequantisation with the cluster reduction (change 67): launched
@@ -1418,7 +1478,32 @@ W4A16_WS_ENTRY(w4a16_ws_t32x4, 32, 4, 9, false, 0)
 W4A16_WS_ENTRY(w4a16_ws_t16x2z, 16, 2, 16, true, 0)
 W4A16_WS_ENTRY(w4a16_ws_t16x4z, 16, 4, 10, true, 0)
 W4A16_WS_ENTRY(w4a16_ws_t32x4z, 32, 4, 9, true, 0)
+// Three fragment sets (change 72, `F3_VARIANTS`; split-K form only).
+W4A16_WS_ENTRY_F3(w4a16_ws_t16x2f3, 16, 2, 16, false, false)
+W4A16_WS_ENTRY_F3(w4a16_ws_t16x3f3, 16, 3, 13, false, false)
+W4A16_WS_ENTRY_F3(w4a16_ws_t32x2f3, 32, 2, 15, false, false)
+W4A16_WS_ENTRY_F3(w4a16_ws_t32x3f3, 32, 3, 11, false, false)
+W4A16_WS_ENTRY_F3(w4a16_ws_t64x1f3, 64, 1, 12, false, false)
+W4A16_WS_ENTRY_F3(w4a16_ws_t64x2f3, 64, 2, 10, false, false)
+W4A16_WS_ENTRY_F3(w4a16_ws_t16x2f3z, 16, 2, 16, true, false)
+W4A16_WS_ENTRY_F3(w4a16_ws_t16x3f3z, 16, 3, 13, true, false)
+W4A16_WS_ENTRY_F3(w4a16_ws_t32x2f3z, 32, 2, 15, true, false)
+W4A16_WS_ENTRY_F3(w4a16_ws_t32x3f3z, 32, 3, 11, true, false)
+W4A16_WS_ENTRY_F3(w4a16_ws_t64x1f3z, 64, 1, 12, true, false)
+W4A16_WS_ENTRY_F3(w4a16_ws_t64x2f3z, 64, 2, 10, true, false)
 #ifndef MARLIN_ACT_BF16
+W4A16_WS_ENTRY_F3(w4a16_ws_t16x2f3n, 16, 2, 16, false, true)
+W4A16_WS_ENTRY_F3(w4a16_ws_t16x3f3n, 16, 3, 13, false, true)
+W4A16_WS_ENTRY_F3(w4a16_ws_t32x2f3n, 32, 2, 15, false, true)
+W4A16_WS_ENTRY_F3(w4a16_ws_t32x3f3n, 32, 3, 11, false, true)
+W4A16_WS_ENTRY_F3(w4a16_ws_t64x1f3n, 64, 1, 12, false, true)
+W4A16_WS_ENTRY_F3(w4a16_ws_t64x2f3n, 64, 2, 10, false, true)
+W4A16_WS_ENTRY_F3(w4a16_ws_t16x2f3zn, 16, 2, 16, true, true)
+W4A16_WS_ENTRY_F3(w4a16_ws_t16x3f3zn, 16, 3, 13, true, true)
+W4A16_WS_ENTRY_F3(w4a16_ws_t32x2f3zn, 32, 2, 15, true, true)
+W4A16_WS_ENTRY_F3(w4a16_ws_t32x3f3zn, 32, 3, 11, true, true)
+W4A16_WS_ENTRY_F3(w4a16_ws_t64x1f3zn, 64, 1, 12, true, true)
+W4A16_WS_ENTRY_F3(w4a16_ws_t64x2f3zn, 64, 2, 10, true, true)
 W4A16_WS_ENTRY_X(w4a16_ws_t16x2n, 16, 2, 16, false, 0, true)
 W4A16_WS_ENTRY_X(w4a16_ws_t16x4n, 16, 4, 10, false, 0, true)
 W4A16_WS_ENTRY_X(w4a16_ws_t32x4n, 32, 4, 9, false, 0, true)
@@ -1482,6 +1567,20 @@ W4A16_WS_ENTRY(w4a16_ws_t128x2_ps, 128, 2, 8, false, 4)
 W4A16_WS_ENTRY(w4a16_ws_t128x2_pr, 128, 2, 8, false, 5)
 W4A16_WS_ENTRY(w4a16_ws_t128x2_pcs, 128, 2, 8, false, 6)
 W4A16_WS_ENTRY(w4a16_ws_t128x2_pcr, 128, 2, 8, false, 7)
+// The same probes at 16 tokens (change 72: what sets the small-token
+// variants' chunk time; A of `_ps` / `_pcs` is the slot's code region).
+W4A16_WS_ENTRY(w4a16_ws_t16x2_pd, 16, 2, 16, false, 1)
+W4A16_WS_ENTRY(w4a16_ws_t16x2_pc, 16, 2, 16, false, 2)
+W4A16_WS_ENTRY(w4a16_ws_t16x2_ps, 16, 2, 16, false, 4)
+W4A16_WS_ENTRY(w4a16_ws_t16x2_pr, 16, 2, 16, false, 5)
+W4A16_WS_ENTRY(w4a16_ws_t16x2_pcs, 16, 2, 16, false, 6)
+W4A16_WS_ENTRY(w4a16_ws_t16x2_pcr, 16, 2, 16, false, 7)
+W4A16_WS_ENTRY(w4a16_ws_t16x4_pd, 16, 4, 10, false, 1)
+W4A16_WS_ENTRY(w4a16_ws_t16x4_pc, 16, 4, 10, false, 2)
+W4A16_WS_ENTRY(w4a16_ws_t16x4_ps, 16, 4, 10, false, 4)
+W4A16_WS_ENTRY(w4a16_ws_t16x4_pr, 16, 4, 10, false, 5)
+W4A16_WS_ENTRY(w4a16_ws_t16x4_pcs, 16, 4, 10, false, 6)
+W4A16_WS_ENTRY(w4a16_ws_t16x4_pcr, 16, 4, 10, false, 7)
 #endif  // WS_DIAG_ENTRIES
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
