@@ -152,6 +152,10 @@ pub struct GemmBenchConfig {
     /// costs when an earlier kernel prefetched its weights into L2 (the
     /// copy bandwidth and the peers' columns are then L2 figures too).
     pub l2_warm: bool,
+    /// After each INT4 shape's streaming-read peer, also time reading its
+    /// codes in the split-K GEMMs' order (tile-major pack and a layout with
+    /// each block's chunk contiguous; printed on stderr, change 72).
+    pub tile_read: bool,
 }
 
 impl Default for GemmBenchConfig {
@@ -177,6 +181,7 @@ impl Default for GemmBenchConfig {
             wgmma_only: false,
             act: Act::F16,
             l2_warm: false,
+            tile_read: false,
         }
     }
 }
@@ -566,6 +571,49 @@ impl Weights {
     }
 }
 
+/// `--tile-read` (change 72): the codes of an N x K INT4 weight read in
+/// the split-K GEMMs' order, blocks of G = 2 / 4 / 8 tiles and the splits
+/// that fill the SMs once, in the pack's tile-major layout and with each
+/// block's chunk contiguous, beside the linear read peer `read_us` (lines
+/// on stderr; a configuration that cannot run is skipped).
+fn tile_read_table(
+    dev: &Arc<CudaDevice>,
+    n: usize,
+    k: usize,
+    bytes: usize,
+    read_us: f64,
+    cfg: &GemmBenchConfig,
+) {
+    let n_tiles = n.div_ceil(64);
+    let k_chunks = k.div_ceil(64);
+    let peer = match ReadPeer::new(dev, bytes, copies_for(bytes, cfg.l2_warm)) {
+        Ok(p) => p,
+        Err(e) => return eprintln!("tile read {n}x{k}: {e}"),
+    };
+    for g in [2, 4, 8] {
+        if !n_tiles.is_multiple_of(g) {
+            continue;
+        }
+        let blocks = n_tiles / g;
+        let splits = (dev.sm_count() / blocks).clamp(1, (k_chunks / 8).max(1));
+        let mut line = format!(
+            "tile-read {n}x{k} G={g} splits={splits} blocks={} linear {read_us:.2} us",
+            blocks * splits
+        );
+        for grouped in [false, true] {
+            let us = peer.time_tiles_us(dev, (n_tiles, k_chunks), (g, splits, grouped), |f| {
+                time_us(dev, cfg.reps, cfg.batches, f)
+            });
+            let label = if grouped { "grouped" } else { "tile-major" };
+            match us {
+                Ok(us) => line += &format!(" {label} {us:.2} us ({:.0}%)", 100.0 * read_us / us),
+                Err(e) => line += &format!(" {label} failed: {e}"),
+            }
+        }
+        eprintln!("{line}");
+    }
+}
+
 /// Random activations in [-1, 1) of type T (for f16 the values of
 /// [`random_activations`]).
 fn random_act<T: ActDtype>(m: usize, k: usize, seed: u64) -> Vec<T> {
@@ -595,6 +643,9 @@ fn bench_shape<T: ActDtype>(
                 eprintln!("streaming-read peer of {n}x{k} ({bytes} bytes) failed: {e}");
                 f64::NAN
             });
+        if cfg.tile_read && format.is_int4() {
+            tile_read_table(dev, n, k, bytes, read_us, cfg);
+        }
         formats.push((format, weights, bytes, read_us));
     }
     // fp16 (bf16) peer: random values of the same magnitude (cuBLAS time

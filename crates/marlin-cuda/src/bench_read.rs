@@ -18,6 +18,7 @@ use crate::ops::launch::KernelLaunch;
 const MODULE: &str = "bench_read";
 const SOURCE: &str = include_str!("kernels/bench_read.cu");
 const FUNC: &str = "bench_stream_read";
+const TILE_FUNC: &str = "bench_tile_read";
 /// Threads per block (the kernel's `__launch_bounds__`).
 const THREADS: u32 = 512;
 /// Blocks per SM tried; the fastest counts (the peer is the best plain read).
@@ -82,6 +83,73 @@ impl ReadPeer {
     /// Time per read (us) with the best blocks-per-SM count, timed by
     /// `time` (the benchmark's CUDA-event timer: fastest of batches of
     /// back-to-back calls).
+    /// Time of reading `n_tiles` x `k_chunks` 2 KiB code blocks of the
+    /// INT4 pack in the split-K GEMMs' order (`bench_tile_read`): blocks of
+    /// `tiles_per_block` (<= 8) tiles x `splits` K splits, one 512-thread
+    /// block each; `grouped`: in a layout where a block's pieces of one
+    /// chunk are contiguous instead of the pack's tile-major one.
+    pub fn time_tiles_us(
+        &self,
+        dev: &Arc<CudaDevice>,
+        (n_tiles, k_chunks): (usize, usize),
+        (tiles_per_block, splits, grouped): (usize, usize, bool),
+        time: impl FnOnce(&mut dyn FnMut(usize) -> Result<()>) -> Result<f64>,
+    ) -> Result<f64> {
+        let codes = n_tiles
+            .checked_mul(k_chunks)
+            .and_then(|x| x.checked_mul(128))
+            .ok_or_else(|| CudaError::Shape("tile read size overflows".into()))?;
+        if !(1..=8).contains(&tiles_per_block)
+            || !n_tiles.is_multiple_of(tiles_per_block)
+            || splits == 0
+            || splits > k_chunks
+            || codes as i64 > self.words
+        {
+            return Err(CudaError::Shape(format!(
+                "tile read of {n_tiles} tiles x {k_chunks} chunks in blocks of {tiles_per_block} \
+                 x {splits} splits over {} words",
+                self.words
+            )));
+        }
+        let to_u32 = |what: &str, v: usize| {
+            u32::try_from(v).map_err(|_| CudaError::Shape(format!("{what} {v} exceeds u32")))
+        };
+        let grid = (
+            1,
+            to_u32("column blocks", n_tiles / tiles_per_block)?,
+            to_u32("splits", splits)?,
+        );
+        let args = (
+            i32::try_from(k_chunks).map_err(|_| CudaError::Shape("k_chunks".into()))?,
+            tiles_per_block as i32,
+            i32::from(grouped),
+        );
+        let func = dev.function(MODULE, SOURCE, TILE_FUNC, 0)?;
+        let n = self.copies.len();
+        let never: u32 = 0xA5C3_0F96;
+        time(&mut |i| {
+            let cfg = LaunchConfig {
+                grid_dim: grid,
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = KernelLaunch::new(dev, &func, TILE_FUNC);
+            launch
+                .arg(&self.copies[i % n])
+                .arg(&args.0)
+                .arg(&args.1)
+                .arg(&args.2)
+                .arg(&self.sink)
+                .arg(&never);
+            // SAFETY: parameters as in the kernel (const uint4*, int, int,
+            // int, u32*, u32); it reads only words below n_tiles * k_chunks
+            // * 128 (the grid covers n_tiles / G column blocks of G tiles,
+            // checked above against the buffer's `words`) and may write
+            // sink[0] after griddepcontrol.wait.
+            unsafe { launch.launch_pdl(cfg) }
+        })
+    }
+
     pub fn time_us(
         &self,
         dev: &Arc<CudaDevice>,

@@ -1,6 +1,6 @@
 //! `marlin-cuda-bench [--quick] [--sweep] [--split-list 1,2,3] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]]
 //! [--ms 1,16] [--formats int4,mxfp4,...] [--no-ctx] [--l2-warm] [--delay-cycles C] [--dec-shapes 4x1x4,4x2x2]
-//! [--ws-only] [--wgmma-only] [--glu] [--act f16|bf16] [--device N]`: the quantized GEMM benchmark table (see `marlin_cuda::bench`). `--stream-k`
+//! [--ws-only] [--wgmma-only] [--tile-read] [--glu] [--act f16|bf16] [--device N]`: the quantized GEMM benchmark table (see `marlin_cuda::bench`). `--stream-k`
 //! adds the stream-K INT4 kernel's column; `--no-ctx` drops the decode-context columns (GEMM
 //! after a PDL-launched delay kernel of C clocks); `--l2-warm` times one copy of each weight (read
 //! from L2 where it fits: the ceiling of prefetching a GEMM's weights into L2 in an earlier kernel); `--dec-shapes` times forced decode-kernel
@@ -8,7 +8,8 @@
 //! with each of these split-K factors forced (rows marked `*`; `--sweep` sets 1,2,4,8,16,32
 //! and its own M and formats); `--ws-only` times only cuBLAS, Auto and the
 //! warp-specialised INT4 kernel (same-run A/Bs of its knobs); `--wgmma-only` the same plus the
-//! wgmma INT4 kernel; `--glu` times instead, for each
+//! wgmma INT4 kernel; `--tile-read` also prints, per INT4 shape, its codes read in the split-K
+//! GEMMs' block order beside the linear read peer (stderr); `--glu` times instead, for each
 //! stacked gate|up shape 2FxK, the GEMM + `glu` pair against the GEMM with the GLU in its epilogue;
 //! `--act bf16` runs the table with bf16 activations and outputs against cuBLAS bf16 (the bulk
 //! INT4 column, an f16-only kernel, is NaN).
@@ -20,7 +21,7 @@ use marlin_cuda::bench::{bench_gemm, GemmBenchConfig, GemmFormat};
 const USAGE: &str =
     "usage: marlin-cuda-bench [--quick] [--sweep] [--split-list 1,2,3] [--stream-k] [--sk-warps 8,16,32] [--shape NxK[,NxK..]] [--ms 1,16] \
                      [--formats int4,int4zp,int4g32,mxfp4,nvfp4,int8,fp8,fp8b128,int3,int2] [--no-ctx] [--l2-warm] [--delay-cycles C] \
-                     [--dec-shapes AxBxC[,..]] [--ws-only] [--wgmma-only] [--glu] [--act f16|bf16] [--device N]";
+                     [--dec-shapes AxBxC[,..]] [--ws-only] [--wgmma-only] [--tile-read] [--glu] [--act f16|bf16] [--device N]";
 
 fn main() {
     let mut cfg = GemmBenchConfig::default();
@@ -53,6 +54,7 @@ fn main() {
             "--no-ctx" => cfg.decode_context = false,
             "--l2-warm" => cfg.l2_warm = true,
             "--ws-only" => cfg.ws_only = true,
+            "--tile-read" => cfg.tile_read = true,
             "--wgmma-only" => cfg.wgmma_only = true,
             "--glu" => glu = true,
             "--act" => match args.next().as_deref().and_then(Act::parse) {

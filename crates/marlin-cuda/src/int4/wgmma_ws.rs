@@ -116,9 +116,6 @@ pub struct WsVariant {
     pub tiles_per_wg: usize,
     /// Ring depth (chunks in flight).
     pub stages: usize,
-    /// Register fragment sets of the consumers: 2 (one chunk's wgmma in
-    /// flight while the next is dequantised) or 3 (two: [`F3_VARIANTS`]).
-    pub fsets: usize,
 }
 
 /// Every variant the source instantiates, (tokens, tiles per warpgroup,
@@ -137,33 +134,11 @@ pub(crate) const VARIANTS: [WsVariant; 4] = [
 pub(crate) const SMALL_VARIANTS: [WsVariant; 3] =
     [variant(16, 2, 16), variant(16, 4, 10), variant(32, 4, 9)];
 
-/// The three-fragment-set variants (change 72; split-K form, INT4 only):
-/// two chunks' wgmma groups in flight while the consumers dequantise the
-/// next one. Keep in sync with `W4A16_WS_ENTRY_F3` in the source.
-pub(crate) const F3_VARIANTS: [WsVariant; 6] = [
-    variant_f3(16, 2, 16),
-    variant_f3(16, 3, 13),
-    variant_f3(32, 2, 15),
-    variant_f3(32, 3, 11),
-    variant_f3(64, 1, 12),
-    variant_f3(64, 2, 10),
-];
-
 const fn variant(tokens: usize, tiles_per_wg: usize, stages: usize) -> WsVariant {
     WsVariant {
         tokens,
         tiles_per_wg,
         stages,
-        fsets: 2,
-    }
-}
-
-const fn variant_f3(tokens: usize, tiles_per_wg: usize, stages: usize) -> WsVariant {
-    WsVariant {
-        tokens,
-        tiles_per_wg,
-        stages,
-        fsets: 3,
     }
 }
 
@@ -171,12 +146,6 @@ impl WsVariant {
     /// One of [`SMALL_VARIANTS`] (fewer than 64 tokens per block).
     pub fn is_small(&self) -> bool {
         self.tokens < 64
-    }
-
-    /// A variant with split-K INT4 entries only (no stream-K, cluster or
-    /// `wgemm` form): [`SMALL_VARIANTS`] and [`F3_VARIANTS`].
-    pub fn int4_split_k_only(&self) -> bool {
-        self.is_small() || self.fsets != 2
     }
 
     /// 64-column tiles per block.
@@ -199,15 +168,14 @@ impl WsVariant {
     }
 
     /// Name as in the source and `MARLIN_WGMMA_WS_VARIANT`:
-    /// `t<tokens>x<tiles per warpgroup>`, then `f3` for three fragment sets.
+    /// `t<tokens>x<tiles per warpgroup>`.
     pub fn name(&self) -> String {
-        let sets = if self.fsets == 3 { "f3" } else { "" };
-        format!("t{}x{}{sets}", self.tokens, self.tiles_per_wg)
+        format!("t{}x{}", self.tokens, self.tiles_per_wg)
     }
 
     fn kernel(&self, has_zeros: bool) -> &'static str {
         if let Some(probe) = ws_probe() {
-            if !has_zeros && self.tokens == 16 && self.fsets == 2 {
+            if !has_zeros && self.tokens == 16 {
                 // Change 72: every probe at 16 tokens too.
                 let x4 = self.tiles_per_wg == 4;
                 return match (x4, probe) {
@@ -249,22 +217,6 @@ impl WsVariant {
                 (64, _) => "w4a16_ws_t64x2_e0",
                 (_, 1) => "w4a16_ws_t128x1_e0",
                 (_, _) => "w4a16_ws_t128x2_e0",
-            };
-        }
-        if self.fsets == 3 {
-            return match (self.tokens, self.tiles_per_wg, has_zeros) {
-                (16, 2, false) => "w4a16_ws_t16x2f3",
-                (16, 2, true) => "w4a16_ws_t16x2f3z",
-                (16, _, false) => "w4a16_ws_t16x3f3",
-                (16, _, true) => "w4a16_ws_t16x3f3z",
-                (32, 2, false) => "w4a16_ws_t32x2f3",
-                (32, 2, true) => "w4a16_ws_t32x2f3z",
-                (32, _, false) => "w4a16_ws_t32x3f3",
-                (32, _, true) => "w4a16_ws_t32x3f3z",
-                (_, 1, false) => "w4a16_ws_t64x1f3",
-                (_, 1, true) => "w4a16_ws_t64x1f3z",
-                (_, _, false) => "w4a16_ws_t64x2f3",
-                (_, _, true) => "w4a16_ws_t64x2f3z",
             };
         }
         match (self.tokens, self.tiles_per_wg, has_zeros) {
@@ -318,16 +270,17 @@ fn old_epilogue() -> bool {
     ON.get()
 }
 
-/// Diagnostic probe of the split-K form's 128-token variants (symmetric
-/// weights): `MARLIN_WGMMA_WS_PROBE=deliver` runs kernels whose consumers
+/// Diagnostic probe of the split-K form's 128- and 16-token variants
+/// (symmetric weights, two-step dequantisation): `MARLIN_WGMMA_WS_PROBE=deliver` runs kernels whose consumers
 /// only wait for each chunk and hand its slot back (the ring's delivery
 /// rate), `=compute` kernels whose producer copies only the first ring and
 /// then re-arms each slot without a copy (dequantisation + wgmma on stale
 /// tiles). The output is meaningless (docs/CUDA.md change 39); the first
-/// read says so on stderr. Change 47's ceiling probes (t128x2 only; other
-/// variants run their production kernel under them): `=ss` the consumers
-/// skip the dequantisation and run shared-memory-A wgmma on the activation
-/// tile (an fp16 GEMM's consumer on this skeleton), `=raw` register-A wgmma
+/// read says so on stderr. Change 47's ceiling probes (t128x2, and t16x2 /
+/// t16x4 since change 72; other variants run their production kernel under
+/// them): `=ss` the consumers skip the dequantisation and run
+/// shared-memory-A wgmma on the activation tile (an fp16 GEMM's consumer on
+/// this skeleton; at 16 tokens A is the slot's code region), `=raw` register-A wgmma
 /// on the raw code words (no dequantisation arithmetic), `=compute-ss` /
 /// `=compute-raw` those two with `compute`'s producer (no copies).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -362,7 +315,7 @@ fn ws_probe() -> Option<WsProbe> {
         };
         eprintln!(
             "marlin: MARLIN_WGMMA_WS_PROBE={}: DIAGNOSTIC, NOT A RESULT (the warp-specialised \
-             INT4 kernel's 128-token split-K variants return meaningless output)",
+             INT4 kernel's 128- and 16-token split-K variants return meaningless output)",
             raw.trim()
         );
         Some(probe)
@@ -377,7 +330,6 @@ pub(crate) fn variant_override() -> Option<WsVariant> {
     VARIANTS
         .into_iter()
         .chain(SMALL_VARIANTS)
-        .chain(F3_VARIANTS)
         .find(|v| v.name() == name)
 }
 
@@ -767,18 +719,6 @@ fn subnormal_entry(kernel: &str) -> Option<&'static str> {
         "w4a16_ws_t16x2z" => "w4a16_ws_t16x2zn",
         "w4a16_ws_t16x4z" => "w4a16_ws_t16x4zn",
         "w4a16_ws_t32x4z" => "w4a16_ws_t32x4zn",
-        "w4a16_ws_t16x2f3" => "w4a16_ws_t16x2f3n",
-        "w4a16_ws_t16x3f3" => "w4a16_ws_t16x3f3n",
-        "w4a16_ws_t32x2f3" => "w4a16_ws_t32x2f3n",
-        "w4a16_ws_t32x3f3" => "w4a16_ws_t32x3f3n",
-        "w4a16_ws_t64x1f3" => "w4a16_ws_t64x1f3n",
-        "w4a16_ws_t64x2f3" => "w4a16_ws_t64x2f3n",
-        "w4a16_ws_t16x2f3z" => "w4a16_ws_t16x2f3zn",
-        "w4a16_ws_t16x3f3z" => "w4a16_ws_t16x3f3zn",
-        "w4a16_ws_t32x2f3z" => "w4a16_ws_t32x2f3zn",
-        "w4a16_ws_t32x3f3z" => "w4a16_ws_t32x3f3zn",
-        "w4a16_ws_t64x1f3z" => "w4a16_ws_t64x1f3zn",
-        "w4a16_ws_t64x2f3z" => "w4a16_ws_t64x2f3zn",
         _ => return None,
     })
 }
@@ -889,8 +829,8 @@ const WS_SK_AUTO_MAX_M: usize = 255;
 /// three runs (79.9 in the same call). `MARLIN_WGMMA_WS_STREAMK=0/1`
 /// overrides.
 pub fn ws_stream_k(m: usize, w: &Int4Weight, sm_count: usize) -> bool {
-    // The small-token and three-set variants have no stream-K form.
-    if variant_override().is_some_and(|v| v.int4_split_k_only()) {
+    // The small-token variants have no stream-K form.
+    if variant_override().is_some_and(|v| v.is_small()) {
         return false;
     }
     stream_k_override().unwrap_or_else(|| m <= WS_SK_AUTO_MAX_M && stream_k_shape(m, w, sm_count))
@@ -1407,7 +1347,7 @@ mod tests {
     use super::{
         choose_splits, cluster_entry, one_round_fit, small_m_auto, subnormal_entry,
         subnormal_shift, subnormal_shift_for_range, ws_variant_for, ClusterFit, DIAG_KERNELS,
-        F3_VARIANTS, SMALL_VARIANTS, SMEM_LIMIT, SOURCE, VARIANTS,
+        SMALL_VARIANTS, SMEM_LIMIT, SOURCE, VARIANTS,
     };
 
     /// The subnormal dequantisation's shift: the smallest m whose low-nibble
@@ -1504,39 +1444,13 @@ mod tests {
             let stage = v.stage_kernel();
             assert!(SOURCE.contains(&format!("W4A16_WS_STAGE_ENTRY({stage}, {})", v.tokens)));
         }
-        // The three-fragment-set variants: plain, zero-point and `_n`
-        // entries of `W4A16_WS_ENTRY_F3` with their (TOK, TPW, STAGES),
-        // named by `name()`, refused by the other forms.
-        for v in F3_VARIANTS {
-            let shape = format!(", {}, {}, {}, ", v.tokens, v.tiles_per_wg, v.stages);
-            assert!(v.int4_split_k_only());
-            for z in [false, true] {
-                let k = v.kernel(z);
-                assert!(k.contains(&v.name()), "{k}");
-                assert!(
-                    SOURCE.contains(&format!("W4A16_WS_ENTRY_F3({k}{shape}{z}, false)")),
-                    "{k}"
-                );
-                let n = subnormal_entry(k).expect("subnormal entry");
-                assert_eq!(n.strip_suffix('n'), Some(k));
-                assert!(
-                    SOURCE.contains(&format!("W4A16_WS_ENTRY_F3({n}{shape}{z}, true)")),
-                    "{n}"
-                );
-                assert_eq!(cluster_entry(n), None);
-            }
-        }
     }
 
     /// Every variant fits the sm_90 opt-in shared-memory limit with and
     /// without zero points (one block per SM).
     #[test]
     fn variants_fit_shared_memory() {
-        for v in VARIANTS
-            .into_iter()
-            .chain(SMALL_VARIANTS)
-            .chain(F3_VARIANTS)
-        {
+        for v in VARIANTS.into_iter().chain(SMALL_VARIANTS) {
             for z in [false, true] {
                 assert!(v.smem_bytes(z) <= SMEM_LIMIT, "{v:?} z={z}");
             }

@@ -45,3 +45,50 @@ extern "C" __global__ void __launch_bounds__(512) bench_stream_read(const uint4*
     pdl_wait();
     if (acc == never) sink[0] = acc;
 }
+
+// The same bytes read in the INT4 GEMMs' order (change 72's question: do
+// the GEMMs' rings stop at ~80% of copy because of where their blocks read
+// at once?). Grid (1, n_tiles / G, splits) as the split-K kernels: block
+// (y, z) streams the codes of the 64-column tiles G*y .. G*y + G - 1 over
+// its split's chunks, chunk by chunk, UNROLL chunks in flight. `grouped` =
+// 0: the pack's tile-major layout (tile t, chunk c at (t * k_chunks + c) *
+// 2 KiB: the block's G pieces of one chunk lie k_chunks * 2 KiB apart);
+// 1: a layout where they are contiguous ((y * k_chunks + c) * G + t).
+extern "C" __global__ void __launch_bounds__(512) bench_tile_read(const uint4* __restrict__ src, int k_chunks,
+                                                                 int tiles_per_block, int grouped,
+                                                                 u32* __restrict__ sink, u32 never) {
+    pdl_trigger();
+    constexpr int UNROLL = 4;
+    constexpr int PER_CHUNK = 2;  // 16-byte loads per thread and chunk (G <= 8)
+    const int g_tiles = tiles_per_block;
+    const int y = blockIdx.y;
+    const int splits = gridDim.z;
+    const int c0 = (int)(((long long)blockIdx.z * k_chunks) / splits);
+    const int c1 = (int)(((long long)(blockIdx.z + 1) * k_chunks) / splits);
+    const int words = g_tiles * 128;  // 16-byte words of one chunk of the block
+    u32 acc = 0;
+    for (int c = c0; c < c1; c += UNROLL) {
+        uint4 v[UNROLL][PER_CHUNK];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u)
+#pragma unroll
+            for (int e = 0; e < PER_CHUNK; ++e) {
+                const int w = (int)threadIdx.x + 512 * e;
+                const int cc = c + u;
+                if (cc < c1 && w < words) {
+                    const int t = w >> 7;
+                    const size_t at = grouped ? (((size_t)y * k_chunks + cc) * g_tiles + t) * 128 + (w & 127)
+                                              : (((size_t)y * g_tiles + t) * k_chunks + cc) * 128 + (w & 127);
+                    v[u][e] = ld_stream_u4(src + at);
+                } else {
+                    v[u][e] = make_uint4(0u, 0u, 0u, 0u);
+                }
+            }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u)
+#pragma unroll
+            for (int e = 0; e < PER_CHUNK; ++e) acc ^= v[u][e].x ^ v[u][e].y ^ v[u][e].z ^ v[u][e].w;
+    }
+    pdl_wait();
+    if (acc == never) sink[0] = acc;
+}

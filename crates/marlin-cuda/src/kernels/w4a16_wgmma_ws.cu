@@ -395,7 +395,7 @@ struct WsCodes {
 };
 
 template <int TOK, int TPW, int STAGES, bool HAS_Z, int PROBE, bool SUBN, bool CLUSTER = false, int FMT = WS_INT4,
-          bool GROUPED = false, int FSETS = 2>
+          bool GROUPED = false>
 __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged activations
                                         const uint4* __restrict__ W,   // packed codes
                                         const u32* __restrict__ S,     // (groups, n_pad/16, 8) f16x2
@@ -412,8 +412,6 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
     constexpr bool WX = Codes::wx;
     static_assert(!WX || (PROBE == 0 && !SUBN && !HAS_Z && !CLUSTER), "wgemm formats: plain production entries");
     static_assert(!Codes::low || GROUPED, "INT3 / INT2: scale and zero per K group");
-    static_assert(FSETS == 2 || FSETS == 3, "two or three fragment sets");
-    static_assert(FSETS == 2 || (PROBE == 0 && !CLUSTER && !WX), "three fragment sets: INT4 split-K entries");
     static_assert(!(GROUPED && FMT == FMT_FP4), "FP4: one K group");
 #ifdef MARLIN_ACT_BF16
     static_assert(!SUBN, "subnormal dequantisation: f16 only");
@@ -725,16 +723,15 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
             for (int p = 0; p < TPW; p++)
 #pragma unroll
                 for (int x = 0; x < TOK / 2; x++) fence_operand(acc[p][x]);
-            // Chunk i-(FSETS-1)'s wgmma group has retired: its slot goes back
-            // to the producer (its code words and scales were read before)
-            // and its fragment set is free for chunk i+1. Two sets: one
-            // chunk's wgmma in flight while the next is dequantised; three
-            // (`f3` entries, change 72): two (at 128 tokens a third set
-            // measured no faster, docs/CUDA.md change 26).
-            wgmma_wait<FSETS - 1>();
-            if (i >= FSETS - 1) {
+            // Chunk i-1's wgmma group has retired: its slot goes back to the
+            // producer (its code words and scales were read before) and its
+            // fragment set is free for chunk i+1. (A third set, two chunks
+            // in flight, measured no faster: docs/CUDA.md change 26 at 128
+            // tokens, change 72 at 16 / 32 / 64.)
+            wgmma_wait<1>();
+            if (i > 0) {
                 __syncwarp();
-                if (lane == 0) mbar_arrive(empty0 + 8 * ((i - (FSETS - 1)) % STAGES));
+                if (lane == 0) mbar_arrive(empty0 + 8 * ((i - 1) % STAGES));
             }
         };
         auto step = [&](int i, u32 (&frag)[TPW][4][4]) {
@@ -748,7 +745,7 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                 compute_step(i, frag);
             }
         };
-        u32 frag_even[TPW][4][4], frag_odd[TPW][4][4], frag_third[TPW][4][4];
+        u32 frag_even[TPW][4][4], frag_odd[TPW][4][4];
 #pragma unroll
         for (int p = 0; p < TPW; p++)
 #pragma unroll
@@ -757,48 +754,21 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                 for (int x = 0; x < 4; x++) {
                     frag_even[p][j][x] = 0u;
                     frag_odd[p][j][x] = 0u;
-                    frag_third[p][j][x] = 0u;
                 }
-        // Whole rounds of FSETS chunks, then the rest. After each step the
-        // other sets stay allocated (their groups may still be in flight).
-        // (A loop body with `if (i + 1 < n_my)` around a later step has a
-        // path, for ptxas, on which the next iteration rewrites a set while
-        // its wgmma is in flight: ptxas then serialises every wgmma, warning
-        // C7513; so the rest is nested after the loop.)
+        // Pairs of chunks, then the odd one. (A loop body with `if (i + 1 <
+        // n_my)` around the second step has a path, for ptxas, on which the
+        // next iteration rewrites the even set while its wgmma is in flight:
+        // ptxas then serialises every wgmma, warning C7513.)
         int i = 0;
-        if constexpr (FSETS == 3) {
-            for (; i + 2 < n_my; i += 3) {
-                step(i, frag_even);
-                ws_keep_alive<TPW>(frag_odd);
-                ws_keep_alive<TPW>(frag_third);
-                step(i + 1, frag_odd);
-                ws_keep_alive<TPW>(frag_third);
-                ws_keep_alive<TPW>(frag_even);
-                step(i + 2, frag_third);
-                ws_keep_alive<TPW>(frag_even);
-                ws_keep_alive<TPW>(frag_odd);
-            }
-            if (i < n_my) {
-                step(i, frag_even);
-                ws_keep_alive<TPW>(frag_odd);
-                ws_keep_alive<TPW>(frag_third);
-                if (i + 1 < n_my) {
-                    step(i + 1, frag_odd);
-                    ws_keep_alive<TPW>(frag_third);
-                    ws_keep_alive<TPW>(frag_even);
-                }
-            }
-        } else {
-            for (; i + 1 < n_my; i += 2) {
-                step(i, frag_even);
-                ws_keep_alive<TPW>(frag_odd);
-                step(i + 1, frag_odd);
-                ws_keep_alive<TPW>(frag_even);
-            }
-            if (i < n_my) {
-                step(i, frag_even);
-                ws_keep_alive<TPW>(frag_odd);
-            }
+        for (; i + 1 < n_my; i += 2) {
+            step(i, frag_even);
+            ws_keep_alive<TPW>(frag_odd);
+            step(i + 1, frag_odd);
+            ws_keep_alive<TPW>(frag_even);
+        }
+        if (i < n_my) {
+            step(i, frag_even);
+            ws_keep_alive<TPW>(frag_odd);
         }
         wgmma_wait<0>();
 #pragma unroll
@@ -1375,18 +1345,6 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
         ws_body<TOK, TPW, STAGES, HAS_Z, PROBE, SUBN>(As, W, S, Z, C, partials, tickets, M, N, n_pad,   \
                                                       k_chunks, group_k32, splits, subn_m);             \
     }
-// Three fragment sets (change 72): two chunks' wgmma in flight while the
-// next is dequantised.
-#define W4A16_WS_ENTRY_F3(NAME, TOK, TPW, STAGES, HAS_Z, SUBN)                                         \
-    extern "C" __global__ void __launch_bounds__(384, 1) NAME(                                          \
-        const uint4* __restrict__ As, const uint4* __restrict__ W, const u32* __restrict__ S,           \
-        const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,                   \
-        u32* __restrict__ tickets, int M, int N, int n_pad, int k_chunks, int group_k32, int splits,    \
-        int subn_m) {                                                                                   \
-        pdl_trigger();                                                                                  \
-        ws_body<TOK, TPW, STAGES, HAS_Z, 0, SUBN, false, WS_INT4, false, 3>(                            \
-            As, W, S, Z, C, partials, tickets, M, N, n_pad, k_chunks, group_k32, splits, subn_m);       \
-    }
 #define W4A16_WS_ENTRY(NAME, TOK, TPW, STAGES, HAS_Z, PROBE) \
     W4A16_WS_ENTRY_X(NAME, TOK, TPW, STAGES, HAS_Z, PROBE, false)
 // Subnormal dequantisation with the cluster reduction (change 67): launched
@@ -1478,32 +1436,7 @@ W4A16_WS_ENTRY(w4a16_ws_t32x4, 32, 4, 9, false, 0)
 W4A16_WS_ENTRY(w4a16_ws_t16x2z, 16, 2, 16, true, 0)
 W4A16_WS_ENTRY(w4a16_ws_t16x4z, 16, 4, 10, true, 0)
 W4A16_WS_ENTRY(w4a16_ws_t32x4z, 32, 4, 9, true, 0)
-// Three fragment sets (change 72, `F3_VARIANTS`; split-K form only).
-W4A16_WS_ENTRY_F3(w4a16_ws_t16x2f3, 16, 2, 16, false, false)
-W4A16_WS_ENTRY_F3(w4a16_ws_t16x3f3, 16, 3, 13, false, false)
-W4A16_WS_ENTRY_F3(w4a16_ws_t32x2f3, 32, 2, 15, false, false)
-W4A16_WS_ENTRY_F3(w4a16_ws_t32x3f3, 32, 3, 11, false, false)
-W4A16_WS_ENTRY_F3(w4a16_ws_t64x1f3, 64, 1, 12, false, false)
-W4A16_WS_ENTRY_F3(w4a16_ws_t64x2f3, 64, 2, 10, false, false)
-W4A16_WS_ENTRY_F3(w4a16_ws_t16x2f3z, 16, 2, 16, true, false)
-W4A16_WS_ENTRY_F3(w4a16_ws_t16x3f3z, 16, 3, 13, true, false)
-W4A16_WS_ENTRY_F3(w4a16_ws_t32x2f3z, 32, 2, 15, true, false)
-W4A16_WS_ENTRY_F3(w4a16_ws_t32x3f3z, 32, 3, 11, true, false)
-W4A16_WS_ENTRY_F3(w4a16_ws_t64x1f3z, 64, 1, 12, true, false)
-W4A16_WS_ENTRY_F3(w4a16_ws_t64x2f3z, 64, 2, 10, true, false)
 #ifndef MARLIN_ACT_BF16
-W4A16_WS_ENTRY_F3(w4a16_ws_t16x2f3n, 16, 2, 16, false, true)
-W4A16_WS_ENTRY_F3(w4a16_ws_t16x3f3n, 16, 3, 13, false, true)
-W4A16_WS_ENTRY_F3(w4a16_ws_t32x2f3n, 32, 2, 15, false, true)
-W4A16_WS_ENTRY_F3(w4a16_ws_t32x3f3n, 32, 3, 11, false, true)
-W4A16_WS_ENTRY_F3(w4a16_ws_t64x1f3n, 64, 1, 12, false, true)
-W4A16_WS_ENTRY_F3(w4a16_ws_t64x2f3n, 64, 2, 10, false, true)
-W4A16_WS_ENTRY_F3(w4a16_ws_t16x2f3zn, 16, 2, 16, true, true)
-W4A16_WS_ENTRY_F3(w4a16_ws_t16x3f3zn, 16, 3, 13, true, true)
-W4A16_WS_ENTRY_F3(w4a16_ws_t32x2f3zn, 32, 2, 15, true, true)
-W4A16_WS_ENTRY_F3(w4a16_ws_t32x3f3zn, 32, 3, 11, true, true)
-W4A16_WS_ENTRY_F3(w4a16_ws_t64x1f3zn, 64, 1, 12, true, true)
-W4A16_WS_ENTRY_F3(w4a16_ws_t64x2f3zn, 64, 2, 10, true, true)
 W4A16_WS_ENTRY_X(w4a16_ws_t16x2n, 16, 2, 16, false, 0, true)
 W4A16_WS_ENTRY_X(w4a16_ws_t16x4n, 16, 4, 10, false, 0, true)
 W4A16_WS_ENTRY_X(w4a16_ws_t32x4n, 32, 4, 9, false, 0, true)

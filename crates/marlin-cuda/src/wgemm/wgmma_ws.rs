@@ -245,7 +245,7 @@ fn variant_index(v: WsVariant) -> usize {
 
 /// The entry of (format, scale form, variant): `wx_ws_<format>[g]_<variant>`.
 fn kernel(format: WxFormat, grouped: bool, v: WsVariant) -> Result<&'static str> {
-    if v.int4_split_k_only() {
+    if v.is_small() {
         // MARLIN_WGMMA_WS_VARIANT may name an INT4-only variant.
         return Err(CudaError::Unsupported(format!(
             "the warp-specialised wgmma GEMM of the wgemm formats has no {} entries",
