@@ -578,18 +578,13 @@ impl Weights {
 /// on stderr; a configuration that cannot run is skipped).
 fn tile_read_table(
     dev: &Arc<CudaDevice>,
-    n: usize,
-    k: usize,
-    bytes: usize,
+    peer: &ReadPeer,
+    (n, k): (usize, usize),
     read_us: f64,
     cfg: &GemmBenchConfig,
 ) {
     let n_tiles = n.div_ceil(64);
     let k_chunks = k.div_ceil(64);
-    let peer = match ReadPeer::new(dev, bytes, copies_for(bytes, cfg.l2_warm)) {
-        Ok(p) => p,
-        Err(e) => return eprintln!("tile read {n}x{k}: {e}"),
-    };
     for g in [2, 4, 8] {
         if !n_tiles.is_multiple_of(g) {
             continue;
@@ -637,15 +632,22 @@ fn bench_shape<T: ActDtype>(
         let (weights, bytes) = Weights::build(dev, format, n, k, cfg.l2_warm)?;
         // The same bytes, rotated over as many copies, only read. A peer
         // that cannot run is reported (NaN) rather than ending the table.
-        let read_us = ReadPeer::new(dev, bytes, copies_for(bytes, cfg.l2_warm))
-            .and_then(|p| p.time_us(dev, |f| time_us(dev, cfg.reps, cfg.batches, f)))
-            .unwrap_or_else(|e| {
-                eprintln!("streaming-read peer of {n}x{k} ({bytes} bytes) failed: {e}");
-                f64::NAN
-            });
-        if cfg.tile_read && format.is_int4() {
-            tile_read_table(dev, n, k, bytes, read_us, cfg);
-        }
+        let failed = |e: CudaError| {
+            eprintln!("streaming-read peer of {n}x{k} ({bytes} bytes) failed: {e}");
+            f64::NAN
+        };
+        let read_us = match ReadPeer::new(dev, bytes, copies_for(bytes, cfg.l2_warm)) {
+            Ok(peer) => {
+                let read_us = peer
+                    .time_us(dev, |f| time_us(dev, cfg.reps, cfg.batches, f))
+                    .unwrap_or_else(failed);
+                if cfg.tile_read && format.is_int4() {
+                    tile_read_table(dev, &peer, (n, k), read_us, cfg);
+                }
+                read_us
+            }
+            Err(e) => failed(e),
+        };
         formats.push((format, weights, bytes, read_us));
     }
     // fp16 (bf16) peer: random values of the same magnitude (cuBLAS time

@@ -19,6 +19,9 @@ const MODULE: &str = "bench_read";
 const SOURCE: &str = include_str!("kernels/bench_read.cu");
 const FUNC: &str = "bench_stream_read";
 const TILE_FUNC: &str = "bench_tile_read";
+/// The kernels' `never`: the XOR of random bytes equals it with probability
+/// 2^-32 per thread; a store then is harmless (the sink is ours).
+const NEVER: u32 = 0xA5C3_0F96;
 /// Threads per block (the kernel's `__launch_bounds__`).
 const THREADS: u32 = 512;
 /// Blocks per SM tried; the fastest counts (the peer is the best plain read).
@@ -64,15 +67,12 @@ impl ReadPeer {
             shared_mem_bytes: 0,
         };
         let n = self.copies.len();
-        // The XOR of random bytes equals this with probability 2^-32 per
-        // thread; a store then is harmless (the sink is ours).
-        let never: u32 = 0xA5C3_0F96;
         let mut launch = KernelLaunch::new(dev, &func, FUNC);
         launch
             .arg(&self.copies[i % n])
             .arg(&self.words)
             .arg(&self.sink)
-            .arg(&never);
+            .arg(&NEVER);
         // SAFETY: parameters as in the kernel (const uint4*, long long,
         // u32*, u32); the kernel reads `words` 16-byte words of the buffer
         // (which holds words * 16 bytes) and may write sink[0]; it writes
@@ -83,6 +83,21 @@ impl ReadPeer {
     /// Time per read (us) with the best blocks-per-SM count, timed by
     /// `time` (the benchmark's CUDA-event timer: fastest of batches of
     /// back-to-back calls).
+    pub fn time_us(
+        &self,
+        dev: &Arc<CudaDevice>,
+        mut time: impl FnMut(&mut dyn FnMut(usize) -> Result<()>) -> Result<f64>,
+    ) -> Result<f64> {
+        let mut best = f64::INFINITY;
+        for per_sm in BLOCKS_PER_SM {
+            let blocks = u32::try_from(dev.sm_count().max(1) * per_sm)
+                .map_err(|_| CudaError::Shape("SM count exceeds u32".into()))?;
+            let us = time(&mut |i| self.launch(dev, i, blocks))?;
+            best = best.min(us);
+        }
+        Ok(best)
+    }
+
     /// Time of reading `n_tiles` x `k_chunks` 2 KiB code blocks of the
     /// INT4 pack in the split-K GEMMs' order (`bench_tile_read`): blocks of
     /// `tiles_per_block` (<= 8) tiles x `splits` K splits, one 512-thread
@@ -103,7 +118,7 @@ impl ReadPeer {
             || !n_tiles.is_multiple_of(tiles_per_block)
             || splits == 0
             || splits > k_chunks
-            || codes as i64 > self.words
+            || i64::try_from(codes).map_or(true, |c| c > self.words)
         {
             return Err(CudaError::Shape(format!(
                 "tile read of {n_tiles} tiles x {k_chunks} chunks in blocks of {tiles_per_block} \
@@ -126,7 +141,6 @@ impl ReadPeer {
         );
         let func = dev.function(MODULE, SOURCE, TILE_FUNC, 0)?;
         let n = self.copies.len();
-        let never: u32 = 0xA5C3_0F96;
         time(&mut |i| {
             let cfg = LaunchConfig {
                 grid_dim: grid,
@@ -140,7 +154,7 @@ impl ReadPeer {
                 .arg(&args.1)
                 .arg(&args.2)
                 .arg(&self.sink)
-                .arg(&never);
+                .arg(&NEVER);
             // SAFETY: parameters as in the kernel (const uint4*, int, int,
             // int, u32*, u32); it reads only words below n_tiles * k_chunks
             // * 128 (the grid covers n_tiles / G column blocks of G tiles,
@@ -148,20 +162,5 @@ impl ReadPeer {
             // sink[0] after griddepcontrol.wait.
             unsafe { launch.launch_pdl(cfg) }
         })
-    }
-
-    pub fn time_us(
-        &self,
-        dev: &Arc<CudaDevice>,
-        mut time: impl FnMut(&mut dyn FnMut(usize) -> Result<()>) -> Result<f64>,
-    ) -> Result<f64> {
-        let mut best = f64::INFINITY;
-        for per_sm in BLOCKS_PER_SM {
-            let blocks = u32::try_from(dev.sm_count().max(1) * per_sm)
-                .map_err(|_| CudaError::Shape("SM count exceeds u32".into()))?;
-            let us = time(&mut |i| self.launch(dev, i, blocks))?;
-            best = best.min(us);
-        }
-        Ok(best)
     }
 }
