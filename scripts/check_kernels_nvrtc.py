@@ -31,7 +31,9 @@ COMMON_HEADER = "marlin_common.cuh"
 # activation modules (MARLIN_ACT_BF16, src/act.rs).
 BF16 = b"#define MARLIN_ACT_BF16 1\n"
 PREFIXED = {
-    "w4a16_gemm.cu": [b"#define W4_FUSED_ENTRIES 1\n", BF16],
+    "w4a16_gemm.cu": [b"#define W4_FUSED_ENTRIES 1\n", BF16, b"#define W4_DQ_PROBE 1\n", b"#define W4_DQ_PROBE 2\n",
+                      b"#define W4_FUSED_ENTRIES 1\n#define W4_DQ_PROBE 1\n",
+                      b"#define W4_FUSED_ENTRIES 1\n#define W4_DQ_PROBE 2\n"],
     "wxa16_gemm.cu": [BF16],
     "w4a16_wgmma.cu": [b"#define W4G_DIAG_ENTRIES 1\n", BF16],
     "w4a16_wgmma_ws.cu": [

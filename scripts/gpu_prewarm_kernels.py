@@ -44,6 +44,10 @@ MODULES = {
     "w4a16_gemm": ("w4a16_gemm.cu", ""),  # src/int4/gemm.rs
     "w4a16_gemm_bf16": ("w4a16_gemm.cu", BF16),
     "w4a16_gemm_fused": ("w4a16_gemm.cu", "#define W4_FUSED_ENTRIES 1\n"),
+    "w4a16_gemm_probe_no_offset": ("w4a16_gemm.cu", "#define W4_DQ_PROBE 1\n"),
+    "w4a16_gemm_probe_raw": ("w4a16_gemm.cu", "#define W4_DQ_PROBE 2\n"),
+    "w4a16_gemm_fused_probe_no_offset": ("w4a16_gemm.cu", "#define W4_FUSED_ENTRIES 1\n#define W4_DQ_PROBE 1\n"),
+    "w4a16_gemm_fused_probe_raw": ("w4a16_gemm.cu", "#define W4_FUSED_ENTRIES 1\n#define W4_DQ_PROBE 2\n"),
     "w4a16_wgmma": ("w4a16_wgmma.cu", ""),  # src/int4/wgmma.rs
     "w4a16_wgmma_diag": ("w4a16_wgmma.cu", "#define W4G_DIAG_ENTRIES 1\n"),
     "w4a16_wgmma_bf16": ("w4a16_wgmma.cu", BF16),

@@ -34,7 +34,7 @@ use half::{bf16, f16};
 
 use crate::act::{Act, ActDtype};
 
-use crate::bench_read::ReadPeer;
+use crate::bench_read::{ReadPeer, RingPeer};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
 use crate::int4::bulk::{bulk_supported, bulk_weight_ok, BULK_MAX_M};
@@ -603,6 +603,29 @@ fn tile_read_table(
             match us {
                 Ok(us) => line += &format!(" {label} {us:.2} us ({:.0}%)", 100.0 * read_us / us),
                 Err(e) => line += &format!(" {label} failed: {e}"),
+            }
+        }
+        eprintln!("{line}");
+    }
+    // The decode kernel's delivery without its arithmetic (session 19):
+    // one block per tile and split, per-lane rings in shared memory or in
+    // registers, over the splits that give up to 16 blocks per SM.
+    for splits in [1, 2, 4, 8] {
+        if splits > k_chunks || n_tiles * splits > 16 * dev.sm_count() {
+            continue;
+        }
+        let mut line = format!(
+            "ring-read {n}x{k} splits={splits} blocks={} linear {read_us:.2} us",
+            n_tiles * splits
+        );
+        for ring in RingPeer::ALL {
+            let us = peer.time_ring_us(dev, (n_tiles, k_chunks), (ring, splits), |f| {
+                time_us(dev, cfg.reps, cfg.batches, f)
+            });
+            let label = ring.label();
+            match us {
+                Ok(us) => line += &format!(" | {label} {us:.2} us ({:.0}%)", 100.0 * read_us / us),
+                Err(e) => line += &format!(" | {label} failed: {e}"),
             }
         }
         eprintln!("{line}");

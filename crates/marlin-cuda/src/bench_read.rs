@@ -27,6 +27,75 @@ const THREADS: u32 = 512;
 /// Blocks per SM tried; the fastest counts (the peer is the best plain read).
 const BLOCKS_PER_SM: [usize; 3] = [1, 2, 4];
 
+/// The ring read peers of `kernels/bench_read.cu`: where each lane's ring
+/// of 16-byte slots lives, and how many slots it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingPeer {
+    /// cp.async.cg into shared memory, one group per chunk (the decode
+    /// kernel's delivery).
+    SharedCpAsync { stages: usize },
+    /// A rolling `ld.global.nc` per chunk into a register ring.
+    Registers { stages: usize },
+    /// 8-stage cp.async rings in 16-warp blocks (4 tiles each), one block
+    /// per SM; `pad`: the launch asks for 200 KiB of shared memory, so the
+    /// next call's blocks cannot be resident beside this call's (as with
+    /// the whole-column decode plan's blocks) instead of 64 KiB.
+    Wide { pad: bool },
+}
+
+impl RingPeer {
+    /// Every compiled ring peer.
+    pub const ALL: [RingPeer; 7] = [
+        RingPeer::SharedCpAsync { stages: 4 },
+        RingPeer::SharedCpAsync { stages: 8 },
+        RingPeer::SharedCpAsync { stages: 16 },
+        RingPeer::Registers { stages: 4 },
+        RingPeer::Registers { stages: 8 },
+        RingPeer::Wide { pad: false },
+        RingPeer::Wide { pad: true },
+    ];
+
+    /// Warps per block.
+    fn warps(self) -> usize {
+        match self {
+            RingPeer::Wide { .. } => 16,
+            _ => 4,
+        }
+    }
+
+    fn func(self) -> &'static str {
+        match self {
+            RingPeer::SharedCpAsync { stages: 4 } => "bench_ring_read_s4",
+            RingPeer::SharedCpAsync { stages: 8 } => "bench_ring_read_s8",
+            RingPeer::SharedCpAsync { .. } => "bench_ring_read_s16",
+            RingPeer::Registers { stages: 4 } => "bench_reg_read_s4",
+            RingPeer::Registers { .. } => "bench_reg_read_s8",
+            RingPeer::Wide { .. } => "bench_ring_read_w16_s8",
+        }
+    }
+
+    fn shared_bytes(self) -> u32 {
+        match self {
+            // 4 warps x stages x 32 lanes x 16 B.
+            RingPeer::SharedCpAsync { stages } => (stages * 2048) as u32,
+            RingPeer::Registers { .. } => 0,
+            // 16 warps x 8 stages x 512 B; padded to 200 KiB.
+            RingPeer::Wide { pad: false } => 64 * 1024,
+            RingPeer::Wide { pad: true } => 200 * 1024,
+        }
+    }
+
+    /// Short label for the benchmark's lines.
+    pub fn label(self) -> String {
+        match self {
+            RingPeer::SharedCpAsync { stages } => format!("cp.async s{stages}"),
+            RingPeer::Registers { stages } => format!("regs s{stages}"),
+            RingPeer::Wide { pad: false } => "16 warps s8 64K".into(),
+            RingPeer::Wide { pad: true } => "16 warps s8 200K".into(),
+        }
+    }
+}
+
 /// Weight-sized buffers the read kernel rotates over (as the GEMM rotates
 /// over weight copies), filled with random bytes.
 pub struct ReadPeer {
@@ -96,6 +165,79 @@ impl ReadPeer {
             best = best.min(us);
         }
         Ok(best)
+    }
+
+    /// Time of reading `n_tiles` x `k_chunks` 2 KiB code blocks of the
+    /// INT4 pack the way the decode kernel delivers them
+    /// (`bench_ring_read_s*` / `bench_reg_read_s*`): one 128-thread block
+    /// per tile (16-warp blocks: per 4 tiles) and split, each lane streaming its column block's 16-byte
+    /// words through a private ring of `ring.stages()` slots, in shared
+    /// memory (cp.async) or in registers.
+    pub fn time_ring_us(
+        &self,
+        dev: &Arc<CudaDevice>,
+        (n_tiles, k_chunks): (usize, usize),
+        (ring, splits): (RingPeer, usize),
+        time: impl FnOnce(&mut dyn FnMut(usize) -> Result<()>) -> Result<f64>,
+    ) -> Result<f64> {
+        let codes = n_tiles
+            .checked_mul(k_chunks)
+            .and_then(|x| x.checked_mul(128))
+            .ok_or_else(|| CudaError::Shape("ring read size overflows".into()))?;
+        if splits == 0 || splits > k_chunks || i64::try_from(codes).map_or(true, |c| c > self.words)
+        {
+            return Err(CudaError::Shape(format!(
+                "ring read of {n_tiles} tiles x {k_chunks} chunks x {splits} splits over {} words",
+                self.words
+            )));
+        }
+        let to_u32 = |what: &str, v: usize| {
+            u32::try_from(v).map_err(|_| CudaError::Shape(format!("{what} {v} exceeds u32")))
+        };
+        let tiles_per_block = ring.warps() / 4;
+        if !n_tiles.is_multiple_of(tiles_per_block) {
+            return Err(CudaError::Shape(format!(
+                "ring read of {n_tiles} tiles in blocks of {tiles_per_block}"
+            )));
+        }
+        let grid = (
+            1,
+            to_u32("column blocks", n_tiles / tiles_per_block)?,
+            to_u32("splits", splits)?,
+        );
+        let threads = to_u32("threads", 32 * ring.warps())?;
+        let k_chunks = i32::try_from(k_chunks).map_err(|_| CudaError::Shape("k_chunks".into()))?;
+        let name = ring.func();
+        let smem = ring.shared_bytes();
+        // The function's attribute is set once, at its first load: the
+        // largest launch of the entry.
+        let max_smem = match ring {
+            RingPeer::Wide { .. } => RingPeer::Wide { pad: true }.shared_bytes(),
+            _ => smem,
+        };
+        let func = dev.function(MODULE, SOURCE, name, max_smem)?;
+        let n = self.copies.len();
+        time(&mut |i| {
+            let cfg = LaunchConfig {
+                grid_dim: grid,
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: smem,
+            };
+            let mut launch = KernelLaunch::new(dev, &func, name);
+            launch
+                .arg(&self.copies[i % n])
+                .arg(&k_chunks)
+                .arg(&self.sink)
+                .arg(&NEVER);
+            // SAFETY: parameters as in the kernel (const uint4*, int, u32*,
+            // u32); block (y, z) reads only words of its tiles (< n_tiles,
+            // a multiple of the tiles per block) below n_tiles * k_chunks
+            // * 128 (checked above against `words`), its rings are within
+            // `smem` bytes of dynamic shared memory (warps x stages x 512
+            // B, or more), and it may write sink[0] after
+            // griddepcontrol.wait.
+            unsafe { launch.launch_pdl(cfg) }
+        })
     }
 
     /// Time of reading `n_tiles` x `k_chunks` 2 KiB code blocks of the

@@ -35,10 +35,63 @@ const BF16_SOURCE: &str = concat!(
 
 /// Module name and source of the plain kernels for activation type `act`.
 fn gemm_module(act: Act) -> (&'static str, &'static str) {
-    match act {
-        Act::F16 => (MODULE, SOURCE),
-        Act::Bf16 => (BF16_MODULE, BF16_SOURCE),
+    match (act, dequant_probe()) {
+        (Act::F16, DequantProbe::NoOffset) => (PROBE_NO_OFFSET_MODULE, PROBE_NO_OFFSET_SOURCE),
+        (Act::F16, DequantProbe::Raw) => (PROBE_RAW_MODULE, PROBE_RAW_SOURCE),
+        (Act::F16, DequantProbe::Off) => (MODULE, SOURCE),
+        (Act::Bf16, _) => (BF16_MODULE, BF16_SOURCE),
     }
+}
+
+/// Dequantisation timing probes of the f16 module (session 19): the same
+/// source compiled with `W4_DQ_PROBE` 1 (no-offset) or 2 (raw), whose
+/// kernels compute wrong products (see the source's comment).
+const PROBE_NO_OFFSET_MODULE: &str = "w4a16_gemm_probe_no_offset";
+const PROBE_NO_OFFSET_SOURCE: &str = concat!(
+    "#define W4_DQ_PROBE 1\n",
+    include_str!("../kernels/w4a16_gemm.cu")
+);
+const PROBE_RAW_MODULE: &str = "w4a16_gemm_probe_raw";
+const PROBE_RAW_SOURCE: &str = concat!(
+    "#define W4_DQ_PROBE 2\n",
+    include_str!("../kernels/w4a16_gemm.cu")
+);
+
+/// Which dequantisation the f16 INT4 module's kernels run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DequantProbe {
+    /// The real one (every result).
+    Off,
+    /// `MARLIN_INT4_DEC_PROBE=no-offset`: lop3 with the magic number only.
+    NoOffset,
+    /// `MARLIN_INT4_DEC_PROBE=raw`: the code words as fragments.
+    Raw,
+}
+
+/// The dequantisation probe of `MARLIN_INT4_DEC_PROBE` (read once;
+/// `no-offset` or `raw`, else off). A timing probe: with it every plain
+/// f16 INT4 GEMM (the decode, stream-K and mma.sync kernels of the
+/// `w4a16_gemm` module) returns wrong values, so the first read says so
+/// on stderr.
+fn dequant_probe() -> DequantProbe {
+    static PROBE: OnceLock<DequantProbe> = OnceLock::new();
+    *PROBE.get_or_init(|| {
+        let probe = match std::env::var("MARLIN_INT4_DEC_PROBE")
+            .as_deref()
+            .map(str::trim)
+        {
+            Ok("no-offset") => DequantProbe::NoOffset,
+            Ok("raw") => DequantProbe::Raw,
+            _ => DequantProbe::Off,
+        };
+        if probe != DequantProbe::Off {
+            eprintln!(
+                "marlin: MARLIN_INT4_DEC_PROBE={probe:?}: the f16 INT4 GEMM kernels run a \
+                 timing probe of their dequantisation and return wrong values"
+            );
+        }
+        probe
+    })
 }
 
 /// The dequantizer entry of `gemm_module(act)`.
@@ -415,12 +468,8 @@ impl GemmWorkspace {
         m: usize,
     ) -> Result<&'static str> {
         let call = glu_call(m, w, dev).map_err(glu_unsupported)?;
-        dev.function(
-            FUSED_MODULE,
-            FUSED_SOURCE,
-            call.kernel,
-            to_u32_smem(call.attr)?,
-        )?;
+        let (module, source) = fused_module();
+        dev.function(module, source, call.kernel, to_u32_smem(call.attr)?)?;
         self.mark_prepared(Act::F16, call.kernel);
         Ok(call.kernel)
     }
@@ -2058,6 +2107,27 @@ const FUSED_SOURCE: &str = concat!(
     include_str!("../kernels/w4a16_gemm.cu")
 );
 
+/// The fused module, or its dequantisation probe ([`dequant_probe`]).
+fn fused_module() -> (&'static str, &'static str) {
+    match dequant_probe() {
+        DequantProbe::Off => (FUSED_MODULE, FUSED_SOURCE),
+        DequantProbe::NoOffset => (
+            "w4a16_gemm_fused_probe_no_offset",
+            concat!(
+                "#define W4_FUSED_ENTRIES 1\n#define W4_DQ_PROBE 1\n",
+                include_str!("../kernels/w4a16_gemm.cu")
+            ),
+        ),
+        DequantProbe::Raw => (
+            "w4a16_gemm_fused_probe_raw",
+            concat!(
+                "#define W4_FUSED_ENTRIES 1\n#define W4_DQ_PROBE 2\n",
+                include_str!("../kernels/w4a16_gemm.cu")
+            ),
+        ),
+    }
+}
+
 /// Static shared memory reserved beside the dynamic allocation of the fused
 /// stream-K kernels (the prologue's 1088-byte reduction array,
 /// `W4_PRO_RED_FLOATS` in the source, rounded up).
@@ -2301,7 +2371,8 @@ pub fn int4_gemm_fused(
     let (plan, cfg, func, shape) = match resolve_fused(dev, m, w, kind)? {
         FusedResolved::StreamK(sc) => {
             ws.reserve(dev, sc.partials, sc.tickets)?;
-            let func = dev.function(FUSED_MODULE, FUSED_SOURCE, sc.plan.kernel, sc.max_smem)?;
+            let (module, source) = fused_module();
+            let func = dev.function(module, source, sc.plan.kernel, sc.max_smem)?;
             let cfg = LaunchConfig {
                 grid_dim: (
                     u32::try_from(sc.shape.blocks)
@@ -2319,7 +2390,8 @@ pub fn int4_gemm_fused(
                 ws.reserve(dev, fc.partials, fc.tickets)?;
             }
             ws.check_split_k(fc.grid_splits, fc.partials, fc.tickets, (m, w.n), "reserve")?;
-            let func = dev.function(FUSED_MODULE, FUSED_SOURCE, fc.plan.kernel, fc.max_smem)?;
+            let (module, source) = fused_module();
+            let func = dev.function(module, source, fc.plan.kernel, fc.max_smem)?;
             let cfg = LaunchConfig {
                 grid_dim: launch_grid(fc.plan.m_blocks, fc.plan.n_tiles, fc.grid_splits)?,
                 block_dim: (fc.block_threads, 1, 1),
@@ -2633,12 +2705,8 @@ pub fn int4_gemm_glu_prepared(
     check_glu_operands(m, w, a.len(), out.len())?;
     ws.check_prepared(Act::F16, call.kernel)?;
     let shape = call.shape;
-    let func = dev.function(
-        FUSED_MODULE,
-        FUSED_SOURCE,
-        call.kernel,
-        to_u32_smem(call.attr)?,
-    )?;
+    let (module, source) = fused_module();
+    let func = dev.function(module, source, call.kernel, to_u32_smem(call.attr)?)?;
     let n_tiles = (w.n / 16) / shape.nbpb;
     let cfg = LaunchConfig {
         grid_dim: launch_grid(1, n_tiles, 1)?,

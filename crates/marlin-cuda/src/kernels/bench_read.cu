@@ -92,3 +92,98 @@ extern "C" __global__ void __launch_bounds__(512) bench_tile_read(const uint4* _
     pdl_wait();
     if (acc == never) sink[0] = acc;
 }
+
+// The same codes delivered the way the decode kernel delivers them (session
+// 19's question: do rings that land the bytes in shared memory stop at ~80%
+// of copy by themselves, or only inside the GEMMs?). Grid (1, n_tiles,
+// splits), 128 threads: warp w of block (y, z) streams column block w of
+// tile y (the pack's 512-byte pieces, 2 KiB apart chunk by chunk) over its
+// split's chunks, each lane through a private ring of STAGES 16-byte slots:
+// - RING_CP (bench_ring_read_s*): cp.async.cg into shared memory, one group
+//   per chunk, wait_group<STAGES - 1>, a shared load, the refill (the decode
+//   kernel's ring without its arithmetic);
+// - RING_REG (bench_reg_read_s*): the same ring in registers, a rolling
+//   ld.global.nc per chunk (each slot reloaded as soon as it is read).
+#define RING_CP 0
+#define RING_REG 1
+
+__device__ __forceinline__ void rr_cp_async16(u32 dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
+}
+
+__device__ __forceinline__ uint4 rr_lds128(u32 addr) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr)
+                 : "memory");
+    return v;
+}
+
+// Blocks of WARPS warps (a multiple of 4) cover WARPS / 4 tiles each (the
+// 16-warp entries: one block per SM as the whole-column decode plan has,
+// with the launch's dynamic shared memory deciding whether the next call's
+// blocks can be resident beside this call's).
+template <int STAGES, int MODE, int WARPS = 4>
+__device__ __forceinline__ void ring_read_body(const uint4* __restrict__ src, int k_chunks, u32* __restrict__ sink,
+                                               u32 never) {
+    extern __shared__ uint4 ring_smem[];
+    pdl_trigger();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int splits = gridDim.z;
+    const int c0 = (int)(((long long)blockIdx.z * k_chunks) / splits);
+    const int c1 = (int)(((long long)(blockIdx.z + 1) * k_chunks) / splits);
+    const int n = c1 - c0;
+    const int tile = blockIdx.y * (WARPS / 4) + (warp >> 2);
+    const uint4* w_lane = src + ((size_t)tile * k_chunks * 4 + (warp & 3)) * 32 + lane + (size_t)c0 * 128;
+    u32 acc = 0;
+    if (MODE == RING_CP) {
+        const u32 ring_at = smem_addr(&ring_smem[(warp * STAGES) * 32 + lane]);
+#pragma unroll
+        for (int st = 0; st < STAGES; st++) {
+            if (st < n) rr_cp_async16(ring_at + st * 512, w_lane + (size_t)st * 128);
+            cp_async_commit();
+        }
+        for (int it = 0; it < n; it += STAGES) {
+#pragma unroll
+            for (int st = 0; st < STAGES; st++) {
+                cp_async_wait<STAGES - 1>();
+                if (it + st < n) {
+                    const uint4 v = rr_lds128(ring_at + st * 512);
+                    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+                }
+                if (it + st + STAGES < n) rr_cp_async16(ring_at + st * 512, w_lane + (size_t)(it + st + STAGES) * 128);
+                cp_async_commit();
+            }
+        }
+        cp_async_wait<0>();
+    } else {
+        uint4 r[STAGES];
+#pragma unroll
+        for (int st = 0; st < STAGES; st++) r[st] = st < n ? ld_stream_u4(w_lane + (size_t)st * 128) : make_uint4(0, 0, 0, 0);
+        for (int it = 0; it < n; it += STAGES) {
+#pragma unroll
+            for (int st = 0; st < STAGES; st++) {
+                acc ^= r[st].x ^ r[st].y ^ r[st].z ^ r[st].w;
+                if (it + st + STAGES < n) r[st] = ld_stream_u4(w_lane + (size_t)(it + st + STAGES) * 128);
+            }
+        }
+    }
+    pdl_wait();
+    if (acc == never) sink[0] = acc;
+}
+
+#define RING_READ_ENTRY(NAME, STAGES, MODE)                                                                 \
+    extern "C" __global__ void __launch_bounds__(128) NAME(const uint4* __restrict__ src, int k_chunks,      \
+                                                           u32* __restrict__ sink, u32 never) {             \
+        ring_read_body<STAGES, MODE>(src, k_chunks, sink, never);                                           \
+    }
+RING_READ_ENTRY(bench_ring_read_s4, 4, RING_CP)
+RING_READ_ENTRY(bench_ring_read_s8, 8, RING_CP)
+RING_READ_ENTRY(bench_ring_read_s16, 16, RING_CP)
+RING_READ_ENTRY(bench_reg_read_s4, 4, RING_REG)
+RING_READ_ENTRY(bench_reg_read_s8, 8, RING_REG)
+extern "C" __global__ void __launch_bounds__(512) bench_ring_read_w16_s8(const uint4* __restrict__ src, int k_chunks,
+                                                                        u32* __restrict__ sink, u32 never) {
+    ring_read_body<8, RING_CP, 16>(src, k_chunks, sink, never);
+}

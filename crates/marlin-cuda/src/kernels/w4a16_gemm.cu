@@ -26,6 +26,33 @@
 
 #include "marlin_common.cuh"
 
+// Dequantisation timing probes (MARLIN_INT4_DEC_PROBE=no-offset | raw;
+// src/int4/gemm.rs compiles this source a third time as its own module with
+// W4_DQ_PROBE defined; session 19): every kernel of that module computes
+// wrong products, so only a benchmark's timing of it means anything.
+// 1 (no-offset): the code words' lop3 with the 1024 magic number and no
+//   offset arithmetic (5 of the 9 instructions per word), the cost of a
+//   dequantisation whose (1024 + 8) offset were removed elsewhere;
+// 2 (raw): the code word itself as all four fragment registers (none).
+#if defined(W4_DQ_PROBE)
+__device__ __forceinline__ void w4_probe_dequant_unscaled(u32 q, u32 wa[4]) {
+#if W4_DQ_PROBE == 1
+    const u32 MAGIC = 0x64006400u;
+    const u32 q8 = q >> 8;
+    wa[0] = lop3_and_or(q, 0x000F000Fu, MAGIC);
+    wa[2] = lop3_and_or(q, 0x00F000F0u, MAGIC);
+    wa[1] = lop3_and_or(q8, 0x000F000Fu, MAGIC);
+    wa[3] = lop3_and_or(q8, 0x00F000F0u, MAGIC);
+#else
+    wa[0] = q;
+    wa[1] = q;
+    wa[2] = q;
+    wa[3] = q;
+#endif
+}
+#define dequant_word_unscaled(q, wa) w4_probe_dequant_unscaled(q, wa)
+#endif
+
 #if defined(MARLIN_ACT_BF16) && defined(W4_FUSED_ENTRIES)
 #error "the fused decode-step entries (W4_FUSED_ENTRIES) have f16 prologues and epilogues only"
 #endif
