@@ -41,11 +41,20 @@ pub enum RingPeer {
     /// next call's blocks cannot be resident beside this call's (as with
     /// the whole-column decode plan's blocks) instead of 64 KiB.
     Wide { pad: bool },
+    /// The decode kernel's quad-loop delivery in 16-warp blocks: 8 slots,
+    /// one wait per 4 chunks, their 4 shared loads, then their 4 refills;
+    /// `act`: also its activation loads (2 x 16 B per lane and chunk from
+    /// a 128 KiB tile).
+    WideQuad { act: bool },
+    /// `WideQuad { act: true }` with the kernel's tensor work: 4 mma per
+    /// chunk in 4 chains of 4, folded at the end of the quad or
+    /// (`late`) one quad later.
+    WideQuadMma { late: bool },
 }
 
 impl RingPeer {
     /// Every compiled ring peer.
-    pub const ALL: [RingPeer; 7] = [
+    pub const ALL: [RingPeer; 11] = [
         RingPeer::SharedCpAsync { stages: 4 },
         RingPeer::SharedCpAsync { stages: 8 },
         RingPeer::SharedCpAsync { stages: 16 },
@@ -53,12 +62,16 @@ impl RingPeer {
         RingPeer::Registers { stages: 8 },
         RingPeer::Wide { pad: false },
         RingPeer::Wide { pad: true },
+        RingPeer::WideQuad { act: false },
+        RingPeer::WideQuad { act: true },
+        RingPeer::WideQuadMma { late: false },
+        RingPeer::WideQuadMma { late: true },
     ];
 
     /// Warps per block.
     fn warps(self) -> usize {
         match self {
-            RingPeer::Wide { .. } => 16,
+            RingPeer::Wide { .. } | RingPeer::WideQuad { .. } | RingPeer::WideQuadMma { .. } => 16,
             _ => 4,
         }
     }
@@ -71,6 +84,10 @@ impl RingPeer {
             RingPeer::Registers { stages: 4 } => "bench_reg_read_s4",
             RingPeer::Registers { .. } => "bench_reg_read_s8",
             RingPeer::Wide { .. } => "bench_ring_read_w16_s8",
+            RingPeer::WideQuad { act: false } => "bench_ring_quad_w16",
+            RingPeer::WideQuad { act: true } => "bench_ring_quad_act_w16",
+            RingPeer::WideQuadMma { late: false } => "bench_ring_quad_mma_w16",
+            RingPeer::WideQuadMma { late: true } => "bench_ring_quad_mma_late_w16",
         }
     }
 
@@ -82,6 +99,12 @@ impl RingPeer {
             // 16 warps x 8 stages x 512 B; padded to 200 KiB.
             RingPeer::Wide { pad: false } => 64 * 1024,
             RingPeer::Wide { pad: true } => 200 * 1024,
+            // 16 warps x 8 stages x 512 B, then (`act`) 8 rows x (128
+            // chunks x 64 + 8) halves.
+            RingPeer::WideQuad { act: false } => 64 * 1024,
+            RingPeer::WideQuad { act: true } | RingPeer::WideQuadMma { .. } => {
+                (64 * 1024 + 8 * (128 * 64 + 8) * 2) as u32
+            }
         }
     }
 
@@ -92,6 +115,10 @@ impl RingPeer {
             RingPeer::Registers { stages } => format!("regs s{stages}"),
             RingPeer::Wide { pad: false } => "16 warps s8 64K".into(),
             RingPeer::Wide { pad: true } => "16 warps s8 200K".into(),
+            RingPeer::WideQuad { act: false } => "16 warps quad".into(),
+            RingPeer::WideQuad { act: true } => "16 warps quad+act".into(),
+            RingPeer::WideQuadMma { late: false } => "16 warps quad+act+mma".into(),
+            RingPeer::WideQuadMma { late: true } => "16 warps quad+act+mma late fold".into(),
         }
     }
 }

@@ -183,6 +183,133 @@ RING_READ_ENTRY(bench_ring_read_s8, 8, RING_CP)
 RING_READ_ENTRY(bench_ring_read_s16, 16, RING_CP)
 RING_READ_ENTRY(bench_reg_read_s4, 4, RING_REG)
 RING_READ_ENTRY(bench_reg_read_s8, 8, RING_REG)
+// The decode kernel's quad-loop delivery (change 73's next question): 16
+// warps, 8 slots per lane, every 4 chunks one wait_group<4> (chunks it..it+3
+// landed), their 4 shared loads, then their 4 refills; ACT: also the
+// kernel's activation loads (2 x 16 B per lane and chunk, lane (g, t) at
+// row g, halves 16t.. of the chunk, from a 128 KiB tile after the rings, as
+// the whole-column plan's 8-row tile).
+// MMA (change 73's last question): also the kernel's tensor work per quad,
+// 4 mma per chunk on the raw code words (A) and activation words (B) in 4
+// chains of 4 (the lean-grouped quad loop's shape), their sums folded into
+// one fp32 accumulator: MMA = 1 at the end of the quad (as the kernel),
+// MMA = 2 one quad later (the fold deferred past the next quad's wait,
+// loads and refills).
+template <bool ACT, int MMA = 0>
+__device__ __forceinline__ void ring_quad_body(const uint4* __restrict__ src, int k_chunks, u32* __restrict__ sink,
+                                               u32 never) {
+    constexpr int STAGES = 8, WARPS = 16;
+    extern __shared__ uint4 ring_smem[];
+    pdl_trigger();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int splits = gridDim.z;
+    const int c0 = (int)(((long long)blockIdx.z * k_chunks) / splits);
+    const int c1 = (int)(((long long)(blockIdx.z + 1) * k_chunks) / splits);
+    const int n = c1 - c0;
+    const int tile = blockIdx.y * (WARPS / 4) + (warp >> 2);
+    const uint4* w_lane = src + ((size_t)tile * k_chunks * 4 + (warp & 3)) * 32 + lane + (size_t)c0 * 128;
+    const u32 ring_at = smem_addr(&ring_smem[(warp * STAGES) * 32 + lane]);
+    // Activation tile: 8 rows of min(n, 128) chunks x 64 halves (+ 8 halves of padding per row).
+    const int a_stride = 128 * 64 + 8;
+    const u32 act_at = smem_addr(&ring_smem[WARPS * STAGES * 32]) + (u32)(((lane >> 2) * a_stride + 16 * (lane & 3)) * 2);
+    u32 acc = 0;
+    float facc = 0.0f;
+    float chain[4][4], prev[4][4];
+#pragma unroll
+    for (int p = 0; p < 4; p++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) prev[p][i] = 0.0f;
+#pragma unroll
+    for (int st = 0; st < STAGES; st++) {
+        if (st < n) rr_cp_async16(ring_at + st * 512, w_lane + (size_t)st * 128);
+        cp_async_commit();
+    }
+    for (int it = 0; it + 4 <= n; it += 4) {
+        const int slot0 = it & (STAGES - 1);
+        cp_async_wait<STAGES - 4>();
+        uint4 v[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) v[q] = rr_lds128(ring_at + (slot0 + q) * 512);
+        uint4 av[4][2];
+        if (ACT) {
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const u32 at = act_at + (u32)(((it + q) & 127) * 128);
+                av[q][0] = rr_lds128(at);
+                av[q][1] = rr_lds128(at + 16);
+            }
+        }
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            if (it + q + STAGES < n) rr_cp_async16(ring_at + (slot0 + q) * 512, w_lane + (size_t)(it + q + STAGES) * 128);
+            cp_async_commit();
+        }
+        if (MMA == 0) {
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                acc ^= v[q].x ^ v[q].y ^ v[q].z ^ v[q].w;
+                if (ACT) acc ^= av[q][0].x ^ av[q][0].y ^ av[q][0].z ^ av[q][0].w ^ av[q][1].x ^ av[q][1].y ^ av[q][1].z ^ av[q][1].w;
+            }
+        } else {
+            // Chains: (chunk pair p = q >> 1, k16 parity dj); 4 mma each.
+#pragma unroll
+            for (int c = 0; c < 4; c++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) chain[c][i] = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    const u32 word = j == 0 ? v[q].x : j == 1 ? v[q].y : j == 2 ? v[q].z : v[q].w;
+                    const u32 wa[4] = {word, word ^ 0x11111111u, word ^ 0x22222222u, word ^ 0x44444444u};
+                    const uint4 a = av[q][j >> 1];
+                    const u32 bb[2] = {(j & 1) ? a.z : a.x, (j & 1) ? a.w : a.y};
+                    mma_16816(chain[(q >> 1) * 2 + (j & 1)], wa, bb);
+                }
+            if (MMA == 1) {
+#pragma unroll
+                for (int c = 0; c < 4; c++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) facc += chain[c][i];
+            } else {
+#pragma unroll
+                for (int c = 0; c < 4; c++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        facc += prev[c][i];
+                        prev[c][i] = chain[c][i];
+                    }
+            }
+        }
+    }
+#pragma unroll
+    for (int c = 0; c < 4; c++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) facc += prev[c][i];
+    acc ^= __float_as_uint(facc);
+    cp_async_wait<0>();
+    pdl_wait();
+    if (acc == never) sink[0] = acc;
+}
+
+extern "C" __global__ void __launch_bounds__(512) bench_ring_quad_w16(const uint4* __restrict__ src, int k_chunks,
+                                                                     u32* __restrict__ sink, u32 never) {
+    ring_quad_body<false>(src, k_chunks, sink, never);
+}
+extern "C" __global__ void __launch_bounds__(512) bench_ring_quad_mma_w16(const uint4* __restrict__ src, int k_chunks,
+                                                                         u32* __restrict__ sink, u32 never) {
+    ring_quad_body<true, 1>(src, k_chunks, sink, never);
+}
+extern "C" __global__ void __launch_bounds__(512) bench_ring_quad_mma_late_w16(const uint4* __restrict__ src,
+                                                                              int k_chunks, u32* __restrict__ sink,
+                                                                              u32 never) {
+    ring_quad_body<true, 2>(src, k_chunks, sink, never);
+}
+extern "C" __global__ void __launch_bounds__(512) bench_ring_quad_act_w16(const uint4* __restrict__ src, int k_chunks,
+                                                                         u32* __restrict__ sink, u32 never) {
+    ring_quad_body<true>(src, k_chunks, sink, never);
+}
+
 extern "C" __global__ void __launch_bounds__(512) bench_ring_read_w16_s8(const uint4* __restrict__ src, int k_chunks,
                                                                         u32* __restrict__ sink, u32 never) {
     ring_read_body<8, RING_CP, 16>(src, k_chunks, sink, never);
