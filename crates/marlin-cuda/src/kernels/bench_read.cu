@@ -107,17 +107,18 @@ extern "C" __global__ void __launch_bounds__(512) bench_tile_read(const uint4* _
 #define RING_CP 0
 #define RING_REG 1
 
-__device__ __forceinline__ void rr_cp_async16(u32 dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
-}
-
-__device__ __forceinline__ uint4 rr_lds128(u32 addr) {
-    uint4 v;
-    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "r"(addr)
-                 : "memory");
-    return v;
+// This lane's first 16-byte word of the ring peers' blocks of WARPS warps
+// (WARPS / 4 tiles each; warp w streams column block w % 4 of tile w / 4)
+// and its split's chunk count `n`.
+template <int WARPS>
+__device__ __forceinline__ const uint4* ring_lane_start(const uint4* __restrict__ src, int k_chunks, int& n) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int splits = gridDim.z;
+    const int c0 = (int)(((long long)blockIdx.z * k_chunks) / splits);
+    const int c1 = (int)(((long long)(blockIdx.z + 1) * k_chunks) / splits);
+    n = c1 - c0;
+    const int tile = blockIdx.y * (WARPS / 4) + (warp >> 2);
+    return src + ((size_t)tile * k_chunks * 4 + (warp & 3)) * 32 + lane + (size_t)c0 * 128;
 }
 
 // Blocks of WARPS warps (a multiple of 4) cover WARPS / 4 tiles each (the
@@ -130,18 +131,14 @@ __device__ __forceinline__ void ring_read_body(const uint4* __restrict__ src, in
     extern __shared__ uint4 ring_smem[];
     pdl_trigger();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int splits = gridDim.z;
-    const int c0 = (int)(((long long)blockIdx.z * k_chunks) / splits);
-    const int c1 = (int)(((long long)(blockIdx.z + 1) * k_chunks) / splits);
-    const int n = c1 - c0;
-    const int tile = blockIdx.y * (WARPS / 4) + (warp >> 2);
-    const uint4* w_lane = src + ((size_t)tile * k_chunks * 4 + (warp & 3)) * 32 + lane + (size_t)c0 * 128;
+    int n;
+    const uint4* w_lane = ring_lane_start<WARPS>(src, k_chunks, n);
     u32 acc = 0;
     if (MODE == RING_CP) {
         const u32 ring_at = smem_addr(&ring_smem[(warp * STAGES) * 32 + lane]);
 #pragma unroll
         for (int st = 0; st < STAGES; st++) {
-            if (st < n) rr_cp_async16(ring_at + st * 512, w_lane + (size_t)st * 128);
+            if (st < n) cp_async16_cg_at(ring_at + st * 512, w_lane + (size_t)st * 128);
             cp_async_commit();
         }
         for (int it = 0; it < n; it += STAGES) {
@@ -149,10 +146,10 @@ __device__ __forceinline__ void ring_read_body(const uint4* __restrict__ src, in
             for (int st = 0; st < STAGES; st++) {
                 cp_async_wait<STAGES - 1>();
                 if (it + st < n) {
-                    const uint4 v = rr_lds128(ring_at + st * 512);
+                    const uint4 v = lds128_at(ring_at + st * 512);
                     acc ^= v.x ^ v.y ^ v.z ^ v.w;
                 }
-                if (it + st + STAGES < n) rr_cp_async16(ring_at + st * 512, w_lane + (size_t)(it + st + STAGES) * 128);
+                if (it + st + STAGES < n) cp_async16_cg_at(ring_at + st * 512, w_lane + (size_t)(it + st + STAGES) * 128);
                 cp_async_commit();
             }
         }
@@ -202,12 +199,8 @@ __device__ __forceinline__ void ring_quad_body(const uint4* __restrict__ src, in
     extern __shared__ uint4 ring_smem[];
     pdl_trigger();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int splits = gridDim.z;
-    const int c0 = (int)(((long long)blockIdx.z * k_chunks) / splits);
-    const int c1 = (int)(((long long)(blockIdx.z + 1) * k_chunks) / splits);
-    const int n = c1 - c0;
-    const int tile = blockIdx.y * (WARPS / 4) + (warp >> 2);
-    const uint4* w_lane = src + ((size_t)tile * k_chunks * 4 + (warp & 3)) * 32 + lane + (size_t)c0 * 128;
+    int n;
+    const uint4* w_lane = ring_lane_start<WARPS>(src, k_chunks, n);
     const u32 ring_at = smem_addr(&ring_smem[(warp * STAGES) * 32 + lane]);
     // Activation tile: 8 rows of min(n, 128) chunks x 64 halves (+ 8 halves of padding per row).
     const int a_stride = 128 * 64 + 8;
@@ -221,7 +214,7 @@ __device__ __forceinline__ void ring_quad_body(const uint4* __restrict__ src, in
         for (int i = 0; i < 4; i++) prev[p][i] = 0.0f;
 #pragma unroll
     for (int st = 0; st < STAGES; st++) {
-        if (st < n) rr_cp_async16(ring_at + st * 512, w_lane + (size_t)st * 128);
+        if (st < n) cp_async16_cg_at(ring_at + st * 512, w_lane + (size_t)st * 128);
         cp_async_commit();
     }
     for (int it = 0; it + 4 <= n; it += 4) {
@@ -229,19 +222,19 @@ __device__ __forceinline__ void ring_quad_body(const uint4* __restrict__ src, in
         cp_async_wait<STAGES - 4>();
         uint4 v[4];
 #pragma unroll
-        for (int q = 0; q < 4; q++) v[q] = rr_lds128(ring_at + (slot0 + q) * 512);
+        for (int q = 0; q < 4; q++) v[q] = lds128_at(ring_at + (slot0 + q) * 512);
         uint4 av[4][2];
         if (ACT) {
 #pragma unroll
             for (int q = 0; q < 4; q++) {
                 const u32 at = act_at + (u32)(((it + q) & 127) * 128);
-                av[q][0] = rr_lds128(at);
-                av[q][1] = rr_lds128(at + 16);
+                av[q][0] = lds128_at(at);
+                av[q][1] = lds128_at(at + 16);
             }
         }
 #pragma unroll
         for (int q = 0; q < 4; q++) {
-            if (it + q + STAGES < n) rr_cp_async16(ring_at + (slot0 + q) * 512, w_lane + (size_t)(it + q + STAGES) * 128);
+            if (it + q + STAGES < n) cp_async16_cg_at(ring_at + (slot0 + q) * 512, w_lane + (size_t)(it + q + STAGES) * 128);
             cp_async_commit();
         }
         if (MMA == 0) {

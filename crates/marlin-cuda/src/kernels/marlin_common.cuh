@@ -422,6 +422,24 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
+// 16-byte cp.async to a shared-memory address given as a 32-bit offset, so
+// that an unrolled stage loop issues it with immediate offsets (no address
+// rebuilt per chunk): the per-lane weight rings of the INT4 decode kernels
+// and of the ring read peers (bench_read.cu).
+__device__ __forceinline__ void cp_async16_cg_at(u32 dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
+}
+// The matching 16-byte shared load (volatile: it must stay between the
+// cp.async.wait_group of its chunk and the refill of its slot).
+__device__ __forceinline__ uint4 lds128_at(u32 addr) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr)
+                 : "memory");
+    return v;
+}
+
 // ------------------------------------------------------------ tensor cores
 
 // c (16x8 f32) += a (16x16, row) . b (16x8, col), a and b of the activation

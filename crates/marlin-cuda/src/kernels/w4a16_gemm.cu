@@ -767,23 +767,6 @@ struct DecRing {
     uint4 w[STAGES][32];  // packed codes
 };
 
-// 16-byte cp.async to a shared-memory address given as a 32-bit offset, so
-// that the unrolled stage loop issues it with immediate offsets (no address
-// rebuilt per chunk).
-__device__ __forceinline__ void cp_async16_cg_at(u32 dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
-}
-// The matching 16-byte shared load (volatile: it must stay between the
-// cp.async.wait_group of its chunk and the refill of its slot).
-__device__ __forceinline__ uint4 lds128_at(u32 addr) {
-    uint4 v;
-    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "r"(addr)
-                 : "memory");
-    return v;
-}
-
 // Scale rows (one per group) a split of `cps` chunks can touch, for groups of
 // 32 * group_k32 elements (keep in sync with `decode_scale_rows` in
 // src/int4/gemm.rs).
