@@ -144,14 +144,6 @@ __device__ __forceinline__ u32 ws_f16_pow2(int e) {
     return e >= -14 ? (u32)(e + 15) << 10 : 1u << (e + 24);
 }
 
-__device__ __forceinline__ uint4 ws_ld_shared_v4(u32 addr) {
-    uint4 v;
-    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "r"(addr)
-                 : "memory");
-    return v;
-}
 __device__ __forceinline__ void ws_st_shared_v4(u32 addr, float a, float b, float c, float d) {
     asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
 }
@@ -227,7 +219,7 @@ __device__ __forceinline__ void ws_store_tile(const float (&acc)[TPW][TOK / 2], 
         const int u = idx % UPR;
         const int col = col_base + 8 * u;
         if (col >= N) continue;
-        const uint4 v = ws_ld_shared_v4(tile + (u32)r * ROWB + ((u32)(u ^ (r & 7)) << 4));
+        const uint4 v = lds128_at(tile + (u32)r * ROWB + ((u32)(u ^ (r & 7)) << 4));
         u16* dst = C + (size_t)(m_base + r) * N + col;
         if (vec) {
             *reinterpret_cast<uint4*>(dst) = v;
@@ -597,7 +589,7 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                     } else {
 #pragma unroll
                         for (int v = 0; v < Codes::cw; v++) {
-                            const uint4 x = ws_ld_shared_v4(tile_w + (u32)((warp * Codes::cw + v) * 32 + lane) * 16);
+                            const uint4 x = lds128_at(tile_w + (u32)((warp * Codes::cw + v) * 32 + lane) * 16);
                             words[4 * v] = x.x;
                             words[4 * v + 1] = x.y;
                             words[4 * v + 2] = x.z;
@@ -648,7 +640,7 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                     }
                     continue;
                 }
-                const uint4 q = ws_ld_shared_v4(w0 + slot * W_BYTES + w_lane + p * 2048);
+                const uint4 q = lds128_at(w0 + slot * W_BYTES + w_lane + p * 2048);
                 if constexpr (RAW_PROBE) {
 #pragma unroll
                     for (int j = 0; j < 4; j++) {
@@ -1146,7 +1138,7 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
             mbar_wait(full0 + 8 * slot, (i / STAGES) & 1);
 #pragma unroll
             for (int p = 0; p < TPW; p++) {
-                const uint4 q = ws_ld_shared_v4(w0 + slot * W_BYTES + w_lane + p * 2048);
+                const uint4 q = lds128_at(w0 + slot * W_BYTES + w_lane + p * 2048);
                 const u32 sc = scale2_to_act2(ws_ld_shared_u32(s0 + slot * S_BYTES + s_lane + p * 128));
                 const u32 sa = dup_lo(sc), sb = dup_hi(sc);
                 u32 za, zb;
