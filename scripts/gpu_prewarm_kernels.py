@@ -44,10 +44,6 @@ MODULES = {
     "w4a16_gemm": ("w4a16_gemm.cu", ""),  # src/int4/gemm.rs
     "w4a16_gemm_bf16": ("w4a16_gemm.cu", BF16),
     "w4a16_gemm_fused": ("w4a16_gemm.cu", "#define W4_FUSED_ENTRIES 1\n"),
-    "w4a16_gemm_probe_no_offset": ("w4a16_gemm.cu", "#define W4_DQ_PROBE 1\n"),
-    "w4a16_gemm_probe_raw": ("w4a16_gemm.cu", "#define W4_DQ_PROBE 2\n"),
-    "w4a16_gemm_fused_probe_no_offset": ("w4a16_gemm.cu", "#define W4_FUSED_ENTRIES 1\n#define W4_DQ_PROBE 1\n"),
-    "w4a16_gemm_fused_probe_raw": ("w4a16_gemm.cu", "#define W4_FUSED_ENTRIES 1\n#define W4_DQ_PROBE 2\n"),
     "w4a16_wgmma": ("w4a16_wgmma.cu", ""),  # src/int4/wgmma.rs
     "w4a16_wgmma_diag": ("w4a16_wgmma.cu", "#define W4G_DIAG_ENTRIES 1\n"),
     "w4a16_wgmma_bf16": ("w4a16_wgmma.cu", BF16),
@@ -59,6 +55,32 @@ MODULES = {
     "wxa16_gemm": ("wxa16_gemm.cu", ""),  # src/wgemm/gemm.rs
     "wxa16_gemm_bf16": ("wxa16_gemm.cu", BF16),
 }
+# The timing probes of MARLIN_INT4_DEC_PROBE (src/int4/gemm.rs PROBE_PARTS,
+# kernel_probe): parts in canonical order, each with its define.
+PROBE_PARTS = [
+    ("no-offset", "#define W4_DQ_PROBE 1\n"),
+    ("raw", "#define W4_DQ_PROBE 2\n"),
+    ("no-act", "#define W4_PROBE_NO_ACT 1\n"),
+    ("no-scale", "#define W4_PROBE_NO_SCALE 1\n"),
+    ("no-store", "#define W4_PROBE_NO_STORE 1\n"),
+]
+DEFAULT_PROBES = ["no-offset", "raw"]
+
+
+def probe_modules(value):
+    """The plain and fused probe modules of a MARLIN_INT4_DEC_PROBE value."""
+    parts = {p.strip() for p in value.split("+")}
+    unknown = parts - {name for name, _ in PROBE_PARTS}
+    if unknown or {"no-offset", "raw"} <= parts:
+        sys.exit(f"not a module probe: {value!r}")
+    suffix = "_probe" + "".join("_" + n.replace("-", "_") for n, _ in PROBE_PARTS if n in parts)
+    prefix = "".join(d for n, d in PROBE_PARTS if n in parts)
+    return {
+        "w4a16_gemm" + suffix: ("w4a16_gemm.cu", prefix),
+        "w4a16_gemm_fused" + suffix: ("w4a16_gemm.cu", "#define W4_FUSED_ENTRIES 1\n" + prefix),
+    }
+
+
 # src/ops/attention.rs: one module per head dimension.
 for hd in (16, 32, 64, 128, 256):
     MODULES[f"decode_attention_hd{hd}"] = ("attention.cu", f"#define ATT_ONLY_HD {hd}\n")
@@ -81,8 +103,12 @@ def main():
     ap.add_argument("out", help="kernel-cache folder to fill")
     ap.add_argument("--arch", default="sm_90a")
     ap.add_argument("--driver", type=int, default=13000, help="the GPU machine's cuDriverGetVersion")
+    ap.add_argument("--probes", default=",".join(DEFAULT_PROBES),
+                    help="comma-separated MARLIN_INT4_DEC_PROBE values to precompile (default: %(default)s)")
     ap.add_argument("modules", nargs="*", help="only these modules (default: all)")
     args = ap.parse_args()
+    for value in filter(None, args.probes.split(",")):
+        MODULES.update(probe_modules(value))
     spec = importlib.util.spec_from_file_location("ck", os.path.join(ROOT, "scripts", "check_kernels_nvrtc.py"))
     ck = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ck)

@@ -35,63 +35,94 @@ const BF16_SOURCE: &str = concat!(
 
 /// Module name and source of the plain kernels for activation type `act`.
 fn gemm_module(act: Act) -> (&'static str, &'static str) {
-    match (act, dequant_probe()) {
-        (Act::F16, DequantProbe::NoOffset) => (PROBE_NO_OFFSET_MODULE, PROBE_NO_OFFSET_SOURCE),
-        (Act::F16, DequantProbe::Raw) => (PROBE_RAW_MODULE, PROBE_RAW_SOURCE),
-        (Act::F16, DequantProbe::Off) => (MODULE, SOURCE),
+    match (act, kernel_probe()) {
+        (Act::F16, Some(probe)) => (probe.plain.0.as_str(), probe.plain.1.as_str()),
+        (Act::F16, None) => (MODULE, SOURCE),
         (Act::Bf16, _) => (BF16_MODULE, BF16_SOURCE),
     }
 }
 
-/// Dequantisation timing probes of the f16 module (session 19): the same
-/// source compiled with `W4_DQ_PROBE` 1 (no-offset) or 2 (raw), whose
-/// kernels compute wrong products (see the source's comment).
-const PROBE_NO_OFFSET_MODULE: &str = "w4a16_gemm_probe_no_offset";
-const PROBE_NO_OFFSET_SOURCE: &str = concat!(
-    "#define W4_DQ_PROBE 1\n",
-    include_str!("../kernels/w4a16_gemm.cu")
-);
-const PROBE_RAW_MODULE: &str = "w4a16_gemm_probe_raw";
-const PROBE_RAW_SOURCE: &str = concat!(
-    "#define W4_DQ_PROBE 2\n",
-    include_str!("../kernels/w4a16_gemm.cu")
-);
-
-/// Which dequantisation the f16 INT4 module's kernels run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DequantProbe {
-    /// The real one (every result).
-    Off,
-    /// `MARLIN_INT4_DEC_PROBE=no-offset`: lop3 with the magic number only.
-    NoOffset,
-    /// `MARLIN_INT4_DEC_PROBE=raw`: the code words as fragments.
-    Raw,
+/// A timing probe of the f16 INT4 kernels (`MARLIN_INT4_DEC_PROBE`, sessions
+/// 19-20): the source compiled with defines that remove one part of the
+/// work each, so that a benchmark shows what that part costs. Every kernel
+/// of a probe module computes wrong products (see the source's comment).
+/// The value is `+`-separated parts, in any order:
+/// - `no-offset` (`W4_DQ_PROBE 1`): only the lop3 with the magic number of
+///   the dequantisation;
+/// - `raw` (`W4_DQ_PROBE 2`): the code words as fragments, no
+///   dequantisation;
+/// - `no-act` (`W4_PROBE_NO_ACT`): the decode kernels neither copy their
+///   activation tile nor wait for it;
+/// - `no-scale` (`W4_PROBE_NO_SCALE`): the decode kernels' quad loops fold
+///   with 1.0 (no scale loads, no group bookkeeping);
+/// - `no-store` (`W4_PROBE_NO_STORE`): the decode kernels' split-free
+///   epilogue stores nothing (unless a sum is exactly 1e-30).
+///
+/// Module names and prefixes are canonical (parts in the order above;
+/// `scripts/gpu_prewarm_kernels.py` builds the same ones).
+struct KernelProbe {
+    /// (module name, source) of the plain kernels.
+    plain: (String, String),
+    /// (module name, source) of the fused decode-step kernels.
+    fused: (String, String),
 }
 
-/// The dequantisation probe of `MARLIN_INT4_DEC_PROBE` (read once;
-/// `no-offset` or `raw`, else off). A timing probe: with it every plain
-/// f16 INT4 GEMM (the decode, stream-K and mma.sync kernels of the
-/// `w4a16_gemm` module) returns wrong values, so the first read says so
-/// on stderr.
-fn dequant_probe() -> DequantProbe {
-    static PROBE: OnceLock<DequantProbe> = OnceLock::new();
-    *PROBE.get_or_init(|| {
-        let probe = match std::env::var("MARLIN_INT4_DEC_PROBE")
-            .as_deref()
-            .map(str::trim)
-        {
-            Ok("no-offset") => DequantProbe::NoOffset,
-            Ok("raw") => DequantProbe::Raw,
-            _ => DequantProbe::Off,
-        };
-        if probe != DequantProbe::Off {
+/// The probe parts in canonical order: (name, define).
+const PROBE_PARTS: [(&str, &str); 5] = [
+    ("no-offset", "#define W4_DQ_PROBE 1\n"),
+    ("raw", "#define W4_DQ_PROBE 2\n"),
+    ("no-act", "#define W4_PROBE_NO_ACT 1\n"),
+    ("no-scale", "#define W4_PROBE_NO_SCALE 1\n"),
+    ("no-store", "#define W4_PROBE_NO_STORE 1\n"),
+];
+
+/// Parses a `MARLIN_INT4_DEC_PROBE` value into its canonical part flags
+/// (None: not a module probe, e.g. `skip-loop` or an unknown part).
+fn parse_kernel_probe(value: &str) -> Option<[bool; 5]> {
+    let mut on = [false; 5];
+    for part in value.split('+').map(str::trim) {
+        let i = PROBE_PARTS.iter().position(|(name, _)| *name == part)?;
+        on[i] = true;
+    }
+    // no-offset and raw are two forms of one define.
+    (!(on[0] && on[1])).then_some(on)
+}
+
+/// Module name suffix and source prefix of the parts `on`.
+fn probe_module_parts(on: &[bool; 5]) -> (String, String) {
+    let mut suffix = String::from("_probe");
+    let mut prefix = String::new();
+    for ((name, define), _) in PROBE_PARTS.iter().zip(on).filter(|(_, on)| **on) {
+        suffix.push('_');
+        suffix.push_str(&name.replace('-', "_"));
+        prefix.push_str(define);
+    }
+    (suffix, prefix)
+}
+
+/// The kernel probe of `MARLIN_INT4_DEC_PROBE` (read once). The first read
+/// says on stderr that the INT4 GEMMs return wrong values.
+fn kernel_probe() -> Option<&'static KernelProbe> {
+    static PROBE: OnceLock<Option<KernelProbe>> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let value = std::env::var("MARLIN_INT4_DEC_PROBE").ok()?;
+            let on = parse_kernel_probe(value.trim())?;
+            let (suffix, prefix) = probe_module_parts(&on);
             eprintln!(
-                "marlin: MARLIN_INT4_DEC_PROBE={probe:?}: the f16 INT4 GEMM kernels run a \
-                 timing probe of their dequantisation and return wrong values"
+                "marlin: MARLIN_INT4_DEC_PROBE={}: the f16 INT4 GEMM kernels run a timing \
+                 probe (module {MODULE}{suffix}) and return wrong values",
+                value.trim()
             );
-        }
-        probe
-    })
+            Some(KernelProbe {
+                plain: (format!("{MODULE}{suffix}"), format!("{prefix}{SOURCE}")),
+                fused: (
+                    format!("{FUSED_MODULE}{suffix}"),
+                    format!("#define W4_FUSED_ENTRIES 1\n{prefix}{SOURCE}"),
+                ),
+            })
+        })
+        .as_ref()
 }
 
 /// The dequantizer entry of `gemm_module(act)`.
@@ -2107,24 +2138,11 @@ const FUSED_SOURCE: &str = concat!(
     include_str!("../kernels/w4a16_gemm.cu")
 );
 
-/// The fused module, or its dequantisation probe ([`dequant_probe`]).
+/// The fused module, or its timing probe ([`kernel_probe`]).
 fn fused_module() -> (&'static str, &'static str) {
-    match dequant_probe() {
-        DequantProbe::Off => (FUSED_MODULE, FUSED_SOURCE),
-        DequantProbe::NoOffset => (
-            "w4a16_gemm_fused_probe_no_offset",
-            concat!(
-                "#define W4_FUSED_ENTRIES 1\n#define W4_DQ_PROBE 1\n",
-                include_str!("../kernels/w4a16_gemm.cu")
-            ),
-        ),
-        DequantProbe::Raw => (
-            "w4a16_gemm_fused_probe_raw",
-            concat!(
-                "#define W4_FUSED_ENTRIES 1\n#define W4_DQ_PROBE 2\n",
-                include_str!("../kernels/w4a16_gemm.cu")
-            ),
-        ),
+    match kernel_probe() {
+        Some(probe) => (probe.fused.0.as_str(), probe.fused.1.as_str()),
+        None => (FUSED_MODULE, FUSED_SOURCE),
     }
 }
 
@@ -2901,6 +2919,37 @@ mod tests {
         SHORT_RING_LONG, SHORT_RING_SHORT, SHORT_RING_WIDE, SK_MAX_BLOCK_WARPS, SK_MAX_M,
         SK_MIN_UNITS_PER_WARP,
     };
+
+    /// Probe values parse in any order into canonical module names and
+    /// prefixes (the ones `scripts/gpu_prewarm_kernels.py` builds); unknown
+    /// parts, `skip-loop` and the two dequantisation forms together are not
+    /// module probes.
+    #[test]
+    fn kernel_probe_names_are_canonical() {
+        use super::{parse_kernel_probe, probe_module_parts};
+        let parts = |v: &str| parse_kernel_probe(v).map(|on| probe_module_parts(&on));
+        assert_eq!(
+            parts("raw").unwrap(),
+            (
+                "_probe_raw".to_string(),
+                "#define W4_DQ_PROBE 2\n".to_string()
+            )
+        );
+        assert_eq!(
+            parts("no-store+raw+no-act").unwrap(),
+            (
+                "_probe_raw_no_act_no_store".to_string(),
+                "#define W4_DQ_PROBE 2\n#define W4_PROBE_NO_ACT 1\n#define W4_PROBE_NO_STORE 1\n"
+                    .to_string()
+            )
+        );
+        assert_eq!(parts("no-offset").unwrap().0, "_probe_no_offset");
+        assert_eq!(parts("no-scale").unwrap().0, "_probe_no_scale");
+        assert!(parse_kernel_probe("skip-loop").is_none());
+        assert!(parse_kernel_probe("raw+bogus").is_none());
+        assert!(parse_kernel_probe("raw+no-offset").is_none());
+        assert!(parse_kernel_probe("").is_none());
+    }
 
     /// The shared launch-grid check: y and z at most 65535, x below 2^31.
     #[test]

@@ -34,6 +34,14 @@
 //   offset arithmetic (5 of the 9 instructions per word), the cost of a
 //   dequantisation whose (1024 + 8) offset were removed elsewhere;
 // 2 (raw): the code word itself as all four fragment registers (none).
+// Independent of it (session 20; each defined to 1 where wanted):
+// W4_PROBE_NO_ACT: the decode and stream-K kernels neither copy their
+//   activation tile nor wait for it (the tile is whatever shared memory
+//   held: the cost of the prologue's activation copy);
+// W4_PROBE_NO_SCALE: the decode kernels' quad loops fold every chunk (pair)
+//   with 1.0 (no scale loads, no group bookkeeping);
+// W4_PROBE_NO_STORE: the decode kernels' split-free epilogue stores only a
+//   sum that is exactly 1e-30 (the sums stay live, the stores are gone).
 #if defined(W4_DQ_PROBE)
 __device__ __forceinline__ void w4_probe_dequant_unscaled(u32 q, u32 wa[4]) {
 #if W4_DQ_PROBE == 1
@@ -924,6 +932,7 @@ __device__ __forceinline__ void w4a16_dec_body(
     // Activations of this split (rows_here token rows, k from c_begin*64 for
     // n_blk*64, zero past K) and the 64 zero halves (no commit).
     auto copy_activations = [&]() {
+#if !defined(W4_PROBE_NO_ACT)
         const int k0 = c_begin * 64;
         const int cols = n_blk * 64;
         const int vecs = cols >> 3;
@@ -946,6 +955,7 @@ __device__ __forceinline__ void w4a16_dec_body(
                     a_tile[r * a_stride + c] = k0 + c < K ? src_row[k0 + c] : (u16)0;
             }
         }
+#endif
     };
     if (flags & W4_DEC_EARLY_TRIGGER) pdl_trigger();
     const bool late_trigger = (flags & W4_DEC_LATE_TRIGGER) != 0;
@@ -1063,6 +1073,12 @@ __device__ __forceinline__ void w4a16_dec_body(
         constexpr int QN = RH == 1 ? 4 : 2;
         u32 a_at[RH], a_step_b[RH];
         w4_quad_act_at<RH>(a_at, a_step_b, a_tile, a_zero, a_stride, rows_here, w_begin - c_begin, g, t);
+#if defined(W4_PROBE_NO_SCALE)
+        auto take_scale = [&](float& sl, float& sh, int) {
+            sl = 1.0f;
+            sh = 1.0f;
+        };
+#else
         float cur_sl = f16_lo_to_f32(*s_lane);  // column g
         float cur_sh = f16_hi_to_f32(*s_lane);  // column g + 8
         // This chunk's scales; the row advances after the chunk that ends
@@ -1078,6 +1094,7 @@ __device__ __forceinline__ void w4a16_dec_body(
                 cur_sh = f16_hi_to_f32(*s_lane);
             }
         };
+#endif
         const int n_steps = n_my / QN;
         auto steps = [&](auto grouped_tag) {
             constexpr bool GROUPED = decltype(grouped_tag)::value;
@@ -1605,6 +1622,9 @@ __device__ __forceinline__ void w4a16_dec_body(
             for (int i = 0; i < 4; i++) {
                 const int row = m_base + r * 8 + 2 * t + (i & 1);
                 const int col = nb * 16 + g + 8 * (i >> 1);
+#if defined(W4_PROBE_NO_STORE)
+                if (acc[r][i] != 1e-30f) continue;
+#endif
                 if (row < M && col < N) w4_fused_store<EPI>(C, R, (size_t)row * N + col, acc[r][i]);
             }
         return;
@@ -1826,6 +1846,7 @@ __device__ __forceinline__ void w4a16_sk_body(
     // First read of the activations (and the only one from global memory):
     // the whole of A (rows x k_chunks*64 halves, zero past K), newest
     // cp.async group.
+#if !defined(W4_PROBE_NO_ACT)
     {
         const int vecs = k_chunks * 8;  // 16-byte vectors per row
         if (threadIdx.x < 8) reinterpret_cast<uint4*>(a_zero)[threadIdx.x] = make_uint4(0, 0, 0, 0);
@@ -1849,6 +1870,7 @@ __device__ __forceinline__ void w4a16_sk_body(
         }
         cp_async_commit();
     }
+#endif
     cp_async_wait<0>();
     __syncthreads();
 
