@@ -50,11 +50,17 @@ pub enum RingPeer {
     /// chunk in 4 chains of 4, folded at the end of the quad or
     /// (`late`) one quad later.
     WideQuadMma { late: bool },
+    /// `WideQuadMma { late: false }` in the whole-column decode plan's
+    /// blocks: 14 warps (3.5 tiles, a tile's 2 KiB per chunk shared by two
+    /// blocks); `prologue`: also the kernel's prologue (scale rows before the
+    /// ring, the 8-row activation tile after the PDL wait, all waited before
+    /// the first chunk) and its scale fold per chunk pair (change 74).
+    KernelBlock { prologue: bool },
 }
 
 impl RingPeer {
     /// Every compiled ring peer.
-    pub const ALL: [RingPeer; 11] = [
+    pub const ALL: [RingPeer; 13] = [
         RingPeer::SharedCpAsync { stages: 4 },
         RingPeer::SharedCpAsync { stages: 8 },
         RingPeer::SharedCpAsync { stages: 16 },
@@ -66,12 +72,15 @@ impl RingPeer {
         RingPeer::WideQuad { act: true },
         RingPeer::WideQuadMma { late: false },
         RingPeer::WideQuadMma { late: true },
+        RingPeer::KernelBlock { prologue: false },
+        RingPeer::KernelBlock { prologue: true },
     ];
 
     /// Warps per block.
     fn warps(self) -> usize {
         match self {
             RingPeer::Wide { .. } | RingPeer::WideQuad { .. } | RingPeer::WideQuadMma { .. } => 16,
+            RingPeer::KernelBlock { .. } => 14,
             _ => 4,
         }
     }
@@ -88,6 +97,8 @@ impl RingPeer {
             RingPeer::WideQuad { act: true } => "bench_ring_quad_act_w16",
             RingPeer::WideQuadMma { late: false } => "bench_ring_quad_mma_w16",
             RingPeer::WideQuadMma { late: true } => "bench_ring_quad_mma_late_w16",
+            RingPeer::KernelBlock { prologue: false } => "bench_ring_quad_mma_w14",
+            RingPeer::KernelBlock { prologue: true } => "bench_ring_quad_mma_pro_w14",
         }
     }
 
@@ -105,6 +116,12 @@ impl RingPeer {
             RingPeer::WideQuad { act: true } | RingPeer::WideQuadMma { .. } => {
                 (64 * 1024 + 8 * (128 * 64 + 8) * 2) as u32
             }
+            // 14 warps x 8 stages x 512 B, the activation tile, then
+            // (`prologue`) 65 scale rows (128 chunks in groups of 128, + 1)
+            // x 14 x 8 u32.
+            RingPeer::KernelBlock { prologue } => {
+                (14 * 4096 + 8 * (128 * 64 + 8) * 2 + if prologue { 65 * 448 } else { 0 }) as u32
+            }
         }
     }
 
@@ -119,6 +136,8 @@ impl RingPeer {
             RingPeer::WideQuad { act: true } => "16 warps quad+act".into(),
             RingPeer::WideQuadMma { late: false } => "16 warps quad+act+mma".into(),
             RingPeer::WideQuadMma { late: true } => "16 warps quad+act+mma late fold".into(),
+            RingPeer::KernelBlock { prologue: false } => "14 warps quad+act+mma".into(),
+            RingPeer::KernelBlock { prologue: true } => "14 warps +prologue+scales".into(),
         }
     }
 }
@@ -221,15 +240,26 @@ impl ReadPeer {
         let to_u32 = |what: &str, v: usize| {
             u32::try_from(v).map_err(|_| CudaError::Shape(format!("{what} {v} exceeds u32")))
         };
-        let tiles_per_block = ring.warps() / 4;
-        if !n_tiles.is_multiple_of(tiles_per_block) {
+        // Warp w of block y streams column block y * warps + w (4 per tile).
+        let column_blocks = n_tiles
+            .checked_mul(4)
+            .ok_or_else(|| CudaError::Shape("ring read column blocks overflow".into()))?;
+        if !column_blocks.is_multiple_of(ring.warps()) {
             return Err(CudaError::Shape(format!(
-                "ring read of {n_tiles} tiles in blocks of {tiles_per_block}"
+                "ring read of {column_blocks} column blocks in blocks of {} warps",
+                ring.warps()
+            )));
+        }
+        // The kernel-block peers' activation tile and scale rows hold 128 chunks.
+        if matches!(ring, RingPeer::KernelBlock { .. }) && k_chunks > 128 {
+            return Err(CudaError::Shape(format!(
+                "{} holds 128 chunks, not {k_chunks}",
+                ring.label()
             )));
         }
         let grid = (
             1,
-            to_u32("column blocks", n_tiles / tiles_per_block)?,
+            to_u32("column blocks", column_blocks / ring.warps())?,
             to_u32("splits", splits)?,
         );
         let threads = to_u32("threads", 32 * ring.warps())?;
@@ -255,14 +285,18 @@ impl ReadPeer {
                 .arg(&self.copies[i % n])
                 .arg(&k_chunks)
                 .arg(&self.sink)
-                .arg(&NEVER);
+                .arg(&NEVER)
+                .arg(&self.copies[(i + 1) % n]);
             // SAFETY: parameters as in the kernel (const uint4*, int, u32*,
-            // u32); block (y, z) reads only words of its tiles (< n_tiles,
-            // a multiple of the tiles per block) below n_tiles * k_chunks
-            // * 128 (checked above against `words`), its rings are within
-            // `smem` bytes of dynamic shared memory (warps x stages x 512
-            // B, or more), and it may write sink[0] after
-            // griddepcontrol.wait.
+            // u32, const uint4*); block (y, z) reads only words of its
+            // column blocks (< n_tiles * 4, a multiple of the warps per
+            // block) below n_tiles * k_chunks * 128 (checked above against
+            // `words`); the kernel-block peers also read the first 8 x
+            // k_chunks x 8 words of the same copy and (k_chunks / 2 + 1) x
+            // n_tiles x 8 words of the next one (k_chunks <= 128, both
+            // below that bound); its rings, tile and rows are within
+            // `smem` bytes of dynamic shared memory, and it may write
+            // sink[0] after griddepcontrol.wait.
             unsafe { launch.launch_pdl(cfg) }
         })
     }

@@ -108,8 +108,10 @@ extern "C" __global__ void __launch_bounds__(512) bench_tile_read(const uint4* _
 #define RING_REG 1
 
 // This lane's first 16-byte word of the ring peers' blocks of WARPS warps
-// (WARPS / 4 tiles each; warp w streams column block w % 4 of tile w / 4)
-// and its split's chunk count `n`.
+// and its split's chunk count `n`. Warp w of block y streams column block
+// nb = y * WARPS + w, i.e. column block nb % 4 of tile nb / 4, as the decode
+// kernel's warps do (WARPS = 14: a block covers 3.5 tiles, a tile's 2 KiB
+// piece per chunk shared by two blocks).
 template <int WARPS>
 __device__ __forceinline__ const uint4* ring_lane_start(const uint4* __restrict__ src, int k_chunks, int& n) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -117,8 +119,8 @@ __device__ __forceinline__ const uint4* ring_lane_start(const uint4* __restrict_
     const int c0 = (int)(((long long)blockIdx.z * k_chunks) / splits);
     const int c1 = (int)(((long long)(blockIdx.z + 1) * k_chunks) / splits);
     n = c1 - c0;
-    const int tile = blockIdx.y * (WARPS / 4) + (warp >> 2);
-    return src + ((size_t)tile * k_chunks * 4 + (warp & 3)) * 32 + lane + (size_t)c0 * 128;
+    const int nb = blockIdx.y * WARPS + warp;
+    return src + ((size_t)(nb >> 2) * k_chunks * 4 + (nb & 3)) * 32 + lane + (size_t)c0 * 128;
 }
 
 // Blocks of WARPS warps (a multiple of 4) cover WARPS / 4 tiles each (the
@@ -172,7 +174,7 @@ __device__ __forceinline__ void ring_read_body(const uint4* __restrict__ src, in
 
 #define RING_READ_ENTRY(NAME, STAGES, MODE)                                                                 \
     extern "C" __global__ void __launch_bounds__(128) NAME(const uint4* __restrict__ src, int k_chunks,      \
-                                                           u32* __restrict__ sink, u32 never) {             \
+                                                           u32* __restrict__ sink, u32 never, const uint4*) { \
         ring_read_body<STAGES, MODE>(src, k_chunks, sink, never);                                           \
     }
 RING_READ_ENTRY(bench_ring_read_s4, 4, RING_CP)
@@ -192,10 +194,17 @@ RING_READ_ENTRY(bench_reg_read_s8, 8, RING_REG)
 // one fp32 accumulator: MMA = 1 at the end of the quad (as the kernel),
 // MMA = 2 one quad later (the fold deferred past the next quad's wait,
 // loads and refills).
-template <bool ACT, int MMA = 0>
+// WARPS = 14 with PRO (session 20, change 74): the whole-column decode
+// plan's block (14 warps, 3.5 tiles) and its prologue: the block's scale
+// rows (k_chunks / 2 + 1 rows of 14 x 8 u32, the group-128 layout, from
+// `scales`, another weight copy) issued before the ring, then after the PDL
+// wait the 8-row activation tile (the first 8 x k_chunks x 64 halves of
+// `src`: the same lines for every block, as A is) by cp.async.ca, all
+// waited with a block barrier before the first chunk.
+template <bool ACT, int MMA = 0, int WARPS = 16, bool PRO = false>
 __device__ __forceinline__ void ring_quad_body(const uint4* __restrict__ src, int k_chunks, u32* __restrict__ sink,
-                                               u32 never) {
-    constexpr int STAGES = 8, WARPS = 16;
+                                               u32 never, const uint4* __restrict__ scales = nullptr) {
+    constexpr int STAGES = 8;
     extern __shared__ uint4 ring_smem[];
     pdl_trigger();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -205,6 +214,16 @@ __device__ __forceinline__ void ring_quad_body(const uint4* __restrict__ src, in
     // Activation tile: 8 rows of min(n, 128) chunks x 64 halves (+ 8 halves of padding per row).
     const int a_stride = 128 * 64 + 8;
     const u32 act_at = smem_addr(&ring_smem[WARPS * STAGES * 32]) + (u32)(((lane >> 2) * a_stride + 16 * (lane & 3)) * 2);
+    uint4* s_tile = &ring_smem[WARPS * STAGES * 32 + 8 * a_stride / 8];
+    if (PRO) {
+        const int row_vecs = WARPS * 2, s_rows = k_chunks / 2 + 1;
+        const size_t group_stride = (size_t)gridDim.y * row_vecs;
+        for (int v = threadIdx.x; v < s_rows * row_vecs; v += blockDim.x) {
+            const int q = v / row_vecs, part = v - q * row_vecs;
+            cp_async16_cg_at(smem_addr(s_tile + v), scales + (size_t)q * group_stride + blockIdx.y * row_vecs + part);
+        }
+        cp_async_commit();
+    }
     u32 acc = 0;
     float facc = 0.0f;
     float chain[4][4], prev[4][4];
@@ -216,6 +235,19 @@ __device__ __forceinline__ void ring_quad_body(const uint4* __restrict__ src, in
     for (int st = 0; st < STAGES; st++) {
         if (st < n) cp_async16_cg_at(ring_at + st * 512, w_lane + (size_t)st * 128);
         cp_async_commit();
+    }
+    if (PRO) {
+        pdl_wait();
+        const int vecs = min(n, 128) * 8;
+        u16* a_tile = reinterpret_cast<u16*>(&ring_smem[WARPS * STAGES * 32]);
+        for (int r = 0; r < 8; r++)
+            for (int v = threadIdx.x; v < vecs; v += blockDim.x)
+                asm volatile("cp.async.ca.shared.global [%0], [%1], 16;" ::"r"(smem_addr(a_tile + r * a_stride + 8 * v)),
+                             "l"(src + (size_t)r * k_chunks * 8 + v));
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        // The kernel reads one scale word per lane and chunk pair.
     }
     for (int it = 0; it + 4 <= n; it += 4) {
         const int slot0 = it & (STAGES - 1);
@@ -260,10 +292,20 @@ __device__ __forceinline__ void ring_quad_body(const uint4* __restrict__ src, in
                     mma_16816(chain[(q >> 1) * 2 + (j & 1)], wa, bb);
                 }
             if (MMA == 1) {
+                float sc0 = 1.0f, sc1 = 1.0f;
+                if (PRO) {
+                    // The kernel's fold: each chunk pair's chains times the
+                    // f16 scales of the lane's two columns.
+                    const u32* s_words = reinterpret_cast<const u32*>(s_tile);
+                    const u32 w0 = s_words[(it >> 1) * WARPS * 8 + warp * 8 + (lane >> 2)];
+                    const u32 w1 = s_words[((it >> 1) + 1) * WARPS * 8 + warp * 8 + (lane >> 2)];
+                    sc0 = f16_lo_to_f32(w0) + f16_hi_to_f32(w0);
+                    sc1 = f16_lo_to_f32(w1) + f16_hi_to_f32(w1);
+                }
 #pragma unroll
                 for (int c = 0; c < 4; c++)
 #pragma unroll
-                    for (int i = 0; i < 4; i++) facc += chain[c][i];
+                    for (int i = 0; i < 4; i++) facc = fmaf(chain[c][i], c < 2 ? sc0 : sc1, facc);
             } else {
 #pragma unroll
                 for (int c = 0; c < 4; c++)
@@ -286,24 +328,39 @@ __device__ __forceinline__ void ring_quad_body(const uint4* __restrict__ src, in
 }
 
 extern "C" __global__ void __launch_bounds__(512) bench_ring_quad_w16(const uint4* __restrict__ src, int k_chunks,
-                                                                     u32* __restrict__ sink, u32 never) {
+                                                                     u32* __restrict__ sink, u32 never, const uint4*) {
     ring_quad_body<false>(src, k_chunks, sink, never);
 }
 extern "C" __global__ void __launch_bounds__(512) bench_ring_quad_mma_w16(const uint4* __restrict__ src, int k_chunks,
-                                                                         u32* __restrict__ sink, u32 never) {
+                                                                         u32* __restrict__ sink, u32 never, const uint4*) {
     ring_quad_body<true, 1>(src, k_chunks, sink, never);
 }
 extern "C" __global__ void __launch_bounds__(512) bench_ring_quad_mma_late_w16(const uint4* __restrict__ src,
                                                                               int k_chunks, u32* __restrict__ sink,
-                                                                              u32 never) {
+                                                                              u32 never, const uint4*) {
     ring_quad_body<true, 2>(src, k_chunks, sink, never);
 }
 extern "C" __global__ void __launch_bounds__(512) bench_ring_quad_act_w16(const uint4* __restrict__ src, int k_chunks,
-                                                                         u32* __restrict__ sink, u32 never) {
+                                                                         u32* __restrict__ sink, u32 never, const uint4*) {
     ring_quad_body<true>(src, k_chunks, sink, never);
 }
 
 extern "C" __global__ void __launch_bounds__(512) bench_ring_read_w16_s8(const uint4* __restrict__ src, int k_chunks,
-                                                                        u32* __restrict__ sink, u32 never) {
+                                                                        u32* __restrict__ sink, u32 never, const uint4*) {
     ring_read_body<8, RING_CP, 16>(src, k_chunks, sink, never);
+}
+
+// The whole-column decode plan's block shape (14 warps) with the quad loop,
+// activation loads and mma, without (mma_w14) and with (mma_pro_w14) the
+// kernel's prologue and scale fold (change 74).
+extern "C" __global__ void __launch_bounds__(448) bench_ring_quad_mma_w14(const uint4* __restrict__ src, int k_chunks,
+                                                                         u32* __restrict__ sink, u32 never,
+                                                                         const uint4* __restrict__ scales) {
+    ring_quad_body<true, 1, 14, false>(src, k_chunks, sink, never, scales);
+}
+extern "C" __global__ void __launch_bounds__(448) bench_ring_quad_mma_pro_w14(const uint4* __restrict__ src,
+                                                                             int k_chunks, u32* __restrict__ sink,
+                                                                             u32 never,
+                                                                             const uint4* __restrict__ scales) {
+    ring_quad_body<true, 1, 14, true>(src, k_chunks, sink, never, scales);
 }
