@@ -32,7 +32,8 @@ COMMON_HEADER = "marlin_common.cuh"
 BF16 = b"#define MARLIN_ACT_BF16 1\n"
 # Every loop / prologue / epilogue probe part of MARLIN_INT4_DEC_PROBE at once
 # (src/int4/gemm.rs PROBE_PARTS), so that each define's code compiles.
-PROBE_PARTS_ALL = b"#define W4_DQ_PROBE 2\n#define W4_PROBE_NO_ACT 1\n#define W4_PROBE_NO_SCALE 1\n#define W4_PROBE_NO_STORE 1\n"
+PROBE_PARTS_ALL = (b"#define W4_DQ_PROBE 2\n#define W4_PROBE_NO_ACT 1\n#define W4_PROBE_NO_SCALE 1\n"
+                   b"#define W4_PROBE_NO_STORE 1\n#define W4_PROBE_NO_SCALE_TILE 1\n")
 PREFIXED = {
     "w4a16_gemm.cu": [b"#define W4_FUSED_ENTRIES 1\n", BF16, b"#define W4_DQ_PROBE 1\n", b"#define W4_DQ_PROBE 2\n",
                       b"#define W4_FUSED_ENTRIES 1\n#define W4_DQ_PROBE 1\n",

@@ -63,6 +63,7 @@ PROBE_PARTS = [
     ("no-act", "#define W4_PROBE_NO_ACT 1\n"),
     ("no-scale", "#define W4_PROBE_NO_SCALE 1\n"),
     ("no-store", "#define W4_PROBE_NO_STORE 1\n"),
+    ("no-scale-tile", "#define W4_PROBE_NO_SCALE_TILE 1\n"),
 ]
 DEFAULT_PROBES = ["no-offset", "raw"]
 

@@ -52,15 +52,16 @@ pub enum RingPeer {
     WideQuadMma { late: bool },
     /// `WideQuadMma { late: false }` in the whole-column decode plan's
     /// blocks: 14 warps (3.5 tiles, a tile's 2 KiB per chunk shared by two
-    /// blocks); `prologue`: also the kernel's prologue (scale rows before the
-    /// ring, the 8-row activation tile after the PDL wait, all waited before
-    /// the first chunk) and its scale fold per chunk pair (change 74).
-    KernelBlock { prologue: bool },
+    /// blocks); parts of the kernel's prologue (change 74), waited before
+    /// the first chunk: `scales`, the block's scale rows before the ring
+    /// and their fold per chunk pair; `act`, the 8-row activation tile
+    /// after the PDL wait.
+    KernelBlock { scales: bool, act: bool },
 }
 
 impl RingPeer {
     /// Every compiled ring peer.
-    pub const ALL: [RingPeer; 13] = [
+    pub const ALL: [RingPeer; 15] = [
         RingPeer::SharedCpAsync { stages: 4 },
         RingPeer::SharedCpAsync { stages: 8 },
         RingPeer::SharedCpAsync { stages: 16 },
@@ -72,8 +73,22 @@ impl RingPeer {
         RingPeer::WideQuad { act: true },
         RingPeer::WideQuadMma { late: false },
         RingPeer::WideQuadMma { late: true },
-        RingPeer::KernelBlock { prologue: false },
-        RingPeer::KernelBlock { prologue: true },
+        RingPeer::KernelBlock {
+            scales: false,
+            act: false,
+        },
+        RingPeer::KernelBlock {
+            scales: true,
+            act: false,
+        },
+        RingPeer::KernelBlock {
+            scales: false,
+            act: true,
+        },
+        RingPeer::KernelBlock {
+            scales: true,
+            act: true,
+        },
     ];
 
     /// Warps per block.
@@ -97,8 +112,22 @@ impl RingPeer {
             RingPeer::WideQuad { act: true } => "bench_ring_quad_act_w16",
             RingPeer::WideQuadMma { late: false } => "bench_ring_quad_mma_w16",
             RingPeer::WideQuadMma { late: true } => "bench_ring_quad_mma_late_w16",
-            RingPeer::KernelBlock { prologue: false } => "bench_ring_quad_mma_w14",
-            RingPeer::KernelBlock { prologue: true } => "bench_ring_quad_mma_pro_w14",
+            RingPeer::KernelBlock {
+                scales: false,
+                act: false,
+            } => "bench_ring_quad_mma_w14",
+            RingPeer::KernelBlock {
+                scales: true,
+                act: false,
+            } => "bench_ring_quad_mma_scl_w14",
+            RingPeer::KernelBlock {
+                scales: false,
+                act: true,
+            } => "bench_ring_quad_mma_act_w14",
+            RingPeer::KernelBlock {
+                scales: true,
+                act: true,
+            } => "bench_ring_quad_mma_pro_w14",
         }
     }
 
@@ -117,10 +146,10 @@ impl RingPeer {
                 (64 * 1024 + 8 * (128 * 64 + 8) * 2) as u32
             }
             // 14 warps x 8 stages x 512 B, the activation tile, then
-            // (`prologue`) 65 scale rows (128 chunks in groups of 128, + 1)
+            // (`scales`) 65 scale rows (128 chunks in groups of 128, + 1)
             // x 14 x 8 u32.
-            RingPeer::KernelBlock { prologue } => {
-                (14 * 4096 + 8 * (128 * 64 + 8) * 2 + if prologue { 65 * 448 } else { 0 }) as u32
+            RingPeer::KernelBlock { scales, .. } => {
+                (14 * 4096 + 8 * (128 * 64 + 8) * 2 + if scales { 65 * 448 } else { 0 }) as u32
             }
         }
     }
@@ -136,8 +165,11 @@ impl RingPeer {
             RingPeer::WideQuad { act: true } => "16 warps quad+act".into(),
             RingPeer::WideQuadMma { late: false } => "16 warps quad+act+mma".into(),
             RingPeer::WideQuadMma { late: true } => "16 warps quad+act+mma late fold".into(),
-            RingPeer::KernelBlock { prologue: false } => "14 warps quad+act+mma".into(),
-            RingPeer::KernelBlock { prologue: true } => "14 warps +prologue+scales".into(),
+            RingPeer::KernelBlock { scales, act } => format!(
+                "14 warps quad+act+mma{}{}",
+                if scales { " +scale rows" } else { "" },
+                if act { " +act tile" } else { "" }
+            ),
         }
     }
 }

@@ -56,7 +56,9 @@ fn gemm_module(act: Act) -> (&'static str, &'static str) {
 /// - `no-scale` (`W4_PROBE_NO_SCALE`): the decode kernels' quad loops fold
 ///   with 1.0 (no scale loads, no group bookkeeping);
 /// - `no-store` (`W4_PROBE_NO_STORE`): the decode kernels' split-free
-///   epilogue stores nothing (unless a sum is exactly 1e-30).
+///   epilogue stores nothing (unless a sum is exactly 1e-30);
+/// - `no-scale-tile` (`W4_PROBE_NO_SCALE_TILE`): the decode kernels do not
+///   copy their scale rows in the prologue.
 ///
 /// Module names and prefixes are canonical (parts in the order above;
 /// `scripts/gpu_prewarm_kernels.py` builds the same ones).
@@ -68,18 +70,19 @@ struct KernelProbe {
 }
 
 /// The probe parts in canonical order: (name, define).
-const PROBE_PARTS: [(&str, &str); 5] = [
+const PROBE_PARTS: [(&str, &str); 6] = [
     ("no-offset", "#define W4_DQ_PROBE 1\n"),
     ("raw", "#define W4_DQ_PROBE 2\n"),
     ("no-act", "#define W4_PROBE_NO_ACT 1\n"),
     ("no-scale", "#define W4_PROBE_NO_SCALE 1\n"),
     ("no-store", "#define W4_PROBE_NO_STORE 1\n"),
+    ("no-scale-tile", "#define W4_PROBE_NO_SCALE_TILE 1\n"),
 ];
 
 /// Parses a `MARLIN_INT4_DEC_PROBE` value into its canonical part flags
 /// (None: not a module probe, e.g. `skip-loop` or an unknown part).
-fn parse_kernel_probe(value: &str) -> Option<[bool; 5]> {
-    let mut on = [false; 5];
+fn parse_kernel_probe(value: &str) -> Option<[bool; 6]> {
+    let mut on = [false; 6];
     for part in value.split('+').map(str::trim) {
         let i = PROBE_PARTS.iter().position(|(name, _)| *name == part)?;
         on[i] = true;
@@ -89,7 +92,7 @@ fn parse_kernel_probe(value: &str) -> Option<[bool; 5]> {
 }
 
 /// Module name suffix and source prefix of the parts `on`.
-fn probe_module_parts(on: &[bool; 5]) -> (String, String) {
+fn probe_module_parts(on: &[bool; 6]) -> (String, String) {
     let mut suffix = String::from("_probe");
     let mut prefix = String::new();
     for ((name, define), _) in PROBE_PARTS.iter().zip(on).filter(|(_, on)| **on) {

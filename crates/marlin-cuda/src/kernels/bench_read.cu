@@ -195,13 +195,16 @@ RING_READ_ENTRY(bench_reg_read_s8, 8, RING_REG)
 // MMA = 2 one quad later (the fold deferred past the next quad's wait,
 // loads and refills).
 // WARPS = 14 with PRO (session 20, change 74): the whole-column decode
-// plan's block (14 warps, 3.5 tiles) and its prologue: the block's scale
-// rows (k_chunks / 2 + 1 rows of 14 x 8 u32, the group-128 layout, from
-// `scales`, another weight copy) issued before the ring, then after the PDL
-// wait the 8-row activation tile (the first 8 x k_chunks x 64 halves of
-// `src`: the same lines for every block, as A is) by cp.async.ca, all
-// waited with a block barrier before the first chunk.
-template <bool ACT, int MMA = 0, int WARPS = 16, bool PRO = false>
+// plan's block (14 warps, 3.5 tiles) and its prologue: PRO_SCALES, the
+// block's scale rows (k_chunks / 2 + 1 rows of 14 x 8 u32, the group-128
+// layout, from `scales`, another weight copy) issued before the ring and
+// folded per chunk pair; PRO_ACT, after the PDL wait the 8-row activation
+// tile (the first 8 x k_chunks x 64 halves of `src`: the same lines for
+// every block, as A is) by cp.async.ca; what is there waited with a block
+// barrier before the first chunk.
+#define PRO_SCALES 1
+#define PRO_ACT 2
+template <bool ACT, int MMA = 0, int WARPS = 16, int PRO = 0>
 __device__ __forceinline__ void ring_quad_body(const uint4* __restrict__ src, int k_chunks, u32* __restrict__ sink,
                                                u32 never, const uint4* __restrict__ scales = nullptr) {
     constexpr int STAGES = 8;
@@ -215,7 +218,7 @@ __device__ __forceinline__ void ring_quad_body(const uint4* __restrict__ src, in
     const int a_stride = 128 * 64 + 8;
     const u32 act_at = smem_addr(&ring_smem[WARPS * STAGES * 32]) + (u32)(((lane >> 2) * a_stride + 16 * (lane & 3)) * 2);
     uint4* s_tile = &ring_smem[WARPS * STAGES * 32 + 8 * a_stride / 8];
-    if (PRO) {
+    if (PRO & PRO_SCALES) {
         const int row_vecs = WARPS * 2, s_rows = k_chunks / 2 + 1;
         const size_t group_stride = (size_t)gridDim.y * row_vecs;
         for (int v = threadIdx.x; v < s_rows * row_vecs; v += blockDim.x) {
@@ -236,7 +239,7 @@ __device__ __forceinline__ void ring_quad_body(const uint4* __restrict__ src, in
         if (st < n) cp_async16_cg_at(ring_at + st * 512, w_lane + (size_t)st * 128);
         cp_async_commit();
     }
-    if (PRO) {
+    if (PRO & PRO_ACT) {
         pdl_wait();
         const int vecs = min(n, 128) * 8;
         u16* a_tile = reinterpret_cast<u16*>(&ring_smem[WARPS * STAGES * 32]);
@@ -247,7 +250,9 @@ __device__ __forceinline__ void ring_quad_body(const uint4* __restrict__ src, in
         cp_async_commit();
         cp_async_wait<0>();
         __syncthreads();
-        // The kernel reads one scale word per lane and chunk pair.
+    } else if (PRO & PRO_SCALES) {
+        cp_async_wait<STAGES>();  // the scale rows: the oldest group
+        __syncthreads();
     }
     for (int it = 0; it + 4 <= n; it += 4) {
         const int slot0 = it & (STAGES - 1);
@@ -293,7 +298,7 @@ __device__ __forceinline__ void ring_quad_body(const uint4* __restrict__ src, in
                 }
             if (MMA == 1) {
                 float sc0 = 1.0f, sc1 = 1.0f;
-                if (PRO) {
+                if (PRO & PRO_SCALES) {
                     // The kernel's fold: each chunk pair's chains times the
                     // f16 scales of the lane's two columns.
                     const u32* s_words = reinterpret_cast<const u32*>(s_tile);
@@ -356,11 +361,23 @@ extern "C" __global__ void __launch_bounds__(512) bench_ring_read_w16_s8(const u
 extern "C" __global__ void __launch_bounds__(448) bench_ring_quad_mma_w14(const uint4* __restrict__ src, int k_chunks,
                                                                          u32* __restrict__ sink, u32 never,
                                                                          const uint4* __restrict__ scales) {
-    ring_quad_body<true, 1, 14, false>(src, k_chunks, sink, never, scales);
+    ring_quad_body<true, 1, 14, 0>(src, k_chunks, sink, never, scales);
 }
 extern "C" __global__ void __launch_bounds__(448) bench_ring_quad_mma_pro_w14(const uint4* __restrict__ src,
                                                                              int k_chunks, u32* __restrict__ sink,
                                                                              u32 never,
                                                                              const uint4* __restrict__ scales) {
-    ring_quad_body<true, 1, 14, true>(src, k_chunks, sink, never, scales);
+    ring_quad_body<true, 1, 14, PRO_SCALES | PRO_ACT>(src, k_chunks, sink, never, scales);
+}
+extern "C" __global__ void __launch_bounds__(448) bench_ring_quad_mma_scl_w14(const uint4* __restrict__ src,
+                                                                             int k_chunks, u32* __restrict__ sink,
+                                                                             u32 never,
+                                                                             const uint4* __restrict__ scales) {
+    ring_quad_body<true, 1, 14, PRO_SCALES>(src, k_chunks, sink, never, scales);
+}
+extern "C" __global__ void __launch_bounds__(448) bench_ring_quad_mma_act_w14(const uint4* __restrict__ src,
+                                                                             int k_chunks, u32* __restrict__ sink,
+                                                                             u32 never,
+                                                                             const uint4* __restrict__ scales) {
+    ring_quad_body<true, 1, 14, PRO_ACT>(src, k_chunks, sink, never, scales);
 }

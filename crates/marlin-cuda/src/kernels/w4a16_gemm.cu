@@ -41,7 +41,10 @@
 // W4_PROBE_NO_SCALE: the decode kernels' quad loops fold every chunk (pair)
 //   with 1.0 (no scale loads, no group bookkeeping);
 // W4_PROBE_NO_STORE: the decode kernels' split-free epilogue stores only a
-//   sum that is exactly 1e-30 (the sums stay live, the stores are gone).
+//   sum that is exactly 1e-30 (the sums stay live, the stores are gone);
+// W4_PROBE_NO_SCALE_TILE: the decode kernels do not copy their scale (and
+//   zero-point) rows in the prologue (the loops read whatever shared
+//   memory held).
 #if defined(W4_DQ_PROBE)
 __device__ __forceinline__ void w4_probe_dequant_unscaled(u32 q, u32 wa[4]) {
 #if W4_DQ_PROBE == 1
@@ -970,7 +973,11 @@ __device__ __forceinline__ void w4a16_dec_body(
     // in S; oldest cp.async group.
     {
         const int row_vecs = 2 * nbpb;
+#if defined(W4_PROBE_NO_SCALE_TILE)
+        const int s_vecs = 0;
+#else
         const int s_vecs = (row_last - row_first + 1) * row_vecs;
+#endif
         for (int v = threadIdx.x; v < s_vecs; v += nthreads) {
             const int q = v / row_vecs, part = v - q * row_vecs;
             // W4_EPI_GLU: the block's column blocks are two runs (gate, up).
