@@ -24,6 +24,7 @@ import ctypes
 import glob
 import importlib.util
 import os
+import re
 import sys
 import time
 
@@ -55,16 +56,20 @@ MODULES = {
     "wxa16_gemm": ("wxa16_gemm.cu", ""),  # src/wgemm/gemm.rs
     "wxa16_gemm_bf16": ("wxa16_gemm.cu", BF16),
 }
-# The timing probes of MARLIN_INT4_DEC_PROBE (src/int4/gemm.rs PROBE_PARTS,
-# kernel_probe): parts in canonical order, each with its define.
-PROBE_PARTS = [
-    ("no-offset", "#define W4_DQ_PROBE 1\n"),
-    ("raw", "#define W4_DQ_PROBE 2\n"),
-    ("no-act", "#define W4_PROBE_NO_ACT 1\n"),
-    ("no-scale", "#define W4_PROBE_NO_SCALE 1\n"),
-    ("no-store", "#define W4_PROBE_NO_STORE 1\n"),
-    ("no-scale-tile", "#define W4_PROBE_NO_SCALE_TILE 1\n"),
-]
+# The timing probes of MARLIN_INT4_DEC_PROBE: the parts (name, define) in
+# canonical order, read from the Rust loader's PROBE_PARTS (src/int4/gemm.rs,
+# kernel_probe), so that the module names and prefixes built here are the
+# ones the binary asks for.
+def read_probe_parts():
+    with open(os.path.join(ROOT, "crates", "marlin-cuda", "src", "int4", "gemm.rs")) as f:
+        src = f.read()
+    block = re.search(r"const PROBE_PARTS: \[\(&str, &str\); \d+\] = \[(.*?)\];", src, re.S)
+    if not block:
+        sys.exit("PROBE_PARTS not found in src/int4/gemm.rs")
+    return [(name, define.replace("\\n", "\n")) for name, define in re.findall(r'\("([a-z-]+)", "([^"]*)"\)', block.group(1))]
+
+
+PROBE_PARTS = read_probe_parts()
 DEFAULT_PROBES = ["no-offset", "raw"]
 
 

@@ -61,7 +61,8 @@ fn gemm_module(act: Act) -> (&'static str, &'static str) {
 ///   copy their scale rows in the prologue.
 ///
 /// Module names and prefixes are canonical (parts in the order above;
-/// `scripts/gpu_prewarm_kernels.py` builds the same ones).
+/// `scripts/gpu_prewarm_kernels.py` reads [`PROBE_PARTS`] from this file
+/// and builds the same ones).
 struct KernelProbe {
     /// (module name, source) of the plain kernels.
     plain: (String, String),
