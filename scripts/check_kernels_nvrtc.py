@@ -28,7 +28,8 @@ COMMON_HEADER = "marlin_common.cuh"
 # FUSED_SOURCE); the diagnostic / legacy entries of the two wgmma kernels
 # (DIAG_SOURCE in src/int4/wgmma.rs and src/int4/wgmma_ws.rs); the wgemm
 # formats' warp-specialised entries (src/wgemm/wgmma_ws.rs); the bf16
-# activation modules (MARLIN_ACT_BF16, src/act.rs).
+# activation modules (MARLIN_ACT_BF16, src/act.rs); attention.cu with its
+# timing stamps.
 BF16 = b"#define MARLIN_ACT_BF16 1\n"
 # Every loop / prologue / epilogue probe part of MARLIN_INT4_DEC_PROBE at once
 # (src/int4/gemm.rs PROBE_PARTS), so that each define's code compiles.
@@ -40,6 +41,9 @@ PREFIXED = {
                       b"#define W4_FUSED_ENTRIES 1\n#define W4_DQ_PROBE 2\n",
                       PROBE_PARTS_ALL, b"#define W4_FUSED_ENTRIES 1\n" + PROBE_PARTS_ALL],
     "wxa16_gemm.cu": [BF16],
+    # The decode attention's timing stamps (MARLIN_CUDA_ATTN_STAMPS=1,
+    # src/ops/attention.rs), on the model shapes' head_dim only.
+    "attention.cu": [b"#define ATT_ONLY_HD 128\n#define ATT_STAMPS 1\n"],
     "w4a16_wgmma.cu": [b"#define W4G_DIAG_ENTRIES 1\n", BF16],
     "w4a16_wgmma_ws.cu": [
         b"#define WS_DIAG_ENTRIES 1\n",

@@ -247,6 +247,33 @@ impl CudaDevice {
             .map_err(|e| driver_err(&format!("cuModuleGetFunction({func})"), e))
     }
 
+    /// The bytes of the `__device__` variable `name` of module `module`,
+    /// which must be loaded already (a function of it used); None if not.
+    pub(crate) fn module_global_bytes(
+        &self,
+        module: &'static str,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>> {
+        let module_arc = {
+            let modules = self
+                .modules
+                .lock()
+                .map_err(|_| CudaError::NotAvailable("module cache lock poisoned".into()))?;
+            match modules.get(module) {
+                Some(m) => m.clone(),
+                None => return Ok(None),
+            }
+        };
+        let view = module_arc
+            .get_global(name, &self.stream)
+            .map_err(|e| driver_err(&format!("cuModuleGetGlobal({module}, {name})"), e))?;
+        let bytes = self
+            .stream
+            .clone_dtoh(&view)
+            .map_err(|e| driver_err(&format!("{module}.{name} to the host"), e))?;
+        Ok(Some(bytes))
+    }
+
     /// (free, total) device memory in bytes.
     pub fn mem_info(&self) -> Result<(usize, usize)> {
         self.ctx

@@ -37,6 +37,47 @@
 // Most key splits of the decode kernel (MAX_SPLITS in src/ops/attention.rs).
 #define ATT_MAX_SPLITS 64
 
+// Timing stamps of the decode kernels (ATT_STAMPS, defined ahead of this
+// source by src/ops/attention.rs under MARLIN_CUDA_ATTN_STAMPS=1; never in
+// a production build): thread 0 of each block writes the global timer and
+// its SM's clock at the points ATT_STAMP_* of its post-wait chain, per
+// layer (the last launch of a layer wins), for `marlin bench decode` to
+// print where the chain's time goes.
+#define ATT_STAMP_ENTRY 0   // after pdl_trigger
+#define ATT_STAMP_WAITED 1  // pdl_wait returned
+#define ATT_STAMP_ROPED 2   // queries (and this step's key) roped, block barrier passed
+#define ATT_STAMP_KEYS 3    // thread 0's key loop done
+#define ATT_STAMP_MERGED 4  // the block's sub-groups merged, partials (or output) stored
+#define ATT_STAMP_TICKET 5  // ticket taken (cluster: first cluster barrier passed)
+#define ATT_STAMP_DONE 6    // the merging block's output stored
+#define ATT_STAMP_EXIT 7    // cluster: last cluster barrier passed
+#define ATT_STAMP_KEY1 8    // thread 0's first key step done
+#define ATT_STAMP_POINTS 9
+// Words per block: global timer x POINTS, clock x POINTS, then the block's
+// index (x | y << 10 | z << 20, written at entry).
+#define ATT_STAMP_WORDS (2 * ATT_STAMP_POINTS + 1)
+#define ATT_STAMP_LAYERS 64
+#define ATT_STAMP_BLOCKS 1024
+#ifdef ATT_STAMPS
+__device__ unsigned long long att_stamps[ATT_STAMP_LAYERS][ATT_STAMP_BLOCKS][ATT_STAMP_WORDS];
+__device__ __forceinline__ void att_stamp(int layer, int point) {
+    if (threadIdx.x != 0 || layer < 0) return;
+    const unsigned b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    if (b >= ATT_STAMP_BLOCKS) return;
+    unsigned long long g;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(g));
+    const unsigned long long c = clock64();
+    att_stamps[layer % ATT_STAMP_LAYERS][b][point] = g;
+    att_stamps[layer % ATT_STAMP_LAYERS][b][ATT_STAMP_POINTS + point] = c;
+    if (point == ATT_STAMP_ENTRY)
+        att_stamps[layer % ATT_STAMP_LAYERS][b][2 * ATT_STAMP_POINTS] =
+            blockIdx.x | (blockIdx.y << 10) | ((unsigned long long)blockIdx.z << 20);
+}
+#define ATT_STAMP(point) att_stamp(layer, point)
+#else
+#define ATT_STAMP(point)
+#endif
+
 // Programmatic dependent launch (src/ops/launch.rs, helpers in
 // marlin_common.cuh), in every block of the decode kernels: pdl_trigger()
 // first thing (the next kernel's grid may launch once every block of this
@@ -59,6 +100,22 @@ __device__ __forceinline__ float4 att_ld_cg4(const float* p) {
                  : "=f"(r.x), "=f"(r.y), "=f"(r.z), "=f"(r.w)
                  : "l"(p));
     return r;
+}
+
+__device__ __forceinline__ float2 att_ld_cg2(const float* p) {
+    float2 r;
+    asm volatile("ld.global.cg.v2.f32 {%0, %1}, [%2];" : "=f"(r.x), "=f"(r.y) : "l"(p));
+    return r;
+}
+
+// The split merge's ticket: after a block barrier, thread 0's gpu-scope
+// acq_rel add releases every thread's partial stores through the barrier
+// (PTX fences are cumulative) and acquires those of the blocks that took
+// the ticket before it; returns the previous count.
+__device__ __forceinline__ u32 att_ticket_add(u32* p) {
+    u32 prev;
+    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(prev) : "l"(p) : "memory");
+    return prev;
 }
 
 __device__ __forceinline__ uint4 att_ld16(const u16* p) {
@@ -147,11 +204,14 @@ struct AttRopeIn {
 
 // One key of a lane group: scores of the GT query heads against the key's
 // 16 bytes of this lane (summed over the group's lanes), online softmax,
-// the value's 16 bytes into the outputs.
+// the value's 16 bytes into the outputs. Called by all 32 lanes of a warp
+// together (full-mask shuffles: no convergence checks per key); a lane
+// group past its last key passes valid = false (its shuffles, whose offsets
+// stay inside the group, sum whatever it loaded; its state is unchanged).
 template <int GT, int LPK>
 __device__ __forceinline__ void att_key_step(const uint4 kc, const uint4 vc, const float (&qr)[GT][8],
                                              float (&m)[GT], float (&l)[GT], float (&o)[GT][8],
-                                             u32 sub_mask, float softcap) {
+                                             bool valid, float softcap) {
     float kf[8], vf[8];
     f16x2_to_f32(kc.x, kf[0], kf[1]);
     f16x2_to_f32(kc.y, kf[2], kf[3]);
@@ -161,14 +221,20 @@ __device__ __forceinline__ void att_key_step(const uint4 kc, const uint4 vc, con
     f16x2_to_f32(vc.y, vf[2], vf[3]);
     f16x2_to_f32(vc.z, vf[4], vf[5]);
     f16x2_to_f32(vc.w, vf[6], vf[7]);
+    float sc[GT];
 #pragma unroll
     for (int h = 0; h < GT; ++h) {
         float s = 0.0f;
 #pragma unroll
         for (int e = 0; e < 8; ++e) s = fmaf(qr[h][e], kf[e], s);
 #pragma unroll
-        for (int off = LPK / 2; off > 0; off >>= 1) s += __shfl_xor_sync(sub_mask, s, off);
-        s = softcap_log2(s, softcap);
+        for (int off = LPK / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+        sc[h] = s;
+    }
+    if (!valid) return;
+#pragma unroll
+    for (int h = 0; h < GT; ++h) {
+        const float s = softcap_log2(sc[h], softcap);
         const float mn = fmaxf(m[h], s);
         const float c = exp2f(m[h] - mn);
         const float pr = exp2f(s - mn);
@@ -212,6 +278,7 @@ __device__ __forceinline__ void attn_decode_impl(
     __shared__ float sm_m[NSUB][GT];
     __shared__ float sm_l[NSUB][GT];
     pdl_trigger();
+    ATT_STAMP(ATT_STAMP_ENTRY);
 
     const int split = blockIdx.x;
     const int head_chunks = (group + GT - 1) / GT;
@@ -223,7 +290,9 @@ __device__ __forceinline__ void attn_decode_impl(
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub = warp * KPW + lane / LPK;
     const int sl = lane % LPK;
-    const u32 sub_mask = LPK == 32 ? 0xffffffffu : (((1u << LPK) - 1u) << ((lane / LPK) * LPK));
+    // The warp's key loops run as many steps as its first lane group's (the
+    // one with the most keys), so that every key step has all 32 lanes.
+    const int sub_lag = sub - warp * KPW;  // keys behind the warp's first group
 
     int lo, hi;
     const int seq = row_seq[row];
@@ -284,6 +353,7 @@ __device__ __forceinline__ void attn_decode_impl(
     // Sequence and position come from the host's copy before the step; the
     // queries and this step's keys come from the previous kernel.
     pdl_wait();
+    ATT_STAMP(ATT_STAMP_WAITED);
 
     // Fused: the chunk's roped queries, this step's roped key (f32, then
     // f16 bits with the value's).
@@ -383,6 +453,7 @@ __device__ __forceinline__ void attn_decode_impl(
         }
         __syncthreads();
     }
+    ATT_STAMP(ATT_STAMP_ROPED);
 
     float qr[GT][8];
 #pragma unroll
@@ -426,15 +497,18 @@ __device__ __forceinline__ void attn_decode_impl(
             // newest PK - 1 landed means key i's did.
             // One copy of the key step in the code (NVRTC time): the slot
             // index is a run-time value, the wait count a constant.
-            for (int j0 = k0 + sub; j0 < k1; j0 += PK * NSUB) {
+            for (int w0 = k0 + sub - sub_lag; w0 < k1; w0 += PK * NSUB) {
 #pragma unroll 1
                 for (int t = 0; t < PK; ++t) {
-                    const int j = j0 + t * NSUB;
-                    if (j >= k1) break;
+                    const int jw = w0 + t * NSUB;  // the warp's first group's key
+                    if (jw >= k1) break;
+                    const int j = jw + sub_lag;
+                    // Past k1 the slot was never filled: read, not used.
                     cp_async_wait<PK - 1>();
                     const uint4 kc = j == fresh ? *skv : st_k[t * 128 + threadIdx.x];
                     const uint4 vc = j == fresh ? *svv : st_v[t * 128 + threadIdx.x];
-                    att_key_step<GT, LPK>(kc, vc, qr, m, l, o, sub_mask, softcap);
+                    att_key_step<GT, LPK>(kc, vc, qr, m, l, o, j < k1, softcap);
+                    if (j == k0 + sub) ATT_STAMP(ATT_STAMP_KEY1);
                     // Refill the slot after its key was used (the use orders
                     // the shared-memory read before the copy's write).
                     const int jn = j + PK * NSUB;
@@ -446,22 +520,24 @@ __device__ __forceinline__ void attn_decode_impl(
                 }
             }
         }
-        for (int j0 = k0 + sub; j0 < k1 && !stage; j0 += NP * NSUB) {
+        for (int w0 = k0 + sub - sub_lag; w0 < k1 && !stage; w0 += NP * NSUB) {
 #pragma unroll
             for (int p = 0; p < NP; ++p) {
-                const int j = j0 + p * NSUB;
-                if (j >= k1) break;
+                const int jw = w0 + p * NSUB;  // the warp's first group's key
+                if (jw >= k1) break;
+                const int j = jw + sub_lag;
                 const uint4 kc = kb[p], vc = vb[p];
                 const int jn = j + NP * NSUB;
                 if (jn < k1) {  // refill this slot with the sub-group's key NP ahead
                     kb[p] = jn == fresh ? *skv : att_ld16(kp + (long long)jn * HD);
                     vb[p] = jn == fresh ? *svv : att_ld16(vp + (long long)jn * HD);
                 }
-                att_key_step<GT, LPK>(kc, vc, qr, m, l, o, sub_mask, softcap);
+                att_key_step<GT, LPK>(kc, vc, qr, m, l, o, j < k1, softcap);
             }
         }
     }
 
+    ATT_STAMP(ATT_STAMP_KEYS);
     // The staged keys share sm_o's bytes: every sub-group is done with them.
     if (stage) __syncthreads();
     // Merge the sub-groups of the block.
@@ -519,6 +595,7 @@ __device__ __forceinline__ void attn_decode_impl(
             }
         }
     }
+    ATT_STAMP(ATT_STAMP_MERGED);
     if (splits == 1) return;
     if (in_cluster) {
         // sm_o's first GT * HD floats: this split's outputs [GT][HD], then
@@ -537,6 +614,7 @@ __device__ __forceinline__ void attn_decode_impl(
             }
         }
         cluster_sync();
+        ATT_STAMP(ATT_STAMP_TICKET);
         // Four output dims per thread, columns dealt out over the cluster's
         // blocks; every split's (max, sum) pair and outputs of the column
         // are read from the splits' shared memory in one round trip.
@@ -578,27 +656,79 @@ __device__ __forceinline__ void attn_decode_impl(
             st_from_f32(out, qh * HD + d + 2, any ? a2 / lsum : 0.0f);
             st_from_f32(out, qh * HD + d + 3, any ? a3 / lsum : 0.0f);
         }
+        ATT_STAMP(ATT_STAMP_DONE);
         // No block leaves while another may still read its shared memory.
         cluster_sync();
+        ATT_STAMP(ATT_STAMP_EXIT);
         return;
     }
     // The last block of this (row, kv head chunk) to finish merges the
     // splits' partials of its heads (was a second launch, attn_combine: a
-    // dependent launch costs more than this block's extra loads).
+    // dependent launch costs more than this block's extra loads). One
+    // barrier, then thread 0's acq_rel ticket (att_ticket_add): it
+    // releases the block's partial stores and, in the last block, acquires
+    // the other splits' for the merge's L2 reads (was a fence.sc per thread
+    // on each side).
     __shared__ int s_last;
-    __threadfence();  // this block's partials are visible before its ticket
     __syncthreads();
     u32* ticket = tickets + (long long)row * gridDim.y + blockIdx.y;
-    if (threadIdx.x == 0) s_last = atomicAdd(ticket, 1u) == (u32)(splits - 1);
+    if (threadIdx.x == 0) s_last = att_ticket_add(ticket) == (u32)(splits - 1);
     __syncthreads();
+    ATT_STAMP(ATT_STAMP_TICKET);
     if (!s_last) return;
-    __threadfence();
-    // Four output dims per thread (16-byte loads). The partial outputs of
-    // the first MP splits of this thread's first column are loaded now, in
-    // flight together with the (max, sum) pairs below: one L2 round trip
-    // for both at up to MP splits instead of two.
     constexpr int C4 = HD / 4;
     constexpr int MP = 16;
+    const long long ml_base = (long long)gridDim.z * n_heads * splits * HD;
+    if (splits <= MP) {
+        // Four output dims of one head per thread: every split's (max, sum)
+        // pair of the head and partial outputs of the columns in flight
+        // together (one L2 round trip), the merge in registers in split
+        // order (no shared memory, no barrier).
+        for (int col = threadIdx.x; col < gh * C4; col += blockDim.x) {
+            const int h = col / C4, d = (col % C4) * 4;
+            const long long qh = (long long)row * n_heads + h0 + h;
+            const float* po = partials + qh * splits * HD + d;
+            const float* pml = partials + ml_base + qh * splits * 2;
+            float4 pv[MP];
+            float2 ml[MP];
+#pragma unroll
+            for (int sp = 0; sp < MP; ++sp) {
+                if (sp < splits) {
+                    pv[sp] = att_ld_cg4(po + (long long)sp * HD);
+                    ml[sp] = att_ld_cg2(pml + 2 * sp);
+                }
+            }
+            float mx = ATT_NEG_INF;
+#pragma unroll
+            for (int sp = 0; sp < MP; ++sp)
+                if (sp < splits) mx = fmaxf(mx, ml[sp].x);
+            float lsum = 0.0f, a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+            if (mx != ATT_NEG_INF) {
+#pragma unroll
+                for (int sp = 0; sp < MP; ++sp) {
+                    if (sp >= splits) break;
+                    const float w = exp2f(ml[sp].x - mx);
+                    if (w == 0.0f) continue;  // a split without keys (or fully underflowed)
+                    lsum = fmaf(w, ml[sp].y, lsum);
+                    a0 = fmaf(w, pv[sp].x, a0);
+                    a1 = fmaf(w, pv[sp].y, a1);
+                    a2 = fmaf(w, pv[sp].z, a2);
+                    a3 = fmaf(w, pv[sp].w, a3);
+                }
+            }
+            const bool any = lsum > 0.0f;
+            st_from_f32(out, qh * HD + d, any ? a0 / lsum : 0.0f);
+            st_from_f32(out, qh * HD + d + 1, any ? a1 / lsum : 0.0f);
+            st_from_f32(out, qh * HD + d + 2, any ? a2 / lsum : 0.0f);
+            st_from_f32(out, qh * HD + d + 3, any ? a3 / lsum : 0.0f);
+        }
+        if (threadIdx.x == 0) *ticket = 0u;  // ready for the next launch
+        ATT_STAMP(ATT_STAMP_DONE);
+        return;
+    }
+    // More splits: the (max, sum) pairs through shared memory, one warp per
+    // head. The partial outputs of the first MP splits of this thread's
+    // first column are loaded first, in flight together with the pairs.
     const int col0 = threadIdx.x;
     float4 pv[MP];
     if (col0 < gh * C4) {
@@ -612,7 +742,6 @@ __device__ __forceinline__ void attn_decode_impl(
     // split maxima (then weights) and [GT][splits] split sums.
     float* s_w = &sm_o[0][0][0];
     float* s_l = s_w + GT * ATT_MAX_SPLITS;
-    const long long ml_base = (long long)gridDim.z * n_heads * splits * HD;
     for (int i = threadIdx.x; i < gh * splits; i += blockDim.x) {
         const int h = i / splits, sp = i % splits;
         const float* pml =
@@ -675,6 +804,7 @@ __device__ __forceinline__ void attn_decode_impl(
         st_from_f32(out, qh * HD + d + 3, any ? a3 / lsum : 0.0f);
     }
     if (threadIdx.x == 0) *ticket = 0u;  // ready for the next launch
+    ATT_STAMP(ATT_STAMP_DONE);
 }
 
 // Blocks per SM the decode entries are compiled for (the register cap):

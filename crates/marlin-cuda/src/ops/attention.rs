@@ -43,7 +43,14 @@ fn attention_function(
         .iter()
         .position(|&d| d == head_dim)
         .ok_or_else(|| CudaError::Unsupported(format!("attention: head_dim {head_dim}")))?;
-    let source = SOURCES[i].get_or_init(|| format!("#define ATT_ONLY_HD {head_dim}\n{SOURCE}"));
+    let source = SOURCES[i].get_or_init(|| {
+        let stamps = if attn_stamps_enabled() {
+            "#define ATT_STAMPS 1\n"
+        } else {
+            ""
+        };
+        format!("#define ATT_ONLY_HD {head_dim}\n{stamps}{SOURCE}")
+    });
     dev.function(MODULES[i], source, name, max_dynamic_smem)
 }
 const THREADS: u32 = 128;
@@ -377,6 +384,182 @@ pub fn attention_decode<T: ActElem>(
         row_pos,
         out,
     )
+}
+
+/// Whether the decode attention kernels are compiled with timing stamps
+/// (`ATT_STAMPS` in the source: thread 0 of each block writes the global
+/// timer and its SM's clock at each point of its post-wait chain) for
+/// [`attn_stamp_report`]: only when `MARLIN_CUDA_ATTN_STAMPS=1` (a
+/// measurement build: the stamps' stores are on the chain they time; read
+/// once, before the first attention launch).
+pub fn attn_stamps_enabled() -> bool {
+    static ON: knobs::Switch = knobs::Switch::new("MARLIN_CUDA_ATTN_STAMPS", false);
+    ON.get()
+}
+
+/// Stamp points of the decode kernels (ATT_STAMP_* in the source).
+const STAMP_NAMES: [&str; 9] = [
+    "entry", "waited", "roped", "keys", "merged", "ticket", "done", "exit", "key1",
+];
+/// The points reported per split too (`keys`, `ticket`).
+const STAMP_BY_SPLIT: [usize; 2] = [3, 5];
+const STAMP_LAYERS: usize = 64;
+const STAMP_BLOCKS: usize = 1024;
+
+/// Where the post-wait chain of the decode attention launches of the
+/// `head_dim` module went, from the stamps of each layer's last launch
+/// (`MARLIN_CUDA_ATTN_STAMPS=1`; None when stamps are off or the module
+/// never ran). Per layer, times are taken from the first block's return
+/// from its PDL wait (`t0`); each line gives, over the layers, the median
+/// of the first block's, the median block's and the last block's time at
+/// that point, and the median over blocks of the SM-clock cycles since
+/// their own wait returned.
+pub fn attn_stamp_report(dev: &CudaDevice, head_dim: usize) -> Result<Option<String>> {
+    if !attn_stamps_enabled() {
+        return Ok(None);
+    }
+    let i = SUPPORTED_HEAD_DIMS
+        .iter()
+        .position(|&d| d == head_dim)
+        .ok_or_else(|| CudaError::Unsupported(format!("attention: head_dim {head_dim}")))?;
+    let Some(bytes) = dev.module_global_bytes(MODULES[i], "att_stamps")? else {
+        return Ok(None);
+    };
+    let points = STAMP_NAMES.len();
+    // Global timer and clock per point, then the block index.
+    let per_block = 2 * points + 1;
+    if bytes.len() != STAMP_LAYERS * STAMP_BLOCKS * per_block * 8 {
+        return Err(CudaError::Shape(format!(
+            "att_stamps: {} bytes, expected {}",
+            bytes.len(),
+            STAMP_LAYERS * STAMP_BLOCKS * per_block * 8
+        )));
+    }
+    let words: Vec<u64> = bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
+    Ok(stamp_summary(&words, head_dim))
+}
+
+/// The report of [`attn_stamp_report`] from the stamp words
+/// (`[layer][block][global timer x points, clock x points, block index]`),
+/// None when no layer has a stamped block.
+fn stamp_summary(words: &[u64], head_dim: usize) -> Option<String> {
+    use std::fmt::Write as _;
+    let points = STAMP_NAMES.len();
+    let per_block = 2 * points + 1;
+    let median = |v: &mut Vec<f64>| -> f64 {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    // Per point: over layers, (first, median, last) block in µs after t0 and
+    // the median block's cycles since its own wait.
+    let mut per_point: Vec<[Vec<f64>; 4]> = (0..points).map(|_| Default::default()).collect();
+    // [point of STAMP_BY_SPLIT][split]: times over layers and kv heads.
+    let mut by_split: Vec<Vec<Vec<f64>>> = vec![Vec::new(); STAMP_BY_SPLIT.len()];
+    let mut layers = 0usize;
+    let mut blocks_seen = 0usize;
+    for layer in 0..STAMP_LAYERS {
+        let rows: Vec<&[u64]> = (0..STAMP_BLOCKS)
+            .map(|b| {
+                let at = (layer * STAMP_BLOCKS + b) * per_block;
+                &words[at..at + per_block]
+            })
+            .filter(|r| r[1] != 0)
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        // Only the blocks of this layer's last launch: waits within 200 µs
+        // of the newest (stale blocks of an earlier, larger grid are older).
+        let newest = rows.iter().map(|r| r[1]).max().unwrap_or(0);
+        let rows: Vec<&[u64]> = rows
+            .into_iter()
+            .filter(|r| newest - r[1] < 200_000)
+            .collect();
+        let Some(t0) = rows.iter().map(|r| r[1]).min() else {
+            continue;
+        };
+        layers += 1;
+        blocks_seen = blocks_seen.max(rows.len());
+        for (p, acc) in per_point.iter_mut().enumerate() {
+            // A point of this launch lies on the right side of the block's
+            // wait and near it (a point some blocks pass only, such as the
+            // merge, may hold an older launch's stamp).
+            let current = |r: &&&[u64]| {
+                let (at, waited) = (r[p], r[1]);
+                at != 0
+                    && at.abs_diff(waited) < 200_000
+                    && (if p == 0 { at <= waited } else { at >= waited })
+            };
+            let mut at: Vec<f64> = rows
+                .iter()
+                .filter(current)
+                .map(|r| (r[p] as f64 - t0 as f64) / 1e3)
+                .collect();
+            let mut cycles: Vec<f64> = rows
+                .iter()
+                .filter(current)
+                .map(|r| r[points + p] as f64 - r[points + 1] as f64)
+                .collect();
+            if at.is_empty() {
+                continue;
+            }
+            if let Some(q) = STAMP_BY_SPLIT.iter().position(|&b| b == p) {
+                for r in rows.iter().filter(current) {
+                    let split = (r[2 * points] & 0x3ff) as usize;
+                    if by_split[q].len() <= split {
+                        by_split[q].resize(split + 1, Vec::new());
+                    }
+                    by_split[q][split].push((r[p] as f64 - t0 as f64) / 1e3);
+                }
+            }
+            at.sort_by(f64::total_cmp);
+            acc[0].push(at[0]);
+            acc[1].push(at[at.len() / 2]);
+            acc[2].push(at[at.len() - 1]);
+            acc[3].push(median(&mut cycles));
+        }
+    }
+    if layers == 0 {
+        return None;
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "attention stamps (head_dim {head_dim}, {layers} layers, up to {blocks_seen} blocks): \
+         us after the first block's PDL wait returned, median over layers"
+    );
+    let _ = writeln!(
+        out,
+        "  point       first block  median block  last block  median cycles since own wait"
+    );
+    for (p, acc) in per_point.iter_mut().enumerate() {
+        if acc[0].is_empty() {
+            continue;
+        }
+        let first = median(&mut acc[0]);
+        let mid = median(&mut acc[1]);
+        let last = median(&mut acc[2]);
+        let cyc = median(&mut acc[3]);
+        let _ = writeln!(
+            out,
+            "  {:<10} {first:>12.2} {mid:>13.2} {last:>11.2} {cyc:>14.0}",
+            STAMP_NAMES[p]
+        );
+    }
+    for (q, splits) in by_split.iter_mut().enumerate() {
+        let _ = write!(out, "  {} by split:", STAMP_NAMES[STAMP_BY_SPLIT[q]]);
+        for v in splits.iter_mut() {
+            let _ = write!(out, " {:.2}", median(v));
+        }
+        let _ = writeln!(out);
+    }
+    Some(out)
 }
 
 /// Whether the decoder fuses QK-norm + RoPE + the KV write into decode
@@ -960,6 +1143,49 @@ mod tests {
             ..params(4, 2, 64)
         };
         assert!(check(&bad_cap, dims, 0, 3, (n, n, 3, 3)).is_err());
+    }
+
+    #[test]
+    fn stamp_summary_times_each_point_from_the_first_wait() {
+        let points = STAMP_NAMES.len();
+        let per_block = 2 * points + 1;
+        let mut words = vec![0u64; STAMP_LAYERS * STAMP_BLOCKS * per_block];
+        // Layer 3: block 0 (split 0) waits at t = 1_000_000 ns, ropes 500 ns
+        // later, ends its keys at +2000; block 1 (split 1) waits 1000 ns
+        // later and ends its keys at +4000. A stale block 2 from an older
+        // launch (1 ms earlier) is left out.
+        let mut put = |block: usize, split: u64, stamps: &[(usize, u64)]| {
+            let at = (3 * STAMP_BLOCKS + block) * per_block;
+            for &(p, t) in stamps {
+                words[at + p] = t;
+                words[at + points + p] = t * 2; // 2 cycles per ns
+            }
+            words[at + 2 * points] = split;
+        };
+        put(
+            0,
+            0,
+            &[(0, 999_000), (1, 1_000_000), (2, 1_000_500), (3, 1_002_000)],
+        );
+        put(1, 1, &[(0, 999_500), (1, 1_001_000), (3, 1_004_000)]);
+        put(2, 0, &[(1, 1), (3, 2)]);
+        let text = stamp_summary(&words, 128).expect("one stamped layer");
+        assert!(text.contains("1 layers, up to 2 blocks"), "{text}");
+        let line = |name: &str| -> Vec<f64> {
+            text.lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .unwrap_or_else(|| panic!("no {name} line in {text}"))
+                .split_whitespace()
+                .skip(1)
+                .map(|v| v.parse().unwrap())
+                .collect()
+        };
+        // first, median (upper of two), last block in µs; median cycles.
+        assert_eq!(line("waited"), vec![0.0, 1.0, 1.0, 0.0]);
+        assert_eq!(line("roped"), vec![0.5, 0.5, 0.5, 1000.0]);
+        assert_eq!(line("keys"), vec![2.0, 4.0, 4.0, 6000.0]);
+        assert!(text.contains("keys by split: 2.00 4.00"), "{text}");
+        assert!(stamp_summary(&vec![0u64; words.len()], 128).is_none());
     }
 
     #[test]

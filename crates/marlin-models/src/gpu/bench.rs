@@ -124,6 +124,9 @@ pub struct DecodeBenchReport {
     /// Kernels left out of every step for a timing diagnosis
     /// (`MARLIN_BENCH_DECODE_DIAG`); the table is then no result.
     pub skipped: SkipForDiagnosis,
+    /// Per batch (graph steps): the decode attention kernels' stamp report
+    /// (`MARLIN_CUDA_ATTN_STAMPS=1`, a measurement build of attention).
+    pub attn_stamps: Vec<(usize, String)>,
 }
 
 /// The kernels `MARLIN_BENCH_DECODE_DIAG` leaves out of the benchmark's
@@ -222,6 +225,9 @@ impl fmt::Display for DecodeBenchReport {
                 r.roofline_us,
                 100.0 * r.roofline_fraction()
             )?;
+        }
+        for (batch, report) in &self.attn_stamps {
+            write!(f, "batch {batch}, {report}")?;
         }
         for b in &self.breakdowns {
             let total = b.total_us();
@@ -551,9 +557,15 @@ pub fn bench_decode(cfg: &DecodeBenchConfig) -> Result<DecodeBenchReport> {
     let mean_keys = cfg.ctx + 2 + 3 * cfg.steps / 2;
     let kv_per_seq = s.n_layers * 2 * s.n_kv_heads * s.head_dim * 2 * mean_keys;
     let mut rows = Vec::new();
+    let mut attn_stamps = Vec::new();
     for &batch in &cfg.batches {
         for use_graph in [true, false] {
             let step_us = time_steps(&dev, &dec, batch, cfg.ctx, cfg.steps, use_graph, skipped)?;
+            if use_graph {
+                if let Some(r) = marlin_cuda::ops::attn_stamp_report(&dev, s.head_dim)? {
+                    attn_stamps.push((batch, r));
+                }
+            }
             let kv_bytes = kv_per_seq * batch;
             let roofline_us = (weight_bytes + kv_bytes) as f64 / (copy_tbps * 1e12) * 1e6;
             rows.push(DecodeBenchRow {
@@ -574,6 +586,7 @@ pub fn bench_decode(cfg: &DecodeBenchConfig) -> Result<DecodeBenchReport> {
     }
     Ok(DecodeBenchReport {
         breakdowns,
+        attn_stamps,
         f16_activations: dec.f16_activations(),
         pdl: marlin_cuda::ops::launch::pdl_active(&dev),
         skipped,
