@@ -54,7 +54,7 @@
 #define ATT_STAMP_KEY1 8    // thread 0's first key step done
 #define ATT_STAMP_POINTS 9
 // Words per block: global timer x POINTS, clock x POINTS, then the block's
-// index (x | y << 10 | z << 20, written at entry).
+// index and SM (x | y << 10 | z << 20 | smid << 32, written at entry).
 #define ATT_STAMP_WORDS (2 * ATT_STAMP_POINTS + 1)
 #define ATT_STAMP_LAYERS 64
 #define ATT_STAMP_BLOCKS 1024
@@ -69,9 +69,13 @@ __device__ __forceinline__ void att_stamp(int layer, int point) {
     const unsigned long long c = clock64();
     att_stamps[layer % ATT_STAMP_LAYERS][b][point] = g;
     att_stamps[layer % ATT_STAMP_LAYERS][b][ATT_STAMP_POINTS + point] = c;
-    if (point == ATT_STAMP_ENTRY)
+    if (point == ATT_STAMP_ENTRY) {
+        unsigned smid;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
         att_stamps[layer % ATT_STAMP_LAYERS][b][2 * ATT_STAMP_POINTS] =
-            blockIdx.x | (blockIdx.y << 10) | ((unsigned long long)blockIdx.z << 20);
+            blockIdx.x | (blockIdx.y << 10) | ((unsigned long long)blockIdx.z << 20) |
+            ((unsigned long long)smid << 32);
+    }
 }
 #define ATT_STAMP(point) att_stamp(layer, point)
 #else
@@ -106,16 +110,6 @@ __device__ __forceinline__ float2 att_ld_cg2(const float* p) {
     float2 r;
     asm volatile("ld.global.cg.v2.f32 {%0, %1}, [%2];" : "=f"(r.x), "=f"(r.y) : "l"(p));
     return r;
-}
-
-// The split merge's ticket: after a block barrier, thread 0's gpu-scope
-// acq_rel add releases every thread's partial stores through the barrier
-// (PTX fences are cumulative) and acquires those of the blocks that took
-// the ticket before it; returns the previous count.
-__device__ __forceinline__ u32 att_ticket_add(u32* p) {
-    u32 prev;
-    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(prev) : "l"(p) : "memory");
-    return prev;
 }
 
 __device__ __forceinline__ uint4 att_ld16(const u16* p) {
@@ -243,6 +237,45 @@ __device__ __forceinline__ void att_key_step(const uint4 kc, const uint4 vc, con
         for (int e = 0; e < 8; ++e) o[h][e] = fmaf(pr, vf[e], o[h][e] * c);
         m[h] = mn;
     }
+}
+
+// The merge of a thread's four output columns over the first n (<= N)
+// splits, in split order: each split's (max, sum) pair and unnormalised
+// columns in, the normalised columns out (0 where no split has keys).
+// Splits without keys (or fully underflowed) are skipped.
+template <int N>
+__device__ __forceinline__ float4 att_merge_columns(const float2 (&ml)[N], const float4 (&ov)[N],
+                                                    int n) {
+    float mx = ATT_NEG_INF;
+#pragma unroll
+    for (int sp = 0; sp < N; ++sp)
+        if (sp < n) mx = fmaxf(mx, ml[sp].x);
+    float lsum = 0.0f;
+    float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (mx != ATT_NEG_INF) {
+#pragma unroll
+        for (int sp = 0; sp < N; ++sp) {
+            if (sp >= n) break;
+            const float w = exp2f(ml[sp].x - mx);
+            if (w == 0.0f) continue;
+            lsum = fmaf(w, ml[sp].y, lsum);
+            a.x = fmaf(w, ov[sp].x, a.x);
+            a.y = fmaf(w, ov[sp].y, a.y);
+            a.z = fmaf(w, ov[sp].z, a.z);
+            a.w = fmaf(w, ov[sp].w, a.w);
+        }
+    }
+    if (!(lsum > 0.0f)) return make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    return make_float4(a.x / lsum, a.y / lsum, a.z / lsum, a.w / lsum);
+}
+
+// Four normalised output columns from column d of query head qh.
+template <int HD, typename OutT>
+__device__ __forceinline__ void att_store4(OutT* out, long long qh, int d, float4 v) {
+    st_from_f32(out, qh * HD + d, v.x);
+    st_from_f32(out, qh * HD + d + 1, v.y);
+    st_from_f32(out, qh * HD + d + 2, v.z);
+    st_from_f32(out, qh * HD + d + 3, v.w);
 }
 
 template <int HD, int GT, typename OutT, bool ROPE>
@@ -631,30 +664,8 @@ __device__ __forceinline__ void attn_decode_impl(
                     ov[sp] = ld_cluster4(cluster_map(base_o + 4u * (h * HD + d), sp));
                 }
             }
-            float mx = ATT_NEG_INF;
-#pragma unroll
-            for (int sp = 0; sp < ATT_CLUSTER_MAX; ++sp)
-                if (sp < splits) mx = fmaxf(mx, ml[sp].x);
-            float lsum = 0.0f, a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-            if (mx != ATT_NEG_INF) {
-#pragma unroll
-                for (int sp = 0; sp < ATT_CLUSTER_MAX; ++sp) {
-                    if (sp < splits) {
-                        const float w = exp2f(ml[sp].x - mx);
-                        lsum = fmaf(w, ml[sp].y, lsum);
-                        a0 = fmaf(w, ov[sp].x, a0);
-                        a1 = fmaf(w, ov[sp].y, a1);
-                        a2 = fmaf(w, ov[sp].z, a2);
-                        a3 = fmaf(w, ov[sp].w, a3);
-                    }
-                }
-            }
             const long long qh = (long long)row * n_heads + h0 + h;
-            const bool any = lsum > 0.0f;
-            st_from_f32(out, qh * HD + d, any ? a0 / lsum : 0.0f);
-            st_from_f32(out, qh * HD + d + 1, any ? a1 / lsum : 0.0f);
-            st_from_f32(out, qh * HD + d + 2, any ? a2 / lsum : 0.0f);
-            st_from_f32(out, qh * HD + d + 3, any ? a3 / lsum : 0.0f);
+            att_store4<HD>(out, qh, d, att_merge_columns(ml, ov, splits));
         }
         ATT_STAMP(ATT_STAMP_DONE);
         // No block leaves while another may still read its shared memory.
@@ -665,14 +676,14 @@ __device__ __forceinline__ void attn_decode_impl(
     // The last block of this (row, kv head chunk) to finish merges the
     // splits' partials of its heads (was a second launch, attn_combine: a
     // dependent launch costs more than this block's extra loads). One
-    // barrier, then thread 0's acq_rel ticket (att_ticket_add): it
+    // barrier, then thread 0's acq_rel ticket (atom_add_acq_rel_gpu): it
     // releases the block's partial stores and, in the last block, acquires
     // the other splits' for the merge's L2 reads (was a fence.sc per thread
     // on each side).
     __shared__ int s_last;
     __syncthreads();
     u32* ticket = tickets + (long long)row * gridDim.y + blockIdx.y;
-    if (threadIdx.x == 0) s_last = att_ticket_add(ticket) == (u32)(splits - 1);
+    if (threadIdx.x == 0) s_last = atom_add_acq_rel_gpu(ticket) == (u32)(splits - 1);
     __syncthreads();
     ATT_STAMP(ATT_STAMP_TICKET);
     if (!s_last) return;
@@ -698,29 +709,7 @@ __device__ __forceinline__ void attn_decode_impl(
                     ml[sp] = att_ld_cg2(pml + 2 * sp);
                 }
             }
-            float mx = ATT_NEG_INF;
-#pragma unroll
-            for (int sp = 0; sp < MP; ++sp)
-                if (sp < splits) mx = fmaxf(mx, ml[sp].x);
-            float lsum = 0.0f, a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-            if (mx != ATT_NEG_INF) {
-#pragma unroll
-                for (int sp = 0; sp < MP; ++sp) {
-                    if (sp >= splits) break;
-                    const float w = exp2f(ml[sp].x - mx);
-                    if (w == 0.0f) continue;  // a split without keys (or fully underflowed)
-                    lsum = fmaf(w, ml[sp].y, lsum);
-                    a0 = fmaf(w, pv[sp].x, a0);
-                    a1 = fmaf(w, pv[sp].y, a1);
-                    a2 = fmaf(w, pv[sp].z, a2);
-                    a3 = fmaf(w, pv[sp].w, a3);
-                }
-            }
-            const bool any = lsum > 0.0f;
-            st_from_f32(out, qh * HD + d, any ? a0 / lsum : 0.0f);
-            st_from_f32(out, qh * HD + d + 1, any ? a1 / lsum : 0.0f);
-            st_from_f32(out, qh * HD + d + 2, any ? a2 / lsum : 0.0f);
-            st_from_f32(out, qh * HD + d + 3, any ? a3 / lsum : 0.0f);
+            att_store4<HD>(out, qh, d, att_merge_columns(ml, pv, splits));
         }
         if (threadIdx.x == 0) *ticket = 0u;  // ready for the next launch
         ATT_STAMP(ATT_STAMP_DONE);

@@ -246,6 +246,19 @@ __device__ __forceinline__ float ld_cg_f32(const float* p) {
     return r;
 }
 
+// Tickets of split reductions (the last block of a tile to finish sums the
+// others' partials). After a barrier of the threads that stored partials,
+// ONE thread's gpu-scope acq_rel add releases all of their stores (PTX
+// fences are cumulative through the barrier) and, in the last block,
+// acquires the other blocks' (the readers follow through another barrier,
+// or __syncwarp). Returns the previous count. Replaces a fence.sc
+// (__threadfence) per thread before and after a relaxed atomicAdd.
+__device__ __forceinline__ u32 atom_add_acq_rel_gpu(u32* p) {
+    u32 prev;
+    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(prev) : "l"(p) : "memory");
+    return prev;
+}
+
 // The swapped wgmma GEMMs (w4a16_wgmma.cu, w4a16_wgmma_ws.cu: weights as
 // A, tokens as B) keep a warp's 16-column x TOK-token tile in TOK/2 floats
 // per thread: acc[4q + e] is weight column nb*16 + g + 8*(e>>1) of token

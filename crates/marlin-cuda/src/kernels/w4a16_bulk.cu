@@ -254,15 +254,14 @@ extern "C" __global__ void __launch_bounds__(BULK_THREADS) w4a16_bulk_m8(
             if (row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[e];
         }
     }
-    __threadfence();
+    // One acq_rel ticket per block (atom_add_acq_rel_gpu, marlin_common.cuh).
     __syncthreads();
     if (threadIdx.x == 0) {
-        const u32 prev = atomicAdd(&tickets[tile], 1u);
+        const u32 prev = atom_add_acq_rel_gpu(&tickets[tile]);
         is_last = (prev == (u32)(splits - 1)) ? 1u : 0u;
     }
     __syncthreads();
     if (!is_last || !writer) return;
-    __threadfence();
 #pragma unroll
     for (int e = 0; e < 4; e++) {
         const int row = 2 * t + (e & 1);

@@ -341,17 +341,16 @@ __device__ __forceinline__ void w4a16_body(
                 const int col = nb * 16 + h * 8 + 2 * t + (i & 1);
                 if (row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[mt][h][i];
             }
-    __threadfence();
+    // One acq_rel ticket per block (atom_add_acq_rel_gpu, marlin_common.cuh).
     __syncthreads();
     __shared__ u32 is_last;
     const int ticket_idx = blockIdx.y * gridDim.x + blockIdx.x;
     if (threadIdx.x == 0) {
-        const u32 prev = atomicAdd(&tickets[ticket_idx], 1u);
+        const u32 prev = atom_add_acq_rel_gpu(&tickets[ticket_idx]);
         is_last = (prev == (u32)(splits - 1)) ? 1u : 0u;
     }
     __syncthreads();
     if (!is_last) return;
-    __threadfence();
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -1646,17 +1645,16 @@ __device__ __forceinline__ void w4a16_dec_body(
                 if (row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[r][i];
             }
     }
-    __threadfence();
+    // One acq_rel ticket per block (atom_add_acq_rel_gpu, marlin_common.cuh).
     __syncthreads();
     __shared__ u32 is_last;
     const int ticket_idx = blockIdx.y * gridDim.x + blockIdx.x;
     if (threadIdx.x == 0) {
-        const u32 prev = atomicAdd(&tickets[ticket_idx], 1u);
+        const u32 prev = atom_add_acq_rel_gpu(&tickets[ticket_idx]);
         is_last = (prev == (u32)(splits - 1)) ? 1u : 0u;
     }
     __syncthreads();
     if (!is_last || !writer) return;
-    __threadfence();
 #pragma unroll
     for (int r = 0; r < RH; r++)
 #pragma unroll
@@ -2046,20 +2044,21 @@ __device__ __forceinline__ void w4a16_sk_body(
             if (head_nb >= 0) mine[(r * 4 + i) * 32] = head[r][i];
             if (tail_nb >= 0) mine[(RH * 4 + r * 4 + i) * 32] = tail[r][i];
         }
-    __threadfence();
+    // Per-warp tickets: the warp's stores are released by lane 0's acq_rel
+    // add through __syncwarp (marlin_common.cuh, atom_add_acq_rel_gpu).
     __syncwarp();
 #pragma unroll 1
     for (int e = 0; e < 2; e++) {
         const int nb = e == 0 ? head_nb : tail_nb;
         if (nb < 0) continue;
         u32 prev = 0;
-        if (lane == 0) prev = atomicAdd(&tickets[nb], 1u);
+        if (lane == 0) prev = atom_add_acq_rel_gpu(&tickets[nb]);
         prev = __shfl_sync(0xFFFFFFFFu, prev, 0);
         const long long u0 = (long long)nb * k_chunks;
         const long long w_first = sk_warp_of(u0, units, total_warps);
         const long long w_last = sk_warp_of(u0 + k_chunks - 1, units, total_warps);
         if (prev != (u32)(w_last - w_first)) continue;
-        __threadfence();
+        __syncwarp();  // lane 0's acquire before every lane's reads
         float sum[RH][4];
 #pragma unroll
         for (int r = 0; r < RH; r++)

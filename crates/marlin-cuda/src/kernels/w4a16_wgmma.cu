@@ -473,17 +473,16 @@ __device__ __forceinline__ void w4a16_wgmma_body(
         if (tile_valid) {
             acc_tile_store_partial<TOK>(acc, partials, split, M, n_pad, m_base, nb, g, t);
         }
-        __threadfence();
+        // One acq_rel ticket per block (atom_add_acq_rel_gpu, marlin_common.cuh).
         __syncthreads();
         __shared__ u32 is_last_legacy;
         const int ticket_legacy = blockIdx.y * gridDim.x + blockIdx.x;
         if (tid == 0) {
-            const u32 prev = atomicAdd(&tickets[ticket_legacy], 1u);
+            const u32 prev = atom_add_acq_rel_gpu(&tickets[ticket_legacy]);
             is_last_legacy = (prev == (u32)(splits - 1)) ? 1u : 0u;
         }
         __syncthreads();
         if (!is_last_legacy) return;
-        __threadfence();
         if (tile_valid) {
 #pragma unroll
             for (int i = 0; i < TOK / 2; i++) acc[i] = 0.0f;
@@ -519,8 +518,7 @@ __device__ __forceinline__ void w4a16_wgmma_body(
     __shared__ u32 is_last;
     const int ticket_idx = blockIdx.y * gridDim.x + blockIdx.x;
     if (tid == 0) {
-        u32 prev;
-        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(prev) : "l"(&tickets[ticket_idx]) : "memory");
+        const u32 prev = atom_add_acq_rel_gpu(&tickets[ticket_idx]);
         is_last = (prev == (u32)(splits - 1)) ? 1u : 0u;
     }
     __syncthreads();

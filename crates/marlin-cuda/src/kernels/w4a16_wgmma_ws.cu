@@ -824,16 +824,16 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                 const int nb = tile * 4 + warp;
                 acc_tile_store_partial<TOK>(acc[p], partials, split, M, n_pad, m_base, nb, g, t);
             }
-            __threadfence();
+            // One acq_rel ticket (atom_add_acq_rel_gpu, marlin_common.cuh)
+            // through the consumers' barrier.
             ws_consumer_sync();
             const int ticket_idx = blockIdx.y * gridDim.x + blockIdx.x;
             if (ct == 0) {
-                const u32 prev = atomicAdd(&tickets[ticket_idx], 1u);
+                const u32 prev = atom_add_acq_rel_gpu(&tickets[ticket_idx]);
                 is_last = (prev == (u32)(splits - 1)) ? 1u : 0u;
             }
             ws_consumer_sync();
             if (!is_last) return;
-            __threadfence();
             // Sum the splits in split order (bit-deterministic), split-major so
             // that one split's loads are in flight together.
 #pragma unroll
@@ -927,15 +927,15 @@ __device__ __forceinline__ void ws_body(const uint4* __restrict__ As,  // staged
                 for (int x4 = 0; x4 < TOK / 8; x4++)
                     mine[(p * (TOK / 8) + x4) * 256 + ct] =
                         make_float4(acc[p][4 * x4], acc[p][4 * x4 + 1], acc[p][4 * x4 + 2], acc[p][4 * x4 + 3]);
-            __threadfence();
+            // One acq_rel ticket (atom_add_acq_rel_gpu, marlin_common.cuh)
+            // through the consumers' barrier.
             ws_consumer_sync();
             if (ct == 0) {
-                const u32 prev = atomicAdd(&tickets[blk], 1u);
+                const u32 prev = atom_add_acq_rel_gpu(&tickets[blk]);
                 is_last = (prev == (u32)(splits - 1)) ? 1u : 0u;
             }
             ws_consumer_sync();
             if (!is_last) return;
-            __threadfence();
 #pragma unroll
             for (int p = 0; p < TPW; p++)
 #pragma unroll
@@ -996,11 +996,6 @@ __device__ __forceinline__ int wsk_owner(long long u, int G, long long U) {
 // for its last.
 __device__ __forceinline__ int wsk_slot(int h, int T, int G, long long U, int k_chunks) {
     return 2 * h + (T == (int)(wsk_unit_begin(h, G, U) / k_chunks) ? 0 : 1);
-}
-__device__ __forceinline__ u32 ws_atom_add_acq_rel(u32* p) {
-    u32 prev;
-    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(prev) : "l"(p) : "memory");
-    return prev;
 }
 
 template <int TOK, int TPW, int STAGES, bool HAS_Z>
@@ -1257,7 +1252,7 @@ __device__ __forceinline__ void wsk_body(const uint4* __restrict__ As, const uin
                 // per-thread fence.sc: one release/acquire per block.)
                 ws_consumer_sync();
                 if (ct == 0) {
-                    const u32 prev = ws_atom_add_acq_rel(&tickets[T]);
+                    const u32 prev = atom_add_acq_rel_gpu(&tickets[T]);
                     is_last = (prev == (u32)(g_last - g_first)) ? 1u : 0u;
                 }
                 ws_consumer_sync();

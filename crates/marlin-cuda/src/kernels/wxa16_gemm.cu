@@ -335,17 +335,16 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
             const int col = nb * 16 + g + 8 * (i >> 1);
             if (row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[r][i];
         }
-    __threadfence();
+    // One acq_rel ticket per block (atom_add_acq_rel_gpu, marlin_common.cuh).
     __syncthreads();
     __shared__ u32 is_last;
     const int ticket_idx = blockIdx.y * gridDim.x + blockIdx.x;
     if (threadIdx.x == 0) {
-        const u32 prev = atomicAdd(&tickets[ticket_idx], 1u);
+        const u32 prev = atom_add_acq_rel_gpu(&tickets[ticket_idx]);
         is_last = (prev == (u32)(splits - 1)) ? 1u : 0u;
     }
     __syncthreads();
     if (!is_last) return;
-    __threadfence();
 #pragma unroll
     for (int r = 0; r < RH; r++)
 #pragma unroll

@@ -461,6 +461,9 @@ fn stamp_summary(words: &[u64], head_dim: usize) -> Option<String> {
     let mut per_point: Vec<[Vec<f64>; 4]> = (0..points).map(|_| Default::default()).collect();
     // [point of STAMP_BY_SPLIT][split]: times over layers and kv heads.
     let mut by_split: Vec<Vec<Vec<f64>>> = vec![Vec::new(); STAMP_BY_SPLIT.len()];
+    // [point of STAMP_BY_SPLIT][alone on its SM, beside another block of
+    // the launch]: times over layers and blocks.
+    let mut by_sharing: Vec<[Vec<f64>; 2]> = vec![Default::default(); STAMP_BY_SPLIT.len()];
     let mut layers = 0usize;
     let mut blocks_seen = 0usize;
     for layer in 0..STAMP_LAYERS {
@@ -486,6 +489,11 @@ fn stamp_summary(words: &[u64], head_dim: usize) -> Option<String> {
         };
         layers += 1;
         blocks_seen = blocks_seen.max(rows.len());
+        let sm_of = |r: &[u64]| r[2 * points] >> 32;
+        let mut per_sm = std::collections::HashMap::<u64, usize>::new();
+        for r in &rows {
+            *per_sm.entry(sm_of(r)).or_default() += 1;
+        }
         for (p, acc) in per_point.iter_mut().enumerate() {
             // A point of this launch lies on the right side of the block's
             // wait and near it (a point some blocks pass only, such as the
@@ -516,6 +524,8 @@ fn stamp_summary(words: &[u64], head_dim: usize) -> Option<String> {
                         by_split[q].resize(split + 1, Vec::new());
                     }
                     by_split[q][split].push((r[p] as f64 - t0 as f64) / 1e3);
+                    let shared = per_sm.get(&sm_of(r)).copied().unwrap_or(0) > 1;
+                    by_sharing[q][usize::from(shared)].push((r[p] as f64 - t0 as f64) / 1e3);
                 }
             }
             at.sort_by(f64::total_cmp);
@@ -558,6 +568,16 @@ fn stamp_summary(words: &[u64], head_dim: usize) -> Option<String> {
             let _ = write!(out, " {:.2}", median(v));
         }
         let _ = writeln!(out);
+    }
+    for (q, groups) in by_sharing.iter_mut().enumerate() {
+        let (alone, shared) = (groups[0].len(), groups[1].len());
+        let _ = writeln!(
+            out,
+            "  {} alone on its SM: {:.2} ({alone} block-layers), beside another of the launch: {:.2} ({shared})",
+            STAMP_NAMES[STAMP_BY_SPLIT[q]],
+            median(&mut groups[0]),
+            median(&mut groups[1]),
+        );
     }
     Some(out)
 }
@@ -1185,6 +1205,11 @@ mod tests {
         assert_eq!(line("roped"), vec![0.5, 0.5, 0.5, 1000.0]);
         assert_eq!(line("keys"), vec![2.0, 4.0, 4.0, 6000.0]);
         assert!(text.contains("keys by split: 2.00 4.00"), "{text}");
+        // Both blocks on SM 0 (the index word's high half).
+        assert!(
+            text.contains("keys alone on its SM: NaN (0 block-layers), beside another of the launch: 4.00 (2)"),
+            "{text}"
+        );
         assert!(stamp_summary(&vec![0u64; words.len()], 128).is_none());
     }
 
