@@ -144,6 +144,9 @@ __device__ __forceinline__ void att_fill_ring(uint4* st_k, uint4* st_v, const u1
 // Flags of the decode entries (the last kernel parameter; src/ops/attention.rs).
 #define ATT_FLAG_EARLY_KV 1  // fused entries: earlier keys read before the PDL wait
 #define ATT_FLAG_STAGE_KV 2  // the first keys of a split staged in shared memory
+// Bits 8..: the split length's alignment in keys (0 = 1: each split takes
+// ceil(len / splits) keys; src/ops/attention.rs, MARLIN_CUDA_ATTN_SPLIT_ALIGN).
+#define ATT_FLAG_ALIGN_SHIFT 8
 
 // Thread-block clusters (sm_90): the splits of one (row, head chunk) form
 // one cluster when the host launches them so (cluster x dimension = split
@@ -331,7 +334,8 @@ __device__ __forceinline__ void attn_decode_impl(
     const int seq = row_seq[row];
     att_range(seq, row_pos[row], n_seqs, capacity, window, lo, hi);
     const int len = hi - lo;
-    const int per_split = (((len + splits - 1) / splits) + 15) & ~15;
+    const int align = max(1, flags >> ATT_FLAG_ALIGN_SHIFT);
+    const int per_split = ((len + splits - 1) / splits + align - 1) / align * align;
     const int k0 = lo + split * per_split;
     const int k1 = min(hi, k0 + per_split);
     // Fused: this step's key (position pos = hi - 1 of a valid row) when it
@@ -812,7 +816,7 @@ __device__ __forceinline__ void attn_decode_impl(
                                               partials, tickets, n_heads, n_kv_heads, group,   \
                                               n_layers, layer, n_seqs, capacity, q_scale,      \
                                               softcap, window, splits,                         \
-                                              flags & ATT_FLAG_STAGE_KV, ri);                  \
+                                              flags & ~ATT_FLAG_EARLY_KV, ri);                 \
     }
 // The fused entries: q / k / v projection rows instead of roped f32 queries.
 #define ATTN_DECODE_ROPE_ENTRY_T(NAME, HD, GT, T)                                              \

@@ -86,6 +86,8 @@ const ATT_CLUSTER_MAX: usize = 16;
 /// Bits of the decode kernels' `flags` parameter (ATT_FLAG_* in the source).
 const FLAG_EARLY_KV: i32 = 1;
 const FLAG_STAGE_KV: i32 = 2;
+/// The split length's alignment in keys sits at bit 8 of the flags.
+const FLAG_ALIGN_SHIFT: i32 = 8;
 /// Query vectors per prefill block and keys per shared-memory tile (keep in
 /// sync with ATT_QV / ATT_KT in the source).
 const PREFILL_QV: usize = 32;
@@ -699,6 +701,14 @@ fn attn_blocks_per_sm_override() -> Option<usize> {
 /// The shortest decode split in keys of the cache's capacity:
 /// `MARLIN_CUDA_ATTN_MIN_SPLIT_KEYS` (1..=4096; read once), else
 /// [`MIN_KEYS_PER_SPLIT`].
+/// Keys a decode split's length is rounded up to (of the row's keys
+/// divided by the split count): `MARLIN_CUDA_ATTN_SPLIT_ALIGN=n` (1..=256),
+/// default 16 (sessions 1-20).
+fn attn_split_align() -> i32 {
+    static KNOB: knobs::Count = knobs::Count::new("MARLIN_CUDA_ATTN_SPLIT_ALIGN", 1..=256);
+    KNOB.get().map_or(16, |n| n as i32)
+}
+
 fn attn_min_split_keys() -> usize {
     static KNOB: knobs::Count = knobs::Count::new("MARLIN_CUDA_ATTN_MIN_SPLIT_KEYS", 1..=4096);
     KNOB.get().unwrap_or(MIN_KEYS_PER_SPLIT)
@@ -914,6 +924,7 @@ fn decode_launch<T: ActElem>(
     if attn_stage_kv_enabled() {
         flags |= FLAG_STAGE_KV;
     }
+    flags |= attn_split_align() << FLAG_ALIGN_SHIFT;
     b.arg(&flags);
     // SAFETY: argument order and types match attn_decode_hd*_g* (queries
     // as f32 rows) or attn_decode_rope_hd*_g* (projection rows: every
