@@ -790,11 +790,9 @@ __device__ __forceinline__ void attn_decode_impl(
             a3 = fmaf(w, v.w, a3);
         }
         const float lsum = sm_l[0][h];
-        const bool any = lsum > 0.0f;
-        st_from_f32(out, qh * HD + d, any ? a0 / lsum : 0.0f);
-        st_from_f32(out, qh * HD + d + 1, any ? a1 / lsum : 0.0f);
-        st_from_f32(out, qh * HD + d + 2, any ? a2 / lsum : 0.0f);
-        st_from_f32(out, qh * HD + d + 3, any ? a3 / lsum : 0.0f);
+        att_store4<HD>(out, qh, d,
+                       lsum > 0.0f ? make_float4(a0 / lsum, a1 / lsum, a2 / lsum, a3 / lsum)
+                                   : make_float4(0.0f, 0.0f, 0.0f, 0.0f));
     }
     if (threadIdx.x == 0) *ticket = 0u;  // ready for the next launch
     ATT_STAMP(ATT_STAMP_DONE);

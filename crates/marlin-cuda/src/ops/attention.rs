@@ -31,6 +31,14 @@ const MODULES: [&str; 5] = [
     "decode_attention_hd256",
 ];
 
+/// Index of `head_dim` in [`SUPPORTED_HEAD_DIMS`] (and [`MODULES`]).
+fn module_index(head_dim: usize) -> Result<usize> {
+    SUPPORTED_HEAD_DIMS
+        .iter()
+        .position(|&d| d == head_dim)
+        .ok_or_else(|| CudaError::Unsupported(format!("attention: head_dim {head_dim}")))
+}
+
 /// The function `name` of the attention module for `head_dim`.
 fn attention_function(
     dev: &CudaDevice,
@@ -39,10 +47,7 @@ fn attention_function(
     max_dynamic_smem: u32,
 ) -> Result<CudaFunction> {
     static SOURCES: [OnceLock<String>; 5] = [const { OnceLock::new() }; 5];
-    let i = SUPPORTED_HEAD_DIMS
-        .iter()
-        .position(|&d| d == head_dim)
-        .ok_or_else(|| CudaError::Unsupported(format!("attention: head_dim {head_dim}")))?;
+    let i = module_index(head_dim)?;
     let source = SOURCES[i].get_or_init(|| {
         let stamps = if attn_stamps_enabled() {
             "#define ATT_STAMPS 1\n"
@@ -420,11 +425,8 @@ pub fn attn_stamp_report(dev: &CudaDevice, head_dim: usize) -> Result<Option<Str
     if !attn_stamps_enabled() {
         return Ok(None);
     }
-    let i = SUPPORTED_HEAD_DIMS
-        .iter()
-        .position(|&d| d == head_dim)
-        .ok_or_else(|| CudaError::Unsupported(format!("attention: head_dim {head_dim}")))?;
-    let Some(bytes) = dev.module_global_bytes(MODULES[i], "att_stamps")? else {
+    let Some(bytes) = dev.module_global_bytes(MODULES[module_index(head_dim)?], "att_stamps")?
+    else {
         return Ok(None);
     };
     let points = STAMP_NAMES.len();
@@ -506,28 +508,25 @@ fn stamp_summary(words: &[u64], head_dim: usize) -> Option<String> {
                     && at.abs_diff(waited) < 200_000
                     && (if p == 0 { at <= waited } else { at >= waited })
             };
-            let mut at: Vec<f64> = rows
-                .iter()
-                .filter(current)
-                .map(|r| (r[p] as f64 - t0 as f64) / 1e3)
-                .collect();
-            let mut cycles: Vec<f64> = rows
-                .iter()
-                .filter(current)
-                .map(|r| r[points + p] as f64 - r[points + 1] as f64)
-                .collect();
-            if at.is_empty() {
+            let cur: Vec<&[u64]> = rows.iter().filter(current).copied().collect();
+            if cur.is_empty() {
                 continue;
             }
+            let after_t0 = |r: &[u64]| (r[p] as f64 - t0 as f64) / 1e3;
+            let mut at: Vec<f64> = cur.iter().map(|r| after_t0(r)).collect();
+            let mut cycles: Vec<f64> = cur
+                .iter()
+                .map(|r| r[points + p] as f64 - r[points + 1] as f64)
+                .collect();
             if let Some(q) = STAMP_BY_SPLIT.iter().position(|&b| b == p) {
-                for r in rows.iter().filter(current) {
+                for r in &cur {
                     let split = (r[2 * points] & 0x3ff) as usize;
                     if by_split[q].len() <= split {
                         by_split[q].resize(split + 1, Vec::new());
                     }
-                    by_split[q][split].push((r[p] as f64 - t0 as f64) / 1e3);
+                    by_split[q][split].push(after_t0(r));
                     let shared = per_sm.get(&sm_of(r)).copied().unwrap_or(0) > 1;
-                    by_sharing[q][usize::from(shared)].push((r[p] as f64 - t0 as f64) / 1e3);
+                    by_sharing[q][usize::from(shared)].push(after_t0(r));
                 }
             }
             at.sort_by(f64::total_cmp);
@@ -698,17 +697,18 @@ fn attn_blocks_per_sm_override() -> Option<usize> {
     KNOB.get()
 }
 
-/// The shortest decode split in keys of the cache's capacity:
-/// `MARLIN_CUDA_ATTN_MIN_SPLIT_KEYS` (1..=4096; read once), else
-/// [`MIN_KEYS_PER_SPLIT`].
 /// Keys a decode split's length is rounded up to (of the row's keys
 /// divided by the split count): `MARLIN_CUDA_ATTN_SPLIT_ALIGN=n` (1..=256),
-/// default 16 (sessions 1-20).
+/// default 16 (sessions 1-20; 1 and 8 measured no faster, docs/CUDA.md
+/// change 75 (j)).
 fn attn_split_align() -> i32 {
     static KNOB: knobs::Count = knobs::Count::new("MARLIN_CUDA_ATTN_SPLIT_ALIGN", 1..=256);
     KNOB.get().map_or(16, |n| n as i32)
 }
 
+/// The shortest decode split in keys of the cache's capacity:
+/// `MARLIN_CUDA_ATTN_MIN_SPLIT_KEYS` (1..=4096; read once), else
+/// [`MIN_KEYS_PER_SPLIT`].
 fn attn_min_split_keys() -> usize {
     static KNOB: knobs::Count = knobs::Count::new("MARLIN_CUDA_ATTN_MIN_SPLIT_KEYS", 1..=4096);
     KNOB.get().unwrap_or(MIN_KEYS_PER_SPLIT)
