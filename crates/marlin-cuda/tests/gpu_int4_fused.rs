@@ -1,5 +1,7 @@
 //! The fused decode-step INT4 GEMM (`int4_gemm_fused`: RMSNorm or SwiGLU
-//! folded into the activation load, the residual add into the store)
+//! folded into the activation load, the residual add into the store; the
+//! deferred norm's pair: residual add with the next norm's inputs, rows
+//! scaled by their inverse norms)
 //! against the f64 CPU reference. These need a CUDA GPU and are `#[ignore]`d;
 //! `scripts/gpu_entry.sh` runs them with `--ignored`. Fresh random inputs
 //! every run (seeded from the clock, printed on failure); C poisoned with NaN
@@ -13,7 +15,8 @@ use std::sync::Arc;
 
 use half::f16;
 use marlin_cuda::int4::gemm::{
-    fused_supported, int4_gemm_fused, GemmWorkspace, Int4Epilogue, Int4Prologue, Int4Weight,
+    deferred_norm_supported, fused_supported, int4_gemm_fused, int4_gemm_glu_normed_prepared,
+    row_square_parts, GemmWorkspace, GluAct, Int4Epilogue, Int4Prologue, Int4Weight, RowSquareSums,
 };
 use marlin_cuda::int4::random::{random_activations, random_int4, XorShift};
 use marlin_cuda::int4::reference::{dequantize_int4_ref, matmul_ref};
@@ -304,4 +307,250 @@ fn int4_fused_refuses_what_it_cannot_run() {
     );
     assert!(matches!(r, Err(CudaError::Shape(_))), "{r:?}");
     println!("PASS int4 fused: unsupported weights, M, pairs and short operands refused");
+}
+
+/// One deferred-norm chain (docs/CUDA.md change 76): a producer GEMM of
+/// `k1` inputs and `d` outputs with the residual add and the next norm's
+/// inputs (`AddToResidualNormed`), then a consumer GEMM of `n2` outputs
+/// on those rows (`DeferredNorm`, f16 store) and a GLU-epilogue consumer
+/// with `f` outputs (its normed entry). Checked: the residual against the
+/// reference product; h bit-exact against f16(x * weight) of the GPU's
+/// own residual; the partial sums against f64 sums of that residual; both
+/// consumers against f64 products of h scaled by each row's inverse norm.
+fn check_deferred_norm(
+    dev: &Arc<CudaDevice>,
+    ws: &mut GemmWorkspace,
+    m: usize,
+    (k1, d, n2, f): (usize, usize, usize, usize),
+) {
+    let seed = fresh_seed();
+    let what = format!("deferred norm M={m} K1={k1} d={d} N2={n2} F={f} seed={seed}");
+    let w1q = random_int4(d, k1, 128, false, seed);
+    let w2q = random_int4(n2, d, 128, false, seed ^ 0x77);
+    let w3q = random_int4(2 * f, d, 128, false, seed ^ 0x99);
+    let (w1r, w2r, w3r) = (
+        dequantize_int4_ref(&w1q).expect("reference dequant"),
+        dequantize_int4_ref(&w2q).expect("reference dequant"),
+        dequantize_int4_ref(&w3q).expect("reference dequant"),
+    );
+    let w1 = Int4Weight::from_quant(dev, &w1q).expect("upload");
+    let w2 = Int4Weight::from_quant(dev, &w2q).expect("upload");
+    let w3 = Int4Weight::from_quant(dev, &w3q).expect("upload");
+    assert!(
+        deferred_norm_supported(dev, m, &w1) && deferred_norm_supported(dev, m, &w2),
+        "{what}: must be supported"
+    );
+    let mut rng = XorShift::new(seed ^ 0x3C3C);
+    let mut uniform = |lo: f32, hi: f32| lo + (hi - lo) * rng.next_f32();
+    let a16 = random_activations(m, k1, seed ^ 0xA5A5);
+    let a_ref: Vec<f64> = a16.iter().map(|v| f64::from(v.to_f32())).collect();
+    let prod = matmul_ref(&a_ref, &w1r, m, d, k1);
+    let gamma: Vec<f32> = (0..d).map(|_| uniform(0.5, 1.5)).collect();
+    let parts = row_square_parts(&w1);
+    let eps = 1e-5f32;
+
+    let a = dev.upload("A", &a16).expect("A");
+    let nw = dev.upload("norm weight", &gamma).expect("nw");
+    let mut resid = dev.alloc_zeros::<f32>("residual", m * d).expect("residual");
+    let mut h = dev.alloc_zeros::<f16>("h", m * d).expect("h");
+    let mut sums = dev.alloc_zeros::<f32>("sums", m * parts).expect("sums");
+    let mut c = dev.alloc_zeros::<f16>("C", m * n2).expect("C");
+    let mut g = dev.alloc_zeros::<f16>("GLU out", m * f).expect("GLU out");
+    ws.prepare_glu(dev, &w3, m).expect("GLU kernel");
+    for launch in 0..2 {
+        let r0: Vec<f32> = (0..m * d).map(|_| uniform(-1.0, 1.0)).collect();
+        dev.write(&mut resid, &r0).expect("residual");
+        dev.write(&mut h, &vec![f16::NAN; m * d]).expect("poison h");
+        dev.write(&mut sums, &vec![f32::NAN; m * parts])
+            .expect("poison sums");
+        dev.write(&mut c, &vec![f16::NAN; m * n2])
+            .expect("poison C");
+        dev.write(&mut g, &vec![f16::NAN; m * f])
+            .expect("poison GLU out");
+        let epi = Int4Epilogue::AddToResidualNormed {
+            resid: resid.as_view_mut(),
+            weight: nw.as_view(),
+            h: h.as_view_mut(),
+            sums: sums.as_view_mut(),
+        };
+        let p1 = int4_gemm_fused(dev, Int4Prologue::None(a.as_view()), m, &w1, epi, ws)
+            .expect("producer");
+        let x = dev.download(&resid).expect("residual");
+        let added: Vec<f64> = x
+            .iter()
+            .zip(&r0)
+            .map(|(g, r)| f64::from(*g) - f64::from(*r))
+            .collect();
+        let rel = rel_l2(&added, &prod, &what);
+        assert!(
+            rel < REL_L2_TOL,
+            "{what} launch {launch}: residual rel L2 {rel:.3e}"
+        );
+        let h_got = dev.download(&h).expect("h");
+        for (i, hv) in h_got.iter().enumerate() {
+            let want = f16::from_f32(x[i] * gamma[i % d]);
+            assert_eq!(hv.to_bits(), want.to_bits(), "{what}: h[{i}]");
+        }
+        let s_got = dev.download(&sums).expect("sums");
+        let mut inv = vec![0f64; m];
+        for r in 0..m {
+            let mut row_ss = 0f64;
+            for p in 0..parts {
+                let want: f64 = (16 * p..(16 * p + 16).min(d))
+                    .map(|col| f64::from(x[r * d + col]).powi(2))
+                    .sum();
+                let got = f64::from(s_got[r * parts + p]);
+                assert!(
+                    (got - want).abs() <= 1e-5 * want.max(1e-3),
+                    "{what}: sum of squares row {r} part {p}: {got} against {want}"
+                );
+                row_ss += want;
+            }
+            inv[r] = 1.0 / (row_ss / d as f64 + f64::from(eps)).sqrt();
+        }
+        let h_ref: Vec<f64> = h_got.iter().map(|v| f64::from(v.to_f32())).collect();
+        let norm = || RowSquareSums {
+            sums: sums.as_view(),
+            parts,
+            eps,
+        };
+        let pro = Int4Prologue::DeferredNorm {
+            a: h.as_view(),
+            norm: norm(),
+        };
+        let p2 = int4_gemm_fused(dev, pro, m, &w2, Int4Epilogue::Store(c.as_view_mut()), ws)
+            .expect("consumer");
+        let mut want2 = matmul_ref(&h_ref, &w2r, m, n2, d);
+        for (i, v) in want2.iter_mut().enumerate() {
+            *v *= inv[i / n2];
+        }
+        let got2: Vec<f64> = dev
+            .download(&c)
+            .expect("C")
+            .iter()
+            .map(|v| f64::from(v.to_f32()))
+            .collect();
+        let rel2 = rel_l2(&got2, &want2, &what);
+        assert!(
+            rel2 < REL_L2_TOL,
+            "{what} launch {launch}: consumer rel L2 {rel2:.3e}"
+        );
+        let p3 = int4_gemm_glu_normed_prepared(
+            dev,
+            &h.as_view(),
+            &norm(),
+            m,
+            &w3,
+            &mut g.as_view_mut(),
+            GluAct::Silu,
+            ws,
+        )
+        .expect("GLU consumer");
+        let gu = matmul_ref(&h_ref, &w3r, m, 2 * f, d);
+        let want3: Vec<f64> = (0..m * f)
+            .map(|i| {
+                let (r, col) = (i / f, i % f);
+                let gv = gu[r * 2 * f + col] * inv[r];
+                let uv = gu[r * 2 * f + f + col] * inv[r];
+                gv / (1.0 + (-gv).exp()) * uv
+            })
+            .collect();
+        let got3: Vec<f64> = dev
+            .download(&g)
+            .expect("GLU out")
+            .iter()
+            .map(|v| f64::from(v.to_f32()))
+            .collect();
+        let rel3 = rel_l2(&got3, &want3, &what);
+        assert!(
+            rel3 < REL_L2_TOL,
+            "{what} launch {launch}: GLU rel L2 {rel3:.3e}"
+        );
+        println!(
+            "PASS {what} {} / {} / {} splits {} / {} rel_l2 {rel:.2e} {rel2:.2e} {rel3:.2e}",
+            p1.kernel, p2.kernel, p3.kernel, p1.splits, p2.splits
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int4_deferred_norm_chain_matches_reference() {
+    let dev = device();
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    for &m in &[1, 3, 8, 16] {
+        // d = 4096: 256 partials per row (the vector reduction); d = 1000:
+        // 64 (the one-warp-per-row reduction, N not a multiple of 64).
+        check_deferred_norm(&dev, &mut ws, m, (1024, 4096, 768, 256));
+        check_deferred_norm(&dev, &mut ws, m, (512, 1000, 384, 128));
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int4_deferred_norm_refuses_bad_operands() {
+    let dev = device();
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    let w = Int4Weight::from_quant(&dev, &random_int4(256, 256, 128, false, 5)).expect("upload");
+    let a = dev.upload("A", &random_activations(1, 256, 6)).expect("A");
+    let nw = dev.alloc_zeros::<f32>("nw", 256).expect("nw");
+    let mut resid = dev.alloc_zeros::<f32>("resid", 256).expect("resid");
+    let mut h = dev.alloc_zeros::<f16>("h", 256).expect("h");
+    let mut sums = dev.alloc_zeros::<f32>("sums", 16).expect("sums");
+    let mut c = dev.alloc_zeros::<f16>("C", 256).expect("C");
+    // Too few partial sums for the producer's 16 column blocks.
+    let r = int4_gemm_fused(
+        &dev,
+        Int4Prologue::None(a.as_view()),
+        1,
+        &w,
+        Int4Epilogue::AddToResidualNormed {
+            resid: resid.as_view_mut(),
+            weight: nw.as_view(),
+            h: h.as_view_mut(),
+            sums: sums.slice_mut(0..15),
+        },
+        &mut ws,
+    );
+    assert!(matches!(r, Err(CudaError::Shape(_))), "{r:?}");
+    // Parts that cannot cover K, a short sums buffer, a bad eps.
+    for (parts, len, eps) in [(8, 16, 1e-5), (16, 15, 1e-5), (16, 16, f32::INFINITY)] {
+        let r = int4_gemm_fused(
+            &dev,
+            Int4Prologue::DeferredNorm {
+                a: a.as_view(),
+                norm: RowSquareSums {
+                    sums: sums.slice(0..len),
+                    parts,
+                    eps,
+                },
+            },
+            1,
+            &w,
+            Int4Epilogue::Store(c.as_view_mut()),
+            &mut ws,
+        );
+        assert!(
+            matches!(r, Err(CudaError::Shape(_))),
+            "parts {parts}: {r:?}"
+        );
+    }
+    // A pair that is not compiled: the deferred norm with a residual add.
+    let r = int4_gemm_fused(
+        &dev,
+        Int4Prologue::DeferredNorm {
+            a: a.as_view(),
+            norm: RowSquareSums {
+                sums: sums.as_view(),
+                parts: 16,
+                eps: 1e-5,
+            },
+        },
+        1,
+        &w,
+        Int4Epilogue::AddToResidual(resid.as_view_mut()),
+        &mut ws,
+    );
+    assert!(matches!(r, Err(CudaError::Unsupported(_))), "{r:?}");
+    println!("PASS int4 deferred norm: short operands, bad eps and uncompiled pairs refused");
 }

@@ -645,6 +645,8 @@ fn fused_decode_ops_match_unfused_step_and_graph() {
     let mut plain = Scratch::new(&dev, &dec, 16, 16).unwrap();
     fused.fuse_ops = true;
     plain.fuse_ops = false;
+    // The reference: the norms as launches (deferred_norms_* tests those).
+    plain.defer_norms = false;
     let mut cache_f = dec.new_cache(&dev, 16, 32).unwrap();
     let mut cache_p = dec.new_cache(&dev, 16, 32).unwrap();
     let mut pos = [0i32; 16];
@@ -679,6 +681,85 @@ fn fused_decode_ops_match_unfused_step_and_graph() {
         vocab,
         "fused step",
     );
+}
+
+/// The deferred norms (docs/CUDA.md change 76: the o / down GEMMs add the
+/// residual and write the next norm's weighted rows and partial sums of
+/// squares, q|k|v and gate|up scale their output rows) against the step
+/// with the residual + norm launches, on the same weights, caches and
+/// tokens (batches of 1, 3, 16, 5, 8, 16 distinct sequences), at d = 256
+/// (16 partials per row: the one-warp-per-row reduction) and d = 2048
+/// (128: the vector reduction; gate|up there is the deferred-norm store
+/// plus the `glu` launch), then the last deferred step eager against the
+/// same step captured in a CUDA graph (bit-identical).
+#[test]
+fn deferred_norms_match_norm_launches_and_graph() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let dev = CudaDevice::new(0).unwrap();
+    for (hidden, n_heads, n_kv_heads, head_dim, ffn) in
+        [(256, 4, 2, 64, 512), (2048, 16, 4, 128, 4096)]
+    {
+        let shape = SyntheticShape {
+            n_layers: 2,
+            hidden,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn,
+            vocab: 1000,
+            group: 128,
+        };
+        let dec = synthetic_decoder(&dev, &shape, 13).unwrap();
+        assert!(
+            dec.defers_norms(&dev, 1, true)
+                && dec.defers_norms(&dev, 16, true)
+                && !dec.defers_norms(&dev, 17, true),
+            "d = {hidden}"
+        );
+        let mut deferred = Scratch::new(&dev, &dec, 16, 16).unwrap();
+        let mut launched = Scratch::new(&dev, &dec, 16, 16).unwrap();
+        for (s, on) in [(&mut deferred, true), (&mut launched, false)] {
+            s.fuse_ops = false;
+            s.defer_norms = on;
+        }
+        let mut cache_d = dec.new_cache(&dev, 16, 32).unwrap();
+        let mut cache_l = dec.new_cache(&dev, 16, 32).unwrap();
+        let mut pos = [0i32; 16];
+        let runs = [(&mut deferred, &mut cache_d), (&mut launched, &mut cache_l)];
+        let diffs = compare_steps(
+            &dev,
+            &dec,
+            runs,
+            &[1, 3, 16, 5, 8, 16],
+            (41, 97, 3),
+            shape.vocab,
+            &mut pos,
+        );
+        for (step, m, d, scale) in diffs {
+            eprintln!(
+                "deferred vs launched norms, d {hidden} step {step} (M = {m}): max |Δlogit| {d:.3e} of {scale:.2}"
+            );
+            // f16 activations: the deferred norm rounds x * weight to f16
+            // before the row's scaling instead of after it (one f16
+            // rounding either way, 2^-11 relative).
+            assert!(
+                d <= 1e-2 * scale,
+                "d {hidden} step {step} M={m}: max |Δlogit| {d} of {scale}"
+            );
+        }
+        assert_graph_matches_eager(
+            &dev,
+            &dec,
+            &mut cache_d,
+            &mut deferred,
+            &pos,
+            16,
+            shape.vocab,
+            "deferred norms",
+        );
+    }
 }
 
 /// The GLU in the gate|up GEMM's epilogue (`int4_gemm_glu`, docs/CUDA.md

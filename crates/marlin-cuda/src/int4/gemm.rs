@@ -504,9 +504,36 @@ impl GemmWorkspace {
     ) -> Result<&'static str> {
         let call = glu_call(m, w, dev).map_err(glu_unsupported)?;
         let (module, source) = fused_module();
-        dev.function(module, source, call.kernel, to_u32_smem(call.attr)?)?;
-        self.mark_prepared(Act::F16, call.kernel);
+        // The plain entry and its deferred-norm twin (same launch).
+        for kernel in [call.kernel, glu_normed_kernel(call.kernel)] {
+            dev.function(module, source, kernel, to_u32_smem(call.attr)?)?;
+            self.mark_prepared(Act::F16, kernel);
+        }
         Ok(call.kernel)
+    }
+
+    /// Loads the deferred-norm kernels of `m` rows of `w` (both roles:
+    /// [`Int4Prologue::DeferredNorm`] and
+    /// [`Int4Epilogue::AddToResidualNormed`]) and sizes the split-K
+    /// workspace for them, so that a CUDA graph capture of those calls
+    /// neither loads a module nor allocates. Errors where
+    /// [`deferred_norm_supported`] is false.
+    pub fn prepare_deferred_norm(
+        &mut self,
+        dev: &Arc<CudaDevice>,
+        w: &Int4Weight,
+        m: usize,
+    ) -> Result<()> {
+        for kind in [FusedKind::Nrm, FusedKind::ResNrm] {
+            if let FusedResolved::Decode(fc, _) = resolve_fused(dev, m, w, kind)? {
+                if fc.grid_splits > 1 {
+                    self.reserve(dev, fc.partials, fc.tickets)?;
+                }
+                let (module, source) = fused_module();
+                dev.function(module, source, fc.plan.kernel, fc.max_smem)?;
+            }
+        }
+        Ok(())
     }
 
     fn mark_prepared(&mut self, act: Act, kernel: &'static str) {
@@ -2174,6 +2201,25 @@ pub enum Int4Prologue<'a> {
         weight: CudaView<'a, f32>,
         eps: f32,
     },
+    /// A (M, K) f16 = weight ⊙ x, the rows of an
+    /// [`Int4Epilogue::AddToResidualNormed`] GEMM, not yet normalised: each
+    /// output row is multiplied by rsqrt(sum(x[r, :]^2) / K + eps) from
+    /// that GEMM's partial sums before its store (the deferred norm,
+    /// docs/CUDA.md change 76). Mathematically the RMSNorm prologue; the
+    /// rounding differs (A is rounded to f16 before the scaling, not after).
+    DeferredNorm {
+        a: CudaView<'a, f16>,
+        norm: RowSquareSums<'a>,
+    },
+}
+
+/// Partial sums of squares of the rows an
+/// [`Int4Epilogue::AddToResidualNormed`] GEMM wrote: `parts` per row (that
+/// GEMM's n_pad / 16, [`row_square_parts`]), row-major, and the norm's eps.
+pub struct RowSquareSums<'a> {
+    pub sums: CudaView<'a, f32>,
+    pub parts: usize,
+    pub eps: f32,
 }
 
 /// Where a fused decode-step GEMM writes C (M, N).
@@ -2183,6 +2229,24 @@ pub enum Int4Epilogue<'a> {
     /// resid[r, n] += C[r, n] rounded to f16 (the f32 (M, N) residual
     /// stream): the residual add folded in.
     AddToResidual(CudaViewMut<'a, f32>),
+    /// The residual add, and the next RMSNorm's inputs for an
+    /// [`Int4Prologue::DeferredNorm`] GEMM: x = resid[r, n] + f16(C[r, n])
+    /// into `resid`, h[r, n] = f16(x * weight[n]), and per row the sums of
+    /// x^2 over each 16 columns into `sums` ([`row_square_parts`] per
+    /// row). The RMSNorm launch between this GEMM and the next folded into
+    /// both (docs/CUDA.md change 76).
+    AddToResidualNormed {
+        resid: CudaViewMut<'a, f32>,
+        weight: CudaView<'a, f32>,
+        h: CudaViewMut<'a, f16>,
+        sums: CudaViewMut<'a, f32>,
+    },
+}
+
+/// Partial sums per row that an [`Int4Epilogue::AddToResidualNormed`] GEMM
+/// of `w` writes (one per n16 column block of its padded N).
+pub fn row_square_parts(w: &Int4Weight) -> usize {
+    w.n_pad / 16
 }
 
 /// Whether [`int4_gemm_fused`] runs `m` rows of `w` on `dev` with a
@@ -2193,6 +2257,46 @@ pub enum Int4Epilogue<'a> {
 /// kernel there).
 pub fn fused_supported(dev: &CudaDevice, m: usize, w: &Int4Weight) -> bool {
     fused_weight_ok(m, w) && decode_launch(m, w, dev.sm_count(), None, DEC_SMEM_LIMIT).is_some()
+}
+
+/// Whether [`int4_gemm_fused`] runs `m` rows of `w` on `dev` with the
+/// deferred norm ([`Int4Prologue::DeferredNorm`] with a plain store, or
+/// [`Int4Epilogue::AddToResidualNormed`] with a plain input): the fused
+/// kernels' formats and M, and a plain decode launch (the one
+/// [`int4_gemm`] takes under `GemmPath::Auto`, which these calls copy: the
+/// same blocks and ring, only the epilogue differs) on a kernel with
+/// deferred-norm entries.
+pub fn deferred_norm_supported(dev: &CudaDevice, m: usize, w: &Int4Weight) -> bool {
+    fused_weight_ok(m, w)
+        && !auto_takes_stream_k(m, w, dev.sm_count(), decode_smem_limit(dev))
+        && deferred_norm_launch(dev, m, w, FusedKind::Nrm).is_some()
+}
+
+/// The plain decode launch of `m` rows of `w` with its kernel renamed to
+/// the deferred-norm entry of `kind` (Nrm or ResNrm), or None.
+fn deferred_norm_launch(
+    dev: &CudaDevice,
+    m: usize,
+    w: &Int4Weight,
+    kind: FusedKind,
+) -> Option<(GemmPlan, DecodeShape)> {
+    let (mut plan, shape) = decode_launch(m, w, dev.sm_count(), None, decode_smem_limit(dev))?;
+    plan.kernel = deferred_norm_kernel(plan.kernel, kind)?;
+    Some((plan, shape))
+}
+
+/// The deferred-norm entry of `kind` (Nrm or ResNrm) with the body and ring
+/// of the plain decode kernel `plain` (symmetric, groups >= 64), or None.
+fn deferred_norm_kernel(plain: &str, kind: FusedKind) -> Option<&'static str> {
+    Some(match (plain, kind) {
+        ("w4a16_dec_m4", FusedKind::Nrm) => "w4a16_dec_m4_nrm",
+        ("w4a16_dec_m8", FusedKind::Nrm) => "w4a16_dec_m8_nrm",
+        ("w4a16_dec_m16", FusedKind::Nrm) => "w4a16_dec_m16_nrm",
+        ("w4a16_dec_m4", FusedKind::ResNrm) => "w4a16_dec_m4_resnrm",
+        ("w4a16_dec_m8", FusedKind::ResNrm) => "w4a16_dec_m8_resnrm",
+        ("w4a16_dec_m16", FusedKind::ResNrm) => "w4a16_dec_m16_resnrm",
+        _ => return None,
+    })
 }
 
 /// The M range and weight formats of the fused kernels.
@@ -2208,9 +2312,14 @@ fn fused_kind(pro: &Int4Prologue<'_>, epi: &Int4Epilogue<'_>) -> Result<Option<F
         (Int4Prologue::RmsNorm { .. }, Int4Epilogue::Store(_)) => Ok(Some(FusedKind::Rms)),
         (Int4Prologue::None(_), Int4Epilogue::AddToResidual(_)) => Ok(Some(FusedKind::Res)),
         (Int4Prologue::Glu(_), Int4Epilogue::AddToResidual(_)) => Ok(Some(FusedKind::GluRes)),
+        (Int4Prologue::DeferredNorm { .. }, Int4Epilogue::Store(_)) => Ok(Some(FusedKind::Nrm)),
+        (Int4Prologue::None(_), Int4Epilogue::AddToResidualNormed { .. }) => {
+            Ok(Some(FusedKind::ResNrm))
+        }
         _ => Err(CudaError::Unsupported(
             "fused INT4 GEMM: the compiled (prologue, epilogue) pairs are (RmsNorm, Store), \
-             (None, AddToResidual) and (Glu, AddToResidual)"
+             (None, AddToResidual), (Glu, AddToResidual), (DeferredNorm, Store) and \
+             (None, AddToResidualNormed)"
                 .into(),
         )),
     }
@@ -2225,6 +2334,11 @@ enum FusedKind {
     Res,
     /// GLU in, residual add out (down).
     GluRes,
+    /// Deferred-norm rows in, rows scaled by their inverse norms out
+    /// (q|k|v after an AddToResidualNormed GEMM).
+    Nrm,
+    /// f16 in, residual add and the next norm's inputs out (o, down).
+    ResNrm,
 }
 
 /// Kernel name of a fused split-K decode launch of `m` rows.
@@ -2239,6 +2353,8 @@ fn fused_dec_name(kind: FusedKind, m: usize) -> &'static str {
         (FusedKind::GluRes, 0..=4) => "w4a16_dec_m4_glures",
         (FusedKind::GluRes, 5..=8) => "w4a16_dec_m8_glures",
         (FusedKind::GluRes, _) => "w4a16_dec_m16_glures",
+        // Named from the plain launch (deferred_norm_launch).
+        (FusedKind::Nrm | FusedKind::ResNrm, _) => "",
     }
 }
 
@@ -2283,6 +2399,53 @@ fn resolve_fused(
             return Ok(FusedResolved::StreamK(sc));
         }
     }
+    let to_u32 =
+        |v: usize| u32::try_from(v).map_err(|_| CudaError::Shape("shared memory size".into()));
+    if matches!(kind, FusedKind::Nrm | FusedKind::ResNrm) {
+        // The plain call's launch (its shared memory limit, ring and
+        // blocks): the static 1.1 KiB of the deferred norm fits beside the
+        // wide limit (DEC_SMEM_LIMIT_WIDE leaves 3 KiB).
+        if auto_takes_stream_k(m, w, dev.sm_count(), decode_smem_limit(dev)) {
+            return Err(CudaError::Unsupported(format!(
+                "fused INT4 GEMM with the deferred norm: N = {} at M = {m} is a stream-K call \
+                 (no deferred-norm stream-K kernel)",
+                w.n
+            )));
+        }
+        let Some((plan, shape)) = deferred_norm_launch(dev, m, w, kind) else {
+            return Err(CudaError::Unsupported(format!(
+                "fused INT4 GEMM with the deferred norm: no split-K decode launch for M = {m}, \
+                 N = {}, K = {}",
+                w.n, w.k
+            )));
+        };
+        let smem = decode_smem_bytes_ring(
+            m,
+            w.k_chunks,
+            shape,
+            w.group_k32,
+            false,
+            plain_decode_ring_bytes(m, w.n_pad / 16, w.k_chunks, shape),
+        );
+        let partials = shape
+            .splits
+            .checked_mul(m)
+            .and_then(|v| v.checked_mul(w.n_pad))
+            .ok_or_else(|| CudaError::Shape("split-K partials overflow".into()))?;
+        return Ok(FusedResolved::Decode(
+            FusedCall {
+                plan,
+                smem: to_u32(smem)?,
+                max_smem: to_u32(decode_smem_limit(dev))?,
+                partials,
+                tickets: plan.n_tiles * plan.m_blocks,
+                grid_splits: shape.splits,
+                block_threads: (32 * shape.nbpb * shape.k_slices) as u32,
+                decode: Some(shape),
+            },
+            shape,
+        ));
+    }
     let Some((mut plan, shape)) = decode_launch(m, w, dev.sm_count(), None, DEC_SMEM_LIMIT) else {
         return Err(CudaError::Unsupported(format!(
             "fused INT4 GEMM: no decode-kernel launch shape for M = {m}, N = {}, K = {}",
@@ -2290,8 +2453,6 @@ fn resolve_fused(
         )));
     };
     plan.kernel = fused_dec_name(kind, m);
-    let to_u32 =
-        |v: usize| u32::try_from(v).map_err(|_| CudaError::Shape("shared memory size".into()));
     let smem = decode_smem_bytes(m, w.k_chunks, shape, w.group_k32, false);
     let partials = shape
         .splits
@@ -2321,6 +2482,25 @@ fn check_len(what: &str, have: usize, rows: usize, cols: usize) -> Result<()> {
     if have < need {
         return Err(CudaError::Shape(format!(
             "fused INT4 GEMM: {what} has {have} elements, needs {rows} x {cols} = {need}"
+        )));
+    }
+    Ok(())
+}
+
+/// The deferred norm's partial sums hold `m` rows of `parts` (at least one
+/// per 16 of the K columns they normalise) and eps is finite and >= 0.
+fn check_row_square_sums(norm: &RowSquareSums<'_>, m: usize, k: usize) -> Result<()> {
+    if norm.parts < k.div_ceil(16) {
+        return Err(CudaError::Shape(format!(
+            "deferred norm: {} partial sums per row cannot cover K = {k} (one per 16 columns)",
+            norm.parts
+        )));
+    }
+    check_len("row sums of squares", norm.sums.len(), m, norm.parts)?;
+    if !(norm.eps.is_finite() && norm.eps >= 0.0) {
+        return Err(CudaError::Shape(format!(
+            "deferred norm: eps {} is not a finite value >= 0",
+            norm.eps
         )));
     }
     Ok(())
@@ -2359,6 +2539,11 @@ pub fn int4_gemm_fused(
             check_len("A", a.len(), m, w.k)?;
             w.k
         }
+        Int4Prologue::DeferredNorm { a, norm } => {
+            check_len("A", a.len(), m, w.k)?;
+            check_row_square_sums(norm, m, w.k)?;
+            w.k
+        }
         Int4Prologue::Glu(g) => {
             check_len("gate|up rows", g.len(), m, k2)?;
             k2
@@ -2377,10 +2562,29 @@ pub fn int4_gemm_fused(
     match &epi {
         Int4Epilogue::Store(c) => check_len("C", c.len(), m, w.n)?,
         Int4Epilogue::AddToResidual(r) => check_len("residual", r.len(), m, w.n)?,
+        Int4Epilogue::AddToResidualNormed {
+            resid,
+            weight,
+            h,
+            sums,
+        } => {
+            check_len("residual", resid.len(), m, w.n)?;
+            check_len("norm weight", weight.len(), 1, w.n)?;
+            check_len("normed rows", h.len(), m, w.n)?;
+            check_len("row sums of squares", sums.len(), m, row_square_parts(w))?;
+        }
     }
     let eps = match &pro {
         Int4Prologue::RmsNorm { eps, .. } => *eps,
+        Int4Prologue::DeferredNorm { norm, .. } => norm.eps,
         _ => 0.0,
+    };
+    let ssq_parts = match (&pro, &epi) {
+        (Int4Prologue::DeferredNorm { norm, .. }, _) => to_i32("row sum parts", norm.parts)?,
+        (_, Int4Epilogue::AddToResidualNormed { .. }) => {
+            to_i32("row sum parts", row_square_parts(w))?
+        }
+        _ => 0,
     };
     let null: u64 = 0;
     let m_i32 = to_i32("M", m)?;
@@ -2425,12 +2629,15 @@ pub fn int4_gemm_fused(
     let name = plan.kernel;
     let mut launch = KernelLaunch::new(dev, &func, name);
     match &pro {
-        Int4Prologue::None(a) | Int4Prologue::Glu(a) => launch.arg(a),
+        Int4Prologue::None(a) | Int4Prologue::Glu(a) | Int4Prologue::DeferredNorm { a, .. } => {
+            launch.arg(a)
+        }
         Int4Prologue::RmsNorm { .. } => launch.arg(&null),
     };
     launch.arg(&w.words).arg(&w.scales).arg(&null);
     match &epi {
         Int4Epilogue::Store(c) => launch.arg(c),
+        Int4Epilogue::AddToResidualNormed { h, .. } => launch.arg(h),
         Int4Epilogue::AddToResidual(_) => launch.arg(&null),
     };
     launch
@@ -2458,21 +2665,35 @@ pub fn int4_gemm_fused(
             .arg(&k_slices_i32)
             .arg(&flags);
     }
-    match &pro {
-        Int4Prologue::RmsNorm { x, weight, .. } => launch.arg(x).arg(weight),
+    match (&pro, &epi) {
+        (Int4Prologue::RmsNorm { x, weight, .. }, _) => launch.arg(x).arg(weight),
+        (_, Int4Epilogue::AddToResidualNormed { weight, .. }) => launch.arg(&null).arg(weight),
         _ => launch.arg(&null).arg(&null),
     };
     if shape.is_some() {
         match &epi {
-            Int4Epilogue::AddToResidual(r) => launch.arg(r),
+            Int4Epilogue::AddToResidual(r) | Int4Epilogue::AddToResidualNormed { resid: r, .. } => {
+                launch.arg(r)
+            }
             Int4Epilogue::Store(_) => launch.arg(&null),
         };
     }
     launch.arg(&lda_i32).arg(&eps);
+    if shape.is_some() {
+        match (&pro, &epi) {
+            (Int4Prologue::DeferredNorm { norm, .. }, _) => launch.arg(&norm.sums),
+            (_, Int4Epilogue::AddToResidualNormed { sums, .. }) => launch.arg(sums),
+            _ => launch.arg(&null),
+        };
+        launch.arg(&ssq_parts);
+    }
     // SAFETY: argument types and order match W4A16_DEC_FUSED_ENTRY /
     // W4A16_SK_FUSED_ENTRY in kernels/w4a16_gemm.cu. Sizes checked above:
-    // A (None) M*K, gate|up (Glu) M*2K, x (RmsNorm) M*K and its weight K,
-    // C (Store) or the residual (AddToResidual) M*N; the pointers left null
+    // A (None, DeferredNorm) M*K, gate|up (Glu) M*2K, x (RmsNorm) M*K and
+    // its weight K, the deferred norm's sums M*parts, C (Store) or the
+    // residual (AddToResidual) M*N, AddToResidualNormed's residual and h
+    // M*N, weight N and sums M*(n_pad/16) (the kernel writes column block
+    // nb's partial at nb < n_pad/16); the pointers left null
     // are the ones the pair's kernel never reads; partials and tickets were
     // reserved for this launch shape; the weights cover n_pad x k_chunks
     // (repack) and have no zero points (fused_supported). Every block reads
@@ -2723,12 +2944,64 @@ pub fn int4_gemm_glu_prepared(
     act: GluAct,
     ws: &GemmWorkspace,
 ) -> Result<GemmPlan> {
+    glu_launch(dev, a, None, m, w, out, act, ws)
+}
+
+/// [`int4_gemm_glu_prepared`] with the deferred norm: `a` holds the
+/// weighted, not yet normalised rows of an
+/// [`Int4Epilogue::AddToResidualNormed`] GEMM, and gate and up of each row
+/// are multiplied by rsqrt(sum(x^2) / K + eps) from `norm` before the
+/// activation (docs/CUDA.md change 76). Same kernel and launch.
+#[allow(clippy::too_many_arguments)]
+pub fn int4_gemm_glu_normed_prepared(
+    dev: &Arc<CudaDevice>,
+    a: &CudaView<'_, f16>,
+    norm: &RowSquareSums<'_>,
+    m: usize,
+    w: &Int4Weight,
+    out: &mut CudaViewMut<'_, f16>,
+    act: GluAct,
+    ws: &GemmWorkspace,
+) -> Result<GemmPlan> {
+    glu_launch(dev, a, Some(norm), m, w, out, act, ws)
+}
+
+/// The deferred-norm twin of a GLU-epilogue entry (`_glunrm`: the same
+/// body and launch, rows scaled by their inverse norms).
+fn glu_normed_kernel(kernel: &'static str) -> &'static str {
+    match kernel {
+        "w4a16_dec_m4_glu" => "w4a16_dec_m4_glunrm",
+        "w4a16_dec_m8_glu" => "w4a16_dec_m8_glunrm",
+        "w4a16_dec_m16_glu" => "w4a16_dec_m16_glunrm",
+        other => other,
+    }
+}
+
+/// The GLU-epilogue launch, with the deferred norm where `norm` is given.
+#[allow(clippy::too_many_arguments)]
+fn glu_launch(
+    dev: &Arc<CudaDevice>,
+    a: &CudaView<'_, f16>,
+    norm: Option<&RowSquareSums<'_>>,
+    m: usize,
+    w: &Int4Weight,
+    out: &mut CudaViewMut<'_, f16>,
+    act: GluAct,
+    ws: &GemmWorkspace,
+) -> Result<GemmPlan> {
     let call = glu_call(m, w, dev).map_err(glu_unsupported)?;
     check_glu_operands(m, w, a.len(), out.len())?;
-    ws.check_prepared(Act::F16, call.kernel)?;
+    let kernel = match norm {
+        Some(norm) => {
+            check_row_square_sums(norm, m, w.k)?;
+            glu_normed_kernel(call.kernel)
+        }
+        None => call.kernel,
+    };
+    ws.check_prepared(Act::F16, kernel)?;
     let shape = call.shape;
     let (module, source) = fused_module();
-    let func = dev.function(module, source, call.kernel, to_u32_smem(call.attr)?)?;
+    let func = dev.function(module, source, kernel, to_u32_smem(call.attr)?)?;
     let n_tiles = (w.n / 16) / shape.nbpb;
     let cfg = LaunchConfig {
         grid_dim: launch_grid(1, n_tiles, 1)?,
@@ -2740,7 +3013,7 @@ pub fn int4_gemm_glu_prepared(
             GluAct::Silu => 0,
             GluAct::GeluTanh => DEC_GLU_GELU,
         };
-    let mut launch = KernelLaunch::new(dev, &func, call.kernel);
+    let mut launch = KernelLaunch::new(dev, &func, kernel);
     arg_operands(&mut launch, a, w, out, (&ws.partials, &ws.tickets))
         .arg(&to_i32("M", m)?)
         .arg(&to_i32("N", w.n)?)
@@ -2752,8 +3025,18 @@ pub fn int4_gemm_glu_prepared(
         .arg(&to_i32("column blocks", shape.nbpb)?)
         .arg(&to_i32("K slices", shape.k_slices)?)
         .arg(&flags);
+    let null: u64 = 0;
+    match norm {
+        Some(n) => launch
+            .arg(&n.sums)
+            .arg(&to_i32("row sum parts", n.parts)?)
+            .arg(&n.eps),
+        None => launch.arg(&null).arg(&0i32).arg(&0.0f32),
+    };
     // SAFETY: argument types and order match W4A16_DEC_GLU_ENTRY in
-    // kernels/w4a16_gemm.cu (the plain decode entry's); A holds M*K and out
+    // kernels/w4a16_gemm.cu (the plain decode entry's, then the deferred
+    // norm's sums, parts and eps: null where there is none, else M*parts
+    // floats, checked above); A holds M*K and out
     // M*F halves (checked above); the weights cover n_pad x k_chunks
     // (repack) and have no zero points (glu_call); one split, so the kernel
     // never touches the partials or tickets; every block reads only the
@@ -2761,7 +3044,7 @@ pub fn int4_gemm_glu_prepared(
     unsafe { launch.launch_pdl(cfg) }?;
     Ok(GemmPlan {
         path: GemmPath::Fused,
-        kernel: call.kernel,
+        kernel,
         m_tiles: 1,
         m_blocks: 1,
         n_tiles,
@@ -2923,6 +3206,39 @@ mod tests {
         SHORT_RING_LONG, SHORT_RING_SHORT, SHORT_RING_WIDE, SK_MAX_BLOCK_WARPS, SK_MAX_M,
         SK_MIN_UNITS_PER_WARP,
     };
+
+    /// Every plain decode kernel the fused kernels' weights (symmetric,
+    /// groups >= 64) take at M <= 16 has deferred-norm twins, and those
+    /// and the GLU entries' twins are entries of the fused module's source
+    /// (a renamed kernel that is not compiled would fail only at load).
+    #[test]
+    fn deferred_norm_kernels_exist_for_every_plain_decode_kernel() {
+        use super::{
+            decode_kernel_name, decode_token_tiles, deferred_norm_kernel, glu_normed_kernel,
+            FusedKind, DEC_M4_MAX_M, FUSED_MAX_M, SOURCE,
+        };
+        let entry = |name: &str, mac: &str| SOURCE.contains(&format!("{mac}({name},"));
+        for m in 1..=FUSED_MAX_M {
+            let plain = [
+                decode_kernel_name(m, decode_token_tiles(m), false, false),
+                // The 8-stage ring of short_ring_for (RH = 1 serves M <= 8).
+                decode_kernel_name(DEC_M4_MAX_M + 1, 1, false, false),
+            ];
+            for p in plain {
+                for kind in [FusedKind::Nrm, FusedKind::ResNrm] {
+                    let k = deferred_norm_kernel(p, kind)
+                        .unwrap_or_else(|| panic!("M = {m}: no {kind:?} twin of {p}"));
+                    assert!(entry(k, "W4A16_DEC_FUSED_ENTRY"), "{k} is not compiled");
+                }
+            }
+        }
+        assert_eq!(deferred_norm_kernel("w4a16_dec_m4z", FusedKind::Nrm), None);
+        for glu in ["w4a16_dec_m4_glu", "w4a16_dec_m8_glu", "w4a16_dec_m16_glu"] {
+            assert!(entry(glu, "W4A16_DEC_GLU_ENTRY"), "{glu}");
+            let twin = glu_normed_kernel(glu);
+            assert!(twin != glu && entry(twin, "W4A16_DEC_GLU_ENTRY"), "{twin}");
+        }
+    }
 
     /// Probe values parse in any order into canonical module names and
     /// prefixes (the ones `scripts/gpu_prewarm_kernels.py` builds); unknown

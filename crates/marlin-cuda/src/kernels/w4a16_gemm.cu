@@ -451,12 +451,25 @@ W4A16_ENTRY(w4a16_gemm_mt4, 4, 2, 3)
 //   block's first nbpb/2 column blocks are gate blocks, the other nbpb/2 the
 //   up blocks of the same output columns (w4_glu_col_block); each up warp
 //   hands its sums to its gate warp through its drained ring.
+// - W4_EPI_RESNRM: the residual add with the next RMSNorm's inputs
+//   (docs/CUDA.md change 76): x = R[row, col] + f32(f16(sum)) is stored in
+//   R, C[row, col] = f16(x * NW[col]) (the norm weight applied, the row not
+//   yet normalised) and each warp writes its 16 columns' sum of x^2 per
+//   row to ssq[row * ssq_parts + nb] (one partial per n16 column block, so
+//   ssq_parts = n_pad / 16; no atomics: bit-deterministic).
+// Deferred norm (the NRM entries: _nrm, _glunrm): A is a
+// W4_EPI_RESNRM output, and every output row is multiplied by
+// rsqrt(sum_p ssq[row, p] / K + eps) before its store (before the GLU's
+// activation in W4_EPI_GLU): the RMSNorm kernel between two GEMMs folded
+// into both. The block reduces its rows' partials right after the PDL
+// wait, beside its activation copy (w4_row_inv_norms).
 #define W4_PRO_NONE 0
 #define W4_PRO_GLU 1
 #define W4_PRO_RMS 2
 #define W4_EPI_STORE 0
 #define W4_EPI_RESID 1
 #define W4_EPI_GLU 2
+#define W4_EPI_RESNRM 3
 
 // n16 column block of local column block `nbl` of block `by` in the
 // W4_EPI_GLU layout: gate blocks by*half .. by*half + half - 1, then the up
@@ -694,6 +707,55 @@ __device__ __forceinline__ void w4_fused_store(u16* __restrict__ C, float* __res
         C[idx] = f32_to_act(v);
 }
 
+__device__ __forceinline__ float4 w4_ld_cg4(const float* p) {
+    float4 r;
+    asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(r.x), "=f"(r.y), "=f"(r.z), "=f"(r.w)
+                 : "l"(p));
+    return r;
+}
+
+// Deferred norm: inv[r] = rsqrt(sum_p ssq[(m_base + r) * parts + p] / K +
+// eps) for the block's rows r < rows (<= 16), from the partials of the
+// predecessor's W4_EPI_RESNRM epilogue, into shared `inv`. Called by every
+// thread after the PDL wait, right after the activation tile's copy is
+// issued: the loads fly beside it and the sums stall no longer than the
+// tile's wait does; no barrier of its own (the caller's __syncthreads
+// after the tile's wait publishes inv). Row r belongs to tpr consecutive
+// lanes of one warp (tpr a power of two <= 32, rows * tpr <= threads),
+// each summing a fixed stride of the row's partials, then a shuffle tree:
+// a fixed order, so the result is bit-deterministic. Loads through L2
+// (written by the previous kernel); 16-byte loads where parts % 4 == 0.
+__device__ __forceinline__ void w4_row_inv_norms(float* inv, const float* __restrict__ ssq, int parts, int m_base,
+                                                 int rows, int K, float eps) {
+    const int nt = blockDim.x, tid = threadIdx.x;
+    int tpr = 32;
+    while (tpr > 1 && tpr * rows > nt) tpr >>= 1;
+    const int r = tid / tpr, j0 = tid - r * tpr;
+    float ss = 0.0f;
+    if (r < rows) {
+        const float* row = ssq + (size_t)(m_base + r) * parts;
+        if ((parts & 3) == 0 && (((size_t)ssq) & 15) == 0) {
+            const int p4 = parts >> 2;
+            for (int i0 = j0; i0 < p4; i0 += W4_PRO_BATCH * tpr) {
+                float4 v[W4_PRO_BATCH];
+#pragma unroll
+                for (int j = 0; j < W4_PRO_BATCH; j++) {
+                    const int i = i0 + j * tpr;
+                    v[j] = i < p4 ? w4_ld_cg4(row + 4 * i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                }
+#pragma unroll
+                for (int j = 0; j < W4_PRO_BATCH; j++) ss += (v[j].x + v[j].y) + (v[j].z + v[j].w);
+            }
+        } else {
+            for (int p = j0; p < parts; p += tpr) ss += ld_cg_f32(row + p);
+        }
+    }
+    // Lanes of one row are an aligned group of tpr lanes in one warp.
+    for (int o = 1; o < tpr; o <<= 1) ss += __shfl_xor_sync(0xFFFFFFFFu, ss, o);
+    if (r < rows && j0 == 0) inv[r] = rsqrtf(ss / (float)K + eps);
+}
+
 // Decode-kernel flags (`flags` argument; keep in sync with src/int4/gemm.rs).
 #define W4_DEC_PRE_WAIT 1
 #define W4_DEC_PAIRED 2
@@ -862,14 +924,19 @@ __device__ __forceinline__ void w4_quad_refill(u32 slot, const uint4* w_lane, in
     }
 }
 
-template <int RH, int STAGES, bool HAS_Z, bool POST, int PRO = W4_PRO_NONE, int EPI = W4_EPI_STORE>
+template <int RH, int STAGES, bool HAS_Z, bool POST, int PRO = W4_PRO_NONE, int EPI = W4_EPI_STORE,
+          bool NRM = false>
 __device__ __forceinline__ void w4a16_dec_body(
     const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,
     const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,
     u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks, int group_k32, int splits,
     int nbpb, int k_slices, int flags, const float* __restrict__ X = 0, const float* __restrict__ NW = 0,
-    float* __restrict__ R = 0, int lda = 0, float eps = 0.0f) {
+    float* __restrict__ R = 0, int lda = 0, float eps = 0.0f, float* __restrict__ ssq = 0, int ssq_parts = 0) {
     extern __shared__ uint4 dyn_smem[];
+    // Deferred norm (NRM, see W4_EPI_RESNRM): this block's rows' inverse
+    // norms.
+    __shared__ float inv_row[NRM ? 16 : 1];
+    constexpr bool row_scale = NRM && EPI != W4_EPI_RESNRM;
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int nthreads = blockDim.x;
@@ -959,6 +1026,30 @@ __device__ __forceinline__ void w4a16_dec_body(
         }
 #endif
     };
+    // W4_EPI_RESNRM: the residual and norm weight of the warp's outputs,
+    // loaded by the writer warps right after the PDL wait (beside the
+    // activation tile) so that the epilogue's only dependent loads are the
+    // split partials. Every block loads them (which block finishes a tile
+    // is known only at its ticket); R is written only by that block's
+    // epilogue, after these loads.
+    float r_pre[EPI == W4_EPI_RESNRM ? RH : 1][4];
+    float nw_pre[2];
+    auto prefetch_residual = [&]() {
+        if (EPI != W4_EPI_RESNRM || ks != 0) return;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int col = nb * 16 + g + 8 * h;
+            nw_pre[h] = col < N ? __ldg(NW + col) : 0.0f;
+        }
+#pragma unroll
+        for (int r = 0; r < (EPI == W4_EPI_RESNRM ? RH : 1); r++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int row = m_base + r * 8 + 2 * t + (i & 1);
+                const int col = nb * 16 + g + 8 * (i >> 1);
+                r_pre[r][i] = row < M && col < N ? ld_cg_f32(R + (size_t)row * N + col) : 0.0f;
+            }
+    };
     if (flags & W4_DEC_EARLY_TRIGGER) pdl_trigger();
     const bool late_trigger = (flags & W4_DEC_LATE_TRIGGER) != 0;
     if (!pre_wait) {
@@ -967,6 +1058,8 @@ __device__ __forceinline__ void w4a16_dec_body(
         else
             w4_pdl_enter();
         copy_activations();
+        if (row_scale) w4_row_inv_norms(inv_row, ssq, ssq_parts, m_base, rows_here, K, eps);
+        prefetch_residual();
     }
     // The tile's scale (and zero) rows: nbpb x 8 column pairs, contiguous
     // in S; oldest cp.async group.
@@ -1010,6 +1103,9 @@ __device__ __forceinline__ void w4a16_dec_body(
         // groups were issued first and are mostly in by now).
         copy_activations();
         cp_async_commit();
+        // The deferred norm's partials load while the tile's copy is in flight.
+        if (row_scale) w4_row_inv_norms(inv_row, ssq, ssq_parts, m_base, rows_here, K, eps);
+        prefetch_residual();
         cp_async_wait<0>();
     } else {
         // The scale / activation group (oldest) is complete in every thread.
@@ -1614,14 +1710,54 @@ __device__ __forceinline__ void w4a16_dec_body(
             for (int i = 0; i < 4; i++) {
                 const int row = m_base + r * 8 + 2 * t + (i & 1);
                 const int col = nb * 16 + g + 8 * (i >> 1);
-                if (row < M && col < F)
+                if (row < M && col < F) {
+                    const float sc = row_scale ? inv_row[row_scale ? row - m_base : 0] : 1.0f;
                     C[(size_t)row * F + col] =
-                        f32_to_f16(w4_glu_act_mul(acc[r][i], up[(r * 4 + i) * 32 + lane], gelu));
+                        f32_to_f16(w4_glu_act_mul(acc[r][i] * sc, up[(r * 4 + i) * 32 + lane] * sc, gelu));
+                }
             }
         return;
     }
-    if (splits == 1) {
-        if (!writer) return;
+    // The K-reduced sums of the warp's outputs (rows >= M: 0) to C / R by
+    // the epilogue mode; whole warps (the W4_EPI_RESNRM shuffles).
+    auto finish = [&](const float (&v)[RH][4]) {
+        if (EPI == W4_EPI_RESNRM) {
+            float ss[RH][2];
+#pragma unroll
+            for (int r = 0; r < RH; r++) {
+                ss[r][0] = 0.0f;
+                ss[r][1] = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int row = m_base + r * 8 + 2 * t + (i & 1);
+                    const int col = nb * 16 + g + 8 * (i >> 1);
+                    if (row < M && col < N) {
+                        const size_t idx = (size_t)row * N + col;
+                        const float x = r_pre[EPI == W4_EPI_RESNRM ? r : 0][i] + f16_to_f32(f32_to_f16(v[r][i]));
+                        R[idx] = x;
+                        C[idx] = f32_to_f16(x * nw_pre[i >> 1]);
+                        ss[r][i & 1] += x * x;
+                    }
+                }
+            }
+            // Lanes of one t (same rows) hold the block's 8 column pairs.
+#pragma unroll
+            for (int r = 0; r < RH; r++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+#pragma unroll
+                    for (int o = 4; o < 32; o <<= 1) ss[r][h] += __shfl_xor_sync(0xFFFFFFFFu, ss[r][h], o);
+            if (g == 0) {
+#pragma unroll
+                for (int r = 0; r < RH; r++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const int row = m_base + r * 8 + 2 * t + h;
+                        if (row < M) ssq[(size_t)row * ssq_parts + nb] = ss[r][h];
+                    }
+            }
+            return;
+        }
 #pragma unroll
         for (int r = 0; r < RH; r++)
 #pragma unroll
@@ -1629,10 +1765,16 @@ __device__ __forceinline__ void w4a16_dec_body(
                 const int row = m_base + r * 8 + 2 * t + (i & 1);
                 const int col = nb * 16 + g + 8 * (i >> 1);
 #if defined(W4_PROBE_NO_STORE)
-                if (acc[r][i] != 1e-30f) continue;
+                if (v[r][i] != 1e-30f) continue;
 #endif
-                if (row < M && col < N) w4_fused_store<EPI>(C, R, (size_t)row * N + col, acc[r][i]);
+                if (row < M && col < N)
+                    w4_fused_store<EPI>(C, R, (size_t)row * N + col,
+                                        row_scale ? v[r][i] * inv_row[row_scale ? row - m_base : 0] : v[r][i]);
             }
+    };
+    if (splits == 1) {
+        if (!writer) return;
+        finish(acc);
         return;
     }
     if (writer) {
@@ -1655,19 +1797,38 @@ __device__ __forceinline__ void w4a16_dec_body(
     }
     __syncthreads();
     if (!is_last || !writer) return;
+    if (EPI == W4_EPI_RESNRM) {
+        float sums[RH][4];
 #pragma unroll
-    for (int r = 0; r < RH; r++)
+        for (int r = 0; r < RH; r++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int row = m_base + r * 8 + 2 * t + (i & 1);
-            const int col = nb * 16 + g + 8 * (i >> 1);
-            if (row < M) {
+            for (int i = 0; i < 4; i++) {
+                const int row = m_base + r * 8 + 2 * t + (i & 1);
+                const int col = nb * 16 + g + 8 * (i >> 1);
                 float sum = 0.0f;
-                for (int sp_i = 0; sp_i < splits; sp_i++)
-                    sum += ld_cg_f32(&partials[((size_t)sp_i * M + row) * n_pad + col]);
-                if (col < N) w4_fused_store<EPI>(C, R, (size_t)row * N + col, sum);
+                if (row < M)
+                    for (int sp_i = 0; sp_i < splits; sp_i++)
+                        sum += ld_cg_f32(&partials[((size_t)sp_i * M + row) * n_pad + col]);
+                sums[r][i] = sum;
             }
-        }
+        finish(sums);
+    } else {
+#pragma unroll
+        for (int r = 0; r < RH; r++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int row = m_base + r * 8 + 2 * t + (i & 1);
+                const int col = nb * 16 + g + 8 * (i >> 1);
+                if (row < M) {
+                    float sum = 0.0f;
+                    for (int sp_i = 0; sp_i < splits; sp_i++)
+                        sum += ld_cg_f32(&partials[((size_t)sp_i * M + row) * n_pad + col]);
+                    if (col < N)
+                        w4_fused_store<EPI>(C, R, (size_t)row * N + col,
+                                            row_scale ? sum * inv_row[row_scale ? row - m_base : 0] : sum);
+                }
+            }
+    }
     if (threadIdx.x == 0) tickets[ticket_idx] = 0u;
 }
 
@@ -2112,29 +2273,40 @@ W4A16_SK_ENTRY(w4a16_sk_m16z, 2, 8, true, false)
 // a Llama-style decode block: _rms (q|k|v, gate|up: RMSNorm in, f16 out),
 // _res (o: f16 in, residual add out), _glures (down: GLU in, residual add
 // out). Arguments: the plain kernel's, then X (f32 rows to normalise), NW
-// (norm weight), R (f32 residual stream), lda (row stride of A or X), eps.
-#define W4A16_DEC_FUSED_ENTRY(NAME, RH, STAGES, PRO, EPI)                                         \
+// (norm weight), R (f32 residual stream), lda (row stride of A or X), eps,
+// ssq and ssq_parts (the deferred norm's partials: written by _resnrm,
+// read by _nrm; null in the other entries).
+// The deferred-norm pair (change 76): _resnrm (o, down: f16 in, residual
+// add out with the next norm's weighted rows and partial sums of squares),
+// _nrm (q|k|v: those rows in, each output row scaled by its inverse norm).
+#define W4A16_DEC_FUSED_ENTRY(NAME, RH, STAGES, PRO, EPI, NRM)                                    \
     extern "C" __global__ void __launch_bounds__(512) NAME(                                       \
         const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
         u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
         int group_k32, int splits, int nbpb, int k_slices, int flags,                             \
         const float* __restrict__ X, const float* __restrict__ NW, float* __restrict__ R,         \
-        int lda, float eps) {                                                                     \
-        w4a16_dec_body<RH, STAGES, false, true, PRO, EPI>(A, W, S, Z, C, partials, tickets, M, N,  \
-                                                          K, n_pad, k_chunks, group_k32, splits,  \
-                                                          nbpb, k_slices, flags, X, NW, R,        \
-                                                          lda, eps);                              \
+        int lda, float eps, float* __restrict__ ssq, int ssq_parts) {                             \
+        w4a16_dec_body<RH, STAGES, false, true, PRO, EPI, NRM>(A, W, S, Z, C, partials, tickets, M,  \
+                                                               N, K, n_pad, k_chunks, group_k32,  \
+                                                               splits, nbpb, k_slices, flags, X,  \
+                                                               NW, R, lda, eps, ssq, ssq_parts);  \
     }
-W4A16_DEC_FUSED_ENTRY(w4a16_dec_m4_rms, 1, 16, W4_PRO_RMS, W4_EPI_STORE)
-W4A16_DEC_FUSED_ENTRY(w4a16_dec_m8_rms, 1, 8, W4_PRO_RMS, W4_EPI_STORE)
-W4A16_DEC_FUSED_ENTRY(w4a16_dec_m16_rms, 2, 8, W4_PRO_RMS, W4_EPI_STORE)
-W4A16_DEC_FUSED_ENTRY(w4a16_dec_m4_res, 1, 16, W4_PRO_NONE, W4_EPI_RESID)
-W4A16_DEC_FUSED_ENTRY(w4a16_dec_m8_res, 1, 8, W4_PRO_NONE, W4_EPI_RESID)
-W4A16_DEC_FUSED_ENTRY(w4a16_dec_m16_res, 2, 8, W4_PRO_NONE, W4_EPI_RESID)
-W4A16_DEC_FUSED_ENTRY(w4a16_dec_m4_glures, 1, 16, W4_PRO_GLU, W4_EPI_RESID)
-W4A16_DEC_FUSED_ENTRY(w4a16_dec_m8_glures, 1, 8, W4_PRO_GLU, W4_EPI_RESID)
-W4A16_DEC_FUSED_ENTRY(w4a16_dec_m16_glures, 2, 8, W4_PRO_GLU, W4_EPI_RESID)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m4_rms, 1, 16, W4_PRO_RMS, W4_EPI_STORE, false)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m8_rms, 1, 8, W4_PRO_RMS, W4_EPI_STORE, false)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m16_rms, 2, 8, W4_PRO_RMS, W4_EPI_STORE, false)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m4_res, 1, 16, W4_PRO_NONE, W4_EPI_RESID, false)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m8_res, 1, 8, W4_PRO_NONE, W4_EPI_RESID, false)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m16_res, 2, 8, W4_PRO_NONE, W4_EPI_RESID, false)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m4_glures, 1, 16, W4_PRO_GLU, W4_EPI_RESID, false)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m8_glures, 1, 8, W4_PRO_GLU, W4_EPI_RESID, false)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m16_glures, 2, 8, W4_PRO_GLU, W4_EPI_RESID, false)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m4_nrm, 1, 16, W4_PRO_NONE, W4_EPI_STORE, true)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m8_nrm, 1, 8, W4_PRO_NONE, W4_EPI_STORE, true)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m16_nrm, 2, 8, W4_PRO_NONE, W4_EPI_STORE, true)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m4_resnrm, 1, 16, W4_PRO_NONE, W4_EPI_RESNRM, false)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m8_resnrm, 1, 8, W4_PRO_NONE, W4_EPI_RESNRM, false)
+W4A16_DEC_FUSED_ENTRY(w4a16_dec_m16_resnrm, 2, 8, W4_PRO_NONE, W4_EPI_RESNRM, false)
 
 // Stream-K with the RMSNorm prologue (gate|up at N >= 14336, f16 out).
 #define W4A16_SK_FUSED_ENTRY(NAME, RH, STAGES, PRO)                                              \
@@ -2152,21 +2324,27 @@ W4A16_SK_FUSED_ENTRY(w4a16_sk_m16_rms, 2, 8, W4_PRO_RMS)
 // The gate|up GEMM with the GLU in its epilogue (W4_EPI_GLU; M <= 16, one
 // split, int4_gemm_glu in src/int4/gemm.rs): the plain decode entry's
 // arguments, N = 2F the stacked weight's rows, C (M, F); flags as the plain
-// kernels' plus W4_DEC_GLU_GELU. 16 stages (M <= 4) or 8; RH token tiles
-// of 8 (2 at M = 9..16).
-#define W4A16_DEC_GLU_ENTRY(NAME, RH, STAGES)                                                     \
+// kernels' plus W4_DEC_GLU_GELU, then the deferred norm's ssq, ssq_parts
+// and eps (read by the _glunrm entries only). 16 stages (M <= 4) or 8; RH
+// token tiles of 8 (2 at M = 9..16).
+#define W4A16_DEC_GLU_ENTRY(NAME, RH, STAGES, NRM)                                                \
     extern "C" __global__ void __launch_bounds__(512) NAME(                                       \
         const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,        \
         const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,             \
         u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks,                  \
-        int group_k32, int splits, int nbpb, int k_slices, int flags) {                           \
-        w4a16_dec_body<RH, STAGES, false, true, W4_PRO_NONE, W4_EPI_GLU>(                         \
+        int group_k32, int splits, int nbpb, int k_slices, int flags, float* __restrict__ ssq,    \
+        int ssq_parts, float eps) {                                                               \
+        w4a16_dec_body<RH, STAGES, false, true, W4_PRO_NONE, W4_EPI_GLU, NRM>(                    \
             A, W, S, Z, C, partials, tickets, M, N, K, n_pad, k_chunks, group_k32, splits, nbpb,  \
-            k_slices, flags);                                                                     \
+            k_slices, flags, 0, 0, 0, 0, eps, ssq, ssq_parts);                                    \
     }
-W4A16_DEC_GLU_ENTRY(w4a16_dec_m4_glu, 1, 16)
-W4A16_DEC_GLU_ENTRY(w4a16_dec_m8_glu, 1, 8)
-W4A16_DEC_GLU_ENTRY(w4a16_dec_m16_glu, 2, 8)
+W4A16_DEC_GLU_ENTRY(w4a16_dec_m4_glu, 1, 16, false)
+W4A16_DEC_GLU_ENTRY(w4a16_dec_m8_glu, 1, 8, false)
+W4A16_DEC_GLU_ENTRY(w4a16_dec_m16_glu, 2, 8, false)
+// The deferred norm's GLU entries (ssq read, gate and up rows scaled).
+W4A16_DEC_GLU_ENTRY(w4a16_dec_m4_glunrm, 1, 16, true)
+W4A16_DEC_GLU_ENTRY(w4a16_dec_m8_glunrm, 1, 8, true)
+W4A16_DEC_GLU_ENTRY(w4a16_dec_m16_glunrm, 2, 8, true)
 #endif  // W4_FUSED_ENTRIES
 
 // Benchmark stand-in for the decode step's small kernels (norm, RoPE,

@@ -131,7 +131,8 @@ pub struct DecodeBenchReport {
 
 /// The kernels `MARLIN_BENCH_DECODE_DIAG` leaves out of the benchmark's
 /// steps (timing diagnosis only: `ops` keeps the GEMMs, embedding and token
-/// choice; `gemms` everything else), or an error for another value.
+/// choice; `gemms` everything else; `norms` the per-layer residual + norm
+/// kernels), or an error for another value.
 fn diagnosis_from_env() -> Result<SkipForDiagnosis> {
     match std::env::var("MARLIN_BENCH_DECODE_DIAG") {
         Err(_) => Ok(SkipForDiagnosis::Nothing),
@@ -139,8 +140,9 @@ fn diagnosis_from_env() -> Result<SkipForDiagnosis> {
             "" | "0" => Ok(SkipForDiagnosis::Nothing),
             "ops" => Ok(SkipForDiagnosis::SmallOps),
             "gemms" => Ok(SkipForDiagnosis::Gemms),
+            "norms" => Ok(SkipForDiagnosis::Norms),
             other => Err(GpuError::Invalid(format!(
-                "MARLIN_BENCH_DECODE_DIAG={other}: expected ops or gemms"
+                "MARLIN_BENCH_DECODE_DIAG={other}: expected ops, gemms or norms"
             ))),
         },
     }
@@ -180,6 +182,10 @@ impl fmt::Display for DecodeBenchReport {
             SkipForDiagnosis::Gemms => writeln!(
                 f,
                 "DIAGNOSTIC, NOT A RESULT (MARLIN_BENCH_DECODE_DIAG=gemms): every projection GEMM and the LM head left out of every step"
+            )?,
+            SkipForDiagnosis::Norms => writeln!(
+                f,
+                "DIAGNOSTIC, NOT A RESULT (MARLIN_BENCH_DECODE_DIAG=norms): the per-layer residual+norm kernels left out of every step"
             )?,
         }
         writeln!(

@@ -22,6 +22,10 @@
 //! With [`Scratch::fuse_ops`] (`MARLIN_GPU_FUSE_OPS=1`) a Llama-style INT4
 //! model at M <= 16 runs 5 launches per layer ([`GpuDecoder::fused_ops`]):
 //! the norms, residual adds and SwiGLU ride in the INT4 GEMMs.
+//! With [`Scratch::defer_norms`] (`MARLIN_GPU_DEFER_NORM=1`) the two norm
+//! launches of each layer ride in the GEMMs instead (the o / down epilogue
+//! writes the next norm's inputs, q|k|v / gate|up scale their rows;
+//! [`GpuDecoder::defers_norms`]): 5 launches per layer.
 //! In the unfused step the GLU rides in the gate|up GEMM's epilogue where
 //! [`GpuDecoder::glu_in_gemm`] allows it (INT4 gate|up of Llama-3.1-8B
 //! width at M <= 16; [`Scratch::glu_in_gemm`]): 7 launches per layer.
@@ -35,8 +39,9 @@ use cudarc::driver::CudaSlice;
 use half::f16;
 use marlin_cuda::ggml::GgmlGpuWeight;
 use marlin_cuda::int4::gemm::{
-    fused_supported, glu_epilogue_preferred, int4_gemm, int4_gemm_fused, int4_gemm_glu_prepared,
-    GemmOptions, GemmWorkspace, GluAct, Int4Epilogue, Int4Prologue, FUSED_MAX_M,
+    deferred_norm_supported, fused_supported, glu_epilogue_preferred, int4_gemm, int4_gemm_fused,
+    int4_gemm_glu_normed_prepared, int4_gemm_glu_prepared, row_square_parts, GemmOptions,
+    GemmWorkspace, GluAct, Int4Epilogue, Int4Prologue, RowSquareSums, FUSED_MAX_M,
 };
 use marlin_cuda::knobs::Switch;
 use marlin_cuda::ops::{
@@ -317,6 +322,17 @@ pub struct Scratch {
     /// says (on with `1`, off otherwise), settable for same-process
     /// comparisons.
     pub fuse_ops: bool,
+    /// Defer each RMSNorm between two INT4 GEMMs into them where the model
+    /// allows it ([`GpuDecoder::defers_norms`]): the o / down GEMM adds the
+    /// residual and writes the next norm's weighted rows and per-row sums
+    /// of squares, the q|k|v / gate|up GEMM scales its output rows
+    /// (docs/CUDA.md change 76). Starts as `MARLIN_GPU_DEFER_NORM` says (off
+    /// unless `1`: measured no faster), settable for same-process
+    /// comparisons; set on a scratch made with it off, the kernels load at
+    /// the first eager step (run one before capturing a graph).
+    pub defer_norms: bool,
+    /// (max_m, parts) partial sums of squares of the deferred norm.
+    row_sums: CudaSlice<f32>,
     /// Run the gated activation in the gate|up GEMM's epilogue where
     /// [`GpuDecoder::glu_in_gemm`] allows it (one launch instead of the
     /// GEMM + `glu`); starts as `MARLIN_GPU_GLU_IN_GEMM` says (on unless
@@ -453,6 +469,22 @@ impl Scratch {
                     }
                 }
             }
+            // The deferred-norm kernels of every M the step may defer at
+            // (when the knob turns it on: other runs do not load them).
+            for m in (1..=max_m.min(FUSED_MAX_M)).filter(|_| defer_norms_enabled()) {
+                if !dec.defers_norms(dev, m, true) && !dec.defers_norms(dev, m, false) {
+                    continue;
+                }
+                for b in &dec.blocks {
+                    for l in b.linears() {
+                        if let GpuLinear::Int4(w) = l {
+                            if deferred_norm_supported(dev, m, w) {
+                                ws.prepare_deferred_norm(dev, w, m)?;
+                            }
+                        }
+                    }
+                }
+            }
         }
         Ok(Self {
             max_m,
@@ -462,6 +494,11 @@ impl Scratch {
             row_pos: dev.alloc_zeros("row positions", max_m)?,
             distinct_seqs: false,
             fuse_ops: fuse_ops_enabled(),
+            defer_norms: defer_norms_enabled(),
+            row_sums: dev.alloc_zeros(
+                "deferred-norm row sums",
+                rows(dec.deferred_norm_parts().unwrap_or(1))?,
+            )?,
             glu_in_gemm: glu_in_gemm_enabled(),
             norm_form: ops::NormForm::from_env(),
             skip_for_diagnosis: SkipForDiagnosis::Nothing,
@@ -513,11 +550,14 @@ trait DecoderAct: ActElem {
     /// its kernel): `out (m, ffn) = act(gate) * up`
     /// in one launch. `Ok(false)` (nothing launched) where it does not apply:
     /// f32 activations, a weight other than INT4, or a call
-    /// [`glu_epilogue_preferred`] leaves to the GEMM + `glu` pair.
+    /// [`glu_epilogue_preferred`] leaves to the GEMM + `glu` pair. With
+    /// `norm`, `x` holds deferred-norm rows and the epilogue scales them.
+    #[allow(clippy::too_many_arguments)]
     fn linear_glu(
         l: &GpuLinear,
         dev: &Arc<CudaDevice>,
         x: &CudaSlice<Self>,
+        norm: Option<DeferredNormIn<'_>>,
         m: usize,
         out: &mut CudaSlice<Self>,
         act: GluAct,
@@ -554,6 +594,7 @@ impl DecoderAct for f32 {
         _l: &GpuLinear,
         _dev: &Arc<CudaDevice>,
         _x: &CudaSlice<f32>,
+        _norm: Option<DeferredNormIn<'_>>,
         _m: usize,
         _out: &mut CudaSlice<f32>,
         _act: GluAct,
@@ -630,6 +671,7 @@ impl DecoderAct for f16 {
         l: &GpuLinear,
         dev: &Arc<CudaDevice>,
         x: &CudaSlice<f16>,
+        norm: Option<DeferredNormIn<'_>>,
         m: usize,
         out: &mut CudaSlice<f16>,
         act: GluAct,
@@ -638,7 +680,13 @@ impl DecoderAct for f16 {
         match l {
             GpuLinear::Int4(w) if glu_epilogue_preferred(dev, m, w) => {
                 // Loaded by `Scratch::new` (an error here, not a load).
-                int4_gemm_glu_prepared(dev, &x.as_view(), m, w, &mut out.as_view_mut(), act, g.ws)?;
+                let (a, mut o) = (x.as_view(), out.as_view_mut());
+                match norm {
+                    Some(n) => {
+                        int4_gemm_glu_normed_prepared(dev, &a, &n.view(), m, w, &mut o, act, g.ws)?
+                    }
+                    None => int4_gemm_glu_prepared(dev, &a, m, w, &mut o, act, g.ws)?,
+                };
                 Ok(true)
             }
             _ => Ok(false),
@@ -666,10 +714,25 @@ impl DecoderAct for f16 {
                 weight: weight.as_view(),
                 eps,
             },
+            FusedIn::DeferredNorm(a, norm) => Int4Prologue::DeferredNorm {
+                a: a.as_view(),
+                norm: norm.view(),
+            },
         };
         let epi = match out {
             FusedOut::Store(c) => Int4Epilogue::Store(c.as_view_mut()),
             FusedOut::AddToResidual(r) => Int4Epilogue::AddToResidual(r.as_view_mut()),
+            FusedOut::AddToResidualNormed {
+                resid,
+                weight,
+                h,
+                sums,
+            } => Int4Epilogue::AddToResidualNormed {
+                resid: resid.as_view_mut(),
+                weight: weight.as_view(),
+                h: h.as_view_mut(),
+                sums: sums.as_view_mut(),
+            },
         };
         int4_gemm_fused(dev, pro, m, w, epi, g.ws)?;
         Ok(())
@@ -745,6 +808,27 @@ enum FusedIn<'a, T> {
         weight: &'a CudaSlice<f32>,
         eps: f32,
     },
+    /// Weighted, unnormalised rows of an `AddToResidualNormed` GEMM; the
+    /// output rows are scaled by their inverse norms.
+    DeferredNorm(&'a CudaSlice<T>, DeferredNormIn<'a>),
+}
+
+/// The deferred norm's per-row partial sums of squares (`parts` per row).
+#[derive(Clone, Copy)]
+struct DeferredNormIn<'a> {
+    sums: &'a CudaSlice<f32>,
+    parts: usize,
+    eps: f32,
+}
+
+impl<'a> DeferredNormIn<'a> {
+    fn view(self) -> RowSquareSums<'a> {
+        RowSquareSums {
+            sums: self.sums.as_view(),
+            parts: self.parts,
+            eps: self.eps,
+        }
+    }
 }
 
 /// Output of a fused decode-step GEMM.
@@ -752,6 +836,14 @@ enum FusedOut<'a, T> {
     Store(&'a mut CudaSlice<T>),
     /// Added to the f32 residual stream.
     AddToResidual(&'a mut CudaSlice<f32>),
+    /// Added to the f32 residual stream, with the next norm's inputs: `h`
+    /// = f16(resid * weight), `sums` the partial sums of squares.
+    AddToResidualNormed {
+        resid: &'a mut CudaSlice<f32>,
+        weight: &'a CudaSlice<f32>,
+        h: &'a mut CudaSlice<T>,
+        sums: &'a mut CudaSlice<f32>,
+    },
 }
 
 /// Kernels a timing diagnosis leaves out of a forward pass
@@ -767,6 +859,10 @@ pub enum SkipForDiagnosis {
     /// Every projection GEMM and the LM head (with its logits conversion):
     /// the step is everything else.
     Gemms,
+    /// The per-layer residual add + RMSNorm kernels only (the embedding's
+    /// norm and the final norm stay): what folding the norms into the
+    /// GEMMs could gain at most.
+    Norms,
 }
 
 /// Whether greedy decoding picks its tokens with the split argmax
@@ -800,6 +896,19 @@ struct ArgmaxOut<'a> {
 /// 31-32).
 fn fuse_ops_enabled() -> bool {
     static ON: Switch = Switch::new("MARLIN_GPU_FUSE_OPS", false);
+    ON.get()
+}
+
+/// Whether the decode step defers its RMSNorms into the INT4 GEMMs
+/// ([`GpuDecoder::defers_norms`]): `MARLIN_GPU_DEFER_NORM=1` turns it on
+/// (read once). Opt-in: correct on the H100 (`gpu_decoder`'s deferred-norm
+/// test) but not faster in the PDL graph (Llama-3.1-8B shape, ctx 512:
+/// batch 1 2205 against 2125 us, batch 8 2573 against 2590, batch 16 3278
+/// against 3001; docs/CUDA.md change 76): the consumer GEMM's weight stream
+/// starts when its blocks become resident, i.e. when the producer's blocks
+/// leave, with or without the norm launch between them.
+fn defer_norms_enabled() -> bool {
+    static ON: Switch = Switch::new("MARLIN_GPU_DEFER_NORM", false);
     ON.get()
 }
 
@@ -913,6 +1022,55 @@ impl GpuDecoder {
             })
     }
 
+    /// Whether a forward of `m` rows (unfused step) defers each RMSNorm
+    /// between two INT4 GEMMs into them (docs/CUDA.md change 76): f16
+    /// activations, M <= [`FUSED_MAX_M`], no post-norms, every block's
+    /// q|k|v and gate|up stacked, and each GEMM on a kernel with the
+    /// deferred norm ([`deferred_norm_supported`]; with `glu_in_gemm`
+    /// ([`Scratch::glu_in_gemm`]) gate|up may instead be a GLU-epilogue
+    /// call, which scales its rows itself), one partial-sum count for every
+    /// o / down GEMM. The embedding's norm and the final norm stay
+    /// launches. [`Scratch::defer_norms`] can turn it off.
+    pub fn defers_norms(&self, dev: &CudaDevice, m: usize, glu_in_gemm: bool) -> bool {
+        let ok =
+            |l: &GpuLinear| matches!(l, GpuLinear::Int4(w) if deferred_norm_supported(dev, m, w));
+        let ffn = self.spec.cfg.ffn_size;
+        m <= FUSED_MAX_M
+            && self.f16_activations()
+            && self.deferred_norm_parts().is_some()
+            && self.blocks.iter().all(|b| {
+                let gate_up_ok = match &b.gate_up {
+                    GateUpWeights::Fused(l @ GpuLinear::Int4(w)) => {
+                        (glu_in_gemm && w.n == 2 * ffn && glu_epilogue_preferred(dev, m, w))
+                            || ok(l)
+                    }
+                    _ => false,
+                };
+                matches!(&b.qkv, QkvWeights::Fused(l) if ok(l))
+                    && b.post_attn_norm.is_none()
+                    && b.post_ffn_norm.is_none()
+                    && ok(&b.wo)
+                    && ok(&b.down)
+                    && gate_up_ok
+            })
+    }
+
+    /// Partial sums per row that every o and down GEMM writes when the
+    /// norms are deferred (one count for all, INT4 weights), or None.
+    fn deferred_norm_parts(&self) -> Option<usize> {
+        let mut parts = None;
+        for b in &self.blocks {
+            for l in [&b.wo, &b.down] {
+                let GpuLinear::Int4(w) = l else { return None };
+                let p = row_square_parts(w);
+                if *parts.get_or_insert(p) != p {
+                    return None;
+                }
+            }
+        }
+        parts
+    }
+
     /// Runs `m` rows whose ids, sequences and positions are in `s`; writes
     /// their keys and values into `cache`, the logits of `which` rows into
     /// `s.logits` (soft-capped when the model caps them) and, by `select`,
@@ -967,6 +1125,11 @@ impl GpuDecoder {
             && n_logits > 0;
         // A timing diagnosis leaves kernels out of the unfused step.
         let fuse = s.fuse_ops && skip == SkipForDiagnosis::Nothing && self.fused_ops(dev, m);
+        let defer_norms = !fuse
+            && s.defer_norms
+            && skip == SkipForDiagnosis::Nothing
+            && self.defers_norms(dev, m, glu_in_gemm);
+        let row_sum_parts = self.deferred_norm_parts().unwrap_or(0);
         let Scratch {
             ids,
             row_seq,
@@ -984,6 +1147,7 @@ impl GpuDecoder {
             lin,
             ws,
             acts,
+            row_sums,
             ..
         } = s;
         let mut io = StepIo {
@@ -1001,6 +1165,9 @@ impl GpuDecoder {
             skip,
             glu_in_gemm,
             norm_form,
+            defer_norms,
+            row_sums,
+            row_sum_parts,
             argmax: argmax_in_lm_head.then_some(ArgmaxOut {
                 ws: &mut *argmax_ws,
                 next_ids: &mut *next_ids,
@@ -1089,7 +1256,7 @@ impl GpuDecoder {
             if fuse {
                 // x already holds x + attn (o GEMM epilogue); the gate|up
                 // GEMM normalises it itself.
-                self.mlp(dev, b, io, a, m, fuse, prof)?;
+                self.mlp(dev, b, io, a, m, fuse, None, prof)?;
                 if il + 1 == self.blocks.len() {
                     ops::resid_norm_with::<T>(
                         dev,
@@ -1108,8 +1275,12 @@ impl GpuDecoder {
                 }
                 continue;
             }
-            // x += post_norm(attn); h = ffn_norm(x)
-            if !io.skips(SkipForDiagnosis::SmallOps) {
+            // x += post_norm(attn); h = ffn_norm(x) (deferred: the o GEMM
+            // added the residual and wrote the norm's inputs).
+            if !io.defer_norms
+                && !io.skips(SkipForDiagnosis::SmallOps)
+                && !io.skips(SkipForDiagnosis::Norms)
+            {
                 ops::resid_norm_with::<T>(
                     dev,
                     io.norm_form,
@@ -1125,13 +1296,24 @@ impl GpuDecoder {
                 )?;
             }
             mark(prof, dev, Stage::ResidNorm)?;
-            self.mlp(dev, b, io, a, m, fuse, prof)?;
+            // Deferred: the down GEMM adds the residual and writes the next
+            // block's norm inputs (the final norm stays a launch).
+            let defer_next = self
+                .blocks
+                .get(il + 1)
+                .filter(|_| io.defer_norms)
+                .map(|nb| &nb.attn_norm);
+            self.mlp(dev, b, io, a, m, fuse, defer_next, prof)?;
             // x += post_norm(ffn); h = next block's attn_norm(x) (or the final norm)
             let next_norm = match self.blocks.get(il + 1) {
                 Some(nb) => &nb.attn_norm,
                 None => &self.out_norm,
             };
-            if !io.skips(SkipForDiagnosis::SmallOps) {
+            let last = il + 1 == self.blocks.len();
+            if defer_next.is_none()
+                && !io.skips(SkipForDiagnosis::SmallOps)
+                && (last || !io.skips(SkipForDiagnosis::Norms))
+            {
                 ops::resid_norm_with::<T>(
                     dev,
                     io.norm_form,
@@ -1237,6 +1419,17 @@ impl GpuDecoder {
                     };
                     let out = FusedOut::Store(&mut a.fused);
                     T::linear_fused(w, dev, input, m, out, &mut io.g)?;
+                } else if io.defer_norms && il > 0 {
+                    // a.h: the previous down GEMM's weighted, unnormalised rows.
+                    let input = FusedIn::DeferredNorm(
+                        &a.h,
+                        DeferredNormIn {
+                            sums: &*io.row_sums,
+                            parts: io.row_sum_parts,
+                            eps: c.rms_eps,
+                        },
+                    );
+                    T::linear_fused(w, dev, input, m, FusedOut::Store(&mut a.fused), &mut io.g)?;
                 } else if !io.skips(SkipForDiagnosis::Gemms) {
                     T::linear(w, dev, &a.h, m, &mut a.fused, &mut io.g)?;
                 }
@@ -1343,6 +1536,14 @@ impl GpuDecoder {
         if fuse {
             let out = FusedOut::AddToResidual(&mut *io.x);
             T::linear_fused(&b.wo, dev, FusedIn::Plain(&a.attn), m, out, &mut io.g)?;
+        } else if io.defer_norms {
+            let out = FusedOut::AddToResidualNormed {
+                resid: &mut *io.x,
+                weight: &b.ffn_norm,
+                h: &mut a.h,
+                sums: &mut *io.row_sums,
+            };
+            T::linear_fused(&b.wo, dev, FusedIn::Plain(&a.attn), m, out, &mut io.g)?;
         } else if !io.skips(SkipForDiagnosis::Gemms) {
             T::linear(&b.wo, dev, &a.attn, m, &mut a.delta, &mut io.g)?;
         }
@@ -1351,6 +1552,10 @@ impl GpuDecoder {
 
     /// `a.h` (m, d) -> `a.delta` (m, d); `fuse`: `io.x += mlp(ffn_norm(io.x))`
     /// in two GEMMs (RMSNorm prologue; GLU prologue and residual add).
+    /// With deferred norms (`io.defer_norms`) `a.h` holds the weighted,
+    /// unnormalised rows; `defer_next` (the next block's attention norm):
+    /// the down GEMM adds into `io.x` and writes that norm's inputs into
+    /// `a.h` instead of `a.delta`.
     #[allow(clippy::too_many_arguments)]
     fn mlp<T: DecoderAct>(
         &self,
@@ -1360,6 +1565,7 @@ impl GpuDecoder {
         a: &mut ActBufs<T>,
         m: usize,
         fuse: bool,
+        defer_next: Option<&CudaSlice<f32>>,
         prof: &mut Option<&mut StageTimer>,
     ) -> Result<()> {
         let ffn = self.spec.cfg.ffn_size;
@@ -1392,7 +1598,7 @@ impl GpuDecoder {
                 }
                 mark(prof, dev, Stage::GateUpGemm)?;
                 if io.skips(SkipForDiagnosis::SmallOps) {
-                    return self.mlp_down(dev, b, io, a, m, prof);
+                    return self.mlp_down(dev, b, io, a, m, defer_next, prof);
                 }
                 ops::glu(
                     dev,
@@ -1410,21 +1616,29 @@ impl GpuDecoder {
                 // no GLU kernel between the two GEMMs (under
                 // SkipForDiagnosis::SmallOps it stays: it is the GEMM).
                 let act = if gelu { GluAct::GeluTanh } else { GluAct::Silu };
+                let norm = io.defer_norms.then_some(DeferredNormIn {
+                    sums: &*io.row_sums,
+                    parts: io.row_sum_parts,
+                    eps: self.spec.cfg.rms_eps,
+                });
                 if io.glu_in_gemm
                     && !io.skips(SkipForDiagnosis::Gemms)
                     && w.rows() == 2 * ffn
-                    && T::linear_glu(w, dev, &a.h, m, &mut a.act, act, &mut io.g)?
+                    && T::linear_glu(w, dev, &a.h, norm, m, &mut a.act, act, &mut io.g)?
                 {
                     mark(prof, dev, Stage::GateUpGemm)?;
                     mark(prof, dev, Stage::Glu)?;
-                    return self.mlp_down(dev, b, io, a, m, prof);
+                    return self.mlp_down(dev, b, io, a, m, defer_next, prof);
                 }
-                if !io.skips(SkipForDiagnosis::Gemms) {
+                if let Some(norm) = norm {
+                    let input = FusedIn::DeferredNorm(&a.h, norm);
+                    T::linear_fused(w, dev, input, m, FusedOut::Store(&mut a.fused), &mut io.g)?;
+                } else if !io.skips(SkipForDiagnosis::Gemms) {
                     T::linear(w, dev, &a.h, m, &mut a.fused, &mut io.g)?;
                 }
                 mark(prof, dev, Stage::GateUpGemm)?;
                 if io.skips(SkipForDiagnosis::SmallOps) {
-                    return self.mlp_down(dev, b, io, a, m, prof);
+                    return self.mlp_down(dev, b, io, a, m, defer_next, prof);
                 }
                 ops::glu(
                     dev,
@@ -1439,10 +1653,13 @@ impl GpuDecoder {
             }
         }
         mark(prof, dev, Stage::Glu)?;
-        self.mlp_down(dev, b, io, a, m, prof)
+        self.mlp_down(dev, b, io, a, m, defer_next, prof)
     }
 
-    /// The down projection `a.act` -> `a.delta` of the unfused MLP.
+    /// The down projection `a.act` -> `a.delta` of the unfused MLP, or with
+    /// `defer_next` (the next block's attention norm) the residual add and
+    /// that norm's inputs in `a.h` (see [`Self::mlp`]).
+    #[allow(clippy::too_many_arguments)]
     fn mlp_down<T: DecoderAct>(
         &self,
         dev: &Arc<CudaDevice>,
@@ -1450,9 +1667,18 @@ impl GpuDecoder {
         io: &mut StepIo<'_>,
         a: &mut ActBufs<T>,
         m: usize,
+        defer_next: Option<&CudaSlice<f32>>,
         prof: &mut Option<&mut StageTimer>,
     ) -> Result<()> {
-        if !io.skips(SkipForDiagnosis::Gemms) {
+        if let Some(weight) = defer_next {
+            let out = FusedOut::AddToResidualNormed {
+                resid: &mut *io.x,
+                weight,
+                h: &mut a.h,
+                sums: &mut *io.row_sums,
+            };
+            T::linear_fused(&b.down, dev, FusedIn::Plain(&a.act), m, out, &mut io.g)?;
+        } else if !io.skips(SkipForDiagnosis::Gemms) {
             T::linear(&b.down, dev, &a.act, m, &mut a.delta, &mut io.g)?;
         }
         mark(prof, dev, Stage::DownGemm)
@@ -1488,6 +1714,11 @@ struct StepIo<'a> {
     glu_in_gemm: bool,
     /// [`Scratch::norm_form`] of this pass.
     norm_form: ops::NormForm,
+    /// This pass defers its norms ([`GpuDecoder::defers_norms`]).
+    defer_norms: bool,
+    /// [`Scratch::row_sums`], `row_sum_parts` per row.
+    row_sums: &'a mut CudaSlice<f32>,
+    row_sum_parts: usize,
     /// Greedy token choice in the LM head's stage (taken by it).
     argmax: Option<ArgmaxOut<'a>>,
 }
