@@ -2380,7 +2380,8 @@ fn resolve_fused(
         )));
     }
     // The fused kernels keep the portable shared memory limit (their
-    // function attribute is decode_smem_attr()).
+    // function attribute is decode_smem_attr()), except the deferred-norm
+    // pair, which copies the plain call's plan.
     if kind == FusedKind::Rms && auto_takes_stream_k(m, w, dev.sm_count(), DEC_SMEM_LIMIT) {
         // The prologue's reduction array adds 1088 B of static shared memory:
         // the dynamic limit (the function attribute) is the block's limit
@@ -2401,10 +2402,11 @@ fn resolve_fused(
     }
     let to_u32 =
         |v: usize| u32::try_from(v).map_err(|_| CudaError::Shape("shared memory size".into()));
-    if matches!(kind, FusedKind::Nrm | FusedKind::ResNrm) {
+    // (plan, shape, dynamic shared memory, its function attribute).
+    let (plan, shape, smem, max_smem) = if matches!(kind, FusedKind::Nrm | FusedKind::ResNrm) {
         // The plain call's launch (its shared memory limit, ring and
-        // blocks): the static 1.1 KiB of the deferred norm fits beside the
-        // wide limit (DEC_SMEM_LIMIT_WIDE leaves 3 KiB).
+        // blocks): the deferred norm's static 64 B fit beside the wide
+        // limit (DEC_SMEM_LIMIT_WIDE leaves 3 KiB).
         if auto_takes_stream_k(m, w, dev.sm_count(), decode_smem_limit(dev)) {
             return Err(CudaError::Unsupported(format!(
                 "fused INT4 GEMM with the deferred norm: N = {} at M = {m} is a stream-K call \
@@ -2419,41 +2421,21 @@ fn resolve_fused(
                 w.n, w.k
             )));
         };
-        let smem = decode_smem_bytes_ring(
-            m,
-            w.k_chunks,
-            shape,
-            w.group_k32,
-            false,
-            plain_decode_ring_bytes(m, w.n_pad / 16, w.k_chunks, shape),
-        );
-        let partials = shape
-            .splits
-            .checked_mul(m)
-            .and_then(|v| v.checked_mul(w.n_pad))
-            .ok_or_else(|| CudaError::Shape("split-K partials overflow".into()))?;
-        return Ok(FusedResolved::Decode(
-            FusedCall {
-                plan,
-                smem: to_u32(smem)?,
-                max_smem: to_u32(decode_smem_limit(dev))?,
-                partials,
-                tickets: plan.n_tiles * plan.m_blocks,
-                grid_splits: shape.splits,
-                block_threads: (32 * shape.nbpb * shape.k_slices) as u32,
-                decode: Some(shape),
-            },
-            shape,
-        ));
-    }
-    let Some((mut plan, shape)) = decode_launch(m, w, dev.sm_count(), None, DEC_SMEM_LIMIT) else {
-        return Err(CudaError::Unsupported(format!(
-            "fused INT4 GEMM: no decode-kernel launch shape for M = {m}, N = {}, K = {}",
-            w.n, w.k
-        )));
+        let ring = plain_decode_ring_bytes(m, w.n_pad / 16, w.k_chunks, shape);
+        let smem = decode_smem_bytes_ring(m, w.k_chunks, shape, w.group_k32, false, ring);
+        (plan, shape, smem, decode_smem_limit(dev))
+    } else {
+        let Some((mut plan, shape)) = decode_launch(m, w, dev.sm_count(), None, DEC_SMEM_LIMIT)
+        else {
+            return Err(CudaError::Unsupported(format!(
+                "fused INT4 GEMM: no decode-kernel launch shape for M = {m}, N = {}, K = {}",
+                w.n, w.k
+            )));
+        };
+        plan.kernel = fused_dec_name(kind, m);
+        let smem = decode_smem_bytes(m, w.k_chunks, shape, w.group_k32, false);
+        (plan, shape, smem, decode_smem_attr())
     };
-    plan.kernel = fused_dec_name(kind, m);
-    let smem = decode_smem_bytes(m, w.k_chunks, shape, w.group_k32, false);
     let partials = shape
         .splits
         .checked_mul(m)
@@ -2463,7 +2445,7 @@ fn resolve_fused(
         FusedCall {
             plan,
             smem: to_u32(smem)?,
-            max_smem: to_u32(decode_smem_attr())?,
+            max_smem: to_u32(max_smem)?,
             partials,
             tickets: plan.n_tiles * plan.m_blocks,
             grid_splits: shape.splits,

@@ -1797,6 +1797,9 @@ __device__ __forceinline__ void w4a16_dec_body(
     }
     __syncthreads();
     if (!is_last || !writer) return;
+    // W4_EPI_RESNRM needs every sum before its shuffles; the other modes
+    // keep the store inside the loop (the plain kernels' SASS unchanged by
+    // change 76).
     if (EPI == W4_EPI_RESNRM) {
         float sums[RH][4];
 #pragma unroll
