@@ -42,8 +42,10 @@ PREFIXED = {
                       PROBE_PARTS_ALL, b"#define W4_FUSED_ENTRIES 1\n" + PROBE_PARTS_ALL],
     "wxa16_gemm.cu": [BF16],
     # The decode attention's timing stamps (MARLIN_CUDA_ATTN_STAMPS=1,
-    # src/ops/attention.rs), on the model shapes' head_dim only.
-    "attention.cu": [b"#define ATT_ONLY_HD 128\n#define ATT_STAMPS 1\n"],
+    # src/ops/attention.rs) and its deepest measurement ring
+    # (MARLIN_CUDA_ATTN_RING=10), on the model shapes' head_dim only.
+    "attention.cu": [b"#define ATT_ONLY_HD 128\n#define ATT_STAMPS 1\n",
+                     b"#define ATT_ONLY_HD 128\n#define ATT_RING_KEYS 10\n"],
     "w4a16_wgmma.cu": [b"#define W4G_DIAG_ENTRIES 1\n", BF16],
     "w4a16_wgmma_ws.cu": [
         b"#define WS_DIAG_ENTRIES 1\n",

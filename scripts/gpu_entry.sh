@@ -11,6 +11,7 @@
 #   MARLIN_TESTS=a,b          run only these (gpu_int4,gpu_ops: names without -test)
 #   MARLIN_TEST_KNOB_VARIANTS=0  skip gpu_int4's reruns with MARLIN_INT4_DEC_QUAD=0 plus
 #                             DEC_LEAN=1 or PAIR=0, and QUAD=chains8 (loops the defaults skip)
+#                             and gpu_int4's shared-activation test with MARLIN_INT4_SA_NBW=2
 #                             and gpu_ops' attention tests with MARLIN_CUDA_ATTN_CLUSTER=1
 #                             and gpu_int4_glu's with MARLIN_INT4_GLU_STAGES=8
 #                             and gpu_int4_wgmma_ws' split-K test with
@@ -89,6 +90,12 @@ if [ "${MARLIN_TESTS:-1}" != 0 ]; then
                 env MARLIN_INT4_DEC_QUAD=0 MARLIN_INT4_PAIR=0 "$t" --include-ignored --test-threads=1 --nocapture
             step "test $name (QUAD=chains8)" "$out/test_${name}_chains8.log" \
                 env MARLIN_INT4_DEC_QUAD=chains8 "$t" --include-ignored --test-threads=1 --nocapture
+        fi
+        # The opt-in shared-activation INT4 kernel with two n16 blocks per
+        # warp (the default is one; docs/CUDA.md change 77).
+        if [ "$name" = gpu_int4-test ] && [ "${MARLIN_TEST_KNOB_VARIANTS:-1}" != 0 ]; then
+            step "test $name (SA_NBW=2)" "$out/test_${name}_sa2.log" \
+                env MARLIN_INT4_SA_NBW=2 "$t" --include-ignored --test-threads=1 --nocapture shared_a
         fi
         # The opt-in cluster merge of decode attention (docs/CUDA.md change 42).
         if [ "$name" = gpu_ops-test ] && [ "${MARLIN_TEST_KNOB_VARIANTS:-1}" != 0 ]; then

@@ -92,6 +92,21 @@ for hd in (16, 32, 64, 128, 256):
     MODULES[f"decode_attention_hd{hd}"] = ("attention.cu", f"#define ATT_ONLY_HD {hd}\n")
 
 
+def attention_variant(value):
+    """The head_dim-128 attention module of a measurement build: `stamps`
+    (MARLIN_CUDA_ATTN_STAMPS=1), `ringN` (MARLIN_CUDA_ATTN_RING=N) or both
+    joined by '+', with the defines in src/ops/attention.rs's order (the
+    module name is the plain one: only the source, so the cache key,
+    differs)."""
+    parts = {p.strip() for p in value.split("+")}
+    stamps = "#define ATT_STAMPS 1\n" if "stamps" in parts else ""
+    rings = [p for p in parts if re.fullmatch(r"ring([1-9]|10)", p)]
+    if parts - {"stamps"} - set(rings) or len(rings) > 1:
+        sys.exit(f"not an attention variant: {value!r}")
+    ring = f"#define ATT_RING_KEYS {rings[0][4:]}\n" if rings else ""
+    return ("attention.cu", f"#define ATT_ONLY_HD 128\n{stamps}{ring}")
+
+
 def fnv1a(parts):
     """src/nvrtc_cache.rs fnv1a: each part's bytes, then a 0xff separator."""
     h = 0xCBF29CE484222325
@@ -111,10 +126,16 @@ def main():
     ap.add_argument("--driver", type=int, default=13000, help="the GPU machine's cuDriverGetVersion")
     ap.add_argument("--probes", default=",".join(DEFAULT_PROBES),
                     help="comma-separated MARLIN_INT4_DEC_PROBE values to precompile (default: %(default)s)")
+    ap.add_argument("--attn", default="",
+                    help="comma-separated head_dim-128 attention measurement builds to precompile too "
+                         "(stamps, ringN, stamps+ringN)")
     ap.add_argument("modules", nargs="*", help="only these modules (default: all)")
     args = ap.parse_args()
     for value in filter(None, args.probes.split(",")):
         MODULES.update(probe_modules(value))
+    for value in filter(None, args.attn.split(",")):
+        # Named apart here only; the file name carries the plain module name.
+        MODULES["decode_attention_hd128@" + value] = attention_variant(value)
     spec = importlib.util.spec_from_file_location("ck", os.path.join(ROOT, "scripts", "check_kernels_nvrtc.py"))
     ck = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ck)
@@ -139,14 +160,15 @@ def main():
         with open(os.path.join(KERNEL_DIR, file), "rb") as f:
             src = prefix.encode() + f.read()
         key = fnv1a([src, header, options, args.arch.encode(), versions])
-        path = os.path.join(args.out, f"{name}-{args.arch}-{key:016x}.cubin")
+        module = name.split("@")[0]
+        path = os.path.join(args.out, f"{module}-{args.arch}-{key:016x}.cubin")
         current.append(os.path.basename(path))
         if os.path.exists(path):
             print(f"have {os.path.basename(path)}")
             continue
         t0 = time.time()
         prog = ctypes.c_void_p()
-        lib.nvrtcCreateProgram(ctypes.byref(prog), src, name.encode(), 1,
+        lib.nvrtcCreateProgram(ctypes.byref(prog), src, module.encode(), 1,
                                (ctypes.c_char_p * 1)(header), (ctypes.c_char_p * 1)(ck.COMMON_HEADER.encode()))
         opts = [f"--gpu-architecture={args.arch}".encode()] + [o.encode() for o in ck.COMMON_OPTIONS]
         rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))

@@ -221,6 +221,9 @@ pub struct GemmBenchRow {
     /// INT4 only: the stream-K decode kernel (`GemmPath::StreamK`), timed at
     /// M <= 16 where it fits with `GemmBenchConfig::stream_k`; NaN elsewhere.
     pub stream_k_us: f64,
+    /// INT4 only: the shared-activation kernel (`GemmPath::SharedA`), timed
+    /// at M = 17..64 where K % 8 == 0; NaN elsewhere.
+    pub shared_a_us: f64,
     pub cublas_us: f64,
     /// The path's exposed time after a delay kernel (decode context, see
     /// the module doc); NaN where not timed.
@@ -302,7 +305,7 @@ impl fmt::Display for GemmBenchReport {
         }
         writeln!(
             f,
-            "{:>8} {:>5} {:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7}",
+            "{:>8} {:>5} {:>11} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7}",
             "format",
             "bit/w",
             "N x K",
@@ -317,6 +320,7 @@ impl fmt::Display for GemmBenchReport {
             "wgws us",
             "bulk us",
             "sk us",
+            "sa us",
             "cuBLAS us",
             "speedup",
             "TB/s",
@@ -333,7 +337,7 @@ impl fmt::Display for GemmBenchReport {
         for r in &self.rows {
             writeln!(
                 f,
-                "{:>8} {:>5.2} {:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>8.2} {:>5.1}% {:>7.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7}",
+                "{:>8} {:>5.2} {:>11} {:>5} {:>6} {:>5}{} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7.3} {:>5.1}% {:>8.2} {:>5.1}% {:>7.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7}",
                 r.format.name(),
                 r.bits_per_weight(),
                 format!("{}x{}", r.n, r.k),
@@ -344,6 +348,7 @@ impl fmt::Display for GemmBenchReport {
                     GemmPath::WgmmaWs => "wgws",
                     GemmPath::Bulk => "bulk",
                     GemmPath::StreamK => "sk",
+                    GemmPath::SharedA => "sa",
                     _ if r.dec_shape.is_some() => "dec",
                     _ => "fused",
                 },
@@ -357,6 +362,7 @@ impl fmt::Display for GemmBenchReport {
                 r.wgmma_ws_us,
                 r.bulk_us,
                 r.stream_k_us,
+                r.shared_a_us,
                 r.cublas_us,
                 r.speedup(),
                 r.weight_tbps,
@@ -796,6 +802,14 @@ fn bench_shape<T: ActDtype>(
             } else {
                 f64::NAN
             };
+            let has_shared_a = others
+                && (17..=64).contains(&m)
+                && matches!(weights, Weights::Int4(w) if w[0].k.is_multiple_of(8));
+            let shared_a_us = if has_shared_a {
+                time_path(GemmPath::SharedA, None, false)?.0
+            } else {
+                f64::NAN
+            };
             let (fused_ctx_us, stream_k_ctx_us) = if others && is_int4 && in_context {
                 (
                     time_path(GemmPath::Fused, None, true)?.0,
@@ -833,6 +847,12 @@ fn bench_shape<T: ActDtype>(
                         let (us, plan) = time_path(GemmPath::Wgmma, Some(s), false)?;
                         if plan.is_some_and(|p| p.splits == s) {
                             sweep.push((s, GemmPath::Wgmma, us));
+                        }
+                    }
+                    if has_shared_a {
+                        let (us, plan) = time_path(GemmPath::SharedA, Some(s), false)?;
+                        if plan.is_some_and(|p| p.splits == s) {
+                            sweep.push((s, GemmPath::SharedA, us));
                         }
                     }
                 }
@@ -897,6 +917,7 @@ fn bench_shape<T: ActDtype>(
                 wgmma_ws_us,
                 bulk_us,
                 stream_k_us,
+                shared_a_us,
                 cublas_us,
                 ctx_us: f64::NAN,
                 cublas_ctx_us,
@@ -910,9 +931,11 @@ fn bench_shape<T: ActDtype>(
             };
             let splits_used = match path {
                 GemmPath::DequantCublas => 1,
-                GemmPath::Wgmma | GemmPath::WgmmaWs | GemmPath::Bulk | GemmPath::StreamK => {
-                    auto_plan.map_or(0, |p| p.splits)
-                }
+                GemmPath::Wgmma
+                | GemmPath::WgmmaWs
+                | GemmPath::Bulk
+                | GemmPath::StreamK
+                | GemmPath::SharedA => auto_plan.map_or(0, |p| p.splits),
                 _ => fused_plan.map_or(0, |p| p.splits),
             };
             rows.push(GemmBenchRow {

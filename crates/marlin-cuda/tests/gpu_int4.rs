@@ -432,6 +432,50 @@ fn int4_deep_slice_decode_plans_match_reference() {
     println!("PASS int4 deep-slice decode plans");
 }
 
+/// The shared-activation kernel (`GemmPath::SharedA`, docs/CUDA.md change
+/// 77) at the M it is built for (17..64: 32- and 64-row blocks) and around
+/// it: N not a multiple of a column block (warps without columns), K ending
+/// inside a chunk, groups of 32 with zero points, per-channel scales, forced
+/// and automatic splits, several row blocks. Run once more with
+/// `MARLIN_INT4_SA_NBW=2` by scripts/gpu_entry.sh (two n16 blocks per warp).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int4_shared_a_matches_reference() {
+    let dev = device();
+    let mut ws = GemmWorkspace::new(&dev).expect("workspace");
+    for splits in [None, Some(1), Some(3)] {
+        let opts = GemmOptions {
+            path: GemmPath::SharedA,
+            splits,
+        };
+        for &m in &[17, 32, 33, 64] {
+            check(&dev, &mut ws, m, 256, 2048, 128, false, opts);
+            check(&dev, &mut ws, m, 200, 1000, 128, true, opts);
+            check(&dev, &mut ws, m, 328, 2048, 32, true, opts);
+            check(&dev, &mut ws, m, 96, 1536, 0, false, opts);
+        }
+    }
+    let opts = |splits| GemmOptions {
+        path: GemmPath::SharedA,
+        splits,
+    };
+    check(&dev, &mut ws, 3, 512, 4096, 128, false, opts(None));
+    check(&dev, &mut ws, 100, 512, 4096, 128, false, opts(Some(4)));
+    check(&dev, &mut ws, 130, 64, 4096, 192, true, opts(None));
+    // Activation rows that are not 16-byte aligned are refused by name.
+    let w = Int4Weight::from_quant(&dev, &random_int4(64, 1001, 0, false, fresh_seed()))
+        .expect("upload");
+    let a = dev
+        .upload("A", &random_activations(17, 1001, fresh_seed()))
+        .expect("A");
+    let mut c = dev.alloc_zeros::<f16>("C", 17 * 64).expect("C");
+    match int4_gemm(&dev, &a, 17, &w, &mut c, &mut ws, opts(None)) {
+        Err(CudaError::Unsupported(msg)) => assert!(msg.contains("multiple of 8"), "{msg}"),
+        other => panic!("K = 1001 on the shared-activation kernel: {other:?}"),
+    }
+    println!("PASS int4 shared-activation kernel refuses K = 1001");
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn int4_gemm_is_deterministic() {

@@ -596,6 +596,14 @@ pub enum GemmPath {
     /// `GemmOptions::splits` is the number of warps per SM. INT4 only: the
     /// `wgemm` formats treat it as `Fused`.
     StreamK,
+    /// The shared-activation kernel `w4a16_sa_*` (any M, K a multiple of 8;
+    /// see [`shared_a_variant`]): 8 warps share each chunk's activation
+    /// tile through a ring with one block barrier per chunk, every warp
+    /// multiplying it with 1-2 n16 column blocks. Built for M = 17..64
+    /// (docs/CUDA.md change 77); `Auto` takes it only with
+    /// `MARLIN_INT4_SHARED_A=1`. INT4 only: the `wgemm` formats treat it as
+    /// `Fused`.
+    SharedA,
 }
 
 /// From this many rows on, `GemmPath::Auto` dequantizes and calls cuBLAS:
@@ -665,6 +673,148 @@ pub fn variant(m: usize) -> KernelVariant {
         stages,
         blocks_per_sm,
     }
+}
+
+/// One compiled variant of the shared-activation kernel (W4A16_SA_ENTRY in
+/// the source).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedAVariant {
+    pub name: &'static str,
+    /// m16 tiles per block (rows 16 * m_tiles).
+    pub m_tiles: usize,
+    /// n16 column blocks per warp (8 warps per block).
+    pub nb_per_warp: usize,
+    /// Ring depth in chunks of 64.
+    pub stages: usize,
+}
+
+/// Warps per block of the shared-activation kernel (W4_SA_WARPS).
+const SA_WARPS: usize = 8;
+/// Fewest chunks of 64 per split the shared-activation plan makes.
+const SA_MIN_CHUNKS: usize = 4;
+
+impl SharedAVariant {
+    /// Dynamic shared memory of one block: `stages` x SaStage (activation
+    /// rows of 128 B, and per warp and n16 block 32 lanes x (16 B codes,
+    /// 4 B scale, 4 B zero point)).
+    pub fn smem_bytes(&self) -> u32 {
+        let per_stage = 16 * self.m_tiles * 128 + SA_WARPS * self.nb_per_warp * 32 * (16 + 4 + 4);
+        (self.stages * per_stage) as u32
+    }
+}
+
+/// n16 column blocks per warp of the shared-activation kernel:
+/// `MARLIN_INT4_SA_NBW=1|2` (read once), else 1 (faster at M = 32 on five
+/// of the six step shapes in session 23's call 8; 2 at M = 64 on the
+/// widest weights).
+fn shared_a_nb_per_warp() -> usize {
+    static KNOB: knobs::Count = knobs::Count::new("MARLIN_INT4_SA_NBW", 1..=2);
+    KNOB.get().unwrap_or(1)
+}
+
+/// The shared-activation kernel's variant for M rows: 32-row blocks up to
+/// M = 32, else 64-row blocks; `_z` entries read zero points.
+pub fn shared_a_variant(m: usize, nb_per_warp: usize, zero_points: bool) -> SharedAVariant {
+    let m_tiles = if m <= 32 { 2 } else { 4 };
+    let name = match (m_tiles, nb_per_warp, zero_points) {
+        (2, 1, false) => "w4a16_sa_mt2_n1",
+        (2, _, false) => "w4a16_sa_mt2_n2",
+        (_, 1, false) => "w4a16_sa_mt4_n1",
+        (_, _, false) => "w4a16_sa_mt4_n2",
+        (2, 1, true) => "w4a16_sa_mt2_n1_z",
+        (2, _, true) => "w4a16_sa_mt2_n2_z",
+        (_, 1, true) => "w4a16_sa_mt4_n1_z",
+        (_, _, true) => "w4a16_sa_mt4_n2_z",
+    };
+    SharedAVariant {
+        name,
+        m_tiles,
+        nb_per_warp: nb_per_warp.clamp(1, 2),
+        stages: 8,
+    }
+}
+
+/// Whether `GemmPath::Auto` takes the shared-activation kernel: M = 17..64
+/// with `MARLIN_INT4_SHARED_A=1` (read once; a measurement knob until the
+/// kernel has been timed against the wgmma kernels there).
+fn auto_shared_a(m: usize, w: &Int4Weight) -> bool {
+    static ON: knobs::Switch = knobs::Switch::new("MARLIN_INT4_SHARED_A", false);
+    (17..=64).contains(&m) && w.k.is_multiple_of(8) && ON.get()
+}
+
+/// The shared-activation kernel's variant and plan for `m` rows of a
+/// weight with `n_pad` columns and `k_chunks` chunks of 64: a grid of (row
+/// blocks, column blocks of 8 x `nb_per_warp` n16 blocks, splits) with the
+/// splits that bring the grid to about one block per SM (each split at
+/// least [`SA_MIN_CHUNKS`] chunks), or `forced` splits (at most one per
+/// chunk).
+fn shared_a_plan(
+    m: usize,
+    n_pad: usize,
+    k_chunks: usize,
+    zero_points: bool,
+    nb_per_warp: usize,
+    sm_count: usize,
+    forced: Option<usize>,
+) -> (SharedAVariant, GemmPlan) {
+    let v = shared_a_variant(m, nb_per_warp, zero_points);
+    let m_blocks = m.div_ceil(16 * v.m_tiles).max(1);
+    let col_blocks = (n_pad / 16).div_ceil(SA_WARPS * v.nb_per_warp).max(1);
+    let max_splits = (k_chunks / SA_MIN_CHUNKS).max(1);
+    let splits = match forced {
+        Some(s) => s.clamp(1, k_chunks.max(1)),
+        None => (sm_count / (m_blocks * col_blocks)).clamp(1, max_splits),
+    };
+    let plan = GemmPlan {
+        path: GemmPath::SharedA,
+        kernel: v.name,
+        m_tiles: v.m_tiles,
+        m_blocks,
+        n_tiles: col_blocks,
+        splits,
+    };
+    (v, plan)
+}
+
+/// The shared-activation kernel's call for `m` rows ([`shared_a_plan`]);
+/// K must be a multiple of 8 (16-byte activation copies).
+fn shared_a_call(
+    m: usize,
+    w: &Int4Weight,
+    sm_count: usize,
+    forced: Option<usize>,
+) -> Result<FusedCall> {
+    if !w.k.is_multiple_of(8) {
+        return Err(CudaError::Unsupported(format!(
+            "INT4 shared-activation kernel: K = {} is not a multiple of 8 (its activation rows are copied in 16-byte units)",
+            w.k
+        )));
+    }
+    let (v, plan) = shared_a_plan(
+        m,
+        w.n_pad,
+        w.k_chunks,
+        w.neg_zero_scales.is_some(),
+        shared_a_nb_per_warp(),
+        sm_count,
+        forced,
+    );
+    let partials = plan
+        .splits
+        .checked_mul(m)
+        .and_then(|x| x.checked_mul(w.n_pad))
+        .ok_or_else(|| CudaError::Shape("split-K partials overflow".into()))?;
+    let smem = v.smem_bytes();
+    Ok(FusedCall {
+        plan,
+        smem,
+        max_smem: smem,
+        partials,
+        tickets: plan.n_tiles * plan.m_blocks,
+        grid_splits: plan.splits,
+        block_threads: (32 * SA_WARPS) as u32,
+        decode: None,
+    })
 }
 
 /// Token tiles of 8 per block of the decode kernel for M rows.
@@ -1457,6 +1607,14 @@ fn resolve_call(
             "INT4 GEMM path Bulk has f16 activations only".into(),
         ));
     }
+    if opts.path == GemmPath::SharedA || (opts.path == GemmPath::Auto && auto_shared_a(m, w)) {
+        return Ok(Call::Fused(shared_a_call(
+            m,
+            w,
+            dev.sm_count(),
+            opts.splits,
+        )?));
+    }
     // M = 17..128 (int4-midM, docs/CUDA.md change 40): the wgmma kernel
     // first on narrow long-K weights, the warp-specialised one at M = 65..128
     // elsewhere, then ws_auto / wgmma_auto.
@@ -1521,6 +1679,7 @@ fn resolve_call(
         | GemmPath::Wgmma
         | GemmPath::WgmmaWs
         | GemmPath::StreamK
+        | GemmPath::SharedA
         | GemmPath::Bulk => false,
         GemmPath::DequantCublas => true,
     };
@@ -2131,7 +2290,9 @@ pub fn int4_gemm_prepared<T: ActDtype>(
     // the tickets (W4A16_ENTRY, W4A16_DEC_ENTRY: the latter may read the
     // read-only weights before it) may take it; any other kernel launched
     // here is a plain launch.
-    let pdl = func_name.starts_with("w4a16_dec_") || func_name.starts_with("w4a16_gemm_");
+    let pdl = func_name.starts_with("w4a16_dec_")
+        || func_name.starts_with("w4a16_gemm_")
+        || func_name.starts_with("w4a16_sa_");
     let mut launch = KernelLaunch::new(dev, &func, func_name);
     arg_operands(&mut launch, a, w, c, (&ws.partials, &ws.tickets))
         .arg(&m_i32)
@@ -3182,9 +3343,10 @@ fn dequant_cublas<T: ActDtype>(
 mod tests {
     use super::{
         decode_launch_for, decode_ring_bytes, decode_smem_attr, decode_smem_bytes,
-        decode_smem_bytes_ring, decode_smem_limit_for, glu_call_for, short_ring_for, sk_smem_bytes,
-        sk_smem_limits, stream_k_launch_for, variant, DecodeShape, StreamKShape, DEC_MAX_M,
-        DEC_MAX_WARPS, DEC_SMEM_LIMIT, DEC_SMEM_LIMIT_WIDE, DEC_STAGES, MIN_CHUNKS_PER_SPLIT,
+        decode_smem_bytes_ring, decode_smem_limit_for, glu_call_for, shared_a_plan,
+        shared_a_variant, short_ring_for, sk_smem_bytes, sk_smem_limits, stream_k_launch_for,
+        variant, DecodeShape, StreamKShape, DEC_MAX_M, DEC_MAX_WARPS, DEC_SMEM_LIMIT,
+        DEC_SMEM_LIMIT_WIDE, DEC_STAGES, MIN_CHUNKS_PER_SPLIT, SA_MIN_CHUNKS, SA_WARPS,
         SHORT_RING_LONG, SHORT_RING_SHORT, SHORT_RING_WIDE, SK_MAX_BLOCK_WARPS, SK_MAX_M,
         SK_MIN_UNITS_PER_WARP,
     };
@@ -3786,6 +3948,38 @@ mod tests {
                 warps: 16
             })
         );
+    }
+
+    /// The shared-activation kernel: every variant's ring fits one block
+    /// in an sm_90 SM (227 KiB of dynamic shared memory per block), its
+    /// blocks cover every row and column, and the automatic splits keep the
+    /// grid within about one block per SM with at least SA_MIN_CHUNKS
+    /// chunks per split.
+    #[test]
+    fn shared_a_plans_cover_the_output_and_fit() {
+        for m in [1, 17, 32, 33, 64, 100] {
+            for nbw in [1, 2] {
+                for z in [false, true] {
+                    let v = shared_a_variant(m, nbw, z);
+                    assert!(v.smem_bytes() as usize <= 227 * 1024, "{v:?}");
+                    assert_eq!(v.name.ends_with("_z"), z, "{v:?}");
+                    assert!(v.name.contains(&format!("_n{nbw}")), "{v:?}");
+                }
+                for (n_pad, k_chunks) in [(4096, 64), (28672, 64), (4096, 224), (384, 16)] {
+                    let (v, p) = shared_a_plan(m, n_pad, k_chunks, false, nbw, 132, None);
+                    assert!(p.m_blocks * 16 * v.m_tiles >= m, "{p:?}");
+                    assert!(p.n_tiles * 16 * SA_WARPS * v.nb_per_warp >= n_pad, "{p:?}");
+                    assert!(
+                        p.splits >= 1 && p.splits <= (k_chunks / SA_MIN_CHUNKS).max(1),
+                        "{p:?}"
+                    );
+                    let blocks = p.m_blocks * p.n_tiles;
+                    assert!(p.splits == 1 || blocks * p.splits <= 132, "{p:?}");
+                    let (_, forced) = shared_a_plan(m, n_pad, k_chunks, false, nbw, 132, Some(7));
+                    assert_eq!(forced.splits, 7);
+                }
+            }
+        }
     }
 
     /// Resident blocks per SM promised by each variant fit in an sm_90 SM's

@@ -141,6 +141,16 @@ __device__ __forceinline__ void att_fill_ring(uint4* st_k, uint4* st_v, const u1
     }
 }
 
+// Keys per lane group in the decode kernels' shared-memory ring (4 KiB of
+// static shared memory per key): 4 by default (6 until session 23: 4 was
+// 0.4-1.1% faster at batch 1-8, 24 and at ctx 2048, 0.5-1% slower at batch
+// 12-16; docs/CUDA.md change 77); src/ops/attention.rs defines another depth
+// ahead of the source for measurements (MARLIN_CUDA_ATTN_RING, head_dim <=
+// 128 only, where 10 still fits 48 KiB).
+#ifndef ATT_RING_KEYS
+#define ATT_RING_KEYS 4
+#endif
+
 // Flags of the decode entries (the last kernel parameter; src/ops/attention.rs).
 #define ATT_FLAG_EARLY_KV 1  // fused entries: earlier keys read before the PDL wait
 #define ATT_FLAG_STAGE_KV 2  // the first keys of a split staged in shared memory
@@ -297,7 +307,7 @@ __device__ __forceinline__ void attn_decode_impl(
     // read back only by the lane that copied them: the sub-group's i-th key
     // k0 + sub + i * NSUB in slot i % PK, refilled with key i + PK once
     // used. Without staging, a ring of NP keys in registers.
-    constexpr int PK = 6;
+    constexpr int PK = ATT_RING_KEYS;
     constexpr int STAGE_BYTES = PK * 2 * 128 * 16;
     constexpr int O_BYTES = NSUB * GT * HD * 4;
     // sm_o (the block merge's scratch) shares its bytes with the staged

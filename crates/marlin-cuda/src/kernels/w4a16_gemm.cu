@@ -1869,6 +1869,286 @@ W4A16_DEC_ENTRY(w4a16_dec_m32z, 4, 8, true, false)
 #endif  // W4_FUSED_ENTRIES
 
 // ---------------------------------------------------------------------------
+// Shared-activation kernel (GemmPath::SharedA, M = 17..64; docs/CUDA.md
+// change 77). The general kernel above gives every warp its own copy of the
+// activation rows (at 64 rows, 16x the bytes of the warp's codes per chunk),
+// and the decode kernel holds a split's whole activation tile in shared
+// memory (at 32 rows it no longer fits beside enough warps). Here the
+// block's 8 warps share one activation tile per chunk, streamed through a
+// STAGES-deep ring with one block barrier per chunk (Marlin's structure),
+// and each warp multiplies it with NBW n16 column blocks of codes, so one
+// activation fragment feeds 2 x NBW mma and one dequantised code word feeds
+// MT x 2. Operands as in the general kernel: A (activations) the m16k16
+// fragment, the codes the k16n8 one, in the pack's K order (a lane's 16
+// reduction indices of a chunk are 16t .. 16t + 15 of the natural order).
+//
+// Activation rows in the ring are 128 bytes (64 halves), their eight
+// 16-byte units stored at unit ^ (row & 1): a lane reads unit 2t + jj of
+// rows g and g + 8, and the eight lanes of each 16-byte load phase (rows
+// 2p, 2p + 1) then hit eight distinct units. Rows >= M and K past the
+// tensor are zero-filled by the copies (K % 8 == 0: the host checks).
+//
+// Grid: x = m block (16 * MT rows), y = column block (8 * NBW n16 blocks),
+// z = K split. 256 threads. Split-K: fp32 partials + ticket, the last block
+// sums the splits in order (bit-deterministic), as the general kernel.
+#define W4_SA_WARPS 8
+
+template <int MT, int NBW>
+struct SaStage {
+    uint4 a[MT * 16][8];              // activation rows, swizzled units
+    uint4 w[W4_SA_WARPS][NBW][32];    // codes, lane-private
+    u32 s[W4_SA_WARPS][NBW][32];      // f16x2 scales
+    u32 z[W4_SA_WARPS][NBW][32];      // f16x2 -zero*scale (unused without Z)
+};
+
+template <int MT, int NBW, int STAGES, bool HAS_Z>
+__device__ __forceinline__ void w4a16_sa_body(
+    const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,
+    const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,
+    u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks, int group_k32,
+    int splits) {
+    extern __shared__ uint4 dyn_smem[];
+    SaStage<MT, NBW>* ring = reinterpret_cast<SaStage<MT, NBW>*>(dyn_smem);
+    const int tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int nb_count = n_pad >> 4;
+    const int m_base = blockIdx.x * 16 * MT;
+    const int nb0 = (blockIdx.y * W4_SA_WARPS + warp) * NBW;
+    const int split = blockIdx.z;
+    const int c_begin = (int)(((long long)split * k_chunks) / splits);
+    const int c_end = (int)(((long long)(split + 1) * k_chunks) / splits);
+    const int n_my = c_end - c_begin;
+
+    // This warp's column blocks: codes (tile nb / 4, chunk, slot nb % 4,
+    // lane), scale rows as the general kernel reads them. Column blocks past
+    // the weight (the last column block of the grid) read column block 0's
+    // codes and scales: no predication in the loop, never stored.
+    const int group_chunks = group_k32 >= 2 ? group_k32 >> 1 : 1;
+    const size_t lane_row = group_k32 >= 2 ? 0 : (size_t)(t >> 1) * nb_count * 8;
+    const size_t group_stride = (size_t)nb_count * 8 * (group_k32 >= 2 ? 1 : 2);
+    const uint4* wp[NBW];
+    const u32* sp[NBW];
+    const u32* zp[NBW];
+#pragma unroll
+    for (int h = 0; h < NBW; h++) {
+        const int nb = nb0 + h < nb_count ? nb0 + h : 0;
+        wp[h] = W + ((size_t)(nb >> 2) * k_chunks * 4 + (nb & 3)) * 32 + lane + (size_t)c_begin * 128;
+        sp[h] = S + (size_t)nb * 8 + g + lane_row;
+        zp[h] = HAS_Z ? Z + (size_t)nb * 8 + g + lane_row : nullptr;
+    }
+    // Activation copies: MT * 128 units of 16 bytes per chunk, MT / 2 per
+    // thread, each thread always the same (row, unit).
+    constexpr int A_UNITS = MT * 16 * 8 / (32 * W4_SA_WARPS);
+    static_assert(A_UNITS * 32 * W4_SA_WARPS == MT * 16 * 8, "activation units per thread");
+    const u16* a_src[A_UNITS];
+    u32 a_dst[A_UNITS];  // shared-memory offset in a stage
+    int a_k[A_UNITS];    // the unit's first reduction index in chunk c_begin
+#pragma unroll
+    for (int i = 0; i < A_UNITS; i++) {
+        const int id = tid + i * 32 * W4_SA_WARPS;
+        const int r = id >> 3, u = id & 7;
+        const int row = m_base + r;
+        a_k[i] = row < M ? c_begin * 64 + 8 * u : K;  // rows >= M: never "in"
+        a_src[i] = A + (size_t)(row < M ? row : 0) * K + c_begin * 64 + 8 * u;
+        a_dst[i] = (u32)(r * 8 + (u ^ (r & 1))) * 16;
+    }
+    const u32 ring_base = smem_addr(dyn_smem);
+    constexpr u32 STAGE_BYTES = sizeof(SaStage<MT, NBW>);
+    // Issue cursor: chunk c_begin + n_issued, its scale group tracked
+    // incrementally (no division in the loop).
+    int n_issued = 0;
+    int issue_rem = c_begin % group_chunks;
+    size_t issue_gi = (size_t)(c_begin / group_chunks) * group_stride;
+    auto issue_w = [&](int stage) {
+#pragma unroll
+        for (int h = 0; h < NBW; h++) {
+            cp_async16_cg(&ring[stage].w[warp][h][lane], wp[h] + (size_t)n_issued * 128, 16);
+            cp_async4(&ring[stage].s[warp][h][lane], sp[h] + issue_gi);
+            if (HAS_Z) cp_async4(&ring[stage].z[warp][h][lane], zp[h] + issue_gi);
+        }
+    };
+    auto issue_act = [&](int stage, int chunk_off) {
+#pragma unroll
+        for (int i = 0; i < A_UNITS; i++) {
+            const bool in = a_k[i] + chunk_off * 64 < K;
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;" ::"r"(ring_base + stage * STAGE_BYTES + a_dst[i]),
+                         "l"(in ? (const void*)(a_src[i] + chunk_off * 64) : (const void*)A), "r"(in ? 16 : 0));
+        }
+    };
+    auto advance = [&]() {
+        n_issued++;
+        if (++issue_rem == group_chunks) {
+            issue_rem = 0;
+            issue_gi += group_stride;
+        }
+    };
+
+    // The weights of the first STAGES - 1 chunks are read-only: issued
+    // before the PDL wait (one group), the activations after it (a group per
+    // chunk), so that the main loop's wait count stays STAGES - 2.
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; st++)
+        if (st < n_my) {
+            issue_w(st);
+            advance();
+        }
+    cp_async_commit();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; st++) {
+        if (st < n_my) issue_act(st, st);
+        cp_async_commit();
+    }
+
+    // Token tiles of 8 (the mma's n8): the block's 16 * MT rows.
+    constexpr int TT = 2 * MT;
+    float acc[NBW][TT][4];
+#pragma unroll
+    for (int h = 0; h < NBW; h++)
+#pragma unroll
+        for (int tt = 0; tt < TT; tt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[h][tt][i] = 0.0f;
+
+    int slot = 0;                // stage of chunk it
+    int fill = STAGES - 1;       // stage of chunk it + STAGES - 1
+#pragma unroll 1
+    for (int it = 0; it < n_my; it++) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();  // chunk it landed for every thread; chunk it - 1's stage is free
+        if (n_issued < n_my) {
+            issue_act(fill, n_issued);
+            issue_w(fill);
+            advance();
+        }
+        cp_async_commit();
+        const SaStage<MT, NBW>& sg = ring[slot];
+        slot = slot + 1 == STAGES ? 0 : slot + 1;
+        fill = fill + 1 == STAGES ? 0 : fill + 1;
+        uint4 wv[NBW];
+        u32 s0[NBW], s1[NBW], z0[NBW], z1[NBW];
+#pragma unroll
+        for (int h = 0; h < NBW; h++) {
+            wv[h] = sg.w[warp][h][lane];
+            const u32 sc = scale2_to_act2(sg.s[warp][h][lane]);
+            s0[h] = dup_lo(sc);
+            s1[h] = dup_hi(sc);
+            if (HAS_Z) {
+                const u32 zs = scale2_to_act2(sg.z[warp][h][lane]);
+                z0[h] = dup_lo(zs);
+                z1[h] = dup_hi(zs);
+            } else {
+                z0[h] = act2_mul(s0[h], ACT2_NEG8);  // -8 * scale, exact
+                z1[h] = act2_mul(s1[h], ACT2_NEG8);
+            }
+        }
+#pragma unroll
+        for (int jj = 0; jj < 2; jj++) {
+            // Token g of each tile: words 4jj .. 4jj + 3 of the lane's 16
+            // reduction indices, i.e. the k16n8 B fragments of k16 steps 2jj
+            // (x, y) and 2jj + 1 (z, w).
+            uint4 bv[TT];
+#pragma unroll
+            for (int tt = 0; tt < TT; tt++) bv[tt] = sg.a[tt * 8 + g][(2 * t + jj) ^ (g & 1)];
+#pragma unroll
+            for (int j2 = 0; j2 < 2; j2++) {
+                const int j = 2 * jj + j2;
+#pragma unroll
+                for (int h = 0; h < NBW; h++) {
+                    const u32 word = j == 0 ? wv[h].x : j == 1 ? wv[h].y : j == 2 ? wv[h].z : wv[h].w;
+                    u32 d[2][2];
+                    dequant_word(word, s0[h], s1[h], z0[h], z1[h], d);
+                    // The dequantised n16 block as the m16k16 A fragment
+                    // (rows = its 16 columns; docs: the decode kernel).
+                    const u32 wa[4] = {d[0][0], d[1][0], d[0][1], d[1][1]};
+#pragma unroll
+                    for (int tt = 0; tt < TT; tt++) {
+                        const u32 bf[2] = {j2 ? bv[tt].z : bv[tt].x, j2 ? bv[tt].w : bv[tt].y};
+                        mma_16816(acc[h][tt], wa, bf);
+                    }
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+    // Accumulator (h, tt, i): column (nb0 + h)*16 + g + 8*(i>>1) of token
+    // (row) m_base + tt*8 + 2t + (i&1).
+    if (splits == 1) {
+#pragma unroll
+        for (int h = 0; h < NBW; h++)
+#pragma unroll
+            for (int tt = 0; tt < TT; tt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int row = m_base + tt * 8 + 2 * t + (i & 1);
+                    const int col = (nb0 + h) * 16 + g + 8 * (i >> 1);
+                    if (nb0 + h < nb_count && row < M && col < N) C[(size_t)row * N + col] = f32_to_act(acc[h][tt][i]);
+                }
+        return;
+    }
+#pragma unroll
+    for (int h = 0; h < NBW; h++)
+#pragma unroll
+        for (int tt = 0; tt < TT; tt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int row = m_base + tt * 8 + 2 * t + (i & 1);
+                const int col = (nb0 + h) * 16 + g + 8 * (i >> 1);
+                if (nb0 + h < nb_count && row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[h][tt][i];
+            }
+    // One acq_rel ticket per block (atom_add_acq_rel_gpu, marlin_common.cuh).
+    __syncthreads();
+    __shared__ u32 is_last;
+    const int ticket_idx = blockIdx.y * gridDim.x + blockIdx.x;
+    if (tid == 0) is_last = atom_add_acq_rel_gpu(&tickets[ticket_idx]) == (u32)(splits - 1) ? 1u : 0u;
+    __syncthreads();
+    if (!is_last) return;
+#pragma unroll
+    for (int h = 0; h < NBW; h++)
+#pragma unroll
+        for (int tt = 0; tt < TT; tt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int row = m_base + tt * 8 + 2 * t + (i & 1);
+                const int col = (nb0 + h) * 16 + g + 8 * (i >> 1);
+                if (nb0 + h >= nb_count || row >= M) continue;
+                float sum = 0.0f;
+                for (int sp2 = 0; sp2 < splits; sp2++)
+                    sum += ld_cg_f32(&partials[((size_t)sp2 * M + row) * n_pad + col]);
+                if (col < N) C[(size_t)row * N + col] = f32_to_act(sum);
+            }
+    if (tid == 0) tickets[ticket_idx] = 0u;  // ready for the next launch
+}
+
+#define W4A16_SA_ENTRY(NAME, MT, NBW, STAGES, HAS_Z)                                               \
+    extern "C" __global__ void __launch_bounds__(32 * W4_SA_WARPS, 1) NAME(                          \
+        const u16* __restrict__ A, const uint4* __restrict__ W, const u32* __restrict__ S,           \
+        const u32* __restrict__ Z, u16* __restrict__ C, float* __restrict__ partials,                \
+        u32* __restrict__ tickets, int M, int N, int K, int n_pad, int k_chunks, int group_k32,      \
+        int splits) {                                                                                \
+        w4a16_sa_body<MT, NBW, STAGES, HAS_Z>(A, W, S, Z, C, partials, tickets, M, N, K, n_pad,     \
+                                              k_chunks, group_k32, splits);                          \
+    }
+
+// Keep in sync with `shared_a_variant` in src/int4/gemm.rs (names, tiles,
+// stages: it sizes the dynamic shared memory). `_z`: zero points.
+#ifndef W4_FUSED_ENTRIES
+W4A16_SA_ENTRY(w4a16_sa_mt2_n1, 2, 1, 8, false)
+W4A16_SA_ENTRY(w4a16_sa_mt2_n2, 2, 2, 8, false)
+W4A16_SA_ENTRY(w4a16_sa_mt4_n1, 4, 1, 8, false)
+W4A16_SA_ENTRY(w4a16_sa_mt4_n2, 4, 2, 8, false)
+W4A16_SA_ENTRY(w4a16_sa_mt2_n1_z, 2, 1, 8, true)
+W4A16_SA_ENTRY(w4a16_sa_mt2_n2_z, 2, 2, 8, true)
+W4A16_SA_ENTRY(w4a16_sa_mt4_n1_z, 4, 1, 8, true)
+W4A16_SA_ENTRY(w4a16_sa_mt4_n2_z, 4, 2, 8, true)
+#endif  // W4_FUSED_ENTRIES
+
+// ---------------------------------------------------------------------------
 // Stream-K decode kernel (M <= 16): a grid sized to the SMs (not to the
 // shape), in which every warp streams an equal contiguous share of the
 // weight's (n16 column block, 64-chunk) units, in column-block-major order.

@@ -54,7 +54,11 @@ fn attention_function(
         } else {
             ""
         };
-        format!("#define ATT_ONLY_HD {head_dim}\n{stamps}{SOURCE}")
+        let ring = match attn_ring_keys() {
+            Some(keys) if head_dim <= 128 => format!("#define ATT_RING_KEYS {keys}\n"),
+            _ => String::new(),
+        };
+        format!("#define ATT_ONLY_HD {head_dim}\n{stamps}{ring}{SOURCE}")
     });
     dev.function(MODULES[i], source, name, max_dynamic_smem)
 }
@@ -601,11 +605,11 @@ fn attn_early_kv_enabled() -> bool {
 }
 
 /// Whether the decode kernel streams its keys and values through a ring of
-/// 6 keys per lane group in shared memory (`cp.async`; the first 6 before
-/// the PDL wait where the fused entry reads early) instead of 2 in
-/// registers: not when `MARLIN_CUDA_ATTN_STAGE_KV=0` (measuring the
-/// difference; read once). A 48-key split then reads all of its keys
-/// before the wait, and longer splits keep 3x the bytes in flight. Same
+/// keys per lane group in shared memory (`cp.async`, 4 keys since session
+/// 23, 6 before: [`attn_ring_keys`]; the ring's first keys before the PDL
+/// wait where the fused entry reads early) instead of 2 in registers: not
+/// when `MARLIN_CUDA_ATTN_STAGE_KV=0` (measuring the difference; read
+/// once). Longer splits keep twice the bytes in flight. Same
 /// keys in the same order through the same key step, so the same results
 /// bit for bit (gpu_ops `attention_matches_reference` compares the two
 /// through [`AttnOverride::stage_kv`]).
@@ -694,6 +698,18 @@ fn cluster_fits(
 /// attention runs. None: the occupancy.
 fn attn_blocks_per_sm_override() -> Option<usize> {
     static KNOB: knobs::Count = knobs::Count::new("MARLIN_CUDA_ATTN_BLOCKS_PER_SM", 1..=64);
+    KNOB.get()
+}
+
+/// Keys per lane group in the decode kernels' shared-memory ring, when
+/// `MARLIN_CUDA_ATTN_RING=n` (1..=10; read once, before the module's first
+/// load) sets a depth other than the source's 4 (a measurement knob: only
+/// the ring's keys are read before the PDL wait, and the ring's shared
+/// memory decides what of the next GEMM fits beside the attention blocks;
+/// docs/CUDA.md change 77). Head dims above 128 keep the default (their
+/// query staging leaves no room for 10 in 48 KiB of static shared memory).
+fn attn_ring_keys() -> Option<usize> {
+    static KNOB: knobs::Count = knobs::Count::new("MARLIN_CUDA_ATTN_RING", 1..=10);
     KNOB.get()
 }
 
