@@ -2286,10 +2286,11 @@ pub fn int4_gemm_prepared<T: ActDtype>(
         .decode
         .map_or((0, 0), |d| (d.nbpb as i32, d.k_slices as i32));
     // Programmatic dependent launch (ops::launch, decode step): only the
-    // entries that run w4_pdl_enter before touching A, C, the partials or
-    // the tickets (W4A16_ENTRY, W4A16_DEC_ENTRY: the latter may read the
-    // read-only weights before it) may take it; any other kernel launched
-    // here is a plain launch.
+    // entries that wait for their predecessor (w4_pdl_enter or
+    // griddepcontrol.wait) before touching A, C, the partials or the
+    // tickets (W4A16_ENTRY; W4A16_DEC_ENTRY and W4A16_SA_ENTRY, which may
+    // read the read-only weights before it) may take it; any other kernel
+    // launched here is a plain launch.
     let pdl = func_name.starts_with("w4a16_dec_")
         || func_name.starts_with("w4a16_gemm_")
         || func_name.starts_with("w4a16_sa_");

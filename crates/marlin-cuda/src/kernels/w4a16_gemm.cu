@@ -2077,8 +2077,9 @@ __device__ __forceinline__ void w4a16_sa_body(
     cp_async_wait<0>();
 
     // Accumulator (h, tt, i): column (nb0 + h)*16 + g + 8*(i>>1) of token
-    // (row) m_base + tt*8 + 2t + (i&1).
-    if (splits == 1) {
+    // (row) m_base + tt*8 + 2t + (i&1); `each` calls f(value, row, col,
+    // whether the element exists) for every one, in one order.
+    auto each = [&](auto&& f) {
 #pragma unroll
         for (int h = 0; h < NBW; h++)
 #pragma unroll
@@ -2087,20 +2088,18 @@ __device__ __forceinline__ void w4a16_sa_body(
                 for (int i = 0; i < 4; i++) {
                     const int row = m_base + tt * 8 + 2 * t + (i & 1);
                     const int col = (nb0 + h) * 16 + g + 8 * (i >> 1);
-                    if (nb0 + h < nb_count && row < M && col < N) C[(size_t)row * N + col] = f32_to_act(acc[h][tt][i]);
+                    f(acc[h][tt][i], row, col, nb0 + h < nb_count && row < M);
                 }
+    };
+    if (splits == 1) {
+        each([&](float v, int row, int col, bool in) {
+            if (in && col < N) C[(size_t)row * N + col] = f32_to_act(v);
+        });
         return;
     }
-#pragma unroll
-    for (int h = 0; h < NBW; h++)
-#pragma unroll
-        for (int tt = 0; tt < TT; tt++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int row = m_base + tt * 8 + 2 * t + (i & 1);
-                const int col = (nb0 + h) * 16 + g + 8 * (i >> 1);
-                if (nb0 + h < nb_count && row < M) partials[((size_t)split * M + row) * n_pad + col] = acc[h][tt][i];
-            }
+    each([&](float v, int row, int col, bool in) {
+        if (in) partials[((size_t)split * M + row) * n_pad + col] = v;
+    });
     // One acq_rel ticket per block (atom_add_acq_rel_gpu, marlin_common.cuh).
     __syncthreads();
     __shared__ u32 is_last;
@@ -2108,20 +2107,12 @@ __device__ __forceinline__ void w4a16_sa_body(
     if (tid == 0) is_last = atom_add_acq_rel_gpu(&tickets[ticket_idx]) == (u32)(splits - 1) ? 1u : 0u;
     __syncthreads();
     if (!is_last) return;
-#pragma unroll
-    for (int h = 0; h < NBW; h++)
-#pragma unroll
-        for (int tt = 0; tt < TT; tt++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int row = m_base + tt * 8 + 2 * t + (i & 1);
-                const int col = (nb0 + h) * 16 + g + 8 * (i >> 1);
-                if (nb0 + h >= nb_count || row >= M) continue;
-                float sum = 0.0f;
-                for (int sp2 = 0; sp2 < splits; sp2++)
-                    sum += ld_cg_f32(&partials[((size_t)sp2 * M + row) * n_pad + col]);
-                if (col < N) C[(size_t)row * N + col] = f32_to_act(sum);
-            }
+    each([&](float, int row, int col, bool in) {
+        if (!in) return;
+        float sum = 0.0f;
+        for (int sp = 0; sp < splits; sp++) sum += ld_cg_f32(&partials[((size_t)sp * M + row) * n_pad + col]);
+        if (col < N) C[(size_t)row * N + col] = f32_to_act(sum);
+    });
     if (tid == 0) tickets[ticket_idx] = 0u;  // ready for the next launch
 }
 
