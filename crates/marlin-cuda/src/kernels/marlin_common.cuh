@@ -246,6 +246,16 @@ __device__ __forceinline__ float ld_cg_f32(const float* p) {
     return r;
 }
 
+// The split-K sum of one output element (row, col): the splits' fp32
+// partials, laid out (splits, M, n_pad), added in split order so that the
+// result never depends on which block finished last (bit-deterministic).
+__device__ __forceinline__ float split_k_sum(const float* partials, int row, int col, int M, int n_pad,
+                                             int splits) {
+    float sum = 0.0f;
+    for (int s = 0; s < splits; s++) sum += ld_cg_f32(&partials[((size_t)s * M + row) * n_pad + col]);
+    return sum;
+}
+
 // Tickets of split reductions (the last block of a tile to finish sums the
 // others' partials). After a barrier of the threads that stored partials,
 // ONE thread's gpu-scope acq_rel add releases all of their stores (PTX

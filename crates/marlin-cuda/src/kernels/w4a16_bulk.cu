@@ -267,8 +267,7 @@ extern "C" __global__ void __launch_bounds__(BULK_THREADS) w4a16_bulk_m8(
         const int row = 2 * t + (e & 1);
         const int col = nb * 16 + g + 8 * (e >> 1);
         if (row < M) {
-            float sum = 0.0f;
-            for (int s = 0; s < splits; s++) sum += ld_cg_f32(&partials[((size_t)s * M + row) * n_pad + col]);
+            const float sum = split_k_sum(partials, row, col, M, n_pad, splits);
             if (col < N) C[(size_t)row * N + col] = f32_to_f16(sum);
         }
     }

@@ -360,9 +360,7 @@ __device__ __forceinline__ void w4a16_body(
                 const int row = m_base + mt * 16 + g + 8 * (i >> 1);
                 const int col = nb * 16 + h * 8 + 2 * t + (i & 1);
                 if (row < M) {
-                    float sum = 0.0f;
-                    for (int s = 0; s < splits; s++)
-                        sum += ld_cg_f32(&partials[((size_t)s * M + row) * n_pad + col]);
+                    const float sum = split_k_sum(partials, row, col, M, n_pad, splits);
                     if (col < N) C[(size_t)row * N + col] = f32_to_act(sum);
                 }
             }
@@ -1808,11 +1806,7 @@ __device__ __forceinline__ void w4a16_dec_body(
             for (int i = 0; i < 4; i++) {
                 const int row = m_base + r * 8 + 2 * t + (i & 1);
                 const int col = nb * 16 + g + 8 * (i >> 1);
-                float sum = 0.0f;
-                if (row < M)
-                    for (int sp_i = 0; sp_i < splits; sp_i++)
-                        sum += ld_cg_f32(&partials[((size_t)sp_i * M + row) * n_pad + col]);
-                sums[r][i] = sum;
+                sums[r][i] = row < M ? split_k_sum(partials, row, col, M, n_pad, splits) : 0.0f;
             }
         finish(sums);
     } else {
@@ -1823,9 +1817,7 @@ __device__ __forceinline__ void w4a16_dec_body(
                 const int row = m_base + r * 8 + 2 * t + (i & 1);
                 const int col = nb * 16 + g + 8 * (i >> 1);
                 if (row < M) {
-                    float sum = 0.0f;
-                    for (int sp_i = 0; sp_i < splits; sp_i++)
-                        sum += ld_cg_f32(&partials[((size_t)sp_i * M + row) * n_pad + col]);
+                    const float sum = split_k_sum(partials, row, col, M, n_pad, splits);
                     if (col < N)
                         w4_fused_store<EPI>(C, R, (size_t)row * N + col,
                                             row_scale ? sum * inv_row[row_scale ? row - m_base : 0] : sum);
@@ -2109,8 +2101,7 @@ __device__ __forceinline__ void w4a16_sa_body(
     if (!is_last) return;
     each([&](float, int row, int col, bool in) {
         if (!in) return;
-        float sum = 0.0f;
-        for (int sp = 0; sp < splits; sp++) sum += ld_cg_f32(&partials[((size_t)sp * M + row) * n_pad + col]);
+        const float sum = split_k_sum(partials, row, col, M, n_pad, splits);
         if (col < N) C[(size_t)row * N + col] = f32_to_act(sum);
     });
     if (tid == 0) tickets[ticket_idx] = 0u;  // ready for the next launch

@@ -352,9 +352,7 @@ __device__ __forceinline__ void wx_body(const u16* __restrict__ A, const uint4* 
             const int row = m_base + r * 8 + 2 * t + (i & 1);
             const int col = nb * 16 + g + 8 * (i >> 1);
             if (row < M) {
-                float sum = 0.0f;
-                for (int sp_i = 0; sp_i < splits; sp_i++)
-                    sum += ld_cg_f32(&partials[((size_t)sp_i * M + row) * n_pad + col]);
+                const float sum = split_k_sum(partials, row, col, M, n_pad, splits);
                 if (col < N) C[(size_t)row * N + col] = f32_to_act(sum);
             }
         }
