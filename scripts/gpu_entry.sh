@@ -18,6 +18,7 @@
 #                             MARLIN_WGMMA_WS_OLD_EPILOGUE=1
 #                             and gpu_decoder's model checks with MARLIN_CUDA_NORM_VEC=0
 #   MARLIN_BENCH_GEMM=0       skip the GEMM benchmark
+#   MARLIN_ATTN_PEER=0        skip PyTorch's attention peers (scripts/gpu_attn_peer.py)
 #   MARLIN_BENCH_DECODE=0     skip `marlin bench decode` (Llama-3.1-8B-shaped INT4)
 #   MARLIN_BENCH_DECODE_ARGS  its arguments (default: --batch 1,8,32 --ctx 512)
 #   MARLIN_BENCH_DECODE_GLU_AB=1  also the decode bench at batch 1, 4 with the GLU
@@ -124,6 +125,12 @@ if [ "${MARLIN_TESTS:-1}" != 0 ]; then
         fi
     done
 fi
+# PyTorch's attention (FlashAttention-2, cuDNN) and a dense f16 GEMM on the
+# shapes of gpu_ops' prefill benchmark: the peers of its BENCH lines, timed in
+# the same run (MARLIN_ATTN_PEER=0 skips it).
+if [ "${MARLIN_ATTN_PEER:-1}" != 0 ] && [ -f scripts/gpu_attn_peer.py ]; then
+    step "peer attention (PyTorch)" "$out/peer_attention.log" python3 scripts/gpu_attn_peer.py
+fi
 # The opt-in stream-K INT4 kernel is timed (`sk us` column, decode bench
 # below) only after its own test binary passed in this run: a fault of an
 # unmeasured kernel must not cost the benchmark tables.
@@ -200,6 +207,12 @@ if [ -n "${MARLIN_NCU:-}" ]; then
     fi
 fi
 
+if [ -f "$out/test_gpu_ops-test.log" ]; then
+    echo
+    echo "================ attention benchmark (gpu_ops) and its PyTorch peers ================"
+    grep -E "^BENCH" "$out/test_gpu_ops-test.log"
+    grep -E "^PEER" "$out/peer_attention.log" 2>/dev/null
+fi
 if [ -f "$out/bench_gemm.log" ]; then
     echo
     echo "================ GEMM benchmark ================"

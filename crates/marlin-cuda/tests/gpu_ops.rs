@@ -612,13 +612,26 @@ fn check_attention(
             ring[0][i], ring[1][i]
         );
     }
-    for (name, got) in [
-        ("decode", run(ops::attention_decode as AttnFn)),
-        ("decode (register ring)", ring.swap_remove(1)),
-        ("decode (one split per row)", one_split),
-        ("decode (cluster merge forced on)", cluster_out),
-        ("prefill", run(ops::attention_prefill as AttnFn)),
-        ("auto", run(ops::attention as AttnFn)),
+    // `attention` takes the tensor-core prefill kernel above the decode
+    // kernel's row count (head_dim 64 / 128 / 256).
+    let auto_tc = rows > ops::DECODE_MAX_ROWS.max(n_seqs) && [64, 128, 256].contains(&c.hd);
+    let auto_tol = if auto_tc { PREFILL_TC_TOL } else { 2e-4 };
+    for (name, got, tol) in [
+        ("decode", run(ops::attention_decode as AttnFn), 2e-4),
+        ("decode (register ring)", ring.swap_remove(1), 2e-4),
+        ("decode (one split per row)", one_split, 2e-4),
+        ("decode (cluster merge forced on)", cluster_out, 2e-4),
+        (
+            "prefill (CUDA cores)",
+            run(ops::attention_prefill_scalar as AttnFn),
+            2e-4,
+        ),
+        (
+            "prefill (tensor cores)",
+            run(ops::attention_prefill_tc as AttnFn),
+            PREFILL_TC_TOL,
+        ),
+        ("auto", run(ops::attention as AttnFn), auto_tol),
     ] {
         let max_err = got
             .iter()
@@ -630,7 +643,7 @@ fn check_attention(
             got[..want.len()].iter().all(|x| x.is_finite()),
             "{what}: non-finite output"
         );
-        assert!(max_err <= 2e-4, "{what}: max error {max_err:.2e}");
+        assert!(max_err <= tol, "{what}: max error {max_err:.2e}");
         assert!(
             got[want.len()..].iter().all(|x| x.is_nan()),
             "{what}: wrote past out"
@@ -639,6 +652,11 @@ fn check_attention(
     }
     cluster_launches
 }
+
+/// Largest |error| of the tensor-core prefill kernel against the f64
+/// reference (values in [-1, 1]): it rounds the scaled queries and the
+/// probabilities to f16 (the f32 kernels: 2e-4).
+const PREFILL_TC_TOL: f32 = 2e-3;
 
 type AttnFn = fn(
     &CudaDevice,
@@ -705,6 +723,17 @@ fn attention_matches_reference() {
                 window,
                 softcap,
                 rows,
+            });
+            // A whole causal prefill of sequence 0 (every position of the
+            // cache): several row blocks and key tiles, the diagonal tiles
+            // masked, the others not.
+            cases.push(AttnCase {
+                n_heads,
+                n_kv,
+                hd,
+                window,
+                softcap,
+                rows: (0..cap as i32).map(|i| (0, i)).collect(),
             });
         }
     }
@@ -1362,8 +1391,9 @@ fn time_us(dev: &CudaDevice, reps: usize, mut f: impl FnMut()) -> f64 {
 
 /// Decode attention at context 4096 (32 heads / 8 kv heads, head_dim 128)
 /// for batch 1, 8 and 32: time per call and KV bytes read per second,
-/// against the device-to-device copy bandwidth of the same run; then a
-/// 512-token prefill and sampling at Gemma's vocabulary.
+/// against the device-to-device copy bandwidth of the same run; then causal
+/// prefills of 512 / 2048 / 4096 tokens (both prefill kernels) and sampling
+/// at Gemma's vocabulary.
 #[test]
 #[ignore = "benchmark: run with --include-ignored on the GPU machine"]
 fn bench_decode_attention() {
@@ -1405,19 +1435,38 @@ fn bench_decode_attention() {
             100.0 * tbps / copy_tbps
         );
     }
-    let rows = 512;
-    let q = up(&dev, &rand_vec(&mut r, rows * n_heads * hd, -1.0, 1.0));
-    let sd = up(&dev, &vec![0i32; rows]);
-    let pd = up(&dev, &(0..rows as i32).collect::<Vec<_>>());
-    let mut out = dev.alloc_zeros::<f32>("out", rows * n_heads * hd).unwrap();
-    let us = time_us(&dev, 10, || {
-        ops::attention(&dev, &p, &q, &cache, 0, rows, &sd, &pd, &mut out).unwrap()
-    });
-    let flops = 4.0 * (rows * (rows + 1) / 2 * n_heads * hd) as f64;
-    println!(
-        "BENCH attention prefill {rows} tokens h{n_heads}/kv{n_kv} hd{hd}: {us:8.1} us  {:.1} TFLOP/s",
-        flops / (us * 1e-6) / 1e12
-    );
+    // Causal prefill of one sequence (positions 0..rows), both kernels, f32
+    // and f16 output; scripts/gpu_attn_peer.py times PyTorch's
+    // scaled_dot_product_attention (FlashAttention-2 / cuDNN) and a dense
+    // f16 GEMM on the same shapes for the summary.
+    for rows in [512, 2048, 4096] {
+        let q = up(&dev, &rand_vec(&mut r, rows * n_heads * hd, -1.0, 1.0));
+        let sd = up(&dev, &vec![0i32; rows]);
+        let pd = up(&dev, &(0..rows as i32).collect::<Vec<_>>());
+        let mut out = dev.alloc_zeros::<f32>("out", rows * n_heads * hd).unwrap();
+        let mut out_h = dev.alloc_zeros::<f16>("out", rows * n_heads * hd).unwrap();
+        let flops = 4.0 * (rows * (rows + 1) / 2 * n_heads * hd) as f64;
+        let tflops = |us: f64| flops / (us * 1e-6) / 1e12;
+        let reps = (20 * 512 / rows).max(2);
+        let scalar = time_us(&dev, reps.div_ceil(8), || {
+            ops::attention_prefill_scalar(&dev, &p, &q, &cache, 0, rows, &sd, &pd, &mut out)
+                .unwrap()
+        });
+        let tc = time_us(&dev, reps, || {
+            ops::attention_prefill_tc(&dev, &p, &q, &cache, 0, rows, &sd, &pd, &mut out).unwrap()
+        });
+        let tc_h = time_us(&dev, reps, || {
+            ops::attention_prefill_tc(&dev, &p, &q, &cache, 0, rows, &sd, &pd, &mut out_h).unwrap()
+        });
+        println!(
+            "BENCH attention prefill {rows} tokens h{n_heads}/kv{n_kv} hd{hd} causal: \
+             tensor cores {tc:8.1} us {:6.1} TFLOP/s (f16 out {tc_h:8.1} us {:6.1}), \
+             CUDA cores {scalar:9.1} us {:5.1} TFLOP/s",
+            tflops(tc),
+            tflops(tc_h),
+            tflops(scalar)
+        );
+    }
     let vocab = 262_144;
     for batch in [1, 32] {
         let logits = up(&dev, &rand_vec(&mut r, batch * vocab, -20.0, 20.0));

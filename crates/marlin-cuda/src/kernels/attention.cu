@@ -1067,3 +1067,408 @@ ATTN_PREFILL_ENTRY(128)
 #if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 256
 ATTN_PREFILL_ENTRY(256)
 #endif
+
+// ------------------------------------------------- prefill on tensor cores
+// attn_prefill_tc*_*: FlashAttention-2's loop on mma.sync m16n8k16 (f16
+// operands, f32 accumulation; sm_80+). One block of 4 warps per tile of
+// 64 * MT query vectors (rows x heads of one kv head, as attn_prefill_*);
+// warp w owns MT m16 tiles of vectors (the mma's M). Key and value tiles of
+// KT keys stream through a 2-stage cp.async ring in shared memory that the
+// 4 warps share. Per key tile a warp computes its scores (each K fragment
+// loaded once for its MT m16 tiles; Q fragments from registers when they
+// fit, else from shared memory), masks and soft-caps them in f32, keeps the
+// online softmax per row in the log2 domain (max over the lane quad that
+// holds a row), turns the probabilities into the f16 A fragments of the
+// P·V product in registers (the score accumulators of two n8 tiles are one
+// m16k16 A fragment) and accumulates P·V (each V fragment loaded once for
+// the MT tiles). Queries are scaled in f32 and rounded to f16 once;
+// probabilities are rounded to f16: tolerance in tests/gpu_ops.rs (about
+// 1e-3 of |V|, the rounding the f16 GEMM path applies to the output
+// anyway). Rows of several sequences in one tile take one pass per distinct
+// sequence; a warp skips the tiles outside all of its rows' key ranges and
+// masks only the tiles that cross a boundary. Blocks run last row tile
+// first: under a causal mask the longest rows start in the first wave.
+template <int HD, int MT>
+struct AttTc {
+    static constexpr int QV = 64 * MT;              // query vectors per block
+    static constexpr int KT = HD <= 128 ? 64 : 32;  // keys per tile
+    static constexpr int RS = HD + 8;  // shared row stride in halves (16 B pad: the 8 rows
+                                       // of an ldmatrix hit distinct banks)
+    static constexpr bool QREG = MT == 1 && HD <= 128;  // Q fragments kept in registers
+};
+
+// ldmatrix at a shared-memory byte address (a lane base plus a compile-time
+// offset, which ptxas folds into the instruction).
+__device__ __forceinline__ void att_ldsm_x4(u32 (&r)[4], u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void att_ldsm_x4_trans(u32 (&r)[4], u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+// A compile-time boolean as a value (the generic tile body of
+// attn_prefill_tc_impl is instantiated with and without its mask).
+template <bool B>
+struct AttBool {
+    static constexpr bool value = B;
+};
+__device__ __forceinline__ u32 att_f16x2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+// D += A (16 x 16, f16, row) * B (16 x 8, f16, col), f32 accumulators.
+__device__ __forceinline__ void att_mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Keys [t0, t0 + KT) of one head into a ring stage (rows of RS halves) by
+// the block's 128 threads: thread i copies 16-byte unit i % (HD / 8) of keys
+// i / (HD / 8) + j * (128 / (HD / 8)); keys at or past khi are zeros (their
+// probabilities are 0, and 0 times a stale value could be NaN).
+template <int HD, int KT, int RS>
+__device__ __forceinline__ void att_tc_load_tile(u16* sk, u16* sv, const u16* k_head,
+                                                 const u16* v_head, int t0, int khi) {
+    constexpr int UNITS = HD / 8;         // 16-byte units per key
+    constexpr int KSTEP = 128 / UNITS;    // keys per round of the block
+    static_assert(KT % KSTEP == 0, "key tile not a multiple of a round");
+    const int t = threadIdx.x / UNITS, u = threadIdx.x % UNITS;
+    u16* dk = sk + t * RS + u * 8;
+    u16* dv = sv + t * RS + u * 8;
+    const long long off = (long long)(t0 + t) * HD + u * 8;
+#pragma unroll
+    for (int j = 0; j < KT / KSTEP; ++j) {
+        if (t0 + t + j * KSTEP < khi) {
+            att_cp_async16(dk + j * KSTEP * RS, k_head + off + j * KSTEP * HD);
+            att_cp_async16(dv + j * KSTEP * RS, v_head + off + j * KSTEP * HD);
+        } else {
+            *reinterpret_cast<uint4*>(dk + j * KSTEP * RS) = make_uint4(0, 0, 0, 0);
+            *reinterpret_cast<uint4*>(dv + j * KSTEP * RS) = make_uint4(0, 0, 0, 0);
+        }
+    }
+}
+
+template <int HD, int MT, typename OutT>
+__device__ __forceinline__ void attn_prefill_tc_impl(
+    const float* __restrict__ q, const u16* __restrict__ k_cache, const u16* __restrict__ v_cache,
+    const int* __restrict__ row_seq, const int* __restrict__ row_pos, OutT* __restrict__ out,
+    int rows, int n_heads, int n_kv_heads, int group, int heads_per_block, int rows_per_block,
+    int n_layers, int layer, int n_seqs, int capacity, float q_scale, float softcap,
+    int window) {
+    using C = AttTc<HD, MT>;
+    constexpr int QV = C::QV, KT = C::KT, RS = C::RS;
+    constexpr int NT = KT / 8;   // n8 score tiles per key tile
+    constexpr int DT = HD / 8;   // n8 output tiles
+    constexpr int QK = HD / 16;  // k16 steps of Q·Kᵀ
+    constexpr int PK = KT / 16;  // k16 steps of P·V
+    extern __shared__ __align__(16) u16 atc_smem[];
+    u16* sq = atc_smem;          // (QV, RS)
+    u16* sk = sq + QV * RS;      // 2 stages x (KT, RS)
+    u16* sv = sk + 2 * KT * RS;  // 2 stages x (KT, RS)
+    // Per query vector: sequence and key range; for the first vector of
+    // each sequence in the tile the union of that sequence's ranges (else
+    // -1: not a pass leader).
+    __shared__ int s_seq[QV], s_lo[QV], s_hi[QV], s_plo[QV], s_phi[QV];
+
+    const int head_chunks = (group + heads_per_block - 1) / heads_per_block;
+    const int kvh = blockIdx.y / head_chunks;
+    const int chunk = blockIdx.y % head_chunks;
+    const int h0 = kvh * group + chunk * heads_per_block;
+    const int gh = min(heads_per_block, group - chunk * heads_per_block);
+    const int r0 = (gridDim.x - 1 - blockIdx.x) * rows_per_block;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, tq = lane & 3;
+
+    for (int v = threadIdx.x; v < QV; v += blockDim.x) {
+        const int rl = v / heads_per_block, hh = v % heads_per_block, r = r0 + rl;
+        int lo = 0, hi = 0, seq = -1;
+        if (rl < rows_per_block && r < rows && hh < gh) {
+            seq = row_seq[r];
+            att_range(seq, row_pos[r], n_seqs, capacity, window, lo, hi);
+            if (hi == 0) seq = -1;
+        }
+        s_seq[v] = seq;
+        s_lo[v] = lo;
+        s_hi[v] = hi;
+    }
+    for (int idx = threadIdx.x; idx < QV * (HD / 2); idx += blockDim.x) {
+        const int v = idx / (HD / 2), d2 = idx % (HD / 2);
+        const int rl = v / heads_per_block, hh = v % heads_per_block, r = r0 + rl;
+        float2 x = make_float2(0.0f, 0.0f);
+        if (rl < rows_per_block && r < rows && hh < gh)
+            x = reinterpret_cast<const float2*>(q + ((long long)r * n_heads + h0 + hh) * HD)[d2];
+        reinterpret_cast<u32*>(sq + v * RS)[d2] = att_f16x2(x.x * q_scale, x.y * q_scale);
+    }
+    __syncthreads();
+    for (int v = threadIdx.x; v < QV; v += blockDim.x) {
+        const int seq = s_seq[v];
+        int plo = -1, phi = -1;
+        if (seq >= 0) {
+            bool first = true;
+            plo = s_lo[v];
+            phi = s_hi[v];
+            for (int u = 0; u < QV; ++u) {
+                if (s_seq[u] != seq) continue;
+                if (u < v) first = false;
+                plo = min(plo, s_lo[u]);
+                phi = max(phi, s_hi[u]);
+            }
+            if (!first) plo = phi = -1;
+        }
+        s_plo[v] = plo;
+        s_phi[v] = phi;
+    }
+    __syncthreads();
+
+    // This lane's rows: m16 tile mt of the warp, rows g (a) and g + 8 (b).
+    const int vbase = warp * 16 * MT + g;
+    // Lane addresses (bytes) of the ldmatrix operands: Q rows (A, m16k16),
+    // K rows (B of Q·Kᵀ: keys 8nt + lane % 8 (+ 8 for lanes 16-31), d + 8 for
+    // lanes 8-15 / 24-31), V rows (B of P·V, transposed: keys + 8 for lanes
+    // 8-15 / 24-31, d + 8 for lanes 16-31).
+    const u32 q_lane = smem_addr(sq) +
+                       2u * ((warp * 16 * MT + (lane & 15)) * RS + (lane >> 4) * 8);
+    const u32 k_lane = smem_addr(sk) + 2u * (((lane >> 4) * 8 + (lane & 7)) * RS +
+                                             ((lane >> 3) & 1) * 8);
+    const u32 v_lane = smem_addr(sv) + 2u * ((((lane >> 3) & 1) * 8 + (lane & 7)) * RS +
+                                             (lane >> 4) * 8);
+    u32 qf[C::QREG ? QK : 1][4];
+    if constexpr (C::QREG) {
+#pragma unroll
+        for (int ks = 0; ks < QK; ++ks) att_ldsm_x4(qf[ks], q_lane + 2u * ks * 16);
+    }
+
+    float o[MT][DT][4];
+    float m[MT][2], l[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.0f;
+        m[mt][0] = m[mt][1] = ATT_NEG_INF;
+        l[mt][0] = l[mt][1] = 0.0f;
+    }
+
+    for (int leader = 0; leader < QV; ++leader) {
+        const int klo = s_plo[leader], khi = s_phi[leader];
+        if (klo < 0) continue;
+        const int seq = s_seq[leader];
+        // Key ranges of this lane's rows in this pass (empty off the
+        // sequence); over the warp's rows the union (skip test) and the
+        // intersection (tiles inside it need no mask).
+        int lo[MT][2], hi[MT][2];
+        int w_lo = 0x7fffffff, w_hi = 0, w_maxlo = 0, w_minhi = 0x7fffffff;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int v = vbase + mt * 16 + h * 8;
+                const bool in = s_seq[v] == seq;
+                lo[mt][h] = in ? s_lo[v] : 0x7fffffff;
+                hi[mt][h] = in ? s_hi[v] : 0;
+                w_lo = min(w_lo, lo[mt][h]);
+                w_hi = max(w_hi, hi[mt][h]);
+                w_maxlo = max(w_maxlo, lo[mt][h]);
+                w_minhi = min(w_minhi, hi[mt][h]);
+            }
+        }
+#pragma unroll
+        for (int off = 4; off < 32; off <<= 1) {
+            w_lo = min(w_lo, __shfl_xor_sync(0xffffffffu, w_lo, off));
+            w_hi = max(w_hi, __shfl_xor_sync(0xffffffffu, w_hi, off));
+            w_maxlo = max(w_maxlo, __shfl_xor_sync(0xffffffffu, w_maxlo, off));
+            w_minhi = min(w_minhi, __shfl_xor_sync(0xffffffffu, w_minhi, off));
+        }
+        const long long base = att_head_base(seq, layer, n_layers, kvh, n_kv_heads, capacity, HD);
+        const u16* k_head = k_cache + base;
+        const u16* v_head = v_cache + base;
+        const int n_tiles = (khi - klo + KT - 1) / KT;
+        __syncthreads();  // the previous pass's last tile fully read
+        att_tc_load_tile<HD, KT, RS>(sk, sv, k_head, v_head, klo, khi);
+        cp_async_commit();
+        for (int it = 0; it < n_tiles; ++it) {
+            const int t0 = klo + it * KT;
+            if (it + 1 < n_tiles) {
+                const int st = (it + 1) & 1;
+                att_tc_load_tile<HD, KT, RS>(sk + st * KT * RS, sv + st * KT * RS, k_head,
+                                             v_head, t0 + KT, khi);
+            }
+            cp_async_commit();
+            cp_async_wait<1>();
+            __syncthreads();
+            const u32 stage = 2u * (it & 1) * KT * RS;
+            // One key tile of the warp's rows; MASK: the tile crosses a row's
+            // key range (else every score is kept and no compare is issued).
+            auto tile = [&](auto mask_tag) {
+                constexpr bool MASK = decltype(mask_tag)::value;
+                float s[MT][NT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int nt = 0; nt < NT; ++nt)
+                        s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
+#pragma unroll
+                for (int ks = 0; ks < QK; ++ks) {
+                    u32 a[MT][4];
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        if constexpr (C::QREG) {
+#pragma unroll
+                            for (int i = 0; i < 4; ++i) a[mt][i] = qf[ks][i];
+                        } else {
+                            att_ldsm_x4(a[mt], q_lane + 2u * (mt * 16 * RS + ks * 16));
+                        }
+                    }
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt += 2) {
+                        u32 b[4];
+                        att_ldsm_x4(b, k_lane + stage + 2u * (nt * 8 * RS + ks * 16));
+#pragma unroll
+                        for (int mt = 0; mt < MT; ++mt) {
+                            att_mma(s[mt][nt], a[mt], b[0], b[1]);
+                            att_mma(s[mt][nt + 1], a[mt], b[2], b[3]);
+                        }
+                    }
+                }
+                u32 pa[MT][PK][4];
+                bool rescale = false;
+                float corr[MT][2];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    float mx[2] = {ATT_NEG_INF, ATT_NEG_INF};
+#pragma unroll
+                    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) {
+                            float x = softcap_log2(s[mt][nt][j], softcap);
+                            if constexpr (MASK) {
+                                const int key = t0 + nt * 8 + tq * 2 + (j & 1);
+                                const int h = j >> 1;
+                                x = key >= lo[mt][h] && key < hi[mt][h] ? x : ATT_NEG_INF;
+                            }
+                            s[mt][nt][j] = x;
+                        }
+                        mx[0] = fmaxf(mx[0], fmaxf(s[mt][nt][0], s[mt][nt][1]));
+                        mx[1] = fmaxf(mx[1], fmaxf(s[mt][nt][2], s[mt][nt][3]));
+                    }
+                    float mu[2];
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+                        for (int off = 1; off < 4; off <<= 1)
+                            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], off));
+                        const float mn = fmaxf(m[mt][h], mx[h]);
+                        // A row with no key yet keeps m = -inf: subtract 0 instead.
+                        mu[h] = mn == ATT_NEG_INF ? 0.0f : mn;
+                        corr[mt][h] = exp2f(m[mt][h] - mu[h]);
+                        rescale |= mn != m[mt][h];
+                        m[mt][h] = mn;
+                    }
+                    float psum[2] = {0.0f, 0.0f};
+#pragma unroll
+                    for (int nt = 0; nt < NT; ++nt) {
+                        const float p0 = exp2f(s[mt][nt][0] - mu[0]);
+                        const float p1 = exp2f(s[mt][nt][1] - mu[0]);
+                        const float p2 = exp2f(s[mt][nt][2] - mu[1]);
+                        const float p3 = exp2f(s[mt][nt][3] - mu[1]);
+                        psum[0] += p0 + p1;
+                        psum[1] += p2 + p3;
+                        // Two n8 score tiles make one m16k16 A fragment of P.
+                        pa[mt][nt >> 1][(nt & 1) * 2] = att_f16x2(p0, p1);
+                        pa[mt][nt >> 1][(nt & 1) * 2 + 1] = att_f16x2(p2, p3);
+                    }
+                    l[mt][0] = l[mt][0] * corr[mt][0] + psum[0];
+                    l[mt][1] = l[mt][1] * corr[mt][1] + psum[1];
+                }
+                // Once a row's maximum settles its factor is 1: skip the
+                // multiplies while no row of the warp moved.
+                if (__any_sync(0xffffffffu, rescale)) {
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                        for (int dt = 0; dt < DT; ++dt) {
+                            o[mt][dt][0] *= corr[mt][0];
+                            o[mt][dt][1] *= corr[mt][0];
+                            o[mt][dt][2] *= corr[mt][1];
+                            o[mt][dt][3] *= corr[mt][1];
+                        }
+                }
+#pragma unroll
+                for (int pk = 0; pk < PK; ++pk) {
+#pragma unroll
+                    for (int dt = 0; dt < DT; dt += 2) {
+                        u32 b[4];
+                        att_ldsm_x4_trans(b, v_lane + stage + 2u * (pk * 16 * RS + dt * 8));
+#pragma unroll
+                        for (int mt = 0; mt < MT; ++mt) {
+                            att_mma(o[mt][dt], pa[mt][pk], b[0], b[1]);
+                            att_mma(o[mt][dt + 1], pa[mt][pk], b[2], b[3]);
+                        }
+                    }
+                }
+            };
+            if (t0 < w_hi && t0 + KT > w_lo) {
+                if (t0 >= w_maxlo && t0 + KT <= w_minhi)
+                    tile(AttBool<false>{});
+                else
+                    tile(AttBool<true>{});
+            }
+            __syncthreads();  // stage (it & 1) free for tile it + 2
+        }
+    }
+
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            float sum = l[mt][h];
+#pragma unroll
+            for (int off = 1; off < 4; off <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+            const int v = vbase + mt * 16 + h * 8;
+            const int rl = v / heads_per_block, hh = v % heads_per_block, r = r0 + rl;
+            if (rl >= rows_per_block || r >= rows || hh >= gh) continue;
+            const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+            const long long op = ((long long)r * n_heads + h0 + hh) * HD + tq * 2;
+#pragma unroll
+            for (int dt = 0; dt < DT; ++dt) {
+                st_from_f32(out, op + dt * 8, o[mt][dt][h * 2] * inv);
+                st_from_f32(out, op + dt * 8 + 1, o[mt][dt][h * 2 + 1] * inv);
+            }
+        }
+    }
+}
+
+// attn_prefill_tc_hd{HD}[_h]: one m16 tile of query vectors per warp. Two
+// (MT = 2: each K and V fragment used twice, half the shared-memory reads
+// per product) measured 4-33% slower on the H100 at 512-4096 tokens: 255
+// registers with spills, and half as many blocks (docs/CUDA.md change 78).
+#define ATTN_PREFILL_TC_ENTRY_T(NAME, HD, OutT)                                                   \
+    extern "C" __global__ void __launch_bounds__(128) NAME(                                       \
+        const float* q, const u16* k_cache, const u16* v_cache, const int* row_seq,               \
+        const int* row_pos, OutT* out, int rows, int n_heads, int n_kv_heads, int group,          \
+        int heads_per_block, int rows_per_block, int n_layers, int layer, int n_seqs,             \
+        int capacity, float q_scale, float softcap, int window) {                                 \
+        attn_prefill_tc_impl<HD, 1, OutT>(q, k_cache, v_cache, row_seq, row_pos, out, rows,       \
+                                          n_heads, n_kv_heads, group, heads_per_block,            \
+                                          rows_per_block, n_layers, layer, n_seqs, capacity,      \
+                                          q_scale, softcap, window);                              \
+    }
+#define ATTN_PREFILL_TC_ENTRY(HD)                                 \
+    ATTN_PREFILL_TC_ENTRY_T(attn_prefill_tc_hd##HD, HD, float) \
+    ATTN_PREFILL_TC_ENTRY_T(attn_prefill_tc_hd##HD##_h, HD, u16)
+
+#if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 64
+ATTN_PREFILL_TC_ENTRY(64)
+#endif
+#if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 128
+ATTN_PREFILL_TC_ENTRY(128)
+#endif
+#if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 256
+ATTN_PREFILL_TC_ENTRY(256)
+#endif

@@ -101,6 +101,9 @@ const FLAG_ALIGN_SHIFT: i32 = 8;
 /// sync with ATT_QV / ATT_KT in the source).
 const PREFILL_QV: usize = 32;
 const PREFILL_KT: usize = 32;
+/// Query vectors per block of the tensor-core prefill kernel (`AttTc::QV`:
+/// 4 warps x the mma's 16 rows).
+const PREFILL_TC_QV: usize = 64;
 
 /// Head layout, scaling and masking of one attention layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -1038,18 +1041,149 @@ fn decode_kernel_name(
     }
 }
 
-/// Dynamic shared memory of the prefill kernel (see the source).
-fn prefill_smem_bytes(head_dim: usize) -> usize {
+/// Dynamic shared memory of the CUDA-core prefill kernel (see the source).
+fn prefill_scalar_smem_bytes(head_dim: usize) -> usize {
     PREFILL_QV * head_dim * 4
         + PREFILL_KT * (head_dim + 2) * 2
         + PREFILL_KT * head_dim * 2
         + 4 * PREFILL_KT * 4
 }
 
-/// The tiled prefill kernel (see [`attention`]), whatever the row count.
+/// Dynamic shared memory of the tensor-core prefill kernel (`AttTc` in the
+/// source): the block's f16 queries, then two stages of key and value
+/// tiles, rows padded by 8 halves.
+fn prefill_tc_smem_bytes(head_dim: usize) -> usize {
+    (PREFILL_TC_QV + 4 * prefill_tc_keys_per_tile(head_dim)) * (head_dim + 8) * 2
+}
+
+/// Keys per shared-memory tile of the tensor-core prefill kernel (`AttTc::KT`).
+fn prefill_tc_keys_per_tile(head_dim: usize) -> usize {
+    if head_dim <= 128 {
+        64
+    } else {
+        32
+    }
+}
+
+/// Which prefill kernel runs (see [`attention_prefill_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrefillKernel {
+    /// FlashAttention-2's loop on mma.sync tensor cores (default): f16
+    /// queries and probabilities, f32 accumulation and softmax.
+    TensorCore,
+    /// The CUDA-core kernel: f32 queries, scores and probabilities (the
+    /// precise one; 10-50x slower at 512-4096 tokens on the H100).
+    Scalar,
+}
+
+/// `MARLIN_CUDA_ATTN_PREFILL=scalar` makes [`attention`] take the CUDA-core
+/// prefill kernel (unset or `tc`: the tensor-core one); read once.
+fn prefill_kernel() -> PrefillKernel {
+    static KIND: OnceLock<PrefillKernel> = OnceLock::new();
+    *KIND.get_or_init(
+        || match std::env::var("MARLIN_CUDA_ATTN_PREFILL").as_deref() {
+            Ok("scalar") => PrefillKernel::Scalar,
+            Ok("tc") | Ok("") | Err(_) => PrefillKernel::TensorCore,
+            Ok(other) => {
+                eprintln!(
+                "marlin: MARLIN_CUDA_ATTN_PREFILL={other} not understood (tc or scalar); using tc"
+            );
+                PrefillKernel::TensorCore
+            }
+        },
+    )
+}
+
+/// The tiled prefill kernel (see [`attention`]), whatever the row count:
+/// the tensor-core kernel unless `MARLIN_CUDA_ATTN_PREFILL` says otherwise.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_prefill<T: ActElem>(
     dev: &CudaDevice,
+    p: &AttnParams,
+    q: &CudaSlice<f32>,
+    cache: &GpuKvCache,
+    layer: usize,
+    rows: usize,
+    row_seq: &CudaSlice<i32>,
+    row_pos: &CudaSlice<i32>,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    let kind = prefill_kernel();
+    attention_prefill_with(dev, kind, p, q, cache, layer, rows, row_seq, row_pos, out)
+}
+
+/// The CUDA-core prefill kernel, whatever the row count and knob.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_prefill_scalar<T: ActElem>(
+    dev: &CudaDevice,
+    p: &AttnParams,
+    q: &CudaSlice<f32>,
+    cache: &GpuKvCache,
+    layer: usize,
+    rows: usize,
+    row_seq: &CudaSlice<i32>,
+    row_pos: &CudaSlice<i32>,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    let kind = PrefillKernel::Scalar;
+    attention_prefill_with(dev, kind, p, q, cache, layer, rows, row_seq, row_pos, out)
+}
+
+/// The tensor-core prefill kernel, whatever the row count and knob.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_prefill_tc<T: ActElem>(
+    dev: &CudaDevice,
+    p: &AttnParams,
+    q: &CudaSlice<f32>,
+    cache: &GpuKvCache,
+    layer: usize,
+    rows: usize,
+    row_seq: &CudaSlice<i32>,
+    row_pos: &CudaSlice<i32>,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    let kind = PrefillKernel::TensorCore;
+    attention_prefill_with(dev, kind, p, q, cache, layer, rows, row_seq, row_pos, out)
+}
+
+/// Entry name of a prefill kernel (f32 or f16 output).
+fn prefill_entry(kind: PrefillKernel, head_dim: usize, f16_out: bool) -> Result<&'static str> {
+    use PrefillKernel::{Scalar, TensorCore};
+    Ok(match (kind, head_dim, f16_out) {
+        (Scalar, 64, false) => "attn_prefill_hd64",
+        (Scalar, 64, true) => "attn_prefill_hd64_h",
+        (Scalar, 128, false) => "attn_prefill_hd128",
+        (Scalar, 128, true) => "attn_prefill_hd128_h",
+        (Scalar, 256, false) => "attn_prefill_hd256",
+        (Scalar, 256, true) => "attn_prefill_hd256_h",
+        (TensorCore, 64, false) => "attn_prefill_tc_hd64",
+        (TensorCore, 64, true) => "attn_prefill_tc_hd64_h",
+        (TensorCore, 128, false) => "attn_prefill_tc_hd128",
+        (TensorCore, 128, true) => "attn_prefill_tc_hd128_h",
+        (TensorCore, 256, false) => "attn_prefill_tc_hd256",
+        (TensorCore, 256, true) => "attn_prefill_tc_hd256_h",
+        _ => {
+            return Err(CudaError::Unsupported(format!(
+                "attention prefill kernel for head_dim {head_dim} (decode kernel: any row count)"
+            )))
+        }
+    })
+}
+
+/// Query vectors per block (rows x heads of one kv head) and the rows per
+/// block they cover: a GQA group's heads (up to the block's vectors) share
+/// each key and value tile.
+fn prefill_block_shape(group: usize, vectors: usize) -> (usize, usize) {
+    let heads_per_block = group.min(vectors);
+    (heads_per_block, (vectors / heads_per_block).max(1))
+}
+
+/// Attention of many query rows (see [`attention`]) on the prefill kernel
+/// `kind`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_prefill_with<T: ActElem>(
+    dev: &CudaDevice,
+    kind: PrefillKernel,
     p: &AttnParams,
     q: &CudaSlice<f32>,
     cache: &GpuKvCache,
@@ -1063,39 +1197,35 @@ pub fn attention_prefill<T: ActElem>(
     if rows == 0 {
         return Ok(());
     }
-    let heads_per_block = c.group.min(PREFILL_QV);
-    let rows_per_block = (PREFILL_QV / heads_per_block).max(1);
-    let head_chunks = c.group.div_ceil(heads_per_block);
-    let grid_y = p.n_kv_heads * head_chunks;
-    if grid_y > 65_535 {
-        return Err(CudaError::Shape(format!(
-            "attention: {grid_y} kv head blocks exceed CUDA limits"
-        )));
-    }
-    let name = match (p.head_dim, T::IS_F16) {
-        (64, false) => "attn_prefill_hd64",
-        (64, true) => "attn_prefill_hd64_h",
-        (128, false) => "attn_prefill_hd128",
-        (128, true) => "attn_prefill_hd128_h",
-        (256, false) => "attn_prefill_hd256",
-        (256, true) => "attn_prefill_hd256_h",
-        _ => {
-            return Err(CudaError::Unsupported(format!(
-                "attention prefill kernel for head_dim {} (decode kernel: any row count)",
-                p.head_dim
-            )))
+    let name = prefill_entry(kind, p.head_dim, T::IS_F16)?;
+    let (vectors, smem, max_smem) = match kind {
+        PrefillKernel::Scalar => (
+            PREFILL_QV,
+            prefill_scalar_smem_bytes(p.head_dim),
+            prefill_scalar_smem_bytes(256),
+        ),
+        PrefillKernel::TensorCore => {
+            let smem = prefill_tc_smem_bytes(p.head_dim);
+            (PREFILL_TC_QV, smem, smem)
         }
     };
-    let smem = prefill_smem_bytes(p.head_dim) as u32;
-    let max_smem = prefill_smem_bytes(256) as u32;
-    let func = attention_function(dev, p.head_dim, name, max_smem)?;
+    let (heads_per_block, rows_per_block) = prefill_block_shape(c.group, vectors);
+    let head_chunks = c.group.div_ceil(heads_per_block);
+    let grid_y = p.n_kv_heads * head_chunks;
+    let grid_x = rows.div_ceil(rows_per_block);
+    if grid_y > 65_535 || grid_x > i32::MAX as usize {
+        return Err(CudaError::Shape(format!(
+            "attention: {grid_x} x {grid_y} prefill blocks exceed CUDA limits"
+        )));
+    }
+    let func = attention_function(dev, p.head_dim, name, max_smem as u32)?;
     let [n_heads, n_kv_heads, group, n_layers, layer_i, _] = c.ints;
     let (n_seqs, capacity) = (cache.n_seqs() as i32, cache.capacity() as i32);
     let (rows_i, hpb, rpb) = (rows as i32, heads_per_block as i32, rows_per_block as i32);
     let cfg = LaunchConfig {
-        grid_dim: (rows.div_ceil(rows_per_block) as u32, grid_y as u32, 1),
+        grid_dim: (grid_x as u32, grid_y as u32, 1),
         block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: smem,
+        shared_mem_bytes: smem as u32,
     };
     let mut b = dev.stream().launch_builder(&func);
     b.arg(q)
@@ -1117,11 +1247,12 @@ pub fn attention_prefill<T: ActElem>(
         .arg(&c.q_scale)
         .arg(&c.softcap)
         .arg(&c.window);
-    // SAFETY: argument order and types match attn_prefill_hd* in
-    // kernels/attention.cu; q and out hold rows*n_heads*head_dim values,
-    // row_seq/row_pos rows; the cache matches (checked); every key index is
-    // clamped to the row's range inside the cache; smem as the source lays
-    // it out, within the attribute set at load.
+    // SAFETY: argument order and types match attn_prefill_hd* and
+    // attn_prefill_tc_hd* in kernels/attention.cu (one signature); q and out
+    // hold rows*n_heads*head_dim values, row_seq/row_pos rows; the cache
+    // matches (checked); every key index is clamped to the row's range inside
+    // the cache; smem as the source lays it out, within the attribute set at
+    // load.
     unsafe { b.launch(cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
     Ok(())
 }
