@@ -623,12 +623,12 @@ fn check_attention(
         ("decode (cluster merge forced on)", cluster_out, 2e-4),
         (
             "prefill (CUDA cores)",
-            run(ops::attention_prefill_scalar as AttnFn),
+            run(prefill_on::<false> as AttnFn),
             2e-4,
         ),
         (
             "prefill (tensor cores)",
-            run(ops::attention_prefill_tc as AttnFn),
+            run(prefill_on::<true> as AttnFn),
             PREFILL_TC_TOL,
         ),
         ("auto", run(ops::attention as AttnFn), auto_tol),
@@ -657,6 +657,27 @@ fn check_attention(
 /// reference (values in [-1, 1]): it rounds the scaled queries and the
 /// probabilities to f16 (the f32 kernels: 2e-4).
 const PREFILL_TC_TOL: f32 = 2e-3;
+
+/// The tensor-core (`TC`) or CUDA-core prefill kernel, as an [`AttnFn`].
+#[allow(clippy::too_many_arguments)]
+fn prefill_on<const TC: bool>(
+    dev: &CudaDevice,
+    p: &AttnParams,
+    q: &CudaSlice<f32>,
+    cache: &GpuKvCache,
+    layer: usize,
+    rows: usize,
+    row_seq: &CudaSlice<i32>,
+    row_pos: &CudaSlice<i32>,
+    out: &mut CudaSlice<f32>,
+) -> marlin_cuda::Result<()> {
+    let kind = if TC {
+        ops::PrefillKernel::TensorCore
+    } else {
+        ops::PrefillKernel::Scalar
+    };
+    ops::attention_prefill_with(dev, kind, p, q, cache, layer, rows, row_seq, row_pos, out)
+}
 
 type AttnFn = fn(
     &CudaDevice,
@@ -1448,15 +1469,31 @@ fn bench_decode_attention() {
         let flops = 4.0 * (rows * (rows + 1) / 2 * n_heads * hd) as f64;
         let tflops = |us: f64| flops / (us * 1e-6) / 1e12;
         let reps = (20 * 512 / rows).max(2);
+        let (tc_kind, scalar_kind) = (ops::PrefillKernel::TensorCore, ops::PrefillKernel::Scalar);
         let scalar = time_us(&dev, reps.div_ceil(8), || {
-            ops::attention_prefill_scalar(&dev, &p, &q, &cache, 0, rows, &sd, &pd, &mut out)
-                .unwrap()
+            ops::attention_prefill_with(
+                &dev,
+                scalar_kind,
+                &p,
+                &q,
+                &cache,
+                0,
+                rows,
+                &sd,
+                &pd,
+                &mut out,
+            )
+            .unwrap()
         });
         let tc = time_us(&dev, reps, || {
-            ops::attention_prefill_tc(&dev, &p, &q, &cache, 0, rows, &sd, &pd, &mut out).unwrap()
+            ops::attention_prefill_with(&dev, tc_kind, &p, &q, &cache, 0, rows, &sd, &pd, &mut out)
+                .unwrap()
         });
         let tc_h = time_us(&dev, reps, || {
-            ops::attention_prefill_tc(&dev, &p, &q, &cache, 0, rows, &sd, &pd, &mut out_h).unwrap()
+            ops::attention_prefill_with(
+                &dev, tc_kind, &p, &q, &cache, 0, rows, &sd, &pd, &mut out_h,
+            )
+            .unwrap()
         });
         println!(
             "BENCH attention prefill {rows} tokens h{n_heads}/kv{n_kv} hd{hd} causal: \

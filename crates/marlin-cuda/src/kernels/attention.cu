@@ -1043,31 +1043,6 @@ __device__ __forceinline__ void attn_prefill_impl(
     }
 }
 
-#define ATTN_PREFILL_ENTRY_T(NAME, HD, OutT)                                                   \
-    extern "C" __global__ void __launch_bounds__(128) NAME(                                    \
-        const float* q, const u16* k_cache, const u16* v_cache, const int* row_seq,            \
-        const int* row_pos, OutT* out, int rows, int n_heads, int n_kv_heads, int group,       \
-        int heads_per_block, int rows_per_block, int n_layers, int layer, int n_seqs,          \
-        int capacity, float q_scale, float softcap, int window) {                              \
-        attn_prefill_impl<HD, OutT>(q, k_cache, v_cache, row_seq, row_pos, out, rows, n_heads, \
-                                    n_kv_heads, group, heads_per_block, rows_per_block,        \
-                                    n_layers, layer, n_seqs, capacity, q_scale, softcap,       \
-                                    window);                                                   \
-    }
-#define ATTN_PREFILL_ENTRY(HD)                               \
-    ATTN_PREFILL_ENTRY_T(attn_prefill_hd##HD, HD, float) \
-    ATTN_PREFILL_ENTRY_T(attn_prefill_hd##HD##_h, HD, u16)
-
-#if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 64
-ATTN_PREFILL_ENTRY(64)
-#endif
-#if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 128
-ATTN_PREFILL_ENTRY(128)
-#endif
-#if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 256
-ATTN_PREFILL_ENTRY(256)
-#endif
-
 // ------------------------------------------------- prefill on tensor cores
 // attn_prefill_tc*_*: FlashAttention-2's loop on mma.sync m16n8k16 (f16
 // operands, f32 accumulation; sm_80+). One block of 4 warps per tile of
@@ -1155,7 +1130,7 @@ __device__ __forceinline__ void att_tc_load_tile(u16* sk, u16* sv, const u16* k_
     }
 }
 
-template <int HD, int MT, typename OutT>
+template <int HD, typename OutT, int MT = 1>
 __device__ __forceinline__ void attn_prefill_tc_impl(
     const float* __restrict__ q, const u16* __restrict__ k_cache, const u16* __restrict__ v_cache,
     const int* __restrict__ row_seq, const int* __restrict__ row_pos, OutT* __restrict__ out,
@@ -1444,31 +1419,34 @@ __device__ __forceinline__ void attn_prefill_tc_impl(
     }
 }
 
-// attn_prefill_tc_hd{HD}[_h]: one m16 tile of query vectors per warp. Two
-// (MT = 2: each K and V fragment used twice, half the shared-memory reads
-// per product) measured 4-33% slower on the H100 at 512-4096 tokens: 255
-// registers with spills, and half as many blocks (docs/CUDA.md change 78).
-#define ATTN_PREFILL_TC_ENTRY_T(NAME, HD, OutT)                                                   \
-    extern "C" __global__ void __launch_bounds__(128) NAME(                                       \
-        const float* q, const u16* k_cache, const u16* v_cache, const int* row_seq,               \
-        const int* row_pos, OutT* out, int rows, int n_heads, int n_kv_heads, int group,          \
-        int heads_per_block, int rows_per_block, int n_layers, int layer, int n_seqs,             \
-        int capacity, float q_scale, float softcap, int window) {                                 \
-        attn_prefill_tc_impl<HD, 1, OutT>(q, k_cache, v_cache, row_seq, row_pos, out, rows,       \
-                                          n_heads, n_kv_heads, group, heads_per_block,            \
-                                          rows_per_block, n_layers, layer, n_seqs, capacity,      \
-                                          q_scale, softcap, window);                              \
+// The prefill entries, f32 and f16 (`_h`) output, one signature:
+// attn_prefill_hd{HD} (CUDA cores) and attn_prefill_tc_hd{HD} (tensor cores,
+// one m16 tile of query vectors per warp; two (MT = 2: each K and V fragment
+// used twice, half the shared-memory reads per product) measured 4-33%
+// slower on the H100 at 512-4096 tokens: 255 registers with spills, and
+// half as many blocks; docs/CUDA.md change 78).
+#define ATTN_PREFILL_ENTRY_T(NAME, IMPL, HD, OutT)                                               \
+    extern "C" __global__ void __launch_bounds__(128) NAME(                                      \
+        const float* q, const u16* k_cache, const u16* v_cache, const int* row_seq,              \
+        const int* row_pos, OutT* out, int rows, int n_heads, int n_kv_heads, int group,         \
+        int heads_per_block, int rows_per_block, int n_layers, int layer, int n_seqs,            \
+        int capacity, float q_scale, float softcap, int window) {                                \
+        IMPL<HD, OutT>(q, k_cache, v_cache, row_seq, row_pos, out, rows, n_heads, n_kv_heads,    \
+                       group, heads_per_block, rows_per_block, n_layers, layer, n_seqs, capacity, \
+                       q_scale, softcap, window);                                                \
     }
-#define ATTN_PREFILL_TC_ENTRY(HD)                                 \
-    ATTN_PREFILL_TC_ENTRY_T(attn_prefill_tc_hd##HD, HD, float) \
-    ATTN_PREFILL_TC_ENTRY_T(attn_prefill_tc_hd##HD##_h, HD, u16)
+#define ATTN_PREFILL_ENTRY(HD)                                                           \
+    ATTN_PREFILL_ENTRY_T(attn_prefill_hd##HD, attn_prefill_impl, HD, float)             \
+    ATTN_PREFILL_ENTRY_T(attn_prefill_hd##HD##_h, attn_prefill_impl, HD, u16)           \
+    ATTN_PREFILL_ENTRY_T(attn_prefill_tc_hd##HD, attn_prefill_tc_impl, HD, float)       \
+    ATTN_PREFILL_ENTRY_T(attn_prefill_tc_hd##HD##_h, attn_prefill_tc_impl, HD, u16)
 
 #if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 64
-ATTN_PREFILL_TC_ENTRY(64)
+ATTN_PREFILL_ENTRY(64)
 #endif
 #if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 128
-ATTN_PREFILL_TC_ENTRY(128)
+ATTN_PREFILL_ENTRY(128)
 #endif
 #if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 256
-ATTN_PREFILL_TC_ENTRY(256)
+ATTN_PREFILL_ENTRY(256)
 #endif

@@ -1112,40 +1112,6 @@ pub fn attention_prefill<T: ActElem>(
     attention_prefill_with(dev, kind, p, q, cache, layer, rows, row_seq, row_pos, out)
 }
 
-/// The CUDA-core prefill kernel, whatever the row count and knob.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_prefill_scalar<T: ActElem>(
-    dev: &CudaDevice,
-    p: &AttnParams,
-    q: &CudaSlice<f32>,
-    cache: &GpuKvCache,
-    layer: usize,
-    rows: usize,
-    row_seq: &CudaSlice<i32>,
-    row_pos: &CudaSlice<i32>,
-    out: &mut CudaSlice<T>,
-) -> Result<()> {
-    let kind = PrefillKernel::Scalar;
-    attention_prefill_with(dev, kind, p, q, cache, layer, rows, row_seq, row_pos, out)
-}
-
-/// The tensor-core prefill kernel, whatever the row count and knob.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_prefill_tc<T: ActElem>(
-    dev: &CudaDevice,
-    p: &AttnParams,
-    q: &CudaSlice<f32>,
-    cache: &GpuKvCache,
-    layer: usize,
-    rows: usize,
-    row_seq: &CudaSlice<i32>,
-    row_pos: &CudaSlice<i32>,
-    out: &mut CudaSlice<T>,
-) -> Result<()> {
-    let kind = PrefillKernel::TensorCore;
-    attention_prefill_with(dev, kind, p, q, cache, layer, rows, row_seq, row_pos, out)
-}
-
 /// Entry name of a prefill kernel (f32 or f16 output).
 fn prefill_entry(kind: PrefillKernel, head_dim: usize, f16_out: bool) -> Result<&'static str> {
     use PrefillKernel::{Scalar, TensorCore};
@@ -1179,7 +1145,7 @@ fn prefill_block_shape(group: usize, vectors: usize) -> (usize, usize) {
 }
 
 /// Attention of many query rows (see [`attention`]) on the prefill kernel
-/// `kind`.
+/// `kind`, whatever the row count and `MARLIN_CUDA_ATTN_PREFILL`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_prefill_with<T: ActElem>(
     dev: &CudaDevice,

@@ -32,10 +32,10 @@ mod rope;
 mod sampling;
 
 pub use attention::{
-    attention, attention_decode, attention_decode_rope, attention_prefill,
-    attention_prefill_scalar, attention_prefill_tc, attention_prefill_with, attn_cluster_launches,
-    attn_rope_fusion_enabled, attn_stamp_report, attn_stamps_enabled, set_attn_override,
-    AttnOverride, AttnParams, PrefillKernel, RopeInputs, DECODE_MAX_ROWS, SUPPORTED_HEAD_DIMS,
+    attention, attention_decode, attention_decode_rope, attention_prefill, attention_prefill_with,
+    attn_cluster_launches, attn_rope_fusion_enabled, attn_stamp_report, attn_stamps_enabled,
+    set_attn_override, AttnOverride, AttnParams, PrefillKernel, RopeInputs, DECODE_MAX_ROWS,
+    SUPPORTED_HEAD_DIMS,
 };
 pub use elementwise::{
     add_inplace, add_rms_norm, embedding_rows, f16_to_f32, f32_to_f16, gelu_tanh_mul, rms_norm,
