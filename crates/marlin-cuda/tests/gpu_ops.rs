@@ -706,6 +706,14 @@ fn attention_matches_reference() {
     ] {
         for window in [None, Some(37)] {
             let softcap = if hd == 256 { Some(5.0) } else { None };
+            let case = |rows| AttnCase {
+                n_heads,
+                n_kv,
+                hd,
+                window,
+                softcap,
+                rows,
+            };
             // Batched decode: one row per sequence, positions near the end
             // of the cache, one past it and one bad sequence (zeros).
             let mut rows: Vec<(i32, i32)> =
@@ -714,48 +722,19 @@ fn attention_matches_reference() {
             rows.push((2, cap as i32));
             rows.push((5, 0));
             rows.push((0, 0));
-            cases.push(AttnCase {
-                n_heads,
-                n_kv,
-                hd,
-                window,
-                softcap,
-                rows,
-            });
+            cases.push(case(rows));
             // Prefill: 17 consecutive tokens of sequence 1, then 40 mixed
             // rows of sequences 0 and 2 (two passes per prefill tile).
             let p0 = r.gen_range(0..cap as i32 - 17);
-            let rows = (0..17).map(|i| (1, p0 + i)).collect();
-            cases.push(AttnCase {
-                n_heads,
-                n_kv,
-                hd,
-                window,
-                softcap,
-                rows,
-            });
+            cases.push(case((0..17).map(|i| (1, p0 + i)).collect()));
             let rows = (0..40)
                 .map(|i| (2 * (i % 2), r.gen_range(0..cap as i32)))
                 .collect();
-            cases.push(AttnCase {
-                n_heads,
-                n_kv,
-                hd,
-                window,
-                softcap,
-                rows,
-            });
+            cases.push(case(rows));
             // A whole causal prefill of sequence 0 (every position of the
             // cache): several row blocks and key tiles, the diagonal tiles
             // masked, the others not.
-            cases.push(AttnCase {
-                n_heads,
-                n_kv,
-                hd,
-                window,
-                softcap,
-                rows: (0..cap as i32).map(|i| (0, i)).collect(),
-            });
+            cases.push(case((0..cap as i32).map(|i| (0, i)).collect()));
         }
     }
     for c in &cases {
