@@ -212,6 +212,7 @@ if [ -f "$out/test_gpu_ops-test.log" ]; then
     echo "================ attention benchmark (gpu_ops) and its PyTorch peers ================"
     grep -E "^BENCH" "$out/test_gpu_ops-test.log"
     grep -E "^PEER" "$out/peer_attention.log" 2>/dev/null
+    grep -hE "^BENCH" "$out/test_gpu_paged_attention-test.log" 2>/dev/null
 fi
 if [ -f "$out/bench_gemm.log" ]; then
     echo

@@ -14,6 +14,9 @@
 //! attention time, KV bytes read per second and the device copy bandwidth.
 #![cfg(feature = "cuda")]
 
+mod common;
+
+use common::time_us;
 use std::sync::Arc;
 
 use cudarc::driver::CudaSlice;
@@ -1360,33 +1363,6 @@ fn sampling_matches_reference() {
         "{checked} rows checked, {skipped} near a boundary"
     );
     println!("PASS sampling ({checked} rows checked, {skipped} within 1e-4 of a boundary)");
-}
-
-/// Median microseconds per call of `f` over 7 batches of `reps` calls
-/// between CUDA events (after 3 warm-up calls).
-fn time_us(dev: &CudaDevice, reps: usize, mut f: impl FnMut()) -> f64 {
-    use cudarc::driver::sys::CUevent_flags;
-    for _ in 0..3 {
-        f();
-    }
-    let ctx = dev.context();
-    let ev = || {
-        ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .expect("event")
-    };
-    let (start, end) = (ev(), ev());
-    let mut samples: Vec<f64> = (0..7)
-        .map(|_| {
-            start.record(dev.stream()).expect("record");
-            for _ in 0..reps {
-                f();
-            }
-            end.record(dev.stream()).expect("record");
-            f64::from(start.elapsed_ms(&end).expect("elapsed")) * 1000.0 / reps as f64
-        })
-        .collect();
-    samples.sort_by(|a, b| a.total_cmp(b));
-    samples[samples.len() / 2]
 }
 
 /// Decode attention at context 4096 (32 heads / 8 kv heads, head_dim 128)

@@ -10,19 +10,27 @@
 //!
 //! Tolerance: 2e-4 absolute (outputs are convex combinations of values in
 //! [-1, 1]; f32 accumulation and exp2.approx), as for the contiguous cache
-//! in `gpu_ops.rs`.
+//! in `gpu_ops.rs`; 2e-3 for prompt rows on the tensor-core tile kernel
+//! (f16 queries and probabilities), as `gpu_ops.rs` allows that kernel.
 #![cfg(feature = "cuda")]
+
+mod common;
 
 use std::sync::Arc;
 
+use common::time_us;
+
 use half::f16;
-use marlin_cuda::ops::{self, AttnParams, PagedKvPool};
+use marlin_cuda::ops::{self, AttnParams, GpuKvCache, PagedKvPool};
 use marlin_cuda::CudaDevice;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 const TOLERANCE: f32 = 2e-4;
+/// Prompt rows on the tensor-core tile kernel: queries and probabilities
+/// rounded to f16 (as `PREFILL_TC_TOL` in `gpu_ops.rs`).
+const TC_TOLERANCE: f32 = 2e-3;
 
 fn device() -> Option<Arc<CudaDevice>> {
     match CudaDevice::new(0) {
@@ -224,11 +232,59 @@ fn run_case(dev: &Arc<CudaDevice>, r: &mut StdRng, c: &Case, g: &Geometry) {
         .collect();
 
     // Attention rows: a prefill chunk of sequence 0 (its last 4 positions), a
-    // decode row of each other sequence, and a row outside the tables.
+    // decode row of each other sequence, and a row outside the tables; all
+    // on the decode kernel (no prompt rows declared).
     let mut rows: Vec<(i32, i32)> = (lens[0] - 4..lens[0]).map(|p| (0, p as i32)).collect();
     rows.push((1, lens[1] as i32 - 1));
     rows.push((2, lens[2] as i32 - 2));
     rows.push((3, 0));
+    let kv = StoredKv {
+        lens: &lens,
+        keys: &keys16,
+        vals: &vals16,
+    };
+    check_attention(dev, r, &mut pool, c, layer, &kv, &rows, 0);
+    // Prompt chunks as the serving engine lays out a pass: the prompt rows
+    // of two sequences first (sequence 1's from position 2 on, so that
+    // they also attend earlier blocks; a row outside the tables among
+    // them), then decode rows. More than
+    // DECODE_MAX_ROWS prompt rows: the tensor-core tile kernel runs them.
+    let mut rows: Vec<(i32, i32)> = (0..lens[0]).map(|p| (0, p as i32)).collect();
+    rows.push((7, 3));
+    rows.extend((2..lens[1]).map(|p| (1, p as i32)));
+    let prompt = rows.len();
+    assert!(prompt > ops::DECODE_MAX_ROWS);
+    rows.push((2, lens[2] as i32 - 1));
+    rows.push((1, lens[1] as i32 - 1));
+    check_attention(dev, r, &mut pool, c, layer, &kv, &rows, prompt);
+}
+
+/// The keys and values every sequence stored (f16-rounded), per sequence
+/// (len, n_kv_heads, head_dim).
+struct StoredKv<'a> {
+    lens: &'a [usize],
+    keys: &'a [Vec<f32>],
+    vals: &'a [Vec<f32>],
+}
+
+/// Runs paged attention of `rows` (table, position) with rows
+/// `0..prompt_rows` declared prompt rows, on fresh queries into a
+/// NaN-poisoned output, and compares every row with the f64 reference:
+/// prompt rows within [`TC_TOLERANCE`] when the tile kernel runs them,
+/// the others within [`TOLERANCE`]; rows outside the tables are zeros and
+/// nothing past the rows is written.
+#[allow(clippy::too_many_arguments)]
+fn check_attention(
+    dev: &Arc<CudaDevice>,
+    r: &mut StdRng,
+    pool: &mut PagedKvPool,
+    c: &Case,
+    layer: usize,
+    kv: &StoredKv,
+    rows: &[(i32, i32)],
+    prompt_rows: usize,
+) {
+    let hd = c.head_dim;
     let qd = c.n_heads * hd;
     let q = rand_vec(r, rows.len() * qd);
     let scale = 1.0 / (hd as f32).sqrt();
@@ -240,7 +296,8 @@ fn run_case(dev: &Arc<CudaDevice>, r: &mut StdRng, c: &Case, g: &Geometry) {
         window: c.window,
         softcap: c.softcap,
     };
-    let (row_seq, row_pos) = upload_rows(dev, &rows);
+    pool.set_prompt_rows(prompt_rows);
+    let (row_seq, row_pos) = upload_rows(dev, rows);
     let qdev = dev.upload("q", &q).unwrap();
     let slack = 5;
     let mut out = dev
@@ -250,7 +307,7 @@ fn run_case(dev: &Arc<CudaDevice>, r: &mut StdRng, c: &Case, g: &Geometry) {
         dev,
         &params,
         &qdev,
-        &pool,
+        pool,
         layer,
         rows.len(),
         &row_seq,
@@ -261,37 +318,54 @@ fn run_case(dev: &Arc<CudaDevice>, r: &mut StdRng, c: &Case, g: &Geometry) {
     let got = dev.download(&out).unwrap();
     let mut want = vec![0.0f32; rows.len() * qd];
     for (i, &(s, p)) in rows.iter().enumerate() {
-        if s as usize >= lens.len() {
-            continue; // zeros
-        }
         let s = s as usize;
+        if s >= kv.lens.len() || p as usize >= kv.lens[s] {
+            continue; // outside the tables or past the stored keys: zeros
+        }
         reference_row(
             c,
             scale,
             &q[i * qd..(i + 1) * qd],
-            &keys16[s],
-            &vals16[s],
+            &kv.keys[s],
+            &kv.vals[s],
             p as usize,
             &mut want[i * qd..(i + 1) * qd],
         );
     }
-    let worst = want
-        .iter()
-        .zip(&got)
-        .map(|(a, b)| {
-            if b.is_nan() {
-                f32::INFINITY
-            } else {
-                (a - b).abs()
-            }
-        })
-        .fold(0.0f32, f32::max);
+    let worst = |range: std::ops::Range<usize>| {
+        want[range.start * qd..range.end * qd]
+            .iter()
+            .zip(&got[range.start * qd..range.end * qd])
+            .map(|(a, b)| {
+                if b.is_nan() {
+                    f32::INFINITY
+                } else {
+                    (a - b).abs()
+                }
+            })
+            .fold(0.0f32, f32::max)
+    };
+    let tiled = prompt_rows > ops::DECODE_MAX_ROWS && hd >= 64;
+    let (prompt_worst, rest_worst) = (worst(0..prompt_rows), worst(prompt_rows..rows.len()));
     println!(
-        "paged attention hd {hd}, {} / {} heads, window {:?}, softcap {:?}, blocks of {block}, \
-         lengths {lens:?}: max |Δ| = {worst:.2e}",
-        c.n_heads, c.n_kv_heads, c.window, c.softcap
+        "paged attention hd {hd}, {} / {} heads, window {:?}, softcap {:?}, blocks of {}, \
+         lengths {:?}, {} rows ({prompt_rows} prompt{}): max |Δ| prompt {prompt_worst:.2e}, \
+         others {rest_worst:.2e}",
+        c.n_heads,
+        c.n_kv_heads,
+        c.window,
+        c.softcap,
+        pool.block_size(),
+        kv.lens,
+        rows.len(),
+        if tiled { ", tensor cores" } else { "" },
     );
-    assert!(worst < TOLERANCE, "max |Δ| {worst}");
+    let prompt_tol = if tiled { TC_TOLERANCE } else { TOLERANCE };
+    assert!(
+        prompt_worst < prompt_tol,
+        "prompt rows: max |Δ| {prompt_worst}"
+    );
+    assert!(rest_worst < TOLERANCE, "other rows: max |Δ| {rest_worst}");
     assert!(
         got[rows.len() * qd..].iter().all(|x| x.is_nan()),
         "tail written"
@@ -357,11 +431,15 @@ fn paged_attention_matches_reference() {
             softcap: None,
         },
     ];
+    // Every case runs (a failure is reported with the others at the end).
+    let mut failed = 0;
     for c in &cases {
         for g in &GEOMETRIES {
-            run_case(&dev, &mut r, c, g);
+            let run = std::panic::AssertUnwindSafe(|| run_case(&dev, &mut r, c, g));
+            failed += usize::from(std::panic::catch_unwind(run).is_err());
         }
     }
+    assert_eq!(failed, 0, "{failed} cases failed (see above)");
 }
 
 #[test]
@@ -396,4 +474,86 @@ fn bad_tables_and_shapes_are_errors() {
     assert!(PagedKvPool::new(&dev, 2, 2, 64, 16, 0).is_err());
     assert!(PagedKvPool::new(&dev, 2, 2, 64, 0, 4).is_err());
     dev.synchronize().unwrap();
+}
+
+/// Prompt rows of the serving path: one sequence's prompt through a paged
+/// pool (blocks of 16, shuffled) at 32 / 8 heads of 128, causal, on the
+/// decode-structured kernel (no prompt rows declared: the schedule before
+/// the tile kernel) and on the tensor-core tile kernel, beside the
+/// contiguous cache's tensor-core prefill on the same keys (the peer:
+/// `gpu_ops`' benchmark puts that kernel beside PyTorch's FlashAttention-2).
+/// Whole prompts of 512 / 2048 tokens, and a chunk of 512 rows at
+/// positions 3584..4096 (chunked prefill after 3584 cached keys).
+#[test]
+#[ignore = "benchmark: run with --include-ignored on the GPU machine"]
+fn bench_paged_prefill() {
+    let Some(dev) = device() else { return };
+    let mut r = rng("bench_paged_prefill");
+    let (n_heads, n_kv, hd, block, ctx) = (32, 8, 128, 16, 4096);
+    let kvd = n_kv * hd;
+    let n_blocks = ctx / block;
+    let mut pool = PagedKvPool::new(&dev, 1, n_kv, hd, block, n_blocks).unwrap();
+    let mut table: Vec<u32> = (0..n_blocks as u32).collect();
+    table.shuffle(&mut r);
+    pool.set_block_tables(&dev, &[&table]).unwrap();
+    let mut cache = GpuKvCache::new(&dev, 1, n_kv, hd, 1, ctx).unwrap();
+    let k = dev.upload("k", &rand_vec(&mut r, ctx * kvd)).unwrap();
+    let v = dev.upload("v", &rand_vec(&mut r, ctx * kvd)).unwrap();
+    let all: Vec<(i32, i32)> = (0..ctx as i32).map(|p| (0, p)).collect();
+    let (sd, pd) = upload_rows(&dev, &all);
+    ops::paged_kv_write(&dev, &mut pool, 0, &k, &v, ctx, &sd, &pd).unwrap();
+    ops::kv_write(&dev, &mut cache, 0, &k, &v, ctx, &sd, &pd).unwrap();
+    let p = AttnParams {
+        n_heads,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+        window: None,
+        softcap: None,
+    };
+    for (rows, first) in [(512, 0), (2048, 0), (512, ctx - 512)] {
+        let q = dev
+            .upload("q", &rand_vec(&mut r, rows * n_heads * hd))
+            .unwrap();
+        let chunk: Vec<(i32, i32)> = (first..first + rows).map(|p| (0, p as i32)).collect();
+        let (sd, pd) = upload_rows(&dev, &chunk);
+        let mut out = dev.alloc_zeros::<f32>("out", rows * n_heads * hd).unwrap();
+        let keys: usize = (first..first + rows).map(|p| p + 1).sum();
+        let flops = 4.0 * (keys * n_heads * hd) as f64;
+        let tflops = |us: f64| flops / (us * 1e-6) / 1e12;
+        let reps = (20 * 512 / rows).max(2);
+        pool.set_prompt_rows(0);
+        let decode = time_us(&dev, reps.div_ceil(4), || {
+            ops::paged_attention(&dev, &p, &q, &pool, 0, rows, &sd, &pd, &mut out).unwrap()
+        });
+        pool.set_prompt_rows(rows);
+        let tile = time_us(&dev, reps, || {
+            ops::paged_attention(&dev, &p, &q, &pool, 0, rows, &sd, &pd, &mut out).unwrap()
+        });
+        let contiguous = time_us(&dev, reps, || {
+            ops::attention_prefill_with(
+                &dev,
+                ops::PrefillKernel::TensorCore,
+                &p,
+                &q,
+                &cache,
+                0,
+                rows,
+                &sd,
+                &pd,
+                &mut out,
+            )
+            .unwrap()
+        });
+        println!(
+            "BENCH paged prefill {rows} rows at positions {first}..{} h{n_heads}/kv{n_kv} hd{hd} \
+             blocks of {block}: tile kernel {tile:8.1} us {:6.1} TFLOP/s, decode kernel \
+             {decode:9.1} us {:5.1} TFLOP/s; contiguous cache tensor cores {contiguous:8.1} us \
+             {:6.1} TFLOP/s",
+            first + rows,
+            tflops(tile),
+            tflops(decode),
+            tflops(contiguous)
+        );
+    }
 }

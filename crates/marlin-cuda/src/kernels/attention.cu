@@ -1104,13 +1104,117 @@ __device__ __forceinline__ void att_mma(float (&c)[4], const u32 (&a)[4], u32 b0
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Where the keys of the prefill kernels' passes live (attn_prefill_tc_body's
+// Kv parameter): `range` gives a row's key range [lo, hi) (empty: the row is
+// outside the store and gets zeros), `keys(seq, kvh)` the keys of one
+// sequence and kv head, which att_tc_load_tile (one overload per store)
+// copies a tile of.
+//
+// The contiguous cache of ops/kv.rs: [seq][layer][kv head][position][d].
+struct AttKvCache {
+    const u16* k;
+    const u16* v;
+    int n_layers, layer, n_kv_heads, n_seqs, capacity, window;
+    __device__ __forceinline__ void range(int seq, int pos, int& lo, int& hi) const {
+        att_range(seq, pos, n_seqs, capacity, window, lo, hi);
+    }
+    // One sequence and kv head: key j's row at k + j * head_dim.
+    struct Keys {
+        const u16* k;
+        const u16* v;
+    };
+    __device__ __forceinline__ Keys keys(int seq, int kvh, int hd) const {
+        const long long base = att_head_base(seq, layer, n_layers, kvh, n_kv_heads, capacity, hd);
+        return Keys{k + base, v + base};
+    }
+};
+
+// The paged pool of ops/paged.rs (kernels/paged_attention.cu):
+// [layer][block][kv head][slot][d], position p of table t in block
+// tables[t * table_width + p / block_size], slot p % block_size. A key in a
+// block id outside the pool reads as zeros (the host validates the tables,
+// so this only keeps a bad buffer from an out-of-bounds access; the
+// decode-structured kernel skips such keys instead).
+struct AttKvPaged {
+    const u16* k;
+    const u16* v;
+    const int* tables;
+    int layer, n_blocks, n_kv_heads, block_size, block_shift, n_tables, table_width, window;
+    __device__ __forceinline__ void range(int seq, int pos, int& lo, int& hi) const {
+        if (seq < 0 || seq >= n_tables || pos < 0 ||
+            (long long)pos >= (long long)table_width * block_size) {
+            lo = hi = 0;
+            return;
+        }
+        hi = pos + 1;
+        lo = window > 0 ? max(0, pos - window + 1) : 0;
+    }
+    // One sequence (its block table) and kv head.
+    struct Keys {
+        const u16* k;
+        const u16* v;
+        const int* table;
+        long long head;  // offset of (layer, block 0, kv head, slot 0)
+        long long block_stride;
+        int n_blocks, block_size, block_shift, hd;
+        // Block id of key `key` (-1 in a block id outside the pool).
+        __device__ __forceinline__ int block_of(int key) const {
+            // Engine block sizes are powers of two: a shift, not a division.
+            const int b = block_shift >= 0 ? key >> block_shift : key / block_size;
+            const int blk = table[b];
+            return blk >= 0 && blk < n_blocks ? blk : -1;
+        }
+        // Element offset of key `key`'s row in K and V, in block `blk`.
+        __device__ __forceinline__ long long offset(int key, int blk) const {
+            const int b = block_shift >= 0 ? key >> block_shift : key / block_size;
+            return head + blk * block_stride + (long long)(key - b * block_size) * hd;
+        }
+    };
+    __device__ __forceinline__ Keys keys(int seq, int kvh, int hd) const {
+        const long long block_stride = (long long)n_kv_heads * block_size * hd;
+        const long long head =
+            (long long)layer * n_blocks * block_stride + (long long)kvh * block_size * hd;
+        return Keys{k, v, tables + (long long)seq * table_width, head, block_stride,
+                    n_blocks, block_size, block_shift, hd};
+    }
+};
+
+// What a thread's copies of one key tile need to know ahead of the tile
+// (att_tc_tile_ids, one overload per store): nothing for the contiguous
+// cache; for the paged pool the block ids of its keys, read from the block
+// table one tile early so that the table's latency is not in front of the
+// copies.
+struct AttNoIds {};
+template <int HD, int KT>
+__device__ __forceinline__ AttNoIds att_tc_tile_ids(const AttKvCache::Keys&, int, int) {
+    return AttNoIds{};
+}
+template <int HD, int KT>
+struct AttBlockIds {
+    int blk[KT / (128 / (HD / 8))];  // -1: zeros (past khi, or no such block)
+};
+template <int HD, int KT>
+__device__ __forceinline__ AttBlockIds<HD, KT> att_tc_tile_ids(const AttKvPaged::Keys& keys, int t0,
+                                                               int khi) {
+    constexpr int UNITS = HD / 8, KSTEP = 128 / UNITS;
+    const int t = threadIdx.x / UNITS;
+    AttBlockIds<HD, KT> ids;
+#pragma unroll
+    for (int j = 0; j < KT / KSTEP; ++j) {
+        const int key = t0 + t + j * KSTEP;
+        ids.blk[j] = key < khi ? keys.block_of(key) : -1;
+    }
+    return ids;
+}
+
 // Keys [t0, t0 + KT) of one head into a ring stage (rows of RS halves) by
 // the block's 128 threads: thread i copies 16-byte unit i % (HD / 8) of keys
-// i / (HD / 8) + j * (128 / (HD / 8)); keys at or past khi are zeros (their
-// probabilities are 0, and 0 times a stale value could be NaN).
+// i / (HD / 8) + j * (128 / (HD / 8)); keys at or past khi, and keys the
+// store has no row for, are zeros (their probabilities are 0, and 0 times a
+// stale value could be NaN).
 template <int HD, int KT, int RS>
-__device__ __forceinline__ void att_tc_load_tile(u16* sk, u16* sv, const u16* k_head,
-                                                 const u16* v_head, int t0, int khi) {
+__device__ __forceinline__ void att_tc_load_tile(u16* sk, u16* sv, const AttKvCache::Keys& keys,
+                                                 AttNoIds, int t0, int khi) {
     constexpr int UNITS = HD / 8;         // 16-byte units per key
     constexpr int KSTEP = 128 / UNITS;    // keys per round of the block
     static_assert(KT % KSTEP == 0, "key tile not a multiple of a round");
@@ -1121,8 +1225,31 @@ __device__ __forceinline__ void att_tc_load_tile(u16* sk, u16* sv, const u16* k_
 #pragma unroll
     for (int j = 0; j < KT / KSTEP; ++j) {
         if (t0 + t + j * KSTEP < khi) {
-            att_cp_async16(dk + j * KSTEP * RS, k_head + off + j * KSTEP * HD);
-            att_cp_async16(dv + j * KSTEP * RS, v_head + off + j * KSTEP * HD);
+            att_cp_async16(dk + j * KSTEP * RS, keys.k + off + j * KSTEP * HD);
+            att_cp_async16(dv + j * KSTEP * RS, keys.v + off + j * KSTEP * HD);
+        } else {
+            *reinterpret_cast<uint4*>(dk + j * KSTEP * RS) = make_uint4(0, 0, 0, 0);
+            *reinterpret_cast<uint4*>(dv + j * KSTEP * RS) = make_uint4(0, 0, 0, 0);
+        }
+    }
+}
+template <int HD, int KT, int RS>
+__device__ __forceinline__ void att_tc_load_tile(u16* sk, u16* sv, const AttKvPaged::Keys& keys,
+                                                 const AttBlockIds<HD, KT>& ids, int t0,
+                                                 int khi) {
+    constexpr int UNITS = HD / 8;
+    constexpr int KSTEP = 128 / UNITS;
+    static_assert(KT % KSTEP == 0, "key tile not a multiple of a round");
+    const int t = threadIdx.x / UNITS, u = threadIdx.x % UNITS;
+    u16* dk = sk + t * RS + u * 8;
+    u16* dv = sv + t * RS + u * 8;
+#pragma unroll
+    for (int j = 0; j < KT / KSTEP; ++j) {
+        const int key = t0 + t + j * KSTEP;
+        if (ids.blk[j] >= 0) {
+            const long long off = keys.offset(key, ids.blk[j]) + u * 8;
+            att_cp_async16(dk + j * KSTEP * RS, keys.k + off);
+            att_cp_async16(dv + j * KSTEP * RS, keys.v + off);
         } else {
             *reinterpret_cast<uint4*>(dk + j * KSTEP * RS) = make_uint4(0, 0, 0, 0);
             *reinterpret_cast<uint4*>(dv + j * KSTEP * RS) = make_uint4(0, 0, 0, 0);
@@ -1130,13 +1257,11 @@ __device__ __forceinline__ void att_tc_load_tile(u16* sk, u16* sv, const u16* k_
     }
 }
 
-template <int HD, typename OutT, int MT = 1>
-__device__ __forceinline__ void attn_prefill_tc_impl(
-    const float* __restrict__ q, const u16* __restrict__ k_cache, const u16* __restrict__ v_cache,
-    const int* __restrict__ row_seq, const int* __restrict__ row_pos, OutT* __restrict__ out,
-    int rows, int n_heads, int n_kv_heads, int group, int heads_per_block, int rows_per_block,
-    int n_layers, int layer, int n_seqs, int capacity, float q_scale, float softcap,
-    int window) {
+template <int HD, typename OutT, int MT, typename Kv>
+__device__ __forceinline__ void attn_prefill_tc_body(
+    const float* __restrict__ q, const Kv& kv, const int* __restrict__ row_seq,
+    const int* __restrict__ row_pos, OutT* __restrict__ out, int rows, int n_heads, int group,
+    int heads_per_block, int rows_per_block, float q_scale, float softcap) {
     using C = AttTc<HD, MT>;
     constexpr int QV = C::QV, KT = C::KT, RS = C::RS;
     constexpr int NT = KT / 8;   // n8 score tiles per key tile
@@ -1166,7 +1291,7 @@ __device__ __forceinline__ void attn_prefill_tc_impl(
         int lo = 0, hi = 0, seq = -1;
         if (rl < rows_per_block && r < rows && hh < gh) {
             seq = row_seq[r];
-            att_range(seq, row_pos[r], n_seqs, capacity, window, lo, hi);
+            kv.range(seq, row_pos[r], lo, hi);
             if (hi == 0) seq = -1;
         }
         s_seq[v] = seq;
@@ -1260,19 +1385,21 @@ __device__ __forceinline__ void attn_prefill_tc_impl(
             w_maxlo = max(w_maxlo, __shfl_xor_sync(0xffffffffu, w_maxlo, off));
             w_minhi = min(w_minhi, __shfl_xor_sync(0xffffffffu, w_minhi, off));
         }
-        const long long base = att_head_base(seq, layer, n_layers, kvh, n_kv_heads, capacity, HD);
-        const u16* k_head = k_cache + base;
-        const u16* v_head = v_cache + base;
+        const auto keys = kv.keys(seq, kvh, HD);
         const int n_tiles = (khi - klo + KT - 1) / KT;
         __syncthreads();  // the previous pass's last tile fully read
-        att_tc_load_tile<HD, KT, RS>(sk, sv, k_head, v_head, klo, khi);
+        att_tc_load_tile<HD, KT, RS>(sk, sv, keys, att_tc_tile_ids<HD, KT>(keys, klo, khi), klo,
+                                     khi);
         cp_async_commit();
+        // The next tile's block ids (paged pool), read a tile ahead.
+        auto ids = att_tc_tile_ids<HD, KT>(keys, klo + KT, khi);
         for (int it = 0; it < n_tiles; ++it) {
             const int t0 = klo + it * KT;
             if (it + 1 < n_tiles) {
                 const int st = (it + 1) & 1;
-                att_tc_load_tile<HD, KT, RS>(sk + st * KT * RS, sv + st * KT * RS, k_head,
-                                             v_head, t0 + KT, khi);
+                att_tc_load_tile<HD, KT, RS>(sk + st * KT * RS, sv + st * KT * RS, keys, ids,
+                                             t0 + KT, khi);
+                ids = att_tc_tile_ids<HD, KT>(keys, t0 + 2 * KT, khi);
             }
             cp_async_commit();
             cp_async_wait<1>();
@@ -1419,6 +1546,20 @@ __device__ __forceinline__ void attn_prefill_tc_impl(
     }
 }
 
+// The contiguous cache's tensor-core prefill (attn_prefill_impl's signature,
+// so that one entry macro serves both kernels).
+template <int HD, typename OutT, int MT = 1>
+__device__ __forceinline__ void attn_prefill_tc_impl(
+    const float* __restrict__ q, const u16* __restrict__ k_cache, const u16* __restrict__ v_cache,
+    const int* __restrict__ row_seq, const int* __restrict__ row_pos, OutT* __restrict__ out,
+    int rows, int n_heads, int n_kv_heads, int group, int heads_per_block, int rows_per_block,
+    int n_layers, int layer, int n_seqs, int capacity, float q_scale, float softcap,
+    int window) {
+    const AttKvCache kv{k_cache, v_cache, n_layers, layer, n_kv_heads, n_seqs, capacity, window};
+    attn_prefill_tc_body<HD, OutT, MT>(q, kv, row_seq, row_pos, out, rows, n_heads, group,
+                                       heads_per_block, rows_per_block, q_scale, softcap);
+}
+
 // The prefill entries, f32 and f16 (`_h`) output, one signature:
 // attn_prefill_hd{HD} (CUDA cores) and attn_prefill_tc_hd{HD} (tensor cores,
 // one m16 tile of query vectors per warp; two (MT = 2: each K and V fragment
@@ -1435,11 +1576,28 @@ __device__ __forceinline__ void attn_prefill_tc_impl(
                        group, heads_per_block, rows_per_block, n_layers, layer, n_seqs, capacity, \
                        q_scale, softcap, window);                                                \
     }
+// The paged pool's prompt rows (ops/paged.rs: rows of prompt chunks, several
+// per sequence) on the same tensor-core loop, f32 output; the pool's
+// geometry as kernels/paged_attention.cu takes it, plus block_shift
+// (log2 block_size, -1 when not a power of two).
+#define PAGED_PREFILL_TC_ENTRY(HD)                                                                \
+    extern "C" __global__ void __launch_bounds__(128) paged_attn_prefill_tc_hd##HD(              \
+        const float* q, const u16* k_pool, const u16* v_pool, const int* row_seq,                \
+        const int* row_pos, const int* tables, float* out, int rows, int n_heads, int group,     \
+        int heads_per_block, int rows_per_block, int layer, int n_blocks, int n_kv_heads,        \
+        int block_size, int block_shift, int n_tables, int table_width, float q_scale,           \
+        float softcap, int window) {                                                             \
+        const AttKvPaged kv{k_pool,     v_pool,      tables,   layer,       n_blocks, n_kv_heads, \
+                            block_size, block_shift, n_tables, table_width, window};              \
+        attn_prefill_tc_body<HD, float, 1>(q, kv, row_seq, row_pos, out, rows, n_heads, group,   \
+                                           heads_per_block, rows_per_block, q_scale, softcap);   \
+    }
 #define ATTN_PREFILL_ENTRY(HD)                                                           \
     ATTN_PREFILL_ENTRY_T(attn_prefill_hd##HD, attn_prefill_impl, HD, float)             \
     ATTN_PREFILL_ENTRY_T(attn_prefill_hd##HD##_h, attn_prefill_impl, HD, u16)           \
     ATTN_PREFILL_ENTRY_T(attn_prefill_tc_hd##HD, attn_prefill_tc_impl, HD, float)       \
-    ATTN_PREFILL_ENTRY_T(attn_prefill_tc_hd##HD##_h, attn_prefill_tc_impl, HD, u16)
+    ATTN_PREFILL_ENTRY_T(attn_prefill_tc_hd##HD##_h, attn_prefill_tc_impl, HD, u16)     \
+    PAGED_PREFILL_TC_ENTRY(HD)
 
 #if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 64
 ATTN_PREFILL_ENTRY(64)

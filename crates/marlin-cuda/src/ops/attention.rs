@@ -40,7 +40,7 @@ fn module_index(head_dim: usize) -> Result<usize> {
 }
 
 /// The function `name` of the attention module for `head_dim`.
-fn attention_function(
+pub(crate) fn attention_function(
     dev: &CudaDevice,
     head_dim: usize,
     name: &'static str,
@@ -67,7 +67,7 @@ const THREADS: u32 = 128;
 pub const SUPPORTED_HEAD_DIMS: [usize; 5] = [16, 32, 64, 128, 256];
 /// Head dimensions of the prefill kernel; the others run every row count
 /// through the decode kernel (correct for any row mapping, slower).
-const PREFILL_HEAD_DIMS: [usize; 3] = [64, 128, 256];
+pub(crate) const PREFILL_HEAD_DIMS: [usize; 3] = [64, 128, 256];
 /// `attention` takes the decode kernel up to this many rows (or the cache's
 /// sequence count, if larger): at most one row per sequence in batched
 /// decode; short prefill chunks re-read their keys per row there, which
@@ -103,7 +103,7 @@ const PREFILL_QV: usize = 32;
 const PREFILL_KT: usize = 32;
 /// Query vectors per block of the tensor-core prefill kernel (`AttTc::QV`:
 /// 4 warps x the mma's 16 rows).
-const PREFILL_TC_QV: usize = 64;
+pub(crate) const PREFILL_TC_QV: usize = 64;
 
 /// Head layout, scaling and masking of one attention layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -1052,7 +1052,7 @@ fn prefill_scalar_smem_bytes(head_dim: usize) -> usize {
 /// Dynamic shared memory of the tensor-core prefill kernel (`AttTc` in the
 /// source): the block's f16 queries, then two stages of key and value
 /// tiles, rows padded by 8 halves.
-fn prefill_tc_smem_bytes(head_dim: usize) -> usize {
+pub(crate) fn prefill_tc_smem_bytes(head_dim: usize) -> usize {
     (PREFILL_TC_QV + 4 * prefill_tc_keys_per_tile(head_dim)) * (head_dim + 8) * 2
 }
 
@@ -1078,7 +1078,7 @@ pub enum PrefillKernel {
 
 /// `MARLIN_CUDA_ATTN_PREFILL=scalar` makes [`attention`] take the CUDA-core
 /// prefill kernel (unset or `tc`: the tensor-core one); read once.
-fn prefill_kernel() -> PrefillKernel {
+pub(crate) fn prefill_kernel() -> PrefillKernel {
     static KIND: OnceLock<PrefillKernel> = OnceLock::new();
     *KIND.get_or_init(
         || match std::env::var("MARLIN_CUDA_ATTN_PREFILL").as_deref() {
@@ -1139,7 +1139,7 @@ fn prefill_entry(kind: PrefillKernel, head_dim: usize, f16_out: bool) -> Result<
 /// Query vectors per block (rows x heads of one kv head) and the rows per
 /// block they cover: a GQA group's heads (up to the block's vectors) share
 /// each key and value tile.
-fn prefill_block_shape(group: usize, vectors: usize) -> (usize, usize) {
+pub(crate) fn prefill_block_shape(group: usize, vectors: usize) -> (usize, usize) {
     let heads_per_block = group.min(vectors);
     (heads_per_block, (vectors / heads_per_block).max(1))
 }

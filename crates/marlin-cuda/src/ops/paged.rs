@@ -16,7 +16,9 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::f16;
 
 use super::attention::{
-    check_attn_scalars, decode_heads_per_block, AttnNames, AttnParams, AttnScalars,
+    attention_function, check_attn_scalars, decode_heads_per_block, prefill_block_shape,
+    prefill_kernel, prefill_tc_smem_bytes, AttnNames, AttnParams, AttnScalars, PrefillKernel,
+    DECODE_MAX_ROWS, PREFILL_HEAD_DIMS, PREFILL_TC_QV,
 };
 use super::kv::{check_kv_write_args, KvWriteArgs};
 use super::{grid_stride, mul, to_i32, to_u32};
@@ -54,6 +56,9 @@ pub struct PagedKvPool {
     tables: CudaSlice<i32>,
     n_tables: usize,
     table_width: usize,
+    /// Rows `0..prompt_rows` of the coming passes are prompt rows (see
+    /// [`PagedKvPool::set_prompt_rows`]).
+    prompt_rows: usize,
 }
 
 /// Elements of each of K and V in a pool of this geometry.
@@ -155,6 +160,7 @@ impl PagedKvPool {
             tables: dev.alloc_zeros("block tables", 64)?,
             n_tables: 0,
             table_width: 0,
+            prompt_rows: 0,
         })
     }
 
@@ -195,7 +201,25 @@ impl PagedKvPool {
             .map_err(|e| driver_err("block tables to the device", e))?;
         self.n_tables = tables.len();
         self.table_width = width;
+        self.prompt_rows = 0;
         Ok(())
+    }
+
+    /// Says that rows `0..rows` of the passes run with the current tables
+    /// are prompt rows: chunks of several rows of one sequence in position
+    /// order, the rest (decode rows, one per sequence) after them.
+    /// [`paged_attention`] runs the prompt rows on the tensor-core tile
+    /// kernel (query tiles share each key tile) and the others on the
+    /// split-K decode kernel. Only a schedule: both kernels are correct for
+    /// any rows. [`PagedKvPool::set_block_tables`] resets it to 0 (every
+    /// row on the decode kernel).
+    pub fn set_prompt_rows(&mut self, rows: usize) {
+        self.prompt_rows = rows;
+    }
+
+    /// See [`PagedKvPool::set_prompt_rows`].
+    pub fn prompt_rows(&self) -> usize {
+        self.prompt_rows
     }
 
     /// Host copies of all keys and values, each
@@ -388,6 +412,21 @@ pub fn paged_attention(
             "paged attention: no block tables set".into(),
         ));
     }
+    let tiled = prompt_tile_rows(pool.prompt_rows, rows, p.head_dim, prefill_kernel());
+    if tiled > 0 {
+        paged_prefill_tc(dev, p, &c, q, pool, layer, tiled, row_seq, row_pos, out)?;
+    }
+    if tiled == rows {
+        return Ok(());
+    }
+    // The decode rows after the prompt rows: the same buffers from row
+    // `tiled` on.
+    let qd = p.n_heads * p.head_dim;
+    let q = q.slice(tiled * qd..);
+    let row_seq = row_seq.slice(tiled..);
+    let row_pos = row_pos.slice(tiled..);
+    let mut out = out.slice_mut(tiled * qd..);
+    let rows = rows - tiled;
     let gt = decode_heads_per_block(c.group);
     let head_chunks = c.group.div_ceil(gt);
     let grid_y = p.n_kv_heads * head_chunks;
@@ -427,13 +466,13 @@ pub fn paged_attention(
         shared_mem_bytes: 0,
     };
     let mut b = dev.stream().launch_builder(&func);
-    b.arg(q)
+    b.arg(&q)
         .arg(&pool.k)
         .arg(&pool.v)
-        .arg(row_seq)
-        .arg(row_pos)
+        .arg(&row_seq)
+        .arg(&row_pos)
         .arg(&pool.tables)
-        .arg(&mut *out)
+        .arg(&mut out)
         // Written by the kernel although borrowed shared: device memory the
         // host never reads, ordered by the one stream.
         .arg(&pool.workspace);
@@ -446,10 +485,11 @@ pub fn paged_attention(
         .arg(&splits_i);
     // SAFETY: argument order and types match paged_attn_hd*_g* in
     // kernels/paged_attention.cu; q and out hold rows*n_heads*head_dim
-    // values, row_seq/row_pos rows, the tables n_tables*table_width ids; the
-    // pool matches (kv heads, head_dim, layer checked); the kernel skips
-    // rows outside the tables and keys in blocks outside the pool; the
-    // workspace holds rows*n_heads*splits*(head_dim+2) floats (paged_splits).
+    // values, row_seq/row_pos rows (views from row `tiled` on); the tables
+    // n_tables*table_width ids; the pool matches (kv heads, head_dim, layer
+    // checked); the kernel skips rows outside the tables and keys in blocks
+    // outside the pool; the workspace holds rows*n_heads*splits*(head_dim+2)
+    // floats (paged_splits).
     unsafe { b.launch(cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
     if splits > 1 {
         let func = dev.function(MODULE, SOURCE, "paged_attn_combine", 0)?;
@@ -464,11 +504,126 @@ pub fn paged_attention(
             shared_mem_bytes: 0,
         };
         let mut b = dev.stream().launch_builder(&func);
-        b.arg(&pool.workspace).arg(out).arg(&hd).arg(&splits_i);
+        b.arg(&pool.workspace).arg(&mut out).arg(&hd).arg(&splits_i);
         // SAFETY: argument order and types match paged_attn_combine; the
         // launch above wrote rows*n_heads*splits partials of head_dim+2.
         unsafe { b.launch(cfg) }.map_err(|e| driver_err("launch paged_attn_combine", e))?;
     }
+    Ok(())
+}
+
+/// Rows `0..n` of a pass that the tensor-core tile kernel runs: the pool's
+/// prompt rows when their head dim has the kernel and there are more than
+/// [`DECODE_MAX_ROWS`] of them (fewer re-read their keys per row on the
+/// decode kernel for less than an under-filled tile launch costs, as in
+/// `ops::attention`), else none; none either under
+/// `MARLIN_CUDA_ATTN_PREFILL=scalar` (`kind` [`PrefillKernel::Scalar`]:
+/// the precise f32 path, here the decode kernel, as `ops::attention` takes
+/// its CUDA-core prefill kernel then).
+fn prompt_tile_rows(
+    prompt_rows: usize,
+    rows: usize,
+    head_dim: usize,
+    kind: PrefillKernel,
+) -> usize {
+    let n = prompt_rows.min(rows);
+    if kind == PrefillKernel::TensorCore
+        && n > DECODE_MAX_ROWS
+        && PREFILL_HEAD_DIMS.contains(&head_dim)
+    {
+        n
+    } else {
+        0
+    }
+}
+
+/// Entry of the paged tensor-core prefill kernel (kernels/attention.cu).
+fn prefill_tc_name(head_dim: usize) -> Result<&'static str> {
+    Ok(match head_dim {
+        64 => "paged_attn_prefill_tc_hd64",
+        128 => "paged_attn_prefill_tc_hd128",
+        256 => "paged_attn_prefill_tc_hd256",
+        _ => {
+            return Err(CudaError::Unsupported(format!(
+                "paged tensor-core prefill for head_dim {head_dim}"
+            )))
+        }
+    })
+}
+
+/// Rows `0..rows` of a pass (prompt rows) on the tensor-core prefill loop
+/// of `ops::attention`, reading keys through the block tables.
+#[allow(clippy::too_many_arguments)]
+fn paged_prefill_tc(
+    dev: &CudaDevice,
+    p: &AttnParams,
+    c: &AttnScalars,
+    q: &CudaSlice<f32>,
+    pool: &PagedKvPool,
+    layer: usize,
+    rows: usize,
+    row_seq: &CudaSlice<i32>,
+    row_pos: &CudaSlice<i32>,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let name = prefill_tc_name(p.head_dim)?;
+    let smem = prefill_tc_smem_bytes(p.head_dim);
+    let (heads_per_block, rows_per_block) = prefill_block_shape(c.group, PREFILL_TC_QV);
+    let head_chunks = c.group.div_ceil(heads_per_block);
+    let grid_y = p.n_kv_heads * head_chunks;
+    let grid_x = rows.div_ceil(rows_per_block);
+    if grid_y > 65_535 || grid_x > i32::MAX as usize {
+        return Err(CudaError::Shape(format!(
+            "paged attention: {grid_x} x {grid_y} prefill blocks exceed CUDA limits"
+        )));
+    }
+    let func = attention_function(dev, p.head_dim, name, smem as u32)?;
+    // Engine block sizes are powers of two: the kernel shifts instead of
+    // dividing (-1: divide).
+    let block_shift = if pool.block_size.is_power_of_two() {
+        pool.block_size.trailing_zeros() as i32
+    } else {
+        -1
+    };
+    let ints = [
+        rows as i32,
+        p.n_heads as i32,
+        c.group as i32,
+        heads_per_block as i32,
+        rows_per_block as i32,
+        layer as i32,
+        pool.n_blocks as i32,
+        pool.n_kv_heads as i32,
+        pool.block_size as i32,
+        block_shift,
+        pool.n_tables as i32,
+        pool.table_width as i32,
+    ];
+    let cfg = LaunchConfig {
+        grid_dim: (grid_x as u32, grid_y as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: smem as u32,
+    };
+    let mut b = dev.stream().launch_builder(&func);
+    b.arg(q)
+        .arg(&pool.k)
+        .arg(&pool.v)
+        .arg(row_seq)
+        .arg(row_pos)
+        .arg(&pool.tables)
+        .arg(out);
+    for i in &ints {
+        b.arg(i);
+    }
+    b.arg(&c.q_scale).arg(&c.softcap).arg(&c.window);
+    // SAFETY: argument order and types match paged_attn_prefill_tc_hd* in
+    // kernels/attention.cu; q and out hold at least rows*n_heads*head_dim
+    // values, row_seq/row_pos at least rows (checked for the whole pass);
+    // the tables n_tables*table_width ids; the pool matches (checked); the
+    // kernel gives rows outside the tables zeros and reads keys in blocks
+    // outside the pool as zeros; smem as AttTc lays it out, the attribute
+    // set at load.
+    unsafe { b.launch(cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
     Ok(())
 }
 
@@ -492,6 +647,26 @@ mod tests {
         // An empty table is a row of padding.
         let (packed, width) = pack_block_tables(&[&[]], 1, 16).unwrap();
         assert_eq!((packed, width), (vec![-1], 1));
+    }
+
+    #[test]
+    fn prompt_rows_take_the_tile_kernel_when_it_pays() {
+        // More prompt rows than DECODE_MAX_ROWS on a head dim with the
+        // kernel: all of them, never more than the pass has.
+        let tc = PrefillKernel::TensorCore;
+        assert_eq!(prompt_tile_rows(200, 230, 128, tc), 200);
+        assert_eq!(prompt_tile_rows(300, 230, 64, tc), 230);
+        assert_eq!(prompt_tile_rows(17, 20, 256, tc), 17);
+        // Few prompt rows, head dims without the kernel, or the precise
+        // path asked for: the decode kernel.
+        assert_eq!(prompt_tile_rows(DECODE_MAX_ROWS, 230, 128, tc), 0);
+        assert_eq!(prompt_tile_rows(0, 230, 128, tc), 0);
+        assert_eq!(prompt_tile_rows(200, 230, 32, tc), 0);
+        assert_eq!(prompt_tile_rows(200, 230, 128, PrefillKernel::Scalar), 0);
+        assert!(prefill_tc_name(32).is_err());
+        for hd in PREFILL_HEAD_DIMS {
+            assert!(prefill_tc_name(hd).unwrap().ends_with(&format!("_hd{hd}")));
+        }
     }
 
     #[test]

@@ -377,6 +377,9 @@ impl GpuBatchModel {
         }
         let tables: Vec<&[u32]> = pass.iter().map(|p| chunks[p.chunk].block_table).collect();
         self.pool.set_block_tables(dev, &tables)?;
+        // The body rows (prompt chunks, several rows per sequence) come
+        // first: attention runs them on the tensor-core tile kernel.
+        self.pool.set_prompt_rows(m - tail.len());
         let stream = dev.stream();
         let s = &mut self.scratch;
         stream
