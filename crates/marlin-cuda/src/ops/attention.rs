@@ -1139,9 +1139,45 @@ fn prefill_entry(kind: PrefillKernel, head_dim: usize, f16_out: bool) -> Result<
 /// Query vectors per block (rows x heads of one kv head) and the rows per
 /// block they cover: a GQA group's heads (up to the block's vectors) share
 /// each key and value tile.
-pub(crate) fn prefill_block_shape(group: usize, vectors: usize) -> (usize, usize) {
+fn prefill_block_shape(group: usize, vectors: usize) -> (usize, usize) {
     let heads_per_block = group.min(vectors);
     (heads_per_block, (vectors / heads_per_block).max(1))
+}
+
+/// The launch of a prefill kernel (contiguous or paged) over `rows` rows:
+/// blocks of `vectors` query vectors, `heads_per_block` heads of a GQA
+/// group by `rows_per_block` rows, one block row per (kv head, head chunk).
+pub(crate) struct PrefillGrid {
+    pub cfg: LaunchConfig,
+    pub heads_per_block: i32,
+    pub rows_per_block: i32,
+}
+
+pub(crate) fn prefill_grid(
+    what: &str,
+    p: &AttnParams,
+    group: usize,
+    vectors: usize,
+    rows: usize,
+    smem: usize,
+) -> Result<PrefillGrid> {
+    let (heads_per_block, rows_per_block) = prefill_block_shape(group, vectors);
+    let grid_y = p.n_kv_heads * group.div_ceil(heads_per_block);
+    let grid_x = rows.div_ceil(rows_per_block);
+    if grid_y > 65_535 || grid_x > i32::MAX as usize {
+        return Err(CudaError::Shape(format!(
+            "{what}: {grid_x} x {grid_y} prefill blocks exceed CUDA limits"
+        )));
+    }
+    Ok(PrefillGrid {
+        cfg: LaunchConfig {
+            grid_dim: (grid_x as u32, grid_y as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: smem as u32,
+        },
+        heads_per_block: heads_per_block as i32,
+        rows_per_block: rows_per_block as i32,
+    })
 }
 
 /// Attention of many query rows (see [`attention`]) on the prefill kernel
@@ -1175,24 +1211,11 @@ pub fn attention_prefill_with<T: ActElem>(
             (PREFILL_TC_QV, smem, smem)
         }
     };
-    let (heads_per_block, rows_per_block) = prefill_block_shape(c.group, vectors);
-    let head_chunks = c.group.div_ceil(heads_per_block);
-    let grid_y = p.n_kv_heads * head_chunks;
-    let grid_x = rows.div_ceil(rows_per_block);
-    if grid_y > 65_535 || grid_x > i32::MAX as usize {
-        return Err(CudaError::Shape(format!(
-            "attention: {grid_x} x {grid_y} prefill blocks exceed CUDA limits"
-        )));
-    }
+    let grid = prefill_grid("attention", p, c.group, vectors, rows, smem)?;
     let func = attention_function(dev, p.head_dim, name, max_smem as u32)?;
     let [n_heads, n_kv_heads, group, n_layers, layer_i, _] = c.ints;
     let (n_seqs, capacity) = (cache.n_seqs() as i32, cache.capacity() as i32);
-    let (rows_i, hpb, rpb) = (rows as i32, heads_per_block as i32, rows_per_block as i32);
-    let cfg = LaunchConfig {
-        grid_dim: (grid_x as u32, grid_y as u32, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: smem as u32,
-    };
+    let (rows_i, hpb, rpb) = (rows as i32, grid.heads_per_block, grid.rows_per_block);
     let mut b = dev.stream().launch_builder(&func);
     b.arg(q)
         .arg(&cache.k)
@@ -1219,7 +1242,7 @@ pub fn attention_prefill_with<T: ActElem>(
     // matches (checked); every key index is clamped to the row's range inside
     // the cache; smem as the source lays it out, within the attribute set at
     // load.
-    unsafe { b.launch(cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
+    unsafe { b.launch(grid.cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
     Ok(())
 }
 

@@ -16,9 +16,9 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::f16;
 
 use super::attention::{
-    attention_function, check_attn_scalars, decode_heads_per_block, prefill_block_shape,
-    prefill_kernel, prefill_tc_smem_bytes, AttnNames, AttnParams, AttnScalars, PrefillKernel,
-    DECODE_MAX_ROWS, PREFILL_HEAD_DIMS, PREFILL_TC_QV,
+    attention_function, check_attn_scalars, decode_heads_per_block, prefill_grid, prefill_kernel,
+    prefill_tc_smem_bytes, AttnNames, AttnParams, AttnScalars, PrefillKernel, DECODE_MAX_ROWS,
+    PREFILL_HEAD_DIMS, PREFILL_TC_QV,
 };
 use super::kv::{check_kv_write_args, KvWriteArgs};
 use super::{grid_stride, mul, to_i32, to_u32};
@@ -568,15 +568,7 @@ fn paged_prefill_tc(
 ) -> Result<()> {
     let name = prefill_tc_name(p.head_dim)?;
     let smem = prefill_tc_smem_bytes(p.head_dim);
-    let (heads_per_block, rows_per_block) = prefill_block_shape(c.group, PREFILL_TC_QV);
-    let head_chunks = c.group.div_ceil(heads_per_block);
-    let grid_y = p.n_kv_heads * head_chunks;
-    let grid_x = rows.div_ceil(rows_per_block);
-    if grid_y > 65_535 || grid_x > i32::MAX as usize {
-        return Err(CudaError::Shape(format!(
-            "paged attention: {grid_x} x {grid_y} prefill blocks exceed CUDA limits"
-        )));
-    }
+    let grid = prefill_grid("paged attention", p, c.group, PREFILL_TC_QV, rows, smem)?;
     let func = attention_function(dev, p.head_dim, name, smem as u32)?;
     // Engine block sizes are powers of two: the kernel shifts instead of
     // dividing (-1: divide).
@@ -589,8 +581,8 @@ fn paged_prefill_tc(
         rows as i32,
         p.n_heads as i32,
         c.group as i32,
-        heads_per_block as i32,
-        rows_per_block as i32,
+        grid.heads_per_block,
+        grid.rows_per_block,
         layer as i32,
         pool.n_blocks as i32,
         pool.n_kv_heads as i32,
@@ -599,11 +591,6 @@ fn paged_prefill_tc(
         pool.n_tables as i32,
         pool.table_width as i32,
     ];
-    let cfg = LaunchConfig {
-        grid_dim: (grid_x as u32, grid_y as u32, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: smem as u32,
-    };
     let mut b = dev.stream().launch_builder(&func);
     b.arg(q)
         .arg(&pool.k)
@@ -623,7 +610,7 @@ fn paged_prefill_tc(
     // kernel gives rows outside the tables zeros and reads keys in blocks
     // outside the pool as zeros; smem as AttTc lays it out, the attribute
     // set at load.
-    unsafe { b.launch(cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
+    unsafe { b.launch(grid.cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
     Ok(())
 }
 
