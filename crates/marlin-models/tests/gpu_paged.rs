@@ -29,7 +29,7 @@ use std::time::Instant;
 use marlin_engine::serve::{spawn, BatchChunk, BatchModel, EngineConfig, EngineRequest, Event};
 use marlin_engine::{Detokenizer, EngineError, FinishReason, SamplingParams};
 use marlin_models::gpu::bench::{synthetic_decoder, SyntheticShape};
-use marlin_models::gpu::{GpuBatchModel, GpuLoadOptions, GpuModel, PagedOptions};
+use marlin_models::gpu::{GpuBatchModel, GpuLoadOptions, GpuModel, GpuSequence, PagedOptions};
 use marlin_models::{load_model, KvCache, LoadOptions};
 
 const TINY_TOLERANCE: f32 = 2e-2;
@@ -228,6 +228,27 @@ fn long_prompt_steps() -> (Vec<usize>, Vec<Step>) {
         vec![(1, None, true), (0, None, true)],
     ];
     (lens, steps)
+}
+
+/// The reference of a chunk run as the pass runs it, so that each row meets
+/// the same attention kernel in both: a chunk whose logits are wanted
+/// (`split_last`) as its body, then its last token alone (the pass runs
+/// that row with the decode rows on the decode kernel, the body's rows on
+/// the tile kernel when there are more than DECODE_MAX_ROWS, as
+/// GpuSequence's prefill does); returns the last token's logits.
+fn forward_as_the_pass(seq: &mut GpuSequence, tokens: &[u32], split_last: bool) -> Vec<f32> {
+    let body = if split_last {
+        tokens.len() - 1
+    } else {
+        tokens.len()
+    };
+    let mut logits = Vec::new();
+    for part in [&tokens[..body], &tokens[body..]] {
+        if !part.is_empty() {
+            logits = seq.forward(part).unwrap();
+        }
+    }
+    logits
 }
 
 fn prompts_for(lens: &[usize], vocab: usize) -> Vec<Vec<u32>> {
@@ -488,21 +509,8 @@ fn synthetic_paged_matches_gpu_sequence_gqa_and_windows() {
                 .map(|_| model.new_sequence(64).unwrap())
                 .collect();
             let tie = 2.0 * SYNTHETIC_RELATIVE_TOLERANCE;
-            // The reference runs a chunk as the pass does, so that each row
-            // meets the same attention kernel in both: a chunk that wants
-            // logits as its body, then its last token alone (the pass runs
-            // that row with the decode rows on the decode kernel, the
-            // body's rows on the tile kernel when there are more than
-            // DECODE_MAX_ROWS, as GpuSequence's prefill does).
             let (d, rel) = run_scenario(&mut batch, &prompts, steps, tie, &mut |s, t, want| {
-                let body = if want { t.len() - 1 } else { t.len() };
-                let mut logits = Vec::new();
-                for part in [&t[..body], &t[body..]] {
-                    if !part.is_empty() {
-                        logits = seqs[s].forward(part).unwrap();
-                    }
-                }
-                logits
+                forward_as_the_pass(&mut seqs[s], t, want)
             });
             eprintln!(
                 "synthetic hd {} ({} / {} heads, windows {windows:?}), prompts {lens:?} in \
@@ -556,19 +564,10 @@ fn real_models_paged_match_gpu_sequence() {
                 .map(|_| model.new_sequence(64).unwrap())
                 .collect();
             let tie = GGUF_RELATIVE_TOLERANCE;
+            // The short scenario keeps its whole-chunk reference (the
+            // tolerance was measured that way).
             let (d, rel) = run_scenario(&mut batch, &prompts, &steps, tie, &mut |s, t, want| {
-                let body = if want && max_rows > 8 {
-                    t.len() - 1
-                } else {
-                    t.len()
-                };
-                let mut logits = Vec::new();
-                for part in [&t[..body], &t[body..]] {
-                    if !part.is_empty() {
-                        logits = seqs[s].forward(part).unwrap();
-                    }
-                }
-                logits
+                forward_as_the_pass(&mut seqs[s], t, want && max_rows > 8)
             });
             eprintln!(
                 "{file} prompts {lens:?} in passes of {max_rows} rows, paged vs GpuSequence: \
