@@ -1140,14 +1140,10 @@ struct AttKvPaged {
     const u16* v;
     const int* tables;
     int layer, n_blocks, n_kv_heads, block_size, block_shift, n_tables, table_width, window;
+    // A table covers table_width * block_size positions (the host checks
+    // that this fits an int: pack_block_tables).
     __device__ __forceinline__ void range(int seq, int pos, int& lo, int& hi) const {
-        if (seq < 0 || seq >= n_tables || pos < 0 ||
-            (long long)pos >= (long long)table_width * block_size) {
-            lo = hi = 0;
-            return;
-        }
-        hi = pos + 1;
-        lo = window > 0 ? max(0, pos - window + 1) : 0;
+        att_range(seq, pos, n_tables, table_width * block_size, window, lo, hi);
     }
     // One sequence (its block table) and kv head.
     struct Keys {
@@ -1211,7 +1207,10 @@ __device__ __forceinline__ AttBlockIds<HD, KT> att_tc_tile_ids(const AttKvPaged:
 // the block's 128 threads: thread i copies 16-byte unit i % (HD / 8) of keys
 // i / (HD / 8) + j * (128 / (HD / 8)); keys at or past khi, and keys the
 // store has no row for, are zeros (their probabilities are 0, and 0 times a
-// stale value could be NaN).
+// stale value could be NaN). One overload per store: the contiguous copy
+// keeps one base and constant offsets per key (a shared form with an offset
+// per key moved ptxas's allocation of the contiguous kernel, 235 -> 184
+// registers, and cost it ~10% on the H100: docs/CUDA.md change 79).
 template <int HD, int KT, int RS>
 __device__ __forceinline__ void att_tc_load_tile(u16* sk, u16* sv, const AttKvCache::Keys& keys,
                                                  AttNoIds, int t0, int khi) {
