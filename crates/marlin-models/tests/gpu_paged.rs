@@ -127,9 +127,27 @@ impl Blocks {
     }
 }
 
+/// What a reference gives for one chunk: the logits of its last token and
+/// its spread, the largest |Δlogit| between two equally valid feedings of
+/// the same sequence (0 where it runs one): the f16 model's own
+/// sensitivity at that token, which no pass can be held below.
+struct RefLogits {
+    logits: Vec<f32>,
+    spread: f32,
+}
+
+impl From<Vec<f32>> for RefLogits {
+    fn from(logits: Vec<f32>) -> Self {
+        Self {
+            logits,
+            spread: 0.0,
+        }
+    }
+}
+
 /// The per-sequence reference of [`run_scenario`]: (sequence, new tokens,
 /// logits wanted) -> logits of the last token.
-type Reference<'a> = dyn FnMut(usize, &[u32], bool) -> Vec<f32> + 'a;
+type Reference<'a> = dyn FnMut(usize, &[u32], bool) -> RefLogits + 'a;
 
 /// One step of a scenario: (sequence, new tokens or None = its next greedy
 /// token, logits wanted).
@@ -141,7 +159,9 @@ type Step = Vec<(usize, Option<std::ops::Range<usize>>, bool)>;
 /// decoding sequence being the reference's argmax; the batch's argmax must
 /// be the same token or one whose reference logit is within `tie_rel` of
 /// max |logit| of the top (a near-tie that the tolerated error may flip).
-/// Returns the worst |Δlogit| and the worst |Δlogit| / max |logit|.
+/// Returns the worst |Δlogit| and the worst |Δlogit| / max |logit|, where
+/// |Δlogit| beyond twice the reference's spread counts (a spread of 0: all
+/// of it).
 fn run_scenario(
     batch: &mut GpuBatchModel,
     prompts: &[Vec<u32>],
@@ -177,7 +197,7 @@ fn run_scenario(
             .collect();
         let got = batch.forward(&chunks).expect("forward_batch");
         for (((s, _, want), t), g) in step.iter().zip(&tokens).zip(&got) {
-            let r = reference(*s, t, *want);
+            let RefLogits { logits: r, spread } = reference(*s, t, *want);
             len[*s] += t.len();
             if !*want {
                 assert!(g.is_empty(), "step {si}: logits nobody asked for");
@@ -185,10 +205,18 @@ fn run_scenario(
             }
             let d = max_abs_diff(&r, g);
             worst = worst.max(d);
-            worst_rel = worst_rel.max(d / max_abs(&r).max(1e-6));
+            let beyond = (d - 2.0 * spread).max(0.0);
+            worst_rel = worst_rel.max(beyond / max_abs(&r).max(1e-6));
+            let spread_rel = spread / max_abs(&r).max(1e-6);
+            if spread_rel > 1e-3 {
+                eprintln!(
+                    "  step {si} sequence {s}: an ill-conditioned token: |Δlogit| {d:.2e}, \
+                     reference spread {spread:.2e} ({spread_rel:.2e} of max |logit|)"
+                );
+            }
             let (want_id, got_id) = (argmax(&r) as usize, argmax(g) as usize);
             assert!(
-                r[got_id] >= r[want_id] - tie_rel * max_abs(&r),
+                r[got_id] >= r[want_id] - tie_rel * max_abs(&r) - 2.0 * spread,
                 "step {si} sequence {s}: greedy token {got_id}, reference {want_id}"
             );
             next[*s] = Some(argmax(&r));
@@ -289,7 +317,7 @@ fn tiny_qwen3_paged_matches_cpu_and_gpu_sequence() {
     let mut batch = GpuBatchModel::new(Arc::clone(&model), &paged).unwrap();
     let mut caches: Vec<KvCache> = (0..3).map(|_| cpu.new_cache(64).unwrap()).collect();
     let (d, _) = run_scenario(&mut batch, &prompts, &steps, 0.0, &mut |s, t, _| {
-        cpu.forward(t, &mut caches[s]).unwrap()
+        cpu.forward(t, &mut caches[s]).unwrap().into()
     });
     eprintln!("tiny-qwen3 paged vs CPU: max |Δlogit| = {d:.2e}");
     assert!(d < TINY_TOLERANCE, "paged vs CPU max |Δlogit| {d}");
@@ -302,7 +330,7 @@ fn tiny_qwen3_paged_matches_cpu_and_gpu_sequence() {
     let mut batch = GpuBatchModel::new(Arc::clone(&model), &paged).unwrap();
     let mut seqs: Vec<_> = (0..3).map(|_| model.new_sequence(64).unwrap()).collect();
     let (d, _) = run_scenario(&mut batch, &prompts, &steps, 0.0, &mut |s, t, _| {
-        seqs[s].forward(t).unwrap()
+        seqs[s].forward(t).unwrap().into()
     });
     eprintln!("tiny-qwen3 paged vs GpuSequence: max |Δlogit| = {d:.2e}");
     assert!(d < TINY_TOLERANCE, "paged vs GpuSequence max |Δlogit| {d}");
@@ -476,26 +504,17 @@ fn synthetic_paged_matches_gpu_sequence_gqa_and_windows() {
     ];
     // Short chunks in passes of 8 rows (prompt rows on the decode kernel),
     // then long prompts in passes of 64 (prompt rows on the tile kernel).
-    // The long prompts run without the sliding windows: with windows of 6
-    // this hd-256 model's logits of the 20-token chunk's last token differ
-    // between the paged pass and GpuSequence by up to 9% of max |logit|
-    // (argmax equal, every later step equal) whichever kernel runs the
-    // prompt rows (MARLIN_CUDA_ATTN_PREFILL=scalar too): not understood,
-    // docs/CUDA.md change 79. The tile kernel's windows are checked against
-    // the f64 reference in marlin-cuda's gpu_paged_attention.rs.
-    let scenarios = [
-        (mixed_steps(), 4, 26, 8, true),
-        (long_prompt_steps(), 16, 12, 64, false),
-    ];
+    // With the hd-256 model's windows of 6, the last token of A's 20-token
+    // chunk (position 44) is ill-conditioned: GpuSequence's own feedings
+    // (whole prompt, chunks, token by token) disagree there by 3-8% of max
+    // |logit| while every other position agrees within 6.2e-4 (docs/CUDA.md
+    // change 79 (d)). So the long scenario's reference also runs each chunk
+    // token by token and the pass may differ by twice that spread beyond
+    // the tolerance.
+    let scenarios = [(mixed_steps(), 4, 26, 8), (long_prompt_steps(), 16, 12, 64)];
     for (shape, windows) in &shapes {
-        let windowed = synthetic_model(shape, windows);
-        let global = synthetic_model(shape, &vec![None; windows.len()]);
-        for ((lens, steps), block_size, n_blocks, max_rows, with_windows) in &scenarios {
-            let (model, windows) = if *with_windows {
-                (&windowed, windows.clone())
-            } else {
-                (&global, vec![None; windows.len()])
-            };
+        let model = synthetic_model(shape, windows);
+        for ((lens, steps), block_size, n_blocks, max_rows) in &scenarios {
             let prompts = prompts_for(lens, shape.vocab);
             let paged = PagedOptions {
                 block_size: *block_size,
@@ -504,18 +523,35 @@ fn synthetic_paged_matches_gpu_sequence_gqa_and_windows() {
                 max_rows: *max_rows,
                 max_logit_rows: 2,
             };
-            let mut batch = GpuBatchModel::new(Arc::clone(model), &paged).unwrap();
-            let mut seqs: Vec<_> = (0..lens.len())
-                .map(|_| model.new_sequence(64).unwrap())
-                .collect();
+            let mut batch = GpuBatchModel::new(Arc::clone(&model), &paged).unwrap();
+            let new_seqs = || -> Vec<_> {
+                (0..lens.len())
+                    .map(|_| model.new_sequence(64).unwrap())
+                    .collect()
+            };
+            let (mut seqs, mut by_token) = (new_seqs(), new_seqs());
+            let second_feeding = *max_rows > 8;
             let tie = 2.0 * SYNTHETIC_RELATIVE_TOLERANCE;
             let (d, rel) = run_scenario(&mut batch, &prompts, steps, tie, &mut |s, t, want| {
-                forward_as_the_pass(&mut seqs[s], t, want)
+                let logits = forward_as_the_pass(&mut seqs[s], t, want);
+                if !second_feeding {
+                    return logits.into();
+                }
+                let mut other = Vec::new();
+                for tok in t {
+                    other = by_token[s].forward(&[*tok]).unwrap();
+                }
+                let spread = if want {
+                    max_abs_diff(&logits, &other)
+                } else {
+                    0.0
+                };
+                RefLogits { logits, spread }
             });
             eprintln!(
                 "synthetic hd {} ({} / {} heads, windows {windows:?}), prompts {lens:?} in \
                  passes of {max_rows} rows, paged vs GpuSequence: max |Δlogit| = {d:.2e} \
-                 ({rel:.2e} of max |logit|)",
+                 ({rel:.2e} of max |logit| beyond twice the reference's spread)",
                 shape.head_dim, shape.n_heads, shape.n_kv_heads
             );
             assert!(rel < SYNTHETIC_RELATIVE_TOLERANCE, "relative {rel}");
@@ -567,7 +603,7 @@ fn real_models_paged_match_gpu_sequence() {
             // The short scenario keeps its whole-chunk reference (the
             // tolerance was measured that way).
             let (d, rel) = run_scenario(&mut batch, &prompts, &steps, tie, &mut |s, t, want| {
-                forward_as_the_pass(&mut seqs[s], t, want && max_rows > 8)
+                forward_as_the_pass(&mut seqs[s], t, want && max_rows > 8).into()
             });
             eprintln!(
                 "{file} prompts {lens:?} in passes of {max_rows} rows, paged vs GpuSequence: \
