@@ -14,6 +14,8 @@
 //!   accumulation).
 //! - [`knobs`]: the environment variables that switch an optimisation off
 //!   for same-run comparisons.
+//! - `readback` (feature `cuda`): page-locked host buffers for what the
+//!   host reads back every step (logits).
 //! - `bench` (feature `cuda`): the GEMM benchmark against cuBLAS fp16 and the
 //!   device's copy bandwidth, used by `marlin bench gemm --device cuda`.
 
@@ -38,6 +40,8 @@ pub mod hadamard;
 mod nvrtc_cache;
 #[cfg(feature = "cuda")]
 pub mod ops;
+#[cfg(feature = "cuda")]
+pub mod readback;
 
 #[cfg(feature = "cuda")]
 pub use device::{probe, CudaDevice};

@@ -29,6 +29,7 @@ use std::time::Instant;
 use marlin_engine::serve::{spawn, BatchChunk, BatchModel, EngineConfig, EngineRequest, Event};
 use marlin_engine::{Detokenizer, EngineError, FinishReason, SamplingParams};
 use marlin_models::gpu::bench::{synthetic_decoder, SyntheticShape};
+use marlin_models::gpu::stages::StageTimer;
 use marlin_models::gpu::{GpuBatchModel, GpuLoadOptions, GpuModel, GpuSequence, PagedOptions};
 use marlin_models::{load_model, KvCache, LoadOptions};
 
@@ -769,7 +770,7 @@ fn paged_decode_throughput() {
             );
         }
         for seqs in [1usize, 8, 32] {
-            let positions = CTX + RUNS * STEPS + 8;
+            let positions = CTX + 2 * RUNS * STEPS + 8;
             let per_seq = positions.div_ceil(16);
             let paged = PagedOptions {
                 block_size: 16,
@@ -804,36 +805,90 @@ fn paged_decode_throughput() {
             let prefill = t0.elapsed().as_secs_f64();
             let mut pos = CTX;
             let ids: Vec<[u32; 1]> = (0..seqs).map(|s| [(s * 13 % vocab) as u32]).collect();
-            let mut step = |pos: usize| {
+            // Logits rows kept from step to step, as the engine keeps them.
+            let mut out = Vec::new();
+            let mut step = |pos: usize, want_logits: bool| {
                 let chunks: Vec<BatchChunk> = (0..seqs)
                     .map(|s| BatchChunk {
                         tokens: &ids[s],
                         block_table: &tables[s],
                         pos0: pos,
-                        want_logits: true,
+                        want_logits,
                     })
                     .collect();
-                let out = batch.forward(&chunks).unwrap();
-                assert!(out.iter().all(|l| l.len() == vocab && l[0].is_finite()));
-            };
-            step(pos);
-            pos += 1;
-            let secs = median_secs(RUNS, || {
-                for _ in 0..STEPS {
-                    step(pos);
-                    pos += 1;
+                batch.forward_into(&chunks, &mut out).unwrap();
+                if want_logits {
+                    assert!(out.iter().all(|l| l.len() == vocab && l[0].is_finite()));
                 }
+            };
+            step(pos, true);
+            pos += 1;
+            let mut timed = |want_logits: bool| {
+                let secs = median_secs(RUNS, || {
+                    for _ in 0..STEPS {
+                        step(pos, want_logits);
+                        pos += 1;
+                    }
+                });
+                secs / STEPS as f64
+            };
+            let step_s = timed(true);
+            // The same steps with no logits wanted (no LM head, nothing
+            // read back, no synchronisation: the host queues the next
+            // step's launches while the GPU runs this one).
+            let bare_s = timed(false);
+            // The host's share of the readback: copying that many logits
+            // rows between two host buffers (the pass copies each row from
+            // the page-locked buffer into the caller's).
+            let src = vec![1.0f32; seqs * vocab];
+            let mut dst = vec![vec![0.0f32; vocab]; seqs];
+            let copy_s = median_secs(RUNS, || {
+                for (d, s) in dst.iter_mut().zip(src.chunks_exact(vocab)) {
+                    d.copy_from_slice(s);
+                }
+                assert_eq!(dst[seqs - 1][vocab - 1], 1.0);
             });
-            let step_s = secs / STEPS as f64;
             eprintln!(
-                "{:>24} {:>6} {:>10.3} {:>10.1}   (prefill {} x {CTX} tokens: {:.1} ms, {:.0} tok/s)",
+                "{:>24} {:>6} {:>10.3} {:>10.1}   (no logits wanted: {:.3} ms; host copy of the logits rows {:.3} ms; prefill {} x {CTX} tokens: {:.1} ms, {:.0} tok/s)",
                 "GpuBatchModel (paged)",
                 seqs,
                 step_s * 1e3,
                 seqs as f64 / step_s,
+                bare_s * 1e3,
+                copy_s * 1e3,
                 seqs,
                 prefill * 1e3,
                 (seqs * CTX) as f64 / prefill
+            );
+            // Where a step goes: its kernel groups timed back to back (the
+            // timer spins 1 ms before each layer so that the host's
+            // launches queue behind it), against the step's wall time.
+            let mut timer = StageTimer::new(1_000_000);
+            let chunks: Vec<BatchChunk> = (0..seqs)
+                .map(|s| BatchChunk {
+                    tokens: &ids[s],
+                    block_table: &tables[s],
+                    pos0: pos,
+                    want_logits: true,
+                })
+                .collect();
+            batch
+                .forward_timed(&chunks, &mut Vec::new(), Some(&mut timer))
+                .unwrap();
+            dev.synchronize().unwrap();
+            let totals = timer.totals().unwrap();
+            let kernels_us: f64 = totals.iter().map(|t| t.1).sum();
+            let parts: Vec<String> = totals
+                .iter()
+                .map(|(stage, us, _)| format!("{} {us:.0}", stage.name()))
+                .collect();
+            eprintln!(
+                "{:>24} {:>6} kernels {:.0} us of the {:.0} us step: {}",
+                "  stages",
+                seqs,
+                kernels_us,
+                step_s * 1e6,
+                parts.join(", ")
             );
         }
     }

@@ -29,6 +29,9 @@ pub(crate) struct Engine<'d> {
     shared: Arc<Shared>,
     /// End of the grace period once shutdown was asked for.
     shutdown_at: Option<Instant>,
+    /// The model's logits rows, kept from step to step so that a model can
+    /// refill them in place (`BatchModel::forward_batch_into`).
+    logits: Vec<Vec<f32>>,
 }
 
 impl<'d> Engine<'d> {
@@ -48,6 +51,7 @@ impl<'d> Engine<'d> {
             waiting: VecDeque::new(),
             shared,
             shutdown_at: None,
+            logits: Vec::new(),
         }
     }
 
@@ -283,20 +287,20 @@ impl<'d> Engine<'d> {
                 }
             })
             .collect();
-        let result = self.model.forward_batch(&chunks);
+        let result = self.model.forward_batch_into(&chunks, &mut self.logits);
         let computed: usize = plan.iter().map(|p| p.n).sum();
-        let logits = match result {
-            Ok(l) if l.len() == plan.len() => l,
-            Ok(l) => {
+        match result {
+            Ok(()) if self.logits.len() == plan.len() => {}
+            Ok(()) => {
                 let msg = format!(
                     "model returned {} results for {} chunks",
-                    l.len(),
+                    self.logits.len(),
                     plan.len()
                 );
                 return self.fail_planned(plan, &msg);
             }
             Err(e) => return self.fail_planned(plan, &e.to_string()),
-        };
+        }
         {
             let mut st = self.shared.stats.lock_or_recover();
             st.computed_tokens_total += computed as u64;
@@ -304,7 +308,7 @@ impl<'d> Engine<'d> {
         }
         let vocab = self.model.vocab_size();
         let mut done: Vec<(usize, Result<FinishReason, String>)> = Vec::new();
-        for (p, l) in plan.iter().zip(logits) {
+        for (p, l) in plan.iter().zip(self.logits.iter_mut()) {
             let seq = &mut self.running[p.seq];
             seq.timings.first_scheduled.get_or_insert(now);
             seq.computed += p.n;

@@ -48,6 +48,20 @@ pub trait BatchModel: Send {
     /// Runs every chunk in one pass; returns per chunk the logits (vocab)
     /// of its last token if `want_logits`, else an empty vector.
     fn forward_batch(&mut self, chunks: &[BatchChunk]) -> Result<Vec<Vec<f32>>, EngineError>;
+
+    /// [`Self::forward_batch`] into `logits`, which the caller keeps from
+    /// step to step: a model may refill its rows in place (one row of a
+    /// 128k vocabulary is 0.5 MB, and fresh allocations of that size fault
+    /// their pages in every step). On success `logits` has one entry per
+    /// chunk, as `forward_batch` returns.
+    fn forward_batch_into(
+        &mut self,
+        chunks: &[BatchChunk],
+        logits: &mut Vec<Vec<f32>>,
+    ) -> Result<(), EngineError> {
+        *logits = self.forward_batch(chunks)?;
+        Ok(())
+    }
 }
 
 /// Makes one incremental detokenizer per request. Detokenizers may borrow

@@ -127,18 +127,19 @@ impl<'d> Sequence<'d> {
 
     /// Samples the next token from `logits` (vocab) of the last token,
     /// streams it, and says whether the sequence is done.
-    pub fn on_logits(&mut self, mut logits: Vec<f32>) -> Result<Outcome, EngineError> {
+    /// `logits` may be changed (the sampler's penalties and temperature).
+    pub fn on_logits(&mut self, logits: &mut [f32]) -> Result<Outcome, EngineError> {
         let (logprob, top) = match self.logprobs {
             Some(n) => {
-                let lp = log_softmax(&logits)?;
+                let lp = log_softmax(logits)?;
                 let top = top_n(&lp, n);
                 (Some(lp), top)
             }
             None => (None, Vec::new()),
         };
-        let mut next = self.sampler.sample(&mut logits)?;
+        let mut next = self.sampler.sample(logits)?;
         if let Some(c) = self.constraint.as_mut() {
-            next = c.choose(RankedTokens::new(next, &logits)).ok_or_else(|| {
+            next = c.choose(RankedTokens::new(next, logits)).ok_or_else(|| {
                 EngineError::Model("no token satisfies the output constraint".into())
             })?;
             c.accept(next);

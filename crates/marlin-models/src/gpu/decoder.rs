@@ -351,6 +351,8 @@ pub struct Scratch {
     pub uniforms: CudaSlice<f32>,
     /// (logit_rows, vocab)
     pub logits: CudaSlice<f32>,
+    /// Page-locked host copy of the logits rows the caller reads back.
+    pub host_logits: marlin_cuda::readback::Readback<f32>,
     /// (max(max_m, logit_rows)) token picked from each logits row.
     pub next_ids: CudaSlice<u32>,
     /// Keys and tickets of the split argmax (logit_rows rows).
@@ -504,6 +506,7 @@ impl Scratch {
             skip_for_diagnosis: SkipForDiagnosis::Nothing,
             uniforms: dev.alloc_zeros("sampling uniforms", picks)?,
             logits: dev.alloc_zeros("logits", logits_len)?,
+            host_logits: marlin_cuda::readback::Readback::new("logits"),
             next_ids: dev.alloc_zeros("picked ids", picks)?,
             argmax_ws: ops::ArgmaxWorkspace::new(dev, logit_rows)?,
             x: dev.alloc_zeros("residual stream", rows(d)?)?,

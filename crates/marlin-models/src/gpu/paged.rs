@@ -33,6 +33,7 @@ use marlin_engine::serve::{BatchChunk, BatchModel};
 use marlin_engine::EngineError;
 
 use super::decoder::{LogitRows, Scratch, Select};
+use super::stages::StageTimer;
 use super::{driver_err, GpuError, GpuModel, Result};
 use crate::error::ModelError;
 
@@ -220,6 +221,79 @@ pub(crate) fn plan_passes(
     passes
 }
 
+/// Body rows a chunk needs in a pass for attention to take them on the
+/// tensor-core tile kernel (as `ops::DECODE_MAX_ROWS` decides for a whole
+/// prompt: fewer rows re-read the keys on the decode kernel for less than a
+/// tile pass over them costs).
+const TILE_BODY_MIN_ROWS: usize = ops::DECODE_MAX_ROWS;
+
+/// The rows of one pass: token id, sequence (the pass's table index) and
+/// position of each, in the order the decoder runs them.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct PassRows {
+    pub ids: Vec<u32>,
+    pub seq: Vec<i32>,
+    pub pos: Vec<i32>,
+    /// Rows `0..prompt_rows` are long chunks' bodies (attention's prompt
+    /// rows: `PagedKvPool::set_prompt_rows`).
+    pub prompt_rows: usize,
+    /// The chunk of each of the last `tail.len()` rows, the rows whose
+    /// logits are wanted (the LM head's `LogitRows::Tail`).
+    pub tail: Vec<usize>,
+}
+
+/// Lays out `pass`: the bodies of long chunks (at least
+/// [`TILE_BODY_MIN_ROWS`] rows: the tensor-core tile kernel's prompt rows),
+/// then short bodies, then the rows wanting logits, each in pass order. A
+/// short body takes the decode kernel: the tile kernel walks the keys once
+/// per sequence in a tile, so a tile of single rows of many sequences costs
+/// as many walks (32 decode rows of 32 sequences taken as prompt rows made
+/// an 8B-shaped step 1.9x slower, docs/CUDA.md change 80). Rows are
+/// independent except through the KV store, so any order is correct.
+pub(crate) fn pass_rows(chunks: &[BatchChunk], pass: &[Piece]) -> PassRows {
+    let m: usize = pass.iter().map(|p| p.len).sum();
+    let mut rows = PassRows {
+        ids: Vec::with_capacity(m),
+        seq: Vec::with_capacity(m),
+        pos: Vec::with_capacity(m),
+        prompt_rows: 0,
+        tail: Vec::new(),
+    };
+    let (mut short, mut last) = (Vec::new(), Vec::new());
+    for (t, p) in pass.iter().enumerate() {
+        let c = &chunks[p.chunk];
+        let tokens = &c.tokens[p.start..p.start + p.len];
+        let pos0 = c.pos0 + p.start;
+        let body = p.len - usize::from(p.logits);
+        let body_rows = tokens[..body]
+            .iter()
+            .enumerate()
+            .map(|(k, &id)| (id, t as i32, (pos0 + k) as i32));
+        if body >= TILE_BODY_MIN_ROWS {
+            rows.push_all(body_rows);
+        } else {
+            short.extend(body_rows);
+        }
+        if p.logits {
+            last.push((tokens[body], t as i32, (pos0 + body) as i32));
+            rows.tail.push(p.chunk);
+        }
+    }
+    rows.prompt_rows = rows.ids.len();
+    rows.push_all(short.into_iter().chain(last));
+    rows
+}
+
+impl PassRows {
+    fn push_all(&mut self, rows: impl Iterator<Item = (u32, i32, i32)>) {
+        for (id, seq, pos) in rows {
+            self.ids.push(id);
+            self.seq.push(seq);
+            self.pos.push(pos);
+        }
+    }
+}
+
 /// A [`GpuModel`] with a paged KV pool, driven by the serving engine.
 pub struct GpuBatchModel {
     model: Arc<GpuModel>,
@@ -324,6 +398,27 @@ impl GpuBatchModel {
     /// Runs every chunk (see the module doc); per chunk the logits (vocab)
     /// of its last token if it wants them, else an empty vector.
     pub fn forward(&mut self, chunks: &[BatchChunk]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::new();
+        self.forward_timed(chunks, &mut out, None)?;
+        Ok(out)
+    }
+
+    /// [`Self::forward`] into `out`, whose rows are refilled in place (the
+    /// engine keeps them from step to step: `BatchModel::forward_batch_into`).
+    pub fn forward_into(&mut self, chunks: &[BatchChunk], out: &mut Vec<Vec<f32>>) -> Result<()> {
+        self.forward_timed(chunks, out, None)
+    }
+
+    /// [`Self::forward`], recording an event after each kernel group of
+    /// every pass into `prof` when given (the serving path's counterpart of
+    /// `marlin bench decode --breakdown`: the timer spins before each
+    /// layer, so its events time the kernels back to back).
+    pub fn forward_timed(
+        &mut self,
+        chunks: &[BatchChunk],
+        out: &mut Vec<Vec<f32>>,
+        mut prof: Option<&mut StageTimer>,
+    ) -> Result<()> {
         self.validate(chunks)?;
         let dev = self.model.device().clone();
         // The engine thread is not the thread that loaded the model.
@@ -334,11 +429,15 @@ impl GpuBatchModel {
             .iter()
             .map(|c| (c.tokens.len(), c.want_logits))
             .collect();
-        let mut out = vec![Vec::new(); chunks.len()];
-        for pass in plan_passes(&shape, self.scratch.max_m, self.scratch.logit_rows) {
-            self.run_pass(&dev, chunks, &pass, &mut out)?;
+        out.truncate(chunks.len());
+        out.resize_with(chunks.len(), Vec::new);
+        for row in out.iter_mut() {
+            row.clear();
         }
-        Ok(out)
+        for pass in plan_passes(&shape, self.scratch.max_m, self.scratch.logit_rows) {
+            self.run_pass(&dev, chunks, &pass, out, prof.as_deref_mut())?;
+        }
+        Ok(())
     }
 
     fn run_pass(
@@ -347,39 +446,21 @@ impl GpuBatchModel {
         chunks: &[BatchChunk],
         pass: &[Piece],
         out: &mut [Vec<f32>],
+        prof: Option<&mut StageTimer>,
     ) -> Result<()> {
-        let m: usize = pass.iter().map(|p| p.len).sum();
-        let (mut ids, mut seq, mut pos) = (
-            Vec::with_capacity(m),
-            Vec::with_capacity(m),
-            Vec::with_capacity(m),
-        );
-        // Rows wanting logits go last, in pass order.
-        let mut tail = Vec::new();
-        for (t, p) in pass.iter().enumerate() {
-            let c = &chunks[p.chunk];
-            let tokens = &c.tokens[p.start..p.start + p.len];
-            let pos0 = c.pos0 + p.start;
-            let body = p.len - usize::from(p.logits);
-            for (k, &id) in tokens[..body].iter().enumerate() {
-                ids.push(id);
-                seq.push(t as i32);
-                pos.push((pos0 + k) as i32);
-            }
-            if p.logits {
-                tail.push((p.chunk, tokens[body], t as i32, (pos0 + body) as i32));
-            }
-        }
-        for &(_, id, t, p) in &tail {
-            ids.push(id);
-            seq.push(t);
-            pos.push(p);
-        }
+        let PassRows {
+            ids,
+            seq,
+            pos,
+            prompt_rows,
+            tail,
+        } = pass_rows(chunks, pass);
+        let m = ids.len();
         let tables: Vec<&[u32]> = pass.iter().map(|p| chunks[p.chunk].block_table).collect();
         self.pool.set_block_tables(dev, &tables)?;
-        // The body rows (prompt chunks, several rows per sequence) come
-        // first: attention runs them on the tensor-core tile kernel.
-        self.pool.set_prompt_rows(m - tail.len());
+        // The long bodies come first: attention runs them on the
+        // tensor-core tile kernel.
+        self.pool.set_prompt_rows(prompt_rows);
         let stream = dev.stream();
         let s = &mut self.scratch;
         stream
@@ -392,24 +473,24 @@ impl GpuBatchModel {
             .memcpy_htod(&pos, &mut s.row_pos.slice_mut(0..m))
             .map_err(|e| driver_err("positions to the device", e))?;
         let n = tail.len();
-        self.model.decoder().forward_rows(
+        self.model.decoder().forward_rows_timed(
             dev,
-            &mut self.pool,
+            (&mut self.pool).into(),
             &mut self.scratch,
             m,
             LogitRows::Tail(n),
             Select::None,
+            prof,
         )?;
         if n == 0 {
             return Ok(());
         }
         let vocab = self.model.config().vocab_size;
-        let logits = stream
-            .clone_dtoh(&self.scratch.logits.slice(0..n * vocab))
-            .map_err(|e| driver_err("logits to the host", e))?;
-        dev.synchronize()?;
-        for (row, &(chunk, ..)) in logits.chunks_exact(vocab).zip(&tail) {
-            out[chunk] = row.to_vec();
+        let s = &mut self.scratch;
+        let logits = s.host_logits.fetch(dev, &s.logits.slice(0..n * vocab))?;
+        for (row, &chunk) in logits.chunks_exact(vocab).zip(&tail) {
+            out[chunk].clear();
+            out[chunk].extend_from_slice(row);
         }
         Ok(())
     }
@@ -432,11 +513,57 @@ impl BatchModel for GpuBatchModel {
         self.forward(chunks)
             .map_err(|e| EngineError::Model(e.to_string()))
     }
+    fn forward_batch_into(
+        &mut self,
+        chunks: &[BatchChunk],
+        logits: &mut Vec<Vec<f32>>,
+    ) -> std::result::Result<(), EngineError> {
+        self.forward_into(chunks, logits)
+            .map_err(|e| EngineError::Model(e.to_string()))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_bodies_lead_short_ones_and_logits_rows_end_the_pass() {
+        let long: Vec<u32> = (100..120).collect(); // 20 tokens, logits wanted
+        let short = [7u32, 8, 9]; // a 3-token chunk, no logits
+        let decode = [5u32]; // a decode row
+        let table = [0u32];
+        let chunk = |tokens, pos0, want_logits| BatchChunk {
+            tokens,
+            block_table: &table,
+            pos0,
+            want_logits,
+        };
+        let chunks = [
+            chunk(&decode[..], 40, true),
+            chunk(&short[..], 10, false),
+            chunk(&long[..], 3, true),
+        ];
+        let pass = plan_passes(&[(1, true), (3, false), (20, true)], 64, 8);
+        assert_eq!(pass.len(), 1);
+        let rows = pass_rows(&chunks, &pass[0]);
+        // The long chunk's 19 body rows, the short chunk's 3, then the
+        // decode row and the long chunk's last token (pass order).
+        assert_eq!(rows.prompt_rows, 19);
+        assert_eq!(rows.ids[..19], long[..19]);
+        assert_eq!(rows.ids[19..], [7, 8, 9, 5, 119]);
+        assert_eq!(rows.seq[17..], [2, 2, 1, 1, 1, 0, 2]);
+        assert_eq!(rows.pos[..2], [3, 4]);
+        assert_eq!(rows.pos[19..], [10, 11, 12, 40, 22]);
+        assert_eq!(rows.tail, [0, 2]);
+        // Below the threshold a body is short: no prompt rows at all.
+        let pass = plan_passes(&[(1, true), (3, false)], 64, 8);
+        let rows = pass_rows(&chunks[..2], &pass[0]);
+        assert_eq!(
+            (rows.prompt_rows, rows.ids.as_slice()),
+            (0, &[7, 8, 9, 5][..])
+        );
+    }
 
     #[test]
     fn passes_respect_row_and_logit_limits_in_order() {

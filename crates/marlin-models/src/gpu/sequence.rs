@@ -88,12 +88,11 @@ impl<'m> GpuSequence<'m> {
         // Argmax too: the same captured step serves `forward` and `greedy`.
         self.run(tokens, Select::Argmax)?;
         let vocab = self.model.config().vocab_size;
-        let stream = self.model.device().stream();
-        let logits = stream
-            .clone_dtoh(&self.scratch.logits.slice(0..vocab))
-            .map_err(|e| driver_err("logits to the host", e))?;
-        self.model.device().synchronize()?;
-        Ok(logits)
+        let s = &mut self.scratch;
+        let logits = s
+            .host_logits
+            .fetch(self.model.device(), &s.logits.slice(0..vocab))?;
+        Ok(logits.to_vec())
     }
 
     /// Appends `tokens`; returns the argmax of the last one's logits,
@@ -169,12 +168,11 @@ impl<'m> GpuSequence<'m> {
                 Select::None,
             )?;
             self.len += chunk.len();
-            let part = dev
-                .stream()
-                .clone_dtoh(&self.scratch.logits.slice(0..rows * vocab))
-                .map_err(|e| driver_err("logits to the host", e))?;
-            dev.synchronize()?;
-            out.extend_from_slice(&part);
+            let s = &mut self.scratch;
+            out.extend_from_slice(
+                s.host_logits
+                    .fetch(&dev, &s.logits.slice(0..rows * vocab))?,
+            );
         }
         Ok(out)
     }
