@@ -837,9 +837,9 @@ fn paged_decode_throughput() {
             // read back, no synchronisation: the host queues the next
             // step's launches while the GPU runs this one).
             let bare_s = timed(false);
-            // The host's share of the readback: copying that many logits
-            // rows between two host buffers (the pass copies each row from
-            // the page-locked buffer into the caller's).
+            // What one thread takes to copy that many logits rows between
+            // host buffers (the pass copies the rows from its page-locked
+            // buffer into the caller's, on several threads above 4 MB).
             let src = vec![1.0f32; seqs * vocab];
             let mut dst = vec![vec![0.0f32; vocab]; seqs];
             let copy_s = median_secs(RUNS, || {
@@ -849,7 +849,7 @@ fn paged_decode_throughput() {
                 assert_eq!(dst[seqs - 1][vocab - 1], 1.0);
             });
             eprintln!(
-                "{:>24} {:>6} {:>10.3} {:>10.1}   (no logits wanted: {:.3} ms; host copy of the logits rows {:.3} ms; prefill {} x {CTX} tokens: {:.1} ms, {:.0} tok/s)",
+                "{:>24} {:>6} {:>10.3} {:>10.1}   (no logits wanted: {:.3} ms; one thread's copy of the logits rows {:.3} ms; prefill {} x {CTX} tokens: {:.1} ms, {:.0} tok/s)",
                 "GpuBatchModel (paged)",
                 seqs,
                 step_s * 1e3,
