@@ -211,8 +211,11 @@ impl PagedKvPool {
     /// [`paged_attention`] runs the prompt rows on the tensor-core tile
     /// kernel (query tiles share each key tile) and the others on the
     /// split-K decode kernel. Only a schedule: both kernels are correct for
-    /// any rows. [`PagedKvPool::set_block_tables`] resets it to 0 (every
-    /// row on the decode kernel).
+    /// any rows, but the tile kernel walks the keys once per sequence in a
+    /// query tile, so prompt rows should be long runs of one sequence
+    /// (`GpuBatchModel` marks chunk bodies of 16 or more rows).
+    /// [`PagedKvPool::set_block_tables`] resets it to 0 (every row on the
+    /// decode kernel).
     pub fn set_prompt_rows(&mut self, rows: usize) {
         self.prompt_rows = rows;
     }
