@@ -1029,3 +1029,66 @@ fn tiny_qwen3_int4_f16_path_matches_f32_path() {
     }
     assert!(a.graph_captured() && b.graph_captured());
 }
+
+/// A decode graph must not outlive the GEMM workspace it was captured
+/// against: INT4 workspaces grow at the first call of each row count, and
+/// the old buffer is freed (its memory may then serve another allocation
+/// while the graph still writes split-K partials there). Prompt chunks of
+/// growing row counts between decode steps: each decode step after a chunk
+/// that grew the workspace captures again, and every step's logits equal
+/// an eager sequence's on the same weights.
+#[test]
+fn decode_graph_is_captured_again_after_a_chunk_grows_the_workspace() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let shape = SyntheticShape {
+        n_layers: 2,
+        hidden: 1024,
+        n_heads: 16,
+        n_kv_heads: 4,
+        head_dim: 64,
+        ffn: 4096,
+        vocab: 2048,
+        group: 128,
+    };
+    let dev = CudaDevice::new(0).unwrap();
+    let model = |cuda_graph| {
+        let dec = synthetic_decoder(&dev, &shape, 0x5EED).unwrap();
+        let opts = GpuLoadOptions {
+            cuda_graph,
+            ..GpuLoadOptions::default()
+        };
+        GpuModel::from_decoder(dev.clone(), dec, opts)
+    };
+    let (graph_on, graph_off) = (model(true), model(false));
+    let mut on = graph_on.new_sequence(1024).unwrap();
+    let mut off = graph_off.new_sequence(1024).unwrap();
+    // Feeds both sequences; returns the graph sequence's buffer generation.
+    let mut step = |tokens: &[u32], what: &str| {
+        let (a, b) = (on.forward(tokens).unwrap(), off.forward(tokens).unwrap());
+        let d = max_abs_diff(&a, &b);
+        assert!(d == 0.0, "{what}: graph vs eager |Δlogit| {d}");
+        on.buffers_generation()
+    };
+    step(&[1], "first decode step");
+    let mut generation = step(&[2], "second decode step");
+    let mut grown = 0;
+    for (i, rows) in [8usize, 17, 33, 64, 128, 256].into_iter().enumerate() {
+        let chunk: Vec<u32> = (0..rows).map(|j| ((j * 37 + i) % 2048) as u32).collect();
+        let after = step(&chunk, &format!("chunk of {rows} rows"));
+        grown += usize::from(after != generation);
+        step(&[3 + i as u32], &format!("decode step after {rows} rows"));
+        generation = step(&[9], &format!("second decode step after {rows} rows"));
+    }
+    eprintln!("{grown} of 6 chunks grew the GEMM workspace");
+    assert!(
+        grown > 0,
+        "no chunk grew the workspace: the test tests nothing"
+    );
+    assert_eq!(
+        on.graph_captures(),
+        1 + grown,
+        "one capture, then one per growth"
+    );
+}

@@ -323,6 +323,9 @@ pub struct GemmWorkspace {
     /// Kernels loaded by `prepare` (checked by `int4_gemm_prepared`), by
     /// activation type (the bf16 module's entries have the f16 names).
     prepared: Vec<(Act, &'static str)>,
+    /// How many times a buffer above was replaced by a larger one
+    /// ([`GemmWorkspace::generation`]).
+    generation: u64,
 }
 
 impl GemmWorkspace {
@@ -353,7 +356,16 @@ impl GemmWorkspace {
             dense_bf16: None,
             staged_act: None,
             prepared: Vec::new(),
+            generation: 0,
         })
+    }
+
+    /// Changes whenever `prepare` replaced one of the workspace's buffers
+    /// by a larger one (a larger M, another weight). A CUDA graph captured
+    /// before holds the old addresses: its owner must capture again (the
+    /// old buffer is freed, and its memory may serve another allocation).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Grows the staged activation image of the warp-specialised kernels
@@ -362,6 +374,7 @@ impl GemmWorkspace {
     pub(crate) fn reserve_staged_act(&mut self, dev: &CudaDevice, elems: usize) -> Result<()> {
         if self.staged_act.as_ref().is_none_or(|s| s.len() < elems) {
             self.staged_act = None;
+            self.generation += 1;
             self.staged_act = Some(dev.alloc_zeros("staged activations (wgmma ws)", elems)?);
         }
         Ok(())
@@ -374,9 +387,11 @@ impl GemmWorkspace {
         tickets: usize,
     ) -> Result<()> {
         if self.partials.len() < partials {
+            self.generation += 1;
             self.partials = dev.alloc_zeros("split-K partials", partials)?;
         }
         if self.tickets.len() < tickets {
+            self.generation += 1;
             self.tickets = dev.alloc_zeros("split-K tickets", tickets)?;
         }
         Ok(())
@@ -395,12 +410,14 @@ impl GemmWorkspace {
     ) -> Result<()> {
         fn grow<T: DeviceRepr + ValidAsZeroBits>(
             slot: &mut Option<CudaSlice<T>>,
+            generation: &mut u64,
             dev: &CudaDevice,
             what: &str,
             elems: usize,
         ) -> Result<()> {
             if slot.as_ref().is_none_or(|d| d.len() < elems) {
                 *slot = None;
+                *generation += 1;
                 *slot = Some(dev.alloc_zeros(what, elems)?);
             }
             Ok(())
@@ -411,12 +428,14 @@ impl GemmWorkspace {
         match act {
             Act::F16 => grow(
                 &mut self.dense,
+                &mut self.generation,
                 dev,
                 "f16 dequantized weight scratch",
                 elems,
             ),
             Act::Bf16 => grow(
                 &mut self.dense_bf16,
+                &mut self.generation,
                 dev,
                 "bf16 dequantized weight scratch",
                 elems,

@@ -373,6 +373,14 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// Changes whenever a GEMM's preparation replaced a workspace buffer
+    /// by a larger one (a row count or weight not seen before): a CUDA
+    /// graph captured before holds the freed addresses and must be
+    /// captured again ([`GemmWorkspace::generation`]).
+    pub(crate) fn buffers_generation(&self) -> u64 {
+        self.ws.generation()
+    }
+
     /// Uploads the sequence (KV-cache slot) of rows `0..seqs.len()` into
     /// [`Scratch::row_seq`] and records whether they are all different,
     /// which lets a batched decode step fuse its KV write into attention.

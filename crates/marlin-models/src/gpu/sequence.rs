@@ -26,8 +26,12 @@ pub struct GpuSequence<'m> {
     len: usize,
     capacity: usize,
     /// The m = 1 step (last-row logits + token choice), once captured,
-    /// with the choice it makes.
-    graph: Option<(CudaGraph, Select)>,
+    /// with the choice it makes and the scratch's buffer generation it
+    /// was captured against.
+    graph: Option<(CudaGraph, Select, u64)>,
+    /// Graphs captured so far (a later eager chunk that grows a GEMM
+    /// workspace makes the next step capture again).
+    captures: usize,
     /// The choice of the last eager m = 1 step: a step with it may be
     /// captured (its kernels are loaded, its workspaces sized).
     warm: Option<Select>,
@@ -52,6 +56,7 @@ impl<'m> GpuSequence<'m> {
             len: 0,
             capacity,
             graph: None,
+            captures: 0,
             warm: None,
         })
     }
@@ -81,6 +86,20 @@ impl<'m> GpuSequence<'m> {
     /// Whether the decode step runs as a CUDA graph now.
     pub fn graph_captured(&self) -> bool {
         self.graph.is_some()
+    }
+
+    /// [`Scratch`]'s buffer generation: changes when an eager chunk
+    /// replaced a GEMM workspace buffer (tests of the re-capture).
+    ///
+    /// [`Scratch`]: super::decoder::Scratch
+    pub fn buffers_generation(&self) -> u64 {
+        self.scratch.buffers_generation()
+    }
+
+    /// How many times the decode step was captured: once, and again after
+    /// an eager chunk replaced a GEMM workspace buffer the graph used.
+    pub fn graph_captures(&self) -> usize {
+        self.captures
     }
 
     /// Appends `tokens`; returns the logits (vocab) of the last one.
@@ -226,7 +245,9 @@ impl<'m> GpuSequence<'m> {
         for (i, chunk) in tokens.chunks(self.scratch.max_m).enumerate() {
             self.upload_rows(chunk)?;
             let last = i + 1 == n_chunks;
-            let captured = matches!(&self.graph, Some((_, s)) if *s == select);
+            let generation = self.scratch.buffers_generation();
+            let captured =
+                matches!(&self.graph, Some((_, s, g)) if *s == select && *g == generation);
             if chunk.len() == 1 && use_graph && (captured || self.warm == Some(select)) {
                 if !captured {
                     self.graph = None;
@@ -237,9 +258,10 @@ impl<'m> GpuSequence<'m> {
                             .forward_rows(&dev, cache, scratch, 1, LogitRows::Last, select)
                             .map(|_| ())
                     })?;
-                    self.graph = Some((g, select));
+                    self.graph = Some((g, select, generation));
+                    self.captures += 1;
                 }
-                if let Some((g, _)) = &self.graph {
+                if let Some((g, ..)) = &self.graph {
                     replay(g)?;
                 }
             } else {
