@@ -769,127 +769,262 @@ fn paged_decode_throughput() {
                 1.0 / step
             );
         }
-        for seqs in [1usize, 8, 32] {
-            let positions = CTX + 2 * RUNS * STEPS + 8;
-            let per_seq = positions.div_ceil(16);
-            let paged = PagedOptions {
-                block_size: 16,
-                n_blocks: Some(seqs * per_seq),
-                max_blocks: seqs * per_seq,
-                max_rows: 512,
-                max_logit_rows: 32,
+        // The paged pass eager and with its decode graphs (a twin model,
+        // same weights, `cuda_graph` on).
+        let graph_model = Arc::new(GpuModel::from_decoder(
+            dev.clone(),
+            synthetic_decoder(&dev, shape, 0xC0FFEE).unwrap(),
+            GpuLoadOptions {
+                cuda_graph: true,
+                ..GpuLoadOptions::default()
+            },
+        ));
+        for (graphs, paged_model) in [(false, &model), (true, &graph_model)] {
+            let label = if graphs {
+                "GpuBatchModel (graphs)"
+            } else {
+                "GpuBatchModel (paged)"
             };
-            let mut batch = GpuBatchModel::new(Arc::clone(&model), &paged).unwrap();
-            // Interleaved blocks: sequence s owns blocks s, s + seqs, ...
-            let tables: Vec<Vec<u32>> = (0..seqs)
-                .map(|s| (0..per_seq).map(|b| (b * seqs + s) as u32).collect())
-                .collect();
-            let prompts: Vec<Vec<u32>> = (0..seqs)
-                .map(|s| {
-                    (0..CTX)
-                        .map(|i| ((i * 31 + s * 7) % vocab) as u32)
-                        .collect()
-                })
-                .collect();
-            // Prefill: one chunk per sequence; passes of 512 rows.
-            let chunks: Vec<BatchChunk> = (0..seqs)
-                .map(|s| BatchChunk {
-                    tokens: &prompts[s],
-                    block_table: &tables[s],
-                    pos0: 0,
-                    want_logits: true,
-                })
-                .collect();
-            let t0 = Instant::now();
-            batch.forward(&chunks).unwrap();
-            let prefill = t0.elapsed().as_secs_f64();
-            let mut pos = CTX;
-            let ids: Vec<[u32; 1]> = (0..seqs).map(|s| [(s * 13 % vocab) as u32]).collect();
-            // Logits rows kept from step to step, as the engine keeps them.
-            let mut out = Vec::new();
-            let mut step = |pos: usize, want_logits: bool| {
+            for seqs in [1usize, 8, 32] {
+                let positions = CTX + 2 * RUNS * STEPS + 8;
+                let per_seq = positions.div_ceil(16);
+                let paged = PagedOptions {
+                    block_size: 16,
+                    n_blocks: Some(seqs * per_seq),
+                    max_blocks: seqs * per_seq,
+                    max_rows: 512,
+                    max_logit_rows: 32,
+                };
+                let mut batch = GpuBatchModel::new(Arc::clone(paged_model), &paged).unwrap();
+                // Interleaved blocks: sequence s owns blocks s, s + seqs, ...
+                let tables: Vec<Vec<u32>> = (0..seqs)
+                    .map(|s| (0..per_seq).map(|b| (b * seqs + s) as u32).collect())
+                    .collect();
+                let prompts: Vec<Vec<u32>> = (0..seqs)
+                    .map(|s| {
+                        (0..CTX)
+                            .map(|i| ((i * 31 + s * 7) % vocab) as u32)
+                            .collect()
+                    })
+                    .collect();
+                // Prefill: one chunk per sequence; passes of 512 rows.
+                let chunks: Vec<BatchChunk> = (0..seqs)
+                    .map(|s| BatchChunk {
+                        tokens: &prompts[s],
+                        block_table: &tables[s],
+                        pos0: 0,
+                        want_logits: true,
+                    })
+                    .collect();
+                let t0 = Instant::now();
+                batch.forward(&chunks).unwrap();
+                let prefill = t0.elapsed().as_secs_f64();
+                let mut pos = CTX;
+                let ids: Vec<[u32; 1]> = (0..seqs).map(|s| [(s * 13 % vocab) as u32]).collect();
+                // Logits rows kept from step to step, as the engine keeps them.
+                let mut out = Vec::new();
+                let mut step = |pos: usize, want_logits: bool| {
+                    let chunks: Vec<BatchChunk> = (0..seqs)
+                        .map(|s| BatchChunk {
+                            tokens: &ids[s],
+                            block_table: &tables[s],
+                            pos0: pos,
+                            want_logits,
+                        })
+                        .collect();
+                    batch.forward_into(&chunks, &mut out).unwrap();
+                    if want_logits {
+                        assert!(out.iter().all(|l| l.len() == vocab && l[0].is_finite()));
+                    }
+                };
+                step(pos, true);
+                pos += 1;
+                let mut timed = |want_logits: bool| {
+                    let secs = median_secs(RUNS, || {
+                        for _ in 0..STEPS {
+                            step(pos, want_logits);
+                            pos += 1;
+                        }
+                    });
+                    secs / STEPS as f64
+                };
+                let step_s = timed(true);
+                // The same steps with no logits wanted (no LM head, nothing
+                // read back, no synchronisation: the host queues the next
+                // step's launches while the GPU runs this one).
+                let bare_s = timed(false);
+                // What one thread takes to copy that many logits rows between
+                // host buffers (the pass copies the rows from its page-locked
+                // buffer into the caller's, on several threads above 4 MB).
+                let src = vec![1.0f32; seqs * vocab];
+                let mut dst = vec![vec![0.0f32; vocab]; seqs];
+                let copy_s = median_secs(RUNS, || {
+                    for (d, s) in dst.iter_mut().zip(src.chunks_exact(vocab)) {
+                        d.copy_from_slice(s);
+                    }
+                    assert_eq!(dst[seqs - 1][vocab - 1], 1.0);
+                });
+                eprintln!(
+                    "{:>24} {:>6} {:>10.3} {:>10.1}   (no logits wanted: {:.3} ms; one thread's copy of the logits rows {:.3} ms; prefill {} x {CTX} tokens: {:.1} ms, {:.0} tok/s)",
+                    label,
+                    seqs,
+                    step_s * 1e3,
+                    seqs as f64 / step_s,
+                    bare_s * 1e3,
+                    copy_s * 1e3,
+                    seqs,
+                    prefill * 1e3,
+                    (seqs * CTX) as f64 / prefill
+                );
+                if graphs {
+                    continue;
+                }
+                // Where a step goes: its kernel groups timed back to back (the
+                // timer spins 1 ms before each layer so that the host's
+                // launches queue behind it), against the step's wall time.
+                let mut timer = StageTimer::new(1_000_000);
                 let chunks: Vec<BatchChunk> = (0..seqs)
                     .map(|s| BatchChunk {
                         tokens: &ids[s],
                         block_table: &tables[s],
                         pos0: pos,
-                        want_logits,
+                        want_logits: true,
                     })
                     .collect();
-                batch.forward_into(&chunks, &mut out).unwrap();
-                if want_logits {
-                    assert!(out.iter().all(|l| l.len() == vocab && l[0].is_finite()));
-                }
-            };
-            step(pos, true);
-            pos += 1;
-            let mut timed = |want_logits: bool| {
-                let secs = median_secs(RUNS, || {
-                    for _ in 0..STEPS {
-                        step(pos, want_logits);
-                        pos += 1;
-                    }
-                });
-                secs / STEPS as f64
-            };
-            let step_s = timed(true);
-            // The same steps with no logits wanted (no LM head, nothing
-            // read back, no synchronisation: the host queues the next
-            // step's launches while the GPU runs this one).
-            let bare_s = timed(false);
-            // What one thread takes to copy that many logits rows between
-            // host buffers (the pass copies the rows from its page-locked
-            // buffer into the caller's, on several threads above 4 MB).
-            let src = vec![1.0f32; seqs * vocab];
-            let mut dst = vec![vec![0.0f32; vocab]; seqs];
-            let copy_s = median_secs(RUNS, || {
-                for (d, s) in dst.iter_mut().zip(src.chunks_exact(vocab)) {
-                    d.copy_from_slice(s);
-                }
-                assert_eq!(dst[seqs - 1][vocab - 1], 1.0);
-            });
-            eprintln!(
-                "{:>24} {:>6} {:>10.3} {:>10.1}   (no logits wanted: {:.3} ms; one thread's copy of the logits rows {:.3} ms; prefill {} x {CTX} tokens: {:.1} ms, {:.0} tok/s)",
-                "GpuBatchModel (paged)",
-                seqs,
-                step_s * 1e3,
-                seqs as f64 / step_s,
-                bare_s * 1e3,
-                copy_s * 1e3,
-                seqs,
-                prefill * 1e3,
-                (seqs * CTX) as f64 / prefill
-            );
-            // Where a step goes: its kernel groups timed back to back (the
-            // timer spins 1 ms before each layer so that the host's
-            // launches queue behind it), against the step's wall time.
-            let mut timer = StageTimer::new(1_000_000);
-            let chunks: Vec<BatchChunk> = (0..seqs)
-                .map(|s| BatchChunk {
-                    tokens: &ids[s],
-                    block_table: &tables[s],
-                    pos0: pos,
-                    want_logits: true,
-                })
-                .collect();
-            batch
-                .forward_timed(&chunks, &mut Vec::new(), Some(&mut timer))
-                .unwrap();
-            dev.synchronize().unwrap();
-            let totals = timer.totals().unwrap();
-            let kernels_us: f64 = totals.iter().map(|t| t.1).sum();
-            let parts: Vec<String> = totals
-                .iter()
-                .map(|(stage, us, _)| format!("{} {us:.0}", stage.name()))
-                .collect();
-            eprintln!(
-                "{:>24} {:>6} kernels {:.0} us of the {:.0} us step: {}",
-                "  stages",
-                seqs,
-                kernels_us,
-                step_s * 1e6,
-                parts.join(", ")
-            );
+                batch
+                    .forward_timed(&chunks, &mut Vec::new(), Some(&mut timer))
+                    .unwrap();
+                dev.synchronize().unwrap();
+                let totals = timer.totals().unwrap();
+                let kernels_us: f64 = totals.iter().map(|t| t.1).sum();
+                let parts: Vec<String> = totals
+                    .iter()
+                    .map(|(stage, us, _)| format!("{} {us:.0}", stage.name()))
+                    .collect();
+                eprintln!(
+                    "{:>24} {:>6} kernels {:.0} us of the {:.0} us step: {}",
+                    "  stages",
+                    seqs,
+                    kernels_us,
+                    step_s * 1e6,
+                    parts.join(", ")
+                );
+            }
         }
     }
+}
+
+/// Decode passes replayed as CUDA graphs against the same passes run
+/// eagerly on a twin model (same weights, graphs off): bit-equal logits
+/// while the batch size changes, tables grow past power-of-two widths (new
+/// graph shapes), and prompt chunks between decode steps grow the GEMM
+/// workspaces and the block-table buffer (graphs captured again).
+#[test]
+fn decode_graphs_match_eager_passes() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let shape = SyntheticShape {
+        n_layers: 2,
+        hidden: 576,
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: 64,
+        ffn: 1536,
+        vocab: 2048,
+        group: 64,
+    };
+    let dev = marlin_cuda::CudaDevice::new(0).unwrap();
+    let model = |cuda_graph| {
+        let dec = synthetic_decoder(&dev, &shape, 0xC0FFEE).unwrap();
+        let opts = GpuLoadOptions {
+            cuda_graph,
+            ..GpuLoadOptions::default()
+        };
+        Arc::new(GpuModel::from_decoder(dev.clone(), dec, opts))
+    };
+    let paged = PagedOptions {
+        block_size: 4,
+        n_blocks: Some(200),
+        max_blocks: 200,
+        max_rows: 128,
+        max_logit_rows: 8,
+    };
+    let mut on = GpuBatchModel::new(model(true), &paged).unwrap();
+    let mut off = GpuBatchModel::new(model(false), &paged).unwrap();
+    let n_seqs = 6;
+    let mut blocks = Blocks::new(200, 4, n_seqs);
+    let mut len = vec![0usize; n_seqs];
+    let mut next: Vec<u32> = vec![0; n_seqs];
+    let (mut on_out, mut off_out) = (Vec::new(), Vec::new());
+    let mut step = |seqs: &[usize], prompt: Option<(usize, usize)>, si: usize| {
+        // (sequence, tokens): a prompt chunk for `prompt`, else next tokens.
+        let tokens: Vec<Vec<u32>> = seqs
+            .iter()
+            .map(|&s| match prompt {
+                Some((p, n)) if p == s => {
+                    (0..n).map(|i| ((i * 31 + s * 7) % 2048) as u32).collect()
+                }
+                _ => vec![next[s]],
+            })
+            .collect();
+        for (&s, t) in seqs.iter().zip(&tokens) {
+            blocks.cover(s, len[s] + t.len());
+        }
+        let chunks: Vec<BatchChunk> = seqs
+            .iter()
+            .zip(&tokens)
+            .map(|(&s, t)| BatchChunk {
+                tokens: t,
+                block_table: &blocks.tables[s],
+                pos0: len[s],
+                want_logits: true,
+            })
+            .collect();
+        on.forward_into(&chunks, &mut on_out).unwrap();
+        off.forward_into(&chunks, &mut off_out).unwrap();
+        for (i, &s) in seqs.iter().enumerate() {
+            let d = max_abs_diff(&on_out[i], &off_out[i]);
+            assert!(
+                d == 0.0,
+                "step {si} sequence {s}: graph vs eager |Δlogit| {d}"
+            );
+            next[s] = argmax(&off_out[i]);
+            len[s] += tokens[i].len();
+        }
+    };
+    let mut si = 0;
+    // Short prompts for four sequences (one row each at first: a decode-
+    // shaped pass that is a prompt), then decode with changing batches.
+    for s in 0..4 {
+        step(&[s], Some((s, 3 + 2 * s)), si);
+        si += 1;
+    }
+    let batches: [&[usize]; 6] = [
+        &[0, 1, 2, 3],
+        &[0, 1, 2, 3],
+        &[1, 3],
+        &[1, 3],
+        &[0, 1, 2, 3],
+        &[2],
+    ];
+    for round in 0..6 {
+        for b in batches {
+            step(b, None, si);
+            si += 1;
+        }
+        // A prompt chunk between decode rounds: rows the GEMMs have not
+        // seen (workspace growth), a new sequence (more tables).
+        if round < 2 {
+            step(&[4 + round], Some((4 + round, 40 + 40 * round)), si);
+            si += 1;
+            step(&[0, 4 + round], None, si);
+            si += 1;
+        }
+    }
+    eprintln!(
+        "{si} passes, {} decode graphs captured, lengths {len:?}",
+        on.graph_captures()
+    );
+    assert!(on.graph_captures() > 0);
 }

@@ -59,6 +59,9 @@ pub struct PagedKvPool {
     /// Rows `0..prompt_rows` of the coming passes are prompt rows (see
     /// [`PagedKvPool::set_prompt_rows`]).
     prompt_rows: usize,
+    /// How many times `tables` was replaced by a larger buffer
+    /// ([`PagedKvPool::buffers_generation`]).
+    generation: u64,
 }
 
 /// Elements of each of K and V in a pool of this geometry.
@@ -88,19 +91,26 @@ pub fn paged_block_bytes(
 }
 
 /// The block tables of one forward pass as the kernels read them: a
-/// (tables.len(), width) matrix padded with -1, width the longest table.
-/// Every id must name a block of the pool, and the positions the widest
-/// table covers must fit the kernels' `int`.
+/// (tables.len(), width) matrix padded with -1, width the longest table
+/// (at least `min_width`). Every id must name a block of the pool, and the
+/// positions the widest table covers must fit the kernels' `int`.
 pub fn pack_block_tables(
     tables: &[&[u32]],
     n_blocks: usize,
     block_size: usize,
+    min_width: usize,
 ) -> Result<(Vec<i32>, usize)> {
     if tables.is_empty() {
         return Err(CudaError::Shape("paged pool: no block tables".into()));
     }
     to_i32("paged pool: block tables", tables.len())?;
-    let width = tables.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
+    let width = tables
+        .iter()
+        .map(|t| t.len())
+        .max()
+        .unwrap_or(0)
+        .max(min_width)
+        .max(1);
     to_i32(
         "paged pool: positions of a block table",
         mul("paged pool: positions of a block table", width, block_size)?,
@@ -161,6 +171,7 @@ impl PagedKvPool {
             n_tables: 0,
             table_width: 0,
             prompt_rows: 0,
+            generation: 0,
         })
     }
 
@@ -187,13 +198,34 @@ impl PagedKvPool {
     pub fn table_positions(&self) -> usize {
         self.table_width * self.block_size
     }
+    /// Changes whenever the block-table buffer was replaced by a larger one
+    /// (more or wider tables than before): a CUDA graph captured before
+    /// reads the freed buffer and must be captured again.
+    pub fn buffers_generation(&self) -> u64 {
+        self.generation
+    }
 
     /// Uploads the block tables of the next forward pass (table `i` for the
     /// rows with `row_seq == i`). Validated first: an id outside the pool is
     /// an error and leaves the previous tables in place.
     pub fn set_block_tables(&mut self, dev: &CudaDevice, tables: &[&[u32]]) -> Result<()> {
-        let (packed, width) = pack_block_tables(tables, self.n_blocks, self.block_size)?;
+        self.set_block_tables_width(dev, tables, 1)
+    }
+
+    /// [`PagedKvPool::set_block_tables`] padded to at least `min_width`
+    /// blocks per table: a CUDA graph of a pass replays its kernels with
+    /// the table width it was captured with (`GpuBatchModel` rounds the
+    /// width up to a power of two, so that a graph serves a range of
+    /// sequence lengths).
+    pub fn set_block_tables_width(
+        &mut self,
+        dev: &CudaDevice,
+        tables: &[&[u32]],
+        min_width: usize,
+    ) -> Result<()> {
+        let (packed, width) = pack_block_tables(tables, self.n_blocks, self.block_size, min_width)?;
         if self.tables.len() < packed.len() {
+            self.generation += 1;
             self.tables = dev.alloc_zeros("block tables", packed.len().next_power_of_two())?;
         }
         dev.stream()
@@ -623,20 +655,28 @@ mod tests {
 
     #[test]
     fn block_tables_are_validated_and_padded() {
-        let (packed, width) = pack_block_tables(&[&[3, 1], &[0], &[2, 4, 5]], 6, 16).unwrap();
+        let (packed, width) = pack_block_tables(&[&[3, 1], &[0], &[2, 4, 5]], 6, 16, 1).unwrap();
         assert_eq!(width, 3);
         assert_eq!(packed, vec![3, 1, -1, 0, -1, -1, 2, 4, 5]);
         // An id outside the pool names the table and the entry.
-        let e = pack_block_tables(&[&[0, 1], &[6]], 6, 16).unwrap_err();
+        let e = pack_block_tables(&[&[0, 1], &[6]], 6, 16, 1).unwrap_err();
         assert!(e.to_string().contains("table 1 entry 0"), "{e}");
-        assert!(pack_block_tables(&[&[u32::MAX]], 6, 16).is_err());
-        assert!(pack_block_tables(&[], 6, 16).is_err());
+        assert!(pack_block_tables(&[&[u32::MAX]], 6, 16, 1).is_err());
+        assert!(pack_block_tables(&[], 6, 16, 1).is_err());
         // Positions past i32 are refused, not truncated.
         let long = vec![0u32; 1 << 20];
-        assert!(pack_block_tables(&[&long], 1, 1 << 12).is_err());
+        assert!(pack_block_tables(&[&long], 1, 1 << 12, 1).is_err());
         // An empty table is a row of padding.
-        let (packed, width) = pack_block_tables(&[&[]], 1, 16).unwrap();
+        let (packed, width) = pack_block_tables(&[&[]], 1, 16, 1).unwrap();
         assert_eq!((packed, width), (vec![-1], 1));
+        // A minimum width pads every table; a longer table still sets it.
+        let (packed, width) = pack_block_tables(&[&[2], &[0, 1]], 6, 16, 4).unwrap();
+        assert_eq!(width, 4);
+        assert_eq!(packed, vec![2, -1, -1, -1, 0, 1, -1, -1]);
+        let (_, width) = pack_block_tables(&[&[0, 1, 2]], 6, 16, 2).unwrap();
+        assert_eq!(width, 3);
+        // The padded width's positions must fit i32 too.
+        assert!(pack_block_tables(&[&[0]], 1, 1 << 12, 1 << 20).is_err());
     }
 
     #[test]

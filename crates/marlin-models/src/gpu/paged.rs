@@ -19,12 +19,19 @@
 //!
 //! Every chunk is validated before anything runs: a token out of the
 //! vocabulary, a block id outside the pool or a chunk past its block
-//! table's capacity is an error, never a device fault. The pass runs eagerly
-//! (its shape changes every step; no CUDA graph).
+//! table's capacity is an error, never a device fault.
+//!
+//! A pass of decode rows only (one token per sequence, logits wanted) runs
+//! as a CUDA graph when the model's `cuda_graph` option is on: one graph
+//! per (rows, table width rounded up to a power of two), captured at the
+//! second pass of that shape (the first, eager, loads its kernels and
+//! sizes the GEMM workspaces) and captured again whenever a workspace or
+//! the block-table buffer was replaced since. Other passes run eagerly.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaGraph, CudaSlice};
 #[cfg(doc)]
 use marlin_cuda::ops::GpuKvCache;
 use marlin_cuda::ops::{self, AttnParams, PagedKvPool};
@@ -33,6 +40,7 @@ use marlin_engine::serve::{BatchChunk, BatchModel};
 use marlin_engine::EngineError;
 
 use super::decoder::{LogitRows, Scratch, Select};
+use super::graph::{capture, replay};
 use super::stages::StageTimer;
 use super::{driver_err, GpuError, GpuModel, Result};
 use crate::error::ModelError;
@@ -294,11 +302,38 @@ impl PassRows {
     }
 }
 
+/// Decode graphs kept at most; past it the cache starts again (a serving
+/// batch changes its size slowly, so few shapes are live at once).
+const MAX_DECODE_GRAPHS: usize = 64;
+
+/// The shape a decode graph replays: rows and padded table width.
+type DecodeShape = (usize, usize);
+
+/// A captured decode pass and the buffer generations (scratch, pool) it
+/// was captured against.
+struct DecodeGraph {
+    graph: CudaGraph,
+    generations: (u64, u64),
+}
+
+// SAFETY: CUDA graph objects are not internally synchronised (two threads
+// must not use one at once) but are not tied to a thread. The model that
+// owns them moves to the engine's thread and is used by one thread at a
+// time (`&mut self`), which binds the CUDA context before every pass
+// (`GpuBatchModel::forward_timed`).
+unsafe impl Send for DecodeGraph {}
+
 /// A [`GpuModel`] with a paged KV pool, driven by the serving engine.
 pub struct GpuBatchModel {
     model: Arc<GpuModel>,
     pool: PagedKvPool,
     scratch: Scratch,
+    /// Captured decode passes.
+    graphs: HashMap<DecodeShape, DecodeGraph>,
+    /// Decode shapes that ran eagerly once (their kernels are loaded and
+    /// their workspaces sized: capturable).
+    warm: HashSet<DecodeShape>,
+    captures: usize,
 }
 
 impl GpuBatchModel {
@@ -342,7 +377,15 @@ impl GpuBatchModel {
             model,
             pool,
             scratch,
+            graphs: HashMap::new(),
+            warm: HashSet::new(),
+            captures: 0,
         })
+    }
+
+    /// How many decode passes were captured as CUDA graphs so far.
+    pub fn graph_captures(&self) -> usize {
+        self.captures
     }
 
     pub fn model(&self) -> &Arc<GpuModel> {
@@ -457,7 +500,21 @@ impl GpuBatchModel {
         } = pass_rows(chunks, pass);
         let m = ids.len();
         let tables: Vec<&[u32]> = pass.iter().map(|p| chunks[p.chunk].block_table).collect();
-        self.pool.set_block_tables(dev, &tables)?;
+        // A pass of decode rows only may replay a graph: its tables padded
+        // to a power-of-two width (capped at the pool), so that one graph
+        // serves sequences of a range of lengths.
+        let decode_only = pass.iter().all(|p| p.len == 1 && p.logits);
+        let graph_shape =
+            (decode_only && prof.is_none() && self.model.options().cuda_graph).then(|| {
+                let widest = tables.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
+                let width = widest
+                    .next_power_of_two()
+                    .min(self.pool.n_blocks())
+                    .max(widest);
+                (m, width)
+            });
+        let min_width = graph_shape.map_or(1, |(_, w)| w);
+        self.pool.set_block_tables_width(dev, &tables, min_width)?;
         // The long bodies come first: attention runs them on the
         // tensor-core tile kernel.
         self.pool.set_prompt_rows(prompt_rows);
@@ -473,15 +530,52 @@ impl GpuBatchModel {
             .memcpy_htod(&pos, &mut s.row_pos.slice_mut(0..m))
             .map_err(|e| driver_err("positions to the device", e))?;
         let n = tail.len();
-        self.model.decoder().forward_rows_timed(
-            dev,
-            (&mut self.pool).into(),
-            &mut self.scratch,
-            m,
-            LogitRows::Tail(n),
-            Select::None,
-            prof,
-        )?;
+        let generations = (
+            self.scratch.buffers_generation(),
+            self.pool.buffers_generation(),
+        );
+        let captured = graph_shape
+            .and_then(|shape| self.graphs.get(&shape))
+            .is_some_and(|g| g.generations == generations);
+        match graph_shape {
+            Some(shape) if captured || self.warm.contains(&shape) => {
+                if !captured {
+                    if self.graphs.len() >= MAX_DECODE_GRAPHS {
+                        self.graphs.clear();
+                    }
+                    let (decoder, pool, scratch) =
+                        (self.model.decoder(), &mut self.pool, &mut self.scratch);
+                    let g = capture(dev, || {
+                        decoder
+                            .forward_rows(dev, pool, scratch, m, LogitRows::Tail(n), Select::None)
+                            .map(|_| ())
+                    })?;
+                    let graph = DecodeGraph {
+                        graph: g,
+                        generations,
+                    };
+                    self.graphs.insert(shape, graph);
+                    self.captures += 1;
+                }
+                if let Some(g) = self.graphs.get(&shape) {
+                    replay(&g.graph)?;
+                }
+            }
+            _ => {
+                self.model.decoder().forward_rows_timed(
+                    dev,
+                    (&mut self.pool).into(),
+                    &mut self.scratch,
+                    m,
+                    LogitRows::Tail(n),
+                    Select::None,
+                    prof,
+                )?;
+                if let Some(shape) = graph_shape {
+                    self.warm.insert(shape);
+                }
+            }
+        }
         if n == 0 {
             return Ok(());
         }
