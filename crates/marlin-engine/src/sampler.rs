@@ -119,6 +119,16 @@ impl Sampler {
         &self.params
     }
 
+    /// Whether [`Sampler::sample`] is the plain argmax of the logits (greedy,
+    /// no penalty changes them), so that a model may pick the token itself.
+    pub fn is_plain_greedy(&self) -> bool {
+        let p = &self.params;
+        p.temperature == 0.0
+            && (p.repetition_penalty == 1.0 || p.penalty_last_n == 0)
+            && p.presence_penalty == 0.0
+            && p.frequency_penalty == 0.0
+    }
+
     /// Records prompt tokens (they count for the repetition penalty only).
     pub fn observe_prompt(&mut self, tokens: &[u32]) {
         self.history.extend_from_slice(tokens);

@@ -8,6 +8,8 @@ use marlin_engine::serve::{
     EngineStats, Event, RankedTokens, SubmitError, TokenConstraint,
 };
 use marlin_engine::{Detokenizer, EngineError, FinishReason, SamplingParams};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const VOCAB: usize = 26;
@@ -18,6 +20,9 @@ struct FakeModel {
     /// (n_blocks * block_size): the token cached at each slot.
     slots: Vec<Option<u32>>,
     delay: Duration,
+    /// Picks argmax tokens itself where the engine allows it
+    /// (`forward_batch_picking`), counting (picked, logits rows sent).
+    picks: Option<Arc<(AtomicUsize, AtomicUsize)>>,
 }
 
 /// The fake model's next token after `tokens`.
@@ -73,6 +78,36 @@ impl BatchModel for FakeModel {
             })
             .collect()
     }
+
+    fn forward_batch_picking(
+        &mut self,
+        chunks: &[BatchChunk],
+        argmax: &[bool],
+        logits: &mut Vec<Vec<f32>>,
+        picked: &mut Vec<Option<u32>>,
+    ) -> Result<(), EngineError> {
+        self.forward_batch_into(chunks, logits)?;
+        picked.clear();
+        picked.resize(chunks.len(), None);
+        let Some(counts) = self.picks.clone() else {
+            return Ok(());
+        };
+        assert_eq!(argmax.len(), chunks.len());
+        for (i, row) in logits.iter_mut().enumerate() {
+            if argmax[i] {
+                assert!(
+                    chunks[i].want_logits,
+                    "argmax asked of a chunk without logits"
+                );
+                picked[i] = Some(marlin_engine::sampler::argmax(row).unwrap());
+                row.clear();
+                counts.0.fetch_add(1, Ordering::Relaxed);
+            } else if !row.is_empty() {
+                counts.1.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Token i is the letter 'a' + i.
@@ -92,6 +127,7 @@ fn engine(block_size: usize, n_blocks: usize, cfg: EngineConfig, delay_ms: u64) 
         n_blocks,
         slots: vec![None; block_size * n_blocks],
         delay: Duration::from_millis(delay_ms),
+        picks: None,
     };
     let detok = || -> Box<dyn Detokenizer> { Box::new(Letters) };
     spawn(Box::new(model), Box::new(detok), cfg).unwrap()
@@ -518,6 +554,53 @@ fn a_constraint_picks_the_first_allowed_token_and_ends_the_request() {
         seq.push(t);
     }
     assert_eq!(tokens.len(), 4);
+    wait_idle(&h);
+    h.shutdown(Duration::ZERO);
+}
+
+/// A model that picks argmax tokens itself gets asked to for plain greedy
+/// requests only: those stream the same tokens with no logits sent back,
+/// while requests with logprobs, a temperature or a penalty get logits.
+#[test]
+fn plain_greedy_requests_take_the_models_own_argmax() {
+    let counts = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+    let model = FakeModel {
+        block_size: 4,
+        n_blocks: 64,
+        slots: vec![None; 4 * 64],
+        delay: Duration::ZERO,
+        picks: Some(Arc::clone(&counts)),
+    };
+    let detok = || -> Box<dyn Detokenizer> { Box::new(Letters) };
+    let h = spawn(Box::new(model), Box::new(detok), EngineConfig::default()).unwrap();
+    let p = prompt(3, 6);
+    let out = generate_blocking(&h, request(p.clone(), 8), |_| true).unwrap();
+    assert_eq!(out.tokens, expected(&p, 8));
+    let (picked, rows) = (
+        counts.0.load(Ordering::Relaxed),
+        counts.1.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        (picked, rows),
+        (8, 0),
+        "greedy: every token picked by the model"
+    );
+    // Logprobs, a penalty, a temperature: logits come back for each token.
+    let mut with_logprobs = request(p.clone(), 4);
+    with_logprobs.logprobs = Some(1);
+    let mut penalised = request(p.clone(), 4);
+    penalised.sampling.repetition_penalty = 1.3;
+    let mut sampled = request(p.clone(), 4);
+    sampled.sampling.temperature = 0.7;
+    for r in [with_logprobs, penalised, sampled] {
+        let out = generate_blocking(&h, r, |_| true).unwrap();
+        assert_eq!(out.tokens.len(), 4);
+    }
+    let (picked, rows) = (
+        counts.0.load(Ordering::Relaxed),
+        counts.1.load(Ordering::Relaxed),
+    );
+    assert_eq!((picked, rows), (8, 12), "the other requests sent logits");
     wait_idle(&h);
     h.shutdown(Duration::ZERO);
 }

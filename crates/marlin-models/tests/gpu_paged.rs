@@ -779,12 +779,15 @@ fn paged_decode_throughput() {
                 ..GpuLoadOptions::default()
             },
         ));
-        for (graphs, paged_model) in [(false, &model), (true, &graph_model)] {
-            let label = if graphs {
-                "GpuBatchModel (graphs)"
-            } else {
-                "GpuBatchModel (paged)"
-            };
+        // Last: the graphs with every token picked on the device (greedy
+        // requests: no logits sent back).
+        let variants = [
+            ("GpuBatchModel (paged)", &model, false),
+            ("GpuBatchModel (graphs)", &graph_model, false),
+            ("  (graphs, argmax)", &graph_model, true),
+        ];
+        for (label, paged_model, pick) in variants {
+            let graphs = paged_model.options().cuda_graph;
             for seqs in [1usize, 8, 32] {
                 let positions = CTX + 2 * RUNS * STEPS + 8;
                 let per_seq = positions.div_ceil(16);
@@ -822,7 +825,7 @@ fn paged_decode_throughput() {
                 let mut pos = CTX;
                 let ids: Vec<[u32; 1]> = (0..seqs).map(|s| [(s * 13 % vocab) as u32]).collect();
                 // Logits rows kept from step to step, as the engine keeps them.
-                let mut out = Vec::new();
+                let (mut out, mut picked) = (Vec::new(), Vec::new());
                 let mut step = |pos: usize, want_logits: bool| {
                     let chunks: Vec<BatchChunk> = (0..seqs)
                         .map(|s| BatchChunk {
@@ -832,9 +835,21 @@ fn paged_decode_throughput() {
                             want_logits,
                         })
                         .collect();
-                    batch.forward_into(&chunks, &mut out).unwrap();
-                    if want_logits {
-                        assert!(out.iter().all(|l| l.len() == vocab && l[0].is_finite()));
+                    if pick {
+                        let flags = vec![want_logits; seqs];
+                        batch
+                            .forward_picking(&chunks, &flags, &mut out, &mut picked)
+                            .unwrap();
+                        if want_logits {
+                            assert!(picked
+                                .iter()
+                                .all(|p| p.is_some_and(|t| (t as usize) < vocab)));
+                        }
+                    } else {
+                        batch.forward_into(&chunks, &mut out).unwrap();
+                        if want_logits {
+                            assert!(out.iter().all(|l| l.len() == vocab && l[0].is_finite()));
+                        }
                     }
                 };
                 step(pos, true);
@@ -876,7 +891,7 @@ fn paged_decode_throughput() {
                     prefill * 1e3,
                     (seqs * CTX) as f64 / prefill
                 );
-                if graphs {
+                if graphs || pick {
                     continue;
                 }
                 // Where a step goes: its kernel groups timed back to back (the
@@ -1027,4 +1042,112 @@ fn decode_graphs_match_eager_passes() {
         on.graph_captures()
     );
     assert!(on.graph_captures() > 0);
+}
+
+/// Chunks that want only their argmax get it from the device (and no
+/// logits row); the others get the same logits as a twin model that sends
+/// every row back, and the picks are those logits' argmax. Mixed passes
+/// (prompt chunks, decode rows with and without picks) and decode-only
+/// passes (graphs with the argmax in the LM head's stage) alternate.
+#[test]
+fn picked_tokens_are_the_argmax_of_the_logits() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let shape = SyntheticShape {
+        n_layers: 2,
+        hidden: 576,
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: 64,
+        ffn: 1536,
+        vocab: 2048,
+        group: 64,
+    };
+    let dev = marlin_cuda::CudaDevice::new(0).unwrap();
+    let model = || {
+        let dec = synthetic_decoder(&dev, &shape, 0xC0FFEE).unwrap();
+        Arc::new(GpuModel::from_decoder(
+            dev.clone(),
+            dec,
+            GpuLoadOptions::default(),
+        ))
+    };
+    let paged = PagedOptions {
+        block_size: 4,
+        n_blocks: Some(100),
+        max_blocks: 100,
+        max_rows: 64,
+        max_logit_rows: 8,
+    };
+    let mut picking = GpuBatchModel::new(model(), &paged).unwrap();
+    let mut all_logits = GpuBatchModel::new(model(), &paged).unwrap();
+    let n_seqs = 4;
+    let mut blocks = Blocks::new(100, 4, n_seqs);
+    let mut len = vec![0usize; n_seqs];
+    let mut next: Vec<u32> = vec![0; n_seqs];
+    let (mut out, mut picked, mut reference) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut picks, mut rows) = (0, 0);
+    for si in 0..14 {
+        // Steps 0-1: prompts (two per pass); then decode, every sequence
+        // each step, sequences 0 and 2 (odd steps: all) picking.
+        let seqs: Vec<usize> = if si < 2 {
+            vec![2 * si, 2 * si + 1]
+        } else {
+            (0..n_seqs).collect()
+        };
+        let tokens: Vec<Vec<u32>> = seqs
+            .iter()
+            .map(|&s| {
+                if si < 2 {
+                    (0..5 + 7 * s)
+                        .map(|i| ((i * 31 + s) % 2048) as u32)
+                        .collect()
+                } else {
+                    vec![next[s]]
+                }
+            })
+            .collect();
+        for (&s, t) in seqs.iter().zip(&tokens) {
+            blocks.cover(s, len[s] + t.len());
+        }
+        let chunks: Vec<BatchChunk> = seqs
+            .iter()
+            .zip(&tokens)
+            .map(|(&s, t)| BatchChunk {
+                tokens: t,
+                block_table: &blocks.tables[s],
+                pos0: len[s],
+                want_logits: true,
+            })
+            .collect();
+        let pick: Vec<bool> = seqs.iter().map(|&s| s % 2 == 0 || si % 2 == 1).collect();
+        picking
+            .forward_picking(&chunks, &pick, &mut out, &mut picked)
+            .unwrap();
+        all_logits.forward_into(&chunks, &mut reference).unwrap();
+        for (i, &s) in seqs.iter().enumerate() {
+            let want = argmax(&reference[i]);
+            if pick[i] {
+                assert_eq!(picked[i], Some(want), "step {si} sequence {s}: pick");
+                assert!(
+                    out[i].is_empty(),
+                    "step {si} sequence {s}: logits of a pick"
+                );
+                picks += 1;
+            } else {
+                assert_eq!(picked[i], None, "step {si} sequence {s}");
+                let d = max_abs_diff(&out[i], &reference[i]);
+                assert!(d == 0.0, "step {si} sequence {s}: |Δlogit| {d}");
+                rows += 1;
+            }
+            next[s] = want;
+            len[s] += tokens[i].len();
+        }
+    }
+    eprintln!(
+        "{picks} tokens picked on the device, {rows} logits rows sent, {} decode graphs captured",
+        picking.graph_captures()
+    );
+    assert!(picking.graph_captures() > 0);
 }

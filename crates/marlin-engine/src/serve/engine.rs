@@ -32,6 +32,8 @@ pub(crate) struct Engine<'d> {
     /// The model's logits rows, kept from step to step so that a model can
     /// refill them in place (`BatchModel::forward_batch_into`).
     logits: Vec<Vec<f32>>,
+    /// The tokens the model picked itself (`BatchModel::forward_batch_picking`).
+    picked: Vec<Option<u32>>,
 }
 
 impl<'d> Engine<'d> {
@@ -52,6 +54,7 @@ impl<'d> Engine<'d> {
             shared,
             shutdown_at: None,
             logits: Vec::new(),
+            picked: Vec::new(),
         }
     }
 
@@ -287,14 +290,24 @@ impl<'d> Engine<'d> {
                 }
             })
             .collect();
-        let result = self.model.forward_batch_into(&chunks, &mut self.logits);
+        // Chunks whose next token is the plain argmax of their logits: the
+        // model may pick it on its device and send no logits back.
+        let argmax: Vec<bool> = plan
+            .iter()
+            .zip(&chunks)
+            .map(|(p, c)| c.want_logits && self.running[p.seq].model_pick_suffices())
+            .collect();
+        let result =
+            self.model
+                .forward_batch_picking(&chunks, &argmax, &mut self.logits, &mut self.picked);
         let computed: usize = plan.iter().map(|p| p.n).sum();
         match result {
-            Ok(()) if self.logits.len() == plan.len() => {}
+            Ok(()) if self.logits.len() == plan.len() && self.picked.len() == plan.len() => {}
             Ok(()) => {
                 let msg = format!(
-                    "model returned {} results for {} chunks",
+                    "model returned {} results ({} picks) for {} chunks",
                     self.logits.len(),
+                    self.picked.len(),
                     plan.len()
                 );
                 return self.fail_planned(plan, &msg);
@@ -308,7 +321,7 @@ impl<'d> Engine<'d> {
         }
         let vocab = self.model.vocab_size();
         let mut done: Vec<(usize, Result<FinishReason, String>)> = Vec::new();
-        for (p, l) in plan.iter().zip(self.logits.iter_mut()) {
+        for ((p, l), picked) in plan.iter().zip(self.logits.iter_mut()).zip(&self.picked) {
             let seq = &mut self.running[p.seq];
             seq.timings.first_scheduled.get_or_insert(now);
             seq.computed += p.n;
@@ -316,15 +329,19 @@ impl<'d> Engine<'d> {
             if seq.computed < seq.tokens.len() {
                 continue;
             }
-            if l.len() != vocab {
-                let msg = format!(
-                    "model returned {} logits for a vocabulary of {vocab}",
-                    l.len()
-                );
-                done.push((p.seq, Err(msg)));
-                continue;
-            }
-            match seq.on_logits(l) {
+            let outcome = match picked {
+                Some(id) => seq.on_picked(*id, vocab),
+                None if l.len() != vocab => {
+                    let msg = format!(
+                        "model returned {} logits for a vocabulary of {vocab}",
+                        l.len()
+                    );
+                    done.push((p.seq, Err(msg)));
+                    continue;
+                }
+                None => seq.on_logits(l),
+            };
+            match outcome {
                 Ok(outcome) => {
                     if seq.tokens.len() > seq.computed {
                         // A token was appended (a stop token is not).

@@ -62,6 +62,27 @@ pub trait BatchModel: Send {
         *logits = self.forward_batch(chunks)?;
         Ok(())
     }
+
+    /// [`Self::forward_batch_into`] where, for each chunk with `argmax[i]`
+    /// (it wants logits and its next token is their plain argmax), the
+    /// model may answer `picked[i] = Some(id)`: the argmax (lowest id on
+    /// ties, NaN never chosen; an id >= vocab when every logit is NaN) and
+    /// no logits row, so that those logits never leave the model's device.
+    /// On success `logits` and `picked` have one entry per chunk. The
+    /// default picks nothing (every wanted chunk gets its logits).
+    fn forward_batch_picking(
+        &mut self,
+        chunks: &[BatchChunk],
+        argmax: &[bool],
+        logits: &mut Vec<Vec<f32>>,
+        picked: &mut Vec<Option<u32>>,
+    ) -> Result<(), EngineError> {
+        let _ = argmax;
+        self.forward_batch_into(chunks, logits)?;
+        picked.clear();
+        picked.resize(chunks.len(), None);
+        Ok(())
+    }
 }
 
 /// Makes one incremental detokenizer per request. Detokenizers may borrow

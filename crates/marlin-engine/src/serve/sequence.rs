@@ -129,7 +129,7 @@ impl<'d> Sequence<'d> {
     /// streams it, and says whether the sequence is done.
     /// `logits` may be changed (the sampler's penalties and temperature).
     pub fn on_logits(&mut self, logits: &mut [f32]) -> Result<Outcome, EngineError> {
-        let (logprob, top) = match self.logprobs {
+        let (logprobs, top) = match self.logprobs {
             Some(n) => {
                 let lp = log_softmax(logits)?;
                 let top = top_n(&lp, n);
@@ -144,6 +144,34 @@ impl<'d> Sequence<'d> {
             })?;
             c.accept(next);
         }
+        let logprob = logprobs.map(|lp| lp[next as usize]);
+        self.on_token(next, logprob, top)
+    }
+
+    /// Whether the model's own argmax of the logits is all this sequence's
+    /// next token needs (greedy without penalties, no logprobs, no output
+    /// constraint): then the logits need not come back to the host.
+    pub fn model_pick_suffices(&self) -> bool {
+        self.logprobs.is_none() && self.constraint.is_none() && self.sampler.is_plain_greedy()
+    }
+
+    /// The next token as the model picked it (its argmax, see
+    /// [`Sequence::model_pick_suffices`]); `vocab` bounds a valid id (a
+    /// model answers an id past it for logits that were all NaN).
+    pub fn on_picked(&mut self, next: u32, vocab: usize) -> Result<Outcome, EngineError> {
+        if next as usize >= vocab {
+            return Err(EngineError::NonFiniteLogits);
+        }
+        self.on_token(next, None, Vec::new())
+    }
+
+    /// Streams the chosen token and says whether the sequence is done.
+    fn on_token(
+        &mut self,
+        next: u32,
+        logprob: Option<f32>,
+        top: Vec<(u32, f32)>,
+    ) -> Result<Outcome, EngineError> {
         let now = Instant::now();
         if self.stop_token_ids.contains(&next) {
             return Ok(Outcome::Finished(FinishReason::Stop));
@@ -172,7 +200,7 @@ impl<'d> Sequence<'d> {
         let event = Event::Token {
             id: next,
             text,
-            logprob: logprob.map(|lp| lp[next as usize]),
+            logprob,
             top_logprobs: top,
         };
         if self.events.send(event).is_err() {

@@ -248,17 +248,21 @@ pub(crate) struct PassRows {
     /// The chunk of each of the last `tail.len()` rows, the rows whose
     /// logits are wanted (the LM head's `LogitRows::Tail`).
     pub tail: Vec<usize>,
+    /// The first `tail_logits` tail rows' logits go to the host; the rest
+    /// want only their argmax.
+    pub tail_logits: usize,
 }
 
 /// Lays out `pass`: the bodies of long chunks (at least
 /// [`TILE_BODY_MIN_ROWS`] rows: the tensor-core tile kernel's prompt rows),
-/// then short bodies, then the rows wanting logits, each in pass order. A
+/// then short bodies, then the rows wanting logits (those whose chunk
+/// wants only the argmax, `argmax[chunk]`, last), each in pass order. A
 /// short body takes the decode kernel: the tile kernel walks the keys once
 /// per sequence in a tile, so a tile of single rows of many sequences costs
 /// as many walks (32 decode rows of 32 sequences taken as prompt rows made
 /// an 8B-shaped step 1.9x slower, docs/CUDA.md change 80). Rows are
 /// independent except through the KV store, so any order is correct.
-pub(crate) fn pass_rows(chunks: &[BatchChunk], pass: &[Piece]) -> PassRows {
+pub(crate) fn pass_rows(chunks: &[BatchChunk], pass: &[Piece], argmax: &[bool]) -> PassRows {
     let m: usize = pass.iter().map(|p| p.len).sum();
     let mut rows = PassRows {
         ids: Vec::with_capacity(m),
@@ -266,8 +270,9 @@ pub(crate) fn pass_rows(chunks: &[BatchChunk], pass: &[Piece]) -> PassRows {
         pos: Vec::with_capacity(m),
         prompt_rows: 0,
         tail: Vec::new(),
+        tail_logits: 0,
     };
-    let (mut short, mut last) = (Vec::new(), Vec::new());
+    let (mut short, mut last, mut picked) = (Vec::new(), Vec::new(), Vec::new());
     for (t, p) in pass.iter().enumerate() {
         let c = &chunks[p.chunk];
         let tokens = &c.tokens[p.start..p.start + p.len];
@@ -283,12 +288,19 @@ pub(crate) fn pass_rows(chunks: &[BatchChunk], pass: &[Piece]) -> PassRows {
             short.extend(body_rows);
         }
         if p.logits {
-            last.push((tokens[body], t as i32, (pos0 + body) as i32));
-            rows.tail.push(p.chunk);
+            let row = (tokens[body], t as i32, (pos0 + body) as i32);
+            if argmax.get(p.chunk).copied().unwrap_or(false) {
+                picked.push((row, p.chunk));
+            } else {
+                last.push((row, p.chunk));
+            }
         }
     }
     rows.prompt_rows = rows.ids.len();
-    rows.push_all(short.into_iter().chain(last));
+    rows.tail_logits = last.len();
+    rows.tail = last.iter().chain(&picked).map(|&(_, c)| c).collect();
+    let tail_rows = last.into_iter().chain(picked).map(|(row, _)| row);
+    rows.push_all(short.into_iter().chain(tail_rows));
     rows
 }
 
@@ -306,8 +318,9 @@ impl PassRows {
 /// batch changes its size slowly, so few shapes are live at once).
 const MAX_DECODE_GRAPHS: usize = 64;
 
-/// The shape a decode graph replays: rows and padded table width.
-type DecodeShape = (usize, usize);
+/// The shape a decode graph replays: rows, padded table width, and
+/// whether the LM head's stage picks argmax tokens.
+type DecodeShape = (usize, usize, bool);
 
 /// A captured decode pass and the buffer generations (scratch, pool) it
 /// was captured against.
@@ -452,6 +465,28 @@ impl GpuBatchModel {
         self.forward_timed(chunks, out, None)
     }
 
+    /// [`Self::forward_into`] where each chunk with `argmax[i]` gets its
+    /// logits' argmax in `picked[i]` (computed on the device: lowest id on
+    /// ties, NaN never chosen, [`marlin_cuda::ops::NO_TOKEN`] for a row of
+    /// NaN) and an empty logits row: its logits never leave the device
+    /// (`BatchModel::forward_batch_picking`).
+    pub fn forward_picking(
+        &mut self,
+        chunks: &[BatchChunk],
+        argmax: &[bool],
+        out: &mut Vec<Vec<f32>>,
+        picked: &mut Vec<Option<u32>>,
+    ) -> Result<()> {
+        if argmax.len() != chunks.len() {
+            return Err(GpuError::Invalid(format!(
+                "{} argmax flags for {} chunks",
+                argmax.len(),
+                chunks.len()
+            )));
+        }
+        self.run(chunks, argmax, out, picked, None)
+    }
+
     /// [`Self::forward`], recording an event after each kernel group of
     /// every pass into `prof` when given (the serving path's counterpart of
     /// `marlin bench decode --breakdown`: the timer spins before each
@@ -460,6 +495,19 @@ impl GpuBatchModel {
         &mut self,
         chunks: &[BatchChunk],
         out: &mut Vec<Vec<f32>>,
+        prof: Option<&mut StageTimer>,
+    ) -> Result<()> {
+        self.run(chunks, &[], out, &mut Vec::new(), prof)
+    }
+
+    /// Every pass of `chunks`; `argmax` is empty (no picks) or one flag per
+    /// chunk.
+    fn run(
+        &mut self,
+        chunks: &[BatchChunk],
+        argmax: &[bool],
+        out: &mut Vec<Vec<f32>>,
+        picked: &mut Vec<Option<u32>>,
         mut prof: Option<&mut StageTimer>,
     ) -> Result<()> {
         self.validate(chunks)?;
@@ -477,18 +525,31 @@ impl GpuBatchModel {
         for row in out.iter_mut() {
             row.clear();
         }
+        picked.clear();
+        picked.resize(chunks.len(), None);
         for pass in plan_passes(&shape, self.scratch.max_m, self.scratch.logit_rows) {
-            self.run_pass(&dev, chunks, &pass, out, prof.as_deref_mut())?;
+            self.run_pass(
+                &dev,
+                chunks,
+                argmax,
+                &pass,
+                out,
+                picked,
+                prof.as_deref_mut(),
+            )?;
         }
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run_pass(
         &mut self,
         dev: &Arc<CudaDevice>,
         chunks: &[BatchChunk],
+        argmax: &[bool],
         pass: &[Piece],
         out: &mut [Vec<f32>],
+        picked: &mut [Option<u32>],
         prof: Option<&mut StageTimer>,
     ) -> Result<()> {
         let PassRows {
@@ -497,7 +558,15 @@ impl GpuBatchModel {
             pos,
             prompt_rows,
             tail,
-        } = pass_rows(chunks, pass);
+            tail_logits,
+        } = pass_rows(chunks, pass, argmax);
+        // Rows past the first `tail_logits` of the tail want only their
+        // argmax: the LM head's stage picks it on the device.
+        let select = if tail_logits < tail.len() {
+            Select::Argmax
+        } else {
+            Select::None
+        };
         let m = ids.len();
         let tables: Vec<&[u32]> = pass.iter().map(|p| chunks[p.chunk].block_table).collect();
         // A pass of decode rows only may replay a graph: its tables padded
@@ -511,9 +580,9 @@ impl GpuBatchModel {
                     .next_power_of_two()
                     .min(self.pool.n_blocks())
                     .max(widest);
-                (m, width)
+                (m, width, select == Select::Argmax)
             });
-        let min_width = graph_shape.map_or(1, |(_, w)| w);
+        let min_width = graph_shape.map_or(1, |(_, w, _)| w);
         self.pool.set_block_tables_width(dev, &tables, min_width)?;
         // The long bodies come first: attention runs them on the
         // tensor-core tile kernel.
@@ -547,7 +616,7 @@ impl GpuBatchModel {
                         (self.model.decoder(), &mut self.pool, &mut self.scratch);
                     let g = capture(dev, || {
                         decoder
-                            .forward_rows(dev, pool, scratch, m, LogitRows::Tail(n), Select::None)
+                            .forward_rows(dev, pool, scratch, m, LogitRows::Tail(n), select)
                             .map(|_| ())
                     })?;
                     let graph = DecodeGraph {
@@ -568,7 +637,7 @@ impl GpuBatchModel {
                     &mut self.scratch,
                     m,
                     LogitRows::Tail(n),
-                    Select::None,
+                    select,
                     prof,
                 )?;
                 if let Some(shape) = graph_shape {
@@ -581,9 +650,20 @@ impl GpuBatchModel {
         }
         let vocab = self.model.config().vocab_size;
         let s = &mut self.scratch;
-        let logits = s.host_logits.fetch(dev, &s.logits.slice(0..n * vocab))?;
+        if tail_logits < n {
+            let ids = dev
+                .stream()
+                .clone_dtoh(&s.next_ids.slice(tail_logits..n))
+                .map_err(|e| driver_err("picked tokens to the host", e))?;
+            for (&chunk, id) in tail[tail_logits..].iter().zip(ids) {
+                picked[chunk] = Some(id);
+            }
+        }
+        let logits = s
+            .host_logits
+            .fetch(dev, &s.logits.slice(0..tail_logits * vocab))?;
         let mut row_of = vec![None; out.len()];
-        for (row, &chunk) in tail.iter().enumerate() {
+        for (row, &chunk) in tail[..tail_logits].iter().enumerate() {
             row_of[chunk] = Some(row);
         }
         let copies: Vec<(&mut Vec<f32>, &[f32])> = out
@@ -652,6 +732,16 @@ impl BatchModel for GpuBatchModel {
         self.forward_into(chunks, logits)
             .map_err(|e| EngineError::Model(e.to_string()))
     }
+    fn forward_batch_picking(
+        &mut self,
+        chunks: &[BatchChunk],
+        argmax: &[bool],
+        logits: &mut Vec<Vec<f32>>,
+        picked: &mut Vec<Option<u32>>,
+    ) -> std::result::Result<(), EngineError> {
+        self.forward_picking(chunks, argmax, logits, picked)
+            .map_err(|e| EngineError::Model(e.to_string()))
+    }
 }
 
 #[cfg(test)]
@@ -677,7 +767,7 @@ mod tests {
         ];
         let pass = plan_passes(&[(1, true), (3, false), (20, true)], 64, 8);
         assert_eq!(pass.len(), 1);
-        let rows = pass_rows(&chunks, &pass[0]);
+        let rows = pass_rows(&chunks, &pass[0], &[]);
         // The long chunk's 19 body rows, the short chunk's 3, then the
         // decode row and the long chunk's last token (pass order).
         assert_eq!(rows.prompt_rows, 19);
@@ -687,9 +777,16 @@ mod tests {
         assert_eq!(rows.pos[..2], [3, 4]);
         assert_eq!(rows.pos[19..], [10, 11, 12, 40, 22]);
         assert_eq!(rows.tail, [0, 2]);
+        assert_eq!(rows.tail_logits, 2);
+        // The decode row wants only its argmax: it goes after the long
+        // chunk's last token, past the rows whose logits go to the host.
+        let rows = pass_rows(&chunks, &pass[0], &[true, false, false]);
+        assert_eq!(rows.ids[19..], [7, 8, 9, 119, 5]);
+        assert_eq!(rows.pos[19..], [10, 11, 12, 22, 40]);
+        assert_eq!((rows.tail.as_slice(), rows.tail_logits), (&[2, 0][..], 1));
         // Below the threshold a body is short: no prompt rows at all.
         let pass = plan_passes(&[(1, true), (3, false)], 64, 8);
-        let rows = pass_rows(&chunks[..2], &pass[0]);
+        let rows = pass_rows(&chunks[..2], &pass[0], &[]);
         assert_eq!(
             (rows.prompt_rows, rows.ids.as_slice()),
             (0, &[7, 8, 9, 5][..])
