@@ -929,16 +929,9 @@ fn paged_decode_throughput() {
     }
 }
 
-/// Decode passes replayed as CUDA graphs against the same passes run
-/// eagerly on a twin model (same weights, graphs off): bit-equal logits
-/// while the batch size changes, tables grow past power-of-two widths (new
-/// graph shapes), and prompt chunks between decode steps grow the GEMM
-/// workspaces and the block-table buffer (graphs captured again).
-#[test]
-fn decode_graphs_match_eager_passes() {
-    if !gpu_or_skip() {
-        return;
-    }
+/// A two-layer synthetic INT4 model with SmolLM2's heads (9 / 3 of 64),
+/// the same weights at every call (twins for same-input comparisons).
+fn two_layer_model(dev: &Arc<marlin_cuda::CudaDevice>, cuda_graph: bool) -> Arc<GpuModel> {
     let shape = SyntheticShape {
         n_layers: 2,
         hidden: 576,
@@ -949,15 +942,26 @@ fn decode_graphs_match_eager_passes() {
         vocab: 2048,
         group: 64,
     };
-    let dev = marlin_cuda::CudaDevice::new(0).unwrap();
-    let model = |cuda_graph| {
-        let dec = synthetic_decoder(&dev, &shape, 0xC0FFEE).unwrap();
-        let opts = GpuLoadOptions {
-            cuda_graph,
-            ..GpuLoadOptions::default()
-        };
-        Arc::new(GpuModel::from_decoder(dev.clone(), dec, opts))
+    let dec = synthetic_decoder(dev, &shape, 0xC0FFEE).unwrap();
+    let opts = GpuLoadOptions {
+        cuda_graph,
+        ..GpuLoadOptions::default()
     };
+    Arc::new(GpuModel::from_decoder(dev.clone(), dec, opts))
+}
+
+/// Decode passes replayed as CUDA graphs against the same passes run
+/// eagerly on a twin model (same weights, graphs off): bit-equal logits
+/// while the batch size changes, tables grow past power-of-two widths (new
+/// graph shapes), and prompt chunks between decode steps grow the GEMM
+/// workspaces and the block-table buffer (graphs captured again).
+#[test]
+fn decode_graphs_match_eager_passes() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let dev = marlin_cuda::CudaDevice::new(0).unwrap();
+    let model = |cuda_graph| two_layer_model(&dev, cuda_graph);
     let paged = PagedOptions {
         block_size: 4,
         n_blocks: Some(200),
@@ -1054,25 +1058,8 @@ fn picked_tokens_are_the_argmax_of_the_logits() {
     if !gpu_or_skip() {
         return;
     }
-    let shape = SyntheticShape {
-        n_layers: 2,
-        hidden: 576,
-        n_heads: 9,
-        n_kv_heads: 3,
-        head_dim: 64,
-        ffn: 1536,
-        vocab: 2048,
-        group: 64,
-    };
     let dev = marlin_cuda::CudaDevice::new(0).unwrap();
-    let model = || {
-        let dec = synthetic_decoder(&dev, &shape, 0xC0FFEE).unwrap();
-        Arc::new(GpuModel::from_decoder(
-            dev.clone(),
-            dec,
-            GpuLoadOptions::default(),
-        ))
-    };
+    let model = || two_layer_model(&dev, true);
     let paged = PagedOptions {
         block_size: 4,
         n_blocks: Some(100),
