@@ -486,7 +486,11 @@ __device__ __forceinline__ void mops_resid_norm_vec_impl(float* __restrict__ res
 // head_dim) and keys + values -> the f16 cache at (row_seq[row],
 // row_pos[row]) (rows out of range of the cache are not written), or, when
 // k_cache is null, -> k_out / v_out (f32, rows x n_kv_heads x head_dim) for
-// another KV store (the paged pool) to take. Replaces the column split
+// another KV store to take. With `tables` (the paged pool: k_cache / v_cache
+// are its [layer][block][kv_head][slot][head_dim] arrays, n_seqs its tables
+// of table_width blocks, capacity = table_width * block_size) the keys and
+// values go through the row's block table (a block id outside the pool is
+// not written), as paged_kv_write stores them. Replaces the column split
 // copies, the QK-norms, two RoPE launches and the KV write.
 #define MOPS_QKV_WARPS 4
 #define MOPS_QKV_MAX_HD 256
@@ -498,7 +502,8 @@ __device__ __forceinline__ void mops_qkv_rope_kv_impl(
     const double* __restrict__ inv_freq, int n_rot, int neox, u16* __restrict__ k_cache,
     u16* __restrict__ v_cache, float* __restrict__ k_out, float* __restrict__ v_out,
     const int* __restrict__ row_seq, const int* __restrict__ row_pos, int rows, int n_heads,
-    int n_kv_heads, int head_dim, int n_layers, int layer, int n_seqs, int capacity) {
+    int n_kv_heads, int head_dim, int n_layers, int layer, int n_seqs, int capacity,
+    const int* __restrict__ tables, int table_width, int block_size, int n_blocks) {
     __shared__ float buf[MOPS_QKV_WARPS][MOPS_QKV_MAX_HD];
     pdl_trigger();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -588,8 +593,17 @@ __device__ __forceinline__ void mops_qkv_rope_kv_impl(
     }
     const int seq = row_seq[row];
     if (seq < 0 || seq >= n_seqs || pos < 0 || pos >= capacity) return;
-    const long long dst =
-        ((((long long)seq * n_layers + layer) * n_kv_heads + hh) * capacity + pos) * head_dim;
+    long long dst;
+    if (tables != 0) {
+        const int blk = tables[(long long)seq * table_width + pos / block_size];
+        if (blk < 0 || blk >= n_blocks) return;
+        dst = ((((long long)layer * n_blocks + blk) * n_kv_heads + hh) * block_size +
+               pos % block_size) *
+              (long long)head_dim;
+    } else {
+        dst = ((((long long)seq * n_layers + layer) * n_kv_heads + hh) * capacity + pos) *
+              (long long)head_dim;
+    }
 #pragma unroll
     for (int j = 0; j < MOPS_QKV_MAX_HD / 32; ++j) {
         const int i = lane + 32 * j;
@@ -642,12 +656,13 @@ __device__ __forceinline__ void mops_glu_impl(const T* __restrict__ gate,
         const double* inv_freq, int n_rot, int neox, u16* k_cache, u16* v_cache,             \
         float* k_out, float* v_out, const int* row_seq, const int* row_pos, int rows,         \
         int n_heads, int n_kv_heads, int head_dim, int n_layers, int layer, int n_seqs,      \
-        int capacity) {                                                                       \
+        int capacity, const int* tables, int table_width, int block_size, int n_blocks) {    \
         /* pdl_wait() inside, after the rotation angles */                               \
         mops_qkv_rope_kv_impl<T>(q_in, k_in, v_in, q_stride, kv_stride, q_out, q_norm,        \
                                  k_norm, eps, w_offset, inv_freq, n_rot, neox, k_cache,       \
                                  v_cache, k_out, v_out, row_seq, row_pos, rows, n_heads,      \
-                                 n_kv_heads, head_dim, n_layers, layer, n_seqs, capacity);    \
+                                 n_kv_heads, head_dim, n_layers, layer, n_seqs, capacity,     \
+                                 tables, table_width, block_size, n_blocks);                  \
     }                                                                                          \
     extern "C" __global__ void mops_glu_##SUF(const T* gate, const T* up, int in_stride,      \
                                               T* out, int rows, int ffn, int gelu) {          \

@@ -25,6 +25,7 @@ use half::f16;
 use super::elementwise::check_elementwise;
 use super::kv::GpuKvCache;
 use super::launch::KernelLaunch;
+use super::paged::PagedKvPool;
 use super::rope::GpuRope;
 use super::{check_len, grid_stride, mul, to_i32, OPS_MODULE, OPS_SOURCE};
 use crate::device::{driver_err, CudaDevice};
@@ -268,6 +269,13 @@ pub enum KvDest<'a> {
         k: &'a mut CudaSlice<f32>,
         v: &'a mut CudaSlice<f32>,
     },
+    /// Layer `layer` of the paged pool, through its current block tables
+    /// (table `row_seq[r]`, position `row_pos[r]`; what `paged_kv_write`
+    /// stores, in the same launch as the RoPE).
+    Paged {
+        pool: &'a mut PagedKvPool,
+        layer: usize,
+    },
 }
 
 /// Head layout of [`qkv_rope_kv`].
@@ -390,6 +398,21 @@ pub fn qkv_rope_kv<T: ActElem>(
             check_len("qkv_rope_kv k out", k.len(), n)?;
             check_len("qkv_rope_kv v out", v.len(), n)?;
         }
+        KvDest::Paged { pool, layer } => {
+            if *layer >= pool.n_layers() || pool.n_kv_heads() != n_kv || pool.head_dim() != hd {
+                return Err(CudaError::Shape(format!(
+                    "qkv_rope_kv: layer {layer}, {n_kv} kv heads of {hd} into a pool of {} layers, {} x {}",
+                    pool.n_layers(),
+                    pool.n_kv_heads(),
+                    pool.head_dim()
+                )));
+            }
+            if pool.n_tables == 0 {
+                return Err(CudaError::Shape(
+                    "qkv_rope_kv: no block tables set on the pool".into(),
+                ));
+            }
+        }
     }
     check_len(
         "qkv_rope_kv q_out",
@@ -425,6 +448,9 @@ pub fn qkv_rope_kv<T: ActElem>(
         .arg(&n_rot)
         .arg(&neox);
     let (n_layers, layer_i, n_seqs, capacity);
+    // The paged pool's table geometry (0 for the other destinations).
+    let (mut table_width, mut block_size, mut n_blocks) = (0i32, 0i32, 0i32);
+    let mut tables = None;
     match dest {
         KvDest::Cache { cache, layer } => {
             (n_layers, layer_i) = (cache.n_layers() as i32, layer as i32);
@@ -434,6 +460,16 @@ pub fn qkv_rope_kv<T: ActElem>(
         KvDest::Rows { k, v } => {
             (n_layers, layer_i, n_seqs, capacity) = (1, 0, 1, 1);
             b.arg(&null).arg(&null).arg(k).arg(v);
+        }
+        KvDest::Paged { pool, layer } => {
+            // i32 throughout: the pool's constructor and set_block_tables
+            // checked every count and the widest table's positions.
+            (n_layers, layer_i) = (pool.n_layers() as i32, layer as i32);
+            (n_seqs, capacity) = (pool.n_tables as i32, pool.table_positions() as i32);
+            (table_width, block_size) = (pool.table_width as i32, pool.block_size() as i32);
+            n_blocks = pool.n_blocks() as i32;
+            b.arg(&pool.k).arg(&pool.v).arg(&null).arg(&null);
+            tables = Some(&pool.tables);
         }
     }
     b.arg(row_seq)
@@ -446,6 +482,11 @@ pub fn qkv_rope_kv<T: ActElem>(
         .arg(&layer_i)
         .arg(&n_seqs)
         .arg(&capacity);
+    match tables {
+        Some(t) => b.arg(t),
+        None => b.arg(&null),
+    };
+    b.arg(&table_width).arg(&block_size).arg(&n_blocks);
     let cfg = LaunchConfig {
         grid_dim: (tasks.div_ceil(QKV_WARPS) as u32, 1, 1),
         block_dim: (32 * QKV_WARPS as u32, 1, 1),
@@ -456,7 +497,9 @@ pub fn qkv_rope_kv<T: ActElem>(
     // q_out holds rows*n_heads*head_dim, inv_freq n_rot/2 <= head_dim/2
     // values, head_dim <= the kernel's shared buffer; cache writes are
     // bounds-checked by the kernel (sequence and position) and the cache
-    // matches the head shape, or k_out / v_out hold rows*n_kv*head_dim;
+    // matches the head shape, or k_out / v_out hold rows*n_kv*head_dim, or
+    // the pool's writes go through its validated tables (n_tables x
+    // table_width ids, each id checked against n_blocks by the kernel);
     // the kernel waits on its predecessor first (launch_pdl's contract).
     unsafe { b.launch_pdl(cfg) }
 }

@@ -49,13 +49,13 @@ pub struct PagedKvPool {
     head_dim: usize,
     block_size: usize,
     n_blocks: usize,
-    k: CudaSlice<f16>,
-    v: CudaSlice<f16>,
+    pub(crate) k: CudaSlice<f16>,
+    pub(crate) v: CudaSlice<f16>,
     workspace: CudaSlice<f32>,
     /// (n_tables, table_width) block ids, -1 past a table's end.
-    tables: CudaSlice<i32>,
-    n_tables: usize,
-    table_width: usize,
+    pub(crate) tables: CudaSlice<i32>,
+    pub(crate) n_tables: usize,
+    pub(crate) table_width: usize,
     /// Rows `0..prompt_rows` of the coming passes are prompt rows (see
     /// [`PagedKvPool::set_prompt_rows`]).
     prompt_rows: usize,

@@ -1529,15 +1529,21 @@ impl GpuDecoder {
                 )?;
             }
             KvTarget::Store(store) => {
-                let dest = KvDest::Rows {
+                // The store's own destination where it has one (the paged
+                // pool: one launch), else f32 rows it then stores.
+                let own = store.kv_dest(il);
+                let direct = own.is_some();
+                let dest = own.unwrap_or(KvDest::Rows {
                     k: &mut *io.k32,
                     v: &mut *io.v32,
-                };
+                });
                 ops::qkv_rope_kv(
                     dev, &qv, &kv_rows, &vv, m, shape, qk_norm, c.rms_eps, 0.0, rope, dest,
                     io.row_seq, io.row_pos, io.q,
                 )?;
-                store.write_kv(dev, il, io.k32, io.v32, m, io.row_seq, io.row_pos)?;
+                if !direct {
+                    store.write_kv(dev, il, io.k32, io.v32, m, io.row_seq, io.row_pos)?;
+                }
                 mark(prof, dev, Stage::QkvRopeKv)?;
                 store.attend(dev, &params, io.q, il, m, io.row_seq, io.row_pos, io.attn32)?;
                 T::from_f32(dev, io.attn32, m * qd, &mut a.attn)?;

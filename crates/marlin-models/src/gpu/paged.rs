@@ -65,6 +65,14 @@ pub trait KvStore {
         row_pos: &CudaSlice<i32>,
     ) -> Result<()>;
 
+    /// Where the QK-norm / RoPE launch may write layer `layer`'s keys and
+    /// values itself (one launch instead of f32 rows + [`Self::write_kv`]);
+    /// `None`: through the rows.
+    fn kv_dest(&mut self, layer: usize) -> Option<ops::KvDest<'_>> {
+        let _ = layer;
+        None
+    }
+
     /// Attention of `q` (rows, n_heads, head_dim) over the stored keys of
     /// layer `layer` (causal, windowed per `p`) into `out`.
     #[allow(clippy::too_many_arguments)]
@@ -95,6 +103,10 @@ impl KvStore for PagedKvPool {
         Ok(ops::paged_kv_write(
             dev, self, layer, k, v, rows, row_seq, row_pos,
         )?)
+    }
+
+    fn kv_dest(&mut self, layer: usize) -> Option<ops::KvDest<'_>> {
+        Some(ops::KvDest::Paged { pool: self, layer })
     }
 
     fn attend(
