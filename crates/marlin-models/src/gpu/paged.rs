@@ -46,8 +46,10 @@ use super::{driver_err, GpuError, GpuModel, Result};
 use crate::error::ModelError;
 
 /// A KV store other than the decoder's contiguous [`GpuKvCache`] (which the
-/// fused QK-norm / RoPE kernel writes in place): the decoder hands it each
-/// layer's roped keys and values as f32 rows and asks it for attention
+/// fused QK-norm / RoPE kernel writes in place): the QK-norm / RoPE launch
+/// writes each layer's roped keys and values into it where it offers a
+/// destination ([`KvStore::kv_dest`]: the paged pool does), else the
+/// decoder hands them over as f32 rows; then it is asked for attention
 /// (`KvTarget::Store` in `decoder.rs`). Row `r` of a pass belongs to
 /// sequence / block table `row_seq[r]` at position `row_pos[r]`.
 pub trait KvStore {
