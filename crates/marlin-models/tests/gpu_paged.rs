@@ -126,6 +126,28 @@ impl Blocks {
             self.tables[seq].push(b);
         }
     }
+
+    /// One chunk per sequence of `seqs` (its new `tokens` after `len[s]`
+    /// cached positions, logits wanted), its table grown to cover them.
+    fn chunks<'a>(
+        &'a mut self,
+        seqs: &[usize],
+        tokens: &'a [Vec<u32>],
+        len: &[usize],
+    ) -> Vec<BatchChunk<'a>> {
+        for (&s, t) in seqs.iter().zip(tokens) {
+            self.cover(s, len[s] + t.len());
+        }
+        seqs.iter()
+            .zip(tokens)
+            .map(|(&s, t)| BatchChunk {
+                tokens: t,
+                block_table: &self.tables[s],
+                pos0: len[s],
+                want_logits: true,
+            })
+            .collect()
+    }
 }
 
 /// What a reference gives for one chunk: the logits of its last token and
@@ -987,19 +1009,7 @@ fn decode_graphs_match_eager_passes() {
                 _ => vec![next[s]],
             })
             .collect();
-        for (&s, t) in seqs.iter().zip(&tokens) {
-            blocks.cover(s, len[s] + t.len());
-        }
-        let chunks: Vec<BatchChunk> = seqs
-            .iter()
-            .zip(&tokens)
-            .map(|(&s, t)| BatchChunk {
-                tokens: t,
-                block_table: &blocks.tables[s],
-                pos0: len[s],
-                want_logits: true,
-            })
-            .collect();
+        let chunks = blocks.chunks(seqs, &tokens, &len);
         on.forward_into(&chunks, &mut on_out).unwrap();
         off.forward_into(&chunks, &mut off_out).unwrap();
         for (i, &s) in seqs.iter().enumerate() {
@@ -1095,19 +1105,7 @@ fn picked_tokens_are_the_argmax_of_the_logits() {
                 }
             })
             .collect();
-        for (&s, t) in seqs.iter().zip(&tokens) {
-            blocks.cover(s, len[s] + t.len());
-        }
-        let chunks: Vec<BatchChunk> = seqs
-            .iter()
-            .zip(&tokens)
-            .map(|(&s, t)| BatchChunk {
-                tokens: t,
-                block_table: &blocks.tables[s],
-                pos0: len[s],
-                want_logits: true,
-            })
-            .collect();
+        let chunks = blocks.chunks(&seqs, &tokens, &len);
         let pick: Vec<bool> = seqs.iter().map(|&s| s % 2 == 0 || si % 2 == 1).collect();
         picking
             .forward_picking(&chunks, &pick, &mut out, &mut picked)
