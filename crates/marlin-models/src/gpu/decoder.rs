@@ -190,9 +190,9 @@ pub enum KvTarget<'a> {
     /// A contiguous per-sequence cache: the fused QK-norm / RoPE kernel
     /// writes keys and values into it, attention reads it in place.
     Slots(&'a mut GpuKvCache),
-    /// Any other store (the paged pool): roped f32 keys and values go
-    /// through [`KvStore::write_kv`], attention through [`KvStore::attend`]
-    /// (f32 output, converted when the GEMMs take f16).
+    /// Any other store (the paged pool): the QK-norm / RoPE launch writes
+    /// keys and values where [`KvStore::kv_dest`] says, attention through
+    /// [`KvStore::attend`] (f32 output, converted when the GEMMs take f16).
     Store(&'a mut dyn KvStore),
 }
 
@@ -361,10 +361,7 @@ pub struct Scratch {
     x: CudaSlice<f32>,
     /// (max_m, n_heads*head_dim) roped queries, attention's input (f32).
     q: CudaSlice<f32>,
-    /// (max_m, n_kv_heads*head_dim) each: roped keys and values, and
-    /// (max_m, n_heads*head_dim) attention output, for a [`KvTarget::Store`].
-    k32: CudaSlice<f32>,
-    v32: CudaSlice<f32>,
+    /// (max_m, n_heads*head_dim) attention output of a [`KvTarget::Store`].
     attn32: CudaSlice<f32>,
     lin: LinearScratch,
     /// Split-K workspace of the f16 path's INT4 GEMMs.
@@ -419,12 +416,7 @@ impl Scratch {
                 .checked_mul(w)
                 .ok_or_else(|| GpuError::Invalid(format!("{max_m} rows of {w} overflow")))
         };
-        let (d, qd, kvd, ffn) = (
-            c.hidden_size,
-            c.n_heads * c.head_dim,
-            c.n_kv_heads * c.head_dim,
-            c.ffn_size,
-        );
+        let (d, qd, ffn) = (c.hidden_size, c.n_heads * c.head_dim, c.ffn_size);
         let f16_acts = dec.f16_activations();
         // Rotated (MR-GPTQ) linears take their padded K.
         let widest_in = dec
@@ -519,8 +511,6 @@ impl Scratch {
             argmax_ws: ops::ArgmaxWorkspace::new(dev, logit_rows)?,
             x: dev.alloc_zeros("residual stream", rows(d)?)?,
             q: dev.alloc_zeros("queries", rows(qd)?)?,
-            k32: dev.alloc_zeros("roped keys", rows(kvd)?)?,
-            v32: dev.alloc_zeros("values", rows(kvd)?)?,
             attn32: dev.alloc_zeros("attention outputs (f32)", rows(qd)?)?,
             lin,
             ws,
@@ -1152,8 +1142,6 @@ impl GpuDecoder {
             argmax_ws,
             x,
             q,
-            k32,
-            v32,
             attn32,
             lin,
             ws,
@@ -1168,8 +1156,6 @@ impl GpuDecoder {
             distinct_seqs: *distinct_seqs || m == 1,
             x,
             q,
-            k32,
-            v32,
             attn32,
             logits,
             g: GemmScratch { lin, ws },
@@ -1529,21 +1515,11 @@ impl GpuDecoder {
                 )?;
             }
             KvTarget::Store(store) => {
-                // The store's own destination where it has one (the paged
-                // pool: one launch), else f32 rows it then stores.
-                let own = store.kv_dest(il);
-                let direct = own.is_some();
-                let dest = own.unwrap_or(KvDest::Rows {
-                    k: &mut *io.k32,
-                    v: &mut *io.v32,
-                });
+                let dest = store.kv_dest(il);
                 ops::qkv_rope_kv(
                     dev, &qv, &kv_rows, &vv, m, shape, qk_norm, c.rms_eps, 0.0, rope, dest,
                     io.row_seq, io.row_pos, io.q,
                 )?;
-                if !direct {
-                    store.write_kv(dev, il, io.k32, io.v32, m, io.row_seq, io.row_pos)?;
-                }
                 mark(prof, dev, Stage::QkvRopeKv)?;
                 store.attend(dev, &params, io.q, il, m, io.row_seq, io.row_pos, io.attn32)?;
                 T::from_f32(dev, io.attn32, m * qd, &mut a.attn)?;
@@ -1720,8 +1696,6 @@ struct StepIo<'a> {
     distinct_seqs: bool,
     x: &'a mut CudaSlice<f32>,
     q: &'a mut CudaSlice<f32>,
-    k32: &'a mut CudaSlice<f32>,
-    v32: &'a mut CudaSlice<f32>,
     attn32: &'a mut CudaSlice<f32>,
     logits: &'a mut CudaSlice<f32>,
     g: GemmScratch<'a>,

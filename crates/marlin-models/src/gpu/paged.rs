@@ -47,33 +47,14 @@ use crate::error::ModelError;
 
 /// A KV store other than the decoder's contiguous [`GpuKvCache`] (which the
 /// fused QK-norm / RoPE kernel writes in place): the QK-norm / RoPE launch
-/// writes each layer's roped keys and values into it where it offers a
-/// destination ([`KvStore::kv_dest`]: the paged pool does), else the
-/// decoder hands them over as f32 rows; then it is asked for attention
-/// (`KvTarget::Store` in `decoder.rs`). Row `r` of a pass belongs to
-/// sequence / block table `row_seq[r]` at position `row_pos[r]`.
+/// writes each layer's roped keys and values into it ([`KvStore::kv_dest`]),
+/// then it is asked for attention (`KvTarget::Store` in `decoder.rs`). Row
+/// `r` of a pass belongs to sequence / block table `row_seq[r]` at position
+/// `row_pos[r]`.
 pub trait KvStore {
-    /// Stores the f32 keys and values (rows, n_kv_heads * head_dim) of layer
-    /// `layer`.
-    #[allow(clippy::too_many_arguments)]
-    fn write_kv(
-        &mut self,
-        dev: &CudaDevice,
-        layer: usize,
-        k: &CudaSlice<f32>,
-        v: &CudaSlice<f32>,
-        rows: usize,
-        row_seq: &CudaSlice<i32>,
-        row_pos: &CudaSlice<i32>,
-    ) -> Result<()>;
-
-    /// Where the QK-norm / RoPE launch may write layer `layer`'s keys and
-    /// values itself (one launch instead of f32 rows + [`Self::write_kv`]);
-    /// `None`: through the rows.
-    fn kv_dest(&mut self, layer: usize) -> Option<ops::KvDest<'_>> {
-        let _ = layer;
-        None
-    }
+    /// Where the QK-norm / RoPE launch writes layer `layer`'s keys and
+    /// values (the paged pool: through its block tables).
+    fn kv_dest(&mut self, layer: usize) -> ops::KvDest<'_>;
 
     /// Attention of `q` (rows, n_heads, head_dim) over the stored keys of
     /// layer `layer` (causal, windowed per `p`) into `out`.
@@ -92,23 +73,8 @@ pub trait KvStore {
 }
 
 impl KvStore for PagedKvPool {
-    fn write_kv(
-        &mut self,
-        dev: &CudaDevice,
-        layer: usize,
-        k: &CudaSlice<f32>,
-        v: &CudaSlice<f32>,
-        rows: usize,
-        row_seq: &CudaSlice<i32>,
-        row_pos: &CudaSlice<i32>,
-    ) -> Result<()> {
-        Ok(ops::paged_kv_write(
-            dev, self, layer, k, v, rows, row_seq, row_pos,
-        )?)
-    }
-
-    fn kv_dest(&mut self, layer: usize) -> Option<ops::KvDest<'_>> {
-        Some(ops::KvDest::Paged { pool: self, layer })
+    fn kv_dest(&mut self, layer: usize) -> ops::KvDest<'_> {
+        ops::KvDest::Paged { pool: self, layer }
     }
 
     fn attend(
