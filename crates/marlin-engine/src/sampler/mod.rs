@@ -1,15 +1,21 @@
 //! Token sampling: penalties, temperature, top-k, top-p, min-p, seeded RNG.
 //!
 //! The order of transforms follows llama.cpp's default chain: penalties on raw
-//! logits, then top-k, then softmax at temperature, then top-p and min-p on
-//! the probabilities, then one draw. `temperature == 0` is greedy (argmax
-//! after penalties), with ties broken by the lowest token id.
+//! logits, then top-k, then softmax at temperature, then min-p and top-p on
+//! the probabilities, then one draw (`nucleus.rs` defines the candidates'
+//! order and the draw, and computes them in time linear in the vocabulary).
+//! `temperature == 0` is greedy (argmax after penalties), with ties broken by
+//! the lowest token id.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 
 use crate::EngineError;
+
+mod nucleus;
+
+use nucleus::{DrawParams, Nucleus};
 
 /// User-facing sampling parameters. Defaults match llama.cpp's CLI.
 #[derive(Clone, Debug, PartialEq)]
@@ -95,8 +101,8 @@ pub struct Sampler {
     history: Vec<u32>,
     /// Occurrences of each generated token, for presence/frequency penalties.
     generated_counts: HashMap<u32, u32>,
-    /// Scratch: (token, logit or probability) candidates.
-    candidates: Vec<(u32, f32)>,
+    /// Scratch of the temperature draw.
+    nucleus: Nucleus,
 }
 
 impl Sampler {
@@ -111,7 +117,7 @@ impl Sampler {
             rng,
             history: Vec::new(),
             generated_counts: HashMap::new(),
-            candidates: Vec::new(),
+            nucleus: Nucleus::default(),
         })
     }
 
@@ -151,75 +157,23 @@ impl Sampler {
             return argmax(logits);
         }
         let p = &self.params;
-        self.candidates.clear();
-        self.candidates.extend(
-            logits
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| !l.is_nan())
-                .map(|(i, &l)| (i as u32, l)),
-        );
-        if self.candidates.is_empty() {
-            return Err(EngineError::NonFiniteLogits);
-        }
-        // Top-k (also bounds the work of the sort below).
-        let k = if p.top_k == 0 {
-            self.candidates.len()
-        } else {
-            p.top_k.min(self.candidates.len())
-        };
-        if k < self.candidates.len() {
-            self.candidates
-                .select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            self.candidates.truncate(k);
-        }
-        // Softmax at temperature over the remaining candidates.
-        let max = self
-            .candidates
-            .iter()
-            .map(|c| c.1)
-            .fold(f32::NEG_INFINITY, f32::max);
-        if !max.is_finite() {
-            return Err(EngineError::NonFiniteLogits);
-        }
         let inv_t = 1.0 / p.temperature;
         if !inv_t.is_finite() {
             // A temperature so small that 1/T overflows would make the top
             // logit (0 * inf = NaN) unusable; the limit is greedy decoding.
+            if !nucleus::max_logit(logits).is_finite() {
+                return Err(EngineError::NonFiniteLogits);
+            }
             return argmax(logits);
         }
-        let mut sum = 0.0f64;
-        for c in self.candidates.iter_mut() {
-            c.1 = ((c.1 - max) * inv_t).exp();
-            sum += c.1 as f64;
-        }
-        let inv_sum = (1.0 / sum) as f32;
-        for c in self.candidates.iter_mut() {
-            c.1 *= inv_sum;
-        }
-        // Min-p: drop tokens below min_p times the top probability (the top
-        // probability is exp(0) * inv_sum).
-        if p.min_p > 0.0 {
-            let floor = p.min_p * inv_sum;
-            self.candidates.retain(|c| c.1 >= floor);
-        }
-        // Top-p: the smallest prefix (by descending probability) whose mass
-        // reaches top_p. Sorting a growing prefix keeps this cheap for a
-        // 256k vocabulary without top-k.
-        if p.top_p < 1.0 {
-            let cut = top_p_cut(&mut self.candidates, p.top_p);
-            self.candidates.truncate(cut);
-        }
-        let total: f32 = self.candidates.iter().map(|c| c.1).sum();
-        let mut r = self.rng.gen::<f32>() * total;
-        for c in &self.candidates {
-            r -= c.1;
-            if r <= 0.0 {
-                return Ok(c.0);
-            }
-        }
-        // Rounding left a sliver: the last candidate takes it.
-        Ok(self.candidates.last().map(|c| c.0).unwrap_or(0))
+        let draw = DrawParams {
+            inv_t,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            min_p: p.min_p,
+        };
+        let u: f32 = self.rng.gen();
+        self.nucleus.choose(logits, &draw, u)
     }
 
     fn apply_penalties(&self, logits: &mut [f32]) {
@@ -263,30 +217,6 @@ pub fn argmax(logits: &[f32]) -> Result<u32, EngineError> {
     }
     best.map(|(i, _)| i as u32)
         .ok_or(EngineError::NonFiniteLogits)
-}
-
-/// Sorts `c` so its first `cut` entries are the most probable and their mass
-/// reaches `top_p`; returns `cut` (at least 1).
-fn top_p_cut(c: &mut [(u32, f32)], top_p: f32) -> usize {
-    let by_prob = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    let mut prefix = 64.min(c.len());
-    loop {
-        if prefix < c.len() {
-            c.select_nth_unstable_by(prefix - 1, by_prob);
-        }
-        c[..prefix].sort_unstable_by(by_prob);
-        let mut mass = 0.0f32;
-        for (i, cand) in c[..prefix].iter().enumerate() {
-            mass += cand.1;
-            if mass >= top_p {
-                return i + 1;
-            }
-        }
-        if prefix == c.len() {
-            return prefix.max(1);
-        }
-        prefix = (prefix * 4).min(c.len());
-    }
 }
 
 #[cfg(test)]
@@ -380,14 +310,6 @@ mod tests {
         // 0.5 / 0.8 = 62.5% expected for id 0.
         let frac0 = counts[0] as f64 / 2000.0;
         assert!((frac0 - 0.625).abs() < 0.05, "frac0 = {frac0}");
-    }
-
-    #[test]
-    fn top_p_cut_grows_past_first_prefix() {
-        // 1000 equal candidates: top_p 0.5 needs 500 of them.
-        let mut c: Vec<(u32, f32)> = (0..1000).map(|i| (i, 0.001)).collect();
-        let cut = top_p_cut(&mut c, 0.5);
-        assert!((499..=501).contains(&cut), "cut = {cut}");
     }
 
     #[test]
