@@ -604,3 +604,114 @@ fn plain_greedy_requests_take_the_models_own_argmax() {
     wait_idle(&h);
     h.shutdown(Duration::ZERO);
 }
+
+/// A model of a wide vocabulary whose logits depend on the chunk's last
+/// token and position only (no cache needed): enough logits per step that
+/// the engine samples the rows of a batch on threads.
+struct WideModel {
+    /// Steps that asked for three logits rows or more (150k logits: past
+    /// the engine's threshold for sampling on threads).
+    batched_steps: Arc<AtomicUsize>,
+}
+
+const WIDE_VOCAB: usize = 50_000;
+
+impl BatchModel for WideModel {
+    fn vocab_size(&self) -> usize {
+        WIDE_VOCAB
+    }
+    fn block_size(&self) -> usize {
+        16
+    }
+    fn n_blocks(&self) -> usize {
+        1024
+    }
+    fn forward_batch(&mut self, chunks: &[BatchChunk]) -> Result<Vec<Vec<f32>>, EngineError> {
+        if chunks.iter().filter(|c| c.want_logits).count() >= 3 {
+            self.batched_steps.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(chunks
+            .iter()
+            .map(|c| {
+                if !c.want_logits {
+                    return Vec::new();
+                }
+                let last = u64::from(*c.tokens.last().unwrap_or(&0));
+                let pos = (c.pos0 + c.tokens.len()) as u64;
+                (0..WIDE_VOCAB as u64)
+                    .map(|i| {
+                        let h = (i ^ (last << 20) ^ (pos << 40))
+                            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                            .rotate_left(29);
+                        // A few likely tokens above a spread-out bulk.
+                        let u = (h >> 40) as f32 / (1u64 << 24) as f32;
+                        if h.is_multiple_of(997) {
+                            8.0 + u
+                        } else {
+                            6.0 * u - 3.0
+                        }
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+/// Token ids as numbers.
+struct Numbers;
+impl Detokenizer for Numbers {
+    fn push(&mut self, id: u32) -> Result<String, EngineError> {
+        Ok(format!("{id} "))
+    }
+    fn finish(&mut self) -> Result<String, EngineError> {
+        Ok(String::new())
+    }
+}
+
+/// Seeded temperature requests draw the same tokens alone (one logits row
+/// per step, sampled on the engine thread) and in a batch of eight (rows
+/// sampled on threads): each sequence's draw depends on its own sampler
+/// state only.
+#[test]
+fn seeded_sampling_is_the_same_alone_and_batched_on_threads() {
+    let batched_steps = Arc::new(AtomicUsize::new(0));
+    let model = WideModel {
+        batched_steps: Arc::clone(&batched_steps),
+    };
+    let detok = || -> Box<dyn Detokenizer> { Box::new(Numbers) };
+    let h = spawn(Box::new(model), Box::new(detok), EngineConfig::default()).unwrap();
+    let sampled = |seed: u64| {
+        let mut r = request(vec![seed as u32 + 1, 7, 9], 12);
+        r.sampling = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: if seed.is_multiple_of(2) { 0.9 } else { 1.0 },
+            min_p: 0.0,
+            seed: Some(seed),
+            ..SamplingParams::default()
+        };
+        r
+    };
+    let alone: Vec<Vec<u32>> = (0..8)
+        .map(|s| generate_blocking(&h, sampled(s), |_| true).unwrap().tokens)
+        .collect();
+    assert_eq!(batched_steps.load(Ordering::Relaxed), 0);
+    let batched: Vec<Vec<u32>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|s| {
+                let h = &h;
+                scope.spawn(move || generate_blocking(h, sampled(s), |_| true).unwrap().tokens)
+            })
+            .collect();
+        handles.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    assert!(
+        batched_steps.load(Ordering::Relaxed) > 0,
+        "no step sampled three rows or more"
+    );
+    assert_eq!(batched, alone);
+    // The draws are spread out: not every request took the same tokens.
+    assert!(alone.iter().any(|t| t != &alone[0]));
+    wait_idle(&h);
+    h.shutdown(Duration::ZERO);
+}

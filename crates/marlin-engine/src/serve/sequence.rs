@@ -36,13 +36,52 @@ pub(crate) struct Sequence<'d> {
     max_tokens: usize,
     max_len: usize,
     stop_token_ids: Vec<u32>,
-    logprobs: Option<usize>,
-    constraint: Option<Box<dyn TokenConstraint>>,
-    sampler: Sampler,
+    /// What picks the next token from the logits (Send: the engine runs
+    /// many sequences' choices on threads).
+    pub chooser: TokenChooser,
     stops: StopMatcher,
     detok: Box<dyn Detokenizer + 'd>,
     events: Sender<Event>,
     cancelled: Arc<AtomicBool>,
+}
+
+/// A sequence's token choice: sampler, output constraint, logprobs.
+pub(crate) struct TokenChooser {
+    logprobs: Option<usize>,
+    constraint: Option<Box<dyn TokenConstraint>>,
+    sampler: Sampler,
+}
+
+/// A token chosen from a sequence's logits, not yet streamed.
+pub(crate) struct Chosen {
+    next: u32,
+    logprob: Option<f32>,
+    top: Vec<(u32, f32)>,
+}
+
+impl TokenChooser {
+    /// The next token from `logits` (vocab) of the last token, with its
+    /// logprobs when they were asked for. `logits` may be changed (the
+    /// sampler's penalties and temperature).
+    pub fn choose(&mut self, logits: &mut [f32]) -> Result<Chosen, EngineError> {
+        let (logprobs, top) = match self.logprobs {
+            Some(n) => {
+                let lp = log_softmax(logits)?;
+                let top = top_n(&lp, n);
+                (Some(lp), top)
+            }
+            None => (None, Vec::new()),
+        };
+        let mut next = self.sampler.sample(logits)?;
+        if let Some(c) = self.constraint.as_mut() {
+            next = c.choose(RankedTokens::new(next, logits)).ok_or_else(|| {
+                EngineError::Model("no token satisfies the output constraint".into())
+            })?;
+            c.accept(next);
+        }
+        let logprob = logprobs.map(|lp| lp[next as usize]);
+        Ok(Chosen { next, logprob, top })
+    }
 }
 
 /// What became of a sequence after it got logits.
@@ -79,9 +118,11 @@ impl<'d> Sequence<'d> {
             max_tokens: req.max_tokens,
             max_len,
             stop_token_ids: req.stop_token_ids,
-            logprobs: req.logprobs,
-            constraint,
-            sampler,
+            chooser: TokenChooser {
+                logprobs: req.logprobs,
+                constraint,
+                sampler,
+            },
             stops: StopMatcher::new(&req.stop_strings),
             detok,
             events,
@@ -129,30 +170,22 @@ impl<'d> Sequence<'d> {
     /// streams it, and says whether the sequence is done.
     /// `logits` may be changed (the sampler's penalties and temperature).
     pub fn on_logits(&mut self, logits: &mut [f32]) -> Result<Outcome, EngineError> {
-        let (logprobs, top) = match self.logprobs {
-            Some(n) => {
-                let lp = log_softmax(logits)?;
-                let top = top_n(&lp, n);
-                (Some(lp), top)
-            }
-            None => (None, Vec::new()),
-        };
-        let mut next = self.sampler.sample(logits)?;
-        if let Some(c) = self.constraint.as_mut() {
-            next = c.choose(RankedTokens::new(next, logits)).ok_or_else(|| {
-                EngineError::Model("no token satisfies the output constraint".into())
-            })?;
-            c.accept(next);
-        }
-        let logprob = logprobs.map(|lp| lp[next as usize]);
-        self.on_token(next, logprob, top)
+        let chosen = self.chooser.choose(logits)?;
+        self.on_chosen(chosen)
+    }
+
+    /// Streams a token [`TokenChooser::choose`] picked from this sequence's
+    /// logits and says whether the sequence is done.
+    pub fn on_chosen(&mut self, chosen: Chosen) -> Result<Outcome, EngineError> {
+        self.on_token(chosen.next, chosen.logprob, chosen.top)
     }
 
     /// Whether the model's own argmax of the logits is all this sequence's
     /// next token needs (greedy without penalties, no logprobs, no output
     /// constraint): then the logits need not come back to the host.
     pub fn model_pick_suffices(&self) -> bool {
-        self.logprobs.is_none() && self.constraint.is_none() && self.sampler.is_plain_greedy()
+        let c = &self.chooser;
+        c.logprobs.is_none() && c.constraint.is_none() && c.sampler.is_plain_greedy()
     }
 
     /// The next token as the model picked it (its argmax, see
@@ -176,13 +209,17 @@ impl<'d> Sequence<'d> {
         if self.stop_token_ids.contains(&next) {
             return Ok(Outcome::Finished(FinishReason::Stop));
         }
-        self.sampler.accept(next);
+        self.chooser.sampler.accept(next);
         self.tokens.push(next);
         self.timings.first_token.get_or_insert(now);
         self.timings.token_times.push(now);
         let step = self.stops.push(&self.detok.push(next)?);
         let mut text = step.emit;
-        let complete = self.constraint.as_ref().is_some_and(|c| c.is_complete());
+        let complete = self
+            .chooser
+            .constraint
+            .as_ref()
+            .is_some_and(|c| c.is_complete());
         let outcome = if step.stopped {
             Outcome::Finished(FinishReason::Stop)
         } else if complete {
