@@ -149,8 +149,29 @@ impl Sampler {
     /// Picks the next token from `logits` (one per vocabulary entry). The
     /// logits are modified in place by the penalties.
     pub fn sample(&mut self, logits: &mut [f32]) -> Result<u32, EngineError> {
+        let u = self.next_uniform();
+        self.sample_with_uniform(logits, u)
+    }
+
+    /// The uniform in [0, 1) the next [`Sampler::sample`] would draw with
+    /// (one per token, greedy or not, so that a sequence's stream of draws
+    /// does not depend on where its tokens were chosen). A device sampler
+    /// fed it, with the same logits, picks what
+    /// [`Sampler::sample_with_uniform`] does.
+    pub fn next_uniform(&mut self) -> f32 {
+        self.rng.gen()
+    }
+
+    /// The token [`Sampler::sample`] picks when its draw is `u` (in [0, 1)):
+    /// penalties, then greedy or the temperature draw of `nucleus.rs`.
+    pub fn sample_with_uniform(&mut self, logits: &mut [f32], u: f32) -> Result<u32, EngineError> {
         if logits.is_empty() {
             return Err(EngineError::InvalidParam("empty logits".into()));
+        }
+        if !(0.0..1.0).contains(&u) {
+            return Err(EngineError::InvalidParam(format!(
+                "uniform {u} outside [0, 1)"
+            )));
         }
         self.apply_penalties(logits);
         if self.params.temperature == 0.0 {
@@ -172,7 +193,6 @@ impl Sampler {
             top_p: p.top_p,
             min_p: p.min_p,
         };
-        let u: f32 = self.rng.gen();
         self.nucleus.choose(logits, &draw, u)
     }
 

@@ -1,19 +1,23 @@
 //! The candidates a temperature draw chooses among, and the draw itself, in
 //! time linear in the vocabulary.
 //!
-//! The definition:
+//! The definition (the GPU's `sample_rows_nucleus` computes the same, bit
+//! for bit: same exponential, integer sums):
 //! 1. Candidates: the logits that are not NaN; with top-k, the k best by
 //!    (logit descending, id ascending), the *rank order*.
-//! 2. Weights `w = exp((logit - max) / T)` (the best candidate weighs 1) and
-//!    their sum `Z` over the candidates.
+//! 2. Weights `w = exp((logit - max) / T)` by [`exp_nonpositive`] (the best
+//!    candidate weighs 1), in fixed point: `fx(w) = trunc(w * 2^30)`, so
+//!    that every sum is exact and independent of its order (a token below
+//!    2^-30 of the best weighs nothing: at most ~1e-4 of the mass of a
+//!    128k vocabulary, and only if every token sat just below that).
+//!    `Z`: their sum over the candidates.
 //! 3. Min-p drops the candidates with `w < min_p` (probability below min_p
 //!    times the top probability); `Z` keeps their weight, as llama.cpp does.
 //! 4. Top-p keeps the shortest prefix, in rank order, whose weight reaches
-//!    `top_p * Z` (at least one candidate).
-//! 5. With `u` uniform in [0, 1): the first kept candidate, in id order,
-//!    whose running weight reaches `u` times the kept weight. (Any fixed
-//!    order gives the same distribution; id order needs no sort. The GPU's
-//!    `sample_rows` walks its top-k candidates in rank order instead.)
+//!    `trunc(top_p * Z)` (f64 product; at least one candidate).
+//! 5. With `u` uniform in [0, 1) and `K` the kept weight: the first kept
+//!    candidate, in id order, whose running weight exceeds `trunc(u * K)`.
+//!    (Any fixed order gives the same distribution; id order needs no sort.)
 //!
 //! Without top-k the candidates are the whole vocabulary (128k-256k entries)
 //! and sorting them would cost milliseconds per token. The weights are
@@ -21,7 +25,7 @@
 //! vocabulary; the draw finds its strip from those sums and walks one strip.
 //! Only top-p needs rank order: the weights are binned by the top bits of
 //! their f32 encoding (monotone for weights in [0, 1]), the bin where the
-//! running weight crosses `top_p * Z` is found from the bins' totals, and
+//! running weight crosses the target is found from the bins' totals, and
 //! only that bin's members are ordered, by a weighted quickselect.
 
 use crate::EngineError;
@@ -38,6 +42,29 @@ const LANES: usize = 4;
 /// cache-resident slice) and the draw's (one strip is walked token by
 /// token).
 const STRIP: usize = 256;
+/// Fixed-point one: weights are summed as `trunc(w * 2^30)` (exact for a
+/// weight above 2^-6, whose 24 mantissa bits all fit; 30 bits so that the
+/// conversion is the 32-bit one CPUs vectorise). 2^18 tokens of weight 1
+/// sum to 2^48, well within u64.
+const FX_ONE: f32 = 1_073_741_824.0;
+
+/// A weight in fixed point. `w` must be a weight: in [0, 1], not NaN (what
+/// [`exp_nonpositive`] returns); anything else is clamped into it.
+#[inline(always)]
+pub(crate) fn fx(w: f32) -> u64 {
+    // A max/min pair (one vector instruction each; NaN gives 0, where clamp
+    // would keep it) instead of `as`'s per-element saturation checks, which
+    // keep the conversion scalar.
+    #[allow(clippy::manual_clamp)]
+    let scaled = (w * FX_ONE).max(0.0).min(FX_ONE);
+    // SAFETY: `scaled` is finite and in [0, 2^30], within i32.
+    unsafe { scaled.to_int_unchecked::<i32>() as u64 }
+}
+
+/// `trunc(a * b)` in f64: the top-p target and the draw's point.
+fn fx_scale(a: f32, b: u64) -> u64 {
+    (f64::from(a) * b as f64) as u64
+}
 
 /// Parameters of one draw, validated by the caller.
 #[derive(Clone, Copy, Debug)]
@@ -58,10 +85,10 @@ pub(crate) struct Nucleus {
     /// Dense path: every token's weight, 0 for tokens not kept.
     weights: Vec<f32>,
     /// Dense path: the kept weight of each strip of `weights`.
-    strip_sums: Vec<f64>,
+    strip_sums: Vec<u64>,
     /// Dense path, top-p: LANES histograms of weight by bin, then merged
     /// into the first.
-    hist: Vec<[f64; BINS]>,
+    hist: Vec<[u64; BINS]>,
     /// Dense path, top-p: the members of the bin the cut falls in.
     members: Vec<(u32, f32)>,
     /// Sparse path (top-k): (id, logit), then (id, weight) of the kept
@@ -74,7 +101,7 @@ pub(crate) struct Nucleus {
 enum Kept {
     /// `candidates`, in id order.
     Sparse,
-    /// The positive entries of `weights`, with `strip_sums`.
+    /// The weighing entries of `weights`, with `strip_sums`.
     Dense,
 }
 
@@ -106,19 +133,19 @@ impl Nucleus {
             Some(&(_, l)) if l.is_finite() => l,
             _ => return Err(EngineError::NonFiniteLogits),
         };
-        let mut z = 0.0f64;
+        let mut z = 0u64;
         for c in self.candidates.iter_mut() {
             c.1 = exp_nonpositive((c.1 - max) * p.inv_t);
-            z += f64::from(c.1);
+            z += fx(c.1);
         }
-        // Min-p and underflowed weights leave the set; rank order stays.
+        // Min-p and weightless candidates leave the set; rank order stays.
         let floor = p.min_p;
-        self.candidates.retain(|c| c.1 > 0.0 && c.1 >= floor);
+        self.candidates.retain(|c| fx(c.1) > 0 && c.1 >= floor);
         if p.top_p < 1.0 {
-            let target = f64::from(p.top_p) * z;
-            let mut run = 0.0f64;
+            let target = fx_scale(p.top_p, z);
+            let mut run = 0u64;
             if let Some(i) = self.candidates.iter().position(|c| {
-                run += f64::from(c.1);
+                run += fx(c.1);
                 run >= target
             }) {
                 self.candidates.truncate(i + 1);
@@ -136,14 +163,14 @@ impl Nucleus {
         self.weights.clear();
         self.weights.resize(logits.len(), 0.0);
         self.strip_sums.clear();
-        let mut z = 0.0f64;
+        let mut z = 0u64;
         for (ls, ws) in logits.chunks(STRIP).zip(self.weights.chunks_mut(STRIP)) {
             let (all, kept) = weigh_strip(ls, ws, max, p.inv_t, p.min_p);
             z += all;
             self.strip_sums.push(kept);
         }
         if p.top_p < 1.0 {
-            self.cut_top_p(logits, f64::from(p.top_p) * z);
+            self.cut_top_p(logits, fx_scale(p.top_p, z));
         }
         Ok(())
     }
@@ -151,12 +178,12 @@ impl Nucleus {
     /// Zeroes the weights past the shortest rank-order prefix that reaches
     /// `target` (nothing when the kept weight falls short of it) and
     /// recomputes the strip sums.
-    fn cut_top_p(&mut self, logits: &[f32], target: f64) {
+    fn cut_top_p(&mut self, logits: &[f32], target: u64) {
         self.hist.clear();
-        self.hist.resize(LANES, [0.0; BINS]);
+        self.hist.resize(LANES, [0; BINS]);
         histogram(&self.weights, &mut self.hist);
         let hist = &self.hist[0];
-        let mut run = 0.0f64;
+        let mut run = 0u64;
         let Some(cut) = (1..BINS).rev().find(|&b| {
             let reached = run + hist[b] >= target;
             if !reached {
@@ -180,23 +207,22 @@ impl Nucleus {
         for &(id, w) in &self.members[n..] {
             let i = id as usize;
             self.weights[i] = 0.0;
-            self.strip_sums[i / STRIP] -= f64::from(w);
+            self.strip_sums[i / STRIP] -= fx(w);
         }
     }
 
     fn draw(&self, kept: Kept, u: f32) -> u32 {
-        let u = f64::from(u);
         if kept == Kept::Sparse {
-            let total: f64 = self.candidates.iter().map(|c| f64::from(c.1)).sum();
-            return walk(self.candidates.iter().copied(), u * total)
+            let total: u64 = self.candidates.iter().map(|c| fx(c.1)).sum();
+            return walk(self.candidates.iter().copied(), fx_scale(u, total))
                 .or_else(|| self.candidates.last().map(|c| c.0))
                 .unwrap_or(0);
         }
-        let total: f64 = self.strip_sums.iter().sum();
-        let r = u * total;
-        let mut run = 0.0f64;
+        let total: u64 = self.strip_sums.iter().sum();
+        let r = fx_scale(u, total);
+        let mut run = 0u64;
         for (s, &sum) in self.strip_sums.iter().enumerate() {
-            if sum > 0.0 && run + sum >= r {
+            if run + sum > r {
                 let base = s * STRIP;
                 let strip = &self.weights[base..(base + STRIP).min(self.weights.len())];
                 let tokens = strip
@@ -206,14 +232,14 @@ impl Nucleus {
                 if let Some(id) = walk(tokens, r - run) {
                     return id;
                 }
-                // Rounding: the strip's sum reached r, its walk did not;
-                // its last kept token takes the sliver.
-                return last_positive(strip).map_or(0, |i| (base + i) as u32);
             }
             run += sum;
         }
-        // Rounding left a sliver past the last strip: the last kept token.
-        last_positive(&self.weights).map_or(0, |i| i as u32)
+        // Not reached: u < 1 makes r < total. The last kept token.
+        self.weights
+            .iter()
+            .rposition(|&w| fx(w) > 0)
+            .map_or(0, |i| i as u32)
     }
 
     /// The kept candidates in id order with their weights (tests).
@@ -229,54 +255,47 @@ impl Nucleus {
                 .weights
                 .iter()
                 .enumerate()
-                .filter(|&(_, &w)| w > 0.0)
+                .filter(|&(_, &w)| fx(w) > 0)
                 .map(|(i, &w)| (i as u32, w))
                 .collect(),
         })
     }
 }
 
-/// The first (id, weight) whose running weight reaches `r`, skipping zero
-/// weights.
-fn walk(tokens: impl Iterator<Item = (u32, f32)>, r: f64) -> Option<u32> {
-    let mut run = 0.0f64;
+/// The first (id, weight) whose running fixed-point weight exceeds `r`.
+fn walk(tokens: impl Iterator<Item = (u32, f32)>, r: u64) -> Option<u32> {
+    let mut run = 0u64;
     for (id, w) in tokens {
-        if w > 0.0 {
-            run += f64::from(w);
-            if run >= r {
-                return Some(id);
-            }
+        run += fx(w);
+        if run > r {
+            return Some(id);
         }
     }
     None
 }
 
-fn last_positive(ws: &[f32]) -> Option<usize> {
-    ws.iter().rposition(|&w| w > 0.0)
-}
-
 /// (logit descending, id ascending) on (id, logit) pairs.
-fn draw_order(a: (u32, f32), b: (u32, f32)) -> std::cmp::Ordering {
+fn rank_order(a: (u32, f32), b: (u32, f32)) -> std::cmp::Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
 /// Reorders `m` ((id, weight) pairs) so that `m[..k]` are its first `k` in
-/// draw order, `m[k - 1]` the last of them, for the shortest such prefix
-/// whose weight reaches `target` (all of `m` if none does), and returns `k`.
-/// A weighted quickselect: each round places the middle element and keeps
-/// the half where the target is crossed, so the work is linear, not the
-/// sort of a bin that may hold thousands of tokens.
-fn prefix_reaching(m: &mut [(u32, f32)], logits: &[f32], target: f64) -> usize {
+/// rank order, for the shortest such prefix whose weight reaches `target`
+/// (all of `m` if none does), and returns `k`. A weighted quickselect: each
+/// round places the middle element and keeps the half where the target is
+/// crossed, so the work is linear, not the sort of a bin that may hold
+/// thousands of tokens.
+fn prefix_reaching(m: &mut [(u32, f32)], logits: &[f32], target: u64) -> usize {
     let order = |a: &(u32, f32), b: &(u32, f32)| {
-        draw_order((a.0, logits[a.0 as usize]), (b.0, logits[b.0 as usize]))
+        rank_order((a.0, logits[a.0 as usize]), (b.0, logits[b.0 as usize]))
     };
-    // m[..lo] precede m[lo..hi] in draw order and weigh `before` < target;
+    // m[..lo] precede m[lo..hi] in rank order and weigh `before` < target;
     // m[..hi] reach the target (or hi is the end).
-    let (mut lo, mut hi, mut before) = (0usize, m.len(), 0.0f64);
+    let (mut lo, mut hi, mut before) = (0usize, m.len(), 0u64);
     while hi - lo > 32 {
         let mid = (hi - lo) / 2;
         m[lo..hi].select_nth_unstable_by(mid, order);
-        let upper: f64 = m[lo..=lo + mid].iter().map(|x| f64::from(x.1)).sum();
+        let upper: u64 = m[lo..=lo + mid].iter().map(|x| fx(x.1)).sum();
         if before + upper >= target {
             hi = lo + mid + 1;
         } else {
@@ -287,7 +306,7 @@ fn prefix_reaching(m: &mut [(u32, f32)], logits: &[f32], target: f64) -> usize {
     m[lo..hi].sort_unstable_by(order);
     let mut run = before;
     for (i, x) in m[lo..hi].iter().enumerate() {
-        run += f64::from(x.1);
+        run += fx(x.1);
         if run >= target {
             return lo + i + 1;
         }
@@ -295,28 +314,28 @@ fn prefix_reaching(m: &mut [(u32, f32)], logits: &[f32], target: f64) -> usize {
     hi
 }
 
-/// `hist[0][b]` := the weight of bin `b` in `weights` (`hist` holds LANES
-/// zeroed histograms, merged into the first at the end).
-fn histogram(weights: &[f32], hist: &mut [[f64; BINS]]) {
+/// `hist[0][b]` := the fixed-point weight of bin `b` in `weights` (`hist`
+/// holds LANES zeroed histograms, merged into the first at the end).
+fn histogram(weights: &[f32], hist: &mut [[u64; BINS]]) {
     let Some((first, rest)) = hist.split_first_mut() else {
         return;
     };
     let [a, b, c] = rest else {
         // LANES is 4; a caller with another count gets one lane.
         for &w in weights {
-            first[bin(w)] += f64::from(w);
+            first[bin(w)] += fx(w);
         }
         return;
     };
     let quads = weights.chunks_exact(LANES);
     for &w in quads.remainder() {
-        first[bin(w)] += f64::from(w);
+        first[bin(w)] += fx(w);
     }
     for q in quads {
-        first[bin(q[0])] += f64::from(q[0]);
-        a[bin(q[1])] += f64::from(q[1]);
-        b[bin(q[2])] += f64::from(q[2]);
-        c[bin(q[3])] += f64::from(q[3]);
+        first[bin(q[0])] += fx(q[0]);
+        a[bin(q[1])] += fx(q[1]);
+        b[bin(q[2])] += fx(q[2]);
+        c[bin(q[3])] += fx(q[3]);
     }
     for lane in [a, b, c] {
         for (f, x) in first.iter_mut().zip(lane.iter()) {
@@ -325,14 +344,14 @@ fn histogram(weights: &[f32], hist: &mut [[f64; BINS]]) {
     }
 }
 
-/// `out` := (id, weight) of the positive weights in bin `b`, in id order.
+/// `out` := (id, weight) of the weighing tokens in bin `b`, in id order.
 fn gather_bin(weights: &[f32], b: usize, out: &mut Vec<(u32, f32)>) {
     out.clear();
     // Few tokens share a bin: test eight at a time (vector compares) and
     // look at them one by one only then.
-    let is_member = |w: f32| w > 0.0 && bin(w) == b;
+    let is_member = |w: f32| fx(w) > 0 && bin(w) == b;
     for (o, chunk) in weights.chunks(8).enumerate() {
-        if chunk.iter().fold(false, |any, &w| any | is_member(w)) {
+        if chunk.iter().fold(false, |any, &w| any | (bin(w) == b)) {
             for (j, &w) in chunk.iter().enumerate() {
                 if is_member(w) {
                     out.push(((o * 8 + j) as u32, w));
@@ -344,14 +363,14 @@ fn gather_bin(weights: &[f32], b: usize, out: &mut Vec<(u32, f32)>) {
 
 /// Zeroes the weights whose bits are below `floor_bits` (a bin's first
 /// encoding; weights are >= 0, so bits compare as the values do) and returns
-/// the strip's remaining weight.
-fn zero_below(ws: &mut [f32], floor_bits: u32) -> f64 {
+/// the strip's remaining fixed-point weight.
+fn zero_below(ws: &mut [f32], floor_bits: u32) -> u64 {
     for w in ws.iter_mut() {
         if w.to_bits() < floor_bits {
             *w = 0.0;
         }
     }
-    sum_f32(ws)
+    sum_fx(ws)
 }
 
 fn bin(w: f32) -> usize {
@@ -377,7 +396,7 @@ fn top_k_by_logit(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
     }
     impl Ord for Worst {
         fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-            draw_order((self.1, self.0), (o.1, o.0))
+            rank_order((self.1, self.0), (o.1, o.0))
         }
     }
     let mut heap: BinaryHeap<Worst> = BinaryHeap::with_capacity(k + 1);
@@ -417,7 +436,7 @@ fn top_k_by_logit(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
     }
     out.clear();
     out.extend(heap.into_iter().map(|w| (w.1, w.0)));
-    out.sort_unstable_by(|a, b| draw_order(*a, *b));
+    out.sort_unstable_by(|a, b| rank_order(*a, *b));
 }
 
 /// Whether this CPU runs the AVX2 builds of the passes below (std caches
@@ -468,8 +487,8 @@ fn max_logit_body(logits: &[f32]) -> f32 {
 }
 
 /// `ws[i] = exp((ls[i] - max) * inv_t)`, then 0 where that is below
-/// `min_p`; returns the strip's weight before and after min-p.
-fn weigh_strip(ls: &[f32], ws: &mut [f32], max: f32, inv_t: f32, min_p: f32) -> (f64, f64) {
+/// `min_p`; returns the strip's fixed-point weight before and after min-p.
+fn weigh_strip(ls: &[f32], ws: &mut [f32], max: f32, inv_t: f32, min_p: f32) -> (u64, u64) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU has AVX2 (checked just above).
@@ -486,17 +505,17 @@ unsafe fn weigh_strip_avx2(
     max: f32,
     inv_t: f32,
     min_p: f32,
-) -> (f64, f64) {
+) -> (u64, u64) {
     weigh_strip_body(ls, ws, max, inv_t, min_p)
 }
 
 #[inline(always)]
-fn weigh_strip_body(ls: &[f32], ws: &mut [f32], max: f32, inv_t: f32, min_p: f32) -> (f64, f64) {
+fn weigh_strip_body(ls: &[f32], ws: &mut [f32], max: f32, inv_t: f32, min_p: f32) -> (u64, u64) {
     for (l, w) in ls.iter().zip(ws.iter_mut()) {
         // NaN and -inf logits weigh 0.
         *w = exp_nonpositive((l - max) * inv_t);
     }
-    let all = sum_f32(ws);
+    let all = sum_fx(ws);
     if min_p <= 0.0 {
         return (all, all);
     }
@@ -505,21 +524,23 @@ fn weigh_strip_body(ls: &[f32], ws: &mut [f32], max: f32, inv_t: f32, min_p: f32
             *w = 0.0;
         }
     }
-    (all, sum_f32(ws))
+    (all, sum_fx(ws))
 }
 
-/// Sum in f64 of eight f32 partial sums (a vector's worth of adds per step).
+/// The fixed-point sum of `ws`.
 #[inline(always)]
-fn sum_f32(xs: &[f32]) -> f64 {
-    let mut acc = [0.0f32; 8];
-    let chunks = xs.chunks_exact(8);
+fn sum_fx(ws: &[f32]) -> u64 {
+    // Eight lanes of 32-bit conversions summed into 64-bit lanes: the form
+    // the compiler vectorises.
+    let mut acc = [0u64; 8];
+    let chunks = ws.chunks_exact(8);
     let tail = chunks.remainder();
     for c in chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a += x;
+        for (a, &w) in acc.iter_mut().zip(c) {
+            *a += fx(w);
         }
     }
-    acc.iter().chain(tail).map(|&x| f64::from(x)).sum()
+    acc.iter().sum::<u64>() + tail.iter().map(|&w| fx(w)).sum::<u64>()
 }
 
 /// `e^x` for `x <= 0` within 2 ulp of `f32::exp`; 0 below -87 (where
@@ -589,7 +610,7 @@ mod tests {
             .filter(|(_, l)| !l.is_nan())
             .map(|(i, &l)| (i as u32, l))
             .collect();
-        c.sort_by(|a, b| draw_order(*a, *b));
+        c.sort_by(|a, b| rank_order(*a, *b));
         if p.top_k > 0 {
             c.truncate(p.top_k);
         }
@@ -598,16 +619,17 @@ mod tests {
             .iter()
             .map(|&(i, l)| (i, exp_nonpositive((l - max) * p.inv_t)))
             .collect();
-        let z: f64 = w.iter().map(|x| f64::from(x.1)).sum();
+        let z: u64 = w.iter().map(|x| fx(x.1)).sum();
         let mut kept: Vec<(u32, f32)> = w
             .into_iter()
-            .filter(|x| x.1 > 0.0 && x.1 >= p.min_p)
+            .filter(|x| fx(x.1) > 0 && x.1 >= p.min_p)
             .collect();
         if p.top_p < 1.0 {
-            let mut run = 0.0f64;
+            let target = (f64::from(p.top_p) * z as f64) as u64;
+            let mut run = 0u64;
             if let Some(i) = kept.iter().position(|x| {
-                run += f64::from(x.1);
-                run >= f64::from(p.top_p) * z
+                run += fx(x.1);
+                run >= target
             }) {
                 kept.truncate(i + 1);
             }
@@ -666,7 +688,7 @@ mod tests {
     }
 
     #[test]
-    fn the_draw_takes_the_first_candidate_in_id_order_reaching_u_of_the_mass() {
+    fn the_draw_takes_the_first_candidate_in_id_order_past_u_of_the_mass() {
         let mut g = Lcg(11);
         let mut nucleus = Nucleus::default();
         let logits: Vec<f32> = (0..3000).map(|_| g.unit() * 6.0).collect();
@@ -676,28 +698,17 @@ mod tests {
             params(1.0, 50, 0.9, 0.0),
         ] {
             let kept = reference_kept(&logits, &p);
-            let total: f64 = kept.iter().map(|x| f64::from(x.1)).sum();
+            let total: u64 = kept.iter().map(|x| fx(x.1)).sum();
             for k in 0..200 {
                 let u = k as f32 / 200.0 + 0.001;
-                let r = f64::from(u) * total;
-                // The reference's pick, unless r lies within rounding of a
-                // boundary between two candidates.
-                let mut run = 0.0;
-                let mut want = None;
-                for x in &kept {
-                    let next = run + f64::from(x.1);
-                    if next >= r {
-                        if (next - r).abs() > 1e-9 * total && (r - run).abs() > 1e-9 * total {
-                            want = Some(x.0);
-                        }
-                        break;
-                    }
-                    run = next;
-                }
+                let r = (f64::from(u) * total as f64) as u64;
+                let mut run = 0u64;
+                let want = kept.iter().find(|x| {
+                    run += fx(x.1);
+                    run > r
+                });
                 let got = nucleus.choose(&logits, &p, u).unwrap();
-                if let Some(want) = want {
-                    assert_eq!(got, want, "u {u} {p:?}");
-                }
+                assert_eq!(Some(got), want.map(|x| x.0), "u {u} {p:?}");
             }
             // u = 0 is the kept candidate of the lowest id.
             assert_eq!(nucleus.choose(&logits, &p, 0.0).unwrap(), kept[0].0);
