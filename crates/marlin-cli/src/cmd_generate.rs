@@ -122,10 +122,11 @@ pub fn run(
         DeviceModel::Cpu(model) => generate_on_engine(model, &tokenizer, req, ctx)?,
         #[cfg(feature = "cuda")]
         gpu => {
+            let gpu_vocab = gpu.config().vocab_size;
             let mut seq = gpu.new_sequence(ctx)?;
             match (
                 &mut seq,
-                crate::gpu_generate::device_sampling(&req.sampling),
+                crate::gpu_generate::device_sampling(&req.sampling, gpu_vocab),
             ) {
                 // The token choice on the device: 4 bytes per token come
                 // back instead of the logits.

@@ -8,61 +8,31 @@ use std::time::Instant;
 use marlin_cuda::ops::{DeviceSampling, MAX_TOP_K};
 use marlin_engine::stop::StopMatcher;
 use marlin_engine::{
-    Detokenizer, FinishReason, GenerationOutput, GenerationRequest, GenerationStats,
+    Detokenizer, FinishReason, GenerationOutput, GenerationRequest, GenerationStats, Sampler,
     SamplingParams, SequenceModel,
 };
 use marlin_models::gpu::GpuSequence;
 
 /// The device sampler's parameters for `p`, or `None` when only the host
-/// sampler gives `p`'s distribution: penalties (they need the history),
-/// min-p, and top-k off or above [`MAX_TOP_K`] (the device keeps at most
-/// that many candidates). Greedy (temperature 0) is always on the device.
-pub fn device_sampling(p: &SamplingParams) -> Option<DeviceSampling> {
+/// sampler gives `p`'s draw: penalties (they need the history) and a top-k
+/// between [`MAX_TOP_K`] and the vocabulary (the device keeps at most that
+/// many candidates below the whole vocabulary). Everything else, greedy
+/// included, is the CPU sampler's definition on the device, bit for bit.
+pub fn device_sampling(p: &SamplingParams, vocab: usize) -> Option<DeviceSampling> {
     let penalties =
         p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
     if penalties {
         return None;
     }
-    if p.temperature == 0.0 {
-        return Some(DeviceSampling {
-            temperature: 0.0,
-            top_k: 1,
-            top_p: 1.0,
-        });
-    }
-    if p.min_p > 0.0 || p.top_k == 0 || p.top_k > MAX_TOP_K {
+    if p.top_k > MAX_TOP_K && p.top_k < vocab {
         return None;
     }
     Some(DeviceSampling {
         temperature: p.temperature,
         top_k: p.top_k,
         top_p: p.top_p,
+        min_p: p.min_p,
     })
-}
-
-/// SplitMix64: the uniforms the device sampler draws with, seeded by
-/// `--seed` (same seed, same output) or the clock.
-struct Uniforms(u64);
-
-impl Uniforms {
-    fn new(seed: Option<u64>) -> Self {
-        let seed = seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
-        });
-        Self(seed)
-    }
-
-    /// A uniform in [0, 1) (24 random bits: exact in f32).
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 24) as f32
-    }
 }
 
 /// `marlin_engine::generate` with the choice on the device: the same
@@ -89,12 +59,15 @@ pub fn generate_on_device(
     if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
         anyhow::bail!("prompt: token id {bad} is outside the vocabulary ({vocab})");
     }
-    let mut uniforms = Uniforms::new(req.sampling.seed);
+    // The CPU sampler's RNG (seeded by --seed): one uniform per token, as
+    // the host draw takes them, so a seed means the same draws on both.
+    let mut sampler = Sampler::new(req.sampling.clone())?;
     let mut pick = |seq: &mut GpuSequence<'_>, tokens: &[u32]| -> anyhow::Result<u32> {
+        let u = sampler.next_uniform();
         Ok(if choice.temperature <= 0.0 {
             seq.greedy(tokens)?
         } else {
-            seq.sample(tokens, choice, uniforms.next())?
+            seq.sample(tokens, choice, u)?
         })
     };
     let mut stops = StopMatcher::new(&req.stop_strings);
@@ -164,25 +137,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn device_sampling_only_where_it_gives_the_same_distribution() {
+    fn device_sampling_except_penalties_and_wide_top_k() {
+        let vocab = 32_000;
         let greedy = SamplingParams::greedy();
-        assert_eq!(device_sampling(&greedy).map(|d| d.temperature), Some(0.0));
-        // The CLI defaults have min-p 0.05: host.
-        assert!(device_sampling(&SamplingParams::default()).is_none());
-        let plain = SamplingParams {
-            min_p: 0.0,
+        assert_eq!(
+            device_sampling(&greedy, vocab).map(|d| d.temperature),
+            Some(0.0)
+        );
+        let d = device_sampling(&SamplingParams::default(), vocab).expect("CLI defaults");
+        assert_eq!(
+            (d.top_k, d.top_p, d.temperature, d.min_p),
+            (40, 0.95, 0.8, 0.05)
+        );
+        let all = SamplingParams {
+            top_k: 0,
             ..SamplingParams::default()
         };
-        let d = device_sampling(&plain).expect("top-k 40, top-p 0.95");
-        assert_eq!((d.top_k, d.top_p, d.temperature), (40, 0.95, 0.8));
+        assert!(device_sampling(&all, vocab).is_some(), "top-k off");
+        let past_vocab = SamplingParams {
+            top_k: vocab,
+            ..SamplingParams::default()
+        };
+        assert!(device_sampling(&past_vocab, vocab).is_some());
         for p in [
             SamplingParams {
-                top_k: 0,
-                ..plain.clone()
-            },
-            SamplingParams {
                 top_k: MAX_TOP_K + 1,
-                ..plain.clone()
+                ..SamplingParams::default()
             },
             SamplingParams {
                 repetition_penalty: 1.1,
@@ -190,21 +170,10 @@ mod tests {
             },
             SamplingParams {
                 presence_penalty: 0.5,
-                ..plain.clone()
+                ..SamplingParams::default()
             },
         ] {
-            assert!(device_sampling(&p).is_none(), "{p:?}");
+            assert!(device_sampling(&p, vocab).is_none(), "{p:?}");
         }
-    }
-
-    #[test]
-    fn uniforms_are_in_range_and_seeded() {
-        let (mut a, mut b) = (Uniforms::new(Some(7)), Uniforms::new(Some(7)));
-        for _ in 0..1000 {
-            let u = a.next();
-            assert!((0.0..1.0).contains(&u));
-            assert_eq!(u, b.next());
-        }
-        assert_ne!(Uniforms::new(Some(8)).next(), Uniforms::new(Some(7)).next());
     }
 }

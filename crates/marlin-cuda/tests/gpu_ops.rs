@@ -24,8 +24,9 @@ use half::f16;
 use marlin_cpu::ops::norm::rms_norm_ref;
 use marlin_cpu::ops::simd::{gelu_tanh_ref, silu_ref};
 use marlin_cpu::ops::{soft_cap, Rope, RopeScaling, RopeStyle};
-use marlin_cuda::ops::{self, AttnParams, DeviceSampling, GpuKvCache, GpuRope};
+use marlin_cuda::ops::{self, AttnParams, DeviceSampling, GpuKvCache, GpuRope, RowChoice};
 use marlin_cuda::CudaDevice;
+use marlin_engine::{Sampler, SamplingParams};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -1200,169 +1201,166 @@ fn argmax_matches_cpu() {
     println!("PASS argmax");
 }
 
-/// The CPU sampler's semantics in f64: top-k by (logit desc, index asc),
-/// softmax at temperature, top-p prefix, draw with `u`. Returns the token
-/// and whether `u` falls within `margin` of a boundary (then f32 rounding
-/// may legitimately pick a neighbour).
-fn sample_ref(row: &[f32], p: &DeviceSampling, u: f32, margin: f64) -> (u32, bool) {
-    let mut c: Vec<(u32, f32)> = row
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| !l.is_nan())
-        .map(|(i, &l)| (i as u32, l))
-        .collect();
-    c.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    let k = if p.top_k == 0 {
-        ops::MAX_TOP_K
-    } else {
-        p.top_k
-    };
-    c.truncate(k);
-    let mx = c[0].1 as f64;
-    let inv_t = 1.0 / p.temperature as f64;
-    let e: Vec<f64> = c
-        .iter()
-        .map(|x| ((x.1 as f64 - mx) * inv_t).exp())
-        .collect();
-    let sum: f64 = e.iter().sum();
-    let probs: Vec<f64> = e.iter().map(|x| x / sum).collect();
-    let mut cut = probs.len();
-    let mut mass = 0.0;
-    let mut near = false;
-    if p.top_p < 1.0 {
-        for (i, pr) in probs.iter().enumerate() {
-            mass += pr;
-            near |= (mass - p.top_p as f64).abs() < margin;
-            if mass >= p.top_p as f64 {
-                cut = i + 1;
-                break;
-            }
-        }
-    }
-    let total: f64 = probs[..cut].iter().sum();
-    let target = u as f64 * total;
-    let mut acc = 0.0;
-    for (i, pr) in probs[..cut].iter().enumerate() {
-        acc += pr;
-        near |= (acc - target).abs() < margin;
-        if acc >= target {
-            return (c[i].0, near);
-        }
-    }
-    (c[cut - 1].0, near)
+/// The CPU sampler's token for `logits` with `p` and the uniform `u`: the
+/// definition the device computes bit for bit.
+fn host_draw(logits: &[f32], p: &DeviceSampling, u: f32) -> u32 {
+    let mut s = Sampler::new(SamplingParams {
+        temperature: p.temperature,
+        top_k: p.top_k,
+        top_p: p.top_p,
+        min_p: p.min_p,
+        ..SamplingParams::greedy()
+    })
+    .unwrap();
+    s.sample_with_uniform(&mut logits.to_vec(), u)
+        .unwrap_or(ops::NO_TOKEN)
 }
 
 #[test]
-fn sampling_matches_reference() {
+fn sampling_matches_the_cpu_sampler_exactly() {
     let Some(dev) = device() else { return };
     let mut r = rng("sampling");
-    let mut skipped = 0;
     let mut checked = 0;
+    let params = |temperature, top_k, top_p, min_p| DeviceSampling {
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+    };
     for (rows, vocab) in [(1, 262_144), (3, 1000), (17, 32_000)] {
-        for params in [
-            DeviceSampling {
-                temperature: 0.7,
-                top_k: 40,
-                top_p: 0.9,
-            },
-            DeviceSampling {
-                temperature: 1.0,
-                top_k: 256,
-                top_p: 1.0,
-            },
-            DeviceSampling {
-                temperature: 1.3,
-                top_k: 0,
-                top_p: 0.5,
-            },
-            DeviceSampling {
-                temperature: 0.8,
-                top_k: 3,
-                top_p: 1.0,
-            },
+        for p in [
+            params(0.7, 40, 0.9, 0.0),
+            params(1.0, 256, 1.0, 0.05),
+            params(1.3, 0, 0.5, 0.0),
+            params(0.8, 3, 1.0, 0.0),
+            params(1.0, 0, 1.0, 0.0),
+            params(0.6, 0, 0.95, 0.05),
+            params(2.0, vocab, 0.999, 0.0),
         ] {
-            // Continuous logits, then a few more copies of each row's k-th
-            // largest value: ties at the top-k threshold (lowest indices win).
+            // Continuous logits, then ties: copies of each row's 40th
+            // largest value (at a top-k threshold and inside a top-p cut),
+            // a NaN and a -inf.
             let mut logits = rand_vec(&mut r, rows * vocab, -8.0, 8.0);
-            let k = if params.top_k == 0 {
-                ops::MAX_TOP_K
-            } else {
-                params.top_k
-            };
             for row in logits.chunks_mut(vocab) {
                 let mut sorted = row.to_vec();
                 sorted.sort_by(|a, b| b.total_cmp(a));
-                let threshold = sorted[k.min(vocab) - 1];
+                let tie = sorted[39.min(vocab - 1)];
                 for _ in 0..3 {
-                    row[r.gen_range(0..vocab)] = threshold;
+                    row[r.gen_range(0..vocab)] = tie;
                 }
+                row[r.gen_range(0..vocab)] = f32::NAN;
+                row[r.gen_range(0..vocab)] = f32::NEG_INFINITY;
             }
             let uniforms = rand_vec(&mut r, rows, 0.0, 1.0);
             let mut out = up(&dev, &vec![0xdead_beef_u32; rows + SLACK]);
             let (ld, ud) = (up(&dev, &logits), up(&dev, &uniforms));
-            ops::sample_rows(&dev, &ld, rows, vocab, &params, &ud, &mut out).unwrap();
+            ops::sample_rows(&dev, &ld, rows, vocab, &p, &ud, &mut out).unwrap();
             let got = dev.download(&out).unwrap();
             for (i, row) in logits.chunks(vocab).enumerate() {
-                let (want, near) = sample_ref(row, &params, uniforms[i], 1e-4);
-                if near {
-                    skipped += 1;
-                    continue;
-                }
-                checked += 1;
+                let want = host_draw(row, &p, uniforms[i]);
                 assert_eq!(
                     got[i], want,
-                    "row {i} of {rows} x {vocab} {params:?} u {}",
+                    "row {i} of {rows} x {vocab} {p:?} u {}",
                     uniforms[i]
                 );
+                checked += 1;
             }
             assert!(got[rows..].iter().all(|&v| v == 0xdead_beef));
         }
     }
-    // Thousands of ties at the top-k threshold: the ordered gather path.
-    let (rows, vocab) = (3, 32_000);
+    // Thousands of ties (integer logits): at the top-k threshold (the
+    // ordered gather) and at the top-p cut (the ordered tie pass).
+    let (rows, vocab) = (4, 32_000);
     let logits: Vec<f32> = (0..rows * vocab)
         .map(|_| r.gen_range(0..8) as f32)
         .collect();
-    let uniforms = rand_vec(&mut r, rows, 0.0, 1.0);
-    let params = DeviceSampling {
-        temperature: 1.0,
-        top_k: 40,
-        top_p: 1.0,
-    };
-    let mut out = up(&dev, &vec![0u32; rows]);
-    let (ld, ud) = (up(&dev, &logits), up(&dev, &uniforms));
-    ops::sample_rows(&dev, &ld, rows, vocab, &params, &ud, &mut out).unwrap();
-    let got = dev.download(&out).unwrap();
-    for (i, row) in logits.chunks(vocab).enumerate() {
-        let (want, near) = sample_ref(row, &params, uniforms[i], 1e-4);
-        if !near {
-            assert_eq!(got[i], want, "tied row {i}, u {}", uniforms[i]);
+    for p in [
+        params(1.0, 40, 1.0, 0.0),
+        params(1.0, 0, 0.3, 0.0),
+        params(0.5, 0, 0.7, 0.0),
+    ] {
+        let uniforms = rand_vec(&mut r, rows, 0.0, 1.0);
+        let mut out = up(&dev, &vec![0u32; rows]);
+        let (ld, ud) = (up(&dev, &logits), up(&dev, &uniforms));
+        ops::sample_rows(&dev, &ld, rows, vocab, &p, &ud, &mut out).unwrap();
+        let got = dev.download(&out).unwrap();
+        for (i, row) in logits.chunks(vocab).enumerate() {
+            assert_eq!(
+                got[i],
+                host_draw(row, &p, uniforms[i]),
+                "tied row {i} {p:?}"
+            );
+            checked += 1;
         }
     }
-    // Greedy goes through argmax.
-    let logits = vec![0.5f32, 2.0, 2.0, -1.0];
-    let mut out = up(&dev, &[0u32]);
-    let greedy = DeviceSampling {
-        temperature: 0.0,
-        top_k: 40,
-        top_p: 0.9,
-    };
-    ops::sample_rows(
+    // Each row its own choice: argmax, draws of every path, none.
+    let (rows, vocab) = (6, 50_000);
+    let logits = rand_vec(&mut r, rows * vocab, -6.0, 6.0);
+    let choices = [
+        RowChoice::Argmax,
+        RowChoice::Draw {
+            params: params(1.0, 0, 1.0, 0.0),
+            uniform: 0.61,
+        },
+        RowChoice::None,
+        RowChoice::Draw {
+            params: params(0.7, 40, 0.9, 0.05),
+            uniform: 0.02,
+        },
+        RowChoice::Draw {
+            params: params(1.2, 0, 0.8, 0.0),
+            uniform: 0.93,
+        },
+        RowChoice::Draw {
+            params: params(0.0, 0, 1.0, 0.0),
+            uniform: 0.5,
+        },
+    ];
+    let words = ops::pack_row_choices(&choices, vocab).unwrap();
+    let mut out = up(&dev, &vec![0xdead_beef_u32; rows]);
+    ops::sample_rows_each(
         &dev,
         &up(&dev, &logits),
-        1,
-        4,
-        &greedy,
-        &up(&dev, &[0.5f32]),
+        rows,
+        vocab,
+        &up(&dev, &words),
         &mut out,
     )
     .unwrap();
-    assert_eq!(dev.download(&out).unwrap(), vec![1]);
-    assert!(
-        checked > 4 * skipped,
-        "{checked} rows checked, {skipped} near a boundary"
-    );
-    println!("PASS sampling ({checked} rows checked, {skipped} within 1e-4 of a boundary)");
+    let got = dev.download(&out).unwrap();
+    for (i, (row, c)) in logits.chunks(vocab).zip(&choices).enumerate() {
+        let want = match *c {
+            RowChoice::None => ops::NO_TOKEN,
+            RowChoice::Argmax => host_draw(row, &params(0.0, 0, 1.0, 0.0), 0.5),
+            RowChoice::Draw { params, uniform } => host_draw(row, &params, uniform),
+        };
+        assert_eq!(got[i], want, "row {i}: {c:?}");
+        checked += 1;
+    }
+    // Greedy goes through argmax; a row of NaN has no token.
+    let logits = vec![
+        0.5f32,
+        2.0,
+        2.0,
+        -1.0,
+        f32::NAN,
+        f32::NAN,
+        f32::NAN,
+        f32::NAN,
+    ];
+    let mut out = up(&dev, &[0u32; 2]);
+    ops::sample_rows(
+        &dev,
+        &up(&dev, &logits),
+        2,
+        4,
+        &params(0.0, 40, 0.9, 0.0),
+        &up(&dev, &[0.5f32, 0.5]),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(dev.download(&out).unwrap(), vec![1, ops::NO_TOKEN]);
+    println!("PASS sampling ({checked} rows equal to the CPU sampler's draw)");
 }
 
 /// Decode attention at context 4096 (32 heads / 8 kv heads, head_dim 128)
@@ -1471,17 +1469,24 @@ fn bench_decode_attention() {
         let split = time_us(&dev, 20, || {
             ops::argmax_rows_ws(&dev, &logits, batch, vocab, &mut ws, &mut out).unwrap()
         });
-        let sp = DeviceSampling {
-            temperature: 0.8,
-            top_k: 40,
-            top_p: 0.95,
+        let draw = |temperature, top_k, top_p| DeviceSampling {
+            temperature,
+            top_k,
+            top_p,
+            min_p: 0.0,
         };
-        let sample = time_us(&dev, 20, || {
-            ops::sample_rows(&dev, &logits, batch, vocab, &sp, &uniforms, &mut out).unwrap()
-        });
+        let mut time_draw = |p: DeviceSampling| {
+            time_us(&dev, 20, || {
+                ops::sample_rows(&dev, &logits, batch, vocab, &p, &uniforms, &mut out).unwrap()
+            })
+        };
+        let top_k = time_draw(draw(0.8, 40, 0.95));
+        let t1 = time_draw(draw(1.0, 0, 1.0));
+        let nucleus = time_draw(draw(0.7, 0, 0.9));
         println!(
             "BENCH sampling vocab {vocab} batch {batch:>2}: argmax {greedy:7.1} us \
-             (split {split:5.1} us), top-k 40 / top-p 0.95 {sample:7.1} us"
+             (split {split:5.1} us), top-k 40 / top-p 0.95 {top_k:7.1} us, \
+             T 1 {t1:7.1} us, T 0.7 / top-p 0.9 {nucleus:7.1} us"
         );
     }
 }

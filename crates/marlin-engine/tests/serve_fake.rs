@@ -5,9 +5,9 @@
 
 use marlin_engine::serve::{
     generate_blocking, spawn, BatchChunk, BatchModel, EngineConfig, EngineHandle, EngineRequest,
-    EngineStats, Event, RankedTokens, SubmitError, TokenConstraint,
+    EngineStats, Event, ModelPick, RankedTokens, SubmitError, TokenConstraint,
 };
-use marlin_engine::{Detokenizer, EngineError, FinishReason, SamplingParams};
+use marlin_engine::{Detokenizer, EngineError, FinishReason, Sampler, SamplingParams};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,7 +82,7 @@ impl BatchModel for FakeModel {
     fn forward_batch_picking(
         &mut self,
         chunks: &[BatchChunk],
-        argmax: &[bool],
+        picks: &[ModelPick],
         logits: &mut Vec<Vec<f32>>,
         picked: &mut Vec<Option<u32>>,
     ) -> Result<(), EngineError> {
@@ -92,21 +92,55 @@ impl BatchModel for FakeModel {
         let Some(counts) = self.picks.clone() else {
             return Ok(());
         };
-        assert_eq!(argmax.len(), chunks.len());
-        for (i, row) in logits.iter_mut().enumerate() {
-            if argmax[i] {
-                assert!(
-                    chunks[i].want_logits,
-                    "argmax asked of a chunk without logits"
-                );
-                picked[i] = Some(marlin_engine::sampler::argmax(row).unwrap());
-                row.clear();
-                counts.0.fetch_add(1, Ordering::Relaxed);
-            } else if !row.is_empty() {
-                counts.1.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        pick_as_a_device_would(chunks, picks, logits, picked, &counts);
         Ok(())
+    }
+}
+
+/// Answers the picks the engine allows with the CPU sampler's definition
+/// (what a device sampler computes), clearing those rows; counts (picked,
+/// logits rows sent).
+fn pick_as_a_device_would(
+    chunks: &[BatchChunk],
+    picks: &[ModelPick],
+    logits: &mut [Vec<f32>],
+    picked: &mut [Option<u32>],
+    counts: &(AtomicUsize, AtomicUsize),
+) {
+    assert_eq!(picks.len(), chunks.len());
+    for (i, row) in logits.iter_mut().enumerate() {
+        let pick = match picks[i] {
+            ModelPick::Logits => None,
+            ModelPick::Argmax => Some(marlin_engine::sampler::argmax(row).unwrap()),
+            ModelPick::Draw {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                uniform,
+            } => {
+                let mut s = Sampler::new(SamplingParams {
+                    temperature,
+                    top_k,
+                    top_p,
+                    min_p,
+                    ..SamplingParams::greedy()
+                })
+                .unwrap();
+                Some(s.sample_with_uniform(row, uniform).unwrap())
+            }
+        };
+        if let Some(id) = pick {
+            assert!(
+                chunks[i].want_logits,
+                "a pick asked of a chunk without logits"
+            );
+            picked[i] = Some(id);
+            row.clear();
+            counts.0.fetch_add(1, Ordering::Relaxed);
+        } else if !row.is_empty() {
+            counts.1.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -558,11 +592,12 @@ fn a_constraint_picks_the_first_allowed_token_and_ends_the_request() {
     h.shutdown(Duration::ZERO);
 }
 
-/// A model that picks argmax tokens itself gets asked to for plain greedy
-/// requests only: those stream the same tokens with no logits sent back,
-/// while requests with logprobs, a temperature or a penalty get logits.
+/// A model that picks tokens itself gets asked to for requests whose token
+/// depends on the logits and the sampler's uniform only (greedy or a
+/// temperature, no penalty): those stream the same tokens with no logits
+/// sent back, while requests with logprobs or a penalty get logits.
 #[test]
-fn plain_greedy_requests_take_the_models_own_argmax() {
+fn penalty_free_requests_take_the_models_own_pick() {
     let counts = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
     let model = FakeModel {
         block_size: 4,
@@ -585,7 +620,8 @@ fn plain_greedy_requests_take_the_models_own_argmax() {
         (8, 0),
         "greedy: every token picked by the model"
     );
-    // Logprobs, a penalty, a temperature: logits come back for each token.
+    // Logprobs and a penalty: logits come back for each token. A
+    // temperature without them: the model draws.
     let mut with_logprobs = request(p.clone(), 4);
     with_logprobs.logprobs = Some(1);
     let mut penalised = request(p.clone(), 4);
@@ -600,7 +636,11 @@ fn plain_greedy_requests_take_the_models_own_argmax() {
         counts.0.load(Ordering::Relaxed),
         counts.1.load(Ordering::Relaxed),
     );
-    assert_eq!((picked, rows), (8, 12), "the other requests sent logits");
+    assert_eq!(
+        (picked, rows),
+        (12, 8),
+        "logprobs and penalty requests sent logits"
+    );
     wait_idle(&h);
     h.shutdown(Duration::ZERO);
 }
@@ -612,6 +652,9 @@ struct WideModel {
     /// Steps that asked for three logits rows or more (150k logits: past
     /// the engine's threshold for sampling on threads).
     batched_steps: Arc<AtomicUsize>,
+    /// Draws the tokens itself where the engine allows it, counting
+    /// (picked, logits rows sent).
+    picks: Option<Arc<(AtomicUsize, AtomicUsize)>>,
 }
 
 const WIDE_VOCAB: usize = 50_000;
@@ -655,6 +698,22 @@ impl BatchModel for WideModel {
             })
             .collect())
     }
+
+    fn forward_batch_picking(
+        &mut self,
+        chunks: &[BatchChunk],
+        picks: &[ModelPick],
+        logits: &mut Vec<Vec<f32>>,
+        picked: &mut Vec<Option<u32>>,
+    ) -> Result<(), EngineError> {
+        self.forward_batch_into(chunks, logits)?;
+        picked.clear();
+        picked.resize(chunks.len(), None);
+        if let Some(counts) = self.picks.clone() {
+            pick_as_a_device_would(chunks, picks, logits, picked, &counts);
+        }
+        Ok(())
+    }
 }
 
 /// Token ids as numbers.
@@ -677,6 +736,7 @@ fn seeded_sampling_is_the_same_alone_and_batched_on_threads() {
     let batched_steps = Arc::new(AtomicUsize::new(0));
     let model = WideModel {
         batched_steps: Arc::clone(&batched_steps),
+        picks: None,
     };
     let detok = || -> Box<dyn Detokenizer> { Box::new(Numbers) };
     let h = spawn(Box::new(model), Box::new(detok), EngineConfig::default()).unwrap();
@@ -712,6 +772,30 @@ fn seeded_sampling_is_the_same_alone_and_batched_on_threads() {
     assert_eq!(batched, alone);
     // The draws are spread out: not every request took the same tokens.
     assert!(alone.iter().any(|t| t != &alone[0]));
+    wait_idle(&h);
+    h.shutdown(Duration::ZERO);
+
+    // A model that draws the tokens itself, with the uniforms the engine
+    // hands it, streams the same tokens: the engine draws one uniform per
+    // token either way.
+    let counts = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+    let model = WideModel {
+        batched_steps: Arc::new(AtomicUsize::new(0)),
+        picks: Some(Arc::clone(&counts)),
+    };
+    let h = spawn(Box::new(model), Box::new(detok), EngineConfig::default()).unwrap();
+    let drawn: Vec<Vec<u32>> = (0..8)
+        .map(|s| generate_blocking(&h, sampled(s), |_| true).unwrap().tokens)
+        .collect();
+    assert_eq!(drawn, alone);
+    assert_eq!(
+        (
+            counts.0.load(Ordering::Relaxed),
+            counts.1.load(Ordering::Relaxed)
+        ),
+        (8 * 12, 0),
+        "every token drawn by the model"
+    );
     wait_idle(&h);
     h.shutdown(Duration::ZERO);
 }

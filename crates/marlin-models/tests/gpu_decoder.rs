@@ -12,6 +12,7 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use marlin_cuda::int4::gemm::dequantize_to_f16;
 use marlin_cuda::ops::{DeviceSampling, GpuKvCache, GpuRope, NormForm};
 use marlin_cuda::CudaDevice;
+use marlin_engine::{Sampler, SamplingParams};
 use marlin_models::config::{HParam, HValue};
 use marlin_models::gpu::bench::{synthetic_decoder, SyntheticShape};
 use marlin_models::gpu::decoder::{
@@ -496,36 +497,66 @@ fn int4_fused_f16_path_matches_dense_f32_path() {
 
     let (mut sa, mut sb) = (a.new_sequence(64).unwrap(), b.new_sequence(64).unwrap());
     let mut sampled = a.new_sequence(64).unwrap();
-    // A high temperature keeps the third candidate's probability far from
-    // 0, so that u -> 1 lands on it whatever the logits' spread.
-    let params = DeviceSampling {
-        temperature: 100.0,
-        top_k: 3,
-        top_p: 1.0,
+    // The device's draw is the CPU sampler's definition, bit for bit, on
+    // the same logits (`sa` runs the same model on the same tokens): top-k 3
+    // at a high temperature (every candidate likely), then the whole
+    // vocabulary with min-p and top-p, uniforms across [0, 1).
+    let params = |step: usize| {
+        if step.is_multiple_of(2) {
+            DeviceSampling {
+                temperature: 100.0,
+                top_k: 3,
+                top_p: 1.0,
+                min_p: 0.0,
+            }
+        } else {
+            DeviceSampling {
+                temperature: 0.7,
+                top_k: 0,
+                top_p: 0.9,
+                min_p: 0.01,
+            }
+        }
+    };
+    let host_draw = |logits: &[f32], p: DeviceSampling, u: f32| {
+        let mut s = Sampler::new(SamplingParams {
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            ..SamplingParams::greedy()
+        })
+        .unwrap();
+        s.sample_with_uniform(&mut logits.to_vec(), u).unwrap()
     };
     let mut la = sa.forward(&prompt).unwrap();
     let mut lb = sb.forward(&prompt).unwrap();
-    let mut pick = sampled.sample(&prompt, params, 0.0).unwrap();
+    let mut u = 0.0f32;
+    let mut pick = sampled.sample(&prompt, params(0), u).unwrap();
+    let mut distinct = std::collections::HashSet::new();
     for step in 0..10 {
         close(&la, &lb, &format!("decode step {step}"));
-        let order = ranked(&la);
-        // u = 0 takes the most likely token, u -> 1 the third (top-k 3).
-        let want = if step % 2 == 0 { order[0] } else { order[2] };
-        assert_eq!(pick, want, "sampled token at step {step}");
+        assert_eq!(
+            pick,
+            host_draw(&la, params(step), u),
+            "sampled token at step {step}, u {u}"
+        );
+        distinct.insert(pick);
         let next = ranked(&lb)[0];
         la = sa.forward(&[next]).unwrap();
         lb = sb.forward(&[next]).unwrap();
-        let u = if step % 2 == 0 { 0.999_99 } else { 0.0 };
-        pick = sampled.sample(&[next], params, u).unwrap();
+        u = ((step * 37 + 11) % 100) as f32 / 100.0;
+        pick = sampled.sample(&[next], params(step + 1), u).unwrap();
     }
+    assert!(distinct.len() > 1, "every draw took the same token");
     assert!(sa.graph_captured() && sampled.graph_captured() && !sb.graph_captured());
     assert!(
-        sampled.sample(&[1], params, 1.0).is_err(),
+        sampled.sample(&[1], params(0), 1.0).is_err(),
         "uniform outside [0, 1)"
     );
     let bad = DeviceSampling {
-        top_k: 10_000,
-        ..params
+        top_k: 300,
+        ..params(0)
     };
     assert!(
         sampled.sample(&[1], bad, 0.5).is_err(),

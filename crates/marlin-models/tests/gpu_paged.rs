@@ -26,8 +26,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use marlin_engine::serve::{spawn, BatchChunk, BatchModel, EngineConfig, EngineRequest, Event};
-use marlin_engine::{Detokenizer, EngineError, FinishReason, SamplingParams};
+use marlin_engine::serve::{
+    spawn, BatchChunk, BatchModel, EngineConfig, EngineRequest, Event, ModelPick,
+};
+use marlin_engine::{Detokenizer, EngineError, FinishReason, Sampler, SamplingParams};
 use marlin_models::gpu::bench::{synthetic_decoder, SyntheticShape};
 use marlin_models::gpu::stages::StageTimer;
 use marlin_models::gpu::{GpuBatchModel, GpuLoadOptions, GpuModel, GpuSequence, PagedOptions};
@@ -801,14 +803,30 @@ fn paged_decode_throughput() {
                 ..GpuLoadOptions::default()
             },
         ));
-        // Last: the graphs with every token picked on the device (greedy
-        // requests: no logits sent back).
+        // Then the graphs with every token picked on the device (greedy
+        // requests, then the OpenAI default draw, temperature 1: no logits
+        // sent back), and last the draw on the host as the engine did
+        // before: the logits back, then each row sampled on 8 threads.
+        let t1 = ModelPick::Draw {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            uniform: 0.37,
+        };
         let variants = [
-            ("GpuBatchModel (paged)", &model, false),
-            ("GpuBatchModel (graphs)", &graph_model, false),
-            ("  (graphs, argmax)", &graph_model, true),
+            ("GpuBatchModel (paged)", &model, None, false),
+            ("GpuBatchModel (graphs)", &graph_model, None, false),
+            (
+                "  (graphs, argmax)",
+                &graph_model,
+                Some(ModelPick::Argmax),
+                false,
+            ),
+            ("  (graphs, T 1 draw)", &graph_model, Some(t1), false),
+            ("  (graphs, host T 1)", &graph_model, None, true),
         ];
-        for (label, paged_model, pick) in variants {
+        for (label, paged_model, pick, host_draw) in variants {
             let graphs = paged_model.options().cuda_graph;
             for seqs in [1usize, 8, 32] {
                 let positions = CTX + 2 * RUNS * STEPS + 8;
@@ -848,6 +866,19 @@ fn paged_decode_throughput() {
                 let ids: Vec<[u32; 1]> = (0..seqs).map(|s| [(s * 13 % vocab) as u32]).collect();
                 // Logits rows kept from step to step, as the engine keeps them.
                 let (mut out, mut picked) = (Vec::new(), Vec::new());
+                let mut samplers: Vec<Sampler> = (0..seqs)
+                    .map(|s| {
+                        Sampler::new(SamplingParams {
+                            temperature: 1.0,
+                            top_k: 0,
+                            top_p: 1.0,
+                            min_p: 0.0,
+                            seed: Some(s as u64),
+                            ..SamplingParams::default()
+                        })
+                        .unwrap()
+                    })
+                    .collect();
                 let mut step = |pos: usize, want_logits: bool| {
                     let chunks: Vec<BatchChunk> = (0..seqs)
                         .map(|s| BatchChunk {
@@ -857,10 +888,10 @@ fn paged_decode_throughput() {
                             want_logits,
                         })
                         .collect();
-                    if pick {
-                        let flags = vec![want_logits; seqs];
+                    if let Some(p) = pick {
+                        let picks = vec![if want_logits { p } else { ModelPick::Logits }; seqs];
                         batch
-                            .forward_picking(&chunks, &flags, &mut out, &mut picked)
+                            .forward_picking(&chunks, &picks, &mut out, &mut picked)
                             .unwrap();
                         if want_logits {
                             assert!(picked
@@ -871,6 +902,9 @@ fn paged_decode_throughput() {
                         batch.forward_into(&chunks, &mut out).unwrap();
                         if want_logits {
                             assert!(out.iter().all(|l| l.len() == vocab && l[0].is_finite()));
+                            if host_draw {
+                                host_draws(&mut samplers, &mut out);
+                            }
                         }
                     }
                 };
@@ -913,7 +947,7 @@ fn paged_decode_throughput() {
                     prefill * 1e3,
                     (seqs * CTX) as f64 / prefill
                 );
-                if graphs || pick {
+                if graphs || pick.is_some() {
                     continue;
                 }
                 // Where a step goes: its kernel groups timed back to back (the
@@ -949,6 +983,21 @@ fn paged_decode_throughput() {
             }
         }
     }
+}
+
+/// Each row's token drawn on the host, the rows spread over 8 threads (the
+/// serving engine's way when the model sends its logits back).
+fn host_draws(samplers: &mut [Sampler], rows: &mut [Vec<f32>]) {
+    let per = rows.len().div_ceil(8).max(1);
+    std::thread::scope(|scope| {
+        for (ss, rs) in samplers.chunks_mut(per).zip(rows.chunks_mut(per)) {
+            scope.spawn(move || {
+                for (s, r) in ss.iter_mut().zip(rs.iter_mut()) {
+                    std::hint::black_box(s.sample(r).unwrap());
+                }
+            });
+        }
+    });
 }
 
 /// A two-layer synthetic INT4 model with SmolLM2's heads (9 / 3 of 64),
@@ -1058,11 +1107,14 @@ fn decode_graphs_match_eager_passes() {
     assert!(on.graph_captures() > 0);
 }
 
-/// Chunks that want only their argmax get it from the device (and no
-/// logits row); the others get the same logits as a twin model that sends
-/// every row back, and the picks are those logits' argmax. Mixed passes
-/// (prompt chunks, decode rows with and without picks) and decode-only
-/// passes (graphs with the argmax in the LM head's stage) alternate.
+/// Chunks whose token the device picks get it (and no logits row); the
+/// others get the same logits as a twin model that sends every row back.
+/// The picks are those logits' argmax, or the CPU sampler's draw with the
+/// same uniform, bit for bit (top-k off and 40, min-p, top-p); a draw with
+/// a top-k past the device's bound gets its logits. Mixed passes (prompt
+/// chunks, decode rows with and without picks) and decode-only passes
+/// (graphs with the argmax in the LM head's stage, or each row's choice)
+/// alternate.
 #[test]
 fn picked_tokens_are_the_argmax_of_the_logits() {
     if !gpu_or_skip() {
@@ -1084,7 +1136,7 @@ fn picked_tokens_are_the_argmax_of_the_logits() {
     let mut len = vec![0usize; n_seqs];
     let mut next: Vec<u32> = vec![0; n_seqs];
     let (mut out, mut picked, mut reference) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut picks, mut rows) = (0, 0);
+    let (mut picks, mut rows, mut draws) = (0, 0, 0);
     for si in 0..14 {
         // Steps 0-1: prompts (two per pass); then decode, every sequence
         // each step, sequences 0 and 2 (odd steps: all) picking.
@@ -1106,15 +1158,66 @@ fn picked_tokens_are_the_argmax_of_the_logits() {
             })
             .collect();
         let chunks = blocks.chunks(&seqs, &tokens, &len);
-        let pick: Vec<bool> = seqs.iter().map(|&s| s % 2 == 0 || si % 2 == 1).collect();
+        // Sequence 0 greedy; 1 a draw (top-k off / 40, min-p, top-p) whose
+        // uniform sweeps [0, 1); 2 greedy on odd steps; 3 a draw with a
+        // top-k the device does not take (logits back) on odd steps.
+        let uniform = ((si * 7919) % 1000) as f32 / 1000.0;
+        let draw = |top_k: usize| ModelPick::Draw {
+            temperature: 0.9,
+            top_k,
+            top_p: 0.9,
+            min_p: 0.02,
+            uniform,
+        };
+        let pick: Vec<ModelPick> = seqs
+            .iter()
+            .map(|&s| match (s, si % 2) {
+                (0, _) | (2, 1) => ModelPick::Argmax,
+                (1, _) => draw(if si % 3 == 0 { 40 } else { 0 }),
+                (3, 1) => draw(300),
+                _ => ModelPick::Logits,
+            })
+            .collect();
         picking
             .forward_picking(&chunks, &pick, &mut out, &mut picked)
             .unwrap();
         all_logits.forward_into(&chunks, &mut reference).unwrap();
         for (i, &s) in seqs.iter().enumerate() {
-            let want = argmax(&reference[i]);
-            if pick[i] {
-                assert_eq!(picked[i], Some(want), "step {si} sequence {s}: pick");
+            let greedy = argmax(&reference[i]);
+            let want = match pick[i] {
+                ModelPick::Argmax => Some(greedy),
+                ModelPick::Draw {
+                    temperature,
+                    top_k,
+                    top_p,
+                    min_p,
+                    uniform,
+                } if top_k <= marlin_cuda::ops::MAX_TOP_K => {
+                    // The CPU sampler on the same logits and uniform: the
+                    // device computes its definition bit for bit.
+                    let mut host = Sampler::new(SamplingParams {
+                        temperature,
+                        top_k,
+                        top_p,
+                        min_p,
+                        ..SamplingParams::greedy()
+                    })
+                    .unwrap();
+                    let drawn = host
+                        .sample_with_uniform(&mut reference[i].clone(), uniform)
+                        .unwrap();
+                    draws += usize::from(drawn != greedy);
+                    Some(drawn)
+                }
+                _ => None,
+            };
+            if let Some(want) = want {
+                assert_eq!(
+                    picked[i],
+                    Some(want),
+                    "step {si} sequence {s}: {:?}",
+                    pick[i]
+                );
                 assert!(
                     out[i].is_empty(),
                     "step {si} sequence {s}: logits of a pick"
@@ -1126,13 +1229,14 @@ fn picked_tokens_are_the_argmax_of_the_logits() {
                 assert!(d == 0.0, "step {si} sequence {s}: |Δlogit| {d}");
                 rows += 1;
             }
-            next[s] = want;
+            next[s] = picked[i].unwrap_or(greedy);
             len[s] += tokens[i].len();
         }
     }
     eprintln!(
-        "{picks} tokens picked on the device, {rows} logits rows sent, {} decode graphs captured",
+        "{picks} tokens picked on the device ({draws} draws other than the argmax), {rows} logits rows sent, {} decode graphs captured",
         picking.graph_captures()
     );
+    assert!(draws > 0, "every draw took the argmax");
     assert!(picking.graph_captures() > 0);
 }

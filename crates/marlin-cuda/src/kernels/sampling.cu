@@ -3,14 +3,10 @@
 //
 // - samp_argmax: largest logit, lowest index on ties, NaN never chosen; a
 //   row of NaN only gives 0xffffffff.
-// - samp_topk_topp: the CPU sampler's order (marlin-engine sampler.rs):
-//   top-k by (logit desc, index asc) ignoring NaN, softmax at temperature
-//   over those, the smallest prefix whose mass reaches top_p, then one draw
-//   with the row's uniform u in [0, 1): the first candidate whose running
-//   mass reaches u * total. The k-th largest logit is found by a 3-pass
-//   radix select (11 + 11 + 10 bits) over order-preserving integer keys, the
-//   candidates are gathered in index order (ties at the threshold keep the
-//   lowest indices) and bitonic-sorted in shared memory.
+// - samp_draw / samp_draw_rows: the CPU sampler's temperature draw, bit for
+//   bit (see "temperature draw" below), with the same parameters for every
+//   row or each row's own (the serving pass's mix of greedy and sampled
+//   requests).
 //
 // Self-contained (no #include) so that NVRTC needs no header search path.
 
@@ -60,11 +56,11 @@ __device__ __forceinline__ void samp_visit(const float* __restrict__ row, int vo
     for (int i = tail + threadIdx.x; i < vocab; i += blockDim.x) f(row[i], i);
 }
 
-extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
-    samp_argmax(const float* __restrict__ logits, u32* __restrict__ out, int vocab) {
+// The row's argmax (every thread gets it).
+__device__ __forceinline__ u32 samp_argmax_row(const float* __restrict__ row, int vocab) {
     __shared__ float s_val[32];
     __shared__ u32 s_idx[32];
-    const float* row = logits + (long long)blockIdx.x * vocab;
+    __shared__ u32 s_best;
     float best = __int_as_float(0xff800000);  // -inf
     u32 best_i = SAMP_NO_TOKEN;
     samp_visit(row, vocab, [&](float v, int i) {
@@ -102,8 +98,18 @@ extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
                 best_i = oi;
             }
         }
-        if (lane == 0) out[blockIdx.x] = best_i;
+        if (lane == 0) s_best = best_i;
     }
+    __syncthreads();
+    const u32 r = s_best;
+    __syncthreads();
+    return r;
+}
+
+extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
+    samp_argmax(const float* __restrict__ logits, u32* __restrict__ out, int vocab) {
+    const u32 best = samp_argmax_row(logits + (long long)blockIdx.x * vocab, vocab);
+    if (threadIdx.x == 0) out[blockIdx.x] = best;
 }
 
 // Order-preserving key of a float (larger float, larger key); NaN -> 0 and
@@ -138,18 +144,19 @@ __device__ __forceinline__ u32 samp_block_scan(u32 v, u32* tmp) {
     return v + (warp > 0 ? tmp[warp - 1] : 0u);
 }
 
-extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
-    samp_topk_topp(const float* __restrict__ logits, const float* __restrict__ uniforms,
-                   u32* __restrict__ out, int vocab, int top_k, float inv_temp, float top_p) {
+// The top_k (<= SAMP_MAX_K) best candidates of `row` by (logit desc, index
+// asc), NaN excluded, into c_val / c_idx in that order (padded with -inf to
+// SAMP_CAND); returns how many there are (0: every logit is NaN). The k-th
+// largest logit is found by a 3-pass radix select (11 + 11 + 10 bits) over
+// order-preserving integer keys, the candidates are gathered in index order
+// (ties at the threshold keep the lowest indices) and bitonic-sorted in
+// shared memory.
+__device__ __forceinline__ u32 samp_select_topk(const float* __restrict__ row, int vocab,
+                                                int top_k, float* c_val, u32* c_idx) {
     __shared__ u32 hist[2048];
     __shared__ u32 scan_tmp[32];
     __shared__ u32 s_need, s_found_bin, s_total, s_bin_count;
     __shared__ u32 s_gt, s_eq;
-    // Candidates: the k_eff winners, or (fast path) every key above the
-    // threshold and every key equal to it, when that fits.
-    __shared__ float c_val[SAMP_CAND];
-    __shared__ u32 c_idx[SAMP_CAND];
-    const float* row = logits + (long long)blockIdx.x * vocab;
     const int tid = threadIdx.x;
 
     // Radix select of the k-th largest key: 11, 11 and 10 bits.
@@ -172,10 +179,7 @@ extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
             if (tid == blockDim.x - 1) s_total = total;
             __syncthreads();
             need = min((u32)top_k, s_total);
-            if (need == 0) {
-                if (tid == 0) out[blockIdx.x] = SAMP_NO_TOKEN;
-                return;
-            }
+            if (need == 0) return 0u;
         }
         // Bins in descending order: thread t holds bins hi = bins-1-2t and
         // hi-1; a running count from the top finds the bin of the need-th.
@@ -288,39 +292,379 @@ extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
             __syncthreads();
         }
     }
-    if (tid != 0) return;
-    // Softmax at temperature, top-p cut, one draw (sequential, <= 256).
-    const float mx = c_val[0];
-    if (!(mx > __int_as_float(0xff800000) && mx < __int_as_float(0x7f800000))) {
-        out[blockIdx.x] = c_idx[0];  // -inf / +inf top logit: CPU errors; take the top
-        return;
+    __syncthreads();
+    return k_eff;
+}
+
+// ------------------------------------------------------- temperature draw
+// One token per row by the CPU sampler's definition (marlin-engine
+// sampler/nucleus.rs), bit for bit: candidates (non-NaN logits; with
+// 0 < top_k < vocab the top_k best by (logit desc, index asc), the rank
+// order), weights w = exp((logit - max) * inv_t) by the same polynomial
+// with every product and sum rounded on its own (no FMA contraction, as the
+// host computes them), in fixed point trunc(w * 2^30) so that every sum is
+// an exact integer; min-p drops w < min_p; top-p keeps the shortest
+// rank-order prefix whose weight reaches trunc(top_p * Z) (Z: every
+// candidate's weight); then the first kept candidate in index order whose
+// running weight exceeds trunc(u * kept weight).
+// Without top-k the rank-order cut is a radix select by weight over the
+// logits' order-preserving keys (11 + 11 + 10 bits; ties at the last key
+// taken lowest index first), and the draw a pass over the row in index
+// order, a block scan per tile of 4096 tokens. With top-k (<= SAMP_MAX_K)
+// the candidates are selected by count and sorted, as samp_argmax's order.
+
+#define SAMP_FX_ONE 1073741824.0f  // 2^30
+#define SAMP_TILE (SAMP_THREADS * 4)
+typedef unsigned long long u64;
+
+// exp(x) for x <= 0, as the host's exp_nonpositive: 0 below -87, for -inf
+// and NaN.
+__device__ __forceinline__ float samp_exp_np(float x) {
+    const float xc = fminf(fmaxf(x, -87.0f), 0.0f);
+    const float t = __fadd_rn(__fmul_rn(xc, 1.44269504088896340736f), 12582912.0f);
+    const float n = __fsub_rn(t, 12582912.0f);
+    const float r = __fsub_rn(__fsub_rn(xc, __fmul_rn(n, 0.6933594f)), __fmul_rn(n, -2.1219444e-4f));
+    float p = 1.9875691e-4f;
+    p = __fadd_rn(__fmul_rn(p, r), 1.3981999e-3f);
+    p = __fadd_rn(__fmul_rn(p, r), 8.333452e-3f);
+    p = __fadd_rn(__fmul_rn(p, r), 4.1665796e-2f);
+    p = __fadd_rn(__fmul_rn(p, r), 1.6666665e-1f);
+    p = __fadd_rn(__fmul_rn(p, r), 0.5f);
+    const float y = __fadd_rn(__fadd_rn(__fmul_rn(__fmul_rn(p, r), r), r), 1.0f);
+    const float scale = __uint_as_float((__float_as_uint(t) + 127u) << 23);
+    return x >= -87.0f ? __fmul_rn(y, scale) : 0.0f;
+}
+
+__device__ __forceinline__ float samp_weight(float logit, float mx, float inv_t) {
+    return samp_exp_np(__fmul_rn(__fsub_rn(logit, mx), inv_t));
+}
+
+// trunc(w * 2^30), w in [0, 1] (NaN -> 0), as the host's fx.
+__device__ __forceinline__ u64 samp_fx(float w) {
+    const float s = fminf(fmaxf(__fmul_rn(w, SAMP_FX_ONE), 0.0f), SAMP_FX_ONE);
+    return (u64)(int)s;
+}
+
+// trunc(a * b) in double (IEEE, as the host's f64).
+__device__ __forceinline__ u64 samp_fx_scale(float a, u64 b) {
+    return (u64)__dmul_rn((double)a, __ull2double_rn(b));
+}
+
+// Inclusive prefix sum of u64 over the block; `tmp` holds 32 u64.
+__device__ __forceinline__ u64 samp_block_scan64(u64 v, u64* tmp) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+        const u64 o = __shfl_up_sync(0xffffffffu, v, off);
+        if (lane >= off) v += o;
     }
-    double sum = 0.0;
-    for (u32 i = 0; i < k_eff; ++i) sum += (double)__expf((c_val[i] - mx) * inv_temp);
-    const float inv_sum = (float)(1.0 / sum);
-    u32 cut = k_eff;
-    if (top_p < 1.0f) {
-        float mass = 0.0f;
-        for (u32 i = 0; i < k_eff; ++i) {
-            mass += __expf((c_val[i] - mx) * inv_temp) * inv_sum;
-            if (mass >= top_p) {
-                cut = i + 1;
-                break;
+    __syncthreads();
+    if (lane == 31) tmp[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        u64 w = tmp[lane];
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+            const u64 o = __shfl_up_sync(0xffffffffu, w, off);
+            if (lane >= off) w += o;
+        }
+        tmp[lane] = w;
+    }
+    __syncthreads();
+    const u64 r = v + (warp > 0 ? tmp[warp - 1] : 0ull);
+    __syncthreads();
+    return r;
+}
+
+// Block sum of u64 (every thread gets it).
+__device__ __forceinline__ u64 samp_block_sum64(u64 v, u64* tmp) {
+    const u64 incl = samp_block_scan64(v, tmp);
+    __shared__ u64 s_total;
+    if (threadIdx.x == blockDim.x - 1) s_total = incl;
+    __syncthreads();
+    const u64 t = s_total;
+    __syncthreads();
+    return t;
+}
+
+// Block max of floats, NaN ignored (-inf when all are).
+__device__ __forceinline__ float samp_block_max(float v, float* tmp) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    __syncthreads();
+    if (lane == 0) tmp[warp] = v;
+    __syncthreads();
+    float m = tmp[0];
+    for (int w = 1; w < (int)(blockDim.x >> 5); ++w) m = fmaxf(m, tmp[w]);
+    __syncthreads();
+    return m;
+}
+
+// The first index in [0, vocab) of row whose running kept weight (in index
+// order) exceeds r; `kept(i, w)` says whether token i of weight w is kept.
+// Tiles of SAMP_TILE tokens, 4 consecutive per thread, a block scan each.
+template <class K>
+__device__ __forceinline__ u32 samp_draw_in_index_order(const float* __restrict__ row, int vocab,
+                                                        float mx, float inv_t, u64 r, K kept,
+                                                        u64* tmp) {
+    __shared__ u32 s_pick;
+    __shared__ u64 s_run;
+    if (threadIdx.x == 0) {
+        s_pick = SAMP_NO_TOKEN;
+        s_run = 0ull;
+    }
+    __syncthreads();
+    for (int base = 0; base < vocab; base += SAMP_TILE) {
+        const int i0 = base + 4 * threadIdx.x;
+        u64 f[4];
+        u64 mine = 0ull;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int i = i0 + j;
+            f[j] = 0ull;
+            if (i < vocab) {
+                const float w = samp_weight(row[i], mx, inv_t);
+                if (kept(i, row[i], w)) f[j] = samp_fx(w);
             }
+            mine += f[j];
         }
-    }
-    float total = 0.0f;
-    for (u32 i = 0; i < cut; ++i) total += __expf((c_val[i] - mx) * inv_temp) * inv_sum;
-    float r = uniforms[blockIdx.x] * total;
-    u32 pick = c_idx[cut - 1];
-    for (u32 i = 0; i < cut; ++i) {
-        r -= __expf((c_val[i] - mx) * inv_temp) * inv_sum;
-        if (r <= 0.0f) {
-            pick = c_idx[i];
-            break;
+        const u64 incl = samp_block_scan64(mine, tmp);
+        const u64 run = s_run;
+        const u64 excl = run + incl - mine;
+        if (excl <= r && r < run + incl) {
+            // This thread's tokens hold the crossing (one thread's interval
+            // [excl, run + incl) contains r).
+            u64 acc = excl;
+            u32 pick = SAMP_NO_TOKEN;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                acc += f[j];
+                if (acc > r && pick == SAMP_NO_TOKEN) pick = (u32)(i0 + j);
+            }
+            s_pick = pick;
         }
+        __syncthreads();
+        if (threadIdx.x == blockDim.x - 1) s_run = run + incl;
+        __syncthreads();
+        if (s_pick != SAMP_NO_TOKEN) break;
     }
-    out[blockIdx.x] = pick;
+    const u32 pick = s_pick;
+    __syncthreads();
+    return pick;
+}
+
+// The draw without top-k: every non-NaN logit is a candidate.
+__device__ __forceinline__ u32 samp_draw_dense(const float* __restrict__ row, int vocab,
+                                               float inv_t, float top_p, float min_p, float u) {
+    __shared__ float s_fmax[32];
+    __shared__ u64 s_tmp[32];
+    __shared__ u64 s_mass[2048];
+    __shared__ u32 s_count[2048];
+    __shared__ u32 s_bin, s_count_eq, s_id_cut;
+    __shared__ u64 s_need;
+    const int tid = threadIdx.x;
+    float mx = __int_as_float(0xff800000);
+    samp_visit(row, vocab, [&](float v, int) { mx = fmaxf(mx, v); });
+    mx = samp_block_max(mx, s_fmax);
+    if (!(mx > __int_as_float(0xff800000) && mx < __int_as_float(0x7f800000))) return SAMP_NO_TOKEN;
+    const bool use_min_p = min_p > 0.0f;
+    auto kept0 = [&](float w) { return samp_fx(w) > 0ull && !(use_min_p && w < min_p); };
+    u64 z = 0ull, kz = 0ull;
+    samp_visit(row, vocab, [&](float v, int) {
+        const float w = samp_weight(v, mx, inv_t);
+        const u64 f = samp_fx(w);
+        z += f;
+        if (kept0(w)) kz += f;
+    });
+    z = samp_block_sum64(z, s_tmp);
+    kz = samp_block_sum64(kz, s_tmp);
+    // A target of 0 keeps the first candidate, as one of 1 does.
+    const u64 target = max(samp_fx_scale(top_p, z), 1ull);
+    if (top_p >= 1.0f || kz < target) {
+        const u64 r = samp_fx_scale(u, kz);
+        return samp_draw_in_index_order(
+            row, vocab, mx, inv_t, r, [&](int, float, float w) { return kept0(w); }, s_tmp);
+    }
+    // Radix select by weight from the largest key down: the key K where the
+    // running weight reaches the target, and what is still needed there.
+    u64 need = target;
+    const int shifts[3] = {21, 10, 0};
+    const int widths[3] = {11, 11, 10};
+    u32 prefix = 0, prefix_mask = 0;
+    for (int pass = 0; pass < 3; ++pass) {
+        const int shift = shifts[pass], bins = 1 << widths[pass];
+        for (int b = tid; b < 2048; b += blockDim.x) {
+            s_mass[b] = 0ull;
+            s_count[b] = 0u;
+        }
+        __syncthreads();
+        samp_visit(row, vocab, [&](float v, int) {
+            if (v != v) return;
+            const u32 key = samp_key(v);
+            if ((key & prefix_mask) != prefix) return;
+            const float w = samp_weight(v, mx, inv_t);
+            if (!kept0(w)) return;
+            const u32 b = (key >> shift) & (u32)(bins - 1);
+            atomicAdd(&s_mass[b], samp_fx(w));
+            atomicAdd(&s_count[b], 1u);
+        });
+        __syncthreads();
+        // Thread t holds bins hi = bins-1-2t and hi-1, from the top.
+        const int hi = bins - 1 - 2 * tid;
+        const u64 m_hi = hi >= 0 ? s_mass[hi] : 0ull;
+        const u64 m_lo = hi >= 1 ? s_mass[hi - 1] : 0ull;
+        const u64 incl = samp_block_scan64(m_hi + m_lo, s_tmp);
+        const u64 excl = incl - m_hi - m_lo;
+        if (hi >= 0 && excl < need && excl + m_hi >= need) {
+            s_bin = (u32)hi;
+            s_need = need - excl;
+            s_count_eq = s_count[hi];
+        } else if (hi >= 1 && excl + m_hi < need && incl >= need) {
+            s_bin = (u32)(hi - 1);
+            s_need = need - excl - m_hi;
+            s_count_eq = s_count[hi - 1];
+        }
+        __syncthreads();
+        prefix |= s_bin << shift;
+        prefix_mask |= (u32)(bins - 1) << shift;
+        need = s_need;
+        __syncthreads();
+    }
+    // Every kept token above key K, and the first c of those at K (equal
+    // logits, equal weights) in index order.
+    const u32 key_k = prefix;
+    const u32 count_eq = s_count_eq;
+    const float logit_k =
+        __uint_as_float((key_k & 0x80000000u) ? (key_k & 0x7fffffffu) : ~key_k);
+    const u64 wk = samp_fx(samp_weight(logit_k, mx, inv_t));
+    const u64 c = (need + wk - 1ull) / wk;
+    const u64 kept_total = target - need + c * wk;
+    u32 id_cut = 0xffffffffu;
+    if (c < (u64)count_eq) {
+        // The c-th kept token at key K in index order.
+        if (tid == 0) {
+            s_id_cut = 0xffffffffu;
+            s_need = 0ull;  // ties counted so far
+        }
+        __syncthreads();
+        for (int base = 0; base < vocab; base += SAMP_THREADS) {
+            const int i = base + tid;
+            u32 is_eq = 0u;
+            if (i < vocab) {
+                const float v = row[i];
+                is_eq = v == v && samp_key(v) == key_k && kept0(samp_weight(v, mx, inv_t));
+            }
+            const u64 incl = samp_block_scan64((u64)is_eq, s_tmp);
+            const u64 before = s_need;
+            if (is_eq && before + incl == c) s_id_cut = (u32)i;
+            __syncthreads();
+            if (tid == blockDim.x - 1) s_need = before + incl;
+            __syncthreads();
+            if (s_id_cut != 0xffffffffu) break;
+        }
+        id_cut = s_id_cut;
+        __syncthreads();
+    }
+    const u64 r = samp_fx_scale(u, kept_total);
+    return samp_draw_in_index_order(
+        row, vocab, mx, inv_t, r,
+        [&](int i, float v, float w) {
+            if (!kept0(w)) return false;
+            const u32 key = samp_key(v);
+            return key > key_k || (key == key_k && (u32)i <= id_cut);
+        },
+        s_tmp);
+}
+
+// The draw with 0 < top_k < vocab (top_k <= SAMP_MAX_K).
+__device__ __forceinline__ u32 samp_draw_topk(const float* __restrict__ row, int vocab, int top_k,
+                                              float inv_t, float top_p, float min_p, float u) {
+    __shared__ float c_val[SAMP_CAND];
+    __shared__ u32 c_idx[SAMP_CAND];
+    __shared__ u64 s_kfx[SAMP_CAND];
+    __shared__ u64 s_tmp[32];
+    __shared__ u32 s_cut, s_pick;
+    const u32 k = samp_select_topk(row, vocab, top_k, c_val, c_idx);
+    if (k == 0u) return SAMP_NO_TOKEN;
+    const float mx = c_val[0];
+    if (!(mx > __int_as_float(0xff800000) && mx < __int_as_float(0x7f800000))) return SAMP_NO_TOKEN;
+    const u32 j = threadIdx.x;
+    u64 f = 0ull;
+    bool kept = false;
+    if (j < k) {
+        const float w = samp_weight(c_val[j], mx, inv_t);
+        f = samp_fx(w);
+        kept = f > 0ull && w >= min_p;
+    }
+    const u64 z = samp_block_sum64(f, s_tmp);
+    if (j == 0) {
+        s_cut = SAMP_NO_TOKEN;
+        s_pick = SAMP_NO_TOKEN;
+    }
+    if (top_p < 1.0f) {
+        // The candidates are in rank order: the first kept one whose running
+        // weight reaches the target ends the prefix.
+        const u64 target = max(samp_fx_scale(top_p, z), 1ull);
+        const u64 kf = kept ? f : 0ull;
+        const u64 incl = samp_block_scan64(kf, s_tmp);
+        if (kept && incl >= target && incl - kf < target) s_cut = j;
+        __syncthreads();
+        if (s_cut != SAMP_NO_TOKEN) kept = kept && j <= s_cut;
+    }
+    if (j < SAMP_CAND) s_kfx[j] = kept ? f : 0ull;
+    const u64 total = samp_block_sum64(kept ? f : 0ull, s_tmp);
+    const u64 r = samp_fx_scale(u, total);
+    if (kept) {
+        // Index order: the kept weight of every candidate of a lower index.
+        u64 before = 0ull;
+        for (u32 m = 0; m < k; ++m)
+            if (c_idx[m] < c_idx[j]) before += s_kfx[m];
+        if (before <= r && r < before + f) s_pick = c_idx[j];
+    }
+    __syncthreads();
+    const u32 pick = s_pick;
+    __syncthreads();
+    return pick;
+}
+
+// One row's token: mode 0 the argmax, 1 the draw, 2 none (the row's
+// logits go back to the host instead).
+__device__ __forceinline__ void samp_row(const float* __restrict__ row, int vocab, u32 mode,
+                                         float inv_t, int top_k, float top_p, float min_p, float u,
+                                         u32* __restrict__ out) {
+    u32 pick;
+    if (mode == 2u) {
+        pick = SAMP_NO_TOKEN;
+    } else if (mode == 0u) {
+        pick = samp_argmax_row(row, vocab);
+    } else if (top_k > 0 && top_k < vocab) {
+        pick = samp_draw_topk(row, vocab, top_k, inv_t, top_p, min_p, u);
+    } else {
+        pick = samp_draw_dense(row, vocab, inv_t, top_p, min_p, u);
+    }
+    if (threadIdx.x == 0) *out = pick;
+}
+
+// Every row drawn with the same parameters and its own uniform.
+extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
+    samp_draw(const float* __restrict__ logits, const float* __restrict__ uniforms,
+              u32* __restrict__ out, int vocab, int top_k, float inv_t, float top_p,
+              float min_p) {
+    const float* row = logits + (long long)blockIdx.x * vocab;
+    samp_row(row, vocab, 1u, inv_t, top_k, top_p, min_p, uniforms[blockIdx.x], out + blockIdx.x);
+}
+
+// Each row with its own parameters: SAMP_PARAM_WORDS u32 per row (mode,
+// inv_t bits, top_k, top_p bits, min_p bits, u bits, 2 unused).
+#define SAMP_PARAM_WORDS 8
+extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
+    samp_draw_rows(const float* __restrict__ logits, const u32* __restrict__ params,
+                   u32* __restrict__ out, int vocab) {
+    const float* row = logits + (long long)blockIdx.x * vocab;
+    const u32* p = params + (long long)blockIdx.x * SAMP_PARAM_WORDS;
+    samp_row(row, vocab, p[0], __uint_as_float(p[1]), (int)p[2], __uint_as_float(p[3]),
+             __uint_as_float(p[4]), __uint_as_float(p[5]), out + blockIdx.x);
 }
 
 // ------------------------------------------------------- split argmax

@@ -1,5 +1,7 @@
 //! On-device token selection (kernels in `kernels/sampling.cu`): greedy and
-//! temperature / top-k / top-p, one token per row, no host round trip.
+//! the CPU sampler's temperature draw (top-k, min-p, top-p; marlin-engine's
+//! `sampler/nucleus.rs`, bit for bit), one token per row, no host round
+//! trip.
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
@@ -12,23 +14,42 @@ const MODULE: &str = "decode_sampling";
 const SOURCE: &str = include_str!("../kernels/sampling.cu");
 /// Threads per row (SAMP_THREADS in the source; the scans assume it).
 const THREADS: u32 = 1024;
-/// Largest top-k of [`sample_rows`] (SAMP_MAX_K in the source).
+/// Largest top-k below the vocabulary that the draw takes (SAMP_MAX_K in
+/// the source); 0 (off) and any top-k >= the vocabulary take every token.
 pub const MAX_TOP_K: usize = 256;
+/// u32 words of one row's parameters for [`sample_rows_each`]
+/// (SAMP_PARAM_WORDS in the source).
+pub const ROW_PARAM_WORDS: usize = 8;
 /// Token written for a row whose logits are all NaN.
 pub const NO_TOKEN: u32 = u32::MAX;
 
-/// Temperature / top-k / top-p of [`sample_rows`], in the CPU sampler's
-/// order: top-k, softmax at `temperature`, top-p over those.
+/// Temperature / top-k / top-p / min-p of [`sample_rows`], as the CPU
+/// sampler takes them (marlin-engine `SamplingParams`, without penalties).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DeviceSampling {
     /// `<= 0`: greedy (argmax).
     pub temperature: f32,
-    /// 1..=[`MAX_TOP_K`]; 0 (the CPU's "off") takes the [`MAX_TOP_K`] most
-    /// likely tokens, whose mass is all but the whole distribution in
-    /// practice (an approximation the CPU sampler does not make).
+    /// 0 (off) or >= the vocabulary: every token; otherwise at most
+    /// [`MAX_TOP_K`].
     pub top_k: usize,
-    /// In (0, 1]; 1 keeps all top-k tokens.
+    /// In (0, 1]; 1 keeps every candidate.
     pub top_p: f32,
+    /// In [0, 1]; 0 keeps every candidate.
+    pub min_p: f32,
+}
+
+/// One row's token for [`sample_rows_each`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RowChoice {
+    /// No token ([`NO_TOKEN`]): the row's logits are read instead.
+    None,
+    /// The argmax (lowest index on ties, NaN never chosen).
+    Argmax,
+    /// The temperature draw with `uniform` in [0, 1).
+    Draw {
+        params: DeviceSampling,
+        uniform: f32,
+    },
 }
 
 /// Largest vocabulary the sampling kernels take: their 32-bit row indices
@@ -256,15 +277,16 @@ fn split_config(
 
 /// Checks sampling parameters as [`sample_rows`] does, without a launch
 /// (callers that queue other work first reject bad parameters up front).
-pub fn check_sampling_params(p: &DeviceSampling) -> Result<()> {
-    check_sampling(p).map(|_| ())
+pub fn check_sampling_params(p: &DeviceSampling, vocab: usize) -> Result<()> {
+    check_sampling(p, vocab).map(|_| ())
 }
 
-/// Validated `(top_k, 1/temperature)`, or None for greedy.
-pub(crate) fn check_sampling(p: &DeviceSampling) -> Result<Option<(usize, f32)>> {
-    if p.top_k > MAX_TOP_K {
+/// The kernel's `(top_k, 1/temperature)`, or None for greedy.
+pub(crate) fn check_sampling(p: &DeviceSampling, vocab: usize) -> Result<Option<(i32, f32)>> {
+    if p.top_k > MAX_TOP_K && p.top_k < vocab {
         return Err(CudaError::Unsupported(format!(
-            "sample_rows: top_k {} (at most {MAX_TOP_K} on the GPU)",
+            "sample_rows: top_k {} of a {vocab}-token vocabulary (at most {MAX_TOP_K} on the GPU, \
+             or 0 for every token)",
             p.top_k
         )));
     }
@@ -274,22 +296,67 @@ pub(crate) fn check_sampling(p: &DeviceSampling) -> Result<Option<(usize, f32)>>
             p.top_p
         )));
     }
+    if !(0.0..=1.0).contains(&p.min_p) {
+        return Err(CudaError::Shape(format!(
+            "sample_rows: min_p {} must be in [0, 1]",
+            p.min_p
+        )));
+    }
     if p.temperature.is_nan() {
         return Err(CudaError::Shape("sample_rows: temperature is NaN".into()));
     }
     let inv_t = 1.0 / p.temperature;
+    // A temperature whose inverse overflows is greedy in the limit (the CPU
+    // sampler's rule); top-k 1 keeps only the best token.
     if p.temperature <= 0.0 || p.top_k == 1 || !inv_t.is_finite() {
         return Ok(None);
     }
-    let k = if p.top_k == 0 { MAX_TOP_K } else { p.top_k };
+    // Off and >= vocab both mean every token (the kernel's dense path).
+    let k = if p.top_k >= vocab { 0 } else { p.top_k as i32 };
     Ok(Some((k, inv_t)))
+}
+
+/// The packed parameters of [`sample_rows_each`] for `choices` (one row
+/// each): validated, ROW_PARAM_WORDS u32 per row (mode: 0 argmax, 1 draw,
+/// 2 none; 1/temperature bits,
+/// top-k, top-p bits, min-p bits, uniform bits, 2 unused).
+pub fn pack_row_choices(choices: &[RowChoice], vocab: usize) -> Result<Vec<u32>> {
+    let mut out = Vec::with_capacity(mul("row choices", choices.len(), ROW_PARAM_WORDS)?);
+    for c in choices {
+        let words = match *c {
+            RowChoice::None => [2, 0, 0, 0, 0, 0, 0, 0],
+            RowChoice::Argmax => [0u32; ROW_PARAM_WORDS],
+            RowChoice::Draw { params, uniform } => {
+                if !(0.0..1.0).contains(&uniform) {
+                    return Err(CudaError::Shape(format!(
+                        "sample_rows_each: uniform {uniform} outside [0, 1)"
+                    )));
+                }
+                match check_sampling(&params, vocab)? {
+                    None => [0u32; ROW_PARAM_WORDS],
+                    Some((k, inv_t)) => [
+                        1,
+                        inv_t.to_bits(),
+                        k as u32,
+                        params.top_p.to_bits(),
+                        params.min_p.to_bits(),
+                        uniform.to_bits(),
+                        0,
+                        0,
+                    ],
+                }
+            }
+        };
+        out.extend_from_slice(&words);
+    }
+    Ok(out)
 }
 
 /// One token per row of `logits (rows, vocab)` drawn with `uniforms[r]` in
 /// [0, 1) (a device buffer the caller refills per step, e.g. from its seeded
-/// RNG): top-k, softmax at temperature, top-p, then the first candidate
-/// whose running probability reaches `u * mass`. Greedy when the
-/// temperature is <= 0 or top_k is 1.
+/// RNG), by the CPU sampler's definition: the token the CPU sampler picks
+/// for the same logits and uniform. Greedy when the temperature is <= 0 or
+/// top_k is 1.
 pub fn sample_rows(
     dev: &CudaDevice,
     logits: &CudaSlice<f32>,
@@ -300,27 +367,59 @@ pub fn sample_rows(
     out: &mut CudaSlice<u32>,
 ) -> Result<()> {
     check_logits("sample_rows", logits.len(), rows, vocab, out.len())?;
-    let Some((k, inv_t)) = check_sampling(params)? else {
+    let Some((k, inv_t)) = check_sampling(params, vocab)? else {
         return argmax_rows(dev, logits, rows, vocab, out);
     };
     check_len("sample_rows uniforms", uniforms.len(), rows)?;
     if rows == 0 {
         return Ok(());
     }
-    let func = dev.function(MODULE, SOURCE, "samp_topk_topp", 0)?;
-    let (vocab_i, k_i) = (vocab as i32, k as i32);
-    let top_p = params.top_p;
+    let func = dev.function(MODULE, SOURCE, "samp_draw", 0)?;
+    let vocab_i = vocab as i32;
+    let (top_p, min_p) = (params.top_p, params.min_p);
     let mut b = dev.stream().launch_builder(&func);
     b.arg(logits)
         .arg(uniforms)
         .arg(out)
         .arg(&vocab_i)
-        .arg(&k_i)
+        .arg(&k)
         .arg(&inv_t)
-        .arg(&top_p);
-    // SAFETY: argument order and types match samp_topk_topp; logits hold
-    // rows*vocab values, uniforms and out rows; k <= SAMP_MAX_K.
-    unsafe { b.launch(row_config(rows)) }.map_err(|e| driver_err("launch samp_topk_topp", e))?;
+        .arg(&top_p)
+        .arg(&min_p);
+    // SAFETY: argument order and types match samp_draw; logits hold
+    // rows*vocab values, uniforms and out rows; 0 <= k <= SAMP_MAX_K or 0.
+    unsafe { b.launch(row_config(rows)) }.map_err(|e| driver_err("launch samp_draw", e))?;
+    Ok(())
+}
+
+/// One token per row of `logits (rows, vocab)`, each row by its own choice:
+/// `params` holds [`pack_row_choices`]' words for the rows (a device buffer,
+/// so that a captured graph reads each step's choices from it).
+pub fn sample_rows_each(
+    dev: &CudaDevice,
+    logits: &CudaSlice<f32>,
+    rows: usize,
+    vocab: usize,
+    params: &CudaSlice<u32>,
+    out: &mut CudaSlice<u32>,
+) -> Result<()> {
+    check_logits("sample_rows_each", logits.len(), rows, vocab, out.len())?;
+    check_len(
+        "sample_rows_each params",
+        params.len(),
+        mul("sample_rows_each params", rows, ROW_PARAM_WORDS)?,
+    )?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let func = dev.function(MODULE, SOURCE, "samp_draw_rows", 0)?;
+    let vocab_i = vocab as i32;
+    let mut b = dev.stream().launch_builder(&func);
+    b.arg(logits).arg(params).arg(out).arg(&vocab_i);
+    // SAFETY: argument order and types match samp_draw_rows; logits hold
+    // rows*vocab values, params rows*SAMP_PARAM_WORDS words (validated by
+    // pack_row_choices when the caller built them with it), out rows.
+    unsafe { b.launch(row_config(rows)) }.map_err(|e| driver_err("launch samp_draw_rows", e))?;
     Ok(())
 }
 
@@ -333,21 +432,79 @@ mod tests {
             temperature,
             top_k,
             top_p,
+            min_p: 0.0,
         }
     }
 
     #[test]
     fn sampling_params() {
-        assert_eq!(check_sampling(&params(0.0, 40, 0.9)).unwrap(), None);
-        assert_eq!(check_sampling(&params(0.8, 1, 0.9)).unwrap(), None);
+        let v = 1000;
+        assert_eq!(check_sampling(&params(0.0, 40, 0.9), v).unwrap(), None);
+        assert_eq!(check_sampling(&params(0.8, 1, 0.9), v).unwrap(), None);
+        assert_eq!(check_sampling(&params(1e-45, 40, 0.9), v).unwrap(), None);
         assert_eq!(
-            check_sampling(&params(0.5, 0, 1.0)).unwrap(),
-            Some((MAX_TOP_K, 2.0))
+            check_sampling(&params(0.5, 0, 1.0), v).unwrap(),
+            Some((0, 2.0))
         );
-        assert!(check_sampling(&params(0.5, 257, 1.0)).is_err());
-        assert!(check_sampling(&params(0.5, 40, 0.0)).is_err());
-        assert!(check_sampling(&params(0.5, 40, 1.5)).is_err());
-        assert!(check_sampling(&params(f32::NAN, 40, 0.9)).is_err());
+        assert_eq!(
+            check_sampling(&params(0.5, 5000, 1.0), v).unwrap(),
+            Some((0, 2.0))
+        );
+        assert_eq!(
+            check_sampling(&params(0.5, 256, 1.0), v).unwrap(),
+            Some((256, 2.0))
+        );
+        assert!(check_sampling(&params(0.5, 257, 1.0), v).is_err());
+        assert!(check_sampling(&params(0.5, 40, 0.0), v).is_err());
+        assert!(check_sampling(&params(0.5, 40, 1.5), v).is_err());
+        assert!(check_sampling(&params(f32::NAN, 40, 0.9), v).is_err());
+        let bad_min_p = DeviceSampling {
+            min_p: 1.5,
+            ..params(0.5, 40, 0.9)
+        };
+        assert!(check_sampling(&bad_min_p, v).is_err());
+    }
+
+    #[test]
+    fn row_choices_pack_eight_words_a_row() {
+        let draw = RowChoice::Draw {
+            params: DeviceSampling {
+                min_p: 0.05,
+                ..params(0.5, 40, 0.9)
+            },
+            uniform: 0.25,
+        };
+        let greedy_draw = RowChoice::Draw {
+            params: params(0.0, 40, 0.9),
+            uniform: 0.25,
+        };
+        let words = pack_row_choices(&[RowChoice::Argmax, draw, greedy_draw], 1000).unwrap();
+        assert_eq!(words.len(), 3 * ROW_PARAM_WORDS);
+        assert_eq!(&words[..8], &[0; 8]);
+        assert_eq!(
+            &words[8..16],
+            &[
+                1,
+                2.0f32.to_bits(),
+                40,
+                0.9f32.to_bits(),
+                0.05f32.to_bits(),
+                0.25f32.to_bits(),
+                0,
+                0
+            ]
+        );
+        assert_eq!(&words[16..], &[0; 8], "temperature 0 is the argmax");
+        let outside = RowChoice::Draw {
+            params: params(0.5, 40, 0.9),
+            uniform: 1.0,
+        };
+        assert!(pack_row_choices(&[outside], 1000).is_err());
+        let wide_k = RowChoice::Draw {
+            params: params(0.5, 300, 0.9),
+            uniform: 0.5,
+        };
+        assert!(pack_row_choices(&[wide_k], 1000).is_err());
     }
 
     #[test]

@@ -128,9 +128,14 @@ impl Sampler {
     /// Whether [`Sampler::sample`] is the plain argmax of the logits (greedy,
     /// no penalty changes them), so that a model may pick the token itself.
     pub fn is_plain_greedy(&self) -> bool {
+        self.params.temperature == 0.0 && self.is_penalty_free()
+    }
+
+    /// Whether no penalty changes the logits: the token then depends on the
+    /// logits and the uniform draw only, so a model may choose it.
+    pub fn is_penalty_free(&self) -> bool {
         let p = &self.params;
-        p.temperature == 0.0
-            && (p.repetition_penalty == 1.0 || p.penalty_last_n == 0)
+        (p.repetition_penalty == 1.0 || p.penalty_last_n == 0)
             && p.presence_penalty == 0.0
             && p.frequency_penalty == 0.0
     }

@@ -3,7 +3,7 @@
 use super::blocks::BlockManager;
 use super::handle::{Command, Shared};
 use super::sequence::{Chosen, NewRequest, Outcome, Sequence, TokenChooser};
-use super::{BatchChunk, BatchModel, DetokenizerSource, EngineConfig};
+use super::{BatchChunk, BatchModel, DetokenizerSource, EngineConfig, ModelPick};
 use crate::{EngineError, FinishReason};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -278,6 +278,28 @@ impl<'d> Engine<'d> {
     /// The forward pass over `plan`, then sampling.
     fn execute(&mut self, plan: &[Planned]) {
         let now = Instant::now();
+        // Chunks whose next token needs only their logits and the sampler's
+        // uniform: the model may pick it on its device and send no logits
+        // back. (Picking draws the uniforms, so it comes before the chunks
+        // borrow the sequences.)
+        let wants: Vec<bool> = plan
+            .iter()
+            .map(|p| {
+                let s = &self.running[p.seq];
+                s.computed + p.n == s.tokens.len()
+            })
+            .collect();
+        let picks: Vec<ModelPick> = plan
+            .iter()
+            .zip(&wants)
+            .map(|(p, &w)| {
+                if w {
+                    self.running[p.seq].model_pick()
+                } else {
+                    ModelPick::Logits
+                }
+            })
+            .collect();
         let chunks: Vec<BatchChunk> = plan
             .iter()
             .map(|p| {
@@ -290,16 +312,9 @@ impl<'d> Engine<'d> {
                 }
             })
             .collect();
-        // Chunks whose next token is the plain argmax of their logits: the
-        // model may pick it on its device and send no logits back.
-        let argmax: Vec<bool> = plan
-            .iter()
-            .zip(&chunks)
-            .map(|(p, c)| c.want_logits && self.running[p.seq].model_pick_suffices())
-            .collect();
         let result =
             self.model
-                .forward_batch_picking(&chunks, &argmax, &mut self.logits, &mut self.picked);
+                .forward_batch_picking(&chunks, &picks, &mut self.logits, &mut self.picked);
         let computed: usize = plan.iter().map(|p| p.n).sum();
         match result {
             Ok(()) if self.logits.len() == plan.len() && self.picked.len() == plan.len() => {}
@@ -320,7 +335,7 @@ impl<'d> Engine<'d> {
             st.steps += 1;
         }
         let vocab = self.model.vocab_size();
-        let mut chosen = self.choose_tokens(plan, vocab);
+        let mut chosen = self.choose_tokens(plan, &picks, vocab);
         let mut done: Vec<(usize, Result<FinishReason, String>)> = Vec::new();
         for (((p, l), picked), chosen) in plan
             .iter()
@@ -397,6 +412,7 @@ impl<'d> Engine<'d> {
     fn choose_tokens(
         &mut self,
         plan: &[Planned],
+        picks: &[ModelPick],
         vocab: usize,
     ) -> Vec<Option<Result<Chosen, EngineError>>> {
         let mut row_of_seq: Vec<Option<usize>> = vec![None; self.running.len()];
@@ -410,11 +426,21 @@ impl<'d> Engine<'d> {
             }
         }
         let mut rows: Vec<Option<&mut Vec<f32>>> = self.logits.iter_mut().map(Some).collect();
-        let mut work: Vec<(usize, &mut TokenChooser, &mut [f32])> = Vec::new();
+        let mut work: Vec<ChoiceWork<'_>> = Vec::new();
         for (seq, row) in self.running.iter_mut().zip(&row_of_seq) {
             if let Some(i) = *row {
                 if let Some(l) = rows.get_mut(i).and_then(Option::take) {
-                    work.push((i, &mut seq.chooser, l.as_mut_slice()));
+                    // A draw the model left to the host keeps its uniform.
+                    let uniform = match picks.get(i) {
+                        Some(ModelPick::Draw { uniform, .. }) => Some(*uniform),
+                        _ => None,
+                    };
+                    work.push(ChoiceWork {
+                        row: i,
+                        chooser: &mut seq.chooser,
+                        logits: l.as_mut_slice(),
+                        uniform,
+                    });
                 }
             }
         }
@@ -454,34 +480,44 @@ const CHOOSE_THREADS: usize = 8;
 /// about what sampling 16k logits does).
 const CHOOSE_PARALLEL_MIN: usize = 1 << 17;
 
-/// Runs each `(row, chooser, logits)`'s choice, on threads when the rows
-/// are large enough to pay for them; the results name their row. Each
-/// sequence's sampler state is its own, so the tokens do not depend on the
-/// thread count.
-fn choose_on_threads(
-    mut work: Vec<(usize, &mut TokenChooser, &mut [f32])>,
-) -> Vec<(usize, Result<Chosen, EngineError>)> {
-    let logits: usize = work.iter().map(|w| w.2.len()).sum();
+/// One sequence's token choice from its logits row.
+struct ChoiceWork<'a> {
+    /// The plan row (the results name it).
+    row: usize,
+    chooser: &'a mut TokenChooser,
+    logits: &'a mut [f32],
+    /// The uniform already drawn for a [`ModelPick::Draw`].
+    uniform: Option<f32>,
+}
+
+impl ChoiceWork<'_> {
+    fn run(&mut self) -> (usize, Result<Chosen, EngineError>) {
+        let chosen = match self.uniform {
+            Some(u) => self.chooser.choose_with_uniform(self.logits, u),
+            None => self.chooser.choose(self.logits),
+        };
+        (self.row, chosen)
+    }
+}
+
+/// Runs each work item's choice, on threads when the rows are large enough
+/// to pay for them; the results name their row. Each sequence's sampler
+/// state is its own, so the tokens do not depend on the thread count.
+fn choose_on_threads(mut work: Vec<ChoiceWork<'_>>) -> Vec<(usize, Result<Chosen, EngineError>)> {
+    let logits: usize = work.iter().map(|w| w.logits.len()).sum();
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(CHOOSE_THREADS)
         .min(work.len());
     if threads <= 1 || logits < CHOOSE_PARALLEL_MIN {
-        return work
-            .into_iter()
-            .map(|(i, chooser, l)| (i, chooser.choose(l)))
-            .collect();
+        return work.iter_mut().map(ChoiceWork::run).collect();
     }
     let per_thread = work.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let handles: Vec<_> = work
             .chunks_mut(per_thread)
             .map(|part| {
-                scope.spawn(move || {
-                    part.iter_mut()
-                        .map(|(i, chooser, l)| (*i, chooser.choose(l)))
-                        .collect::<Vec<_>>()
-                })
+                scope.spawn(move || part.iter_mut().map(ChoiceWork::run).collect::<Vec<_>>())
             })
             .collect();
         handles

@@ -63,26 +63,48 @@ pub trait BatchModel: Send {
         Ok(())
     }
 
-    /// [`Self::forward_batch_into`] where, for each chunk with `argmax[i]`
-    /// (it wants logits and its next token is their plain argmax), the
-    /// model may answer `picked[i] = Some(id)`: the argmax (lowest id on
-    /// ties, NaN never chosen; an id >= vocab when every logit is NaN) and
-    /// no logits row, so that those logits never leave the model's device.
-    /// On success `logits` and `picked` have one entry per chunk. The
-    /// default picks nothing (every wanted chunk gets its logits).
+    /// [`Self::forward_batch_into`] where a chunk whose `picks[i]` is not
+    /// [`ModelPick::Logits`] may be answered `picked[i] = Some(id)`: the
+    /// token that choice gives from its logits (an id >= vocab when every
+    /// logit is NaN), with no logits row, so that those logits never leave
+    /// the model's device. A chunk answered `None` gets its logits row and
+    /// the engine chooses on the host, by the same definition. On success
+    /// `logits` and `picked` have one entry per chunk. The default picks
+    /// nothing (every wanted chunk gets its logits).
     fn forward_batch_picking(
         &mut self,
         chunks: &[BatchChunk],
-        argmax: &[bool],
+        picks: &[ModelPick],
         logits: &mut Vec<Vec<f32>>,
         picked: &mut Vec<Option<u32>>,
     ) -> Result<(), EngineError> {
-        let _ = argmax;
+        let _ = picks;
         self.forward_batch_into(chunks, logits)?;
         picked.clear();
         picked.resize(chunks.len(), None);
         Ok(())
     }
+}
+
+/// What a model may pick itself for a chunk's next token
+/// ([`BatchModel::forward_batch_picking`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ModelPick {
+    /// The logits come back (logprobs, an output constraint or penalties
+    /// need them on the host), or the chunk wants no token.
+    Logits,
+    /// The plain argmax (lowest id on ties, NaN never chosen).
+    Argmax,
+    /// The sampler's temperature draw (`sampler/nucleus.rs`: a model must
+    /// compute exactly that definition, or answer with logits) with this
+    /// uniform in [0, 1), which the host uses too when it gets logits.
+    Draw {
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+        uniform: f32,
+    },
 }
 
 /// Makes one incremental detokenizer per request. Detokenizers may borrow

@@ -1,7 +1,7 @@
 //! One request inside the engine: its tokens, block table, sampler,
 //! detokenizer, stop matcher and event channel.
 
-use super::{EngineRequest, Event, RequestTimings, TokenConstraint, Usage};
+use super::{EngineRequest, Event, ModelPick, RequestTimings, TokenConstraint, Usage};
 use crate::sampler::Sampler;
 use crate::stop::StopMatcher;
 use crate::{Detokenizer, EngineError, FinishReason};
@@ -64,6 +64,17 @@ impl TokenChooser {
     /// logprobs when they were asked for. `logits` may be changed (the
     /// sampler's penalties and temperature).
     pub fn choose(&mut self, logits: &mut [f32]) -> Result<Chosen, EngineError> {
+        let u = self.sampler.next_uniform();
+        self.choose_with_uniform(logits, u)
+    }
+
+    /// [`TokenChooser::choose`] with the sampler's uniform already drawn
+    /// (a [`ModelPick::Draw`] the model answered with logits).
+    pub fn choose_with_uniform(
+        &mut self,
+        logits: &mut [f32],
+        u: f32,
+    ) -> Result<Chosen, EngineError> {
         let (logprobs, top) = match self.logprobs {
             Some(n) => {
                 let lp = log_softmax(logits)?;
@@ -72,7 +83,7 @@ impl TokenChooser {
             }
             None => (None, Vec::new()),
         };
-        let mut next = self.sampler.sample(logits)?;
+        let mut next = self.sampler.sample_with_uniform(logits, u)?;
         if let Some(c) = self.constraint.as_mut() {
             next = c.choose(RankedTokens::new(next, logits)).ok_or_else(|| {
                 EngineError::Model("no token satisfies the output constraint".into())
@@ -180,16 +191,31 @@ impl<'d> Sequence<'d> {
         self.on_token(chosen.next, chosen.logprob, chosen.top)
     }
 
-    /// Whether the model's own argmax of the logits is all this sequence's
-    /// next token needs (greedy without penalties, no logprobs, no output
-    /// constraint): then the logits need not come back to the host.
-    pub fn model_pick_suffices(&self) -> bool {
-        let c = &self.chooser;
-        c.logprobs.is_none() && c.constraint.is_none() && c.sampler.is_plain_greedy()
+    /// What the model may pick itself for this sequence's next token: the
+    /// argmax (greedy without penalties) or the temperature draw (no
+    /// penalties; its uniform drawn now from the sequence's RNG), when no
+    /// logprobs or output constraint need the logits.
+    pub fn model_pick(&mut self) -> ModelPick {
+        let c = &mut self.chooser;
+        if c.logprobs.is_some() || c.constraint.is_some() || !c.sampler.is_penalty_free() {
+            return ModelPick::Logits;
+        }
+        let p = c.sampler.params();
+        if p.temperature == 0.0 {
+            return ModelPick::Argmax;
+        }
+        let (temperature, top_k, top_p, min_p) = (p.temperature, p.top_k, p.top_p, p.min_p);
+        ModelPick::Draw {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            uniform: c.sampler.next_uniform(),
+        }
     }
 
-    /// The next token as the model picked it (its argmax, see
-    /// [`Sequence::model_pick_suffices`]); `vocab` bounds a valid id (a
+    /// The next token as the model picked it (see [`Sequence::model_pick`]);
+    /// `vocab` bounds a valid id (a
     /// model answers an id past it for logits that were all NaN).
     pub fn on_picked(&mut self, next: u32, vocab: usize) -> Result<Outcome, EngineError> {
         if next as usize >= vocab {

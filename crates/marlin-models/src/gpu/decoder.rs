@@ -169,9 +169,13 @@ pub enum Select {
     None,
     /// Argmax into [`Scratch::next_ids`].
     Argmax,
-    /// Temperature / top-k / top-p with the uniforms in
+    /// Temperature / top-k / top-p / min-p with the uniforms in
     /// [`Scratch::uniforms`] (one per row) into [`Scratch::next_ids`].
     Sample(DeviceSampling),
+    /// Each row's own choice ([`Scratch::set_row_choices`]) into
+    /// [`Scratch::next_ids`]: the serving pass's mix of greedy and sampled
+    /// requests.
+    Rows,
 }
 
 /// `true`: argmax, `false`: logits only.
@@ -349,6 +353,9 @@ pub struct Scratch {
     pub skip_for_diagnosis: SkipForDiagnosis,
     /// (max(max_m, logit_rows)) uniforms in [0, 1) of [`Select::Sample`].
     pub uniforms: CudaSlice<f32>,
+    /// (max(max_m, logit_rows), ops::ROW_PARAM_WORDS) choices of
+    /// [`Select::Rows`].
+    row_params: CudaSlice<u32>,
     /// (logit_rows, vocab)
     pub logits: CudaSlice<f32>,
     /// Page-locked host copy of the logits rows the caller reads back.
@@ -376,6 +383,28 @@ impl Scratch {
     /// captured again ([`GemmWorkspace::generation`]).
     pub(crate) fn buffers_generation(&self) -> u64 {
         self.ws.generation()
+    }
+
+    /// Uploads the choices of [`Select::Rows`] for the logits rows
+    /// `0..choices.len()` (in the order of the pass's logits rows).
+    pub fn set_row_choices(
+        &mut self,
+        dev: &CudaDevice,
+        choices: &[ops::RowChoice],
+        vocab: usize,
+    ) -> Result<()> {
+        let words = ops::pack_row_choices(choices, vocab)?;
+        if words.len() > self.row_params.len() {
+            return Err(GpuError::Invalid(format!(
+                "{} row choices in a scratch for {}",
+                choices.len(),
+                self.row_params.len() / ops::ROW_PARAM_WORDS
+            )));
+        }
+        dev.stream()
+            .memcpy_htod(&words, &mut self.row_params.slice_mut(0..words.len()))
+            .map_err(|e| driver_err("row choices to the device", e))?;
+        Ok(())
     }
 
     /// Uploads the sequence (KV-cache slot) of rows `0..seqs.len()` into
@@ -505,6 +534,12 @@ impl Scratch {
             norm_form: ops::NormForm::from_env(),
             skip_for_diagnosis: SkipForDiagnosis::Nothing,
             uniforms: dev.alloc_zeros("sampling uniforms", picks)?,
+            row_params: dev.alloc_zeros(
+                "row choices",
+                picks.checked_mul(ops::ROW_PARAM_WORDS).ok_or_else(|| {
+                    GpuError::Invalid(format!("{picks} rows of choices overflow"))
+                })?,
+            )?,
             logits: dev.alloc_zeros("logits", logits_len)?,
             host_logits: marlin_cuda::readback::Readback::new("logits"),
             next_ids: dev.alloc_zeros("picked ids", picks)?,
@@ -1137,6 +1172,7 @@ impl GpuDecoder {
             row_pos,
             distinct_seqs,
             uniforms,
+            row_params,
             logits,
             next_ids,
             argmax_ws,
@@ -1190,6 +1226,9 @@ impl GpuDecoder {
             Select::Argmax => ops::argmax_rows(dev, logits, n_logits, vocab, next_ids)?,
             Select::Sample(p) => {
                 ops::sample_rows(dev, logits, n_logits, vocab, &p, uniforms, next_ids)?
+            }
+            Select::Rows => {
+                ops::sample_rows_each(dev, logits, n_logits, vocab, row_params, next_ids)?
             }
         }
         mark(&mut prof, dev, Stage::Select)?;

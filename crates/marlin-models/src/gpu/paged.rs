@@ -34,9 +34,9 @@ use std::sync::Arc;
 use cudarc::driver::{CudaGraph, CudaSlice};
 #[cfg(doc)]
 use marlin_cuda::ops::GpuKvCache;
-use marlin_cuda::ops::{self, AttnParams, PagedKvPool};
+use marlin_cuda::ops::{self, AttnParams, DeviceSampling, PagedKvPool, RowChoice};
 use marlin_cuda::CudaDevice;
-use marlin_engine::serve::{BatchChunk, BatchModel};
+use marlin_engine::serve::{BatchChunk, BatchModel, ModelPick};
 use marlin_engine::EngineError;
 
 use super::decoder::{LogitRows, Scratch, Select};
@@ -229,20 +229,20 @@ pub(crate) struct PassRows {
     /// logits are wanted (the LM head's `LogitRows::Tail`).
     pub tail: Vec<usize>,
     /// The first `tail_logits` tail rows' logits go to the host; the rest
-    /// want only their argmax.
+    /// want only the token the device picks.
     pub tail_logits: usize,
 }
 
 /// Lays out `pass`: the bodies of long chunks (at least
 /// [`TILE_BODY_MIN_ROWS`] rows: the tensor-core tile kernel's prompt rows),
-/// then short bodies, then the rows wanting logits (those whose chunk
-/// wants only the argmax, `argmax[chunk]`, last), each in pass order. A
+/// then short bodies, then the rows wanting logits (those whose token the
+/// device picks, `picked[chunk]`, last), each in pass order. A
 /// short body takes the decode kernel: the tile kernel walks the keys once
 /// per sequence in a tile, so a tile of single rows of many sequences costs
 /// as many walks (32 decode rows of 32 sequences taken as prompt rows made
 /// an 8B-shaped step 1.9x slower, docs/CUDA.md change 80). Rows are
 /// independent except through the KV store, so any order is correct.
-pub(crate) fn pass_rows(chunks: &[BatchChunk], pass: &[Piece], argmax: &[bool]) -> PassRows {
+pub(crate) fn pass_rows(chunks: &[BatchChunk], pass: &[Piece], picked: &[bool]) -> PassRows {
     let m: usize = pass.iter().map(|p| p.len).sum();
     let mut rows = PassRows {
         ids: Vec::with_capacity(m),
@@ -252,7 +252,7 @@ pub(crate) fn pass_rows(chunks: &[BatchChunk], pass: &[Piece], argmax: &[bool]) 
         tail: Vec::new(),
         tail_logits: 0,
     };
-    let (mut short, mut last, mut picked) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut short, mut last, mut device) = (Vec::new(), Vec::new(), Vec::new());
     for (t, p) in pass.iter().enumerate() {
         let c = &chunks[p.chunk];
         let tokens = &c.tokens[p.start..p.start + p.len];
@@ -269,8 +269,8 @@ pub(crate) fn pass_rows(chunks: &[BatchChunk], pass: &[Piece], argmax: &[bool]) 
         }
         if p.logits {
             let row = (tokens[body], t as i32, (pos0 + body) as i32);
-            if argmax.get(p.chunk).copied().unwrap_or(false) {
-                picked.push((row, p.chunk));
+            if picked.get(p.chunk).copied().unwrap_or(false) {
+                device.push((row, p.chunk));
             } else {
                 last.push((row, p.chunk));
             }
@@ -278,8 +278,8 @@ pub(crate) fn pass_rows(chunks: &[BatchChunk], pass: &[Piece], argmax: &[bool]) 
     }
     rows.prompt_rows = rows.ids.len();
     rows.tail_logits = last.len();
-    rows.tail = last.iter().chain(&picked).map(|&(_, c)| c).collect();
-    let tail_rows = last.into_iter().chain(picked).map(|(row, _)| row);
+    rows.tail = last.iter().chain(&device).map(|&(_, c)| c).collect();
+    let tail_rows = last.into_iter().chain(device).map(|(row, _)| row);
     rows.push_all(short.into_iter().chain(tail_rows));
     rows
 }
@@ -298,9 +298,51 @@ impl PassRows {
 /// batch changes its size slowly, so few shapes are live at once).
 const MAX_DECODE_GRAPHS: usize = 64;
 
-/// The shape a decode graph replays: rows, padded table width, and
-/// whether the LM head's stage picks argmax tokens.
-type DecodeShape = (usize, usize, bool);
+/// The shape a decode graph replays: rows, padded table width, and what
+/// the LM head's stage picks ([`select_kind`]).
+type DecodeShape = (usize, usize, u8);
+
+/// A decode graph's token choice: 0 none, 1 the split argmax, 2 each row's
+/// own choice (read from the scratch's buffer at replay).
+fn select_kind(select: Select) -> u8 {
+    match select {
+        Select::None => 0,
+        Select::Argmax => 1,
+        Select::Rows | Select::Sample(_) => 2,
+    }
+}
+
+/// The choice the device makes for a chunk's pick, or `None` when the
+/// logits go to the host: penalties or logprobs (the engine's `Logits`), or
+/// a top-k between the device's bound and the vocabulary.
+fn device_choice(pick: &ModelPick, vocab: usize) -> Option<RowChoice> {
+    match *pick {
+        ModelPick::Logits => None,
+        ModelPick::Argmax => Some(RowChoice::Argmax),
+        ModelPick::Draw {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            uniform,
+        } => {
+            let params = DeviceSampling {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+            };
+            ops::check_sampling_params(&params, vocab)
+                .is_ok()
+                .then_some(RowChoice::Draw { params, uniform })
+        }
+    }
+}
+
+/// Which chunks the device picks for (`on_device` may be empty: none).
+fn device_flags(on_device: &[Option<RowChoice>]) -> Vec<bool> {
+    on_device.iter().map(Option::is_some).collect()
+}
 
 /// A captured decode pass and the buffer generations (scratch, pool) it
 /// was captured against.
@@ -445,26 +487,30 @@ impl GpuBatchModel {
         self.forward_timed(chunks, out, None)
     }
 
-    /// [`Self::forward_into`] where each chunk with `argmax[i]` gets its
-    /// logits' argmax in `picked[i]` (computed on the device: lowest id on
-    /// ties, NaN never chosen, [`marlin_cuda::ops::NO_TOKEN`] for a row of
-    /// NaN) and an empty logits row: its logits never leave the device
-    /// (`BatchModel::forward_batch_picking`).
+    /// [`Self::forward_into`] where each chunk whose `picks[i]` the device
+    /// computes (the argmax; the temperature draw, unless its top-k lies
+    /// between [`ops::MAX_TOP_K`] and the vocabulary) gets that token in
+    /// `picked[i]` ([`marlin_cuda::ops::NO_TOKEN`] for a row of NaN) and an
+    /// empty logits row: its logits never leave the device
+    /// (`BatchModel::forward_batch_picking`). The others get their logits.
     pub fn forward_picking(
         &mut self,
         chunks: &[BatchChunk],
-        argmax: &[bool],
+        picks: &[ModelPick],
         out: &mut Vec<Vec<f32>>,
         picked: &mut Vec<Option<u32>>,
     ) -> Result<()> {
-        if argmax.len() != chunks.len() {
+        if picks.len() != chunks.len() {
             return Err(GpuError::Invalid(format!(
-                "{} argmax flags for {} chunks",
-                argmax.len(),
+                "{} picks for {} chunks",
+                picks.len(),
                 chunks.len()
             )));
         }
-        self.run(chunks, argmax, out, picked, None)
+        let vocab = self.model.config().vocab_size;
+        let on_device: Vec<Option<RowChoice>> =
+            picks.iter().map(|p| device_choice(p, vocab)).collect();
+        self.run(chunks, &on_device, out, picked, None)
     }
 
     /// [`Self::forward`], recording an event after each kernel group of
@@ -480,12 +526,12 @@ impl GpuBatchModel {
         self.run(chunks, &[], out, &mut Vec::new(), prof)
     }
 
-    /// Every pass of `chunks`; `argmax` is empty (no picks) or one flag per
-    /// chunk.
+    /// Every pass of `chunks`; `on_device` is empty (no picks) or one entry
+    /// per chunk: the choice the device makes for it.
     fn run(
         &mut self,
         chunks: &[BatchChunk],
-        argmax: &[bool],
+        on_device: &[Option<RowChoice>],
         out: &mut Vec<Vec<f32>>,
         picked: &mut Vec<Option<u32>>,
         mut prof: Option<&mut StageTimer>,
@@ -511,7 +557,7 @@ impl GpuBatchModel {
             self.run_pass(
                 &dev,
                 chunks,
-                argmax,
+                on_device,
                 &pass,
                 out,
                 picked,
@@ -526,7 +572,7 @@ impl GpuBatchModel {
         &mut self,
         dev: &Arc<CudaDevice>,
         chunks: &[BatchChunk],
-        argmax: &[bool],
+        on_device: &[Option<RowChoice>],
         pass: &[Piece],
         out: &mut [Vec<f32>],
         picked: &mut [Option<u32>],
@@ -539,13 +585,29 @@ impl GpuBatchModel {
             prompt_rows,
             tail,
             tail_logits,
-        } = pass_rows(chunks, pass, argmax);
-        // Rows past the first `tail_logits` of the tail want only their
-        // argmax: the LM head's stage picks it on the device.
-        let select = if tail_logits < tail.len() {
+        } = pass_rows(chunks, pass, &device_flags(on_device));
+        // Rows past the first `tail_logits` of the tail want only a token:
+        // the LM head's stage picks it on the device, by the split argmax
+        // when every one is an argmax, else by each row's own choice.
+        let row_choices: Vec<RowChoice> = tail
+            .iter()
+            .enumerate()
+            .map(|(r, &chunk)| match on_device.get(chunk) {
+                Some(&Some(c)) if r >= tail_logits => c,
+                _ => RowChoice::None,
+            })
+            .collect();
+        let select = if tail_logits == tail.len() {
+            Select::None
+        } else if row_choices[tail_logits..]
+            .iter()
+            .all(|c| *c == RowChoice::Argmax)
+        {
             Select::Argmax
         } else {
-            Select::None
+            self.scratch
+                .set_row_choices(dev, &row_choices, self.model.config().vocab_size)?;
+            Select::Rows
         };
         let m = ids.len();
         let tables: Vec<&[u32]> = pass.iter().map(|p| chunks[p.chunk].block_table).collect();
@@ -560,7 +622,7 @@ impl GpuBatchModel {
                     .next_power_of_two()
                     .min(self.pool.n_blocks())
                     .max(widest);
-                (m, width, select == Select::Argmax)
+                (m, width, select_kind(select))
             });
         let min_width = graph_shape.map_or(1, |(_, w, _)| w);
         self.pool.set_block_tables_width(dev, &tables, min_width)?;
@@ -715,11 +777,11 @@ impl BatchModel for GpuBatchModel {
     fn forward_batch_picking(
         &mut self,
         chunks: &[BatchChunk],
-        argmax: &[bool],
+        picks: &[ModelPick],
         logits: &mut Vec<Vec<f32>>,
         picked: &mut Vec<Option<u32>>,
     ) -> std::result::Result<(), EngineError> {
-        self.forward_picking(chunks, argmax, logits, picked)
+        self.forward_picking(chunks, picks, logits, picked)
             .map_err(|e| EngineError::Model(e.to_string()))
     }
 }

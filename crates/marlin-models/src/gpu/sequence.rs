@@ -122,9 +122,10 @@ impl<'m> GpuSequence<'m> {
     }
 
     /// Appends `tokens`; returns a token drawn from the last one's logits
-    /// with temperature / top-k / top-p on the device (`marlin_cuda::ops::
-    /// sample_rows`: the CPU sampler's order, top-k at most 256) using
-    /// `uniform` in [0, 1) (the caller's seeded RNG); 4 bytes come back.
+    /// with temperature / top-k / top-p / min-p on the device
+    /// (`marlin_cuda::ops::sample_rows`: the CPU sampler's draw, bit for
+    /// bit; top-k 0 or at most 256) using `uniform` in [0, 1) (the caller's
+    /// seeded RNG); 4 bytes come back.
     pub fn sample(&mut self, tokens: &[u32], params: DeviceSampling, uniform: f32) -> Result<u32> {
         if !(0.0..1.0).contains(&uniform) {
             return Err(GpuError::Invalid(format!(
@@ -132,7 +133,7 @@ impl<'m> GpuSequence<'m> {
             )));
         }
         // Validates the parameters before any work is queued.
-        marlin_cuda::ops::check_sampling_params(&params)?;
+        marlin_cuda::ops::check_sampling_params(&params, self.model.config().vocab_size)?;
         self.model
             .device()
             .stream()
