@@ -454,6 +454,19 @@ __device__ __forceinline__ u32 samp_draw_in_index_order(const float* __restrict_
     return pick;
 }
 
+#define SAMP_LIN_BINS 2048  // = 2 * SAMP_THREADS (two per thread in scans)
+#define SAMP_LIN_CAND 2048  // tokens of one bin sorted in shared memory
+// ln(2^30) (a weight below e^-SPAN is below 2^-30), rounded up.
+#define SAMP_SPAN 20.8f
+
+// A token's linear bin by (max - logit) / T in [0, SAMP_SPAN): monotone in
+// the logit (each step rounds monotonically), the last bin taking the rest.
+__device__ __forceinline__ u32 samp_lin_bin(float v, float mx, float inv_t) {
+    const float d = __fmul_rn(__fsub_rn(mx, v), inv_t);
+    const float b = __fmul_rn(d, (float)SAMP_LIN_BINS / SAMP_SPAN);
+    return b < (float)(SAMP_LIN_BINS - 1) ? (u32)b : (u32)(SAMP_LIN_BINS - 1);
+}
+
 // The draw without top-k: every non-NaN logit is a candidate.
 __device__ __forceinline__ u32 samp_draw_dense(const float* __restrict__ row, int vocab,
                                                float inv_t, float top_p, float min_p, float u) {
@@ -485,6 +498,123 @@ __device__ __forceinline__ u32 samp_draw_dense(const float* __restrict__ row, in
         const u64 r = samp_fx_scale(u, kz);
         return samp_draw_in_index_order(
             row, vocab, mx, inv_t, r, [&](int, float, float w) { return kept0(w); }, s_tmp);
+    }
+    // The cut by distance from the best logit: kept tokens lie within
+    // SAMP_SPAN of it in (max - logit) / T (below, a weight is under 2^-30
+    // and weighs nothing), which SAMP_LIN_BINS linear bins split evenly
+    // (monotone: a larger logit never falls in a later bin; equal logits
+    // share one). Spread this way, the bins' shared atomics rarely collide,
+    // where the float keys' top bits put most tokens in a few bins. The bin
+    // where the running weight reaches the target is then ordered exactly
+    // (its tokens gathered and sorted by (logit desc, index asc)) when it
+    // holds at most SAMP_LIN_CAND of them; else the radix select below.
+    {
+        for (int b = tid; b < SAMP_LIN_BINS; b += blockDim.x) {
+            s_mass[b] = 0ull;
+            s_count[b] = 0u;
+        }
+        __syncthreads();
+        samp_visit(row, vocab, [&](float v, int) {
+            const float w = samp_weight(v, mx, inv_t);
+            if (!kept0(w)) return;
+            const u32 b = samp_lin_bin(v, mx, inv_t);
+            atomicAdd(&s_mass[b], samp_fx(w));
+            atomicAdd(&s_count[b], 1u);
+        });
+        __syncthreads();
+        // Bins in ascending order (descending logits): thread t holds 2t
+        // and 2t + 1.
+        const u64 m0 = s_mass[2 * tid], m1 = s_mass[2 * tid + 1];
+        const u64 incl = samp_block_scan64(m0 + m1, s_tmp);
+        const u64 excl = incl - m0 - m1;
+        if (excl < target && excl + m0 >= target) {
+            s_bin = 2u * tid;
+            s_need = target - excl;
+            s_count_eq = s_count[2 * tid];
+        } else if (excl + m0 < target && incl >= target) {
+            s_bin = 2u * tid + 1u;
+            s_need = target - excl - m0;
+            s_count_eq = s_count[2 * tid + 1];
+        }
+        __syncthreads();
+        const u32 cut_bin = s_bin, n_bin = s_count_eq;
+        const u64 need = s_need;
+        __syncthreads();
+        if (n_bin <= SAMP_LIN_CAND) {
+            // The bin's tokens into the (now free) bin arrays' memory.
+            float* c_val = reinterpret_cast<float*>(s_mass);
+            u32* c_idx = reinterpret_cast<u32*>(s_mass) + SAMP_LIN_CAND;
+            __shared__ u32 s_slot;
+            if (tid == 0) s_slot = 0u;
+            __syncthreads();
+            samp_visit(row, vocab, [&](float v, int i) {
+                if (samp_lin_bin(v, mx, inv_t) != cut_bin) return;
+                if (!kept0(samp_weight(v, mx, inv_t))) return;
+                const u32 slot = atomicAdd(&s_slot, 1u);
+                c_val[slot] = v;
+                c_idx[slot] = (u32)i;
+            });
+            __syncthreads();
+            u32 n_sort = 1u;
+            while (n_sort < n_bin) n_sort <<= 1;
+            for (u32 i = n_bin + tid; i < n_sort; i += blockDim.x) {
+                c_val[i] = __int_as_float(0xff800000);
+                c_idx[i] = SAMP_NO_TOKEN;
+            }
+            __syncthreads();
+            // Bitonic sort, (logit desc, index asc) first.
+            for (u32 size = 2; size <= n_sort; size <<= 1) {
+                for (u32 stride = size >> 1; stride > 0; stride >>= 1) {
+                    for (u32 t = tid; t < n_sort; t += blockDim.x) {
+                        const u32 j = t ^ stride;
+                        if (j > t) {
+                            const bool desc = (t & size) == 0;
+                            const bool j_first = samp_better(c_val[j], c_idx[j], c_val[t], c_idx[t]);
+                            if (j_first == desc) {
+                                const float tv = c_val[t];
+                                const u32 ti = c_idx[t];
+                                c_val[t] = c_val[j];
+                                c_idx[t] = c_idx[j];
+                                c_val[j] = tv;
+                                c_idx[j] = ti;
+                            }
+                        }
+                    }
+                    __syncthreads();
+                }
+            }
+            // The first sorted token whose running weight reaches `need`:
+            // thread t scans positions 2t and 2t + 1.
+            const u32 p0 = 2u * tid, p1 = p0 + 1u;
+            const u64 f0 = p0 < n_bin ? samp_fx(samp_weight(c_val[p0], mx, inv_t)) : 0ull;
+            const u64 f1 = p1 < n_bin ? samp_fx(samp_weight(c_val[p1], mx, inv_t)) : 0ull;
+            const u64 pin = samp_block_scan64(f0 + f1, s_tmp);
+            const u64 pex = pin - f0 - f1;
+            __shared__ u32 s_cut_pos;
+            if (tid == 0) s_cut_pos = n_bin - 1u;
+            __syncthreads();
+            if (p0 < n_bin && pex < need && pex + f0 >= need) s_cut_pos = p0;
+            else if (p1 < n_bin && pex + f0 < need && pin >= need) s_cut_pos = p1;
+            __syncthreads();
+            const u32 cut_pos = s_cut_pos;
+            const float cut_val = c_val[cut_pos];
+            const u32 cut_idx = c_idx[cut_pos];
+            // Kept weight: the bins before the cut's and the bin's tokens
+            // through the cut.
+            const u64 in_bin =
+                (cut_pos >= p0 && p0 < n_bin ? f0 : 0ull) + (cut_pos >= p1 && p1 < n_bin ? f1 : 0ull);
+            const u64 kept_total = target - need + samp_block_sum64(in_bin, s_tmp);
+            const u64 r = samp_fx_scale(u, kept_total);
+            return samp_draw_in_index_order(
+                row, vocab, mx, inv_t, r,
+                [&](int i, float v, float w) {
+                    if (!kept0(w)) return false;
+                    const u32 b = samp_lin_bin(v, mx, inv_t);
+                    return b < cut_bin ||
+                           (b == cut_bin && !samp_better(cut_val, cut_idx, v, (u32)i));
+                },
+                s_tmp);
+        }
     }
     // Radix select by weight from the largest key down: the key K where the
     // running weight reaches the target, and what is still needed there.
