@@ -26,7 +26,8 @@ use marlin_cpu::ops::simd::{gelu_tanh_ref, silu_ref};
 use marlin_cpu::ops::{soft_cap, Rope, RopeScaling, RopeStyle};
 use marlin_cuda::ops::{self, AttnParams, DeviceSampling, GpuKvCache, GpuRope, RowChoice};
 use marlin_cuda::CudaDevice;
-use marlin_engine::{Sampler, SamplingParams};
+use marlin_engine::sampler::draw_with_uniform;
+use marlin_engine::SamplingParams;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -1204,16 +1205,8 @@ fn argmax_matches_cpu() {
 /// The CPU sampler's token for `logits` with `p` and the uniform `u`: the
 /// definition the device computes bit for bit.
 fn host_draw(logits: &[f32], p: &DeviceSampling, u: f32) -> u32 {
-    let mut s = Sampler::new(SamplingParams {
-        temperature: p.temperature,
-        top_k: p.top_k,
-        top_p: p.top_p,
-        min_p: p.min_p,
-        ..SamplingParams::greedy()
-    })
-    .unwrap();
-    s.sample_with_uniform(&mut logits.to_vec(), u)
-        .unwrap_or(ops::NO_TOKEN)
+    let params = SamplingParams::unpenalised(p.temperature, p.top_k, p.top_p, p.min_p);
+    draw_with_uniform(&params, logits, u).unwrap_or(ops::NO_TOKEN)
 }
 
 #[test]

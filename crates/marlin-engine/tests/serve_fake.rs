@@ -7,7 +7,7 @@ use marlin_engine::serve::{
     generate_blocking, spawn, BatchChunk, BatchModel, EngineConfig, EngineHandle, EngineRequest,
     EngineStats, Event, ModelPick, RankedTokens, SubmitError, TokenConstraint,
 };
-use marlin_engine::{Detokenizer, EngineError, FinishReason, Sampler, SamplingParams};
+use marlin_engine::{Detokenizer, EngineError, FinishReason, SamplingParams};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,51 +86,31 @@ impl BatchModel for FakeModel {
         logits: &mut Vec<Vec<f32>>,
         picked: &mut Vec<Option<u32>>,
     ) -> Result<(), EngineError> {
-        self.forward_batch_into(chunks, logits)?;
-        picked.clear();
-        picked.resize(chunks.len(), None);
-        let Some(counts) = self.picks.clone() else {
-            return Ok(());
-        };
-        pick_as_a_device_would(chunks, picks, logits, picked, &counts);
-        Ok(())
+        let counts = self.picks.clone();
+        forward_then_pick(self, counts.as_deref(), chunks, picks, logits, picked)
     }
 }
 
-/// Answers the picks the engine allows with the CPU sampler's definition
-/// (what a device sampler computes), clearing those rows; counts (picked,
-/// logits rows sent).
-fn pick_as_a_device_would(
+/// `model`'s logits, then the picks the engine allows answered with the
+/// CPU sampler's definition (what a device sampler computes), those rows
+/// cleared; counts (picked, logits rows sent). Without `counts`, no picks.
+fn forward_then_pick(
+    model: &mut dyn BatchModel,
+    counts: Option<&(AtomicUsize, AtomicUsize)>,
     chunks: &[BatchChunk],
     picks: &[ModelPick],
-    logits: &mut [Vec<f32>],
-    picked: &mut [Option<u32>],
-    counts: &(AtomicUsize, AtomicUsize),
-) {
+    logits: &mut Vec<Vec<f32>>,
+    picked: &mut Vec<Option<u32>>,
+) -> Result<(), EngineError> {
+    model.forward_batch_into(chunks, logits)?;
+    picked.clear();
+    picked.resize(chunks.len(), None);
+    let Some(counts) = counts else {
+        return Ok(());
+    };
     assert_eq!(picks.len(), chunks.len());
     for (i, row) in logits.iter_mut().enumerate() {
-        let pick = match picks[i] {
-            ModelPick::Logits => None,
-            ModelPick::Argmax => Some(marlin_engine::sampler::argmax(row).unwrap()),
-            ModelPick::Draw {
-                temperature,
-                top_k,
-                top_p,
-                min_p,
-                uniform,
-            } => {
-                let mut s = Sampler::new(SamplingParams {
-                    temperature,
-                    top_k,
-                    top_p,
-                    min_p,
-                    ..SamplingParams::greedy()
-                })
-                .unwrap();
-                Some(s.sample_with_uniform(row, uniform).unwrap())
-            }
-        };
-        if let Some(id) = pick {
+        if let Some(id) = picks[i].host_token(row)? {
             assert!(
                 chunks[i].want_logits,
                 "a pick asked of a chunk without logits"
@@ -142,6 +122,7 @@ fn pick_as_a_device_would(
             counts.1.fetch_add(1, Ordering::Relaxed);
         }
     }
+    Ok(())
 }
 
 /// Token i is the letter 'a' + i.
@@ -706,13 +687,8 @@ impl BatchModel for WideModel {
         logits: &mut Vec<Vec<f32>>,
         picked: &mut Vec<Option<u32>>,
     ) -> Result<(), EngineError> {
-        self.forward_batch_into(chunks, logits)?;
-        picked.clear();
-        picked.resize(chunks.len(), None);
-        if let Some(counts) = self.picks.clone() {
-            pick_as_a_device_would(chunks, picks, logits, picked, &counts);
-        }
-        Ok(())
+        let counts = self.picks.clone();
+        forward_then_pick(self, counts.as_deref(), chunks, picks, logits, picked)
     }
 }
 

@@ -12,7 +12,8 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use marlin_cuda::int4::gemm::dequantize_to_f16;
 use marlin_cuda::ops::{DeviceSampling, GpuKvCache, GpuRope, NormForm};
 use marlin_cuda::CudaDevice;
-use marlin_engine::{Sampler, SamplingParams};
+use marlin_engine::sampler::draw_with_uniform;
+use marlin_engine::SamplingParams;
 use marlin_models::config::{HParam, HValue};
 use marlin_models::gpu::bench::{synthetic_decoder, SyntheticShape};
 use marlin_models::gpu::decoder::{
@@ -520,15 +521,8 @@ fn int4_fused_f16_path_matches_dense_f32_path() {
         }
     };
     let host_draw = |logits: &[f32], p: DeviceSampling, u: f32| {
-        let mut s = Sampler::new(SamplingParams {
-            temperature: p.temperature,
-            top_k: p.top_k,
-            top_p: p.top_p,
-            min_p: p.min_p,
-            ..SamplingParams::greedy()
-        })
-        .unwrap();
-        s.sample_with_uniform(&mut logits.to_vec(), u).unwrap()
+        let params = SamplingParams::unpenalised(p.temperature, p.top_k, p.top_p, p.min_p);
+        draw_with_uniform(&params, logits, u).unwrap()
     };
     let mut la = sa.forward(&prompt).unwrap();
     let mut lb = sb.forward(&prompt).unwrap();

@@ -57,6 +57,18 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// A temperature draw with no penalties (what a model may draw itself:
+    /// [`draw_with_uniform`]).
+    pub fn unpenalised(temperature: f32, top_k: usize, top_p: f32, min_p: f32) -> Self {
+        Self {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            ..Self::greedy()
+        }
+    }
+
     /// Greedy decoding with no penalties.
     pub fn greedy() -> Self {
         Self {
@@ -170,6 +182,13 @@ impl Sampler {
     /// The token [`Sampler::sample`] picks when its draw is `u` (in [0, 1)):
     /// penalties, then greedy or the temperature draw of `nucleus.rs`.
     pub fn sample_with_uniform(&mut self, logits: &mut [f32], u: f32) -> Result<u32, EngineError> {
+        self.apply_penalties(logits);
+        self.choose(logits, u)
+    }
+
+    /// Greedy or the temperature draw with `u`, on logits the penalties
+    /// have already changed.
+    fn choose(&mut self, logits: &[f32], u: f32) -> Result<u32, EngineError> {
         if logits.is_empty() {
             return Err(EngineError::InvalidParam("empty logits".into()));
         }
@@ -178,7 +197,6 @@ impl Sampler {
                 "uniform {u} outside [0, 1)"
             )));
         }
-        self.apply_penalties(logits);
         if self.params.temperature == 0.0 {
             return argmax(logits);
         }
@@ -226,6 +244,24 @@ impl Sampler {
             }
         }
     }
+}
+
+/// The token a draw with `params` (no penalties: an error otherwise) and
+/// the uniform `u` picks from `logits`: the definition a model that draws
+/// on its own device must match ([`crate::serve::ModelPick::Draw`]), and
+/// its tests' reference.
+pub fn draw_with_uniform(
+    params: &SamplingParams,
+    logits: &[f32],
+    u: f32,
+) -> Result<u32, EngineError> {
+    let mut sampler = Sampler::new(params.clone())?;
+    if !sampler.is_penalty_free() {
+        return Err(EngineError::InvalidParam(
+            "a draw without history takes no penalties".into(),
+        ));
+    }
+    sampler.choose(logits, u)
 }
 
 /// Index of the largest logit (lowest id on ties); NaN is never chosen.

@@ -107,6 +107,27 @@ pub enum ModelPick {
     },
 }
 
+impl ModelPick {
+    /// The token this pick asks for, computed on the host (`None` for
+    /// [`ModelPick::Logits`]): what a model answering it must return.
+    pub fn host_token(&self, logits: &[f32]) -> Result<Option<u32>, EngineError> {
+        match *self {
+            ModelPick::Logits => Ok(None),
+            ModelPick::Argmax => crate::sampler::argmax(logits).map(Some),
+            ModelPick::Draw {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                uniform,
+            } => {
+                let params = SamplingParams::unpenalised(temperature, top_k, top_p, min_p);
+                crate::sampler::draw_with_uniform(&params, logits, uniform).map(Some)
+            }
+        }
+    }
+}
+
 /// Makes one incremental detokenizer per request. Detokenizers may borrow
 /// the source (a tokenizer's stream decoder borrows the tokenizer).
 pub trait DetokenizerSource: Send {
