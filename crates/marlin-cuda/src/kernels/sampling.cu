@@ -120,28 +120,32 @@ __device__ __forceinline__ u32 samp_key(float v) {
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-// Inclusive prefix sum over the block (1024 threads); `tmp` holds 32 u32.
-__device__ __forceinline__ u32 samp_block_scan(u32 v, u32* tmp) {
+// Inclusive prefix sum over the block (1024 threads) of u32 or u64; `tmp`
+// holds 32 of them and is free again on return.
+template <class T>
+__device__ __forceinline__ T samp_block_scan(T v, T* tmp) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
     for (int off = 1; off < 32; off <<= 1) {
-        const u32 o = __shfl_up_sync(0xffffffffu, v, off);
+        const T o = __shfl_up_sync(0xffffffffu, v, off);
         if (lane >= off) v += o;
     }
     __syncthreads();
     if (lane == 31) tmp[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        u32 w = tmp[lane];
+        T w = tmp[lane];
 #pragma unroll
         for (int off = 1; off < 32; off <<= 1) {
-            const u32 o = __shfl_up_sync(0xffffffffu, w, off);
+            const T o = __shfl_up_sync(0xffffffffu, w, off);
             if (lane >= off) w += o;
         }
         tmp[lane] = w;
     }
     __syncthreads();
-    return v + (warp > 0 ? tmp[warp - 1] : 0u);
+    const T r = v + (warp > 0 ? tmp[warp - 1] : (T)0);
+    __syncthreads();
+    return r;
 }
 
 // The top_k (<= SAMP_MAX_K) best candidates of `row` by (logit desc, index
@@ -350,35 +354,9 @@ __device__ __forceinline__ u64 samp_fx_scale(float a, u64 b) {
     return (u64)__dmul_rn((double)a, __ull2double_rn(b));
 }
 
-// Inclusive prefix sum of u64 over the block; `tmp` holds 32 u64.
-__device__ __forceinline__ u64 samp_block_scan64(u64 v, u64* tmp) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {
-        const u64 o = __shfl_up_sync(0xffffffffu, v, off);
-        if (lane >= off) v += o;
-    }
-    __syncthreads();
-    if (lane == 31) tmp[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        u64 w = tmp[lane];
-#pragma unroll
-        for (int off = 1; off < 32; off <<= 1) {
-            const u64 o = __shfl_up_sync(0xffffffffu, w, off);
-            if (lane >= off) w += o;
-        }
-        tmp[lane] = w;
-    }
-    __syncthreads();
-    const u64 r = v + (warp > 0 ? tmp[warp - 1] : 0ull);
-    __syncthreads();
-    return r;
-}
-
 // Block sum of u64 (every thread gets it).
 __device__ __forceinline__ u64 samp_block_sum64(u64 v, u64* tmp) {
-    const u64 incl = samp_block_scan64(v, tmp);
+    const u64 incl = samp_block_scan(v, tmp);
     __shared__ u64 s_total;
     if (threadIdx.x == blockDim.x - 1) s_total = incl;
     __syncthreads();
@@ -429,7 +407,7 @@ __device__ __forceinline__ u32 samp_draw_in_index_order(const float* __restrict_
             }
             mine += f[j];
         }
-        const u64 incl = samp_block_scan64(mine, tmp);
+        const u64 incl = samp_block_scan(mine, tmp);
         const u64 run = s_run;
         const u64 excl = run + incl - mine;
         if (excl <= r && r < run + incl) {
@@ -525,7 +503,7 @@ __device__ __forceinline__ u32 samp_draw_dense(const float* __restrict__ row, in
         // Bins in ascending order (descending logits): thread t holds 2t
         // and 2t + 1.
         const u64 m0 = s_mass[2 * tid], m1 = s_mass[2 * tid + 1];
-        const u64 incl = samp_block_scan64(m0 + m1, s_tmp);
+        const u64 incl = samp_block_scan(m0 + m1, s_tmp);
         const u64 excl = incl - m0 - m1;
         if (excl < target && excl + m0 >= target) {
             s_bin = 2u * tid;
@@ -588,7 +566,7 @@ __device__ __forceinline__ u32 samp_draw_dense(const float* __restrict__ row, in
             const u32 p0 = 2u * tid, p1 = p0 + 1u;
             const u64 f0 = p0 < n_bin ? samp_fx(samp_weight(c_val[p0], mx, inv_t)) : 0ull;
             const u64 f1 = p1 < n_bin ? samp_fx(samp_weight(c_val[p1], mx, inv_t)) : 0ull;
-            const u64 pin = samp_block_scan64(f0 + f1, s_tmp);
+            const u64 pin = samp_block_scan(f0 + f1, s_tmp);
             const u64 pex = pin - f0 - f1;
             __shared__ u32 s_cut_pos;
             if (tid == 0) s_cut_pos = n_bin - 1u;
@@ -644,7 +622,7 @@ __device__ __forceinline__ u32 samp_draw_dense(const float* __restrict__ row, in
         const int hi = bins - 1 - 2 * tid;
         const u64 m_hi = hi >= 0 ? s_mass[hi] : 0ull;
         const u64 m_lo = hi >= 1 ? s_mass[hi - 1] : 0ull;
-        const u64 incl = samp_block_scan64(m_hi + m_lo, s_tmp);
+        const u64 incl = samp_block_scan(m_hi + m_lo, s_tmp);
         const u64 excl = incl - m_hi - m_lo;
         if (hi >= 0 && excl < need && excl + m_hi >= need) {
             s_bin = (u32)hi;
@@ -685,7 +663,7 @@ __device__ __forceinline__ u32 samp_draw_dense(const float* __restrict__ row, in
                 const float v = row[i];
                 is_eq = v == v && samp_key(v) == key_k && kept0(samp_weight(v, mx, inv_t));
             }
-            const u64 incl = samp_block_scan64((u64)is_eq, s_tmp);
+            const u64 incl = samp_block_scan((u64)is_eq, s_tmp);
             const u64 before = s_need;
             if (is_eq && before + incl == c) s_id_cut = (u32)i;
             __syncthreads();
@@ -737,7 +715,7 @@ __device__ __forceinline__ u32 samp_draw_topk(const float* __restrict__ row, int
         // weight reaches the target ends the prefix.
         const u64 target = max(samp_fx_scale(top_p, z), 1ull);
         const u64 kf = kept ? f : 0ull;
-        const u64 incl = samp_block_scan64(kf, s_tmp);
+        const u64 incl = samp_block_scan(kf, s_tmp);
         if (kept && incl >= target && incl - kf < target) s_cut = j;
         __syncthreads();
         if (s_cut != SAMP_NO_TOKEN) kept = kept && j <= s_cut;
