@@ -148,6 +148,39 @@ __device__ __forceinline__ T samp_block_scan(T v, T* tmp) {
     return r;
 }
 
+// Sorts c_val / c_idx[0, n_sort) (n_sort a power of two) by (value desc,
+// index asc), entries from n_valid on taken as -inf padding: a bitonic
+// network in shared memory, every thread of the block taking part.
+__device__ __forceinline__ void samp_sort_desc(float* c_val, u32* c_idx, u32 n_valid,
+                                               u32 n_sort) {
+    const u32 tid = threadIdx.x;
+    for (u32 i = n_valid + tid; i < n_sort; i += blockDim.x) {
+        c_val[i] = __int_as_float(0xff800000);
+        c_idx[i] = SAMP_NO_TOKEN;
+    }
+    __syncthreads();
+    for (u32 size = 2; size <= n_sort; size <<= 1) {
+        for (u32 stride = size >> 1; stride > 0; stride >>= 1) {
+            for (u32 t = tid; t < n_sort; t += blockDim.x) {
+                const u32 j = t ^ stride;
+                if (j > t) {
+                    const bool desc = (t & size) == 0;
+                    const bool j_first = samp_better(c_val[j], c_idx[j], c_val[t], c_idx[t]);
+                    if (j_first == desc) {
+                        const float tv = c_val[t];
+                        const u32 ti = c_idx[t];
+                        c_val[t] = c_val[j];
+                        c_idx[t] = c_idx[j];
+                        c_val[j] = tv;
+                        c_idx[j] = ti;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    }
+}
+
 // The top_k (<= SAMP_MAX_K) best candidates of `row` by (logit desc, index
 // asc), NaN excluded, into c_val / c_idx in that order (padded with -inf to
 // SAMP_CAND); returns how many there are (0: every logit is NaN). The k-th
@@ -268,34 +301,7 @@ __device__ __forceinline__ u32 samp_select_topk(const float* __restrict__ row, i
         }
     }
     const u32 n_sorted = n_cand <= SAMP_CAND ? n_cand : k_eff;
-    // Bitonic sort of the candidates (padded to SAMP_CAND).
-    for (int i = tid; i < SAMP_CAND; i += blockDim.x) {
-        if (i >= (int)n_sorted) {
-            c_val[i] = __int_as_float(0xff800000);
-            c_idx[i] = SAMP_NO_TOKEN;
-        }
-    }
-    __syncthreads();
-    for (int size = 2; size <= SAMP_CAND; size <<= 1) {
-        for (int stride = size >> 1; stride > 0; stride >>= 1) {
-            if (tid < SAMP_CAND) {
-                const int j = tid ^ stride;
-                if (j > tid) {
-                    const bool desc = (tid & size) == 0;
-                    const bool j_first = samp_better(c_val[j], c_idx[j], c_val[tid], c_idx[tid]);
-                    if (j_first == desc) {
-                        const float tv = c_val[tid];
-                        const u32 ti = c_idx[tid];
-                        c_val[tid] = c_val[j];
-                        c_idx[tid] = c_idx[j];
-                        c_val[j] = tv;
-                        c_idx[j] = ti;
-                    }
-                }
-            }
-            __syncthreads();
-        }
-    }
+    samp_sort_desc(c_val, c_idx, n_sorted, SAMP_CAND);
     __syncthreads();
     return k_eff;
 }
@@ -535,32 +541,7 @@ __device__ __forceinline__ u32 samp_draw_dense(const float* __restrict__ row, in
             __syncthreads();
             u32 n_sort = 1u;
             while (n_sort < n_bin) n_sort <<= 1;
-            for (u32 i = n_bin + tid; i < n_sort; i += blockDim.x) {
-                c_val[i] = __int_as_float(0xff800000);
-                c_idx[i] = SAMP_NO_TOKEN;
-            }
-            __syncthreads();
-            // Bitonic sort, (logit desc, index asc) first.
-            for (u32 size = 2; size <= n_sort; size <<= 1) {
-                for (u32 stride = size >> 1; stride > 0; stride >>= 1) {
-                    for (u32 t = tid; t < n_sort; t += blockDim.x) {
-                        const u32 j = t ^ stride;
-                        if (j > t) {
-                            const bool desc = (t & size) == 0;
-                            const bool j_first = samp_better(c_val[j], c_idx[j], c_val[t], c_idx[t]);
-                            if (j_first == desc) {
-                                const float tv = c_val[t];
-                                const u32 ti = c_idx[t];
-                                c_val[t] = c_val[j];
-                                c_idx[t] = c_idx[j];
-                                c_val[j] = tv;
-                                c_idx[j] = ti;
-                            }
-                        }
-                    }
-                    __syncthreads();
-                }
-            }
+            samp_sort_desc(c_val, c_idx, n_bin, n_sort);
             // The first sorted token whose running weight reaches `need`:
             // thread t scans positions 2t and 2t + 1.
             const u32 p0 = 2u * tid, p1 = p0 + 1u;
