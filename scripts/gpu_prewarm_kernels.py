@@ -43,6 +43,7 @@ MODULES = {
     "decode_sampling": ("sampling.cu", ""),  # src/ops/sampling.rs
     "w4a16_bulk": ("w4a16_bulk.cu", ""),  # src/int4/bulk.rs
     "w4a16_gemm": ("w4a16_gemm.cu", ""),  # src/int4/gemm.rs
+    "w4a16_layers": ("w4a16_layers.cu", ""),  # src/int4/layers.rs
     "w4a16_gemm_bf16": ("w4a16_gemm.cu", BF16),
     "w4a16_gemm_fused": ("w4a16_gemm.cu", "#define W4_FUSED_ENTRIES 1\n"),
     "w4a16_wgmma": ("w4a16_wgmma.cu", ""),  # src/int4/wgmma.rs

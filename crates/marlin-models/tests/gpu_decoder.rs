@@ -1118,3 +1118,253 @@ fn decode_graph_is_captured_again_after_a_chunk_grows_the_workspace() {
         "one capture, then one per growth"
     );
 }
+
+/// The persistent one-token kernel (docs/CUDA.md change 86: every layer in
+/// one launch) against the layered step on the same weights, tokens and
+/// positions, each with its own scratch and KV cache: 40 steps from position
+/// 0 (1 to 3 splits of the keys), then 12 from position 700 (the most
+/// splits; the positions between hold zero keys in both caches). Logits
+/// within f16 rounding of each other, the caches' keys and values too; then
+/// the last persistent step eager against the same step captured in a CUDA
+/// graph (bit-identical: the kernel's reductions have a fixed order). Two
+/// shapes: a small one (grid of one block per SM, one column block per
+/// range) and two layers of the Llama-3.1-8B shape (the benchmark's).
+#[test]
+fn persistent_layers_match_layered_step_and_graph() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let dev = CudaDevice::new(0).unwrap();
+    if dev.compute_capability().0 < 9 {
+        eprintln!("SKIPPED: the persistent kernel needs sm_90");
+        return;
+    }
+    let shapes = [
+        SyntheticShape {
+            n_layers: 3,
+            hidden: 512,
+            n_heads: 8,
+            n_kv_heads: 2,
+            head_dim: 128,
+            ffn: 1024,
+            vocab: 1000,
+            group: 128,
+        },
+        SyntheticShape {
+            n_layers: 2,
+            hidden: 4096,
+            n_heads: 32,
+            n_kv_heads: 8,
+            head_dim: 128,
+            ffn: 14336,
+            vocab: 1000,
+            group: 128,
+        },
+    ];
+    for (si, shape) in shapes.iter().enumerate() {
+        let dec = synthetic_decoder(&dev, shape, 23 + si as u64).unwrap();
+        let vocab = shape.vocab;
+        let mut pers = Scratch::new(&dev, &dec, 1, 1).unwrap();
+        let mut plain = Scratch::new(&dev, &dec, 1, 1).unwrap();
+        pers.persistent_layers = true;
+        plain.persistent_layers = false;
+        assert!(pers.runs_persistent_layers(), "shape {si}: not taken");
+        let mut cache_p = dec.new_cache(&dev, 1, 1024).unwrap();
+        let mut cache_l = dec.new_cache(&dev, 1, 1024).unwrap();
+        let positions: Vec<i32> = (0..40).chain(700..712).collect();
+        let mut worst = 0.0f32;
+        let mut failures = Vec::new();
+        for &pos in &positions {
+            let id = [((pos as usize * 37 + 5) % vocab) as u32];
+            let mut logits = Vec::new();
+            for (s, cache) in [(&mut pers, &mut cache_p), (&mut plain, &mut cache_l)] {
+                dev.write(&mut s.ids, &id).unwrap();
+                s.set_row_sequences(&dev, &[0]).unwrap();
+                dev.write(&mut s.row_pos, &[pos]).unwrap();
+                dec.forward_rows(&dev, &mut *cache, s, 1, LogitRows::All, Select::None)
+                    .unwrap();
+                logits.push(dev.download(&s.logits).unwrap()[..vocab].to_vec());
+            }
+            let scale = logits[1].iter().fold(1.0f32, |a, v| a.max(v.abs()));
+            let d = max_abs_diff(&logits[0], &logits[1]);
+            worst = worst.max(d / scale);
+            if d > 1e-2 * scale {
+                failures.push(format!("position {pos}: max |Δlogit| {d} of {scale}"));
+            }
+        }
+        let flag = pers.persistent().unwrap().error_flag(&dev).unwrap();
+        eprintln!(
+            "persistent vs layered, shape {si}: worst max |Δlogit| / max |logit| {worst:.3e}, \
+             error flag {flag}, failures {failures:?}"
+        );
+        assert!(failures.is_empty() && flag == 0, "shape {si}");
+        let (kp, vp) = cache_p.download(&dev).unwrap();
+        let (kl, vl) = cache_l.download(&dev).unwrap();
+        for (what, a, b) in [("keys", &kp, &kl), ("values", &vp, &vl)] {
+            let a: Vec<f32> = a.iter().map(|v| v.to_f32()).collect();
+            let b: Vec<f32> = b.iter().map(|v| v.to_f32()).collect();
+            let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            let d = max_abs_diff(&a, &b);
+            eprintln!("shape {si} cache {what}: max |Δ| {d:.3e} of {scale:.3}");
+            assert!(d <= 2e-2 * scale, "shape {si} cache {what}: {d} of {scale}");
+        }
+        assert_graph_matches_eager(
+            &dev,
+            &dec,
+            &mut cache_p,
+            &mut pers,
+            &[712],
+            1,
+            vocab,
+            "persistent step",
+        );
+    }
+}
+
+/// One layer of the persistent kernel against a host f32 reference on the
+/// same (dequantized) weights, stage by stage: q|k|v, attention (RoPE, the
+/// KV history, softmax), the residual after attention, SiLU(gate) * up, at
+/// positions 0, 1 and 2 of one sequence. Every stage's difference is printed
+/// before any is asserted, so a failure names the first wrong stage.
+#[test]
+fn persistent_layer_stages_match_host_reference() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let dev = CudaDevice::new(0).unwrap();
+    if dev.compute_capability().0 < 9 {
+        eprintln!("SKIPPED: the persistent kernel needs sm_90");
+        return;
+    }
+    let shape = SyntheticShape {
+        n_layers: 1,
+        hidden: 512,
+        n_heads: 8,
+        n_kv_heads: 2,
+        head_dim: 128,
+        ffn: 1024,
+        vocab: 1000,
+        group: 128,
+    };
+    let (d, hd, nh, nkv, ffn) = (512, 128, 8, 2, 1024);
+    let dec = synthetic_decoder(&dev, &shape, 5).unwrap();
+    let mut s = Scratch::new(&dev, &dec, 1, 1).unwrap();
+    s.persistent_layers = true;
+    assert!(s.runs_persistent_layers());
+    let mut cache = dec.new_cache(&dev, 1, 64).unwrap();
+    let b = &dec.blocks[0];
+    let (QkvWeights::Fused(qkv), GateUpWeights::Fused(gu)) = (&b.qkv, &b.gate_up) else {
+        panic!("fused synthetic weights")
+    };
+    let (wqkv, wo, wgu, wdown) = (
+        dequantized(&dev, qkv),
+        dequantized(&dev, &b.wo),
+        dequantized(&dev, gu),
+        dequantized(&dev, &b.down),
+    );
+    let (attn_norm, ffn_norm) = (
+        dev.download(&b.attn_norm).unwrap(),
+        dev.download(&b.ffn_norm).unwrap(),
+    );
+    let GpuEmbedding::Dense { table, .. } = &dec.embed else {
+        panic!("dense synthetic embedding")
+    };
+    let table = dev.download(table).unwrap();
+    let f16r = |v: f32| half::f16::from_f32(v).to_f32();
+    let matvec = |w: &(usize, usize, Vec<f32>), x: &[f32]| -> Vec<f32> {
+        (0..w.0)
+            .map(|r| (0..w.1).map(|c| w.2[r * w.1 + c] * x[c]).sum())
+            .collect()
+    };
+    let rmsnorm = |x: &[f32], g: &[f32]| -> Vec<f32> {
+        let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+        let inv = 1.0 / (ms + 1e-5).sqrt();
+        x.iter().zip(g).map(|(v, w)| f16r(v * inv * w)).collect()
+    };
+    let rel = |got: &[f32], want: &[f32]| -> f32 {
+        assert_eq!(got.len(), want.len());
+        let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        max_abs_diff(got, want) / scale
+    };
+    let rope = |v: &mut [f32], pos: usize| {
+        for i in 0..hd / 2 {
+            let f = 500_000f64.powf(-(2.0 * i as f64) / hd as f64);
+            let (sn, cs) = (pos as f64 * f).sin_cos();
+            let (a, b) = (v[i], v[i + hd / 2]);
+            v[i] = a * cs as f32 - b * sn as f32;
+            v[i + hd / 2] = a * sn as f32 + b * cs as f32;
+        }
+    };
+    let mut history: Vec<Vec<(Vec<f32>, Vec<f32>)>> = vec![Vec::new(); nkv];
+    let mut failures = Vec::new();
+    for pos in 0..3usize {
+        let id = (pos * 7 + 3) % shape.vocab;
+        dev.write(&mut s.ids, &[id as u32]).unwrap();
+        s.set_row_sequences(&dev, &[0]).unwrap();
+        dev.write(&mut s.row_pos, &[pos as i32]).unwrap();
+        dec.forward_rows(&dev, &mut cache, &mut s, 1, LogitRows::All, Select::None)
+            .unwrap();
+        let got = s.persistent().unwrap().intermediates(&dev).unwrap();
+        assert_eq!(got.error_flag, 0, "kernel error flag");
+        let x0 = &table[id * d..(id + 1) * d];
+        let h = rmsnorm(x0, &attn_norm);
+        let q_k_v = matvec(&wqkv, &h);
+        let mut att = vec![0.0f32; nh * hd];
+        for kv in 0..nkv {
+            let mut k = q_k_v[(nh + kv) * hd..(nh + kv + 1) * hd].to_vec();
+            rope(&mut k, pos);
+            let k: Vec<f32> = k.iter().map(|&v| f16r(v)).collect();
+            let v: Vec<f32> = q_k_v[(nh + nkv + kv) * hd..(nh + nkv + kv + 1) * hd]
+                .iter()
+                .map(|&v| f16r(v))
+                .collect();
+            history[kv].push((k, v));
+            for hq in 0..nh / nkv {
+                let head = kv * (nh / nkv) + hq;
+                let mut q = q_k_v[head * hd..(head + 1) * hd].to_vec();
+                rope(&mut q, pos);
+                let scores: Vec<f32> = history[kv]
+                    .iter()
+                    .map(|(k, _)| {
+                        q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt()
+                    })
+                    .collect();
+                let mx = scores.iter().fold(f32::MIN, |m, &v| m.max(v));
+                let p: Vec<f32> = scores.iter().map(|v| (v - mx).exp()).collect();
+                let l: f32 = p.iter().sum();
+                for dd in 0..hd {
+                    let o: f32 = history[kv]
+                        .iter()
+                        .zip(&p)
+                        .map(|((_, v), p)| p * v[dd])
+                        .sum();
+                    att[head * hd + dd] = f16r(o / l);
+                }
+            }
+        }
+        let o = matvec(&wo, &att);
+        let x_mid: Vec<f32> = x0.iter().zip(&o).map(|(a, b)| a + b).collect();
+        let h2 = rmsnorm(&x_mid, &ffn_norm);
+        let g_u = matvec(&wgu, &h2);
+        let glu: Vec<f32> = (0..ffn)
+            .map(|i| {
+                let g = g_u[i];
+                f16r(g / (1.0 + (-g).exp()) * g_u[ffn + i])
+            })
+            .collect();
+        let _ = &wdown;
+        let stages = [
+            ("q|k|v", rel(&got.qkv, &q_k_v)),
+            ("attention", rel(&got.attention, &att)),
+            ("residual after attention", rel(&got.residuals[..d], &x_mid)),
+            ("SiLU(gate) * up", rel(&got.glu, &glu)),
+        ];
+        for (what, r) in stages {
+            eprintln!("position {pos} {what}: max |Δ| / max |ref| {r:.3e}");
+            if r > 2e-2 {
+                failures.push(format!("position {pos} {what}: {r}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}

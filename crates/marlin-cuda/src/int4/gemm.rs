@@ -235,7 +235,7 @@ pub struct Int4Weight {
     /// otherwise; per channel: k_pad / 32).
     pub(super) group_k32: usize,
     pub(super) weight_bytes: usize,
-    pub(super) words: CudaSlice<u32>,  // (n_pad/16, k_pad/64, 32, 4)
+    pub(super) words: CudaSlice<u32>, // (n_pad/64, k_pad/64, 4, 32, 4): pack::word_index
     pub(super) scales: CudaSlice<u32>, // (groups, n_pad/16, 8) f16x2
     pub(super) neg_zero_scales: Option<CudaSlice<u32>>,
     /// Shift m of the warp-specialised kernel's subnormal dequantisation

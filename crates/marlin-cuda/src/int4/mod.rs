@@ -12,6 +12,8 @@ pub mod bulk;
 mod device_fill;
 #[cfg(feature = "cuda")]
 pub mod gemm;
+#[cfg(feature = "cuda")]
+pub mod layers;
 pub mod pack;
 pub mod random;
 pub mod reference;

@@ -2,7 +2,9 @@
 //! of `kernels/w4a16_gemm.cu`. Pure Rust: tested without a GPU.
 //!
 //! Layout (all little-endian u32):
-//! - `words`: (n_pad/16, k_pad/64, 32 lanes, 4) — for n16 block `nb`, 64-chunk
+//! - `words`: (n_pad/64 tiles, k_pad/64, 4 n16 blocks, 32 lanes, 4), tile-major
+//!   ([`word_index`]: a 64-column tile's chunks are one contiguous run, 2 KiB
+//!   per chunk) — for n16 block `nb`, 64-chunk
 //!   `c`, lane (g = lane/4, t = lane%4) and k16 sub-tile `j`, one word holds
 //!   the 8 codes of columns n = nb*16 + 8h + g (h = 0, 1) at the permuted
 //!   reduction indices k = c*64 + 16t + 4j + slot (slot = 0..4), code at nibble
@@ -46,7 +48,7 @@ pub struct Int4Packed {
     /// Number of scale groups along the padded K (k_pad / group_size,
     /// rounded up); groups past the tensor's K have scale 0.
     pub groups: usize,
-    /// (n_pad/16, k_pad/64, 32, 4) packed codes.
+    /// (n_pad/64, k_pad/64, 4, 32, 4) packed codes ([`word_index`]).
     pub words: Vec<u32>,
     /// (groups, n_pad/16, 8) f16x2 scales.
     pub scales: Vec<u32>,

@@ -38,11 +38,13 @@ use std::sync::Arc;
 use cudarc::driver::CudaSlice;
 use half::f16;
 use marlin_cuda::ggml::GgmlGpuWeight;
+use marlin_cuda::int4::gemm::Int4Weight;
 use marlin_cuda::int4::gemm::{
     deferred_norm_supported, fused_supported, glu_epilogue_preferred, int4_gemm, int4_gemm_fused,
     int4_gemm_glu_normed_prepared, int4_gemm_glu_prepared, row_square_parts, GemmOptions,
     GemmWorkspace, GluAct, Int4Epilogue, Int4Prologue, RowSquareSums, FUSED_MAX_M,
 };
+use marlin_cuda::int4::layers::{LayerDims, LayerWeights, PersistentLayers};
 use marlin_cuda::knobs::Switch;
 use marlin_cuda::ops::{
     self, ActElem, AttnParams, DeviceSampling, GpuKvCache, GpuRope, HeadShape, KvDest, PagedKvPool,
@@ -122,6 +124,36 @@ impl GpuBlock {
         }
         v.push(&self.down);
         v
+    }
+
+    /// The block's weights as the persistent kernel takes them: fused
+    /// q|k|v and gate|up, every projection INT4, no QK-norm or post-norms.
+    fn persistent_weights(&self) -> Option<LayerWeights<'_>> {
+        fn int4(l: &GpuLinear) -> Option<&Int4Weight> {
+            match l {
+                GpuLinear::Int4(w) => Some(w),
+                _ => None,
+            }
+        }
+        let (QkvWeights::Fused(qkv), GateUpWeights::Fused(gate_up)) = (&self.qkv, &self.gate_up)
+        else {
+            return None;
+        };
+        if self.q_norm.is_some()
+            || self.k_norm.is_some()
+            || self.post_attn_norm.is_some()
+            || self.post_ffn_norm.is_some()
+        {
+            return None;
+        }
+        Some(LayerWeights {
+            qkv: int4(qkv)?,
+            o: int4(&self.wo)?,
+            gate_up: int4(gate_up)?,
+            down: int4(&self.down)?,
+            attn_norm: &self.attn_norm,
+            ffn_norm: &self.ffn_norm,
+        })
     }
 
     /// Output width of the fused projections (0 without any).
@@ -374,6 +406,13 @@ pub struct Scratch {
     /// Split-K workspace of the f16 path's INT4 GEMMs.
     ws: GemmWorkspace,
     acts: Acts,
+    /// The persistent one-token step of this decoder (docs/CUDA.md change
+    /// 86), where [`GpuDecoder::persistent_layer_weights`] allows it.
+    persistent: Option<PersistentLayers>,
+    /// Run one-token steps on a slot cache through `persistent` when it
+    /// exists; starts as `MARLIN_GPU_PERSISTENT` says (off unless `1`),
+    /// settable for same-process comparisons.
+    pub persistent_layers: bool,
 }
 
 impl Scratch {
@@ -517,6 +556,15 @@ impl Scratch {
                 }
             }
         }
+        let persistent = match (f16_acts, dec.persistent_layer_weights()) {
+            (true, Some((dims, layers))) => match PersistentLayers::new(dev, dims, &layers) {
+                Ok(p) => Some(p),
+                // Outside the kernel's scope: the layered step.
+                Err(marlin_cuda::CudaError::Unsupported(_)) => None,
+                Err(e) => return Err(e.into()),
+            },
+            _ => None,
+        };
         Ok(Self {
             max_m,
             logit_rows,
@@ -550,7 +598,19 @@ impl Scratch {
             lin,
             ws,
             acts,
+            persistent,
+            persistent_layers: persistent_layers_enabled(),
         })
+    }
+
+    /// The persistent kernel of this scratch's decoder, when it has one.
+    pub fn persistent(&self) -> Option<&PersistentLayers> {
+        self.persistent.as_ref()
+    }
+
+    /// Whether one-token steps on a slot cache take the persistent kernel.
+    pub fn runs_persistent_layers(&self) -> bool {
+        self.persistent_layers && self.persistent.is_some()
     }
 
     /// Whether the GEMM activations are f16 (every projection INT4).
@@ -956,6 +1016,16 @@ fn glu_in_gemm_enabled() -> bool {
     ON.get()
 }
 
+/// Whether a one-token decode step runs its layers in the persistent
+/// kernel ([`GpuDecoder::persistent_layer_weights`]) where the model and
+/// device allow it: `MARLIN_GPU_PERSISTENT=1` turns it on (read once).
+/// Opt-in: correct on the H100 (`gpu_decoder`'s persistent tests) but
+/// slower than the layered step so far (docs/CUDA.md change 86).
+fn persistent_layers_enabled() -> bool {
+    static ON: Switch = Switch::new("MARLIN_GPU_PERSISTENT", false);
+    ON.get()
+}
+
 /// GEMM scratch: the f32 path's conversion buffers (`LinearScratch`) and
 /// the f16 path's split-K workspace.
 struct GemmScratch<'a> {
@@ -996,6 +1066,47 @@ impl GpuDecoder {
             n_seqs,
             capacity,
         )?)
+    }
+
+    /// The model's dimensions and every layer's weights for the persistent
+    /// one-token kernel (`marlin_cuda::int4::layers`), when the model is a
+    /// Llama-style stack it can run: RMSNorm without offset, SiLU gate, one
+    /// RoPE over whole heads for every layer, no sliding window, and
+    /// [`GpuBlock::persistent_weights`] for every block. The kernel checks
+    /// the rest (shapes, weight scheme, head_dim) itself.
+    pub fn persistent_layer_weights(&self) -> Option<(LayerDims, Vec<LayerWeights<'_>>)> {
+        let (spec, c) = (&self.spec, &self.spec.cfg);
+        let rope = spec.layers.first()?.rope;
+        let plain = !spec.qk_norm
+            && !spec.post_norms
+            && spec.norm_offset == 0.0
+            && matches!(spec.activation, Activation::Silu)
+            && spec
+                .layers
+                .iter()
+                .all(|l| l.window.is_none() && l.rope == rope)
+            && self
+                .ropes
+                .get(rope)
+                .is_some_and(|r| r.n_rot() == r.head_dim() && r.head_dim() == c.head_dim);
+        if !plain || self.blocks.len() != spec.layers.len() {
+            return None;
+        }
+        let layers = self
+            .blocks
+            .iter()
+            .map(GpuBlock::persistent_weights)
+            .collect::<Option<Vec<_>>>()?;
+        let dims = LayerDims {
+            hidden: c.hidden_size,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            ffn: c.ffn_size,
+            rms_eps: c.rms_eps,
+            attn_scale: spec.attn_scale,
+        };
+        Some((dims, layers))
     }
 
     /// Every linear, the LM head last.
@@ -1166,6 +1277,13 @@ impl GpuDecoder {
             && skip == SkipForDiagnosis::Nothing
             && self.defers_norms(dev, m, glu_in_gemm);
         let row_sum_parts = self.deferred_norm_parts().unwrap_or(0);
+        // One token on a slot cache: the persistent kernel (a breakdown
+        // times the layered step's stages instead).
+        let persistent_on = s.persistent_layers
+            && m == 1
+            && skip == SkipForDiagnosis::Nothing
+            && prof.is_none()
+            && matches!(kv, KvTarget::Slots(_));
         let Scratch {
             ids,
             row_seq,
@@ -1183,6 +1301,7 @@ impl GpuDecoder {
             ws,
             acts,
             row_sums,
+            persistent,
             ..
         } = s;
         let mut io = StepIo {
@@ -1205,6 +1324,7 @@ impl GpuDecoder {
                 ws: &mut *argmax_ws,
                 next_ids: &mut *next_ids,
             }),
+            persistent: persistent.as_mut().filter(|_| persistent_on),
         };
         let mut prof = prof;
         let mut kv = kv;
@@ -1270,7 +1390,32 @@ impl GpuDecoder {
                 io.x,
             )?,
         }
-        if !fuse && !io.skips(SkipForDiagnosis::SmallOps) {
+        let persistent = match (io.persistent.take(), &mut *kv) {
+            (Some(p), KvTarget::Slots(cache)) if m == 1 => Some((p, cache)),
+            _ => None,
+        };
+        let ran_persistent = persistent.is_some();
+        if let Some((p, cache)) = persistent {
+            // Every layer in one launch; then the final norm and the head.
+            let (_, layers) = self.persistent_layer_weights().ok_or_else(|| {
+                GpuError::Invalid("persistent kernel for a model outside its scope".into())
+            })?;
+            let rope = &self.ropes[self.spec.layers[0].rope];
+            p.run(dev, &layers, io.x, rope, cache, io.row_seq, io.row_pos)?;
+            ops::resid_norm_with::<T>(
+                dev,
+                io.norm_form,
+                io.x,
+                None,
+                None,
+                &self.out_norm,
+                m,
+                d,
+                eps,
+                off,
+                &mut a.h,
+            )?;
+        } else if !fuse && !io.skips(SkipForDiagnosis::SmallOps) {
             ops::resid_norm_with::<T>(
                 dev,
                 io.norm_form,
@@ -1286,7 +1431,7 @@ impl GpuDecoder {
             )?;
         }
         mark(prof, dev, Stage::Embed)?;
-        for (il, b) in self.blocks.iter().enumerate() {
+        for (il, b) in self.blocks.iter().enumerate().filter(|_| !ran_persistent) {
             begin(prof, dev)?;
             self.attention(dev, il, b, kv, io, a, m, fuse, prof)?;
             if fuse {
@@ -1751,4 +1896,6 @@ struct StepIo<'a> {
     row_sum_parts: usize,
     /// Greedy token choice in the LM head's stage (taken by it).
     argmax: Option<ArgmaxOut<'a>>,
+    /// The persistent kernel, when this pass runs its layers there.
+    persistent: Option<&'a mut PersistentLayers>,
 }

@@ -1,0 +1,658 @@
+// The decode step's transformer layers at one token in ONE persistent launch
+// (src/int4/layers.rs; docs/CUDA.md change 86). sm_90+ (TMA bulk copies and
+// mbarrier transaction counts); symmetric INT4 weights in the Marlin layout
+// (src/int4/pack.rs) with groups of 64 or more, f16 GEMV inputs, f32
+// residual stream, f16 KV cache, head_dim 128, Llama-style layers (RMSNorm,
+// RoPE, GQA attention, SiLU-gated MLP, no QK-norm, no post-norms).
+//
+// Why one launch: at batch 1 each kernel boundary of the layered step costs
+// a launch ramp and a tail (a GEMM's blocks become resident only when the
+// previous kernel's leave, change 53 (c)), and attention and the norms leave
+// HBM idle: ~25 of each ~63 us layer on the 8B shape are not weight bytes.
+// Here every SM streams ITS share of every layer's weights, in step order,
+// through one bulk-copy ring that never waits for a data dependency: the
+// producer warp copies as far ahead as the ring reaches (~180 KiB per SM,
+// ~8 us of the SM's share of HBM bandwidth) while the consumer warps wait
+// for the inputs of the GEMV they are on (counters in global memory). The
+// attention chain, the reductions and the waits overlap the weight stream.
+//
+// Work per layer, in the order every block runs it:
+//   1. q|k|v GEMV of RMSNorm(x) (each block normalises x itself);
+//   2. attention: task (kv head h, split s of the keys) on block b (tasks
+//      b, b + G, ...): ropes q and k, writes k and v at `pos` (the last
+//      split), runs the split's keys; the last split of a kv head to finish
+//      (ticket) merges the splits into the f16 attention output;
+//   3. o GEMV, x_mid = x + o;
+//   4. gate|up GEMV of RMSNorm(x_mid); the last block to finish a (gate, up)
+//      pair of column blocks writes SiLU(gate) * up (f16);
+//   5. down GEMV, x_out = x_mid + down.
+// A GEMV's "units" (64-column tile x chunk of 64 along K: 2 KiB of packed
+// codes, four column blocks of 16 one after another, contiguous in the
+// Marlin layout's tile-major order, src/int4/pack.rs `word_index`) are cut
+// into G equal contiguous ranges, one per block. A column block spread over
+// several blocks is summed by the last of them (ticket) in block order, so
+// results do not depend on timing (bit-reproducible run to run).
+//
+// Deadlock freedom: all G blocks are resident (one per SM, G <= SMs), every
+// block runs its work in the same global order, and a wait only ever waits
+// for work that comes earlier in that order. A wait that exceeds 4 s traps
+// (an error at the next synchronisation instead of a hung process).
+
+#include "marlin_common.cuh"
+
+#define PL_CW 8                         // consumer warps
+#define PL_CT (32 * PL_CW)              // consumer threads
+#define PL_PIECE 4                       // units (tile x chunk, 2 KiB) per ring slot
+#define PL_CODE_BYTES (PL_PIECE * 2048)  // codes of a slot, then 128 B of scales per unit
+#define PL_SLOT_BYTES (PL_CODE_BYTES + PL_PIECE * 128)
+#define PL_MAX_SEGS 32                   // column blocks one block's range of a GEMV may touch
+#define PL_HD 128
+#define PL_MAX_GQ 8
+#define PL_NEG_INF __int_as_float(0xff800000)
+
+enum { PL_QKV = 0, PL_O = 1, PL_GU = 2, PL_DOWN = 3 };
+
+// Keep in sync with `GemvDesc` / `LayerDesc` in src/int4/layers.rs.
+struct PlGemv {
+    const uint4* w;    // (nbs_pad / 4 tiles, k_chunks, 4 column blocks, 32 lanes) x 16 B
+    const u32* s;      // (groups, nbs_pad, 8) f16x2
+    int n;             // real output columns
+    int nbs_pad;       // n_pad / 16
+    int k_chunks;      // k_pad / 64
+    int group_chunks;  // chunks of 64 per scale group
+};
+struct PlLayer {
+    PlGemv g[4];
+    const float* attn_norm;
+    const float* ffn_norm;
+};
+
+// Per-layer counters (u32, zeroed before every launch): keep in sync with
+// `sync_stride` in src/int4/layers.rs.
+#define PL_SY_QKV 0
+#define PL_SY_ATT 1
+#define PL_SY_O 2
+#define PL_SY_GU 3
+#define PL_SY_DOWN 4
+#define PL_SY_HEAD 5
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+
+__device__ __forceinline__ u32 pl_ld_acquire(const u32* p) {
+    u32 v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ void pl_red_release(u32* p, u32 v) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ u16 pl_ld_cg_u16(const u16* p) {
+    u16 r;
+    asm volatile("ld.global.cg.u16 %0, [%1];" : "=h"(r) : "l"(p));
+    return r;
+}
+__device__ __forceinline__ u64 pl_clock_ns() {
+    u64 t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+__device__ __forceinline__ u32 pl_lds32(u32 addr) {
+    u32 v;
+    asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(addr));
+    return v;
+}
+// d (16x8 f32) = a . b with a zero accumulator (w4a16_gemm.cu's
+// mma_16816_zc; that file is not included here).
+__device__ __forceinline__ void pl_mma_zc(float* d, const u32* a, const u32* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %10, %10, %10};"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(0.0f));
+}
+// The consumer warps' own barrier (the producer warp never joins it).
+__device__ __forceinline__ void pl_sync_consumers() { asm volatile("bar.sync 1, %0;" ::"n"(PL_CT) : "memory"); }
+
+// Thread 0 of the consumers waits until *p >= target, then every consumer
+// passes the barrier (the acquire, then the barrier: the other threads'
+// later ld.cg see what the releasing blocks wrote).
+__device__ void pl_wait(const u32* p, u32 target, u32* err) {
+    if (threadIdx.x == 0 && pl_ld_acquire(p) < target) {
+        const u64 t0 = pl_clock_ns();
+        while (pl_ld_acquire(p) < target) {
+            __nanosleep(40);
+            if (pl_clock_ns() - t0 > 4000000000ull) {
+                atomicExch(err, 1u);
+                __trap();
+            }
+        }
+    }
+    pl_sync_consumers();
+}
+// After a consumer barrier: one thread publishes the block's stores.
+__device__ __forceinline__ void pl_signal(u32* p) {
+    if (threadIdx.x == 0) {
+        __threadfence();
+        pl_red_release(p, 1u);
+    }
+}
+
+// Logical 64-column tiles of a GEMV: gate|up interleaves gate tile j and up
+// tile j (logical 2j, 2j + 1) so that one block's range holds both halves
+// of its SiLU pairs (ffn is a multiple of 64).
+__device__ __forceinline__ int pl_tiles(const PlGemv& g, int kind, int half_tiles) {
+    return kind == PL_GU ? 2 * half_tiles : g.nbs_pad >> 2;
+}
+__device__ __forceinline__ int pl_pt(int lt, int kind, int half_tiles) {
+    return kind == PL_GU ? (lt >> 1) + (lt & 1) * half_tiles : lt;
+}
+__device__ __forceinline__ long long pl_start(long long units, int b, int G) { return units * b / G; }
+// The block whose range holds unit u (every range is non-empty: units >= G).
+__device__ __forceinline__ int pl_block_of(long long u, long long units, int G) {
+    return (int)(((u + 1) * G + units - 1) / units) - 1;
+}
+
+// Ring position shared by the producer's and the consumers' walks.
+struct PlRing {
+    int slot;
+    u32 round;
+    __device__ __forceinline__ void next(int n_slots) {
+        if (++slot == n_slots) {
+            slot = 0;
+            round++;
+        }
+    }
+};
+
+// Producer warp: this block's units of every GEMV of every layer, in order.
+__device__ void pl_produce(const PlLayer* __restrict__ layers, int n_layers, int half_tiles, int G, int b, u32 ring,
+                          u32 full0, u32 empty0, int n_slots) {
+    const int lane = threadIdx.x & 31;
+    PlRing r{0, 0};
+    for (int l = 0; l < n_layers; l++)
+        for (int kind = 0; kind < 4; kind++) {
+            const PlGemv gm = layers[l].g[kind];
+            const int kc = gm.k_chunks;
+            const long long units = (long long)pl_tiles(gm, kind, half_tiles) * kc;
+            const long long u0 = pl_start(units, b, G), u1 = pl_start(units, b + 1, G);
+            for (long long u = u0; u < u1; u += PL_PIECE) {
+                const int n = (int)min((long long)PL_PIECE, u1 - u);
+                const u32 full = full0 + 8 * r.slot, empty = empty0 + 8 * r.slot;
+                const u32 dst = ring + (u32)r.slot * PL_SLOT_BYTES;
+                if (r.round > 0) mbar_wait(empty, (r.round - 1) & 1);
+                if (lane == 0) {
+                    mbar_arrive_expect_tx(full, (u32)n * (2048u + 128u));
+                    // Codes: one copy per run of units of the same tile.
+                    long long v = u;
+                    while (v < u + n) {
+                        const int lt = (int)(v / kc), c = (int)(v % kc);
+                        const int run = (int)min(u + n - v, (long long)(kc - c));
+                        const uint4* src = gm.w + ((size_t)pl_pt(lt, kind, half_tiles) * kc + c) * 128;
+                        bulk_copy(dst + (u32)(v - u) * 2048u, src, (u32)run * 2048u, full);
+                        v += run;
+                    }
+                }
+                __syncwarp();
+                if (lane < n) {
+                    // The unit's four column blocks' scale rows: 128 B.
+                    const long long v = u + lane;
+                    const int lt = (int)(v / kc), c = (int)(v % kc);
+                    const u32* src =
+                        gm.s + ((size_t)(c / gm.group_chunks) * gm.nbs_pad + 4 * pl_pt(lt, kind, half_tiles)) * 8;
+                    bulk_copy(dst + PL_CODE_BYTES + (u32)lane * 128u, src, 128u, full);
+                }
+                __syncwarp();
+                r.next(n_slots);
+            }
+        }
+}
+
+// The f16 GEMV input in shared memory: RMSNorm(src) * weight, zero past d
+// up to k_pad. `red`: 2 * PL_CW floats of scratch.
+__device__ void pl_stage_norm(u16* act, const float* src, const float* __restrict__ nw, int d, int k_pad, float eps,
+                              float* red) {
+    const int tid = threadIdx.x;
+    float ss = 0.0f;
+    for (int k = tid; k < d; k += PL_CT) {
+        const float v = ld_cg_f32(src + k);
+        ss = fmaf(v, v, ss);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if ((tid & 31) == 0) red[tid >> 5] = ss;
+    pl_sync_consumers();
+    float tot = 0.0f;
+#pragma unroll
+    for (int w = 0; w < PL_CW; w++) tot += red[w];
+    const float inv = rsqrtf(tot / (float)d + eps);
+    for (int k = tid; k < k_pad; k += PL_CT) act[k] = k < d ? f32_to_f16(ld_cg_f32(src + k) * inv * nw[k]) : 0;
+    pl_sync_consumers();
+}
+
+// The f16 GEMV input copied from another block's output (zero past n).
+__device__ void pl_stage_copy(u16* act, const u16* src, int n, int k_pad) {
+    for (int k = threadIdx.x; k < k_pad; k += PL_CT) act[k] = k < n ? pl_ld_cg_u16(src + k) : 0;
+    pl_sync_consumers();
+}
+
+// What a finished column value becomes.
+struct PlOut {
+    float* dst;        // QKV: q|k|v out; O / DOWN: residual out; GU: gate|up out (physical columns)
+    const float* res;  // O / DOWN: residual in
+};
+
+__device__ __forceinline__ void pl_finalize(int kind, const PlOut& out, int n, int col, float v) {
+    if (kind == PL_GU) {
+        out.dst[col] = v;
+    } else if (col < n) {
+        // q|k|v rounded to f16 as the layered step's GEMM output is (a
+        // sharply peaked softmax turns that rounding into visible logit
+        // differences, so both steps keep the same inputs to RoPE).
+        out.dst[col] = kind == PL_QKV ? f16_to_f32(f32_to_f16(v)) : ld_cg_f32(out.res + col) + v;
+    }
+}
+
+// Consumer warps: one GEMV over this block's units (input in `act`), then
+// the block's column sums finalised (tickets for shared column blocks).
+__device__ void pl_gemv(const PlGemv& gm, int kind, int half_tiles, int G, int b, PlRing& r, u32 ring, u32 full0,
+                        u32 empty0, int n_slots, const u16* act, float* seg_acc, int* seg_flag, float* part,
+                        u32* tickets, u32* pair_tickets, u16* glu_out, const PlOut& out) {
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, t = lane & 3;
+    // Warp w: column block q = w % 4 of units w / 4, w / 4 + PL_CW / 4, ...
+    // of every piece; a segment is (logical tile - first tile) * 4 + q.
+    const int q = w & 3;
+    const int kc = gm.k_chunks;
+    const long long units = (long long)pl_tiles(gm, kind, half_tiles) * kc;
+    const long long u0 = pl_start(units, b, G), u1 = pl_start(units, b + 1, G);
+    const int first_lt = (int)(u0 / kc);
+    const int n_segs = 4 * ((int)((u1 - 1) / kc) - first_lt + 1);
+    const int half_nbs = 4 * half_tiles;
+    float* my_acc = seg_acc + w * PL_MAX_SEGS * 16;
+    for (int i = lane; i < n_segs * 16; i += 32) my_acc[i] = 0.0f;
+    const u32 act_at = smem_addr(act) + 32u * t;  // + 128 B per chunk
+    float acc0 = 0.0f, acc2 = 0.0f;
+    int cur = -1;
+    for (long long u = u0; u < u1; u += PL_PIECE) {
+        const int n = (int)min((long long)PL_PIECE, u1 - u);
+        const u32 slot = ring + (u32)r.slot * PL_SLOT_BYTES;
+        mbar_wait(full0 + 8 * r.slot, r.round & 1);
+        for (int i = w >> 2; i < n; i += PL_CW / 4) {
+            const long long v = u + i;
+            const int lt = (int)(v / kc), c = (int)(v % kc);
+            const int seg = 4 * (lt - first_lt) + q;
+            if (seg != cur) {
+                if (cur >= 0 && t == 0) {
+                    my_acc[cur * 16 + g] = acc0;
+                    my_acc[cur * 16 + 8 + g] = acc2;
+                }
+                acc0 = acc2 = 0.0f;
+                cur = seg;
+            }
+            const uint4 wv = lds128_at(slot + (u32)i * 2048u + (u32)q * 512u + 16u * lane);
+            const u32 sc = pl_lds32(slot + PL_CODE_BYTES + (u32)i * 128u + (u32)q * 32u + 4u * g);
+            uint4 a0 = make_uint4(0, 0, 0, 0), a1 = a0;
+            if (g == 0) {
+                a0 = lds128_at(act_at + (u32)c * 128u);
+                a1 = lds128_at(act_at + (u32)c * 128u + 16u);
+            }
+            float ch0[4], ch1[4];
+            u32 wa[4];
+            {
+                dequant_word_unscaled(wv.x, wa);
+                const u32 bb[2] = {a0.x, a0.y};
+                pl_mma_zc(ch0, wa, bb);
+            }
+            {
+                dequant_word_unscaled(wv.y, wa);
+                const u32 bb[2] = {a0.z, a0.w};
+                pl_mma_zc(ch1, wa, bb);
+            }
+            {
+                dequant_word_unscaled(wv.z, wa);
+                const u32 bb[2] = {a1.x, a1.y};
+                mma_16816(ch0, wa, bb);
+            }
+            {
+                dequant_word_unscaled(wv.w, wa);
+                const u32 bb[2] = {a1.z, a1.w};
+                mma_16816(ch1, wa, bb);
+            }
+            float sl, sh;
+            f16x2_to_f32(sc, sl, sh);
+            acc0 = fmaf(ch0[0] + ch1[0], sl, acc0);
+            acc2 = fmaf(ch0[2] + ch1[2], sh, acc2);
+        }
+        __syncwarp();
+        if (lane == 0) mbar_arrive(empty0 + 8 * r.slot);
+        r.next(n_slots);
+    }
+    if (cur >= 0 && t == 0) {
+        my_acc[cur * 16 + g] = acc0;
+        my_acc[cur * 16 + 8 + g] = acc2;
+    }
+    pl_sync_consumers();
+    // Column sums over the warps in warp order; whole column blocks are
+    // final, shared ones go to this block's partial slots.
+    // Segment s: logical tile first_lt + s / 4, column block s % 4 of it.
+    for (int idx = tid; idx < n_segs * 16; idx += PL_CT) {
+        const int s = idx >> 4, i = idx & 15, lt = first_lt + (s >> 2);
+        float v = 0.0f;
+#pragma unroll
+        for (int w2 = 0; w2 < PL_CW; w2++) v += seg_acc[w2 * PL_MAX_SEGS * 16 + idx];
+        const int fb = pl_block_of((long long)lt * kc, units, G);
+        const int lb = pl_block_of((long long)lt * kc + kc - 1, units, G);
+        if (fb == lb)
+            pl_finalize(kind, out, gm.n, (4 * pl_pt(lt, kind, half_tiles) + (s & 3)) * 16 + i, v);
+        else
+            part[((size_t)b * PL_MAX_SEGS + s) * 16 + i] = v;
+    }
+    pl_sync_consumers();
+    if (tid < n_segs) {
+        const int lt = first_lt + (tid >> 2);
+        const int fb = pl_block_of((long long)lt * kc, units, G);
+        const int lb = pl_block_of((long long)lt * kc + kc - 1, units, G);
+        const int pn = 4 * pl_pt(lt, kind, half_tiles) + (tid & 3);
+        // 1: this block finalises the column block (whole here, or last in).
+        seg_flag[tid] = fb == lb ? 1 : (atom_add_acq_rel_gpu(&tickets[pn]) == (u32)(lb - fb) ? 1 : 0);
+    }
+    pl_sync_consumers();
+    for (int idx = tid; idx < n_segs * 16; idx += PL_CT) {
+        const int s = idx >> 4, i = idx & 15, lt = first_lt + (s >> 2);
+        const int fb = pl_block_of((long long)lt * kc, units, G);
+        const int lb = pl_block_of((long long)lt * kc + kc - 1, units, G);
+        if (fb == lb || !seg_flag[s]) continue;
+        float v = 0.0f;
+        for (int b2 = fb; b2 <= lb; b2++) {
+            const int s2 = 4 * (lt - (int)(pl_start(units, b2, G) / kc)) + (s & 3);
+            v += ld_cg_f32(part + ((size_t)b2 * PL_MAX_SEGS + s2) * 16 + i);
+        }
+        pl_finalize(kind, out, gm.n, (4 * pl_pt(lt, kind, half_tiles) + (s & 3)) * 16 + i, v);
+    }
+    if (kind == PL_GU) {
+        // Both halves of a SiLU pair final: the second to finish computes
+        // it. Pair j = gate column block j = up column block half_nbs + j.
+        pl_sync_consumers();
+        if (tid < n_segs) {
+            const int j = 4 * ((first_lt + (tid >> 2)) >> 1) + (tid & 3);
+            seg_flag[PL_MAX_SEGS + tid] = seg_flag[tid] && atom_add_acq_rel_gpu(&pair_tickets[j]) == 1u ? 1 : 0;
+        }
+        pl_sync_consumers();
+        for (int idx = tid; idx < n_segs * 16; idx += PL_CT) {
+            const int s = idx >> 4, i = idx & 15, j = 4 * ((first_lt + (s >> 2)) >> 1) + (s & 3);
+            if (!seg_flag[PL_MAX_SEGS + s]) continue;
+            const float gate = ld_cg_f32(out.dst + j * 16 + i);
+            const float up = ld_cg_f32(out.dst + (half_nbs + j) * 16 + i);
+            glu_out[j * 16 + i] = f32_to_f16(gate / (1.0f + expf(-gate)) * up);
+        }
+    }
+    pl_sync_consumers();
+}
+
+// One attention task: kv head h, split s of S over keys 0..pos.
+__device__ void pl_attention(int h, int s, int S, int pos, int n_heads, int n_kv, float attn_scale,
+                             const double* __restrict__ inv_freq, int neox, const float* qkv_out, u16* kc_row0,
+                             u16* vc_row0, float* att_part, int max_splits, u16* att_out, u32* ticket, u32* done,
+                             float* scratch, int* flag) {
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+    const int gq = n_heads / n_kv;
+    const int n_keys = pos + 1;
+    const int k0 = (int)((long long)s * n_keys / S), k1 = (int)((long long)(s + 1) * n_keys / S);
+    float* qs = scratch;               // gq x 128, scaled by attn_scale * log2(e)
+    float* kn = qs + gq * PL_HD;       // 128: this step's key (roped, f16-rounded)
+    float* vn = kn + PL_HD;            // 128
+    float* cs = vn + PL_HD;            // 64 cos
+    float* sn = cs + PL_HD / 2;        // 64 sin
+    float* wres = sn + PL_HD / 2;      // PL_CW x gq x 130
+    for (int i = tid; i < PL_HD / 2; i += PL_CT) {
+        double sd, cd;
+        sincos((double)pos * inv_freq[i], &sd, &cd);
+        cs[i] = (float)cd;
+        sn[i] = (float)sd;
+    }
+    pl_sync_consumers();
+    const float qscale = attn_scale * MARLIN_LOG2E;
+    for (int idx = tid; idx < (gq + 1) * (PL_HD / 2); idx += PL_CT) {
+        const int hh = idx / (PL_HD / 2), i = idx % (PL_HD / 2);
+        const float* src = hh < gq ? qkv_out + (size_t)(h * gq + hh) * PL_HD : qkv_out + (size_t)(n_heads + h) * PL_HD;
+        const int ia = neox ? i : 2 * i, ib = neox ? i + PL_HD / 2 : 2 * i + 1;
+        const float a = ld_cg_f32(src + ia), bv = ld_cg_f32(src + ib);
+        const float ra = a * cs[i] - bv * sn[i], rb = a * sn[i] + bv * cs[i];
+        if (hh < gq) {
+            qs[hh * PL_HD + ia] = ra * qscale;
+            qs[hh * PL_HD + ib] = rb * qscale;
+        } else {
+            kn[ia] = f16_to_f32(f32_to_f16(ra));
+            kn[ib] = f16_to_f32(f32_to_f16(rb));
+        }
+    }
+    for (int i = tid; i < PL_HD; i += PL_CT)
+        vn[i] = f16_to_f32(f32_to_f16(ld_cg_f32(qkv_out + (size_t)(n_heads + n_kv + h) * PL_HD + i)));
+    pl_sync_consumers();
+    if (s == S - 1) {
+        for (int i = tid; i < PL_HD; i += PL_CT) {
+            kc_row0[(size_t)pos * PL_HD + i] = f32_to_f16(kn[i]);
+            vc_row0[(size_t)pos * PL_HD + i] = f32_to_f16(vn[i]);
+        }
+    }
+    // Warp w: keys k0 + w, k0 + w + PL_CW, ...; lane: dims 4 lane .. 4 lane + 3.
+    float q[PL_MAX_GQ][4], o[PL_MAX_GQ][4], m[PL_MAX_GQ], l[PL_MAX_GQ];
+#pragma unroll
+    for (int hh = 0; hh < PL_MAX_GQ; hh++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            q[hh][e] = hh < gq ? qs[hh * PL_HD + 4 * lane + e] : 0.0f;
+            o[hh][e] = 0.0f;
+        }
+        m[hh] = PL_NEG_INF;
+        l[hh] = 0.0f;
+    }
+    auto load_key = [&](int j, float (&kk)[4], float (&vv)[4]) {
+        if (j == pos) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                kk[e] = kn[4 * lane + e];
+                vv[e] = vn[4 * lane + e];
+            }
+        } else {
+            const uint2 kw = *reinterpret_cast<const uint2*>(kc_row0 + (size_t)j * PL_HD + 4 * lane);
+            const uint2 vw = *reinterpret_cast<const uint2*>(vc_row0 + (size_t)j * PL_HD + 4 * lane);
+            f16x2_to_f32(kw.x, kk[0], kk[1]);
+            f16x2_to_f32(kw.y, kk[2], kk[3]);
+            f16x2_to_f32(vw.x, vv[0], vv[1]);
+            f16x2_to_f32(vw.y, vv[2], vv[3]);
+        }
+    };
+    float kk[4], vv[4];
+    int j = k0 + w;
+    if (j < k1) load_key(j, kk, vv);
+    for (; j < k1; j += PL_CW) {
+        float nk[4], nv[4];
+        if (j + PL_CW < k1) load_key(j + PL_CW, nk, nv);
+        float sc[PL_MAX_GQ];
+#pragma unroll
+        for (int hh = 0; hh < PL_MAX_GQ; hh++)
+            sc[hh] = q[hh][0] * kk[0] + q[hh][1] * kk[1] + q[hh][2] * kk[2] + q[hh][3] * kk[3];
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1)
+#pragma unroll
+            for (int hh = 0; hh < PL_MAX_GQ; hh++)
+                if (hh < gq) sc[hh] += __shfl_xor_sync(0xffffffffu, sc[hh], off);
+#pragma unroll
+        for (int hh = 0; hh < PL_MAX_GQ; hh++) {
+            if (hh >= gq) continue;
+            const float mn = fmaxf(m[hh], sc[hh]);
+            const float alpha = exp2f(m[hh] - mn), p = exp2f(sc[hh] - mn);
+            l[hh] = l[hh] * alpha + p;
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[hh][e] = o[hh][e] * alpha + p * vv[e];
+            m[hh] = mn;
+        }
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            kk[e] = nk[e];
+            vv[e] = nv[e];
+        }
+    }
+#pragma unroll
+    for (int hh = 0; hh < PL_MAX_GQ; hh++) {
+        if (hh >= gq) continue;
+        float* wr = wres + (w * gq + hh) * (PL_HD + 2);
+#pragma unroll
+        for (int e = 0; e < 4; e++) wr[4 * lane + e] = o[hh][e];
+        if (lane == 0) {
+            wr[PL_HD] = m[hh];
+            wr[PL_HD + 1] = l[hh];
+        }
+    }
+    pl_sync_consumers();
+    for (int idx = tid; idx < gq * PL_HD; idx += PL_CT) {
+        const int hh = idx / PL_HD, dd = idx % PL_HD;
+        float mx = PL_NEG_INF;
+        for (int w2 = 0; w2 < PL_CW; w2++) mx = fmaxf(mx, wres[(w2 * gq + hh) * (PL_HD + 2) + PL_HD]);
+        float ls = 0.0f, a = 0.0f;
+        for (int w2 = 0; w2 < PL_CW; w2++) {
+            const float* wr = wres + (w2 * gq + hh) * (PL_HD + 2);
+            if (wr[PL_HD] == PL_NEG_INF) continue;
+            const float f = exp2f(wr[PL_HD] - mx);
+            ls += wr[PL_HD + 1] * f;
+            a += wr[dd] * f;
+        }
+        float* p = att_part + (((size_t)h * max_splits + s) * gq + hh) * (PL_HD + 2);
+        p[dd] = a;
+        if (dd == 0) {
+            p[PL_HD] = mx;
+            p[PL_HD + 1] = ls;
+        }
+    }
+    pl_sync_consumers();
+    if (tid == 0) *flag = atom_add_acq_rel_gpu(ticket) == (u32)(S - 1) ? 1 : 0;
+    pl_sync_consumers();
+    if (*flag) {
+        for (int idx = tid; idx < gq * PL_HD; idx += PL_CT) {
+            const int hh = idx / PL_HD, dd = idx % PL_HD;
+            float mx = PL_NEG_INF;
+            for (int s2 = 0; s2 < S; s2++)
+                mx = fmaxf(mx, ld_cg_f32(att_part + (((size_t)h * max_splits + s2) * gq + hh) * (PL_HD + 2) + PL_HD));
+            float ls = 0.0f, a = 0.0f;
+            for (int s2 = 0; s2 < S; s2++) {
+                const float* p = att_part + (((size_t)h * max_splits + s2) * gq + hh) * (PL_HD + 2);
+                const float f = exp2f(ld_cg_f32(p + PL_HD) - mx);
+                ls += ld_cg_f32(p + PL_HD + 1) * f;
+                a += ld_cg_f32(p + dd) * f;
+            }
+            att_out[(size_t)(h * gq + hh) * PL_HD + dd] = f32_to_f16(a / ls);
+        }
+        pl_sync_consumers();
+        pl_signal(done);
+    }
+    pl_sync_consumers();
+}
+
+#endif  // __CUDA_ARCH__ >= 900
+
+// Grid: G blocks (one per SM, G <= SMs), PL_CW + 1 warps. Dynamic shared
+// memory (keep in sync with `smem_bytes` in src/int4/layers.rs): n_slots
+// ring slots; 2 * n_slots mbarriers; the GEMV input / attention scratch
+// (`act_bytes`); PL_CW x PL_MAX_SEGS x 16 f32 column sums; 2 x PL_MAX_SEGS
+// flags; 2 * PL_CW floats of reduction scratch.
+extern "C" __global__ void __launch_bounds__(32 * (PL_CW + 1), 1)
+    w4_layers_m1(const PlLayer* __restrict__ layers, int n_layers, int d, int n_heads, int n_kv, int ffn, float eps,
+                 float attn_scale, const double* __restrict__ inv_freq, int neox, float* x,
+                 const int* __restrict__ row_seq, const int* __restrict__ row_pos, u16* k_cache, u16* v_cache,
+                 int cache_layers, int cache_seqs, int capacity, float* qkv_out, float* gu_out, u16* glu_out,
+                 u16* att_out, float* att_part, float* part, float* res, u32* sync, int sync_stride, int max_splits,
+                 int n_slots, int act_bytes, u32* err) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    extern __shared__ __align__(128) unsigned char pl_smem[];
+    const int G = gridDim.x, b = blockIdx.x;
+    const int pos = row_pos[0], seq = row_seq[0];
+    if (pos < 0 || pos >= capacity || seq < 0 || seq >= cache_seqs) {
+        // Every block sees the same values: all return, none waits.
+        if (threadIdx.x == 0 && b == 0) atomicExch(err, 2u);
+        return;
+    }
+    const u32 ring = smem_addr(pl_smem);
+    const u32 full0 = ring + (u32)n_slots * PL_SLOT_BYTES;
+    const u32 empty0 = full0 + 8u * n_slots;
+    unsigned char* after = pl_smem + (size_t)n_slots * (PL_SLOT_BYTES + 16);
+    u16* act = reinterpret_cast<u16*>(after);
+    float* seg_acc = reinterpret_cast<float*>(after + act_bytes);
+    int* seg_flag = reinterpret_cast<int*>(seg_acc + PL_CW * PL_MAX_SEGS * 16);
+    float* red = reinterpret_cast<float*>(seg_flag + 2 * PL_MAX_SEGS);
+    const int half_tiles = ffn >> 6;
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < n_slots; s++) {
+            mbar_init(full0 + 8 * s, 1);
+            mbar_init(empty0 + 8 * s, PL_CW);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    }
+    __syncthreads();
+    if (threadIdx.x >= PL_CT) {
+        pl_produce(layers, n_layers, half_tiles, G, b, ring, full0, empty0, n_slots);
+        return;
+    }
+
+    const int n_keys = pos + 1;
+    const int S = min(max_splits, max(1, min(n_keys, (n_keys + 15) / 16)));
+    // Tickets per physical column block (n_pad / 16 of each weight).
+    const int nl_qkv = layers[0].g[PL_QKV].nbs_pad, nl_o = layers[0].g[PL_O].nbs_pad;
+    const int nl_gu = layers[0].g[PL_GU].nbs_pad, nl_down = layers[0].g[PL_DOWN].nbs_pad;
+    PlRing r{0, 0};
+    for (int l = 0; l < n_layers; l++) {
+        const PlLayer& L = layers[l];
+        u32* sy = sync + (size_t)l * sync_stride;
+        u32* att_tickets = sy + PL_SY_HEAD;
+        u32* t_qkv = att_tickets + n_kv;
+        u32* t_o = t_qkv + nl_qkv;
+        u32* t_gu = t_o + nl_o;
+        u32* t_down = t_gu + nl_gu;
+        u32* t_pair = t_down + nl_down;
+        const float* x_in = l == 0 ? x : res + (size_t)(2 * l - 1) * d;
+        float* x_mid = res + (size_t)(2 * l) * d;
+        float* x_out = l == n_layers - 1 ? x : res + (size_t)(2 * l + 1) * d;
+        u16* kc_row0 = k_cache + (((size_t)seq * cache_layers + l) * n_kv) * capacity * PL_HD;
+        u16* vc_row0 = v_cache + (((size_t)seq * cache_layers + l) * n_kv) * capacity * PL_HD;
+
+        // 1. q|k|v
+        if (l > 0) pl_wait(sync + (size_t)(l - 1) * sync_stride + PL_SY_DOWN, (u32)G, err);
+        pl_stage_norm(act, x_in, L.attn_norm, d, L.g[PL_QKV].k_chunks * 64, eps, red);
+        pl_gemv(L.g[PL_QKV], PL_QKV, half_tiles, G, b, r, ring, full0, empty0, n_slots, act, seg_acc, seg_flag, part,
+                t_qkv, nullptr, nullptr, PlOut{qkv_out, nullptr});
+        pl_signal(sy + PL_SY_QKV);
+
+        // 2. attention
+        for (int task = b; task < n_kv * S; task += G) {
+            pl_wait(sy + PL_SY_QKV, (u32)G, err);
+            const int h = task / S, s = task % S;
+            pl_attention(h, s, S, pos, n_heads, n_kv, attn_scale, inv_freq, neox, qkv_out,
+                         kc_row0 + (size_t)h * capacity * PL_HD, vc_row0 + (size_t)h * capacity * PL_HD, att_part,
+                         max_splits, att_out, att_tickets + h, sy + PL_SY_ATT, reinterpret_cast<float*>(act),
+                         seg_flag);
+        }
+
+        // 3. o + residual
+        pl_wait(sy + PL_SY_ATT, (u32)n_kv, err);
+        pl_stage_copy(act, att_out, n_heads * PL_HD, L.g[PL_O].k_chunks * 64);
+        pl_gemv(L.g[PL_O], PL_O, half_tiles, G, b, r, ring, full0, empty0, n_slots, act, seg_acc, seg_flag, part, t_o,
+                nullptr, nullptr, PlOut{x_mid, x_in});
+        pl_signal(sy + PL_SY_O);
+
+        // 4. gate|up + SiLU
+        pl_wait(sy + PL_SY_O, (u32)G, err);
+        pl_stage_norm(act, x_mid, L.ffn_norm, d, L.g[PL_GU].k_chunks * 64, eps, red);
+        pl_gemv(L.g[PL_GU], PL_GU, half_tiles, G, b, r, ring, full0, empty0, n_slots, act, seg_acc, seg_flag, part,
+                t_gu, t_pair, glu_out, PlOut{gu_out, nullptr});
+        pl_signal(sy + PL_SY_GU);
+
+        // 5. down + residual
+        pl_wait(sy + PL_SY_GU, (u32)G, err);
+        pl_stage_copy(act, glu_out, ffn, L.g[PL_DOWN].k_chunks * 64);
+        pl_gemv(L.g[PL_DOWN], PL_DOWN, half_tiles, G, b, r, ring, full0, empty0, n_slots, act, seg_acc, seg_flag,
+                part, t_down, nullptr, nullptr, PlOut{x_out, x_mid});
+        pl_signal(sy + PL_SY_DOWN);
+    }
+#endif
+}
