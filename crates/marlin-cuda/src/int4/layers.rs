@@ -13,7 +13,8 @@
 //!
 //! Scope (anything else: [`PersistentLayers::new`] returns `Unsupported`
 //! and the caller keeps the layered step): sm_90+, one token, symmetric
-//! INT4 weights (no zero points) with groups of 64 or more, fused q|k|v and
+//! INT4 weights (no zero points) with groups of 64 times a power of two
+//! (64, 128, 256, ...; per-channel where K / 64 is one), fused q|k|v and
 //! gate|up, head_dim 128, n_rot = head_dim, at most 8 query heads per KV
 //! head, ffn a multiple of 64, the same shapes in every layer.
 
@@ -34,11 +35,14 @@ const KERNEL: &str = "w4_layers_m1";
 const CONSUMER_WARPS: usize = 8;
 /// Units (64-column tile x 64-chunk of K: 2 KiB of codes, 128 B of scale
 /// rows) per ring slot.
-const PIECE_UNITS: usize = 4;
+const PIECE_UNITS: usize = 8;
 const SLOT_BYTES: usize = PIECE_UNITS * (2048 + 128);
 const MAX_SEGS: usize = 32;
 const HEAD_DIM: usize = 128;
 const MAX_GQA: usize = 8;
+/// Largest hidden size the RMSNorm staging holds in registers
+/// (PL_STAGE_X4 x 4 x consumer threads).
+const MAX_HIDDEN: usize = 8 * 4 * 32 * CONSUMER_WARPS;
 /// Counters per layer before the tickets (PL_SY_HEAD).
 const SYNC_HEAD: usize = 5;
 /// Dynamic shared memory of one block on sm_90 (227 KiB).
@@ -89,6 +93,9 @@ pub struct PersistentLayers {
     /// Host copy of the table's weight addresses (the check in `run`).
     addresses: Vec<u64>,
     table: CudaSlice<u8>,
+    /// Every weight's scale rows reordered tile-major (the kernel's scale
+    /// stream), in table order: held because the table points at them.
+    _scale_streams: Vec<CudaSlice<u32>>,
     grid: usize,
     n_slots: usize,
     act_bytes: usize,
@@ -161,9 +168,14 @@ impl PersistentLayers {
                 d.n_heads, d.n_kv_heads
             )));
         }
-        if d.ffn == 0 || !d.ffn.is_multiple_of(64) || d.hidden == 0 {
+        if d.ffn == 0
+            || !d.ffn.is_multiple_of(64)
+            || d.hidden == 0
+            || !d.hidden.is_multiple_of(4)
+            || d.hidden > MAX_HIDDEN
+        {
             return Err(unsupported(format!(
-                "ffn {} (a positive multiple of 64), hidden {}",
+                "ffn {} (a positive multiple of 64), hidden {} (a multiple of 4, at most {MAX_HIDDEN})",
                 d.ffn, d.hidden
             )));
         }
@@ -179,6 +191,7 @@ impl PersistentLayers {
         let mut addresses = Vec::with_capacity(layers.len() * 10);
         let mut table = Vec::with_capacity(layers.len() * LAYER_DESC_BYTES);
         let mut max_k_pad = 0usize;
+        let mut scale_streams = Vec::with_capacity(layers.len() * 4);
         for (il, l) in layers.iter().enumerate() {
             let ws = [l.qkv, l.o, l.gate_up, l.down];
             for (w, &(name, n, k)) in ws.iter().zip(&shapes) {
@@ -188,16 +201,21 @@ impl PersistentLayers {
                         w.n, w.k
                     )));
                 }
-                if w.neg_zero_scales.is_some() || w.group_k32 < 2 || !w.group_k32.is_multiple_of(2)
+                let group_chunks = w.group_k32 / 2;
+                if w.neg_zero_scales.is_some()
+                    || w.group_k32 < 2
+                    || !w.group_k32.is_multiple_of(2)
+                    || !group_chunks.is_power_of_two()
                 {
                     return Err(unsupported(format!(
-                        "layer {il} {name}: needs symmetric codes with groups of 64 or more \
+                        "layer {il} {name}: needs symmetric codes with groups of 64 x a power of two \
                          (groups of {}, zero points {})",
                         32 * w.group_k32,
                         w.neg_zero_scales.is_some()
                     )));
                 }
                 let (_, units) = gemv_units(n, w.k_chunks)?;
+                to_i32("persistent layers units", units)?;
                 grid = grid.min(units);
                 max_k_pad = max_k_pad.max(w.k_chunks * 64);
             }
@@ -211,25 +229,27 @@ impl PersistentLayers {
                 }
             }
             let stream = dev.stream();
-            let mut push_ptr = |p: u64, table: &mut Vec<u8>| {
-                addresses.push(p);
-                table.extend_from_slice(&p.to_le_bytes());
-            };
             for w in ws {
+                let ss = scale_stream(dev, w)?;
                 let (wp, _g1) = w.words.device_ptr(stream);
                 let (sp, _g2) = w.scales.device_ptr(stream);
-                push_ptr(wp, &mut table);
-                push_ptr(sp, &mut table);
-                for v in [w.n, w.n_pad / 16, w.k_chunks, w.group_k32 / 2] {
+                let ssp = ss.device_ptr(stream).0;
+                addresses.extend([wp, sp]);
+                table.extend_from_slice(&wp.to_le_bytes());
+                table.extend_from_slice(&ssp.to_le_bytes());
+                scale_streams.push(ss);
+                let group_shift = (w.group_k32 / 2).trailing_zeros() as usize;
+                for v in [w.n, w.n_pad / 16, w.k_chunks, group_shift] {
                     table.extend_from_slice(
                         &to_i32("persistent layers dimension", v)?.to_le_bytes(),
                     );
                 }
             }
-            let (an, _g3) = l.attn_norm.device_ptr(stream);
-            let (fnp, _g4) = l.ffn_norm.device_ptr(stream);
-            push_ptr(an, &mut table);
-            push_ptr(fnp, &mut table);
+            let (an, _g4) = l.attn_norm.device_ptr(stream);
+            let (fnp, _g5) = l.ffn_norm.device_ptr(stream);
+            addresses.extend([an, fnp]);
+            table.extend_from_slice(&an.to_le_bytes());
+            table.extend_from_slice(&fnp.to_le_bytes());
         }
         debug_assert_eq!(table.len(), layers.len() * LAYER_DESC_BYTES);
         // Every block's range of every GEMV must touch at most MAX_SEGS
@@ -247,10 +267,12 @@ impl PersistentLayers {
         let gq = d.n_heads / d.n_kv_heads;
         let att_bytes = 4 * (gq * HEAD_DIM + 3 * HEAD_DIM + CONSUMER_WARPS * gq * (HEAD_DIM + 2));
         let act_bytes = (2 * max_k_pad).max(att_bytes).next_multiple_of(16);
+        // ... + column sums + flags + reduction scratch + RoPE cos / sin.
         let fixed = act_bytes
-            + 4 * CONSUMER_WARPS * MAX_SEGS * 16
+            + 4 * CONSUMER_WARPS * (MAX_SEGS / 4) * 16
             + 4 * 2 * MAX_SEGS
-            + 4 * 2 * CONSUMER_WARPS;
+            + 4 * 2 * CONSUMER_WARPS
+            + 4 * HEAD_DIM;
         let n_slots = SMEM_LIMIT.saturating_sub(fixed) / (SLOT_BYTES + 16);
         if n_slots < MIN_SLOTS {
             return Err(unsupported(format!(
@@ -277,6 +299,7 @@ impl PersistentLayers {
             n_layers,
             addresses,
             table: dev.upload("persistent layers table", &table)?,
+            _scale_streams: scale_streams,
             grid,
             n_slots,
             act_bytes,
@@ -351,7 +374,9 @@ impl PersistentLayers {
                 rope.head_dim()
             )));
         }
-        let func = dev.function(MODULE, SOURCE, KERNEL, self.smem_bytes as u32)?;
+        // The attribute is set once per loaded function: the limit, not
+        // this model's size (two models in one process share the function).
+        let func = dev.function(MODULE, SOURCE, KERNEL, SMEM_LIMIT as u32)?;
         dev.stream()
             .memset_zeros(&mut self.sync)
             .map_err(|e| crate::device::driver_err("persistent layers counters", e))?;
@@ -421,7 +446,8 @@ impl PersistentLayers {
             .arg(&max_splits)
             .arg(&n_slots)
             .arg(&act_bytes)
-            .arg(&self.err);
+            .arg(&self.err)
+            .arg(&diagnosis_bits());
         let cfg = LaunchConfig {
             grid_dim: (self.grid as u32, 1, 1),
             block_dim: (32 * (CONSUMER_WARPS as u32 + 1), 1, 1),
@@ -497,6 +523,55 @@ pub struct PersistentIntermediates {
     /// Layer l's residual after attention at row 2l, after the MLP at 2l + 1.
     pub residuals: Vec<f32>,
     pub error_flag: u32,
+}
+
+/// `w`'s scale rows (groups, n_pad/16, 8) reordered into the kernel's
+/// stream (n_pad/64 tiles, groups, 4, 8) on the device.
+fn scale_stream(dev: &CudaDevice, w: &Int4Weight) -> Result<CudaSlice<u32>> {
+    let tiles = w.n_pad / 64;
+    let groups = w.k_chunks.div_ceil(w.group_k32 / 2);
+    let len = checked(
+        "scale stream",
+        tiles.checked_mul(groups).and_then(|v| v.checked_mul(32)),
+    )?;
+    if len != w.scales.len() {
+        return Err(CudaError::Shape(format!(
+            "persistent decode layers: {} scale words for {tiles} tiles x {groups} groups",
+            w.scales.len()
+        )));
+    }
+    let mut out = dev.alloc_zeros::<u32>("persistent layers scale stream", len)?;
+    let func = dev.function(MODULE, SOURCE, "w4_layers_scale_stream", 0)?;
+    let (tiles_i, groups_i, nbs_i) = (
+        to_i32("tiles", tiles)?,
+        to_i32("groups", groups)?,
+        to_i32("column blocks", w.n_pad / 16)?,
+    );
+    let mut l = KernelLaunch::new(dev, &func, "w4_layers_scale_stream");
+    l.arg(&w.scales)
+        .arg(&mut out)
+        .arg(&tiles_i)
+        .arg(&groups_i)
+        .arg(&nbs_i);
+    // SAFETY: w4_layers_scale_stream(s, out, tiles, groups, nbs_pad) reads
+    // s[(g * nbs_pad + 4 * pt) * 8 + j] < groups * nbs_pad * 8 = s.len()
+    // (checked above: len = tiles * groups * 32 = groups * nbs_pad * 8) and
+    // writes out[0..len).
+    unsafe { l.launch(crate::ops::grid_stride(dev, len)) }?;
+    Ok(out)
+}
+
+/// `MARLIN_PERSISTENT_DIAG` (read once; timing diagnosis only, the results
+/// are then wrong): bit 1 no dependency waits, 2 no GEMV arithmetic, 4 no
+/// attention, 8 no scale copies, 16 no GEMV input staging and epilogues.
+fn diagnosis_bits() -> i32 {
+    static BITS: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *BITS.get_or_init(|| {
+        std::env::var("MARLIN_PERSISTENT_DIAG")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 /// Bytes of one layer's descriptor (`PlLayer`: four `PlGemv` of two

@@ -40,26 +40,36 @@
 
 #include "marlin_common.cuh"
 
-#define PL_CW 8                         // consumer warps
+#define PL_CW 8                         // consumer warps (16 measured slower: change 86)
 #define PL_CT (32 * PL_CW)              // consumer threads
-#define PL_PIECE 4                       // units (tile x chunk, 2 KiB) per ring slot
+#define PL_PIECE 8                       // units (tile x chunk, 2 KiB) per ring slot
 #define PL_CODE_BYTES (PL_PIECE * 2048)  // codes of a slot, then 128 B of scales per unit
 #define PL_SLOT_BYTES (PL_CODE_BYTES + PL_PIECE * 128)
 #define PL_MAX_SEGS 32                   // column blocks one block's range of a GEMV may touch
 #define PL_HD 128
 #define PL_MAX_GQ 8
 #define PL_NEG_INF __int_as_float(0xff800000)
+// Diagnosis bits (MARLIN_PERSISTENT_DIAG, timing only: wrong results):
+// 1 no dependency waits, 2 no GEMV arithmetic (pieces waited and released),
+// 4 no attention tasks (implies 1), 8 no scale copies, 16 no GEMV input
+// staging and no GEMV epilogue (column sums, tickets, outputs).
+#define PL_DIAG_NO_WAIT 1
+#define PL_DIAG_NO_MATH 2
+#define PL_DIAG_NO_ATT 4
+#define PL_DIAG_NO_SCALES 8
+#define PL_DIAG_NO_EDGES 16
 
 enum { PL_QKV = 0, PL_O = 1, PL_GU = 2, PL_DOWN = 3 };
 
 // Keep in sync with `GemvDesc` / `LayerDesc` in src/int4/layers.rs.
 struct PlGemv {
     const uint4* w;    // (nbs_pad / 4 tiles, k_chunks, 4 column blocks, 32 lanes) x 16 B
-    const u32* s;      // (groups, nbs_pad, 8) f16x2
+    const u32* s;      // scale stream (nbs_pad / 4 tiles, groups, 4 column blocks, 8) f16x2:
+                       // w4_layers_scale_stream's reorder of the pack's (groups, nbs_pad, 8)
     int n;             // real output columns
     int nbs_pad;       // n_pad / 16
     int k_chunks;      // k_pad / 64
-    int group_chunks;  // chunks of 64 per scale group
+    int group_shift;   // log2(chunks of 64 per scale group)
 };
 struct PlLayer {
     PlGemv g[4];
@@ -116,8 +126,8 @@ __device__ __forceinline__ void pl_sync_consumers() { asm volatile("bar.sync 1, 
 // Thread 0 of the consumers waits until *p >= target, then every consumer
 // passes the barrier (the acquire, then the barrier: the other threads'
 // later ld.cg see what the releasing blocks wrote).
-__device__ void pl_wait(const u32* p, u32 target, u32* err) {
-    if (threadIdx.x == 0 && pl_ld_acquire(p) < target) {
+__device__ void pl_wait(const u32* p, u32 target, u32* err, int diag) {
+    if (threadIdx.x == 0 && (diag & (PL_DIAG_NO_WAIT | PL_DIAG_NO_ATT)) == 0 && pl_ld_acquire(p) < target) {
         const u64 t0 = pl_clock_ns();
         while (pl_ld_acquire(p) < target) {
             __nanosleep(40);
@@ -146,10 +156,41 @@ __device__ __forceinline__ int pl_tiles(const PlGemv& g, int kind, int half_tile
 __device__ __forceinline__ int pl_pt(int lt, int kind, int half_tiles) {
     return kind == PL_GU ? (lt >> 1) + (lt & 1) * half_tiles : lt;
 }
-__device__ __forceinline__ long long pl_start(long long units, int b, int G) { return units * b / G; }
+// Units fit in int (the host checks); products with G in 64 bits.
+__device__ __forceinline__ int pl_start(int units, int b, int G) { return (int)((long long)units * b / G); }
 // The block whose range holds unit u (every range is non-empty: units >= G).
-__device__ __forceinline__ int pl_block_of(long long u, long long units, int G) {
-    return (int)(((u + 1) * G + units - 1) / units) - 1;
+__device__ __forceinline__ int pl_block_of(int u, int units, int G) {
+    return (int)(((long long)(u + 1) * G + units - 1) / units) - 1;
+}
+// Unit u0 + i as (logical tile, chunk), from u0's (lt, c) without a division.
+__device__ __forceinline__ void pl_unit_at(int lt0, int c0, int i, int kc, int& lt, int& c) {
+    lt = lt0;
+    c = c0 + i;
+    while (c >= kc) {
+        c -= kc;
+        lt++;
+    }
+}
+
+
+__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+// The consumers' wait for a ring slot: try_wait, then a short sleep between
+// tries, so that waiting warps leave the issue slots to the producer warp
+// (whose issue rate is the stream's limit, change 86).
+__device__ __forceinline__ void pl_mbar_wait_backoff(u32 bar, u32 parity) {
+    u32 done;
+    for (;;) {
+        asm volatile(
+            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+        if (done) return;
+        __nanosleep(64);
+    }
 }
 
 // Ring position shared by the producer's and the consumers' walks.
@@ -166,40 +207,50 @@ struct PlRing {
 
 // Producer warp: this block's units of every GEMV of every layer, in order.
 __device__ void pl_produce(const PlLayer* __restrict__ layers, int n_layers, int half_tiles, int G, int b, u32 ring,
-                          u32 full0, u32 empty0, int n_slots) {
+                          u32 full0, u32 empty0, int n_slots, int diag) {
+    const bool scales = (diag & PL_DIAG_NO_SCALES) == 0;
     const int lane = threadIdx.x & 31;
     PlRing r{0, 0};
     for (int l = 0; l < n_layers; l++)
         for (int kind = 0; kind < 4; kind++) {
             const PlGemv gm = layers[l].g[kind];
             const int kc = gm.k_chunks;
-            const long long units = (long long)pl_tiles(gm, kind, half_tiles) * kc;
-            const long long u0 = pl_start(units, b, G), u1 = pl_start(units, b + 1, G);
-            for (long long u = u0; u < u1; u += PL_PIECE) {
-                const int n = (int)min((long long)PL_PIECE, u1 - u);
+            const int units = pl_tiles(gm, kind, half_tiles) * kc;
+            const int u0 = pl_start(units, b, G), u1 = pl_start(units, b + 1, G);
+            const int gs = gm.group_shift;
+            const int groups = (kc + (1 << gs) - 1) >> gs;
+            // (tile, chunk) of the piece's first unit, advanced without a
+            // division: this thread's issue rate is the stream's limit
+            // (change 86: a division per piece cost ~0.3 ms a step).
+            int lt = u0 / kc, c = u0 - lt * kc;
+            for (int u = u0; u < u1; u += PL_PIECE) {
+                const int n = min(PL_PIECE, u1 - u);
                 const u32 full = full0 + 8 * r.slot, empty = empty0 + 8 * r.slot;
                 const u32 dst = ring + (u32)r.slot * PL_SLOT_BYTES;
                 if (r.round > 0) mbar_wait(empty, (r.round - 1) & 1);
                 if (lane == 0) {
-                    mbar_arrive_expect_tx(full, (u32)n * (2048u + 128u));
-                    // Codes: one copy per run of units of the same tile.
-                    long long v = u;
-                    while (v < u + n) {
-                        const int lt = (int)(v / kc), c = (int)(v % kc);
-                        const int run = (int)min(u + n - v, (long long)(kc - c));
-                        const uint4* src = gm.w + ((size_t)pl_pt(lt, kind, half_tiles) * kc + c) * 128;
-                        bulk_copy(dst + (u32)(v - u) * 2048u, src, (u32)run * 2048u, full);
-                        v += run;
+                    // Per run of units of one tile: its codes (2 KiB a unit)
+                    // and the scale rows of the groups it spans (128 B a
+                    // row, at most one per unit), rows at the run's first
+                    // unit's scale slot; each run's bytes expected before
+                    // its copies, the one arrival after all of them.
+                    for (int i = 0; i < n;) {
+                        const int run = min(n - i, kc - c);
+                        const int pt = pl_pt(lt, kind, half_tiles);
+                        const int g0 = c >> gs, rows = ((c + run - 1) >> gs) - g0 + 1;
+                        mbar_expect_tx(full, (u32)run * 2048u + (scales ? (u32)rows * 128u : 0u));
+                        bulk_copy(dst + (u32)i * 2048u, gm.w + ((size_t)pt * kc + c) * 128, (u32)run * 2048u, full);
+                        if (scales)
+                            bulk_copy(dst + PL_CODE_BYTES + (u32)i * 128u, gm.s + ((size_t)pt * groups + g0) * 32,
+                                      (u32)rows * 128u, full);
+                        i += run;
+                        c += run;
+                        if (c == kc) {
+                            c = 0;
+                            lt++;
+                        }
                     }
-                }
-                __syncwarp();
-                if (lane < n) {
-                    // The unit's four column blocks' scale rows: 128 B.
-                    const long long v = u + lane;
-                    const int lt = (int)(v / kc), c = (int)(v % kc);
-                    const u32* src =
-                        gm.s + ((size_t)(c / gm.group_chunks) * gm.nbs_pad + 4 * pl_pt(lt, kind, half_tiles)) * 8;
-                    bulk_copy(dst + PL_CODE_BYTES + (u32)lane * 128u, src, 128u, full);
+                    mbar_arrive(full);
                 }
                 __syncwarp();
                 r.next(n_slots);
@@ -209,14 +260,37 @@ __device__ void pl_produce(const PlLayer* __restrict__ layers, int n_layers, int
 
 // The f16 GEMV input in shared memory: RMSNorm(src) * weight, zero past d
 // up to k_pad. `red`: 2 * PL_CW floats of scratch.
+// 16-byte loads from L2 (other blocks' outputs of this launch).
+__device__ __forceinline__ float4 pl_ld_cg_f32x4(const float* p) {
+    float4 v;
+    asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ uint4 pl_ld_cg_u32x4(const void* p) {
+    uint4 v;
+    asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+// The f16 GEMV input in shared memory: RMSNorm(src) * weight, zero past d
+// up to k_pad (d a multiple of 4, at most PL_STAGE_X4 * 4 * PL_CT). Every
+// load is issued before the first is used: the stage is one L2 round trip
+// (a load-use loop paid one per element, change 86: ~1 ms a step).
+#define PL_STAGE_X4 8
 __device__ void pl_stage_norm(u16* act, const float* src, const float* __restrict__ nw, int d, int k_pad, float eps,
                               float* red) {
     const int tid = threadIdx.x;
-    float ss = 0.0f;
-    for (int k = tid; k < d; k += PL_CT) {
-        const float v = ld_cg_f32(src + k);
-        ss = fmaf(v, v, ss);
+    const int n4 = d >> 2;
+    float4 xv[PL_STAGE_X4];
+#pragma unroll
+    for (int j = 0; j < PL_STAGE_X4; j++) {
+        const int k4 = tid + j * PL_CT;
+        xv[j] = k4 < n4 ? pl_ld_cg_f32x4(src + 4 * k4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PL_STAGE_X4; j++)
+        ss += xv[j].x * xv[j].x + xv[j].y * xv[j].y + xv[j].z * xv[j].z + xv[j].w * xv[j].w;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     if ((tid & 31) == 0) red[tid >> 5] = ss;
@@ -225,13 +299,39 @@ __device__ void pl_stage_norm(u16* act, const float* src, const float* __restric
 #pragma unroll
     for (int w = 0; w < PL_CW; w++) tot += red[w];
     const float inv = rsqrtf(tot / (float)d + eps);
-    for (int k = tid; k < k_pad; k += PL_CT) act[k] = k < d ? f32_to_f16(ld_cg_f32(src + k) * inv * nw[k]) : 0;
+#pragma unroll
+    for (int j = 0; j < PL_STAGE_X4; j++) {
+        const int k4 = tid + j * PL_CT;
+        if (k4 < n4) {
+            const float4 wv = *reinterpret_cast<const float4*>(nw + 4 * k4);
+            uint2 h;
+            h.x = (u32)f32_to_f16(xv[j].x * inv * wv.x) | ((u32)f32_to_f16(xv[j].y * inv * wv.y) << 16);
+            h.y = (u32)f32_to_f16(xv[j].z * inv * wv.z) | ((u32)f32_to_f16(xv[j].w * inv * wv.w) << 16);
+            *reinterpret_cast<uint2*>(act + 4 * k4) = h;
+        }
+    }
+    for (int k = d + tid; k < k_pad; k += PL_CT) act[k] = 0;
     pl_sync_consumers();
 }
 
-// The f16 GEMV input copied from another block's output (zero past n).
+// The f16 GEMV input copied from another block's output (n a multiple of
+// 8; zero past n up to k_pad), 8 loads in flight per thread.
 __device__ void pl_stage_copy(u16* act, const u16* src, int n, int k_pad) {
-    for (int k = threadIdx.x; k < k_pad; k += PL_CT) act[k] = k < n ? pl_ld_cg_u16(src + k) : 0;
+    const int n8 = n >> 3;
+    for (int base = 0; base < n8; base += 8 * PL_CT) {
+        uint4 v[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int k8 = base + threadIdx.x + j * PL_CT;
+            if (k8 < n8) v[j] = pl_ld_cg_u32x4(src + 8 * k8);
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int k8 = base + threadIdx.x + j * PL_CT;
+            if (k8 < n8) *reinterpret_cast<uint4*>(act + 8 * k8) = v[j];
+        }
+    }
+    for (int k = n + threadIdx.x; k < k_pad; k += PL_CT) act[k] = 0;
     pl_sync_consumers();
 }
 
@@ -256,81 +356,114 @@ __device__ __forceinline__ void pl_finalize(int kind, const PlOut& out, int n, i
 // the block's column sums finalised (tickets for shared column blocks).
 __device__ void pl_gemv(const PlGemv& gm, int kind, int half_tiles, int G, int b, PlRing& r, u32 ring, u32 full0,
                         u32 empty0, int n_slots, const u16* act, float* seg_acc, int* seg_flag, float* part,
-                        u32* tickets, u32* pair_tickets, u16* glu_out, const PlOut& out) {
+                        u32* tickets, u32* pair_tickets, u16* glu_out, const PlOut& out, int diag) {
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, t = lane & 3;
     // Warp w: column block q = w % 4 of units w / 4, w / 4 + PL_CW / 4, ...
     // of every piece; a segment is (logical tile - first tile) * 4 + q.
     const int q = w & 3;
     const int kc = gm.k_chunks;
-    const long long units = (long long)pl_tiles(gm, kind, half_tiles) * kc;
-    const long long u0 = pl_start(units, b, G), u1 = pl_start(units, b + 1, G);
-    const int first_lt = (int)(u0 / kc);
-    const int n_segs = 4 * ((int)((u1 - 1) / kc) - first_lt + 1);
+    const int units = pl_tiles(gm, kind, half_tiles) * kc;
+    const int u0 = pl_start(units, b, G), u1 = pl_start(units, b + 1, G);
+    const int first_lt = u0 / kc;
+    const int n_segs = 4 * ((u1 - 1) / kc - first_lt + 1);
     const int half_nbs = 4 * half_tiles;
-    float* my_acc = seg_acc + w * PL_MAX_SEGS * 16;
-    for (int i = lane; i < n_segs * 16; i += 32) my_acc[i] = 0.0f;
+    // Warp w's column sums: the segments of its column block q only
+    // (segment s at row s / 4).
+    float* my_acc = seg_acc + w * (PL_MAX_SEGS / 4) * 16;
+    for (int i = lane; i < (n_segs / 4) * 16; i += 32) my_acc[i] = 0.0f;
     const u32 act_at = smem_addr(act) + 32u * t;  // + 128 B per chunk
     float acc0 = 0.0f, acc2 = 0.0f;
     int cur = -1;
-    for (long long u = u0; u < u1; u += PL_PIECE) {
-        const int n = (int)min((long long)PL_PIECE, u1 - u);
+    const int gs = gm.group_shift;
+    int lt0 = u0 / kc, c0 = u0 - lt0 * kc;  // the piece's first unit
+    for (int u = u0; u < u1; u += PL_PIECE) {
+        const int n = min(PL_PIECE, u1 - u);
         const u32 slot = ring + (u32)r.slot * PL_SLOT_BYTES;
-        mbar_wait(full0 + 8 * r.slot, r.round & 1);
-        for (int i = w >> 2; i < n; i += PL_CW / 4) {
-            const long long v = u + i;
-            const int lt = (int)(v / kc), c = (int)(v % kc);
-            const int seg = 4 * (lt - first_lt) + q;
-            if (seg != cur) {
-                if (cur >= 0 && t == 0) {
-                    my_acc[cur * 16 + g] = acc0;
-                    my_acc[cur * 16 + 8 + g] = acc2;
+        pl_mbar_wait_backoff(full0 + 8 * r.slot, r.round & 1);
+        // Warp w's units of the piece in pairs, i_a = w / 4 + 4 k and i_b =
+        // i_a + 2, loaded and multiplied together (independent chains); a
+        // missing i_b repeats i_a and is not added.
+        for (int i_a = w >> 2; i_a < n && (diag & PL_DIAG_NO_MATH) == 0; i_a += 2 * (PL_CW / 4)) {
+            const int i_b = i_a + PL_CW / 4;
+            const bool has_b = i_b < n;
+            int lts[2], cs[2];
+            pl_unit_at(lt0, c0, i_a, kc, lts[0], cs[0]);
+            pl_unit_at(lt0, c0, has_b ? i_b : i_a, kc, lts[1], cs[1]);
+            const int iu[2] = {i_a, has_b ? i_b : i_a};
+            uint4 wv[2], a0[2], a1[2];
+            u32 sc[2];
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                wv[e] = lds128_at(slot + (u32)iu[e] * 2048u + (u32)q * 512u + 16u * lane);
+                // The unit's scale row: its run's rows start at the run's
+                // first unit's slot (pl_produce).
+                const int run0 = max(0, iu[e] - cs[e]);
+                const int row = run0 + (cs[e] >> gs) - ((cs[e] - (iu[e] - run0)) >> gs);
+                sc[e] = pl_lds32(slot + PL_CODE_BYTES + (u32)row * 128u + (u32)q * 32u + 4u * g);
+                a0[e] = make_uint4(0, 0, 0, 0);
+                a1[e] = a0[e];
+                if (g == 0) {
+                    a0[e] = lds128_at(act_at + (u32)cs[e] * 128u);
+                    a1[e] = lds128_at(act_at + (u32)cs[e] * 128u + 16u);
                 }
-                acc0 = acc2 = 0.0f;
-                cur = seg;
             }
-            const uint4 wv = lds128_at(slot + (u32)i * 2048u + (u32)q * 512u + 16u * lane);
-            const u32 sc = pl_lds32(slot + PL_CODE_BYTES + (u32)i * 128u + (u32)q * 32u + 4u * g);
-            uint4 a0 = make_uint4(0, 0, 0, 0), a1 = a0;
-            if (g == 0) {
-                a0 = lds128_at(act_at + (u32)c * 128u);
-                a1 = lds128_at(act_at + (u32)c * 128u + 16u);
+            float lo[2], hi[2];
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                float ch0[4], ch1[4];
+                u32 wa[4];
+                {
+                    dequant_word_unscaled(wv[e].x, wa);
+                    const u32 bb[2] = {a0[e].x, a0[e].y};
+                    pl_mma_zc(ch0, wa, bb);
+                }
+                {
+                    dequant_word_unscaled(wv[e].y, wa);
+                    const u32 bb[2] = {a0[e].z, a0[e].w};
+                    pl_mma_zc(ch1, wa, bb);
+                }
+                {
+                    dequant_word_unscaled(wv[e].z, wa);
+                    const u32 bb[2] = {a1[e].x, a1[e].y};
+                    mma_16816(ch0, wa, bb);
+                }
+                {
+                    dequant_word_unscaled(wv[e].w, wa);
+                    const u32 bb[2] = {a1[e].z, a1[e].w};
+                    mma_16816(ch1, wa, bb);
+                }
+                float sl, sh;
+                f16x2_to_f32(sc[e], sl, sh);
+                lo[e] = (ch0[0] + ch1[0]) * sl;
+                hi[e] = (ch0[2] + ch1[2]) * sh;
             }
-            float ch0[4], ch1[4];
-            u32 wa[4];
-            {
-                dequant_word_unscaled(wv.x, wa);
-                const u32 bb[2] = {a0.x, a0.y};
-                pl_mma_zc(ch0, wa, bb);
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                if (e == 1 && !has_b) break;
+                const int seg = 4 * (lts[e] - first_lt) + q;
+                if (seg != cur) {
+                    if (cur >= 0 && t == 0) {
+                        my_acc[(cur >> 2) * 16 + g] = acc0;
+                        my_acc[(cur >> 2) * 16 + 8 + g] = acc2;
+                    }
+                    acc0 = acc2 = 0.0f;
+                    cur = seg;
+                }
+                acc0 += lo[e];
+                acc2 += hi[e];
             }
-            {
-                dequant_word_unscaled(wv.y, wa);
-                const u32 bb[2] = {a0.z, a0.w};
-                pl_mma_zc(ch1, wa, bb);
-            }
-            {
-                dequant_word_unscaled(wv.z, wa);
-                const u32 bb[2] = {a1.x, a1.y};
-                mma_16816(ch0, wa, bb);
-            }
-            {
-                dequant_word_unscaled(wv.w, wa);
-                const u32 bb[2] = {a1.z, a1.w};
-                mma_16816(ch1, wa, bb);
-            }
-            float sl, sh;
-            f16x2_to_f32(sc, sl, sh);
-            acc0 = fmaf(ch0[0] + ch1[0], sl, acc0);
-            acc2 = fmaf(ch0[2] + ch1[2], sh, acc2);
         }
         __syncwarp();
         if (lane == 0) mbar_arrive(empty0 + 8 * r.slot);
         r.next(n_slots);
+        pl_unit_at(lt0, c0, n, kc, lt0, c0);
     }
     if (cur >= 0 && t == 0) {
-        my_acc[cur * 16 + g] = acc0;
-        my_acc[cur * 16 + 8 + g] = acc2;
+        my_acc[(cur >> 2) * 16 + g] = acc0;
+        my_acc[(cur >> 2) * 16 + 8 + g] = acc2;
     }
     pl_sync_consumers();
+    if (diag & PL_DIAG_NO_EDGES) return;
     // Column sums over the warps in warp order; whole column blocks are
     // final, shared ones go to this block's partial slots.
     // Segment s: logical tile first_lt + s / 4, column block s % 4 of it.
@@ -338,9 +471,9 @@ __device__ void pl_gemv(const PlGemv& gm, int kind, int half_tiles, int G, int b
         const int s = idx >> 4, i = idx & 15, lt = first_lt + (s >> 2);
         float v = 0.0f;
 #pragma unroll
-        for (int w2 = 0; w2 < PL_CW; w2++) v += seg_acc[w2 * PL_MAX_SEGS * 16 + idx];
-        const int fb = pl_block_of((long long)lt * kc, units, G);
-        const int lb = pl_block_of((long long)lt * kc + kc - 1, units, G);
+        for (int w2 = s & 3; w2 < PL_CW; w2 += 4) v += seg_acc[(w2 * (PL_MAX_SEGS / 4) + (s >> 2)) * 16 + i];
+        const int fb = pl_block_of(lt * kc, units, G);
+        const int lb = pl_block_of(lt * kc + kc - 1, units, G);
         if (fb == lb)
             pl_finalize(kind, out, gm.n, (4 * pl_pt(lt, kind, half_tiles) + (s & 3)) * 16 + i, v);
         else
@@ -349,8 +482,8 @@ __device__ void pl_gemv(const PlGemv& gm, int kind, int half_tiles, int G, int b
     pl_sync_consumers();
     if (tid < n_segs) {
         const int lt = first_lt + (tid >> 2);
-        const int fb = pl_block_of((long long)lt * kc, units, G);
-        const int lb = pl_block_of((long long)lt * kc + kc - 1, units, G);
+        const int fb = pl_block_of(lt * kc, units, G);
+        const int lb = pl_block_of(lt * kc + kc - 1, units, G);
         const int pn = 4 * pl_pt(lt, kind, half_tiles) + (tid & 3);
         // 1: this block finalises the column block (whole here, or last in).
         seg_flag[tid] = fb == lb ? 1 : (atom_add_acq_rel_gpu(&tickets[pn]) == (u32)(lb - fb) ? 1 : 0);
@@ -358,12 +491,12 @@ __device__ void pl_gemv(const PlGemv& gm, int kind, int half_tiles, int G, int b
     pl_sync_consumers();
     for (int idx = tid; idx < n_segs * 16; idx += PL_CT) {
         const int s = idx >> 4, i = idx & 15, lt = first_lt + (s >> 2);
-        const int fb = pl_block_of((long long)lt * kc, units, G);
-        const int lb = pl_block_of((long long)lt * kc + kc - 1, units, G);
+        const int fb = pl_block_of(lt * kc, units, G);
+        const int lb = pl_block_of(lt * kc + kc - 1, units, G);
         if (fb == lb || !seg_flag[s]) continue;
         float v = 0.0f;
         for (int b2 = fb; b2 <= lb; b2++) {
-            const int s2 = 4 * (lt - (int)(pl_start(units, b2, G) / kc)) + (s & 3);
+            const int s2 = 4 * (lt - pl_start(units, b2, G) / kc) + (s & 3);
             v += ld_cg_f32(part + ((size_t)b2 * PL_MAX_SEGS + s2) * 16 + i);
         }
         pl_finalize(kind, out, gm.n, (4 * pl_pt(lt, kind, half_tiles) + (s & 3)) * 16 + i, v);
@@ -390,7 +523,7 @@ __device__ void pl_gemv(const PlGemv& gm, int kind, int half_tiles, int G, int b
 
 // One attention task: kv head h, split s of S over keys 0..pos.
 __device__ void pl_attention(int h, int s, int S, int pos, int n_heads, int n_kv, float attn_scale,
-                             const double* __restrict__ inv_freq, int neox, const float* qkv_out, u16* kc_row0,
+                             const float* cs, const float* sn, int neox, const float* qkv_out, u16* kc_row0,
                              u16* vc_row0, float* att_part, int max_splits, u16* att_out, u32* ticket, u32* done,
                              float* scratch, int* flag) {
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
@@ -400,16 +533,7 @@ __device__ void pl_attention(int h, int s, int S, int pos, int n_heads, int n_kv
     float* qs = scratch;               // gq x 128, scaled by attn_scale * log2(e)
     float* kn = qs + gq * PL_HD;       // 128: this step's key (roped, f16-rounded)
     float* vn = kn + PL_HD;            // 128
-    float* cs = vn + PL_HD;            // 64 cos
-    float* sn = cs + PL_HD / 2;        // 64 sin
-    float* wres = sn + PL_HD / 2;      // PL_CW x gq x 130
-    for (int i = tid; i < PL_HD / 2; i += PL_CT) {
-        double sd, cd;
-        sincos((double)pos * inv_freq[i], &sd, &cd);
-        cs[i] = (float)cd;
-        sn[i] = (float)sd;
-    }
-    pl_sync_consumers();
+    float* wres = vn + PL_HD + PL_HD;  // PL_CW x gq x 130 (64 + 64 floats unused)
     const float qscale = attn_scale * MARLIN_LOG2E;
     for (int idx = tid; idx < (gq + 1) * (PL_HD / 2); idx += PL_CT) {
         const int hh = idx / (PL_HD / 2), i = idx % (PL_HD / 2);
@@ -462,35 +586,36 @@ __device__ void pl_attention(int h, int s, int S, int pos, int n_heads, int n_kv
             f16x2_to_f32(vw.y, vv[2], vv[3]);
         }
     };
-    float kk[4], vv[4];
-    int j = k0 + w;
-    if (j < k1) load_key(j, kk, vv);
-    for (; j < k1; j += PL_CW) {
-        float nk[4], nv[4];
-        if (j + PL_CW < k1) load_key(j + PL_CW, nk, nv);
-        float sc[PL_MAX_GQ];
+    // Up to 4 keys per warp loaded at once (independent round trips: the
+    // weight stream keeps HBM busy, so each one is slow).
+    constexpr int KB = 4;
+    for (int j0 = k0 + w; j0 < k1; j0 += KB * PL_CW) {
+        float kk[KB][4], vv[KB][4];
 #pragma unroll
-        for (int hh = 0; hh < PL_MAX_GQ; hh++)
-            sc[hh] = q[hh][0] * kk[0] + q[hh][1] * kk[1] + q[hh][2] * kk[2] + q[hh][3] * kk[3];
+        for (int r = 0; r < KB; r++)
+            if (j0 + r * PL_CW < k1) load_key(j0 + r * PL_CW, kk[r], vv[r]);
 #pragma unroll
-        for (int off = 16; off > 0; off >>= 1)
+        for (int r = 0; r < KB; r++) {
+            if (j0 + r * PL_CW >= k1) break;
+            float sc[PL_MAX_GQ];
 #pragma unroll
             for (int hh = 0; hh < PL_MAX_GQ; hh++)
-                if (hh < gq) sc[hh] += __shfl_xor_sync(0xffffffffu, sc[hh], off);
+                sc[hh] = q[hh][0] * kk[r][0] + q[hh][1] * kk[r][1] + q[hh][2] * kk[r][2] + q[hh][3] * kk[r][3];
 #pragma unroll
-        for (int hh = 0; hh < PL_MAX_GQ; hh++) {
-            if (hh >= gq) continue;
-            const float mn = fmaxf(m[hh], sc[hh]);
-            const float alpha = exp2f(m[hh] - mn), p = exp2f(sc[hh] - mn);
-            l[hh] = l[hh] * alpha + p;
+            for (int off = 16; off > 0; off >>= 1)
 #pragma unroll
-            for (int e = 0; e < 4; e++) o[hh][e] = o[hh][e] * alpha + p * vv[e];
-            m[hh] = mn;
-        }
+                for (int hh = 0; hh < PL_MAX_GQ; hh++)
+                    if (hh < gq) sc[hh] += __shfl_xor_sync(0xffffffffu, sc[hh], off);
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            kk[e] = nk[e];
-            vv[e] = nv[e];
+            for (int hh = 0; hh < PL_MAX_GQ; hh++) {
+                if (hh >= gq) continue;
+                const float mn = fmaxf(m[hh], sc[hh]);
+                const float alpha = exp2f(m[hh] - mn), p = exp2f(sc[hh] - mn);
+                l[hh] = l[hh] * alpha + p;
+#pragma unroll
+                for (int e = 0; e < 4; e++) o[hh][e] = o[hh][e] * alpha + p * vv[r][e];
+                m[hh] = mn;
+            }
         }
     }
 #pragma unroll
@@ -528,17 +653,39 @@ __device__ void pl_attention(int h, int s, int S, int pos, int n_heads, int n_kv
     if (tid == 0) *flag = atom_add_acq_rel_gpu(ticket) == (u32)(S - 1) ? 1 : 0;
     pl_sync_consumers();
     if (*flag) {
+        // The splits' partials in batches of 8 independent L2 loads (one
+        // dependent round trip per batch, not per split).
+        constexpr int B = 8;
         for (int idx = tid; idx < gq * PL_HD; idx += PL_CT) {
             const int hh = idx / PL_HD, dd = idx % PL_HD;
+            const float* p0 = att_part + ((size_t)h * max_splits * gq + hh) * (PL_HD + 2);
+            const size_t split_stride = (size_t)gq * (PL_HD + 2);
             float mx = PL_NEG_INF;
-            for (int s2 = 0; s2 < S; s2++)
-                mx = fmaxf(mx, ld_cg_f32(att_part + (((size_t)h * max_splits + s2) * gq + hh) * (PL_HD + 2) + PL_HD));
+            for (int s0 = 0; s0 < S; s0 += B) {
+                float mv[B];
+#pragma unroll
+                for (int j = 0; j < B; j++)
+                    mv[j] = s0 + j < S ? ld_cg_f32(p0 + (s0 + j) * split_stride + PL_HD) : PL_NEG_INF;
+#pragma unroll
+                for (int j = 0; j < B; j++) mx = fmaxf(mx, mv[j]);
+            }
             float ls = 0.0f, a = 0.0f;
-            for (int s2 = 0; s2 < S; s2++) {
-                const float* p = att_part + (((size_t)h * max_splits + s2) * gq + hh) * (PL_HD + 2);
-                const float f = exp2f(ld_cg_f32(p + PL_HD) - mx);
-                ls += ld_cg_f32(p + PL_HD + 1) * f;
-                a += ld_cg_f32(p + dd) * f;
+            for (int s0 = 0; s0 < S; s0 += B) {
+                float mv[B], lv[B], av[B];
+#pragma unroll
+                for (int j = 0; j < B; j++) {
+                    const bool in = s0 + j < S;
+                    const float* p = p0 + (s0 + j) * split_stride;
+                    mv[j] = in ? ld_cg_f32(p + PL_HD) : PL_NEG_INF;
+                    lv[j] = in ? ld_cg_f32(p + PL_HD + 1) : 0.0f;
+                    av[j] = in ? ld_cg_f32(p + dd) : 0.0f;
+                }
+#pragma unroll
+                for (int j = 0; j < B; j++) {
+                    const float f = mv[j] == PL_NEG_INF ? 0.0f : exp2f(mv[j] - mx);
+                    ls += lv[j] * f;
+                    a += av[j] * f;
+                }
             }
             att_out[(size_t)(h * gq + hh) * PL_HD + dd] = f32_to_f16(a / ls);
         }
@@ -550,10 +697,27 @@ __device__ void pl_attention(int h, int s, int S, int pos, int n_heads, int n_kv
 
 #endif  // __CUDA_ARCH__ >= 900
 
+// The pack's scale rows (groups, nbs_pad, 8) reordered tile-major for the
+// persistent kernel's stream: (nbs_pad / 4 tiles, groups, 4 column blocks,
+// 8) u32, so that a run of units of one tile finds its groups' rows in one
+// contiguous piece (one bulk copy instead of one scattered copy a unit:
+// change 86 measured those at ~0.5 ms a step on the 8B shape).
+extern "C" __global__ void w4_layers_scale_stream(const u32* __restrict__ s, u32* __restrict__ out, int tiles,
+                                                  int groups, int nbs_pad) {
+    const long long total = (long long)tiles * groups * 32;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int j = (int)(i & 31);
+        const long long tg = i >> 5;
+        const int g = (int)(tg % groups), pt = (int)(tg / groups);
+        out[i] = s[((size_t)g * nbs_pad + 4 * pt) * 8 + j];
+    }
+}
+
 // Grid: G blocks (one per SM, G <= SMs), PL_CW + 1 warps. Dynamic shared
 // memory (keep in sync with `smem_bytes` in src/int4/layers.rs): n_slots
 // ring slots; 2 * n_slots mbarriers; the GEMV input / attention scratch
-// (`act_bytes`); PL_CW x PL_MAX_SEGS x 16 f32 column sums; 2 x PL_MAX_SEGS
+// (`act_bytes`); PL_CW x PL_MAX_SEGS / 4 x 16 f32 column sums; 2 x PL_MAX_SEGS
 // flags; 2 * PL_CW floats of reduction scratch.
 extern "C" __global__ void __launch_bounds__(32 * (PL_CW + 1), 1)
     w4_layers_m1(const PlLayer* __restrict__ layers, int n_layers, int d, int n_heads, int n_kv, int ffn, float eps,
@@ -561,7 +725,7 @@ extern "C" __global__ void __launch_bounds__(32 * (PL_CW + 1), 1)
                  const int* __restrict__ row_seq, const int* __restrict__ row_pos, u16* k_cache, u16* v_cache,
                  int cache_layers, int cache_seqs, int capacity, float* qkv_out, float* gu_out, u16* glu_out,
                  u16* att_out, float* att_part, float* part, float* res, u32* sync, int sync_stride, int max_splits,
-                 int n_slots, int act_bytes, u32* err) {
+                 int n_slots, int act_bytes, u32* err, int diag) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     extern __shared__ __align__(128) unsigned char pl_smem[];
     const int G = gridDim.x, b = blockIdx.x;
@@ -577,8 +741,10 @@ extern "C" __global__ void __launch_bounds__(32 * (PL_CW + 1), 1)
     unsigned char* after = pl_smem + (size_t)n_slots * (PL_SLOT_BYTES + 16);
     u16* act = reinterpret_cast<u16*>(after);
     float* seg_acc = reinterpret_cast<float*>(after + act_bytes);
-    int* seg_flag = reinterpret_cast<int*>(seg_acc + PL_CW * PL_MAX_SEGS * 16);
+    int* seg_flag = reinterpret_cast<int*>(seg_acc + PL_CW * (PL_MAX_SEGS / 4) * 16);
     float* red = reinterpret_cast<float*>(seg_flag + 2 * PL_MAX_SEGS);
+    // cos, sin of this step's position per rotation pair: once a launch.
+    float* rope_cs = red + 2 * PL_CW;
     const int half_tiles = ffn >> 6;
 
     if (threadIdx.x == 0) {
@@ -590,8 +756,15 @@ extern "C" __global__ void __launch_bounds__(32 * (PL_CW + 1), 1)
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     }
     __syncthreads();
+    for (int i = threadIdx.x; i < PL_HD / 2; i += blockDim.x) {
+        double sd, cd;
+        sincos((double)pos * inv_freq[i], &sd, &cd);
+        rope_cs[i] = (float)cd;
+        rope_cs[PL_HD / 2 + i] = (float)sd;
+    }
+    __syncthreads();
     if (threadIdx.x >= PL_CT) {
-        pl_produce(layers, n_layers, half_tiles, G, b, ring, full0, empty0, n_slots);
+        pl_produce(layers, n_layers, half_tiles, G, b, ring, full0, empty0, n_slots, diag);
         return;
     }
 
@@ -616,42 +789,55 @@ extern "C" __global__ void __launch_bounds__(32 * (PL_CW + 1), 1)
         u16* kc_row0 = k_cache + (((size_t)seq * cache_layers + l) * n_kv) * capacity * PL_HD;
         u16* vc_row0 = v_cache + (((size_t)seq * cache_layers + l) * n_kv) * capacity * PL_HD;
 
+        // The keys and values this block's first attention task will read,
+        // into L2 now (they would be HBM round trips behind the weight
+        // stream in the middle of the attention chain).
+        if (threadIdx.x == 0 && b < n_kv * S && pos > 0) {
+            const int h = b / S, s = b % S;
+            const int k0 = (int)((long long)s * n_keys / S), k1 = min(pos, (int)((long long)(s + 1) * n_keys / S));
+            if (k1 > k0) {
+                const size_t at = ((size_t)h * capacity + k0) * PL_HD;
+                const u32 bytes = (u32)(k1 - k0) * PL_HD * 2u;
+                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(kc_row0 + at), "r"(bytes) : "memory");
+                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(vc_row0 + at), "r"(bytes) : "memory");
+            }
+        }
         // 1. q|k|v
-        if (l > 0) pl_wait(sync + (size_t)(l - 1) * sync_stride + PL_SY_DOWN, (u32)G, err);
-        pl_stage_norm(act, x_in, L.attn_norm, d, L.g[PL_QKV].k_chunks * 64, eps, red);
+        if (l > 0) pl_wait(sync + (size_t)(l - 1) * sync_stride + PL_SY_DOWN, (u32)G, err, diag);
+        if ((diag & PL_DIAG_NO_EDGES) == 0) pl_stage_norm(act, x_in, L.attn_norm, d, L.g[PL_QKV].k_chunks * 64, eps, red);
         pl_gemv(L.g[PL_QKV], PL_QKV, half_tiles, G, b, r, ring, full0, empty0, n_slots, act, seg_acc, seg_flag, part,
-                t_qkv, nullptr, nullptr, PlOut{qkv_out, nullptr});
+                t_qkv, nullptr, nullptr, PlOut{qkv_out, nullptr}, diag);
         pl_signal(sy + PL_SY_QKV);
 
         // 2. attention
-        for (int task = b; task < n_kv * S; task += G) {
-            pl_wait(sy + PL_SY_QKV, (u32)G, err);
+        for (int task = b; task < n_kv * S && (diag & PL_DIAG_NO_ATT) == 0; task += G) {
+            pl_wait(sy + PL_SY_QKV, (u32)G, err, diag);
             const int h = task / S, s = task % S;
-            pl_attention(h, s, S, pos, n_heads, n_kv, attn_scale, inv_freq, neox, qkv_out,
+            pl_attention(h, s, S, pos, n_heads, n_kv, attn_scale, rope_cs, rope_cs + PL_HD / 2, neox, qkv_out,
                          kc_row0 + (size_t)h * capacity * PL_HD, vc_row0 + (size_t)h * capacity * PL_HD, att_part,
                          max_splits, att_out, att_tickets + h, sy + PL_SY_ATT, reinterpret_cast<float*>(act),
                          seg_flag);
         }
 
         // 3. o + residual
-        pl_wait(sy + PL_SY_ATT, (u32)n_kv, err);
-        pl_stage_copy(act, att_out, n_heads * PL_HD, L.g[PL_O].k_chunks * 64);
+        pl_wait(sy + PL_SY_ATT, (u32)n_kv, err, diag);
+        if ((diag & PL_DIAG_NO_EDGES) == 0) pl_stage_copy(act, att_out, n_heads * PL_HD, L.g[PL_O].k_chunks * 64);
         pl_gemv(L.g[PL_O], PL_O, half_tiles, G, b, r, ring, full0, empty0, n_slots, act, seg_acc, seg_flag, part, t_o,
-                nullptr, nullptr, PlOut{x_mid, x_in});
+                nullptr, nullptr, PlOut{x_mid, x_in}, diag);
         pl_signal(sy + PL_SY_O);
 
         // 4. gate|up + SiLU
-        pl_wait(sy + PL_SY_O, (u32)G, err);
-        pl_stage_norm(act, x_mid, L.ffn_norm, d, L.g[PL_GU].k_chunks * 64, eps, red);
+        pl_wait(sy + PL_SY_O, (u32)G, err, diag);
+        if ((diag & PL_DIAG_NO_EDGES) == 0) pl_stage_norm(act, x_mid, L.ffn_norm, d, L.g[PL_GU].k_chunks * 64, eps, red);
         pl_gemv(L.g[PL_GU], PL_GU, half_tiles, G, b, r, ring, full0, empty0, n_slots, act, seg_acc, seg_flag, part,
-                t_gu, t_pair, glu_out, PlOut{gu_out, nullptr});
+                t_gu, t_pair, glu_out, PlOut{gu_out, nullptr}, diag);
         pl_signal(sy + PL_SY_GU);
 
         // 5. down + residual
-        pl_wait(sy + PL_SY_GU, (u32)G, err);
-        pl_stage_copy(act, glu_out, ffn, L.g[PL_DOWN].k_chunks * 64);
+        pl_wait(sy + PL_SY_GU, (u32)G, err, diag);
+        if ((diag & PL_DIAG_NO_EDGES) == 0) pl_stage_copy(act, glu_out, ffn, L.g[PL_DOWN].k_chunks * 64);
         pl_gemv(L.g[PL_DOWN], PL_DOWN, half_tiles, G, b, r, ring, full0, empty0, n_slots, act, seg_acc, seg_flag,
-                part, t_down, nullptr, nullptr, PlOut{x_out, x_mid});
+                part, t_down, nullptr, nullptr, PlOut{x_out, x_mid}, diag);
         pl_signal(sy + PL_SY_DOWN);
     }
 #endif
