@@ -540,7 +540,7 @@ fn scale_stream(dev: &CudaDevice, w: &Int4Weight) -> Result<CudaSlice<u32>> {
             w.scales.len()
         )));
     }
-    let mut out = dev.alloc_zeros::<u32>("persistent layers scale stream", len)?;
+    let out = dev.alloc_zeros::<u32>("persistent layers scale stream", len)?;
     let func = dev.function(MODULE, SOURCE, "w4_layers_scale_stream", 0)?;
     let (tiles_i, groups_i, nbs_i) = (
         to_i32("tiles", tiles)?,
@@ -549,7 +549,7 @@ fn scale_stream(dev: &CudaDevice, w: &Int4Weight) -> Result<CudaSlice<u32>> {
     );
     let mut l = KernelLaunch::new(dev, &func, "w4_layers_scale_stream");
     l.arg(&w.scales)
-        .arg(&mut out)
+        .arg(&out)
         .arg(&tiles_i)
         .arg(&groups_i)
         .arg(&nbs_i);
