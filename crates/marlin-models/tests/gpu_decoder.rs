@@ -1119,6 +1119,20 @@ fn decode_graph_is_captured_again_after_a_chunk_grows_the_workspace() {
     );
 }
 
+/// The device when it can run the persistent kernel (sm_90+); else prints
+/// SKIPPED.
+fn hopper_or_skip() -> Option<Arc<CudaDevice>> {
+    if !gpu_or_skip() {
+        return None;
+    }
+    let dev = CudaDevice::new(0).unwrap();
+    if dev.compute_capability().0 < 9 {
+        eprintln!("SKIPPED: the persistent kernel needs sm_90");
+        return None;
+    }
+    Some(dev)
+}
+
 /// The persistent one-token kernel (docs/CUDA.md change 86: every layer in
 /// one launch) against the layered step on the same weights, tokens and
 /// positions, each with its own scratch and KV cache: 40 steps from position
@@ -1131,14 +1145,9 @@ fn decode_graph_is_captured_again_after_a_chunk_grows_the_workspace() {
 /// range) and two layers of the Llama-3.1-8B shape (the benchmark's).
 #[test]
 fn persistent_layers_match_layered_step_and_graph() {
-    if !gpu_or_skip() {
+    let Some(dev) = hopper_or_skip() else {
         return;
-    }
-    let dev = CudaDevice::new(0).unwrap();
-    if dev.compute_capability().0 < 9 {
-        eprintln!("SKIPPED: the persistent kernel needs sm_90");
-        return;
-    }
+    };
     let shapes = [
         SyntheticShape {
             n_layers: 3,
@@ -1228,14 +1237,9 @@ fn persistent_layers_match_layered_step_and_graph() {
 /// before any is asserted, so a failure names the first wrong stage.
 #[test]
 fn persistent_layer_stages_match_host_reference() {
-    if !gpu_or_skip() {
+    let Some(dev) = hopper_or_skip() else {
         return;
-    }
-    let dev = CudaDevice::new(0).unwrap();
-    if dev.compute_capability().0 < 9 {
-        eprintln!("SKIPPED: the persistent kernel needs sm_90");
-        return;
-    }
+    };
     let shape = SyntheticShape {
         n_layers: 1,
         hidden: 512,

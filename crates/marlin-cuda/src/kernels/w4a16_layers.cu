@@ -410,32 +410,25 @@ __device__ void pl_gemv(const PlGemv& gm, int kind, int half_tiles, int G, int b
             float lo[2], hi[2];
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                float ch0[4], ch1[4];
-                u32 wa[4];
-                {
-                    dequant_word_unscaled(wv[e].x, wa);
-                    const u32 bb[2] = {a0[e].x, a0[e].y};
-                    pl_mma_zc(ch0, wa, bb);
-                }
-                {
-                    dequant_word_unscaled(wv[e].y, wa);
-                    const u32 bb[2] = {a0[e].z, a0[e].w};
-                    pl_mma_zc(ch1, wa, bb);
-                }
-                {
-                    dequant_word_unscaled(wv[e].z, wa);
-                    const u32 bb[2] = {a1[e].x, a1[e].y};
-                    mma_16816(ch0, wa, bb);
-                }
-                {
-                    dequant_word_unscaled(wv[e].w, wa);
-                    const u32 bb[2] = {a1[e].z, a1[e].w};
-                    mma_16816(ch1, wa, bb);
+                // k16 step j: code word j, activation words 2j, 2j + 1;
+                // two chains (even / odd steps).
+                const u32 words[4] = {wv[e].x, wv[e].y, wv[e].z, wv[e].w};
+                const u32 acts[8] = {a0[e].x, a0[e].y, a0[e].z, a0[e].w, a1[e].x, a1[e].y, a1[e].z, a1[e].w};
+                float ch[2][4];
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    u32 wa[4];
+                    dequant_word_unscaled(words[j], wa);
+                    const u32 bb[2] = {acts[2 * j], acts[2 * j + 1]};
+                    if (j < 2)
+                        pl_mma_zc(ch[j & 1], wa, bb);
+                    else
+                        mma_16816(ch[j & 1], wa, bb);
                 }
                 float sl, sh;
                 f16x2_to_f32(sc[e], sl, sh);
-                lo[e] = (ch0[0] + ch1[0]) * sl;
-                hi[e] = (ch0[2] + ch1[2]) * sh;
+                lo[e] = (ch[0][0] + ch[1][0]) * sl;
+                hi[e] = (ch[0][2] + ch[1][2]) * sh;
             }
 #pragma unroll
             for (int e = 0; e < 2; e++) {

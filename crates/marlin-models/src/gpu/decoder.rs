@@ -1395,34 +1395,27 @@ impl GpuDecoder {
             _ => None,
         };
         let ran_persistent = persistent.is_some();
-        if let Some((p, cache)) = persistent {
+        let first_norm = if let Some((p, cache)) = persistent {
             // Every layer in one launch; then the final norm and the head.
             let (_, layers) = self.persistent_layer_weights().ok_or_else(|| {
                 GpuError::Invalid("persistent kernel for a model outside its scope".into())
             })?;
             let rope = &self.ropes[self.spec.layers[0].rope];
             p.run(dev, &layers, io.x, rope, cache, io.row_seq, io.row_pos)?;
-            ops::resid_norm_with::<T>(
-                dev,
-                io.norm_form,
-                io.x,
-                None,
-                None,
-                &self.out_norm,
-                m,
-                d,
-                eps,
-                off,
-                &mut a.h,
-            )?;
+            Some(&self.out_norm)
         } else if !fuse && !io.skips(SkipForDiagnosis::SmallOps) {
+            Some(&self.blocks[0].attn_norm)
+        } else {
+            None
+        };
+        if let Some(norm) = first_norm {
             ops::resid_norm_with::<T>(
                 dev,
                 io.norm_form,
                 io.x,
                 None,
                 None,
-                &self.blocks[0].attn_norm,
+                norm,
                 m,
                 d,
                 eps,
