@@ -1133,6 +1133,23 @@ fn hopper_or_skip() -> Option<Arc<CudaDevice>> {
     Some(dev)
 }
 
+/// The small model shape of the persistent tests: head_dim 128, 4 query
+/// heads per KV head; its o and down GEMVs have 128 units (tile x chunk),
+/// so the grid is 128 blocks and most column blocks are split across
+/// blocks.
+fn persistent_small_shape(n_layers: usize) -> SyntheticShape {
+    SyntheticShape {
+        n_layers,
+        hidden: 512,
+        n_heads: 8,
+        n_kv_heads: 2,
+        head_dim: 128,
+        ffn: 1024,
+        vocab: 1000,
+        group: 128,
+    }
+}
+
 /// The persistent one-token kernel (docs/CUDA.md change 86: every layer in
 /// one launch) against the layered step on the same weights, tokens and
 /// positions, each with its own scratch and KV cache: 40 steps from position
@@ -1149,16 +1166,7 @@ fn persistent_layers_match_layered_step_and_graph() {
         return;
     };
     let shapes = [
-        SyntheticShape {
-            n_layers: 3,
-            hidden: 512,
-            n_heads: 8,
-            n_kv_heads: 2,
-            head_dim: 128,
-            ffn: 1024,
-            vocab: 1000,
-            group: 128,
-        },
+        persistent_small_shape(3),
         SyntheticShape {
             n_layers: 2,
             hidden: 4096,
@@ -1240,17 +1248,14 @@ fn persistent_layer_stages_match_host_reference() {
     let Some(dev) = hopper_or_skip() else {
         return;
     };
-    let shape = SyntheticShape {
-        n_layers: 1,
-        hidden: 512,
-        n_heads: 8,
-        n_kv_heads: 2,
-        head_dim: 128,
-        ffn: 1024,
-        vocab: 1000,
-        group: 128,
-    };
-    let (d, hd, nh, nkv, ffn) = (512, 128, 8, 2, 1024);
+    let shape = persistent_small_shape(1);
+    let (d, hd, nh, nkv, ffn) = (
+        shape.hidden,
+        shape.head_dim,
+        shape.n_heads,
+        shape.n_kv_heads,
+        shape.ffn,
+    );
     let dec = synthetic_decoder(&dev, &shape, 5).unwrap();
     let mut s = Scratch::new(&dev, &dec, 1, 1).unwrap();
     s.persistent_layers = true;

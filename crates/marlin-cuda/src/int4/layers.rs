@@ -265,7 +265,9 @@ impl PersistentLayers {
             }
         }
         let gq = d.n_heads / d.n_kv_heads;
-        let att_bytes = 4 * (gq * HEAD_DIM + 3 * HEAD_DIM + CONSUMER_WARPS * gq * (HEAD_DIM + 2));
+        // Attention scratch: q (gq heads), this step's key and value, the
+        // warps' partial results.
+        let att_bytes = 4 * (gq * HEAD_DIM + 2 * HEAD_DIM + CONSUMER_WARPS * gq * (HEAD_DIM + 2));
         let act_bytes = (2 * max_k_pad).max(att_bytes).next_multiple_of(16);
         // ... + column sums + flags + reduction scratch + RoPE cos / sin.
         let fixed = act_bytes

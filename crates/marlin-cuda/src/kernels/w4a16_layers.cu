@@ -530,7 +530,7 @@ __device__ void pl_attention(int h, int s, int S, int pos, int n_heads, int n_kv
     float* qs = scratch;               // gq x 128, scaled by attn_scale * log2(e)
     float* kn = qs + gq * PL_HD;       // 128: this step's key (roped, f16-rounded)
     float* vn = kn + PL_HD;            // 128
-    float* wres = vn + PL_HD + PL_HD;  // PL_CW x gq x 130 (64 + 64 floats unused)
+    float* wres = vn + PL_HD;          // PL_CW x gq x 130
     const float qscale = attn_scale * MARLIN_LOG2E;
     for (int idx = tid; idx < (gq + 1) * (PL_HD / 2); idx += PL_CT) {
         const int hh = idx / (PL_HD / 2), i = idx % (PL_HD / 2);
