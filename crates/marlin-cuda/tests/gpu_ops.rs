@@ -1356,6 +1356,136 @@ fn sampling_matches_the_cpu_sampler_exactly() {
     println!("PASS sampling ({checked} rows equal to the CPU sampler's draw)");
 }
 
+/// The split draw (`sample_rows_ws` / `sample_rows_each_ws`: split argmax,
+/// then many blocks per row) against the CPU sampler on rows of 1 to 262k
+/// tokens: continuous logits with ties, NaN and -inf, rows of NaN, of -inf
+/// and with +inf; min-p; the draws the split path leaves to the single-row
+/// kernel; each launch twice (the tickets reset), and a row mix through
+/// the per-row entry.
+#[test]
+fn split_draw_matches_the_cpu_sampler_exactly() {
+    let Some(dev) = device() else { return };
+    let mut r = rng("split_draw");
+    let params = |temperature, top_k, top_p, min_p| DeviceSampling {
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+    };
+    let mut checked = 0;
+    for (rows, vocab) in [
+        (1, 262_144),
+        (1, 128_256),
+        (2, 49_152),
+        (3, 4097),
+        (5, 1000),
+        (4, 7),
+        (40, 32_000),
+    ] {
+        let mut ws = ops::ArgmaxWorkspace::new(&dev, rows).unwrap();
+        for p in [
+            params(1.0, 0, 1.0, 0.0),
+            params(0.7, 0, 1.0, 0.05),
+            params(1.3, vocab, 1.0, 0.0),
+            params(40.0, 0, 1.0, 0.0),
+            params(0.7, 40.min(vocab - 1), 0.9, 0.0),
+            params(1.0, 0, 0.5, 0.0),
+        ] {
+            let mut logits = rand_vec(&mut r, rows * vocab, -8.0, 8.0);
+            for (i, row) in logits.chunks_mut(vocab).enumerate() {
+                let mut sorted = row.to_vec();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                let tie = sorted[39.min(vocab - 1)];
+                for _ in 0..3 {
+                    row[r.gen_range(0..vocab)] = tie;
+                }
+                row[r.gen_range(0..vocab)] = f32::NAN;
+                row[r.gen_range(0..vocab)] = f32::NEG_INFINITY;
+                // Rows with no token, and a tied maximum.
+                match (rows > 3).then_some(i) {
+                    Some(1) => row.fill(f32::NAN),
+                    Some(2) => row.fill(f32::NEG_INFINITY),
+                    Some(3) => row[r.gen_range(0..vocab)] = f32::INFINITY,
+                    Some(4) => {
+                        let top = sorted[0];
+                        row[r.gen_range(0..vocab)] = top;
+                    }
+                    _ => {}
+                }
+            }
+            let uniforms = rand_vec(&mut r, rows, 0.0, 1.0);
+            let (ld, ud) = (up(&dev, &logits), up(&dev, &uniforms));
+            for round in 0..2 {
+                let mut out = up(&dev, &vec![0xdead_beef_u32; rows + SLACK]);
+                ops::sample_rows_ws(&dev, &ld, rows, vocab, &p, &ud, &mut ws, &mut out).unwrap();
+                let got = dev.download(&out).unwrap();
+                for (i, row) in logits.chunks(vocab).enumerate() {
+                    let want = host_draw(row, &p, uniforms[i]);
+                    assert_eq!(
+                        got[i], want,
+                        "round {round} row {i} of {rows} x {vocab} {p:?} u {}",
+                        uniforms[i]
+                    );
+                    checked += 1;
+                }
+                assert!(got[rows..].iter().all(|&v| v == 0xdead_beef));
+            }
+        }
+    }
+    // Each row its own choice, through the three launches.
+    let (rows, vocab) = (7, 150_000);
+    let logits = rand_vec(&mut r, rows * vocab, -6.0, 6.0);
+    let choices = [
+        RowChoice::Draw {
+            params: params(1.0, 0, 1.0, 0.0),
+            uniform: 0.61,
+        },
+        RowChoice::Argmax,
+        RowChoice::None,
+        RowChoice::Draw {
+            params: params(0.7, 40, 0.9, 0.05),
+            uniform: 0.02,
+        },
+        RowChoice::Draw {
+            params: params(0.9, 0, 1.0, 0.02),
+            uniform: 0.999,
+        },
+        RowChoice::Draw {
+            params: params(1.2, 0, 0.8, 0.0),
+            uniform: 0.93,
+        },
+        RowChoice::Draw {
+            params: params(0.0, 0, 1.0, 0.0),
+            uniform: 0.5,
+        },
+    ];
+    let words = ops::pack_row_choices(&choices, vocab).unwrap();
+    let (ld, pd) = (up(&dev, &logits), up(&dev, &words));
+    let mut ws = ops::ArgmaxWorkspace::new(&dev, rows).unwrap();
+    for round in 0..2 {
+        let mut out = up(&dev, &vec![0xdead_beef_u32; rows]);
+        ops::sample_rows_each_ws(&dev, &ld, rows, vocab, &pd, &mut ws, &mut out).unwrap();
+        let got = dev.download(&out).unwrap();
+        for (i, (row, c)) in logits.chunks(vocab).zip(&choices).enumerate() {
+            let want = match *c {
+                RowChoice::None => ops::NO_TOKEN,
+                RowChoice::Argmax => host_draw(row, &params(0.0, 0, 1.0, 0.0), 0.5),
+                RowChoice::Draw { params, uniform } => host_draw(row, &params, uniform),
+            };
+            assert_eq!(got[i], want, "round {round} row {i}: {c:?}");
+            checked += 1;
+        }
+    }
+    // A workspace for fewer rows is an error, not a wrong answer.
+    let mut small = ops::ArgmaxWorkspace::new(&dev, rows - 1).unwrap();
+    let mut out = up(&dev, &vec![0u32; rows]);
+    let p = params(1.0, 0, 1.0, 0.0);
+    let ud = up(&dev, &vec![0.5f32; rows]);
+    assert!(ops::sample_rows_ws(&dev, &ld, rows, vocab, &p, &ud, &mut small, &mut out).is_err());
+    assert!(ops::sample_rows_each_ws(&dev, &ld, rows, vocab, &pd, &mut small, &mut out).is_err());
+    println!("PASS split draw ({checked} rows equal to the CPU sampler's draw)");
+}
+
 /// Decode attention at context 4096 (32 heads / 8 kv heads, head_dim 128)
 /// for batch 1, 8 and 32: time per call and KV bytes read per second,
 /// against the device-to-device copy bandwidth of the same run; then causal
@@ -1451,7 +1581,7 @@ fn bench_decode_attention() {
         );
     }
     let vocab = 262_144;
-    for batch in [1, 32] {
+    for batch in [1, 8, 32] {
         let logits = up(&dev, &rand_vec(&mut r, batch * vocab, -20.0, 20.0));
         let uniforms = up(&dev, &rand_vec(&mut r, batch, 0.0, 1.0));
         let mut out = dev.alloc_zeros::<u32>("tokens", batch).unwrap();
@@ -1476,10 +1606,18 @@ fn bench_decode_attention() {
         let top_k = time_draw(draw(0.8, 40, 0.95));
         let t1 = time_draw(draw(1.0, 0, 1.0));
         let nucleus = time_draw(draw(0.7, 0, 0.9));
+        // The split argmax + split draw (change 87), same rows.
+        let t1_split = time_us(&dev, 20, || {
+            let p = draw(1.0, 0, 1.0);
+            ops::sample_rows_ws(
+                &dev, &logits, batch, vocab, &p, &uniforms, &mut ws, &mut out,
+            )
+            .unwrap()
+        });
         println!(
             "BENCH sampling vocab {vocab} batch {batch:>2}: argmax {greedy:7.1} us \
              (split {split:5.1} us), top-k 40 / top-p 0.95 {top_k:7.1} us, \
-             T 1 {t1:7.1} us, T 0.7 / top-p 0.9 {nucleus:7.1} us"
+             T 1 {t1:7.1} us (split {t1_split:5.1} us), T 0.7 / top-p 0.9 {nucleus:7.1} us"
         );
     }
 }

@@ -324,7 +324,6 @@ __device__ __forceinline__ u32 samp_select_topk(const float* __restrict__ row, i
 // the candidates are selected by count and sorted, as samp_argmax's order.
 
 #define SAMP_FX_ONE 1073741824.0f  // 2^30
-#define SAMP_TILE (SAMP_THREADS * 4)
 typedef unsigned long long u64;
 
 // exp(x) for x <= 0, as the host's exp_nonpositive: 0 below -87, for -inf
@@ -385,13 +384,15 @@ __device__ __forceinline__ float samp_block_max(float v, float* tmp) {
     return m;
 }
 
-// The first index in [0, vocab) of row whose running kept weight (in index
-// order) exceeds r; `kept(i, w)` says whether token i of weight w is kept.
-// Tiles of SAMP_TILE tokens, 4 consecutive per thread, a block scan each.
+// The first index in [begin, end) of row whose running kept weight (in
+// index order, from begin) exceeds r; `kept(i, v, w)` says whether token i
+// of logit v and weight w is kept. Tiles of 4 tokens per thread (4096 at
+// the single-row kernels' 1024 threads), 4 consecutive per thread, a block
+// scan each.
 template <class K>
-__device__ __forceinline__ u32 samp_draw_in_index_order(const float* __restrict__ row, int vocab,
-                                                        float mx, float inv_t, u64 r, K kept,
-                                                        u64* tmp) {
+__device__ __forceinline__ u32 samp_draw_in_index_order(const float* __restrict__ row, int begin,
+                                                        int end, float mx, float inv_t, u64 r,
+                                                        K kept, u64* tmp) {
     __shared__ u32 s_pick;
     __shared__ u64 s_run;
     if (threadIdx.x == 0) {
@@ -399,7 +400,8 @@ __device__ __forceinline__ u32 samp_draw_in_index_order(const float* __restrict_
         s_run = 0ull;
     }
     __syncthreads();
-    for (int base = 0; base < vocab; base += SAMP_TILE) {
+    const int tile = 4 * (int)blockDim.x;
+    for (int base = begin; base < end; base += tile) {
         const int i0 = base + 4 * threadIdx.x;
         u64 f[4];
         u64 mine = 0ull;
@@ -407,7 +409,7 @@ __device__ __forceinline__ u32 samp_draw_in_index_order(const float* __restrict_
         for (int j = 0; j < 4; ++j) {
             const int i = i0 + j;
             f[j] = 0ull;
-            if (i < vocab) {
+            if (i < end) {
                 const float w = samp_weight(row[i], mx, inv_t);
                 if (kept(i, row[i], w)) f[j] = samp_fx(w);
             }
@@ -481,7 +483,7 @@ __device__ __forceinline__ u32 samp_draw_dense(const float* __restrict__ row, in
     if (top_p >= 1.0f || kz < target) {
         const u64 r = samp_fx_scale(u, kz);
         return samp_draw_in_index_order(
-            row, vocab, mx, inv_t, r, [&](int, float, float w) { return kept0(w); }, s_tmp);
+            row, 0, vocab, mx, inv_t, r, [&](int, float, float w) { return kept0(w); }, s_tmp);
     }
     // The cut by distance from the best logit: kept tokens lie within
     // SAMP_SPAN of it in (max - logit) / T (below, a weight is under 2^-30
@@ -565,7 +567,7 @@ __device__ __forceinline__ u32 samp_draw_dense(const float* __restrict__ row, in
             const u64 kept_total = target - need + samp_block_sum64(in_bin, s_tmp);
             const u64 r = samp_fx_scale(u, kept_total);
             return samp_draw_in_index_order(
-                row, vocab, mx, inv_t, r,
+                row, 0, vocab, mx, inv_t, r,
                 [&](int i, float v, float w) {
                     if (!kept0(w)) return false;
                     const u32 b = samp_lin_bin(v, mx, inv_t);
@@ -657,7 +659,7 @@ __device__ __forceinline__ u32 samp_draw_dense(const float* __restrict__ row, in
     }
     const u64 r = samp_fx_scale(u, kept_total);
     return samp_draw_in_index_order(
-        row, vocab, mx, inv_t, r,
+        row, 0, vocab, mx, inv_t, r,
         [&](int i, float v, float w) {
             if (!kept0(w)) return false;
             const u32 key = samp_key(v);
@@ -877,4 +879,158 @@ extern "C" __global__ void __launch_bounds__(SAMP_SPLIT_THREADS)
                           float cap, u32* __restrict__ out, int vocab, int chunk,
                           unsigned long long* __restrict__ best, u32* __restrict__ tickets) {
     samp_argmax_split_impl<true>(x, logits, cap, out, vocab, chunk, best, tickets);
+}
+
+// ------------------------------------------------------- split draw
+// The dense draw without a top-p cut (top-k off, top-p 1: the OpenAI
+// default, with or without min-p) with many blocks per row, after
+// samp_argmax_split has written each row's argmax to `out` (its logit is
+// the row's max, NaN ignored; the single-row kernel reads a row three
+// times from one SM: 83-167 us at 262k tokens, change 84). The CPU
+// sampler's definition holds exactly: every sum is of fixed-point integer
+// weights, so the blocks' partial sums add up to the single-row kernel's
+// in any order. Each block of a row (blockIdx.y) sums the kept weights of
+// its chunk, stores the sum and takes a ticket; the last block of the row
+// finds r = trunc(u * total), the chunk whose running sum (in block
+// order) crosses it, and the token inside that chunk by the index-order
+// scan, writes it and resets the ticket (tickets are samp_argmax_split's:
+// zero between launches). Launched with programmatic dependent launch:
+// trigger first, wait before reading anything.
+
+// Whether row parameters (SAMP_PARAM_WORDS) take the split draw: a draw
+// (mode 1) with top-k off and no top-p cut.
+__device__ __forceinline__ bool samp_split_draw_row(const u32* __restrict__ p) {
+    return p[0] == 1u && p[2] == 0u && __uint_as_float(p[3]) >= 1.0f;
+}
+
+template <bool EACH>
+__device__ __forceinline__ void samp_draw_split_impl(const float* __restrict__ logits,
+                                                     const float* __restrict__ uniforms,
+                                                     const u32* __restrict__ params,
+                                                     u32* __restrict__ out, int vocab, int chunk,
+                                                     float inv_t, float min_p,
+                                                     u64* __restrict__ sums,
+                                                     u32* __restrict__ tickets) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+    __shared__ u64 s_tmp[32];
+    __shared__ u32 s_last, s_block;
+    __shared__ u64 s_rc;
+    const int row = blockIdx.y;
+    float u;
+    if (EACH) {
+        // Rows of other choices: every block of the row leaves (no ticket).
+        const u32* p = params + (long long)row * SAMP_PARAM_WORDS;
+        if (!samp_split_draw_row(p)) return;
+        inv_t = __uint_as_float(p[1]);
+        min_p = __uint_as_float(p[4]);
+        u = __uint_as_float(p[5]);
+    } else {
+        u = uniforms[row];
+    }
+    // Every block reads the argmax before it takes its ticket, so before
+    // the last block overwrites it.
+    const u32 best = out[row];
+    if (best == SAMP_NO_TOKEN) return;  // every logit NaN: no token, as written
+    const float* r = logits + (long long)row * vocab;
+    const float mx = r[best];
+    if (!(mx > __int_as_float(0xff800000) && mx < __int_as_float(0x7f800000))) {
+        // As samp_draw_dense: no token (every block sees the same max).
+        if (blockIdx.x == 0 && threadIdx.x == 0) out[row] = SAMP_NO_TOKEN;
+        return;
+    }
+    const bool use_min_p = min_p > 0.0f;
+    auto kept = [&](float w) { return samp_fx(w) > 0ull && !(use_min_p && w < min_p); };
+    const int begin = blockIdx.x * chunk;
+    const int end = min(vocab, begin + chunk);
+    u64 kz = 0ull;
+    for (int i0 = begin + threadIdx.x; i0 < end; i0 += SAMP_SPLIT_THREADS * SAMP_SPLIT_UNROLL) {
+        float v[SAMP_SPLIT_UNROLL];
+#pragma unroll
+        for (int j = 0; j < SAMP_SPLIT_UNROLL; ++j) {
+            const int i = i0 + j * SAMP_SPLIT_THREADS;
+            v[j] = i < end ? r[i] : __int_as_float(0x7fc00000);  // NaN weighs 0
+        }
+#pragma unroll
+        for (int j = 0; j < SAMP_SPLIT_UNROLL; ++j) {
+            const float w = samp_weight(v[j], mx, inv_t);
+            if (kept(w)) kz += samp_fx(w);
+        }
+    }
+    kz = samp_block_sum64(kz, s_tmp);
+    const int n_blocks = gridDim.x;
+    u64* row_sums = sums + (long long)row * n_blocks;
+    if (threadIdx.x == 0) {
+        row_sums[blockIdx.x] = kz;
+        __threadfence();  // the sum is in before the ticket
+        s_last = atomicAdd(tickets + row, 1u) == (u32)(n_blocks - 1) ? 1u : 0u;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    // The last block: the total, then the crossing chunk in block order.
+    u64 mine = 0ull;
+    for (int b = threadIdx.x; b < n_blocks; b += blockDim.x) mine += __ldcg(row_sums + b);
+    const u64 total = samp_block_sum64(mine, s_tmp);
+    const u64 target = samp_fx_scale(u, total);
+    if (threadIdx.x == 0) s_block = SAMP_NO_TOKEN;
+    u64 run = 0ull;
+    for (int b0 = 0; b0 < n_blocks; b0 += blockDim.x) {
+        const int b = b0 + threadIdx.x;
+        const u64 v = b < n_blocks ? __ldcg(row_sums + b) : 0ull;
+        const u64 incl = samp_block_scan(v, s_tmp);
+        const u64 excl = run + incl - v;
+        if (excl <= target && target < excl + v) {
+            s_block = (u32)b;
+            s_rc = target - excl;
+        }
+        run += samp_block_sum64(v, s_tmp);  // ends with a barrier: s_block is in
+        if (s_block != SAMP_NO_TOKEN) break;
+    }
+    const u32 c = s_block;
+    u32 pick = SAMP_NO_TOKEN;
+    if (c != SAMP_NO_TOKEN) {
+        const int c_begin = (int)c * chunk;
+        pick = samp_draw_in_index_order(
+            r, c_begin, min(vocab, c_begin + chunk), mx, inv_t, s_rc,
+            [&](int, float, float w) { return kept(w); }, s_tmp);
+    }
+    if (threadIdx.x == 0) {
+        out[row] = pick;
+        tickets[row] = 0u;  // ready for the next launch
+    }
+}
+
+// Every row drawn with the same parameters (top-k off, top-p 1) and its
+// own uniform.
+extern "C" __global__ void __launch_bounds__(SAMP_SPLIT_THREADS)
+    samp_draw_split(const float* __restrict__ logits, const float* __restrict__ uniforms,
+                    u32* __restrict__ out, int vocab, int chunk, float inv_t, float min_p,
+                    u64* __restrict__ sums, u32* __restrict__ tickets) {
+    samp_draw_split_impl<false>(logits, uniforms, nullptr, out, vocab, chunk, inv_t, min_p, sums,
+                                tickets);
+}
+
+// Each row by its own parameters: the rows samp_split_draw_row takes; the
+// others are left to samp_draw_rows_rest.
+extern "C" __global__ void __launch_bounds__(SAMP_SPLIT_THREADS)
+    samp_draw_split_rows(const float* __restrict__ logits, const u32* __restrict__ params,
+                         u32* __restrict__ out, int vocab, int chunk, u64* __restrict__ sums,
+                         u32* __restrict__ tickets) {
+    samp_draw_split_impl<true>(logits, nullptr, params, out, vocab, chunk, 0.0f, 0.0f, sums,
+                               tickets);
+}
+
+// samp_draw_rows for the rows the split kernels did not finish: argmax rows
+// (samp_argmax_split's token stands) and split draws are left as they are.
+extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
+    samp_draw_rows_rest(const float* __restrict__ logits, const u32* __restrict__ params,
+                        u32* __restrict__ out, int vocab) {
+    const u32* p = params + (long long)blockIdx.x * SAMP_PARAM_WORDS;
+    if (p[0] == 0u || samp_split_draw_row(p)) return;
+    const float* row = logits + (long long)blockIdx.x * vocab;
+    samp_row(row, vocab, p[0], __uint_as_float(p[1]), (int)p[2], __uint_as_float(p[3]),
+             __uint_as_float(p[4]), __uint_as_float(p[5]), out + blockIdx.x);
 }

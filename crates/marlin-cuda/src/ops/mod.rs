@@ -53,8 +53,8 @@ pub use paged::{
 pub use rope::{rope_inplace, GpuRope};
 pub use sampling::{
     argmax_rows, argmax_rows_ws, argmax_rows_ws_f16, check_sampling_params, pack_row_choices,
-    sample_rows, sample_rows_each, ArgmaxWorkspace, DeviceSampling, RowChoice, MAX_TOP_K, NO_TOKEN,
-    ROW_PARAM_WORDS,
+    sample_rows, sample_rows_each, sample_rows_each_ws, sample_rows_ws, ArgmaxWorkspace,
+    DeviceSampling, RowChoice, MAX_TOP_K, NO_TOKEN, ROW_PARAM_WORDS,
 };
 
 use cudarc::driver::LaunchConfig;

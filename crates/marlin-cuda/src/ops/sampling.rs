@@ -128,13 +128,16 @@ const SPLIT_CHUNK: usize = 4096;
 /// dependent load rounds per thread: 20.8 us of the step on an H100.
 const SPLIT_BLOCKS_PER_SM: usize = 8;
 
-/// Device state of [`argmax_rows_ws`] for up to `rows` rows: a packed
-/// (value, index) key and a ticket per row, zero between launches (the
-/// last block of each row resets its pair), so one workspace serves every
-/// step, captured or not, on one stream.
+/// Device state of [`argmax_rows_ws`] and [`sample_rows_ws`] /
+/// [`sample_rows_each_ws`] for up to `rows` rows: a packed (value, index)
+/// key and a ticket per row, zero between launches (the last block of each
+/// row resets its pair), so one workspace serves every step, captured or
+/// not, on one stream; and the split draw's per-block weight sums (written
+/// before they are read in every launch).
 pub struct ArgmaxWorkspace {
     best: CudaSlice<u64>,
     tickets: CudaSlice<u32>,
+    block_sums: CudaSlice<u64>,
     rows: usize,
 }
 
@@ -143,6 +146,12 @@ impl ArgmaxWorkspace {
         Ok(Self {
             best: dev.alloc_zeros("argmax keys", rows)?,
             tickets: dev.alloc_zeros("argmax tickets", rows)?,
+            // split_config's grid: at most max(rows, SPLIT_BLOCKS_PER_SM x
+            // SMs) blocks over all rows.
+            block_sums: dev.alloc_zeros(
+                "split draw sums",
+                rows.max(SPLIT_BLOCKS_PER_SM * dev.sm_count()).max(1),
+            )?,
             rows,
         })
     }
@@ -392,6 +401,134 @@ pub fn sample_rows(
     Ok(())
 }
 
+/// Whether a draw by `(top_k, top_p)` (top-k as [`check_sampling`] returns
+/// it: 0 for every token) takes the split draw: no top-k and no top-p cut
+/// (samp_split_draw_row in the source).
+fn split_draw(top_k: i32, top_p: f32) -> bool {
+    top_k == 0 && top_p >= 1.0
+}
+
+/// [`sample_rows`] through `ws`: greedy rows by [`argmax_rows_ws`]; draws
+/// without top-k and top-p (the OpenAI defaults, min-p allowed) by the
+/// split argmax and then a split draw (many blocks per row: a 262k-token
+/// row in a few microseconds instead of the single-row kernel's 83-167,
+/// docs/CUDA.md change 87); the other draws by [`sample_rows`]'s
+/// single-row kernel. The same tokens as [`sample_rows`], bit for bit.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_rows_ws(
+    dev: &CudaDevice,
+    logits: &CudaSlice<f32>,
+    rows: usize,
+    vocab: usize,
+    params: &DeviceSampling,
+    uniforms: &CudaSlice<f32>,
+    ws: &mut ArgmaxWorkspace,
+    out: &mut CudaSlice<u32>,
+) -> Result<()> {
+    check_logits("sample_rows_ws", logits.len(), rows, vocab, out.len())?;
+    let Some((k, inv_t)) = check_sampling(params, vocab)? else {
+        return argmax_rows_ws(dev, logits, rows, vocab, ws, out);
+    };
+    if !split_draw(k, params.top_p) {
+        return sample_rows(dev, logits, rows, vocab, params, uniforms, out);
+    }
+    check_len("sample_rows_ws uniforms", uniforms.len(), rows)?;
+    argmax_rows_ws(dev, logits, rows, vocab, ws, out)?;
+    let Some((cfg, chunk_i)) = split_draw_config(dev, "sample_rows_ws", rows, vocab, ws)? else {
+        return Ok(());
+    };
+    let vocab_i = vocab as i32;
+    let min_p = params.min_p;
+    let name = "samp_draw_split";
+    let func = dev.function(MODULE, SOURCE, name, 0)?;
+    let mut b = KernelLaunch::new(dev, &func, name);
+    b.arg(logits)
+        .arg(uniforms)
+        .arg(out)
+        .arg(&vocab_i)
+        .arg(&chunk_i)
+        .arg(&inv_t)
+        .arg(&min_p)
+        .arg(&ws.block_sums)
+        .arg(&ws.tickets);
+    // SAFETY: argument order and types match samp_draw_split; logits hold
+    // rows*vocab values, uniforms and out rows; the grid's blocks x rows
+    // fit the block sums and the rows the zeroed tickets
+    // (split_draw_config); every block reads only its row's chunk (and the
+    // crossing chunk in the last block), after waiting on its predecessor
+    // (the split argmax that wrote out).
+    unsafe { b.launch_pdl(cfg) }
+}
+
+/// [`sample_rows_each`] through `ws`: the split argmax for every row, the
+/// split draw for the draws [`sample_rows_ws`] takes it for, then the
+/// single-row kernel for the other draws and the rows of no token (three
+/// launches whatever the rows' choices, so that a captured graph serves
+/// every step). The same tokens as [`sample_rows_each`].
+pub fn sample_rows_each_ws(
+    dev: &CudaDevice,
+    logits: &CudaSlice<f32>,
+    rows: usize,
+    vocab: usize,
+    params: &CudaSlice<u32>,
+    ws: &mut ArgmaxWorkspace,
+    out: &mut CudaSlice<u32>,
+) -> Result<()> {
+    let what = "sample_rows_each_ws";
+    check_logits(what, logits.len(), rows, vocab, out.len())?;
+    check_len(
+        &format!("{what} params"),
+        params.len(),
+        mul(what, rows, ROW_PARAM_WORDS)?,
+    )?;
+    argmax_rows_ws(dev, logits, rows, vocab, ws, out)?;
+    let Some((cfg, chunk_i)) = split_draw_config(dev, what, rows, vocab, ws)? else {
+        return Ok(());
+    };
+    let vocab_i = vocab as i32;
+    let name = "samp_draw_split_rows";
+    let func = dev.function(MODULE, SOURCE, name, 0)?;
+    let mut b = KernelLaunch::new(dev, &func, name);
+    b.arg(logits)
+        .arg(params)
+        .arg(out)
+        .arg(&vocab_i)
+        .arg(&chunk_i)
+        .arg(&ws.block_sums)
+        .arg(&ws.tickets);
+    // SAFETY: argument order and types match samp_draw_split_rows; logits
+    // hold rows*vocab values, params rows*SAMP_PARAM_WORDS words, out rows;
+    // block sums and tickets as in sample_rows_ws; it waits on the split
+    // argmax before reading anything.
+    unsafe { b.launch_pdl(cfg) }?;
+    let func = dev.function(MODULE, SOURCE, "samp_draw_rows_rest", 0)?;
+    let mut b = dev.stream().launch_builder(&func);
+    b.arg(logits).arg(params).arg(out).arg(&vocab_i);
+    // SAFETY: argument order and types match samp_draw_rows_rest (those of
+    // samp_draw_rows); sizes checked above. A plain launch: it starts after
+    // the split draw has finished.
+    unsafe { b.launch(row_config(rows)) }
+        .map_err(|e| driver_err("launch samp_draw_rows_rest", e))?;
+    Ok(())
+}
+
+/// The split draw's grid: the split argmax's ([`split_config`]), checked
+/// against the workspace's block sums.
+fn split_draw_config(
+    dev: &CudaDevice,
+    what: &str,
+    rows: usize,
+    vocab: usize,
+    ws: &ArgmaxWorkspace,
+) -> Result<Option<(LaunchConfig, i32)>> {
+    let Some((cfg, chunk_i)) = split_config(dev, what, rows, vocab, ws)? else {
+        return Ok(None);
+    };
+    let blocks = cfg.grid_dim.0 as usize * cfg.grid_dim.1 as usize;
+    check_len(&format!("{what} block sums"), ws.block_sums.len(), blocks)?;
+    Ok(Some((cfg, chunk_i)))
+}
+
 /// One token per row of `logits (rows, vocab)`, each row by its own choice:
 /// `params` holds [`pack_row_choices`]' words for the rows (a device buffer,
 /// so that a captured graph reads each step's choices from it).
@@ -463,6 +600,18 @@ mod tests {
             ..params(0.5, 40, 0.9)
         };
         assert!(check_sampling(&bad_min_p, v).is_err());
+    }
+
+    #[test]
+    fn split_draw_takes_draws_without_top_k_and_top_p() {
+        assert!(split_draw(0, 1.0));
+        assert!(!split_draw(40, 1.0));
+        assert!(!split_draw(0, 0.95));
+        // check_sampling turns a top-k at or above the vocabulary into 0.
+        let (k, _) = check_sampling(&params(0.8, 5000, 1.0), 1000)
+            .unwrap()
+            .unwrap();
+        assert!(split_draw(k, 1.0));
     }
 
     #[test]

@@ -962,8 +962,10 @@ pub enum SkipForDiagnosis {
 }
 
 /// Whether greedy decoding picks its tokens with the split argmax
-/// (`ops::argmax_rows_ws`, many blocks per row): not when
-/// `MARLIN_CUDA_SPLIT_ARGMAX=0` (measuring the difference; read once).
+/// (`ops::argmax_rows_ws`, many blocks per row), and draws without top-k
+/// and top-p with the split draw (`ops::sample_rows_ws` /
+/// `sample_rows_each_ws`): not when `MARLIN_CUDA_SPLIT_ARGMAX=0` (measuring
+/// the difference; read once).
 fn split_argmax_enabled() -> bool {
     static ON: Switch = Switch::new("MARLIN_CUDA_SPLIT_ARGMAX", true);
     ON.get()
@@ -1344,9 +1346,15 @@ impl GpuDecoder {
                 ops::argmax_rows_ws(dev, logits, n_logits, vocab, argmax_ws, next_ids)?
             }
             Select::Argmax => ops::argmax_rows(dev, logits, n_logits, vocab, next_ids)?,
+            Select::Sample(p) if split_argmax_enabled() => ops::sample_rows_ws(
+                dev, logits, n_logits, vocab, &p, uniforms, argmax_ws, next_ids,
+            )?,
             Select::Sample(p) => {
                 ops::sample_rows(dev, logits, n_logits, vocab, &p, uniforms, next_ids)?
             }
+            Select::Rows if split_argmax_enabled() => ops::sample_rows_each_ws(
+                dev, logits, n_logits, vocab, row_params, argmax_ws, next_ids,
+            )?,
             Select::Rows => {
                 ops::sample_rows_each(dev, logits, n_logits, vocab, row_params, next_ids)?
             }
