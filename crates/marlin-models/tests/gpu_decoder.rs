@@ -500,16 +500,24 @@ fn int4_fused_f16_path_matches_dense_f32_path() {
     let mut sampled = a.new_sequence(64).unwrap();
     // The device's draw is the CPU sampler's definition, bit for bit, on
     // the same logits (`sa` runs the same model on the same tokens): top-k 3
-    // at a high temperature (every candidate likely), then the whole
-    // vocabulary with min-p and top-p, uniforms across [0, 1).
-    // (Five steps of each: a captured graph is kept per choice.)
+    // at a high temperature (every candidate likely; the split top-k
+    // draw), the whole vocabulary with min-p (the split draw), then with
+    // min-p and top-p (the single-row kernel), uniforms across [0, 1).
+    // (Four steps of each: a captured graph is kept per choice.)
     let params = |step: usize| {
-        if step < 5 {
+        if step < 4 {
             DeviceSampling {
                 temperature: 100.0,
                 top_k: 3,
                 top_p: 1.0,
                 min_p: 0.0,
+            }
+        } else if step < 8 {
+            DeviceSampling {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.02,
             }
         } else {
             DeviceSampling {
@@ -529,7 +537,7 @@ fn int4_fused_f16_path_matches_dense_f32_path() {
     let mut u = 0.0f32;
     let mut pick = sampled.sample(&prompt, params(0), u).unwrap();
     let mut distinct = std::collections::HashSet::new();
-    for step in 0..10 {
+    for step in 0..12 {
         close(&la, &lb, &format!("decode step {step}"));
         assert_eq!(
             pick,

@@ -1110,7 +1110,7 @@ fn decode_graphs_match_eager_passes() {
 /// Chunks whose token the device picks get it (and no logits row); the
 /// others get the same logits as a twin model that sends every row back.
 /// The picks are those logits' argmax, or the CPU sampler's draw with the
-/// same uniform, bit for bit (top-k off and 40, min-p, top-p); a draw with
+/// same uniform, bit for bit (top-k off and 40, min-p, top-p 0.9 or 1); a draw with
 /// a top-k past the device's bound gets its logits. Mixed passes (prompt
 /// chunks, decode rows with and without picks) and decode-only passes
 /// (graphs with the argmax in the LM head's stage, or each row's choice)
@@ -1158,14 +1158,15 @@ fn picked_tokens_are_the_argmax_of_the_logits() {
             })
             .collect();
         let chunks = blocks.chunks(&seqs, &tokens, &len);
-        // Sequence 0 greedy; 1 a draw (top-k off / 40, min-p, top-p) whose
-        // uniform sweeps [0, 1); 2 greedy on odd steps; 3 a draw with a
-        // top-k the device does not take (logits back) on odd steps.
+        // Sequence 0 greedy; 1 a draw (top-k off / 40, min-p, top-p 0.9 or
+        // 1: every device path) whose uniform sweeps [0, 1); 2 greedy on
+        // odd steps; 3 a draw with a top-k the device does not take (logits
+        // back) on odd steps.
         let uniform = ((si * 7919) % 1000) as f32 / 1000.0;
         let draw = |top_k: usize| ModelPick::Draw {
             temperature: 0.9,
             top_k,
-            top_p: 0.9,
+            top_p: if si % 4 == 1 { 1.0 } else { 0.9 },
             min_p: 0.02,
             uniform,
         };

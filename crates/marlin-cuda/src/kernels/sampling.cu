@@ -182,8 +182,8 @@ __device__ __forceinline__ void samp_sort_desc(float* c_val, u32* c_idx, u32 n_v
 }
 
 // The top_k (<= SAMP_MAX_K) best candidates of `row` by (logit desc, index
-// asc), NaN excluded, into c_val / c_idx in that order (padded with -inf to
-// SAMP_CAND); returns how many there are (0: every logit is NaN). The k-th
+// asc), NaN excluded, into c_val / c_idx in that order (then -inf up to the
+// next power of two); returns how many there are (0: every logit is NaN). The k-th
 // largest logit is found by a 3-pass radix select (11 + 11 + 10 bits) over
 // order-preserving integer keys, the candidates are gathered in index order
 // (ties at the threshold keep the lowest indices) and bitonic-sorted in
@@ -301,7 +301,11 @@ __device__ __forceinline__ u32 samp_select_topk(const float* __restrict__ row, i
         }
     }
     const u32 n_sorted = n_cand <= SAMP_CAND ? n_cand : k_eff;
-    samp_sort_desc(c_val, c_idx, n_sorted, SAMP_CAND);
+    // The network over the next power of two only (40 candidates: 21 steps
+    // of the block instead of 45); entries past it are never read.
+    u32 n_sort = 2u;
+    while (n_sort < n_sorted) n_sort <<= 1;
+    samp_sort_desc(c_val, c_idx, n_sorted, n_sort);
     __syncthreads();
     return k_eff;
 }
@@ -669,14 +673,14 @@ __device__ __forceinline__ u32 samp_draw_dense(const float* __restrict__ row, in
 }
 
 // The draw with 0 < top_k < vocab (top_k <= SAMP_MAX_K).
-__device__ __forceinline__ u32 samp_draw_topk(const float* __restrict__ row, int vocab, int top_k,
-                                              float inv_t, float top_p, float min_p, float u) {
-    __shared__ float c_val[SAMP_CAND];
-    __shared__ u32 c_idx[SAMP_CAND];
+// The draw's end with top-k: c_val / c_idx hold the k best candidates
+// (logits and token ids) in rank order, as samp_select_topk leaves them.
+__device__ __forceinline__ u32 samp_draw_topk_finish(const float* c_val, const u32* c_idx, u32 k,
+                                                     float inv_t, float top_p, float min_p,
+                                                     float u) {
     __shared__ u64 s_kfx[SAMP_CAND];
     __shared__ u64 s_tmp[32];
     __shared__ u32 s_cut, s_pick;
-    const u32 k = samp_select_topk(row, vocab, top_k, c_val, c_idx);
     if (k == 0u) return SAMP_NO_TOKEN;
     const float mx = c_val[0];
     if (!(mx > __int_as_float(0xff800000) && mx < __int_as_float(0x7f800000))) return SAMP_NO_TOKEN;
@@ -717,6 +721,14 @@ __device__ __forceinline__ u32 samp_draw_topk(const float* __restrict__ row, int
     const u32 pick = s_pick;
     __syncthreads();
     return pick;
+}
+
+__device__ __forceinline__ u32 samp_draw_topk(const float* __restrict__ row, int vocab, int top_k,
+                                              float inv_t, float top_p, float min_p, float u) {
+    __shared__ float c_val[SAMP_CAND];
+    __shared__ u32 c_idx[SAMP_CAND];
+    const u32 k = samp_select_topk(row, vocab, top_k, c_val, c_idx);
+    return samp_draw_topk_finish(c_val, c_idx, k, inv_t, top_p, min_p, u);
 }
 
 // One row's token: mode 0 the argmax, 1 the draw, 2 none (the row's
@@ -1023,13 +1035,110 @@ extern "C" __global__ void __launch_bounds__(SAMP_SPLIT_THREADS)
                                tickets);
 }
 
+// ------------------------------------------------------- split top-k draw
+// The draw with 0 < top_k < vocab (top-p and min-p allowed: llama.cpp's
+// defaults, the engine's) with many blocks per row: each block selects its
+// chunk's top_k by samp_select_topk (1024 threads) and stores them in rank
+// order at row list position b * top_k (NaN past the chunk's candidates),
+// then takes a ticket; the last block of the row selects the top_k of the
+// list the same way and finishes the draw as the single-row kernel. Any
+// token of the row's top_k is in its chunk's top_k, and in the list equal
+// logits stand in token order (rank order inside a chunk, chunks in
+// order), so the list's ties at the threshold keep the lowest token ids,
+// as the row's do: the same candidates in the same order, the same token.
+// Tickets are samp_argmax_split's (zero between launches).
+
+// Whether row parameters take the split top-k draw.
+__device__ __forceinline__ bool samp_split_topk_row(const u32* __restrict__ p, int vocab) {
+    return p[0] == 1u && p[2] > 0u && p[2] < (u32)vocab && p[2] <= (u32)SAMP_MAX_K;
+}
+
+template <bool EACH>
+__device__ __forceinline__ void samp_topk_split_impl(
+    const float* __restrict__ logits, const float* __restrict__ uniforms,
+    const u32* __restrict__ params, u32* __restrict__ out, int vocab, int chunk, int top_k,
+    float inv_t, float top_p, float min_p, float* __restrict__ cand_val,
+    u32* __restrict__ cand_idx, u32* __restrict__ tickets) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+    __shared__ float c_val[SAMP_CAND];
+    __shared__ u32 c_idx[SAMP_CAND];
+    __shared__ u32 s_last;
+    const int row = blockIdx.y;
+    float u;
+    if (EACH) {
+        const u32* p = params + (long long)row * SAMP_PARAM_WORDS;
+        if (!samp_split_topk_row(p, vocab)) return;
+        inv_t = __uint_as_float(p[1]);
+        top_k = (int)p[2];
+        top_p = __uint_as_float(p[3]);
+        min_p = __uint_as_float(p[4]);
+        u = __uint_as_float(p[5]);
+    } else {
+        u = uniforms[row];
+    }
+    const int n_blocks = gridDim.x;
+    const int begin = blockIdx.x * chunk;
+    const int end = min(vocab, begin + chunk);
+    const float* r = logits + (long long)row * vocab;
+    const long long list0 = (long long)row * n_blocks * top_k;
+    const u32 n = samp_select_topk(r + begin, end - begin, top_k, c_val, c_idx);
+    const long long at = list0 + (long long)blockIdx.x * top_k;
+    for (int j = threadIdx.x; j < top_k; j += blockDim.x) {
+        cand_val[at + j] = (u32)j < n ? c_val[j] : __int_as_float(0x7fc00000);
+        cand_idx[at + j] = (u32)j < n ? (u32)begin + c_idx[j] : SAMP_NO_TOKEN;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();  // the candidates are in before the ticket
+        s_last = atomicAdd(tickets + row, 1u) == (u32)(n_blocks - 1) ? 1u : 0u;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    // The last block: the row's top_k among the chunks' (list positions),
+    // then their token ids.
+    const u32 k = samp_select_topk(cand_val + list0, n_blocks * top_k, top_k, c_val, c_idx);
+    for (u32 j = threadIdx.x; j < k; j += blockDim.x) c_idx[j] = __ldcg(cand_idx + list0 + c_idx[j]);
+    __syncthreads();
+    const u32 pick = samp_draw_topk_finish(c_val, c_idx, k, inv_t, top_p, min_p, u);
+    if (threadIdx.x == 0) {
+        out[row] = pick;
+        tickets[row] = 0u;  // ready for the next launch
+    }
+}
+
+// Every row drawn with the same parameters (0 < top_k < vocab) and its own
+// uniform.
+extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
+    samp_draw_topk_split(const float* __restrict__ logits, const float* __restrict__ uniforms,
+                         u32* __restrict__ out, int vocab, int chunk, int top_k, float inv_t,
+                         float top_p, float min_p, float* __restrict__ cand_val,
+                         u32* __restrict__ cand_idx, u32* __restrict__ tickets) {
+    samp_topk_split_impl<false>(logits, uniforms, nullptr, out, vocab, chunk, top_k, inv_t, top_p,
+                                min_p, cand_val, cand_idx, tickets);
+}
+
+// Each row by its own parameters: the rows samp_split_topk_row takes.
+extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
+    samp_draw_topk_split_rows(const float* __restrict__ logits, const u32* __restrict__ params,
+                              u32* __restrict__ out, int vocab, int chunk,
+                              float* __restrict__ cand_val, u32* __restrict__ cand_idx,
+                              u32* __restrict__ tickets) {
+    samp_topk_split_impl<true>(logits, nullptr, params, out, vocab, chunk, 0, 0.0f, 0.0f, 0.0f,
+                               cand_val, cand_idx, tickets);
+}
+
 // samp_draw_rows for the rows the split kernels did not finish: argmax rows
-// (samp_argmax_split's token stands) and split draws are left as they are.
+// (samp_argmax_split's token stands), split draws and split top-k draws are
+// left as they are.
 extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
     samp_draw_rows_rest(const float* __restrict__ logits, const u32* __restrict__ params,
                         u32* __restrict__ out, int vocab) {
     const u32* p = params + (long long)blockIdx.x * SAMP_PARAM_WORDS;
-    if (p[0] == 0u || samp_split_draw_row(p)) return;
+    if (p[0] == 0u || samp_split_draw_row(p) || samp_split_topk_row(p, vocab)) return;
     const float* row = logits + (long long)blockIdx.x * vocab;
     samp_row(row, vocab, p[0], __uint_as_float(p[1]), (int)p[2], __uint_as_float(p[3]),
              __uint_as_float(p[4]), __uint_as_float(p[5]), out + blockIdx.x);

@@ -138,20 +138,25 @@ pub struct ArgmaxWorkspace {
     best: CudaSlice<u64>,
     tickets: CudaSlice<u32>,
     block_sums: CudaSlice<u64>,
+    /// The split top-k draw's candidates: per row and block, top_k logits
+    /// and their token ids.
+    cand_val: CudaSlice<f32>,
+    cand_idx: CudaSlice<u32>,
     rows: usize,
 }
 
 impl ArgmaxWorkspace {
     pub fn new(dev: &CudaDevice, rows: usize) -> Result<Self> {
+        // The split grids: at most max(rows, SPLIT_BLOCKS_PER_SM x SMs)
+        // blocks over all rows (split_config; the top-k grid has fewer).
+        let blocks = rows.max(SPLIT_BLOCKS_PER_SM * dev.sm_count()).max(1);
+        let cands = mul("split top-k candidates", blocks, MAX_TOP_K)?;
         Ok(Self {
             best: dev.alloc_zeros("argmax keys", rows)?,
             tickets: dev.alloc_zeros("argmax tickets", rows)?,
-            // split_config's grid: at most max(rows, SPLIT_BLOCKS_PER_SM x
-            // SMs) blocks over all rows.
-            block_sums: dev.alloc_zeros(
-                "split draw sums",
-                rows.max(SPLIT_BLOCKS_PER_SM * dev.sm_count()).max(1),
-            )?,
+            block_sums: dev.alloc_zeros("split draw sums", blocks)?,
+            cand_val: dev.alloc_zeros("split top-k logits", cands)?,
+            cand_idx: dev.alloc_zeros("split top-k token ids", cands)?,
             rows,
         })
     }
@@ -411,9 +416,11 @@ fn split_draw(top_k: i32, top_p: f32) -> bool {
 /// [`sample_rows`] through `ws`: greedy rows by [`argmax_rows_ws`]; draws
 /// without top-k and top-p (the OpenAI defaults, min-p allowed) by the
 /// split argmax and then a split draw (many blocks per row: a 262k-token
-/// row in a few microseconds instead of the single-row kernel's 83-167,
-/// docs/CUDA.md change 87); the other draws by [`sample_rows`]'s
-/// single-row kernel. The same tokens as [`sample_rows`], bit for bit.
+/// row in ~11 us instead of the single-row kernel's 114, docs/CUDA.md
+/// change 87); draws with top-k (top-p and min-p allowed: the engine's
+/// defaults) by the split top-k draw; draws with top-p alone by
+/// [`sample_rows`]'s single-row kernel. The same tokens as
+/// [`sample_rows`], bit for bit.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_rows_ws(
     dev: &CudaDevice,
@@ -429,10 +436,22 @@ pub fn sample_rows_ws(
     let Some((k, inv_t)) = check_sampling(params, vocab)? else {
         return argmax_rows_ws(dev, logits, rows, vocab, ws, out);
     };
+    check_len("sample_rows_ws uniforms", uniforms.len(), rows)?;
+    if k > 0 {
+        return topk_split(
+            dev,
+            logits,
+            rows,
+            vocab,
+            Some((k, inv_t, params, uniforms)),
+            None,
+            ws,
+            out,
+        );
+    }
     if !split_draw(k, params.top_p) {
         return sample_rows(dev, logits, rows, vocab, params, uniforms, out);
     }
-    check_len("sample_rows_ws uniforms", uniforms.len(), rows)?;
     argmax_rows_ws(dev, logits, rows, vocab, ws, out)?;
     let Some((cfg, chunk_i)) = split_draw_config(dev, "sample_rows_ws", rows, vocab, ws)? else {
         return Ok(());
@@ -461,10 +480,11 @@ pub fn sample_rows_ws(
 }
 
 /// [`sample_rows_each`] through `ws`: the split argmax for every row, the
-/// split draw for the draws [`sample_rows_ws`] takes it for, then the
-/// single-row kernel for the other draws and the rows of no token (three
-/// launches whatever the rows' choices, so that a captured graph serves
-/// every step). The same tokens as [`sample_rows_each`].
+/// split draw and the split top-k draw for the draws [`sample_rows_ws`]
+/// takes them for, then the single-row kernel for the other draws and the
+/// rows of no token (four launches whatever the rows' choices, so that a
+/// captured graph serves every step). The same tokens as
+/// [`sample_rows_each`].
 pub fn sample_rows_each_ws(
     dev: &CudaDevice,
     logits: &CudaSlice<f32>,
@@ -501,6 +521,7 @@ pub fn sample_rows_each_ws(
     // block sums and tickets as in sample_rows_ws; it waits on the split
     // argmax before reading anything.
     unsafe { b.launch_pdl(cfg) }?;
+    topk_split(dev, logits, rows, vocab, None, Some(params), ws, out)?;
     let func = dev.function(MODULE, SOURCE, "samp_draw_rows_rest", 0)?;
     let mut b = dev.stream().launch_builder(&func);
     b.arg(logits).arg(params).arg(out).arg(&vocab_i);
@@ -510,6 +531,87 @@ pub fn sample_rows_each_ws(
     unsafe { b.launch(row_config(rows)) }
         .map_err(|e| driver_err("launch samp_draw_rows_rest", e))?;
     Ok(())
+}
+
+/// Blocks of the split top-k draw per SM at most, over all rows (1024
+/// threads each, samp_select_topk's scans: two fill an SM).
+const TOPK_SPLIT_BLOCKS_PER_SM: usize = 2;
+
+/// The split top-k draw (docs/CUDA.md change 87 (b)): every row with the
+/// same `(top_k > 0, 1/temperature, params, uniforms)`, or each row by its
+/// words in `row_params` (rows of other choices left alone). Blocks of
+/// 1024 threads, one chunk of at least [`SPLIT_CHUNK`] logits each.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn topk_split(
+    dev: &CudaDevice,
+    logits: &CudaSlice<f32>,
+    rows: usize,
+    vocab: usize,
+    same: Option<(i32, f32, &DeviceSampling, &CudaSlice<f32>)>,
+    row_params: Option<&CudaSlice<u32>>,
+    ws: &mut ArgmaxWorkspace,
+    out: &mut CudaSlice<u32>,
+) -> Result<()> {
+    let what = "split top-k draw";
+    if rows == 0 {
+        return Ok(());
+    }
+    if rows > ws.rows || rows > 65_535 {
+        return Err(CudaError::Shape(format!(
+            "{what}: {rows} rows in a workspace for {} (grid limit 65535)",
+            ws.rows
+        )));
+    }
+    let per_row_cap = (TOPK_SPLIT_BLOCKS_PER_SM * dev.sm_count() / rows).max(1);
+    let blocks = vocab.div_ceil(SPLIT_CHUNK).min(per_row_cap).max(1);
+    let chunk = vocab.div_ceil(blocks);
+    let chunk_i = to_i32(&format!("{what} chunk"), chunk)?;
+    let cands = mul(what, mul(what, rows, blocks)?, MAX_TOP_K)?;
+    check_len(&format!("{what} candidates"), ws.cand_val.len(), cands)?;
+    check_len(&format!("{what} candidates"), ws.cand_idx.len(), cands)?;
+    let cfg = LaunchConfig {
+        grid_dim: (blocks as u32, rows as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let vocab_i = vocab as i32;
+    let name = if same.is_some() {
+        "samp_draw_topk_split"
+    } else {
+        "samp_draw_topk_split_rows"
+    };
+    let func = dev.function(MODULE, SOURCE, name, 0)?;
+    let mut b = KernelLaunch::new(dev, &func, name);
+    match (same, row_params) {
+        (Some((k, inv_t, p, uniforms)), _) => {
+            b.arg(logits)
+                .arg(uniforms)
+                .arg(out)
+                .arg(&vocab_i)
+                .arg(&chunk_i)
+                .arg(&k)
+                .arg(&inv_t)
+                .arg(&p.top_p)
+                .arg(&p.min_p);
+        }
+        (None, Some(params)) => {
+            b.arg(logits)
+                .arg(params)
+                .arg(out)
+                .arg(&vocab_i)
+                .arg(&chunk_i);
+        }
+        (None, None) => return Err(CudaError::Shape(format!("{what}: no parameters"))),
+    }
+    b.arg(&ws.cand_val).arg(&ws.cand_idx).arg(&ws.tickets);
+    // SAFETY: argument order and types match samp_draw_topk_split /
+    // samp_draw_topk_split_rows; logits hold rows*vocab values, out (and
+    // uniforms or rows*SAMP_PARAM_WORDS params: the callers checked them)
+    // rows; 0 < top_k <= SAMP_MAX_K (check_sampling, or the kernel's own
+    // test of each row's words), so the candidates need rows * blocks *
+    // MAX_TOP_K entries at most (checked above); the tickets are zero
+    // between launches; it waits on its predecessor before reading.
+    unsafe { b.launch_pdl(cfg) }
 }
 
 /// The split draw's grid: the split argmax's ([`split_config`]), checked
