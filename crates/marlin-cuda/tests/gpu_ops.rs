@@ -1393,6 +1393,8 @@ fn split_draw_matches_the_cpu_sampler_exactly() {
             params(1.0, 256.min(vocab - 1), 1.0, 0.05),
             params(2.0, 3, 1.0, 0.0),
             params(1.0, 0, 0.5, 0.0),
+            params(0.7, 0, 0.9, 0.05),
+            params(2.0, 0, 0.999, 0.0),
         ] {
             let mut logits = rand_vec(&mut r, rows * vocab, -8.0, 8.0);
             for (i, row) in logits.chunks_mut(vocab).enumerate() {
@@ -1435,14 +1437,23 @@ fn split_draw_matches_the_cpu_sampler_exactly() {
             }
         }
     }
-    // Thousands of ties (integer logits) at the top-k threshold: the
-    // ordered gathers of both selections.
+    // Thousands of ties (integer logits) at the top-k threshold (the
+    // ordered gathers of both selections) and in the top-p cut bin (more
+    // than 2048 tokens: the single-row kernel); hundreds (64 values): the
+    // split top-p draw's sort of the cut bin.
     let (rows, vocab) = (4, 32_000);
-    let logits: Vec<f32> = (0..rows * vocab)
-        .map(|_| r.gen_range(0..8) as f32)
-        .collect();
     let mut ws = ops::ArgmaxWorkspace::new(&dev, rows).unwrap();
-    for p in [params(1.0, 40, 1.0, 0.0), params(0.9, 256, 0.8, 0.0)] {
+    for (values, p) in [
+        (8, params(1.0, 40, 1.0, 0.0)),
+        (8, params(0.9, 256, 0.8, 0.0)),
+        (8, params(1.0, 0, 0.3, 0.0)),
+        (8, params(0.5, 0, 0.7, 0.0)),
+        (64, params(1.0, 0, 0.6, 0.0)),
+        (64, params(3.0, 0, 0.95, 0.01)),
+    ] {
+        let logits: Vec<f32> = (0..rows * vocab)
+            .map(|_| r.gen_range(0..values) as f32 * 0.25)
+            .collect();
         let uniforms = rand_vec(&mut r, rows, 0.0, 1.0);
         let mut out = up(&dev, &vec![0u32; rows]);
         let (ld, ud) = (up(&dev, &logits), up(&dev, &uniforms));
@@ -1457,7 +1468,7 @@ fn split_draw_matches_the_cpu_sampler_exactly() {
             checked += 1;
         }
     }
-    // Each row its own choice, through the four launches.
+    // Each row its own choice, through the six launches.
     let (rows, vocab) = (7, 150_000);
     let logits = rand_vec(&mut r, rows * vocab, -6.0, 6.0);
     let choices = [
@@ -1646,11 +1657,18 @@ fn bench_decode_attention() {
             )
             .unwrap()
         });
+        let nucleus_split = time_us(&dev, 20, || {
+            let p = draw(0.7, 0, 0.9);
+            ops::sample_rows_ws(
+                &dev, &logits, batch, vocab, &p, &uniforms, &mut ws, &mut out,
+            )
+            .unwrap()
+        });
         println!(
             "BENCH sampling vocab {vocab} batch {batch:>2}: argmax {greedy:7.1} us \
              (split {split:5.1} us), top-k 40 / top-p 0.95 {top_k:7.1} us (split \
              {top_k_split:5.1} us), T 1 {t1:7.1} us (split {t1_split:5.1} us), \
-             T 0.7 / top-p 0.9 {nucleus:7.1} us"
+             T 0.7 / top-p 0.9 {nucleus:7.1} us (split {nucleus_split:5.1} us)"
         );
     }
 }

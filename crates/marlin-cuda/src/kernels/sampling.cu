@@ -1,12 +1,18 @@
-// On-device token selection from f32 logits (rows, vocab), one block of
-// 1024 threads per row (src/ops/sampling.rs).
+// On-device token selection from f32 logits (rows, vocab)
+// (src/ops/sampling.rs).
 //
 // - samp_argmax: largest logit, lowest index on ties, NaN never chosen; a
-//   row of NaN only gives 0xffffffff.
+//   row of NaN only gives 0xffffffff. One block of 1024 threads per row.
 // - samp_draw / samp_draw_rows: the CPU sampler's temperature draw, bit for
 //   bit (see "temperature draw" below), with the same parameters for every
 //   row or each row's own (the serving pass's mix of greedy and sampled
-//   requests).
+//   requests). One block of 1024 threads per row.
+// - The split forms, many blocks per row (a row's tickets and partial
+//   results in global memory, the last block of the row finishing):
+//   samp_argmax_split, then samp_draw_split (no top-k, no top-p cut),
+//   samp_draw_topk_split (top-k) or samp_draw_topp_split_a / _b (a top-p
+//   cut), each with a per-row (`_rows`) entry; the same tokens as the
+//   single-row kernels (docs/CUDA.md change 87).
 //
 // Self-contained (no #include) so that NVRTC needs no header search path.
 
@@ -909,6 +915,33 @@ extern "C" __global__ void __launch_bounds__(SAMP_SPLIT_THREADS)
 // zero between launches). Launched with programmatic dependent launch:
 // trigger first, wait before reading anything.
 
+// The chunk of [0, n_blocks) whose running value (block order) crosses r,
+// and r minus the values before it (every thread gets both); `value(b)`.
+template <class V>
+__device__ __forceinline__ u32 samp_crossing_block(int n_blocks, u64 r, V value, u64& r_in,
+                                                   u64* tmp) {
+    __shared__ u32 s_block;
+    __shared__ u64 s_rc;
+    if (threadIdx.x == 0) s_block = SAMP_NO_TOKEN;
+    u64 run = 0ull;
+    for (int b0 = 0; b0 < n_blocks; b0 += blockDim.x) {
+        const int b = b0 + threadIdx.x;
+        const u64 v = b < n_blocks ? value(b) : 0ull;
+        const u64 incl = samp_block_scan(v, tmp);
+        const u64 excl = run + incl - v;
+        if (excl <= r && r < excl + v) {
+            s_block = (u32)b;
+            s_rc = r - excl;
+        }
+        run += samp_block_sum64(v, tmp);  // ends with a barrier: s_block is in
+        if (s_block != SAMP_NO_TOKEN) break;
+    }
+    const u32 c = s_block;
+    r_in = s_rc;
+    __syncthreads();
+    return c;
+}
+
 // Whether row parameters (SAMP_PARAM_WORDS) take the split draw: a draw
 // (mode 1) with top-k off and no top-p cut.
 __device__ __forceinline__ bool samp_split_draw_row(const u32* __restrict__ p) {
@@ -928,8 +961,7 @@ __device__ __forceinline__ void samp_draw_split_impl(const float* __restrict__ l
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
     __shared__ u64 s_tmp[32];
-    __shared__ u32 s_last, s_block;
-    __shared__ u64 s_rc;
+    __shared__ u32 s_last;
     const int row = blockIdx.y;
     float u;
     if (EACH) {
@@ -986,27 +1018,14 @@ __device__ __forceinline__ void samp_draw_split_impl(const float* __restrict__ l
     u64 mine = 0ull;
     for (int b = threadIdx.x; b < n_blocks; b += blockDim.x) mine += __ldcg(row_sums + b);
     const u64 total = samp_block_sum64(mine, s_tmp);
-    const u64 target = samp_fx_scale(u, total);
-    if (threadIdx.x == 0) s_block = SAMP_NO_TOKEN;
-    u64 run = 0ull;
-    for (int b0 = 0; b0 < n_blocks; b0 += blockDim.x) {
-        const int b = b0 + threadIdx.x;
-        const u64 v = b < n_blocks ? __ldcg(row_sums + b) : 0ull;
-        const u64 incl = samp_block_scan(v, s_tmp);
-        const u64 excl = run + incl - v;
-        if (excl <= target && target < excl + v) {
-            s_block = (u32)b;
-            s_rc = target - excl;
-        }
-        run += samp_block_sum64(v, s_tmp);  // ends with a barrier: s_block is in
-        if (s_block != SAMP_NO_TOKEN) break;
-    }
-    const u32 c = s_block;
+    u64 rc = 0ull;
+    const u32 c = samp_crossing_block(
+        n_blocks, samp_fx_scale(u, total), [&](int b) { return __ldcg(row_sums + b); }, rc, s_tmp);
     u32 pick = SAMP_NO_TOKEN;
     if (c != SAMP_NO_TOKEN) {
         const int c_begin = (int)c * chunk;
         pick = samp_draw_in_index_order(
-            r, c_begin, min(vocab, c_begin + chunk), mx, inv_t, s_rc,
+            r, c_begin, min(vocab, c_begin + chunk), mx, inv_t, rc,
             [&](int, float, float w) { return kept(w); }, s_tmp);
     }
     if (threadIdx.x == 0) {
@@ -1131,14 +1150,384 @@ extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
                                cand_val, cand_idx, tickets);
 }
 
+// ------------------------------------------------------- split top-p draw
+// The draw with a top-p cut and no top-k with many blocks per row, in two
+// launches after samp_argmax_split (the row's max is its argmax's logit):
+// (a) each block adds its chunk's weights (all, and kept by min-p) and the
+//     kept mass and count of each linear bin (samp_lin_bin, as the
+//     single-row kernel) into the row's global histogram, then takes a
+//     ticket; the last block finds the target and, when the kept weight
+//     reaches it, the cut bin and what is needed inside it (the state
+//     below), else draws at once as the split draw does;
+// (b) each block gathers its chunk's tokens of the cut bin into the row's
+//     candidate list and sums the kept weight of its tokens in earlier
+//     bins; the last block sorts the candidates (logit desc, index asc),
+//     finds the cut token, adds each chunk's share of the bin's kept
+//     tokens to its sum, finds the chunk whose running kept weight crosses
+//     r and scans it.
+// Integer sums throughout: the same token as the single-row kernel. A cut
+// bin of more than SAMP_LIN_CAND tokens (heavy ties) is left to the
+// single-row kernel (flag FALLBACK). The histogram is zeroed and the slot
+// counter reset by the launch that used them; tickets are
+// samp_argmax_split's.
+#define SAMP_TOPP_CUT 0u       // (a) set the cut: (b) draws the row
+#define SAMP_TOPP_DONE 1u      // drawn (or no token) in (a)
+#define SAMP_TOPP_FALLBACK 2u  // the single-row kernel draws the row
+// Row state: u32 words flag, cut bin, tokens in it, candidate slot counter;
+// u64 words target, need.
+#define SAMP_TOPP_WORDS 4
+
+// Whether row parameters take the split top-p draw.
+__device__ __forceinline__ bool samp_split_topp_row(const u32* __restrict__ p) {
+    return p[0] == 1u && p[2] == 0u && __uint_as_float(p[3]) < 1.0f;
+}
+
+struct SampDrawParams {
+    float inv_t, top_p, min_p, u;
+};
+
+// This row's draw parameters, or false when the row is not a split top-p
+// draw (per-row words only).
+template <bool EACH>
+__device__ __forceinline__ bool samp_topp_params(const float* __restrict__ uniforms,
+                                                 const u32* __restrict__ params, int row,
+                                                 SampDrawParams& dp) {
+    if (EACH) {
+        const u32* p = params + (long long)row * SAMP_PARAM_WORDS;
+        if (!samp_split_topp_row(p)) return false;
+        dp.inv_t = __uint_as_float(p[1]);
+        dp.top_p = __uint_as_float(p[3]);
+        dp.min_p = __uint_as_float(p[4]);
+        dp.u = __uint_as_float(p[5]);
+    } else {
+        dp.u = uniforms[row];
+    }
+    return true;
+}
+
+template <bool EACH>
+__device__ __forceinline__ void samp_topp_split_a_impl(
+    const float* __restrict__ logits, const float* __restrict__ uniforms,
+    const u32* __restrict__ params, u32* __restrict__ out, int vocab, int chunk,
+    SampDrawParams dp, u64* __restrict__ sums, u64* __restrict__ hist_mass,
+    u32* __restrict__ hist_count, u32* __restrict__ state, u64* __restrict__ state64,
+    u32* __restrict__ tickets) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+    __shared__ u64 s_mass[SAMP_LIN_BINS];
+    __shared__ u32 s_count[SAMP_LIN_BINS];
+    __shared__ u64 s_tmp[32];
+    __shared__ u32 s_last;
+    const int row = blockIdx.y;
+    if (!samp_topp_params<EACH>(uniforms, params, row, dp)) return;
+    u32* st = state + (long long)row * SAMP_TOPP_WORDS;
+    const u32 best = out[row];
+    const float* r = logits + (long long)row * vocab;
+    const float mx = best == SAMP_NO_TOKEN ? __int_as_float(0x7fc00000) : r[best];
+    if (!(mx > __int_as_float(0xff800000) && mx < __int_as_float(0x7f800000))) {
+        // No token (every block sees the same max): (b) and the fallback
+        // leave the row.
+        if (blockIdx.x == 0 && threadIdx.x == 0) {
+            out[row] = SAMP_NO_TOKEN;
+            st[0] = SAMP_TOPP_DONE;
+        }
+        return;
+    }
+    const bool use_min_p = dp.min_p > 0.0f;
+    auto kept0 = [&](float w) { return samp_fx(w) > 0ull && !(use_min_p && w < dp.min_p); };
+    for (int b = threadIdx.x; b < SAMP_LIN_BINS; b += blockDim.x) {
+        s_mass[b] = 0ull;
+        s_count[b] = 0u;
+    }
+    __syncthreads();
+    const int begin = blockIdx.x * chunk;
+    const int end = min(vocab, begin + chunk);
+    u64 z = 0ull, kz = 0ull;
+    for (int i = begin + threadIdx.x; i < end; i += blockDim.x) {
+        const float v = r[i];
+        const float w = samp_weight(v, mx, dp.inv_t);
+        const u64 f = samp_fx(w);
+        z += f;
+        if (kept0(w)) {
+            kz += f;
+            const u32 b = samp_lin_bin(v, mx, dp.inv_t);
+            atomicAdd(&s_mass[b], f);
+            atomicAdd(&s_count[b], 1u);
+        }
+    }
+    __syncthreads();
+    u64* hm = hist_mass + (long long)row * SAMP_LIN_BINS;
+    u32* hc = hist_count + (long long)row * SAMP_LIN_BINS;
+    for (int b = threadIdx.x; b < SAMP_LIN_BINS; b += blockDim.x) {
+        if (s_count[b] != 0u) {
+            atomicAdd(hm + b, s_mass[b]);
+            atomicAdd(hc + b, s_count[b]);
+        }
+    }
+    z = samp_block_sum64(z, s_tmp);
+    kz = samp_block_sum64(kz, s_tmp);
+    const int n_blocks = gridDim.x;
+    u64* row_sums = sums + 2ll * row * n_blocks;
+    if (threadIdx.x == 0) {
+        row_sums[2 * blockIdx.x] = z;
+        row_sums[2 * blockIdx.x + 1] = kz;
+        __threadfence();  // the sums and the histogram are in before the ticket
+        s_last = atomicAdd(tickets + row, 1u) == (u32)(n_blocks - 1) ? 1u : 0u;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    u64 mz = 0ull, mkz = 0ull;
+    for (int b = threadIdx.x; b < n_blocks; b += blockDim.x) {
+        mz += __ldcg(row_sums + 2 * b);
+        mkz += __ldcg(row_sums + 2 * b + 1);
+    }
+    z = samp_block_sum64(mz, s_tmp);
+    kz = samp_block_sum64(mkz, s_tmp);
+    const u64 target = max(samp_fx_scale(dp.top_p, z), 1ull);
+    if (kz < target) {
+        // No cut: the split draw's crossing chunk and scan.
+        u64 rc = 0ull;
+        const u32 c = samp_crossing_block(
+            n_blocks, samp_fx_scale(dp.u, kz), [&](int b) { return __ldcg(row_sums + 2 * b + 1); },
+            rc, s_tmp);
+        u32 pick = SAMP_NO_TOKEN;
+        if (c != SAMP_NO_TOKEN) {
+            const int c_begin = (int)c * chunk;
+            pick = samp_draw_in_index_order(
+                r, c_begin, min(vocab, c_begin + chunk), mx, dp.inv_t, rc,
+                [&](int, float, float w) { return kept0(w); }, s_tmp);
+        }
+        if (threadIdx.x == 0) {
+            out[row] = pick;
+            st[0] = SAMP_TOPP_DONE;
+        }
+    } else {
+        // The cut bin: bins in ascending order, two per thread.
+        __shared__ u32 s_bin, s_n_bin;
+        __shared__ u64 s_need;
+        for (int t0 = 0; 2 * t0 < SAMP_LIN_BINS; t0 += blockDim.x) {
+            const int t = t0 + threadIdx.x;
+            const u64 m0 = 2 * t < SAMP_LIN_BINS ? __ldcg(hm + 2 * t) : 0ull;
+            const u64 m1 = 2 * t + 1 < SAMP_LIN_BINS ? __ldcg(hm + 2 * t + 1) : 0ull;
+            __shared__ u64 s_run;
+            if (t0 == 0 && threadIdx.x == 0) s_run = 0ull;
+            __syncthreads();
+            const u64 incl = s_run + samp_block_scan(m0 + m1, s_tmp);
+            const u64 excl = incl - m0 - m1;
+            if (excl < target && excl + m0 >= target) {
+                s_bin = 2u * t;
+                s_need = target - excl;
+                s_n_bin = __ldcg(hc + 2 * t);
+            } else if (excl + m0 < target && incl >= target) {
+                s_bin = 2u * t + 1u;
+                s_need = target - excl - m0;
+                s_n_bin = __ldcg(hc + 2 * t + 1);
+            }
+            __syncthreads();
+            if (threadIdx.x == blockDim.x - 1) s_run = incl;
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) {
+            st[0] = s_n_bin <= SAMP_LIN_CAND ? SAMP_TOPP_CUT : SAMP_TOPP_FALLBACK;
+            st[1] = s_bin;
+            st[2] = s_n_bin;
+            st[3] = 0u;
+            state64[2 * row] = target;
+            state64[2 * row + 1] = s_need;
+        }
+    }
+    // The histogram is used: zero for the next launch.
+    for (int b = threadIdx.x; b < SAMP_LIN_BINS; b += blockDim.x) {
+        hm[b] = 0ull;
+        hc[b] = 0u;
+    }
+    if (threadIdx.x == 0) tickets[row] = 0u;
+}
+
+template <bool EACH>
+__device__ __forceinline__ void samp_topp_split_b_impl(
+    const float* __restrict__ logits, const float* __restrict__ uniforms,
+    const u32* __restrict__ params, u32* __restrict__ out, int vocab, int chunk,
+    SampDrawParams dp, u64* __restrict__ sums, float* __restrict__ cand_val,
+    u32* __restrict__ cand_idx, u32* __restrict__ state, const u64* __restrict__ state64,
+    u32* __restrict__ tickets) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+    __shared__ float c_val[SAMP_LIN_CAND];
+    __shared__ u32 c_idx[SAMP_LIN_CAND];
+    __shared__ u64 s_kb[SAMP_LIN_CAND];
+    __shared__ u64 s_tmp[32];
+    __shared__ u32 s_last, s_cut_pos;
+    const int row = blockIdx.y;
+    if (!samp_topp_params<EACH>(uniforms, params, row, dp)) return;
+    u32* st = state + (long long)row * SAMP_TOPP_WORDS;
+    if (st[0] != SAMP_TOPP_CUT) return;
+    const float* r = logits + (long long)row * vocab;
+    const float mx = r[out[row]];  // (a) left the argmax there
+    const u32 cut_bin = st[1];
+    const bool use_min_p = dp.min_p > 0.0f;
+    auto kept0 = [&](float w) { return samp_fx(w) > 0ull && !(use_min_p && w < dp.min_p); };
+    const int begin = blockIdx.x * chunk;
+    const int end = min(vocab, begin + chunk);
+    float* cv = cand_val + (long long)row * SAMP_LIN_CAND;
+    u32* ci = cand_idx + (long long)row * SAMP_LIN_CAND;
+    u64 below = 0ull;
+    for (int i = begin + threadIdx.x; i < end; i += blockDim.x) {
+        const float v = r[i];
+        const float w = samp_weight(v, mx, dp.inv_t);
+        if (!kept0(w)) continue;
+        const u32 b = samp_lin_bin(v, mx, dp.inv_t);
+        if (b < cut_bin) {
+            below += samp_fx(w);
+        } else if (b == cut_bin) {
+            const u32 slot = atomicAdd(st + 3, 1u);
+            if (slot < SAMP_LIN_CAND) {
+                cv[slot] = v;
+                ci[slot] = (u32)i;
+            }
+        }
+    }
+    below = samp_block_sum64(below, s_tmp);
+    const int n_blocks = gridDim.x;
+    u64* row_sums = sums + 2ll * row * n_blocks;
+    if (threadIdx.x == 0) {
+        row_sums[2 * blockIdx.x] = below;
+        __threadfence();  // the sum and the candidates are in before the ticket
+        s_last = atomicAdd(tickets + row, 1u) == (u32)(n_blocks - 1) ? 1u : 0u;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    const u32 n_bin = min(__ldcg(st + 3), (u32)SAMP_LIN_CAND);
+    for (u32 j = threadIdx.x; j < n_bin; j += blockDim.x) {
+        c_val[j] = __ldcg(cv + j);
+        c_idx[j] = __ldcg(ci + j);
+    }
+    __syncthreads();
+    u32 n_sort = 2u;
+    while (n_sort < n_bin) n_sort <<= 1;
+    samp_sort_desc(c_val, c_idx, n_bin, n_sort);
+    // The cut token: the first sorted one whose running weight reaches
+    // `need` (as the single-row kernel, 2 positions per thread per round).
+    const u64 target = __ldcg(state64 + 2 * row), need = __ldcg(state64 + 2 * row + 1);
+    if (threadIdx.x == 0) s_cut_pos = n_bin - 1u;
+    u64 run = 0ull, in_bin = 0ull;
+    for (u32 p0 = 0; p0 < n_bin; p0 += 2 * blockDim.x) {
+        const u32 q0 = p0 + 2u * threadIdx.x, q1 = q0 + 1u;
+        const u64 f0 = q0 < n_bin ? samp_fx(samp_weight(c_val[q0], mx, dp.inv_t)) : 0ull;
+        const u64 f1 = q1 < n_bin ? samp_fx(samp_weight(c_val[q1], mx, dp.inv_t)) : 0ull;
+        const u64 pin = run + samp_block_scan(f0 + f1, s_tmp);
+        const u64 pex = pin - f0 - f1;
+        if (q0 < n_bin && pex < need && pex + f0 >= need) s_cut_pos = q0;
+        else if (q1 < n_bin && pex + f0 < need && pin >= need) s_cut_pos = q1;
+        run += samp_block_sum64(f0 + f1, s_tmp);
+    }
+    const u32 cut_pos = s_cut_pos;
+    const float cut_val = c_val[cut_pos];
+    const u32 cut_idx = c_idx[cut_pos];
+    // Each chunk's kept weight: its earlier bins' plus its tokens of the
+    // bin through the cut.
+    for (int b = threadIdx.x; b < n_blocks; b += blockDim.x) s_kb[b] = __ldcg(row_sums + 2 * b);
+    __syncthreads();
+    for (u32 q = threadIdx.x; q <= cut_pos; q += blockDim.x) {
+        const u64 f = samp_fx(samp_weight(c_val[q], mx, dp.inv_t));
+        in_bin += f;
+        atomicAdd(&s_kb[c_idx[q] / (u32)chunk], f);
+    }
+    in_bin = samp_block_sum64(in_bin, s_tmp);
+    const u64 kept_total = target - need + in_bin;
+    u64 rc = 0ull;
+    const u32 c = samp_crossing_block(
+        n_blocks, samp_fx_scale(dp.u, kept_total), [&](int b) { return s_kb[b]; }, rc, s_tmp);
+    u32 pick = SAMP_NO_TOKEN;
+    if (c != SAMP_NO_TOKEN) {
+        const int c_begin = (int)c * chunk;
+        pick = samp_draw_in_index_order(
+            r, c_begin, min(vocab, c_begin + chunk), mx, dp.inv_t, rc,
+            [&](int i, float v, float w) {
+                if (!kept0(w)) return false;
+                const u32 b = samp_lin_bin(v, mx, dp.inv_t);
+                return b < cut_bin || (b == cut_bin && !samp_better(cut_val, cut_idx, v, (u32)i));
+            },
+            s_tmp);
+    }
+    if (threadIdx.x == 0) {
+        out[row] = pick;
+        st[3] = 0u;
+        tickets[row] = 0u;  // ready for the next launch
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
+    samp_draw_topp_split_a(const float* __restrict__ logits, const float* __restrict__ uniforms,
+                           u32* __restrict__ out, int vocab, int chunk, float inv_t, float top_p,
+                           float min_p, u64* __restrict__ sums, u64* __restrict__ hist_mass,
+                           u32* __restrict__ hist_count, u32* __restrict__ state,
+                           u64* __restrict__ state64, u32* __restrict__ tickets) {
+    samp_topp_split_a_impl<false>(logits, uniforms, nullptr, out, vocab, chunk,
+                                  SampDrawParams{inv_t, top_p, min_p, 0.0f}, sums, hist_mass,
+                                  hist_count, state, state64, tickets);
+}
+
+extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
+    samp_draw_topp_split_rows_a(const float* __restrict__ logits, const u32* __restrict__ params,
+                                u32* __restrict__ out, int vocab, int chunk,
+                                u64* __restrict__ sums, u64* __restrict__ hist_mass,
+                                u32* __restrict__ hist_count, u32* __restrict__ state,
+                                u64* __restrict__ state64, u32* __restrict__ tickets) {
+    samp_topp_split_a_impl<true>(logits, nullptr, params, out, vocab, chunk, SampDrawParams{},
+                                 sums, hist_mass, hist_count, state, state64, tickets);
+}
+
+extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
+    samp_draw_topp_split_b(const float* __restrict__ logits, const float* __restrict__ uniforms,
+                           u32* __restrict__ out, int vocab, int chunk, float inv_t, float top_p,
+                           float min_p, u64* __restrict__ sums, float* __restrict__ cand_val,
+                           u32* __restrict__ cand_idx, u32* __restrict__ state,
+                           const u64* __restrict__ state64, u32* __restrict__ tickets) {
+    samp_topp_split_b_impl<false>(logits, uniforms, nullptr, out, vocab, chunk,
+                                  SampDrawParams{inv_t, top_p, min_p, 0.0f}, sums, cand_val,
+                                  cand_idx, state, state64, tickets);
+}
+
+extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
+    samp_draw_topp_split_rows_b(const float* __restrict__ logits, const u32* __restrict__ params,
+                                u32* __restrict__ out, int vocab, int chunk,
+                                u64* __restrict__ sums, float* __restrict__ cand_val,
+                                u32* __restrict__ cand_idx, u32* __restrict__ state,
+                                const u64* __restrict__ state64, u32* __restrict__ tickets) {
+    samp_topp_split_b_impl<true>(logits, nullptr, params, out, vocab, chunk, SampDrawParams{},
+                                 sums, cand_val, cand_idx, state, state64, tickets);
+}
+
+// The rows (a) left to the single-row kernel (heavy ties in the cut bin),
+// every row with the same parameters.
+extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
+    samp_draw_topp_fallback(const float* __restrict__ logits, const float* __restrict__ uniforms,
+                            u32* __restrict__ out, int vocab, float inv_t, float top_p,
+                            float min_p, const u32* __restrict__ state) {
+    if (state[(long long)blockIdx.x * SAMP_TOPP_WORDS] != SAMP_TOPP_FALLBACK) return;
+    const float* row = logits + (long long)blockIdx.x * vocab;
+    samp_row(row, vocab, 1u, inv_t, 0, top_p, min_p, uniforms[blockIdx.x], out + blockIdx.x);
+}
+
 // samp_draw_rows for the rows the split kernels did not finish: argmax rows
-// (samp_argmax_split's token stands), split draws and split top-k draws are
-// left as they are.
+// (samp_argmax_split's token stands), split draws, split top-k draws and
+// split top-p draws (but those (a) left to this kernel) are left as they
+// are.
 extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
     samp_draw_rows_rest(const float* __restrict__ logits, const u32* __restrict__ params,
-                        u32* __restrict__ out, int vocab) {
+                        u32* __restrict__ out, int vocab, const u32* __restrict__ state) {
     const u32* p = params + (long long)blockIdx.x * SAMP_PARAM_WORDS;
     if (p[0] == 0u || samp_split_draw_row(p) || samp_split_topk_row(p, vocab)) return;
+    if (samp_split_topp_row(p) &&
+        state[(long long)blockIdx.x * SAMP_TOPP_WORDS] != SAMP_TOPP_FALLBACK)
+        return;
     const float* row = logits + (long long)blockIdx.x * vocab;
     samp_row(row, vocab, p[0], __uint_as_float(p[1]), (int)p[2], __uint_as_float(p[3]),
              __uint_as_float(p[4]), __uint_as_float(p[5]), out + blockIdx.x);

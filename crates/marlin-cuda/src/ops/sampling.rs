@@ -138,10 +138,17 @@ pub struct ArgmaxWorkspace {
     best: CudaSlice<u64>,
     tickets: CudaSlice<u32>,
     block_sums: CudaSlice<u64>,
-    /// The split top-k draw's candidates: per row and block, top_k logits
-    /// and their token ids.
+    /// The split top-k draw's candidates (per row and block, top_k logits
+    /// and their token ids) and the split top-p draw's (per row, the cut
+    /// bin's tokens).
     cand_val: CudaSlice<f32>,
     cand_idx: CudaSlice<u32>,
+    /// The split top-p draw's per-row histogram (zero between launches)
+    /// and state (flag, cut bin, its tokens, slot counter; target, need).
+    hist_mass: CudaSlice<u64>,
+    hist_count: CudaSlice<u32>,
+    topp_state: CudaSlice<u32>,
+    topp_state64: CudaSlice<u64>,
     rows: usize,
 }
 
@@ -150,13 +157,18 @@ impl ArgmaxWorkspace {
         // The split grids: at most max(rows, SPLIT_BLOCKS_PER_SM x SMs)
         // blocks over all rows (split_config; the top-k grid has fewer).
         let blocks = rows.max(SPLIT_BLOCKS_PER_SM * dev.sm_count()).max(1);
-        let cands = mul("split top-k candidates", blocks, MAX_TOP_K)?;
+        let bins = mul("split top-p histogram", rows, LIN_BINS)?;
+        let cands = mul("split top-k candidates", blocks, MAX_TOP_K)?.max(bins);
         Ok(Self {
             best: dev.alloc_zeros("argmax keys", rows)?,
             tickets: dev.alloc_zeros("argmax tickets", rows)?,
-            block_sums: dev.alloc_zeros("split draw sums", blocks)?,
-            cand_val: dev.alloc_zeros("split top-k logits", cands)?,
-            cand_idx: dev.alloc_zeros("split top-k token ids", cands)?,
+            block_sums: dev.alloc_zeros("split draw sums", 2 * blocks)?,
+            cand_val: dev.alloc_zeros("split draw candidates", cands)?,
+            cand_idx: dev.alloc_zeros("split draw candidate ids", cands)?,
+            hist_mass: dev.alloc_zeros("split top-p histogram", bins)?,
+            hist_count: dev.alloc_zeros("split top-p counts", bins)?,
+            topp_state: dev.alloc_zeros("split top-p state", 4 * rows.max(1))?,
+            topp_state64: dev.alloc_zeros("split top-p targets", 2 * rows.max(1))?,
             rows,
         })
     }
@@ -418,8 +430,9 @@ fn split_draw(top_k: i32, top_p: f32) -> bool {
 /// split argmax and then a split draw (many blocks per row: a 262k-token
 /// row in ~11 us instead of the single-row kernel's 114, docs/CUDA.md
 /// change 87); draws with top-k (top-p and min-p allowed: the engine's
-/// defaults) by the split top-k draw; draws with top-p alone by
-/// [`sample_rows`]'s single-row kernel. The same tokens as
+/// defaults) by the split top-k draw; draws with top-p alone by the split
+/// argmax and the split top-p draw (a row whose cut bin holds more than
+/// 2048 tokens, heavy ties, by the single-row kernel). The same tokens as
 /// [`sample_rows`], bit for bit.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_rows_ws(
@@ -437,20 +450,31 @@ pub fn sample_rows_ws(
         return argmax_rows_ws(dev, logits, rows, vocab, ws, out);
     };
     check_len("sample_rows_ws uniforms", uniforms.len(), rows)?;
+    let same = Some((k, inv_t, params, uniforms));
     if k > 0 {
-        return topk_split(
-            dev,
-            logits,
-            rows,
-            vocab,
-            Some((k, inv_t, params, uniforms)),
-            None,
-            ws,
-            out,
-        );
+        return topk_split(dev, logits, rows, vocab, same, None, ws, out);
     }
     if !split_draw(k, params.top_p) {
-        return sample_rows(dev, logits, rows, vocab, params, uniforms, out);
+        argmax_rows_ws(dev, logits, rows, vocab, ws, out)?;
+        topp_split(dev, logits, rows, vocab, same, None, ws, out)?;
+        // The rows whose cut bin holds too many tokens (heavy ties).
+        let func = dev.function(MODULE, SOURCE, "samp_draw_topp_fallback", 0)?;
+        let vocab_i = vocab as i32;
+        let mut b = dev.stream().launch_builder(&func);
+        b.arg(logits)
+            .arg(uniforms)
+            .arg(&*out)
+            .arg(&vocab_i)
+            .arg(&inv_t)
+            .arg(&params.top_p)
+            .arg(&params.min_p)
+            .arg(&ws.topp_state);
+        // SAFETY: argument order and types match samp_draw_topp_fallback;
+        // logits hold rows*vocab values, uniforms and out rows, the state
+        // 4 words per row (rows <= ws.rows, checked by topp_split).
+        unsafe { b.launch(row_config(rows)) }
+            .map_err(|e| driver_err("launch samp_draw_topp_fallback", e))?;
+        return Ok(());
     }
     argmax_rows_ws(dev, logits, rows, vocab, ws, out)?;
     let Some((cfg, chunk_i)) = split_draw_config(dev, "sample_rows_ws", rows, vocab, ws)? else {
@@ -480,11 +504,11 @@ pub fn sample_rows_ws(
 }
 
 /// [`sample_rows_each`] through `ws`: the split argmax for every row, the
-/// split draw and the split top-k draw for the draws [`sample_rows_ws`]
-/// takes them for, then the single-row kernel for the other draws and the
-/// rows of no token (four launches whatever the rows' choices, so that a
-/// captured graph serves every step). The same tokens as
-/// [`sample_rows_each`].
+/// split draw, the split top-k draw and the split top-p draw for the draws
+/// [`sample_rows_ws`] takes them for, then the single-row kernel for the
+/// rows of no token and the top-p rows left to it (six launches whatever
+/// the rows' choices, so that a captured graph serves every step). The
+/// same tokens as [`sample_rows_each`].
 pub fn sample_rows_each_ws(
     dev: &CudaDevice,
     logits: &CudaSlice<f32>,
@@ -522,19 +546,25 @@ pub fn sample_rows_each_ws(
     // argmax before reading anything.
     unsafe { b.launch_pdl(cfg) }?;
     topk_split(dev, logits, rows, vocab, None, Some(params), ws, out)?;
+    topp_split(dev, logits, rows, vocab, None, Some(params), ws, out)?;
     let func = dev.function(MODULE, SOURCE, "samp_draw_rows_rest", 0)?;
     let mut b = dev.stream().launch_builder(&func);
-    b.arg(logits).arg(params).arg(out).arg(&vocab_i);
+    b.arg(logits)
+        .arg(params)
+        .arg(&*out)
+        .arg(&vocab_i)
+        .arg(&ws.topp_state);
     // SAFETY: argument order and types match samp_draw_rows_rest (those of
-    // samp_draw_rows); sizes checked above. A plain launch: it starts after
-    // the split draw has finished.
+    // samp_draw_rows, then the split top-p state: 4 words per row, rows <=
+    // ws.rows checked by split_config); sizes checked above. A plain
+    // launch: it starts after the split draws have finished.
     unsafe { b.launch(row_config(rows)) }
         .map_err(|e| driver_err("launch samp_draw_rows_rest", e))?;
     Ok(())
 }
 
-/// Blocks of the split top-k draw per SM at most, over all rows (1024
-/// threads each, samp_select_topk's scans: two fill an SM).
+/// Blocks of the split top-k and top-p draws per SM at most, over all rows
+/// (1024 threads each, for their 2048-bin scans: two fill an SM).
 const TOPK_SPLIT_BLOCKS_PER_SM: usize = 2;
 
 /// The split top-k draw (docs/CUDA.md change 87 (b)): every row with the
@@ -553,27 +583,13 @@ fn topk_split(
     out: &mut CudaSlice<u32>,
 ) -> Result<()> {
     let what = "split top-k draw";
-    if rows == 0 {
+    let Some((cfg, chunk_i)) = wide_split_config(dev, what, rows, vocab, ws)? else {
         return Ok(());
-    }
-    if rows > ws.rows || rows > 65_535 {
-        return Err(CudaError::Shape(format!(
-            "{what}: {rows} rows in a workspace for {} (grid limit 65535)",
-            ws.rows
-        )));
-    }
-    let per_row_cap = (TOPK_SPLIT_BLOCKS_PER_SM * dev.sm_count() / rows).max(1);
-    let blocks = vocab.div_ceil(SPLIT_CHUNK).min(per_row_cap).max(1);
-    let chunk = vocab.div_ceil(blocks);
-    let chunk_i = to_i32(&format!("{what} chunk"), chunk)?;
+    };
+    let blocks = cfg.grid_dim.0 as usize;
     let cands = mul(what, mul(what, rows, blocks)?, MAX_TOP_K)?;
     check_len(&format!("{what} candidates"), ws.cand_val.len(), cands)?;
     check_len(&format!("{what} candidates"), ws.cand_idx.len(), cands)?;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks as u32, rows as u32, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
     let vocab_i = vocab as i32;
     let name = if same.is_some() {
         "samp_draw_topk_split"
@@ -612,6 +628,122 @@ fn topk_split(
     // MAX_TOP_K entries at most (checked above); the tickets are zero
     // between launches; it waits on its predecessor before reading.
     unsafe { b.launch_pdl(cfg) }
+}
+
+/// Bins of the top-p cut (SAMP_LIN_BINS in the source; also the most
+/// tokens of the cut bin the split top-p draw sorts, SAMP_LIN_CAND).
+const LIN_BINS: usize = 2048;
+
+/// Grid of the split kernels of 1024 threads (the top-k and top-p draws):
+/// chunks of at least [`SPLIT_CHUNK`] logits, at most
+/// [`TOPK_SPLIT_BLOCKS_PER_SM`] blocks per SM over all rows; None for no
+/// rows. Checks the rows against the workspace and the grid.
+fn wide_split_config(
+    dev: &CudaDevice,
+    what: &str,
+    rows: usize,
+    vocab: usize,
+    ws: &ArgmaxWorkspace,
+) -> Result<Option<(LaunchConfig, i32)>> {
+    if rows == 0 {
+        return Ok(None);
+    }
+    if rows > ws.rows || rows > 65_535 {
+        return Err(CudaError::Shape(format!(
+            "{what}: {rows} rows in a workspace for {} (grid limit 65535)",
+            ws.rows
+        )));
+    }
+    let per_row_cap = (TOPK_SPLIT_BLOCKS_PER_SM * dev.sm_count() / rows).max(1);
+    let blocks = vocab.div_ceil(SPLIT_CHUNK).min(per_row_cap).max(1);
+    let chunk = vocab.div_ceil(blocks);
+    let chunk_i = to_i32(&format!("{what} chunk"), chunk)?;
+    Ok(Some((
+        LaunchConfig {
+            grid_dim: (blocks as u32, rows as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        },
+        chunk_i,
+    )))
+}
+
+/// The split top-p draw (docs/CUDA.md change 87 (c)), two launches after
+/// the split argmax: every row with the same `(top_k = 0, 1/temperature,
+/// params, uniforms)`, or each row by its words in `row_params` (rows of
+/// other choices left alone). Rows whose cut bin holds more than
+/// [`LIN_BINS`] tokens are flagged for the single-row kernel.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn topp_split(
+    dev: &CudaDevice,
+    logits: &CudaSlice<f32>,
+    rows: usize,
+    vocab: usize,
+    same: Option<(i32, f32, &DeviceSampling, &CudaSlice<f32>)>,
+    row_params: Option<&CudaSlice<u32>>,
+    ws: &mut ArgmaxWorkspace,
+    out: &mut CudaSlice<u32>,
+) -> Result<()> {
+    let what = "split top-p draw";
+    let Some((cfg, chunk_i)) = wide_split_config(dev, what, rows, vocab, ws)? else {
+        return Ok(());
+    };
+    let blocks = mul(what, cfg.grid_dim.0 as usize, rows)?;
+    check_len(&format!("{what} sums"), ws.block_sums.len(), 2 * blocks)?;
+    let bins = mul(what, rows, LIN_BINS)?;
+    check_len(&format!("{what} histogram"), ws.hist_mass.len(), bins)?;
+    check_len(&format!("{what} histogram"), ws.hist_count.len(), bins)?;
+    check_len(&format!("{what} candidates"), ws.cand_val.len(), bins)?;
+    check_len(&format!("{what} candidates"), ws.cand_idx.len(), bins)?;
+    check_len(&format!("{what} state"), ws.topp_state.len(), 4 * rows)?;
+    check_len(&format!("{what} state"), ws.topp_state64.len(), 2 * rows)?;
+    let vocab_i = vocab as i32;
+    for second in [false, true] {
+        let name = match (same.is_some(), second) {
+            (true, false) => "samp_draw_topp_split_a",
+            (true, true) => "samp_draw_topp_split_b",
+            (false, false) => "samp_draw_topp_split_rows_a",
+            (false, true) => "samp_draw_topp_split_rows_b",
+        };
+        let func = dev.function(MODULE, SOURCE, name, 0)?;
+        let mut b = KernelLaunch::new(dev, &func, name);
+        match (same, row_params) {
+            (Some((_, inv_t, p, uniforms)), _) => {
+                b.arg(logits)
+                    .arg(uniforms)
+                    .arg(&*out)
+                    .arg(&vocab_i)
+                    .arg(&chunk_i)
+                    .arg(&inv_t)
+                    .arg(&p.top_p)
+                    .arg(&p.min_p);
+            }
+            (None, Some(params)) => {
+                b.arg(logits)
+                    .arg(params)
+                    .arg(&*out)
+                    .arg(&vocab_i)
+                    .arg(&chunk_i);
+            }
+            (None, None) => return Err(CudaError::Shape(format!("{what}: no parameters"))),
+        }
+        b.arg(&ws.block_sums);
+        if second {
+            b.arg(&ws.cand_val).arg(&ws.cand_idx);
+        } else {
+            b.arg(&ws.hist_mass).arg(&ws.hist_count);
+        }
+        b.arg(&ws.topp_state).arg(&ws.topp_state64).arg(&ws.tickets);
+        // SAFETY: argument order and types match samp_draw_topp_split_{a,b}
+        // / samp_draw_topp_split_rows_{a,b}; logits hold rows*vocab values,
+        // out (and uniforms or rows*SAMP_PARAM_WORDS params: the callers
+        // checked them) rows; sums 2 per block, histogram and candidates
+        // LIN_BINS per row, state 4 + 2 words per row (checked above); the
+        // histogram, tickets and slot counters are zero between launches;
+        // each waits on its predecessor before reading.
+        unsafe { b.launch_pdl(cfg) }?;
+    }
+    Ok(())
 }
 
 /// The split draw's grid: the split argmax's ([`split_config`]), checked
