@@ -900,6 +900,10 @@ extern "C" __global__ void __launch_bounds__(SAMP_SPLIT_THREADS)
 }
 
 // ------------------------------------------------------- split draw
+// The split draws' entries with one parameter set for every row all start
+// (logits, uniforms, out, vocab, chunk, top_k, inv_t, top_p, min_p), and
+// those with each row's words (logits, params, out, vocab, chunk), so
+// that the host pushes them one way (src/ops/sampling.rs push_draw_args).
 // The dense draw without a top-p cut (top-k off, top-p 1: the OpenAI
 // default, with or without min-p) with many blocks per row, after
 // samp_argmax_split has written each row's argmax to `out` (its logit is
@@ -1038,8 +1042,9 @@ __device__ __forceinline__ void samp_draw_split_impl(const float* __restrict__ l
 // own uniform.
 extern "C" __global__ void __launch_bounds__(SAMP_SPLIT_THREADS)
     samp_draw_split(const float* __restrict__ logits, const float* __restrict__ uniforms,
-                    u32* __restrict__ out, int vocab, int chunk, float inv_t, float min_p,
-                    u64* __restrict__ sums, u32* __restrict__ tickets) {
+                    u32* __restrict__ out, int vocab, int chunk, int /* top_k: 0 */, float inv_t,
+                    float /* top_p: 1 */, float min_p, u64* __restrict__ sums,
+                    u32* __restrict__ tickets) {
     samp_draw_split_impl<false>(logits, uniforms, nullptr, out, vocab, chunk, inv_t, min_p, sums,
                                 tickets);
 }
@@ -1465,8 +1470,8 @@ __device__ __forceinline__ void samp_topp_split_b_impl(
 
 extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
     samp_draw_topp_split_a(const float* __restrict__ logits, const float* __restrict__ uniforms,
-                           u32* __restrict__ out, int vocab, int chunk, float inv_t, float top_p,
-                           float min_p, u64* __restrict__ sums, u64* __restrict__ hist_mass,
+                           u32* __restrict__ out, int vocab, int chunk, int /* top_k: 0 */,
+                           float inv_t, float top_p, float min_p, u64* __restrict__ sums, u64* __restrict__ hist_mass,
                            u32* __restrict__ hist_count, u32* __restrict__ state,
                            u64* __restrict__ state64, u32* __restrict__ tickets) {
     samp_topp_split_a_impl<false>(logits, uniforms, nullptr, out, vocab, chunk,
@@ -1486,8 +1491,8 @@ extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
 
 extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
     samp_draw_topp_split_b(const float* __restrict__ logits, const float* __restrict__ uniforms,
-                           u32* __restrict__ out, int vocab, int chunk, float inv_t, float top_p,
-                           float min_p, u64* __restrict__ sums, float* __restrict__ cand_val,
+                           u32* __restrict__ out, int vocab, int chunk, int /* top_k: 0 */,
+                           float inv_t, float top_p, float min_p, u64* __restrict__ sums, float* __restrict__ cand_val,
                            u32* __restrict__ cand_idx, u32* __restrict__ state,
                            const u64* __restrict__ state64, u32* __restrict__ tickets) {
     samp_topp_split_b_impl<false>(logits, uniforms, nullptr, out, vocab, chunk,

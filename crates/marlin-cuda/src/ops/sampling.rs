@@ -450,57 +450,41 @@ pub fn sample_rows_ws(
         return argmax_rows_ws(dev, logits, rows, vocab, ws, out);
     };
     check_len("sample_rows_ws uniforms", uniforms.len(), rows)?;
-    let same = Some((k, inv_t, params, uniforms));
-    if k > 0 {
-        return topk_split(dev, logits, rows, vocab, same, None, ws, out);
-    }
-    if !split_draw(k, params.top_p) {
-        argmax_rows_ws(dev, logits, rows, vocab, ws, out)?;
-        topp_split(dev, logits, rows, vocab, same, None, ws, out)?;
-        // The rows whose cut bin holds too many tokens (heavy ties).
-        let func = dev.function(MODULE, SOURCE, "samp_draw_topp_fallback", 0)?;
-        let vocab_i = vocab as i32;
-        let mut b = dev.stream().launch_builder(&func);
-        b.arg(logits)
-            .arg(uniforms)
-            .arg(&*out)
-            .arg(&vocab_i)
-            .arg(&inv_t)
-            .arg(&params.top_p)
-            .arg(&params.min_p)
-            .arg(&ws.topp_state);
-        // SAFETY: argument order and types match samp_draw_topp_fallback;
-        // logits hold rows*vocab values, uniforms and out rows, the state
-        // 4 words per row (rows <= ws.rows, checked by topp_split).
-        unsafe { b.launch(row_config(rows)) }
-            .map_err(|e| driver_err("launch samp_draw_topp_fallback", e))?;
+    if rows == 0 {
         return Ok(());
+    }
+    let draws = RowDraws::Same {
+        top_k: k,
+        inv_t,
+        params,
+        uniforms,
+    };
+    if k > 0 {
+        return topk_split(dev, logits, rows, vocab, draws, ws, out);
     }
     argmax_rows_ws(dev, logits, rows, vocab, ws, out)?;
-    let Some((cfg, chunk_i)) = split_draw_config(dev, "sample_rows_ws", rows, vocab, ws)? else {
-        return Ok(());
-    };
+    if split_draw(k, params.top_p) {
+        return draw_split(dev, logits, rows, vocab, draws, ws, out);
+    }
+    topp_split(dev, logits, rows, vocab, draws, ws, out)?;
+    // The rows whose cut bin holds too many tokens (heavy ties).
+    let func = dev.function(MODULE, SOURCE, "samp_draw_topp_fallback", 0)?;
     let vocab_i = vocab as i32;
-    let min_p = params.min_p;
-    let name = "samp_draw_split";
-    let func = dev.function(MODULE, SOURCE, name, 0)?;
-    let mut b = KernelLaunch::new(dev, &func, name);
+    let mut b = dev.stream().launch_builder(&func);
     b.arg(logits)
         .arg(uniforms)
-        .arg(out)
+        .arg(&*out)
         .arg(&vocab_i)
-        .arg(&chunk_i)
         .arg(&inv_t)
-        .arg(&min_p)
-        .arg(&ws.block_sums)
-        .arg(&ws.tickets);
-    // SAFETY: argument order and types match samp_draw_split; logits hold
-    // rows*vocab values, uniforms and out rows; the grid's blocks x rows
-    // fit the block sums and the rows the zeroed tickets
-    // (split_draw_config); every block reads only its row's chunk (and the
-    // crossing chunk in the last block), after waiting on its predecessor
-    // (the split argmax that wrote out).
-    unsafe { b.launch_pdl(cfg) }
+        .arg(&params.top_p)
+        .arg(&params.min_p)
+        .arg(&ws.topp_state);
+    // SAFETY: argument order and types match samp_draw_topp_fallback;
+    // logits hold rows*vocab values, uniforms and out rows, the state 4
+    // words per row (rows <= ws.rows, checked by topp_split).
+    unsafe { b.launch(row_config(rows)) }
+        .map_err(|e| driver_err("launch samp_draw_topp_fallback", e))?;
+    Ok(())
 }
 
 /// [`sample_rows_each`] through `ws`: the split argmax for every row, the
@@ -525,28 +509,15 @@ pub fn sample_rows_each_ws(
         params.len(),
         mul(what, rows, ROW_PARAM_WORDS)?,
     )?;
-    argmax_rows_ws(dev, logits, rows, vocab, ws, out)?;
-    let Some((cfg, chunk_i)) = split_draw_config(dev, what, rows, vocab, ws)? else {
+    if rows == 0 {
         return Ok(());
-    };
+    }
+    argmax_rows_ws(dev, logits, rows, vocab, ws, out)?;
+    let draws = RowDraws::Each(params);
+    draw_split(dev, logits, rows, vocab, draws, ws, out)?;
+    topk_split(dev, logits, rows, vocab, draws, ws, out)?;
+    topp_split(dev, logits, rows, vocab, draws, ws, out)?;
     let vocab_i = vocab as i32;
-    let name = "samp_draw_split_rows";
-    let func = dev.function(MODULE, SOURCE, name, 0)?;
-    let mut b = KernelLaunch::new(dev, &func, name);
-    b.arg(logits)
-        .arg(params)
-        .arg(out)
-        .arg(&vocab_i)
-        .arg(&chunk_i)
-        .arg(&ws.block_sums)
-        .arg(&ws.tickets);
-    // SAFETY: argument order and types match samp_draw_split_rows; logits
-    // hold rows*vocab values, params rows*SAMP_PARAM_WORDS words, out rows;
-    // block sums and tickets as in sample_rows_ws; it waits on the split
-    // argmax before reading anything.
-    unsafe { b.launch_pdl(cfg) }?;
-    topk_split(dev, logits, rows, vocab, None, Some(params), ws, out)?;
-    topp_split(dev, logits, rows, vocab, None, Some(params), ws, out)?;
     let func = dev.function(MODULE, SOURCE, "samp_draw_rows_rest", 0)?;
     let mut b = dev.stream().launch_builder(&func);
     b.arg(logits)
@@ -567,18 +538,108 @@ pub fn sample_rows_each_ws(
 /// (1024 threads each, for their 2048-bin scans: two fill an SM).
 const TOPK_SPLIT_BLOCKS_PER_SM: usize = 2;
 
-/// The split top-k draw (docs/CUDA.md change 87 (b)): every row with the
-/// same `(top_k > 0, 1/temperature, params, uniforms)`, or each row by its
-/// words in `row_params` (rows of other choices left alone). Blocks of
-/// 1024 threads, one chunk of at least [`SPLIT_CHUNK`] logits each.
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+/// Whose parameters a split draw launch takes.
+#[derive(Clone, Copy)]
+enum RowDraws<'a> {
+    /// Every row by the same parameters (`top_k` and `inv_t` as
+    /// [`check_sampling`] returns them) and its own uniform.
+    Same {
+        top_k: i32,
+        inv_t: f32,
+        params: &'a DeviceSampling,
+        uniforms: &'a CudaSlice<f32>,
+    },
+    /// Each row by its words ([`pack_row_choices`]); rows of other choices
+    /// are left alone.
+    Each(&'a CudaSlice<u32>),
+}
+
+impl RowDraws<'_> {
+    /// The kernel's entry: `same` or `each` (its `_rows` form).
+    fn entry(&self, same: &'static str, each: &'static str) -> &'static str {
+        match self {
+            RowDraws::Same { .. } => same,
+            RowDraws::Each(_) => each,
+        }
+    }
+}
+
+/// Pushes the leading parameters every split draw entry takes (see the
+/// "split draw" section of the source): (logits, uniforms, out, vocab,
+/// chunk, top_k, inv_t, top_p, min_p) or (logits, params, out, vocab,
+/// chunk).
+fn push_draw_args(
+    b: &mut KernelLaunch<'_>,
+    logits: &CudaSlice<f32>,
+    out: &CudaSlice<u32>,
+    (vocab, chunk): (i32, i32),
+    draws: RowDraws<'_>,
+) {
+    match draws {
+        RowDraws::Same {
+            top_k,
+            inv_t,
+            params,
+            uniforms,
+        } => {
+            b.arg(logits)
+                .arg(uniforms)
+                .arg(out)
+                .arg(&vocab)
+                .arg(&chunk)
+                .arg(&top_k)
+                .arg(&inv_t)
+                .arg(&params.top_p)
+                .arg(&params.min_p);
+        }
+        RowDraws::Each(params) => {
+            b.arg(logits).arg(params).arg(out).arg(&vocab).arg(&chunk);
+        }
+    }
+}
+
+/// The split draw without top-k and top-p (docs/CUDA.md change 87), after
+/// the split argmax wrote `out`: per-block kept weight sums, the last block
+/// of a row scans the crossing chunk.
+fn draw_split(
+    dev: &CudaDevice,
+    logits: &CudaSlice<f32>,
+    rows: usize,
+    vocab: usize,
+    draws: RowDraws<'_>,
+    ws: &mut ArgmaxWorkspace,
+    out: &mut CudaSlice<u32>,
+) -> Result<()> {
+    let what = "split draw";
+    let Some((cfg, chunk_i)) = split_config(dev, what, rows, vocab, ws)? else {
+        return Ok(());
+    };
+    let blocks = cfg.grid_dim.0 as usize * cfg.grid_dim.1 as usize;
+    check_len(&format!("{what} block sums"), ws.block_sums.len(), blocks)?;
+    let name = draws.entry("samp_draw_split", "samp_draw_split_rows");
+    let func = dev.function(MODULE, SOURCE, name, 0)?;
+    let mut b = KernelLaunch::new(dev, &func, name);
+    push_draw_args(&mut b, logits, out, (vocab as i32, chunk_i), draws);
+    b.arg(&ws.block_sums).arg(&ws.tickets);
+    // SAFETY: argument order and types match samp_draw_split /
+    // samp_draw_split_rows; logits hold rows*vocab values, out (and
+    // uniforms or rows*SAMP_PARAM_WORDS params: the callers checked them)
+    // rows; the grid's blocks x rows fit the block sums (checked above) and
+    // the rows the zeroed tickets (split_config); every block reads only
+    // its row's chunk (and the crossing chunk in the last block), after
+    // waiting on its predecessor (the split argmax that wrote out).
+    unsafe { b.launch_pdl(cfg) }
+}
+
+/// The split top-k draw (docs/CUDA.md change 87 (b)): blocks of 1024
+/// threads, one chunk of at least [`SPLIT_CHUNK`] logits each, the
+/// chunks' top-k, then the top-k of those.
 fn topk_split(
     dev: &CudaDevice,
     logits: &CudaSlice<f32>,
     rows: usize,
     vocab: usize,
-    same: Option<(i32, f32, &DeviceSampling, &CudaSlice<f32>)>,
-    row_params: Option<&CudaSlice<u32>>,
+    draws: RowDraws<'_>,
     ws: &mut ArgmaxWorkspace,
     out: &mut CudaSlice<u32>,
 ) -> Result<()> {
@@ -590,35 +651,10 @@ fn topk_split(
     let cands = mul(what, mul(what, rows, blocks)?, MAX_TOP_K)?;
     check_len(&format!("{what} candidates"), ws.cand_val.len(), cands)?;
     check_len(&format!("{what} candidates"), ws.cand_idx.len(), cands)?;
-    let vocab_i = vocab as i32;
-    let name = if same.is_some() {
-        "samp_draw_topk_split"
-    } else {
-        "samp_draw_topk_split_rows"
-    };
+    let name = draws.entry("samp_draw_topk_split", "samp_draw_topk_split_rows");
     let func = dev.function(MODULE, SOURCE, name, 0)?;
     let mut b = KernelLaunch::new(dev, &func, name);
-    match (same, row_params) {
-        (Some((k, inv_t, p, uniforms)), _) => {
-            b.arg(logits)
-                .arg(uniforms)
-                .arg(out)
-                .arg(&vocab_i)
-                .arg(&chunk_i)
-                .arg(&k)
-                .arg(&inv_t)
-                .arg(&p.top_p)
-                .arg(&p.min_p);
-        }
-        (None, Some(params)) => {
-            b.arg(logits)
-                .arg(params)
-                .arg(out)
-                .arg(&vocab_i)
-                .arg(&chunk_i);
-        }
-        (None, None) => return Err(CudaError::Shape(format!("{what}: no parameters"))),
-    }
+    push_draw_args(&mut b, logits, out, (vocab as i32, chunk_i), draws);
     b.arg(&ws.cand_val).arg(&ws.cand_idx).arg(&ws.tickets);
     // SAFETY: argument order and types match samp_draw_topk_split /
     // samp_draw_topk_split_rows; logits hold rows*vocab values, out (and
@@ -669,18 +705,14 @@ fn wide_split_config(
 }
 
 /// The split top-p draw (docs/CUDA.md change 87 (c)), two launches after
-/// the split argmax: every row with the same `(top_k = 0, 1/temperature,
-/// params, uniforms)`, or each row by its words in `row_params` (rows of
-/// other choices left alone). Rows whose cut bin holds more than
-/// [`LIN_BINS`] tokens are flagged for the single-row kernel.
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+/// the split argmax. Rows whose cut bin holds more than [`LIN_BINS`]
+/// tokens are flagged for the single-row kernel.
 fn topp_split(
     dev: &CudaDevice,
     logits: &CudaSlice<f32>,
     rows: usize,
     vocab: usize,
-    same: Option<(i32, f32, &DeviceSampling, &CudaSlice<f32>)>,
-    row_params: Option<&CudaSlice<u32>>,
+    draws: RowDraws<'_>,
     ws: &mut ArgmaxWorkspace,
     out: &mut CudaSlice<u32>,
 ) -> Result<()> {
@@ -697,36 +729,15 @@ fn topp_split(
     check_len(&format!("{what} candidates"), ws.cand_idx.len(), bins)?;
     check_len(&format!("{what} state"), ws.topp_state.len(), 4 * rows)?;
     check_len(&format!("{what} state"), ws.topp_state64.len(), 2 * rows)?;
-    let vocab_i = vocab as i32;
     for second in [false, true] {
-        let name = match (same.is_some(), second) {
-            (true, false) => "samp_draw_topp_split_a",
-            (true, true) => "samp_draw_topp_split_b",
-            (false, false) => "samp_draw_topp_split_rows_a",
-            (false, true) => "samp_draw_topp_split_rows_b",
+        let name = if second {
+            draws.entry("samp_draw_topp_split_b", "samp_draw_topp_split_rows_b")
+        } else {
+            draws.entry("samp_draw_topp_split_a", "samp_draw_topp_split_rows_a")
         };
         let func = dev.function(MODULE, SOURCE, name, 0)?;
         let mut b = KernelLaunch::new(dev, &func, name);
-        match (same, row_params) {
-            (Some((_, inv_t, p, uniforms)), _) => {
-                b.arg(logits)
-                    .arg(uniforms)
-                    .arg(&*out)
-                    .arg(&vocab_i)
-                    .arg(&chunk_i)
-                    .arg(&inv_t)
-                    .arg(&p.top_p)
-                    .arg(&p.min_p);
-            }
-            (None, Some(params)) => {
-                b.arg(logits)
-                    .arg(params)
-                    .arg(&*out)
-                    .arg(&vocab_i)
-                    .arg(&chunk_i);
-            }
-            (None, None) => return Err(CudaError::Shape(format!("{what}: no parameters"))),
-        }
+        push_draw_args(&mut b, logits, out, (vocab as i32, chunk_i), draws);
         b.arg(&ws.block_sums);
         if second {
             b.arg(&ws.cand_val).arg(&ws.cand_idx);
@@ -744,23 +755,6 @@ fn topp_split(
         unsafe { b.launch_pdl(cfg) }?;
     }
     Ok(())
-}
-
-/// The split draw's grid: the split argmax's ([`split_config`]), checked
-/// against the workspace's block sums.
-fn split_draw_config(
-    dev: &CudaDevice,
-    what: &str,
-    rows: usize,
-    vocab: usize,
-    ws: &ArgmaxWorkspace,
-) -> Result<Option<(LaunchConfig, i32)>> {
-    let Some((cfg, chunk_i)) = split_config(dev, what, rows, vocab, ws)? else {
-        return Ok(None);
-    };
-    let blocks = cfg.grid_dim.0 as usize * cfg.grid_dim.1 as usize;
-    check_len(&format!("{what} block sums"), ws.block_sums.len(), blocks)?;
-    Ok(Some((cfg, chunk_i)))
 }
 
 /// One token per row of `logits (rows, vocab)`, each row by its own choice:
