@@ -1468,6 +1468,46 @@ fn split_draw_matches_the_cpu_sampler_exactly() {
             checked += 1;
         }
     }
+    // Signed zeros tied at the top-k threshold and across the top-p cut
+    // (the CPU sampler and the device keys take -0 as +0, ties by index),
+    // spread over the chunks: single-row and split kernels.
+    let (rows, vocab) = (2, 40_000);
+    let mut logits = vec![f32::NEG_INFINITY; rows * vocab];
+    for row in logits.chunks_mut(vocab) {
+        for _ in 0..300 {
+            row[r.gen_range(0..vocab)] = if r.gen_bool(0.5) { -0.0 } else { 0.0 };
+        }
+        for _ in 0..10 {
+            row[r.gen_range(0..vocab)] = r.gen_range(0.5..2.0);
+        }
+    }
+    let mut ws = ops::ArgmaxWorkspace::new(&dev, rows).unwrap();
+    for p in [
+        params(1.0, 40, 1.0, 0.0),
+        params(1.0, 12, 0.9, 0.0),
+        params(1.0, 0, 0.97, 0.0),
+        params(1.0, 0, 1.0, 0.0),
+    ] {
+        let uniforms = rand_vec(&mut r, rows, 0.0, 1.0);
+        let (ld, ud) = (up(&dev, &logits), up(&dev, &uniforms));
+        let mut single = up(&dev, &vec![0u32; rows]);
+        let mut split = up(&dev, &vec![0u32; rows]);
+        ops::sample_rows(&dev, &ld, rows, vocab, &p, &ud, &mut single).unwrap();
+        ops::sample_rows_ws(&dev, &ld, rows, vocab, &p, &ud, &mut ws, &mut split).unwrap();
+        let (single, split) = (
+            dev.download(&single).unwrap(),
+            dev.download(&split).unwrap(),
+        );
+        for (i, row) in logits.chunks(vocab).enumerate() {
+            let want = host_draw(row, &p, uniforms[i]);
+            assert_eq!(
+                single[i], want,
+                "signed zeros, single-row kernel, row {i} {p:?}"
+            );
+            assert_eq!(split[i], want, "signed zeros, split, row {i} {p:?}");
+            checked += 1;
+        }
+    }
     // Each row its own choice, through the six launches.
     let (rows, vocab) = (7, 150_000);
     let logits = rand_vec(&mut r, rows * vocab, -6.0, 6.0);

@@ -118,11 +118,13 @@ extern "C" __global__ void __launch_bounds__(SAMP_THREADS)
     if (threadIdx.x == 0) out[blockIdx.x] = best;
 }
 
-// Order-preserving key of a float (larger float, larger key); NaN -> 0 and
-// is excluded by the callers.
+// Order-preserving key of a float (larger float, larger key; -0 is +0, as
+// the CPU sampler's rank order and float comparison take it, so that tied
+// signed zeros go by index); NaN -> 0 and is excluded by the callers.
 __device__ __forceinline__ u32 samp_key(float v) {
     if (v != v) return 0u;
-    const u32 b = __float_as_uint(v);
+    u32 b = __float_as_uint(v);
+    if ((b << 1) == 0u) b = 0u;  // -0 -> +0
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 

@@ -691,7 +691,13 @@ fn wide_split_config(
         )));
     }
     let per_row_cap = (TOPK_SPLIT_BLOCKS_PER_SM * dev.sm_count() / rows).max(1);
-    let blocks = vocab.div_ceil(SPLIT_CHUNK).min(per_row_cap).max(1);
+    // The top-p draw's last block keeps one sum per block of its row in a
+    // shared array of LIN_BINS entries.
+    let blocks = vocab
+        .div_ceil(SPLIT_CHUNK)
+        .min(per_row_cap)
+        .min(LIN_BINS)
+        .max(1);
     let chunk = vocab.div_ceil(blocks);
     let chunk_i = to_i32(&format!("{what} chunk"), chunk)?;
     Ok(Some((

@@ -274,9 +274,12 @@ fn walk(tokens: impl Iterator<Item = (u32, f32)>, r: u64) -> Option<u32> {
     None
 }
 
-/// (logit descending, id ascending) on (id, logit) pairs.
+/// (logit descending, id ascending) on (id, logit) pairs, -0 equal to +0
+/// (`+ 0.0` turns -0 into +0): the order every comparison of logits here
+/// keeps (the top-k heap's `l > worst`), and the devices' (the GPU's keys
+/// map -0 to +0), so ties of signed zeros go by id everywhere.
 fn rank_order(a: (u32, f32), b: (u32, f32)) -> std::cmp::Ordering {
-    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+    (b.1 + 0.0).total_cmp(&(a.1 + 0.0)).then(a.0.cmp(&b.0))
 }
 
 /// Reorders `m` ((id, weight) pairs) so that `m[..k]` are its first `k` in
@@ -684,6 +687,24 @@ mod tests {
                 let ids = |v: &[(u32, f32)]| v.iter().map(|x| x.0).collect::<Vec<_>>();
                 assert_eq!(ids(&got), ids(&want), "case {case} n {n} {p:?}");
             }
+        }
+    }
+
+    #[test]
+    fn signed_zeros_tie_and_go_by_id() {
+        // Top-2 of zeros of both signs: the lowest ids, whatever the signs
+        // (the heap and the sorting definition agree).
+        let mut nucleus = Nucleus::default();
+        let mut logits = vec![f32::NEG_INFINITY; 20];
+        for (i, z) in [(3, -0.0f32), (4, -0.0), (5, 0.0), (17, 0.0)] {
+            logits[i] = z;
+        }
+        for p in [params(1.0, 2, 1.0, 0.0), params(1.0, 3, 0.6, 0.0)] {
+            let got = nucleus.kept_by_id(&logits, &p).unwrap();
+            let want = reference_kept(&logits, &p);
+            let ids = |v: &[(u32, f32)]| v.iter().map(|x| x.0).collect::<Vec<_>>();
+            assert_eq!(ids(&got), ids(&want), "{p:?}");
+            assert_eq!(ids(&got)[..2], [3, 4], "{p:?}");
         }
     }
 
