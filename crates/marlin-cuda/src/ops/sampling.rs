@@ -696,8 +696,7 @@ fn wide_split_config(
     let blocks = vocab
         .div_ceil(SPLIT_CHUNK)
         .min(per_row_cap)
-        .min(LIN_BINS)
-        .max(1);
+        .clamp(1, LIN_BINS);
     let chunk = vocab.div_ceil(blocks);
     let chunk_i = to_i32(&format!("{what} chunk"), chunk)?;
     Ok(Some((
