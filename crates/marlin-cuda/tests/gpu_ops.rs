@@ -1209,6 +1209,28 @@ fn host_draw(logits: &[f32], p: &DeviceSampling, u: f32) -> u32 {
     draw_with_uniform(&params, logits, u).unwrap_or(ops::NO_TOKEN)
 }
 
+/// Asserts that `got[i]` is the CPU sampler's token for row `i` of `logits`
+/// (rows of `vocab`) with `p` and `uniforms[i]`; returns the rows checked.
+fn assert_host_draws(
+    got: &[u32],
+    logits: &[f32],
+    vocab: usize,
+    p: &DeviceSampling,
+    uniforms: &[f32],
+    what: &str,
+) -> usize {
+    let rows = logits.len() / vocab;
+    for (i, row) in logits.chunks(vocab).enumerate() {
+        let u = uniforms[i];
+        assert_eq!(
+            got[i],
+            host_draw(row, p, u),
+            "{what}: row {i} of {rows} x {vocab} {p:?} u {u}"
+        );
+    }
+    rows
+}
+
 #[test]
 fn sampling_matches_the_cpu_sampler_exactly() {
     let Some(dev) = device() else { return };
@@ -1249,15 +1271,7 @@ fn sampling_matches_the_cpu_sampler_exactly() {
             let (ld, ud) = (up(&dev, &logits), up(&dev, &uniforms));
             ops::sample_rows(&dev, &ld, rows, vocab, &p, &ud, &mut out).unwrap();
             let got = dev.download(&out).unwrap();
-            for (i, row) in logits.chunks(vocab).enumerate() {
-                let want = host_draw(row, &p, uniforms[i]);
-                assert_eq!(
-                    got[i], want,
-                    "row {i} of {rows} x {vocab} {p:?} u {}",
-                    uniforms[i]
-                );
-                checked += 1;
-            }
+            checked += assert_host_draws(&got, &logits, vocab, &p, &uniforms, "single-row");
             assert!(got[rows..].iter().all(|&v| v == 0xdead_beef));
         }
     }
@@ -1277,14 +1291,7 @@ fn sampling_matches_the_cpu_sampler_exactly() {
         let (ld, ud) = (up(&dev, &logits), up(&dev, &uniforms));
         ops::sample_rows(&dev, &ld, rows, vocab, &p, &ud, &mut out).unwrap();
         let got = dev.download(&out).unwrap();
-        for (i, row) in logits.chunks(vocab).enumerate() {
-            assert_eq!(
-                got[i],
-                host_draw(row, &p, uniforms[i]),
-                "tied row {i} {p:?}"
-            );
-            checked += 1;
-        }
+        checked += assert_host_draws(&got, &logits, vocab, &p, &uniforms, "tied");
     }
     // Each row its own choice: argmax, draws of every path, none.
     let (rows, vocab) = (6, 50_000);
@@ -1424,15 +1431,8 @@ fn split_draw_matches_the_cpu_sampler_exactly() {
                 let mut out = up(&dev, &vec![0xdead_beef_u32; rows + SLACK]);
                 ops::sample_rows_ws(&dev, &ld, rows, vocab, &p, &ud, &mut ws, &mut out).unwrap();
                 let got = dev.download(&out).unwrap();
-                for (i, row) in logits.chunks(vocab).enumerate() {
-                    let want = host_draw(row, &p, uniforms[i]);
-                    assert_eq!(
-                        got[i], want,
-                        "round {round} row {i} of {rows} x {vocab} {p:?} u {}",
-                        uniforms[i]
-                    );
-                    checked += 1;
-                }
+                let what = format!("split, round {round}");
+                checked += assert_host_draws(&got, &logits, vocab, &p, &uniforms, &what);
                 assert!(got[rows..].iter().all(|&v| v == 0xdead_beef));
             }
         }
@@ -1459,14 +1459,7 @@ fn split_draw_matches_the_cpu_sampler_exactly() {
         let (ld, ud) = (up(&dev, &logits), up(&dev, &uniforms));
         ops::sample_rows_ws(&dev, &ld, rows, vocab, &p, &ud, &mut ws, &mut out).unwrap();
         let got = dev.download(&out).unwrap();
-        for (i, row) in logits.chunks(vocab).enumerate() {
-            assert_eq!(
-                got[i],
-                host_draw(row, &p, uniforms[i]),
-                "tied row {i} {p:?}"
-            );
-            checked += 1;
-        }
+        checked += assert_host_draws(&got, &logits, vocab, &p, &uniforms, "tied");
     }
     // Signed zeros tied at the top-k threshold and across the top-p cut
     // (the CPU sampler and the device keys take -0 as +0, ties by index),
@@ -1498,15 +1491,15 @@ fn split_draw_matches_the_cpu_sampler_exactly() {
             dev.download(&single).unwrap(),
             dev.download(&split).unwrap(),
         );
-        for (i, row) in logits.chunks(vocab).enumerate() {
-            let want = host_draw(row, &p, uniforms[i]);
-            assert_eq!(
-                single[i], want,
-                "signed zeros, single-row kernel, row {i} {p:?}"
-            );
-            assert_eq!(split[i], want, "signed zeros, split, row {i} {p:?}");
-            checked += 1;
-        }
+        assert_host_draws(
+            &single,
+            &logits,
+            vocab,
+            &p,
+            &uniforms,
+            "signed zeros, single-row",
+        );
+        checked += assert_host_draws(&split, &logits, vocab, &p, &uniforms, "signed zeros, split");
     }
     // Each row its own choice, through the six launches.
     let (rows, vocab) = (7, 150_000);
