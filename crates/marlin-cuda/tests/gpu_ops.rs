@@ -24,7 +24,9 @@ use half::f16;
 use marlin_cpu::ops::norm::rms_norm_ref;
 use marlin_cpu::ops::simd::{gelu_tanh_ref, silu_ref};
 use marlin_cpu::ops::{soft_cap, Rope, RopeScaling, RopeStyle};
-use marlin_cuda::ops::{self, AttnParams, DeviceSampling, GpuKvCache, GpuRope, RowChoice};
+use marlin_cuda::ops::{
+    self, AttnParams, DeviceSampling, GpuKvCache, GpuRope, PagedKvPool, RowChoice,
+};
 use marlin_cuda::CudaDevice;
 use marlin_engine::sampler::draw_with_uniform;
 use marlin_engine::SamplingParams;
@@ -1071,6 +1073,341 @@ fn fused_rope_attention_matches_two_launches() {
         "PASS fused rope attention ({} cases x 2 types)",
         cases.len()
     );
+}
+
+/// `paged_attention_decode_rope` (the fused decode kernel reading and
+/// writing the paged pool through its block tables) against
+/// `qkv_rope_kv` into a second pool + `paged_attention` (the serving
+/// pass's two launches): the pools must end equal bit for bit, the outputs
+/// within `out_tol`; and, where every table is full, against
+/// `attention_decode_rope` over a contiguous cache of the same capacity
+/// and history: the same splits and arithmetic, so the same bits. Blocks
+/// of `block_size` positions, shuffled over a pool with spare blocks;
+/// `short_table`: the last table covers one block only, so that a row past
+/// it attends keys in a block the table does not have (skipped: the two
+/// launches skip them too).
+#[allow(clippy::too_many_arguments)]
+fn check_paged_attention_rope<T: ops::ActElem>(
+    dev: &CudaDevice,
+    r: &mut StdRng,
+    c: &RopeCase,
+    block_size: usize,
+    short_table: bool,
+    conv: impl Fn(f32) -> T + Copy,
+    back: impl Fn(T) -> f32 + Copy,
+    out_tol: f32,
+) {
+    use rand::seq::SliceRandom;
+    let (n_layers, layer) = (2, 1);
+    let (qd, kvd) = (c.n_heads * c.hd, c.n_kv * c.hd);
+    let width = qd + 2 * kvd + 5;
+    let m = c.rows.len();
+    let per_table = c.cap.div_ceil(block_size);
+    let positions = per_table * block_size;
+    let n_blocks = c.n_seqs * per_table + 3;
+    let mut ids: Vec<u32> = (0..n_blocks as u32).collect();
+    ids.shuffle(r);
+    let mut tables: Vec<Vec<u32>> = ids
+        .chunks(per_table)
+        .take(c.n_seqs)
+        .map(|t| t.to_vec())
+        .collect();
+    if short_table {
+        tables.last_mut().unwrap().truncate(1);
+    }
+    let table_refs: Vec<&[u32]> = tables.iter().map(|t| t.as_slice()).collect();
+    let new_pool = || {
+        let mut pool = PagedKvPool::new(dev, n_layers, c.n_kv, c.hd, block_size, n_blocks).unwrap();
+        pool.set_block_tables(dev, &table_refs).unwrap();
+        pool
+    };
+    let mut pools = [new_pool(), new_pool()];
+    let mut cache = GpuKvCache::new(dev, n_layers, c.n_kv, c.hd, c.n_seqs, positions).unwrap();
+    // History: every position each table covers, the same values in the
+    // contiguous cache.
+    let hist: Vec<(i32, i32)> = tables
+        .iter()
+        .enumerate()
+        .flat_map(|(s, t)| (0..(t.len() * block_size) as i32).map(move |p| (s as i32, p)))
+        .collect();
+    let all = hist.len();
+    let (kd, vd) = (
+        up(dev, &rand_vec(r, all * kvd, -1.0, 1.0)),
+        up(dev, &rand_vec(r, all * kvd, -1.0, 1.0)),
+    );
+    let hs = up(dev, &hist.iter().map(|x| x.0).collect::<Vec<_>>());
+    let hp = up(dev, &hist.iter().map(|x| x.1).collect::<Vec<_>>());
+    for pool in pools.iter_mut() {
+        ops::paged_kv_write(dev, pool, layer, &kd, &vd, all, &hs, &hp).unwrap();
+    }
+    ops::kv_write(dev, &mut cache, layer, &kd, &vd, all, &hs, &hp).unwrap();
+    let proj: Vec<T> = rand_vec(r, m * width, -2.0, 2.0)
+        .into_iter()
+        .map(conv)
+        .collect();
+    let projd = up(dev, &proj);
+    let q = ops::ProjRows {
+        data: projd.slice(0..),
+        stride: width,
+    };
+    let k = ops::ProjRows {
+        data: projd.slice(qd..),
+        stride: width,
+    };
+    let v = ops::ProjRows {
+        data: projd.slice(qd + kvd..),
+        stride: width,
+    };
+    let (qn, kn) = (
+        up(dev, &rand_vec(r, c.hd, 0.5, 1.5)),
+        up(dev, &rand_vec(r, c.hd, 0.5, 1.5)),
+    );
+    let qk_norm = c.qk_norm.then_some((&qn, &kn));
+    let rope = Rope::new(c.hd, c.n_rot, 10_000.0, c.style, &RopeScaling::None).unwrap();
+    let gpu_rope = GpuRope::new(dev, &rope).unwrap();
+    let seqd = up(dev, &c.rows.iter().map(|x| x.0).collect::<Vec<_>>());
+    let posd = up(dev, &c.rows.iter().map(|x| x.1).collect::<Vec<_>>());
+    let p = AttnParams {
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv,
+        head_dim: c.hd,
+        scale: 1.0 / (c.hd as f32).sqrt(),
+        window: c.window,
+        softcap: None,
+    };
+    let shape = ops::HeadShape {
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv,
+        head_dim: c.hd,
+    };
+    let eps = 1e-6;
+    let poisoned_t = || up(dev, &vec![conv(f32::NAN); m * qd + SLACK]);
+    let what = format!(
+        "fused paged attention h{}/kv{} hd{} rot {} {:?} norm {} window {:?} blocks of {block_size} \
+         short table {short_table} rows {:?} f16 {}",
+        c.n_heads, c.n_kv, c.hd, c.n_rot, c.style, c.qk_norm, c.window, c.rows, T::IS_F16
+    );
+    // The serving pass's two launches into pool 0.
+    let mut qf = poisoned(dev, m * qd);
+    let dest = ops::KvDest::Paged {
+        pool: &mut pools[0],
+        layer,
+    };
+    ops::qkv_rope_kv(
+        dev, &q, &k, &v, m, shape, qk_norm, eps, 0.0, &gpu_rope, dest, &seqd, &posd, &mut qf,
+    )
+    .unwrap();
+    let mut out_a = poisoned(dev, m * qd);
+    ops::paged_attention(dev, &p, &qf, &pools[0], layer, m, &seqd, &posd, &mut out_a).unwrap();
+    let inp = ops::RopeInputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        qk_norm,
+        eps,
+        w_offset: 0.0,
+        rope: &gpu_rope,
+    };
+    let to_f32 = |x: Vec<T>| x.into_iter().map(back).collect::<Vec<f32>>();
+    // One launch into pool 1, under an override (the default first).
+    let mut fused_with = |o: ops::AttnOverride| -> Vec<f32> {
+        ops::set_attn_override(o);
+        let mut out = poisoned_t();
+        let res = ops::paged_attention_decode_rope(
+            dev,
+            &p,
+            &inp,
+            &mut pools[1],
+            layer,
+            m,
+            &seqd,
+            &posd,
+            &mut out,
+        );
+        ops::set_attn_override(ops::AttnOverride::default());
+        res.unwrap();
+        let host = to_f32(dev.download(&out).unwrap());
+        assert!(
+            host[m * qd..].iter().all(|x| x.is_nan()),
+            "{what}: slack written"
+        );
+        host
+    };
+    let fused = fused_with(ops::AttnOverride::default());
+    let a = dev.download(&out_a).unwrap();
+    assert_close(&what, &fused, &a[..m * qd], out_tol);
+    // Both key rings and one split per row, rerun into pool 1 (rewriting
+    // the same keys): the rings the same bits, one split within tolerance.
+    let ring: Vec<Vec<f32>> = [true, false]
+        .into_iter()
+        .map(|stage_kv| {
+            fused_with(ops::AttnOverride {
+                stage_kv: Some(stage_kv),
+                cluster: Some(false),
+                max_splits: None,
+            })
+        })
+        .collect();
+    if let Some(i) = (0..m * qd).find(|&i| ring[0][i].to_bits() != ring[1][i].to_bits()) {
+        panic!(
+            "{what}: shared-memory ring {} != register ring {} at {i}",
+            ring[0][i], ring[1][i]
+        );
+    }
+    let one = fused_with(ops::AttnOverride {
+        max_splits: Some(1),
+        ..Default::default()
+    });
+    assert_close(&format!("{what} (one split)"), &one, &a[..m * qd], out_tol);
+    let (ka, va) = pools[0].download(dev).unwrap();
+    let (kb, vb) = pools[1].download(dev).unwrap();
+    for (name, x, y) in [("keys", &ka, &kb), ("values", &va, &vb)] {
+        if let Some(i) = (0..x.len()).find(|&i| x[i].to_bits() != y[i].to_bits()) {
+            panic!("{what}: pool {name}[{i}] {} vs {}", x[i], y[i]);
+        }
+    }
+    if !short_table {
+        let mut out_c = poisoned_t();
+        ops::attention_decode_rope(
+            dev, &p, &inp, &mut cache, layer, m, &seqd, &posd, &mut out_c,
+        )
+        .unwrap();
+        let contiguous = to_f32(dev.download(&out_c).unwrap());
+        if let Some(i) = (0..m * qd).find(|&i| fused[i].to_bits() != contiguous[i].to_bits()) {
+            panic!(
+                "{what}: paged {} != contiguous {} at {i}",
+                fused[i], contiguous[i]
+            );
+        }
+    }
+    // Refusals: a q row stride below the q width, a layer outside the pool.
+    let short = ops::ProjRows {
+        data: projd.slice(0..),
+        stride: qd - 1,
+    };
+    let bad = ops::RopeInputs { q: &short, ..inp };
+    let mut out = poisoned_t();
+    assert!(ops::paged_attention_decode_rope(
+        dev,
+        &p,
+        &bad,
+        &mut pools[1],
+        layer,
+        m,
+        &seqd,
+        &posd,
+        &mut out
+    )
+    .is_err());
+    assert!(ops::paged_attention_decode_rope(
+        dev,
+        &p,
+        &inp,
+        &mut pools[1],
+        n_layers,
+        m,
+        &seqd,
+        &posd,
+        &mut out
+    )
+    .is_err());
+}
+
+#[test]
+fn fused_paged_rope_attention_matches_two_launches_and_the_cache() {
+    let Some(dev) = device() else { return };
+    let mut r = rng("fused paged rope attention");
+    let cap = 700;
+    let mut n = 0;
+    for &(n_heads, n_kv, hd, n_rot, style, qk_norm) in &[
+        (32, 8, 128, 128, RopeStyle::Neox, false),
+        (16, 4, 128, 64, RopeStyle::Neox, true),
+        (9, 3, 64, 64, RopeStyle::Neox, false),
+        (32, 2, 128, 128, RopeStyle::Neox, true),
+        (4, 2, 16, 16, RopeStyle::Normal, true),
+        (8, 1, 256, 256, RopeStyle::Neox, false),
+    ] {
+        for (window, block_size) in [(None, 16), (Some(37), 16), (None, 5)] {
+            let cases = [
+                // One decode row (many splits, the ticket merge).
+                RopeCase {
+                    n_heads,
+                    n_kv,
+                    hd,
+                    n_rot,
+                    style,
+                    qk_norm,
+                    window,
+                    rows: vec![(0, r.gen_range(0..cap as i32))],
+                    n_seqs: 1,
+                    cap,
+                },
+                // A serving pass: rows in any order, one at its table's
+                // last position, one past every table, one of no table,
+                // one at position 0 of the last table.
+                RopeCase {
+                    n_heads,
+                    n_kv,
+                    hd,
+                    n_rot,
+                    style,
+                    qk_norm,
+                    window,
+                    rows: vec![
+                        (2, r.gen_range(0..cap as i32)),
+                        (0, cap.div_ceil(block_size) as i32 * block_size as i32 - 1),
+                        (1, r.gen_range(0..cap as i32)),
+                        (3, 1 << 20),
+                        (6, 0),
+                        (4, 0),
+                    ],
+                    n_seqs: 5,
+                    cap,
+                },
+            ];
+            for c in &cases {
+                for short_table in [false, true] {
+                    check_paged_attention_rope(
+                        &dev,
+                        &mut r,
+                        c,
+                        block_size,
+                        short_table,
+                        |x| x,
+                        |x| x,
+                        1e-5,
+                    );
+                    check_paged_attention_rope(
+                        &dev,
+                        &mut r,
+                        c,
+                        block_size,
+                        short_table,
+                        f16::from_f32,
+                        f16::to_f32,
+                        1e-3,
+                    );
+                    n += 2;
+                }
+            }
+        }
+    }
+    // A row past the short table's one block: its keys in the missing
+    // blocks are skipped by both paths (the check above compares them).
+    let c = RopeCase {
+        n_heads: 8,
+        n_kv: 2,
+        hd: 64,
+        n_rot: 64,
+        style: RopeStyle::Neox,
+        qk_norm: false,
+        window: None,
+        rows: vec![(0, 300), (1, 40)],
+        n_seqs: 2,
+        cap: 320,
+    };
+    check_paged_attention_rope(&dev, &mut r, &c, 16, true, |x| x, |x| x, 1e-5);
+    println!("PASS fused paged rope attention ({} checks)", n + 1);
 }
 
 fn argmax_ref(row: &[f32]) -> u32 {

@@ -127,15 +127,19 @@ __device__ __forceinline__ void att_cp_async16(void* dst, const u16* src) {
 // [t * 128 + threadIdx.x]): one cp.async group per key, committed even when
 // empty so that PK + i groups are committed before key i. Keys at or past
 // k1, and this step's key (`fresh`, from shared memory), are not copied.
-template <int HD, int PK, int NSUB>
-__device__ __forceinline__ void att_fill_ring(uint4* st_k, uint4* st_v, const u16* kp,
-                                              const u16* vp, int first, int k1, int fresh) {
+template <int PK, int NSUB, typename KeyAt>
+__device__ __forceinline__ void att_fill_ring(uint4* st_k, uint4* st_v, const u16* k_cache,
+                                              const u16* v_cache, const KeyAt& at, int first,
+                                              int k1, int fresh) {
 #pragma unroll
     for (int t = 0; t < PK; ++t) {
         const int j = first + t * NSUB;
         if (j < k1 && j != fresh) {
-            att_cp_async16(&st_k[t * 128 + threadIdx.x], kp + (long long)j * HD);
-            att_cp_async16(&st_v[t * 128 + threadIdx.x], vp + (long long)j * HD);
+            const long long off = at(j);
+            if (at.ok(off)) {
+                att_cp_async16(&st_k[t * 128 + threadIdx.x], k_cache + off);
+                att_cp_async16(&st_v[t * 128 + threadIdx.x], v_cache + off);
+            }
         }
         cp_async_commit();
     }
@@ -184,6 +188,38 @@ __device__ __forceinline__ long long att_head_base(int seq, int layer, int n_lay
                                                    int n_kv_heads, int capacity, int hd) {
     return (((long long)seq * n_layers + layer) * n_kv_heads + kvh) * (long long)capacity * hd;
 }
+
+// The block tables of a paged pool for the paged decode entries: pool
+// layout [layer][block][kv_head][slot][head_dim] (kernels/paged_attention.cu,
+// src/ops/paged.rs), position p of table t in block
+// tables[t * table_width + p / block_size], slot p % block_size.
+struct AttPaged {
+    const int* tables;
+    int table_width, n_blocks, block_size;
+};
+
+// Where this lane's 16 bytes of key j of the block's (sequence, layer, kv
+// head) are in K and V: element offset, or -1 where a paged block id lies
+// outside the pool (the key is skipped: not copied, not attended; the host
+// validates the tables, so this only keeps a bad buffer in bounds).
+// Contiguous cache: the head's keys are consecutive rows. The tables are
+// written by a host copy before the pass, so they may be read before the
+// PDL wait, like row_seq / row_pos.
+template <int HD, bool PAGED>
+struct AttKeyAt {
+    long long base;         // contiguous: key 0 of the head; paged: block 0's
+    const int* table;       // paged: the sequence's block table
+    long long block_elems;  // paged: elements of one block of one layer
+    int block_size, n_blocks;
+    __device__ __forceinline__ long long operator()(int j) const {
+        if (!PAGED) return base + (long long)j * HD;
+        const int blk = __ldg(table + j / block_size);
+        if (blk < 0 || blk >= n_blocks) return -1;
+        return base + (long long)blk * block_elems + (long long)(j % block_size) * HD;
+    }
+    // Whether an offset from operator() names a key (always, contiguous).
+    __device__ __forceinline__ bool ok(long long off) const { return !PAGED || off >= 0; }
+};
 
 // ------------------------------------------------------------------ decode
 // Inputs of the fused entries (attn_decode_rope_*), which also do the work
@@ -291,13 +327,16 @@ __device__ __forceinline__ void att_store4(OutT* out, long long qh, int d, float
     st_from_f32(out, qh * HD + d + 3, v.w);
 }
 
-template <int HD, int GT, typename OutT, bool ROPE>
+// PAGED: k_cache / v_cache are a paged pool read through `pg`'s tables;
+// n_seqs is then the number of tables and capacity the positions a table
+// covers (table_width * block_size).
+template <int HD, int GT, typename OutT, bool ROPE, bool PAGED>
 __device__ __forceinline__ void attn_decode_impl(
     const float* __restrict__ q, u16* __restrict__ k_cache, u16* __restrict__ v_cache,
     const int* __restrict__ row_seq, const int* __restrict__ row_pos, OutT* __restrict__ out,
     float* __restrict__ partials, u32* __restrict__ tickets, int n_heads, int n_kv_heads,
     int group, int n_layers, int layer, int n_seqs, int capacity, float q_scale, float softcap,
-    int window, int splits, int flags, const AttRopeIn<OutT>& ri) {
+    int window, int splits, int flags, const AttRopeIn<OutT>& ri, const AttPaged& pg) {
     constexpr int LPK = HD / 8;        // lanes per key (16 bytes each)
     constexpr int KPW = 32 / LPK;      // keys per warp step
     constexpr int NSUB = 4 * KPW;      // key sub-groups per block (4 warps)
@@ -377,24 +416,38 @@ __device__ __forceinline__ void attn_decode_impl(
     const bool early_kv = (flags & ATT_FLAG_EARLY_KV) != 0;
     const bool stage = (flags & ATT_FLAG_STAGE_KV) != 0;
     uint4 kb[NP], vb[NP];
-    const long long kv_base =
-        k0 < k1 ? att_head_base(seq, layer, n_layers, kvh, n_kv_heads, capacity, HD) + sl * 8 : 0;
-    const u16* kp = k_cache + kv_base;
-    const u16* vp = v_cache + kv_base;
+    // Keys of this (sequence, layer, kv head); kp / vp: this lane's 16 bytes.
+    AttKeyAt<HD, PAGED> at;
+    if (PAGED) {
+        at.block_elems = (long long)n_kv_heads * pg.block_size * HD;
+        at.base = (long long)layer * pg.n_blocks * at.block_elems + (long long)kvh * pg.block_size * HD;
+        at.table = pg.tables + (long long)(k0 < k1 ? seq : 0) * pg.table_width;
+        at.block_size = pg.block_size;
+        at.n_blocks = pg.n_blocks;
+    } else {
+        at.base = k0 < k1 ? att_head_base(seq, layer, n_layers, kvh, n_kv_heads, capacity, HD) : 0;
+    }
+    const u16* kp = k_cache + sl * 8;
+    const u16* vp = v_cache + sl * 8;
+    // Whether key j is attended (a paged key in a block outside the pool is not).
+    auto key_ok = [&](int j) { return !PAGED || at(j) >= 0; };
     // early_kv (fused entries, rows of distinct sequences): the keys
     // before this step's were written by launches that completed before
     // this one could start (see attention_decode_rope), so their DRAM
     // round trip overlaps the previous kernel.
     if (early_kv && stage)
-        att_fill_ring<HD, PK, NSUB>(st_k, st_v, kp, vp, k0 + sub, k1, fresh);
+        att_fill_ring<PK, NSUB>(st_k, st_v, kp, vp, at, k0 + sub, k1, fresh);
 #pragma unroll
     for (int p = 0; p < NP; ++p) {
         kb[p] = make_uint4(0, 0, 0, 0);
         vb[p] = kb[p];
         const int j = k0 + sub + p * NSUB;
         if (early_kv && !stage && j < k1 && j != fresh) {
-            kb[p] = att_ld16(kp + (long long)j * HD);
-            vb[p] = att_ld16(vp + (long long)j * HD);
+            const long long off = at(j);
+            if (at.ok(off)) {
+                kb[p] = att_ld16(kp + off);
+                vb[p] = att_ld16(vp + off);
+            }
         }
     }
     // Sequence and position come from the host's copy before the step; the
@@ -480,9 +533,7 @@ __device__ __forceinline__ void attn_decode_impl(
             __syncwarp();
             if (!is_q) {
                 // The cache's f16 rounding, as the unfused kernels see it.
-                const long long dst =
-                    att_head_base(seq, layer, n_layers, kvh, n_kv_heads, capacity, HD) +
-                    (long long)fresh * HD;
+                const long long dst = at(fresh);
 #pragma unroll
                 for (int j = 0; j < (HD + 31) / 32; ++j) {
                     const int i = lane + 32 * j;
@@ -490,7 +541,7 @@ __device__ __forceinline__ void attn_decode_impl(
                         const u16 kh = f32_to_f16(x[i]), vh = f32_to_f16(vv[j]);
                         sm_kv[0][i] = kh;
                         sm_kv[1][i] = vh;
-                        if (chunk == 0) {
+                        if (chunk == 0 && at.ok(dst)) {
                             k_cache[dst + i] = kh;
                             v_cache[dst + i] = vh;
                         }
@@ -524,7 +575,7 @@ __device__ __forceinline__ void attn_decode_impl(
         const uint4* skv = reinterpret_cast<const uint4*>(ROPE ? &sm_kv[0][sl * 8] : 0);
         const uint4* svv = reinterpret_cast<const uint4*>(ROPE ? &sm_kv[1][sl * 8] : 0);
         if (stage && !early_kv)
-            att_fill_ring<HD, PK, NSUB>(st_k, st_v, kp, vp, k0 + sub, k1, fresh);
+            att_fill_ring<PK, NSUB>(st_k, st_v, kp, vp, at, k0 + sub, k1, fresh);
 #pragma unroll
         for (int p = 0; p < NP; ++p) {
             const int j = k0 + sub + p * NSUB;
@@ -534,8 +585,11 @@ __device__ __forceinline__ void attn_decode_impl(
                     kb[p] = *skv;
                     vb[p] = *svv;
                 } else if (!early_kv) {
-                    kb[p] = att_ld16(kp + (long long)j * HD);
-                    vb[p] = att_ld16(vp + (long long)j * HD);
+                    const long long off = at(j);
+                    if (at.ok(off)) {
+                        kb[p] = att_ld16(kp + off);
+                        vb[p] = att_ld16(vp + off);
+                    }
                 }
             }
         }
@@ -554,14 +608,17 @@ __device__ __forceinline__ void attn_decode_impl(
                     cp_async_wait<PK - 1>();
                     const uint4 kc = j == fresh ? *skv : st_k[t * 128 + threadIdx.x];
                     const uint4 vc = j == fresh ? *svv : st_v[t * 128 + threadIdx.x];
-                    att_key_step<GT, LPK>(kc, vc, qr, m, l, o, j < k1, softcap);
+                    att_key_step<GT, LPK>(kc, vc, qr, m, l, o, j < k1 && key_ok(j), softcap);
                     if (j == k0 + sub) ATT_STAMP(ATT_STAMP_KEY1);
                     // Refill the slot after its key was used (the use orders
                     // the shared-memory read before the copy's write).
                     const int jn = j + PK * NSUB;
                     if (jn < k1 && jn != fresh) {
-                        att_cp_async16(&st_k[t * 128 + threadIdx.x], kp + (long long)jn * HD);
-                        att_cp_async16(&st_v[t * 128 + threadIdx.x], vp + (long long)jn * HD);
+                        const long long off = at(jn);
+                        if (at.ok(off)) {
+                            att_cp_async16(&st_k[t * 128 + threadIdx.x], kp + off);
+                            att_cp_async16(&st_v[t * 128 + threadIdx.x], vp + off);
+                        }
                     }
                     cp_async_commit();
                 }
@@ -576,10 +633,16 @@ __device__ __forceinline__ void attn_decode_impl(
                 const uint4 kc = kb[p], vc = vb[p];
                 const int jn = j + NP * NSUB;
                 if (jn < k1) {  // refill this slot with the sub-group's key NP ahead
-                    kb[p] = jn == fresh ? *skv : att_ld16(kp + (long long)jn * HD);
-                    vb[p] = jn == fresh ? *svv : att_ld16(vp + (long long)jn * HD);
+                    const long long off = jn == fresh ? 0 : at(jn);
+                    if (jn == fresh) {
+                        kb[p] = *skv;
+                        vb[p] = *svv;
+                    } else if (at.ok(off)) {
+                        kb[p] = att_ld16(kp + off);
+                        vb[p] = att_ld16(vp + off);
+                    }
                 }
-                att_key_step<GT, LPK>(kc, vc, qr, m, l, o, j < k1, softcap);
+                att_key_step<GT, LPK>(kc, vc, qr, m, l, o, j < k1 && key_ok(j), softcap);
             }
         }
     }
@@ -820,11 +883,11 @@ __device__ __forceinline__ void attn_decode_impl(
         /* the PDL wait inside, after the row's sequence and position; the */                  \
         /* cache may come from the previous kernel: never read it earlier */                   \
         const AttRopeIn<OutT> ri = {};                                                         \
-        attn_decode_impl<HD, GT, OutT, false>(q, k_cache, v_cache, row_seq, row_pos, out,      \
-                                              partials, tickets, n_heads, n_kv_heads, group,   \
-                                              n_layers, layer, n_seqs, capacity, q_scale,      \
-                                              softcap, window, splits,                         \
-                                              flags & ~ATT_FLAG_EARLY_KV, ri);                 \
+        const AttPaged pg = {};                                                                \
+        attn_decode_impl<HD, GT, OutT, false, false>(                                          \
+            q, k_cache, v_cache, row_seq, row_pos, out, partials, tickets, n_heads, n_kv_heads, \
+            group, n_layers, layer, n_seqs, capacity, q_scale, softcap, window, splits,        \
+            flags & ~ATT_FLAG_EARLY_KV, ri, pg);                                               \
     }
 // The fused entries: q / k / v projection rows instead of roped f32 queries.
 #define ATTN_DECODE_ROPE_ENTRY_T(NAME, HD, GT, T)                                              \
@@ -838,10 +901,34 @@ __device__ __forceinline__ void attn_decode_impl(
              int flags) {                                                                      \
         const AttRopeIn<T> ri = {q_in,   k_in,     v_in,     q_stride, kv_stride, q_norm,      \
                                  k_norm, eps,      w_offset, inv_freq, n_rot,     neox};       \
-        attn_decode_impl<HD, GT, T, true>(0, k_cache, v_cache, row_seq, row_pos, out,          \
-                                          partials, tickets, n_heads, n_kv_heads, group,       \
-                                          n_layers, layer, n_seqs, capacity, q_scale, softcap, \
-                                          window, splits, flags, ri);                          \
+        const AttPaged pg = {};                                                                \
+        attn_decode_impl<HD, GT, T, true, false>(0, k_cache, v_cache, row_seq, row_pos, out,   \
+                                                 partials, tickets, n_heads, n_kv_heads,       \
+                                                 group, n_layers, layer, n_seqs, capacity,     \
+                                                 q_scale, softcap, window, splits, flags, ri,  \
+                                                 pg);                                          \
+    }
+// The fused entries over a paged pool (the serving pass's decode rows,
+// src/ops/paged.rs paged_attention_decode_rope): the tables after the pool,
+// n_tables in place of n_seqs; a table covers table_width * block_size
+// positions (checked to fit an int on the host).
+#define ATTN_PAGED_ROPE_ENTRY_T(NAME, HD, GT, T)                                               \
+    extern "C" __global__ void __launch_bounds__(128, ATT_MIN_BLOCKS(GT))                       \
+        NAME(const T* q_in, const T* k_in, const T* v_in, int q_stride, int kv_stride,         \
+             const float* q_norm, const float* k_norm, float eps, float w_offset,              \
+             const double* inv_freq, int n_rot, int neox, u16* k_pool, u16* v_pool,            \
+             const int* tables, int table_width, int n_blocks, int block_size,                 \
+             const int* row_seq, const int* row_pos, T* out, float* partials, u32* tickets,    \
+             int n_heads, int n_kv_heads, int group, int n_layers, int layer, int n_tables,    \
+             float q_scale, float softcap, int window, int splits, int flags) {                \
+        const AttRopeIn<T> ri = {q_in,   k_in,     v_in,     q_stride, kv_stride, q_norm,      \
+                                 k_norm, eps,      w_offset, inv_freq, n_rot,     neox};       \
+        const AttPaged pg = {tables, table_width, n_blocks, block_size};                       \
+        attn_decode_impl<HD, GT, T, true, true>(0, k_pool, v_pool, row_seq, row_pos, out,      \
+                                                partials, tickets, n_heads, n_kv_heads, group, \
+                                                n_layers, layer, n_tables,                     \
+                                                table_width * block_size, q_scale, softcap,    \
+                                                window, splits, flags, ri, pg);                \
     }
 // ATT_ONLY_HD (defined by src/ops/attention.rs ahead of this source): only
 // the entries of that head_dim, one module per head_dim, so that a model
@@ -850,7 +937,9 @@ __device__ __forceinline__ void attn_decode_impl(
     ATTN_DECODE_ENTRY_T(attn_decode_hd##HD##_g##GT, HD, GT, float)           \
     ATTN_DECODE_ENTRY_T(attn_decode_hd##HD##_g##GT##_h, HD, GT, u16)         \
     ATTN_DECODE_ROPE_ENTRY_T(attn_decode_rope_hd##HD##_g##GT, HD, GT, float) \
-    ATTN_DECODE_ROPE_ENTRY_T(attn_decode_rope_hd##HD##_g##GT##_h, HD, GT, u16)
+    ATTN_DECODE_ROPE_ENTRY_T(attn_decode_rope_hd##HD##_g##GT##_h, HD, GT, u16) \
+    ATTN_PAGED_ROPE_ENTRY_T(attn_paged_rope_hd##HD##_g##GT, HD, GT, float)   \
+    ATTN_PAGED_ROPE_ENTRY_T(attn_paged_rope_hd##HD##_g##GT##_h, HD, GT, u16)
 
 #if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 16
 ATTN_DECODE_ENTRY(16, 1)

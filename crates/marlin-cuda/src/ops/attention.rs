@@ -3,6 +3,7 @@
 //! online-softmax kernel for many.
 
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use half::f16;
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +14,7 @@ use marlin_cpu::ops::RopeStyle;
 use super::fused::{check_projections, ActElem, HeadShape, ProjRows};
 use super::kv::{GpuKvCache, ATTN_PARTIAL_FLOATS, ATTN_TICKETS};
 use super::launch::{max_active_clusters, KernelLaunch};
+use super::paged::PagedKvPool;
 use super::rope::GpuRope;
 use super::{check_len, mul, to_i32, to_u32};
 use crate::device::{driver_err, CudaDevice};
@@ -238,7 +240,7 @@ pub(crate) fn check_attn_scalars(
 }
 
 /// Validated launch parameters shared by both kernels.
-struct Checked {
+pub(crate) struct Checked {
     group: usize,
     q_scale: f32,
     softcap: f32,
@@ -246,7 +248,7 @@ struct Checked {
     ints: [i32; 6], // n_heads, n_kv_heads, group, n_layers, layer, ...
 }
 
-fn check(
+pub(crate) fn check(
     p: &AttnParams,
     cache_dims: (usize, usize, usize, usize), // (n_layers, n_kv_heads, head_dim, capacity)
     layer: usize,
@@ -392,7 +394,7 @@ pub fn attention_decode<T: ActElem>(
         p,
         &c,
         DecodeQueries::Roped(q),
-        cache,
+        DecodeKv::Slots(cache),
         rows,
         row_seq,
         row_pos,
@@ -814,7 +816,7 @@ pub fn attention_decode_rope<T: ActElem>(
         p,
         &c,
         DecodeQueries::Proj(inp, strides),
-        cache,
+        DecodeKv::Slots(cache),
         rows,
         row_seq,
         row_pos,
@@ -824,20 +826,48 @@ pub fn attention_decode_rope<T: ActElem>(
 
 /// The queries of a decode launch: roped f32 rows, or projection rows (and
 /// their q / kv row strides) that the kernel ropes itself.
-enum DecodeQueries<'a, 'b, 'c, T> {
+pub(crate) enum DecodeQueries<'a, 'b, 'c, T> {
     Roped(&'a CudaSlice<f32>),
     Proj(&'a RopeInputs<'b, 'c, T>, [i32; 2]),
+}
+
+/// The keys and values a decode launch reads (and, fused, writes): a
+/// contiguous per-sequence cache, or the paged pool through its current
+/// block tables (`super::paged::paged_attention_decode_rope`; fused
+/// entries only).
+pub(crate) enum DecodeKv<'a> {
+    Slots(&'a GpuKvCache),
+    Paged(&'a PagedKvPool),
+}
+
+impl DecodeKv<'_> {
+    /// (K, V, workspace: partials then tickets).
+    fn buffers(&self) -> (&CudaSlice<f16>, &CudaSlice<f16>, &CudaSlice<f32>) {
+        match self {
+            DecodeKv::Slots(c) => (&c.k, &c.v, &c.workspace),
+            DecodeKv::Paged(p) => (&p.k, &p.v, &p.workspace),
+        }
+    }
+
+    /// Positions a row may address: the cache's capacity, or what the
+    /// widest block table covers.
+    fn positions(&self) -> usize {
+        match self {
+            DecodeKv::Slots(c) => c.capacity(),
+            DecodeKv::Paged(p) => p.table_positions(),
+        }
+    }
 }
 
 /// The decode kernel launch of [`attention_decode`] and
 /// [`attention_decode_rope`] (arguments checked by the caller).
 #[allow(clippy::too_many_arguments)]
-fn decode_launch<T: ActElem>(
+pub(crate) fn decode_launch<T: ActElem>(
     dev: &CudaDevice,
     p: &AttnParams,
     c: &Checked,
     queries: DecodeQueries<'_, '_, '_, T>,
-    cache: &GpuKvCache,
+    kv: DecodeKv<'_>,
     rows: usize,
     row_seq: &CudaSlice<i32>,
     row_pos: &CudaSlice<i32>,
@@ -850,7 +880,8 @@ fn decode_launch<T: ActElem>(
     let head_chunks = c.group.div_ceil(gt);
     let grid_y = p.n_kv_heads * head_chunks;
     let rope = matches!(queries, DecodeQueries::Proj(..));
-    let name = decode_kernel_name(p.head_dim, gt, T::IS_F16, rope)?;
+    let paged = matches!(kv, DecodeKv::Paged(_));
+    let name = decode_kernel_name(p.head_dim, gt, T::IS_F16, rope, paged)?;
     let func = attention_function(dev, p.head_dim, name, 0)?;
     let per_sm = blocks_per_sm(&func, name)?;
     let per_sm = attn_blocks_per_sm_override().map_or(per_sm, |n| n.min(per_sm));
@@ -864,7 +895,7 @@ fn decode_launch<T: ActElem>(
             p.n_heads,
             rows * grid_y,
             p.head_dim,
-            cache.capacity(),
+            kv.positions(),
             attn_min_split_keys(),
         )
     } else {
@@ -877,7 +908,18 @@ fn decode_launch<T: ActElem>(
         )));
     }
     let [n_heads, n_kv_heads, group, n_layers, layer_i, _] = c.ints;
-    let (n_seqs, capacity) = (cache.n_seqs() as i32, cache.capacity() as i32);
+    // Contiguous: (sequences, capacity); paged: (tables, table width, blocks,
+    // block size), each checked to fit an int when the pool or its tables
+    // were set (the kernel computes a table's positions itself).
+    let kv_ints: Vec<i32> = match &kv {
+        DecodeKv::Slots(cache) => vec![cache.n_seqs() as i32, cache.capacity() as i32],
+        DecodeKv::Paged(pool) => vec![
+            pool.n_tables as i32,
+            pool.table_width as i32,
+            pool.n_blocks() as i32,
+            pool.block_size() as i32,
+        ],
+    };
     let splits_i = splits as i32;
     let cfg = LaunchConfig {
         grid_dim: (splits as u32, grid_y as u32, rows as u32),
@@ -915,24 +957,33 @@ fn decode_launch<T: ActElem>(
         }
     }
     // The cache is written by the fused entries only (this step's keys and
-    // values), borrowed mutably by attention_decode_rope for that.
-    b.arg(&cache.k)
-        .arg(&cache.v)
-        .arg(row_seq)
+    // values), borrowed mutably by attention_decode_rope (and
+    // paged_attention_decode_rope) for that.
+    let (k, v, workspace) = kv.buffers();
+    b.arg(k).arg(v);
+    if let DecodeKv::Paged(pool) = &kv {
+        b.arg(&pool.tables)
+            .arg(&kv_ints[1])
+            .arg(&kv_ints[2])
+            .arg(&kv_ints[3]);
+    }
+    b.arg(row_seq)
         .arg(row_pos)
         .arg(&*out)
         // Written by the kernel although borrowed shared: device memory that
         // the host never reads, ordered by the one stream.
-        .arg(&cache.workspace)
-        .arg(&cache.workspace.slice(ATTN_PARTIAL_FLOATS..))
+        .arg(workspace)
+        .arg(&workspace.slice(ATTN_PARTIAL_FLOATS..))
         .arg(&n_heads)
         .arg(&n_kv_heads)
         .arg(&group)
         .arg(&n_layers)
         .arg(&layer_i)
-        .arg(&n_seqs)
-        .arg(&capacity)
-        .arg(&c.q_scale)
+        .arg(&kv_ints[0]);
+    if !paged {
+        b.arg(&kv_ints[1]);
+    }
+    b.arg(&c.q_scale)
         .arg(&c.softcap)
         .arg(&c.window)
         .arg(&splits_i);
@@ -946,13 +997,16 @@ fn decode_launch<T: ActElem>(
     flags |= attn_split_align() << FLAG_ALIGN_SHIFT;
     b.arg(&flags);
     // SAFETY: argument order and types match attn_decode_hd*_g* (queries
-    // as f32 rows) or attn_decode_rope_hd*_g* (projection rows: every
+    // as f32 rows), attn_decode_rope_hd*_g* (projection rows: every
     // row's reads stay inside q / k / v, strides and lengths checked by
     // check_projections; inv_freq holds n_rot/2 <= head_dim/2 values; the
-    // norm weights head_dim) in kernels/attention.cu; out holds
-    // rows*n_heads*head_dim values, row_seq/row_pos rows; the cache
+    // norm weights head_dim) or attn_paged_rope_hd*_g* (the same, then the
+    // pool's n_tables*table_width block ids, validated on the host) in
+    // kernels/attention.cu; out holds
+    // rows*n_heads*head_dim values, row_seq/row_pos rows; the cache / pool
     // matches (n_kv_heads, head_dim, layer checked); the kernel clamps
-    // every key index to the cache and writes a key / value only at a
+    // every key index to the cache (the rows' positions to the tables,
+    // block ids to the pool) and writes a key / value only at a
     // valid (sequence, position); the workspace holds
     // rows*n_heads*splits*(head_dim+2) floats of partials (decode_splits)
     // below ATTN_PARTIAL_FLOATS and rows*grid_y <= ATTN_TICKETS zeroed
@@ -993,7 +1047,8 @@ fn blocks_per_sm(func: &CudaFunction, name: &'static str) -> Result<usize> {
 }
 
 /// Entry names of the decode kernel for one head_dim and heads per block:
-/// f32 out, f16 out, fused QK-norm/RoPE/KV write with f32, with f16.
+/// f32 out, f16 out, fused QK-norm/RoPE/KV write with f32, with f16, the
+/// fused entries over a paged pool with f32, with f16.
 macro_rules! decode_names_g {
     ($hd:literal, $g:literal) => {
         [
@@ -1001,6 +1056,8 @@ macro_rules! decode_names_g {
             concat!("attn_decode_hd", $hd, "_g", $g, "_h"),
             concat!("attn_decode_rope_hd", $hd, "_g", $g),
             concat!("attn_decode_rope_hd", $hd, "_g", $g, "_h"),
+            concat!("attn_paged_rope_hd", $hd, "_g", $g),
+            concat!("attn_paged_rope_hd", $hd, "_g", $g, "_h"),
         ]
     };
 }
@@ -1015,7 +1072,7 @@ macro_rules! decode_names_hd {
     };
 }
 /// By [`SUPPORTED_HEAD_DIMS`] index, then [`DECODE_GT`] index.
-const DECODE_NAMES: [[[&str; 4]; 4]; 5] = [
+const DECODE_NAMES: [[[&str; 6]; 4]; 5] = [
     decode_names_hd!(16),
     decode_names_hd!(32),
     decode_names_hd!(64),
@@ -1030,11 +1087,23 @@ fn decode_kernel_name(
     gt: usize,
     f16_out: bool,
     rope: bool,
+    paged: bool,
 ) -> Result<&'static str> {
     let hd_i = SUPPORTED_HEAD_DIMS.iter().position(|&d| d == head_dim);
     let gt_i = DECODE_GT.iter().position(|&g| g == gt);
+    let kind = match (rope, paged) {
+        (false, false) => 0,
+        (true, false) => 2,
+        (true, true) => 4,
+        (false, true) => {
+            return Err(CudaError::Unsupported(
+                "decode kernel over a paged pool without the fused RoPE (ops::paged_attention runs those rows)"
+                    .into(),
+            ))
+        }
+    };
     match (hd_i, gt_i) {
-        (Some(h), Some(g)) => Ok(DECODE_NAMES[h][g][usize::from(f16_out) + 2 * usize::from(rope)]),
+        (Some(h), Some(g)) => Ok(DECODE_NAMES[h][g][usize::from(f16_out) + kind]),
         _ => Err(CudaError::Unsupported(format!(
             "attention decode kernel for head_dim {head_dim}, {gt} heads per block"
         ))),

@@ -47,8 +47,8 @@ pub use fused::{
 };
 pub use kv::{kv_write, GpuKvCache};
 pub use paged::{
-    pack_block_tables, paged_attention, paged_block_bytes, paged_kv_write, PagedKvPool,
-    PAGED_HEAD_DIMS,
+    pack_block_tables, paged_attention, paged_attention_decode_rope, paged_block_bytes,
+    paged_kv_write, paged_rope_fusion_enabled, PagedKvPool, PAGED_HEAD_DIMS,
 };
 pub use rope::{rope_inplace, GpuRope};
 pub use sampling::{

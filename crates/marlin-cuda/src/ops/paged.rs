@@ -16,24 +16,23 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::f16;
 
 use super::attention::{
-    attention_function, check_attn_scalars, decode_heads_per_block, prefill_grid, prefill_kernel,
-    prefill_tc_smem_bytes, AttnNames, AttnParams, AttnScalars, PrefillKernel, DECODE_MAX_ROWS,
-    PREFILL_HEAD_DIMS, PREFILL_TC_QV,
+    attention_function, check, check_attn_scalars, decode_heads_per_block, decode_launch,
+    prefill_grid, prefill_kernel, prefill_tc_smem_bytes, AttnNames, AttnParams, AttnScalars,
+    DecodeKv, DecodeQueries, PrefillKernel, RopeInputs, DECODE_MAX_ROWS, PREFILL_HEAD_DIMS,
+    PREFILL_TC_QV, SUPPORTED_HEAD_DIMS,
 };
-use super::kv::{check_kv_write_args, KvWriteArgs};
+use super::fused::{check_projections, ActElem, HeadShape};
+use super::kv::{check_kv_write_args, KvWriteArgs, ATTN_PARTIAL_FLOATS, ATTN_WORKSPACE_FLOATS};
 use super::{grid_stride, mul, to_i32, to_u32};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
+use crate::knobs;
 
 const MODULE: &str = "paged_attention";
 const SOURCE: &str = include_str!("../kernels/paged_attention.cu");
 const THREADS: u32 = 128;
 /// Head dimensions with compiled kernels (16 and 32: small test models).
 pub const PAGED_HEAD_DIMS: [usize; 5] = [16, 32, 64, 128, 256];
-/// f32 elements of the split-K workspace (16 MiB): partial (max, sum,
-/// output) of each (row, query head, split); the split count of a launch
-/// is chosen to fit.
-const WORKSPACE_FLOATS: usize = 1 << 22;
 /// Most key splits per (row, kv head, head chunk).
 const MAX_SPLITS: usize = 64;
 /// Keys per split below which splitting further does not pay.
@@ -51,7 +50,10 @@ pub struct PagedKvPool {
     n_blocks: usize,
     pub(crate) k: CudaSlice<f16>,
     pub(crate) v: CudaSlice<f16>,
-    workspace: CudaSlice<f32>,
+    /// (ATTN_WORKSPACE_FLOATS, as the contiguous cache's): split-K partials
+    /// of both decode kernels, then the fused kernel's ATTN_TICKETS u32
+    /// tickets (zero between launches).
+    pub(crate) workspace: CudaSlice<f32>,
     /// (n_tables, table_width) block ids, -1 past a table's end.
     pub(crate) tables: CudaSlice<i32>,
     pub(crate) n_tables: usize,
@@ -166,7 +168,8 @@ impl PagedKvPool {
             n_blocks,
             k: dev.alloc_zeros("paged KV pool keys", len)?,
             v: dev.alloc_zeros("paged KV pool values", len)?,
-            workspace: dev.alloc_zeros("paged attention split-K workspace", WORKSPACE_FLOATS)?,
+            workspace: dev
+                .alloc_zeros("paged attention split-K workspace", ATTN_WORKSPACE_FLOATS)?,
             tables: dev.alloc_zeros("block tables", 64)?,
             n_tables: 0,
             table_width: 0,
@@ -348,7 +351,8 @@ pub(crate) fn paged_splits(
         .saturating_mul(n_heads)
         .saturating_mul(head_dim + 2)
         .max(1);
-    let by_workspace = WORKSPACE_FLOATS / per_split;
+    // The fused kernel's tickets follow the partials.
+    let by_workspace = ATTN_PARTIAL_FLOATS / per_split;
     want.min(MAX_SPLITS).min(by_keys).min(by_workspace).max(1)
 }
 
@@ -547,6 +551,92 @@ pub fn paged_attention(
     Ok(())
 }
 
+/// Whether the serving decoder takes [`paged_attention_decode_rope`] for a
+/// pass of one row per sequence: not when `MARLIN_CUDA_PAGED_ROPE=0`
+/// (measuring the difference against `qkv_rope_kv` + [`paged_attention`];
+/// read once).
+pub fn paged_rope_fusion_enabled() -> bool {
+    static ON: knobs::Switch = knobs::Switch::new("MARLIN_CUDA_PAGED_ROPE", true);
+    ON.get()
+}
+
+/// [`super::qkv_rope_kv`] into the pool followed by attention, in one
+/// launch of the contiguous cache's fused decode kernel
+/// ([`super::attention_decode_rope`]) reading and writing the pool through
+/// its block tables: every block ropes its query heads from the projection
+/// rows, the block whose keys include the row's position ropes this step's
+/// key and writes it and the value into layer `layer` of the pool, the
+/// splits are merged by the last block, and `out` takes the GEMMs' element
+/// type (no f32 round trip). Rows outside the tables, and keys in blocks
+/// outside the pool, are skipped as by [`paged_kv_write`] and
+/// [`paged_attention`].
+///
+/// The rows must belong to distinct tables (one decode row per sequence:
+/// a row never reads a key another row of the call writes), and the keys
+/// of earlier positions must have been written by work that completed
+/// before this launch could start (they are read before the PDL wait):
+/// earlier passes, separated from this one by the host copies of the
+/// tables and of `row_seq` / `row_pos` before each pass, as for
+/// [`super::attention_decode_rope`].
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention_decode_rope<T: ActElem>(
+    dev: &CudaDevice,
+    p: &AttnParams,
+    inp: &RopeInputs<'_, '_, T>,
+    pool: &mut PagedKvPool,
+    layer: usize,
+    rows: usize,
+    row_seq: &CudaSlice<i32>,
+    row_pos: &CudaSlice<i32>,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    let shape = HeadShape {
+        n_heads: p.n_heads,
+        n_kv_heads: p.n_kv_heads,
+        head_dim: p.head_dim,
+    };
+    let strides = check_projections(inp.q, inp.k, inp.v, rows, shape, inp.qk_norm, inp.rope)?;
+    if !SUPPORTED_HEAD_DIMS.contains(&p.head_dim) {
+        return Err(CudaError::Unsupported(format!(
+            "fused paged decode attention: head_dim {} (kernels exist for {SUPPORTED_HEAD_DIMS:?})",
+            p.head_dim
+        )));
+    }
+    if rows > 0 && pool.n_tables == 0 {
+        return Err(CudaError::Shape(
+            "fused paged decode attention: no block tables set".into(),
+        ));
+    }
+    let q_len = mul(
+        "paged attention q",
+        rows,
+        mul("paged attention q", p.n_heads, p.head_dim)?,
+    )?;
+    let c = check(
+        p,
+        (
+            pool.n_layers,
+            pool.n_kv_heads,
+            pool.head_dim,
+            pool.table_positions().max(1),
+        ),
+        layer,
+        rows,
+        (q_len, out.len(), row_seq.len(), row_pos.len()),
+    )?;
+    decode_launch(
+        dev,
+        p,
+        &c,
+        DecodeQueries::Proj(inp, strides),
+        DecodeKv::Paged(pool),
+        rows,
+        row_seq,
+        row_pos,
+        out,
+    )
+}
+
 /// Rows `0..n` of a pass that the tensor-core tile kernel runs: the pool's
 /// prompt rows when their head dim has the kernel and there are more than
 /// [`DECODE_MAX_ROWS`] of them (fewer re-read their keys per row on the
@@ -717,7 +807,7 @@ mod tests {
         assert_eq!(paged_splits(132, 1, 9, 3, 64, 48), 1);
         for rows in [1, 3, 17, 64, 256] {
             let s = paged_splits(132, rows, 64, rows * 8, 256, 1 << 20);
-            assert!(s == 1 || rows * 64 * s * 258 <= WORKSPACE_FLOATS);
+            assert!(s == 1 || rows * 64 * s * 258 <= ATTN_PARTIAL_FLOATS);
         }
         assert_eq!(decode_heads_per_block(3), 4);
         assert_eq!(decode_heads_per_block(9), 8);

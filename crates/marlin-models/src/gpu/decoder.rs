@@ -1700,14 +1700,47 @@ impl GpuDecoder {
                 )?;
             }
             KvTarget::Store(store) => {
-                let dest = store.kv_dest(il);
-                ops::qkv_rope_kv(
-                    dev, &qv, &kv_rows, &vv, m, shape, qk_norm, c.rms_eps, 0.0, rope, dest,
-                    io.row_seq, io.row_pos, io.q,
-                )?;
-                mark(prof, dev, Stage::QkvRopeKv)?;
-                store.attend(dev, &params, io.q, il, m, io.row_seq, io.row_pos, io.attn32)?;
-                T::from_f32(dev, io.attn32, m * qd, &mut a.attn)?;
+                // One row per sequence (a decode pass): the contiguous
+                // path's one launch, through the pool's block tables.
+                let one_launch = io.distinct_seqs
+                    && ops::SUPPORTED_HEAD_DIMS.contains(&c.head_dim)
+                    && ops::attn_rope_fusion_enabled()
+                    && ops::paged_rope_fusion_enabled();
+                match store.paged_pool() {
+                    Some(pool) if one_launch => {
+                        let inp = RopeInputs {
+                            q: &qv,
+                            k: &kv_rows,
+                            v: &vv,
+                            qk_norm,
+                            eps: c.rms_eps,
+                            w_offset: 0.0,
+                            rope,
+                        };
+                        ops::paged_attention_decode_rope(
+                            dev,
+                            &params,
+                            &inp,
+                            pool,
+                            il,
+                            m,
+                            io.row_seq,
+                            io.row_pos,
+                            &mut a.attn,
+                        )?;
+                    }
+                    _ => {
+                        let dest = store.kv_dest(il);
+                        ops::qkv_rope_kv(
+                            dev, &qv, &kv_rows, &vv, m, shape, qk_norm, c.rms_eps, 0.0, rope, dest,
+                            io.row_seq, io.row_pos, io.q,
+                        )?;
+                        mark(prof, dev, Stage::QkvRopeKv)?;
+                        store
+                            .attend(dev, &params, io.q, il, m, io.row_seq, io.row_pos, io.attn32)?;
+                        T::from_f32(dev, io.attn32, m * qd, &mut a.attn)?;
+                    }
+                }
             }
         }
         mark(prof, dev, Stage::Attention)?;

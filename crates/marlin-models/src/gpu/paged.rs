@@ -70,6 +70,14 @@ pub trait KvStore {
         row_pos: &CudaSlice<i32>,
         out: &mut CudaSlice<f32>,
     ) -> Result<()>;
+
+    /// The store as the paged pool, for the one-launch decode attention
+    /// ([`ops::paged_attention_decode_rope`]: QK-norm, RoPE, the KV write
+    /// and attention of a pass of one row per sequence); `None` (the
+    /// default): always the two launches above.
+    fn paged_pool(&mut self) -> Option<&mut PagedKvPool> {
+        None
+    }
 }
 
 impl KvStore for PagedKvPool {
@@ -91,6 +99,10 @@ impl KvStore for PagedKvPool {
         Ok(ops::paged_attention(
             dev, p, q, self, layer, rows, row_seq, row_pos, out,
         )?)
+    }
+
+    fn paged_pool(&mut self) -> Option<&mut PagedKvPool> {
+        Some(self)
     }
 }
 
@@ -613,18 +625,21 @@ impl GpuBatchModel {
         let tables: Vec<&[u32]> = pass.iter().map(|p| chunks[p.chunk].block_table).collect();
         // A pass of decode rows only may replay a graph: its tables padded
         // to a power-of-two width (capped at the pool), so that one graph
-        // serves sequences of a range of lengths.
+        // serves sequences of a range of lengths. Padded with or without
+        // graphs: the decode attention's split count follows the width, and
+        // a graph's pass must compute exactly what the eager pass does.
         let decode_only = pass.iter().all(|p| p.len == 1 && p.logits);
-        let graph_shape =
-            (decode_only && prof.is_none() && self.model.options().cuda_graph).then(|| {
-                let widest = tables.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
-                let width = widest
-                    .next_power_of_two()
-                    .min(self.pool.n_blocks())
-                    .max(widest);
-                (m, width, select_kind(select))
-            });
-        let min_width = graph_shape.map_or(1, |(_, w, _)| w);
+        let min_width = if decode_only {
+            let widest = tables.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
+            widest
+                .next_power_of_two()
+                .min(self.pool.n_blocks())
+                .max(widest)
+        } else {
+            1
+        };
+        let graph_shape = (decode_only && prof.is_none() && self.model.options().cuda_graph)
+            .then_some((m, min_width, select_kind(select)));
         self.pool.set_block_tables_width(dev, &tables, min_width)?;
         // The long bodies come first: attention runs them on the
         // tensor-core tile kernel.
@@ -634,9 +649,9 @@ impl GpuBatchModel {
         stream
             .memcpy_htod(&ids, &mut s.ids.slice_mut(0..m))
             .map_err(|e| driver_err("token ids to the device", e))?;
-        stream
-            .memcpy_htod(&seq, &mut s.row_seq.slice_mut(0..m))
-            .map_err(|e| driver_err("row tables to the device", e))?;
+        // Also records whether the rows are of distinct tables: a pass of
+        // one row per sequence runs attention in one launch.
+        s.set_row_sequences(dev, &seq)?;
         stream
             .memcpy_htod(&pos, &mut s.row_pos.slice_mut(0..m))
             .map_err(|e| driver_err("positions to the device", e))?;
