@@ -127,10 +127,12 @@ __device__ __forceinline__ void att_cp_async16(void* dst, const u16* src) {
 // [t * 128 + threadIdx.x]): one cp.async group per key, committed even when
 // empty so that PK + i groups are committed before key i. Keys at or past
 // k1, and this step's key (`fresh`, from shared memory), are not copied.
+// `ok_bits`: bit t set where slot t's key lies in the pool (`at.ok`).
 template <int PK, int NSUB, typename KeyAt>
 __device__ __forceinline__ void att_fill_ring(uint4* st_k, uint4* st_v, const u16* k_cache,
                                               const u16* v_cache, const KeyAt& at, int first,
-                                              int k1, int fresh) {
+                                              int k1, int fresh, u32& ok_bits) {
+    ok_bits = 0;
 #pragma unroll
     for (int t = 0; t < PK; ++t) {
         const int j = first + t * NSUB;
@@ -139,6 +141,7 @@ __device__ __forceinline__ void att_fill_ring(uint4* st_k, uint4* st_v, const u1
             if (at.ok(off)) {
                 att_cp_async16(&st_k[t * 128 + threadIdx.x], k_cache + off);
                 att_cp_async16(&st_v[t * 128 + threadIdx.x], v_cache + off);
+                ok_bits |= 1u << t;
             }
         }
         cp_async_commit();
@@ -211,11 +214,16 @@ struct AttKeyAt {
     const int* table;       // paged: the sequence's block table
     long long block_elems;  // paged: elements of one block of one layer
     int block_size, n_blocks;
+    int bs_shift;  // paged: log2(block_size) for a power of two, else -1
     __device__ __forceinline__ long long operator()(int j) const {
         if (!PAGED) return base + (long long)j * HD;
-        const int blk = __ldg(table + j / block_size);
+        // Shifts for the usual power-of-two blocks (a division is ~20
+        // instructions on the key step's address).
+        const int bi = bs_shift >= 0 ? j >> bs_shift : j / block_size;
+        const int slot = j - bi * block_size;
+        const int blk = __ldg(table + bi);
         if (blk < 0 || blk >= n_blocks) return -1;
-        return base + (long long)blk * block_elems + (long long)(j % block_size) * HD;
+        return base + (long long)blk * block_elems + (long long)slot * HD;
     }
     // Whether an offset from operator() names a key (always, contiguous).
     __device__ __forceinline__ bool ok(long long off) const { return !PAGED || off >= 0; }
@@ -424,27 +432,35 @@ __device__ __forceinline__ void attn_decode_impl(
         at.table = pg.tables + (long long)(k0 < k1 ? seq : 0) * pg.table_width;
         at.block_size = pg.block_size;
         at.n_blocks = pg.n_blocks;
+        at.bs_shift = (pg.block_size & (pg.block_size - 1)) == 0 ? __ffs(pg.block_size) - 1 : -1;
     } else {
         at.base = k0 < k1 ? att_head_base(seq, layer, n_layers, kvh, n_kv_heads, capacity, HD) : 0;
     }
     const u16* kp = k_cache + sl * 8;
     const u16* vp = v_cache + sl * 8;
-    // Whether key j is attended (a paged key in a block outside the pool is not).
-    auto key_ok = [&](int j) { return !PAGED || at(j) >= 0; };
+    // Whether a key is attended (a paged key in a block outside the pool is
+    // not), known when it is loaded: bit t of ring_ok for the shared-memory
+    // ring's slot t, reg_ok[p] for the register ring, fresh_ok for this
+    // step's key (always, on the contiguous cache).
+    u32 ring_ok = 0;
+    bool reg_ok[NP];
+    const bool fresh_ok = !PAGED || fresh < 0 || at.ok(at(fresh));
     // early_kv (fused entries, rows of distinct sequences): the keys
     // before this step's were written by launches that completed before
     // this one could start (see attention_decode_rope), so their DRAM
     // round trip overlaps the previous kernel.
     if (early_kv && stage)
-        att_fill_ring<PK, NSUB>(st_k, st_v, kp, vp, at, k0 + sub, k1, fresh);
+        att_fill_ring<PK, NSUB>(st_k, st_v, kp, vp, at, k0 + sub, k1, fresh, ring_ok);
 #pragma unroll
     for (int p = 0; p < NP; ++p) {
         kb[p] = make_uint4(0, 0, 0, 0);
         vb[p] = kb[p];
+        reg_ok[p] = true;
         const int j = k0 + sub + p * NSUB;
         if (early_kv && !stage && j < k1 && j != fresh) {
             const long long off = at(j);
-            if (at.ok(off)) {
+            reg_ok[p] = at.ok(off);
+            if (reg_ok[p]) {
                 kb[p] = att_ld16(kp + off);
                 vb[p] = att_ld16(vp + off);
             }
@@ -575,7 +591,7 @@ __device__ __forceinline__ void attn_decode_impl(
         const uint4* skv = reinterpret_cast<const uint4*>(ROPE ? &sm_kv[0][sl * 8] : 0);
         const uint4* svv = reinterpret_cast<const uint4*>(ROPE ? &sm_kv[1][sl * 8] : 0);
         if (stage && !early_kv)
-            att_fill_ring<PK, NSUB>(st_k, st_v, kp, vp, at, k0 + sub, k1, fresh);
+            att_fill_ring<PK, NSUB>(st_k, st_v, kp, vp, at, k0 + sub, k1, fresh, ring_ok);
 #pragma unroll
         for (int p = 0; p < NP; ++p) {
             const int j = k0 + sub + p * NSUB;
@@ -584,9 +600,11 @@ __device__ __forceinline__ void attn_decode_impl(
                 if (j == fresh) {
                     kb[p] = *skv;
                     vb[p] = *svv;
+                    reg_ok[p] = fresh_ok;
                 } else if (!early_kv) {
                     const long long off = at(j);
-                    if (at.ok(off)) {
+                    reg_ok[p] = at.ok(off);
+                    if (reg_ok[p]) {
                         kb[p] = att_ld16(kp + off);
                         vb[p] = att_ld16(vp + off);
                     }
@@ -608,14 +626,17 @@ __device__ __forceinline__ void attn_decode_impl(
                     cp_async_wait<PK - 1>();
                     const uint4 kc = j == fresh ? *skv : st_k[t * 128 + threadIdx.x];
                     const uint4 vc = j == fresh ? *svv : st_v[t * 128 + threadIdx.x];
-                    att_key_step<GT, LPK>(kc, vc, qr, m, l, o, j < k1 && key_ok(j), softcap);
+                    const bool kok = !PAGED || (j == fresh ? fresh_ok : ((ring_ok >> t) & 1u) != 0);
+                    att_key_step<GT, LPK>(kc, vc, qr, m, l, o, j < k1 && kok, softcap);
                     if (j == k0 + sub) ATT_STAMP(ATT_STAMP_KEY1);
                     // Refill the slot after its key was used (the use orders
                     // the shared-memory read before the copy's write).
                     const int jn = j + PK * NSUB;
                     if (jn < k1 && jn != fresh) {
                         const long long off = at(jn);
-                        if (at.ok(off)) {
+                        const bool nok = at.ok(off);
+                        if (PAGED) ring_ok = nok ? ring_ok | (1u << t) : ring_ok & ~(1u << t);
+                        if (nok) {
                             att_cp_async16(&st_k[t * 128 + threadIdx.x], kp + off);
                             att_cp_async16(&st_v[t * 128 + threadIdx.x], vp + off);
                         }
@@ -631,18 +652,23 @@ __device__ __forceinline__ void attn_decode_impl(
                 if (jw >= k1) break;
                 const int j = jw + sub_lag;
                 const uint4 kc = kb[p], vc = vb[p];
+                const bool kok = reg_ok[p];
                 const int jn = j + NP * NSUB;
                 if (jn < k1) {  // refill this slot with the sub-group's key NP ahead
-                    const long long off = jn == fresh ? 0 : at(jn);
                     if (jn == fresh) {
                         kb[p] = *skv;
                         vb[p] = *svv;
-                    } else if (at.ok(off)) {
-                        kb[p] = att_ld16(kp + off);
-                        vb[p] = att_ld16(vp + off);
+                        reg_ok[p] = fresh_ok;
+                    } else {
+                        const long long off = at(jn);
+                        reg_ok[p] = at.ok(off);
+                        if (reg_ok[p]) {
+                            kb[p] = att_ld16(kp + off);
+                            vb[p] = att_ld16(vp + off);
+                        }
                     }
                 }
-                att_key_step<GT, LPK>(kc, vc, qr, m, l, o, j < k1 && key_ok(j), softcap);
+                att_key_step<GT, LPK>(kc, vc, qr, m, l, o, j < k1 && kok, softcap);
             }
         }
     }
@@ -908,6 +934,22 @@ __device__ __forceinline__ void attn_decode_impl(
                                                  q_scale, softcap, window, splits, flags, ri,  \
                                                  pg);                                          \
     }
+// Roped f32 queries over a paged pool (ops::paged_attention's decode rows;
+// the tables after the pool, n_tables in place of n_seqs).
+#define ATTN_PAGED_ENTRY_T(NAME, HD, GT, OutT)                                                 \
+    extern "C" __global__ void __launch_bounds__(128, ATT_MIN_BLOCKS(GT))                       \
+        NAME(const float* q, u16* k_pool, u16* v_pool, const int* tables, int table_width,     \
+             int n_blocks, int block_size, const int* row_seq, const int* row_pos, OutT* out,  \
+             float* partials, u32* tickets, int n_heads, int n_kv_heads, int group,            \
+             int n_layers, int layer, int n_tables, float q_scale, float softcap, int window,  \
+             int splits, int flags) {                                                          \
+        const AttRopeIn<OutT> ri = {};                                                         \
+        const AttPaged pg = {tables, table_width, n_blocks, block_size};                       \
+        attn_decode_impl<HD, GT, OutT, false, true>(                                           \
+            q, k_pool, v_pool, row_seq, row_pos, out, partials, tickets, n_heads, n_kv_heads,  \
+            group, n_layers, layer, n_tables, table_width * block_size, q_scale, softcap,      \
+            window, splits, flags & ~ATT_FLAG_EARLY_KV, ri, pg);                               \
+    }
 // The fused entries over a paged pool (the serving pass's decode rows,
 // src/ops/paged.rs paged_attention_decode_rope): the tables after the pool,
 // n_tables in place of n_seqs; a table covers table_width * block_size
@@ -939,7 +981,8 @@ __device__ __forceinline__ void attn_decode_impl(
     ATTN_DECODE_ROPE_ENTRY_T(attn_decode_rope_hd##HD##_g##GT, HD, GT, float) \
     ATTN_DECODE_ROPE_ENTRY_T(attn_decode_rope_hd##HD##_g##GT##_h, HD, GT, u16) \
     ATTN_PAGED_ROPE_ENTRY_T(attn_paged_rope_hd##HD##_g##GT, HD, GT, float)   \
-    ATTN_PAGED_ROPE_ENTRY_T(attn_paged_rope_hd##HD##_g##GT##_h, HD, GT, u16)
+    ATTN_PAGED_ROPE_ENTRY_T(attn_paged_rope_hd##HD##_g##GT##_h, HD, GT, u16) \
+    ATTN_PAGED_ENTRY_T(attn_paged_hd##HD##_g##GT, HD, GT, float)
 
 #if !defined(ATT_ONLY_HD) || ATT_ONLY_HD == 16
 ATTN_DECODE_ENTRY(16, 1)

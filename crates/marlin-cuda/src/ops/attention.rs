@@ -2,7 +2,7 @@
 //! `kernels/attention.cu`): flash-decoding for few rows, a tiled
 //! online-softmax kernel for many.
 
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use half::f16;
 
 use std::cell::Cell;
@@ -393,12 +393,12 @@ pub fn attention_decode<T: ActElem>(
         dev,
         p,
         &c,
-        DecodeQueries::Roped(q),
+        DecodeQueries::Roped(q.slice(..)),
         DecodeKv::Slots(cache),
         rows,
-        row_seq,
-        row_pos,
-        out,
+        &row_seq.slice(..),
+        &row_pos.slice(..),
+        &mut out.slice_mut(..),
     )
 }
 
@@ -818,16 +818,16 @@ pub fn attention_decode_rope<T: ActElem>(
         DecodeQueries::Proj(inp, strides),
         DecodeKv::Slots(cache),
         rows,
-        row_seq,
-        row_pos,
-        out,
+        &row_seq.slice(..),
+        &row_pos.slice(..),
+        &mut out.slice_mut(..),
     )
 }
 
 /// The queries of a decode launch: roped f32 rows, or projection rows (and
 /// their q / kv row strides) that the kernel ropes itself.
 pub(crate) enum DecodeQueries<'a, 'b, 'c, T> {
-    Roped(&'a CudaSlice<f32>),
+    Roped(CudaView<'a, f32>),
     Proj(&'a RopeInputs<'b, 'c, T>, [i32; 2]),
 }
 
@@ -869,9 +869,9 @@ pub(crate) fn decode_launch<T: ActElem>(
     queries: DecodeQueries<'_, '_, '_, T>,
     kv: DecodeKv<'_>,
     rows: usize,
-    row_seq: &CudaSlice<i32>,
-    row_pos: &CudaSlice<i32>,
-    out: &mut CudaSlice<T>,
+    row_seq: &CudaView<'_, i32>,
+    row_pos: &CudaView<'_, i32>,
+    out: &mut CudaViewMut<'_, T>,
 ) -> Result<()> {
     if rows == 0 {
         return Ok(());
@@ -935,7 +935,7 @@ pub(crate) fn decode_launch<T: ActElem>(
     let mut b = KernelLaunch::new(dev, &func, name);
     match queries {
         DecodeQueries::Roped(q) => {
-            b.arg(q);
+            b.arg(&q);
         }
         DecodeQueries::Proj(inp, strides) => {
             let n_rot = inp.rope.n_rot() as i32;
@@ -1048,7 +1048,8 @@ fn blocks_per_sm(func: &CudaFunction, name: &'static str) -> Result<usize> {
 
 /// Entry names of the decode kernel for one head_dim and heads per block:
 /// f32 out, f16 out, fused QK-norm/RoPE/KV write with f32, with f16, the
-/// fused entries over a paged pool with f32, with f16.
+/// fused entries over a paged pool with f32, with f16, roped f32 queries
+/// over a paged pool with f32 out.
 macro_rules! decode_names_g {
     ($hd:literal, $g:literal) => {
         [
@@ -1058,6 +1059,7 @@ macro_rules! decode_names_g {
             concat!("attn_decode_rope_hd", $hd, "_g", $g, "_h"),
             concat!("attn_paged_rope_hd", $hd, "_g", $g),
             concat!("attn_paged_rope_hd", $hd, "_g", $g, "_h"),
+            concat!("attn_paged_hd", $hd, "_g", $g),
         ]
     };
 }
@@ -1072,7 +1074,7 @@ macro_rules! decode_names_hd {
     };
 }
 /// By [`SUPPORTED_HEAD_DIMS`] index, then [`DECODE_GT`] index.
-const DECODE_NAMES: [[[&str; 6]; 4]; 5] = [
+const DECODE_NAMES: [[[&str; 7]; 4]; 5] = [
     decode_names_hd!(16),
     decode_names_hd!(32),
     decode_names_hd!(64),
@@ -1091,19 +1093,19 @@ fn decode_kernel_name(
 ) -> Result<&'static str> {
     let hd_i = SUPPORTED_HEAD_DIMS.iter().position(|&d| d == head_dim);
     let gt_i = DECODE_GT.iter().position(|&g| g == gt);
-    let kind = match (rope, paged) {
-        (false, false) => 0,
-        (true, false) => 2,
-        (true, true) => 4,
-        (false, true) => {
+    let index = match (rope, paged, f16_out) {
+        (false, false, f16) => usize::from(f16),
+        (true, false, f16) => 2 + usize::from(f16),
+        (true, true, f16) => 4 + usize::from(f16),
+        (false, true, false) => 6,
+        (false, true, true) => {
             return Err(CudaError::Unsupported(
-                "decode kernel over a paged pool without the fused RoPE (ops::paged_attention runs those rows)"
-                    .into(),
+                "decode kernel over a paged pool with roped queries and f16 output".into(),
             ))
         }
     };
     match (hd_i, gt_i) {
-        (Some(h), Some(g)) => Ok(DECODE_NAMES[h][g][usize::from(f16_out) + kind]),
+        (Some(h), Some(g)) => Ok(DECODE_NAMES[h][g][index]),
         _ => Err(CudaError::Unsupported(format!(
             "attention decode kernel for head_dim {head_dim}, {gt} heads per block"
         ))),

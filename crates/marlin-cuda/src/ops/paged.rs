@@ -1,7 +1,10 @@
-//! The paged f16 KV pool of the serving engine and its two ops (kernels in
-//! `kernels/paged_attention.cu`): [`paged_kv_write`] stores a forward
+//! The paged f16 KV pool of the serving engine and its ops:
+//! [`paged_kv_write`] (`kernels/paged_attention.cu`) stores a forward
 //! pass's keys and values through the block tables, [`paged_attention`]
-//! reads them back through the same tables.
+//! reads them back through the same tables (the contiguous cache's
+//! attention kernels in `kernels/attention.cu`, addressing keys through the
+//! tables), [`paged_attention_decode_rope`] does the write and the
+//! attention of a pass of one row per sequence in one launch.
 //!
 //! The pool is `n_blocks` blocks of `block_size` positions per layer; which
 //! sequence owns which block is the engine's business (its block manager).
@@ -12,31 +15,27 @@
 //! as rows belong to cache slots in [`super::GpuKvCache`], so the decoder
 //! runs unchanged over either.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, PushKernelArg};
 use half::f16;
 
 use super::attention::{
-    attention_function, check, check_attn_scalars, decode_heads_per_block, decode_launch,
-    prefill_grid, prefill_kernel, prefill_tc_smem_bytes, AttnNames, AttnParams, AttnScalars,
-    DecodeKv, DecodeQueries, PrefillKernel, RopeInputs, DECODE_MAX_ROWS, PREFILL_HEAD_DIMS,
-    PREFILL_TC_QV, SUPPORTED_HEAD_DIMS,
+    attention_function, check, check_attn_scalars, decode_launch, prefill_grid, prefill_kernel,
+    prefill_tc_smem_bytes, AttnNames, AttnParams, AttnScalars, Checked, DecodeKv, DecodeQueries,
+    PrefillKernel, RopeInputs, DECODE_MAX_ROWS, PREFILL_HEAD_DIMS, PREFILL_TC_QV,
+    SUPPORTED_HEAD_DIMS,
 };
 use super::fused::{check_projections, ActElem, HeadShape};
-use super::kv::{check_kv_write_args, KvWriteArgs, ATTN_PARTIAL_FLOATS, ATTN_WORKSPACE_FLOATS};
-use super::{grid_stride, mul, to_i32, to_u32};
+use super::kv::{check_kv_write_args, KvWriteArgs, ATTN_WORKSPACE_FLOATS};
+use super::{grid_stride, mul, to_i32};
 use crate::device::{driver_err, CudaDevice};
 use crate::error::{CudaError, Result};
 use crate::knobs;
 
 const MODULE: &str = "paged_attention";
 const SOURCE: &str = include_str!("../kernels/paged_attention.cu");
-const THREADS: u32 = 128;
-/// Head dimensions with compiled kernels (16 and 32: small test models).
-pub const PAGED_HEAD_DIMS: [usize; 5] = [16, 32, 64, 128, 256];
-/// Most key splits per (row, kv head, head chunk).
-const MAX_SPLITS: usize = 64;
-/// Keys per split below which splitting further does not pay.
-const MIN_KEYS_PER_SPLIT: usize = 64;
+/// Head dimensions with compiled kernels (16 and 32: small test models):
+/// the decode kernel's, which reads the pool too.
+pub const PAGED_HEAD_DIMS: [usize; 5] = SUPPORTED_HEAD_DIMS;
 
 /// Keys and values of every layer in `n_blocks` blocks of `block_size`
 /// positions, f16, laid out `[layer][block][kv_head][slot][head_dim]`,
@@ -50,9 +49,9 @@ pub struct PagedKvPool {
     n_blocks: usize,
     pub(crate) k: CudaSlice<f16>,
     pub(crate) v: CudaSlice<f16>,
-    /// (ATTN_WORKSPACE_FLOATS, as the contiguous cache's): split-K partials
-    /// of both decode kernels, then the fused kernel's ATTN_TICKETS u32
-    /// tickets (zero between launches).
+    /// (ATTN_WORKSPACE_FLOATS, as the contiguous cache's): the decode
+    /// kernel's split-K partials, then its ATTN_TICKETS u32 tickets (zero
+    /// between launches).
     pub(crate) workspace: CudaSlice<f32>,
     /// (n_tables, table_width) block ids, -1 past a table's end.
     pub(crate) tables: CudaSlice<i32>,
@@ -334,58 +333,6 @@ pub fn paged_kv_write(
     Ok(())
 }
 
-/// Key splits per (row, kv head, head chunk): enough blocks for about four
-/// per SM, none shorter than [`MIN_KEYS_PER_SPLIT`] keys of the longest
-/// row, and the partials must fit the workspace.
-pub(crate) fn paged_splits(
-    sm_count: usize,
-    rows: usize,
-    n_heads: usize,
-    blocks_per_split: usize,
-    head_dim: usize,
-    max_keys: usize,
-) -> usize {
-    let want = (4 * sm_count).div_ceil(blocks_per_split.max(1));
-    let by_keys = max_keys.div_ceil(MIN_KEYS_PER_SPLIT).max(1);
-    let per_split = rows
-        .saturating_mul(n_heads)
-        .saturating_mul(head_dim + 2)
-        .max(1);
-    // The fused kernel's tickets follow the partials.
-    let by_workspace = ATTN_PARTIAL_FLOATS / per_split;
-    want.min(MAX_SPLITS).min(by_keys).min(by_workspace).max(1)
-}
-
-fn kernel_name(head_dim: usize, gt: usize) -> Result<&'static str> {
-    Ok(match (head_dim, gt) {
-        (16, 1) => "paged_attn_hd16_g1",
-        (16, 2) => "paged_attn_hd16_g2",
-        (16, 4) => "paged_attn_hd16_g4",
-        (16, 8) => "paged_attn_hd16_g8",
-        (32, 1) => "paged_attn_hd32_g1",
-        (32, 2) => "paged_attn_hd32_g2",
-        (32, 4) => "paged_attn_hd32_g4",
-        (32, 8) => "paged_attn_hd32_g8",
-        (64, 1) => "paged_attn_hd64_g1",
-        (64, 2) => "paged_attn_hd64_g2",
-        (64, 4) => "paged_attn_hd64_g4",
-        (64, 8) => "paged_attn_hd64_g8",
-        (128, 1) => "paged_attn_hd128_g1",
-        (128, 2) => "paged_attn_hd128_g2",
-        (128, 4) => "paged_attn_hd128_g4",
-        (128, 8) => "paged_attn_hd128_g8",
-        (256, 1) => "paged_attn_hd256_g1",
-        (256, 2) => "paged_attn_hd256_g2",
-        (256, 4) => "paged_attn_hd256_g4",
-        (256, 8) => "paged_attn_hd256_g8",
-        _ => {
-            return Err(CudaError::Unsupported(format!(
-                "paged attention kernel for head_dim {head_dim}, {gt} heads per block"
-            )))
-        }
-    })
-}
-
 const PAGED_NAMES: AttnNames = AttnNames {
     what: "paged attention",
     kv: "pool",
@@ -458,97 +405,51 @@ pub fn paged_attention(
     if tiled == rows {
         return Ok(());
     }
-    // The decode rows after the prompt rows: the same buffers from row
-    // `tiled` on.
+    // The decode rows after the prompt rows (the same buffers from row
+    // `tiled` on): the contiguous cache's decode kernel, reading keys
+    // through the tables (`attn_paged_*`; splits merged in the launch).
     let qd = p.n_heads * p.head_dim;
-    let q = q.slice(tiled * qd..);
-    let row_seq = row_seq.slice(tiled..);
-    let row_pos = row_pos.slice(tiled..);
-    let mut out = out.slice_mut(tiled * qd..);
-    let rows = rows - tiled;
-    let gt = decode_heads_per_block(c.group);
-    let head_chunks = c.group.div_ceil(gt);
-    let grid_y = p.n_kv_heads * head_chunks;
-    if grid_y > 65_535 || rows > 65_535 {
-        return Err(CudaError::Shape(format!(
-            "paged attention: grid of {grid_y} x {rows} blocks exceeds CUDA limits"
-        )));
-    }
-    let max_keys = match p.window {
-        Some(w) => w.min(pool.table_positions()),
-        None => pool.table_positions(),
-    };
-    let splits = paged_splits(
-        dev.sm_count(),
+    let c = decode_checked(
+        p,
+        pool,
+        layer,
         rows,
-        p.n_heads,
-        rows * grid_y,
-        p.head_dim,
-        max_keys,
-    );
-    let name = kernel_name(p.head_dim, gt)?;
-    let func = dev.function(MODULE, SOURCE, name, 0)?;
-    let ints = [
-        p.n_heads as i32,
-        p.n_kv_heads as i32,
-        c.group as i32,
-        layer as i32,
-        pool.n_blocks as i32,
-        pool.block_size as i32,
-        pool.n_tables as i32,
-        pool.table_width as i32,
-    ];
-    let splits_i = splits as i32;
-    let cfg = LaunchConfig {
-        grid_dim: (splits as u32, grid_y as u32, rows as u32),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let mut b = dev.stream().launch_builder(&func);
-    b.arg(&q)
-        .arg(&pool.k)
-        .arg(&pool.v)
-        .arg(&row_seq)
-        .arg(&row_pos)
-        .arg(&pool.tables)
-        .arg(&mut out)
-        // Written by the kernel although borrowed shared: device memory the
-        // host never reads, ordered by the one stream.
-        .arg(&pool.workspace);
-    for i in &ints {
-        b.arg(i);
-    }
-    b.arg(&c.q_scale)
-        .arg(&c.softcap)
-        .arg(&c.window)
-        .arg(&splits_i);
-    // SAFETY: argument order and types match paged_attn_hd*_g* in
-    // kernels/paged_attention.cu; q and out hold rows*n_heads*head_dim
-    // values, row_seq/row_pos rows (views from row `tiled` on); the tables
-    // n_tables*table_width ids; the pool matches (kv heads, head_dim, layer
-    // checked); the kernel skips rows outside the tables and keys in blocks
-    // outside the pool; the workspace holds rows*n_heads*splits*(head_dim+2)
-    // floats (paged_splits).
-    unsafe { b.launch(cfg) }.map_err(|e| driver_err(&format!("launch {name}"), e))?;
-    if splits > 1 {
-        let func = dev.function(MODULE, SOURCE, "paged_attn_combine", 0)?;
-        let (hd, splits_i) = (p.head_dim as i32, splits as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (
-                to_u32("paged attention rows*heads", rows * p.n_heads)?,
-                1,
-                1,
-            ),
-            block_dim: (p.head_dim as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut b = dev.stream().launch_builder(&func);
-        b.arg(&pool.workspace).arg(&mut out).arg(&hd).arg(&splits_i);
-        // SAFETY: argument order and types match paged_attn_combine; the
-        // launch above wrote rows*n_heads*splits partials of head_dim+2.
-        unsafe { b.launch(cfg) }.map_err(|e| driver_err("launch paged_attn_combine", e))?;
-    }
-    Ok(())
+        (q.len(), out.len(), row_seq.len(), row_pos.len()),
+    )?;
+    decode_launch::<f32>(
+        dev,
+        p,
+        &c,
+        DecodeQueries::Roped(q.slice(tiled * qd..)),
+        DecodeKv::Paged(pool),
+        rows - tiled,
+        &row_seq.slice(tiled..),
+        &row_pos.slice(tiled..),
+        &mut out.slice_mut(tiled * qd..),
+    )
+}
+
+/// The decode kernel's launch parameters over the pool (see
+/// `attention::check`): positions are what the widest table covers.
+fn decode_checked(
+    p: &AttnParams,
+    pool: &PagedKvPool,
+    layer: usize,
+    rows: usize,
+    lens: (usize, usize, usize, usize), // (q, out, row_seq, row_pos)
+) -> Result<Checked> {
+    check(
+        p,
+        (
+            pool.n_layers,
+            pool.n_kv_heads,
+            pool.head_dim,
+            pool.table_positions().max(1),
+        ),
+        layer,
+        rows,
+        lens,
+    )
 }
 
 /// Whether the serving decoder takes [`paged_attention_decode_rope`] for a
@@ -612,14 +513,9 @@ pub fn paged_attention_decode_rope<T: ActElem>(
         rows,
         mul("paged attention q", p.n_heads, p.head_dim)?,
     )?;
-    let c = check(
+    let c = decode_checked(
         p,
-        (
-            pool.n_layers,
-            pool.n_kv_heads,
-            pool.head_dim,
-            pool.table_positions().max(1),
-        ),
+        pool,
         layer,
         rows,
         (q_len, out.len(), row_seq.len(), row_pos.len()),
@@ -631,9 +527,9 @@ pub fn paged_attention_decode_rope<T: ActElem>(
         DecodeQueries::Proj(inp, strides),
         DecodeKv::Paged(pool),
         rows,
-        row_seq,
-        row_pos,
-        out,
+        &row_seq.slice(..),
+        &row_pos.slice(..),
+        &mut out.slice_mut(..),
     )
 }
 
@@ -796,20 +692,5 @@ mod tests {
         // SmolLM2-135M: 30 layers, 3 kv heads of 64, blocks of 16: 360 KiB.
         assert_eq!(paged_block_bytes(30, 3, 64, 16), Some(30 * 3 * 64 * 16 * 4));
         assert_eq!(paged_block_bytes(usize::MAX, 3, 64, 16), None);
-    }
-
-    #[test]
-    fn splits_fill_the_device_and_fit_the_workspace() {
-        // One decode row of a long sequence splits widely, a prefill chunk
-        // of 512 rows not at all, short contexts not at all.
-        assert_eq!(paged_splits(132, 1, 9, 3, 64, 4096), 64);
-        assert_eq!(paged_splits(132, 512, 9, 512 * 3, 64, 4096), 1);
-        assert_eq!(paged_splits(132, 1, 9, 3, 64, 48), 1);
-        for rows in [1, 3, 17, 64, 256] {
-            let s = paged_splits(132, rows, 64, rows * 8, 256, 1 << 20);
-            assert!(s == 1 || rows * 64 * s * 258 <= ATTN_PARTIAL_FLOATS);
-        }
-        assert_eq!(decode_heads_per_block(3), 4);
-        assert_eq!(decode_heads_per_block(9), 8);
     }
 }
