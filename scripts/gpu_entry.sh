@@ -187,6 +187,13 @@ if [ -x "$marlin" ]; then
         step "bench model gpu nograph $short" "$out/bench_model_gpu_nograph_$short.log" \
             env MARLIN_CUDA_GRAPH=0 "$marlin" bench model "$f" --device cuda --pp 512 --tg 128
         e2e_logs+=("$out/bench_model_gpu_$short.log" "$out/bench_model_gpu_nograph_$short.log" "$out/bench_model_cpu_$short.log")
+        # The OpenAI server on the GPU: continuous batching over the paged
+        # pool at concurrency 1 / 8 / 32 (standard-library client).
+        if [ "$short" = SmolLM2-135M ]; then
+            step "serve gpu $short" "$out/serve_gpu_$short.log" python3 scripts/server/bench_serve.py \
+                --marlin "$marlin" --model "$f" --device cuda --requests-per-client 4 --max-tokens 64
+            e2e_logs+=("$out/serve_gpu_$short.log")
+        fi
     done
 fi
 if [ "${MARLIN_BENCH_SWEEP:-0}" = 1 ]; then

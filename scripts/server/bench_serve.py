@@ -5,7 +5,12 @@ printed beside the single-stream decode speed `marlin bench model` measures
 in the same run, with TTFT / ITL percentiles.
 
     python3 scripts/server/bench_serve.py [--marlin target/release/marlin] [--model PATH]
-        [--concurrency 1,8,32] [--requests-per-client 4] [--max-tokens 64]
+        [--concurrency 1,8,32] [--requests-per-client 4] [--max-tokens 64] [--device cuda]
+
+Standard library only (scripts/gpu_entry.sh runs it on the GPU machine,
+`--device cuda`, where the server's batches run on the paged GPU pool). It
+also reports how many distinct greedy completions each prompt got over all
+requests and concurrency levels (1 where batching changes no near-tie).
 """
 import argparse
 import concurrent.futures as cf
@@ -22,9 +27,9 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, i
            "List three colors: 1.", "The best way to learn a language is"]
 
 
-def single_stream_tg(marlin, model, threads):
+def single_stream_tg(marlin, model, threads, device):
     out = subprocess.run([marlin, "bench", "model", model, "--threads", str(threads), "--pp", "64", "--tg", "64",
-                          "--reps", "1"], capture_output=True, text=True, timeout=600)
+                          "--reps", "1", "--device", device], capture_output=True, text=True, timeout=600)
     m = re.search(r"tg64\s+\d+\s+([0-9.]+)", out.stdout + out.stderr)
     return float(m.group(1)) if m else None, (out.stdout + out.stderr).strip().splitlines()[-3:]
 
@@ -38,12 +43,15 @@ def main():
     ap.add_argument("--requests-per-client", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2, help="threads of the single-stream baseline (the server uses 2)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N], for the server and the baseline")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    tg, tail = single_stream_tg(args.marlin, args.model, args.threads)
+    tg, tail = single_stream_tg(args.marlin, args.model, args.threads, args.device)
     # Server() passes --threads 2 itself.
-    s = Server(args.marlin, args.model, ["--max-num-seqs", str(max(levels)), "--max-queue", "1024"])
+    s = Server(args.marlin, args.model,
+               ["--max-num-seqs", str(max(levels)), "--max-queue", "1024", "--device", args.device])
     rows = []
+    completions = {}
     try:
         for c in levels:
             n = c * args.requests_per_client
@@ -52,6 +60,8 @@ def main():
                 res = list(ex.map(lambda i: stream_completion(s, PROMPTS[i % len(PROMPTS)], args.max_tokens),
                                   range(n)))
             wall = time.time() - t0
+            for i, r in enumerate(res):
+                completions.setdefault(PROMPTS[i % len(PROMPTS)], set()).add(r[0])
             m = s.metrics()
             toks = sum(len(r[0]) > 0 for r in res)  # completed requests
             gen = m.get("marlin:generation_tokens_total", float("nan"))
@@ -60,7 +70,8 @@ def main():
             rows.append((c, n, wall, gen, ttft, itl, toks))
     finally:
         s.stop()
-    print(f"model: {args.model}; threads {args.threads}; {args.max_tokens} tokens per request (greedy)")
+    print(f"model: {args.model}; device {args.device}; threads {args.threads}; "
+          f"{args.max_tokens} tokens per request (greedy)")
     print(f"single-stream decode (marlin bench model, tg64): {tg} tok/s")
     print(f"{'conc':>5} {'reqs':>5} {'wall s':>7} {'gen tok/s':>10} {'x single':>9} {'TTFT p50 ms':>12} "
           f"{'TTFT p99 ms':>12} {'ITL p50 ms':>11} {'ITL p99 ms':>11}")
@@ -71,6 +82,11 @@ def main():
         ratio = tps / tg if tg else float("nan")
         print(f"{c:>5} {n:>5} {wall:>7.1f} {tps:>10.1f} {ratio:>9.2f} {pct(ttft, 50)*1e3:>12.0f} "
               f"{pct(ttft, 99)*1e3:>12.0f} {pct(itl, 50)*1e3:>11.1f} {pct(itl, 99)*1e3:>11.1f}")
+    distinct = {p: len(c) for p, c in completions.items()}
+    print(f"distinct greedy completions per prompt over every request: {distinct}")
+    if any(not t for c in completions.values() for t in c):
+        print("FAIL: an empty completion")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,6 @@ import time
 import traceback
 import urllib.request
 
-import openai
-
 KEY = "test-key-123"
 NAME = "smollm2"
 RESULTS = []
@@ -79,6 +77,10 @@ class Server:
         return r.status, dict(r.getheaders()), payload
 
     def client(self):
+        # Imported here: bench_serve.py and the GPU machine (no openai
+        # package there) use this module's raw HTTP helpers only.
+        import openai
+
         return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=self.key or "none",
                              max_retries=0, timeout=300)
 
