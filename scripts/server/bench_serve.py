@@ -9,8 +9,10 @@ in the same run, with TTFT / ITL percentiles.
 
 Standard library only (scripts/gpu_entry.sh runs it on the GPU machine,
 `--device cuda`, where the server's batches run on the paged GPU pool). It
-also reports how many distinct greedy completions each prompt got over all
-requests and concurrency levels (1 where batching changes no near-tie).
+also reports how many distinct greedy completions each prompt got at each
+concurrency level and over all of them (1 where batching changes no
+near-tie; on a GPU the batch size changes the GEMM kernels and their
+rounding, so near-ties can go either way).
 """
 import argparse
 import concurrent.futures as cf
@@ -30,7 +32,8 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, i
 def single_stream_tg(marlin, model, threads, device):
     out = subprocess.run([marlin, "bench", "model", model, "--threads", str(threads), "--pp", "64", "--tg", "64",
                           "--reps", "1", "--device", device], capture_output=True, text=True, timeout=600)
-    m = re.search(r"tg64\s+\d+\s+([0-9.]+)", out.stdout + out.stderr)
+    # The second column is the thread count on the CPU, the device (cuda:0) on a GPU.
+    m = re.search(r"tg64\s+\S+\s+([0-9.]+)", out.stdout + out.stderr)
     return float(m.group(1)) if m else None, (out.stdout + out.stderr).strip().splitlines()[-3:]
 
 
@@ -61,7 +64,7 @@ def main():
                                   range(n)))
             wall = time.time() - t0
             for i, r in enumerate(res):
-                completions.setdefault(PROMPTS[i % len(PROMPTS)], set()).add(r[0])
+                completions.setdefault(PROMPTS[i % len(PROMPTS)], {}).setdefault(c, set()).add(r[0])
             m = s.metrics()
             toks = sum(len(r[0]) > 0 for r in res)  # completed requests
             gen = m.get("marlin:generation_tokens_total", float("nan"))
@@ -82,9 +85,12 @@ def main():
         ratio = tps / tg if tg else float("nan")
         print(f"{c:>5} {n:>5} {wall:>7.1f} {tps:>10.1f} {ratio:>9.2f} {pct(ttft, 50)*1e3:>12.0f} "
               f"{pct(ttft, 99)*1e3:>12.0f} {pct(itl, 50)*1e3:>11.1f} {pct(itl, 99)*1e3:>11.1f}")
-    distinct = {p: len(c) for p, c in completions.items()}
-    print(f"distinct greedy completions per prompt over every request: {distinct}")
-    if any(not t for c in completions.values() for t in c):
+    # Per prompt: distinct completions at each concurrency, then over all.
+    for p, by_level in completions.items():
+        every = set().union(*by_level.values())
+        levels_txt = ", ".join(f"{c}: {len(t)}" for c, t in sorted(by_level.items()))
+        print(f"distinct greedy completions of {p!r}: {levels_txt}; all levels {len(every)}")
+    if any(not t for by_level in completions.values() for ts in by_level.values() for t in ts):
         print("FAIL: an empty completion")
         sys.exit(1)
 

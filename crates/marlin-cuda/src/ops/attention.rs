@@ -833,8 +833,9 @@ pub(crate) enum DecodeQueries<'a, 'b, 'c, T> {
 
 /// The keys and values a decode launch reads (and, fused, writes): a
 /// contiguous per-sequence cache, or the paged pool through its current
-/// block tables (`super::paged::paged_attention_decode_rope`; fused
-/// entries only).
+/// block tables (`super::paged::paged_attention` and
+/// `paged_attention_decode_rope`; roped queries with f32 output, or the
+/// fused entries).
 pub(crate) enum DecodeKv<'a> {
     Slots(&'a GpuKvCache),
     Paged(&'a PagedKvPool),
@@ -859,8 +860,9 @@ impl DecodeKv<'_> {
     }
 }
 
-/// The decode kernel launch of [`attention_decode`] and
-/// [`attention_decode_rope`] (arguments checked by the caller).
+/// The decode kernel launch of [`attention_decode`],
+/// [`attention_decode_rope`] and their paged forms (arguments checked by
+/// the caller).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn decode_launch<T: ActElem>(
     dev: &CudaDevice,
