@@ -68,23 +68,35 @@ def main():
             m = s.metrics()
             toks = sum(len(r[0]) > 0 for r in res)  # completed requests
             gen = m.get("marlin:generation_tokens_total", float("nan"))
+            engine = tuple(m.get(f"marlin:engine_{k}_total", float("nan"))
+                           for k in ("steps", "forward_seconds", "step_seconds"))
             ttft = [r[1] for r in res if r[1] is not None]
             itl = [x for r in res for x in r[2]]
-            rows.append((c, n, wall, gen, ttft, itl, toks))
+            rows.append((c, n, wall, gen, ttft, itl, toks, engine))
     finally:
         s.stop()
     print(f"model: {args.model}; device {args.device}; threads {args.threads}; "
           f"{args.max_tokens} tokens per request (greedy)")
     print(f"single-stream decode (marlin bench model, tg64): {tg} tok/s")
+    # Engine columns (from /metrics, per level): steps run, mean step and
+    # mean forward pass, and the engine thread's busy share of the wall
+    # time (near 100%: the engine sets the pace; well below: the clients
+    # or the HTTP layer do).
     print(f"{'conc':>5} {'reqs':>5} {'wall s':>7} {'gen tok/s':>10} {'x single':>9} {'TTFT p50 ms':>12} "
-          f"{'TTFT p99 ms':>12} {'ITL p50 ms':>11} {'ITL p99 ms':>11}")
-    prev_gen = 0.0
-    for c, n, wall, gen, ttft, itl, _ in rows:
+          f"{'TTFT p99 ms':>12} {'ITL p50 ms':>11} {'ITL p99 ms':>11} {'steps':>6} {'step ms':>8} "
+          f"{'fwd ms':>7} {'busy':>5}")
+    prev_gen, prev_engine = 0.0, (0.0, 0.0, 0.0)
+    for c, n, wall, gen, ttft, itl, _, engine in rows:
         tps = (gen - prev_gen) / wall
         prev_gen = gen
+        steps, fwd, busy = (a - b for a, b in zip(engine, prev_engine))
+        prev_engine = engine
+        step_ms = busy / steps * 1e3 if steps else float("nan")
+        fwd_ms = fwd / steps * 1e3 if steps else float("nan")
         ratio = tps / tg if tg else float("nan")
         print(f"{c:>5} {n:>5} {wall:>7.1f} {tps:>10.1f} {ratio:>9.2f} {pct(ttft, 50)*1e3:>12.0f} "
-              f"{pct(ttft, 99)*1e3:>12.0f} {pct(itl, 50)*1e3:>11.1f} {pct(itl, 99)*1e3:>11.1f}")
+              f"{pct(ttft, 99)*1e3:>12.0f} {pct(itl, 50)*1e3:>11.1f} {pct(itl, 99)*1e3:>11.1f} "
+              f"{steps:>6.0f} {step_ms:>8.3f} {fwd_ms:>7.3f} {busy / wall:>5.0%}")
     # Per prompt: distinct completions at each concurrency, then over all.
     for p, by_level in completions.items():
         every = set().union(*by_level.values())

@@ -361,6 +361,7 @@ def pct(xs, p):
 @case("greedy under concurrency 32 equals alone; load test 200 requests with disconnects")
 def t_load(s, marlin, model, n_requests=200, concurrency=32):
     expected = {p: marlin_run_greedy(marlin, model, p, 16) for p in PROMPTS}
+    m0 = s.metrics()
     rng = random.Random(0)
     jobs = []
     for i in range(n_requests):
@@ -398,6 +399,12 @@ def t_load(s, marlin, model, n_requests=200, concurrency=32):
     assert not mism, mism[:2]
     assert m.get("marlin:num_requests_running", -1) == 0, m
     assert m.get("marlin:kv_cache_usage_perc", -1) == 0, m
+    # The engine's own time: steps ran, each whole step at least its pass.
+    steps, fwd, busy = (m.get(f"marlin:engine_{k}_total", 0) - m0.get(f"marlin:engine_{k}_total", 0)
+                        for k in ("steps", "forward_seconds", "step_seconds"))
+    assert steps > 0 and 0 < fwd <= busy <= wall + 1, (steps, fwd, busy, wall)
+    print(f"  engine: {steps:.0f} steps, {busy / steps * 1e3:.2f} ms a step ({fwd / steps * 1e3:.2f} ms forward), "
+          f"busy {busy / wall:.0%} of the load's wall time", flush=True)
 
 
 @case("queue full -> 429 with Retry-After")

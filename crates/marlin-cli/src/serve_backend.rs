@@ -216,6 +216,9 @@ impl Backend for EngineBackend {
             preemptions: s.preemptions_total,
             prefix_cache_queries: s.prefix_cache_queries,
             prefix_cache_hits: s.prefix_cache_hits,
+            engine_steps: s.steps,
+            engine_forward_seconds: s.forward_seconds_total,
+            engine_step_seconds: s.step_seconds_total,
         }
     }
 }

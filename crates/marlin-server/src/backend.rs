@@ -102,6 +102,11 @@ pub struct BackendStats {
     pub preemptions: u64,
     pub prefix_cache_queries: u64,
     pub prefix_cache_hits: u64,
+    /// Engine steps that ran a forward pass, seconds in those passes, and
+    /// in those whole steps (see `marlin_engine::serve::EngineStats`).
+    pub engine_steps: u64,
+    pub engine_forward_seconds: f64,
+    pub engine_step_seconds: f64,
 }
 
 pub trait Backend: Send + Sync + 'static {

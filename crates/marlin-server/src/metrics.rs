@@ -114,7 +114,8 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {v}"
             );
         };
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+        // Counts (u64) and seconds (f64) alike.
+        let counter = |out: &mut String, name: &str, help: &str, v: &dyn std::fmt::Display| {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{labels}}} {v}"
@@ -142,31 +143,49 @@ impl Metrics {
             &mut out,
             "marlin:prompt_tokens_total",
             "Prompt tokens processed.",
-            engine.prompt_tokens,
+            &engine.prompt_tokens,
         );
         counter(
             &mut out,
             "marlin:generation_tokens_total",
             "Tokens generated.",
-            engine.generation_tokens,
+            &engine.generation_tokens,
         );
         counter(
             &mut out,
             "marlin:num_preemptions_total",
             "Sequences preempted (recomputed later).",
-            engine.preemptions,
+            &engine.preemptions,
         );
         counter(
             &mut out,
             "marlin:prefix_cache_queries_total",
             "Prompt blocks looked up in the prefix cache.",
-            engine.prefix_cache_queries,
+            &engine.prefix_cache_queries,
         );
         counter(
             &mut out,
             "marlin:prefix_cache_hits_total",
             "Prompt blocks found in the prefix cache.",
-            engine.prefix_cache_hits,
+            &engine.prefix_cache_hits,
+        );
+        counter(
+            &mut out,
+            "marlin:engine_steps_total",
+            "Engine steps that ran a forward pass.",
+            &engine.engine_steps,
+        );
+        counter(
+            &mut out,
+            "marlin:engine_forward_seconds_total",
+            "Seconds in the engine steps' forward passes (results back on the host).",
+            &engine.engine_forward_seconds,
+        );
+        counter(
+            &mut out,
+            "marlin:engine_step_seconds_total",
+            "Seconds in whole engine steps (scheduling, forward pass, sampling, sending tokens).",
+            &engine.engine_step_seconds,
         );
         self.with(|m| {
             let _ = writeln!(out, "# HELP marlin:request_success_total Finished requests by finish reason.");
@@ -225,6 +244,9 @@ mod tests {
             "marlin:generation_tokens_total",
             "marlin:num_preemptions_total",
             "marlin:prefix_cache_hits_total",
+            "marlin:engine_steps_total",
+            "marlin:engine_forward_seconds_total",
+            "marlin:engine_step_seconds_total",
             "marlin:time_to_first_token_seconds",
             "marlin:inter_token_latency_seconds",
             "marlin:e2e_request_latency_seconds",

@@ -169,10 +169,12 @@ impl<'d> Engine<'d> {
 
     /// One scheduling decision and one forward pass.
     fn step(&mut self) {
+        let t0 = Instant::now();
         self.reap_cancelled();
         let plan = self.schedule();
         if !plan.is_empty() {
             self.execute(&plan);
+            self.shared.stats.lock_or_recover().step_seconds_total += t0.elapsed().as_secs_f64();
         }
         self.publish_stats();
     }
@@ -312,9 +314,11 @@ impl<'d> Engine<'d> {
                 }
             })
             .collect();
+        let forward_start = Instant::now();
         let result =
             self.model
                 .forward_batch_picking(&chunks, &picks, &mut self.logits, &mut self.picked);
+        let forward_seconds = forward_start.elapsed().as_secs_f64();
         let computed: usize = plan.iter().map(|p| p.n).sum();
         match result {
             Ok(()) if self.logits.len() == plan.len() && self.picked.len() == plan.len() => {}
@@ -333,6 +337,7 @@ impl<'d> Engine<'d> {
             let mut st = self.shared.stats.lock_or_recover();
             st.computed_tokens_total += computed as u64;
             st.steps += 1;
+            st.forward_seconds_total += forward_seconds;
         }
         let vocab = self.model.vocab_size();
         let mut chosen = self.choose_tokens(plan, &picks, vocab);

@@ -297,5 +297,12 @@ pub struct EngineStats {
     pub requests_finished: u64,
     pub requests_cancelled: u64,
     pub requests_failed: u64,
+    /// Steps that ran a forward pass, the time in those forward passes
+    /// (the model's work, results back on the host), and in those whole
+    /// steps (scheduling, the pass, sampling, sending tokens): the engine
+    /// thread's busy time, whose share of the wall time says whether the
+    /// engine or its clients set the pace.
     pub steps: u64,
+    pub forward_seconds_total: f64,
+    pub step_seconds_total: f64,
 }
