@@ -7,11 +7,12 @@
 //! needed (the tail must stay untouched).
 //!
 //! Tolerances (per output, Σ over the K products):
-//! - decode (m <= 8, block types): activations are rounded to int8 blocks of
+//! - decode (block types: m <= 8, or m <= 16 on weights of at most 2^21
+//!   elements, in launches of 8 rows): activations are rounded to int8 blocks of
 //!   32 with d = max|x|/127, so |y - y_exact| <= Σ_i |w_i| d_blk(i)/2, plus
 //!   1e-5 Σ|w x| of fp32 rounding. Tighter: against Σ w_i x̂_i with the
 //!   rounded activations x̂ replicated on the host, 1e-4 Σ|w x̂|.
-//! - prefill (m > 8, block types and F16): weight and activation rounded to
+//! - prefill (larger m, block types and F16): weight and activation rounded to
 //!   f16 (2^-11 relative each): 1.1e-3 Σ|w x| + 3e-8 Σ|x| (f16 subnormals).
 //! - F32 / BF16 weights: fp32 throughout: 1e-5 Σ|w x|.
 //! - CPU (`CpuWeight`): the GPU bound plus the CPU's own activation bound
@@ -25,7 +26,9 @@ use std::sync::Arc;
 
 use marlin_cpu::CpuWeight;
 use marlin_cuda::ggml::random::{random_activations_f32, random_ggml_tensor};
-use marlin_cuda::ggml::{GgmlGpuWeight, DECODE_MAX_ROWS};
+use marlin_cuda::ggml::{
+    block_decode_max_rows, GgmlGpuWeight, DECODE_MAX_ROWS, SMALL_DECODE_MAX_ROWS,
+};
 use marlin_cuda::{CudaDevice, CudaError};
 use marlin_quant::GgmlType;
 
@@ -44,7 +47,9 @@ const TYPES: [GgmlType; 11] = [
 ];
 /// (rows, cols): rows not a multiple of the 4 rows per block.
 const SHAPES: [(usize, usize); 3] = [(1, 256), (33, 4096), (577, 1280)];
-const MS: [usize; 6] = [1, 3, 8, 9, 17, 64];
+/// Decode in one launch; on small weights in two (8 + 1, 8 + 8) and
+/// prefill on the others; prefill.
+const MS: [usize; 7] = [1, 3, 8, 9, 16, 17, 64];
 
 fn device() -> Option<Arc<CudaDevice>> {
     match CudaDevice::new(0) {
@@ -146,7 +151,12 @@ fn check_matmul_type(dev: &Arc<CudaDevice>, ty: GgmlType, rows: usize, cols: usi
     for m in MS {
         let xm = &x[..m * cols];
         let want = exact(&w_ref, xm, rows, cols, m);
-        let decode_q = m <= DECODE_MAX_ROWS && !is_dense(ty);
+        let decode_rows = if is_dense(ty) {
+            DECODE_MAX_ROWS
+        } else {
+            block_decode_max_rows(rows, cols)
+        };
+        let decode_q = m <= decode_rows && !is_dense(ty);
         let (gpu_act, xq) = if decode_q {
             act_bound(&w_ref, xm, rows, cols, m, 32)
         } else {
@@ -169,7 +179,7 @@ fn check_matmul_type(dev: &Arc<CudaDevice>, ty: GgmlType, rows: usize, cols: usi
         let mut y = dev
             .alloc_zeros::<f32>("y", m * rows + TAIL)
             .expect("alloc y");
-        let path = if m <= DECODE_MAX_ROWS {
+        let path = if m <= decode_rows {
             "decode"
         } else {
             "prefill"
@@ -261,6 +271,50 @@ fn matmul_every_type_against_reference_and_cpu() {
 
 /// Activations far beyond the f16 range (Gemma's can be large): the
 /// prefill's per-row power-of-two scaling keeps them finite and accurate.
+/// A decode call of many rows (launches of 8 rows and the rest) gives every
+/// row the bits a call of that row alone gives: the batch does not change
+/// a row's result.
+#[test]
+fn decode_rows_do_not_depend_on_the_batch() {
+    let Some(dev) = device() else { return };
+    let (rows, cols, m) = (37, 1024, SMALL_DECODE_MAX_ROWS);
+    assert_eq!(block_decode_max_rows(rows, cols), m);
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+    ] {
+        let seed = fresh_seed();
+        let t = random_ggml_tensor(ty, rows, cols, seed).expect("random tensor");
+        let gpu = GgmlGpuWeight::upload(&dev, &t).expect("upload");
+        gpu.prepare(&dev, m).expect("prepare");
+        let x = random_activations_f32(m, cols, seed ^ 0x5EED);
+        let x_dev = dev.upload("x", &x).expect("upload x");
+        let mut y = dev.alloc_zeros::<f32>("y", m * rows).expect("alloc y");
+        gpu.matmul(&dev, &x_dev, m, &mut y).expect("matmul");
+        let all = dev.download(&y).expect("download");
+        for r in [0, 7, 8, 9, m - 1] {
+            let x1 = dev
+                .upload("x row", &x[r * cols..(r + 1) * cols])
+                .expect("upload row");
+            let mut y1 = dev.alloc_zeros::<f32>("y row", rows).expect("alloc");
+            gpu.matmul(&dev, &x1, 1, &mut y1).expect("matmul row");
+            let one = dev.download(&y1).expect("download");
+            for (c, (a, b)) in all[r * rows..(r + 1) * rows].iter().zip(&one).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{} seed={seed}: row {r} of {m} column {c}: {a} in the batch, {b} alone",
+                    ty.name()
+                );
+            }
+        }
+    }
+    println!("PASS decode rows bit-equal alone and in a batch of {m}");
+}
+
 #[test]
 fn matmul_large_activations() {
     let Some(dev) = device() else { return };

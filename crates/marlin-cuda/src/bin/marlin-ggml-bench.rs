@@ -12,7 +12,7 @@ use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::sys::CUevent_flags;
 use half::f16;
 use marlin_cuda::ggml::random::{random_activations_f32, random_ggml_tensor};
-use marlin_cuda::ggml::{GgmlGpuWeight, DECODE_MAX_ROWS};
+use marlin_cuda::ggml::{block_decode_max_rows, GgmlGpuWeight, DECODE_MAX_ROWS};
 use marlin_cuda::{CudaDevice, CudaError, Result};
 use marlin_quant::GgmlType;
 
@@ -175,6 +175,12 @@ fn run(cfg: &Config) -> Result<()> {
             for w in &weights {
                 w.prepare(&dev, max_m)?;
             }
+            // The rows up to which this weight takes the decode kernels.
+            let decode_rows = if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+                DECODE_MAX_ROWS
+            } else {
+                block_decode_max_rows(rows, cols)
+            };
             for &m in &cfg.ms {
                 let us = time_us(&dev, |i| weights[i % copies].matmul(&dev, &x, m, &mut y))?;
                 let gbps = bytes as f64 / (us * 1e-6) / 1e9;
@@ -183,7 +189,7 @@ fn run(cfg: &Config) -> Result<()> {
                     "{:>6} {:>11} {m:>4} {:>7} {:>10.2} {us:>9.2} {gbps:>8.0} {:>5.1}% {:>10} {:>7}",
                     ty.name(),
                     format!("{rows}x{cols}"),
-                    if m <= DECODE_MAX_ROWS { "decode" } else { "prefill" },
+                    if m <= decode_rows { "decode" } else { "prefill" },
                     bytes as f64 / 1e6,
                     100.0 * gbps / (copy_tbps * 1000.0),
                     peer.map_or("-".to_string(), |p| format!("{p:.2}")),

@@ -4,7 +4,9 @@
 use std::ffi::c_void;
 
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
 use half::f16;
 use marlin_quant::GgmlType;
 
@@ -144,22 +146,31 @@ pub fn quantize_q8x32(
     Ok(())
 }
 
-/// y (m, rows) = blocks · quantized activations, m in 1..=8.
+/// y (m, rows) = blocks · quantized activations, m in 1..=8 (views: a
+/// launch of some rows of a larger call).
 #[allow(clippy::too_many_arguments)]
 pub fn mmvq(
     dev: &CudaDevice,
     ty: GgmlType,
     codes: &CudaSlice<u8>,
     meta: &CudaSlice<u8>,
-    qs: &CudaSlice<i8>,
-    ds: &CudaSlice<f32>,
-    y: &mut CudaSlice<f32>,
+    qs: &CudaView<'_, i8>,
+    ds: &CudaView<'_, f32>,
+    y: &mut CudaViewMut<'_, f32>,
     m: usize,
     rows: usize,
     cols: usize,
 ) -> Result<()> {
     let name = mmvq_name(ty, m)
         .ok_or_else(|| CudaError::Unsupported(format!("{} decode at m={m}", ty.name())))?;
+    if qs.len() < m * cols || ds.len() < 2 * m * cols / 32 || y.len() < m * rows {
+        return Err(CudaError::Shape(format!(
+            "ggml decode m={m} {rows}x{cols}: activation codes {}, scales {}, output {}",
+            qs.len(),
+            ds.len(),
+            y.len()
+        )));
+    }
     let func = load(dev, name)?;
     let (rows_i32, cols_i32) = (i32_of(rows, "rows")?, i32_of(cols, "cols")?);
     let cfg = LaunchConfig {

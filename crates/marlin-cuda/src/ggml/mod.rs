@@ -4,14 +4,17 @@
 //! aligned "codes" plane and a "meta" plane ([`layout`]); F32 and BF16
 //! weights become dense f32 (BF16 widened exactly), F16 stays f16.
 //!
-//! - Decode (m <= 8): x is quantized on the device to int8 blocks of 32
+//! - Decode (m <= 8; block types of at most 2^21 elements up to m = 16): x
+//!   is quantized on the device to int8 blocks of 32
 //!   with an f32 scale d = max|x|/127 and s = d·Σq (the CPU's arithmetic,
 //!   marlin-cpu `ggml::act`); one warp per output row reads the blocks with
 //!   16-byte loads and dots them with `dp4a`, fp32 accumulation. Error of the
 //!   activation rounding: |Δy| <= Σ_i |w_i| d_blk(i) / 2 (as on the CPU, with
-//!   32-blocks for the K-quants too). Dense weights use an f32 GEMV on the
-//!   exact activations.
-//! - Prefill (m > 8): the weight is dequantized into a shared f16 scratch,
+//!   32-blocks for the K-quants too). More than 8 rows run as launches of
+//!   8 rows (and the rest), each reading the small weight again (from L2),
+//!   and every row gets the bits it would get in a launch of its own. Dense
+//!   weights use an f32 GEMV on the exact activations.
+//! - Prefill (larger m): the weight is dequantized into a shared f16 scratch,
 //!   x is copied to f16 with a per-row power-of-two scale (max|x| of each row
 //!   lands in [2^14, 2^15): large activations cannot overflow f16, small ones
 //!   keep full f16 precision; the scale is undone exactly on the f32 output),
@@ -38,8 +41,31 @@ use launch::{GemmInputs, DECODE_MAX_M};
 pub use layout::is_supported;
 use scratch::{ensure, Scratch};
 
-/// Largest m that takes the decode kernels (larger m dequantizes + cuBLAS).
+/// Largest m that takes the decode kernels for every weight (larger m
+/// dequantizes + cuBLAS, except small block-type weights:
+/// [`block_decode_max_rows`]).
 pub const DECODE_MAX_ROWS: usize = DECODE_MAX_M;
+/// Block-type weights of at most this many elements take the decode
+/// kernels up to [`SMALL_DECODE_MAX_ROWS`] rows, in launches of 8 rows.
+pub const SMALL_WEIGHT_ELEMS: usize = 1 << 21;
+/// See [`SMALL_WEIGHT_ELEMS`].
+pub const SMALL_DECODE_MAX_ROWS: usize = 16;
+
+/// Largest m that takes the decode kernels for a block-type weight of
+/// `rows x cols` (docs/CUDA.md change 90, H100: on SmolLM2's and Gemma 3
+/// 270M's weights, 576 x 576 .. 2048 x 640, the prefill path costs 22-36 µs
+/// whatever m (dequantize, cuBLAS, launches), two decode launches 12-16 µs
+/// at m = 9..16, three 16-22 µs at m = 17..24 (but SmolLM2's serving pass at
+/// 24 sequences was 5% slower with them, at 12 and 16 13-16% faster); on
+/// 4096 x 4096 and larger weights two or more launches of the K-quants cost
+/// more than the prefill path from m = 16 on).
+pub fn block_decode_max_rows(rows: usize, cols: usize) -> usize {
+    if rows.saturating_mul(cols) <= SMALL_WEIGHT_ELEMS {
+        SMALL_DECODE_MAX_ROWS
+    } else {
+        DECODE_MAX_M
+    }
+}
 
 /// Where the weight lives on the device.
 enum Storage {
@@ -182,22 +208,43 @@ impl GgmlGpuWeight {
         let (rows, cols) = (self.rows, self.cols);
         let mut s = self.lock_scratch()?;
         let s = &mut *s;
-        if m <= DECODE_MAX_M {
-            return match &self.storage {
-                Storage::DenseF32(w) => launch::gemv_dense(dev, false, w, x, y, m, rows, cols),
-                Storage::DenseF16(w) => launch::gemv_dense(dev, true, w, x, y, m, rows, cols),
-                Storage::Blocks { codes, meta } => {
-                    let qs = ensure(dev, &mut s.act_qs, m * cols, "ggml activation codes")?;
-                    let ds = ensure(
+        match &self.storage {
+            Storage::DenseF32(w) if m <= DECODE_MAX_ROWS => {
+                return launch::gemv_dense(dev, false, w, x, y, m, rows, cols)
+            }
+            Storage::DenseF16(w) if m <= DECODE_MAX_ROWS => {
+                return launch::gemv_dense(dev, true, w, x, y, m, rows, cols)
+            }
+            Storage::Blocks { codes, meta } if m <= block_decode_max_rows(rows, cols) => {
+                let qs = ensure(dev, &mut s.act_qs, m * cols, "ggml activation codes")?;
+                let ds = ensure(
+                    dev,
+                    &mut s.act_ds,
+                    2 * m * cols / 32,
+                    "ggml activation scales",
+                )?;
+                launch::quantize_q8x32(dev, x, m, cols, qs, ds)?;
+                // Launches of at most DECODE_MAX_M rows; row r's activation
+                // codes, scales and outputs start at r * cols, r * cols / 16
+                // (the {d, s} pairs of cols / 32 blocks) and r * rows.
+                for r0 in (0..m).step_by(DECODE_MAX_M) {
+                    let n = (m - r0).min(DECODE_MAX_M);
+                    launch::mmvq(
                         dev,
-                        &mut s.act_ds,
-                        2 * m * cols / 32,
-                        "ggml activation scales",
+                        self.ty,
+                        codes,
+                        meta,
+                        &qs.slice(r0 * cols..),
+                        &ds.slice(r0 * cols / 16..),
+                        &mut y.slice_mut(r0 * rows..),
+                        n,
+                        rows,
+                        cols,
                     )?;
-                    launch::quantize_q8x32(dev, x, m, cols, qs, ds)?;
-                    launch::mmvq(dev, self.ty, codes, meta, qs, ds, y, m, rows, cols)
                 }
-            };
+                return Ok(());
+            }
+            _ => {}
         }
         match &self.storage {
             Storage::DenseF32(w) => launch::gemm_ex(dev, GemmInputs::F32, w, x, y, m, rows, cols),
@@ -255,7 +302,7 @@ impl GgmlGpuWeight {
     /// and do not synchronise (G4 captures the decode step in a CUDA graph).
     ///
     /// Also compiles and loads every kernel those calls launch (and creates
-    /// the cuBLAS handle when max_m > 8). Growing the shared scratch
+    /// the cuBLAS handle when max_m passes the decode kernels' rows). Growing the shared scratch
     /// reallocates it: prepare every weight before capturing a graph.
     pub fn prepare(&self, dev: &CudaDevice, max_m: usize) -> Result<()> {
         self.check_device(dev)?;
@@ -264,12 +311,19 @@ impl GgmlGpuWeight {
         let mut s = self.lock_scratch()?;
         let s = &mut *s;
         let blocks = matches!(self.storage, Storage::Blocks { .. });
+        // Rows up to which this weight takes its decode kernels.
+        let decode_limit = if blocks {
+            block_decode_max_rows(rows, cols)
+        } else {
+            DECODE_MAX_ROWS
+        };
         if blocks && decode_m > 0 {
-            ensure(dev, &mut s.act_qs, decode_m * cols, "ggml activation codes")?;
+            let rows_q = max_m.min(decode_limit);
+            ensure(dev, &mut s.act_qs, rows_q * cols, "ggml activation codes")?;
             ensure(
                 dev,
                 &mut s.act_ds,
-                2 * decode_m * cols / 32,
+                2 * rows_q * cols / 32,
                 "ggml activation scales",
             )?;
             launch::load(dev, launch::QUANTIZE)?;
@@ -286,14 +340,14 @@ impl GgmlGpuWeight {
         if blocks {
             if let Some((dequant, get_rows)) = launch::block_kernel_names(self.ty) {
                 launch::load(dev, get_rows)?;
-                if max_m > DECODE_MAX_M {
+                if max_m > decode_limit {
                     launch::load(dev, dequant)?;
                 }
             }
         } else {
             launch::load(dev, launch::GET_ROWS_DENSE)?;
         }
-        if max_m > DECODE_MAX_M {
+        if max_m > decode_limit {
             if !matches!(self.storage, Storage::DenseF32(_)) {
                 ensure(dev, &mut s.x_f16, max_m * cols, "ggml f16 activations")?;
                 ensure(dev, &mut s.inv_scale, max_m, "ggml activation row scales")?;
