@@ -811,6 +811,100 @@ struct RopeCase {
     cap: usize,
 }
 
+/// The fused decode kernel under `fused_with(override)`: its two key rings
+/// (the shared-memory ring's first keys issued before the PDL wait, the
+/// register ring's loaded before it) give the same bits, and one split per
+/// row (the step's key anywhere in a long key loop) stays within `tol` of
+/// `want` (the two-launch reference).
+fn check_rings_and_one_split(
+    what: &str,
+    mut fused_with: impl FnMut(ops::AttnOverride) -> Vec<f32>,
+    want: &[f32],
+    tol: f32,
+) {
+    let ring: Vec<Vec<f32>> = [true, false]
+        .into_iter()
+        .map(|stage_kv| {
+            fused_with(ops::AttnOverride {
+                stage_kv: Some(stage_kv),
+                cluster: Some(false),
+                max_splits: None,
+            })
+        })
+        .collect();
+    if let Some(i) = (0..want.len()).find(|&i| ring[0][i].to_bits() != ring[1][i].to_bits()) {
+        panic!(
+            "{what}: shared-memory ring {} != register ring {} at {i}",
+            ring[0][i], ring[1][i]
+        );
+    }
+    let one = fused_with(ops::AttnOverride {
+        max_splits: Some(1),
+        ..Default::default()
+    });
+    assert_close(&format!("{what} (one split)"), &one, want, tol);
+}
+
+/// A [`RopeCase`]'s inputs on the device: q | k | v projection rows of
+/// each row side by side plus an odd pad (the row stride), QK-norm weights,
+/// the RoPE table, the rows' sequences and positions.
+struct RopeDeviceInputs<T> {
+    proj: CudaSlice<T>,
+    width: usize,
+    q_norm: CudaSlice<f32>,
+    k_norm: CudaSlice<f32>,
+    rope: GpuRope,
+    row_seq: CudaSlice<i32>,
+    row_pos: CudaSlice<i32>,
+}
+
+impl<T: ops::ActElem> RopeDeviceInputs<T> {
+    fn new(dev: &CudaDevice, r: &mut StdRng, c: &RopeCase, conv: &impl Fn(f32) -> T) -> Self {
+        let width = (c.n_heads + 2 * c.n_kv) * c.hd + 5;
+        let proj: Vec<T> = rand_vec(r, c.rows.len() * width, -2.0, 2.0)
+            .into_iter()
+            .map(conv)
+            .collect();
+        let rope = Rope::new(c.hd, c.n_rot, 10_000.0, c.style, &RopeScaling::None).unwrap();
+        Self {
+            proj: up(dev, &proj),
+            width,
+            q_norm: up(dev, &rand_vec(r, c.hd, 0.5, 1.5)),
+            k_norm: up(dev, &rand_vec(r, c.hd, 0.5, 1.5)),
+            rope: GpuRope::new(dev, &rope).unwrap(),
+            row_seq: up(dev, &c.rows.iter().map(|x| x.0).collect::<Vec<_>>()),
+            row_pos: up(dev, &c.rows.iter().map(|x| x.1).collect::<Vec<_>>()),
+        }
+    }
+
+    /// The projection rows from column `offset` (q 0, k n_heads*hd, v after).
+    fn rows(&self, offset: usize) -> ops::ProjRows<'_, T> {
+        ops::ProjRows {
+            data: self.proj.slice(offset..),
+            stride: self.width,
+        }
+    }
+
+    fn params(&self, c: &RopeCase) -> AttnParams {
+        AttnParams {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv,
+            head_dim: c.hd,
+            scale: 1.0 / (c.hd as f32).sqrt(),
+            window: c.window,
+            softcap: None,
+        }
+    }
+
+    fn shape(&self, c: &RopeCase) -> ops::HeadShape {
+        ops::HeadShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv,
+            head_dim: c.hd,
+        }
+    }
+}
+
 /// `attention_decode_rope` against `qkv_rope_kv` + `attention_decode` on
 /// the same projection rows and cache history: the caches must end equal
 /// bit for bit (same f16 rounding of the same roped key), the outputs
@@ -826,8 +920,6 @@ fn check_attention_rope<T: ops::ActElem>(
 ) {
     let (n_layers, layer) = (2, 1);
     let (qd, kvd) = (c.n_heads * c.hd, c.n_kv * c.hd);
-    // q|k|v of one row side by side, plus an odd pad: row strides.
-    let width = qd + 2 * kvd + 5;
     let m = c.rows.len();
     let new_cache = || GpuKvCache::new(dev, n_layers, c.n_kv, c.hd, c.n_seqs, c.cap).unwrap();
     let mut caches = [new_cache(), new_cache()];
@@ -842,45 +934,11 @@ fn check_attention_rope<T: ops::ActElem>(
     for cache in caches.iter_mut() {
         ops::kv_write(dev, cache, layer, &kd, &vd, all, &hs, &hp).unwrap();
     }
-    let proj: Vec<T> = rand_vec(r, m * width, -2.0, 2.0)
-        .into_iter()
-        .map(&conv)
-        .collect();
-    let projd = up(dev, &proj);
-    let q = ops::ProjRows {
-        data: projd.slice(0..),
-        stride: width,
-    };
-    let k = ops::ProjRows {
-        data: projd.slice(qd..),
-        stride: width,
-    };
-    let v = ops::ProjRows {
-        data: projd.slice(qd + kvd..),
-        stride: width,
-    };
-    let (qn, kn) = (
-        up(dev, &rand_vec(r, c.hd, 0.5, 1.5)),
-        up(dev, &rand_vec(r, c.hd, 0.5, 1.5)),
-    );
-    let qk_norm = c.qk_norm.then_some((&qn, &kn));
-    let rope = Rope::new(c.hd, c.n_rot, 10_000.0, c.style, &RopeScaling::None).unwrap();
-    let gpu_rope = GpuRope::new(dev, &rope).unwrap();
-    let seqd = up(dev, &c.rows.iter().map(|x| x.0).collect::<Vec<_>>());
-    let posd = up(dev, &c.rows.iter().map(|x| x.1).collect::<Vec<_>>());
-    let p = AttnParams {
-        n_heads: c.n_heads,
-        n_kv_heads: c.n_kv,
-        head_dim: c.hd,
-        scale: 1.0 / (c.hd as f32).sqrt(),
-        window: c.window,
-        softcap: None,
-    };
-    let shape = ops::HeadShape {
-        n_heads: c.n_heads,
-        n_kv_heads: c.n_kv,
-        head_dim: c.hd,
-    };
+    let d = RopeDeviceInputs::new(dev, r, c, &conv);
+    let (q, k, v) = (d.rows(0), d.rows(qd), d.rows(qd + kvd));
+    let qk_norm = c.qk_norm.then_some((&d.q_norm, &d.k_norm));
+    let (gpu_rope, seqd, posd, p, shape) =
+        (&d.rope, &d.row_seq, &d.row_pos, d.params(c), d.shape(c));
     let eps = 1e-6;
     let poisoned_t = || up(dev, &vec![conv(f32::NAN); m * qd + SLACK]);
     // Two launches into cache 0.
@@ -890,11 +948,11 @@ fn check_attention_rope<T: ops::ActElem>(
         layer,
     };
     ops::qkv_rope_kv(
-        dev, &q, &k, &v, m, shape, qk_norm, eps, 0.0, &gpu_rope, dest, &seqd, &posd, &mut qf,
+        dev, &q, &k, &v, m, shape, qk_norm, eps, 0.0, gpu_rope, dest, seqd, posd, &mut qf,
     )
     .unwrap();
     let mut out_a = poisoned_t();
-    ops::attention_decode(dev, &p, &qf, &caches[0], layer, m, &seqd, &posd, &mut out_a).unwrap();
+    ops::attention_decode(dev, &p, &qf, &caches[0], layer, m, seqd, posd, &mut out_a).unwrap();
     // One launch into cache 1.
     let inp = ops::RopeInputs {
         q: &q,
@@ -903,7 +961,7 @@ fn check_attention_rope<T: ops::ActElem>(
         qk_norm,
         eps,
         w_offset: 0.0,
-        rope: &gpu_rope,
+        rope: gpu_rope,
     };
     let mut out_b = poisoned_t();
     ops::attention_decode_rope(
@@ -913,8 +971,8 @@ fn check_attention_rope<T: ops::ActElem>(
         &mut caches[1],
         layer,
         m,
-        &seqd,
-        &posd,
+        seqd,
+        posd,
         &mut out_b,
     )
     .unwrap();
@@ -945,7 +1003,7 @@ fn check_attention_rope<T: ops::ActElem>(
     assert_close(&what, &b, &a[..m * qd], out_tol);
     // The fused entry under a per-thread override, rerun into cache 1
     // (rewriting the same keys).
-    let mut fused_with = |o: ops::AttnOverride| -> Vec<f32> {
+    let fused_with = |o: ops::AttnOverride| -> Vec<f32> {
         ops::set_attn_override(o);
         let mut out = poisoned_t();
         let r = ops::attention_decode_rope(
@@ -955,42 +1013,18 @@ fn check_attention_rope<T: ops::ActElem>(
             &mut caches[1],
             layer,
             m,
-            &seqd,
-            &posd,
+            seqd,
+            posd,
             &mut out,
         );
         ops::set_attn_override(ops::AttnOverride::default());
         r.unwrap();
         to_f32(dev.download(&out).unwrap())
     };
-    // Its two key rings (the shared-memory ring's first keys issued before
-    // the PDL wait, the register ring's loaded before it): the same bits.
-    let ring: Vec<Vec<f32>> = [true, false]
-        .into_iter()
-        .map(|stage_kv| {
-            fused_with(ops::AttnOverride {
-                stage_kv: Some(stage_kv),
-                cluster: Some(false),
-                max_splits: None,
-            })
-        })
-        .collect();
-    if let Some(i) = (0..ring[0].len()).find(|&i| ring[0][i].to_bits() != ring[1][i].to_bits()) {
-        panic!(
-            "{what}: shared-memory ring {} != register ring {} at {i}",
-            ring[0][i], ring[1][i]
-        );
-    }
-    // One split per row (the step's key anywhere in a long key loop)
-    // against the two launches.
-    let one = fused_with(ops::AttnOverride {
-        max_splits: Some(1),
-        ..Default::default()
-    });
-    assert_close(&format!("{what} (one split)"), &one, &a[..m * qd], out_tol);
+    check_rings_and_one_split(&what, fused_with, &a[..m * qd], out_tol);
     // A q row stride below the q width is refused.
     let short = ops::ProjRows {
-        data: projd.slice(0..),
+        data: d.proj.slice(0..),
         stride: qd - 1,
     };
     let bad = ops::RopeInputs { q: &short, ..inp };
@@ -1001,8 +1035,8 @@ fn check_attention_rope<T: ops::ActElem>(
         &mut caches[1],
         layer,
         m,
-        &seqd,
-        &posd,
+        seqd,
+        posd,
         &mut out_b
     )
     .is_err());
@@ -1100,7 +1134,6 @@ fn check_paged_attention_rope<T: ops::ActElem>(
     use rand::seq::SliceRandom;
     let (n_layers, layer) = (2, 1);
     let (qd, kvd) = (c.n_heads * c.hd, c.n_kv * c.hd);
-    let width = qd + 2 * kvd + 5;
     let m = c.rows.len();
     let per_table = c.cap.div_ceil(block_size);
     let positions = per_table * block_size;
@@ -1141,45 +1174,11 @@ fn check_paged_attention_rope<T: ops::ActElem>(
         ops::paged_kv_write(dev, pool, layer, &kd, &vd, all, &hs, &hp).unwrap();
     }
     ops::kv_write(dev, &mut cache, layer, &kd, &vd, all, &hs, &hp).unwrap();
-    let proj: Vec<T> = rand_vec(r, m * width, -2.0, 2.0)
-        .into_iter()
-        .map(conv)
-        .collect();
-    let projd = up(dev, &proj);
-    let q = ops::ProjRows {
-        data: projd.slice(0..),
-        stride: width,
-    };
-    let k = ops::ProjRows {
-        data: projd.slice(qd..),
-        stride: width,
-    };
-    let v = ops::ProjRows {
-        data: projd.slice(qd + kvd..),
-        stride: width,
-    };
-    let (qn, kn) = (
-        up(dev, &rand_vec(r, c.hd, 0.5, 1.5)),
-        up(dev, &rand_vec(r, c.hd, 0.5, 1.5)),
-    );
-    let qk_norm = c.qk_norm.then_some((&qn, &kn));
-    let rope = Rope::new(c.hd, c.n_rot, 10_000.0, c.style, &RopeScaling::None).unwrap();
-    let gpu_rope = GpuRope::new(dev, &rope).unwrap();
-    let seqd = up(dev, &c.rows.iter().map(|x| x.0).collect::<Vec<_>>());
-    let posd = up(dev, &c.rows.iter().map(|x| x.1).collect::<Vec<_>>());
-    let p = AttnParams {
-        n_heads: c.n_heads,
-        n_kv_heads: c.n_kv,
-        head_dim: c.hd,
-        scale: 1.0 / (c.hd as f32).sqrt(),
-        window: c.window,
-        softcap: None,
-    };
-    let shape = ops::HeadShape {
-        n_heads: c.n_heads,
-        n_kv_heads: c.n_kv,
-        head_dim: c.hd,
-    };
+    let d = RopeDeviceInputs::new(dev, r, c, &conv);
+    let (q, k, v) = (d.rows(0), d.rows(qd), d.rows(qd + kvd));
+    let qk_norm = c.qk_norm.then_some((&d.q_norm, &d.k_norm));
+    let (gpu_rope, seqd, posd, p, shape) =
+        (&d.rope, &d.row_seq, &d.row_pos, d.params(c), d.shape(c));
     let eps = 1e-6;
     let poisoned_t = || up(dev, &vec![conv(f32::NAN); m * qd + SLACK]);
     let what = format!(
@@ -1194,11 +1193,11 @@ fn check_paged_attention_rope<T: ops::ActElem>(
         layer,
     };
     ops::qkv_rope_kv(
-        dev, &q, &k, &v, m, shape, qk_norm, eps, 0.0, &gpu_rope, dest, &seqd, &posd, &mut qf,
+        dev, &q, &k, &v, m, shape, qk_norm, eps, 0.0, gpu_rope, dest, seqd, posd, &mut qf,
     )
     .unwrap();
     let mut out_a = poisoned(dev, m * qd);
-    ops::paged_attention(dev, &p, &qf, &pools[0], layer, m, &seqd, &posd, &mut out_a).unwrap();
+    ops::paged_attention(dev, &p, &qf, &pools[0], layer, m, seqd, posd, &mut out_a).unwrap();
     let inp = ops::RopeInputs {
         q: &q,
         k: &k,
@@ -1206,7 +1205,7 @@ fn check_paged_attention_rope<T: ops::ActElem>(
         qk_norm,
         eps,
         w_offset: 0.0,
-        rope: &gpu_rope,
+        rope: gpu_rope,
     };
     let to_f32 = |x: Vec<T>| x.into_iter().map(back).collect::<Vec<f32>>();
     // One launch into pool 1, under an override (the default first).
@@ -1220,8 +1219,8 @@ fn check_paged_attention_rope<T: ops::ActElem>(
             &mut pools[1],
             layer,
             m,
-            &seqd,
-            &posd,
+            seqd,
+            posd,
             &mut out,
         );
         ops::set_attn_override(ops::AttnOverride::default());
@@ -1236,29 +1235,8 @@ fn check_paged_attention_rope<T: ops::ActElem>(
     let fused = fused_with(ops::AttnOverride::default());
     let a = dev.download(&out_a).unwrap();
     assert_close(&what, &fused, &a[..m * qd], out_tol);
-    // Both key rings and one split per row, rerun into pool 1 (rewriting
-    // the same keys): the rings the same bits, one split within tolerance.
-    let ring: Vec<Vec<f32>> = [true, false]
-        .into_iter()
-        .map(|stage_kv| {
-            fused_with(ops::AttnOverride {
-                stage_kv: Some(stage_kv),
-                cluster: Some(false),
-                max_splits: None,
-            })
-        })
-        .collect();
-    if let Some(i) = (0..m * qd).find(|&i| ring[0][i].to_bits() != ring[1][i].to_bits()) {
-        panic!(
-            "{what}: shared-memory ring {} != register ring {} at {i}",
-            ring[0][i], ring[1][i]
-        );
-    }
-    let one = fused_with(ops::AttnOverride {
-        max_splits: Some(1),
-        ..Default::default()
-    });
-    assert_close(&format!("{what} (one split)"), &one, &a[..m * qd], out_tol);
+    // Rerun into pool 1 (rewriting the same keys).
+    check_rings_and_one_split(&what, fused_with, &a[..m * qd], out_tol);
     let (ka, va) = pools[0].download(dev).unwrap();
     let (kb, vb) = pools[1].download(dev).unwrap();
     for (name, x, y) in [("keys", &ka, &kb), ("values", &va, &vb)] {
@@ -1268,10 +1246,8 @@ fn check_paged_attention_rope<T: ops::ActElem>(
     }
     if !short_table {
         let mut out_c = poisoned_t();
-        ops::attention_decode_rope(
-            dev, &p, &inp, &mut cache, layer, m, &seqd, &posd, &mut out_c,
-        )
-        .unwrap();
+        ops::attention_decode_rope(dev, &p, &inp, &mut cache, layer, m, seqd, posd, &mut out_c)
+            .unwrap();
         let contiguous = to_f32(dev.download(&out_c).unwrap());
         if let Some(i) = (0..m * qd).find(|&i| fused[i].to_bits() != contiguous[i].to_bits()) {
             panic!(
@@ -1282,7 +1258,7 @@ fn check_paged_attention_rope<T: ops::ActElem>(
     }
     // Refusals: a q row stride below the q width, a layer outside the pool.
     let short = ops::ProjRows {
-        data: projd.slice(0..),
+        data: d.proj.slice(0..),
         stride: qd - 1,
     };
     let bad = ops::RopeInputs { q: &short, ..inp };
@@ -1294,8 +1270,8 @@ fn check_paged_attention_rope<T: ops::ActElem>(
         &mut pools[1],
         layer,
         m,
-        &seqd,
-        &posd,
+        seqd,
+        posd,
         &mut out
     )
     .is_err());
@@ -1306,8 +1282,8 @@ fn check_paged_attention_rope<T: ops::ActElem>(
         &mut pools[1],
         n_layers,
         m,
-        &seqd,
-        &posd,
+        seqd,
+        posd,
         &mut out
     )
     .is_err());

@@ -248,7 +248,7 @@ pub(crate) struct Checked {
     ints: [i32; 6], // n_heads, n_kv_heads, group, n_layers, layer, ...
 }
 
-pub(crate) fn check(
+fn check(
     p: &AttnParams,
     cache_dims: (usize, usize, usize, usize), // (n_layers, n_kv_heads, head_dim, capacity)
     layer: usize,
@@ -788,6 +788,34 @@ pub fn attention_decode_rope<T: ActElem>(
     row_pos: &CudaSlice<i32>,
     out: &mut CudaSlice<T>,
 ) -> Result<()> {
+    decode_rope_launch(
+        dev,
+        p,
+        inp,
+        DecodeKv::Slots(cache),
+        layer,
+        rows,
+        row_seq,
+        row_pos,
+        out,
+    )
+}
+
+/// The fused decode launch of [`attention_decode_rope`] and
+/// [`super::paged_attention_decode_rope`]: the projections and scalars
+/// checked against the store's geometry, then the kernel.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decode_rope_launch<T: ActElem>(
+    dev: &CudaDevice,
+    p: &AttnParams,
+    inp: &RopeInputs<'_, '_, T>,
+    kv: DecodeKv<'_>,
+    layer: usize,
+    rows: usize,
+    row_seq: &CudaSlice<i32>,
+    row_pos: &CudaSlice<i32>,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
     let shape = HeadShape {
         n_heads: p.n_heads,
         n_kv_heads: p.n_kv_heads,
@@ -799,14 +827,8 @@ pub fn attention_decode_rope<T: ActElem>(
         rows,
         mul("attention q", p.n_heads, p.head_dim)?,
     )?;
-    let c = check(
+    let c = kv.check(
         p,
-        (
-            cache.n_layers(),
-            cache.n_kv_heads(),
-            cache.head_dim(),
-            cache.capacity(),
-        ),
         layer,
         rows,
         (q_len, out.len(), row_seq.len(), row_pos.len()),
@@ -816,7 +838,7 @@ pub fn attention_decode_rope<T: ActElem>(
         p,
         &c,
         DecodeQueries::Proj(inp, strides),
-        DecodeKv::Slots(cache),
+        kv,
         rows,
         &row_seq.slice(..),
         &row_pos.slice(..),
@@ -857,6 +879,22 @@ impl DecodeKv<'_> {
             DecodeKv::Slots(c) => c.capacity(),
             DecodeKv::Paged(p) => p.table_positions(),
         }
+    }
+
+    /// The launch parameters checked against this store (see [`check`]).
+    pub(crate) fn check(
+        &self,
+        p: &AttnParams,
+        layer: usize,
+        rows: usize,
+        lens: (usize, usize, usize, usize), // (q, out, row_seq, row_pos)
+    ) -> Result<Checked> {
+        let (n_layers, n_kv_heads, head_dim) = match self {
+            DecodeKv::Slots(c) => (c.n_layers(), c.n_kv_heads(), c.head_dim()),
+            DecodeKv::Paged(p) => (p.n_layers(), p.n_kv_heads(), p.head_dim()),
+        };
+        let dims = (n_layers, n_kv_heads, head_dim, self.positions().max(1));
+        check(p, dims, layer, rows, lens)
     }
 }
 

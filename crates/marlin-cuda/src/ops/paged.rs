@@ -19,12 +19,12 @@ use cudarc::driver::{CudaSlice, PushKernelArg};
 use half::f16;
 
 use super::attention::{
-    attention_function, check, check_attn_scalars, decode_launch, prefill_grid, prefill_kernel,
-    prefill_tc_smem_bytes, AttnNames, AttnParams, AttnScalars, Checked, DecodeKv, DecodeQueries,
-    PrefillKernel, RopeInputs, DECODE_MAX_ROWS, PREFILL_HEAD_DIMS, PREFILL_TC_QV,
+    attention_function, check_attn_scalars, decode_launch, decode_rope_launch, prefill_grid,
+    prefill_kernel, prefill_tc_smem_bytes, AttnNames, AttnParams, AttnScalars, DecodeKv,
+    DecodeQueries, PrefillKernel, RopeInputs, DECODE_MAX_ROWS, PREFILL_HEAD_DIMS, PREFILL_TC_QV,
     SUPPORTED_HEAD_DIMS,
 };
-use super::fused::{check_projections, ActElem, HeadShape};
+use super::fused::ActElem;
 use super::kv::{check_kv_write_args, KvWriteArgs, ATTN_WORKSPACE_FLOATS};
 use super::{grid_stride, mul, to_i32};
 use crate::device::{driver_err, CudaDevice};
@@ -409,9 +409,8 @@ pub fn paged_attention(
     // `tiled` on): the contiguous cache's decode kernel, reading keys
     // through the tables (`attn_paged_*`; splits merged in the launch).
     let qd = p.n_heads * p.head_dim;
-    let c = decode_checked(
+    let c = DecodeKv::Paged(pool).check(
         p,
-        pool,
         layer,
         rows,
         (q.len(), out.len(), row_seq.len(), row_pos.len()),
@@ -426,29 +425,6 @@ pub fn paged_attention(
         &row_seq.slice(tiled..),
         &row_pos.slice(tiled..),
         &mut out.slice_mut(tiled * qd..),
-    )
-}
-
-/// The decode kernel's launch parameters over the pool (see
-/// `attention::check`): positions are what the widest table covers.
-fn decode_checked(
-    p: &AttnParams,
-    pool: &PagedKvPool,
-    layer: usize,
-    rows: usize,
-    lens: (usize, usize, usize, usize), // (q, out, row_seq, row_pos)
-) -> Result<Checked> {
-    check(
-        p,
-        (
-            pool.n_layers,
-            pool.n_kv_heads,
-            pool.head_dim,
-            pool.table_positions().max(1),
-        ),
-        layer,
-        rows,
-        lens,
     )
 }
 
@@ -491,45 +467,21 @@ pub fn paged_attention_decode_rope<T: ActElem>(
     row_pos: &CudaSlice<i32>,
     out: &mut CudaSlice<T>,
 ) -> Result<()> {
-    let shape = HeadShape {
-        n_heads: p.n_heads,
-        n_kv_heads: p.n_kv_heads,
-        head_dim: p.head_dim,
-    };
-    let strides = check_projections(inp.q, inp.k, inp.v, rows, shape, inp.qk_norm, inp.rope)?;
-    if !SUPPORTED_HEAD_DIMS.contains(&p.head_dim) {
-        return Err(CudaError::Unsupported(format!(
-            "fused paged decode attention: head_dim {} (kernels exist for {SUPPORTED_HEAD_DIMS:?})",
-            p.head_dim
-        )));
-    }
     if rows > 0 && pool.n_tables == 0 {
         return Err(CudaError::Shape(
             "fused paged decode attention: no block tables set".into(),
         ));
     }
-    let q_len = mul(
-        "paged attention q",
-        rows,
-        mul("paged attention q", p.n_heads, p.head_dim)?,
-    )?;
-    let c = decode_checked(
-        p,
-        pool,
-        layer,
-        rows,
-        (q_len, out.len(), row_seq.len(), row_pos.len()),
-    )?;
-    decode_launch(
+    decode_rope_launch(
         dev,
         p,
-        &c,
-        DecodeQueries::Proj(inp, strides),
+        inp,
         DecodeKv::Paged(pool),
+        layer,
         rows,
-        &row_seq.slice(..),
-        &row_pos.slice(..),
-        &mut out.slice_mut(..),
+        row_seq,
+        row_pos,
+        out,
     )
 }
 

@@ -1650,6 +1650,16 @@ impl GpuDecoder {
             window: ls.window,
             softcap: None,
         };
+        // What the one-launch attention kernels rope, norm and store.
+        let inp = RopeInputs {
+            q: &qv,
+            k: &kv_rows,
+            v: &vv,
+            qk_norm,
+            eps: c.rms_eps,
+            w_offset: 0.0,
+            rope,
+        };
         match kv {
             _ if io.skips(SkipForDiagnosis::SmallOps) => {}
             KvTarget::Slots(cache)
@@ -1659,15 +1669,6 @@ impl GpuDecoder {
                     && ops::attn_rope_fusion_enabled() =>
             {
                 // One launch: QK-norm, RoPE and the KV write in attention.
-                let inp = RopeInputs {
-                    q: &qv,
-                    k: &kv_rows,
-                    v: &vv,
-                    qk_norm,
-                    eps: c.rms_eps,
-                    w_offset: 0.0,
-                    rope,
-                };
                 ops::attention_decode_rope(
                     dev,
                     &params,
@@ -1708,15 +1709,6 @@ impl GpuDecoder {
                     && ops::paged_rope_fusion_enabled();
                 match store.paged_pool() {
                     Some(pool) if one_launch => {
-                        let inp = RopeInputs {
-                            q: &qv,
-                            k: &kv_rows,
-                            v: &vv,
-                            qk_norm,
-                            eps: c.rms_eps,
-                            w_offset: 0.0,
-                            rope,
-                        };
                         ops::paged_attention_decode_rope(
                             dev,
                             &params,
