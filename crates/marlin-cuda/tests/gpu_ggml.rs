@@ -315,6 +315,42 @@ fn decode_rows_do_not_depend_on_the_batch() {
     println!("PASS decode rows bit-equal alone and in a batch of {m}");
 }
 
+/// A small weight prepared for many rows keeps an f16 copy and skips the
+/// per-call dequantization; an unprepared twin dequantizes per call into
+/// the scratch: the same bits.
+#[test]
+fn small_weight_f16_copy_matches_per_call_dequantization() {
+    let Some(dev) = device() else { return };
+    let (rows, cols, m) = (37, 1024, 64);
+    for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4K] {
+        let seed = fresh_seed();
+        let t = random_ggml_tensor(ty, rows, cols, seed).expect("random tensor");
+        let copied = GgmlGpuWeight::upload(&dev, &t).expect("upload");
+        copied.prepare(&dev, m).expect("prepare");
+        // Prepared for few rows only: no copy; its scratch grows at the call.
+        let per_call = GgmlGpuWeight::upload(&dev, &t).expect("upload");
+        per_call.prepare(&dev, 1).expect("prepare");
+        let x = dev
+            .upload("x", &random_activations_f32(m, cols, seed ^ 0x5EED))
+            .expect("upload x");
+        let mut outs = Vec::new();
+        for w in [&copied, &per_call] {
+            let mut y = dev.alloc_zeros::<f32>("y", m * rows).expect("alloc y");
+            w.matmul(&dev, &x, m, &mut y).expect("matmul");
+            outs.push(dev.download(&y).expect("download"));
+        }
+        if let Some(i) = (0..m * rows).find(|&i| outs[0][i].to_bits() != outs[1][i].to_bits()) {
+            panic!(
+                "{} seed={seed}: y[{i}] {} with the f16 copy, {} dequantized per call",
+                ty.name(),
+                outs[0][i],
+                outs[1][i]
+            );
+        }
+    }
+    println!("PASS small weights' f16 copy equals per-call dequantization");
+}
+
 #[test]
 fn matmul_large_activations() {
     let Some(dev) = device() else { return };

@@ -46,7 +46,9 @@ use scratch::{ensure, Scratch};
 /// [`block_decode_max_rows`]).
 pub const DECODE_MAX_ROWS: usize = DECODE_MAX_M;
 /// Block-type weights of at most this many elements take the decode
-/// kernels up to [`SMALL_DECODE_MAX_ROWS`] rows, in launches of 8 rows.
+/// kernels up to [`SMALL_DECODE_MAX_ROWS`] rows, in launches of 8 rows,
+/// and keep an f16 copy for more rows once prepared for them
+/// ([`GgmlGpuWeight::prepare`]).
 pub const SMALL_WEIGHT_ELEMS: usize = 1 << 21;
 /// See [`SMALL_WEIGHT_ELEMS`].
 pub const SMALL_DECODE_MAX_ROWS: usize = 16;
@@ -92,6 +94,13 @@ pub struct GgmlGpuWeight {
     /// every call).
     device: std::sync::Weak<CudaDevice>,
     scratch: Arc<Mutex<Scratch>>,
+    /// A small block-type weight's (<= [`SMALL_WEIGHT_ELEMS`]) f16 copy,
+    /// made by `prepare` for m past the decode kernels: the prefill path
+    /// then skips its dequantization launch (bit-identical: the same
+    /// kernel's output, once). Large weights dequantize per call into the
+    /// shared scratch instead (an f16 copy of them would cost 2 bytes a
+    /// weight of device memory).
+    f16_copy: std::sync::OnceLock<CudaSlice<f16>>,
 }
 
 impl std::fmt::Debug for GgmlGpuWeight {
@@ -156,6 +165,7 @@ impl GgmlGpuWeight {
             device_bytes,
             device: Arc::downgrade(dev),
             scratch: scratch::for_device(dev)?,
+            f16_copy: std::sync::OnceLock::new(),
         })
     }
 
@@ -251,6 +261,15 @@ impl GgmlGpuWeight {
             Storage::DenseF16(w) => {
                 let (xh, inv) = prefill_x(dev, s, x, m, cols)?;
                 launch::gemm_ex(dev, GemmInputs::F16, w, xh, y, m, rows, cols)?;
+                launch::scale_rows(dev, y, inv, m, rows)
+            }
+            Storage::Blocks { .. } if self.f16_copy.get().is_some() => {
+                let w16 = self
+                    .f16_copy
+                    .get()
+                    .ok_or_else(|| CudaError::Shape("f16 copy missing".into()))?;
+                let (xh, inv) = prefill_x(dev, s, x, m, cols)?;
+                launch::gemm_ex(dev, GemmInputs::F16, w16, xh, y, m, rows, cols)?;
                 launch::scale_rows(dev, y, inv, m, rows)
             }
             Storage::Blocks { codes, meta } => {
@@ -354,8 +373,18 @@ impl GgmlGpuWeight {
                 launch::load(dev, launch::X_TO_F16)?;
                 launch::load(dev, launch::SCALE_ROWS)?;
             }
-            if blocks {
-                ensure(dev, &mut s.w_f16, rows * cols, "ggml dequantized weight")?;
+            if let Storage::Blocks { codes, meta } = &self.storage {
+                if rows.saturating_mul(cols) <= SMALL_WEIGHT_ELEMS {
+                    if self.f16_copy.get().is_none() {
+                        let mut w16 =
+                            dev.alloc_zeros::<f16>("ggml f16 weight copy", rows * cols)?;
+                        launch::dequant_f16(dev, self.ty, codes, meta, &mut w16, rows, cols)?;
+                        // A racing prepare of the same weight made the same copy.
+                        let _ = self.f16_copy.set(w16);
+                    }
+                } else {
+                    ensure(dev, &mut s.w_f16, rows * cols, "ggml dequantized weight")?;
+                }
             }
             dev.with_blas(|_| Ok(()))?;
         }
