@@ -6,10 +6,14 @@ compile error. No GPU needed.
 NVRTC comes from pip: `pip install 'nvidia-cuda-nvrtc==13.0.*'` (or point
 MARLIN_NVRTC_LIB at a libnvrtc.so). Usage:
 
-    python3 scripts/check_kernels_nvrtc.py [--show-log]
+    python3 scripts/check_kernels_nvrtc.py [--show-log] [--jobs N] [FILE.cu ...]
+
+The compiles run in N worker processes (default: the CPU count), each with
+its own NVRTC; results print in the fixed file / variant / arch order.
 """
 
 import argparse
+import concurrent.futures
 import ctypes
 import glob
 import os
@@ -114,9 +118,23 @@ def load_nvrtc():
     return lib, lib_path, (major.value, minor.value)
 
 
+_WORKER_LIB = None
+
+
+def compile_job(job):
+    """One (path, arch, prefix) compile in a worker process, NVRTC loaded
+    once per worker."""
+    global _WORKER_LIB
+    if _WORKER_LIB is None:
+        _WORKER_LIB = load_nvrtc()[0]
+    path, arch, prefix = job
+    return compile_one(_WORKER_LIB, path, arch, prefix)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--show-log", action="store_true", help="print NVRTC logs of successful compiles too")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
     ap.add_argument("files", nargs="*", help="check only these .cu files (base names, e.g. ops.cu); default all")
     args = ap.parse_args()
     lib, lib_path, (major, minor) = load_nvrtc()
@@ -130,14 +148,18 @@ def main():
         sources = [p for p in sources if os.path.basename(p) in wanted]
     if not sources:
         sys.exit(f"no .cu files under {KERNEL_DIR}")
+    jobs = [(path, arch, prefix)
+            for path in sources
+            for prefix in [b""] + PREFIXED.get(os.path.basename(path), [])
+            for arch in ARCHS]
     failures = 0
-    for path in sources:
-        for prefix in [b""] + PREFIXED.get(os.path.basename(path), []):
-            for arch in ARCHS:
-                ok, msg = compile_one(lib, path, arch, prefix)
-                rel = os.path.relpath(path, ROOT) + (f" ({prefix.decode().strip()})" if prefix else "")
-                print(f"{'PASS' if ok else 'FAIL'} {rel} {arch}: {msg.splitlines()[0] if ok and not args.show_log else msg}")
-                failures += 0 if ok else 1
+    with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        # map keeps the jobs' order; the slow ones (attention.cu) overlap the rest.
+        for (path, arch, prefix), (ok, msg) in zip(jobs, pool.map(compile_job, jobs)):
+            rel = os.path.relpath(path, ROOT) + (f" ({prefix.decode().strip()})" if prefix else "")
+            print(f"{'PASS' if ok else 'FAIL'} {rel} {arch}: {msg.splitlines()[0] if ok and not args.show_log else msg}",
+                  flush=True)
+            failures += 0 if ok else 1
     if failures:
         sys.exit(f"{failures} kernel compile(s) failed")
 
