@@ -256,23 +256,23 @@ impl GgmlGpuWeight {
             }
             _ => {}
         }
-        match &self.storage {
-            Storage::DenseF32(w) => launch::gemm_ex(dev, GemmInputs::F32, w, x, y, m, rows, cols),
-            Storage::DenseF16(w) => {
-                let (xh, inv) = prefill_x(dev, s, x, m, cols)?;
-                launch::gemm_ex(dev, GemmInputs::F16, w, xh, y, m, rows, cols)?;
-                launch::scale_rows(dev, y, inv, m, rows)
+        // An f16 weight to multiply as it is: an F16 tensor, or a small
+        // block weight's copy (`prepare`).
+        let f16_weight = match &self.storage {
+            Storage::DenseF16(w) => Some(w),
+            Storage::Blocks { .. } => self.f16_copy.get(),
+            Storage::DenseF32(_) => None,
+        };
+        match (&self.storage, f16_weight) {
+            (Storage::DenseF32(w), _) => {
+                launch::gemm_ex(dev, GemmInputs::F32, w, x, y, m, rows, cols)
             }
-            Storage::Blocks { .. } if self.f16_copy.get().is_some() => {
-                let w16 = self
-                    .f16_copy
-                    .get()
-                    .ok_or_else(|| CudaError::Shape("f16 copy missing".into()))?;
+            (_, Some(w16)) => {
                 let (xh, inv) = prefill_x(dev, s, x, m, cols)?;
                 launch::gemm_ex(dev, GemmInputs::F16, w16, xh, y, m, rows, cols)?;
                 launch::scale_rows(dev, y, inv, m, rows)
             }
-            Storage::Blocks { codes, meta } => {
+            (Storage::Blocks { codes, meta }, None) => {
                 let w16 = ensure(dev, &mut s.w_f16, rows * cols, "ggml dequantized weight")?;
                 launch::dequant_f16(dev, self.ty, codes, meta, w16, rows, cols)?;
                 let w16 = s
@@ -286,6 +286,7 @@ impl GgmlGpuWeight {
                 s.w_f16 = Some(w16);
                 result
             }
+            (Storage::DenseF16(_), None) => Err(CudaError::Shape("f16 weight missing".into())),
         }
     }
 

@@ -951,9 +951,9 @@ pub(crate) fn decode_launch<T: ActElem>(
     // Contiguous: (sequences, capacity); paged: (tables, table width, blocks,
     // block size), each checked to fit an int when the pool or its tables
     // were set (the kernel computes a table's positions itself).
-    let kv_ints: Vec<i32> = match &kv {
-        DecodeKv::Slots(cache) => vec![cache.n_seqs() as i32, cache.capacity() as i32],
-        DecodeKv::Paged(pool) => vec![
+    let kv_ints: [i32; 4] = match &kv {
+        DecodeKv::Slots(cache) => [cache.n_seqs() as i32, cache.capacity() as i32, 0, 0],
+        DecodeKv::Paged(pool) => [
             pool.n_tables as i32,
             pool.table_width as i32,
             pool.n_blocks() as i32,
